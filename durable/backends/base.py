@@ -1,0 +1,317 @@
+"""The storage interface of durable: every operation the runtime and the workers need, named in
+the domain's words.
+
+A backend stores three things:
+
+* **workflows** (:class:`~durable.models.WorkflowInfo`): one header row per execution, with an
+  optimistic-lock ``version``;
+* **steps** (:class:`~durable.models.StepRecord`): one row per completed (or pending) step,
+  appended one at a time so that recording step *k* costs the same at 3 or 3,000 steps;
+* **tasks**: claimable units of work, keyed by ``(instance_id, task_id)``. A workflow's own
+  execution is the task :data:`~durable.models.WORKFLOW_TASK`; a step handed to other workers is
+  another task. A task exists while there is work to do; it is removed when the work is done.
+
+A **claim** on a task gives one worker the right to act on it until the claim expires. Every write
+that records progress (:meth:`record_step`, :meth:`finish_workflow`, ...) is *fenced*: it succeeds
+only if the writer holds a live claim, and otherwise raises
+:class:`~durable.errors.ClaimLostError` having written nothing. Expiry is judged by one clock: the
+database's on PostgreSQL, the host's for SQLite and in-memory storage (one machine).
+
+To write a backend of your own, subclass :class:`PersistentBackend`, implement every abstract
+method, and run :mod:`durable.testing`'s contract suite against it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Self
+
+from durable.models import (
+    WORKFLOW_TASK,
+    AvailableTask,
+    ErrorInfo,
+    Page,
+    StepRecord,
+    TaskClaim,
+    TaskSpec,
+    WorkflowInfo,
+    WorkflowSnapshot,
+    WorkflowStatus,
+)
+from durable.serialization import Serializer
+
+
+class PersistentBackend(ABC):
+    """Abstract storage for workflow snapshots, steps, tasks and claims.
+
+    Every method is a coroutine and is safe to call concurrently from many tasks of one event
+    loop; backends that share a database are safe to use from many processes. Values (inputs,
+    outputs) are serialized with :attr:`serializer`; a value it rejects raises
+    :class:`~durable.errors.SerializationError` before anything is written.
+
+    Use a backend as an async context manager, or call :meth:`start` and :meth:`close`.
+    """
+
+    serializer: Serializer
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Prepare the backend for use (connect, apply migrations). Idempotent.
+
+        :raises BackendUnavailableError: the storage cannot be reached.
+        :raises SchemaVersionError: the stored schema is newer than this code, or is out of date
+            and migrations are switched off.
+        """
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release every resource (connections, threads). Idempotent."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    @abstractmethod
+    async def create_workflow(
+        self, snapshot: WorkflowSnapshot, *, task: TaskSpec | None = None
+    ) -> tuple[WorkflowInfo, bool]:
+        """Insert a new workflow unless one with the same id, or the same non-null
+        ``idempotency_key``, exists; in one transaction, also create ``task`` if given.
+
+        Returns ``(stored header, created)``: ``created`` is False when an existing workflow was
+        found, and then nothing was written. Steps in ``snapshot`` are stored too. Timestamps left
+        None are set by the backend; the stored version is 1.
+        """
+
+    @abstractmethod
+    async def save_snapshot(self, snapshot: WorkflowSnapshot) -> WorkflowSnapshot:
+        """Store a whole snapshot: the header, and every step in ``snapshot.steps`` (upserted by
+        position; steps not listed are kept).
+
+        ``snapshot.version`` is the version the caller last read: 0 inserts a new workflow,
+        anything else updates the stored one only if its version is still that. Returns the stored
+        snapshot, whose version is one more.
+
+        :raises WorkflowAlreadyExistsError: version 0 but the id exists.
+        :raises WorkflowNotFoundError: version > 0 but no such workflow.
+        :raises ConcurrentUpdateError: the stored version is not ``snapshot.version``.
+        """
+
+    @abstractmethod
+    async def load_snapshot(self, instance_id: str) -> WorkflowSnapshot:
+        """Return the workflow's snapshot with its steps ordered by position.
+
+        :raises WorkflowNotFoundError: no such workflow.
+        """
+
+    @abstractmethod
+    async def get_workflow(self, instance_id: str) -> WorkflowInfo:
+        """Return the workflow's header only (cheap: no steps are read).
+
+        :raises WorkflowNotFoundError: no such workflow.
+        """
+
+    @abstractmethod
+    async def delete_snapshot(self, instance_id: str) -> bool:
+        """Delete the workflow with its steps and tasks. Returns False if there was none
+        (idempotent)."""
+
+    @abstractmethod
+    async def list_snapshots(
+        self,
+        *,
+        status: WorkflowStatus | str | Sequence[WorkflowStatus | str] | None = None,
+        name: str | None = None,
+        parent_id: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[WorkflowInfo]:
+        """List workflow headers, newest first (by creation time, then id descending).
+
+        Filters combine with AND; ``status`` may be one status or several. Pass the returned
+        ``next_cursor`` to get the following page; it is None on the last page. Pages are stable
+        under concurrent inserts (keyset pagination).
+
+        :raises InvalidArgumentError: an unknown status, a limit below 1 or a malformed cursor.
+        """
+
+    @abstractmethod
+    async def list_steps(self, instance_id: str) -> list[StepRecord]:
+        """Return the workflow's steps ordered by position.
+
+        :raises WorkflowNotFoundError: no such workflow.
+        """
+
+    # -- execution (fenced by the claim on the workflow's task) ------------------------------
+
+    @abstractmethod
+    async def begin_execution(
+        self, instance_id: str, worker_id: str, *, task_id: str = WORKFLOW_TASK
+    ) -> WorkflowSnapshot:
+        """Mark the workflow running under ``worker_id`` and return its snapshot, in one
+        transaction: status becomes running, ``executor_id`` the worker, ``attempts`` grows by
+        one, ``started_at`` is set if it was not.
+
+        :raises ClaimLostError: ``worker_id`` does not hold a live claim on the task.
+        :raises WorkflowNotFoundError: no such workflow.
+        """
+
+    @abstractmethod
+    async def record_step(
+        self,
+        instance_id: str,
+        step: StepRecord,
+        *,
+        worker_id: str,
+        task_id: str = WORKFLOW_TASK,
+    ) -> None:
+        """Record one step's outcome, fenced by ``worker_id``'s claim on ``(instance_id,
+        task_id)``, in one short transaction whose cost does not grow with the number of steps.
+
+        A position that has no row is inserted; a ``pending`` row is overwritten; a final row
+        (succeeded or failed) is never changed.
+
+        :raises ClaimLostError: the claim is not held (expired and taken, or released).
+        :raises StepAlreadyRecordedError: the position already has a final outcome.
+        :raises SerializationError: the output cannot be serialized (nothing is written).
+        """
+
+    @abstractmethod
+    async def finish_workflow(
+        self,
+        instance_id: str,
+        *,
+        worker_id: str,
+        status: WorkflowStatus,
+        output: Any = None,
+        error: ErrorInfo | None = None,
+    ) -> WorkflowInfo:
+        """Record the workflow's final status with its output or error and remove its
+        workflow task, fenced by ``worker_id``'s claim on it, in one transaction. Returns the
+        stored header (version + 1).
+
+        :raises ClaimLostError: the claim is not held.
+        :raises InvalidArgumentError: ``status`` is not terminal.
+        """
+
+    @abstractmethod
+    async def reschedule_workflow(
+        self,
+        instance_id: str,
+        *,
+        worker_id: str,
+        run_after: timedelta,
+        error: ErrorInfo | None = None,
+    ) -> WorkflowInfo:
+        """Put a running workflow back to pending, to run again ``run_after`` from now (a retry
+        after a failed attempt), recording ``error``; release the claim. Fenced like
+        :meth:`finish_workflow`; its steps are kept.
+
+        :raises ClaimLostError: the claim is not held.
+        """
+
+    @abstractmethod
+    async def cancel_workflow(self, instance_id: str) -> WorkflowInfo:
+        """Mark a workflow that has not finished cancelled and remove its tasks, whoever holds
+        them (the holder finds out at its next fenced write). A finished workflow is returned
+        unchanged (idempotent).
+
+        :raises WorkflowNotFoundError: no such workflow.
+        """
+
+    # -- tasks and claims ---------------------------------------------------------------------
+
+    @abstractmethod
+    async def add_task(self, spec: TaskSpec) -> bool:
+        """Create a task unless one with the same key exists. Returns whether it was created.
+
+        :raises WorkflowNotFoundError: ``spec.instance_id`` names no workflow.
+        """
+
+    @abstractmethod
+    async def claim_task(
+        self, instance_id: str, task_id: str, worker_id: str, ttl: timedelta
+    ) -> TaskClaim | None:
+        """Claim one task for ``ttl``, atomically.
+
+        Succeeds when the task is unclaimed, its claim has expired, or ``worker_id`` already holds
+        it (re-entrant: the claim is renewed and ``attempts`` is not counted again). Returns None
+        when another worker holds a live claim. ``run_after`` is not checked: an explicit claim by
+        id may run a task early.
+
+        :raises TaskNotFoundError: no such task.
+        """
+
+    @abstractmethod
+    async def extend_task_claim(
+        self, instance_id: str, task_id: str, worker_id: str, ttl: timedelta
+    ) -> TaskClaim:
+        """Make ``worker_id``'s claim expire ``ttl`` from now (a heartbeat).
+
+        :raises ClaimLostError: another worker holds the task, or nobody does.
+        :raises TaskNotFoundError: no such task.
+        """
+
+    @abstractmethod
+    async def release_task_claim(self, instance_id: str, task_id: str, worker_id: str) -> None:
+        """Give up ``worker_id``'s claim so that any worker may claim the task at once.
+
+        :raises ClaimLostError: ``worker_id`` does not hold the claim.
+        :raises TaskNotFoundError: no such task.
+        """
+
+    @abstractmethod
+    async def complete_task(self, instance_id: str, task_id: str, worker_id: str) -> None:
+        """Remove a task whose work is done, fenced by ``worker_id``'s claim on it.
+
+        :raises ClaimLostError: ``worker_id`` does not hold a live claim.
+        """
+
+    @abstractmethod
+    async def find_available_tasks(
+        self,
+        worker_id: str,
+        limit: int,
+        *,
+        names: Sequence[str] | None = None,
+        queues: Sequence[str] | None = None,
+    ) -> list[AvailableTask]:
+        """Return up to ``limit`` tasks that ``worker_id`` could claim now, without claiming them:
+        tasks due (``run_after`` passed) that nobody holds, whose claim expired, or that
+        ``worker_id`` itself holds (so a restarted worker finds its own work at once).
+
+        Ordered by priority (lower first), then ``run_after``, then creation order. ``names`` and
+        ``queues`` restrict the result when given.
+
+        :raises InvalidArgumentError: ``limit`` is below 1.
+        """
+
+    @abstractmethod
+    async def claim_available_tasks(
+        self,
+        worker_id: str,
+        limit: int,
+        ttl: timedelta,
+        *,
+        names: Sequence[str] | None = None,
+        queues: Sequence[str] | None = None,
+    ) -> list[TaskClaim]:
+        """Claim, in one atomic operation, up to ``limit`` of the tasks
+        :meth:`find_available_tasks` would return, in the same order. Under any concurrency, a
+        task is claimed by at most one worker at a time.
+
+        :raises InvalidArgumentError: ``limit`` is below 1.
+        """

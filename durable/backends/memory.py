@@ -1,0 +1,568 @@
+"""A complete backend that keeps everything in this process's memory.
+
+It follows the same contract as the SQL backends (it runs the same contract suite), so a test
+suite can swap it in for PostgreSQL. Values are stored serialized, exactly as a database would
+hold them: a value the serializer rejects fails the same way, and a stored value cannot be changed
+by mutating the object that was saved. Nothing survives the process.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import itertools
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from durable.backends.base import PersistentBackend
+from durable.errors import (
+    ClaimLostError,
+    ConcurrentUpdateError,
+    InvalidArgumentError,
+    StepAlreadyRecordedError,
+    TaskNotFoundError,
+    WorkflowAlreadyExistsError,
+    WorkflowNotFoundError,
+)
+from durable.models import (
+    WORKFLOW_TASK,
+    AvailableTask,
+    ErrorInfo,
+    Page,
+    StepRecord,
+    StepStatus,
+    TaskClaim,
+    TaskSpec,
+    WorkflowInfo,
+    WorkflowSnapshot,
+    WorkflowStatus,
+    as_status_set,
+    ttl_seconds,
+)
+from durable.serialization import Serializer, get_serializer
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _Task:
+    spec: TaskSpec
+    seq: int
+    run_after: datetime
+    claimed_by: str | None = None
+    claim_expires_at: datetime | None = None
+    attempts: int = 0
+
+
+class InMemoryBackend(PersistentBackend):
+    """Thread- and task-safe storage in memory.
+
+    :param serializer: ``"json"`` (default), ``"pickle"`` or a :class:`Serializer`.
+    :param clock: returns the current UTC time; tests may pass a fake clock to move time.
+    """
+
+    def __init__(
+        self,
+        *,
+        serializer: str | Serializer | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.serializer = get_serializer(serializer)
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._seq = itertools.count(1)
+        self._workflows: dict[str, WorkflowInfo] = {}
+        self._steps: dict[str, dict[int, StepRecord]] = {}
+        self._tasks: dict[tuple[str, str], _Task] = {}
+        self._idempotency: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"InMemoryBackend(workflows={len(self._workflows)}, tasks={len(self._tasks)})"
+
+    # -- helpers for tests ------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget everything stored."""
+        with self._lock:
+            self._workflows.clear()
+            self._steps.clear()
+            self._tasks.clear()
+            self._idempotency.clear()
+
+    def workflow_ids(self) -> list[str]:
+        """The ids of every stored workflow, in insertion order."""
+        with self._lock:
+            return list(self._workflows)
+
+    def task_keys(self) -> list[tuple[str, str]]:
+        """The ``(instance_id, task_id)`` of every live task, in creation order."""
+        with self._lock:
+            return sorted(self._tasks, key=lambda k: self._tasks[k].seq)
+
+    def claims(self) -> dict[tuple[str, str], str]:
+        """Who holds a live claim on which task."""
+        with self._lock:
+            now = self.clock()
+            return {
+                key: t.claimed_by
+                for key, t in self._tasks.items()
+                if t.claimed_by is not None and _live(t, now)
+            }
+
+    # -- (de)serialization of stored values -------------------------------------------------
+
+    def _dump(self, value: Any) -> str:
+        return self.serializer.dumps(value)
+
+    def _load(self, text: Any) -> Any:
+        return None if text is None else self.serializer.loads(text)
+
+    def _store_info(self, info: WorkflowInfo) -> WorkflowInfo:
+        return dataclasses.replace(
+            info,
+            input=self._dump(info.input),
+            output=None if info.output is None else self._dump(info.output),
+        )
+
+    def _load_info(self, stored: WorkflowInfo) -> WorkflowInfo:
+        fields = {f: getattr(stored, f) for f in WorkflowInfo.__dataclass_fields__}
+        fields["input"] = self._load(stored.input)
+        fields["output"] = self._load(stored.output)
+        return WorkflowInfo(**fields)
+
+    def _store_step(self, step: StepRecord, now: datetime) -> StepRecord:
+        if step.position < 0:
+            raise InvalidArgumentError(f"a step position must be >= 0, got {step.position}")
+        return dataclasses.replace(
+            step,
+            output=None if step.output is None else self._dump(step.output),
+            completed_at=step.completed_at
+            or (now if step.status is not StepStatus.PENDING else None),
+        )
+
+    def _load_step(self, stored: StepRecord) -> StepRecord:
+        return dataclasses.replace(stored, output=self._load(stored.output))
+
+    def _snapshot(self, instance_id: str) -> WorkflowSnapshot:
+        info = self._load_info(self._get(instance_id))
+        steps = self._steps.get(instance_id, {})
+        fields = {f: getattr(info, f) for f in WorkflowInfo.__dataclass_fields__}
+        return WorkflowSnapshot(
+            **fields, steps=tuple(self._load_step(steps[p]) for p in sorted(steps))
+        )
+
+    def _get(self, instance_id: str) -> WorkflowInfo:
+        try:
+            return self._workflows[instance_id]
+        except KeyError:
+            raise WorkflowNotFoundError(instance_id) from None
+
+    def _add_task(self, spec: TaskSpec, now: datetime) -> bool:
+        key = (spec.instance_id, spec.task_id)
+        if key in self._tasks:
+            return False
+        self._tasks[key] = _Task(spec=spec, seq=next(self._seq), run_after=spec.run_after or now)
+        return True
+
+    def _held(self, instance_id: str, task_id: str, worker_id: str, now: datetime) -> _Task:
+        task = self._tasks.get((instance_id, task_id))
+        if task is None or task.claimed_by != worker_id or not _live(task, now):
+            holder = task.claimed_by if task is not None and _live(task, now) else None
+            raise ClaimLostError(instance_id, task_id, worker_id, holder)
+        return task
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    async def create_workflow(
+        self, snapshot: WorkflowSnapshot, *, task: TaskSpec | None = None
+    ) -> tuple[WorkflowInfo, bool]:
+        with self._lock:
+            existing_id = snapshot.id if snapshot.id in self._workflows else None
+            if existing_id is None and snapshot.idempotency_key is not None:
+                existing_id = self._idempotency.get(snapshot.idempotency_key)
+            if existing_id is not None:
+                return self._load_info(self._workflows[existing_id]), False
+            now = self.clock()
+            header = snapshot.header()
+            stored = self._store_info(
+                dataclasses.replace(
+                    header,
+                    version=1,
+                    created_at=header.created_at or now,
+                    updated_at=now,
+                )
+            )
+            steps = {s.position: self._store_step(s, now) for s in snapshot.steps}
+            self._workflows[snapshot.id] = stored
+            self._steps[snapshot.id] = steps
+            if snapshot.idempotency_key is not None:
+                self._idempotency[snapshot.idempotency_key] = snapshot.id
+            if task is not None:
+                self._add_task(task, now)
+            return self._load_info(stored), True
+
+    async def save_snapshot(self, snapshot: WorkflowSnapshot) -> WorkflowSnapshot:
+        with self._lock:
+            now = self.clock()
+            current = self._workflows.get(snapshot.id)
+            if snapshot.version == 0:
+                if current is not None:
+                    raise WorkflowAlreadyExistsError(snapshot.id)
+                created_at = snapshot.created_at or now
+            else:
+                if current is None:
+                    raise WorkflowNotFoundError(snapshot.id)
+                if current.version != snapshot.version:
+                    raise ConcurrentUpdateError(snapshot.id, snapshot.version, current.version)
+                created_at = current.created_at or now
+            header = snapshot.header()
+            stored = self._store_info(
+                dataclasses.replace(
+                    header, version=snapshot.version + 1, created_at=created_at, updated_at=now
+                )
+            )
+            new_steps = {s.position: self._store_step(s, now) for s in snapshot.steps}
+            if snapshot.idempotency_key is not None:
+                other = self._idempotency.get(snapshot.idempotency_key)
+                if other is not None and other != snapshot.id:
+                    raise WorkflowAlreadyExistsError(other)
+            self._workflows[snapshot.id] = stored
+            self._steps.setdefault(snapshot.id, {}).update(new_steps)
+            if current is not None and current.idempotency_key not in (
+                None,
+                snapshot.idempotency_key,
+            ):
+                self._idempotency.pop(current.idempotency_key, None)  # type: ignore[arg-type]
+            if snapshot.idempotency_key is not None:
+                self._idempotency[snapshot.idempotency_key] = snapshot.id
+            return self._snapshot(snapshot.id)
+
+    async def load_snapshot(self, instance_id: str) -> WorkflowSnapshot:
+        with self._lock:
+            return self._snapshot(instance_id)
+
+    async def get_workflow(self, instance_id: str) -> WorkflowInfo:
+        with self._lock:
+            return self._load_info(self._get(instance_id))
+
+    async def delete_snapshot(self, instance_id: str) -> bool:
+        with self._lock:
+            info = self._workflows.pop(instance_id, None)
+            if info is None:
+                return False
+            self._steps.pop(instance_id, None)
+            for key in [k for k in self._tasks if k[0] == instance_id]:
+                del self._tasks[key]
+            if info.idempotency_key is not None:
+                self._idempotency.pop(info.idempotency_key, None)
+            return True
+
+    async def list_snapshots(
+        self,
+        *,
+        status: WorkflowStatus | str | Sequence[WorkflowStatus | str] | None = None,
+        name: str | None = None,
+        parent_id: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[WorkflowInfo]:
+        statuses = as_status_set(status)
+        _check_limit(limit)
+        after = decode_cursor(cursor) if cursor is not None else None
+        with self._lock:
+            rows = [
+                w
+                for w in self._workflows.values()
+                if (statuses is None or w.status in statuses)
+                and (name is None or w.name == name)
+                and (parent_id is None or w.parent_id == parent_id)
+            ]
+            rows.sort(key=lambda w: (w.created_at, w.id), reverse=True)
+            if after is not None:
+                rows = [w for w in rows if (w.created_at, w.id) < after]  # type: ignore[operator]
+            page = rows[: limit + 1]
+            items = [self._load_info(w) for w in page[:limit]]
+        next_cursor = encode_cursor(items[-1]) if len(page) > limit else None
+        return Page(items, next_cursor)
+
+    async def list_steps(self, instance_id: str) -> list[StepRecord]:
+        with self._lock:
+            self._get(instance_id)
+            steps = self._steps.get(instance_id, {})
+            return [self._load_step(steps[p]) for p in sorted(steps)]
+
+    # -- execution --------------------------------------------------------------------------
+
+    async def begin_execution(
+        self, instance_id: str, worker_id: str, *, task_id: str = WORKFLOW_TASK
+    ) -> WorkflowSnapshot:
+        with self._lock:
+            current = self._get(instance_id)
+            now = self.clock()
+            self._held(instance_id, task_id, worker_id, now)
+            self._workflows[instance_id] = dataclasses.replace(
+                current,
+                status=WorkflowStatus.RUNNING,
+                executor_id=worker_id,
+                attempts=current.attempts + 1,
+                started_at=current.started_at or now,
+                updated_at=now,
+                version=current.version + 1,
+            )
+            return self._snapshot(instance_id)
+
+    async def record_step(
+        self,
+        instance_id: str,
+        step: StepRecord,
+        *,
+        worker_id: str,
+        task_id: str = WORKFLOW_TASK,
+    ) -> None:
+        stored = self._store_step(step, self.clock())  # serialize before taking the lock
+        with self._lock:
+            self._held(instance_id, task_id, worker_id, self.clock())
+            steps = self._steps.setdefault(instance_id, {})
+            existing = steps.get(step.position)
+            if existing is not None and existing.status is not StepStatus.PENDING:
+                raise StepAlreadyRecordedError(instance_id, step.position)
+            steps[step.position] = stored
+
+    async def finish_workflow(
+        self,
+        instance_id: str,
+        *,
+        worker_id: str,
+        status: WorkflowStatus,
+        output: Any = None,
+        error: ErrorInfo | None = None,
+    ) -> WorkflowInfo:
+        if not WorkflowStatus(status).is_terminal:
+            raise InvalidArgumentError(f"finish_workflow needs a final status, got {status!r}")
+        text = None if output is None else self._dump(output)
+        with self._lock:
+            now = self.clock()
+            self._held(instance_id, WORKFLOW_TASK, worker_id, now)
+            current = self._get(instance_id)
+            stored = dataclasses.replace(
+                current,
+                status=WorkflowStatus(status),
+                output=text,
+                error=error,
+                updated_at=now,
+                completed_at=now,
+                version=current.version + 1,
+            )
+            self._workflows[instance_id] = stored
+            del self._tasks[(instance_id, WORKFLOW_TASK)]
+            return self._load_info(stored)
+
+    async def reschedule_workflow(
+        self,
+        instance_id: str,
+        *,
+        worker_id: str,
+        run_after: timedelta,
+        error: ErrorInfo | None = None,
+    ) -> WorkflowInfo:
+        with self._lock:
+            now = self.clock()
+            task = self._held(instance_id, WORKFLOW_TASK, worker_id, now)
+            current = self._get(instance_id)
+            stored = dataclasses.replace(
+                current,
+                status=WorkflowStatus.PENDING,
+                error=error,
+                updated_at=now,
+                version=current.version + 1,
+            )
+            self._workflows[instance_id] = stored
+            task.claimed_by = None
+            task.claim_expires_at = None
+            task.run_after = now + run_after
+            return self._load_info(stored)
+
+    async def cancel_workflow(self, instance_id: str) -> WorkflowInfo:
+        with self._lock:
+            current = self._get(instance_id)
+            if current.status.is_terminal:
+                return self._load_info(current)
+            now = self.clock()
+            stored = dataclasses.replace(
+                current,
+                status=WorkflowStatus.CANCELLED,
+                updated_at=now,
+                completed_at=now,
+                version=current.version + 1,
+            )
+            self._workflows[instance_id] = stored
+            for key in [k for k in self._tasks if k[0] == instance_id]:
+                del self._tasks[key]
+            return self._load_info(stored)
+
+    # -- tasks and claims ---------------------------------------------------------------------
+
+    async def add_task(self, spec: TaskSpec) -> bool:
+        with self._lock:
+            self._get(spec.instance_id)
+            return self._add_task(spec, self.clock())
+
+    async def claim_task(
+        self, instance_id: str, task_id: str, worker_id: str, ttl: timedelta
+    ) -> TaskClaim | None:
+        seconds = ttl_seconds(ttl)
+        with self._lock:
+            task = self._tasks.get((instance_id, task_id))
+            if task is None:
+                raise TaskNotFoundError(instance_id, task_id)
+            now = self.clock()
+            if task.claimed_by not in (None, worker_id) and _live(task, now):
+                return None
+            return self._claim(task, worker_id, now, seconds)
+
+    def _claim(self, task: _Task, worker_id: str, now: datetime, seconds: float) -> TaskClaim:
+        if not (task.claimed_by == worker_id and _live(task, now)):
+            task.attempts += 1
+        task.claimed_by = worker_id
+        task.claim_expires_at = now + timedelta(seconds=seconds)
+        return _claim_of(task)
+
+    async def extend_task_claim(
+        self, instance_id: str, task_id: str, worker_id: str, ttl: timedelta
+    ) -> TaskClaim:
+        seconds = ttl_seconds(ttl)
+        with self._lock:
+            task = self._tasks.get((instance_id, task_id))
+            if task is None:
+                raise TaskNotFoundError(instance_id, task_id)
+            now = self.clock()
+            if task.claimed_by != worker_id:
+                holder = task.claimed_by if _live(task, now) else None
+                raise ClaimLostError(instance_id, task_id, worker_id, holder)
+            task.claim_expires_at = now + timedelta(seconds=seconds)
+            return _claim_of(task)
+
+    async def release_task_claim(self, instance_id: str, task_id: str, worker_id: str) -> None:
+        with self._lock:
+            task = self._tasks.get((instance_id, task_id))
+            if task is None:
+                raise TaskNotFoundError(instance_id, task_id)
+            if task.claimed_by != worker_id:
+                holder = task.claimed_by if _live(task, self.clock()) else None
+                raise ClaimLostError(instance_id, task_id, worker_id, holder)
+            task.claimed_by = None
+            task.claim_expires_at = None
+
+    async def complete_task(self, instance_id: str, task_id: str, worker_id: str) -> None:
+        with self._lock:
+            self._held(instance_id, task_id, worker_id, self.clock())
+            del self._tasks[(instance_id, task_id)]
+
+    def _available(
+        self,
+        worker_id: str,
+        limit: int,
+        names: Sequence[str] | None,
+        queues: Sequence[str] | None,
+        now: datetime,
+    ) -> list[_Task]:
+        _check_limit(limit)
+        name_set = None if names is None else set(names)
+        queue_set = None if queues is None else set(queues)
+        found = [
+            t
+            for t in self._tasks.values()
+            if t.run_after <= now
+            and (t.claimed_by is None or t.claimed_by == worker_id or not _live(t, now))
+            and (name_set is None or t.spec.name in name_set)
+            and (queue_set is None or t.spec.queue in queue_set)
+        ]
+        found.sort(key=lambda t: (t.spec.priority, t.run_after, t.seq))
+        return found[:limit]
+
+    async def find_available_tasks(
+        self,
+        worker_id: str,
+        limit: int,
+        *,
+        names: Sequence[str] | None = None,
+        queues: Sequence[str] | None = None,
+    ) -> list[AvailableTask]:
+        with self._lock:
+            now = self.clock()
+            return [
+                AvailableTask(
+                    instance_id=t.spec.instance_id,
+                    task_id=t.spec.task_id,
+                    name=t.spec.name,
+                    queue=t.spec.queue,
+                    priority=t.spec.priority,
+                    run_after=t.run_after,
+                    claimed_by=t.claimed_by if _live(t, now) else None,
+                    claim_expires_at=t.claim_expires_at if _live(t, now) else None,
+                    attempts=t.attempts,
+                )
+                for t in self._available(worker_id, limit, names, queues, now)
+            ]
+
+    async def claim_available_tasks(
+        self,
+        worker_id: str,
+        limit: int,
+        ttl: timedelta,
+        *,
+        names: Sequence[str] | None = None,
+        queues: Sequence[str] | None = None,
+    ) -> list[TaskClaim]:
+        seconds = ttl_seconds(ttl)
+        with self._lock:
+            now = self.clock()
+            return [
+                self._claim(t, worker_id, now, seconds)
+                for t in self._available(worker_id, limit, names, queues, now)
+            ]
+
+
+def _live(task: _Task, now: datetime) -> bool:
+    return task.claim_expires_at is not None and task.claim_expires_at > now
+
+
+def _claim_of(task: _Task) -> TaskClaim:
+    assert task.claimed_by is not None and task.claim_expires_at is not None
+    return TaskClaim(
+        instance_id=task.spec.instance_id,
+        task_id=task.spec.task_id,
+        worker_id=task.claimed_by,
+        expires_at=task.claim_expires_at,
+        attempts=task.attempts,
+        name=task.spec.name,
+    )
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 1:
+        raise InvalidArgumentError(f"limit must be at least 1, got {limit}")
+
+
+def encode_cursor(info: WorkflowInfo) -> str:
+    """The keyset cursor after ``info`` in a newest-first listing."""
+    assert info.created_at is not None
+    raw = f"{info.created_at.isoformat()}|{info.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Undo :func:`encode_cursor`; raises InvalidArgumentError on a malformed cursor."""
+    try:
+        stamp, _, instance_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        created = datetime.fromisoformat(stamp)
+    except ValueError:
+        raise InvalidArgumentError(f"malformed listing cursor {cursor!r}") from None
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return created, instance_id

@@ -1,0 +1,988 @@
+"""The SQLAlchemy backend: SQLite and PostgreSQL through one implementation.
+
+Every operation is written once, as a function that runs SQLAlchemy Core statements on a
+synchronous :class:`~sqlalchemy.Connection` inside one transaction. A *runner* executes it: inline
+for the standard-library SQLite driver, through ``AsyncConnection.run_sync`` for async drivers
+(psycopg, aiosqlite). The statements on the hot path are built once and reused, so SQLAlchemy
+compiles each of them once per process. What differs between databases is in :mod:`.dialects`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from durable.backends.base import PersistentBackend
+from durable.backends.memory import decode_cursor, encode_cursor
+from durable.backends.sql import migrate
+from durable.backends.sql.dialects import (
+    SQLDialect,
+    configure_engine,
+    create_engine,
+    dialect_for,
+    normalize_url,
+)
+from durable.backends.sql.schema import steps, tasks, workflows
+from durable.errors import (
+    BackendError,
+    BackendUnavailableError,
+    ClaimLostError,
+    ConcurrentUpdateError,
+    DurableError,
+    InvalidArgumentError,
+    StepAlreadyRecordedError,
+    TaskNotFoundError,
+    WorkflowAlreadyExistsError,
+    WorkflowNotFoundError,
+)
+from durable.models import (
+    WORKFLOW_TASK,
+    AvailableTask,
+    ErrorInfo,
+    Page,
+    StepRecord,
+    StepStatus,
+    TaskClaim,
+    TaskSpec,
+    WorkflowInfo,
+    WorkflowSnapshot,
+    WorkflowStatus,
+    as_status_set,
+    ttl_seconds,
+)
+from durable.serialization import Serializer, get_serializer
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_TERMINAL = [s.value for s in WorkflowStatus if s.is_terminal]
+_STEP_COLUMNS = [c.name for c in steps.columns]
+
+
+class _Runner(ABC):
+    """Runs ``fn(connection)`` inside one transaction."""
+
+    @abstractmethod
+    async def transaction(self, fn: Callable[[sa.Connection], T]) -> T: ...
+
+    @abstractmethod
+    async def connection(self, fn: Callable[[sa.Connection], T]) -> T:
+        """Run ``fn`` on a connection with no transaction begun (it manages its own)."""
+
+    @abstractmethod
+    def checked_out(self) -> int: ...
+
+    @abstractmethod
+    async def dispose(self) -> None: ...
+
+
+class _InlineRunner(_Runner):
+    """For the standard-library SQLite driver: a local transaction is cheaper than a thread hop."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    async def transaction(self, fn: Callable[[sa.Connection], T]) -> T:
+        with self.engine.begin() as conn:
+            return fn(conn)
+
+    async def connection(self, fn: Callable[[sa.Connection], T]) -> T:
+        with self.engine.connect() as conn:
+            return fn(conn)
+
+    def checked_out(self) -> int:
+        return _checked_out(self.engine.pool)
+
+    async def dispose(self) -> None:
+        self.engine.dispose()
+
+
+class _AsyncRunner(_Runner):
+    """For async drivers; SQLite ones are serialized in-process (SQLite has one writer)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+
+    async def transaction(self, fn: Callable[[sa.Connection], T]) -> T:
+        if self._lock is None:
+            async with self.engine.begin() as conn:
+                return await conn.run_sync(fn)
+        async with self._lock, self.engine.begin() as conn:
+            return await conn.run_sync(fn)
+
+    async def connection(self, fn: Callable[[sa.Connection], T]) -> T:
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(fn)
+
+    def checked_out(self) -> int:
+        return _checked_out(self.engine.sync_engine.pool)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _checked_out(pool: sa.Pool) -> int:
+    counter = getattr(pool, "checkedout", None)
+    return int(counter()) if callable(counter) else 0
+
+
+class SQLAlchemyBackend(PersistentBackend):
+    """Durable's storage on SQLite or PostgreSQL.
+
+    :param url_or_engine: a database URL (``sqlite:///app.db``, ``sqlite+aiosqlite:///app.db``,
+        ``sqlite:///:memory:``, ``postgresql+psycopg://user@host/db``), or an ``Engine`` /
+        ``AsyncEngine`` you created (SQLite settings are applied to it).
+    :param serializer: ``"json"`` (default), ``"pickle"`` or a :class:`Serializer`.
+    :param auto_migrate: apply pending migrations in :meth:`start` (default). When False,
+        :meth:`start` raises :class:`SchemaVersionError` unless the schema is current.
+    :param sqlite_synchronous: SQLite's ``PRAGMA synchronous``. ``NORMAL`` (default) never loses
+        a commit when a process dies, and may lose the last ones if the machine loses power;
+        ``FULL`` syncs every commit to disk.
+    :param engine_options: passed to SQLAlchemy's ``create_engine`` (pool size and so on).
+
+    :raises ConfigurationError: an unsupported URL or option.
+    """
+
+    def __init__(
+        self,
+        url_or_engine: str | URL | sa.Engine | AsyncEngine,
+        *,
+        serializer: str | Serializer | None = None,
+        auto_migrate: bool = True,
+        sqlite_synchronous: str = "NORMAL",
+        engine_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.serializer = get_serializer(serializer)
+        self.auto_migrate = auto_migrate
+        if isinstance(url_or_engine, sa.Engine | AsyncEngine):
+            engine = url_or_engine
+            configure_engine(engine)
+            self._owns_engine = False
+        else:
+            engine = create_engine(
+                normalize_url(url_or_engine),
+                sqlite_synchronous=sqlite_synchronous,
+                engine_options=engine_options,
+            )
+            self._owns_engine = True
+        self.engine = engine
+        self._runner: _Runner = (
+            _AsyncRunner(engine) if isinstance(engine, AsyncEngine) else _InlineRunner(engine)
+        )
+        self.dialect: SQLDialect = dialect_for(engine.dialect.name)
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self._build_statements()
+
+    def __repr__(self) -> str:
+        url = self.engine.url.render_as_string(hide_password=True)
+        return f"SQLAlchemyBackend({url!r})"
+
+    @property
+    def url(self) -> URL:
+        return self.engine.url
+
+    def checked_out_connections(self) -> int:
+        """How many pooled connections are in use now (0 when idle: nothing leaked)."""
+        return self._runner.checked_out()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        async with self._start_lock:
+            if self._started:
+                return
+            fn = migrate.upgrade if self.auto_migrate else migrate.check
+            await self._run(fn, what="migrate")
+            self._started = True
+            log.debug("backend started: %r", self, extra={"action": "backend.start"})
+
+    async def close(self) -> None:
+        if self._owns_engine:
+            await self._runner.dispose()
+        self._started = False
+
+    async def migrate(self, revision: str = "head") -> None:
+        """Upgrade the schema to ``revision`` now."""
+        await self._run(lambda conn: migrate.upgrade(conn, revision), what="migrate")
+
+    async def downgrade(self, revision: str) -> None:
+        """Downgrade the schema to ``revision`` (``"base"`` drops every durable table)."""
+        await self._run(lambda conn: migrate.downgrade(conn, revision), what="downgrade")
+
+    async def schema_revision(self) -> str | None:
+        """The schema revision the database is at (None: never migrated)."""
+        return await self._run(migrate.current_revision, what="read the schema revision")
+
+    async def _run(self, fn: Callable[[sa.Connection], T], *, what: str = "") -> T:
+        """Run ``fn`` in one transaction, turning driver errors into durable's."""
+        try:
+            return await self._runner.transaction(fn)
+        except DurableError:
+            raise
+        except sa.exc.DBAPIError as exc:
+            url = self.engine.url.render_as_string(hide_password=True)
+            if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) and (
+                exc.connection_invalidated or not self._started
+            ):
+                raise BackendUnavailableError(
+                    f"cannot reach the database at {url} to {what or 'run a query'}: "
+                    f"{_first_line(exc.orig)}"
+                ) from exc
+            raise BackendError(
+                f"database error at {url} while trying to {what or 'run a query'}: "
+                f"{_first_line(exc.orig)}"
+            ) from exc
+
+    # -- statements ---------------------------------------------------------------------------
+
+    def _build_statements(self) -> None:
+        d = self.dialect
+        now = d.now()
+        p_iid = sa.bindparam("p_iid", type_=sa.String())
+        p_tid = sa.bindparam("p_tid", type_=sa.String())
+        p_wid = sa.bindparam("p_wid", type_=sa.String())
+        self._held = sa.exists(
+            d.lock_for_fence(
+                sa.select(sa.literal(1)).where(
+                    tasks.c.instance_id == p_iid,
+                    tasks.c.task_id == p_tid,
+                    tasks.c.claimed_by == p_wid,
+                    tasks.c.claim_expires_at > now,
+                )
+            )
+        )
+        self._task_key = sa.and_(tasks.c.instance_id == p_iid, tasks.c.task_id == p_tid)
+        # the claim's state, for explaining why a fenced write was refused
+        self._claim_state = sa.select(
+            tasks.c.claimed_by, sa.case((tasks.c.claim_expires_at > now, True), else_=False)
+        ).where(self._task_key)
+
+        # record_step: a fenced upsert that only overwrites pending rows
+        values = [
+            sa.bindparam(f"s_{c}", type_=steps.c[c].type).label(c) for c in _STEP_COLUMNS
+        ]
+        base = d.insert(steps).from_select(_STEP_COLUMNS, sa.select(*values).where(self._held))
+        self._record_step = base.on_conflict_do_update(
+            index_elements=[steps.c.workflow_id, steps.c.position],
+            set_={c: base.excluded[c] for c in _STEP_COLUMNS if c not in ("workflow_id",)},
+            where=steps.c.status == StepStatus.PENDING.value,
+        ).execution_options(preserve_rowcount=True)
+        self._begin = (
+            sa.update(workflows)
+            .where(workflows.c.id == p_iid, self._held)
+            .values(
+                status=WorkflowStatus.RUNNING.value,
+                executor_id=p_wid,
+                attempts=workflows.c.attempts + 1,
+                started_at=sa.func.coalesce(workflows.c.started_at, sa.bindparam("p_ts")),
+                updated_at=sa.bindparam("p_ts"),
+                version=workflows.c.version + 1,
+            )
+            .returning(*workflows.c)
+        )
+        self._select_steps = (
+            sa.select(steps).where(steps.c.workflow_id == p_iid).order_by(steps.c.position)
+        )
+        self._select_workflow = sa.select(workflows).where(workflows.c.id == p_iid)
+        self._take_workflow_task = sa.delete(tasks).where(
+            tasks.c.instance_id == p_iid,
+            tasks.c.task_id == WORKFLOW_TASK,
+            tasks.c.claimed_by == p_wid,
+            tasks.c.claim_expires_at > now,
+        )
+        self._finish = (
+            sa.update(workflows)
+            .where(workflows.c.id == p_iid)
+            .values(
+                status=sa.bindparam("p_status"),
+                output=sa.bindparam("p_output"),
+                error=sa.bindparam("p_error"),
+                updated_at=sa.bindparam("p_ts"),
+                completed_at=sa.bindparam("p_ts"),
+                version=workflows.c.version + 1,
+            )
+            .returning(*workflows.c)
+        )
+        claim_columns = (
+            tasks.c.instance_id,
+            tasks.c.task_id,
+            tasks.c.claimed_by,
+            tasks.c.claim_expires_at,
+            tasks.c.attempts,
+            tasks.c.name,
+        )
+        claim_values = {
+            "claimed_by": p_wid,
+            "claim_expires_at": d.later("ttl"),
+            "attempts": tasks.c.attempts
+            + sa.case(
+                (sa.and_(tasks.c.claimed_by == p_wid, tasks.c.claim_expires_at > now), 0),
+                else_=1,
+            ),
+        }
+        self._claim_one = (
+            sa.update(tasks)
+            .where(
+                self._task_key,
+                sa.or_(
+                    tasks.c.claimed_by.is_(None),
+                    tasks.c.claimed_by == p_wid,
+                    tasks.c.claim_expires_at <= now,
+                ),
+            )
+            .values(**claim_values)
+            .returning(*claim_columns)
+        )
+        self._extend = (
+            sa.update(tasks)
+            .where(self._task_key, tasks.c.claimed_by == p_wid)
+            .values(claim_expires_at=d.later("ttl"))
+            .returning(*claim_columns)
+        )
+        self._release = (
+            sa.update(tasks)
+            .where(self._task_key, tasks.c.claimed_by == p_wid)
+            .values(claimed_by=None, claim_expires_at=None)
+        )
+        self._complete = sa.delete(tasks).where(
+            self._task_key, tasks.c.claimed_by == p_wid, tasks.c.claim_expires_at > now
+        )
+        self._reschedule_task = (
+            sa.update(tasks)
+            .where(self._task_key, tasks.c.claimed_by == p_wid, tasks.c.claim_expires_at > now)
+            .values(claimed_by=None, claim_expires_at=None, run_after=d.later("delay"))
+        )
+        self._available_order = [tasks.c.priority, tasks.c.run_after, tasks.c.id]
+        self._claim_values = claim_values
+        self._claim_columns = claim_columns
+
+    def _insert_if_absent(self, table: sa.Table, row: dict[str, Any]) -> Any:
+        """INSERT ... ON CONFLICT DO NOTHING, whose rowcount tells whether it inserted."""
+        stmt = self.dialect.insert(table).values(row).on_conflict_do_nothing()
+        return stmt.execution_options(preserve_rowcount=True)
+
+    def _available(
+        self, names: Sequence[str] | None, queues: Sequence[str] | None
+    ) -> sa.ColumnElement[bool]:
+        now = self.dialect.now()
+        p_wid = sa.bindparam("p_wid", type_=sa.String())
+        clauses = [
+            tasks.c.run_after <= now,
+            sa.or_(
+                tasks.c.claimed_by.is_(None),
+                tasks.c.claimed_by == p_wid,
+                tasks.c.claim_expires_at <= now,
+            ),
+        ]
+        if names is not None:
+            clauses.append(tasks.c.name.in_(sa.bindparam("p_names", expanding=True)))
+        if queues is not None:
+            clauses.append(tasks.c.queue.in_(sa.bindparam("p_queues", expanding=True)))
+        return sa.and_(*clauses)
+
+    # -- row conversion -----------------------------------------------------------------------
+
+    def _dump(self, value: Any) -> str | None:
+        return None if value is None else self.serializer.dumps(value)
+
+    def _load(self, text: str | None) -> Any:
+        return None if text is None else self.serializer.loads(text)
+
+    def _info(self, row: sa.Row[Any]) -> WorkflowInfo:
+        m = row._mapping
+        return WorkflowInfo(**self._info_fields(m))
+
+    def _info_fields(self, m: Any) -> dict[str, Any]:
+        return {
+            "id": m["id"],
+            "name": m["name"],
+            "status": WorkflowStatus(m["status"]),
+            "input": self._load(m["input"]),
+            "output": self._load(m["output"]),
+            "error": ErrorInfo.from_json(m["error"]) if m["error"] else None,
+            "parent_id": m["parent_id"],
+            "executor_id": m["executor_id"],
+            "queue": m["queue"],
+            "priority": m["priority"],
+            "idempotency_key": m["idempotency_key"],
+            "attempts": m["attempts"],
+            "max_attempts": m["max_attempts"],
+            "version": m["version"],
+            "created_at": m["created_at"],
+            "updated_at": m["updated_at"],
+            "started_at": m["started_at"],
+            "completed_at": m["completed_at"],
+        }
+
+    def _snapshot(self, row: sa.Row[Any], step_rows: Sequence[sa.Row[Any]]) -> WorkflowSnapshot:
+        return WorkflowSnapshot(
+            **self._info_fields(row._mapping), steps=tuple(self._step(r) for r in step_rows)
+        )
+
+    def _step(self, row: sa.Row[Any]) -> StepRecord:
+        m = row._mapping
+        return StepRecord(
+            position=m["position"],
+            name=m["name"],
+            status=StepStatus(m["status"]),
+            output=self._load(m["output"]),
+            error=ErrorInfo.from_json(m["error"]) if m["error"] else None,
+            child_workflow_id=m["child_workflow_id"],
+            attempts=m["attempts"],
+            executor_id=m["executor_id"],
+            started_at=m["started_at"],
+            completed_at=m["completed_at"],
+        )
+
+    def _workflow_row(self, info: WorkflowInfo, now: datetime, version: int) -> dict[str, Any]:
+        return {
+            "id": info.id,
+            "name": info.name,
+            "status": WorkflowStatus(info.status).value,
+            "input": self._dump(info.input),
+            "output": self._dump(info.output),
+            "error": info.error.to_json() if info.error else None,
+            "parent_id": info.parent_id,
+            "executor_id": info.executor_id,
+            "queue": info.queue,
+            "priority": info.priority,
+            "idempotency_key": info.idempotency_key,
+            "attempts": info.attempts,
+            "max_attempts": info.max_attempts,
+            "version": version,
+            "created_at": info.created_at or now,
+            "updated_at": now,
+            "started_at": info.started_at,
+            "completed_at": info.completed_at,
+        }
+
+    def _step_row(self, instance_id: str, step: StepRecord, now: datetime) -> dict[str, Any]:
+        if step.position < 0:
+            raise InvalidArgumentError(f"a step position must be >= 0, got {step.position}")
+        completed = step.completed_at
+        if completed is None and step.status is not StepStatus.PENDING:
+            completed = now
+        return {
+            "workflow_id": instance_id,
+            "position": step.position,
+            "name": step.name,
+            "status": StepStatus(step.status).value,
+            "output": self._dump(step.output),
+            "error": step.error.to_json() if step.error else None,
+            "child_workflow_id": step.child_workflow_id,
+            "attempts": step.attempts,
+            "executor_id": step.executor_id,
+            "started_at": step.started_at,
+            "completed_at": completed,
+        }
+
+    def _task_row(self, spec: TaskSpec, now: datetime) -> dict[str, Any]:
+        return {
+            "instance_id": spec.instance_id,
+            "task_id": spec.task_id,
+            "name": spec.name,
+            "queue": spec.queue,
+            "priority": spec.priority,
+            "run_after": spec.run_after or now,
+            "claimed_by": None,
+            "claim_expires_at": None,
+            "attempts": 0,
+            "created_at": now,
+        }
+
+    def _claim(self, row: sa.Row[Any]) -> TaskClaim:
+        return TaskClaim(
+            instance_id=row.instance_id,
+            task_id=row.task_id,
+            worker_id=row.claimed_by,
+            expires_at=row.claim_expires_at,
+            attempts=row.attempts,
+            name=row.name,
+        )
+
+    def _refusal(
+        self,
+        conn: sa.Connection,
+        clock: dict[str, Any],
+        instance_id: str,
+        task_id: str,
+        worker_id: str,
+        *,
+        missing_task: bool = False,
+    ) -> DurableError:
+        """Why a write fenced by a claim was refused."""
+        row = conn.execute(
+            self._claim_state, {"p_iid": instance_id, "p_tid": task_id, **clock}
+        ).first()
+        if row is None and missing_task:
+            return TaskNotFoundError(instance_id, task_id)
+        holder = row[0] if row is not None and row[1] else None
+        return ClaimLostError(instance_id, task_id, worker_id, holder)
+
+    # -- snapshots ----------------------------------------------------------------------------
+
+    async def create_workflow(
+        self, snapshot: WorkflowSnapshot, *, task: TaskSpec | None = None
+    ) -> tuple[WorkflowInfo, bool]:
+        now = datetime.now(UTC)
+        row = self._workflow_row(snapshot, now, 1)
+        step_rows = [self._step_row(snapshot.id, s, now) for s in snapshot.steps]
+        task_row = self._task_row(task, now) if task is not None else None
+        match = workflows.c.id == snapshot.id
+        if snapshot.idempotency_key is not None:
+            match = sa.or_(match, workflows.c.idempotency_key == snapshot.idempotency_key)
+
+        def fn(conn: sa.Connection) -> tuple[WorkflowInfo, bool]:
+            inserted = conn.execute(
+                self._insert_if_absent(workflows, row)
+            )
+            if inserted.rowcount == 0:
+                existing = conn.execute(sa.select(workflows).where(match).limit(1)).one()
+                return self._info(existing), False
+            if step_rows:
+                conn.execute(sa.insert(steps), step_rows)
+            if task_row is not None:
+                conn.execute(sa.insert(tasks), task_row)
+            stored = conn.execute(self._select_workflow, {"p_iid": snapshot.id}).one()
+            return self._info(stored), True
+
+        return await self._run(fn, what=f"create workflow {snapshot.id!r}")
+
+    async def save_snapshot(self, snapshot: WorkflowSnapshot) -> WorkflowSnapshot:
+        now = datetime.now(UTC)
+        version = snapshot.version
+        row = self._workflow_row(snapshot, now, version + 1)
+        step_rows = [self._step_row(snapshot.id, s, now) for s in snapshot.steps]
+        instance_id = snapshot.id
+
+        def fn(conn: sa.Connection) -> WorkflowSnapshot:
+            if version == 0:
+                inserted = conn.execute(
+                    self._insert_if_absent(workflows, row)
+                )
+                if inserted.rowcount == 0:
+                    other = conn.execute(
+                        sa.select(workflows.c.id).where(
+                            sa.or_(
+                                workflows.c.id == instance_id,
+                                workflows.c.idempotency_key == snapshot.idempotency_key,
+                            )
+                        )
+                    ).scalar()
+                    raise WorkflowAlreadyExistsError(other or instance_id)
+            else:
+                values = {k: v for k, v in row.items() if k not in ("id", "created_at")}
+                updated = conn.execute(
+                    sa.update(workflows)
+                    .where(workflows.c.id == instance_id, workflows.c.version == version)
+                    .values(values)
+                )
+                if updated.rowcount == 0:
+                    actual = conn.execute(
+                        sa.select(workflows.c.version).where(workflows.c.id == instance_id)
+                    ).scalar()
+                    if actual is None:
+                        raise WorkflowNotFoundError(instance_id)
+                    raise ConcurrentUpdateError(instance_id, version, actual)
+            if step_rows:
+                ins = self.dialect.insert(steps)
+                conn.execute(
+                    ins.on_conflict_do_update(
+                        index_elements=[steps.c.workflow_id, steps.c.position],
+                        set_={c: ins.excluded[c] for c in _STEP_COLUMNS if c != "workflow_id"},
+                    ),
+                    step_rows,
+                )
+            return self._load_snapshot(conn, instance_id)
+
+        try:
+            return await self._run(fn, what=f"save workflow {instance_id!r}")
+        except BackendError as exc:
+            if isinstance(exc.__cause__, sa.exc.IntegrityError):
+                raise WorkflowAlreadyExistsError(instance_id) from exc
+            raise
+
+    def _load_snapshot(self, conn: sa.Connection, instance_id: str) -> WorkflowSnapshot:
+        row = conn.execute(self._select_workflow, {"p_iid": instance_id}).first()
+        if row is None:
+            raise WorkflowNotFoundError(instance_id)
+        step_rows = conn.execute(self._select_steps, {"p_iid": instance_id}).all()
+        return self._snapshot(row, step_rows)
+
+    async def load_snapshot(self, instance_id: str) -> WorkflowSnapshot:
+        return await self._run(
+            lambda conn: self._load_snapshot(conn, instance_id),
+            what=f"load workflow {instance_id!r}",
+        )
+
+    async def get_workflow(self, instance_id: str) -> WorkflowInfo:
+        def fn(conn: sa.Connection) -> WorkflowInfo:
+            row = conn.execute(self._select_workflow, {"p_iid": instance_id}).first()
+            if row is None:
+                raise WorkflowNotFoundError(instance_id)
+            return self._info(row)
+
+        return await self._run(fn, what=f"read workflow {instance_id!r}")
+
+    async def delete_snapshot(self, instance_id: str) -> bool:
+        def fn(conn: sa.Connection) -> bool:
+            conn.execute(sa.delete(tasks).where(tasks.c.instance_id == instance_id))
+            conn.execute(sa.delete(steps).where(steps.c.workflow_id == instance_id))
+            return conn.execute(sa.delete(workflows).where(workflows.c.id == instance_id)).rowcount > 0
+
+        return await self._run(fn, what=f"delete workflow {instance_id!r}")
+
+    async def list_snapshots(
+        self,
+        *,
+        status: WorkflowStatus | str | Sequence[WorkflowStatus | str] | None = None,
+        name: str | None = None,
+        parent_id: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[WorkflowInfo]:
+        statuses = as_status_set(status)
+        if limit < 1:
+            raise InvalidArgumentError(f"limit must be at least 1, got {limit}")
+        query = sa.select(workflows)
+        if statuses is not None:
+            query = query.where(workflows.c.status.in_([s.value for s in statuses]))
+        if name is not None:
+            query = query.where(workflows.c.name == name)
+        if parent_id is not None:
+            query = query.where(workflows.c.parent_id == parent_id)
+        if cursor is not None:
+            created, after_id = decode_cursor(cursor)
+            query = query.where(
+                sa.or_(
+                    workflows.c.created_at < created,
+                    sa.and_(workflows.c.created_at == created, workflows.c.id < after_id),
+                )
+            )
+        query = query.order_by(workflows.c.created_at.desc(), workflows.c.id.desc()).limit(
+            limit + 1
+        )
+
+        def fn(conn: sa.Connection) -> Page[WorkflowInfo]:
+            rows = conn.execute(query).all()
+            items = [self._info(r) for r in rows[:limit]]
+            return Page(items, encode_cursor(items[-1]) if len(rows) > limit else None)
+
+        return await self._run(fn, what="list workflows")
+
+    async def list_steps(self, instance_id: str) -> list[StepRecord]:
+        def fn(conn: sa.Connection) -> list[StepRecord]:
+            rows = conn.execute(self._select_steps, {"p_iid": instance_id}).all()
+            if not rows and conn.execute(
+                sa.select(workflows.c.id).where(workflows.c.id == instance_id)
+            ).first() is None:
+                raise WorkflowNotFoundError(instance_id)
+            return [self._step(r) for r in rows]
+
+        return await self._run(fn, what=f"list steps of {instance_id!r}")
+
+    # -- execution ----------------------------------------------------------------------------
+
+    async def begin_execution(
+        self, instance_id: str, worker_id: str, *, task_id: str = WORKFLOW_TASK
+    ) -> WorkflowSnapshot:
+        clock = self.dialect.clock_params()
+        params = {
+            "p_iid": instance_id,
+            "p_tid": task_id,
+            "p_wid": worker_id,
+            "p_ts": datetime.now(UTC),
+            **clock,
+        }
+
+        def fn(conn: sa.Connection) -> WorkflowSnapshot:
+            row = conn.execute(self._begin, params).first()
+            if row is None:
+                if conn.execute(self._select_workflow, params).first() is None:
+                    raise WorkflowNotFoundError(instance_id)
+                raise self._refusal(conn, clock, instance_id, task_id, worker_id)
+            return self._snapshot(row, conn.execute(self._select_steps, params).all())
+
+        return await self._run(fn, what=f"begin workflow {instance_id!r}")
+
+    async def record_step(
+        self,
+        instance_id: str,
+        step: StepRecord,
+        *,
+        worker_id: str,
+        task_id: str = WORKFLOW_TASK,
+    ) -> None:
+        clock = self.dialect.clock_params()
+        row = self._step_row(instance_id, step, datetime.now(UTC))
+        params = {f"s_{k}": v for k, v in row.items()}
+        params.update(p_iid=instance_id, p_tid=task_id, p_wid=worker_id, **clock)
+
+        def fn(conn: sa.Connection) -> None:
+            if conn.execute(self._record_step, params).rowcount == 1:
+                return
+            refusal = self._refusal(conn, clock, instance_id, task_id, worker_id)
+            if isinstance(refusal, ClaimLostError) and refusal.holder == worker_id:
+                raise StepAlreadyRecordedError(instance_id, step.position)
+            raise refusal
+
+        await self._run(fn, what=f"record step {step.position} of {instance_id!r}")
+
+    async def finish_workflow(
+        self,
+        instance_id: str,
+        *,
+        worker_id: str,
+        status: WorkflowStatus,
+        output: Any = None,
+        error: ErrorInfo | None = None,
+    ) -> WorkflowInfo:
+        if not WorkflowStatus(status).is_terminal:
+            raise InvalidArgumentError(f"finish_workflow needs a final status, got {status!r}")
+        clock = self.dialect.clock_params()
+        params = {
+            "p_iid": instance_id,
+            "p_wid": worker_id,
+            "p_status": WorkflowStatus(status).value,
+            "p_output": self._dump(output),
+            "p_error": error.to_json() if error else None,
+            "p_ts": datetime.now(UTC),
+            **clock,
+        }
+
+        def fn(conn: sa.Connection) -> WorkflowInfo:
+            if conn.execute(self._take_workflow_task, params).rowcount == 0:
+                raise self._refusal(conn, clock, instance_id, WORKFLOW_TASK, worker_id)
+            return self._info(conn.execute(self._finish, params).one())
+
+        return await self._run(fn, what=f"finish workflow {instance_id!r}")
+
+    async def reschedule_workflow(
+        self,
+        instance_id: str,
+        *,
+        worker_id: str,
+        run_after: timedelta,
+        error: ErrorInfo | None = None,
+    ) -> WorkflowInfo:
+        delay = max(run_after.total_seconds(), 0.0)
+        clock = self.dialect.clock_params(delay=delay)
+        params = {"p_iid": instance_id, "p_tid": WORKFLOW_TASK, "p_wid": worker_id, **clock}
+        values = {
+            "status": WorkflowStatus.PENDING.value,
+            "error": error.to_json() if error else None,
+            "updated_at": datetime.now(UTC),
+            "version": workflows.c.version + 1,
+        }
+
+        def fn(conn: sa.Connection) -> WorkflowInfo:
+            if conn.execute(self._reschedule_task, params).rowcount == 0:
+                raise self._refusal(conn, clock, instance_id, WORKFLOW_TASK, worker_id)
+            return self._info(
+                conn.execute(
+                    sa.update(workflows)
+                    .where(workflows.c.id == instance_id)
+                    .values(values)
+                    .returning(*workflows.c)
+                ).one()
+            )
+
+        return await self._run(fn, what=f"reschedule workflow {instance_id!r}")
+
+    async def cancel_workflow(self, instance_id: str) -> WorkflowInfo:
+        now = datetime.now(UTC)
+
+        def fn(conn: sa.Connection) -> WorkflowInfo:
+            row = conn.execute(
+                sa.update(workflows)
+                .where(workflows.c.id == instance_id, workflows.c.status.not_in(_TERMINAL))
+                .values(
+                    status=WorkflowStatus.CANCELLED.value,
+                    updated_at=now,
+                    completed_at=now,
+                    version=workflows.c.version + 1,
+                )
+                .returning(*workflows.c)
+            ).first()
+            if row is None:
+                row = conn.execute(self._select_workflow, {"p_iid": instance_id}).first()
+                if row is None:
+                    raise WorkflowNotFoundError(instance_id)
+                return self._info(row)
+            conn.execute(sa.delete(tasks).where(tasks.c.instance_id == instance_id))
+            return self._info(row)
+
+        return await self._run(fn, what=f"cancel workflow {instance_id!r}")
+
+    # -- tasks and claims ---------------------------------------------------------------------
+
+    async def add_task(self, spec: TaskSpec) -> bool:
+        row = self._task_row(spec, datetime.now(UTC))
+
+        def fn(conn: sa.Connection) -> bool:
+            if conn.execute(self._select_workflow, {"p_iid": spec.instance_id}).first() is None:
+                raise WorkflowNotFoundError(spec.instance_id)
+            stmt = self._insert_if_absent(tasks, row)
+            return conn.execute(stmt).rowcount == 1
+
+        return await self._run(fn, what=f"add task {spec.task_id!r} of {spec.instance_id!r}")
+
+    async def claim_task(
+        self, instance_id: str, task_id: str, worker_id: str, ttl: timedelta
+    ) -> TaskClaim | None:
+        clock = self.dialect.clock_params(ttl=ttl_seconds(ttl))
+        params = {"p_iid": instance_id, "p_tid": task_id, "p_wid": worker_id, **clock}
+
+        def fn(conn: sa.Connection) -> TaskClaim | None:
+            row = conn.execute(self._claim_one, params).first()
+            if row is not None:
+                return self._claim(row)
+            if conn.execute(self._claim_state, params).first() is None:
+                raise TaskNotFoundError(instance_id, task_id)
+            return None
+
+        return await self._run(fn, what=f"claim task {task_id!r} of {instance_id!r}")
+
+    async def extend_task_claim(
+        self, instance_id: str, task_id: str, worker_id: str, ttl: timedelta
+    ) -> TaskClaim:
+        clock = self.dialect.clock_params(ttl=ttl_seconds(ttl))
+        params = {"p_iid": instance_id, "p_tid": task_id, "p_wid": worker_id, **clock}
+
+        def fn(conn: sa.Connection) -> TaskClaim:
+            row = conn.execute(self._extend, params).first()
+            if row is None:
+                raise self._refusal(
+                    conn, clock, instance_id, task_id, worker_id, missing_task=True
+                )
+            return self._claim(row)
+
+        return await self._run(fn, what=f"extend the claim on {task_id!r} of {instance_id!r}")
+
+    async def release_task_claim(self, instance_id: str, task_id: str, worker_id: str) -> None:
+        clock = self.dialect.clock_params()
+        params = {"p_iid": instance_id, "p_tid": task_id, "p_wid": worker_id, **clock}
+
+        def fn(conn: sa.Connection) -> None:
+            if conn.execute(self._release, params).rowcount == 0:
+                raise self._refusal(
+                    conn, clock, instance_id, task_id, worker_id, missing_task=True
+                )
+
+        await self._run(fn, what=f"release the claim on {task_id!r} of {instance_id!r}")
+
+    async def complete_task(self, instance_id: str, task_id: str, worker_id: str) -> None:
+        clock = self.dialect.clock_params()
+        params = {"p_iid": instance_id, "p_tid": task_id, "p_wid": worker_id, **clock}
+
+        def fn(conn: sa.Connection) -> None:
+            if conn.execute(self._complete, params).rowcount == 0:
+                raise self._refusal(conn, clock, instance_id, task_id, worker_id)
+
+        await self._run(fn, what=f"complete task {task_id!r} of {instance_id!r}")
+
+    def _filter_params(
+        self, worker_id: str, limit: int, names: Sequence[str] | None, queues: Sequence[str] | None
+    ) -> dict[str, Any]:
+        if limit < 1:
+            raise InvalidArgumentError(f"limit must be at least 1, got {limit}")
+        params: dict[str, Any] = {"p_wid": worker_id, "p_limit": limit}
+        if names is not None:
+            params["p_names"] = list(names)
+        if queues is not None:
+            params["p_queues"] = list(queues)
+        return params
+
+    async def find_available_tasks(
+        self,
+        worker_id: str,
+        limit: int,
+        *,
+        names: Sequence[str] | None = None,
+        queues: Sequence[str] | None = None,
+    ) -> list[AvailableTask]:
+        params = self._filter_params(worker_id, limit, names, queues)
+        clock = self.dialect.clock_params()
+        params.update(clock)
+        now = self.dialect.now()
+        live = sa.and_(tasks.c.claimed_by.is_not(None), tasks.c.claim_expires_at > now)
+        query = (
+            sa.select(
+                tasks.c.instance_id,
+                tasks.c.task_id,
+                tasks.c.name,
+                tasks.c.queue,
+                tasks.c.priority,
+                tasks.c.run_after,
+                sa.case((live, tasks.c.claimed_by), else_=None).label("claimed_by"),
+                sa.case((live, tasks.c.claim_expires_at), else_=None).label("claim_expires_at"),
+                tasks.c.attempts,
+            )
+            .where(self._available(names, queues))
+            .order_by(*self._available_order)
+            .limit(sa.bindparam("p_limit", type_=sa.Integer()))
+        )
+
+        def fn(conn: sa.Connection) -> list[AvailableTask]:
+            return [
+                AvailableTask(
+                    instance_id=r.instance_id,
+                    task_id=r.task_id,
+                    name=r.name,
+                    queue=r.queue,
+                    priority=r.priority,
+                    run_after=r.run_after,
+                    claimed_by=r.claimed_by,
+                    claim_expires_at=_aware(r.claim_expires_at),
+                    attempts=r.attempts,
+                )
+                for r in conn.execute(query, params)
+            ]
+
+        return await self._run(fn, what="find available tasks")
+
+    async def claim_available_tasks(
+        self,
+        worker_id: str,
+        limit: int,
+        ttl: timedelta,
+        *,
+        names: Sequence[str] | None = None,
+        queues: Sequence[str] | None = None,
+    ) -> list[TaskClaim]:
+        params = self._filter_params(worker_id, limit, names, queues)
+        params.update(self.dialect.clock_params(ttl=ttl_seconds(ttl)))
+        stmt = (
+            self.dialect.claim_batch(tasks, self._available(names, queues), self._available_order)
+            .values(**self._claim_values)
+            .returning(*self._claim_columns, tasks.c.priority, tasks.c.run_after, tasks.c.id)
+        )
+
+        def fn(conn: sa.Connection) -> list[TaskClaim]:
+            rows = sorted(conn.execute(stmt, params), key=lambda r: (r.priority, r.run_after, r.id))
+            return [self._claim(r) for r in rows]
+
+        return await self._run(fn, what="claim available tasks")
+
+
+def _aware(value: Any) -> datetime | None:
+    """A timestamp from a CASE expression, which loses the column's type on SQLite."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+
+
+def _first_line(exc: BaseException | None) -> str:
+    return str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else repr(exc)

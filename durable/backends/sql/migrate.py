@@ -1,0 +1,106 @@
+"""Schema migrations: Alembic, driven from code so that a backend can migrate when it starts.
+
+The revisions live in the repository's ``alembic/`` folder (packaged as ``durable/_migrations``)
+and are generated from :mod:`durable.backends.sql.schema`. Alembic's version table is
+``durable_alembic_version`` so that it never collides with an application's own migrations.
+Concurrent upgrades are serialized: by an advisory lock on PostgreSQL, by the write lock of
+``BEGIN IMMEDIATE`` on SQLite.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from durable.errors import ConfigurationError, SchemaVersionError
+
+VERSION_TABLE = "durable_alembic_version"
+#: Any constant would do; it only has to be the same for every process.
+_PG_LOCK_KEY = 0x6475726162  # "durab"
+
+
+@cache
+def script_location() -> str:
+    """The folder that holds ``env.py`` and ``versions/``: packaged, or the source checkout's."""
+    package = Path(__file__).resolve().parents[2]
+    for candidate in (package / "_migrations", package.parent / "alembic"):
+        if (candidate / "env.py").is_file():
+            return str(candidate)
+    raise ConfigurationError(f"durable's migrations are missing (looked beside {package})")
+
+
+def alembic_config(connection: sa.Connection | None = None) -> Config:
+    """An Alembic configuration for durable's revisions, bound to ``connection`` if given."""
+    config = Config()
+    config.set_main_option("script_location", script_location())
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    """The revision this code expects the database to be at."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(connection: sa.Connection) -> str | None:
+    """The revision the database is at (None: durable's tables were never created)."""
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+def _check_known(connection: sa.Connection) -> str | None:
+    current = current_revision(connection)
+    if current is None:
+        return None
+    script = ScriptDirectory.from_config(alembic_config())
+    try:
+        script.get_revision(current)
+    except Exception:
+        raise SchemaVersionError(
+            f"the database schema is at revision {current!r}, which this version of durable "
+            f"does not know (its newest is {head_revision()!r}): the database was migrated by a "
+            "newer durable; upgrade durable"
+        ) from None
+    return current
+
+
+def _lock(connection: sa.Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+
+
+def upgrade(connection: sa.Connection, revision: str = "head") -> None:
+    """Migrate to ``revision`` inside the connection's transaction, holding the migration lock.
+
+    :raises SchemaVersionError: the database is at a revision this code does not know.
+    """
+    _lock(connection)
+    _check_known(connection)
+    command.upgrade(alembic_config(connection), revision)
+
+
+def downgrade(connection: sa.Connection, revision: str) -> None:
+    """Migrate down to ``revision`` (``"base"`` drops every durable table)."""
+    _lock(connection)
+    _check_known(connection)
+    command.downgrade(alembic_config(connection), revision)
+
+
+def check(connection: sa.Connection) -> None:
+    """Raise :class:`SchemaVersionError` unless the database is at this code's head revision."""
+    current = _check_known(connection)
+    head = head_revision()
+    if current != head:
+        raise SchemaVersionError(
+            f"the database schema is at revision {current!r} but this version of durable needs "
+            f"{head!r}: run `durable migrate <url>`, or start the backend with auto_migrate=True"
+        )

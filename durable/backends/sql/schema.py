@@ -1,0 +1,132 @@
+"""The tables of the SQL backends: the one definition of the schema.
+
+Alembic revisions in ``alembic/versions`` are generated from :data:`metadata`, and
+``tests/test_migrations.py`` checks that a database migrated to head matches it exactly.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+#: Every durable table has this prefix, so durable can share a database with an application.
+PREFIX = "durable_"
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python, whatever the database keeps.
+
+    PostgreSQL stores ``timestamptz``; SQLite stores ISO-8601 text in UTC, which sorts and
+    compares correctly as text. A naive datetime is rejected rather than guessed at.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: durable stores timezone-aware times")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # a value SQLite computed itself
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+_ID = sa.String(255)
+
+workflows = sa.Table(
+    f"{PREFIX}workflows",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("name", _ID, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("input", sa.Text),
+    sa.Column("output", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("parent_id", _ID),
+    sa.Column("executor_id", _ID),
+    sa.Column("queue", _ID, nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("idempotency_key", _ID, unique=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("max_attempts", sa.Integer),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("completed_at", UTCDateTime),
+    sa.Index(None, "created_at", "id"),
+    sa.Index(None, "status", "created_at"),
+    sa.Index(None, "name", "created_at"),
+    sa.Index(None, "parent_id"),
+)
+
+steps = sa.Table(
+    f"{PREFIX}steps",
+    metadata,
+    sa.Column(
+        "workflow_id",
+        _ID,
+        sa.ForeignKey(workflows.c.id, ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("position", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", _ID, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("output", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("child_workflow_id", _ID),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("executor_id", _ID),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("completed_at", UTCDateTime),
+)
+
+tasks = sa.Table(
+    f"{PREFIX}tasks",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column(
+        "instance_id",
+        _ID,
+        sa.ForeignKey(workflows.c.id, ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("task_id", _ID, nullable=False),
+    sa.Column("name", _ID, nullable=False),
+    sa.Column("queue", _ID, nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("run_after", UTCDateTime, nullable=False),
+    sa.Column("claimed_by", _ID),
+    sa.Column("claim_expires_at", UTCDateTime),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("instance_id", "task_id"),
+    sa.Index(None, "priority", "run_after", "id"),
+)

@@ -1,0 +1,178 @@
+"""Every error ``durable`` raises derives from :class:`DurableError`.
+
+The tree::
+
+    DurableError
+    ├── ConfigurationError            bad URL, unknown scheme, bad option value
+    ├── InvalidArgumentError          a bad argument (also a ValueError)
+    ├── BackendError                  the storage failed (driver error kept in __cause__)
+    │   ├── BackendUnavailableError   the database cannot be reached
+    │   └── SchemaVersionError        the schema is newer than this code, or not migrated
+    ├── SerializationError            a value cannot be serialized or deserialized
+    ├── NotFoundError
+    │   ├── WorkflowNotFoundError     no workflow with that id
+    │   └── TaskNotFoundError         no task with that (instance id, task id)
+    ├── ConflictError
+    │   ├── ConcurrentUpdateError     optimistic lock: the stored version moved on
+    │   ├── WorkflowAlreadyExistsError
+    │   └── StepAlreadyRecordedError  that step position already has a final outcome
+    ├── ClaimLostError                the caller does not hold the claim it acts under
+    ├── NonDeterminismError           a replay diverged from the recorded history
+    ├── WorkflowError                 the outcome of a workflow, as seen by a caller
+    │   ├── WorkflowFailedError       it failed; the recorded error is attached
+    │   ├── WorkflowCancelledError    it was cancelled
+    │   └── WorkflowDeadLetteredError it failed on its last attempt and was dead-lettered
+    └── StepError                     a recorded step failure whose exception class cannot be rebuilt
+
+Each class's docstring is its default message.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from durable.models import ErrorInfo
+
+
+class DurableError(Exception):
+    """A durable error occurred."""
+
+    def __init__(self, message: str | None = None, *args: Any) -> None:
+        if message is None:
+            message = (self.__class__.__doc__ or self.__class__.__name__).strip().splitlines()[0]
+        super().__init__(message, *args)
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigurationError(DurableError):
+    """The configuration is invalid."""
+
+
+class InvalidArgumentError(DurableError, ValueError):
+    """An argument is invalid."""
+
+
+class BackendError(DurableError):
+    """The storage backend failed."""
+
+
+class BackendUnavailableError(BackendError):
+    """The database cannot be reached."""
+
+
+class SchemaVersionError(BackendError):
+    """The database schema does not match this version of durable."""
+
+
+class SerializationError(DurableError):
+    """A value could not be serialized or deserialized."""
+
+
+class NotFoundError(DurableError):
+    """The requested object does not exist."""
+
+
+class WorkflowNotFoundError(NotFoundError):
+    """No workflow has that id."""
+
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(f"no workflow with id {workflow_id!r}")
+        self.workflow_id = workflow_id
+
+
+class TaskNotFoundError(NotFoundError):
+    """No task has that id."""
+
+    def __init__(self, instance_id: str, task_id: str) -> None:
+        super().__init__(f"no task {task_id!r} for workflow {instance_id!r}")
+        self.instance_id = instance_id
+        self.task_id = task_id
+
+
+class ConflictError(DurableError):
+    """The write conflicts with what is stored."""
+
+
+class ConcurrentUpdateError(ConflictError):
+    """The workflow was updated by someone else since it was read."""
+
+    def __init__(self, workflow_id: str, expected_version: int, actual_version: int | None) -> None:
+        super().__init__(
+            f"workflow {workflow_id!r} was updated concurrently: expected version "
+            f"{expected_version}, stored version is {actual_version}"
+        )
+        self.workflow_id = workflow_id
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+
+
+class WorkflowAlreadyExistsError(ConflictError):
+    """A workflow with that id already exists."""
+
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(f"a workflow with id {workflow_id!r} already exists")
+        self.workflow_id = workflow_id
+
+
+class StepAlreadyRecordedError(ConflictError):
+    """That step already has a recorded outcome."""
+
+    def __init__(self, workflow_id: str, position: int) -> None:
+        super().__init__(f"step {position} of workflow {workflow_id!r} is already recorded")
+        self.workflow_id = workflow_id
+        self.position = position
+
+
+class ClaimLostError(DurableError):
+    """The caller does not hold the claim it acts under (it expired and was taken, or never held)."""
+
+    def __init__(self, instance_id: str, task_id: str, worker_id: str, holder: str | None) -> None:
+        held = f"it is held by {holder!r}" if holder else "it is not held by anyone"
+        super().__init__(
+            f"worker {worker_id!r} does not hold the claim on task {task_id!r} of "
+            f"workflow {instance_id!r}: {held}"
+        )
+        self.instance_id = instance_id
+        self.task_id = task_id
+        self.worker_id = worker_id
+        self.holder = holder
+
+
+class NonDeterminismError(DurableError):
+    """A replay diverged from the recorded history of the workflow."""
+
+
+class WorkflowError(DurableError):
+    """The workflow did not succeed."""
+
+    def __init__(self, workflow_id: str, message: str, error: ErrorInfo | None = None) -> None:
+        super().__init__(message)
+        self.workflow_id = workflow_id
+        self.error = error
+
+
+class WorkflowFailedError(WorkflowError):
+    """The workflow failed."""
+
+
+class WorkflowCancelledError(WorkflowError):
+    """The workflow was cancelled."""
+
+
+class WorkflowDeadLetteredError(WorkflowError):
+    """The workflow failed on its last attempt and was moved to the dead letters."""
+
+
+class StepError(DurableError):
+    """A step failed; its exception class could not be rebuilt, so this stands in for it."""
+
+    def __init__(self, error: ErrorInfo) -> None:
+        super().__init__(f"{error.type}: {error.message}")
+        self.error = error

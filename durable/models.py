@@ -1,0 +1,237 @@
+"""The records a backend stores and returns: workflows, their steps, tasks and claims.
+
+These are plain frozen dataclasses. Values (``input``, ``output`` of workflows and steps) are
+Python values here; a backend turns them into text with its serializer and back.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback as tb
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+from durable.errors import InvalidArgumentError
+
+T = TypeVar("T")
+
+#: The task id under which a workflow's own execution is claimed.
+WORKFLOW_TASK = "workflow"
+
+
+class WorkflowStatus(StrEnum):
+    """Where a workflow execution stands."""
+
+    PENDING = "pending"
+    """Recorded, waiting for an executor (enqueued, scheduled, or waiting for a retry)."""
+    RUNNING = "running"
+    """An executor has started it; it may be mid-step, or its executor may have died."""
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    DEAD_LETTER = "dead_letter"
+    """It failed on its last allowed attempt."""
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {
+        WorkflowStatus.SUCCEEDED,
+        WorkflowStatus.FAILED,
+        WorkflowStatus.CANCELLED,
+        WorkflowStatus.DEAD_LETTER,
+    }
+)
+
+
+class StepStatus(StrEnum):
+    """Where a step stands. Only ``pending`` steps may be recorded again."""
+
+    PENDING = "pending"
+    """Started but not finished: a child workflow or a dispatched task is awaited."""
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ErrorInfo:
+    """An exception as recorded: its class's import path, message, traceback and arguments."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+    args: tuple[Any, ...] | None = None
+    """The exception's ``args`` when they are JSON-serializable, so the exception can be rebuilt."""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        kind = type(exc)
+        args: tuple[Any, ...] | None = tuple(exc.args)
+        try:
+            json.dumps(args)
+        except (TypeError, ValueError):
+            args = None
+        return cls(
+            type=f"{kind.__module__}.{kind.__qualname__}",
+            message=str(exc),
+            traceback="".join(tb.format_exception(exc)),
+            args=args,
+        )
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = {"type": self.type, "message": self.message}
+        if self.traceback is not None:
+            data["traceback"] = self.traceback
+        if self.args is not None:
+            data["args"] = list(self.args)
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> ErrorInfo:
+        data = json.loads(text)
+        args = data.get("args")
+        return cls(
+            type=data["type"],
+            message=data["message"],
+            traceback=data.get("traceback"),
+            args=tuple(args) if args is not None else None,
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StepRecord:
+    """One step of a workflow execution, identified by its position in the workflow."""
+
+    position: int
+    name: str
+    status: StepStatus = StepStatus.SUCCEEDED
+    output: Any = None
+    error: ErrorInfo | None = None
+    child_workflow_id: str | None = None
+    attempts: int = 1
+    executor_id: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkflowInfo:
+    """A workflow execution's header: everything but its steps."""
+
+    id: str
+    name: str
+    status: WorkflowStatus = WorkflowStatus.PENDING
+    input: Any = None
+    output: Any = None
+    error: ErrorInfo | None = None
+    parent_id: str | None = None
+    executor_id: str | None = None
+    queue: str = "default"
+    priority: int = 0
+    idempotency_key: str | None = None
+    attempts: int = 0
+    max_attempts: int | None = None
+    version: int = 0
+    """Optimistic lock: 0 for a snapshot never saved; every header update adds one."""
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkflowSnapshot(WorkflowInfo):
+    """A workflow execution's whole persisted state: its header and its steps by position."""
+
+    steps: tuple[StepRecord, ...] = ()
+
+    def header(self) -> WorkflowInfo:
+        """The snapshot without its steps."""
+        values = {f: getattr(self, f) for f in WorkflowInfo.__dataclass_fields__}
+        return WorkflowInfo(**values)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskSpec:
+    """A unit of claimable work to create: a workflow to run, or a step handed to any worker."""
+
+    instance_id: str
+    task_id: str = WORKFLOW_TASK
+    name: str
+    """What a worker must know to run it: the workflow name, or the step name."""
+    queue: str = "default"
+    priority: int = 0
+    """Lower runs first; equal priorities run in creation order."""
+    run_after: datetime | None = None
+    """Not available before this time (None: at once)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AvailableTask:
+    """A task as :meth:`PersistentBackend.find_available_tasks` sees it."""
+
+    instance_id: str
+    task_id: str
+    name: str
+    queue: str
+    priority: int
+    run_after: datetime
+    claimed_by: str | None
+    claim_expires_at: datetime | None
+    attempts: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskClaim:
+    """A claim on a task: only ``worker_id`` may act on the task until ``expires_at``."""
+
+    instance_id: str
+    task_id: str
+    worker_id: str
+    expires_at: datetime
+    attempts: int
+    """How many times the task has been claimed, this claim included (a re-entrant claim by the
+    holder does not count again)."""
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a listing; pass ``next_cursor`` back to get the next one (None: no more)."""
+
+    items: list[T] = field(default_factory=list)
+    next_cursor: str | None = None
+
+    def __iter__(self) -> Any:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def as_status_set(
+    status: WorkflowStatus | str | Sequence[WorkflowStatus | str] | None,
+) -> frozenset[WorkflowStatus] | None:
+    """Normalize a status filter; raises InvalidArgumentError naming an unknown status."""
+    if status is None:
+        return None
+    items = [status] if isinstance(status, str) else list(status)
+    try:
+        return frozenset(WorkflowStatus(s) for s in items)
+    except ValueError:
+        valid = ", ".join(s.value for s in WorkflowStatus)
+        raise InvalidArgumentError(f"unknown workflow status in {items!r}: valid ones are {valid}") from None
+
+
+def ttl_seconds(ttl: timedelta | float) -> float:
+    """A lease duration in seconds; raises InvalidArgumentError unless it is positive."""
+    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
+    if not seconds > 0:
+        raise InvalidArgumentError(f"a claim ttl must be positive, got {ttl!r}")
+    return seconds

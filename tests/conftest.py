@@ -1,0 +1,79 @@
+"""Fixtures shared by the whole suite: database URLs for every backend kind.
+
+PostgreSQL comes from pytest-postgresql. When a server is reachable (DURABLE_PG_HOST /
+DURABLE_PG_PORT, default 127.0.0.1:5432, as started by .ci/run) the ``postgresql_noproc``
+factory uses it: this is the only way as root, since PostgreSQL refuses to run as root. Otherwise,
+as a normal user with PostgreSQL installed, pytest-postgresql starts its own server
+(``postgresql_proc``). Every test gets a fresh database, dropped afterwards.
+
+Under CI (``CI`` set), an unreachable PostgreSQL is an error, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pytest_postgresql import factories
+
+PG_HOST = os.environ.get("DURABLE_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("DURABLE_PG_PORT", "5432"))
+PG_USER = os.environ.get("DURABLE_PG_USER", "postgres")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+PG_SERVER_RUNNING = _reachable(PG_HOST, PG_PORT)
+
+if PG_SERVER_RUNNING or os.geteuid() == 0:
+    postgresql_server = factories.postgresql_noproc(host=PG_HOST, port=PG_PORT, user=PG_USER)
+else:  # pragma: no cover - depends on the machine
+    postgresql_server = factories.postgresql_proc()
+
+postgresql = factories.postgresql("postgresql_server")
+
+
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A URL to a fresh, empty PostgreSQL database, dropped after the test."""
+    if not PG_SERVER_RUNNING and os.geteuid() == 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT} (CI must start it)")
+        pytest.skip(f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT}")
+    conn = request.getfixturevalue("postgresql")
+    info = conn.info
+    yield f"postgresql+psycopg://{info.user}@{info.host}:{info.port}/{info.dbname}"
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A URL to a new SQLite file (standard-library driver)."""
+    return f"sqlite:///{tmp_path / 'durable.db'}"
+
+
+@pytest.fixture
+def aiosqlite_url(tmp_path: Path) -> str:
+    """A URL to a new SQLite file through aiosqlite."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'durable-aio.db'}"
+
+
+BACKEND_KINDS = ["memory", "sqlite", "aiosqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKEND_KINDS)
+def backend_url(request: pytest.FixtureRequest) -> str:
+    """One URL per backend kind: memory://, a SQLite file (both drivers), PostgreSQL."""
+    kind = request.param
+    if kind == "memory":
+        return "memory://"
+    return str(request.getfixturevalue({"sqlite": "sqlite_url", "aiosqlite": "aiosqlite_url",
+                                        "postgres": "pg_url"}[kind]))
