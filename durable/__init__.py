@@ -1,5 +1,7 @@
 """durable: workflows whose every step is persisted, so they survive crashes and restarts."""
 
+from durable.context import StepGuard, step_guard, workflow_id
+
 from durable.backends import InMemoryBackend, PersistentBackend, SQLAlchemyBackend
 from durable.connect import connect
 from durable.errors import (
@@ -11,6 +13,7 @@ from durable.errors import (
     DurableError,
     InvalidArgumentError,
     NonDeterminismError,
+    NonRetryableError,
     NotFoundError,
     SchemaVersionError,
     SerializationError,
@@ -37,9 +40,32 @@ from durable.models import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
+from durable.registry import Registry, UnknownWorkflowError, default_registry
+from durable.retry import RetryPolicy
+from durable.runtime import Runtime
 from durable.serialization import JSONSerializer, PickleSerializer, Serializer
+from durable.step import AsyncStep, Step, SyncStep, run_step, step
+from durable.workflow import AsyncWorkflow, SyncWorkflow, Workflow, workflow
 
 __all__ = [
+    "AsyncStep",
+    "AsyncWorkflow",
+    "NonRetryableError",
+    "Registry",
+    "RetryPolicy",
+    "Runtime",
+    "Step",
+    "StepGuard",
+    "SyncStep",
+    "SyncWorkflow",
+    "UnknownWorkflowError",
+    "Workflow",
+    "default_registry",
+    "run_step",
+    "step",
+    "step_guard",
+    "workflow",
+    "workflow_id",
     "WORKFLOW_TASK",
     "AvailableTask",
     "BackendError",

@@ -18,6 +18,7 @@ The tree::
     │   └── StepAlreadyRecordedError  that step position already has a final outcome
     ├── ClaimLostError                the caller does not hold the claim it acts under
     ├── NonDeterminismError           a replay diverged from the recorded history
+    ├── NonRetryableError             raise it (or a subclass) from a step: no retry
     ├── WorkflowError                 the outcome of a workflow, as seen by a caller
     │   ├── WorkflowFailedError       it failed; the recorded error is attached
     │   ├── WorkflowCancelledError    it was cancelled
@@ -147,6 +148,10 @@ class ClaimLostError(DurableError):
 
 class NonDeterminismError(DurableError):
     """A replay diverged from the recorded history of the workflow."""
+
+
+class NonRetryableError(DurableError):
+    """The operation failed in a way that retrying cannot fix."""
 
 
 class WorkflowError(DurableError):

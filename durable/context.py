@@ -1,0 +1,322 @@
+"""The state of one workflow execution, and the step guard every step lowers to.
+
+While a workflow function runs, :func:`current` returns its :class:`ExecutionContext` (a context
+variable, so it follows the workflow into ``asyncio.gather`` tasks and into the thread a sync
+workflow runs in). Each step call takes the next *position* at the moment it is called, not when
+it is scheduled: steps started together get positions in call order, so a replay matches.
+
+A :class:`StepGuard` is one step at one position. If the history already has that position, the
+guard is *replayed*: its recorded outcome is returned without running anything, and a name that
+differs from the recorded one raises :class:`~durable.errors.NonDeterminismError`. Otherwise the
+caller runs the step and the guard persists its outcome (fenced by the workflow's claim) before
+the workflow goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import threading
+from collections.abc import Coroutine, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from durable.errors import (
+    DurableError,
+    NonDeterminismError,
+    SerializationError,
+    StepError,
+)
+from durable.models import ErrorInfo, StepRecord, StepStatus
+
+if TYPE_CHECKING:
+    from durable.runtime import Runtime
+
+T = TypeVar("T")
+
+_current: ContextVar[ExecutionContext | None] = ContextVar("durable_execution", default=None)
+_in_step: ContextVar[bool] = ContextVar("durable_in_step", default=False)
+
+
+def current() -> ExecutionContext | None:
+    """The workflow execution the caller runs in, or None outside workflows and inside steps."""
+    if _in_step.get():
+        return None
+    return _current.get()
+
+
+def workflow_id() -> str:
+    """The id of the workflow execution the caller runs in.
+
+    :raises DurableError: called outside a workflow.
+    """
+    ctx = _current.get()
+    if ctx is None:
+        raise DurableError("durable.workflow_id() was called outside a workflow")
+    return ctx.workflow_id
+
+
+@dataclass(eq=False)
+class ExecutionContext:
+    """One run of one workflow execution on one executor."""
+
+    runtime: Runtime
+    workflow_id: str
+    workflow_name: str
+    executor_id: str
+    history: Mapping[int, StepRecord]
+    loop: asyncio.AbstractEventLoop
+    loop_thread: int
+    is_async: bool
+    _next: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    divergence: NonDeterminismError | None = None
+    """Set when the replay diverged: the workflow fails with it whatever its code does next."""
+
+    def next_position(self) -> int:
+        with self._lock:
+            position = self._next
+            self._next += 1
+            return position
+
+    @property
+    def positions_used(self) -> int:
+        return self._next
+
+    def guard(self, name: str) -> StepGuard:
+        """Take the next position for a step called ``name`` and check it against the history.
+
+        :raises NonDeterminismError: the history has a different step at that position, or the
+            replay already diverged.
+        """
+        if self.divergence is not None:
+            raise self.divergence
+        position = self.next_position()
+        recorded = self.history.get(position)
+        if recorded is not None and recorded.name != name:
+            self.divergence = NonDeterminismError(
+                f"workflow {self.workflow_id!r} ({self.workflow_name}) called step {name!r} at "
+                f"position {position}, but its history recorded {recorded.name!r} there: the "
+                "workflow's code changed while this execution was in flight, or it is not "
+                "deterministic (it branches on time, randomness or I/O outside steps)"
+            )
+            raise self.divergence
+        return StepGuard(self, position, name, recorded)
+
+    def check_history_consumed(self) -> None:
+        """At the end of a run: every recorded step must have been replayed."""
+        unreplayed = [p for p in self.history if p >= self._next]
+        if unreplayed and self.divergence is None:
+            first = self.history[min(unreplayed)]
+            self.divergence = NonDeterminismError(
+                f"workflow {self.workflow_id!r} ({self.workflow_name}) finished after "
+                f"{self._next} steps, but its history has step {first.name!r} at position "
+                f"{first.position}: the replay skipped recorded steps"
+            )
+        if self.divergence is not None:
+            raise self.divergence
+
+    def block_on(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the runtime's loop from a sync workflow's thread and wait for it."""
+        if threading.get_ident() == self.loop_thread:
+            coro.close()
+            raise DurableError(
+                "a sync step or workflow was called on the event loop's thread: call sync steps "
+                "from sync workflows, or `await step.aio(...)` from async ones"
+            )
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
+class StepGuard:
+    """One step at one position: replays its recorded outcome, or persists a new one.
+
+    Use it directly for steps that are not decorated functions::
+
+        guard = durable.step_guard("charge-card")
+        async with guard:
+            if not guard.replayed:
+                guard.result = await gateway.charge(order)
+        receipt = guard.result
+
+    On leaving the ``async with`` block normally, a new result is persisted; if the block raises,
+    the failure is persisted and the exception propagates. A replayed guard persists nothing.
+    """
+
+    def __init__(
+        self, ctx: ExecutionContext, position: int, name: str, recorded: StepRecord | None
+    ) -> None:
+        self.ctx = ctx
+        self.position = position
+        self.name = name
+        self.recorded = recorded
+        self.started_at = datetime.now(UTC)
+        self.result: Any = None
+        if recorded is not None and recorded.status is StepStatus.SUCCEEDED:
+            self.result = recorded.output
+
+    @property
+    def replayed(self) -> bool:
+        """True when the step's final outcome is already recorded (nothing runs again)."""
+        return self.recorded is not None and self.recorded.status is not StepStatus.PENDING
+
+    @property
+    def pending(self) -> StepRecord | None:
+        """The recorded pending row (a started child workflow), if any."""
+        if self.recorded is not None and self.recorded.status is StepStatus.PENDING:
+            return self.recorded
+        return None
+
+    def replay(self) -> Any:
+        """Return the recorded result, or raise the recorded error."""
+        assert self.recorded is not None
+        if self.recorded.status is StepStatus.FAILED:
+            assert self.recorded.error is not None
+            raise rebuild_exception(self.recorded.error)
+        return self.recorded.output
+
+    def _roundtrip(self, value: Any) -> Any:
+        """The value as a replay will see it; raises SerializationError naming the step."""
+        serializer = self.ctx.runtime.backend.serializer
+        try:
+            return serializer.loads(serializer.dumps(value))
+        except SerializationError as exc:
+            raise SerializationError(
+                f"step {self.name!r} (position {self.position}) of workflow "
+                f"{self.ctx.workflow_id!r} returned a value of type {type(value).__qualname__} "
+                f"that the {serializer.name or type(serializer).__name__} serializer cannot "
+                f"store: {exc}"
+            ) from exc
+
+    async def succeed(
+        self, value: Any, *, attempts: int = 1, child_workflow_id: str | None = None
+    ) -> Any:
+        """Persist the step's result and return it as a replay would see it."""
+        stored = self._roundtrip(value)
+        await self._record(
+            StepStatus.SUCCEEDED, output=stored, attempts=attempts, child=child_workflow_id
+        )
+        self.result = stored
+        return stored
+
+    async def fail(
+        self, exc: BaseException, *, attempts: int = 1, child_workflow_id: str | None = None
+    ) -> None:
+        """Persist the step's failure (its exception's type, message, traceback and args)."""
+        await self._record(
+            StepStatus.FAILED,
+            error=ErrorInfo.from_exception(exc),
+            attempts=attempts,
+            child=child_workflow_id,
+        )
+
+    async def mark_pending(self, child_workflow_id: str) -> None:
+        """Persist that the step started a child workflow whose result it awaits."""
+        await self._record(StepStatus.PENDING, attempts=1, child=child_workflow_id)
+
+    async def _record(
+        self,
+        status: StepStatus,
+        *,
+        output: Any = None,
+        error: ErrorInfo | None = None,
+        attempts: int,
+        child: str | None,
+    ) -> None:
+        ctx = self.ctx
+        record = StepRecord(
+            position=self.position,
+            name=self.name,
+            status=status,
+            output=output,
+            error=error,
+            child_workflow_id=child,
+            attempts=attempts,
+            executor_id=ctx.executor_id,
+            started_at=self.started_at,
+        )
+        await ctx.runtime.backend.record_step(ctx.workflow_id, record, worker_id=ctx.executor_id)
+        self.recorded = record
+
+    async def __aenter__(self) -> StepGuard:
+        self._token = _in_step.set(True)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _in_step.reset(self._token)
+        if self.replayed:
+            if exc is None and self.recorded is not None:
+                self.result = self.replay()
+            return
+        if exc is None:
+            await self.succeed(self.result)
+        elif isinstance(exc, Exception):
+            await self.fail(exc)
+
+
+def step_guard(name: str) -> StepGuard:
+    """The step guard for the next position of the current workflow (see :class:`StepGuard`).
+
+    :raises DurableError: called outside a workflow.
+    :raises NonDeterminismError: the history has another step at this position.
+    """
+    ctx = current()
+    if ctx is None:
+        raise DurableError(f"durable.step_guard({name!r}) was called outside a workflow")
+    return ctx.guard(name)
+
+
+def in_step() -> _StepScope:
+    """Mark the code that runs as a step's body: durable calls inside it are plain calls."""
+    return _StepScope()
+
+
+class _StepScope:
+    def __enter__(self) -> None:
+        self._token = _in_step.set(True)
+
+    def __exit__(self, *exc: object) -> None:
+        _in_step.reset(self._token)
+
+
+def enter(ctx: ExecutionContext) -> Any:
+    """Make ``ctx`` current; returns a token for :func:`leave`."""
+    return _current.set(ctx)
+
+
+def leave(token: Any) -> None:
+    _current.reset(token)
+
+
+def rebuild_exception(error: ErrorInfo) -> BaseException:
+    """The recorded exception, rebuilt from its class and arguments when that is possible;
+    otherwise a :class:`~durable.errors.StepError` carrying the record."""
+    # the class path may be nested (module.Outer.Inner): find the longest importable module
+    parts = error.type.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        module_name, qualname = ".".join(parts[:split]), ".".join(parts[split:])
+        try:
+            obj: Any = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        try:
+            for attr in qualname.split("."):
+                obj = getattr(obj, attr)
+        except AttributeError:
+            break
+        if isinstance(obj, type) and issubclass(obj, Exception) and error.args is not None:
+            try:
+                rebuilt = obj(*error.args)
+            except Exception:
+                break
+            rebuilt.__durable_error__ = error  # type: ignore[attr-defined]
+            return rebuilt
+        break
+    return StepError(error)

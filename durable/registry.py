@@ -1,0 +1,69 @@
+"""Workflow names and the functions that run them.
+
+Decorating a function with :func:`durable.workflow` registers it in :data:`default_registry`
+under its name; a runtime looks workflows up by name to resume them after a crash and to run
+work enqueued by name. Names are contracts with the stored executions: name versions explicitly
+(``orders.checkout.v2``) when a workflow's steps change, and keep old versions registered until
+their executions have finished.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from durable.errors import ConfigurationError, DurableError
+
+if TYPE_CHECKING:
+    from durable.workflow import Workflow
+
+
+class UnknownWorkflowError(DurableError, LookupError):
+    """No workflow is registered under that name."""
+
+
+class Registry:
+    """A thread-safe map from workflow names to workflows."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._workflows: dict[str, Workflow[Any, Any]] = {}
+
+    def register(self, workflow: Workflow[Any, Any]) -> None:
+        """Add ``workflow``; re-registering the same function (a module reload) replaces it.
+
+        :raises ConfigurationError: another function is registered under the same name.
+        """
+        with self._lock:
+            existing = self._workflows.get(workflow.name)
+            if existing is not None and _origin(existing.fn) != _origin(workflow.fn):
+                raise ConfigurationError(
+                    f"workflow name {workflow.name!r} is already used by "
+                    f"{_origin(existing.fn)}; cannot register {_origin(workflow.fn)} under it"
+                )
+            self._workflows[workflow.name] = workflow
+
+    def get(self, name: str) -> Workflow[Any, Any]:
+        """:raises UnknownWorkflowError: nothing is registered under ``name``."""
+        try:
+            return self._workflows[name]
+        except KeyError:
+            raise UnknownWorkflowError(
+                f"no workflow is registered under the name {name!r}: import the module that "
+                "defines it before starting the runtime"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._workflows
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._workflows)
+
+
+def _origin(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+
+
+#: Where :func:`durable.workflow` registers workflows unless told otherwise.
+default_registry = Registry()

@@ -1,0 +1,610 @@
+"""The runtime: runs workflows on a backend, one persisted step at a time.
+
+``Runtime`` is async at heart. Sync workflows run in worker threads and reach the event loop for
+each checkpoint; sync callers (a Flask or Django view) use ``with runtime:`` and
+``runtime.run_sync(...)``, which run the same async machinery on a background event loop (see
+:mod:`durable.portal`). There is one implementation of everything, and it is async.
+
+Execution of one workflow, in order, each line persisted before the next:
+
+1. ``create_workflow``: the execution and its task are recorded (input serialized first, so a bad
+   input fails before anything is written);
+2. ``claim_task``: this executor takes the workflow's lease; another live holder means someone
+   else runs it, and the caller waits for the outcome instead;
+3. ``begin_execution``: status running, history loaded;
+4. the body runs; each step replays from the history or runs and is recorded by
+   ``record_step``, fenced by the lease, which a heartbeat keeps alive;
+5. ``finish_workflow``: output or error recorded, task removed, in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from durable import context as _context
+from durable.backends.base import PersistentBackend
+from durable.context import ExecutionContext, StepGuard, rebuild_exception
+from durable.errors import (
+    ClaimLostError,
+    DurableError,
+    InvalidArgumentError,
+    SerializationError,
+    StepError,
+    TaskNotFoundError,
+    WorkflowCancelledError,
+    WorkflowDeadLetteredError,
+    WorkflowFailedError,
+)
+from durable.models import (
+    WORKFLOW_TASK,
+    ErrorInfo,
+    Page,
+    StepRecord,
+    TaskSpec,
+    WorkflowInfo,
+    WorkflowSnapshot,
+    WorkflowStatus,
+)
+from durable.portal import Portal
+from durable.registry import Registry, default_registry
+from durable.workflow import Workflow
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def default_executor_id() -> str:
+    """``host-pid-random``: unique per process. Pass a stable id to recover your own work at once
+    after a restart."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+class Runtime:
+    """Runs durable workflows on a backend.
+
+    :param backend: any :class:`~durable.backends.PersistentBackend`; the runtime starts it on
+        entry and closes it on exit.
+    :param executor_id: this process's identity in leases. It must be unique among live
+        processes. A runtime restarted with the same id takes its unfinished work back at once;
+        work of other executors is taken over only after their leases expire.
+    :param claim_ttl: seconds a lease lasts without a heartbeat.
+    :param heartbeat_interval: seconds between heartbeats (default a third of ``claim_ttl``).
+    :param recover: on start, resume unfinished workflows this process has registered: its own
+        at once, others' whose leases expired (default True).
+    :param poll_interval: seconds between looks at a workflow another executor is running.
+    :param registry: where workflow names are looked up (default: the decorators' registry).
+    :param max_threads: worker threads for sync workflows and sync steps.
+    """
+
+    def __init__(
+        self,
+        backend: PersistentBackend,
+        *,
+        executor_id: str | None = None,
+        claim_ttl: float = 30.0,
+        heartbeat_interval: float | None = None,
+        recover: bool = True,
+        poll_interval: float = 0.5,
+        registry: Registry | None = None,
+        max_threads: int = 64,
+        sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep,
+    ) -> None:
+        if not isinstance(backend, PersistentBackend):
+            raise InvalidArgumentError(
+                f"Runtime needs a PersistentBackend (e.g. durable.connect(url)), "
+                f"got {type(backend).__qualname__}"
+            )
+        if claim_ttl <= 0:
+            raise InvalidArgumentError(f"claim_ttl must be positive, got {claim_ttl}")
+        self.backend = backend
+        self.executor_id = executor_id or default_executor_id()
+        self.claim_ttl = timedelta(seconds=claim_ttl)
+        self.heartbeat_interval = heartbeat_interval or claim_ttl / 3
+        self.recover_on_start = recover
+        self.poll_interval = poll_interval
+        self.registry = registry or default_registry
+        self.sleep = sleep
+        self._max_threads = max_threads
+        self._threads: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._locks = KeyedLock()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._portal: Portal | None = None
+        self._started = False
+
+    def __repr__(self) -> str:
+        return f"Runtime({self.backend!r}, executor_id={self.executor_id!r})"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the backend and, if ``recover``, resume unfinished work in the background."""
+        if self._started:
+            return
+        await self.backend.start()
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._threads = ThreadPoolExecutor(self._max_threads, thread_name_prefix="durable")
+        self._started = True
+        if self.recover_on_start:
+            self.spawn(self.recover(), name="durable-recover")
+
+    async def close(self) -> None:
+        """Stop background work (its leases are released so others resume it at once), then
+        close the backend."""
+        if not self._started:
+            return
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._started = False
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+        await self.backend.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __enter__(self) -> Self:
+        """Start the runtime on a background event loop, for code that is not async."""
+        self._portal = Portal()
+        self._portal.call(self.start())
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        portal, self._portal = self._portal, None
+        if portal is not None:
+            try:
+                portal.call(self.close())
+            finally:
+                portal.stop()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> asyncio.Task[Any]:
+        """Run ``coro`` in the background; it is cancelled when the runtime closes."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_failure)
+        return task
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise DurableError(
+                "the runtime is not started: use `async with runtime:` (or `with runtime:` from "
+                "sync code)"
+            )
+
+    # -- running workflows --------------------------------------------------------------------
+
+    def resolve(self, fn: Workflow[Any, Any] | str) -> Workflow[Any, Any]:
+        """The registered workflow for a decorated function or a name.
+
+        :raises InvalidArgumentError: ``fn`` is not a durable workflow.
+        :raises UnknownWorkflowError: no workflow has that name.
+        """
+        if isinstance(fn, Workflow):
+            return fn
+        if isinstance(fn, str):
+            return self.registry.get(fn)
+        raise InvalidArgumentError(
+            f"{getattr(fn, '__qualname__', fn)!r} is not a durable workflow: decorate it with "
+            "@durable.workflow"
+        )
+
+    async def run(
+        self,
+        fn: Workflow[Any, T] | str,
+        *args: Any,
+        workflow_id: str | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """Run a workflow to completion and return its result.
+
+        If ``workflow_id`` already exists, nothing starts again: a finished execution returns its
+        stored result (or raises its stored error) without running anything, and an unfinished
+        one is resumed from its history (or awaited, if another live executor holds it).
+
+        :raises SerializationError: the arguments cannot be serialized (nothing is written).
+        :raises InvalidArgumentError: ``fn`` is not a workflow, or the id belongs to another one.
+        :raises WorkflowCancelledError: the execution was cancelled.
+        :raises ClaimLostError: this executor lost the lease mid-run (another one took over).
+        :raises Exception: the workflow's own exception when it failed (rebuilt from the record
+            when it failed earlier; :class:`WorkflowFailedError` when it cannot be rebuilt).
+        """
+        self._require_started()
+        wf = self.resolve(fn)
+        instance_id = workflow_id or str(uuid.uuid4())
+        await self._create(wf, instance_id, args, kwargs)
+        return await self._drive(wf, instance_id)  # type: ignore[no-any-return]
+
+    def run_sync(
+        self,
+        fn: Workflow[Any, T] | str,
+        *args: Any,
+        workflow_id: str | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """:meth:`run` for code that is not async (inside ``with runtime:``, or from any thread
+        other than the one running the runtime's event loop)."""
+        return self.blocking(self.run(fn, *args, workflow_id=workflow_id, **kwargs))
+
+    def blocking(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run one of this runtime's coroutines from sync code and wait for its result."""
+        if self._portal is not None:
+            return self._portal.call(coro)
+        if self._loop is None or threading.get_ident() == self._loop_thread:
+            coro.close()
+            raise DurableError(
+                "blocking calls need `with runtime:` (or a runtime started on another thread's "
+                "event loop); in async code, await the async method instead"
+            )
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _create(
+        self,
+        wf: Workflow[Any, Any],
+        instance_id: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        *,
+        parent_id: str | None = None,
+    ) -> WorkflowInfo:
+        payload = {"args": list(args), "kwargs": kwargs}
+        try:
+            self.backend.serializer.dumps(payload)
+        except SerializationError as exc:
+            raise SerializationError(
+                f"the arguments of workflow {wf.name!r} (id {instance_id!r}) cannot be "
+                f"serialized: {exc}"
+            ) from exc
+        snapshot = WorkflowSnapshot(
+            id=instance_id,
+            name=wf.name,
+            input=payload,
+            parent_id=parent_id,
+            queue=wf.queue,
+            max_attempts=wf.retry.max_attempts,
+        )
+        task = TaskSpec(instance_id=instance_id, name=wf.name, queue=wf.queue)
+        info, _created = await self.backend.create_workflow(snapshot, task=task)
+        if info.name != wf.name:
+            raise InvalidArgumentError(
+                f"workflow id {instance_id!r} belongs to workflow {info.name!r}, not {wf.name!r}"
+            )
+        return info
+
+    async def _drive(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
+        """Run the execution here, or wait for whoever runs it; return its outcome.
+
+        Within this runtime one coroutine at a time drives a given execution (the others wait
+        for it and then find it finished); across executors the lease decides.
+        """
+        while True:
+            async with self._locks.hold(instance_id):
+                info = await self.backend.get_workflow(instance_id)
+                if info.status.is_terminal:
+                    return self.outcome(info)
+                try:
+                    claim = await self.backend.claim_task(
+                        instance_id, WORKFLOW_TASK, self.executor_id, self.claim_ttl
+                    )
+                except TaskNotFoundError:
+                    claim = None  # it finished (or was cancelled) since we looked: look again
+                if claim is not None:
+                    return await self._execute(wf, instance_id)
+            await self.sleep(self.poll_interval)
+
+    async def _execute(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
+        """Run the body under this executor's lease (already claimed) and record the outcome."""
+        snapshot = await self.backend.begin_execution(instance_id, self.executor_id)
+        assert self._loop is not None
+        ctx = ExecutionContext(
+            runtime=self,
+            workflow_id=instance_id,
+            workflow_name=wf.name,
+            executor_id=self.executor_id,
+            history={s.position: s for s in snapshot.steps},
+            loop=self._loop,
+            loop_thread=self._loop_thread,
+            is_async=wf.is_async,
+        )
+        payload = snapshot.input or {}
+        args, kwargs = payload.get("args", []), payload.get("kwargs", {})
+        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(instance_id))
+        try:
+            try:
+                output = await self._invoke(ctx, wf, args, kwargs)
+                ctx.check_history_consumed()
+                output = self._roundtrip_output(wf, instance_id, output)
+            except (ClaimLostError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                error = ctx.divergence or exc
+                await self._record_failure(instance_id, error)
+                if error is exc:
+                    raise
+                raise error from exc
+            await self.backend.finish_workflow(
+                instance_id,
+                worker_id=self.executor_id,
+                status=WorkflowStatus.SUCCEEDED,
+                output=output,
+            )
+            return output
+        except ClaimLostError:
+            info = await self.backend.get_workflow(instance_id)
+            if info.status is WorkflowStatus.CANCELLED:
+                raise self.outcome_error(info) from None
+            raise
+        except asyncio.CancelledError:
+            await self._release_quietly(instance_id)
+            raise
+        finally:
+            heartbeat.cancel()
+
+    async def _invoke(
+        self, ctx: ExecutionContext, wf: Workflow[Any, Any], args: Sequence[Any], kwargs: Any
+    ) -> Any:
+        scope = contextvars.copy_context()
+        scope.run(_context.enter, ctx)
+        if wf.is_async:
+            task = asyncio.get_running_loop().create_task(wf.fn(*args, **kwargs), context=scope)
+            return await task
+        assert self._threads is not None
+        return await asyncio.get_running_loop().run_in_executor(
+            self._threads, lambda: scope.run(wf.fn, *args, **kwargs)
+        )
+
+    def _roundtrip_output(self, wf: Workflow[Any, Any], instance_id: str, output: Any) -> Any:
+        serializer = self.backend.serializer
+        try:
+            return serializer.loads(serializer.dumps(output))
+        except SerializationError as exc:
+            raise SerializationError(
+                f"workflow {wf.name!r} (id {instance_id!r}) returned a value of type "
+                f"{type(output).__qualname__} that cannot be stored: {exc}"
+            ) from exc
+
+    async def _record_failure(self, instance_id: str, error: BaseException) -> None:
+        await self.backend.finish_workflow(
+            instance_id,
+            worker_id=self.executor_id,
+            status=WorkflowStatus.FAILED,
+            error=ErrorInfo.from_exception(error),
+        )
+
+    async def _heartbeat(self, instance_id: str) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                await self.backend.extend_task_claim(
+                    instance_id, WORKFLOW_TASK, self.executor_id, self.claim_ttl
+                )
+            except (ClaimLostError, TaskNotFoundError) as exc:
+                log.warning(
+                    "lost the lease on workflow %s: %s",
+                    instance_id,
+                    exc,
+                    extra={"action": "heartbeat.lost", "workflow_id": instance_id},
+                )
+                return
+            except DurableError as exc:  # the database may come back: keep trying
+                log.warning(
+                    "heartbeat for workflow %s failed: %s",
+                    instance_id,
+                    exc,
+                    extra={"action": "heartbeat.error", "workflow_id": instance_id},
+                )
+
+    async def _release_quietly(self, instance_id: str) -> None:
+        try:
+            await asyncio.shield(
+                self.backend.release_task_claim(instance_id, WORKFLOW_TASK, self.executor_id)
+            )
+        except (DurableError, asyncio.CancelledError):
+            pass
+
+    async def run_child(
+        self,
+        ctx: ExecutionContext,
+        guard: StepGuard,
+        wf: Workflow[Any, Any],
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Run ``wf`` as a child of ``ctx``'s workflow at ``guard``'s position.
+
+        The child's id is ``<parent id>/<position>``; the parent's step records it, pending,
+        before the child runs, so a replay awaits the same child instead of starting another.
+        """
+        if guard.replayed:
+            return guard.replay()
+        pending = guard.pending
+        child_id = pending.child_workflow_id if pending else None
+        if child_id is None:
+            child_id = f"{ctx.workflow_id}/{guard.position}"
+            await self._create(wf, child_id, args, kwargs, parent_id=ctx.workflow_id)
+            await guard.mark_pending(child_id)
+        try:
+            value = await self._drive(wf, child_id)
+        except (ClaimLostError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            await guard.fail(exc, child_workflow_id=child_id)
+            raise
+        return await guard.succeed(value, child_workflow_id=child_id)
+
+    # -- outcomes -----------------------------------------------------------------------------
+
+    def outcome(self, info: WorkflowInfo) -> Any:
+        """The stored result of a finished execution, or its error raised."""
+        if info.status is WorkflowStatus.SUCCEEDED:
+            return info.output
+        raise self.outcome_error(info)
+
+    @staticmethod
+    def outcome_error(info: WorkflowInfo) -> BaseException:
+        """The exception a caller sees for an execution that did not succeed."""
+        if info.status is WorkflowStatus.CANCELLED:
+            return WorkflowCancelledError(info.id, f"workflow {info.id!r} was cancelled")
+        detail = f"{info.error.type}: {info.error.message}" if info.error else "no error recorded"
+        if info.status is WorkflowStatus.DEAD_LETTER:
+            return WorkflowDeadLetteredError(
+                info.id, f"workflow {info.id!r} was dead-lettered: {detail}", info.error
+            )
+        if info.error is None:
+            return WorkflowFailedError(info.id, f"workflow {info.id!r} failed: {detail}")
+        rebuilt = rebuild_exception(info.error)
+        if isinstance(rebuilt, StepError):
+            return WorkflowFailedError(info.id, f"workflow {info.id!r} failed: {detail}", info.error)
+        return rebuilt
+
+    async def result(self, workflow_id: str, *, timeout: float | None = None) -> Any:
+        """Wait until the execution finishes (wherever it runs) and return its result.
+
+        :raises WorkflowNotFoundError: no such workflow.
+        :raises TimeoutError: it did not finish within ``timeout`` seconds.
+        :raises Exception: as :meth:`run` does when the execution did not succeed.
+        """
+        self._require_started()
+
+        async def wait() -> Any:
+            while True:
+                info = await self.backend.get_workflow(workflow_id)
+                if info.status.is_terminal:
+                    return self.outcome(info)
+                await self.sleep(self.poll_interval)
+
+        return await asyncio.wait_for(wait(), timeout)
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    async def recover(self, *, limit: int = 100) -> list[str]:
+        """Resume, in the background, unfinished executions of the workflows registered here:
+        this executor's own at once, others' whose leases have expired. Returns their ids."""
+        self._require_started()
+        names = self.registry.names()
+        if not names:
+            return []
+        claims = await self.backend.claim_available_tasks(
+            self.executor_id, limit, self.claim_ttl, names=names
+        )
+        resumed = []
+        for claim in claims:
+            if claim.task_id != WORKFLOW_TASK:
+                await self.backend.release_task_claim(
+                    claim.instance_id, claim.task_id, self.executor_id
+                )
+                continue
+            wf = self.registry.get(claim.name)
+            resumed.append(claim.instance_id)
+            self.spawn(self._drive(wf, claim.instance_id), name=f"durable:{claim.instance_id}")
+        if resumed:
+            log.info(
+                "resuming %d workflow(s)",
+                len(resumed),
+                extra={"action": "recover", "workflow_ids": resumed},
+            )
+        return resumed
+
+    # -- inspection and control ----------------------------------------------------------------
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowInfo:
+        """The execution's status, input, output or error, attempts and timestamps.
+
+        :raises WorkflowNotFoundError: no such workflow.
+        """
+        return await self.backend.get_workflow(workflow_id)
+
+    async def list_workflows(
+        self,
+        *,
+        status: WorkflowStatus | str | Sequence[WorkflowStatus | str] | None = None,
+        name: str | None = None,
+        parent_id: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[WorkflowInfo]:
+        """Executions, newest first, filtered by status (one or several), name or parent."""
+        return await self.backend.list_snapshots(
+            status=status, name=name, parent_id=parent_id, limit=limit, cursor=cursor
+        )
+
+    async def list_steps(self, workflow_id: str) -> list[StepRecord]:
+        """The execution's steps by position: name, status, output or error, attempts, timings,
+        executor and child workflow id.
+
+        :raises WorkflowNotFoundError: no such workflow.
+        """
+        return await self.backend.list_steps(workflow_id)
+
+    async def cancel(self, workflow_id: str) -> WorkflowInfo:
+        """Cancel an unfinished execution: it stops at its next step boundary (its next write is
+        refused) and is never picked up again. Cancelling a finished one changes nothing.
+
+        :raises WorkflowNotFoundError: no such workflow.
+        """
+        return await self.backend.cancel_workflow(workflow_id)
+
+
+class KeyedLock:
+    """One asyncio lock per key, forgotten when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None and not isinstance(exc, DurableError | asyncio.CancelledError):
+        log.error(
+            "background task %s failed: %r",
+            task.get_name(),
+            exc,
+            exc_info=exc,
+            extra={"action": "background.failed"},
+        )

@@ -1,0 +1,216 @@
+"""``@durable.step`` and ``durable.run_step``: functions whose outcome is persisted once.
+
+Inside a workflow, calling a step takes the workflow's next position. If the history has that
+position, the recorded result is returned (or the recorded error raised) and the function does
+not run. Otherwise it runs, is retried according to its :class:`~durable.retry.RetryPolicy`, and
+its outcome is persisted before the call returns.
+
+Outside a workflow (and inside another step) a step is a plain call: nothing is persisted. This
+keeps steps unit-testable and lets a step call helpers that happen to be steps.
+
+Sync and async: an async step is awaited from async workflows. A sync step is called directly
+from sync workflows, and awaited through ``step.aio(...)`` from async ones (it then runs in a
+worker thread, so the event loop is never blocked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
+
+from durable.context import ExecutionContext, StepGuard, current, in_step
+from durable.errors import DurableError
+from durable.retry import NO_RETRY, RetryPolicy
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Step(Generic[P, T]):
+    """A function whose outcome is persisted when called in a workflow."""
+
+    def __init__(self, fn: Callable[..., Any], *, name: str | None, retry: RetryPolicy) -> None:
+        self.fn = fn
+        self.name = name or f"{fn.__module__}:{fn.__qualname__}"
+        self.retry = retry
+        self.is_async = inspect.iscoroutinefunction(fn)
+        functools.update_wrapper(self, fn)
+
+    def __repr__(self) -> str:
+        return f"<durable step {self.name}>"
+
+    async def _execute(self, guard: StepGuard, args: Any, kwargs: Any) -> Any:
+        """Run the step on the event loop (async workflows), with retries; persist the outcome."""
+        if guard.replayed:
+            return guard.replay()
+        ctx = guard.ctx
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with in_step():
+                    if self.is_async:
+                        value = await self.fn(*args, **kwargs)
+                    else:
+                        value = await asyncio.to_thread(self.fn, *args, **kwargs)
+            except Exception as exc:
+                if self.retry.should_retry(exc, attempt):
+                    await ctx.runtime.sleep(self.retry.delay(attempt))
+                    continue
+                await guard.fail(exc, attempts=attempt)
+                raise
+            return await guard.succeed(value, attempts=attempt)
+
+    def _execute_blocking(self, ctx: ExecutionContext, guard: StepGuard, args: Any, kwargs: Any) -> Any:
+        """Run a sync step in a sync workflow's thread; persistence goes through the loop."""
+        if guard.replayed:
+            return guard.replay()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with in_step():
+                    value = self.fn(*args, **kwargs)
+            except Exception as exc:
+                if self.retry.should_retry(exc, attempt):
+                    ctx.block_on(ctx.runtime.sleep(self.retry.delay(attempt)))
+                    continue
+                ctx.block_on(guard.fail(exc, attempts=attempt))
+                raise
+            return ctx.block_on(guard.succeed(value, attempts=attempt))
+
+
+class AsyncStep(Step[P, T]):
+    """An ``async def`` step: ``await step(...)``."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T]:
+        ctx = current()
+        if ctx is None:
+            return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
+        if not ctx.is_async:
+            raise DurableError(
+                f"async step {self.name!r} was called from the sync workflow "
+                f"{ctx.workflow_name!r}: make the workflow async, or the step sync"
+            )
+        return self._execute(ctx.guard(self.name), args, kwargs)
+
+
+class SyncStep(Step[P, T]):
+    """A plain ``def`` step: call it from sync workflows, ``await step.aio(...)`` from async ones."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T:
+        ctx = current()
+        if ctx is None:
+            return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
+        if ctx.is_async:
+            raise DurableError(
+                f"sync step {self.name!r} was called directly from the async workflow "
+                f"{ctx.workflow_name!r}: write `await {self.fn.__name__}.aio(...)`"
+            )
+        return self._execute_blocking(ctx, ctx.guard(self.name), args, kwargs)  # type: ignore[no-any-return]
+
+    def aio(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T]:
+        """Await this sync step from an async workflow (it runs in a worker thread)."""
+        ctx = current()
+        if ctx is None:
+            return asyncio.to_thread(self.fn, *args, **kwargs)
+        if not ctx.is_async:
+            raise DurableError(f"step {self.name!r}: .aio() is for async workflows")
+        return self._execute(ctx.guard(self.name), args, kwargs)
+
+
+class _StepDecorator(Protocol):
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, T]], /) -> AsyncStep[P, T]: ...
+    @overload
+    def __call__(self, fn: Callable[P, T], /) -> SyncStep[P, T]: ...
+
+
+@overload
+def step(fn: Callable[P, Coroutine[Any, Any, T]], /) -> AsyncStep[P, T]: ...
+@overload
+def step(fn: Callable[P, T], /) -> SyncStep[P, T]: ...
+@overload
+def step(
+    *,
+    name: str | None = None,
+    max_attempts: int = 1,
+    initial_delay: float = 1.0,
+    backoff_rate: float = 2.0,
+    max_delay: float = 3600.0,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    non_retryable: tuple[type[BaseException], ...] = (),
+    retry: RetryPolicy | None = None,
+) -> _StepDecorator: ...
+def step(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    max_attempts: int = 1,
+    initial_delay: float = 1.0,
+    backoff_rate: float = 2.0,
+    max_delay: float = 3600.0,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    non_retryable: tuple[type[BaseException], ...] = (),
+    retry: RetryPolicy | None = None,
+) -> Any:
+    """Make a function a durable step: ``@durable.step`` or ``@durable.step(max_attempts=5)``.
+
+    :param name: the name recorded in the history (default ``module:qualname``). A replay checks
+        it: renaming a step breaks executions in flight.
+    :param max_attempts: how many times the step runs before its failure is recorded; later
+        attempts wait ``initial_delay * backoff_rate ** (n - 1)`` seconds (at most
+        ``max_delay``). Exceptions in ``non_retryable``, :class:`~durable.NonRetryableError`,
+        or not in ``retry_on`` are recorded at once.
+    :param retry: a whole :class:`~durable.retry.RetryPolicy` instead of the separate options.
+    """
+    policy = retry or (
+        RetryPolicy(
+            max_attempts=max_attempts,
+            initial_delay=initial_delay,
+            backoff_rate=backoff_rate,
+            max_delay=max_delay,
+            retry_on=retry_on,
+            non_retryable=non_retryable,
+        )
+        if max_attempts != 1 or non_retryable
+        else NO_RETRY
+    )
+
+    def decorate(f: Callable[..., Any]) -> Step[Any, Any]:
+        if isinstance(f, Step):
+            raise DurableError(f"{f.name!r} is already a durable step")
+        if inspect.iscoroutinefunction(f):
+            return AsyncStep(f, name=name, retry=policy)
+        return SyncStep(f, name=name, retry=policy)
+
+    return decorate(fn) if fn is not None else decorate
+
+
+async def run_step(
+    name: str,
+    fn: Callable[..., Awaitable[T]] | Callable[..., T],
+    /,
+    *args: Any,
+    retry: RetryPolicy | None = None,
+    **kwargs: Any,
+) -> T:
+    """Run ``fn(*args, **kwargs)`` as a step called ``name`` of the current async workflow.
+
+    The dynamic form of ``@durable.step``: the name is what the history records and a replay
+    checks, so it must be the same on every run of the workflow. A sync ``fn`` runs in a worker
+    thread. Outside a workflow it is a plain call.
+    """
+    adhoc: Step[Any, T] = Step(fn, name=name, retry=retry or NO_RETRY)
+    ctx = current()
+    if ctx is None:
+        if adhoc.is_async:
+            return await fn(*args, **kwargs)  # type: ignore[no-any-return,misc]
+        return await asyncio.to_thread(fn, *args, **kwargs)  # type: ignore[arg-type]
+    if not ctx.is_async:
+        raise DurableError(f"durable.run_step({name!r}) is for async workflows")
+    return await adhoc._execute(ctx.guard(name), args, kwargs)  # type: ignore[no-any-return]

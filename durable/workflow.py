@@ -1,0 +1,156 @@
+"""``@durable.workflow``: functions whose progress is persisted step by step.
+
+A workflow's body must be deterministic: given the same input and the same step results, it must
+call the same steps in the same order. Everything that touches the outside world (I/O, time,
+randomness) belongs in steps. A workflow is run by a :class:`~durable.Runtime`
+(``await runtime.run(checkout, "o-1")``); called from inside another workflow it starts a *child*
+workflow whose id is derived from the parent's id and the call's position; called anywhere else it
+is a plain function call (handy in unit tests).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
+
+from durable.context import current
+from durable.errors import DurableError
+from durable.registry import Registry, default_registry
+from durable.retry import WORKFLOW_RETRY, RetryPolicy
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Workflow(Generic[P, T]):
+    """A registered workflow function."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None,
+        retry: RetryPolicy,
+        queue: str,
+        description: str | None,
+    ) -> None:
+        self.fn = fn
+        self.name = name or f"{fn.__module__}:{fn.__qualname__}"
+        self.retry = retry
+        self.queue = queue
+        self.description = description if description is not None else inspect.getdoc(fn)
+        self.is_async = inspect.iscoroutinefunction(fn)
+        functools.update_wrapper(self, fn)
+
+    def __repr__(self) -> str:
+        return f"<durable workflow {self.name}>"
+
+
+class AsyncWorkflow(Workflow[P, T]):
+    """An ``async def`` workflow."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T]:
+        ctx = current()
+        if ctx is None:
+            return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
+        if not ctx.is_async:
+            raise DurableError(
+                f"async workflow {self.name!r} was called from the sync workflow "
+                f"{ctx.workflow_name!r}: parent and child must both be sync or both async"
+            )
+        return ctx.runtime.run_child(ctx, ctx.guard(self.name), self, args, kwargs)
+
+
+class SyncWorkflow(Workflow[P, T]):
+    """A plain ``def`` workflow; it runs in a worker thread of the runtime."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T:
+        ctx = current()
+        if ctx is None:
+            return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
+        if ctx.is_async:
+            raise DurableError(
+                f"sync workflow {self.name!r} was called directly from the async workflow "
+                f"{ctx.workflow_name!r}: write `await {self.fn.__name__}.aio(...)`"
+            )
+        guard = ctx.guard(self.name)
+        if guard.replayed:
+            return guard.replay()  # type: ignore[no-any-return]
+        return ctx.block_on(ctx.runtime.run_child(ctx, guard, self, args, kwargs))
+
+    def aio(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T]:
+        """Start this sync workflow as a child of an async workflow and await its result."""
+        ctx = current()
+        if ctx is None or not ctx.is_async:
+            raise DurableError(f"workflow {self.name!r}: .aio() is for async parent workflows")
+        return ctx.runtime.run_child(ctx, ctx.guard(self.name), self, args, kwargs)
+
+
+class _WorkflowDecorator(Protocol):
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, T]], /) -> AsyncWorkflow[P, T]: ...
+    @overload
+    def __call__(self, fn: Callable[P, T], /) -> SyncWorkflow[P, T]: ...
+
+
+@overload
+def workflow(fn: Callable[P, Coroutine[Any, Any, T]], /) -> AsyncWorkflow[P, T]: ...
+@overload
+def workflow(fn: Callable[P, T], /) -> SyncWorkflow[P, T]: ...
+@overload
+def workflow(
+    *,
+    name: str | None = None,
+    max_attempts: int | None = None,
+    retry: RetryPolicy | None = None,
+    queue: str = "default",
+    description: str | None = None,
+    registry: Registry | None = None,
+) -> _WorkflowDecorator: ...
+def workflow(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    max_attempts: int | None = None,
+    retry: RetryPolicy | None = None,
+    queue: str = "default",
+    description: str | None = None,
+    registry: Registry | None = None,
+) -> Any:
+    """Make a function a durable workflow and register it under its name.
+
+    :param name: the stored name (default ``module:qualname``). Prefer an explicit, versioned
+        name such as ``"orders.checkout.v1"``: executions in flight and work enqueued by name
+        refer to it, so keep old versions registered until their executions finish.
+    :param max_attempts: for queued executions: how many attempts before the workflow is
+        dead-lettered (default schedule: at once, +1 min, +4 min; see ``retry``).
+    :param queue: the queue enqueued executions go to unless the caller says otherwise.
+    :param registry: where to register (default :data:`durable.registry.default_registry`).
+
+    :raises ConfigurationError: another function is registered under the same name.
+    """
+    policy = retry or WORKFLOW_RETRY
+    if max_attempts is not None:
+        policy = RetryPolicy(
+            max_attempts=max_attempts,
+            initial_delay=policy.initial_delay,
+            backoff_rate=policy.backoff_rate,
+            max_delay=policy.max_delay,
+            retry_on=policy.retry_on,
+            non_retryable=policy.non_retryable,
+        )
+
+    def decorate(f: Callable[..., Any]) -> Workflow[Any, Any]:
+        if isinstance(f, Workflow):
+            raise DurableError(f"{f.name!r} is already a durable workflow")
+        kind = AsyncWorkflow if inspect.iscoroutinefunction(f) else SyncWorkflow
+        wf: Workflow[Any, Any] = kind(
+            f, name=name, retry=policy, queue=queue, description=description
+        )
+        (registry or default_registry).register(wf)
+        return wf
+
+    return decorate(fn) if fn is not None else decorate
