@@ -1,9 +1,8 @@
 """durable: workflows whose every step is persisted, so they survive crashes and restarts."""
 
-from durable.context import StepGuard, step_guard, workflow_id
-
 from durable.backends import InMemoryBackend, PersistentBackend, SQLAlchemyBackend
 from durable.connect import connect
+from durable.context import StepGuard, step_guard, workflow_id
 from durable.errors import (
     BackendError,
     BackendUnavailableError,
@@ -48,25 +47,9 @@ from durable.step import AsyncStep, Step, SyncStep, run_step, step
 from durable.workflow import AsyncWorkflow, SyncWorkflow, Workflow, workflow
 
 __all__ = [
+    "WORKFLOW_TASK",
     "AsyncStep",
     "AsyncWorkflow",
-    "NonRetryableError",
-    "Registry",
-    "RetryPolicy",
-    "Runtime",
-    "Step",
-    "StepGuard",
-    "SyncStep",
-    "SyncWorkflow",
-    "UnknownWorkflowError",
-    "Workflow",
-    "default_registry",
-    "run_step",
-    "step",
-    "step_guard",
-    "workflow",
-    "workflow_id",
-    "WORKFLOW_TASK",
     "AvailableTask",
     "BackendError",
     "BackendUnavailableError",
@@ -79,21 +62,31 @@ __all__ = [
     "InvalidArgumentError",
     "JSONSerializer",
     "NonDeterminismError",
+    "NonRetryableError",
     "NotFoundError",
     "Page",
     "PersistentBackend",
     "PickleSerializer",
+    "Registry",
+    "RetryPolicy",
+    "Runtime",
     "SQLAlchemyBackend",
     "SchemaVersionError",
     "SerializationError",
     "Serializer",
+    "Step",
     "StepAlreadyRecordedError",
     "StepError",
+    "StepGuard",
     "StepRecord",
     "StepStatus",
+    "SyncStep",
+    "SyncWorkflow",
     "TaskClaim",
     "TaskNotFoundError",
     "TaskSpec",
+    "UnknownWorkflowError",
+    "Workflow",
     "WorkflowAlreadyExistsError",
     "WorkflowCancelledError",
     "WorkflowDeadLetteredError",
@@ -104,4 +97,10 @@ __all__ = [
     "WorkflowSnapshot",
     "WorkflowStatus",
     "connect",
+    "default_registry",
+    "run_step",
+    "step",
+    "step_guard",
+    "workflow",
+    "workflow_id",
 ]

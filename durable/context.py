@@ -193,8 +193,13 @@ class StepGuard:
     async def succeed(
         self, value: Any, *, attempts: int = 1, child_workflow_id: str | None = None
     ) -> Any:
-        """Persist the step's result and return it as a replay would see it."""
-        stored = self._roundtrip(value)
+        """Persist the step's result and return it as a replay would see it. A result the
+        serializer rejects is persisted as the step's failure, and SerializationError raised."""
+        try:
+            stored = self._roundtrip(value)
+        except SerializationError as exc:
+            await self.fail(exc, attempts=attempts, child_workflow_id=child_workflow_id)
+            raise
         await self._record(
             StepStatus.SUCCEEDED, output=stored, attempts=attempts, child=child_workflow_id
         )

@@ -23,7 +23,7 @@ The tree::
     │   ├── WorkflowFailedError       it failed; the recorded error is attached
     │   ├── WorkflowCancelledError    it was cancelled
     │   └── WorkflowDeadLetteredError it failed on its last attempt and was dead-lettered
-    └── StepError                     a recorded step failure whose exception class cannot be rebuilt
+    └── StepError                     a recorded step failure whose class cannot be rebuilt
 
 Each class's docstring is its default message.
 """
@@ -132,7 +132,8 @@ class StepAlreadyRecordedError(ConflictError):
 
 
 class ClaimLostError(DurableError):
-    """The caller does not hold the claim it acts under (it expired and was taken, or never held)."""
+    """The caller does not hold the claim it acts under (it expired and was taken, or was never
+    held)."""
 
     def __init__(self, instance_id: str, task_id: str, worker_id: str, holder: str | None) -> None:
         held = f"it is held by {holder!r}" if holder else "it is not held by anyone"

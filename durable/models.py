@@ -226,7 +226,9 @@ def as_status_set(
         return frozenset(WorkflowStatus(s) for s in items)
     except ValueError:
         valid = ", ".join(s.value for s in WorkflowStatus)
-        raise InvalidArgumentError(f"unknown workflow status in {items!r}: valid ones are {valid}") from None
+        raise InvalidArgumentError(
+            f"unknown workflow status in {items!r}: valid ones are {valid}"
+        ) from None
 
 
 def ttl_seconds(ttl: timedelta | float) -> float:

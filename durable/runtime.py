@@ -187,7 +187,9 @@ class Runtime:
             finally:
                 portal.stop()
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> asyncio.Task[Any]:
+    def spawn(
+        self, coro: Coroutine[Any, Any, Any], *, name: str | None = None
+    ) -> asyncio.Task[Any]:
         """Run ``coro`` in the background; it is cancelled when the runtime closes."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._background.add(task)
@@ -425,12 +427,10 @@ class Runtime:
                 )
 
     async def _release_quietly(self, instance_id: str) -> None:
-        try:
+        with contextlib.suppress(DurableError, asyncio.CancelledError):
             await asyncio.shield(
                 self.backend.release_task_claim(instance_id, WORKFLOW_TASK, self.executor_id)
             )
-        except (DurableError, asyncio.CancelledError):
-            pass
 
     async def run_child(
         self,
@@ -484,10 +484,12 @@ class Runtime:
             return WorkflowFailedError(info.id, f"workflow {info.id!r} failed: {detail}")
         rebuilt = rebuild_exception(info.error)
         if isinstance(rebuilt, StepError):
-            return WorkflowFailedError(info.id, f"workflow {info.id!r} failed: {detail}", info.error)
+            return WorkflowFailedError(
+                info.id, f"workflow {info.id!r} failed: {detail}", info.error
+            )
         return rebuilt
 
-    async def result(self, workflow_id: str, *, timeout: float | None = None) -> Any:
+    async def result(self, workflow_id: str, *, timeout: float | None = None) -> Any:  # noqa: ASYNC109
         """Wait until the execution finishes (wherever it runs) and return its result.
 
         :raises WorkflowNotFoundError: no such workflow.

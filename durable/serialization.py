@@ -76,7 +76,7 @@ class PickleSerializer(Serializer):
 
     def loads(self, text: str) -> Any:
         try:
-            return pickle.loads(base64.b64decode(text.encode()))  # noqa: S301 - opt-in by design
+            return pickle.loads(base64.b64decode(text.encode()))
         except Exception as exc:
             raise SerializationError(f"stored value cannot be unpickled: {exc}") from exc
 

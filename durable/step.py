@@ -19,7 +19,7 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from durable.context import ExecutionContext, StepGuard, current, in_step
 from durable.errors import DurableError
@@ -37,7 +37,7 @@ class Step(Generic[P, T]):
         self.name = name or f"{fn.__module__}:{fn.__qualname__}"
         self.retry = retry
         self.is_async = inspect.iscoroutinefunction(fn)
-        functools.update_wrapper(self, fn)
+        functools.update_wrapper(cast(Any, self), fn)
 
     def __repr__(self) -> str:
         return f"<durable step {self.name}>"
@@ -64,7 +64,9 @@ class Step(Generic[P, T]):
                 raise
             return await guard.succeed(value, attempts=attempt)
 
-    def _execute_blocking(self, ctx: ExecutionContext, guard: StepGuard, args: Any, kwargs: Any) -> Any:
+    def _execute_blocking(
+        self, ctx: ExecutionContext, guard: StepGuard, args: Any, kwargs: Any
+    ) -> Any:
         """Run a sync step in a sync workflow's thread; persistence goes through the loop."""
         if guard.replayed:
             return guard.replay()
@@ -99,7 +101,8 @@ class AsyncStep(Step[P, T]):
 
 
 class SyncStep(Step[P, T]):
-    """A plain ``def`` step: call it from sync workflows, ``await step.aio(...)`` from async ones."""
+    """A plain ``def`` step: called from sync workflows, awaited as ``step.aio(...)`` from async
+    ones."""
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T:
         ctx = current()
@@ -124,13 +127,13 @@ class SyncStep(Step[P, T]):
 
 class _StepDecorator(Protocol):
     @overload
-    def __call__(self, fn: Callable[P, Coroutine[Any, Any, T]], /) -> AsyncStep[P, T]: ...
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, T]], /) -> AsyncStep[P, T]: ...  # type: ignore[overload-overlap]
     @overload
     def __call__(self, fn: Callable[P, T], /) -> SyncStep[P, T]: ...
 
 
 @overload
-def step(fn: Callable[P, Coroutine[Any, Any, T]], /) -> AsyncStep[P, T]: ...
+def step(fn: Callable[P, Coroutine[Any, Any, T]], /) -> AsyncStep[P, T]: ...  # type: ignore[overload-overlap]
 @overload
 def step(fn: Callable[P, T], /) -> SyncStep[P, T]: ...
 @overload

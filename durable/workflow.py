@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Coroutine
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from durable.context import current
 from durable.errors import DurableError
@@ -42,7 +42,7 @@ class Workflow(Generic[P, T]):
         self.queue = queue
         self.description = description if description is not None else inspect.getdoc(fn)
         self.is_async = inspect.iscoroutinefunction(fn)
-        functools.update_wrapper(self, fn)
+        functools.update_wrapper(cast(Any, self), fn)
 
     def __repr__(self) -> str:
         return f"<durable workflow {self.name}>"
@@ -78,7 +78,7 @@ class SyncWorkflow(Workflow[P, T]):
         guard = ctx.guard(self.name)
         if guard.replayed:
             return guard.replay()  # type: ignore[no-any-return]
-        return ctx.block_on(ctx.runtime.run_child(ctx, guard, self, args, kwargs))
+        return ctx.block_on(ctx.runtime.run_child(ctx, guard, self, args, kwargs))  # type: ignore[no-any-return]
 
     def aio(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T]:
         """Start this sync workflow as a child of an async workflow and await its result."""
@@ -90,13 +90,13 @@ class SyncWorkflow(Workflow[P, T]):
 
 class _WorkflowDecorator(Protocol):
     @overload
-    def __call__(self, fn: Callable[P, Coroutine[Any, Any, T]], /) -> AsyncWorkflow[P, T]: ...
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, T]], /) -> AsyncWorkflow[P, T]: ...  # type: ignore[overload-overlap]
     @overload
     def __call__(self, fn: Callable[P, T], /) -> SyncWorkflow[P, T]: ...
 
 
 @overload
-def workflow(fn: Callable[P, Coroutine[Any, Any, T]], /) -> AsyncWorkflow[P, T]: ...
+def workflow(fn: Callable[P, Coroutine[Any, Any, T]], /) -> AsyncWorkflow[P, T]: ...  # type: ignore[overload-overlap]
 @overload
 def workflow(fn: Callable[P, T], /) -> SyncWorkflow[P, T]: ...
 @overload

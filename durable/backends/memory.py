@@ -237,7 +237,7 @@ class InMemoryBackend(PersistentBackend):
                 None,
                 snapshot.idempotency_key,
             ):
-                self._idempotency.pop(current.idempotency_key, None)  # type: ignore[arg-type]
+                self._idempotency.pop(current.idempotency_key, None)
             if snapshot.idempotency_key is not None:
                 self._idempotency[snapshot.idempotency_key] = snapshot.id
             return self._snapshot(snapshot.id)
@@ -284,7 +284,7 @@ class InMemoryBackend(PersistentBackend):
             ]
             rows.sort(key=lambda w: (w.created_at, w.id), reverse=True)
             if after is not None:
-                rows = [w for w in rows if (w.created_at, w.id) < after]  # type: ignore[operator]
+                rows = [w for w in rows if (w.created_at, w.id) < after]
             page = rows[: limit + 1]
             items = [self._load_info(w) for w in page[:limit]]
         next_cursor = encode_cursor(items[-1]) if len(page) > limit else None

@@ -268,9 +268,7 @@ class SQLAlchemyBackend(PersistentBackend):
         ).where(self._task_key)
 
         # record_step: a fenced upsert that only overwrites pending rows
-        values = [
-            sa.bindparam(f"s_{c}", type_=steps.c[c].type).label(c) for c in _STEP_COLUMNS
-        ]
+        values = [sa.bindparam(f"s_{c}", type_=steps.c[c].type).label(c) for c in _STEP_COLUMNS]
         base = d.insert(steps).from_select(_STEP_COLUMNS, sa.select(*values).where(self._held))
         self._record_step = base.on_conflict_do_update(
             index_elements=[steps.c.workflow_id, steps.c.position],
@@ -543,9 +541,7 @@ class SQLAlchemyBackend(PersistentBackend):
             match = sa.or_(match, workflows.c.idempotency_key == snapshot.idempotency_key)
 
         def fn(conn: sa.Connection) -> tuple[WorkflowInfo, bool]:
-            inserted = conn.execute(
-                self._insert_if_absent(workflows, row)
-            )
+            inserted = conn.execute(self._insert_if_absent(workflows, row))
             if inserted.rowcount == 0:
                 existing = conn.execute(sa.select(workflows).where(match).limit(1)).one()
                 return self._info(existing), False
@@ -567,9 +563,7 @@ class SQLAlchemyBackend(PersistentBackend):
 
         def fn(conn: sa.Connection) -> WorkflowSnapshot:
             if version == 0:
-                inserted = conn.execute(
-                    self._insert_if_absent(workflows, row)
-                )
+                inserted = conn.execute(self._insert_if_absent(workflows, row))
                 if inserted.rowcount == 0:
                     other = conn.execute(
                         sa.select(workflows.c.id).where(
@@ -638,7 +632,9 @@ class SQLAlchemyBackend(PersistentBackend):
         def fn(conn: sa.Connection) -> bool:
             conn.execute(sa.delete(tasks).where(tasks.c.instance_id == instance_id))
             conn.execute(sa.delete(steps).where(steps.c.workflow_id == instance_id))
-            return conn.execute(sa.delete(workflows).where(workflows.c.id == instance_id)).rowcount > 0
+            return (
+                conn.execute(sa.delete(workflows).where(workflows.c.id == instance_id)).rowcount > 0
+            )
 
         return await self._run(fn, what=f"delete workflow {instance_id!r}")
 
@@ -683,9 +679,13 @@ class SQLAlchemyBackend(PersistentBackend):
     async def list_steps(self, instance_id: str) -> list[StepRecord]:
         def fn(conn: sa.Connection) -> list[StepRecord]:
             rows = conn.execute(self._select_steps, {"p_iid": instance_id}).all()
-            if not rows and conn.execute(
-                sa.select(workflows.c.id).where(workflows.c.id == instance_id)
-            ).first() is None:
+            if (
+                not rows
+                and conn.execute(
+                    sa.select(workflows.c.id).where(workflows.c.id == instance_id)
+                ).first()
+                is None
+            ):
                 raise WorkflowNotFoundError(instance_id)
             return [self._step(r) for r in rows]
 
@@ -862,9 +862,7 @@ class SQLAlchemyBackend(PersistentBackend):
         def fn(conn: sa.Connection) -> TaskClaim:
             row = conn.execute(self._extend, params).first()
             if row is None:
-                raise self._refusal(
-                    conn, clock, instance_id, task_id, worker_id, missing_task=True
-                )
+                raise self._refusal(conn, clock, instance_id, task_id, worker_id, missing_task=True)
             return self._claim(row)
 
         return await self._run(fn, what=f"extend the claim on {task_id!r} of {instance_id!r}")
@@ -875,9 +873,7 @@ class SQLAlchemyBackend(PersistentBackend):
 
         def fn(conn: sa.Connection) -> None:
             if conn.execute(self._release, params).rowcount == 0:
-                raise self._refusal(
-                    conn, clock, instance_id, task_id, worker_id, missing_task=True
-                )
+                raise self._refusal(conn, clock, instance_id, task_id, worker_id, missing_task=True)
 
         await self._run(fn, what=f"release the claim on {task_id!r} of {instance_id!r}")
 

@@ -136,9 +136,7 @@ def dialect_for(name: str) -> SQLDialect:
         return SQLiteDialect()
     if name == "postgresql":
         return PostgresDialect()
-    raise ConfigurationError(
-        f"durable supports SQLite and PostgreSQL databases, not {name!r}"
-    )
+    raise ConfigurationError(f"durable supports SQLite and PostgreSQL databases, not {name!r}")
 
 
 def normalize_url(url: str | URL) -> URL:

@@ -1,0 +1,473 @@
+"""The runtime's behaviour on every backend: replay, determinism, children, gather, retries,
+sync and async paths, inspection, and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+import durable
+from durable.models import WORKFLOW_TASK, StepRecord, StepStatus, WorkflowStatus
+
+calls: Counter[str] = Counter()
+gate = asyncio.Event()  # wait_gate() blocks until it is set
+entered = asyncio.Event()  # set when wait_gate() starts
+
+
+class PaymentDeclined(Exception):
+    def __init__(self, order: str, reason: str) -> None:
+        super().__init__(order, reason)
+        self.order = order
+        self.reason = reason
+
+
+@pytest.fixture(autouse=True)
+async def _reset() -> None:
+    global gate, entered
+    calls.clear()
+    gate, entered = asyncio.Event(), asyncio.Event()  # bound to this test's event loop
+
+
+@durable.step
+async def add(a: int, b: int) -> int:
+    calls["add"] += 1
+    return a + b
+
+
+@durable.step
+def mul(a: int, b: int) -> int:
+    calls["mul"] += 1
+    return a * b
+
+
+@durable.step
+async def echo(value: Any) -> Any:
+    calls["echo"] += 1
+    return value
+
+
+@durable.step
+async def decline(order: str) -> str:
+    calls["decline"] += 1
+    raise PaymentDeclined(order, "insufficient funds")
+
+
+@durable.step
+async def wait_gate() -> str:
+    calls["wait_gate"] += 1
+    entered.set()
+    await gate.wait()
+    return "opened"
+
+
+@durable.workflow(name="tests.arith.v1")
+async def arith(x: int) -> dict[str, Any]:
+    s = await add(x, 1)
+    m = await mul.aio(s, 2)
+    return {"s": s, "m": m, "t": await echo((1, 2))}
+
+
+@durable.workflow(name="tests.fanin.v1")
+async def fanin(n: int) -> list[int]:
+    return list(await asyncio.gather(*(add(i, i) for i in range(n))))
+
+
+@durable.workflow(name="tests.child.v1")
+async def child(x: int) -> int:
+    return await add(x, 100)
+
+
+@durable.workflow(name="tests.parent.v1")
+async def parent(x: int) -> int:
+    first = await child(x)
+    second, third = await asyncio.gather(child(x + 1), child(x + 2))
+    return first + second + third
+
+
+@durable.workflow(name="tests.sync.v1")
+def sync_flow(x: int) -> int:
+    return mul(x, 3) + mul(x, 4)
+
+
+@durable.workflow(name="tests.sync_parent.v1")
+def sync_parent(x: int) -> int:
+    return sync_flow(x) + sync_flow(x + 1)
+
+
+@durable.workflow(name="tests.handled.v1")
+async def handled(order: str) -> str:
+    try:
+        await decline(order)
+    except PaymentDeclined as exc:
+        outcome = f"declined:{exc.reason}"
+    return outcome + ":" + await wait_gate()
+
+
+@durable.workflow(name="tests.unhandled.v1")
+async def unhandled(order: str) -> str:
+    return await decline(order)
+
+
+async def test_run_records_every_step_and_returns_the_result(backend_url: str) -> None:
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        result = await rt.run(arith, 5, workflow_id="a-1")
+        assert result == {"s": 6, "m": 12, "t": [1, 2]}
+        info = await rt.get_workflow("a-1")
+        assert info.status is WorkflowStatus.SUCCEEDED
+        assert info.output == result
+        assert info.input == {"args": [5], "kwargs": {}}
+        assert info.executor_id == rt.executor_id
+        assert info.started_at is not None and info.completed_at is not None
+        steps = await rt.list_steps("a-1")
+        assert [(s.position, s.name, s.status, s.output) for s in steps] == [
+            (0, add.name, StepStatus.SUCCEEDED, 6),
+            (1, mul.name, StepStatus.SUCCEEDED, 12),
+            (2, echo.name, StepStatus.SUCCEEDED, [1, 2]),
+        ]
+        assert all(s.executor_id == rt.executor_id and s.attempts == 1 for s in steps)
+        assert all(
+            s.started_at and s.completed_at and s.started_at <= s.completed_at for s in steps
+        )
+
+
+async def test_a_succeeded_id_returns_the_stored_result_without_running(backend_url: str) -> None:
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        first = await rt.run(arith, 1, workflow_id="same")
+        before = dict(calls)
+        assert await rt.run(arith, 1, workflow_id="same") == first
+        assert dict(calls) == before
+
+
+async def test_gather_gets_deterministic_positions(backend_url: str) -> None:
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        assert await rt.run(fanin, 6, workflow_id="g") == [0, 2, 4, 6, 8, 10]
+        steps = await rt.list_steps("g")
+        assert [s.output for s in steps] == [0, 2, 4, 6, 8, 10]  # position i holds call i
+
+
+async def test_child_workflows_have_deterministic_ids_and_parent(backend_url: str) -> None:
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        assert await rt.run(parent, 1, workflow_id="p") == 101 + 102 + 103
+        steps = await rt.list_steps("p")
+        assert [s.child_workflow_id for s in steps] == ["p/0", "p/1", "p/2"]
+        assert [s.output for s in steps] == [101, 102, 103]
+        children = await rt.list_workflows(parent_id="p")
+        assert sorted(c.id for c in children) == ["p/0", "p/1", "p/2"]
+        assert all(c.status is WorkflowStatus.SUCCEEDED and c.name == child.name for c in children)
+        assert calls["add"] == 3
+
+
+async def test_sync_workflows_and_sync_children(backend_url: str) -> None:
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        assert await rt.run(sync_flow, 2, workflow_id="s") == 14
+        assert await rt.run(sync_parent, 1, workflow_id="sp") == 7 + 14
+        assert [s.child_workflow_id for s in await rt.list_steps("sp")] == ["sp/0", "sp/1"]
+
+
+def test_blocking_api_from_plain_sync_code(sqlite_url: str) -> None:
+    with durable.Runtime(durable.connect(sqlite_url), recover=False) as rt:
+        assert rt.run_sync(sync_flow, 5, workflow_id="plain") == 35
+        assert rt.run_sync("tests.sync.v1", 5, workflow_id="plain") == 35  # by name, stored
+        assert calls["mul"] == 2
+        # from another thread too (a web server's worker thread)
+        out: list[int] = []
+        t = threading.Thread(target=lambda: out.append(rt.run_sync(arith, 1)["m"]))
+        t.start()
+        t.join()
+        assert out == [4]
+
+
+async def test_a_step_failure_is_recorded_and_rebuilt_on_replay(backend_url: str) -> None:
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        run = asyncio.create_task(rt.run(handled, "o-9", workflow_id="h"))
+        await entered.wait()
+        run.cancel()  # the process "stops" mid-workflow; its lease is released
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        steps = await rt.list_steps("h")
+        assert len(steps) == 1 and steps[0].status is StepStatus.FAILED
+        assert steps[0].error is not None
+        assert steps[0].error.type == f"{__name__}.PaymentDeclined"
+        assert "insufficient funds" in steps[0].error.message
+        assert "Traceback" in (steps[0].error.traceback or "")
+        gate.set()
+        assert await rt.run(handled, "o-9", workflow_id="h") == "declined:insufficient funds:opened"
+        assert calls["decline"] == 1  # replayed: the recorded exception was raised again
+
+
+async def test_an_unhandled_step_failure_fails_the_workflow(backend_url: str) -> None:
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        with pytest.raises(PaymentDeclined):
+            await rt.run(unhandled, "o-1", workflow_id="u")
+        info = await rt.get_workflow("u")
+        assert info.status is WorkflowStatus.FAILED
+        assert info.error is not None and info.error.type.endswith("PaymentDeclined")
+        # asking again does not run anything: the stored error is rebuilt
+        with pytest.raises(PaymentDeclined) as caught:
+            await rt.run(unhandled, "o-1", workflow_id="u")
+        assert caught.value.reason == "insufficient funds"
+        assert calls["decline"] == 1
+
+
+async def test_replay_that_diverges_fails_with_non_determinism(backend_url: str) -> None:
+    backend = durable.connect(backend_url)
+    async with durable.Runtime(backend, recover=False, executor_id="ex") as rt:
+        # an execution in flight whose history says another step ran at position 0
+        snapshot = durable.WorkflowSnapshot(
+            id="nd", name=arith.name, input={"args": [1], "kwargs": {}}
+        )
+        await backend.create_workflow(
+            snapshot, task=durable.TaskSpec(instance_id="nd", name=arith.name)
+        )
+        await backend.claim_task("nd", WORKFLOW_TASK, "old", timedelta(seconds=30))
+        await backend.begin_execution("nd", "old")
+        await backend.record_step(
+            "nd", StepRecord(position=0, name="some.other.step", output=1), worker_id="old"
+        )
+        await backend.release_task_claim("nd", WORKFLOW_TASK, "old")
+
+        with pytest.raises(durable.NonDeterminismError, match=r"some\.other\.step"):
+            await rt.run(arith, 1, workflow_id="nd")
+        info = await rt.get_workflow("nd")
+        assert info.status is WorkflowStatus.FAILED
+        assert info.error is not None and info.error.type.endswith("NonDeterminismError")
+        assert calls["add"] == 0  # nothing ran on the wrong history
+        assert len(await rt.list_steps("nd")) == 1
+
+
+async def test_swallowing_the_non_determinism_error_does_not_help(sqlite_url: str) -> None:
+    @durable.workflow(name="tests.swallow.v1")
+    async def swallow() -> str:
+        with contextlib.suppress(durable.NonDeterminismError):
+            await add(1, 1)
+        return await echo("went on")
+
+    backend = durable.connect(sqlite_url)
+    async with durable.Runtime(backend, recover=False) as rt:
+        await backend.create_workflow(
+            durable.WorkflowSnapshot(id="sw", name=swallow.name, input={"args": [], "kwargs": {}}),
+            task=durable.TaskSpec(instance_id="sw", name=swallow.name),
+        )
+        await backend.claim_task("sw", WORKFLOW_TASK, "old", timedelta(seconds=30))
+        await backend.record_step("sw", StepRecord(position=0, name="renamed"), worker_id="old")
+        await backend.release_task_claim("sw", WORKFLOW_TASK, "old")
+        with pytest.raises(durable.NonDeterminismError):
+            await rt.run(swallow, workflow_id="sw")
+        assert calls["echo"] == 0
+        assert (await rt.get_workflow("sw")).status is WorkflowStatus.FAILED
+
+
+async def test_history_longer_than_the_replay_is_divergence(sqlite_url: str) -> None:
+    backend = durable.connect(sqlite_url)
+    async with durable.Runtime(backend, recover=False) as rt:
+        await backend.create_workflow(
+            durable.WorkflowSnapshot(id="ln", name=child.name, input={"args": [1], "kwargs": {}}),
+            task=durable.TaskSpec(instance_id="ln", name=child.name),
+        )
+        await backend.claim_task("ln", WORKFLOW_TASK, "old", timedelta(seconds=30))
+        await backend.record_step(
+            "ln", StepRecord(position=0, name=add.name, output=101), worker_id="old"
+        )
+        await backend.record_step(
+            "ln", StepRecord(position=1, name=add.name, output=5), worker_id="old"
+        )
+        await backend.release_task_claim("ln", WORKFLOW_TASK, "old")
+        with pytest.raises(durable.NonDeterminismError, match="position 1"):
+            await rt.run(child, 1, workflow_id="ln")
+
+
+async def test_retries_with_backoff_and_non_retryable_errors(sqlite_url: str) -> None:
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    @durable.step(max_attempts=4, initial_delay=2.0, backoff_rate=3.0)
+    async def flaky() -> str:
+        calls["flaky"] += 1
+        if calls["flaky"] < 3:
+            raise ConnectionError("try again")
+        return "ok"
+
+    @durable.step(max_attempts=5)
+    async def fatal() -> str:
+        calls["fatal"] += 1
+        raise durable.NonRetryableError("card stolen")
+
+    @durable.workflow(name="tests.retry.v1")
+    async def retrying() -> str:
+        first = await flaky()
+        try:
+            await fatal()
+        except durable.NonRetryableError:
+            return first + ":gave up"
+        return first
+
+    async with durable.Runtime(durable.connect(sqlite_url), recover=False, sleep=fake_sleep) as rt:
+        assert await rt.run(retrying, workflow_id="r") == "ok:gave up"
+        assert slept == [2.0, 6.0]
+        steps = await rt.list_steps("r")
+        assert [(s.status, s.attempts) for s in steps] == [
+            (StepStatus.SUCCEEDED, 3),
+            (StepStatus.FAILED, 1),
+        ]
+        assert calls["fatal"] == 1
+
+
+async def test_run_step_primitive_and_step_guard(backend_url: str) -> None:
+    @durable.workflow(name="tests.dynamic.v1")
+    async def dynamic(items: list[str]) -> list[str]:
+        out = [await durable.run_step(f"upper:{item}", str.upper, item) for item in items]
+        guard = durable.step_guard("manual")
+        async with guard:
+            if not guard.replayed:
+                calls["manual"] += 1
+                guard.result = {"n": len(out)}
+        return [*out, str(guard.result["n"])]
+
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        assert await rt.run(dynamic, ["a", "b"], workflow_id="dyn") == ["A", "B", "2"]
+        steps = await rt.list_steps("dyn")
+        assert [s.name for s in steps] == ["upper:a", "upper:b", "manual"]
+        assert steps[2].output == {"n": 2}
+        assert calls["manual"] == 1
+
+
+async def test_steps_outside_workflows_are_plain_calls() -> None:
+    assert await add(1, 2) == 3
+    assert mul(2, 3) == 6
+    assert await mul.aio(2, 4) == 8
+    assert sync_flow(1) == 7  # a workflow called outside a runtime is a plain call too
+    assert await durable.run_step("x", str.upper, "q") == "Q"
+
+
+async def test_bad_input_is_refused_before_anything_is_written(backend_url: str) -> None:
+    backend = durable.connect(backend_url)
+    async with durable.Runtime(backend, recover=False) as rt:
+        with pytest.raises(durable.SerializationError, match=r"arguments of workflow .*set"):
+            await rt.run(echo_workflow, {1, 2}, workflow_id="bad-arg")
+        with pytest.raises(durable.WorkflowNotFoundError):
+            await rt.get_workflow("bad-arg")
+
+        with pytest.raises(durable.InvalidArgumentError, match="not a durable workflow"):
+            await rt.run(not_decorated, workflow_id="nd")  # type: ignore[arg-type]
+        with pytest.raises(durable.UnknownWorkflowError, match=r"no\.such\.workflow"):
+            await rt.run("no.such.workflow")
+        with pytest.raises(durable.WorkflowNotFoundError):
+            await rt.result("missing-id", timeout=1)
+
+        await rt.run(arith, 1, workflow_id="taken")
+        with pytest.raises(durable.InvalidArgumentError, match="belongs to workflow"):
+            await rt.run(child, 1, workflow_id="taken")
+        assert (await rt.get_workflow("taken")).output == {"s": 2, "m": 4, "t": [1, 2]}
+
+
+async def test_unserializable_step_result_fails_naming_step_and_type(backend_url: str) -> None:
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        with pytest.raises(durable.SerializationError, match=r"step .*echo.*position 1.*set"):
+            await rt.run(echo_workflow, [1], workflow_id="bad-out")
+        steps = await rt.list_steps("bad-out")
+        assert [s.status for s in steps] == [StepStatus.SUCCEEDED, StepStatus.FAILED]
+        assert steps[1].error is not None and steps[1].error.type.endswith("SerializationError")
+        info = await rt.get_workflow("bad-out")
+        assert info.status is WorkflowStatus.FAILED
+
+
+@durable.workflow(name="tests.echo_set.v1")
+async def echo_workflow(value: Any) -> Any:
+    await echo(value)
+    return await echo({1, 2, 3})
+
+
+async def not_decorated() -> None:
+    return None
+
+
+async def test_a_sync_step_called_directly_in_async_workflow_is_a_clear_error(
+    sqlite_url: str,
+) -> None:
+    @durable.workflow(name="tests.misuse.v1")
+    async def misuse() -> int:
+        return mul(1, 2)
+
+    async with durable.Runtime(durable.connect(sqlite_url), recover=False) as rt:
+        with pytest.raises(durable.DurableError, match=r"await mul\.aio"):
+            await rt.run(misuse, workflow_id="m")
+
+
+async def test_cancel_stops_at_the_next_step_boundary(backend_url: str) -> None:
+
+    @durable.workflow(name="tests.cancel.v1")
+    async def cancellable() -> str:
+        await wait_gate()
+        return await echo("after")
+
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        run = asyncio.create_task(rt.run(cancellable, workflow_id="c"))
+        await entered.wait()
+        info = await rt.cancel("c")
+        assert info.status is WorkflowStatus.CANCELLED
+        gate.set()
+        with pytest.raises(durable.WorkflowCancelledError):
+            await run
+        assert calls["echo"] == 0
+        assert await rt.list_steps("c") == []  # the step finishing after the cancel was refused
+        with pytest.raises(durable.WorkflowCancelledError):
+            await rt.run(cancellable, workflow_id="c")
+
+
+async def test_restart_with_same_executor_id_resumes_own_work_at_once(sqlite_url: str) -> None:
+    backend = durable.connect(sqlite_url)
+
+    @durable.workflow(name="tests.resume.v1")
+    async def resumable() -> list[Any]:
+        return [await add(1, 1), await wait_gate(), await add(2, 2)]
+
+    async with durable.Runtime(backend, recover=False, executor_id="node-a", claim_ttl=600) as rt:
+        run = asyncio.create_task(rt.run(resumable, workflow_id="res"))
+        await entered.wait()
+        # simulate a crash: the task dies without releasing its lease
+        rt.backend = _NoRelease(rt.backend)  # type: ignore[assignment]
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+    gate.set()
+    async with durable.Runtime(durable.connect(sqlite_url), executor_id="node-a") as rt2:
+        assert await rt2.result("res", timeout=10) == [2, "opened", 4]
+        assert calls["add"] == 2  # the first add replayed, not re-run
+        other = durable.Runtime(durable.connect(sqlite_url), executor_id="node-b")
+        assert other.executor_id != rt2.executor_id
+
+
+class _NoRelease:
+    """Wraps a backend so that releasing a lease does nothing, as when a process is killed."""
+
+    def __init__(self, inner: durable.PersistentBackend) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def release_task_claim(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+async def test_inspection_lists_by_status_and_name(backend_url: str) -> None:
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        for i in range(3):
+            await rt.run(arith, i, workflow_id=f"ok-{i}")
+        with pytest.raises(PaymentDeclined):
+            await rt.run(unhandled, "x", workflow_id="bad")
+        succeeded = await rt.list_workflows(status="succeeded", name=arith.name)
+        assert [w.id for w in succeeded] == ["ok-2", "ok-1", "ok-0"]
+        failed = await rt.list_workflows(status=[WorkflowStatus.FAILED])
+        assert [w.id for w in failed] == ["bad"]
+        page = await rt.list_workflows(limit=2)
+        rest = await rt.list_workflows(limit=2, cursor=page.next_cursor)
+        assert len(page) == 2 and len(rest) == 2 and rest.next_cursor is None
