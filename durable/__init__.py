@@ -44,6 +44,7 @@ from durable.retry import RetryPolicy
 from durable.runtime import Runtime
 from durable.serialization import JSONSerializer, PickleSerializer, Serializer
 from durable.step import AsyncStep, Step, SyncStep, run_step, step
+from durable.worker import Worker
 from durable.workflow import AsyncWorkflow, SyncWorkflow, Workflow, workflow
 
 __all__ = [
@@ -86,6 +87,7 @@ __all__ = [
     "TaskNotFoundError",
     "TaskSpec",
     "UnknownWorkflowError",
+    "Worker",
     "Workflow",
     "WorkflowAlreadyExistsError",
     "WorkflowCancelledError",

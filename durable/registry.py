@@ -28,6 +28,7 @@ class Registry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._workflows: dict[str, Workflow[Any, Any]] = {}
+        self._disabled: set[str] = set()
 
     def register(self, workflow: Workflow[Any, Any]) -> None:
         """Add ``workflow``; re-registering the same function (a module reload) replaces it.
@@ -57,8 +58,32 @@ class Registry:
         return name in self._workflows
 
     def names(self) -> list[str]:
+        """Every registered name, enabled or not, sorted."""
         with self._lock:
             return sorted(self._workflows)
+
+    def disable(self, name: str) -> None:
+        """Stop this process's workers from claiming ``name`` (executions already running go
+        on; ``runtime.run`` still runs it explicitly)."""
+        self.get(name)
+        with self._lock:
+            self._disabled.add(name)
+
+    def enable(self, name: str) -> None:
+        """Undo :meth:`disable`."""
+        with self._lock:
+            self._disabled.discard(name)
+
+    def is_enabled(self, name: str) -> bool:
+        return name in self._workflows and name not in self._disabled
+
+    def describe(self) -> list[tuple[str, bool, str | None]]:
+        """``(name, enabled, description)`` for every registered workflow."""
+        with self._lock:
+            return [
+                (n, n not in self._disabled, self._workflows[n].description)
+                for n in sorted(self._workflows)
+            ]
 
 
 def _origin(fn: Any) -> str:

@@ -29,7 +29,8 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -40,6 +41,7 @@ from durable.errors import (
     ClaimLostError,
     DurableError,
     InvalidArgumentError,
+    NonRetryableError,
     SerializationError,
     StepError,
     TaskNotFoundError,
@@ -59,10 +61,26 @@ from durable.models import (
 )
 from durable.portal import Portal
 from durable.registry import Registry, default_registry
+from durable.worker import Worker
 from durable.workflow import Workflow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class Rescheduled(Exception):
+    """Internal: the attempt failed and the next one is scheduled."""
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueOptions:
+    """How an execution is queued (see :meth:`Runtime.enqueue`)."""
+
+    idempotency_key: str | None = None
+    priority: int = 0
+    run_after: datetime | None = None
+    max_attempts: int | None = None
+    queue: str | None = None
 
 
 def default_executor_id() -> str:
@@ -121,6 +139,7 @@ class Runtime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._locks = KeyedLock()
+        self._workers: list[Worker] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._portal: Portal | None = None
         self._started = False
@@ -147,6 +166,9 @@ class Runtime:
         close the backend."""
         if not self._started:
             return
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            await worker.stop()
         tasks = list(self._background)
         for task in tasks:
             task.cancel()
@@ -272,34 +294,53 @@ class Runtime:
 
     async def _create(
         self,
-        wf: Workflow[Any, Any],
+        wf: Workflow[Any, Any] | str,
         instance_id: str,
         args: Sequence[Any],
         kwargs: dict[str, Any],
         *,
         parent_id: str | None = None,
+        options: EnqueueOptions | None = None,
     ) -> WorkflowInfo:
+        name = wf if isinstance(wf, str) else wf.name
+        opts = options or EnqueueOptions()
+        queue = opts.queue or (wf.queue if isinstance(wf, Workflow) else "default")
         payload = {"args": list(args), "kwargs": kwargs}
         try:
             self.backend.serializer.dumps(payload)
         except SerializationError as exc:
             raise SerializationError(
-                f"the arguments of workflow {wf.name!r} (id {instance_id!r}) cannot be "
+                f"the arguments of workflow {name!r} (id {instance_id!r}) cannot be "
                 f"serialized: {exc}"
             ) from exc
         snapshot = WorkflowSnapshot(
             id=instance_id,
-            name=wf.name,
+            name=name,
             input=payload,
             parent_id=parent_id,
-            queue=wf.queue,
-            max_attempts=wf.retry.max_attempts,
+            queue=queue,
+            priority=opts.priority,
+            idempotency_key=opts.idempotency_key,
+            max_attempts=opts.max_attempts,
         )
-        task = TaskSpec(instance_id=instance_id, name=wf.name, queue=wf.queue)
-        info, _created = await self.backend.create_workflow(snapshot, task=task)
-        if info.name != wf.name:
+        task = TaskSpec(
+            instance_id=instance_id,
+            name=name,
+            queue=queue,
+            priority=opts.priority,
+            run_after=opts.run_after,
+        )
+        info, created = await self.backend.create_workflow(snapshot, task=task)
+        if info.name != name:
             raise InvalidArgumentError(
-                f"workflow id {instance_id!r} belongs to workflow {info.name!r}, not {wf.name!r}"
+                f"workflow id {info.id!r} belongs to workflow {info.name!r}, not {name!r}"
+            )
+        if created:
+            log.debug(
+                "recorded workflow %s (%s)",
+                instance_id,
+                name,
+                extra={"action": "workflow.created", "workflow_id": instance_id},
             )
         return info
 
@@ -321,12 +362,29 @@ class Runtime:
                 except TaskNotFoundError:
                     claim = None  # it finished (or was cancelled) since we looked: look again
                 if claim is not None:
-                    return await self._execute(wf, instance_id)
+                    try:
+                        return await self._execute(wf, instance_id)
+                    except Rescheduled:
+                        pass  # a later attempt will run when due, here or elsewhere
             await self.sleep(self.poll_interval)
 
     async def _execute(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
         """Run the body under this executor's lease (already claimed) and record the outcome."""
         snapshot = await self.backend.begin_execution(instance_id, self.executor_id)
+        if snapshot.max_attempts is not None and snapshot.attempts > snapshot.max_attempts:
+            # every allowed attempt started and none finished: its executors kept dying
+            last_error = snapshot.error or ErrorInfo(
+                type="durable.errors.AttemptsExhaustedError",
+                message=f"{snapshot.max_attempts} attempt(s) were interrupted before finishing "
+                "(their executors stopped or lost their leases)",
+            )
+            info = await self.backend.finish_workflow(
+                instance_id,
+                worker_id=self.executor_id,
+                status=WorkflowStatus.DEAD_LETTER,
+                error=last_error,
+            )
+            raise self.outcome_error(info)
         assert self._loop is not None
         ctx = ExecutionContext(
             runtime=self,
@@ -350,7 +408,8 @@ class Runtime:
                 raise
             except Exception as exc:
                 error = ctx.divergence or exc
-                await self._record_failure(instance_id, error)
+                if await self._record_failure(wf, snapshot, error, retryable=error is exc):
+                    raise Rescheduled(instance_id) from exc
                 if error is exc:
                     raise
                 raise error from exc
@@ -395,13 +454,49 @@ class Runtime:
                 f"{type(output).__qualname__} that cannot be stored: {exc}"
             ) from exc
 
-    async def _record_failure(self, instance_id: str, error: BaseException) -> None:
-        await self.backend.finish_workflow(
-            instance_id,
-            worker_id=self.executor_id,
-            status=WorkflowStatus.FAILED,
-            error=ErrorInfo.from_exception(error),
+    async def _record_failure(
+        self,
+        wf: Workflow[Any, Any],
+        snapshot: WorkflowSnapshot,
+        error: BaseException,
+        *,
+        retryable: bool,
+    ) -> bool:
+        """Record a failed attempt: schedule the next attempt (returns True), or record the
+        final failure: dead-lettered when retries ran out, failed when the error is not worth
+        retrying or the execution allows no retries."""
+        info = ErrorInfo.from_exception(error)
+        limit = snapshot.max_attempts
+        policy = wf.retry
+        worth_retrying = (
+            retryable
+            and limit is not None
+            and not isinstance(error, (NonRetryableError, *policy.non_retryable))
+            and isinstance(error, policy.retry_on)
         )
+        if worth_retrying and limit is not None and snapshot.attempts < limit:
+            delay = policy.delay(snapshot.attempts)
+            await self.backend.reschedule_workflow(
+                snapshot.id,
+                worker_id=self.executor_id,
+                run_after=timedelta(seconds=delay),
+                error=info,
+            )
+            log.info(
+                "workflow %s failed attempt %d of %d, retrying in %.1fs: %s",
+                snapshot.id,
+                snapshot.attempts,
+                limit,
+                delay,
+                info.message,
+                extra={"action": "workflow.retry", "workflow_id": snapshot.id},
+            )
+            return True
+        status = WorkflowStatus.DEAD_LETTER if worth_retrying else WorkflowStatus.FAILED
+        await self.backend.finish_workflow(
+            snapshot.id, worker_id=self.executor_id, status=status, error=info
+        )
+        return False
 
     async def _heartbeat(self, instance_id: str) -> None:
         while True:
@@ -427,9 +522,15 @@ class Runtime:
                 )
 
     async def _release_quietly(self, instance_id: str) -> None:
+        """Hand an interrupted execution back at once, without counting the attempt."""
         with contextlib.suppress(DurableError, asyncio.CancelledError):
             await asyncio.shield(
-                self.backend.release_task_claim(instance_id, WORKFLOW_TASK, self.executor_id)
+                self.backend.reschedule_workflow(
+                    instance_id,
+                    worker_id=self.executor_id,
+                    run_after=timedelta(0),
+                    consume_attempt=False,
+                )
             )
 
     async def run_child(
@@ -462,6 +563,119 @@ class Runtime:
             raise
         return await guard.succeed(value, child_workflow_id=child_id)
 
+    # -- intents ------------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        fn: Workflow[Any, Any] | str,
+        *args: Any,
+        workflow_id: str | None = None,
+        idempotency_key: str | None = None,
+        priority: int = 0,
+        run_after: datetime | None = None,
+        delay: float | timedelta | None = None,
+        max_attempts: int | None = None,
+        queue: str | None = None,
+        served_elsewhere: bool = False,
+        **kwargs: Any,
+    ) -> str:
+        """Record that a workflow must run, and return its id at once; any worker runs it.
+
+        Once this returns, the execution is stored and will happen: a worker that serves its
+        name claims it when it is due, and it is retried until it succeeds, fails for good, or
+        runs out of attempts. A producer can enqueue by name, with JSON arguments, without
+        importing the workflow's code.
+
+        :param idempotency_key: a duplicate enqueue with the same key creates nothing and
+            returns the existing execution's id.
+        :param priority: lower runs first; FIFO within a priority.
+        :param run_after: not before this (timezone-aware) time; or ``delay`` seconds from now.
+        :param max_attempts: attempts before dead-lettering (default: the workflow's policy,
+            3 attempts: at once, +1 minute, +4 minutes).
+        :param queue: the queue (default: the workflow's, else ``"default"``).
+        :param served_elsewhere: allow a name that is not registered in this process.
+
+        Called inside a workflow, enqueueing is a step: it is recorded with the workflow's
+        progress, so a replay after a crash neither loses nor duplicates it. The child's default
+        id is then ``<workflow id>/<position>``.
+
+        :raises UnknownWorkflowError: the name is not registered here and not ``served_elsewhere``.
+        :raises SerializationError: the arguments cannot be serialized (nothing is written).
+        """
+        self._require_started()
+        target: Workflow[Any, Any] | str
+        if isinstance(fn, str) and (served_elsewhere or fn in self.registry):
+            target = self.registry.get(fn) if fn in self.registry else fn
+        else:
+            target = self.resolve(fn)
+        name = target if isinstance(target, str) else target.name
+        if delay is not None:
+            seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+            run_after = datetime.now(UTC) + timedelta(seconds=seconds)
+        if run_after is not None and run_after.tzinfo is None:
+            raise InvalidArgumentError(f"run_after must be timezone-aware, got {run_after!r}")
+        if max_attempts is None:
+            max_attempts = target.retry.max_attempts if isinstance(target, Workflow) else 3
+        options = EnqueueOptions(
+            idempotency_key=idempotency_key,
+            priority=priority,
+            run_after=run_after,
+            max_attempts=max_attempts,
+            queue=queue,
+        )
+        ctx = _context.current()
+        if ctx is None:
+            info = await self._create(
+                target, workflow_id or str(uuid.uuid4()), args, kwargs, options=options
+            )
+            return info.id
+        guard = ctx.guard(f"enqueue:{name}")
+        if guard.replayed:
+            return guard.replay()  # type: ignore[no-any-return]
+        instance_id = workflow_id or f"{ctx.workflow_id}/{guard.position}"
+        info = await self._create(
+            target, instance_id, args, kwargs, parent_id=ctx.workflow_id, options=options
+        )
+        return await guard.succeed(info.id)  # type: ignore[no-any-return]
+
+    async def retry(self, workflow_id: str) -> WorkflowInfo:
+        """Run a failed, dead-lettered or cancelled execution again from its history: completed
+        steps are not run again; the failed ones are.
+
+        :raises WorkflowNotFoundError: no such workflow.
+        :raises InvalidArgumentError: it is not failed, dead-lettered or cancelled.
+        """
+        return await self.backend.requeue_workflow(workflow_id)
+
+    async def start_worker(
+        self,
+        *,
+        concurrency: int = 10,
+        queues: Sequence[str] | None = None,
+        names: Sequence[str] | None = None,
+        poll_interval: float = 1.0,
+    ) -> Worker:
+        """Start claiming and running enqueued work in the background of this runtime.
+
+        The worker runs up to ``concurrency`` executions at once, claims only the workflow names
+        registered here (or ``names``) from ``queues`` (default: all), wakes when work is
+        enqueued (LISTEN/NOTIFY on PostgreSQL; in-process elsewhere) and polls every
+        ``poll_interval`` seconds as a backstop. It stops with :meth:`Worker.stop` or when the
+        runtime closes.
+        """
+        self._require_started()
+        worker = Worker(
+            self, concurrency=concurrency, queues=queues, names=names, poll_interval=poll_interval
+        )
+        self._workers.append(worker)
+        await worker.start()
+        return worker
+
+    async def execute_claimed(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
+        """Run an execution whose workflow task this executor has just claimed."""
+        async with self._locks.hold(instance_id):
+            return await self._execute(wf, instance_id)
+
     # -- outcomes -----------------------------------------------------------------------------
 
     def outcome(self, info: WorkflowInfo) -> Any:
@@ -489,7 +703,7 @@ class Runtime:
             )
         return rebuilt
 
-    async def result(self, workflow_id: str, *, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+    async def result(self, workflow_id: str, *, timeout: float | None = None) -> Any:
         """Wait until the execution finishes (wherever it runs) and return its result.
 
         :raises WorkflowNotFoundError: no such workflow.

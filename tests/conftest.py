@@ -34,10 +34,15 @@ def _reachable(host: str, port: int) -> bool:
 
 PG_SERVER_RUNNING = _reachable(PG_HOST, PG_PORT)
 
+# one database name per test session, so that concurrent sessions on one server do not collide
+PG_DBNAME = f"durable_test_{os.getpid()}"
+
 if PG_SERVER_RUNNING or os.geteuid() == 0:
-    postgresql_server = factories.postgresql_noproc(host=PG_HOST, port=PG_PORT, user=PG_USER)
+    postgresql_server = factories.postgresql_noproc(
+        host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=PG_DBNAME
+    )
 else:  # pragma: no cover - depends on the machine
-    postgresql_server = factories.postgresql_proc()
+    postgresql_server = factories.postgresql_proc(dbname=PG_DBNAME)
 
 postgresql = factories.postgresql("postgresql_server")
 

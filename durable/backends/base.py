@@ -23,6 +23,8 @@ method, and run :mod:`durable.testing`'s contract suite against it.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import timedelta
@@ -42,6 +44,34 @@ from durable.models import (
     WorkflowStatus,
 )
 from durable.serialization import Serializer
+
+
+class WorkSignal:
+    """Wakes the coroutines of this process that wait for work, on whatever event loop they run."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[asyncio.AbstractEventLoop, asyncio.Event] = {}
+
+    async def wait(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            event = self._events.get(loop)
+            if event is None:
+                event = self._events[loop] = asyncio.Event()
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return
+        event.clear()
+
+    def set(self) -> None:
+        with self._lock:
+            for loop in [loop for loop in self._events if loop.is_closed()]:
+                del self._events[loop]
+            events = list(self._events.items())
+        for loop, event in events:
+            loop.call_soon_threadsafe(event.set)
 
 
 class PersistentBackend(ABC):
@@ -215,12 +245,27 @@ class PersistentBackend(ABC):
         worker_id: str,
         run_after: timedelta,
         error: ErrorInfo | None = None,
+        consume_attempt: bool = True,
     ) -> WorkflowInfo:
-        """Put a running workflow back to pending, to run again ``run_after`` from now (a retry
-        after a failed attempt), recording ``error``; release the claim. Fenced like
-        :meth:`finish_workflow`; its steps are kept.
+        """Put a running workflow back to pending, to run again ``run_after`` from now, recording
+        ``error``, and release the claim, in one transaction fenced like :meth:`finish_workflow`.
+
+        For a retry after a failed attempt, the *trailing* failed steps (failed steps after the
+        last step that did not fail) are deleted so that the next attempt runs them again; every
+        other step is kept. With ``consume_attempt=False`` (a graceful shutdown interrupted the
+        attempt) ``attempts`` goes back down by one and no step is deleted.
 
         :raises ClaimLostError: the claim is not held.
+        """
+
+    @abstractmethod
+    async def requeue_workflow(self, instance_id: str) -> WorkflowInfo:
+        """Run a failed, dead-lettered or cancelled workflow again: status pending, error and
+        attempts cleared, trailing failed steps deleted (as for a retry), its workflow task
+        created, in one transaction. Completed steps are kept and will not run again.
+
+        :raises WorkflowNotFoundError: no such workflow.
+        :raises InvalidArgumentError: the workflow is not failed, dead-lettered or cancelled.
         """
 
     @abstractmethod
@@ -231,6 +276,28 @@ class PersistentBackend(ABC):
 
         :raises WorkflowNotFoundError: no such workflow.
         """
+
+    # -- wake-ups ------------------------------------------------------------------------------
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when work may have become available (a task was added, rescheduled or
+        released), or after ``timeout`` seconds. It may return early for no reason; callers
+        re-check. The default implementation hears about work created through this backend
+        object only (other processes are found by polling); PostgreSQL hears every process
+        through LISTEN/NOTIFY.
+        """
+        await self._signal().wait(timeout)
+
+    def notify_work(self) -> None:
+        """Wake this process's :meth:`wait_for_work` callers (backends call it after a commit
+        that made work available). Safe to call from any thread."""
+        self._signal().set()
+
+    def _signal(self) -> WorkSignal:
+        signal: WorkSignal | None = self.__dict__.get("_durable_signal")
+        if signal is None:
+            signal = self.__dict__.setdefault("_durable_signal", WorkSignal())
+        return signal
 
     # -- tasks and claims ---------------------------------------------------------------------
 

@@ -204,7 +204,9 @@ class InMemoryBackend(PersistentBackend):
                 self._idempotency[snapshot.idempotency_key] = snapshot.id
             if task is not None:
                 self._add_task(task, now)
-            return self._load_info(stored), True
+        if task is not None:
+            self.notify_work()
+        return self._load_info(stored), True
 
     async def save_snapshot(self, snapshot: WorkflowSnapshot) -> WorkflowSnapshot:
         with self._lock:
@@ -369,6 +371,7 @@ class InMemoryBackend(PersistentBackend):
         worker_id: str,
         run_after: timedelta,
         error: ErrorInfo | None = None,
+        consume_attempt: bool = True,
     ) -> WorkflowInfo:
         with self._lock:
             now = self.clock()
@@ -378,14 +381,57 @@ class InMemoryBackend(PersistentBackend):
                 current,
                 status=WorkflowStatus.PENDING,
                 error=error,
+                attempts=current.attempts if consume_attempt else max(current.attempts - 1, 0),
                 updated_at=now,
                 version=current.version + 1,
             )
             self._workflows[instance_id] = stored
+            if consume_attempt:
+                self._drop_trailing_failures(instance_id)
             task.claimed_by = None
             task.claim_expires_at = None
-            task.run_after = now + run_after
-            return self._load_info(stored)
+            task.run_after = now + max(run_after, timedelta(0))
+        self.notify_work()
+        return self._load_info(stored)
+
+    def _drop_trailing_failures(self, instance_id: str) -> None:
+        steps = self._steps.get(instance_id, {})
+        kept = [p for p, s in steps.items() if s.status is not StepStatus.FAILED]
+        last_kept = max(kept, default=-1)
+        for position in [p for p in steps if p > last_kept]:
+            del steps[position]
+
+    async def requeue_workflow(self, instance_id: str) -> WorkflowInfo:
+        with self._lock:
+            current = self._get(instance_id)
+            if current.status not in _REQUEUEABLE:
+                raise InvalidArgumentError(
+                    f"workflow {instance_id!r} is {current.status.value}: only failed, "
+                    "dead-lettered or cancelled workflows can be run again"
+                )
+            now = self.clock()
+            stored = dataclasses.replace(
+                current,
+                status=WorkflowStatus.PENDING,
+                error=None,
+                output=None,
+                attempts=0,
+                completed_at=None,
+                updated_at=now,
+                version=current.version + 1,
+            )
+            self._workflows[instance_id] = stored
+            self._drop_trailing_failures(instance_id)
+            spec = TaskSpec(
+                instance_id=instance_id,
+                name=current.name,
+                queue=current.queue,
+                priority=current.priority,
+            )
+            self._tasks.pop((instance_id, WORKFLOW_TASK), None)
+            self._add_task(spec, now)
+        self.notify_work()
+        return self._load_info(stored)
 
     async def cancel_workflow(self, instance_id: str) -> WorkflowInfo:
         with self._lock:
@@ -410,7 +456,10 @@ class InMemoryBackend(PersistentBackend):
     async def add_task(self, spec: TaskSpec) -> bool:
         with self._lock:
             self._get(spec.instance_id)
-            return self._add_task(spec, self.clock())
+            created = self._add_task(spec, self.clock())
+        if created:
+            self.notify_work()
+        return created
 
     async def claim_task(
         self, instance_id: str, task_id: str, worker_id: str, ttl: timedelta
@@ -457,6 +506,7 @@ class InMemoryBackend(PersistentBackend):
                 raise ClaimLostError(instance_id, task_id, worker_id, holder)
             task.claimed_by = None
             task.claim_expires_at = None
+        self.notify_work()
 
     async def complete_task(self, instance_id: str, task_id: str, worker_id: str) -> None:
         with self._lock:
@@ -526,6 +576,11 @@ class InMemoryBackend(PersistentBackend):
                 self._claim(t, worker_id, now, seconds)
                 for t in self._available(worker_id, limit, names, queues, now)
             ]
+
+
+_REQUEUEABLE = frozenset(
+    {WorkflowStatus.FAILED, WorkflowStatus.DEAD_LETTER, WorkflowStatus.CANCELLED}
+)
 
 
 def _live(task: _Task, now: datetime) -> bool:

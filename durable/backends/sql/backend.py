@@ -10,6 +10,7 @@ compiles each of them once per process. What differs between databases is in :mo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -64,6 +65,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _TERMINAL = [s.value for s in WorkflowStatus if s.is_terminal]
+_REQUEUEABLE = [
+    WorkflowStatus.FAILED.value,
+    WorkflowStatus.DEAD_LETTER.value,
+    WorkflowStatus.CANCELLED.value,
+]
+#: The PostgreSQL channel on which commits that make work available are announced.
+WORK_CHANNEL = "durable_work"
 _STEP_COLUMNS = [c.name for c in steps.columns]
 
 
@@ -181,6 +189,8 @@ class SQLAlchemyBackend(PersistentBackend):
         self.dialect: SQLDialect = dialect_for(engine.dialect.name)
         self._started = False
         self._start_lock = asyncio.Lock()
+        self._listener: asyncio.Task[None] | None = None
+        self._notify = sa.select(sa.func.pg_notify(WORK_CHANNEL, ""))
         self._build_statements()
 
     def __repr__(self) -> str:
@@ -207,6 +217,11 @@ class SQLAlchemyBackend(PersistentBackend):
             log.debug("backend started: %r", self, extra={"action": "backend.start"})
 
     async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
         if self._owns_engine:
             await self._runner.dispose()
         self._started = False
@@ -242,6 +257,45 @@ class SQLAlchemyBackend(PersistentBackend):
                 f"database error at {url} while trying to {what or 'run a query'}: "
                 f"{_first_line(exc.orig)}"
             ) from exc
+
+    # -- wake-ups -----------------------------------------------------------------------------
+
+    def _announce_work(self, conn: sa.Connection) -> None:
+        """Inside a transaction that makes work available: tell every listening process (on
+        PostgreSQL the notification is delivered when, and only if, the transaction commits)."""
+        if self.dialect.name == "postgresql":
+            conn.execute(self._notify)
+
+    async def wait_for_work(self, timeout: float) -> None:
+        if self.dialect.name == "postgresql" and self._listener is None and self._started:
+            self._listener = asyncio.get_running_loop().create_task(
+                self._listen(), name="durable-listen"
+            )
+        await super().wait_for_work(timeout)
+
+    async def _listen(self) -> None:
+        """Turn PostgreSQL notifications on the work channel into local wake-ups."""
+        import psycopg
+
+        conninfo = self.engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {WORK_CHANNEL}")
+                    self.notify_work()  # anything committed while we were not listening
+                    async for _ in conn.notifies():
+                        self.notify_work()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the server went away: polling covers us meanwhile
+                log.warning(
+                    "listening for work failed, retrying in 1s: %s",
+                    exc,
+                    extra={"action": "listen.error"},
+                )
+                await asyncio.sleep(1.0)
 
     # -- statements ---------------------------------------------------------------------------
 
@@ -359,6 +413,16 @@ class SQLAlchemyBackend(PersistentBackend):
             sa.update(tasks)
             .where(self._task_key, tasks.c.claimed_by == p_wid, tasks.c.claim_expires_at > now)
             .values(claimed_by=None, claim_expires_at=None, run_after=d.later("delay"))
+        )
+        last_unfailed = (
+            sa.select(sa.func.coalesce(sa.func.max(steps.c.position), -1))
+            .where(steps.c.workflow_id == p_iid, steps.c.status != StepStatus.FAILED.value)
+            .scalar_subquery()
+        )
+        self._drop_trailing_failures = sa.delete(steps).where(
+            steps.c.workflow_id == p_iid,
+            steps.c.status == StepStatus.FAILED.value,
+            steps.c.position > last_unfailed,
         )
         self._available_order = [tasks.c.priority, tasks.c.run_after, tasks.c.id]
         self._claim_values = claim_values
@@ -549,10 +613,14 @@ class SQLAlchemyBackend(PersistentBackend):
                 conn.execute(sa.insert(steps), step_rows)
             if task_row is not None:
                 conn.execute(sa.insert(tasks), task_row)
+                self._announce_work(conn)
             stored = conn.execute(self._select_workflow, {"p_iid": snapshot.id}).one()
             return self._info(stored), True
 
-        return await self._run(fn, what=f"create workflow {snapshot.id!r}")
+        result = await self._run(fn, what=f"create workflow {snapshot.id!r}")
+        if result[1] and task_row is not None:
+            self.notify_work()
+        return result
 
     async def save_snapshot(self, snapshot: WorkflowSnapshot) -> WorkflowSnapshot:
         now = datetime.now(UTC)
@@ -774,30 +842,82 @@ class SQLAlchemyBackend(PersistentBackend):
         worker_id: str,
         run_after: timedelta,
         error: ErrorInfo | None = None,
+        consume_attempt: bool = True,
     ) -> WorkflowInfo:
         delay = max(run_after.total_seconds(), 0.0)
         clock = self.dialect.clock_params(delay=delay)
         params = {"p_iid": instance_id, "p_tid": WORKFLOW_TASK, "p_wid": worker_id, **clock}
-        values = {
+        values: dict[str, Any] = {
             "status": WorkflowStatus.PENDING.value,
             "error": error.to_json() if error else None,
             "updated_at": datetime.now(UTC),
             "version": workflows.c.version + 1,
         }
+        if not consume_attempt:
+            values["attempts"] = sa.case(
+                (workflows.c.attempts > 0, workflows.c.attempts - 1), else_=0
+            )
 
         def fn(conn: sa.Connection) -> WorkflowInfo:
             if conn.execute(self._reschedule_task, params).rowcount == 0:
                 raise self._refusal(conn, clock, instance_id, WORKFLOW_TASK, worker_id)
-            return self._info(
-                conn.execute(
-                    sa.update(workflows)
-                    .where(workflows.c.id == instance_id)
-                    .values(values)
-                    .returning(*workflows.c)
-                ).one()
-            )
+            if consume_attempt:
+                conn.execute(self._drop_trailing_failures, params)
+            row = conn.execute(
+                sa.update(workflows)
+                .where(workflows.c.id == instance_id)
+                .values(values)
+                .returning(*workflows.c)
+            ).one()
+            self._announce_work(conn)
+            return self._info(row)
 
-        return await self._run(fn, what=f"reschedule workflow {instance_id!r}")
+        info = await self._run(fn, what=f"reschedule workflow {instance_id!r}")
+        self.notify_work()
+        return info
+
+    async def requeue_workflow(self, instance_id: str) -> WorkflowInfo:
+        now = datetime.now(UTC)
+
+        def fn(conn: sa.Connection) -> WorkflowInfo:
+            row = conn.execute(
+                sa.update(workflows)
+                .where(workflows.c.id == instance_id, workflows.c.status.in_(_REQUEUEABLE))
+                .values(
+                    status=WorkflowStatus.PENDING.value,
+                    error=None,
+                    output=None,
+                    attempts=0,
+                    completed_at=None,
+                    updated_at=now,
+                    version=workflows.c.version + 1,
+                )
+                .returning(*workflows.c)
+            ).first()
+            if row is None:
+                current = conn.execute(self._select_workflow, {"p_iid": instance_id}).first()
+                if current is None:
+                    raise WorkflowNotFoundError(instance_id)
+                raise InvalidArgumentError(
+                    f"workflow {instance_id!r} is {current.status}: only failed, "
+                    "dead-lettered or cancelled workflows can be run again"
+                )
+            conn.execute(self._drop_trailing_failures, {"p_iid": instance_id})
+            conn.execute(
+                sa.delete(tasks).where(
+                    tasks.c.instance_id == instance_id, tasks.c.task_id == WORKFLOW_TASK
+                )
+            )
+            spec = TaskSpec(
+                instance_id=instance_id, name=row.name, queue=row.queue, priority=row.priority
+            )
+            conn.execute(sa.insert(tasks), self._task_row(spec, now))
+            self._announce_work(conn)
+            return self._info(row)
+
+        info = await self._run(fn, what=f"requeue workflow {instance_id!r}")
+        self.notify_work()
+        return info
 
     async def cancel_workflow(self, instance_id: str) -> WorkflowInfo:
         now = datetime.now(UTC)
@@ -833,9 +953,15 @@ class SQLAlchemyBackend(PersistentBackend):
             if conn.execute(self._select_workflow, {"p_iid": spec.instance_id}).first() is None:
                 raise WorkflowNotFoundError(spec.instance_id)
             stmt = self._insert_if_absent(tasks, row)
-            return conn.execute(stmt).rowcount == 1
+            created = conn.execute(stmt).rowcount == 1
+            if created:
+                self._announce_work(conn)
+            return created
 
-        return await self._run(fn, what=f"add task {spec.task_id!r} of {spec.instance_id!r}")
+        created = await self._run(fn, what=f"add task {spec.task_id!r} of {spec.instance_id!r}")
+        if created:
+            self.notify_work()
+        return created
 
     async def claim_task(
         self, instance_id: str, task_id: str, worker_id: str, ttl: timedelta
@@ -874,8 +1000,10 @@ class SQLAlchemyBackend(PersistentBackend):
         def fn(conn: sa.Connection) -> None:
             if conn.execute(self._release, params).rowcount == 0:
                 raise self._refusal(conn, clock, instance_id, task_id, worker_id, missing_task=True)
+            self._announce_work(conn)
 
         await self._run(fn, what=f"release the claim on {task_id!r} of {instance_id!r}")
+        self.notify_work()
 
     async def complete_task(self, instance_id: str, task_id: str, worker_id: str) -> None:
         clock = self.dialect.clock_params()
