@@ -2,17 +2,19 @@
 
 From code (``durable.backends.sql.migrate``) a connection is passed in ``config.attributes``.
 From the command line, ``alembic -c alembic.ini upgrade head`` reads the database URL from
-``DURABLE_DATABASE_URL`` (e.g. ``sqlite:///app.db`` or ``postgresql+psycopg://...``).
+``DURABLE_DATABASE_URL`` (e.g. ``sqlite:///app.db`` or ``postgresql://user@host/db``).
 """
 
 from __future__ import annotations
 
 import os
+from logging.config import fileConfig
 
 import sqlalchemy as sa
 from alembic import context
 
-from durable.backends.sql.migrate import VERSION_TABLE
+from durable.backends.sql import migrate
+from durable.backends.sql.dialects import create_engine, normalize_url
 from durable.backends.sql.schema import UTCDateTime, metadata
 
 
@@ -27,25 +29,38 @@ def run(connection: sa.Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,
-        version_table=VERSION_TABLE,
         render_as_batch=connection.dialect.name == "sqlite",
-        compare_type=True,
         render_item=render_item,
+        **migrate.CONTEXT_OPTIONS,
     )
     with context.begin_transaction():
         context.run_migrations()
+
+
+def command_line_engine() -> sa.Engine:
+    """A synchronous engine on the database the ``alembic`` command works on, set up as durable
+    sets up its own (on SQLite: ``BEGIN IMMEDIATE``, so the migration is one atomic write)."""
+    url = os.environ.get("DURABLE_DATABASE_URL") or context.config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise SystemExit("set DURABLE_DATABASE_URL to the database to migrate")
+    parsed = normalize_url(url)  # postgresql:// means psycopg 3, as everywhere in durable
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(parsed)
+    engine = create_engine(parsed.set(drivername="sqlite"))  # aiosqlite needs an event loop
+    assert isinstance(engine, sa.Engine)
+    return engine
 
 
 connection = context.config.attributes.get("connection")
 if connection is not None:
     run(connection)
 else:
-    url = os.environ.get("DURABLE_DATABASE_URL") or context.config.get_main_option(
-        "sqlalchemy.url"
-    )
-    if not url:
-        raise SystemExit("set DURABLE_DATABASE_URL to the database to migrate")
-    engine = sa.create_engine(url.replace("+aiosqlite", ""))
-    with engine.begin() as conn:
-        run(conn)
-    engine.dispose()
+    if context.config.config_file_name is not None:
+        fileConfig(context.config.config_file_name, disable_existing_loggers=False)
+    engine = command_line_engine()
+    try:
+        with engine.begin() as conn:
+            migrate.lock(conn)  # a backend starting meanwhile waits for this migration
+            run(conn)
+    finally:
+        engine.dispose()

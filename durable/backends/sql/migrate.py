@@ -9,16 +9,21 @@ Concurrent upgrades are serialized: by an advisory lock on PostgreSQL, by the wr
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 
-from durable.errors import ConfigurationError, SchemaVersionError
+from durable.backends.sql.schema import PREFIX
+from durable.errors import ConfigurationError, InvalidArgumentError, SchemaVersionError
 
 VERSION_TABLE = "durable_alembic_version"
 #: Any constant would do; it only has to be the same for every process.
@@ -73,26 +78,60 @@ def _check_known(connection: sa.Connection) -> str | None:
     return current
 
 
-def _lock(connection: sa.Connection) -> None:
+def include_name(name: str | None, type_: str, parent_names: Mapping[str, str | None]) -> bool:
+    """Alembic's filter: durable compares and generates only its own tables, so it can share a
+    database with an application's tables (and the application's own Alembic version table)."""
+    if type_ == "table":
+        return name is not None and name.startswith(PREFIX) and name != VERSION_TABLE
+    return True
+
+
+#: The options durable's revisions are compared and generated with: ``env.py`` passes them to
+#: Alembic, and ``tests/test_migrations.py`` compares a migrated database with them.
+CONTEXT_OPTIONS: dict[str, Any] = {
+    "version_table": VERSION_TABLE,
+    "compare_type": True,
+    "include_name": include_name,
+}
+
+
+def lock(connection: sa.Connection) -> None:
+    """Take the migration lock until the connection's transaction ends (PostgreSQL: an advisory
+    lock; SQLite needs none, its write lock is taken when the transaction begins)."""
     if connection.dialect.name == "postgresql":
         connection.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+
+
+@contextmanager
+def _revision_errors(revision: str) -> Iterator[None]:
+    """Alembic's complaints about the revision asked for, as durable's error."""
+    try:
+        yield
+    except CommandError as exc:
+        raise InvalidArgumentError(f"cannot migrate to revision {revision!r}: {exc}") from None
 
 
 def upgrade(connection: sa.Connection, revision: str = "head") -> None:
     """Migrate to ``revision`` inside the connection's transaction, holding the migration lock.
 
     :raises SchemaVersionError: the database is at a revision this code does not know.
+    :raises InvalidArgumentError: ``revision`` is unknown, or below the current one.
     """
-    _lock(connection)
+    lock(connection)
     _check_known(connection)
-    command.upgrade(alembic_config(connection), revision)
+    with _revision_errors(revision):
+        command.upgrade(alembic_config(connection), revision)
 
 
 def downgrade(connection: sa.Connection, revision: str) -> None:
-    """Migrate down to ``revision`` (``"base"`` drops every durable table)."""
-    _lock(connection)
+    """Migrate down to ``revision`` (``"base"`` drops every durable table, Alembic's version
+    table included)."""
+    lock(connection)
     _check_known(connection)
-    command.downgrade(alembic_config(connection), revision)
+    with _revision_errors(revision):
+        command.downgrade(alembic_config(connection), revision)
+    if current_revision(connection) is None:
+        sa.Table(VERSION_TABLE, sa.MetaData()).drop(connection, checkfirst=True)
 
 
 def check(connection: sa.Connection) -> None:
@@ -100,7 +139,9 @@ def check(connection: sa.Connection) -> None:
     current = _check_known(connection)
     head = head_revision()
     if current != head:
+        url = connection.engine.url.render_as_string(hide_password=True)
+        state = "has no durable tables" if current is None else f"is at schema revision {current!r}"
         raise SchemaVersionError(
-            f"the database schema is at revision {current!r} but this version of durable needs "
-            f"{head!r}: run `durable migrate <url>`, or start the backend with auto_migrate=True"
+            f"the database {state} but this version of durable needs revision {head!r}: "
+            f"run `durable migrate {url}`, or start the backend with auto_migrate=True"
         )

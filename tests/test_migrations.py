@@ -1,0 +1,413 @@
+"""Alembic migrations: the migrated schema is exactly ``schema.metadata``, on SQLite and PostgreSQL.
+
+Every test starts from an empty database (a new SQLite file, or a fresh PostgreSQL database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from durable import SchemaVersionError, SQLAlchemyBackend, WorkflowSnapshot
+from durable.backends.sql import migrate
+from durable.backends.sql.dialects import normalize_url
+from durable.backends.sql.schema import PREFIX, UTCDateTime, metadata
+from durable.errors import InvalidArgumentError
+
+REPO = Path(__file__).resolve().parents[1]
+HEAD = migrate.head_revision()
+DURABLE_TABLES = {t.name for t in metadata.sorted_tables}
+
+
+@pytest.fixture(
+    params=["sqlite", "aiosqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def db_url(request: pytest.FixtureRequest) -> str:
+    """An empty database of each kind the SQL backend runs on."""
+    fixture = {"sqlite": "sqlite_url", "aiosqlite": "aiosqlite_url", "postgres": "pg_url"}
+    return str(request.getfixturevalue(fixture[request.param]))
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[sa.Engine]:
+    """A plain synchronous engine on ``db_url``, to look at the database from outside durable."""
+    url = normalize_url(db_url)
+    if url.get_backend_name() == "sqlite":
+        url = url.set(drivername="sqlite")
+    eng = sa.create_engine(url)
+    yield eng
+    eng.dispose()
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def start(url: str, **options: Any) -> None:
+    """Start a backend (which migrates it, or checks it) and close it."""
+    backend = SQLAlchemyBackend(url, **options)
+    try:
+        await backend.start()
+    finally:
+        await backend.close()
+
+
+def differences(engine: sa.Engine, target: sa.MetaData = metadata) -> list[Any]:
+    """What Alembic's autogenerate would change to make the database match ``target``."""
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts=migrate.CONTEXT_OPTIONS)
+        return list(compare_metadata(context, target))
+
+
+def copy_of(original: sa.MetaData) -> sa.MetaData:
+    """A copy of ``original`` that a test may change."""
+    copy = sa.MetaData(naming_convention=original.naming_convention)
+    for table in original.sorted_tables:
+        table.to_metadata(copy)
+    return copy
+
+
+def revision(engine: sa.Engine) -> str | None:
+    with engine.connect() as conn:
+        return migrate.current_revision(conn)
+
+
+def tables(engine: sa.Engine) -> set[str]:
+    return {t for t in sa.inspect(engine).get_table_names() if t.startswith(PREFIX)}
+
+
+def describe(engine: sa.Engine) -> dict[str, Any]:
+    """Everything about durable's tables a migration could change, rows included."""
+    inspector = sa.inspect(engine)
+    shape: dict[str, Any] = {}
+    with engine.connect() as conn:
+        for table in sorted(tables(engine)):
+            shape[table] = {
+                "columns": [(c["name"], str(c["type"])) for c in inspector.get_columns(table)],
+                "indexes": sorted(i["name"] or "" for i in inspector.get_indexes(table)),
+                "rows": sorted(map(str, conn.execute(sa.text(f"SELECT * FROM {table}")))),
+            }
+    return shape
+
+
+def stamp(engine: sa.Engine, rev: str) -> None:
+    """Write ``rev`` into the version table, as a newer durable's migration would."""
+    version = sa.table(migrate.VERSION_TABLE, sa.column("version_num"))
+    with engine.begin() as conn:
+        sa.Table(
+            migrate.VERSION_TABLE,
+            sa.MetaData(),
+            sa.Column("version_num", sa.String(32), primary_key=True),
+        ).create(conn, checkfirst=True)
+        conn.execute(sa.delete(version))
+        conn.execute(sa.insert(version).values(version_num=rev))
+
+
+# -- the migrated schema is the declared one ----------------------------------------------------
+
+
+def test_upgrade_from_empty_matches_metadata(db_url: str, engine: sa.Engine) -> None:
+    assert tables(engine) == set()
+    run(start(db_url))
+    assert revision(engine) == HEAD
+    assert tables(engine) == DURABLE_TABLES | {migrate.VERSION_TABLE}
+    assert differences(engine) == []
+
+
+def test_comparison_sees_a_changed_schema(db_url: str, engine: sa.Engine) -> None:
+    """The check above is not vacuous: types, nullability, indexes and tables are compared."""
+    run(start(db_url))
+    changed = copy_of(metadata)
+    workflows = changed.tables[f"{PREFIX}workflows"]
+    workflows.c.status.type = sa.String(32)
+    workflows.c.error.nullable = False
+    workflows.c.completed_at.type = sa.Integer()
+    sa.Index(None, workflows.c.queue)
+    sa.Table(f"{PREFIX}extra", changed, sa.Column("id", sa.Integer, primary_key=True))
+
+    kinds = {_kind(diff) for diff in differences(engine, changed)}
+    assert kinds == {
+        ("modify_type", "status"),
+        ("modify_nullable", "error"),
+        ("modify_type", "completed_at"),
+        ("add_index", "ix_durable_workflows_queue"),
+        ("add_table", f"{PREFIX}extra"),
+    }
+
+
+def _kind(diff: Any) -> tuple[str, str]:
+    if isinstance(diff, list):  # column modifications come as a list of tuples
+        (op, _schema, _table, column, *_rest) = diff[0]
+        return op, column
+    op, obj = diff[0], diff[1]
+    return op, obj.name
+
+
+def test_utc_datetime_compares_equal_to_timestamptz(db_url: str, engine: sa.Engine) -> None:
+    """The revisions spell UTCDateTime as ``sa.DateTime(timezone=True)``; both must compare
+    equal, and a timestamp without time zone must not (on PostgreSQL, where they differ)."""
+    run(start(db_url))
+    assert isinstance(metadata.tables[f"{PREFIX}workflows"].c.created_at.type, UTCDateTime)
+    naive = copy_of(metadata)
+    naive.tables[f"{PREFIX}workflows"].c.created_at.type = sa.DateTime(timezone=False)
+    found = {_kind(diff) for diff in differences(engine, naive)}
+    if engine.dialect.name == "postgresql":
+        assert found == {("modify_type", "created_at")}
+    else:  # SQLite has no time zone in its types: both are DATETIME
+        assert found == set()
+
+
+def test_migrated_schema_has_the_expected_indexes(db_url: str, engine: sa.Engine) -> None:
+    run(start(db_url))
+    inspector = sa.inspect(engine)
+
+    def indexes(table: str) -> dict[str, tuple[list[str], bool]]:
+        return {
+            i["name"] or "": ([c or "" for c in i["column_names"]], bool(i["unique"]))
+            for i in inspector.get_indexes(table)
+            if "duplicates_constraint" not in i  # PostgreSQL lists unique constraints twice
+        }
+
+    def uniques(table: str) -> dict[str, list[str]]:
+        return {u["name"] or "": u["column_names"] for u in inspector.get_unique_constraints(table)}
+
+    assert indexes("durable_workflows") == {
+        "ix_durable_workflows_created_at_id": (["created_at", "id"], False),
+        "ix_durable_workflows_status_created_at": (["status", "created_at"], False),
+        "ix_durable_workflows_name_created_at": (["name", "created_at"], False),
+        "ix_durable_workflows_parent_id": (["parent_id"], False),
+    }
+    assert uniques("durable_workflows") == {
+        "uq_durable_workflows_idempotency_key": ["idempotency_key"]
+    }
+    assert indexes("durable_steps") == {}
+    assert indexes("durable_tasks") == {
+        "ix_durable_tasks_priority_run_after_id": (["priority", "run_after", "id"], False),
+    }
+    assert uniques("durable_tasks") == {
+        "uq_durable_tasks_instance_id_task_id": ["instance_id", "task_id"]
+    }
+    primary_keys = {
+        table: inspector.get_pk_constraint(table)["constrained_columns"] for table in DURABLE_TABLES
+    }
+    assert primary_keys == {
+        "durable_workflows": ["id"],
+        "durable_steps": ["workflow_id", "position"],
+        "durable_tasks": ["id"],
+    }
+    cascades = {
+        (table, fk["referred_table"], tuple(fk["constrained_columns"]), fk["options"]["ondelete"])
+        for table in DURABLE_TABLES
+        for fk in inspector.get_foreign_keys(table)
+    }
+    assert cascades == {
+        ("durable_steps", "durable_workflows", ("workflow_id",), "CASCADE"),
+        ("durable_tasks", "durable_workflows", ("instance_id",), "CASCADE"),
+    }
+
+
+# -- down and up again --------------------------------------------------------------------------
+
+
+def test_downgrade_to_base_then_upgrade_again(db_url: str, engine: sa.Engine) -> None:
+    async def cycle() -> None:
+        backend = SQLAlchemyBackend(db_url)
+        try:
+            await backend.start()
+            await backend.create_workflow(WorkflowSnapshot(id="w1", name="demo"))
+            await backend.downgrade("base")
+            assert await backend.schema_revision() is None
+        finally:
+            await backend.close()
+
+    run(cycle())
+    assert tables(engine) == set()  # the version table went too
+
+    run(start(db_url))
+    assert revision(engine) == HEAD
+    assert differences(engine) == []
+    with engine.connect() as conn:  # a clean slate, not the old rows
+        assert conn.execute(sa.text("SELECT count(*) FROM durable_workflows")).scalar() == 0
+
+
+def test_unknown_revision_to_migrate_to_is_an_invalid_argument(db_url: str) -> None:
+    async def go() -> None:
+        backend = SQLAlchemyBackend(db_url)
+        try:
+            await backend.start()
+            with pytest.raises(InvalidArgumentError, match="nope"):
+                await backend.migrate("nope")
+        finally:
+            await backend.close()
+
+    run(go())
+
+
+# -- refusing to touch a schema durable does not know -------------------------------------------
+
+
+@pytest.mark.parametrize("auto_migrate", [True, False])
+@pytest.mark.parametrize("with_tables", [True, False], ids=["migrated", "empty"])
+def test_newer_unknown_revision_is_refused_and_nothing_changes(
+    db_url: str, engine: sa.Engine, auto_migrate: bool, with_tables: bool
+) -> None:
+    if with_tables:
+
+        async def populate() -> None:
+            async with SQLAlchemyBackend(db_url) as backend:
+                await backend.create_workflow(WorkflowSnapshot(id="w1", name="demo", input=[1]))
+
+        run(populate())
+    stamp(engine, "9999_from_the_future")
+    before = describe(engine)
+
+    with pytest.raises(SchemaVersionError) as info:
+        run(start(db_url, auto_migrate=auto_migrate))
+    message = str(info.value)
+    assert "'9999_from_the_future'" in message
+    assert "does not know" in message and "upgrade durable" in message
+    assert f"newest is {HEAD!r}" in message
+
+    assert describe(engine) == before
+    assert revision(engine) == "9999_from_the_future"
+
+    async def other_operations() -> None:  # neither migrating nor downgrading touch it either
+        backend = SQLAlchemyBackend(db_url, auto_migrate=False)
+        try:
+            with pytest.raises(SchemaVersionError):
+                await backend.migrate()
+            with pytest.raises(SchemaVersionError):
+                await backend.downgrade("base")
+        finally:
+            await backend.close()
+
+    run(other_operations())
+    assert describe(engine) == before
+
+
+def test_auto_migrate_off_on_an_empty_database_names_the_command(
+    db_url: str, engine: sa.Engine
+) -> None:
+    with pytest.raises(SchemaVersionError) as info:
+        run(start(db_url, auto_migrate=False))
+    message = str(info.value)
+    assert "has no durable tables" in message
+    assert f"needs revision {HEAD!r}" in message
+    assert f"run `durable migrate {db_url}`" in message
+    assert tables(engine) == set()
+
+    run(start(db_url))  # migrating, then checking, works
+    run(start(db_url, auto_migrate=False))
+
+
+# -- concurrency --------------------------------------------------------------------------------
+
+_START_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from durable import SQLAlchemyBackend
+
+    async def main(url: str, at: float) -> None:
+        backend = SQLAlchemyBackend(url)
+        time.sleep(max(0.0, at - time.time()))  # every process starts at the same moment
+        try:
+            await backend.start()
+            print(await backend.schema_revision())
+        finally:
+            await backend.close()
+
+    asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+    """
+)
+
+
+#: A known bug, outside the migrations: see _on_connect in durable/backends/sql/dialects.py.
+SQLITE_WAL_RACE = pytest.mark.xfail(
+    reason="PRAGMA journal_mode=WAL, run on connect, can fail with SQLITE_BUSY without waiting "
+    "for busy_timeout while another process migrates a fresh file; dialects.py must retry it",
+    strict=False,
+)
+
+
+@pytest.mark.slow
+def test_processes_starting_at_once_on_a_fresh_database_all_succeed(
+    request: pytest.FixtureRequest, db_url: str, engine: sa.Engine
+) -> None:
+    if engine.dialect.name == "sqlite":
+        request.applymarker(SQLITE_WAL_RACE)
+    at = time.time() + 3  # time enough for every interpreter to import durable
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _START_SCRIPT, db_url, str(at)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    for code, out, err in results:
+        assert code == 0, err
+        assert out.strip() == HEAD
+    assert revision(engine) == HEAD
+    assert differences(engine) == []
+
+
+# -- the alembic command line -------------------------------------------------------------------
+
+
+def _alembic(*args: str, url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(REPO / "alembic.ini"), *args],
+        env={**os.environ, "DURABLE_DATABASE_URL": url},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.slow
+def test_alembic_command_line_upgrade_head(db_url: str, engine: sa.Engine) -> None:
+    # what CONTRIBUTING.md tells you to type, with the URL spelled as users spell it
+    url = db_url.replace("postgresql+psycopg://", "postgresql://")
+    done = _alembic("upgrade", "head", url=url)
+    assert done.returncode == 0, done.stderr
+    assert "Running upgrade  -> " in done.stderr
+    assert revision(engine) == HEAD
+    assert differences(engine) == []
+
+    current = _alembic("current", url=url)
+    assert current.returncode == 0, current.stderr
+    assert HEAD in current.stdout
+    check = _alembic("check", url=url)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "No new upgrade operations detected" in check.stdout
+
+    run(start(db_url, auto_migrate=False))  # the backend agrees that the schema is current
+
+
+def test_alembic_command_line_needs_a_url() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DURABLE_DATABASE_URL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(REPO / "alembic.ini"), "current"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "DURABLE_DATABASE_URL" in done.stderr
