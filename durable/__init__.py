@@ -19,6 +19,7 @@ from durable.errors import (
     StepAlreadyRecordedError,
     StepError,
     TaskNotFoundError,
+    UnknownWorkflowError,
     WorkflowAlreadyExistsError,
     WorkflowCancelledError,
     WorkflowDeadLetteredError,
@@ -30,7 +31,9 @@ from durable.models import (
     WORKFLOW_TASK,
     AvailableTask,
     ErrorInfo,
+    ExecutorInfo,
     Page,
+    RegisteredWorkflow,
     StepRecord,
     StepStatus,
     TaskClaim,
@@ -39,7 +42,7 @@ from durable.models import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
-from durable.registry import Registry, UnknownWorkflowError, default_registry
+from durable.registry import Registry, default_registry
 from durable.retry import RetryPolicy
 from durable.runtime import Runtime
 from durable.serialization import JSONSerializer, PickleSerializer, Serializer
@@ -59,6 +62,7 @@ __all__ = [
     "ConfigurationError",
     "DurableError",
     "ErrorInfo",
+    "ExecutorInfo",
     "InMemoryBackend",
     "InvalidArgumentError",
     "JSONSerializer",
@@ -68,6 +72,7 @@ __all__ = [
     "Page",
     "PersistentBackend",
     "PickleSerializer",
+    "RegisteredWorkflow",
     "Registry",
     "RetryPolicy",
     "Runtime",

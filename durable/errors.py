@@ -11,6 +11,7 @@ The tree::
     ├── SerializationError            a value cannot be serialized or deserialized
     ├── NotFoundError
     │   ├── WorkflowNotFoundError     no workflow with that id
+    │   ├── UnknownWorkflowError      no workflow registered under that name
     │   └── TaskNotFoundError         no task with that (instance id, task id)
     ├── ConflictError
     │   ├── ConcurrentUpdateError     optimistic lock: the stored version moved on
@@ -86,6 +87,10 @@ class WorkflowNotFoundError(NotFoundError):
     def __init__(self, workflow_id: str) -> None:
         super().__init__(f"no workflow with id {workflow_id!r}")
         self.workflow_id = workflow_id
+
+
+class UnknownWorkflowError(NotFoundError, LookupError):
+    """No workflow is registered under that name."""
 
 
 class TaskNotFoundError(NotFoundError):

@@ -201,6 +201,32 @@ class TaskClaim:
     name: str = ""
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RegisteredWorkflow:
+    """A workflow name as the database knows it: served by some worker, enabled or not."""
+
+    name: str
+    enabled: bool = True
+    """Workers claim executions of enabled names only."""
+    description: str | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ExecutorInfo:
+    """A runtime process as its heartbeats describe it."""
+
+    id: str
+    hostname: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None
+    stale: bool
+    """No heartbeat within the staleness threshold, and not stopped: presumed dead. Its leases
+    expire and any worker takes its work over."""
+
+
 @dataclass(frozen=True, slots=True)
 class Page(Generic[T]):
     """One page of a listing; pass ``next_cursor`` back to get the next one (None: no more)."""

@@ -12,14 +12,10 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from durable.errors import ConfigurationError, DurableError
+from durable.errors import ConfigurationError, UnknownWorkflowError
 
 if TYPE_CHECKING:
     from durable.workflow import Workflow
-
-
-class UnknownWorkflowError(DurableError, LookupError):
-    """No workflow is registered under that name."""
 
 
 class Registry:

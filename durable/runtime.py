@@ -52,7 +52,9 @@ from durable.errors import (
 from durable.models import (
     WORKFLOW_TASK,
     ErrorInfo,
+    ExecutorInfo,
     Page,
+    RegisteredWorkflow,
     StepRecord,
     TaskSpec,
     WorkflowInfo,
@@ -158,6 +160,14 @@ class Runtime:
         self._loop_thread = threading.get_ident()
         self._threads = ThreadPoolExecutor(self._max_threads, thread_name_prefix="durable")
         self._started = True
+        await self.backend.register_workflows(
+            [
+                RegisteredWorkflow(name=name, enabled=True, description=description)
+                for name, _enabled, description in self.registry.describe()
+            ]
+        )
+        await self._node_heartbeat()
+        self.spawn(self._node_heartbeats(), name="durable-node-heartbeat")
         if self.recover_on_start:
             self.spawn(self.recover(), name="durable-recover")
 
@@ -173,6 +183,8 @@ class Runtime:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(DurableError):
+            await self.backend.mark_executor_stopped(self.executor_id)
         self._started = False
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
@@ -498,6 +510,19 @@ class Runtime:
         )
         return False
 
+    async def _node_heartbeat(self) -> None:
+        await self.backend.record_executor_heartbeat(
+            self.executor_id, hostname=socket.gethostname(), pid=os.getpid()
+        )
+
+    async def _node_heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                await self._node_heartbeat()
+            except DurableError as exc:
+                log.warning("node heartbeat failed: %s", exc, extra={"action": "node.heartbeat"})
+
     async def _heartbeat(self, instance_id: str) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
@@ -604,8 +629,10 @@ class Runtime:
         """
         self._require_started()
         target: Workflow[Any, Any] | str
-        if isinstance(fn, str) and (served_elsewhere or fn in self.registry):
-            target = self.registry.get(fn) if fn in self.registry else fn
+        if isinstance(fn, str) and fn in self.registry:
+            target = self.registry.get(fn)
+        elif isinstance(fn, str) and (served_elsewhere or await self._served_by_others(fn)):
+            target = fn
         else:
             target = self.resolve(fn)
         name = target if isinstance(target, str) else target.name
@@ -637,6 +664,27 @@ class Runtime:
             target, instance_id, args, kwargs, parent_id=ctx.workflow_id, options=options
         )
         return await guard.succeed(info.id)  # type: ignore[no-any-return]
+
+    async def _served_by_others(self, name: str) -> bool:
+        return any(w.name == name for w in await self.backend.list_registered_workflows())
+
+    async def set_workflow_enabled(self, name: str, enabled: bool) -> RegisteredWorkflow:
+        """Enable or disable a workflow name for every worker sharing this database: workers
+        stop claiming a disabled name within their poll interval (running executions go on).
+
+        :raises UnknownWorkflowError: no runtime ever registered the name.
+        """
+        return await self.backend.set_workflow_enabled(name, enabled)
+
+    async def registered_workflows(self) -> list[RegisteredWorkflow]:
+        """Every workflow name any runtime on this database registered, enabled or not."""
+        return await self.backend.list_registered_workflows()
+
+    async def list_executors(self, *, stale_after: float | None = None) -> list[ExecutorInfo]:
+        """Runtimes known by their heartbeats; ``stale`` marks those silent for longer than
+        ``stale_after`` seconds (default: twice the lease duration)."""
+        seconds = stale_after if stale_after is not None else 2 * self.claim_ttl.total_seconds()
+        return await self.backend.list_executors(stale_after=timedelta(seconds=seconds))
 
     async def retry(self, workflow_id: str) -> WorkflowInfo:
         """Run a failed, dead-lettered or cancelled execution again from its history: completed

@@ -71,7 +71,12 @@ def aiosqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'durable-aio.db'}"
 
 
-BACKEND_KINDS = ["memory", "sqlite", "aiosqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+BACKEND_KINDS = [
+    "memory",
+    "sqlite",
+    "aiosqlite",
+    pytest.param("postgres", marks=pytest.mark.postgres),
+]
 
 
 @pytest.fixture(params=BACKEND_KINDS)
@@ -80,5 +85,8 @@ def backend_url(request: pytest.FixtureRequest) -> str:
     kind = request.param
     if kind == "memory":
         return "memory://"
-    return str(request.getfixturevalue({"sqlite": "sqlite_url", "aiosqlite": "aiosqlite_url",
-                                        "postgres": "pg_url"}[kind]))
+    return str(
+        request.getfixturevalue(
+            {"sqlite": "sqlite_url", "aiosqlite": "aiosqlite_url", "postgres": "pg_url"}[kind]
+        )
+    )

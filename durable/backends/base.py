@@ -35,7 +35,9 @@ from durable.models import (
     WORKFLOW_TASK,
     AvailableTask,
     ErrorInfo,
+    ExecutorInfo,
     Page,
+    RegisteredWorkflow,
     StepRecord,
     TaskClaim,
     TaskSpec,
@@ -275,6 +277,42 @@ class PersistentBackend(ABC):
         unchanged (idempotent).
 
         :raises WorkflowNotFoundError: no such workflow.
+        """
+
+    # -- the workflow registry and executors ---------------------------------------------------
+
+    @abstractmethod
+    async def register_workflows(self, entries: Sequence[RegisteredWorkflow]) -> None:
+        """Record that these names are served. A new name is stored as given; for a known name
+        the description is updated and ``enabled`` is kept as stored (an operator's choice
+        survives restarts). Idempotent."""
+
+    @abstractmethod
+    async def set_workflow_enabled(self, name: str, enabled: bool) -> RegisteredWorkflow:
+        """Enable or disable a registered name for every worker sharing this storage.
+
+        :raises UnknownWorkflowError: the name was never registered.
+        """
+
+    @abstractmethod
+    async def list_registered_workflows(self) -> list[RegisteredWorkflow]:
+        """Every registered name, sorted by name."""
+
+    @abstractmethod
+    async def record_executor_heartbeat(self, executor_id: str, *, hostname: str, pid: int) -> None:
+        """Record that the executor is alive now (by the storage's clock). The first heartbeat
+        records its start; a heartbeat after :meth:`mark_executor_stopped` starts it again."""
+
+    @abstractmethod
+    async def mark_executor_stopped(self, executor_id: str) -> None:
+        """Record that the executor stopped cleanly. Unknown ids are ignored."""
+
+    @abstractmethod
+    async def list_executors(self, *, stale_after: timedelta) -> list[ExecutorInfo]:
+        """Every executor that ever sent a heartbeat, most recent heartbeat first, with
+        ``stale`` set for running ones silent for longer than ``stale_after``.
+
+        :raises InvalidArgumentError: ``stale_after`` is not positive.
         """
 
     # -- wake-ups ------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from durable.errors import (
     InvalidArgumentError,
     StepAlreadyRecordedError,
     TaskNotFoundError,
+    UnknownWorkflowError,
     WorkflowAlreadyExistsError,
     WorkflowNotFoundError,
 )
@@ -31,7 +32,9 @@ from durable.models import (
     WORKFLOW_TASK,
     AvailableTask,
     ErrorInfo,
+    ExecutorInfo,
     Page,
+    RegisteredWorkflow,
     StepRecord,
     StepStatus,
     TaskClaim,
@@ -80,6 +83,8 @@ class InMemoryBackend(PersistentBackend):
         self._steps: dict[str, dict[int, StepRecord]] = {}
         self._tasks: dict[tuple[str, str], _Task] = {}
         self._idempotency: dict[str, str] = {}
+        self._registry: dict[str, RegisteredWorkflow] = {}
+        self._executors: dict[str, ExecutorInfo] = {}
 
     def __repr__(self) -> str:
         return f"InMemoryBackend(workflows={len(self._workflows)}, tasks={len(self._tasks)})"
@@ -93,6 +98,8 @@ class InMemoryBackend(PersistentBackend):
             self._steps.clear()
             self._tasks.clear()
             self._idempotency.clear()
+            self._registry.clear()
+            self._executors.clear()
 
     def workflow_ids(self) -> list[str]:
         """The ids of every stored workflow, in insertion order."""
@@ -450,6 +457,62 @@ class InMemoryBackend(PersistentBackend):
             for key in [k for k in self._tasks if k[0] == instance_id]:
                 del self._tasks[key]
             return self._load_info(stored)
+
+    # -- the workflow registry and executors ---------------------------------------------------
+
+    async def register_workflows(self, entries: Sequence[RegisteredWorkflow]) -> None:
+        with self._lock:
+            now = self.clock()
+            for entry in entries:
+                known = self._registry.get(entry.name)
+                enabled = known.enabled if known is not None else entry.enabled
+                self._registry[entry.name] = dataclasses.replace(
+                    entry, enabled=enabled, updated_at=now
+                )
+
+    async def set_workflow_enabled(self, name: str, enabled: bool) -> RegisteredWorkflow:
+        with self._lock:
+            known = self._registry.get(name)
+            if known is None:
+                raise UnknownWorkflowError(f"no workflow is registered under the name {name!r}")
+            entry = dataclasses.replace(known, enabled=enabled, updated_at=self.clock())
+            self._registry[name] = entry
+            return entry
+
+    async def list_registered_workflows(self) -> list[RegisteredWorkflow]:
+        with self._lock:
+            return [self._registry[n] for n in sorted(self._registry)]
+
+    async def record_executor_heartbeat(self, executor_id: str, *, hostname: str, pid: int) -> None:
+        with self._lock:
+            now = self.clock()
+            known = self._executors.get(executor_id)
+            restarted = known is None or known.stopped_at is not None
+            self._executors[executor_id] = ExecutorInfo(
+                id=executor_id,
+                hostname=hostname,
+                pid=pid,
+                started_at=now if restarted or known is None else known.started_at,
+                heartbeat_at=now,
+                stopped_at=None,
+                stale=False,
+            )
+
+    async def mark_executor_stopped(self, executor_id: str) -> None:
+        with self._lock:
+            known = self._executors.get(executor_id)
+            if known is not None:
+                self._executors[executor_id] = dataclasses.replace(known, stopped_at=self.clock())
+
+    async def list_executors(self, *, stale_after: timedelta) -> list[ExecutorInfo]:
+        limit = timedelta(seconds=ttl_seconds(stale_after))
+        with self._lock:
+            now = self.clock()
+            found = [
+                dataclasses.replace(e, stale=e.stopped_at is None and e.heartbeat_at < now - limit)
+                for e in self._executors.values()
+            ]
+        return sorted(found, key=lambda e: e.heartbeat_at, reverse=True)
 
     # -- tasks and claims ---------------------------------------------------------------------
 

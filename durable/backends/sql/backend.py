@@ -31,7 +31,7 @@ from durable.backends.sql.dialects import (
     dialect_for,
     normalize_url,
 )
-from durable.backends.sql.schema import steps, tasks, workflows
+from durable.backends.sql.schema import executors, steps, tasks, workflow_registry, workflows
 from durable.errors import (
     BackendError,
     BackendUnavailableError,
@@ -41,6 +41,7 @@ from durable.errors import (
     InvalidArgumentError,
     StepAlreadyRecordedError,
     TaskNotFoundError,
+    UnknownWorkflowError,
     WorkflowAlreadyExistsError,
     WorkflowNotFoundError,
 )
@@ -48,7 +49,9 @@ from durable.models import (
     WORKFLOW_TASK,
     AvailableTask,
     ErrorInfo,
+    ExecutorInfo,
     Page,
+    RegisteredWorkflow,
     StepRecord,
     StepStatus,
     TaskClaim,
@@ -633,13 +636,17 @@ class SQLAlchemyBackend(PersistentBackend):
             if version == 0:
                 inserted = conn.execute(self._insert_if_absent(workflows, row))
                 if inserted.rowcount == 0:
-                    other = conn.execute(
-                        sa.select(workflows.c.id).where(
-                            sa.or_(
-                                workflows.c.id == instance_id,
-                                workflows.c.idempotency_key == snapshot.idempotency_key,
-                            )
+                    # the id, else the holder of the idempotency key (never "key IS NULL")
+                    clash = workflows.c.id == instance_id
+                    if snapshot.idempotency_key is not None:
+                        clash = sa.or_(
+                            clash, workflows.c.idempotency_key == snapshot.idempotency_key
                         )
+                    other = conn.execute(
+                        sa.select(workflows.c.id)
+                        .where(clash)
+                        .order_by(sa.case((workflows.c.id == instance_id, 0), else_=1))
+                        .limit(1)
                     ).scalar()
                     raise WorkflowAlreadyExistsError(other or instance_id)
             else:
@@ -943,6 +950,106 @@ class SQLAlchemyBackend(PersistentBackend):
             return self._info(row)
 
         return await self._run(fn, what=f"cancel workflow {instance_id!r}")
+
+    # -- the workflow registry and executors ---------------------------------------------------
+
+    async def register_workflows(self, entries: Sequence[RegisteredWorkflow]) -> None:
+        now = datetime.now(UTC)
+        rows = [
+            {
+                "name": e.name,
+                "enabled": e.enabled,
+                "description": e.description,
+                "updated_at": now,
+            }
+            for e in entries
+        ]
+        if not rows:
+            return
+        ins = self.dialect.insert(workflow_registry)
+        stmt = ins.on_conflict_do_update(
+            index_elements=[workflow_registry.c.name],
+            set_={
+                "description": ins.excluded.description,
+                "updated_at": ins.excluded.updated_at,
+            },
+        )
+        await self._run(lambda conn: conn.execute(stmt, rows), what="register workflows")
+
+    async def set_workflow_enabled(self, name: str, enabled: bool) -> RegisteredWorkflow:
+        stmt = (
+            sa.update(workflow_registry)
+            .where(workflow_registry.c.name == name)
+            .values(enabled=enabled, updated_at=datetime.now(UTC))
+            .returning(*workflow_registry.c)
+        )
+
+        def fn(conn: sa.Connection) -> RegisteredWorkflow:
+            row = conn.execute(stmt).first()
+            if row is None:
+                raise UnknownWorkflowError(f"no workflow is registered under the name {name!r}")
+            return RegisteredWorkflow(**row._mapping)
+
+        return await self._run(fn, what=f"enable or disable workflow {name!r}")
+
+    async def list_registered_workflows(self) -> list[RegisteredWorkflow]:
+        stmt = sa.select(workflow_registry).order_by(workflow_registry.c.name)
+        return await self._run(
+            lambda conn: [RegisteredWorkflow(**r._mapping) for r in conn.execute(stmt)],
+            what="list registered workflows",
+        )
+
+    async def record_executor_heartbeat(self, executor_id: str, *, hostname: str, pid: int) -> None:
+        clock = self.dialect.clock_params()
+        now = self.dialect.now()
+        ins = self.dialect.insert(executors).values(
+            id=executor_id,
+            hostname=hostname,
+            pid=pid,
+            started_at=now,
+            heartbeat_at=now,
+            stopped_at=None,
+        )
+        stmt = ins.on_conflict_do_update(
+            index_elements=[executors.c.id],
+            set_={
+                "hostname": ins.excluded.hostname,
+                "pid": ins.excluded.pid,
+                "heartbeat_at": ins.excluded.heartbeat_at,
+                "started_at": sa.case(
+                    (executors.c.stopped_at.is_(None), executors.c.started_at),
+                    else_=ins.excluded.started_at,
+                ),
+                "stopped_at": None,
+            },
+        )
+        await self._run(lambda conn: conn.execute(stmt, clock), what="record a heartbeat")
+
+    async def mark_executor_stopped(self, executor_id: str) -> None:
+        clock = self.dialect.clock_params()
+        stmt = (
+            sa.update(executors)
+            .where(executors.c.id == executor_id)
+            .values(stopped_at=self.dialect.now())
+        )
+        await self._run(lambda conn: conn.execute(stmt, clock), what="mark an executor stopped")
+
+    async def list_executors(self, *, stale_after: timedelta) -> list[ExecutorInfo]:
+        clock = self.dialect.clock_params(stale=-ttl_seconds(stale_after))
+        stale = sa.and_(
+            executors.c.stopped_at.is_(None), executors.c.heartbeat_at < self.dialect.later("stale")
+        )
+        stmt = sa.select(executors, sa.case((stale, True), else_=False).label("stale")).order_by(
+            executors.c.heartbeat_at.desc()
+        )
+
+        def fn(conn: sa.Connection) -> list[ExecutorInfo]:
+            return [
+                ExecutorInfo(**{**r._mapping, "stale": bool(r.stale)})
+                for r in conn.execute(stmt, clock)
+            ]
+
+        return await self._run(fn, what="list executors")
 
     # -- tasks and claims ---------------------------------------------------------------------
 

@@ -147,9 +147,12 @@ def normalize_url(url: str | URL) -> URL:
     """
     try:
         parsed = make_url(url)
-    except sa.exc.ArgumentError as exc:
+    except (sa.exc.ArgumentError, ValueError) as exc:  # ValueError: e.g. a port that is no number
         raise ConfigurationError(f"malformed database URL {str(url)!r}: {exc}") from None
-    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    try:
+        backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    except sa.exc.NoSuchModuleError:  # a scheme SQLAlchemy has no dialect for
+        backend = driver = ""
     if backend == "sqlite" and driver in ("pysqlite", "aiosqlite"):
         return parsed
     if backend in ("postgresql", "postgres") and driver in ("psycopg", "psycopg_async", "psycopg2"):

@@ -62,14 +62,17 @@ def current_revision(connection: sa.Connection) -> str | None:
     return context.get_current_revision()
 
 
+def is_known(revision: str) -> bool:
+    """Whether ``revision`` is one of this code's revisions (not one from a newer durable)."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return any(known.revision == revision for known in script.walk_revisions())
+
+
 def _check_known(connection: sa.Connection) -> str | None:
     current = current_revision(connection)
     if current is None:
         return None
-    script = ScriptDirectory.from_config(alembic_config())
-    try:
-        script.get_revision(current)
-    except Exception:
+    if not is_known(current):
         raise SchemaVersionError(
             f"the database schema is at revision {current!r}, which this version of durable "
             f"does not know (its newest is {head_revision()!r}): the database was migrated by a "

@@ -130,3 +130,23 @@ tasks = sa.Table(
     sa.UniqueConstraint("instance_id", "task_id"),
     sa.Index(None, "priority", "run_after", "id"),
 )
+
+workflow_registry = sa.Table(
+    f"{PREFIX}workflow_registry",
+    metadata,
+    sa.Column("name", _ID, primary_key=True),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+executors = sa.Table(
+    f"{PREFIX}executors",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("hostname", _ID, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime, nullable=False),
+    sa.Column("stopped_at", UTCDateTime),
+)
