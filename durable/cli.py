@@ -99,7 +99,7 @@ def revision_name(revision: str | None) -> str:
     return revision or "base (no durable tables)"
 
 
-@main.command()
+@main.command(short_help="Create or upgrade durable's tables.")
 @url_argument
 @click.option(
     "--revision", default=None, metavar="REV", help="Upgrade to this revision.  [default: head]"
@@ -147,7 +147,7 @@ def _check(url: str) -> None:
     click.echo(f"{shown(url)}: up to date (revision {outcome})")
 
 
-@main.command()
+@main.command(short_help="Downgrade durable's tables (base: drop them).")
 @url_argument
 @click.argument("revision")
 def downgrade(url: str, revision: str) -> None:
@@ -170,7 +170,7 @@ def downgrade(url: str, revision: str) -> None:
         )
 
 
-@main.command("schema-revision")
+@main.command("schema-revision", short_help="Print the database's schema revision.")
 @url_argument
 def schema_revision(url: str) -> None:
     """Print the schema revision of the database at URL ("base": no durable tables).

@@ -1,0 +1,182 @@
+"""The ``durable`` command line: migrate, migrate --check, downgrade, schema-revision."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner, Result
+
+from durable.backends.sql import migrate as migrations
+from durable.cli import main
+
+HEAD = migrations.head_revision()
+
+
+def durable(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    """A URL to a SQLite file that does not exist yet."""
+    return f"sqlite:///{tmp_path / 'cli.db'}"
+
+
+def stamp(url: str, revision: str) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(f"UPDATE {migrations.VERSION_TABLE} SET version_num = :r"), {"r": revision}
+        )
+    engine.dispose()
+
+
+def test_help_lists_the_commands() -> None:
+    result = durable("--help")
+    assert result.exit_code == 0
+    for command in ("migrate", "downgrade", "schema-revision"):
+        assert command in result.stdout
+    assert durable("migrate", "-h").exit_code == 0
+    version = durable("--version")
+    assert version.exit_code == 0 and version.stdout.startswith("durable, version ")
+
+
+def test_migrate_then_read_the_revision(db: str) -> None:
+    result = durable("migrate", db)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{db}: upgraded from base (no durable tables) to {HEAD}\n"
+
+    again = durable("migrate", db, "--revision", "head")
+    assert again.exit_code == 0
+    assert again.stdout == f"{db}: already at revision {HEAD}\n"
+
+    revision = durable("schema-revision", db)
+    assert revision.exit_code == 0
+    assert revision.stdout == f"{HEAD}\n"
+    assert revision.stderr == ""
+
+
+def test_check(db: str, tmp_path: Path) -> None:
+    missing = durable("migrate", db, "--check")
+    assert missing.exit_code == 1
+    assert "no SQLite database at" in missing.stderr
+    assert not (tmp_path / "cli.db").exists()  # a check creates nothing
+
+    sqlite3.connect(tmp_path / "cli.db").close()  # an empty database
+    empty = durable("migrate", db, "--check")
+    assert empty.exit_code == 1
+    assert "has no durable tables" in empty.stderr
+    assert f"run `durable migrate {db}`" in empty.stderr
+
+    durable("migrate", db)
+    current = durable("migrate", db, "--check")
+    assert current.exit_code == 0, current.output
+    assert current.stdout == f"{db}: up to date (revision {HEAD})\n"
+
+
+def test_check_takes_no_revision(db: str) -> None:
+    result = durable("migrate", db, "--check", "--revision", HEAD)
+    assert result.exit_code == 2
+    assert "drop --revision" in result.stderr
+
+
+def test_downgrade_to_base_and_back(db: str) -> None:
+    durable("migrate", db)
+    down = durable("downgrade", db, "base")
+    assert down.exit_code == 0, down.output
+    assert down.stdout == f"{db}: downgraded from {HEAD} to base (no durable tables)\n"
+
+    revision = durable("schema-revision", db)
+    assert revision.exit_code == 0
+    assert revision.stdout == "base\n"
+    assert f"needs revision {HEAD}: run `durable migrate {db}`" in revision.stderr
+
+    assert durable("migrate", db).exit_code == 0
+    assert durable("schema-revision", db).stdout == f"{HEAD}\n"
+
+
+def test_unknown_revisions_are_errors(db: str) -> None:
+    durable("migrate", db)
+    down = durable("downgrade", db, "nope")
+    assert down.exit_code == 1
+    assert "Error: cannot migrate to revision 'nope'" in down.stderr
+    up = durable("migrate", db, "--revision", "nope")
+    assert up.exit_code == 1
+    assert "cannot migrate to revision 'nope'" in up.stderr
+
+
+def test_a_database_from_a_newer_durable_is_left_alone(db: str) -> None:
+    durable("migrate", db)
+    stamp(db, "9999_future")
+
+    for args in (["migrate", db], ["migrate", db, "--check"], ["downgrade", db, "base"]):
+        result = durable(*args)
+        assert result.exit_code == 1, args
+        assert "'9999_future', which this version of durable does not know" in result.stderr
+
+    revision = durable("schema-revision", db)
+    assert revision.exit_code == 0
+    assert revision.stdout == "9999_future\n"
+    assert "a newer durable migrated it" in revision.stderr
+
+
+def test_bad_urls(tmp_path: Path) -> None:
+    memory = durable("migrate", "memory://")
+    assert memory.exit_code == 2
+    assert "memory:// keeps nothing" in memory.stderr
+
+    mysql = durable("migrate", "mysql://localhost/db")
+    assert mysql.exit_code == 1
+    assert "unsupported database URL scheme 'mysql'" in mysql.stderr
+
+    nowhere = durable("migrate", "postgresql://postgres@127.0.0.1:1/nope")
+    assert nowhere.exit_code == 1
+    assert "cannot reach the database" in nowhere.stderr
+
+
+@pytest.mark.postgres
+def test_postgres(pg_url: str) -> None:
+    # as a user writes it, with a password that must not be printed
+    url = pg_url.replace("postgresql+psycopg://postgres@", "postgresql://postgres:s3cret@")
+    assert durable("migrate", url, "--check").exit_code == 1
+
+    result = durable("migrate", url)
+    assert result.exit_code == 0, result.output
+    assert "upgraded from base (no durable tables) to" in result.stdout
+    assert "s3cret" not in result.stdout and "***" in result.stdout
+
+    assert durable("migrate", url, "--check").exit_code == 0
+    assert durable("schema-revision", url).stdout == f"{HEAD}\n"
+    assert durable("downgrade", url, "base").exit_code == 0
+    assert durable("schema-revision", url).stdout == "base\n"
+
+
+def test_the_installed_script(db: str) -> None:
+    """The ``durable`` entry point that ``pip install`` puts beside the interpreter."""
+    script = Path(sys.executable).with_name("durable")
+    if not script.exists():
+        found = shutil.which("durable")
+        assert found, "the durable script is not installed: pip install -e ."
+        script = Path(found)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(script), *args], capture_output=True, text=True, timeout=120, env=os.environ
+        )
+
+    migrated = run("migrate", db)
+    assert migrated.returncode == 0, migrated.stderr
+    assert f"to {HEAD}" in migrated.stdout
+    assert run("schema-revision", db).stdout == f"{HEAD}\n"
+    assert run("migrate", "--check", db).returncode == 0
+    assert run("downgrade", db, "base").returncode == 0
+    failed = run("migrate", "--check", db)
+    assert failed.returncode == 1
+    assert "has no durable tables" in failed.stderr
