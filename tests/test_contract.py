@@ -1,0 +1,26 @@
+"""The backend contract suite (:mod:`durable.testing`) against every backend kind we ship:
+memory://, a SQLite file through both drivers, and PostgreSQL (marked ``postgres``)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+import durable
+from durable.backends.base import PersistentBackend
+from durable.testing import BackendContractTests
+
+
+class TestContract(BackendContractTests):
+    @pytest.fixture
+    async def backend(self, backend_url: str) -> AsyncIterator[PersistentBackend]:
+        async with durable.connect(backend_url) as backend:
+            yield backend
+
+    @pytest.fixture
+    def backend_factory(self, backend_url: str) -> Callable[[], PersistentBackend] | None:
+        if backend_url.startswith("memory://"):
+            return None  # one process's memory cannot be shared
+        return functools.partial(durable.connect, backend_url)
