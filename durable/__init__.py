@@ -46,7 +46,7 @@ from durable.registry import Registry, default_registry
 from durable.retry import RetryPolicy
 from durable.runtime import Runtime
 from durable.serialization import JSONSerializer, PickleSerializer, Serializer
-from durable.step import AsyncStep, Step, SyncStep, run_step, step
+from durable.step import AsyncStep, Step, SyncStep, map, run_step, step
 from durable.worker import Worker
 from durable.workflow import AsyncWorkflow, SyncWorkflow, Workflow, workflow
 
@@ -105,6 +105,7 @@ __all__ = [
     "WorkflowStatus",
     "connect",
     "default_registry",
+    "map",
     "run_step",
     "step",
     "step_guard",

@@ -41,6 +41,17 @@ _current: ContextVar[ExecutionContext | None] = ContextVar("durable_execution", 
 _in_step: ContextVar[bool] = ContextVar("durable_in_step", default=False)
 
 
+class WorkflowSuspended(BaseException):
+    """Internal: the workflow handed work to others and waits without holding its lease.
+
+    A BaseException, so that ``except Exception`` in workflow code cannot swallow it.
+    """
+
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(f"workflow {workflow_id!r} is waiting for steps run by other workers")
+        self.workflow_id = workflow_id
+
+
 def current() -> ExecutionContext | None:
     """The workflow execution the caller runs in, or None outside workflows and inside steps."""
     if _in_step.get():

@@ -111,6 +111,8 @@ class StepRecord:
     position: int
     name: str
     status: StepStatus = StepStatus.SUCCEEDED
+    input: Any = None
+    """The arguments, for a step handed to other workers (None for steps run in place)."""
     output: Any = None
     error: ErrorInfo | None = None
     child_workflow_id: str | None = None

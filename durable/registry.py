@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from durable.errors import ConfigurationError, UnknownWorkflowError
 
 if TYPE_CHECKING:
+    from durable.step import Step
     from durable.workflow import Workflow
 
 
@@ -25,6 +26,7 @@ class Registry:
         self._lock = threading.Lock()
         self._workflows: dict[str, Workflow[Any, Any]] = {}
         self._disabled: set[str] = set()
+        self._steps: dict[str, Step[Any, Any]] = {}
 
     def register(self, workflow: Workflow[Any, Any]) -> None:
         """Add ``workflow``; re-registering the same function (a module reload) replaces it.
@@ -49,6 +51,34 @@ class Registry:
                 f"no workflow is registered under the name {name!r}: import the module that "
                 "defines it before starting the runtime"
             ) from None
+
+    def register_step(self, step: Step[Any, Any]) -> None:
+        """Add a decorated step, so that workers can run it when a workflow hands it out.
+
+        :raises ConfigurationError: another function is registered under the same step name.
+        """
+        with self._lock:
+            existing = self._steps.get(step.name)
+            if existing is not None and _origin(existing.fn) != _origin(step.fn):
+                raise ConfigurationError(
+                    f"step name {step.name!r} is already used by {_origin(existing.fn)}; "
+                    f"cannot register {_origin(step.fn)} under it"
+                )
+            self._steps[step.name] = step
+
+    def get_step(self, name: str) -> Step[Any, Any]:
+        """:raises UnknownWorkflowError: no step is registered under ``name``."""
+        try:
+            return self._steps[name]
+        except KeyError:
+            raise UnknownWorkflowError(
+                f"no step is registered under the name {name!r}: import the module that "
+                "defines it before starting the worker"
+            ) from None
+
+    def step_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._steps)
 
     def __contains__(self, name: object) -> bool:
         return name in self._workflows

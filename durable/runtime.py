@@ -36,7 +36,7 @@ from typing import Any, Self, TypeVar
 
 from durable import context as _context
 from durable.backends.base import PersistentBackend
-from durable.context import ExecutionContext, StepGuard, rebuild_exception
+from durable.context import ExecutionContext, StepGuard, WorkflowSuspended, rebuild_exception
 from durable.errors import (
     ClaimLostError,
     DurableError,
@@ -56,6 +56,8 @@ from durable.models import (
     Page,
     RegisteredWorkflow,
     StepRecord,
+    StepStatus,
+    TaskClaim,
     TaskSpec,
     WorkflowInfo,
     WorkflowSnapshot,
@@ -63,6 +65,7 @@ from durable.models import (
 )
 from durable.portal import Portal
 from durable.registry import Registry, default_registry
+from durable.step import STEP_TASK_PREFIX
 from durable.worker import Worker
 from durable.workflow import Workflow
 
@@ -369,15 +372,19 @@ class Runtime:
                     return self.outcome(info)
                 try:
                     claim = await self.backend.claim_task(
-                        instance_id, WORKFLOW_TASK, self.executor_id, self.claim_ttl
+                        instance_id,
+                        WORKFLOW_TASK,
+                        self.executor_id,
+                        self.claim_ttl,
+                        due_only=True,
                     )
                 except TaskNotFoundError:
                     claim = None  # it finished (or was cancelled) since we looked: look again
                 if claim is not None:
                     try:
                         return await self._execute(wf, instance_id)
-                    except Rescheduled:
-                        pass  # a later attempt will run when due, here or elsewhere
+                    except (Rescheduled, WorkflowSuspended):
+                        pass  # it goes on when due (a retry) or when woken (its steps done)
             await self.sleep(self.poll_interval)
 
     async def _execute(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
@@ -523,12 +530,12 @@ class Runtime:
             except DurableError as exc:
                 log.warning("node heartbeat failed: %s", exc, extra={"action": "node.heartbeat"})
 
-    async def _heartbeat(self, instance_id: str) -> None:
+    async def _heartbeat(self, instance_id: str, task_id: str = WORKFLOW_TASK) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             try:
                 await self.backend.extend_task_claim(
-                    instance_id, WORKFLOW_TASK, self.executor_id, self.claim_ttl
+                    instance_id, task_id, self.executor_id, self.claim_ttl
                 )
             except (ClaimLostError, TaskNotFoundError) as exc:
                 log.warning(
@@ -718,6 +725,54 @@ class Runtime:
         self._workers.append(worker)
         await worker.start()
         return worker
+
+    async def execute_step_task(self, claim: TaskClaim) -> None:
+        """Run a step a workflow handed out (see :func:`durable.map`) under ``claim``, and
+        record its outcome; the last one to finish wakes the workflow."""
+        step = self.registry.get_step(claim.name)
+        position = int(claim.task_id.removeprefix(STEP_TASK_PREFIX))
+        record = next(
+            (r for r in await self.backend.list_steps(claim.instance_id) if r.position == position),
+            None,
+        )
+        if record is None or record.status is not StepStatus.PENDING:
+            await self.backend.complete_task(claim.instance_id, claim.task_id, self.executor_id)
+            return
+        payload = record.input or {}
+        started = datetime.now(UTC)
+        heartbeat = asyncio.get_running_loop().create_task(
+            self._heartbeat(claim.instance_id, claim.task_id)
+        )
+        try:
+            ok, value, attempts = await step.attempt(
+                payload.get("args", []), payload.get("kwargs", {}), self.sleep
+            )
+        finally:
+            heartbeat.cancel()
+        outcome: dict[str, Any] = {"status": StepStatus.SUCCEEDED, "output": value}
+        if ok:
+            try:
+                outcome["output"] = self.backend.serializer.loads(
+                    self.backend.serializer.dumps(value)
+                )
+            except SerializationError as exc:
+                ok, value = False, exc
+        if not ok:
+            outcome = {"status": StepStatus.FAILED, "error": ErrorInfo.from_exception(value)}
+        await self.backend.complete_step_task(
+            claim.instance_id,
+            claim.task_id,
+            worker_id=self.executor_id,
+            step=StepRecord(
+                position=position,
+                name=step.name,
+                input=record.input,
+                attempts=attempts,
+                executor_id=self.executor_id,
+                started_at=started,
+                **outcome,
+            ),
+        )
 
     async def execute_claimed(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
         """Run an execution whose workflow task this executor has just claimed."""

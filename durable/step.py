@@ -18,12 +18,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
-from durable.context import ExecutionContext, StepGuard, current, in_step
+from durable.context import ExecutionContext, StepGuard, WorkflowSuspended, current, in_step
 from durable.errors import DurableError
+from durable.models import StepRecord, StepStatus, TaskSpec
+from durable.registry import default_registry
 from durable.retry import NO_RETRY, RetryPolicy
+
+#: Task ids of steps handed to other workers: ``step:<position>``.
+STEP_TASK_PREFIX = "step:"
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -42,11 +47,14 @@ class Step(Generic[P, T]):
     def __repr__(self) -> str:
         return f"<durable step {self.name}>"
 
-    async def _execute(self, guard: StepGuard, args: Any, kwargs: Any) -> Any:
-        """Run the step on the event loop (async workflows), with retries; persist the outcome."""
-        if guard.replayed:
-            return guard.replay()
-        ctx = guard.ctx
+    async def attempt(
+        self,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> tuple[bool, Any, int]:
+        """Run the function with its retry policy, off the event loop if it is sync. Returns
+        ``(True, value, attempts)`` or ``(False, exception, attempts)``."""
         attempt = 0
         while True:
             attempt += 1
@@ -58,11 +66,20 @@ class Step(Generic[P, T]):
                         value = await asyncio.to_thread(self.fn, *args, **kwargs)
             except Exception as exc:
                 if self.retry.should_retry(exc, attempt):
-                    await ctx.runtime.sleep(self.retry.delay(attempt))
+                    await sleep(self.retry.delay(attempt))
                     continue
-                await guard.fail(exc, attempts=attempt)
-                raise
-            return await guard.succeed(value, attempts=attempt)
+                return False, exc, attempt
+            return True, value, attempt
+
+    async def _execute(self, guard: StepGuard, args: Any, kwargs: Any) -> Any:
+        """Run the step for an async workflow, with retries; persist the outcome."""
+        if guard.replayed:
+            return guard.replay()
+        ok, value, attempts = await self.attempt(args, kwargs, guard.ctx.runtime.sleep)
+        if not ok:
+            await guard.fail(value, attempts=attempts)
+            raise value
+        return await guard.succeed(value, attempts=attempts)
 
     def _execute_blocking(
         self, ctx: ExecutionContext, guard: StepGuard, args: Any, kwargs: Any
@@ -187,9 +204,10 @@ def step(
     def decorate(f: Callable[..., Any]) -> Step[Any, Any]:
         if isinstance(f, Step):
             raise DurableError(f"{f.name!r} is already a durable step")
-        if inspect.iscoroutinefunction(f):
-            return AsyncStep(f, name=name, retry=policy)
-        return SyncStep(f, name=name, retry=policy)
+        kind = AsyncStep if inspect.iscoroutinefunction(f) else SyncStep
+        made: Step[Any, Any] = kind(f, name=name, retry=policy)
+        default_registry.register_step(made)
+        return made
 
     return decorate(fn) if fn is not None else decorate
 
@@ -217,3 +235,58 @@ async def run_step(
     if not ctx.is_async:
         raise DurableError(f"durable.run_step({name!r}) is for async workflows")
     return await adhoc._execute(ctx.guard(name), args, kwargs)  # type: ignore[no-any-return]
+
+
+async def map(
+    step: Step[P, T],
+    items: Iterable[Any],
+    *,
+    queue: str = "default",
+    priority: int = 0,
+) -> list[T]:
+    """Run ``step(item)`` for every item on any workers, and return the results in order.
+
+    Each call becomes a task that any worker serving the step claims. The workflow does not
+    hold a worker slot while it waits: it is suspended (its lease released) and resumes when the
+    last task completes; completed items are never run again. The first failed item's error is
+    raised (the others still ran). Outside a workflow, the calls run here, one after another.
+
+    The step must be decorated (``@durable.step``) and its module imported by the workers.
+    Only async workflows can fan out.
+    """
+    values = list(items)
+    ctx = current()
+    if ctx is None:
+        if step.is_async:
+            return [await step.fn(v) for v in values]
+        return [step.fn(v) for v in values]
+    if not ctx.is_async:
+        raise DurableError("durable.map() is for async workflows")
+    guards = [ctx.guard(step.name) for _ in values]
+    waiting = [(g, v) for g, v in zip(guards, values, strict=True) if not g.replayed]
+    if waiting:
+        records = [
+            StepRecord(
+                position=g.position,
+                name=step.name,
+                status=StepStatus.PENDING,
+                input={"args": [v], "kwargs": {}},
+                attempts=0,
+            )
+            for g, v in waiting
+        ]
+        specs = [
+            TaskSpec(
+                instance_id=ctx.workflow_id,
+                task_id=f"{STEP_TASK_PREFIX}{g.position}",
+                name=step.name,
+                queue=queue,
+                priority=priority,
+            )
+            for g, _ in waiting
+        ]
+        await ctx.runtime.backend.suspend_workflow(
+            ctx.workflow_id, worker_id=ctx.executor_id, steps=records, tasks=specs
+        )
+        raise WorkflowSuspended(ctx.workflow_id)
+    return [g.replay() for g in guards]

@@ -71,11 +71,12 @@ class Worker:
         """The workflow names this worker claims: those given, else every one registered in
         this process, less those disabled here or in the database."""
         registry = self.runtime.registry
-        return [
+        workflows = [
             n
             for n in (self._names or registry.names())
             if registry.is_enabled(n) and n not in self._disabled_in_db
         ]
+        return workflows + registry.step_names()
 
     async def _refresh_enabled(self) -> None:
         """Re-read which names are disabled cluster-wide, at most once per poll interval."""
@@ -115,6 +116,7 @@ class Worker:
                         self.runtime.claim_ttl,
                         names=names,
                         queues=self.queues,
+                        include_own=False,
                     )
                 except DurableError as exc:  # the database may come back
                     log.warning("claiming work failed: %s", exc, extra={"action": "worker.claim"})
@@ -140,19 +142,17 @@ class Worker:
 
     async def _process(self, claim: TaskClaim) -> None:
         runtime = self.runtime
-        if claim.task_id != WORKFLOW_TASK:
-            await runtime.backend.release_task_claim(
-                claim.instance_id, claim.task_id, runtime.executor_id
-            )
-            return
         try:
-            wf = runtime.registry.get(claim.name)
-            await runtime.execute_claimed(wf, claim.instance_id)
-        except asyncio.CancelledError:
+            if claim.task_id == WORKFLOW_TASK:
+                wf = runtime.registry.get(claim.name)
+                await runtime.execute_claimed(wf, claim.instance_id)
+            else:
+                await runtime.execute_step_task(claim)
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
             raise
-        except Exception as exc:
-            # the outcome is recorded (failed, rescheduled, dead-lettered) or the lease was
-            # lost to another worker; either way this worker is done with it
+        except BaseException as exc:
+            # suspended (waiting for its steps), or its outcome is recorded (failed,
+            # rescheduled, dead-lettered), or its lease was lost: this worker is done with it
             log.info(
                 "workflow %s ended with %s: %s",
                 claim.instance_id,

@@ -271,6 +271,38 @@ class PersistentBackend(ABC):
         """
 
     @abstractmethod
+    async def suspend_workflow(
+        self,
+        instance_id: str,
+        *,
+        worker_id: str,
+        steps: Sequence[StepRecord],
+        tasks: Sequence[TaskSpec],
+    ) -> None:
+        """Hand steps to other workers and let the workflow wait without holding a claim, in
+        one transaction fenced by ``worker_id``'s claim on the workflow task: record ``steps``
+        as pending (with their inputs; final rows are left alone), create ``tasks`` (existing
+        ones are kept), set the workflow pending and release its task until it is woken.
+
+        The workflow task is woken (due at once) by :meth:`complete_step_task` when the last of
+        the workflow's step tasks completes, or here if none remains.
+
+        :raises ClaimLostError: the claim on the workflow task is not held.
+        """
+
+    @abstractmethod
+    async def complete_step_task(
+        self, instance_id: str, task_id: str, *, worker_id: str, step: StepRecord
+    ) -> None:
+        """Record the outcome of a step that ran as task ``task_id`` and remove the task; if it
+        was the workflow's last step task, wake the workflow's task. One transaction, fenced by
+        ``worker_id``'s claim on the step task.
+
+        :raises ClaimLostError: the claim on the step task is not held.
+        :raises StepAlreadyRecordedError: the position already has a final outcome.
+        """
+
+    @abstractmethod
     async def cancel_workflow(self, instance_id: str) -> WorkflowInfo:
         """Mark a workflow that has not finished cancelled and remove its tasks, whoever holds
         them (the holder finds out at its next fenced write). A finished workflow is returned
@@ -348,14 +380,20 @@ class PersistentBackend(ABC):
 
     @abstractmethod
     async def claim_task(
-        self, instance_id: str, task_id: str, worker_id: str, ttl: timedelta
+        self,
+        instance_id: str,
+        task_id: str,
+        worker_id: str,
+        ttl: timedelta,
+        *,
+        due_only: bool = False,
     ) -> TaskClaim | None:
         """Claim one task for ``ttl``, atomically.
 
         Succeeds when the task is unclaimed, its claim has expired, or ``worker_id`` already holds
         it (re-entrant: the claim is renewed and ``attempts`` is not counted again). Returns None
-        when another worker holds a live claim. ``run_after`` is not checked: an explicit claim by
-        id may run a task early.
+        when another worker holds a live claim, or, with ``due_only``, when the task's
+        ``run_after`` has not come yet (otherwise an explicit claim by id may run a task early).
 
         :raises TaskNotFoundError: no such task.
         """
@@ -393,10 +431,12 @@ class PersistentBackend(ABC):
         *,
         names: Sequence[str] | None = None,
         queues: Sequence[str] | None = None,
+        include_own: bool = True,
     ) -> list[AvailableTask]:
         """Return up to ``limit`` tasks that ``worker_id`` could claim now, without claiming them:
-        tasks due (``run_after`` passed) that nobody holds, whose claim expired, or that
-        ``worker_id`` itself holds (so a restarted worker finds its own work at once).
+        tasks due (``run_after`` passed) that nobody holds, whose claim expired, or, unless
+        ``include_own`` is False, that ``worker_id`` itself holds (so a restarted worker finds its
+        own work at once; a running worker passes False so as not to take its work twice).
 
         Ordered by priority (lower first), then ``run_after``, then creation order. ``names`` and
         ``queues`` restrict the result when given.
@@ -413,6 +453,7 @@ class PersistentBackend(ABC):
         *,
         names: Sequence[str] | None = None,
         queues: Sequence[str] | None = None,
+        include_own: bool = True,
     ) -> list[TaskClaim]:
         """Claim, in one atomic operation, up to ``limit`` of the tasks
         :meth:`find_available_tasks` would return, in the same order. Under any concurrency, a

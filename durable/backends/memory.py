@@ -47,6 +47,9 @@ from durable.models import (
 )
 from durable.serialization import Serializer, get_serializer
 
+#: How long a suspended workflow's task waits when nothing wakes it: in practice, forever.
+UNTIL_WOKEN = timedelta(days=36500)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -147,13 +150,16 @@ class InMemoryBackend(PersistentBackend):
             raise InvalidArgumentError(f"a step position must be >= 0, got {step.position}")
         return dataclasses.replace(
             step,
+            input=None if step.input is None else self._dump(step.input),
             output=None if step.output is None else self._dump(step.output),
             completed_at=step.completed_at
             or (now if step.status is not StepStatus.PENDING else None),
         )
 
     def _load_step(self, stored: StepRecord) -> StepRecord:
-        return dataclasses.replace(stored, output=self._load(stored.output))
+        return dataclasses.replace(
+            stored, input=self._load(stored.input), output=self._load(stored.output)
+        )
 
     def _snapshot(self, instance_id: str) -> WorkflowSnapshot:
         info = self._load_info(self._get(instance_id))
@@ -440,6 +446,60 @@ class InMemoryBackend(PersistentBackend):
         self.notify_work()
         return self._load_info(stored)
 
+    async def suspend_workflow(
+        self,
+        instance_id: str,
+        *,
+        worker_id: str,
+        steps: Sequence[StepRecord],
+        tasks: Sequence[TaskSpec],
+    ) -> None:
+        now = self.clock()
+        stored = [self._store_step(s, now) for s in steps]
+        with self._lock:
+            task = self._held(instance_id, WORKFLOW_TASK, worker_id, now)
+            rows = self._steps.setdefault(instance_id, {})
+            for step in stored:
+                existing = rows.get(step.position)
+                if existing is None or existing.status is StepStatus.PENDING:
+                    rows[step.position] = step
+            for spec in tasks:
+                self._add_task(spec, now)
+            current = self._get(instance_id)
+            self._workflows[instance_id] = dataclasses.replace(
+                current,
+                status=WorkflowStatus.PENDING,
+                updated_at=now,
+                version=current.version + 1,
+            )
+            task.claimed_by = None
+            task.claim_expires_at = None
+            task.run_after = now if not self._step_tasks(instance_id) else now + UNTIL_WOKEN
+        self.notify_work()
+
+    def _step_tasks(self, instance_id: str) -> list[tuple[str, str]]:
+        return [k for k in self._tasks if k[0] == instance_id and k[1] != WORKFLOW_TASK]
+
+    async def complete_step_task(
+        self, instance_id: str, task_id: str, *, worker_id: str, step: StepRecord
+    ) -> None:
+        now = self.clock()
+        stored = self._store_step(step, now)
+        with self._lock:
+            self._held(instance_id, task_id, worker_id, now)
+            rows = self._steps.setdefault(instance_id, {})
+            existing = rows.get(step.position)
+            if existing is not None and existing.status is not StepStatus.PENDING:
+                raise StepAlreadyRecordedError(instance_id, step.position)
+            rows[step.position] = stored
+            del self._tasks[(instance_id, task_id)]
+            parent = self._tasks.get((instance_id, WORKFLOW_TASK))
+            woken = parent is not None and not self._step_tasks(instance_id)
+            if woken and parent is not None:
+                parent.run_after = now
+        if woken:
+            self.notify_work()
+
     async def cancel_workflow(self, instance_id: str) -> WorkflowInfo:
         with self._lock:
             current = self._get(instance_id)
@@ -525,7 +585,13 @@ class InMemoryBackend(PersistentBackend):
         return created
 
     async def claim_task(
-        self, instance_id: str, task_id: str, worker_id: str, ttl: timedelta
+        self,
+        instance_id: str,
+        task_id: str,
+        worker_id: str,
+        ttl: timedelta,
+        *,
+        due_only: bool = False,
     ) -> TaskClaim | None:
         seconds = ttl_seconds(ttl)
         with self._lock:
@@ -534,6 +600,8 @@ class InMemoryBackend(PersistentBackend):
                 raise TaskNotFoundError(instance_id, task_id)
             now = self.clock()
             if task.claimed_by not in (None, worker_id) and _live(task, now):
+                return None
+            if due_only and task.run_after > now:
                 return None
             return self._claim(task, worker_id, now, seconds)
 
@@ -583,6 +651,7 @@ class InMemoryBackend(PersistentBackend):
         names: Sequence[str] | None,
         queues: Sequence[str] | None,
         now: datetime,
+        include_own: bool = True,
     ) -> list[_Task]:
         _check_limit(limit)
         name_set = None if names is None else set(names)
@@ -591,7 +660,11 @@ class InMemoryBackend(PersistentBackend):
             t
             for t in self._tasks.values()
             if t.run_after <= now
-            and (t.claimed_by is None or t.claimed_by == worker_id or not _live(t, now))
+            and (
+                t.claimed_by is None
+                or not _live(t, now)
+                or (include_own and t.claimed_by == worker_id)
+            )
             and (name_set is None or t.spec.name in name_set)
             and (queue_set is None or t.spec.queue in queue_set)
         ]
@@ -605,6 +678,7 @@ class InMemoryBackend(PersistentBackend):
         *,
         names: Sequence[str] | None = None,
         queues: Sequence[str] | None = None,
+        include_own: bool = True,
     ) -> list[AvailableTask]:
         with self._lock:
             now = self.clock()
@@ -620,7 +694,7 @@ class InMemoryBackend(PersistentBackend):
                     claim_expires_at=t.claim_expires_at if _live(t, now) else None,
                     attempts=t.attempts,
                 )
-                for t in self._available(worker_id, limit, names, queues, now)
+                for t in self._available(worker_id, limit, names, queues, now, include_own)
             ]
 
     async def claim_available_tasks(
@@ -631,13 +705,14 @@ class InMemoryBackend(PersistentBackend):
         *,
         names: Sequence[str] | None = None,
         queues: Sequence[str] | None = None,
+        include_own: bool = True,
     ) -> list[TaskClaim]:
         seconds = ttl_seconds(ttl)
         with self._lock:
             now = self.clock()
             return [
                 self._claim(t, worker_id, now, seconds)
-                for t in self._available(worker_id, limit, names, queues, now)
+                for t in self._available(worker_id, limit, names, queues, now, include_own)
             ]
 
 

@@ -22,7 +22,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from durable.backends.base import PersistentBackend
-from durable.backends.memory import decode_cursor, encode_cursor
+from durable.backends.memory import UNTIL_WOKEN, decode_cursor, encode_cursor
 from durable.backends.sql import migrate
 from durable.backends.sql.dialects import (
     SQLDialect,
@@ -31,7 +31,14 @@ from durable.backends.sql.dialects import (
     dialect_for,
     normalize_url,
 )
-from durable.backends.sql.schema import executors, steps, tasks, workflow_registry, workflows
+from durable.backends.sql.schema import (
+    UTCDateTime,
+    executors,
+    steps,
+    tasks,
+    workflow_registry,
+    workflows,
+)
 from durable.errors import (
     BackendError,
     BackendUnavailableError,
@@ -398,6 +405,61 @@ class SQLAlchemyBackend(PersistentBackend):
             .values(**claim_values)
             .returning(*claim_columns)
         )
+        self._claim_one_due = self._claim_one.where(tasks.c.run_after <= now)
+        # fan-out: steps handed to other workers, and the workflow waiting for them
+        self._lock_workflow_task = (
+            sa.select(tasks.c.id)
+            .where(tasks.c.instance_id == p_iid, tasks.c.task_id == WORKFLOW_TASK)
+            .with_for_update()
+        )
+        self._suspend_task = (
+            sa.update(tasks)
+            .where(
+                tasks.c.instance_id == p_iid,
+                tasks.c.task_id == WORKFLOW_TASK,
+                tasks.c.claimed_by == p_wid,
+                tasks.c.claim_expires_at > now,
+            )
+            .values(claimed_by=None, claim_expires_at=None, run_after=d.later("until"))
+        )
+        other = tasks.alias("other")
+        self._wake_if_done = (
+            sa.update(tasks)
+            .where(
+                tasks.c.instance_id == p_iid,
+                tasks.c.task_id == WORKFLOW_TASK,
+                ~sa.exists(
+                    sa.select(other.c.id).where(
+                        other.c.instance_id == p_iid, other.c.task_id != WORKFLOW_TASK
+                    )
+                ),
+            )
+            .values(run_after=now)
+        )
+        self._take_task = sa.delete(tasks).where(
+            self._task_key, tasks.c.claimed_by == p_wid, tasks.c.claim_expires_at > now
+        )
+        pending_ins = d.insert(steps)
+        self._upsert_pending_step = pending_ins.on_conflict_do_update(
+            index_elements=[steps.c.workflow_id, steps.c.position],
+            set_={c: pending_ins.excluded[c] for c in _STEP_COLUMNS if c != "workflow_id"},
+            where=steps.c.status == StepStatus.PENDING.value,
+        ).execution_options(preserve_rowcount=True)
+        task_values: dict[str, Any] = {
+            c: sa.bindparam(f"t_{c}", type_=tasks.c[c].type)
+            for c in ("instance_id", "task_id", "name", "queue", "priority", "created_at")
+        }
+        task_values["run_after"] = sa.func.coalesce(
+            sa.bindparam("t_run_after", type_=UTCDateTime()), now
+        )
+        task_values["attempts"] = sa.literal(0)
+        self._insert_task = sa.insert(tasks).values(task_values)
+        self._add_task_if_absent = (
+            d.insert(tasks)
+            .values(task_values)
+            .on_conflict_do_nothing()
+            .execution_options(preserve_rowcount=True)
+        )
         self._extend = (
             sa.update(tasks)
             .where(self._task_key, tasks.c.claimed_by == p_wid)
@@ -437,18 +499,14 @@ class SQLAlchemyBackend(PersistentBackend):
         return stmt.execution_options(preserve_rowcount=True)
 
     def _available(
-        self, names: Sequence[str] | None, queues: Sequence[str] | None
+        self, names: Sequence[str] | None, queues: Sequence[str] | None, include_own: bool
     ) -> sa.ColumnElement[bool]:
         now = self.dialect.now()
         p_wid = sa.bindparam("p_wid", type_=sa.String())
-        clauses = [
-            tasks.c.run_after <= now,
-            sa.or_(
-                tasks.c.claimed_by.is_(None),
-                tasks.c.claimed_by == p_wid,
-                tasks.c.claim_expires_at <= now,
-            ),
-        ]
+        free = [tasks.c.claimed_by.is_(None), tasks.c.claim_expires_at <= now]
+        if include_own:
+            free.append(tasks.c.claimed_by == p_wid)
+        clauses = [tasks.c.run_after <= now, sa.or_(*free)]
         if names is not None:
             clauses.append(tasks.c.name.in_(sa.bindparam("p_names", expanding=True)))
         if queues is not None:
@@ -500,6 +558,7 @@ class SQLAlchemyBackend(PersistentBackend):
             position=m["position"],
             name=m["name"],
             status=StepStatus(m["status"]),
+            input=self._load(m["input"]),
             output=self._load(m["output"]),
             error=ErrorInfo.from_json(m["error"]) if m["error"] else None,
             child_workflow_id=m["child_workflow_id"],
@@ -542,6 +601,7 @@ class SQLAlchemyBackend(PersistentBackend):
             "position": step.position,
             "name": step.name,
             "status": StepStatus(step.status).value,
+            "input": self._dump(step.input),
             "output": self._dump(step.output),
             "error": step.error.to_json() if step.error else None,
             "child_workflow_id": step.child_workflow_id,
@@ -552,17 +612,17 @@ class SQLAlchemyBackend(PersistentBackend):
         }
 
     def _task_row(self, spec: TaskSpec, now: datetime) -> dict[str, Any]:
+        """Parameters for :attr:`_insert_task`: a task due at ``spec.run_after``, or now by the
+        lease clock (the database's on PostgreSQL, so app servers' clocks do not matter)."""
         return {
-            "instance_id": spec.instance_id,
-            "task_id": spec.task_id,
-            "name": spec.name,
-            "queue": spec.queue,
-            "priority": spec.priority,
-            "run_after": spec.run_after or now,
-            "claimed_by": None,
-            "claim_expires_at": None,
-            "attempts": 0,
-            "created_at": now,
+            "t_instance_id": spec.instance_id,
+            "t_task_id": spec.task_id,
+            "t_name": spec.name,
+            "t_queue": spec.queue,
+            "t_priority": spec.priority,
+            "t_run_after": spec.run_after,
+            "t_created_at": now,
+            **self.dialect.clock_params(),
         }
 
     def _claim(self, row: sa.Row[Any]) -> TaskClaim:
@@ -615,7 +675,7 @@ class SQLAlchemyBackend(PersistentBackend):
             if step_rows:
                 conn.execute(sa.insert(steps), step_rows)
             if task_row is not None:
-                conn.execute(sa.insert(tasks), task_row)
+                conn.execute(self._insert_task, task_row)
                 self._announce_work(conn)
             stored = conn.execute(self._select_workflow, {"p_iid": snapshot.id}).one()
             return self._info(stored), True
@@ -918,13 +978,71 @@ class SQLAlchemyBackend(PersistentBackend):
             spec = TaskSpec(
                 instance_id=instance_id, name=row.name, queue=row.queue, priority=row.priority
             )
-            conn.execute(sa.insert(tasks), self._task_row(spec, now))
+            conn.execute(self._insert_task, self._task_row(spec, now))
             self._announce_work(conn)
             return self._info(row)
 
         info = await self._run(fn, what=f"requeue workflow {instance_id!r}")
         self.notify_work()
         return info
+
+    async def suspend_workflow(
+        self,
+        instance_id: str,
+        *,
+        worker_id: str,
+        steps: Sequence[StepRecord],
+        tasks: Sequence[TaskSpec],
+    ) -> None:
+        now = datetime.now(UTC)
+        step_rows = [self._step_row(instance_id, s, now) for s in steps]
+        task_rows = [self._task_row(t, now) for t in tasks]
+        clock = self.dialect.clock_params(until=UNTIL_WOKEN.total_seconds())
+        params = {"p_iid": instance_id, "p_wid": worker_id, **clock}
+
+        def fn(conn: sa.Connection) -> None:
+            if conn.execute(self._suspend_task, params).rowcount == 0:
+                raise self._refusal(conn, clock, instance_id, WORKFLOW_TASK, worker_id)
+            if step_rows:
+                conn.execute(self._upsert_pending_step, step_rows)
+            if task_rows:
+                conn.execute(self._add_task_if_absent, task_rows)
+            conn.execute(self._wake_if_done, params)
+            conn.execute(
+                sa.update(workflows)
+                .where(workflows.c.id == instance_id)
+                .values(
+                    status=WorkflowStatus.PENDING.value,
+                    updated_at=now,
+                    version=workflows.c.version + 1,
+                )
+            )
+            self._announce_work(conn)
+
+        await self._run(fn, what=f"suspend workflow {instance_id!r}")
+        self.notify_work()
+
+    async def complete_step_task(
+        self, instance_id: str, task_id: str, *, worker_id: str, step: StepRecord
+    ) -> None:
+        row = self._step_row(instance_id, step, datetime.now(UTC))
+        clock = self.dialect.clock_params()
+        params = {"p_iid": instance_id, "p_tid": task_id, "p_wid": worker_id, **clock}
+
+        def fn(conn: sa.Connection) -> bool:
+            # one completion at a time per workflow, so that the last one sees it is the last
+            conn.execute(self._lock_workflow_task, params)
+            if conn.execute(self._take_task, params).rowcount == 0:
+                raise self._refusal(conn, clock, instance_id, task_id, worker_id)
+            if conn.execute(self._upsert_pending_step, row).rowcount == 0:
+                raise StepAlreadyRecordedError(instance_id, step.position)
+            woken = conn.execute(self._wake_if_done, params).rowcount > 0
+            if woken:
+                self._announce_work(conn)
+            return woken
+
+        if await self._run(fn, what=f"complete task {task_id!r} of {instance_id!r}"):
+            self.notify_work()
 
     async def cancel_workflow(self, instance_id: str) -> WorkflowInfo:
         now = datetime.now(UTC)
@@ -1059,8 +1177,7 @@ class SQLAlchemyBackend(PersistentBackend):
         def fn(conn: sa.Connection) -> bool:
             if conn.execute(self._select_workflow, {"p_iid": spec.instance_id}).first() is None:
                 raise WorkflowNotFoundError(spec.instance_id)
-            stmt = self._insert_if_absent(tasks, row)
-            created = conn.execute(stmt).rowcount == 1
+            created = conn.execute(self._add_task_if_absent, row).rowcount == 1
             if created:
                 self._announce_work(conn)
             return created
@@ -1071,13 +1188,20 @@ class SQLAlchemyBackend(PersistentBackend):
         return created
 
     async def claim_task(
-        self, instance_id: str, task_id: str, worker_id: str, ttl: timedelta
+        self,
+        instance_id: str,
+        task_id: str,
+        worker_id: str,
+        ttl: timedelta,
+        *,
+        due_only: bool = False,
     ) -> TaskClaim | None:
         clock = self.dialect.clock_params(ttl=ttl_seconds(ttl))
         params = {"p_iid": instance_id, "p_tid": task_id, "p_wid": worker_id, **clock}
+        stmt = self._claim_one_due if due_only else self._claim_one
 
         def fn(conn: sa.Connection) -> TaskClaim | None:
-            row = conn.execute(self._claim_one, params).first()
+            row = conn.execute(stmt, params).first()
             if row is not None:
                 return self._claim(row)
             if conn.execute(self._claim_state, params).first() is None:
@@ -1141,6 +1265,7 @@ class SQLAlchemyBackend(PersistentBackend):
         *,
         names: Sequence[str] | None = None,
         queues: Sequence[str] | None = None,
+        include_own: bool = True,
     ) -> list[AvailableTask]:
         params = self._filter_params(worker_id, limit, names, queues)
         clock = self.dialect.clock_params()
@@ -1159,7 +1284,7 @@ class SQLAlchemyBackend(PersistentBackend):
                 sa.case((live, tasks.c.claim_expires_at), else_=None).label("claim_expires_at"),
                 tasks.c.attempts,
             )
-            .where(self._available(names, queues))
+            .where(self._available(names, queues, include_own))
             .order_by(*self._available_order)
             .limit(sa.bindparam("p_limit", type_=sa.Integer()))
         )
@@ -1190,11 +1315,14 @@ class SQLAlchemyBackend(PersistentBackend):
         *,
         names: Sequence[str] | None = None,
         queues: Sequence[str] | None = None,
+        include_own: bool = True,
     ) -> list[TaskClaim]:
         params = self._filter_params(worker_id, limit, names, queues)
         params.update(self.dialect.clock_params(ttl=ttl_seconds(ttl)))
         stmt = (
-            self.dialect.claim_batch(tasks, self._available(names, queues), self._available_order)
+            self.dialect.claim_batch(
+                tasks, self._available(names, queues, include_own), self._available_order
+            )
             .values(**self._claim_values)
             .returning(*self._claim_columns, tasks.c.priority, tasks.c.run_after, tasks.c.id)
         )

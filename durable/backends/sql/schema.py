@@ -94,6 +94,7 @@ steps = sa.Table(
     sa.Column("position", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("name", _ID, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("input", sa.Text),
     sa.Column("output", sa.Text),
     sa.Column("error", sa.Text),
     sa.Column("child_workflow_id", _ID),
