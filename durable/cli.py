@@ -10,11 +10,16 @@ durable's errors into a one-line message and exit status 1.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import importlib
+import json
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -22,6 +27,9 @@ from durable.backends.sql import SQLAlchemyBackend
 from durable.backends.sql import migrate as migrations
 from durable.backends.sql.dialects import normalize_url
 from durable.errors import DurableError, SchemaVersionError
+from durable.models import StepRecord, WorkflowInfo
+from durable.runtime import Runtime
+from durable.worker import serve
 
 T = TypeVar("T")
 
@@ -190,3 +198,142 @@ def schema_revision(url: str) -> None:
         click.echo(
             f"this durable needs revision {head}: run `durable migrate {shown(url)}`", err=True
         )
+
+
+def load_runtime(target: str) -> Runtime:
+    """Import ``module:attribute`` (from the current directory too) and return the Runtime it
+    names; the attribute may also be a function that returns one."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise click.BadParameter("expected MODULE:RUNTIME, e.g. myapp.jobs:runtime")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}") from exc
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise click.BadParameter(f"{module_name!r} has no attribute {attribute!r}") from None
+    if callable(obj) and not isinstance(obj, Runtime):
+        obj = obj()
+    if not isinstance(obj, Runtime):
+        raise click.BadParameter(f"{target} is a {type(obj).__name__}, not a durable.Runtime")
+    return obj
+
+
+@main.command(short_help="Run a worker until SIGTERM or SIGINT.")
+@click.argument("target", metavar="MODULE:RUNTIME")
+@click.option("-c", "--concurrency", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("-q", "--queue", "queues", multiple=True, help="Only this queue (repeatable).")
+@click.option("--grace", default=30.0, show_default=True, help="Seconds to finish on shutdown.")
+@click.option("--poll-interval", default=1.0, show_default=True, help="Seconds between polls.")
+def worker(
+    target: str, concurrency: int, queues: tuple[str, ...], grace: float, poll_interval: float
+) -> None:
+    """Claim and run enqueued executions of the workflows registered with MODULE:RUNTIME.
+
+    RUNTIME is a durable.Runtime in MODULE (or a function returning one). On SIGTERM or SIGINT
+    the worker stops claiming, lets running executions finish for --grace seconds, and hands the
+    rest back so that other workers resume them at once.
+    """
+    runtime = load_runtime(target)
+    with reported_errors():
+        done = asyncio.run(
+            serve(
+                runtime,
+                concurrency=concurrency,
+                queues=list(queues) or None,
+                grace=grace,
+                poll_interval=poll_interval,
+            )
+        )
+    click.echo(f"worker {runtime.executor_id} stopped after {done} execution(s)", err=True)
+
+
+@main.group()
+def workflows() -> None:
+    """Inspect and control workflow executions stored at a URL."""
+
+
+def _stamp(value: datetime | None) -> str:
+    return value.isoformat(timespec="milliseconds") if value else "-"
+
+
+@workflows.command("list")
+@url_argument
+@click.option("--status", "statuses", multiple=True, help="Only this status (repeatable).")
+@click.option("--name", default=None, help="Only this workflow name.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+def list_workflows(url: str, statuses: tuple[str, ...], name: str | None, limit: int) -> None:
+    """List executions, newest first."""
+
+    async def read(backend: SQLAlchemyBackend) -> list[WorkflowInfo]:
+        page = await backend.list_snapshots(status=list(statuses) or None, name=name, limit=limit)
+        return page.items
+
+    for info in open_backend(url, read, existing=True):
+        click.echo(
+            f"{info.id}\t{info.name}\t{info.status.value}\tattempts={info.attempts}\t"
+            f"created={_stamp(info.created_at)}"
+        )
+
+
+@workflows.command("get")
+@url_argument
+@click.argument("workflow_id")
+def get_workflow(url: str, workflow_id: str) -> None:
+    """Print one execution's header as JSON."""
+
+    async def read(backend: SQLAlchemyBackend) -> WorkflowInfo:
+        return await backend.get_workflow(workflow_id)
+
+    info = open_backend(url, read, existing=True)
+    data = dataclasses.asdict(info)
+    click.echo(json.dumps(data, default=str, indent=2))
+
+
+@workflows.command("steps")
+@url_argument
+@click.argument("workflow_id")
+def list_steps(url: str, workflow_id: str) -> None:
+    """List an execution's steps: position, name, status, attempts, executor, timings."""
+
+    async def read(backend: SQLAlchemyBackend) -> list[StepRecord]:
+        return await backend.list_steps(workflow_id)
+
+    for s in open_backend(url, read, existing=True):
+        error = f"\t{s.error.type}: {s.error.message}" if s.error else ""
+        click.echo(
+            f"{s.position}\t{s.name}\t{s.status.value}\tattempts={s.attempts}\t"
+            f"executor={s.executor_id or '-'}\tstarted={_stamp(s.started_at)}\t"
+            f"completed={_stamp(s.completed_at)}{error}"
+        )
+
+
+@workflows.command("cancel")
+@url_argument
+@click.argument("workflow_id")
+def cancel_workflow(url: str, workflow_id: str) -> None:
+    """Cancel an unfinished execution (it stops at its next step boundary)."""
+
+    async def cancel(backend: SQLAlchemyBackend) -> WorkflowInfo:
+        return await backend.cancel_workflow(workflow_id)
+
+    info = open_backend(url, cancel, existing=True)
+    click.echo(f"{info.id}: {info.status.value}")
+
+
+@workflows.command("retry")
+@url_argument
+@click.argument("workflow_id")
+def retry_workflow(url: str, workflow_id: str) -> None:
+    """Run a failed, dead-lettered or cancelled execution again (completed steps are kept)."""
+
+    async def retry(backend: SQLAlchemyBackend) -> WorkflowInfo:
+        return await backend.requeue_workflow(workflow_id)
+
+    info = open_backend(url, retry, existing=True)
+    click.echo(f"{info.id}: {info.status.value}")

@@ -1,0 +1,95 @@
+"""`durable worker MODULE:RUNTIME` in a real process, and `durable workflows ...`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import durable
+from durable.cli import main
+
+APP = """
+import durable
+
+@durable.step
+async def shout(text: str) -> str:
+    return text.upper()
+
+@durable.workflow(name="cli.shout.v1")
+async def shouting(text: str) -> str:
+    return await shout(text) + "!"
+
+runtime = durable.Runtime(durable.connect({url!r}), executor_id="cli-worker", claim_ttl=5)
+"""
+
+
+async def produce(url: str) -> str:
+    """Enqueue by name and wait for the result, without importing the workflow's code."""
+    async with durable.Runtime(
+        durable.connect(url), registry=durable.Registry(), recover=False, poll_interval=0.05
+    ) as producer:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the worker registers its names when it starts
+            if "cli.shout.v1" in [w.name for w in await producer.registered_workflows()]:
+                break
+            await asyncio.sleep(0.05)
+        wid = await producer.enqueue("cli.shout.v1", "hello")
+        assert await producer.result(wid, timeout=30) == "HELLO!"
+        return wid
+
+
+@pytest.mark.slow
+def test_worker_command_runs_enqueued_work_and_stops_on_sigterm(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    (tmp_path / "cliapp.py").write_text(textwrap.dedent(APP.format(url=url)))
+    durable_bin = Path(sys.executable).with_name("durable")
+    proc = subprocess.Popen(
+        [
+            str(durable_bin),
+            "worker",
+            "cliapp:runtime",
+            "--concurrency",
+            "2",
+            "--poll-interval",
+            "0.1",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wid = asyncio.run(produce(url))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "stopped after 1 execution(s)" in err
+
+    runner = CliRunner()
+    listed = runner.invoke(main, ["workflows", "list", url, "--status", "succeeded"])
+    assert listed.exit_code == 0 and wid in listed.output and "cli.shout.v1" in listed.output
+    steps = runner.invoke(main, ["workflows", "steps", url, wid])
+    assert steps.exit_code == 0 and "succeeded" in steps.output and "cli-worker" in steps.output
+    got = runner.invoke(main, ["workflows", "get", url, wid])
+    assert got.exit_code == 0 and '"output": "HELLO!"' in got.output
+    retried = runner.invoke(main, ["workflows", "retry", url, wid])
+    assert retried.exit_code == 1 and "only failed" in retried.output
+
+
+def test_worker_command_rejects_a_bad_target(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["worker", "no_such_module_xyz:runtime"])
+    assert result.exit_code == 2 and "cannot import" in result.output
+    result = runner.invoke(main, ["worker", "os:sep"])
+    assert result.exit_code == 2 and "not a durable.Runtime" in result.output
+    assert os.sep  # the module imported fine; its attribute is not a runtime
