@@ -11,15 +11,18 @@ reports the tasks it got and its process id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import threading
+import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from datetime import timedelta
 from typing import Any, Literal
 
 from durable.backends.base import PersistentBackend
+from durable.errors import ClaimLostError
 
 TaskKey = tuple[str, str]
 Mode = Literal["batch", "single"]
@@ -29,7 +32,11 @@ async def claim_until_empty(
     backend: PersistentBackend, worker_id: str, *, batch: int, ttl: timedelta
 ) -> list[TaskKey]:
     """Claim tasks ``batch`` at a time with :meth:`~PersistentBackend.claim_available_tasks`,
-    completing each one, until a claim returns nothing. Returns the keys claimed."""
+    completing each one, until a claim returns nothing. Returns the keys claimed.
+
+    A completion refused with :class:`ClaimLostError` is ignored: it means the task was also
+    claimed by someone else, which the caller sees as a key claimed twice.
+    """
     got: list[TaskKey] = []
     while True:
         claims = await backend.claim_available_tasks(worker_id, batch, ttl)
@@ -37,7 +44,8 @@ async def claim_until_empty(
             return got
         for claim in claims:
             got.append((claim.instance_id, claim.task_id))
-            await backend.complete_task(claim.instance_id, claim.task_id, worker_id)
+            with contextlib.suppress(ClaimLostError):
+                await backend.complete_task(claim.instance_id, claim.task_id, worker_id)
 
 
 async def claim_each(
@@ -86,7 +94,11 @@ def _claim_job(
         finally:
             await backend.close()
 
-    return os.getpid(), asyncio.run(run())
+    try:
+        return os.getpid(), asyncio.run(run())
+    except BaseException:
+        # re-raised as text: an exception (durable's included) may not survive pickling
+        raise RuntimeError(f"{worker_id} failed:\n{traceback.format_exc()}") from None
 
 
 class ProcessClaimers:
@@ -140,7 +152,7 @@ class ProcessClaimers:
                 raise AssertionError(f"claiming processes still running after {timeout}s")
             errors = [f.exception() for f in futures if f.exception() is not None]
             if errors:
-                raise AssertionError(f"a claiming process failed: {errors[0]!r}") from errors[0]
+                raise AssertionError(f"a claiming process failed: {errors[0]}") from errors[0]
             results = [f.result() for f in futures]
         pids = {pid for pid, _ in results}
         assert len(pids) == self.workers, f"jobs shared processes: {len(pids)} pids"

@@ -50,10 +50,18 @@ import asyncio
 import dataclasses
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from datetime import UTC, datetime, timedelta, timezone
 from functools import partial
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar, cast
 
 import pytest
 import pytest_asyncio
@@ -82,6 +90,7 @@ from durable.models import (
 )
 from durable.testing._concurrency import ProcessClaimers, TaskKey, claim_each, claim_until_empty
 
+T = TypeVar("T")
 W = WORKFLOW_TASK
 #: A deferred backend call, made inside ``pytest.raises``.
 Call = Callable[[], Awaitable[Any]]
@@ -177,6 +186,16 @@ def assert_each_once(results: dict[str, list[TaskKey]], expected: Sequence[TaskK
     assert not missing, f"never claimed: {sorted(missing)} (per worker: {report})"
     assert not unexpected, f"claimed but never created: {sorted(unexpected)}"
     assert sum(counts.values()) == len(expected)
+
+
+async def gather_all(coroutines: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run the coroutines concurrently; when one fails, raise its error after all have ended
+    (so that none is left running into the test's teardown)."""
+    results = await asyncio.gather(*coroutines, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return cast(list[T], results)
 
 
 async def create(
@@ -1447,9 +1466,7 @@ class BackendContractTests:
     async def test_concurrent_batch_claims_in_one_process(self, backend: PersistentBackend) -> None:
         keys = await self._create_tasks(backend, 150)
         workers = [f"task-{i}" for i in range(12)]
-        got = await asyncio.gather(
-            *(claim_until_empty(backend, w, batch=7, ttl=LONG) for w in workers)
-        )
+        got = await gather_all(claim_until_empty(backend, w, batch=7, ttl=LONG) for w in workers)
         assert_each_once(dict(zip(workers, got, strict=True)), keys)
         assert await backend.find_available_tasks("anyone", 10) == []
 
@@ -1459,11 +1476,9 @@ class BackendContractTests:
         keys = await self._create_tasks(backend, 40)
         workers = [f"task-{i}" for i in range(8)]
         orders = [random.Random(i).sample(keys, len(keys)) for i in range(len(workers))]
-        got = await asyncio.gather(
-            *(
-                claim_each(backend, w, order, ttl=LONG)
-                for w, order in zip(workers, orders, strict=True)
-            )
+        got = await gather_all(
+            claim_each(backend, w, order, ttl=LONG)
+            for w, order in zip(workers, orders, strict=True)
         )
         assert_each_once(dict(zip(workers, got, strict=True)), keys)
         for instance_id, task_id in keys:
