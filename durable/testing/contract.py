@@ -75,12 +75,14 @@ from durable.errors import (
     SerializationError,
     StepAlreadyRecordedError,
     TaskNotFoundError,
+    UnknownWorkflowError,
     WorkflowAlreadyExistsError,
     WorkflowNotFoundError,
 )
 from durable.models import (
     WORKFLOW_TASK,
     ErrorInfo,
+    RegisteredWorkflow,
     StepRecord,
     StepStatus,
     TaskSpec,
@@ -299,6 +301,7 @@ class BackendContractTests:
                 position=0,
                 name="fetch ☃",
                 status=StepStatus.SUCCEEDED,
+                input={"args": [1, "ü"], "kwargs": {"limit": None}},
                 output={"rows": [1, 2, 3], "ok": True},
                 attempts=2,
                 executor_id="worker-ü",
@@ -319,6 +322,7 @@ class BackendContractTests:
                 position=2,
                 name="child",
                 status=StepStatus.PENDING,
+                input=["fan-out", 3],
                 child_workflow_id="child-😀",
                 started_at=started_at,
             ),
@@ -394,7 +398,7 @@ class BackendContractTests:
                     name="values",
                     input=value,
                     output=value,
-                    steps=(step(0, output=value),),
+                    steps=(step(0, input=value, output=value),),
                 ),
                 task=TaskSpec(instance_id=instance_id, name="values"),
             )
@@ -403,6 +407,7 @@ class BackendContractTests:
             assert type(info.input) is type(value)
             [stored] = await backend.list_steps(instance_id)
             assert stored.output == value and type(stored.output) is type(value)
+            assert stored.input == value and type(stored.input) is type(value)
 
             assert await backend.claim_task(instance_id, W, "w1", LONG) is not None
             await backend.begin_execution(instance_id, "w1")
@@ -1374,6 +1379,292 @@ class BackendContractTests:
             await backend.claim_available_tasks("w2", 10, LONG, names=["mail"], queues=["io"])
         ) == ["m1"]
         assert await found("w3") == []
+
+    async def test_own_claims_can_be_left_out_and_claims_can_wait_until_due(
+        self, backend: PersistentBackend
+    ) -> None:
+        await create(backend, "a")
+        await create(backend, "b")
+        await create(backend, "later", run_after=now() + timedelta(hours=1))
+        assert await backend.claim_task("a", W, "w1", LONG) is not None
+        assert ids_of(await backend.find_available_tasks("w1", 10)) == ["a", "b"]
+        assert ids_of(await backend.find_available_tasks("w1", 10, include_own=False)) == ["b"]
+        claims = await backend.claim_available_tasks("w1", 10, LONG, include_own=False)
+        assert ids_of(claims) == ["b"] and claims[0].attempts == 1
+        assert await backend.claim_available_tasks("w1", 10, LONG, include_own=False) == []
+        assert await backend.find_available_tasks("w1", 10, include_own=False) == []
+        assert ids_of(await backend.claim_available_tasks("w1", 10, LONG)) == ["a", "b"]
+
+        assert await backend.claim_task("later", W, "w2", LONG, due_only=True) is None
+        assert await backend.find_available_tasks("w2", 10) == []
+        early = await backend.claim_task("later", W, "w2", LONG)
+        assert early is not None and early.attempts == 1
+        again = await backend.claim_task("a", W, "w1", LONG, due_only=True)
+        assert again is not None and again.attempts == 1
+        assert await backend.claim_task("a", W, "w2", LONG, due_only=True) is None
+
+    async def test_reschedule_drops_trailing_failed_steps(self, backend: PersistentBackend) -> None:
+        failure = ErrorInfo(type="m.Failure", message="failed")
+        started = await running(backend, "wf", "w1")
+        for recorded in (
+            step(0),
+            step(1, status=StepStatus.FAILED, error=failure),
+            step(2, status=StepStatus.PENDING),
+            step(3, status=StepStatus.FAILED, error=failure),
+            step(4, status=StepStatus.FAILED, error=failure),
+        ):
+            await backend.record_step("wf", recorded, worker_id="w1")
+        info = await backend.reschedule_workflow(
+            "wf", worker_id="w1", run_after=timedelta(0), error=failure
+        )
+        assert info.attempts == started.attempts == 1
+        # failed steps after the last one that did not fail are run again; the others are kept
+        assert [s.position for s in await backend.list_steps("wf")] == [0, 1, 2]
+
+        assert await backend.claim_task("wf", W, "w1", LONG) is not None
+        assert (await backend.begin_execution("wf", "w1")).attempts == 2
+        await backend.record_step(
+            "wf", step(3, status=StepStatus.FAILED, error=failure), worker_id="w1"
+        )
+        # an attempt interrupted by a shutdown does not count, and keeps every step
+        info = await backend.reschedule_workflow(
+            "wf", worker_id="w1", run_after=timedelta(0), consume_attempt=False
+        )
+        assert info.attempts == 1 and info.status is WorkflowStatus.PENDING
+        assert [s.position for s in await backend.list_steps("wf")] == [0, 1, 2, 3]
+        assert keys_of(await backend.find_available_tasks("w2", 10)) == [("wf", W)]
+
+    async def test_requeue_workflow(self, backend: PersistentBackend) -> None:
+        failure = ErrorInfo(type="m.Failure", message="failed", args=(1,))
+        for status in (
+            WorkflowStatus.FAILED,
+            WorkflowStatus.DEAD_LETTER,
+            WorkflowStatus.CANCELLED,
+        ):
+            instance_id = f"wf-{status.value}"
+            await running(backend, instance_id, "w1", input={"n": 1}, queue="q", priority=4)
+            await backend.record_step(instance_id, step(0), worker_id="w1")
+            await backend.record_step(
+                instance_id, step(1, status=StepStatus.FAILED, error=failure), worker_id="w1"
+            )
+            if status is WorkflowStatus.CANCELLED:
+                await backend.cancel_workflow(instance_id)
+            else:
+                await backend.finish_workflow(
+                    instance_id, worker_id="w1", status=status, error=failure
+                )
+            before = await backend.get_workflow(instance_id)
+            info = await backend.requeue_workflow(instance_id)
+            assert info.status is WorkflowStatus.PENDING
+            assert info.error is None and info.attempts == 0
+            assert info.version == before.version + 1
+            assert info.input == {"n": 1} and info.created_at == before.created_at
+            assert await backend.get_workflow(instance_id) == info
+            assert await backend.list_steps(instance_id) == [step(0)]
+            # its workflow task exists again, unclaimed: the old holder is shut out
+            [task] = [
+                t
+                for t in await backend.find_available_tasks("w2", 10)
+                if t.instance_id == instance_id
+            ]
+            assert (task.task_id, task.name, task.queue, task.priority) == (W, "wf", "q", 4)
+            assert task.claimed_by is None
+            with pytest.raises(ClaimLostError):
+                await backend.record_step(instance_id, step(1), worker_id="w1")
+            assert await backend.claim_task(instance_id, W, "w2", LONG) is not None
+            again = await backend.begin_execution(instance_id, "w2")
+            assert again.attempts == 1 and again.steps == (step(0),)
+
+        await create(backend, "pending")
+        await running(backend, "running", "w1")
+        await running(backend, "done", "w1")
+        await backend.finish_workflow("done", worker_id="w1", status=WorkflowStatus.SUCCEEDED)
+        for instance_id in ("pending", "running", "done"):
+            before = await backend.get_workflow(instance_id)
+            with pytest.raises(InvalidArgumentError):
+                await backend.requeue_workflow(instance_id)
+            assert await backend.get_workflow(instance_id) == before
+        with pytest.raises(WorkflowNotFoundError):
+            await backend.requeue_workflow("ghost")
+
+    async def test_suspend_and_complete_step_tasks(self, backend: PersistentBackend) -> None:
+        started = await running(backend, "wf", "w1")
+        await backend.record_step("wf", step(0, output="zero"), worker_id="w1")
+        waiting = [
+            step(0, status=StepStatus.PENDING, name="ignored"),  # final rows are left alone
+            step(1, name="fan", status=StepStatus.PENDING, input={"i": 1}),
+            step(2, name="fan", status=StepStatus.PENDING, input={"i": 2}),
+        ]
+        specs = [
+            TaskSpec(instance_id="wf", task_id="step-1", name="fan", queue="q"),
+            TaskSpec(instance_id="wf", task_id="step-2", name="fan", queue="q"),
+        ]
+        with pytest.raises(ClaimLostError) as lost:
+            await backend.suspend_workflow("wf", worker_id="w2", steps=waiting, tasks=specs)
+        assert lost.value.holder == "w1"
+        assert await backend.list_steps("wf") == [step(0, output="zero")]
+        assert await backend.find_available_tasks("w2", 10) == []
+
+        await backend.suspend_workflow("wf", worker_id="w1", steps=waiting, tasks=specs)
+        info = await backend.get_workflow("wf")
+        assert info.status is WorkflowStatus.PENDING and info.version > started.version
+        assert await backend.list_steps("wf") == [step(0, output="zero"), *waiting[1:]]
+        # the workflow waits, unclaimed and not due, for its step tasks
+        assert keys_of(await backend.find_available_tasks("w2", 10)) == [
+            ("wf", "step-1"),
+            ("wf", "step-2"),
+        ]
+        assert await backend.claim_task("wf", W, "w2", LONG, due_only=True) is None
+        with pytest.raises(ClaimLostError):
+            await backend.record_step("wf", step(3), worker_id="w1")
+
+        with pytest.raises(ClaimLostError):
+            await backend.complete_step_task(
+                "wf", "step-1", worker_id="w2", step=step(1, name="fan", output="one")
+            )
+        assert await backend.claim_task("wf", "step-1", "w2", LONG) is not None
+        with pytest.raises(StepAlreadyRecordedError):
+            await backend.complete_step_task(
+                "wf", "step-1", worker_id="w2", step=step(0, output="overwritten")
+            )
+        done_1 = step(1, name="fan", input={"i": 1}, output="one")
+        await backend.complete_step_task("wf", "step-1", worker_id="w2", step=done_1)
+        with pytest.raises(TaskNotFoundError):
+            await backend.claim_task("wf", "step-1", "w2", LONG)
+        assert keys_of(await backend.find_available_tasks("w3", 10)) == [("wf", "step-2")]
+
+        assert await backend.claim_task("wf", "step-2", "w3", LONG) is not None
+        done_2 = step(2, name="fan", input={"i": 2}, output="two")
+        await backend.complete_step_task("wf", "step-2", worker_id="w3", step=done_2)
+        # the last one wakes the workflow
+        assert keys_of(await backend.find_available_tasks("w4", 10)) == [("wf", W)]
+        claim = await backend.claim_task("wf", W, "w4", LONG, due_only=True)
+        assert claim is not None
+        resumed = await backend.begin_execution("wf", "w4")
+        assert resumed.steps == (step(0, output="zero"), done_1, done_2)
+
+        # suspending with no step task left: due at once
+        await running(backend, "solo", "w1")
+        await backend.suspend_workflow("solo", worker_id="w1", steps=[], tasks=[])
+        assert ("solo", W) in keys_of(await backend.find_available_tasks("w5", 10))
+
+    # -- registry, executors, wake-ups --------------------------------------------------------
+
+    async def test_workflow_registry(self, backend: PersistentBackend) -> None:
+        assert await backend.list_registered_workflows() == []
+        before = now()
+        await backend.register_workflows(
+            [
+                RegisteredWorkflow(name="beta", description="Beta ☃"),
+                RegisteredWorkflow(name="alpha", enabled=False),
+                RegisteredWorkflow(name="zz-ünïcødé", description="z"),
+            ]
+        )
+        after = now()
+        registered = await backend.list_registered_workflows()
+        assert [(r.name, r.enabled, r.description) for r in registered] == [
+            ("alpha", False, None),
+            ("beta", True, "Beta ☃"),
+            ("zz-ünïcødé", True, "z"),
+        ]
+        for entry in registered:
+            assert_between(entry.updated_at, before, after)
+
+        # known names: the description follows the code, ``enabled`` stays the operator's choice
+        await backend.register_workflows(
+            [
+                RegisteredWorkflow(name="alpha", enabled=True, description="now described"),
+                RegisteredWorkflow(name="beta", enabled=False),
+            ]
+        )
+        await backend.register_workflows([])
+        assert [
+            (r.name, r.enabled, r.description) for r in await backend.list_registered_workflows()
+        ] == [("alpha", False, "now described"), ("beta", True, None), ("zz-ünïcødé", True, "z")]
+
+        enabled = await backend.set_workflow_enabled("alpha", True)
+        assert (enabled.name, enabled.enabled, enabled.description) == (
+            "alpha",
+            True,
+            "now described",
+        )
+        disabled = await backend.set_workflow_enabled("beta", False)
+        assert disabled.enabled is False
+        await backend.register_workflows([RegisteredWorkflow(name="alpha", enabled=False)])
+        states = {r.name: r.enabled for r in await backend.list_registered_workflows()}
+        assert states == {"alpha": True, "beta": False, "zz-ünïcødé": True}
+        with pytest.raises(UnknownWorkflowError):
+            await backend.set_workflow_enabled("never-registered", True)
+        assert len(await backend.list_registered_workflows()) == 3
+
+    async def test_executor_heartbeats(self, backend: PersistentBackend) -> None:
+        minute = timedelta(minutes=1)
+        assert await backend.list_executors(stale_after=minute) == []
+        before = now()
+        await backend.record_executor_heartbeat("e1", hostname="host-a", pid=101)
+        await asyncio.sleep(0.01)
+        await backend.record_executor_heartbeat("e2", hostname="hôst-ü", pid=202)
+        after = now()
+        e2, e1 = await backend.list_executors(stale_after=minute)
+        assert (e1.id, e1.hostname, e1.pid) == ("e1", "host-a", 101)
+        assert (e2.id, e2.hostname, e2.pid) == ("e2", "hôst-ü", 202)
+        for e in (e1, e2):
+            assert_between(e.started_at, before, after)
+            assert_between(e.heartbeat_at, before, after)
+            assert e.stopped_at is None and e.stale is False
+
+        await asyncio.sleep(EXPIRED)
+        assert {e.id: e.stale for e in await backend.list_executors(stale_after=SHORT)} == {
+            "e1": True,
+            "e2": True,
+        }
+        await backend.record_executor_heartbeat("e1", hostname="host-a", pid=101)
+        first, second = await backend.list_executors(stale_after=SHORT)
+        assert (first.id, first.stale, second.id, second.stale) == ("e1", False, "e2", True)
+        assert first.started_at == e1.started_at and first.heartbeat_at > e1.heartbeat_at
+
+        await backend.mark_executor_stopped("e2")
+        await backend.mark_executor_stopped("never-seen")
+        stopped = {e.id: e for e in await backend.list_executors(stale_after=SHORT)}["e2"]
+        assert stopped.stale is False
+        assert_aware(stopped.stopped_at)
+        # a heartbeat after stopping is a new start
+        await backend.record_executor_heartbeat("e2", hostname="host-b", pid=303)
+        restarted = {e.id: e for e in await backend.list_executors(stale_after=minute)}["e2"]
+        assert restarted.stopped_at is None and restarted.pid == 303
+        assert restarted.started_at > e2.started_at
+        for bad in (timedelta(0), timedelta(seconds=-1)):
+            with pytest.raises(InvalidArgumentError):
+                await backend.list_executors(stale_after=bad)
+
+    async def test_wait_for_work(self, backend: PersistentBackend) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await backend.wait_for_work(0.1)  # nothing to do: returns by the timeout
+        assert loop.time() - started < 10
+
+        await create(backend, "wf", task=False)
+        wakers: list[tuple[str, Call]] = [
+            ("add_task", lambda: backend.add_task(TaskSpec(instance_id="wf", name="wf"))),
+            ("release_task_claim", lambda: backend.release_task_claim("wf", W, "w1")),
+            (
+                "create_workflow",
+                lambda: backend.create_workflow(
+                    WorkflowSnapshot(id="wf-2", name="wf"),
+                    task=TaskSpec(instance_id="wf-2", name="wf"),
+                ),
+            ),
+        ]
+        for what, wake in wakers:
+            if what == "release_task_claim":
+                assert await backend.claim_task("wf", W, "w1", LONG) is not None
+            waiter = asyncio.create_task(backend.wait_for_work(60))
+            await asyncio.sleep(0.05)  # let it start waiting
+            await wake()
+            try:
+                await asyncio.wait_for(waiter, 10)
+            except TimeoutError:
+                pytest.fail(f"{what} did not wake a coroutine waiting for work")
 
     # -- serialization ----------------------------------------------------------------------
 
