@@ -337,20 +337,10 @@ _START_SCRIPT = textwrap.dedent(
 )
 
 
-#: A known bug, outside the migrations: see _on_connect in durable/backends/sql/dialects.py.
-SQLITE_WAL_RACE = pytest.mark.xfail(
-    reason="PRAGMA journal_mode=WAL, run on connect, can fail with SQLITE_BUSY without waiting "
-    "for busy_timeout while another process migrates a fresh file; dialects.py must retry it",
-    strict=False,
-)
-
-
 @pytest.mark.slow
 def test_processes_starting_at_once_on_a_fresh_database_all_succeed(
     request: pytest.FixtureRequest, db_url: str, engine: sa.Engine
 ) -> None:
-    if engine.dialect.name == "sqlite":
-        request.applymarker(SQLITE_WAL_RACE)
     at = time.time() + 3  # time enough for every interpreter to import durable
     procs = [
         subprocess.Popen(
