@@ -133,6 +133,7 @@ class InMemoryBackend(PersistentBackend):
         return None if text is None else self.serializer.loads(text)
 
     def _store_info(self, info: WorkflowInfo) -> WorkflowInfo:
+        _check_aware(info.created_at, info.updated_at, info.started_at, info.completed_at)
         return dataclasses.replace(
             info,
             input=self._dump(info.input),
@@ -148,6 +149,7 @@ class InMemoryBackend(PersistentBackend):
     def _store_step(self, step: StepRecord, now: datetime) -> StepRecord:
         if step.position < 0:
             raise InvalidArgumentError(f"a step position must be >= 0, got {step.position}")
+        _check_aware(step.started_at, step.completed_at)
         return dataclasses.replace(
             step,
             input=None if step.input is None else self._dump(step.input),
@@ -211,6 +213,7 @@ class InMemoryBackend(PersistentBackend):
                 )
             )
             steps = {s.position: self._store_step(s, now) for s in snapshot.steps}
+            _check_aware(task.run_after if task is not None else None)
             self._workflows[snapshot.id] = stored
             self._steps[snapshot.id] = steps
             if snapshot.idempotency_key is not None:
@@ -456,6 +459,7 @@ class InMemoryBackend(PersistentBackend):
     ) -> None:
         now = self.clock()
         stored = [self._store_step(s, now) for s in steps]
+        _check_aware(*(spec.run_after for spec in tasks))
         with self._lock:
             task = self._held(instance_id, WORKFLOW_TASK, worker_id, now)
             rows = self._steps.setdefault(instance_id, {})
@@ -577,6 +581,7 @@ class InMemoryBackend(PersistentBackend):
     # -- tasks and claims ---------------------------------------------------------------------
 
     async def add_task(self, spec: TaskSpec) -> bool:
+        _check_aware(spec.run_after)
         with self._lock:
             self._get(spec.instance_id)
             created = self._add_task(spec, self.clock())
@@ -735,6 +740,15 @@ def _claim_of(task: _Task) -> TaskClaim:
         attempts=task.attempts,
         name=task.spec.name,
     )
+
+
+def _check_aware(*stamps: datetime | None) -> None:
+    """Refuse naive timestamps, as the SQL backends do: they cannot be compared with the others."""
+    for stamp in stamps:
+        if stamp is not None and stamp.utcoffset() is None:
+            raise InvalidArgumentError(
+                f"naive datetime {stamp!r}: durable stores timezone-aware times"
+            )
 
 
 def _check_limit(limit: int) -> None:

@@ -1715,6 +1715,38 @@ class BackendContractTests:
         )
         assert info.output == "fine" and info.version == stored.version + 1
 
+    async def test_naive_timestamps_are_refused(self, backend: PersistentBackend) -> None:
+        naive = datetime(2024, 1, 1, 12, 0)
+        for snapshot, spec in (
+            (WorkflowSnapshot(id="wf", name="wf", created_at=naive), None),
+            (WorkflowSnapshot(id="wf", name="wf", steps=(step(0, completed_at=naive),)), None),
+            (
+                WorkflowSnapshot(id="wf", name="wf"),
+                TaskSpec(instance_id="wf", name="wf", run_after=naive),
+            ),
+        ):
+            with pytest.raises(InvalidArgumentError, match="naive"):
+                await backend.create_workflow(snapshot, task=spec)
+        with pytest.raises(InvalidArgumentError):
+            await backend.save_snapshot(WorkflowSnapshot(id="wf", name="wf", started_at=naive))
+        with pytest.raises(WorkflowNotFoundError):
+            await backend.get_workflow("wf")
+        assert await backend.find_available_tasks("w", 10) == []
+
+        await running(backend, "ok", "w1")
+        stored = await backend.load_snapshot("ok")
+        with pytest.raises(InvalidArgumentError):
+            await backend.save_snapshot(dataclasses.replace(stored, completed_at=naive))
+        with pytest.raises(InvalidArgumentError):
+            await backend.record_step("ok", step(0, started_at=naive), worker_id="w1")
+        with pytest.raises(InvalidArgumentError):
+            await backend.add_task(
+                TaskSpec(instance_id="ok", task_id="t", name="t", run_after=naive)
+            )
+        assert await backend.load_snapshot("ok") == stored
+        assert await backend.find_available_tasks("w2", 10) == []
+        assert [i.id for i in await backend.list_snapshots()] == ["ok"]
+
     # -- resources --------------------------------------------------------------------------
 
     async def test_no_connections_leaked(self, backend: PersistentBackend) -> None:

@@ -267,6 +267,12 @@ class SQLAlchemyBackend(PersistentBackend):
                 f"database error at {url} while trying to {what or 'run a query'}: "
                 f"{_first_line(exc.orig)}"
             ) from exc
+        except sa.exc.StatementError as exc:  # a column type refused a value: a naive datetime
+            if isinstance(exc.orig, ValueError):
+                raise InvalidArgumentError(
+                    f"cannot {what or 'run a query'}: {exc.orig}"
+                ) from exc
+            raise
 
     # -- wake-ups -----------------------------------------------------------------------------
 
