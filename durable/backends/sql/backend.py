@@ -269,9 +269,7 @@ class SQLAlchemyBackend(PersistentBackend):
             ) from exc
         except sa.exc.StatementError as exc:  # a column type refused a value: a naive datetime
             if isinstance(exc.orig, ValueError):
-                raise InvalidArgumentError(
-                    f"cannot {what or 'run a query'}: {exc.orig}"
-                ) from exc
+                raise InvalidArgumentError(f"cannot {what or 'run a query'}: {exc.orig}") from exc
             raise
 
     # -- wake-ups -----------------------------------------------------------------------------
