@@ -1,13 +1,13 @@
-"""Quickstart: a workflow whose progress survives a crash, stored in a SQLite file.
+"""The storage API by hand: what the runtime does for you, for people writing a backend.
 
 To run:
 
-    python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/python examples/quickstart.py
+    python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/python examples/backend_api.py
 
 No database server is needed. Then see it resume after a crash:
 
-    .venv/bin/python examples/quickstart.py --db crash.db --crash-after 2  # dies after step 2
-    .venv/bin/python examples/quickstart.py --db crash.db  # resumes: steps 1-2 are not re-run
+    .venv/bin/python examples/backend_api.py --db crash.db --crash-after 2  # dies after step 2
+    .venv/bin/python examples/backend_api.py --db crash.db  # resumes: steps 1-2 are not re-run
 
 This drives durable's storage API (a ``PersistentBackend``) by hand, the way durable's runtime does
 for you: claim the workflow's task, record each step's result before going on to the next, and on
