@@ -104,8 +104,9 @@ class Runtime:
         work of other executors is taken over only after their leases expire.
     :param claim_ttl: seconds a lease lasts without a heartbeat.
     :param heartbeat_interval: seconds between heartbeats (default a third of ``claim_ttl``).
-    :param recover: on start, resume unfinished workflows this process has registered: its own
-        at once, others' whose leases expired (default True).
+    :param recover: on start, resume started, unfinished executions of the workflows this
+        process has registered: its own at once, others' whose leases expired (default True).
+        Executions that never started are left to workers (:meth:`start_worker`).
     :param poll_interval: seconds between looks at a workflow another executor is running.
     :param registry: where workflow names are looked up (default: the decorators' registry).
     :param max_threads: worker threads for sync workflows and sync steps.
@@ -826,22 +827,24 @@ class Runtime:
 
     # -- recovery -----------------------------------------------------------------------------
 
-    async def recover(self, *, limit: int = 100) -> list[str]:
-        """Resume, in the background, unfinished executions of the workflows registered here:
-        this executor's own at once, others' whose leases have expired. Returns their ids."""
+    async def recover(self, *, limit: int = 1000) -> list[str]:
+        """Resume, in the background, executions of the workflows registered here that were
+        started and not finished: this executor's own at once, others' once their leases have
+        expired. Returns their ids. Work that never started is left to workers.
+        """
         self._require_started()
         names = self.registry.names()
         if not names:
             return []
-        claims = await self.backend.claim_available_tasks(
-            self.executor_id, limit, self.claim_ttl, names=names
-        )
+        found = await self.backend.find_available_tasks(self.executor_id, limit, names=names)
         resumed = []
-        for claim in claims:
-            if claim.task_id != WORKFLOW_TASK:
-                await self.backend.release_task_claim(
-                    claim.instance_id, claim.task_id, self.executor_id
-                )
+        for task in found:
+            if task.task_id != WORKFLOW_TASK or task.attempts == 0:
+                continue
+            claim = await self.backend.claim_task(
+                task.instance_id, WORKFLOW_TASK, self.executor_id, self.claim_ttl, due_only=True
+            )
+            if claim is None:
                 continue
             wf = self.registry.get(claim.name)
             resumed.append(claim.instance_id)

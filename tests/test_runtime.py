@@ -471,3 +471,20 @@ async def test_inspection_lists_by_status_and_name(backend_url: str) -> None:
         page = await rt.list_workflows(limit=2)
         rest = await rt.list_workflows(limit=2, cursor=page.next_cursor)
         assert len(page) == 2 and len(rest) == 2 and rest.next_cursor is None
+
+
+async def test_recovery_resumes_started_work_and_leaves_fresh_work_to_workers(
+    backend_url: str,
+) -> None:
+    backend = durable.connect(backend_url)
+    async with durable.Runtime(backend, recover=False, executor_id="producer") as rt:
+        fresh = await rt.enqueue(child, 1)  # never started
+        started = await rt.enqueue(child, 2)
+        # an executor that died mid-run: its lease runs out
+        await backend.claim_task(started, WORKFLOW_TASK, "dead", timedelta(seconds=0.2))
+        await backend.begin_execution(started, "dead")
+        await asyncio.sleep(0.3)
+        assert await rt.recover() == [started]
+        assert await rt.result(started, timeout=10) == 102
+        assert (await rt.get_workflow(fresh)).status is WorkflowStatus.PENDING
+        assert (await rt.get_workflow(started)).executor_id == "producer"
