@@ -339,7 +339,7 @@ _START_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_processes_starting_at_once_on_a_fresh_database_all_succeed(
-    request: pytest.FixtureRequest, db_url: str, engine: sa.Engine
+    db_url: str, engine: sa.Engine
 ) -> None:
     at = time.time() + 3  # time enough for every interpreter to import durable
     procs = [
