@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import threading
+import time
 from collections.abc import Coroutine, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -25,12 +26,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from durable.errors import (
+    ClaimLostError,
     DurableError,
     NonDeterminismError,
     SerializationError,
     StepError,
 )
-from durable.models import ErrorInfo, StepRecord, StepStatus
+from durable.models import WORKFLOW_TASK, ErrorInfo, StepRecord, StepStatus
 
 if TYPE_CHECKING:
     from durable.runtime import Runtime
@@ -86,6 +88,36 @@ class ExecutionContext:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     divergence: NonDeterminismError | None = None
     """Set when the replay diverged: the workflow fails with it whatever its code does next."""
+    lease_deadline: float = 0.0
+    """When this executor's lease runs out, by the local monotonic clock (conservatively: the
+    time just before the claim or heartbeat that set it, plus the lease's duration)."""
+    lease_lost: ClaimLostError | None = None
+    """Set when a heartbeat found the lease taken: nothing more may run or be recorded."""
+
+    async def ensure_lease(self) -> None:
+        """Before a step's body runs: make sure this executor still holds the workflow's lease,
+        so that an executor that was frozen past its lease (a long pause, a blocked loop) does
+        not run a step that its successor may already have completed.
+
+        Free while heartbeats are on time; one renewal (which fails if another executor took
+        over) once the local deadline has passed.
+
+        :raises ClaimLostError: the lease is gone.
+        """
+        if self.lease_lost is not None:
+            raise self.lease_lost
+        if time.monotonic() < self.lease_deadline:
+            return
+        runtime = self.runtime
+        before = time.monotonic()
+        try:
+            await runtime.backend.extend_task_claim(
+                self.workflow_id, WORKFLOW_TASK, self.executor_id, runtime.claim_ttl
+            )
+        except ClaimLostError as exc:
+            self.lease_lost = exc
+            raise
+        self.lease_deadline = before + runtime.claim_ttl.total_seconds()
 
     def next_position(self) -> int:
         with self._lock:
@@ -257,6 +289,8 @@ class StepGuard:
         self.recorded = record
 
     async def __aenter__(self) -> StepGuard:
+        if not self.replayed:
+            await self.ctx.ensure_lease()
         self._token = _in_step.set(True)
         return self
 

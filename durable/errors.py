@@ -49,8 +49,20 @@ class DurableError(Exception):
     def message(self) -> str:
         return str(self.args[0])
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # subclasses take other constructor arguments than ``args``: rebuild without calling
+        # __init__, so that errors cross process boundaries (multiprocessing, pools) intact
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
     def __str__(self) -> str:
         return self.message
+
+
+def _rebuild(cls: type[DurableError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigurationError(DurableError):

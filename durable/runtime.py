@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -390,6 +391,7 @@ class Runtime:
 
     async def _execute(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
         """Run the body under this executor's lease (already claimed) and record the outcome."""
+        leased_at = time.monotonic()  # the claim was taken before this: a safe lower bound
         snapshot = await self.backend.begin_execution(instance_id, self.executor_id)
         if snapshot.max_attempts is not None and snapshot.attempts > snapshot.max_attempts:
             # every allowed attempt started and none finished: its executors kept dying
@@ -415,10 +417,13 @@ class Runtime:
             loop=self._loop,
             loop_thread=self._loop_thread,
             is_async=wf.is_async,
+            lease_deadline=leased_at + self.claim_ttl.total_seconds(),
         )
         payload = snapshot.input or {}
         args, kwargs = payload.get("args", []), payload.get("kwargs", {})
-        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(instance_id))
+        heartbeat = asyncio.get_running_loop().create_task(
+            self._heartbeat(instance_id, context=ctx)
+        )
         try:
             try:
                 output = await self._invoke(ctx, wf, args, kwargs)
@@ -531,14 +536,27 @@ class Runtime:
             except DurableError as exc:
                 log.warning("node heartbeat failed: %s", exc, extra={"action": "node.heartbeat"})
 
-    async def _heartbeat(self, instance_id: str, task_id: str = WORKFLOW_TASK) -> None:
+    async def _heartbeat(
+        self,
+        instance_id: str,
+        task_id: str = WORKFLOW_TASK,
+        *,
+        context: ExecutionContext | None = None,
+    ) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
+            before = time.monotonic()
             try:
                 await self.backend.extend_task_claim(
                     instance_id, task_id, self.executor_id, self.claim_ttl
                 )
+                if context is not None:
+                    context.lease_deadline = before + self.claim_ttl.total_seconds()
             except (ClaimLostError, TaskNotFoundError) as exc:
+                if context is not None:
+                    context.lease_lost = ClaimLostError(
+                        instance_id, task_id, self.executor_id, getattr(exc, "holder", None)
+                    )
                 log.warning(
                     "lost the lease on workflow %s: %s",
                     instance_id,
@@ -581,6 +599,7 @@ class Runtime:
         """
         if guard.replayed:
             return guard.replay()
+        await ctx.ensure_lease()
         pending = guard.pending
         child_id = pending.child_workflow_id if pending else None
         if child_id is None:
@@ -667,6 +686,7 @@ class Runtime:
         guard = ctx.guard(f"enqueue:{name}")
         if guard.replayed:
             return guard.replay()  # type: ignore[no-any-return]
+        await ctx.ensure_lease()
         instance_id = workflow_id or f"{ctx.workflow_id}/{guard.position}"
         info = await self._create(
             target, instance_id, args, kwargs, parent_id=ctx.workflow_id, options=options

@@ -47,7 +47,14 @@ class JSONSerializer(Serializer):
 
     def dumps(self, value: Any) -> str:
         try:
-            return self._encoder.encode(value)
+            text = self._encoder.encode(value)
+            text.encode("utf-8")  # a lone surrogate is valid Python text but no database's
+            return text
+        except UnicodeEncodeError as exc:
+            raise SerializationError(
+                f"cannot store a value of type {type(value).__qualname__} as JSON: it contains "
+                f"text that is not valid Unicode ({exc.reason} at position {exc.start})"
+            ) from exc
         except (TypeError, ValueError) as exc:
             raise SerializationError(
                 f"cannot serialize a value of type {_type_name(value, exc)} as JSON: {exc}"

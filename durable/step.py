@@ -75,6 +75,7 @@ class Step(Generic[P, T]):
         """Run the step for an async workflow, with retries; persist the outcome."""
         if guard.replayed:
             return guard.replay()
+        await guard.ctx.ensure_lease()
         ok, value, attempts = await self.attempt(args, kwargs, guard.ctx.runtime.sleep)
         if not ok:
             await guard.fail(value, attempts=attempts)
@@ -87,6 +88,7 @@ class Step(Generic[P, T]):
         """Run a sync step in a sync workflow's thread; persistence goes through the loop."""
         if guard.replayed:
             return guard.replay()
+        ctx.block_on(ctx.ensure_lease())
         attempt = 0
         while True:
             attempt += 1

@@ -16,7 +16,7 @@ tests check that
 
 Also: executions killed again and again; zombies (an executor frozen with SIGSTOP, so without
 heartbeat, while another takes over, then woken up: its late writes are refused, and it must not
-start a step the other one completed, which it does today: see the xfail); and fencing in one
+start a step the other one completed: it checks its lease before every step); and fencing in one
 process, two runtimes racing for one execution: the one whose lease expired mid-step cannot
 record that step, and the stored outcomes are the new holder's.
 
@@ -595,13 +595,6 @@ def test_a_zombie_step_in_flight_is_not_recorded(
     run_zombie(db_url, spawn, tmp_path, [("inside", 2), ("before_checkpoint", 2)])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a runtime whose lease was lost while it was frozen starts the next step anyway "
-    "(durable/runtime.py _heartbeat only logs the loss; nothing checks the lease before a step "
-    "body runs), so a step exec-B already completed runs again in the zombie",
-)
 def test_a_zombie_starts_no_step_after_losing_its_lease(
     sqlite_url: str, spawn: Callable[..., Program], tmp_path: Path
 ) -> None:

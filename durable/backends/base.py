@@ -402,9 +402,11 @@ class PersistentBackend(ABC):
     async def extend_task_claim(
         self, instance_id: str, task_id: str, worker_id: str, ttl: timedelta
     ) -> TaskClaim:
-        """Make ``worker_id``'s claim expire ``ttl`` from now (a heartbeat).
+        """Make ``worker_id``'s claim expire ``ttl`` from now (a heartbeat). A claim that
+        expired but that nobody took over in the meantime is still ``worker_id``'s, and is
+        renewed.
 
-        :raises ClaimLostError: another worker holds the task, or nobody does.
+        :raises ClaimLostError: another worker holds the task, or nobody does (it was released).
         :raises TaskNotFoundError: no such task.
         """
 

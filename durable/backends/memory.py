@@ -196,6 +196,7 @@ class InMemoryBackend(PersistentBackend):
     async def create_workflow(
         self, snapshot: WorkflowSnapshot, *, task: TaskSpec | None = None
     ) -> tuple[WorkflowInfo, bool]:
+        self._store_info(snapshot)  # a value the serializer rejects fails first, as in SQL
         with self._lock:
             existing_id = snapshot.id if snapshot.id in self._workflows else None
             if existing_id is None and snapshot.idempotency_key is not None:
