@@ -171,7 +171,10 @@ class TaskSpec:
     priority: int = 0
     """Lower runs first; equal priorities run in creation order."""
     run_after: datetime | None = None
-    """Not available before this time (None: at once)."""
+    """Not available before this time (None: at once, or after ``delay``)."""
+    delay: timedelta | None = None
+    """When ``run_after`` is None: not available until this long after it is created, by the
+    backend's clock (the database's on PostgreSQL)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -85,6 +85,7 @@ class EnqueueOptions:
     idempotency_key: str | None = None
     priority: int = 0
     run_after: datetime | None = None
+    delay: timedelta | None = None
     max_attempts: int | None = None
     queue: str | None = None
 
@@ -346,6 +347,7 @@ class Runtime:
             queue=queue,
             priority=opts.priority,
             run_after=opts.run_after,
+            delay=opts.delay,
         )
         info, created = await self.backend.create_workflow(snapshot, task=task)
         if info.name != name:
@@ -641,7 +643,9 @@ class Runtime:
         :param idempotency_key: a duplicate enqueue with the same key creates nothing and
             returns the existing execution's id.
         :param priority: lower runs first; FIFO within a priority.
-        :param run_after: not before this (timezone-aware) time; or ``delay`` seconds from now.
+        :param run_after: not before this (timezone-aware) time.
+        :param delay: or not before this many seconds (or this timedelta) from now, by the
+            backend's clock (the database's on PostgreSQL).
         :param max_attempts: attempts before dead-lettering (default: the workflow's policy,
             3 attempts: at once, +1 minute, +4 minutes).
         :param queue: the queue (default: the workflow's, else ``"default"``).
@@ -663,9 +667,11 @@ class Runtime:
         else:
             target = self.resolve(fn)
         name = target if isinstance(target, str) else target.name
+        wait: timedelta | None = None
         if delay is not None:
-            seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-            run_after = datetime.now(UTC) + timedelta(seconds=seconds)
+            if run_after is not None:
+                raise InvalidArgumentError("give run_after or delay, not both")
+            wait = delay if isinstance(delay, timedelta) else timedelta(seconds=float(delay))
         if run_after is not None and run_after.tzinfo is None:
             raise InvalidArgumentError(f"run_after must be timezone-aware, got {run_after!r}")
         if max_attempts is None:
@@ -674,6 +680,7 @@ class Runtime:
             idempotency_key=idempotency_key,
             priority=priority,
             run_after=run_after,
+            delay=wait,
             max_attempts=max_attempts,
             queue=queue,
         )

@@ -750,13 +750,6 @@ async def test_non_retryable_errors_and_max_attempts_override_on_a_fake_clock() 
         assert backend.task_keys() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Runtime.enqueue turns delay= into run_after with the wall clock "
-    "(datetime.now), not the backend's clock: on InMemoryBackend(clock=fake) a delayed "
-    "execution is due at once (and on PostgreSQL, where leases follow the database clock, "
-    "an enqueue delay follows the client's clock)",
-)
 async def test_enqueue_delay_follows_the_backend_clock() -> None:
     clock = FakeClock(datetime(2030, 1, 1, 12, 0, tzinfo=UTC))
     backend = durable.InMemoryBackend(clock=clock)

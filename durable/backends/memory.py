@@ -181,7 +181,8 @@ class InMemoryBackend(PersistentBackend):
         key = (spec.instance_id, spec.task_id)
         if key in self._tasks:
             return False
-        self._tasks[key] = _Task(spec=spec, seq=next(self._seq), run_after=spec.run_after or now)
+        due = spec.run_after or (now + spec.delay if spec.delay is not None else now)
+        self._tasks[key] = _Task(spec=spec, seq=next(self._seq), run_after=due)
         return True
 
     def _held(self, instance_id: str, task_id: str, worker_id: str, now: datetime) -> _Task:

@@ -454,7 +454,7 @@ class SQLAlchemyBackend(PersistentBackend):
             for c in ("instance_id", "task_id", "name", "queue", "priority", "created_at")
         }
         task_values["run_after"] = sa.func.coalesce(
-            sa.bindparam("t_run_after", type_=UTCDateTime()), now
+            sa.bindparam("t_run_after", type_=UTCDateTime()), d.later("delay")
         )
         task_values["attempts"] = sa.literal(0)
         self._insert_task = sa.insert(tasks).values(task_values)
@@ -626,7 +626,9 @@ class SQLAlchemyBackend(PersistentBackend):
             "t_priority": spec.priority,
             "t_run_after": spec.run_after,
             "t_created_at": now,
-            **self.dialect.clock_params(),
+            **self.dialect.clock_params(
+                delay=spec.delay.total_seconds() if spec.delay is not None else 0.0
+            ),
         }
 
     def _claim(self, row: sa.Row[Any]) -> TaskClaim:
