@@ -1,0 +1,225 @@
+"""The worker benchmarks in ``benchmarks/`` (throughput, latency, contention, memory, vs_dbos)
+still run: each one's ``--quick`` mode, made smaller still, on SQLite and on PostgreSQL. Only the
+shape of the results is checked, never a timing. Every one starts processes, hence ``slow``."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+pytestmark = pytest.mark.slow
+
+SIZES = {
+    "throughput": ["--workflows", "6", "--trivial", "6", "--processes", "1,2",
+                   "--concurrency", "2"],
+    "latency": ["--samples", "4", "--poll-samples", "2", "--warmup", "1"],
+    "contention": ["--tasks", "60", "--processes", "3", "--batch", "7"],
+    "memory": ["--workflows", "40", "--concurrency", "4"],
+    "vs_dbos": ["--steps", "3", "--workflows", "4", "--concurrency", "2"],
+}  # fmt: skip
+
+
+def _benchmark(name: str) -> ModuleType:
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
+
+
+def _run(name: str, backend: str, tmp_path: Path, url_args: list[str]) -> dict[str, Any]:
+    out = tmp_path / f"{name}.json"
+    args = ["--quick", "--backend", backend, "--json", str(out), *url_args, *SIZES[name]]
+    document: dict[str, Any] = _benchmark(name).main(args)
+    assert document["benchmark"] == name
+    assert json.loads(out.read_text())["results"].keys() == document["results"].keys()
+    assert list(document["results"]) == [backend]
+    machine = document["machine"]
+    assert machine["cpu_count"] >= 1 and machine["python"]
+    assert len(machine["load_average_at_start"]) == 3
+    if backend == "postgres":
+        assert machine["postgres"]["server_version"] > 0
+    assert document["targets"]
+    for t in document["targets"]:
+        assert t["backend"] == backend
+        assert isinstance(t["pass"], bool)
+        assert t["value"] >= 0 and t["limit"] >= 0
+    return document
+
+
+def _sqlite(tmp_path: Path) -> list[str]:
+    return ["--sqlite-dir", str(tmp_path)]
+
+
+def _postgres(pg_url: str) -> list[str]:
+    return ["--pg-url", pg_url]
+
+
+def _distribution(d: dict[str, Any], n: int) -> None:
+    assert d["n"] == n
+    assert d["min"] <= d["p50"] <= d["p90"] <= d["p99"] <= d["max"]
+
+
+# -- throughput ---------------------------------------------------------------------------------
+
+
+def _check_throughput(document: dict[str, Any], backend: str) -> None:
+    result = document["results"][backend]
+    runs = result["runs"]
+    assert [(r["workload"], r["processes"]) for r in runs] == [
+        ("three-step", 1),
+        ("three-step", 2),
+        ("trivial", 1),
+        ("trivial", 2),
+    ]
+    for r in runs:
+        assert r["workflows"] == 6 and r["not_succeeded"] == 0
+        assert r["statuses"] == {"succeeded": 6}
+        assert sum(r["per_worker_completed"]) == 6
+        assert len(r["per_worker_completed"]) == r["processes"]
+        assert r["enqueue"]["count"] == 6 and r["enqueue"]["per_second"] > 0
+        assert r["workflows_per_second"] > 0 and r["active_workflows_per_second"] > 0
+        assert r["steps_per_second"] == pytest.approx(
+            r["workflows_per_second"] * r["steps_per_workflow"], rel=0.01
+        )
+    assert set(result["scaling"]) == {"three-step", "trivial"}
+    assert result["scaling"]["trivial"]["1"] == 1.0
+
+
+def test_throughput_sqlite(tmp_path: Path) -> None:
+    document = _run("throughput", "sqlite", tmp_path, _sqlite(tmp_path))
+    _check_throughput(document, "sqlite")
+
+
+@pytest.mark.postgres
+def test_throughput_postgres(pg_url: str, tmp_path: Path) -> None:
+    document = _run("throughput", "postgres", tmp_path, _postgres(pg_url))
+    _check_throughput(document, "postgres")
+
+
+# -- latency ------------------------------------------------------------------------------------
+
+
+def _check_latency(document: dict[str, Any], backend: str) -> None:
+    cases = document["results"][backend]["cases"]
+    paths = [(c["where"], c["path"]) for c in cases]
+    if backend == "postgres":
+        assert paths == [
+            ("another process", "LISTEN/NOTIFY"),
+            ("same process", "in-process wake-up"),
+        ]
+    else:
+        assert paths == [("another process", "polling"), ("same process", "in-process wake-up")]
+        assert cases[0]["poll_interval"] == 0.1 and not cases[0]["target_applies"]
+    for case in cases:
+        n = 2 if case["path"] == "polling" else 4
+        for key in ("from_call_ms", "from_commit_ms", "enqueue_ms"):
+            _distribution(case[key], n)
+        assert len(case["samples_ms"]) == n
+    assert len(document["targets"]) == sum(c["target_applies"] for c in cases)
+
+
+def test_latency_sqlite(tmp_path: Path) -> None:
+    document = _run("latency", "sqlite", tmp_path, _sqlite(tmp_path))
+    _check_latency(document, "sqlite")
+
+
+@pytest.mark.postgres
+def test_latency_postgres(pg_url: str, tmp_path: Path) -> None:
+    document = _run("latency", "postgres", tmp_path, _postgres(pg_url))
+    _check_latency(document, "postgres")
+
+
+# -- contention ---------------------------------------------------------------------------------
+
+
+def _check_contention(document: dict[str, Any], backend: str) -> None:
+    result = document["results"][backend]
+    assert result["creation"]["count"] == 60
+    assert [r["mode"] for r in result["rounds"]] == ["claim", "claim + complete"]
+    for r in result["rounds"]:
+        assert r["tasks"] == r["claims"] == 60
+        assert r["claimed_twice"] == r["missed"] == r["unknown"] == 0
+        assert r["database"]["ok"] is True
+        assert sum(r["per_process_claims"]) == 60 and len(r["per_process_claims"]) == 3
+        assert r["claims_per_second"] > 0
+        assert r["claim_call_ms"]["n"] == r["claim_calls"] - r["errors"]
+    assert all(t["pass"] for t in document["targets"])  # correctness, not speed
+
+
+def test_contention_sqlite(tmp_path: Path) -> None:
+    document = _run("contention", "sqlite", tmp_path, _sqlite(tmp_path))
+    _check_contention(document, "sqlite")
+
+
+@pytest.mark.postgres
+def test_contention_postgres(pg_url: str, tmp_path: Path) -> None:
+    document = _run("contention", "postgres", tmp_path, _postgres(pg_url))
+    _check_contention(document, "postgres")
+
+
+# -- memory -------------------------------------------------------------------------------------
+
+
+def _check_memory(document: dict[str, Any], backend: str) -> None:
+    r = document["results"][backend]
+    assert r["workflows"] == 40 and r["not_succeeded"] == 0
+    assert set(r["rss_at_mb"]) == {"10", "50", "100"}
+    assert all(v > 0 for v in r["rss_at_mb"].values())
+    assert r["done_at_mark"]["100"] == 40
+    assert r["rss_peak_mb"] >= max(r["rss_at_mb"].values())
+    assert r["growth_mb"] == pytest.approx(r["rss_at_mb"]["100"] - r["rss_at_mb"]["10"], abs=0.02)
+    assert r["samples"] and r["samples"][-1]["done"] == 40
+    assert r["worker"]["completed"] == 40
+
+
+def test_memory_sqlite(tmp_path: Path) -> None:
+    document = _run("memory", "sqlite", tmp_path, _sqlite(tmp_path))
+    _check_memory(document, "sqlite")
+
+
+@pytest.mark.postgres
+def test_memory_postgres(pg_url: str, tmp_path: Path) -> None:
+    document = _run("memory", "postgres", tmp_path, _postgres(pg_url))
+    _check_memory(document, "postgres")
+
+
+# -- vs_dbos ------------------------------------------------------------------------------------
+
+
+def _check_vs_dbos(document: dict[str, Any], backend: str) -> None:
+    r = document["results"][backend]
+    overhead = r["overhead"]
+    for system in ("durable", "dbos"):
+        for shape in ("async", "sync"):
+            summary = overhead[f"{system}_{shape}_step_us"]
+            assert summary["n"] == 1 and summary["median"] > 0
+    assert overhead["async_ratio"] > 0 and overhead["sync_ratio"] > 0
+    mine = r["throughput"]["durable"]
+    assert mine["workflows"] == 4 and mine["not_succeeded"] == 0
+    [theirs] = r["throughput"]["dbos"]
+    assert theirs["polling_interval"] == 1.0
+    assert theirs["workflows"] == 4 and theirs["not_succeeded"] == 0
+    assert theirs["statuses"] == {"SUCCESS": 4}
+    assert theirs["ratio"] > 0
+    assert document["machine"]["dbos"]
+    assert len(document["targets"]) == 3
+
+
+def test_vs_dbos_sqlite(tmp_path: Path) -> None:
+    pytest.importorskip("dbos")
+    document = _run("vs_dbos", "sqlite", tmp_path, _sqlite(tmp_path))
+    _check_vs_dbos(document, "sqlite")
+
+
+@pytest.mark.postgres
+def test_vs_dbos_postgres(pg_url: str, tmp_path: Path) -> None:
+    pytest.importorskip("dbos")
+    document = _run("vs_dbos", "postgres", tmp_path, _postgres(pg_url))
+    _check_vs_dbos(document, "postgres")
