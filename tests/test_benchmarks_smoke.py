@@ -1,0 +1,139 @@
+"""The benchmarks in ``benchmarks/`` still run: each main function at tiny sizes, on SQLite and on
+PostgreSQL. Only the shape of the results is checked, never a timing."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+OVERHEAD_ARGS = ["--steps", "5", "--repeat", "2", "--warmup", "1"]
+SCALING_ARGS = [
+    "--history", "20", "--window", "5", "--history-repeat", "1",
+    "--finished", "200", "--steps-per-workflow", "3", "--chunk", "64",
+    "--iterations", "4", "--short-steps", "3", "--warmup", "1",
+]  # fmt: skip
+
+
+def _benchmark(name: str) -> ModuleType:
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
+
+
+def _positive(summary: dict[str, Any]) -> None:
+    assert summary["n"] >= 1
+    for key in ("median", "min", "max", "p25", "p75"):
+        assert summary[key] > 0, (key, summary)
+
+
+def _check_document(document: dict[str, Any], path: Path, backend: str) -> None:
+    assert json.loads(path.read_text())["results"].keys() == document["results"].keys()
+    machine = document["machine"]
+    assert machine["cpu_count"] >= 1
+    assert machine["python"] and machine["sqlite_version"]
+    if backend == "postgres":
+        assert machine["postgres"]["server_version"] > 0
+    assert list(document["results"]) == [backend]
+    assert document["targets"]
+    for t in document["targets"]:
+        assert t["backend"] == backend
+        assert isinstance(t["pass"], bool)
+        assert t["value"] >= 0 and t["limit"] >= 0
+
+
+def _check_overhead(document: dict[str, Any], backend: str) -> None:
+    result = document["results"][backend]
+    for key in (
+        "floor_us",
+        "floor_cpu_us",
+        "async_step_us",
+        "async_step_cpu_us",
+        "async_step_end_to_end_us",
+        "sync_step_us",
+        "sync_step_cpu_us",
+        "sync_step_end_to_end_us",
+    ):
+        _positive(result[key])
+    assert result["async_step_us"]["n"] == 2
+    assert result["async_ratio"] > 0 and result["sync_ratio"] > 0
+    paired = result["paired"]
+    _positive(paired["step_us"])
+    _positive(paired["floor_us"])
+    assert paired["step_us"]["n"] == 2 * 5
+    assert paired["ratio"] > 0
+
+
+def _check_scaling(document: dict[str, Any], backend: str) -> None:
+    result = document["results"][backend]
+    history = result["history"]
+    _positive(history["early_step_us"])
+    _positive(history["late_step_us"])
+    assert history["early_step_us"]["n"] == history["late_step_us"]["n"] == 5
+    assert history["ratio"] > 0
+    finished = result["finished"]
+    assert finished["finished"] == 200
+    for label in ("empty", "loaded"):
+        for key in ("claim_us", "run_us", "step_us"):
+            _positive(finished[label][key])
+        assert finished[label]["claim_us"]["n"] == 4
+    for key in ("claim_ratio", "step_ratio", "run_ratio"):
+        assert finished[key] > 0
+    assert finished["loaded_database_bytes"] > 0
+    explain = result["explain"]
+    assert explain["table_rows"]["durable_workflows"] >= 200
+    assert explain["table_rows"]["durable_steps"] >= 600
+    for name in ("claim", "record_step"):
+        info = explain[name]
+        assert info["sql"].strip() and info["plan"].strip()
+        assert any(s["table"] == "durable_tasks" for s in info["scans"])
+        assert isinstance(info["uses_indexes"], bool)
+        if backend == "postgres":
+            assert any(s["index"] for s in info["scans_with_seqscan_off"])
+    assert "durable_steps" in explain["record_step"]["sql"]
+    assert explain["record_step"].get("matches_prebuilt_statement", True) is True
+
+
+def test_step_overhead_sqlite(tmp_path: Path) -> None:
+    out = tmp_path / "overhead.json"
+    bench = _benchmark("step_overhead")
+    args = ["--backend", "sqlite", "--sqlite-dir", str(tmp_path), "--json", str(out)]
+    document = bench.main([*args, *OVERHEAD_ARGS])
+    _check_document(document, out, "sqlite")
+    _check_overhead(document, "sqlite")
+
+
+@pytest.mark.postgres
+def test_step_overhead_postgres(pg_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "overhead.json"
+    bench = _benchmark("step_overhead")
+    args = ["--backend", "postgres", "--pg-url", pg_url, "--json", str(out)]
+    document = bench.main([*args, *OVERHEAD_ARGS])
+    _check_document(document, out, "postgres")
+    _check_overhead(document, "postgres")
+
+
+def test_step_scaling_sqlite(tmp_path: Path) -> None:
+    out = tmp_path / "scaling.json"
+    bench = _benchmark("step_scaling")
+    args = ["--backend", "sqlite", "--sqlite-dir", str(tmp_path), "--json", str(out)]
+    document = bench.main([*args, *SCALING_ARGS])
+    _check_document(document, out, "sqlite")
+    _check_scaling(document, "sqlite")
+
+
+@pytest.mark.postgres
+def test_step_scaling_postgres(pg_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "scaling.json"
+    bench = _benchmark("step_scaling")
+    args = ["--backend", "postgres", "--pg-url", pg_url, "--json", str(out)]
+    document = bench.main([*args, *SCALING_ARGS])
+    _check_document(document, out, "postgres")
+    _check_scaling(document, "postgres")
