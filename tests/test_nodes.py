@@ -75,3 +75,22 @@ async def test_executors_record_heartbeats_and_stale_ones_are_detected(backend_u
             return  # a new in-memory backend starts empty
         found = {e.id: e for e in await again.list_executors(stale_after=timedelta(seconds=60))}
         assert found["node-1"].stopped_at is not None
+
+
+@pytest.mark.postgres
+async def test_postgres_notify_wakes_a_waiter_of_another_backend(pg_url: str) -> None:
+    """LISTEN/NOTIFY: work committed through one backend (as by another process) wakes a worker
+    waiting on another at once, long before its poll timeout."""
+    async with durable.connect(pg_url) as waiting, durable.connect(pg_url) as producing:
+        await waiting.wait_for_work(0.5)  # starts listening; absorbs the catch-up wake-up
+        await waiting.wait_for_work(0.5)
+        loop = asyncio.get_running_loop()
+        waiter = asyncio.create_task(waiting.wait_for_work(30))
+        await asyncio.sleep(0.2)
+        started = loop.time()
+        await producing.create_workflow(
+            durable.WorkflowSnapshot(id="n-1", name="n"),
+            task=durable.TaskSpec(instance_id="n-1", name="n"),
+        )
+        await asyncio.wait_for(waiter, 10)
+        assert loop.time() - started < 5  # woken by the notification, not the 30 s timeout
