@@ -94,6 +94,10 @@ class ExecutionContext:
     lease_lost: ClaimLostError | None = None
     """Set when a heartbeat found the lease taken: nothing more may run or be recorded."""
 
+    def lease_fresh(self) -> bool:
+        """True while the lease is certainly held (no I/O; safe from any thread)."""
+        return self.lease_lost is None and time.monotonic() < self.lease_deadline
+
     async def ensure_lease(self) -> None:
         """Before a step's body runs: make sure this executor still holds the workflow's lease,
         so that an executor that was frozen past its lease (a long pause, a blocked loop) does
@@ -104,10 +108,10 @@ class ExecutionContext:
 
         :raises ClaimLostError: the lease is gone.
         """
+        if self.lease_fresh():
+            return
         if self.lease_lost is not None:
             raise self.lease_lost
-        if time.monotonic() < self.lease_deadline:
-            return
         runtime = self.runtime
         before = time.monotonic()
         try:

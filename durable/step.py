@@ -88,7 +88,8 @@ class Step(Generic[P, T]):
         """Run a sync step in a sync workflow's thread; persistence goes through the loop."""
         if guard.replayed:
             return guard.replay()
-        ctx.block_on(ctx.ensure_lease())
+        if not ctx.lease_fresh():  # checked here first: a hop to the loop costs more
+            ctx.block_on(ctx.ensure_lease())
         attempt = 0
         while True:
             attempt += 1
