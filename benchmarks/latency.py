@@ -234,6 +234,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     backends = ["sqlite", "postgres"] if args.backend == "all" else [args.backend]
     load_at_start = [round(x, 2) for x in os.getloadavg()]
+    git_at_start = wl.git_state()
     results: dict[str, dict[str, Any]] = {}
     sqlite_dir = args.sqlite_dir or Path(tempfile.mkdtemp(prefix="durable-bench-"))
     sqlite_dir.mkdir(parents=True, exist_ok=True)
@@ -256,8 +257,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "machine": {
             **bl.machine_info(args.pg_url if "postgres" in backends else None),
-            "load_average_at_start": load_at_start,
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            **wl.run_context(git_at_start, load_at_start),
         },
         "results": results,
         "targets": evaluate(results),

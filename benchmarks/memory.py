@@ -101,7 +101,7 @@ def evaluate(results: dict[str, dict[str, Any]], flat_mb: float) -> list[dict[st
     for backend, r in results.items():
         targets.append(
             bl.target(
-                f"RSS growth 10% -> 100% < {flat_mb:g} MB",
+                f"RSS growth 10% -> 100% <= {flat_mb:g} MB",
                 r["growth_mb"],
                 flat_mb,
                 "MB",
@@ -169,6 +169,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     backends = ["sqlite", "postgres"] if args.backend == "all" else [args.backend]
     load_at_start = [round(x, 2) for x in os.getloadavg()]
+    git_at_start = wl.git_state()
     results: dict[str, dict[str, Any]] = {}
     sqlite_dir = args.sqlite_dir or Path(tempfile.mkdtemp(prefix="durable-bench-"))
     sqlite_dir.mkdir(parents=True, exist_ok=True)
@@ -190,8 +191,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "machine": {
             **bl.machine_info(args.pg_url if "postgres" in backends else None),
-            "load_average_at_start": load_at_start,
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            **wl.run_context(git_at_start, load_at_start),
         },
         "results": results,
         "targets": evaluate(results, args.flat_mb),

@@ -137,6 +137,44 @@ def overhead_sync(n: int) -> list[float]:
     return [time.perf_counter() - wall, time.process_time() - cpu]
 
 
+# -- the run ----------------------------------------------------------------------------------
+
+
+def git_state() -> dict[str, Any]:
+    """The commit checked out, and whether ``durable/`` has uncommitted changes, now: recorded
+    at the start of a run (benchlib's machine info is taken at its end), so that a run during
+    which the code changed can be told apart."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(bl.REPO), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(bl.REPO), "status", "--porcelain", "--untracked-files=no", "durable"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": commit, "durable_modified": bool(status)}
+
+
+def run_context(at_start: dict[str, Any], load_at_start: list[float]) -> dict[str, Any]:
+    """What goes into a document's ``machine`` besides benchlib's machine info."""
+    at_end = git_state()
+    return {
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "git_at_start": at_start,
+        "code_changed_during_run": at_start != at_end,
+    }
+
+
 # -- statistics --------------------------------------------------------------------------------
 
 
