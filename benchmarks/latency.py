@@ -6,8 +6,10 @@ producer and the workers share the machine's clock). The producer waits for each
 and pauses 10 to 30 ms, so that the worker is idle, waiting for work, when the next one arrives
 (plus a random part as long as the poll interval when the worker polls, so that probes land at
 random points of its cycle).
-Also reported: the same measured from when ``enqueue`` returned (its commit done), and the
-``enqueue`` call itself.
+Also reported: the same measured from when ``enqueue`` returned (its commit done), the
+``enqueue`` call itself, and the two parts of the rest, split at the moment the worker called
+``begin_execution`` (the workflow's ``started_at``, from the worker's clock): commit to begin
+(the wake-up and the claim) and begin to the first step.
 
 Cases, per backend:
 
@@ -56,16 +58,22 @@ async def sample(
     With a polling worker (``poll_interval``), each pause also gets a random part as long as
     the interval: a probe enqueued right after the previous one finished would otherwise
     always arrive just after a poll and wait for nearly the whole interval."""
-    from_call, from_commit, enqueue = [], [], []
+    from_call, from_commit, enqueue, to_begin, begin_to_step = [], [], [], [], []
     for i in range(warmup + count):
         before = time.time()
         workflow_id = await runtime.enqueue(wl.PROBE)
         after = time.time()
         started = await runtime.result(workflow_id, timeout=30)
+        # when the worker called begin_execution (its clock, just before that transaction)
+        info = await runtime.get_workflow(workflow_id)
+        assert info.started_at is not None
+        begun = info.started_at.timestamp()
         if i >= warmup:
             from_call.append((started - before) * 1000)
             from_commit.append((started - after) * 1000)
             enqueue.append((after - before) * 1000)
+            to_begin.append((begun - after) * 1000)
+            begin_to_step.append((started - begun) * 1000)
         pause = random.uniform(0.01, 0.03)
         if poll_interval is not None:
             pause += random.uniform(0, poll_interval)
@@ -74,6 +82,8 @@ async def sample(
         "from_call_ms": wl.distribution(from_call),
         "from_commit_ms": wl.distribution(from_commit),
         "enqueue_ms": wl.distribution(enqueue),
+        "commit_to_begin_ms": wl.distribution(to_begin),
+        "begin_to_step_ms": wl.distribution(begin_to_step),
         "samples_ms": [round(v, 3) for v in from_call],
     }
 
@@ -192,12 +202,26 @@ def report(document: dict[str, Any]) -> None:
                     d["max"],
                     commit["p50"],
                     c["enqueue_ms"]["p50"],
+                    c["commit_to_begin_ms"]["p50"],
+                    c["begin_to_step_ms"]["p50"],
                 )
             )
     bl.print_table(
         "Enqueue-to-start latency with an idle worker (milliseconds, from before the enqueue "
         "call to the first step)",
-        ["backend", "case", "n", "p50", "p90", "p99", "max", "p50 after commit", "enqueue p50"],
+        [
+            "backend",
+            "case",
+            "n",
+            "p50",
+            "p90",
+            "p99",
+            "max",
+            "p50 after commit",
+            "enqueue p50",
+            "commit->begin p50",
+            "begin->step p50",
+        ],
         rows,
     )
     bl.print_targets(document["targets"])

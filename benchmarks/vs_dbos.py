@@ -341,7 +341,7 @@ async def queued(kind: str, args: argparse.Namespace, sqlite_dir: Path) -> dict[
             processes=1,
             concurrency=args.concurrency,
             poll_interval=1.0,
-            pool_size=None,
+            pool_size=args.pool_size,
         )
     finally:
         db.finish(keep=args.keep)
@@ -483,6 +483,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, help="worker concurrency, both systems (16)")
     parser.add_argument("--dbos-polling", help="DBOS queue polling intervals, s (1.0,0.1)")
     parser.add_argument(
+        "--pool-size",
+        type=int,
+        help="durable worker's PostgreSQL pool size (default SQLAlchemy's: 5 + 10 overflow)",
+    )
+    parser.add_argument(
         "--only", choices=["overhead", "throughput"], help="run one of the two workloads"
     )
     parser.add_argument("--pg-url", default=bl.DEFAULT_PG_URL, help="PostgreSQL database URL")
@@ -535,6 +540,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "workflows": args.workflows,
             "concurrency": args.concurrency,
             "dbos_polling": args.dbos_polling,
+            "pool_size": args.pool_size,
             "only": args.only,
             "quick": args.quick,
         },

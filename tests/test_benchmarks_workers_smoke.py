@@ -119,7 +119,13 @@ def _check_latency(document: dict[str, Any], backend: str) -> None:
         assert cases[0]["poll_interval"] == 0.1 and not cases[0]["target_applies"]
     for case in cases:
         n = 2 if case["path"] == "polling" else 4
-        for key in ("from_call_ms", "from_commit_ms", "enqueue_ms"):
+        for key in (
+            "from_call_ms",
+            "from_commit_ms",
+            "enqueue_ms",
+            "commit_to_begin_ms",
+            "begin_to_step_ms",
+        ):
             _distribution(case[key], n)
         assert len(case["samples_ms"]) == n
     assert len(document["targets"]) == sum(c["target_applies"] for c in cases)
