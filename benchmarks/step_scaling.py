@@ -484,10 +484,19 @@ async def finished_work(
 
 @contextlib.contextmanager
 def capture(backend: durable.SQLAlchemyBackend) -> Iterator[list[tuple[str, Any]]]:
-    """The statements (and driver parameters) the backend sends while the block runs."""
+    """The statements (and driver parameters) the backend sends while the block runs, through
+    the engine or straight on the driver (the PostgreSQL hot path)."""
     engine = backend.engine
     sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
     seen: list[tuple[str, Any]] = []
+    runner = backend._runner
+    direct = runner.direct
+
+    async def direct_spy(statement: Any, values: dict[str, Any]) -> int | None:
+        rowcount = await direct(statement, values)
+        if rowcount is not None:
+            seen.append((statement.sql, statement.params(values)))
+        return rowcount
 
     def listener(
         conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
@@ -496,10 +505,12 @@ def capture(backend: durable.SQLAlchemyBackend) -> Iterator[list[tuple[str, Any]
             seen.append((statement, parameters))
 
     sa.event.listen(sync_engine, "before_cursor_execute", listener)
+    runner.direct = direct_spy  # type: ignore[method-assign]
     try:
         yield seen
     finally:
         sa.event.remove(sync_engine, "before_cursor_execute", listener)
+        del runner.direct
 
 
 def _compiled(backend: durable.SQLAlchemyBackend, stmt: Any) -> str | None:

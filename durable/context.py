@@ -253,6 +253,25 @@ class StepGuard:
         self.result = stored
         return stored
 
+    def succeed_blocking(self, value: Any, *, attempts: int = 1) -> Any:
+        """:meth:`succeed`, from a sync workflow's thread. Where the backend can record from a
+        thread (:attr:`~durable.backends.PersistentBackend.records_steps_blocking`), the step
+        is recorded here; otherwise on the runtime's event loop, waited for."""
+        ctx = self.ctx
+        backend = ctx.runtime.backend
+        if not backend.records_steps_blocking:
+            return ctx.block_on(self.succeed(value, attempts=attempts))
+        try:
+            stored = self._roundtrip(value)
+        except SerializationError as exc:
+            ctx.block_on(self.fail(exc, attempts=attempts))
+            raise
+        record = self._entry(StepStatus.SUCCEEDED, output=stored, attempts=attempts, child=None)
+        backend.record_step_blocking(ctx.workflow_id, record, worker_id=ctx.executor_id)
+        self.recorded = record
+        self.result = stored
+        return stored
+
     async def fail(
         self, exc: BaseException, *, attempts: int = 1, child_workflow_id: str | None = None
     ) -> None:
@@ -268,7 +287,14 @@ class StepGuard:
         """Persist that the step started a child workflow whose result it awaits."""
         await self._record(StepStatus.PENDING, attempts=1, child=child_workflow_id)
 
-    async def _record(
+    async def _record(self, status: StepStatus, **fields: Any) -> None:
+        """Persist the step with ``status`` and the :meth:`_entry` ``fields``."""
+        ctx = self.ctx
+        record = self._entry(status, **fields)
+        await ctx.runtime.backend.record_step(ctx.workflow_id, record, worker_id=ctx.executor_id)
+        self.recorded = record
+
+    def _entry(
         self,
         status: StepStatus,
         *,
@@ -276,9 +302,8 @@ class StepGuard:
         error: ErrorInfo | None = None,
         attempts: int,
         child: str | None,
-    ) -> None:
-        ctx = self.ctx
-        record = StepRecord(
+    ) -> StepRecord:
+        return StepRecord(
             position=self.position,
             name=self.name,
             status=status,
@@ -286,11 +311,9 @@ class StepGuard:
             error=error,
             child_workflow_id=child,
             attempts=attempts,
-            executor_id=ctx.executor_id,
+            executor_id=self.ctx.executor_id,
             started_at=self.started_at,
         )
-        await ctx.runtime.backend.record_step(ctx.workflow_id, record, worker_id=ctx.executor_id)
-        self.recorded = record
 
     async def __aenter__(self) -> StepGuard:
         if not self.replayed:

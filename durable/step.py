@@ -85,7 +85,8 @@ class Step(Generic[P, T]):
     def _execute_blocking(
         self, ctx: ExecutionContext, guard: StepGuard, args: Any, kwargs: Any
     ) -> Any:
-        """Run a sync step in a sync workflow's thread; persistence goes through the loop."""
+        """Run a sync step in a sync workflow's thread; its result is recorded from this thread
+        where the backend allows it, else on the loop."""
         if guard.replayed:
             return guard.replay()
         if not ctx.lease_fresh():  # checked here first: a hop to the loop costs more
@@ -102,7 +103,7 @@ class Step(Generic[P, T]):
                     continue
                 ctx.block_on(guard.fail(exc, attempts=attempt))
                 raise
-            return ctx.block_on(guard.succeed(value, attempts=attempt))
+            return guard.succeed_blocking(value, attempts=attempt)
 
 
 class AsyncStep(Step[P, T]):

@@ -239,6 +239,21 @@ class HookedBackend(durable.SQLAlchemyBackend):
         event("CHECKPOINT", instance_id, step.position, worker_id)
         await pause_async(instance_id, "after_checkpoint", step.position)
 
+    def record_step_blocking(
+        self,
+        instance_id: str,
+        step: durable.StepRecord,
+        *,
+        worker_id: str,
+        task_id: str = WORKFLOW_TASK,
+    ) -> None:
+        """How sync workflows record their steps, from their own thread (the heartbeat goes on
+        on the event loop while they are frozen here)."""
+        pause(instance_id, "before_checkpoint", step.position)
+        super().record_step_blocking(instance_id, step, worker_id=worker_id, task_id=task_id)
+        event("CHECKPOINT", instance_id, step.position, worker_id)
+        pause(instance_id, "after_checkpoint", step.position)
+
 
 # -- main ----------------------------------------------------------------------------------------
 

@@ -221,6 +221,26 @@ class PersistentBackend(ABC):
         :raises SerializationError: the output cannot be serialized (nothing is written).
         """
 
+    #: True when :meth:`record_step_blocking` is supported: the backend can record a step from
+    #: any thread, without its event loop.
+    records_steps_blocking: bool = False
+
+    def record_step_blocking(
+        self,
+        instance_id: str,
+        step: StepRecord,
+        *,
+        worker_id: str,
+        task_id: str = WORKFLOW_TASK,
+    ) -> None:
+        """:meth:`record_step`, run to completion in the calling thread. Optional: the runtime
+        calls it from a sync workflow's thread, saving a hop to the event loop and back, only
+        when :attr:`records_steps_blocking` is True. Same contract as :meth:`record_step`.
+
+        :raises NotImplementedError: the backend does not support it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot record steps from a thread")
+
     @abstractmethod
     async def finish_workflow(
         self,

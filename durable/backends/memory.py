@@ -336,7 +336,19 @@ class InMemoryBackend(PersistentBackend):
             )
             return self._snapshot(instance_id)
 
+    records_steps_blocking = True
+
     async def record_step(
+        self,
+        instance_id: str,
+        step: StepRecord,
+        *,
+        worker_id: str,
+        task_id: str = WORKFLOW_TASK,
+    ) -> None:
+        self.record_step_blocking(instance_id, step, worker_id=worker_id, task_id=task_id)
+
+    def record_step_blocking(
         self,
         instance_id: str,
         step: StepRecord,

@@ -2,9 +2,11 @@
 
 Every operation is written once, as a function that runs SQLAlchemy Core statements on a
 synchronous :class:`~sqlalchemy.Connection` inside one transaction. A *runner* executes it: inline
-for the standard-library SQLite driver, through ``AsyncConnection.run_sync`` for async drivers
-(psycopg, aiosqlite). The statements on the hot path are built once and reused, so SQLAlchemy
-compiles each of them once per process. What differs between databases is in :mod:`.dialects`.
+for the standard-library SQLite driver, in one greenlet per transaction for async drivers
+(psycopg, aiosqlite). Statements are built once and reused, so SQLAlchemy compiles each of them
+once per process. On PostgreSQL the step record, one fenced statement, runs as a prepared
+statement straight on the driver (:mod:`.direct`). What differs between databases is in
+:mod:`.dialects`.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import StaticPool
 from sqlalchemy.util import greenlet_spawn
 
 from durable.backends.base import PersistentBackend
@@ -31,6 +34,11 @@ from durable.backends.sql.dialects import (
     create_engine,
     dialect_for,
     normalize_url,
+)
+from durable.backends.sql.direct import (
+    BlockingDirectStatements,
+    CompiledStatement,
+    DirectStatements,
 )
 from durable.backends.sql.schema import (
     UTCDateTime,
@@ -96,13 +104,17 @@ class _Runner(ABC):
     async def connection(self, fn: Callable[[sa.Connection], T]) -> T:
         """Run ``fn`` on a connection with no transaction begun (it manages its own)."""
 
-    async def autocommit(self, fn: Callable[[sa.Connection], T]) -> T | None:
-        """Run one atomic statement without an explicit transaction, where that saves round
-        trips; None where it does not (the caller then uses :meth:`transaction`)."""
+    async def direct(self, statement: CompiledStatement, values: dict[str, Any]) -> int | None:
+        """Run one atomic statement on the driver, without BEGIN/COMMIT or SQLAlchemy's
+        execution layer, and return its row count; None where that is not supported (the caller
+        then runs it in :meth:`transaction`)."""
         return None
 
     @abstractmethod
     def checked_out(self) -> int: ...
+
+    async def release(self) -> None:  # noqa: B027 - optional hook
+        """Close connections the runner holds outside the engine's pool."""
 
     @abstractmethod
     async def dispose(self) -> None: ...
@@ -113,8 +125,15 @@ class _InlineRunner(_Runner):
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        #: False for an in-memory database: its one shared connection must not be used by
+        #: two threads' transactions at once.
+        self.thread_safe = not isinstance(engine.pool, StaticPool)
 
     async def transaction(self, fn: Callable[[sa.Connection], T]) -> T:
+        return self.run(fn)
+
+    def run(self, fn: Callable[[sa.Connection], T]) -> T:
+        """:meth:`transaction`, in the calling thread."""
         with self.engine.begin() as conn:
             return fn(conn)
 
@@ -135,11 +154,7 @@ class _AsyncRunner(_Runner):
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
-        self._autocommit = (
-            engine.sync_engine.execution_options(isolation_level="AUTOCOMMIT")
-            if engine.dialect.name == "postgresql"
-            else None
-        )
+        self._direct = DirectStatements(engine)
 
     async def transaction(self, fn: Callable[[sa.Connection], T]) -> T:
         # The whole transaction (checkout, begin, fn, commit, checkin) runs in one greenlet:
@@ -158,21 +173,14 @@ class _AsyncRunner(_Runner):
         async with self.engine.connect() as conn:
             return await conn.run_sync(fn)
 
-    async def autocommit(self, fn: Callable[[sa.Connection], T]) -> T | None:
-        """Run ``fn``, whose work is one atomic statement, without BEGIN and COMMIT round trips
-        (PostgreSQL); None where that is not supported, and the caller uses a transaction."""
-        if self._autocommit is None:
-            return None
-
-        def run() -> T:
-            assert self._autocommit is not None
-            with self._autocommit.connect() as conn:
-                return fn(conn)
-
-        return await greenlet_spawn(run)
+    async def direct(self, statement: CompiledStatement, values: dict[str, Any]) -> int | None:
+        return await self._direct.execute(statement, values)
 
     def checked_out(self) -> int:
         return _checked_out(self.engine.sync_engine.pool)
+
+    async def release(self) -> None:
+        await self._direct.close()
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -195,7 +203,8 @@ class SQLAlchemyBackend(PersistentBackend):
     :param sqlite_synchronous: SQLite's ``PRAGMA synchronous``. ``NORMAL`` (default) never loses
         a commit when a process dies, and may lose the last ones if the machine loses power;
         ``FULL`` syncs every commit to disk.
-    :param engine_options: passed to SQLAlchemy's ``create_engine`` (pool size and so on).
+    :param engine_options: passed to SQLAlchemy's ``create_engine`` (pool size and so on;
+        on PostgreSQL the pool defaults to 20 connections plus 10 overflow, opened on demand).
 
     :raises ConfigurationError: an unsupported URL or option.
     """
@@ -231,7 +240,17 @@ class SQLAlchemyBackend(PersistentBackend):
         self._start_lock = asyncio.Lock()
         self._listener: asyncio.Task[None] | None = None
         self._notify = sa.select(sa.func.pg_notify(WORK_CHANNEL, ""))
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._build_statements()
+        # sync workflows' threads record steps on connections of their own; only on engines
+        # durable created, whose connect arguments it knows
+        self._blocking = (
+            BlockingDirectStatements(engine, dict((engine_options or {}).get("connect_args", {})))
+            if isinstance(engine, AsyncEngine)
+            and self._record_step_direct is not None
+            and self._owns_engine
+            else None
+        )
 
     def __repr__(self) -> str:
         url = self.engine.url.render_as_string(hide_password=True)
@@ -253,6 +272,7 @@ class SQLAlchemyBackend(PersistentBackend):
                 return
             fn = migrate.upgrade if self.auto_migrate else migrate.check
             await self._run(fn, what="migrate")
+            self._loop = asyncio.get_running_loop()
             self._started = True
             log.debug("backend started: %r", self, extra={"action": "backend.start"})
 
@@ -262,6 +282,9 @@ class SQLAlchemyBackend(PersistentBackend):
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
+        await self._runner.release()
+        if self._blocking is not None:
+            self._blocking.close()
         if self._owns_engine:
             await self._runner.dispose()
         self._started = False
@@ -278,17 +301,16 @@ class SQLAlchemyBackend(PersistentBackend):
         """The schema revision the database is at (None: never migrated)."""
         return await self._run(migrate.current_revision, what="read the schema revision")
 
-    async def _run(
-        self, fn: Callable[[sa.Connection], T], *, what: str = "", single: bool = False
-    ) -> T:
-        """Run ``fn`` in one transaction, turning driver errors into durable's. ``single``: the
-        only write ``fn`` makes is one atomic statement, so it may run without BEGIN/COMMIT."""
-        try:
-            if single:
-                done = await self._runner.autocommit(lambda conn: (fn(conn),))
-                if done is not None:
-                    return done[0]
+    async def _run(self, fn: Callable[[sa.Connection], T], *, what: str = "") -> T:
+        """Run ``fn`` in one transaction, turning driver errors into durable's."""
+        with self._errors(what):
             return await self._runner.transaction(fn)
+
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Turn driver errors raised inside into durable's, naming ``what`` was being done."""
+        try:
+            yield
         except DurableError:
             raise
         except sa.exc.DBAPIError as exc:
@@ -380,6 +402,11 @@ class SQLAlchemyBackend(PersistentBackend):
             set_={c: base.excluded[c] for c in _STEP_COLUMNS if c not in ("workflow_id",)},
             where=steps.c.status == StepStatus.PENDING.value,
         ).execution_options(preserve_rowcount=True)
+        self._record_step_direct = (
+            CompiledStatement(self._record_step, self.engine.dialect)
+            if isinstance(self._runner, _AsyncRunner) and self.dialect.name == "postgresql"
+            else None
+        )
         self._begin = (
             sa.update(workflows)
             .where(workflows.c.id == p_iid, self._held)
@@ -533,24 +560,70 @@ class SQLAlchemyBackend(PersistentBackend):
         self._available_order = [tasks.c.priority, tasks.c.run_after, tasks.c.id]
         self._claim_values = claim_values
         self._claim_columns = claim_columns
+        self._claim_statements: dict[tuple[bool, bool, bool, bool], Any] = {}
+        self._insert_workflow = (
+            d.insert(workflows).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
+        )
+        self._create_workflow = d.insert(workflows).on_conflict_do_nothing().returning(*workflows.c)
+        self._select_by_idempotency_key = (
+            sa.select(workflows)
+            .where(
+                sa.or_(
+                    workflows.c.id == p_iid,
+                    workflows.c.idempotency_key == sa.bindparam("p_key", type_=sa.String()),
+                )
+            )
+            .limit(1)
+        )
 
-    def _insert_if_absent(self, table: sa.Table, row: dict[str, Any]) -> Any:
-        """INSERT ... ON CONFLICT DO NOTHING, whose rowcount tells whether it inserted."""
-        stmt = self.dialect.insert(table).values(row).on_conflict_do_nothing()
-        return stmt.execution_options(preserve_rowcount=True)
+    def _claim_statement(
+        self, names: bool, queues: bool, include_own: bool, *, find: bool = False
+    ) -> Any:
+        """The statement that claims (or with ``find``, lists) available tasks, built once per
+        combination of filters: building one costs more than running it."""
+        key = (names, queues, include_own, find)
+        stmt = self._claim_statements.get(key)
+        if stmt is not None:
+            return stmt
+        available = self._available(names, queues, include_own)
+        if find:
+            now = self.dialect.now()
+            live = sa.and_(tasks.c.claimed_by.is_not(None), tasks.c.claim_expires_at > now)
+            stmt = (
+                sa.select(
+                    tasks.c.instance_id,
+                    tasks.c.task_id,
+                    tasks.c.name,
+                    tasks.c.queue,
+                    tasks.c.priority,
+                    tasks.c.run_after,
+                    sa.case((live, tasks.c.claimed_by), else_=None).label("claimed_by"),
+                    sa.case((live, tasks.c.claim_expires_at), else_=None).label("claim_expires_at"),
+                    tasks.c.attempts,
+                )
+                .where(available)
+                .order_by(*self._available_order)
+                .limit(sa.bindparam("p_limit", type_=sa.Integer()))
+            )
+        else:
+            stmt = (
+                self.dialect.claim_batch(tasks, available, self._available_order)
+                .values(**self._claim_values)
+                .returning(*self._claim_columns, tasks.c.priority, tasks.c.run_after, tasks.c.id)
+            )
+        self._claim_statements[key] = stmt
+        return stmt
 
-    def _available(
-        self, names: Sequence[str] | None, queues: Sequence[str] | None, include_own: bool
-    ) -> sa.ColumnElement[bool]:
+    def _available(self, names: bool, queues: bool, include_own: bool) -> sa.ColumnElement[bool]:
         now = self.dialect.now()
         p_wid = sa.bindparam("p_wid", type_=sa.String())
         free = [tasks.c.claimed_by.is_(None), tasks.c.claim_expires_at <= now]
         if include_own:
             free.append(tasks.c.claimed_by == p_wid)
         clauses = [tasks.c.run_after <= now, sa.or_(*free)]
-        if names is not None:
+        if names:
             clauses.append(tasks.c.name.in_(sa.bindparam("p_names", expanding=True)))
-        if queues is not None:
+        if queues:
             clauses.append(tasks.c.queue.in_(sa.bindparam("p_queues", expanding=True)))
         return sa.and_(*clauses)
 
@@ -706,21 +779,19 @@ class SQLAlchemyBackend(PersistentBackend):
         row = self._workflow_row(snapshot, now, 1)
         step_rows = [self._step_row(snapshot.id, s, now) for s in snapshot.steps]
         task_row = self._task_row(task, now) if task is not None else None
-        match = workflows.c.id == snapshot.id
-        if snapshot.idempotency_key is not None:
-            match = sa.or_(match, workflows.c.idempotency_key == snapshot.idempotency_key)
+        # "idempotency_key = NULL" matches nothing, so with no key this looks up the id only
+        match = {"p_iid": snapshot.id, "p_key": snapshot.idempotency_key}
 
         def fn(conn: sa.Connection) -> tuple[WorkflowInfo, bool]:
-            inserted = conn.execute(self._insert_if_absent(workflows, row))
-            if inserted.rowcount == 0:
-                existing = conn.execute(sa.select(workflows).where(match).limit(1)).one()
+            stored = conn.execute(self._create_workflow, row).first()
+            if stored is None:
+                existing = conn.execute(self._select_by_idempotency_key, match).one()
                 return self._info(existing), False
             if step_rows:
                 conn.execute(sa.insert(steps), step_rows)
             if task_row is not None:
                 conn.execute(self._insert_task, task_row)
                 self._announce_work(conn)
-            stored = conn.execute(self._select_workflow, {"p_iid": snapshot.id}).one()
             return self._info(stored), True
 
         result = await self._run(fn, what=f"create workflow {snapshot.id!r}")
@@ -737,7 +808,7 @@ class SQLAlchemyBackend(PersistentBackend):
 
         def fn(conn: sa.Connection) -> WorkflowSnapshot:
             if version == 0:
-                inserted = conn.execute(self._insert_if_absent(workflows, row))
+                inserted = conn.execute(self._insert_workflow, row)
                 if inserted.rowcount == 0:
                     # the id, else the holder of the idempotency key (never "key IS NULL")
                     clash = workflows.c.id == instance_id
@@ -901,22 +972,83 @@ class SQLAlchemyBackend(PersistentBackend):
         worker_id: str,
         task_id: str = WORKFLOW_TASK,
     ) -> None:
+        what = f"record step {step.position} of {instance_id!r}"
+        params, record, explain = self._record_step_call(instance_id, step, worker_id, task_id)
+        # The hot path: one statement that checks the lease and writes the step, atomic by
+        # itself, so on PostgreSQL it runs without BEGIN/COMMIT, prepared, on the driver.
+        if self._record_step_direct is not None:
+            with self._errors(what):
+                rowcount = await self._runner.direct(self._record_step_direct, params)
+            if rowcount == 1:
+                return
+            if rowcount == 0:
+                raise await self._run(explain, what=what)
+        await self._run(record, what=what)
+
+    @property
+    def records_steps_blocking(self) -> bool:  # type: ignore[override]
+        """True for SQLite files on the standard-library driver (their transactions run inline)
+        and for PostgreSQL engines durable created: a sync workflow's thread records its steps
+        itself."""
+        runner = self._runner
+        return self._blocking is not None or (
+            isinstance(runner, _InlineRunner) and runner.thread_safe
+        )
+
+    def record_step_blocking(
+        self,
+        instance_id: str,
+        step: StepRecord,
+        *,
+        worker_id: str,
+        task_id: str = WORKFLOW_TASK,
+    ) -> None:
+        runner = self._runner
+        if self._blocking is None and not (
+            isinstance(runner, _InlineRunner) and runner.thread_safe
+        ):
+            return super().record_step_blocking(
+                instance_id, step, worker_id=worker_id, task_id=task_id
+            )
+        what = f"record step {step.position} of {instance_id!r}"
+        params, record, explain = self._record_step_call(instance_id, step, worker_id, task_id)
+        if self._blocking is not None and self._record_step_direct is not None:
+            with self._errors(what):
+                if self._blocking.execute(self._record_step_direct, params) == 1:
+                    return
+            # refused: why is worth a hop to the event loop (this is not the hot path)
+            assert self._loop is not None
+            coro = self._run(explain, what=what)
+            raise asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        assert isinstance(runner, _InlineRunner)
+        with self._errors(what):
+            runner.run(record)
+
+    def _record_step_call(
+        self, instance_id: str, step: StepRecord, worker_id: str, task_id: str
+    ) -> tuple[
+        dict[str, Any],
+        Callable[[sa.Connection], None],
+        Callable[[sa.Connection], DurableError],
+    ]:
+        """The parameters of the fenced step record, a function that runs it, and one that
+        explains why it was refused."""
         clock = self.dialect.clock_params()
         row = self._step_row(instance_id, step, datetime.now(UTC))
         params = {f"s_{k}": v for k, v in row.items()}
         params.update(p_iid=instance_id, p_tid=task_id, p_wid=worker_id, **clock)
 
-        def fn(conn: sa.Connection) -> None:
-            if conn.execute(self._record_step, params).rowcount == 1:
-                return
+        def explain(conn: sa.Connection) -> DurableError:
             refusal = self._refusal(conn, clock, instance_id, task_id, worker_id)
             if isinstance(refusal, ClaimLostError) and refusal.holder == worker_id:
-                raise StepAlreadyRecordedError(instance_id, step.position)
-            raise refusal
+                return StepAlreadyRecordedError(instance_id, step.position)
+            return refusal
 
-        # The hot path: one statement that checks the lease and writes the step, atomic by
-        # itself, so on PostgreSQL it needs no BEGIN/COMMIT round trips.
-        await self._run(fn, what=f"record step {step.position} of {instance_id!r}", single=True)
+        def record(conn: sa.Connection) -> None:
+            if conn.execute(self._record_step, params).rowcount != 1:
+                raise explain(conn)
+
+        return params, record, explain
 
     async def finish_workflow(
         self,
@@ -1313,26 +1445,8 @@ class SQLAlchemyBackend(PersistentBackend):
         include_own: bool = True,
     ) -> list[AvailableTask]:
         params = self._filter_params(worker_id, limit, names, queues)
-        clock = self.dialect.clock_params()
-        params.update(clock)
-        now = self.dialect.now()
-        live = sa.and_(tasks.c.claimed_by.is_not(None), tasks.c.claim_expires_at > now)
-        query = (
-            sa.select(
-                tasks.c.instance_id,
-                tasks.c.task_id,
-                tasks.c.name,
-                tasks.c.queue,
-                tasks.c.priority,
-                tasks.c.run_after,
-                sa.case((live, tasks.c.claimed_by), else_=None).label("claimed_by"),
-                sa.case((live, tasks.c.claim_expires_at), else_=None).label("claim_expires_at"),
-                tasks.c.attempts,
-            )
-            .where(self._available(names, queues, include_own))
-            .order_by(*self._available_order)
-            .limit(sa.bindparam("p_limit", type_=sa.Integer()))
-        )
+        params.update(self.dialect.clock_params())
+        query = self._claim_statement(names is not None, queues is not None, include_own, find=True)
 
         def fn(conn: sa.Connection) -> list[AvailableTask]:
             return [
@@ -1364,13 +1478,7 @@ class SQLAlchemyBackend(PersistentBackend):
     ) -> list[TaskClaim]:
         params = self._filter_params(worker_id, limit, names, queues)
         params.update(self.dialect.clock_params(ttl=ttl_seconds(ttl)))
-        stmt = (
-            self.dialect.claim_batch(
-                tasks, self._available(names, queues, include_own), self._available_order
-            )
-            .values(**self._claim_values)
-            .returning(*self._claim_columns, tasks.c.priority, tasks.c.run_after, tasks.c.id)
-        )
+        stmt = self._claim_statement(names is not None, queues is not None, include_own)
 
         def fn(conn: sa.Connection) -> list[TaskClaim]:
             rows = sorted(conn.execute(stmt, params), key=lambda r: (r.priority, r.run_after, r.id))

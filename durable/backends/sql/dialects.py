@@ -169,6 +169,9 @@ def _is_memory(url: URL) -> bool:
 
 
 BUSY_TIMEOUT_MS = 30_000
+#: PostgreSQL connection pool bounds, unless ``engine_options`` say otherwise.
+PG_POOL_SIZE = 20
+PG_MAX_OVERFLOW = 10
 
 
 def _switch_to_wal(cursor: Any) -> None:
@@ -234,6 +237,12 @@ def create_engine(
         engine = sa.create_engine(url, connect_args=connect_args, **options)
         _configure_sqlite(engine, synchronous, memory)
         return engine
+    # A worker runs many workflows at once, each taking a connection per transaction: a pool
+    # smaller than that churns (SQLAlchemy closes overflow connections as they come back, so
+    # every burst reconnects). Connections are opened on demand, so a larger bound costs
+    # nothing until it is used.
+    options.setdefault("pool_size", PG_POOL_SIZE)
+    options.setdefault("max_overflow", PG_MAX_OVERFLOW)
     return create_async_engine(url, **options)
 
 

@@ -1,0 +1,213 @@
+"""The hot path on PostgreSQL: one statement, straight on a psycopg connection.
+
+Recording a step is one atomic, fenced statement (see ``record_step``). Run through
+SQLAlchemy's async engine it costs about twice the client CPU of the statement itself: a pool
+checkout, a ``Connection`` and an execution context, a result object, and a greenlet switch for
+each of them. :class:`DirectStatements` removes that layer for such statements and nothing else:
+
+* the statement is still written once in SQLAlchemy Core and compiled once by the engine's own
+  dialect (:class:`CompiledStatement`); its bind processors (``UTCDateTime``'s checks) still run;
+* it runs on a few connections of its own (at most :data:`DIRECT_CONNECTIONS`, opened on
+  demand, in autocommit mode). Each is opened *by the engine's pool* and then detached from it,
+  so the engine's connect arguments and events apply, and the pool keeps all its slots for
+  transactions (holding pooled connections idle could starve them). They are closed on
+  :meth:`close`;
+* it is a server-side prepared statement, so PostgreSQL parses and plans it once per connection.
+
+It is only used for psycopg on the event loop it first ran on; elsewhere :meth:`execute`
+returns None and the caller runs the statement the ordinary way. A connection that fails, or
+whose statement is interrupted (a cancelled task), is invalidated rather than reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.util import greenlet_spawn
+
+
+class CompiledStatement:
+    """A Core statement compiled once for a dialect, with what is needed to bind its values."""
+
+    def __init__(self, stmt: sa.ClauseElement, dialect: sa.Dialect) -> None:
+        compiled = cast(SQLCompiler, stmt.compile(dialect=dialect))
+        self.sql = str(compiled)
+        self._compiled = compiled
+        self._dialect = dialect
+        self._processors = [
+            (compiled.bind_names[bind], bind.type.process_bind_param)
+            for bind in compiled.bind_names
+            if isinstance(bind.type, sa.TypeDecorator)
+        ]
+
+    def params(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The driver's parameters for ``values`` (keyed like the statement's bindparams)."""
+        params = dict(self._compiled.construct_params(values))
+        try:
+            for name, process in self._processors:
+                params[name] = process(params[name], self._dialect)
+        except ValueError as exc:  # as SQLAlchemy reports a type that refused a value
+            raise sa.exc.StatementError(str(exc), self.sql, values, exc) from exc
+        return params
+
+
+#: The most connections the direct path opens; statements queue for them. Each statement holds
+#: one for a single round trip, so a few serve many concurrent workflows.
+DIRECT_CONNECTIONS = 4
+
+
+class DirectStatements:
+    """Runs :class:`CompiledStatement` objects on autocommit psycopg connections opened through
+    an async engine's pool. Safe for any number of concurrent callers on one event loop."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine.sync_engine
+        self.enabled = engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
+        size = getattr(self._engine.pool, "size", None)
+        pool_size = int(size()) if callable(size) else 1
+        self._capacity = max(1, min(DIRECT_CONNECTIONS, pool_size))
+        self._idle: list[Any] = []  # psycopg AsyncConnections in autocommit mode
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._available: asyncio.Semaphore | None = None
+        self._generation = 0  # bumped by close(): connections of an older one are not reused
+
+    async def execute(self, statement: CompiledStatement, values: dict[str, Any]) -> int | None:
+        """Run ``statement`` as one autocommitted statement and return its row count; None when
+        the direct path does not apply here (the caller then runs it through the engine).
+
+        :raises sa.exc.DBAPIError: as SQLAlchemy would have raised it, so callers translate
+            errors in one place.
+        """
+        if not self.enabled:
+            return None
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop, self._available = loop, asyncio.Semaphore(self._capacity)
+        elif self._loop is not loop:
+            return None
+        assert self._available is not None
+        params = statement.params(values)
+        generation = self._generation
+        async with self._available:
+            conn = self._idle.pop() if self._idle else await self._open()
+            try:
+                cursor = conn.cursor()
+                await cursor.execute(statement.sql, params, prepare=True)
+                rowcount = int(cursor.rowcount)
+            except BaseException as exc:
+                broken = bool(conn.broken or conn.closed)
+                await _close(conn)
+                wrapped = _as_sqlalchemy(exc, statement, params, self._engine.dialect, broken)
+                if wrapped is exc:
+                    raise
+                raise wrapped from exc
+            if generation == self._generation:
+                self._idle.append(conn)
+            else:  # closed meanwhile
+                await _close(conn)
+            return rowcount
+
+    async def _open(self) -> Any:
+        """A new connection, opened by the pool (connect arguments, events) and detached."""
+        fairy: Any = await greenlet_spawn(self._engine.raw_connection)
+        conn = fairy.driver_connection
+        fairy.detach()  # the pool forgets it: its slot is free, and closing it is ours
+        try:
+            await conn.set_autocommit(True)
+        except BaseException:
+            await _close(conn)
+            raise
+        return conn
+
+    async def close(self) -> None:
+        """Close every idle connection of the direct path (one in use closes when it is done)."""
+        self._generation += 1
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await _close(conn)
+        self._loop = self._available = None
+
+
+async def _close(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        await conn.close()
+
+
+class BlockingDirectStatements:
+    """The same for sync callers, from any thread: a sync workflow's thread records its steps
+    itself instead of handing each record to the event loop and waiting. Sync psycopg
+    connections cannot come from an async engine's pool, so these are opened from the engine's
+    URL and the ``connect_args`` it was created with (not its ``connect`` event listeners)."""
+
+    def __init__(self, engine: AsyncEngine, connect_args: dict[str, Any]) -> None:
+        self._dialect = engine.dialect
+        cargs, cparams = engine.dialect.create_connect_args(engine.url)
+        self._connect = (list(cargs), {**cparams, **connect_args, "autocommit": True})
+        self._idle: list[Any] = []  # psycopg Connections in autocommit mode
+        self._lock = threading.Lock()
+        self._available = threading.BoundedSemaphore(DIRECT_CONNECTIONS)
+        self._generation = 0
+
+    def execute(self, statement: CompiledStatement, values: dict[str, Any]) -> int:
+        """Run ``statement`` as one autocommitted statement and return its row count.
+
+        :raises sa.exc.DBAPIError: as SQLAlchemy would have raised it.
+        """
+        import psycopg
+
+        params = statement.params(values)
+        generation = self._generation
+        with self._available:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            try:
+                if conn is None:
+                    args, kwargs = self._connect
+                    conn = psycopg.Connection.connect(*args, **kwargs)
+                rowcount = int(conn.execute(statement.sql, params, prepare=True).rowcount)
+            except BaseException as exc:
+                broken = conn is None or bool(conn.broken or conn.closed)
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                wrapped = _as_sqlalchemy(exc, statement, params, self._dialect, broken)
+                if wrapped is exc:
+                    raise
+                raise wrapped from exc
+            with self._lock:
+                if generation == self._generation:
+                    self._idle.append(conn)
+                    return rowcount
+            conn.close()  # closed meanwhile
+            return rowcount
+
+    def close(self) -> None:
+        """Close every idle connection (one in use closes when it is done)."""
+        with self._lock:
+            self._generation += 1
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def _as_sqlalchemy(
+    exc: BaseException,
+    statement: CompiledStatement,
+    params: dict[str, Any],
+    dialect: sa.Dialect,
+    broken: bool,
+) -> BaseException:
+    """A driver error as SQLAlchemy would have raised it (other exceptions unchanged)."""
+    dbapi = dialect.loaded_dbapi
+    if not isinstance(exc, dbapi.Error):
+        return exc
+    return sa.exc.DBAPIError.instance(
+        statement.sql, params, exc, dbapi.Error, connection_invalidated=broken, dialect=dialect
+    )

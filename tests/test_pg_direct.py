@@ -1,0 +1,280 @@
+"""The PostgreSQL hot path: step records run as prepared statements straight on psycopg
+connections opened through the engine's pool (durable/backends/sql/direct.py).
+
+What must hold: the path is really taken; a connection the server drops is discarded, the error
+is durable's, nothing is written, and the next record works; a record cancelled mid-statement
+leaks no connection; closing the backend closes every connection it opened."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+import durable
+from durable.backends import SQLAlchemyBackend
+from durable.errors import BackendUnavailableError, ClaimLostError
+from durable.models import WORKFLOW_TASK, StepRecord, TaskSpec, WorkflowSnapshot
+
+pytestmark = pytest.mark.postgres
+
+WORKER = "w1"
+
+
+def _conninfo(url: str) -> str:
+    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _step(position: int) -> StepRecord:
+    return StepRecord(
+        position=position,
+        name="s",
+        output={"position": position},
+        executor_id=WORKER,
+        started_at=datetime.now(UTC),
+    )
+
+
+@pytest.fixture
+async def claimed(pg_url: str) -> AsyncIterator[SQLAlchemyBackend]:
+    """A started backend holding the claim on workflow "wf"."""
+    backend = durable.connect(pg_url)
+    assert isinstance(backend, SQLAlchemyBackend)
+    await backend.start()
+    await backend.create_workflow(
+        WorkflowSnapshot(id="wf", name="wf"),
+        task=TaskSpec(instance_id="wf", name="wf"),
+    )
+    assert await backend.claim_task("wf", WORKFLOW_TASK, WORKER, timedelta(minutes=5))
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+def _engine_statements(backend: SQLAlchemyBackend) -> tuple[list[str], Any]:
+    seen: list[str] = []
+
+    def listener(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    engine = backend.engine
+    sync_engine = getattr(engine, "sync_engine", engine)
+    sa.event.listen(sync_engine, "before_cursor_execute", listener)
+    return seen, lambda: sa.event.remove(sync_engine, "before_cursor_execute", listener)
+
+
+async def test_step_records_bypass_the_engine_and_leak_nothing(
+    claimed: SQLAlchemyBackend,
+) -> None:
+    seen, stop = _engine_statements(claimed)
+    try:
+        for position in range(20):
+            await claimed.record_step("wf", _step(position), worker_id=WORKER)
+    finally:
+        stop()
+    assert not [s for s in seen if "durable_steps" in s]  # none went through SQLAlchemy
+    steps = await claimed.list_steps("wf")
+    assert [s.output for s in steps] == [{"position": p} for p in range(20)]
+    assert claimed.checked_out_connections() == 0
+
+
+async def test_concurrent_records_share_the_borrowed_connections(
+    claimed: SQLAlchemyBackend,
+) -> None:
+    await asyncio.gather(
+        *(claimed.record_step("wf", _step(p), worker_id=WORKER) for p in range(60))
+    )
+    assert [s.position for s in await claimed.list_steps("wf")] == list(range(60))
+    assert claimed.checked_out_connections() == 0
+
+
+async def test_a_dropped_connection_is_discarded_and_the_next_record_works(
+    claimed: SQLAlchemyBackend, pg_url: str
+) -> None:
+    await claimed.record_step("wf", _step(0), worker_id=WORKER)  # borrows a connection
+    database = sa.make_url(pg_url).database
+    async with await psycopg.AsyncConnection.connect(_conninfo(pg_url), autocommit=True) as admin:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        )
+    with pytest.raises(BackendUnavailableError, match="record step 1"):
+        await claimed.record_step("wf", _step(1), worker_id=WORKER)
+    assert claimed.checked_out_connections() == 0
+    assert await _positions(pg_url) == [0]
+    await claimed.record_step("wf", _step(1), worker_id=WORKER)
+    assert await _positions(pg_url) == [0, 1]
+
+
+async def _positions(pg_url: str) -> list[int]:
+    """The stored step positions of "wf", read on a new connection (the backend's pooled ones
+    were terminated too, and SQLAlchemy's pool does not ping them)."""
+    async with await psycopg.AsyncConnection.connect(_conninfo(pg_url)) as conn:
+        cur = await conn.execute(
+            "SELECT position FROM durable_steps WHERE workflow_id = 'wf' ORDER BY position"
+        )
+        return [row[0] for row in await cur.fetchall()]
+
+
+async def test_a_record_cancelled_mid_statement_leaks_no_connection(
+    claimed: SQLAlchemyBackend, pg_url: str
+) -> None:
+    async with await psycopg.AsyncConnection.connect(_conninfo(pg_url)) as locker:
+        # the record locks the claim row FOR SHARE; holding it FOR UPDATE makes it wait
+        await locker.execute("SELECT 1 FROM durable_tasks WHERE instance_id = 'wf' FOR UPDATE")
+        record = asyncio.create_task(claimed.record_step("wf", _step(0), worker_id=WORKER))
+        await asyncio.sleep(0.3)
+        assert not record.done()
+        record.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await record
+        await locker.rollback()
+    assert claimed.checked_out_connections() == 0
+    await claimed.record_step("wf", _step(1), worker_id=WORKER)
+    assert 1 in [s.position for s in await claimed.list_steps("wf")]
+
+
+async def test_a_refused_record_explains_itself(claimed: SQLAlchemyBackend) -> None:
+    with pytest.raises(ClaimLostError) as info:
+        await claimed.record_step("wf", _step(0), worker_id="intruder")
+    assert info.value.holder == WORKER
+    assert await claimed.list_steps("wf") == []
+    assert claimed.checked_out_connections() == 0
+
+
+async def test_close_closes_the_direct_connections(pg_url: str) -> None:
+    before = await _sessions(pg_url, settle_at=1)  # the pytest-postgresql fixture's own
+    backend = durable.connect(pg_url, engine_options={"pool_size": 3, "max_overflow": 0})
+    assert isinstance(backend, SQLAlchemyBackend)
+    await backend.start()
+    await backend.create_workflow(
+        WorkflowSnapshot(id="wf", name="wf"), task=TaskSpec(instance_id="wf", name="wf")
+    )
+    await backend.claim_task("wf", WORKFLOW_TASK, WORKER, timedelta(minutes=5))
+    # more concurrent records than the pool holds: they queue, and transactions still get one
+    await asyncio.gather(
+        *(backend.record_step("wf", _step(p), worker_id=WORKER) for p in range(30)),
+        *(backend.get_workflow("wf") for _ in range(5)),
+        *(
+            asyncio.to_thread(backend.record_step_blocking, "wf", _step(p), worker_id=WORKER)
+            for p in range(30, 40)
+        ),
+    )
+    assert backend.checked_out_connections() == 0
+    assert len(await backend.list_steps("wf")) == 40
+    await backend.close()
+    assert await _sessions(pg_url, settle_at=before) == before
+
+
+async def _sessions(pg_url: str, settle_at: int) -> int:
+    """Other sessions on the test database, once those that were closed have gone (a server
+    process leaves pg_stat_activity a moment after its client closed the connection)."""
+    async with await psycopg.AsyncConnection.connect(_conninfo(pg_url), autocommit=True) as admin:
+        for _ in range(100):
+            cur = await admin.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (sa.make_url(pg_url).database,),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            if row[0] <= settle_at:
+                break
+            await asyncio.sleep(0.05)
+    return int(row[0])
+
+
+# -- sync workflows: their threads record on sync connections of the backend's own -----------
+
+registry = durable.Registry()
+
+
+@durable.step(name="tests.pg_direct.double")
+def double(x: int) -> int:
+    return 2 * x
+
+
+@durable.step(name="tests.pg_direct.steal")
+def steal(conninfo: str) -> str:
+    """Another executor takes the workflow's claim over while this step runs."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE durable_tasks SET claimed_by = 'exec-B',"
+            " claim_expires_at = now() + interval '1 hour'"
+        )
+    return "stolen"
+
+
+@durable.workflow(name="tests.pg_direct.chain.v1", registry=registry)
+def chain(x: int) -> int:
+    return double(double(double(x)))
+
+
+@durable.workflow(name="tests.pg_direct.lose.v1", registry=registry)
+def lose(conninfo: str) -> str:
+    double(1)
+    steal(conninfo)
+    return "unreachable"  # the record of steal is refused
+
+
+async def test_sync_workflows_record_from_their_thread(pg_url: str) -> None:
+    backend = durable.connect(pg_url)
+    assert isinstance(backend, SQLAlchemyBackend) and backend.records_steps_blocking
+    seen, stop = _engine_statements(backend)
+    try:
+        async with durable.Runtime(backend, recover=False, registry=registry) as rt:
+            assert await rt.run(chain, 1, workflow_id="c") == 8
+            assert [s.output for s in await rt.list_steps("c")] == [2, 4, 8]
+    finally:
+        stop()
+    assert not [s for s in seen if "durable_steps" in s and s.startswith("INSERT")]
+
+
+async def test_a_sync_step_that_lost_its_claim_records_nothing(pg_url: str) -> None:
+    async with durable.Runtime(
+        durable.connect(pg_url), executor_id="exec-A", recover=False, registry=registry
+    ) as rt:
+        with pytest.raises(ClaimLostError) as lost:
+            await rt.run(lose, _conninfo(pg_url), workflow_id="l")
+        assert (lost.value.worker_id, lost.value.holder) == ("exec-A", "exec-B")
+        steps = await rt.list_steps("l")
+        assert [(s.name, s.output) for s in steps] == [("tests.pg_direct.double", 2)]
+
+
+async def test_a_dropped_sync_connection_is_discarded_too(
+    claimed: SQLAlchemyBackend, pg_url: str
+) -> None:
+    record = claimed.record_step_blocking
+    await asyncio.to_thread(record, "wf", _step(0), worker_id=WORKER)
+    database = sa.make_url(pg_url).database
+    async with await psycopg.AsyncConnection.connect(_conninfo(pg_url), autocommit=True) as admin:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        )
+    with pytest.raises(BackendUnavailableError, match="record step 1"):
+        await asyncio.to_thread(record, "wf", _step(1), worker_id=WORKER)
+    assert await _positions(pg_url) == [0]
+    await asyncio.to_thread(record, "wf", _step(1), worker_id=WORKER)
+    assert await _positions(pg_url) == [0, 1]
+
+
+async def test_an_engine_durable_did_not_create_records_on_the_loop(pg_url: str) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(sa.make_url(pg_url).set(drivername="postgresql+psycopg"))
+    backend = SQLAlchemyBackend(engine)
+    assert not backend.records_steps_blocking  # its connect arguments are not known to durable
+    try:
+        async with durable.Runtime(backend, recover=False, registry=registry) as rt:
+            assert await rt.run(chain, 2, workflow_id="e") == 16
+    finally:
+        await engine.dispose()
