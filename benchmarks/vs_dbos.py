@@ -485,7 +485,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--pool-size",
         type=int,
-        help="durable worker's PostgreSQL pool size (default SQLAlchemy's: 5 + 10 overflow)",
+        help="durable worker's PostgreSQL pool size (default durable's: 20 + 10 overflow)",
     )
     parser.add_argument(
         "--only", choices=["overhead", "throughput"], help="run one of the two workloads"

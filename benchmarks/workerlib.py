@@ -257,8 +257,8 @@ class Database:
             bl.drop_pg_schema(self.url, self.schema)
 
     def connect(self, *, pool_size: int | None = None) -> durable.SQLAlchemyBackend:
-        """durable's backend on this database (SQLAlchemy's default pool, 5 connections plus
-        10 overflow, unless ``pool_size`` is given)."""
+        """durable's backend on this database (durable's default pool on PostgreSQL, 20
+        connections plus 10 overflow, unless ``pool_size`` is given)."""
         if self.kind == "sqlite":
             backend = durable.connect(self.url)
         else:
