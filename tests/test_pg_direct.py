@@ -278,3 +278,47 @@ async def test_an_engine_durable_did_not_create_records_on_the_loop(pg_url: str)
             assert await rt.run(chain, 2, workflow_id="e") == 16
     finally:
         await engine.dispose()
+
+
+async def test_begin_and_finish_are_single_direct_statements(claimed: SQLAlchemyBackend) -> None:
+    """begin_execution returns the history in one statement (an UPDATE in a CTE joined with the
+    steps); finish_workflow removes the task and writes the outcome in one statement."""
+    for position in (2, 0, 1):
+        await claimed.record_step("wf", _step(position), worker_id=WORKER)
+    seen, stop = _engine_statements(claimed)
+    try:
+        snapshot = await claimed.begin_execution("wf", WORKER)
+        again = await claimed.begin_execution("wf", WORKER)  # re-entrant: a second attempt
+        info = await claimed.finish_workflow(
+            "wf", worker_id=WORKER, status=durable.WorkflowStatus.SUCCEEDED, output={"ok": 1}
+        )
+    finally:
+        stop()
+    assert not [s for s in seen if "durable_workflows" in s or "durable_tasks" in s]
+    assert [s.position for s in snapshot.steps] == [0, 1, 2]
+    assert [s.output for s in snapshot.steps] == [{"position": p} for p in range(3)]
+    assert all(s.started_at is not None and s.started_at.tzinfo is UTC for s in snapshot.steps)
+    assert (snapshot.status, snapshot.executor_id, snapshot.attempts) == (
+        durable.WorkflowStatus.RUNNING,
+        WORKER,
+        1,
+    )
+    assert again.attempts == 2 and snapshot.started_at == again.started_at
+    assert (info.status, info.output, info.version) == (
+        durable.WorkflowStatus.SUCCEEDED,
+        {"ok": 1},
+        again.version + 1,
+    )
+    assert info.completed_at is not None and info.completed_at.tzinfo is UTC
+    with pytest.raises(ClaimLostError):  # the task is gone with the finish
+        await claimed.finish_workflow("wf", worker_id=WORKER, status=durable.WorkflowStatus.FAILED)
+    assert (await claimed.get_workflow("wf")).status is durable.WorkflowStatus.SUCCEEDED
+
+
+async def test_begin_refusals_explain_themselves(claimed: SQLAlchemyBackend) -> None:
+    with pytest.raises(durable.WorkflowNotFoundError):
+        await claimed.begin_execution("nope", WORKER)
+    with pytest.raises(ClaimLostError) as lost:
+        await claimed.begin_execution("wf", "intruder")
+    assert lost.value.holder == WORKER
+    assert (await claimed.get_workflow("wf")).attempts == 0  # nothing written

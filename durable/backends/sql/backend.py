@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -38,6 +38,7 @@ from durable.backends.sql.dialects import (
 from durable.backends.sql.direct import (
     BlockingDirectStatements,
     CompiledStatement,
+    DirectResult,
     DirectStatements,
 )
 from durable.backends.sql.schema import (
@@ -104,10 +105,12 @@ class _Runner(ABC):
     async def connection(self, fn: Callable[[sa.Connection], T]) -> T:
         """Run ``fn`` on a connection with no transaction begun (it manages its own)."""
 
-    async def direct(self, statement: CompiledStatement, values: dict[str, Any]) -> int | None:
+    async def direct(
+        self, statement: CompiledStatement, values: dict[str, Any]
+    ) -> DirectResult | None:
         """Run one atomic statement on the driver, without BEGIN/COMMIT or SQLAlchemy's
-        execution layer, and return its row count; None where that is not supported (the caller
-        then runs it in :meth:`transaction`)."""
+        execution layer, and return its row count and rows; None where that is not supported
+        (the caller then runs it in :meth:`transaction`)."""
         return None
 
     @abstractmethod
@@ -173,7 +176,9 @@ class _AsyncRunner(_Runner):
         async with self.engine.connect() as conn:
             return await conn.run_sync(fn)
 
-    async def direct(self, statement: CompiledStatement, values: dict[str, Any]) -> int | None:
+    async def direct(
+        self, statement: CompiledStatement, values: dict[str, Any]
+    ) -> DirectResult | None:
         return await self._direct.execute(statement, values)
 
     def checked_out(self) -> int:
@@ -402,11 +407,6 @@ class SQLAlchemyBackend(PersistentBackend):
             set_={c: base.excluded[c] for c in _STEP_COLUMNS if c not in ("workflow_id",)},
             where=steps.c.status == StepStatus.PENDING.value,
         ).execution_options(preserve_rowcount=True)
-        self._record_step_direct = (
-            CompiledStatement(self._record_step, self.engine.dialect)
-            if isinstance(self._runner, _AsyncRunner) and self.dialect.name == "postgresql"
-            else None
-        )
         self._begin = (
             sa.update(workflows)
             .where(workflows.c.id == p_iid, self._held)
@@ -561,6 +561,7 @@ class SQLAlchemyBackend(PersistentBackend):
         self._claim_values = claim_values
         self._claim_columns = claim_columns
         self._claim_statements: dict[tuple[bool, bool, bool, bool], Any] = {}
+        self._build_direct_statements()
         self._insert_workflow = (
             d.insert(workflows).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
         )
@@ -575,6 +576,28 @@ class SQLAlchemyBackend(PersistentBackend):
             )
             .limit(1)
         )
+
+    def _build_direct_statements(self) -> None:
+        """The hot path's single statements, run straight on the driver (PostgreSQL): a step
+        record; the start of an execution with its history (an UPDATE in a CTE, joined with
+        the steps); its end, which removes the claimed task and writes the outcome (a DELETE
+        in a CTE, which only PostgreSQL allows)."""
+        self._record_step_direct = self._begin_direct = self._finish_direct = None
+        if not (isinstance(self._runner, _AsyncRunner) and self.dialect.name == "postgresql"):
+            return
+        dialect = self.engine.dialect
+        self._record_step_direct = CompiledStatement(self._record_step, dialect)
+        began = self._begin.cte("began")
+        history = [steps.c[c].label(f"step_{c}") for c in _STEP_COLUMNS if c != "workflow_id"]
+        begin = (
+            sa.select(began, *history)
+            .select_from(began.outerjoin(steps, steps.c.workflow_id == began.c.id))
+            .order_by(steps.c.position)
+        )
+        self._begin_direct = CompiledStatement(begin, dialect)
+        taken = self._take_workflow_task.returning(tasks.c.id).cte("taken")
+        finish = self._finish.where(sa.exists(sa.select(taken.c.id)))
+        self._finish_direct = CompiledStatement(finish, dialect)
 
     def _claim_statement(
         self, names: bool, queues: bool, include_own: bool, *, find: bool = False
@@ -666,8 +689,18 @@ class SQLAlchemyBackend(PersistentBackend):
             **self._info_fields(row._mapping), steps=tuple(self._step(r) for r in step_rows)
         )
 
-    def _step(self, row: sa.Row[Any]) -> StepRecord:
-        m = row._mapping
+    def _joined_snapshot(self, rows: Sequence[Mapping[str, Any]]) -> WorkflowSnapshot:
+        """A snapshot from the rows of the direct begin statement: the workflow's columns on
+        each, and one step per row in the ``step_`` columns (all NULL: no steps yet)."""
+        history = tuple(
+            self._step({c: row[f"step_{c}"] for c in _STEP_COLUMNS if c != "workflow_id"})
+            for row in rows
+            if row["step_position"] is not None
+        )
+        return WorkflowSnapshot(**self._info_fields(rows[0]), steps=history)
+
+    def _step(self, row: sa.Row[Any] | Mapping[str, Any]) -> StepRecord:
+        m = row._mapping if isinstance(row, sa.Row) else row
         return StepRecord(
             position=m["position"],
             name=m["name"],
@@ -954,15 +987,28 @@ class SQLAlchemyBackend(PersistentBackend):
             **clock,
         }
 
+        what = f"begin workflow {instance_id!r}"
+
+        def explain(conn: sa.Connection) -> DurableError:
+            if conn.execute(self._select_workflow, params).first() is None:
+                return WorkflowNotFoundError(instance_id)
+            return self._refusal(conn, clock, instance_id, task_id, worker_id)
+
+        if self._begin_direct is not None:  # one statement, one round trip
+            with self._errors(what):
+                done = await self._runner.direct(self._begin_direct, params)
+            if done is not None:
+                if not done.rows:
+                    raise await self._run(explain, what=what)
+                return self._joined_snapshot(done.rows)
+
         def fn(conn: sa.Connection) -> WorkflowSnapshot:
             row = conn.execute(self._begin, params).first()
             if row is None:
-                if conn.execute(self._select_workflow, params).first() is None:
-                    raise WorkflowNotFoundError(instance_id)
-                raise self._refusal(conn, clock, instance_id, task_id, worker_id)
+                raise explain(conn)
             return self._snapshot(row, conn.execute(self._select_steps, params).all())
 
-        return await self._run(fn, what=f"begin workflow {instance_id!r}")
+        return await self._run(fn, what=what)
 
     async def record_step(
         self,
@@ -978,10 +1024,10 @@ class SQLAlchemyBackend(PersistentBackend):
         # itself, so on PostgreSQL it runs without BEGIN/COMMIT, prepared, on the driver.
         if self._record_step_direct is not None:
             with self._errors(what):
-                rowcount = await self._runner.direct(self._record_step_direct, params)
-            if rowcount == 1:
+                done = await self._runner.direct(self._record_step_direct, params)
+            if done is not None and done.rowcount == 1:
                 return
-            if rowcount == 0:
+            if done is not None:
                 raise await self._run(explain, what=what)
         await self._run(record, what=what)
 
@@ -1014,7 +1060,7 @@ class SQLAlchemyBackend(PersistentBackend):
         params, record, explain = self._record_step_call(instance_id, step, worker_id, task_id)
         if self._blocking is not None and self._record_step_direct is not None:
             with self._errors(what):
-                if self._blocking.execute(self._record_step_direct, params) == 1:
+                if self._blocking.execute(self._record_step_direct, params).rowcount == 1:
                     return
             # refused: why is worth a hop to the event loop (this is not the hot path)
             assert self._loop is not None
@@ -1072,12 +1118,25 @@ class SQLAlchemyBackend(PersistentBackend):
             **clock,
         }
 
+        what = f"finish workflow {instance_id!r}"
+
+        def refusal(conn: sa.Connection) -> DurableError:
+            return self._refusal(conn, clock, instance_id, WORKFLOW_TASK, worker_id)
+
+        if self._finish_direct is not None:  # one statement, one round trip
+            with self._errors(what):
+                done = await self._runner.direct(self._finish_direct, params)
+            if done is not None:
+                if not done.rows:
+                    raise await self._run(refusal, what=what)
+                return WorkflowInfo(**self._info_fields(done.rows[0]))
+
         def fn(conn: sa.Connection) -> WorkflowInfo:
             if conn.execute(self._take_workflow_task, params).rowcount == 0:
-                raise self._refusal(conn, clock, instance_id, WORKFLOW_TASK, worker_id)
+                raise refusal(conn)
             return self._info(conn.execute(self._finish, params).one())
 
-        return await self._run(fn, what=f"finish workflow {instance_id!r}")
+        return await self._run(fn, what=what)
 
     async def reschedule_workflow(
         self,

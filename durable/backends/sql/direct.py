@@ -24,19 +24,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import greenlet_spawn
 
 
 class CompiledStatement:
-    """A Core statement compiled once for a dialect, with what is needed to bind its values."""
+    """A Core statement compiled once for a dialect, with what is needed to bind its values
+    and to read the rows it returns (its SELECT or RETURNING columns)."""
 
-    def __init__(self, stmt: sa.ClauseElement, dialect: sa.Dialect) -> None:
-        compiled = cast(SQLCompiler, stmt.compile(dialect=dialect))
+    def __init__(self, stmt: sa.Select[Any] | sa.UpdateBase, dialect: sa.Dialect) -> None:
+        compiled = stmt.compile(dialect=dialect)
         self.sql = str(compiled)
         self._compiled = compiled
         self._dialect = dialect
@@ -44,6 +45,26 @@ class CompiledStatement:
             (compiled.bind_names[bind], bind.type.process_bind_param)
             for bind in compiled.bind_names
             if isinstance(bind.type, sa.TypeDecorator)
+        ]
+        self._columns = [
+            (
+                str(column.key),
+                column.type.process_result_value
+                if isinstance(column.type, sa.TypeDecorator)
+                else None,
+            )
+            for column in stmt.exported_columns
+        ]
+
+    def rows(self, raw: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        """The driver's rows as mappings by column key, through the columns' result types."""
+        dialect = self._dialect
+        return [
+            {
+                key: value if process is None else process(value, dialect)
+                for (key, process), value in zip(self._columns, row, strict=True)
+            }
+            for row in raw
         ]
 
     def params(self, values: dict[str, Any]) -> dict[str, Any]:
@@ -55,6 +76,13 @@ class CompiledStatement:
         except ValueError as exc:  # as SQLAlchemy reports a type that refused a value
             raise sa.exc.StatementError(str(exc), self.sql, values, exc) from exc
         return params
+
+
+class DirectResult(NamedTuple):
+    """What a direct statement did: its row count, and the rows it returned (if any)."""
+
+    rowcount: int
+    rows: list[dict[str, Any]]
 
 
 #: The most connections the direct path opens; statements queue for them. Each statement holds
@@ -77,9 +105,12 @@ class DirectStatements:
         self._available: asyncio.Semaphore | None = None
         self._generation = 0  # bumped by close(): connections of an older one are not reused
 
-    async def execute(self, statement: CompiledStatement, values: dict[str, Any]) -> int | None:
-        """Run ``statement`` as one autocommitted statement and return its row count; None when
-        the direct path does not apply here (the caller then runs it through the engine).
+    async def execute(
+        self, statement: CompiledStatement, values: dict[str, Any]
+    ) -> DirectResult | None:
+        """Run ``statement`` as one autocommitted statement and return its row count and rows;
+        None when the direct path does not apply here (the caller then runs it through the
+        engine).
 
         :raises sa.exc.DBAPIError: as SQLAlchemy would have raised it, so callers translate
             errors in one place.
@@ -99,7 +130,10 @@ class DirectStatements:
             try:
                 cursor = conn.cursor()
                 await cursor.execute(statement.sql, params, prepare=True)
-                rowcount = int(cursor.rowcount)
+                result = DirectResult(
+                    int(cursor.rowcount),
+                    statement.rows(await cursor.fetchall()) if cursor.description else [],
+                )
             except BaseException as exc:
                 broken = bool(conn.broken or conn.closed)
                 await _close(conn)
@@ -111,7 +145,7 @@ class DirectStatements:
                 self._idle.append(conn)
             else:  # closed meanwhile
                 await _close(conn)
-            return rowcount
+            return result
 
     async def _open(self) -> Any:
         """A new connection, opened by the pool (connect arguments, events) and detached."""
@@ -154,8 +188,8 @@ class BlockingDirectStatements:
         self._available = threading.BoundedSemaphore(DIRECT_CONNECTIONS)
         self._generation = 0
 
-    def execute(self, statement: CompiledStatement, values: dict[str, Any]) -> int:
-        """Run ``statement`` as one autocommitted statement and return its row count.
+    def execute(self, statement: CompiledStatement, values: dict[str, Any]) -> DirectResult:
+        """Run ``statement`` as one autocommitted statement and return its row count and rows.
 
         :raises sa.exc.DBAPIError: as SQLAlchemy would have raised it.
         """
@@ -170,7 +204,11 @@ class BlockingDirectStatements:
                 if conn is None:
                     args, kwargs = self._connect
                     conn = psycopg.Connection.connect(*args, **kwargs)
-                rowcount = int(conn.execute(statement.sql, params, prepare=True).rowcount)
+                cursor = conn.execute(statement.sql, params, prepare=True)
+                result = DirectResult(
+                    int(cursor.rowcount),
+                    statement.rows(cursor.fetchall()) if cursor.description else [],
+                )
             except BaseException as exc:
                 broken = conn is None or bool(conn.broken or conn.closed)
                 if conn is not None:
@@ -183,9 +221,9 @@ class BlockingDirectStatements:
             with self._lock:
                 if generation == self._generation:
                     self._idle.append(conn)
-                    return rowcount
+                    return result
             conn.close()  # closed meanwhile
-            return rowcount
+            return result
 
     def close(self) -> None:
         """Close every idle connection (one in use closes when it is done)."""
