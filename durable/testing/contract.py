@@ -932,6 +932,41 @@ class BackendContractTests:
         assert await backend.list_steps("wf") == steps
         assert (await backend.load_snapshot("wf")).steps == tuple(steps)
 
+    async def test_record_step_blocking_keeps_the_contract(
+        self, backend: PersistentBackend
+    ) -> None:
+        """``record_step_blocking``, where supported, is ``record_step`` from another thread:
+        it appends, overwrites only pending rows, is fenced, and writes nothing it cannot
+        serialize."""
+        if not backend.records_steps_blocking:
+            with pytest.raises(NotImplementedError):
+                backend.record_step_blocking("wf", step(0), worker_id="w1")
+            pytest.skip(f"{type(backend).__name__} records steps on its event loop only")
+
+        def record(instance_id: str, record: StepRecord, worker_id: str) -> Awaitable[None]:
+            return asyncio.to_thread(
+                backend.record_step_blocking, instance_id, record, worker_id=worker_id
+            )
+
+        await running(backend, "wf", "w1")
+        await record("wf", step(0, output={"x": 1}), "w1")
+        await record("wf", step(1, status=StepStatus.PENDING, child_workflow_id="c"), "w1")
+        final = step(1, output=2, child_workflow_id="c", attempts=2)
+        await record("wf", final, "w1")
+        assert await backend.list_steps("wf") == [step(0, output={"x": 1}), final]
+        with pytest.raises(StepAlreadyRecordedError) as recorded:
+            await record("wf", step(0, output="changed"), "w1")
+        assert recorded.value.position == 0
+        with pytest.raises(ClaimLostError) as lost:
+            await record("wf", step(2), "w2")
+        assert (lost.value.worker_id, lost.value.holder) == ("w2", "w1")
+        with pytest.raises(SerializationError, match="Unserializable"):
+            await record("wf", step(2, output=Unserializable()), "w1")
+        assert len(await backend.list_steps("wf")) == 2
+        # many threads at once
+        await asyncio.gather(*(record("wf", step(p), "w1") for p in range(2, 22)))
+        assert [s.position for s in await backend.list_steps("wf")] == list(range(22))
+
     async def test_record_step_is_fenced(self, backend: PersistentBackend) -> None:
         await create(backend, "wf")
         with pytest.raises(ClaimLostError) as lost:

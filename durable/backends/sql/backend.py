@@ -587,13 +587,29 @@ class SQLAlchemyBackend(PersistentBackend):
             return
         dialect = self.engine.dialect
         self._record_step_direct = CompiledStatement(self._record_step, dialect)
+        # the workflow's row, then its steps' rows (each row has both sets of columns, the
+        # other set NULL: a join would repeat the workflow's input on every step)
         began = self._begin.cte("began")
-        history = [steps.c[c].label(f"step_{c}") for c in _STEP_COLUMNS if c != "workflow_id"]
-        begin = (
-            sa.select(began, *history)
-            .select_from(began.outerjoin(steps, steps.c.workflow_id == began.c.id))
-            .order_by(steps.c.position)
+        step_columns = [c for c in _STEP_COLUMNS if c != "workflow_id"]
+
+        def nulls(table: sa.Table, columns: Sequence[str], prefix: str = "") -> list[Any]:
+            return [
+                sa.type_coerce(sa.null(), table.c[c].type).label(f"{prefix}{c}") for c in columns
+            ]
+
+        header = sa.select(
+            sa.literal(0).label("part"), *began.c, *nulls(steps, step_columns, "step_")
         )
+        history = sa.select(
+            sa.literal(1),
+            *nulls(workflows, [c.name for c in workflows.c]),
+            *[steps.c[c] for c in step_columns],
+        ).where(
+            steps.c.workflow_id == sa.bindparam("p_iid", type_=sa.String()),
+            sa.exists(sa.select(began.c.id)),
+        )
+        begin = sa.union_all(header, history)
+        begin = begin.order_by(begin.selected_columns.part, begin.selected_columns.step_position)
         self._begin_direct = CompiledStatement(begin, dialect)
         taken = self._take_workflow_task.returning(tasks.c.id).cte("taken")
         finish = self._finish.where(sa.exists(sa.select(taken.c.id)))
@@ -690,12 +706,11 @@ class SQLAlchemyBackend(PersistentBackend):
         )
 
     def _joined_snapshot(self, rows: Sequence[Mapping[str, Any]]) -> WorkflowSnapshot:
-        """A snapshot from the rows of the direct begin statement: the workflow's columns on
-        each, and one step per row in the ``step_`` columns (all NULL: no steps yet)."""
+        """A snapshot from the rows of the direct begin statement: the workflow's row first,
+        then one row per step in the ``step_`` columns."""
         history = tuple(
             self._step({c: row[f"step_{c}"] for c in _STEP_COLUMNS if c != "workflow_id"})
-            for row in rows
-            if row["step_position"] is not None
+            for row in rows[1:]
         )
         return WorkflowSnapshot(**self._info_fields(rows[0]), steps=history)
 

@@ -36,7 +36,9 @@ class CompiledStatement:
     """A Core statement compiled once for a dialect, with what is needed to bind its values
     and to read the rows it returns (its SELECT or RETURNING columns)."""
 
-    def __init__(self, stmt: sa.Select[Any] | sa.UpdateBase, dialect: sa.Dialect) -> None:
+    def __init__(
+        self, stmt: sa.Select[Any] | sa.CompoundSelect[Any] | sa.UpdateBase, dialect: sa.Dialect
+    ) -> None:
         compiled = stmt.compile(dialect=dialect)
         self.sql = str(compiled)
         self._compiled = compiled
