@@ -58,6 +58,12 @@ class CompiledStatement:
             for column in stmt.exported_columns
         ]
 
+    @property
+    def returns_rows(self) -> bool:
+        """True for a SELECT, or DML with RETURNING (known from the statement: asking the
+        cursor for its description costs more than the rows)."""
+        return bool(self._columns)
+
     def rows(self, raw: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
         """The driver's rows as mappings by column key, through the columns' result types."""
         dialect = self._dialect
@@ -134,7 +140,7 @@ class DirectStatements:
                 await cursor.execute(statement.sql, params, prepare=True)
                 result = DirectResult(
                     int(cursor.rowcount),
-                    statement.rows(await cursor.fetchall()) if cursor.description else [],
+                    statement.rows(await cursor.fetchall()) if statement.returns_rows else [],
                 )
             except BaseException as exc:
                 broken = bool(conn.broken or conn.closed)
@@ -209,7 +215,7 @@ class BlockingDirectStatements:
                 cursor = conn.execute(statement.sql, params, prepare=True)
                 result = DirectResult(
                     int(cursor.rowcount),
-                    statement.rows(cursor.fetchall()) if cursor.description else [],
+                    statement.rows(cursor.fetchall()) if statement.returns_rows else [],
                 )
             except BaseException as exc:
                 broken = conn is None or bool(conn.broken or conn.closed)
