@@ -206,7 +206,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--processes", help="worker process counts, comma-separated (1,2,4)")
     parser.add_argument("--concurrency", type=int, help="executions at a time per worker (16)")
     parser.add_argument(
-        "--pool-size", type=int, help="workers' PostgreSQL pool size (default durable's: 20 + 10 overflow)"
+        "--pool-size",
+        type=int,
+        help="workers' PostgreSQL pool size (default durable's: 20 + 10 overflow)",
     )
     parser.add_argument(
         "--poll-interval", type=float, default=1.0, help="workers' poll interval (1.0, serve's)"

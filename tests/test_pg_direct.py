@@ -322,3 +322,35 @@ async def test_begin_refusals_explain_themselves(claimed: SQLAlchemyBackend) -> 
         await claimed.begin_execution("wf", "intruder")
     assert lost.value.holder == WORKER
     assert (await claimed.get_workflow("wf")).attempts == 0  # nothing written
+
+
+async def test_claims_are_direct_and_one_statement_serves_every_list_length(
+    pg_url: str,
+) -> None:
+    backend = durable.connect(pg_url)
+    assert isinstance(backend, SQLAlchemyBackend)
+    await backend.start()
+    try:
+        for i, (name, queue, priority) in enumerate(
+            [("a", "q1", 5), ("b", "q1", 1), ("c", "q2", 3), ("d", "q3", 0)]
+        ):
+            await backend.create_workflow(
+                WorkflowSnapshot(id=f"wf-{i}", name=name, queue=queue),
+                task=TaskSpec(instance_id=f"wf-{i}", name=name, queue=queue, priority=priority),
+            )
+        seen, stop = _engine_statements(backend)
+        try:
+            first = await backend.claim_available_tasks(
+                WORKER, 10, timedelta(minutes=1), names=["a", "b", "c"], queues=["q1"]
+            )
+            second = await backend.claim_available_tasks(
+                WORKER, 10, timedelta(minutes=1), names=["a", "b", "c", "d"], include_own=False
+            )
+        finally:
+            stop()
+        assert not [s for s in seen if "durable_tasks" in s]
+        assert [c.name for c in first] == ["b", "a"]  # by priority, within the filters
+        assert [c.name for c in second] == ["d", "c"]  # the rest; lists of any length
+        assert all(c.worker_id == WORKER and c.expires_at.tzinfo is UTC for c in first + second)
+    finally:
+        await backend.close()

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -561,6 +561,7 @@ class SQLAlchemyBackend(PersistentBackend):
         self._claim_values = claim_values
         self._claim_columns = claim_columns
         self._claim_statements: dict[tuple[bool, bool, bool, bool], Any] = {}
+        self._direct_claims: dict[tuple[bool, bool, bool], CompiledStatement] = {}
         self._build_direct_statements()
         self._insert_workflow = (
             d.insert(workflows).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
@@ -661,9 +662,9 @@ class SQLAlchemyBackend(PersistentBackend):
             free.append(tasks.c.claimed_by == p_wid)
         clauses = [tasks.c.run_after <= now, sa.or_(*free)]
         if names:
-            clauses.append(tasks.c.name.in_(sa.bindparam("p_names", expanding=True)))
+            clauses.append(self.dialect.in_list(tasks.c.name, "p_names"))
         if queues:
-            clauses.append(tasks.c.queue.in_(sa.bindparam("p_queues", expanding=True)))
+            clauses.append(self.dialect.in_list(tasks.c.queue, "p_queues"))
         return sa.and_(*clauses)
 
     # -- row conversion -----------------------------------------------------------------------
@@ -789,14 +790,15 @@ class SQLAlchemyBackend(PersistentBackend):
             ),
         }
 
-    def _claim(self, row: sa.Row[Any]) -> TaskClaim:
+    def _claim(self, row: sa.Row[Any] | Mapping[Any, Any]) -> TaskClaim:
+        m = row._mapping if isinstance(row, sa.Row) else row
         return TaskClaim(
-            instance_id=row.instance_id,
-            task_id=row.task_id,
-            worker_id=row.claimed_by,
-            expires_at=row.claim_expires_at,
-            attempts=row.attempts,
-            name=row.name,
+            instance_id=m["instance_id"],
+            task_id=m["task_id"],
+            worker_id=m["claimed_by"],
+            expires_at=m["claim_expires_at"],
+            attempts=m["attempts"],
+            name=m["name"],
         )
 
     def _refusal(
@@ -1552,13 +1554,28 @@ class SQLAlchemyBackend(PersistentBackend):
     ) -> list[TaskClaim]:
         params = self._filter_params(worker_id, limit, names, queues)
         params.update(self.dialect.clock_params(ttl=ttl_seconds(ttl)))
-        stmt = self._claim_statement(names is not None, queues is not None, include_own)
+        key = (names is not None, queues is not None, include_own)
+        stmt = self._claim_statement(*key)
+        what = "claim available tasks"
+
+        def in_order(rows: Iterable[Any]) -> list[TaskClaim]:
+            keyed = [r._mapping if isinstance(r, sa.Row) else r for r in rows]
+            keyed.sort(key=lambda r: (r["priority"], r["run_after"], r["id"]))
+            return [self._claim(r) for r in keyed]
+
+        if self._record_step_direct is not None:  # PostgreSQL: one statement, autocommitted
+            direct = self._direct_claims.get(key)
+            if direct is None:
+                direct = self._direct_claims[key] = CompiledStatement(stmt, self.engine.dialect)
+            with self._errors(what):
+                done = await self._runner.direct(direct, params)
+            if done is not None:
+                return in_order(done.rows)
 
         def fn(conn: sa.Connection) -> list[TaskClaim]:
-            rows = sorted(conn.execute(stmt, params), key=lambda r: (r.priority, r.run_after, r.id))
-            return [self._claim(r) for r in rows]
+            return in_order(conn.execute(stmt, params))
 
-        return await self._run(fn, what="claim available tasks")
+        return await self._run(fn, what=what)
 
 
 def _aware(value: Any) -> datetime | None:

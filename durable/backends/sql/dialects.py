@@ -10,6 +10,8 @@
   clocks need not agree. SQLite is one file on one host: the host's clock is passed in.
 * **Fencing.** On PostgreSQL the claim row is locked ``FOR SHARE`` while a step is recorded, so a
   concurrent takeover waits and re-checks; SQLite's write lock already serializes them.
+* **Lists.** Name and queue filters bind one array on PostgreSQL (``= ANY(:names)``), so the claim
+  statement is prepared once; SQLite expands ``IN (...)``.
 * **Batch claims.** PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED`` in a CTE feeding
   ``UPDATE ... RETURNING``. SQLite: ``UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING``
   inside one write transaction. Never SELECT-then-UPDATE (SQLAlchemy renders ``FOR UPDATE`` as
@@ -59,6 +61,10 @@ class SQLDialect:
     def lock_for_fence(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
         """Lock the claim row a fenced write depends on, where the database needs it."""
         return stmt
+
+    def in_list(self, column: sa.ColumnElement[str], param: str) -> sa.ColumnElement[bool]:
+        """``column`` is one of the strings in the list bound to ``param``."""
+        return column.in_(sa.bindparam(param, expanding=True))
 
     def claim_batch(
         self, tasks: sa.Table, available: sa.ColumnElement[bool], order: list[Any]
@@ -117,6 +123,11 @@ class PostgresDialect(SQLDialect):
 
     def lock_for_fence(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
         return stmt.with_for_update(read=True)
+
+    def in_list(self, column: sa.ColumnElement[str], param: str) -> sa.ColumnElement[bool]:
+        # one array parameter: the statement's text does not depend on the list's length, so
+        # it is compiled and prepared once (an expanding IN is rendered anew for each length)
+        return column == sa.any_(sa.bindparam(param, type_=pg.ARRAY(sa.String())))
 
     def claim_batch(
         self, tasks: sa.Table, available: sa.ColumnElement[bool], order: list[Any]

@@ -43,18 +43,15 @@ class CompiledStatement:
         self.sql = str(compiled)
         self._compiled = compiled
         self._dialect = dialect
+        # the processors SQLAlchemy itself would apply for this dialect (UTCDateTime's checks
+        # and conversions among them)
         self._processors = [
-            (compiled.bind_names[bind], bind.type.process_bind_param)
+            (compiled.bind_names[bind], process)
             for bind in compiled.bind_names
-            if isinstance(bind.type, sa.TypeDecorator)
+            if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
         ]
         self._columns = [
-            (
-                str(column.key),
-                column.type.process_result_value
-                if isinstance(column.type, sa.TypeDecorator)
-                else None,
-            )
+            (str(column.key), column.type.dialect_impl(dialect).result_processor(dialect, None))
             for column in stmt.exported_columns
         ]
 
@@ -66,10 +63,9 @@ class CompiledStatement:
 
     def rows(self, raw: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
         """The driver's rows as mappings by column key, through the columns' result types."""
-        dialect = self._dialect
         return [
             {
-                key: value if process is None else process(value, dialect)
+                key: value if process is None else process(value)
                 for (key, process), value in zip(self._columns, row, strict=True)
             }
             for row in raw
@@ -80,7 +76,7 @@ class CompiledStatement:
         params = dict(self._compiled.construct_params(values))
         try:
             for name, process in self._processors:
-                params[name] = process(params[name], self._dialect)
+                params[name] = process(params[name])
         except ValueError as exc:  # as SQLAlchemy reports a type that refused a value
             raise sa.exc.StatementError(str(exc), self.sql, values, exc) from exc
         return params
