@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -167,35 +164,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    backends = ["sqlite", "postgres"] if args.backend == "all" else [args.backend]
-    load_at_start = [round(x, 2) for x in os.getloadavg()]
-    git_at_start = wl.git_state()
-    results: dict[str, dict[str, Any]] = {}
-    sqlite_dir = args.sqlite_dir or Path(tempfile.mkdtemp(prefix="durable-bench-"))
-    sqlite_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        for kind in backends:
-            results[kind] = await bench_backend(kind, args, sqlite_dir)
-    finally:
-        if args.sqlite_dir is None and not args.keep:
-            shutil.rmtree(sqlite_dir, ignore_errors=True)
-    return {
-        "benchmark": "memory",
-        "config": {
-            "backends": backends,
+    return await wl.run_per_backend(
+        args,
+        "memory",
+        {
             "workflows": args.workflows,
             "concurrency": args.concurrency,
             "sample_interval": args.sample_interval,
             "flat_mb": args.flat_mb,
-            "quick": args.quick,
         },
-        "machine": {
-            **bl.machine_info(args.pg_url if "postgres" in backends else None),
-            **wl.run_context(git_at_start, load_at_start),
-        },
-        "results": results,
-        "targets": evaluate(results, args.flat_mb),
-    }
+        bench_backend,
+        lambda results: evaluate(results, args.flat_mb),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -33,12 +33,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -518,22 +515,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     if dbos_version() is None:
         raise SystemExit("vs_dbos needs DBOS Transact: pip install -e '.[bench]' (or dbos)")
-    backends = ["sqlite", "postgres"] if args.backend == "all" else [args.backend]
-    load_at_start = [round(x, 2) for x in os.getloadavg()]
-    git_at_start = wl.git_state()
-    results: dict[str, dict[str, Any]] = {}
-    sqlite_dir = args.sqlite_dir or Path(tempfile.mkdtemp(prefix="durable-bench-"))
-    sqlite_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        for kind in backends:
-            results[kind] = await bench_backend(kind, args, sqlite_dir)
-    finally:
-        if args.sqlite_dir is None and not args.keep:
-            shutil.rmtree(sqlite_dir, ignore_errors=True)
-    return {
-        "benchmark": "vs_dbos",
-        "config": {
-            "backends": backends,
+    return await wl.run_per_backend(
+        args,
+        "vs_dbos",
+        {
             "steps": args.steps,
             "repeat": args.repeat,
             "warmup": args.warmup,
@@ -542,16 +527,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "dbos_polling": args.dbos_polling,
             "pool_size": args.pool_size,
             "only": args.only,
-            "quick": args.quick,
         },
-        "machine": {
-            **bl.machine_info(args.pg_url if "postgres" in backends else None),
-            "dbos": dbos_version(),
-            **wl.run_context(git_at_start, load_at_start),
-        },
-        "results": results,
-        "targets": evaluate(results),
-    }
+        bench_backend,
+        evaluate,
+        machine={"dbos": dbos_version()},
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -24,12 +24,14 @@ import json
 import os
 import resource
 import selectors
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -172,6 +174,44 @@ def run_context(at_start: dict[str, Any], load_at_start: list[float]) -> dict[st
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "git_at_start": at_start,
         "code_changed_during_run": at_start != at_end,
+    }
+
+
+async def run_per_backend(
+    args: Any,
+    name: str,
+    config: dict[str, Any],
+    bench_backend: Callable[[str, Any, Path], Awaitable[dict[str, Any]]],
+    evaluate: Callable[[dict[str, dict[str, Any]]], list[dict[str, Any]]],
+    *,
+    machine: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run ``bench_backend(kind, args, sqlite_dir)`` for each backend ``args.backend`` names
+    (SQLite files in ``args.sqlite_dir`` or a temporary directory, removed afterwards unless
+    ``args.keep``) and return the benchmark's JSON document: its config, the machine, the
+    results by backend and the targets ``evaluate`` judges from them."""
+    backends = ["sqlite", "postgres"] if args.backend == "all" else [args.backend]
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    git_at_start = git_state()
+    results: dict[str, dict[str, Any]] = {}
+    sqlite_dir = args.sqlite_dir or Path(tempfile.mkdtemp(prefix="durable-bench-"))
+    sqlite_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        for kind in backends:
+            results[kind] = await bench_backend(kind, args, sqlite_dir)
+    finally:
+        if args.sqlite_dir is None and not args.keep:
+            shutil.rmtree(sqlite_dir, ignore_errors=True)
+    return {
+        "benchmark": name,
+        "config": {"backends": backends, **config, "quick": args.quick},
+        "machine": {
+            **bl.machine_info(args.pg_url if "postgres" in backends else None),
+            **(machine or {}),
+            **run_context(git_at_start, load_at_start),
+        },
+        "results": results,
+        "targets": evaluate(results),
     }
 
 

@@ -1,12 +1,11 @@
 """The SQLAlchemy backend: SQLite and PostgreSQL through one implementation.
 
 Every operation is written once, as a function that runs SQLAlchemy Core statements on a
-synchronous :class:`~sqlalchemy.Connection` inside one transaction. A *runner* executes it: inline
-for the standard-library SQLite driver, in one greenlet per transaction for async drivers
-(psycopg, aiosqlite). Statements are built once and reused, so SQLAlchemy compiles each of them
-once per process. On PostgreSQL the step record, one fenced statement, runs as a prepared
-statement straight on the driver (:mod:`.direct`). What differs between databases is in
-:mod:`.dialects`.
+synchronous :class:`~sqlalchemy.Connection` inside one transaction; a *runner* (:mod:`.runners`)
+executes it. Statements are built once and reused, so SQLAlchemy compiles each of them once per
+process. On PostgreSQL the hot path (a step record, the start and end of an execution, a
+worker's claim), each one statement, runs prepared straight on the driver (:mod:`.direct`).
+What differs between databases is in :mod:`.dialects`.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -22,8 +20,6 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import StaticPool
-from sqlalchemy.util import greenlet_spawn
 
 from durable.backends.base import PersistentBackend
 from durable.backends.memory import UNTIL_WOKEN, decode_cursor, encode_cursor
@@ -35,12 +31,8 @@ from durable.backends.sql.dialects import (
     dialect_for,
     normalize_url,
 )
-from durable.backends.sql.direct import (
-    BlockingDirectStatements,
-    CompiledStatement,
-    DirectResult,
-    DirectStatements,
-)
+from durable.backends.sql.direct import BlockingDirectStatements, CompiledStatement
+from durable.backends.sql.runners import AsyncRunner, InlineRunner, Runner
 from durable.backends.sql.schema import (
     UTCDateTime,
     executors,
@@ -95,107 +87,6 @@ WORK_CHANNEL = "durable_work"
 _STEP_COLUMNS = [c.name for c in steps.columns]
 
 
-class _Runner(ABC):
-    """Runs ``fn(connection)`` inside one transaction."""
-
-    @abstractmethod
-    async def transaction(self, fn: Callable[[sa.Connection], T]) -> T: ...
-
-    @abstractmethod
-    async def connection(self, fn: Callable[[sa.Connection], T]) -> T:
-        """Run ``fn`` on a connection with no transaction begun (it manages its own)."""
-
-    async def direct(
-        self, statement: CompiledStatement, values: dict[str, Any]
-    ) -> DirectResult | None:
-        """Run one atomic statement on the driver, without BEGIN/COMMIT or SQLAlchemy's
-        execution layer, and return its row count and rows; None where that is not supported
-        (the caller then runs it in :meth:`transaction`)."""
-        return None
-
-    @abstractmethod
-    def checked_out(self) -> int: ...
-
-    async def release(self) -> None:  # noqa: B027 - optional hook
-        """Close connections the runner holds outside the engine's pool."""
-
-    @abstractmethod
-    async def dispose(self) -> None: ...
-
-
-class _InlineRunner(_Runner):
-    """For the standard-library SQLite driver: a local transaction is cheaper than a thread hop."""
-
-    def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
-        #: False for an in-memory database: its one shared connection must not be used by
-        #: two threads' transactions at once.
-        self.thread_safe = not isinstance(engine.pool, StaticPool)
-
-    async def transaction(self, fn: Callable[[sa.Connection], T]) -> T:
-        return self.run(fn)
-
-    def run(self, fn: Callable[[sa.Connection], T]) -> T:
-        """:meth:`transaction`, in the calling thread."""
-        with self.engine.begin() as conn:
-            return fn(conn)
-
-    async def connection(self, fn: Callable[[sa.Connection], T]) -> T:
-        with self.engine.connect() as conn:
-            return fn(conn)
-
-    def checked_out(self) -> int:
-        return _checked_out(self.engine.pool)
-
-    async def dispose(self) -> None:
-        self.engine.dispose()
-
-
-class _AsyncRunner(_Runner):
-    """For async drivers; SQLite ones are serialized in-process (SQLite has one writer)."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self._lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
-        self._direct = DirectStatements(engine)
-
-    async def transaction(self, fn: Callable[[sa.Connection], T]) -> T:
-        # The whole transaction (checkout, begin, fn, commit, checkin) runs in one greenlet:
-        # the same driver calls as AsyncEngine.begin() + run_sync(), without paying the
-        # async-to-sync switches of each of those steps.
-        def run() -> T:
-            with self.engine.sync_engine.begin() as conn:
-                return fn(conn)
-
-        if self._lock is None:
-            return await greenlet_spawn(run)
-        async with self._lock:
-            return await greenlet_spawn(run)
-
-    async def connection(self, fn: Callable[[sa.Connection], T]) -> T:
-        async with self.engine.connect() as conn:
-            return await conn.run_sync(fn)
-
-    async def direct(
-        self, statement: CompiledStatement, values: dict[str, Any]
-    ) -> DirectResult | None:
-        return await self._direct.execute(statement, values)
-
-    def checked_out(self) -> int:
-        return _checked_out(self.engine.sync_engine.pool)
-
-    async def release(self) -> None:
-        await self._direct.close()
-
-    async def dispose(self) -> None:
-        await self.engine.dispose()
-
-
-def _checked_out(pool: sa.Pool) -> int:
-    counter = getattr(pool, "checkedout", None)
-    return int(counter()) if callable(counter) else 0
-
-
 class SQLAlchemyBackend(PersistentBackend):
     """Durable's storage on SQLite or PostgreSQL.
 
@@ -237,8 +128,8 @@ class SQLAlchemyBackend(PersistentBackend):
             )
             self._owns_engine = True
         self.engine = engine
-        self._runner: _Runner = (
-            _AsyncRunner(engine) if isinstance(engine, AsyncEngine) else _InlineRunner(engine)
+        self._runner: Runner = (
+            AsyncRunner(engine) if isinstance(engine, AsyncEngine) else InlineRunner(engine)
         )
         self.dialect: SQLDialect = dialect_for(engine.dialect.name)
         self._started = False
@@ -584,7 +475,7 @@ class SQLAlchemyBackend(PersistentBackend):
         the steps); its end, which removes the claimed task and writes the outcome (a DELETE
         in a CTE, which only PostgreSQL allows)."""
         self._record_step_direct = self._begin_direct = self._finish_direct = None
-        if not (isinstance(self._runner, _AsyncRunner) and self.dialect.name == "postgresql"):
+        if not (isinstance(self._runner, AsyncRunner) and self.dialect.name == "postgresql"):
             return
         dialect = self.engine.dialect
         self._record_step_direct = CompiledStatement(self._record_step, dialect)
@@ -1055,7 +946,7 @@ class SQLAlchemyBackend(PersistentBackend):
         itself."""
         runner = self._runner
         return self._blocking is not None or (
-            isinstance(runner, _InlineRunner) and runner.thread_safe
+            isinstance(runner, InlineRunner) and runner.thread_safe
         )
 
     def record_step_blocking(
@@ -1067,9 +958,7 @@ class SQLAlchemyBackend(PersistentBackend):
         task_id: str = WORKFLOW_TASK,
     ) -> None:
         runner = self._runner
-        if self._blocking is None and not (
-            isinstance(runner, _InlineRunner) and runner.thread_safe
-        ):
+        if self._blocking is None and not (isinstance(runner, InlineRunner) and runner.thread_safe):
             return super().record_step_blocking(
                 instance_id, step, worker_id=worker_id, task_id=task_id
             )
@@ -1083,7 +972,7 @@ class SQLAlchemyBackend(PersistentBackend):
             assert self._loop is not None
             coro = self._run(explain, what=what)
             raise asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-        assert isinstance(runner, _InlineRunner)
+        assert isinstance(runner, InlineRunner)
         with self._errors(what):
             runner.run(record)
 
