@@ -6,6 +6,8 @@ itself), so they import this module as ``benchlib``.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -15,7 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -195,7 +197,8 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
-def _git() -> dict[str, Any]:
+def git_state() -> dict[str, Any]:
+    """The commit checked out, and whether ``durable/`` has uncommitted changes, now."""
     try:
         commit = subprocess.run(
             ["git", "-C", str(REPO), "rev-parse", "HEAD"],
@@ -233,7 +236,7 @@ def machine_info(pg_url: str | None = None) -> dict[str, Any]:
     }
     with contextlib.suppress(metadata.PackageNotFoundError):
         info["durable_sqla"] = metadata.version("durable-sqla")
-    info.update(_git())
+    info.update(git_state())
     try:
         import psutil  # type: ignore[import-untyped,unused-ignore]
 
@@ -250,6 +253,47 @@ def machine_info(pg_url: str | None = None) -> dict[str, Any]:
         except psycopg.Error as exc:
             info["postgres"] = {"error": str(exc).strip()}
     return info
+
+
+# -- command line --------------------------------------------------------------------------------
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's argument parser: described by its docstring's first paragraph, with
+    ``--backend``; the benchmark adds its own options, then :func:`add_run_options`."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
+    p.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
+    return p
+
+
+def add_run_options(
+    p: argparse.ArgumentParser,
+    *,
+    quick: bool = True,
+    keep_help: str = "keep the databases afterwards",
+) -> None:
+    """The options every benchmark takes: where the databases are, the JSON file, ``--keep``
+    and (unless ``quick`` is False) ``--quick``."""
+    p.add_argument("--pg-url", default=DEFAULT_PG_URL, help="PostgreSQL database URL")
+    p.add_argument("--sqlite-dir", type=Path, help="where the SQLite files go (a temp dir)")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--keep", action="store_true", help=keep_help)
+    if quick:
+        p.add_argument("--quick", action="store_true", help="tiny sizes, to check it runs")
+
+
+def main(
+    argv: Sequence[str] | None,
+    parse_args: Callable[[Sequence[str] | None], argparse.Namespace],
+    run: Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]],
+    report: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """Run a benchmark, print its tables, write the JSON file; return the results."""
+    args = parse_args(argv)
+    document = asyncio.run(run(args))
+    report(document)
+    write_json(args.json, document)
+    return document
 
 
 # -- output -------------------------------------------------------------------------------------

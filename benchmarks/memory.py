@@ -139,17 +139,12 @@ def report(document: dict[str, Any]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
+    parser = bl.parser(__doc__)
     parser.add_argument("--workflows", type=int, help="one-step workflows (50000)")
     parser.add_argument("--concurrency", type=int, help="worker concurrency (16)")
     parser.add_argument("--sample-interval", type=float, help="seconds between samples (0.5)")
     parser.add_argument("--flat-mb", type=float, default=10.0, help="growth limit, MB (10)")
-    parser.add_argument("--pg-url", default=bl.DEFAULT_PG_URL, help="PostgreSQL database URL")
-    parser.add_argument("--sqlite-dir", type=Path, help="where the SQLite files go (a temp dir)")
-    parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, to check it runs")
+    bl.add_run_options(parser)
     args = parser.parse_args(argv)
     quick = args.quick
     if args.workflows is None:
@@ -180,11 +175,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print its tables, write the JSON file; return the results."""
-    args = parse_args(argv)
-    document = asyncio.run(run(args))
-    report(document)
-    bl.write_json(args.json, document)
-    return document
+    return bl.main(argv, parse_args, run, report)
 
 
 if __name__ == "__main__":

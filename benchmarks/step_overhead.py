@@ -24,7 +24,6 @@ floor is reported as well).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import shutil
@@ -447,15 +446,11 @@ def report(document: dict[str, Any]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
+    parser = bl.parser(__doc__)
     parser.add_argument("--steps", type=int, default=500, help="steps per workflow (500)")
     parser.add_argument("--repeat", type=int, default=5, help="measured runs (5)")
     parser.add_argument("--warmup", type=int, default=1, help="discarded first runs (1)")
-    parser.add_argument("--pg-url", default=bl.DEFAULT_PG_URL, help="PostgreSQL database URL")
-    parser.add_argument("--sqlite-dir", type=Path, help="where the SQLite files go (a temp dir)")
-    parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
+    bl.add_run_options(parser, quick=False)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.repeat < 1 or args.warmup < 0:
         parser.error("--steps and --repeat must be positive, --warmup not negative")
@@ -499,11 +494,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print its tables, write the JSON file; return the results."""
-    args = parse_args(argv)
-    document = asyncio.run(run(args))
-    report(document)
-    bl.write_json(args.json, document)
-    return document
+    return bl.main(argv, parse_args, run, report)
 
 
 if __name__ == "__main__":

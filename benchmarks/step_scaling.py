@@ -821,8 +821,7 @@ def report(document: dict[str, Any]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
+    parser = bl.parser(__doc__)
     parser.add_argument("--history", type=int, default=3000, help="late window start (3000)")
     parser.add_argument("--window", type=int, default=50, help="steps timed per window (50)")
     parser.add_argument("--history-repeat", type=int, default=3, help="deep/shallow pairs (3)")
@@ -832,10 +831,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=100, help="claims per database")
     parser.add_argument("--short-steps", type=int, default=10, help="steps per workflow (10)")
     parser.add_argument("--warmup", type=int, default=3, help="discarded claims per database")
-    parser.add_argument("--pg-url", default=bl.DEFAULT_PG_URL, help="PostgreSQL database URL")
-    parser.add_argument("--sqlite-dir", type=Path, help="where the SQLite files go (a temp dir)")
-    parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
+    bl.add_run_options(parser, quick=False)
     args = parser.parse_args(argv)
     if args.window < 1 or args.history < EARLY + args.window:
         parser.error(f"--history must be at least {EARLY} + --window")
@@ -878,11 +874,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print its tables and plans, write the JSON file; return the results."""
-    args = parse_args(argv)
-    document = asyncio.run(run(args))
-    report(document)
-    bl.write_json(args.json, document)
-    return document
+    return bl.main(argv, parse_args, run, report)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ workflow must have succeeded (the one target).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -196,8 +195,7 @@ def _base(result: dict[str, Any], run: dict[str, Any]) -> float:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
+    parser = bl.parser(__doc__)
     parser.add_argument("--workflows", type=int, help="three-step workflows (2000)")
     parser.add_argument("--trivial", type=int, help="one-step workflows (10000; 0 skips)")
     parser.add_argument("--processes", help="worker process counts, comma-separated (1,2,4)")
@@ -210,11 +208,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--poll-interval", type=float, default=1.0, help="workers' poll interval (1.0, serve's)"
     )
-    parser.add_argument("--pg-url", default=bl.DEFAULT_PG_URL, help="PostgreSQL database URL")
-    parser.add_argument("--sqlite-dir", type=Path, help="where the SQLite files go (a temp dir)")
-    parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--keep", action="store_true", help="keep the last databases")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, to check it runs")
+    bl.add_run_options(parser, keep_help="keep the last databases")
     args = parser.parse_args(argv)
     quick = args.quick
     if args.workflows is None:
@@ -250,11 +244,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print its tables, write the JSON file; return the results."""
-    args = parse_args(argv)
-    document = asyncio.run(run(args))
-    report(document)
-    bl.write_json(args.json, document)
-    return document
+    return bl.main(argv, parse_args, run, report)
 
 
 if __name__ == "__main__":

@@ -142,33 +142,9 @@ def overhead_sync(n: int) -> list[float]:
 # -- the run ----------------------------------------------------------------------------------
 
 
-def git_state() -> dict[str, Any]:
-    """The commit checked out, and whether ``durable/`` has uncommitted changes, now: recorded
-    at the start of a run (benchlib's machine info is taken at its end), so that a run during
-    which the code changed can be told apart."""
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(bl.REPO), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "-C", str(bl.REPO), "status", "--porcelain", "--untracked-files=no", "durable"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return {"commit": commit, "durable_modified": bool(status)}
-
-
 def run_context(at_start: dict[str, Any], load_at_start: list[float]) -> dict[str, Any]:
     """What goes into a document's ``machine`` besides benchlib's machine info."""
-    at_end = git_state()
+    at_end = bl.git_state()
     return {
         "load_average_at_start": load_at_start,
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
@@ -192,7 +168,7 @@ async def run_per_backend(
     results by backend and the targets ``evaluate`` judges from them."""
     backends = ["sqlite", "postgres"] if args.backend == "all" else [args.backend]
     load_at_start = [round(x, 2) for x in os.getloadavg()]
-    git_at_start = git_state()
+    git_at_start = bl.git_state()
     results: dict[str, dict[str, Any]] = {}
     sqlite_dir = args.sqlite_dir or Path(tempfile.mkdtemp(prefix="durable-bench-"))
     sqlite_dir.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -53,12 +54,21 @@ def _run(name: str, backend: str, tmp_path: Path, url_args: list[str]) -> dict[s
     return document
 
 
-def _sqlite(tmp_path: Path) -> list[str]:
-    return ["--sqlite-dir", str(tmp_path)]
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
-def _postgres(pg_url: str) -> list[str]:
-    return ["--pg-url", pg_url]
+@pytest.fixture
+def bench(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Callable[[str], dict[str, Any]]:
+    """Runs a benchmark, by name, at smoke sizes on this test's database."""
+    if backend == "sqlite":
+        url_args = ["--sqlite-dir", str(tmp_path)]
+    else:
+        url_args = ["--pg-url", str(request.getfixturevalue("pg_url"))]
+    return lambda name: _run(name, backend, tmp_path, url_args)
 
 
 def _distribution(d: dict[str, Any], n: int) -> None:
@@ -92,15 +102,8 @@ def _check_throughput(document: dict[str, Any], backend: str) -> None:
     assert result["scaling"]["trivial"]["1"] == 1.0
 
 
-def test_throughput_sqlite(tmp_path: Path) -> None:
-    document = _run("throughput", "sqlite", tmp_path, _sqlite(tmp_path))
-    _check_throughput(document, "sqlite")
-
-
-@pytest.mark.postgres
-def test_throughput_postgres(pg_url: str, tmp_path: Path) -> None:
-    document = _run("throughput", "postgres", tmp_path, _postgres(pg_url))
-    _check_throughput(document, "postgres")
+def test_throughput(bench: Callable[[str], dict[str, Any]], backend: str) -> None:
+    _check_throughput(bench("throughput"), backend)
 
 
 # -- latency ------------------------------------------------------------------------------------
@@ -131,15 +134,8 @@ def _check_latency(document: dict[str, Any], backend: str) -> None:
     assert len(document["targets"]) == sum(c["target_applies"] for c in cases)
 
 
-def test_latency_sqlite(tmp_path: Path) -> None:
-    document = _run("latency", "sqlite", tmp_path, _sqlite(tmp_path))
-    _check_latency(document, "sqlite")
-
-
-@pytest.mark.postgres
-def test_latency_postgres(pg_url: str, tmp_path: Path) -> None:
-    document = _run("latency", "postgres", tmp_path, _postgres(pg_url))
-    _check_latency(document, "postgres")
+def test_latency(bench: Callable[[str], dict[str, Any]], backend: str) -> None:
+    _check_latency(bench("latency"), backend)
 
 
 # -- contention ---------------------------------------------------------------------------------
@@ -159,15 +155,8 @@ def _check_contention(document: dict[str, Any], backend: str) -> None:
     assert all(t["pass"] for t in document["targets"])  # correctness, not speed
 
 
-def test_contention_sqlite(tmp_path: Path) -> None:
-    document = _run("contention", "sqlite", tmp_path, _sqlite(tmp_path))
-    _check_contention(document, "sqlite")
-
-
-@pytest.mark.postgres
-def test_contention_postgres(pg_url: str, tmp_path: Path) -> None:
-    document = _run("contention", "postgres", tmp_path, _postgres(pg_url))
-    _check_contention(document, "postgres")
+def test_contention(bench: Callable[[str], dict[str, Any]], backend: str) -> None:
+    _check_contention(bench("contention"), backend)
 
 
 # -- memory -------------------------------------------------------------------------------------
@@ -185,15 +174,8 @@ def _check_memory(document: dict[str, Any], backend: str) -> None:
     assert r["worker"]["completed"] == 40
 
 
-def test_memory_sqlite(tmp_path: Path) -> None:
-    document = _run("memory", "sqlite", tmp_path, _sqlite(tmp_path))
-    _check_memory(document, "sqlite")
-
-
-@pytest.mark.postgres
-def test_memory_postgres(pg_url: str, tmp_path: Path) -> None:
-    document = _run("memory", "postgres", tmp_path, _postgres(pg_url))
-    _check_memory(document, "postgres")
+def test_memory(bench: Callable[[str], dict[str, Any]], backend: str) -> None:
+    _check_memory(bench("memory"), backend)
 
 
 # -- vs_dbos ------------------------------------------------------------------------------------
@@ -218,14 +200,6 @@ def _check_vs_dbos(document: dict[str, Any], backend: str) -> None:
     assert len(document["targets"]) == 3
 
 
-def test_vs_dbos_sqlite(tmp_path: Path) -> None:
+def test_vs_dbos(bench: Callable[[str], dict[str, Any]], backend: str) -> None:
     pytest.importorskip("dbos")
-    document = _run("vs_dbos", "sqlite", tmp_path, _sqlite(tmp_path))
-    _check_vs_dbos(document, "sqlite")
-
-
-@pytest.mark.postgres
-def test_vs_dbos_postgres(pg_url: str, tmp_path: Path) -> None:
-    pytest.importorskip("dbos")
-    document = _run("vs_dbos", "postgres", tmp_path, _postgres(pg_url))
-    _check_vs_dbos(document, "postgres")
+    _check_vs_dbos(bench("vs_dbos"), backend)
