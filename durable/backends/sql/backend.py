@@ -31,7 +31,11 @@ from durable.backends.sql.dialects import (
     dialect_for,
     normalize_url,
 )
-from durable.backends.sql.direct import BlockingDirectStatements, CompiledStatement
+from durable.backends.sql.direct import (
+    BlockingDirectStatements,
+    CompiledStatement,
+    DirectResult,
+)
 from durable.backends.sql.runners import AsyncRunner, InlineRunner, Runner
 from durable.backends.sql.schema import (
     UTCDateTime,
@@ -142,9 +146,7 @@ class SQLAlchemyBackend(PersistentBackend):
         # durable created, whose connect arguments it knows
         self._blocking = (
             BlockingDirectStatements(engine, dict((engine_options or {}).get("connect_args", {})))
-            if isinstance(engine, AsyncEngine)
-            and self._record_step_direct is not None
-            and self._owns_engine
+            if isinstance(engine, AsyncEngine) and self._direct and self._owns_engine
             else None
         )
 
@@ -226,6 +228,16 @@ class SQLAlchemyBackend(PersistentBackend):
             if isinstance(exc.orig, ValueError):
                 raise InvalidArgumentError(f"cannot {what or 'run a query'}: {exc.orig}") from exc
             raise
+
+    async def _run_direct(
+        self, statement: CompiledStatement | None, params: dict[str, Any], *, what: str
+    ) -> DirectResult | None:
+        """Run one of the hot path's single statements straight on the driver; None where the
+        direct path does not apply (the caller then runs it in :meth:`_run`)."""
+        if statement is None:
+            return None
+        with self._errors(what):
+            return await self._runner.direct(statement, params)
 
     # -- wake-ups -----------------------------------------------------------------------------
 
@@ -471,11 +483,13 @@ class SQLAlchemyBackend(PersistentBackend):
 
     def _build_direct_statements(self) -> None:
         """The hot path's single statements, run straight on the driver (PostgreSQL): a step
-        record; the start of an execution with its history (an UPDATE in a CTE, joined with
-        the steps); its end, which removes the claimed task and writes the outcome (a DELETE
-        in a CTE, which only PostgreSQL allows)."""
+        record; the start of an execution with its history (an UPDATE in a CTE, then the
+        steps); its end, which removes the claimed task and writes the outcome (a DELETE in a
+        CTE, which only PostgreSQL allows). Claims are compiled on first use
+        (:meth:`_direct_claim`)."""
+        self._direct = isinstance(self._runner, AsyncRunner) and self.dialect.name == "postgresql"
         self._record_step_direct = self._begin_direct = self._finish_direct = None
-        if not (isinstance(self._runner, AsyncRunner) and self.dialect.name == "postgresql"):
+        if not self._direct:
             return
         dialect = self.engine.dialect
         self._record_step_direct = CompiledStatement(self._record_step, dialect)
@@ -506,6 +520,16 @@ class SQLAlchemyBackend(PersistentBackend):
         taken = self._take_workflow_task.returning(tasks.c.id).cte("taken")
         finish = self._finish.where(sa.exists(sa.select(taken.c.id)))
         self._finish_direct = CompiledStatement(finish, dialect)
+
+    def _direct_claim(self, key: tuple[bool, bool, bool], stmt: Any) -> CompiledStatement | None:
+        """The claim statement for ``key`` compiled for the direct path (once), or None where
+        there is no direct path."""
+        if not self._direct:
+            return None
+        compiled = self._direct_claims.get(key)
+        if compiled is None:
+            compiled = self._direct_claims[key] = CompiledStatement(stmt, self.engine.dialect)
+        return compiled
 
     def _claim_statement(
         self, names: bool, queues: bool, include_own: bool, *, find: bool = False
@@ -594,7 +618,8 @@ class SQLAlchemyBackend(PersistentBackend):
 
     def _snapshot(self, row: sa.Row[Any], step_rows: Sequence[sa.Row[Any]]) -> WorkflowSnapshot:
         return WorkflowSnapshot(
-            **self._info_fields(row._mapping), steps=tuple(self._step(r) for r in step_rows)
+            **self._info_fields(row._mapping),
+            steps=tuple(self._step(r._mapping) for r in step_rows),
         )
 
     def _joined_snapshot(self, rows: Sequence[Mapping[str, Any]]) -> WorkflowSnapshot:
@@ -606,8 +631,7 @@ class SQLAlchemyBackend(PersistentBackend):
         )
         return WorkflowSnapshot(**self._info_fields(rows[0]), steps=history)
 
-    def _step(self, row: sa.Row[Any] | Mapping[str, Any]) -> StepRecord:
-        m = row._mapping if isinstance(row, sa.Row) else row
+    def _step(self, m: Mapping[Any, Any]) -> StepRecord:
         return StepRecord(
             position=m["position"],
             name=m["name"],
@@ -681,8 +705,7 @@ class SQLAlchemyBackend(PersistentBackend):
             ),
         }
 
-    def _claim(self, row: sa.Row[Any] | Mapping[Any, Any]) -> TaskClaim:
-        m = row._mapping if isinstance(row, sa.Row) else row
+    def _claim(self, m: Mapping[Any, Any]) -> TaskClaim:
         return TaskClaim(
             instance_id=m["instance_id"],
             task_id=m["task_id"],
@@ -877,7 +900,7 @@ class SQLAlchemyBackend(PersistentBackend):
                 is None
             ):
                 raise WorkflowNotFoundError(instance_id)
-            return [self._step(r) for r in rows]
+            return [self._step(r._mapping) for r in rows]
 
         return await self._run(fn, what=f"list steps of {instance_id!r}")
 
@@ -902,13 +925,11 @@ class SQLAlchemyBackend(PersistentBackend):
                 return WorkflowNotFoundError(instance_id)
             return self._refusal(conn, clock, instance_id, task_id, worker_id)
 
-        if self._begin_direct is not None:  # one statement, one round trip
-            with self._errors(what):
-                done = await self._runner.direct(self._begin_direct, params)
-            if done is not None:
-                if not done.rows:
-                    raise await self._run(explain, what=what)
-                return self._joined_snapshot(done.rows)
+        done = await self._run_direct(self._begin_direct, params, what=what)
+        if done is not None:  # one statement, one round trip
+            if not done.rows:
+                raise await self._run(explain, what=what)
+            return self._joined_snapshot(done.rows)
 
         def fn(conn: sa.Connection) -> WorkflowSnapshot:
             row = conn.execute(self._begin, params).first()
@@ -930,14 +951,11 @@ class SQLAlchemyBackend(PersistentBackend):
         params, record, explain = self._record_step_call(instance_id, step, worker_id, task_id)
         # The hot path: one statement that checks the lease and writes the step, atomic by
         # itself, so on PostgreSQL it runs without BEGIN/COMMIT, prepared, on the driver.
-        if self._record_step_direct is not None:
-            with self._errors(what):
-                done = await self._runner.direct(self._record_step_direct, params)
-            if done is not None and done.rowcount == 1:
-                return
-            if done is not None:
-                raise await self._run(explain, what=what)
-        await self._run(record, what=what)
+        done = await self._run_direct(self._record_step_direct, params, what=what)
+        if done is None:
+            await self._run(record, what=what)
+        elif done.rowcount != 1:
+            raise await self._run(explain, what=what)
 
     @property
     def records_steps_blocking(self) -> bool:  # type: ignore[override]
@@ -957,14 +975,14 @@ class SQLAlchemyBackend(PersistentBackend):
         worker_id: str,
         task_id: str = WORKFLOW_TASK,
     ) -> None:
-        runner = self._runner
-        if self._blocking is None and not (isinstance(runner, InlineRunner) and runner.thread_safe):
+        if not self.records_steps_blocking:
             return super().record_step_blocking(
                 instance_id, step, worker_id=worker_id, task_id=task_id
             )
         what = f"record step {step.position} of {instance_id!r}"
         params, record, explain = self._record_step_call(instance_id, step, worker_id, task_id)
-        if self._blocking is not None and self._record_step_direct is not None:
+        if self._blocking is not None:
+            assert self._record_step_direct is not None  # a blocking path implies a direct one
             with self._errors(what):
                 if self._blocking.execute(self._record_step_direct, params).rowcount == 1:
                     return
@@ -972,6 +990,7 @@ class SQLAlchemyBackend(PersistentBackend):
             assert self._loop is not None
             coro = self._run(explain, what=what)
             raise asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        runner = self._runner
         assert isinstance(runner, InlineRunner)
         with self._errors(what):
             runner.run(record)
@@ -1029,13 +1048,11 @@ class SQLAlchemyBackend(PersistentBackend):
         def refusal(conn: sa.Connection) -> DurableError:
             return self._refusal(conn, clock, instance_id, WORKFLOW_TASK, worker_id)
 
-        if self._finish_direct is not None:  # one statement, one round trip
-            with self._errors(what):
-                done = await self._runner.direct(self._finish_direct, params)
-            if done is not None:
-                if not done.rows:
-                    raise await self._run(refusal, what=what)
-                return WorkflowInfo(**self._info_fields(done.rows[0]))
+        done = await self._run_direct(self._finish_direct, params, what=what)
+        if done is not None:  # one statement, one round trip
+            if not done.rows:
+                raise await self._run(refusal, what=what)
+            return WorkflowInfo(**self._info_fields(done.rows[0]))
 
         def fn(conn: sa.Connection) -> WorkflowInfo:
             if conn.execute(self._take_workflow_task, params).rowcount == 0:
@@ -1345,7 +1362,7 @@ class SQLAlchemyBackend(PersistentBackend):
         def fn(conn: sa.Connection) -> TaskClaim | None:
             row = conn.execute(stmt, params).first()
             if row is not None:
-                return self._claim(row)
+                return self._claim(row._mapping)
             if conn.execute(self._claim_state, params).first() is None:
                 raise TaskNotFoundError(instance_id, task_id)
             return None
@@ -1362,7 +1379,7 @@ class SQLAlchemyBackend(PersistentBackend):
             row = conn.execute(self._extend, params).first()
             if row is None:
                 raise self._refusal(conn, clock, instance_id, task_id, worker_id, missing_task=True)
-            return self._claim(row)
+            return self._claim(row._mapping)
 
         return await self._run(fn, what=f"extend the claim on {task_id!r} of {instance_id!r}")
 
@@ -1447,22 +1464,17 @@ class SQLAlchemyBackend(PersistentBackend):
         stmt = self._claim_statement(*key)
         what = "claim available tasks"
 
-        def in_order(rows: Iterable[Any]) -> list[TaskClaim]:
-            keyed = [r._mapping if isinstance(r, sa.Row) else r for r in rows]
-            keyed.sort(key=lambda r: (r["priority"], r["run_after"], r["id"]))
-            return [self._claim(r) for r in keyed]
+        def in_order(rows: Iterable[Mapping[Any, Any]]) -> list[TaskClaim]:
+            ordered = sorted(rows, key=lambda r: (r["priority"], r["run_after"], r["id"]))
+            return [self._claim(r) for r in ordered]
 
-        if self._record_step_direct is not None:  # PostgreSQL: one statement, autocommitted
-            direct = self._direct_claims.get(key)
-            if direct is None:
-                direct = self._direct_claims[key] = CompiledStatement(stmt, self.engine.dialect)
-            with self._errors(what):
-                done = await self._runner.direct(direct, params)
-            if done is not None:
-                return in_order(done.rows)
+        # PostgreSQL: one statement, autocommitted
+        done = await self._run_direct(self._direct_claim(key, stmt), params, what=what)
+        if done is not None:
+            return in_order(done.rows)
 
         def fn(conn: sa.Connection) -> list[TaskClaim]:
-            return in_order(conn.execute(stmt, params))
+            return in_order([r._mapping for r in conn.execute(stmt, params)])
 
         return await self._run(fn, what=what)
 

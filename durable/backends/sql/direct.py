@@ -27,6 +27,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
@@ -197,8 +198,6 @@ class BlockingDirectStatements:
 
         :raises sa.exc.DBAPIError: as SQLAlchemy would have raised it.
         """
-        import psycopg
-
         params = statement.params(values)
         generation = self._generation
         with self._available:
