@@ -10,6 +10,14 @@ from durable.backends.sql import SQLAlchemyBackend
 from durable.errors import ConfigurationError
 from durable.serialization import Serializer
 
+#: The options :func:`connect` passes to :class:`~durable.backends.SQLAlchemyBackend`, with the
+#: types they take.
+SQL_OPTIONS: dict[str, type | tuple[type, ...]] = {
+    "auto_migrate": bool,
+    "sqlite_synchronous": str,
+    "engine_options": (dict, type(None)),
+}
+
 
 def connect(
     url: str, *, serializer: str | Serializer | None = None, **options: Any
@@ -18,13 +26,16 @@ def connect(
 
     * ``memory://``: an :class:`~durable.backends.InMemoryBackend`;
     * ``sqlite:///path/app.db`` (standard-library driver, fastest), ``sqlite+aiosqlite:///...``,
-      ``sqlite:///:memory:``;
-    * ``postgresql://user@host/db`` or ``postgresql+psycopg://...`` (psycopg 3).
+      ``sqlite:///:memory:``; three slashes before a relative path, four before an absolute one
+      (``sqlite://app.db`` is refused: it names a host);
+    * ``postgresql://user@host/db``, ``postgres://...`` or ``postgresql+psycopg://...``
+      (psycopg 3).
 
     ``options`` go to :class:`~durable.backends.SQLAlchemyBackend` (``auto_migrate``,
     ``sqlite_synchronous``, ``engine_options``).
 
-    :raises ConfigurationError: an unknown scheme, or options for the in-memory backend.
+    :raises ConfigurationError: a malformed URL, an unknown scheme, an unknown option or one of
+        the wrong type, or options for the in-memory backend.
     """
     if not isinstance(url, str) or "://" not in url:
         raise ConfigurationError(
@@ -37,4 +48,21 @@ def connect(
                 f"memory:// takes no options besides serializer, got {sorted(options)}"
             )
         return InMemoryBackend(serializer=serializer)
+    for key, value in options.items():
+        kind = SQL_OPTIONS.get(key)
+        if kind is None:
+            raise ConfigurationError(
+                f"unknown option {key!r} for durable.connect(): it takes serializer, "
+                f"{', '.join(SQL_OPTIONS)} (engine options go in engine_options={{...}})"
+            )
+        if not isinstance(value, kind):
+            raise ConfigurationError(
+                f"option {key}= must be {_kind_name(kind)}, got {type(value).__qualname__} "
+                f"{value!r}"
+            )
     return SQLAlchemyBackend(url, serializer=serializer, **options)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("None" if k is type(None) else k.__name__ for k in kinds)

@@ -33,6 +33,7 @@ from durable.errors import (
     StepError,
 )
 from durable.models import WORKFLOW_TASK, ErrorInfo, StepRecord, StepStatus
+from durable.validation import check_name
 
 if TYPE_CHECKING:
     from durable.runtime import Runtime
@@ -342,8 +343,10 @@ def step_guard(name: str) -> StepGuard:
     """The step guard for the next position of the current workflow (see :class:`StepGuard`).
 
     :raises DurableError: called outside a workflow.
+    :raises InvalidArgumentError: ``name`` is empty, too long or not valid Unicode.
     :raises NonDeterminismError: the history has another step at this position.
     """
+    check_name(name, "the step name")
     ctx = current()
     if ctx is None:
         raise DurableError(f"durable.step_guard({name!r}) was called outside a workflow")

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from durable.errors import InvalidArgumentError, NonRetryableError
+from durable.errors import NonRetryableError
+from durable.validation import (
+    check_at_least,
+    check_exception_types,
+    check_non_negative_float,
+    check_positive_int,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,16 +31,24 @@ class RetryPolicy:
     non_retryable: tuple[type[BaseException], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise InvalidArgumentError(f"max_attempts must be at least 1, got {self.max_attempts}")
-        if self.initial_delay < 0 or self.max_delay < 0:
-            raise InvalidArgumentError("retry delays must not be negative")
-        if self.backoff_rate < 1:
-            raise InvalidArgumentError(f"backoff_rate must be >= 1, got {self.backoff_rate}")
+        """:raises InvalidArgumentError: ``max_attempts`` is not an int from 1 up, a delay is
+        negative or not finite (or ``max_delay`` is over 100 years), ``backoff_rate`` is below 1
+        or not finite, or ``retry_on`` / ``non_retryable`` are not tuples of exception classes.
+        """
+        check_positive_int(self.max_attempts, "max_attempts")
+        check_non_negative_float(self.initial_delay, "initial_delay")
+        check_at_least(self.backoff_rate, "backoff_rate", 1)
+        check_non_negative_float(self.max_delay, "max_delay")
+        check_exception_types(self.retry_on, "retry_on")
+        check_exception_types(self.non_retryable, "non_retryable")
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        return float(min(self.initial_delay * self.backoff_rate ** (attempt - 1), self.max_delay))
+        try:
+            wait = float(self.initial_delay) * float(self.backoff_rate) ** (attempt - 1)
+        except OverflowError:  # a large rate to a large power: the cap applies
+            return float(self.max_delay)
+        return float(min(wait, self.max_delay))
 
     def should_retry(self, exc: BaseException, attempt: int) -> bool:
         """Whether failed attempt number ``attempt`` that raised ``exc`` gets another try."""

@@ -67,6 +67,19 @@ from durable.models import (
 from durable.portal import Portal
 from durable.registry import Registry, default_registry
 from durable.step import STEP_TASK_PREFIX
+from durable.validation import (
+    check_bool,
+    check_delay,
+    check_id,
+    check_int,
+    check_name,
+    check_optional_id,
+    check_positive_float,
+    check_positive_int,
+    check_run_after,
+    check_timeout,
+    derived_id,
+)
 from durable.worker import Worker
 from durable.workflow import Workflow
 
@@ -112,6 +125,11 @@ class Runtime:
     :param poll_interval: seconds between looks at a workflow another executor is running.
     :param registry: where workflow names are looked up (default: the decorators' registry).
     :param max_threads: worker threads for sync workflows and sync steps.
+
+    :raises InvalidArgumentError: an argument of the wrong type or out of range: an empty or
+        overlong ``executor_id``, a ``claim_ttl``, ``heartbeat_interval`` or ``poll_interval``
+        that is not a finite positive number, a heartbeat interval not below ``claim_ttl``, a
+        ``max_threads`` that is not a positive int.
     """
 
     def __init__(
@@ -132,12 +150,32 @@ class Runtime:
                 f"Runtime needs a PersistentBackend (e.g. durable.connect(url)), "
                 f"got {type(backend).__qualname__}"
             )
-        if claim_ttl <= 0:
-            raise InvalidArgumentError(f"claim_ttl must be positive, got {claim_ttl}")
+        check_optional_id(executor_id, "executor_id")
+        ttl = check_positive_float(claim_ttl, "claim_ttl")
+        beat = (
+            ttl / 3
+            if heartbeat_interval is None
+            else check_positive_float(heartbeat_interval, "heartbeat_interval")
+        )
+        if beat >= ttl:
+            raise InvalidArgumentError(
+                f"heartbeat_interval must be below claim_ttl (a lease must be renewed before it "
+                f"expires), got heartbeat_interval={heartbeat_interval!r} with "
+                f"claim_ttl={claim_ttl!r}"
+            )
+        check_bool(recover, "recover")
+        check_positive_float(poll_interval, "poll_interval")
+        check_positive_int(max_threads, "max_threads")
+        if registry is not None and not isinstance(registry, Registry):
+            raise InvalidArgumentError(
+                f"registry must be a durable.Registry, got {type(registry).__qualname__}"
+            )
+        if not callable(sleep):
+            raise InvalidArgumentError(f"sleep must be a coroutine function, got {sleep!r}")
         self.backend = backend
         self.executor_id = executor_id or default_executor_id()
-        self.claim_ttl = timedelta(seconds=claim_ttl)
-        self.heartbeat_interval = heartbeat_interval or claim_ttl / 3
+        self.claim_ttl = timedelta(seconds=ttl)
+        self.heartbeat_interval = beat
         self.recover_on_start = recover
         self.poll_interval = poll_interval
         self.registry = registry or default_registry
@@ -255,7 +293,7 @@ class Runtime:
         if isinstance(fn, Workflow):
             return fn
         if isinstance(fn, str):
-            return self.registry.get(fn)
+            return self.registry.get(check_name(fn, "the workflow name"))
         raise InvalidArgumentError(
             f"{getattr(fn, '__qualname__', fn)!r} is not a durable workflow: decorate it with "
             "@durable.workflow"
@@ -272,10 +310,17 @@ class Runtime:
 
         If ``workflow_id`` already exists, nothing starts again: a finished execution returns its
         stored result (or raises its stored error) without running anything, and an unfinished
-        one is resumed from its history (or awaited, if another live executor holds it).
+        one is resumed from its history (or awaited, if another live executor holds it). This
+        holds whatever the arguments: the id is the idempotency key of the call, so a second
+        call with the same id and *different* arguments returns the first run's outcome and
+        its arguments are ignored (not compared). Use a new id for new input.
+
+        :param workflow_id: the execution's id (default: a new random one); a non-empty str of
+            at most 255 characters, valid Unicode, without NUL.
 
         :raises SerializationError: the arguments cannot be serialized (nothing is written).
-        :raises InvalidArgumentError: ``fn`` is not a workflow, or the id belongs to another one.
+        :raises InvalidArgumentError: ``fn`` is not a workflow, ``workflow_id`` is not a valid
+            id, or the id belongs to another workflow (nothing is written).
         :raises WorkflowCancelledError: the execution was cancelled.
         :raises ClaimLostError: this executor lost the lease mid-run (another one took over).
         :raises Exception: the workflow's own exception when it failed (rebuilt from the record
@@ -283,7 +328,9 @@ class Runtime:
         """
         self._require_started()
         wf = self.resolve(fn)
-        instance_id = workflow_id or str(uuid.uuid4())
+        instance_id = (
+            str(uuid.uuid4()) if workflow_id is None else check_id(workflow_id, "workflow_id")
+        )
         await self._create(wf, instance_id, args, kwargs)
         return await self._drive(wf, instance_id)  # type: ignore[no-any-return]
 
@@ -321,6 +368,7 @@ class Runtime:
         options: EnqueueOptions | None = None,
     ) -> WorkflowInfo:
         name = wf if isinstance(wf, str) else wf.name
+        check_id(instance_id, "workflow_id")  # derived ids are made to fit: this never fails
         opts = options or EnqueueOptions()
         queue = opts.queue or (wf.queue if isinstance(wf, Workflow) else "default")
         payload = {"args": list(args), "kwargs": kwargs}
@@ -350,6 +398,12 @@ class Runtime:
             delay=opts.delay,
         )
         info, created = await self.backend.create_workflow(snapshot, task=task)
+        if info.id != instance_id and info.name != name:  # found by its idempotency key
+            raise InvalidArgumentError(
+                f"idempotency key {opts.idempotency_key!r} is already used by an execution of "
+                f"workflow {info.name!r} (id {info.id!r}), not of {name!r}: an idempotency key "
+                "names one execution of one workflow"
+            )
         if info.name != name:
             raise InvalidArgumentError(
                 f"workflow id {info.id!r} belongs to workflow {info.name!r}, not {name!r}"
@@ -596,8 +650,10 @@ class Runtime:
     ) -> Any:
         """Run ``wf`` as a child of ``ctx``'s workflow at ``guard``'s position.
 
-        The child's id is ``<parent id>/<position>``; the parent's step records it, pending,
-        before the child runs, so a replay awaits the same child instead of starting another.
+        The child's id is ``<parent id>/<position>`` (when that would be longer than 255
+        characters, the parent id is shortened to a prefix and a hash of it:
+        :func:`durable.validation.derived_id`); the parent's step records it, pending, before
+        the child runs, so a replay awaits the same child instead of starting another.
         """
         if guard.replayed:
             return guard.replay()
@@ -605,7 +661,7 @@ class Runtime:
         pending = guard.pending
         child_id = pending.child_workflow_id if pending else None
         if child_id is None:
-            child_id = f"{ctx.workflow_id}/{guard.position}"
+            child_id = derived_id(ctx.workflow_id, f"/{guard.position}")
             await self._create(wf, child_id, args, kwargs, parent_id=ctx.workflow_id)
             await guard.mark_pending(child_id)
         try:
@@ -640,25 +696,51 @@ class Runtime:
         runs out of attempts. A producer can enqueue by name, with JSON arguments, without
         importing the workflow's code.
 
+        :param workflow_id: the execution's id (default: a new random one). An id that exists
+            already creates nothing: its id is returned, whatever the arguments (they are not
+            compared: the first enqueue's arguments are the ones that run).
         :param idempotency_key: a duplicate enqueue with the same key creates nothing and
-            returns the existing execution's id.
-        :param priority: lower runs first; FIFO within a priority.
+            returns the existing execution's id, whatever the arguments (as for an existing
+            ``workflow_id``). A key belongs to one workflow: reusing it for another workflow
+            name raises :class:`InvalidArgumentError`.
+        :param priority: lower runs first; FIFO within a priority. An int that fits a 32-bit
+            signed integer.
         :param run_after: not before this (timezone-aware) time.
         :param delay: or not before this many seconds (or this timedelta) from now, by the
             backend's clock (the database's on PostgreSQL).
-        :param max_attempts: attempts before dead-lettering (default: the workflow's policy,
-            3 attempts: at once, +1 minute, +4 minutes).
+        :param max_attempts: attempts before dead-lettering, at least 1 (default: the
+            workflow's policy, 3 attempts: at once, +1 minute, +4 minutes).
         :param queue: the queue (default: the workflow's, else ``"default"``).
         :param served_elsewhere: allow a name that is not registered in this process.
 
         Called inside a workflow, enqueueing is a step: it is recorded with the workflow's
         progress, so a replay after a crash neither loses nor duplicates it. The child's default
-        id is then ``<workflow id>/<position>``.
+        id is then ``<workflow id>/<position>`` (shortened as for a child workflow when that
+        would be longer than 255 characters).
+
+        Ids, keys, names and queues are non-empty str of at most 255 characters, valid Unicode,
+        without NUL.
 
         :raises UnknownWorkflowError: the name is not registered here and not ``served_elsewhere``.
         :raises SerializationError: the arguments cannot be serialized (nothing is written).
+        :raises InvalidArgumentError: an argument of the wrong type or out of range, such as a
+            ``max_attempts`` below 1, a ``priority`` that is no 32-bit int, a ``delay`` that is
+            not finite, an empty ``queue`` (nothing is written).
         """
         self._require_started()
+        if isinstance(fn, str):
+            check_name(fn, "the workflow name")
+        check_optional_id(workflow_id, "workflow_id")
+        check_optional_id(idempotency_key, "idempotency_key")
+        check_int(priority, "priority")
+        if run_after is not None:
+            check_run_after(run_after)
+        wait = None if delay is None else check_delay(delay)
+        if max_attempts is not None:
+            check_positive_int(max_attempts, "max_attempts")
+        if queue is not None:
+            check_name(queue, "queue")
+        check_bool(served_elsewhere, "served_elsewhere")
         target: Workflow[Any, Any] | str
         if isinstance(fn, str) and fn in self.registry:
             target = self.registry.get(fn)
@@ -667,13 +749,8 @@ class Runtime:
         else:
             target = self.resolve(fn)
         name = target if isinstance(target, str) else target.name
-        wait: timedelta | None = None
-        if delay is not None:
-            if run_after is not None:
-                raise InvalidArgumentError("give run_after or delay, not both")
-            wait = delay if isinstance(delay, timedelta) else timedelta(seconds=float(delay))
-        if run_after is not None and run_after.tzinfo is None:
-            raise InvalidArgumentError(f"run_after must be timezone-aware, got {run_after!r}")
+        if wait is not None and run_after is not None:
+            raise InvalidArgumentError("give run_after or delay, not both")
         if max_attempts is None:
             max_attempts = target.retry.max_attempts if isinstance(target, Workflow) else 3
         options = EnqueueOptions(
@@ -690,11 +767,11 @@ class Runtime:
                 target, workflow_id or str(uuid.uuid4()), args, kwargs, options=options
             )
             return info.id
-        guard = ctx.guard(f"enqueue:{name}")
+        guard = ctx.guard(derived_id(f"enqueue:{name}", ""))
         if guard.replayed:
             return guard.replay()  # type: ignore[no-any-return]
         await ctx.ensure_lease()
-        instance_id = workflow_id or f"{ctx.workflow_id}/{guard.position}"
+        instance_id = workflow_id or derived_id(ctx.workflow_id, f"/{guard.position}")
         info = await self._create(
             target, instance_id, args, kwargs, parent_id=ctx.workflow_id, options=options
         )
@@ -709,6 +786,8 @@ class Runtime:
 
         :raises UnknownWorkflowError: no runtime ever registered the name.
         """
+        check_name(name, "name")
+        check_bool(enabled, "enabled")
         return await self.backend.set_workflow_enabled(name, enabled)
 
     async def registered_workflows(self) -> list[RegisteredWorkflow]:
@@ -718,7 +797,11 @@ class Runtime:
     async def list_executors(self, *, stale_after: float | None = None) -> list[ExecutorInfo]:
         """Runtimes known by their heartbeats; ``stale`` marks those silent for longer than
         ``stale_after`` seconds (default: twice the lease duration)."""
-        seconds = stale_after if stale_after is not None else 2 * self.claim_ttl.total_seconds()
+        seconds = (
+            check_positive_float(stale_after, "stale_after")
+            if stale_after is not None
+            else 2 * self.claim_ttl.total_seconds()
+        )
         return await self.backend.list_executors(stale_after=timedelta(seconds=seconds))
 
     async def retry(self, workflow_id: str) -> WorkflowInfo:
@@ -728,7 +811,7 @@ class Runtime:
         :raises WorkflowNotFoundError: no such workflow.
         :raises InvalidArgumentError: it is not failed, dead-lettered or cancelled.
         """
-        return await self.backend.requeue_workflow(workflow_id)
+        return await self.backend.requeue_workflow(check_id(workflow_id, "workflow_id"))
 
     async def start_worker(
         self,
@@ -745,6 +828,9 @@ class Runtime:
         enqueued (LISTEN/NOTIFY on PostgreSQL; in-process elsewhere) and polls every
         ``poll_interval`` seconds as a backstop. It stops with :meth:`Worker.stop` or when the
         runtime closes.
+
+        :raises InvalidArgumentError: ``concurrency`` is not a positive int, ``poll_interval``
+            not a finite positive number, or ``queues`` / ``names`` not lists of valid names.
         """
         self._require_started()
         worker = Worker(
@@ -839,9 +925,12 @@ class Runtime:
 
         :raises WorkflowNotFoundError: no such workflow.
         :raises TimeoutError: it did not finish within ``timeout`` seconds.
+        :raises InvalidArgumentError: ``timeout`` is negative or not finite, or the id is not one.
         :raises Exception: as :meth:`run` does when the execution did not succeed.
         """
         self._require_started()
+        check_id(workflow_id, "workflow_id")
+        timeout = check_timeout(timeout)
 
         async def wait() -> Any:
             while True:
@@ -860,6 +949,7 @@ class Runtime:
         expired. Returns their ids. Work that never started is left to workers.
         """
         self._require_started()
+        check_positive_int(limit, "limit")
         names = self.registry.names()
         if not names:
             return []
@@ -891,7 +981,7 @@ class Runtime:
 
         :raises WorkflowNotFoundError: no such workflow.
         """
-        return await self.backend.get_workflow(workflow_id)
+        return await self.backend.get_workflow(check_id(workflow_id, "workflow_id"))
 
     async def list_workflows(
         self,
@@ -903,6 +993,12 @@ class Runtime:
         cursor: str | None = None,
     ) -> Page[WorkflowInfo]:
         """Executions, newest first, filtered by status (one or several), name or parent."""
+        if name is not None:
+            check_name(name, "name")
+        check_optional_id(parent_id, "parent_id")
+        check_positive_int(limit, "limit")
+        if cursor is not None and not isinstance(cursor, str):
+            raise InvalidArgumentError(f"cursor must be a str (a next_cursor), got {cursor!r}")
         return await self.backend.list_snapshots(
             status=status, name=name, parent_id=parent_id, limit=limit, cursor=cursor
         )
@@ -913,7 +1009,7 @@ class Runtime:
 
         :raises WorkflowNotFoundError: no such workflow.
         """
-        return await self.backend.list_steps(workflow_id)
+        return await self.backend.list_steps(check_id(workflow_id, "workflow_id"))
 
     async def cancel(self, workflow_id: str) -> WorkflowInfo:
         """Cancel an unfinished execution: it stops at its next step boundary (its next write is
@@ -921,7 +1017,7 @@ class Runtime:
 
         :raises WorkflowNotFoundError: no such workflow.
         """
-        return await self.backend.cancel_workflow(workflow_id)
+        return await self.backend.cancel_workflow(check_id(workflow_id, "workflow_id"))
 
 
 class KeyedLock:

@@ -22,10 +22,11 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from durable.context import ExecutionContext, StepGuard, WorkflowSuspended, current, in_step
-from durable.errors import DurableError
+from durable.errors import DurableError, InvalidArgumentError
 from durable.models import StepRecord, StepStatus, TaskSpec
 from durable.registry import default_registry
 from durable.retry import NO_RETRY, RetryPolicy
+from durable.validation import check_decorated, check_instance, check_int, check_name
 
 #: Task ids of steps handed to other workers: ``step:<position>``.
 STEP_TASK_PREFIX = "step:"
@@ -39,7 +40,9 @@ class Step(Generic[P, T]):
 
     def __init__(self, fn: Callable[..., Any], *, name: str | None, retry: RetryPolicy) -> None:
         self.fn = fn
-        self.name = name or f"{fn.__module__}:{fn.__qualname__}"
+        self.name = check_name(
+            f"{fn.__module__}:{fn.__qualname__}" if name is None else name, "the step name"
+        )
         self.retry = retry
         self.is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(cast(Any, self), fn)
@@ -191,21 +194,28 @@ def step(
         ``max_delay``). Exceptions in ``non_retryable``, :class:`~durable.NonRetryableError`,
         or not in ``retry_on`` are recorded at once.
     :param retry: a whole :class:`~durable.retry.RetryPolicy` instead of the separate options.
+
+    :raises InvalidArgumentError: an option of the wrong type or out of range (as
+        :class:`~durable.retry.RetryPolicy` checks them), an empty or overlong ``name``, or
+        ``fn`` not a function.
     """
-    policy = retry or (
-        RetryPolicy(
-            max_attempts=max_attempts,
-            initial_delay=initial_delay,
-            backoff_rate=backoff_rate,
-            max_delay=max_delay,
-            retry_on=retry_on,
-            non_retryable=non_retryable,
-        )
-        if max_attempts != 1 or non_retryable
-        else NO_RETRY
+    if fn is not None:
+        check_decorated(fn, "durable.step")
+    if name is not None:
+        check_name(name, "name")
+    check_instance(retry, RetryPolicy, "retry")
+    options = RetryPolicy(  # checked even when a whole policy is given or nothing retries
+        max_attempts=max_attempts,
+        initial_delay=initial_delay,
+        backoff_rate=backoff_rate,
+        max_delay=max_delay,
+        retry_on=retry_on,
+        non_retryable=non_retryable,
     )
+    policy = retry or (options if options != NO_RETRY else NO_RETRY)
 
     def decorate(f: Callable[..., Any]) -> Step[Any, Any]:
+        check_decorated(f, "durable.step")
         if isinstance(f, Step):
             raise DurableError(f"{f.name!r} is already a durable step")
         kind = AsyncStep if inspect.iscoroutinefunction(f) else SyncStep
@@ -229,7 +239,12 @@ async def run_step(
     The dynamic form of ``@durable.step``: the name is what the history records and a replay
     checks, so it must be the same on every run of the workflow. A sync ``fn`` runs in a worker
     thread. Outside a workflow it is a plain call.
+
+    :raises InvalidArgumentError: ``name`` is empty or too long, ``fn`` is not callable, or
+        ``retry`` is not a :class:`~durable.retry.RetryPolicy`.
     """
+    check_decorated(fn, "durable.run_step")
+    check_instance(retry, RetryPolicy, "retry")
     adhoc: Step[Any, T] = Step(fn, name=name, retry=retry or NO_RETRY)
     ctx = current()
     if ctx is None:
@@ -257,7 +272,16 @@ async def map(
 
     The step must be decorated (``@durable.step``) and its module imported by the workers.
     Only async workflows can fan out.
+
+    :raises InvalidArgumentError: ``queue`` is not a valid name, or ``priority`` not a 32-bit
+        int (before anything is written).
     """
+    check_name(queue, "queue")
+    check_int(priority, "priority")
+    if not isinstance(step, Step):
+        raise InvalidArgumentError(
+            f"durable.map() takes a @durable.step function, got {type(step).__qualname__}"
+        )
     values = list(items)
     ctx = current()
     if ctx is None:

@@ -23,6 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from durable.errors import DurableError
 from durable.models import WORKFLOW_TASK, TaskClaim
+from durable.validation import (
+    check_names,
+    check_non_negative_float,
+    check_positive_float,
+    check_positive_int,
+)
 
 if TYPE_CHECKING:
     from durable.runtime import Runtime
@@ -34,6 +40,10 @@ class Worker:
     """Claims and runs enqueued executions for a :class:`~durable.Runtime`.
 
     Create it with :meth:`Runtime.start_worker`.
+
+    :raises InvalidArgumentError: ``concurrency`` is not a positive int (``True`` is not one),
+        ``poll_interval`` not a finite positive number, or ``queues`` / ``names`` not lists of
+        valid names.
     """
 
     def __init__(
@@ -45,12 +55,12 @@ class Worker:
         names: Sequence[str] | None,
         poll_interval: float,
     ) -> None:
-        if concurrency < 1:
-            raise DurableError(f"concurrency must be at least 1, got {concurrency}")
+        check_positive_int(concurrency, "concurrency")
+        check_positive_float(poll_interval, "poll_interval")
         self.runtime = runtime
         self.concurrency = concurrency
-        self.queues = list(queues) if queues is not None else None
-        self._names = list(names) if names is not None else None
+        self.queues = check_names(queues, "queues")
+        self._names = check_names(names, "names")
         self.poll_interval = poll_interval
         self._running: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -169,7 +179,10 @@ class Worker:
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop claiming, give running executions ``grace`` seconds to finish, then interrupt
-        the rest and hand them back at once."""
+        the rest and hand them back at once.
+
+        :raises InvalidArgumentError: ``grace`` is negative or not finite."""
+        check_non_negative_float(grace, "grace")
         self.request_stop()
         if self._loop_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
@@ -200,7 +213,14 @@ async def serve(
     poll_interval: float = 1.0,
 ) -> int:
     """Run a worker until SIGTERM or SIGINT, then shut down gracefully. Returns how many
-    executions it ran. This is what ``durable worker module:runtime`` does."""
+    executions it ran. This is what ``durable worker module:runtime`` does.
+
+    :raises InvalidArgumentError: as :meth:`Runtime.start_worker`, or ``grace`` is negative or
+        not finite (before the runtime starts)."""
+    check_positive_int(concurrency, "concurrency")
+    check_positive_float(poll_interval, "poll_interval")
+    check_names(queues, "queues")
+    check_non_negative_float(grace, "grace")
     async with runtime:
         worker = await runtime.start_worker(
             concurrency=concurrency, queues=queues, poll_interval=poll_interval

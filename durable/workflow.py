@@ -19,6 +19,7 @@ from durable.context import current
 from durable.errors import DurableError
 from durable.registry import Registry, default_registry
 from durable.retry import WORKFLOW_RETRY, RetryPolicy
+from durable.validation import check_decorated, check_instance, check_name, check_positive_int
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -37,9 +38,11 @@ class Workflow(Generic[P, T]):
         description: str | None,
     ) -> None:
         self.fn = fn
-        self.name = name or f"{fn.__module__}:{fn.__qualname__}"
+        self.name = check_name(
+            f"{fn.__module__}:{fn.__qualname__}" if name is None else name, "the workflow name"
+        )
         self.retry = retry
-        self.queue = queue
+        self.queue = check_name(queue, "queue")
         self.description = description if description is not None else inspect.getdoc(fn)
         self.is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(cast(Any, self), fn)
@@ -131,11 +134,23 @@ def workflow(
     :param registry: where to register (default :data:`durable.registry.default_registry`).
 
     :raises ConfigurationError: another function is registered under the same name.
+    :raises InvalidArgumentError: an option of the wrong type or out of range: an empty or
+        overlong ``name`` or ``queue``, a ``max_attempts`` that is not a positive int, a
+        ``retry`` that is not a :class:`~durable.retry.RetryPolicy`, or ``fn`` not a function
+        (``@durable.workflow("name")`` instead of ``@durable.workflow(name="name")``).
     """
+    if fn is not None:
+        check_decorated(fn, "durable.workflow")
+    if name is not None:
+        check_name(name, "name")
+    check_name(queue, "queue")
+    check_instance(retry, RetryPolicy, "retry")
+    check_instance(registry, Registry, "registry")
+    check_instance(description, str, "description")
     policy = retry or WORKFLOW_RETRY
     if max_attempts is not None:
         policy = RetryPolicy(
-            max_attempts=max_attempts,
+            max_attempts=check_positive_int(max_attempts, "max_attempts"),
             initial_delay=policy.initial_delay,
             backoff_rate=policy.backoff_rate,
             max_delay=policy.max_delay,
@@ -144,6 +159,7 @@ def workflow(
         )
 
     def decorate(f: Callable[..., Any]) -> Workflow[Any, Any]:
+        check_decorated(f, "durable.workflow")
         if isinstance(f, Workflow):
             raise DurableError(f"{f.name!r} is already a durable workflow")
         kind = AsyncWorkflow if inspect.iscoroutinefunction(f) else SyncWorkflow

@@ -152,7 +152,7 @@ def dialect_for(name: str) -> SQLDialect:
 
 
 def normalize_url(url: str | URL) -> URL:
-    """Pick durable's driver for a URL: ``postgresql://`` means psycopg 3 (async);
+    """Pick durable's driver for a URL: ``postgresql://`` (or ``postgres://``) means psycopg 3;
     ``sqlite://`` the standard library driver, ``sqlite+aiosqlite://`` aiosqlite.
 
     :raises ConfigurationError: a malformed URL, or a database or driver durable does not run on.
@@ -161,11 +161,21 @@ def normalize_url(url: str | URL) -> URL:
         parsed = make_url(url)
     except (sa.exc.ArgumentError, ValueError) as exc:  # ValueError: e.g. a port that is no number
         raise ConfigurationError(f"malformed database URL {str(url)!r}: {exc}") from None
+    scheme, plus, driver_name = parsed.drivername.partition("+")
+    if scheme == "postgres":  # the common alias (Heroku, libpq-style URLs)
+        parsed = parsed.set(drivername=f"postgresql{plus}{driver_name}")
     try:
         backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
     except sa.exc.NoSuchModuleError:  # a scheme SQLAlchemy has no dialect for
         backend = driver = ""
     if backend == "sqlite" and driver in ("pysqlite", "aiosqlite"):
+        if parsed.host or parsed.port or parsed.username:
+            raise ConfigurationError(
+                f"malformed SQLite URL {parsed.render_as_string(hide_password=True)!r}: it "
+                "names a host, not a file; write "
+                f"{parsed.drivername}:///{parsed.host or ''}{'/' if parsed.database else ''}"
+                f"{parsed.database or ''} (three slashes: a relative path; four: an absolute one)"
+            )
         return parsed
     if backend in ("postgresql", "postgres") and driver in ("psycopg", "psycopg_async", "psycopg2"):
         return parsed.set(drivername="postgresql+psycopg")
@@ -226,9 +236,17 @@ def create_engine(
     engine_options: dict[str, Any] | None = None,
 ) -> sa.Engine | AsyncEngine:
     """Create the engine durable runs on for ``url`` (normalized by :func:`normalize_url`)."""
-    options = dict(engine_options or {})
+    try:
+        return _create_engine(url, sqlite_synchronous, dict(engine_options or {}))
+    except (sa.exc.ArgumentError, TypeError, ValueError) as exc:  # an option it does not take
+        raise ConfigurationError(f"cannot create the engine for {url!r}: {exc}") from None
+
+
+def _create_engine(
+    url: URL, sqlite_synchronous: str, options: dict[str, Any]
+) -> sa.Engine | AsyncEngine:
     if url.get_backend_name() == "sqlite":
-        synchronous = sqlite_synchronous.upper()
+        synchronous = str(sqlite_synchronous).upper()
         if synchronous not in SQLITE_SYNCHRONOUS:
             raise ConfigurationError(
                 f"sqlite_synchronous must be one of {', '.join(SQLITE_SYNCHRONOUS)}, "

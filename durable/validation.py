@@ -1,0 +1,255 @@
+"""The rules for arguments of durable's public API, in one place.
+
+Every public entry point (``durable.connect``, :class:`~durable.Runtime`, :class:`~durable.Worker`,
+:class:`~durable.RetryPolicy`, the decorators, ``enqueue``/``run``) checks what it is given with
+these functions before anything is written, so that bad input fails the same way on every
+backend: with :class:`~durable.errors.InvalidArgumentError` (a ``ValueError`` too) naming the
+argument and the bad value, never with a driver's error halfway through a transaction.
+
+The rules follow what every backend can store:
+
+* ids and names (workflow ids, idempotency keys, workflow, step and queue names, executor ids)
+  are non-empty ``str`` of at most :data:`MAX_ID_LENGTH` characters (the SQL columns are
+  ``VARCHAR(255)``), valid Unicode (no lone surrogates, which UTF-8 cannot encode), without NUL
+  (which PostgreSQL text cannot hold);
+* counts and priorities are ``int`` (``bool`` is not accepted) within a 32-bit signed
+  ``INTEGER`` column;
+* durations are numbers of seconds (or ``timedelta``), finite and at most 100 years
+  (:data:`MAX_DELAY_SECONDS`), so that every backend can add them to the current time.
+
+Ids that durable derives itself (a child workflow's ``<parent id>/<position>``) are made to fit
+by :func:`derived_id`, deterministically, so a replay derives the same id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from durable.errors import InvalidArgumentError
+
+#: The longest id or name any backend stores (the SQL columns are ``VARCHAR(255)``).
+MAX_ID_LENGTH = 255
+#: The bounds of a 32-bit signed ``INTEGER`` column (priorities, attempt counts).
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+#: The latest time a task may be scheduled at (SQLite's date functions stop at year 9999).
+LATEST_TIME = datetime(9999, 1, 1, tzinfo=UTC)
+#: The longest duration (a lease, a retry's ``max_delay``, an enqueue's ``delay``): 100 years,
+#: far beyond any real schedule and far within what every backend can add to the current time.
+MAX_DELAY_SECONDS = 100 * 365 * 86400
+
+
+def _show(value: Any) -> str:
+    """``repr`` of a bad value, shortened: a 10 MB string must not become a 10 MB message."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}...{text[-12:]} ({len(text)} chars)"
+
+
+def check_id(value: Any, what: str) -> str:
+    """``value`` if it is a usable id (see the module docstring), else InvalidArgumentError
+    naming ``what`` (the argument, e.g. ``"workflow_id"``)."""
+    if not isinstance(value, str):
+        raise InvalidArgumentError(
+            f"{what} must be a str, got {type(value).__qualname__} {_show(value)}"
+        )
+    if not value:
+        raise InvalidArgumentError(f"{what} must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgumentError(
+            f"{what} must be at most {MAX_ID_LENGTH} characters, got {len(value)} characters: "
+            f"{_show(value)}"
+        )
+    if "\x00" in value:
+        raise InvalidArgumentError(f"{what} must not contain NUL characters, got {_show(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgumentError(
+            f"{what} must be valid Unicode, got {_show(value)}: {exc.reason} at position "
+            f"{exc.start}"
+        ) from None
+    return value
+
+
+def check_name(value: Any, what: str) -> str:
+    """``value`` if it is a usable workflow, step or queue name: the same rule as
+    :func:`check_id`, because names are stored in the same kind of column."""
+    return check_id(value, what)
+
+
+def check_optional_id(value: Any, what: str) -> str | None:
+    """None, or a usable id (:func:`check_id`)."""
+    return None if value is None else check_id(value, what)
+
+
+def check_names(values: Any, what: str) -> list[str] | None:
+    """None, or a list of usable names from an iterable of them (a lone ``str`` is refused:
+    it would be read as its characters)."""
+    if values is None:
+        return None
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise InvalidArgumentError(
+            f"{what} must be a list of names, got {type(values).__qualname__} {_show(values)}"
+        )
+    return [check_name(v, f"each of {what}") for v in values]
+
+
+def derived_id(base: str, suffix: str) -> str:
+    """``base + suffix``, or when that is longer than :data:`MAX_ID_LENGTH`, ``base`` shortened
+    to a readable prefix and a hash of the whole of it, then ``suffix``. The same inputs always
+    give the same id (a replay derives the id again), and different bases give different ids."""
+    whole = base + suffix
+    if len(whole) <= MAX_ID_LENGTH:
+        return whole
+    digest = hashlib.sha256(base.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    room = MAX_ID_LENGTH - len(suffix) - len(digest) - 1
+    if room < 0:
+        raise InvalidArgumentError(f"cannot derive an id from {_show(base)} and {_show(suffix)}")
+    return f"{base[:room]}~{digest}{suffix}"
+
+
+def check_int(value: Any, what: str, *, minimum: int = INT32_MIN, maximum: int = INT32_MAX) -> int:
+    """``value`` if it is an ``int`` (not a ``bool``) within ``[minimum, maximum]`` (by default
+    the range of a 32-bit signed ``INTEGER`` column)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgumentError(
+            f"{what} must be an int, got {type(value).__qualname__} {_show(value)}"
+        )
+    if value < minimum:
+        raise InvalidArgumentError(f"{what} must be at least {minimum}, got {_show(value)}")
+    if value > maximum:
+        kind = " (the largest 32-bit signed integer)" if maximum == INT32_MAX else ""
+        raise InvalidArgumentError(f"{what} must be at most {maximum}{kind}, got {_show(value)}")
+    return value
+
+
+def check_positive_int(value: Any, what: str) -> int:
+    """``value`` if it is an ``int`` (not a ``bool``) from 1 to :data:`INT32_MAX`."""
+    return check_int(value, what, minimum=1)
+
+
+def _real(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgumentError(
+            f"{what} must be a number, got {type(value).__qualname__} {_show(value)}"
+        )
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        raise InvalidArgumentError(f"{what} must be finite, got {_show(value)}") from None
+    if not math.isfinite(number):
+        raise InvalidArgumentError(f"{what} must be finite, got {_show(value)}")
+    return number
+
+
+def _seconds(value: Any, what: str) -> float:
+    number = _real(value, what)
+    if abs(number) > MAX_DELAY_SECONDS:
+        raise InvalidArgumentError(
+            f"{what} must be at most {MAX_DELAY_SECONDS} seconds (100 years), got {_show(value)}"
+        )
+    return number
+
+
+def check_positive_float(value: Any, what: str) -> float:
+    """``value`` as a float if it is a number of seconds above 0, finite and at most
+    :data:`MAX_DELAY_SECONDS` (``bool`` is refused)."""
+    number = _seconds(value, what)
+    if number <= 0:
+        raise InvalidArgumentError(f"{what} must be positive, got {_show(value)}")
+    return number
+
+
+def check_non_negative_float(value: Any, what: str) -> float:
+    """``value`` as a float if it is a number of seconds, 0 or more, finite and at most
+    :data:`MAX_DELAY_SECONDS` (``bool`` is refused)."""
+    number = _seconds(value, what)
+    if number < 0:
+        raise InvalidArgumentError(f"{what} must not be negative, got {_show(value)}")
+    return number
+
+
+def check_at_least(value: Any, what: str, minimum: float) -> float:
+    """``value`` as a float if it is a finite real number, ``minimum`` or more."""
+    number = _real(value, what)
+    if number < minimum:
+        raise InvalidArgumentError(f"{what} must be at least {minimum:g}, got {_show(value)}")
+    return number
+
+
+def check_timeout(value: Any, what: str = "timeout") -> float | None:
+    """None (wait for ever), or a finite number of seconds, 0 or more."""
+    return None if value is None else check_non_negative_float(value, what)
+
+
+def check_delay(value: Any, what: str = "delay") -> timedelta:
+    """A delay given in seconds or as a ``timedelta``, finite and at most
+    :data:`MAX_DELAY_SECONDS` either way (a negative delay means at once)."""
+    if isinstance(value, timedelta):
+        _seconds(value.total_seconds(), what)
+        return value
+    return timedelta(seconds=_seconds(value, what))
+
+
+def check_run_after(value: Any, what: str = "run_after") -> datetime:
+    """A timezone-aware ``datetime`` before :data:`LATEST_TIME`."""
+    if not isinstance(value, datetime):
+        raise InvalidArgumentError(
+            f"{what} must be a timezone-aware datetime, got {type(value).__qualname__} "
+            f"{_show(value)}"
+        )
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidArgumentError(f"{what} must be timezone-aware, got {value!r}")
+    if value >= LATEST_TIME:
+        raise InvalidArgumentError(
+            f"{what} must be before {LATEST_TIME:%Y-%m-%d}, got {_show(value)}"
+        )
+    return value
+
+
+def check_bool(value: Any, what: str) -> bool:
+    """``value`` if it is a ``bool``."""
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(
+            f"{what} must be True or False, got {type(value).__qualname__} {_show(value)}"
+        )
+    return value
+
+
+def check_exception_types(value: Any, what: str) -> tuple[type[BaseException], ...]:
+    """``value`` if it is a tuple of exception classes."""
+    if not isinstance(value, tuple) or not all(
+        isinstance(t, type) and issubclass(t, BaseException) for t in value
+    ):
+        raise InvalidArgumentError(
+            f"{what} must be a tuple of exception classes, got {_show(value)}"
+        )
+    return value
+
+
+def check_instance(value: Any, kind: type, what: str) -> None:
+    """Refuse a ``value`` that is neither None nor a ``kind``."""
+    if value is not None and not isinstance(value, kind):
+        raise InvalidArgumentError(
+            f"{what} must be a {_type_name(kind)} or None, "
+            f"got {type(value).__qualname__} {_show(value)}"
+        )
+
+
+def check_decorated(fn: Any, decorator: str) -> None:
+    """Refuse what is not a function where one is decorated or run (``@durable.workflow("name")``
+    passes the name where the function goes)."""
+    if not callable(fn):
+        hint = f": write @{decorator}(name={fn!r})" if isinstance(fn, str) else ""
+        raise InvalidArgumentError(
+            f"{decorator} takes a function, got {type(fn).__qualname__} {_show(fn)}{hint}"
+        )
+
+
+def _type_name(kind: type) -> str:
+    package = kind.__module__.split(".")[0]
+    return kind.__qualname__ if package == "builtins" else f"{package}.{kind.__qualname__}"
