@@ -301,7 +301,9 @@ def test_retry_options_are_checked_everywhere(options: dict[str, Any], words: st
 
 
 def test_a_retry_delay_past_the_float_range_is_capped() -> None:
-    policy = durable.RetryPolicy(max_attempts=5000, initial_delay=1, backoff_rate=10, max_delay=60)
+    policy = durable.RetryPolicy(
+        max_attempts=5000, initial_delay=1.0, backoff_rate=10.0, max_delay=60
+    )
     assert policy.delay(4000) == 60.0
 
 
