@@ -71,6 +71,7 @@ from durable.validation import (
     check_bool,
     check_delay,
     check_id,
+    check_instance,
     check_int,
     check_name,
     check_optional_id,
@@ -166,10 +167,7 @@ class Runtime:
         check_bool(recover, "recover")
         check_positive_float(poll_interval, "poll_interval")
         check_positive_int(max_threads, "max_threads")
-        if registry is not None and not isinstance(registry, Registry):
-            raise InvalidArgumentError(
-                f"registry must be a durable.Registry, got {type(registry).__qualname__}"
-            )
+        check_instance(registry, Registry, "registry")
         if not callable(sleep):
             raise InvalidArgumentError(f"sleep must be a coroutine function, got {sleep!r}")
         self.backend = backend

@@ -719,10 +719,12 @@ async def test_fencing_a_step_outliving_its_lease_is_not_recorded(
         backend_a,
         executor_id="exec-A",
         claim_ttl=ttl_a,
-        heartbeat_interval=3600,  # no heartbeat during the test: the lease just expires
         recover=False,
         registry=registry,
     )
+    # no heartbeat during the test, so the lease just expires (the constructor refuses an
+    # interval that is not below the lease: set past its check)
+    runtime_a.heartbeat_interval = 3600
     runtime_b = durable.Runtime(
         backend_b,
         executor_id="exec-B",
