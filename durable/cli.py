@@ -26,9 +26,10 @@ import click
 from durable.backends.sql import SQLAlchemyBackend
 from durable.backends.sql import migrate as migrations
 from durable.backends.sql.dialects import normalize_url
-from durable.errors import DurableError, SchemaVersionError
+from durable.errors import DurableError, InvalidArgumentError, SchemaVersionError
 from durable.models import StepRecord, WorkflowInfo
 from durable.runtime import Runtime
+from durable.validation import check_id
 from durable.worker import serve
 
 T = TypeVar("T")
@@ -59,6 +60,14 @@ def reported_errors() -> Iterator[None]:
         yield
     except DurableError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _checked_id(value: str, what: str) -> str:
+    """An id or name argument, checked as the API checks it (a usage error otherwise)."""
+    try:
+        return check_id(value, what)
+    except InvalidArgumentError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def open_backend(
@@ -265,7 +274,12 @@ def _stamp(value: datetime | None) -> str:
 @workflows.command("list")
 @url_argument
 @click.option("--status", "statuses", multiple=True, help="Only this status (repeatable).")
-@click.option("--name", default=None, help="Only this workflow name.")
+@click.option(
+    "--name",
+    default=None,
+    help="Only this workflow name.",
+    callback=lambda _c, _p, v: None if v is None else _checked_id(v, "--name"),
+)
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
 def list_workflows(url: str, statuses: tuple[str, ...], name: str | None, limit: int) -> None:
     """List executions, newest first."""
@@ -283,7 +297,7 @@ def list_workflows(url: str, statuses: tuple[str, ...], name: str | None, limit:
 
 @workflows.command("get")
 @url_argument
-@click.argument("workflow_id")
+@click.argument("workflow_id", callback=lambda _c, _p, v: _checked_id(v, "WORKFLOW_ID"))
 def get_workflow(url: str, workflow_id: str) -> None:
     """Print one execution's header as JSON."""
 
@@ -297,7 +311,7 @@ def get_workflow(url: str, workflow_id: str) -> None:
 
 @workflows.command("steps")
 @url_argument
-@click.argument("workflow_id")
+@click.argument("workflow_id", callback=lambda _c, _p, v: _checked_id(v, "WORKFLOW_ID"))
 def list_steps(url: str, workflow_id: str) -> None:
     """List an execution's steps: position, name, status, attempts, executor, timings."""
 
@@ -315,7 +329,7 @@ def list_steps(url: str, workflow_id: str) -> None:
 
 @workflows.command("cancel")
 @url_argument
-@click.argument("workflow_id")
+@click.argument("workflow_id", callback=lambda _c, _p, v: _checked_id(v, "WORKFLOW_ID"))
 def cancel_workflow(url: str, workflow_id: str) -> None:
     """Cancel an unfinished execution (it stops at its next step boundary)."""
 
@@ -328,7 +342,7 @@ def cancel_workflow(url: str, workflow_id: str) -> None:
 
 @workflows.command("retry")
 @url_argument
-@click.argument("workflow_id")
+@click.argument("workflow_id", callback=lambda _c, _p, v: _checked_id(v, "WORKFLOW_ID"))
 def retry_workflow(url: str, workflow_id: str) -> None:
     """Run a failed, dead-lettered or cancelled execution again (completed steps are kept)."""
 

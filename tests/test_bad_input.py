@@ -561,3 +561,31 @@ async def test_a_reused_workflow_id_returns_the_first_result_whatever_the_argume
         assert await rt.run(flow, "second", workflow_id="once") == "first"
         assert await rt.enqueue(flow, "third", workflow_id="once") == "once"
         assert (await rt.get_workflow("once")).input == {"args": ["first"], "kwargs": {}}
+
+
+@pytest.mark.parametrize("kind", ["sqlite_url", pytest.param("pg_url", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["workflows", "get", "{url}", "\udcff"], "WORKFLOW_ID must be valid Unicode"),
+        (["workflows", "steps", "{url}", ""], "WORKFLOW_ID must not be empty"),
+        (["workflows", "cancel", "{url}", "a\x00"], "WORKFLOW_ID must not contain NUL"),
+        (["workflows", "retry", "{url}", LONG], "WORKFLOW_ID must be at most 255"),
+        (["workflows", "list", "{url}", "--name", "\udcff"], "--name must be valid Unicode"),
+    ],
+    ids=["get", "steps", "cancel", "retry", "list"],
+)
+def test_the_cli_checks_ids_as_the_api_does(
+    request: pytest.FixtureRequest, kind: str, args: list[str], words: str
+) -> None:
+    """A command-line argument can hold a lone surrogate (undecodable bytes in argv): a usage
+    error, not a traceback from the driver."""
+    from click.testing import CliRunner
+
+    from durable.cli import main
+
+    url = str(request.getfixturevalue(kind))
+    assert CliRunner().invoke(main, ["migrate", url]).exit_code == 0
+    result = CliRunner().invoke(main, [a.replace("{url}", url) for a in args])
+    assert result.exit_code == 2, result.output
+    assert words in result.output
