@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import click
 
+from durable.backends.rows import CORRUPT_ROW
 from durable.backends.sql import SQLAlchemyBackend
 from durable.backends.sql import migrate as migrations
 from durable.backends.sql.dialects import normalize_url
@@ -71,12 +72,20 @@ def _checked_id(value: str, what: str) -> str:
 
 
 def open_backend(
-    url: str, fn: Callable[[SQLAlchemyBackend], Awaitable[T]], *, existing: bool = False
+    url: str,
+    fn: Callable[[SQLAlchemyBackend], Awaitable[T]],
+    *,
+    existing: bool = False,
+    tables: bool = False,
 ) -> T:
-    """Run ``fn`` on a backend for ``url`` (not started: nothing is migrated), then close it.
+    """Run ``fn`` on a backend for ``url`` (nothing is migrated), then close it.
 
-    ``existing``: the command only reads, so a SQLite file that does not exist is an error
-    rather than an empty database to create.
+    ``existing``: a SQLite file that does not exist is an error rather than an empty database
+    to create. ``tables``: the command reads or writes durable's tables, so the backend is
+    started first, which checks the schema revision: a database without durable's tables, at an
+    older revision, or migrated by a newer durable is refused before anything is read or
+    written (:class:`SchemaVersionError`, exit status 1). The schema commands themselves
+    (migrate, downgrade, schema-revision) leave it unstarted and handle revisions themselves.
     """
     if url.split("://", 1)[0] == "memory":
         raise click.BadParameter("memory:// keeps nothing: it has no schema", param_hint="URL")
@@ -84,6 +93,8 @@ def open_backend(
     async def run() -> T:
         backend = SQLAlchemyBackend(url, auto_migrate=False)
         try:
+            if tables:
+                await backend.start()  # with auto_migrate=False, start() only checks
             return await fn(backend)
         finally:
             await backend.close()
@@ -167,11 +178,22 @@ def _check(url: str) -> None:
 @main.command(short_help="Downgrade durable's tables (base: drop them).")
 @url_argument
 @click.argument("revision")
-def downgrade(url: str, revision: str) -> None:
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation: data will be lost.")
+def downgrade(url: str, revision: str, yes: bool) -> None:
     """Downgrade durable's tables in the database at URL to REVISION.
 
-    REVISION "base" drops every durable table, and the workflows stored in them.
+    REVISION "base" drops every durable table, and the workflows stored in them; other
+    revisions drop what later revisions added. It asks for confirmation when run in a terminal;
+    elsewhere it needs --yes.
     """
+    if not yes:
+        if revision == "base":
+            loss = f"drop every durable table at {shown(url)}, with every workflow stored in them"
+        else:
+            loss = f"downgrade {shown(url)} to revision {revision}, dropping what later ones added"
+        if not stdin_is_terminal():
+            raise click.UsageError(f"this would {loss}: pass --yes to confirm")
+        click.confirm(f"This will {loss}. Go on?", abort=True)
 
     async def down(backend: SQLAlchemyBackend) -> tuple[str | None, str | None]:
         before = await backend.schema_revision()
@@ -185,6 +207,11 @@ def downgrade(url: str, revision: str) -> None:
         click.echo(
             f"{shown(url)}: downgraded from {revision_name(before)} to {revision_name(after)}"
         )
+
+
+def stdin_is_terminal() -> bool:
+    """Whether a person can answer a question (stdin is a terminal)."""
+    return sys.stdin.isatty()
 
 
 @main.command("schema-revision", short_help="Print the database's schema revision.")
@@ -282,16 +309,19 @@ def _stamp(value: datetime | None) -> str:
 )
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
 def list_workflows(url: str, statuses: tuple[str, ...], name: str | None, limit: int) -> None:
-    """List executions, newest first."""
+    """List executions, newest first. A row that cannot be read is listed with what is wrong
+    with it (and its unknown status, if that is what is wrong, shown as failed)."""
 
     async def read(backend: SQLAlchemyBackend) -> list[WorkflowInfo]:
         page = await backend.list_snapshots(status=list(statuses) or None, name=name, limit=limit)
         return page.items
 
-    for info in open_backend(url, read, existing=True):
+    for info in open_backend(url, read, existing=True, tables=True):
+        error = info.error
+        note = f"\tunreadable: {error.message}" if error and error.type == CORRUPT_ROW else ""
         click.echo(
             f"{info.id}\t{info.name}\t{info.status.value}\tattempts={info.attempts}\t"
-            f"created={_stamp(info.created_at)}"
+            f"created={_stamp(info.created_at)}{note}"
         )
 
 
@@ -304,7 +334,7 @@ def get_workflow(url: str, workflow_id: str) -> None:
     async def read(backend: SQLAlchemyBackend) -> WorkflowInfo:
         return await backend.get_workflow(workflow_id)
 
-    info = open_backend(url, read, existing=True)
+    info = open_backend(url, read, existing=True, tables=True)
     data = dataclasses.asdict(info)
     click.echo(json.dumps(data, default=str, indent=2))
 
@@ -318,7 +348,7 @@ def list_steps(url: str, workflow_id: str) -> None:
     async def read(backend: SQLAlchemyBackend) -> list[StepRecord]:
         return await backend.list_steps(workflow_id)
 
-    for s in open_backend(url, read, existing=True):
+    for s in open_backend(url, read, existing=True, tables=True):
         error = f"\t{s.error.type}: {s.error.message}" if s.error else ""
         click.echo(
             f"{s.position}\t{s.name}\t{s.status.value}\tattempts={s.attempts}\t"
@@ -336,7 +366,7 @@ def cancel_workflow(url: str, workflow_id: str) -> None:
     async def cancel(backend: SQLAlchemyBackend) -> WorkflowInfo:
         return await backend.cancel_workflow(workflow_id)
 
-    info = open_backend(url, cancel, existing=True)
+    info = open_backend(url, cancel, existing=True, tables=True)
     click.echo(f"{info.id}: {info.status.value}")
 
 
@@ -349,5 +379,5 @@ def retry_workflow(url: str, workflow_id: str) -> None:
     async def retry(backend: SQLAlchemyBackend) -> WorkflowInfo:
         return await backend.requeue_workflow(workflow_id)
 
-    info = open_backend(url, retry, existing=True)
+    info = open_backend(url, retry, existing=True, tables=True)
     click.echo(f"{info.id}: {info.status.value}")

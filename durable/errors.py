@@ -9,6 +9,7 @@ The tree::
     │   ├── BackendUnavailableError   the database cannot be reached
     │   └── SchemaVersionError        the schema is newer than this code, or not migrated
     ├── SerializationError            a value cannot be serialized or deserialized
+    │   └── CorruptRowError           a stored row cannot be read (names where it is)
     ├── NotFoundError
     │   ├── WorkflowNotFoundError     no workflow with that id
     │   ├── UnknownWorkflowError      no workflow registered under that name
@@ -87,6 +88,54 @@ class SchemaVersionError(BackendError):
 
 class SerializationError(DurableError):
     """A value could not be serialized or deserialized."""
+
+
+class CorruptRowError(SerializationError):
+    """A stored row cannot be read back: a value its serializer cannot load, an error record
+    that is not one, an unknown status, or a value of the wrong shape.
+
+    It names the table, the workflow, the step position (None for the workflow's own row) and
+    the column, so that an operator can find the row and repair or delete it. The runtime fails
+    an execution whose rows cannot be read, once, instead of retrying it forever.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        table: str | None = None,
+        workflow_id: str | None = None,
+        position: int | None = None,
+        column: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.table = table
+        self.workflow_id = workflow_id
+        self.position = position
+        self.column = column
+
+    @classmethod
+    def at(
+        cls,
+        table: str | None,
+        workflow_id: str,
+        column: str,
+        reason: str,
+        *,
+        position: int | None = None,
+    ) -> CorruptRowError:
+        """The error for ``column`` of a row of ``table``, with ``reason`` why it is unreadable."""
+        row = f"workflow {workflow_id!r}"
+        if position is not None:
+            row = f"step {position} of {row}"
+        where = f"column {column!r}" + (f" of table {table}" if table else "")
+        return cls(
+            f"the stored {row} cannot be read: {where}: {reason}",
+            table=table,
+            workflow_id=workflow_id,
+            position=position,
+            column=column,
+        )
 
 
 class NotFoundError(DurableError):

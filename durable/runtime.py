@@ -40,6 +40,7 @@ from durable.backends.base import PersistentBackend
 from durable.context import ExecutionContext, StepGuard, WorkflowSuspended, rebuild_exception
 from durable.errors import (
     ClaimLostError,
+    CorruptRowError,
     DurableError,
     InvalidArgumentError,
     NonRetryableError,
@@ -423,9 +424,13 @@ class Runtime:
         """
         while True:
             async with self._locks.hold(instance_id):
-                info = await self.backend.get_workflow(instance_id)
-                if info.status.is_terminal:
-                    return self.outcome(info)
+                unreadable: CorruptRowError | None = None
+                try:
+                    info = await self.backend.get_workflow(instance_id)
+                    if info.status.is_terminal:
+                        return self.outcome(info)
+                except CorruptRowError as exc:
+                    unreadable = exc  # if it can still run, running it fails it (once)
                 try:
                     claim = await self.backend.claim_task(
                         instance_id,
@@ -435,6 +440,8 @@ class Runtime:
                         due_only=True,
                     )
                 except TaskNotFoundError:
+                    if unreadable is not None:
+                        raise unreadable from unreadable.__cause__
                     claim = None  # it finished (or was cancelled) since we looked: look again
                 if claim is not None:
                     try:
@@ -446,7 +453,12 @@ class Runtime:
     async def _execute(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
         """Run the body under this executor's lease (already claimed) and record the outcome."""
         leased_at = time.monotonic()  # the claim was taken before this: a safe lower bound
-        snapshot = await self.backend.begin_execution(instance_id, self.executor_id)
+        try:
+            snapshot = await self.backend.begin_execution(instance_id, self.executor_id)
+            args, kwargs = stored_arguments(snapshot.input, instance_id)
+        except CorruptRowError as exc:  # fail it once; never leave it to be claimed forever
+            await self._fail_unreadable(instance_id, exc)
+            raise
         if snapshot.max_attempts is not None and snapshot.attempts > snapshot.max_attempts:
             # every allowed attempt started and none finished: its executors kept dying
             last_error = snapshot.error or ErrorInfo(
@@ -473,8 +485,6 @@ class Runtime:
             is_async=wf.is_async,
             lease_deadline=leased_at + self.claim_ttl.total_seconds(),
         )
-        payload = snapshot.input or {}
-        args, kwargs = payload.get("args", []), payload.get("kwargs", {})
         heartbeat = asyncio.get_running_loop().create_task(
             self._heartbeat(instance_id, context=ctx)
         )
@@ -509,6 +519,22 @@ class Runtime:
             raise
         finally:
             heartbeat.cancel()
+
+    async def _fail_unreadable(self, instance_id: str, exc: CorruptRowError) -> None:
+        """Record that the execution failed because its stored rows cannot be read (fenced by
+        the claim, like any outcome)."""
+        log.error(
+            "workflow %s failed: %s",
+            instance_id,
+            exc,
+            extra={"action": "workflow.unreadable", "workflow_id": instance_id},
+        )
+        await self.backend.finish_workflow(
+            instance_id,
+            worker_id=self.executor_id,
+            status=WorkflowStatus.FAILED,
+            error=ErrorInfo.from_exception(exc),
+        )
 
     async def _invoke(
         self, ctx: ExecutionContext, wf: Workflow[Any, Any], args: Sequence[Any], kwargs: Any
@@ -843,22 +869,40 @@ class Runtime:
         record its outcome; the last one to finish wakes the workflow."""
         step = self.registry.get_step(claim.name)
         position = int(claim.task_id.removeprefix(STEP_TASK_PREFIX))
-        record = next(
-            (r for r in await self.backend.list_steps(claim.instance_id) if r.position == position),
-            None,
-        )
+        try:
+            record = next(
+                (
+                    r
+                    for r in await self.backend.list_steps(claim.instance_id)
+                    if r.position == position
+                ),
+                None,
+            )
+            if record is not None and record.status is StepStatus.PENDING:
+                args, kwargs = stored_arguments(record.input, claim.instance_id, position)
+        except CorruptRowError as exc:  # record the step failed, once, instead of looping
+            await self.backend.complete_step_task(
+                claim.instance_id,
+                claim.task_id,
+                worker_id=self.executor_id,
+                step=StepRecord(
+                    position=position,
+                    name=step.name,
+                    status=StepStatus.FAILED,
+                    error=ErrorInfo.from_exception(exc),
+                    executor_id=self.executor_id,
+                ),
+            )
+            return
         if record is None or record.status is not StepStatus.PENDING:
             await self.backend.complete_task(claim.instance_id, claim.task_id, self.executor_id)
             return
-        payload = record.input or {}
         started = datetime.now(UTC)
         heartbeat = asyncio.get_running_loop().create_task(
             self._heartbeat(claim.instance_id, claim.task_id)
         )
         try:
-            ok, value, attempts = await step.attempt(
-                payload.get("args", []), payload.get("kwargs", {}), self.sleep
-            )
+            ok, value, attempts = await step.attempt(args, kwargs, self.sleep)
         finally:
             heartbeat.cancel()
         outcome: dict[str, Any] = {"status": StepStatus.SUCCEEDED, "output": value}
@@ -1016,6 +1060,29 @@ class Runtime:
         :raises WorkflowNotFoundError: no such workflow.
         """
         return await self.backend.cancel_workflow(check_id(workflow_id, "workflow_id"))
+
+
+def stored_arguments(
+    payload: Any, workflow_id: str, position: int | None = None
+) -> tuple[list[Any], dict[str, Any]]:
+    """The ``args`` and ``kwargs`` of a stored input (``{"args": [...], "kwargs": {...}}``).
+
+    :raises CorruptRowError: the input is not of that shape (NULL, or not written by durable).
+    """
+    if isinstance(payload, dict):
+        args, kwargs = payload.get("args", []), payload.get("kwargs", {})
+        if isinstance(args, list) and isinstance(kwargs, dict):
+            return args, kwargs
+    shown = repr(payload)
+    if len(shown) > 200:
+        shown = shown[:200] + "..."
+    raise CorruptRowError.at(
+        None,
+        workflow_id,
+        "input",
+        f'expected the arguments as {{"args": [...], "kwargs": {{...}}}}, got {shown}',
+        position=position,
+    )
 
 
 class KeyedLock:

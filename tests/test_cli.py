@@ -1,20 +1,27 @@
-"""The ``durable`` command line: migrate, migrate --check, downgrade, schema-revision."""
+"""The ``durable`` command line: migrate, migrate --check, downgrade (which asks first),
+schema-revision, and the workflow commands' refusal of a schema they cannot use."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
+from durable import cli
+from durable.backends.sql import SQLAlchemyBackend
 from durable.backends.sql import migrate as migrations
+from durable.backends.sql.dialects import normalize_url
 from durable.cli import main
+from durable.models import TaskSpec, WorkflowSnapshot, WorkflowStatus
 
 HEAD = migrations.head_revision()
 
@@ -72,7 +79,7 @@ def test_check(db: str, tmp_path: Path) -> None:
     sqlite3.connect(tmp_path / "cli.db").close()  # an empty database
     empty = durable("migrate", db, "--check")
     assert empty.exit_code == 1
-    assert "has no durable tables" in empty.stderr
+    assert "durable's tables are missing" in empty.stderr
     assert f"run `durable migrate {db}`" in empty.stderr
 
     durable("migrate", db)
@@ -89,7 +96,7 @@ def test_check_takes_no_revision(db: str) -> None:
 
 def test_downgrade_to_base_and_back(db: str) -> None:
     durable("migrate", db)
-    down = durable("downgrade", db, "base")
+    down = durable("downgrade", db, "base", "--yes")
     assert down.exit_code == 0, down.output
     assert down.stdout == f"{db}: downgraded from {HEAD} to base (no durable tables)\n"
 
@@ -104,7 +111,7 @@ def test_downgrade_to_base_and_back(db: str) -> None:
 
 def test_unknown_revisions_are_errors(db: str) -> None:
     durable("migrate", db)
-    down = durable("downgrade", db, "nope")
+    down = durable("downgrade", db, "nope", "--yes")
     assert down.exit_code == 1
     assert "Error: cannot migrate to revision 'nope'" in down.stderr
     up = durable("migrate", db, "--revision", "nope")
@@ -116,7 +123,7 @@ def test_a_database_from_a_newer_durable_is_left_alone(db: str) -> None:
     durable("migrate", db)
     stamp(db, "9999_future")
 
-    for args in (["migrate", db], ["migrate", db, "--check"], ["downgrade", db, "base"]):
+    for args in (["migrate", db], ["migrate", db, "--check"], ["downgrade", db, "base", "--yes"]):
         result = durable(*args)
         assert result.exit_code == 1, args
         assert "'9999_future', which this version of durable does not know" in result.stderr
@@ -154,7 +161,7 @@ def test_postgres(pg_url: str) -> None:
 
     assert durable("migrate", url, "--check").exit_code == 0
     assert durable("schema-revision", url).stdout == f"{HEAD}\n"
-    assert durable("downgrade", url, "base").exit_code == 0
+    assert durable("downgrade", url, "base", "--yes").exit_code == 0
     assert durable("schema-revision", url).stdout == "base\n"
 
 
@@ -176,7 +183,136 @@ def test_the_installed_script(db: str) -> None:
     assert f"to {HEAD}" in migrated.stdout
     assert run("schema-revision", db).stdout == f"{HEAD}\n"
     assert run("migrate", "--check", db).returncode == 0
-    assert run("downgrade", db, "base").returncode == 0
+    assert run("downgrade", db, "base", "--yes").returncode == 0
     failed = run("migrate", "--check", db)
     assert failed.returncode == 1
-    assert "has no durable tables" in failed.stderr
+    assert "durable's tables are missing" in failed.stderr
+
+
+# -- downgrading asks first ----------------------------------------------------------------------
+
+
+def test_downgrade_needs_a_confirmation(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    durable("migrate", db)
+    unasked = durable("downgrade", db, "base")  # stdin is no terminal here
+    assert unasked.exit_code == 2
+    assert "drop every durable table" in unasked.stderr and "--yes" in unasked.stderr
+    assert durable("schema-revision", db).stdout == f"{HEAD}\n"
+
+    monkeypatch.setattr(cli, "stdin_is_terminal", lambda: True)
+    declined = CliRunner().invoke(main, ["downgrade", db, "base"], input="n\n")
+    assert declined.exit_code == 1
+    assert "Go on?" in declined.output and "Aborted" in declined.output
+    assert durable("schema-revision", db).stdout == f"{HEAD}\n"
+
+    accepted = CliRunner().invoke(main, ["downgrade", db, "base"], input="y\n")
+    assert accepted.exit_code == 0, accepted.output
+    assert f"downgraded from {HEAD} to base" in accepted.output
+    assert durable("schema-revision", db).stdout == "base\n"
+
+
+# -- commands on durable's tables: a newer schema, missing tables --------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_db(request: pytest.FixtureRequest, db: str) -> str:
+    """An empty database: a SQLite file (created empty) or a PostgreSQL database."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    sqlite3.connect(db.removeprefix("sqlite:///")).close()
+    return db
+
+
+def with_workflows(url: str) -> None:
+    """Migrate ``url`` and store a pending workflow (with its task) and a failed one."""
+
+    async def fill() -> None:
+        async with SQLAlchemyBackend(url) as backend:
+            await backend.create_workflow(
+                WorkflowSnapshot(id="pending-1", name="cli.wf", input={"args": [], "kwargs": {}}),
+                task=TaskSpec(instance_id="pending-1", name="cli.wf"),
+            )
+            await backend.create_workflow(
+                WorkflowSnapshot(
+                    id="failed-1",
+                    name="cli.wf",
+                    status=WorkflowStatus.FAILED,
+                    input={"args": [], "kwargs": {}},
+                )
+            )
+
+    asyncio.run(fill())
+
+
+def contents(url: str) -> dict[str, list[Any]]:
+    """Every row of durable's tables, to compare before and after a command."""
+    engine = sa.create_engine(normalize_url(url))
+    try:
+        names = [n for n in sa.inspect(engine).get_table_names() if n.startswith("durable_")]
+        with engine.connect() as conn:
+            return {
+                n: sorted(map(tuple, conn.execute(sa.text(f"SELECT * FROM {n}"))), key=repr)
+                for n in names
+            }
+    finally:
+        engine.dispose()
+
+
+TABLE_COMMANDS = [
+    ["workflows", "cancel", "{url}", "pending-1"],
+    ["workflows", "retry", "{url}", "failed-1"],
+    ["workflows", "list", "{url}"],
+    ["workflows", "get", "{url}", "pending-1"],
+    ["workflows", "steps", "{url}", "pending-1"],
+]
+
+
+def test_commands_refuse_a_database_from_a_newer_durable(any_db: str) -> None:
+    with_workflows(any_db)
+    assert durable("workflows", "cancel", any_db, "pending-1").exit_code == 0  # works at head
+    assert durable("workflows", "retry", any_db, "failed-1").exit_code == 0
+    stamp(any_db, "9999_future")
+    before = contents(any_db)
+
+    for command in TABLE_COMMANDS:
+        args = [a.format(url=any_db) for a in command]
+        result = durable(*args)
+        assert result.exit_code == 1, (args, result.output)
+        assert "'9999_future', which this version of durable does not know" in result.stderr
+    assert contents(any_db) == before
+
+
+def test_commands_say_when_the_tables_are_missing(any_db: str) -> None:
+    for command in TABLE_COMMANDS:
+        args = [a.format(url=any_db) for a in command]
+        result = durable(*args)
+        assert result.exit_code == 1, (args, result.output)
+        assert "durable's tables are missing" in result.stderr
+        assert "run `durable migrate" in result.stderr
+        assert "cannot reach" not in result.stderr
+
+    with_workflows(any_db)
+    assert durable("downgrade", any_db, "base", "--yes").exit_code == 0
+    gone = durable("workflows", "list", any_db)
+    assert gone.exit_code == 1 and "durable's tables are missing" in gone.stderr
+
+
+def test_the_listing_shows_an_unreadable_row(db: str) -> None:
+    durable("migrate", db)
+    with_workflows(db)
+    engine = sa.create_engine(db)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE durable_workflows SET input = '{x' WHERE id = 'failed-1'"))
+    engine.dispose()
+
+    listed = durable("workflows", "list", db)
+    assert listed.exit_code == 0, listed.output
+    lines = {line.split("\t")[0]: line for line in listed.stdout.splitlines()}
+    assert set(lines) == {"pending-1", "failed-1"}
+    assert "unreadable" not in lines["pending-1"]
+    assert (
+        "unreadable: the stored workflow 'failed-1' cannot be read: column 'input'"
+        in (lines["failed-1"])
+    )
+    got = durable("workflows", "get", db, "failed-1")
+    assert got.exit_code == 1 and "column 'input'" in got.stderr

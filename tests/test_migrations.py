@@ -11,7 +11,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -307,13 +308,41 @@ def test_auto_migrate_off_on_an_empty_database_names_the_command(
     with pytest.raises(SchemaVersionError) as info:
         run(start(db_url, auto_migrate=False))
     message = str(info.value)
-    assert "has no durable tables" in message
+    assert "durable's tables are missing" in message
     assert f"needs revision {HEAD!r}" in message
     assert f"run `durable migrate {db_url}`" in message
     assert tables(engine) == set()
 
     run(start(db_url))  # migrating, then checking, works
     run(start(db_url, auto_migrate=False))
+
+
+def test_a_query_after_the_tables_were_dropped_says_they_are_missing(db_url: str) -> None:
+    async def scenario() -> None:
+        backend = SQLAlchemyBackend(db_url)
+        await backend.start()
+        try:
+            other = SQLAlchemyBackend(db_url, auto_migrate=False)
+            try:
+                await other.downgrade("base")
+            finally:
+                await other.close()
+            calls: list[Callable[[], Awaitable[Any]]] = [
+                lambda: backend.get_workflow("x"),
+                lambda: backend.list_snapshots(),
+                lambda: backend.claim_available_tasks("w", 1, timedelta(seconds=5)),
+            ]
+            for call in calls:
+                with pytest.raises(SchemaVersionError) as info:
+                    await call()
+                message = str(info.value)
+                assert "durable's tables are missing" in message
+                assert "(no table durable_" in message
+                assert f"run `durable migrate {db_url}`" in message
+        finally:
+            await backend.close()
+
+    run(scenario())
 
 
 # -- concurrency --------------------------------------------------------------------------------

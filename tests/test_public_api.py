@@ -38,6 +38,7 @@ def test_every_error_derives_from_the_root() -> None:
         durable.StepAlreadyRecordedError("wf-1", 2),
         durable.WorkflowAlreadyExistsError("wf-1"),
         durable.SerializationError("no"),
+        durable.CorruptRowError.at("durable_steps", "wf-1", "output", "not JSON", position=2),
         durable.NonDeterminismError(),
     ],
 )

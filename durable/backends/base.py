@@ -147,6 +147,7 @@ class PersistentBackend(ABC):
         """Return the workflow's snapshot with its steps ordered by position.
 
         :raises WorkflowNotFoundError: no such workflow.
+        :raises CorruptRowError: a stored value of the workflow or of a step cannot be read.
         """
 
     @abstractmethod
@@ -154,6 +155,8 @@ class PersistentBackend(ABC):
         """Return the workflow's header only (cheap: no steps are read).
 
         :raises WorkflowNotFoundError: no such workflow.
+        :raises CorruptRowError: a stored value of the header (status, input, output, error)
+            cannot be read; the error names the column.
         """
 
     @abstractmethod
@@ -177,6 +180,12 @@ class PersistentBackend(ABC):
         ``next_cursor`` to get the following page; it is None on the last page. Pages are stable
         under concurrent inserts (keyset pagination).
 
+        A row that cannot be read does not fail the listing: it is listed with its unreadable
+        values None, an unknown status as failed, and ``error`` a record of type
+        ``durable.errors.CorruptRowError`` whose message names the column. Headers returned by
+        writes (:meth:`finish_workflow`, :meth:`cancel_workflow`, ...) are read the same way, so
+        that an unreadable value never undoes a write.
+
         :raises InvalidArgumentError: an unknown status, a limit below 1 or a malformed cursor.
         """
 
@@ -185,6 +194,8 @@ class PersistentBackend(ABC):
         """Return the workflow's steps ordered by position.
 
         :raises WorkflowNotFoundError: no such workflow.
+        :raises CorruptRowError: a stored value of a step cannot be read; the error names the
+            step's position and the column.
         """
 
     # -- execution (fenced by the claim on the workflow's task) ------------------------------
@@ -199,6 +210,9 @@ class PersistentBackend(ABC):
 
         :raises ClaimLostError: ``worker_id`` does not hold a live claim on the task.
         :raises WorkflowNotFoundError: no such workflow.
+        :raises CorruptRowError: the workflow's row or its history cannot be read. The claim is
+            still held (the start may or may not have been recorded), so the caller can record
+            the failure with :meth:`finish_workflow`, as the runtime does.
         """
 
     @abstractmethod
@@ -410,8 +424,9 @@ class PersistentBackend(ABC):
     ) -> TaskClaim | None:
         """Claim one task for ``ttl``, atomically.
 
-        Succeeds when the task is unclaimed, its claim has expired, or ``worker_id`` already holds
-        it (re-entrant: the claim is renewed and ``attempts`` is not counted again). Returns None
+        Succeeds when the task is unclaimed, its claim has expired (a holder without an expiry
+        counts as expired), or ``worker_id`` already holds it (re-entrant: the claim is renewed
+        and ``attempts`` is not counted again). Returns None
         when another worker holds a live claim, or, with ``due_only``, when the task's
         ``run_after`` has not come yet (otherwise an explicit claim by id may run a task early).
 
@@ -456,7 +471,8 @@ class PersistentBackend(ABC):
         include_own: bool = True,
     ) -> list[AvailableTask]:
         """Return up to ``limit`` tasks that ``worker_id`` could claim now, without claiming them:
-        tasks due (``run_after`` passed) that nobody holds, whose claim expired, or, unless
+        tasks due (``run_after`` passed) that nobody holds, whose claim expired (or, written by
+        hand, has a holder but no expiry: such a claim is repaired, not held forever), or, unless
         ``include_own`` is False, that ``worker_id`` itself holds (so a restarted worker finds its
         own work at once; a running worker passes False so as not to take its work twice).
 

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from durable.backends.base import PersistentBackend
+from durable.backends.rows import RowRef, step_values, workflow_values
 from durable.errors import (
     ClaimLostError,
     ConcurrentUpdateError,
@@ -129,9 +130,6 @@ class InMemoryBackend(PersistentBackend):
     def _dump(self, value: Any) -> str:
         return self.serializer.dumps(value)
 
-    def _load(self, text: Any) -> Any:
-        return None if text is None else self.serializer.loads(text)
-
     def _store_info(self, info: WorkflowInfo) -> WorkflowInfo:
         _check_aware(info.created_at, info.updated_at, info.started_at, info.completed_at)
         return dataclasses.replace(
@@ -140,10 +138,22 @@ class InMemoryBackend(PersistentBackend):
             output=None if info.output is None else self._dump(info.output),
         )
 
-    def _load_info(self, stored: WorkflowInfo) -> WorkflowInfo:
+    def _load_info(self, stored: WorkflowInfo, *, lenient: bool = False) -> WorkflowInfo:
+        """Strict: a value that cannot be read raises CorruptRowError; ``lenient`` (listings,
+        the header a write returns) marks the header unreadable instead, as the SQL backends
+        do."""
         fields = {f: getattr(stored, f) for f in WorkflowInfo.__dataclass_fields__}
-        fields["input"] = self._load(stored.input)
-        fields["output"] = self._load(stored.output)
+        fields.update(
+            workflow_values(
+                RowRef("workflows", stored.id),
+                self.serializer,
+                status=stored.status,
+                input=stored.input,
+                output=stored.output,
+                error=stored.error,
+                lenient=lenient,
+            )
+        )
         return WorkflowInfo(**fields)
 
     def _store_step(self, step: StepRecord, now: datetime) -> StepRecord:
@@ -158,17 +168,23 @@ class InMemoryBackend(PersistentBackend):
             or (now if step.status is not StepStatus.PENDING else None),
         )
 
-    def _load_step(self, stored: StepRecord) -> StepRecord:
-        return dataclasses.replace(
-            stored, input=self._load(stored.input), output=self._load(stored.output)
+    def _load_step(self, instance_id: str, stored: StepRecord) -> StepRecord:
+        values = step_values(
+            RowRef("steps", instance_id, stored.position),
+            self.serializer,
+            status=stored.status,
+            input=stored.input,
+            output=stored.output,
+            error=stored.error,
         )
+        return dataclasses.replace(stored, **values)
 
     def _snapshot(self, instance_id: str) -> WorkflowSnapshot:
         info = self._load_info(self._get(instance_id))
         steps = self._steps.get(instance_id, {})
         fields = {f: getattr(info, f) for f in WorkflowInfo.__dataclass_fields__}
         return WorkflowSnapshot(
-            **fields, steps=tuple(self._load_step(steps[p]) for p in sorted(steps))
+            **fields, steps=tuple(self._load_step(instance_id, steps[p]) for p in sorted(steps))
         )
 
     def _get(self, instance_id: str) -> WorkflowInfo:
@@ -203,7 +219,7 @@ class InMemoryBackend(PersistentBackend):
             if existing_id is None and snapshot.idempotency_key is not None:
                 existing_id = self._idempotency.get(snapshot.idempotency_key)
             if existing_id is not None:
-                return self._load_info(self._workflows[existing_id]), False
+                return self._load_info(self._workflows[existing_id], lenient=True), False
             now = self.clock()
             header = snapshot.header()
             stored = self._store_info(
@@ -224,7 +240,7 @@ class InMemoryBackend(PersistentBackend):
                 self._add_task(task, now)
         if task is not None:
             self.notify_work()
-        return self._load_info(stored), True
+        return self._load_info(stored, lenient=True), True
 
     async def save_snapshot(self, snapshot: WorkflowSnapshot) -> WorkflowSnapshot:
         with self._lock:
@@ -306,7 +322,7 @@ class InMemoryBackend(PersistentBackend):
             if after is not None:
                 rows = [w for w in rows if (w.created_at, w.id) < after]
             page = rows[: limit + 1]
-            items = [self._load_info(w) for w in page[:limit]]
+            items = [self._load_info(w, lenient=True) for w in page[:limit]]
         next_cursor = encode_cursor(items[-1]) if len(page) > limit else None
         return Page(items, next_cursor)
 
@@ -314,7 +330,7 @@ class InMemoryBackend(PersistentBackend):
         with self._lock:
             self._get(instance_id)
             steps = self._steps.get(instance_id, {})
-            return [self._load_step(steps[p]) for p in sorted(steps)]
+            return [self._load_step(instance_id, steps[p]) for p in sorted(steps)]
 
     # -- execution --------------------------------------------------------------------------
 
@@ -392,7 +408,7 @@ class InMemoryBackend(PersistentBackend):
             )
             self._workflows[instance_id] = stored
             del self._tasks[(instance_id, WORKFLOW_TASK)]
-            return self._load_info(stored)
+            return self._load_info(stored, lenient=True)
 
     async def reschedule_workflow(
         self,
@@ -422,7 +438,7 @@ class InMemoryBackend(PersistentBackend):
             task.claim_expires_at = None
             task.run_after = now + max(run_after, timedelta(0))
         self.notify_work()
-        return self._load_info(stored)
+        return self._load_info(stored, lenient=True)
 
     def _drop_trailing_failures(self, instance_id: str) -> None:
         steps = self._steps.get(instance_id, {})
@@ -461,7 +477,7 @@ class InMemoryBackend(PersistentBackend):
             self._tasks.pop((instance_id, WORKFLOW_TASK), None)
             self._add_task(spec, now)
         self.notify_work()
-        return self._load_info(stored)
+        return self._load_info(stored, lenient=True)
 
     async def suspend_workflow(
         self,
@@ -522,7 +538,7 @@ class InMemoryBackend(PersistentBackend):
         with self._lock:
             current = self._get(instance_id)
             if current.status.is_terminal:
-                return self._load_info(current)
+                return self._load_info(current, lenient=True)
             now = self.clock()
             stored = dataclasses.replace(
                 current,
@@ -534,7 +550,7 @@ class InMemoryBackend(PersistentBackend):
             self._workflows[instance_id] = stored
             for key in [k for k in self._tasks if k[0] == instance_id]:
                 del self._tasks[key]
-            return self._load_info(stored)
+            return self._load_info(stored, lenient=True)
 
     # -- the workflow registry and executors ---------------------------------------------------
 

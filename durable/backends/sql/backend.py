@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from durable.backends.base import PersistentBackend
 from durable.backends.memory import UNTIL_WOKEN, decode_cursor, encode_cursor
+from durable.backends.rows import RowRef, step_values, workflow_values
 from durable.backends.sql import migrate
 from durable.backends.sql.dialects import (
     SQLDialect,
@@ -38,6 +39,7 @@ from durable.backends.sql.direct import (
 )
 from durable.backends.sql.runners import AsyncRunner, InlineRunner, Runner
 from durable.backends.sql.schema import (
+    PREFIX,
     UTCDateTime,
     executors,
     steps,
@@ -213,6 +215,9 @@ class SQLAlchemyBackend(PersistentBackend):
             raise
         except sa.exc.DBAPIError as exc:
             url = self.engine.url.render_as_string(hide_password=True)
+            table = self.dialect.missing_table(exc)
+            if table is not None and table.startswith(PREFIX):  # dropped, or never created
+                raise migrate.missing_tables(url, f" (no table {table})") from exc
             if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) and (
                 exc.connection_invalidated or not self._started
             ):
@@ -371,6 +376,7 @@ class SQLAlchemyBackend(PersistentBackend):
                     tasks.c.claimed_by.is_(None),
                     tasks.c.claimed_by == p_wid,
                     tasks.c.claim_expires_at <= now,
+                    tasks.c.claim_expires_at.is_(None),  # a holder without expiry: repaired
                 ),
             )
             .values(**claim_values)
@@ -572,7 +578,13 @@ class SQLAlchemyBackend(PersistentBackend):
     def _available(self, names: bool, queues: bool, include_own: bool) -> sa.ColumnElement[bool]:
         now = self.dialect.now()
         p_wid = sa.bindparam("p_wid", type_=sa.String())
-        free = [tasks.c.claimed_by.is_(None), tasks.c.claim_expires_at <= now]
+        # a claim that has a holder but no expiry (written by hand, or by a bug) is free: it
+        # would otherwise be held forever
+        free = [
+            tasks.c.claimed_by.is_(None),
+            tasks.c.claim_expires_at <= now,
+            tasks.c.claim_expires_at.is_(None),
+        ]
         if include_own:
             free.append(tasks.c.claimed_by == p_wid)
         clauses = [tasks.c.run_after <= now, sa.or_(*free)]
@@ -587,21 +599,25 @@ class SQLAlchemyBackend(PersistentBackend):
     def _dump(self, value: Any) -> str | None:
         return None if value is None else self.serializer.dumps(value)
 
-    def _load(self, text: str | None) -> Any:
-        return None if text is None else self.serializer.loads(text)
+    def _info(self, row: sa.Row[Any], *, lenient: bool = False) -> WorkflowInfo:
+        """A workflow's header from its row. Strict: an unreadable column raises
+        :class:`CorruptRowError`; ``lenient`` (listings, the header a write returns): the row is
+        returned marked unreadable (see :func:`~durable.backends.rows.workflow_values`)."""
+        return WorkflowInfo(**self._info_fields(row._mapping, lenient=lenient))
 
-    def _info(self, row: sa.Row[Any]) -> WorkflowInfo:
-        m = row._mapping
-        return WorkflowInfo(**self._info_fields(m))
-
-    def _info_fields(self, m: Any) -> dict[str, Any]:
+    def _info_fields(self, m: Mapping[Any, Any], *, lenient: bool = False) -> dict[str, Any]:
         return {
             "id": m["id"],
             "name": m["name"],
-            "status": WorkflowStatus(m["status"]),
-            "input": self._load(m["input"]),
-            "output": self._load(m["output"]),
-            "error": ErrorInfo.from_json(m["error"]) if m["error"] else None,
+            **workflow_values(
+                RowRef(workflows.name, m["id"]),
+                self.serializer,
+                status=m["status"],
+                input=m["input"],
+                output=m["output"],
+                error=m["error"],
+                lenient=lenient,
+            ),
             "parent_id": m["parent_id"],
             "executor_id": m["executor_id"],
             "queue": m["queue"],
@@ -617,28 +633,37 @@ class SQLAlchemyBackend(PersistentBackend):
         }
 
     def _snapshot(self, row: sa.Row[Any], step_rows: Sequence[sa.Row[Any]]) -> WorkflowSnapshot:
+        instance_id = row._mapping["id"]
         return WorkflowSnapshot(
             **self._info_fields(row._mapping),
-            steps=tuple(self._step(r._mapping) for r in step_rows),
+            steps=tuple(self._step(instance_id, r._mapping) for r in step_rows),
         )
 
     def _joined_snapshot(self, rows: Sequence[Mapping[str, Any]]) -> WorkflowSnapshot:
         """A snapshot from the rows of the direct begin statement: the workflow's row first,
         then one row per step in the ``step_`` columns."""
+        instance_id = rows[0]["id"]
         history = tuple(
-            self._step({c: row[f"step_{c}"] for c in _STEP_COLUMNS if c != "workflow_id"})
+            self._step(
+                instance_id, {c: row[f"step_{c}"] for c in _STEP_COLUMNS if c != "workflow_id"}
+            )
             for row in rows[1:]
         )
         return WorkflowSnapshot(**self._info_fields(rows[0]), steps=history)
 
-    def _step(self, m: Mapping[Any, Any]) -> StepRecord:
+    def _step(self, instance_id: str, m: Mapping[Any, Any]) -> StepRecord:
+        """A step from its row; an unreadable column raises :class:`CorruptRowError`."""
         return StepRecord(
             position=m["position"],
             name=m["name"],
-            status=StepStatus(m["status"]),
-            input=self._load(m["input"]),
-            output=self._load(m["output"]),
-            error=ErrorInfo.from_json(m["error"]) if m["error"] else None,
+            **step_values(
+                RowRef(steps.name, instance_id, m["position"]),
+                self.serializer,
+                status=m["status"],
+                input=m["input"],
+                output=m["output"],
+                error=m["error"],
+            ),
             child_workflow_id=m["child_workflow_id"],
             attempts=m["attempts"],
             executor_id=m["executor_id"],
@@ -750,13 +775,13 @@ class SQLAlchemyBackend(PersistentBackend):
             stored = conn.execute(self._create_workflow, row).first()
             if stored is None:
                 existing = conn.execute(self._select_by_idempotency_key, match).one()
-                return self._info(existing), False
+                return self._info(existing, lenient=True), False
             if step_rows:
                 conn.execute(sa.insert(steps), step_rows)
             if task_row is not None:
                 conn.execute(self._insert_task, task_row)
                 self._announce_work(conn)
-            return self._info(stored), True
+            return self._info(stored, lenient=True), True
 
         result = await self._run(fn, what=f"create workflow {snapshot.id!r}")
         if result[1] and task_row is not None:
@@ -884,7 +909,7 @@ class SQLAlchemyBackend(PersistentBackend):
 
         def fn(conn: sa.Connection) -> Page[WorkflowInfo]:
             rows = conn.execute(query).all()
-            items = [self._info(r) for r in rows[:limit]]
+            items = [self._info(r, lenient=True) for r in rows[:limit]]
             return Page(items, encode_cursor(items[-1]) if len(rows) > limit else None)
 
         return await self._run(fn, what="list workflows")
@@ -900,7 +925,7 @@ class SQLAlchemyBackend(PersistentBackend):
                 is None
             ):
                 raise WorkflowNotFoundError(instance_id)
-            return [self._step(r._mapping) for r in rows]
+            return [self._step(instance_id, r._mapping) for r in rows]
 
         return await self._run(fn, what=f"list steps of {instance_id!r}")
 
@@ -1052,12 +1077,12 @@ class SQLAlchemyBackend(PersistentBackend):
         if done is not None:  # one statement, one round trip
             if not done.rows:
                 raise await self._run(refusal, what=what)
-            return WorkflowInfo(**self._info_fields(done.rows[0]))
+            return WorkflowInfo(**self._info_fields(done.rows[0], lenient=True))
 
         def fn(conn: sa.Connection) -> WorkflowInfo:
             if conn.execute(self._take_workflow_task, params).rowcount == 0:
                 raise refusal(conn)
-            return self._info(conn.execute(self._finish, params).one())
+            return self._info(conn.execute(self._finish, params).one(), lenient=True)
 
         return await self._run(fn, what=what)
 
@@ -1096,7 +1121,7 @@ class SQLAlchemyBackend(PersistentBackend):
                 .returning(*workflows.c)
             ).one()
             self._announce_work(conn)
-            return self._info(row)
+            return self._info(row, lenient=True)
 
         info = await self._run(fn, what=f"reschedule workflow {instance_id!r}")
         self.notify_work()
@@ -1139,7 +1164,7 @@ class SQLAlchemyBackend(PersistentBackend):
             )
             conn.execute(self._insert_task, self._task_row(spec, now))
             self._announce_work(conn)
-            return self._info(row)
+            return self._info(row, lenient=True)
 
         info = await self._run(fn, what=f"requeue workflow {instance_id!r}")
         self.notify_work()
@@ -1222,9 +1247,9 @@ class SQLAlchemyBackend(PersistentBackend):
                 row = conn.execute(self._select_workflow, {"p_iid": instance_id}).first()
                 if row is None:
                     raise WorkflowNotFoundError(instance_id)
-                return self._info(row)
+                return self._info(row, lenient=True)
             conn.execute(sa.delete(tasks).where(tasks.c.instance_id == instance_id))
-            return self._info(row)
+            return self._info(row, lenient=True)
 
         return await self._run(fn, what=f"cancel workflow {instance_id!r}")
 

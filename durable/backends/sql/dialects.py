@@ -12,6 +12,8 @@
   concurrent takeover waits and re-checks; SQLite's write lock already serializes them.
 * **Lists.** Name and queue filters bind one array on PostgreSQL (``= ANY(:names)``), so the claim
   statement is prepared once; SQLite expands ``IN (...)``.
+* **Missing tables.** SQLite says ``no such table: NAME``; PostgreSQL raises SQLSTATE 42P01
+  (``relation "NAME" does not exist``): :meth:`SQLDialect.missing_table` reads either.
 * **Batch claims.** PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED`` in a CTE feeding
   ``UPDATE ... RETURNING``. SQLite: ``UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING``
   inside one write transaction. Never SELECT-then-UPDATE (SQLAlchemy renders ``FOR UPDATE`` as
@@ -20,6 +22,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -72,6 +75,10 @@ class SQLDialect:
         """UPDATE the first ``:p_limit`` available tasks; the caller adds SET and RETURNING."""
         raise NotImplementedError
 
+    def missing_table(self, exc: sa.exc.DBAPIError) -> str | None:
+        """The table ``exc`` says does not exist, or None if it says something else."""
+        raise NotImplementedError
+
 
 class SQLiteDialect(SQLDialect):
     name = "sqlite"
@@ -102,6 +109,10 @@ class SQLiteDialect(SQLDialect):
             .limit(sa.bindparam("p_limit", type_=sa.Integer()))
         )
         return sa.update(tasks).where(tasks.c.id.in_(picked.scalar_subquery()))
+
+    def missing_table(self, exc: sa.exc.DBAPIError) -> str | None:
+        found = re.search(r"no such table: (\S+)", str(exc.orig))
+        return found.group(1) if found else None
 
 
 class PostgresDialect(SQLDialect):
@@ -141,6 +152,12 @@ class PostgresDialect(SQLDialect):
             .cte("picked")
         )
         return sa.update(tasks).where(tasks.c.id == picked.c.id)
+
+    def missing_table(self, exc: sa.exc.DBAPIError) -> str | None:
+        if getattr(exc.orig, "sqlstate", None) != "42P01":  # undefined_table
+            return None
+        found = re.search(r'relation "([^"]+)" does not exist', str(exc.orig))
+        return found.group(1) if found else None
 
 
 def dialect_for(name: str) -> SQLDialect:

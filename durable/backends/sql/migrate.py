@@ -137,14 +137,26 @@ def downgrade(connection: sa.Connection, revision: str) -> None:
         sa.Table(VERSION_TABLE, sa.MetaData()).drop(connection, checkfirst=True)
 
 
+def missing_tables(url: str, detail: str = "") -> SchemaVersionError:
+    """The error for a database that lacks durable's tables (never migrated, or downgraded to
+    base): it says how to create them."""
+    return SchemaVersionError(
+        f"durable's tables are missing from the database at {url}{detail}: "
+        f"run `durable migrate {url}`, or start the backend with auto_migrate=True"
+    )
+
+
 def check(connection: sa.Connection) -> None:
-    """Raise :class:`SchemaVersionError` unless the database is at this code's head revision."""
+    """Raise :class:`SchemaVersionError` unless the database is at this code's head revision:
+    its tables are missing, out of date, or from a newer durable."""
     current = _check_known(connection)
     head = head_revision()
     if current != head:
         url = connection.engine.url.render_as_string(hide_password=True)
-        state = "has no durable tables" if current is None else f"is at schema revision {current!r}"
+        if current is None:
+            raise missing_tables(url, f" (this version of durable needs revision {head!r})")
         raise SchemaVersionError(
-            f"the database {state} but this version of durable needs revision {head!r}: "
-            f"run `durable migrate {url}`, or start the backend with auto_migrate=True"
+            f"the database is at schema revision {current!r} but this version of durable needs "
+            f"revision {head!r}: run `durable migrate {url}`, or start the backend with "
+            "auto_migrate=True"
         )
