@@ -6,7 +6,6 @@ from typing import Any
 
 from durable.backends.base import PersistentBackend
 from durable.backends.memory import InMemoryBackend
-from durable.backends.sql import SQLAlchemyBackend
 from durable.errors import ConfigurationError
 from durable.serialization import Serializer
 
@@ -37,4 +36,7 @@ def connect(
                 f"memory:// takes no options besides serializer, got {sorted(options)}"
             )
         return InMemoryBackend(serializer=serializer)
+    # Imported here: SQLAlchemy's asyncio extension and the drivers are not needed for memory://.
+    from durable.backends.sql.backend import SQLAlchemyBackend
+
     return SQLAlchemyBackend(url, serializer=serializer, **options)
