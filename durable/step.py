@@ -192,17 +192,14 @@ def step(
         or not in ``retry_on`` are recorded at once.
     :param retry: a whole :class:`~durable.retry.RetryPolicy` instead of the separate options.
     """
-    policy = retry or (
-        RetryPolicy(
-            max_attempts=max_attempts,
-            initial_delay=initial_delay,
-            backoff_rate=backoff_rate,
-            max_delay=max_delay,
-            retry_on=retry_on,
-            non_retryable=non_retryable,
-        )
-        if max_attempts != 1 or non_retryable
-        else NO_RETRY
+    # Always built, so that bad options are refused here even when they would not matter yet.
+    policy = retry or RetryPolicy(
+        max_attempts=max_attempts,
+        initial_delay=initial_delay,
+        backoff_rate=backoff_rate,
+        max_delay=max_delay,
+        retry_on=retry_on,
+        non_retryable=non_retryable,
     )
 
     def decorate(f: Callable[..., Any]) -> Step[Any, Any]:
