@@ -1,6 +1,16 @@
-"""durable: workflows whose every step is persisted, so they survive crashes and restarts."""
+"""durable: workflows whose every step is persisted, so they survive crashes and restarts.
 
-from durable.backends import InMemoryBackend, PersistentBackend, SQLAlchemyBackend
+:class:`SQLAlchemyBackend` is imported on first use (module ``__getattr__``), so that
+``import durable`` does not import SQLAlchemy's asyncio extension, psycopg or Alembic
+(``benchmarks/import_time.py`` measures it).
+"""
+
+from __future__ import annotations
+
+import typing as _typing
+
+from durable.backends.base import PersistentBackend
+from durable.backends.memory import InMemoryBackend
 from durable.connect import connect
 from durable.context import StepGuard, step_guard, workflow_id
 from durable.errors import (
@@ -50,6 +60,9 @@ from durable.serialization import JSONSerializer, PickleSerializer, Serializer
 from durable.step import AsyncStep, Step, SyncStep, map, run_step, step
 from durable.worker import Worker
 from durable.workflow import AsyncWorkflow, SyncWorkflow, Workflow, workflow
+
+if _typing.TYPE_CHECKING:
+    from durable.backends.sql.backend import SQLAlchemyBackend
 
 __all__ = [
     "WORKFLOW_TASK",
@@ -114,3 +127,15 @@ __all__ = [
     "workflow",
     "workflow_id",
 ]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    if name == "SQLAlchemyBackend":
+        from durable.backends.sql.backend import SQLAlchemyBackend
+
+        return SQLAlchemyBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

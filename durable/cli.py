@@ -19,19 +19,21 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from durable.backends.rows import CORRUPT_ROW
-from durable.backends.sql import SQLAlchemyBackend
-from durable.backends.sql import migrate as migrations
-from durable.backends.sql.dialects import normalize_url
 from durable.errors import DurableError, InvalidArgumentError, SchemaVersionError
 from durable.models import StepRecord, WorkflowInfo
 from durable.runtime import Runtime
 from durable.validation import check_id
 from durable.worker import serve
+
+# The SQL backend (SQLAlchemy's asyncio extension, the drivers, Alembic) is imported by the
+# commands that open a database, so that `durable --help` and `durable worker` start fast.
+if TYPE_CHECKING:
+    from durable.backends.sql import SQLAlchemyBackend
 
 T = TypeVar("T")
 
@@ -90,6 +92,8 @@ def open_backend(
     if url.split("://", 1)[0] == "memory":
         raise click.BadParameter("memory:// keeps nothing: it has no schema", param_hint="URL")
 
+    from durable.backends.sql.backend import SQLAlchemyBackend
+
     async def run() -> T:
         backend = SQLAlchemyBackend(url, auto_migrate=False)
         try:
@@ -106,6 +110,8 @@ def open_backend(
 
 
 def _require_sqlite_file(url: str) -> None:
+    from durable.backends.sql.dialects import normalize_url
+
     parsed = normalize_url(url)
     database = parsed.database
     if (
@@ -119,6 +125,8 @@ def _require_sqlite_file(url: str) -> None:
 
 def shown(url: str) -> str:
     """The URL as it may be printed: without its password."""
+    from durable.backends.sql.dialects import normalize_url
+
     with reported_errors():
         return normalize_url(url).render_as_string(hide_password=True)
 
@@ -224,6 +232,8 @@ def schema_revision(url: str) -> None:
 
     async def read(backend: SQLAlchemyBackend) -> str | None:
         return await backend.schema_revision()
+
+    from durable.backends.sql import migrate as migrations
 
     current = open_backend(url, read, existing=True)
     click.echo(current or "base")

@@ -6,7 +6,6 @@ from typing import Any
 
 from durable.backends.base import PersistentBackend
 from durable.backends.memory import InMemoryBackend
-from durable.backends.sql import SQLAlchemyBackend
 from durable.errors import ConfigurationError
 from durable.serialization import Serializer
 
@@ -60,6 +59,9 @@ def connect(
                 f"option {key}= must be {_kind_name(kind)}, got {type(value).__qualname__} "
                 f"{value!r}"
             )
+    # Imported here: SQLAlchemy's asyncio extension and the drivers are not needed for memory://.
+    from durable.backends.sql.backend import SQLAlchemyBackend
+
     return SQLAlchemyBackend(url, serializer=serializer, **options)
 
 

@@ -137,3 +137,27 @@ def test_step_scaling_postgres(pg_url: str, tmp_path: Path) -> None:
     document = bench.main([*args, *SCALING_ARGS])
     _check_document(document, out, "postgres")
     _check_scaling(document, "postgres")
+
+
+def test_import_time(tmp_path: Path) -> None:
+    out = tmp_path / "import_time.json"
+    document = _benchmark("import_time").main(["--quick", "--top", "5", "--json", str(out)])
+    assert document["benchmark"] == "import_time"
+    assert json.loads(out.read_text())["results"].keys() == {"importtime", "wall"}
+    importtime, wall = document["results"]["importtime"], document["results"]["wall"]
+    _positive(importtime["import_us"])
+    assert importtime["import_us"]["n"] == 1
+    assert importtime["modules_imported"] > 10
+    for listing in ("heaviest_cumulative", "heaviest_self"):
+        heaviest = importtime[listing]
+        assert len(heaviest) == 5
+        assert all(
+            m["module"] != "durable" and m["cumulative_ms"] >= m["self_ms"] >= 0 for m in heaviest
+        )
+    assert importtime["heavy_packages_imported"] == []  # as tests/test_lazy_imports.py checks
+    _positive(wall["import_process_us"])
+    _positive(wall["bare_process_us"])
+    assert wall["import_process_us"]["n"] == wall["bare_process_us"]["n"] == 3
+    assert document["machine"]["cpu_count"] >= 1
+    assert [t["unit"] for t in document["targets"]] == ["s", "packages", "s"]
+    assert all(isinstance(t["pass"], bool) for t in document["targets"])

@@ -13,17 +13,17 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 
 from durable.backends.sql.schema import PREFIX
 from durable.errors import ConfigurationError, InvalidArgumentError, SchemaVersionError
+
+# Alembic is imported by the functions that use it: it takes a tenth of a second or more to
+# import, and a backend that finds its database at head (or a `durable --help`) never needs it.
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 VERSION_TABLE = "durable_alembic_version"
 #: Any constant would do; it only has to be the same for every process.
@@ -42,6 +42,8 @@ def script_location() -> str:
 
 def alembic_config(connection: sa.Connection | None = None) -> Config:
     """An Alembic configuration for durable's revisions, bound to ``connection`` if given."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", script_location())
     if connection is not None:
@@ -51,6 +53,8 @@ def alembic_config(connection: sa.Connection | None = None) -> Config:
 
 def head_revision() -> str:
     """The revision this code expects the database to be at."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
@@ -58,12 +62,16 @@ def head_revision() -> str:
 
 def current_revision(connection: sa.Connection) -> str | None:
     """The revision the database is at (None: durable's tables were never created)."""
+    from alembic.runtime.migration import MigrationContext
+
     context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
     return context.get_current_revision()
 
 
 def is_known(revision: str) -> bool:
     """Whether ``revision`` is one of this code's revisions (not one from a newer durable)."""
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(alembic_config())
     return any(known.revision == revision for known in script.walk_revisions())
 
@@ -108,6 +116,8 @@ def lock(connection: sa.Connection) -> None:
 @contextmanager
 def _revision_errors(revision: str) -> Iterator[None]:
     """Alembic's complaints about the revision asked for, as durable's error."""
+    from alembic.util import CommandError
+
     try:
         yield
     except CommandError as exc:
@@ -120,6 +130,8 @@ def upgrade(connection: sa.Connection, revision: str = "head") -> None:
     :raises SchemaVersionError: the database is at a revision this code does not know.
     :raises InvalidArgumentError: ``revision`` is unknown, or below the current one.
     """
+    from alembic import command
+
     lock(connection)
     _check_known(connection)
     with _revision_errors(revision):
@@ -129,6 +141,8 @@ def upgrade(connection: sa.Connection, revision: str = "head") -> None:
 def downgrade(connection: sa.Connection, revision: str) -> None:
     """Migrate down to ``revision`` (``"base"`` drops every durable table, Alembic's version
     table included)."""
+    from alembic import command
+
     lock(connection)
     _check_known(connection)
     with _revision_errors(revision):

@@ -1,0 +1,139 @@
+"""The lease check before each step (``ExecutionContext.ensure_lease``), fast.
+
+An executor whose lease ran out while its workflow waited between two steps (a long pause, a
+blocked loop, heartbeats off here) and was taken over by another executor must not run the next
+step's body: it finds out before the body runs, and the workflow's run raises ClaimLostError.
+Without the check the body would run (and only its record would be refused), so a side effect
+would happen twice. ``tests/test_crash_recovery.py`` covers the same race with two real runtimes,
+as a slow test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+import durable
+from durable.context import ExecutionContext, current
+from durable.models import WORKFLOW_TASK, StepStatus
+
+pytestmark = pytest.mark.timeout(120)
+
+TTL = 0.2  # seconds: A's lease, short so that the test waits little for it to run out
+WAIT = 60.0  # a safety net only: every wait below ends on a state change
+
+registry = durable.Registry()
+bodies: Counter[str] = Counter()
+#: The execution context of the running workflow, published from its body.
+contexts: list[ExecutionContext] = []
+between = threading.Event()  # the workflow waits here, between its two steps
+go_on = threading.Event()  # ... until the test sets this
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    bodies.clear()
+    contexts.clear()
+    between.clear()
+    go_on.clear()
+
+
+@durable.step(name="tests.lease_check.first")
+def first() -> str:
+    bodies["first"] += 1
+    return "first"
+
+
+@durable.step(name="tests.lease_check.second")
+def second() -> str:
+    bodies["second"] += 1  # must not happen once the lease is gone
+    return "second"
+
+
+def _wait_between() -> None:
+    ctx = current()
+    assert ctx is not None
+    contexts.append(ctx)
+    between.set()
+    assert go_on.wait(WAIT)
+
+
+@durable.workflow(name="tests.lease_check.async.v1", registry=registry)
+async def async_flow() -> list[str]:
+    done = [await first.aio()]
+    await asyncio.to_thread(_wait_between)
+    done.append(await second.aio())
+    return done
+
+
+@durable.workflow(name="tests.lease_check.sync.v1", registry=registry)
+def sync_flow() -> list[str]:
+    done = [first()]
+    _wait_between()
+    done.append(second())
+    return done
+
+
+class FakeClock:
+    """The in-memory backend's clock: real time plus an offset the test moves forward."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+async def _take_over(backend: durable.PersistentBackend, workflow_id: str) -> None:
+    """Claim the workflow for another executor once A's claim has expired in the database."""
+    async with asyncio.timeout(WAIT):
+        while (  # noqa: ASYNC110 - polls the database: A's claim expires there just after TTL
+            await backend.claim_task(workflow_id, WORKFLOW_TASK, "exec-B", timedelta(minutes=5))
+            is None
+        ):
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("workflow", [async_flow, sync_flow], ids=["async", "sync"])
+async def test_a_step_does_not_run_once_the_lease_was_taken_over(
+    backend_url: str, workflow: Any
+) -> None:
+    clock = FakeClock()
+    backend = (
+        durable.InMemoryBackend(clock=clock)
+        if backend_url == "memory://"
+        else durable.connect(backend_url)
+    )
+    runtime = durable.Runtime(
+        backend,
+        executor_id="exec-A",
+        claim_ttl=TTL,
+        heartbeat_interval=3600,  # no heartbeat: A's lease runs out while the workflow waits
+        recover=False,
+        registry=registry,
+    )
+    async with runtime, asyncio.timeout(WAIT):
+        run = asyncio.create_task(runtime.run(workflow, workflow_id="wf"))
+        assert await asyncio.to_thread(between.wait, WAIT)
+        [ctx] = contexts
+        while ctx.lease_fresh():  # noqa: ASYNC110 - A's own deadline, on the monotonic clock
+            await asyncio.sleep(0.02)
+        clock.offset = timedelta(hours=1)  # the in-memory backend's view too
+        await _take_over(backend, "wf")
+        go_on.set()
+
+        with pytest.raises(durable.ClaimLostError) as lost:
+            await run
+        assert lost.value.worker_id == "exec-A"
+        assert lost.value.holder == "exec-B"
+        assert bodies == {"first": 1}  # the second step's body never ran
+
+        [record] = await runtime.list_steps("wf")  # nothing recorded past the first step
+        assert (record.name, record.status) == ("tests.lease_check.first", StepStatus.SUCCEEDED)
+        claim = await backend.claim_task("wf", WORKFLOW_TASK, "exec-C", timedelta(minutes=5))
+        assert claim is None  # B still holds the workflow: A did not release or finish it
