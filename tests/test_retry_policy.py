@@ -152,9 +152,9 @@ def test_should_retry_follows_retry_on_non_retryable_and_max_attempts() -> None:
     [
         ({"max_attempts": 0}, "max_attempts must be at least 1"),
         ({"max_attempts": -3}, "max_attempts must be at least 1"),
-        ({"initial_delay": -1.0}, "delays must not be negative"),
-        ({"max_delay": -0.5}, "delays must not be negative"),
-        ({"backoff_rate": 0.5}, "backoff_rate must be >= 1"),
+        ({"initial_delay": -1.0}, "initial_delay must not be negative"),
+        ({"max_delay": -0.5}, "max_delay must not be negative"),
+        ({"backoff_rate": 0.5}, "backoff_rate must be at least 1"),
     ],
 )
 def test_bad_arguments_are_refused(options: dict[str, Any], message: str) -> None:
