@@ -785,8 +785,11 @@ class Runtime:
         return any(w.name == name for w in await self.backend.list_registered_workflows())
 
     async def set_workflow_enabled(self, name: str, enabled: bool) -> RegisteredWorkflow:
-        """Enable or disable a workflow name for every worker sharing this database: workers
-        stop claiming a disabled name within their poll interval (running executions go on).
+        """Enable or disable a workflow name for every worker sharing this database, at once:
+        from the moment this returns no worker claims a disabled name (the claim itself reads
+        the registry), whatever the backend. Executions already claimed or running go on, and
+        ``run`` and recovery on start still run it explicitly. Re-enabled work waits for the
+        workers' next claim (a wake-up or their poll interval).
 
         :raises UnknownWorkflowError: no runtime ever registered the name.
         """

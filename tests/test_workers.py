@@ -1036,29 +1036,43 @@ def test_a_producer_without_the_code_enqueues_by_name_for_a_worker_process(
 # -- 9. disabled names -------------------------------------------------------------------------
 
 
+async def unclaimed(rt: durable.Runtime, workflow_id: str) -> bool:
+    """The execution is pending and nobody ever claimed it."""
+    info = await rt.get_workflow(workflow_id)
+    held = [t for t in await rt.backend.find_available_tasks("probe", 100) if t.claimed_by]
+    return info.status is WorkflowStatus.PENDING and info.attempts == 0 and held == []
+
+
 async def test_a_disabled_name_is_not_claimed_until_enabled(backend_url: str) -> None:
+    # Synchronized on state: work enqueued after the disabled execution comes after it in the
+    # queue, so once a worker has run that later work, every claim it made had the disabled
+    # execution in front of it, and skipped it.
     backend = durable.connect(backend_url)
     async with runtime(backend, "exec-1") as rt:
-        REG.disable(record.name)
+        REG.disable(record.name)  # in this process only
         worker = await rt.start_worker(concurrency=2, poll_interval=0.05)
         assert record.name not in worker.names
         waiting = await rt.enqueue(record, "waiting")
         assert await rt.result(await rt.enqueue(ping, 1), timeout=WAIT) == 1  # others run
-        await asyncio.sleep(0.3)
-        assert (await rt.get_workflow(waiting)).status is WorkflowStatus.PENDING
+        assert await unclaimed(rt, waiting)
         assert STARTS == []
         REG.enable(record.name)
         assert await rt.result(waiting, timeout=WAIT) == "waiting"
 
-        # disabled for every worker on the database, by another runtime (an operator's tool)
+        # disabled for every worker on the database, by another runtime (an operator's tool),
+        # after the worker started: the worker's very next claim skips it (a poll interval far
+        # longer than the test shows that nothing waits for the worker to re-read anything)
+        await worker.stop()
+        worker = await rt.start_worker(concurrency=2, poll_interval=WAIT)
+        assert await rt.result(await rt.enqueue(ping, 2), timeout=WAIT) == 2  # it claims
         async with durable.Runtime(
             second_backend(backend_url, backend), registry=durable.Registry(), recover=False
         ) as admin:
             await admin.set_workflow_enabled(record.name, False)
-            await asyncio.sleep(0.2)  # workers re-read the registry once per poll interval
             later = await rt.enqueue(record, "later")
-            await asyncio.sleep(0.3)
-            assert (await rt.get_workflow(later)).status is WorkflowStatus.PENDING
+            assert await rt.result(await rt.enqueue(ping, 3), timeout=WAIT) == 3
+            assert await unclaimed(rt, later)
             await admin.set_workflow_enabled(record.name, True)
+            await rt.enqueue(ping, 4)  # a wake-up: the worker claims again at once
             assert await rt.result(later, timeout=WAIT) == "later"
         assert [label for label, _ in STARTS] == ["waiting", "later"]
