@@ -9,8 +9,11 @@ the suite.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -231,3 +234,39 @@ def _raised(fn: Callable[[], Any]) -> BaseException | None:
     except BaseException as exc:
         return exc
     return None
+
+
+APP = """
+import atexit, sys
+import durable
+
+@durable.workflow(name="app.hello.v1")
+def hello(name):
+    return f"hello {name}"
+
+runtime = durable.Runtime(durable.connect(sys.argv[1]), executor_id="web-1", recover=False)
+runtime.start_sync()                   # at app start
+atexit.register(runtime.close_sync)    # at shutdown
+print(runtime.run_sync(hello, "you"))
+"""
+
+
+@pytest.mark.slow
+def test_start_once_and_close_at_exit_in_a_real_process(sqlite_url: str, tmp_path: Any) -> None:
+    script = tmp_path / "app.py"
+    script.write_text(APP, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(script), sqlite_url],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "hello you\n", "")
+
+    async def executors() -> list[durable.ExecutorInfo]:
+        async with durable.connect(sqlite_url) as backend:
+            return await backend.list_executors(stale_after=timedelta(minutes=1))
+
+    [web] = asyncio.run(executors())
+    assert web.id == "web-1" and web.stopped_at is not None  # closed cleanly at exit
