@@ -48,6 +48,10 @@ class Portal:
         """Whether calls are accepted (:meth:`stop` has not been called)."""
         return not self._stopping
 
+    def on_own_thread(self) -> bool:
+        """Whether the caller runs on the portal's loop (where waiting for it would block it)."""
+        return threading.current_thread() is self._thread
+
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the portal's loop and return its result (or raise its exception).
 
@@ -55,7 +59,7 @@ class Portal:
             coroutine was then cancelled), or this is the portal's own thread (waiting here
             would block the loop that must run ``coro``).
         """
-        if threading.current_thread() is self._thread:
+        if self.on_own_thread():
             coro.close()
             raise DurableError(
                 "a blocking call was made from the runtime's own event loop (inside async code "
@@ -85,7 +89,14 @@ class Portal:
     def stop(self, last: Callable[[], Coroutine[Any, Any, Any]] | None = None) -> None:
         """Refuse new calls, cancel the calls still running and wait for them to unwind, then
         run ``last()`` on the loop (its exception is raised here), stop the loop and wait for its
-        thread. Idempotent."""
+        thread. Idempotent.
+
+        :raises DurableError: this is the portal's own thread.
+        """
+        if self.on_own_thread():
+            raise DurableError(
+                "the runtime's event loop cannot stop itself: close it from another thread"
+            )
         with self._lock:
             if self._stopping:
                 return

@@ -252,9 +252,11 @@ class Runtime:
         gunicorn's ``post_fork``), not before: a thread does not survive a fork.
 
         :raises DurableError: the runtime was started by async code (``async with runtime:``) on
-            an event loop of its own; blocking calls from other threads work without this.
+            an event loop of its own (blocking calls from other threads work without this), or
+            this is async code running on the runtime's own loop.
         :raises BackendUnavailableError: the backend cannot be started (nothing is left running).
         """
+        self._refuse_on_portal("start_sync()")
         with self._sync_lock:
             if self._sync_users == 0:
                 if self._started:
@@ -278,7 +280,11 @@ class Runtime:
         and stops its loop; blocking calls still running in other threads are then interrupted
         (their executions handed back at once, to resume at their next run or on a worker) and
         raise :class:`DurableError`, as do calls made afterwards. More closes than starts are
-        ignored."""
+        ignored.
+
+        :raises DurableError: called from async code running on the runtime's own loop.
+        """
+        self._refuse_on_portal("close_sync()")
         with self._sync_lock:
             if self._sync_users == 0:
                 return
@@ -291,6 +297,15 @@ class Runtime:
                     portal.stop(self.close)
             finally:
                 self._portal = None
+
+    def _refuse_on_portal(self, what: str) -> None:
+        # waiting for the lock or the loop there could wait for the loop itself
+        portal = self._portal
+        if portal is not None and portal.on_own_thread():
+            raise DurableError(
+                f"{what} (or `with runtime:`) was called from async code running on the "
+                "runtime's own event loop: use `async with runtime:` there, or nothing"
+            )
 
     def spawn(
         self, coro: Coroutine[Any, Any, Any], *, name: str | None = None

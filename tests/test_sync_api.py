@@ -57,6 +57,19 @@ async def waits() -> str:
     return await blocked()
 
 
+RUNTIMES: list[durable.Runtime] = []  # the runtime reenters() uses
+
+
+@durable.workflow(name="tests.sync_api.reenters.v1")
+async def reenters(how: str) -> str:
+    rt = RUNTIMES[0]
+    if how == "enter":
+        with rt:
+            return "entered"
+    rt.close_sync()
+    return "closed"
+
+
 def in_threads(*targets: Callable[[], Any], timeout: float = WAIT) -> list[Any]:
     """Run each target in its own daemon thread at once; return what each returned or raised.
     A thread still running after ``timeout`` seconds fails the test."""
@@ -270,3 +283,14 @@ def test_start_once_and_close_at_exit_in_a_real_process(sqlite_url: str, tmp_pat
 
     [web] = asyncio.run(executors())
     assert web.id == "web-1" and web.stopped_at is not None  # closed cleanly at exit
+
+
+def test_async_code_on_the_runtimes_own_loop_cannot_start_or_close_it(sqlite_url: str) -> None:
+    rt = durable.Runtime(durable.connect(sqlite_url), recover=False)
+    RUNTIMES[:] = [rt]
+    with rt:
+        for how in ("enter", "close"):  # either would wait for the loop it runs on
+            with pytest.raises(durable.DurableError, match="runtime's own event loop"):
+                rt.run_sync(reenters, how)
+        assert rt.run_sync(twice, 1) == 3  # still started
+    not_started(rt)
