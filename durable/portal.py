@@ -43,11 +43,6 @@ class Portal:
             ready.set()
             runner.run(self._stopped.wait())
 
-    @property
-    def running(self) -> bool:
-        """Whether calls are accepted (:meth:`stop` has not been called)."""
-        return not self._stopping
-
     def on_own_thread(self) -> bool:
         """Whether the caller runs on the portal's loop (where waiting for it would block it)."""
         return threading.current_thread() is self._thread

@@ -117,8 +117,8 @@ class Runtime:
 
     fanout_warning_after: float = 60.0
     """Seconds after a :func:`durable.map` fan-out started here at which, if no worker has
-    claimed any of its tasks yet, a warning is logged (no worker serves the step or its queue,
-    or all of them are busy). Set it on the class or on one runtime."""
+    taken the first of its tasks yet, a warning is logged (no worker serves the step or its
+    queue, or all of them have been busy). Set it on the class or on one runtime."""
 
     def __init__(
         self,
