@@ -20,7 +20,13 @@ if TYPE_CHECKING:
 
 
 class Registry:
-    """A thread-safe map from workflow names to workflows."""
+    """A thread-safe map from workflow names to workflows, and from step names to steps.
+
+    Steps: ``@durable.step`` registers every step in :data:`default_registry`, and every
+    registry serves those too (after its own :meth:`register_step` entries). So a runtime with
+    a registry of its own runs the steps its workflows hand out (:func:`durable.map`), and its
+    workers claim them.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -67,18 +73,28 @@ class Registry:
             self._steps[step.name] = step
 
     def get_step(self, name: str) -> Step[Any, Any]:
-        """:raises UnknownWorkflowError: no step is registered under ``name``."""
-        try:
-            return self._steps[name]
-        except KeyError:
+        """The step registered under ``name`` here, else in :data:`default_registry`.
+
+        :raises UnknownWorkflowError: no step is registered under ``name``.
+        """
+        step = self._steps.get(name)
+        if step is None and self is not default_registry:
+            step = default_registry._steps.get(name)
+        if step is None:
             raise UnknownWorkflowError(
                 f"no step is registered under the name {name!r}: import the module that "
                 "defines it before starting the worker"
-            ) from None
+            )
+        return step
 
     def step_names(self) -> list[str]:
+        """The names of the steps this registry serves (its own and the default registry's),
+        sorted."""
         with self._lock:
-            return sorted(self._steps)
+            names = set(self._steps)
+        if self is not default_registry:
+            names.update(default_registry.step_names())
+        return sorted(names)
 
     def __contains__(self, name: object) -> bool:
         return name in self._workflows

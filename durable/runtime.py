@@ -1,9 +1,10 @@
 """The runtime: runs workflows on a backend, one persisted step at a time.
 
 ``Runtime`` is async at heart. Sync workflows run in worker threads and reach the event loop for
-each checkpoint; sync callers (a Flask or Django view) use ``with runtime:`` and
-``runtime.run_sync(...)``, which run the same async machinery on a background event loop (see
-:mod:`durable.portal`). There is one implementation of everything, and it is async.
+each checkpoint; sync callers (a Flask or Django view) start the runtime once per process with
+``runtime.start_sync()`` (or ``with runtime:``, reference-counted) and call
+``runtime.run_sync(...)`` from any thread, which runs the same async machinery on a background
+event loop (see :mod:`durable.portal`). There is one implementation of everything, and it is async.
 
 Execution of one workflow, in order, each line persisted before the next:
 
@@ -134,6 +135,11 @@ class Runtime:
         ``max_threads`` that is not a positive int.
     """
 
+    fanout_warning_after: float = 60.0
+    """Seconds after a :func:`durable.map` fan-out started here at which, if no worker has
+    taken the first of its tasks yet, a warning is logged (no worker serves the step or its
+    queue, or all of them have been busy). Set it on the class or on one runtime."""
+
     def __init__(
         self,
         backend: PersistentBackend,
@@ -187,6 +193,8 @@ class Runtime:
         self._workers: list[Worker] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._portal: Portal | None = None
+        self._sync_lock = threading.Lock()  # guards _portal and _sync_users
+        self._sync_users = 0
         self._started = False
 
     def __repr__(self) -> str:
@@ -246,9 +254,12 @@ class Runtime:
         await self.close()
 
     def __enter__(self) -> Self:
-        """Start the runtime on a background event loop, for code that is not async."""
-        self._portal = Portal()
-        self._portal.call(self.start())
+        """:meth:`start_sync` as a context manager: ``with runtime: runtime.run_sync(...)``.
+
+        Reference-counted and thread-safe: request threads may each enter, nested blocks are
+        fine, and the runtime closes when the last one exits (:meth:`close_sync`).
+        """
+        self.start_sync()
         return self
 
     def __exit__(
@@ -257,12 +268,81 @@ class Runtime:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        portal, self._portal = self._portal, None
-        if portal is not None:
+        self.close_sync()
+
+    def start_sync(self) -> None:
+        """Start the runtime on a background event loop (a daemon thread), for code that is
+        not async; then :meth:`run_sync` and :meth:`blocking` work from any thread.
+
+        Reference-counted and thread-safe: the first call starts the loop and the runtime, later
+        ones (from any thread) only count, and each must be matched by one :meth:`close_sync`;
+        the last one closes. The pattern for a web application (Flask, Django, any WSGI server)
+        is to start once per process and close at shutdown::
+
+            runtime.start_sync()                  # at app start, in each worker process
+            atexit.register(runtime.close_sync)   # or your server's shutdown hook
+
+            def view(request):                    # any request thread
+                return runtime.run_sync(checkout_sync, request.order_id)
+
+        Start after the server forks its worker processes (e.g. in the app factory, or
+        gunicorn's ``post_fork``), not before: a thread does not survive a fork.
+
+        :raises DurableError: the runtime was started by async code (``async with runtime:``) on
+            an event loop of its own (blocking calls from other threads work without this), or
+            this is async code running on the runtime's own loop.
+        :raises BackendUnavailableError: the backend cannot be started (nothing is left running).
+        """
+        self._refuse_on_portal("start_sync()")
+        with self._sync_lock:
+            if self._sync_users == 0:
+                if self._started:
+                    raise DurableError(
+                        "the runtime was started by async code (`async with runtime:`); call "
+                        "run_sync() from other threads without `with runtime:` / start_sync()"
+                    )
+                portal = Portal()
+                self._portal = portal  # before start(): while started, blocking calls use it
+                try:
+                    portal.call(self.start())
+                except BaseException:
+                    self._portal = None
+                    with contextlib.suppress(Exception):  # the start's error is the one to see
+                        portal.stop(self.close)
+                    raise
+            self._sync_users += 1
+
+    def close_sync(self) -> None:
+        """Undo one :meth:`start_sync` (or ``with runtime:``). The last one closes the runtime
+        and stops its loop; blocking calls still running in other threads are then interrupted
+        (their executions handed back at once, to resume at their next run or on a worker) and
+        raise :class:`DurableError`, as do calls made afterwards. More closes than starts are
+        ignored.
+
+        :raises DurableError: called from async code running on the runtime's own loop.
+        """
+        self._refuse_on_portal("close_sync()")
+        with self._sync_lock:
+            if self._sync_users == 0:
+                return
+            self._sync_users -= 1
+            if self._sync_users > 0:
+                return
+            portal = self._portal
             try:
-                portal.call(self.close())
+                if portal is not None:
+                    portal.stop(self.close)
             finally:
-                portal.stop()
+                self._portal = None
+
+    def _refuse_on_portal(self, what: str) -> None:
+        # waiting for the lock or the loop there could wait for the loop itself
+        portal = self._portal
+        if portal is not None and portal.on_own_thread():
+            raise DurableError(
+                f"{what} (or `with runtime:`) was called from async code running on the "
+                "runtime's own event loop: use `async with runtime:` there, or nothing"
+            )
 
     def spawn(
         self, coro: Coroutine[Any, Any, Any], *, name: str | None = None
@@ -340,21 +420,37 @@ class Runtime:
         workflow_id: str | None = None,
         **kwargs: Any,
     ) -> T:
-        """:meth:`run` for code that is not async (inside ``with runtime:``, or from any thread
-        other than the one running the runtime's event loop)."""
+        """:meth:`run` for code that is not async, from any thread, while the runtime is
+        started (see :meth:`start_sync` and :meth:`blocking`)."""
         return self.blocking(self.run(fn, *args, workflow_id=workflow_id, **kwargs))
 
     def blocking(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run one of this runtime's coroutines from sync code and wait for its result."""
-        if self._portal is not None:
-            return self._portal.call(coro)
-        if self._loop is None or threading.get_ident() == self._loop_thread:
+        """Run one of this runtime's coroutines from sync code, from any thread, and wait for
+        its result.
+
+        Works while the runtime is started: by :meth:`start_sync` / ``with runtime:`` (on its
+        background loop), or by async code on another thread's event loop.
+
+        :raises DurableError: the runtime is not started (or closed while the call ran), or
+            this is the thread of the runtime's own event loop (await the coroutine instead).
+        """
+        portal = self._portal
+        if portal is not None:
+            return portal.call(coro)
+        loop = self._loop
+        if not self._started or loop is None or loop.is_closed():
             coro.close()
             raise DurableError(
-                "blocking calls need `with runtime:` (or a runtime started on another thread's "
-                "event loop); in async code, await the async method instead"
+                "the runtime is not started: call runtime.start_sync() (or use `with runtime:`) "
+                "before blocking calls such as run_sync()"
             )
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        if threading.get_ident() == self._loop_thread:
+            coro.close()
+            raise DurableError(
+                "a blocking call was made on the thread of the runtime's event loop: await the "
+                "async method instead"
+            )
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
     async def _create(
         self,
@@ -805,8 +901,11 @@ class Runtime:
         return any(w.name == name for w in await self.backend.list_registered_workflows())
 
     async def set_workflow_enabled(self, name: str, enabled: bool) -> RegisteredWorkflow:
-        """Enable or disable a workflow name for every worker sharing this database: workers
-        stop claiming a disabled name within their poll interval (running executions go on).
+        """Enable or disable a workflow name for every worker sharing this database, at once:
+        from the moment this returns no worker claims a disabled name (the claim itself reads
+        the registry), whatever the backend. Executions already claimed or running go on, and
+        ``run`` and recovery on start still run it explicitly. Re-enabled work waits for the
+        workers' next claim (a wake-up or their poll interval).
 
         :raises UnknownWorkflowError: no runtime ever registered the name.
         """

@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from durable.context import ExecutionContext, StepGuard, WorkflowSuspended, current, in_step
 from durable.errors import DurableError, InvalidArgumentError
@@ -27,6 +28,11 @@ from durable.models import StepRecord, StepStatus, TaskSpec
 from durable.registry import default_registry
 from durable.retry import NO_RETRY, RetryPolicy
 from durable.validation import check_decorated, check_instance, check_int, check_name
+
+if TYPE_CHECKING:
+    from durable.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 #: Task ids of steps handed to other workers: ``step:<position>``.
 STEP_TASK_PREFIX = "step:"
@@ -270,8 +276,11 @@ async def map(
     last task completes; completed items are never run again. The first failed item's error is
     raised (the others still ran). Outside a workflow, the calls run here, one after another.
 
-    The step must be decorated (``@durable.step``) and its module imported by the workers.
-    Only async workflows can fan out.
+    The step must be decorated (``@durable.step``) and its module imported by the workers;
+    every worker serves the decorated steps of its process, whatever registry its runtime uses.
+    If, :attr:`Runtime.fanout_warning_after <durable.Runtime.fanout_warning_after>` seconds
+    later, no worker has taken the first of its tasks (still the next in line for that step and
+    queue), a warning is logged; the workflow goes on waiting. Only async workflows can fan out.
 
     :raises InvalidArgumentError: ``queue`` is not a valid name, or ``priority`` not a 32-bit
         int (before anything is written).
@@ -316,5 +325,37 @@ async def map(
         await ctx.runtime.backend.suspend_workflow(
             ctx.workflow_id, worker_id=ctx.executor_id, steps=records, tasks=specs
         )
+        ctx.runtime.spawn(
+            _warn_if_unclaimed(ctx.runtime, ctx.workflow_id, step.name, queue, specs),
+            name=f"durable-fanout-watch:{ctx.workflow_id}",
+        )
         raise WorkflowSuspended(ctx.workflow_id)
     return [g.replay() for g in guards]
+
+
+async def _warn_if_unclaimed(
+    runtime: Runtime, workflow_id: str, step_name: str, queue: str, specs: Sequence[TaskSpec]
+) -> None:
+    """Log a warning if, ``runtime.fanout_warning_after`` seconds after a fan-out was handed
+    out, its first task is still at the head of its step's line and was never claimed: workers
+    take that line in order, so none has taken anything from it in that time."""
+    await asyncio.sleep(runtime.fanout_warning_after)
+    try:
+        head = await runtime.backend.find_available_tasks(
+            runtime.executor_id, 1, names=[step_name], queues=[queue], include_own=False
+        )
+    except DurableError:
+        return  # a diagnostic only: the database may be away
+    first = (specs[0].instance_id, specs[0].task_id)
+    if head and (head[0].instance_id, head[0].task_id) == first and head[0].attempts == 0:
+        log.warning(
+            "workflow %s handed %d call(s) of step %r to workers on queue %r %g s ago and no "
+            "worker has claimed any: is a worker running (runtime.start_worker or `durable "
+            "worker`) that imports the step's module and serves that queue?",
+            workflow_id,
+            len(specs),
+            step_name,
+            queue,
+            runtime.fanout_warning_after,
+            extra={"action": "map.unclaimed", "workflow_id": workflow_id, "step": step_name},
+        )

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -65,8 +64,6 @@ class Worker:
         self._running: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._disabled_in_db: set[str] = set()
-        self._refreshed_at = float("-inf")
         self.completed = 0
         """How many executions this worker ran to an end (any outcome)."""
 
@@ -78,28 +75,13 @@ class Worker:
 
     @property
     def names(self) -> list[str]:
-        """The workflow names this worker claims: those given, else every one registered in
-        this process, less those disabled here or in the database."""
+        """The names this worker claims: the workflow names given, else every one registered
+        in this process, less those disabled here (:meth:`Registry.disable`), and the steps of
+        its registry. Names disabled for every worker (:meth:`Runtime.set_workflow_enabled`)
+        are skipped by the claim itself, in the database, from the moment they are disabled."""
         registry = self.runtime.registry
-        workflows = [
-            n
-            for n in (self._names or registry.names())
-            if registry.is_enabled(n) and n not in self._disabled_in_db
-        ]
+        workflows = [n for n in (self._names or registry.names()) if registry.is_enabled(n)]
         return workflows + registry.step_names()
-
-    async def _refresh_enabled(self) -> None:
-        """Re-read which names are disabled cluster-wide, at most once per poll interval."""
-        now = time.monotonic()
-        if now - self._refreshed_at < self.poll_interval:
-            return
-        self._refreshed_at = now
-        try:
-            entries = await self.runtime.backend.list_registered_workflows()
-        except DurableError as exc:
-            log.warning("reading the registry failed: %s", exc, extra={"action": "worker.registry"})
-            return
-        self._disabled_in_db = {e.name for e in entries if not e.enabled}
 
     @property
     def running(self) -> int:
@@ -116,7 +98,6 @@ class Worker:
         while not self._stopping.is_set():
             free = self.concurrency - len(self._running)
             claims: list[TaskClaim] = []
-            await self._refresh_enabled()
             names = self.names
             if free > 0 and names:
                 try:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import time
 from collections import Counter
 
 import pytest
@@ -10,18 +13,33 @@ import pytest
 import durable
 from durable.models import StepStatus, WorkflowStatus
 
+WAIT = 60.0  # a safety net for anything a test waits for, never reached when green
+
 runs: Counter[int] = Counter()
-who: dict[int, str] = {}
 
 
 class Odd(Exception):
     pass
 
 
+class Gate:
+    """Per-test events (bound to the test's event loop)."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()  # a gated item started
+        self.release = asyncio.Event()  # gated items may return
+        self.running = 0  # meet(): items started and not yet released
+        self.quorum = 0  # meet(): how many must be running at once before any returns
+
+
+GATE = Gate()
+
+
 @pytest.fixture(autouse=True)
 def _reset() -> None:
+    global GATE
     runs.clear()
-    who.clear()
+    GATE = Gate()
 
 
 @durable.step(name="tests.fanout.square")
@@ -39,6 +57,25 @@ async def even_only(x: int) -> int:
     return x
 
 
+@durable.step(name="tests.fanout.gated")
+async def gated(x: int) -> int:
+    runs[x] += 1
+    GATE.entered.set()
+    await GATE.release.wait()
+    return x * x
+
+
+@durable.step(name="tests.fanout.meet")
+async def meet(x: int) -> int:
+    """Return only once ``GATE.quorum`` items have been running at the same time."""
+    runs[x] += 1
+    GATE.running += 1
+    if GATE.running >= GATE.quorum:
+        GATE.release.set()
+    await asyncio.wait_for(GATE.release.wait(), WAIT)  # fails the item rather than hang
+    return x * x
+
+
 @durable.step
 async def total(values: list[int]) -> int:
     return sum(values)
@@ -47,6 +84,16 @@ async def total(values: list[int]) -> int:
 @durable.workflow(name="tests.fanout.sum_of_squares.v1")
 async def sum_of_squares(n: int) -> int:
     return await total(await durable.map(square, range(n)))
+
+
+@durable.workflow(name="tests.fanout.gated_squares.v1")
+async def gated_squares(n: int) -> list[int]:
+    return await durable.map(gated, range(n))
+
+
+@durable.workflow(name="tests.fanout.meet.v1")
+async def sum_of_met_squares(n: int) -> int:
+    return await total(await durable.map(meet, range(n)))
 
 
 @durable.workflow(name="tests.fanout.evens.v1")
@@ -73,16 +120,20 @@ async def test_one_worker_slot_is_enough_because_the_parent_waits_without_it(
 
 
 async def test_items_are_shared_between_workers(sqlite_url: str) -> None:
+    # the first items return only once 5 run at the same time: more than one worker's 4 slots,
+    # so both workers must hold some (deterministically, whoever claims first)
+    GATE.quorum = 5
     async with (
         durable.Runtime(durable.connect(sqlite_url), recover=False, executor_id="a") as a,
         durable.Runtime(durable.connect(sqlite_url), recover=False, executor_id="b") as b,
     ):
         await a.start_worker(concurrency=4, poll_interval=0.05)
         await b.start_worker(concurrency=4, poll_interval=0.05)
-        wid = await a.enqueue(sum_of_squares, 40)
-        assert await b.result(wid, timeout=30) == sum(i * i for i in range(40))
-        executors = {s.executor_id for s in await a.list_steps(wid)}
-        assert executors <= {"a", "b"}
+        wid = await a.enqueue(sum_of_met_squares, 40)
+        assert await b.result(wid, timeout=WAIT) == sum(i * i for i in range(40))
+        items = [s for s in await a.list_steps(wid) if s.name == meet.name]
+        assert len(items) == 40
+        assert {s.executor_id for s in items} == {"a", "b"}
         assert runs == Counter(range(40))
 
 
@@ -103,3 +154,73 @@ async def test_a_failed_item_raises_in_the_parent_after_all_ran(backend_url: str
 
 async def test_map_outside_a_workflow_is_a_plain_loop() -> None:
     assert await durable.map(square, [1, 2, 3]) == [1, 4, 9]
+
+
+# -- a runtime with its own registry; a fan-out nobody serves -------------------------------
+
+OWN = durable.Registry()
+
+
+@durable.workflow(name="tests.fanout.own_registry.v1", registry=OWN)
+async def squares_in_own_registry(n: int) -> list[int]:
+    return await durable.map(square, range(n))
+
+
+async def test_a_runtime_with_its_own_registry_serves_the_steps_it_fans_out(
+    backend_url: str,
+) -> None:
+    async with durable.Runtime(durable.connect(backend_url), recover=False, registry=OWN) as rt:
+        await rt.start_worker(concurrency=2, poll_interval=0.05)
+        wid = await rt.enqueue(squares_in_own_registry, 5)
+        assert await rt.result(wid, timeout=WAIT) == [0, 1, 4, 9, 16]
+        assert runs == Counter(range(5))
+
+
+def unclaimed_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "action", None) == "map.unclaimed"]
+
+
+async def watchers_done() -> None:
+    """Wait until a fan-out was handed out, then until its watcher has run."""
+    deadline = time.monotonic() + WAIT
+    while not (
+        watchers := [
+            t for t in asyncio.all_tasks() if t.get_name().startswith("durable-fanout-watch:")
+        ]
+    ):
+        if time.monotonic() > deadline:
+            pytest.fail("no fan-out was handed out")
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(asyncio.gather(*watchers), WAIT)
+
+
+async def test_a_fan_out_no_worker_claims_logs_a_warning(
+    backend_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="durable.step")
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        rt.fanout_warning_after = 0.1
+        run = asyncio.create_task(rt.run(sum_of_squares, 3, workflow_id="starved"))  # no worker
+        await watchers_done()
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+    [warning] = unclaimed_warnings(caplog)
+    assert warning.workflow_id == "starved"  # type: ignore[attr-defined]
+    assert "3 call(s) of step 'tests.fanout.square'" in warning.getMessage()
+    assert "queue 'default'" in warning.getMessage()
+
+
+async def test_a_fan_out_a_worker_took_up_logs_no_warning(
+    backend_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="durable.step")
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        rt.fanout_warning_after = 0.1
+        await rt.start_worker(concurrency=1, poll_interval=0.05)
+        wid = await rt.enqueue(gated_squares, 3)
+        await asyncio.wait_for(GATE.entered.wait(), WAIT)  # the first item was claimed
+        await watchers_done()  # the check ran while the item was still running
+        GATE.release.set()
+        assert await rt.result(wid, timeout=WAIT) == [0, 1, 4]
+    assert unclaimed_warnings(caplog) == []

@@ -41,7 +41,7 @@ import sqlalchemy as sa
 import durable
 from durable.backends.sql.schema import tasks as tasks_table
 from durable.backends.sql.schema import workflows as workflows_table
-from durable.models import StepStatus, WorkflowStatus
+from durable.models import WORKFLOW_TASK, StepStatus, WorkflowStatus
 
 T = TypeVar("T")
 
@@ -55,6 +55,7 @@ REG = durable.Registry()  # every workflow of this module; the test runtimes ser
 CALLS: Counter[str] = Counter()
 STARTS: list[tuple[str, float]] = []  # (label, time.time()) when tw.record.v1 started
 RUNTIMES: list[durable.Runtime] = []  # the runtime tw.parent.v1 enqueues through
+HOLD: dict[str, asyncio.Event] = {}  # tw.record.v1 with one of these labels waits for its event
 
 
 class Gates:
@@ -75,6 +76,7 @@ def _reset() -> Iterator[None]:
     CALLS.clear()
     STARTS.clear()
     RUNTIMES.clear()
+    HOLD.clear()
     GATES = Gates()
     yield
     for name in REG.names():
@@ -87,6 +89,8 @@ def _reset() -> Iterator[None]:
 @durable.workflow(name="tw.record.v1", registry=REG)
 async def record(label: str) -> str:
     STARTS.append((label, time.time()))
+    if label in HOLD:
+        await HOLD[label].wait()
     return label
 
 
@@ -232,14 +236,25 @@ def stored_run_after(url: str, workflow_id: str) -> datetime:
     return query(url, lambda conn: conn.execute(stmt).scalar_one())
 
 
-def make_due(url: str, workflow_id: str) -> None:
+def make_due(url: str, workflow_id: str, ago: timedelta = timedelta(seconds=1)) -> None:
     """Move the stored schedule of a task to the past: the database's way of moving time."""
     stmt = (
         sa.update(tasks_table)
         .where(tasks_table.c.instance_id == workflow_id)
-        .values(run_after=datetime.now(UTC) - timedelta(seconds=1))
+        .values(run_after=datetime.now(UTC) - ago)
     )
     query(url, lambda conn: conn.execute(stmt))
+
+
+async def make_due_on(
+    backend: durable.PersistentBackend, url: str, workflow_id: str, ago: timedelta
+) -> None:
+    """:func:`make_due` on any backend (the in-memory one's stored task is changed in place)."""
+    if isinstance(backend, durable.InMemoryBackend):
+        with backend._lock:
+            backend._tasks[(workflow_id, WORKFLOW_TASK)].run_after = datetime.now(UTC) - ago
+    else:
+        await asyncio.to_thread(make_due, url, workflow_id, ago)
 
 
 class FakeClock:
@@ -597,28 +612,43 @@ async def test_duplicate_enqueues_racing_in_one_process_create_one_execution(
 async def test_one_worker_runs_by_priority_then_fifo_and_nothing_before_it_is_due(
     backend_url: str,
 ) -> None:
-    async with runtime(durable.connect(backend_url), "exec-1") as rt:
-        delayed_at = time.time()
-        late = await rt.enqueue(record, "late-delay", priority=-10, delay=1.5)
-        due_at = datetime.now(UTC) + timedelta(seconds=1.6)
-        at = await rt.enqueue(record, "late-at", run_after=due_at)
+    backend = durable.connect(backend_url)
+    HOLD["p-3"] = asyncio.Event()  # the first execution holds the worker's only slot
+    async with runtime(backend, "exec-1") as rt:
+        late = await rt.enqueue(record, "late-delay", priority=-10, delay=3600)
+        at = await rt.enqueue(record, "late-at", run_after=datetime.now(UTC) + timedelta(hours=1))
         plan = [("p5-a", 5), ("p1-a", 1), ("p5-b", 5), ("p0-a", 0), ("p1-b", 1), ("p5-c", 5)]
         plan += [("p0-b", 0), ("p-3", -3)]
-        for label, priority in plan:
-            await rt.enqueue(record, label, priority=priority)
+        ids = [await rt.enqueue(record, label, priority=priority) for label, priority in plan]
         with pytest.raises(durable.InvalidArgumentError):
             await rt.enqueue(record, "naive", run_after=datetime.now() + timedelta(seconds=1))
 
+        async def due() -> set[str]:
+            return {t.instance_id for t in await rt.backend.find_available_tasks("probe", 100)}
+
+        async def started() -> list[tuple[str, float]]:
+            return STARTS
+
         worker = await rt.start_worker(concurrency=1, poll_interval=0.05)
-        assert await rt.result(at, timeout=WAIT) == "late-at"
-        assert await rt.result(late, timeout=WAIT) == "late-delay"
+        # the delayed work, first in the queue and of the highest priority, is not taken while
+        # it is not due: the first claim took the highest-priority due work
+        await until(started, "the first execution to start")
+        assert [label for label, _ in STARTS] == ["p-3"]
+        assert await due() == set(ids[:-1])  # the rest is due, the delayed work is not
+        # now it becomes due (late-at the earliest of its priority), then the slot frees up
+        await make_due_on(backend, backend_url, late, timedelta(hours=1))
+        await make_due_on(backend, backend_url, at, timedelta(hours=1))
+        assert await due() == {late, at, *ids[:-1]}
+        HOLD["p-3"].set()
+        for workflow_id in (late, at, *ids):
+            await rt.result(workflow_id, timeout=WAIT)
         await worker.stop()
 
-    # due work by priority, FIFO within a priority (the delayed work, first in the queue and
-    # of the highest priority, did not get ahead of it while it was not due)
-    order = [label for label, _ in STARTS]
-    assert [label for label in order if not label.startswith("late")] == [
+    # due work by priority, FIFO within a priority (by due time, then by enqueue order)
+    assert [label for label, _ in STARTS] == [
         "p-3",
+        "late-delay",
+        "late-at",
         "p0-a",
         "p0-b",
         "p1-a",
@@ -627,15 +657,6 @@ async def test_one_worker_runs_by_priority_then_fifo_and_nothing_before_it_is_du
         "p5-b",
         "p5-c",
     ]
-    started = dict(STARTS)
-    # whatever ran before the delayed work was claimed before it was due (once due, its
-    # priority put it first; the slack is the time between a claim and the body starting)
-    ahead = order[: order.index("late-delay")]
-    assert all(started[label] < delayed_at + 1.5 + 0.5 for label in ahead)
-    # the delayed work ran when due, not before, and promptly
-    assert delayed_at + 1.5 <= started["late-delay"] < delayed_at + 1.5 + 5
-    assert due_at.timestamp() <= started["late-at"] < due_at.timestamp() + 5
-    assert order.index("late-delay") < order.index("late-at")
 
 
 async def test_starting_a_runtime_does_not_run_queued_work_outside_its_workers(
@@ -1036,29 +1057,43 @@ def test_a_producer_without_the_code_enqueues_by_name_for_a_worker_process(
 # -- 9. disabled names -------------------------------------------------------------------------
 
 
+async def unclaimed(rt: durable.Runtime, workflow_id: str) -> bool:
+    """The execution is pending and nobody ever claimed it."""
+    info = await rt.get_workflow(workflow_id)
+    held = [t for t in await rt.backend.find_available_tasks("probe", 100) if t.claimed_by]
+    return info.status is WorkflowStatus.PENDING and info.attempts == 0 and held == []
+
+
 async def test_a_disabled_name_is_not_claimed_until_enabled(backend_url: str) -> None:
+    # Synchronized on state: work enqueued after the disabled execution comes after it in the
+    # queue, so once a worker has run that later work, every claim it made had the disabled
+    # execution in front of it, and skipped it.
     backend = durable.connect(backend_url)
     async with runtime(backend, "exec-1") as rt:
-        REG.disable(record.name)
+        REG.disable(record.name)  # in this process only
         worker = await rt.start_worker(concurrency=2, poll_interval=0.05)
         assert record.name not in worker.names
         waiting = await rt.enqueue(record, "waiting")
         assert await rt.result(await rt.enqueue(ping, 1), timeout=WAIT) == 1  # others run
-        await asyncio.sleep(0.3)
-        assert (await rt.get_workflow(waiting)).status is WorkflowStatus.PENDING
+        assert await unclaimed(rt, waiting)
         assert STARTS == []
         REG.enable(record.name)
         assert await rt.result(waiting, timeout=WAIT) == "waiting"
 
-        # disabled for every worker on the database, by another runtime (an operator's tool)
+        # disabled for every worker on the database, by another runtime (an operator's tool),
+        # after the worker started: the worker's very next claim skips it (a poll interval far
+        # longer than the test shows that nothing waits for the worker to re-read anything)
+        await worker.stop()
+        worker = await rt.start_worker(concurrency=2, poll_interval=WAIT)
+        assert await rt.result(await rt.enqueue(ping, 2), timeout=WAIT) == 2  # it claims
         async with durable.Runtime(
             second_backend(backend_url, backend), registry=durable.Registry(), recover=False
         ) as admin:
             await admin.set_workflow_enabled(record.name, False)
-            await asyncio.sleep(0.2)  # workers re-read the registry once per poll interval
             later = await rt.enqueue(record, "later")
-            await asyncio.sleep(0.3)
-            assert (await rt.get_workflow(later)).status is WorkflowStatus.PENDING
+            assert await rt.result(await rt.enqueue(ping, 3), timeout=WAIT) == 3
+            assert await unclaimed(rt, later)
             await admin.set_workflow_enabled(record.name, True)
+            await rt.enqueue(ping, 4)  # a wake-up: the worker claims again at once
             assert await rt.result(later, timeout=WAIT) == "later"
         assert [label for label, _ in STARTS] == ["waiting", "later"]

@@ -355,7 +355,9 @@ class PersistentBackend(ABC):
 
     @abstractmethod
     async def set_workflow_enabled(self, name: str, enabled: bool) -> RegisteredWorkflow:
-        """Enable or disable a registered name for every worker sharing this storage.
+        """Enable or disable a registered name for every worker sharing this storage: once
+        this returns, :meth:`claim_available_tasks` skips (or claims again) its tasks.
+        :meth:`find_available_tasks` and :meth:`claim_task` are not affected.
 
         :raises UnknownWorkflowError: the name was never registered.
         """
@@ -494,7 +496,9 @@ class PersistentBackend(ABC):
         include_own: bool = True,
     ) -> list[TaskClaim]:
         """Claim, in one atomic operation, up to ``limit`` of the tasks
-        :meth:`find_available_tasks` would return, in the same order. Under any concurrency, a
+        :meth:`find_available_tasks` would return, in the same order, less those whose name is
+        disabled (:meth:`set_workflow_enabled`): the operation reads the registry itself, so a
+        name disabled before it starts is never claimed, whoever asks. Under any concurrency, a
         task is claimed by at most one worker at a time.
 
         :raises InvalidArgumentError: ``limit`` is below 1.

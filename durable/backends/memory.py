@@ -687,9 +687,13 @@ class InMemoryBackend(PersistentBackend):
         queues: Sequence[str] | None,
         now: datetime,
         include_own: bool = True,
+        *,
+        enabled_only: bool = False,
     ) -> list[_Task]:
         _check_limit(limit)
         name_set = None if names is None else set(names)
+        # claims skip the names disabled in the registry
+        disabled = {n for n, e in self._registry.items() if not e.enabled} if enabled_only else ()
         queue_set = None if queues is None else set(queues)
         found = [
             t
@@ -701,6 +705,7 @@ class InMemoryBackend(PersistentBackend):
                 or (include_own and t.claimed_by == worker_id)
             )
             and (name_set is None or t.spec.name in name_set)
+            and t.spec.name not in disabled
             and (queue_set is None or t.spec.queue in queue_set)
         ]
         found.sort(key=lambda t: (t.spec.priority, t.run_after, t.seq))
@@ -747,7 +752,9 @@ class InMemoryBackend(PersistentBackend):
             now = self.clock()
             return [
                 self._claim(t, worker_id, now, seconds)
-                for t in self._available(worker_id, limit, names, queues, now, include_own)
+                for t in self._available(
+                    worker_id, limit, names, queues, now, include_own, enabled_only=True
+                )
             ]
 
 

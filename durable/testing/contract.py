@@ -1448,6 +1448,23 @@ class BackendContractTests:
         ) == ["m1"]
         assert await found("w3") == []
 
+    async def test_claims_skip_disabled_names(self, backend: PersistentBackend) -> None:
+        await backend.register_workflows(
+            [RegisteredWorkflow(name="mail"), RegisteredWorkflow(name="report")]
+        )
+        for instance_id, name in (("m1", "mail"), ("r1", "report"), ("s1", "unregistered")):
+            await create(backend, instance_id, name=name)
+        await backend.set_workflow_enabled("mail", False)
+        # the very next claim skips it, whoever asks, with or without a name filter
+        assert await backend.claim_available_tasks("w1", 10, LONG, names=["mail"]) == []
+        assert ids_of(await backend.claim_available_tasks("w1", 10, LONG)) == ["r1", "s1"]
+        # it is still listed, and an explicit claim by id still takes it
+        assert ids_of(await backend.find_available_tasks("w2", 10)) == ["m1"]
+        await backend.set_workflow_enabled("mail", True)
+        assert ids_of(await backend.claim_available_tasks("w2", 10, LONG)) == ["m1"]
+        await backend.set_workflow_enabled("report", False)
+        assert await backend.claim_task("r1", W, "w1", LONG) is not None
+
     async def test_own_claims_can_be_left_out_and_claims_can_wait_until_due(
         self, backend: PersistentBackend
     ) -> None:

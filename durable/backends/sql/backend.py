@@ -546,7 +546,7 @@ class SQLAlchemyBackend(PersistentBackend):
         stmt = self._claim_statements.get(key)
         if stmt is not None:
             return stmt
-        available = self._available(names, queues, include_own)
+        available = self._available(names, queues, include_own, enabled_only=not find)
         if find:
             now = self.dialect.now()
             live = sa.and_(tasks.c.claimed_by.is_not(None), tasks.c.claim_expires_at > now)
@@ -575,7 +575,14 @@ class SQLAlchemyBackend(PersistentBackend):
         self._claim_statements[key] = stmt
         return stmt
 
-    def _available(self, names: bool, queues: bool, include_own: bool) -> sa.ColumnElement[bool]:
+    def _available(
+        self, names: bool, queues: bool, include_own: bool, *, enabled_only: bool = False
+    ) -> sa.ColumnElement[bool]:
+        """Due tasks that are free (or the worker's own), filtered by name and queue; with
+        ``enabled_only`` (claims) also less the names disabled in the registry, read by the same
+        statement, so a change is seen by the next claim. The few disabled names are read once
+        per statement (a hashed subplan on PostgreSQL), and the claim stays a walk of the
+        ``(priority, run_after, id)`` index."""
         now = self.dialect.now()
         p_wid = sa.bindparam("p_wid", type_=sa.String())
         # a claim that has a holder but no expiry (written by hand, or by a bug) is free: it
@@ -592,6 +599,11 @@ class SQLAlchemyBackend(PersistentBackend):
             clauses.append(self.dialect.in_list(tasks.c.name, "p_names"))
         if queues:
             clauses.append(self.dialect.in_list(tasks.c.queue, "p_queues"))
+        if enabled_only:
+            disabled = sa.select(workflow_registry.c.name).where(
+                workflow_registry.c.enabled.is_(sa.false())
+            )
+            clauses.append(tasks.c.name.not_in(disabled))
         return sa.and_(*clauses)
 
     # -- row conversion -----------------------------------------------------------------------
