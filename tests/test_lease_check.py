@@ -113,10 +113,10 @@ async def test_a_step_does_not_run_once_the_lease_was_taken_over(
         backend,
         executor_id="exec-A",
         claim_ttl=TTL,
-        heartbeat_interval=3600,  # no heartbeat: A's lease runs out while the workflow waits
         recover=False,
         registry=registry,
     )
+    runtime.heartbeat_interval = 3600  # no heartbeat: A's lease runs out while the workflow waits
     async with runtime, asyncio.timeout(WAIT):
         run = asyncio.create_task(runtime.run(workflow, workflow_id="wf"))
         assert await asyncio.to_thread(between.wait, WAIT)
