@@ -36,11 +36,13 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from durable import context as _context
+from durable import identity
 from durable.backends.base import PersistentBackend
 from durable.context import ExecutionContext, StepGuard, WorkflowSuspended, rebuild_exception
 from durable.errors import (
     ClaimLostError,
     DurableError,
+    ExecutorIdInUseError,
     InvalidArgumentError,
     NonRetryableError,
     SerializationError,
@@ -51,6 +53,7 @@ from durable.errors import (
     WorkflowFailedError,
 )
 from durable.models import (
+    STALE_AFTER_HEARTBEATS,
     WORKFLOW_TASK,
     ErrorInfo,
     ExecutorInfo,
@@ -101,9 +104,13 @@ class Runtime:
 
     :param backend: any :class:`~durable.backends.PersistentBackend`; the runtime starts it on
         entry and closes it on exit.
-    :param executor_id: this process's identity in leases. It must be unique among live
-        processes. A runtime restarted with the same id takes its unfinished work back at once;
-        work of other executors is taken over only after their leases expire.
+    :param executor_id: this process's identity in leases (default: one of its own for every
+        process, see :func:`default_executor_id`). One live process at a time may run under an
+        id: starting while another process runs under it raises
+        :class:`~durable.errors.ExecutorIdInUseError`. A runtime restarted with the same id
+        (after a crash, or on another host once the old one's heartbeats have stopped) takes its
+        unfinished work back at once; work of other executors is taken over only after their
+        leases expire. Give a stable id (e.g. the host or pod name) to resume at once.
     :param claim_ttl: seconds a lease lasts without a heartbeat.
     :param heartbeat_interval: seconds between heartbeats (default a third of ``claim_ttl``).
     :param recover: on start, resume started, unfinished executions of the workflows this
@@ -151,6 +158,8 @@ class Runtime:
         self._background: set[asyncio.Task[Any]] = set()
         self._portal: Portal | None = None
         self._started = False
+        self._incarnation = ""
+        self._superseded = False
 
     def __repr__(self) -> str:
         return f"Runtime({self.backend!r}, executor_id={self.executor_id!r})"
@@ -158,10 +167,20 @@ class Runtime:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the backend and, if ``recover``, resume unfinished work in the background."""
+        """Start the backend, take the executor id, and, if ``recover``, resume unfinished work
+        in the background.
+
+        :raises ExecutorIdInUseError: another live process runs under this ``executor_id``
+            (nothing is started; the backend is closed again).
+        """
         if self._started:
             return
         await self.backend.start()
+        try:
+            await self._take_executor_id()
+        except BaseException:
+            await self.backend.close()
+            raise
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._threads = ThreadPoolExecutor(self._max_threads, thread_name_prefix="durable")
@@ -172,7 +191,6 @@ class Runtime:
                 for name, _enabled, description in self.registry.describe()
             ]
         )
-        await self._node_heartbeat()
         self.spawn(self._node_heartbeats(), name="durable-node-heartbeat")
         if self.recover_on_start:
             self.spawn(self.recover(), name="durable-recover")
@@ -190,7 +208,9 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(DurableError):
-            await self.backend.mark_executor_stopped(self.executor_id)
+            await self.backend.mark_executor_stopped(
+                self.executor_id, incarnation=self._incarnation
+            )
         self._started = False
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
@@ -369,6 +389,7 @@ class Runtime:
         Within this runtime one coroutine at a time drives a given execution (the others wait
         for it and then find it finished); across executors the lease decides.
         """
+        noted: set[str] = set()
         while True:
             async with self._locks.hold(instance_id):
                 info = await self.backend.get_workflow(instance_id)
@@ -389,7 +410,37 @@ class Runtime:
                         return await self._execute(wf, instance_id)
                     except (Rescheduled, WorkflowSuspended):
                         pass  # it goes on when due (a retry) or when woken (its steps done)
+                else:
+                    await self._note_wait(instance_id, noted)
             await self.sleep(self.poll_interval)
+
+    async def _note_wait(self, instance_id: str, noted: set[str]) -> None:
+        """Say, once per holder, whose lease a run waits for and until when: after a crash, a
+        rerun under a new executor id waits silently for its own old lease otherwise."""
+        try:
+            task = await self.backend.get_task(instance_id, WORKFLOW_TASK)
+        except DurableError:
+            return  # gone (finished) or unreadable: the loop looks again
+        holder = task.claimed_by
+        if holder is None or holder == self.executor_id or holder in noted:
+            return
+        noted.add(holder)
+        log.warning(
+            "workflow %s is held by executor %s, whose lease runs until %s unless renewed: "
+            "waiting for it to finish or for the lease to expire. If %s was this program "
+            "before a restart, give the Runtime a stable executor_id: a restart under the same "
+            "id resumes its work at once",
+            instance_id,
+            holder,
+            task.claim_expires_at.isoformat() if task.claim_expires_at else "-",
+            holder,
+            extra={
+                "action": "workflow.waiting",
+                "workflow_id": instance_id,
+                "holder": holder,
+                "until": task.claim_expires_at,
+            },
+        )
 
     async def _execute(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
         """Run the body under this executor's lease (already claimed) and record the outcome."""
@@ -525,10 +576,56 @@ class Runtime:
         )
         return False
 
+    async def _take_executor_id(self) -> None:
+        """Record this start as the one live process under ``executor_id`` (see
+        :mod:`durable.identity`), or raise :class:`ExecutorIdInUseError`."""
+        incarnation = identity.new_incarnation()
+        here = identity.hostname()
+        for _ in range(5):  # the record may change between the look and the write: look again
+            known = await self.backend.get_executor(self.executor_id)
+            if known is not None and identity.in_use(known, here):
+                raise ExecutorIdInUseError(
+                    self.executor_id, known.hostname, known.pid, known.heartbeat_at
+                )
+            if await self.backend.start_executor(
+                self.executor_id,
+                hostname=here,
+                pid=os.getpid(),
+                incarnation=incarnation,
+                heartbeat_interval=self.heartbeat_interval,
+                replacing=known.incarnation if known is not None else None,
+            ):
+                self._incarnation = incarnation
+                self._superseded = False
+                if known is not None and known.stopped_at is None:
+                    log.info(
+                        "executor %s took its id over from process %d on %s (gone)",
+                        self.executor_id,
+                        known.pid,
+                        known.hostname,
+                        extra={"action": "executor.taken_over", "executor_id": self.executor_id},
+                    )
+                return
+        known = await self.backend.get_executor(self.executor_id)
+        assert known is not None  # someone else started under the id each time we tried
+        raise ExecutorIdInUseError(self.executor_id, known.hostname, known.pid, known.heartbeat_at)
+
     async def _node_heartbeat(self) -> None:
-        await self.backend.record_executor_heartbeat(
-            self.executor_id, hostname=socket.gethostname(), pid=os.getpid()
-        )
+        if await self.backend.record_executor_heartbeat(
+            self.executor_id, incarnation=self._incarnation
+        ):
+            return
+        if not self._superseded:
+            self._superseded = True
+            log.error(
+                "executor id %s is no longer this process's: another process took it over "
+                "(this one was presumed dead: no heartbeat for %d intervals of %.1f s). "
+                "Stop this process; its work is being run by the other one",
+                self.executor_id,
+                STALE_AFTER_HEARTBEATS,
+                self.heartbeat_interval,
+                extra={"action": "executor.superseded", "executor_id": self.executor_id},
+            )
 
     async def _node_heartbeats(self) -> None:
         while True:
@@ -716,10 +813,14 @@ class Runtime:
         return await self.backend.list_registered_workflows()
 
     async def list_executors(self, *, stale_after: float | None = None) -> list[ExecutorInfo]:
-        """Runtimes known by their heartbeats; ``stale`` marks those silent for longer than
-        ``stale_after`` seconds (default: twice the lease duration)."""
-        seconds = stale_after if stale_after is not None else 2 * self.claim_ttl.total_seconds()
-        return await self.backend.list_executors(stale_after=timedelta(seconds=seconds))
+        """Runtimes known by their heartbeats; ``stale`` marks running ones silent for longer
+        than ``stale_after`` seconds (default: each judged by its own heartbeat interval,
+        :data:`~durable.models.STALE_AFTER_HEARTBEATS` of them).
+
+        :raises InvalidArgumentError: ``stale_after`` is not positive.
+        """
+        limit = None if stale_after is None else timedelta(seconds=stale_after)
+        return await self.backend.list_executors(stale_after=limit)
 
     async def retry(self, workflow_id: str) -> WorkflowInfo:
         """Run a failed, dead-lettered or cancelled execution again from its history: completed
