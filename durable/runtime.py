@@ -164,6 +164,12 @@ class Runtime:
     def __repr__(self) -> str:
         return f"Runtime({self.backend!r}, executor_id={self.executor_id!r})"
 
+    @property
+    def superseded(self) -> bool:
+        """True once another process took this runtime's executor id over (this one had been
+        presumed dead): it then claims nothing and runs no further step."""
+        return self._superseded
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -406,6 +412,8 @@ class Runtime:
                 except TaskNotFoundError:
                     claim = None  # it finished (or was cancelled) since we looked: look again
                 if claim is not None:
+                    if self._superseded:
+                        raise self._lost(instance_id, WORKFLOW_TASK)
                     try:
                         return await self._execute(wf, instance_id)
                     except (Rescheduled, WorkflowSuspended):
@@ -610,22 +618,44 @@ class Runtime:
         assert known is not None  # someone else started under the id each time we tried
         raise ExecutorIdInUseError(self.executor_id, known.hostname, known.pid, known.heartbeat_at)
 
-    async def _node_heartbeat(self) -> None:
-        if await self.backend.record_executor_heartbeat(
+    async def _node_heartbeat(self) -> bool:
+        """Record that this process is alive, fenced by its incarnation. Returns False when
+        another process took the executor id over (this one looked dead to it): from then on
+        this runtime claims nothing and runs no further step (its leases are the other one's
+        now, since leases are held by executor id), and says so once, at ERROR."""
+        if not self._superseded and await self.backend.record_executor_heartbeat(
             self.executor_id, incarnation=self._incarnation
         ):
-            return
+            return True
         if not self._superseded:
             self._superseded = True
+            for worker in self._workers:
+                worker.request_stop()  # no hand-back: what it runs is not this process's now
             log.error(
                 "executor id %s is no longer this process's: another process took it over "
-                "(this one was presumed dead: no heartbeat for %d intervals of %.1f s). "
-                "Stop this process; its work is being run by the other one",
+                "(this one was presumed dead: no heartbeat for %d intervals of %.1f s). This "
+                "runtime claims nothing more and runs no further step; stop this process",
                 self.executor_id,
                 STALE_AFTER_HEARTBEATS,
                 self.heartbeat_interval,
                 extra={"action": "executor.superseded", "executor_id": self.executor_id},
             )
+        return False
+
+    async def check_identity(self, instance_id: str, task_id: str = WORKFLOW_TASK) -> None:
+        """Before work under a lease whose local deadline has passed (this process may have
+        been paused long enough to be presumed dead): make sure the executor id is still this
+        process's.
+
+        :raises ClaimLostError: another process took the executor id over.
+        """
+        if not await self._node_heartbeat():
+            raise self._lost(instance_id, task_id)
+
+    def _lost(self, instance_id: str, task_id: str) -> ClaimLostError:
+        return ClaimLostError(
+            instance_id, task_id, self.executor_id, f"another process under {self.executor_id!r}"
+        )
 
     async def _node_heartbeats(self) -> None:
         while True:
@@ -644,6 +674,10 @@ class Runtime:
     ) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
+            if self._superseded:  # the lease is the other process's now: stop at the next step
+                if context is not None:
+                    context.lease_lost = self._lost(instance_id, task_id)
+                return
             before = time.monotonic()
             try:
                 await self.backend.extend_task_claim(
@@ -672,7 +706,10 @@ class Runtime:
                 )
 
     async def _release_quietly(self, instance_id: str) -> None:
-        """Hand an interrupted execution back at once, without counting the attempt."""
+        """Hand an interrupted execution back at once, without counting the attempt (unless
+        another process took this executor id over: the lease is that process's then)."""
+        if self._superseded:
+            return
         with contextlib.suppress(DurableError, asyncio.CancelledError):
             await asyncio.shield(
                 self.backend.reschedule_workflow(
@@ -904,7 +941,12 @@ class Runtime:
         )
 
     async def execute_claimed(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
-        """Run an execution whose workflow task this executor has just claimed."""
+        """Run an execution whose workflow task this executor has just claimed.
+
+        :raises ClaimLostError: another process took this executor id over.
+        """
+        if self._superseded:
+            raise self._lost(instance_id, WORKFLOW_TASK)
         async with self._locks.hold(instance_id):
             return await self._execute(wf, instance_id)
 

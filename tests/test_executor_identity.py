@@ -228,31 +228,84 @@ def sql_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(fixture[request.param]))
 
 
-async def test_a_runtime_presumed_dead_cannot_beat_or_stop_under_its_lost_id(
+class Gate:
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.after = 0
+
+
+GATE = Gate()
+
+
+@durable.step(name="tests.identity.held")
+async def held() -> int:
+    GATE.entered.set()
+    await GATE.release.wait()
+    return 1
+
+
+@durable.step(name="tests.identity.after")
+async def after() -> int:
+    GATE.after += 1
+    return 2
+
+
+@durable.workflow(name="tests.identity.two_steps.v1", registry=REG)
+async def two_steps() -> int:
+    return await held() + await after()
+
+
+async def test_a_runtime_presumed_dead_stops_under_its_lost_id(
     backend_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Another process took the id over while this one looked dead (here: while one of its
+    workflows waits in a step). This one finds out at its next heartbeat, or before its next
+    step if its lease's local deadline passed: from then on it runs no further step, claims
+    nothing, hands nothing back (the leases are the other process's), and neither beats nor
+    stops under the id."""
+    global GATE
+    GATE = Gate()
     first_backend, other = connect_twice(backend_url)
-    async with runtime(first_backend) as rt:
-        mine = await holder(first_backend)
-        async with other if other is not first_backend else contextlib.nullcontext():
-            # another process took the id over (this one looked dead to it)
-            assert await other.start_executor(
-                "node-1",
-                hostname="elsewhere",
-                pid=1,
-                incarnation="successor",
-                heartbeat_interval=3600,
-                replacing=mine.incarnation,
-            )
-        with caplog.at_level(logging.ERROR, logger="durable.runtime"):
-            await rt._node_heartbeat()
-            await rt._node_heartbeat()
-        lost = [r for r in caplog.records if getattr(r, "action", "") == "executor.superseded"]
-        assert len(lost) == 1 and "no longer this process's" in lost[0].getMessage()
+    rt = durable.Runtime(
+        first_backend, executor_id="node-1", recover=False, registry=REG, claim_ttl=0.6
+    )
+    with caplog.at_level(logging.ERROR, logger="durable.runtime"):
+        async with rt:
+            run = asyncio.create_task(rt.run(two_steps, workflow_id="wf-1"))
+            await asyncio.wait_for(GATE.entered.wait(), WAIT)
+            mine = await holder(first_backend)
+            async with other if other is not first_backend else contextlib.nullcontext():
+                assert await other.start_executor(
+                    "node-1",
+                    hostname="elsewhere",
+                    pid=1,
+                    incarnation="successor",
+                    heartbeat_interval=3600,
+                    replacing=mine.incarnation,
+                )
+            deadline = time.monotonic() + WAIT
+            while not rt.superseded:  # its node heartbeat (every 0.2 s) finds out
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            assert await rt._node_heartbeat() is False
+            with pytest.raises(durable.ClaimLostError, match="another process under 'node-1'"):
+                await rt.check_identity("wf-1")
+            GATE.release.set()
+            with pytest.raises(durable.ClaimLostError):
+                await asyncio.wait_for(run, WAIT)
+            assert GATE.after == 0  # the next step did not run
+            task = await first_backend.get_task("wf-1", WORKFLOW_TASK)
+            assert task.claimed_by == "node-1"  # not handed back: the successor's now
+    lost = [r for r in caplog.records if getattr(r, "action", "") == "executor.superseded"]
+    assert len(lost) == 1 and "no longer this process's" in lost[0].getMessage()
     # closing did not mark the successor stopped
     async with durable.connect(backend_url) if first_backend is not other else other as again:
         successor = await holder(again)
         assert (successor.incarnation, successor.stopped_at) == ("successor", None)
+        info = await again.get_workflow("wf-1")
+        assert info.status is durable.WorkflowStatus.RUNNING
+        assert [s.name for s in await again.list_steps("wf-1")] == ["tests.identity.held"]
 
 
 # -- a run waiting for another executor's lease ------------------------------------------------
