@@ -137,6 +137,17 @@ def read_effects(log: Path) -> list[tuple[str, int, int, str, bool]]:
     return effects
 
 
+def looks_recorded(url: str, workflow_id: str, position: int) -> str:
+    """What a storm step's look into the database says about a step ("1": recorded)."""
+    looked = subprocess.run(
+        [sys.executable, str(PROG), "recorded", "--url", url, workflow_id, str(position)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return looked.stdout.strip()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest) -> str:
     """A SQLite file or a fresh PostgreSQL database (what several processes can share)."""
@@ -218,6 +229,9 @@ async def test_kill_storm_loses_nothing_and_runs_no_completed_step_again(
             # the recorded outcome is that of one of the runs of this very step
             assert token in runs[workflow_id, position], (workflow_id, position, context)
     assert set(runs) == {(w, p) for w in ids for p in range(STEPS)}
+    # the look the steps take is not blind: it sees a recorded step, and only that
+    for position, expected in ((STEPS - 1, "1"), (STEPS, "0")):
+        assert looks_recorded(db_url, ids[0], position) == expected
     rerun = sum(len(tokens) - 1 for tokens in runs.values())
     assert rerun > 0, f"no step was interrupted: the storm hit nothing {context}"
     print(

@@ -264,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--concurrency", type=int, default=4)
     serve_cmd.add_argument("--poll-interval", type=float, default=0.1)
     serve_cmd.add_argument("--grace", type=float, default=5.0)
+    recorded_cmd = commands.add_parser("recorded", help="print 1 if the step is recorded")
+    recorded_cmd.add_argument("--url", required=True)
+    recorded_cmd.add_argument("workflow_id")
+    recorded_cmd.add_argument("position", type=int)
     zygote_cmd = commands.add_parser("zygote")
     zygote_cmd.add_argument("--url", required=True)
     zygote_cmd.add_argument("--log", type=Path, required=True)
@@ -287,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "zygote":
         return zygote(args)
+    if args.command == "recorded":
+        print(int(checkpoint_reader(args.url)(args.workflow_id, args.position)))
+        return 0
     ids = asyncio.run(enqueue(args))
     partial = args.out.with_suffix(".partial")
     partial.write_text(json.dumps(ids), encoding="utf-8")
