@@ -423,8 +423,9 @@ class Runtime:
             await self.sleep(self.poll_interval)
 
     async def _note_wait(self, instance_id: str, noted: set[str]) -> None:
-        """Say, once per holder, whose lease a run waits for and until when: after a crash, a
-        rerun under a new executor id waits silently for its own old lease otherwise."""
+        """Say, once per holder, whose lease a run waits for and until when: at WARNING when the
+        holder looks dead (after a crash, a rerun under a new executor id waits for the old
+        process's lease), at INFO when a live executor runs it."""
         try:
             task = await self.backend.get_task(instance_id, WORKFLOW_TASK)
         except DurableError:
@@ -433,11 +434,21 @@ class Runtime:
         if holder is None or holder == self.executor_id or holder in noted:
             return
         noted.add(holder)
+        with contextlib.suppress(DurableError):
+            known = await self.backend.get_executor(holder)
+            if known is not None and known.stopped_at is None and not known.stale:
+                log.info(  # a live executor runs it: the usual case, nothing to worry about
+                    "workflow %s is run by executor %s: waiting for it",
+                    instance_id,
+                    holder,
+                    extra={"action": "workflow.waiting", "workflow_id": instance_id},
+                )
+                return
         log.warning(
-            "workflow %s is held by executor %s, whose lease runs until %s unless renewed: "
-            "waiting for it to finish or for the lease to expire. If %s was this program "
-            "before a restart, give the Runtime a stable executor_id: a restart under the same "
-            "id resumes its work at once",
+            "workflow %s is held by executor %s, which sends no heartbeats, and whose lease "
+            "runs until %s: waiting for the lease to expire. If %s was this program before a "
+            "restart, give the Runtime a stable executor_id: a restart under the same id "
+            "resumes its work at once",
             instance_id,
             holder,
             task.claim_expires_at.isoformat() if task.claim_expires_at else "-",

@@ -338,6 +338,29 @@ async def test_a_run_waiting_for_another_executors_lease_says_so(
     assert "stable executor_id" in message
 
 
+async def test_a_run_waiting_for_a_live_executor_does_not_warn(
+    backend_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The usual case (a live executor runs the workflow) is no warning: said at INFO."""
+    first_backend, second_backend = connect_twice(backend_url)
+    async with runtime(first_backend, "new") as rt, runtime(second_backend, "busy") as busy:
+        workflow_id = await rt.enqueue(ping, 5, workflow_id="wf-busy")
+        assert await busy.backend.claim_task(workflow_id, WORKFLOW_TASK, "busy", timedelta(60))
+        with caplog.at_level(logging.INFO, logger="durable.runtime"):
+            run = asyncio.create_task(rt.run(ping, 5, workflow_id=workflow_id))
+            deadline = time.monotonic() + WAIT
+            while not any(getattr(r, "action", "") == "workflow.waiting" for r in caplog.records):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+    waits = [r for r in caplog.records if getattr(r, "action", "") == "workflow.waiting"]
+    assert [(r.levelno, r.getMessage()) for r in waits] == [
+        (logging.INFO, f"workflow {workflow_id} is run by executor busy: waiting for it")
+    ]
+
+
 # -- two real processes ------------------------------------------------------------------------
 
 
