@@ -97,15 +97,20 @@ class ExecutionContext:
 
     def lease_fresh(self) -> bool:
         """True while the lease is certainly held (no I/O; safe from any thread)."""
-        return self.lease_lost is None and time.monotonic() < self.lease_deadline
+        return (
+            self.lease_lost is None
+            and time.monotonic() < self.lease_deadline
+            and not self.runtime.superseded
+        )
 
     async def ensure_lease(self) -> None:
         """Before a step's body runs: make sure this executor still holds the workflow's lease,
         so that an executor that was frozen past its lease (a long pause, a blocked loop) does
         not run a step that its successor may already have completed.
 
-        Free while heartbeats are on time; one renewal (which fails if another executor took
-        over) once the local deadline has passed.
+        Free while heartbeats are on time; once the local deadline has passed, a check that
+        the executor id is still this process's (see :mod:`durable.identity`) and one renewal
+        (which fails if another executor took over).
 
         :raises ClaimLostError: the lease is gone.
         """
@@ -116,6 +121,9 @@ class ExecutionContext:
         runtime = self.runtime
         before = time.monotonic()
         try:
+            # paused long enough to be presumed dead? then another process may run under this
+            # executor id, and the lease below would be renewed for it: check the id first
+            await runtime.check_identity(self.workflow_id)
             await runtime.backend.extend_task_claim(
                 self.workflow_id, WORKFLOW_TASK, self.executor_id, runtime.claim_ttl
             )

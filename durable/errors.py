@@ -17,7 +17,8 @@ The tree::
     ├── ConflictError
     │   ├── ConcurrentUpdateError     optimistic lock: the stored version moved on
     │   ├── WorkflowAlreadyExistsError
-    │   └── StepAlreadyRecordedError  that step position already has a final outcome
+    │   ├── StepAlreadyRecordedError  that step position already has a final outcome
+    │   └── ExecutorIdInUseError      another live process runs under that executor id
     ├── ClaimLostError                the caller does not hold the claim it acts under
     ├── NonDeterminismError           a replay diverged from the recorded history
     ├── NonRetryableError             raise it (or a subclass) from a step: no retry
@@ -195,6 +196,21 @@ class StepAlreadyRecordedError(ConflictError):
         super().__init__(f"step {position} of workflow {workflow_id!r} is already recorded")
         self.workflow_id = workflow_id
         self.position = position
+
+
+class ExecutorIdInUseError(ConflictError):
+    """Another live process runs under that executor id."""
+
+    def __init__(self, executor_id: str, hostname: str, pid: int, heartbeat_at: Any) -> None:
+        super().__init__(
+            f"executor id {executor_id!r} is in use by process {pid} on host {hostname!r} "
+            f"(last heartbeat at {heartbeat_at}): two processes under one id would run the "
+            "same work at once. Stop that process, or give this one another executor_id"
+        )
+        self.executor_id = executor_id
+        self.hostname = hostname
+        self.pid = pid
+        self.heartbeat_at = heartbeat_at
 
 
 class ClaimLostError(DurableError):

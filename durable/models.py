@@ -217,6 +217,13 @@ class RegisteredWorkflow:
     updated_at: datetime | None = None
 
 
+#: An executor silent for longer than this many of its own heartbeat intervals is stale.
+STALE_AFTER_HEARTBEATS = 3
+
+#: The heartbeat interval assumed for executors recorded before intervals were stored.
+DEFAULT_HEARTBEAT_INTERVAL = 10.0
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ExecutorInfo:
     """A runtime process as its heartbeats describe it."""
@@ -229,7 +236,22 @@ class ExecutorInfo:
     stopped_at: datetime | None
     stale: bool
     """No heartbeat within the staleness threshold, and not stopped: presumed dead. Its leases
-    expire and any worker takes its work over."""
+    expire and any worker takes its work over. The threshold is :data:`STALE_AFTER_HEARTBEATS`
+    of the executor's own ``heartbeat_interval`` unless the caller gives one."""
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    """Seconds between this executor's heartbeats, as it started with."""
+    incarnation: str = ""
+    """Which start of which process holds the id (opaque; a new one at every start)."""
+
+
+def is_stale(executor: ExecutorInfo, now: datetime, stale_after: timedelta | None = None) -> bool:
+    """Whether a running ``executor`` has been silent for longer than ``stale_after`` (default:
+    :data:`STALE_AFTER_HEARTBEATS` of its own heartbeat interval) at ``now``."""
+    if executor.stopped_at is not None:
+        return False
+    if stale_after is None:
+        stale_after = timedelta(seconds=STALE_AFTER_HEARTBEATS * executor.heartbeat_interval)
+    return executor.heartbeat_at < now - stale_after
 
 
 @dataclass(frozen=True, slots=True)

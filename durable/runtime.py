@@ -37,12 +37,14 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from durable import context as _context
+from durable import identity
 from durable.backends.base import PersistentBackend
 from durable.context import ExecutionContext, StepGuard, WorkflowSuspended, rebuild_exception
 from durable.errors import (
     ClaimLostError,
     CorruptRowError,
     DurableError,
+    ExecutorIdInUseError,
     InvalidArgumentError,
     NonRetryableError,
     SerializationError,
@@ -53,6 +55,7 @@ from durable.errors import (
     WorkflowFailedError,
 )
 from durable.models import (
+    STALE_AFTER_HEARTBEATS,
     WORKFLOW_TASK,
     ErrorInfo,
     ExecutorInfo,
@@ -117,9 +120,13 @@ class Runtime:
 
     :param backend: any :class:`~durable.backends.PersistentBackend`; the runtime starts it on
         entry and closes it on exit.
-    :param executor_id: this process's identity in leases. It must be unique among live
-        processes. A runtime restarted with the same id takes its unfinished work back at once;
-        work of other executors is taken over only after their leases expire.
+    :param executor_id: this process's identity in leases (default: one of its own for every
+        process, see :func:`default_executor_id`). One live process at a time may run under an
+        id: starting while another process runs under it raises
+        :class:`~durable.errors.ExecutorIdInUseError`. A runtime restarted with the same id
+        (after a crash, or on another host once the old one's heartbeats have stopped) takes its
+        unfinished work back at once; work of other executors is taken over only after their
+        leases expire. Give a stable id (e.g. the host or pod name) to resume at once.
     :param claim_ttl: seconds a lease lasts without a heartbeat.
     :param heartbeat_interval: seconds between heartbeats (default a third of ``claim_ttl``).
     :param recover: on start, resume started, unfinished executions of the workflows this
@@ -196,17 +203,35 @@ class Runtime:
         self._sync_lock = threading.Lock()  # guards _portal and _sync_users
         self._sync_users = 0
         self._started = False
+        self._incarnation = ""
+        self._superseded = False
 
     def __repr__(self) -> str:
         return f"Runtime({self.backend!r}, executor_id={self.executor_id!r})"
 
+    @property
+    def superseded(self) -> bool:
+        """True once another process took this runtime's executor id over (this one had been
+        presumed dead): it then claims nothing and runs no further step."""
+        return self._superseded
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the backend and, if ``recover``, resume unfinished work in the background."""
+        """Start the backend, take the executor id, and, if ``recover``, resume unfinished work
+        in the background.
+
+        :raises ExecutorIdInUseError: another live process runs under this ``executor_id``
+            (nothing is started; the backend is closed again).
+        """
         if self._started:
             return
         await self.backend.start()
+        try:
+            await self._take_executor_id()
+        except BaseException:
+            await self.backend.close()
+            raise
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._threads = ThreadPoolExecutor(self._max_threads, thread_name_prefix="durable")
@@ -217,7 +242,6 @@ class Runtime:
                 for name, _enabled, description in self.registry.describe()
             ]
         )
-        await self._node_heartbeat()
         self.spawn(self._node_heartbeats(), name="durable-node-heartbeat")
         if self.recover_on_start:
             self.spawn(self.recover(), name="durable-recover")
@@ -235,7 +259,9 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(DurableError):
-            await self.backend.mark_executor_stopped(self.executor_id)
+            await self.backend.mark_executor_stopped(
+                self.executor_id, incarnation=self._incarnation
+            )
         self._started = False
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
@@ -518,6 +544,7 @@ class Runtime:
         Within this runtime one coroutine at a time drives a given execution (the others wait
         for it and then find it finished); across executors the lease decides.
         """
+        noted: set[str] = set()
         while True:
             async with self._locks.hold(instance_id):
                 unreadable: CorruptRowError | None = None
@@ -540,11 +567,54 @@ class Runtime:
                         raise unreadable from unreadable.__cause__
                     claim = None  # it finished (or was cancelled) since we looked: look again
                 if claim is not None:
+                    if self._superseded:
+                        raise self._lost(instance_id, WORKFLOW_TASK)
                     try:
                         return await self._execute(wf, instance_id)
                     except (Rescheduled, WorkflowSuspended):
                         pass  # it goes on when due (a retry) or when woken (its steps done)
+                else:
+                    await self._note_wait(instance_id, noted)
             await self.sleep(self.poll_interval)
+
+    async def _note_wait(self, instance_id: str, noted: set[str]) -> None:
+        """Say, once per holder, whose lease a run waits for and until when: at WARNING when the
+        holder looks dead (after a crash, a rerun under a new executor id waits for the old
+        process's lease), at INFO when a live executor runs it."""
+        try:
+            task = await self.backend.get_task(instance_id, WORKFLOW_TASK)
+        except DurableError:
+            return  # gone (finished) or unreadable: the loop looks again
+        holder = task.claimed_by
+        if holder is None or holder == self.executor_id or holder in noted:
+            return
+        noted.add(holder)
+        with contextlib.suppress(DurableError):
+            known = await self.backend.get_executor(holder)
+            if known is not None and known.stopped_at is None and not known.stale:
+                log.info(  # a live executor runs it: the usual case, nothing to worry about
+                    "workflow %s is run by executor %s: waiting for it",
+                    instance_id,
+                    holder,
+                    extra={"action": "workflow.waiting", "workflow_id": instance_id},
+                )
+                return
+        log.warning(
+            "workflow %s is held by executor %s, which sends no heartbeats, and whose lease "
+            "runs until %s: waiting for the lease to expire. If %s was this program before a "
+            "restart, give the Runtime a stable executor_id: a restart under the same id "
+            "resumes its work at once",
+            instance_id,
+            holder,
+            task.claim_expires_at.isoformat() if task.claim_expires_at else "-",
+            holder,
+            extra={
+                "action": "workflow.waiting",
+                "workflow_id": instance_id,
+                "holder": holder,
+                "until": task.claim_expires_at,
+            },
+        )
 
     async def _execute(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
         """Run the body under this executor's lease (already claimed) and record the outcome."""
@@ -699,9 +769,77 @@ class Runtime:
         )
         return False
 
-    async def _node_heartbeat(self) -> None:
-        await self.backend.record_executor_heartbeat(
-            self.executor_id, hostname=socket.gethostname(), pid=os.getpid()
+    async def _take_executor_id(self) -> None:
+        """Record this start as the one live process under ``executor_id`` (see
+        :mod:`durable.identity`), or raise :class:`ExecutorIdInUseError`."""
+        incarnation = identity.new_incarnation()
+        here = identity.hostname()
+        for _ in range(5):  # the record may change between the look and the write: look again
+            known = await self.backend.get_executor(self.executor_id)
+            if known is not None and identity.in_use(known, here):
+                raise ExecutorIdInUseError(
+                    self.executor_id, known.hostname, known.pid, known.heartbeat_at
+                )
+            if await self.backend.start_executor(
+                self.executor_id,
+                hostname=here,
+                pid=os.getpid(),
+                incarnation=incarnation,
+                heartbeat_interval=self.heartbeat_interval,
+                replacing=known.incarnation if known is not None else None,
+            ):
+                self._incarnation = incarnation
+                self._superseded = False
+                if known is not None and known.stopped_at is None:
+                    log.info(
+                        "executor %s took its id over from process %d on %s (gone)",
+                        self.executor_id,
+                        known.pid,
+                        known.hostname,
+                        extra={"action": "executor.taken_over", "executor_id": self.executor_id},
+                    )
+                return
+        known = await self.backend.get_executor(self.executor_id)
+        assert known is not None  # someone else started under the id each time we tried
+        raise ExecutorIdInUseError(self.executor_id, known.hostname, known.pid, known.heartbeat_at)
+
+    async def _node_heartbeat(self) -> bool:
+        """Record that this process is alive, fenced by its incarnation. Returns False when
+        another process took the executor id over (this one looked dead to it): from then on
+        this runtime claims nothing and runs no further step (its leases are the other one's
+        now, since leases are held by executor id), and says so once, at ERROR."""
+        if not self._superseded and await self.backend.record_executor_heartbeat(
+            self.executor_id, incarnation=self._incarnation
+        ):
+            return True
+        if not self._superseded:
+            self._superseded = True
+            for worker in self._workers:
+                worker.request_stop()  # no hand-back: what it runs is not this process's now
+            log.error(
+                "executor id %s is no longer this process's: another process took it over "
+                "(this one was presumed dead: no heartbeat for %d intervals of %.1f s). This "
+                "runtime claims nothing more and runs no further step; stop this process",
+                self.executor_id,
+                STALE_AFTER_HEARTBEATS,
+                self.heartbeat_interval,
+                extra={"action": "executor.superseded", "executor_id": self.executor_id},
+            )
+        return False
+
+    async def check_identity(self, instance_id: str, task_id: str = WORKFLOW_TASK) -> None:
+        """Before work under a lease whose local deadline has passed (this process may have
+        been paused long enough to be presumed dead): make sure the executor id is still this
+        process's.
+
+        :raises ClaimLostError: another process took the executor id over.
+        """
+        if not await self._node_heartbeat():
+            raise self._lost(instance_id, task_id)
+
+    def _lost(self, instance_id: str, task_id: str) -> ClaimLostError:
+        return ClaimLostError(
+            instance_id, task_id, self.executor_id, f"another process under {self.executor_id!r}"
         )
 
     async def _node_heartbeats(self) -> None:
@@ -721,6 +859,10 @@ class Runtime:
     ) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
+            if self._superseded:  # the lease is the other process's now: stop at the next step
+                if context is not None:
+                    context.lease_lost = self._lost(instance_id, task_id)
+                return
             before = time.monotonic()
             try:
                 await self.backend.extend_task_claim(
@@ -749,7 +891,10 @@ class Runtime:
                 )
 
     async def _release_quietly(self, instance_id: str) -> None:
-        """Hand an interrupted execution back at once, without counting the attempt."""
+        """Hand an interrupted execution back at once, without counting the attempt (unless
+        another process took this executor id over: the lease is that process's then)."""
+        if self._superseded:
+            return
         with contextlib.suppress(DurableError, asyncio.CancelledError):
             await asyncio.shield(
                 self.backend.reschedule_workflow(
@@ -918,14 +1063,18 @@ class Runtime:
         return await self.backend.list_registered_workflows()
 
     async def list_executors(self, *, stale_after: float | None = None) -> list[ExecutorInfo]:
-        """Runtimes known by their heartbeats; ``stale`` marks those silent for longer than
-        ``stale_after`` seconds (default: twice the lease duration)."""
-        seconds = (
-            check_positive_float(stale_after, "stale_after")
-            if stale_after is not None
-            else 2 * self.claim_ttl.total_seconds()
+        """Runtimes known by their heartbeats; ``stale`` marks running ones silent for longer
+        than ``stale_after`` seconds (default: each judged by its own heartbeat interval,
+        :data:`~durable.models.STALE_AFTER_HEARTBEATS` of them).
+
+        :raises InvalidArgumentError: ``stale_after`` is not positive.
+        """
+        limit = (
+            None
+            if stale_after is None
+            else timedelta(seconds=check_positive_float(stale_after, "stale_after"))
         )
-        return await self.backend.list_executors(stale_after=timedelta(seconds=seconds))
+        return await self.backend.list_executors(stale_after=limit)
 
     async def retry(self, workflow_id: str) -> WorkflowInfo:
         """Run a failed, dead-lettered or cancelled execution again from its history: completed
@@ -1030,7 +1179,12 @@ class Runtime:
         )
 
     async def execute_claimed(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
-        """Run an execution whose workflow task this executor has just claimed."""
+        """Run an execution whose workflow task this executor has just claimed.
+
+        :raises ClaimLostError: another process took this executor id over.
+        """
+        if self._superseded:
+            raise self._lost(instance_id, WORKFLOW_TASK)
         async with self._locks.hold(instance_id):
             return await self._execute(wf, instance_id)
 

@@ -434,3 +434,26 @@ def test_alembic_command_line_needs_a_url() -> None:
     )
     assert done.returncode != 0
     assert "DURABLE_DATABASE_URL" in done.stderr
+
+
+def test_executors_recorded_before_0005_get_an_incarnation_and_an_interval(
+    db_url: str, engine: sa.Engine
+) -> None:
+    """Revision 0005 adds the executors' incarnation and heartbeat interval: rows recorded
+    before it get an empty incarnation and the default interval of 10 s."""
+    with engine.begin() as conn:
+        migrate.upgrade(conn, "0003")
+        conn.execute(
+            sa.text(
+                "INSERT INTO durable_executors (id, hostname, pid, started_at, heartbeat_at) "
+                "VALUES ('old-node', 'h', 7, :at, :at)"
+            ),
+            {"at": "2026-01-01 00:00:00"},
+        )
+    with engine.begin() as conn:
+        migrate.upgrade(conn)
+        row = conn.execute(
+            sa.text("SELECT id, pid, incarnation, heartbeat_interval FROM durable_executors")
+        ).one()
+    assert tuple(row) == ("old-node", 7, "", 10.0)
+    assert differences(engine) == []

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import os
+import socket
+import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -56,25 +59,68 @@ async def test_a_producer_may_enqueue_names_registered_by_any_runtime(backend_ur
         assert (await producer.get_workflow(other)).status is durable.WorkflowStatus.PENDING
 
 
+class FakeClock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
 async def test_executors_record_heartbeats_and_stale_ones_are_detected(backend_url: str) -> None:
-    backend = durable.connect(backend_url)
-    async with durable.Runtime(backend, recover=False, executor_id="node-1") as rt:
-        await backend.record_executor_heartbeat("node-dead", hostname="h2", pid=42)
-        await asyncio.sleep(0.3)
-        await backend.record_executor_heartbeat("node-1", hostname="h1", pid=1)
-        found = {e.id: e for e in await rt.list_executors(stale_after=0.2)}
-        assert not found["node-1"].stale and found["node-1"].stopped_at is None
-        assert found["node-dead"].stale
-        assert found["node-dead"].heartbeat_at < found["node-1"].heartbeat_at
-        await backend.mark_executor_stopped("node-dead")
-        found = {e.id: e for e in await backend.list_executors(stale_after=timedelta(seconds=0.2))}
-        assert found["node-dead"].stopped_at is not None and not found["node-dead"].stale
+    """Each executor is judged by its own heartbeat interval. Time passes on a fake clock in
+    memory, for real (waited for, never bounded) on SQL backends; nothing here fails when the
+    machine is slow: the runtime beats every 10 s, so it is fresh for 30 s after a heartbeat."""
+    fake = FakeClock(datetime(2030, 1, 1, 12, 0, tzinfo=UTC))
+    memory = backend_url == "memory://"
+    backend = durable.InMemoryBackend(clock=fake) if memory else durable.connect(backend_url)
+
+    async def until_stale(executor_id: str, silence: timedelta) -> None:
+        if memory:
+            fake.now += silence
+        deadline = time.monotonic() + 60  # a safety net: SQL backends wait for real time
+        while not ((found := await backend.get_executor(executor_id)) and found.stale):
+            assert time.monotonic() < deadline, f"{executor_id} never became stale"
+            await asyncio.sleep(0.01)
+
+    async with durable.Runtime(backend, recover=False, executor_id="node-1", claim_ttl=30) as rt:
+        me = await backend.get_executor("node-1")
+        assert me is not None
+        assert (me.hostname, me.pid, me.heartbeat_interval) == (
+            socket.gethostname(),
+            os.getpid(),
+            10,
+        )
+        assert me.incarnation and me.stopped_at is None and not me.stale
+        # another executor, beating every 10 ms, silent since it started
+        assert await backend.start_executor(
+            "node-dead",
+            hostname="h2",
+            pid=42,
+            incarnation="i-dead",
+            heartbeat_interval=0.01,
+            replacing=None,
+        )
+        await until_stale("node-dead", timedelta(seconds=1))
+        await rt._node_heartbeat()
+        found = await rt.list_executors()
+        assert [e.id for e in found] == ["node-1", "node-dead"]  # the latest heartbeat first
+        assert not found[0].stale and found[1].stale
+        assert found[0].heartbeat_at > me.heartbeat_at and found[0].started_at == me.started_at
+        # a threshold the caller gives applies to every executor instead
+        assert [e.stale for e in await rt.list_executors(stale_after=3600)] == [False, False]
+        await backend.mark_executor_stopped("node-dead", incarnation="i-dead")
+        dead = {e.id: e for e in await rt.list_executors()}["node-dead"]
+        assert dead.stopped_at is not None and not dead.stale
+        if memory:  # 31 s without a heartbeat: more than 3 of node-1's own intervals
+            fake.now += timedelta(seconds=31)
+            assert [e.stale for e in await rt.list_executors()] == [True, False]
+            await rt._node_heartbeat()
+            assert [e.stale for e in await rt.list_executors()] == [False, False]
     # closing the runtime marks it stopped
-    async with durable.connect(backend_url) as again:
-        if isinstance(again, durable.InMemoryBackend):
-            return  # a new in-memory backend starts empty
-        found = {e.id: e for e in await again.list_executors(stale_after=timedelta(seconds=60))}
-        assert found["node-1"].stopped_at is not None
+    async with backend if memory else durable.connect(backend_url) as again:
+        stopped = await again.get_executor("node-1")
+        assert stopped is not None and stopped.stopped_at is not None and not stopped.stale
 
 
 @pytest.mark.postgres

@@ -36,6 +36,7 @@ def test_every_error_derives_from_the_root() -> None:
         durable.TaskNotFoundError("wf-1", "step:3"),
         durable.ConcurrentUpdateError("wf-1", 3, 4),
         durable.StepAlreadyRecordedError("wf-1", 2),
+        durable.ExecutorIdInUseError("node-1", "host-a", 42, "2026-01-01 00:00:00+00:00"),
         durable.WorkflowAlreadyExistsError("wf-1"),
         durable.SerializationError("no"),
         durable.CorruptRowError.at("durable_steps", "wf-1", "output", "not JSON", position=2),

@@ -10,6 +10,10 @@ Every step body appends ``<workflow id> <step> <pid> <time>`` to the side-effect
 when it starts, with flush and fsync, so a line written before a SIGKILL is on disk. The step
 ``b`` sleeps for the workflow's ``pause`` argument, so that a test can catch a worker mid-step.
 
+``zygote`` forks such workers on request (and kills them), for tests that kill hundreds of them
+(tests/test_kill_storm.py); its workers also serve :data:`STORM`, whose steps check, before their
+side effect, that their outcome is not recorded yet.
+
 ``enqueue`` is a producer without the workflow's code: it waits for a go file, then enqueues the
 pipeline by name for every key of ``--keys``, ``--copies`` times each, all at once (concurrent
 tasks), each with that key as its idempotency key, and writes the ids it got back as JSON::
@@ -25,8 +29,10 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +83,58 @@ async def pipeline(n: int, pause: float = 0.0) -> dict[str, Any]:
     return {"n": n, "out": await step_c(b)}
 
 
+# -- the kill storm (tests/test_kill_storm.py) -----------------------------------------------
+
+STORM = "workerprog.storm.v1"
+STORM_STEPS = 4
+CHECKPOINTS: list[Any] = []  # a function (workflow id, position) -> recorded?, set by main()
+
+
+@durable.step(name="storm")
+async def storm_step(position: int, pause: float) -> str:
+    """Before its side effect, look in the database whether this step's outcome is already
+    recorded (it never may be: a completed step never runs again); then append
+    ``<workflow id> <position> <pid> <token> <recorded 0|1>`` and return the token, which the
+    checkpoint keeps: the test tells the execution whose outcome was recorded from the others."""
+    workflow_id = durable.workflow_id()
+    recorded = CHECKPOINTS[0](workflow_id, position)
+    token = uuid.uuid4().hex
+    append(LOG[0], f"{workflow_id} {position} {os.getpid()} {token} {int(recorded)}")
+    await asyncio.sleep(pause)
+    return token
+
+
+@durable.workflow(name=STORM, registry=REGISTRY)
+async def storm(pause: float) -> list[str]:
+    return [await storm_step(position, pause) for position in range(STORM_STEPS)]
+
+
+def checkpoint_reader(url: str) -> Any:
+    """A function that tells whether a step's outcome is recorded, on its own connection (a
+    plain driver connection in autocommit mode: each look sees every committed checkpoint)."""
+    query = (
+        "SELECT count(*) FROM durable_steps WHERE workflow_id = {p} AND position = {p} "
+        "AND status <> 'pending'"
+    )
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        path = url.split(":///", 1)[1]
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        sql = query.format(p="?")
+    else:
+        import psycopg
+
+        conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))  # type: ignore[assignment]
+        conn.autocommit = True  # type: ignore[attr-defined]
+        sql = query.format(p="%s")
+
+    def recorded(workflow_id: str, position: int) -> bool:
+        return bool(conn.execute(sql, (workflow_id, position)).fetchone()[0])
+
+    return recorded
+
+
 def expected(n: int) -> dict[str, Any]:
     """What :func:`pipeline` returns for ``n``."""
     return {"n": n, "out": (n + 1) * 2 - 3}
@@ -122,6 +180,79 @@ async def enqueue(args: argparse.Namespace) -> dict[str, list[str]]:
     return results
 
 
+def zygote(args: argparse.Namespace) -> int:
+    """Fork worker processes on request, for a test that kills hundreds of them: importing
+    durable takes about a second of CPU, a fork of this process (durable imported, no thread, no
+    connection, no event loop) a few milliseconds. Commands on stdin, one per line, each
+    answered by one line on stdout:
+
+    * ``start <executor id>``: fork a worker serving under that id; answers its pid;
+    * ``kill <pid>``: SIGKILL that worker and reap it (it is dead when the answer comes);
+      answers ``killed``;
+    * ``stop``: SIGTERM every worker, reap them, answer a JSON object
+      ``{"unexpected": [[pid, status], ...]}`` (workers that ended other than by a kill
+      command, or not with status 0 on ``stop``) and exit.
+    """
+    import psycopg  # noqa: F401
+
+    import durable.backends.sql  # noqa: F401 - imported once here, not in every worker
+
+    children: set[int] = set()
+    unexpected: list[tuple[int, int]] = []
+
+    def reap_exited() -> None:
+        for pid in list(children):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                children.discard(pid)
+                unexpected.append((pid, status))
+
+    for line in sys.stdin:
+        command, _, arg = line.strip().partition(" ")
+        reap_exited()
+        if command == "start":
+            pid = os.fork()
+            if pid == 0:  # the worker
+                code = 1
+                try:
+                    devnull = os.open(os.devnull, os.O_RDONLY)
+                    os.dup2(devnull, 0)
+                    os.dup2(2, 1)  # stdout is the zygote's answers to the test
+                    args.executor_id = arg
+                    LOG.append(args.log)
+                    CHECKPOINTS.append(checkpoint_reader(args.url))
+                    asyncio.run(serve(args))
+                    code = 0
+                except BaseException:
+                    logging.exception("worker %s failed", arg)
+                finally:
+                    sys.stderr.flush()
+                    os._exit(code)
+            children.add(pid)
+            answer = str(pid)
+        elif command == "kill":
+            pid = int(arg)
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+            children.discard(pid)
+            if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
+                unexpected.append((pid, status))
+            answer = "killed"
+        elif command == "stop":
+            for pid in children:
+                os.kill(pid, signal.SIGTERM)
+            for pid in children:
+                _, status = os.waitpid(pid, 0)
+                if status != 0:
+                    unexpected.append((pid, status))
+            print(json.dumps({"unexpected": unexpected}), flush=True)
+            return 0
+        else:
+            answer = f"unknown command {command!r}"
+        print(answer, flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +264,17 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--concurrency", type=int, default=4)
     serve_cmd.add_argument("--poll-interval", type=float, default=0.1)
     serve_cmd.add_argument("--grace", type=float, default=5.0)
+    recorded_cmd = commands.add_parser("recorded", help="print 1 if the step is recorded")
+    recorded_cmd.add_argument("--url", required=True)
+    recorded_cmd.add_argument("workflow_id")
+    recorded_cmd.add_argument("position", type=int)
+    zygote_cmd = commands.add_parser("zygote")
+    zygote_cmd.add_argument("--url", required=True)
+    zygote_cmd.add_argument("--log", type=Path, required=True)
+    zygote_cmd.add_argument("--claim-ttl", type=float, default=2.0)
+    zygote_cmd.add_argument("--concurrency", type=int, default=4)
+    zygote_cmd.add_argument("--poll-interval", type=float, default=0.1)
+    zygote_cmd.add_argument("--grace", type=float, default=5.0)
     enqueue_cmd = commands.add_parser("enqueue")
     enqueue_cmd.add_argument("--url", required=True)
     enqueue_cmd.add_argument("--keys", required=True, help="comma-separated idempotency keys")
@@ -144,7 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(process)d %(levelname)s %(message)s")
     if args.command == "serve":
         LOG.append(args.log)
+        CHECKPOINTS.append(checkpoint_reader(args.url))
         asyncio.run(serve(args))
+        return 0
+    if args.command == "zygote":
+        return zygote(args)
+    if args.command == "recorded":
+        print(int(checkpoint_reader(args.url)(args.workflow_id, args.position)))
         return 0
     ids = asyncio.run(enqueue(args))
     partial = args.out.with_suffix(".partial")

@@ -367,18 +367,48 @@ class PersistentBackend(ABC):
         """Every registered name, sorted by name."""
 
     @abstractmethod
-    async def record_executor_heartbeat(self, executor_id: str, *, hostname: str, pid: int) -> None:
-        """Record that the executor is alive now (by the storage's clock). The first heartbeat
-        records its start; a heartbeat after :meth:`mark_executor_stopped` starts it again."""
+    async def get_executor(self, executor_id: str) -> ExecutorInfo | None:
+        """The executor's record (None if it never started), ``stale`` judged by its own
+        heartbeat interval (see :data:`~durable.models.STALE_AFTER_HEARTBEATS`) on the storage's
+        clock."""
 
     @abstractmethod
-    async def mark_executor_stopped(self, executor_id: str) -> None:
-        """Record that the executor stopped cleanly. Unknown ids are ignored."""
+    async def start_executor(
+        self,
+        executor_id: str,
+        *,
+        hostname: str,
+        pid: int,
+        incarnation: str,
+        heartbeat_interval: float,
+        replacing: str | None,
+    ) -> bool:
+        """Record, atomically, that ``incarnation`` (one start of one process) now runs as
+        ``executor_id``, provided the stored record is still the one the caller judged free:
+        none at all when ``replacing`` is None, else the one of incarnation ``replacing``.
+        ``started_at`` and ``heartbeat_at`` become now (the storage's clock), ``stopped_at``
+        None. Returns False, changing nothing, when the record is otherwise (another process
+        started under the id since the caller read it).
+
+        :raises InvalidArgumentError: ``heartbeat_interval`` is not positive.
+        """
 
     @abstractmethod
-    async def list_executors(self, *, stale_after: timedelta) -> list[ExecutorInfo]:
-        """Every executor that ever sent a heartbeat, most recent heartbeat first, with
-        ``stale`` set for running ones silent for longer than ``stale_after``.
+    async def record_executor_heartbeat(self, executor_id: str, *, incarnation: str) -> bool:
+        """Record that the executor is alive now (by the storage's clock), fenced by
+        ``incarnation``: returns False, changing nothing, when the id is not running under that
+        incarnation (another process took it over, it was stopped, or it never started)."""
+
+    @abstractmethod
+    async def mark_executor_stopped(self, executor_id: str, *, incarnation: str) -> None:
+        """Record that the executor stopped cleanly, fenced by ``incarnation`` like
+        :meth:`record_executor_heartbeat`. Unknown ids and other incarnations are ignored."""
+
+    @abstractmethod
+    async def list_executors(self, *, stale_after: timedelta | None = None) -> list[ExecutorInfo]:
+        """Every executor that ever started, most recent heartbeat first, with ``stale`` set for
+        running ones silent for longer than ``stale_after`` (default: by each executor's own
+        heartbeat interval, as :meth:`get_executor` judges it), on the storage's clock.
 
         :raises InvalidArgumentError: ``stale_after`` is not positive.
         """
@@ -431,6 +461,14 @@ class PersistentBackend(ABC):
         and ``attempts`` is not counted again). Returns None
         when another worker holds a live claim, or, with ``due_only``, when the task's
         ``run_after`` has not come yet (otherwise an explicit claim by id may run a task early).
+
+        :raises TaskNotFoundError: no such task.
+        """
+
+    @abstractmethod
+    async def get_task(self, instance_id: str, task_id: str) -> AvailableTask:
+        """The task as it is stored: who holds it (``claimed_by``) and until when
+        (``claim_expires_at``; the holder may have let it expire).
 
         :raises TaskNotFoundError: no such task.
         """

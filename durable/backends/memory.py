@@ -44,6 +44,7 @@ from durable.models import (
     WorkflowSnapshot,
     WorkflowStatus,
     as_status_set,
+    is_stale,
     ttl_seconds,
 )
 from durable.serialization import Serializer, get_serializer
@@ -577,33 +578,65 @@ class InMemoryBackend(PersistentBackend):
         with self._lock:
             return [self._registry[n] for n in sorted(self._registry)]
 
-    async def record_executor_heartbeat(self, executor_id: str, *, hostname: str, pid: int) -> None:
+    async def get_executor(self, executor_id: str) -> ExecutorInfo | None:
         with self._lock:
-            now = self.clock()
             known = self._executors.get(executor_id)
-            restarted = known is None or known.stopped_at is not None
+            if known is None:
+                return None
+            return dataclasses.replace(known, stale=is_stale(known, self.clock()))
+
+    async def start_executor(
+        self,
+        executor_id: str,
+        *,
+        hostname: str,
+        pid: int,
+        incarnation: str,
+        heartbeat_interval: float,
+        replacing: str | None,
+    ) -> bool:
+        if not heartbeat_interval > 0:
+            raise InvalidArgumentError(
+                f"heartbeat_interval must be positive, got {heartbeat_interval!r}"
+            )
+        with self._lock:
+            known = self._executors.get(executor_id)
+            if (known.incarnation if known is not None else None) != replacing:
+                return False
+            now = self.clock()
             self._executors[executor_id] = ExecutorInfo(
                 id=executor_id,
                 hostname=hostname,
                 pid=pid,
-                started_at=now if restarted or known is None else known.started_at,
+                started_at=now,
                 heartbeat_at=now,
                 stopped_at=None,
                 stale=False,
+                heartbeat_interval=heartbeat_interval,
+                incarnation=incarnation,
             )
+            return True
 
-    async def mark_executor_stopped(self, executor_id: str) -> None:
+    async def record_executor_heartbeat(self, executor_id: str, *, incarnation: str) -> bool:
         with self._lock:
             known = self._executors.get(executor_id)
-            if known is not None:
+            if known is None or known.incarnation != incarnation or known.stopped_at is not None:
+                return False
+            self._executors[executor_id] = dataclasses.replace(known, heartbeat_at=self.clock())
+            return True
+
+    async def mark_executor_stopped(self, executor_id: str, *, incarnation: str) -> None:
+        with self._lock:
+            known = self._executors.get(executor_id)
+            if known is not None and known.incarnation == incarnation:
                 self._executors[executor_id] = dataclasses.replace(known, stopped_at=self.clock())
 
-    async def list_executors(self, *, stale_after: timedelta) -> list[ExecutorInfo]:
-        limit = timedelta(seconds=ttl_seconds(stale_after))
+    async def list_executors(self, *, stale_after: timedelta | None = None) -> list[ExecutorInfo]:
+        limit = None if stale_after is None else timedelta(seconds=ttl_seconds(stale_after))
         with self._lock:
             now = self.clock()
             found = [
-                dataclasses.replace(e, stale=e.stopped_at is None and e.heartbeat_at < now - limit)
+                dataclasses.replace(e, stale=is_stale(e, now, limit))
                 for e in self._executors.values()
             ]
         return sorted(found, key=lambda e: e.heartbeat_at, reverse=True)
@@ -646,6 +679,23 @@ class InMemoryBackend(PersistentBackend):
         task.claimed_by = worker_id
         task.claim_expires_at = now + timedelta(seconds=seconds)
         return _claim_of(task)
+
+    async def get_task(self, instance_id: str, task_id: str) -> AvailableTask:
+        with self._lock:
+            task = self._tasks.get((instance_id, task_id))
+            if task is None:
+                raise TaskNotFoundError(instance_id, task_id)
+            return AvailableTask(
+                instance_id=instance_id,
+                task_id=task_id,
+                name=task.spec.name,
+                queue=task.spec.queue,
+                priority=task.spec.priority,
+                run_after=task.run_after,
+                claimed_by=task.claimed_by,
+                claim_expires_at=task.claim_expires_at,
+                attempts=task.attempts,
+            )
 
     async def extend_task_claim(
         self, instance_id: str, task_id: str, worker_id: str, ttl: timedelta

@@ -80,10 +80,10 @@ from durable.errors import (
     WorkflowNotFoundError,
 )
 from durable.models import (
+    STALE_AFTER_HEARTBEATS,
     WORKFLOW_TASK,
     AvailableTask,
     ErrorInfo,
-    ExecutorInfo,
     RegisteredWorkflow,
     StepRecord,
     StepStatus,
@@ -217,6 +217,26 @@ async def observe_within(
             return value
     pytest.skip(
         f"this machine was too slow, {tries} times, to {what} within {ttl.total_seconds():g} s"
+    )
+
+
+def start_executor(
+    backend: PersistentBackend,
+    executor_id: str,
+    incarnation: str,
+    *,
+    replacing: str | None,
+    hostname: str = "h",
+    pid: int = 1,
+) -> Awaitable[bool]:
+    """Start ``executor_id`` as ``incarnation`` with a heartbeat interval of a minute."""
+    return backend.start_executor(
+        executor_id,
+        hostname=hostname,
+        pid=pid,
+        incarnation=incarnation,
+        heartbeat_interval=60.0,
+        replacing=replacing,
     )
 
 
@@ -1683,49 +1703,131 @@ class BackendContractTests:
         assert len(await backend.list_registered_workflows()) == 3
 
     async def test_executor_heartbeats(self, backend: PersistentBackend) -> None:
-        minute = timedelta(minutes=1)
-        assert await backend.list_executors(stale_after=minute) == []
+        hour = 3600.0
+        tiny = SHORT.total_seconds() / STALE_AFTER_HEARTBEATS  # stale SHORT after a heartbeat
+        assert await backend.list_executors() == []
+        assert await backend.get_executor("e1") is None
         before = now()
-        await backend.record_executor_heartbeat("e1", hostname="host-a", pid=101)
+        assert await backend.start_executor(
+            "e1",
+            hostname="host-a",
+            pid=101,
+            incarnation="i1",
+            heartbeat_interval=hour,
+            replacing=None,
+        )
         await asyncio.sleep(0.01)
-        await backend.record_executor_heartbeat("e2", hostname="hôst-ü", pid=202)
+        assert await backend.start_executor(
+            "e2",
+            hostname="hôst-ü",
+            pid=202,
+            incarnation="i2",
+            heartbeat_interval=tiny,
+            replacing=None,
+        )
         after = now()
-        e2, e1 = await backend.list_executors(stale_after=minute)
-        assert (e1.id, e1.hostname, e1.pid) == ("e1", "host-a", 101)
-        assert (e2.id, e2.hostname, e2.pid) == ("e2", "hôst-ü", 202)
+        e2, e1 = await backend.list_executors()
+        assert (e1.id, e1.hostname, e1.pid, e1.incarnation) == ("e1", "host-a", 101, "i1")
+        assert (e2.id, e2.hostname, e2.pid, e2.incarnation) == ("e2", "hôst-ü", 202, "i2")
+        assert (e1.heartbeat_interval, e2.heartbeat_interval) == (hour, tiny)
         for e in (e1, e2):
             assert_between(e.started_at, before, after)
             assert_between(e.heartbeat_at, before, after)
-            assert e.stopped_at is None and e.stale is False
+            assert e.stopped_at is None
+        assert e1.stale is False  # an hour's interval: fresh for the whole test
+        assert await backend.get_executor("e1") == e1
 
+        # staleness: by each executor's own interval, unless the caller gives a threshold
         await asyncio.sleep(EXPIRED)
+        assert {e.id: e.stale for e in await backend.list_executors()} == {
+            "e1": False,
+            "e2": True,
+        }
+        found = await backend.get_executor("e2")
+        assert found is not None and found.stale is True
         assert {e.id: e.stale for e in await backend.list_executors(stale_after=SHORT)} == {
             "e1": True,
             "e2": True,
         }
-
-        async def beat(n: int) -> list[ExecutorInfo]:
-            await backend.record_executor_heartbeat("e1", hostname="host-a", pid=101)
-            return await backend.list_executors(stale_after=SHORT)
-
-        first, second = await observe_within(SHORT, "read a fresh heartbeat", beat)
-        assert (first.id, second.id, second.stale) == ("e1", "e2", True)
-        assert first.stale is False
+        assert await backend.record_executor_heartbeat("e1", incarnation="i1") is True
+        first, second = await backend.list_executors()
+        assert (first.id, first.stale, second.id, second.stale) == ("e1", False, "e2", True)
         assert first.started_at == e1.started_at and first.heartbeat_at > e1.heartbeat_at
 
-        await backend.mark_executor_stopped("e2")
-        await backend.mark_executor_stopped("never-seen")
-        stopped = {e.id: e for e in await backend.list_executors(stale_after=SHORT)}["e2"]
-        assert stopped.stale is False
+        # heartbeats and stops are fenced by the incarnation
+        assert await backend.record_executor_heartbeat("e1", incarnation="i2") is False
+        assert await backend.record_executor_heartbeat("never-seen", incarnation="i1") is False
+        await backend.mark_executor_stopped("e2", incarnation="not-i2")
+        await backend.mark_executor_stopped("never-seen", incarnation="i1")
+        assert (await backend.get_executor("e2")) == dataclasses.replace(e2, stale=True)
+        await backend.mark_executor_stopped("e2", incarnation="i2")
+        stopped = await backend.get_executor("e2")
+        assert stopped is not None and stopped.stale is False
         assert_aware(stopped.stopped_at)
-        # a heartbeat after stopping is a new start
-        await backend.record_executor_heartbeat("e2", hostname="host-b", pid=303)
-        restarted = {e.id: e for e in await backend.list_executors(stale_after=minute)}["e2"]
-        assert restarted.stopped_at is None and restarted.pid == 303
-        assert restarted.started_at > e2.started_at
+        assert await backend.record_executor_heartbeat("e2", incarnation="i2") is False
+        assert (await backend.list_executors(stale_after=SHORT))[1] == stopped
+
+        # a start replaces the record it was judged on, and nothing else
+        restart = partial(start_executor, backend, "e2", "j", hostname="host-b", pid=303)
+        assert not await restart(replacing=None)
+        assert not await restart(replacing="i1")
+        assert await backend.get_executor("e2") == stopped
+        assert await restart(replacing="i2")
+        restarted = await backend.get_executor("e2")
+        assert restarted is not None
+        assert (restarted.pid, restarted.incarnation, restarted.stopped_at) == (303, "j", None)
+        assert restarted.started_at > e2.started_at and restarted.stale is False
+        assert await backend.record_executor_heartbeat("e2", incarnation="i2") is False
+        assert await backend.record_executor_heartbeat("e2", incarnation="j") is True
         for bad in (timedelta(0), timedelta(seconds=-1)):
             with pytest.raises(InvalidArgumentError):
                 await backend.list_executors(stale_after=bad)
+        for interval in (0.0, -1.0):
+            with pytest.raises(InvalidArgumentError):
+                await backend.start_executor(
+                    "e3",
+                    incarnation="k",
+                    replacing=None,
+                    hostname="h",
+                    pid=1,
+                    heartbeat_interval=interval,
+                )
+        assert await backend.get_executor("e3") is None
+
+    async def test_one_start_wins_an_executor_id(self, backend: PersistentBackend) -> None:
+        """Concurrent starts under one id, from nothing or from one judged record: one wins."""
+        firsts = await asyncio.gather(
+            *(start_executor(backend, "e", f"a{i}", replacing=None) for i in range(8))
+        )
+        assert firsts.count(True) == 1
+        winner = f"a{firsts.index(True)}"
+        known = await backend.get_executor("e")
+        assert known is not None and known.incarnation == winner
+        takeovers = await asyncio.gather(
+            *(start_executor(backend, "e", f"b{i}", replacing=winner) for i in range(8))
+        )
+        assert takeovers.count(True) == 1
+        known = await backend.get_executor("e")
+        assert known is not None and known.incarnation == f"b{takeovers.index(True)}"
+
+    async def test_get_task(self, backend: PersistentBackend) -> None:
+        await create(backend, "wf")
+        with pytest.raises(TaskNotFoundError):
+            await backend.get_task("wf", "step:9")
+        with pytest.raises(TaskNotFoundError):
+            await backend.get_task("nope", W)
+        free = await backend.get_task("wf", W)
+        assert (free.instance_id, free.task_id, free.name) == ("wf", W, "wf")
+        assert (free.claimed_by, free.claim_expires_at, free.attempts) == (None, None, 0)
+        before = now()
+        claim = await backend.claim_task("wf", W, "w1", SHORT)
+        assert claim is not None
+        held = await backend.get_task("wf", W)
+        assert (held.claimed_by, held.attempts) == ("w1", 1)
+        assert_between(held.claim_expires_at, before + SHORT, now() + SHORT)
+        await asyncio.sleep(EXPIRED)
+        lapsed = await backend.get_task("wf", W)  # expired, not taken over: still recorded
+        assert (lapsed.claimed_by, lapsed.claim_expires_at) == ("w1", held.claim_expires_at)
 
     async def test_wait_for_work(self, backend: PersistentBackend) -> None:
         loop = asyncio.get_running_loop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -75,6 +76,7 @@ from durable.models import (
     WorkflowSnapshot,
     WorkflowStatus,
     as_status_set,
+    is_stale,
     ttl_seconds,
 )
 from durable.serialization import Serializer, get_serializer
@@ -1313,57 +1315,106 @@ class SQLAlchemyBackend(PersistentBackend):
             what="list registered workflows",
         )
 
-    async def record_executor_heartbeat(self, executor_id: str, *, hostname: str, pid: int) -> None:
+    def _executor_rows(
+        self, where: sa.ColumnElement[bool] | None, stale_after: timedelta | None
+    ) -> Callable[[sa.Connection], list[ExecutorInfo]]:
+        """Read executors with the storage's current time, and judge staleness by it."""
+        stmt = sa.select(executors, self.dialect.now().label("db_now")).order_by(
+            executors.c.heartbeat_at.desc()
+        )
+        if where is not None:
+            stmt = stmt.where(where)
+        clock = self.dialect.clock_params()
+
+        def fn(conn: sa.Connection) -> list[ExecutorInfo]:
+            found = []
+            for r in conn.execute(stmt, clock):
+                values = dict(r._mapping)
+                now = _aware(values.pop("db_now"))
+                assert now is not None
+                info = ExecutorInfo(**values, stale=False)
+                found.append(dataclasses.replace(info, stale=is_stale(info, now, stale_after)))
+            return found
+
+        return fn
+
+    async def get_executor(self, executor_id: str) -> ExecutorInfo | None:
+        fn = self._executor_rows(executors.c.id == executor_id, None)
+        found = await self._run(fn, what=f"read executor {executor_id!r}")
+        return found[0] if found else None
+
+    async def start_executor(
+        self,
+        executor_id: str,
+        *,
+        hostname: str,
+        pid: int,
+        incarnation: str,
+        heartbeat_interval: float,
+        replacing: str | None,
+    ) -> bool:
+        if not heartbeat_interval > 0:
+            raise InvalidArgumentError(
+                f"heartbeat_interval must be positive, got {heartbeat_interval!r}"
+            )
         clock = self.dialect.clock_params()
         now = self.dialect.now()
-        ins = self.dialect.insert(executors).values(
-            id=executor_id,
-            hostname=hostname,
-            pid=pid,
-            started_at=now,
-            heartbeat_at=now,
-            stopped_at=None,
+        values = {
+            "hostname": hostname,
+            "pid": pid,
+            "incarnation": incarnation,
+            "heartbeat_interval": heartbeat_interval,
+            "started_at": now,
+            "heartbeat_at": now,
+            "stopped_at": None,
+        }
+        stmt: sa.Executable
+        if replacing is None:
+            stmt = (
+                self.dialect.insert(executors)
+                .values(id=executor_id, **values)
+                .on_conflict_do_nothing(index_elements=[executors.c.id])
+            )
+        else:
+            stmt = (
+                sa.update(executors)
+                .where(executors.c.id == executor_id, executors.c.incarnation == replacing)
+                .values(**values)
+            )
+        stmt = stmt.execution_options(preserve_rowcount=True)
+        return await self._run(
+            lambda conn: conn.execute(stmt, clock).rowcount == 1,
+            what=f"start executor {executor_id!r}",
         )
-        stmt = ins.on_conflict_do_update(
-            index_elements=[executors.c.id],
-            set_={
-                "hostname": ins.excluded.hostname,
-                "pid": ins.excluded.pid,
-                "heartbeat_at": ins.excluded.heartbeat_at,
-                "started_at": sa.case(
-                    (executors.c.stopped_at.is_(None), executors.c.started_at),
-                    else_=ins.excluded.started_at,
-                ),
-                "stopped_at": None,
-            },
-        )
-        await self._run(lambda conn: conn.execute(stmt, clock), what="record a heartbeat")
 
-    async def mark_executor_stopped(self, executor_id: str) -> None:
+    async def record_executor_heartbeat(self, executor_id: str, *, incarnation: str) -> bool:
         clock = self.dialect.clock_params()
         stmt = (
             sa.update(executors)
-            .where(executors.c.id == executor_id)
+            .where(
+                executors.c.id == executor_id,
+                executors.c.incarnation == incarnation,
+                executors.c.stopped_at.is_(None),
+            )
+            .values(heartbeat_at=self.dialect.now())
+            .execution_options(preserve_rowcount=True)
+        )
+        return await self._run(
+            lambda conn: conn.execute(stmt, clock).rowcount == 1, what="record a heartbeat"
+        )
+
+    async def mark_executor_stopped(self, executor_id: str, *, incarnation: str) -> None:
+        clock = self.dialect.clock_params()
+        stmt = (
+            sa.update(executors)
+            .where(executors.c.id == executor_id, executors.c.incarnation == incarnation)
             .values(stopped_at=self.dialect.now())
         )
         await self._run(lambda conn: conn.execute(stmt, clock), what="mark an executor stopped")
 
-    async def list_executors(self, *, stale_after: timedelta) -> list[ExecutorInfo]:
-        clock = self.dialect.clock_params(stale=-ttl_seconds(stale_after))
-        stale = sa.and_(
-            executors.c.stopped_at.is_(None), executors.c.heartbeat_at < self.dialect.later("stale")
-        )
-        stmt = sa.select(executors, sa.case((stale, True), else_=False).label("stale")).order_by(
-            executors.c.heartbeat_at.desc()
-        )
-
-        def fn(conn: sa.Connection) -> list[ExecutorInfo]:
-            return [
-                ExecutorInfo(**{**r._mapping, "stale": bool(r.stale)})
-                for r in conn.execute(stmt, clock)
-            ]
-
-        return await self._run(fn, what="list executors")
+    async def list_executors(self, *, stale_after: timedelta | None = None) -> list[ExecutorInfo]:
+        limit = None if stale_after is None else timedelta(seconds=ttl_seconds(stale_after))
+        return await self._run(self._executor_rows(None, limit), what="list executors")
 
     # -- tasks and claims ---------------------------------------------------------------------
 
@@ -1405,6 +1456,29 @@ class SQLAlchemyBackend(PersistentBackend):
             return None
 
         return await self._run(fn, what=f"claim task {task_id!r} of {instance_id!r}")
+
+    async def get_task(self, instance_id: str, task_id: str) -> AvailableTask:
+        stmt = sa.select(tasks).where(
+            tasks.c.instance_id == instance_id, tasks.c.task_id == task_id
+        )
+
+        def fn(conn: sa.Connection) -> AvailableTask:
+            r = conn.execute(stmt).first()
+            if r is None:
+                raise TaskNotFoundError(instance_id, task_id)
+            return AvailableTask(
+                instance_id=r.instance_id,
+                task_id=r.task_id,
+                name=r.name,
+                queue=r.queue,
+                priority=r.priority,
+                run_after=r.run_after,
+                claimed_by=r.claimed_by,
+                claim_expires_at=_aware(r.claim_expires_at),
+                attempts=r.attempts,
+            )
+
+        return await self._run(fn, what=f"read task {task_id!r} of {instance_id!r}")
 
     async def extend_task_claim(
         self, instance_id: str, task_id: str, worker_id: str, ttl: timedelta

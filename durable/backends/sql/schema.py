@@ -150,4 +150,8 @@ executors = sa.Table(
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("heartbeat_at", UTCDateTime, nullable=False),
     sa.Column("stopped_at", UTCDateTime),
+    # which start of which process holds the id: heartbeats and stops are fenced by it
+    sa.Column("incarnation", _ID, nullable=False),
+    # seconds between the executor's heartbeats: its staleness is judged by it
+    sa.Column("heartbeat_interval", sa.Float, nullable=False),
 )
