@@ -633,9 +633,7 @@ class Runtime:
                     extra={"action": "heartbeat.error", "workflow_id": instance_id},
                 )
 
-    async def _release_quietly(
-        self, instance_id: str, run_after: timedelta = timedelta(0)
-    ) -> None:
+    async def _release_quietly(self, instance_id: str, run_after: timedelta = timedelta(0)) -> None:
         """Hand an interrupted execution back, due ``run_after`` from now, without counting
         the attempt. Best effort, and bounded in time: if the database cannot be reached, the
         lease expires instead and the next executor resumes the execution."""

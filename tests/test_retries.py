@@ -70,6 +70,23 @@ async def two_steps(x: int) -> int:
     return await second(await first(x))
 
 
+@durable.step(name="tests.retries.first_sync")
+def first_sync(x: int) -> int:
+    CALLS["first"] += 1
+    return x + 1
+
+
+@durable.step(name="tests.retries.second_sync")
+def second_sync(x: int) -> int:
+    CALLS["second"] += 1
+    return x * 10
+
+
+@durable.workflow(name="tests.retries.two_steps_sync.v1", registry=REG)
+def two_steps_sync(x: int) -> int:
+    return second_sync(first_sync(x))
+
+
 @durable.step(name="tests.retries.flaky_beside")
 async def flaky_beside() -> str:
     """Fails the first time, after the step started beside it was recorded."""
@@ -227,32 +244,50 @@ async def steps_of(rt: durable.Runtime, workflow_id: str) -> list[tuple[str, Ste
 # -- 2. outages ----------------------------------------------------------------------------------
 
 
+def cut_off_once(backend: durable.PersistentBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the first record of the second step fail as if the database had gone away (from
+    the event loop, and from a sync workflow's thread where the backend records there)."""
+    record_step, record_step_blocking = backend.record_step, backend.record_step_blocking
+
+    def outage(step: durable.StepRecord) -> None:
+        if step.name in (second.name, second_sync.name) and CALLS["outage"] == 0:
+            CALLS["outage"] += 1
+            raise durable.BackendUnavailableError("the database went away")
+
+    async def flaky_record(instance_id: str, step: durable.StepRecord, **kw: Any) -> None:
+        outage(step)
+        await record_step(instance_id, step, **kw)
+
+    def flaky_record_blocking(instance_id: str, step: durable.StepRecord, **kw: Any) -> None:
+        outage(step)
+        record_step_blocking(instance_id, step, **kw)
+
+    monkeypatch.setattr(backend, "record_step", flaky_record)
+    monkeypatch.setattr(backend, "record_step_blocking", flaky_record_blocking)
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
 async def test_an_outage_while_checkpointing_hands_the_attempt_back_without_counting_it(
-    backend_url: str, monkeypatch: pytest.MonkeyPatch
+    backend_url: str, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
     """Recording step 2 cannot reach the database: the attempt is handed back (due again after
     the short outage pause), not counted, and resumed; with max_attempts=1 a counted attempt
     would have dead-lettered it."""
     monkeypatch.setattr(durable.runtime, "OUTAGE_BACKOFF", timedelta(milliseconds=50))
     backend = durable.connect(backend_url)
-    record_step, reschedule = backend.record_step, backend.reschedule_workflow
+    cut_off_once(backend, monkeypatch)
+    reschedule = backend.reschedule_workflow
     handed_back: list[dict[str, Any]] = []
-
-    async def flaky_record(instance_id: str, step: durable.StepRecord, **kw: Any) -> None:
-        if step.name == second.name and CALLS["outage"] == 0:
-            CALLS["outage"] += 1
-            raise durable.BackendUnavailableError("the database went away")
-        await record_step(instance_id, step, **kw)
 
     async def spy(instance_id: str, **kw: Any) -> durable.WorkflowInfo:
         handed_back.append(kw)
         return await reschedule(instance_id, **kw)
 
-    monkeypatch.setattr(backend, "record_step", flaky_record)
     monkeypatch.setattr(backend, "reschedule_workflow", spy)
     async with runtime(backend) as rt:
         await rt.start_worker(concurrency=2, poll_interval=0.02)
-        workflow_id = await rt.enqueue(two_steps, 1, max_attempts=1)
+        wf = two_steps if kind == "async" else two_steps_sync
+        workflow_id = await rt.enqueue(wf, 1, max_attempts=1)
         assert await rt.result(workflow_id, timeout=WAIT) == 20
         info = await rt.get_workflow(workflow_id)
         assert (info.status, info.attempts, info.interruptions, info.error) == (
@@ -278,14 +313,9 @@ async def test_a_hand_back_that_cannot_reach_the_database_does_not_hang_the_work
     """The hand-back after the outage never answers: the worker gives up on it, the lease
     expires, and the execution is resumed as an interrupted attempt."""
     backend = durable.connect(backend_url)
-    record_step, reschedule = backend.record_step, backend.reschedule_workflow
+    cut_off_once(backend, monkeypatch)
+    reschedule = backend.reschedule_workflow
     unblock = asyncio.Event()
-
-    async def flaky_record(instance_id: str, step: durable.StepRecord, **kw: Any) -> None:
-        if step.name == second.name and CALLS["outage"] == 0:
-            CALLS["outage"] += 1
-            raise durable.BackendUnavailableError("the database went away")
-        await record_step(instance_id, step, **kw)
 
     async def unreachable(instance_id: str, **kw: Any) -> durable.WorkflowInfo:
         if CALLS["hung"] == 0:
@@ -293,7 +323,6 @@ async def test_a_hand_back_that_cannot_reach_the_database_does_not_hang_the_work
             await unblock.wait()  # as a connection attempt to a vanished server would
         return await reschedule(instance_id, **kw)
 
-    monkeypatch.setattr(backend, "record_step", flaky_record)
     monkeypatch.setattr(backend, "reschedule_workflow", unreachable)
     try:
         async with runtime(backend, claim_ttl=1.0) as rt:
@@ -361,9 +390,9 @@ async def test_a_crash_loop_is_dead_lettered_after_max_recoveries(backend_url: s
 
 def test_max_recoveries_must_not_be_negative() -> None:
     with pytest.raises(durable.InvalidArgumentError, match="max_recoveries"):
-        durable.workflow(name="tests.retries.bad.v1", registry=durable.Registry(), max_recoveries=-1)(
-            two_steps.fn
-        )
+        durable.workflow(
+            name="tests.retries.bad.v1", registry=durable.Registry(), max_recoveries=-1
+        )(two_steps.fn)
 
 
 # -- 4. failed steps that ended the attempt run again, wherever they are ------------------------

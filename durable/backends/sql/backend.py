@@ -1208,9 +1208,7 @@ class SQLAlchemyBackend(PersistentBackend):
                 .values(
                     status=WorkflowStatus.PENDING.value,
                     # the attempt goes on when it is woken: that begin does not count again
-                    attempts=sa.case(
-                        (workflows.c.attempts > 0, workflows.c.attempts - 1), else_=0
-                    ),
+                    attempts=sa.case((workflows.c.attempts > 0, workflows.c.attempts - 1), else_=0),
                     updated_at=now,
                     version=workflows.c.version + 1,
                 )
