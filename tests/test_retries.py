@@ -4,7 +4,8 @@
   without counting it; if even the hand-back cannot reach the database, the worker does not
   hang: the lease expires and the execution is resumed;
 * interrupted attempts (executor died, lease lost) are counted apart from failed ones, with
-  their own limit (``max_recoveries``), so crashes do not use up the failure budget;
+  their own limit (``max_recoveries``), so crashes do not use up the failure budget (worker
+  processes of tests/workerprog.py SIGKILLed mid-step three times);
 * a failed step whose failure ended the attempt runs again on the next attempt and on a redrive
   wherever it is (beside a recorded step in ``asyncio.gather``, a ``durable.map`` item); a
   failure the workflow handled keeps replaying;
@@ -18,10 +19,15 @@ shortened, so nothing waits on a clock.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -33,6 +39,8 @@ from durable.models import WORKFLOW_TASK, StepStatus, WorkflowStatus
 T = TypeVar("T")
 
 WAIT = 60.0  # an upper bound for anything the tests wait for, never reached when green
+WORKERPROG = Path(__file__).with_name("workerprog.py")
+PIPELINE = "workerprog.pipeline.v1"  # served by workerprog.py, not registered here
 REG = durable.Registry()
 CALLS: Counter[str] = Counter()
 RUNTIMES: list[durable.Runtime] = []
@@ -386,6 +394,86 @@ async def test_a_crash_loop_is_dead_lettered_after_max_recoveries(backend_url: s
         assert await rt.result(workflow_id, timeout=WAIT) == 2
         info = await rt.get_workflow(workflow_id)
         assert (info.attempts, info.interruptions) == (1, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_three_killed_workers_do_not_dead_letter_a_healthy_workflow(
+    request: pytest.FixtureRequest, db: str, tmp_path: Path
+) -> None:
+    """Real worker processes are SIGKILLed mid-step three times; with the default 3 attempts the
+    fourth worker still finishes the execution: crashes are interruptions, not failures."""
+    url = str(request.getfixturevalue("sqlite_url" if db == "sqlite" else "pg_url"))
+    log = tmp_path / "steps.log"
+
+    def b_started_by(pid: int) -> bool:
+        lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+        return any(line.split(" ")[1:3] == ["b", str(pid)] for line in lines)
+
+    async def enqueue() -> str:
+        async with producer(url) as rt:
+            return await rt.enqueue(PIPELINE, 1, 600.0, served_elsewhere=True)
+
+    workflow_id = asyncio.run(enqueue())
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        for n in range(1, 5):
+            last = n == 4
+            with (tmp_path / f"worker-{n}.txt").open("wb") as stderr:
+                worker = subprocess.Popen(
+                    [
+                        *(sys.executable, str(WORKERPROG), "serve", "--url", url),
+                        *("--log", str(log), "--executor-id", f"worker-{n}"),
+                        *("--claim-ttl", "1", "--poll-interval", "0.05"),
+                        *(["--no-pause"] if last else []),
+                    ],
+                    cwd=tmp_path,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                )
+            workers.append(worker)
+            if last:
+                break
+            deadline = time.monotonic() + WAIT
+            while not b_started_by(worker.pid):  # mid-step b, which sleeps for 600 s
+                assert worker.poll() is None, (tmp_path / f"worker-{n}.txt").read_text()
+                assert time.monotonic() < deadline, "timed out waiting for step b"
+                time.sleep(0.01)
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=WAIT)
+
+        async def outcome() -> tuple[Any, durable.WorkflowInfo]:
+            async with producer(url) as rt:
+                result = await rt.result(workflow_id, timeout=WAIT)
+                return result, await rt.get_workflow(workflow_id)
+
+        result, info = asyncio.run(outcome())
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    assert result == {"n": 1, "out": 1}
+    assert (info.status, info.max_attempts, info.attempts, info.interruptions) == (
+        WorkflowStatus.SUCCEEDED,
+        3,
+        1,
+        3,
+    )
+    steps = [line.split(" ")[1] for line in log.read_text(encoding="utf-8").splitlines()]
+    assert Counter(steps) == {"a": 1, "b": 4, "c": 1}
+
+
+def producer(url: str) -> durable.Runtime:
+    """A runtime of this process without the pipeline's code."""
+    return durable.Runtime(
+        durable.connect(url),
+        executor_id="producer",
+        recover=False,
+        registry=durable.Registry(),
+        poll_interval=0.05,
+    )
 
 
 def test_max_recoveries_must_not_be_negative() -> None:

@@ -8,7 +8,8 @@
 
 Every step body appends ``<workflow id> <step> <pid> <time>`` to the side-effect log (``--log``)
 when it starts, with flush and fsync, so a line written before a SIGKILL is on disk. The step
-``b`` sleeps for the workflow's ``pause`` argument, so that a test can catch a worker mid-step.
+``b`` sleeps for the workflow's ``pause`` argument, so that a test can catch a worker mid-step
+(unless the worker runs with ``--no-pause``).
 
 ``enqueue`` is a producer without the workflow's code: it waits for a go file, then enqueues the
 pipeline by name for every key of ``--keys``, ``--copies`` times each, all at once (concurrent
@@ -36,6 +37,7 @@ import durable.worker
 PIPELINE = "workerprog.pipeline.v1"
 REGISTRY = durable.Registry()
 LOG: list[Path] = []  # the side-effect log, set by main()
+NO_PAUSE: list[bool] = []  # set by --no-pause: step b does not sleep in this process
 
 
 def append(path: Path, line: str) -> None:
@@ -59,7 +61,7 @@ async def step_a(n: int) -> int:
 @durable.step(name="b")
 async def step_b(x: int, pause: float) -> int:
     effect("b")
-    if pause:
+    if pause and not NO_PAUSE:
         await asyncio.sleep(pause)
     return x * 2
 
@@ -133,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--concurrency", type=int, default=4)
     serve_cmd.add_argument("--poll-interval", type=float, default=0.1)
     serve_cmd.add_argument("--grace", type=float, default=5.0)
+    serve_cmd.add_argument("--no-pause", action="store_true", help="step b does not sleep")
     enqueue_cmd = commands.add_parser("enqueue")
     enqueue_cmd.add_argument("--url", required=True)
     enqueue_cmd.add_argument("--keys", required=True, help="comma-separated idempotency keys")
@@ -144,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(process)d %(levelname)s %(message)s")
     if args.command == "serve":
         LOG.append(args.log)
+        if args.no_pause:
+            NO_PAUSE.append(True)
         asyncio.run(serve(args))
         return 0
     ids = asyncio.run(enqueue(args))
