@@ -743,8 +743,9 @@ class Runtime:
         :param run_after: not before this (timezone-aware) time.
         :param delay: or not before this many seconds (or this timedelta) from now, by the
             backend's clock (the database's on PostgreSQL).
-        :param max_attempts: attempts before dead-lettering (default: the workflow's policy,
-            3 attempts: at once, +1 minute, +4 minutes).
+        :param max_attempts: failed attempts before dead-lettering (default: the workflow's
+            policy, 3 attempts: at once, +1 minute, +4 minutes). Attempts interrupted by a
+            crash or a lost lease do not count here (see the workflow's ``max_recoveries``).
         :param queue: the queue (default: the workflow's, else ``"default"``).
         :param served_elsewhere: allow a name that is not registered in this process.
 
@@ -820,8 +821,14 @@ class Runtime:
         return await self.backend.list_executors(stale_after=timedelta(seconds=seconds))
 
     async def retry(self, workflow_id: str) -> WorkflowInfo:
-        """Run a failed, dead-lettered or cancelled execution again from its history: completed
-        steps are not run again; the failed ones are.
+        """Run a failed, dead-lettered or cancelled execution again from its history (a
+        *redrive*), with its attempt and interruption counts cleared.
+
+        Completed steps are not run again. The failed steps whose failure ended its last attempt
+        (marked ``rerun`` in :meth:`list_steps`), wherever they are, run again; so do failed
+        steps after its last step that did not fail. Failures the workflow handled (it went on
+        with a fallback step) are replayed, so that it takes the same path. A failed child
+        workflow at a position that runs again is redriven in turn.
 
         :raises WorkflowNotFoundError: no such workflow.
         :raises InvalidArgumentError: it is not failed, dead-lettered or cancelled.
@@ -985,7 +992,8 @@ class Runtime:
     # -- inspection and control ----------------------------------------------------------------
 
     async def get_workflow(self, workflow_id: str) -> WorkflowInfo:
-        """The execution's status, input, output or error, attempts and timestamps.
+        """The execution's status, input, output or error, attempts (and interrupted ones)
+        and timestamps.
 
         :raises WorkflowNotFoundError: no such workflow.
         """
