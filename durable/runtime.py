@@ -647,11 +647,15 @@ class Runtime:
         )
 
     async def _bounded(self, release: Coroutine[Any, Any, Any]) -> None:
-        """Run a best-effort release of a lease: errors are ignored, and it is waited for at
-        most :data:`RELEASE_TIMEOUT` seconds (or the lease's duration), even if cancelled."""
+        """Run a best-effort release of a lease: errors are ignored, a cancellation of the
+        caller does not interrupt it, and it is given up after :data:`RELEASE_TIMEOUT` seconds
+        (at most the lease's duration: after that the lease has expired anyway)."""
+        task = asyncio.ensure_future(release)
+        task.add_done_callback(_retrieve)
         timeout = min(self.claim_ttl.total_seconds(), RELEASE_TIMEOUT)
-        with contextlib.suppress(DurableError, asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(asyncio.shield(release), timeout)
+        asyncio.get_running_loop().call_later(timeout, task.cancel)
+        with contextlib.suppress(DurableError, asyncio.CancelledError):
+            await asyncio.shield(task)
 
     async def _hand_back(self, instance_id: str, outage: BackendUnavailableError) -> NoReturn:
         """A checkpoint could not reach the database: end the attempt without counting it, to
@@ -1049,6 +1053,12 @@ class KeyedLock:
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a best-effort task's outcome as seen (its errors are expected and ignored)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

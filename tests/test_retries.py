@@ -348,6 +348,36 @@ async def test_a_hand_back_that_cannot_reach_the_database_does_not_hang_the_work
     assert CALLS["hung"] == 1 and (CALLS["first"], CALLS["second"]) == (1, 2)
 
 
+async def test_an_outage_when_an_attempt_begins_gives_the_claim_back(
+    backend_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starting the attempt cannot reach the database: nothing ran, and the claim is given back
+    at once instead of being held until the lease expires (30 s here)."""
+    backend = durable.connect(backend_url)
+    begin, release = backend.begin_execution, backend.release_task_claim
+    released: list[str] = []
+
+    async def flaky_begin(instance_id: str, worker_id: str, **kw: Any) -> Any:
+        if CALLS["outage"] == 0:
+            CALLS["outage"] += 1
+            raise durable.BackendUnavailableError("the database went away")
+        return await begin(instance_id, worker_id, **kw)
+
+    async def spy(instance_id: str, task_id: str, worker_id: str) -> None:
+        released.append(worker_id)
+        await release(instance_id, task_id, worker_id)
+
+    monkeypatch.setattr(backend, "begin_execution", flaky_begin)
+    monkeypatch.setattr(backend, "release_task_claim", spy)
+    async with runtime(backend, claim_ttl=30.0) as rt:
+        await rt.start_worker(concurrency=1, poll_interval=0.02)
+        workflow_id = await rt.enqueue(two_steps, 1, max_attempts=1)
+        assert await rt.result(workflow_id, timeout=WAIT) == 20
+        info = await rt.get_workflow(workflow_id)
+        assert (info.attempts, info.interruptions) == (1, 0)
+    assert released == ["exec-1"]
+
+
 # -- 3. interrupted attempts ---------------------------------------------------------------------
 
 
