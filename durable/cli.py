@@ -360,8 +360,9 @@ def list_steps(url: str, workflow_id: str) -> None:
 
     for s in open_backend(url, read, existing=True, tables=True):
         error = f"\t{s.error.type}: {s.error.message}" if s.error else ""
+        status = f"{s.status.value} (runs again on retry)" if s.rerun else s.status.value
         click.echo(
-            f"{s.position}\t{s.name}\t{s.status.value}\tattempts={s.attempts}\t"
+            f"{s.position}\t{s.name}\t{status}\tattempts={s.attempts}\t"
             f"executor={s.executor_id or '-'}\tstarted={_stamp(s.started_at)}\t"
             f"completed={_stamp(s.completed_at)}{error}"
         )

@@ -15,10 +15,11 @@ the workflow goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import threading
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from durable.errors import (
+    BackendUnavailableError,
     ClaimLostError,
     DurableError,
     NonDeterminismError,
@@ -94,6 +96,12 @@ class ExecutionContext:
     time just before the claim or heartbeat that set it, plus the lease's duration)."""
     lease_lost: ClaimLostError | None = None
     """Set when a heartbeat found the lease taken: nothing more may run or be recorded."""
+    outage: BackendUnavailableError | None = None
+    """Set when a checkpoint could not reach the database: what was recorded is uncertain, so
+    the attempt stops (every later step raises this) and is handed back, not counted."""
+    _failures: dict[int, int] = field(default_factory=dict)
+    """Failed positions this attempt observed (recorded, or replayed and raised), each with the
+    number of positions taken at that moment."""
 
     def lease_fresh(self) -> bool:
         """True while the lease is certainly held (no I/O; safe from any thread)."""
@@ -121,16 +129,28 @@ class ExecutionContext:
         runtime = self.runtime
         before = time.monotonic()
         try:
-            # paused long enough to be presumed dead? then another process may run under this
-            # executor id, and the lease below would be renewed for it: check the id first
-            await runtime.check_identity(self.workflow_id)
-            await runtime.backend.extend_task_claim(
-                self.workflow_id, WORKFLOW_TASK, self.executor_id, runtime.claim_ttl
-            )
+            with self.checkpoint():
+                # paused long enough to be presumed dead? then another process may run under
+                # this executor id, and the lease below would be renewed for it: check the id
+                await runtime.check_identity(self.workflow_id)
+                await runtime.backend.extend_task_claim(
+                    self.workflow_id, WORKFLOW_TASK, self.executor_id, runtime.claim_ttl
+                )
         except ClaimLostError as exc:
             self.lease_lost = exc
             raise
         self.lease_deadline = before + runtime.claim_ttl.total_seconds()
+
+    @contextlib.contextmanager
+    def checkpoint(self) -> Iterator[None]:
+        """Around a write of this execution's progress: a database that cannot be reached
+        sets :attr:`outage` (then the error propagates)."""
+        try:
+            yield
+        except BackendUnavailableError as exc:
+            if self.outage is None:
+                self.outage = exc
+            raise
 
     def next_position(self) -> int:
         with self._lock:
@@ -142,6 +162,26 @@ class ExecutionContext:
     def positions_used(self) -> int:
         return self._next
 
+    def failure_observed(self, position: int) -> None:
+        """The failure of the step at ``position`` was recorded, or replayed and raised, now."""
+        with self._lock:
+            self._failures[position] = self._next
+
+    def rerun_positions(self) -> list[int]:
+        """At the end of a failed attempt: the failed positions the next attempt (or a redrive)
+        must run again instead of replaying their failure.
+
+        Positions are taken in call order, so a failure after which no position was taken
+        cannot have shaped anything recorded: the workflow did not go on past it (the failure
+        ended the attempt, even if steps started beside it in ``asyncio.gather`` or
+        ``durable.map`` were recorded). Running it again is safe, and needed, or every attempt
+        would replay the same failure. A failure the workflow handled and went on from (a
+        fallback step took a position after it) keeps replaying, or the next attempt would
+        diverge from its history.
+        """
+        with self._lock:
+            return sorted(p for p, taken in self._failures.items() if taken == self._next)
+
     def guard(self, name: str) -> StepGuard:
         """Take the next position for a step called ``name`` and check it against the history.
 
@@ -150,6 +190,8 @@ class ExecutionContext:
         """
         if self.divergence is not None:
             raise self.divergence
+        if self.outage is not None:
+            raise self.outage
         position = self.next_position()
         recorded = self.history.get(position)
         if recorded is not None and recorded.name != name:
@@ -230,6 +272,7 @@ class StepGuard:
         assert self.recorded is not None
         if self.recorded.status is StepStatus.FAILED:
             assert self.recorded.error is not None
+            self.ctx.failure_observed(self.position)
             raise rebuild_exception(self.recorded.error)
         return self.recorded.output
 
@@ -276,7 +319,8 @@ class StepGuard:
             ctx.block_on(self.fail(exc, attempts=attempts))
             raise
         record = self._entry(StepStatus.SUCCEEDED, output=stored, attempts=attempts, child=None)
-        backend.record_step_blocking(ctx.workflow_id, record, worker_id=ctx.executor_id)
+        with ctx.checkpoint():
+            backend.record_step_blocking(ctx.workflow_id, record, worker_id=ctx.executor_id)
         self.recorded = record
         self.result = stored
         return stored
@@ -291,6 +335,7 @@ class StepGuard:
             attempts=attempts,
             child=child_workflow_id,
         )
+        self.ctx.failure_observed(self.position)
 
     async def mark_pending(self, child_workflow_id: str) -> None:
         """Persist that the step started a child workflow whose result it awaits."""
@@ -300,7 +345,10 @@ class StepGuard:
         """Persist the step with ``status`` and the :meth:`_entry` ``fields``."""
         ctx = self.ctx
         record = self._entry(status, **fields)
-        await ctx.runtime.backend.record_step(ctx.workflow_id, record, worker_id=ctx.executor_id)
+        with ctx.checkpoint():
+            await ctx.runtime.backend.record_step(
+                ctx.workflow_id, record, worker_id=ctx.executor_id
+            )
         self.recorded = record
 
     def _entry(

@@ -120,6 +120,11 @@ class StepRecord:
     executor_id: str | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None
+    rerun: bool = False
+    """Set on a failed step of a workflow that failed for good, when that failure ended the
+    workflow's last attempt and nothing recorded after it depends on it: a redrive
+    (:meth:`~durable.backends.PersistentBackend.requeue_workflow`) runs the step again instead
+    of replaying its failure."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,7 +143,17 @@ class WorkflowInfo:
     priority: int = 0
     idempotency_key: str | None = None
     attempts: int = 0
+    """The number of the current (or last) attempt: attempts that failed (the body raised) and
+    the one running. An attempt that was interrupted (its executor died or lost its lease),
+    handed back (a graceful shutdown, a database outage) or suspended (waiting for
+    :func:`durable.map` items) is not counted again when it resumes. ``max_attempts`` limits
+    it."""
     max_attempts: int | None = None
+    """Attempts allowed before a failing execution is dead-lettered (None: no retries)."""
+    interruptions: int = 0
+    """How many times an attempt was interrupted before it ended: its executor died or lost its
+    lease, and another one (or the same one, restarted) resumed it. Counted apart from failed
+    attempts; the workflow's ``max_recoveries`` limits it (a crash loop is dead-lettered)."""
     version: int = 0
     """Optimistic lock: 0 for a snapshot never saved; every header update adds one."""
     created_at: datetime | None = None

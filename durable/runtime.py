@@ -34,13 +34,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, NoReturn, Self, TypeVar
 
 from durable import context as _context
 from durable import identity
 from durable.backends.base import PersistentBackend
 from durable.context import ExecutionContext, StepGuard, WorkflowSuspended, rebuild_exception
 from durable.errors import (
+    BackendUnavailableError,
     ClaimLostError,
     CorruptRowError,
     DurableError,
@@ -94,7 +95,15 @@ T = TypeVar("T")
 
 
 class Rescheduled(Exception):
-    """Internal: the attempt failed and the next one is scheduled."""
+    """Internal: the attempt ended without an outcome (it failed, or was handed back) and the
+    next one is scheduled."""
+
+
+#: How long an attempt handed back because the database could not be reached waits before it is
+#: due again (a short pause, so that workers do not spin while the database is away).
+OUTAGE_BACKOFF = timedelta(seconds=2)
+#: The longest a release of a lease is waited for (it is best effort: the lease expires anyway).
+RELEASE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -617,7 +626,22 @@ class Runtime:
         )
 
     async def _execute(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
-        """Run the body under this executor's lease (already claimed) and record the outcome."""
+        """Run the body under this executor's lease (already claimed) and record the outcome.
+
+        How an attempt ends:
+
+        * the body returns: the output is recorded (``succeeded``);
+        * the body raises: a *failed* attempt, retried with backoff while ``max_attempts``
+          allows (:meth:`_record_failure`), else ``dead_letter``; ``failed`` at once for an
+          error not worth retrying (:class:`NonRetryableError`, a diverged replay, an output
+          that cannot be stored);
+        * a checkpoint cannot reach the database: the attempt is handed back, due again after
+          :data:`OUTAGE_BACKOFF`, not counted (if even that cannot reach the database, the lease
+          expires and the next executor resumes it);
+        * the lease is lost, or this executor dies: an *interrupted* attempt, which the next
+          :meth:`~PersistentBackend.begin_execution` counts in ``interruptions``; after more
+          than the workflow's ``max_recoveries`` the execution is dead-lettered (a crash loop).
+        """
         leased_at = time.monotonic()  # the claim was taken before this: a safe lower bound
         try:
             snapshot = await self.backend.begin_execution(instance_id, self.executor_id)
@@ -625,18 +649,28 @@ class Runtime:
         except CorruptRowError as exc:  # fail it once; never leave it to be claimed forever
             await self._fail_unreadable(instance_id, exc)
             raise
-        if snapshot.max_attempts is not None and snapshot.attempts > snapshot.max_attempts:
-            # every allowed attempt started and none finished: its executors kept dying
-            last_error = snapshot.error or ErrorInfo(
-                type="durable.errors.AttemptsExhaustedError",
-                message=f"{snapshot.max_attempts} attempt(s) were interrupted before finishing "
-                "(their executors stopped or lost their leases)",
+        except BackendUnavailableError:
+            # nothing ran; whether the start was recorded is unknown: give the claim back
+            await self._bounded(
+                self.backend.release_task_claim(instance_id, WORKFLOW_TASK, self.executor_id)
             )
+            raise
+        if snapshot.interruptions > wf.max_recoveries:
+            # its executors kept dying (or losing their leases) in the middle of it
+            interrupted = (
+                f"{snapshot.interruptions} attempt(s) were interrupted before finishing (their "
+                f"executors stopped or lost their leases); max_recoveries is {wf.max_recoveries}"
+            )
+            last = snapshot.error
             info = await self.backend.finish_workflow(
                 instance_id,
                 worker_id=self.executor_id,
                 status=WorkflowStatus.DEAD_LETTER,
-                error=last_error,
+                error=ErrorInfo(
+                    type="durable.errors.RecoveriesExhaustedError",
+                    message=interrupted
+                    + (f"; the last failure was {last.type}: {last.message}" if last else ""),
+                ),
             )
             raise self.outcome_error(info)
         assert self._loop is not None
@@ -655,25 +689,42 @@ class Runtime:
             self._heartbeat(instance_id, context=ctx)
         )
         try:
+            unstorable = False
             try:
                 output = await self._invoke(ctx, wf, args, kwargs)
                 ctx.check_history_consumed()
+                unstorable = True
                 output = self._roundtrip_output(wf, instance_id, output)
+                unstorable = False
             except (ClaimLostError, asyncio.CancelledError):
                 raise
             except Exception as exc:
+                if ctx.outage is not None:
+                    await self._hand_back(instance_id, ctx.outage)
                 error = ctx.divergence or exc
-                if await self._record_failure(wf, snapshot, error, retryable=error is exc):
+                retryable = error is exc and not unstorable
+                try:
+                    retrying = await self._record_failure(
+                        wf, snapshot, ctx, error, retryable=retryable
+                    )
+                except BackendUnavailableError as outage:
+                    await self._hand_back(instance_id, outage)
+                if retrying:
                     raise Rescheduled(instance_id) from exc
                 if error is exc:
                     raise
                 raise error from exc
-            await self.backend.finish_workflow(
-                instance_id,
-                worker_id=self.executor_id,
-                status=WorkflowStatus.SUCCEEDED,
-                output=output,
-            )
+            if ctx.outage is not None:  # the workflow went on past it: nothing is certain
+                await self._hand_back(instance_id, ctx.outage)
+            try:
+                await self.backend.finish_workflow(
+                    instance_id,
+                    worker_id=self.executor_id,
+                    status=WorkflowStatus.SUCCEEDED,
+                    output=output,
+                )
+            except BackendUnavailableError as exc:
+                await self._hand_back(instance_id, exc)
             return output
         except ClaimLostError:
             info = await self.backend.get_workflow(instance_id)
@@ -729,16 +780,22 @@ class Runtime:
         self,
         wf: Workflow[Any, Any],
         snapshot: WorkflowSnapshot,
+        ctx: ExecutionContext,
         error: BaseException,
         *,
         retryable: bool,
     ) -> bool:
         """Record a failed attempt: schedule the next attempt (returns True), or record the
         final failure: dead-lettered when retries ran out, failed when the error is not worth
-        retrying or the execution allows no retries."""
+        retrying or the execution allows no retries.
+
+        The failed steps whose failure ended the attempt
+        (:meth:`ExecutionContext.rerun_positions`) run again on the next attempt, or on a
+        redrive (:meth:`retry`) after a final failure, whatever their position."""
         info = ErrorInfo.from_exception(error)
         limit = snapshot.max_attempts
         policy = wf.retry
+        rerun = ctx.rerun_positions()
         worth_retrying = (
             retryable
             and limit is not None
@@ -752,6 +809,7 @@ class Runtime:
                 worker_id=self.executor_id,
                 run_after=timedelta(seconds=delay),
                 error=info,
+                rerun=rerun,
             )
             log.info(
                 "workflow %s failed attempt %d of %d, retrying in %.1fs: %s",
@@ -765,7 +823,7 @@ class Runtime:
             return True
         status = WorkflowStatus.DEAD_LETTER if worth_retrying else WorkflowStatus.FAILED
         await self.backend.finish_workflow(
-            snapshot.id, worker_id=self.executor_id, status=status, error=info
+            snapshot.id, worker_id=self.executor_id, status=status, error=info, rerun=rerun
         )
         return False
 
@@ -890,20 +948,44 @@ class Runtime:
                     extra={"action": "heartbeat.error", "workflow_id": instance_id},
                 )
 
-    async def _release_quietly(self, instance_id: str) -> None:
-        """Hand an interrupted execution back at once, without counting the attempt (unless
-        another process took this executor id over: the lease is that process's then)."""
+    async def _release_quietly(self, instance_id: str, run_after: timedelta = timedelta(0)) -> None:
+        """Hand an interrupted execution back, due ``run_after`` from now, without counting
+        the attempt. Best effort, and bounded in time: if the database cannot be reached, the
+        lease expires instead and the next executor resumes the execution. Nothing is done once
+        another process took this executor id over: the lease is that process's then."""
         if self._superseded:
             return
-        with contextlib.suppress(DurableError, asyncio.CancelledError):
-            await asyncio.shield(
-                self.backend.reschedule_workflow(
-                    instance_id,
-                    worker_id=self.executor_id,
-                    run_after=timedelta(0),
-                    consume_attempt=False,
-                )
+        await self._bounded(
+            self.backend.reschedule_workflow(
+                instance_id,
+                worker_id=self.executor_id,
+                run_after=run_after,
+                consume_attempt=False,
             )
+        )
+
+    async def _bounded(self, release: Coroutine[Any, Any, Any]) -> None:
+        """Run a best-effort release of a lease: errors are ignored, a cancellation of the
+        caller does not interrupt it, and it is given up after :data:`RELEASE_TIMEOUT` seconds
+        (at most the lease's duration: after that the lease has expired anyway)."""
+        task = asyncio.ensure_future(release)
+        task.add_done_callback(_retrieve)
+        timeout = min(self.claim_ttl.total_seconds(), RELEASE_TIMEOUT)
+        asyncio.get_running_loop().call_later(timeout, task.cancel)
+        with contextlib.suppress(DurableError, asyncio.CancelledError):
+            await asyncio.shield(task)
+
+    async def _hand_back(self, instance_id: str, outage: BackendUnavailableError) -> NoReturn:
+        """A checkpoint could not reach the database: end the attempt without counting it, to
+        be resumed after :data:`OUTAGE_BACKOFF` (or once the lease expires)."""
+        log.warning(
+            "workflow %s: the database could not be reached, handing the attempt back: %s",
+            instance_id,
+            outage,
+            extra={"action": "workflow.outage", "workflow_id": instance_id},
+        )
+        await self._release_quietly(instance_id, OUTAGE_BACKOFF)
+        raise Rescheduled(instance_id) from outage
 
     async def run_child(
         self,
@@ -919,21 +1001,39 @@ class Runtime:
         characters, the parent id is shortened to a prefix and a hash of it:
         :func:`durable.validation.derived_id`); the parent's step records it, pending, before
         the child runs, so a replay awaits the same child instead of starting another.
+
+        The child's outcome becomes the parent's step. A child does not retry by itself
+        (it has no ``max_attempts``); its parent's attempts are its retries. When the parent
+        runs this step again (its failure ended a failed attempt of the parent, or the parent
+        is redriven, or it was interrupted before recording the child's failure) and finds the
+        child failed or dead-lettered, the child is redriven as a new attempt of its own
+        (:meth:`retry`): its completed steps are not run again, its failed ones are. A
+        cancelled child stays cancelled.
         """
         if guard.replayed:
             return guard.replay()
         await ctx.ensure_lease()
         pending = guard.pending
         child_id = pending.child_workflow_id if pending else None
-        if child_id is None:
-            child_id = derived_id(ctx.workflow_id, f"/{guard.position}")
-            await self._create(wf, child_id, args, kwargs, parent_id=ctx.workflow_id)
-            await guard.mark_pending(child_id)
+        with ctx.checkpoint():
+            if child_id is None:
+                child_id = derived_id(ctx.workflow_id, f"/{guard.position}")
+                info = await self._create(wf, child_id, args, kwargs, parent_id=ctx.workflow_id)
+                await guard.mark_pending(child_id)
+            else:
+                info = await self.backend.get_workflow(child_id)
+            if info.status in (WorkflowStatus.FAILED, WorkflowStatus.DEAD_LETTER):
+                with contextlib.suppress(InvalidArgumentError):  # someone redrove it already
+                    await self.backend.requeue_workflow(child_id)
         try:
             value = await self._drive(wf, child_id)
         except (ClaimLostError, asyncio.CancelledError):
             raise
         except Exception as exc:
+            if isinstance(exc, BackendUnavailableError) and not hasattr(exc, "__durable_error__"):
+                ctx.outage = ctx.outage or exc  # not the child's recorded error: an outage now
+            if ctx.outage is not None:
+                raise
             await guard.fail(exc, child_workflow_id=child_id)
             raise
         return await guard.succeed(value, child_workflow_id=child_id)
@@ -973,8 +1073,9 @@ class Runtime:
         :param run_after: not before this (timezone-aware) time.
         :param delay: or not before this many seconds (or this timedelta) from now, by the
             backend's clock (the database's on PostgreSQL).
-        :param max_attempts: attempts before dead-lettering, at least 1 (default: the
-            workflow's policy, 3 attempts: at once, +1 minute, +4 minutes).
+        :param max_attempts: failed attempts before dead-lettering, at least 1 (default: the
+            workflow's policy, 3 attempts: at once, +1 minute, +4 minutes). Attempts interrupted
+            by a crash or a lost lease do not count here (see the workflow's ``max_recoveries``).
         :param queue: the queue (default: the workflow's, else ``"default"``).
         :param served_elsewhere: allow a name that is not registered in this process.
 
@@ -1037,9 +1138,10 @@ class Runtime:
             return guard.replay()  # type: ignore[no-any-return]
         await ctx.ensure_lease()
         instance_id = workflow_id or derived_id(ctx.workflow_id, f"/{guard.position}")
-        info = await self._create(
-            target, instance_id, args, kwargs, parent_id=ctx.workflow_id, options=options
-        )
+        with ctx.checkpoint():
+            info = await self._create(
+                target, instance_id, args, kwargs, parent_id=ctx.workflow_id, options=options
+            )
         return await guard.succeed(info.id)  # type: ignore[no-any-return]
 
     async def _served_by_others(self, name: str) -> bool:
@@ -1077,8 +1179,14 @@ class Runtime:
         return await self.backend.list_executors(stale_after=limit)
 
     async def retry(self, workflow_id: str) -> WorkflowInfo:
-        """Run a failed, dead-lettered or cancelled execution again from its history: completed
-        steps are not run again; the failed ones are.
+        """Run a failed, dead-lettered or cancelled execution again from its history (a
+        *redrive*), with its attempt and interruption counts cleared.
+
+        Completed steps are not run again. The failed steps whose failure ended its last attempt
+        (marked ``rerun`` in :meth:`list_steps`), wherever they are, run again; so do failed
+        steps after its last step that did not fail. Failures the workflow handled (it went on
+        with a fallback step) are replayed, so that it takes the same path. A failed child
+        workflow at a position that runs again is redriven in turn.
 
         :raises WorkflowNotFoundError: no such workflow.
         :raises InvalidArgumentError: it is not failed, dead-lettered or cancelled.
@@ -1272,7 +1380,8 @@ class Runtime:
     # -- inspection and control ----------------------------------------------------------------
 
     async def get_workflow(self, workflow_id: str) -> WorkflowInfo:
-        """The execution's status, input, output or error, attempts and timestamps.
+        """The execution's status, input, output or error, attempts (and interrupted ones)
+        and timestamps.
 
         :raises WorkflowNotFoundError: no such workflow.
         """
@@ -1357,6 +1466,12 @@ class KeyedLock:
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a best-effort task's outcome as seen (its errors are expected and ignored)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

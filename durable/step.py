@@ -322,15 +322,25 @@ async def map(
             )
             for g, _ in waiting
         ]
-        await ctx.runtime.backend.suspend_workflow(
-            ctx.workflow_id, worker_id=ctx.executor_id, steps=records, tasks=specs
-        )
+        with ctx.checkpoint():
+            await ctx.runtime.backend.suspend_workflow(
+                ctx.workflow_id, worker_id=ctx.executor_id, steps=records, tasks=specs
+            )
         ctx.runtime.spawn(
             _warn_if_unclaimed(ctx.runtime, ctx.workflow_id, step.name, queue, specs),
             name=f"durable-fanout-watch:{ctx.workflow_id}",
         )
         raise WorkflowSuspended(ctx.workflow_id)
-    return [g.replay() for g in guards]
+    results: list[T] = []
+    failure: Exception | None = None
+    for g in guards:  # every failed item is observed (see ExecutionContext.rerun_positions)
+        try:
+            results.append(g.replay())
+        except Exception as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+    return results
 
 
 async def _warn_if_unclaimed(

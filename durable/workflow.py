@@ -16,13 +16,17 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from durable.context import current
-from durable.errors import DurableError
+from durable.errors import DurableError, InvalidArgumentError
 from durable.registry import Registry, default_registry
 from durable.retry import WORKFLOW_RETRY, RetryPolicy
 from durable.validation import check_decorated, check_instance, check_name, check_positive_int
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+#: How many times an execution may be resumed after an interrupted attempt (its executor died or
+#: lost its lease) before it is dead-lettered as a crash loop, unless the workflow says otherwise.
+DEFAULT_MAX_RECOVERIES = 10
 
 
 class Workflow(Generic[P, T]):
@@ -36,12 +40,16 @@ class Workflow(Generic[P, T]):
         retry: RetryPolicy,
         queue: str,
         description: str | None,
+        max_recoveries: int = DEFAULT_MAX_RECOVERIES,
     ) -> None:
+        if max_recoveries < 0:
+            raise InvalidArgumentError(f"max_recoveries must be >= 0, got {max_recoveries}")
         self.fn = fn
         self.name = check_name(
             f"{fn.__module__}:{fn.__qualname__}" if name is None else name, "the workflow name"
         )
         self.retry = retry
+        self.max_recoveries = max_recoveries
         self.queue = check_name(queue, "queue")
         self.description = description if description is not None else inspect.getdoc(fn)
         self.is_async = inspect.iscoroutinefunction(fn)
@@ -111,6 +119,7 @@ def workflow(
     queue: str = "default",
     description: str | None = None,
     registry: Registry | None = None,
+    max_recoveries: int = DEFAULT_MAX_RECOVERIES,
 ) -> _WorkflowDecorator: ...
 def workflow(
     fn: Callable[..., Any] | None = None,
@@ -122,14 +131,22 @@ def workflow(
     queue: str = "default",
     description: str | None = None,
     registry: Registry | None = None,
+    max_recoveries: int = DEFAULT_MAX_RECOVERIES,
 ) -> Any:
     """Make a function a durable workflow and register it under its name.
 
     :param name: the stored name (default ``module:qualname``). Prefer an explicit, versioned
         name such as ``"orders.checkout.v1"``: executions in flight and work enqueued by name
         refer to it, so keep old versions registered until their executions finish.
-    :param max_attempts: for queued executions: how many attempts before the workflow is
-        dead-lettered (default schedule: at once, +1 min, +4 min; see ``retry``).
+    :param max_attempts: for queued executions: how many *failed* attempts (the body raised)
+        before the workflow is dead-lettered (default schedule: at once, +1 min, +4 min; see
+        ``retry``). Interrupted attempts do not count.
+    :param max_recoveries: how many times an *interrupted* attempt (its executor died or lost
+        its lease) may be resumed before the execution is dead-lettered as a crash loop
+        (default :data:`DEFAULT_MAX_RECOVERIES`). Counted apart from failed attempts (see
+        :attr:`~durable.WorkflowInfo.interruptions`), so worker crashes do not use up the
+        failure budget; a graceful shutdown or a database outage hands the attempt back
+        without counting it at all.
     :param queue: the queue enqueued executions go to unless the caller says otherwise.
     :param registry: where to register (default :data:`durable.registry.default_registry`).
 
@@ -137,7 +154,8 @@ def workflow(
     :raises InvalidArgumentError: an option of the wrong type or out of range: an empty or
         overlong ``name`` or ``queue``, a ``max_attempts`` that is not a positive int, a
         ``retry`` that is not a :class:`~durable.retry.RetryPolicy`, or ``fn`` not a function
-        (``@durable.workflow("name")`` instead of ``@durable.workflow(name="name")``).
+        (``@durable.workflow("name")`` instead of ``@durable.workflow(name="name")``), or a
+        negative ``max_recoveries``.
     """
     if fn is not None:
         check_decorated(fn, "durable.workflow")
@@ -164,7 +182,12 @@ def workflow(
             raise DurableError(f"{f.name!r} is already a durable workflow")
         kind = AsyncWorkflow if inspect.iscoroutinefunction(f) else SyncWorkflow
         wf: Workflow[Any, Any] = kind(
-            f, name=name, retry=policy, queue=queue, description=description
+            f,
+            name=name,
+            retry=policy,
+            queue=queue,
+            description=description,
+            max_recoveries=max_recoveries,
         )
         (registry or default_registry).register(wf)
         return wf

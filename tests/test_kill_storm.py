@@ -172,11 +172,9 @@ async def test_kill_storm_loses_nothing_and_runs_no_completed_step_again(
 
     async def enqueue(count: int) -> None:
         for _ in range(count):
-            # an attempt interrupted by a kill counts against max_attempts (an execution whose
-            # executors keep dying is dead-lettered): allow many, the point here is elsewhere
-            ids.append(
-                await producer.enqueue(STORM, PAUSE, served_elsewhere=True, max_attempts=1000)
-            )
+            # the default retry policy: attempts interrupted by a kill are counted apart from
+            # failed ones (interruptions, limited by the workflow's max_recoveries)
+            ids.append(await producer.enqueue(STORM, PAUSE, served_elsewhere=True))
 
     async with producer:
         zygote = Zygote(tmp_path, db_url, log)

@@ -8,7 +8,8 @@
 
 Every step body appends ``<workflow id> <step> <pid> <time>`` to the side-effect log (``--log``)
 when it starts, with flush and fsync, so a line written before a SIGKILL is on disk. The step
-``b`` sleeps for the workflow's ``pause`` argument, so that a test can catch a worker mid-step.
+``b`` sleeps for the workflow's ``pause`` argument, so that a test can catch a worker mid-step
+(unless the worker runs with ``--no-pause``).
 
 ``zygote`` forks such workers on request (and kills them), for tests that kill hundreds of them
 (tests/test_kill_storm.py); its workers also serve :data:`STORM`, whose steps check, before their
@@ -42,6 +43,7 @@ import durable.worker
 PIPELINE = "workerprog.pipeline.v1"
 REGISTRY = durable.Registry()
 LOG: list[Path] = []  # the side-effect log, set by main()
+NO_PAUSE: list[bool] = []  # set by --no-pause: step b does not sleep in this process
 
 
 def append(path: Path, line: str) -> None:
@@ -65,7 +67,7 @@ async def step_a(n: int) -> int:
 @durable.step(name="b")
 async def step_b(x: int, pause: float) -> int:
     effect("b")
-    if pause:
+    if pause and not NO_PAUSE:
         await asyncio.sleep(pause)
     return x * 2
 
@@ -264,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--concurrency", type=int, default=4)
     serve_cmd.add_argument("--poll-interval", type=float, default=0.1)
     serve_cmd.add_argument("--grace", type=float, default=5.0)
+    serve_cmd.add_argument("--no-pause", action="store_true", help="step b does not sleep")
     recorded_cmd = commands.add_parser("recorded", help="print 1 if the step is recorded")
     recorded_cmd.add_argument("--url", required=True)
     recorded_cmd.add_argument("workflow_id")
@@ -287,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         LOG.append(args.log)
         CHECKPOINTS.append(checkpoint_reader(args.url))
+        if args.no_pause:
+            NO_PAUSE.append(True)
         asyncio.run(serve(args))
         return 0
     if args.command == "zygote":

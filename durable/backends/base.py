@@ -205,8 +205,12 @@ class PersistentBackend(ABC):
         self, instance_id: str, worker_id: str, *, task_id: str = WORKFLOW_TASK
     ) -> WorkflowSnapshot:
         """Mark the workflow running under ``worker_id`` and return its snapshot, in one
-        transaction: status becomes running, ``executor_id`` the worker, ``attempts`` grows by
-        one, ``started_at`` is set if it was not.
+        transaction: status becomes running, ``executor_id`` the worker, ``started_at`` is set
+        if it was not. A workflow that was not running (pending: new, retried, handed back or
+        woken) starts an attempt: ``attempts`` grows by one. A workflow that was still running
+        was *interrupted* (its executor died or lost its lease, and this claim took it over):
+        ``interruptions`` grows by one and ``attempts`` stays, so that crashes do not use up
+        the failure budget.
 
         :raises ClaimLostError: ``worker_id`` does not hold a live claim on the task.
         :raises WorkflowNotFoundError: no such workflow.
@@ -264,10 +268,16 @@ class PersistentBackend(ABC):
         status: WorkflowStatus,
         output: Any = None,
         error: ErrorInfo | None = None,
+        rerun: Sequence[int] = (),
     ) -> WorkflowInfo:
         """Record the workflow's final status with its output or error and remove its
         workflow task, fenced by ``worker_id``'s claim on it, in one transaction. Returns the
         stored header (version + 1).
+
+        The failed steps at the positions in ``rerun`` (failures that ended the attempt, which
+        nothing recorded depends on) are kept, visible in :meth:`list_steps`, and marked
+        :attr:`~durable.models.StepRecord.rerun`: :meth:`requeue_workflow` deletes them so
+        that a redrive runs them again. Other positions listed are left alone.
 
         :raises ClaimLostError: the claim is not held.
         :raises InvalidArgumentError: ``status`` is not terminal.
@@ -282,23 +292,29 @@ class PersistentBackend(ABC):
         run_after: timedelta,
         error: ErrorInfo | None = None,
         consume_attempt: bool = True,
+        rerun: Sequence[int] = (),
     ) -> WorkflowInfo:
         """Put a running workflow back to pending, to run again ``run_after`` from now, recording
         ``error``, and release the claim, in one transaction fenced like :meth:`finish_workflow`.
 
-        For a retry after a failed attempt, the *trailing* failed steps (failed steps after the
-        last step that did not fail) are deleted so that the next attempt runs them again; every
-        other step is kept. With ``consume_attempt=False`` (a graceful shutdown interrupted the
-        attempt) ``attempts`` goes back down by one and no step is deleted.
+        For a retry after a failed attempt, the failed steps the next attempt must run again are
+        deleted: those at the positions in ``rerun`` (failures that ended the attempt, which
+        nothing recorded depends on, whatever their position), and the *trailing* ones (failed
+        steps after the last step that did not fail). Every other step is kept: succeeded and
+        pending ones, and failures the workflow handled, which the next attempt replays. With
+        ``consume_attempt=False`` (the attempt was handed back: a graceful shutdown, a database
+        outage) ``attempts`` goes back down by one and no step is deleted.
 
         :raises ClaimLostError: the claim is not held.
         """
 
     @abstractmethod
     async def requeue_workflow(self, instance_id: str) -> WorkflowInfo:
-        """Run a failed, dead-lettered or cancelled workflow again: status pending, error and
-        attempts cleared, trailing failed steps deleted (as for a retry), its workflow task
-        created, in one transaction. Completed steps are kept and will not run again.
+        """Run a failed, dead-lettered or cancelled workflow again (a *redrive*): status
+        pending, error, ``attempts`` and ``interruptions`` cleared, its workflow task created,
+        in one transaction. The failed steps marked :attr:`~durable.models.StepRecord.rerun`
+        (see :meth:`finish_workflow`) and the trailing failed steps are deleted, so they run
+        again; every other step is kept, and completed steps will not run again.
 
         :raises WorkflowNotFoundError: no such workflow.
         :raises InvalidArgumentError: the workflow is not failed, dead-lettered or cancelled.
@@ -316,7 +332,9 @@ class PersistentBackend(ABC):
         """Hand steps to other workers and let the workflow wait without holding a claim, in
         one transaction fenced by ``worker_id``'s claim on the workflow task: record ``steps``
         as pending (with their inputs; final rows are left alone), create ``tasks`` (existing
-        ones are kept), set the workflow pending and release its task until it is woken.
+        ones are kept), set the workflow pending and release its task until it is woken. The
+        attempt goes on when it is woken, so ``attempts`` goes back down by one (the next
+        :meth:`begin_execution` counts it again).
 
         The workflow task is woken (due at once) by :meth:`complete_step_task` when the last of
         the workflow's step tasks completes, or here if none remains.

@@ -342,11 +342,14 @@ class InMemoryBackend(PersistentBackend):
             current = self._get(instance_id)
             now = self.clock()
             self._held(instance_id, task_id, worker_id, now)
+            # still running: the attempt's executor died or lost its lease; this resumes it
+            interrupted = current.status is WorkflowStatus.RUNNING
             self._workflows[instance_id] = dataclasses.replace(
                 current,
                 status=WorkflowStatus.RUNNING,
                 executor_id=worker_id,
-                attempts=current.attempts + 1,
+                attempts=current.attempts + (0 if interrupted else 1),
+                interruptions=current.interruptions + (1 if interrupted else 0),
                 started_at=current.started_at or now,
                 updated_at=now,
                 version=current.version + 1,
@@ -390,6 +393,7 @@ class InMemoryBackend(PersistentBackend):
         status: WorkflowStatus,
         output: Any = None,
         error: ErrorInfo | None = None,
+        rerun: Sequence[int] = (),
     ) -> WorkflowInfo:
         if not WorkflowStatus(status).is_terminal:
             raise InvalidArgumentError(f"finish_workflow needs a final status, got {status!r}")
@@ -398,6 +402,11 @@ class InMemoryBackend(PersistentBackend):
             now = self.clock()
             self._held(instance_id, WORKFLOW_TASK, worker_id, now)
             current = self._get(instance_id)
+            steps = self._steps.get(instance_id, {})
+            for position in rerun:
+                row = steps.get(position)
+                if row is not None and row.status is StepStatus.FAILED:
+                    steps[position] = dataclasses.replace(row, rerun=True)
             stored = dataclasses.replace(
                 current,
                 status=WorkflowStatus(status),
@@ -419,6 +428,7 @@ class InMemoryBackend(PersistentBackend):
         run_after: timedelta,
         error: ErrorInfo | None = None,
         consume_attempt: bool = True,
+        rerun: Sequence[int] = (),
     ) -> WorkflowInfo:
         with self._lock:
             now = self.clock()
@@ -434,19 +444,25 @@ class InMemoryBackend(PersistentBackend):
             )
             self._workflows[instance_id] = stored
             if consume_attempt:
-                self._drop_trailing_failures(instance_id)
+                self._drop_failures(instance_id, rerun)
             task.claimed_by = None
             task.claim_expires_at = None
             task.run_after = now + max(run_after, timedelta(0))
         self.notify_work()
         return self._load_info(stored, lenient=True)
 
-    def _drop_trailing_failures(self, instance_id: str) -> None:
+    def _drop_failures(self, instance_id: str, rerun: Sequence[int] = ()) -> None:
+        """Delete the failed steps the next attempt runs again: those at ``rerun`` or marked
+        rerun, and those after the last step that did not fail."""
         steps = self._steps.get(instance_id, {})
         kept = [p for p, s in steps.items() if s.status is not StepStatus.FAILED]
         last_kept = max(kept, default=-1)
-        for position in [p for p in steps if p > last_kept]:
-            del steps[position]
+        again = set(rerun)
+        for position, row in list(steps.items()):
+            if row.status is StepStatus.FAILED and (
+                position > last_kept or position in again or row.rerun
+            ):
+                del steps[position]
 
     async def requeue_workflow(self, instance_id: str) -> WorkflowInfo:
         with self._lock:
@@ -463,12 +479,13 @@ class InMemoryBackend(PersistentBackend):
                 error=None,
                 output=None,
                 attempts=0,
+                interruptions=0,
                 completed_at=None,
                 updated_at=now,
                 version=current.version + 1,
             )
             self._workflows[instance_id] = stored
-            self._drop_trailing_failures(instance_id)
+            self._drop_failures(instance_id)
             spec = TaskSpec(
                 instance_id=instance_id,
                 name=current.name,
@@ -504,6 +521,8 @@ class InMemoryBackend(PersistentBackend):
             self._workflows[instance_id] = dataclasses.replace(
                 current,
                 status=WorkflowStatus.PENDING,
+                # the attempt goes on when it is woken: that begin does not count again
+                attempts=max(current.attempts - 1, 0),
                 updated_at=now,
                 version=current.version + 1,
             )

@@ -902,7 +902,7 @@ class BackendContractTests:
         after = now()
         assert snap.status is WorkflowStatus.RUNNING
         assert snap.executor_id == "w1"
-        assert snap.attempts == 1 and snap.version == 2
+        assert (snap.attempts, snap.interruptions, snap.version) == (1, 0, 2)
         assert_between(snap.started_at, before, after)
         assert snap.input == {"x": 1} and snap.steps == (step(0),)
         assert snap.created_at == original.created_at
@@ -913,15 +913,18 @@ class BackendContractTests:
         assert lost.value.holder == "w1" and lost.value.worker_id == "w2"
         assert await backend.load_snapshot("wf") == snap
 
+        # begun while still running: the attempt was interrupted (its executor died, here the
+        # same one restarted); it is resumed, counted in interruptions, not in attempts
         again = await backend.begin_execution("wf", "w1")
-        assert again.attempts == 2 and again.version == 3
+        assert (again.attempts, again.interruptions, again.version) == (1, 1, 3)
         assert again.started_at == snap.started_at
 
         # begin under the claim of another task of the workflow
         assert await backend.add_task(TaskSpec(instance_id="wf", task_id="resume", name="wf"))
         assert await backend.claim_task("wf", "resume", "w3", LONG) is not None
         third = await backend.begin_execution("wf", "w3", task_id="resume")
-        assert third.executor_id == "w3" and third.attempts == 3
+        assert third.executor_id == "w3"
+        assert (third.attempts, third.interruptions) == (1, 2)
 
     async def test_record_step_appends_and_overwrites_pending(
         self, backend: PersistentBackend
@@ -1370,7 +1373,9 @@ class BackendContractTests:
         assert await backend.claim_task("expiring", W, "w1", LONG) is None
         assert await backend.load_snapshot("expiring") == stored
         resumed = await backend.begin_execution("expiring", "w2")
-        assert resumed.executor_id == "w2" and resumed.attempts == 2
+        assert resumed.executor_id == "w2"
+        # w1's attempt was interrupted: w2 resumes it, which is not another attempt
+        assert (resumed.attempts, resumed.interruptions) == (1, 1)
         await backend.record_step("expiring", step(0), worker_id="w2")
 
         claims = await backend.claim_available_tasks("w3", 10, LONG)
@@ -1526,16 +1531,26 @@ class BackendContractTests:
         # failed steps after the last one that did not fail are run again; the others are kept
         assert [s.position for s in await backend.list_steps("wf")] == [0, 1, 2]
 
+        # the failed steps listed in rerun are run again too, wherever they are; steps that
+        # did not fail are kept even if listed
         assert await backend.claim_task("wf", W, "w1", LONG) is not None
         assert (await backend.begin_execution("wf", "w1")).attempts == 2
+        await backend.record_step("wf", step(3), worker_id="w1")
+        await backend.reschedule_workflow(
+            "wf", worker_id="w1", run_after=timedelta(0), error=failure, rerun=[0, 1, 2, 9]
+        )
+        assert [s.position for s in await backend.list_steps("wf")] == [0, 2, 3]
+
+        assert await backend.claim_task("wf", W, "w1", LONG) is not None
+        assert (await backend.begin_execution("wf", "w1")).attempts == 3
         await backend.record_step(
-            "wf", step(3, status=StepStatus.FAILED, error=failure), worker_id="w1"
+            "wf", step(1, status=StepStatus.FAILED, error=failure), worker_id="w1"
         )
-        # an attempt interrupted by a shutdown does not count, and keeps every step
+        # an attempt handed back (a shutdown, an outage) does not count, and keeps every step
         info = await backend.reschedule_workflow(
-            "wf", worker_id="w1", run_after=timedelta(0), consume_attempt=False
+            "wf", worker_id="w1", run_after=timedelta(0), consume_attempt=False, rerun=[1]
         )
-        assert info.attempts == 1 and info.status is WorkflowStatus.PENDING
+        assert info.attempts == 2 and info.status is WorkflowStatus.PENDING
         assert [s.position for s in await backend.list_steps("wf")] == [0, 1, 2, 3]
         assert keys_of(await backend.find_available_tasks("w2", 10)) == [("wf", W)]
 
@@ -1592,6 +1607,83 @@ class BackendContractTests:
         with pytest.raises(WorkflowNotFoundError):
             await backend.requeue_workflow("ghost")
 
+    async def test_a_final_failure_marks_the_steps_a_redrive_runs_again(
+        self, backend: PersistentBackend
+    ) -> None:
+        failure = ErrorInfo(type="m.Failure", message="failed")
+        await running(backend, "wf", "w1")
+        for recorded in (
+            step(0, status=StepStatus.FAILED, error=failure),  # ended the attempt
+            step(1),  # started beside it, recorded
+            step(2, status=StepStatus.FAILED, error=failure),  # handled by the workflow
+            step(3),  # the workflow went on
+            step(4, status=StepStatus.PENDING, child_workflow_id="c"),
+            step(5, status=StepStatus.FAILED, error=failure),  # ended the attempt too
+            step(6),
+        ):
+            await backend.record_step("wf", recorded, worker_id="w1")
+        info = await backend.finish_workflow(
+            "wf",
+            worker_id="w1",
+            status=WorkflowStatus.DEAD_LETTER,
+            error=failure,
+            rerun=[0, 1, 4, 5, 8],
+        )
+        assert info.status is WorkflowStatus.DEAD_LETTER and info.error == failure
+        # the steps stay visible; only the failed ones listed are marked
+        steps = await backend.list_steps("wf")
+        assert [(s.position, s.rerun) for s in steps] == [
+            (0, True),
+            (1, False),
+            (2, False),
+            (3, False),
+            (4, False),
+            (5, True),
+            (6, False),
+        ]
+        assert steps[0] == step(0, status=StepStatus.FAILED, error=failure, rerun=True)
+        # a redrive deletes the marked ones, which run again; the handled failure is kept
+        await backend.requeue_workflow("wf")
+        assert [s.position for s in await backend.list_steps("wf")] == [1, 2, 3, 4, 6]
+        assert await backend.claim_task("wf", W, "w2", LONG) is not None
+        again = await backend.begin_execution("wf", "w2")
+        assert [s.position for s in again.steps] == [1, 2, 3, 4, 6]
+        assert not any(s.rerun for s in again.steps)
+        await backend.record_step("wf", step(0), worker_id="w2")
+        await backend.record_step("wf", step(5), worker_id="w2")
+        # a success marks nothing
+        await backend.finish_workflow(
+            "wf", worker_id="w2", status=WorkflowStatus.SUCCEEDED, output=1
+        )
+        assert not any(s.rerun for s in await backend.list_steps("wf"))
+
+    async def test_interruptions_are_counted_apart_and_cleared_by_a_redrive(
+        self, backend: PersistentBackend
+    ) -> None:
+        await running(backend, "wf", "w1", max_attempts=3)
+        for n, worker in enumerate(("w2", "w3"), start=1):
+            # the holder dies (its claim expires); another worker takes the attempt over
+            await backend.release_task_claim("wf", W, ["w1", "w2"][n - 1])
+            assert await backend.claim_task("wf", W, worker, LONG) is not None
+            resumed = await backend.begin_execution("wf", worker)
+            assert (resumed.attempts, resumed.interruptions) == (1, n)
+        # a failed attempt counts in attempts, not in interruptions
+        await backend.reschedule_workflow("wf", worker_id="w3", run_after=timedelta(0))
+        assert await backend.claim_task("wf", W, "w1", LONG) is not None
+        retried = await backend.begin_execution("wf", "w1")
+        assert (retried.attempts, retried.interruptions) == (2, 2)
+        # an attempt handed back and resumed is not counted at all
+        await backend.reschedule_workflow(
+            "wf", worker_id="w1", run_after=timedelta(0), consume_attempt=False
+        )
+        assert await backend.claim_task("wf", W, "w1", LONG) is not None
+        resumed = await backend.begin_execution("wf", "w1")
+        assert (resumed.attempts, resumed.interruptions) == (2, 2)
+        await backend.finish_workflow("wf", worker_id="w1", status=WorkflowStatus.DEAD_LETTER)
+        info = await backend.requeue_workflow("wf")
+        assert (info.attempts, info.interruptions) == (0, 0)
+        assert await backend.get_workflow("wf") == info
+
     async def test_suspend_and_complete_step_tasks(self, backend: PersistentBackend) -> None:
         started = await running(backend, "wf", "w1")
         await backend.record_step("wf", step(0, output="zero"), worker_id="w1")
@@ -1647,6 +1739,8 @@ class BackendContractTests:
         assert claim is not None
         resumed = await backend.begin_execution("wf", "w4")
         assert resumed.steps == (step(0, output="zero"), done_1, done_2)
+        # the suspended attempt goes on: neither another attempt nor an interruption
+        assert (resumed.attempts, resumed.interruptions) == (started.attempts, 0)
 
         # suspending with no step task left: due at once
         await running(backend, "solo", "w1")

@@ -317,13 +317,16 @@ class SQLAlchemyBackend(PersistentBackend):
             set_={c: base.excluded[c] for c in _STEP_COLUMNS if c not in ("workflow_id",)},
             where=steps.c.status == StepStatus.PENDING.value,
         ).execution_options(preserve_rowcount=True)
+        interrupted = workflows.c.status == WorkflowStatus.RUNNING.value
         self._begin = (
             sa.update(workflows)
             .where(workflows.c.id == p_iid, self._held)
             .values(
                 status=WorkflowStatus.RUNNING.value,
                 executor_id=p_wid,
-                attempts=workflows.c.attempts + 1,
+                # still running: the attempt's executor died or lost its lease; this resumes it
+                attempts=workflows.c.attempts + sa.case((interrupted, 0), else_=1),
+                interruptions=workflows.c.interruptions + sa.case((interrupted, 1), else_=0),
                 started_at=sa.func.coalesce(workflows.c.started_at, sa.bindparam("p_ts")),
                 updated_at=sa.bindparam("p_ts"),
                 version=workflows.c.version + 1,
@@ -458,15 +461,30 @@ class SQLAlchemyBackend(PersistentBackend):
             .where(self._task_key, tasks.c.claimed_by == p_wid, tasks.c.claim_expires_at > now)
             .values(claimed_by=None, claim_expires_at=None, run_after=d.later("delay"))
         )
+        # the failed steps the next attempt runs again: those listed (p_rerun) or marked rerun,
+        # and those after the last step that did not fail
         last_unfailed = (
             sa.select(sa.func.coalesce(sa.func.max(steps.c.position), -1))
             .where(steps.c.workflow_id == p_iid, steps.c.status != StepStatus.FAILED.value)
             .scalar_subquery()
         )
-        self._drop_trailing_failures = sa.delete(steps).where(
+        self._drop_failures = sa.delete(steps).where(
             steps.c.workflow_id == p_iid,
             steps.c.status == StepStatus.FAILED.value,
-            steps.c.position > last_unfailed,
+            sa.or_(
+                steps.c.position > last_unfailed,
+                steps.c.rerun,
+                steps.c.position.in_(sa.bindparam("p_rerun", expanding=True)),
+            ),
+        )
+        self._mark_rerun = (
+            sa.update(steps)
+            .where(
+                steps.c.workflow_id == p_iid,
+                steps.c.status == StepStatus.FAILED.value,
+                steps.c.position.in_(sa.bindparam("p_rerun", expanding=True)),
+            )
+            .values(rerun=True)
         )
         self._available_order = [tasks.c.priority, tasks.c.run_after, tasks.c.id]
         self._claim_values = claim_values
@@ -639,6 +657,7 @@ class SQLAlchemyBackend(PersistentBackend):
             "idempotency_key": m["idempotency_key"],
             "attempts": m["attempts"],
             "max_attempts": m["max_attempts"],
+            "interruptions": m["interruptions"],
             "version": m["version"],
             "created_at": m["created_at"],
             "updated_at": m["updated_at"],
@@ -683,6 +702,7 @@ class SQLAlchemyBackend(PersistentBackend):
             executor_id=m["executor_id"],
             started_at=m["started_at"],
             completed_at=m["completed_at"],
+            rerun=bool(m["rerun"]),
         )
 
     def _workflow_row(self, info: WorkflowInfo, now: datetime, version: int) -> dict[str, Any]:
@@ -700,6 +720,7 @@ class SQLAlchemyBackend(PersistentBackend):
             "idempotency_key": info.idempotency_key,
             "attempts": info.attempts,
             "max_attempts": info.max_attempts,
+            "interruptions": info.interruptions,
             "version": version,
             "created_at": info.created_at or now,
             "updated_at": now,
@@ -726,6 +747,7 @@ class SQLAlchemyBackend(PersistentBackend):
             "executor_id": step.executor_id,
             "started_at": step.started_at,
             "completed_at": completed,
+            "rerun": step.rerun,
         }
 
     def _task_row(self, spec: TaskSpec, now: datetime) -> dict[str, Any]:
@@ -1068,6 +1090,7 @@ class SQLAlchemyBackend(PersistentBackend):
         status: WorkflowStatus,
         output: Any = None,
         error: ErrorInfo | None = None,
+        rerun: Sequence[int] = (),
     ) -> WorkflowInfo:
         if not WorkflowStatus(status).is_terminal:
             raise InvalidArgumentError(f"finish_workflow needs a final status, got {status!r}")
@@ -1087,8 +1110,10 @@ class SQLAlchemyBackend(PersistentBackend):
         def refusal(conn: sa.Connection) -> DurableError:
             return self._refusal(conn, clock, instance_id, WORKFLOW_TASK, worker_id)
 
-        done = await self._run_direct(self._finish_direct, params, what=what)
-        if done is not None:  # one statement, one round trip
+        # one statement, one round trip (marking failed steps to run again takes a transaction)
+        direct = self._finish_direct if not rerun else None
+        done = await self._run_direct(direct, params, what=what)
+        if done is not None:
             if not done.rows:
                 raise await self._run(refusal, what=what)
             return WorkflowInfo(**self._info_fields(done.rows[0], lenient=True))
@@ -1096,6 +1121,8 @@ class SQLAlchemyBackend(PersistentBackend):
         def fn(conn: sa.Connection) -> WorkflowInfo:
             if conn.execute(self._take_workflow_task, params).rowcount == 0:
                 raise refusal(conn)
+            if rerun:
+                conn.execute(self._mark_rerun, {"p_iid": instance_id, "p_rerun": list(rerun)})
             return self._info(conn.execute(self._finish, params).one(), lenient=True)
 
         return await self._run(fn, what=what)
@@ -1108,10 +1135,17 @@ class SQLAlchemyBackend(PersistentBackend):
         run_after: timedelta,
         error: ErrorInfo | None = None,
         consume_attempt: bool = True,
+        rerun: Sequence[int] = (),
     ) -> WorkflowInfo:
         delay = max(run_after.total_seconds(), 0.0)
         clock = self.dialect.clock_params(delay=delay)
-        params = {"p_iid": instance_id, "p_tid": WORKFLOW_TASK, "p_wid": worker_id, **clock}
+        params = {
+            "p_iid": instance_id,
+            "p_tid": WORKFLOW_TASK,
+            "p_wid": worker_id,
+            "p_rerun": list(rerun),
+            **clock,
+        }
         values: dict[str, Any] = {
             "status": WorkflowStatus.PENDING.value,
             "error": error.to_json() if error else None,
@@ -1127,7 +1161,7 @@ class SQLAlchemyBackend(PersistentBackend):
             if conn.execute(self._reschedule_task, params).rowcount == 0:
                 raise self._refusal(conn, clock, instance_id, WORKFLOW_TASK, worker_id)
             if consume_attempt:
-                conn.execute(self._drop_trailing_failures, params)
+                conn.execute(self._drop_failures, params)
             row = conn.execute(
                 sa.update(workflows)
                 .where(workflows.c.id == instance_id)
@@ -1153,6 +1187,7 @@ class SQLAlchemyBackend(PersistentBackend):
                     error=None,
                     output=None,
                     attempts=0,
+                    interruptions=0,
                     completed_at=None,
                     updated_at=now,
                     version=workflows.c.version + 1,
@@ -1167,7 +1202,7 @@ class SQLAlchemyBackend(PersistentBackend):
                     f"workflow {instance_id!r} is {current.status}: only failed, "
                     "dead-lettered or cancelled workflows can be run again"
                 )
-            conn.execute(self._drop_trailing_failures, {"p_iid": instance_id})
+            conn.execute(self._drop_failures, {"p_iid": instance_id, "p_rerun": []})
             conn.execute(
                 sa.delete(tasks).where(
                     tasks.c.instance_id == instance_id, tasks.c.task_id == WORKFLOW_TASK
@@ -1211,6 +1246,8 @@ class SQLAlchemyBackend(PersistentBackend):
                 .where(workflows.c.id == instance_id)
                 .values(
                     status=WorkflowStatus.PENDING.value,
+                    # the attempt goes on when it is woken: that begin does not count again
+                    attempts=sa.case((workflows.c.attempts > 0, workflows.c.attempts - 1), else_=0),
                     updated_at=now,
                     version=workflows.c.version + 1,
                 )

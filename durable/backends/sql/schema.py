@@ -71,6 +71,8 @@ workflows = sa.Table(
     sa.Column("idempotency_key", _ID, unique=True),
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("max_attempts", sa.Integer),
+    # attempts interrupted before they ended (executor died, lease lost); see WorkflowInfo
+    sa.Column("interruptions", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
@@ -102,6 +104,8 @@ steps = sa.Table(
     sa.Column("executor_id", _ID),
     sa.Column("started_at", UTCDateTime),
     sa.Column("completed_at", UTCDateTime),
+    # a failed step that a redrive runs again (see StepRecord.rerun)
+    sa.Column("rerun", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 tasks = sa.Table(
