@@ -57,11 +57,32 @@ OUTAGE_SYNC = "workerprog.outage.sync.v1"
 WAIT = 120.0  # an upper bound for anything the tests wait for, never reached when green
 
 REG = durable.Registry()
+GATE: dict[str, asyncio.Event] = {}  # the test's events, for the step "to.held"
+RUNS: Counter[str] = Counter()
 
 
 @durable.workflow(name="to.echo.v1", registry=REG)
 async def echo(x: int) -> int:
     return x
+
+
+@durable.step(name="to.held")
+async def held(x: int) -> int:
+    RUNS["held"] += 1
+    GATE["entered"].set()
+    await GATE["release"].wait()
+    return x * 10
+
+
+@durable.step(name="to.after")
+async def after(x: int) -> int:
+    RUNS["after"] += 1
+    return x + 1
+
+
+@durable.workflow(name="to.held.v1", registry=REG)
+async def holding(x: int) -> int:
+    return await after(await held(x))
 
 
 # -- a proxy that plays the outage -------------------------------------------------------------
@@ -269,6 +290,40 @@ async def test_driver_errors_are_classified(error: Exception, unavailable: bool)
 
 
 # -- unit level: the worker's loop ---------------------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_a_step_in_flight_when_the_database_goes_away_does_not_leave_the_worker_stuck(
+    pg_url: str, proxy: Proxy
+) -> None:
+    GATE.update(entered=asyncio.Event(), release=asyncio.Event())
+    RUNS.clear()
+    async with durable.Runtime(
+        durable.connect(proxy.url(pg_url)), registry=REG, recover=False, claim_ttl=1.0
+    ) as rt:
+        worker = await rt.start_worker(concurrency=2, poll_interval=0.05)
+        claims = Flaky(rt.backend, RuntimeError("unused"), times=0)  # counts the claims
+        async with durable.Runtime(
+            durable.connect(pg_url), registry=durable.Registry(), recover=False
+        ) as producer:
+            wid = await producer.enqueue("to.held.v1", 4, served_elsewhere=True)
+            await asyncio.wait_for(GATE["entered"].wait(), WAIT)
+            proxy.cut()  # the step is running: its record, and all else, will fail
+            GATE["release"].set()
+            # the execution ends here (its outcome cannot be recorded); the worker goes on
+            await until(lambda: _now(worker.running), lambda running: running == 0)
+            tried = claims.calls  # and claiming, refused, fails a few times
+            await until(lambda: _now(claims.calls), lambda calls: calls >= tried + 3)
+            proxy.restore()
+            # its lease expires and it resumes; the step that ran is not recorded: it runs again
+            assert await producer.result(wid, timeout=WAIT) == 41
+        assert worker.failure is None
+        await worker.stop()
+    assert RUNS == {"held": 2, "after": 1}
+
+
+async def _now(value: T) -> T:
+    return value
 
 
 class Flaky:
@@ -494,9 +549,10 @@ def _pg_version() -> str | None:
 
 @pytest.fixture(scope="session")
 def outage_cluster() -> Iterator[Cluster]:
-    """The cluster ``durable_outage`` on port 5499 (DURABLE_OUTAGE_PG_PORT), created and started
-    if needed, then reused; held under a file lock, so that concurrent test sessions take turns
-    restarting it. Skipped without pg_createcluster or root (a failure under CI)."""
+    """The cluster ``durable_outage`` on port 5499 (DURABLE_OUTAGE_PG_PORT), created if needed
+    (then reused) and started for the session, stopped after it; held under a file lock, so that
+    concurrent test sessions take turns with it. Skipped without pg_createcluster or root (a
+    failure under CI)."""
     version = _pg_version()
     missing = (
         "pg_createcluster is not installed"
@@ -517,7 +573,11 @@ def outage_cluster() -> Iterator[Cluster]:
     with open("/tmp/durable-outage-cluster.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         cluster.ensure()
-        yield cluster
+        try:
+            yield cluster
+        finally:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                cluster.ctl("stop")
 
 
 @pytest.fixture
@@ -645,7 +705,7 @@ async def enqueue_all(url: str, count: int, pause: float) -> list[str]:
 def test_workers_ride_out_server_restarts_and_an_outage(
     outage_cluster: Cluster, outage_url: str, tmp_path: Path
 ) -> None:
-    total, pause = 2000, 0.02
+    total, pause = 2000, 0.04  # at most 12 at a time: the drain outlasts both outages
     # enqueued not to be due before the workers are up and idle (so they listen)
     ids = asyncio.run(enqueue_all(outage_url, total, pause))
     assert len(set(ids)) == total
