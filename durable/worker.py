@@ -130,10 +130,13 @@ class Worker:
                 self._loop(), name=f"durable-worker:{self.runtime.executor_id}"
             )
             self._loop_task.add_done_callback(self._loop_ended)
+            steps = self.runtime.registry.step_names()
+            workflows = [n for n in self.names if n not in steps]
             log.info(
-                "worker %s started: serving %s from %s, %d at a time",
+                "worker %s started: serving %s%s from %s, %d at a time",
                 self.runtime.executor_id,
-                ", ".join(self.names) or "nothing (every name is disabled)",
+                ", ".join(workflows) or "no workflow for now (every name is disabled)",
+                f" (and {len(steps)} step(s) that durable.map hands out)" if steps else "",
                 ", ".join(self.queues) if self.queues is not None else "every queue",
                 self.concurrency,
                 extra={"action": "worker.started"},
