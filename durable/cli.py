@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 url_argument = click.argument("url", metavar="URL")
+LOG_FORMAT = "%(asctime)s %(levelname)-5s [%(name)s] %(message)s"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,10 +51,7 @@ def main(verbose: int) -> None:
     success, 1 when the command fails (or a check does not pass), 2 on a usage error.
     """
     if verbose:
-        logging.basicConfig(
-            level=logging.DEBUG if verbose > 1 else logging.INFO,
-            format="%(levelname)-5s [%(name)s] %(message)s",
-        )
+        logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO, format=LOG_FORMAT)
 
 
 @contextmanager
@@ -284,7 +282,15 @@ def worker(
     RUNTIME is a durable.Runtime in MODULE (or a function returning one). On SIGTERM or SIGINT
     the worker stops claiming, lets running executions finish for --grace seconds, and hands the
     rest back so that other workers resume them at once.
+
+    It logs to stderr what it serves when it starts, failed attempts and executions, and dead
+    letters (-v: everything it does). Exit status 1 when it cannot start (no workflow
+    registered, database unreachable) or when it stopped claiming on an unexpected error; it
+    keeps going through database outages.
     """
+    if not logging.getLogger().handlers:  # no -v: durable's INFO and up, others' warnings
+        logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+        logging.getLogger("durable").setLevel(logging.INFO)
     runtime = load_runtime(target)
     with reported_errors():
         done = asyncio.run(

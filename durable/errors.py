@@ -4,6 +4,7 @@ The tree::
 
     DurableError
     ├── ConfigurationError            bad URL, unknown scheme, bad option value
+    │   └── NothingToServeError       a worker was started with no workflow to serve
     ├── InvalidArgumentError          a bad argument (also a ValueError)
     ├── BackendError                  the storage failed (driver error kept in __cause__)
     │   ├── BackendUnavailableError   the database cannot be reached
@@ -22,6 +23,7 @@ The tree::
     ├── ClaimLostError                the caller does not hold the claim it acts under
     ├── NonDeterminismError           a replay diverged from the recorded history
     ├── NonRetryableError             raise it (or a subclass) from a step: no retry
+    ├── WorkerCrashedError            a worker's loop died: it claims nothing any more
     ├── WorkflowError                 the outcome of a workflow, as seen by a caller
     │   ├── WorkflowFailedError       it failed; the recorded error is attached
     │   ├── WorkflowCancelledError    it was cancelled
@@ -69,6 +71,11 @@ def _rebuild(cls: type[DurableError], args: tuple[Any, ...], state: dict[str, An
 
 class ConfigurationError(DurableError):
     """The configuration is invalid."""
+
+
+class NothingToServeError(ConfigurationError):
+    """A worker was started with no workflow to serve: register workflows in its registry
+    (import the modules that define them) or name them."""
 
 
 class InvalidArgumentError(DurableError, ValueError):
@@ -235,6 +242,10 @@ class NonDeterminismError(DurableError):
 
 class NonRetryableError(DurableError):
     """The operation failed in a way that retrying cannot fix."""
+
+
+class WorkerCrashedError(DurableError):
+    """A worker stopped claiming work: its loop ended on an unexpected error."""
 
 
 class WorkflowError(DurableError):

@@ -48,6 +48,7 @@ from durable.errors import (
     ExecutorIdInUseError,
     InvalidArgumentError,
     NonRetryableError,
+    NothingToServeError,
     SerializationError,
     StepError,
     TaskNotFoundError,
@@ -208,6 +209,7 @@ class Runtime:
         self._locks = KeyedLock()
         self._workers: list[Worker] = []
         self._background: set[asyncio.Task[Any]] = set()
+        self._node_heartbeats_task: asyncio.Task[Any] | None = None
         self._portal: Portal | None = None
         self._sync_lock = threading.Lock()  # guards _portal and _sync_users
         self._sync_users = 0
@@ -251,7 +253,9 @@ class Runtime:
                 for name, _enabled, description in self.registry.describe()
             ]
         )
-        self.spawn(self._node_heartbeats(), name="durable-node-heartbeat")
+        self._node_heartbeats_task = self.spawn(
+            self._node_heartbeats(), name="durable-node-heartbeat"
+        )
         if self.recover_on_start:
             self.spawn(self.recover(), name="durable-recover")
 
@@ -905,7 +909,7 @@ class Runtime:
             await asyncio.sleep(self.heartbeat_interval)
             try:
                 await self._node_heartbeat()
-            except DurableError as exc:
+            except Exception as exc:  # the database may come back: keep trying
                 log.warning("node heartbeat failed: %s", exc, extra={"action": "node.heartbeat"})
 
     async def _heartbeat(
@@ -940,7 +944,7 @@ class Runtime:
                     extra={"action": "heartbeat.lost", "workflow_id": instance_id},
                 )
                 return
-            except DurableError as exc:  # the database may come back: keep trying
+            except Exception as exc:  # the database may come back: keep trying
                 log.warning(
                     "heartbeat for workflow %s failed: %s",
                     instance_id,
@@ -1207,18 +1211,37 @@ class Runtime:
         registered here (or ``names``) from ``queues`` (default: all), wakes when work is
         enqueued (LISTEN/NOTIFY on PostgreSQL; in-process elsewhere) and polls every
         ``poll_interval`` seconds as a backstop. It stops with :meth:`Worker.stop` or when the
-        runtime closes.
+        runtime closes. It logs its start at INFO, with what it serves.
 
         :raises InvalidArgumentError: ``concurrency`` is not a positive int, ``poll_interval``
             not a finite positive number, or ``queues`` / ``names`` not lists of valid names.
+        :raises NothingToServeError: no workflow to serve: none is registered here, or
+            ``names`` is empty.
         """
         self._require_started()
-        worker = Worker(
+        worker = Worker(  # checks the arguments
             self, concurrency=concurrency, queues=queues, names=names, poll_interval=poll_interval
         )
+        if not (self.registry.names() if names is None else list(names)):
+            raise NothingToServeError(
+                f"executor {self.executor_id!r} cannot start a worker: "
+                + (
+                    "no workflow is registered in its registry (import the modules that define "
+                    "the workflows before starting it, or pass the registry they are in)"
+                    if names is None
+                    else "names is empty (give the workflow names to serve, or None for all)"
+                )
+            )
         self._workers.append(worker)
         await worker.start()
         return worker
+
+    def _worker_died(self, worker: Worker) -> None:
+        """A worker's loop died: stop the node heartbeat, so that this process no longer looks
+        alive to :meth:`list_executors` (it turns stale) while it claims nothing."""
+        task, self._node_heartbeats_task = self._node_heartbeats_task, None
+        if task is not None:
+            task.cancel()
 
     async def execute_step_task(self, claim: TaskClaim) -> None:
         """Run a step a workflow handed out (see :func:`durable.map`) under ``claim``, and

@@ -9,6 +9,19 @@ over by any worker once their leases expire, and resume from their history.
 Stopping is graceful: the worker stops claiming, lets running executions finish within a grace
 period, and hands back the rest at once (their leases released, the interrupted attempt not
 counted) so that other workers resume them without waiting for expiry.
+
+The loop outlives the database: when claiming fails (the server restarts, refuses connections,
+has too many clients) or anything else goes wrong in it, the worker logs it, backs off (0.1 s,
+doubling, at most :data:`MAX_BACKOFF`) and tries again, so it claims again within about a second
+of the database being back. Should the loop die all the same, the worker does not pass for
+healthy: its runtime stops the node heartbeat (the executor turns stale in
+:meth:`Runtime.list_executors <durable.Runtime.list_executors>`), :attr:`Worker.failure` says
+why, and :func:`serve` (``durable worker``) raises :class:`~durable.errors.WorkerCrashedError`.
+
+What it logs (logger ``durable.worker``): its start, with what it serves, at INFO; an attempt
+that failed and will be retried, an execution that failed for good, a lost lease or an execution
+interrupted by the database, at WARNING; a dead-lettered execution at ERROR; a dead loop at
+CRITICAL.
 """
 
 from __future__ import annotations
@@ -20,8 +33,16 @@ import signal
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from durable.errors import DurableError
-from durable.models import WORKFLOW_TASK, TaskClaim
+from durable.context import WorkflowSuspended
+from durable.errors import (
+    BackendError,
+    ClaimLostError,
+    DurableError,
+    WorkerCrashedError,
+    WorkflowCancelledError,
+    WorkflowDeadLetteredError,
+)
+from durable.models import WORKFLOW_TASK, TaskClaim, WorkflowStatus
 from durable.validation import (
     check_names,
     check_non_negative_float,
@@ -33,6 +54,10 @@ if TYPE_CHECKING:
     from durable.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+#: The longest pause, in seconds, between two attempts to claim while they fail: a worker claims
+#: again at most about this long after the database is back.
+MAX_BACKOFF = 1.0
 
 
 class Worker:
@@ -64,8 +89,12 @@ class Worker:
         self._running: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._failures = 0  # claim rounds that failed in a row
         self.completed = 0
         """How many executions this worker ran to an end (any outcome)."""
+        self.failure: BaseException | None = None
+        """Why the worker's loop died, if it did (None while it runs and after a clean stop). A
+        dead worker claims nothing; its runtime stops sending the node heartbeat."""
 
     def __repr__(self) -> str:
         return (
@@ -92,39 +121,113 @@ class Worker:
             self._loop_task = asyncio.get_running_loop().create_task(
                 self._loop(), name=f"durable-worker:{self.runtime.executor_id}"
             )
+            self._loop_task.add_done_callback(self._loop_ended)
+            steps = self.runtime.registry.step_names()
+            workflows = [n for n in self.names if n not in steps]
+            log.info(
+                "worker %s started: serving %s%s from %s, %d at a time",
+                self.runtime.executor_id,
+                ", ".join(workflows) or "no workflow for now (every name is disabled)",
+                f" (and {len(steps)} step(s) that durable.map hands out)" if steps else "",
+                ", ".join(self.queues) if self.queues is not None else "every queue",
+                self.concurrency,
+                extra={"action": "worker.started"},
+            )
 
     async def _loop(self) -> None:
-        backend = self.runtime.backend
         while not self._stopping.is_set():
-            free = self.concurrency - len(self._running)
-            claims: list[TaskClaim] = []
-            names = self.names
-            if free > 0 and names:
-                try:
-                    claims = await backend.claim_available_tasks(
-                        self.runtime.executor_id,
-                        free,
-                        self.runtime.claim_ttl,
-                        names=names,
-                        queues=self.queues,
-                        include_own=False,
-                    )
-                except DurableError as exc:  # the database may come back
-                    log.warning("claiming work failed: %s", exc, extra={"action": "worker.claim"})
-            for claim in claims:
-                task = asyncio.get_running_loop().create_task(
-                    self._process(claim), name=f"durable:{claim.instance_id}"
+            try:
+                await self._round()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database may come back; nothing may end this loop
+                self._failures += 1
+                delay = min(0.05 * 2**self._failures, MAX_BACKOFF)
+                log.log(
+                    logging.WARNING if self._failures == 1 else logging.DEBUG,
+                    "worker %s: claiming work failed (%d time(s) in a row), retrying in %.1fs: "
+                    "%s: %s",
+                    self.runtime.executor_id,
+                    self._failures,
+                    delay,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=not isinstance(exc, DurableError),  # a bug: show where
+                    extra={"action": "worker.claim"},
                 )
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
-            if claims and len(claims) == free:
-                await self._wait_for_slot()
-            elif not claims:
-                waiter = asyncio.ensure_future(backend.wait_for_work(self.poll_interval))
-                stopper = asyncio.ensure_future(self._stopping.wait())
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                for f in (waiter, stopper):
-                    f.cancel()
+                await self._pause(delay)
+
+    async def _round(self) -> None:
+        """Claim what fits in the free slots, start it, and wait for a slot or for work."""
+        free = self.concurrency - len(self._running)
+        claims: list[TaskClaim] = []
+        names = self.names
+        if free > 0 and names:
+            claims = await self.runtime.backend.claim_available_tasks(
+                self.runtime.executor_id,
+                free,
+                self.runtime.claim_ttl,
+                names=names,
+                queues=self.queues,
+                include_own=False,
+            )
+            if self._failures:
+                log.info(
+                    "worker %s claims work again, after %d failed attempt(s)",
+                    self.runtime.executor_id,
+                    self._failures,
+                    extra={"action": "worker.claim_resumed"},
+                )
+                self._failures = 0
+        for claim in claims:
+            task = asyncio.get_running_loop().create_task(
+                self._process(claim), name=f"durable:{claim.instance_id}"
+            )
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        if claims and len(claims) == free:
+            await self._wait_for_slot()
+        elif not claims:
+            await self._wait_for_work()
+
+    async def _wait_for_work(self) -> None:
+        """Until the backend signals work, ``poll_interval`` passes, or a stop is requested.
+
+        :raises Exception: waiting failed (the loop backs off and claims again).
+        """
+        waiter = asyncio.ensure_future(self.runtime.backend.wait_for_work(self.poll_interval))
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (waiter, stopper):
+                f.cancel()
+        if waiter.done() and not waiter.cancelled() and (exc := waiter.exception()) is not None:
+            raise exc
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if a stop is requested."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        """The loop ended: fine after a stop request; otherwise it died, and this worker must
+        not look healthy (see the module's docstring)."""
+        error = None if task.cancelled() else task.exception()
+        if error is None and (task.cancelled() or self._stopping.is_set()):
+            self._stopping.set()
+            return
+        self.failure = error or WorkerCrashedError("the worker's loop ended without a stop")
+        self._stopping.set()
+        log.critical(
+            "worker %s stopped claiming work: its loop died on %s: %s",
+            self.runtime.executor_id,
+            type(self.failure).__name__,
+            self.failure,
+            exc_info=self.failure,
+            extra={"action": "worker.died"},
+        )
+        self.runtime._worker_died(self)
 
     async def _wait_for_slot(self) -> None:
         stopper = asyncio.ensure_future(self._stopping.wait())
@@ -143,16 +246,54 @@ class Worker:
             raise
         except BaseException as exc:
             # suspended (waiting for its steps), or its outcome is recorded (failed,
-            # rescheduled, dead-lettered), or its lease was lost: this worker is done with it
-            log.info(
-                "workflow %s ended with %s: %s",
-                claim.instance_id,
-                type(exc).__name__,
-                exc,
-                extra={"action": "worker.ended", "workflow_id": claim.instance_id},
-            )
+            # rescheduled, dead-lettered), or its lease was lost, or the database went away
+            # (it resumes when its lease expires): this worker is done with it
+            await self._report(claim, exc)
         finally:
             self.completed += 1
+
+    async def _report(self, claim: TaskClaim, exc: BaseException) -> None:
+        """Log how an execution ended without a result, at the level it deserves."""
+        from durable.runtime import Rescheduled  # the runtime imports this module
+
+        wid = claim.instance_id
+        what = f"workflow {wid} ({claim.name})"
+        if claim.task_id != WORKFLOW_TASK:
+            what = f"step task {claim.task_id} ({claim.name}) of workflow {wid}"
+        level, action, how = logging.WARNING, "worker.failed", "failed"
+        cause: BaseException = exc
+        if isinstance(exc, WorkflowSuspended):
+            level, action, how = logging.DEBUG, "worker.suspended", "waits for its steps"
+        elif isinstance(exc, WorkflowCancelledError):
+            level, action, how = logging.INFO, "worker.cancelled", "was cancelled"
+        elif isinstance(exc, Rescheduled):
+            action, how = "worker.retry", "failed an attempt; the next one is scheduled"
+            cause = exc.__cause__ or exc
+        elif isinstance(exc, WorkflowDeadLetteredError):
+            level, action, how = logging.ERROR, "worker.dead_letter", "was dead-lettered"
+        elif isinstance(exc, ClaimLostError):
+            action, how = "worker.lease_lost", "lost its lease (another executor may run it)"
+        elif isinstance(exc, BackendError):
+            action = "worker.interrupted"
+            how = "was interrupted by the database; it resumes once its lease expires"
+        elif claim.task_id == WORKFLOW_TASK:
+            # the workflow's own error, recorded: as a failure, or as a dead letter if it was
+            # the last allowed attempt
+            try:
+                status = (await self.runtime.backend.get_workflow(wid)).status
+            except Exception:  # the database went away meanwhile: say "failed"
+                status = None
+            if status is WorkflowStatus.DEAD_LETTER:
+                level, action, how = logging.ERROR, "worker.dead_letter", "was dead-lettered"
+        log.log(
+            level,
+            "%s %s: %s: %s",
+            what,
+            how,
+            type(cause).__name__,
+            cause,
+            extra={"action": action, "workflow_id": wid},
+        )
 
     def request_stop(self) -> None:
         """Stop claiming new work (safe to call from a signal handler on the loop)."""
@@ -166,8 +307,7 @@ class Worker:
         check_non_negative_float(grace, "grace")
         self.request_stop()
         if self._loop_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+            await asyncio.wait({self._loop_task})  # ended, dead or not (see failure)
         if self._running:
             _done, pending = await asyncio.wait(set(self._running), timeout=grace)
             for task in pending:
@@ -197,28 +337,45 @@ async def serve(
     executions it ran. This is what ``durable worker module:runtime`` does.
 
     :raises InvalidArgumentError: as :meth:`Runtime.start_worker`, or ``grace`` is negative or
-        not finite (before the runtime starts)."""
+        not finite (before the runtime starts).
+    :raises NothingToServeError: the runtime has no workflow registered.
+    :raises WorkerCrashedError: the worker's loop died (after the graceful shutdown).
+    """
     check_positive_int(concurrency, "concurrency")
     check_positive_float(poll_interval, "poll_interval")
     check_names(queues, "queues")
     check_non_negative_float(grace, "grace")
-    async with runtime:
-        worker = await runtime.start_worker(
-            concurrency=concurrency, queues=queues, poll_interval=poll_interval
-        )
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, worker.request_stop)
-        log.info(
-            "worker %s serving %s",
-            runtime.executor_id,
-            ", ".join(worker.names) or "nothing",
-            extra={"action": "worker.started"},
-        )
-        try:
-            await worker.wait_stopped()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():  # a second signal: stop at once, the default way
+            loop.remove_signal_handler(sig)
+            signal.raise_signal(sig)
+        stop.set()
+
+    # installed before the runtime starts: a signal while it starts stops it once started
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        async with runtime:
+            worker = await runtime.start_worker(
+                concurrency=concurrency, queues=queues, poll_interval=poll_interval
+            )
+            waits = {loop.create_task(stop.wait()), loop.create_task(worker.wait_stopped())}
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
             await worker.stop(grace)
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-        return worker.completed
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    if worker.failure is not None:
+        raise WorkerCrashedError(
+            f"worker {runtime.executor_id} stopped claiming work after "
+            f"{worker.completed} execution(s): its loop died on "
+            f"{type(worker.failure).__name__}: {worker.failure}"
+        ) from worker.failure
+    return worker.completed

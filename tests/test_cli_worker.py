@@ -74,6 +74,8 @@ def test_worker_command_runs_enqueued_work_and_stops_on_sigterm(tmp_path: Path) 
         _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "stopped after 1 execution(s)" in err
+    # without -v it still says what it serves (durable's INFO lines are shown by default)
+    assert "worker cli-worker started: serving cli.shout.v1" in err
 
     runner = CliRunner()
     listed = runner.invoke(main, ["workflows", "list", url, "--status", "succeeded"])

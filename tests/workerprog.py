@@ -15,6 +15,11 @@ when it starts, with flush and fsync, so a line written before a SIGKILL is on d
 (tests/test_kill_storm.py); its workers also serve :data:`STORM`, whose steps check, before their
 side effect, that their outcome is not recorded yet.
 
+It also serves :data:`OUTAGE` and :data:`OUTAGE_SYNC` (tests/test_outage.py), three steps that
+each append ``<workflow id> <step> <token> <pid> <time>`` to the log (one write in append mode,
+no fsync: these workers are not killed) and return the token, so that a test can tell which
+execution of a step its recorded result came from.
+
 ``enqueue`` is a producer without the workflow's code: it waits for a go file, then enqueues the
 pipeline by name for every key of ``--keys``, ``--copies`` times each, all at once (concurrent
 tasks), each with that key as its idempotency key, and writes the ids it got back as JSON::
@@ -41,6 +46,8 @@ import durable
 import durable.worker
 
 PIPELINE = "workerprog.pipeline.v1"
+OUTAGE = "workerprog.outage.v1"
+OUTAGE_SYNC = "workerprog.outage.sync.v1"
 REGISTRY = durable.Registry()
 LOG: list[Path] = []  # the side-effect log, set by main()
 NO_PAUSE: list[bool] = []  # set by --no-pause: step b does not sleep in this process
@@ -140,6 +147,67 @@ def checkpoint_reader(url: str) -> Any:
 def expected(n: int) -> dict[str, Any]:
     """What :func:`pipeline` returns for ``n``."""
     return {"n": n, "out": (n + 1) * 2 - 3}
+
+
+def note(step: str) -> str:
+    """Log that ``step`` of the current workflow runs, under a new token, and return it."""
+    token = uuid.uuid4().hex
+    line = f"{durable.workflow_id()} {step} {token} {os.getpid()} {time.time():.6f}\n"
+    fd = os.open(LOG[0], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())  # one write of a short line: lines never interleave
+    finally:
+        os.close(fd)
+    return token
+
+
+#: Outages interrupt attempts, and each costs one (until the runtime stops counting them):
+#: plenty of attempts, retried at once.
+OUTAGE_RETRY = durable.RetryPolicy(max_attempts=100, initial_delay=0.1, backoff_rate=1.0)
+
+
+@durable.step(name="outage.a")
+async def outage_a() -> str:
+    return note("a")
+
+
+@durable.step(name="outage.b")
+async def outage_b(pause: float) -> str:
+    token = note("b")
+    await asyncio.sleep(pause)
+    return token
+
+
+@durable.step(name="outage.c")
+async def outage_c() -> str:
+    return note("c")
+
+
+@durable.workflow(name=OUTAGE, registry=REGISTRY, retry=OUTAGE_RETRY)
+async def outage(pause: float) -> list[str]:
+    return [await outage_a(), await outage_b(pause), await outage_c()]
+
+
+@durable.step(name="outage.sync.a")
+def outage_sync_a() -> str:
+    return note("a")
+
+
+@durable.step(name="outage.sync.b")
+def outage_sync_b(pause: float) -> str:
+    token = note("b")
+    time.sleep(pause)
+    return token
+
+
+@durable.step(name="outage.sync.c")
+def outage_sync_c() -> str:
+    return note("c")
+
+
+@durable.workflow(name=OUTAGE_SYNC, registry=REGISTRY, retry=OUTAGE_RETRY)
+def outage_sync(pause: float) -> list[str]:
+    return [outage_sync_a(), outage_sync_b(pause), outage_sync_c()]
 
 
 def wait_for_file(path: Path) -> None:

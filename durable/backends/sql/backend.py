@@ -93,6 +93,10 @@ _REQUEUEABLE = [
 #: The PostgreSQL channel on which commits that make work available are announced.
 WORK_CHANNEL = "durable_work"
 _STEP_COLUMNS = [c.name for c in steps.columns]
+#: PostgreSQL errors that mean "not now" rather than "not this statement" (besides class 08,
+#: connection exceptions): too many connections, and the server shutting down, crashed or
+#: starting up (57P01 is also what a backend terminated by pg_terminate_backend reports).
+_UNAVAILABLE_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
 
 
 class SQLAlchemyBackend(PersistentBackend):
@@ -136,6 +140,7 @@ class SQLAlchemyBackend(PersistentBackend):
             )
             self._owns_engine = True
         self.engine = engine
+        self._shown_url = engine.url.render_as_string(hide_password=True)
         self._runner: Runner = (
             AsyncRunner(engine) if isinstance(engine, AsyncEngine) else InlineRunner(engine)
         )
@@ -210,31 +215,58 @@ class SQLAlchemyBackend(PersistentBackend):
 
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:
-        """Turn driver errors raised inside into durable's, naming ``what`` was being done."""
+        """Turn driver and SQLAlchemy errors raised inside into durable's, naming ``what`` was
+        being done: :class:`BackendUnavailableError` when the database cannot be reached (it
+        refuses or drops connections, is starting up or shutting down, has too many clients, or
+        no pooled connection came free in time), :class:`BackendError` for any other failure.
+        Nothing else escapes, so callers that retry on ``DurableError`` survive an outage."""
         try:
             yield
         except DurableError:
             raise
-        except sa.exc.DBAPIError as exc:
-            url = self.engine.url.render_as_string(hide_password=True)
+        except (sa.exc.SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error) as exc:
+            raise self._translated(exc, what or "run a query") from exc
+
+    def _translated(self, exc: Exception, doing: str) -> Exception:
+        """The durable error for ``exc`` (see :meth:`_errors`)."""
+        url = self._shown_url
+        dbapi_error = self.engine.dialect.loaded_dbapi.Error
+        if isinstance(exc, dbapi_error):  # a driver error nobody wrapped: as SQLAlchemy would
+            exc = sa.exc.DBAPIError.instance(
+                None, None, exc, dbapi_error, dialect=self.engine.dialect
+            )
+        if isinstance(exc, sa.exc.DBAPIError):
             table = self.dialect.missing_table(exc)
             if table is not None and table.startswith(PREFIX):  # dropped, or never created
-                raise migrate.missing_tables(url, f" (no table {table})") from exc
-            if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) and (
-                exc.connection_invalidated or not self._started
-            ):
-                raise BackendUnavailableError(
-                    f"cannot reach the database at {url} to {what or 'run a query'}: "
-                    f"{_first_line(exc.orig)}"
-                ) from exc
-            raise BackendError(
-                f"database error at {url} while trying to {what or 'run a query'}: "
-                f"{_first_line(exc.orig)}"
-            ) from exc
-        except sa.exc.StatementError as exc:  # a column type refused a value: a naive datetime
-            if isinstance(exc.orig, ValueError):
-                raise InvalidArgumentError(f"cannot {what or 'run a query'}: {exc.orig}") from exc
-            raise
+                return migrate.missing_tables(url, f" (no table {table})")
+            if self._unavailable(exc):
+                return BackendUnavailableError(
+                    f"cannot reach the database at {url} to {doing}: {_first_line(exc.orig)}"
+                )
+            return BackendError(
+                f"database error at {url} while trying to {doing}: {_first_line(exc.orig)}"
+            )
+        if isinstance(exc, sa.exc.TimeoutError):  # the pool: no connection came free in time
+            return BackendUnavailableError(
+                f"no pooled connection to the database at {url} came free to {doing} (raise "
+                f"pool_size, max_overflow or pool_timeout in engine_options): {_first_line(exc)}"
+            )
+        if isinstance(exc, sa.exc.StatementError) and isinstance(exc.orig, ValueError):
+            # a column type refused a value: a naive datetime
+            return InvalidArgumentError(f"cannot {doing}: {exc.orig}")
+        return BackendError(f"cannot {doing} at {url}: {type(exc).__name__}: {_first_line(exc)}")
+
+    def _unavailable(self, exc: sa.exc.DBAPIError) -> bool:
+        """Whether ``exc`` says the database cannot be reached now (worth retrying as is), as
+        opposed to a statement it refused."""
+        if not isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+            return False
+        if exc.connection_invalidated or not self._started:
+            return True
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if sqlstate is None:  # psycopg: a failure of the connection itself (refused, lost)
+            return self.dialect.name == "postgresql"
+        return sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES
 
     async def _run_direct(
         self, statement: CompiledStatement | None, params: dict[str, Any], *, what: str
@@ -255,35 +287,54 @@ class SQLAlchemyBackend(PersistentBackend):
             conn.execute(self._notify)
 
     async def wait_for_work(self, timeout: float) -> None:
-        if self.dialect.name == "postgresql" and self._listener is None and self._started:
+        listener = self._listener
+        if (
+            self.dialect.name == "postgresql"
+            and self._started
+            and (listener is None or listener.done())  # never started, or died: (re)start it
+        ):
             self._listener = asyncio.get_running_loop().create_task(
                 self._listen(), name="durable-listen"
             )
         await super().wait_for_work(timeout)
 
     async def _listen(self) -> None:
-        """Turn PostgreSQL notifications on the work channel into local wake-ups."""
+        """Turn PostgreSQL notifications on the work channel into local wake-ups, reconnecting
+        after the server goes away (quickly at first, then once a second; callers of
+        :meth:`wait_for_work` poll meanwhile)."""
         import psycopg
 
         conninfo = self.engine.url.set(drivername="postgresql").render_as_string(
             hide_password=False
         )
+        failures = 0
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {WORK_CHANNEL}")
+                    if failures:
+                        log.info(
+                            "listening for work again after %d failed attempt(s)",
+                            failures,
+                            extra={"action": "listen.resumed"},
+                        )
+                    failures = 0
                     self.notify_work()  # anything committed while we were not listening
                     async for _ in conn.notifies():
                         self.notify_work()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the server went away: polling covers us meanwhile
-                log.warning(
-                    "listening for work failed, retrying in 1s: %s",
-                    exc,
+                failures += 1
+                delay = min(0.05 * 2**failures, 1.0)
+                log.log(
+                    logging.WARNING if failures == 1 else logging.DEBUG,
+                    "listening for work failed, retrying in %.1fs: %s",
+                    delay,
+                    _first_line(exc),
                     extra={"action": "listen.error"},
                 )
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(delay)
 
     # -- statements ---------------------------------------------------------------------------
 

@@ -16,7 +16,10 @@ each of them. :class:`DirectStatements` removes that layer for such statements a
 
 It is only used for psycopg on the event loop it first ran on; elsewhere :meth:`execute`
 returns None and the caller runs the statement the ordinary way. A connection that fails, or
-whose statement is interrupted (a cancelled task), is invalidated rather than reused.
+whose statement is interrupted (a cancelled task), is invalidated rather than reused; one that
+the server dropped takes the idle ones with it. Every driver error, opening a connection
+included, is raised as SQLAlchemy would have raised it, so the backend translates all of them
+into durable's errors in one place.
 """
 
 from __future__ import annotations
@@ -131,8 +134,10 @@ class DirectStatements:
         params = statement.params(values)
         generation = self._generation
         async with self._available:
-            conn = self._idle.pop() if self._idle else await self._open()
+            conn = self._idle.pop() if self._idle else None
             try:
+                if conn is None:
+                    conn = await self._open()
                 cursor = conn.cursor()
                 await cursor.execute(statement.sql, params, prepare=True)
                 result = DirectResult(
@@ -140,8 +145,13 @@ class DirectStatements:
                     statement.rows(await cursor.fetchall()) if statement.returns_rows else [],
                 )
             except BaseException as exc:
-                broken = bool(conn.broken or conn.closed)
-                await _close(conn)
+                # no connection: opening one failed (refused, too many clients, the pool's
+                # timeout); the error says whether the server is unreachable
+                broken = conn is not None and bool(conn.broken or conn.closed)
+                if conn is not None:
+                    await _close(conn)
+                if broken:  # the server went away: its other connections are gone too
+                    await self._discard_idle()
                 wrapped = _as_sqlalchemy(exc, statement, params, self._engine.dialect, broken)
                 if wrapped is exc:
                     raise
@@ -164,12 +174,17 @@ class DirectStatements:
             raise
         return conn
 
-    async def close(self) -> None:
-        """Close every idle connection of the direct path (one in use closes when it is done)."""
-        self._generation += 1
+    async def _discard_idle(self) -> None:
+        """Close the idle connections (after one broke: a restarted server dropped them all,
+        and each would otherwise fail one more statement before it is discarded)."""
         idle, self._idle = self._idle, []
         for conn in idle:
             await _close(conn)
+
+    async def close(self) -> None:
+        """Close every idle connection of the direct path (one in use closes when it is done)."""
+        self._generation += 1
+        await self._discard_idle()
         self._loop = self._available = None
 
 
@@ -213,10 +228,16 @@ class BlockingDirectStatements:
                     statement.rows(cursor.fetchall()) if statement.returns_rows else [],
                 )
             except BaseException as exc:
-                broken = conn is None or bool(conn.broken or conn.closed)
+                broken = conn is not None and bool(conn.broken or conn.closed)
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.close()
+                if broken:  # the server went away: its other connections are gone too
+                    with self._lock:
+                        idle, self._idle = self._idle, []
+                    for other in idle:
+                        with contextlib.suppress(Exception):
+                            other.close()
                 wrapped = _as_sqlalchemy(exc, statement, params, self._dialect, broken)
                 if wrapped is exc:
                     raise

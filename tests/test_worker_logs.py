@@ -1,0 +1,112 @@
+"""What a worker logs, at which level: its start at INFO (with what it serves), a failed attempt
+and a failed execution at WARNING, a dead letter at ERROR, so that a worker run with the default
+logging (WARNING) shows its failures; and a worker with nothing to serve is refused at start."""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import durable
+from durable.cli import main
+
+REG = durable.Registry()
+
+
+@durable.workflow(
+    name="tl.doomed.v1",
+    registry=REG,
+    retry=durable.RetryPolicy(max_attempts=2, initial_delay=0.0),
+)
+async def doomed(x: int) -> int:
+    raise RuntimeError(f"doomed {x}")
+
+
+@durable.workflow(name="tl.refused.v1", registry=REG)
+async def refused(x: int) -> int:
+    raise durable.NonRetryableError(f"refused {x}")
+
+
+def worker_records(caplog: pytest.LogCaptureFixture, action: str) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name == "durable.worker" and getattr(r, "action", None) == action
+    ]
+
+
+async def test_levels_of_a_workers_start_failures_and_dead_letters(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="durable")
+    async with durable.Runtime(
+        durable.connect("memory://"), registry=REG, recover=False, executor_id="tl-1"
+    ) as rt:
+        worker = await rt.start_worker(concurrency=2, poll_interval=0.02)
+        dead = await rt.enqueue(doomed, 1)
+        failed = await rt.enqueue(refused, 2)
+        with pytest.raises(durable.WorkflowDeadLetteredError):
+            await rt.result(dead, timeout=30)
+        with pytest.raises(durable.NonRetryableError):
+            await rt.result(failed, timeout=30)
+        await worker.stop()
+
+    (started,) = worker_records(caplog, "worker.started")
+    assert started.levelno == logging.INFO
+    assert "worker tl-1 started: serving tl.doomed.v1, tl.refused.v1" in started.getMessage()
+
+    (retry,) = worker_records(caplog, "worker.retry")
+    assert retry.levelno == logging.WARNING and retry.workflow_id == dead  # type: ignore[attr-defined]
+    assert "failed an attempt" in retry.getMessage()
+    assert "RuntimeError: doomed 1" in retry.getMessage()
+
+    (letter,) = worker_records(caplog, "worker.dead_letter")
+    assert letter.levelno == logging.ERROR and letter.workflow_id == dead  # type: ignore[attr-defined]
+    assert "dead-lettered" in letter.getMessage() and "doomed 1" in letter.getMessage()
+
+    (failure,) = worker_records(caplog, "worker.failed")
+    assert failure.levelno == logging.WARNING and failure.workflow_id == failed  # type: ignore[attr-defined]
+    assert "NonRetryableError: refused 2" in failure.getMessage()
+
+    # nothing about failures hides at INFO or below
+    quiet = [
+        r
+        for r in caplog.records
+        if r.name == "durable.worker" and r.levelno <= logging.INFO and r is not started
+    ]
+    assert not [r for r in quiet if r.getMessage().count("doomed") or "refused" in r.getMessage()]
+
+
+async def test_a_worker_with_no_workflow_to_serve_is_refused() -> None:
+    async with durable.Runtime(
+        durable.connect("memory://"), registry=durable.Registry(), recover=False
+    ) as rt:
+        with pytest.raises(durable.NothingToServeError, match="no workflow is registered"):
+            await rt.start_worker()
+        assert rt._workers == []
+    async with durable.Runtime(durable.connect("memory://"), registry=REG, recover=False) as rt:
+        with pytest.raises(durable.NothingToServeError, match="names is empty"):
+            await rt.start_worker(names=[])
+        assert isinstance(durable.NothingToServeError(), durable.ConfigurationError)
+
+
+EMPTY_APP = """
+import durable
+
+runtime = durable.Runtime(durable.connect("memory://"), registry=durable.Registry())
+"""
+
+
+def test_durable_worker_with_nothing_to_serve_exits_non_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "emptyapp.py").write_text(textwrap.dedent(EMPTY_APP))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = CliRunner().invoke(main, ["worker", "emptyapp:runtime"])
+    assert result.exit_code == 1, result.output
+    assert "cannot start a worker: no workflow is registered" in result.output
