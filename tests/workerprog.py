@@ -263,9 +263,14 @@ def zygote(args: argparse.Namespace) -> int:
       ``{"unexpected": [[pid, status], ...]}`` (workers that ended other than by a kill
       command, or not with status 0 on ``stop``) and exit.
     """
+    import aiosqlite  # noqa: F401
+    import alembic.runtime.migration  # noqa: F401
+    import alembic.script  # noqa: F401
     import psycopg  # noqa: F401
 
-    import durable.backends.sql  # noqa: F401 - imported once here, not in every worker
+    # imported once here, not in every worker (durable imports its SQL backend lazily)
+    import durable.backends.sql.backend  # noqa: F401
+    import durable.backends.sql.migrate  # noqa: F401
 
     children: set[int] = set()
     unexpected: list[tuple[int, int]] = []
