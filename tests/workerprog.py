@@ -264,12 +264,12 @@ def zygote(args: argparse.Namespace) -> int:
       command, or not with status 0 on ``stop``) and exit.
     """
     import aiosqlite  # noqa: F401
-    import alembic.runtime.migration  # noqa: F401
+    import alembic.runtime.migration
     import alembic.script  # noqa: F401
     import psycopg  # noqa: F401
 
     # imported once here, not in every worker (durable imports its SQL backend lazily)
-    import durable.backends.sql.backend  # noqa: F401
+    import durable.backends.sql.backend
     import durable.backends.sql.migrate  # noqa: F401
 
     children: set[int] = set()
