@@ -48,6 +48,7 @@ from durable.models import (
     ttl_seconds,
 )
 from durable.serialization import Serializer, get_serializer
+from durable.validation import check_positive_float
 
 #: How long a suspended workflow's task waits when nothing wakes it: in practice, forever.
 UNTIL_WOKEN = timedelta(days=36500)
@@ -614,10 +615,7 @@ class InMemoryBackend(PersistentBackend):
         heartbeat_interval: float,
         replacing: str | None,
     ) -> bool:
-        if not heartbeat_interval > 0:
-            raise InvalidArgumentError(
-                f"heartbeat_interval must be positive, got {heartbeat_interval!r}"
-            )
+        check_positive_float(heartbeat_interval, "heartbeat_interval")
         with self._lock:
             known = self._executors.get(executor_id)
             if (known.incarnation if known is not None else None) != replacing:

@@ -80,6 +80,7 @@ from durable.models import (
     ttl_seconds,
 )
 from durable.serialization import Serializer, get_serializer
+from durable.validation import check_positive_float
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -1441,10 +1442,7 @@ class SQLAlchemyBackend(PersistentBackend):
         heartbeat_interval: float,
         replacing: str | None,
     ) -> bool:
-        if not heartbeat_interval > 0:
-            raise InvalidArgumentError(
-                f"heartbeat_interval must be positive, got {heartbeat_interval!r}"
-            )
+        check_positive_float(heartbeat_interval, "heartbeat_interval")
         clock = self.dialect.clock_params()
         now = self.dialect.now()
         values = {
@@ -1554,17 +1552,7 @@ class SQLAlchemyBackend(PersistentBackend):
             r = conn.execute(stmt).first()
             if r is None:
                 raise TaskNotFoundError(instance_id, task_id)
-            return AvailableTask(
-                instance_id=r.instance_id,
-                task_id=r.task_id,
-                name=r.name,
-                queue=r.queue,
-                priority=r.priority,
-                run_after=r.run_after,
-                claimed_by=r.claimed_by,
-                claim_expires_at=_aware(r.claim_expires_at),
-                attempts=r.attempts,
-            )
+            return _available_task(r)
 
         return await self._run(fn, what=f"read task {task_id!r} of {instance_id!r}")
 
@@ -1630,20 +1618,7 @@ class SQLAlchemyBackend(PersistentBackend):
         query = self._claim_statement(names is not None, queues is not None, include_own, find=True)
 
         def fn(conn: sa.Connection) -> list[AvailableTask]:
-            return [
-                AvailableTask(
-                    instance_id=r.instance_id,
-                    task_id=r.task_id,
-                    name=r.name,
-                    queue=r.queue,
-                    priority=r.priority,
-                    run_after=r.run_after,
-                    claimed_by=r.claimed_by,
-                    claim_expires_at=_aware(r.claim_expires_at),
-                    attempts=r.attempts,
-                )
-                for r in conn.execute(query, params)
-            ]
+            return [_available_task(r) for r in conn.execute(query, params)]
 
         return await self._run(fn, what="find available tasks")
 
@@ -1689,3 +1664,18 @@ def _aware(value: Any) -> datetime | None:
 
 def _first_line(exc: BaseException | None) -> str:
     return str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else repr(exc)
+
+
+def _available_task(r: Any) -> AvailableTask:
+    """An :class:`AvailableTask` from a row of the tasks table."""
+    return AvailableTask(
+        instance_id=r.instance_id,
+        task_id=r.task_id,
+        name=r.name,
+        queue=r.queue,
+        priority=r.priority,
+        run_after=r.run_after,
+        claimed_by=r.claimed_by,
+        claim_expires_at=_aware(r.claim_expires_at),
+        attempts=r.attempts,
+    )
