@@ -20,6 +20,9 @@ T = TypeVar("T")
 
 #: The task id under which a workflow's own execution is claimed.
 WORKFLOW_TASK = "workflow"
+#: How long a suspended workflow's task waits when nothing wakes it: in practice, forever (every
+#: backend schedules it this far ahead; the last of its fanned-out tasks wakes it).
+UNTIL_WOKEN = timedelta(days=36500)
 
 
 class WorkflowStatus(StrEnum):

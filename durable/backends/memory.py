@@ -8,7 +8,6 @@ by mutating the object that was saved. Nothing survives the process.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import itertools
 import threading
@@ -18,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from durable.backends.base import PersistentBackend
+from durable.backends.cursors import decode_cursor, encode_cursor
 from durable.backends.rows import RowRef, step_values, workflow_values
 from durable.errors import (
     ClaimLostError,
@@ -30,6 +30,7 @@ from durable.errors import (
     WorkflowNotFoundError,
 )
 from durable.models import (
+    UNTIL_WOKEN,
     WORKFLOW_TASK,
     AvailableTask,
     ErrorInfo,
@@ -49,9 +50,6 @@ from durable.models import (
 )
 from durable.serialization import Serializer, get_serializer
 from durable.validation import check_positive_float
-
-#: How long a suspended workflow's task waits when nothing wakes it: in practice, forever.
-UNTIL_WOKEN = timedelta(days=36500)
 
 
 def utcnow() -> datetime:
@@ -858,22 +856,3 @@ def _check_aware(*stamps: datetime | None) -> None:
 def _check_limit(limit: int) -> None:
     if limit < 1:
         raise InvalidArgumentError(f"limit must be at least 1, got {limit}")
-
-
-def encode_cursor(info: WorkflowInfo) -> str:
-    """The keyset cursor after ``info`` in a newest-first listing."""
-    assert info.created_at is not None
-    raw = f"{info.created_at.isoformat()}|{info.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Undo :func:`encode_cursor`; raises InvalidArgumentError on a malformed cursor."""
-    try:
-        stamp, _, instance_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        created = datetime.fromisoformat(stamp)
-    except ValueError:
-        raise InvalidArgumentError(f"malformed listing cursor {cursor!r}") from None
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=UTC)
-    return created, instance_id

@@ -1,0 +1,32 @@
+"""Listing cursors, shared by every backend: the keyset position after a workflow in a
+newest-first listing (``created_at`` then ``id``, both descending), encoded as an opaque string.
+
+A cursor from one backend means the same in another, so the encoding lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+
+from durable.errors import InvalidArgumentError
+from durable.models import WorkflowInfo
+
+
+def encode_cursor(info: WorkflowInfo) -> str:
+    """The keyset cursor after ``info`` in a newest-first listing."""
+    assert info.created_at is not None
+    raw = f"{info.created_at.isoformat()}|{info.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Undo :func:`encode_cursor`; raises InvalidArgumentError on a malformed cursor."""
+    try:
+        stamp, _, instance_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        created = datetime.fromisoformat(stamp)
+    except ValueError:
+        raise InvalidArgumentError(f"malformed listing cursor {cursor!r}") from None
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return created, instance_id

@@ -1,0 +1,332 @@
+"""Tasks and claims: adding tasks, and workers claiming them with leases (one task, or a batch
+of available ones), extending, releasing and completing their claims.
+
+Part of :class:`~durable.backends.sql.backend.SQLAlchemyBackend` (see :mod:`.core`). A batch
+claim is one statement per combination of filters, built on first use and kept; on PostgreSQL it
+runs prepared straight on the driver (:mod:`.direct`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from durable.backends.sql.core import P_WID, SQLCore, aware
+from durable.backends.sql.direct import CompiledStatement
+from durable.backends.sql.schema import tasks, workflow_registry
+from durable.errors import InvalidArgumentError, TaskNotFoundError, WorkflowNotFoundError
+from durable.models import AvailableTask, TaskClaim, TaskSpec, ttl_seconds
+
+
+class Claims(SQLCore):
+    """Tasks, and the claims workers take on them."""
+
+    def _build_claim_statements(self) -> None:
+        d = self.dialect
+        now = d.now()
+        claim_columns = (
+            tasks.c.instance_id,
+            tasks.c.task_id,
+            tasks.c.claimed_by,
+            tasks.c.claim_expires_at,
+            tasks.c.attempts,
+            tasks.c.name,
+        )
+        claim_values = {
+            "claimed_by": P_WID,
+            "claim_expires_at": d.later("ttl"),
+            "attempts": tasks.c.attempts
+            + sa.case(
+                (sa.and_(tasks.c.claimed_by == P_WID, tasks.c.claim_expires_at > now), 0),
+                else_=1,
+            ),
+        }
+        self._claim_one = (
+            sa.update(tasks)
+            .where(
+                self._task_key,
+                sa.or_(
+                    tasks.c.claimed_by.is_(None),
+                    tasks.c.claimed_by == P_WID,
+                    tasks.c.claim_expires_at <= now,
+                    tasks.c.claim_expires_at.is_(None),  # a holder without expiry: repaired
+                ),
+            )
+            .values(**claim_values)
+            .returning(*claim_columns)
+        )
+        self._claim_one_due = self._claim_one.where(tasks.c.run_after <= now)
+        self._extend = (
+            sa.update(tasks)
+            .where(self._task_key, tasks.c.claimed_by == P_WID)
+            .values(claim_expires_at=d.later("ttl"))
+            .returning(*claim_columns)
+        )
+        self._release = (
+            sa.update(tasks)
+            .where(self._task_key, tasks.c.claimed_by == P_WID)
+            .values(claimed_by=None, claim_expires_at=None)
+        )
+        self._complete = sa.delete(tasks).where(
+            self._task_key, tasks.c.claimed_by == P_WID, tasks.c.claim_expires_at > now
+        )
+        self._available_order = [tasks.c.priority, tasks.c.run_after, tasks.c.id]
+        self._claim_values = claim_values
+        self._claim_columns = claim_columns
+        self._claim_statements: dict[tuple[bool, bool, bool, bool], Any] = {}
+        self._direct_claims: dict[tuple[bool, bool, bool], CompiledStatement] = {}
+
+    def _direct_claim(self, key: tuple[bool, bool, bool], stmt: Any) -> CompiledStatement | None:
+        """The claim statement for ``key`` compiled for the direct path (once), or None where
+        there is no direct path."""
+        if not self._direct:
+            return None
+        compiled = self._direct_claims.get(key)
+        if compiled is None:
+            compiled = self._direct_claims[key] = CompiledStatement(stmt, self.engine.dialect)
+        return compiled
+
+    def _claim_statement(
+        self, names: bool, queues: bool, include_own: bool, *, find: bool = False
+    ) -> Any:
+        """The statement that claims (or with ``find``, lists) available tasks, built once per
+        combination of filters: building one costs more than running it."""
+        key = (names, queues, include_own, find)
+        stmt = self._claim_statements.get(key)
+        if stmt is not None:
+            return stmt
+        available = self._available(names, queues, include_own, enabled_only=not find)
+        if find:
+            now = self.dialect.now()
+            live = sa.and_(tasks.c.claimed_by.is_not(None), tasks.c.claim_expires_at > now)
+            stmt = (
+                sa.select(
+                    tasks.c.instance_id,
+                    tasks.c.task_id,
+                    tasks.c.name,
+                    tasks.c.queue,
+                    tasks.c.priority,
+                    tasks.c.run_after,
+                    sa.case((live, tasks.c.claimed_by), else_=None).label("claimed_by"),
+                    sa.case((live, tasks.c.claim_expires_at), else_=None).label("claim_expires_at"),
+                    tasks.c.attempts,
+                )
+                .where(available)
+                .order_by(*self._available_order)
+                .limit(sa.bindparam("p_limit", type_=sa.Integer()))
+            )
+        else:
+            stmt = (
+                self.dialect.claim_batch(tasks, available, self._available_order)
+                .values(**self._claim_values)
+                .returning(*self._claim_columns, tasks.c.priority, tasks.c.run_after, tasks.c.id)
+            )
+        self._claim_statements[key] = stmt
+        return stmt
+
+    def _available(
+        self, names: bool, queues: bool, include_own: bool, *, enabled_only: bool = False
+    ) -> sa.ColumnElement[bool]:
+        """Due tasks that are free (or the worker's own), filtered by name and queue; with
+        ``enabled_only`` (claims) also less the names disabled in the registry, read by the same
+        statement, so a change is seen by the next claim. The few disabled names are read once
+        per statement (a hashed subplan on PostgreSQL), and the claim stays a walk of the
+        ``(priority, run_after, id)`` index."""
+        now = self.dialect.now()
+        p_wid = sa.bindparam("p_wid", type_=sa.String())
+        # a claim that has a holder but no expiry (written by hand, or by a bug) is free: it
+        # would otherwise be held forever
+        free = [
+            tasks.c.claimed_by.is_(None),
+            tasks.c.claim_expires_at <= now,
+            tasks.c.claim_expires_at.is_(None),
+        ]
+        if include_own:
+            free.append(tasks.c.claimed_by == p_wid)
+        clauses = [tasks.c.run_after <= now, sa.or_(*free)]
+        if names:
+            clauses.append(self.dialect.in_list(tasks.c.name, "p_names"))
+        if queues:
+            clauses.append(self.dialect.in_list(tasks.c.queue, "p_queues"))
+        if enabled_only:
+            disabled = sa.select(workflow_registry.c.name).where(
+                workflow_registry.c.enabled.is_(sa.false())
+            )
+            clauses.append(tasks.c.name.not_in(disabled))
+        return sa.and_(*clauses)
+
+    def _claim(self, m: Mapping[Any, Any]) -> TaskClaim:
+        return TaskClaim(
+            instance_id=m["instance_id"],
+            task_id=m["task_id"],
+            worker_id=m["claimed_by"],
+            expires_at=m["claim_expires_at"],
+            attempts=m["attempts"],
+            name=m["name"],
+        )
+
+    async def add_task(self, spec: TaskSpec) -> bool:
+        row = self._task_row(spec, datetime.now(UTC))
+
+        def fn(conn: sa.Connection) -> bool:
+            if conn.execute(self._select_workflow, {"p_iid": spec.instance_id}).first() is None:
+                raise WorkflowNotFoundError(spec.instance_id)
+            created = conn.execute(self._add_task_if_absent, row).rowcount == 1
+            if created:
+                self._announce_work(conn)
+            return created
+
+        created = await self._run(fn, what=f"add task {spec.task_id!r} of {spec.instance_id!r}")
+        if created:
+            self.notify_work()
+        return created
+
+    async def claim_task(
+        self,
+        instance_id: str,
+        task_id: str,
+        worker_id: str,
+        ttl: timedelta,
+        *,
+        due_only: bool = False,
+    ) -> TaskClaim | None:
+        clock = self.dialect.clock_params(ttl=ttl_seconds(ttl))
+        params = {"p_iid": instance_id, "p_tid": task_id, "p_wid": worker_id, **clock}
+        stmt = self._claim_one_due if due_only else self._claim_one
+
+        def fn(conn: sa.Connection) -> TaskClaim | None:
+            row = conn.execute(stmt, params).first()
+            if row is not None:
+                return self._claim(row._mapping)
+            if conn.execute(self._claim_state, params).first() is None:
+                raise TaskNotFoundError(instance_id, task_id)
+            return None
+
+        return await self._run(fn, what=f"claim task {task_id!r} of {instance_id!r}")
+
+    async def get_task(self, instance_id: str, task_id: str) -> AvailableTask:
+        stmt = sa.select(tasks).where(
+            tasks.c.instance_id == instance_id, tasks.c.task_id == task_id
+        )
+
+        def fn(conn: sa.Connection) -> AvailableTask:
+            r = conn.execute(stmt).first()
+            if r is None:
+                raise TaskNotFoundError(instance_id, task_id)
+            return _available_task(r)
+
+        return await self._run(fn, what=f"read task {task_id!r} of {instance_id!r}")
+
+    async def extend_task_claim(
+        self, instance_id: str, task_id: str, worker_id: str, ttl: timedelta
+    ) -> TaskClaim:
+        clock = self.dialect.clock_params(ttl=ttl_seconds(ttl))
+        params = {"p_iid": instance_id, "p_tid": task_id, "p_wid": worker_id, **clock}
+
+        def fn(conn: sa.Connection) -> TaskClaim:
+            row = conn.execute(self._extend, params).first()
+            if row is None:
+                raise self._refusal(conn, clock, instance_id, task_id, worker_id, missing_task=True)
+            return self._claim(row._mapping)
+
+        return await self._run(fn, what=f"extend the claim on {task_id!r} of {instance_id!r}")
+
+    async def release_task_claim(self, instance_id: str, task_id: str, worker_id: str) -> None:
+        clock = self.dialect.clock_params()
+        params = {"p_iid": instance_id, "p_tid": task_id, "p_wid": worker_id, **clock}
+
+        def fn(conn: sa.Connection) -> None:
+            if conn.execute(self._release, params).rowcount == 0:
+                raise self._refusal(conn, clock, instance_id, task_id, worker_id, missing_task=True)
+            self._announce_work(conn)
+
+        await self._run(fn, what=f"release the claim on {task_id!r} of {instance_id!r}")
+        self.notify_work()
+
+    async def complete_task(self, instance_id: str, task_id: str, worker_id: str) -> None:
+        clock = self.dialect.clock_params()
+        params = {"p_iid": instance_id, "p_tid": task_id, "p_wid": worker_id, **clock}
+
+        def fn(conn: sa.Connection) -> None:
+            if conn.execute(self._complete, params).rowcount == 0:
+                raise self._refusal(conn, clock, instance_id, task_id, worker_id)
+
+        await self._run(fn, what=f"complete task {task_id!r} of {instance_id!r}")
+
+    def _filter_params(
+        self, worker_id: str, limit: int, names: Sequence[str] | None, queues: Sequence[str] | None
+    ) -> dict[str, Any]:
+        if limit < 1:
+            raise InvalidArgumentError(f"limit must be at least 1, got {limit}")
+        params: dict[str, Any] = {"p_wid": worker_id, "p_limit": limit}
+        if names is not None:
+            params["p_names"] = list(names)
+        if queues is not None:
+            params["p_queues"] = list(queues)
+        return params
+
+    async def find_available_tasks(
+        self,
+        worker_id: str,
+        limit: int,
+        *,
+        names: Sequence[str] | None = None,
+        queues: Sequence[str] | None = None,
+        include_own: bool = True,
+    ) -> list[AvailableTask]:
+        params = self._filter_params(worker_id, limit, names, queues)
+        params.update(self.dialect.clock_params())
+        query = self._claim_statement(names is not None, queues is not None, include_own, find=True)
+
+        def fn(conn: sa.Connection) -> list[AvailableTask]:
+            return [_available_task(r) for r in conn.execute(query, params)]
+
+        return await self._run(fn, what="find available tasks")
+
+    async def claim_available_tasks(
+        self,
+        worker_id: str,
+        limit: int,
+        ttl: timedelta,
+        *,
+        names: Sequence[str] | None = None,
+        queues: Sequence[str] | None = None,
+        include_own: bool = True,
+    ) -> list[TaskClaim]:
+        params = self._filter_params(worker_id, limit, names, queues)
+        params.update(self.dialect.clock_params(ttl=ttl_seconds(ttl)))
+        key = (names is not None, queues is not None, include_own)
+        stmt = self._claim_statement(*key)
+        what = "claim available tasks"
+
+        def in_order(rows: Iterable[Mapping[Any, Any]]) -> list[TaskClaim]:
+            ordered = sorted(rows, key=lambda r: (r["priority"], r["run_after"], r["id"]))
+            return [self._claim(r) for r in ordered]
+
+        # PostgreSQL: one statement, autocommitted
+        done = await self._run_direct(self._direct_claim(key, stmt), params, what=what)
+        if done is not None:
+            return in_order(done.rows)
+
+        def fn(conn: sa.Connection) -> list[TaskClaim]:
+            return in_order([r._mapping for r in conn.execute(stmt, params)])
+
+        return await self._run(fn, what=what)
+
+
+def _available_task(r: Any) -> AvailableTask:
+    """An :class:`AvailableTask` from a row of the tasks table."""
+    return AvailableTask(
+        instance_id=r.instance_id,
+        task_id=r.task_id,
+        name=r.name,
+        queue=r.queue,
+        priority=r.priority,
+        run_after=r.run_after,
+        claimed_by=r.claimed_by,
+        claim_expires_at=aware(r.claim_expires_at),
+        attempts=r.attempts,
+    )

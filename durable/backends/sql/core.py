@@ -1,0 +1,300 @@
+"""What every area of the SQL backend shares: :class:`SQLCore`, the base of
+:class:`~durable.backends.sql.backend.SQLAlchemyBackend` and of its areas' classes.
+
+The backend is one class assembled from one class per area of the domain, each in its own module
+with the statements its operations run, built once per backend: :mod:`.workflows` (snapshots,
+listings, cancel and requeue), :mod:`.execution` (an execution's begin, its step records, its
+end or retry: the hot path), :mod:`.fanout` (steps handed to other workers), :mod:`.claims`
+(tasks and claims), :mod:`.executors` (the workflow registry and executors), :mod:`.wakeups`
+(telling workers that work is available). :mod:`.backend` composes them and owns the engine, the
+runner, the lifecycle and error translation.
+
+This module holds what several areas use: the declarations of what the composition root
+provides, the statements several areas run (the claim fence, the workflow and its steps by id,
+a new task), and the conversions between rows and durable's models. What differs between
+databases stays in :mod:`.dialects`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from durable.backends.base import PersistentBackend
+from durable.backends.rows import RowRef, step_values, workflow_values
+from durable.backends.sql.dialects import SQLDialect
+from durable.backends.sql.direct import BlockingDirectStatements, CompiledStatement, DirectResult
+from durable.backends.sql.runners import Runner
+from durable.backends.sql.schema import UTCDateTime, steps, tasks, workflows
+from durable.errors import (
+    ClaimLostError,
+    DurableError,
+    InvalidArgumentError,
+    TaskNotFoundError,
+)
+from durable.models import (
+    StepRecord,
+    StepStatus,
+    TaskSpec,
+    WorkflowInfo,
+    WorkflowSnapshot,
+    WorkflowStatus,
+)
+from durable.serialization import Serializer
+
+T = TypeVar("T")
+
+#: The steps table's columns, in order (a step record's parameters are ``s_<column>``).
+STEP_COLUMNS = [c.name for c in steps.columns]
+#: The parameters of the statements: a workflow's id, a task's id, a worker's id.
+P_IID = sa.bindparam("p_iid", type_=sa.String())
+P_TID = sa.bindparam("p_tid", type_=sa.String())
+P_WID = sa.bindparam("p_wid", type_=sa.String())
+
+
+class SQLCore(PersistentBackend):
+    """The base of the SQL backend's areas: what the composition root provides, the statements
+    several areas share (:meth:`_build_core_statements`), and row conversion."""
+
+    serializer: Serializer
+    engine: sa.Engine | AsyncEngine
+    dialect: SQLDialect
+    _runner: Runner
+    #: whether the hot path's statements run straight on the driver (PostgreSQL, async engine)
+    _direct: bool
+    _blocking: BlockingDirectStatements | None
+    _started: bool
+    _loop: asyncio.AbstractEventLoop | None
+
+    if TYPE_CHECKING:  # provided by SQLAlchemyBackend (.backend) and WakeUps (.wakeups)
+
+        async def _run(self, fn: Callable[[sa.Connection], T], *, what: str = "") -> T: ...
+
+        async def _run_direct(
+            self, statement: CompiledStatement | None, params: dict[str, Any], *, what: str
+        ) -> DirectResult | None: ...
+
+        def _errors(self, what: str) -> contextlib.AbstractContextManager[None]: ...
+
+        def _announce_work(self, conn: sa.Connection) -> None: ...
+
+    def _build_core_statements(self) -> None:
+        d = self.dialect
+        now = d.now()
+        self._held = sa.exists(
+            d.lock_for_fence(
+                sa.select(sa.literal(1)).where(
+                    tasks.c.instance_id == P_IID,
+                    tasks.c.task_id == P_TID,
+                    tasks.c.claimed_by == P_WID,
+                    tasks.c.claim_expires_at > now,
+                )
+            )
+        )
+        self._task_key = sa.and_(tasks.c.instance_id == P_IID, tasks.c.task_id == P_TID)
+        # the claim's state, for explaining why a fenced write was refused
+        self._claim_state = sa.select(
+            tasks.c.claimed_by, sa.case((tasks.c.claim_expires_at > now, True), else_=False)
+        ).where(self._task_key)
+        self._select_steps = (
+            sa.select(steps).where(steps.c.workflow_id == P_IID).order_by(steps.c.position)
+        )
+        self._select_workflow = sa.select(workflows).where(workflows.c.id == P_IID)
+        task_values: dict[str, Any] = {
+            c: sa.bindparam(f"t_{c}", type_=tasks.c[c].type)
+            for c in ("instance_id", "task_id", "name", "queue", "priority", "created_at")
+        }
+        task_values["run_after"] = sa.func.coalesce(
+            sa.bindparam("t_run_after", type_=UTCDateTime()), d.later("delay")
+        )
+        task_values["attempts"] = sa.literal(0)
+        self._insert_task = sa.insert(tasks).values(task_values)
+        self._add_task_if_absent = (
+            d.insert(tasks)
+            .values(task_values)
+            .on_conflict_do_nothing()
+            .execution_options(preserve_rowcount=True)
+        )
+        # the failed steps the next attempt runs again: those listed (p_rerun) or marked rerun,
+        # and those after the last step that did not fail
+        last_unfailed = (
+            sa.select(sa.func.coalesce(sa.func.max(steps.c.position), -1))
+            .where(steps.c.workflow_id == P_IID, steps.c.status != StepStatus.FAILED.value)
+            .scalar_subquery()
+        )
+        self._drop_failures = sa.delete(steps).where(
+            steps.c.workflow_id == P_IID,
+            steps.c.status == StepStatus.FAILED.value,
+            sa.or_(
+                steps.c.position > last_unfailed,
+                steps.c.rerun,
+                steps.c.position.in_(sa.bindparam("p_rerun", expanding=True)),
+            ),
+        )
+
+    # -- row conversion -----------------------------------------------------------------------
+
+    def _dump(self, value: Any) -> str | None:
+        return None if value is None else self.serializer.dumps(value)
+
+    def _info(self, row: sa.Row[Any], *, lenient: bool = False) -> WorkflowInfo:
+        """A workflow's header from its row. Strict: an unreadable column raises
+        :class:`CorruptRowError`; ``lenient`` (listings, the header a write returns): the row is
+        returned marked unreadable (see :func:`~durable.backends.rows.workflow_values`)."""
+        return WorkflowInfo(**self._info_fields(row._mapping, lenient=lenient))
+
+    def _info_fields(self, m: Mapping[Any, Any], *, lenient: bool = False) -> dict[str, Any]:
+        return {
+            "id": m["id"],
+            "name": m["name"],
+            **workflow_values(
+                RowRef(workflows.name, m["id"]),
+                self.serializer,
+                status=m["status"],
+                input=m["input"],
+                output=m["output"],
+                error=m["error"],
+                lenient=lenient,
+            ),
+            "parent_id": m["parent_id"],
+            "executor_id": m["executor_id"],
+            "queue": m["queue"],
+            "priority": m["priority"],
+            "idempotency_key": m["idempotency_key"],
+            "attempts": m["attempts"],
+            "max_attempts": m["max_attempts"],
+            "interruptions": m["interruptions"],
+            "version": m["version"],
+            "created_at": m["created_at"],
+            "updated_at": m["updated_at"],
+            "started_at": m["started_at"],
+            "completed_at": m["completed_at"],
+        }
+
+    def _snapshot(self, row: sa.Row[Any], step_rows: Sequence[sa.Row[Any]]) -> WorkflowSnapshot:
+        instance_id = row._mapping["id"]
+        return WorkflowSnapshot(
+            **self._info_fields(row._mapping),
+            steps=tuple(self._step(instance_id, r._mapping) for r in step_rows),
+        )
+
+    def _step(self, instance_id: str, m: Mapping[Any, Any]) -> StepRecord:
+        """A step from its row; an unreadable column raises :class:`CorruptRowError`."""
+        return StepRecord(
+            position=m["position"],
+            name=m["name"],
+            **step_values(
+                RowRef(steps.name, instance_id, m["position"]),
+                self.serializer,
+                status=m["status"],
+                input=m["input"],
+                output=m["output"],
+                error=m["error"],
+            ),
+            child_workflow_id=m["child_workflow_id"],
+            attempts=m["attempts"],
+            executor_id=m["executor_id"],
+            started_at=m["started_at"],
+            completed_at=m["completed_at"],
+            rerun=bool(m["rerun"]),
+        )
+
+    def _workflow_row(self, info: WorkflowInfo, now: datetime, version: int) -> dict[str, Any]:
+        return {
+            "id": info.id,
+            "name": info.name,
+            "status": WorkflowStatus(info.status).value,
+            "input": self._dump(info.input),
+            "output": self._dump(info.output),
+            "error": info.error.to_json() if info.error else None,
+            "parent_id": info.parent_id,
+            "executor_id": info.executor_id,
+            "queue": info.queue,
+            "priority": info.priority,
+            "idempotency_key": info.idempotency_key,
+            "attempts": info.attempts,
+            "max_attempts": info.max_attempts,
+            "interruptions": info.interruptions,
+            "version": version,
+            "created_at": info.created_at or now,
+            "updated_at": now,
+            "started_at": info.started_at,
+            "completed_at": info.completed_at,
+        }
+
+    def _step_row(self, instance_id: str, step: StepRecord, now: datetime) -> dict[str, Any]:
+        if step.position < 0:
+            raise InvalidArgumentError(f"a step position must be >= 0, got {step.position}")
+        completed = step.completed_at
+        if completed is None and step.status is not StepStatus.PENDING:
+            completed = now
+        return {
+            "workflow_id": instance_id,
+            "position": step.position,
+            "name": step.name,
+            "status": StepStatus(step.status).value,
+            "input": self._dump(step.input),
+            "output": self._dump(step.output),
+            "error": step.error.to_json() if step.error else None,
+            "child_workflow_id": step.child_workflow_id,
+            "attempts": step.attempts,
+            "executor_id": step.executor_id,
+            "started_at": step.started_at,
+            "completed_at": completed,
+            "rerun": step.rerun,
+        }
+
+    def _task_row(self, spec: TaskSpec, now: datetime) -> dict[str, Any]:
+        """Parameters for :attr:`_insert_task`: a task due at ``spec.run_after``, or now by the
+        lease clock (the database's on PostgreSQL, so app servers' clocks do not matter)."""
+        return {
+            "t_instance_id": spec.instance_id,
+            "t_task_id": spec.task_id,
+            "t_name": spec.name,
+            "t_queue": spec.queue,
+            "t_priority": spec.priority,
+            "t_run_after": spec.run_after,
+            "t_created_at": now,
+            **self.dialect.clock_params(
+                delay=spec.delay.total_seconds() if spec.delay is not None else 0.0
+            ),
+        }
+
+    def _refusal(
+        self,
+        conn: sa.Connection,
+        clock: dict[str, Any],
+        instance_id: str,
+        task_id: str,
+        worker_id: str,
+        *,
+        missing_task: bool = False,
+    ) -> DurableError:
+        """Why a write fenced by a claim was refused."""
+        row = conn.execute(
+            self._claim_state, {"p_iid": instance_id, "p_tid": task_id, **clock}
+        ).first()
+        if row is None and missing_task:
+            return TaskNotFoundError(instance_id, task_id)
+        holder = row[0] if row is not None and row[1] else None
+        return ClaimLostError(instance_id, task_id, worker_id, holder)
+
+
+def aware(value: Any) -> datetime | None:
+    """A timestamp from a CASE expression, which loses the column's type on SQLite."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+
+
+def first_line(exc: BaseException | None) -> str:
+    """The first line of an error's message (its repr when it has none)."""
+    return str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else repr(exc)

@@ -1,0 +1,361 @@
+"""Running a workflow: the start of an execution with its history, its step records, its end
+and its retry. This is the hot path: each of begin, step record and finish is one statement,
+built once here, and on PostgreSQL runs prepared straight on the driver (:mod:`.direct`).
+
+Part of :class:`~durable.backends.sql.backend.SQLAlchemyBackend` (see :mod:`.core`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from durable.backends.sql.core import P_IID, P_WID, STEP_COLUMNS, SQLCore
+from durable.backends.sql.direct import CompiledStatement
+from durable.backends.sql.runners import InlineRunner
+from durable.backends.sql.schema import steps, tasks, workflows
+from durable.errors import (
+    ClaimLostError,
+    DurableError,
+    InvalidArgumentError,
+    StepAlreadyRecordedError,
+    WorkflowNotFoundError,
+)
+from durable.models import (
+    WORKFLOW_TASK,
+    ErrorInfo,
+    StepRecord,
+    StepStatus,
+    WorkflowInfo,
+    WorkflowSnapshot,
+    WorkflowStatus,
+)
+
+
+class Execution(SQLCore):
+    """A workflow's execution: begin, record its steps, finish or reschedule it."""
+
+    def _build_execution_statements(self) -> None:
+        d = self.dialect
+        now = d.now()
+        # record_step: a fenced upsert that only overwrites pending rows
+        values = [sa.bindparam(f"s_{c}", type_=steps.c[c].type).label(c) for c in STEP_COLUMNS]
+        base = d.insert(steps).from_select(STEP_COLUMNS, sa.select(*values).where(self._held))
+        self._record_step = base.on_conflict_do_update(
+            index_elements=[steps.c.workflow_id, steps.c.position],
+            set_={c: base.excluded[c] for c in STEP_COLUMNS if c not in ("workflow_id",)},
+            where=steps.c.status == StepStatus.PENDING.value,
+        ).execution_options(preserve_rowcount=True)
+        interrupted = workflows.c.status == WorkflowStatus.RUNNING.value
+        self._begin = (
+            sa.update(workflows)
+            .where(workflows.c.id == P_IID, self._held)
+            .values(
+                status=WorkflowStatus.RUNNING.value,
+                executor_id=P_WID,
+                # still running: the attempt's executor died or lost its lease; this resumes it
+                attempts=workflows.c.attempts + sa.case((interrupted, 0), else_=1),
+                interruptions=workflows.c.interruptions + sa.case((interrupted, 1), else_=0),
+                started_at=sa.func.coalesce(workflows.c.started_at, sa.bindparam("p_ts")),
+                updated_at=sa.bindparam("p_ts"),
+                version=workflows.c.version + 1,
+            )
+            .returning(*workflows.c)
+        )
+        self._take_workflow_task = sa.delete(tasks).where(
+            tasks.c.instance_id == P_IID,
+            tasks.c.task_id == WORKFLOW_TASK,
+            tasks.c.claimed_by == P_WID,
+            tasks.c.claim_expires_at > now,
+        )
+        self._finish = (
+            sa.update(workflows)
+            .where(workflows.c.id == P_IID)
+            .values(
+                status=sa.bindparam("p_status"),
+                output=sa.bindparam("p_output"),
+                error=sa.bindparam("p_error"),
+                updated_at=sa.bindparam("p_ts"),
+                completed_at=sa.bindparam("p_ts"),
+                version=workflows.c.version + 1,
+            )
+            .returning(*workflows.c)
+        )
+        self._reschedule_task = (
+            sa.update(tasks)
+            .where(self._task_key, tasks.c.claimed_by == P_WID, tasks.c.claim_expires_at > now)
+            .values(claimed_by=None, claim_expires_at=None, run_after=d.later("delay"))
+        )
+        self._mark_rerun = (
+            sa.update(steps)
+            .where(
+                steps.c.workflow_id == P_IID,
+                steps.c.status == StepStatus.FAILED.value,
+                steps.c.position.in_(sa.bindparam("p_rerun", expanding=True)),
+            )
+            .values(rerun=True)
+        )
+        self._build_direct_statements()
+
+    def _build_direct_statements(self) -> None:
+        """The hot path's single statements, run straight on the driver (PostgreSQL): a step
+        record; the start of an execution with its history (an UPDATE in a CTE, then the
+        steps); its end, which removes the claimed task and writes the outcome (a DELETE in a
+        CTE, which only PostgreSQL allows). Claims are compiled on first use
+        (:meth:`_direct_claim`)."""
+        self._record_step_direct = self._begin_direct = self._finish_direct = None
+        if not self._direct:
+            return
+        dialect = self.engine.dialect
+        self._record_step_direct = CompiledStatement(self._record_step, dialect)
+        # the workflow's row, then its steps' rows (each row has both sets of columns, the
+        # other set NULL: a join would repeat the workflow's input on every step)
+        began = self._begin.cte("began")
+        step_columns = [c for c in STEP_COLUMNS if c != "workflow_id"]
+
+        def nulls(table: sa.Table, columns: Sequence[str], prefix: str = "") -> list[Any]:
+            return [
+                sa.type_coerce(sa.null(), table.c[c].type).label(f"{prefix}{c}") for c in columns
+            ]
+
+        header = sa.select(
+            sa.literal(0).label("part"), *began.c, *nulls(steps, step_columns, "step_")
+        )
+        history = sa.select(
+            sa.literal(1),
+            *nulls(workflows, [c.name for c in workflows.c]),
+            *[steps.c[c] for c in step_columns],
+        ).where(
+            steps.c.workflow_id == sa.bindparam("p_iid", type_=sa.String()),
+            sa.exists(sa.select(began.c.id)),
+        )
+        begin = sa.union_all(header, history)
+        begin = begin.order_by(begin.selected_columns.part, begin.selected_columns.step_position)
+        self._begin_direct = CompiledStatement(begin, dialect)
+        taken = self._take_workflow_task.returning(tasks.c.id).cte("taken")
+        finish = self._finish.where(sa.exists(sa.select(taken.c.id)))
+        self._finish_direct = CompiledStatement(finish, dialect)
+
+    def _joined_snapshot(self, rows: Sequence[Mapping[str, Any]]) -> WorkflowSnapshot:
+        """A snapshot from the rows of the direct begin statement: the workflow's row first,
+        then one row per step in the ``step_`` columns."""
+        instance_id = rows[0]["id"]
+        history = tuple(
+            self._step(
+                instance_id, {c: row[f"step_{c}"] for c in STEP_COLUMNS if c != "workflow_id"}
+            )
+            for row in rows[1:]
+        )
+        return WorkflowSnapshot(**self._info_fields(rows[0]), steps=history)
+
+    async def begin_execution(
+        self, instance_id: str, worker_id: str, *, task_id: str = WORKFLOW_TASK
+    ) -> WorkflowSnapshot:
+        clock = self.dialect.clock_params()
+        params = {
+            "p_iid": instance_id,
+            "p_tid": task_id,
+            "p_wid": worker_id,
+            "p_ts": datetime.now(UTC),
+            **clock,
+        }
+
+        what = f"begin workflow {instance_id!r}"
+
+        def explain(conn: sa.Connection) -> DurableError:
+            if conn.execute(self._select_workflow, params).first() is None:
+                return WorkflowNotFoundError(instance_id)
+            return self._refusal(conn, clock, instance_id, task_id, worker_id)
+
+        done = await self._run_direct(self._begin_direct, params, what=what)
+        if done is not None:  # one statement, one round trip
+            if not done.rows:
+                raise await self._run(explain, what=what)
+            return self._joined_snapshot(done.rows)
+
+        def fn(conn: sa.Connection) -> WorkflowSnapshot:
+            row = conn.execute(self._begin, params).first()
+            if row is None:
+                raise explain(conn)
+            return self._snapshot(row, conn.execute(self._select_steps, params).all())
+
+        return await self._run(fn, what=what)
+
+    async def record_step(
+        self,
+        instance_id: str,
+        step: StepRecord,
+        *,
+        worker_id: str,
+        task_id: str = WORKFLOW_TASK,
+    ) -> None:
+        what = f"record step {step.position} of {instance_id!r}"
+        params, record, explain = self._record_step_call(instance_id, step, worker_id, task_id)
+        # The hot path: one statement that checks the lease and writes the step, atomic by
+        # itself, so on PostgreSQL it runs without BEGIN/COMMIT, prepared, on the driver.
+        done = await self._run_direct(self._record_step_direct, params, what=what)
+        if done is None:
+            await self._run(record, what=what)
+        elif done.rowcount != 1:
+            raise await self._run(explain, what=what)
+
+    @property
+    def records_steps_blocking(self) -> bool:  # type: ignore[override]
+        """True for SQLite files on the standard-library driver (their transactions run inline)
+        and for PostgreSQL engines durable created: a sync workflow's thread records its steps
+        itself."""
+        runner = self._runner
+        return self._blocking is not None or (
+            isinstance(runner, InlineRunner) and runner.thread_safe
+        )
+
+    def record_step_blocking(
+        self,
+        instance_id: str,
+        step: StepRecord,
+        *,
+        worker_id: str,
+        task_id: str = WORKFLOW_TASK,
+    ) -> None:
+        if not self.records_steps_blocking:
+            return super().record_step_blocking(
+                instance_id, step, worker_id=worker_id, task_id=task_id
+            )
+        what = f"record step {step.position} of {instance_id!r}"
+        params, record, explain = self._record_step_call(instance_id, step, worker_id, task_id)
+        if self._blocking is not None:
+            assert self._record_step_direct is not None  # a blocking path implies a direct one
+            with self._errors(what):
+                if self._blocking.execute(self._record_step_direct, params).rowcount == 1:
+                    return
+            # refused: why is worth a hop to the event loop (this is not the hot path)
+            assert self._loop is not None
+            coro = self._run(explain, what=what)
+            raise asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        runner = self._runner
+        assert isinstance(runner, InlineRunner)
+        with self._errors(what):
+            runner.run(record)
+
+    def _record_step_call(
+        self, instance_id: str, step: StepRecord, worker_id: str, task_id: str
+    ) -> tuple[
+        dict[str, Any],
+        Callable[[sa.Connection], None],
+        Callable[[sa.Connection], DurableError],
+    ]:
+        """The parameters of the fenced step record, a function that runs it, and one that
+        explains why it was refused."""
+        clock = self.dialect.clock_params()
+        row = self._step_row(instance_id, step, datetime.now(UTC))
+        params = {f"s_{k}": v for k, v in row.items()}
+        params.update(p_iid=instance_id, p_tid=task_id, p_wid=worker_id, **clock)
+
+        def explain(conn: sa.Connection) -> DurableError:
+            refusal = self._refusal(conn, clock, instance_id, task_id, worker_id)
+            if isinstance(refusal, ClaimLostError) and refusal.holder == worker_id:
+                return StepAlreadyRecordedError(instance_id, step.position)
+            return refusal
+
+        def record(conn: sa.Connection) -> None:
+            if conn.execute(self._record_step, params).rowcount != 1:
+                raise explain(conn)
+
+        return params, record, explain
+
+    async def finish_workflow(
+        self,
+        instance_id: str,
+        *,
+        worker_id: str,
+        status: WorkflowStatus,
+        output: Any = None,
+        error: ErrorInfo | None = None,
+        rerun: Sequence[int] = (),
+    ) -> WorkflowInfo:
+        if not WorkflowStatus(status).is_terminal:
+            raise InvalidArgumentError(f"finish_workflow needs a final status, got {status!r}")
+        clock = self.dialect.clock_params()
+        params = {
+            "p_iid": instance_id,
+            "p_wid": worker_id,
+            "p_status": WorkflowStatus(status).value,
+            "p_output": self._dump(output),
+            "p_error": error.to_json() if error else None,
+            "p_ts": datetime.now(UTC),
+            **clock,
+        }
+
+        what = f"finish workflow {instance_id!r}"
+
+        def refusal(conn: sa.Connection) -> DurableError:
+            return self._refusal(conn, clock, instance_id, WORKFLOW_TASK, worker_id)
+
+        # one statement, one round trip (marking failed steps to run again takes a transaction)
+        direct = self._finish_direct if not rerun else None
+        done = await self._run_direct(direct, params, what=what)
+        if done is not None:
+            if not done.rows:
+                raise await self._run(refusal, what=what)
+            return WorkflowInfo(**self._info_fields(done.rows[0], lenient=True))
+
+        def fn(conn: sa.Connection) -> WorkflowInfo:
+            if conn.execute(self._take_workflow_task, params).rowcount == 0:
+                raise refusal(conn)
+            if rerun:
+                conn.execute(self._mark_rerun, {"p_iid": instance_id, "p_rerun": list(rerun)})
+            return self._info(conn.execute(self._finish, params).one(), lenient=True)
+
+        return await self._run(fn, what=what)
+
+    async def reschedule_workflow(
+        self,
+        instance_id: str,
+        *,
+        worker_id: str,
+        run_after: timedelta,
+        error: ErrorInfo | None = None,
+        consume_attempt: bool = True,
+        rerun: Sequence[int] = (),
+    ) -> WorkflowInfo:
+        delay = max(run_after.total_seconds(), 0.0)
+        clock = self.dialect.clock_params(delay=delay)
+        params = {
+            "p_iid": instance_id,
+            "p_tid": WORKFLOW_TASK,
+            "p_wid": worker_id,
+            "p_rerun": list(rerun),
+            **clock,
+        }
+        values: dict[str, Any] = {
+            "status": WorkflowStatus.PENDING.value,
+            "error": error.to_json() if error else None,
+            "updated_at": datetime.now(UTC),
+            "version": workflows.c.version + 1,
+        }
+        if not consume_attempt:
+            values["attempts"] = sa.case(
+                (workflows.c.attempts > 0, workflows.c.attempts - 1), else_=0
+            )
+
+        def fn(conn: sa.Connection) -> WorkflowInfo:
+            if conn.execute(self._reschedule_task, params).rowcount == 0:
+                raise self._refusal(conn, clock, instance_id, WORKFLOW_TASK, worker_id)
+            if consume_attempt:
+                conn.execute(self._drop_failures, params)
+            row = conn.execute(
+                sa.update(workflows)
+                .where(workflows.c.id == instance_id)
+                .values(values)
+                .returning(*workflows.c)
+            ).one()
+            self._announce_work(conn)
+            return self._info(row, lenient=True)
+
+        info = await self._run(fn, what=f"reschedule workflow {instance_id!r}")
+        self.notify_work()
+        return info

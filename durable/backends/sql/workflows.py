@@ -1,0 +1,298 @@
+"""Workflows as records: create, save, load, list, delete, cancel and requeue them.
+
+Part of :class:`~durable.backends.sql.backend.SQLAlchemyBackend` (see :mod:`.core`); running a
+workflow (begin, steps, finish) is :mod:`.execution`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from durable.backends.cursors import decode_cursor, encode_cursor
+from durable.backends.sql.core import P_IID, STEP_COLUMNS, SQLCore
+from durable.backends.sql.schema import steps, tasks, workflows
+from durable.errors import (
+    BackendError,
+    ConcurrentUpdateError,
+    InvalidArgumentError,
+    WorkflowAlreadyExistsError,
+    WorkflowNotFoundError,
+)
+from durable.models import (
+    WORKFLOW_TASK,
+    Page,
+    StepRecord,
+    TaskSpec,
+    WorkflowInfo,
+    WorkflowSnapshot,
+    WorkflowStatus,
+    as_status_set,
+)
+
+_TERMINAL = [s.value for s in WorkflowStatus if s.is_terminal]
+_REQUEUEABLE = [
+    WorkflowStatus.FAILED.value,
+    WorkflowStatus.DEAD_LETTER.value,
+    WorkflowStatus.CANCELLED.value,
+]
+
+
+class WorkflowRecords(SQLCore):
+    """Workflows as records: their snapshots, listings, cancellation and requeueing."""
+
+    def _build_workflow_statements(self) -> None:
+        d = self.dialect
+        self._insert_workflow = (
+            d.insert(workflows).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
+        )
+        self._create_workflow = d.insert(workflows).on_conflict_do_nothing().returning(*workflows.c)
+        self._select_by_idempotency_key = (
+            sa.select(workflows)
+            .where(
+                sa.or_(
+                    workflows.c.id == P_IID,
+                    workflows.c.idempotency_key == sa.bindparam("p_key", type_=sa.String()),
+                )
+            )
+            .limit(1)
+        )
+
+    async def create_workflow(
+        self, snapshot: WorkflowSnapshot, *, task: TaskSpec | None = None
+    ) -> tuple[WorkflowInfo, bool]:
+        now = datetime.now(UTC)
+        row = self._workflow_row(snapshot, now, 1)
+        step_rows = [self._step_row(snapshot.id, s, now) for s in snapshot.steps]
+        task_row = self._task_row(task, now) if task is not None else None
+        # "idempotency_key = NULL" matches nothing, so with no key this looks up the id only
+        match = {"p_iid": snapshot.id, "p_key": snapshot.idempotency_key}
+
+        def fn(conn: sa.Connection) -> tuple[WorkflowInfo, bool]:
+            stored = conn.execute(self._create_workflow, row).first()
+            if stored is None:
+                existing = conn.execute(self._select_by_idempotency_key, match).one()
+                return self._info(existing, lenient=True), False
+            if step_rows:
+                conn.execute(sa.insert(steps), step_rows)
+            if task_row is not None:
+                conn.execute(self._insert_task, task_row)
+                self._announce_work(conn)
+            return self._info(stored, lenient=True), True
+
+        result = await self._run(fn, what=f"create workflow {snapshot.id!r}")
+        if result[1] and task_row is not None:
+            self.notify_work()
+        return result
+
+    async def save_snapshot(self, snapshot: WorkflowSnapshot) -> WorkflowSnapshot:
+        now = datetime.now(UTC)
+        version = snapshot.version
+        row = self._workflow_row(snapshot, now, version + 1)
+        step_rows = [self._step_row(snapshot.id, s, now) for s in snapshot.steps]
+        instance_id = snapshot.id
+
+        def fn(conn: sa.Connection) -> WorkflowSnapshot:
+            if version == 0:
+                inserted = conn.execute(self._insert_workflow, row)
+                if inserted.rowcount == 0:
+                    # the id, else the holder of the idempotency key (never "key IS NULL")
+                    clash = workflows.c.id == instance_id
+                    if snapshot.idempotency_key is not None:
+                        clash = sa.or_(
+                            clash, workflows.c.idempotency_key == snapshot.idempotency_key
+                        )
+                    other = conn.execute(
+                        sa.select(workflows.c.id)
+                        .where(clash)
+                        .order_by(sa.case((workflows.c.id == instance_id, 0), else_=1))
+                        .limit(1)
+                    ).scalar()
+                    raise WorkflowAlreadyExistsError(other or instance_id)
+            else:
+                values = {k: v for k, v in row.items() if k not in ("id", "created_at")}
+                updated = conn.execute(
+                    sa.update(workflows)
+                    .where(workflows.c.id == instance_id, workflows.c.version == version)
+                    .values(values)
+                )
+                if updated.rowcount == 0:
+                    actual = conn.execute(
+                        sa.select(workflows.c.version).where(workflows.c.id == instance_id)
+                    ).scalar()
+                    if actual is None:
+                        raise WorkflowNotFoundError(instance_id)
+                    raise ConcurrentUpdateError(instance_id, version, actual)
+            if step_rows:
+                ins = self.dialect.insert(steps)
+                conn.execute(
+                    ins.on_conflict_do_update(
+                        index_elements=[steps.c.workflow_id, steps.c.position],
+                        set_={c: ins.excluded[c] for c in STEP_COLUMNS if c != "workflow_id"},
+                    ),
+                    step_rows,
+                )
+            return self._load_snapshot(conn, instance_id)
+
+        try:
+            return await self._run(fn, what=f"save workflow {instance_id!r}")
+        except BackendError as exc:
+            if isinstance(exc.__cause__, sa.exc.IntegrityError):
+                raise WorkflowAlreadyExistsError(instance_id) from exc
+            raise
+
+    def _load_snapshot(self, conn: sa.Connection, instance_id: str) -> WorkflowSnapshot:
+        row = conn.execute(self._select_workflow, {"p_iid": instance_id}).first()
+        if row is None:
+            raise WorkflowNotFoundError(instance_id)
+        step_rows = conn.execute(self._select_steps, {"p_iid": instance_id}).all()
+        return self._snapshot(row, step_rows)
+
+    async def load_snapshot(self, instance_id: str) -> WorkflowSnapshot:
+        return await self._run(
+            lambda conn: self._load_snapshot(conn, instance_id),
+            what=f"load workflow {instance_id!r}",
+        )
+
+    async def get_workflow(self, instance_id: str) -> WorkflowInfo:
+        def fn(conn: sa.Connection) -> WorkflowInfo:
+            row = conn.execute(self._select_workflow, {"p_iid": instance_id}).first()
+            if row is None:
+                raise WorkflowNotFoundError(instance_id)
+            return self._info(row)
+
+        return await self._run(fn, what=f"read workflow {instance_id!r}")
+
+    async def delete_snapshot(self, instance_id: str) -> bool:
+        def fn(conn: sa.Connection) -> bool:
+            conn.execute(sa.delete(tasks).where(tasks.c.instance_id == instance_id))
+            conn.execute(sa.delete(steps).where(steps.c.workflow_id == instance_id))
+            return (
+                conn.execute(sa.delete(workflows).where(workflows.c.id == instance_id)).rowcount > 0
+            )
+
+        return await self._run(fn, what=f"delete workflow {instance_id!r}")
+
+    async def list_snapshots(
+        self,
+        *,
+        status: WorkflowStatus | str | Sequence[WorkflowStatus | str] | None = None,
+        name: str | None = None,
+        parent_id: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[WorkflowInfo]:
+        statuses = as_status_set(status)
+        if limit < 1:
+            raise InvalidArgumentError(f"limit must be at least 1, got {limit}")
+        query = sa.select(workflows)
+        if statuses is not None:
+            query = query.where(workflows.c.status.in_([s.value for s in statuses]))
+        if name is not None:
+            query = query.where(workflows.c.name == name)
+        if parent_id is not None:
+            query = query.where(workflows.c.parent_id == parent_id)
+        if cursor is not None:
+            created, after_id = decode_cursor(cursor)
+            query = query.where(
+                sa.or_(
+                    workflows.c.created_at < created,
+                    sa.and_(workflows.c.created_at == created, workflows.c.id < after_id),
+                )
+            )
+        query = query.order_by(workflows.c.created_at.desc(), workflows.c.id.desc()).limit(
+            limit + 1
+        )
+
+        def fn(conn: sa.Connection) -> Page[WorkflowInfo]:
+            rows = conn.execute(query).all()
+            items = [self._info(r, lenient=True) for r in rows[:limit]]
+            return Page(items, encode_cursor(items[-1]) if len(rows) > limit else None)
+
+        return await self._run(fn, what="list workflows")
+
+    async def list_steps(self, instance_id: str) -> list[StepRecord]:
+        def fn(conn: sa.Connection) -> list[StepRecord]:
+            rows = conn.execute(self._select_steps, {"p_iid": instance_id}).all()
+            if (
+                not rows
+                and conn.execute(
+                    sa.select(workflows.c.id).where(workflows.c.id == instance_id)
+                ).first()
+                is None
+            ):
+                raise WorkflowNotFoundError(instance_id)
+            return [self._step(instance_id, r._mapping) for r in rows]
+
+        return await self._run(fn, what=f"list steps of {instance_id!r}")
+
+    async def requeue_workflow(self, instance_id: str) -> WorkflowInfo:
+        now = datetime.now(UTC)
+
+        def fn(conn: sa.Connection) -> WorkflowInfo:
+            row = conn.execute(
+                sa.update(workflows)
+                .where(workflows.c.id == instance_id, workflows.c.status.in_(_REQUEUEABLE))
+                .values(
+                    status=WorkflowStatus.PENDING.value,
+                    error=None,
+                    output=None,
+                    attempts=0,
+                    interruptions=0,
+                    completed_at=None,
+                    updated_at=now,
+                    version=workflows.c.version + 1,
+                )
+                .returning(*workflows.c)
+            ).first()
+            if row is None:
+                current = conn.execute(self._select_workflow, {"p_iid": instance_id}).first()
+                if current is None:
+                    raise WorkflowNotFoundError(instance_id)
+                raise InvalidArgumentError(
+                    f"workflow {instance_id!r} is {current.status}: only failed, "
+                    "dead-lettered or cancelled workflows can be run again"
+                )
+            conn.execute(self._drop_failures, {"p_iid": instance_id, "p_rerun": []})
+            conn.execute(
+                sa.delete(tasks).where(
+                    tasks.c.instance_id == instance_id, tasks.c.task_id == WORKFLOW_TASK
+                )
+            )
+            spec = TaskSpec(
+                instance_id=instance_id, name=row.name, queue=row.queue, priority=row.priority
+            )
+            conn.execute(self._insert_task, self._task_row(spec, now))
+            self._announce_work(conn)
+            return self._info(row, lenient=True)
+
+        info = await self._run(fn, what=f"requeue workflow {instance_id!r}")
+        self.notify_work()
+        return info
+
+    async def cancel_workflow(self, instance_id: str) -> WorkflowInfo:
+        now = datetime.now(UTC)
+
+        def fn(conn: sa.Connection) -> WorkflowInfo:
+            row = conn.execute(
+                sa.update(workflows)
+                .where(workflows.c.id == instance_id, workflows.c.status.not_in(_TERMINAL))
+                .values(
+                    status=WorkflowStatus.CANCELLED.value,
+                    updated_at=now,
+                    completed_at=now,
+                    version=workflows.c.version + 1,
+                )
+                .returning(*workflows.c)
+            ).first()
+            if row is None:
+                row = conn.execute(self._select_workflow, {"p_iid": instance_id}).first()
+                if row is None:
+                    raise WorkflowNotFoundError(instance_id)
+                return self._info(row, lenient=True)
+            conn.execute(sa.delete(tasks).where(tasks.c.instance_id == instance_id))
+            return self._info(row, lenient=True)
+
+        return await self._run(fn, what=f"cancel workflow {instance_id!r}")
