@@ -22,6 +22,7 @@ The tree::
     │   └── ExecutorIdInUseError      another live process runs under that executor id
     ├── ClaimLostError                the caller does not hold the claim it acts under
     ├── NonDeterminismError           a replay diverged from the recorded history
+    ├── RecoveriesExhaustedError      interrupted more often than max_recoveries allows
     ├── NonRetryableError             raise it (or a subclass) from a step: no retry
     ├── WorkerCrashedError            a worker's loop died: it claims nothing any more
     ├── WorkflowError                 the outcome of a workflow, as seen by a caller
@@ -238,6 +239,11 @@ class ClaimLostError(DurableError):
 
 class NonDeterminismError(DurableError):
     """A replay diverged from the recorded history of the workflow."""
+
+
+class RecoveriesExhaustedError(DurableError):
+    """The execution was interrupted (its executors died or lost their leases) more often than
+    its workflow's ``max_recoveries`` allows: a crash loop, dead-lettered."""
 
 
 class NonRetryableError(DurableError):

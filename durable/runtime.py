@@ -49,6 +49,7 @@ from durable.errors import (
     InvalidArgumentError,
     NonRetryableError,
     NothingToServeError,
+    RecoveriesExhaustedError,
     SerializationError,
     StepError,
     TaskNotFoundError,
@@ -670,10 +671,11 @@ class Runtime:
                 instance_id,
                 worker_id=self.executor_id,
                 status=WorkflowStatus.DEAD_LETTER,
-                error=ErrorInfo(
-                    type="durable.errors.RecoveriesExhaustedError",
-                    message=interrupted
-                    + (f"; the last failure was {last.type}: {last.message}" if last else ""),
+                error=ErrorInfo.from_exception(
+                    RecoveriesExhaustedError(
+                        interrupted
+                        + (f"; the last failure was {last.type}: {last.message}" if last else "")
+                    )
                 ),
             )
             raise self.outcome_error(info)

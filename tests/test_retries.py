@@ -34,6 +34,7 @@ import pytest
 
 import durable
 import durable.runtime
+from durable.context import rebuild_exception
 from durable.models import WORKFLOW_TASK, StepStatus, WorkflowStatus
 
 T = TypeVar("T")
@@ -418,6 +419,9 @@ async def test_a_crash_loop_is_dead_lettered_after_max_recoveries(backend_url: s
             1,
             3,
         )
+        assert info.error is not None
+        assert info.error.type == "durable.errors.RecoveriesExhaustedError"
+        assert isinstance(rebuild_exception(info.error), durable.errors.RecoveriesExhaustedError)
         assert CALLS["first"] == 0
         # a redrive starts the count again
         await rt.retry(workflow_id)
