@@ -329,7 +329,7 @@ class Client:
                         "the client was started by async code (`async with client:`); call its "
                         "_sync methods from other threads without `with client:` / start_sync()"
                     )
-                portal = Portal("durable-client")
+                portal = Portal("durable-client", owner="client")
                 self._portal = portal
                 try:
                     portal.call(self.start())
@@ -470,7 +470,7 @@ class Client:
             max_attempts=max_attempts,
             queue=queue,
         )
-        info = await self.create(
+        info = await self._create(
             fn, workflow_id or str(uuid.uuid4()), args, kwargs, options=options
         )
         return info.id
@@ -504,7 +504,7 @@ class Client:
             )
         )
 
-    async def create(
+    async def _create(
         self,
         wf: Workflow[Any, Any] | str,
         instance_id: str,

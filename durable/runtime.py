@@ -133,6 +133,13 @@ class Runtime:
     :param registry: where workflow names are looked up (default: the decorators' registry).
     :param max_threads: worker threads for sync workflows and sync steps.
 
+    The operations that execute nothing (:meth:`enqueue` outside a workflow, :meth:`result`,
+    :meth:`get_workflow`, :meth:`list_workflows`, :meth:`list_steps`, :meth:`cancel`,
+    :meth:`retry`, :meth:`set_workflow_enabled`, :meth:`registered_workflows`,
+    :meth:`list_executors`) go through the :class:`~durable.Client` the runtime owns on its
+    backend (:attr:`client`). A process that only starts and inspects work needs no runtime: a
+    :class:`~durable.Client` of its own does it.
+
     :raises InvalidArgumentError: an argument of the wrong type or out of range: an empty or
         overlong ``executor_id``, a ``claim_ttl``, ``heartbeat_interval`` or ``poll_interval``
         that is not a finite positive number, a heartbeat interval not below ``claim_ttl``, a
@@ -513,7 +520,7 @@ class Runtime:
         parent_id: str | None = None,
         options: EnqueueOptions | None = None,
     ) -> WorkflowInfo:
-        return await self.client.create(
+        return await self.client._create(
             wf, instance_id, args, kwargs, parent_id=parent_id, options=options
         )
 
@@ -1029,7 +1036,7 @@ class Runtime:
         Once this returns, the execution is stored and will happen: a worker that serves its
         name claims it when it is due, and it is retried until it succeeds, fails for good, or
         runs out of attempts. A producer can enqueue by name, with JSON arguments, without
-        importing the workflow's code.
+        importing the workflow's code, and without a runtime: see :class:`~durable.Client`.
 
         :param workflow_id: the execution's id (default: a new random one). An id that exists
             already creates nothing: its id is returned, whatever the arguments (they are not
@@ -1094,7 +1101,7 @@ class Runtime:
         )
         ctx = _context.current()
         if ctx is None:  # a client's enqueue
-            info = await self.client.create(
+            info = await self.client._create(
                 target, workflow_id or str(uuid.uuid4()), args, kwargs, options=options
             )
             return info.id

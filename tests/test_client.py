@@ -11,6 +11,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
@@ -249,3 +250,27 @@ def test_a_process_without_workflow_code_drives_workflows_served_elsewhere(
     }
     with durable.Client(sql_url) as client:  # the producer left no executor behind
         assert [e.id for e in client.list_executors_sync()] == ["w-1"]
+
+
+def test_request_threads_share_one_sync_client(sqlite_url: str) -> None:
+    client = durable.Client(sqlite_url)
+    errors: list[BaseException] = []
+
+    def request(n: int) -> None:
+        try:
+            with client:  # each request thread enters; the last one out closes
+                client.enqueue_sync("served.elsewhere.v1", n, workflow_id=f"r-{n}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=request, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=WAIT)
+    assert not any(thread.is_alive() for thread in threads) and errors == []
+    with pytest.raises(durable.DurableError, match="client is not started"):
+        client.list_workflows_sync()
+    with client:  # started again
+        listed = client.list_workflows_sync()
+    assert sorted(i.id for i in listed.items) == sorted(f"r-{n}" for n in range(8))
