@@ -236,6 +236,7 @@ class Client:
         self.poll_interval = poll_interval
         self.sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep
         self._owned_by: str | None = None  # a runtime that starts and closes the backend
+        self._owner_blocking: Callable[[Coroutine[Any, Any, Any]], Any] | None = None
         self._started = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -244,11 +245,17 @@ class Client:
         self._sync_users = 0
 
     @classmethod
-    def _for_runtime(cls, backend: PersistentBackend, poll_interval: float) -> Client:
-        """The client a runtime owns: the runtime starts and closes the backend, and checks
-        that it is started where it needs to."""
+    def _for_runtime(
+        cls,
+        backend: PersistentBackend,
+        poll_interval: float,
+        blocking: Callable[[Coroutine[Any, Any, Any]], Any],
+    ) -> Client:
+        """The client a runtime owns: the runtime starts and closes the backend, checks that it
+        is started where it needs to, and runs the ``_sync`` methods (its ``blocking``)."""
         client = cls(backend, poll_interval=poll_interval)
         client._owned_by = "runtime"
+        client._owner_blocking = blocking
         return client
 
     def __repr__(self) -> str:
@@ -377,6 +384,8 @@ class Client:
         :raises DurableError: the client is not started (or closed while the call ran), or this
             is the thread of the client's own event loop (await the coroutine instead).
         """
+        if self._owner_blocking is not None:  # a runtime's client: the runtime's loop
+            return self._owner_blocking(coro)  # type: ignore[no-any-return]
         portal = self._portal
         if portal is not None:
             return portal.call(coro)

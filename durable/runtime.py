@@ -188,9 +188,10 @@ class Runtime:
         check_instance(registry, Registry, "registry")
         if not callable(sleep):
             raise InvalidArgumentError(f"sleep must be a coroutine function, got {sleep!r}")
-        self.client = Client._for_runtime(backend, poll_interval)
+        self.client = Client._for_runtime(backend, poll_interval, self.blocking)
         """The client operations (enqueue, result, inspection and control) on this runtime's
-        backend; the runtime's methods of the same names go through it."""
+        backend; the runtime's methods of the same names go through it. Its ``_sync`` methods
+        (``runtime.client.result_sync(...)``) run on the runtime's loop, as :meth:`blocking`."""
         self.client.sleep = sleep
         self.executor_id = executor_id or default_executor_id()
         self.claim_ttl = timedelta(seconds=ttl)

@@ -142,6 +142,8 @@ def test_a_sync_client_in_a_sync_program(sql_url: str) -> None:
             assert {w.name for w in client.registered_workflows_sync()} >= {double.name}
             assert client.set_workflow_enabled_sync(double.name, True).enabled
             assert [e.id for e in client.list_executors_sync()] == [runtime.executor_id]
+            # a runtime's own client: its _sync methods run on the runtime's loop
+            assert runtime.client.get_workflow_sync(queued).output == 6
         with pytest.raises(durable.DurableError, match="client is not started"):
             client.get_workflow_sync(queued)
 
