@@ -2,7 +2,8 @@
 
 :class:`SQLAlchemyBackend` is imported on first use (module ``__getattr__``), so that
 ``import durable`` does not import SQLAlchemy's asyncio extension, psycopg or Alembic
-(``benchmarks/import_time.py`` measures it).
+(``benchmarks/import_time.py`` measures it). :class:`Runtime` and :class:`Worker` are imported
+on first use too, so that a producer using :class:`Client` does not load the execution machinery.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import typing as _typing
 
 from durable.backends.base import PersistentBackend
 from durable.backends.memory import InMemoryBackend
+from durable.client import Client
 from durable.connect import connect
 from durable.context import StepGuard, step_guard, workflow_id
 from durable.errors import (
@@ -58,14 +60,14 @@ from durable.models import (
 )
 from durable.registry import Registry, default_registry
 from durable.retry import RetryPolicy
-from durable.runtime import Runtime
 from durable.serialization import JSONSerializer, PickleSerializer, Serializer
 from durable.step import AsyncStep, Step, SyncStep, map, run_step, step
-from durable.worker import Worker
 from durable.workflow import AsyncWorkflow, SyncWorkflow, Workflow, workflow
 
 if _typing.TYPE_CHECKING:
     from durable.backends.sql.backend import SQLAlchemyBackend
+    from durable.runtime import Runtime
+    from durable.worker import Worker
 
 __all__ = [
     "WORKFLOW_TASK",
@@ -75,6 +77,7 @@ __all__ = [
     "BackendError",
     "BackendUnavailableError",
     "ClaimLostError",
+    "Client",
     "ConcurrentUpdateError",
     "ConfigurationError",
     "CorruptRowError",
@@ -140,6 +143,14 @@ def __getattr__(name: str) -> _typing.Any:
         from durable.backends.sql.backend import SQLAlchemyBackend
 
         return SQLAlchemyBackend
+    if name == "Runtime":
+        from durable.runtime import Runtime
+
+        return Runtime
+    if name == "Worker":
+        from durable.worker import Worker
+
+        return Worker
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

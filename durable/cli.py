@@ -4,7 +4,8 @@ Every command is a small function on the :func:`main` group. To add one, decorat
 ``@main.command()``; a family of commands (``durable workflows list``, ...) is a
 :func:`click.group` of its own, registered with ``main.add_command``. Commands that work on a
 database take its URL as their first argument and open it with :func:`open_backend`, which turns
-durable's errors into a one-line message and exit status 1.
+durable's errors into a one-line message and exit status 1; the ``durable workflows`` commands
+go through a :class:`~durable.Client` opened by :func:`open_client`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from durable.backends.rows import CORRUPT_ROW
+from durable.client import Client
 from durable.errors import DurableError, InvalidArgumentError, SchemaVersionError
 from durable.models import StepRecord, WorkflowInfo
 from durable.runtime import Runtime
@@ -76,16 +78,12 @@ def open_backend(
     fn: Callable[[SQLAlchemyBackend], Awaitable[T]],
     *,
     existing: bool = False,
-    tables: bool = False,
 ) -> T:
-    """Run ``fn`` on a backend for ``url`` (nothing is migrated), then close it.
+    """Run ``fn`` on a backend for ``url``, unstarted (nothing is migrated or checked: the schema
+    commands handle revisions themselves), then close it.
 
     ``existing``: a SQLite file that does not exist is an error rather than an empty database
-    to create. ``tables``: the command reads or writes durable's tables, so the backend is
-    started first, which checks the schema revision: a database without durable's tables, at an
-    older revision, or migrated by a newer durable is refused before anything is read or
-    written (:class:`SchemaVersionError`, exit status 1). The schema commands themselves
-    (migrate, downgrade, schema-revision) leave it unstarted and handle revisions themselves.
+    to create. Commands that read or write durable's tables use :func:`open_client` instead.
     """
     if url.split("://", 1)[0] == "memory":
         raise click.BadParameter("memory:// keeps nothing: it has no schema", param_hint="URL")
@@ -95,8 +93,6 @@ def open_backend(
     async def run() -> T:
         backend = SQLAlchemyBackend(url, auto_migrate=False)
         try:
-            if tables:
-                await backend.start()  # with auto_migrate=False, start() only checks
             return await fn(backend)
         finally:
             await backend.close()
@@ -104,6 +100,23 @@ def open_backend(
     with reported_errors():
         if existing:
             _require_sqlite_file(url)
+        return asyncio.run(run())
+
+
+def open_client(url: str, fn: Callable[[Client], Awaitable[T]]) -> T:
+    """Run ``fn`` on a :class:`~durable.Client` for ``url`` (an existing database, not
+    migrated), then close it. Starting the client checks the schema revision: a database
+    without durable's tables, at an older revision, or migrated by a newer durable is refused
+    before anything is read or written (:class:`SchemaVersionError`, exit status 1)."""
+    if url.split("://", 1)[0] == "memory":
+        raise click.BadParameter("memory:// keeps nothing: it has no schema", param_hint="URL")
+
+    async def run() -> T:
+        async with Client(url, auto_migrate=False) as client:  # start() only checks
+            return await fn(client)
+
+    with reported_errors():
+        _require_sqlite_file(url)
         return asyncio.run(run())
 
 
@@ -328,11 +341,11 @@ def list_workflows(url: str, statuses: tuple[str, ...], name: str | None, limit:
     """List executions, newest first. A row that cannot be read is listed with what is wrong
     with it (and its unknown status, if that is what is wrong, shown as failed)."""
 
-    async def read(backend: SQLAlchemyBackend) -> list[WorkflowInfo]:
-        page = await backend.list_snapshots(status=list(statuses) or None, name=name, limit=limit)
+    async def read(client: Client) -> list[WorkflowInfo]:
+        page = await client.list_workflows(status=list(statuses) or None, name=name, limit=limit)
         return page.items
 
-    for info in open_backend(url, read, existing=True, tables=True):
+    for info in open_client(url, read):
         error = info.error
         note = f"\tunreadable: {error.message}" if error and error.type == CORRUPT_ROW else ""
         click.echo(
@@ -347,10 +360,10 @@ def list_workflows(url: str, statuses: tuple[str, ...], name: str | None, limit:
 def get_workflow(url: str, workflow_id: str) -> None:
     """Print one execution's header as JSON."""
 
-    async def read(backend: SQLAlchemyBackend) -> WorkflowInfo:
-        return await backend.get_workflow(workflow_id)
+    async def read(client: Client) -> WorkflowInfo:
+        return await client.get_workflow(workflow_id)
 
-    info = open_backend(url, read, existing=True, tables=True)
+    info = open_client(url, read)
     data = dataclasses.asdict(info)
     click.echo(json.dumps(data, default=str, indent=2))
 
@@ -361,10 +374,10 @@ def get_workflow(url: str, workflow_id: str) -> None:
 def list_steps(url: str, workflow_id: str) -> None:
     """List an execution's steps: position, name, status, attempts, executor, timings."""
 
-    async def read(backend: SQLAlchemyBackend) -> list[StepRecord]:
-        return await backend.list_steps(workflow_id)
+    async def read(client: Client) -> list[StepRecord]:
+        return await client.list_steps(workflow_id)
 
-    for s in open_backend(url, read, existing=True, tables=True):
+    for s in open_client(url, read):
         error = f"\t{s.error.type}: {s.error.message}" if s.error else ""
         status = f"{s.status.value} (runs again on retry)" if s.rerun else s.status.value
         click.echo(
@@ -380,10 +393,10 @@ def list_steps(url: str, workflow_id: str) -> None:
 def cancel_workflow(url: str, workflow_id: str) -> None:
     """Cancel an unfinished execution (it stops at its next step boundary)."""
 
-    async def cancel(backend: SQLAlchemyBackend) -> WorkflowInfo:
-        return await backend.cancel_workflow(workflow_id)
+    async def cancel(client: Client) -> WorkflowInfo:
+        return await client.cancel(workflow_id)
 
-    info = open_backend(url, cancel, existing=True, tables=True)
+    info = open_client(url, cancel)
     click.echo(f"{info.id}: {info.status.value}")
 
 
@@ -393,8 +406,8 @@ def cancel_workflow(url: str, workflow_id: str) -> None:
 def retry_workflow(url: str, workflow_id: str) -> None:
     """Run a failed, dead-lettered or cancelled execution again (completed steps are kept)."""
 
-    async def retry(backend: SQLAlchemyBackend) -> WorkflowInfo:
-        return await backend.requeue_workflow(workflow_id)
+    async def retry(client: Client) -> WorkflowInfo:
+        return await client.retry(workflow_id)
 
-    info = open_backend(url, retry, existing=True, tables=True)
+    info = open_client(url, retry)
     click.echo(f"{info.id}: {info.status.value}")

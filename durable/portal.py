@@ -27,7 +27,9 @@ class Portal:
     Thread-safe. The loop is started by the constructor and runs until :meth:`stop`.
     """
 
-    def __init__(self, name: str = "durable-portal") -> None:
+    def __init__(self, name: str = "durable-portal", owner: str = "runtime") -> None:
+        """``name``: the thread's; ``owner``: what the portal serves, as errors name it."""
+        self._owner = owner
         self._lock = threading.Lock()
         self._stopping = False
         self._calls: set[asyncio.Task[Any]] = set()
@@ -57,19 +59,21 @@ class Portal:
         if self.on_own_thread():
             coro.close()
             raise DurableError(
-                "a blocking call was made from the runtime's own event loop (inside async code "
-                "it runs): await the async method instead"
+                f"a blocking call was made from the {self._owner}'s own event loop (inside async "
+                "code it runs): await the async method instead"
             )
         with self._lock:  # after stop() has begun, nothing new reaches the loop
             if self._stopping:
                 coro.close()
-                raise DurableError("the runtime is closed")
+                raise DurableError(f"the {self._owner} is closed")
             future = asyncio.run_coroutine_threadsafe(self._tracked(coro), self.loop)
         try:
             return future.result()
         except concurrent.futures.CancelledError:
             if self._stopping:
-                raise DurableError("the runtime was closed while this call was running") from None
+                raise DurableError(
+                    f"the {self._owner} was closed while this call was running"
+                ) from None
             raise
 
     async def _tracked(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -90,7 +94,7 @@ class Portal:
         """
         if self.on_own_thread():
             raise DurableError(
-                "the runtime's event loop cannot stop itself: close it from another thread"
+                f"the {self._owner}'s event loop cannot stop itself: close it from another thread"
             )
         with self._lock:
             if self._stopping:

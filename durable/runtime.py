@@ -31,7 +31,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, NoReturn, Self, TypeVar
@@ -39,7 +38,16 @@ from typing import Any, NoReturn, Self, TypeVar
 from durable import context as _context
 from durable import identity
 from durable.backends.base import PersistentBackend
-from durable.context import ExecutionContext, StepGuard, WorkflowSuspended, rebuild_exception
+from durable.client import (
+    Client,
+    EnqueueOptions,
+    check_enqueue_arguments,
+    enqueue_options,
+    not_a_workflow,
+)
+from durable.client import outcome as _outcome
+from durable.client import outcome_error as _outcome_error
+from durable.context import ExecutionContext, StepGuard, WorkflowSuspended
 from durable.errors import (
     BackendUnavailableError,
     ClaimLostError,
@@ -51,11 +59,7 @@ from durable.errors import (
     NothingToServeError,
     RecoveriesExhaustedError,
     SerializationError,
-    StepError,
     TaskNotFoundError,
-    WorkflowCancelledError,
-    WorkflowDeadLetteredError,
-    WorkflowFailedError,
 )
 from durable.models import (
     STALE_AFTER_HEARTBEATS,
@@ -67,7 +71,6 @@ from durable.models import (
     StepRecord,
     StepStatus,
     TaskClaim,
-    TaskSpec,
     WorkflowInfo,
     WorkflowSnapshot,
     WorkflowStatus,
@@ -77,16 +80,12 @@ from durable.registry import Registry, default_registry
 from durable.step import STEP_TASK_PREFIX
 from durable.validation import (
     check_bool,
-    check_delay,
     check_id,
     check_instance,
-    check_int,
     check_name,
     check_optional_id,
     check_positive_float,
     check_positive_int,
-    check_run_after,
-    check_timeout,
     derived_id,
 )
 from durable.worker import Worker
@@ -106,18 +105,6 @@ class Rescheduled(Exception):
 OUTAGE_BACKOFF = timedelta(seconds=2)
 #: The longest a release of a lease is waited for (it is best effort: the lease expires anyway).
 RELEASE_TIMEOUT = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class EnqueueOptions:
-    """How an execution is queued (see :meth:`Runtime.enqueue`)."""
-
-    idempotency_key: str | None = None
-    priority: int = 0
-    run_after: datetime | None = None
-    delay: timedelta | None = None
-    max_attempts: int | None = None
-    queue: str | None = None
 
 
 def default_executor_id() -> str:
@@ -146,6 +133,13 @@ class Runtime:
     :param poll_interval: seconds between looks at a workflow another executor is running.
     :param registry: where workflow names are looked up (default: the decorators' registry).
     :param max_threads: worker threads for sync workflows and sync steps.
+
+    The operations that execute nothing (:meth:`enqueue` outside a workflow, :meth:`result`,
+    :meth:`get_workflow`, :meth:`list_workflows`, :meth:`list_steps`, :meth:`cancel`,
+    :meth:`retry`, :meth:`set_workflow_enabled`, :meth:`registered_workflows`,
+    :meth:`list_executors`) go through the :class:`~durable.Client` the runtime owns on its
+    backend (:attr:`client`). A process that only starts and inspects work needs no runtime: a
+    :class:`~durable.Client` of its own does it.
 
     :raises InvalidArgumentError: an argument of the wrong type or out of range: an empty or
         overlong ``executor_id``, a ``claim_ttl``, ``heartbeat_interval`` or ``poll_interval``
@@ -195,14 +189,16 @@ class Runtime:
         check_instance(registry, Registry, "registry")
         if not callable(sleep):
             raise InvalidArgumentError(f"sleep must be a coroutine function, got {sleep!r}")
-        self.backend = backend
+        self.client = Client._for_runtime(backend, poll_interval, self.blocking)
+        """The client operations (enqueue, result, inspection and control) on this runtime's
+        backend; the runtime's methods of the same names go through it. Its ``_sync`` methods
+        (``runtime.client.result_sync(...)``) run on the runtime's loop, as :meth:`blocking`."""
+        self.client.sleep = sleep
         self.executor_id = executor_id or default_executor_id()
         self.claim_ttl = timedelta(seconds=ttl)
         self.heartbeat_interval = beat
         self.recover_on_start = recover
-        self.poll_interval = poll_interval
         self.registry = registry or default_registry
-        self.sleep = sleep
         self._max_threads = max_threads
         self._threads: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -220,6 +216,33 @@ class Runtime:
 
     def __repr__(self) -> str:
         return f"Runtime({self.backend!r}, executor_id={self.executor_id!r})"
+
+    @property
+    def backend(self) -> PersistentBackend:
+        """The backend this runtime (and its :attr:`client`) works on."""
+        return self.client.backend
+
+    @backend.setter
+    def backend(self, backend: PersistentBackend) -> None:
+        self.client.backend = backend
+
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between looks at a workflow another executor is running."""
+        return self.client.poll_interval
+
+    @poll_interval.setter
+    def poll_interval(self, seconds: float) -> None:
+        self.client.poll_interval = seconds
+
+    @property
+    def sleep(self) -> Callable[[float], Coroutine[Any, Any, None]]:
+        """How this runtime waits (``asyncio.sleep``; tests may speed it up)."""
+        return self.client.sleep
+
+    @sleep.setter
+    def sleep(self, sleep: Callable[[float], Coroutine[Any, Any, None]]) -> None:
+        self.client.sleep = sleep
 
     @property
     def superseded(self) -> bool:
@@ -413,10 +436,7 @@ class Runtime:
             return fn
         if isinstance(fn, str):
             return self.registry.get(check_name(fn, "the workflow name"))
-        raise InvalidArgumentError(
-            f"{getattr(fn, '__qualname__', fn)!r} is not a durable workflow: decorate it with "
-            "@durable.workflow"
-        )
+        raise not_a_workflow(fn)
 
     async def run(
         self,
@@ -502,55 +522,9 @@ class Runtime:
         parent_id: str | None = None,
         options: EnqueueOptions | None = None,
     ) -> WorkflowInfo:
-        name = wf if isinstance(wf, str) else wf.name
-        check_id(instance_id, "workflow_id")  # derived ids are made to fit: this never fails
-        opts = options or EnqueueOptions()
-        queue = opts.queue or (wf.queue if isinstance(wf, Workflow) else "default")
-        payload = {"args": list(args), "kwargs": kwargs}
-        try:
-            self.backend.serializer.dumps(payload)
-        except SerializationError as exc:
-            raise SerializationError(
-                f"the arguments of workflow {name!r} (id {instance_id!r}) cannot be "
-                f"serialized: {exc}"
-            ) from exc
-        snapshot = WorkflowSnapshot(
-            id=instance_id,
-            name=name,
-            input=payload,
-            parent_id=parent_id,
-            queue=queue,
-            priority=opts.priority,
-            idempotency_key=opts.idempotency_key,
-            max_attempts=opts.max_attempts,
+        return await self.client._create(
+            wf, instance_id, args, kwargs, parent_id=parent_id, options=options
         )
-        task = TaskSpec(
-            instance_id=instance_id,
-            name=name,
-            queue=queue,
-            priority=opts.priority,
-            run_after=opts.run_after,
-            delay=opts.delay,
-        )
-        info, created = await self.backend.create_workflow(snapshot, task=task)
-        if info.id != instance_id and info.name != name:  # found by its idempotency key
-            raise InvalidArgumentError(
-                f"idempotency key {opts.idempotency_key!r} is already used by an execution of "
-                f"workflow {info.name!r} (id {info.id!r}), not of {name!r}: an idempotency key "
-                "names one execution of one workflow"
-            )
-        if info.name != name:
-            raise InvalidArgumentError(
-                f"workflow id {info.id!r} belongs to workflow {info.name!r}, not {name!r}"
-            )
-        if created:
-            log.debug(
-                "recorded workflow %s (%s)",
-                instance_id,
-                name,
-                extra={"action": "workflow.created", "workflow_id": instance_id},
-            )
-        return info
 
     async def _drive(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
         """Run the execution here, or wait for whoever runs it; return its outcome.
@@ -1065,7 +1039,7 @@ class Runtime:
         Once this returns, the execution is stored and will happen: a worker that serves its
         name claims it when it is due, and it is retried until it succeeds, fails for good, or
         runs out of attempts. A producer can enqueue by name, with JSON arguments, without
-        importing the workflow's code.
+        importing the workflow's code, and without a runtime: see :class:`~durable.Client`.
 
         :param workflow_id: the execution's id (default: a new random one). An id that exists
             already creates nothing: its id is returned, whatever the arguments (they are not
@@ -1100,18 +1074,16 @@ class Runtime:
             not finite, an empty ``queue`` (nothing is written).
         """
         self._require_started()
-        if isinstance(fn, str):
-            check_name(fn, "the workflow name")
-        check_optional_id(workflow_id, "workflow_id")
-        check_optional_id(idempotency_key, "idempotency_key")
-        check_int(priority, "priority")
-        if run_after is not None:
-            check_run_after(run_after)
-        wait = None if delay is None else check_delay(delay)
-        if max_attempts is not None:
-            check_positive_int(max_attempts, "max_attempts")
-        if queue is not None:
-            check_name(queue, "queue")
+        wait = check_enqueue_arguments(
+            fn,
+            workflow_id=workflow_id,
+            idempotency_key=idempotency_key,
+            priority=priority,
+            run_after=run_after,
+            delay=delay,
+            max_attempts=max_attempts,
+            queue=queue,
+        )
         check_bool(served_elsewhere, "served_elsewhere")
         target: Workflow[Any, Any] | str
         if isinstance(fn, str) and fn in self.registry:
@@ -1121,21 +1093,18 @@ class Runtime:
         else:
             target = self.resolve(fn)
         name = target if isinstance(target, str) else target.name
-        if wait is not None and run_after is not None:
-            raise InvalidArgumentError("give run_after or delay, not both")
-        if max_attempts is None:
-            max_attempts = target.retry.max_attempts if isinstance(target, Workflow) else 3
-        options = EnqueueOptions(
+        options = enqueue_options(
+            target,
             idempotency_key=idempotency_key,
             priority=priority,
             run_after=run_after,
-            delay=wait,
+            wait=wait,
             max_attempts=max_attempts,
             queue=queue,
         )
         ctx = _context.current()
-        if ctx is None:
-            info = await self._create(
+        if ctx is None:  # a client's enqueue
+            info = await self.client._create(
                 target, workflow_id or str(uuid.uuid4()), args, kwargs, options=options
             )
             return info.id
@@ -1162,13 +1131,11 @@ class Runtime:
 
         :raises UnknownWorkflowError: no runtime ever registered the name.
         """
-        check_name(name, "name")
-        check_bool(enabled, "enabled")
-        return await self.backend.set_workflow_enabled(name, enabled)
+        return await self.client.set_workflow_enabled(name, enabled)
 
     async def registered_workflows(self) -> list[RegisteredWorkflow]:
         """Every workflow name any runtime on this database registered, enabled or not."""
-        return await self.backend.list_registered_workflows()
+        return await self.client.registered_workflows()
 
     async def list_executors(self, *, stale_after: float | None = None) -> list[ExecutorInfo]:
         """Runtimes known by their heartbeats; ``stale`` marks running ones silent for longer
@@ -1177,12 +1144,7 @@ class Runtime:
 
         :raises InvalidArgumentError: ``stale_after`` is not positive.
         """
-        limit = (
-            None
-            if stale_after is None
-            else timedelta(seconds=check_positive_float(stale_after, "stale_after"))
-        )
-        return await self.backend.list_executors(stale_after=limit)
+        return await self.client.list_executors(stale_after=stale_after)
 
     async def retry(self, workflow_id: str) -> WorkflowInfo:
         """Run a failed, dead-lettered or cancelled execution again from its history (a
@@ -1197,7 +1159,7 @@ class Runtime:
         :raises WorkflowNotFoundError: no such workflow.
         :raises InvalidArgumentError: it is not failed, dead-lettered or cancelled.
         """
-        return await self.backend.requeue_workflow(check_id(workflow_id, "workflow_id"))
+        return await self.client.retry(workflow_id)
 
     async def start_worker(
         self,
@@ -1325,28 +1287,12 @@ class Runtime:
 
     def outcome(self, info: WorkflowInfo) -> Any:
         """The stored result of a finished execution, or its error raised."""
-        if info.status is WorkflowStatus.SUCCEEDED:
-            return info.output
-        raise self.outcome_error(info)
+        return _outcome(info)
 
     @staticmethod
     def outcome_error(info: WorkflowInfo) -> BaseException:
         """The exception a caller sees for an execution that did not succeed."""
-        if info.status is WorkflowStatus.CANCELLED:
-            return WorkflowCancelledError(info.id, f"workflow {info.id!r} was cancelled")
-        detail = f"{info.error.type}: {info.error.message}" if info.error else "no error recorded"
-        if info.status is WorkflowStatus.DEAD_LETTER:
-            return WorkflowDeadLetteredError(
-                info.id, f"workflow {info.id!r} was dead-lettered: {detail}", info.error
-            )
-        if info.error is None:
-            return WorkflowFailedError(info.id, f"workflow {info.id!r} failed: {detail}")
-        rebuilt = rebuild_exception(info.error)
-        if isinstance(rebuilt, StepError):
-            return WorkflowFailedError(
-                info.id, f"workflow {info.id!r} failed: {detail}", info.error
-            )
-        return rebuilt
+        return _outcome_error(info)
 
     async def result(self, workflow_id: str, *, timeout: float | None = None) -> Any:
         """Wait until the execution finishes (wherever it runs) and return its result.
@@ -1357,17 +1303,7 @@ class Runtime:
         :raises Exception: as :meth:`run` does when the execution did not succeed.
         """
         self._require_started()
-        check_id(workflow_id, "workflow_id")
-        timeout = check_timeout(timeout)
-
-        async def wait() -> Any:
-            while True:
-                info = await self.backend.get_workflow(workflow_id)
-                if info.status.is_terminal:
-                    return self.outcome(info)
-                await self.sleep(self.poll_interval)
-
-        return await asyncio.wait_for(wait(), timeout)
+        return await self.client.result(workflow_id, timeout=timeout)
 
     # -- recovery -----------------------------------------------------------------------------
 
@@ -1410,7 +1346,7 @@ class Runtime:
 
         :raises WorkflowNotFoundError: no such workflow.
         """
-        return await self.backend.get_workflow(check_id(workflow_id, "workflow_id"))
+        return await self.client.get_workflow(workflow_id)
 
     async def list_workflows(
         self,
@@ -1422,13 +1358,7 @@ class Runtime:
         cursor: str | None = None,
     ) -> Page[WorkflowInfo]:
         """Executions, newest first, filtered by status (one or several), name or parent."""
-        if name is not None:
-            check_name(name, "name")
-        check_optional_id(parent_id, "parent_id")
-        check_positive_int(limit, "limit")
-        if cursor is not None and not isinstance(cursor, str):
-            raise InvalidArgumentError(f"cursor must be a str (a next_cursor), got {cursor!r}")
-        return await self.backend.list_snapshots(
+        return await self.client.list_workflows(
             status=status, name=name, parent_id=parent_id, limit=limit, cursor=cursor
         )
 
@@ -1438,7 +1368,7 @@ class Runtime:
 
         :raises WorkflowNotFoundError: no such workflow.
         """
-        return await self.backend.list_steps(check_id(workflow_id, "workflow_id"))
+        return await self.client.list_steps(workflow_id)
 
     async def cancel(self, workflow_id: str) -> WorkflowInfo:
         """Cancel an unfinished execution: it stops at its next step boundary (its next write is
@@ -1446,7 +1376,7 @@ class Runtime:
 
         :raises WorkflowNotFoundError: no such workflow.
         """
-        return await self.backend.cancel_workflow(check_id(workflow_id, "workflow_id"))
+        return await self.client.cancel(workflow_id)
 
 
 def stored_arguments(

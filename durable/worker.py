@@ -280,7 +280,7 @@ class Worker:
             # the workflow's own error, recorded: as a failure, or as a dead letter if it was
             # the last allowed attempt
             try:
-                status = (await self.runtime.backend.get_workflow(wid)).status
+                status = (await self.runtime.client.get_workflow(wid)).status
             except Exception:  # the database went away meanwhile: say "failed"
                 status = None
             if status is WorkflowStatus.DEAD_LETTER:

@@ -1,0 +1,750 @@
+"""``durable.Client``: enqueue, wait for, inspect and control workflow executions, without
+running any.
+
+A client is what a producer (a web view that starts work) or an operator (a script, the
+``durable workflows`` commands) needs: it records executions for workers to run, reads their
+outcomes and controls them, and never executes workflow code. It has no registry, no executor
+identity, no heartbeat, no recovery and no worker; it starts its backend (which migrates it, as
+the backend does) and closes it, nothing else. A producer never needs a
+:class:`~durable.Runtime`, nor the code of the workflows it starts: it enqueues them by name::
+
+    async with durable.Client("postgresql://app@db/app") as client:
+        workflow_id = await client.enqueue("billing.charge.v1", order_id=42)
+        receipt = await client.result(workflow_id, timeout=60)
+
+From code that is not async (Flask, Django, a script), the same operations end in ``_sync``::
+
+    with durable.Client("sqlite:///app.db") as client:
+        workflow_id = client.enqueue_sync("billing.charge.v1", order_id=42)
+        receipt = client.result_sync(workflow_id, timeout=60)
+
+:class:`~durable.Runtime` owns a client over its own backend and exposes the same operations,
+so code written against a runtime keeps working.
+
+This module imports neither :mod:`durable.runtime` nor :mod:`durable.worker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from durable.backends.base import PersistentBackend
+from durable.connect import connect
+from durable.context import rebuild_exception
+from durable.errors import (
+    DurableError,
+    InvalidArgumentError,
+    SerializationError,
+    StepError,
+    WorkflowCancelledError,
+    WorkflowDeadLetteredError,
+    WorkflowFailedError,
+)
+from durable.models import (
+    ExecutorInfo,
+    Page,
+    RegisteredWorkflow,
+    StepRecord,
+    TaskSpec,
+    WorkflowInfo,
+    WorkflowSnapshot,
+    WorkflowStatus,
+)
+from durable.portal import Portal
+from durable.validation import (
+    check_bool,
+    check_delay,
+    check_id,
+    check_int,
+    check_name,
+    check_optional_id,
+    check_positive_float,
+    check_positive_int,
+    check_run_after,
+    check_timeout,
+)
+from durable.workflow import Workflow
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: The attempts an execution enqueued by name gets when ``max_attempts`` is not given (the
+#: default :class:`~durable.RetryPolicy`'s; the workflow's own policy is not known by name).
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueOptions:
+    """How an execution is queued (see :meth:`Client.enqueue`)."""
+
+    idempotency_key: str | None = None
+    priority: int = 0
+    run_after: datetime | None = None
+    delay: timedelta | None = None
+    max_attempts: int | None = None
+    queue: str | None = None
+
+
+def check_enqueue_arguments(
+    fn: Any,
+    *,
+    workflow_id: Any,
+    idempotency_key: Any,
+    priority: Any,
+    run_after: Any,
+    delay: Any,
+    max_attempts: Any,
+    queue: Any,
+) -> timedelta | None:
+    """Check the arguments of an enqueue (in this order; nothing is written before), and return
+    the delay as a timedelta.
+
+    :raises InvalidArgumentError: one of them is of the wrong type or out of range.
+    """
+    if isinstance(fn, str):
+        check_name(fn, "the workflow name")
+    check_optional_id(workflow_id, "workflow_id")
+    check_optional_id(idempotency_key, "idempotency_key")
+    check_int(priority, "priority")
+    if run_after is not None:
+        check_run_after(run_after)
+    wait = None if delay is None else check_delay(delay)
+    if max_attempts is not None:
+        check_positive_int(max_attempts, "max_attempts")
+    if queue is not None:
+        check_name(queue, "queue")
+    return wait
+
+
+def enqueue_options(
+    target: Workflow[Any, Any] | str,
+    *,
+    idempotency_key: str | None,
+    priority: int,
+    run_after: datetime | None,
+    wait: timedelta | None,
+    max_attempts: int | None,
+    queue: str | None,
+) -> EnqueueOptions:
+    """The options of an enqueue whose arguments are checked (:func:`check_enqueue_arguments`);
+    ``max_attempts`` defaults to the workflow's policy (3 for a workflow known by name only).
+
+    :raises InvalidArgumentError: both ``run_after`` and a delay are given.
+    """
+    if wait is not None and run_after is not None:
+        raise InvalidArgumentError("give run_after or delay, not both")
+    if max_attempts is None:
+        max_attempts = (
+            target.retry.max_attempts if isinstance(target, Workflow) else DEFAULT_MAX_ATTEMPTS
+        )
+    return EnqueueOptions(
+        idempotency_key=idempotency_key,
+        priority=priority,
+        run_after=run_after,
+        delay=wait,
+        max_attempts=max_attempts,
+        queue=queue,
+    )
+
+
+def not_a_workflow(fn: Any) -> InvalidArgumentError:
+    """The error for something given as a workflow that is neither a workflow nor a name."""
+    return InvalidArgumentError(
+        f"{getattr(fn, '__qualname__', fn)!r} is not a durable workflow: decorate it with "
+        "@durable.workflow"
+    )
+
+
+def outcome(info: WorkflowInfo) -> Any:
+    """The stored result of a finished execution, or its error raised."""
+    if info.status is WorkflowStatus.SUCCEEDED:
+        return info.output
+    raise outcome_error(info)
+
+
+def outcome_error(info: WorkflowInfo) -> BaseException:
+    """The exception a caller sees for an execution that did not succeed."""
+    if info.status is WorkflowStatus.CANCELLED:
+        return WorkflowCancelledError(info.id, f"workflow {info.id!r} was cancelled")
+    detail = f"{info.error.type}: {info.error.message}" if info.error else "no error recorded"
+    if info.status is WorkflowStatus.DEAD_LETTER:
+        return WorkflowDeadLetteredError(
+            info.id, f"workflow {info.id!r} was dead-lettered: {detail}", info.error
+        )
+    if info.error is None:
+        return WorkflowFailedError(info.id, f"workflow {info.id!r} failed: {detail}")
+    rebuilt = rebuild_exception(info.error)
+    if isinstance(rebuilt, StepError):
+        return WorkflowFailedError(info.id, f"workflow {info.id!r} failed: {detail}", info.error)
+    return rebuilt
+
+
+class Client:
+    """Enqueue, wait for, inspect and control workflow executions stored in a database, without
+    running any (see the module docstring).
+
+    :param target: a database URL (given to :func:`durable.connect` with ``options``) or a
+        :class:`~durable.backends.PersistentBackend`. The client starts the backend on entry
+        (which creates or upgrades durable's tables, unless the backend was made with
+        ``auto_migrate=False``) and closes it on exit; a backend belongs to one client or
+        runtime.
+    :param poll_interval: seconds between looks at an execution :meth:`result` waits for.
+    :param options: for a URL, what :func:`durable.connect` takes (``serializer``,
+        ``auto_migrate``, ...).
+
+    Use it as ``async with durable.Client(url) as client:`` from async code, or
+    ``with durable.Client(url) as client:`` from sync code, where every operation has a
+    blocking twin whose name ends in ``_sync`` (:meth:`enqueue_sync`, :meth:`result_sync`, ...).
+    Sync use is reference-counted and thread-safe, as for a runtime (:meth:`start_sync`).
+
+    :raises InvalidArgumentError: ``target`` is neither a str nor a backend, options are given
+        with a backend, or ``poll_interval`` is not a finite positive number.
+    :raises ConfigurationError: a malformed URL, or options :func:`durable.connect` refuses.
+    """
+
+    def __init__(
+        self,
+        target: str | PersistentBackend,
+        *,
+        poll_interval: float = 0.5,
+        **options: Any,
+    ) -> None:
+        check_positive_float(poll_interval, "poll_interval")
+        if isinstance(target, PersistentBackend):
+            if options:
+                raise InvalidArgumentError(
+                    f"options {sorted(options)} are for a URL: configure the backend itself"
+                )
+            backend = target
+        elif isinstance(target, str):
+            backend = connect(target, **options)
+        else:
+            raise InvalidArgumentError(
+                f"Client needs a database URL or a PersistentBackend (e.g. durable.connect(url)), "
+                f"got {type(target).__qualname__}"
+            )
+        self.backend = backend
+        self.poll_interval = poll_interval
+        self.sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep
+        self._owned_by: str | None = None  # a runtime that starts and closes the backend
+        self._owner_blocking: Callable[[Coroutine[Any, Any, Any]], Any] | None = None
+        self._started = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._portal: Portal | None = None
+        self._sync_lock = threading.Lock()  # guards _portal and _sync_users
+        self._sync_users = 0
+
+    @classmethod
+    def _for_runtime(
+        cls,
+        backend: PersistentBackend,
+        poll_interval: float,
+        blocking: Callable[[Coroutine[Any, Any, Any]], Any],
+    ) -> Client:
+        """The client a runtime owns: the runtime starts and closes the backend, checks that it
+        is started where it needs to, and runs the ``_sync`` methods (its ``blocking``)."""
+        client = cls(backend, poll_interval=poll_interval)
+        client._owned_by = "runtime"
+        client._owner_blocking = blocking
+        return client
+
+    def __repr__(self) -> str:
+        return f"Client({self.backend!r})"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the backend (connect, and migrate unless it was made with
+        ``auto_migrate=False``). Starts nothing else: no executor, no heartbeat, no worker.
+
+        :raises BackendUnavailableError: the database cannot be reached.
+        :raises SchemaVersionError: the schema is not at this durable's revision and the backend
+            does not migrate it.
+        """
+        if self._started:
+            return
+        try:
+            await self.backend.start()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the start's error is the one to see
+                await self.backend.close()
+            raise
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._started = True
+
+    async def close(self) -> None:
+        """Close the backend."""
+        if not self._started:
+            return
+        self._started = False
+        await self.backend.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __enter__(self) -> Self:
+        """:meth:`start_sync` as a context manager: ``with client: client.enqueue_sync(...)``."""
+        self.start_sync()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close_sync()
+
+    def start_sync(self) -> None:
+        """Start the client on a background event loop (a daemon thread), for code that is not
+        async; then the ``_sync`` methods work from any thread.
+
+        Reference-counted and thread-safe, as :meth:`Runtime.start_sync
+        <durable.Runtime.start_sync>`: the first call starts, each must be matched by one
+        :meth:`close_sync`, the last one closes. In a web application, start once per process
+        (after the server forks) and close at shutdown.
+
+        :raises DurableError: the client was started by async code (``async with client:``),
+            or this is async code running on the client's own loop.
+        :raises BackendUnavailableError: the backend cannot be started (nothing is left running).
+        """
+        self._refuse_on_portal("start_sync()")
+        with self._sync_lock:
+            if self._sync_users == 0:
+                if self._started:
+                    raise DurableError(
+                        "the client was started by async code (`async with client:`); call its "
+                        "_sync methods from other threads without `with client:` / start_sync()"
+                    )
+                portal = Portal("durable-client", owner="client")
+                self._portal = portal
+                try:
+                    portal.call(self.start())
+                except BaseException:
+                    self._portal = None
+                    with contextlib.suppress(Exception):  # the start's error is the one to see
+                        portal.stop(self.close)
+                    raise
+            self._sync_users += 1
+
+    def close_sync(self) -> None:
+        """Undo one :meth:`start_sync` (or ``with client:``); the last one closes the client
+        and stops its loop (calls still running in other threads then raise
+        :class:`DurableError`). More closes than starts are ignored.
+
+        :raises DurableError: called from async code running on the client's own loop.
+        """
+        self._refuse_on_portal("close_sync()")
+        with self._sync_lock:
+            if self._sync_users == 0:
+                return
+            self._sync_users -= 1
+            if self._sync_users > 0:
+                return
+            portal = self._portal
+            try:
+                if portal is not None:
+                    portal.stop(self.close)
+            finally:
+                self._portal = None
+
+    def _refuse_on_portal(self, what: str) -> None:
+        portal = self._portal
+        if portal is not None and portal.on_own_thread():
+            raise DurableError(
+                f"{what} (or `with client:`) was called from async code running on the "
+                "client's own event loop: use `async with client:` there, or nothing"
+            )
+
+    def blocking(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run one of this client's coroutines from sync code, from any thread, and wait for
+        its result: on the background loop of :meth:`start_sync` / ``with client:``, or on the
+        loop of async code that started the client in another thread.
+
+        :raises DurableError: the client is not started (or closed while the call ran), or this
+            is the thread of the client's own event loop (await the coroutine instead).
+        """
+        if self._owner_blocking is not None:  # a runtime's client: the runtime's loop
+            return self._owner_blocking(coro)  # type: ignore[no-any-return]
+        portal = self._portal
+        if portal is not None:
+            return portal.call(coro)
+        loop = self._loop
+        if not self._started or loop is None or loop.is_closed():
+            coro.close()
+            raise DurableError(
+                "the client is not started: use `with client:` (or client.start_sync()) before "
+                "its _sync methods"
+            )
+        if threading.get_ident() == self._loop_thread:
+            coro.close()
+            raise DurableError(
+                "a blocking call was made on the thread of the client's event loop: await the "
+                "async method instead"
+            )
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+    def _require_started(self) -> None:
+        if self._owned_by is None and not self._started:
+            raise DurableError(
+                "the client is not started: use `async with client:` (or `with client:` from "
+                "sync code)"
+            )
+
+    # -- enqueueing ---------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        fn: Workflow[Any, Any] | str,
+        *args: Any,
+        workflow_id: str | None = None,
+        idempotency_key: str | None = None,
+        priority: int = 0,
+        run_after: datetime | None = None,
+        delay: float | timedelta | None = None,
+        max_attempts: int | None = None,
+        queue: str | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Record that a workflow must run, and return its id at once; any worker that serves
+        its name runs it when it is due, retrying it until it succeeds, fails for good, or runs
+        out of attempts.
+
+        :param fn: a workflow name (its code need not be importable here), or a decorated
+            workflow (its name, queue and retry policy are used; it is not run here). A name is
+            not checked against the workflows workers have registered: an execution of a name no
+            worker serves waits until one does.
+        :param workflow_id: the execution's id (default: a new random one). An id that exists
+            already creates nothing: its id is returned, whatever the arguments (they are not
+            compared: the first enqueue's arguments are the ones that run).
+        :param idempotency_key: a duplicate enqueue with the same key creates nothing and
+            returns the existing execution's id, whatever the arguments. A key belongs to one
+            workflow: reusing it for another workflow name raises :class:`InvalidArgumentError`.
+        :param priority: lower runs first; FIFO within a priority. A 32-bit signed int.
+        :param run_after: not before this (timezone-aware) time.
+        :param delay: or not before this many seconds (or this timedelta) from now, by the
+            backend's clock (the database's on PostgreSQL).
+        :param max_attempts: failed attempts before dead-lettering, at least 1 (default: the
+            workflow's policy; 3 for a name).
+        :param queue: the queue (default: the workflow's, else ``"default"``).
+
+        ``args`` and ``kwargs`` are the workflow's arguments; they must be serializable by the
+        backend's serializer (JSON by default). Ids, keys, names and queues are non-empty str of
+        at most 255 characters, valid Unicode, without NUL.
+
+        :raises SerializationError: the arguments cannot be serialized (nothing is written).
+        :raises InvalidArgumentError: an argument of the wrong type or out of range, ``fn``
+            neither a name nor a workflow, or the id or key belongs to another workflow
+            (nothing is written).
+        """
+        self._require_started()
+        wait = check_enqueue_arguments(
+            fn,
+            workflow_id=workflow_id,
+            idempotency_key=idempotency_key,
+            priority=priority,
+            run_after=run_after,
+            delay=delay,
+            max_attempts=max_attempts,
+            queue=queue,
+        )
+        if not isinstance(fn, str | Workflow):
+            raise not_a_workflow(fn)
+        options = enqueue_options(
+            fn,
+            idempotency_key=idempotency_key,
+            priority=priority,
+            run_after=run_after,
+            wait=wait,
+            max_attempts=max_attempts,
+            queue=queue,
+        )
+        info = await self._create(
+            fn, workflow_id or str(uuid.uuid4()), args, kwargs, options=options
+        )
+        return info.id
+
+    def enqueue_sync(
+        self,
+        fn: Workflow[Any, Any] | str,
+        *args: Any,
+        workflow_id: str | None = None,
+        idempotency_key: str | None = None,
+        priority: int = 0,
+        run_after: datetime | None = None,
+        delay: float | timedelta | None = None,
+        max_attempts: int | None = None,
+        queue: str | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """:meth:`enqueue` for code that is not async (see :meth:`blocking`)."""
+        return self.blocking(
+            self.enqueue(
+                fn,
+                *args,
+                workflow_id=workflow_id,
+                idempotency_key=idempotency_key,
+                priority=priority,
+                run_after=run_after,
+                delay=delay,
+                max_attempts=max_attempts,
+                queue=queue,
+                **kwargs,
+            )
+        )
+
+    async def _create(
+        self,
+        wf: Workflow[Any, Any] | str,
+        instance_id: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        *,
+        parent_id: str | None = None,
+        options: EnqueueOptions | None = None,
+    ) -> WorkflowInfo:
+        """Record an execution of ``wf`` and its task (the arguments and options are checked);
+        an existing id or idempotency key records nothing and returns what exists.
+
+        :raises SerializationError: the arguments cannot be serialized (nothing is written).
+        :raises InvalidArgumentError: the id or idempotency key belongs to another workflow.
+        """
+        name = wf if isinstance(wf, str) else wf.name
+        check_id(instance_id, "workflow_id")  # derived ids are made to fit: this never fails
+        opts = options or EnqueueOptions()
+        queue = opts.queue or (wf.queue if isinstance(wf, Workflow) else "default")
+        payload = {"args": list(args), "kwargs": kwargs}
+        try:
+            self.backend.serializer.dumps(payload)
+        except SerializationError as exc:
+            raise SerializationError(
+                f"the arguments of workflow {name!r} (id {instance_id!r}) cannot be "
+                f"serialized: {exc}"
+            ) from exc
+        snapshot = WorkflowSnapshot(
+            id=instance_id,
+            name=name,
+            input=payload,
+            parent_id=parent_id,
+            queue=queue,
+            priority=opts.priority,
+            idempotency_key=opts.idempotency_key,
+            max_attempts=opts.max_attempts,
+        )
+        task = TaskSpec(
+            instance_id=instance_id,
+            name=name,
+            queue=queue,
+            priority=opts.priority,
+            run_after=opts.run_after,
+            delay=opts.delay,
+        )
+        info, created = await self.backend.create_workflow(snapshot, task=task)
+        if info.id != instance_id and info.name != name:  # found by its idempotency key
+            raise InvalidArgumentError(
+                f"idempotency key {opts.idempotency_key!r} is already used by an execution of "
+                f"workflow {info.name!r} (id {info.id!r}), not of {name!r}: an idempotency key "
+                "names one execution of one workflow"
+            )
+        if info.name != name:
+            raise InvalidArgumentError(
+                f"workflow id {info.id!r} belongs to workflow {info.name!r}, not {name!r}"
+            )
+        if created:
+            log.debug(
+                "recorded workflow %s (%s)",
+                instance_id,
+                name,
+                extra={"action": "workflow.created", "workflow_id": instance_id},
+            )
+        return info
+
+    # -- outcomes -----------------------------------------------------------------------------
+
+    async def result(self, workflow_id: str, *, timeout: float | None = None) -> Any:
+        """Wait until the execution finishes (wherever it runs) and return its result; it is
+        looked at every ``poll_interval`` seconds.
+
+        :raises WorkflowNotFoundError: no such workflow.
+        :raises TimeoutError: it did not finish within ``timeout`` seconds (default: no limit).
+        :raises InvalidArgumentError: ``timeout`` is negative or not finite, or the id is not one.
+        :raises WorkflowCancelledError: the execution was cancelled.
+        :raises WorkflowDeadLetteredError: it ran out of attempts.
+        :raises Exception: the workflow's own exception when it failed (rebuilt from the record;
+            :class:`WorkflowFailedError` when it cannot be rebuilt).
+        """
+        self._require_started()
+        check_id(workflow_id, "workflow_id")
+        timeout = check_timeout(timeout)
+
+        async def wait() -> Any:
+            while True:
+                info = await self.backend.get_workflow(workflow_id)
+                if info.status.is_terminal:
+                    return outcome(info)
+                await self.sleep(self.poll_interval)
+
+        return await asyncio.wait_for(wait(), timeout)
+
+    def result_sync(self, workflow_id: str, *, timeout: float | None = None) -> Any:
+        """:meth:`result` for code that is not async (see :meth:`blocking`)."""
+        return self.blocking(self.result(workflow_id, timeout=timeout))
+
+    # -- inspection and control ---------------------------------------------------------------
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowInfo:
+        """The execution's status, input, output or error, attempts (and interrupted ones)
+        and timestamps.
+
+        :raises WorkflowNotFoundError: no such workflow.
+        """
+        self._require_started()
+        return await self.backend.get_workflow(check_id(workflow_id, "workflow_id"))
+
+    def get_workflow_sync(self, workflow_id: str) -> WorkflowInfo:
+        """:meth:`get_workflow` for code that is not async."""
+        return self.blocking(self.get_workflow(workflow_id))
+
+    async def list_workflows(
+        self,
+        *,
+        status: WorkflowStatus | str | Sequence[WorkflowStatus | str] | None = None,
+        name: str | None = None,
+        parent_id: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[WorkflowInfo]:
+        """Executions, newest first, filtered by status (one or several), name or parent; a
+        page of at most ``limit``, whose ``next_cursor`` (given as ``cursor``) reads the next."""
+        self._require_started()
+        if name is not None:
+            check_name(name, "name")
+        check_optional_id(parent_id, "parent_id")
+        check_positive_int(limit, "limit")
+        if cursor is not None and not isinstance(cursor, str):
+            raise InvalidArgumentError(f"cursor must be a str (a next_cursor), got {cursor!r}")
+        return await self.backend.list_snapshots(
+            status=status, name=name, parent_id=parent_id, limit=limit, cursor=cursor
+        )
+
+    def list_workflows_sync(
+        self,
+        *,
+        status: WorkflowStatus | str | Sequence[WorkflowStatus | str] | None = None,
+        name: str | None = None,
+        parent_id: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[WorkflowInfo]:
+        """:meth:`list_workflows` for code that is not async."""
+        return self.blocking(
+            self.list_workflows(
+                status=status, name=name, parent_id=parent_id, limit=limit, cursor=cursor
+            )
+        )
+
+    async def list_steps(self, workflow_id: str) -> list[StepRecord]:
+        """The execution's steps by position: name, status, output or error, attempts, timings,
+        executor and child workflow id.
+
+        :raises WorkflowNotFoundError: no such workflow.
+        """
+        self._require_started()
+        return await self.backend.list_steps(check_id(workflow_id, "workflow_id"))
+
+    def list_steps_sync(self, workflow_id: str) -> list[StepRecord]:
+        """:meth:`list_steps` for code that is not async."""
+        return self.blocking(self.list_steps(workflow_id))
+
+    async def cancel(self, workflow_id: str) -> WorkflowInfo:
+        """Cancel an unfinished execution: it stops at its next step boundary (its next write is
+        refused) and is never picked up again. Cancelling a finished one changes nothing.
+
+        :raises WorkflowNotFoundError: no such workflow.
+        """
+        self._require_started()
+        return await self.backend.cancel_workflow(check_id(workflow_id, "workflow_id"))
+
+    def cancel_sync(self, workflow_id: str) -> WorkflowInfo:
+        """:meth:`cancel` for code that is not async."""
+        return self.blocking(self.cancel(workflow_id))
+
+    async def retry(self, workflow_id: str) -> WorkflowInfo:
+        """Run a failed, dead-lettered or cancelled execution again from its history (a
+        *redrive*), with its attempt and interruption counts cleared: completed steps are not
+        run again, the failed steps that ended its last attempt are (see
+        :meth:`Runtime.retry <durable.Runtime.retry>`).
+
+        :raises WorkflowNotFoundError: no such workflow.
+        :raises InvalidArgumentError: it is not failed, dead-lettered or cancelled.
+        """
+        self._require_started()
+        return await self.backend.requeue_workflow(check_id(workflow_id, "workflow_id"))
+
+    def retry_sync(self, workflow_id: str) -> WorkflowInfo:
+        """:meth:`retry` for code that is not async."""
+        return self.blocking(self.retry(workflow_id))
+
+    async def set_workflow_enabled(self, name: str, enabled: bool) -> RegisteredWorkflow:
+        """Enable or disable a workflow name for every worker sharing this database, at once:
+        from the moment this returns no worker claims a disabled name. Executions already
+        claimed or running go on. Re-enabled work waits for the workers' next claim.
+
+        :raises UnknownWorkflowError: no runtime ever registered the name.
+        """
+        self._require_started()
+        check_name(name, "name")
+        check_bool(enabled, "enabled")
+        return await self.backend.set_workflow_enabled(name, enabled)
+
+    def set_workflow_enabled_sync(self, name: str, enabled: bool) -> RegisteredWorkflow:
+        """:meth:`set_workflow_enabled` for code that is not async."""
+        return self.blocking(self.set_workflow_enabled(name, enabled))
+
+    async def registered_workflows(self) -> list[RegisteredWorkflow]:
+        """Every workflow name any runtime on this database registered, enabled or not."""
+        self._require_started()
+        return await self.backend.list_registered_workflows()
+
+    def registered_workflows_sync(self) -> list[RegisteredWorkflow]:
+        """:meth:`registered_workflows` for code that is not async."""
+        return self.blocking(self.registered_workflows())
+
+    async def list_executors(self, *, stale_after: float | None = None) -> list[ExecutorInfo]:
+        """Runtimes known by their heartbeats; ``stale`` marks running ones silent for longer
+        than ``stale_after`` seconds (default: each judged by its own heartbeat interval,
+        :data:`~durable.models.STALE_AFTER_HEARTBEATS` of them).
+
+        :raises InvalidArgumentError: ``stale_after`` is not positive.
+        """
+        self._require_started()
+        limit = (
+            None
+            if stale_after is None
+            else timedelta(seconds=check_positive_float(stale_after, "stale_after"))
+        )
+        return await self.backend.list_executors(stale_after=limit)
+
+    def list_executors_sync(self, *, stale_after: float | None = None) -> list[ExecutorInfo]:
+        """:meth:`list_executors` for code that is not async."""
+        return self.blocking(self.list_executors(stale_after=stale_after))
