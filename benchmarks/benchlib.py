@@ -301,7 +301,8 @@ def main(
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A table on stdout: rich's when rich is installed, plain text otherwise."""
-    cells = [[_cell(v) for v in row] for row in rows]
+    # a short row leaves its last columns empty (as rich does)
+    cells = [[_cell(v) for v in row] + [""] * (len(columns) - len(row)) for row in rows]
     try:
         from rich.console import Console
         from rich.table import Table
