@@ -57,6 +57,15 @@ class WorkflowSuspended(BaseException):
         self.workflow_id = workflow_id
 
 
+class Rescheduled(Exception):
+    """Internal: the attempt ended without an outcome (it failed, or was handed back) and the
+    next one is scheduled.
+
+    Raised by the runtime, recognised by the worker; it lives here, below both, so that the
+    worker need not import the runtime (the layers in CONTRIBUTING.md).
+    """
+
+
 def current() -> ExecutionContext | None:
     """The workflow execution the caller runs in, or None outside workflows and inside steps."""
     if _in_step.get():

@@ -47,7 +47,7 @@ from durable.client import (
 )
 from durable.client import outcome as _outcome
 from durable.client import outcome_error as _outcome_error
-from durable.context import ExecutionContext, StepGuard, WorkflowSuspended
+from durable.context import ExecutionContext, Rescheduled, StepGuard, WorkflowSuspended
 from durable.errors import (
     BackendUnavailableError,
     ClaimLostError,
@@ -93,11 +93,6 @@ from durable.workflow import Workflow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class Rescheduled(Exception):
-    """Internal: the attempt ended without an outcome (it failed, or was handed back) and the
-    next one is scheduled."""
 
 
 #: How long an attempt handed back because the database could not be reached waits before it is

@@ -33,7 +33,7 @@ import signal
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from durable.context import WorkflowSuspended
+from durable.context import Rescheduled, WorkflowSuspended
 from durable.errors import (
     BackendError,
     ClaimLostError,
@@ -254,8 +254,6 @@ class Worker:
 
     async def _report(self, claim: TaskClaim, exc: BaseException) -> None:
         """Log how an execution ended without a result, at the level it deserves."""
-        from durable.runtime import Rescheduled  # the runtime imports this module
-
         wid = claim.instance_id
         what = f"workflow {wid} ({claim.name})"
         if claim.task_id != WORKFLOW_TASK:
