@@ -34,8 +34,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 from durable.backends.base import PersistentBackend
 from durable.connect import connect
@@ -59,7 +58,7 @@ from durable.models import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
-from durable.portal import Portal
+from durable.portal import SyncStartable
 from durable.validation import (
     check_bool,
     check_delay,
@@ -188,7 +187,7 @@ def outcome_error(info: WorkflowInfo) -> BaseException:
     return rebuilt
 
 
-class Client:
+class Client(SyncStartable):
     """Enqueue, wait for, inspect and control workflow executions stored in a database, without
     running any (see the module docstring).
 
@@ -211,6 +210,10 @@ class Client:
     :raises ConfigurationError: a malformed URL, or options :func:`durable.connect` refuses.
     """
 
+    _noun = "client"
+    _portal_name = "durable-client"
+    _sync_calls = "its _sync methods"
+
     def __init__(
         self,
         target: str | PersistentBackend,
@@ -218,6 +221,7 @@ class Client:
         poll_interval: float = 0.5,
         **options: Any,
     ) -> None:
+        super().__init__()
         check_positive_float(poll_interval, "poll_interval")
         if isinstance(target, PersistentBackend):
             if options:
@@ -237,12 +241,6 @@ class Client:
         self.sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep
         self._owned_by: str | None = None  # a runtime that starts and closes the backend
         self._owner_blocking: Callable[[Coroutine[Any, Any, Any]], Any] | None = None
-        self._started = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
-        self._portal: Portal | None = None
-        self._sync_lock = threading.Lock()  # guards _portal and _sync_users
-        self._sync_users = 0
 
     @classmethod
     def _for_runtime(
@@ -290,119 +288,13 @@ class Client:
         self._started = False
         await self.backend.close()
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    def __enter__(self) -> Self:
-        """:meth:`start_sync` as a context manager: ``with client: client.enqueue_sync(...)``."""
-        self.start_sync()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close_sync()
-
-    def start_sync(self) -> None:
-        """Start the client on a background event loop (a daemon thread), for code that is not
-        async; then the ``_sync`` methods work from any thread.
-
-        Reference-counted and thread-safe, as :meth:`Runtime.start_sync
-        <durable.Runtime.start_sync>`: the first call starts, each must be matched by one
-        :meth:`close_sync`, the last one closes. In a web application, start once per process
-        (after the server forks) and close at shutdown.
-
-        :raises DurableError: the client was started by async code (``async with client:``),
-            or this is async code running on the client's own loop.
-        :raises BackendUnavailableError: the backend cannot be started (nothing is left running).
-        """
-        self._refuse_on_portal("start_sync()")
-        with self._sync_lock:
-            if self._sync_users == 0:
-                if self._started:
-                    raise DurableError(
-                        "the client was started by async code (`async with client:`); call its "
-                        "_sync methods from other threads without `with client:` / start_sync()"
-                    )
-                portal = Portal("durable-client", owner="client")
-                self._portal = portal
-                try:
-                    portal.call(self.start())
-                except BaseException:
-                    self._portal = None
-                    with contextlib.suppress(Exception):  # the start's error is the one to see
-                        portal.stop(self.close)
-                    raise
-            self._sync_users += 1
-
-    def close_sync(self) -> None:
-        """Undo one :meth:`start_sync` (or ``with client:``); the last one closes the client
-        and stops its loop (calls still running in other threads then raise
-        :class:`DurableError`). More closes than starts are ignored.
-
-        :raises DurableError: called from async code running on the client's own loop.
-        """
-        self._refuse_on_portal("close_sync()")
-        with self._sync_lock:
-            if self._sync_users == 0:
-                return
-            self._sync_users -= 1
-            if self._sync_users > 0:
-                return
-            portal = self._portal
-            try:
-                if portal is not None:
-                    portal.stop(self.close)
-            finally:
-                self._portal = None
-
-    def _refuse_on_portal(self, what: str) -> None:
-        portal = self._portal
-        if portal is not None and portal.on_own_thread():
-            raise DurableError(
-                f"{what} (or `with client:`) was called from async code running on the "
-                "client's own event loop: use `async with client:` there, or nothing"
-            )
-
     def blocking(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run one of this client's coroutines from sync code, from any thread, and wait for
-        its result: on the background loop of :meth:`start_sync` / ``with client:``, or on the
-        loop of async code that started the client in another thread.
-
-        :raises DurableError: the client is not started (or closed while the call ran), or this
-            is the thread of the client's own event loop (await the coroutine instead).
-        """
-        if self._owner_blocking is not None:  # a runtime's client: the runtime's loop
+        """Run one of this client's coroutines from sync code (see
+        :meth:`SyncStartable.blocking <durable.portal.SyncStartable.blocking>`); a runtime's
+        client runs them on the runtime's loop."""
+        if self._owner_blocking is not None:
             return self._owner_blocking(coro)  # type: ignore[no-any-return]
-        portal = self._portal
-        if portal is not None:
-            return portal.call(coro)
-        loop = self._loop
-        if not self._started or loop is None or loop.is_closed():
-            coro.close()
-            raise DurableError(
-                "the client is not started: use `with client:` (or client.start_sync()) before "
-                "its _sync methods"
-            )
-        if threading.get_ident() == self._loop_thread:
-            coro.close()
-            raise DurableError(
-                "a blocking call was made on the thread of the client's event loop: await the "
-                "async method instead"
-            )
-        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+        return super().blocking(coro)
 
     def _require_started(self) -> None:
         if self._owned_by is None and not self._started:

@@ -6,15 +6,20 @@ still running (their callers get :class:`~durable.errors.DurableError`), then en
 :func:`asyncio.run` does (remaining tasks cancelled, async generators and the default executor
 shut down); a call made after that is refused at once. No caller is ever left waiting on a loop
 that no longer runs.
+
+:class:`SyncStartable` is the start/close lifecycle built on it that a client and a runtime
+share: ``async with``, or reference-counted ``with`` / ``start_sync()`` and blocking calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, ClassVar, Self, TypeVar
 
 from durable.errors import DurableError
 
@@ -113,3 +118,167 @@ class Portal:
         await asyncio.gather(*calls, return_exceptions=True)
         if last is not None:
             await last()
+
+
+class SyncStartable:
+    """Starting and closing from async code and from sync code, for :class:`~durable.Client`
+    and :class:`~durable.Runtime` alike.
+
+    A subclass implements :meth:`start` (which records, when started, the running loop in
+    ``_loop`` and its thread in ``_loop_thread`` and sets ``_started``) and :meth:`close`, both
+    idempotent, and names itself in :attr:`_noun`. Then it is used as ``async with obj:`` from
+    async code, or as ``with obj:`` / :meth:`start_sync` from sync code, where :meth:`blocking`
+    runs its coroutines on a background loop (a :class:`Portal`).
+    """
+
+    _noun: ClassVar[str]
+    """What the object is called in messages: ``"client"``, ``"runtime"``."""
+    _portal_name: ClassVar[str]
+    """The name of the background loop's thread."""
+    _sync_calls: ClassVar[str]
+    """What the blocking calls are, in messages (``"its _sync methods"``)."""
+
+    def __init__(self) -> None:
+        self._started = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._portal: Portal | None = None
+        self._sync_lock = threading.Lock()  # guards _portal and _sync_users
+        self._sync_users = 0
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __enter__(self) -> Self:
+        """:meth:`start_sync` as a context manager. Reference-counted and thread-safe: request
+        threads may each enter, nested blocks are fine, and it closes when the last one exits
+        (:meth:`close_sync`)."""
+        self.start_sync()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close_sync()
+
+    def start_sync(self) -> None:
+        """Start on a background event loop (a daemon thread), for code that is not async; then
+        :meth:`blocking` (and the calls built on it) work from any thread.
+
+        Reference-counted and thread-safe: the first call starts the loop and the object, later
+        ones (from any thread) only count, and each must be matched by one :meth:`close_sync`;
+        the last one closes. The pattern for a web application (Flask, Django, any WSGI server)
+        is to start once per process and close at shutdown::
+
+            runtime.start_sync()                  # at app start, in each worker process
+            atexit.register(runtime.close_sync)   # or your server's shutdown hook
+
+            def view(request):                    # any request thread
+                return runtime.run_sync(checkout_sync, request.order_id)
+
+        Start after the server forks its worker processes (e.g. in the app factory, or
+        gunicorn's ``post_fork``), not before: a thread does not survive a fork.
+
+        :raises DurableError: it was started by async code (``async with``) on an event loop of
+            its own (blocking calls from other threads work without this), or this is async code
+            running on its own loop.
+        :raises BackendUnavailableError: the backend cannot be started (nothing is left running).
+        """
+        self._refuse_on_portal("start_sync()")
+        noun = self._noun
+        with self._sync_lock:
+            if self._sync_users == 0:
+                if self._started:
+                    raise DurableError(
+                        f"the {noun} was started by async code (`async with {noun}:`); call "
+                        f"{self._sync_calls} from other threads without `with {noun}:` / "
+                        "start_sync()"
+                    )
+                portal = Portal(self._portal_name, owner=noun)
+                self._portal = portal  # before start(): while started, blocking calls use it
+                try:
+                    portal.call(self.start())
+                except BaseException:
+                    self._portal = None
+                    with contextlib.suppress(Exception):  # the start's error is the one to see
+                        portal.stop(self.close)
+                    raise
+            self._sync_users += 1
+
+    def close_sync(self) -> None:
+        """Undo one :meth:`start_sync` (or ``with``). The last one closes the object and stops
+        its loop; blocking calls still running in other threads are then interrupted (a
+        runtime's executions are handed back at once, to resume at their next run or on a
+        worker) and raise :class:`DurableError`, as do calls made afterwards. More closes than
+        starts are ignored.
+
+        :raises DurableError: called from async code running on the object's own loop.
+        """
+        self._refuse_on_portal("close_sync()")
+        with self._sync_lock:
+            if self._sync_users == 0:
+                return
+            self._sync_users -= 1
+            if self._sync_users > 0:
+                return
+            portal = self._portal
+            try:
+                if portal is not None:
+                    portal.stop(self.close)
+            finally:
+                self._portal = None
+
+    def _refuse_on_portal(self, what: str) -> None:
+        # waiting for the lock or the loop there could wait for the loop itself
+        portal = self._portal
+        noun = self._noun
+        if portal is not None and portal.on_own_thread():
+            raise DurableError(
+                f"{what} (or `with {noun}:`) was called from async code running on the "
+                f"{noun}'s own event loop: use `async with {noun}:` there, or nothing"
+            )
+
+    def blocking(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run one of this object's coroutines from sync code, from any thread, and wait for
+        its result: on the background loop of :meth:`start_sync` / ``with``, or on the loop of
+        async code that started it in another thread.
+
+        :raises DurableError: it is not started (or was closed while the call ran), or this is
+            the thread of its own event loop (await the coroutine instead).
+        """
+        portal = self._portal
+        if portal is not None:
+            return portal.call(coro)
+        loop = self._loop
+        noun = self._noun
+        if not self._started or loop is None or loop.is_closed():
+            coro.close()
+            raise DurableError(
+                f"the {noun} is not started: call {noun}.start_sync() (or use `with {noun}:`) "
+                f"before {self._sync_calls}"
+            )
+        if threading.get_ident() == self._loop_thread:
+            coro.close()
+            raise DurableError(
+                f"a blocking call was made on the thread of the {noun}'s event loop: await the "
+                "async method instead"
+            )
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()

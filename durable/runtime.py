@@ -32,8 +32,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
-from typing import Any, NoReturn, Self, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from durable import context as _context
 from durable import identity
@@ -75,7 +74,7 @@ from durable.models import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
-from durable.portal import Portal
+from durable.portal import SyncStartable
 from durable.registry import Registry, default_registry
 from durable.step import STEP_TASK_PREFIX
 from durable.validation import (
@@ -108,7 +107,7 @@ def default_executor_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-class Runtime:
+class Runtime(SyncStartable):
     """Runs durable workflows on a backend.
 
     :param backend: any :class:`~durable.backends.PersistentBackend`; the runtime starts it on
@@ -142,6 +141,10 @@ class Runtime:
         ``max_threads`` that is not a positive int.
     """
 
+    _noun = "runtime"
+    _portal_name = "durable-portal"
+    _sync_calls = "blocking calls such as run_sync()"
+
     fanout_warning_after: float = 60.0
     """Seconds after a :func:`durable.map` fan-out started here at which, if no worker has
     taken the first of its tasks yet, a warning is logged (no worker serves the step or its
@@ -160,6 +163,7 @@ class Runtime:
         max_threads: int = 64,
         sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep,
     ) -> None:
+        super().__init__()
         if not isinstance(backend, PersistentBackend):
             raise InvalidArgumentError(
                 f"Runtime needs a PersistentBackend (e.g. durable.connect(url)), "
@@ -196,16 +200,10 @@ class Runtime:
         self.registry = registry or default_registry
         self._max_threads = max_threads
         self._threads: ThreadPoolExecutor | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
         self._locks = KeyedLock()
         self._workers: list[Worker] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._node_heartbeats_task: asyncio.Task[Any] | None = None
-        self._portal: Portal | None = None
-        self._sync_lock = threading.Lock()  # guards _portal and _sync_users
-        self._sync_users = 0
-        self._started = False
         self._incarnation = ""
         self._superseded = False
 
@@ -299,109 +297,6 @@ class Runtime:
             self._threads.shutdown(wait=False, cancel_futures=True)
         await self.backend.close()
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    def __enter__(self) -> Self:
-        """:meth:`start_sync` as a context manager: ``with runtime: runtime.run_sync(...)``.
-
-        Reference-counted and thread-safe: request threads may each enter, nested blocks are
-        fine, and the runtime closes when the last one exits (:meth:`close_sync`).
-        """
-        self.start_sync()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close_sync()
-
-    def start_sync(self) -> None:
-        """Start the runtime on a background event loop (a daemon thread), for code that is
-        not async; then :meth:`run_sync` and :meth:`blocking` work from any thread.
-
-        Reference-counted and thread-safe: the first call starts the loop and the runtime, later
-        ones (from any thread) only count, and each must be matched by one :meth:`close_sync`;
-        the last one closes. The pattern for a web application (Flask, Django, any WSGI server)
-        is to start once per process and close at shutdown::
-
-            runtime.start_sync()                  # at app start, in each worker process
-            atexit.register(runtime.close_sync)   # or your server's shutdown hook
-
-            def view(request):                    # any request thread
-                return runtime.run_sync(checkout_sync, request.order_id)
-
-        Start after the server forks its worker processes (e.g. in the app factory, or
-        gunicorn's ``post_fork``), not before: a thread does not survive a fork.
-
-        :raises DurableError: the runtime was started by async code (``async with runtime:``) on
-            an event loop of its own (blocking calls from other threads work without this), or
-            this is async code running on the runtime's own loop.
-        :raises BackendUnavailableError: the backend cannot be started (nothing is left running).
-        """
-        self._refuse_on_portal("start_sync()")
-        with self._sync_lock:
-            if self._sync_users == 0:
-                if self._started:
-                    raise DurableError(
-                        "the runtime was started by async code (`async with runtime:`); call "
-                        "run_sync() from other threads without `with runtime:` / start_sync()"
-                    )
-                portal = Portal()
-                self._portal = portal  # before start(): while started, blocking calls use it
-                try:
-                    portal.call(self.start())
-                except BaseException:
-                    self._portal = None
-                    with contextlib.suppress(Exception):  # the start's error is the one to see
-                        portal.stop(self.close)
-                    raise
-            self._sync_users += 1
-
-    def close_sync(self) -> None:
-        """Undo one :meth:`start_sync` (or ``with runtime:``). The last one closes the runtime
-        and stops its loop; blocking calls still running in other threads are then interrupted
-        (their executions handed back at once, to resume at their next run or on a worker) and
-        raise :class:`DurableError`, as do calls made afterwards. More closes than starts are
-        ignored.
-
-        :raises DurableError: called from async code running on the runtime's own loop.
-        """
-        self._refuse_on_portal("close_sync()")
-        with self._sync_lock:
-            if self._sync_users == 0:
-                return
-            self._sync_users -= 1
-            if self._sync_users > 0:
-                return
-            portal = self._portal
-            try:
-                if portal is not None:
-                    portal.stop(self.close)
-            finally:
-                self._portal = None
-
-    def _refuse_on_portal(self, what: str) -> None:
-        # waiting for the lock or the loop there could wait for the loop itself
-        portal = self._portal
-        if portal is not None and portal.on_own_thread():
-            raise DurableError(
-                f"{what} (or `with runtime:`) was called from async code running on the "
-                "runtime's own event loop: use `async with runtime:` there, or nothing"
-            )
-
     def spawn(
         self, coro: Coroutine[Any, Any, Any], *, name: str | None = None
     ) -> asyncio.Task[Any]:
@@ -478,34 +373,6 @@ class Runtime:
         """:meth:`run` for code that is not async, from any thread, while the runtime is
         started (see :meth:`start_sync` and :meth:`blocking`)."""
         return self.blocking(self.run(fn, *args, workflow_id=workflow_id, **kwargs))
-
-    def blocking(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run one of this runtime's coroutines from sync code, from any thread, and wait for
-        its result.
-
-        Works while the runtime is started: by :meth:`start_sync` / ``with runtime:`` (on its
-        background loop), or by async code on another thread's event loop.
-
-        :raises DurableError: the runtime is not started (or closed while the call ran), or
-            this is the thread of the runtime's own event loop (await the coroutine instead).
-        """
-        portal = self._portal
-        if portal is not None:
-            return portal.call(coro)
-        loop = self._loop
-        if not self._started or loop is None or loop.is_closed():
-            coro.close()
-            raise DurableError(
-                "the runtime is not started: call runtime.start_sync() (or use `with runtime:`) "
-                "before blocking calls such as run_sync()"
-            )
-        if threading.get_ident() == self._loop_thread:
-            coro.close()
-            raise DurableError(
-                "a blocking call was made on the thread of the runtime's event loop: await the "
-                "async method instead"
-            )
-        return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
     async def _create(
         self,
