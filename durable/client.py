@@ -239,7 +239,8 @@ class Client(SyncStartable):
         self.backend = backend
         self.poll_interval = poll_interval
         self.sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep
-        self._owned_by: str | None = None  # a runtime that starts and closes the backend
+        # set for a runtime's client: the runtime starts and closes the backend and runs the
+        # _sync methods on its own loop
         self._owner_blocking: Callable[[Coroutine[Any, Any, Any]], Any] | None = None
 
     @classmethod
@@ -252,7 +253,6 @@ class Client(SyncStartable):
         """The client a runtime owns: the runtime starts and closes the backend, checks that it
         is started where it needs to, and runs the ``_sync`` methods (its ``blocking``)."""
         client = cls(backend, poll_interval=poll_interval)
-        client._owned_by = "runtime"
         client._owner_blocking = blocking
         return client
 
@@ -297,7 +297,7 @@ class Client(SyncStartable):
         return super().blocking(coro)
 
     def _require_started(self) -> None:
-        if self._owned_by is None and not self._started:
+        if self._owner_blocking is None and not self._started:
             raise DurableError(
                 "the client is not started: use `async with client:` (or `with client:` from "
                 "sync code)"
