@@ -27,7 +27,7 @@ import asyncio
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
@@ -113,6 +113,24 @@ class PersistentBackend(ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    # -- the clock ------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def now(self) -> datetime:
+        """The current time, timezone-aware in UTC, by the clock this store judges leases and
+        due times by: the database's on PostgreSQL, this host's for SQLite, the injectable
+        ``clock`` of the in-memory backend.
+
+        Every time-dependent judgment of the backend follows this clock, whatever the clock of
+        the calling host says: a claim is live while ``now() < expires_at`` (and a claim taken
+        for ``ttl`` expires ``ttl`` after this clock's now); a task is due once ``run_after <=
+        now()``; a task created without ``run_after`` is due at this clock's now, plus its
+        ``delay``. A backend whose store keeps its own clock (a database server) must not judge
+        leases by the host's.
+
+        :raises BackendUnavailableError: the storage cannot be reached (for a clock it keeps).
+        """
 
     # -- snapshots --------------------------------------------------------------------------
 

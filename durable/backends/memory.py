@@ -125,6 +125,10 @@ class InMemoryBackend(PersistentBackend):
                 if t.claimed_by is not None and _live(t, now)
             }
 
+    async def now(self) -> datetime:
+        """The time by :attr:`clock`, which judges every lease and due time here."""
+        return self.clock().astimezone(UTC)
+
     # -- (de)serialization of stored values -------------------------------------------------
 
     def _dump(self, value: Any) -> str:

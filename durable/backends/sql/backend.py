@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -175,6 +176,15 @@ class SQLAlchemyBackend(WorkflowRecords, Execution, FanOut, Claims, Executors, W
     async def schema_revision(self) -> str | None:
         """The schema revision the database is at (None: never migrated)."""
         return await self._run(migrate.current_revision, what="read the schema revision")
+
+    async def now(self) -> datetime:
+        """The lease clock's time: the database's ``now()`` on PostgreSQL (one query), this
+        host's clock on SQLite (no query), as :mod:`.dialects` decides."""
+        local = self.dialect.host_now()
+        if local is not None:
+            return local
+        stmt = sa.select(self.dialect.now())
+        return await self._run(lambda conn: conn.execute(stmt).scalar_one(), what="read the clock")
 
     async def _run(self, fn: Callable[[sa.Connection], T], *, what: str = "") -> T:
         """Run ``fn`` in one transaction, turning driver errors into durable's."""

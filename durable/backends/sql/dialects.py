@@ -8,6 +8,7 @@
   about a millisecond per transaction. PostgreSQL uses psycopg 3's async driver.
 * **The clock.** Lease expiry on PostgreSQL is judged by the database's ``now()``, so workers'
   clocks need not agree. SQLite is one file on one host: the host's clock is passed in.
+  :meth:`SQLDialect.host_now` says which, for the backend's ``now()``.
 * **Fencing.** On PostgreSQL the claim row is locked ``FOR SHARE`` while a step is recorded, so a
   concurrent takeover waits and re-checks; SQLite's write lock already serializes them.
 * **Lists.** Name and queue filters bind one array on PostgreSQL (``= ANY(:names)``), so the claim
@@ -53,6 +54,11 @@ class SQLDialect:
         """The time ``param`` (a duration passed to :meth:`clock_params`) from now."""
         raise NotImplementedError
 
+    def host_now(self) -> datetime | None:
+        """The lease clock's current time when this host keeps it (no query needed), or None
+        when only the database can tell it: then the backend selects :meth:`now`."""
+        raise NotImplementedError
+
     def clock_params(self, **durations: float) -> dict[str, Any]:
         """The parameters :meth:`now` and :meth:`later` need, for one execution."""
         raise NotImplementedError
@@ -88,6 +94,9 @@ class SQLiteDialect(SQLDialect):
 
     def later(self, param: str) -> sa.ColumnElement[datetime]:
         return sa.bindparam(f"c_{param}", type_=UTCDateTime())
+
+    def host_now(self) -> datetime | None:
+        return datetime.now(UTC)  # the clock clock_params passes in
 
     def clock_params(self, **durations: float) -> dict[str, Any]:
         now = datetime.now(UTC)
@@ -128,6 +137,9 @@ class PostgresDialect(SQLDialect):
 
     def clock_params(self, **durations: float) -> dict[str, Any]:
         return {f"c_{key}": timedelta(seconds=seconds) for key, seconds in durations.items()}
+
+    def host_now(self) -> datetime | None:
+        return None  # the database's now(), which no host's clock may stand in for
 
     def insert(self, table: sa.Table) -> Any:
         return pg.insert(table)

@@ -1,0 +1,129 @@
+"""Robustness under concurrency: connections returned, and claims atomic under many tasks of one process and under several processes."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import (
+    Callable,
+)
+
+import pytest
+
+from durable.backends.base import PersistentBackend
+from durable.errors import (
+    DurableError,
+)
+from durable.models import (
+    WorkflowSnapshot,
+    WorkflowStatus,
+)
+from durable.testing._concurrency import ProcessClaimers, TaskKey, claim_each, claim_until_empty
+from durable.testing.contract._support import (
+    LONG,
+    Call,
+    ContractBase,
+    Unserializable,
+    W,
+    assert_each_once,
+    create,
+    gather_all,
+    running,
+    step,
+)
+
+
+class ConcurrencyContract(ContractBase):
+    """Robustness under concurrency: connections returned, and claims atomic under many tasks of one process and under several processes."""
+
+    async def test_no_connections_leaked(self, backend: PersistentBackend) -> None:
+        checked_out = getattr(backend, "checked_out_connections", None)
+        if not callable(checked_out):
+            pytest.skip(f"{type(backend).__name__} has no checked_out_connections()")
+        await running(backend, "wf", "w1")
+        await backend.record_step("wf", step(0), worker_id="w1")
+        failing: list[Call] = [
+            lambda: backend.get_workflow("ghost"),
+            lambda: backend.load_snapshot("ghost"),
+            lambda: backend.list_steps("ghost"),
+            lambda: backend.save_snapshot(WorkflowSnapshot(id="wf", name="wf")),
+            lambda: backend.save_snapshot(WorkflowSnapshot(id="wf", name="wf", version=99)),
+            lambda: backend.record_step("wf", step(0), worker_id="w1"),
+            lambda: backend.record_step("wf", step(1), worker_id="w2"),
+            lambda: backend.record_step("wf", step(1, output=Unserializable()), worker_id="w1"),
+            lambda: backend.claim_task("ghost", W, "w1", LONG),
+            lambda: backend.extend_task_claim("wf", W, "w2", LONG),
+            lambda: backend.release_task_claim("wf", W, "w2"),
+            lambda: backend.complete_task("wf", W, "w2"),
+            lambda: backend.finish_workflow("wf", worker_id="w2", status=WorkflowStatus.SUCCEEDED),
+            lambda: backend.list_snapshots(cursor="not a cursor!"),
+            lambda: backend.find_available_tasks("w1", 0),
+        ]
+        for call in failing:
+            with pytest.raises(DurableError):
+                await call()
+            assert checked_out() == 0
+        await asyncio.gather(*(backend.get_workflow("wf") for _ in range(20)))
+        await asyncio.gather(
+            *(backend.get_workflow("ghost") for _ in range(20)), return_exceptions=True
+        )
+        assert checked_out() == 0
+
+    async def _create_tasks(self, backend: PersistentBackend, count: int) -> list[TaskKey]:
+        keys: list[TaskKey] = []
+        for i in range(count):
+            instance_id = f"job-{i:04d}"
+            await create(backend, instance_id, name="job", priority=i % 3)
+            keys.append((instance_id, W))
+        return keys
+
+    async def test_concurrent_batch_claims_in_one_process(self, backend: PersistentBackend) -> None:
+        keys = await self._create_tasks(backend, 150)
+        workers = [f"task-{i}" for i in range(12)]
+        got = await gather_all(claim_until_empty(backend, w, batch=7, ttl=LONG) for w in workers)
+        assert_each_once(dict(zip(workers, got, strict=True)), keys)
+        assert await backend.find_available_tasks("anyone", 10) == []
+
+    async def test_concurrent_single_claims_in_one_process(
+        self, backend: PersistentBackend
+    ) -> None:
+        keys = await self._create_tasks(backend, 40)
+        workers = [f"task-{i}" for i in range(8)]
+        orders = [random.Random(i).sample(keys, len(keys)) for i in range(len(workers))]
+        got = await gather_all(
+            claim_each(backend, w, order, ttl=LONG)
+            for w, order in zip(workers, orders, strict=True)
+        )
+        assert_each_once(dict(zip(workers, got, strict=True)), keys)
+        for instance_id, task_id in keys:
+            assert await backend.claim_task(instance_id, task_id, "late", LONG) is None
+
+    async def test_concurrent_batch_claims_across_processes(
+        self,
+        backend: PersistentBackend,
+        backend_factory: Callable[[], PersistentBackend] | None,
+        _contract_processes: ProcessClaimers,
+    ) -> None:
+        if backend_factory is None:
+            pytest.skip("no backend_factory fixture: the backend cannot be shared by processes")
+        keys = await self._create_tasks(backend, 200)
+        got = await asyncio.to_thread(
+            _contract_processes.run, backend_factory, mode="batch", batch=5
+        )
+        assert_each_once(got, keys)
+        assert await backend.find_available_tasks("anyone", 10) == []
+
+    async def test_concurrent_single_claims_across_processes(
+        self,
+        backend: PersistentBackend,
+        backend_factory: Callable[[], PersistentBackend] | None,
+        _contract_processes: ProcessClaimers,
+    ) -> None:
+        if backend_factory is None:
+            pytest.skip("no backend_factory fixture: the backend cannot be shared by processes")
+        keys = await self._create_tasks(backend, 100)
+        got = await asyncio.to_thread(
+            _contract_processes.run, backend_factory, mode="single", keys=keys
+        )
+        assert_each_once(got, keys)
+        assert await backend.find_available_tasks("anyone", 10) == []
