@@ -1,4 +1,5 @@
-"""Tasks, claims, leases and fencing: add, claim, extend, release, complete, expiry and takeover, finding and batch-claiming available work."""
+"""Tasks, claims, leases and fencing: add, claim, extend, release, complete, expiry and takeover,
+finding and batch-claiming available work."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ from durable.testing.contract._support import (
 
 
 class ClaimContract(ContractBase):
-    """Tasks, claims, leases and fencing: add, claim, extend, release, complete, expiry and takeover, finding and batch-claiming available work."""
+    """Tasks, claims, leases and fencing: add, claim, extend, release, complete, expiry and
+    takeover, finding and batch-claiming available work."""
 
     async def test_add_task(self, backend: PersistentBackend) -> None:
         await create(backend, "wf", task=False)

@@ -145,12 +145,17 @@ class ClockContract(ContractBase):
                 TaskSpec(instance_id="fresh", task_id="at-once", name="t"),
                 TaskSpec(instance_id="fresh", task_id="delayed", name="t", delay=TTL),
                 TaskSpec(instance_id="fresh", task_id="past", name="t", run_after=store_now - TTL),
-                TaskSpec(instance_id="fresh", task_id="future", name="t", run_after=store_now + TTL),
+                TaskSpec(
+                    instance_id="fresh", task_id="future", name="t", run_after=store_now + TTL
+                ),
             ]
             for spec in tasks:
                 assert await backend.add_task(spec)
             await assert_stamped_by_store(
-                backend, (await backend.get_task("fresh", "at-once")).run_after, timedelta(0), before
+                backend,
+                (await backend.get_task("fresh", "at-once")).run_after,
+                timedelta(0),
+                before,
             )
             available = keys_of(await backend.find_available_tasks("w5", 10))
             assert sorted(k for k in available if k[0] == "fresh") == [

@@ -1,12 +1,12 @@
-"""Robustness under concurrency: connections returned, and claims atomic under many tasks of one process and under several processes."""
+"""Robustness under concurrency: connections returned, and claims atomic under many tasks of one
+process and under several processes."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import (
-    Callable,
-)
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 
@@ -15,6 +15,7 @@ from durable.errors import (
     DurableError,
 )
 from durable.models import (
+    TaskSpec,
     WorkflowSnapshot,
     WorkflowStatus,
 )
@@ -34,7 +35,8 @@ from durable.testing.contract._support import (
 
 
 class ConcurrencyContract(ContractBase):
-    """Robustness under concurrency: connections returned, and claims atomic under many tasks of one process and under several processes."""
+    """Robustness under concurrency: connections returned, and claims atomic under many tasks of one
+    process and under several processes."""
 
     async def test_no_connections_leaked(self, backend: PersistentBackend) -> None:
         checked_out = getattr(backend, "checked_out_connections", None)
@@ -127,3 +129,68 @@ class ConcurrencyContract(ContractBase):
         )
         assert_each_once(got, keys)
         assert await backend.find_available_tasks("anyone", 10) == []
+
+    async def test_two_hundred_concurrent_calls(self, backend: PersistentBackend) -> None:
+        """200 calls at once on one backend object (creates, steps, claims, reads, mixed) all
+        succeed, with the results they would have had one at a time."""
+        running_ids = [f"run-{i}" for i in range(10)]
+        for instance_id in running_ids:
+            await running(backend, instance_id, f"holder-{instance_id}")
+        pending_ids = [f"pend-{i:02d}" for i in range(50)]
+        for instance_id in pending_ids:
+            await create(backend, instance_id)
+
+        calls: list[tuple[str, Coroutine[Any, Any, Any]]] = []
+        for i in range(50):
+            spec = TaskSpec(instance_id=f"new-{i:02d}", name="new")
+            snapshot = WorkflowSnapshot(id=f"new-{i:02d}", name="new", input=i)
+            calls.append((f"create new-{i:02d}", backend.create_workflow(snapshot, task=spec)))
+        for instance_id in running_ids:
+            for position in range(5):
+                record = step(position, output=[instance_id, position])
+                holder = f"holder-{instance_id}"
+                calls.append(
+                    (
+                        f"record_step {instance_id}/{position}",
+                        backend.record_step(instance_id, record, worker_id=holder),
+                    )
+                )
+        for instance_id in pending_ids:
+            claim = backend.claim_task(instance_id, W, f"claimer-{instance_id}", LONG)
+            calls.append((f"claim_task {instance_id}", claim))
+        for i in range(25):
+            instance_id = running_ids[i % len(running_ids)]
+            calls.append((f"get_workflow {instance_id}", backend.get_workflow(instance_id)))
+            calls.append((f"list_steps {pending_ids[i]}", backend.list_steps(pending_ids[i])))
+        assert len(calls) == 200
+        random.Random(0).shuffle(calls)
+
+        outcomes = await asyncio.gather(*(call for _, call in calls), return_exceptions=True)
+        failed = [
+            f"{what}: {outcome!r}"
+            for (what, _), outcome in zip(calls, outcomes, strict=True)
+            if isinstance(outcome, BaseException)
+        ]
+        assert not failed, f"{len(failed)} of 200 concurrent calls failed: {failed[:5]}"
+        for (what, _), outcome in zip(calls, outcomes, strict=True):
+            kind, _, target = what.partition(" ")
+            if kind == "create":
+                info, created = outcome
+                assert created is True and info.id == target and info.version == 1
+            elif kind == "claim_task":
+                assert outcome is not None, f"{what}: refused, though nobody else claimed it"
+                assert (outcome.instance_id, outcome.worker_id) == (target, f"claimer-{target}")
+                assert outcome.attempts == 1
+            elif kind == "get_workflow":
+                assert outcome.id == target and outcome.status is WorkflowStatus.RUNNING
+                assert outcome.executor_id == f"holder-{target}"
+            elif kind == "list_steps":
+                assert outcome == []
+        for instance_id in running_ids:
+            recorded = await backend.list_steps(instance_id)
+            assert recorded == [step(p, output=[instance_id, p]) for p in range(5)]
+        for i in range(50):
+            assert (await backend.get_workflow(f"new-{i:02d}")).input == i
+        for instance_id in pending_ids:
+            task = await backend.get_task(instance_id, W)
+            assert task.claimed_by == f"claimer-{instance_id}"

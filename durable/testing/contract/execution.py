@@ -1,4 +1,5 @@
-"""An execution's life under its claim: begin, finish, reschedule, cancel, redrive, and how attempts and interruptions are counted."""
+"""An execution's life under its claim: begin, finish, reschedule, cancel, redrive, and how attempts
+and interruptions are counted."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ from durable.testing.contract._support import (
 
 
 class ExecutionContract(ContractBase):
-    """An execution's life under its claim: begin, finish, reschedule, cancel, redrive, and how attempts and interruptions are counted."""
+    """An execution's life under its claim: begin, finish, reschedule, cancel, redrive, and how
+    attempts and interruptions are counted."""
 
     async def test_begin_execution(self, backend: PersistentBackend) -> None:
         original = await create(backend, "wf", input={"x": 1}, steps=(step(0),))

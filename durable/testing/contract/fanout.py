@@ -1,4 +1,5 @@
-"""Fan-out: a workflow suspends while its steps run as tasks of other workers, and the last one wakes it."""
+"""Fan-out: a workflow suspends while its steps run as tasks of other workers, and the last one
+wakes it."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from durable.testing.contract._support import (
 
 
 class FanOutContract(ContractBase):
-    """Fan-out: a workflow suspends while its steps run as tasks of other workers, and the last one wakes it."""
+    """Fan-out: a workflow suspends while its steps run as tasks of other workers, and the last one
+    wakes it."""
 
     async def test_suspend_and_complete_step_tasks(self, backend: PersistentBackend) -> None:
         started = await running(backend, "wf", "w1")

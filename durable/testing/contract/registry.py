@@ -1,4 +1,5 @@
-"""The workflow registry (names served, enabled or not, which claims obey) and executors (starts, heartbeats, staleness, incarnations)."""
+"""The workflow registry (names served, enabled or not, which claims obey) and executors (starts,
+heartbeats, staleness, incarnations)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ from durable.testing.contract._support import (
 
 
 class RegistryContract(ContractBase):
-    """The workflow registry (names served, enabled or not, which claims obey) and executors (starts, heartbeats, staleness, incarnations)."""
+    """The workflow registry (names served, enabled or not, which claims obey) and executors
+    (starts, heartbeats, staleness, incarnations)."""
 
     async def test_workflow_registry(self, backend: PersistentBackend) -> None:
         assert await backend.list_registered_workflows() == []

@@ -1,4 +1,5 @@
-"""Idempotent creation, whole-snapshot saves under an optimistic lock, and what a write refuses (values the serializer rejects, naive timestamps) without writing anything."""
+"""Idempotent creation, whole-snapshot saves under an optimistic lock, and what a write refuses
+(values the serializer rejects, naive timestamps) without writing anything."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ from durable.testing.contract._support import (
 
 
 class SnapshotContract(ContractBase):
-    """Idempotent creation, whole-snapshot saves under an optimistic lock, and what a write refuses (values the serializer rejects, naive timestamps) without writing anything."""
+    """Idempotent creation, whole-snapshot saves under an optimistic lock, and what a write refuses
+    (values the serializer rejects, naive timestamps) without writing anything."""
 
     async def test_create_workflow_is_idempotent_by_id(self, backend: PersistentBackend) -> None:
         first, created = await backend.create_workflow(

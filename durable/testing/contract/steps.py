@@ -1,8 +1,11 @@
-"""Steps and history: recording a step (appended, pending rows overwritten, final rows kept, fenced), and which failed steps a retry or a redrive runs again."""
+"""Steps and history: recording a step (appended, pending rows overwritten, final rows kept,
+fenced), and which failed steps a retry or a redrive runs again."""
 
 from __future__ import annotations
 
 import asyncio
+import statistics
+import time
 from collections.abc import (
     Awaitable,
 )
@@ -36,9 +39,19 @@ from durable.testing.contract._support import (
     step,
 )
 
+#: The histories whose step costs are compared, and how: medians of COST_SAMPLES recordings
+#: each (after COST_WARMUP), at most COST_RATIO apart, in any of COST_TRIALS trials.
+SMALL_HISTORY = 10
+LARGE_HISTORY = 3_000
+COST_WARMUP = 5
+COST_SAMPLES = 40
+COST_RATIO = 4.0
+COST_TRIALS = 3
+
 
 class StepContract(ContractBase):
-    """Steps and history: recording a step (appended, pending rows overwritten, final rows kept, fenced), and which failed steps a retry or a redrive runs again."""
+    """Steps and history: recording a step (appended, pending rows overwritten, final rows kept,
+    fenced), and which failed steps a retry or a redrive runs again."""
 
     async def test_record_step_appends_and_overwrites_pending(
         self, backend: PersistentBackend
@@ -256,3 +269,49 @@ class StepContract(ContractBase):
             "wf", worker_id="w2", status=WorkflowStatus.SUCCEEDED, output=1
         )
         assert not any(s.rerun for s in await backend.list_steps("wf"))
+
+    async def test_recording_a_step_costs_the_same_at_any_history(
+        self, backend: PersistentBackend
+    ) -> None:
+        """``record_step`` costs the same with 3,000 steps of history as with 10: a backend
+        that rewrites or re-reads the whole history per step fails. Costs are compared, never
+        timed against a limit: the median of many interleaved recordings at each size, a
+        generous ratio, and a few trials (noise on a busy machine makes one trial slow, a cost
+        that grows with the history makes every trial slow)."""
+        sizes = {"small": SMALL_HISTORY, "large": LARGE_HISTORY}
+        for instance_id, size in sizes.items():
+            await create(
+                backend, instance_id, steps=tuple(step(p, output={"p": p}) for p in range(size))
+            )
+            assert await backend.claim_task(instance_id, W, "w1", LONG) is not None
+        positions = dict(sizes)
+
+        async def cost(instance_id: str) -> float:
+            record = step(positions[instance_id], output={"p": positions[instance_id]})
+            positions[instance_id] += 1
+            started = time.perf_counter()
+            await backend.record_step(instance_id, record, worker_id="w1")
+            return time.perf_counter() - started
+
+        ratios: list[float] = []
+        for _trial in range(COST_TRIALS):
+            costs: dict[str, list[float]] = {"small": [], "large": []}
+            for n in range(COST_WARMUP + COST_SAMPLES):
+                for instance_id in ("small", "large") if n % 2 else ("large", "small"):
+                    spent = await cost(instance_id)
+                    if n >= COST_WARMUP:
+                        costs[instance_id].append(spent)
+            small, large = (statistics.median(costs[k]) for k in ("small", "large"))
+            ratios.append(large / small)
+            if ratios[-1] <= COST_RATIO:
+                break
+        else:
+            pytest.fail(
+                f"recording a step at {LARGE_HISTORY} steps of history costs "
+                f"{', '.join(f'{r:.1f}' for r in ratios)} times what it costs at "
+                f"{SMALL_HISTORY} (medians of {COST_SAMPLES}, in {COST_TRIALS} trials; at most "
+                f"{COST_RATIO} allowed): record_step must not grow with the history"
+            )
+        for instance_id in sizes:
+            recorded = await backend.list_steps(instance_id)
+            assert [s.position for s in recorded] == list(range(positions[instance_id]))
