@@ -12,7 +12,7 @@ from pathlib import Path
 import durable.testing
 from durable.testing.contract import BackendContractTests, ClaimContract, ContractBase
 
-MODULE = '''
+MODULE = """
 import pytest
 
 import durable
@@ -24,7 +24,7 @@ class TestClaimsOnly(ClaimContract):
     async def backend(self):
         async with durable.connect("memory://") as backend:
             yield backend
-'''
+"""
 
 
 def test_names() -> None:
