@@ -210,7 +210,7 @@ async def _load_sql_in_bulk(backend: Any, count: int, sizes: KitSizes) -> None:
 
     from durable.backends.sql import schema
 
-    def insert(first: int, last: int) -> None:
+    def insert(first: int, last: int) -> Callable[[sa.Connection], None]:
         def run(conn: sa.Connection) -> None:
             snapshots = [_finished(i) for i in range(first, last)]
             now = snapshots[-1].completed_at

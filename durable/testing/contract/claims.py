@@ -374,3 +374,25 @@ class ClaimContract(ContractBase):
         await asyncio.sleep(EXPIRED)
         lapsed = await backend.get_task("wf", W)  # expired, not taken over: still recorded
         assert (lapsed.claimed_by, lapsed.claim_expires_at) == ("w1", held.claim_expires_at)
+
+    async def test_an_expired_claim_fences_until_its_holder_renews_it(
+        self, backend: PersistentBackend
+    ) -> None:
+        """A lapsed claim is not held: fenced writes raise ``ClaimLostError(holder=None)`` and
+        it is offered as unclaimed. Until another worker claims it, the late holder's
+        ``extend_task_claim`` renews it, and its writes go through again."""
+        await create(backend, "wf")
+        assert await backend.claim_task("wf", W, "w1", SHORT) is not None
+        await asyncio.sleep(EXPIRED)
+        with pytest.raises(ClaimLostError) as lost:
+            await backend.record_step("wf", step(0), worker_id="w1")
+        assert (lost.value.worker_id, lost.value.holder) == ("w1", None)
+        [offered] = await backend.find_available_tasks("w2", 10)
+        assert (offered.claimed_by, offered.claim_expires_at) == (None, None)
+        lapsed = await backend.get_task("wf", W)
+        assert lapsed.claimed_by == "w1"  # as stored: the holder let it expire
+        renewed = await backend.extend_task_claim("wf", W, "w1", LONG)
+        assert (renewed.worker_id, renewed.attempts) == ("w1", 1)
+        await backend.record_step("wf", step(0), worker_id="w1")
+        assert await backend.claim_task("wf", W, "w2", LONG) is None
+        assert await backend.find_available_tasks("w2", 10) == []

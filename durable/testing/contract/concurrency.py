@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -172,7 +172,7 @@ class ConcurrencyContract(ContractBase):
             if isinstance(outcome, BaseException)
         ]
         assert not failed, f"{len(failed)} of 200 concurrent calls failed: {failed[:5]}"
-        for (what, _), outcome in zip(calls, outcomes, strict=True):
+        for (what, _), outcome in zip(calls, cast(list[Any], outcomes), strict=True):
             kind, _, target = what.partition(" ")
             if kind == "create":
                 info, created = outcome
