@@ -123,6 +123,8 @@ class StepRecord:
     executor_id: str | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None
+    """When the step ended. Left None for a final outcome, the backend sets it to the time it
+    records the step; a pending step has none."""
     rerun: bool = False
     """Set on a failed step of a workflow that failed for good, when that failure ended the
     workflow's last attempt and nothing recorded after it depends on it: a redrive
@@ -197,17 +199,29 @@ class TaskSpec:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AvailableTask:
-    """A task as :meth:`PersistentBackend.find_available_tasks` sees it."""
+    """A task as :meth:`PersistentBackend.find_available_tasks` sees it (which shows an expired
+    claim as no claim), or as :meth:`PersistentBackend.get_task` reads it (as stored)."""
 
     instance_id: str
+    """The workflow the task belongs to."""
     task_id: str
+    """The task's id within its workflow (:data:`WORKFLOW_TASK` for the workflow's own)."""
     name: str
+    """What a worker must know to run it: the workflow's or the step's name."""
     queue: str
     priority: int
+    """Lower runs first."""
     run_after: datetime
+    """When it is (or was) due, on the store's clock (aware)."""
     claimed_by: str | None
+    """Who holds a live claim on it. From :meth:`~PersistentBackend.find_available_tasks`:
+    None when nobody does, and also when a claim expired (nobody took it over, but it is no
+    longer held: any worker may claim it); so it is only ever the caller itself. From
+    :meth:`~PersistentBackend.get_task`: the stored holder, even of an expired claim."""
     claim_expires_at: datetime | None
+    """When that claim expires, on the store's clock; None exactly when ``claimed_by`` is."""
     attempts: int
+    """How many times the task has been claimed (0: never)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -218,6 +232,9 @@ class TaskClaim:
     task_id: str
     worker_id: str
     expires_at: datetime
+    """``ttl`` after the claim, on the store's clock (:meth:`PersistentBackend.now`): the claim
+    is held while ``now() < expires_at``; afterwards fenced writes under it fail until the
+    holder renews it (if nobody took the task over)."""
     attempts: int
     """How many times the task has been claimed, this claim included (a re-entrant claim by the
     holder does not count again)."""

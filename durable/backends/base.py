@@ -15,7 +15,11 @@ A **claim** on a task gives one worker the right to act on it until the claim ex
 that records progress (:meth:`record_step`, :meth:`finish_workflow`, ...) is *fenced*: it succeeds
 only if the writer holds a live claim, and otherwise raises
 :class:`~durable.errors.ClaimLostError` having written nothing. Expiry is judged by one clock: the
-database's on PostgreSQL, the host's for SQLite and in-memory storage (one machine).
+database's on PostgreSQL, the host's for SQLite and in-memory storage (one machine), which
+:meth:`PersistentBackend.now` reads. A claim that expired is not held, whether or not another
+worker has claimed the task since: fenced writes under it raise ``ClaimLostError`` with ``holder``
+None until its holder renews it (:meth:`PersistentBackend.extend_task_claim`, which succeeds as
+long as nobody else claimed the task) or another worker takes it over.
 
 To write a backend of your own, subclass :class:`PersistentBackend`, implement every abstract
 method, and run :mod:`durable.testing`'s contract suite against it.
@@ -80,9 +84,32 @@ class PersistentBackend(ABC):
     """Abstract storage for workflow snapshots, steps, tasks and claims.
 
     Every method is a coroutine and is safe to call concurrently from many tasks of one event
-    loop; backends that share a database are safe to use from many processes. Values (inputs,
-    outputs) are serialized with :attr:`serializer`; a value it rejects raises
-    :class:`~durable.errors.SerializationError` before anything is written.
+    loop: a call never fails for being concurrent (hundreds at once: a connection pool queues
+    its callers rather than refusing them), and each has the result it would have had alone.
+    Backends that share a database are safe to use from many processes. A backend that holds
+    connections gives every one back when a call ends, failed or not (the contract suite checks
+    a ``checked_out_connections()`` method where there is one). The cost of an operation does
+    not grow with the work stored: not with a workflow's history, nor with finished workflows.
+
+    Rules every method keeps:
+
+    * **Values** (inputs, outputs, error arguments) are serialized with :attr:`serializer` and
+      come back equal and of the same types (any value the serializer accepts: big integers,
+      deep nesting, NUL characters, megabytes of text). A value it rejects raises
+      :class:`~durable.errors.SerializationError` before anything is written; a claim is still
+      held afterwards. :class:`~durable.models.ErrorInfo` records come back equal.
+    * **Timestamps** given must be timezone-aware, in any zone: a naive one raises
+      :class:`~durable.errors.InvalidArgumentError` (saying "naive") and nothing is written.
+      Every timestamp returned is aware, the same instant as stored (its zone may differ).
+      Timestamps the backend sets itself (``created_at``, ``updated_at``, ``started_at``,
+      ``completed_at``, a step's ``completed_at``, registry and executor times) are the current
+      time; lease expiries and due times are on :meth:`now`'s clock.
+    * **Errors** carry their subject: :class:`~durable.errors.WorkflowNotFoundError` its
+      ``workflow_id``, :class:`~durable.errors.TaskNotFoundError` its ``instance_id`` and
+      ``task_id``, :class:`~durable.errors.ClaimLostError` ``instance_id``, ``task_id``,
+      ``worker_id`` (the caller) and ``holder`` (who holds a live claim now, None if nobody).
+      A call refused for one of these reasons (or an invalid argument, a version conflict, a
+      value that cannot be serialized) writes nothing.
 
     Use a backend as an async context manager, or call :meth:`start` and :meth:`close`.
     """
@@ -141,28 +168,43 @@ class PersistentBackend(ABC):
         """Insert a new workflow unless one with the same id, or the same non-null
         ``idempotency_key``, exists; in one transaction, also create ``task`` if given.
 
-        Returns ``(stored header, created)``: ``created`` is False when an existing workflow was
-        found, and then nothing was written. Steps in ``snapshot`` are stored too. Timestamps left
-        None are set by the backend; the stored version is 1.
+        Returns ``(stored header, created)``, the header a :class:`~durable.models.WorkflowInfo`
+        equal to what :meth:`get_workflow` returns. ``created`` is False when an existing
+        workflow was found: then it is returned unchanged and nothing was written (not the
+        snapshot's steps, nor ``task``, nor its idempotency key). Every field of ``snapshot``
+        is stored as given, its steps too (any positions, pending ones included); timestamps
+        left None are set by the backend (``created_at`` and ``updated_at`` to now); the stored
+        version is 1.
+
+        :raises SerializationError: a value cannot be serialized (nothing is written).
+        :raises InvalidArgumentError: a naive timestamp, in the snapshot, a step or ``task``.
         """
 
     @abstractmethod
     async def save_snapshot(self, snapshot: WorkflowSnapshot) -> WorkflowSnapshot:
         """Store a whole snapshot: the header, and every step in ``snapshot.steps`` (upserted by
-        position; steps not listed are kept).
+        position, final rows included; steps not listed are kept).
 
         ``snapshot.version`` is the version the caller last read: 0 inserts a new workflow,
         anything else updates the stored one only if its version is still that. Returns the stored
-        snapshot, whose version is one more.
+        snapshot (equal to what :meth:`load_snapshot` returns), whose version is one more;
+        ``created_at`` is set on insert (unless given) and kept by updates, ``updated_at`` is
+        now. The idempotency key follows the snapshot: a key it drops is free again. Of several
+        concurrent saves of one version, exactly one succeeds. On any error nothing is written.
 
-        :raises WorkflowAlreadyExistsError: version 0 but the id exists.
-        :raises WorkflowNotFoundError: version > 0 but no such workflow.
-        :raises ConcurrentUpdateError: the stored version is not ``snapshot.version``.
+        :raises WorkflowAlreadyExistsError: version 0 but the id exists, or the snapshot's
+            ``idempotency_key`` is held by another workflow (on insert or update).
+        :raises WorkflowNotFoundError: version > 0 but no such workflow (nothing is created).
+        :raises ConcurrentUpdateError: the stored version is not ``snapshot.version`` (older or
+            newer); it carries ``expected_version`` and ``actual_version``.
+        :raises SerializationError: a value cannot be serialized.
+        :raises InvalidArgumentError: a naive timestamp.
         """
 
     @abstractmethod
     async def load_snapshot(self, instance_id: str) -> WorkflowSnapshot:
-        """Return the workflow's snapshot with its steps ordered by position.
+        """Return the workflow's snapshot with its steps ordered by position; its header is what
+        :meth:`get_workflow` returns.
 
         :raises WorkflowNotFoundError: no such workflow.
         :raises CorruptRowError: a stored value of the workflow or of a step cannot be read.
@@ -170,7 +212,8 @@ class PersistentBackend(ABC):
 
     @abstractmethod
     async def get_workflow(self, instance_id: str) -> WorkflowInfo:
-        """Return the workflow's header only (cheap: no steps are read).
+        """Return the workflow's header only (cheap: no steps are read), equal to the header of
+        :meth:`load_snapshot`.
 
         :raises WorkflowNotFoundError: no such workflow.
         :raises CorruptRowError: a stored value of the header (status, input, output, error)
@@ -179,8 +222,10 @@ class PersistentBackend(ABC):
 
     @abstractmethod
     async def delete_snapshot(self, instance_id: str) -> bool:
-        """Delete the workflow with its steps and tasks. Returns False if there was none
-        (idempotent)."""
+        """Delete the workflow with its steps and tasks, in one transaction: its id and its
+        idempotency key are free again (a new workflow under them starts from nothing), claims
+        on its tasks are gone (their holders' fenced writes raise ``ClaimLostError``), and no
+        other workflow is touched. Returns False if there was none (idempotent)."""
 
     @abstractmethod
     async def list_snapshots(
@@ -192,11 +237,15 @@ class PersistentBackend(ABC):
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[WorkflowInfo]:
-        """List workflow headers, newest first (by creation time, then id descending).
+        """List workflow headers, newest first (by creation time, as instants whatever their
+        zones, then id descending).
 
-        Filters combine with AND; ``status`` may be one status or several. Pass the returned
-        ``next_cursor`` to get the following page; it is None on the last page. Pages are stable
-        under concurrent inserts (keyset pagination).
+        Filters combine with AND; ``status`` may be one status or several, as
+        :class:`~durable.models.WorkflowStatus` or its value. At most ``limit`` headers per page;
+        every page but the last is full. Pass the returned ``next_cursor`` to get the following
+        page; it is None on the last page. Pages are stable under concurrent inserts (keyset
+        pagination): a workflow created after the first page is listed on a later page only if
+        it sorts after the cursor.
 
         A row that cannot be read does not fail the listing: it is listed with its unreadable
         values None, an unknown status as failed, and ``error`` a record of type
@@ -204,7 +253,8 @@ class PersistentBackend(ABC):
         writes (:meth:`finish_workflow`, :meth:`cancel_workflow`, ...) are read the same way, so
         that an unreadable value never undoes a write.
 
-        :raises InvalidArgumentError: an unknown status, a limit below 1 or a malformed cursor.
+        :raises InvalidArgumentError: (a ``ValueError``) an unknown status (named in the message),
+            a limit below 1 or a malformed cursor (empty, or not one this backend returned).
         """
 
     @abstractmethod
@@ -224,13 +274,16 @@ class PersistentBackend(ABC):
     ) -> WorkflowSnapshot:
         """Mark the workflow running under ``worker_id`` and return its snapshot, in one
         transaction: status becomes running, ``executor_id`` the worker, ``started_at`` is set
-        if it was not. A workflow that was not running (pending: new, retried, handed back or
-        woken) starts an attempt: ``attempts`` grows by one. A workflow that was still running
-        was *interrupted* (its executor died or lost its lease, and this claim took it over):
-        ``interruptions`` grows by one and ``attempts`` stays, so that crashes do not use up
-        the failure budget.
+        if it was not (and kept if it was), the version grows by one; the snapshot returned is
+        the one stored. A workflow that was not running (pending: new, retried, handed back or
+        woken) starts an attempt: ``attempts`` grows by one. A workflow that was still running was
+        *interrupted* (its executor died or lost its lease, and this claim took it over; or the
+        same executor restarted): ``interruptions`` grows by one and ``attempts`` stays, so that
+        crashes do not use up the failure budget. ``task_id`` names the task whose claim
+        fences it (the workflow task by default).
 
-        :raises ClaimLostError: ``worker_id`` does not hold a live claim on the task.
+        :raises ClaimLostError: ``worker_id`` does not hold a live claim on the task (nothing
+            changes).
         :raises WorkflowNotFoundError: no such workflow.
         :raises CorruptRowError: the workflow's row or its history cannot be read. The claim is
             still held (the start may or may not have been recorded), so the caller can record
@@ -247,14 +300,23 @@ class PersistentBackend(ABC):
         task_id: str = WORKFLOW_TASK,
     ) -> None:
         """Record one step's outcome, fenced by ``worker_id``'s claim on ``(instance_id,
-        task_id)``, in one short transaction whose cost does not grow with the number of steps.
+        task_id)``, in one short transaction whose cost does not grow with the number of steps
+        (the contract suite compares it at 10 and 3,000 steps of history).
 
-        A position that has no row is inserted; a ``pending`` row is overwritten; a final row
-        (succeeded or failed) is never changed.
+        A position that has no row is inserted; a ``pending`` row is overwritten (by a pending
+        or a final outcome); a final row (succeeded or failed) is never changed. A final
+        outcome whose ``completed_at`` is None gets the current time (the backend fills it in);
+        a pending one keeps None. Every other field is stored as given. The fence comes first:
+        a caller without the claim hears :class:`~durable.errors.ClaimLostError` even for a
+        position that is final, and for a workflow that does not exist.
 
-        :raises ClaimLostError: the claim is not held (expired and taken, or released).
-        :raises StepAlreadyRecordedError: the position already has a final outcome.
+        :raises ClaimLostError: the claim is not held: never taken, released, expired (whether
+            or not another worker took the task over since: ``holder`` is None unless one did),
+            or the workflow or task is gone.
+        :raises StepAlreadyRecordedError: the position already has a final outcome (it carries
+            ``workflow_id`` and ``position``).
         :raises SerializationError: the output cannot be serialized (nothing is written).
+        :raises InvalidArgumentError: a naive timestamp.
         """
 
     #: True when :meth:`record_step_blocking` is supported: the backend can record a step from
@@ -271,7 +333,8 @@ class PersistentBackend(ABC):
     ) -> None:
         """:meth:`record_step`, run to completion in the calling thread. Optional: the runtime
         calls it from a sync workflow's thread, saving a hop to the event loop and back, only
-        when :attr:`records_steps_blocking` is True. Same contract as :meth:`record_step`.
+        when :attr:`records_steps_blocking` is True. Same contract as :meth:`record_step`, from
+        any number of threads at once.
 
         :raises NotImplementedError: the backend does not support it.
         """
@@ -290,15 +353,22 @@ class PersistentBackend(ABC):
     ) -> WorkflowInfo:
         """Record the workflow's final status with its output or error and remove its
         workflow task, fenced by ``worker_id``'s claim on it, in one transaction. Returns the
-        stored header (version + 1).
+        stored header: version + 1, ``completed_at`` now, every other field (input,
+        ``started_at``, ``attempts``, ``executor_id``) kept; the steps are kept. Afterwards the
+        task does not exist (:meth:`claim_task` raises ``TaskNotFoundError``; a second finish
+        raises ``ClaimLostError``).
 
         The failed steps at the positions in ``rerun`` (failures that ended the attempt, which
         nothing recorded depends on) are kept, visible in :meth:`list_steps`, and marked
         :attr:`~durable.models.StepRecord.rerun`: :meth:`requeue_workflow` deletes them so
-        that a redrive runs them again. Other positions listed are left alone.
+        that a redrive runs them again. Other positions listed (steps that did not fail, or
+        have no row) are left alone.
 
-        :raises ClaimLostError: the claim is not held.
+        :raises ClaimLostError: the claim is not held (nothing changes; a live claim of the
+            holder stays).
         :raises InvalidArgumentError: ``status`` is not terminal.
+        :raises SerializationError: the output cannot be serialized (nothing is written, the
+            claim is still held).
         """
 
     @abstractmethod
@@ -313,7 +383,13 @@ class PersistentBackend(ABC):
         rerun: Sequence[int] = (),
     ) -> WorkflowInfo:
         """Put a running workflow back to pending, to run again ``run_after`` from now, recording
-        ``error``, and release the claim, in one transaction fenced like :meth:`finish_workflow`.
+        ``error`` (None clears it), and release the claim, in one transaction fenced like
+        :meth:`finish_workflow`. Returns the stored header (version + 1). ``attempts`` is not
+        counted here (:meth:`begin_execution` counts the next attempt). Until ``run_after``,
+        the task is neither found nor claimed by :meth:`find_available_tasks` and
+        :meth:`claim_available_tasks`; an explicit :meth:`claim_task` may run it early. The
+        task keeps its claim count, and the old holder's fenced writes raise
+        ``ClaimLostError``.
 
         For a retry after a failed attempt, the failed steps the next attempt must run again are
         deleted: those at the positions in ``rerun`` (failures that ended the attempt, which
@@ -321,21 +397,24 @@ class PersistentBackend(ABC):
         steps after the last step that did not fail). Every other step is kept: succeeded and
         pending ones, and failures the workflow handled, which the next attempt replays. With
         ``consume_attempt=False`` (the attempt was handed back: a graceful shutdown, a database
-        outage) ``attempts`` goes back down by one and no step is deleted.
+        outage) ``attempts`` goes back down by one and no step is deleted, ``rerun`` or not.
 
-        :raises ClaimLostError: the claim is not held.
+        :raises ClaimLostError: the claim is not held (nothing changes).
         """
 
     @abstractmethod
     async def requeue_workflow(self, instance_id: str) -> WorkflowInfo:
         """Run a failed, dead-lettered or cancelled workflow again (a *redrive*): status
-        pending, error, ``attempts`` and ``interruptions`` cleared, its workflow task created,
-        in one transaction. The failed steps marked :attr:`~durable.models.StepRecord.rerun`
-        (see :meth:`finish_workflow`) and the trailing failed steps are deleted, so they run
-        again; every other step is kept, and completed steps will not run again.
+        pending, error, ``attempts`` and ``interruptions`` cleared, version + 1, input and
+        ``created_at`` kept, and its workflow task created anew (unclaimed, with the workflow's
+        name, queue and priority: a former holder's fenced writes raise ``ClaimLostError``), in
+        one transaction. The failed steps marked :attr:`~durable.models.StepRecord.rerun` (see
+        :meth:`finish_workflow`) and the trailing failed steps are deleted, so they run again;
+        every other step is kept, and completed steps will not run again.
 
         :raises WorkflowNotFoundError: no such workflow.
-        :raises InvalidArgumentError: the workflow is not failed, dead-lettered or cancelled.
+        :raises InvalidArgumentError: the workflow is not failed, dead-lettered or cancelled
+            (pending, running, succeeded): nothing changes.
         """
 
     @abstractmethod
@@ -350,33 +429,40 @@ class PersistentBackend(ABC):
         """Hand steps to other workers and let the workflow wait without holding a claim, in
         one transaction fenced by ``worker_id``'s claim on the workflow task: record ``steps``
         as pending (with their inputs; final rows are left alone), create ``tasks`` (existing
-        ones are kept), set the workflow pending and release its task until it is woken. The
-        attempt goes on when it is woken, so ``attempts`` goes back down by one (the next
-        :meth:`begin_execution` counts it again).
+        ones are kept), set the workflow pending (its version grows) and release its task until
+        it is woken: it is neither found nor claimed with ``due_only``, and the former holder's
+        fenced writes raise ``ClaimLostError``. The attempt goes on when it is woken, so
+        ``attempts`` goes back down by one (the next :meth:`begin_execution` counts it again,
+        and counts no interruption).
 
         The workflow task is woken (due at once) by :meth:`complete_step_task` when the last of
         the workflow's step tasks completes, or here if none remains.
 
-        :raises ClaimLostError: the claim on the workflow task is not held.
+        :raises ClaimLostError: the claim on the workflow task is not held (nothing is written,
+            no task created).
         """
 
     @abstractmethod
     async def complete_step_task(
         self, instance_id: str, task_id: str, *, worker_id: str, step: StepRecord
     ) -> None:
-        """Record the outcome of a step that ran as task ``task_id`` and remove the task; if it
-        was the workflow's last step task, wake the workflow's task. One transaction, fenced by
-        ``worker_id``'s claim on the step task.
+        """Record the outcome of a step that ran as task ``task_id`` (``step``, stored as given,
+        like :meth:`record_step`) and remove the task; if it was the workflow's last step task,
+        wake the workflow's task (due at once). One transaction, fenced by ``worker_id``'s claim
+        on the step task.
 
         :raises ClaimLostError: the claim on the step task is not held.
-        :raises StepAlreadyRecordedError: the position already has a final outcome.
+        :raises StepAlreadyRecordedError: the position already has a final outcome (nothing is
+            written; the task stays).
         """
 
     @abstractmethod
     async def cancel_workflow(self, instance_id: str) -> WorkflowInfo:
-        """Mark a workflow that has not finished cancelled and remove its tasks, whoever holds
-        them (the holder finds out at its next fenced write). A finished workflow is returned
-        unchanged (idempotent).
+        """Mark a workflow that has not finished cancelled (version + 1, ``completed_at`` now,
+        steps kept) and remove its tasks, whoever holds them: afterwards they do not exist
+        (``TaskNotFoundError``), and their holders' fenced writes (:meth:`record_step`,
+        :meth:`finish_workflow`, :meth:`complete_task`, ...) raise ``ClaimLostError``. A
+        finished workflow, cancelled ones included, is returned unchanged (idempotent).
 
         :raises WorkflowNotFoundError: no such workflow.
         """
@@ -385,17 +471,19 @@ class PersistentBackend(ABC):
 
     @abstractmethod
     async def register_workflows(self, entries: Sequence[RegisteredWorkflow]) -> None:
-        """Record that these names are served. A new name is stored as given; for a known name
-        the description is updated and ``enabled`` is kept as stored (an operator's choice
-        survives restarts). Idempotent."""
+        """Record that these names are served. A new name is stored as given, ``updated_at``
+        now; for a known name the description is updated (None clears it) and ``enabled`` is
+        kept as stored (an operator's choice survives restarts). Idempotent; an empty list
+        changes nothing."""
 
     @abstractmethod
     async def set_workflow_enabled(self, name: str, enabled: bool) -> RegisteredWorkflow:
         """Enable or disable a registered name for every worker sharing this storage: once
-        this returns, :meth:`claim_available_tasks` skips (or claims again) its tasks.
-        :meth:`find_available_tasks` and :meth:`claim_task` are not affected.
+        this returns, :meth:`claim_available_tasks` skips (or claims again) its tasks, whoever
+        asks, with or without a name filter. :meth:`find_available_tasks` and
+        :meth:`claim_task` are not affected. Returns the stored entry (its description kept).
 
-        :raises UnknownWorkflowError: the name was never registered.
+        :raises UnknownWorkflowError: the name was never registered (nothing is created).
         """
 
     @abstractmethod
@@ -406,7 +494,8 @@ class PersistentBackend(ABC):
     async def get_executor(self, executor_id: str) -> ExecutorInfo | None:
         """The executor's record (None if it never started), ``stale`` judged by its own
         heartbeat interval (see :data:`~durable.models.STALE_AFTER_HEARTBEATS`) on the storage's
-        clock."""
+        clock; a stopped executor is never stale. Equal to its entry in
+        :meth:`list_executors`."""
 
     @abstractmethod
     async def start_executor(
@@ -423,21 +512,25 @@ class PersistentBackend(ABC):
         ``executor_id``, provided the stored record is still the one the caller judged free:
         none at all when ``replacing`` is None, else the one of incarnation ``replacing``.
         ``started_at`` and ``heartbeat_at`` become now (the storage's clock), ``stopped_at``
-        None. Returns False, changing nothing, when the record is otherwise (another process
-        started under the id since the caller read it).
+        None, and hostname, pid, incarnation and heartbeat interval those given. Returns False,
+        changing nothing, when the record is otherwise (another process started under the id
+        since the caller read it). Of concurrent starts judged on the same record, exactly one
+        returns True.
 
-        :raises InvalidArgumentError: ``heartbeat_interval`` is not positive.
+        :raises InvalidArgumentError: ``heartbeat_interval`` is not positive (nothing recorded).
         """
 
     @abstractmethod
     async def record_executor_heartbeat(self, executor_id: str, *, incarnation: str) -> bool:
-        """Record that the executor is alive now (by the storage's clock), fenced by
-        ``incarnation``: returns False, changing nothing, when the id is not running under that
-        incarnation (another process took it over, it was stopped, or it never started)."""
+        """Record that the executor is alive now (by the storage's clock; ``started_at`` is
+        kept), fenced by ``incarnation``: returns False, changing nothing, when the id is not
+        running under that incarnation (another process took it over, it was stopped, or it
+        never started)."""
 
     @abstractmethod
     async def mark_executor_stopped(self, executor_id: str, *, incarnation: str) -> None:
-        """Record that the executor stopped cleanly, fenced by ``incarnation`` like
+        """Record that the executor stopped cleanly (``stopped_at`` now: no longer stale, and
+        its heartbeats are refused), fenced by ``incarnation`` like
         :meth:`record_executor_heartbeat`. Unknown ids and other incarnations are ignored."""
 
     @abstractmethod
@@ -452,11 +545,11 @@ class PersistentBackend(ABC):
     # -- wake-ups ------------------------------------------------------------------------------
 
     async def wait_for_work(self, timeout: float) -> None:
-        """Return when work may have become available (a task was added, rescheduled or
-        released), or after ``timeout`` seconds. It may return early for no reason; callers
-        re-check. The default implementation hears about work created through this backend
-        object only (other processes are found by polling); PostgreSQL hears every process
-        through LISTEN/NOTIFY.
+        """Return when work may have become available (a task was added, alone or with a new
+        workflow, rescheduled or released), or after ``timeout`` seconds. It may return early
+        for no reason; callers re-check. The default implementation hears about work created
+        through this backend object only (other processes are found by polling); PostgreSQL
+        hears every process through LISTEN/NOTIFY.
         """
         await self._signal().wait(timeout)
 
@@ -475,9 +568,13 @@ class PersistentBackend(ABC):
 
     @abstractmethod
     async def add_task(self, spec: TaskSpec) -> bool:
-        """Create a task unless one with the same key exists. Returns whether it was created.
+        """Create a task unless one with the same key ``(instance_id, task_id)`` exists (then the
+        stored one is kept unchanged). Returns whether it was created. A new task is unclaimed,
+        claimed 0 times, and due at ``spec.run_after``, else at :meth:`now` plus ``spec.delay``
+        (or at once).
 
         :raises WorkflowNotFoundError: ``spec.instance_id`` names no workflow.
+        :raises InvalidArgumentError: a naive ``run_after``.
         """
 
     @abstractmethod
@@ -490,50 +587,62 @@ class PersistentBackend(ABC):
         *,
         due_only: bool = False,
     ) -> TaskClaim | None:
-        """Claim one task for ``ttl``, atomically.
+        """Claim one task for ``ttl``, atomically: of concurrent claims by different workers, at
+        most one succeeds.
 
         Succeeds when the task is unclaimed, its claim has expired (a holder without an expiry
         counts as expired), or ``worker_id`` already holds it (re-entrant: the claim is renewed
-        and ``attempts`` is not counted again). Returns None
-        when another worker holds a live claim, or, with ``due_only``, when the task's
-        ``run_after`` has not come yet (otherwise an explicit claim by id may run a task early).
+        and ``attempts`` is not counted again). Returns the claim: ``worker_id``, ``attempts``
+        (how many times the task was claimed, this claim included), the task's ``name``, and
+        ``expires_at`` ``ttl`` after :meth:`now`. Returns None, changing nothing, when another
+        worker holds a live claim, or, with ``due_only``, when the task's ``run_after`` has not
+        come yet (otherwise an explicit claim by id may run a task early).
 
-        :raises TaskNotFoundError: no such task.
+        :raises TaskNotFoundError: no such task (or no such workflow).
         """
 
     @abstractmethod
     async def get_task(self, instance_id: str, task_id: str) -> AvailableTask:
         """The task as it is stored: who holds it (``claimed_by``) and until when
-        (``claim_expires_at``; the holder may have let it expire).
+        (``claim_expires_at``), even when the holder let the claim expire and nobody took it
+        over (unlike :meth:`find_available_tasks`, which shows such a task unclaimed), with
+        how many times it was claimed.
 
-        :raises TaskNotFoundError: no such task.
+        :raises TaskNotFoundError: no such task (or no such workflow).
         """
 
     @abstractmethod
     async def extend_task_claim(
         self, instance_id: str, task_id: str, worker_id: str, ttl: timedelta
     ) -> TaskClaim:
-        """Make ``worker_id``'s claim expire ``ttl`` from now (a heartbeat). A claim that
-        expired but that nobody took over in the meantime is still ``worker_id``'s, and is
-        renewed.
+        """Make ``worker_id``'s claim expire ``ttl`` after :meth:`now` (a heartbeat); returns
+        the renewed claim (``attempts`` not counted again). A claim that expired but that nobody
+        took over in the meantime is still ``worker_id``'s to renew: until it is renewed it is
+        not held, and fenced writes under it raise ``ClaimLostError`` with ``holder`` None.
 
-        :raises ClaimLostError: another worker holds the task, or nobody does (it was released).
+        :raises ClaimLostError: another worker holds the task (``holder`` names it), or nobody
+            does (it was released; ``holder`` None).
         :raises TaskNotFoundError: no such task.
         """
 
     @abstractmethod
     async def release_task_claim(self, instance_id: str, task_id: str, worker_id: str) -> None:
-        """Give up ``worker_id``'s claim so that any worker may claim the task at once.
+        """Give up ``worker_id``'s claim so that any worker may claim the task at once (the
+        next claim counts in ``attempts``); the task shows unclaimed, and ``worker_id``'s
+        fenced writes raise ``ClaimLostError`` with ``holder`` None. Wakes
+        :meth:`wait_for_work`.
 
-        :raises ClaimLostError: ``worker_id`` does not hold the claim.
+        :raises ClaimLostError: ``worker_id`` does not hold the claim (``holder``: who does).
         :raises TaskNotFoundError: no such task.
         """
 
     @abstractmethod
     async def complete_task(self, instance_id: str, task_id: str, worker_id: str) -> None:
-        """Remove a task whose work is done, fenced by ``worker_id``'s claim on it.
+        """Remove a task whose work is done, fenced by ``worker_id``'s claim on it; the
+        workflow is not changed. A later claim raises ``TaskNotFoundError``, a second completion
+        ``ClaimLostError``.
 
-        :raises ClaimLostError: ``worker_id`` does not hold a live claim.
+        :raises ClaimLostError: ``worker_id`` does not hold a live claim (the task stays).
         """
 
     @abstractmethod
@@ -546,14 +655,19 @@ class PersistentBackend(ABC):
         queues: Sequence[str] | None = None,
         include_own: bool = True,
     ) -> list[AvailableTask]:
-        """Return up to ``limit`` tasks that ``worker_id`` could claim now, without claiming them:
+        """Return up to ``limit`` tasks that ``worker_id`` could claim now, without claiming them
+        (finding changes nothing):
         tasks due (``run_after`` passed) that nobody holds, whose claim expired (or, written by
         hand, has a holder but no expiry: such a claim is repaired, not held forever), or, unless
         ``include_own`` is False, that ``worker_id`` itself holds (so a restarted worker finds its
         own work at once; a running worker passes False so as not to take its work twice).
 
         Ordered by priority (lower first), then ``run_after``, then creation order. ``names`` and
-        ``queues`` restrict the result when given.
+        ``queues`` restrict the result when given (both: AND). Names disabled in the registry
+        are still listed. Each :class:`~durable.models.AvailableTask` shows a live claim's
+        holder and expiry (``worker_id``'s own), and a task whose claim expired as unclaimed
+        (``claimed_by`` and ``claim_expires_at`` None); due times and expiry are judged on
+        :meth:`now`'s clock.
 
         :raises InvalidArgumentError: ``limit`` is below 1.
         """
@@ -573,7 +687,10 @@ class PersistentBackend(ABC):
         :meth:`find_available_tasks` would return, in the same order, less those whose name is
         disabled (:meth:`set_workflow_enabled`): the operation reads the registry itself, so a
         name disabled before it starts is never claimed, whoever asks. Under any concurrency, a
-        task is claimed by at most one worker at a time.
+        task is claimed by at most one worker at a time. Each claim is as :meth:`claim_task`
+        makes it: a task taken over after its claim expired counts one more attempt, one the
+        worker already held is renewed without counting. Returns an empty list when nothing is
+        available.
 
         :raises InvalidArgumentError: ``limit`` is below 1.
         """
