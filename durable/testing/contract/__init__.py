@@ -28,18 +28,16 @@ runs the whole contract against your backend::
 The suite is split by area of the domain, one class per area, each runnable on its own with the
 same fixtures while you write that area (CONTRIBUTING.md walks through them in order):
 
-========================  ==================================================================
-:class:`WorkflowContract`     workflows as records: create, round trips, read, delete, list
-:class:`SnapshotContract`     idempotent creation, saves under an optimistic lock, refused writes
-:class:`ClockContract`        the store's clock (:meth:`~PersistentBackend.now`) judges leases
-:class:`ClaimContract`        tasks, claims, leases, expiry, takeover, fencing, finding work
-:class:`ExecutionContract`    begin, finish, reschedule, cancel, redrive; attempts counted
-:class:`StepContract`         recording steps, what a retry runs again, the cost of a step
-:class:`FanOutContract`       suspending a workflow for step tasks, waking it
-:class:`RegistryContract`     the workflow registry and executors
-:class:`WakeUpContract`       wait_for_work
-:class:`ConcurrencyContract`  connections returned; atomic claims; 200 concurrent calls
-========================  ==================================================================
+* :class:`WorkflowContract`: workflows as records: create, round trips, read, delete, list;
+* :class:`SnapshotContract`: idempotent creation, saves under an optimistic lock, refused writes;
+* :class:`ClockContract`: the store's clock (``now()``) judges leases and due times;
+* :class:`ClaimContract`: tasks, claims, leases, expiry, takeover, fencing, finding work;
+* :class:`ExecutionContract`: begin, finish, reschedule, cancel, redrive; attempts counted;
+* :class:`StepContract`: recording steps, what a retry runs again, the cost of a step;
+* :class:`FanOutContract`: suspending a workflow for step tasks, waking it;
+* :class:`RegistryContract`: the workflow registry and executors;
+* :class:`WakeUpContract`: ``wait_for_work``;
+* :class:`ConcurrencyContract`: connections returned, atomic claims, 200 concurrent calls.
 
 For example ``class TestMyClaims(ClaimContract)`` with the same ``backend`` fixture runs the
 claims area only. A backend passes when :class:`BackendContractTests`, all of them, passes: the
