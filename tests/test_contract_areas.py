@@ -1,6 +1,7 @@
 """One area of the contract suite runs on its own: a subclass of just ClaimContract, with the
 same ``backend`` fixture as the whole suite, collects that area's tests (and no other) and they
-pass. Run in a fresh pytest process, as a backend author's test module would be."""
+pass. Run in a fresh pytest process, as a backend author's test module would be, in
+pytest-asyncio's strict mode (the documented way: an async fixture declared as such)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,14 @@ import durable.testing
 from durable.testing.contract import BackendContractTests, ClaimContract, ContractBase
 
 MODULE = """
-import pytest
+import pytest_asyncio
 
 import durable
 from durable.testing.contract import ClaimContract
 
 
 class TestClaimsOnly(ClaimContract):
-    @pytest.fixture
+    @pytest_asyncio.fixture
     async def backend(self):
         async with durable.connect("memory://") as backend:
             yield backend
@@ -50,7 +51,16 @@ def test_the_claims_area_runs_on_its_own(tmp_path: Path) -> None:
     )
     assert names == expected, collected.stdout + collected.stderr
     ran = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "asyncio_mode=strict",
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
