@@ -1,5 +1,6 @@
 """Steps and history: recording a step (appended, pending rows overwritten, final rows kept,
-fenced), and which failed steps a retry or a redrive runs again."""
+fenced, at a cost that does not grow with the history), and which failed steps a retry or a
+redrive runs again."""
 
 from __future__ import annotations
 
