@@ -20,10 +20,11 @@ from datetime import timedelta
 from typing import Any, cast
 
 from durable.backends.base import PersistentBackend
-from durable.client import Client, EnqueueOptions, not_a_workflow
-from durable.client import outcome as _outcome
-from durable.client import outcome_error as _outcome_error
+from durable.client import Client
 from durable.errors import CorruptRowError, DurableError
+from durable.executions import EnqueueOptions, not_a_workflow
+from durable.executions import outcome as _outcome
+from durable.executions import outcome_error as _outcome_error
 from durable.models import WorkflowInfo
 from durable.portal import SyncStartable
 from durable.registry import Registry

@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from durable import context as _context
-from durable.client import check_enqueue_arguments, enqueue_options
 from durable.engine.core import RuntimeCore
+from durable.executions import check_enqueue_arguments, enqueue_options
 from durable.models import (
     ExecutorInfo,
     Page,
