@@ -129,8 +129,8 @@ class Attempts(Leases):
           error not worth retrying (:class:`NonRetryableError`, a diverged replay, an output
           that cannot be stored);
         * a checkpoint cannot reach the database: the attempt is handed back, due again after
-          :data:`OUTAGE_BACKOFF`, not counted (if even that cannot reach the database, the lease
-          expires and the next executor resumes it);
+          :data:`~durable.runtime.OUTAGE_BACKOFF`, not counted (if even that cannot reach the
+          database, the lease expires and the next executor resumes it);
         * the lease is lost, or this executor dies: an *interrupted* attempt, which the next
           :meth:`~PersistentBackend.begin_execution` counts in ``interruptions``; after more
           than the workflow's ``max_recoveries`` the execution is dead-lettered (a crash loop).

@@ -205,12 +205,6 @@ class KeyedLock:
                 self._locks[key] = (lock, users - 1)
 
 
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Mark a best-effort task's outcome as seen (its errors are expected and ignored)."""
-    if not task.cancelled():
-        task.exception()
-
-
 def _log_failure(task: asyncio.Task[Any]) -> None:
     if task.cancelled():
         return

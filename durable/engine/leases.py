@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from durable import identity
 from durable.context import ExecutionContext, Rescheduled
-from durable.engine.core import RuntimeCore, _retrieve
+from durable.engine.core import RuntimeCore
 from durable.errors import (
     BackendUnavailableError,
     ClaimLostError,
@@ -33,8 +33,8 @@ RELEASE_TIMEOUT = 5.0
 
 
 class Leases(RuntimeCore):
-    """The executor's identity (one live process per executor id), its heartbeats and the
-    leases' (renewed by heartbeats; handed back, best effort and bounded in time)."""
+    """The executor's identity (one live process per executor id), its heartbeats, and its
+    leases: renewed by heartbeats, handed back best effort and bounded in time."""
 
     async def _take_executor_id(self) -> None:
         """Record this start as the one live process under ``executor_id`` (see
@@ -186,7 +186,7 @@ class Leases(RuntimeCore):
 
     async def _hand_back(self, instance_id: str, outage: BackendUnavailableError) -> NoReturn:
         """A checkpoint could not reach the database: end the attempt without counting it, to
-        be resumed after :data:`OUTAGE_BACKOFF` (or once the lease expires)."""
+        be resumed after :data:`durable.runtime.OUTAGE_BACKOFF` (or once the lease expires)."""
         log.warning(
             "workflow %s: the database could not be reached, handing the attempt back: %s",
             instance_id,
@@ -195,3 +195,9 @@ class Leases(RuntimeCore):
         )
         await self._release_quietly(instance_id, self._outage_backoff())
         raise Rescheduled(instance_id) from outage
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a best-effort task's outcome as seen (its errors are expected and ignored)."""
+    if not task.cancelled():
+        task.exception()
