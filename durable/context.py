@@ -16,29 +16,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import threading
 import time
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from durable.backends.base import PersistentBackend
 from durable.errors import (
     BackendUnavailableError,
     ClaimLostError,
     DurableError,
     NonDeterminismError,
     SerializationError,
-    StepError,
 )
+from durable.errors import rebuild_exception as rebuild_exception  # also importable from here
 from durable.models import WORKFLOW_TASK, ErrorInfo, StepRecord, StepStatus
 from durable.validation import check_name
-
-if TYPE_CHECKING:
-    from durable.runtime import Runtime
 
 T = TypeVar("T")
 
@@ -66,6 +63,42 @@ class Rescheduled(Exception):
     """
 
 
+class ExecutionHost(Protocol):
+    """What an execution needs from the runtime that runs it; :class:`durable.Runtime` is one.
+
+    Declared here, below the runtime, so that the execution context, the steps and the workflows
+    reach the runtime without importing it (the layers in CONTRIBUTING.md).
+    """
+
+    @property
+    def backend(self) -> PersistentBackend: ...
+    @property
+    def executor_id(self) -> str: ...
+    @property
+    def claim_ttl(self) -> timedelta: ...
+    @property
+    def superseded(self) -> bool: ...
+    @property
+    def sleep(self) -> Callable[[float], Coroutine[Any, Any, None]]: ...
+    @property
+    def fanout_warning_after(self) -> float: ...
+
+    async def check_identity(self, instance_id: str, task_id: str = ...) -> None: ...
+
+    def spawn(
+        self, coro: Coroutine[Any, Any, Any], *, name: str | None = None
+    ) -> asyncio.Task[Any]: ...
+
+    async def run_child(
+        self,
+        ctx: ExecutionContext,
+        guard: StepGuard,
+        wf: Any,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+    ) -> Any: ...
+
+
 def current() -> ExecutionContext | None:
     """The workflow execution the caller runs in, or None outside workflows and inside steps."""
     if _in_step.get():
@@ -88,7 +121,7 @@ def workflow_id() -> str:
 class ExecutionContext:
     """One run of one workflow execution on one executor."""
 
-    runtime: Runtime
+    runtime: ExecutionHost
     workflow_id: str
     workflow_name: str
     executor_id: str
@@ -438,30 +471,3 @@ def enter(ctx: ExecutionContext) -> Any:
 
 def leave(token: Any) -> None:
     _current.reset(token)
-
-
-def rebuild_exception(error: ErrorInfo) -> BaseException:
-    """The recorded exception, rebuilt from its class and arguments when that is possible;
-    otherwise a :class:`~durable.errors.StepError` carrying the record."""
-    # the class path may be nested (module.Outer.Inner): find the longest importable module
-    parts = error.type.split(".")
-    for split in range(len(parts) - 1, 0, -1):
-        module_name, qualname = ".".join(parts[:split]), ".".join(parts[split:])
-        try:
-            obj: Any = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        try:
-            for attr in qualname.split("."):
-                obj = getattr(obj, attr)
-        except AttributeError:
-            break
-        if isinstance(obj, type) and issubclass(obj, Exception) and error.args is not None:
-            try:
-                rebuilt = obj(*error.args)
-            except Exception:
-                break
-            rebuilt.__durable_error__ = error  # type: ignore[attr-defined]
-            return rebuilt
-        break
-    return StepError(error)

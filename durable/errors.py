@@ -32,14 +32,19 @@ The tree::
     └── StepError                     a recorded step failure whose class cannot be rebuilt
 
 Each class's docstring is its default message.
+
+An exception as a workflow's or a step's row records it is an :class:`ErrorInfo` (also importable
+from :mod:`durable.models`, beside the other records); :func:`rebuild_exception` turns it back
+into an exception. They live here, in the lowest layer, because the errors above carry one.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from durable.models import ErrorInfo
+import importlib
+import json
+import traceback as tb
+from dataclasses import dataclass
+from typing import Any
 
 
 class DurableError(Exception):
@@ -281,3 +286,75 @@ class StepError(DurableError):
     def __init__(self, error: ErrorInfo) -> None:
         super().__init__(f"{error.type}: {error.message}")
         self.error = error
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ErrorInfo:
+    """An exception as recorded: its class's import path, message, traceback and arguments."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+    args: tuple[Any, ...] | None = None
+    """The exception's ``args`` when they are JSON-serializable, so the exception can be rebuilt."""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        kind = type(exc)
+        args: tuple[Any, ...] | None = tuple(exc.args)
+        try:
+            json.dumps(args)
+        except (TypeError, ValueError):
+            args = None
+        return cls(
+            type=f"{kind.__module__}.{kind.__qualname__}",
+            message=str(exc),
+            traceback="".join(tb.format_exception(exc)),
+            args=args,
+        )
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = {"type": self.type, "message": self.message}
+        if self.traceback is not None:
+            data["traceback"] = self.traceback
+        if self.args is not None:
+            data["args"] = list(self.args)
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> ErrorInfo:
+        data = json.loads(text)
+        args = data.get("args")
+        return cls(
+            type=data["type"],
+            message=data["message"],
+            traceback=data.get("traceback"),
+            args=tuple(args) if args is not None else None,
+        )
+
+
+def rebuild_exception(error: ErrorInfo) -> BaseException:
+    """The recorded exception, rebuilt from its class and arguments when that is possible;
+    otherwise a :class:`~durable.errors.StepError` carrying the record."""
+    # the class path may be nested (module.Outer.Inner): find the longest importable module
+    parts = error.type.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        module_name, qualname = ".".join(parts[:split]), ".".join(parts[split:])
+        try:
+            obj: Any = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        try:
+            for attr in qualname.split("."):
+                obj = getattr(obj, attr)
+        except AttributeError:
+            break
+        if isinstance(obj, type) and issubclass(obj, Exception) and error.args is not None:
+            try:
+                rebuilt = obj(*error.args)
+            except Exception:
+                break
+            rebuilt.__durable_error__ = error  # type: ignore[attr-defined]
+            return rebuilt
+        break
+    return StepError(error)

@@ -6,14 +6,15 @@ Python values here; a backend turns them into text with its serializer and back.
 
 from __future__ import annotations
 
-import json
-import traceback as tb
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
+# ErrorInfo lives in durable.errors (the errors it is attached to need it, and that module is the
+# lowest layer); it is a record too, so it is importable from here as well.
+from durable.errors import ErrorInfo as ErrorInfo
 from durable.errors import InvalidArgumentError
 
 T = TypeVar("T")
@@ -60,51 +61,6 @@ class StepStatus(StrEnum):
     """Started but not finished: a child workflow or a dispatched task is awaited."""
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ErrorInfo:
-    """An exception as recorded: its class's import path, message, traceback and arguments."""
-
-    type: str
-    message: str
-    traceback: str | None = None
-    args: tuple[Any, ...] | None = None
-    """The exception's ``args`` when they are JSON-serializable, so the exception can be rebuilt."""
-
-    @classmethod
-    def from_exception(cls, exc: BaseException) -> ErrorInfo:
-        kind = type(exc)
-        args: tuple[Any, ...] | None = tuple(exc.args)
-        try:
-            json.dumps(args)
-        except (TypeError, ValueError):
-            args = None
-        return cls(
-            type=f"{kind.__module__}.{kind.__qualname__}",
-            message=str(exc),
-            traceback="".join(tb.format_exception(exc)),
-            args=args,
-        )
-
-    def to_json(self) -> str:
-        data: dict[str, Any] = {"type": self.type, "message": self.message}
-        if self.traceback is not None:
-            data["traceback"] = self.traceback
-        if self.args is not None:
-            data["args"] = list(self.args)
-        return json.dumps(data, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str) -> ErrorInfo:
-        data = json.loads(text)
-        args = data.get("args")
-        return cls(
-            type=data["type"],
-            message=data["message"],
-            traceback=data.get("traceback"),
-            args=tuple(args) if args is not None else None,
-        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

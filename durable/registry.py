@@ -10,13 +10,33 @@ their executions have finished.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from durable.errors import ConfigurationError, UnknownWorkflowError
 
-if TYPE_CHECKING:
-    from durable.step import Step
-    from durable.workflow import Workflow
+
+class Registrable(Protocol):
+    """What a registry holds: a name, and the function behind it (by which it tells a module
+    reload, which replaces an entry, from two functions claiming one name). A
+    :class:`durable.Step` is one.
+
+    The registry is below the decorators (the layers in CONTRIBUTING.md), so it knows what it
+    holds only by these protocols; the runtime, which looks entries up to run them, knows them
+    as the :class:`durable.Workflow` and :class:`durable.Step` the decorators registered.
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def fn(self) -> Callable[..., Any]: ...
+
+
+class RegistrableWorkflow(Registrable, Protocol):
+    """A registered workflow: also its description. A :class:`durable.Workflow` is one."""
+
+    @property
+    def description(self) -> str | None: ...
 
 
 class Registry:
@@ -30,11 +50,11 @@ class Registry:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._workflows: dict[str, Workflow[Any, Any]] = {}
+        self._workflows: dict[str, RegistrableWorkflow] = {}
         self._disabled: set[str] = set()
-        self._steps: dict[str, Step[Any, Any]] = {}
+        self._steps: dict[str, Registrable] = {}
 
-    def register(self, workflow: Workflow[Any, Any]) -> None:
+    def register(self, workflow: RegistrableWorkflow) -> None:
         """Add ``workflow``; re-registering the same function (a module reload) replaces it.
 
         :raises ConfigurationError: another function is registered under the same name.
@@ -48,7 +68,7 @@ class Registry:
                 )
             self._workflows[workflow.name] = workflow
 
-    def get(self, name: str) -> Workflow[Any, Any]:
+    def get(self, name: str) -> RegistrableWorkflow:
         """:raises UnknownWorkflowError: nothing is registered under ``name``."""
         try:
             return self._workflows[name]
@@ -58,7 +78,7 @@ class Registry:
                 "defines it before starting the runtime"
             ) from None
 
-    def register_step(self, step: Step[Any, Any]) -> None:
+    def register_step(self, step: Registrable) -> None:
         """Add a decorated step, so that workers can run it when a workflow hands it out.
 
         :raises ConfigurationError: another function is registered under the same step name.
@@ -72,7 +92,7 @@ class Registry:
                 )
             self._steps[step.name] = step
 
-    def get_step(self, name: str) -> Step[Any, Any]:
+    def get_step(self, name: str) -> Registrable:
         """The step registered under ``name`` here, else in :data:`default_registry`.
 
         :raises UnknownWorkflowError: no step is registered under ``name``.

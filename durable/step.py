@@ -20,17 +20,21 @@ import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
-from durable.context import ExecutionContext, StepGuard, WorkflowSuspended, current, in_step
+from durable.context import (
+    ExecutionContext,
+    ExecutionHost,
+    StepGuard,
+    WorkflowSuspended,
+    current,
+    in_step,
+)
 from durable.errors import DurableError, InvalidArgumentError
 from durable.models import StepRecord, StepStatus, TaskSpec
 from durable.registry import default_registry
 from durable.retry import NO_RETRY, RetryPolicy
 from durable.validation import check_decorated, check_instance, check_int, check_name
-
-if TYPE_CHECKING:
-    from durable.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +348,7 @@ async def map(
 
 
 async def _warn_if_unclaimed(
-    runtime: Runtime, workflow_id: str, step_name: str, queue: str, specs: Sequence[TaskSpec]
+    runtime: ExecutionHost, workflow_id: str, step_name: str, queue: str, specs: Sequence[TaskSpec]
 ) -> None:
     """Log a warning if, ``runtime.fanout_warning_after`` seconds after a fan-out was handed
     out, its first task is still at the head of its step's line and was never claimed: workers

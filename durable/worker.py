@@ -31,8 +31,11 @@ import contextlib
 import logging
 import signal
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Protocol
 
+from durable.backends.base import PersistentBackend
 from durable.context import Rescheduled, WorkflowSuspended
 from durable.errors import (
     BackendError,
@@ -42,7 +45,8 @@ from durable.errors import (
     WorkflowCancelledError,
     WorkflowDeadLetteredError,
 )
-from durable.models import WORKFLOW_TASK, TaskClaim, WorkflowStatus
+from durable.models import WORKFLOW_TASK, TaskClaim, WorkflowInfo, WorkflowStatus
+from durable.registry import Registry
 from durable.validation import (
     check_names,
     check_non_negative_float,
@@ -50,14 +54,59 @@ from durable.validation import (
     check_positive_int,
 )
 
-if TYPE_CHECKING:
-    from durable.runtime import Runtime
-
 log = logging.getLogger(__name__)
 
 #: The longest pause, in seconds, between two attempts to claim while they fail: a worker claims
 #: again at most about this long after the database is back.
 MAX_BACKOFF = 1.0
+
+
+class WorkflowReader(Protocol):
+    """How a worker reads a workflow's record (:class:`durable.Client` is one)."""
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowInfo: ...
+
+
+class WorkerHost(Protocol):
+    """What a worker needs from the runtime it belongs to; :class:`durable.Runtime` is one.
+
+    Declared here, below the runtime, so that the worker does not import the runtime (the
+    layers in CONTRIBUTING.md)."""
+
+    @property
+    def executor_id(self) -> str: ...
+    @property
+    def registry(self) -> Registry: ...
+    @property
+    def backend(self) -> PersistentBackend: ...
+    @property
+    def claim_ttl(self) -> timedelta: ...
+    @property
+    def client(self) -> WorkflowReader: ...
+
+    def _worker_died(self, worker: Worker) -> None: ...
+    async def execute_claimed(self, wf: Any, instance_id: str) -> Any: ...
+    async def execute_step_task(self, claim: TaskClaim) -> None: ...
+
+
+class ServedRuntime(WorkerHost, Protocol):
+    """What :func:`serve` needs: a runtime to start and close, which starts the worker."""
+
+    async def __aenter__(self) -> Any: ...
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any: ...
+    async def start_worker(
+        self,
+        *,
+        concurrency: int = ...,
+        queues: Sequence[str] | None = ...,
+        names: Sequence[str] | None = ...,
+        poll_interval: float = ...,
+    ) -> Worker: ...
 
 
 class Worker:
@@ -72,7 +121,7 @@ class Worker:
 
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: WorkerHost,
         *,
         concurrency: int,
         queues: Sequence[str] | None,
@@ -324,7 +373,7 @@ class Worker:
 
 
 async def serve(
-    runtime: Runtime,
+    runtime: ServedRuntime,
     *,
     concurrency: int = 10,
     queues: Sequence[str] | None = None,

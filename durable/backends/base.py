@@ -1,3 +1,6 @@
+# Longer than ~500 lines on purpose: this is the backend interface in one file. Every operation a
+# backend implements is here, and its docstring is the specification, so a backend's author reads
+# one module to know all there is to implement (CONTRIBUTING.md, "Write a backend").
 """The storage interface of durable: every operation the runtime and the workers need, named in
 the domain's words.
 

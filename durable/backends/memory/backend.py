@@ -1,0 +1,82 @@
+"""The memory backend's composition root: :class:`InMemoryBackend`, assembled from one class
+per area (:mod:`.workflows`, :mod:`.execution`, :mod:`.claims`, :mod:`.executors`, on the shared
+base :mod:`.core`), with its stores and the helpers tests use to look inside it."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from durable.backends.memory.claims import Claims
+from durable.backends.memory.core import MemoryCore, StoredTask, is_live, utcnow
+from durable.backends.memory.execution import Execution
+from durable.backends.memory.executors import Executors
+from durable.backends.memory.workflows import Workflows
+from durable.models import ExecutorInfo, RegisteredWorkflow, StepRecord, WorkflowInfo
+from durable.serialization import Serializer, get_serializer
+
+
+class InMemoryBackend(Workflows, Execution, Claims, Executors, MemoryCore):
+    """Thread- and task-safe storage in memory.
+
+    :param serializer: ``"json"`` (default), ``"pickle"`` or a :class:`Serializer`.
+    :param clock: returns the current UTC time; tests may pass a fake clock to move time.
+    """
+
+    def __init__(
+        self,
+        *,
+        serializer: str | Serializer | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.serializer = get_serializer(serializer)
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._seq = itertools.count(1)
+        self._workflows: dict[str, WorkflowInfo] = {}
+        self._steps: dict[str, dict[int, StepRecord]] = {}
+        self._tasks: dict[tuple[str, str], StoredTask] = {}
+        self._idempotency: dict[str, str] = {}
+        self._registry: dict[str, RegisteredWorkflow] = {}
+        self._executors: dict[str, ExecutorInfo] = {}
+
+    async def now(self) -> datetime:
+        """The time by :attr:`clock`, which judges every lease and due time here."""
+        return self.clock().astimezone(UTC)
+
+    def __repr__(self) -> str:
+        return f"InMemoryBackend(workflows={len(self._workflows)}, tasks={len(self._tasks)})"
+
+    # -- helpers for tests ------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget everything stored."""
+        with self._lock:
+            self._workflows.clear()
+            self._steps.clear()
+            self._tasks.clear()
+            self._idempotency.clear()
+            self._registry.clear()
+            self._executors.clear()
+
+    def workflow_ids(self) -> list[str]:
+        """The ids of every stored workflow, in insertion order."""
+        with self._lock:
+            return list(self._workflows)
+
+    def task_keys(self) -> list[tuple[str, str]]:
+        """The ``(instance_id, task_id)`` of every live task, in creation order."""
+        with self._lock:
+            return sorted(self._tasks, key=lambda k: self._tasks[k].seq)
+
+    def claims(self) -> dict[tuple[str, str], str]:
+        """Who holds a live claim on which task."""
+        with self._lock:
+            now = self.clock()
+            return {
+                key: t.claimed_by
+                for key, t in self._tasks.items()
+                if t.claimed_by is not None and is_live(t, now)
+            }

@@ -1,0 +1,195 @@
+"""What every area of the memory backend shares: :class:`MemoryCore`, the base of
+:class:`~durable.backends.memory.backend.InMemoryBackend` and of its areas' classes, and the
+stored task.
+
+Every operation takes ``_lock`` (a re-entrant lock, so one operation may call a helper that takes
+it too) for the whole of what it reads and writes: that is the memory backend's transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from durable.backends.base import PersistentBackend
+from durable.backends.rows import RowRef, step_values, workflow_values
+from durable.errors import ClaimLostError, InvalidArgumentError, WorkflowNotFoundError
+from durable.models import (
+    WORKFLOW_TASK,
+    ExecutorInfo,
+    RegisteredWorkflow,
+    StepRecord,
+    StepStatus,
+    TaskClaim,
+    TaskSpec,
+    WorkflowInfo,
+    WorkflowSnapshot,
+)
+from durable.serialization import Serializer
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class StoredTask:
+    """A task as the memory backend keeps it: its spec, its place in creation order, when it is
+    due and who holds its claim until when."""
+
+    spec: TaskSpec
+    seq: int
+    run_after: datetime
+    claimed_by: str | None = None
+    claim_expires_at: datetime | None = None
+    attempts: int = 0
+
+
+class MemoryCore(PersistentBackend):
+    """The base of the memory backend's areas: the stores the composition root
+    (:class:`~durable.backends.memory.backend.InMemoryBackend`) creates, the lock that guards
+    them, and the helpers several areas share (stored values in and out, tasks, claims)."""
+
+    serializer: Serializer
+    clock: Callable[[], datetime]
+    _lock: threading.RLock
+    _seq: Iterator[int]
+    _workflows: dict[str, WorkflowInfo]
+    _steps: dict[str, dict[int, StepRecord]]
+    _tasks: dict[tuple[str, str], StoredTask]
+    _idempotency: dict[str, str]
+    _registry: dict[str, RegisteredWorkflow]
+    _executors: dict[str, ExecutorInfo]
+
+    # -- (de)serialization of stored values -------------------------------------------------
+
+    def _dump(self, value: Any) -> str:
+        return self.serializer.dumps(value)
+
+    def _store_info(self, info: WorkflowInfo) -> WorkflowInfo:
+        check_aware(info.created_at, info.updated_at, info.started_at, info.completed_at)
+        return dataclasses.replace(
+            info,
+            input=self._dump(info.input),
+            output=None if info.output is None else self._dump(info.output),
+        )
+
+    def _load_info(self, stored: WorkflowInfo, *, lenient: bool = False) -> WorkflowInfo:
+        """Strict: a value that cannot be read raises CorruptRowError; ``lenient`` (listings,
+        the header a write returns) marks the header unreadable instead, as the SQL backends
+        do."""
+        fields = {f: getattr(stored, f) for f in WorkflowInfo.__dataclass_fields__}
+        fields.update(
+            workflow_values(
+                RowRef("workflows", stored.id),
+                self.serializer,
+                status=stored.status,
+                input=stored.input,
+                output=stored.output,
+                error=stored.error,
+                lenient=lenient,
+            )
+        )
+        return WorkflowInfo(**fields)
+
+    def _store_step(self, step: StepRecord, now: datetime) -> StepRecord:
+        if step.position < 0:
+            raise InvalidArgumentError(f"a step position must be >= 0, got {step.position}")
+        check_aware(step.started_at, step.completed_at)
+        return dataclasses.replace(
+            step,
+            input=None if step.input is None else self._dump(step.input),
+            output=None if step.output is None else self._dump(step.output),
+            completed_at=step.completed_at
+            or (now if step.status is not StepStatus.PENDING else None),
+        )
+
+    def _load_step(self, instance_id: str, stored: StepRecord) -> StepRecord:
+        values = step_values(
+            RowRef("steps", instance_id, stored.position),
+            self.serializer,
+            status=stored.status,
+            input=stored.input,
+            output=stored.output,
+            error=stored.error,
+        )
+        return dataclasses.replace(stored, **values)
+
+    def _snapshot(self, instance_id: str) -> WorkflowSnapshot:
+        info = self._load_info(self._get(instance_id))
+        steps = self._steps.get(instance_id, {})
+        fields = {f: getattr(info, f) for f in WorkflowInfo.__dataclass_fields__}
+        return WorkflowSnapshot(
+            **fields, steps=tuple(self._load_step(instance_id, steps[p]) for p in sorted(steps))
+        )
+
+    def _get(self, instance_id: str) -> WorkflowInfo:
+        try:
+            return self._workflows[instance_id]
+        except KeyError:
+            raise WorkflowNotFoundError(instance_id) from None
+
+    def _add_task(self, spec: TaskSpec, now: datetime) -> bool:
+        key = (spec.instance_id, spec.task_id)
+        if key in self._tasks:
+            return False
+        due = spec.run_after or (now + spec.delay if spec.delay is not None else now)
+        self._tasks[key] = StoredTask(spec=spec, seq=next(self._seq), run_after=due)
+        return True
+
+    def _held(self, instance_id: str, task_id: str, worker_id: str, now: datetime) -> StoredTask:
+        task = self._tasks.get((instance_id, task_id))
+        if task is None or task.claimed_by != worker_id or not is_live(task, now):
+            holder = task.claimed_by if task is not None and is_live(task, now) else None
+            raise ClaimLostError(instance_id, task_id, worker_id, holder)
+        return task
+
+    def _drop_failures(self, instance_id: str, rerun: Sequence[int] = ()) -> None:
+        """Delete the failed steps the next attempt runs again: those at ``rerun`` or marked
+        rerun, and those after the last step that did not fail."""
+        steps = self._steps.get(instance_id, {})
+        kept = [p for p, s in steps.items() if s.status is not StepStatus.FAILED]
+        last_kept = max(kept, default=-1)
+        again = set(rerun)
+        for position, row in list(steps.items()):
+            if row.status is StepStatus.FAILED and (
+                position > last_kept or position in again or row.rerun
+            ):
+                del steps[position]
+
+    def _step_tasks(self, instance_id: str) -> list[tuple[str, str]]:
+        return [k for k in self._tasks if k[0] == instance_id and k[1] != WORKFLOW_TASK]
+
+
+def is_live(task: StoredTask, now: datetime) -> bool:
+    return task.claim_expires_at is not None and task.claim_expires_at > now
+
+
+def claim_of(task: StoredTask) -> TaskClaim:
+    assert task.claimed_by is not None and task.claim_expires_at is not None
+    return TaskClaim(
+        instance_id=task.spec.instance_id,
+        task_id=task.spec.task_id,
+        worker_id=task.claimed_by,
+        expires_at=task.claim_expires_at,
+        attempts=task.attempts,
+        name=task.spec.name,
+    )
+
+
+def check_aware(*stamps: datetime | None) -> None:
+    """Refuse naive timestamps, as the SQL backends do: they cannot be compared with the others."""
+    for stamp in stamps:
+        if stamp is not None and stamp.utcoffset() is None:
+            raise InvalidArgumentError(
+                f"naive datetime {stamp!r}: durable stores timezone-aware times"
+            )
+
+
+def check_limit(limit: int) -> None:
+    if limit < 1:
+        raise InvalidArgumentError(f"limit must be at least 1, got {limit}")

@@ -1,0 +1,208 @@
+"""The memory backend's workflows as records: create, save, load, get, list, delete, cancel,
+requeue."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from durable.backends.cursors import decode_cursor, encode_cursor
+from durable.backends.memory.core import MemoryCore, check_aware, check_limit
+from durable.errors import (
+    ConcurrentUpdateError,
+    InvalidArgumentError,
+    WorkflowAlreadyExistsError,
+    WorkflowNotFoundError,
+)
+from durable.models import (
+    WORKFLOW_TASK,
+    Page,
+    StepRecord,
+    TaskSpec,
+    WorkflowInfo,
+    WorkflowSnapshot,
+    WorkflowStatus,
+    as_status_set,
+)
+
+
+class Workflows(MemoryCore):
+    """Workflows as records: create, save, load, get, list, delete, cancel, requeue."""
+
+    async def create_workflow(
+        self, snapshot: WorkflowSnapshot, *, task: TaskSpec | None = None
+    ) -> tuple[WorkflowInfo, bool]:
+        self._store_info(snapshot)  # a value the serializer rejects fails first, as in SQL
+        with self._lock:
+            existing_id = snapshot.id if snapshot.id in self._workflows else None
+            if existing_id is None and snapshot.idempotency_key is not None:
+                existing_id = self._idempotency.get(snapshot.idempotency_key)
+            if existing_id is not None:
+                return self._load_info(self._workflows[existing_id], lenient=True), False
+            now = self.clock()
+            header = snapshot.header()
+            stored = self._store_info(
+                dataclasses.replace(
+                    header,
+                    version=1,
+                    created_at=header.created_at or now,
+                    updated_at=now,
+                )
+            )
+            steps = {s.position: self._store_step(s, now) for s in snapshot.steps}
+            check_aware(task.run_after if task is not None else None)
+            self._workflows[snapshot.id] = stored
+            self._steps[snapshot.id] = steps
+            if snapshot.idempotency_key is not None:
+                self._idempotency[snapshot.idempotency_key] = snapshot.id
+            if task is not None:
+                self._add_task(task, now)
+        if task is not None:
+            self.notify_work()
+        return self._load_info(stored, lenient=True), True
+
+    async def save_snapshot(self, snapshot: WorkflowSnapshot) -> WorkflowSnapshot:
+        with self._lock:
+            now = self.clock()
+            current = self._workflows.get(snapshot.id)
+            if snapshot.version == 0:
+                if current is not None:
+                    raise WorkflowAlreadyExistsError(snapshot.id)
+                created_at = snapshot.created_at or now
+            else:
+                if current is None:
+                    raise WorkflowNotFoundError(snapshot.id)
+                if current.version != snapshot.version:
+                    raise ConcurrentUpdateError(snapshot.id, snapshot.version, current.version)
+                created_at = current.created_at or now
+            header = snapshot.header()
+            stored = self._store_info(
+                dataclasses.replace(
+                    header, version=snapshot.version + 1, created_at=created_at, updated_at=now
+                )
+            )
+            new_steps = {s.position: self._store_step(s, now) for s in snapshot.steps}
+            if snapshot.idempotency_key is not None:
+                other = self._idempotency.get(snapshot.idempotency_key)
+                if other is not None and other != snapshot.id:
+                    raise WorkflowAlreadyExistsError(other)
+            self._workflows[snapshot.id] = stored
+            self._steps.setdefault(snapshot.id, {}).update(new_steps)
+            if current is not None and current.idempotency_key not in (
+                None,
+                snapshot.idempotency_key,
+            ):
+                self._idempotency.pop(current.idempotency_key, None)
+            if snapshot.idempotency_key is not None:
+                self._idempotency[snapshot.idempotency_key] = snapshot.id
+            return self._snapshot(snapshot.id)
+
+    async def load_snapshot(self, instance_id: str) -> WorkflowSnapshot:
+        with self._lock:
+            return self._snapshot(instance_id)
+
+    async def get_workflow(self, instance_id: str) -> WorkflowInfo:
+        with self._lock:
+            return self._load_info(self._get(instance_id))
+
+    async def delete_snapshot(self, instance_id: str) -> bool:
+        with self._lock:
+            info = self._workflows.pop(instance_id, None)
+            if info is None:
+                return False
+            self._steps.pop(instance_id, None)
+            for key in [k for k in self._tasks if k[0] == instance_id]:
+                del self._tasks[key]
+            if info.idempotency_key is not None:
+                self._idempotency.pop(info.idempotency_key, None)
+            return True
+
+    async def list_snapshots(
+        self,
+        *,
+        status: WorkflowStatus | str | Sequence[WorkflowStatus | str] | None = None,
+        name: str | None = None,
+        parent_id: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[WorkflowInfo]:
+        statuses = as_status_set(status)
+        check_limit(limit)
+        after = decode_cursor(cursor) if cursor is not None else None
+        with self._lock:
+            rows = [
+                w
+                for w in self._workflows.values()
+                if (statuses is None or w.status in statuses)
+                and (name is None or w.name == name)
+                and (parent_id is None or w.parent_id == parent_id)
+            ]
+            rows.sort(key=lambda w: (w.created_at, w.id), reverse=True)
+            if after is not None:
+                rows = [w for w in rows if (w.created_at, w.id) < after]
+            page = rows[: limit + 1]
+            items = [self._load_info(w, lenient=True) for w in page[:limit]]
+        next_cursor = encode_cursor(items[-1]) if len(page) > limit else None
+        return Page(items, next_cursor)
+
+    async def list_steps(self, instance_id: str) -> list[StepRecord]:
+        with self._lock:
+            self._get(instance_id)
+            steps = self._steps.get(instance_id, {})
+            return [self._load_step(instance_id, steps[p]) for p in sorted(steps)]
+
+    async def requeue_workflow(self, instance_id: str) -> WorkflowInfo:
+        with self._lock:
+            current = self._get(instance_id)
+            if current.status not in _REQUEUEABLE:
+                raise InvalidArgumentError(
+                    f"workflow {instance_id!r} is {current.status.value}: only failed, "
+                    "dead-lettered or cancelled workflows can be run again"
+                )
+            now = self.clock()
+            stored = dataclasses.replace(
+                current,
+                status=WorkflowStatus.PENDING,
+                error=None,
+                output=None,
+                attempts=0,
+                interruptions=0,
+                completed_at=None,
+                updated_at=now,
+                version=current.version + 1,
+            )
+            self._workflows[instance_id] = stored
+            self._drop_failures(instance_id)
+            spec = TaskSpec(
+                instance_id=instance_id,
+                name=current.name,
+                queue=current.queue,
+                priority=current.priority,
+            )
+            self._tasks.pop((instance_id, WORKFLOW_TASK), None)
+            self._add_task(spec, now)
+        self.notify_work()
+        return self._load_info(stored, lenient=True)
+
+    async def cancel_workflow(self, instance_id: str) -> WorkflowInfo:
+        with self._lock:
+            current = self._get(instance_id)
+            if current.status.is_terminal:
+                return self._load_info(current, lenient=True)
+            now = self.clock()
+            stored = dataclasses.replace(
+                current,
+                status=WorkflowStatus.CANCELLED,
+                updated_at=now,
+                completed_at=now,
+                version=current.version + 1,
+            )
+            self._workflows[instance_id] = stored
+            for key in [k for k in self._tasks if k[0] == instance_id]:
+                del self._tasks[key]
+            return self._load_info(stored, lenient=True)
+
+
+_REQUEUEABLE = frozenset(
+    {WorkflowStatus.FAILED, WorkflowStatus.DEAD_LETTER, WorkflowStatus.CANCELLED}
+)

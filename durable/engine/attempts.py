@@ -1,0 +1,383 @@
+"""How the runtime runs an execution: one attempt under its lease, from its history (replay)
+to its recorded outcome; driving or awaiting an execution; child workflows."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from durable import context as _context
+from durable.context import ExecutionContext, Rescheduled, StepGuard, WorkflowSuspended
+from durable.engine.core import stored_arguments
+from durable.engine.leases import Leases
+from durable.errors import (
+    BackendUnavailableError,
+    ClaimLostError,
+    CorruptRowError,
+    DurableError,
+    InvalidArgumentError,
+    NonRetryableError,
+    RecoveriesExhaustedError,
+    SerializationError,
+    TaskNotFoundError,
+)
+from durable.models import WORKFLOW_TASK, ErrorInfo, WorkflowSnapshot, WorkflowStatus
+from durable.validation import derived_id
+from durable.workflow import Workflow
+
+#: The runtime's logger: what this module logs, it logs as the runtime.
+log = logging.getLogger("durable.runtime")
+
+
+class Attempts(Leases):
+    """Running executions: one attempt of one execution under its lease (:meth:`_execute`),
+    driving an execution here or waiting for whoever runs it (:meth:`_drive`), and child
+    workflows (:meth:`run_child`)."""
+
+    async def _drive(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
+        """Run the execution here, or wait for whoever runs it; return its outcome.
+
+        Within this runtime one coroutine at a time drives a given execution (the others wait
+        for it and then find it finished); across executors the lease decides.
+        """
+        noted: set[str] = set()
+        while True:
+            async with self._locks.hold(instance_id):
+                unreadable: CorruptRowError | None = None
+                try:
+                    info = await self.backend.get_workflow(instance_id)
+                    if info.status.is_terminal:
+                        return self.outcome(info)
+                except CorruptRowError as exc:
+                    unreadable = exc  # if it can still run, running it fails it (once)
+                try:
+                    claim = await self.backend.claim_task(
+                        instance_id,
+                        WORKFLOW_TASK,
+                        self.executor_id,
+                        self.claim_ttl,
+                        due_only=True,
+                    )
+                except TaskNotFoundError:
+                    if unreadable is not None:
+                        raise unreadable from unreadable.__cause__
+                    claim = None  # it finished (or was cancelled) since we looked: look again
+                if claim is not None:
+                    if self._superseded:
+                        raise self._lost(instance_id, WORKFLOW_TASK)
+                    try:
+                        return await self._execute(wf, instance_id)
+                    except (Rescheduled, WorkflowSuspended):
+                        pass  # it goes on when due (a retry) or when woken (its steps done)
+                else:
+                    await self._note_wait(instance_id, noted)
+            await self.sleep(self.poll_interval)
+
+    async def _note_wait(self, instance_id: str, noted: set[str]) -> None:
+        """Say, once per holder, whose lease a run waits for and until when: at WARNING when the
+        holder looks dead (after a crash, a rerun under a new executor id waits for the old
+        process's lease), at INFO when a live executor runs it."""
+        try:
+            task = await self.backend.get_task(instance_id, WORKFLOW_TASK)
+        except DurableError:
+            return  # gone (finished) or unreadable: the loop looks again
+        holder = task.claimed_by
+        if holder is None or holder == self.executor_id or holder in noted:
+            return
+        noted.add(holder)
+        with contextlib.suppress(DurableError):
+            known = await self.backend.get_executor(holder)
+            if known is not None and known.stopped_at is None and not known.stale:
+                log.info(  # a live executor runs it: the usual case, nothing to worry about
+                    "workflow %s is run by executor %s: waiting for it",
+                    instance_id,
+                    holder,
+                    extra={"action": "workflow.waiting", "workflow_id": instance_id},
+                )
+                return
+        log.warning(
+            "workflow %s is held by executor %s, which sends no heartbeats, and whose lease "
+            "runs until %s: waiting for the lease to expire. If %s was this program before a "
+            "restart, give the Runtime a stable executor_id: a restart under the same id "
+            "resumes its work at once",
+            instance_id,
+            holder,
+            task.claim_expires_at.isoformat() if task.claim_expires_at else "-",
+            holder,
+            extra={
+                "action": "workflow.waiting",
+                "workflow_id": instance_id,
+                "holder": holder,
+                "until": task.claim_expires_at,
+            },
+        )
+
+    async def _execute(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
+        """Run the body under this executor's lease (already claimed) and record the outcome.
+
+        How an attempt ends:
+
+        * the body returns: the output is recorded (``succeeded``);
+        * the body raises: a *failed* attempt, retried with backoff while ``max_attempts``
+          allows (:meth:`_record_failure`), else ``dead_letter``; ``failed`` at once for an
+          error not worth retrying (:class:`NonRetryableError`, a diverged replay, an output
+          that cannot be stored);
+        * a checkpoint cannot reach the database: the attempt is handed back, due again after
+          :data:`~durable.runtime.OUTAGE_BACKOFF`, not counted (if even that cannot reach the
+          database, the lease expires and the next executor resumes it);
+        * the lease is lost, or this executor dies: an *interrupted* attempt, which the next
+          :meth:`~PersistentBackend.begin_execution` counts in ``interruptions``; after more
+          than the workflow's ``max_recoveries`` the execution is dead-lettered (a crash loop).
+        """
+        leased_at = time.monotonic()  # the claim was taken before this: a safe lower bound
+        try:
+            snapshot = await self.backend.begin_execution(instance_id, self.executor_id)
+            args, kwargs = stored_arguments(snapshot.input, instance_id)
+        except CorruptRowError as exc:  # fail it once; never leave it to be claimed forever
+            await self._fail_unreadable(instance_id, exc)
+            raise
+        except BackendUnavailableError:
+            # nothing ran; whether the start was recorded is unknown: give the claim back
+            await self._bounded(
+                self.backend.release_task_claim(instance_id, WORKFLOW_TASK, self.executor_id)
+            )
+            raise
+        if snapshot.interruptions > wf.max_recoveries:
+            # its executors kept dying (or losing their leases) in the middle of it
+            interrupted = (
+                f"{snapshot.interruptions} attempt(s) were interrupted before finishing (their "
+                f"executors stopped or lost their leases); max_recoveries is {wf.max_recoveries}"
+            )
+            last = snapshot.error
+            info = await self.backend.finish_workflow(
+                instance_id,
+                worker_id=self.executor_id,
+                status=WorkflowStatus.DEAD_LETTER,
+                error=ErrorInfo.from_exception(
+                    RecoveriesExhaustedError(
+                        interrupted
+                        + (f"; the last failure was {last.type}: {last.message}" if last else "")
+                    )
+                ),
+            )
+            raise self.outcome_error(info)
+        assert self._loop is not None
+        ctx = ExecutionContext(
+            runtime=self,
+            workflow_id=instance_id,
+            workflow_name=wf.name,
+            executor_id=self.executor_id,
+            history={s.position: s for s in snapshot.steps},
+            loop=self._loop,
+            loop_thread=self._loop_thread,
+            is_async=wf.is_async,
+            lease_deadline=leased_at + self.claim_ttl.total_seconds(),
+        )
+        heartbeat = asyncio.get_running_loop().create_task(
+            self._heartbeat(instance_id, context=ctx)
+        )
+        try:
+            unstorable = False
+            try:
+                output = await self._invoke(ctx, wf, args, kwargs)
+                ctx.check_history_consumed()
+                unstorable = True
+                output = self._roundtrip_output(wf, instance_id, output)
+                unstorable = False
+            except (ClaimLostError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                if ctx.outage is not None:
+                    await self._hand_back(instance_id, ctx.outage)
+                error = ctx.divergence or exc
+                retryable = error is exc and not unstorable
+                try:
+                    retrying = await self._record_failure(
+                        wf, snapshot, ctx, error, retryable=retryable
+                    )
+                except BackendUnavailableError as outage:
+                    await self._hand_back(instance_id, outage)
+                if retrying:
+                    raise Rescheduled(instance_id) from exc
+                if error is exc:
+                    raise
+                raise error from exc
+            if ctx.outage is not None:  # the workflow went on past it: nothing is certain
+                await self._hand_back(instance_id, ctx.outage)
+            try:
+                await self.backend.finish_workflow(
+                    instance_id,
+                    worker_id=self.executor_id,
+                    status=WorkflowStatus.SUCCEEDED,
+                    output=output,
+                )
+            except BackendUnavailableError as exc:
+                await self._hand_back(instance_id, exc)
+            return output
+        except ClaimLostError:
+            info = await self.backend.get_workflow(instance_id)
+            if info.status is WorkflowStatus.CANCELLED:
+                raise self.outcome_error(info) from None
+            raise
+        except asyncio.CancelledError:
+            await self._release_quietly(instance_id)
+            raise
+        finally:
+            heartbeat.cancel()
+
+    async def _fail_unreadable(self, instance_id: str, exc: CorruptRowError) -> None:
+        """Record that the execution failed because its stored rows cannot be read (fenced by
+        the claim, like any outcome)."""
+        log.error(
+            "workflow %s failed: %s",
+            instance_id,
+            exc,
+            extra={"action": "workflow.unreadable", "workflow_id": instance_id},
+        )
+        await self.backend.finish_workflow(
+            instance_id,
+            worker_id=self.executor_id,
+            status=WorkflowStatus.FAILED,
+            error=ErrorInfo.from_exception(exc),
+        )
+
+    async def _invoke(
+        self, ctx: ExecutionContext, wf: Workflow[Any, Any], args: Sequence[Any], kwargs: Any
+    ) -> Any:
+        scope = contextvars.copy_context()
+        scope.run(_context.enter, ctx)
+        if wf.is_async:
+            task = asyncio.get_running_loop().create_task(wf.fn(*args, **kwargs), context=scope)
+            return await task
+        assert self._threads is not None
+        return await asyncio.get_running_loop().run_in_executor(
+            self._threads, lambda: scope.run(wf.fn, *args, **kwargs)
+        )
+
+    def _roundtrip_output(self, wf: Workflow[Any, Any], instance_id: str, output: Any) -> Any:
+        serializer = self.backend.serializer
+        try:
+            return serializer.loads(serializer.dumps(output))
+        except SerializationError as exc:
+            raise SerializationError(
+                f"workflow {wf.name!r} (id {instance_id!r}) returned a value of type "
+                f"{type(output).__qualname__} that cannot be stored: {exc}"
+            ) from exc
+
+    async def _record_failure(
+        self,
+        wf: Workflow[Any, Any],
+        snapshot: WorkflowSnapshot,
+        ctx: ExecutionContext,
+        error: BaseException,
+        *,
+        retryable: bool,
+    ) -> bool:
+        """Record a failed attempt: schedule the next attempt (returns True), or record the
+        final failure: dead-lettered when retries ran out, failed when the error is not worth
+        retrying or the execution allows no retries.
+
+        The failed steps whose failure ended the attempt
+        (:meth:`ExecutionContext.rerun_positions`) run again on the next attempt, or on a
+        redrive (:meth:`retry`) after a final failure, whatever their position."""
+        info = ErrorInfo.from_exception(error)
+        limit = snapshot.max_attempts
+        policy = wf.retry
+        rerun = ctx.rerun_positions()
+        worth_retrying = (
+            retryable
+            and limit is not None
+            and not isinstance(error, (NonRetryableError, *policy.non_retryable))
+            and isinstance(error, policy.retry_on)
+        )
+        if worth_retrying and limit is not None and snapshot.attempts < limit:
+            delay = policy.delay(snapshot.attempts)
+            await self.backend.reschedule_workflow(
+                snapshot.id,
+                worker_id=self.executor_id,
+                run_after=timedelta(seconds=delay),
+                error=info,
+                rerun=rerun,
+            )
+            log.info(
+                "workflow %s failed attempt %d of %d, retrying in %.1fs: %s",
+                snapshot.id,
+                snapshot.attempts,
+                limit,
+                delay,
+                info.message,
+                extra={"action": "workflow.retry", "workflow_id": snapshot.id},
+            )
+            return True
+        status = WorkflowStatus.DEAD_LETTER if worth_retrying else WorkflowStatus.FAILED
+        await self.backend.finish_workflow(
+            snapshot.id, worker_id=self.executor_id, status=status, error=info, rerun=rerun
+        )
+        return False
+
+    async def run_child(
+        self,
+        ctx: ExecutionContext,
+        guard: StepGuard,
+        wf: Workflow[Any, Any],
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Run ``wf`` as a child of ``ctx``'s workflow at ``guard``'s position.
+
+        The child's id is ``<parent id>/<position>`` (when that would be longer than 255
+        characters, the parent id is shortened to a prefix and a hash of it:
+        :func:`durable.validation.derived_id`); the parent's step records it, pending, before
+        the child runs, so a replay awaits the same child instead of starting another.
+
+        The child's outcome becomes the parent's step. A child does not retry by itself
+        (it has no ``max_attempts``); its parent's attempts are its retries. When the parent
+        runs this step again (its failure ended a failed attempt of the parent, or the parent
+        is redriven, or it was interrupted before recording the child's failure) and finds the
+        child failed or dead-lettered, the child is redriven as a new attempt of its own
+        (:meth:`retry`): its completed steps are not run again, its failed ones are. A
+        cancelled child stays cancelled.
+        """
+        if guard.replayed:
+            return guard.replay()
+        await ctx.ensure_lease()
+        pending = guard.pending
+        child_id = pending.child_workflow_id if pending else None
+        with ctx.checkpoint():
+            if child_id is None:
+                child_id = derived_id(ctx.workflow_id, f"/{guard.position}")
+                info = await self._create(wf, child_id, args, kwargs, parent_id=ctx.workflow_id)
+                await guard.mark_pending(child_id)
+            else:
+                info = await self.backend.get_workflow(child_id)
+            if info.status in (WorkflowStatus.FAILED, WorkflowStatus.DEAD_LETTER):
+                with contextlib.suppress(InvalidArgumentError):  # someone redrove it already
+                    await self.backend.requeue_workflow(child_id)
+        try:
+            value = await self._drive(wf, child_id)
+        except (ClaimLostError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            if isinstance(exc, BackendUnavailableError) and not hasattr(exc, "__durable_error__"):
+                ctx.outage = ctx.outage or exc  # not the child's recorded error: an outage now
+            if ctx.outage is not None:
+                raise
+            await guard.fail(exc, child_workflow_id=child_id)
+            raise
+        return await guard.succeed(value, child_workflow_id=child_id)
+
+    async def execute_claimed(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
+        """Run an execution whose workflow task this executor has just claimed.
+
+        :raises ClaimLostError: another process took this executor id over.
+        """
+        if self._superseded:
+            raise self._lost(instance_id, WORKFLOW_TASK)
+        async with self._locks.hold(instance_id):
+            return await self._execute(wf, instance_id)

@@ -1,0 +1,219 @@
+"""What the parts of the runtime share: :class:`RuntimeCore`, the base of each part and of
+:class:`~durable.runtime.Runtime`, and the helpers several parts use (:func:`stored_arguments`,
+:class:`KeyedLock`).
+
+:class:`~durable.runtime.Runtime` is one class, composed of one class per concern, each in a
+module of this package: :mod:`.leases` (the executor's identity, heartbeats, hand-backs),
+:mod:`.attempts` (one attempt of one execution, and child workflows), :mod:`.serving` (workers,
+steps handed out, recovery), :mod:`.operations` (what it does through its client). Their methods
+are plain methods of the runtime: a step costs no extra call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any, cast
+
+from durable.backends.base import PersistentBackend
+from durable.client import Client
+from durable.errors import CorruptRowError, DurableError
+from durable.executions import EnqueueOptions, not_a_workflow
+from durable.executions import outcome as _outcome
+from durable.executions import outcome_error as _outcome_error
+from durable.models import WorkflowInfo
+from durable.portal import SyncStartable
+from durable.registry import Registry
+from durable.validation import check_name
+from durable.worker import Worker
+from durable.workflow import Workflow
+
+#: The runtime's logger: what this module logs, it logs as the runtime.
+log = logging.getLogger("durable.runtime")
+
+
+class RuntimeCore(SyncStartable):
+    """The base of the runtime's parts: the state :class:`~durable.runtime.Runtime` sets up
+    in its constructor (declared here, so that each part can use it), and what several parts
+    use: the backend and the client, spawning background work, resolving a workflow."""
+
+    client: Client
+    executor_id: str
+    claim_ttl: timedelta
+    heartbeat_interval: float
+    recover_on_start: bool
+    registry: Registry
+    _max_threads: int
+    _threads: ThreadPoolExecutor | None
+    _locks: KeyedLock
+    _workers: list[Worker]
+    _background: set[asyncio.Task[Any]]
+    _node_heartbeats_task: asyncio.Task[Any] | None
+    _incarnation: str
+    _superseded: bool
+
+    fanout_warning_after: float = 60.0
+    """Seconds after a :func:`durable.map` fan-out started here at which, if no worker has
+    taken the first of its tasks yet, a warning is logged (no worker serves the step or its
+    queue, or all of them have been busy). Set it on the class or on one runtime."""
+
+    @property
+    def backend(self) -> PersistentBackend:
+        """The backend this runtime (and its :attr:`client`) works on."""
+        return self.client.backend
+
+    @backend.setter
+    def backend(self, backend: PersistentBackend) -> None:
+        self.client.backend = backend
+
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between looks at a workflow another executor is running."""
+        return self.client.poll_interval
+
+    @poll_interval.setter
+    def poll_interval(self, seconds: float) -> None:
+        self.client.poll_interval = seconds
+
+    @property
+    def sleep(self) -> Callable[[float], Coroutine[Any, Any, None]]:
+        """How this runtime waits (``asyncio.sleep``; tests may speed it up)."""
+        return self.client.sleep
+
+    @sleep.setter
+    def sleep(self, sleep: Callable[[float], Coroutine[Any, Any, None]]) -> None:
+        self.client.sleep = sleep
+
+    @property
+    def superseded(self) -> bool:
+        """True once another process took this runtime's executor id over (this one had been
+        presumed dead): it then claims nothing and runs no further step."""
+        return self._superseded
+
+    def spawn(
+        self, coro: Coroutine[Any, Any, Any], *, name: str | None = None
+    ) -> asyncio.Task[Any]:
+        """Run ``coro`` in the background; it is cancelled when the runtime closes."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_failure)
+        return task
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise DurableError(
+                "the runtime is not started: use `async with runtime:` (or `with runtime:` from "
+                "sync code)"
+            )
+
+    def resolve(self, fn: Workflow[Any, Any] | str) -> Workflow[Any, Any]:
+        """The registered workflow for a decorated function or a name.
+
+        :raises InvalidArgumentError: ``fn`` is not a durable workflow.
+        :raises UnknownWorkflowError: no workflow has that name.
+        """
+        if isinstance(fn, Workflow):
+            return fn
+        if isinstance(fn, str):
+            return self._workflow(check_name(fn, "the workflow name"))
+        raise not_a_workflow(fn)
+
+    async def _create(
+        self,
+        wf: Workflow[Any, Any] | str,
+        instance_id: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        *,
+        parent_id: str | None = None,
+        options: EnqueueOptions | None = None,
+    ) -> WorkflowInfo:
+        return await self.client._create(
+            wf, instance_id, args, kwargs, parent_id=parent_id, options=options
+        )
+
+    def _workflow(self, name: str) -> Workflow[Any, Any]:
+        """The workflow registered under ``name``.
+
+        :raises UnknownWorkflowError: none is.
+        """
+        # the decorators register Workflows; the registry, below them, knows only the protocol
+        return cast("Workflow[Any, Any]", self.registry.get(name))
+
+    def _outage_backoff(self) -> timedelta:
+        """How long an attempt handed back during an outage waits before it is due again:
+        :data:`durable.runtime.OUTAGE_BACKOFF`, read by :class:`~durable.runtime.Runtime` each
+        time (it may be changed)."""
+        raise NotImplementedError
+
+    def outcome(self, info: WorkflowInfo) -> Any:
+        """The stored result of a finished execution, or its error raised."""
+        return _outcome(info)
+
+    @staticmethod
+    def outcome_error(info: WorkflowInfo) -> BaseException:
+        """The exception a caller sees for an execution that did not succeed."""
+        return _outcome_error(info)
+
+
+def stored_arguments(
+    payload: Any, workflow_id: str, position: int | None = None
+) -> tuple[list[Any], dict[str, Any]]:
+    """The ``args`` and ``kwargs`` of a stored input (``{"args": [...], "kwargs": {...}}``).
+
+    :raises CorruptRowError: the input is not of that shape (NULL, or not written by durable).
+    """
+    if isinstance(payload, dict):
+        args, kwargs = payload.get("args", []), payload.get("kwargs", {})
+        if isinstance(args, list) and isinstance(kwargs, dict):
+            return args, kwargs
+    shown = repr(payload)
+    if len(shown) > 200:
+        shown = shown[:200] + "..."
+    raise CorruptRowError.at(
+        None,
+        workflow_id,
+        "input",
+        f'expected the arguments as {{"args": [...], "kwargs": {{...}}}}, got {shown}',
+        position=position,
+    )
+
+
+class KeyedLock:
+    """One asyncio lock per key, forgotten when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None and not isinstance(exc, DurableError | asyncio.CancelledError):
+        log.error(
+            "background task %s failed: %r",
+            task.get_name(),
+            exc,
+            exc_info=exc,
+            extra={"action": "background.failed"},
+        )

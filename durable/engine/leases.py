@@ -1,0 +1,203 @@
+"""The runtime's leases: the executor id it runs under, the heartbeats that keep it and its
+leases alive, and how a lease is handed back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Coroutine
+from datetime import timedelta
+from typing import Any, NoReturn
+
+from durable import identity
+from durable.context import ExecutionContext, Rescheduled
+from durable.engine.core import RuntimeCore
+from durable.errors import (
+    BackendUnavailableError,
+    ClaimLostError,
+    DurableError,
+    ExecutorIdInUseError,
+    TaskNotFoundError,
+)
+from durable.models import STALE_AFTER_HEARTBEATS, WORKFLOW_TASK
+
+#: The runtime's logger: what this module logs, it logs as the runtime.
+log = logging.getLogger("durable.runtime")
+
+
+#: The longest a release of a lease is waited for (it is best effort: the lease expires anyway).
+RELEASE_TIMEOUT = 5.0
+
+
+class Leases(RuntimeCore):
+    """The executor's identity (one live process per executor id), its heartbeats, and its
+    leases: renewed by heartbeats, handed back best effort and bounded in time."""
+
+    async def _take_executor_id(self) -> None:
+        """Record this start as the one live process under ``executor_id`` (see
+        :mod:`durable.identity`), or raise :class:`ExecutorIdInUseError`."""
+        incarnation = identity.new_incarnation()
+        here = identity.hostname()
+        for _ in range(5):  # the record may change between the look and the write: look again
+            known = await self.backend.get_executor(self.executor_id)
+            if known is not None and identity.in_use(known, here):
+                raise ExecutorIdInUseError(
+                    self.executor_id, known.hostname, known.pid, known.heartbeat_at
+                )
+            if await self.backend.start_executor(
+                self.executor_id,
+                hostname=here,
+                pid=os.getpid(),
+                incarnation=incarnation,
+                heartbeat_interval=self.heartbeat_interval,
+                replacing=known.incarnation if known is not None else None,
+            ):
+                self._incarnation = incarnation
+                self._superseded = False
+                if known is not None and known.stopped_at is None:
+                    log.info(
+                        "executor %s took its id over from process %d on %s (gone)",
+                        self.executor_id,
+                        known.pid,
+                        known.hostname,
+                        extra={"action": "executor.taken_over", "executor_id": self.executor_id},
+                    )
+                return
+        known = await self.backend.get_executor(self.executor_id)
+        assert known is not None  # someone else started under the id each time we tried
+        raise ExecutorIdInUseError(self.executor_id, known.hostname, known.pid, known.heartbeat_at)
+
+    async def _node_heartbeat(self) -> bool:
+        """Record that this process is alive, fenced by its incarnation. Returns False when
+        another process took the executor id over (this one looked dead to it): from then on
+        this runtime claims nothing and runs no further step (its leases are the other one's
+        now, since leases are held by executor id), and says so once, at ERROR."""
+        if not self._superseded and await self.backend.record_executor_heartbeat(
+            self.executor_id, incarnation=self._incarnation
+        ):
+            return True
+        if not self._superseded:
+            self._superseded = True
+            for worker in self._workers:
+                worker.request_stop()  # no hand-back: what it runs is not this process's now
+            log.error(
+                "executor id %s is no longer this process's: another process took it over "
+                "(this one was presumed dead: no heartbeat for %d intervals of %.1f s). This "
+                "runtime claims nothing more and runs no further step; stop this process",
+                self.executor_id,
+                STALE_AFTER_HEARTBEATS,
+                self.heartbeat_interval,
+                extra={"action": "executor.superseded", "executor_id": self.executor_id},
+            )
+        return False
+
+    async def check_identity(self, instance_id: str, task_id: str = WORKFLOW_TASK) -> None:
+        """Before work under a lease whose local deadline has passed (this process may have
+        been paused long enough to be presumed dead): make sure the executor id is still this
+        process's.
+
+        :raises ClaimLostError: another process took the executor id over.
+        """
+        if not await self._node_heartbeat():
+            raise self._lost(instance_id, task_id)
+
+    def _lost(self, instance_id: str, task_id: str) -> ClaimLostError:
+        return ClaimLostError(
+            instance_id, task_id, self.executor_id, f"another process under {self.executor_id!r}"
+        )
+
+    async def _node_heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                await self._node_heartbeat()
+            except Exception as exc:  # the database may come back: keep trying
+                log.warning("node heartbeat failed: %s", exc, extra={"action": "node.heartbeat"})
+
+    async def _heartbeat(
+        self,
+        instance_id: str,
+        task_id: str = WORKFLOW_TASK,
+        *,
+        context: ExecutionContext | None = None,
+    ) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            if self._superseded:  # the lease is the other process's now: stop at the next step
+                if context is not None:
+                    context.lease_lost = self._lost(instance_id, task_id)
+                return
+            before = time.monotonic()
+            try:
+                await self.backend.extend_task_claim(
+                    instance_id, task_id, self.executor_id, self.claim_ttl
+                )
+                if context is not None:
+                    context.lease_deadline = before + self.claim_ttl.total_seconds()
+            except (ClaimLostError, TaskNotFoundError) as exc:
+                if context is not None:
+                    context.lease_lost = ClaimLostError(
+                        instance_id, task_id, self.executor_id, getattr(exc, "holder", None)
+                    )
+                log.warning(
+                    "lost the lease on workflow %s: %s",
+                    instance_id,
+                    exc,
+                    extra={"action": "heartbeat.lost", "workflow_id": instance_id},
+                )
+                return
+            except Exception as exc:  # the database may come back: keep trying
+                log.warning(
+                    "heartbeat for workflow %s failed: %s",
+                    instance_id,
+                    exc,
+                    extra={"action": "heartbeat.error", "workflow_id": instance_id},
+                )
+
+    async def _release_quietly(self, instance_id: str, run_after: timedelta = timedelta(0)) -> None:
+        """Hand an interrupted execution back, due ``run_after`` from now, without counting
+        the attempt. Best effort, and bounded in time: if the database cannot be reached, the
+        lease expires instead and the next executor resumes the execution. Nothing is done once
+        another process took this executor id over: the lease is that process's then."""
+        if self._superseded:
+            return
+        await self._bounded(
+            self.backend.reschedule_workflow(
+                instance_id,
+                worker_id=self.executor_id,
+                run_after=run_after,
+                consume_attempt=False,
+            )
+        )
+
+    async def _bounded(self, release: Coroutine[Any, Any, Any]) -> None:
+        """Run a best-effort release of a lease: errors are ignored, a cancellation of the
+        caller does not interrupt it, and it is given up after :data:`RELEASE_TIMEOUT` seconds
+        (at most the lease's duration: after that the lease has expired anyway)."""
+        task = asyncio.ensure_future(release)
+        task.add_done_callback(_retrieve)
+        timeout = min(self.claim_ttl.total_seconds(), RELEASE_TIMEOUT)
+        asyncio.get_running_loop().call_later(timeout, task.cancel)
+        with contextlib.suppress(DurableError, asyncio.CancelledError):
+            await asyncio.shield(task)
+
+    async def _hand_back(self, instance_id: str, outage: BackendUnavailableError) -> NoReturn:
+        """A checkpoint could not reach the database: end the attempt without counting it, to
+        be resumed after :data:`durable.runtime.OUTAGE_BACKOFF` (or once the lease expires)."""
+        log.warning(
+            "workflow %s: the database could not be reached, handing the attempt back: %s",
+            instance_id,
+            outage,
+            extra={"action": "workflow.outage", "workflow_id": instance_id},
+        )
+        await self._release_quietly(instance_id, self._outage_backoff())
+        raise Rescheduled(instance_id) from outage
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a best-effort task's outcome as seen (its errors are expected and ignored)."""
+    if not task.cancelled():
+        task.exception()

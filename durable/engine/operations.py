@@ -1,0 +1,222 @@
+"""The runtime's producer and operator operations: enqueue (a recorded step inside a workflow),
+result, inspection and control, through the client the runtime owns."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from durable import context as _context
+from durable.engine.core import RuntimeCore
+from durable.executions import check_enqueue_arguments, enqueue_options
+from durable.models import (
+    ExecutorInfo,
+    Page,
+    RegisteredWorkflow,
+    StepRecord,
+    WorkflowInfo,
+    WorkflowStatus,
+)
+from durable.validation import check_bool, derived_id
+from durable.workflow import Workflow
+
+
+class Operations(RuntimeCore):
+    """The operations that execute nothing, through the runtime's client; :meth:`enqueue`,
+    which inside a workflow is a recorded step."""
+
+    # -- intents ------------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        fn: Workflow[Any, Any] | str,
+        *args: Any,
+        workflow_id: str | None = None,
+        idempotency_key: str | None = None,
+        priority: int = 0,
+        run_after: datetime | None = None,
+        delay: float | timedelta | None = None,
+        max_attempts: int | None = None,
+        queue: str | None = None,
+        served_elsewhere: bool = False,
+        **kwargs: Any,
+    ) -> str:
+        """Record that a workflow must run, and return its id at once; any worker runs it.
+
+        Once this returns, the execution is stored and will happen: a worker that serves its
+        name claims it when it is due, and it is retried until it succeeds, fails for good, or
+        runs out of attempts. A producer can enqueue by name, with JSON arguments, without
+        importing the workflow's code, and without a runtime: see :class:`~durable.Client`.
+
+        :param workflow_id: the execution's id (default: a new random one). An id that exists
+            already creates nothing: its id is returned, whatever the arguments (they are not
+            compared: the first enqueue's arguments are the ones that run).
+        :param idempotency_key: a duplicate enqueue with the same key creates nothing and
+            returns the existing execution's id, whatever the arguments (as for an existing
+            ``workflow_id``). A key belongs to one workflow: reusing it for another workflow
+            name raises :class:`InvalidArgumentError`.
+        :param priority: lower runs first; FIFO within a priority. An int that fits a 32-bit
+            signed integer.
+        :param run_after: not before this (timezone-aware) time.
+        :param delay: or not before this many seconds (or this timedelta) from now, by the
+            backend's clock (the database's on PostgreSQL).
+        :param max_attempts: failed attempts before dead-lettering, at least 1 (default: the
+            workflow's policy, 3 attempts: at once, +1 minute, +4 minutes). Attempts interrupted
+            by a crash or a lost lease do not count here (see the workflow's ``max_recoveries``).
+        :param queue: the queue (default: the workflow's, else ``"default"``).
+        :param served_elsewhere: allow a name that is not registered in this process.
+
+        Called inside a workflow, enqueueing is a step: it is recorded with the workflow's
+        progress, so a replay after a crash neither loses nor duplicates it. The child's default
+        id is then ``<workflow id>/<position>`` (shortened as for a child workflow when that
+        would be longer than 255 characters).
+
+        Ids, keys, names and queues are non-empty str of at most 255 characters, valid Unicode,
+        without NUL.
+
+        :raises UnknownWorkflowError: the name is not registered here and not ``served_elsewhere``.
+        :raises SerializationError: the arguments cannot be serialized (nothing is written).
+        :raises InvalidArgumentError: an argument of the wrong type or out of range, such as a
+            ``max_attempts`` below 1, a ``priority`` that is no 32-bit int, a ``delay`` that is
+            not finite, an empty ``queue`` (nothing is written).
+        """
+        self._require_started()
+        wait = check_enqueue_arguments(
+            fn,
+            workflow_id=workflow_id,
+            idempotency_key=idempotency_key,
+            priority=priority,
+            run_after=run_after,
+            delay=delay,
+            max_attempts=max_attempts,
+            queue=queue,
+        )
+        check_bool(served_elsewhere, "served_elsewhere")
+        target: Workflow[Any, Any] | str
+        if isinstance(fn, str) and fn in self.registry:
+            target = self._workflow(fn)
+        elif isinstance(fn, str) and (served_elsewhere or await self._served_by_others(fn)):
+            target = fn
+        else:
+            target = self.resolve(fn)
+        name = target if isinstance(target, str) else target.name
+        options = enqueue_options(
+            target,
+            idempotency_key=idempotency_key,
+            priority=priority,
+            run_after=run_after,
+            wait=wait,
+            max_attempts=max_attempts,
+            queue=queue,
+        )
+        ctx = _context.current()
+        if ctx is None:  # a client's enqueue
+            info = await self.client._create(
+                target, workflow_id or str(uuid.uuid4()), args, kwargs, options=options
+            )
+            return info.id
+        guard = ctx.guard(derived_id(f"enqueue:{name}", ""))
+        if guard.replayed:
+            return guard.replay()  # type: ignore[no-any-return]
+        await ctx.ensure_lease()
+        instance_id = workflow_id or derived_id(ctx.workflow_id, f"/{guard.position}")
+        with ctx.checkpoint():
+            info = await self._create(
+                target, instance_id, args, kwargs, parent_id=ctx.workflow_id, options=options
+            )
+        return await guard.succeed(info.id)  # type: ignore[no-any-return]
+
+    async def _served_by_others(self, name: str) -> bool:
+        return any(w.name == name for w in await self.backend.list_registered_workflows())
+
+    async def set_workflow_enabled(self, name: str, enabled: bool) -> RegisteredWorkflow:
+        """Enable or disable a workflow name for every worker sharing this database, at once:
+        from the moment this returns no worker claims a disabled name (the claim itself reads
+        the registry), whatever the backend. Executions already claimed or running go on, and
+        ``run`` and recovery on start still run it explicitly. Re-enabled work waits for the
+        workers' next claim (a wake-up or their poll interval).
+
+        :raises UnknownWorkflowError: no runtime ever registered the name.
+        """
+        return await self.client.set_workflow_enabled(name, enabled)
+
+    async def registered_workflows(self) -> list[RegisteredWorkflow]:
+        """Every workflow name any runtime on this database registered, enabled or not."""
+        return await self.client.registered_workflows()
+
+    async def list_executors(self, *, stale_after: float | None = None) -> list[ExecutorInfo]:
+        """Runtimes known by their heartbeats; ``stale`` marks running ones silent for longer
+        than ``stale_after`` seconds (default: each judged by its own heartbeat interval,
+        :data:`~durable.models.STALE_AFTER_HEARTBEATS` of them).
+
+        :raises InvalidArgumentError: ``stale_after`` is not positive.
+        """
+        return await self.client.list_executors(stale_after=stale_after)
+
+    async def retry(self, workflow_id: str) -> WorkflowInfo:
+        """Run a failed, dead-lettered or cancelled execution again from its history (a
+        *redrive*), with its attempt and interruption counts cleared.
+
+        Completed steps are not run again. The failed steps whose failure ended its last attempt
+        (marked ``rerun`` in :meth:`list_steps`), wherever they are, run again; so do failed
+        steps after its last step that did not fail. Failures the workflow handled (it went on
+        with a fallback step) are replayed, so that it takes the same path. A failed child
+        workflow at a position that runs again is redriven in turn.
+
+        :raises WorkflowNotFoundError: no such workflow.
+        :raises InvalidArgumentError: it is not failed, dead-lettered or cancelled.
+        """
+        return await self.client.retry(workflow_id)
+
+    async def result(self, workflow_id: str, *, timeout: float | None = None) -> Any:
+        """Wait until the execution finishes (wherever it runs) and return its result.
+
+        :raises WorkflowNotFoundError: no such workflow.
+        :raises TimeoutError: it did not finish within ``timeout`` seconds.
+        :raises InvalidArgumentError: ``timeout`` is negative or not finite, or the id is not one.
+        :raises Exception: as :meth:`run` does when the execution did not succeed.
+        """
+        self._require_started()
+        return await self.client.result(workflow_id, timeout=timeout)
+
+    # -- inspection and control ----------------------------------------------------------------
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowInfo:
+        """The execution's status, input, output or error, attempts (and interrupted ones)
+        and timestamps.
+
+        :raises WorkflowNotFoundError: no such workflow.
+        """
+        return await self.client.get_workflow(workflow_id)
+
+    async def list_workflows(
+        self,
+        *,
+        status: WorkflowStatus | str | Sequence[WorkflowStatus | str] | None = None,
+        name: str | None = None,
+        parent_id: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[WorkflowInfo]:
+        """Executions, newest first, filtered by status (one or several), name or parent."""
+        return await self.client.list_workflows(
+            status=status, name=name, parent_id=parent_id, limit=limit, cursor=cursor
+        )
+
+    async def list_steps(self, workflow_id: str) -> list[StepRecord]:
+        """The execution's steps by position: name, status, output or error, attempts, timings,
+        executor and child workflow id.
+
+        :raises WorkflowNotFoundError: no such workflow.
+        """
+        return await self.client.list_steps(workflow_id)
+
+    async def cancel(self, workflow_id: str) -> WorkflowInfo:
+        """Cancel an unfinished execution: it stops at its next step boundary (its next write is
+        refused) and is never picked up again. Cancelling a finished one changes nothing.
+
+        :raises WorkflowNotFoundError: no such workflow.
+        """
+        return await self.client.cancel(workflow_id)

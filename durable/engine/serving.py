@@ -1,0 +1,172 @@
+"""What the runtime runs without being asked: workers claiming enqueued work, steps handed out
+by a fan-out, and recovery of unfinished executions on start."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from durable.engine.attempts import Attempts
+from durable.engine.core import stored_arguments
+from durable.errors import CorruptRowError, NothingToServeError, SerializationError
+from durable.models import WORKFLOW_TASK, ErrorInfo, StepRecord, StepStatus, TaskClaim
+from durable.step import STEP_TASK_PREFIX, Step
+from durable.validation import check_positive_int
+from durable.worker import Worker
+
+#: The runtime's logger: what this module logs, it logs as the runtime.
+log = logging.getLogger("durable.runtime")
+
+
+class Serving(Attempts):
+    """Work this runtime takes on by itself: its workers, the steps a workflow handed out
+    (:func:`durable.map`), and recovery of started executions."""
+
+    async def start_worker(
+        self,
+        *,
+        concurrency: int = 10,
+        queues: Sequence[str] | None = None,
+        names: Sequence[str] | None = None,
+        poll_interval: float = 1.0,
+    ) -> Worker:
+        """Start claiming and running enqueued work in the background of this runtime.
+
+        The worker runs up to ``concurrency`` executions at once, claims only the workflow names
+        registered here (or ``names``) from ``queues`` (default: all), wakes when work is
+        enqueued (LISTEN/NOTIFY on PostgreSQL; in-process elsewhere) and polls every
+        ``poll_interval`` seconds as a backstop. It stops with :meth:`Worker.stop` or when the
+        runtime closes. It logs its start at INFO, with what it serves.
+
+        :raises InvalidArgumentError: ``concurrency`` is not a positive int, ``poll_interval``
+            not a finite positive number, or ``queues`` / ``names`` not lists of valid names.
+        :raises NothingToServeError: no workflow to serve: none is registered here, or
+            ``names`` is empty.
+        """
+        self._require_started()
+        worker = Worker(  # checks the arguments
+            self, concurrency=concurrency, queues=queues, names=names, poll_interval=poll_interval
+        )
+        if not (self.registry.names() if names is None else list(names)):
+            raise NothingToServeError(
+                f"executor {self.executor_id!r} cannot start a worker: "
+                + (
+                    "no workflow is registered in its registry (import the modules that define "
+                    "the workflows before starting it, or pass the registry they are in)"
+                    if names is None
+                    else "names is empty (give the workflow names to serve, or None for all)"
+                )
+            )
+        self._workers.append(worker)
+        await worker.start()
+        return worker
+
+    def _worker_died(self, worker: Worker) -> None:
+        """A worker's loop died: stop the node heartbeat, so that this process no longer looks
+        alive to :meth:`list_executors` (it turns stale) while it claims nothing."""
+        task, self._node_heartbeats_task = self._node_heartbeats_task, None
+        if task is not None:
+            task.cancel()
+
+    async def execute_step_task(self, claim: TaskClaim) -> None:
+        """Run a step a workflow handed out (see :func:`durable.map`) under ``claim``, and
+        record its outcome; the last one to finish wakes the workflow."""
+        # the decorator registers Steps; the registry, below it, knows only the protocol
+        step = cast("Step[Any, Any]", self.registry.get_step(claim.name))
+        position = int(claim.task_id.removeprefix(STEP_TASK_PREFIX))
+        try:
+            record = next(
+                (
+                    r
+                    for r in await self.backend.list_steps(claim.instance_id)
+                    if r.position == position
+                ),
+                None,
+            )
+            if record is not None and record.status is StepStatus.PENDING:
+                args, kwargs = stored_arguments(record.input, claim.instance_id, position)
+        except CorruptRowError as exc:  # record the step failed, once, instead of looping
+            await self.backend.complete_step_task(
+                claim.instance_id,
+                claim.task_id,
+                worker_id=self.executor_id,
+                step=StepRecord(
+                    position=position,
+                    name=step.name,
+                    status=StepStatus.FAILED,
+                    error=ErrorInfo.from_exception(exc),
+                    executor_id=self.executor_id,
+                ),
+            )
+            return
+        if record is None or record.status is not StepStatus.PENDING:
+            await self.backend.complete_task(claim.instance_id, claim.task_id, self.executor_id)
+            return
+        started = datetime.now(UTC)
+        heartbeat = asyncio.get_running_loop().create_task(
+            self._heartbeat(claim.instance_id, claim.task_id)
+        )
+        try:
+            ok, value, attempts = await step.attempt(args, kwargs, self.sleep)
+        finally:
+            heartbeat.cancel()
+        outcome: dict[str, Any] = {"status": StepStatus.SUCCEEDED, "output": value}
+        if ok:
+            try:
+                outcome["output"] = self.backend.serializer.loads(
+                    self.backend.serializer.dumps(value)
+                )
+            except SerializationError as exc:
+                ok, value = False, exc
+        if not ok:
+            outcome = {"status": StepStatus.FAILED, "error": ErrorInfo.from_exception(value)}
+        await self.backend.complete_step_task(
+            claim.instance_id,
+            claim.task_id,
+            worker_id=self.executor_id,
+            step=StepRecord(
+                position=position,
+                name=step.name,
+                input=record.input,
+                attempts=attempts,
+                executor_id=self.executor_id,
+                started_at=started,
+                **outcome,
+            ),
+        )
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    async def recover(self, *, limit: int = 1000) -> list[str]:
+        """Resume, in the background, executions of the workflows registered here that were
+        started and not finished: this executor's own at once, others' once their leases have
+        expired. Returns their ids. Work that never started is left to workers.
+        """
+        self._require_started()
+        check_positive_int(limit, "limit")
+        names = self.registry.names()
+        if not names:
+            return []
+        found = await self.backend.find_available_tasks(self.executor_id, limit, names=names)
+        resumed = []
+        for task in found:
+            if task.task_id != WORKFLOW_TASK or task.attempts == 0:
+                continue
+            claim = await self.backend.claim_task(
+                task.instance_id, WORKFLOW_TASK, self.executor_id, self.claim_ttl, due_only=True
+            )
+            if claim is None:
+                continue
+            wf = self._workflow(claim.name)
+            resumed.append(claim.instance_id)
+            self.spawn(self._drive(wf, claim.instance_id), name=f"durable:{claim.instance_id}")
+        if resumed:
+            log.info(
+                "resuming %d workflow(s)",
+                len(resumed),
+                extra={"action": "recover", "workflow_ids": resumed},
+            )
+        return resumed
