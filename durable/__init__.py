@@ -62,6 +62,7 @@ from durable.registry import Registry, default_registry
 from durable.retry import RetryPolicy
 from durable.serialization import JSONSerializer, PickleSerializer, Serializer
 from durable.step import AsyncStep, Step, SyncStep, map, run_step, step
+from durable.timers import sleep, sleep_sync, sleep_until, sleep_until_sync
 from durable.workflow import AsyncWorkflow, SyncWorkflow, Workflow, workflow
 
 if _typing.TYPE_CHECKING:
@@ -131,6 +132,10 @@ __all__ = [
     "default_registry",
     "map",
     "run_step",
+    "sleep",
+    "sleep_sync",
+    "sleep_until",
+    "sleep_until_sync",
     "step",
     "step_guard",
     "workflow",

@@ -28,6 +28,7 @@ from durable.errors import (
     TaskNotFoundError,
 )
 from durable.models import WORKFLOW_TASK, ErrorInfo, WorkflowSnapshot, WorkflowStatus
+from durable.timers import WAKE_MARGIN, WorkflowSleeping
 from durable.validation import derived_id
 from durable.workflow import Workflow
 
@@ -48,6 +49,7 @@ class Attempts(Leases):
         """
         noted: set[str] = set()
         while True:
+            wait = self.poll_interval
             async with self._locks.hold(instance_id):
                 unreadable: CorruptRowError | None = None
                 try:
@@ -73,11 +75,13 @@ class Attempts(Leases):
                         raise self._lost(instance_id, WORKFLOW_TASK)
                     try:
                         return await self._execute(wf, instance_id)
+                    except WorkflowSleeping as sleeping:  # look again when it is due
+                        wait = min(wait, max(sleeping.delay + WAKE_MARGIN, 0.0))
                     except (Rescheduled, WorkflowSuspended):
                         pass  # it goes on when due (a retry) or when woken (its steps done)
                 else:
                     await self._note_wait(instance_id, noted)
-            await self.sleep(self.poll_interval)
+            await self.sleep(wait)
 
     async def _note_wait(self, instance_id: str, noted: set[str]) -> None:
         """Say, once per holder, whose lease a run waits for and until when: at WARNING when the
