@@ -76,8 +76,10 @@ def sleep(delta: timedelta | float) -> Coroutine[Any, Any, None]:
     history before it suspends; the workflow then holds no worker slot, thread or lease until it
     is due, survives restarts of every process, and any worker resumes it when due. A replay
     after the wake-up does not sleep again. A zero or negative ``delta`` goes on at once (the
-    sleep is still recorded, so replays take the same positions). Its cost: two writes and a
-    hand-back when it suspends, one write when it does not.
+    sleep is still recorded, so replays take the same positions). Its cost: a sleep that
+    suspends writes three times (the pending record, the hand-back, the record on waking) and
+    reads the store's clock twice; one that does not, one read and one write; a replay of a
+    sleep that woke, nothing.
 
     Outside a workflow, and inside a step, it is ``asyncio.sleep(delta)``. In a sync workflow,
     call :func:`sleep_sync`. Do not sleep beside running steps (``asyncio.gather`` of a sleep and

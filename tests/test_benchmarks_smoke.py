@@ -161,3 +161,19 @@ def test_import_time(tmp_path: Path) -> None:
     assert document["machine"]["cpu_count"] >= 1
     assert [t["unit"] for t in document["targets"]] == ["s", "packages", "s"]
     assert all(isinstance(t["pass"], bool) for t in document["targets"])
+
+
+@pytest.mark.parametrize(
+    "backend", ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_sleep_wakeup(
+    backend: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--backend", backend, "--workflows", "3", "--sleep-ms", "20"]
+    if backend == "postgres":
+        args += ["--pg-url", request.getfixturevalue("pg_url")]
+    assert _benchmark("sleep_wakeup").main(args) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [row[:2] for row in rows] == [[backend, "3"]]
+    p50, p99, most = (float(v) for v in rows[0][2:5])
+    assert 0 <= p50 <= p99 <= most  # woke after its wake-up time, never before
