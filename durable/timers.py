@@ -32,10 +32,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from durable.backends.base import PersistentBackend
 from durable.context import ExecutionContext, StepGuard, WorkflowSuspended, current
 from durable.errors import CorruptRowError, DurableError
 from durable.models import StepStatus
@@ -206,8 +208,9 @@ async def _sleep(ctx: ExecutionContext, guard: StepGuard, wake: Wake) -> None:
             consume_attempt=False,
         )
     delay = remaining.total_seconds()
-    # wake this process's workers when it is due (the hand-back woke them now, too early)
-    asyncio.get_running_loop().call_later(delay + WAKE_MARGIN, backend.notify_work)
+    # wake this process's workers when it is due (the hand-back woke them now, too early); the
+    # timer does not keep a closed backend alive for the length of the sleep
+    asyncio.get_running_loop().call_later(delay + WAKE_MARGIN, _notify, weakref.ref(backend))
     log.debug(
         "workflow %s sleeps until %s",
         ctx.workflow_id,
@@ -215,6 +218,12 @@ async def _sleep(ctx: ExecutionContext, guard: StepGuard, wake: Wake) -> None:
         extra={"action": "workflow.sleep", "workflow_id": ctx.workflow_id, "until": until},
     )
     raise WorkflowSleeping(ctx.workflow_id, until, delay)
+
+
+def _notify(ref: weakref.ReferenceType[PersistentBackend]) -> None:
+    backend = ref()
+    if backend is not None:
+        backend.notify_work()
 
 
 def _recorded(ctx: ExecutionContext, output: Any, position: int) -> datetime:

@@ -229,6 +229,15 @@ async def test_a_sleep_resumes_through_a_worker(
     assert (info.attempts, info.interruptions) == (1, 0)
 
 
+async def test_workers_are_woken_when_a_sleep_is_due(backend_url: str) -> None:
+    """Not at their next poll: this worker polls once an hour. The hand-back wakes it at once
+    (too early, nothing is due); the process's timer wakes it again at the wake-up time."""
+    async with runtime(durable.connect(backend_url)) as rt:
+        await rt.start_worker(concurrency=2, poll_interval=3600)
+        workflow_id = await rt.enqueue(nap, 2, 0.05)
+        assert await rt.result(workflow_id, timeout=WAIT) == 30
+
+
 async def test_a_replay_after_the_wake_up_does_not_sleep_again(
     backend_url: str, suspensions: Callable[[str], int]
 ) -> None:
