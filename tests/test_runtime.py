@@ -241,6 +241,36 @@ async def test_replay_that_diverges_fails_with_non_determinism(backend_url: str)
         assert len(await rt.list_steps("nd")) == 1
 
 
+async def test_enqueued_replay_that_diverges_fails_at_once_without_retries(
+    backend_url: str,
+) -> None:
+    """An execution with retries left (as enqueue makes it) is not retried on divergence:
+    another attempt would replay the same history against the same code."""
+    backend = durable.connect(backend_url)
+    async with durable.Runtime(backend, recover=False, executor_id="ex") as rt:
+        snapshot = durable.WorkflowSnapshot(
+            id="nd-q", name=arith.name, input={"args": [1], "kwargs": {}}, max_attempts=5
+        )
+        await backend.create_workflow(
+            snapshot, task=durable.TaskSpec(instance_id="nd-q", name=arith.name)
+        )
+        await backend.claim_task("nd-q", WORKFLOW_TASK, "old", timedelta(seconds=30))
+        await backend.begin_execution("nd-q", "old")
+        await backend.record_step(
+            "nd-q", StepRecord(position=0, name="some.other.step", output=1), worker_id="old"
+        )
+        await backend.release_task_claim("nd-q", WORKFLOW_TASK, "old")
+
+        with pytest.raises(durable.NonDeterminismError, match=r"some\.other\.step"):
+            await rt.run(arith, 1, workflow_id="nd-q")
+        info = await rt.get_workflow("nd-q")
+        assert info.status is WorkflowStatus.FAILED
+        assert info.attempts == 1
+        with pytest.raises(durable.errors.TaskNotFoundError):  # nothing left to retry
+            await backend.get_task("nd-q", WORKFLOW_TASK)
+        assert calls["add"] == 0
+
+
 async def test_swallowing_the_non_determinism_error_does_not_help(sqlite_url: str) -> None:
     @durable.workflow(name="tests.swallow.v1")
     async def swallow() -> str:

@@ -200,7 +200,9 @@ class Attempts(Leases):
                 if ctx.outage is not None:
                     await self._hand_back(instance_id, ctx.outage)
                 error = ctx.divergence or exc
-                retryable = error is exc and not unstorable
+                # a diverged replay fails at once: another attempt would replay the same
+                # history against the same code
+                retryable = error is exc and ctx.divergence is None and not unstorable
                 try:
                     retrying = await self._record_failure(
                         wf, snapshot, ctx, error, retryable=retryable
