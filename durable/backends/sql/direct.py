@@ -58,6 +58,8 @@ class CompiledStatement:
             (str(column.key), column.type.dialect_impl(dialect).result_processor(dialect, None))
             for column in stmt.exported_columns
         ]
+        # a positional paramstyle (sqlite3's qmark): the values in the compiled order
+        self._positions = list(compiled.positiontup or ()) if compiled.positional else None
 
     @property
     def returns_rows(self) -> bool:
@@ -75,14 +77,17 @@ class CompiledStatement:
             for row in raw
         ]
 
-    def params(self, values: dict[str, Any]) -> dict[str, Any]:
-        """The driver's parameters for ``values`` (keyed like the statement's bindparams)."""
+    def params(self, values: dict[str, Any]) -> Any:
+        """The driver's parameters for ``values`` (keyed like the statement's bindparams): a
+        mapping, or for a positional paramstyle a tuple in the statement's order."""
         params = dict(self._compiled.construct_params(values))
         try:
             for name, process in self._processors:
                 params[name] = process(params[name])
         except ValueError as exc:  # as SQLAlchemy reports a type that refused a value
             raise sa.exc.StatementError(str(exc), self.sql, values, exc) from exc
+        if self._positions is not None:
+            return tuple(params[name] for name in self._positions)
         return params
 
 
@@ -152,7 +157,7 @@ class DirectStatements:
                     await _close(conn)
                 if broken:  # the server went away: its other connections are gone too
                     await self._discard_idle()
-                wrapped = _as_sqlalchemy(exc, statement, params, self._engine.dialect, broken)
+                wrapped = as_sqlalchemy(exc, statement, params, self._engine.dialect, broken)
                 if wrapped is exc:
                     raise
                 raise wrapped from exc
@@ -238,7 +243,7 @@ class BlockingDirectStatements:
                     for other in idle:
                         with contextlib.suppress(Exception):
                             other.close()
-                wrapped = _as_sqlalchemy(exc, statement, params, self._dialect, broken)
+                wrapped = as_sqlalchemy(exc, statement, params, self._dialect, broken)
                 if wrapped is exc:
                     raise
                 raise wrapped from exc
@@ -259,10 +264,10 @@ class BlockingDirectStatements:
                 conn.close()
 
 
-def _as_sqlalchemy(
+def as_sqlalchemy(
     exc: BaseException,
     statement: CompiledStatement,
-    params: dict[str, Any],
+    params: Any,
     dialect: sa.Dialect,
     broken: bool,
 ) -> BaseException:

@@ -13,12 +13,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 
+from durable.backends.sql.batch import GroupCommit
 from durable.backends.sql.core import P_IID, P_WID, STEP_COLUMNS, SQLCore
-from durable.backends.sql.direct import CompiledStatement
+from durable.backends.sql.direct import CompiledStatement, DirectResult
 from durable.backends.sql.runners import InlineRunner
 from durable.backends.sql.schema import steps, tasks, workflows
 from durable.errors import (
+    BackendUnavailableError,
     ClaimLostError,
     DurableError,
     InvalidArgumentError,
@@ -103,15 +106,23 @@ class Execution(SQLCore):
 
     def _build_direct_statements(self) -> None:
         """The hot path's single statements, run straight on the driver (PostgreSQL): a step
-        record; the start of an execution with its history (an UPDATE in a CTE, then the
-        steps); its end, which removes the claimed task and writes the outcome (a DELETE in a
-        CTE, which only PostgreSQL allows). Claims are compiled on first use
-        (:meth:`_direct_claim`)."""
+        record, and step records in a batch (arrays, one row per step: group commit); the
+        start of an execution with its history (an UPDATE in a CTE, then the steps); its end,
+        which removes the claimed task and writes the outcome (a DELETE in a CTE, which only
+        PostgreSQL allows). Claims are compiled on first use (:meth:`_direct_claim`). On the
+        standard-library SQLite driver, the step record runs straight on ``sqlite3`` (its
+        runner batches the records pending at the same moment in one transaction)."""
         self._record_step_direct = self._begin_direct = self._finish_direct = None
+        self._record_steps_direct: CompiledStatement | None = None
+        self._record_group: GroupCommit[dict[str, Any], int] | None = None
+        if isinstance(self._runner, InlineRunner):
+            self._record_step_direct = CompiledStatement(self._record_step, self.engine.dialect)
         if not self._direct:
             return
         dialect = self.engine.dialect
         self._record_step_direct = CompiledStatement(self._record_step, dialect)
+        self._record_steps_direct = CompiledStatement(self._record_steps_statement(), dialect)
+        self._record_group = GroupCommit(self._flush_step_records)
         # the workflow's row, then its steps' rows (each row has both sets of columns, the
         # other set NULL: a join would repeat the workflow's input on every step)
         began = self._begin.cte("began")
@@ -139,6 +150,85 @@ class Execution(SQLCore):
         taken = self._take_workflow_task.returning(tasks.c.id).cte("taken")
         finish = self._finish.where(sa.exists(sa.select(taken.c.id)))
         self._finish_direct = CompiledStatement(finish, dialect)
+
+    def _record_steps_statement(self) -> sa.Insert:
+        """Step records in one statement (PostgreSQL): each column's values as one array
+        parameter, unnested into rows; each row written only where its own lease holds (a row
+        whose fence fails is skipped, not the batch); returns the rows written."""
+        types = {c: steps.c[c].type for c in STEP_COLUMNS}
+        arrays = [
+            sa.cast(sa.bindparam(f"a_{c}", type_=pg.ARRAY(t)), pg.ARRAY(t))
+            for c, t in types.items()
+        ]
+        keys = [
+            sa.cast(sa.bindparam(f"a_{k}", type_=pg.ARRAY(sa.String())), pg.ARRAY(sa.String()))
+            for k in ("tid", "wid")
+        ]
+        rows = (
+            sa.func.unnest(*arrays, *keys)
+            .table_valued(*[sa.column(c, t) for c, t in types.items()], "tid", "wid", name="u")
+            .render_derived()
+        )
+        held = sa.exists(
+            self.dialect.lock_for_fence(
+                sa.select(sa.literal(1)).where(
+                    tasks.c.instance_id == rows.c.workflow_id,
+                    tasks.c.task_id == rows.c.tid,
+                    tasks.c.claimed_by == rows.c.wid,
+                    tasks.c.claim_expires_at > self.dialect.now(),
+                )
+            )
+        )
+        insert = pg.insert(steps).from_select(
+            STEP_COLUMNS, sa.select(*[rows.c[c] for c in STEP_COLUMNS]).where(held)
+        )
+        return insert.on_conflict_do_update(
+            index_elements=[steps.c.workflow_id, steps.c.position],
+            set_={c: insert.excluded[c] for c in STEP_COLUMNS if c != "workflow_id"},
+            where=steps.c.status == StepStatus.PENDING.value,
+        ).returning(steps.c.workflow_id, steps.c.position)
+
+    async def _flush_step_records(self, batch: list[dict[str, Any]]) -> list[int | BaseException]:
+        """Group commit of step records (PostgreSQL): the records pending at the same moment
+        in one statement, one round trip, one commit; for each, 1 if written and 0 if its fence
+        refused it. A database that cannot be reached fails the whole batch (raised); any other
+        error (a row the database rejects) sends each record on its own, so it fails alone."""
+        if len(batch) > 1 and len({(p["s_workflow_id"], p["s_position"]) for p in batch}) == len(
+            batch
+        ):
+            assert self._record_steps_direct is not None
+            arrays: dict[str, Any] = {f"a_{c}": [p[f"s_{c}"] for p in batch] for c in STEP_COLUMNS}
+            arrays["a_tid"] = [p["p_tid"] for p in batch]
+            arrays["a_wid"] = [p["p_wid"] for p in batch]
+            try:
+                done = await self._runner.direct(self._record_steps_direct, arrays)
+            except Exception as exc:
+                if isinstance(self._translated(exc, "record steps"), BackendUnavailableError):
+                    raise
+                done = None  # one row's problem: each on its own below
+            if done is not None:
+                written = {(r["workflow_id"], r["position"]) for r in done.rows}
+                return [int((p["s_workflow_id"], p["s_position"]) in written) for p in batch]
+        outcomes: list[int | BaseException] = []
+        for params in batch:
+            try:
+                one = await self._runner.direct(self._record_step_direct_or_fail(), params)
+                if one is None:  # not on the driver here: the ordinary way
+                    one = await self._runner.transaction(self._record_with(params))
+                outcomes.append(one.rowcount)
+            except Exception as exc:  # that caller's own error
+                outcomes.append(exc)
+        return outcomes
+
+    def _record_with(self, params: dict[str, Any]) -> Callable[[sa.Connection], DirectResult]:
+        def record(conn: sa.Connection) -> DirectResult:
+            return DirectResult(conn.execute(self._record_step, params).rowcount, [])
+
+        return record
+
+    def _record_step_direct_or_fail(self) -> CompiledStatement:
+        assert self._record_step_direct is not None
+        return self._record_step_direct
 
     def _joined_snapshot(self, rows: Sequence[Mapping[str, Any]]) -> WorkflowSnapshot:
         """A snapshot from the rows of the direct begin statement: the workflow's row first,
@@ -196,7 +286,16 @@ class Execution(SQLCore):
         what = f"record step {step.position} of {instance_id!r}"
         params, record, explain = self._record_step_call(instance_id, step, worker_id, task_id)
         # The hot path: one statement that checks the lease and writes the step, atomic by
-        # itself, so on PostgreSQL it runs without BEGIN/COMMIT, prepared, on the driver.
+        # itself, so on PostgreSQL it runs without BEGIN/COMMIT, prepared, on the driver, in
+        # one statement with the records of other executions pending at the same moment
+        # (group commit); on SQLite straight on sqlite3, in one transaction with them.
+        group = self._record_group
+        if group is not None and not group.bound_elsewhere():
+            with self._errors(what):
+                rowcount = await group.submit(params)
+            if rowcount != 1:
+                raise await self._run(explain, what=what)
+            return
         done = await self._run_direct(self._record_step_direct, params, what=what)
         if done is None:
             await self._run(record, what=what)
@@ -226,7 +325,7 @@ class Execution(SQLCore):
                 instance_id, step, worker_id=worker_id, task_id=task_id
             )
         what = f"record step {step.position} of {instance_id!r}"
-        params, record, explain = self._record_step_call(instance_id, step, worker_id, task_id)
+        params, _record, explain = self._record_step_call(instance_id, step, worker_id, task_id)
         if self._blocking is not None:
             assert self._record_step_direct is not None  # a blocking path implies a direct one
             with self._errors(what):
@@ -238,8 +337,12 @@ class Execution(SQLCore):
             raise asyncio.run_coroutine_threadsafe(coro, self._loop).result()
         runner = self._runner
         assert isinstance(runner, InlineRunner)
+        assert self._record_step_direct is not None
         with self._errors(what):
-            runner.run(record)
+            rowcount = runner.run_batch([(self._record_step_direct, params)])[0].result().rowcount
+        if rowcount != 1:
+            with self._errors(what):
+                raise runner.run(explain)
 
     def _record_step_call(
         self, instance_id: str, step: StepRecord, worker_id: str, task_id: str
