@@ -6,8 +6,8 @@ the same moment, one statement or one transaction can carry all of them, as a da
 its own log. :class:`GroupCommit` is that batcher, one per backend instance and event loop:
 
 * **No added latency when alone.** The first write is handed to a flush task at once (it runs
-  on the loop's next turn); writes that arrive while a flush is in flight queue up and form the
-  next batch, which starts as soon as the flush ends.
+  on the loop's next turn); writes that arrive while ``max_in_flight`` flushes are in flight
+  queue up and form the next batch, which starts as soon as a flush ends.
 * **Each caller is released only after the commit that holds its write**: its future is set
   from the flush's result for its item, after the flush returned.
 * **Per-item outcomes.** The flush returns one result or exception per item, so a refused
@@ -44,11 +44,13 @@ class GroupCommit(Generic[I, R]):
         flush: Callable[[list[I]], Awaitable[Sequence[R | BaseException]]],
         *,
         max_batch: int = MAX_BATCH,
+        max_in_flight: int = 1,
     ) -> None:
         self._flush = flush
         self._max = max_batch
+        self._max_in_flight = max_in_flight
         self._queue: list[tuple[I, asyncio.Future[R]]] = []
-        self._flushing: asyncio.Task[None] | None = None
+        self._flushing: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         #: how many flushes ran and how many items they carried (benchmarks read these)
         self.flushes = 0
@@ -63,8 +65,8 @@ class GroupCommit(Generic[I, R]):
             raise RuntimeError("a GroupCommit is bound to the event loop it was first used on")
         future: asyncio.Future[R] = loop.create_future()
         self._queue.append((item, future))
-        if self._flushing is None:
-            self._flushing = loop.create_task(self._run())
+        if len(self._flushing) < self._max_in_flight:
+            self._flushing.add(loop.create_task(self._run()))
         return await future
 
     def bound_elsewhere(self) -> bool:
@@ -106,11 +108,11 @@ class GroupCommit(Generic[I, R]):
                     else:
                         future.set_result(result)
         finally:
-            self._flushing = None
+            # at once, not in a done callback: a submit in between must see this flush gone
+            self._flushing.discard(asyncio.current_task())
 
     async def close(self) -> None:
-        """Wait for the flush in flight (if any) to end."""
-        flushing = self._flushing
-        if flushing is not None and flushing.get_loop() is asyncio.get_running_loop():
-            await asyncio.wait({flushing})
+        """Wait for the flushes in flight (if any) to end."""
+        if self._flushing and self._loop is asyncio.get_running_loop():
+            await asyncio.wait(set(self._flushing))
         self._loop = None

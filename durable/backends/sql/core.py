@@ -242,7 +242,9 @@ class SQLCore(PersistentBackend):
             "name": step.name,
             "status": StepStatus(step.status).value,
             "input": self._dump(step.input),
-            "output": self._dump(step.output),
+            "output": step.serialized_output
+            if step.serialized_output is not None
+            else self._dump(step.output),
             "error": step.error.to_json() if step.error else None,
             "child_workflow_id": step.child_workflow_id,
             "attempts": step.attempts,

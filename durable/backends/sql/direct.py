@@ -60,6 +60,17 @@ class CompiledStatement:
         ]
         # a positional paramstyle (sqlite3's qmark): the values in the compiled order
         self._positions = list(compiled.positiontup or ()) if compiled.positional else None
+        # binding without SQLAlchemy's construct_params, which costs more than the statement
+        # on SQLite: for each driver parameter, its bindparam's key and processor
+        processors = dict(self._processors)
+        binds = {name: bind for bind, name in compiled.bind_names.items()}
+        order = self._positions if self._positions is not None else list(binds)
+        self._names = order
+        self._fast: list[tuple[str, Any, Any]] | None = [
+            (binds[name].key, binds[name], processors.get(name)) for name in order
+        ]
+        if any(bind.expanding or bind.callable is not None for bind in binds.values()):
+            self._fast = None
 
     @property
     def returns_rows(self) -> bool:
@@ -80,6 +91,19 @@ class CompiledStatement:
     def params(self, values: dict[str, Any]) -> Any:
         """The driver's parameters for ``values`` (keyed like the statement's bindparams): a
         mapping, or for a positional paramstyle a tuple in the statement's order."""
+        if self._fast is not None:
+            try:
+                bound = [
+                    (values[key] if key in values or bind.required else bind.value)
+                    if process is None
+                    else process(values[key] if key in values or bind.required else bind.value)
+                    for key, bind, process in self._fast
+                ]
+            except ValueError as exc:  # as SQLAlchemy reports a type that refused a value
+                raise sa.exc.StatementError(str(exc), self.sql, values, exc) from exc
+            if self._positions is not None:
+                return tuple(bound)
+            return dict(zip(self._names, bound, strict=True))
         params = dict(self._compiled.construct_params(values))
         try:
             for name, process in self._processors:

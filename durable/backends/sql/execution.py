@@ -122,6 +122,8 @@ class Execution(SQLCore):
         dialect = self.engine.dialect
         self._record_step_direct = CompiledStatement(self._record_step, dialect)
         self._record_steps_direct = CompiledStatement(self._record_steps_statement(), dialect)
+        # one batch in flight: the records that arrive meanwhile wait for it and go together
+        # (measured: more flushes in flight spend more CPU per step for no more throughput)
         self._record_group = GroupCommit(self._flush_step_records)
         # the workflow's row, then its steps' rows (each row has both sets of columns, the
         # other set NULL: a join would repeat the workflow's input on every step)
