@@ -115,8 +115,20 @@ class Execution(SQLCore):
         self._record_step_direct = self._begin_direct = self._finish_direct = None
         self._record_steps_direct: CompiledStatement | None = None
         self._record_group: GroupCommit[dict[str, Any], int] | None = None
+        self._begin_chain: tuple[CompiledStatement, ...] | None = None
+        self._finish_chain: tuple[CompiledStatement, ...] | None = None
         if isinstance(self._runner, InlineRunner):
-            self._record_step_direct = CompiledStatement(self._record_step, self.engine.dialect)
+            dialect = self.engine.dialect
+            self._record_step_direct = CompiledStatement(self._record_step, dialect)
+            # the start of an execution and its end, each one unit in the group commit
+            self._begin_chain = (
+                CompiledStatement(self._begin, dialect),
+                CompiledStatement(self._select_steps, dialect),
+            )
+            self._finish_chain = (
+                CompiledStatement(self._take_workflow_task, dialect),
+                CompiledStatement(self._finish, dialect),
+            )
         if not self._direct:
             return
         dialect = self.engine.dialect
@@ -268,6 +280,16 @@ class Execution(SQLCore):
             if not done.rows:
                 raise await self._run(explain, what=what)
             return self._joined_snapshot(done.rows)
+        runner = self._runner
+        if self._begin_chain is not None and isinstance(runner, InlineRunner):
+            with self._errors(what):
+                began = await runner.direct_chain(self._begin_chain, params)
+            if not began[0].rows:
+                raise await self._run(explain, what=what)
+            return WorkflowSnapshot(
+                **self._info_fields(began[0].rows[0]),
+                steps=tuple(self._step(instance_id, m) for m in began[1].rows),
+            )
 
         def fn(conn: sa.Connection) -> WorkflowSnapshot:
             row = conn.execute(self._begin, params).first()
@@ -341,7 +363,8 @@ class Execution(SQLCore):
         assert isinstance(runner, InlineRunner)
         assert self._record_step_direct is not None
         with self._errors(what):
-            rowcount = runner.run_batch([(self._record_step_direct, params)])[0].result().rowcount
+            outcome = runner.run_batch([((self._record_step_direct,), params)])[0]
+            rowcount = outcome.result()[0].rowcount
         if rowcount != 1:
             with self._errors(what):
                 raise runner.run(explain)
@@ -407,6 +430,13 @@ class Execution(SQLCore):
             if not done.rows:
                 raise await self._run(refusal, what=what)
             return WorkflowInfo(**self._info_fields(done.rows[0], lenient=True))
+        runner = self._runner
+        if self._finish_chain is not None and not rerun and isinstance(runner, InlineRunner):
+            with self._errors(what):
+                finished = await runner.direct_chain(self._finish_chain, params)
+            if len(finished) < 2 or not finished[1].rows:
+                raise await self._run(refusal, what=what)
+            return WorkflowInfo(**self._info_fields(finished[1].rows[0], lenient=True))
 
         def fn(conn: sa.Connection) -> WorkflowInfo:
             if conn.execute(self._take_workflow_task, params).rowcount == 0:
