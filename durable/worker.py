@@ -207,6 +207,8 @@ class Worker:
         self._reserve.extend((claim, now) for claim in claims)
         self._start_reserved()
         if len(self._running) >= self.concurrency:
+            if claims and self._backlog and self._prefetch and not self._reserve:
+                return  # every slot filled from a backlog: the next round claims ahead
             await self._wait_for_slot()
         elif not claims and not self._reserve:
             await self._wait_for_work()
