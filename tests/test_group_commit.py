@@ -11,8 +11,10 @@ import pytest
 from durable.backends.sql import SQLAlchemyBackend
 from durable.backends.sql.batch import GroupCommit
 from durable.errors import BackendError, ClaimLostError, StepAlreadyRecordedError
-from durable.models import StepRecord
+from durable.models import StepRecord, WorkflowStatus
 from durable.testing.contract import LONG, W, create, step
+
+SUCCEEDED = WorkflowStatus.SUCCEEDED
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -107,3 +109,29 @@ async def test_a_failed_flush_fails_every_caller_of_its_batch() -> None:
     assert calls == [[1], [2, 3, 4]]
     assert all(isinstance(o, OSError) for o in outcomes)
     assert len({id(o) for o in outcomes}) == 1  # the same error for the whole batch
+
+
+async def test_concurrent_finishes_share_a_flush_and_a_lost_lease_fails_alone(url: str) -> None:
+    async with SQLAlchemyBackend(url) as backend:
+        ids = [f"wf{i}" for i in range(8)]
+        await claimed(backend, ids)
+        for wid in ids:
+            await backend.begin_execution(wid, "w1")
+        results = await asyncio.gather(
+            *(
+                backend.finish_workflow(
+                    wid, worker_id="w2" if wid == "wf3" else "w1", status=SUCCEEDED, output=wid
+                )
+                for wid in ids
+            ),
+            return_exceptions=True,
+        )
+        for wid, result in zip(ids, results, strict=True):
+            if wid == "wf3":
+                assert isinstance(result, ClaimLostError) and result.holder == "w1"
+                assert (await backend.get_workflow(wid)).status is WorkflowStatus.RUNNING
+            else:
+                assert not isinstance(result, BaseException)
+                assert (result.id, result.status, result.output) == (wid, SUCCEEDED, wid)
+                stored = await backend.get_workflow(wid)
+                assert (stored.status, stored.output) == (SUCCEEDED, wid)

@@ -13,15 +13,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql as pg
 
-from durable.backends.sql.batch import GroupCommit
-from durable.backends.sql.core import P_IID, P_WID, STEP_COLUMNS, SQLCore
-from durable.backends.sql.direct import CompiledStatement, DirectResult
+from durable.backends.sql.core import P_IID, P_WID, STEP_COLUMNS
+from durable.backends.sql.direct import CompiledStatement
+from durable.backends.sql.grouped import GroupedWrites
 from durable.backends.sql.runners import InlineRunner
 from durable.backends.sql.schema import steps, tasks, workflows
 from durable.errors import (
-    BackendUnavailableError,
     ClaimLostError,
     DurableError,
     InvalidArgumentError,
@@ -39,7 +37,7 @@ from durable.models import (
 )
 
 
-class Execution(SQLCore):
+class Execution(GroupedWrites):
     """A workflow's execution: begin, record its steps, finish or reschedule it."""
 
     def _build_execution_statements(self) -> None:
@@ -113,8 +111,7 @@ class Execution(SQLCore):
         standard-library SQLite driver, the step record runs straight on ``sqlite3`` (its
         runner batches the records pending at the same moment in one transaction)."""
         self._record_step_direct = self._begin_direct = self._finish_direct = None
-        self._record_steps_direct: CompiledStatement | None = None
-        self._record_group: GroupCommit[dict[str, Any], int] | None = None
+        self._record_group = self._finish_group = None
         self._begin_chain: tuple[CompiledStatement, ...] | None = None
         self._finish_chain: tuple[CompiledStatement, ...] | None = None
         if isinstance(self._runner, InlineRunner):
@@ -133,10 +130,6 @@ class Execution(SQLCore):
             return
         dialect = self.engine.dialect
         self._record_step_direct = CompiledStatement(self._record_step, dialect)
-        self._record_steps_direct = CompiledStatement(self._record_steps_statement(), dialect)
-        # one batch in flight: the records that arrive meanwhile wait for it and go together
-        # (measured: more flushes in flight spend more CPU per step for no more throughput)
-        self._record_group = GroupCommit(self._flush_step_records)
         # the workflow's row, then its steps' rows (each row has both sets of columns, the
         # other set NULL: a join would repeat the workflow's input on every step)
         began = self._begin.cte("began")
@@ -164,85 +157,7 @@ class Execution(SQLCore):
         taken = self._take_workflow_task.returning(tasks.c.id).cte("taken")
         finish = self._finish.where(sa.exists(sa.select(taken.c.id)))
         self._finish_direct = CompiledStatement(finish, dialect)
-
-    def _record_steps_statement(self) -> sa.Insert:
-        """Step records in one statement (PostgreSQL): each column's values as one array
-        parameter, unnested into rows; each row written only where its own lease holds (a row
-        whose fence fails is skipped, not the batch); returns the rows written."""
-        types = {c: steps.c[c].type for c in STEP_COLUMNS}
-        arrays = [
-            sa.cast(sa.bindparam(f"a_{c}", type_=pg.ARRAY(t)), pg.ARRAY(t))
-            for c, t in types.items()
-        ]
-        keys = [
-            sa.cast(sa.bindparam(f"a_{k}", type_=pg.ARRAY(sa.String())), pg.ARRAY(sa.String()))
-            for k in ("tid", "wid")
-        ]
-        rows = (
-            sa.func.unnest(*arrays, *keys)
-            .table_valued(*[sa.column(c, t) for c, t in types.items()], "tid", "wid", name="u")
-            .render_derived()
-        )
-        held = sa.exists(
-            self.dialect.lock_for_fence(
-                sa.select(sa.literal(1)).where(
-                    tasks.c.instance_id == rows.c.workflow_id,
-                    tasks.c.task_id == rows.c.tid,
-                    tasks.c.claimed_by == rows.c.wid,
-                    tasks.c.claim_expires_at > self.dialect.now(),
-                )
-            )
-        )
-        insert = pg.insert(steps).from_select(
-            STEP_COLUMNS, sa.select(*[rows.c[c] for c in STEP_COLUMNS]).where(held)
-        )
-        return insert.on_conflict_do_update(
-            index_elements=[steps.c.workflow_id, steps.c.position],
-            set_={c: insert.excluded[c] for c in STEP_COLUMNS if c != "workflow_id"},
-            where=steps.c.status == StepStatus.PENDING.value,
-        ).returning(steps.c.workflow_id, steps.c.position)
-
-    async def _flush_step_records(self, batch: list[dict[str, Any]]) -> list[int | BaseException]:
-        """Group commit of step records (PostgreSQL): the records pending at the same moment
-        in one statement, one round trip, one commit; for each, 1 if written and 0 if its fence
-        refused it. A database that cannot be reached fails the whole batch (raised); any other
-        error (a row the database rejects) sends each record on its own, so it fails alone."""
-        if len(batch) > 1 and len({(p["s_workflow_id"], p["s_position"]) for p in batch}) == len(
-            batch
-        ):
-            assert self._record_steps_direct is not None
-            arrays: dict[str, Any] = {f"a_{c}": [p[f"s_{c}"] for p in batch] for c in STEP_COLUMNS}
-            arrays["a_tid"] = [p["p_tid"] for p in batch]
-            arrays["a_wid"] = [p["p_wid"] for p in batch]
-            try:
-                done = await self._runner.direct(self._record_steps_direct, arrays)
-            except Exception as exc:
-                if isinstance(self._translated(exc, "record steps"), BackendUnavailableError):
-                    raise
-                done = None  # one row's problem: each on its own below
-            if done is not None:
-                written = {(r["workflow_id"], r["position"]) for r in done.rows}
-                return [int((p["s_workflow_id"], p["s_position"]) in written) for p in batch]
-        outcomes: list[int | BaseException] = []
-        for params in batch:
-            try:
-                one = await self._runner.direct(self._record_step_direct_or_fail(), params)
-                if one is None:  # not on the driver here: the ordinary way
-                    one = await self._runner.transaction(self._record_with(params))
-                outcomes.append(one.rowcount)
-            except Exception as exc:  # that caller's own error
-                outcomes.append(exc)
-        return outcomes
-
-    def _record_with(self, params: dict[str, Any]) -> Callable[[sa.Connection], DirectResult]:
-        def record(conn: sa.Connection) -> DirectResult:
-            return DirectResult(conn.execute(self._record_step, params).rowcount, [])
-
-        return record
-
-    def _record_step_direct_or_fail(self) -> CompiledStatement:
-        assert self._record_step_direct is not None
-        return self._record_step_direct
+        self._build_grouped_statements()
 
     def _joined_snapshot(self, rows: Sequence[Mapping[str, Any]]) -> WorkflowSnapshot:
         """A snapshot from the rows of the direct begin statement: the workflow's row first,
@@ -423,9 +338,15 @@ class Execution(SQLCore):
         def refusal(conn: sa.Connection) -> DurableError:
             return self._refusal(conn, clock, instance_id, WORKFLOW_TASK, worker_id)
 
-        # one statement, one round trip (marking failed steps to run again takes a transaction)
+        # one statement, one round trip (marking failed steps to run again takes a transaction),
+        # with the other finishes pending at the same moment (group commit)
         direct = self._finish_direct if not rerun else None
-        done = await self._run_direct(direct, params, what=what)
+        group = self._finish_group
+        if direct is not None and group is not None and not group.bound_elsewhere():
+            with self._errors(what):
+                done = await group.submit(params)
+        else:
+            done = await self._run_direct(direct, params, what=what)
         if done is not None:
             if not done.rows:
                 raise await self._run(refusal, what=what)
