@@ -294,6 +294,7 @@ class StepGuard:
         self.recorded = recorded
         self.started_at = datetime.now(UTC)
         self.result: Any = None
+        self._serialized: str | None = None  # the last value _roundtrip serialized
         if recorded is not None and recorded.status is StepStatus.SUCCEEDED:
             self.result = recorded.output
 
@@ -319,10 +320,13 @@ class StepGuard:
         return self.recorded.output
 
     def _roundtrip(self, value: Any) -> Any:
-        """The value as a replay will see it; raises SerializationError naming the step."""
+        """The value as a replay will see it; raises SerializationError naming the step. Its
+        serialized form is kept for the record (:attr:`StepRecord.serialized_output`), so the
+        backend does not serialize it again."""
         serializer = self.ctx.runtime.backend.serializer
         try:
-            return serializer.loads(serializer.dumps(value))
+            self._serialized = serializer.dumps(value)
+            return serializer.loads(self._serialized)
         except SerializationError as exc:
             raise SerializationError(
                 f"step {self.name!r} (position {self.position}) of workflow "
@@ -407,6 +411,7 @@ class StepGuard:
             name=self.name,
             status=status,
             output=output,
+            serialized_output=self._serialized if output is not None else None,
             error=error,
             child_workflow_id=child,
             attempts=attempts,

@@ -86,6 +86,10 @@ class StepRecord:
     workflow's last attempt and nothing recorded after it depends on it: a redrive
     (:meth:`~durable.backends.PersistentBackend.requeue_workflow`) runs the step again instead
     of replaying its failure."""
+    serialized_output: str | None = field(default=None, compare=False, repr=False)
+    """``output`` as the backend's own serializer already wrote it (the runtime serializes a
+    step's value once, to check that it round-trips), or None. A backend may store this text
+    instead of serializing ``output`` again; it is never read back into a record."""
 
 
 @dataclass(frozen=True, kw_only=True)

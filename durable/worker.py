@@ -3,7 +3,12 @@
 A worker loops: it claims up to its free slots in one atomic statement (``SKIP LOCKED`` on
 PostgreSQL, one write transaction on SQLite), runs each claimed execution under its lease (kept
 alive by heartbeats), and when nothing is available it sleeps until the backend signals new work
-(LISTEN/NOTIFY on PostgreSQL) or the poll interval passes. A dead worker's executions are taken
+(LISTEN/NOTIFY on PostgreSQL) or the poll interval passes. When it drains fast (a claim filled
+every slot it asked for: there is a backlog), it claims a few executions ahead
+(:data:`PREFETCH_SHARE` of its concurrency) and starts them as slots free up, without a round
+trip; it claims again only when that reserve runs low, so one claim refills many slots. A
+reserved claim that waited longer than half its lease is handed back instead of started, and
+the reserve is handed back on stop. A dead worker's executions are taken
 over by any worker once their leases expire, and resume from their history.
 
 Stopping is graceful: the worker stops claiming, lets running executions finish within a grace
@@ -30,6 +35,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
+from collections import deque
 from collections.abc import Sequence
 from datetime import timedelta
 from types import TracebackType
@@ -59,6 +66,10 @@ log = logging.getLogger(__name__)
 #: The longest pause, in seconds, between two attempts to claim while they fail: a worker claims
 #: again at most about this long after the database is back.
 MAX_BACKOFF = 1.0
+
+
+#: How far ahead a worker that drains fast claims: this share of its concurrency (0 below 4).
+PREFETCH_SHARE = 0.25
 
 
 class WorkflowReader(Protocol):
@@ -139,6 +150,11 @@ class Worker:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._failures = 0  # claim rounds that failed in a row
+        # claimed ahead, not started yet: (claim, when claimed, monotonic)
+        self._reserve: deque[tuple[TaskClaim, float]] = deque()
+        self._prefetch = int(concurrency * PREFETCH_SHARE)
+        self._backlog = False  # the last claim got all it asked for
+        self._releasing: set[asyncio.Task[None]] = set()  # reserved claims being handed back
         self.completed = 0
         """How many executions this worker ran to an end (any outcome)."""
         self.failure: BaseException | None = None
@@ -207,19 +223,27 @@ class Worker:
                 await self._pause(delay)
 
     async def _round(self) -> None:
-        """Claim what fits in the free slots, start it, and wait for a slot or for work."""
+        """Start reserved claims in the free slots, claim what fits (plus a reserve when there
+        is a backlog), start it, and wait for a slot or for work."""
+        self._start_reserved()
         free = self.concurrency - len(self._running)
+        ahead = self._prefetch if self._backlog else 0
+        # with a reserve, claim again only once it is down to half: one claim refills many slots
+        want = free + ahead - len(self._reserve)
+        if self._reserve and len(self._reserve) > ahead // 2:
+            want = 0
         claims: list[TaskClaim] = []
         names = self.names
-        if free > 0 and names:
+        if want > 0 and names:
             claims = await self.runtime.backend.claim_available_tasks(
                 self.runtime.executor_id,
-                free,
+                want,
                 self.runtime.claim_ttl,
                 names=names,
                 queues=self.queues,
                 include_own=False,
             )
+            self._backlog = len(claims) == want
             if self._failures:
                 log.info(
                     "worker %s claims work again, after %d failed attempt(s)",
@@ -228,16 +252,43 @@ class Worker:
                     extra={"action": "worker.claim_resumed"},
                 )
                 self._failures = 0
-        for claim in claims:
-            task = asyncio.get_running_loop().create_task(
-                self._process(claim), name=f"durable:{claim.instance_id}"
-            )
+        now = time.monotonic()
+        self._reserve.extend((claim, now) for claim in claims)
+        self._start_reserved()
+        if len(self._running) >= self.concurrency:
+            if claims and self._backlog and self._prefetch and not self._reserve:
+                return  # every slot filled from a backlog: the next round claims ahead
+            await self._wait_for_slot()
+        elif not claims and not self._reserve:
+            await self._wait_for_work()
+
+    def _start_reserved(self) -> None:
+        """Start reserved claims in the free slots (one that waited more than half its lease
+        is handed back instead: its lease may run out before its heartbeat starts)."""
+        loop = asyncio.get_running_loop()
+        stale = time.monotonic() - self.runtime.claim_ttl.total_seconds() / 2
+        while self._reserve and len(self._running) < self.concurrency:
+            claim, claimed_at = self._reserve.popleft()
+            if claimed_at < stale:
+                self._hand_back(claim)
+                continue
+            task = loop.create_task(self._process(claim), name=f"durable:{claim.instance_id}")
             self._running.add(task)
             task.add_done_callback(self._running.discard)
-        if claims and len(claims) == free:
-            await self._wait_for_slot()
-        elif not claims:
-            await self._wait_for_work()
+
+    def _hand_back(self, claim: TaskClaim) -> None:
+        """Release a reserved claim that will not be started (best effort: otherwise its lease
+        expires and another worker takes it then)."""
+
+        async def release() -> None:
+            with contextlib.suppress(Exception):
+                await self.runtime.backend.release_task_claim(
+                    claim.instance_id, claim.task_id, self.runtime.executor_id
+                )
+
+        task = asyncio.get_running_loop().create_task(release())
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     async def _wait_for_work(self) -> None:
         """Until the backend signals work, ``poll_interval`` passes, or a stop is requested.
@@ -355,6 +406,10 @@ class Worker:
         self.request_stop()
         if self._loop_task is not None:
             await asyncio.wait({self._loop_task})  # ended, dead or not (see failure)
+        while self._reserve:  # claimed ahead, never started: other workers may have them now
+            self._hand_back(self._reserve.popleft()[0])
+        if self._releasing:
+            await asyncio.wait(set(self._releasing), timeout=max(grace, 1.0))
         if self._running:
             _done, pending = await asyncio.wait(set(self._running), timeout=grace)
             for task in pending:

@@ -49,16 +49,22 @@ def lose(path: str) -> str:
 
 
 def _step_insert_threads(backend: SQLAlchemyBackend) -> tuple[list[int], Any]:
+    """The threads that insert step rows, seen by sqlite3 itself (a trace callback on every
+    connection checked out of the pool), whether the statement goes through SQLAlchemy's
+    execution layer or straight to sqlite3."""
     threads: list[int] = []
 
-    def listener(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+    def trace(statement: str) -> None:
         if statement.startswith("INSERT INTO durable_steps"):
             threads.append(threading.get_ident())
 
+    def on_checkout(dbapi_connection: Any, *args: Any) -> None:
+        dbapi_connection.set_trace_callback(trace)
+
     engine = backend.engine
     assert isinstance(engine, sa.Engine)
-    sa.event.listen(engine, "before_cursor_execute", listener)
-    return threads, lambda: sa.event.remove(engine, "before_cursor_execute", listener)
+    sa.event.listen(engine, "checkout", on_checkout)
+    return threads, lambda: sa.event.remove(engine, "checkout", on_checkout)
 
 
 async def test_a_sqlite_file_records_sync_steps_from_the_workflow_thread(

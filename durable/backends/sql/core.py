@@ -82,6 +82,8 @@ class SQLCore(PersistentBackend):
 
         def _errors(self, what: str) -> contextlib.AbstractContextManager[None]: ...
 
+        def _translated(self, exc: Exception, doing: str) -> Exception: ...
+
         def _announce_work(self, conn: sa.Connection) -> None: ...
 
     def _build_core_statements(self) -> None:
@@ -240,7 +242,9 @@ class SQLCore(PersistentBackend):
             "name": step.name,
             "status": StepStatus(step.status).value,
             "input": self._dump(step.input),
-            "output": self._dump(step.output),
+            "output": step.serialized_output
+            if step.serialized_output is not None
+            else self._dump(step.output),
             "error": step.error.to_json() if step.error else None,
             "child_workflow_id": step.child_workflow_id,
             "attempts": step.attempts,

@@ -58,6 +58,19 @@ class CompiledStatement:
             (str(column.key), column.type.dialect_impl(dialect).result_processor(dialect, None))
             for column in stmt.exported_columns
         ]
+        # a positional paramstyle (sqlite3's qmark): the values in the compiled order
+        self._positions = list(compiled.positiontup or ()) if compiled.positional else None
+        # binding without SQLAlchemy's construct_params, which costs more than the statement
+        # on SQLite: for each driver parameter, its bindparam's key and processor
+        processors = dict(self._processors)
+        binds = {name: bind for bind, name in compiled.bind_names.items()}
+        order = self._positions if self._positions is not None else list(binds)
+        self._names = order
+        self._fast: list[tuple[str, Any, Any]] | None = [
+            (binds[name].key, binds[name], processors.get(name)) for name in order
+        ]
+        if any(bind.expanding or bind.callable is not None for bind in binds.values()):
+            self._fast = None
 
     @property
     def returns_rows(self) -> bool:
@@ -75,14 +88,30 @@ class CompiledStatement:
             for row in raw
         ]
 
-    def params(self, values: dict[str, Any]) -> dict[str, Any]:
-        """The driver's parameters for ``values`` (keyed like the statement's bindparams)."""
+    def params(self, values: dict[str, Any]) -> Any:
+        """The driver's parameters for ``values`` (keyed like the statement's bindparams): a
+        mapping, or for a positional paramstyle a tuple in the statement's order."""
+        if self._fast is not None:
+            try:
+                bound = [
+                    (values[key] if key in values or bind.required else bind.value)
+                    if process is None
+                    else process(values[key] if key in values or bind.required else bind.value)
+                    for key, bind, process in self._fast
+                ]
+            except ValueError as exc:  # as SQLAlchemy reports a type that refused a value
+                raise sa.exc.StatementError(str(exc), self.sql, values, exc) from exc
+            if self._positions is not None:
+                return tuple(bound)
+            return dict(zip(self._names, bound, strict=True))
         params = dict(self._compiled.construct_params(values))
         try:
             for name, process in self._processors:
                 params[name] = process(params[name])
         except ValueError as exc:  # as SQLAlchemy reports a type that refused a value
             raise sa.exc.StatementError(str(exc), self.sql, values, exc) from exc
+        if self._positions is not None:
+            return tuple(params[name] for name in self._positions)
         return params
 
 
@@ -152,7 +181,7 @@ class DirectStatements:
                     await _close(conn)
                 if broken:  # the server went away: its other connections are gone too
                     await self._discard_idle()
-                wrapped = _as_sqlalchemy(exc, statement, params, self._engine.dialect, broken)
+                wrapped = as_sqlalchemy(exc, statement, params, self._engine.dialect, broken)
                 if wrapped is exc:
                     raise
                 raise wrapped from exc
@@ -238,7 +267,7 @@ class BlockingDirectStatements:
                     for other in idle:
                         with contextlib.suppress(Exception):
                             other.close()
-                wrapped = _as_sqlalchemy(exc, statement, params, self._dialect, broken)
+                wrapped = as_sqlalchemy(exc, statement, params, self._dialect, broken)
                 if wrapped is exc:
                     raise
                 raise wrapped from exc
@@ -259,10 +288,10 @@ class BlockingDirectStatements:
                 conn.close()
 
 
-def _as_sqlalchemy(
+def as_sqlalchemy(
     exc: BaseException,
     statement: CompiledStatement,
-    params: dict[str, Any],
+    params: Any,
     dialect: sa.Dialect,
     broken: bool,
 ) -> BaseException:

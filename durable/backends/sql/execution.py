@@ -14,8 +14,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from durable.backends.sql.core import P_IID, P_WID, STEP_COLUMNS, SQLCore
+from durable.backends.sql.core import P_IID, P_WID, STEP_COLUMNS
 from durable.backends.sql.direct import CompiledStatement
+from durable.backends.sql.grouped import GroupedWrites
 from durable.backends.sql.runners import InlineRunner
 from durable.backends.sql.schema import steps, tasks, workflows
 from durable.errors import (
@@ -36,7 +37,7 @@ from durable.models import (
 )
 
 
-class Execution(SQLCore):
+class Execution(GroupedWrites):
     """A workflow's execution: begin, record its steps, finish or reschedule it."""
 
     def _build_execution_statements(self) -> None:
@@ -103,11 +104,28 @@ class Execution(SQLCore):
 
     def _build_direct_statements(self) -> None:
         """The hot path's single statements, run straight on the driver (PostgreSQL): a step
-        record; the start of an execution with its history (an UPDATE in a CTE, then the
-        steps); its end, which removes the claimed task and writes the outcome (a DELETE in a
-        CTE, which only PostgreSQL allows). Claims are compiled on first use
-        (:meth:`_direct_claim`)."""
+        record, and step records in a batch (arrays, one row per step: group commit); the
+        start of an execution with its history (an UPDATE in a CTE, then the steps); its end,
+        which removes the claimed task and writes the outcome (a DELETE in a CTE, which only
+        PostgreSQL allows). Claims are compiled on first use (:meth:`_direct_claim`). On the
+        standard-library SQLite driver, the step record runs straight on ``sqlite3`` (its
+        runner batches the records pending at the same moment in one transaction)."""
         self._record_step_direct = self._begin_direct = self._finish_direct = None
+        self._record_group = self._finish_group = None
+        self._begin_chain: tuple[CompiledStatement, ...] | None = None
+        self._finish_chain: tuple[CompiledStatement, ...] | None = None
+        if isinstance(self._runner, InlineRunner):
+            dialect = self.engine.dialect
+            self._record_step_direct = CompiledStatement(self._record_step, dialect)
+            # the start of an execution and its end, each one unit in the group commit
+            self._begin_chain = (
+                CompiledStatement(self._begin, dialect),
+                CompiledStatement(self._select_steps, dialect),
+            )
+            self._finish_chain = (
+                CompiledStatement(self._take_workflow_task, dialect),
+                CompiledStatement(self._finish, dialect),
+            )
         if not self._direct:
             return
         dialect = self.engine.dialect
@@ -139,6 +157,7 @@ class Execution(SQLCore):
         taken = self._take_workflow_task.returning(tasks.c.id).cte("taken")
         finish = self._finish.where(sa.exists(sa.select(taken.c.id)))
         self._finish_direct = CompiledStatement(finish, dialect)
+        self._build_grouped_statements()
 
     def _joined_snapshot(self, rows: Sequence[Mapping[str, Any]]) -> WorkflowSnapshot:
         """A snapshot from the rows of the direct begin statement: the workflow's row first,
@@ -176,6 +195,16 @@ class Execution(SQLCore):
             if not done.rows:
                 raise await self._run(explain, what=what)
             return self._joined_snapshot(done.rows)
+        runner = self._runner
+        if self._begin_chain is not None and isinstance(runner, InlineRunner):
+            with self._errors(what):
+                began = await runner.direct_chain(self._begin_chain, params)
+            if not began[0].rows:
+                raise await self._run(explain, what=what)
+            return WorkflowSnapshot(
+                **self._info_fields(began[0].rows[0]),
+                steps=tuple(self._step(instance_id, m) for m in began[1].rows),
+            )
 
         def fn(conn: sa.Connection) -> WorkflowSnapshot:
             row = conn.execute(self._begin, params).first()
@@ -196,7 +225,16 @@ class Execution(SQLCore):
         what = f"record step {step.position} of {instance_id!r}"
         params, record, explain = self._record_step_call(instance_id, step, worker_id, task_id)
         # The hot path: one statement that checks the lease and writes the step, atomic by
-        # itself, so on PostgreSQL it runs without BEGIN/COMMIT, prepared, on the driver.
+        # itself, so on PostgreSQL it runs without BEGIN/COMMIT, prepared, on the driver, in
+        # one statement with the records of other executions pending at the same moment
+        # (group commit); on SQLite straight on sqlite3, in one transaction with them.
+        group = self._record_group
+        if group is not None and not group.bound_elsewhere():
+            with self._errors(what):
+                rowcount = await group.submit(params)
+            if rowcount != 1:
+                raise await self._run(explain, what=what)
+            return
         done = await self._run_direct(self._record_step_direct, params, what=what)
         if done is None:
             await self._run(record, what=what)
@@ -226,7 +264,7 @@ class Execution(SQLCore):
                 instance_id, step, worker_id=worker_id, task_id=task_id
             )
         what = f"record step {step.position} of {instance_id!r}"
-        params, record, explain = self._record_step_call(instance_id, step, worker_id, task_id)
+        params, _record, explain = self._record_step_call(instance_id, step, worker_id, task_id)
         if self._blocking is not None:
             assert self._record_step_direct is not None  # a blocking path implies a direct one
             with self._errors(what):
@@ -238,8 +276,13 @@ class Execution(SQLCore):
             raise asyncio.run_coroutine_threadsafe(coro, self._loop).result()
         runner = self._runner
         assert isinstance(runner, InlineRunner)
+        assert self._record_step_direct is not None
         with self._errors(what):
-            runner.run(record)
+            outcome = runner.run_batch([((self._record_step_direct,), params)])[0]
+            rowcount = outcome.result()[0].rowcount
+        if rowcount != 1:
+            with self._errors(what):
+                raise runner.run(explain)
 
     def _record_step_call(
         self, instance_id: str, step: StepRecord, worker_id: str, task_id: str
@@ -295,13 +338,26 @@ class Execution(SQLCore):
         def refusal(conn: sa.Connection) -> DurableError:
             return self._refusal(conn, clock, instance_id, WORKFLOW_TASK, worker_id)
 
-        # one statement, one round trip (marking failed steps to run again takes a transaction)
+        # one statement, one round trip (marking failed steps to run again takes a transaction),
+        # with the other finishes pending at the same moment (group commit)
         direct = self._finish_direct if not rerun else None
-        done = await self._run_direct(direct, params, what=what)
+        group = self._finish_group
+        if direct is not None and group is not None and not group.bound_elsewhere():
+            with self._errors(what):
+                done = await group.submit(params)
+        else:
+            done = await self._run_direct(direct, params, what=what)
         if done is not None:
             if not done.rows:
                 raise await self._run(refusal, what=what)
             return WorkflowInfo(**self._info_fields(done.rows[0], lenient=True))
+        runner = self._runner
+        if self._finish_chain is not None and not rerun and isinstance(runner, InlineRunner):
+            with self._errors(what):
+                finished = await runner.direct_chain(self._finish_chain, params)
+            if len(finished) < 2 or not finished[1].rows:
+                raise await self._run(refusal, what=what)
+            return WorkflowInfo(**self._info_fields(finished[1].rows[0], lenient=True))
 
         def fn(conn: sa.Connection) -> WorkflowInfo:
             if conn.execute(self._take_workflow_task, params).rowcount == 0:

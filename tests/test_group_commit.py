@@ -1,0 +1,137 @@
+"""Group commit (durable.backends.sql.batch): step records pending at the same moment share one
+statement (PostgreSQL) or one transaction (SQLite), and each still stands or falls alone."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from durable.backends.sql import SQLAlchemyBackend
+from durable.backends.sql.batch import GroupCommit
+from durable.errors import BackendError, ClaimLostError, StepAlreadyRecordedError
+from durable.models import StepRecord, WorkflowStatus
+from durable.testing.contract import LONG, W, create, step
+
+SUCCEEDED = WorkflowStatus.SUCCEEDED
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest) -> str:
+    return str(
+        request.getfixturevalue({"sqlite": "sqlite_url", "postgres": "pg_url"}[request.param])
+    )
+
+
+def group_of(backend: SQLAlchemyBackend) -> GroupCommit[Any, Any]:
+    group = backend._record_group or getattr(backend._runner, "_group", None)
+    assert group is not None
+    return group
+
+
+async def claimed(backend: SQLAlchemyBackend, ids: list[str], worker: str = "w1") -> None:
+    for wid in ids:
+        await create(backend, wid)
+        assert await backend.claim_task(wid, W, worker, LONG) is not None
+
+
+async def test_concurrent_records_share_a_flush_and_all_land(url: str) -> None:
+    async with SQLAlchemyBackend(url) as backend:
+        ids = [f"wf{i}" for i in range(12)]
+        await claimed(backend, ids)
+        group = group_of(backend)
+        before = group.flushes
+        await asyncio.gather(
+            *(backend.record_step(wid, step(0, output=wid), worker_id="w1") for wid in ids)
+        )
+        assert group.flushes - before < len(ids)  # some records shared a flush
+        for wid in ids:
+            assert [(s.position, s.output) for s in await backend.list_steps(wid)] == [(0, wid)]
+
+
+async def test_a_lost_lease_fails_that_caller_alone(url: str) -> None:
+    async with SQLAlchemyBackend(url) as backend:
+        ids = [f"wf{i}" for i in range(6)]
+        await claimed(backend, ids)
+        await create(backend, "other")
+        assert await backend.claim_task("other", W, "w2", LONG) is not None
+        await backend.record_step("wf0", step(0), worker_id="w1")
+        results = await asyncio.gather(
+            *(backend.record_step(wid, step(1), worker_id="w1") for wid in ids),
+            backend.record_step("other", step(0), worker_id="w1"),  # held by w2
+            backend.record_step("wf0", step(0, output="again"), worker_id="w1"),  # recorded
+            return_exceptions=True,
+        )
+        assert results[: len(ids)] == [None] * len(ids)
+        assert isinstance(results[len(ids)], ClaimLostError)
+        assert results[len(ids)].holder == "w2"
+        assert isinstance(results[len(ids) + 1], StepAlreadyRecordedError)
+        assert await backend.list_steps("other") == []
+        assert [s.position for s in await backend.list_steps("wf0")] == [0, 1]
+        for wid in ids[1:]:
+            assert [s.position for s in await backend.list_steps(wid)] == [1]
+
+
+async def test_a_row_the_database_rejects_fails_alone(url: str) -> None:
+    async with SQLAlchemyBackend(url) as backend:
+        ids = [f"wf{i}" for i in range(5)]
+        await claimed(backend, ids)
+        bad = StepRecord(position=0, name=None)  # type: ignore[arg-type]  # NOT NULL
+        results = await asyncio.gather(
+            *(backend.record_step(wid, step(0), worker_id="w1") for wid in ids[1:]),
+            backend.record_step(ids[0], bad, worker_id="w1"),
+            return_exceptions=True,
+        )
+        assert results[:-1] == [None] * (len(ids) - 1)
+        assert isinstance(results[-1], BackendError)
+        assert await backend.list_steps(ids[0]) == []
+        for wid in ids[1:]:
+            assert len(await backend.list_steps(wid)) == 1
+
+
+async def test_a_failed_flush_fails_every_caller_of_its_batch() -> None:
+    calls: list[list[int]] = []
+
+    async def flush(items: list[int]) -> list[int | BaseException]:
+        calls.append(items)
+        if 3 in items:
+            raise OSError("gone")
+        await asyncio.sleep(0)
+        return [i * 10 for i in items]
+
+    group: GroupCommit[int, int] = GroupCommit(flush)
+    first = asyncio.ensure_future(group.submit(1))
+    await asyncio.sleep(0)  # the first flush is in flight: the next ones wait for it
+    rest = [asyncio.ensure_future(group.submit(i)) for i in (2, 3, 4)]
+    assert await first == 10
+    outcomes = await asyncio.gather(*rest, return_exceptions=True)
+    assert calls == [[1], [2, 3, 4]]
+    assert all(isinstance(o, OSError) for o in outcomes)
+    assert len({id(o) for o in outcomes}) == 1  # the same error for the whole batch
+
+
+async def test_concurrent_finishes_share_a_flush_and_a_lost_lease_fails_alone(url: str) -> None:
+    async with SQLAlchemyBackend(url) as backend:
+        ids = [f"wf{i}" for i in range(8)]
+        await claimed(backend, ids)
+        for wid in ids:
+            await backend.begin_execution(wid, "w1")
+        results = await asyncio.gather(
+            *(
+                backend.finish_workflow(
+                    wid, worker_id="w2" if wid == "wf3" else "w1", status=SUCCEEDED, output=wid
+                )
+                for wid in ids
+            ),
+            return_exceptions=True,
+        )
+        for wid, result in zip(ids, results, strict=True):
+            if wid == "wf3":
+                assert isinstance(result, ClaimLostError) and result.holder == "w1"
+                assert (await backend.get_workflow(wid)).status is WorkflowStatus.RUNNING
+            else:
+                assert not isinstance(result, BaseException)
+                assert (result.id, result.status, result.output) == (wid, SUCCEEDED, wid)
+                stored = await backend.get_workflow(wid)
+                assert (stored.status, stored.output) == (SUCCEEDED, wid)
