@@ -1,0 +1,200 @@
+"""Enqueueing: many executions in one transaction, and one execution on PostgreSQL in one
+statement.
+
+Part of :class:`~durable.backends.sql.backend.SQLAlchemyBackend` (see :mod:`.core`); the records
+themselves are :mod:`.workflows`, which this area sits in front of:
+
+* :meth:`Enqueues.create_workflows` (bulk enqueue): the batch's new workflows in multi-row
+  ``INSERT ... ON CONFLICT DO NOTHING`` statements (SQLAlchemy's "insertmanyvalues": one
+  statement per page of rows, as many rows as the driver's parameter limit allows), the rows
+  that already existed in one ``SELECT`` per page, their tasks in one multi-row ``INSERT``, one
+  ``NOTIFY``: one transaction, however many rows.
+* :meth:`Enqueues.create_workflow` on PostgreSQL's direct path (:mod:`.direct`): the workflow,
+  its task and the ``NOTIFY`` in one statement and one round trip (data-modifying CTEs), instead
+  of ``BEGIN``, three statements and ``COMMIT``. When the workflow exists already (nothing was
+  inserted) or the direct path does not apply, the transaction of :mod:`.workflows` runs, which
+  finds the existing one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+from durable.backends.base import batch_owners
+from durable.backends.sql.core import SQLCore
+from durable.backends.sql.direct import CompiledStatement
+from durable.backends.sql.schema import UTCDateTime, steps, tasks, workflows
+from durable.errors import InvalidArgumentError, SerializationError
+from durable.models import TaskSpec, WorkflowInfo, WorkflowSnapshot
+
+#: Rows per ``SELECT`` looking up the batch's existing workflows (two parameters a row).
+LOOKUP_PAGE = 500
+
+
+class Enqueues(SQLCore):
+    """Creating workflows in bulk, and the single create as one statement on PostgreSQL."""
+
+    _notify: sa.Select[Any]  # built by WakeUps (.wakeups)
+
+    def _build_enqueue_statements(self) -> None:
+        """Built after :meth:`WakeUps._build_wakeup_statements`: the PostgreSQL statement
+        reuses its ``pg_notify`` call."""
+        d = self.dialect
+        self._insert_workflows = (
+            d.insert(workflows).on_conflict_do_nothing().returning(workflows.c.id)
+        )
+        self._select_batch_existing = sa.select(workflows).where(
+            sa.or_(
+                workflows.c.id.in_(sa.bindparam("p_ids", expanding=True)),
+                workflows.c.idempotency_key.in_(sa.bindparam("p_keys", expanding=True)),
+            )
+        )
+        self._create_direct: CompiledStatement | None = None
+        if self._direct:
+            self._create_direct = CompiledStatement(
+                self._create_in_one_statement(), self.engine.dialect
+            )
+
+    def _create_in_one_statement(self) -> sa.Select[Any]:
+        """PostgreSQL: insert the workflow (``w_<column>``), then, only if it was inserted, its
+        task (``t_<column>``, as :attr:`_insert_task`) and a notification on the work channel;
+        the inserted row is returned (no row: it existed)."""
+        d = self.dialect
+        inserted = (
+            pg.insert(workflows)
+            .values({c.name: sa.bindparam(f"w_{c.name}", type_=c.type) for c in workflows.c})
+            .on_conflict_do_nothing()
+            .returning(*workflows.c)
+            .cte("w")
+        )
+        task_values: dict[str, Any] = {
+            "instance_id": inserted.c.id,
+            **{
+                c: sa.bindparam(f"t_{c}", type_=tasks.c[c].type)
+                for c in ("task_id", "name", "queue", "priority", "created_at")
+            },
+            "run_after": sa.func.coalesce(
+                sa.bindparam("t_run_after", type_=UTCDateTime()), d.later("delay")
+            ),
+            "attempts": sa.literal(0),
+        }
+        add_task = (
+            sa.insert(tasks)
+            .from_select(
+                list(task_values),
+                sa.select(*(sa.cast(v, tasks.c[k].type) for k, v in task_values.items())),
+            )
+            .cte("t")
+        )
+        notify = self._notify.selected_columns[0]  # pg_notify(<the work channel>, '')
+        return sa.select(*inserted.c, notify.label("notified")).add_cte(add_task)
+
+    async def create_workflow(
+        self, snapshot: WorkflowSnapshot, *, task: TaskSpec | None = None
+    ) -> tuple[WorkflowInfo, bool]:
+        if self._create_direct is not None and task is not None and not snapshot.steps:
+            now = datetime.now(UTC)
+            row = self._workflow_row(snapshot, now, 1)
+            params = {f"w_{k}": v for k, v in row.items()}
+            params.update(self._task_row(task, now))
+            done = await self._run_direct(
+                self._create_direct, params, what=f"create workflow {snapshot.id!r}"
+            )
+            if done is not None and done.rows:
+                self.notify_work()
+                return WorkflowInfo(**self._info_fields(done.rows[0], lenient=True)), True
+            # nothing inserted (it exists: the ordinary path reads it), or no direct path here
+        return await super().create_workflow(snapshot, task=task)  # type: ignore[safe-super]
+
+    async def create_workflows(
+        self, batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]]
+    ) -> list[tuple[WorkflowInfo, bool]]:
+        if not batch:
+            return []
+        owners = batch_owners(batch)
+        now = datetime.now(UTC)
+        firsts = [index for index, owner in enumerate(owners) if owner == index]
+        rows: dict[int, dict[str, Any]] = {}
+        step_rows: dict[int, list[dict[str, Any]]] = {}
+        task_rows: dict[int, dict[str, Any]] = {}
+        for index in firsts:  # every value serialized and checked before anything is written
+            snapshot, task = batch[index]
+            try:
+                rows[index] = self._workflow_row(snapshot, now, 1)
+                step_rows[index] = [self._step_row(snapshot.id, s, now) for s in snapshot.steps]
+                if task is not None:
+                    task_rows[index] = self._task_row(task, now)
+            except InvalidArgumentError as exc:
+                raise InvalidArgumentError(f"inputs[{index}]: {exc}") from exc
+            except SerializationError as exc:
+                raise SerializationError(f"inputs[{index}]: {exc}") from exc
+
+        def fn(conn: sa.Connection) -> list[tuple[WorkflowInfo, bool]]:
+            result = conn.execute(self._insert_workflows, [rows[i] for i in firsts])
+            created = {r[0] for r in result}
+            new = [i for i in firsts if batch[i][0].id in created]
+            found = self._batch_existing(
+                conn, batch, [i for i in firsts if batch[i][0].id not in created]
+            )
+            for index in new:
+                if step_rows[index]:
+                    conn.execute(sa.insert(steps), step_rows[index])
+            new_tasks = [task_rows[i] for i in new if i in task_rows]
+            if new_tasks:
+                conn.execute(self._insert_task, new_tasks)
+                self._announce_work(conn)
+            headers = {i: WorkflowInfo(**self._info_fields(rows[i], lenient=True)) for i in new}
+            headers.update(found)
+            return [
+                (headers[owner], owner == index and owner in new)
+                for index, owner in enumerate(owners)
+            ]
+
+        results = await self._run(fn, what=f"create {len(batch)} workflow(s)")
+        if any(created for _, created in results) and task_rows:
+            self.notify_work()
+        return results
+
+    def _batch_existing(
+        self,
+        conn: sa.Connection,
+        batch_rows: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]],
+        indexes: list[int],
+    ) -> dict[int, WorkflowInfo]:
+        """The stored workflows that the batch's rows at ``indexes`` (not inserted) clash with,
+        by row; refuses the batch (rolled back) when one is of another workflow name."""
+        found: dict[int, WorkflowInfo] = {}
+        for start in range(0, len(indexes), LOOKUP_PAGE):
+            page = indexes[start : start + LOOKUP_PAGE]
+            ids = [batch_rows[i][0].id for i in page]
+            keys = [k for i in page if (k := batch_rows[i][0].idempotency_key) is not None]
+            stored = conn.execute(self._select_batch_existing, {"p_ids": ids, "p_keys": keys})
+            by_id: dict[str, sa.Row[Any]] = {}
+            by_key: dict[str, sa.Row[Any]] = {}
+            for row in stored:
+                by_id[row.id] = row
+                if row.idempotency_key is not None:
+                    by_key[row.idempotency_key] = row
+            for index in page:
+                snapshot = batch_rows[index][0]
+                match = by_id.get(snapshot.id)
+                if match is None and snapshot.idempotency_key is not None:
+                    match = by_key.get(snapshot.idempotency_key)
+                if match is None:  # deleted since the insert saw it: nothing to return
+                    raise InvalidArgumentError(
+                        f"inputs[{index}]: workflow {snapshot.id!r} clashed with a workflow "
+                        "that was deleted meanwhile: enqueue the batch again"
+                    )
+                if match.name != snapshot.name:
+                    raise InvalidArgumentError(
+                        f"inputs[{index}]: workflow id or idempotency key of {snapshot.id!r} "
+                        f"belongs to workflow {match.name!r} (id {match.id!r}), not "
+                        f"{snapshot.name!r}"
+                    )
+                found[index] = self._info(match, lenient=True)
+        return found
