@@ -310,7 +310,9 @@ def _plan_row(
         raise InvalidArgumentError(
             f"args must be a tuple or list, got {type(row.args).__qualname__}"
         )
-    if not isinstance(row.kwargs, Mapping) or not all(isinstance(k, str) for k in row.kwargs):
+    if not isinstance(row.kwargs, Mapping) or (
+        row.kwargs and not all(isinstance(k, str) for k in row.kwargs)
+    ):
         raise InvalidArgumentError("kwargs must be a mapping of str to arguments")
     own_wait = check_enqueue_arguments(
         target,
@@ -731,18 +733,12 @@ class Client(SyncStartable):
             written).
         """
         batch: list[tuple[WorkflowSnapshot, TaskSpec | None]] = []
-        for index, (wf, instance_id, args, kwargs, opts) in enumerate(rows):
+        for wf, instance_id, args, kwargs, opts in rows:
             name = wf if isinstance(wf, str) else wf.name
             check_id(instance_id, "workflow_id")
             queue = opts.queue or (wf.queue if isinstance(wf, Workflow) else "default")
+            # serialized once, by the backend, which names the row it cannot serialize
             payload = {"args": list(args), "kwargs": kwargs}
-            try:
-                self.backend.serializer.dumps(payload)
-            except SerializationError as exc:
-                raise SerializationError(
-                    f"inputs[{index}]: the arguments of workflow {name!r} (id {instance_id!r}) "
-                    f"cannot be serialized: {exc}"
-                ) from exc
             snapshot = WorkflowSnapshot(
                 id=instance_id,
                 name=name,

@@ -204,7 +204,9 @@ class PersistentBackend(ABC):
     ) -> list[tuple[WorkflowInfo, bool]]:
         """Create many workflows (and their tasks) at once: for each ``(snapshot, task)`` of
         ``batch``, what :meth:`create_workflow` does, all in one transaction. Returns
-        ``(stored header, created)`` per row, in the order of ``batch``.
+        ``(stored header, created)`` per row, in the order of ``batch`` (a new row's header may
+        carry its input as given rather than read back: a bulk enqueue need not deserialize
+        what it just wrote).
 
         * A row whose id, or non-null ``idempotency_key``, exists already creates nothing and
           returns the existing workflow's header, ``created`` False.

@@ -32,6 +32,7 @@ from durable.backends.sql.schema import UTCDateTime, steps, tasks, workflows
 from durable.errors import InvalidArgumentError, SerializationError
 from durable.models import TaskSpec, WorkflowInfo, WorkflowSnapshot
 
+_HEADER_FIELDS = tuple(WorkflowInfo.__dataclass_fields__)
 #: Rows per ``SELECT`` looking up the batch's existing workflows (two parameters a row).
 LOOKUP_PAGE = 500
 
@@ -45,9 +46,14 @@ class Enqueues(SQLCore):
         """Built after :meth:`WakeUps._build_wakeup_statements`: the PostgreSQL statement
         reuses its ``pg_notify`` call."""
         d = self.dialect
-        self._insert_workflows = (
-            d.insert(workflows).on_conflict_do_nothing().returning(workflows.c.id)
-        )
+        if d.name == "postgresql":
+            self._bulk_workflows: Any = _unnest_insert(
+                workflows, [c.name for c in workflows.c], conflict="ON CONFLICT DO NOTHING"
+            )
+            self._bulk_tasks: Any = _unnest_tasks()
+        else:  # SQLite: one prepared INSERT run over every row (no round trips to save)
+            self._bulk_workflows = _DriverInsert(sa.insert(workflows), self.engine.dialect)
+            self._bulk_tasks = _DriverInsert(self._insert_task, self.engine.dialect)
         self._select_batch_existing = sa.select(workflows).where(
             sa.or_(
                 workflows.c.id.in_(sa.bindparam("p_ids", expanding=True)),
@@ -135,23 +141,37 @@ class Enqueues(SQLCore):
                 raise SerializationError(f"inputs[{index}]: {exc}") from exc
 
         def fn(conn: sa.Connection) -> list[tuple[WorkflowInfo, bool]]:
-            result = conn.execute(self._insert_workflows, [rows[i] for i in firsts])
-            created = {r[0] for r in result}
-            new = [i for i in firsts if batch[i][0].id in created]
-            found = self._batch_existing(
-                conn, batch, [i for i in firsts if batch[i][0].id not in created]
-            )
+            # the rows that exist already (a clash with another workflow name refuses the batch)
+            found = self._batch_existing(conn, batch, firsts, required=False)
+            fresh = [i for i in firsts if i not in found]
+            inserted = self._insert_batch(conn, [rows[i] for i in fresh])
+            late = [i for i in fresh if batch[i][0].id not in inserted]
+            if late:  # PostgreSQL: inserted by a concurrent transaction meanwhile
+                found.update(self._batch_existing(conn, batch, late, required=True))
+            new = [i for i in fresh if batch[i][0].id in inserted]
             for index in new:
                 if step_rows[index]:
                     conn.execute(sa.insert(steps), step_rows[index])
             new_tasks = [task_rows[i] for i in new if i in task_rows]
             if new_tasks:
-                conn.execute(self._insert_task, new_tasks)
+                self._insert_batch_tasks(conn, new_tasks)
                 self._announce_work(conn)
-            headers = {i: WorkflowInfo(**self._info_fields(rows[i], lenient=True)) for i in new}
+            # a new row's header is what was written (its values as given: not read back)
+            headers = {
+                i: WorkflowInfo(
+                    **{
+                        **{f: getattr(batch[i][0], f) for f in _HEADER_FIELDS},
+                        "version": 1,
+                        "created_at": rows[i]["created_at"],
+                        "updated_at": now,
+                    }
+                )
+                for i in new
+            }
             headers.update(found)
+            created = set(new)
             return [
-                (headers[owner], owner == index and owner in new)
+                (headers[owner], owner == index and owner in created)
                 for index, owner in enumerate(owners)
             ]
 
@@ -165,9 +185,12 @@ class Enqueues(SQLCore):
         conn: sa.Connection,
         batch_rows: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]],
         indexes: list[int],
+        *,
+        required: bool,
     ) -> dict[int, WorkflowInfo]:
-        """The stored workflows that the batch's rows at ``indexes`` (not inserted) clash with,
-        by row; refuses the batch (rolled back) when one is of another workflow name."""
+        """The stored workflows that the batch's rows at ``indexes`` clash with (same id, else
+        same key), by row; refuses the batch (rolled back) when one is of another workflow
+        name, or, if ``required``, when a row has none."""
         found: dict[int, WorkflowInfo] = {}
         for start in range(0, len(indexes), LOOKUP_PAGE):
             page = indexes[start : start + LOOKUP_PAGE]
@@ -185,6 +208,8 @@ class Enqueues(SQLCore):
                 match = by_id.get(snapshot.id)
                 if match is None and snapshot.idempotency_key is not None:
                     match = by_key.get(snapshot.idempotency_key)
+                if match is None and not required:
+                    continue
                 if match is None:  # deleted since the insert saw it: nothing to return
                     raise InvalidArgumentError(
                         f"inputs[{index}]: workflow {snapshot.id!r} clashed with a workflow "
@@ -198,3 +223,119 @@ class Enqueues(SQLCore):
                     )
                 found[index] = self._info(match, lenient=True)
         return found
+
+    def _insert_batch(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> set[str]:
+        """Insert workflow rows (none of which existed when looked up); the ids inserted."""
+        if not rows:
+            return set()
+        if isinstance(self._bulk_workflows, _DriverInsert):  # SQLite: under the write lock
+            self._bulk_workflows.run(conn, rows)
+            return {row["id"] for row in rows}
+        params = _columns(rows, [c.name for c in workflows.c])
+        return {r[0] for r in conn.execute(self._bulk_workflows, params)}
+
+    def _insert_batch_tasks(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        """Insert the tasks of new workflows (parameters as for :attr:`_insert_task`)."""
+        if isinstance(self._bulk_tasks, _DriverInsert):
+            self._bulk_tasks.run(conn, rows)
+            return
+        names = [f"t_{c}" for c in _TASK_COLUMNS] + ["c_delay"]
+        conn.execute(self._bulk_tasks, _columns(rows, names))
+
+
+#: The task columns the bulk insert takes from its rows (then ``run_after``, ``attempts``).
+_TASK_COLUMNS = ["instance_id", "task_id", "name", "queue", "priority", "created_at", "run_after"]
+
+
+def _pg_array(column_type: sa.types.TypeEngine[Any]) -> str:
+    if isinstance(column_type, sa.Integer):
+        return "INTEGER[]"
+    if isinstance(column_type, UTCDateTime):
+        return "TIMESTAMPTZ[]"
+    if isinstance(column_type, sa.Boolean):
+        return "BOOLEAN[]"
+    return "TEXT[]"
+
+
+def _unnest_insert(table: sa.Table, names: list[str], *, conflict: str) -> sa.TextClause:
+    """PostgreSQL: one ``INSERT ... SELECT * FROM unnest(<one array per column>)``, whatever
+    the number of rows: its text never changes, so it is parsed and planned like any other."""
+    arrays = ", ".join(f"CAST(:{n} AS {_pg_array(table.c[n].type)})" for n in names)
+    columns = ", ".join(names)
+    return sa.text(
+        f"INSERT INTO {table.name} ({columns}) SELECT * FROM unnest({arrays}) {conflict} "
+        "RETURNING id"
+    )
+
+
+def _unnest_tasks() -> sa.TextClause:
+    """PostgreSQL: the tasks of a batch (due at ``t_run_after``, else now plus ``c_delay`` by
+    the database's clock), one array per column."""
+    types = {
+        "instance_id": "TEXT[]",
+        "task_id": "TEXT[]",
+        "name": "TEXT[]",
+        "queue": "TEXT[]",
+        "priority": "INTEGER[]",
+        "created_at": "TIMESTAMPTZ[]",
+        "run_after": "TIMESTAMPTZ[]",
+    }
+    arrays = ", ".join(f"CAST(:t_{c} AS {types[c]})" for c in _TASK_COLUMNS)
+    selected = ", ".join(f"r.{c}" for c in _TASK_COLUMNS[:-1])
+    return sa.text(
+        f"INSERT INTO {tasks.name} ({', '.join(_TASK_COLUMNS)}, attempts) "
+        f"SELECT {selected}, COALESCE(r.run_after, now() + r.delay), 0 "
+        f"FROM unnest({arrays}, CAST(:c_delay AS INTERVAL[])) "
+        f"AS r({', '.join(_TASK_COLUMNS)}, delay)"
+    )
+
+
+def _columns(rows: list[dict[str, Any]], names: list[str]) -> dict[str, list[Any]]:
+    """Rows as one list per column (the arrays of an ``unnest``); timestamps checked."""
+    params = {name: [row[name] for row in rows] for name in names}
+    for values in params.values():
+        for value in values:
+            if isinstance(value, datetime) and value.tzinfo is None:
+                raise InvalidArgumentError(
+                    f"naive datetime {value!r}: durable stores timezone-aware times"
+                )
+    return params
+
+
+class _DriverInsert:
+    """An INSERT compiled once for the dialect and run with the driver's ``executemany`` over
+    rows converted by the columns' own bind processors (SQLAlchemy's per-row execution
+    machinery costs more than SQLite's insert)."""
+
+    def __init__(self, stmt: sa.Insert, dialect: sa.Dialect) -> None:
+        compiled = stmt.compile(dialect=dialect)
+        self.sql = str(compiled)
+        self._order = list(compiled.positiontup or [])
+        # values bound by the statement itself (a literal such as the tasks' attempts = 0)
+        self._defaults: dict[str, Any] = {}
+        for bind, name in compiled.bind_names.items():
+            if self._defaults.get(name) is None:
+                self._defaults[name] = bind.value
+        self._processors = {
+            compiled.bind_names[bind]: process
+            for bind in compiled.bind_names
+            if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        }
+
+    def run(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        order, processors, defaults = self._order, self._processors, self._defaults
+        seen: dict[tuple[str, Any], Any] = {}  # a batch's rows share their timestamps
+
+        def convert(name: str, value: Any) -> Any:
+            if value is None or name not in processors:
+                return value
+            key = (name, value)
+            if key not in seen:
+                seen[key] = processors[name](value)
+            return seen[key]
+
+        try:
+            params = [tuple(convert(n, row.get(n, defaults[n])) for n in order) for row in rows]
+        except ValueError as exc:  # a type refused a value (a naive datetime)
+            raise InvalidArgumentError(str(exc)) from exc
+        conn.exec_driver_sql(self.sql, params)
