@@ -4,11 +4,14 @@ statement.
 Part of :class:`~durable.backends.sql.backend.SQLAlchemyBackend` (see :mod:`.core`); the records
 themselves are :mod:`.workflows`, which this area sits in front of:
 
-* :meth:`Enqueues.create_workflows` (bulk enqueue): the batch's new workflows in multi-row
-  ``INSERT ... ON CONFLICT DO NOTHING`` statements (SQLAlchemy's "insertmanyvalues": one
-  statement per page of rows, as many rows as the driver's parameter limit allows), the rows
-  that already existed in one ``SELECT`` per page, their tasks in one multi-row ``INSERT``, one
-  ``NOTIFY``: one transaction, however many rows.
+* :meth:`Enqueues.create_workflows` (bulk enqueue), one transaction however many rows: the
+  batch's rows that exist already are looked up first (one ``SELECT`` per
+  :data:`LOOKUP_PAGE` rows), then the others are inserted in one statement per table: on
+  PostgreSQL ``INSERT ... SELECT FROM json_to_recordset(:rows) ON CONFLICT DO NOTHING
+  RETURNING id`` (the rows as one JSON parameter; a row a concurrent transaction inserted
+  meanwhile is looked up again), on SQLite one prepared ``INSERT`` run by the driver over
+  every row (``executemany``; the write lock taken by ``BEGIN IMMEDIATE`` keeps others out),
+  and one ``NOTIFY``.
 * :meth:`Enqueues.create_workflow` on PostgreSQL's direct path (:mod:`.direct`): the workflow,
   its task and the ``NOTIFY`` in one statement and one round trip (data-modifying CTEs), instead
   of ``BEGIN``, three statements and ``COMMIT``. When the workflow exists already (nothing was
@@ -18,8 +21,9 @@ themselves are :mod:`.workflows`, which this area sits in front of:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -47,10 +51,10 @@ class Enqueues(SQLCore):
         reuses its ``pg_notify`` call."""
         d = self.dialect
         if d.name == "postgresql":
-            self._bulk_workflows: Any = _unnest_insert(
+            self._bulk_workflows: Any = _recordset_insert(
                 workflows, [c.name for c in workflows.c], conflict="ON CONFLICT DO NOTHING"
             )
-            self._bulk_tasks: Any = _unnest_tasks()
+            self._bulk_tasks: Any = _recordset_tasks()
         else:  # SQLite: one prepared INSERT run over every row (no round trips to save)
             self._bulk_workflows = _DriverInsert(sa.insert(workflows), self.engine.dialect)
             self._bulk_tasks = _DriverInsert(self._insert_task, self.engine.dialect)
@@ -231,75 +235,79 @@ class Enqueues(SQLCore):
         if isinstance(self._bulk_workflows, _DriverInsert):  # SQLite: under the write lock
             self._bulk_workflows.run(conn, rows)
             return {row["id"] for row in rows}
-        params = _columns(rows, [c.name for c in workflows.c])
-        return {r[0] for r in conn.execute(self._bulk_workflows, params)}
+        return {r[0] for r in conn.execute(self._bulk_workflows, _recordset(rows))}
 
     def _insert_batch_tasks(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         """Insert the tasks of new workflows (parameters as for :attr:`_insert_task`)."""
         if isinstance(self._bulk_tasks, _DriverInsert):
             self._bulk_tasks.run(conn, rows)
             return
-        names = [f"t_{c}" for c in _TASK_COLUMNS] + ["c_delay"]
-        conn.execute(self._bulk_tasks, _columns(rows, names))
+        conn.execute(self._bulk_tasks, _recordset(rows))
 
 
 #: The task columns the bulk insert takes from its rows (then ``run_after``, ``attempts``).
 _TASK_COLUMNS = ["instance_id", "task_id", "name", "queue", "priority", "created_at", "run_after"]
 
 
-def _pg_array(column_type: sa.types.TypeEngine[Any]) -> str:
+def _pg_type(column_type: sa.types.TypeEngine[Any]) -> str:
     if isinstance(column_type, sa.Integer):
-        return "INTEGER[]"
+        return "INTEGER"
     if isinstance(column_type, UTCDateTime):
-        return "TIMESTAMPTZ[]"
+        return "TIMESTAMPTZ"
     if isinstance(column_type, sa.Boolean):
-        return "BOOLEAN[]"
-    return "TEXT[]"
+        return "BOOLEAN"
+    return "TEXT"
 
 
-def _unnest_insert(table: sa.Table, names: list[str], *, conflict: str) -> sa.TextClause:
-    """PostgreSQL: one ``INSERT ... SELECT * FROM unnest(<one array per column>)``, whatever
-    the number of rows: its text never changes, so it is parsed and planned like any other."""
-    arrays = ", ".join(f"CAST(:{n} AS {_pg_array(table.c[n].type)})" for n in names)
+def _recordset_insert(table: sa.Table, names: list[str], *, conflict: str) -> sa.TextClause:
+    """PostgreSQL: one ``INSERT ... SELECT FROM json_to_recordset(:rows)``, whatever the number
+    of rows (``:rows`` one JSON array of the rows: serialized by the json module in C, where an
+    array parameter per column costs psycopg a Python call per element)."""
     columns = ", ".join(names)
+    record = ", ".join(f"{n} {_pg_type(table.c[n].type)}" for n in names)
     return sa.text(
-        f"INSERT INTO {table.name} ({columns}) SELECT * FROM unnest({arrays}) {conflict} "
-        "RETURNING id"
+        f"INSERT INTO {table.name} ({columns}) SELECT {columns} "
+        f"FROM json_to_recordset(CAST(:rows AS JSON)) AS r({record}) {conflict} RETURNING id"
     )
 
 
-def _unnest_tasks() -> sa.TextClause:
+def _recordset_tasks() -> sa.TextClause:
     """PostgreSQL: the tasks of a batch (due at ``t_run_after``, else now plus ``c_delay`` by
-    the database's clock), one array per column."""
+    the database's clock), from one JSON array of :attr:`_insert_task`'s parameters."""
     types = {
-        "instance_id": "TEXT[]",
-        "task_id": "TEXT[]",
-        "name": "TEXT[]",
-        "queue": "TEXT[]",
-        "priority": "INTEGER[]",
-        "created_at": "TIMESTAMPTZ[]",
-        "run_after": "TIMESTAMPTZ[]",
+        "instance_id": "TEXT",
+        "task_id": "TEXT",
+        "name": "TEXT",
+        "queue": "TEXT",
+        "priority": "INTEGER",
+        "created_at": "TIMESTAMPTZ",
+        "run_after": "TIMESTAMPTZ",
     }
-    arrays = ", ".join(f"CAST(:t_{c} AS {types[c]})" for c in _TASK_COLUMNS)
-    selected = ", ".join(f"r.{c}" for c in _TASK_COLUMNS[:-1])
+    record = ", ".join(f"t_{c} {types[c]}" for c in _TASK_COLUMNS) + ", c_delay INTERVAL"
+    selected = ", ".join(f"r.t_{c}" for c in _TASK_COLUMNS[:-1])
     return sa.text(
         f"INSERT INTO {tasks.name} ({', '.join(_TASK_COLUMNS)}, attempts) "
-        f"SELECT {selected}, COALESCE(r.run_after, now() + r.delay), 0 "
-        f"FROM unnest({arrays}, CAST(:c_delay AS INTERVAL[])) "
-        f"AS r({', '.join(_TASK_COLUMNS)}, delay)"
+        f"SELECT {selected}, COALESCE(r.t_run_after, now() + r.c_delay), 0 "
+        f"FROM json_to_recordset(CAST(:rows AS JSON)) AS r({record})"
     )
 
 
-def _columns(rows: list[dict[str, Any]], names: list[str]) -> dict[str, list[Any]]:
-    """Rows as one list per column (the arrays of an ``unnest``); timestamps checked."""
-    params = {name: [row[name] for row in rows] for name in names}
-    for values in params.values():
-        for value in values:
-            if isinstance(value, datetime) and value.tzinfo is None:
-                raise InvalidArgumentError(
-                    f"naive datetime {value!r}: durable stores timezone-aware times"
-                )
-    return params
+def _json_value(value: Any) -> str:
+    """What JSON cannot hold, as PostgreSQL reads it: timestamps (aware only) and intervals."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise InvalidArgumentError(
+                f"naive datetime {value!r}: durable stores timezone-aware times"
+            )
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return f"{value.total_seconds()!r} seconds"
+    raise TypeError(f"cannot send {type(value).__qualname__} in a bulk insert")
+
+
+def _recordset(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """The ``:rows`` parameter of the recordset statements."""
+    return {"rows": json.dumps(rows, default=_json_value, separators=(",", ":"))}
 
 
 class _DriverInsert:
