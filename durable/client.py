@@ -295,8 +295,22 @@ def _plan_row(
     queue: str | None,
 ) -> PlannedEnqueue:
     if isinstance(row, tuple | list):
-        row = Enqueue(args=tuple(row))
-    elif not isinstance(row, Enqueue):
+        if fn is None:
+            raise InvalidArgumentError("no workflow: give enqueue_many's fn, or the row's fn")
+        # the batch's options, checked once: nothing of the row's own to check
+        return PlannedEnqueue(
+            fn=fn,
+            workflow_id=None,
+            args=tuple(row),
+            kwargs={},
+            idempotency_key=None,
+            priority=priority,
+            run_after=run_after,
+            wait=wait,
+            max_attempts=max_attempts,
+            queue=queue,
+        )
+    if not isinstance(row, Enqueue):
         raise InvalidArgumentError(
             "a row must be a tuple or list of the workflow's positional arguments, or a "
             f"durable.Enqueue, got {type(row).__qualname__}"
