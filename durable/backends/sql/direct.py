@@ -152,6 +152,10 @@ class DirectStatements:
                     await _close(conn)
                 if broken:  # the server went away: its other connections are gone too
                     await self._discard_idle()
+                    # and so are the engine pool's idle ones, which the next _open() would
+                    # otherwise take (the pool does not ping them)
+                    with contextlib.suppress(Exception):
+                        await greenlet_spawn(self._engine.pool.dispose)
                 wrapped = _as_sqlalchemy(exc, statement, params, self._engine.dialect, broken)
                 if wrapped is exc:
                     raise
