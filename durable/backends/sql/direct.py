@@ -17,8 +17,7 @@ each of them. :class:`DirectStatements` removes that layer for such statements a
 It is only used for psycopg on the event loop it first ran on; elsewhere :meth:`execute`
 returns None and the caller runs the statement the ordinary way. A connection that fails, or
 whose statement is interrupted (a cancelled task), is invalidated rather than reused; one that
-the server dropped takes the idle ones with it, and the engine pool's idle ones (a new direct
-connection comes from that pool). Every driver error, opening a connection
+the server dropped takes the idle ones with it. Every driver error, opening a connection
 included, is raised as SQLAlchemy would have raised it, so the backend translates all of them
 into durable's errors in one place.
 """
@@ -153,10 +152,6 @@ class DirectStatements:
                     await _close(conn)
                 if broken:  # the server went away: its other connections are gone too
                     await self._discard_idle()
-                    # and so are the engine pool's idle ones, which the next _open() would
-                    # otherwise take (the pool does not ping them)
-                    with contextlib.suppress(Exception):
-                        await greenlet_spawn(self._engine.pool.dispose)
                 wrapped = _as_sqlalchemy(exc, statement, params, self._engine.dialect, broken)
                 if wrapped is exc:
                     raise
