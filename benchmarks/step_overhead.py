@@ -13,9 +13,15 @@ For each backend, in one run and interleaved (so that a noisy machine slows both
   the standard-library ``sqlite3`` module with durable's pragmas (WAL, ``synchronous=NORMAL``,
   foreign keys, busy timeout) and ``BEGIN IMMEDIATE`` ... ``COMMIT`` per row.
 
+* **the one-round-trip floor**: the same row as a single autocommitted ``INSERT`` (PostgreSQL:
+  a second psycopg connection in autocommit mode, the statement prepared, one round trip, as a
+  durable step's record is; SQLite: the bare ``INSERT`` in autocommit mode, its own implicit
+  transaction).
+
 Each figure is the median of ``--repeat`` runs after ``--warmup`` discarded ones. Targets:
 PostgreSQL steps at most 1.5x the floor; SQLite steps at most 300 us each (the ratio to the
-floor is reported as well).
+floor is reported as well). Issue #11's targets are judged too: PostgreSQL steps at most 1.25x
+the one-round-trip floor, SQLite steps at most 4x its commit floor.
 
     python benchmarks/step_overhead.py [--backend sqlite|postgres|all] [--steps 500]
         [--repeat 5] [--pg-url postgresql+psycopg://...] [--json out.json]
@@ -44,6 +50,8 @@ import psycopg
 import durable
 
 PG_TARGET_RATIO = 1.5
+PG_ROUND_TRIP_TARGET_RATIO = 1.25
+SQLITE_FLOOR_TARGET_RATIO = 4.0
 SQLITE_TARGET_US = 300.0
 PG_SCHEMA = "durable_bench_overhead"
 FLOOR_TABLE = "bench_floor_steps"
@@ -156,6 +164,10 @@ class Floor(Protocol):
         """Insert one row in its own transaction."""
         ...
 
+    async def run_autocommit(self, label: str, rows: int) -> tuple[float, float]:
+        """Insert ``rows`` rows, each one autocommitted statement: (wall, CPU) s per row."""
+        ...
+
 
 class SQLiteFloor:
     """stdlib sqlite3, durable's pragmas, ``BEGIN IMMEDIATE; INSERT; COMMIT`` per row."""
@@ -185,6 +197,17 @@ class SQLiteFloor:
     async def one(self, label: str, i: int) -> None:
         self._insert(label, i)
 
+    async def run_autocommit(self, label: str, rows: int) -> tuple[float, float]:
+        conn = self.conn
+        wall, cpu = time.perf_counter(), time.process_time()
+        for i in range(rows):
+            now = bl.sqlite_timestamp(datetime.now(UTC))
+            conn.execute(
+                _SQLITE_FLOOR_INSERT,
+                (label, i, "bench.floor", "succeeded", str(i), None, None, 1, "bench", now, now),
+            )
+        return (time.perf_counter() - wall) / rows, (time.process_time() - cpu) / rows
+
     def close(self) -> None:
         self._stack.close()
 
@@ -192,8 +215,11 @@ class SQLiteFloor:
 class PostgresFloor:
     """psycopg 3 async, one connection, autocommit off, ``INSERT; COMMIT`` per row."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    def __init__(
+        self, conn: psycopg.AsyncConnection[Any], auto: psycopg.AsyncConnection[Any]
+    ) -> None:
         self.conn = conn
+        self.auto = auto  # autocommit: one statement, one round trip
 
     @classmethod
     async def open(cls, url: str, schema: str) -> PostgresFloor:
@@ -202,7 +228,34 @@ class PostgresFloor:
         )
         await conn.execute(_PG_FLOOR_DDL)
         await conn.commit()
-        return cls(conn)
+        auto = await psycopg.AsyncConnection.connect(
+            bl.pg_conninfo(url), autocommit=True, **bl.pg_search_path(schema)
+        )
+        return cls(conn, auto)
+
+    async def run_autocommit(self, label: str, rows: int) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        async with self.auto.cursor() as cur:
+            for i in range(rows):
+                now = datetime.now(UTC)
+                await cur.execute(
+                    _PG_FLOOR_INSERT,
+                    (
+                        label,
+                        i,
+                        "bench.floor",
+                        "succeeded",
+                        str(i),
+                        None,
+                        None,
+                        1,
+                        "bench",
+                        now,
+                        now,
+                    ),
+                    prepare=True,
+                )
+        return (time.perf_counter() - wall) / rows, (time.process_time() - cpu) / rows
 
     async def _insert(self, cur: psycopg.AsyncCursor[Any], label: str, i: int) -> None:
         now = datetime.now(UTC)
@@ -225,6 +278,7 @@ class PostgresFloor:
 
     async def close(self) -> None:
         await self.conn.close()
+        await self.auto.close()
 
 
 # -- one backend --------------------------------------------------------------------------------
@@ -265,7 +319,7 @@ async def measure(
     warmup: int,
 ) -> dict[str, Any]:
     """Interleave floor runs and workflow runs; medians of the runs after the warm-up."""
-    keys = ["floor", "floor_cpu", "async", "async_cpu", "async_e2e"]
+    keys = ["floor", "floor_cpu", "floor1", "floor1_cpu", "async", "async_cpu", "async_e2e"]
     keys += ["sync", "sync_cpu", "sync_e2e", "paired_step", "paired_floor"]
     series: dict[str, list[float]] = {k: [] for k in keys}
     async with durable.Runtime(
@@ -275,6 +329,9 @@ async def measure(
             tag = f"{label}-{run}"
             figures: dict[str, float] = {}
             figures["floor"], figures["floor_cpu"] = await floor.run(f"floor-{tag}", steps)
+            figures["floor1"], figures["floor1_cpu"] = await floor.run_autocommit(
+                f"floor1-{tag}", steps
+            )
             figures["async"], figures["async_cpu"], figures["async_e2e"] = await _timed_workflow(
                 rt, async_workflow, steps, f"async-{tag}"
             )
@@ -302,6 +359,10 @@ async def measure(
         "warmup": warmup,
         "floor_us": stats["floor"],
         "floor_cpu_us": stats["floor_cpu"],
+        "round_trip_floor_us": stats["floor1"],
+        "round_trip_floor_cpu_us": stats["floor1_cpu"],
+        "async_round_trip_ratio": bl.ratio(stats["async"]["median"], stats["floor1"]["median"]),
+        "sync_round_trip_ratio": bl.ratio(stats["sync"]["median"], stats["floor1"]["median"]),
         "async_step_us": stats["async"],
         "async_step_cpu_us": stats["async_cpu"],
         "async_step_end_to_end_us": stats["async_e2e"],
@@ -382,6 +443,16 @@ def evaluate(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                     headline=headline,
                 )
             )
+        targets.append(
+            bl.target(
+                f"async step <= {SQLITE_FLOOR_TARGET_RATIO:g}x commit floor (issue #11)",
+                r["async_ratio"],
+                SQLITE_FLOOR_TARGET_RATIO,
+                "x",
+                backend="sqlite",
+                headline=False,
+            )
+        )
     if "postgres" in results:
         r = results["postgres"]
         for case, value, headline in (
@@ -399,6 +470,16 @@ def evaluate(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                     headline=headline,
                 )
             )
+        targets.append(
+            bl.target(
+                f"async step <= {PG_ROUND_TRIP_TARGET_RATIO:g}x one-round-trip floor (issue #11)",
+                r["async_round_trip_ratio"],
+                PG_ROUND_TRIP_TARGET_RATIO,
+                "x",
+                backend="postgres",
+                headline=False,
+            )
+        )
     return targets
 
 
@@ -406,10 +487,12 @@ def report(document: dict[str, Any]) -> None:
     rows = []
     for name, r in document["results"].items():
         floor, floor_cpu = r["floor_us"]["median"], r["floor_cpu_us"]["median"]
+        floor1 = r["round_trip_floor_us"]["median"]
         for case, key, ratio_key in (
             ("async steps", "async_step", "async_ratio"),
             ("sync steps, sync workflow", "sync_step", "sync_ratio"),
         ):
+            one_trip = r[ratio_key.replace("_ratio", "_round_trip_ratio")]
             rows.append(
                 (
                     name,
@@ -420,6 +503,8 @@ def report(document: dict[str, Any]) -> None:
                     floor,
                     floor_cpu,
                     f"{r[ratio_key]:.2f}x",
+                    floor1,
+                    f"{one_trip:.2f}x",
                 )
             )
         p = r["paired"]
@@ -433,13 +518,26 @@ def report(document: dict[str, Any]) -> None:
                 p["floor_us"]["median"],
                 None,
                 f"{p['ratio']:.2f}x",
+                None,
+                None,
             )
         )
     config = document["config"]
     bl.print_table(
         f"Per-step cost: {config['steps']} no-op steps, median of {config['repeat']} runs "
         "(microseconds; cpu = this process's CPU time)",
-        ["backend", "case", "step", "step cpu", "whole run", "floor", "floor cpu", "step/floor"],
+        [
+            "backend",
+            "case",
+            "step",
+            "step cpu",
+            "whole run",
+            "floor",
+            "floor cpu",
+            "step/floor",
+            "1-trip floor",
+            "step/1-trip",
+        ],
         rows,
     )
     bl.print_targets(document["targets"])

@@ -12,7 +12,7 @@ import typing as _typing
 
 from durable.backends.base import PersistentBackend
 from durable.backends.memory import InMemoryBackend
-from durable.client import Client
+from durable.client import Client, Enqueue
 from durable.connect import connect
 from durable.context import StepGuard, step_guard, workflow_id
 from durable.errors import (
@@ -83,6 +83,7 @@ __all__ = [
     "ConfigurationError",
     "CorruptRowError",
     "DurableError",
+    "Enqueue",
     "ErrorInfo",
     "ExecutorIdInUseError",
     "ExecutorInfo",

@@ -22,6 +22,10 @@ From code that is not async (Flask, Django, a script), the same operations end i
 so code written against a runtime keeps working.
 
 This module imports neither :mod:`durable.runtime` nor :mod:`durable.worker`.
+
+It is over ~500 lines for one reason: it is one class, whose every operation has an async form
+and a ``_sync`` twin side by side; the checks and records behind them live in
+:mod:`durable.executions`.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -39,13 +43,15 @@ from durable.backends.base import PersistentBackend
 from durable.connect import connect
 from durable.errors import DurableError, InvalidArgumentError
 from durable.executions import DEFAULT_MAX_ATTEMPTS as DEFAULT_MAX_ATTEMPTS
+from durable.executions import Enqueue as Enqueue
 from durable.executions import EnqueueOptions as EnqueueOptions
 from durable.executions import check_enqueue_arguments as check_enqueue_arguments
-from durable.executions import create_execution
+from durable.executions import create_execution, create_executions
 from durable.executions import enqueue_options as enqueue_options
 from durable.executions import not_a_workflow as not_a_workflow
 from durable.executions import outcome as outcome
 from durable.executions import outcome_error as outcome_error
+from durable.executions import plan_enqueue_many as plan_enqueue_many
 from durable.models import (
     ExecutorInfo,
     Page,
@@ -306,6 +312,98 @@ class Client(SyncStartable):
         """
         return await create_execution(
             self.backend, wf, instance_id, args, kwargs, parent_id=parent_id, options=options
+        )
+
+    async def enqueue_many(
+        self,
+        fn: Workflow[Any, Any] | str | None,
+        inputs: Iterable[Enqueue | tuple[Any, ...] | list[Any]],
+        *,
+        priority: int = 0,
+        run_after: datetime | None = None,
+        delay: float | timedelta | None = None,
+        max_attempts: int | None = None,
+        queue: str | None = None,
+    ) -> list[str]:
+        """Record many executions at once, in one transaction (a few statements, however many
+        rows), and return their ids in the order of ``inputs``::
+
+            ids = await client.enqueue_many(charge, [(order,) for order in orders])
+            ids = await client.enqueue_many(
+                charge, [durable.Enqueue(args=(o,), idempotency_key=f"charge-{o}") for o in orders]
+            )
+            ids = await client.enqueue_many(
+                None, [durable.Enqueue(fn=charge, args=(1,)), durable.Enqueue(fn="mail.v1")]
+            )
+
+        :param fn: the workflow of every row that does not name its own (a name or a decorated
+            workflow, as for :meth:`enqueue`), or None when every row names its own.
+        :param inputs: the rows: a tuple or list is the positional arguments of ``fn``; an
+            :class:`Enqueue` gives arguments, keyword arguments and, optionally, its own
+            workflow, ``workflow_id``, ``idempotency_key`` and options.
+        :param priority: ``run_after``, ``delay``, ``max_attempts``, ``queue``: as for
+            :meth:`enqueue`, for every row that does not give its own (a row that gives
+            ``run_after`` or ``delay`` takes neither from the batch).
+
+        Each row behaves as one :meth:`enqueue`: a row whose id or idempotency key exists
+        creates nothing and gets the existing execution's id; two rows of the batch with the
+        same id or key are one execution (the first row's arguments run, both get its id). The
+        batch is all or nothing: every row is checked before anything is written, and a row
+        that is refused refuses the whole batch, naming the row (``inputs[3]: ...``). An empty
+        batch writes nothing and returns ``[]``.
+
+        :raises SerializationError: a row's arguments cannot be serialized (nothing is written).
+        :raises InvalidArgumentError: a row or an option of the wrong type or out of range, a
+            row without a workflow, or an id or key that belongs to another workflow, in the
+            database or in the batch (nothing is written).
+        """
+        self._require_started()
+        planned = plan_enqueue_many(
+            fn,
+            inputs,
+            priority=priority,
+            run_after=run_after,
+            delay=delay,
+            max_attempts=max_attempts,
+            queue=queue,
+        )
+        infos = await create_executions(
+            self.backend,
+            [
+                (
+                    row.fn,
+                    row.workflow_id or str(uuid.uuid4()),
+                    row.args,
+                    row.kwargs,
+                    row.options(row.fn),
+                )
+                for row in planned
+            ],
+        )
+        return [info.id for info in infos]
+
+    def enqueue_many_sync(
+        self,
+        fn: Workflow[Any, Any] | str | None,
+        inputs: Iterable[Enqueue | tuple[Any, ...] | list[Any]],
+        *,
+        priority: int = 0,
+        run_after: datetime | None = None,
+        delay: float | timedelta | None = None,
+        max_attempts: int | None = None,
+        queue: str | None = None,
+    ) -> list[str]:
+        """:meth:`enqueue_many` for code that is not async (see :meth:`blocking`)."""
+        return self.blocking(
+            self.enqueue_many(
+                fn,
+                inputs,
+                priority=priority,
+                run_after=run_after,
+                delay=delay,
+                max_attempts=max_attempts,
+                queue=queue,
+            )
         )
 
     # -- outcomes -----------------------------------------------------------------------------

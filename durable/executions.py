@@ -1,5 +1,6 @@
 """An execution as its caller sees it: the checked options of an enqueue
-(:class:`EnqueueOptions`), the record and task that start it (:func:`create_execution`), and the
+(:class:`EnqueueOptions`; a batch's rows, :class:`Enqueue` and :func:`plan_enqueue_many`), the
+record and task that start it (:func:`create_execution`, many: :func:`create_executions`), and the
 result or exception its stored outcome becomes (:func:`outcome`, :func:`outcome_error`).
 
 :class:`~durable.Client` and :class:`~durable.Runtime` both use these; they are importable from
@@ -9,8 +10,8 @@ result or exception its stored outcome becomes (:func:`outcome`, :func:`outcome_
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -214,3 +215,227 @@ async def create_execution(
             extra={"action": "workflow.created", "workflow_id": instance_id},
         )
     return info
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueue:
+    """One execution of a batch given to :meth:`Client.enqueue_many`: its arguments, and
+    optionally its own workflow, id, idempotency key and options (those left None take the
+    batch's). ``Enqueue(args=(42,), idempotency_key="order-42")``,
+    ``Enqueue(fn="mail.send.v1", kwargs={"to": "a@example.com"})``."""
+
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    fn: Workflow[Any, Any] | str | None = None
+    workflow_id: str | None = None
+    idempotency_key: str | None = None
+    priority: int | None = None
+    run_after: datetime | None = None
+    delay: float | timedelta | None = None
+    max_attempts: int | None = None
+    queue: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedEnqueue:
+    """One row of a checked batch (:func:`plan_enqueue_many`): the workflow as given (a name
+    is resolved by the caller), its id if given, its arguments and its checked options."""
+
+    fn: Workflow[Any, Any] | str
+    workflow_id: str | None
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    idempotency_key: str | None
+    priority: int
+    run_after: datetime | None
+    wait: timedelta | None
+    max_attempts: int | None
+    queue: str | None
+
+    def options(self, target: Workflow[Any, Any] | str) -> EnqueueOptions:
+        """The row's options for ``target`` (the resolved workflow, whose policy gives the
+        default ``max_attempts``)."""
+        return enqueue_options(
+            target,
+            idempotency_key=self.idempotency_key,
+            priority=self.priority,
+            run_after=self.run_after,
+            wait=self.wait,
+            max_attempts=self.max_attempts,
+            queue=self.queue,
+        )
+
+
+def plan_enqueue_many(
+    fn: Any,
+    inputs: Any,
+    *,
+    priority: Any,
+    run_after: Any,
+    delay: Any,
+    max_attempts: Any,
+    queue: Any,
+) -> list[PlannedEnqueue]:
+    """Check a batch given to ``enqueue_many`` (every row, before anything is written) and
+    return its rows in order. Each row is an :class:`Enqueue` or a tuple or list of positional
+    arguments for ``fn``; an :class:`Enqueue`'s options left None take the batch's.
+
+    :raises InvalidArgumentError: ``inputs`` is not an iterable of rows, a row is neither an
+        :class:`Enqueue` nor a tuple or list, a row has no workflow, or an option of the batch
+        or of a row is of the wrong type or out of range; the message names the row
+        (``inputs[3]``).
+    """
+    if isinstance(inputs, str | bytes | Mapping) or not isinstance(inputs, Iterable):
+        raise InvalidArgumentError(
+            "inputs must be an iterable of rows (tuples of arguments or durable.Enqueue), got "
+            f"{type(inputs).__qualname__}"
+        )
+    if fn is not None and not isinstance(fn, str | Workflow):
+        raise not_a_workflow(fn)
+    shared_wait = check_enqueue_arguments(
+        fn,
+        workflow_id=None,
+        idempotency_key=None,
+        priority=priority,
+        run_after=run_after,
+        delay=delay,
+        max_attempts=max_attempts,
+        queue=queue,
+    )
+    if shared_wait is not None and run_after is not None:
+        raise InvalidArgumentError("give run_after or delay, not both")
+    planned = []
+    for index, row in enumerate(inputs):
+        try:
+            planned.append(
+                _plan_row(row, fn, priority, run_after, shared_wait, max_attempts, queue)
+            )
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"inputs[{index}]: {exc}") from exc
+    return planned
+
+
+def _plan_row(
+    row: Any,
+    fn: Workflow[Any, Any] | str | None,
+    priority: int,
+    run_after: datetime | None,
+    wait: timedelta | None,
+    max_attempts: int | None,
+    queue: str | None,
+) -> PlannedEnqueue:
+    if isinstance(row, tuple | list):
+        if fn is None:
+            raise InvalidArgumentError("no workflow: give enqueue_many's fn, or the row's fn")
+        # the batch's options, checked once: nothing of the row's own to check
+        return PlannedEnqueue(
+            fn=fn,
+            workflow_id=None,
+            args=tuple(row),
+            kwargs={},
+            idempotency_key=None,
+            priority=priority,
+            run_after=run_after,
+            wait=wait,
+            max_attempts=max_attempts,
+            queue=queue,
+        )
+    if not isinstance(row, Enqueue):
+        raise InvalidArgumentError(
+            "a row must be a tuple or list of the workflow's positional arguments, or a "
+            f"durable.Enqueue, got {type(row).__qualname__}"
+        )
+    target = row.fn if row.fn is not None else fn
+    if target is None:
+        raise InvalidArgumentError("no workflow: give enqueue_many's fn, or the row's fn")
+    if not isinstance(target, str | Workflow):
+        raise not_a_workflow(target)
+    if not isinstance(row.args, tuple | list):
+        raise InvalidArgumentError(
+            f"args must be a tuple or list, got {type(row.args).__qualname__}"
+        )
+    if not isinstance(row.kwargs, Mapping) or (
+        row.kwargs and not all(isinstance(k, str) for k in row.kwargs)
+    ):
+        raise InvalidArgumentError("kwargs must be a mapping of str to arguments")
+    own_wait = check_enqueue_arguments(
+        target,
+        workflow_id=row.workflow_id,
+        idempotency_key=row.idempotency_key,
+        priority=0 if row.priority is None else row.priority,
+        run_after=row.run_after,
+        delay=row.delay,
+        max_attempts=row.max_attempts,
+        queue=row.queue,
+    )
+    if own_wait is not None and row.run_after is not None:
+        raise InvalidArgumentError("give run_after or delay, not both")
+    own_time = row.run_after is not None or own_wait is not None
+    return PlannedEnqueue(
+        fn=target,
+        workflow_id=row.workflow_id,
+        args=tuple(row.args),
+        kwargs=dict(row.kwargs),
+        idempotency_key=row.idempotency_key,
+        priority=priority if row.priority is None else row.priority,
+        run_after=row.run_after if own_time else run_after,
+        wait=own_wait if own_time else wait,
+        max_attempts=max_attempts if row.max_attempts is None else row.max_attempts,
+        queue=queue if row.queue is None else row.queue,
+    )
+
+
+async def create_executions(
+    backend: PersistentBackend,
+    rows: Sequence[
+        tuple[Workflow[Any, Any] | str, str, Sequence[Any], dict[str, Any], EnqueueOptions]
+    ],
+    *,
+    parent_id: str | None = None,
+) -> list[WorkflowInfo]:
+    """Record executions and their tasks on ``backend`` in one call (the rows' arguments and
+    options are checked): ``(workflow, id, args, kwargs, options)`` each; the headers in
+    the rows' order (an existing id or key: the existing execution's).
+
+    :raises SerializationError: a row's arguments cannot be serialized (nothing is written).
+    :raises InvalidArgumentError: an id or key belongs to another workflow (nothing is
+        written).
+    """
+    batch: list[tuple[WorkflowSnapshot, TaskSpec | None]] = []
+    for wf, instance_id, args, kwargs, opts in rows:
+        name = wf if isinstance(wf, str) else wf.name
+        check_id(instance_id, "workflow_id")
+        queue = opts.queue or (wf.queue if isinstance(wf, Workflow) else "default")
+        # serialized once, by the backend, which names the row it cannot serialize
+        payload = {"args": list(args), "kwargs": kwargs}
+        snapshot = WorkflowSnapshot(
+            id=instance_id,
+            name=name,
+            input=payload,
+            parent_id=parent_id,
+            queue=queue,
+            priority=opts.priority,
+            idempotency_key=opts.idempotency_key,
+            max_attempts=opts.max_attempts,
+        )
+        task = TaskSpec(
+            instance_id=instance_id,
+            name=name,
+            queue=queue,
+            priority=opts.priority,
+            run_after=opts.run_after,
+            delay=opts.delay,
+        )
+        batch.append((snapshot, task))
+    if not batch:
+        return []
+    results = await backend.create_workflows(batch)
+    created = sum(1 for _, was_created in results if was_created)
+    if created:
+        log.debug(
+            "recorded %d workflow(s) in one batch of %d",
+            created,
+            len(batch),
+            extra={"action": "workflow.created_many", "count": created},
+        )
+    return [info for info, _ in results]

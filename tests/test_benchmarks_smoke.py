@@ -54,6 +54,8 @@ def _check_overhead(document: dict[str, Any], backend: str) -> None:
     for key in (
         "floor_us",
         "floor_cpu_us",
+        "round_trip_floor_us",
+        "round_trip_floor_cpu_us",
         "async_step_us",
         "async_step_cpu_us",
         "async_step_end_to_end_us",
@@ -64,6 +66,10 @@ def _check_overhead(document: dict[str, Any], backend: str) -> None:
         _positive(result[key])
     assert result["async_step_us"]["n"] == 2
     assert result["async_ratio"] > 0 and result["sync_ratio"] > 0
+    assert result["async_round_trip_ratio"] > 0 and result["sync_round_trip_ratio"] > 0
+    assert any(
+        "one-round-trip" in t["name"] or "commit floor" in t["name"] for t in document["targets"]
+    )
     paired = result["paired"]
     _positive(paired["step_us"])
     _positive(paired["floor_us"])

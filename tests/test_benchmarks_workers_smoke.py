@@ -1,4 +1,5 @@
-"""The worker benchmarks in ``benchmarks/`` (throughput, latency, contention, memory, vs_dbos)
+"""The worker benchmarks in ``benchmarks/`` (throughput, latency, contention, memory, vs_dbos,
+step_concurrency, vs_queues)
 still run: each one's ``--quick`` mode, made smaller still, on SQLite and on PostgreSQL. Only the
 shape of the results is checked, never a timing. Every one starts processes, hence ``slow``."""
 
@@ -26,6 +27,9 @@ SIZES = {
     "contention": ["--tasks", "60", "--processes", "3", "--batch", "7"],
     "memory": ["--workflows", "40", "--concurrency", "4"],
     "vs_dbos": ["--steps", "3", "--workflows", "4", "--concurrency", "2"],
+    "step_concurrency": ["--steps", "4", "--concurrent", "3", "--repeat", "1", "--warmup", "0"],
+    "vs_queues": ["--jobs", "6", "--single", "2", "--samples", "2", "--warmup", "0",
+                  "--concurrency", "2", "--pgqueuer-batch", "3"],
 }  # fmt: skip
 
 
@@ -215,3 +219,78 @@ def _require_dbos() -> None:
 def test_vs_dbos(bench: Callable[[str], dict[str, Any]], backend: str) -> None:
     _require_dbos()
     _check_vs_dbos(bench("vs_dbos"), backend)
+
+
+# -- step_concurrency ---------------------------------------------------------------------------
+
+
+def test_step_concurrency(bench: Callable[[str], dict[str, Any]], backend: str) -> None:
+    document = bench("step_concurrency")
+    r = document["results"][backend]
+    assert (r["steps"], r["concurrent"]) == (4, 3)
+    assert r["statuses"] == {"succeeded": 1 + 3}
+    for key in ("single_steps_per_second", "single_body_steps_per_second"):
+        assert r[key] > 0
+    assert r["concurrent_steps_per_second"] > 0 and r["speedup"] > 0
+    assert len(r["rounds"]["single"]) == len(r["rounds"]["concurrent"]) == 1
+    assert [t["unit"] for t in document["targets"]] == ["x"]
+
+
+# -- vs_queues (PostgreSQL only) -----------------------------------------------------------------
+
+
+def _require(*packages: str) -> None:
+    """Skip without the optional competitors (the bench extra), except under CI, as for DBOS."""
+    import importlib.util
+
+    missing = [p for p in packages if importlib.util.find_spec(p) is None]
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but {missing} not installed: .ci/run installs '.[test,bench]'")
+        pytest.skip(f"{missing} not installed (pip install -e '.[bench]')")
+
+
+def _vs_queues(tmp_path: Path, pg_url: str, systems: str) -> dict[str, Any]:
+    url_args = ["--pg-url", pg_url, "--systems", systems]
+    return _run("vs_queues", "postgres", tmp_path, url_args)
+
+
+def _check_drain_and_latency(document: dict[str, Any], labels: list[str]) -> None:
+    r = document["results"]["postgres"]
+    assert [d["label"] for d in r["drain"]] == labels
+    assert [lat["label"] for lat in r["latency"]] == labels
+    for d in r["drain"]:
+        assert d["jobs"] == 6 and d["completed"] == 6
+        assert d["succeeded"] in (6, None)  # PgQueuer keeps no success record by default
+        assert d["enqueue_single"]["count"] == 2 and d["enqueue_single"]["per_second"] > 0
+        assert d["enqueue_bulk"]["count"] == 4 and d["enqueue_bulk"]["per_second"] > 0
+        assert d["drain_per_second"] > 0
+    for lat in r["latency"]:
+        _distribution(lat["latency_ms"], 2)
+        _distribution(lat["enqueue_call_ms"], 2)
+
+
+@pytest.mark.postgres
+def test_vs_queues_durable(tmp_path: Path, pg_url: str) -> None:
+    document = _vs_queues(tmp_path, pg_url, "durable")
+    _check_drain_and_latency(document, ["durable (one-step workflow)"])
+    assert [t["pass"] for t in document["targets"]] == [True]  # every job succeeded
+
+
+@pytest.mark.postgres
+def test_vs_queues_pgqueuer_and_procrastinate(tmp_path: Path, pg_url: str) -> None:
+    _require("pgqueuer", "asyncpg", "procrastinate")
+    document = _vs_queues(tmp_path, pg_url, "durable,pgqueuer,procrastinate")
+    _check_drain_and_latency(
+        document,
+        [
+            "durable (one-step workflow)",
+            "PgQueuer, batch 10 (default)",
+            "PgQueuer, batch 3",
+            "procrastinate",
+        ],
+    )
+    assert document["machine"]["pgqueuer"] and document["machine"]["procrastinate"]
+    names = [t["name"] for t in document["targets"]]
+    assert any("PgQueuer drain" in n for n in names)
+    assert any("p50" in n for n in names)

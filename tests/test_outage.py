@@ -249,8 +249,10 @@ async def test_no_pooled_connection_free_in_time_is_unavailable(pg_url: str) -> 
     )
     assert isinstance(backend, SQLAlchemyBackend)
     async with backend:
-        await backend.create_workflow(
-            WorkflowSnapshot(id="wf", name="wf"), task=TaskSpec(instance_id="wf", name="wf")
+        # through a transaction (the bulk path): create_workflow's direct statement would open
+        # the direct path's connection before the pool is exhausted below
+        await backend.create_workflows(
+            [(WorkflowSnapshot(id="wf", name="wf"), TaskSpec(instance_id="wf", name="wf"))]
         )
         engine = backend.engine
         assert isinstance(engine, sa.ext.asyncio.AsyncEngine)

@@ -46,9 +46,10 @@ async def claimed(pg_url: str) -> AsyncIterator[SQLAlchemyBackend]:
     backend = durable.connect(pg_url)
     assert isinstance(backend, SQLAlchemyBackend)
     await backend.start()
-    await backend.create_workflow(
-        WorkflowSnapshot(id="wf", name="wf"),
-        task=TaskSpec(instance_id="wf", name="wf"),
+    # through a transaction (the bulk path), not the direct statement create_workflow uses on
+    # PostgreSQL: the tests below count on the direct path's connections as the claim left them
+    await backend.create_workflows(
+        [(WorkflowSnapshot(id="wf", name="wf"), TaskSpec(instance_id="wf", name="wf"))]
     )
     assert await backend.claim_task("wf", WORKFLOW_TASK, WORKER, timedelta(minutes=5))
     try:

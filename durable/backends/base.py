@@ -38,6 +38,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
+from durable.errors import InvalidArgumentError
 from durable.models import (
     WORKFLOW_TASK,
     AvailableTask,
@@ -268,6 +269,42 @@ class PersistentBackend(ABC):
         :raises CorruptRowError: a stored value of a step cannot be read; the error names the
             step's position and the column.
         """
+
+    async def create_workflows(
+        self, batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]]
+    ) -> list[tuple[WorkflowInfo, bool]]:
+        """Create many workflows (and their tasks) at once: for each ``(snapshot, task)`` of
+        ``batch``, what :meth:`create_workflow` does, all in one transaction. Returns
+        ``(stored header, created)`` per row, in the order of ``batch`` (a new row's header may
+        carry its input as given rather than read back: a bulk enqueue need not deserialize
+        what it just wrote).
+
+        * A row whose id, or non-null ``idempotency_key``, exists already creates nothing and
+          returns the existing workflow's header, ``created`` False.
+        * Rows of the batch with the same id or key are one workflow: the first of them is
+          created (or found), and the later ones return its header, ``created`` False.
+        * All or nothing: a value the serializer rejects raises
+          :class:`~durable.errors.SerializationError`, and a row whose id or key belongs to a
+          workflow of another name (stored, or earlier in the batch) raises
+          :class:`~durable.errors.InvalidArgumentError`; either names the row (``inputs[3]``)
+          and nothing of the batch is written.
+        * Workers are told about the new tasks once, after the commit.
+
+        The default implementation calls :meth:`create_workflow` row by row: neither one
+        transaction nor all-or-nothing once writing has started. durable's backends override
+        it with one transaction of a few multi-row statements; other backends should too.
+        """
+        batch_owners(batch)  # refuses rows that clash within the batch, before any write
+        results = []
+        for index, (snapshot, task) in enumerate(batch):
+            info, created = await self.create_workflow(snapshot, task=task)
+            if info.name != snapshot.name:
+                raise InvalidArgumentError(
+                    f"inputs[{index}]: workflow id or idempotency key of {snapshot.id!r} "
+                    f"belongs to workflow {info.name!r} (id {info.id!r}), not {snapshot.name!r}"
+                )
+            results.append((info, created))
+        return results
 
     # -- execution (fenced by the claim on the workflow's task) ------------------------------
 
@@ -697,3 +734,40 @@ class PersistentBackend(ABC):
 
         :raises InvalidArgumentError: ``limit`` is below 1.
         """
+
+
+def batch_owners(batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]]) -> list[int]:
+    """For each row of a :meth:`PersistentBackend.create_workflows` batch, the index of the
+    row that creates its workflow: its own, or that of the first earlier row with the same id
+    or the same non-null idempotency key.
+
+    :raises InvalidArgumentError: such an earlier row is of another workflow name (the message
+        names the row).
+    """
+    by_id: dict[str, int] = {}
+    by_key: dict[str, int] = {}
+    owners: list[int] = []
+    for index, (snapshot, _task) in enumerate(batch):
+        key = snapshot.idempotency_key
+        owner = by_id.get(snapshot.id)
+        if owner is None and key is not None:
+            owner = by_key.get(key)
+        if owner is None:
+            owner = index
+            by_id[snapshot.id] = index
+            if key is not None:
+                by_key[key] = index
+        else:
+            first = batch[owner][0]
+            if first.name != snapshot.name:
+                clash = (
+                    f"workflow id {snapshot.id!r}"
+                    if first.id == snapshot.id
+                    else f"idempotency key {key!r}"
+                )
+                raise InvalidArgumentError(
+                    f"inputs[{index}]: {clash} is already used in this batch by inputs[{owner}], "
+                    f"an execution of workflow {first.name!r}, not {snapshot.name!r}"
+                )
+        owners.append(owner)
+    return owners

@@ -4,13 +4,20 @@ result, inspection and control, through the client the runtime owns."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from durable import context as _context
 from durable.engine.core import RuntimeCore
-from durable.executions import check_enqueue_arguments, enqueue_options
+from durable.errors import InvalidArgumentError
+from durable.executions import (
+    Enqueue,
+    check_enqueue_arguments,
+    create_executions,
+    enqueue_options,
+    plan_enqueue_many,
+)
 from durable.models import (
     ExecutorInfo,
     Page,
@@ -127,6 +134,86 @@ class Operations(RuntimeCore):
                 target, instance_id, args, kwargs, parent_id=ctx.workflow_id, options=options
             )
         return await guard.succeed(info.id)  # type: ignore[no-any-return]
+
+    async def enqueue_many(
+        self,
+        fn: Workflow[Any, Any] | str | None,
+        inputs: Iterable[Enqueue | tuple[Any, ...] | list[Any]],
+        *,
+        priority: int = 0,
+        run_after: datetime | None = None,
+        delay: float | timedelta | None = None,
+        max_attempts: int | None = None,
+        queue: str | None = None,
+        served_elsewhere: bool = False,
+    ) -> list[str]:
+        """Record many executions at once, in one transaction, and return their ids in the
+        order of ``inputs``: see :meth:`Client.enqueue_many <durable.Client.enqueue_many>` for
+        the rows (tuples of arguments, or :class:`~durable.Enqueue`), the options and the
+        all-or-nothing rule. Names are resolved as for :meth:`enqueue` (``served_elsewhere``
+        allows names not registered here).
+
+        Called inside a workflow, it is one step: the ids are recorded, so a replay neither
+        loses nor duplicates the batch. Rows without a ``workflow_id`` then get
+        ``<workflow id>/<position>/<row>`` (shortened as for a child workflow when longer than
+        255 characters).
+
+        :raises UnknownWorkflowError: a name is not registered here and not ``served_elsewhere``.
+        :raises SerializationError: a row's arguments cannot be serialized (nothing is written).
+        :raises InvalidArgumentError: a row or option of the wrong type or out of range, or an
+            id or key that belongs to another workflow (nothing is written; the message names
+            the row).
+        """
+        self._require_started()
+        planned = plan_enqueue_many(
+            fn,
+            inputs,
+            priority=priority,
+            run_after=run_after,
+            delay=delay,
+            max_attempts=max_attempts,
+            queue=queue,
+        )
+        check_bool(served_elsewhere, "served_elsewhere")
+        resolved: dict[Any, Workflow[Any, Any] | str] = {}
+        targets: list[Workflow[Any, Any] | str] = []
+        for index, row in enumerate(planned):
+            key = row.fn if isinstance(row.fn, str) else id(row.fn)
+            if key not in resolved:
+                try:
+                    if isinstance(row.fn, str) and row.fn in self.registry:
+                        resolved[key] = self._workflow(row.fn)
+                    elif isinstance(row.fn, str) and (
+                        served_elsewhere or await self._served_by_others(row.fn)
+                    ):
+                        resolved[key] = row.fn
+                    else:
+                        resolved[key] = self.resolve(row.fn)
+                except InvalidArgumentError as exc:
+                    raise InvalidArgumentError(f"inputs[{index}]: {exc}") from exc
+            targets.append(resolved[key])
+        ctx = _context.current()
+        if ctx is None:  # a client's enqueue
+            infos = await create_executions(
+                self.backend,
+                [
+                    (t, row.workflow_id or str(uuid.uuid4()), row.args, row.kwargs, row.options(t))
+                    for t, row in zip(targets, planned, strict=True)
+                ],
+            )
+            return [info.id for info in infos]
+        guard = ctx.guard(derived_id("enqueue_many", ""))
+        if guard.replayed:
+            return guard.replay()  # type: ignore[no-any-return]
+        await ctx.ensure_lease()
+        base = derived_id(ctx.workflow_id, f"/{guard.position}")
+        rows = [
+            (t, row.workflow_id or derived_id(base, f"/{i}"), row.args, row.kwargs, row.options(t))
+            for i, (t, row) in enumerate(zip(targets, planned, strict=True))
+        ]
+        with ctx.checkpoint():
+            infos = await create_executions(self.backend, rows, parent_id=ctx.workflow_id)
+        return await guard.succeed([info.id for info in infos])  # type: ignore[no-any-return]
 
     async def _served_by_others(self, name: str) -> bool:
         return any(w.name == name for w in await self.backend.list_registered_workflows())

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from durable.backends.memory.batches import Batches
 from durable.backends.memory.claims import Claims
 from durable.backends.memory.core import MemoryCore, StoredTask, is_live, utcnow
 from durable.backends.memory.execution import Execution
@@ -18,7 +19,7 @@ from durable.models import ExecutorInfo, RegisteredWorkflow, StepRecord, Workflo
 from durable.serialization import Serializer, get_serializer
 
 
-class InMemoryBackend(Workflows, Execution, Claims, Executors, MemoryCore):
+class InMemoryBackend(Workflows, Batches, Execution, Claims, Executors, MemoryCore):
     """Thread- and task-safe storage in memory.
 
     :param serializer: ``"json"`` (default), ``"pickle"`` or a :class:`Serializer`.

@@ -28,6 +28,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from durable.backends.sql import migrate
+from durable.backends.sql.batches import Enqueues
 from durable.backends.sql.claims import Claims
 from durable.backends.sql.core import first_line
 from durable.backends.sql.dialects import (
@@ -68,7 +69,7 @@ T = TypeVar("T")
 _UNAVAILABLE_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
 
 
-class SQLAlchemyBackend(WorkflowRecords, Execution, FanOut, Claims, Executors, WakeUps):
+class SQLAlchemyBackend(Enqueues, WorkflowRecords, Execution, FanOut, Claims, Executors, WakeUps):
     """Durable's storage on SQLite or PostgreSQL.
 
     :param url_or_engine: a database URL (``sqlite:///app.db``, ``sqlite+aiosqlite:///app.db``,
@@ -265,3 +266,4 @@ class SQLAlchemyBackend(WorkflowRecords, Execution, FanOut, Claims, Executors, W
         self._build_fanout_statements()
         self._build_claim_statements()
         self._build_wakeup_statements()
+        self._build_enqueue_statements()

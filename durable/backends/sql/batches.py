@@ -1,0 +1,349 @@
+"""Enqueueing: many executions in one transaction, and one execution on PostgreSQL in one
+statement.
+
+Part of :class:`~durable.backends.sql.backend.SQLAlchemyBackend` (see :mod:`.core`); the records
+themselves are :mod:`.workflows`, which this area sits in front of:
+
+* :meth:`Enqueues.create_workflows` (bulk enqueue), one transaction however many rows: the
+  batch's rows that exist already are looked up first (one ``SELECT`` per
+  :data:`LOOKUP_PAGE` rows), then the others are inserted in one statement per table: on
+  PostgreSQL ``INSERT ... SELECT FROM json_to_recordset(:rows) ON CONFLICT DO NOTHING
+  RETURNING id`` (the rows as one JSON parameter; a row a concurrent transaction inserted
+  meanwhile is looked up again), on SQLite one prepared ``INSERT`` run by the driver over
+  every row (``executemany``; the write lock taken by ``BEGIN IMMEDIATE`` keeps others out),
+  and one ``NOTIFY``.
+* :meth:`Enqueues.create_workflow` on PostgreSQL's direct path (:mod:`.direct`): the workflow,
+  its task and the ``NOTIFY`` in one statement and one round trip (data-modifying CTEs), instead
+  of ``BEGIN``, three statements and ``COMMIT``. When the workflow exists already (nothing was
+  inserted) or the direct path does not apply, the transaction of :mod:`.workflows` runs, which
+  finds the existing one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+from durable.backends.base import batch_owners
+from durable.backends.sql.core import SQLCore
+from durable.backends.sql.direct import CompiledStatement
+from durable.backends.sql.schema import UTCDateTime, steps, tasks, workflows
+from durable.errors import InvalidArgumentError, SerializationError
+from durable.models import TaskSpec, WorkflowInfo, WorkflowSnapshot
+
+_HEADER_FIELDS = tuple(WorkflowInfo.__dataclass_fields__)
+#: Rows per ``SELECT`` looking up the batch's existing workflows (two parameters a row).
+LOOKUP_PAGE = 500
+
+
+class Enqueues(SQLCore):
+    """Creating workflows in bulk, and the single create as one statement on PostgreSQL."""
+
+    _notify: sa.Select[Any]  # built by WakeUps (.wakeups)
+
+    def _build_enqueue_statements(self) -> None:
+        """Built after :meth:`WakeUps._build_wakeup_statements`: the PostgreSQL statement
+        reuses its ``pg_notify`` call."""
+        d = self.dialect
+        if d.name == "postgresql":
+            self._bulk_workflows: Any = _recordset_insert(
+                workflows, [c.name for c in workflows.c], conflict="ON CONFLICT DO NOTHING"
+            )
+            self._bulk_tasks: Any = _recordset_tasks()
+        else:  # SQLite: one prepared INSERT run over every row (no round trips to save)
+            self._bulk_workflows = _DriverInsert(sa.insert(workflows), self.engine.dialect)
+            self._bulk_tasks = _DriverInsert(self._insert_task, self.engine.dialect)
+        self._select_batch_existing = sa.select(workflows).where(
+            sa.or_(
+                workflows.c.id.in_(sa.bindparam("p_ids", expanding=True)),
+                workflows.c.idempotency_key.in_(sa.bindparam("p_keys", expanding=True)),
+            )
+        )
+        self._create_direct: CompiledStatement | None = None
+        if self._direct:
+            self._create_direct = CompiledStatement(
+                self._create_in_one_statement(), self.engine.dialect
+            )
+
+    def _create_in_one_statement(self) -> sa.Select[Any]:
+        """PostgreSQL: insert the workflow (``w_<column>``), then, only if it was inserted, its
+        task (``t_<column>``, as :attr:`_insert_task`) and a notification on the work channel;
+        the inserted row is returned (no row: it existed)."""
+        d = self.dialect
+        inserted = (
+            pg.insert(workflows)
+            .values({c.name: sa.bindparam(f"w_{c.name}", type_=c.type) for c in workflows.c})
+            .on_conflict_do_nothing()
+            .returning(*workflows.c)
+            .cte("w")
+        )
+        task_values: dict[str, Any] = {
+            "instance_id": inserted.c.id,
+            **{
+                c: sa.bindparam(f"t_{c}", type_=tasks.c[c].type)
+                for c in ("task_id", "name", "queue", "priority", "created_at")
+            },
+            "run_after": sa.func.coalesce(
+                sa.bindparam("t_run_after", type_=UTCDateTime()), d.later("delay")
+            ),
+            "attempts": sa.literal(0),
+        }
+        add_task = (
+            sa.insert(tasks)
+            .from_select(
+                list(task_values),
+                sa.select(*(sa.cast(v, tasks.c[k].type) for k, v in task_values.items())),
+            )
+            .cte("t")
+        )
+        notify = self._notify.selected_columns[0]  # pg_notify(<the work channel>, '')
+        return sa.select(*inserted.c, notify.label("notified")).add_cte(add_task)
+
+    async def create_workflow(
+        self, snapshot: WorkflowSnapshot, *, task: TaskSpec | None = None
+    ) -> tuple[WorkflowInfo, bool]:
+        if self._create_direct is not None and task is not None and not snapshot.steps:
+            now = datetime.now(UTC)
+            row = self._workflow_row(snapshot, now, 1)
+            params = {f"w_{k}": v for k, v in row.items()}
+            params.update(self._task_row(task, now))
+            done = await self._run_direct(
+                self._create_direct, params, what=f"create workflow {snapshot.id!r}"
+            )
+            if done is not None and done.rows:
+                self.notify_work()
+                return WorkflowInfo(**self._info_fields(done.rows[0], lenient=True)), True
+            # nothing inserted (it exists: the ordinary path reads it), or no direct path here
+        return await super().create_workflow(snapshot, task=task)  # type: ignore[safe-super]
+
+    async def create_workflows(
+        self, batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]]
+    ) -> list[tuple[WorkflowInfo, bool]]:
+        if not batch:
+            return []
+        owners = batch_owners(batch)
+        now = datetime.now(UTC)
+        firsts = [index for index, owner in enumerate(owners) if owner == index]
+        rows: dict[int, dict[str, Any]] = {}
+        step_rows: dict[int, list[dict[str, Any]]] = {}
+        task_rows: dict[int, dict[str, Any]] = {}
+        for index in firsts:  # every value serialized and checked before anything is written
+            snapshot, task = batch[index]
+            try:
+                rows[index] = self._workflow_row(snapshot, now, 1)
+                step_rows[index] = [self._step_row(snapshot.id, s, now) for s in snapshot.steps]
+                if task is not None:
+                    task_rows[index] = self._task_row(task, now)
+            except InvalidArgumentError as exc:
+                raise InvalidArgumentError(f"inputs[{index}]: {exc}") from exc
+            except SerializationError as exc:
+                raise SerializationError(f"inputs[{index}]: {exc}") from exc
+
+        def fn(conn: sa.Connection) -> list[tuple[WorkflowInfo, bool]]:
+            # the rows that exist already (a clash with another workflow name refuses the batch)
+            found = self._batch_existing(conn, batch, firsts, required=False)
+            fresh = [i for i in firsts if i not in found]
+            inserted = self._insert_batch(conn, [rows[i] for i in fresh])
+            late = [i for i in fresh if batch[i][0].id not in inserted]
+            if late:  # PostgreSQL: inserted by a concurrent transaction meanwhile
+                found.update(self._batch_existing(conn, batch, late, required=True))
+            new = [i for i in fresh if batch[i][0].id in inserted]
+            for index in new:
+                if step_rows[index]:
+                    conn.execute(sa.insert(steps), step_rows[index])
+            new_tasks = [task_rows[i] for i in new if i in task_rows]
+            if new_tasks:
+                self._insert_batch_tasks(conn, new_tasks)
+                self._announce_work(conn)
+            # a new row's header is what was written (its values as given: not read back)
+            headers = {
+                i: WorkflowInfo(
+                    **{
+                        **{f: getattr(batch[i][0], f) for f in _HEADER_FIELDS},
+                        "version": 1,
+                        "created_at": rows[i]["created_at"],
+                        "updated_at": now,
+                    }
+                )
+                for i in new
+            }
+            headers.update(found)
+            created = set(new)
+            return [
+                (headers[owner], owner == index and owner in created)
+                for index, owner in enumerate(owners)
+            ]
+
+        results = await self._run(fn, what=f"create {len(batch)} workflow(s)")
+        if any(created for _, created in results) and task_rows:
+            self.notify_work()
+        return results
+
+    def _batch_existing(
+        self,
+        conn: sa.Connection,
+        batch_rows: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]],
+        indexes: list[int],
+        *,
+        required: bool,
+    ) -> dict[int, WorkflowInfo]:
+        """The stored workflows that the batch's rows at ``indexes`` clash with (same id, else
+        same key), by row; refuses the batch (rolled back) when one is of another workflow
+        name, or, if ``required``, when a row has none."""
+        found: dict[int, WorkflowInfo] = {}
+        for start in range(0, len(indexes), LOOKUP_PAGE):
+            page = indexes[start : start + LOOKUP_PAGE]
+            ids = [batch_rows[i][0].id for i in page]
+            keys = [k for i in page if (k := batch_rows[i][0].idempotency_key) is not None]
+            stored = conn.execute(self._select_batch_existing, {"p_ids": ids, "p_keys": keys})
+            by_id: dict[str, sa.Row[Any]] = {}
+            by_key: dict[str, sa.Row[Any]] = {}
+            for row in stored:
+                by_id[row.id] = row
+                if row.idempotency_key is not None:
+                    by_key[row.idempotency_key] = row
+            for index in page:
+                snapshot = batch_rows[index][0]
+                match = by_id.get(snapshot.id)
+                if match is None and snapshot.idempotency_key is not None:
+                    match = by_key.get(snapshot.idempotency_key)
+                if match is None and not required:
+                    continue
+                if match is None:  # deleted since the insert saw it: nothing to return
+                    raise InvalidArgumentError(
+                        f"inputs[{index}]: workflow {snapshot.id!r} clashed with a workflow "
+                        "that was deleted meanwhile: enqueue the batch again"
+                    )
+                if match.name != snapshot.name:
+                    raise InvalidArgumentError(
+                        f"inputs[{index}]: workflow id or idempotency key of {snapshot.id!r} "
+                        f"belongs to workflow {match.name!r} (id {match.id!r}), not "
+                        f"{snapshot.name!r}"
+                    )
+                found[index] = self._info(match, lenient=True)
+        return found
+
+    def _insert_batch(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> set[str]:
+        """Insert workflow rows (none of which existed when looked up); the ids inserted."""
+        if not rows:
+            return set()
+        if isinstance(self._bulk_workflows, _DriverInsert):  # SQLite: under the write lock
+            self._bulk_workflows.run(conn, rows)
+            return {row["id"] for row in rows}
+        return {r[0] for r in conn.execute(self._bulk_workflows, _recordset(rows))}
+
+    def _insert_batch_tasks(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        """Insert the tasks of new workflows (parameters as for :attr:`_insert_task`)."""
+        if isinstance(self._bulk_tasks, _DriverInsert):
+            self._bulk_tasks.run(conn, rows)
+            return
+        conn.execute(self._bulk_tasks, _recordset(rows))
+
+
+#: The task columns the bulk insert takes from its rows (then ``run_after``, ``attempts``).
+_TASK_COLUMNS = ["instance_id", "task_id", "name", "queue", "priority", "created_at", "run_after"]
+
+
+def _pg_type(column_type: sa.types.TypeEngine[Any]) -> str:
+    if isinstance(column_type, sa.Integer):
+        return "INTEGER"
+    if isinstance(column_type, UTCDateTime):
+        return "TIMESTAMPTZ"
+    if isinstance(column_type, sa.Boolean):
+        return "BOOLEAN"
+    return "TEXT"
+
+
+def _recordset_insert(table: sa.Table, names: list[str], *, conflict: str) -> sa.TextClause:
+    """PostgreSQL: one ``INSERT ... SELECT FROM json_to_recordset(:rows)``, whatever the number
+    of rows (``:rows`` one JSON array of the rows: serialized by the json module in C, where an
+    array parameter per column costs psycopg a Python call per element)."""
+    columns = ", ".join(names)
+    record = ", ".join(f"{n} {_pg_type(table.c[n].type)}" for n in names)
+    return sa.text(
+        f"INSERT INTO {table.name} ({columns}) SELECT {columns} "
+        f"FROM json_to_recordset(CAST(:rows AS JSON)) AS r({record}) {conflict} RETURNING id"
+    )
+
+
+def _recordset_tasks() -> sa.TextClause:
+    """PostgreSQL: the tasks of a batch (due at ``t_run_after``, else now plus ``c_delay`` by
+    the database's clock), from one JSON array of :attr:`_insert_task`'s parameters."""
+    types = {
+        "instance_id": "TEXT",
+        "task_id": "TEXT",
+        "name": "TEXT",
+        "queue": "TEXT",
+        "priority": "INTEGER",
+        "created_at": "TIMESTAMPTZ",
+        "run_after": "TIMESTAMPTZ",
+    }
+    record = ", ".join(f"t_{c} {types[c]}" for c in _TASK_COLUMNS) + ", c_delay INTERVAL"
+    selected = ", ".join(f"r.t_{c}" for c in _TASK_COLUMNS[:-1])
+    return sa.text(
+        f"INSERT INTO {tasks.name} ({', '.join(_TASK_COLUMNS)}, attempts) "
+        f"SELECT {selected}, COALESCE(r.t_run_after, now() + r.c_delay), 0 "
+        f"FROM json_to_recordset(CAST(:rows AS JSON)) AS r({record})"
+    )
+
+
+def _json_value(value: Any) -> str:
+    """What JSON cannot hold, as PostgreSQL reads it: timestamps (aware only) and intervals."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise InvalidArgumentError(
+                f"naive datetime {value!r}: durable stores timezone-aware times"
+            )
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return f"{value.total_seconds()!r} seconds"
+    raise TypeError(f"cannot send {type(value).__qualname__} in a bulk insert")
+
+
+def _recordset(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """The ``:rows`` parameter of the recordset statements."""
+    return {"rows": json.dumps(rows, default=_json_value, separators=(",", ":"))}
+
+
+class _DriverInsert:
+    """An INSERT compiled once for the dialect and run with the driver's ``executemany`` over
+    rows converted by the columns' own bind processors (SQLAlchemy's per-row execution
+    machinery costs more than SQLite's insert)."""
+
+    def __init__(self, stmt: sa.Insert, dialect: sa.Dialect) -> None:
+        compiled = stmt.compile(dialect=dialect)
+        self.sql = str(compiled)
+        self._order = list(compiled.positiontup or [])
+        # values bound by the statement itself (a literal such as the tasks' attempts = 0)
+        self._defaults: dict[str, Any] = {}
+        for bind, name in compiled.bind_names.items():
+            if self._defaults.get(name) is None:
+                self._defaults[name] = bind.value
+        self._processors = {
+            compiled.bind_names[bind]: process
+            for bind in compiled.bind_names
+            if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        }
+
+    def run(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        order, processors, defaults = self._order, self._processors, self._defaults
+        seen: dict[tuple[str, Any], Any] = {}  # a batch's rows share their timestamps
+
+        def convert(name: str, value: Any) -> Any:
+            if value is None or name not in processors:
+                return value
+            key = (name, value)
+            if key not in seen:
+                seen[key] = processors[name](value)
+            return seen[key]
+
+        try:
+            params = [tuple(convert(n, row.get(n, defaults[n])) for n in order) for row in rows]
+        except ValueError as exc:  # a type refused a value (a naive datetime)
+            raise InvalidArgumentError(str(exc)) from exc
+        conn.exec_driver_sql(self.sql, params)
