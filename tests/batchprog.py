@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from durable.backends.sql import SQLAlchemyBackend
 from durable.backends.sql.batch import GroupCommit
-from durable.testing.contract import LONG, W, create, step
+from durable.testing.contract._support import LONG, W, create, step
 
 
 async def writer(

@@ -12,7 +12,7 @@ from durable.backends.sql import SQLAlchemyBackend
 from durable.backends.sql.batch import GroupCommit
 from durable.errors import BackendError, ClaimLostError, StepAlreadyRecordedError
 from durable.models import StepRecord, WorkflowStatus
-from durable.testing.contract import LONG, W, create, step
+from durable.testing.contract._support import LONG, W, create, step
 
 SUCCEEDED = WorkflowStatus.SUCCEEDED
 
