@@ -151,6 +151,41 @@ def outcome_error(info: WorkflowInfo) -> BaseException:
     return rebuilt
 
 
+def execution_record(
+    wf: Workflow[Any, Any] | str,
+    instance_id: str,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    opts: EnqueueOptions,
+    *,
+    parent_id: str | None = None,
+) -> tuple[WorkflowSnapshot, TaskSpec]:
+    """The record of a new execution of ``wf`` and the task that runs it (the id is checked;
+    the arguments are not serialized here)."""
+    name = wf if isinstance(wf, str) else wf.name
+    check_id(instance_id, "workflow_id")  # derived ids are made to fit: this never fails
+    queue = opts.queue or (wf.queue if isinstance(wf, Workflow) else "default")
+    snapshot = WorkflowSnapshot(
+        id=instance_id,
+        name=name,
+        input={"args": list(args), "kwargs": kwargs},
+        parent_id=parent_id,
+        queue=queue,
+        priority=opts.priority,
+        idempotency_key=opts.idempotency_key,
+        max_attempts=opts.max_attempts,
+    )
+    task = TaskSpec(
+        instance_id=instance_id,
+        name=name,
+        queue=queue,
+        priority=opts.priority,
+        run_after=opts.run_after,
+        delay=opts.delay,
+    )
+    return snapshot, task
+
+
 async def create_execution(
     backend: PersistentBackend,
     wf: Workflow[Any, Any] | str,
@@ -167,35 +202,15 @@ async def create_execution(
     :raises SerializationError: the arguments cannot be serialized (nothing is written).
     :raises InvalidArgumentError: the id or idempotency key belongs to another workflow.
     """
-    name = wf if isinstance(wf, str) else wf.name
-    check_id(instance_id, "workflow_id")  # derived ids are made to fit: this never fails
     opts = options or EnqueueOptions()
-    queue = opts.queue or (wf.queue if isinstance(wf, Workflow) else "default")
-    payload = {"args": list(args), "kwargs": kwargs}
+    snapshot, task = execution_record(wf, instance_id, args, kwargs, opts, parent_id=parent_id)
+    name = snapshot.name
     try:
-        backend.serializer.dumps(payload)
+        backend.serializer.dumps(snapshot.input)
     except SerializationError as exc:
         raise SerializationError(
             f"the arguments of workflow {name!r} (id {instance_id!r}) cannot be serialized: {exc}"
         ) from exc
-    snapshot = WorkflowSnapshot(
-        id=instance_id,
-        name=name,
-        input=payload,
-        parent_id=parent_id,
-        queue=queue,
-        priority=opts.priority,
-        idempotency_key=opts.idempotency_key,
-        max_attempts=opts.max_attempts,
-    )
-    task = TaskSpec(
-        instance_id=instance_id,
-        name=name,
-        queue=queue,
-        priority=opts.priority,
-        run_after=opts.run_after,
-        delay=opts.delay,
-    )
     info, created = await backend.create_workflow(snapshot, task=task)
     if info.id != instance_id and info.name != name:  # found by its idempotency key
         raise InvalidArgumentError(
@@ -403,29 +418,8 @@ async def create_executions(
     """
     batch: list[tuple[WorkflowSnapshot, TaskSpec | None]] = []
     for wf, instance_id, args, kwargs, opts in rows:
-        name = wf if isinstance(wf, str) else wf.name
-        check_id(instance_id, "workflow_id")
-        queue = opts.queue or (wf.queue if isinstance(wf, Workflow) else "default")
         # serialized once, by the backend, which names the row it cannot serialize
-        payload = {"args": list(args), "kwargs": kwargs}
-        snapshot = WorkflowSnapshot(
-            id=instance_id,
-            name=name,
-            input=payload,
-            parent_id=parent_id,
-            queue=queue,
-            priority=opts.priority,
-            idempotency_key=opts.idempotency_key,
-            max_attempts=opts.max_attempts,
-        )
-        task = TaskSpec(
-            instance_id=instance_id,
-            name=name,
-            queue=queue,
-            priority=opts.priority,
-            run_after=opts.run_after,
-            delay=opts.delay,
-        )
+        snapshot, task = execution_record(wf, instance_id, args, kwargs, opts, parent_id=parent_id)
         batch.append((snapshot, task))
     if not batch:
         return []
