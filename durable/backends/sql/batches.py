@@ -138,6 +138,8 @@ class Enqueues(SQLCore):
                 rows[index] = self._workflow_row(snapshot, now, 1)
                 step_rows[index] = [self._step_row(snapshot.id, s, now) for s in snapshot.steps]
                 if task is not None:
+                    if task.run_after is not None:
+                        _json_value(task.run_after)  # a naive time is refused, naming its row
                     task_rows[index] = self._task_row(task, now)
             except InvalidArgumentError as exc:
                 raise InvalidArgumentError(f"inputs[{index}]: {exc}") from exc

@@ -30,6 +30,7 @@ same fixtures while you write that area (CONTRIBUTING.md walks through them in o
 
 * :class:`WorkflowContract`: workflows as records: create, round trips, read, delete, list;
 * :class:`SnapshotContract`: idempotent creation, saves under an optimistic lock, refused writes;
+* :class:`BatchContract`: many workflows created at once, per row as one, all or nothing;
 * :class:`ClockContract`: the store's clock (``now()``) judges leases and due times;
 * :class:`ClaimContract`: tasks, claims, leases, expiry, takeover, fencing, finding work;
 * :class:`ExecutionContract`: begin, finish, reschedule, cancel, redrive; attempts counted;
@@ -66,6 +67,7 @@ Requirements:
 from __future__ import annotations
 
 from durable.testing.contract._support import ContractBase
+from durable.testing.contract.batches import BatchContract
 from durable.testing.contract.claims import ClaimContract
 from durable.testing.contract.clock import ClockContract
 from durable.testing.contract.concurrency import ConcurrencyContract
@@ -79,6 +81,7 @@ from durable.testing.contract.workflows import WorkflowContract
 
 __all__ = [
     "BackendContractTests",
+    "BatchContract",
     "ClaimContract",
     "ClockContract",
     "ConcurrencyContract",
@@ -96,6 +99,7 @@ __all__ = [
 class BackendContractTests(
     WorkflowContract,
     SnapshotContract,
+    BatchContract,
     ClockContract,
     ClaimContract,
     ExecutionContract,
