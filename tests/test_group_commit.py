@@ -10,7 +10,12 @@ import pytest
 
 from durable.backends.sql import SQLAlchemyBackend
 from durable.backends.sql.batch import GroupCommit
-from durable.errors import BackendError, ClaimLostError, StepAlreadyRecordedError
+from durable.errors import (
+    BackendError,
+    ClaimLostError,
+    StepAlreadyRecordedError,
+    WorkflowNotFoundError,
+)
 from durable.models import StepRecord, WorkflowStatus
 from durable.testing.contract._support import LONG, W, create, step
 
@@ -135,3 +140,33 @@ async def test_concurrent_finishes_share_a_flush_and_a_lost_lease_fails_alone(ur
                 assert (result.id, result.status, result.output) == (wid, SUCCEEDED, wid)
                 stored = await backend.get_workflow(wid)
                 assert (stored.status, stored.output) == (SUCCEEDED, wid)
+
+
+async def test_concurrent_begins_share_a_flush_each_with_its_history(url: str) -> None:
+    async with SQLAlchemyBackend(url) as backend:
+        ids = [f"wf{i}" for i in range(8)]
+        await claimed(backend, ids)
+        for wid in ids[:4]:  # an earlier attempt recorded steps
+            await backend.begin_execution(wid, "w1")
+            for position in range(int(wid[2:]) + 1):
+                await backend.record_step(wid, step(position, output=wid), worker_id="w1")
+        group = backend._begin_group
+        before = group.flushes if group is not None else 0
+        results = await asyncio.gather(
+            *(backend.begin_execution(wid, "w2" if wid == "wf5" else "w1") for wid in ids),
+            backend.begin_execution("missing", "w1"),
+            return_exceptions=True,
+        )
+        if group is not None:  # PostgreSQL's direct path: the starts shared a statement
+            assert group.flushes - before < len(ids)
+        for wid, result in zip(ids, results[:-1], strict=True):
+            if wid == "wf5":
+                assert isinstance(result, ClaimLostError) and result.holder == "w1"
+                continue
+            assert not isinstance(result, BaseException)
+            assert (result.id, result.status) == (wid, WorkflowStatus.RUNNING)
+            expected = [(p, wid) for p in range(int(wid[2:]) + 1)] if wid in ids[:4] else []
+            assert [(s.position, s.output) for s in result.steps] == expected
+            assert (result.attempts, result.interruptions) == (1, 1 if wid in ids[:4] else 0)
+        assert isinstance(results[-1], WorkflowNotFoundError)
+        assert (await backend.get_workflow("wf5")).executor_id is None

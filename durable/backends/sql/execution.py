@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.sql.visitors import replacement_traverse
 
 from durable.backends.sql.core import P_IID, P_WID, STEP_COLUMNS
 from durable.backends.sql.direct import CompiledStatement
-from durable.backends.sql.grouped import GroupedWrites
+from durable.backends.sql.grouped import GroupedWrites, array_param
 from durable.backends.sql.runners import InlineRunner
 from durable.backends.sql.schema import steps, tasks, workflows
 from durable.errors import (
@@ -111,7 +112,7 @@ class Execution(GroupedWrites):
         standard-library SQLite driver, the step record runs straight on ``sqlite3`` (its
         runner batches the records pending at the same moment in one transaction)."""
         self._record_step_direct = self._begin_direct = self._finish_direct = None
-        self._record_group = self._finish_group = None
+        self._record_group = self._finish_group = self._begin_group = None
         self._begin_chain: tuple[CompiledStatement, ...] | None = None
         self._finish_chain: tuple[CompiledStatement, ...] | None = None
         if isinstance(self._runner, InlineRunner):
@@ -154,10 +155,50 @@ class Execution(GroupedWrites):
         begin = sa.union_all(header, history)
         begin = begin.order_by(begin.selected_columns.part, begin.selected_columns.step_position)
         self._begin_direct = CompiledStatement(begin, dialect)
+        self._begin_many_direct = CompiledStatement(self._begin_many_statement(nulls), dialect)
         taken = self._take_workflow_task.returning(tasks.c.id).cte("taken")
         finish = self._finish.where(sa.exists(sa.select(taken.c.id)))
         self._finish_direct = CompiledStatement(finish, dialect)
         self._build_grouped_statements()
+
+    def _begin_many_statement(self, nulls: Callable[..., list[Any]]) -> sa.CompoundSelect[Any]:
+        """Starts in a batch (group commit): :attr:`_begin` with its parameters taken from one
+        row of arrays each (``unnest``), so each workflow is fenced by its own lease; then the
+        steps of the workflows it began. Every row carries its workflow's ``id``."""
+        types = {
+            "p_iid": workflows.c.id.type,
+            "p_tid": sa.String(),
+            "p_wid": sa.String(),
+            "p_ts": workflows.c.updated_at.type,
+        }
+        rows = (
+            sa.func.unnest(*[array_param(f"b_{k}", t) for k, t in types.items()])
+            .table_valued(*[sa.column(k, t) for k, t in types.items()], name="u")
+            .render_derived()
+        )
+
+        def from_rows(element: Any, **kw: Any) -> Any:
+            if isinstance(element, sa.BindParameter) and element.key in types:
+                return rows.c[element.key]
+            return None
+
+        began = cast(sa.Update, replacement_traverse(cast(Any, self._begin), {}, from_rows)).cte(
+            "began_many"
+        )
+        step_columns = [c for c in STEP_COLUMNS if c != "workflow_id"]
+        header = sa.select(
+            sa.literal(0).label("part"), *began.c, *nulls(steps, step_columns, "step_")
+        )
+        history = sa.select(
+            sa.literal(1),
+            *[
+                steps.c.workflow_id if c.name == "id" else nulls(workflows, [c.name])[0]
+                for c in workflows.c
+            ],
+            *[steps.c[c] for c in step_columns],
+        ).where(steps.c.workflow_id.in_(sa.select(began.c.id)))
+        begin = sa.union_all(header, history)
+        return begin.order_by(begin.selected_columns.part, begin.selected_columns.step_position)
 
     def _joined_snapshot(self, rows: Sequence[Mapping[str, Any]]) -> WorkflowSnapshot:
         """A snapshot from the rows of the direct begin statement: the workflow's row first,
@@ -190,8 +231,15 @@ class Execution(GroupedWrites):
                 return WorkflowNotFoundError(instance_id)
             return self._refusal(conn, clock, instance_id, task_id, worker_id)
 
-        done = await self._run_direct(self._begin_direct, params, what=what)
-        if done is not None:  # one statement, one round trip
+        # one statement, one round trip, with the other starts pending at the same moment
+        # (group commit)
+        group = self._begin_group
+        if self._begin_direct is not None and group is not None and not group.bound_elsewhere():
+            with self._errors(what):
+                done = await group.submit(params)
+        else:
+            done = await self._run_direct(self._begin_direct, params, what=what)
+        if done is not None:
             if not done.rows:
                 raise await self._run(explain, what=what)
             return self._joined_snapshot(done.rows)

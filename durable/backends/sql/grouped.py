@@ -1,5 +1,6 @@
 """Group commit on PostgreSQL: the hot path's writes that executions in one process make at the
-same moment, as one statement each (see :mod:`.batch`).
+same moment, as one statement each (see :mod:`.batch`): step records, finishes, and the starts
+of executions (each with its history).
 
 Each kind of write has a multi-row statement: every column's values as one array parameter,
 ``unnest``-ed into rows, each row fenced by its own lease (a row whose fence fails is skipped,
@@ -30,16 +31,19 @@ from durable.errors import BackendUnavailableError
 from durable.models import WORKFLOW_TASK, StepStatus
 
 
-def _array(name: str, type_: Any) -> sa.ColumnElement[Any]:
+def array_param(name: str, type_: Any) -> sa.ColumnElement[Any]:
+    """A parameter bound to a list, as a PostgreSQL array of ``type_`` (for ``unnest``)."""
     return sa.cast(sa.bindparam(name, type_=pg.ARRAY(type_)), pg.ARRAY(type_))
 
 
 class GroupedWrites(SQLCore):
-    """Step records and finishes in batches (PostgreSQL's direct path only)."""
+    """Step records, finishes and starts in batches (PostgreSQL's direct path only)."""
 
     _record_step: Any
     _record_step_direct: CompiledStatement | None
     _finish_direct: CompiledStatement | None
+    _begin_direct: CompiledStatement | None
+    _begin_many_direct: CompiledStatement
 
     def _build_grouped_statements(self) -> None:
         dialect = self.engine.dialect
@@ -53,11 +57,14 @@ class GroupedWrites(SQLCore):
         self._finish_group: GroupCommit[dict[str, Any], DirectResult | None] | None = GroupCommit(
             self._flush_finishes
         )
+        self._begin_group: GroupCommit[dict[str, Any], DirectResult | None] | None = GroupCommit(
+            self._flush_begins
+        )
 
     def _record_steps_statement(self) -> sa.Insert:
         types = {c: steps.c[c].type for c in STEP_COLUMNS}
-        arrays = [_array(f"a_{c}", t) for c, t in types.items()]
-        keys = [_array(f"a_{k}", sa.String()) for k in ("tid", "wid")]
+        arrays = [array_param(f"a_{c}", t) for c, t in types.items()]
+        keys = [array_param(f"a_{k}", sa.String()) for k in ("tid", "wid")]
         rows = (
             sa.func.unnest(*arrays, *keys)
             .table_valued(*[sa.column(c, t) for c, t in types.items()], "tid", "wid", name="u")
@@ -96,7 +103,7 @@ class GroupedWrites(SQLCore):
 
         def rows(name: str) -> Any:
             return (
-                sa.func.unnest(*[_array(f"f_{k}", t) for k, t in types.items()])
+                sa.func.unnest(*[array_param(f"f_{k}", t) for k, t in types.items()])
                 .table_valued(*[sa.column(k, t) for k, t in types.items()], name=name)
                 .render_derived()
             )
@@ -208,6 +215,37 @@ class GroupedWrites(SQLCore):
         for params in batch:
             try:
                 outcomes.append(await self._runner.direct(self._finish_direct, params))
+            except Exception as exc:  # that caller's own error
+                outcomes.append(exc)
+        return outcomes
+
+    async def _flush_begins(
+        self, batch: list[dict[str, Any]]
+    ) -> list[DirectResult | BaseException | None]:
+        """For each start: the workflow's row then its steps' rows (no row: its fence refused
+        it, or the workflow is gone), or None where the direct path does not apply."""
+        keys = {p["p_iid"] for p in batch}
+        assert self._begin_direct is not None
+        if len(batch) >= 2 and len(keys) == len(batch):
+            arrays = {f"b_{k}": [p[k] for p in batch] for k in ("p_iid", "p_tid", "p_wid", "p_ts")}
+            try:
+                done = await self._runner.direct(self._begin_many_direct, arrays)
+            except Exception as exc:
+                if isinstance(self._translated(exc, "begin workflows"), BackendUnavailableError):
+                    raise
+                done = None  # one row's problem: each on its own
+            if done is not None:
+                began: dict[str, list[dict[str, Any]]] = {}
+                for row in done.rows:  # the workflows' rows come first
+                    if row["part"] == 0:
+                        began[row["id"]] = [row]
+                    else:
+                        began[row["id"]].append(row)
+                return [DirectResult(1, began.get(p["p_iid"], [])) for p in batch]
+        outcomes: list[DirectResult | BaseException | None] = []
+        for params in batch:
+            try:
+                outcomes.append(await self._runner.direct(self._begin_direct, params))
             except Exception as exc:  # that caller's own error
                 outcomes.append(exc)
         return outcomes
