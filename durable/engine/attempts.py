@@ -183,9 +183,15 @@ class Attempts(Leases):
             is_async=wf.is_async,
             lease_deadline=leased_at + self.claim_ttl.total_seconds(),
         )
-        heartbeat = asyncio.get_running_loop().create_task(
-            self._heartbeat(instance_id, context=ctx)
-        )
+        # the lease's heartbeat: a timer, not a task, until the first extension is due (most
+        # executions end before it, and a timer costs less than a task to start and cancel)
+        loop = asyncio.get_running_loop()
+        beating: list[asyncio.Task[None]] = []
+
+        def beat() -> None:
+            beating.append(loop.create_task(self._heartbeat(instance_id, context=ctx, due=True)))
+
+        timer = loop.call_later(self.heartbeat_interval, beat)
         try:
             unstorable = False
             try:
@@ -235,7 +241,9 @@ class Attempts(Leases):
             await self._release_quietly(instance_id)
             raise
         finally:
-            heartbeat.cancel()
+            timer.cancel()
+            for heartbeat in beating:
+                heartbeat.cancel()
 
     async def _fail_unreadable(self, instance_id: str, exc: CorruptRowError) -> None:
         """Record that the execution failed because its stored rows cannot be read (fenced by

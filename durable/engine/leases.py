@@ -123,9 +123,14 @@ class Leases(RuntimeCore):
         task_id: str = WORKFLOW_TASK,
         *,
         context: ExecutionContext | None = None,
+        due: bool = False,
     ) -> None:
+        """Extend the claim every ``heartbeat_interval``; the first extension at once when
+        ``due`` (the caller already waited an interval)."""
         while True:
-            await asyncio.sleep(self.heartbeat_interval)
+            if not due:
+                await asyncio.sleep(self.heartbeat_interval)
+            due = False
             if self._superseded:  # the lease is the other process's now: stop at the next step
                 if context is not None:
                     context.lease_lost = self._lost(instance_id, task_id)
