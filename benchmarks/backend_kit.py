@@ -28,7 +28,7 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 import durable
-from durable.testing.benchkit import Figure, KitSizes, run_kit
+from durable.testing.benchkit import Figure, add_size_arguments, run_kit, sizes_from_arguments
 
 BACKENDS = ("memory", "sqlite", "postgres")
 
@@ -36,13 +36,7 @@ BACKENDS = ("memory", "sqlite", "postgres")
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--backend", choices=[*BACKENDS, "all"], default="all")
-    defaults = KitSizes()
-    p.add_argument("--finished", type=int, default=defaults.finished)
-    p.add_argument("--history", type=int, default=defaults.large_history)
-    p.add_argument("--concurrency", type=int, default=defaults.concurrency)
-    p.add_argument("--rounds", type=int, default=defaults.rounds)
-    p.add_argument("--samples", type=int, default=defaults.samples)
-    p.add_argument("--warmup", type=int, default=defaults.warmup)
+    add_size_arguments(p)
     p.add_argument("--pg-url", default=bl.DEFAULT_PG_URL, help="PostgreSQL server (its database)")
     p.add_argument("--sqlite-dir", type=Path, help="where the SQLite file goes (a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the SQLite file and the database")
@@ -68,14 +62,7 @@ def recreate_pg_database(url: str, *, drop_only: bool = False) -> None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, dict[str, Figure]]:
-    sizes = KitSizes(
-        large_history=args.history,
-        finished=args.finished,
-        concurrency=args.concurrency,
-        rounds=args.rounds,
-        samples=args.samples,
-        warmup=args.warmup,
-    )
+    sizes = sizes_from_arguments(args)
     kinds = BACKENDS if args.backend == "all" else (args.backend,)
     results: dict[str, dict[str, Figure]] = {}
     with tempfile.TemporaryDirectory(prefix="durable-kit-") as tmp:

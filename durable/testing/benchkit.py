@@ -324,14 +324,10 @@ async def run_kit(
     return report.figures
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Figure]:
-    """``python -m durable.testing.benchkit URL [options]``: run the kit on the store at URL."""
+def add_size_arguments(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` an option per :class:`KitSizes` field (``--history``, ``--finished``, ...),
+    defaulting to the kit's sizes."""
     defaults = KitSizes()
-    parser = argparse.ArgumentParser(
-        prog="python -m durable.testing.benchkit",
-        description="Measure a durable backend's costs at scale, on an EMPTY store.",
-    )
-    parser.add_argument("url", help="a URL durable.connect() knows (memory://, sqlite:///...)")
     parser.add_argument("--history", type=int, default=defaults.large_history)
     parser.add_argument("--small-history", type=int, default=defaults.small_history)
     parser.add_argument("--finished", type=int, default=defaults.finished)
@@ -340,8 +336,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Figure]:
     parser.add_argument("--samples", type=int, default=defaults.samples)
     parser.add_argument("--warmup", type=int, default=defaults.warmup)
     parser.add_argument("--setup-concurrency", type=int, default=defaults.setup_concurrency)
-    args = parser.parse_args(argv)
-    sizes = KitSizes(
+
+
+def sizes_from_arguments(args: argparse.Namespace) -> KitSizes:
+    """The sizes parsed by a parser that :func:`add_size_arguments` prepared."""
+    return KitSizes(
         small_history=args.small_history,
         large_history=args.history,
         finished=args.finished,
@@ -351,6 +350,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Figure]:
         warmup=args.warmup,
         setup_concurrency=args.setup_concurrency,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Figure]:
+    """``python -m durable.testing.benchkit URL [options]``: run the kit on the store at URL."""
+    parser = argparse.ArgumentParser(
+        prog="python -m durable.testing.benchkit",
+        description="Measure a durable backend's costs at scale, on an EMPTY store.",
+    )
+    parser.add_argument("url", help="a URL durable.connect() knows (memory://, sqlite:///...)")
+    add_size_arguments(parser)
+    args = parser.parse_args(argv)
+    sizes = sizes_from_arguments(args)
     from durable.connect import connect
 
     return asyncio.run(run_kit(lambda: connect(args.url), sizes))
