@@ -736,6 +736,19 @@ class PersistentBackend(ABC):
         """
 
 
+def check_aware(*stamps: datetime | None) -> None:
+    """Refuse naive timestamps (they cannot be compared with the stored ones), as every backend
+    must.
+
+    :raises InvalidArgumentError: a stamp has no UTC offset.
+    """
+    for stamp in stamps:
+        if stamp is not None and stamp.utcoffset() is None:
+            raise InvalidArgumentError(
+                f"naive datetime {stamp!r}: durable stores timezone-aware times"
+            )
+
+
 def batch_owners(batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]]) -> list[int]:
     """For each row of a :meth:`PersistentBackend.create_workflows` batch, the index of the
     row that creates its workflow: its own, or that of the first earlier row with the same id

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from durable.backends.base import batch_owners
-from durable.backends.memory.core import MemoryCore, check_aware
+from durable.backends.base import batch_owners, check_aware
+from durable.backends.memory.core import MemoryCore
 from durable.errors import InvalidArgumentError, SerializationError
 from durable.models import StepRecord, TaskSpec, WorkflowInfo, WorkflowSnapshot
 

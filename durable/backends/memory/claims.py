@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+from durable.backends.base import check_aware
 from durable.backends.memory.core import (
     MemoryCore,
     StoredTask,
-    check_aware,
     check_limit,
     claim_of,
     is_live,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from durable.backends.base import PersistentBackend
+from durable.backends.base import PersistentBackend, check_aware
 from durable.backends.rows import RowRef, step_values, workflow_values
 from durable.errors import ClaimLostError, InvalidArgumentError, WorkflowNotFoundError
 from durable.models import (
@@ -179,15 +179,6 @@ def claim_of(task: StoredTask) -> TaskClaim:
         attempts=task.attempts,
         name=task.spec.name,
     )
-
-
-def check_aware(*stamps: datetime | None) -> None:
-    """Refuse naive timestamps, as the SQL backends do: they cannot be compared with the others."""
-    for stamp in stamps:
-        if stamp is not None and stamp.utcoffset() is None:
-            raise InvalidArgumentError(
-                f"naive datetime {stamp!r}: durable stores timezone-aware times"
-            )
 
 
 def check_limit(limit: int) -> None:

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from durable.backends.memory.core import MemoryCore, check_aware
+from durable.backends.base import check_aware
+from durable.backends.memory.core import MemoryCore
 from durable.errors import InvalidArgumentError, StepAlreadyRecordedError
 from durable.models import (
     UNTIL_WOKEN,

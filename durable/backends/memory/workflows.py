@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from durable.backends.base import check_aware
 from durable.backends.cursors import decode_cursor, encode_cursor
-from durable.backends.memory.core import MemoryCore, check_aware, check_limit
+from durable.backends.memory.core import MemoryCore, check_limit
 from durable.errors import (
     ConcurrentUpdateError,
     InvalidArgumentError,

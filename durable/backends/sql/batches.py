@@ -29,7 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-from durable.backends.base import batch_owners
+from durable.backends.base import batch_owners, check_aware
 from durable.backends.sql.core import SQLCore
 from durable.backends.sql.direct import CompiledStatement
 from durable.backends.sql.schema import UTCDateTime, steps, tasks, workflows
@@ -138,8 +138,7 @@ class Enqueues(SQLCore):
                 rows[index] = self._workflow_row(snapshot, now, 1)
                 step_rows[index] = [self._step_row(snapshot.id, s, now) for s in snapshot.steps]
                 if task is not None:
-                    if task.run_after is not None:
-                        _json_value(task.run_after)  # a naive time is refused, naming its row
+                    check_aware(task.run_after)  # refused here, so that the error names its row
                     task_rows[index] = self._task_row(task, now)
             except InvalidArgumentError as exc:
                 raise InvalidArgumentError(f"inputs[{index}]: {exc}") from exc
@@ -297,10 +296,7 @@ def _recordset_tasks() -> sa.TextClause:
 def _json_value(value: Any) -> str:
     """What JSON cannot hold, as PostgreSQL reads it: timestamps (aware only) and intervals."""
     if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise InvalidArgumentError(
-                f"naive datetime {value!r}: durable stores timezone-aware times"
-            )
+        check_aware(value)
         return value.isoformat()
     if isinstance(value, timedelta):
         return f"{value.total_seconds()!r} seconds"
