@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 from durable.backends.base import PersistentBackend
 from durable.connect import connect
-from durable.errors import DurableError, InvalidArgumentError
+from durable.errors import DurableError, InvalidArgumentError, SerializationError
 from durable.executions import DEFAULT_MAX_ATTEMPTS as DEFAULT_MAX_ATTEMPTS
 from durable.executions import Enqueue as Enqueue
 from durable.executions import EnqueueOptions as EnqueueOptions
@@ -54,6 +54,7 @@ from durable.executions import outcome_error as outcome_error
 from durable.executions import plan_enqueue_many as plan_enqueue_many
 from durable.models import (
     ExecutorInfo,
+    Message,
     Page,
     RegisteredWorkflow,
     StepRecord,
@@ -436,6 +437,76 @@ class Client(SyncStartable):
     def result_sync(self, workflow_id: str, *, timeout: float | None = None) -> Any:
         """:meth:`result` for code that is not async (see :meth:`blocking`)."""
         return self.blocking(self.result(workflow_id, timeout=timeout))
+
+    # -- messages ------------------------------------------------------------------------------
+
+    async def send(
+        self,
+        workflow_id: str,
+        topic: str,
+        value: Any = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> bool:
+        """Send ``value`` to the workflow ``workflow_id`` on ``topic``; it receives it with
+        ``durable.recv(topic)``. Returns True once the message is stored (it is then kept until
+        the workflow receives it, exactly once, after the messages sent on the topic before it);
+        False when a message with this ``idempotency_key`` was already sent to that workflow
+        (nothing is stored again). A workflow waiting on the topic is woken at once.
+
+        :raises WorkflowNotFoundError: no workflow has that id.
+        :raises WorkflowFinishedError: that workflow has finished (a send whose key was
+            already stored returns False instead).
+        :raises InvalidArgumentError: ``workflow_id``, ``topic`` or ``idempotency_key`` is not
+            a non-empty str of at most 255 characters, or ``value`` cannot be serialized
+            (nothing is stored).
+        """
+        self._require_started()
+        check_id(workflow_id, "workflow_id")
+        check_name(topic, "topic")
+        check_optional_id(idempotency_key, "idempotency_key")
+        try:
+            return await self.backend.send_message(
+                workflow_id, topic, value, idempotency_key=idempotency_key
+            )
+        except SerializationError as exc:
+            raise InvalidArgumentError(
+                f"value cannot be stored: {type(value).__qualname__} {exc}"
+            ) from exc
+
+    def send_sync(
+        self,
+        workflow_id: str,
+        topic: str,
+        value: Any = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> bool:
+        """:meth:`send` for code that is not async."""
+        return self.blocking(self.send(workflow_id, topic, value, idempotency_key=idempotency_key))
+
+    async def list_messages(
+        self, workflow_id: str, *, topic: str | None = None, received: bool | None = None
+    ) -> list[Message]:
+        """The messages sent to the workflow (and its timers' messages), in the order they were
+        stored; on ``topic`` only, or only received (``received=True``) or pending
+        (``received=False``) ones, if given.
+
+        :raises WorkflowNotFoundError: no such workflow.
+        """
+        self._require_started()
+        check_id(workflow_id, "workflow_id")
+        if topic is not None:
+            check_name(topic, "topic")
+        if received is not None:
+            check_bool(received, "received")
+        return await self.backend.list_messages(workflow_id, topic=topic, received=received)
+
+    def list_messages_sync(
+        self, workflow_id: str, *, topic: str | None = None, received: bool | None = None
+    ) -> list[Message]:
+        """:meth:`list_messages` for code that is not async."""
+        return self.blocking(self.list_messages(workflow_id, topic=topic, received=received))
 
     # -- inspection and control ---------------------------------------------------------------
 

@@ -19,6 +19,7 @@ The tree::
     │   ├── ConcurrentUpdateError     optimistic lock: the stored version moved on
     │   ├── WorkflowAlreadyExistsError
     │   ├── StepAlreadyRecordedError  that step position already has a final outcome
+    │   ├── WorkflowFinishedError     the workflow has finished: it receives no messages
     │   └── ExecutorIdInUseError      another live process runs under that executor id
     ├── ClaimLostError                the caller does not hold the claim it acts under
     ├── NonDeterminismError           a replay diverged from the recorded history
@@ -209,6 +210,17 @@ class StepAlreadyRecordedError(ConflictError):
         super().__init__(f"step {position} of workflow {workflow_id!r} is already recorded")
         self.workflow_id = workflow_id
         self.position = position
+
+
+class WorkflowFinishedError(ConflictError):
+    """The workflow has finished: it receives no more messages."""
+
+    def __init__(self, workflow_id: str, status: str) -> None:
+        super().__init__(
+            f"workflow {workflow_id!r} has finished ({status}): it receives no more messages"
+        )
+        self.workflow_id = workflow_id
+        self.status = status
 
 
 class ExecutorIdInUseError(ConflictError):

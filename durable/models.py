@@ -285,3 +285,61 @@ def ttl_seconds(ttl: timedelta | float) -> float:
     if not seconds > 0:
         raise InvalidArgumentError(f"a claim ttl must be positive, got {ttl!r}")
     return seconds
+
+
+# -- messages in (durable.send / durable.recv) and timers by key ---------------------------------
+
+#: The name a receive is recorded under in a workflow's history: pending while the workflow
+#: waits (its input the topic, its output the deadline as ISO 8601, or None without one);
+#: succeeded with the message's value (None on a timeout) once it returned.
+RECV_STEP = "durable.recv"
+#: The name a send from inside a workflow is recorded under (its output None).
+SEND_STEP = "durable.send"
+#: The name a started timer is recorded under (its input the key, its output the time it fires).
+START_TIMER_STEP = "durable.start_timer"
+#: The name a cancelled timer is recorded under (its input the key, its output whether a timer
+#: that had not fired was cancelled).
+CANCEL_TIMER_STEP = "durable.cancel_timer"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Message:
+    """A message sent to a workflow (``send``), or delivered by one of its timers."""
+
+    workflow_id: str
+    topic: str
+    value: Any = None
+    seq: int
+    """Its place in the order of sending (increasing per store): a topic's messages are
+    received in this order."""
+    sent_at: datetime
+    deliver_at: datetime
+    """When it may be received: when it was sent, or when its timer fires."""
+    idempotency_key: str | None = None
+    timer: bool = False
+    """True for a timer's message (its topic is the timer's key)."""
+    received_at: datetime | None = None
+    received_position: int | None = None
+    """The position of the receive that took it in the workflow's history."""
+
+
+class ReceiveStatus(StrEnum):
+    """How :meth:`~durable.backends.PersistentBackend.receive_message` ended."""
+
+    RECEIVED = "received"
+    TIMED_OUT = "timed_out"
+    WAITING = "waiting"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Receipt:
+    """The outcome of :meth:`~durable.backends.PersistentBackend.receive_message`."""
+
+    status: ReceiveStatus
+    message: Message | None = None
+    """The message received (status ``received``)."""
+    wake_at: datetime | None = None
+    """Status ``waiting``: when the workflow is due again if no message wakes it first (its
+    deadline, or a timer's message on the topic), None when only a message wakes it."""
+    now: datetime
+    """The store's clock during the operation."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import weakref
 from collections.abc import Callable, Coroutine
@@ -61,13 +62,14 @@ class WorkflowSleeping(WorkflowSuspended):
     ``run`` treat it as a suspension; :attr:`delay` tells ``run`` how long to wait before it
     looks again."""
 
-    def __init__(self, workflow_id: str, until: datetime, delay: float) -> None:
-        BaseException.__init__(self, f"workflow {workflow_id!r} sleeps until {until.isoformat()}")
+    def __init__(self, workflow_id: str, until: datetime | None, delay: float) -> None:
+        shown = "it is woken" if until is None else until.isoformat()
+        BaseException.__init__(self, f"workflow {workflow_id!r} sleeps until {shown}")
         self.workflow_id = workflow_id
         self.until = until
-        """The wake-up time, on the store's clock."""
+        """The wake-up time, on the store's clock (None: a wait only a message ends)."""
         self.delay = delay
-        """Seconds from the hand-back to the wake-up time."""
+        """Seconds from the hand-back to the wake-up time (infinite without one)."""
 
 
 def sleep(delta: timedelta | float) -> Coroutine[Any, Any, None]:
@@ -207,17 +209,37 @@ async def _sleep(ctx: ExecutionContext, guard: StepGuard, wake: Wake) -> None:
             run_after=remaining,
             consume_attempt=False,
         )
-    delay = remaining.total_seconds()
-    # wake this process's workers when it is due (the hand-back woke them now, too early); the
-    # timer does not keep a closed backend alive for the length of the sleep
-    asyncio.get_running_loop().call_later(delay + WAKE_MARGIN, _notify, weakref.ref(backend))
+    raise suspended(ctx, until, now, action="workflow.sleep", doing="sleeps")
+
+
+def suspended(
+    ctx: ExecutionContext,
+    until: datetime | None,
+    now: datetime,
+    *,
+    action: str,
+    doing: str,
+    **extra: Any,
+) -> WorkflowSleeping:
+    """The workflow was handed back (it holds no lease), due again at ``until`` on the store's
+    clock (None: only when something wakes it), ``now`` being the store's time at the hand-back:
+    wake this process's workers when it is due (the hand-back woke them now, too early; the
+    timer does not keep a closed backend alive for the length of the wait), log it (``action``
+    in ``extra``), and return the :class:`WorkflowSleeping` for the caller to raise. Shared by
+    every way a workflow suspends until a time: sleeps, receives (:mod:`durable.messages`)."""
+    delay = math.inf if until is None else (until - now).total_seconds()
+    if until is not None:
+        asyncio.get_running_loop().call_later(
+            max(delay, 0.0) + WAKE_MARGIN, _notify, weakref.ref(ctx.runtime.backend)
+        )
     log.debug(
-        "workflow %s sleeps until %s",
+        "workflow %s %s until %s",
         ctx.workflow_id,
-        until.isoformat(),
-        extra={"action": "workflow.sleep", "workflow_id": ctx.workflow_id, "until": until},
+        doing,
+        "woken" if until is None else until.isoformat(),
+        extra={"action": action, "workflow_id": ctx.workflow_id, "until": until, **extra},
     )
-    raise WorkflowSleeping(ctx.workflow_id, until, delay)
+    return WorkflowSleeping(ctx.workflow_id, until, delay)
 
 
 def _notify(ref: weakref.ReferenceType[PersistentBackend]) -> None:
@@ -254,4 +276,5 @@ __all__ = [
     "sleep_sync",
     "sleep_until",
     "sleep_until_sync",
+    "suspended",
 ]

@@ -44,7 +44,9 @@ from durable.models import (
     AvailableTask,
     ErrorInfo,
     ExecutorInfo,
+    Message,
     Page,
+    Receipt,
     RegisteredWorkflow,
     StepRecord,
     TaskClaim,
@@ -226,9 +228,9 @@ class PersistentBackend(ABC):
 
     @abstractmethod
     async def delete_snapshot(self, instance_id: str) -> bool:
-        """Delete the workflow with its steps and tasks, in one transaction: its id and its
-        idempotency key are free again (a new workflow under them starts from nothing), claims
-        on its tasks are gone (their holders' fenced writes raise ``ClaimLostError``), and no
+        """Delete the workflow with its steps, tasks and messages, in one transaction: its id
+        and its idempotency key are free again (a new workflow under them starts from nothing),
+        claims on its tasks are gone (their holders' fenced writes raise ``ClaimLostError``), and no
         other workflow is touched. Returns False if there was none (idempotent)."""
 
     @abstractmethod
@@ -733,6 +735,121 @@ class PersistentBackend(ABC):
         available.
 
         :raises InvalidArgumentError: ``limit`` is below 1.
+        """
+
+    # -- messages in, and timers by key (fenced where a workflow writes) -----------------------
+
+    @abstractmethod
+    async def send_message(
+        self, instance_id: str, topic: str, value: Any, *, idempotency_key: str | None = None
+    ) -> bool:
+        """Store a message for workflow ``instance_id`` on ``topic``, deliverable at once
+        (``deliver_at`` and ``sent_at`` :meth:`now`), in one transaction. Returns True when it
+        was stored, False when a message with the same non-null ``idempotency_key`` was stored
+        for this workflow before (received or not, whatever its topic or value): then nothing
+        is written. Keys are per target workflow.
+
+        A stored message is kept until a :meth:`receive_message` of the workflow takes it:
+        sent before the workflow waits, or before it started, it is not lost. Messages of a
+        topic are received in the order they were stored (``seq``), each exactly once.
+
+        Wake-up: when the workflow waits for a message on ``topic`` (its task is unclaimed,
+        and its last step is a pending :data:`~durable.models.RECV_STEP` whose input is
+        ``topic``), its task becomes due now in the same transaction, and workers are told
+        (:meth:`notify_work`; NOTIFY on PostgreSQL). A workflow that waits on another topic,
+        sleeps, runs or has not started is not woken. A send that commits while the workflow
+        hands itself back to wait (:meth:`receive_message`) is never missed: either that
+        receive takes the message, or this send wakes the workflow.
+
+        :raises WorkflowNotFoundError: no such workflow (nothing is written).
+        :raises WorkflowFinishedError: the workflow has finished (nothing is written; a send
+            whose key was already stored still returns False).
+        :raises SerializationError: ``value`` cannot be serialized (nothing is written).
+        """
+
+    @abstractmethod
+    async def receive_message(
+        self,
+        instance_id: str,
+        topic: str,
+        *,
+        worker_id: str,
+        step: StepRecord,
+        deadline: datetime | None,
+    ) -> Receipt:
+        """Receive the workflow's next message on ``topic``, or hand the workflow back to wait
+        for one, in one transaction fenced by ``worker_id``'s claim on the workflow task.
+        ``step`` is the receive's record (name :data:`~durable.models.RECV_STEP`, its position,
+        input ``topic``, pending, its output the deadline as the caller shows it). Judged on
+        :meth:`now`'s clock:
+
+        * **received**: of the messages on ``topic`` not received yet and deliverable
+          (``deliver_at <= now``), the first stored (lowest ``seq``) is marked received
+          (``received_at`` now, ``received_position`` ``step.position``) and ``step`` is
+          recorded *succeeded* with the message's value as its output (``completed_at`` now).
+          Both or neither: a crash cannot separate them, and no message is received twice.
+        * **timed out**: there is none and ``deadline`` has passed: ``step`` is recorded
+          succeeded with output None.
+        * **waiting**: there is none and ``deadline`` is None or to come: ``step`` is recorded
+          as given (pending), and the workflow is handed back as
+          :meth:`reschedule_workflow` with ``consume_attempt=False`` does it (pending,
+          ``attempts`` one less, claim released, no step deleted), its task due at the earliest
+          of ``deadline`` and the ``deliver_at`` of the topic's undelivered future messages (a
+          timer), or :data:`~durable.models.UNTIL_WOKEN` ahead when there is neither
+          (:meth:`send_message` wakes it). ``wake_at`` says when.
+
+        The position is written as :meth:`record_step` writes it (a pending row is
+        overwritten, a final one never).
+
+        :raises ClaimLostError: the claim is not held (nothing is written, no message taken).
+        :raises StepAlreadyRecordedError: ``step``'s position already has a final outcome.
+        """
+
+    @abstractmethod
+    async def start_timer(
+        self,
+        instance_id: str,
+        key: str,
+        value: Any,
+        *,
+        delay: timedelta,
+        worker_id: str,
+        step: StepRecord,
+    ) -> datetime:
+        """Start the workflow's timer ``key``: a message on topic ``key`` with ``value``,
+        deliverable ``delay`` after :meth:`now` (at once if ``delay`` is not positive), with
+        ``timer`` True; a timer of the same key whose message was not received yet is deleted
+        (restarting replaces it). In the same transaction, fenced by ``worker_id``'s claim on
+        the workflow task, ``step`` (:data:`~durable.models.START_TIMER_STEP`) is recorded
+        succeeded with the time it fires (ISO 8601) as its output. Returns that time.
+
+        :raises ClaimLostError: the claim is not held (nothing is written).
+        :raises StepAlreadyRecordedError: ``step``'s position already has a final outcome.
+        :raises SerializationError: ``value`` cannot be serialized (nothing is written).
+        """
+
+    @abstractmethod
+    async def cancel_timer(
+        self, instance_id: str, key: str, *, worker_id: str, step: StepRecord
+    ) -> bool:
+        """Cancel the workflow's timer ``key``: delete its message if it was not received yet
+        (due or not: a cancelled timer is never received). Returns whether one was deleted.
+        In the same transaction, fenced by ``worker_id``'s claim on the workflow task, ``step``
+        (:data:`~durable.models.CANCEL_TIMER_STEP`) is recorded succeeded with that boolean as
+        its output. A timer's message is either received or cancelled, never both.
+
+        :raises ClaimLostError: the claim is not held (nothing is written).
+        :raises StepAlreadyRecordedError: ``step``'s position already has a final outcome.
+        """
+
+    @abstractmethod
+    async def list_messages(
+        self, instance_id: str, *, topic: str | None = None, received: bool | None = None
+    ) -> list[Message]:
+        """The workflow's messages (on ``topic`` if given; only received ones, or only those
+        not received yet, if ``received`` is given), in the order they were stored.
+
+        :raises WorkflowNotFoundError: no such workflow.
         """
 
 

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from durable import context as _context
+from durable import messages as _messages
 from durable.engine.core import RuntimeCore
 from durable.errors import InvalidArgumentError
 from durable.executions import (
@@ -256,6 +257,39 @@ class Operations(RuntimeCore):
         :raises InvalidArgumentError: it is not failed, dead-lettered or cancelled.
         """
         return await self.client.retry(workflow_id)
+
+    async def send(
+        self,
+        workflow_id: str,
+        topic: str,
+        value: Any = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> bool:
+        """Send ``value`` to the workflow ``workflow_id`` on ``topic`` (see
+        :meth:`Client.send <durable.Client.send>`). Called inside an async workflow, it is
+        :func:`durable.send`: a recorded step (and returns True).
+
+        :raises WorkflowNotFoundError: no workflow has that id.
+        :raises WorkflowFinishedError: that workflow has finished.
+        :raises InvalidArgumentError: a bad id, topic or key, or a value that cannot be stored.
+        """
+        if _context.current() is not None:
+            await _messages.send(workflow_id, topic, value, idempotency_key=idempotency_key)
+            return True
+        return await self.client.send(workflow_id, topic, value, idempotency_key=idempotency_key)
+
+    def send_sync(
+        self,
+        workflow_id: str,
+        topic: str,
+        value: Any = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> bool:
+        """:meth:`send` from code that is not async, outside workflows (sync workflows call
+        :func:`durable.send_sync`)."""
+        return self.client.send_sync(workflow_id, topic, value, idempotency_key=idempotency_key)
 
     async def result(self, workflow_id: str, *, timeout: float | None = None) -> Any:
         """Wait until the execution finishes (wherever it runs) and return its result.

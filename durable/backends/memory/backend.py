@@ -1,5 +1,6 @@
 """The memory backend's composition root: :class:`InMemoryBackend`, assembled from one class
-per area (:mod:`.workflows`, :mod:`.execution`, :mod:`.claims`, :mod:`.executors`, on the shared
+per area (:mod:`.workflows`, :mod:`.execution`, :mod:`.claims`, :mod:`.executors`,
+:mod:`.messages`, on the shared
 base :mod:`.core`), with its stores and the helpers tests use to look inside it."""
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from durable.backends.memory.claims import Claims
 from durable.backends.memory.core import MemoryCore, StoredTask, is_live, utcnow
 from durable.backends.memory.execution import Execution
 from durable.backends.memory.executors import Executors
+from durable.backends.memory.messages import Messages
 from durable.backends.memory.workflows import Workflows
-from durable.models import ExecutorInfo, RegisteredWorkflow, StepRecord, WorkflowInfo
+from durable.models import ExecutorInfo, Message, RegisteredWorkflow, StepRecord, WorkflowInfo
 from durable.serialization import Serializer, get_serializer
 
 
-class InMemoryBackend(Workflows, Batches, Execution, Claims, Executors, MemoryCore):
+class InMemoryBackend(Workflows, Batches, Execution, Claims, Executors, Messages, MemoryCore):
     """Thread- and task-safe storage in memory.
 
     :param serializer: ``"json"`` (default), ``"pickle"`` or a :class:`Serializer`.
@@ -42,6 +44,7 @@ class InMemoryBackend(Workflows, Batches, Execution, Claims, Executors, MemoryCo
         self._idempotency: dict[str, str] = {}
         self._registry: dict[str, RegisteredWorkflow] = {}
         self._executors: dict[str, ExecutorInfo] = {}
+        self._messages: dict[str, list[Message]] = {}
 
     async def now(self) -> datetime:
         """The time by :attr:`clock`, which judges every lease and due time here."""
@@ -61,6 +64,7 @@ class InMemoryBackend(Workflows, Batches, Execution, Claims, Executors, MemoryCo
             self._idempotency.clear()
             self._registry.clear()
             self._executors.clear()
+            self._messages.clear()
 
     def workflow_ids(self) -> list[str]:
         """The ids of every stored workflow, in insertion order."""

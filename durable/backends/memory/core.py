@@ -21,6 +21,7 @@ from durable.errors import ClaimLostError, InvalidArgumentError, WorkflowNotFoun
 from durable.models import (
     WORKFLOW_TASK,
     ExecutorInfo,
+    Message,
     RegisteredWorkflow,
     StepRecord,
     StepStatus,
@@ -64,6 +65,8 @@ class MemoryCore(PersistentBackend):
     _idempotency: dict[str, str]
     _registry: dict[str, RegisteredWorkflow]
     _executors: dict[str, ExecutorInfo]
+    _messages: dict[str, list[Message]]
+    """Per workflow, its messages in the order stored, their values serialized."""
 
     # -- (de)serialization of stored values -------------------------------------------------
 

@@ -112,6 +112,7 @@ class Workflows(MemoryCore):
             if info is None:
                 return False
             self._steps.pop(instance_id, None)
+            self._messages.pop(instance_id, None)
             for key in [k for k in self._tasks if k[0] == instance_id]:
                 del self._tasks[key]
             if info.idempotency_key is not None:

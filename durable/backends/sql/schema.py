@@ -159,3 +159,33 @@ executors = sa.Table(
     # seconds between the executor's heartbeats: its staleness is judged by it
     sa.Column("heartbeat_interval", sa.Float, nullable=False),
 )
+
+messages = sa.Table(
+    f"{PREFIX}messages",
+    metadata,
+    # the order of sending: a topic's messages are received in this order
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column(
+        "workflow_id",
+        _ID,
+        sa.ForeignKey(workflows.c.id, ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("topic", _ID, nullable=False),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("idempotency_key", _ID),
+    # a timer's message (its topic is the timer's key): restarting or cancelling the key finds it
+    sa.Column("timer", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("sent_at", UTCDateTime, nullable=False),
+    sa.Column("deliver_at", UTCDateTime, nullable=False),
+    sa.Column("received_at", UTCDateTime),
+    sa.Column("received_position", sa.Integer),
+    sa.UniqueConstraint("workflow_id", "idempotency_key"),
+    # a topic's messages not received yet, in order (received_at IS NULL first)
+    sa.Index(None, "workflow_id", "topic", "received_at", "id"),
+)
