@@ -36,6 +36,8 @@ same fixtures while you write that area (CONTRIBUTING.md walks through them in o
 * :class:`ExecutionContract`: begin, finish, reschedule, cancel, redrive; attempts counted;
 * :class:`StepContract`: recording steps, what a retry runs again, the cost of a step;
 * :class:`FanOutContract`: suspending a workflow for step tasks, waking it;
+* :class:`MessageContract`: messages in (kept, ordered, exactly once, idempotent, fenced,
+  waits always woken) and timers by key (replaced, cancelled, due without polling);
 * :class:`RegistryContract`: the workflow registry and executors;
 * :class:`WakeUpContract`: ``wait_for_work``;
 * :class:`ConcurrencyContract`: connections returned, atomic claims, 200 concurrent calls.
@@ -73,6 +75,7 @@ from durable.testing.contract.clock import ClockContract
 from durable.testing.contract.concurrency import ConcurrencyContract
 from durable.testing.contract.execution import ExecutionContract
 from durable.testing.contract.fanout import FanOutContract
+from durable.testing.contract.messages import MessageContract
 from durable.testing.contract.registry import RegistryContract
 from durable.testing.contract.snapshots import SnapshotContract
 from durable.testing.contract.steps import StepContract
@@ -88,6 +91,7 @@ __all__ = [
     "ContractBase",
     "ExecutionContract",
     "FanOutContract",
+    "MessageContract",
     "RegistryContract",
     "SnapshotContract",
     "StepContract",
@@ -105,6 +109,7 @@ class BackendContractTests(
     ExecutionContract,
     StepContract,
     FanOutContract,
+    MessageContract,
     RegistryContract,
     WakeUpContract,
     ConcurrencyContract,
