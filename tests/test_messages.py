@@ -17,6 +17,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -449,3 +452,110 @@ async def test_bad_arguments_in_a_workflow_record_nothing(kind: str, match: str)
 def test_bad_arguments_name_the_argument(call: Callable[[], Any], match: str) -> None:
     with pytest.raises(durable.InvalidArgumentError, match=match):
         call()
+
+
+# -- worker processes killed while a workflow waits, and at a receive --------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """A SQLite file or a fresh PostgreSQL database (what several processes can share)."""
+    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(url: str, executor_id: str, kill_at: str = "none") -> subprocess.Popen[bytes]:
+        with (tmp_path / f"{executor_id}.out").open("wb") as out:  # the child keeps its copy
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(PROG),
+                    *("serve", "--url", url, "--executor-id", executor_id),
+                    *("--log", str(tmp_path / "effects.log"), "--kill-at", kill_at),
+                    *("--marker", str(tmp_path / "kill.marker")),
+                ],
+                cwd=tmp_path,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+            )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=WAIT)
+
+
+def effects(tmp_path: Path) -> list[list[str]]:
+    path = tmp_path / "effects.log"
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def check_delivered_once(
+    client: durable.Client, workflow_id: str, tmp_path: Path, values: list[str]
+) -> None:
+    """The workflow returned every value once, in order; each was handled (a side effect) once,
+    received once, by one recorded receive."""
+    assert await client.result(workflow_id, timeout=WAIT) == values
+    handled = [line[2] for line in effects(tmp_path) if line[1] == "handle"]
+    assert handled == values, f"side effects: {effects(tmp_path)}"
+    assert [line[1] for line in effects(tmp_path)].count("before") == 1
+    stored = await client.list_messages(workflow_id)
+    assert [m.value for m in stored] == values
+    steps = await client.list_steps(workflow_id)
+    receives = [s for s in steps if s.name == RECV_STEP]
+    assert [(s.status, s.output) for s in receives] == [(StepStatus.SUCCEEDED, v) for v in values]
+    assert sorted(m.received_position for m in stored) == [s.position for s in receives]
+
+
+@pytest.mark.slow
+async def test_a_worker_killed_while_a_workflow_waits(
+    db_url: str, tmp_path: Path, workers: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    """The worker dies while the workflow waits; the messages are sent while no worker runs;
+    a new worker receives them, each once."""
+    async with durable.Client(db_url) as client:
+        first = workers(db_url, "worker-1")
+        workflow_id = await client.enqueue("messageprog.mailbox.v1", 2)
+        await eventually(lambda: waiting(client, workflow_id, "in"), "the workflow to wait")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=WAIT)
+        assert await client.send(workflow_id, "in", "m1") is True
+        assert await client.send(workflow_id, "in", "m2") is True
+        workers(db_url, "worker-2")
+        await check_delivered_once(client, workflow_id, tmp_path, ["m1", "m2"])
+        info = await client.get_workflow(workflow_id)
+    assert info.interruptions == 0  # it waited, handed back: no attempt was interrupted
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", ["commit", "received"])
+async def test_a_worker_killed_at_a_receive(
+    db_url: str, kill_at: str, tmp_path: Path, workers: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    """``commit``: killed inside the receive's transaction, before it commits (the message is
+    still there, the receive not recorded); ``received``: killed right after it committed (the
+    replay returns the recorded message). Either way each message is handled once."""
+    async with durable.Client(db_url) as client:
+        first = workers(db_url, "worker-1", kill_at)
+        workflow_id = await client.enqueue("messageprog.mailbox.v1", 2)
+        await eventually(lambda: waiting(client, workflow_id, "in"), "the workflow to wait")
+        await client.send(workflow_id, "in", "m1")
+        await client.send(workflow_id, "in", "m2")
+        assert first.wait(timeout=WAIT) == -signal.SIGKILL
+        assert (tmp_path / "kill.marker").exists()
+        steps = await client.list_steps(workflow_id)
+        recorded = [s.output for s in steps if s.name == RECV_STEP]
+        stored = await client.list_messages(workflow_id, received=True)
+        if kill_at == "commit":  # the transaction was lost with the process
+            assert (recorded, stored) == ([None], [])
+        else:
+            assert recorded == ["m1"] and [m.value for m in stored] == ["m1"]
+        workers(db_url, "worker-2")
+        await check_delivered_once(client, workflow_id, tmp_path, ["m1", "m2"])
