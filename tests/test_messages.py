@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 import durable
+from durable.context import Rescheduled
 from durable.models import (
     CANCEL_TIMER_STEP,
     RECV_STEP,
@@ -69,6 +70,15 @@ async def inbox(count: int, topic: str = "t") -> list[Any]:
     for _ in range(count):
         got.append(await durable.recv(topic))
     return got
+
+
+@durable.workflow(
+    name="msg.replayed",
+    registry=REG,
+    retry=durable.RetryPolicy(max_attempts=2, initial_delay=0.01),
+)
+async def replayed() -> Any:
+    return await note(await durable.recv("t"))
 
 
 @durable.workflow(name="msg.timeout", registry=REG)
@@ -259,6 +269,26 @@ async def test_a_send_inside_a_workflow_is_a_recorded_step(backend_url: str) -> 
         ("msg.note", StepStatus.SUCCEEDED),
     ]
     assert [(m.topic, m.value) for m in messages] == [("t", "hello")]
+
+
+async def test_a_replay_returns_the_recorded_message(backend_url: str) -> None:
+    """The step after the receive fails once: the second attempt replays the receive (the same
+    message) and takes no other."""
+    FAIL_ONCE.add("note")
+    async with runtime(durable.connect(backend_url)) as rt:
+        await rt.start_worker(concurrency=2, poll_interval=0.01)
+        workflow_id = await rt.enqueue(replayed, delay=3600)
+        await rt.send(workflow_id, "t", "first")
+        await rt.send(workflow_id, "t", "second")
+        backend = rt.client.backend
+        assert await backend.claim_task(workflow_id, WORKFLOW_TASK, rt.executor_id, rt.claim_ttl)
+        with pytest.raises(Rescheduled):  # the first attempt failed, the retry is scheduled
+            await rt.execute_claimed(replayed, workflow_id)
+        assert await rt.result(workflow_id, timeout=WAIT) == "first"
+        left = await rt.client.list_messages(workflow_id, received=False)
+        info = await rt.get_workflow(workflow_id)
+    assert CALLS["note"] == 2 and info.attempts == 2
+    assert [m.value for m in left] == ["second"]
 
 
 async def test_sending_to_a_missing_or_finished_workflow_is_an_error(backend_url: str) -> None:
