@@ -221,7 +221,7 @@ async def test_a_waiting_workflow_is_woken_by_the_send_not_by_polling(backend_ur
         assert (steps[-1].input, steps[-1].output) == ("t", None)  # no deadline
         task = await rt.client.backend.get_task(workflow_id, WORKFLOW_TASK)
         assert (task.claimed_by, task.claim_expires_at) == (None, None)
-        assert worker.running == 0  # no slot held while it waits
+        await eventually(_true_when(lambda: worker.running == 0), "the slot to be given back")
         await rt.send(workflow_id, "t", {"n": 1})
         await eventually(
             lambda: _step_count(rt, workflow_id, 2), "the first receive and the second wait"
@@ -232,9 +232,22 @@ async def test_a_waiting_workflow_is_woken_by_the_send_not_by_polling(backend_ur
     assert (info.attempts, info.interruptions) == (1, 0)  # waiting is no failed attempt
 
 
+def _true_when(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return predicate()
+
+    return check
+
+
 async def _step_count(rt: durable.Runtime, workflow_id: str, n: int) -> bool:
+    """The workflow has ``n`` steps, the last pending, and was handed back (nobody runs it)."""
     steps = await rt.list_steps(workflow_id)
-    return len(steps) == n and steps[-1].status is StepStatus.PENDING
+    info = await rt.get_workflow(workflow_id)
+    return (
+        len(steps) == n
+        and steps[-1].status is StepStatus.PENDING
+        and info.status is WorkflowStatus.PENDING
+    )
 
 
 async def test_idempotent_sends_are_stored_once(backend_url: str) -> None:
