@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 import signal
 import subprocess
 import sys
@@ -602,3 +603,11 @@ async def test_a_worker_killed_at_a_receive(
             assert recorded == ["m1"] and [m.value for m in stored] == ["m1"]
         workers(db_url, "worker-2")
         await check_delivered_once(client, workflow_id, tmp_path, ["m1", "m2"])
+
+
+def test_workflow_finished_error_survives_pickling() -> None:
+    error = durable.WorkflowFinishedError("wf-1", "succeeded")
+    again = pickle.loads(pickle.dumps(error))
+    assert (type(again), str(again), again.__dict__) == (type(error), str(error), error.__dict__)
+    assert isinstance(error, durable.errors.ConflictError)
+    assert error.workflow_id == "wf-1" and error.status == "succeeded"
