@@ -106,6 +106,14 @@ async def sender(target: str) -> str:
     return "sent"
 
 
+RUNTIMES: list[durable.Runtime] = []
+
+
+@durable.workflow(name="msg.runtime_sender", registry=REG)
+async def runtime_sender(target: str) -> bool:
+    return await RUNTIMES[0].send(target, "t", "via runtime")
+
+
 @durable.workflow(name="msg.timers", registry=REG)
 async def timers(mode: str) -> list[Any]:
     if mode == "fire":
@@ -303,6 +311,19 @@ async def test_a_replay_returns_the_recorded_message(backend_url: str) -> None:
         info = await rt.get_workflow(workflow_id)
     assert CALLS["note"] == 2 and info.attempts == 2
     assert [m.value for m in left] == ["second"]
+
+
+async def test_runtime_send_inside_a_workflow_is_durable_send(backend_url: str) -> None:
+    async with runtime(durable.connect(backend_url)) as rt:
+        RUNTIMES[:] = [rt]
+        target = await rt.enqueue(inbox, 1, delay=3600)
+        assert await rt.run(runtime_sender, target, workflow_id="rs-1") is True
+        steps = await rt.list_steps("rs-1")
+        messages = await rt.client.list_messages(target)
+    RUNTIMES.clear()
+    assert [(s.name, s.status) for s in steps] == [(SEND_STEP, StepStatus.SUCCEEDED)]
+    assert [m.value for m in messages] == ["via runtime"]
+    assert messages[0].idempotency_key == "durable.send:rs-1/0"  # derived: sender, position
 
 
 async def test_sending_to_a_missing_or_finished_workflow_is_an_error(backend_url: str) -> None:
