@@ -33,6 +33,7 @@ from durable.errors import (
     SerializationError,
     StepAlreadyRecordedError,
     StepError,
+    StreamClosedError,
     TaskNotFoundError,
     UnknownWorkflowError,
     WorkerCrashedError,
@@ -43,6 +44,7 @@ from durable.errors import (
     WorkflowFailedError,
     WorkflowNotFoundError,
 )
+from durable.events import set_event, set_event_sync
 from durable.models import (
     WORKFLOW_TASK,
     AvailableTask,
@@ -62,6 +64,7 @@ from durable.registry import Registry, default_registry
 from durable.retry import RetryPolicy
 from durable.serialization import JSONSerializer, PickleSerializer, Serializer
 from durable.step import AsyncStep, Step, SyncStep, map, run_step, step
+from durable.streams import close_stream, close_stream_sync, write_stream, write_stream_sync
 from durable.timers import sleep, sleep_sync, sleep_until, sleep_until_sync
 from durable.workflow import AsyncWorkflow, SyncWorkflow, Workflow, workflow
 
@@ -111,6 +114,7 @@ __all__ = [
     "StepGuard",
     "StepRecord",
     "StepStatus",
+    "StreamClosedError",
     "SyncStep",
     "SyncWorkflow",
     "TaskClaim",
@@ -129,10 +133,14 @@ __all__ = [
     "WorkflowNotFoundError",
     "WorkflowSnapshot",
     "WorkflowStatus",
+    "close_stream",
+    "close_stream_sync",
     "connect",
     "default_registry",
     "map",
     "run_step",
+    "set_event",
+    "set_event_sync",
     "sleep",
     "sleep_sync",
     "sleep_until",
@@ -141,6 +149,8 @@ __all__ = [
     "step_guard",
     "workflow",
     "workflow_id",
+    "write_stream",
+    "write_stream_sync",
 ]
 
 

@@ -9,9 +9,9 @@ What differs between databases is in :mod:`.dialects`.
 
 :class:`SQLAlchemyBackend` is composed of one class per area of the domain, each in its module
 with its statements (:mod:`.workflows`, :mod:`.execution`, :mod:`.fanout`, :mod:`.claims`,
-:mod:`.executors`, :mod:`.wakeups`, on the shared base :mod:`.core`). This module is the
-composition root: the engine and its runner, start and close, migrations, running a transaction
-or a direct statement, and turning driver errors into durable's.
+:mod:`.executors`, :mod:`.wakeups`, :mod:`.outputs`, on the shared base :mod:`.core`). This
+module is the composition root: the engine and its runner, start and close, migrations, running
+a transaction or a direct statement, and turning driver errors into durable's.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from durable.backends.sql.direct import (
 from durable.backends.sql.execution import Execution
 from durable.backends.sql.executors import Executors
 from durable.backends.sql.fanout import FanOut
+from durable.backends.sql.outputs import Outputs
 from durable.backends.sql.runners import AsyncRunner, InlineRunner, Runner
 from durable.backends.sql.schema import PREFIX
 from durable.backends.sql.wakeups import WORK_CHANNEL, WakeUps
@@ -69,7 +70,9 @@ T = TypeVar("T")
 _UNAVAILABLE_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
 
 
-class SQLAlchemyBackend(Enqueues, WorkflowRecords, Execution, FanOut, Claims, Executors, WakeUps):
+class SQLAlchemyBackend(
+    Outputs, Enqueues, WorkflowRecords, Execution, FanOut, Claims, Executors, WakeUps
+):
     """Durable's storage on SQLite or PostgreSQL.
 
     :param url_or_engine: a database URL (``sqlite:///app.db``, ``sqlite+aiosqlite:///app.db``,
@@ -159,6 +162,7 @@ class SQLAlchemyBackend(Enqueues, WorkflowRecords, Execution, FanOut, Claims, Ex
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
+        await self._stop_outputs_listener()
         await self._runner.release()
         if self._blocking is not None:
             self._blocking.close()
@@ -267,3 +271,4 @@ class SQLAlchemyBackend(Enqueues, WorkflowRecords, Execution, FanOut, Claims, Ex
         self._build_claim_statements()
         self._build_wakeup_statements()
         self._build_enqueue_statements()
+        self._build_output_statements()
