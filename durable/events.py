@@ -53,8 +53,8 @@ def set_event(key: str, value: Any) -> Coroutine[Any, Any, None]:
     :raises DurableError: called outside a workflow (or inside a step), or from a sync workflow
         (call :func:`set_event_sync` there).
     """
-    ctx = workflow_context("durable.set_event()", is_async=True)
     key = check_name(key, "key")
+    ctx = workflow_context("durable.set_event()", is_async=True)
     check_value(ctx, value, "value")
     return publish(ctx, ctx.guard(EVENT_STEP), key, _setter(ctx, key, value))
 
@@ -65,8 +65,8 @@ def set_event_sync(key: str, value: Any) -> None:
     :raises InvalidArgumentError: as :func:`set_event`.
     :raises DurableError: called outside a workflow (or inside a step), or from an async one.
     """
-    ctx = workflow_context("durable.set_event_sync()", is_async=False)
     key = check_name(key, "key")
+    ctx = workflow_context("durable.set_event_sync()", is_async=False)
     check_value(ctx, value, "value")
     publish_blocking(ctx, ctx.guard(EVENT_STEP), key, _setter(ctx, key, value))
 

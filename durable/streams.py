@@ -52,8 +52,8 @@ def write_stream(key: str, value: Any) -> Coroutine[Any, Any, None]:
     :raises DurableError: called outside a workflow (or inside a step), or from a sync workflow
         (call :func:`write_stream_sync` there).
     """
-    ctx = workflow_context("durable.write_stream()", is_async=True)
     key = check_name(key, "key")
+    ctx = workflow_context("durable.write_stream()", is_async=True)
     check_value(ctx, value, "value")
     return publish(ctx, ctx.guard(WRITE_STEP), key, _writer(ctx, key, value))
 
@@ -65,8 +65,8 @@ def write_stream_sync(key: str, value: Any) -> None:
     :raises StreamClosedError: the stream was closed.
     :raises DurableError: called outside a workflow (or inside a step), or from an async one.
     """
-    ctx = workflow_context("durable.write_stream_sync()", is_async=False)
     key = check_name(key, "key")
+    ctx = workflow_context("durable.write_stream_sync()", is_async=False)
     check_value(ctx, value, "value")
     publish_blocking(ctx, ctx.guard(WRITE_STEP), key, _writer(ctx, key, value))
 
@@ -80,8 +80,8 @@ def close_stream(key: str) -> Coroutine[Any, Any, None]:
     :raises DurableError: called outside a workflow (or inside a step), or from a sync workflow
         (call :func:`close_stream_sync` there).
     """
-    ctx = workflow_context("durable.close_stream()", is_async=True)
     key = check_name(key, "key")
+    ctx = workflow_context("durable.close_stream()", is_async=True)
     return publish(ctx, ctx.guard(CLOSE_STEP), key, _closer(ctx, key))
 
 
@@ -91,8 +91,8 @@ def close_stream_sync(key: str) -> None:
     :raises InvalidArgumentError: as :func:`close_stream`.
     :raises DurableError: called outside a workflow (or inside a step), or from an async one.
     """
-    ctx = workflow_context("durable.close_stream_sync()", is_async=False)
     key = check_name(key, "key")
+    ctx = workflow_context("durable.close_stream_sync()", is_async=False)
     publish_blocking(ctx, ctx.guard(CLOSE_STEP), key, _closer(ctx, key))
 
 
