@@ -31,6 +31,7 @@ method, and run :mod:`durable.testing`'s contract suite against it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -101,7 +102,7 @@ class OutputWatch:
 
     def fire(self) -> None:
         """Wake :meth:`wait` (safe from any thread)."""
-        if not self._loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # its loop closed: nobody waits any more
             self._loop.call_soon_threadsafe(self._event.set)
 
     async def wait(self, timeout: float | None) -> bool:
