@@ -341,3 +341,17 @@ async def test_a_writer_killed_mid_stream(
     assert [s.name for s in steps].count(WRITE_STEP) == n
     assert (info.status, info.interruptions) == (WorkflowStatus.SUCCEEDED, 1)
     assert {s.executor_id for s in steps if s.name == WRITE_STEP} == {"writer-1", "writer-2"}
+
+
+@pytest.mark.slow
+def test_the_example_streams_tokens_as_they_are_written(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "examples" / "token_stream.py"
+    assert "To run:" in script.read_text()
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = dict(line.split(":", 1) for line in done.stdout.splitlines())
+    reply = "Thanks for your order: it ships tomorrow and arrives on Friday."
+    assert lines["live"].strip() == lines["later"].strip() == reply
+    assert lines["status"].strip() == "done" and lines["words"].strip() == "11"
