@@ -136,7 +136,7 @@ async def test_events_are_readable_while_the_workflow_sleeps_and_after(backend_u
     backend = durable.connect(backend_url)
     async with runtime(backend) as rt:
         await rt.start_worker(concurrency=2, poll_interval=0.01)
-        workflow_id = await rt.enqueue(approval, 0.5)
+        workflow_id = await rt.enqueue(approval, 2.0)  # long enough to be seen asleep
         await eventually(lambda: sleeping(rt, workflow_id), "the workflow to sleep")
         assert await rt.get_event(workflow_id, "status", timeout=0) == "waiting"
         first = await backend.get_event(workflow_id, "first")

@@ -142,6 +142,7 @@ async def test_readers_get_every_value_in_order_while_it_runs_and_after(backend_
         await asyncio.sleep(0.05)
         await rt.start_worker(concurrency=2, poll_interval=0.01)
         assert await asyncio.wait_for(early, WAIT) == list(range(20))
+        rt.client.poll_interval = 0.01  # result() polls
         assert await rt.result(workflow_id, timeout=WAIT) == 20
         late = await collect(rt.read_stream(workflow_id, "tokens"))
         tail = await collect(rt.client.read_stream(workflow_id, "tokens", offset=15))
