@@ -33,6 +33,7 @@ from durable.errors import (
     SerializationError,
     StepAlreadyRecordedError,
     StepError,
+    StreamClosedError,
     TaskNotFoundError,
     UnknownWorkflowError,
     WorkerCrashedError,
@@ -44,6 +45,7 @@ from durable.errors import (
     WorkflowFinishedError,
     WorkflowNotFoundError,
 )
+from durable.events import set_event, set_event_sync
 from durable.messages import (
     cancel_timer,
     cancel_timer_sync,
@@ -76,6 +78,7 @@ from durable.registry import Registry, default_registry
 from durable.retry import RetryPolicy
 from durable.serialization import JSONSerializer, PickleSerializer, Serializer
 from durable.step import AsyncStep, Step, SyncStep, map, run_step, step
+from durable.streams import close_stream, close_stream_sync, write_stream, write_stream_sync
 from durable.timers import sleep, sleep_sync, sleep_until, sleep_until_sync
 from durable.workflow import AsyncWorkflow, SyncWorkflow, Workflow, workflow
 
@@ -128,6 +131,7 @@ __all__ = [
     "StepGuard",
     "StepRecord",
     "StepStatus",
+    "StreamClosedError",
     "SyncStep",
     "SyncWorkflow",
     "TaskClaim",
@@ -149,6 +153,8 @@ __all__ = [
     "WorkflowStatus",
     "cancel_timer",
     "cancel_timer_sync",
+    "close_stream",
+    "close_stream_sync",
     "connect",
     "default_registry",
     "map",
@@ -157,6 +163,8 @@ __all__ = [
     "run_step",
     "send",
     "send_sync",
+    "set_event",
+    "set_event_sync",
     "sleep",
     "sleep_sync",
     "sleep_until",
@@ -167,6 +175,8 @@ __all__ = [
     "step_guard",
     "workflow",
     "workflow_id",
+    "write_stream",
+    "write_stream_sync",
 ]
 
 

@@ -35,13 +35,14 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from durable.backends.base import PersistentBackend
 from durable.connect import connect
 from durable.errors import DurableError, InvalidArgumentError, SerializationError
+from durable.events import wait_for_event
 from durable.executions import DEFAULT_MAX_ATTEMPTS as DEFAULT_MAX_ATTEMPTS
 from durable.executions import Enqueue as Enqueue
 from durable.executions import EnqueueOptions as EnqueueOptions
@@ -62,9 +63,11 @@ from durable.models import (
     WorkflowStatus,
 )
 from durable.portal import SyncStartable
+from durable.streams import StreamReader
 from durable.validation import (
     check_bool,
     check_id,
+    check_int,
     check_name,
     check_optional_id,
     check_positive_float,
@@ -646,3 +649,72 @@ class Client(SyncStartable):
     def list_executors_sync(self, *, stale_after: float | None = None) -> list[ExecutorInfo]:
         """:meth:`list_executors` for code that is not async."""
         return self.blocking(self.list_executors(stale_after=stale_after))
+
+    # -- what workflows publish: events and streams ---------------------------------------------
+
+    async def get_event(
+        self, workflow_id: str, key: str, *, timeout: float | None = 60.0, default: Any = None
+    ) -> Any:
+        """The value the execution last set for its event ``key`` (``durable.set_event``),
+        waiting up to ``timeout`` seconds (None: no limit; 0: do not wait) until it is set.
+        Returns ``default`` (None) if it was not set in time, or if the execution finished
+        without setting it. Readable while the execution runs and after it finished. The wait
+        is woken by the write (by every process's on PostgreSQL; by this process's elsewhere,
+        other processes' being seen within ``poll_interval``).
+
+        :raises WorkflowNotFoundError: no such workflow.
+        :raises InvalidArgumentError: ``workflow_id`` or ``key`` is not a non-empty str of at
+            most 255 characters, or ``timeout`` is negative or not finite.
+        """
+        self._require_started()
+        check_id(workflow_id, "workflow_id")
+        check_name(key, "key")
+        wait = check_timeout(timeout)
+        return await wait_for_event(
+            self.backend,
+            workflow_id,
+            key,
+            timeout=wait,
+            default=default,
+            poll_interval=self.poll_interval,
+        )
+
+    def get_event_sync(
+        self, workflow_id: str, key: str, *, timeout: float | None = 60.0, default: Any = None
+    ) -> Any:
+        """:meth:`get_event` for code that is not async."""
+        return self.blocking(self.get_event(workflow_id, key, timeout=timeout, default=default))
+
+    def read_stream(self, workflow_id: str, key: str, *, offset: int = 0) -> AsyncIterator[Any]:
+        """The values of the execution's stream ``key`` (``durable.write_stream``), in the
+        order written, each once, from the first (or from ``offset``): ``async for value in
+        client.read_stream(workflow_id, "tokens")``. After the values already written it waits
+        for more, woken by each write, and ends once the stream is closed
+        (``durable.close_stream``) or the execution finished, after its last value. Readable
+        while the execution runs and after it finished.
+
+        :raises WorkflowNotFoundError: no such workflow (on the first iteration).
+        :raises InvalidArgumentError: ``workflow_id`` or ``key`` is not a non-empty str of at
+            most 255 characters, or ``offset`` is not an int of at least 0 (at the call).
+        """
+        return self._stream_reader(workflow_id, key, offset).values()
+
+    def read_stream_sync(self, workflow_id: str, key: str, *, offset: int = 0) -> Iterator[Any]:
+        """:meth:`read_stream` for code that is not async: an iterator, ``for value in
+        client.read_stream_sync(workflow_id, "tokens")``."""
+        reader = self._stream_reader(workflow_id, key, offset)
+
+        def values() -> Iterator[Any]:
+            while (batch := self.blocking(reader.next_batch())) is not None:
+                yield from batch
+
+        return values()
+
+    def _stream_reader(self, workflow_id: str, key: str, offset: int) -> StreamReader:
+        self._require_started()
+        check_id(workflow_id, "workflow_id")
+        check_name(key, "key")
+        check_int(offset, "offset", minimum=0, maximum=2**31 - 1)
+        return StreamReader(
+            self.backend, workflow_id, key, offset=offset, poll_interval=self.poll_interval
+        )

@@ -20,7 +20,8 @@ The tree::
     │   ├── WorkflowAlreadyExistsError
     │   ├── StepAlreadyRecordedError  that step position already has a final outcome
     │   ├── WorkflowFinishedError     the workflow has finished: it receives no messages
-    │   └── ExecutorIdInUseError      another live process runs under that executor id
+    │   ├── ExecutorIdInUseError      another live process runs under that executor id
+    │   └── StreamClosedError         a value was written to a stream after it was closed
     ├── ClaimLostError                the caller does not hold the claim it acts under
     ├── NonDeterminismError           a replay diverged from the recorded history
     ├── RecoveriesExhaustedError      interrupted more often than max_recoveries allows
@@ -236,6 +237,17 @@ class ExecutorIdInUseError(ConflictError):
         self.hostname = hostname
         self.pid = pid
         self.heartbeat_at = heartbeat_at
+
+
+class StreamClosedError(ConflictError):
+    """That stream was closed: it takes no more values."""
+
+    def __init__(self, workflow_id: str, key: str) -> None:
+        super().__init__(
+            f"stream {key!r} of workflow {workflow_id!r} is closed: it takes no more values"
+        )
+        self.workflow_id = workflow_id
+        self.key = key
 
 
 class ClaimLostError(DurableError):

@@ -343,3 +343,35 @@ class Receipt:
     deadline, or a timer's message on the topic), None when only a message wakes it."""
     now: datetime
     """The store's clock during the operation."""
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """The latest value a workflow set for an event key (``durable.set_event``), as
+    :meth:`~durable.backends.PersistentBackend.get_event` returns it."""
+
+    key: str
+    value: Any
+    position: int
+    """The history position of the ``durable.set_event`` step that set it."""
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    """Values of a workflow's stream, as
+    :meth:`~durable.backends.PersistentBackend.read_stream` returns them: ``values`` are those
+    at offsets ``offset``, ``offset + 1``, ... in the order they were written."""
+
+    values: tuple[Any, ...]
+    offset: int
+    closed: bool
+    """The stream was closed (``durable.close_stream``): it gets no more values."""
+    ended: bool
+    """No value will ever be at :attr:`next_offset` or after: the stream was closed, or its
+    workflow had finished, when it was read, and ``values`` reach its end."""
+
+    @property
+    def next_offset(self) -> int:
+        """The offset to read from next."""
+        return self.offset + len(self.values)

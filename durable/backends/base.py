@@ -31,6 +31,7 @@ method, and run :mod:`durable.testing`'s contract suite against it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -43,12 +44,14 @@ from durable.models import (
     WORKFLOW_TASK,
     AvailableTask,
     ErrorInfo,
+    EventRecord,
     ExecutorInfo,
     Message,
     Page,
     Receipt,
     RegisteredWorkflow,
     StepRecord,
+    StreamChunk,
     TaskClaim,
     TaskSpec,
     WorkflowInfo,
@@ -84,6 +87,84 @@ class WorkSignal:
             events = list(self._events.items())
         for loop, event in events:
             loop.call_soon_threadsafe(event.set)
+
+
+class OutputWatch:
+    """Waits for what one workflow publishes (see :meth:`PersistentBackend.watch_outputs`).
+
+    Fired by :meth:`KeyedSignal.set` from any thread; a firing between two :meth:`wait` calls
+    is kept, so a reader that reads after starting the watch and then waits misses nothing.
+    """
+
+    def __init__(self, signal: KeyedSignal, key: str) -> None:
+        self._signal = signal
+        self.key = key
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+
+    def fire(self) -> None:
+        """Wake :meth:`wait` (safe from any thread)."""
+        with contextlib.suppress(RuntimeError):  # its loop closed: nobody waits any more
+            self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self, timeout: float | None) -> bool:
+        """Return True once the watch fired since the last call (at once if it did already), or
+        False after ``timeout`` seconds (None: no limit)."""
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            return False
+        self._event.clear()
+        return True
+
+    def close(self) -> None:
+        """Stop watching (idempotent)."""
+        self._signal.discard(self)
+
+    def __enter__(self) -> OutputWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class KeyedSignal:
+    """Wakes this process's :class:`OutputWatch` es of one key (a workflow id), on whatever event
+    loop they wait. Holds nothing for keys nobody watches."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watches: dict[str, set[OutputWatch]] = {}
+
+    def watch(self, key: str) -> OutputWatch:
+        """A new watch of ``key``, fired by every later :meth:`set` of it until it is closed.
+        Call it on the event loop the watch will wait on."""
+        watch = OutputWatch(self, key)
+        with self._lock:
+            self._watches.setdefault(key, set()).add(watch)
+        return watch
+
+    def discard(self, watch: OutputWatch) -> None:
+        with self._lock:
+            watches = self._watches.get(watch.key)
+            if watches is not None:
+                watches.discard(watch)
+                if not watches:
+                    del self._watches[watch.key]
+
+    def set(self, key: str) -> None:
+        """Fire every watch of ``key``."""
+        with self._lock:
+            watches = list(self._watches.get(key, ()))
+        for watch in watches:
+            watch.fire()
+
+    def set_all(self) -> None:
+        """Fire every watch (after a gap in which announcements may have been missed)."""
+        with self._lock:
+            watches = [w for ws in self._watches.values() for w in ws]
+        for watch in watches:
+            watch.fire()
 
 
 class PersistentBackend(ABC):
@@ -583,6 +664,128 @@ class PersistentBackend(ABC):
 
         :raises InvalidArgumentError: ``stale_after`` is not positive.
         """
+
+    # -- what workflows publish: events and streams --------------------------------------------
+
+    @abstractmethod
+    async def set_event(
+        self,
+        instance_id: str,
+        key: str,
+        value: Any,
+        *,
+        worker_id: str,
+        step: StepRecord,
+        task_id: str = WORKFLOW_TASK,
+    ) -> None:
+        """Set the workflow's event ``key`` to ``value`` (``durable.set_event``) and record
+        ``step`` (the position of the workflow's history that set it, stored as
+        :meth:`record_step` stores it), in one transaction fenced by ``worker_id``'s claim on
+        ``task_id``: both are written or neither. The latest value set wins; it is kept after
+        the workflow finishes, until the workflow is deleted. Wakes this process's watches of
+        the workflow (:meth:`watch_outputs`), and on a shared store every process's.
+
+        :raises ClaimLostError: the claim is not held (nothing is written).
+        :raises StepAlreadyRecordedError: ``step``'s position already has a final outcome
+            (nothing is written: a replay does not set the event again).
+        :raises SerializationError: ``value`` cannot be serialized (nothing is written).
+        """
+
+    @abstractmethod
+    async def get_event(self, instance_id: str, key: str) -> EventRecord | None:
+        """The latest value set for the workflow's event ``key`` (with the position that set it
+        and when), or None if it was never set. Reads the committed state, while the workflow
+        runs and after it finished.
+
+        :raises WorkflowNotFoundError: no such workflow.
+        :raises CorruptRowError: the stored value cannot be read.
+        """
+
+    @abstractmethod
+    async def write_stream(
+        self,
+        instance_id: str,
+        key: str,
+        value: Any,
+        *,
+        worker_id: str,
+        step: StepRecord,
+        task_id: str = WORKFLOW_TASK,
+    ) -> int:
+        """Append ``value`` to the workflow's stream ``key`` (``durable.write_stream``) and
+        record ``step``, in one transaction fenced by ``worker_id``'s claim on ``task_id``;
+        return the value's offset (0 for a stream's first value, then 1, 2, ...: in the order
+        the writes committed, with no gap and no offset taken twice, even under concurrent
+        writes to one stream). A write refused for any reason takes no offset, so a replay that
+        finds ``step`` recorded never writes the value twice, and one that does not find it
+        (the transaction did not commit) writes it once. Wakes the workflow's watches as
+        :meth:`set_event` does.
+
+        :raises ClaimLostError: the claim is not held (nothing is written).
+        :raises StepAlreadyRecordedError: ``step``'s position already has a final outcome.
+        :raises StreamClosedError: the stream was closed (nothing is written).
+        :raises SerializationError: ``value`` cannot be serialized (nothing is written).
+        """
+
+    @abstractmethod
+    async def close_stream(
+        self,
+        instance_id: str,
+        key: str,
+        *,
+        worker_id: str,
+        step: StepRecord,
+        task_id: str = WORKFLOW_TASK,
+    ) -> None:
+        """Close the workflow's stream ``key`` (``durable.close_stream``: readers end after its
+        last value) and record ``step``, in one transaction fenced as :meth:`write_stream`.
+        Closing a closed stream, or one never written (it is then closed and empty), succeeds.
+        Wakes the workflow's watches.
+
+        :raises ClaimLostError: the claim is not held (nothing is written).
+        :raises StepAlreadyRecordedError: ``step``'s position already has a final outcome.
+        """
+
+    @abstractmethod
+    async def read_stream(
+        self, instance_id: str, key: str, *, offset: int = 0, limit: int = 1000
+    ) -> StreamChunk:
+        """Up to ``limit`` values of the workflow's stream ``key`` from ``offset`` on, in
+        offset order (an empty chunk when there are none yet, or the stream was never
+        written), reading the committed state. ``ended`` is True when no value will ever come
+        at the chunk's ``next_offset`` or after: the stream was closed, or the workflow had
+        finished, and the chunk holds every value up to the stream's end. A stream's values
+        are kept after the workflow finished, until it is deleted.
+
+        :raises WorkflowNotFoundError: no such workflow.
+        :raises InvalidArgumentError: ``offset`` is negative or ``limit`` below 1.
+        :raises CorruptRowError: a stored value cannot be read.
+        """
+
+    def watch_outputs(self, instance_id: str) -> OutputWatch:
+        """Start watching what the workflow publishes: the watch's ``wait(timeout)`` returns
+        True once :meth:`set_event`, :meth:`write_stream` or :meth:`close_stream` committed for
+        it since the watch started (or since the last ``wait`` returned), else False after
+        ``timeout``. Start the watch, read, then wait: nothing committed after the watch started
+        is missed. It may fire for no reason; readers re-read. Close it (``with`` block) when
+        done. Call it on the event loop that waits.
+
+        The default implementation hears about writes through this backend object only (other
+        processes' are found by the reader's polling); PostgreSQL hears every process through
+        LISTEN/NOTIFY.
+        """
+        return self._output_signal().watch(instance_id)
+
+    def notify_outputs(self, instance_id: str) -> None:
+        """Fire this process's watches of the workflow (backends call it after a commit that
+        published something). Safe to call from any thread."""
+        self._output_signal().set(instance_id)
+
+    def _output_signal(self) -> KeyedSignal:
+        signal: KeyedSignal | None = self.__dict__.get("_durable_output_signal")
+        if signal is None:
+            signal = self.__dict__.setdefault("_durable_output_signal", KeyedSignal())
+        return signal
 
     # -- wake-ups ------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ result, inspection and control, through the client the runtime owns."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -341,3 +341,17 @@ class Operations(RuntimeCore):
         :raises WorkflowNotFoundError: no such workflow.
         """
         return await self.client.cancel(workflow_id)
+
+    # -- what workflows publish ------------------------------------------------------------------
+
+    async def get_event(
+        self, workflow_id: str, key: str, *, timeout: float | None = 60.0, default: Any = None
+    ) -> Any:
+        """The execution's event ``key``, waiting until it is set (see
+        :meth:`Client.get_event <durable.Client.get_event>`)."""
+        return await self.client.get_event(workflow_id, key, timeout=timeout, default=default)
+
+    def read_stream(self, workflow_id: str, key: str, *, offset: int = 0) -> AsyncIterator[Any]:
+        """The values of the execution's stream ``key``, in order (see
+        :meth:`Client.read_stream <durable.Client.read_stream>`)."""
+        return self.client.read_stream(workflow_id, key, offset=offset)

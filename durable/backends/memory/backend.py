@@ -1,7 +1,7 @@
 """The memory backend's composition root: :class:`InMemoryBackend`, assembled from one class
 per area (:mod:`.workflows`, :mod:`.execution`, :mod:`.claims`, :mod:`.executors`,
-:mod:`.messages`, on the shared
-base :mod:`.core`), with its stores and the helpers tests use to look inside it."""
+:mod:`.messages`, :mod:`.outputs`, on the shared base :mod:`.core`), with its stores and the helpers
+tests use to look inside it."""
 
 from __future__ import annotations
 
@@ -16,12 +16,15 @@ from durable.backends.memory.core import MemoryCore, StoredTask, is_live, utcnow
 from durable.backends.memory.execution import Execution
 from durable.backends.memory.executors import Executors
 from durable.backends.memory.messages import Messages
+from durable.backends.memory.outputs import Outputs, StoredEvent, StoredStream
 from durable.backends.memory.workflows import Workflows
 from durable.models import ExecutorInfo, Message, RegisteredWorkflow, StepRecord, WorkflowInfo
 from durable.serialization import Serializer, get_serializer
 
 
-class InMemoryBackend(Workflows, Batches, Execution, Claims, Executors, Messages, MemoryCore):
+class InMemoryBackend(
+    Outputs, Workflows, Batches, Execution, Claims, Executors, Messages, MemoryCore
+):
     """Thread- and task-safe storage in memory.
 
     :param serializer: ``"json"`` (default), ``"pickle"`` or a :class:`Serializer`.
@@ -45,10 +48,18 @@ class InMemoryBackend(Workflows, Batches, Execution, Claims, Executors, Messages
         self._registry: dict[str, RegisteredWorkflow] = {}
         self._executors: dict[str, ExecutorInfo] = {}
         self._messages: dict[str, list[Message]] = {}
+        self._events: dict[str, dict[str, StoredEvent]] = {}
+        self._streams: dict[str, dict[str, StoredStream]] = {}
 
     async def now(self) -> datetime:
         """The time by :attr:`clock`, which judges every lease and due time here."""
         return self.clock().astimezone(UTC)
+
+    async def delete_snapshot(self, instance_id: str) -> bool:
+        with self._lock:  # re-entrant: the deletion and forgetting its outputs are one
+            deleted = await super().delete_snapshot(instance_id)
+            self._forget_outputs(instance_id)
+        return deleted
 
     def __repr__(self) -> str:
         return f"InMemoryBackend(workflows={len(self._workflows)}, tasks={len(self._tasks)})"
@@ -65,6 +76,8 @@ class InMemoryBackend(Workflows, Batches, Execution, Claims, Executors, Messages
             self._registry.clear()
             self._executors.clear()
             self._messages.clear()
+            self._events.clear()
+            self._streams.clear()
 
     def workflow_ids(self) -> list[str]:
         """The ids of every stored workflow, in insertion order."""

@@ -9,9 +9,9 @@ What differs between databases is in :mod:`.dialects`.
 
 :class:`SQLAlchemyBackend` is composed of one class per area of the domain, each in its module
 with its statements (:mod:`.workflows`, :mod:`.execution`, :mod:`.fanout`, :mod:`.claims`,
-:mod:`.executors`, :mod:`.messages`, :mod:`.wakeups`, on the shared base :mod:`.core`). This
-module is the composition root: the engine and its runner, start and close, migrations, running a
-transaction or a direct statement, and turning driver errors into durable's.
+:mod:`.executors`, :mod:`.messages`, :mod:`.wakeups`, :mod:`.outputs`, on the shared base
+:mod:`.core`). This module is the composition root: the engine and its runner, start and close,
+migrations, running a transaction or a direct statement, and turning driver errors into durable's.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from durable.backends.sql.execution import Execution
 from durable.backends.sql.executors import Executors
 from durable.backends.sql.fanout import FanOut
 from durable.backends.sql.messages import Messages
+from durable.backends.sql.outputs import Outputs
 from durable.backends.sql.runners import AsyncRunner, InlineRunner, Runner
 from durable.backends.sql.schema import PREFIX
 from durable.backends.sql.wakeups import WORK_CHANNEL, WakeUps
@@ -71,7 +72,7 @@ _UNAVAILABLE_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
 
 
 class SQLAlchemyBackend(
-    Enqueues, WorkflowRecords, Execution, FanOut, Claims, Executors, Messages, WakeUps
+    Outputs, Enqueues, WorkflowRecords, Execution, FanOut, Claims, Executors, Messages, WakeUps
 ):
     """Durable's storage on SQLite or PostgreSQL.
 
@@ -162,6 +163,7 @@ class SQLAlchemyBackend(
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
+        await self._stop_outputs_listener()
         await self._runner.release()
         if self._blocking is not None:
             self._blocking.close()
@@ -271,3 +273,4 @@ class SQLAlchemyBackend(
         self._build_wakeup_statements()
         self._build_enqueue_statements()
         self._build_message_statements()
+        self._build_output_statements()

@@ -189,3 +189,54 @@ messages = sa.Table(
     # a topic's messages not received yet, in order (received_at IS NULL first)
     sa.Index(None, "workflow_id", "topic", "received_at", "id"),
 )
+
+# -- what workflows publish (durable.set_event, durable.write_stream) ---------------------------
+
+events = sa.Table(
+    f"{PREFIX}events",
+    metadata,
+    sa.Column(
+        "workflow_id",
+        _ID,
+        sa.ForeignKey(workflows.c.id, ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("key", _ID, primary_key=True),
+    sa.Column("value", sa.Text),
+    # the history position of the set_event that wrote the value
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# one row per stream: how many values it has, whether it is closed
+streams = sa.Table(
+    f"{PREFIX}streams",
+    metadata,
+    sa.Column(
+        "workflow_id",
+        _ID,
+        sa.ForeignKey(workflows.c.id, ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("key", _ID, primary_key=True),
+    sa.Column("next_offset", sa.Integer, nullable=False),
+    sa.Column("closed", sa.Boolean, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+stream_values = sa.Table(
+    f"{PREFIX}stream_values",
+    metadata,
+    sa.Column(
+        "workflow_id",
+        _ID,
+        sa.ForeignKey(workflows.c.id, ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("key", _ID, primary_key=True),
+    sa.Column("offset", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("value", sa.Text),
+    # the history position of the write_stream that wrote the value
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)

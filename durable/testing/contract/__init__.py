@@ -40,6 +40,8 @@ same fixtures while you write that area (CONTRIBUTING.md walks through them in o
   waits always woken) and timers by key (replaced, cancelled, due without polling);
 * :class:`RegistryContract`: the workflow registry and executors;
 * :class:`WakeUpContract`: ``wait_for_work``;
+* :class:`EventContract`: events workflows publish (latest value wins, fenced, watched);
+* :class:`StreamContract`: streams workflows publish (in order, each once, closed, watched);
 * :class:`ConcurrencyContract`: connections returned, atomic claims, 200 concurrent calls.
 
 For example ``class TestMyClaims(ClaimContract)`` with the same ``backend`` fixture runs the
@@ -73,6 +75,7 @@ from durable.testing.contract.batches import BatchContract
 from durable.testing.contract.claims import ClaimContract
 from durable.testing.contract.clock import ClockContract
 from durable.testing.contract.concurrency import ConcurrencyContract
+from durable.testing.contract.events import EventContract, StreamContract
 from durable.testing.contract.execution import ExecutionContract
 from durable.testing.contract.fanout import FanOutContract
 from durable.testing.contract.messages import MessageContract
@@ -89,12 +92,14 @@ __all__ = [
     "ClockContract",
     "ConcurrencyContract",
     "ContractBase",
+    "EventContract",
     "ExecutionContract",
     "FanOutContract",
     "MessageContract",
     "RegistryContract",
     "SnapshotContract",
     "StepContract",
+    "StreamContract",
     "WakeUpContract",
     "WorkflowContract",
 ]
@@ -112,6 +117,8 @@ class BackendContractTests(
     MessageContract,
     RegistryContract,
     WakeUpContract,
+    EventContract,
+    StreamContract,
     ConcurrencyContract,
 ):
     """The whole contract suite: every area. Subclass it and define a ``backend`` fixture (see
