@@ -15,6 +15,7 @@ from durable.backends.memory import InMemoryBackend
 from durable.client import Client, Enqueue
 from durable.connect import connect
 from durable.context import StepGuard, step_guard, workflow_id
+from durable.continuation import continue_as_new
 from durable.errors import (
     BackendError,
     BackendUnavailableError,
@@ -22,6 +23,7 @@ from durable.errors import (
     ConcurrentUpdateError,
     ConfigurationError,
     CorruptRowError,
+    DeadlineExceededError,
     DurableError,
     ExecutorIdInUseError,
     InvalidArgumentError,
@@ -33,6 +35,7 @@ from durable.errors import (
     SerializationError,
     StepAlreadyRecordedError,
     StepError,
+    StepTimeoutError,
     TaskNotFoundError,
     UnknownWorkflowError,
     WorkerCrashedError,
@@ -82,6 +85,7 @@ __all__ = [
     "ConcurrentUpdateError",
     "ConfigurationError",
     "CorruptRowError",
+    "DeadlineExceededError",
     "DurableError",
     "Enqueue",
     "ErrorInfo",
@@ -111,6 +115,7 @@ __all__ = [
     "StepGuard",
     "StepRecord",
     "StepStatus",
+    "StepTimeoutError",
     "SyncStep",
     "SyncWorkflow",
     "TaskClaim",
@@ -130,6 +135,7 @@ __all__ = [
     "WorkflowSnapshot",
     "WorkflowStatus",
     "connect",
+    "continue_as_new",
     "default_registry",
     "map",
     "run_step",

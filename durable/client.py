@@ -205,6 +205,8 @@ class Client(SyncStartable):
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
         queue: str | None = None,
+        timeout: float | timedelta | None = None,
+        deadline: datetime | None = None,
         **kwargs: Any,
     ) -> str:
         """Record that a workflow must run, and return its id at once; any worker that serves
@@ -228,6 +230,11 @@ class Client(SyncStartable):
         :param max_attempts: failed attempts before dead-lettering, at least 1 (default: the
             workflow's policy; 3 for a name).
         :param queue: the queue (default: the workflow's, else ``"default"``).
+        :param timeout: cancel the execution if it has not finished this long (a
+            ``timedelta`` or seconds) after it is recorded, on the store's clock; replaces the
+            workflow's own ``timeout`` (see :func:`durable.workflow`).
+        :param deadline: or cancel it if it has not finished by this timezone-aware time; with
+            a timeout too (the start's or the workflow's), the earlier of the two.
 
         ``args`` and ``kwargs`` are the workflow's arguments; they must be serializable by the
         backend's serializer (JSON by default). Ids, keys, names and queues are non-empty str of
@@ -248,6 +255,8 @@ class Client(SyncStartable):
             delay=delay,
             max_attempts=max_attempts,
             queue=queue,
+            timeout=timeout,
+            deadline=deadline,
         )
         if not isinstance(fn, str | Workflow):
             raise not_a_workflow(fn)
@@ -259,6 +268,8 @@ class Client(SyncStartable):
             wait=wait,
             max_attempts=max_attempts,
             queue=queue,
+            timeout=timeout,
+            deadline=deadline,
         )
         info = await self._create(
             fn, workflow_id or str(uuid.uuid4()), args, kwargs, options=options
@@ -276,6 +287,8 @@ class Client(SyncStartable):
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
         queue: str | None = None,
+        timeout: float | timedelta | None = None,
+        deadline: datetime | None = None,
         **kwargs: Any,
     ) -> str:
         """:meth:`enqueue` for code that is not async (see :meth:`blocking`)."""
@@ -290,6 +303,8 @@ class Client(SyncStartable):
                 delay=delay,
                 max_attempts=max_attempts,
                 queue=queue,
+                timeout=timeout,
+                deadline=deadline,
                 **kwargs,
             )
         )
@@ -505,7 +520,9 @@ class Client(SyncStartable):
 
     async def cancel(self, workflow_id: str) -> WorkflowInfo:
         """Cancel an unfinished execution: it stops at its next step boundary (its next write is
-        refused) and is never picked up again. Cancelling a finished one changes nothing.
+        refused) and is never picked up again. Its descendants (child workflows, executions it
+        enqueued, and theirs) are cancelled with it, in the same transaction. Cancelling a
+        finished one changes nothing (its unfinished descendants are still cancelled).
 
         :raises WorkflowNotFoundError: no such workflow.
         """
@@ -515,6 +532,25 @@ class Client(SyncStartable):
     def cancel_sync(self, workflow_id: str) -> WorkflowInfo:
         """:meth:`cancel` for code that is not async."""
         return self.blocking(self.cancel(workflow_id))
+
+    async def cancel_expired(self, *, limit: int = 100) -> list[WorkflowInfo]:
+        """Cancel up to ``limit`` unfinished executions whose deadline (their ``timeout`` or
+        ``deadline``) has passed, with their descendants, recording a
+        :class:`~durable.errors.DeadlineExceededError`; return them. Workers do this by
+        themselves every :attr:`Runtime.deadline_sweep_interval
+        <durable.Runtime.deadline_sweep_interval>` seconds: call it where no worker runs (a
+        cron job, a test).
+
+        :raises InvalidArgumentError: ``limit`` is not a positive int.
+        """
+        self._require_started()
+        return await self.backend.cancel_expired_workflows(
+            limit=check_positive_int(limit, "limit")
+        )
+
+    def cancel_expired_sync(self, *, limit: int = 100) -> list[WorkflowInfo]:
+        """:meth:`cancel_expired` for code that is not async."""
+        return self.blocking(self.cancel_expired(limit=limit))
 
     async def retry(self, workflow_id: str) -> WorkflowInfo:
         """Run a failed, dead-lettered or cancelled execution again from its history (a

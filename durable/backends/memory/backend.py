@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from durable.backends.memory.batches import Batches
 from durable.backends.memory.claims import Claims
+from durable.backends.memory.continuation import Continuation
 from durable.backends.memory.core import MemoryCore, StoredTask, is_live, utcnow
 from durable.backends.memory.execution import Execution
 from durable.backends.memory.executors import Executors
@@ -19,7 +20,7 @@ from durable.models import ExecutorInfo, RegisteredWorkflow, StepRecord, Workflo
 from durable.serialization import Serializer, get_serializer
 
 
-class InMemoryBackend(Workflows, Batches, Execution, Claims, Executors, MemoryCore):
+class InMemoryBackend(Workflows, Batches, Execution, Continuation, Claims, Executors, MemoryCore):
     """Thread- and task-safe storage in memory.
 
     :param serializer: ``"json"`` (default), ``"pickle"`` or a :class:`Serializer`.

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 
+from durable.backends.base import deadline_error
 from durable.backends.cursors import decode_cursor, encode_cursor
 from durable.backends.sql.core import P_IID, STEP_COLUMNS, SQLCore
 from durable.backends.sql.schema import steps, tasks, workflows
@@ -23,6 +25,7 @@ from durable.errors import (
 )
 from durable.models import (
     WORKFLOW_TASK,
+    ErrorInfo,
     Page,
     StepRecord,
     TaskSpec,
@@ -33,6 +36,9 @@ from durable.models import (
 )
 
 _TERMINAL = [s.value for s in WorkflowStatus if s.is_terminal]
+_UNFINISHED = [s.value for s in WorkflowStatus if not s.is_terminal]
+#: Ids per statement when a cancellation walks down to a workflow's descendants.
+_PAGE = 500
 _REQUEUEABLE = [
     WorkflowStatus.FAILED.value,
     WorkflowStatus.DEAD_LETTER.value,
@@ -272,27 +278,110 @@ class WorkflowRecords(SQLCore):
         self.notify_work()
         return info
 
-    async def cancel_workflow(self, instance_id: str) -> WorkflowInfo:
+    async def cancel_workflow(
+        self, instance_id: str, *, error: ErrorInfo | None = None
+    ) -> WorkflowInfo:
         now = datetime.now(UTC)
+        error_json = error.to_json() if error is not None else None
 
         def fn(conn: sa.Connection) -> WorkflowInfo:
-            row = conn.execute(
-                sa.update(workflows)
-                .where(workflows.c.id == instance_id, workflows.c.status.not_in(_TERMINAL))
-                .values(
-                    status=WorkflowStatus.CANCELLED.value,
-                    updated_at=now,
-                    completed_at=now,
-                    version=workflows.c.version + 1,
-                )
-                .returning(*workflows.c)
-            ).first()
+            row = self._cancel_one(conn, instance_id, now, error_json)
             if row is None:
                 row = conn.execute(self._select_workflow, {"p_iid": instance_id}).first()
                 if row is None:
                     raise WorkflowNotFoundError(instance_id)
-                return self._info(row, lenient=True)
-            conn.execute(sa.delete(tasks).where(tasks.c.instance_id == instance_id))
+            self._cancel_descendants(conn, instance_id, now, error_json)
             return self._info(row, lenient=True)
 
         return await self._run(fn, what=f"cancel workflow {instance_id!r}")
+
+    async def cancel_expired_workflows(self, *, limit: int = 100) -> list[WorkflowInfo]:
+        if limit < 1:
+            raise InvalidArgumentError(f"limit must be at least 1, got {limit}")
+        now = datetime.now(UTC)
+        expired = self.dialect.skip_locked(
+            sa.select(workflows.c.id, workflows.c.deadline)
+            .where(
+                workflows.c.status.in_(_UNFINISHED),
+                workflows.c.deadline <= self.dialect.now(),
+            )
+            .order_by(workflows.c.deadline, workflows.c.id)
+            .limit(limit)
+        )
+
+        def fn(conn: sa.Connection) -> list[WorkflowInfo]:
+            found = conn.execute(expired, self.dialect.clock_params()).all()
+            cancelled = []
+            for instance_id, deadline in found:
+                error_json = deadline_error(instance_id, deadline).to_json()
+                row = self._cancel_one(conn, instance_id, now, error_json)
+                if row is not None:
+                    self._cancel_descendants(conn, instance_id, now, error_json)
+                    cancelled.append(self._info(row, lenient=True))
+            return cancelled
+
+        return await self._run(fn, what="cancel expired workflows")
+
+    def _cancel_one(
+        self, conn: sa.Connection, instance_id: str, now: datetime, error_json: str | None
+    ) -> sa.Row[Any] | None:
+        """Cancel one unfinished workflow and drop its tasks; None if it had finished (or does
+        not exist)."""
+        values: dict[str, Any] = {
+            "status": WorkflowStatus.CANCELLED.value,
+            "updated_at": now,
+            "completed_at": now,
+            "version": workflows.c.version + 1,
+        }
+        if error_json is not None:
+            values["error"] = error_json
+        row = conn.execute(
+            sa.update(workflows)
+            .where(workflows.c.id == instance_id, workflows.c.status.not_in(_TERMINAL))
+            .values(values)
+            .returning(*workflows.c)
+        ).first()
+        if row is not None:
+            conn.execute(sa.delete(tasks).where(tasks.c.instance_id == instance_id))
+        return row
+
+    def _cancel_descendants(
+        self, conn: sa.Connection, root: str, now: datetime, error_json: str | None
+    ) -> None:
+        """Cancel the unfinished workflows descending from ``root`` (by ``parent_id``)."""
+        seen = {root}
+        frontier = [root]
+        while frontier:
+            children: list[str] = []
+            for start in range(0, len(frontier), _PAGE):
+                page = frontier[start : start + _PAGE]
+                children += conn.execute(
+                    sa.select(workflows.c.id).where(workflows.c.parent_id.in_(page))
+                ).scalars()
+            frontier = [c for c in children if c not in seen]
+            seen.update(frontier)
+            for start in range(0, len(frontier), _PAGE):
+                page = frontier[start : start + _PAGE]
+                values: dict[str, Any] = {
+                    "status": WorkflowStatus.CANCELLED.value,
+                    "updated_at": now,
+                    "completed_at": now,
+                    "version": workflows.c.version + 1,
+                }
+                if error_json is not None:
+                    values["error"] = error_json
+                conn.execute(
+                    sa.update(workflows)
+                    .where(workflows.c.id.in_(page), workflows.c.status.not_in(_TERMINAL))
+                    .values(values)
+                )
+                conn.execute(
+                    sa.delete(tasks).where(
+                        tasks.c.instance_id.in_(
+                            sa.select(workflows.c.id).where(
+                                workflows.c.id.in_(page),
+                                workflows.c.status == WorkflowStatus.CANCELLED.value,
+                            )
+                        )
+                    )
+                )
