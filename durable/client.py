@@ -544,9 +544,7 @@ class Client(SyncStartable):
         :raises InvalidArgumentError: ``limit`` is not a positive int.
         """
         self._require_started()
-        return await self.backend.cancel_expired_workflows(
-            limit=check_positive_int(limit, "limit")
-        )
+        return await self.backend.cancel_expired_workflows(limit=check_positive_int(limit, "limit"))
 
     def cancel_expired_sync(self, *, limit: int = 100) -> list[WorkflowInfo]:
         """:meth:`cancel_expired` for code that is not async."""

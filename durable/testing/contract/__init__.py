@@ -37,6 +37,8 @@ same fixtures while you write that area (CONTRIBUTING.md walks through them in o
 * :class:`StepContract`: recording steps, what a retry runs again, the cost of a step;
 * :class:`FanOutContract`: suspending a workflow for step tasks, waking it;
 * :class:`RegistryContract`: the workflow registry and executors;
+* :class:`DeadlineContract`: deadlines, cancelling expired workflows, cancellation of a
+  workflow's descendants, continue-as-new;
 * :class:`WakeUpContract`: ``wait_for_work``;
 * :class:`ConcurrencyContract`: connections returned, atomic claims, 200 concurrent calls.
 
@@ -71,6 +73,7 @@ from durable.testing.contract.batches import BatchContract
 from durable.testing.contract.claims import ClaimContract
 from durable.testing.contract.clock import ClockContract
 from durable.testing.contract.concurrency import ConcurrencyContract
+from durable.testing.contract.deadlines import DeadlineContract
 from durable.testing.contract.execution import ExecutionContract
 from durable.testing.contract.fanout import FanOutContract
 from durable.testing.contract.registry import RegistryContract
@@ -86,6 +89,7 @@ __all__ = [
     "ClockContract",
     "ConcurrencyContract",
     "ContractBase",
+    "DeadlineContract",
     "ExecutionContract",
     "FanOutContract",
     "RegistryContract",
@@ -106,6 +110,7 @@ class BackendContractTests(
     StepContract,
     FanOutContract,
     RegistryContract,
+    DeadlineContract,
     WakeUpContract,
     ConcurrencyContract,
 ):
