@@ -46,6 +46,7 @@ from durable.errors import (
     WorkflowFailedError,
     WorkflowNotFoundError,
 )
+from durable.inspection import Waiting
 from durable.models import (
     WORKFLOW_TASK,
     AvailableTask,
@@ -122,6 +123,7 @@ __all__ = [
     "TaskNotFoundError",
     "TaskSpec",
     "UnknownWorkflowError",
+    "Waiting",
     "Worker",
     "WorkerCrashedError",
     "Workflow",

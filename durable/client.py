@@ -52,6 +52,8 @@ from durable.executions import not_a_workflow as not_a_workflow
 from durable.executions import outcome as outcome
 from durable.executions import outcome_error as outcome_error
 from durable.executions import plan_enqueue_many as plan_enqueue_many
+from durable.inspection import KINDS as WAIT_KINDS
+from durable.inspection import Waiting, waiting_of
 from durable.models import (
     ExecutorInfo,
     Page,
@@ -504,6 +506,54 @@ class Client(SyncStartable):
                 status=status, name=name, parent_id=parent_id, limit=limit, cursor=cursor
             )
         )
+
+    async def waiting(self, workflow_id: str) -> Waiting | None:
+        """What the execution waits for, if it is not running and waits: sleeping until a time
+        (``durable.sleep``) or waiting for a message on a topic (``durable.recv``); ``str()`` of
+        the result says it in words. None when it runs, is queued, has finished, or waits for
+        nothing of the kind (steps it handed out with :func:`durable.map`).
+
+        :raises WorkflowNotFoundError: no such workflow.
+        """
+        self._require_started()
+        info = await self.backend.get_workflow(check_id(workflow_id, "workflow_id"))
+        if info.status is not WorkflowStatus.PENDING:
+            return None
+        steps = await self.backend.list_steps(workflow_id)
+        return waiting_of(workflow_id, steps[-1], info) if steps else None
+
+    def waiting_sync(self, workflow_id: str) -> Waiting | None:
+        """:meth:`waiting` for code that is not async."""
+        return self.blocking(self.waiting(workflow_id))
+
+    async def list_waiting(
+        self, *, kind: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> Page[Waiting]:
+        """The executions that wait, newest first: those sleeping (``kind="sleep"``), those
+        waiting for a message (``kind="message"``), or both (None); each a :class:`Waiting`
+        with its workflow's header. A page of at most ``limit``, whose ``next_cursor`` (given
+        as ``cursor``) reads the next.
+
+        :raises InvalidArgumentError: an unknown ``kind``, a ``limit`` that is not a positive
+            int, a malformed cursor.
+        """
+        self._require_started()
+        names = [n for n, k in WAIT_KINDS.items() if kind is None or k == kind]
+        if not names:
+            valid = ", ".join(repr(k) for k in WAIT_KINDS.values())
+            raise InvalidArgumentError(f"kind must be one of {valid} or None, got {kind!r}")
+        check_positive_int(limit, "limit")
+        if cursor is not None and not isinstance(cursor, str):
+            raise InvalidArgumentError(f"cursor must be a str (a next_cursor), got {cursor!r}")
+        page = await self.backend.list_waiting(step_names=names, limit=limit, cursor=cursor)
+        items = [waiting_of(info.id, step, info) for info, step in page.items]
+        return Page([w for w in items if w is not None], page.next_cursor)
+
+    def list_waiting_sync(
+        self, *, kind: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> Page[Waiting]:
+        """:meth:`list_waiting` for code that is not async."""
+        return self.blocking(self.list_waiting(kind=kind, limit=limit, cursor=cursor))
 
     async def list_steps(self, workflow_id: str) -> list[StepRecord]:
         """The execution's steps by position: name, status, output or error, attempts, timings,

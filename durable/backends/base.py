@@ -262,6 +262,24 @@ class PersistentBackend(ABC):
         """
 
     @abstractmethod
+    async def list_waiting(
+        self,
+        *,
+        step_names: Sequence[str],
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[tuple[WorkflowInfo, StepRecord]]:
+        """List the workflows that wait: pending (not running), whose last step (the one at
+        the highest position) is pending and named one of ``step_names`` (``durable.sleep``:
+        sleeping; ``durable.recv``: waiting for a message), each with that step. Ordered and
+        paged as :meth:`list_snapshots` (newest first, its cursors); headers and steps read as
+        there (an unreadable header is listed marked unreadable). An empty ``step_names``
+        lists nothing.
+
+        :raises InvalidArgumentError: a limit below 1 or a malformed cursor.
+        """
+
+    @abstractmethod
     async def list_steps(self, instance_id: str) -> list[StepRecord]:
         """Return the workflow's steps ordered by position.
 

@@ -21,6 +21,7 @@ from durable.models import (
     ErrorInfo,
     Page,
     StepRecord,
+    StepStatus,
     TaskSpec,
     WorkflowInfo,
     WorkflowSnapshot,
@@ -146,6 +147,36 @@ class Workflows(MemoryCore):
             page = rows[: limit + 1]
             items = [self._load_info(w, lenient=True) for w in page[:limit]]
         next_cursor = encode_cursor(items[-1]) if len(page) > limit else None
+        return Page(items, next_cursor)
+
+    async def list_waiting(
+        self,
+        *,
+        step_names: Sequence[str],
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[tuple[WorkflowInfo, StepRecord]]:
+        check_limit(limit)
+        after = decode_cursor(cursor) if cursor is not None else None
+        names = set(step_names)
+        with self._lock:
+            rows = []
+            for w in self._workflows.values():
+                steps = self._steps.get(w.id)
+                if w.status is not WorkflowStatus.PENDING or not steps:
+                    continue
+                last = steps[max(steps)]
+                if last.status is StepStatus.PENDING and last.name in names:
+                    rows.append((w, last))
+            rows.sort(key=lambda r: (r[0].created_at, r[0].id), reverse=True)
+            if after is not None:
+                rows = [r for r in rows if (r[0].created_at, r[0].id) < after]
+            page = rows[: limit + 1]
+            items = [
+                (self._load_info(w, lenient=True), self._load_step(w.id, last))
+                for w, last in page[:limit]
+            ]
+        next_cursor = encode_cursor(items[-1][0]) if len(page) > limit else None
         return Page(items, next_cursor)
 
     async def list_steps(self, instance_id: str) -> list[StepRecord]:

@@ -28,6 +28,7 @@ from durable.models import (
     ErrorInfo,
     Page,
     StepRecord,
+    StepStatus,
     TaskSpec,
     WorkflowInfo,
     WorkflowSnapshot,
@@ -218,6 +219,58 @@ class WorkflowRecords(SQLCore):
             return Page(items, encode_cursor(items[-1]) if len(rows) > limit else None)
 
         return await self._run(fn, what="list workflows")
+
+    async def list_waiting(
+        self,
+        *,
+        step_names: Sequence[str],
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[tuple[WorkflowInfo, StepRecord]]:
+        if limit < 1:
+            raise InvalidArgumentError(f"limit must be at least 1, got {limit}")
+        later = steps.alias("later")
+        last = sa.and_(
+            steps.c.workflow_id == workflows.c.id,
+            ~sa.exists().where(
+                later.c.workflow_id == steps.c.workflow_id,
+                later.c.position > steps.c.position,
+            ),
+        )
+        query = (
+            sa.select(workflows, *(c.label(f"s_{c.name}") for c in steps.c))
+            .select_from(workflows)
+            .join(steps, last)
+            .where(
+                workflows.c.status == WorkflowStatus.PENDING.value,
+                steps.c.status == StepStatus.PENDING.value,
+                steps.c.name.in_(list(step_names)),
+            )
+        )
+        if cursor is not None:
+            created, after_id = decode_cursor(cursor)
+            query = query.where(
+                sa.or_(
+                    workflows.c.created_at < created,
+                    sa.and_(workflows.c.created_at == created, workflows.c.id < after_id),
+                )
+            )
+        query = query.order_by(workflows.c.created_at.desc(), workflows.c.id.desc()).limit(
+            limit + 1
+        )
+
+        def fn(conn: sa.Connection) -> Page[tuple[WorkflowInfo, StepRecord]]:
+            if not step_names:
+                return Page([], None)
+            rows = conn.execute(query).all()
+            items = []
+            for row in rows[:limit]:
+                m = row._mapping
+                step = {c.name: m[f"s_{c.name}"] for c in steps.c}
+                items.append((self._info(row, lenient=True), self._step(m["id"], step)))
+            return Page(items, encode_cursor(items[-1][0]) if len(rows) > limit else None)
+
+        return await self._run(fn, what="list waiting workflows")
 
     async def list_steps(self, instance_id: str) -> list[StepRecord]:
         def fn(conn: sa.Connection) -> list[StepRecord]:

@@ -1,7 +1,8 @@
-"""Deadlines, cancellation of a workflow and its descendants, and continue-as-new: a workflow's
-``deadline`` stored and read back, :meth:`~PersistentBackend.cancel_expired_workflows`,
-:meth:`~PersistentBackend.cancel_workflow` cascading down ``parent_id``, and
-:meth:`~PersistentBackend.continue_as_new` under the workflow's claim."""
+"""Deadlines, cancellation of a workflow and its descendants, continue-as-new, and what a
+workflow waits for: a workflow's ``deadline`` stored and read back,
+:meth:`~PersistentBackend.cancel_expired_workflows`, :meth:`~PersistentBackend.cancel_workflow`
+cascading down ``parent_id``, :meth:`~PersistentBackend.continue_as_new` under the workflow's
+claim, and :meth:`~PersistentBackend.list_waiting`."""
 
 from __future__ import annotations
 
@@ -255,3 +256,53 @@ class DeadlineContract(ContractBase):
         with pytest.raises(ClaimLostError):
             await backend.continue_as_new("short", worker_id="w1", input={"args": []})
         assert (await backend.get_workflow("short")).continuations == 0
+
+    # -- list_waiting ---------------------------------------------------------------------------
+
+    async def test_list_waiting(self, backend: PersistentBackend) -> None:
+        sleep, recv = "durable.sleep", "durable.recv"
+        for i, (name, last) in enumerate(
+            [
+                (
+                    "sleeps",
+                    step(1, sleep, status=StepStatus.PENDING, output="2030-01-01T00:00:00+00:00"),
+                ),
+                ("receives", step(1, recv, status=StepStatus.PENDING, input="topic")),
+                ("slept", step(1, sleep)),  # woke: succeeded
+                ("gathers", step(2, "s", status=StepStatus.PENDING)),  # a pending step after
+                ("running", step(1, sleep, status=StepStatus.PENDING, output="x")),
+                ("other", step(1, "child", status=StepStatus.PENDING)),
+            ]
+        ):
+            await running(backend, name, "w1", created_at=T0 + timedelta(seconds=i))
+            await backend.record_step(name, step(0), worker_id="w1")
+            if name == "gathers":
+                await backend.record_step(
+                    name, step(1, sleep, status=StepStatus.PENDING, output="x"), worker_id="w1"
+                )
+            await backend.record_step(name, last, worker_id="w1")
+            if name != "running":
+                await backend.reschedule_workflow(
+                    name, worker_id="w1", run_after=timedelta(hours=1), consume_attempt=False
+                )
+        await create(backend, "empty")
+        page = await backend.list_waiting(step_names=[sleep, recv])
+        assert [(w.id, s.name, s.position) for w, s in page] == [
+            ("receives", recv, 1),
+            ("sleeps", sleep, 1),
+        ]
+        info, last = page.items[1]
+        assert info == await backend.get_workflow("sleeps")
+        assert last == (await backend.list_steps("sleeps"))[-1]
+        assert page.items[0][1].input == "topic"
+        only = await backend.list_waiting(step_names=[sleep])
+        assert [w.id for w, _ in only] == ["sleeps"]
+        assert (await backend.list_waiting(step_names=[])).items == []
+        first = await backend.list_waiting(step_names=[sleep, recv], limit=1)
+        assert [w.id for w, _ in first] == ["receives"] and first.next_cursor is not None
+        rest = await backend.list_waiting(
+            step_names=[sleep, recv], limit=1, cursor=first.next_cursor
+        )
+        assert [w.id for w, _ in rest] == ["sleeps"] and rest.next_cursor is None
+        with pytest.raises(InvalidArgumentError):
+            await backend.list_waiting(step_names=[sleep], limit=0)
