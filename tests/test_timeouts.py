@@ -325,6 +325,74 @@ async def test_a_running_workflow_is_stopped_at_its_deadline_with_its_child(
     assert (CALLS["hang"], CALLS["hang.done"]) == (1, 0)
 
 
+CLOCKS: list[FakeClock] = []
+
+
+@durable.step(name="to.advance")
+async def advance(seconds: float) -> float:
+    CLOCKS[0].now += timedelta(seconds=seconds)
+    return seconds
+
+
+@durable.workflow(name="to.late.parent", registry=REG)
+async def late_parent(x: int) -> int:
+    await advance(0.4)  # the child starts with 0.1 s of the inherited deadline left
+    return await child(x)
+
+
+@durable.workflow(name="to.own.child", registry=REG, timeout=0.1)
+async def own_child(x: int) -> int:
+    return await hang(x)
+
+
+@durable.workflow(name="to.patient.parent", registry=REG)
+async def patient_parent(x: int) -> str:
+    try:
+        return str(await own_child(x))
+    except WorkflowCancelledError as exc:
+        return f"child gave up: {exc.error.type if exc.error else None}"
+
+
+async def test_a_child_that_expires_first_with_the_inherited_deadline_expires_its_parent() -> None:
+    clock = FakeClock(datetime(2030, 1, 1, 12, 0, tzinfo=UTC))
+    CLOCKS[:] = [clock]
+    t0 = clock.now
+    async with runtime(durable.InMemoryBackend(clock=clock)) as rt:
+
+        async def the_deadline_passes() -> None:  # on the fake clock, as the child expires
+            await eventually(lambda: _true(CALLS["hang"] == 1), "the child's step to start")
+            clock.now = t0 + timedelta(seconds=0.5)
+
+        mover = asyncio.create_task(the_deadline_passes())
+        with pytest.raises(WorkflowCancelledError, match="deadline"):
+            await rt.run(late_parent, 1, workflow_id="lp", timeout=0.5)
+        await mover
+        assert_expired(await rt.get_workflow("lp"))
+        assert_expired(await rt.get_workflow("lp/1"))
+        steps = await rt.list_steps("lp")
+        # the child's expiry is the parent's own: not recorded as a failure of its step
+        assert [(s.name, s.status) for s in steps] == [
+            ("to.advance", StepStatus.SUCCEEDED),
+            ("to.child", StepStatus.PENDING),
+        ]
+        info = await rt.get_workflow("lp")
+    assert info.attempts == 1
+
+
+async def test_a_child_that_expires_by_its_own_timeout_fails_its_step(backend_url: str) -> None:
+    async with runtime(durable.connect(backend_url)) as rt:
+        result = await rt.run(patient_parent, 1, workflow_id="pp", timeout=WAIT)
+        parent_info = await rt.get_workflow("pp")
+        kid = await rt.get_workflow("pp/0")
+        steps = await rt.list_steps("pp")
+    assert result == f"child gave up: {DEADLINE_TYPE}"
+    assert parent_info.status is WorkflowStatus.SUCCEEDED
+    assert kid.deadline is not None and parent_info.deadline is not None
+    assert kid.deadline < parent_info.deadline  # its own timeout came first
+    assert_expired(kid)
+    assert [(s.name, s.status) for s in steps] == [("to.own.child", StepStatus.FAILED)]
+
+
 async def test_a_sync_workflow_stops_at_its_next_step_after_its_deadline(
     backend_url: str,
 ) -> None:

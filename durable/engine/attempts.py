@@ -28,6 +28,7 @@ from durable.errors import (
     RecoveriesExhaustedError,
     SerializationError,
     TaskNotFoundError,
+    WorkflowCancelledError,
 )
 from durable.executions import EnqueueOptions
 from durable.models import WORKFLOW_TASK, ErrorInfo, WorkflowSnapshot, WorkflowStatus
@@ -461,6 +462,12 @@ class Attempts(Leases):
                 ctx.outage = ctx.outage or exc  # not the child's recorded error: an outage now
             if ctx.outage is not None:
                 raise
+            if (
+                isinstance(exc, WorkflowCancelledError)
+                and ctx.deadline is not None
+                and await self.backend.now() >= ctx.deadline
+            ):  # the child expired with the deadline it inherited: so does this workflow
+                raise _DeadlinePassed() from exc
             await guard.fail(exc, child_workflow_id=child_id)
             raise
         return await guard.succeed(value, child_workflow_id=child_id)
