@@ -17,11 +17,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,6 +48,7 @@ WAIT = 60.0  # an upper bound for anything the tests wait for, never reached whe
 RELEASE = threading.Event()  # lets the abandoned sync attempts end
 GATE: list[asyncio.Event] = []  # lets the hanging async step end (one per test)
 DEADLINE_TYPE = "durable.errors.DeadlineExceededError"
+PROG = Path(__file__).with_name("deadlineprog.py")
 
 
 @pytest.fixture(autouse=True)
@@ -298,6 +304,68 @@ async def test_a_workers_sweep_cancels_what_nobody_runs(db_url: str) -> None:
         await eventually(both_cancelled, "the sweep to cancel both")
         assert_expired(await rt.get_workflow(queued))
         assert_expired(await rt.get_workflow(sleeper))
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Callable[[str, str], subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(url: str, executor_id: str) -> subprocess.Popen[bytes]:
+        with (tmp_path / f"{executor_id}.out").open("wb") as out:  # the child keeps its copy
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(PROG),
+                    *("serve", "--url", url, "--executor-id", executor_id),
+                    *("--log", str(tmp_path / "effects.log")),
+                ],
+                cwd=tmp_path,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+            )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=WAIT)
+
+
+@pytest.mark.slow
+async def test_a_worker_killed_mid_run_leaves_it_to_another_workers_sweep(
+    db_url: str, tmp_path: Path, workers: Callable[[str, str], subprocess.Popen[bytes]]
+) -> None:
+    """SIGKILL the worker running a workflow with a deadline: its lease (60 s) outlives the
+    deadline (2 s), yet once the deadline passes another worker's sweep cancels it, without
+    running its step again."""
+    effects = tmp_path / "effects.log"
+    async with durable.Client(durable.connect(db_url), poll_interval=0.05) as client:
+        first = workers(db_url, "dl-1")
+        workflow_id = await client.enqueue("deadlineprog.slow.v1", workflow_id="slow", timeout=2)
+
+        async def started() -> bool:
+            return await asyncio.to_thread(effects.exists)
+
+        await eventually(started, "the step to start")
+        os.kill(first.pid, signal.SIGKILL)
+        assert await asyncio.to_thread(first.wait, WAIT) == -signal.SIGKILL
+        info = await client.get_workflow(workflow_id)
+        assert info.status is WorkflowStatus.RUNNING and info.deadline is not None
+        task = await client.backend.get_task(workflow_id, WORKFLOW_TASK)
+        assert task.claim_expires_at is not None and task.claim_expires_at > info.deadline
+        second = workers(db_url, "dl-2")
+        with pytest.raises(WorkflowCancelledError, match="deadline"):
+            await client.result(workflow_id, timeout=WAIT)
+        cancelled = await client.get_workflow(workflow_id)
+        assert cancelled.completed_at is not None and cancelled.completed_at >= info.deadline
+        second.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(second.wait, WAIT) == 0
+    assert_expired(cancelled)
+    lines = (await asyncio.to_thread(effects.read_text)).splitlines()
+    assert lines == [f"{workflow_id} {first.pid}"]  # the step never ran again
 
 
 # -- cancelled while it runs --------------------------------------------------------------------
