@@ -38,7 +38,7 @@ same fixtures while you write that area (CONTRIBUTING.md walks through them in o
 * :class:`FanOutContract`: suspending a workflow for step tasks, waking it;
 * :class:`RegistryContract`: the workflow registry and executors;
 * :class:`DeadlineContract`: deadlines, cancelling expired workflows, cancellation of a
-  workflow's descendants, continue-as-new;
+  workflow's descendants, continue-as-new, listing the workflows that wait;
 * :class:`WakeUpContract`: ``wait_for_work``;
 * :class:`ConcurrencyContract`: connections returned, atomic claims, 200 concurrent calls.
 
