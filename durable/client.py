@@ -341,6 +341,8 @@ class Client(SyncStartable):
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
         queue: str | None = None,
+        timeout: float | timedelta | None = None,
+        deadline: datetime | None = None,
     ) -> list[str]:
         """Record many executions at once, in one transaction (a few statements, however many
         rows), and return their ids in the order of ``inputs``::
@@ -358,9 +360,9 @@ class Client(SyncStartable):
         :param inputs: the rows: a tuple or list is the positional arguments of ``fn``; an
             :class:`Enqueue` gives arguments, keyword arguments and, optionally, its own
             workflow, ``workflow_id``, ``idempotency_key`` and options.
-        :param priority: ``run_after``, ``delay``, ``max_attempts``, ``queue``: as for
-            :meth:`enqueue`, for every row that does not give its own (a row that gives
-            ``run_after`` or ``delay`` takes neither from the batch).
+        :param priority: ``run_after``, ``delay``, ``max_attempts``, ``queue``, ``timeout``,
+            ``deadline``: as for :meth:`enqueue`, for every row that does not give its own (a
+            row that gives ``run_after`` or ``delay`` takes neither from the batch).
 
         Each row behaves as one :meth:`enqueue`: a row whose id or idempotency key exists
         creates nothing and gets the existing execution's id; two rows of the batch with the
@@ -383,6 +385,8 @@ class Client(SyncStartable):
             delay=delay,
             max_attempts=max_attempts,
             queue=queue,
+            timeout=timeout,
+            deadline=deadline,
         )
         infos = await create_executions(
             self.backend,
@@ -409,6 +413,8 @@ class Client(SyncStartable):
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
         queue: str | None = None,
+        timeout: float | timedelta | None = None,
+        deadline: datetime | None = None,
     ) -> list[str]:
         """:meth:`enqueue_many` for code that is not async (see :meth:`blocking`)."""
         return self.blocking(
@@ -420,6 +426,8 @@ class Client(SyncStartable):
                 delay=delay,
                 max_attempts=max_attempts,
                 queue=queue,
+                timeout=timeout,
+                deadline=deadline,
             )
         )
 

@@ -299,6 +299,8 @@ class Enqueue:
     delay: float | timedelta | None = None
     max_attempts: int | None = None
     queue: str | None = None
+    timeout: float | timedelta | None = None
+    deadline: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +318,8 @@ class PlannedEnqueue:
     wait: timedelta | None
     max_attempts: int | None
     queue: str | None
+    timeout: timedelta | None = None
+    deadline: datetime | None = None
 
     def options(self, target: Workflow[Any, Any] | str) -> EnqueueOptions:
         """The row's options for ``target`` (the resolved workflow, whose policy gives the
@@ -328,6 +332,8 @@ class PlannedEnqueue:
             wait=self.wait,
             max_attempts=self.max_attempts,
             queue=self.queue,
+            timeout=self.timeout,
+            deadline=self.deadline,
         )
 
 
@@ -340,6 +346,8 @@ def plan_enqueue_many(
     delay: Any,
     max_attempts: Any,
     queue: Any,
+    timeout: Any = None,
+    deadline: Any = None,
 ) -> list[PlannedEnqueue]:
     """Check a batch given to ``enqueue_many`` (every row, before anything is written) and
     return its rows in order. Each row is an :class:`Enqueue` or a tuple or list of positional
@@ -369,11 +377,12 @@ def plan_enqueue_many(
     )
     if shared_wait is not None and run_after is not None:
         raise InvalidArgumentError("give run_after or delay, not both")
+    limits = (check_timeouts(timeout, deadline), deadline)
     planned = []
     for index, row in enumerate(inputs):
         try:
             planned.append(
-                _plan_row(row, fn, priority, run_after, shared_wait, max_attempts, queue)
+                _plan_row(row, fn, priority, run_after, shared_wait, max_attempts, queue, limits)
             )
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(f"inputs[{index}]: {exc}") from exc
@@ -388,7 +397,11 @@ def _plan_row(
     wait: timedelta | None,
     max_attempts: int | None,
     queue: str | None,
+    limits: tuple[timedelta | None, datetime | None] = (None, None),
 ) -> PlannedEnqueue:
+    """One row of a batch: a tuple of arguments takes the batch's options; an
+    :class:`Enqueue` its own where it gives them (``timeout`` and ``deadline`` each on its
+    own), else the batch's (``limits``: the batch's timeout and deadline)."""
     if isinstance(row, tuple | list):
         if fn is None:
             raise InvalidArgumentError("no workflow: give enqueue_many's fn, or the row's fn")
@@ -404,6 +417,8 @@ def _plan_row(
             wait=wait,
             max_attempts=max_attempts,
             queue=queue,
+            timeout=limits[0],
+            deadline=limits[1],
         )
     if not isinstance(row, Enqueue):
         raise InvalidArgumentError(
@@ -433,6 +448,7 @@ def _plan_row(
         max_attempts=row.max_attempts,
         queue=row.queue,
     )
+    own_timeout = check_timeouts(row.timeout, row.deadline)
     if own_wait is not None and row.run_after is not None:
         raise InvalidArgumentError("give run_after or delay, not both")
     own_time = row.run_after is not None or own_wait is not None
@@ -447,6 +463,8 @@ def _plan_row(
         wait=own_wait if own_time else wait,
         max_attempts=max_attempts if row.max_attempts is None else row.max_attempts,
         queue=queue if row.queue is None else row.queue,
+        timeout=limits[0] if own_timeout is None else own_timeout,
+        deadline=limits[1] if row.deadline is None else row.deadline,
     )
 
 

@@ -253,6 +253,38 @@ async def test_a_start_gives_its_own_timeout_or_deadline() -> None:
         assert (await client.get_workflow(later)).deadline == t0 + timedelta(days=7)
 
 
+async def test_a_batch_gives_timeouts_and_deadlines_per_row() -> None:
+    clock = FakeClock(datetime(2030, 1, 1, 12, 0, tzinfo=UTC))
+    t0 = clock.now
+    at = t0 + timedelta(hours=2)
+    async with durable.Client(durable.InMemoryBackend(clock=clock)) as client:
+        ids = await client.enqueue_many(
+            approval,
+            [
+                (1,),  # the batch's timeout
+                durable.Enqueue(args=(2,), timeout=timedelta(hours=1)),  # its own
+                durable.Enqueue(args=(3,), deadline=at),  # its own deadline, the batch's timeout
+                durable.Enqueue(fn="to.approval", args=(4,)),  # by name: the batch's only
+            ],
+            timeout=timedelta(days=1),
+        )
+        deadlines = [(await client.get_workflow(i)).deadline for i in ids]
+        assert deadlines == [
+            t0 + timedelta(days=1),
+            t0 + timedelta(hours=1),
+            at,
+            t0 + timedelta(days=1),
+        ]
+        plain = await client.enqueue_many(approval, [(5,)])  # the workflow's own, 7 days
+        assert (await client.get_workflow(plain[0])).deadline == t0 + timedelta(days=7)
+        with pytest.raises(InvalidArgumentError, match=r"inputs\[0\]: .*deadline"):
+            await client.enqueue_many(
+                approval, [durable.Enqueue(args=(1,), deadline=datetime(2030, 1, 1))]
+            )
+        with pytest.raises(InvalidArgumentError, match="timeout"):
+            await client.enqueue_many(approval, [(1,)], timeout=-1)
+
+
 # -- cancelled while no worker runs it --------------------------------------------------------
 
 

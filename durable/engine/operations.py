@@ -156,6 +156,8 @@ class Operations(RuntimeCore):
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
         queue: str | None = None,
+        timeout: float | timedelta | None = None,
+        deadline: datetime | None = None,
         served_elsewhere: bool = False,
     ) -> list[str]:
         """Record many executions at once, in one transaction, and return their ids in the
@@ -184,6 +186,8 @@ class Operations(RuntimeCore):
             delay=delay,
             max_attempts=max_attempts,
             queue=queue,
+            timeout=timeout,
+            deadline=deadline,
         )
         check_bool(served_elsewhere, "served_elsewhere")
         resolved: dict[Any, Workflow[Any, Any] | str] = {}
