@@ -15,6 +15,7 @@ from durable.backends.memory import InMemoryBackend
 from durable.client import Client, Enqueue
 from durable.connect import connect
 from durable.context import StepGuard, step_guard, workflow_id
+from durable.continuation import continue_as_new
 from durable.errors import (
     BackendError,
     BackendUnavailableError,
@@ -22,6 +23,7 @@ from durable.errors import (
     ConcurrentUpdateError,
     ConfigurationError,
     CorruptRowError,
+    DeadlineExceededError,
     DurableError,
     ExecutorIdInUseError,
     InvalidArgumentError,
@@ -33,6 +35,7 @@ from durable.errors import (
     SerializationError,
     StepAlreadyRecordedError,
     StepError,
+    StepTimeoutError,
     StreamClosedError,
     TaskNotFoundError,
     UnknownWorkflowError,
@@ -46,6 +49,7 @@ from durable.errors import (
     WorkflowNotFoundError,
 )
 from durable.events import set_event, set_event_sync
+from durable.inspection import Waiting
 from durable.messages import (
     cancel_timer,
     cancel_timer_sync,
@@ -99,6 +103,7 @@ __all__ = [
     "ConcurrentUpdateError",
     "ConfigurationError",
     "CorruptRowError",
+    "DeadlineExceededError",
     "DurableError",
     "Enqueue",
     "ErrorInfo",
@@ -131,6 +136,7 @@ __all__ = [
     "StepGuard",
     "StepRecord",
     "StepStatus",
+    "StepTimeoutError",
     "StreamClosedError",
     "SyncStep",
     "SyncWorkflow",
@@ -138,6 +144,7 @@ __all__ = [
     "TaskNotFoundError",
     "TaskSpec",
     "UnknownWorkflowError",
+    "Waiting",
     "Worker",
     "WorkerCrashedError",
     "Workflow",
@@ -156,6 +163,7 @@ __all__ = [
     "close_stream",
     "close_stream_sync",
     "connect",
+    "continue_as_new",
     "default_registry",
     "map",
     "recv",

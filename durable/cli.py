@@ -27,6 +27,7 @@ import click
 from durable.backends.rows import CORRUPT_ROW
 from durable.client import Client
 from durable.errors import DurableError, InvalidArgumentError, SchemaVersionError
+from durable.inspection import Waiting
 from durable.models import StepRecord, WorkflowInfo
 from durable.runtime import Runtime
 from durable.validation import check_id
@@ -352,6 +353,27 @@ def list_workflows(url: str, statuses: tuple[str, ...], name: str | None, limit:
             f"{info.id}\t{info.name}\t{info.status.value}\tattempts={info.attempts}\t"
             f"created={_stamp(info.created_at)}{note}"
         )
+
+
+@workflows.command("waiting")
+@url_argument
+@click.option(
+    "--kind",
+    type=click.Choice(["sleep", "message"]),
+    default=None,
+    help="Only sleeping workflows, or only those waiting for a message (default: both).",
+)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+def list_waiting(url: str, kind: str | None, limit: int) -> None:
+    """List executions that wait, newest first, with what each waits for ("sleeping until
+    T", "waiting for topic X")."""
+
+    async def read(client: Client) -> list[Waiting]:
+        return (await client.list_waiting(kind=kind, limit=limit)).items
+
+    for waiting in open_client(url, read):
+        name = waiting.workflow.name if waiting.workflow is not None else "-"
+        click.echo(f"{waiting.workflow_id}\t{name}\t{waiting}")
 
 
 @workflows.command("get")

@@ -53,6 +53,8 @@ from durable.executions import not_a_workflow as not_a_workflow
 from durable.executions import outcome as outcome
 from durable.executions import outcome_error as outcome_error
 from durable.executions import plan_enqueue_many as plan_enqueue_many
+from durable.inspection import KINDS as WAIT_KINDS
+from durable.inspection import Waiting, waiting_of
 from durable.models import (
     ExecutorInfo,
     Message,
@@ -209,6 +211,8 @@ class Client(SyncStartable):
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
         queue: str | None = None,
+        timeout: float | timedelta | None = None,
+        deadline: datetime | None = None,
         **kwargs: Any,
     ) -> str:
         """Record that a workflow must run, and return its id at once; any worker that serves
@@ -232,6 +236,11 @@ class Client(SyncStartable):
         :param max_attempts: failed attempts before dead-lettering, at least 1 (default: the
             workflow's policy; 3 for a name).
         :param queue: the queue (default: the workflow's, else ``"default"``).
+        :param timeout: cancel the execution if it has not finished this long (a
+            ``timedelta`` or seconds) after it is recorded, on the store's clock; replaces the
+            workflow's own ``timeout`` (see :func:`durable.workflow`).
+        :param deadline: or cancel it if it has not finished by this timezone-aware time; with
+            a timeout too (the start's or the workflow's), the earlier of the two.
 
         ``args`` and ``kwargs`` are the workflow's arguments; they must be serializable by the
         backend's serializer (JSON by default). Ids, keys, names and queues are non-empty str of
@@ -252,6 +261,8 @@ class Client(SyncStartable):
             delay=delay,
             max_attempts=max_attempts,
             queue=queue,
+            timeout=timeout,
+            deadline=deadline,
         )
         if not isinstance(fn, str | Workflow):
             raise not_a_workflow(fn)
@@ -263,6 +274,8 @@ class Client(SyncStartable):
             wait=wait,
             max_attempts=max_attempts,
             queue=queue,
+            timeout=timeout,
+            deadline=deadline,
         )
         info = await self._create(
             fn, workflow_id or str(uuid.uuid4()), args, kwargs, options=options
@@ -280,6 +293,8 @@ class Client(SyncStartable):
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
         queue: str | None = None,
+        timeout: float | timedelta | None = None,
+        deadline: datetime | None = None,
         **kwargs: Any,
     ) -> str:
         """:meth:`enqueue` for code that is not async (see :meth:`blocking`)."""
@@ -294,6 +309,8 @@ class Client(SyncStartable):
                 delay=delay,
                 max_attempts=max_attempts,
                 queue=queue,
+                timeout=timeout,
+                deadline=deadline,
                 **kwargs,
             )
         )
@@ -328,6 +345,8 @@ class Client(SyncStartable):
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
         queue: str | None = None,
+        timeout: float | timedelta | None = None,
+        deadline: datetime | None = None,
     ) -> list[str]:
         """Record many executions at once, in one transaction (a few statements, however many
         rows), and return their ids in the order of ``inputs``::
@@ -345,9 +364,9 @@ class Client(SyncStartable):
         :param inputs: the rows: a tuple or list is the positional arguments of ``fn``; an
             :class:`Enqueue` gives arguments, keyword arguments and, optionally, its own
             workflow, ``workflow_id``, ``idempotency_key`` and options.
-        :param priority: ``run_after``, ``delay``, ``max_attempts``, ``queue``: as for
-            :meth:`enqueue`, for every row that does not give its own (a row that gives
-            ``run_after`` or ``delay`` takes neither from the batch).
+        :param priority: ``run_after``, ``delay``, ``max_attempts``, ``queue``, ``timeout``,
+            ``deadline``: as for :meth:`enqueue`, for every row that does not give its own (a
+            row that gives ``run_after`` or ``delay`` takes neither from the batch).
 
         Each row behaves as one :meth:`enqueue`: a row whose id or idempotency key exists
         creates nothing and gets the existing execution's id; two rows of the batch with the
@@ -370,6 +389,8 @@ class Client(SyncStartable):
             delay=delay,
             max_attempts=max_attempts,
             queue=queue,
+            timeout=timeout,
+            deadline=deadline,
         )
         infos = await create_executions(
             self.backend,
@@ -396,6 +417,8 @@ class Client(SyncStartable):
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
         queue: str | None = None,
+        timeout: float | timedelta | None = None,
+        deadline: datetime | None = None,
     ) -> list[str]:
         """:meth:`enqueue_many` for code that is not async (see :meth:`blocking`)."""
         return self.blocking(
@@ -407,6 +430,8 @@ class Client(SyncStartable):
                 delay=delay,
                 max_attempts=max_attempts,
                 queue=queue,
+                timeout=timeout,
+                deadline=deadline,
             )
         )
 
@@ -564,6 +589,54 @@ class Client(SyncStartable):
             )
         )
 
+    async def waiting(self, workflow_id: str) -> Waiting | None:
+        """What the execution waits for, if it is not running and waits: sleeping until a time
+        (``durable.sleep``) or waiting for a message on a topic (``durable.recv``); ``str()`` of
+        the result says it in words. None when it runs, is queued, has finished, or waits for
+        nothing of the kind (steps it handed out with :func:`durable.map`).
+
+        :raises WorkflowNotFoundError: no such workflow.
+        """
+        self._require_started()
+        info = await self.backend.get_workflow(check_id(workflow_id, "workflow_id"))
+        if info.status is not WorkflowStatus.PENDING:
+            return None
+        steps = await self.backend.list_steps(workflow_id)
+        return waiting_of(workflow_id, steps[-1], info) if steps else None
+
+    def waiting_sync(self, workflow_id: str) -> Waiting | None:
+        """:meth:`waiting` for code that is not async."""
+        return self.blocking(self.waiting(workflow_id))
+
+    async def list_waiting(
+        self, *, kind: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> Page[Waiting]:
+        """The executions that wait, newest first: those sleeping (``kind="sleep"``), those
+        waiting for a message (``kind="message"``), or both (None); each a :class:`Waiting`
+        with its workflow's header. A page of at most ``limit``, whose ``next_cursor`` (given
+        as ``cursor``) reads the next.
+
+        :raises InvalidArgumentError: an unknown ``kind``, a ``limit`` that is not a positive
+            int, a malformed cursor.
+        """
+        self._require_started()
+        names = [n for n, k in WAIT_KINDS.items() if kind is None or k == kind]
+        if not names:
+            valid = ", ".join(repr(k) for k in WAIT_KINDS.values())
+            raise InvalidArgumentError(f"kind must be one of {valid} or None, got {kind!r}")
+        check_positive_int(limit, "limit")
+        if cursor is not None and not isinstance(cursor, str):
+            raise InvalidArgumentError(f"cursor must be a str (a next_cursor), got {cursor!r}")
+        page = await self.backend.list_waiting(step_names=names, limit=limit, cursor=cursor)
+        items = [waiting_of(info.id, step, info) for info, step in page.items]
+        return Page([w for w in items if w is not None], page.next_cursor)
+
+    def list_waiting_sync(
+        self, *, kind: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> Page[Waiting]:
+        """:meth:`list_waiting` for code that is not async."""
+        return self.blocking(self.list_waiting(kind=kind, limit=limit, cursor=cursor))
+
     async def list_steps(self, workflow_id: str) -> list[StepRecord]:
         """The execution's steps by position: name, status, output or error, attempts, timings,
         executor and child workflow id.
@@ -579,7 +652,9 @@ class Client(SyncStartable):
 
     async def cancel(self, workflow_id: str) -> WorkflowInfo:
         """Cancel an unfinished execution: it stops at its next step boundary (its next write is
-        refused) and is never picked up again. Cancelling a finished one changes nothing.
+        refused) and is never picked up again. Its descendants (child workflows, executions it
+        enqueued, and theirs) are cancelled with it, in the same transaction. Cancelling a
+        finished one changes nothing (its unfinished descendants are still cancelled).
 
         :raises WorkflowNotFoundError: no such workflow.
         """
@@ -589,6 +664,23 @@ class Client(SyncStartable):
     def cancel_sync(self, workflow_id: str) -> WorkflowInfo:
         """:meth:`cancel` for code that is not async."""
         return self.blocking(self.cancel(workflow_id))
+
+    async def cancel_expired(self, *, limit: int = 100) -> list[WorkflowInfo]:
+        """Cancel up to ``limit`` unfinished executions whose deadline (their ``timeout`` or
+        ``deadline``) has passed, with their descendants, recording a
+        :class:`~durable.errors.DeadlineExceededError`; return them. Workers do this by
+        themselves every :attr:`Runtime.deadline_sweep_interval
+        <durable.Runtime.deadline_sweep_interval>` seconds: call it where no worker runs (a
+        cron job, a test).
+
+        :raises InvalidArgumentError: ``limit`` is not a positive int.
+        """
+        self._require_started()
+        return await self.backend.cancel_expired_workflows(limit=check_positive_int(limit, "limit"))
+
+    def cancel_expired_sync(self, *, limit: int = 100) -> list[WorkflowInfo]:
+        """:meth:`cancel_expired` for code that is not async."""
+        return self.blocking(self.cancel_expired(limit=limit))
 
     async def retry(self, workflow_id: str) -> WorkflowInfo:
         """Run a failed, dead-lettered or cancelled execution again from its history (a

@@ -141,6 +141,11 @@ class ExecutionContext:
     outage: BackendUnavailableError | None = None
     """Set when a checkpoint could not reach the database: what was recorded is uncertain, so
     the attempt stops (every later step raises this) and is handed back, not counted."""
+    deadline: datetime | None = None
+    """When the execution is cancelled if it has not finished (on the store's clock), or None:
+    hand-backs are never due later, and child workflows inherit it."""
+    continuations: int = 0
+    """How many runs of this execution came before this one (:func:`durable.continue_as_new`)."""
     _failures: dict[int, int] = field(default_factory=dict)
     """Failed positions this attempt observed (recorded, or replayed and raised), each with the
     number of positions taken at that moment."""
@@ -193,6 +198,15 @@ class ExecutionContext:
             if self.outage is None:
                 self.outage = exc
             raise
+
+    def child_suffix(self, position: int) -> str:
+        """The suffix of the id of a child started at ``position``: ``/<position>`` in an
+        execution's first run, ``/<run>.<position>`` in later ones (see
+        :func:`durable.continue_as_new`), so that a later run never finds an earlier run's
+        child under its own id."""
+        if self.continuations:
+            return f"/{self.continuations}.{position}"
+        return f"/{position}"
 
     def next_position(self) -> int:
         with self._lock:

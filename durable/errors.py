@@ -26,6 +26,8 @@ The tree::
     ├── NonDeterminismError           a replay diverged from the recorded history
     ├── RecoveriesExhaustedError      interrupted more often than max_recoveries allows
     ├── NonRetryableError             raise it (or a subclass) from a step: no retry
+    ├── DeadlineExceededError         a workflow ran past its deadline (recorded, cancelled)
+    ├── StepTimeoutError              a step attempt ran past its timeout (also a TimeoutError)
     ├── WorkerCrashedError            a worker's loop died: it claims nothing any more
     ├── WorkflowError                 the outcome of a workflow, as seen by a caller
     │   ├── WorkflowFailedError       it failed; the recorded error is attached
@@ -277,6 +279,16 @@ class RecoveriesExhaustedError(DurableError):
 
 class NonRetryableError(DurableError):
     """The operation failed in a way that retrying cannot fix."""
+
+
+class DeadlineExceededError(DurableError):
+    """The workflow passed its deadline (its ``timeout`` or ``deadline``) before it finished:
+    it was cancelled, and this is recorded as its error."""
+
+
+class StepTimeoutError(DurableError, TimeoutError):
+    """A step attempt ran longer than the step's ``timeout``: the attempt failed (and is
+    retried as the step's retry policy says)."""
 
 
 class WorkerCrashedError(DurableError):

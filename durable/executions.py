@@ -9,6 +9,7 @@ result or exception its stored outcome becomes (:func:`outcome`, :func:`outcome_
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from durable.errors import (
 from durable.models import TaskSpec, WorkflowInfo, WorkflowSnapshot, WorkflowStatus
 from durable.validation import (
     check_delay,
+    check_duration,
     check_id,
     check_int,
     check_name,
@@ -55,6 +57,10 @@ class EnqueueOptions:
     delay: timedelta | None = None
     max_attempts: int | None = None
     queue: str | None = None
+    timeout: timedelta | None = None
+    """The start's own timeout (it replaces the workflow's ``timeout``), or None."""
+    deadline: datetime | None = None
+    """An absolute deadline given at the start (or inherited from a parent), or None."""
 
 
 def check_enqueue_arguments(
@@ -67,9 +73,12 @@ def check_enqueue_arguments(
     delay: Any,
     max_attempts: Any,
     queue: Any,
+    timeout: Any = None,
+    deadline: Any = None,
 ) -> timedelta | None:
     """Check the arguments of an enqueue (in this order; nothing is written before), and return
-    the delay as a timedelta.
+    the delay as a timedelta. ``timeout`` and ``deadline``, when given, are checked with
+    :func:`check_timeouts`.
 
     :raises InvalidArgumentError: one of them is of the wrong type or out of range.
     """
@@ -85,7 +94,20 @@ def check_enqueue_arguments(
         check_positive_int(max_attempts, "max_attempts")
     if queue is not None:
         check_name(queue, "queue")
+    check_timeouts(timeout, deadline)
     return wait
+
+
+def check_timeouts(timeout: Any, deadline: Any) -> timedelta | None:
+    """Check a start's ``timeout`` (None, or a positive ``timedelta`` or number of seconds)
+    and ``deadline`` (None, or a timezone-aware ``datetime``); return the timeout as a
+    timedelta.
+
+    :raises InvalidArgumentError: either is of the wrong type or out of range (named).
+    """
+    if deadline is not None:
+        check_run_after(deadline, "deadline")
+    return None if timeout is None else check_duration(timeout, "timeout")
 
 
 def enqueue_options(
@@ -97,6 +119,8 @@ def enqueue_options(
     wait: timedelta | None,
     max_attempts: int | None,
     queue: str | None,
+    timeout: float | timedelta | None = None,
+    deadline: datetime | None = None,
 ) -> EnqueueOptions:
     """The options of an enqueue whose arguments are checked (:func:`check_enqueue_arguments`);
     ``max_attempts`` defaults to the workflow's policy (3 for a workflow known by name only).
@@ -116,7 +140,29 @@ def enqueue_options(
         delay=wait,
         max_attempts=max_attempts,
         queue=queue,
+        timeout=check_timeouts(timeout, deadline),
+        deadline=deadline,
     )
+
+
+async def resolve_deadline(
+    backend: PersistentBackend,
+    wf: Workflow[Any, Any] | str,
+    opts: EnqueueOptions,
+    now: datetime | None = None,
+) -> EnqueueOptions:
+    """``opts`` with its deadline resolved: the earlier of the given ``deadline`` and the
+    store's clock now plus the timeout (the start's ``timeout``, else the workflow's own, when
+    the workflow is given decorated). Reads :meth:`~PersistentBackend.now` (unless ``now`` is
+    given) only when there is a timeout."""
+    timeout = opts.timeout
+    if timeout is None and isinstance(wf, Workflow):
+        timeout = wf.timeout
+    if timeout is None:
+        return opts
+    limit = (now or await backend.now()) + timeout
+    deadline = limit if opts.deadline is None else min(limit, opts.deadline)
+    return dataclasses.replace(opts, timeout=None, deadline=deadline)
 
 
 def not_a_workflow(fn: Any) -> InvalidArgumentError:
@@ -137,7 +183,10 @@ def outcome(info: WorkflowInfo) -> Any:
 def outcome_error(info: WorkflowInfo) -> BaseException:
     """The exception a caller sees for an execution that did not succeed."""
     if info.status is WorkflowStatus.CANCELLED:
-        return WorkflowCancelledError(info.id, f"workflow {info.id!r} was cancelled")
+        reason = f": {info.error.message}" if info.error is not None else ""
+        return WorkflowCancelledError(
+            info.id, f"workflow {info.id!r} was cancelled{reason}", info.error
+        )
     detail = f"{info.error.type}: {info.error.message}" if info.error else "no error recorded"
     if info.status is WorkflowStatus.DEAD_LETTER:
         return WorkflowDeadLetteredError(
@@ -174,6 +223,7 @@ def execution_record(
         priority=opts.priority,
         idempotency_key=opts.idempotency_key,
         max_attempts=opts.max_attempts,
+        deadline=opts.deadline,
     )
     task = TaskSpec(
         instance_id=instance_id,
@@ -202,7 +252,7 @@ async def create_execution(
     :raises SerializationError: the arguments cannot be serialized (nothing is written).
     :raises InvalidArgumentError: the id or idempotency key belongs to another workflow.
     """
-    opts = options or EnqueueOptions()
+    opts = await resolve_deadline(backend, wf, options or EnqueueOptions())
     snapshot, task = execution_record(wf, instance_id, args, kwargs, opts, parent_id=parent_id)
     name = snapshot.name
     try:
@@ -249,6 +299,8 @@ class Enqueue:
     delay: float | timedelta | None = None
     max_attempts: int | None = None
     queue: str | None = None
+    timeout: float | timedelta | None = None
+    deadline: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +318,8 @@ class PlannedEnqueue:
     wait: timedelta | None
     max_attempts: int | None
     queue: str | None
+    timeout: timedelta | None = None
+    deadline: datetime | None = None
 
     def options(self, target: Workflow[Any, Any] | str) -> EnqueueOptions:
         """The row's options for ``target`` (the resolved workflow, whose policy gives the
@@ -278,6 +332,8 @@ class PlannedEnqueue:
             wait=self.wait,
             max_attempts=self.max_attempts,
             queue=self.queue,
+            timeout=self.timeout,
+            deadline=self.deadline,
         )
 
 
@@ -290,6 +346,8 @@ def plan_enqueue_many(
     delay: Any,
     max_attempts: Any,
     queue: Any,
+    timeout: Any = None,
+    deadline: Any = None,
 ) -> list[PlannedEnqueue]:
     """Check a batch given to ``enqueue_many`` (every row, before anything is written) and
     return its rows in order. Each row is an :class:`Enqueue` or a tuple or list of positional
@@ -319,11 +377,12 @@ def plan_enqueue_many(
     )
     if shared_wait is not None and run_after is not None:
         raise InvalidArgumentError("give run_after or delay, not both")
+    limits = (check_timeouts(timeout, deadline), deadline)
     planned = []
     for index, row in enumerate(inputs):
         try:
             planned.append(
-                _plan_row(row, fn, priority, run_after, shared_wait, max_attempts, queue)
+                _plan_row(row, fn, priority, run_after, shared_wait, max_attempts, queue, limits)
             )
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(f"inputs[{index}]: {exc}") from exc
@@ -338,7 +397,11 @@ def _plan_row(
     wait: timedelta | None,
     max_attempts: int | None,
     queue: str | None,
+    limits: tuple[timedelta | None, datetime | None] = (None, None),
 ) -> PlannedEnqueue:
+    """One row of a batch: a tuple of arguments takes the batch's options; an
+    :class:`Enqueue` its own where it gives them (``timeout`` and ``deadline`` each on its
+    own), else the batch's (``limits``: the batch's timeout and deadline)."""
     if isinstance(row, tuple | list):
         if fn is None:
             raise InvalidArgumentError("no workflow: give enqueue_many's fn, or the row's fn")
@@ -354,6 +417,8 @@ def _plan_row(
             wait=wait,
             max_attempts=max_attempts,
             queue=queue,
+            timeout=limits[0],
+            deadline=limits[1],
         )
     if not isinstance(row, Enqueue):
         raise InvalidArgumentError(
@@ -383,6 +448,7 @@ def _plan_row(
         max_attempts=row.max_attempts,
         queue=row.queue,
     )
+    own_timeout = check_timeouts(row.timeout, row.deadline)
     if own_wait is not None and row.run_after is not None:
         raise InvalidArgumentError("give run_after or delay, not both")
     own_time = row.run_after is not None or own_wait is not None
@@ -397,6 +463,8 @@ def _plan_row(
         wait=own_wait if own_time else wait,
         max_attempts=max_attempts if row.max_attempts is None else row.max_attempts,
         queue=queue if row.queue is None else row.queue,
+        timeout=limits[0] if own_timeout is None else own_timeout,
+        deadline=limits[1] if row.deadline is None else row.deadline,
     )
 
 
@@ -417,7 +485,12 @@ async def create_executions(
         written).
     """
     batch: list[tuple[WorkflowSnapshot, TaskSpec | None]] = []
-    for wf, instance_id, args, kwargs, opts in rows:
+    now: datetime | None = None
+    for wf, instance_id, args, kwargs, given in rows:
+        opts = given
+        if given.timeout is not None or (isinstance(wf, Workflow) and wf.timeout is not None):
+            now = now or await backend.now()  # one read of the clock for the whole batch
+            opts = await resolve_deadline(backend, wf, given, now)
         # serialized once, by the backend, which names the row it cannot serialize
         snapshot, task = execution_record(wf, instance_id, args, kwargs, opts, parent_id=parent_id)
         batch.append((snapshot, task))

@@ -125,6 +125,13 @@ class WorkflowInfo:
     updated_at: datetime | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None
+    deadline: datetime | None = None
+    """When the execution is cancelled if it has not finished (on the store's clock), or None:
+    set at its start from the workflow's ``timeout`` or the start's ``timeout`` / ``deadline``
+    (see :meth:`~durable.backends.PersistentBackend.cancel_expired_workflows`)."""
+    continuations: int = 0
+    """How many earlier runs of this execution ended with :func:`durable.continue_as_new`: the
+    current run's history starts empty, its input is the one the last run continued with."""
 
 
 @dataclass(frozen=True, kw_only=True)

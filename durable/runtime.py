@@ -36,7 +36,7 @@ import threading
 import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from durable.backends.base import PersistentBackend
@@ -49,6 +49,7 @@ from durable.engine.leases import RELEASE_TIMEOUT as RELEASE_TIMEOUT
 from durable.engine.operations import Operations
 from durable.engine.serving import Serving
 from durable.errors import DurableError, InvalidArgumentError
+from durable.executions import EnqueueOptions, check_timeouts
 from durable.models import RegisteredWorkflow
 from durable.registry import Registry, default_registry
 from durable.validation import (
@@ -236,6 +237,8 @@ class Runtime(Operations, Serving):
         fn: Workflow[Any, T] | str,
         *args: Any,
         workflow_id: str | None = None,
+        timeout: float | timedelta | None = None,
+        deadline: datetime | None = None,
         **kwargs: Any,
     ) -> T:
         """Run a workflow to completion and return its result.
@@ -249,11 +252,15 @@ class Runtime(Operations, Serving):
 
         :param workflow_id: the execution's id (default: a new random one); a non-empty str of
             at most 255 characters, valid Unicode, without NUL.
+        :param timeout: cancel the execution if it has not finished this long after it is
+            recorded (replaces the workflow's own ``timeout``); ``deadline``: or by this
+            timezone-aware time (see :meth:`enqueue`). Used when the execution is created,
+            not when an existing id is resumed.
 
         :raises SerializationError: the arguments cannot be serialized (nothing is written).
         :raises InvalidArgumentError: ``fn`` is not a workflow, ``workflow_id`` is not a valid
             id, or the id belongs to another workflow (nothing is written).
-        :raises WorkflowCancelledError: the execution was cancelled.
+        :raises WorkflowCancelledError: the execution was cancelled (or passed its deadline).
         :raises ClaimLostError: this executor lost the lease mid-run (another one took over).
         :raises Exception: the workflow's own exception when it failed (rebuilt from the record
             when it failed earlier; :class:`WorkflowFailedError` when it cannot be rebuilt).
@@ -263,7 +270,11 @@ class Runtime(Operations, Serving):
         instance_id = (
             str(uuid.uuid4()) if workflow_id is None else check_id(workflow_id, "workflow_id")
         )
-        await self._create(wf, instance_id, args, kwargs)
+        limit = check_timeouts(timeout, deadline)
+        options = None
+        if limit is not None or deadline is not None:
+            options = EnqueueOptions(timeout=limit, deadline=deadline)
+        await self._create(wf, instance_id, args, kwargs, options=options)
         return await self._drive(wf, instance_id)  # type: ignore[no-any-return]
 
     def run_sync(
@@ -271,11 +282,17 @@ class Runtime(Operations, Serving):
         fn: Workflow[Any, T] | str,
         *args: Any,
         workflow_id: str | None = None,
+        timeout: float | timedelta | None = None,
+        deadline: datetime | None = None,
         **kwargs: Any,
     ) -> T:
         """:meth:`run` for code that is not async, from any thread, while the runtime is
         started (see :meth:`start_sync` and :meth:`blocking`)."""
-        return self.blocking(self.run(fn, *args, workflow_id=workflow_id, **kwargs))
+        return self.blocking(
+            self.run(
+                fn, *args, workflow_id=workflow_id, timeout=timeout, deadline=deadline, **kwargs
+            )
+        )
 
     def _outage_backoff(self) -> timedelta:
         return OUTAGE_BACKOFF  # read each time: it may be changed (tests shorten it)

@@ -16,10 +16,14 @@ worker thread, so the event loop is never blocked).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import functools
 import inspect
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from datetime import timedelta
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from durable.context import (
@@ -30,11 +34,17 @@ from durable.context import (
     current,
     in_step,
 )
-from durable.errors import DurableError, InvalidArgumentError
+from durable.errors import DurableError, InvalidArgumentError, StepTimeoutError
 from durable.models import StepRecord, StepStatus, TaskSpec
 from durable.registry import default_registry
 from durable.retry import NO_RETRY, RetryPolicy
-from durable.validation import check_decorated, check_instance, check_int, check_name
+from durable.validation import (
+    check_decorated,
+    check_duration,
+    check_instance,
+    check_int,
+    check_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +58,18 @@ T = TypeVar("T")
 class Step(Generic[P, T]):
     """A function whose outcome is persisted when called in a workflow."""
 
-    def __init__(self, fn: Callable[..., Any], *, name: str | None, retry: RetryPolicy) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None,
+        retry: RetryPolicy,
+        timeout: timedelta | None = None,
+    ) -> None:
         self.fn = fn
+        self.timeout = timeout
+        """How long one attempt may run before it fails with :class:`StepTimeoutError`, or
+        None (see :func:`step`)."""
         self.name = check_name(
             f"{fn.__module__}:{fn.__qualname__}" if name is None else name, "the step name"
         )
@@ -74,15 +94,63 @@ class Step(Generic[P, T]):
             try:
                 with in_step():
                     if self.is_async:
-                        value = await self.fn(*args, **kwargs)
+                        value = await self._bounded(self.fn(*args, **kwargs))
                     else:
-                        value = await asyncio.to_thread(self.fn, *args, **kwargs)
+                        value = await self._bounded(asyncio.to_thread(self.fn, *args, **kwargs))
             except Exception as exc:
                 if self.retry.should_retry(exc, attempt):
                     await sleep(self.retry.delay(attempt))
                     continue
                 return False, exc, attempt
             return True, value, attempt
+
+    async def _bounded(self, running: Awaitable[Any]) -> Any:
+        """Await one attempt, at most :attr:`timeout`: past it, an async step is cancelled; a
+        sync step's thread cannot be, so it is left to finish and its result ignored.
+
+        :raises StepTimeoutError: the attempt ran past the timeout.
+        """
+        if self.timeout is None:
+            return await running
+        try:
+            async with asyncio.timeout(self.timeout.total_seconds()) as scope:
+                return await running
+        except TimeoutError:
+            if scope.expired():
+                raise self._timed_out() from None
+            raise
+
+    def _call_bounded(self, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+        """One attempt of a sync step in a sync workflow's thread, at most :attr:`timeout`: the
+        function then runs in a thread of its own, abandoned (its result ignored) if it runs
+        past the timeout.
+
+        :raises StepTimeoutError: the attempt ran past the timeout.
+        """
+        if self.timeout is None:
+            return self.fn(*args, **kwargs)
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        scope = contextvars.copy_context()
+
+        def run() -> None:
+            try:
+                done.set_result(scope.run(self.fn, *args, **kwargs))
+            except BaseException as exc:  # handed to the waiting thread
+                done.set_exception(exc)
+
+        threading.Thread(target=run, name=f"durable-step:{self.name}", daemon=True).start()
+        try:
+            return done.result(self.timeout.total_seconds())
+        except TimeoutError:
+            if not done.done():
+                raise self._timed_out() from None
+            raise
+
+    def _timed_out(self) -> StepTimeoutError:
+        return StepTimeoutError(
+            f"step {self.name!r} did not finish within its timeout of "
+            f"{self.timeout.total_seconds() if self.timeout else 0:g} s: the attempt failed"
+        )
 
     async def _execute(self, guard: StepGuard, args: Any, kwargs: Any) -> Any:
         """Run the step for an async workflow, with retries; persist the outcome."""
@@ -109,7 +177,7 @@ class Step(Generic[P, T]):
             attempt += 1
             try:
                 with in_step():
-                    value = self.fn(*args, **kwargs)
+                    value = self._call_bounded(args, kwargs)
             except Exception as exc:
                 if self.retry.should_retry(exc, attempt):
                     ctx.block_on(ctx.runtime.sleep(self.retry.delay(attempt)))
@@ -181,6 +249,7 @@ def step(
     retry_on: tuple[type[BaseException], ...] = (Exception,),
     non_retryable: tuple[type[BaseException], ...] = (),
     retry: RetryPolicy | None = None,
+    timeout: timedelta | float | None = None,
 ) -> _StepDecorator: ...
 def step(
     fn: Callable[..., Any] | None = None,
@@ -194,6 +263,7 @@ def step(
     retry_on: tuple[type[BaseException], ...] = (Exception,),
     non_retryable: tuple[type[BaseException], ...] = (),
     retry: RetryPolicy | None = None,
+    timeout: timedelta | float | None = None,
 ) -> Any:
     """Make a function a durable step: ``@durable.step`` or ``@durable.step(max_attempts=5)``.
 
@@ -204,16 +274,25 @@ def step(
         ``max_delay``). Exceptions in ``non_retryable``, :class:`~durable.NonRetryableError`,
         or not in ``retry_on`` are recorded at once.
     :param retry: a whole :class:`~durable.retry.RetryPolicy` instead of the separate options.
+    :param timeout: how long one attempt may run (a ``timedelta``, or seconds). An attempt
+        that runs longer fails with :class:`~durable.errors.StepTimeoutError` (a
+        ``TimeoutError``), which is retried as any failure (``max_attempts``, ``retry_on``).
+        An async step is cancelled where it awaits. A sync step cannot be stopped: the attempt
+        is failed at the timeout and its thread left to finish, its result ignored (a sync
+        step with a timeout called from a sync workflow runs in a thread of its own for that
+        reason); make such steps idempotent, as a retry may run beside the abandoned attempt.
 
     :raises InvalidArgumentError: an option of the wrong type or out of range (as
         :class:`~durable.retry.RetryPolicy` checks them), an empty or overlong ``name``, or
-        ``fn`` not a function.
+        ``fn`` not a function, or a ``timeout`` that is not a positive ``timedelta`` or
+        number of seconds.
     """
     if fn is not None:
         check_decorated(fn, "durable.step")
     if name is not None:
         check_name(name, "name")
     check_instance(retry, RetryPolicy, "retry")
+    limit = None if timeout is None else check_duration(timeout, "timeout")
     options = RetryPolicy(  # checked even when a whole policy is given or nothing retries
         max_attempts=max_attempts,
         initial_delay=initial_delay,
@@ -229,7 +308,7 @@ def step(
         if isinstance(f, Step):
             raise DurableError(f"{f.name!r} is already a durable step")
         kind = AsyncStep if inspect.iscoroutinefunction(f) else SyncStep
-        made: Step[Any, Any] = kind(f, name=name, retry=policy)
+        made: Step[Any, Any] = kind(f, name=name, retry=policy, timeout=limit)
         default_registry.register_step(made)
         return made
 

@@ -202,6 +202,8 @@ async def _sleep(ctx: ExecutionContext, guard: StepGuard, wake: Wake) -> None:
         await guard.succeed(until.isoformat())
         return
     remaining = until - now
+    if ctx.deadline is not None:  # never due after the execution's deadline: it expires then
+        remaining = min(remaining, max(ctx.deadline - now, timedelta(0)))
     with ctx.checkpoint():
         await backend.reschedule_workflow(
             ctx.workflow_id,

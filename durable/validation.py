@@ -195,6 +195,23 @@ def check_delay(value: Any, what: str = "delay") -> timedelta:
     return timedelta(seconds=_seconds(value, what))
 
 
+def check_duration(value: Any, what: str) -> timedelta:
+    """A positive duration (a timeout): a ``timedelta``, or a number of seconds, above zero,
+    finite and at most :data:`MAX_DELAY_SECONDS` (``bool`` is refused)."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+        _seconds(seconds, what)
+        if seconds <= 0:
+            raise InvalidArgumentError(f"{what} must be positive, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgumentError(
+            f"{what} must be a timedelta or a number of seconds, got "
+            f"{type(value).__qualname__} {_show(value)}"
+        )
+    return timedelta(seconds=check_positive_float(value, what))
+
+
 def check_run_after(value: Any, what: str = "run_after") -> datetime:
     """A timezone-aware ``datetime`` before :data:`LATEST_TIME`."""
     if not isinstance(value, datetime):

@@ -13,13 +13,20 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Coroutine
+from datetime import timedelta
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from durable.context import current
 from durable.errors import DurableError, InvalidArgumentError
 from durable.registry import Registry, default_registry
 from durable.retry import WORKFLOW_RETRY, RetryPolicy
-from durable.validation import check_decorated, check_instance, check_name, check_positive_int
+from durable.validation import (
+    check_decorated,
+    check_duration,
+    check_instance,
+    check_name,
+    check_positive_int,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -41,6 +48,7 @@ class Workflow(Generic[P, T]):
         queue: str,
         description: str | None,
         max_recoveries: int = DEFAULT_MAX_RECOVERIES,
+        timeout: timedelta | None = None,
     ) -> None:
         if max_recoveries < 0:
             raise InvalidArgumentError(f"max_recoveries must be >= 0, got {max_recoveries}")
@@ -50,6 +58,9 @@ class Workflow(Generic[P, T]):
         )
         self.retry = retry
         self.max_recoveries = max_recoveries
+        self.timeout = timeout
+        """How long an execution may take from its start before it is cancelled (see
+        :func:`workflow`), or None."""
         self.queue = check_name(queue, "queue")
         self.description = description if description is not None else inspect.getdoc(fn)
         self.is_async = inspect.iscoroutinefunction(fn)
@@ -120,6 +131,7 @@ def workflow(
     description: str | None = None,
     registry: Registry | None = None,
     max_recoveries: int = DEFAULT_MAX_RECOVERIES,
+    timeout: timedelta | float | None = None,
 ) -> _WorkflowDecorator: ...
 def workflow(
     fn: Callable[..., Any] | None = None,
@@ -132,6 +144,7 @@ def workflow(
     description: str | None = None,
     registry: Registry | None = None,
     max_recoveries: int = DEFAULT_MAX_RECOVERIES,
+    timeout: timedelta | float | None = None,
 ) -> Any:
     """Make a function a durable workflow and register it under its name.
 
@@ -149,13 +162,26 @@ def workflow(
         without counting it at all.
     :param queue: the queue enqueued executions go to unless the caller says otherwise.
     :param registry: where to register (default :data:`durable.registry.default_registry`).
+    :param timeout: how long an execution may take (a ``timedelta``, or seconds), counted from
+        when it is recorded, on the store's clock: its *deadline* is stored with it. Once the
+        deadline passes, the execution is cancelled whether or not a worker runs it at that
+        moment (the executor running it stops it; a worker's sweep,
+        :meth:`~durable.backends.PersistentBackend.cancel_expired_workflows`, cancels it
+        while it sleeps, waits or is queued), with a
+        :class:`~durable.errors.DeadlineExceededError` recorded as its error, and its child
+        workflows with it. A start may give its own ``timeout`` (replacing this one) or
+        ``deadline``. A child workflow's deadline is the earlier of its parent's and its own.
+        Applied where the execution is recorded from the decorated function (``run``,
+        ``enqueue`` of the function, a child); an enqueue by name only knows the start's
+        ``timeout`` / ``deadline``.
 
     :raises ConfigurationError: another function is registered under the same name.
     :raises InvalidArgumentError: an option of the wrong type or out of range: an empty or
         overlong ``name`` or ``queue``, a ``max_attempts`` that is not a positive int, a
         ``retry`` that is not a :class:`~durable.retry.RetryPolicy`, or ``fn`` not a function
         (``@durable.workflow("name")`` instead of ``@durable.workflow(name="name")``), or a
-        negative ``max_recoveries``.
+        negative ``max_recoveries``, or a ``timeout`` that is not a positive ``timedelta``
+        or number of seconds.
     """
     if fn is not None:
         check_decorated(fn, "durable.workflow")
@@ -165,6 +191,7 @@ def workflow(
     check_instance(retry, RetryPolicy, "retry")
     check_instance(registry, Registry, "registry")
     check_instance(description, str, "description")
+    limit = None if timeout is None else check_duration(timeout, "timeout")
     policy = retry or WORKFLOW_RETRY
     if max_attempts is not None:
         policy = RetryPolicy(
@@ -188,6 +215,7 @@ def workflow(
             queue=queue,
             description=description,
             max_recoveries=max_recoveries,
+            timeout=limit,
         )
         (registry or default_registry).register(wf)
         return wf

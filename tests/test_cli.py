@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from durable.backends.sql import SQLAlchemyBackend
 from durable.backends.sql import migrate as migrations
 from durable.backends.sql.dialects import normalize_url
 from durable.cli import main
-from durable.models import TaskSpec, WorkflowSnapshot, WorkflowStatus
+from durable.models import StepRecord, StepStatus, TaskSpec, WorkflowSnapshot, WorkflowStatus
 
 HEAD = migrations.head_revision()
 
@@ -264,6 +265,7 @@ TABLE_COMMANDS = [
     ["workflows", "list", "{url}"],
     ["workflows", "get", "{url}", "pending-1"],
     ["workflows", "steps", "{url}", "pending-1"],
+    ["workflows", "waiting", "{url}"],
 ]
 
 
@@ -316,3 +318,37 @@ def test_the_listing_shows_an_unreadable_row(db: str) -> None:
     )
     got = durable("workflows", "get", db, "failed-1")
     assert got.exit_code == 1 and "column 'input'" in got.stderr
+
+
+def test_the_waiting_listing(db: str) -> None:
+    """``durable workflows waiting`` says what each waiting execution waits for."""
+
+    async def setup() -> None:
+        async with SQLAlchemyBackend(db) as backend:
+            for instance_id, name, output in (
+                ("nap-1", "durable.sleep", "2030-01-01T00:00:00+00:00"),
+                ("ask-1", "durable.recv", None),
+            ):
+                await backend.create_workflow(
+                    WorkflowSnapshot(id=instance_id, name="w.v1"),
+                    task=TaskSpec(instance_id=instance_id, name="w.v1"),
+                )
+                await backend.claim_task(instance_id, "workflow", "x", timedelta(seconds=30))
+                await backend.begin_execution(instance_id, "x")
+                step = StepRecord(
+                    position=0, name=name, status=StepStatus.PENDING, input="topic", output=output
+                )
+                await backend.record_step(instance_id, step, worker_id="x")
+                await backend.reschedule_workflow(
+                    instance_id, worker_id="x", run_after=timedelta(hours=1), consume_attempt=False
+                )
+
+    asyncio.run(setup())
+    both = durable("workflows", "waiting", db)
+    assert both.exit_code == 0, both.output
+    assert both.stdout.splitlines() == [
+        "ask-1\tw.v1\twaiting for topic 'topic'",
+        "nap-1\tw.v1\tsleeping until 2030-01-01T00:00:00+00:00",
+    ]
+    sleeping = durable("workflows", "waiting", db, "--kind", "sleep")
+    assert sleeping.stdout.splitlines() == ["nap-1\tw.v1\tsleeping until 2030-01-01T00:00:00+00:00"]

@@ -39,7 +39,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
-from durable.errors import InvalidArgumentError
+from durable.errors import DeadlineExceededError, InvalidArgumentError
 from durable.models import (
     WORKFLOW_TASK,
     AvailableTask,
@@ -345,6 +345,24 @@ class PersistentBackend(ABC):
         """
 
     @abstractmethod
+    async def list_waiting(
+        self,
+        *,
+        step_names: Sequence[str],
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[tuple[WorkflowInfo, StepRecord]]:
+        """List the workflows that wait: pending (not running), whose last step (the one at
+        the highest position) is pending and named one of ``step_names`` (``durable.sleep``:
+        sleeping; ``durable.recv``: waiting for a message), each with that step. Ordered and
+        paged as :meth:`list_snapshots` (newest first, its cursors); headers and steps read as
+        there (an unreadable header is listed marked unreadable). An empty ``step_names``
+        lists nothing.
+
+        :raises InvalidArgumentError: a limit below 1 or a malformed cursor.
+        """
+
+    @abstractmethod
     async def list_steps(self, instance_id: str) -> list[StepRecord]:
         """Return the workflow's steps ordered by position.
 
@@ -580,14 +598,55 @@ class PersistentBackend(ABC):
         """
 
     @abstractmethod
-    async def cancel_workflow(self, instance_id: str) -> WorkflowInfo:
+    async def cancel_workflow(
+        self, instance_id: str, *, error: ErrorInfo | None = None
+    ) -> WorkflowInfo:
         """Mark a workflow that has not finished cancelled (version + 1, ``completed_at`` now,
-        steps kept) and remove its tasks, whoever holds them: afterwards they do not exist
-        (``TaskNotFoundError``), and their holders' fenced writes (:meth:`record_step`,
-        :meth:`finish_workflow`, :meth:`complete_task`, ...) raise ``ClaimLostError``. A
-        finished workflow, cancelled ones included, is returned unchanged (idempotent).
+        ``error`` recorded when given, steps kept) and remove its tasks, whoever holds them:
+        afterwards they do not exist (``TaskNotFoundError``), and their holders' fenced writes
+        (:meth:`record_step`, :meth:`finish_workflow`, :meth:`complete_task`, ...) raise
+        ``ClaimLostError``. A finished workflow, cancelled ones included, is returned unchanged
+        (idempotent).
+
+        Cancelling cascades, in the same transaction, to its *descendants*: the workflows whose
+        ``parent_id`` is this one (child workflows, and executions it enqueued), theirs, and so
+        on; each that has not finished is cancelled the same way (with the same ``error``),
+        finished ones are left as they are (their unfinished descendants are still cancelled).
 
         :raises WorkflowNotFoundError: no such workflow.
+        """
+
+    @abstractmethod
+    async def cancel_expired_workflows(self, *, limit: int = 100) -> list[WorkflowInfo]:
+        """Cancel up to ``limit`` workflows that have not finished (pending or running) and
+        whose ``deadline`` has passed (``deadline <= now()``, on :meth:`now`'s clock), oldest
+        deadline first, each as :meth:`cancel_workflow` does (their tasks removed, whoever
+        holds them; their descendants cancelled too), with an ``error`` of type
+        ``durable.errors.DeadlineExceededError`` whose message names the workflow and its
+        deadline. Returns the cancelled headers (descendants not included); an empty list when
+        none has expired. Safe to run from many processes at once: each workflow is cancelled
+        once, and returned by one caller. Its cost does not grow with finished workflows.
+
+        :raises InvalidArgumentError: ``limit`` is below 1.
+        """
+
+    @abstractmethod
+    async def continue_as_new(
+        self, instance_id: str, *, worker_id: str, input: Any
+    ) -> WorkflowInfo:
+        """End the current *run* of a running workflow and start its next one under the same
+        id, in one transaction fenced by ``worker_id``'s claim on its workflow task: delete
+        its steps (its history) and its step tasks, store ``input`` as its input,
+        ``continuations`` + 1, ``error`` and ``output`` cleared, ``attempts`` and
+        ``interruptions`` 0, status pending, version + 1; id, name, idempotency key, parent,
+        queue, priority, ``max_attempts``, ``deadline``, ``created_at`` and ``started_at`` are
+        kept. Its workflow task is released and due at once (the former holder's fenced writes
+        raise ``ClaimLostError``; the next :meth:`begin_execution` counts attempt 1, not an
+        interruption), and :meth:`wait_for_work` is woken. Returns the stored header.
+
+        :raises ClaimLostError: the claim on the workflow task is not held (nothing changes).
+        :raises SerializationError: ``input`` cannot be serialized (nothing is written, the
+            claim is still held).
         """
 
     # -- the workflow registry and executors ---------------------------------------------------
@@ -1067,6 +1126,17 @@ def check_aware(*stamps: datetime | None) -> None:
             raise InvalidArgumentError(
                 f"naive datetime {stamp!r}: durable stores timezone-aware times"
             )
+
+
+def deadline_error(instance_id: str, deadline: datetime | None) -> ErrorInfo:
+    """The error recorded on a workflow cancelled because it passed its deadline
+    (:meth:`PersistentBackend.cancel_expired_workflows`; the runtime records the same)."""
+    shown = deadline.isoformat() if deadline is not None else "?"
+    return ErrorInfo.from_exception(
+        DeadlineExceededError(
+            f"workflow {instance_id!r} did not finish by its deadline {shown}: cancelled"
+        )
+    )
 
 
 def batch_owners(batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]]) -> list[int]:

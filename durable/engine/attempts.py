@@ -9,11 +9,13 @@ import contextvars
 import logging
 import time
 from collections.abc import Sequence
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, NoReturn
 
 from durable import context as _context
+from durable.backends.base import deadline_error
 from durable.context import ExecutionContext, Rescheduled, StepGuard, WorkflowSuspended
+from durable.continuation import ContinueAsNew, WorkflowContinued
 from durable.engine.core import stored_arguments
 from durable.engine.leases import Leases
 from durable.errors import (
@@ -26,7 +28,9 @@ from durable.errors import (
     RecoveriesExhaustedError,
     SerializationError,
     TaskNotFoundError,
+    WorkflowCancelledError,
 )
+from durable.executions import EnqueueOptions
 from durable.models import WORKFLOW_TASK, ErrorInfo, WorkflowSnapshot, WorkflowStatus
 from durable.timers import WAKE_MARGIN, WorkflowSleeping
 from durable.validation import derived_id
@@ -75,6 +79,8 @@ class Attempts(Leases):
                         raise self._lost(instance_id, WORKFLOW_TASK)
                     try:
                         return await self._execute(wf, instance_id)
+                    except WorkflowContinued:  # its next run is due at once
+                        wait = 0.0
                     except WorkflowSleeping as sleeping:  # look again when it is due
                         wait = min(wait, max(sleeping.delay + WAKE_MARGIN, 0.0))
                     except (Rescheduled, WorkflowSuspended):
@@ -171,6 +177,13 @@ class Attempts(Leases):
                 ),
             )
             raise self.outcome_error(info)
+        deadline = snapshot.deadline
+        remaining: float | None = None
+        if deadline is not None:  # one read of the store's clock, for executions with one
+            now = await self.backend.now()
+            if now >= deadline:  # claimed past its deadline (it slept, waited or queued)
+                raise await self._expire(instance_id, deadline)
+            remaining = (deadline - now).total_seconds()
         assert self._loop is not None
         ctx = ExecutionContext(
             runtime=self,
@@ -182,6 +195,8 @@ class Attempts(Leases):
             loop_thread=self._loop_thread,
             is_async=wf.is_async,
             lease_deadline=leased_at + self.claim_ttl.total_seconds(),
+            deadline=deadline,
+            continuations=snapshot.continuations,
         )
         # the lease's heartbeat: a timer, not a task, until the first extension is due (most
         # executions end before it, and a timer costs less than a task to start and cancel)
@@ -195,7 +210,7 @@ class Attempts(Leases):
         try:
             unstorable = False
             try:
-                output = await self._invoke(ctx, wf, args, kwargs)
+                output = await self._invoke_by(ctx, wf, args, kwargs, remaining)
                 ctx.check_history_consumed()
                 unstorable = True
                 output = self._roundtrip_output(wf, instance_id, output)
@@ -237,6 +252,11 @@ class Attempts(Leases):
             if info.status is WorkflowStatus.CANCELLED:
                 raise self.outcome_error(info) from None
             raise
+        except _DeadlinePassed:
+            assert deadline is not None
+            raise await self._expire(instance_id, deadline) from None
+        except ContinueAsNew as continued:
+            await self._continue(instance_id, continued)
         except asyncio.CancelledError:
             await self._release_quietly(instance_id)
             raise
@@ -244,6 +264,60 @@ class Attempts(Leases):
             timer.cancel()
             for heartbeat in beating:
                 heartbeat.cancel()
+
+    async def _invoke_by(
+        self,
+        ctx: ExecutionContext,
+        wf: Workflow[Any, Any],
+        args: Sequence[Any],
+        kwargs: Any,
+        remaining: float | None,
+    ) -> Any:
+        """:meth:`_invoke`, stopped after ``remaining`` seconds (the execution's deadline), if
+        given: an async body is cancelled where it awaits; a sync body's thread cannot be
+        stopped, so it is abandoned (its next write is refused once the execution is cancelled).
+
+        :raises _DeadlinePassed: the deadline came first.
+        """
+        if remaining is None:
+            return await self._invoke(ctx, wf, args, kwargs)
+        try:
+            async with asyncio.timeout(remaining) as scope:
+                return await self._invoke(ctx, wf, args, kwargs)
+        except TimeoutError:
+            if scope.expired():
+                raise _DeadlinePassed() from None
+            raise
+
+    async def _expire(self, instance_id: str, deadline: datetime) -> BaseException:
+        """Cancel an execution that passed its deadline (and its descendants), recording why;
+        return the error its caller sees."""
+        info = await self.backend.cancel_workflow(
+            instance_id, error=deadline_error(instance_id, deadline)
+        )
+        log.info(
+            "workflow %s passed its deadline %s: cancelled",
+            instance_id,
+            deadline.isoformat(),
+            extra={"action": "workflow.deadline", "workflow_id": instance_id},
+        )
+        return self.outcome_error(info)
+
+    async def _continue(self, instance_id: str, continued: ContinueAsNew) -> NoReturn:
+        """Record that the run ended with :func:`durable.continue_as_new` (fenced by the lease):
+        the next run is due at once."""
+        try:
+            await self.backend.continue_as_new(
+                instance_id, worker_id=self.executor_id, input=continued.input
+            )
+        except BackendUnavailableError as outage:
+            await self._hand_back(instance_id, outage)
+        log.debug(
+            "workflow %s continues as new",
+            instance_id,
+            extra={"action": "workflow.continued", "workflow_id": instance_id},
+        )
+        raise WorkflowContinued(instance_id) from None
 
     async def _fail_unreadable(self, instance_id: str, exc: CorruptRowError) -> None:
         """Record that the execution failed because its stored rows cannot be read (fenced by
@@ -312,6 +386,9 @@ class Attempts(Leases):
         )
         if worth_retrying and limit is not None and snapshot.attempts < limit:
             delay = policy.delay(snapshot.attempts)
+            if ctx.deadline is not None:  # never due after its deadline: expire then
+                left = (ctx.deadline - await self.backend.now()).total_seconds()
+                delay = max(min(delay, left), 0.0)
             await self.backend.reschedule_workflow(
                 snapshot.id,
                 worker_id=self.executor_id,
@@ -365,8 +442,11 @@ class Attempts(Leases):
         child_id = pending.child_workflow_id if pending else None
         with ctx.checkpoint():
             if child_id is None:
-                child_id = derived_id(ctx.workflow_id, f"/{guard.position}")
-                info = await self._create(wf, child_id, args, kwargs, parent_id=ctx.workflow_id)
+                child_id = derived_id(ctx.workflow_id, ctx.child_suffix(guard.position))
+                inherited = None if ctx.deadline is None else EnqueueOptions(deadline=ctx.deadline)
+                info = await self._create(
+                    wf, child_id, args, kwargs, parent_id=ctx.workflow_id, options=inherited
+                )
                 await guard.mark_pending(child_id)
             else:
                 info = await self.backend.get_workflow(child_id)
@@ -382,6 +462,12 @@ class Attempts(Leases):
                 ctx.outage = ctx.outage or exc  # not the child's recorded error: an outage now
             if ctx.outage is not None:
                 raise
+            if (
+                isinstance(exc, WorkflowCancelledError)
+                and ctx.deadline is not None
+                and await self.backend.now() >= ctx.deadline
+            ):  # the child expired with the deadline it inherited: so does this workflow
+                raise _DeadlinePassed() from exc
             await guard.fail(exc, child_workflow_id=child_id)
             raise
         return await guard.succeed(value, child_workflow_id=child_id)
@@ -395,3 +481,8 @@ class Attempts(Leases):
             raise self._lost(instance_id, WORKFLOW_TASK)
         async with self._locks.hold(instance_id):
             return await self._execute(wf, instance_id)
+
+
+class _DeadlinePassed(BaseException):
+    """Internal: the execution's deadline passed while its body ran here (a BaseException, so
+    that the body's ``except Exception`` cannot swallow it)."""

@@ -48,6 +48,8 @@ class Operations(RuntimeCore):
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
         queue: str | None = None,
+        timeout: float | timedelta | None = None,
+        deadline: datetime | None = None,
         served_elsewhere: bool = False,
         **kwargs: Any,
     ) -> str:
@@ -74,6 +76,11 @@ class Operations(RuntimeCore):
             workflow's policy, 3 attempts: at once, +1 minute, +4 minutes). Attempts interrupted
             by a crash or a lost lease do not count here (see the workflow's ``max_recoveries``).
         :param queue: the queue (default: the workflow's, else ``"default"``).
+        :param timeout: cancel the execution if it has not finished this long (a
+            ``timedelta`` or seconds) after it is recorded, on the store's clock; replaces the
+            workflow's own ``timeout`` (see :func:`durable.workflow`).
+        :param deadline: or cancel it if it has not finished by this timezone-aware time; with
+            a timeout too (the start's or the workflow's), the earlier of the two.
         :param served_elsewhere: allow a name that is not registered in this process.
 
         Called inside a workflow, enqueueing is a step: it is recorded with the workflow's
@@ -100,6 +107,8 @@ class Operations(RuntimeCore):
             delay=delay,
             max_attempts=max_attempts,
             queue=queue,
+            timeout=timeout,
+            deadline=deadline,
         )
         check_bool(served_elsewhere, "served_elsewhere")
         target: Workflow[Any, Any] | str
@@ -118,6 +127,8 @@ class Operations(RuntimeCore):
             wait=wait,
             max_attempts=max_attempts,
             queue=queue,
+            timeout=timeout,
+            deadline=deadline,
         )
         ctx = _context.current()
         if ctx is None:  # a client's enqueue
@@ -129,7 +140,7 @@ class Operations(RuntimeCore):
         if guard.replayed:
             return guard.replay()  # type: ignore[no-any-return]
         await ctx.ensure_lease()
-        instance_id = workflow_id or derived_id(ctx.workflow_id, f"/{guard.position}")
+        instance_id = workflow_id or derived_id(ctx.workflow_id, ctx.child_suffix(guard.position))
         with ctx.checkpoint():
             info = await self._create(
                 target, instance_id, args, kwargs, parent_id=ctx.workflow_id, options=options
@@ -146,6 +157,8 @@ class Operations(RuntimeCore):
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
         queue: str | None = None,
+        timeout: float | timedelta | None = None,
+        deadline: datetime | None = None,
         served_elsewhere: bool = False,
     ) -> list[str]:
         """Record many executions at once, in one transaction, and return their ids in the
@@ -174,6 +187,8 @@ class Operations(RuntimeCore):
             delay=delay,
             max_attempts=max_attempts,
             queue=queue,
+            timeout=timeout,
+            deadline=deadline,
         )
         check_bool(served_elsewhere, "served_elsewhere")
         resolved: dict[Any, Workflow[Any, Any] | str] = {}
@@ -207,7 +222,7 @@ class Operations(RuntimeCore):
         if guard.replayed:
             return guard.replay()  # type: ignore[no-any-return]
         await ctx.ensure_lease()
-        base = derived_id(ctx.workflow_id, f"/{guard.position}")
+        base = derived_id(ctx.workflow_id, ctx.child_suffix(guard.position))
         rows = [
             (t, row.workflow_id or derived_id(base, f"/{i}"), row.args, row.kwargs, row.options(t))
             for i, (t, row) in enumerate(zip(targets, planned, strict=True))

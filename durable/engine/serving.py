@@ -11,7 +11,12 @@ from typing import Any, cast
 
 from durable.engine.attempts import Attempts
 from durable.engine.core import stored_arguments
-from durable.errors import CorruptRowError, NothingToServeError, SerializationError
+from durable.errors import (
+    CorruptRowError,
+    DurableError,
+    NothingToServeError,
+    SerializationError,
+)
 from durable.models import WORKFLOW_TASK, ErrorInfo, StepRecord, StepStatus, TaskClaim
 from durable.step import STEP_TASK_PREFIX, Step
 from durable.validation import check_positive_int
@@ -23,7 +28,16 @@ log = logging.getLogger("durable.runtime")
 
 class Serving(Attempts):
     """Work this runtime takes on by itself: its workers, the steps a workflow handed out
-    (:func:`durable.map`), and recovery of started executions."""
+    (:func:`durable.map`), recovery of started executions, and cancelling executions past
+    their deadlines."""
+
+    deadline_sweep_interval: float = 1.0
+    """Seconds between two looks, while this runtime has a worker, for executions that passed
+    their deadline that no executor is running (sleeping, waiting, queued, or held by a dead
+    executor): :meth:`~durable.backends.PersistentBackend.cancel_expired_workflows`. Set it on
+    the class or on one runtime."""
+
+    _deadline_sweeper: asyncio.Task[None] | None = None
 
     async def start_worker(
         self,
@@ -62,7 +76,37 @@ class Serving(Attempts):
             )
         self._workers.append(worker)
         await worker.start()
+        if self._deadline_sweeper is None or self._deadline_sweeper.done():
+            self._deadline_sweeper = self.spawn(
+                self._sweep_deadlines(), name=f"durable-deadlines:{self.executor_id}"
+            )
         return worker
+
+    async def _sweep_deadlines(self) -> None:
+        """Cancel executions past their deadlines, every :attr:`deadline_sweep_interval`
+        seconds, for as long as the runtime runs (every worker process sweeps; each expired
+        execution is cancelled once)."""
+        batch = 100
+        while True:
+            try:
+                cancelled = await self.backend.cancel_expired_workflows(limit=batch)
+            except DurableError as exc:  # the database may be away: look again later
+                log.debug(
+                    "looking for executions past their deadlines failed: %s",
+                    exc,
+                    extra={"action": "deadline.sweep_failed"},
+                )
+                cancelled = []
+            for info in cancelled:
+                log.info(
+                    "workflow %s (%s) passed its deadline %s: cancelled",
+                    info.id,
+                    info.name,
+                    info.deadline.isoformat() if info.deadline else "-",
+                    extra={"action": "workflow.deadline", "workflow_id": info.id},
+                )
+            if len(cancelled) < batch:
+                await asyncio.sleep(self.deadline_sweep_interval)
 
     def _worker_died(self, worker: Worker) -> None:
         """A worker's loop died: stop the node heartbeat, so that this process no longer looks

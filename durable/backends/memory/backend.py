@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from durable.backends.memory.batches import Batches
 from durable.backends.memory.claims import Claims
+from durable.backends.memory.continuation import Continuation
 from durable.backends.memory.core import MemoryCore, StoredTask, is_live, utcnow
 from durable.backends.memory.execution import Execution
 from durable.backends.memory.executors import Executors
@@ -23,7 +24,15 @@ from durable.serialization import Serializer, get_serializer
 
 
 class InMemoryBackend(
-    Outputs, Workflows, Batches, Execution, Claims, Executors, Messages, MemoryCore
+    Outputs,
+    Workflows,
+    Batches,
+    Execution,
+    Continuation,
+    Claims,
+    Executors,
+    Messages,
+    MemoryCore,
 ):
     """Thread- and task-safe storage in memory.
 

@@ -74,7 +74,9 @@ class MemoryCore(PersistentBackend):
         return self.serializer.dumps(value)
 
     def _store_info(self, info: WorkflowInfo) -> WorkflowInfo:
-        check_aware(info.created_at, info.updated_at, info.started_at, info.completed_at)
+        check_aware(
+            info.created_at, info.updated_at, info.started_at, info.completed_at, info.deadline
+        )
         return dataclasses.replace(
             info,
             input=self._dump(info.input),

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from datetime import datetime
 
-from durable.backends.base import check_aware
+from durable.backends.base import check_aware, deadline_error
 from durable.backends.cursors import decode_cursor, encode_cursor
 from durable.backends.memory.core import MemoryCore, check_limit
 from durable.errors import (
@@ -17,8 +18,10 @@ from durable.errors import (
 )
 from durable.models import (
     WORKFLOW_TASK,
+    ErrorInfo,
     Page,
     StepRecord,
+    StepStatus,
     TaskSpec,
     WorkflowInfo,
     WorkflowSnapshot,
@@ -147,6 +150,36 @@ class Workflows(MemoryCore):
         next_cursor = encode_cursor(items[-1]) if len(page) > limit else None
         return Page(items, next_cursor)
 
+    async def list_waiting(
+        self,
+        *,
+        step_names: Sequence[str],
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[tuple[WorkflowInfo, StepRecord]]:
+        check_limit(limit)
+        after = decode_cursor(cursor) if cursor is not None else None
+        names = set(step_names)
+        with self._lock:
+            rows = []
+            for w in self._workflows.values():
+                steps = self._steps.get(w.id)
+                if w.status is not WorkflowStatus.PENDING or not steps:
+                    continue
+                last = steps[max(steps)]
+                if last.status is StepStatus.PENDING and last.name in names:
+                    rows.append((w, last))
+            rows.sort(key=lambda r: (r[0].created_at, r[0].id), reverse=True)
+            if after is not None:
+                rows = [r for r in rows if (r[0].created_at, r[0].id) < after]
+            page = rows[: limit + 1]
+            items = [
+                (self._load_info(w, lenient=True), self._load_step(w.id, last))
+                for w, last in page[:limit]
+            ]
+        next_cursor = encode_cursor(items[-1][0]) if len(page) > limit else None
+        return Page(items, next_cursor)
+
     async def list_steps(self, instance_id: str) -> list[StepRecord]:
         with self._lock:
             self._get(instance_id)
@@ -186,23 +219,70 @@ class Workflows(MemoryCore):
         self.notify_work()
         return self._load_info(stored, lenient=True)
 
-    async def cancel_workflow(self, instance_id: str) -> WorkflowInfo:
+    async def cancel_workflow(
+        self, instance_id: str, *, error: ErrorInfo | None = None
+    ) -> WorkflowInfo:
         with self._lock:
             current = self._get(instance_id)
-            if current.status.is_terminal:
-                return self._load_info(current, lenient=True)
             now = self.clock()
-            stored = dataclasses.replace(
-                current,
-                status=WorkflowStatus.CANCELLED,
-                updated_at=now,
-                completed_at=now,
-                version=current.version + 1,
-            )
-            self._workflows[instance_id] = stored
-            for key in [k for k in self._tasks if k[0] == instance_id]:
-                del self._tasks[key]
-            return self._load_info(stored, lenient=True)
+            stored = self._cancel_one(instance_id, now, error)
+            self._cancel_descendants([instance_id], now, error)
+            return self._load_info(stored or current, lenient=True)
+
+    async def cancel_expired_workflows(self, *, limit: int = 100) -> list[WorkflowInfo]:
+        check_limit(limit)
+        with self._lock:
+            now = self.clock()
+            expired = sorted(
+                (
+                    w
+                    for w in self._workflows.values()
+                    if not w.status.is_terminal and w.deadline is not None and w.deadline <= now
+                ),
+                key=lambda w: (w.deadline, w.id),
+            )[:limit]
+            cancelled = []
+            for workflow in expired:
+                error = deadline_error(workflow.id, workflow.deadline)
+                stored = self._cancel_one(workflow.id, now, error)
+                assert stored is not None
+                self._cancel_descendants([workflow.id], now, error)
+                cancelled.append(self._load_info(stored, lenient=True))
+            return cancelled
+
+    def _cancel_one(
+        self, instance_id: str, now: datetime, error: ErrorInfo | None
+    ) -> WorkflowInfo | None:
+        """Cancel one unfinished workflow and drop its tasks; None if it had finished."""
+        current = self._workflows[instance_id]
+        if current.status.is_terminal:
+            return None
+        stored = dataclasses.replace(
+            current,
+            status=WorkflowStatus.CANCELLED,
+            error=error if error is not None else current.error,
+            updated_at=now,
+            completed_at=now,
+            version=current.version + 1,
+        )
+        self._workflows[instance_id] = stored
+        for key in [k for k in self._tasks if k[0] == instance_id]:
+            del self._tasks[key]
+        return stored
+
+    def _cancel_descendants(self, roots: list[str], now: datetime, error: ErrorInfo | None) -> None:
+        seen = set(roots)
+        frontier = roots
+        while frontier:
+            parents = set(frontier)
+            frontier = [
+                w.id
+                for w in self._workflows.values()
+                if w.parent_id in parents and w.id not in seen
+            ]
+            seen.update(frontier)
+            for child in frontier:
+                self._cancel_one(child, now, error)
 
 
 _REQUEUEABLE = frozenset(

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from durable.backends.sql import migrate
 from durable.backends.sql.batches import Enqueues
 from durable.backends.sql.claims import Claims
+from durable.backends.sql.continuation import Continuation
 from durable.backends.sql.core import first_line
 from durable.backends.sql.dialects import (
     SQLDialect,
@@ -72,7 +73,16 @@ _UNAVAILABLE_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
 
 
 class SQLAlchemyBackend(
-    Outputs, Enqueues, WorkflowRecords, Execution, FanOut, Claims, Executors, Messages, WakeUps
+    Outputs,
+    Enqueues,
+    WorkflowRecords,
+    Execution,
+    FanOut,
+    Continuation,
+    Claims,
+    Executors,
+    Messages,
+    WakeUps,
 ):
     """Durable's storage on SQLite or PostgreSQL.
 
@@ -269,6 +279,7 @@ class SQLAlchemyBackend(
         self._build_workflow_statements()
         self._build_execution_statements()
         self._build_fanout_statements()
+        self._build_continuation_statements()
         self._build_claim_statements()
         self._build_wakeup_statements()
         self._build_enqueue_statements()

@@ -177,6 +177,8 @@ class SQLCore(PersistentBackend):
             "updated_at": m["updated_at"],
             "started_at": m["started_at"],
             "completed_at": m["completed_at"],
+            "deadline": m["deadline"],
+            "continuations": m["continuations"],
         }
 
     def _snapshot(self, row: sa.Row[Any], step_rows: Sequence[sa.Row[Any]]) -> WorkflowSnapshot:
@@ -228,6 +230,8 @@ class SQLCore(PersistentBackend):
             "updated_at": now,
             "started_at": info.started_at,
             "completed_at": info.completed_at,
+            "deadline": info.deadline,
+            "continuations": info.continuations,
         }
 
     def _step_row(self, instance_id: str, step: StepRecord, now: datetime) -> dict[str, Any]:

@@ -71,6 +71,11 @@ class SQLDialect:
         """Lock the claim row a fenced write depends on, where the database needs it."""
         return stmt
 
+    def skip_locked(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
+        """Lock the rows ``stmt`` selects for this transaction, skipping rows another one has
+        locked, where the database needs it (SQLite has one writer at a time)."""
+        return stmt
+
     def in_list(self, column: sa.ColumnElement[str], param: str) -> sa.ColumnElement[bool]:
         """``column`` is one of the strings in the list bound to ``param``."""
         return column.in_(sa.bindparam(param, expanding=True))
@@ -146,6 +151,9 @@ class PostgresDialect(SQLDialect):
 
     def lock_for_fence(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
         return stmt.with_for_update(read=True)
+
+    def skip_locked(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
+        return stmt.with_for_update(skip_locked=True)
 
     def in_list(self, column: sa.ColumnElement[str], param: str) -> sa.ColumnElement[bool]:
         # one array parameter: the statement's text does not depend on the list's length, so

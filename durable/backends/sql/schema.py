@@ -78,10 +78,16 @@ workflows = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("started_at", UTCDateTime),
     sa.Column("completed_at", UTCDateTime),
+    # cancelled once passed, unless finished (WorkflowInfo.deadline); the sweep looks for
+    # unfinished ones by (status, deadline)
+    sa.Column("deadline", UTCDateTime),
+    # earlier runs that continued as new (WorkflowInfo.continuations)
+    sa.Column("continuations", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Index(None, "created_at", "id"),
     sa.Index(None, "status", "created_at"),
     sa.Index(None, "name", "created_at"),
     sa.Index(None, "parent_id"),
+    sa.Index(None, "status", "deadline"),
 )
 
 steps = sa.Table(

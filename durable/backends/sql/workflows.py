@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 
+from durable.backends.base import deadline_error
 from durable.backends.cursors import decode_cursor, encode_cursor
 from durable.backends.sql.core import P_IID, STEP_COLUMNS, SQLCore
 from durable.backends.sql.schema import steps, tasks, workflows
@@ -23,8 +25,10 @@ from durable.errors import (
 )
 from durable.models import (
     WORKFLOW_TASK,
+    ErrorInfo,
     Page,
     StepRecord,
+    StepStatus,
     TaskSpec,
     WorkflowInfo,
     WorkflowSnapshot,
@@ -33,6 +37,9 @@ from durable.models import (
 )
 
 _TERMINAL = [s.value for s in WorkflowStatus if s.is_terminal]
+_UNFINISHED = [s.value for s in WorkflowStatus if not s.is_terminal]
+#: Ids per statement when a cancellation walks down to a workflow's descendants.
+_PAGE = 500
 _REQUEUEABLE = [
     WorkflowStatus.FAILED.value,
     WorkflowStatus.DEAD_LETTER.value,
@@ -213,6 +220,58 @@ class WorkflowRecords(SQLCore):
 
         return await self._run(fn, what="list workflows")
 
+    async def list_waiting(
+        self,
+        *,
+        step_names: Sequence[str],
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[tuple[WorkflowInfo, StepRecord]]:
+        if limit < 1:
+            raise InvalidArgumentError(f"limit must be at least 1, got {limit}")
+        later = steps.alias("later")
+        last = sa.and_(
+            steps.c.workflow_id == workflows.c.id,
+            ~sa.exists().where(
+                later.c.workflow_id == steps.c.workflow_id,
+                later.c.position > steps.c.position,
+            ),
+        )
+        query = (
+            sa.select(workflows, *(c.label(f"s_{c.name}") for c in steps.c))
+            .select_from(workflows)
+            .join(steps, last)
+            .where(
+                workflows.c.status == WorkflowStatus.PENDING.value,
+                steps.c.status == StepStatus.PENDING.value,
+                steps.c.name.in_(list(step_names)),
+            )
+        )
+        if cursor is not None:
+            created, after_id = decode_cursor(cursor)
+            query = query.where(
+                sa.or_(
+                    workflows.c.created_at < created,
+                    sa.and_(workflows.c.created_at == created, workflows.c.id < after_id),
+                )
+            )
+        query = query.order_by(workflows.c.created_at.desc(), workflows.c.id.desc()).limit(
+            limit + 1
+        )
+
+        def fn(conn: sa.Connection) -> Page[tuple[WorkflowInfo, StepRecord]]:
+            if not step_names:
+                return Page([], None)
+            rows = conn.execute(query).all()
+            items = []
+            for row in rows[:limit]:
+                m = row._mapping
+                step = {c.name: m[f"s_{c.name}"] for c in steps.c}
+                items.append((self._info(row, lenient=True), self._step(m["id"], step)))
+            return Page(items, encode_cursor(items[-1][0]) if len(rows) > limit else None)
+
+        return await self._run(fn, what="list waiting workflows")
+
     async def list_steps(self, instance_id: str) -> list[StepRecord]:
         def fn(conn: sa.Connection) -> list[StepRecord]:
             rows = conn.execute(self._select_steps, {"p_iid": instance_id}).all()
@@ -272,27 +331,110 @@ class WorkflowRecords(SQLCore):
         self.notify_work()
         return info
 
-    async def cancel_workflow(self, instance_id: str) -> WorkflowInfo:
+    async def cancel_workflow(
+        self, instance_id: str, *, error: ErrorInfo | None = None
+    ) -> WorkflowInfo:
         now = datetime.now(UTC)
+        error_json = error.to_json() if error is not None else None
 
         def fn(conn: sa.Connection) -> WorkflowInfo:
-            row = conn.execute(
-                sa.update(workflows)
-                .where(workflows.c.id == instance_id, workflows.c.status.not_in(_TERMINAL))
-                .values(
-                    status=WorkflowStatus.CANCELLED.value,
-                    updated_at=now,
-                    completed_at=now,
-                    version=workflows.c.version + 1,
-                )
-                .returning(*workflows.c)
-            ).first()
+            row = self._cancel_one(conn, instance_id, now, error_json)
             if row is None:
                 row = conn.execute(self._select_workflow, {"p_iid": instance_id}).first()
                 if row is None:
                     raise WorkflowNotFoundError(instance_id)
-                return self._info(row, lenient=True)
-            conn.execute(sa.delete(tasks).where(tasks.c.instance_id == instance_id))
+            self._cancel_descendants(conn, instance_id, now, error_json)
             return self._info(row, lenient=True)
 
         return await self._run(fn, what=f"cancel workflow {instance_id!r}")
+
+    async def cancel_expired_workflows(self, *, limit: int = 100) -> list[WorkflowInfo]:
+        if limit < 1:
+            raise InvalidArgumentError(f"limit must be at least 1, got {limit}")
+        now = datetime.now(UTC)
+        expired = self.dialect.skip_locked(
+            sa.select(workflows.c.id, workflows.c.deadline)
+            .where(
+                workflows.c.status.in_(_UNFINISHED),
+                workflows.c.deadline <= self.dialect.now(),
+            )
+            .order_by(workflows.c.deadline, workflows.c.id)
+            .limit(limit)
+        )
+
+        def fn(conn: sa.Connection) -> list[WorkflowInfo]:
+            found = conn.execute(expired, self.dialect.clock_params()).all()
+            cancelled = []
+            for instance_id, deadline in found:
+                error_json = deadline_error(instance_id, deadline).to_json()
+                row = self._cancel_one(conn, instance_id, now, error_json)
+                if row is not None:
+                    self._cancel_descendants(conn, instance_id, now, error_json)
+                    cancelled.append(self._info(row, lenient=True))
+            return cancelled
+
+        return await self._run(fn, what="cancel expired workflows")
+
+    def _cancel_one(
+        self, conn: sa.Connection, instance_id: str, now: datetime, error_json: str | None
+    ) -> sa.Row[Any] | None:
+        """Cancel one unfinished workflow and drop its tasks; None if it had finished (or does
+        not exist)."""
+        values: dict[str, Any] = {
+            "status": WorkflowStatus.CANCELLED.value,
+            "updated_at": now,
+            "completed_at": now,
+            "version": workflows.c.version + 1,
+        }
+        if error_json is not None:
+            values["error"] = error_json
+        row = conn.execute(
+            sa.update(workflows)
+            .where(workflows.c.id == instance_id, workflows.c.status.not_in(_TERMINAL))
+            .values(values)
+            .returning(*workflows.c)
+        ).first()
+        if row is not None:
+            conn.execute(sa.delete(tasks).where(tasks.c.instance_id == instance_id))
+        return row
+
+    def _cancel_descendants(
+        self, conn: sa.Connection, root: str, now: datetime, error_json: str | None
+    ) -> None:
+        """Cancel the unfinished workflows descending from ``root`` (by ``parent_id``)."""
+        seen = {root}
+        frontier = [root]
+        while frontier:
+            children: list[str] = []
+            for start in range(0, len(frontier), _PAGE):
+                page = frontier[start : start + _PAGE]
+                children += conn.execute(
+                    sa.select(workflows.c.id).where(workflows.c.parent_id.in_(page))
+                ).scalars()
+            frontier = [c for c in children if c not in seen]
+            seen.update(frontier)
+            for start in range(0, len(frontier), _PAGE):
+                page = frontier[start : start + _PAGE]
+                values: dict[str, Any] = {
+                    "status": WorkflowStatus.CANCELLED.value,
+                    "updated_at": now,
+                    "completed_at": now,
+                    "version": workflows.c.version + 1,
+                }
+                if error_json is not None:
+                    values["error"] = error_json
+                conn.execute(
+                    sa.update(workflows)
+                    .where(workflows.c.id.in_(page), workflows.c.status.not_in(_TERMINAL))
+                    .values(values)
+                )
+                conn.execute(
+                    sa.delete(tasks).where(
+                        tasks.c.instance_id.in_(
+                            sa.select(workflows.c.id).where(
+                                workflows.c.id.in_(page),
+                                workflows.c.status == WorkflowStatus.CANCELLED.value,
+                            )
+                        )
+                    )
+                )

@@ -39,6 +39,8 @@ same fixtures while you write that area (CONTRIBUTING.md walks through them in o
 * :class:`MessageContract`: messages in (kept, ordered, exactly once, idempotent, fenced,
   waits always woken) and timers by key (replaced, cancelled, due without polling);
 * :class:`RegistryContract`: the workflow registry and executors;
+* :class:`DeadlineContract`: deadlines, cancelling expired workflows, cancellation of a
+  workflow's descendants, continue-as-new, listing the workflows that wait;
 * :class:`WakeUpContract`: ``wait_for_work``;
 * :class:`EventContract`: events workflows publish (latest value wins, fenced, watched);
 * :class:`StreamContract`: streams workflows publish (in order, each once, closed, watched);
@@ -75,6 +77,7 @@ from durable.testing.contract.batches import BatchContract
 from durable.testing.contract.claims import ClaimContract
 from durable.testing.contract.clock import ClockContract
 from durable.testing.contract.concurrency import ConcurrencyContract
+from durable.testing.contract.deadlines import DeadlineContract
 from durable.testing.contract.events import EventContract, StreamContract
 from durable.testing.contract.execution import ExecutionContract
 from durable.testing.contract.fanout import FanOutContract
@@ -92,6 +95,7 @@ __all__ = [
     "ClockContract",
     "ConcurrencyContract",
     "ContractBase",
+    "DeadlineContract",
     "EventContract",
     "ExecutionContract",
     "FanOutContract",
@@ -116,6 +120,7 @@ class BackendContractTests(
     FanOutContract,
     MessageContract,
     RegistryContract,
+    DeadlineContract,
     WakeUpContract,
     EventContract,
     StreamContract,

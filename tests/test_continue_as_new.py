@@ -1,0 +1,239 @@
+"""Continue-as-new: ``durable.continue_as_new(*args, **kwargs)`` ends a run and starts the
+workflow again, under the same id, with new input and an empty history.
+
+* an entity that continues five times returns the last run's result through ``run`` and
+  through a worker, on every backend; each run's step runs once; the history holds the last run
+  only; ``continuations`` counts the runs; attempts start again at 1 each run;
+* sync workflows continue too; ``except Exception`` in the workflow cannot swallow it;
+* a child started in a later run gets an id of its own (``<id>/<run>.<position>``), never an
+  earlier run's child; the deadline is kept across runs;
+* a worker SIGKILLed right before the continuation is recorded, or right after it is committed
+  (SQLite file, PostgreSQL): another worker finishes the entity, no step that was recorded runs
+  again, and the result is the same;
+* bad use is a clear error: outside a workflow, arguments that cannot be serialized.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import durable
+from durable.errors import DurableError
+from durable.models import StepStatus, WorkflowStatus
+
+REG = durable.Registry()
+CALLS: Counter[str] = Counter()
+WAIT = 60.0
+PROG = Path(__file__).with_name("continueprog.py")
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> Iterator[None]:
+    CALLS.clear()
+    yield
+
+
+@durable.step(name="can.add")
+async def add(n: int) -> int:
+    CALLS[f"add {n}"] += 1
+    return n * 10
+
+
+@durable.workflow(name="can.entity", registry=REG)
+async def entity(n: int, total: int = 0) -> dict[str, int]:
+    total += await add(n)
+    if n < 5:
+        try:
+            durable.continue_as_new(n + 1, total=total)
+        except Exception:
+            CALLS["swallowed"] += 1
+    return {"n": n, "total": total}
+
+
+@durable.step(name="can.sync.add")
+def sync_add(n: int) -> int:
+    CALLS[f"sync {n}"] += 1
+    return n + 100
+
+
+@durable.workflow(name="can.sync", registry=REG)
+def sync_entity(n: int) -> int:
+    value = sync_add(n)
+    if n < 3:
+        durable.continue_as_new(n + 1)
+    return value
+
+
+@durable.workflow(name="can.kid", registry=REG)
+async def kid(n: int) -> int:
+    return await add(n)
+
+
+@durable.workflow(name="can.with.children", registry=REG)
+async def with_children(n: int) -> list[Any]:
+    got = await kid(n)
+    if n < 2:
+        durable.continue_as_new(n + 1)
+    return [n, got, durable.workflow_id()]
+
+
+@durable.workflow(name="can.unserializable", registry=REG)
+async def unserializable() -> None:
+    durable.continue_as_new(object())
+
+
+def runtime(backend: durable.PersistentBackend, executor_id: str = "cont") -> durable.Runtime:
+    return durable.Runtime(
+        backend, executor_id=executor_id, registry=REG, poll_interval=0.01, claim_ttl=5.0
+    )
+
+
+async def test_an_entity_continues_as_new_until_it_returns(backend_url: str) -> None:
+    async with runtime(durable.connect(backend_url)) as rt:
+        result = await rt.run(entity, 1, workflow_id="e")
+        info = await rt.get_workflow("e")
+        steps = await rt.list_steps("e")
+    assert result == {"n": 5, "total": 150}
+    assert info.status is WorkflowStatus.SUCCEEDED and info.continuations == 4
+    assert info.input == {"args": [5], "kwargs": {"total": 100}}
+    assert (info.attempts, info.interruptions) == (1, 0)
+    assert [(s.name, s.status, s.output) for s in steps] == [("can.add", StepStatus.SUCCEEDED, 50)]
+    assert Counter({f"add {n}": 1 for n in range(1, 6)}) == CALLS  # nothing swallowed
+
+
+async def test_an_entity_continues_through_a_worker(backend_url: str) -> None:
+    async with runtime(durable.connect(backend_url)) as rt:
+        await rt.start_worker(concurrency=2, poll_interval=0.01)
+        workflow_id = await rt.enqueue(entity, 2)
+        assert await rt.result(workflow_id, timeout=WAIT) == {"n": 5, "total": 140}
+        assert (await rt.get_workflow(workflow_id)).continuations == 3
+    assert Counter({f"add {n}": 1 for n in range(2, 6)}) == CALLS
+
+
+async def test_a_sync_workflow_continues_as_new(backend_url: str) -> None:
+    async with runtime(durable.connect(backend_url)) as rt:
+        assert await rt.run(sync_entity, 0, workflow_id="s") == 103
+        assert (await rt.get_workflow("s")).continuations == 3
+        assert [s.output for s in await rt.list_steps("s")] == [103]
+    assert Counter({f"sync {n}": 1 for n in range(4)}) == CALLS
+
+
+async def test_each_run_starts_children_of_its_own(backend_url: str) -> None:
+    async with runtime(durable.connect(backend_url)) as rt:
+        assert await rt.run(with_children, 0, workflow_id="c") == [2, 20, "c"]
+        children = {
+            w.id: (w.status, w.output) for w in await rt.list_workflows(parent_id="c", limit=10)
+        }
+    assert children == {
+        "c/0": (WorkflowStatus.SUCCEEDED, 0),
+        "c/1.0": (WorkflowStatus.SUCCEEDED, 10),
+        "c/2.0": (WorkflowStatus.SUCCEEDED, 20),
+    }
+
+
+async def test_the_deadline_bounds_every_run() -> None:
+    async with runtime(durable.InMemoryBackend()) as rt:
+        at = datetime.now(UTC) + timedelta(hours=1)
+        await rt.run(entity, 3, workflow_id="d", deadline=at)
+        info = await rt.get_workflow("d")
+    assert info.deadline == at and info.continuations == 2
+
+
+async def test_bad_use_is_a_clear_error() -> None:
+    with pytest.raises(DurableError, match="outside a workflow"):
+        durable.continue_as_new(1)
+    async with runtime(durable.InMemoryBackend()) as rt:
+        with pytest.raises(durable.SerializationError, match="continues as new"):
+            await rt.run(unserializable, workflow_id="u")
+        info = await rt.get_workflow("u")
+    assert info.status is WorkflowStatus.FAILED and info.continuations == 0
+
+
+def test_it_is_public() -> None:
+    assert "continue_as_new" in durable.__all__
+
+
+# -- crashes around the continuation ---------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """A SQLite file or a fresh PostgreSQL database (what several processes can share)."""
+    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(url: str, executor_id: str, kill: str | None = None) -> subprocess.Popen[bytes]:
+        with (tmp_path / f"{executor_id}.out").open("wb") as out:  # the child keeps its copy
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(PROG),
+                    *("serve", "--url", url, "--executor-id", executor_id),
+                    *("--log", str(tmp_path / "effects.log")),
+                    *(("--kill", kill) if kill else ()),
+                ],
+                cwd=tmp_path,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+            )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=WAIT)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["before", "after"])
+async def test_a_worker_killed_around_a_continuation(
+    db_url: str,
+    when: str,
+    tmp_path: Path,
+    workers: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    async with durable.Client(durable.connect(db_url), poll_interval=0.05) as client:
+        first = workers(db_url, "cont-1", f"{when}:2")
+        workflow_id = await client.enqueue("continueprog.entity.v1", 1, 4, workflow_id="ent")
+        code = await asyncio.to_thread(first.wait, WAIT)
+        assert code == -signal.SIGKILL, (tmp_path / "cont-1.out").read_text()
+        assert (tmp_path / f"killed-{when}-2").exists()
+        info = await client.get_workflow(workflow_id)
+        # killed with the workflow running: run 2's step recorded, the continuation not
+        # (before) or committed (after)
+        assert info.continuations == (1 if when == "before" else 2)
+        second = workers(db_url, "cont-2")  # another id: it takes over once the lease expires
+        assert await client.result(workflow_id, timeout=WAIT) == {"n": 4, "total": 100}
+        info = await client.get_workflow(workflow_id)
+        steps = await client.list_steps(workflow_id)
+        second.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(second.wait, WAIT) == 0
+    assert info.continuations == 3
+    assert [(s.name, s.output) for s in steps] == [("entity.tick", 40)]
+    effects = [line.split() for line in (tmp_path / "effects.log").read_text().splitlines()]
+    # every run's step ran once: run 2's, recorded before the kill, was replayed, not run again
+    assert [(e[0], e[1], int(e[2])) for e in effects] == [
+        (workflow_id, "tick", 1),
+        (workflow_id, "tick", 2),
+        (workflow_id, "tick", 3),
+        (workflow_id, "tick", 4),
+    ]
+    assert {int(e[3]) for e in effects[:2]} == {first.pid}
+    assert {int(e[3]) for e in effects[2:]} == {second.pid}
