@@ -44,7 +44,7 @@ class CompiledStatement:
         self, stmt: sa.Select[Any] | sa.CompoundSelect[Any] | sa.UpdateBase, dialect: sa.Dialect
     ) -> None:
         compiled = stmt.compile(dialect=dialect)
-        self.sql = str(compiled)
+        self.sql = _binary_arrays(str(compiled), compiled, dialect)
         self._compiled = compiled
         self._dialect = dialect
         # the processors SQLAlchemy itself would apply for this dialect (UTCDateTime's checks
@@ -113,6 +113,20 @@ class CompiledStatement:
         if self._positions is not None:
             return tuple(params[name] for name in self._positions)
         return params
+
+
+def _binary_arrays(sql: str, compiled: Any, dialect: sa.Dialect) -> str:
+    """``sql`` with its array parameters sent in binary (psycopg's ``%(name)b``).
+
+    psycopg sends a list in text by default, quoting every element (a regular expression per
+    element), which cost more than the rest of a batch statement's parameters together; in
+    binary each element goes as it is, the same values. Only for psycopg's placeholders."""
+    if dialect.driver != "psycopg" or compiled.positional:
+        return sql
+    for bind, name in compiled.bind_names.items():
+        if isinstance(bind.type, sa.ARRAY):
+            sql = sql.replace(f"%({name})s", f"%({name})b")
+    return sql
 
 
 class DirectResult(NamedTuple):
