@@ -341,14 +341,14 @@ class Claims(SQLCore):
         compiled = self._claim_begins.get(key)
         if compiled is not None:
             return compiled
-        claimed = self._claim_statement(names, queues, False).cte("claimed")
+        claimed = self._claim_statement(names, queues, False).cte("c")
         is_workflow_task = claimed.c.task_id == WORKFLOW_TASK
         began = (
             sa.update(workflows)
             .where(workflows.c.id == claimed.c.instance_id, is_workflow_task)
             .values(**self._begin_values)  # type: ignore[attr-defined]  # Execution's
             .returning(*workflows.c)
-            .cte("began")
+            .cte("b")
         )
 
         def nulls(columns: Any, prefix: str) -> list[Any]:
@@ -358,22 +358,22 @@ class Claims(SQLCore):
         head = sa.select(
             sa.literal(0).label("part"),
             *[c.label(f"t_{c.name}") for c in claimed.c],
-            *[c.label(f"w_{c.name}") for c in began.c],
-            *nulls(step_columns, "step_"),
+            *began.c,  # under the workflow's column names (no label: a shorter statement)
+            *nulls(step_columns, "s_"),
         ).select_from(
             claimed.outerjoin(began, sa.and_(began.c.id == claimed.c.instance_id, is_workflow_task))
         )
-        history = sa.select(
-            sa.literal(1),
-            *nulls(claimed.c, "t_"),
-            *nulls(began.c, "w_"),
-            *step_columns,
-        ).where(steps.c.workflow_id.in_(sa.select(began.c.id)))
+        # the names and types of the columns are the first SELECT's: a bare NULL will do here
+        # (and keeps the statement short enough for psycopg to cache its parsing)
+        blank: list[Any] = [sa.literal_column("NULL")] * (len(claimed.c) + len(began.c))
+        history = sa.select(sa.literal(1), *blank, *step_columns).where(
+            steps.c.workflow_id.in_(sa.select(began.c.id))
+        )
         both = sa.union_all(head, history)
         both = both.order_by(
             both.selected_columns.part,
-            both.selected_columns.step_workflow_id,
-            both.selected_columns.step_position,
+            both.selected_columns.s_workflow_id,
+            both.selected_columns.s_position,
         )
         compiled = self._claim_begins[key] = CompiledStatement(both, self.engine.dialect)
         return compiled
@@ -410,7 +410,7 @@ class Claims(SQLCore):
             if row["part"] == 0:
                 heads.append(row)
             else:
-                history.setdefault(row["step_workflow_id"], []).append(row)
+                history.setdefault(row["s_workflow_id"], []).append(row)
         heads.sort(key=lambda r: (r["t_priority"], r["t_run_after"], r["t_id"]))
         return [(self._claim(_unprefixed(r, "t_")), self._began(r, history)) for r in heads]
 
@@ -430,14 +430,14 @@ class Claims(SQLCore):
     ) -> WorkflowSnapshot | None:
         """The snapshot of a workflow a claim started, from its row and its steps' rows; None
         for a step task, or a workflow whose rows cannot be read (begin_execution says why)."""
-        if head["w_id"] is None:
+        instance_id = head["id"]
+        if instance_id is None:
             return None
-        instance_id = head["w_id"]
         try:
             return WorkflowSnapshot(
-                **self._info_fields(_unprefixed(head, "w_")),
+                **self._info_fields(head),
                 steps=tuple(
-                    self._step(instance_id, _unprefixed(r, "step_"))
+                    self._step(instance_id, _unprefixed(r, "s_"))
                     for r in history.get(instance_id, ())
                 ),
             )
