@@ -412,7 +412,20 @@ class Claims(SQLCore):
             else:
                 history.setdefault(row["s_workflow_id"], []).append(row)
         heads.sort(key=lambda r: (r["t_priority"], r["t_run_after"], r["t_id"]))
-        return [(self._claim(_unprefixed(r, "t_")), self._began(r, history)) for r in heads]
+        return [
+            (
+                TaskClaim(
+                    instance_id=r["t_instance_id"],
+                    task_id=r["t_task_id"],
+                    worker_id=r["t_claimed_by"],
+                    expires_at=r["t_claim_expires_at"],
+                    attempts=r["t_attempts"],
+                    name=r["t_name"],
+                ),
+                self._began(r, history),
+            )
+            for r in heads
+        ]
 
     def _claims_replaced(self) -> bool:
         """Whether claims or starts are not this backend's own (overridden, or wrapped on the
@@ -437,18 +450,12 @@ class Claims(SQLCore):
             return WorkflowSnapshot(
                 **self._info_fields(head),
                 steps=tuple(
-                    self._step(instance_id, _unprefixed(r, "s_"))
+                    self._step(instance_id, {c: r[f"s_{c}"] for c in STEP_COLUMNS})
                     for r in history.get(instance_id, ())
                 ),
             )
         except CorruptRowError:
             return None
-
-
-def _unprefixed(row: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    """The columns of ``row`` named with ``prefix``, under their names without it."""
-    cut = len(prefix)
-    return {k[cut:]: v for k, v in row.items() if k.startswith(prefix)}
 
 
 def _available_task(r: Any) -> AvailableTask:

@@ -32,6 +32,8 @@ from typing import Any, NamedTuple
 
 import psycopg
 import sqlalchemy as sa
+from psycopg.postgres import types as pg_types
+from psycopg.types.array import ListBinaryDumper
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
@@ -66,8 +68,16 @@ class CompiledStatement:
         binds = {name: bind for bind, name in compiled.bind_names.items()}
         order = self._positions if self._positions is not None else list(binds)
         self._names = order
+        psycopg_arrays = dialect.driver == "psycopg"
         self._fast: list[tuple[str, Any, Any]] | None = [
-            (binds[name].key, binds[name], processors.get(name)) for name in order
+            (
+                binds[name].key,
+                binds[name],
+                _then_typed(processors.get(name), _typed_array(binds[name].type, dialect))
+                if psycopg_arrays
+                else processors.get(name),
+            )
+            for name in order
         ]
         if any(bind.expanding or bind.callable is not None for bind in binds.values()):
             self._fast = None
@@ -115,6 +125,55 @@ class CompiledStatement:
         return params
 
 
+class TypedArray(list[Any]):
+    """A list sent as a PostgreSQL array of a type known in advance (a subclass per type).
+
+    psycopg looks through every list it sends to find the type of its elements (the first one
+    that is not None, the largest int), then picks an element dumper: more than the elements'
+    own dumping. A statement's arrays have known types, so their dumpers are fixed here (the
+    server casts, e.g. ``bigint[]`` to ``integer[]``, as the statement says)."""
+
+    __slots__ = ()
+
+
+def _array_class(element: str) -> type[TypedArray]:
+    """A :class:`TypedArray` subclass for PostgreSQL type ``element``, with its binary dumper
+    registered (psycopg's global adapters: the class is durable's own, nothing else sends it)."""
+    info = pg_types.get(element)
+    assert info is not None
+    array = type(f"{element.capitalize()}Array", (TypedArray,), {"__slots__": ()})
+    dumper = type(
+        f"{element.capitalize()}ArrayDumper",
+        (ListBinaryDumper,),
+        {"element_oid": info.oid, "oid": info.array_oid},
+    )
+    psycopg.adapters.register_dumper(array, dumper)
+    return array
+
+
+#: the array classes by the element type SQLAlchemy knows (others are sent as plain lists)
+_ARRAYS: list[tuple[type[Any], type[TypedArray]]] = [
+    (sa.Boolean, _array_class("bool")),
+    (sa.Integer, _array_class("int8")),
+    (sa.String, _array_class("text")),
+    (sa.DateTime, _array_class("timestamptz")),
+]
+
+
+def _typed_array(bind_type: Any, dialect: sa.Dialect) -> type[TypedArray] | None:
+    """The :class:`TypedArray` for a bind parameter of ``bind_type``, if it is an array of a
+    known type."""
+    if not isinstance(bind_type, sa.ARRAY):
+        return None
+    item = bind_type.item_type
+    if isinstance(item, sa.TypeDecorator):
+        item = item.impl_instance
+    for known, array in _ARRAYS:
+        if isinstance(item, known):
+            return array
+    return None
+
+
 def _binary_arrays(sql: str, compiled: Any, dialect: sa.Dialect) -> str:
     """``sql`` with its array parameters sent in binary (psycopg's ``%(name)b``).
 
@@ -127,6 +186,15 @@ def _binary_arrays(sql: str, compiled: Any, dialect: sa.Dialect) -> str:
         if isinstance(bind.type, sa.ARRAY):
             sql = sql.replace(f"%({name})s", f"%({name})b")
     return sql
+
+
+def _then_typed(process: Any, array: type[TypedArray] | None) -> Any:
+    """``process`` (a bind processor, or None), then the list it gives as ``array``."""
+    if array is None:
+        return process
+    if process is None:
+        return lambda value: None if value is None else array(value)
+    return lambda value: None if (done := process(value)) is None else array(done)
 
 
 class DirectResult(NamedTuple):
