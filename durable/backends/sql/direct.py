@@ -73,9 +73,8 @@ class CompiledStatement:
             (
                 binds[name].key,
                 binds[name],
-                _then_typed(processors.get(name), _typed_array(binds[name].type, dialect))
-                if psycopg_arrays
-                else processors.get(name),
+                (psycopg_arrays and _typed_processor(binds[name].type, dialect))
+                or processors.get(name),
             )
             for name in order
         ]
@@ -188,13 +187,17 @@ def _binary_arrays(sql: str, compiled: Any, dialect: sa.Dialect) -> str:
     return sql
 
 
-def _then_typed(process: Any, array: type[TypedArray] | None) -> Any:
-    """``process`` (a bind processor, or None), then the list it gives as ``array``."""
+def _typed_processor(bind_type: Any, dialect: sa.Dialect) -> Any:
+    """For an array of a known type, what binds a list as its :class:`TypedArray`, each
+    element through its type's own bind processor (UTCDateTime's checks), in place of
+    SQLAlchemy's array processor; None for any other parameter."""
+    array = _typed_array(bind_type, dialect)
     if array is None:
-        return process
+        return None
+    process = bind_type.item_type.dialect_impl(dialect).bind_processor(dialect)
     if process is None:
         return lambda value: None if value is None else array(value)
-    return lambda value: None if (done := process(value)) is None else array(done)
+    return lambda value: None if value is None else array([process(v) for v in value])
 
 
 class DirectResult(NamedTuple):
