@@ -60,6 +60,8 @@ class CompiledStatement:
             (str(column.key), column.type.dialect_impl(dialect).result_processor(dialect, None))
             for column in stmt.exported_columns
         ]
+        self._keys = [key for key, _ in self._columns]
+        self._processed = [(key, process) for key, process in self._columns if process]
         # a positional paramstyle (sqlite3's qmark): the values in the compiled order
         self._positions = list(compiled.positiontup or ()) if compiled.positional else None
         # binding without SQLAlchemy's construct_params, which costs more than the statement
@@ -89,13 +91,14 @@ class CompiledStatement:
 
     def rows(self, raw: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
         """The driver's rows as mappings by column key, through the columns' result types."""
-        return [
-            {
-                key: value if process is None else process(value)
-                for (key, process), value in zip(self._columns, row, strict=True)
-            }
-            for row in raw
-        ]
+        keys, processed = self._keys, self._processed
+        rows = []
+        for row in raw:
+            mapping = dict(zip(keys, row, strict=True))
+            for key, process in processed:
+                mapping[key] = process(mapping[key])
+            rows.append(mapping)
+        return rows
 
     def params(self, values: dict[str, Any]) -> Any:
         """The driver's parameters for ``values`` (keyed like the statement's bindparams): a
