@@ -7,12 +7,14 @@ starts are replaced by a subclass only claims, through them."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import durable
 from durable.backends import SQLAlchemyBackend
-from durable.models import WorkflowSnapshot, WorkflowStatus
+from durable.engine.attempts import ClaimedStarts
+from durable.models import TaskClaim, WorkflowSnapshot, WorkflowStatus
 from durable.testing.contract._support import LONG, W, create, step
 
 RUNNING, PENDING = WorkflowStatus.RUNNING, WorkflowStatus.PENDING
@@ -101,3 +103,39 @@ async def test_replaced_claims_are_honoured(pg_url: str, sqlite_url: str) -> Non
             [(claim, began)] = await backend.claim_and_begin_tasks("w1", 1, LONG)
             assert (claim.instance_id, began, CountingClaims.claims) == ("wf", None, 1)
             assert (await backend.get_workflow("wf")).status is PENDING
+
+
+def _claim(instance_id: str) -> TaskClaim:
+    return TaskClaim(
+        instance_id=instance_id,
+        task_id=W,
+        worker_id="w1",
+        expires_at=datetime.now(UTC) + LONG,
+        attempts=1,
+        name="wf",
+    )
+
+
+async def test_a_driver_waits_for_the_claims_in_flight_and_only_those() -> None:
+    starts = ClaimedStarts()
+    first, later = asyncio.Event(), asyncio.Event()
+
+    async def claiming(event: asyncio.Event, instance_id: str) -> Any:
+        await event.wait()
+        return [(_claim(instance_id), WorkflowSnapshot(id=instance_id, name="wf"))]
+
+    in_flight = asyncio.ensure_future(starts.claim(claiming(first, "wf")))
+    await asyncio.sleep(0)  # the claim is sent
+    taking = asyncio.ensure_future(starts.take_landed("wf"))
+    await asyncio.sleep(0)
+    sent_after = asyncio.ensure_future(starts.claim(claiming(later, "other")))
+    await asyncio.sleep(0)
+    assert not taking.done()  # it waits for the claim that was in flight
+    first.set()
+    began = await taking  # and not for the one sent after it
+    assert began is not None and began.id == "wf"
+    assert [c.instance_id for c in await in_flight] == ["wf"]
+    assert starts.take("wf") is None  # taken once
+    later.set()
+    await sent_after
+    assert starts.take("other") is not None

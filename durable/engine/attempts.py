@@ -45,14 +45,14 @@ class ClaimedStarts:
 
     def __init__(self) -> None:
         self._starts: dict[str, WorkflowSnapshot] = {}
-        self._in_flight = 0  # claims sent, not answered yet
-        self._waiters: list[asyncio.Future[None]] = []
+        self._in_flight: set[asyncio.Future[None]] = set()  # claims sent, not answered yet
 
     async def claim(
         self, claiming: Coroutine[Any, Any, list[tuple[TaskClaim, WorkflowSnapshot | None]]]
     ) -> list[TaskClaim]:
         """Run a claim; keep the starts it made."""
-        self._in_flight += 1
+        landed = asyncio.get_running_loop().create_future()
+        self._in_flight.add(landed)
         try:
             claims = await claiming
             for claim, began in claims:
@@ -60,24 +60,20 @@ class ClaimedStarts:
                     self._starts[claim.instance_id] = began
             return [claim for claim, _ in claims]
         finally:
-            self._in_flight -= 1
-            if not self._in_flight:
-                waiters, self._waiters = self._waiters, []
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
+            self._in_flight.discard(landed)
+            landed.set_result(None)
 
     def take(self, instance_id: str) -> WorkflowSnapshot | None:
         """The start a claim made for ``instance_id``, once (None: none, or already taken)."""
         return self._starts.pop(instance_id, None)
 
     async def take_landed(self, instance_id: str) -> WorkflowSnapshot | None:
-        """:meth:`take`, once no claim is in flight: one that took this execution's task
-        before this runtime's own claim renewed it may have started it."""
-        while self._in_flight:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            await waiter
+        """:meth:`take`, once the claims in flight now have landed: one of them may have
+        taken this execution's task (and started it) before this runtime's own claim renewed
+        it. A claim sent later cannot take it (it skips live claims), so it is not waited
+        for."""
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight))
         return self.take(instance_id)
 
 
