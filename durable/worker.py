@@ -6,9 +6,12 @@ alive by heartbeats), and when nothing is available it sleeps until the backend 
 (LISTEN/NOTIFY on PostgreSQL) or the poll interval passes. When it drains fast (a claim filled
 every slot it asked for: there is a backlog), it claims a few executions ahead
 (:data:`PREFETCH_SHARE` of its concurrency) and starts them as slots free up, without a round
-trip; it claims again only when that reserve runs low, so one claim refills many slots. A
-reserved claim that waited longer than half its lease is handed back instead of started, and
-the reserve is handed back on stop. A dead worker's executions are taken
+trip; it claims again only when that reserve runs low, so one claim refills many slots.
+Where the backend can, the claim also starts the workflows it claims
+(:meth:`~durable.backends.base.PersistentBackend.claim_and_begin_tasks`): a batch of starts
+costs no round trip of its own. A reserved claim that waited longer than half its lease is
+handed back instead of started (one the claim started goes back to pending, its attempt not
+counted), and the reserve is handed back on stop. A dead worker's executions are taken
 over by any worker once their leases expire, and resume from their history.
 
 Stopping is graceful: the worker stops claiming, lets running executions finish within a grace
@@ -96,6 +99,10 @@ class WorkerHost(Protocol):
     def client(self) -> WorkflowReader: ...
 
     def _worker_died(self, worker: Worker) -> None: ...
+    async def claim_work(
+        self, limit: int, *, names: Sequence[str], queues: Sequence[str] | None
+    ) -> list[TaskClaim]: ...
+    async def hand_back_claim(self, claim: TaskClaim) -> None: ...
     async def execute_claimed(self, wf: Any, instance_id: str) -> Any: ...
     async def execute_step_task(self, claim: TaskClaim) -> None: ...
 
@@ -235,14 +242,7 @@ class Worker:
         claims: list[TaskClaim] = []
         names = self.names
         if want > 0 and names:
-            claims = await self.runtime.backend.claim_available_tasks(
-                self.runtime.executor_id,
-                want,
-                self.runtime.claim_ttl,
-                names=names,
-                queues=self.queues,
-                include_own=False,
-            )
+            claims = await self.runtime.claim_work(want, names=names, queues=self.queues)
             self._backlog = len(claims) == want
             if self._failures:
                 log.info(
@@ -282,9 +282,7 @@ class Worker:
 
         async def release() -> None:
             with contextlib.suppress(Exception):
-                await self.runtime.backend.release_task_claim(
-                    claim.instance_id, claim.task_id, self.runtime.executor_id
-                )
+                await self.runtime.hand_back_claim(claim)
 
         task = asyncio.get_running_loop().create_task(release())
         self._releasing.add(task)

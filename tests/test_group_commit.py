@@ -170,3 +170,34 @@ async def test_concurrent_begins_share_a_flush_each_with_its_history(url: str) -
             assert (result.attempts, result.interruptions) == (1, 1 if wid in ids[:4] else 0)
         assert isinstance(results[-1], WorkflowNotFoundError)
         assert (await backend.get_workflow("wf5")).executor_id is None
+
+
+#: values that text-format arrays must quote or escape (braces, quotes, backslashes, commas,
+#: the word NULL, blanks, non-ASCII); the batched statements send arrays in binary
+AWKWARD = ['{"a": [1, 2]}', 'say "hi", then \\ leave', "NULL", "", " padded ", "naïve ✓"]
+
+
+async def test_batched_values_land_exactly_as_given(url: str) -> None:
+    async with SQLAlchemyBackend(url) as backend:
+        ids = [f"wf {i}, {{x}}" for i in range(len(AWKWARD))]
+        await claimed(backend, ids)
+        began = await asyncio.gather(*(backend.begin_execution(wid, "w1") for wid in ids))
+        assert [s.id for s in began] == ids
+        await asyncio.gather(
+            *(
+                backend.record_step(wid, step(0, output=value), worker_id="w1")
+                for wid, value in zip(ids, AWKWARD, strict=True)
+            ),
+            backend.record_step(ids[0], step(1, output=None), worker_id="w1"),
+        )
+        finished = await asyncio.gather(
+            *(
+                backend.finish_workflow(wid, worker_id="w1", status=SUCCEEDED, output=value)
+                for wid, value in zip(ids, AWKWARD, strict=True)
+            )
+        )
+        assert [(f.id, f.output) for f in finished] == list(zip(ids, AWKWARD, strict=True))
+        for wid, value in zip(ids, AWKWARD, strict=True):
+            outputs = [s.output for s in await backend.list_steps(wid)]
+            assert outputs == ([value, None] if wid == ids[0] else [value])
+            assert (await backend.get_workflow(wid)).output == value

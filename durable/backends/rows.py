@@ -93,13 +93,17 @@ def workflow_values(
     unreadable: its unreadable values are None, an unknown status reads as failed, and ``error``
     is a :data:`CORRUPT_ROW` record whose message names the first unreadable column.
     """
-    if not lenient:
+    try:
         return {
             "status": status if isinstance(status, WorkflowStatus) else ref.workflow_status(status),
             "input": ref.value(serializer, "input", input),
             "output": ref.value(serializer, "output", output),
             "error": error if isinstance(error, ErrorInfo) else ref.error("error", error),
         }
+    except CorruptRowError:
+        if not lenient:
+            raise
+    # lenient, and a column cannot be read: read each on its own
     values: dict[str, Any] = {}
     problem: CorruptRowError | None = None
     readers: list[tuple[str, Any]] = [

@@ -8,9 +8,9 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from durable import context as _context
 from durable.backends.base import deadline_error
@@ -31,7 +31,7 @@ from durable.errors import (
     WorkflowCancelledError,
 )
 from durable.executions import EnqueueOptions
-from durable.models import WORKFLOW_TASK, ErrorInfo, WorkflowSnapshot, WorkflowStatus
+from durable.models import WORKFLOW_TASK, ErrorInfo, TaskClaim, WorkflowSnapshot, WorkflowStatus
 from durable.timers import WAKE_MARGIN, WorkflowSleeping
 from durable.validation import derived_id
 from durable.workflow import Workflow
@@ -40,10 +40,88 @@ from durable.workflow import Workflow
 log = logging.getLogger("durable.runtime")
 
 
+class ClaimedStarts:
+    """The executions a worker's claims started (:meth:`PersistentBackend.claim_and_begin_tasks`),
+    kept until whoever runs each here first takes its snapshot: the worker, or a coroutine of
+    this runtime that drives the same execution (:meth:`Attempts._drive`: a parent running its
+    child, :meth:`~durable.Runtime.run`), which must not start it a second time (that would
+    count an interruption)."""
+
+    def __init__(self) -> None:
+        self._starts: dict[str, WorkflowSnapshot] = {}
+        self._in_flight: set[asyncio.Future[None]] = set()  # claims sent, not answered yet
+
+    async def claim(
+        self, claiming: Coroutine[Any, Any, list[tuple[TaskClaim, WorkflowSnapshot | None]]]
+    ) -> list[TaskClaim]:
+        """Run a claim; keep the starts it made."""
+        landed = asyncio.get_running_loop().create_future()
+        self._in_flight.add(landed)
+        try:
+            claims = await claiming
+            for claim, began in claims:
+                if began is not None:
+                    self._starts[claim.instance_id] = began
+            return [claim for claim, _ in claims]
+        finally:
+            self._in_flight.discard(landed)
+            landed.set_result(None)
+
+    def take(self, instance_id: str) -> WorkflowSnapshot | None:
+        """The start a claim made for ``instance_id``, once (None: none, or already taken)."""
+        return self._starts.pop(instance_id, None)
+
+    async def take_landed(self, instance_id: str) -> WorkflowSnapshot | None:
+        """:meth:`take`, once the claims in flight now have landed: one of them may have
+        taken this execution's task (and started it) before this runtime's own claim renewed
+        it. A claim sent later cannot take it (it skips live claims), so it is not waited
+        for."""
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight))
+        return self.take(instance_id)
+
+
 class Attempts(Leases):
     """Running executions: one attempt of one execution under its lease (:meth:`_execute`),
     driving an execution here or waiting for whoever runs it (:meth:`_drive`), and child
     workflows (:meth:`run_child`)."""
+
+    @property
+    def _claimed(self) -> ClaimedStarts:
+        """This runtime's :class:`ClaimedStarts` (made on first use)."""
+        starts = self.__dict__.get("_claimed_starts")
+        if starts is None:
+            starts = self.__dict__["_claimed_starts"] = ClaimedStarts()
+        return cast(ClaimedStarts, starts)
+
+    async def claim_work(
+        self, limit: int, *, names: Sequence[str], queues: Sequence[str] | None
+    ) -> list[TaskClaim]:
+        """A worker's claim of up to ``limit`` available tasks under this executor's lease;
+        the workflows it started are run by :meth:`execute_claimed` (or handed back by
+        :meth:`hand_back_claim`) without being started again."""
+        return await self._claimed.claim(
+            self.backend.claim_and_begin_tasks(
+                self.executor_id, limit, self.claim_ttl, names=names, queues=queues
+            )
+        )
+
+    async def hand_back_claim(self, claim: TaskClaim) -> None:
+        """Give back a claim of :meth:`claim_work` that will not be run: released, or if the
+        claim started the workflow, put back to pending without counting the attempt.
+
+        :raises DurableError: the backend refused or could not be reached."""
+        if self._claimed.take(claim.instance_id) is None:
+            await self.backend.release_task_claim(
+                claim.instance_id, claim.task_id, self.executor_id
+            )
+        else:
+            await self.backend.reschedule_workflow(
+                claim.instance_id,
+                worker_id=self.executor_id,
+                run_after=timedelta(0),
+                consume_attempt=False,
+            )
 
     async def _drive(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
         """Run the execution here, or wait for whoever runs it; return its outcome.
@@ -75,10 +153,11 @@ class Attempts(Leases):
                         raise unreadable from unreadable.__cause__
                     claim = None  # it finished (or was cancelled) since we looked: look again
                 if claim is not None:
+                    began = await self._claimed.take_landed(instance_id)
                     if self._superseded:
                         raise self._lost(instance_id, WORKFLOW_TASK)
                     try:
-                        return await self._execute(wf, instance_id)
+                        return await self._execute(wf, instance_id, began)
                     except WorkflowContinued:  # its next run is due at once
                         wait = 0.0
                     except WorkflowSleeping as sleeping:  # look again when it is due
@@ -128,8 +207,11 @@ class Attempts(Leases):
             },
         )
 
-    async def _execute(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
-        """Run the body under this executor's lease (already claimed) and record the outcome.
+    async def _execute(
+        self, wf: Workflow[Any, Any], instance_id: str, began: WorkflowSnapshot | None = None
+    ) -> Any:
+        """Run the body under this executor's lease (already claimed) and record the outcome;
+        ``began``: the start its claim made (:class:`ClaimedStarts`), else this starts it.
 
         How an attempt ends:
 
@@ -147,7 +229,9 @@ class Attempts(Leases):
         """
         leased_at = time.monotonic()  # the claim was taken before this: a safe lower bound
         try:
-            snapshot = await self.backend.begin_execution(instance_id, self.executor_id)
+            snapshot = began
+            if snapshot is None:
+                snapshot = await self.backend.begin_execution(instance_id, self.executor_id)
             args, kwargs = stored_arguments(snapshot.input, instance_id)
         except CorruptRowError as exc:  # fail it once; never leave it to be claimed forever
             await self._fail_unreadable(instance_id, exc)
@@ -478,9 +562,11 @@ class Attempts(Leases):
         :raises ClaimLostError: another process took this executor id over.
         """
         if self._superseded:
+            self._claimed.take(instance_id)
             raise self._lost(instance_id, WORKFLOW_TASK)
         async with self._locks.hold(instance_id):
-            return await self._execute(wf, instance_id)
+            # None if this runtime ran it meanwhile (the start then fails the fence, as before)
+            return await self._execute(wf, instance_id, self._claimed.take(instance_id))
 
 
 class _DeadlinePassed(BaseException):

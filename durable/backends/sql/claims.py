@@ -14,11 +14,23 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from durable.backends.sql.core import P_WID, SQLCore, aware
+from durable.backends.sql.core import P_WID, STEP_COLUMNS, SQLCore, aware
 from durable.backends.sql.direct import CompiledStatement
-from durable.backends.sql.schema import tasks, workflow_registry
-from durable.errors import InvalidArgumentError, TaskNotFoundError, WorkflowNotFoundError
-from durable.models import AvailableTask, TaskClaim, TaskSpec, ttl_seconds
+from durable.backends.sql.schema import steps, tasks, workflow_registry, workflows
+from durable.errors import (
+    CorruptRowError,
+    InvalidArgumentError,
+    TaskNotFoundError,
+    WorkflowNotFoundError,
+)
+from durable.models import (
+    WORKFLOW_TASK,
+    AvailableTask,
+    TaskClaim,
+    TaskSpec,
+    WorkflowSnapshot,
+    ttl_seconds,
+)
 
 
 class Claims(SQLCore):
@@ -78,6 +90,7 @@ class Claims(SQLCore):
         self._claim_columns = claim_columns
         self._claim_statements: dict[tuple[bool, bool, bool, bool], Any] = {}
         self._direct_claims: dict[tuple[bool, bool, bool], CompiledStatement] = {}
+        self._claim_begins: dict[tuple[bool, bool], CompiledStatement] = {}
 
     def _direct_claim(self, key: tuple[bool, bool, bool], stmt: Any) -> CompiledStatement | None:
         """The claim statement for ``key`` compiled for the direct path (once), or None where
@@ -315,6 +328,134 @@ class Claims(SQLCore):
             return in_order([r._mapping for r in conn.execute(stmt, params)])
 
         return await self._run(fn, what=what)
+
+    def _claim_begin_statement(self, names: bool, queues: bool) -> CompiledStatement:
+        """The batch claim (``include_own=False``) that also starts the workflows whose task it
+        claims, compiled for the direct path (once per combination of filters): the claim's
+        UPDATE in a CTE; the start (:attr:`_begin_values`, as :meth:`begin_execution` writes
+        it) of those workflows, an UPDATE in a CTE driven by the claimed rows (the claim is
+        their fence: it took their leases in this very statement); then one row per claim with
+        its workflow's row beside it (NULL for a step task), and the steps of the workflows it
+        started (``part`` 1)."""
+        key = (names, queues)
+        compiled = self._claim_begins.get(key)
+        if compiled is not None:
+            return compiled
+        claimed = self._claim_statement(names, queues, False).cte("c")
+        is_workflow_task = claimed.c.task_id == WORKFLOW_TASK
+        began = (
+            sa.update(workflows)
+            .where(workflows.c.id == claimed.c.instance_id, is_workflow_task)
+            .values(**self._begin_values)  # type: ignore[attr-defined]  # Execution's
+            .returning(*workflows.c)
+            .cte("b")
+        )
+
+        def nulls(columns: Any, prefix: str) -> list[Any]:
+            return [sa.type_coerce(sa.null(), c.type).label(f"{prefix}{c.name}") for c in columns]
+
+        step_columns = [steps.c[c] for c in STEP_COLUMNS]
+        head = sa.select(
+            sa.literal(0).label("part"),
+            *[c.label(f"t_{c.name}") for c in claimed.c],
+            *began.c,  # under the workflow's column names (no label: a shorter statement)
+            *nulls(step_columns, "s_"),
+        ).select_from(
+            claimed.outerjoin(began, sa.and_(began.c.id == claimed.c.instance_id, is_workflow_task))
+        )
+        # the names and types of the columns are the first SELECT's: a bare NULL will do here
+        # (and keeps the statement short enough for psycopg to cache its parsing)
+        blank: list[Any] = [sa.literal_column("NULL")] * (len(claimed.c) + len(began.c))
+        history = sa.select(sa.literal(1), *blank, *step_columns).where(
+            steps.c.workflow_id.in_(sa.select(began.c.id))
+        )
+        both = sa.union_all(head, history)
+        both = both.order_by(
+            both.selected_columns.part,
+            both.selected_columns.s_workflow_id,
+            both.selected_columns.s_position,
+        )
+        compiled = self._claim_begins[key] = CompiledStatement(both, self.engine.dialect)
+        return compiled
+
+    async def claim_and_begin_tasks(
+        self,
+        worker_id: str,
+        limit: int,
+        ttl: timedelta,
+        *,
+        names: Sequence[str] | None = None,
+        queues: Sequence[str] | None = None,
+    ) -> list[tuple[TaskClaim, WorkflowSnapshot | None]]:
+        """On PostgreSQL's direct path, one statement claims and starts the claimed workflows
+        (:meth:`_claim_begin_statement`); elsewhere it only claims, and so it does where a
+        subclass or a wrapper replaced :meth:`claim_available_tasks` or
+        :meth:`begin_execution` (the claims and starts then go through them)."""
+        if not self._direct or self._claims_replaced():
+            return await super().claim_and_begin_tasks(
+                worker_id, limit, ttl, names=names, queues=queues
+            )
+        params = self._filter_params(worker_id, limit, names, queues)
+        params.update(self.dialect.clock_params(ttl=ttl_seconds(ttl)))
+        params["p_ts"] = datetime.now(UTC)
+        statement = self._claim_begin_statement(names is not None, queues is not None)
+        done = await self._run_direct(statement, params, what="claim and start available tasks")
+        if done is None:  # not on the driver here
+            return await super().claim_and_begin_tasks(
+                worker_id, limit, ttl, names=names, queues=queues
+            )
+        heads: list[Mapping[str, Any]] = []
+        history: dict[str, list[Mapping[str, Any]]] = {}
+        for row in done.rows:
+            if row["part"] == 0:
+                heads.append(row)
+            else:
+                history.setdefault(row["s_workflow_id"], []).append(row)
+        heads.sort(key=lambda r: (r["t_priority"], r["t_run_after"], r["t_id"]))
+        return [
+            (
+                TaskClaim(
+                    instance_id=r["t_instance_id"],
+                    task_id=r["t_task_id"],
+                    worker_id=r["t_claimed_by"],
+                    expires_at=r["t_claim_expires_at"],
+                    attempts=r["t_attempts"],
+                    name=r["t_name"],
+                ),
+                self._began(r, history),
+            )
+            for r in heads
+        ]
+
+    def _claims_replaced(self) -> bool:
+        """Whether claims or starts are not this backend's own (overridden, or wrapped on the
+        instance)."""
+        cls = type(self)
+        return (
+            "claim_available_tasks" in vars(self)
+            or "begin_execution" in vars(self)
+            or cls.claim_available_tasks.__qualname__ != "Claims.claim_available_tasks"
+            or cls.begin_execution.__qualname__ != "Execution.begin_execution"
+        )
+
+    def _began(
+        self, head: Mapping[str, Any], history: Mapping[str, list[Mapping[str, Any]]]
+    ) -> WorkflowSnapshot | None:
+        """The snapshot of a workflow a claim started, from its row and its steps' rows; None
+        for a step task, or a workflow whose rows cannot be read (begin_execution says why)."""
+        instance_id = head["id"]
+        if instance_id is None:
+            return None
+        try:
+            return WorkflowSnapshot(
+                **self._info_fields(head),
+                steps=tuple(
+                    self._step(instance_id, {c: r[f"s_{c}"] for c in STEP_COLUMNS})
+                    for r in history.get(instance_id, ())
+                ),
+            )
+        except CorruptRowError:
+            return None
 
 
 def _available_task(r: Any) -> AvailableTask:

@@ -53,19 +53,21 @@ class Execution(GroupedWrites):
             where=steps.c.status == StepStatus.PENDING.value,
         ).execution_options(preserve_rowcount=True)
         interrupted = workflows.c.status == WorkflowStatus.RUNNING.value
+        # what a start writes (also written by a claim that starts what it claims: claims.py)
+        self._begin_values: dict[str, Any] = {
+            "status": WorkflowStatus.RUNNING.value,
+            "executor_id": P_WID,
+            # still running: the attempt's executor died or lost its lease; this resumes it
+            "attempts": workflows.c.attempts + sa.case((interrupted, 0), else_=1),
+            "interruptions": workflows.c.interruptions + sa.case((interrupted, 1), else_=0),
+            "started_at": sa.func.coalesce(workflows.c.started_at, sa.bindparam("p_ts")),
+            "updated_at": sa.bindparam("p_ts"),
+            "version": workflows.c.version + 1,
+        }
         self._begin = (
             sa.update(workflows)
             .where(workflows.c.id == P_IID, self._held)
-            .values(
-                status=WorkflowStatus.RUNNING.value,
-                executor_id=P_WID,
-                # still running: the attempt's executor died or lost its lease; this resumes it
-                attempts=workflows.c.attempts + sa.case((interrupted, 0), else_=1),
-                interruptions=workflows.c.interruptions + sa.case((interrupted, 1), else_=0),
-                started_at=sa.func.coalesce(workflows.c.started_at, sa.bindparam("p_ts")),
-                updated_at=sa.bindparam("p_ts"),
-                version=workflows.c.version + 1,
-            )
+            .values(**self._begin_values)
             .returning(*workflows.c)
         )
         self._take_workflow_task = sa.delete(tasks).where(
