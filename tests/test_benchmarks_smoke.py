@@ -183,3 +183,19 @@ def test_sleep_wakeup(
     assert [row[:2] for row in rows] == [[backend, "3"]]
     p50, p99, most = (float(v) for v in rows[0][2:5])
     assert 0 <= p50 <= p99 <= most  # woke after its wake-up time, never before
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_sleepers(
+    backend: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--backend", backend, "--counts", "5,10", "--window", "0.2"]
+    if backend == "postgres":
+        args += ["--pg-url", request.getfixturevalue("pg_url")]
+    assert _benchmark("sleepers").main(args) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [row[:2] for row in rows] == [[backend, "5"], [backend, "10"]]
+    for row in rows:
+        assert float(row[2]) > 0 and float(row[3]) >= 0 and float(row[4]) > 0
