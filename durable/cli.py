@@ -28,7 +28,7 @@ from durable.backends.rows import CORRUPT_ROW
 from durable.client import Client
 from durable.errors import DurableError, InvalidArgumentError, SchemaVersionError
 from durable.inspection import Waiting
-from durable.models import StepRecord, WorkflowInfo
+from durable.models import Message, StepRecord, WorkflowInfo
 from durable.runtime import Runtime
 from durable.validation import check_id
 from durable.worker import serve
@@ -374,6 +374,35 @@ def list_waiting(url: str, kind: str | None, limit: int) -> None:
     for waiting in open_client(url, read):
         name = waiting.workflow.name if waiting.workflow is not None else "-"
         click.echo(f"{waiting.workflow_id}\t{name}\t{waiting}")
+
+
+@workflows.command("messages")
+@url_argument
+@click.argument("workflow_id", callback=lambda _c, _p, v: _checked_id(v, "WORKFLOW_ID"))
+@click.option("--topic", default=None, help="Only messages on this topic.")
+@click.option(
+    "--pending/--all",
+    default=True,
+    show_default=True,
+    help="Only messages not received yet (the default), or every message.",
+)
+def list_messages(url: str, workflow_id: str, topic: str | None, pending: bool) -> None:
+    """List the messages sent to an execution (and its timers'), in the order they were
+    stored: seq, topic, when it may be received, when it was received (or "pending"), and
+    its value as JSON."""
+
+    async def read(client: Client) -> list[Message]:
+        return await client.list_messages(
+            workflow_id, topic=topic, received=False if pending else None
+        )
+
+    for message in open_client(url, read):
+        kind = "timer" if message.timer else "message"
+        received = _stamp(message.received_at) if message.received_at else "pending"
+        click.echo(
+            f"{message.seq}\t{message.topic}\t{kind}\tdeliver={_stamp(message.deliver_at)}\t"
+            f"received={received}\t{json.dumps(message.value, default=repr)}"
+        )
 
 
 @workflows.command("get")

@@ -266,6 +266,7 @@ TABLE_COMMANDS = [
     ["workflows", "get", "{url}", "pending-1"],
     ["workflows", "steps", "{url}", "pending-1"],
     ["workflows", "waiting", "{url}"],
+    ["workflows", "messages", "{url}", "pending-1"],
 ]
 
 
@@ -352,3 +353,31 @@ def test_the_waiting_listing(db: str) -> None:
     ]
     sleeping = durable("workflows", "waiting", db, "--kind", "sleep")
     assert sleeping.stdout.splitlines() == ["nap-1\tw.v1\tsleeping until 2030-01-01T00:00:00+00:00"]
+
+
+def test_the_messages_listing(db: str) -> None:
+    """``durable workflows messages`` lists what was sent to an execution: pending ones by
+    default, every one with ``--all``, one topic with ``--topic``; an unknown id is an error."""
+
+    async def setup() -> None:
+        async with SQLAlchemyBackend(db) as backend:
+            await backend.create_workflow(
+                WorkflowSnapshot(id="inbox-1", name="w.v1"),
+                task=TaskSpec(instance_id="inbox-1", name="w.v1"),
+            )
+            await backend.send_message("inbox-1", "decision", {"ok": True})
+            await backend.send_message("inbox-1", "note", "hello")
+
+    asyncio.run(setup())
+    pending = durable("workflows", "messages", db, "inbox-1")
+    assert pending.exit_code == 0, pending.output
+    rows = [line.split("\t") for line in pending.stdout.splitlines()]
+    assert [(r[1], r[2], r[4], r[5]) for r in rows] == [
+        ("decision", "message", "received=pending", '{"ok": true}'),
+        ("note", "message", "received=pending", '"hello"'),
+    ]
+    assert int(rows[0][0]) < int(rows[1][0])  # in the order sent
+    one = durable("workflows", "messages", db, "inbox-1", "--topic", "note", "--all")
+    assert [line.split("\t")[1] for line in one.stdout.splitlines()] == ["note"]
+    missing = durable("workflows", "messages", db, "nobody")
+    assert missing.exit_code == 1 and "nobody" in missing.stderr
