@@ -46,3 +46,22 @@ def test_backend_api_example_runs_twice(tmp_path: Path) -> None:
     for _ in range(2):  # the second run finds what the first one stored
         done = run_example("backend_api.py", tmp_path)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_approval_example_waits_receives_and_times_out(tmp_path: Path) -> None:
+    done = run_example("approval.py", tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout.splitlines()
+    assert out[0] == "approval-o-1 status: waiting"
+    assert out[1].startswith("approval-o-1 is waiting for topic 'decision' until ")
+    assert out[2] == "decision sent: True; the same mail again stored: False"
+    assert out[3:6] == [
+        "approval-o-1: approved (status event: approved)",
+        "approval-o-2: rejected (status event: rejected)",
+        "reminders sent: ['o-2']",  # o-1's timer was cancelled before it fired
+    ]
+    assert out[6] == (
+        "approval-o-2 history: durable.set_event, durable.start_timer, durable.recv, "
+        "durable.recv, orders.remind, durable.recv, durable.set_event"
+    )
