@@ -29,6 +29,7 @@ from durable.errors import (
     NonRetryableError,
     NotFoundError,
     NothingToServeError,
+    ScheduleNotFoundError,
     SchemaVersionError,
     SerializationError,
     StepAlreadyRecordedError,
@@ -60,10 +61,12 @@ from durable.models import (
     ErrorInfo,
     ExecutorInfo,
     Message,
+    MissedTicks,
     Page,
     Receipt,
     ReceiveStatus,
     RegisteredWorkflow,
+    ScheduleInfo,
     StepRecord,
     StepStatus,
     TaskClaim,
@@ -74,6 +77,7 @@ from durable.models import (
 )
 from durable.registry import Registry, default_registry
 from durable.retry import RetryPolicy
+from durable.scheduling import scheduled
 from durable.serialization import JSONSerializer, PickleSerializer, Serializer
 from durable.step import AsyncStep, Step, SyncStep, map, run_step, step
 from durable.timers import sleep, sleep_sync, sleep_until, sleep_until_sync
@@ -105,6 +109,7 @@ __all__ = [
     "InvalidArgumentError",
     "JSONSerializer",
     "Message",
+    "MissedTicks",
     "NonDeterminismError",
     "NonRetryableError",
     "NotFoundError",
@@ -119,6 +124,8 @@ __all__ = [
     "RetryPolicy",
     "Runtime",
     "SQLAlchemyBackend",
+    "ScheduleInfo",
+    "ScheduleNotFoundError",
     "SchemaVersionError",
     "SerializationError",
     "Serializer",
@@ -155,6 +162,7 @@ __all__ = [
     "recv",
     "recv_sync",
     "run_step",
+    "scheduled",
     "send",
     "send_sync",
     "sleep",

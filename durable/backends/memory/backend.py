@@ -1,6 +1,6 @@
 """The memory backend's composition root: :class:`InMemoryBackend`, assembled from one class
 per area (:mod:`.workflows`, :mod:`.execution`, :mod:`.claims`, :mod:`.executors`,
-:mod:`.messages`, on the shared
+:mod:`.messages`, :mod:`.schedules`, on the shared
 base :mod:`.core`), with its stores and the helpers tests use to look inside it."""
 
 from __future__ import annotations
@@ -16,12 +16,22 @@ from durable.backends.memory.core import MemoryCore, StoredTask, is_live, utcnow
 from durable.backends.memory.execution import Execution
 from durable.backends.memory.executors import Executors
 from durable.backends.memory.messages import Messages
+from durable.backends.memory.schedules import Schedules
 from durable.backends.memory.workflows import Workflows
-from durable.models import ExecutorInfo, Message, RegisteredWorkflow, StepRecord, WorkflowInfo
+from durable.models import (
+    ExecutorInfo,
+    Message,
+    RegisteredWorkflow,
+    ScheduleInfo,
+    StepRecord,
+    WorkflowInfo,
+)
 from durable.serialization import Serializer, get_serializer
 
 
-class InMemoryBackend(Workflows, Batches, Execution, Claims, Executors, Messages, MemoryCore):
+class InMemoryBackend(
+    Workflows, Batches, Execution, Claims, Executors, Messages, Schedules, MemoryCore
+):
     """Thread- and task-safe storage in memory.
 
     :param serializer: ``"json"`` (default), ``"pickle"`` or a :class:`Serializer`.
@@ -45,6 +55,7 @@ class InMemoryBackend(Workflows, Batches, Execution, Claims, Executors, Messages
         self._registry: dict[str, RegisteredWorkflow] = {}
         self._executors: dict[str, ExecutorInfo] = {}
         self._messages: dict[str, list[Message]] = {}
+        self._schedules: dict[str, ScheduleInfo] = {}
 
     async def now(self) -> datetime:
         """The time by :attr:`clock`, which judges every lease and due time here."""
@@ -65,6 +76,7 @@ class InMemoryBackend(Workflows, Batches, Execution, Claims, Executors, Messages
             self._registry.clear()
             self._executors.clear()
             self._messages.clear()
+            self._schedules.clear()
 
     def workflow_ids(self) -> list[str]:
         """The ids of every stored workflow, in insertion order."""

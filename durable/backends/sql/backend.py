@@ -9,9 +9,10 @@ What differs between databases is in :mod:`.dialects`.
 
 :class:`SQLAlchemyBackend` is composed of one class per area of the domain, each in its module
 with its statements (:mod:`.workflows`, :mod:`.execution`, :mod:`.fanout`, :mod:`.claims`,
-:mod:`.executors`, :mod:`.messages`, :mod:`.wakeups`, on the shared base :mod:`.core`). This
-module is the composition root: the engine and its runner, start and close, migrations, running a
-transaction or a direct statement, and turning driver errors into durable's.
+:mod:`.executors`, :mod:`.messages`, :mod:`.schedules`, :mod:`.wakeups`, on the shared base
+:mod:`.core`). This module is the composition root: the engine and its runner, start and
+close, migrations, running a transaction or a direct statement, and turning driver errors into
+durable's.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from durable.backends.sql.executors import Executors
 from durable.backends.sql.fanout import FanOut
 from durable.backends.sql.messages import Messages
 from durable.backends.sql.runners import AsyncRunner, InlineRunner, Runner
+from durable.backends.sql.schedules import Schedules
 from durable.backends.sql.schema import PREFIX
 from durable.backends.sql.wakeups import WORK_CHANNEL, WakeUps
 from durable.backends.sql.workflows import WorkflowRecords
@@ -71,7 +73,7 @@ _UNAVAILABLE_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
 
 
 class SQLAlchemyBackend(
-    Enqueues, WorkflowRecords, Execution, FanOut, Claims, Executors, Messages, WakeUps
+    Enqueues, WorkflowRecords, Execution, FanOut, Claims, Executors, Messages, Schedules, WakeUps
 ):
     """Durable's storage on SQLite or PostgreSQL.
 
