@@ -39,6 +39,8 @@ same fixtures while you write that area (CONTRIBUTING.md walks through them in o
 * :class:`MessageContract`: messages in (kept, ordered, exactly once, idempotent, fenced,
   waits always woken) and timers by key (replaced, cancelled, due without polling);
 * :class:`RegistryContract`: the workflow registry and executors;
+* :class:`ScheduleContract`: cron schedules stored, paused, listed, fired once per tick
+  (compare-and-set with the enqueue) under racing schedulers, missed-tick policies;
 * :class:`WakeUpContract`: ``wait_for_work``;
 * :class:`ConcurrencyContract`: connections returned, atomic claims, 200 concurrent calls.
 
@@ -77,6 +79,7 @@ from durable.testing.contract.execution import ExecutionContract
 from durable.testing.contract.fanout import FanOutContract
 from durable.testing.contract.messages import MessageContract
 from durable.testing.contract.registry import RegistryContract
+from durable.testing.contract.schedules import ScheduleContract
 from durable.testing.contract.snapshots import SnapshotContract
 from durable.testing.contract.steps import StepContract
 from durable.testing.contract.wakeups import WakeUpContract
@@ -93,6 +96,7 @@ __all__ = [
     "FanOutContract",
     "MessageContract",
     "RegistryContract",
+    "ScheduleContract",
     "SnapshotContract",
     "StepContract",
     "WakeUpContract",
@@ -111,6 +115,7 @@ class BackendContractTests(
     FanOutContract,
     MessageContract,
     RegistryContract,
+    ScheduleContract,
     WakeUpContract,
     ConcurrencyContract,
 ):
