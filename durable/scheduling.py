@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from durable.backends.base import PersistentBackend
@@ -358,6 +358,15 @@ class Scheduler:
                 earliest = following
         return earliest
 
+    async def _until_next(self, interval: float) -> float:
+        """Seconds until the next tick of any schedule, at most ``interval`` (every scheduler
+        wakes for it, so that whichever fires first, the tick is on time)."""
+        now = await self.backend.now()
+        upcoming = await self.backend.due_schedules(now + timedelta(seconds=interval), limit=1)
+        if not upcoming or upcoming[0].next_run_at is None or upcoming[0].next_run_at <= now:
+            return interval  # none soon, or one this scheduler could not fire: look later
+        return (upcoming[0].next_run_at - now).total_seconds() + 0.005
+
     async def run(self, stopping: asyncio.Event, *, interval: float = SCHEDULER_INTERVAL) -> None:
         """Fire due schedules until ``stopping`` is set, looking every ``interval`` seconds at
         most (sooner for a tick due before). Errors (a database outage) are logged and the
@@ -366,11 +375,9 @@ class Scheduler:
         while not stopping.is_set():
             wait = interval
             try:
-                earliest = await self.run_once()
+                await self.run_once()
                 failures = 0
-                if earliest is not None:
-                    ahead = (earliest - await self.backend.now()).total_seconds()
-                    wait = min(interval, max(ahead, 0.0) + 0.005)
+                wait = await self._until_next(interval)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database may come back: nothing ends this loop
