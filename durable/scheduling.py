@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -171,14 +172,17 @@ class ScheduleDeclaration:
         )
 
 
-_declared: dict[int, dict[str, ScheduleDeclaration]] = {}
+#: Per registry, the schedules declared for its workflows, by name.
+_declared: weakref.WeakKeyDictionary[Registry, dict[str, ScheduleDeclaration]] = (
+    weakref.WeakKeyDictionary()
+)
 _declared_lock = threading.Lock()
 
 
 def declared_schedules(registry: Registry) -> list[ScheduleDeclaration]:
     """The schedules declared with :func:`scheduled` for ``registry``'s workflows, by name."""
     with _declared_lock:
-        found = _declared.get(id(registry), {})
+        found = _declared.get(registry, {})
         return [found[n] for n in sorted(found)]
 
 
@@ -249,7 +253,7 @@ def scheduled(
             priority=probe.priority,
         )
         with _declared_lock:
-            found = _declared.setdefault(id(target), {})
+            found = _declared.setdefault(target, {})
             known = found.get(declaration.name)
             if known is not None and known.workflow.name != wf.name:
                 raise ConfigurationError(
@@ -315,16 +319,26 @@ class Scheduler:
         earliest: datetime | None = None
         for schedule in await self.backend.due_schedules(now):
             assert schedule.next_run_at is not None
-            ticks = due_ticks(
-                schedule.cron,
-                schedule.timezone,
-                since=schedule.next_run_at,
-                now=now,
-                missed=schedule.missed,
-                max_catchup=schedule.max_catchup,
-            )
-            following = next_tick(schedule.cron, schedule.timezone, now)
-            runs = _runs(schedule, ticks, self.registry, trigger=False)
+            try:
+                ticks = due_ticks(
+                    schedule.cron,
+                    schedule.timezone,
+                    since=schedule.next_run_at,
+                    now=now,
+                    missed=schedule.missed,
+                    max_catchup=schedule.max_catchup,
+                )
+                following = next_tick(schedule.cron, schedule.timezone, now)
+                runs = _runs(schedule, ticks, self.registry, trigger=False)
+            except Exception as exc:  # a row edited by hand: the other schedules go on
+                log.error(
+                    "schedule %s cannot be read: %s: %s",
+                    schedule.name,
+                    type(exc).__name__,
+                    exc,
+                    extra={"action": "schedule.refused", "schedule": schedule.name},
+                )
+                continue
             try:
                 results = await self.backend.fire_schedule(
                     schedule.name,

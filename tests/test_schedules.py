@@ -389,3 +389,26 @@ def test_bad_decorations() -> None:
 
         @durable.scheduled("0 2 * * *")
         async def plain() -> None: ...
+
+
+async def test_an_unreadable_schedule_does_not_stop_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock(utc(2030, 1, 1, 0, 0, 30))
+    backend = durable.InMemoryBackend(clock=clock)
+    async with backend:
+        due = utc(2030, 1, 1)
+        bad = durable.ScheduleInfo(
+            name="a-bad", workflow="w", cron="nonsense", timezone="UTC", next_run_at=due
+        )
+        good = durable.ScheduleInfo(
+            name="b-good", workflow="w", cron="* * * * *", timezone="UTC", next_run_at=due
+        )
+        await backend.put_schedule(bad)
+        await backend.put_schedule(good)
+        await Scheduler(backend).run_once()
+        assert [w.id for w in (await backend.list_snapshots()).items] == [
+            "schedule:b-good:2030-01-01T00:00:00+00:00"
+        ]
+        assert (await backend.get_schedule("a-bad")).next_run_at == due
+    assert "schedule a-bad cannot be read" in caplog.text
