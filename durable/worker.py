@@ -54,7 +54,7 @@ from durable.errors import (
 )
 from durable.models import WORKFLOW_TASK, TaskClaim, WorkflowInfo, WorkflowStatus
 from durable.registry import Registry
-from durable.scheduling import Scheduler
+from durable.scheduler import Scheduler
 from durable.validation import (
     check_names,
     check_non_negative_float,

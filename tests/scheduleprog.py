@@ -5,7 +5,8 @@
 The workflow :data:`TICK` is scheduled every second (``@durable.scheduled("* * * * * *")``,
 missed ticks all run); its one step appends ``<scheduled_at> <pid>`` to the log (``--log``),
 with flush and fsync, so that the test sees every execution of every tick. It runs
-``durable.worker.serve`` (which runs the scheduler) until SIGTERM, logging at INFO on stderr (the scheduler logs each fire it won).
+``durable.worker.serve`` (which runs the scheduler) until SIGTERM, logging at INFO on stderr
+(the scheduler logs each fire it won).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import durable
 from durable.cli import main
 from durable.cron import due_ticks, next_tick
 from durable.models import MissedTicks
-from durable.scheduling import Scheduler
+from durable.scheduler import Scheduler
 
 HERE = Path(__file__).parent
 PARIS = "Europe/Paris"

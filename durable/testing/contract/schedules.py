@@ -21,7 +21,7 @@ from durable.backends.base import PersistentBackend
 from durable.errors import InvalidArgumentError, ScheduleNotFoundError, SerializationError
 from durable.executions import EnqueueOptions, execution_record
 from durable.models import MissedTicks, ScheduleInfo, TaskSpec, WorkflowSnapshot
-from durable.scheduling import Scheduler
+from durable.scheduler import Scheduler
 from durable.testing.contract._support import (
     ContractBase,
     Unserializable,
