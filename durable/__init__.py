@@ -31,6 +31,7 @@ from durable.errors import (
     NonRetryableError,
     NotFoundError,
     NothingToServeError,
+    ScheduleNotFoundError,
     SchemaVersionError,
     SerializationError,
     StepAlreadyRecordedError,
@@ -66,10 +67,12 @@ from durable.models import (
     ErrorInfo,
     ExecutorInfo,
     Message,
+    MissedTicks,
     Page,
     Receipt,
     ReceiveStatus,
     RegisteredWorkflow,
+    ScheduleInfo,
     StepRecord,
     StepStatus,
     TaskClaim,
@@ -80,6 +83,7 @@ from durable.models import (
 )
 from durable.registry import Registry, default_registry
 from durable.retry import RetryPolicy
+from durable.scheduling import scheduled
 from durable.serialization import JSONSerializer, PickleSerializer, Serializer
 from durable.step import AsyncStep, Step, SyncStep, map, run_step, step
 from durable.streams import close_stream, close_stream_sync, write_stream, write_stream_sync
@@ -113,6 +117,7 @@ __all__ = [
     "InvalidArgumentError",
     "JSONSerializer",
     "Message",
+    "MissedTicks",
     "NonDeterminismError",
     "NonRetryableError",
     "NotFoundError",
@@ -127,6 +132,8 @@ __all__ = [
     "RetryPolicy",
     "Runtime",
     "SQLAlchemyBackend",
+    "ScheduleInfo",
+    "ScheduleNotFoundError",
     "SchemaVersionError",
     "SerializationError",
     "Serializer",
@@ -169,6 +176,7 @@ __all__ = [
     "recv",
     "recv_sync",
     "run_step",
+    "scheduled",
     "send",
     "send_sync",
     "set_event",

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from durable.backends.rows import CORRUPT_ROW
+from durable.cli_schedules import schedules_group
 from durable.client import Client
 from durable.errors import DurableError, InvalidArgumentError, SchemaVersionError
 from durable.inspection import Waiting
@@ -462,3 +463,6 @@ def retry_workflow(url: str, workflow_id: str) -> None:
 
     info = open_client(url, retry)
     click.echo(f"{info.id}: {info.status.value}")
+
+
+main.add_command(schedules_group(open_client), "schedules")

@@ -65,6 +65,7 @@ from durable.models import (
     WorkflowStatus,
 )
 from durable.portal import SyncStartable
+from durable.scheduling import ScheduleOperations
 from durable.streams import StreamReader
 from durable.validation import (
     check_bool,
@@ -82,7 +83,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Client(SyncStartable):
+class Client(ScheduleOperations, SyncStartable):
     """Enqueue, wait for, inspect and control workflow executions stored in a database, without
     running any (see the module docstring).
 

@@ -14,6 +14,7 @@ The tree::
     ├── NotFoundError
     │   ├── WorkflowNotFoundError     no workflow with that id
     │   ├── UnknownWorkflowError      no workflow registered under that name
+    │   ├── ScheduleNotFoundError     no schedule with that name
     │   └── TaskNotFoundError         no task with that (instance id, task id)
     ├── ConflictError
     │   ├── ConcurrentUpdateError     optimistic lock: the stored version moved on
@@ -170,6 +171,14 @@ class WorkflowNotFoundError(NotFoundError):
 
 class UnknownWorkflowError(NotFoundError, LookupError):
     """No workflow is registered under that name."""
+
+
+class ScheduleNotFoundError(NotFoundError, LookupError):
+    """No schedule has that name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no schedule named {name!r}")
+        self.name = name
 
 
 class TaskNotFoundError(NotFoundError):

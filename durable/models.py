@@ -382,3 +382,45 @@ class StreamChunk:
     def next_offset(self) -> int:
         """The offset to read from next."""
         return self.offset + len(self.values)
+
+
+class MissedTicks(StrEnum):
+    """What a schedule does with ticks that passed more than
+    :data:`~durable.models.MISSED_AFTER` ago while no scheduler ran (downtime). A tick less
+    late than that is *late*, not missed, and always runs."""
+
+    SKIP = "skip"
+    """Missed ticks are dropped: only late ones and the next ones run (cron's own behaviour)."""
+    LATEST = "latest"
+    """The most recent missed tick runs once in place of all of them (unless a late one runs)."""
+    ALL = "all"
+    """Every missed tick runs, oldest first, at most ``max_catchup`` of them (the most recent)."""
+
+
+#: How late a tick may be and still run whatever the schedule's :class:`MissedTicks` policy.
+MISSED_AFTER = timedelta(seconds=60)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleInfo:
+    """A cron schedule as stored: which workflow it starts, with what, and when next."""
+
+    name: str
+    workflow: str
+    """The name of the workflow each tick enqueues."""
+    cron: str
+    timezone: str
+    """The IANA zone the cron expression is read in (``"UTC"``, ``"Europe/Paris"``)."""
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    missed: MissedTicks = MissedTicks.SKIP
+    max_catchup: int = 10
+    queue: str = "default"
+    priority: int = 0
+    paused: bool = False
+    next_run_at: datetime | None = None
+    """The next tick (None: the expression has no future tick)."""
+    last_tick_at: datetime | None = None
+    """The last tick a scheduler enqueued (triggers excluded)."""
+    created_at: datetime | None = None
+    updated_at: datetime | None = None

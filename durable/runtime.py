@@ -52,6 +52,7 @@ from durable.errors import DurableError, InvalidArgumentError
 from durable.executions import EnqueueOptions, check_timeouts
 from durable.models import RegisteredWorkflow
 from durable.registry import Registry, default_registry
+from durable.scheduling import store_declared_schedules
 from durable.validation import (
     check_bool,
     check_id,
@@ -203,6 +204,7 @@ class Runtime(Operations, Serving):
                 for name, _enabled, description in self.registry.describe()
             ]
         )
+        await store_declared_schedules(self.backend, self.registry)  # @durable.scheduled
         self._node_heartbeats_task = self.spawn(
             self._node_heartbeats(), name="durable-node-heartbeat"
         )

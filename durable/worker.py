@@ -57,6 +57,7 @@ from durable.errors import (
 )
 from durable.models import WORKFLOW_TASK, TaskClaim, WorkflowInfo, WorkflowStatus
 from durable.registry import Registry
+from durable.scheduler import Scheduler
 from durable.validation import (
     check_names,
     check_non_negative_float,
@@ -164,6 +165,10 @@ class Worker:
         self._releasing: set[asyncio.Task[None]] = set()  # reserved claims being handed back
         self.completed = 0
         """How many executions this worker ran to an end (any outcome)."""
+        self.scheduler = Scheduler(runtime.backend, runtime.registry)
+        """Fires the due cron schedules while the worker runs (every worker runs one; the
+        store makes each tick run once however many do)."""
+        self._scheduler_task: asyncio.Task[None] | None = None
         self.failure: BaseException | None = None
         """Why the worker's loop died, if it did (None while it runs and after a clean stop). A
         dead worker claims nothing; its runtime stops sending the node heartbeat."""
@@ -194,6 +199,10 @@ class Worker:
                 self._loop(), name=f"durable-worker:{self.runtime.executor_id}"
             )
             self._loop_task.add_done_callback(self._loop_ended)
+            self._scheduler_task = asyncio.get_running_loop().create_task(
+                self.scheduler.run(self._stopping),
+                name=f"durable-scheduler:{self.runtime.executor_id}",
+            )
             steps = self.runtime.registry.step_names()
             workflows = [n for n in self.names if n not in steps]
             log.info(
@@ -404,6 +413,8 @@ class Worker:
         self.request_stop()
         if self._loop_task is not None:
             await asyncio.wait({self._loop_task})  # ended, dead or not (see failure)
+        if self._scheduler_task is not None:
+            await asyncio.wait({self._scheduler_task})
         while self._reserve:  # claimed ahead, never started: other workers may have them now
             self._hand_back(self._reserve.popleft()[0])
         if self._releasing:

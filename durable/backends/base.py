@@ -50,6 +50,7 @@ from durable.models import (
     Page,
     Receipt,
     RegisteredWorkflow,
+    ScheduleInfo,
     StepRecord,
     StreamChunk,
     TaskClaim,
@@ -1141,6 +1142,91 @@ class PersistentBackend(ABC):
         not received yet, if ``received`` is given), in the order they were stored.
 
         :raises WorkflowNotFoundError: no such workflow.
+        """
+
+    # -- cron schedules ------------------------------------------------------------------------
+    # The backend stores schedules and fires them atomically; it never reads a cron expression:
+    # the caller (durable.scheduling) computes ticks and next run times.
+
+    @abstractmethod
+    async def put_schedule(self, schedule: ScheduleInfo) -> tuple[ScheduleInfo, bool]:
+        """Create the schedule ``schedule.name``, or update the stored one, in one transaction.
+        Returns ``(stored schedule, created)``.
+
+        A new schedule is stored as given (``created_at`` and ``updated_at`` now,
+        ``last_tick_at`` None). An existing one takes the given definition (workflow, cron,
+        timezone, args, kwargs, missed, max_catchup, queue, priority; ``updated_at`` now) but
+        keeps its ``paused`` flag (an operator's choice survives restarts), ``created_at`` and
+        ``last_tick_at``; its ``next_run_at`` becomes the given one only if the cron expression
+        or the timezone changed (a restart that declares the same schedule again loses no
+        pending tick). Of concurrent puts of one new name, one creates it.
+
+        :raises SerializationError: ``args`` or ``kwargs`` cannot be serialized (nothing is
+            written).
+        :raises InvalidArgumentError: a naive ``next_run_at``.
+        """
+
+    @abstractmethod
+    async def get_schedule(self, name: str) -> ScheduleInfo:
+        """The stored schedule.
+
+        :raises ScheduleNotFoundError: no such schedule.
+        """
+
+    @abstractmethod
+    async def list_schedules(self) -> list[ScheduleInfo]:
+        """Every schedule, sorted by name."""
+
+    @abstractmethod
+    async def delete_schedule(self, name: str) -> bool:
+        """Delete the schedule (executions it started are kept). Returns False if there was
+        none (idempotent). A scheduler firing it concurrently either fires it before the delete
+        or not at all."""
+
+    @abstractmethod
+    async def set_schedule_paused(
+        self, name: str, paused: bool, *, next_run_at: datetime | None = None
+    ) -> ScheduleInfo:
+        """Pause or resume the schedule (``updated_at`` now); a paused schedule is neither
+        due (:meth:`due_schedules`) nor fired (:meth:`fire_schedule`). When ``next_run_at`` is
+        given it is stored too (a resume restarts from the next tick after now, so ticks passed
+        while paused are not run). Returns the stored schedule.
+
+        :raises ScheduleNotFoundError: no such schedule (nothing is created).
+        :raises InvalidArgumentError: a naive ``next_run_at``.
+        """
+
+    @abstractmethod
+    async def due_schedules(self, until: datetime, *, limit: int = 100) -> list[ScheduleInfo]:
+        """Up to ``limit`` schedules not paused whose ``next_run_at`` is at or before ``until``,
+        earliest first (then by name). Reading changes nothing.
+
+        :raises InvalidArgumentError: ``limit`` below 1, or a naive ``until``.
+        """
+
+    @abstractmethod
+    async def fire_schedule(
+        self,
+        name: str,
+        *,
+        expected_next_run_at: datetime,
+        next_run_at: datetime | None,
+        runs: Sequence[tuple[WorkflowSnapshot, TaskSpec]],
+        last_tick_at: datetime | None = None,
+    ) -> list[tuple[WorkflowInfo, bool]] | None:
+        """Fire a due schedule: in one transaction, compare-and-set its ``next_run_at`` from
+        ``expected_next_run_at`` (the value the caller read) to ``next_run_at``, set
+        ``last_tick_at`` (when given), and create ``runs`` as :meth:`create_workflows` does
+        (each run's idempotency key is its tick's, so a run that exists is found, not created
+        again). Returns what :meth:`create_workflows` returns, or None, writing nothing, when
+        the schedule is gone, paused, or its ``next_run_at`` is no longer
+        ``expected_next_run_at`` (another scheduler fired it first): of concurrent fires of one
+        schedule from one read, exactly one wins, so each tick is enqueued once however many
+        schedulers race. A crash cannot separate the advance from the enqueue.
+
+        :raises SerializationError: a run's values cannot be serialized (nothing is written).
+        :raises InvalidArgumentError: a naive timestamp, or a run's idempotency key belongs to
+            a workflow of another name (nothing is written).
         """
 
 

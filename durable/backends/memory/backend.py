@@ -1,7 +1,7 @@
 """The memory backend's composition root: :class:`InMemoryBackend`, assembled from one class
 per area (:mod:`.workflows`, :mod:`.execution`, :mod:`.claims`, :mod:`.executors`,
-:mod:`.messages`, :mod:`.outputs`, on the shared base :mod:`.core`), with its stores and the helpers
-tests use to look inside it."""
+:mod:`.messages`, :mod:`.outputs`, :mod:`.schedules`, on the shared base :mod:`.core`), with its
+stores and the helpers tests use to look inside it."""
 
 from __future__ import annotations
 
@@ -18,8 +18,16 @@ from durable.backends.memory.execution import Execution
 from durable.backends.memory.executors import Executors
 from durable.backends.memory.messages import Messages
 from durable.backends.memory.outputs import Outputs, StoredEvent, StoredStream
+from durable.backends.memory.schedules import Schedules
 from durable.backends.memory.workflows import Workflows
-from durable.models import ExecutorInfo, Message, RegisteredWorkflow, StepRecord, WorkflowInfo
+from durable.models import (
+    ExecutorInfo,
+    Message,
+    RegisteredWorkflow,
+    ScheduleInfo,
+    StepRecord,
+    WorkflowInfo,
+)
 from durable.serialization import Serializer, get_serializer
 
 
@@ -32,6 +40,7 @@ class InMemoryBackend(
     Claims,
     Executors,
     Messages,
+    Schedules,
     MemoryCore,
 ):
     """Thread- and task-safe storage in memory.
@@ -59,6 +68,7 @@ class InMemoryBackend(
         self._messages: dict[str, list[Message]] = {}
         self._events: dict[str, dict[str, StoredEvent]] = {}
         self._streams: dict[str, dict[str, StoredStream]] = {}
+        self._schedules: dict[str, ScheduleInfo] = {}
 
     async def now(self) -> datetime:
         """The time by :attr:`clock`, which judges every lease and due time here."""
@@ -87,6 +97,7 @@ class InMemoryBackend(
             self._messages.clear()
             self._events.clear()
             self._streams.clear()
+            self._schedules.clear()
 
     def workflow_ids(self) -> list[str]:
         """The ids of every stored workflow, in insertion order."""

@@ -22,7 +22,7 @@ themselves are :mod:`.workflows`, which this area sits in front of:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -126,6 +126,18 @@ class Enqueues(SQLCore):
     ) -> list[tuple[WorkflowInfo, bool]]:
         if not batch:
             return []
+        fn, with_tasks = self._creation(batch)
+        results = await self._run(fn, what=f"create {len(batch)} workflow(s)")
+        if any(created for _, created in results) and with_tasks:
+            self.notify_work()
+        return results
+
+    def _creation(
+        self, batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]]
+    ) -> tuple[Callable[[sa.Connection], list[tuple[WorkflowInfo, bool]]], bool]:
+        """What :meth:`create_workflows` runs in its transaction (every value checked here,
+        before it runs), for other operations to run in theirs; and whether it adds tasks
+        (the caller tells workers after the commit)."""
         owners = batch_owners(batch)
         now = datetime.now(UTC)
         firsts = [index for index, owner in enumerate(owners) if owner == index]
@@ -180,10 +192,7 @@ class Enqueues(SQLCore):
                 for index, owner in enumerate(owners)
             ]
 
-        results = await self._run(fn, what=f"create {len(batch)} workflow(s)")
-        if any(created for _, created in results) and task_rows:
-            self.notify_work()
-        return results
+        return fn, bool(task_rows)
 
     def _batch_existing(
         self,

@@ -246,3 +246,26 @@ stream_values = sa.Table(
     sa.Column("position", sa.Integer, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
 )
+
+schedules = sa.Table(
+    f"{PREFIX}schedules",
+    metadata,
+    sa.Column("name", _ID, primary_key=True),
+    sa.Column("workflow", _ID, nullable=False),
+    sa.Column("cron", _ID, nullable=False),
+    sa.Column("timezone", _ID, nullable=False),
+    # the arguments every tick's execution gets (serialized), besides its tick
+    sa.Column("args", sa.Text, nullable=False),
+    sa.Column("kwargs", sa.Text, nullable=False),
+    sa.Column("missed", sa.String(16), nullable=False),
+    sa.Column("max_catchup", sa.Integer, nullable=False),
+    sa.Column("queue", _ID, nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("paused", sa.Boolean, nullable=False),
+    # the next tick: schedulers compare-and-set it when they fire the schedule
+    sa.Column("next_run_at", UTCDateTime),
+    sa.Column("last_tick_at", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index(None, "next_run_at"),
+)

@@ -41,6 +41,8 @@ same fixtures while you write that area (CONTRIBUTING.md walks through them in o
 * :class:`RegistryContract`: the workflow registry and executors;
 * :class:`DeadlineContract`: deadlines, cancelling expired workflows, cancellation of a
   workflow's descendants, continue-as-new, listing the workflows that wait;
+* :class:`ScheduleContract`: cron schedules stored, paused, listed, fired once per tick
+  (compare-and-set with the enqueue) under racing schedulers, missed-tick policies;
 * :class:`WakeUpContract`: ``wait_for_work``;
 * :class:`EventContract`: events workflows publish (latest value wins, fenced, watched);
 * :class:`StreamContract`: streams workflows publish (in order, each once, closed, watched);
@@ -83,6 +85,7 @@ from durable.testing.contract.execution import ExecutionContract
 from durable.testing.contract.fanout import FanOutContract
 from durable.testing.contract.messages import MessageContract
 from durable.testing.contract.registry import RegistryContract
+from durable.testing.contract.schedules import ScheduleContract
 from durable.testing.contract.snapshots import SnapshotContract
 from durable.testing.contract.steps import StepContract
 from durable.testing.contract.wakeups import WakeUpContract
@@ -101,6 +104,7 @@ __all__ = [
     "FanOutContract",
     "MessageContract",
     "RegistryContract",
+    "ScheduleContract",
     "SnapshotContract",
     "StepContract",
     "StreamContract",
@@ -121,6 +125,7 @@ class BackendContractTests(
     MessageContract,
     RegistryContract,
     DeadlineContract,
+    ScheduleContract,
     WakeUpContract,
     EventContract,
     StreamContract,

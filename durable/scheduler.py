@@ -1,0 +1,134 @@
+"""The scheduler: fires the due cron schedules of a backend. Every worker runs one
+(:attr:`durable.Worker.scheduler`), and any number may run at once: each fire advances the
+schedule's ``next_run_at`` by compare-and-set in the transaction that enqueues its ticks
+(:meth:`~durable.backends.PersistentBackend.fire_schedule`), so each tick runs once. What a
+schedule is, and how ticks become executions, is :mod:`durable.scheduling`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime, timedelta
+
+from durable.backends.base import PersistentBackend
+from durable.cron import due_ticks, next_tick
+from durable.errors import DurableError, InvalidArgumentError, SerializationError
+from durable.registry import Registry
+from durable.scheduling import runs_for
+
+log = logging.getLogger(__name__)
+
+#: Seconds between a scheduler's looks for due schedules (at most; it wakes for the next tick).
+SCHEDULER_INTERVAL = 1.0
+
+
+class Scheduler:
+    """Fires the due schedules of a backend: every worker runs one (:meth:`run`), and any
+    number may run at once (see the module docstring).
+
+    :param registry: where to find the workflows' retry policies (by name otherwise).
+    """
+
+    def __init__(self, backend: PersistentBackend, registry: Registry | None = None) -> None:
+        self.backend = backend
+        self.registry = registry
+        self.fired = 0
+        """How many executions this scheduler enqueued."""
+
+    async def run_once(self) -> datetime | None:
+        """Fire every due schedule once. Returns the earliest next tick among those fired
+        (None if none was)."""
+        now = await self.backend.now()
+        earliest: datetime | None = None
+        for schedule in await self.backend.due_schedules(now):
+            assert schedule.next_run_at is not None
+            try:
+                ticks = due_ticks(
+                    schedule.cron,
+                    schedule.timezone,
+                    since=schedule.next_run_at,
+                    now=now,
+                    missed=schedule.missed,
+                    max_catchup=schedule.max_catchup,
+                )
+                following = next_tick(schedule.cron, schedule.timezone, now)
+                runs = runs_for(schedule, ticks, self.registry, trigger=False)
+            except Exception as exc:  # a row edited by hand: the other schedules go on
+                log.error(
+                    "schedule %s cannot be read: %s: %s",
+                    schedule.name,
+                    type(exc).__name__,
+                    exc,
+                    extra={"action": "schedule.refused", "schedule": schedule.name},
+                )
+                continue
+            try:
+                results = await self.backend.fire_schedule(
+                    schedule.name,
+                    expected_next_run_at=schedule.next_run_at,
+                    next_run_at=following,
+                    runs=runs,
+                    last_tick_at=ticks[-1] if ticks else None,
+                )
+            except (InvalidArgumentError, SerializationError) as exc:
+                log.error(  # a broken schedule: the others go on, and it is retried
+                    "schedule %s cannot fire: %s",
+                    schedule.name,
+                    exc,
+                    extra={"action": "schedule.refused", "schedule": schedule.name},
+                )
+                continue
+            if results is None:
+                continue  # another scheduler fired it
+            created = sum(1 for _, new in results if new)
+            self.fired += created
+            skipped = "" if ticks else " (missed ticks skipped)"
+            log.info(
+                "schedule %s fired %d tick(s)%s; next at %s",
+                schedule.name,
+                created,
+                skipped,
+                following.isoformat() if following else "never",
+                extra={"action": "schedule.fired", "schedule": schedule.name},
+            )
+            if following is not None and (earliest is None or following < earliest):
+                earliest = following
+        return earliest
+
+    async def _until_next(self, interval: float) -> float:
+        """Seconds until the next tick of any schedule, at most ``interval`` (every scheduler
+        wakes for it, so that whichever fires first, the tick is on time)."""
+        now = await self.backend.now()
+        upcoming = await self.backend.due_schedules(now + timedelta(seconds=interval), limit=1)
+        if not upcoming or upcoming[0].next_run_at is None or upcoming[0].next_run_at <= now:
+            return interval  # none soon, or one this scheduler could not fire: look later
+        return (upcoming[0].next_run_at - now).total_seconds() + 0.005
+
+    async def run(self, stopping: asyncio.Event, *, interval: float = SCHEDULER_INTERVAL) -> None:
+        """Fire due schedules until ``stopping`` is set, looking every ``interval`` seconds at
+        most (sooner for a tick due before). Errors (a database outage) are logged and the
+        loop goes on."""
+        failures = 0
+        while not stopping.is_set():
+            wait = interval
+            try:
+                await self.run_once()
+                failures = 0
+                wait = await self._until_next(interval)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database may come back: nothing ends this loop
+                failures += 1
+                log.log(
+                    logging.WARNING if failures == 1 else logging.DEBUG,
+                    "firing schedules failed (%d time(s) in a row): %s: %s",
+                    failures,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=not isinstance(exc, DurableError),
+                    extra={"action": "schedule.failed"},
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), wait)

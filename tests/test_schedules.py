@@ -1,0 +1,414 @@
+"""Cron schedules: the issue's figure (a schedule every second, three worker processes, each
+tick run exactly once, none missing) on a SQLite file and on PostgreSQL; ticks after downtime
+by policy and across daylight-saving changes, on a fake clock; the Client's and the CLI's
+operations; bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import durable
+from durable.cli import main
+from durable.cron import due_ticks, next_tick
+from durable.models import MissedTicks
+from durable.scheduler import Scheduler
+
+HERE = Path(__file__).parent
+PARIS = "Europe/Paris"
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+
+
+class Clock:
+    """A fake clock for the memory backend, moved by hand."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@durable.workflow(name="test.schedules.report.v1", registry=durable.Registry())
+async def report(region: str = "eu", *, scheduled_at: str) -> str:
+    return f"{region}@{scheduled_at}"
+
+
+# -- the figure ---------------------------------------------------------------------------------
+
+
+def _run_figure(url: str, tmp_path: Path, seconds: float) -> None:
+    log = tmp_path / "ticks.log"
+    log.touch()
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "scheduleprog.py"),
+                "--url",
+                url,
+                "--executor-id",
+                f"w{n}",
+                "--log",
+                str(log),
+            ],
+            cwd=HERE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(3)
+    ]
+    try:
+        time.sleep(seconds)
+        infos = asyncio.run(_stop_schedule_and_drain(url))
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        errors = [proc.communicate(timeout=60)[1] for proc in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    schedule, workflows = infos
+    ticks = sorted(datetime.fromisoformat(w.input["kwargs"]["scheduled_at"]) for w in workflows)
+    assert len(ticks) >= seconds - 5, f"only {len(ticks)} ticks in {seconds}s"
+    first = ticks[0]
+    assert ticks == [first + timedelta(seconds=n) for n in range(len(ticks))], "a tick is missing"
+    assert schedule.last_tick_at == ticks[-1]
+    assert all(w.status is durable.WorkflowStatus.SUCCEEDED for w in workflows)
+    ran = Counter(line.split()[0] for line in log.read_text().splitlines())
+    assert ran == Counter(t.isoformat() for t in ticks), "a tick ran twice, or not at all"
+    won = [err.count("schedule scheduleprog.tick.v1 fired") for err in errors]
+    assert sum(1 for n in won if n) >= 2, f"fires won per process: {won}: no race happened"
+
+
+async def _stop_schedule_and_drain(url: str) -> tuple[durable.ScheduleInfo, list[Any]]:
+    """Pause the schedule, then wait until every execution it enqueued has finished."""
+    async with durable.Client(url) as client:
+        await client.pause_schedule("scheduleprog.tick.v1")
+        await asyncio.sleep(1.5)  # a fire that read the schedule before the pause has committed
+        deadline = time.monotonic() + 60
+        while True:
+            items = (await client.list_workflows(limit=1000)).items
+            if all(i.status.is_terminal for i in items) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        return await client.get_schedule("scheduleprog.tick.v1"), items
+
+
+@pytest.mark.slow
+def test_every_second_with_three_workers_on_sqlite(sqlite_url: str, tmp_path: Path) -> None:
+    _run_figure(sqlite_url, tmp_path, 15)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_every_second_with_three_workers_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    _run_figure(pg_url, tmp_path, 15)
+
+
+@pytest.mark.slow
+def test_a_scheduler_killed_mid_fire_loses_and_repeats_no_tick(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Workers are SIGKILLed, one after another, while they fire an every-second schedule:
+    the advance and the enqueue are one transaction, so the ticks stay contiguous and each is
+    enqueued once (whoever fired it)."""
+    log = tmp_path / "ticks.log"
+    log.touch()
+
+    def start(n: int) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "scheduleprog.py"),
+                "--url",
+                sqlite_url,
+                "--executor-id",
+                f"k{n}",
+                "--log",
+                str(log),
+            ],
+            cwd=HERE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    survivor = start(0)
+    try:
+        for n in range(1, 6):
+            victim = start(n)
+            time.sleep(2.0 + 0.3 * n)
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(timeout=30)
+        schedule, workflows = asyncio.run(_stop_schedule_and_drain(sqlite_url))
+    finally:
+        survivor.send_signal(signal.SIGTERM)
+        survivor.wait(timeout=60)
+    ticks = sorted(datetime.fromisoformat(w.input["kwargs"]["scheduled_at"]) for w in workflows)
+    first = ticks[0]
+    assert ticks == [first + timedelta(seconds=n) for n in range(len(ticks))]
+    assert schedule.last_tick_at == ticks[-1]
+    ran = {line.split()[0] for line in log.read_text().splitlines()}
+    assert ran == {t.isoformat() for t in ticks}, "a tick never ran"
+
+
+# -- ticks, policies and time zones, on a fake clock -------------------------------------------
+
+
+def test_due_ticks_by_policy() -> None:
+    since = utc(2030, 1, 1, 0, 0)
+    late = utc(2030, 1, 1, 3, 0, 30)  # the 03:00 tick is 30 s late: it runs in every policy
+    hourly = "0 * * * *"
+    kwargs: dict[str, Any] = {"since": since, "now": late, "max_catchup": 2}
+    assert due_ticks(hourly, "UTC", missed=MissedTicks.SKIP, **kwargs) == [utc(2030, 1, 1, 3)]
+    assert due_ticks(hourly, "UTC", missed=MissedTicks.LATEST, **kwargs) == [utc(2030, 1, 1, 3)]
+    assert due_ticks(hourly, "UTC", missed=MissedTicks.ALL, **kwargs) == [
+        utc(2030, 1, 1, 1),
+        utc(2030, 1, 1, 2),
+        utc(2030, 1, 1, 3),
+    ]
+    quiet = utc(2030, 1, 1, 3, 30)  # no tick in the last minute: only missed ones
+    kwargs["now"] = quiet
+    assert due_ticks(hourly, "UTC", missed=MissedTicks.SKIP, **kwargs) == []
+    assert due_ticks(hourly, "UTC", missed=MissedTicks.LATEST, **kwargs) == [utc(2030, 1, 1, 3)]
+    assert due_ticks(hourly, "UTC", missed=MissedTicks.ALL, **kwargs) == [
+        utc(2030, 1, 1, 2),
+        utc(2030, 1, 1, 3),
+    ]
+    # a year behind on an every-second schedule: bounded work
+    far = due_ticks(
+        "* * * * * *",
+        "UTC",
+        since=utc(2029, 1, 1),
+        now=quiet,
+        missed=MissedTicks.ALL,
+        max_catchup=5,
+    )
+    assert len(far) == 5 + 61
+
+
+def test_daylight_saving_in_paris() -> None:
+    """02:00 in Paris: on the day clocks jump from 02:00 to 03:00 it runs at 03:00 (01:00
+    UTC); on the day 02:00 happens twice it runs once, the first time."""
+    ticks = []
+    at = utc(2026, 3, 27, 12)
+    for _ in range(4):
+        found = next_tick("0 2 * * *", PARIS, at)
+        assert found is not None
+        ticks.append(found)
+        at = found
+    assert ticks == [
+        utc(2026, 3, 28, 1),  # CET: UTC+1
+        utc(2026, 3, 29, 1),  # the jump: 03:00 CEST
+        utc(2026, 3, 30, 0),  # CEST: UTC+2
+        utc(2026, 3, 31, 0),
+    ]
+    autumn = []
+    at = utc(2026, 10, 23, 12)
+    for _ in range(3):
+        found = next_tick("0 2 * * *", PARIS, at)
+        assert found is not None
+        autumn.append(found)
+        at = found
+    assert autumn == [utc(2026, 10, 24, 0), utc(2026, 10, 25, 0), utc(2026, 10, 26, 1)]
+
+
+async def test_downtime_by_policy_on_a_fake_clock() -> None:
+    clock = Clock(utc(2030, 1, 1, 0, 0, 10))
+    backend = durable.InMemoryBackend(clock=clock)
+    async with durable.Client(backend) as client:
+        for policy in MissedTicks:
+            await client.create_schedule(
+                policy.value, "0 * * * *", report, ["eu"], missed=policy, max_catchup=3
+            )
+        scheduler = Scheduler(backend)
+        clock.now = utc(2030, 1, 1, 5, 20)  # five hourly ticks passed while nothing ran
+        await scheduler.run_once()
+        fired: dict[str, list[str]] = {p.value: [] for p in MissedTicks}
+        for info in (await client.list_workflows(limit=100)).items:
+            fired[info.id.split(":")[1]].append(info.input["kwargs"]["scheduled_at"][11:16])
+        assert {k: sorted(v) for k, v in fired.items()} == {
+            "skip": [],
+            "latest": ["05:00"],
+            "all": ["03:00", "04:00", "05:00"],
+        }
+        for schedule in await client.list_schedules():
+            assert schedule.next_run_at == utc(2030, 1, 1, 6)
+        # on time from now on: one run per tick for each
+        clock.now = utc(2030, 1, 1, 6, 0, 1)
+        await scheduler.run_once()
+        await scheduler.run_once()
+        assert len((await client.list_workflows(limit=100)).items) == 4 + 3
+
+
+async def test_a_paris_schedule_across_the_spring_change() -> None:
+    clock = Clock(utc(2026, 3, 27, 12))
+    backend = durable.InMemoryBackend(clock=clock)
+    async with durable.Client(backend) as client:
+        await client.create_schedule("nightly", "0 2 * * *", report, timezone=PARIS)
+        scheduler = Scheduler(backend)
+        for hour in range(4 * 24):  # four days, looked at every hour
+            clock.now = utc(2026, 3, 27, 12) + timedelta(hours=hour)
+            await scheduler.run_once()
+        ticks = sorted(
+            i.input["kwargs"]["scheduled_at"] for i in (await client.list_workflows()).items
+        )
+    # each tick was seen on time (the scheduler looks on the hour), so each ran once
+    assert ticks == [
+        "2026-03-28T01:00:00+00:00",
+        "2026-03-29T01:00:00+00:00",
+        "2026-03-30T00:00:00+00:00",
+        "2026-03-31T00:00:00+00:00",
+    ]
+
+
+# -- the Client and the CLI ----------------------------------------------------------------------
+
+
+def test_client_operations_sync(sqlite_url: str) -> None:
+    with durable.Client(sqlite_url) as client:
+        made = client.create_schedule_sync(
+            "reports", "30 6 * * MON-FRI", report, ["us"], timezone="America/New_York"
+        )
+        assert made.workflow == "test.schedules.report.v1" and made.args == ["us"]
+        assert made.next_run_at is not None and made.next_run_at > datetime.now(UTC)
+        assert client.pause_schedule_sync("reports").paused is True
+        resumed = client.resume_schedule_sync("reports")
+        assert resumed.paused is False and resumed.next_run_at is not None
+        run = client.trigger_schedule_sync("reports")
+        assert run.name == "test.schedules.report.v1"
+        assert run.input["args"] == ["us"] and "scheduled_at" in run.input["kwargs"]
+        assert run.id.startswith("schedule:reports:trigger:")
+        assert [s.name for s in client.list_schedules_sync()] == ["reports"]
+        # created again with another definition: updated in place, pause kept
+        client.pause_schedule_sync("reports")
+        again = client.create_schedule_sync("reports", "0 7 * * *", report)
+        assert again.cron == "0 7 * * *" and again.paused is True and again.args == []
+        assert client.delete_schedule_sync("reports") is True
+        assert client.delete_schedule_sync("reports") is False
+        with pytest.raises(durable.ScheduleNotFoundError):
+            client.get_schedule_sync("reports")
+        with pytest.raises(durable.ScheduleNotFoundError):
+            client.trigger_schedule_sync("reports")
+
+
+def test_cli_schedules(sqlite_url: str) -> None:
+    with durable.Client(sqlite_url) as client:
+        client.create_schedule_sync("nightly", "0 2 * * *", report, timezone=PARIS)
+    runner = CliRunner()
+    listed = runner.invoke(main, ["schedules", "list", sqlite_url])
+    assert listed.exit_code == 0, listed.output
+    assert "nightly\ttest.schedules.report.v1\t0 2 * * *\tEurope/Paris\tactive\tnext=" in (
+        listed.output
+    )
+    paused = runner.invoke(main, ["schedules", "pause", sqlite_url, "nightly"])
+    assert paused.exit_code == 0 and "\tpaused\t" in paused.output
+    resumed = runner.invoke(main, ["schedules", "resume", sqlite_url, "nightly"])
+    assert resumed.exit_code == 0 and "\tactive\t" in resumed.output
+    triggered = runner.invoke(main, ["schedules", "trigger", sqlite_url, "nightly"])
+    assert triggered.exit_code == 0 and "schedule:nightly:trigger:" in triggered.output
+    assert triggered.output.strip().endswith(": pending")
+    deleted = runner.invoke(main, ["schedules", "delete", sqlite_url, "nightly"])
+    assert deleted.exit_code == 0 and "nightly: deleted" in deleted.output
+    missing = runner.invoke(main, ["schedules", "delete", sqlite_url, "nightly"])
+    assert missing.exit_code == 1 and "no schedule named 'nightly'" in missing.output
+    unknown = runner.invoke(main, ["schedules", "pause", sqlite_url, "nope"])
+    assert unknown.exit_code == 1 and "no schedule named 'nope'" in unknown.output
+
+
+async def test_declared_schedules_are_stored_when_a_runtime_starts() -> None:
+    registry = durable.Registry()
+
+    @durable.scheduled("*/5 * * * *", timezone=PARIS, args=["x"], registry=registry)
+    @durable.scheduled("0 0 * * *", name="midnight", missed="all", registry=registry)
+    @durable.workflow(name="test.schedules.declared.v1", registry=registry)
+    async def declared(arg: str = "", *, scheduled_at: str) -> None: ...
+
+    backend = durable.InMemoryBackend()
+    async with durable.Runtime(backend, registry=registry) as runtime:
+        stored = {s.name: s for s in await runtime.client.list_schedules()}
+    assert set(stored) == {"midnight", "test.schedules.declared.v1"}
+    assert stored["test.schedules.declared.v1"].args == ["x"]
+    assert stored["test.schedules.declared.v1"].timezone == PARIS
+    assert stored["midnight"].missed is MissedTicks.ALL
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"cron": "61 * * * *"}, "cron"),
+        ({"cron": "every day"}, "cron"),
+        ({"cron": ""}, "cron"),
+        ({"cron": 5}, "cron"),
+        ({"cron": "0 0 30 2 *"}, "cron"),
+        ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"timezone": ""}, "timezone"),
+        ({"missed": "sometimes"}, "missed"),
+        ({"workflow": "no.such.workflow.v1"}, "workflow"),
+        ({"workflow": 42}, "workflow"),
+        ({"name": ""}, "name"),
+        ({"name": "x" * 201}, "name"),
+        ({"max_catchup": 0}, "max_catchup"),
+        ({"args": "abc"}, "args"),
+        ({"kwargs": {"scheduled_at": "x"}}, "kwargs"),
+        ({"kwargs": {1: 2}}, "kwargs"),
+    ],
+)
+async def test_bad_input_names_the_argument(kwargs: dict[str, Any], named: str) -> None:
+    call: dict[str, Any] = {"name": "s", "cron": "0 2 * * *", "workflow": report}
+    call.update(kwargs)
+    async with durable.Client("memory://") as client:
+        with pytest.raises(durable.InvalidArgumentError, match=named):
+            await client.create_schedule(**call)
+        assert await client.list_schedules() == []
+
+
+def test_bad_decorations() -> None:
+    with pytest.raises(durable.InvalidArgumentError, match="cron"):
+        durable.scheduled("not cron")
+    with pytest.raises(durable.InvalidArgumentError, match="timezone"):
+        durable.scheduled("0 2 * * *", timezone="Nowhere/City")
+    with pytest.raises(durable.InvalidArgumentError, match="missed"):
+        durable.scheduled("0 2 * * *", missed="never")
+    with pytest.raises(durable.InvalidArgumentError, match=r"above @durable\.workflow"):
+
+        @durable.scheduled("0 2 * * *")
+        async def plain() -> None: ...
+
+
+async def test_an_unreadable_schedule_does_not_stop_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock(utc(2030, 1, 1, 0, 0, 30))
+    backend = durable.InMemoryBackend(clock=clock)
+    async with backend:
+        due = utc(2030, 1, 1)
+        bad = durable.ScheduleInfo(
+            name="a-bad", workflow="w", cron="nonsense", timezone="UTC", next_run_at=due
+        )
+        good = durable.ScheduleInfo(
+            name="b-good", workflow="w", cron="* * * * *", timezone="UTC", next_run_at=due
+        )
+        await backend.put_schedule(bad)
+        await backend.put_schedule(good)
+        await Scheduler(backend).run_once()
+        assert [w.id for w in (await backend.list_snapshots()).items] == [
+            "schedule:b-good:2030-01-01T00:00:00+00:00"
+        ]
+        assert (await backend.get_schedule("a-bad")).next_run_at == due
+    assert "schedule a-bad cannot be read" in caplog.text
