@@ -57,7 +57,7 @@ class Filters:
         for key in ("since", "until"):
             value = getattr(self, key)
             if value is not None:
-                pairs.append((key, value.strftime("%Y-%m-%dT%H:%M:%S")))
+                pairs.append((key, value.isoformat()))
         if self.limit != DEFAULT_LIMIT:
             pairs.append(("limit", str(self.limit)))
         pairs += [(k, str(v)) for k, v in changes.items() if v is not None]

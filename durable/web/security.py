@@ -45,13 +45,12 @@ def mask_url(url: str) -> str:
     except (ArgumentError, ValueError):
         scheme, sep, _ = url.partition("://")
         return f"{scheme}://***" if sep else "***"
-    if parsed.password is not None:
-        parsed = parsed.set(password="***")
     query = {
         key: ("***" if any(s in key.lower() for s in SECRET_QUERY_KEYS) else value)
         for key, value in parsed.query.items()
     }
-    return parsed.set(query=query).render_as_string(hide_password=False)
+    shown = parsed.set(query=query).render_as_string(hide_password=True)
+    return shown.replace("%2A%2A%2A", "***")
 
 
 def is_loopback(host: str) -> bool:
