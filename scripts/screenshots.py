@@ -31,7 +31,7 @@ from durable.web import create_app  # noqa: E402
 
 SHOTS = {
     "web-workflows.png": "/workflows",
-    "web-workflow.png": "/workflows/parent-40",
+    "web-workflow.png": "/workflows/report-8",
 }
 
 
@@ -43,7 +43,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'shots.db'}"
-        asyncio.run(webdata.fill(url, orders=6))
+        asyncio.run(webdata.fill(url, orders=6, showcase=True))
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]

@@ -501,3 +501,20 @@ def test_in_a_real_chromium(served: str, db: str) -> None:
         finally:
             browser.close()
     assert stored(db, "nap-5").status is WorkflowStatus.CANCELLED
+
+
+def test_served_without_a_token_answers_only_local_names(db: str) -> None:
+    from durable.web.serve import served_app
+
+    app = served_app(db, host="127.0.0.1")
+    with TestClient(app, base_url="http://127.0.0.1:8080") as web:
+        assert web.get("/workflows").status_code == 200
+    with TestClient(app, base_url="http://localhost:8080") as web:
+        assert web.get("/workflows").status_code == 200
+    with TestClient(app, base_url="http://rebound.example:8080") as web:
+        assert web.get("/workflows").status_code == 400
+    with pytest.raises(InvalidArgumentError, match="give it a token"):
+        served_app(db, host="0.0.0.0")
+    tokened = served_app(db, host="0.0.0.0", token="t")
+    with TestClient(tokened, base_url="http://10.1.2.3:8080") as web:
+        assert web.get("/workflows", headers={"X-Durable-Token": "t"}).status_code == 200

@@ -71,13 +71,33 @@ async def nap(n: int) -> int:
     return n
 
 
-async def fill(url: str, orders: int = 3) -> dict[str, list[str]]:
+@durable.step(name="web.render")
+async def render(part: int) -> str:
+    await asyncio.sleep(0.03 + 0.02 * part)
+    return f"part {part}"
+
+
+@durable.workflow(name="web.report.v1", registry=REGISTRY)
+async def report(n: int) -> dict[str, Any]:
+    """A step, three in parallel, a retried one, a child: a timeline worth a screenshot."""
+    first = await fetch(n)
+    parts = await asyncio.gather(render(1), render(2), render(3))
+    doubled = await flaky(first)
+    child = await order(doubled)
+    return {"parts": parts, "child": child, "summary": await store(len(parts))}
+
+
+async def fill(url: str, orders: int = 3, *, showcase: bool = False) -> dict[str, list[str]]:
     """Run the workflows above into the database at ``url``; returns their ids by kind:
     ``order`` (succeeded, 3 steps each), ``broken`` (failed), ``parent`` (with a child),
-    ``nap`` (asleep), ``queued`` (pending on queue ``slow``)."""
+    ``nap`` (asleep), ``queued`` (pending on queue ``slow``), and with ``showcase`` a
+    ``report`` (parallel steps, a retry, a child)."""
     ids: dict[str, list[str]] = {"order": [], "broken": [], "parent": [], "nap": [], "queued": []}
     runtime = durable.Runtime(durable.connect(url), registry=REGISTRY, executor_id="web-test-1")
     async with runtime:
+        if showcase:
+            await runtime.run(report, 8, workflow_id="report-8")
+            ids["report"] = ["report-8"]
         for i in range(orders):
             workflow_id = f"order-{i}"
             await runtime.run(order, i, workflow_id=workflow_id)

@@ -27,7 +27,7 @@ from durable.web.queries import (
     workflow_page,
 )
 from durable.web.state import WebState
-from durable.web.timeline import bars
+from durable.web.timeline import timeline
 
 #: Statuses a workflow may be cancelled from / retried from.
 RETRYABLE = frozenset({WorkflowStatus.FAILED, WorkflowStatus.DEAD_LETTER, WorkflowStatus.CANCELLED})
@@ -94,12 +94,14 @@ async def workflow(request: Request) -> Response:
     client = await state_of(request).ready()
     workflow_id = check_id(request.path_params["workflow_id"], "workflow id")
     page = await workflow_page(client, workflow_id)
+    line = timeline(page.info, page.steps, page.now)
     return render(
         request,
         "workflow.html",
         page=page,
         info=page.info,
-        bars=bars(page.info, page.steps, page.now),
+        timeline=line,
+        bars=line.bars,
         shown=shown,
         can_cancel=not page.info.status.is_terminal,
         can_retry=page.info.status in RETRYABLE,

@@ -40,7 +40,20 @@ def _label(step: StepRecord) -> str:
     return f"#{step.position} {step.name}{retries}"
 
 
-def bars(info: WorkflowInfo, steps: list[StepRecord], now: datetime) -> list[Bar]:
+@dataclass(frozen=True)
+class Timeline:
+    """The bars of a workflow's steps over its span, from ``begin`` to ``end``."""
+
+    bars: list[Bar]
+    begin: datetime
+    end: datetime
+
+    @property
+    def seconds(self) -> float:
+        return (self.end - self.begin).total_seconds()
+
+
+def timeline(info: WorkflowInfo, steps: list[StepRecord], now: datetime) -> Timeline:
     """One bar per step of ``steps``, in their order, over the span from the workflow's start
     (or its first step's) to its end (or ``now`` while it has not finished)."""
     starts = [s.started_at for s in steps if s.started_at is not None]
@@ -65,4 +78,4 @@ def bars(info: WorkflowInfo, steps: list[StepRecord], now: datetime) -> list[Bar
         )
         out.append(Bar(step, round(left, 3), round(width, 3), _label(step), _state(step), seconds))
         cursor = end
-    return out
+    return Timeline(out, begin, finish)
