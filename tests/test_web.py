@@ -315,6 +315,18 @@ def test_with_a_token_every_request_needs_it(db: str) -> None:
         assert after.status_code == 200 and rows(after.text) == ["broken-7"]
 
 
+def test_a_mounted_view_with_a_token_logs_in_under_its_prefix(db: str) -> None:
+    token = "a b;c=d/é"  # the cookie carries any token
+    service = Starlette(routes=[Mount("/durable", app=create_app(db, token=token))])
+    with TestClient(service) as web:
+        assert web.get("/durable/workflows").status_code == 401
+        login = web.get("/durable/workflows", params={"token": token}, follow_redirects=False)
+        assert login.status_code == 303
+        assert login.headers["location"] == "/durable/workflows"
+        assert "Path=/durable;" in login.headers["set-cookie"]
+        assert web.get("/durable/workflows/order-0").status_code == 200
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
 def test_loopback_binds_need_no_token(host: str) -> None:
     assert check_bind(host, None) is None
@@ -462,8 +474,9 @@ def need_chromium() -> None:
 
 
 @pytest.mark.slow
-def test_in_a_real_chromium(served: str, db: str) -> None:
+def test_in_a_real_chromium(served: str, db: str, ids: dict[str, list[str]]) -> None:
     need_chromium()
+    (queued,) = ids["queued"]
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -498,6 +511,16 @@ def test_in_a_real_chromium(served: str, db: str) -> None:
             page.click("#cancel")
             page.wait_for_url(re.compile(r"done=cancel"))
             assert page.locator("#workflow-status").inner_text() == "cancelled"
+
+            # the counts refresh by themselves (the page's poll), without a reload
+            page.goto(f"{served}/workflows")
+            assert page.locator("#count-cancelled").inner_text() == "1"
+            with durable.Client(db) as client:
+                client.cancel_sync(queued)
+            page.wait_for_function(
+                "document.getElementById('count-cancelled').textContent === '2'", timeout=30_000
+            )
+            assert page.locator("tr.workflow-row").count() == 8
         finally:
             browser.close()
     assert stored(db, "nap-5").status is WorkflowStatus.CANCELLED

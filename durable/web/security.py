@@ -15,7 +15,7 @@ import ipaddress
 from collections.abc import Awaitable, Callable, MutableMapping
 from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from durable.errors import InvalidArgumentError
 
@@ -104,7 +104,8 @@ class TokenGate:
             rest = urlencode([(k, v) for k, v in query if k != "token"])
             path = scope["path"] if scope["path"].startswith(root) else root + scope["path"]
             location = path + (f"?{rest}" if rest else "")
-            cookie = f"{TOKEN_COOKIE}={self.token}; Path={root or '/'}; HttpOnly; SameSite=Strict"
+            value = quote(self.token, safe="")
+            cookie = f"{TOKEN_COOKIE}={value}; Path={root or '/'}; HttpOnly; SameSite=Strict"
             await _plain(send, 303, "", [("location", location), ("set-cookie", cookie)])
             return
         bearer = headers.get("authorization", "")
@@ -115,7 +116,7 @@ class TokenGate:
             jar: SimpleCookie = SimpleCookie()
             jar.load(headers["cookie"])
             if TOKEN_COOKIE in jar:
-                candidates.append(jar[TOKEN_COOKIE].value)
+                candidates.append(unquote(jar[TOKEN_COOKIE].value))
         if any(self._matches(c) for c in candidates):
             await self.app(scope, receive, send)
             return
