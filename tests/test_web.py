@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -541,3 +542,73 @@ def test_served_without_a_token_answers_only_local_names(db: str) -> None:
     tokened = served_app(db, host="0.0.0.0", token="t")
     with TestClient(tokened, base_url="http://10.1.2.3:8080") as web:
         assert web.get("/workflows", headers={"X-Durable-Token": "t"}).status_code == 200
+
+
+@pytest.mark.postgres
+def test_the_pages_on_postgresql(pg_url: str) -> None:
+    ids = asyncio.run(webdata.fill(pg_url))
+    with TestClient(create_app(pg_url, actions=True)) as web:
+        everything = rows(web.get("/workflows").text)
+        assert len(everything) == 8 and everything[-1] == "order-0"
+        assert rows(web.get("/workflows?queue=slow").text) == ids["queued"]
+        order_1 = stored(pg_url, "order-1")
+        until = web.get("/workflows", params={"until": order_1.created_at.isoformat()})
+        assert rows(until.text) == ["order-1", "order-0"]
+        paged: list[str] = []
+        url: str | None = "/workflows?limit=3"
+        while url is not None:
+            page = web.get(url).text
+            paged += rows(page)
+            found = re.search(r'href="([^"]+)" id="next-page"', page)
+            url = found.group(1).replace("&amp;", "&") if found else None
+        assert paged == everything
+        assert web.get("/workflows/order-0").text.count(BAR) == 3
+        assert "sleeping until" in web.get("/workflows/nap-5").text
+        assert web.get("/api/counts").json()["counts"]["failed"] == 1
+        page = web.get("/workflows/broken-7").text
+        web.post("/actions/retry", data={"workflow_id": "broken-7", "form_key": form_key(page)})
+    assert stored(pg_url, "broken-7").status is WorkflowStatus.PENDING
+
+
+@pytest.mark.slow
+def test_durable_ui_serves_the_view(db: str, tmp_path: Path) -> None:
+    import subprocess
+    import urllib.request
+
+    port = free_port()
+    out = tmp_path / "ui.out"
+    with out.open("w") as sink:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from durable.cli import main; main()",
+                "ui",
+                db,
+                "--port",
+                str(port),
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        body = ""
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/workflows", timeout=5) as r:
+                    body = r.read().decode()
+                break
+            except OSError:
+                assert proc.poll() is None, out.read_text()
+                time.sleep(0.1)
+        assert len(rows(body)) == 8
+        assert (
+            'id="cancel"'
+            not in urllib.request.urlopen(f"http://127.0.0.1:{port}/workflows/nap-5", timeout=5)
+            .read()
+            .decode()
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert f"on http://127.0.0.1:{port}/" in out.read_text()
