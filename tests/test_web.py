@@ -608,3 +608,15 @@ def test_durable_ui_serves_the_view(db: str, tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(timeout=30)
     assert f"on http://127.0.0.1:{port}/" in out.read_text()
+
+
+def test_a_missing_chromium_fails_under_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", Path("/nonexistent/chromium"))
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="needs Chromium"):
+        need_chromium()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="missing"):
+        need_chromium()
