@@ -29,7 +29,7 @@ from durable.web.queries import (
 from durable.web.state import WebState
 from durable.web.timeline import timeline
 
-#: Statuses a workflow may be cancelled from / retried from.
+#: Statuses a workflow may be retried from (Client.retry); any unfinished one may be cancelled.
 RETRYABLE = frozenset({WorkflowStatus.FAILED, WorkflowStatus.DEAD_LETTER, WorkflowStatus.CANCELLED})
 
 
