@@ -465,4 +465,26 @@ def retry_workflow(url: str, workflow_id: str) -> None:
     click.echo(f"{info.id}: {info.status.value}")
 
 
+@main.command(short_help="Serve the web view of a database (needs the web extra).")
+@url_argument
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--actions", is_flag=True, help="Allow cancel and retry from the browser.")
+@click.option(
+    "--token",
+    envvar="DURABLE_UI_TOKEN",
+    help="Require this token on every request (needed to bind beyond 127.0.0.1).",
+)
+def ui(url: str, host: str, port: int, actions: bool, token: str | None) -> None:
+    """Serve the web view of the database at URL: workflows, steps, queues, executors."""
+    try:
+        from durable.web import serve as serve_web
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the web view needs the web extra: pip install 'durable-sqla[web]' ({exc})"
+        ) from None
+    with reported_errors():
+        serve_web(url, host=host, port=port, actions=actions, token=token)
+
+
 main.add_command(schedules_group(open_client), "schedules")

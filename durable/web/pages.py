@@ -1,0 +1,190 @@
+"""The web view's routes: the pages (workflows, one workflow, queues, executors), the counts the
+list polls for, and the actions (cancel, retry) when the app was made with ``actions=True``.
+
+Every handler reads through the app's :class:`~durable.Client` (see :mod:`durable.web.queries`),
+never the database directly. Links are built under the request's ``root_path``, so the pages
+work where a service mounts the app.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from durable.errors import DurableError, InvalidArgumentError, NotFoundError
+from durable.models import WorkflowStatus
+from durable.validation import check_id
+from durable.web.queries import (
+    COUNT_CAP,
+    list_page,
+    parse_filters,
+    queue_rows,
+    shown,
+    status_counts,
+    workflow_page,
+)
+from durable.web.state import WebState
+from durable.web.timeline import timeline
+
+#: Statuses a workflow may be retried from (Client.retry); any unfinished one may be cancelled.
+RETRYABLE = frozenset({WorkflowStatus.FAILED, WorkflowStatus.DEAD_LETTER, WorkflowStatus.CANCELLED})
+
+
+def state_of(request: Request) -> WebState:
+    state: WebState = request.app.state.durable
+    return state
+
+
+def href(request: Request, path: str, query: list[tuple[str, str]] | None = None) -> str:
+    """``path`` under the app's root path, with ``query``."""
+    root = str(request.scope.get("root_path", "") or "").rstrip("/")
+    return root + path + (f"?{urlencode(query)}" if query else "")
+
+
+def workflow_href(request: Request, workflow_id: str) -> str:
+    return href(request, "/workflows/" + quote(workflow_id, safe=""))
+
+
+def render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
+    state = state_of(request)
+    page = state.templates.get_template(template).render(
+        href=lambda path, query=None: href(request, path, query),
+        workflow_href=lambda workflow_id: workflow_href(request, workflow_id),
+        database=state.database,
+        actions=state.actions,
+        form_key=state.form_key,
+        statuses=[s.value for s in WorkflowStatus],
+        count_cap=COUNT_CAP,
+        **context,
+    )
+    return HTMLResponse(page, status_code=status_code)
+
+
+async def home(request: Request) -> Response:
+    return RedirectResponse(href(request, "/workflows"), status_code=307)
+
+
+async def workflows(request: Request) -> Response:
+    """The workflows list, filtered by the query string, newest first, one page."""
+    client = await state_of(request).ready()
+    filters = parse_filters(request.query_params, request.query_params.getlist("status"))
+    listing = await list_page(client, filters)
+    counts = await status_counts(client)
+    next_href = (
+        href(request, "/workflows", filters.query(cursor=listing.next_cursor))
+        if listing.next_cursor
+        else None
+    )
+    return render(
+        request,
+        "workflows.html",
+        filters=filters,
+        listing=listing,
+        counts=counts,
+        next_href=next_href,
+        first_href=href(request, "/workflows", filters.query()) if filters.cursor else None,
+    )
+
+
+async def workflow(request: Request) -> Response:
+    """One workflow: its values, its steps as a timeline, its children and pending messages."""
+    client = await state_of(request).ready()
+    workflow_id = check_id(request.path_params["workflow_id"], "workflow id")
+    page = await workflow_page(client, workflow_id)
+    line = timeline(page.info, page.steps, page.now)
+    return render(
+        request,
+        "workflow.html",
+        page=page,
+        info=page.info,
+        timeline=line,
+        bars=line.bars,
+        shown=shown,
+        can_cancel=not page.info.status.is_terminal,
+        can_retry=page.info.status in RETRYABLE,
+        notice=request.query_params.get("done"),
+    )
+
+
+async def executors(request: Request) -> Response:
+    """Runtimes known by their heartbeats; stale ones flagged."""
+    client = await state_of(request).ready()
+    return render(request, "executors.html", executors=await client.list_executors())
+
+
+async def queues(request: Request) -> Response:
+    """Queues with waiting or running workflows."""
+    client = await state_of(request).ready()
+    return render(request, "queues.html", queues=await queue_rows(client))
+
+
+async def counts(request: Request) -> Response:
+    """Workflows by status as JSON (each up to ``cap`` + 1), for the list's poll."""
+    client = await state_of(request).ready()
+    return JSONResponse({"counts": await status_counts(client), "cap": COUNT_CAP})
+
+
+async def action(request: Request) -> Response:
+    """Cancel or retry the workflow named in the form, then show its page again."""
+    state = state_of(request)
+    if not state.actions:
+        return render(
+            request,
+            "error.html",
+            403,
+            title="Actions are off",
+            message="This view was started without actions (durable ui --actions).",
+        )
+    form = await small_form(request)
+    if form.get("form_key") != state.form_key:
+        return render(
+            request,
+            "error.html",
+            403,
+            title="Refused",
+            message="The form did not come from this view (reload the page and try again).",
+        )
+    workflow_id = check_id(form.get("workflow_id"), "workflow_id")
+    client = await state.ready()
+    name = request.path_params["action"]
+    if name == "cancel":
+        await client.cancel(workflow_id)
+    elif name == "retry":
+        await client.retry(workflow_id)
+    else:
+        raise NotFoundError(f"no action {name!r} (cancel or retry)")
+    return RedirectResponse(workflow_href(request, workflow_id) + f"?done={name}", status_code=303)
+
+
+async def small_form(request: Request) -> dict[str, str]:
+    """The fields of a small url-encoded form (an action's), without python-multipart.
+
+    :raises InvalidArgumentError: the body is not such a form, or too long for one.
+    """
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await request.body()
+    if kind != "application/x-www-form-urlencoded" or len(body) > 8192:
+        raise InvalidArgumentError("an action takes a small url-encoded form")
+    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    return render(request, "error.html", 404, title="Not found", message=str(exc))
+
+
+async def bad_request(request: Request, exc: Exception) -> Response:
+    return render(request, "error.html", 400, title="Bad request", message=str(exc))
+
+
+async def failed(request: Request, exc: Exception) -> Response:
+    return render(request, "error.html", 500, title="durable error", message=str(exc))
+
+
+EXCEPTION_HANDLERS = {
+    NotFoundError: not_found,
+    InvalidArgumentError: bad_request,
+    DurableError: failed,
+}

@@ -1,0 +1,240 @@
+"""What the web view's pages read, through :class:`~durable.Client` only: a filtered page of
+workflows, counts by status, queue depths, and everything one workflow's page shows.
+
+The client lists workflows by status, name and parent, newest first, with keyset cursors. The
+view adds two filters on top without a new storage query: a time range (``until`` starts the
+listing at that instant's keyset position; ``since`` ends it at the first older workflow) and a
+queue (read through pages and kept when it matches, at most :data:`SCAN_BUDGET` rows per page
+shown; the next-page cursor then goes on from the last row read). Counts are read the same way,
+up to :data:`COUNT_CAP` per status (shown as "1000+" beyond).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from durable.backends.cursors import encode_cursor
+from durable.client import Client
+from durable.errors import InvalidArgumentError
+from durable.models import Message, StepRecord, WorkflowInfo, WorkflowStatus
+from durable.validation import check_name
+
+#: Rows read at most for one page when a queue filter drops rows.
+SCAN_BUDGET = 2000
+#: Workflows counted at most per status (and per queue on the queues page).
+COUNT_CAP = 1000
+#: Workflows per page unless ``limit`` says otherwise, and the most a page may ask for.
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+#: Characters of a value (input, output, step output) shown before it is cut.
+SHOWN_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The workflows list's filters, as read from its query string."""
+
+    statuses: tuple[WorkflowStatus, ...] = ()
+    name: str | None = None
+    queue: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = DEFAULT_LIMIT
+    cursor: str | None = None
+
+    def query(self, **changes: Any) -> list[tuple[str, str]]:
+        """These filters as query parameters (without the cursor unless given in changes)."""
+        pairs = [("status", s.value) for s in self.statuses]
+        for key in ("name", "queue"):
+            value = getattr(self, key)
+            if value:
+                pairs.append((key, value))
+        for key in ("since", "until"):
+            value = getattr(self, key)
+            if value is not None:
+                pairs.append((key, value.isoformat()))
+        if self.limit != DEFAULT_LIMIT:
+            pairs.append(("limit", str(self.limit)))
+        pairs += [(k, str(v)) for k, v in changes.items() if v is not None]
+        return pairs
+
+
+def parse_time(value: str, what: str) -> datetime:
+    """An ISO 8601 time from a form (``2026-12-02T08:00``), UTC unless it names a zone.
+
+    :raises InvalidArgumentError: not such a time.
+    """
+    try:
+        stamp = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidArgumentError(
+            f"{what} must be a time like 2026-12-02T08:00 (UTC), got {value!r}"
+        ) from None
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+
+
+def parse_filters(params: Mapping[str, str], statuses: list[str]) -> Filters:
+    """The filters of a query string (``statuses``: every ``status`` parameter given).
+
+    :raises InvalidArgumentError: an unknown status, a malformed name, time or limit.
+    """
+    chosen: list[WorkflowStatus] = []
+    for raw in statuses:
+        if not raw:
+            continue
+        try:
+            chosen.append(WorkflowStatus(raw))
+        except ValueError:
+            known = ", ".join(s.value for s in WorkflowStatus)
+            raise InvalidArgumentError(f"unknown status {raw!r} (one of {known})") from None
+    name = params.get("name", "").strip() or None
+    queue = params.get("queue", "").strip() or None
+    if name is not None:
+        check_name(name, "name")
+    if queue is not None:
+        check_name(queue, "queue")
+    since = parse_time(params["since"], "since") if params.get("since") else None
+    until = parse_time(params["until"], "until") if params.get("until") else None
+    raw_limit = params.get("limit", "") or str(DEFAULT_LIMIT)
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        raise InvalidArgumentError(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return Filters(
+        statuses=tuple(dict.fromkeys(chosen)),
+        name=name,
+        queue=queue,
+        since=since,
+        until=until,
+        limit=int(raw_limit),
+        cursor=params.get("cursor") or None,
+    )
+
+
+@dataclass
+class Listing:
+    """One page of the workflows list: its rows, the cursor of the next page (None on the last)
+    and how many rows were read to fill it."""
+
+    items: list[WorkflowInfo] = field(default_factory=list)
+    next_cursor: str | None = None
+    scanned: int = 0
+
+
+def _start_before(until: datetime) -> str:
+    """The keyset cursor from which a newest-first listing starts at ``until`` (inclusive)."""
+    return encode_cursor(WorkflowInfo(id="", name="", created_at=until + timedelta(microseconds=1)))
+
+
+async def list_page(client: Client, filters: Filters) -> Listing:
+    """The page of workflows ``filters`` selects, newest first (see the module docstring)."""
+    cursor = filters.cursor
+    if cursor is None and filters.until is not None:
+        cursor = _start_before(filters.until)
+    batch = filters.limit if filters.queue is None else max(filters.limit, 200)
+    listing = Listing()
+    while True:
+        page = await client.list_workflows(
+            status=list(filters.statuses) or None, name=filters.name, limit=batch, cursor=cursor
+        )
+        for index, info in enumerate(page.items):
+            listing.scanned += 1
+            if filters.since is not None and (
+                info.created_at is None or info.created_at < filters.since
+            ):
+                return listing
+            if filters.queue is not None and info.queue != filters.queue:
+                continue
+            listing.items.append(info)
+            if len(listing.items) == filters.limit:
+                last = index == len(page.items) - 1 and page.next_cursor is None
+                listing.next_cursor = None if last else encode_cursor(info)
+                return listing
+        if page.next_cursor is None or not page.items:
+            return listing
+        if listing.scanned >= SCAN_BUDGET:
+            listing.next_cursor = encode_cursor(page.items[-1])
+            return listing
+        cursor = page.next_cursor
+
+
+async def _count(client: Client, status: WorkflowStatus) -> list[WorkflowInfo]:
+    """Up to COUNT_CAP + 1 workflows of ``status``."""
+    seen: list[WorkflowInfo] = []
+    cursor: str | None = None
+    while len(seen) <= COUNT_CAP:
+        page = await client.list_workflows(status=status, limit=500, cursor=cursor)
+        seen += page.items
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    return seen[: COUNT_CAP + 1]
+
+
+async def status_counts(client: Client) -> dict[str, int]:
+    """Workflows by status, each counted up to COUNT_CAP + 1 (more than the cap shows as over)."""
+    return {status.value: len(await _count(client, status)) for status in WorkflowStatus}
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    """A queue as the queues page shows it: waiting and running workflows (each counted up to
+    COUNT_CAP) and when the oldest waiting one was created."""
+
+    queue: str
+    pending: int
+    running: int
+    oldest_pending: datetime | None
+
+
+async def queue_rows(client: Client) -> list[QueueRow]:
+    """The queues with pending or running workflows, by name."""
+    pending = await _count(client, WorkflowStatus.PENDING)
+    running = await _count(client, WorkflowStatus.RUNNING)
+    waiting = Counter(info.queue for info in pending)
+    busy = Counter(info.queue for info in running)
+    oldest: dict[str, datetime] = {}
+    for info in pending:
+        if info.created_at is not None and (
+            info.queue not in oldest or info.created_at < oldest[info.queue]
+        ):
+            oldest[info.queue] = info.created_at
+    return [
+        QueueRow(queue, waiting[queue], busy[queue], oldest.get(queue))
+        for queue in sorted(set(waiting) | set(busy))
+    ]
+
+
+def shown(value: Any) -> str:
+    """A stored value as text for a page: JSON when it is, else its repr; cut when long."""
+    try:
+        text = json.dumps(value, indent=2, sort_keys=True, default=repr, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "\n… (cut)"
+
+
+@dataclass
+class WorkflowPage:
+    """Everything one workflow's page shows."""
+
+    info: WorkflowInfo
+    steps: list[StepRecord]
+    children: list[WorkflowInfo]
+    pending_messages: list[Message]
+    now: datetime
+
+
+async def workflow_page(client: Client, workflow_id: str) -> WorkflowPage:
+    """Read one workflow, its steps, its children and the messages waiting for it.
+
+    :raises WorkflowNotFoundError: no such workflow.
+    """
+    info = await client.get_workflow(workflow_id)
+    steps = await client.list_steps(workflow_id)
+    children = (await client.list_workflows(parent_id=workflow_id, limit=200)).items
+    messages = await client.list_messages(workflow_id, received=False)
+    return WorkflowPage(info, steps, children, messages, datetime.now(UTC))

@@ -1,0 +1,89 @@
+"""The web view's shared state: the :class:`~durable.Client` it reads through (started on first
+use, since a mounted app's lifespan is not run by every host), its options, and its templates."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass, field
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from durable.backends.base import PersistentBackend
+from durable.client import Client
+from durable.errors import InvalidArgumentError
+from durable.web.security import mask_url
+
+
+def _templates() -> Environment:
+    env = Environment(
+        loader=PackageLoader("durable.web", "templates"),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["stamp"] = lambda v: v.strftime("%Y-%m-%d %H:%M:%S") if v else "—"
+    return env
+
+
+@dataclass
+class WebState:
+    """What every request of one app shares."""
+
+    client: Client
+    owns_client: bool
+    database: str
+    actions: bool
+    token: str | None
+    #: A secret put in every action form and checked on submit, so another site cannot post one.
+    form_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    templates: Environment = field(default_factory=_templates)
+    _lock: asyncio.Lock | None = None
+    _started: bool = False
+
+    @classmethod
+    def of(
+        cls, target: str | PersistentBackend | Client, *, actions: bool, token: str | None
+    ) -> WebState:
+        """The state over a database URL, a backend (the view makes and owns a client over it)
+        or a client (the caller starts and closes it).
+
+        :raises InvalidArgumentError: ``target`` is none of these.
+        """
+        if isinstance(target, Client):
+            return cls(target, False, mask_url(_url_of(target.backend)), actions, token)
+        if isinstance(target, str):
+            client = Client(target)
+            return cls(client, True, mask_url(target), actions, token)
+        if isinstance(target, PersistentBackend):
+            return cls(Client(target), True, mask_url(_url_of(target)), actions, token)
+        raise InvalidArgumentError(
+            "create_app needs a database URL, a PersistentBackend or a Client, got "
+            f"{type(target).__qualname__}"
+        )
+
+    async def ready(self) -> Client:
+        """The client, started if this app owns it and has not started it yet."""
+        if self.owns_client and not self._started:
+            if self._lock is None:
+                self._lock = asyncio.Lock()
+            async with self._lock:
+                if not self._started:
+                    await self.client.start()
+                    self._started = True
+        return self.client
+
+    async def close(self) -> None:
+        """Close the client if this app started it."""
+        if self.owns_client and self._started:
+            self._started = False
+            await self.client.close()
+
+
+def _url_of(backend: PersistentBackend) -> str:
+    """The backend's database URL if it says (masked later), else its kind."""
+    engine = getattr(backend, "engine", None)
+    url = getattr(engine, "url", None)
+    if url is not None:
+        return str(url.render_as_string(hide_password=True))
+    return type(backend).__name__
