@@ -490,9 +490,14 @@ async def test_a_worker_killed_while_a_workflow_sleeps(
         async def asleep() -> bool:
             steps = await client.list_steps(workflow_id)
             info = await client.get_workflow(workflow_id)
-            return info.status is WorkflowStatus.PENDING and [
-                (s.name, s.status) for s in steps
-            ] == [("nap.before", StepStatus.SUCCEEDED), (SLEEP_STEP, StepStatus.PENDING)]
+            # the worker logs the suspension right after the hand-back commits: wait for that
+            # line too, so that the kill does not land between the two
+            return (
+                info.status is WorkflowStatus.PENDING
+                and [(s.name, s.status) for s in steps]
+                == [("nap.before", StepStatus.SUCCEEDED), (SLEEP_STEP, StepStatus.PENDING)]
+                and (tmp_path / "sleeps.log").exists()
+            )
 
         await eventually(asleep, "the workflow to sleep")
         os.kill(first.pid, signal.SIGKILL)
