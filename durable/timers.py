@@ -30,6 +30,7 @@ process that restarts finds it at once if it is due.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import time
@@ -231,8 +232,13 @@ def suspended(
     every way a workflow suspends until a time: sleeps, receives (:mod:`durable.messages`)."""
     delay = math.inf if until is None else (until - now).total_seconds()
     if until is not None:
+        # in an empty context: the current one holds this execution's context (its history),
+        # which the timer would keep alive for the length of the wait
         asyncio.get_running_loop().call_later(
-            max(delay, 0.0) + WAKE_MARGIN, _notify, weakref.ref(ctx.runtime.backend)
+            max(delay, 0.0) + WAKE_MARGIN,
+            _notify,
+            weakref.ref(ctx.runtime.backend),
+            context=contextvars.Context(),
         )
     log.debug(
         "workflow %s %s until %s",

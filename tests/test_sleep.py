@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -33,6 +34,7 @@ from typing import Any
 import pytest
 
 import durable
+from durable.context import ExecutionContext
 from durable.models import WORKFLOW_TASK, StepStatus, WorkflowStatus
 from durable.timers import SLEEP_STEP, WorkflowSleeping
 
@@ -307,6 +309,24 @@ async def test_a_sleeping_workflow_holds_no_claim_and_no_slot(backend_url: str) 
         assert (await rt.get_workflow(sleeper)).status is WorkflowStatus.PENDING
         assert CALLS["b"] == 0
         await rt.cancel(sleeper)
+
+
+async def test_a_sleeping_workflow_keeps_no_execution_state_in_memory(backend_url: str) -> None:
+    """While it sleeps, nothing of the execution stays in this process: no context, no
+    history (the wake-up timer runs in an empty context; before, it held the execution's
+    context, and so its whole history, for the length of the sleep)."""
+    backend = durable.connect(backend_url)
+    async with runtime(backend) as rt:
+        await rt.start_worker(concurrency=4, poll_interval=0.01)
+        sleepers = [await rt.enqueue(nap, n, 3600.0) for n in range(5)]
+        for sleeper in sleepers:
+            await eventually(lambda s=sleeper: sleeping(rt, s), "the workflows to sleep")
+        await asyncio.sleep(0.05)  # the workers' tasks end after the hand-backs
+        gc.collect()
+        alive = [o for o in gc.get_objects() if isinstance(o, ExecutionContext)]
+        assert [c.workflow_id for c in alive] == []
+        for sleeper in sleepers:
+            await rt.cancel(sleeper)
 
 
 class FakeClock:
