@@ -123,10 +123,14 @@ def _steps_timeline(steps: list[StepRecord], origin: datetime | None, now: datet
     for s, (offset, length) in zip(steps, spans, strict=True):
         drawn = bar(offset, length, total) if offset is not None and length is not None else ""
         status = s.status.value + (" (reruns)" if s.rerun else "")
+        child = f" child {s.child_workflow_id}" if s.child_workflow_id else ""
         lines.append(
-            f"{s.position:>4}  {s.name:<24.24} {status:<10} x{s.attempts:<3} "
-            f"{(s.executor_id or '-'):<16.16} +{seconds(offset):<8} {seconds(length):<8} |{drawn}|"
+            f"{s.position:>4}  {s.name:<24.24} {status:<15} x{s.attempts:<3} "
+            f"{(s.executor_id or '-'):<16.16} +{seconds(offset):<8} {seconds(length):<8} "
+            f"|{drawn}|{child}"
         )
+        if s.error is not None:
+            lines.append(f"{'':>6}{s.error.type}: {s.error.message}")
     return lines
 
 
@@ -238,7 +242,8 @@ def add_workflow_commands(workflows: click.Group, open_client: OpenClient) -> No
             steps = await client.list_steps(workflow_id)
             waiting = await client.waiting(workflow_id)
             children = (await client.list_workflows(parent_id=workflow_id, limit=200)).items
-            return info, steps, str(waiting) if waiting else "", [_line(c) for c in children]
+            described = [f"{c.id}  {c.name}  {c.status.value}" for c in children]
+            return info, steps, str(waiting) if waiting else "", described
 
         info, steps, waiting, children = open_client(url, read)
         echo = click.echo
