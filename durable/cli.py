@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from durable.cli_actions import add_action_commands
 from durable.cli_output import checked_id, emit, json_option, jsonable, stamp
 from durable.cli_schedules import schedules_group
 from durable.cli_workflows import add_workflow_commands, executors_command
@@ -444,32 +445,6 @@ def list_steps(url: str, workflow_id: str, as_json: bool) -> None:
     )
 
 
-@workflows.command("cancel")
-@url_argument
-@click.argument("workflow_id", callback=lambda _c, _p, v: checked_id(v, "WORKFLOW_ID"))
-def cancel_workflow(url: str, workflow_id: str) -> None:
-    """Cancel an unfinished execution (it stops at its next step boundary)."""
-
-    async def cancel(client: Client) -> WorkflowInfo:
-        return await client.cancel(workflow_id)
-
-    info = open_client(url, cancel)
-    click.echo(f"{info.id}: {info.status.value}")
-
-
-@workflows.command("retry")
-@url_argument
-@click.argument("workflow_id", callback=lambda _c, _p, v: checked_id(v, "WORKFLOW_ID"))
-def retry_workflow(url: str, workflow_id: str) -> None:
-    """Run a failed, dead-lettered or cancelled execution again (completed steps are kept)."""
-
-    async def retry(client: Client) -> WorkflowInfo:
-        return await client.retry(workflow_id)
-
-    info = open_client(url, retry)
-    click.echo(f"{info.id}: {info.status.value}")
-
-
 @main.command(short_help="Serve the web view of a database (needs the web extra).")
 @url_argument
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
@@ -494,4 +469,5 @@ def ui(url: str, host: str, port: int, actions: bool, token: str | None) -> None
 
 main.add_command(schedules_group(open_client), "schedules")
 add_workflow_commands(workflows, open_client)
+add_action_commands(workflows, open_client)
 main.add_command(executors_command(open_client), "executors")

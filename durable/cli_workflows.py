@@ -1,4 +1,4 @@
-"""``durable workflows list | show | watch | resume`` and ``durable executors``: the commands an
+"""``durable workflows list | show | watch`` and ``durable executors``: the commands an
 operator reads a database with.
 
 :func:`add_workflow_commands` adds them to :mod:`durable.cli`'s ``workflows`` group and
@@ -154,8 +154,40 @@ def _counts_text(counts: dict[str, int]) -> str:
     )
 
 
+def filter_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options that choose executions as ``workflows list`` does: ``--status`` (repeatable),
+    ``--name``, ``--queue``, ``--since``, ``--until`` (see :func:`select_workflows`)."""
+    options = [
+        click.option("--status", "statuses", multiple=True, help="Only this status (repeatable)."),
+        click.option(
+            "--name",
+            default=None,
+            help="Only this workflow name.",
+            callback=lambda _c, _p, v: None if v is None else checked_id(v, "--name"),
+        ),
+        click.option(
+            "--queue",
+            default=None,
+            help="Only this queue.",
+            callback=lambda _c, _p, v: None if v is None else checked_id(v, "--queue"),
+        ),
+        click.option(
+            "--since",
+            callback=moment,
+            default=None,
+            help="Only those created since: 30s, 15m, 1h, 7d ago, or an ISO 8601 time.",
+        ),
+        click.option(
+            "--until", callback=moment, default=None, help="Only those created until (same forms)."
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def add_workflow_commands(workflows: click.Group, open_client: OpenClient) -> None:
-    """Add ``list``, ``show``, ``watch`` and ``resume`` to the ``workflows`` group."""
+    """Add ``list``, ``show`` and ``watch`` to the ``workflows`` group."""
     url_argument = click.argument("url", metavar="URL")
     id_argument = click.argument(
         "workflow_id", callback=lambda _c, _p, v: checked_id(v, "WORKFLOW_ID")
@@ -163,28 +195,7 @@ def add_workflow_commands(workflows: click.Group, open_client: OpenClient) -> No
 
     @workflows.command("list")
     @url_argument
-    @click.option("--status", "statuses", multiple=True, help="Only this status (repeatable).")
-    @click.option(
-        "--name",
-        default=None,
-        help="Only this workflow name.",
-        callback=lambda _c, _p, v: None if v is None else checked_id(v, "--name"),
-    )
-    @click.option(
-        "--queue",
-        default=None,
-        help="Only this queue.",
-        callback=lambda _c, _p, v: None if v is None else checked_id(v, "--queue"),
-    )
-    @click.option(
-        "--since",
-        callback=moment,
-        default=None,
-        help="Only those created since: 30s, 15m, 1h, 7d ago, or an ISO 8601 time.",
-    )
-    @click.option(
-        "--until", callback=moment, default=None, help="Only those created until (same forms)."
-    )
+    @filter_options
     @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
     @json_option
     def list_workflows(
@@ -314,19 +325,6 @@ def add_workflow_commands(workflows: click.Group, open_client: OpenClient) -> No
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it is meant to stop
             open_client(url, run)
 
-    @workflows.command("resume")
-    @url_argument
-    @id_argument
-    def resume_workflow(url: str, workflow_id: str) -> None:
-        """Resume a cancelled, dead-lettered or failed execution from its history: the same as
-        `durable workflows retry` (completed steps are not run again)."""
-
-        async def resume(client: Client) -> WorkflowInfo:
-            return await client.retry(workflow_id)
-
-        info = open_client(url, resume)
-        click.echo(f"{info.id}: {info.status.value}")
-
 
 def executors_command(open_client: OpenClient) -> click.Command:
     """``durable executors URL``: the runtimes known by their heartbeats."""
@@ -369,4 +367,10 @@ def executors_command(open_client: OpenClient) -> click.Command:
     return executors
 
 
-__all__ = ["add_workflow_commands", "executors_command", "select_workflows"]
+__all__ = [
+    "OpenClient",
+    "add_workflow_commands",
+    "executors_command",
+    "filter_options",
+    "select_workflows",
+]

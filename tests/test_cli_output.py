@@ -17,7 +17,7 @@ import webdata
 from click.testing import CliRunner, Result
 
 import durable
-from durable import cli_output
+from durable import cli_actions, cli_output, cli_workflows
 from durable.cli import main
 from durable.cli_output import bar, parse_duration, seconds
 
@@ -183,6 +183,59 @@ def test_resume_is_retry(copy: str) -> None:
     assert run("workflows", "resume", copy, "broken-7").stdout.strip() == "broken-7: pending"
     refused = run("workflows", "resume", copy, "order-0")
     assert refused.exit_code == 1 and "order-0" in refused.stderr
+
+
+def test_bulk_cancel_and_retry_by_filter(copy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    queued = as_json("workflows", "list", copy, "--queue", "slow")[0]["id"]
+    unconfirmed = run("workflows", "cancel", copy, "--queue", "slow")
+    assert unconfirmed.exit_code == 2 and "this would cancel 1 execution(s)" in unconfirmed.output
+    assert "--yes" in unconfirmed.output
+    assert as_json("workflows", "list", copy, "--queue", "slow")[0]["status"] == "pending"
+
+    cancelled = run("workflows", "cancel", copy, "--queue", "slow", "--yes")
+    assert cancelled.exit_code == 0, cancelled.output
+    assert cancelled.stdout.splitlines() == [f"{queued}: cancelled"]
+    assert "1 of 1 execution(s): cancel done" in cancelled.stderr
+    nothing = run("workflows", "cancel", copy, "--queue", "slow", "--yes")  # none unfinished
+    assert nothing.exit_code == 0 and "nothing to cancel" in nothing.stderr
+
+    monkeypatch.setattr(cli_actions, "stdin_is_terminal", lambda: True)
+    declined = CliRunner().invoke(main, ["workflows", "resume", copy, "--queue", "slow"], "n\n")
+    assert declined.exit_code == 1 and "Resume 1 execution(s)?" in declined.output
+    assert as_json("workflows", "list", copy, "--queue", "slow")[0]["status"] == "cancelled"
+    monkeypatch.setattr(cli_actions, "stdout_is_terminal", lambda: True)  # a progress bar
+    resumed = CliRunner().invoke(main, ["workflows", "resume", copy, "--queue", "slow"], "y\n")
+    assert resumed.exit_code == 0, resumed.output
+    assert "1 of 1 execution(s): resume done" in resumed.stderr
+    assert "resume" in resumed.stdout and "100%" in resumed.stdout  # the bar, not the lines
+    monkeypatch.undo()
+    assert as_json("workflows", "list", copy, "--queue", "slow")[0]["status"] == "pending"
+
+    retried = run("workflows", "retry", copy, "--name", "web.broken.v1", "--yes")
+    assert retried.exit_code == 0 and "broken-7: pending" in retried.stdout
+    # a succeeded execution cannot be retried: each is reported, the others go on, status 1
+    refused = run("workflows", "retry", copy, "--status", "succeeded", "--limit", "2", "--yes")
+    assert refused.exit_code == 1
+    assert refused.stderr.count("could not retry") == 2
+    assert "0 of 2 execution(s): retry done" in refused.stderr
+
+
+def test_actions_by_id(copy: str) -> None:
+    two = run("workflows", "cancel", copy, "nap-5", "order-0")
+    assert two.stdout.splitlines() == ["nap-5: cancelled", "order-0: succeeded"]
+    both = run("workflows", "cancel", copy, "nap-5", "--status", "pending")
+    assert both.exit_code == 2 and "ids or filters, not both" in both.output
+    neither = run("workflows", "retry", copy)
+    assert neither.exit_code == 2 and "filters" in neither.output
+    missing = run("workflows", "retry", copy, "nobody")
+    assert missing.exit_code == 1 and "nobody" in missing.stderr
+
+
+def test_watch_in_a_terminal(filled: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli_workflows, "stdout_is_terminal", lambda: True)
+    watched = run("workflows", "watch", filled, "--count", "2", "--interval", "0.1")
+    assert watched.exit_code == 0, watched.output
+    assert "succeeded=" in watched.stdout and "failed=1" in watched.stdout
 
 
 def test_schedules_list_as_json(copy: str) -> None:
