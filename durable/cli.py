@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from durable.cli_actions import add_action_commands
-from durable.cli_output import checked_id, emit, json_option, jsonable, stamp
+from durable.cli_output import checked_id, emit, json_option, jsonable, stamp, when
 from durable.cli_schedules import schedules_group
 from durable.cli_workflows import add_workflow_commands, executors_command
 from durable.client import Client
@@ -384,7 +384,7 @@ def list_messages(
             ("seq", lambda m: str(m.seq)),
             ("topic", lambda m: m.topic),
             ("kind", kind),
-            ("deliver", lambda m: stamp(m.deliver_at)),
+            ("deliver", lambda m: when(m.deliver_at)),
             ("received", received),
             ("value", value),
         ],
@@ -433,8 +433,8 @@ def list_steps(url: str, workflow_id: str, as_json: bool) -> None:
             ("status", status),
             ("attempts", lambda s: str(s.attempts)),
             ("executor", lambda s: s.executor_id or "-"),
-            ("started", lambda s: stamp(s.started_at)),
-            ("completed", lambda s: stamp(s.completed_at)),
+            ("started", lambda s: when(s.started_at)),
+            ("completed", lambda s: when(s.completed_at)),
             ("error", error),
         ],
         line=lambda s: (

@@ -5,7 +5,8 @@ JSON for a script.
 
 * ``--json``: one JSON array of objects (dataclasses become objects by field, datetimes ISO 8601
   strings, enums their values), whatever stdout is;
-* stdout is a terminal: a :mod:`rich` table with a header row;
+* stdout is a terminal: a :mod:`rich` table with a header row (times in UTC to the second,
+  columns empty in every row left out);
 * otherwise (a pipe, a file, a test): one line per record, fields separated by tabs, as the
   commands printed before tables existed, so that scripts which cut them keep working.
 
@@ -96,17 +97,24 @@ def emit(
     from rich.console import Console
     from rich.table import Table
 
+    cells = [[show(item) for _, show in columns] for item in items]
+    shown = [i for i in range(len(columns)) if not cells or any(row[i] for row in cells)]
     table = Table(title=title, header_style="bold")
-    for header, _ in columns:
-        table.add_column(header, overflow="fold")
-    for item in items:
-        table.add_row(*(show(item) for _, show in columns))
+    for i in shown:  # a column empty in every row is left out
+        table.add_column(columns[i][0], overflow="fold")
+    for row in cells:
+        table.add_row(*(row[i] for i in shown))
     Console().print(table)
 
 
 def stamp(value: datetime | None) -> str:
     """A time as a listing shows it (ISO 8601 to the millisecond), or ``-``."""
     return value.isoformat(timespec="milliseconds") if value else "-"
+
+
+def when(value: datetime | None) -> str:
+    """A time as a table shows it: UTC to the second (``2030-01-01 12:00:00``), or ``-``."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -179,4 +187,5 @@ __all__ = [
     "seconds",
     "stamp",
     "stdout_is_terminal",
+    "when",
 ]

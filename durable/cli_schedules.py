@@ -13,7 +13,7 @@ from typing import Any, Protocol, TypeVar
 
 import click
 
-from durable.cli_output import emit, json_option
+from durable.cli_output import emit, json_option, when
 from durable.client import Client
 from durable.models import ScheduleInfo, WorkflowInfo
 
@@ -64,8 +64,8 @@ def schedules_group(open_client: OpenClient) -> click.Group:
                 ("cron", lambda s: s.cron),
                 ("zone", lambda s: s.timezone),
                 ("state", _state),
-                ("next", lambda s: _stamp(s.next_run_at)),
-                ("last", lambda s: _stamp(s.last_tick_at)),
+                ("next", lambda s: when(s.next_run_at)),
+                ("last", lambda s: when(s.last_tick_at)),
                 ("missed", lambda s: s.missed.value),
             ],
             line=_line,

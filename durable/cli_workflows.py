@@ -33,6 +33,7 @@ from durable.cli_output import (
     seconds,
     stamp,
     stdout_is_terminal,
+    when,
 )
 from durable.client import Client
 from durable.models import ExecutorInfo, StepRecord, WorkflowInfo, WorkflowStatus
@@ -234,7 +235,7 @@ def add_workflow_commands(workflows: click.Group, open_client: OpenClient) -> No
                 ("status", lambda i: i.status.value),
                 ("queue", lambda i: i.queue),
                 ("attempts", lambda i: str(i.attempts)),
-                ("created", lambda i: stamp(i.created_at)),
+                ("created", lambda i: when(i.created_at)),
                 ("note", _note),
             ],
             line=_line,
@@ -353,8 +354,8 @@ def executors_command(open_client: OpenClient) -> click.Command:
                 ("id", lambda e: e.id),
                 ("host", lambda e: e.hostname),
                 ("pid", lambda e: str(e.pid)),
-                ("started", lambda e: stamp(e.started_at)),
-                ("heartbeat", lambda e: stamp(e.heartbeat_at)),
+                ("started", lambda e: when(e.started_at)),
+                ("heartbeat", lambda e: when(e.heartbeat_at)),
                 ("state", state),
             ],
             line=lambda e: (
