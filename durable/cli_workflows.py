@@ -1,5 +1,5 @@
-"""``durable workflows list | show | watch`` and ``durable executors``: the commands an
-operator reads a database with.
+"""``durable workflows list | show | watch``, ``durable queues`` and ``durable executors``: the
+commands an operator reads a database with.
 
 :func:`add_workflow_commands` adds them to :mod:`durable.cli`'s ``workflows`` group and
 :func:`executors_command` builds ``durable executors``, both with the way the CLI opens a
@@ -135,18 +135,36 @@ def _steps_timeline(steps: list[StepRecord], origin: datetime | None, now: datet
     return lines
 
 
+async def _capped(client: Client, status: WorkflowStatus) -> list[WorkflowInfo]:
+    """Up to COUNT_CAP + 1 executions of ``status``, newest first."""
+    seen: list[WorkflowInfo] = []
+    cursor: str | None = None
+    while len(seen) <= COUNT_CAP:
+        page = await client.list_workflows(status=status, limit=500, cursor=cursor)
+        seen += page.items
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    return seen[: COUNT_CAP + 1]
+
+
+async def queue_depths(client: Client) -> list[dict[str, object]]:
+    """Each queue with unfinished executions: how many wait (pending) and run, and when the
+    oldest waiting one was created; counted from up to COUNT_CAP + 1 executions per status."""
+    rows: dict[str, dict[str, object]] = {}
+    for status in (WorkflowStatus.PENDING, WorkflowStatus.RUNNING):
+        for info in await _capped(client, status):
+            row = rows.setdefault(
+                info.queue, {"queue": info.queue, "pending": 0, "running": 0, "oldest": None}
+            )
+            row[status.value] = int(str(row[status.value])) + 1
+            if status is WorkflowStatus.PENDING:
+                row["oldest"] = info.created_at  # newest first: the last one read is the oldest
+    return [rows[name] for name in sorted(rows)]
+
+
 async def _counts(client: Client) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for status in WorkflowStatus:
-        seen, cursor = 0, None
-        while seen <= COUNT_CAP:
-            page = await client.list_workflows(status=status, limit=500, cursor=cursor)
-            seen += len(page.items)
-            cursor = page.next_cursor
-            if cursor is None:
-                break
-        counts[status.value] = min(seen, COUNT_CAP + 1)
-    return counts
+    return {status.value: len(await _capped(client, status)) for status in WorkflowStatus}
 
 
 def _counts_text(counts: dict[str, int]) -> str:
@@ -327,6 +345,37 @@ def add_workflow_commands(workflows: click.Group, open_client: OpenClient) -> No
             open_client(url, run)
 
 
+def queues_command(open_client: OpenClient) -> click.Command:
+    """``durable queues URL``: the queues with unfinished executions."""
+
+    @click.command("queues")
+    @click.argument("url", metavar="URL")
+    @json_option
+    def queues(url: str, as_json: bool) -> None:
+        """List the queues that hold unfinished executions: how many wait and run (each
+        counted up to 1000: more shows as 1001), and when the oldest waiting one was created."""
+        emit(
+            open_client(url, queue_depths),
+            as_json=as_json,
+            columns=[
+                ("queue", lambda q: str(q["queue"])),
+                ("pending", lambda q: str(q["pending"])),
+                ("running", lambda q: str(q["running"])),
+                ("oldest pending", lambda q: when(_moment(q["oldest"]))),
+            ],
+            line=lambda q: (
+                f"{q['queue']}\tpending={q['pending']}\trunning={q['running']}\t"
+                f"oldest={stamp(_moment(q['oldest']))}"
+            ),
+        )
+
+    return queues
+
+
+def _moment(value: object) -> datetime | None:
+    return value if isinstance(value, datetime) else None
+
+
 def executors_command(open_client: OpenClient) -> click.Command:
     """``durable executors URL``: the runtimes known by their heartbeats."""
 
@@ -373,5 +422,7 @@ __all__ = [
     "add_workflow_commands",
     "executors_command",
     "filter_options",
+    "queue_depths",
+    "queues_command",
     "select_workflows",
 ]

@@ -137,6 +137,13 @@ def test_steps_waiting_messages_get_and_executors_as_json(filled: str) -> None:
     header = json.loads(got.stdout)
     assert header["output"] == {"n": 0, "result": "stored 2"}
     assert datetime.fromisoformat(header["completed_at"]).utcoffset() is not None
+    queues = as_json("queues", filled)
+    assert [(q["queue"], q["pending"], q["running"]) for q in queues] == [
+        ("default", 1, 0),  # nap-5
+        ("slow", 1, 0),
+    ]
+    assert datetime.fromisoformat(queues[1]["oldest"]).utcoffset() is not None
+    assert run("queues", filled).stdout.splitlines()[1].startswith("slow\tpending=1\trunning=0\t")
     executors = as_json("executors", filled)
     assert [(e["id"], e["state"]) for e in executors] == [("web-test-1", "stopped")]
 
