@@ -156,7 +156,7 @@ def bar(offset: float, length: float, total: float, width: int = 30) -> str:
     spaces up to its start ``offset``, then ``#`` for its ``length`` (at least one)."""
     if total <= 0:
         return "#".ljust(width)
-    start = min(width - 1, round(offset / total * width))
+    start = max(0, min(width - 1, round(offset / total * width)))  # before the origin: 0
     cells = max(1, round(length / total * width))
     cells = min(cells, width - start)
     return (" " * start + "#" * cells).ljust(width)

@@ -282,6 +282,7 @@ def test_durations_bars_and_seconds() -> None:
     assert bar(5, 5, 10, width=10) == " " * 5 + "#" * 5
     assert bar(9.99, 0.001, 10, width=10) == " " * 9 + "#"  # at least one character
     assert bar(0, 0, 0, width=4) == "#   "
+    assert bar(-5, 20, 10, width=10) == "#" * 10  # recorded before a redrive's start: clamped
     assert [seconds(v) for v in (None, 0.25, 12.34, 245, 7800)] == [
         "-",
         "250ms",
