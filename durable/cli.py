@@ -341,7 +341,11 @@ def list_waiting(url: str, kind: str | None, limit: int, as_json: bool) -> None:
         as_json=as_json,
         columns=[("id", lambda w: w.workflow_id), ("name", name), ("waits", str)],
         line=lambda w: f"{w.workflow_id}\t{name(w)}\t{w}",
-        as_object=lambda w: {**jsonable(w), "workflow": None, "name": name(w), "text": str(w)},
+        as_object=lambda w: {
+            **{k: v for k, v in jsonable(w).items() if k != "workflow"},  # the header: `get`
+            "name": name(w),
+            "text": str(w),
+        },
     )
 
 

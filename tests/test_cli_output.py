@@ -132,6 +132,7 @@ def test_steps_waiting_messages_get_and_executors_as_json(filled: str) -> None:
         ("nap-5", "sleep", "web.nap.v1")
     ]
     assert waiting[0]["text"].startswith("sleeping until ")
+    assert "workflow" not in waiting[0] and datetime.fromisoformat(waiting[0]["until"])
     assert as_json("workflows", "messages", filled, "order-0") == []
     got = run("workflows", "get", filled, "order-0")
     header = json.loads(got.stdout)
