@@ -11,27 +11,26 @@ go through a :class:`~durable.Client` opened by :func:`open_client`.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import importlib
 import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from durable.backends.rows import CORRUPT_ROW
+from durable.cli_actions import add_action_commands
+from durable.cli_output import checked_id, emit, json_option, jsonable, stamp, when
 from durable.cli_schedules import schedules_group
+from durable.cli_workflows import add_workflow_commands, executors_command, queues_command
 from durable.client import Client
-from durable.errors import DurableError, InvalidArgumentError, SchemaVersionError
+from durable.errors import DurableError, SchemaVersionError
 from durable.inspection import Waiting
 from durable.models import Message, StepRecord, WorkflowInfo
 from durable.runtime import Runtime
-from durable.validation import check_id
 from durable.worker import serve
 
 # The SQL backend (SQLAlchemy's asyncio extension, the drivers, Alembic) is imported by the
@@ -65,14 +64,6 @@ def reported_errors() -> Iterator[None]:
         yield
     except DurableError as exc:
         raise click.ClickException(str(exc)) from exc
-
-
-def _checked_id(value: str, what: str) -> str:
-    """An id or name argument, checked as the API checks it (a usage error otherwise)."""
-    try:
-        return check_id(value, what)
-    except InvalidArgumentError as exc:
-        raise click.BadParameter(str(exc)) from None
 
 
 def open_backend(
@@ -325,37 +316,6 @@ def workflows() -> None:
     """Inspect and control workflow executions stored at a URL."""
 
 
-def _stamp(value: datetime | None) -> str:
-    return value.isoformat(timespec="milliseconds") if value else "-"
-
-
-@workflows.command("list")
-@url_argument
-@click.option("--status", "statuses", multiple=True, help="Only this status (repeatable).")
-@click.option(
-    "--name",
-    default=None,
-    help="Only this workflow name.",
-    callback=lambda _c, _p, v: None if v is None else _checked_id(v, "--name"),
-)
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
-def list_workflows(url: str, statuses: tuple[str, ...], name: str | None, limit: int) -> None:
-    """List executions, newest first. A row that cannot be read is listed with what is wrong
-    with it (and its unknown status, if that is what is wrong, shown as failed)."""
-
-    async def read(client: Client) -> list[WorkflowInfo]:
-        page = await client.list_workflows(status=list(statuses) or None, name=name, limit=limit)
-        return page.items
-
-    for info in open_client(url, read):
-        error = info.error
-        note = f"\tunreadable: {error.message}" if error and error.type == CORRUPT_ROW else ""
-        click.echo(
-            f"{info.id}\t{info.name}\t{info.status.value}\tattempts={info.attempts}\t"
-            f"created={_stamp(info.created_at)}{note}"
-        )
-
-
 @workflows.command("waiting")
 @url_argument
 @click.option(
@@ -365,21 +325,33 @@ def list_workflows(url: str, statuses: tuple[str, ...], name: str | None, limit:
     help="Only sleeping workflows, or only those waiting for a message (default: both).",
 )
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
-def list_waiting(url: str, kind: str | None, limit: int) -> None:
+@json_option
+def list_waiting(url: str, kind: str | None, limit: int, as_json: bool) -> None:
     """List executions that wait, newest first, with what each waits for ("sleeping until
     T", "waiting for topic X")."""
 
     async def read(client: Client) -> list[Waiting]:
         return (await client.list_waiting(kind=kind, limit=limit)).items
 
-    for waiting in open_client(url, read):
-        name = waiting.workflow.name if waiting.workflow is not None else "-"
-        click.echo(f"{waiting.workflow_id}\t{name}\t{waiting}")
+    def name(w: Waiting) -> str:
+        return w.workflow.name if w.workflow is not None else "-"
+
+    emit(
+        open_client(url, read),
+        as_json=as_json,
+        columns=[("id", lambda w: w.workflow_id), ("name", name), ("waits", str)],
+        line=lambda w: f"{w.workflow_id}\t{name(w)}\t{w}",
+        as_object=lambda w: {
+            **{k: v for k, v in jsonable(w).items() if k != "workflow"},  # the header: `get`
+            "name": name(w),
+            "text": str(w),
+        },
+    )
 
 
 @workflows.command("messages")
 @url_argument
-@click.argument("workflow_id", callback=lambda _c, _p, v: _checked_id(v, "WORKFLOW_ID"))
+@click.argument("workflow_id", callback=lambda _c, _p, v: checked_id(v, "WORKFLOW_ID"))
 @click.option("--topic", default=None, help="Only messages on this topic.")
 @click.option(
     "--pending/--all",
@@ -387,7 +359,10 @@ def list_waiting(url: str, kind: str | None, limit: int) -> None:
     show_default=True,
     help="Only messages not received yet (the default), or every message.",
 )
-def list_messages(url: str, workflow_id: str, topic: str | None, pending: bool) -> None:
+@json_option
+def list_messages(
+    url: str, workflow_id: str, topic: str | None, pending: bool, as_json: bool
+) -> None:
     """List the messages sent to an execution (and its timers'), in the order they were
     stored: seq, topic, when it may be received, when it was received (or "pending"), and
     its value as JSON."""
@@ -397,72 +372,81 @@ def list_messages(url: str, workflow_id: str, topic: str | None, pending: bool) 
             workflow_id, topic=topic, received=False if pending else None
         )
 
-    for message in open_client(url, read):
-        kind = "timer" if message.timer else "message"
-        received = _stamp(message.received_at) if message.received_at else "pending"
-        click.echo(
-            f"{message.seq}\t{message.topic}\t{kind}\tdeliver={_stamp(message.deliver_at)}\t"
-            f"received={received}\t{json.dumps(message.value, default=repr)}"
-        )
+    def kind(m: Message) -> str:
+        return "timer" if m.timer else "message"
+
+    def received(m: Message) -> str:
+        return stamp(m.received_at) if m.received_at else "pending"
+
+    def value(m: Message) -> str:
+        return json.dumps(m.value, default=repr)
+
+    emit(
+        open_client(url, read),
+        as_json=as_json,
+        columns=[
+            ("seq", lambda m: str(m.seq)),
+            ("topic", lambda m: m.topic),
+            ("kind", kind),
+            ("deliver", lambda m: when(m.deliver_at)),
+            ("received", received),
+            ("value", value),
+        ],
+        line=lambda m: (
+            f"{m.seq}\t{m.topic}\t{kind(m)}\tdeliver={stamp(m.deliver_at)}\t"
+            f"received={received(m)}\t{value(m)}"
+        ),
+    )
 
 
 @workflows.command("get")
 @url_argument
-@click.argument("workflow_id", callback=lambda _c, _p, v: _checked_id(v, "WORKFLOW_ID"))
+@click.argument("workflow_id", callback=lambda _c, _p, v: checked_id(v, "WORKFLOW_ID"))
 def get_workflow(url: str, workflow_id: str) -> None:
-    """Print one execution's header as JSON."""
+    """Print one execution's header as JSON (times ISO 8601); `durable workflows show` prints
+    it for a person, with its steps."""
 
     async def read(client: Client) -> WorkflowInfo:
         return await client.get_workflow(workflow_id)
 
-    info = open_client(url, read)
-    data = dataclasses.asdict(info)
-    click.echo(json.dumps(data, default=str, indent=2))
+    click.echo(json.dumps(jsonable(open_client(url, read)), indent=2))
 
 
 @workflows.command("steps")
 @url_argument
-@click.argument("workflow_id", callback=lambda _c, _p, v: _checked_id(v, "WORKFLOW_ID"))
-def list_steps(url: str, workflow_id: str) -> None:
+@click.argument("workflow_id", callback=lambda _c, _p, v: checked_id(v, "WORKFLOW_ID"))
+@json_option
+def list_steps(url: str, workflow_id: str, as_json: bool) -> None:
     """List an execution's steps: position, name, status, attempts, executor, timings."""
 
     async def read(client: Client) -> list[StepRecord]:
         return await client.list_steps(workflow_id)
 
-    for s in open_client(url, read):
-        error = f"\t{s.error.type}: {s.error.message}" if s.error else ""
-        status = f"{s.status.value} (runs again on retry)" if s.rerun else s.status.value
-        click.echo(
-            f"{s.position}\t{s.name}\t{status}\tattempts={s.attempts}\t"
-            f"executor={s.executor_id or '-'}\tstarted={_stamp(s.started_at)}\t"
-            f"completed={_stamp(s.completed_at)}{error}"
-        )
+    def status(s: StepRecord) -> str:
+        return f"{s.status.value} (runs again on retry)" if s.rerun else s.status.value
 
+    def error(s: StepRecord) -> str:
+        return f"{s.error.type}: {s.error.message}" if s.error else ""
 
-@workflows.command("cancel")
-@url_argument
-@click.argument("workflow_id", callback=lambda _c, _p, v: _checked_id(v, "WORKFLOW_ID"))
-def cancel_workflow(url: str, workflow_id: str) -> None:
-    """Cancel an unfinished execution (it stops at its next step boundary)."""
-
-    async def cancel(client: Client) -> WorkflowInfo:
-        return await client.cancel(workflow_id)
-
-    info = open_client(url, cancel)
-    click.echo(f"{info.id}: {info.status.value}")
-
-
-@workflows.command("retry")
-@url_argument
-@click.argument("workflow_id", callback=lambda _c, _p, v: _checked_id(v, "WORKFLOW_ID"))
-def retry_workflow(url: str, workflow_id: str) -> None:
-    """Run a failed, dead-lettered or cancelled execution again (completed steps are kept)."""
-
-    async def retry(client: Client) -> WorkflowInfo:
-        return await client.retry(workflow_id)
-
-    info = open_client(url, retry)
-    click.echo(f"{info.id}: {info.status.value}")
+    emit(
+        open_client(url, read),
+        as_json=as_json,
+        columns=[
+            ("#", lambda s: str(s.position)),
+            ("name", lambda s: s.name),
+            ("status", status),
+            ("attempts", lambda s: str(s.attempts)),
+            ("executor", lambda s: s.executor_id or "-"),
+            ("started", lambda s: when(s.started_at)),
+            ("completed", lambda s: when(s.completed_at)),
+            ("error", error),
+        ],
+        line=lambda s: (
+            f"{s.position}\t{s.name}\t{status(s)}\tattempts={s.attempts}\t"
+            f"executor={s.executor_id or '-'}\tstarted={stamp(s.started_at)}\t"
+            f"completed={stamp(s.completed_at)}" + (f"\t{error(s)}" if s.error else "")
+        ),
+    )
 
 
 @main.command(short_help="Serve the web view of a database (needs the web extra).")
@@ -488,3 +472,7 @@ def ui(url: str, host: str, port: int, actions: bool, token: str | None) -> None
 
 
 main.add_command(schedules_group(open_client), "schedules")
+add_workflow_commands(workflows, open_client)
+add_action_commands(workflows, open_client)
+main.add_command(executors_command(open_client), "executors")
+main.add_command(queues_command(open_client), "queues")

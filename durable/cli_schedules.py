@@ -13,6 +13,7 @@ from typing import Any, Protocol, TypeVar
 
 import click
 
+from durable.cli_output import emit, json_option, when
 from durable.client import Client
 from durable.models import ScheduleInfo, WorkflowInfo
 
@@ -29,10 +30,13 @@ def _stamp(value: datetime | None) -> str:
     return value.isoformat() if value else "-"
 
 
+def _state(s: ScheduleInfo) -> str:
+    return "paused" if s.paused else "active"
+
+
 def _line(s: ScheduleInfo) -> str:
-    state = "paused" if s.paused else "active"
     return (
-        f"{s.name}\t{s.workflow}\t{s.cron}\t{s.timezone}\t{state}\t"
+        f"{s.name}\t{s.workflow}\t{s.cron}\t{s.timezone}\t{_state(s)}\t"
         f"next={_stamp(s.next_run_at)}\tlast={_stamp(s.last_tick_at)}\tmissed={s.missed.value}"
     )
 
@@ -48,10 +52,24 @@ def schedules_group(open_client: OpenClient) -> click.Group:
 
     @schedules.command("list")
     @url_argument
-    def list_schedules(url: str) -> None:
+    @json_option
+    def list_schedules(url: str, as_json: bool) -> None:
         """List schedules by name: workflow, cron, zone, state, next and last tick (UTC)."""
-        for schedule in open_client(url, lambda client: client.list_schedules()):
-            click.echo(_line(schedule))
+        emit(
+            open_client(url, lambda client: client.list_schedules()),
+            as_json=as_json,
+            columns=[
+                ("name", lambda s: s.name),
+                ("workflow", lambda s: s.workflow),
+                ("cron", lambda s: s.cron),
+                ("zone", lambda s: s.timezone),
+                ("state", _state),
+                ("next", lambda s: when(s.next_run_at)),
+                ("last", lambda s: when(s.last_tick_at)),
+                ("missed", lambda s: s.missed.value),
+            ],
+            line=_line,
+        )
 
     def one(verb: str, doc: str, op: Callable[[Client, str], Awaitable[Any]]) -> None:
         def command(url: str, name: str) -> None:

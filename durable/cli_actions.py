@@ -1,0 +1,184 @@
+"""``durable workflows cancel | retry | resume``: change executions, one by id or many chosen
+by the filters of ``workflows list``.
+
+:func:`add_action_commands` adds them to :mod:`durable.cli`'s ``workflows`` group. Given ids,
+a command acts on those (``ID: status`` per line, exit status 1 on the first error, as before
+filters existed). Given filters instead (``--status``, ``--name``, ``--queue``, ``--since``,
+``--until``; at most ``--limit``), it lists what matches, asks for confirmation (in a terminal;
+elsewhere it needs ``--yes``), then acts on each with a progress bar in a terminal, one line per
+execution elsewhere; one that cannot be changed (it finished meanwhile, a retry of a running
+one) is reported and skipped, and the exit status is 1 if any was.
+
+``resume`` is ``retry`` under the name operators look for: :meth:`Client.retry
+<durable.Client.retry>` runs a cancelled, dead-lettered or failed execution again from its
+history.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+import click
+
+from durable.cli_output import checked_id, stdout_is_terminal
+from durable.cli_workflows import OpenClient, filter_options, select_workflows
+from durable.client import Client
+from durable.errors import DurableError
+from durable.models import WorkflowInfo, WorkflowStatus
+
+#: What each action does, the statuses it acts on when filtering without --status, and its
+#: Client operation.
+ACTIONS: dict[
+    str, tuple[str, tuple[WorkflowStatus, ...], Callable[[Client, str], Awaitable[WorkflowInfo]]]
+] = {
+    "cancel": (
+        "Cancel unfinished executions (each stops at its next step boundary; its descendants "
+        "are cancelled with it).",
+        (WorkflowStatus.PENDING, WorkflowStatus.RUNNING),
+        Client.cancel,
+    ),
+    "retry": (
+        "Run failed, dead-lettered or cancelled executions again (completed steps are kept).",
+        (WorkflowStatus.FAILED, WorkflowStatus.DEAD_LETTER, WorkflowStatus.CANCELLED),
+        Client.retry,
+    ),
+    "resume": (
+        "Resume cancelled, dead-lettered or failed executions from their history: the same as "
+        "`durable workflows retry`.",
+        (WorkflowStatus.CANCELLED, WorkflowStatus.DEAD_LETTER, WorkflowStatus.FAILED),
+        Client.retry,
+    ),
+}
+
+
+def stdin_is_terminal() -> bool:
+    """Whether a person can answer a question (stdin is a terminal)."""
+    return sys.stdin.isatty()
+
+
+def add_action_commands(workflows: click.Group, open_client: OpenClient) -> None:
+    """Add ``cancel``, ``retry`` and ``resume`` to the ``workflows`` group."""
+    for verb, (doc, default_statuses, op) in ACTIONS.items():
+        workflows.command(verb)(_action(verb, doc, default_statuses, op, open_client))
+
+
+def _action(
+    verb: str,
+    doc: str,
+    default_statuses: tuple[WorkflowStatus, ...],
+    op: Callable[[Client, str], Awaitable[WorkflowInfo]],
+    open_client: OpenClient,
+) -> Callable[..., None]:
+    @click.argument("url", metavar="URL")
+    @click.argument(
+        "workflow_ids",
+        nargs=-1,
+        metavar="[ID]...",
+        callback=lambda _c, _p, v: tuple(checked_id(i, "WORKFLOW_ID") for i in v),
+    )
+    @filter_options
+    @click.option(
+        "--limit", default=1000, show_default=True, type=click.IntRange(min=1),
+        help="At most this many executions chosen by filters.",
+    )  # fmt: skip
+    @click.option("--yes", is_flag=True, help="Do not ask for confirmation (filters only).")
+    def command(
+        url: str,
+        workflow_ids: tuple[str, ...],
+        statuses: tuple[str, ...],
+        name: str | None,
+        queue: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        limit: int,
+        yes: bool,
+    ) -> None:
+        filtering = bool(statuses or name or queue or since or until)
+        if workflow_ids and filtering:
+            raise click.UsageError("give ids or filters, not both")
+        if workflow_ids:
+            for workflow_id in workflow_ids:
+                info = open_client(url, _bound(op, workflow_id))
+                click.echo(f"{info.id}: {info.status.value}")
+            return
+        if not filtering:
+            raise click.UsageError("give the ids to act on, or filters (e.g. --status, --name)")
+        chosen = statuses or tuple(s.value for s in default_statuses)
+
+        async def run(client: Client) -> int:
+            found = await select_workflows(
+                client,
+                statuses=chosen,
+                name=name,
+                queue=queue,
+                since=since,
+                until=until,
+                limit=limit,
+            )
+            if not found:
+                click.echo(f"no execution matches: nothing to {verb}", err=True)
+                return 0
+            if not yes:
+                question = f"{verb} {len(found)} execution(s)"
+                if not stdin_is_terminal():
+                    raise click.UsageError(f"this would {question}: pass --yes to confirm")
+                if not click.confirm(f"{question.capitalize()}?"):
+                    raise click.Abort()
+            return await _each(client, found, verb, op)
+
+        failures = open_client(url, run)
+        if failures:
+            click.get_current_context().exit(1)
+
+    command.__doc__ = (
+        f"{doc}\n\nGive IDs, or filters choosing them as `workflows list` does (by default "
+        f"the {', '.join(s.value for s in default_statuses)} ones); with filters it asks "
+        "first (--yes: it does not) and shows its progress."
+    )
+    return command
+
+
+def _bound(
+    op: Callable[[Client, str], Awaitable[WorkflowInfo]], workflow_id: str
+) -> Callable[[Client], Awaitable[WorkflowInfo]]:
+    return lambda client: op(client, workflow_id)
+
+
+async def _each(
+    client: Client,
+    found: list[WorkflowInfo],
+    verb: str,
+    op: Callable[[Client, str], Awaitable[WorkflowInfo]],
+) -> int:
+    """Apply ``op`` to each execution; report each (a progress bar in a terminal); return how
+    many failed."""
+    failures = 0
+    progress = None
+    if stdout_is_terminal():
+        from rich.progress import Progress
+
+        progress = Progress()
+        progress.start()
+    task = progress.add_task(verb, total=len(found)) if progress is not None else None
+    try:
+        for info in found:
+            try:
+                done = await op(client, info.id)
+            except DurableError as exc:
+                failures += 1
+                click.echo(f"{info.id}: could not {verb}: {exc}", err=True)
+            else:
+                if progress is None:
+                    click.echo(f"{done.id}: {done.status.value}")
+            if progress is not None and task is not None:
+                progress.advance(task)
+    finally:
+        if progress is not None:
+            progress.stop()
+    click.echo(f"{len(found) - failures} of {len(found)} execution(s): {verb} done", err=True)
+    return failures
+
+
+__all__ = ["ACTIONS", "add_action_commands"]

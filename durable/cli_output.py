@@ -1,0 +1,191 @@
+"""How the ``durable`` commands print what they list: a table for a person, lines for a pipe,
+JSON for a script.
+
+:func:`emit` prints a list of records one of three ways:
+
+* ``--json``: one JSON array of objects (dataclasses become objects by field, datetimes ISO 8601
+  strings, enums their values), whatever stdout is;
+* stdout is a terminal: a :mod:`rich` table with a header row (times in UTC to the second,
+  columns empty in every row left out);
+* otherwise (a pipe, a file, a test): one line per record, fields separated by tabs, as the
+  commands printed before tables existed, so that scripts which cut them keep working.
+
+It also holds the command line's small parsers: :func:`moment` (``--since 1h``) and
+:func:`parse_duration`, and the pieces of a text timeline (:func:`bar`, :func:`seconds`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import click
+
+from durable.errors import InvalidArgumentError
+from durable.validation import check_id
+
+T = TypeVar("T")
+
+#: A column of a table: its header and what it shows of a record.
+Column = tuple[str, Callable[[T], str]]
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print a JSON array of objects (for scripts)."
+)
+
+
+def checked_id(value: str, what: str) -> str:
+    """An id or name argument, checked as the API checks it (a usage error otherwise)."""
+    try:
+        return check_id(value, what)
+    except InvalidArgumentError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def stdout_is_terminal() -> bool:
+    """Whether a person reads stdout (it is a terminal): then listings are tables."""
+    return sys.stdout.isatty()
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON values: dataclasses by field (fields hidden from ``repr`` left
+    out), datetimes ISO 8601, timedeltas seconds, enums their value, anything else unknown its
+    ``repr``."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value) if f.repr
+        }
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, enum.Enum):
+        return jsonable(value.value)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)
+
+
+def emit(
+    items: Sequence[T],
+    *,
+    as_json: bool,
+    columns: Sequence[Column[T]],
+    line: Callable[[T], str],
+    as_object: Callable[[T], Any] = jsonable,
+    title: str | None = None,
+) -> None:
+    """Print ``items``: a JSON array (``as_json``; each item through ``as_object``), a table of
+    ``columns`` when stdout is a terminal, else one ``line`` per item."""
+    if as_json:
+        click.echo(json.dumps([as_object(item) for item in items], indent=2))
+        return
+    if not stdout_is_terminal():
+        for item in items:
+            click.echo(line(item))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    cells = [[show(item) for _, show in columns] for item in items]
+    shown = [i for i in range(len(columns)) if not cells or any(row[i] for row in cells)]
+    table = Table(title=title, header_style="bold")
+    for i in shown:  # a column empty in every row is left out
+        table.add_column(columns[i][0], overflow="fold")
+    for row in cells:
+        table.add_row(*(row[i] for i in shown))
+    Console().print(table)
+
+
+def stamp(value: datetime | None) -> str:
+    """A time as a listing shows it (ISO 8601 to the millisecond), or ``-``."""
+    return value.isoformat(timespec="milliseconds") if value else "-"
+
+
+def when(value: datetime | None) -> str:
+    """A time as a table shows it: UTC to the second (``2030-01-01 12:00:00``), or ``-``."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30s``, ``15m``, ``1h``, ``7d``, ``2w`` (a number, then one unit) as a timedelta.
+
+    :raises ValueError: anything else, or a duration that is not positive.
+    """
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration like 30s, 15m, 1h, 7d or 2w")
+    seconds = float(match.group(1)) * _UNIT[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"{text!r} is not a positive duration")
+    return timedelta(seconds=seconds)
+
+
+def moment(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """A click callback for ``--since`` / ``--until``: a duration before now (``1h``: an hour
+    ago) or an ISO 8601 time (UTC when it has no offset). A bad value is a usage error naming
+    the option."""
+    if value is None:
+        return None
+    try:
+        return datetime.now(UTC) - parse_duration(value)
+    except ValueError as exc:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise click.BadParameter(f"{exc} (or an ISO 8601 time)", ctx, param) from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def bar(offset: float, length: float, total: float, width: int = 30) -> str:
+    """A step's bar on a timeline ``width`` characters wide that spans ``total`` seconds:
+    spaces up to its start ``offset``, then ``#`` for its ``length`` (at least one)."""
+    if total <= 0:
+        return "#".ljust(width)
+    start = max(0, min(width - 1, round(offset / total * width)))  # before the origin: 0
+    cells = max(1, round(length / total * width))
+    cells = min(cells, width - start)
+    return (" " * start + "#" * cells).ljust(width)
+
+
+def seconds(value: float | None) -> str:
+    """A duration for a person: ``850ms``, ``12.3s``, ``4m05s``, ``2h10m``; ``-`` for None."""
+    if value is None:
+        return "-"
+    if value < 1:
+        return f"{value * 1000:.0f}ms"
+    if value < 60:
+        return f"{value:.1f}s"
+    if value < 3600:
+        return f"{int(value // 60)}m{int(value % 60):02d}s"
+    return f"{int(value // 3600)}h{int(value % 3600 // 60):02d}m"
+
+
+__all__ = [
+    "Column",
+    "bar",
+    "checked_id",
+    "emit",
+    "json_option",
+    "jsonable",
+    "moment",
+    "parse_duration",
+    "seconds",
+    "stamp",
+    "stdout_is_terminal",
+    "when",
+]

@@ -1,0 +1,293 @@
+"""The CLI's output for people and scripts: tables in a terminal, tab-separated lines in a pipe,
+``--json`` everywhere a command lists; ``workflows list`` filters; ``workflows show`` (the step
+timeline), ``watch``, ``resume``; ``durable executors``. Over SQLite files (and PostgreSQL)
+filled by real workflow runs (tests/webdata.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import webdata
+from click.testing import CliRunner, Result
+
+import durable
+from durable import cli_actions, cli_output, cli_workflows
+from durable.cli import main
+from durable.cli_output import bar, parse_duration, seconds
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def as_json(*args: str) -> Any:
+    result = run(*args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def fill(url: str, orders: int = 3) -> None:
+    """webdata.fill with its retry counts fresh (each filled database gets its retried step),
+    and put back as they were for other test modules."""
+    saved = dict(webdata.FLAKY)
+    webdata.FLAKY.clear()
+    try:
+        asyncio.run(webdata.fill(url, orders))
+    finally:
+        webdata.FLAKY.clear()
+        webdata.FLAKY.update(saved)
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite file with real runs of webdata's workflows (made once; tests that change it
+    work on a copy, :func:`copy`)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('cli') / 'filled.db'}"
+    fill(url)
+    return url
+
+
+@pytest.fixture
+def copy(filled: str, tmp_path: Path) -> str:
+    target = tmp_path / "copy.db"
+    shutil.copy(filled.removeprefix("sqlite:///"), target)
+    return f"sqlite:///{target}"
+
+
+def ids(rows: list[dict[str, Any]]) -> set[str]:
+    return {row["id"] for row in rows}
+
+
+def test_list_json_is_a_list_of_objects_with_iso_times(filled: str) -> None:
+    rows = as_json("workflows", "list", filled)
+    assert {"order-0", "order-1", "order-2", "broken-7", "parent-40", "nap-5"} <= ids(rows)
+    for row in rows:
+        created = datetime.fromisoformat(row["created_at"])
+        assert created.utcoffset() is not None
+        assert row["status"] in {s.value for s in durable.WorkflowStatus}
+    broken = next(r for r in rows if r["id"] == "broken-7")
+    assert broken["status"] == "failed" and "malformed" in broken["error"]["message"]
+    newest_first = [datetime.fromisoformat(r["created_at"]) for r in rows]
+    assert newest_first == sorted(newest_first, reverse=True)
+
+
+def test_list_filters(filled: str) -> None:
+    every = as_json("workflows", "list", filled)
+    assert ids(as_json("workflows", "list", filled, "--status", "failed")) == {"broken-7"}
+    named = as_json("workflows", "list", filled, "--name", "web.order.v1")
+    assert {r["name"] for r in named} == {"web.order.v1"} and len(named) == 5  # 3, child, queued
+    slow = as_json("workflows", "list", filled, "--queue", "slow")
+    assert [r["queue"] for r in slow] == ["slow"] and len(slow) == 1
+    assert ids(as_json("workflows", "list", filled, "--since", "1h")) == ids(every)
+    assert as_json("workflows", "list", filled, "--until", "1h") == []
+    later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    assert as_json("workflows", "list", filled, "--since", later) == []
+    # --since cuts where the listing crosses it: the three newest only
+    third = datetime.fromisoformat(every[2]["created_at"]).isoformat()
+    assert ids(as_json("workflows", "list", filled, "--since", third)) == ids(every[:3])
+    assert len(as_json("workflows", "list", filled, "--queue", "default", "--limit", "2")) == 2
+    both = as_json("workflows", "list", filled, "--status", "succeeded", "--status", "failed")
+    assert {r["status"] for r in both} == {"succeeded", "failed"}
+
+
+@pytest.mark.parametrize("bad", ["5x", "1 hour", "-1h", "0s", "yesterday"])
+def test_a_bad_duration_is_a_usage_error_naming_the_option(filled: str, bad: str) -> None:
+    result = run("workflows", "list", filled, "--since", bad)
+    assert result.exit_code == 2
+    assert "--since" in result.output and "duration" in result.output
+    assert run("workflows", "list", filled, "--until", bad).exit_code == 2
+
+
+def test_plain_lines_in_a_pipe_and_a_table_in_a_terminal(
+    filled: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    piped = run("workflows", "list", filled, "--status", "failed")
+    assert piped.stdout.splitlines()[0].split("\t")[:3] == ["broken-7", "web.broken.v1", "failed"]
+    monkeypatch.setattr(cli_output, "stdout_is_terminal", lambda: True)
+    monkeypatch.setenv("COLUMNS", "200")  # rich's width where stdout is not a terminal
+    table = run("workflows", "list", filled, "--status", "failed")
+    assert table.exit_code == 0
+    assert "\t" not in table.stdout
+    header = next(line for line in table.stdout.splitlines() if "status" in line)
+    assert "id" in header and "queue" in header and "created" in header
+    assert "broken-7" in table.stdout and "failed" in table.stdout
+    steps = run("workflows", "steps", filled, "order-0")
+    assert "web.flaky" in steps.stdout and "attempts" in steps.stdout
+
+
+def test_steps_waiting_messages_get_and_executors_as_json(filled: str) -> None:
+    steps = as_json("workflows", "steps", filled, "order-0")
+    assert [s["attempts"] for s in steps] == [1, 2, 1]
+    assert [s["attempts"] for s in steps] == [1, 2, 1]
+    assert all(datetime.fromisoformat(s["completed_at"]) for s in steps)
+    assert "serialized_output" not in steps[0]
+    waiting = as_json("workflows", "waiting", filled)
+    assert [(w["workflow_id"], w["kind"], w["name"]) for w in waiting] == [
+        ("nap-5", "sleep", "web.nap.v1")
+    ]
+    assert waiting[0]["text"].startswith("sleeping until ")
+    assert "workflow" not in waiting[0] and datetime.fromisoformat(waiting[0]["until"])
+    assert as_json("workflows", "messages", filled, "order-0") == []
+    got = run("workflows", "get", filled, "order-0")
+    header = json.loads(got.stdout)
+    assert header["output"] == {"n": 0, "result": "stored 2"}
+    assert datetime.fromisoformat(header["completed_at"]).utcoffset() is not None
+    queues = as_json("queues", filled)
+    assert [(q["queue"], q["pending"], q["running"]) for q in queues] == [
+        ("default", 1, 0),  # nap-5
+        ("slow", 1, 0),
+    ]
+    assert datetime.fromisoformat(queues[1]["oldest"]).utcoffset() is not None
+    assert run("queues", filled).stdout.splitlines()[1].startswith("slow\tpending=1\trunning=0\t")
+    executors = as_json("executors", filled)
+    assert [(e["id"], e["state"]) for e in executors] == [("web-test-1", "stopped")]
+
+
+def test_show_draws_the_step_timeline(filled: str) -> None:
+    shown = run("workflows", "show", filled, "order-0")
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert lines[0] == "order-0  web.order.v1  succeeded"
+    start = lines.index("steps (3):")
+    steps = lines[start + 1 : start + 4]
+    for position, (line, name) in enumerate(
+        zip(steps, ["web.fetch", "web.flaky", "web.store"], strict=True)
+    ):
+        assert line.split()[:3] == [str(position), name, "succeeded"]
+        assert "web-test-1" in line and line.count("|") == 2 and "#" in line
+    assert "x2" in steps[1]  # the retried step's attempts
+    parent = run("workflows", "show", filled, "parent-40").stdout
+    assert "children (1):" in parent and "parent-40/1  web.order.v1  succeeded" in parent
+    assert "child parent-40/1" in parent
+    assert "sleeping until " in run("workflows", "show", filled, "nap-5").stdout
+    broken = run("workflows", "show", filled, "broken-7").stdout
+    assert "error     builtins.ValueError: order 7 is malformed" in broken
+    assert "failed (reruns)" in broken
+    missing = run("workflows", "show", filled, "nobody")
+    assert missing.exit_code == 1 and "nobody" in missing.stderr
+
+
+def test_watch_counts_by_status(filled: str) -> None:
+    once = run("workflows", "watch", filled, "--once")
+    assert once.exit_code == 0, once.output
+    counts = dict(item.split("=") for item in once.stdout.split())
+    every = as_json("workflows", "list", filled)
+    for status in durable.WorkflowStatus:
+        assert int(counts[status.value]) == sum(r["status"] == status.value for r in every)
+    twice = run("workflows", "watch", filled, "--count", "2", "--interval", "0.1")
+    assert twice.stdout.splitlines() == [once.stdout.strip()] * 2
+
+
+def test_resume_is_retry(copy: str) -> None:
+    queued = as_json("workflows", "list", copy, "--queue", "slow")[0]["id"]
+    assert run("workflows", "cancel", copy, queued).stdout.strip() == f"{queued}: cancelled"
+    assert run("workflows", "resume", copy, queued).stdout.strip() == f"{queued}: pending"
+    assert run("workflows", "resume", copy, "broken-7").stdout.strip() == "broken-7: pending"
+    refused = run("workflows", "resume", copy, "order-0")
+    assert refused.exit_code == 1 and "order-0" in refused.stderr
+
+
+def test_bulk_cancel_and_retry_by_filter(copy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    queued = as_json("workflows", "list", copy, "--queue", "slow")[0]["id"]
+    unconfirmed = run("workflows", "cancel", copy, "--queue", "slow")
+    assert unconfirmed.exit_code == 2 and "this would cancel 1 execution(s)" in unconfirmed.output
+    assert "--yes" in unconfirmed.output
+    assert as_json("workflows", "list", copy, "--queue", "slow")[0]["status"] == "pending"
+
+    cancelled = run("workflows", "cancel", copy, "--queue", "slow", "--yes")
+    assert cancelled.exit_code == 0, cancelled.output
+    assert cancelled.stdout.splitlines() == [f"{queued}: cancelled"]
+    assert "1 of 1 execution(s): cancel done" in cancelled.stderr
+    nothing = run("workflows", "cancel", copy, "--queue", "slow", "--yes")  # none unfinished
+    assert nothing.exit_code == 0 and "nothing to cancel" in nothing.stderr
+
+    monkeypatch.setattr(cli_actions, "stdin_is_terminal", lambda: True)
+    declined = CliRunner().invoke(main, ["workflows", "resume", copy, "--queue", "slow"], "n\n")
+    assert declined.exit_code == 1 and "Resume 1 execution(s)?" in declined.output
+    assert as_json("workflows", "list", copy, "--queue", "slow")[0]["status"] == "cancelled"
+    monkeypatch.setattr(cli_actions, "stdout_is_terminal", lambda: True)  # a progress bar
+    resumed = CliRunner().invoke(main, ["workflows", "resume", copy, "--queue", "slow"], "y\n")
+    assert resumed.exit_code == 0, resumed.output
+    assert "1 of 1 execution(s): resume done" in resumed.stderr
+    assert "resume" in resumed.stdout and "100%" in resumed.stdout  # the bar, not the lines
+    monkeypatch.undo()
+    assert as_json("workflows", "list", copy, "--queue", "slow")[0]["status"] == "pending"
+
+    retried = run("workflows", "retry", copy, "--name", "web.broken.v1", "--yes")
+    assert retried.exit_code == 0 and "broken-7: pending" in retried.stdout
+    # a succeeded execution cannot be retried: each is reported, the others go on, status 1
+    refused = run("workflows", "retry", copy, "--status", "succeeded", "--limit", "2", "--yes")
+    assert refused.exit_code == 1
+    assert refused.stderr.count("could not retry") == 2
+    assert "0 of 2 execution(s): retry done" in refused.stderr
+
+
+def test_actions_by_id(copy: str) -> None:
+    two = run("workflows", "cancel", copy, "nap-5", "order-0")
+    assert two.stdout.splitlines() == ["nap-5: cancelled", "order-0: succeeded"]
+    both = run("workflows", "cancel", copy, "nap-5", "--status", "pending")
+    assert both.exit_code == 2 and "ids or filters, not both" in both.output
+    neither = run("workflows", "retry", copy)
+    assert neither.exit_code == 2 and "filters" in neither.output
+    missing = run("workflows", "retry", copy, "nobody")
+    assert missing.exit_code == 1 and "nobody" in missing.stderr
+
+
+def test_watch_in_a_terminal(filled: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli_workflows, "stdout_is_terminal", lambda: True)
+    watched = run("workflows", "watch", filled, "--count", "2", "--interval", "0.1")
+    assert watched.exit_code == 0, watched.output
+    assert "succeeded=" in watched.stdout and "failed=1" in watched.stdout
+
+
+def test_schedules_list_as_json(copy: str) -> None:
+    with durable.Client(copy) as client:
+        client.create_schedule_sync("nightly", "0 2 * * *", "web.order.v1", timezone="UTC")
+    [schedule] = as_json("schedules", "list", copy)
+    assert (schedule["name"], schedule["cron"], schedule["paused"]) == (
+        "nightly",
+        "0 2 * * *",
+        False,
+    )
+    assert datetime.fromisoformat(schedule["next_run_at"]).hour == 2
+
+
+@pytest.mark.postgres
+def test_on_postgres(pg_url: str) -> None:
+    fill(pg_url, orders=2)
+    assert ids(as_json("workflows", "list", pg_url, "--status", "failed")) == {"broken-7"}
+    assert len(as_json("workflows", "list", pg_url, "--queue", "slow")) == 1
+    assert as_json("workflows", "list", pg_url, "--until", "1h") == []
+    steps = as_json("workflows", "steps", pg_url, "order-1")
+    assert [s["attempts"] for s in steps] == [1, 2, 1]
+    shown = run("workflows", "show", pg_url, "order-1").stdout
+    assert "steps (3):" in shown and "web.flaky" in shown
+    assert "succeeded=" in run("workflows", "watch", pg_url, "--once").stdout
+
+
+def test_durations_bars_and_seconds() -> None:
+    assert parse_duration("30s") == timedelta(seconds=30)
+    assert parse_duration("15m") == timedelta(minutes=15)
+    assert parse_duration("1.5h") == timedelta(minutes=90)
+    assert parse_duration("7d") == timedelta(days=7)
+    for bad in ("", "h", "1y", "-1h", "0m"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+    assert bar(0, 10, 10, width=10) == "#" * 10
+    assert bar(5, 5, 10, width=10) == " " * 5 + "#" * 5
+    assert bar(9.99, 0.001, 10, width=10) == " " * 9 + "#"  # at least one character
+    assert bar(0, 0, 0, width=4) == "#   "
+    assert bar(-5, 20, 10, width=10) == "#" * 10  # recorded before a redrive's start: clamped
+    assert [seconds(v) for v in (None, 0.25, 12.34, 245, 7800)] == [
+        "-",
+        "250ms",
+        "12.3s",
+        "4m05s",
+        "2h10m",
+    ]
