@@ -321,10 +321,12 @@ async def test_a_sleeping_workflow_keeps_no_execution_state_in_memory(backend_ur
         sleepers = [await rt.enqueue(nap, n, 3600.0) for n in range(5)]
         for sleeper in sleepers:
             await eventually(lambda s=sleeper: sleeping(rt, s), "the workflows to sleep")
-        await asyncio.sleep(0.05)  # the workers' tasks end after the hand-backs
-        gc.collect()
-        alive = [o for o in gc.get_objects() if isinstance(o, ExecutionContext)]
-        assert [c.workflow_id for c in alive] == []
+
+        async def released() -> bool:  # the workers' tasks end just after the hand-backs
+            gc.collect()
+            return not any(isinstance(o, ExecutionContext) for o in gc.get_objects())
+
+        await eventually(released, "no execution context to be left in memory")
         for sleeper in sleepers:
             await rt.cancel(sleeper)
 

@@ -137,6 +137,7 @@ class SQLAlchemyBackend(
         self._listener: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._direct = isinstance(self._runner, AsyncRunner) and self.dialect.name == "postgresql"
+        self._now_direct: CompiledStatement | None = None  # compiled on first use
         self._build_statements()
         # sync workflows' threads record steps on connections of their own; only on engines
         # durable created, whose connect arguments it knows
@@ -202,7 +203,13 @@ class SQLAlchemyBackend(
         local = self.dialect.host_now()
         if local is not None:
             return local
-        stmt = sa.select(self.dialect.now())
+        stmt = sa.select(self.dialect.now().label("now"))
+        if self._direct:  # one prepared statement on the hot path's connections
+            if self._now_direct is None:
+                self._now_direct = CompiledStatement(stmt, self.engine.dialect)
+            done = await self._run_direct(self._now_direct, {}, what="read the clock")
+            if done is not None:
+                return done.rows[0]["now"]  # type: ignore[no-any-return]
         return await self._run(lambda conn: conn.execute(stmt).scalar_one(), what="read the clock")
 
     async def _run(self, fn: Callable[[sa.Connection], T], *, what: str = "") -> T:

@@ -459,9 +459,11 @@ class Execution(GroupedWrites):
                 .values(values)
                 .returning(*workflows.c)
             ).one()
-            self._announce_work(conn)
+            if delay == 0:  # due now: wake the workers; one due later is found when it is due
+                self._announce_work(conn)
             return self._info(row, lenient=True)
 
         info = await self._run(fn, what=f"reschedule workflow {instance_id!r}")
-        self.notify_work()
+        if delay == 0:
+            self.notify_work()
         return info
