@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ async def finished(
     *,
     status: WorkflowStatus = WorkflowStatus.SUCCEEDED,
     age: timedelta = OLD,
-    **fields: object,
+    **fields: Any,
 ) -> None:
     """Store a workflow that finished ``age`` ago, with one step."""
     at = now() - age
