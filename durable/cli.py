@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from durable.backends.rows import CORRUPT_ROW
+from durable.cli_gc import gc_command
 from durable.cli_schedules import schedules_group
 from durable.client import Client
 from durable.errors import DurableError, InvalidArgumentError, SchemaVersionError
@@ -488,3 +489,4 @@ def ui(url: str, host: str, port: int, actions: bool, token: str | None) -> None
 
 
 main.add_command(schedules_group(open_client), "schedules")
+main.add_command(gc_command(open_client), "gc")
