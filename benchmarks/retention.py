@@ -7,7 +7,7 @@ finished 40 days ago (two steps each):
 1. **baseline**: ``--jobs`` (2,000) one-step workflows are enqueued, then one worker (an
    in-process runtime, ``--concurrency`` 16) drains them; the drain is timed;
 2. **with deletion**: as many are enqueued again, then ``durable gc URL --older-than 30d
-   --batch B`` starts in a process of its own; once it deletes, the worker starts and the
+   --batch B --pause P`` starts in a process of its own; once it deletes, the worker starts and the
    drain is timed again; the gc's own run too (seconds from its start, rows/s).
 
 Reported: the worker's throughput (workflows/s) with and without the deletion and the slowdown
@@ -15,7 +15,7 @@ Reported: the worker's throughput (workflows/s) with and without the deletion an
 the run measured less than a whole drain under deletion: raise ``--old``).
 
     python benchmarks/retention.py [--backend sqlite|postgres|all] [--old 100000]
-        [--jobs 2000] [--batch 1000] [--concurrency 16] [--json out.json] [--quick]
+        [--jobs 2000] [--batch 1000] [--pause 0] [--concurrency 16] [--json out.json] [--quick]
 """
 
 from __future__ import annotations
@@ -101,6 +101,8 @@ def fill(url: str, count: int) -> None:
                     for p in (0, 1)
                 ],
             )
+    with engine.begin() as conn:  # as autovacuum would after a bulk load: fresh statistics
+        conn.execute(sa.text("ANALYZE"))
     engine.dispose()
 
 
@@ -153,6 +155,8 @@ async def run_backend(backend: str, url: str, args: argparse.Namespace) -> dict[
         "30d",
         "--batch",
         str(args.batch),
+        "--pause",
+        str(args.pause),
     ]
     bl.log(f"{backend}: drain of {args.jobs} while durable gc deletes {args.old}")
     loaded = await drain(url, args.jobs, args.concurrency, gc, args.old)
@@ -160,6 +164,7 @@ async def run_backend(backend: str, url: str, args: argparse.Namespace) -> dict[
     return {
         "old": args.old,
         "batch": args.batch,
+        "pause": args.pause,
         "baseline": baseline,
         "with_deletion": loaded,
         "slowdown": slowdown,
@@ -239,6 +244,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--old", type=int, default=100_000, help="finished executions to delete")
     p.add_argument("--jobs", type=int, default=2000, help="workflows the worker drains")
     p.add_argument("--batch", type=int, default=1000, help="durable gc --batch")
+    p.add_argument("--pause", type=float, default=0.0, help="durable gc --pause (seconds)")
     p.add_argument("--concurrency", type=int, default=16)
     bl.add_run_options(p)
     args = p.parse_args(argv)

@@ -81,6 +81,13 @@ def gc_command(open_client: OpenClient) -> click.Command:
         type=click.IntRange(min=1),
         help="Executions deleted per transaction.",
     )
+    @click.option(
+        "--pause",
+        default=0.0,
+        show_default=True,
+        type=click.FloatRange(min=0.0, max=3600.0),
+        help="Seconds to pause between batches (leaves the database to workers).",
+    )
     @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
     def gc(
         url: str,
@@ -88,6 +95,7 @@ def gc_command(open_client: OpenClient) -> click.Command:
         names: tuple[str, ...],
         queues: tuple[str, ...],
         batch: int,
+        pause: float,
         dry_run: bool,
     ) -> None:
         """Delete the executions stored at URL that finished (succeeded, failed, cancelled or
@@ -110,6 +118,7 @@ def gc_command(open_client: OpenClient) -> click.Command:
                     names=only_names,
                     queues=only_queues,
                     batch=batch,
+                    pause=pause,
                     on_batch=bar.update,
                 )
             return total, deleted
