@@ -10,12 +10,16 @@ finished 40 days ago (two steps each):
    --batch B --pause P`` starts in a process of its own; once it deletes, the worker starts and the
    drain is timed again; the gc's own run too (seconds from its start, rows/s).
 
+Both are repeated ``--rounds`` (3) times, alternated (the old executions stored again before
+each round), and the medians reported: a machine shared with other work is noisy.
+
 Reported: the worker's throughput (workflows/s) with and without the deletion and the slowdown
 (target: below 20%), and whether the gc was still deleting when the drain ended (if it was not,
 the run measured less than a whole drain under deletion: raise ``--old``).
 
     python benchmarks/retention.py [--backend sqlite|postgres|all] [--old 100000]
-        [--jobs 2000] [--batch 1000] [--pause 0] [--concurrency 16] [--json out.json] [--quick]
+        [--jobs 2000] [--batch 1000] [--pause 0] [--concurrency 16] [--rounds 3]
+        [--json out.json] [--quick]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -141,10 +146,6 @@ async def drain(
 
 
 async def run_backend(backend: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
-    bl.log(f"{backend}: storing {args.old} finished executions")
-    fill(url, args.old)
-    bl.log(f"{backend}: baseline drain of {args.jobs}")
-    baseline = await drain(url, args.jobs, args.concurrency, None, args.old)
     gc = [
         sys.executable,
         "-c",
@@ -158,17 +159,28 @@ async def run_backend(backend: str, url: str, args: argparse.Namespace) -> dict[
         "--pause",
         str(args.pause),
     ]
-    bl.log(f"{backend}: drain of {args.jobs} while durable gc deletes {args.old}")
-    loaded = await drain(url, args.jobs, args.concurrency, gc, args.old)
-    slowdown = 1 - loaded["rate"] / baseline["rate"]
+    baselines, loaded = [], []
+    for round_ in range(args.rounds):  # alternated, so that a noisy machine hits both alike
+        bl.log(f"{backend} round {round_ + 1}: storing {args.old} finished executions")
+        fill(url, args.old)
+        bl.log(f"{backend} round {round_ + 1}: baseline drain of {args.jobs}")
+        baselines.append(await drain(url, args.jobs, args.concurrency, None, args.old))
+        bl.log(f"{backend} round {round_ + 1}: drain while durable gc deletes {args.old}")
+        loaded.append(await drain(url, args.jobs, args.concurrency, gc, args.old))
+    alone = statistics.median(r["rate"] for r in baselines)
+    with_gc = statistics.median(r["rate"] for r in loaded)
     return {
         "old": args.old,
         "batch": args.batch,
         "pause": args.pause,
-        "baseline": baseline,
+        "rounds": args.rounds,
+        "baseline": baselines,
         "with_deletion": loaded,
-        "slowdown": slowdown,
-        "gc_rows_per_second": args.old / loaded["gc_seconds"],
+        "rate_alone": alone,
+        "rate_with_deletion": with_gc,
+        "slowdown": 1 - with_gc / alone,
+        "gc_rows_per_second": statistics.median(args.old / r["gc_seconds"] for r in loaded),
+        "gc_outlasted_drain": all(r["gc_running_at_end"] for r in loaded),
     }
 
 
@@ -223,11 +235,11 @@ def report(document: dict[str, Any]) -> None:
             [
                 backend,
                 r["old"],
-                f"{r['baseline']['rate']:.0f}",
-                f"{r['with_deletion']['rate']:.0f}",
+                f"{r['rate_alone']:.0f}",
+                f"{r['rate_with_deletion']:.0f}",
                 f"{r['slowdown'] * 100:.1f}%",
                 f"{r['gc_rows_per_second']:.0f}",
-                "yes" if r["with_deletion"]["gc_running_at_end"] else "no",
+                "yes" if r["gc_outlasted_drain"] else "no",
             ]
         )
     bl.print_table(
@@ -246,10 +258,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=1000, help="durable gc --batch")
     p.add_argument("--pause", type=float, default=0.0, help="durable gc --pause (seconds)")
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=3, help="alternated rounds (medians reported)")
     bl.add_run_options(p)
     args = p.parse_args(argv)
     if args.quick:
-        args.old, args.jobs = min(args.old, 2000), min(args.jobs, 100)
+        args.old, args.jobs, args.rounds = min(args.old, 2000), min(args.jobs, 100), 1
     return args
 
 

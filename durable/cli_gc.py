@@ -55,8 +55,19 @@ def _age_option(ctx: click.Context, param: click.Parameter, value: str) -> timed
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
+def shown_age(age: timedelta) -> str:
+    """``age`` as :func:`parse_age` reads it: ``30d``, ``1d12h``, ``90m`` -> ``1h30m``."""
+    seconds = int(age.total_seconds())
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(parts) or "0s"
+
+
 def _plural(count: int) -> str:
-    return f"{count} finished execution{'' if count == 1 else 's'}"
+    return f"{count} execution{'' if count == 1 else 's'}"
 
 
 def gc_command(open_client: OpenClient) -> click.Command:
@@ -130,7 +141,7 @@ def gc_command(open_client: OpenClient) -> click.Command:
                 f" on {', '.join(queues)}" if queues else "",
             ]
         )
-        age = f"finished more than {older_than} ago"
+        age = f"that finished more than {shown_age(older_than)} ago"
         if dry_run:
             click.echo(f"dry run: {_plural(total)}{scope} {age} would be deleted")
         elif total == 0:

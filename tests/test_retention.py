@@ -21,7 +21,7 @@ from click.testing import CliRunner
 import durable
 from durable.backends.base import PersistentBackend
 from durable.cli import main
-from durable.cli_gc import parse_age
+from durable.cli_gc import parse_age, shown_age
 from durable.errors import InvalidArgumentError
 from durable.models import StepRecord, StepStatus, WorkflowSnapshot, WorkflowStatus
 
@@ -120,6 +120,12 @@ def test_parse_age() -> None:
     assert parse_age("1d12h") == timedelta(hours=36)
     assert parse_age("90m") == timedelta(minutes=90)
     assert parse_age("2w") == 14 * DAY
+    assert [shown_age(parse_age(t)) for t in ["30d", "1d12h", "90m", "2w"]] == [
+        "30d",
+        "1d12h",
+        "1h30m",
+        "14d",
+    ]
     for bad in ["30x", "30", "d", "", "0d", "-1d", "1.5d", "30 d"]:
         with pytest.raises(ValueError, match="duration"):
             parse_age(bad)
@@ -238,16 +244,16 @@ def test_cli_gc(url: str) -> None:
     runner = CliRunner()
     dry = runner.invoke(main, ["gc", url, "--older-than", "30d", "--dry-run"])
     assert dry.exit_code == 0, dry.output
-    assert "dry run: 34 finished executions" in dry.output and "would be deleted" in dry.output
+    assert "dry run: 34 executions that finished more than 30d ago would be" in dry.output
     assert stored_count(url) == 37
 
     one_queue = runner.invoke(main, ["gc", url, "--older-than", "30d", "--queue", "bulk"])
     assert one_queue.exit_code == 0, one_queue.output
-    assert "deleted 4 finished executions on bulk" in one_queue.output
+    assert "deleted 4 executions on bulk that finished" in one_queue.output
 
     done = runner.invoke(main, ["gc", url, "--older-than", "30d", "--batch", "7"])
     assert done.exit_code == 0, done.output
-    assert "deleted 30 finished executions" in done.output
+    assert "deleted 30 executions that finished more than 30d ago" in done.output
 
     again = runner.invoke(main, ["gc", url, "--older-than", "30d"])
     assert again.exit_code == 0 and "nothing to delete" in again.output
@@ -311,5 +317,5 @@ def test_gc_killed_mid_run_leaves_a_consistent_store(
     assert orphans(url) == 0
     result = CliRunner().invoke(main, ["gc", url, "--older-than", "30d", "--batch", "500"])
     assert result.exit_code == 0, result.output
-    assert f"deleted {left} finished executions" in result.output
+    assert f"deleted {left} executions" in result.output
     assert stored_count(url) == 0 and orphans(url) == 0
