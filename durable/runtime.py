@@ -115,7 +115,8 @@ class Runtime(Operations, Serving):
     :raises InvalidArgumentError: an argument of the wrong type or out of range: an empty or
         overlong ``executor_id``, a ``claim_ttl``, ``heartbeat_interval`` or ``poll_interval``
         that is not a finite positive number, a heartbeat interval not below ``claim_ttl``, a
-        ``max_threads`` that is not a positive int.
+        ``max_threads`` that is not a positive int, a ``retention`` that is not a ``timedelta``,
+        a :class:`~durable.Retention` or a list of them.
     """
 
     _noun = "runtime"
