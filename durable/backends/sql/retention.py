@@ -43,7 +43,14 @@ def _deletable(
         w.completed_at < before,
         w.status.in_(_FINISHED),
         ~sa.exists().where(parent.c.id == w.parent_id, parent.c.status.in_(_UNFINISHED)),
-        ~sa.exists().where(child.c.parent_id == w.id, child.c.status.in_(_UNFINISHED)),
+        # not correlated: the parents of unfinished workflows, found once per batch by the
+        # status index (a per-row probe of parent_id is planned as a scan by SQLite once
+        # ANALYZE has seen a column of mostly NULLs)
+        w.id.not_in(
+            sa.select(child.c.parent_id).where(
+                child.c.status.in_(_UNFINISHED), child.c.parent_id.is_not(None)
+            )
+        ),
     ]
     if names is not None:
         conditions.append(w.name.in_(list(names)))
