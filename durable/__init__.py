@@ -82,6 +82,7 @@ from durable.models import (
     WorkflowStatus,
 )
 from durable.registry import Registry, default_registry
+from durable.retention import Retention
 from durable.retry import RetryPolicy
 from durable.scheduling import scheduled
 from durable.serialization import JSONSerializer, PickleSerializer, Serializer
@@ -129,6 +130,7 @@ __all__ = [
     "ReceiveStatus",
     "RegisteredWorkflow",
     "Registry",
+    "Retention",
     "RetryPolicy",
     "Runtime",
     "SQLAlchemyBackend",

@@ -61,6 +61,7 @@ from durable.models import (
     WorkflowStatus,
 )
 from durable.portal import SyncStartable
+from durable.retention import RetentionOperations
 from durable.scheduling import ScheduleOperations
 from durable.validation import (
     check_bool,
@@ -78,7 +79,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Client(ScheduleOperations, WorkflowIO, SyncStartable):
+class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable):
     """Enqueue, wait for, inspect and control workflow executions stored in a database, without
     running any (see the module docstring).
 

@@ -52,6 +52,7 @@ from durable.errors import DurableError, InvalidArgumentError
 from durable.executions import EnqueueOptions, check_timeouts
 from durable.models import RegisteredWorkflow
 from durable.registry import Registry, default_registry
+from durable.retention import Retention, retention_policies
 from durable.scheduling import store_declared_schedules
 from durable.validation import (
     check_bool,
@@ -99,6 +100,10 @@ class Runtime(Operations, Serving):
     :param poll_interval: seconds between looks at a workflow another executor is running.
     :param registry: where workflow names are looked up (default: the decorators' registry).
     :param max_threads: worker threads for sync workflows and sync steps.
+    :param retention: delete finished executions once they are this old (a ``timedelta``), or
+        as :class:`~durable.Retention` policies say (one, or a list: per workflow name or
+        queue), in small batches in the background while this runtime has a worker (see
+        :mod:`durable.retention`). Default None: keep everything.
 
     The operations that execute nothing (:meth:`enqueue` outside a workflow, :meth:`result`,
     :meth:`get_workflow`, :meth:`list_workflows`, :meth:`list_steps`, :meth:`cancel`,
@@ -110,7 +115,8 @@ class Runtime(Operations, Serving):
     :raises InvalidArgumentError: an argument of the wrong type or out of range: an empty or
         overlong ``executor_id``, a ``claim_ttl``, ``heartbeat_interval`` or ``poll_interval``
         that is not a finite positive number, a heartbeat interval not below ``claim_ttl``, a
-        ``max_threads`` that is not a positive int.
+        ``max_threads`` that is not a positive int, a ``retention`` that is not a ``timedelta``,
+        a :class:`~durable.Retention` or a list of them.
     """
 
     _noun = "runtime"
@@ -129,6 +135,7 @@ class Runtime(Operations, Serving):
         registry: Registry | None = None,
         max_threads: int = 64,
         sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep,
+        retention: timedelta | Retention | list[Retention] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(backend, PersistentBackend):
@@ -166,6 +173,8 @@ class Runtime(Operations, Serving):
         self.recover_on_start = recover
         self.registry = registry or default_registry
         self._max_threads = max_threads
+        self.retention = retention_policies(retention)
+        """The retention policies this runtime applies while it has a worker."""
         self._threads: ThreadPoolExecutor | None = None
         self._locks = KeyedLock()
         self._workers: list[Worker] = []

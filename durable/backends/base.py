@@ -316,6 +316,50 @@ class PersistentBackend(ABC):
         other workflow is touched. Returns False if there was none (idempotent)."""
 
     @abstractmethod
+    async def delete_finished_workflows(
+        self,
+        before: datetime,
+        *,
+        names: Sequence[str] | None = None,
+        queues: Sequence[str] | None = None,
+        limit: int = 1000,
+    ) -> int:
+        """Retention: delete up to ``limit`` *deletable* workflows, oldest ``completed_at``
+        first, each as :meth:`delete_snapshot` does (its steps, tasks, messages, events and
+        streams with it), in one short transaction; return how many were deleted (0: none is
+        left). Call it again until it returns less than ``limit`` to delete them all.
+
+        A workflow is deletable when all of these hold:
+
+        * it has finished (succeeded, failed, cancelled or dead-lettered) and its
+          ``completed_at`` is before ``before``;
+        * its name is in ``names`` and its queue in ``queues``, when they are given;
+        * its parent, if it has one that is still stored, has finished: a parent that still
+          runs may need its children's outcomes, so children of unfinished parents are kept;
+        * none of its children (workflows whose ``parent_id`` it is) is unfinished.
+
+        Unfinished workflows are never deleted. Safe to run from many processes at once, and
+        beside workers: each workflow is deleted once and counted by one caller, and rows
+        another transaction holds are skipped (left to the next call) rather than waited for.
+
+        :raises InvalidArgumentError: ``limit`` below 1, or a naive ``before``.
+        """
+
+    @abstractmethod
+    async def count_finished_workflows(
+        self,
+        before: datetime,
+        *,
+        names: Sequence[str] | None = None,
+        queues: Sequence[str] | None = None,
+    ) -> int:
+        """How many workflows :meth:`delete_finished_workflows` would delete now with the same
+        ``before``, ``names`` and ``queues`` and no limit (a dry run; nothing is written).
+
+        :raises InvalidArgumentError: a naive ``before``.
+        """
+
+    @abstractmethod
     async def list_snapshots(
         self,
         *,

@@ -18,6 +18,7 @@ from durable.errors import (
     SerializationError,
 )
 from durable.models import WORKFLOW_TASK, ErrorInfo, StepRecord, StepStatus, TaskClaim
+from durable.retention import Retention, run_retention
 from durable.step import STEP_TASK_PREFIX, Step
 from durable.validation import check_positive_int
 from durable.worker import Worker
@@ -38,6 +39,8 @@ class Serving(Attempts):
     the class or on one runtime."""
 
     _deadline_sweeper: asyncio.Task[None] | None = None
+    _retention_task: asyncio.Task[None] | None = None
+    retention: tuple[Retention, ...] = ()
 
     async def start_worker(
         self,
@@ -79,6 +82,11 @@ class Serving(Attempts):
         if self._deadline_sweeper is None or self._deadline_sweeper.done():
             self._deadline_sweeper = self.spawn(
                 self._sweep_deadlines(), name=f"durable-deadlines:{self.executor_id}"
+            )
+        if self.retention and (self._retention_task is None or self._retention_task.done()):
+            self._retention_task = self.spawn(
+                run_retention(self.backend, self.retention),
+                name=f"durable-retention:{self.executor_id}",
             )
         return worker
 

@@ -1,7 +1,7 @@
 """The memory backend's composition root: :class:`InMemoryBackend`, assembled from one class
 per area (:mod:`.workflows`, :mod:`.execution`, :mod:`.claims`, :mod:`.executors`,
-:mod:`.messages`, :mod:`.outputs`, :mod:`.schedules`, on the shared base :mod:`.core`), with its
-stores and the helpers tests use to look inside it."""
+:mod:`.messages`, :mod:`.outputs`, :mod:`.schedules`, :mod:`.retention`, on the shared base
+:mod:`.core`), with its stores and the helpers tests use to look inside it."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from durable.backends.memory.execution import Execution
 from durable.backends.memory.executors import Executors
 from durable.backends.memory.messages import Messages
 from durable.backends.memory.outputs import Outputs, StoredEvent, StoredStream
+from durable.backends.memory.retention import Retention
 from durable.backends.memory.schedules import Schedules
 from durable.backends.memory.workflows import Workflows
 from durable.models import (
@@ -41,6 +42,7 @@ class InMemoryBackend(
     Executors,
     Messages,
     Schedules,
+    Retention,
     MemoryCore,
 ):
     """Thread- and task-safe storage in memory.

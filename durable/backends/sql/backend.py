@@ -9,10 +9,10 @@ What differs between databases is in :mod:`.dialects`.
 
 :class:`SQLAlchemyBackend` is composed of one class per area of the domain, each in its module
 with its statements (:mod:`.workflows`, :mod:`.execution`, :mod:`.fanout`, :mod:`.claims`,
-:mod:`.executors`, :mod:`.messages`, :mod:`.schedules`, :mod:`.wakeups`, :mod:`.outputs`, on the
-shared base :mod:`.core`). This module is the composition root: the engine and its runner, start
-and close, migrations, running a transaction or a direct statement, and turning driver errors
-into durable's.
+:mod:`.executors`, :mod:`.messages`, :mod:`.schedules`, :mod:`.wakeups`, :mod:`.outputs`,
+:mod:`.retention`, on the shared base :mod:`.core`). This module is the composition root: the
+engine and its runner, start and close, migrations, running a transaction or a direct
+statement, and turning driver errors into durable's.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from durable.backends.sql.executors import Executors
 from durable.backends.sql.fanout import FanOut
 from durable.backends.sql.messages import Messages
 from durable.backends.sql.outputs import Outputs
+from durable.backends.sql.retention import Retention
 from durable.backends.sql.runners import AsyncRunner, InlineRunner, Runner
 from durable.backends.sql.schedules import Schedules
 from durable.backends.sql.schema import PREFIX
@@ -85,6 +86,7 @@ class SQLAlchemyBackend(
     Executors,
     Messages,
     Schedules,
+    Retention,
     WakeUps,
 ):
     """Durable's storage on SQLite or PostgreSQL.

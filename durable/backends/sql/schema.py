@@ -88,6 +88,8 @@ workflows = sa.Table(
     sa.Index(None, "name", "created_at"),
     sa.Index(None, "parent_id"),
     sa.Index(None, "status", "deadline"),
+    # retention: the oldest finished first (unfinished ones have no completed_at)
+    sa.Index(None, "completed_at"),
 )
 
 steps = sa.Table(

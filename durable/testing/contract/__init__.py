@@ -43,6 +43,8 @@ same fixtures while you write that area (CONTRIBUTING.md walks through them in o
   workflow's descendants, continue-as-new, listing the workflows that wait;
 * :class:`ScheduleContract`: cron schedules stored, paused, listed, fired once per tick
   (compare-and-set with the enqueue) under racing schedulers, missed-tick policies;
+* :class:`RetentionContract`: finished workflows past a time deleted in batches with what hangs
+  off them, unfinished ones and children of unfinished parents kept, racing deleters;
 * :class:`WakeUpContract`: ``wait_for_work``;
 * :class:`EventContract`: events workflows publish (latest value wins, fenced, watched);
 * :class:`StreamContract`: streams workflows publish (in order, each once, closed, watched);
@@ -85,6 +87,7 @@ from durable.testing.contract.execution import ExecutionContract
 from durable.testing.contract.fanout import FanOutContract
 from durable.testing.contract.messages import MessageContract
 from durable.testing.contract.registry import RegistryContract
+from durable.testing.contract.retention import RetentionContract
 from durable.testing.contract.schedules import ScheduleContract
 from durable.testing.contract.snapshots import SnapshotContract
 from durable.testing.contract.steps import StepContract
@@ -104,6 +107,7 @@ __all__ = [
     "FanOutContract",
     "MessageContract",
     "RegistryContract",
+    "RetentionContract",
     "ScheduleContract",
     "SnapshotContract",
     "StepContract",
@@ -126,6 +130,7 @@ class BackendContractTests(
     RegistryContract,
     DeadlineContract,
     ScheduleContract,
+    RetentionContract,
     WakeUpContract,
     EventContract,
     StreamContract,
