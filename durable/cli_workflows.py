@@ -36,12 +36,12 @@ from durable.cli_output import (
     when,
 )
 from durable.client import Client
-from durable.models import ExecutorInfo, StepRecord, WorkflowInfo, WorkflowStatus
+from durable.models import ExecutorInfo, StepRecord, WorkflowInfo
+from durable.overview import COUNT_CAP, queue_rows, status_counts
 
 T = TypeVar("T")
 
 #: Workflows counted at most per status by ``watch`` (more shows as ``N+``).
-COUNT_CAP = 1000
 #: Rows read per page when the listing filters in Python.
 SCAN_PAGE = 200
 
@@ -135,36 +135,13 @@ def _steps_timeline(steps: list[StepRecord], origin: datetime | None, now: datet
     return lines
 
 
-async def _capped(client: Client, status: WorkflowStatus) -> list[WorkflowInfo]:
-    """Up to COUNT_CAP + 1 executions of ``status``, newest first."""
-    seen: list[WorkflowInfo] = []
-    cursor: str | None = None
-    while len(seen) <= COUNT_CAP:
-        page = await client.list_workflows(status=status, limit=500, cursor=cursor)
-        seen += page.items
-        cursor = page.next_cursor
-        if cursor is None:
-            break
-    return seen[: COUNT_CAP + 1]
-
-
 async def queue_depths(client: Client) -> list[dict[str, object]]:
     """Each queue with unfinished executions: how many wait (pending) and run, and when the
-    oldest waiting one was created; counted from up to COUNT_CAP + 1 executions per status."""
-    rows: dict[str, dict[str, object]] = {}
-    for status in (WorkflowStatus.PENDING, WorkflowStatus.RUNNING):
-        for info in await _capped(client, status):
-            row = rows.setdefault(
-                info.queue, {"queue": info.queue, "pending": 0, "running": 0, "oldest": None}
-            )
-            row[status.value] = int(str(row[status.value])) + 1
-            if status is WorkflowStatus.PENDING:
-                row["oldest"] = info.created_at  # newest first: the last one read is the oldest
-    return [rows[name] for name in sorted(rows)]
-
-
-async def _counts(client: Client) -> dict[str, int]:
-    return {status.value: len(await _capped(client, status)) for status in WorkflowStatus}
+    oldest waiting one was created (:func:`durable.overview.queue_rows`)."""
+    return [
+        {"queue": r.queue, "pending": r.pending, "running": r.running, "oldest": r.oldest_pending}
+        for r in await queue_rows(client)
+    ]
 
 
 def _counts_text(counts: dict[str, int]) -> str:
@@ -330,7 +307,7 @@ def add_workflow_commands(workflows: click.Group, open_client: OpenClient) -> No
                 while rounds is None or done < rounds:
                     if done:
                         await asyncio.sleep(interval)
-                    text = _counts_text(await _counts(client))
+                    text = _counts_text(await status_counts(client))
                     if live is not None:
                         stamp_now = datetime.now(UTC).isoformat(timespec="seconds")
                         live.update(f"{stamp_now}  {text}", refresh=True)

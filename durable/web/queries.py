@@ -12,7 +12,6 @@ up to :data:`COUNT_CAP` per status (shown as "1000+" beyond).
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,12 +21,14 @@ from durable.backends.cursors import encode_cursor
 from durable.client import Client
 from durable.errors import InvalidArgumentError
 from durable.models import Message, StepRecord, WorkflowInfo, WorkflowStatus
+from durable.overview import COUNT_CAP as COUNT_CAP
+from durable.overview import QueueRow as QueueRow
+from durable.overview import queue_rows as queue_rows
+from durable.overview import status_counts as status_counts
 from durable.validation import check_name
 
 #: Rows read at most for one page when a queue filter drops rows.
 SCAN_BUDGET = 2000
-#: Workflows counted at most per status (and per queue on the queues page).
-COUNT_CAP = 1000
 #: Workflows per page unless ``limit`` says otherwise, and the most a page may ask for.
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -159,53 +160,6 @@ async def list_page(client: Client, filters: Filters) -> Listing:
             listing.next_cursor = encode_cursor(page.items[-1])
             return listing
         cursor = page.next_cursor
-
-
-async def _count(client: Client, status: WorkflowStatus) -> list[WorkflowInfo]:
-    """Up to COUNT_CAP + 1 workflows of ``status``."""
-    seen: list[WorkflowInfo] = []
-    cursor: str | None = None
-    while len(seen) <= COUNT_CAP:
-        page = await client.list_workflows(status=status, limit=500, cursor=cursor)
-        seen += page.items
-        cursor = page.next_cursor
-        if cursor is None:
-            break
-    return seen[: COUNT_CAP + 1]
-
-
-async def status_counts(client: Client) -> dict[str, int]:
-    """Workflows by status, each counted up to COUNT_CAP + 1 (more than the cap shows as over)."""
-    return {status.value: len(await _count(client, status)) for status in WorkflowStatus}
-
-
-@dataclass(frozen=True)
-class QueueRow:
-    """A queue as the queues page shows it: waiting and running workflows (each counted up to
-    COUNT_CAP) and when the oldest waiting one was created."""
-
-    queue: str
-    pending: int
-    running: int
-    oldest_pending: datetime | None
-
-
-async def queue_rows(client: Client) -> list[QueueRow]:
-    """The queues with pending or running workflows, by name."""
-    pending = await _count(client, WorkflowStatus.PENDING)
-    running = await _count(client, WorkflowStatus.RUNNING)
-    waiting = Counter(info.queue for info in pending)
-    busy = Counter(info.queue for info in running)
-    oldest: dict[str, datetime] = {}
-    for info in pending:
-        if info.created_at is not None and (
-            info.queue not in oldest or info.created_at < oldest[info.queue]
-        ):
-            oldest[info.queue] = info.created_at
-    return [
-        QueueRow(queue, waiting[queue], busy[queue], oldest.get(queue))
-        for queue in sorted(set(waiting) | set(busy))
-    ]
 
 
 def shown(value: Any) -> str:
