@@ -324,7 +324,10 @@ async def test_a_sleeping_workflow_keeps_no_execution_state_in_memory(backend_ur
 
         async def released() -> bool:  # the workers' tasks end just after the hand-backs
             gc.collect()
-            return not any(isinstance(o, ExecutionContext) for o in gc.get_objects())
+            return not any(
+                isinstance(o, ExecutionContext) and o.workflow_id in sleepers
+                for o in gc.get_objects()
+            )
 
         await eventually(released, "no execution context to be left in memory")
         for sleeper in sleepers:
