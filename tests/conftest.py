@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pytest_postgresql import factories
+from support import Processes
 
 PG_HOST = os.environ.get("DURABLE_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("DURABLE_PG_PORT", "5432"))
@@ -90,3 +93,35 @@ def backend_url(request: pytest.FixtureRequest) -> str:
             {"sqlite": "sqlite_url", "aiosqlite": "aiosqlite_url", "postgres": "pg_url"}[kind]
         )
     )
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """A SQLite file or a fresh PostgreSQL database: what several processes can share."""
+    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """``processes(program, *args, name=...)`` starts a Python program as a real process, its
+    output in ``tmp_path / f"{name}.out"``; every process still running at the end of the test
+    is killed (SIGKILL) and reaped."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(program: Path, *args: str, name: str) -> subprocess.Popen[bytes]:
+        with (tmp_path / f"{name}.out").open("wb") as out:  # the child keeps its copy
+            process = subprocess.Popen(
+                [sys.executable, str(program), *args],
+                cwd=tmp_path,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+            )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=60)

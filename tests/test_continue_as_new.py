@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import Processes
 
 import durable
 from durable.errors import DurableError
@@ -166,39 +166,19 @@ def test_it_is_public() -> None:
 # -- crashes around the continuation ---------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest) -> str:
-    """A SQLite file or a fresh PostgreSQL database (what several processes can share)."""
-    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
-
-
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-
+def workers(processes: Processes, tmp_path: Path) -> Callable[..., subprocess.Popen[bytes]]:
     def start(url: str, executor_id: str, kill: str | None = None) -> subprocess.Popen[bytes]:
-        with (tmp_path / f"{executor_id}.out").open("wb") as out:  # the child keeps its copy
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    str(PROG),
-                    *("serve", "--url", url, "--executor-id", executor_id),
-                    *("--log", str(tmp_path / "effects.log")),
-                    *(("--kill", kill) if kill else ()),
-                ],
-                cwd=tmp_path,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-            )
-        started.append(process)
-        return process
+        return processes(
+            PROG,
+            *("serve", "--url", url, "--executor-id", executor_id),
+            "--log",
+            str(tmp_path / "effects.log"),
+            *(("--kill", kill) if kill else ()),
+            name=executor_id,
+        )
 
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=WAIT)
+    return start
 
 
 @pytest.mark.slow

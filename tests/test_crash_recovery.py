@@ -335,13 +335,6 @@ def check_history(
     ], workflow_id
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest) -> str:
-    """A SQLite file or a fresh PostgreSQL database."""
-    fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
-    return str(request.getfixturevalue(fixture))
-
-
 # -- crash at every point, restart, check ----------------------------------------------------------
 
 

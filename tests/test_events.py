@@ -21,13 +21,13 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import eventually
 
 import durable
 from durable.events import EVENT_STEP
@@ -109,14 +109,6 @@ def runtime(backend: durable.PersistentBackend, executor_id: str = "events") -> 
     return durable.Runtime(
         backend, executor_id=executor_id, registry=REG, poll_interval=0.01, claim_ttl=5.0
     )
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def sleeping(reader: durable.Client | durable.Runtime, workflow_id: str) -> bool:
@@ -262,12 +254,6 @@ async def test_outside_a_workflow_and_the_wrong_flavour_are_clear_errors() -> No
 
 
 # -- another process reads them --------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest) -> str:
-    """A SQLite file or a fresh PostgreSQL database (what several processes can share)."""
-    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
 
 
 @pytest.fixture

@@ -401,11 +401,6 @@ class Worker:
         self.process.wait()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest) -> str:
-    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
-
-
 async def wait_for(what: str, check: object, *workers: Worker) -> None:
     deadline = time.monotonic() + WAIT
     while not await check():  # type: ignore[operator]

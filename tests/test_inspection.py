@@ -9,12 +9,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 import pytest
+from support import eventually
 
 import durable
 from durable.errors import InvalidArgumentError
@@ -42,14 +40,6 @@ def runtime(backend: durable.PersistentBackend) -> durable.Runtime:
     return durable.Runtime(
         backend, executor_id="insp", registry=REG, poll_interval=0.01, claim_ttl=5.0
     )
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    limit = time.monotonic() + WAIT
-    while not await check():
-        if time.monotonic() > limit:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def receiving(

@@ -148,12 +148,6 @@ def looks_recorded(url: str, workflow_id: str, position: int) -> str:
     return looked.stdout.strip()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest) -> str:
-    """A SQLite file or a fresh PostgreSQL database (what several processes can share)."""
-    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
-
-
 @pytest.mark.slow
 async def test_kill_storm_loses_nothing_and_runs_no_completed_step_again(
     db_url: str, tmp_path: Path

@@ -20,8 +20,6 @@ import asyncio
 import pickle
 import signal
 import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -29,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import Processes, eventually
 
 import durable
 from durable.context import Rescheduled
@@ -173,14 +172,6 @@ def runtime(backend: durable.PersistentBackend, executor_id: str = "receiver") -
     return durable.Runtime(
         backend, executor_id=executor_id, registry=REG, poll_interval=0.01, claim_ttl=5.0
     )
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def waiting(rt: durable.Runtime | durable.Client, workflow_id: str, topic: str) -> bool:
@@ -522,39 +513,22 @@ def test_bad_arguments_name_the_argument(call: Callable[[], Any], match: str) ->
 # -- worker processes killed while a workflow waits, and at a receive --------------------------
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest) -> str:
-    """A SQLite file or a fresh PostgreSQL database (what several processes can share)."""
-    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
-
-
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-
+def workers(processes: Processes, tmp_path: Path) -> Callable[..., subprocess.Popen[bytes]]:
     def start(url: str, executor_id: str, kill_at: str = "none") -> subprocess.Popen[bytes]:
-        with (tmp_path / f"{executor_id}.out").open("wb") as out:  # the child keeps its copy
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    str(PROG),
-                    *("serve", "--url", url, "--executor-id", executor_id),
-                    *("--log", str(tmp_path / "effects.log"), "--kill-at", kill_at),
-                    *("--marker", str(tmp_path / "kill.marker")),
-                ],
-                cwd=tmp_path,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-            )
-        started.append(process)
-        return process
+        return processes(
+            PROG,
+            *("serve", "--url", url, "--executor-id", executor_id),
+            "--log",
+            str(tmp_path / "effects.log"),
+            "--kill-at",
+            kill_at,
+            "--marker",
+            str(tmp_path / "kill.marker"),
+            name=executor_id,
+        )
 
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=WAIT)
+    return start
 
 
 def effects(tmp_path: Path) -> list[list[str]]:

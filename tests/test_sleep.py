@@ -23,15 +23,14 @@ import logging
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import Processes, eventually
 
 import durable
 from durable.context import ExecutionContext
@@ -169,14 +168,6 @@ def runtime(backend: durable.PersistentBackend, executor_id: str = "sleeper") ->
     return durable.Runtime(
         backend, executor_id=executor_id, registry=REG, poll_interval=0.01, claim_ttl=5.0
     )
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def sleeping(rt: durable.Runtime, workflow_id: str) -> bool:
@@ -464,43 +455,20 @@ async def test_outside_a_workflow_it_is_a_plain_sleep() -> None:
 # -- a worker killed while a workflow sleeps ---------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest) -> str:
-    """A SQLite file or a fresh PostgreSQL database (what several processes can share)."""
-    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
-
-
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Callable[[str, str], subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-
+def workers(processes: Processes, tmp_path: Path) -> Callable[[str, str], subprocess.Popen[bytes]]:
     def start(url: str, executor_id: str) -> subprocess.Popen[bytes]:
-        with (tmp_path / f"{executor_id}.out").open("wb") as out:  # the child keeps its copy
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    str(PROG),
-                    *("serve", "--url", url, "--executor-id", executor_id),
-                    *(
-                        "--log",
-                        str(tmp_path / "effects.log"),
-                        "--sleeps",
-                        str(tmp_path / "sleeps.log"),
-                    ),
-                ],
-                cwd=tmp_path,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-            )
-        started.append(process)
-        return process
+        return processes(
+            PROG,
+            *("serve", "--url", url, "--executor-id", executor_id),
+            "--log",
+            str(tmp_path / "effects.log"),
+            "--sleeps",
+            str(tmp_path / "sleeps.log"),
+            name=executor_id,
+        )
 
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=WAIT)
+    return start
 
 
 @pytest.mark.slow

@@ -21,12 +21,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import Processes, eventually
 
 import durable
 from durable.errors import BackendUnavailableError
@@ -120,14 +120,6 @@ def runtime(backend: durable.PersistentBackend, executor_id: str = "streams") ->
 
 async def collect(reader: Any) -> list[Any]:
     return [value async for value in reader]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 # -- in one process, every backend ---------------------------------------------------------------
@@ -261,33 +253,16 @@ async def test_an_unknown_workflow_and_misuse_are_clear_errors() -> None:
 # -- across processes: wake-ups, and a writer killed mid-stream ----------------------------------
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest) -> str:
-    """A SQLite file or a fresh PostgreSQL database (what several processes can share)."""
-    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
-
-
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Callable[[str, str], subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-
+def workers(processes: Processes) -> Callable[[str, str], subprocess.Popen[bytes]]:
     def start(url: str, executor_id: str) -> subprocess.Popen[bytes]:
-        with (tmp_path / f"{executor_id}.out").open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, str(PROG), "serve", "--url", url, "--executor-id", executor_id],
-                cwd=tmp_path,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-            )
-        started.append(process)
-        return process
+        return processes(
+            PROG,
+            *("serve", "--url", url, "--executor-id", executor_id),
+            name=executor_id,
+        )
 
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=WAIT)
+    return start
 
 
 @pytest.mark.slow

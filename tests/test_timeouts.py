@@ -20,16 +20,16 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import Processes, eventually
 
 import durable
 from durable.errors import (
@@ -179,14 +179,6 @@ def runtime(backend: durable.PersistentBackend, executor_id: str = "timer") -> d
     return rt
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    limit = time.monotonic() + WAIT
-    while not await check():
-        if time.monotonic() > limit:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 async def sleeping(rt: durable.Runtime | durable.Client, workflow_id: str) -> bool:
     steps = await rt.list_steps(workflow_id)
     info = await rt.get_workflow(workflow_id)
@@ -288,12 +280,6 @@ async def test_a_batch_gives_timeouts_and_deadlines_per_row() -> None:
 # -- cancelled while no worker runs it --------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest) -> str:
-    """A SQLite file or a PostgreSQL database."""
-    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
-
-
 async def test_a_sleeping_workflow_whose_runtime_is_gone_is_cancelled(db_url: str) -> None:
     async with runtime(durable.connect(db_url), "first") as rt:
         await rt.start_worker(concurrency=2, poll_interval=0.01)
@@ -339,31 +325,17 @@ async def test_a_workers_sweep_cancels_what_nobody_runs(db_url: str) -> None:
 
 
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Callable[[str, str], subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-
+def workers(processes: Processes, tmp_path: Path) -> Callable[[str, str], subprocess.Popen[bytes]]:
     def start(url: str, executor_id: str) -> subprocess.Popen[bytes]:
-        with (tmp_path / f"{executor_id}.out").open("wb") as out:  # the child keeps its copy
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    str(PROG),
-                    *("serve", "--url", url, "--executor-id", executor_id),
-                    *("--log", str(tmp_path / "effects.log")),
-                ],
-                cwd=tmp_path,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-            )
-        started.append(process)
-        return process
+        return processes(
+            PROG,
+            *("serve", "--url", url, "--executor-id", executor_id),
+            "--log",
+            str(tmp_path / "effects.log"),
+            name=executor_id,
+        )
 
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=WAIT)
+    return start
 
 
 @pytest.mark.slow

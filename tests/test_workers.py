@@ -265,12 +265,6 @@ class FakeClock:
         return self.now
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest) -> str:
-    """A SQLite file or a fresh PostgreSQL database (what several processes can share)."""
-    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
-
-
 @pytest.fixture(
     params=["sqlite", "aiosqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )

@@ -29,6 +29,7 @@ from durable.models import (
     TaskSpec,
     WorkflowInfo,
     WorkflowSnapshot,
+    WorkflowStatus,
 )
 from durable.serialization import Serializer
 
@@ -152,6 +153,27 @@ class MemoryCore(PersistentBackend):
             holder = task.claimed_by if task is not None and is_live(task, now) else None
             raise ClaimLostError(instance_id, task_id, worker_id, holder)
         return task
+
+    def _hand_back(
+        self, instance_id: str, worker_id: str, now: datetime, run_after: datetime, **changes: Any
+    ) -> WorkflowInfo:
+        """Under the lock: the workflow task ``worker_id`` holds goes back to the queue, due at
+        ``run_after``, and the workflow becomes PENDING in a new version with ``changes``.
+        Raises :class:`ClaimLostError` (nothing changed) if the lease is not held."""
+        task = self._held(instance_id, WORKFLOW_TASK, worker_id, now)
+        current = self._get(instance_id)
+        stored = dataclasses.replace(
+            current,
+            status=WorkflowStatus.PENDING,
+            updated_at=now,
+            version=current.version + 1,
+            **changes,
+        )
+        self._workflows[instance_id] = stored
+        task.claimed_by = None
+        task.claim_expires_at = None
+        task.run_after = run_after
+        return stored
 
     def _drop_failures(self, instance_id: str, rerun: Sequence[int] = ()) -> None:
         """Delete the failed steps the next attempt runs again: those at ``rerun`` or marked

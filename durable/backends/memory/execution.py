@@ -125,22 +125,17 @@ class Execution(MemoryCore):
     ) -> WorkflowInfo:
         with self._lock:
             now = self.clock()
-            task = self._held(instance_id, WORKFLOW_TASK, worker_id, now)
             current = self._get(instance_id)
-            stored = dataclasses.replace(
-                current,
-                status=WorkflowStatus.PENDING,
+            stored = self._hand_back(
+                instance_id,
+                worker_id,
+                now,
+                now + max(run_after, timedelta(0)),
                 error=error,
                 attempts=current.attempts if consume_attempt else max(current.attempts - 1, 0),
-                updated_at=now,
-                version=current.version + 1,
             )
-            self._workflows[instance_id] = stored
             if consume_attempt:
                 self._drop_failures(instance_id, rerun)
-            task.claimed_by = None
-            task.claim_expires_at = None
-            task.run_after = now + max(run_after, timedelta(0))
         self.notify_work()
         return self._load_info(stored, lenient=True)
 
