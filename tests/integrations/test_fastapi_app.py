@@ -1,0 +1,158 @@
+"""examples/fastapi_app.py, run for real: its endpoints start a workflow and read its status
+while the worker that durable's lifespan started runs it, on SQLite and PostgreSQL; then what
+durable.integrations.starlette promises besides (composition with the app's own lifespan, a
+client-only app, clear errors)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import fastapi_app
+import httpx2 as httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+import durable
+from durable.integrations.starlette import durable_lifespan, get_client, get_runtime
+
+
+def receipt(order_id: str, quantity: int) -> dict[str, Any]:
+    amount = 250 * quantity
+    return {"order_id": order_id, "amount": amount, "receipt": f"charge-{order_id}-{amount}"}
+
+
+def test_an_endpoint_starts_a_workflow_the_apps_worker_runs_it(durable_url: str) -> None:
+    app = fastapi_app.create_app(durable_url, executor_id="web-1", poll_interval=0.05)
+    with TestClient(app) as web:
+        started = web.post("/orders/o-1", params={"quantity": 3})
+        assert started.status_code == 202, started.text
+        assert started.json() == {"workflow_id": "order-o-1"}
+        # the same order again is the same execution
+        assert web.post("/orders/o-1", params={"quantity": 3}).json() == started.json()
+        done = web.get("/workflows/order-o-1", params={"wait": 30})
+        assert done.status_code == 200
+        assert done.json() == {
+            "workflow_id": "order-o-1",
+            "status": "succeeded",
+            "result": receipt("o-1", 3),
+        }
+        missing = web.get("/workflows/order-nope")
+        assert missing.status_code == 404 and "order-nope" in missing.json()["detail"]
+    # shut down: the runtime is closed, and the record is in the database for anyone
+    with durable.Client(durable_url) as client:
+        steps = client.list_steps_sync("order-o-1")
+        assert [s.name for s in steps] == ["examples.fastapi.price", "examples.fastapi.charge"]
+        assert {s.executor_id for s in steps} == {"web-1"}  # the app's own worker ran them
+
+
+async def test_concurrent_requests_from_the_thread_pool(durable_url: str) -> None:
+    # the status endpoint is sync: FastAPI runs each request in its thread pool, and all of them
+    # call the blocking API at once
+    app = fastapi_app.create_app(durable_url, poll_interval=0.05)
+    orders = [f"c{i}" for i in range(12)]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as web:
+            starts = await asyncio.gather(
+                *(web.post(f"/orders/{o}", params={"quantity": i}) for i, o in enumerate(orders))
+            )
+            assert [r.json()["workflow_id"] for r in starts] == [f"order-{o}" for o in orders]
+            ends = await asyncio.gather(
+                *(web.get(f"/workflows/order-{o}", params={"wait": 30}) for o in orders)
+            )
+    assert [r.json() for r in ends] == [
+        {"workflow_id": f"order-{o}", "status": "succeeded", "result": receipt(o, i)}
+        for i, o in enumerate(orders)
+    ]
+
+
+def test_without_a_worker_the_app_starts_work_that_a_worker_process_runs(
+    durable_url: str,
+) -> None:
+    app = fastapi_app.create_app(durable_url, worker=False, poll_interval=0.05)
+    with TestClient(app) as web:
+        web.post("/orders/o-2", params={"quantity": 2})
+        assert web.get("/workflows/order-o-2").json()["status"] == "pending"
+        # what `durable worker fastapi_app:make_runtime` serves, here in the test
+        other = durable.Runtime(durable.connect(durable_url), poll_interval=0.05)
+        with other:
+            other.blocking(other.start_worker(concurrency=2, poll_interval=0.05))
+            done = web.get("/workflows/order-o-2", params={"wait": 30}).json()
+    assert done == {"workflow_id": "order-o-2", "status": "succeeded", "result": receipt("o-2", 2)}
+
+
+def test_the_apps_own_lifespan_runs_inside_and_its_state_is_kept(sqlite_url: str) -> None:
+    seen: list[str] = []
+
+    @asynccontextmanager
+    async def own(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
+        runtime = get_runtime_of(app)
+        seen.append(f"up {runtime.executor_id}")  # durable is started before the app's own
+        await runtime.client.list_workflows()
+        yield {"greeting": "hello"}
+        seen.append("down")
+
+    def get_runtime_of(app: Starlette) -> durable.Runtime:
+        runtime: durable.Runtime = app.state.durable_runtime
+        return runtime
+
+    async def where(request: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "greeting": request.state.greeting,
+                "executor": get_runtime(request).executor_id,
+                "same_client": get_client(request) is get_runtime(request).client,
+            }
+        )
+
+    lifespan = durable_lifespan(sqlite_url, worker=False, lifespan=own, executor_id="web-2")
+    app = Starlette(routes=[Route("/", where)], lifespan=lifespan)
+    with TestClient(app) as web:
+        assert web.get("/").json() == {
+            "greeting": "hello",
+            "executor": "web-2",
+            "same_client": True,
+        }
+        assert lifespan.runtime is not None and lifespan.runtime.executor_id == "web-2"
+    assert seen == ["up web-2", "down"]
+    with pytest.raises(durable.DurableError, match="not started"):
+        lifespan.client.get_workflow_sync("x")  # closed with the app
+
+
+def test_a_client_only_app_and_bad_arguments(sqlite_url: str) -> None:
+    with pytest.raises(durable.InvalidArgumentError, match="worker=False"):
+        durable_lifespan(durable.Client(sqlite_url))
+    with pytest.raises(durable.InvalidArgumentError, match="executor_id"):
+        durable_lifespan(durable.Client(sqlite_url), worker=False, executor_id="x")
+    with pytest.raises(durable.InvalidArgumentError, match="concurrency"):
+        durable_lifespan(sqlite_url, concurrency=0)
+    with pytest.raises(durable.InvalidArgumentError, match="got int"):
+        durable_lifespan(42)  # type: ignore[arg-type]
+
+    async def who(request: Request) -> JSONResponse:
+        client = get_client(request)
+        try:
+            get_runtime(request)
+        except durable.DurableError as exc:
+            return JSONResponse({"error": str(exc), "client": repr(client)})
+        return JSONResponse({})
+
+    client = durable.Client(sqlite_url)
+    app = Starlette(routes=[Route("/", who)], lifespan=durable_lifespan(client, worker=False))
+    with TestClient(app) as web:
+        body = web.get("/").json()
+    assert "no durable runtime" in body["error"] and body["client"].startswith("Client(")
+
+    bare = Starlette(routes=[Route("/", who)])
+    with (
+        TestClient(bare, raise_server_exceptions=True) as web,
+        pytest.raises(durable.DurableError, match="lifespan=durable_lifespan"),
+    ):
+        web.get("/")
