@@ -20,7 +20,12 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 import durable
-from durable.integrations.starlette import durable_lifespan, get_client, get_runtime
+from durable.integrations.starlette import (
+    DurableLifespan,
+    durable_lifespan,
+    get_client,
+    get_runtime,
+)
 
 
 def receipt(order_id: str, quantity: int) -> dict[str, Any]:
@@ -156,3 +161,17 @@ def test_a_client_only_app_and_bad_arguments(sqlite_url: str) -> None:
         pytest.raises(durable.DurableError, match="lifespan=durable_lifespan"),
     ):
         web.get("/")
+
+
+def test_the_web_view_mounted_over_the_apps_client(sqlite_url: str) -> None:
+    from durable.web import create_app
+
+    app = fastapi_app.create_app(sqlite_url, poll_interval=0.05)
+    lifespan = app.router.lifespan_context
+    assert isinstance(lifespan, DurableLifespan)
+    app.mount("/durable", create_app(lifespan.client))  # the view reads through the app's client
+    with TestClient(app) as web:
+        web.post("/orders/o-3")
+        assert web.get("/workflows/order-o-3", params={"wait": 30}).json()["status"] == "succeeded"
+        page = web.get("/durable/workflows/order-o-3")
+        assert page.status_code == 200 and "examples.fastapi.charge" in page.text
