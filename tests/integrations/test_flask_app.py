@@ -30,45 +30,47 @@ def receipt(order_id: str, quantity: int) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_the_views_start_a_workflow_that_a_worker_process_runs(durable_url: str) -> None:
-    # the worker, as the example's docstring runs it
-    worker = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("durable")),
-            "worker",
-            "flask_app:make_runtime",
-            "--poll-interval",
-            "0.1",
-        ],
-        cwd=EXAMPLES,
-        env={**os.environ, "DURABLE_DATABASE_URL": durable_url},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     app = flask_app.create_app({"DURABLE_URL": durable_url, "DURABLE_POLL_INTERVAL": 0.05})
+    web = app.test_client()
     try:
-        web = app.test_client()
-        started = web.post("/orders/o-1?quantity=3")
+        started = web.post("/orders/o-1?quantity=3")  # the first use opens (and migrates)
         assert started.status_code == 202 and started.json == {"workflow_id": "order-o-1"}
         assert web.post("/orders/o-1?quantity=3").json == started.json  # the same execution
-        done = web.get("/workflows/order-o-1?wait=30")
-        assert done.status_code == 200
-        assert done.json == {
-            "workflow_id": "order-o-1",
-            "status": "succeeded",
-            "result": receipt("o-1", 3),
-        }
-        assert web.get("/workflows/order-nope").status_code == 404
-        steps = flask_app.durable_ext.client_for(app).list_steps_sync("order-o-1")
-        assert [s.name for s in steps] == ["examples.flask.price", "examples.flask.charge"]
-        assert steps[0].executor_id != "" and steps[0].executor_id is not None
+        assert web.get("/workflows/order-o-1").json["status"] == "pending"  # no worker yet
+        # the worker, as the example's docstring runs it
+        worker = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("durable")),
+                "worker",
+                "flask_app:make_runtime",
+                "--poll-interval",
+                "0.1",
+            ],
+            cwd=EXAMPLES,
+            env={**os.environ, "DURABLE_DATABASE_URL": durable_url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            done = web.get("/workflows/order-o-1?wait=30")
+            assert done.status_code == 200
+            assert done.json == {
+                "workflow_id": "order-o-1",
+                "status": "succeeded",
+                "result": receipt("o-1", 3),
+            }
+            assert web.get("/workflows/order-nope").status_code == 404
+            steps = flask_app.durable_ext.client_for(app).list_steps_sync("order-o-1")
+            assert [s.name for s in steps] == ["examples.flask.price", "examples.flask.charge"]
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            _out, err = worker.communicate(timeout=30)
     finally:
         flask_app.durable_ext.close(app)
-        worker.send_signal(signal.SIGTERM)
-        _out, err = worker.communicate(timeout=30)
     assert worker.returncode == 0, err
     assert "stopped after 1 execution(s)" in err
-    assert f"{steps[0].executor_id} stopped" in err  # that worker ran the steps
+    assert f"worker {steps[0].executor_id} stopped" in err  # that worker ran the steps
 
 
 def test_concurrent_request_threads_with_the_worker_in_the_web_process(durable_url: str) -> None:
