@@ -4,6 +4,8 @@
 To run: pip install 'durable-sqla[integrations]', then, from examples/django_app/:
     python manage.py durable_worker        # the worker (SIGTERM or Ctrl-C stops it)
     python manage.py runserver             # the site, in another terminal
+(SQLite, no server: durable.db here). On PostgreSQL: export
+DURABLE_DATABASE_URL=postgresql://user@host/db for both.
 """
 
 from __future__ import annotations

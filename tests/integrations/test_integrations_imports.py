@@ -32,3 +32,13 @@ def frameworks_after(code: str) -> list[str]:
 )
 def test_each_integration_imports_its_own_framework_only(code: str, expected: list[str]) -> None:
     assert frameworks_after(code) == expected
+
+
+@pytest.mark.parametrize(
+    "path", ["fastapi_app.py", "flask_app.py", "django_app/manage.py", "django_app/README.md"]
+)
+def test_every_example_says_how_to_run_it(path: str) -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "examples" / path).read_text()
+    assert "To run:" in text and "DURABLE_DATABASE_URL" in text
