@@ -6,6 +6,8 @@ client-only app, clear errors)."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -175,3 +177,51 @@ def test_the_web_view_mounted_over_the_apps_client(sqlite_url: str) -> None:
         assert web.get("/workflows/order-o-3", params={"wait": 30}).json()["status"] == "succeeded"
         page = web.get("/durable/workflows/order-o-3")
         assert page.status_code == 200 and "examples.fastapi.charge" in page.text
+
+
+# -- shutdown: an execution the app's worker is running is handed back, not lost -------------
+
+CALLS: list[str] = []
+GATE = threading.Event()
+
+
+@durable.step(name="tests.integrations.first")
+async def first(x: int) -> int:
+    CALLS.append("first")
+    return x
+
+
+@durable.step(name="tests.integrations.slow")
+async def slow(x: int) -> int:
+    CALLS.append("slow")
+    while not GATE.is_set():  # noqa: ASYNC110 - a threading.Event, set from the test thread
+        await asyncio.sleep(0.01)
+    return x * 2
+
+
+@durable.workflow(name="tests.integrations.handback.v1")
+async def handback(x: int) -> int:
+    return await slow(await first(x))
+
+
+def test_shutdown_hands_a_running_execution_back_and_the_next_start_resumes_it(
+    sqlite_url: str,
+) -> None:
+    CALLS.clear()
+    GATE.clear()
+    before = durable_lifespan(sqlite_url, grace=0, poll_interval=0.05, executor_id="web-a")
+    with TestClient(Starlette(lifespan=before)):
+        before.client.enqueue_sync(handback, 21, workflow_id="hb-1")
+        deadline = time.monotonic() + 30
+        while "slow" not in CALLS and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert CALLS == ["first", "slow"]
+    # the app stopped mid-step: nothing recorded for the slow step, the execution handed back
+    with durable.Client(sqlite_url) as client:
+        assert client.get_workflow_sync("hb-1").status is durable.WorkflowStatus.PENDING
+        assert [s.name for s in client.list_steps_sync("hb-1")] == ["tests.integrations.first"]
+    GATE.set()
+    after = durable_lifespan(sqlite_url, poll_interval=0.05, executor_id="web-b")
+    with TestClient(Starlette(lifespan=after)):
+        assert after.client.result_sync("hb-1", timeout=30) == 42
+    assert CALLS == ["first", "slow", "slow"]  # the recorded step did not run again
