@@ -49,7 +49,12 @@ from durable.client import Client
 from durable.connect import connect
 from durable.errors import ConfigurationError, DurableError
 from durable.runtime import Runtime
-from durable.validation import check_names, check_positive_float, check_positive_int
+from durable.validation import (
+    check_names,
+    check_optional_id,
+    check_positive_float,
+    check_positive_int,
+)
 
 EXTENSION = "durable"
 """The key of ``app.extensions`` under which an app's durable state is kept."""
@@ -74,7 +79,9 @@ class _Opened:
             config.get("DURABLE_CONCURRENCY", 10), "DURABLE_CONCURRENCY"
         )
         self.queues = check_names(config.get("DURABLE_QUEUES"), "DURABLE_QUEUES")
-        self.executor_id: str | None = config.get("DURABLE_EXECUTOR_ID")
+        self.executor_id = check_optional_id(
+            config.get("DURABLE_EXECUTOR_ID"), "DURABLE_EXECUTOR_ID"
+        )
         self.poll_interval = check_positive_float(
             config.get("DURABLE_POLL_INTERVAL", 0.5), "DURABLE_POLL_INTERVAL"
         )
@@ -155,8 +162,8 @@ class Durable:
 
         :raises ConfigurationError: ``DURABLE_URL`` is missing or not a str, ``DURABLE_WORKER``
             not a bool.
-        :raises InvalidArgumentError: ``DURABLE_CONCURRENCY``, ``DURABLE_QUEUES`` or
-            ``DURABLE_POLL_INTERVAL`` is out of range.
+        :raises InvalidArgumentError: ``DURABLE_CONCURRENCY``, ``DURABLE_QUEUES``,
+            ``DURABLE_EXECUTOR_ID`` or ``DURABLE_POLL_INTERVAL`` is out of range.
         """
         app.extensions[EXTENSION] = _Opened(app)
 

@@ -4,6 +4,7 @@ the runtime or its client.
 
 ::
 
+    import durable
     from fastapi import Depends, FastAPI
     from durable.integrations.starlette import durable_lifespan, get_client
 
