@@ -11,6 +11,10 @@ Views are sync and use the blocking API of the process-wide client::
         workflow_id = get_client().enqueue_sync(checkout, order_id)
         return JsonResponse({"workflow_id": workflow_id}, status=202)
 
+The client runs on an event loop of its own (a background thread), not on the server's: an
+async view calls the ``_sync`` methods through ``asgiref.sync.sync_to_async``, never awaits the
+client's coroutines on its own loop.
+
 Workflows are defined in a ``workflows`` module of an installed app (imported when Django
 starts, like ``admin.py``) or in the modules ``DURABLE["WORKFLOWS"]`` lists. Workers are
 separate processes: ``python manage.py durable_worker`` (SIGTERM stops it gracefully).
