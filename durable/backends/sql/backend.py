@@ -32,7 +32,7 @@ from durable.backends.sql import migrate
 from durable.backends.sql.batches import Enqueues
 from durable.backends.sql.claims import Claims
 from durable.backends.sql.continuation import Continuation
-from durable.backends.sql.core import first_line
+from durable.backends.sql.core import first_line, stop_listener
 from durable.backends.sql.dialects import (
     SQLDialect,
     configure_engine,
@@ -174,12 +174,10 @@ class SQLAlchemyBackend(
             log.debug("backend started: %r", self, extra={"action": "backend.start"})
 
     async def close(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
-        await self._stop_outputs_listener()
+        listeners = (self._listener, self._outputs_listener)
+        self._listener = self._outputs_listener = None
+        for listener in listeners:
+            await stop_listener(listener)
         await self._runner.release()
         if self._blocking is not None:
             self._blocking.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -49,6 +50,9 @@ from durable.models import (
 from durable.serialization import Serializer
 
 T = TypeVar("T")
+
+# the backend's logger, as before the backend was split by area
+log = logging.getLogger("durable.backends.sql.backend")
 
 #: The steps table's columns, in order (a step record's parameters are ``s_<column>``).
 STEP_COLUMNS = [c.name for c in steps.columns]
@@ -85,6 +89,69 @@ class SQLCore(PersistentBackend):
         def _translated(self, exc: Exception, doing: str) -> Exception: ...
 
         def _announce_work(self, conn: sa.Connection) -> None: ...
+
+    def _keep_listening(
+        self,
+        listener: asyncio.Task[None] | None,
+        channel: str,
+        on_listening: Callable[[], None],
+        on_note: Callable[[str], None],
+    ) -> asyncio.Task[None] | None:
+        """The task that turns PostgreSQL notifications on ``channel`` into local wake-ups:
+        ``listener`` while it runs; a new one if it never started or died (on other databases,
+        or before :meth:`start`, ``listener`` unchanged). The caller keeps what it returns."""
+        if (
+            self.dialect.name != "postgresql"
+            or not self._started
+            or (listener is not None and not listener.done())
+        ):
+            return listener
+        return asyncio.get_running_loop().create_task(
+            self._listen_on(channel, on_listening, on_note), name=f"durable-listen-{channel}"
+        )
+
+    async def _listen_on(
+        self, channel: str, on_listening: Callable[[], None], on_note: Callable[[str], None]
+    ) -> None:
+        """LISTEN on ``channel`` on a connection of its own, calling ``on_listening`` once
+        listening (for what was committed while nobody listened) and ``on_note`` with each
+        notification's payload; after the server goes away, reconnect (quickly at first, then
+        once a second; whoever waits on these wake-ups polls meanwhile)."""
+        import psycopg
+
+        conninfo = self.engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
+        failures = 0
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {channel}")
+                    if failures:
+                        log.info(
+                            "listening on %s again after %d failed attempt(s)",
+                            channel,
+                            failures,
+                            extra={"action": "listen.resumed"},
+                        )
+                    failures = 0
+                    on_listening()
+                    async for note in conn.notifies():
+                        on_note(note.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the server went away: polling covers us meanwhile
+                failures += 1
+                delay = min(0.05 * 2**failures, 1.0)
+                log.log(
+                    logging.WARNING if failures == 1 else logging.DEBUG,
+                    "listening on %s failed, retrying in %.1fs: %s",
+                    channel,
+                    delay,
+                    first_line(exc),
+                    extra={"action": "listen.error"},
+                )
+                await asyncio.sleep(delay)
 
     def _build_core_statements(self) -> None:
         d = self.dialect
@@ -306,3 +373,11 @@ def aware(value: Any) -> datetime | None:
 def first_line(exc: BaseException | None) -> str:
     """The first line of an error's message (its repr when it has none)."""
     return str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else repr(exc)
+
+
+async def stop_listener(listener: asyncio.Task[None] | None) -> None:
+    """Cancel a listener task from :meth:`SQLCore._keep_listening` and wait for its end."""
+    if listener is not None:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener

@@ -13,7 +13,6 @@ if, it commits; each backend whose readers wait listens on a connection of its o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -267,55 +266,13 @@ class Outputs(SQLCore):
     # -- wake-ups ------------------------------------------------------------------------------
 
     def watch_outputs(self, instance_id: str) -> OutputWatch:
-        listener = self._outputs_listener
-        if (
-            self.dialect.name == "postgresql"
-            and self._started
-            and (listener is None or listener.done())  # never started, or died: (re)start it
-        ):
-            self._outputs_listener = asyncio.get_running_loop().create_task(
-                self._listen_for_outputs(), name="durable-listen-outputs"
-            )
-        return super().watch_outputs(instance_id)
-
-    async def _stop_outputs_listener(self) -> None:
-        listener, self._outputs_listener = self._outputs_listener, None
-        if listener is not None:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
-
-    async def _listen_for_outputs(self) -> None:
-        """Turn PostgreSQL notifications on the outputs channel into local wake-ups of the
-        workflow named in each, reconnecting after the server goes away (readers poll
-        meanwhile)."""
-        import psycopg
-
-        conninfo = self.engine.url.set(drivername="postgresql").render_as_string(
-            hide_password=False
+        self._outputs_listener = self._keep_listening(
+            self._outputs_listener,
+            OUTPUT_CHANNEL,
+            self._output_signal().set_all,  # anything committed before we listened
+            self.notify_outputs,
         )
-        failures = 0
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {OUTPUT_CHANNEL}")
-                    failures = 0
-                    self._output_signal().set_all()  # anything committed before we listened
-                    async for note in conn.notifies():
-                        self.notify_outputs(note.payload)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the server went away: readers poll meanwhile
-                failures += 1
-                delay = min(0.05 * 2**failures, 1.0)
-                log.log(
-                    logging.WARNING if failures == 1 else logging.DEBUG,
-                    "listening for published outputs failed, retrying in %.1fs: %s",
-                    delay,
-                    first_line(exc),
-                    extra={"action": "listen.error"},
-                )
-                await asyncio.sleep(delay)
+        return super().watch_outputs(instance_id)
 
 
 __all__ = ["OUTPUT_CHANNEL", "Outputs"]
