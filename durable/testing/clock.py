@@ -205,7 +205,11 @@ class TimeSkippingClock:
             else:
                 self._unclaimed_since = None
             for info in backend._workflows.values():
-                if info.deadline is not None and info.deadline > now and not info.status.is_terminal:
+                if (
+                    info.deadline is not None
+                    and info.deadline > now
+                    and not info.status.is_terminal
+                ):
                     events.append(info.deadline)
             if not events:
                 return False

@@ -65,8 +65,9 @@ def durable_clock(durable_url: str) -> TimeSkippingClock:
     from durable.testing.fixtures import is_memory
 
     if not is_memory(durable_url):
-        pytest.skip(f"durable_clock needs the in-memory backend (memory://); durable_url is "
-                    f"{durable_url!r}")
+        pytest.skip(
+            f"durable_clock needs the in-memory backend (memory://); durable_url is {durable_url!r}"
+        )
     from durable.testing.clock import TimeSkippingClock
 
     return TimeSkippingClock()
@@ -100,10 +101,12 @@ def durable_worker(request: pytest.FixtureRequest, durable_runtime: Any) -> Iter
 
 try:  # the async tests' fixtures, run by pytest-asyncio on the test's loop
     import pytest_asyncio
-except ImportError:  # pragma: no cover - without pytest-asyncio, async tests get a clear error
-    pytest_asyncio = None
 
-if pytest_asyncio is not None:
+    _HAVE_PYTEST_ASYNCIO = True
+except ImportError:  # pragma: no cover - without pytest-asyncio, async tests get a clear error
+    _HAVE_PYTEST_ASYNCIO = False
+
+if _HAVE_PYTEST_ASYNCIO:
 
     @pytest_asyncio.fixture(loop_scope="function")
     async def _durable_async_runtime(
