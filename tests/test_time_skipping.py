@@ -8,6 +8,7 @@ through a worker; sync and async; by hand with ``advance`` when ``auto_skip`` is
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -111,7 +112,7 @@ def test_sync_workflow_sync_test(durable_runtime: durable.Runtime) -> None:
 
 async def test_a_step_retried_with_a_four_minute_backoff(durable_runtime: durable.Runtime) -> None:
     assert await durable_runtime.run(backoff) == "done"
-    assert [b - a for a, b in zip(SEEN, SEEN[1:], strict=False)] == [
+    assert [b - a for a, b in itertools.pairwise(SEEN)] == [
         timedelta(minutes=4),
         timedelta(minutes=8),
     ]
@@ -122,7 +123,7 @@ async def test_a_workflow_retried_with_backoff_through_a_worker(
 ) -> None:
     workflow_id = await durable_client.enqueue(workflow_retry)
     assert await durable_client.result(workflow_id) == "third time"
-    assert [b - a for a, b in zip(SEEN, SEEN[1:], strict=False)] == [
+    assert [b - a for a, b in itertools.pairwise(SEEN)] == [
         timedelta(minutes=1),
         timedelta(minutes=4),
     ]
