@@ -105,7 +105,7 @@ def test_a_sync_workflow_from_a_sync_test() -> None:
 
 
 async def test_random_step_outputs_need_compare_outputs_off() -> None:
-    with pytest.raises(ReplayUnsafeError, match="crash.token"):
+    with pytest.raises(ReplayUnsafeError, match=r"crash\.token"):
         await check_replay_safe(tokens)
     check = await check_replay_safe(tokens, compare_outputs=False)
     assert len(check.boundaries) == 6
