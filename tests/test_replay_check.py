@@ -135,3 +135,14 @@ async def test_a_result_that_depends_on_the_time_of_the_run_is_caught() -> None:
 async def test_only_workflows_are_checked() -> None:
     with pytest.raises(durable.InvalidArgumentError, match="workflow"):
         await check_replay_safe(charge)  # type: ignore[arg-type]
+
+
+@durable.workflow(name="crash.waits.v1")
+async def waits_for_ever() -> object:
+    return await durable.recv("never-sent")
+
+
+async def test_a_workflow_that_never_finishes_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("durable.testing.crash.RUN_TIMEOUT", 0.3)
+    with pytest.raises(durable.DurableError, match=r"did not finish within 0\.3 s"):
+        await check_replay_safe(waits_for_ever)

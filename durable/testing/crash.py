@@ -51,6 +51,9 @@ from durable.testing.clock import TimeSkippingClock
 from durable.timers import SLEEP_STEP
 from durable.workflow import Workflow
 
+#: Seconds (real time) one run of the checked workflow may take before the check gives up.
+RUN_TIMEOUT = 60.0
+
 #: The three boundaries of a position, in the order they are crossed.
 PHASES = ("before", "inside", "after")
 
@@ -215,10 +218,21 @@ Outcome = tuple[bool, Any]
 async def _outcome(
     runtime: Runtime, workflow: Workflow[Any, Any], workflow_id: str, args: Any, kwargs: Any
 ) -> Outcome:
-    """``(True, result)`` or ``(False, exception)`` of running the execution to its end."""
+    """``(True, result)`` or ``(False, exception)`` of running the execution to its end.
+
+    :raises DurableError: it did not end within :data:`RUN_TIMEOUT` seconds.
+    """
     try:
-        return True, await runtime.run(workflow, *args, workflow_id=workflow_id, **kwargs)
+        async with asyncio.timeout(RUN_TIMEOUT) as scope:
+            return True, await runtime.run(workflow, *args, workflow_id=workflow_id, **kwargs)
     except Exception as exc:
+        if isinstance(exc, TimeoutError) and scope.expired():
+            raise DurableError(
+                f"check_replay_safe: workflow {workflow.name!r} (execution {workflow_id!r}) did "
+                f"not finish within {RUN_TIMEOUT:g} s: it waits for something nothing here "
+                "provides (a message received without a timeout, a durable.map step: the check "
+                "runs no worker), or it runs that long"
+            ) from None
         return False, exc
 
 
