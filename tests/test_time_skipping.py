@@ -185,3 +185,16 @@ def test_the_clock_refuses_bad_arguments(durable_clock: TimeSkippingClock) -> No
         TimeSkippingClock(datetime(2030, 1, 1))
     with pytest.raises(InvalidArgumentError, match="in-memory"):
         durable_clock.attach(object())  # type: ignore[arg-type]
+
+
+@durable.workflow(name="skip.backoff_sync.v1")
+def backoff_sync() -> str:
+    return flaky()  # the backoff waits on the loop, for the workflow's thread
+
+
+def test_a_sync_step_backoff_in_a_sync_workflow(durable_runtime: durable.Runtime) -> None:
+    assert durable_runtime.run_sync(backoff_sync) == "done"
+    assert [b - a for a, b in itertools.pairwise(SEEN)] == [
+        timedelta(minutes=4),
+        timedelta(minutes=8),
+    ]
