@@ -131,6 +131,10 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         self.backend = backend
         self.poll_interval = poll_interval
         self.sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep
+        self.poll_sleep: Callable[[float], Coroutine[Any, Any, None]] | None = None
+        """How a wait for an outcome pauses between two looks (:meth:`result`, and a runtime's
+        ``run`` waiting for an execution); None: :attr:`sleep`. It may return early (the caller
+        looks again): the time-skipping clock of :mod:`durable.testing.clock` skips time there."""
         # set for a runtime's client: the runtime starts and closes the backend and runs the
         # _sync methods on its own loop
         self._owner_blocking: Callable[[Coroutine[Any, Any, Any]], Any] | None = None
@@ -455,7 +459,7 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
                 info = await self.backend.get_workflow(workflow_id)
                 if info.status.is_terminal:
                     return outcome(info)
-                await self.sleep(self.poll_interval)
+                await (self.poll_sleep or self.sleep)(self.poll_interval)
 
         return await asyncio.wait_for(wait(), timeout)
 

@@ -166,7 +166,7 @@ class Attempts(Leases):
                         pass  # it goes on when due (a retry) or when woken (its steps done)
                 else:
                     await self._note_wait(instance_id, noted)
-            await self.sleep(wait)
+            await (self.client.poll_sleep or self.sleep)(wait)
 
     async def _note_wait(self, instance_id: str, noted: set[str]) -> None:
         """Say, once per holder, whose lease a run waits for and until when: at WARNING when the

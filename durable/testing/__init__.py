@@ -6,6 +6,12 @@
 time. The contract imports pytest, pytest-asyncio and time-machine; import it from test code
 only. :mod:`durable.testing.benchkit` measures a backend's costs at scale (run by hand:
 ``python -m durable.testing.benchkit URL``); it needs none of them.
+
+For testing your own workflows: the pytest plugin :mod:`durable.testing.plugin` (fixtures
+``durable_runtime``, ``durable_client``, ``durable_worker``, ``durable_clock``, on wherever
+durable is installed), the time-skipping clock :class:`TimeSkippingClock`
+(:mod:`durable.testing.clock`), and crash injection, :func:`check_replay_safe`
+(:mod:`durable.testing.crash`).
 """
 
 from __future__ import annotations
@@ -13,9 +19,32 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from durable.testing.clock import TimeSkippingClock
     from durable.testing.contract import BackendContractTests
+    from durable.testing.crash import (
+        ReplayCheck,
+        ReplayUnsafeError,
+        check_replay_safe,
+        check_replay_safe_sync,
+    )
 
-__all__ = ["BackendContractTests"]
+__all__ = [
+    "BackendContractTests",
+    "ReplayCheck",
+    "ReplayUnsafeError",
+    "TimeSkippingClock",
+    "check_replay_safe",
+    "check_replay_safe_sync",
+]
+
+#: What this package gives lazily (imported on first use), by the module that defines it.
+_TESTKIT = {
+    "TimeSkippingClock": "durable.testing.clock",
+    "ReplayCheck": "durable.testing.crash",
+    "ReplayUnsafeError": "durable.testing.crash",
+    "check_replay_safe": "durable.testing.crash",
+    "check_replay_safe_sync": "durable.testing.crash",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -24,4 +53,8 @@ def __getattr__(name: str) -> Any:
         from durable.testing.contract import BackendContractTests
 
         return BackendContractTests
+    if name in _TESTKIT:
+        import importlib
+
+        return getattr(importlib.import_module(_TESTKIT[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

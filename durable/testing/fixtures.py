@@ -1,0 +1,115 @@
+"""What the fixtures of durable's pytest plugin (:mod:`durable.testing.plugin`) do, imported
+when a test first uses one of them.
+
+* ``durable_runtime``: a :class:`~durable.Runtime` on ``durable_url`` with an executor id of its
+  own, started for the test and closed after it. A sync test gets it started on a background
+  event loop (``runtime.start_sync()``: call ``run_sync``, ``enqueue_sync``...); an async test
+  (a coroutine function, run by pytest-asyncio) gets it started on the test's own loop (``await
+  runtime.run(...)``). On the in-memory backend its backend and its waits run on the test's
+  ``durable_clock`` (:class:`~durable.testing.clock.TimeSkippingClock`).
+* ``durable_worker``: ``runtime.start_worker()`` on the same loop, stopped after the test.
+"""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from durable.connect import connect
+from durable.runtime import Runtime
+from durable.worker import Worker
+
+#: Seconds between a worker's looks for work when nothing wakes it (tests want it prompt).
+WORKER_POLL = 0.05
+
+#: Seconds between a run's looks at an execution that another executor holds.
+RUN_POLL = 0.05
+
+
+def is_memory(url: str) -> bool:
+    """Whether ``url`` names the in-memory backend."""
+    return url.split("://", 1)[0] == "memory"
+
+
+def is_async_test(request: pytest.FixtureRequest) -> bool:
+    """Whether the requesting test is a coroutine function (run on an event loop)."""
+    function = getattr(request, "function", None)
+    return function is not None and inspect.iscoroutinefunction(function)
+
+
+def make_runtime(request: pytest.FixtureRequest, url: str) -> Runtime:
+    """A runtime on ``url`` (not started); on the in-memory backend, on the test's clock."""
+    runtime = Runtime(
+        connect(url),
+        executor_id=f"pytest-{uuid.uuid4().hex[:12]}",
+        poll_interval=RUN_POLL,
+    )
+    if is_memory(url):
+        request.getfixturevalue("durable_clock").install(runtime)
+    return runtime
+
+
+def runtime_for(request: pytest.FixtureRequest, url: str) -> Iterator[Runtime]:
+    """The ``durable_runtime`` fixture's body."""
+    if is_async_test(request):
+        yield _async_fixture(request, "_durable_async_runtime")
+        return
+    runtime = make_runtime(request, url)
+    runtime.start_sync()
+    try:
+        yield runtime
+    finally:
+        runtime.close_sync()
+
+
+def worker_for(request: pytest.FixtureRequest, runtime: Runtime) -> Iterator[Worker]:
+    """The ``durable_worker`` fixture's body."""
+    if is_async_test(request):
+        yield _async_fixture(request, "_durable_async_worker")
+        return
+    worker = runtime.blocking(runtime.start_worker(poll_interval=WORKER_POLL))
+    try:
+        yield worker
+    finally:
+        runtime.blocking(worker.stop())
+
+
+async def async_runtime(request: pytest.FixtureRequest, url: str) -> AsyncIterator[Runtime]:
+    """The runtime of an async test, started on its loop."""
+    runtime = make_runtime(request, url)
+    async with runtime:
+        yield runtime
+
+
+async def async_worker(runtime: Runtime) -> AsyncIterator[Worker]:
+    """The worker of an async test, on its loop."""
+    worker = await runtime.start_worker(poll_interval=WORKER_POLL)
+    try:
+        yield worker
+    finally:
+        await worker.stop()
+
+
+def _async_fixture(request: pytest.FixtureRequest, name: str) -> Any:
+    try:
+        return request.getfixturevalue(name)
+    except pytest.FixtureLookupError:
+        raise pytest.UsageError(
+            "durable's fixtures in an async test need pytest-asyncio (pip install "
+            "pytest-asyncio): the runtime must start on the test's event loop"
+        ) from None
+
+
+__all__ = [
+    "async_runtime",
+    "async_worker",
+    "is_async_test",
+    "is_memory",
+    "make_runtime",
+    "runtime_for",
+    "worker_for",
+]

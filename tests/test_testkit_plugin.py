@@ -1,0 +1,134 @@
+"""durable's pytest plugin, as a user's project sees it: a test file using ``durable_runtime``,
+``durable_client``, ``durable_worker`` and ``durable_clock``, sync and async (pytest-asyncio's
+strict mode, the default), run in-process by ``pytester`` with no configuration: the plugin is
+on through its entry point. Also: ``--durable-url`` and the ini's ``durable_url`` choose the
+backend (a SQLite file here; ``durable_clock`` skips there, saying why), each test gets a fresh
+in-memory backend, and the plugin's fixture names do not clash with durable's own conftest.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+USER_TESTS = """
+from datetime import timedelta
+
+import pytest
+
+import durable
+
+
+@durable.step(name="user.add")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@durable.workflow(name="user.remind.v1")
+async def remind(a: int) -> int:
+    await durable.sleep(timedelta(days=3))
+    return await add.aio(a, 1)
+
+
+@durable.workflow(name="user.remind_sync.v1")
+def remind_sync(a: int) -> int:
+    durable.sleep_sync(timedelta(days=3))
+    return add(a, 2)
+
+
+def test_sync_run(durable_runtime, durable_clock):
+    before = durable_clock.now()
+    assert durable_runtime.run_sync(remind_sync, 1, workflow_id="same-id") == 3
+    assert durable_clock.now() - before == timedelta(days=3)
+
+
+@pytest.mark.asyncio
+async def test_async_run(durable_runtime, durable_clock):
+    before = durable_clock.now()
+    assert await durable_runtime.run(remind, 1, workflow_id="same-id") == 2  # a fresh backend
+    assert durable_clock.now() - before == timedelta(days=3)
+
+
+@pytest.mark.asyncio
+async def test_async_worker(durable_client, durable_worker):
+    workflow_id = await durable_client.enqueue(remind, 5)
+    assert await durable_client.result(workflow_id) == 6
+
+
+def test_sync_worker(durable_client, durable_worker, durable_url):
+    assert durable_url == "memory://"
+    workflow_id = durable_client.enqueue_sync(remind_sync, 5)
+    assert durable_client.result_sync(workflow_id) == 7
+"""
+
+URL_TESTS = """
+import durable
+
+
+@durable.workflow(name="user.plain.v1")
+def plain(a: int) -> int:
+    return a * 2
+
+
+def test_on_the_url(durable_runtime, durable_url):
+    assert durable_url == "{url}"
+    assert type(durable_runtime.backend).__name__ == "{backend}"
+    assert durable_runtime.run_sync(plain, 21) == 42
+
+
+def test_the_clock(durable_clock):
+    pass
+"""
+
+
+def test_the_plugin_is_registered_as_an_entry_point() -> None:
+    found = [e for e in entry_points(group="pytest11") if e.value == "durable.testing.plugin"]
+    assert found, "durable.testing.plugin is not a pytest11 entry point (reinstall durable)"
+
+
+def test_a_users_sync_and_async_tests(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_user=USER_TESTS)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4)
+
+
+def test_the_url_option_and_the_ini(pytester: pytest.Pytester) -> None:
+    url = "memory://?serializer=pickle"  # any URL durable.connect knows
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_url=URL_TESTS.format(url=url, backend="InMemoryBackend"))
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--durable-url={url}")
+    result.assert_outcomes(passed=2)
+    pytester.makeini(
+        f"[pytest]\nasyncio_default_fixture_loop_scope = function\ndurable_url = {url}\n"
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--durable-url=memory://")
+    result.assert_outcomes(passed=1, failed=1)  # the option wins over the ini
+
+
+@pytest.mark.slow
+def test_a_sqlite_url(pytester: pytest.Pytester) -> None:
+    """In a subprocess: pytester's in-process runs forget the modules they import, which
+    SQLAlchemy does not survive."""
+    database = pytester.path / "app.db"
+    url = f"sqlite:///{database}"
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_url=URL_TESTS.format(url=url, backend="SQLAlchemyBackend"))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs", f"--durable-url={url}")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*durable_clock needs the in-memory backend*"])
+    assert database.exists()
+
+
+def test_no_clash_with_durables_own_fixtures(request: pytest.FixtureRequest) -> None:
+    manager = request._fixturemanager
+    for name in ("durable_url", "durable_runtime", "durable_client", "durable_worker"):
+        defs = manager.getfixturedefs(name, request.node)
+        assert defs is not None and [d.func.__module__ for d in defs] == [
+            "durable.testing.plugin"
+        ], name  # the plugin's only: tests/conftest.py defines none of these

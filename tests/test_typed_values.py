@@ -1,0 +1,157 @@
+"""Typed values through the default JSON serializer: dataclasses and pydantic models returned by
+steps and workflows (and passed as inputs) come back as the same class, on every backend: from
+``run``, from the stored result (``result``, a second ``run`` of the id), from the history
+(``list_steps``) and on a replay (a retried attempt replays the typed step output).
+
+Also: an envelope whose class is not imported here loads as its plain dict (loading imports
+nothing); a class defined in a function is refused with a clear error; stored fields that no
+longer fit their class fail to load with an error naming the class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pydantic
+import pytest
+
+import durable
+from durable.errors import SerializationError
+from durable.serialization import JSONSerializer
+
+CALLS: Counter[str] = Counter()
+
+
+@dataclasses.dataclass(frozen=True)
+class Line:
+    sku: str
+    qty: int
+
+
+@dataclasses.dataclass
+class Order:
+    id: str
+    lines: list[Line]
+    note: str | None = None
+
+
+class Quote(pydantic.BaseModel):
+    order_id: str
+    total: Decimal
+    at: datetime
+    lines: list[int]
+
+
+class Receipt(pydantic.BaseModel):
+    quote: Quote
+    paid: bool
+
+
+@durable.step(name="typed.price")
+def price(order: Order) -> Quote:
+    CALLS["price"] += 1
+    assert isinstance(order, Order) and isinstance(order.lines[0], Line)
+    return Quote(
+        order_id=order.id,
+        total=Decimal("12.50"),
+        at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        lines=[line.qty for line in order.lines],
+    )
+
+
+@durable.step(name="typed.pay")
+def pay(quote: Quote) -> Receipt:
+    CALLS["pay"] += 1
+    if CALLS["pay"] == 1:
+        raise RuntimeError("the gateway timed out")
+    return Receipt(quote=quote, paid=True)
+
+
+@durable.workflow(
+    name="typed.checkout.v1", retry=durable.RetryPolicy(max_attempts=2, initial_delay=0.0)
+)
+async def checkout(order: Order) -> tuple[Order, Receipt]:
+    quote = await price.aio(order)
+    assert isinstance(quote, Quote), type(quote)  # on the second attempt: replayed
+    receipt = await pay.aio(quote)
+    return order, receipt
+
+
+@pytest.fixture
+def durable_url(backend_url: str) -> str:  # durable's fixtures on every backend
+    return backend_url
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    CALLS.clear()
+
+
+ORDER = Order(id="o-1", lines=[Line("apple", 3), Line("pear", 1)], note="gift")
+
+
+async def test_dataclass_and_model_round_trip_through_steps_and_results(
+    durable_runtime: durable.Runtime, durable_client: durable.Client, durable_worker: object
+) -> None:
+    workflow_id = await durable_client.enqueue(checkout, ORDER)
+    order, receipt = await durable_client.result(workflow_id)
+    assert CALLS == {"price": 1, "pay": 2}  # the retried attempt replayed the typed quote
+    assert order == ORDER and type(order.lines[0]) is Line
+    assert type(receipt) is Receipt and type(receipt.quote) is Quote
+    assert receipt.quote.total == Decimal("12.50") and receipt.quote.at.tzinfo is not None
+    # the stored result, read again (a second run of the id runs nothing)
+    again = await durable_runtime.run(checkout, ORDER, workflow_id=workflow_id)
+    assert again == [order, receipt]  # a tuple is stored as a JSON list
+    assert CALLS == {"price": 1, "pay": 2}
+    # the history
+    steps = await durable_client.list_steps(workflow_id)
+    outputs = [s.output for s in steps if s.output is not None]
+    assert any(type(o) is Quote for o in outputs) and any(type(o) is Receipt for o in outputs)
+    info = await durable_client.get_workflow(workflow_id)
+    assert info.input["args"] == [ORDER] and type(info.input["args"][0]) is Order
+
+
+def test_sync_round_trip(durable_runtime: durable.Runtime) -> None:
+    CALLS["pay"] = 1  # no failure: run() does not retry
+    order, receipt = durable_runtime.run_sync(checkout, ORDER)
+    assert type(order) is Order and type(receipt) is Receipt
+
+
+def test_an_envelope_of_a_class_not_imported_here_loads_as_its_dict() -> None:
+    serializer = JSONSerializer()
+    text = '{"__durable_type__":"no_such_module_here:Thing","value":{"a":1}}'
+    assert serializer.loads(text) == {
+        "__durable_type__": "no_such_module_here:Thing",
+        "value": {"a": 1},
+    }
+    # a class that is neither a dataclass nor a model is not built either
+    text = '{"__durable_type__":"collections:Counter","value":{"a":1}}'
+    assert serializer.loads(text) == {"__durable_type__": "collections:Counter", "value": {"a": 1}}
+
+
+def test_a_class_defined_in_a_function_is_refused() -> None:
+    @dataclasses.dataclass
+    class Local:
+        a: int
+
+    with pytest.raises(SerializationError, match="defined inside a function"):
+        JSONSerializer().dumps(Local(1))
+
+
+def test_stored_fields_that_no_longer_fit_fail_naming_the_class() -> None:
+    text = f'{{"__durable_type__":"{__name__}:Line","value":{{"sku":"a","colour":"red"}}}}'
+    with pytest.raises(SerializationError, match=f"{__name__}:Line"):
+        JSONSerializer().loads(text)
+    text = f'{{"__durable_type__":"{__name__}:Quote","value":{{"order_id":"a"}}}}'
+    with pytest.raises(SerializationError, match=f"{__name__}:Quote"):
+        JSONSerializer().loads(text)
+
+
+def test_plain_values_are_unchanged() -> None:
+    serializer = JSONSerializer()
+    value = {"a": [1, 2.5, None, True, "é"], "b": {"c": "d"}}
+    assert serializer.dumps(value) == '{"a":[1,2.5,null,true,"é"],"b":{"c":"d"}}'
+    assert serializer.loads(serializer.dumps(value)) == value
