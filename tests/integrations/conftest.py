@@ -1,9 +1,11 @@
 """Fixtures for the tests of the framework integrations and their examples (examples/).
 
 ``durable_url`` is the database the example apps run on: a new SQLite file, then a new
-PostgreSQL database (marked ``postgres``). The pytest plugin of durable (issue #15, item 2)
-provides a fixture of the same name; this one takes precedence here, because these tests need a
-database that other processes (a worker started as a subprocess) can open too, on both kinds.
+PostgreSQL database (marked ``postgres``). It overrides the fixture of durable's pytest plugin
+(``durable.testing.plugin``), as its documentation says to run on a real database: these tests
+need one that other processes (a worker started as a subprocess) can open too. The plugin's
+other fixtures (``durable_runtime``, ``durable_worker``) then run on it: the tests use them for
+the worker that stands for ``durable worker`` / ``manage.py durable_worker``.
 
 The examples' folders are put on ``sys.path`` so that the tests import them as their runners
 do (``uvicorn fastapi_app:app``, ``manage.py`` in examples/django_app).

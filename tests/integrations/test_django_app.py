@@ -85,25 +85,21 @@ def test_the_views_start_a_workflow_that_the_worker_command_runs(
     assert "stopped after 1 execution(s)" in err
 
 
-def test_concurrent_request_threads(site: WebClient, durable_url: str) -> None:
+def test_concurrent_request_threads(site: WebClient, durable_worker: Any) -> None:
+    """The plugin's ``durable_worker`` stands for ``manage.py durable_worker``."""
     from orders.workflows import checkout
 
     from durable.integrations.django import get_client, get_runtime
-
-    # a worker in the test, standing for `manage.py durable_worker`
-    worker = durable.Runtime(durable.connect(durable_url), poll_interval=0.05)
 
     def order(i: int) -> tuple[int, Any, Any]:
         web = WebClient()  # a client per thread, as a threaded server serves them
         started = web.post(f"/orders/t{i}?quantity={i}")
         return started.status_code, started.json(), web.get(f"/workflows/order-t{i}?wait=30").json()
 
-    with worker:
-        worker.blocking(worker.start_worker(concurrency=4, poll_interval=0.05))
-        with ThreadPoolExecutor(12) as pool:
-            results = [f.result(timeout=90) for f in [pool.submit(order, i) for i in range(12)]]
-        # a view may also run a workflow in the request, through the process's runtime
-        assert get_runtime().run_sync(checkout, "r1", 2, workflow_id="run-r1") == receipt("r1", 2)
+    with ThreadPoolExecutor(12) as pool:
+        results = [f.result(timeout=90) for f in [pool.submit(order, i) for i in range(12)]]
+    # a view may also run a workflow in the request, through the process's runtime
+    assert get_runtime().run_sync(checkout, "r1", 2, workflow_id="run-r1") == receipt("r1", 2)
     assert results == [
         (
             202,

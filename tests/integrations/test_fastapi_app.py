@@ -81,17 +81,15 @@ async def test_concurrent_requests_from_the_thread_pool(durable_url: str) -> Non
 
 
 def test_without_a_worker_the_app_starts_work_that_a_worker_process_runs(
-    durable_url: str,
+    durable_url: str, durable_runtime: durable.Runtime
 ) -> None:
     app = fastapi_app.create_app(durable_url, worker=False, poll_interval=0.05)
     with TestClient(app) as web:
         web.post("/orders/o-2", params={"quantity": 2})
         assert web.get("/workflows/order-o-2").json()["status"] == "pending"
-        # what `durable worker fastapi_app:make_runtime` serves, here in the test
-        other = durable.Runtime(durable.connect(durable_url), poll_interval=0.05)
-        with other:
-            other.blocking(other.start_worker(concurrency=2, poll_interval=0.05))
-            done = web.get("/workflows/order-o-2", params={"wait": 30}).json()
+        # what `durable worker fastapi_app:make_runtime` serves, here the plugin's runtime
+        durable_runtime.blocking(durable_runtime.start_worker(concurrency=2, poll_interval=0.05))
+        done = web.get("/workflows/order-o-2", params={"wait": 30}).json()
     assert done == {"workflow_id": "order-o-2", "status": "succeeded", "result": receipt("o-2", 2)}
 
 
