@@ -16,6 +16,7 @@ from durable.client import Client, Enqueue
 from durable.connect import connect
 from durable.context import StepGuard, step_guard, workflow_id
 from durable.continuation import continue_as_new
+from durable.patching import deprecate_patch, patched
 from durable.errors import (
     BackendError,
     BackendUnavailableError,
@@ -195,6 +196,8 @@ __all__ = [
     "workflow_id",
     "write_stream",
     "write_stream_sync",
+    "patched",
+    "deprecate_patch",
 ]
 
 
