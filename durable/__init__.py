@@ -16,7 +16,6 @@ from durable.client import Client, Enqueue
 from durable.connect import connect
 from durable.context import StepGuard, step_guard, workflow_id
 from durable.continuation import continue_as_new
-from durable.patching import deprecate_patch, patched
 from durable.errors import (
     BackendError,
     BackendUnavailableError,
@@ -82,6 +81,7 @@ from durable.models import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
+from durable.patching import deprecate_patch, patched
 from durable.registry import Registry, default_registry
 from durable.retention import Retention
 from durable.retry import RetryPolicy
@@ -175,7 +175,9 @@ __all__ = [
     "connect",
     "continue_as_new",
     "default_registry",
+    "deprecate_patch",
     "map",
+    "patched",
     "recv",
     "recv_sync",
     "run_step",
@@ -196,8 +198,6 @@ __all__ = [
     "workflow_id",
     "write_stream",
     "write_stream_sync",
-    "patched",
-    "deprecate_patch",
 ]
 
 

@@ -54,7 +54,6 @@ from durable.models import RegisteredWorkflow
 from durable.registry import Registry, default_registry
 from durable.retention import Retention, retention_policies
 from durable.scheduling import store_declared_schedules
-from durable.versioning import check_version
 from durable.validation import (
     check_bool,
     check_id,
@@ -63,6 +62,7 @@ from durable.validation import (
     check_positive_float,
     check_positive_int,
 )
+from durable.versioning import check_version
 from durable.worker import Worker
 from durable.workflow import Workflow
 
@@ -200,7 +200,6 @@ class Runtime(Operations, Serving):
 
     def __repr__(self) -> str:
         return f"Runtime({self.backend!r}, executor_id={self.executor_id!r})"
-
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -20,7 +20,6 @@ from durable.context import current
 from durable.errors import DurableError, InvalidArgumentError
 from durable.registry import Registry, default_registry
 from durable.retry import WORKFLOW_RETRY, RetryPolicy
-from durable.versioning import check_version, source_version
 from durable.validation import (
     check_decorated,
     check_duration,
@@ -28,6 +27,7 @@ from durable.validation import (
     check_name,
     check_positive_int,
 )
+from durable.versioning import check_version, source_version
 
 P = ParamSpec("P")
 T = TypeVar("T")
