@@ -171,6 +171,11 @@ class ExecutionContext:
     <durable.models.WorkflowInfo.code_version>`), or None when unknown; named in divergences."""
     running_version: str | None = None
     """The code version that runs this attempt, named in divergences beside the recorded one."""
+    unrecorded_markers: list[StepGuard] = field(default_factory=list)
+    """Markers an async workflow took (:func:`durable.patched`) that are not recorded yet:
+    :meth:`record_markers` records them before anything after them is (:meth:`ensure_lease`,
+    and the runtime before it records the outcome)."""
+    _marker_lock: asyncio.Lock | None = None
     replay_only: bool = False
     """A check of the code against the history (:mod:`durable.replayer`): nothing runs or is
     written; the first position the history does not settle ends the replay
@@ -195,6 +200,8 @@ class ExecutionContext:
 
         :raises ClaimLostError: the lease is gone.
         """
+        if self.unrecorded_markers:
+            await self.record_markers()
         if self.lease_fresh():
             return
         if self.lease_lost is not None:
@@ -213,6 +220,23 @@ class ExecutionContext:
             self.lease_lost = exc
             raise
         self.lease_deadline = before + runtime.claim_ttl.total_seconds()
+
+    async def record_markers(self) -> None:
+        """Record the markers in :attr:`unrecorded_markers`, in order, before the caller
+        records anything that comes after them (one writer at a time: a caller that finds a
+        write under way waits for it). A marker whose write fails stays unrecorded and the
+        error propagates, as a step's would.
+
+        An async workflow cannot wait in :func:`durable.patched` (a plain call), so its marker
+        is recorded here, by the next write of the execution: a later position can never be
+        recorded without the marker before it.
+        """
+        if self._marker_lock is None:
+            self._marker_lock = asyncio.Lock()
+        async with self._marker_lock:
+            while self.unrecorded_markers:
+                await self.unrecorded_markers[0].succeed(True)
+                self.unrecorded_markers.pop(0)
 
     @contextlib.contextmanager
     def checkpoint(self) -> Iterator[None]:

@@ -21,21 +21,21 @@ marker replay it (the position is taken), new ones record nothing. Once no execu
 recorded the marker is in flight either, the call can go.
 
 In a sync workflow the marker is recorded before ``patched`` returns. In an async workflow
-``patched`` cannot wait for the write: it is recorded in the background; if the process dies
-before it lands, the position stays empty and a replay takes the new branch again (an empty
-position means "reached for the first time"), so the choice is still the same.
+``patched`` (a plain call) cannot wait for a write: the marker is recorded by the execution's
+next write, before it (:meth:`~durable.context.ExecutionContext.record_markers`: the next
+step, sleep, message, event, child, or the outcome), so a later position is never recorded
+without it. If the process dies before, nothing after the marker was recorded either: the
+position is empty, and a replay reaches it "for the first time" again and makes the same
+choice.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 
 from durable.context import ExecutionContext, StepGuard, current
 from durable.errors import DurableError
 from durable.validation import check_name
-
-log = logging.getLogger(__name__)
 
 #: The prefix of the name a patch marker is recorded under: ``durable.patch:<patch id>``.
 PATCH_STEP_PREFIX = "durable.patch:"
@@ -96,25 +96,11 @@ def deprecate_patch(patch_id: str) -> None:
 
 
 def _record(ctx: ExecutionContext, guard: StepGuard) -> None:
-    """Record a new marker: at once from a sync workflow's thread, in the background on an
-    async workflow's loop (see the module's docstring)."""
-    if not ctx.is_async:
-        if threading.get_ident() == ctx.loop_thread:  # pragma: no cover - guarded by the API
-            raise DurableError("durable.patched() of a sync workflow ran on the loop's thread")
-        guard.succeed_blocking(True)
+    """Record a new marker: at once from a sync workflow's thread; by the next write of an
+    async workflow (see the module's docstring)."""
+    if ctx.is_async:
+        ctx.unrecorded_markers.append(guard)
         return
-    ctx.runtime.spawn(_record_later(guard), name=f"durable-patch:{ctx.workflow_id}")
-
-
-async def _record_later(guard: StepGuard) -> None:
-    try:
-        await guard.succeed(True)
-    except DurableError as exc:  # the lease or the database went away: the slot stays empty
-        log.info(
-            "workflow %s: the marker %r (position %d) was not recorded: %s",
-            guard.ctx.workflow_id,
-            guard.name,
-            guard.position,
-            exc,
-            extra={"action": "patch.unrecorded", "workflow_id": guard.ctx.workflow_id},
-        )
+    if threading.get_ident() == ctx.loop_thread:  # pragma: no cover - guarded by the API
+        raise DurableError("durable.patched() of a sync workflow ran on the loop's thread")
+    guard.succeed_blocking(True)

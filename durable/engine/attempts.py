@@ -431,7 +431,16 @@ class Attempts(Leases):
         scope.run(_context.enter, ctx)
         if wf.is_async:
             task = asyncio.get_running_loop().create_task(wf.fn(*args, **kwargs), context=scope)
-            return await task
+            try:
+                output = await task
+            except Exception:
+                if ctx.unrecorded_markers:  # best effort before the failure is recorded
+                    with contextlib.suppress(DurableError):
+                        await ctx.record_markers()
+                raise
+            # durable.patched() markers not recorded yet go before the outcome
+            await ctx.record_markers()
+            return output
         assert self._threads is not None
         return await asyncio.get_running_loop().run_in_executor(
             self._threads, lambda: scope.run(wf.fn, *args, **kwargs)
