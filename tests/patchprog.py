@@ -99,7 +99,7 @@ async def order_diverged(amount: int) -> list[int]:
     return [fee, await hold(fee)]
 
 
-async def run(url: str, code: str, workflow_id: str, amount: int) -> Any:
+async def run(url: str, code: str, workflow_ids: list[str], amount: int) -> Any:
     registry = CODES[code]
     wf: Any = registry.get(NAME)
     runtime = durable.Runtime(
@@ -110,14 +110,14 @@ async def run(url: str, code: str, workflow_id: str, amount: int) -> Any:
         poll_interval=0.02,
     )
     async with runtime:
-        return await runtime.run(wf, amount, workflow_id=workflow_id)
+        return [await runtime.run(wf, amount, workflow_id=i) for i in workflow_ids]
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
     parser.add_argument("--code", choices=sorted(CODES), required=True)
-    parser.add_argument("--workflow-id", required=True)
+    parser.add_argument("--workflow-id", action="append", required=True)
     parser.add_argument("--amount", type=int, default=10)
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("--kill", action="store_true")

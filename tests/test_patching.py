@@ -142,7 +142,9 @@ async def waiting(rt: durable.Runtime, workflow_id: str) -> bool:
     )
 
 
-async def start_waiting(deploys: Deploys, registry: durable.Registry, name: str, ids: list[str]) -> None:
+async def start_waiting(
+    deploys: Deploys, registry: durable.Registry, name: str, ids: list[str]
+) -> None:
     """Start executions ``ids`` under ``registry``'s code and leave them waiting for "go"."""
     async with deploys.runtime(registry) as rt:
         await rt.start_worker(concurrency=4, poll_interval=0.01)
@@ -313,9 +315,9 @@ async def test_a_runtime_serves_only_its_own_versions(backend_url: str) -> None:
 # -- a real crash across a deploy --------------------------------------------------------------
 
 
-def run_prog(url: str, code: str, workflow_id: str, log: Path, *, kill: bool = False) -> Any:
-    args = [sys.executable, str(PROG), "--url", url, "--code", code]
-    args += ["--workflow-id", workflow_id, "--log", str(log)] + (["--kill"] if kill else [])
+def run_prog(url: str, code: str, ids: list[str], log: Path, *, kill: bool = False) -> Any:
+    args = [sys.executable, str(PROG), "--url", url, "--code", code, "--log", str(log)]
+    args += [a for i in ids for a in ("--workflow-id", i)] + (["--kill"] if kill else [])
     done = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
     if kill:
         assert done.returncode == -signal.SIGKILL, done.stderr
@@ -327,21 +329,24 @@ def run_prog(url: str, code: str, workflow_id: str, log: Path, *, kill: bool = F
 def crash_then_patch(url: str, tmp_path: Path) -> None:
     log = tmp_path / "effects.log"
     # the old code passes the fee step, then its process is SIGKILLed inside the next step
-    run_prog(url, "old", "o-1", log, kill=True)
-    # the patched code resumes it: the old branch (fee_v1 replayed, not run again)
-    assert run_prog(url, "new", "o-1", log) == [11, 110]
-    # a new execution under the patched code takes the new branch
-    assert run_prog(url, "new", "n-1", log) == [12, 120]
+    run_prog(url, "old", ["o-1"], log, kill=True)
+    # the patched code resumes it: the old branch (fee_v1 replayed, not run again); then a
+    # new execution under the patched code takes the new branch
+    assert run_prog(url, "new", ["o-1", "n-1"], log) == [[11, 110], [12, 120]]
     lines = [line.rsplit(" ", 1)[0] for line in log.read_text().splitlines()]
     assert lines == ["fee_v1 10", "hold 11", "hold 11", "fee_v2 10", "hold 12"]
 
 
 @pytest.mark.slow
-def test_a_killed_old_execution_resumes_on_patched_code_sqlite(sqlite_url: str, tmp_path: Path) -> None:
+def test_a_killed_old_execution_resumes_on_patched_code_sqlite(
+    sqlite_url: str, tmp_path: Path
+) -> None:
     crash_then_patch(sqlite_url, tmp_path)
 
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_a_killed_old_execution_resumes_on_patched_code_postgres(pg_url: str, tmp_path: Path) -> None:
+def test_a_killed_old_execution_resumes_on_patched_code_postgres(
+    pg_url: str, tmp_path: Path
+) -> None:
     crash_then_patch(pg_url, tmp_path)
