@@ -69,6 +69,10 @@ async def record(
         return as_snapshot((await rt.get_workflow(workflow_id), await rt.list_steps(workflow_id)))
 
 
+def count_lines(path: Path) -> int:
+    return len(path.read_text().splitlines())
+
+
 @pytest.fixture
 def effects(tmp_path: Path) -> Iterator[Path]:
     """patchprog's steps log their runs here during the test."""
@@ -83,8 +87,8 @@ async def test_the_replayer_passes_patched_code_and_catches_divergences(
 ) -> None:
     old = await record(backend_url, patchprog.OLD, patchprog.order_old, "o")
     new = await record(backend_url, patchprog.NEW, patchprog.order_new, "n")
-    ran = effects.read_text().count("\n")
-    assert [s.name for s in new.steps][0] == "durable.patch:fee-v2" and old.code_version == "v1"
+    ran = count_lines(effects)
+    assert new.steps[0].name == "durable.patch:fee-v2" and old.code_version == "v1"
 
     for history, output in ((old, [11, 110]), (new, [12, 120])):
         result = await replay_async(patchprog.order_new, history, app_version="v2")
@@ -100,7 +104,7 @@ async def test_the_replayer_passes_patched_code_and_catches_divergences(
     assert not missing.ok and "durable.patch:fee-v2" in str(missing.divergence)
     too_early = await replay_async(patchprog.order_clean, old, check=False)
     assert not too_early.ok and "patchprog.fee_v1" in str(too_early.divergence)
-    assert effects.read_text().count("\n") == ran  # no step body ran during the replays
+    assert count_lines(effects) == ran  # no step body ran during the replays
 
 
 async def test_an_execution_in_flight_replays_up_to_where_it_is(tmp_path: Path) -> None:
