@@ -350,3 +350,18 @@ def test_a_killed_old_execution_resumes_on_patched_code_postgres(
     pg_url: str, tmp_path: Path
 ) -> None:
     crash_then_patch(pg_url, tmp_path)
+
+
+async def test_recovery_resumes_only_the_versions_served(backend_url: str) -> None:
+    deploys = Deploys(backend_url)
+    async with deploys.runtime(A_OLD, app_version="v1", executor_id="v1-app") as rt:
+        await rt.start_worker(concurrency=2, poll_interval=0.01)
+        await rt.enqueue("tp.async.order", 10, workflow_id="started")
+        await eventually(lambda: waiting(rt, "started"), "started to wait")
+        await rt.send("started", "go", "went")  # due now, started before: recovery's to take
+    options: dict[str, Any] = {"serve_versions": True, "recover": False}
+    async with deploys.runtime(A_OLD, app_version="v2", executor_id="v2-app", **options) as rt:
+        assert await rt.recover() == []
+    async with deploys.runtime(A_OLD, app_version="v1", executor_id="v1-app", **options) as rt:
+        assert await rt.recover() == ["started"]
+        assert await rt.result("started", timeout=WAIT) == [11, "went"]
