@@ -41,22 +41,33 @@ async def read_snapshot(client: Client, workflow_id: str) -> WorkflowSnapshot:
 
 def load_workflows(modules: tuple[str, ...]) -> dict[str, Workflow[Any, Any]]:
     """Import ``modules`` (from the current directory too) and return the workflows they
-    define (module attributes), and those of the decorators' default registry, by name."""
+    define (module attributes) by name; for other names, those of the decorators' default
+    registry.
+
+    :raises click.BadParameter: a module cannot be imported, or two different workflows of
+        the modules have the same name (which one is the current code?).
+    """
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     found: dict[str, Workflow[Any, Any]] = {}
-    for name in default_registry.names():
-        wf = default_registry.get(name)
-        if isinstance(wf, Workflow):
-            found[name] = wf
     for module_name in modules:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise click.BadParameter(f"cannot import {module_name!r}: {exc}") from exc
         for value in vars(module).values():
-            if isinstance(value, Workflow):
-                found.setdefault(value.name, value)
+            if not isinstance(value, Workflow):
+                continue
+            seen = found.setdefault(value.name, value)
+            if seen is not value:
+                raise click.BadParameter(
+                    f"two workflows are named {value.name!r} in the modules ({seen.fn.__qualname__}"
+                    f" and {value.fn.__qualname__}): give --module the current code only"
+                )
+    for name in default_registry.names():
+        wf = default_registry.get(name)
+        if isinstance(wf, Workflow):
+            found.setdefault(name, wf)
     return found
 
 

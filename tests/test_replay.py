@@ -166,6 +166,7 @@ def code_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Modules that stand for the current code: the patched one and a diverging one."""
     (tmp_path / "code_patched.py").write_text("from patchprog import order_new\n")
     (tmp_path / "code_diverged.py").write_text("from patchprog import order_diverged\n")
+    (tmp_path / "code_both.py").write_text("from patchprog import order_new, order_old\n")
     monkeypatch.syspath_prepend(str(tmp_path))
 
 
@@ -192,3 +193,7 @@ def test_the_cli_exports_and_replays(tmp_path: Path, code_modules: None) -> None
     assert by_filter.exit_code == 1 and by_filter.output.count("DIVERGES") == 2
     unknown = durable_cli("workflows", "replay", url, "o", "-m", "json")
     assert unknown.exit_code == 1 and "no such workflow" in unknown.output
+    both = CliRunner().invoke(main, ["workflows", "replay", url, "o", "-m", "code_both"])
+    assert both.exit_code == 2 and "two workflows are named" in both.output
+    usage = CliRunner().invoke(main, ["workflows", "replay", "-m", "code_patched"])
+    assert usage.exit_code == 2 and "give a URL" in usage.output
