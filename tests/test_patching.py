@@ -358,7 +358,8 @@ async def test_recovery_resumes_only_the_versions_served(backend_url: str) -> No
         await rt.start_worker(concurrency=2, poll_interval=0.01)
         await rt.enqueue("tp.async.order", 10, workflow_id="started")
         await eventually(lambda: waiting(rt, "started"), "started to wait")
-        await rt.send("started", "go", "went")  # due now, started before: recovery's to take
+    async with durable.Client(deploys.backend()) as client:  # with no worker running
+        await client.send("started", "go", "went")  # due now, started before: recovery's
     options: dict[str, Any] = {"serve_versions": True, "recover": False}
     async with deploys.runtime(A_OLD, app_version="v2", executor_id="v2-app", **options) as rt:
         assert await rt.recover() == []
