@@ -305,7 +305,7 @@ class ExecutionContext:
                 f"workflow {self.workflow_id!r} ({self.workflow_name}) called step {name!r} at "
                 f"position {position}, but its history recorded {recorded.name!r} there: the "
                 "workflow's code changed while this execution was in flight, or it is not "
-                f"deterministic (it branches on time, randomness or I/O outside steps)"
+                "deterministic (it branches on time, randomness or I/O outside steps)"
                 f"{self.versions_note()}"
             )
             raise self.divergence
@@ -338,7 +338,8 @@ class ExecutionContext:
         return True, StepGuard(self, position, name, recorded)
 
     def versions_note(self) -> str:
-        """`` (recorded by code version A, running B)`` for divergence messages, or ``""``."""
+        """The code versions (recorded, running) for a divergence's message, or ``""`` when
+        neither is known."""
         if self.recorded_version is None and self.running_version is None:
             return ""
         return (
