@@ -37,6 +37,12 @@ from durable.models import RECV_STEP, StepStatus, WorkflowStatus
 from durable.versioning import source_version
 
 WAIT = 30.0
+#: the heavier tests skip aiosqlite (the same SQL as sqlite; the contract covers its claims)
+NO_AIOSQLITE = pytest.mark.parametrize(
+    "backend_url",
+    ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+    indirect=True,
+)
 PROG = Path(__file__).with_name("patchprog.py")
 MARKER = "durable.patch:fee-v2"
 
@@ -161,6 +167,7 @@ async def finish(rt: durable.Runtime, ids: list[str]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
+@NO_AIOSQLITE
 async def test_patched_keeps_old_executions_on_the_old_branch(backend_url: str, kind: str) -> None:
     code = CODE[kind]
     name = str(code["name"])
@@ -198,6 +205,7 @@ async def test_patched_outside_a_workflow_is_the_new_code() -> None:
         durable.patched("")
 
 
+@NO_AIOSQLITE
 async def test_a_change_without_a_patch_is_detected_with_both_versions(backend_url: str) -> None:
     deploys = Deploys(backend_url)
     old = durable.Registry()
@@ -293,6 +301,7 @@ async def test_a_filtered_claim_leaves_other_versions_alone(backend_url: str) ->
         assert [c.instance_id for c in claimed] == ["two"]  # unfiltered: whatever the version
 
 
+@NO_AIOSQLITE
 async def test_a_runtime_serves_only_its_own_versions(backend_url: str) -> None:
     deploys = Deploys(backend_url)
     async with deploys.runtime(VERSIONED, app_version="v1", executor_id="old-app") as rt:
@@ -352,6 +361,7 @@ def test_a_killed_old_execution_resumes_on_patched_code_postgres(
     crash_then_patch(pg_url, tmp_path)
 
 
+@NO_AIOSQLITE
 async def test_recovery_resumes_only_the_versions_served(backend_url: str) -> None:
     deploys = Deploys(backend_url)
     async with deploys.runtime(A_OLD, app_version="v1", executor_id="v1-app") as rt:
