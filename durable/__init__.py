@@ -81,6 +81,7 @@ from durable.models import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
+from durable.patching import deprecate_patch, patched
 from durable.registry import Registry, default_registry
 from durable.retention import Retention
 from durable.retry import RetryPolicy
@@ -174,7 +175,9 @@ __all__ = [
     "connect",
     "continue_as_new",
     "default_registry",
+    "deprecate_patch",
     "map",
+    "patched",
     "recv",
     "recv_sync",
     "run_step",

@@ -256,6 +256,7 @@ def add_workflow_commands(workflows: click.Group, open_client: OpenClient) -> No
         echo = click.echo
         echo(f"{info.id}  {info.name}  {info.status.value}")
         echo(f"  queue {info.queue}, priority {info.priority}, attempts {info.attempts}")
+        echo(f"  code version {info.code_version or 'unknown'}")
         for label, value in (
             ("created", info.created_at),
             ("started", info.started_at),

@@ -138,6 +138,9 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         # set for a runtime's client: the runtime starts and closes the backend and runs the
         # _sync methods on its own loop
         self._owner_blocking: Callable[[Coroutine[Any, Any, Any]], Any] | None = None
+        self.app_version: str | None = None
+        """The code version executions started here record when their workflow has no
+        ``version`` of its own (see :mod:`durable.versioning`); a runtime sets its own."""
 
     @classmethod
     def _for_runtime(
@@ -333,7 +336,14 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         :raises InvalidArgumentError: the id or idempotency key belongs to another workflow.
         """
         return await create_execution(
-            self.backend, wf, instance_id, args, kwargs, parent_id=parent_id, options=options
+            self.backend,
+            wf,
+            instance_id,
+            args,
+            kwargs,
+            parent_id=parent_id,
+            options=options,
+            app_version=self.app_version,
         )
 
     async def enqueue_many(
@@ -395,7 +405,8 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         )
         infos = await create_executions(
             self.backend,
-            [
+            app_version=self.app_version,
+            rows=[
                 (
                     row.fn,
                     row.workflow_id or str(uuid.uuid4()),

@@ -54,6 +54,23 @@ class WorkflowSuspended(BaseException):
         self.workflow_id = workflow_id
 
 
+class ReplayFrontier(BaseException):
+    """Internal: a replay-only check (:attr:`ExecutionContext.replay_only`) reached a position
+    its history does not settle (none recorded, or one still pending): the recorded execution
+    went no further, so the check ends there. A BaseException, so that workflow code's
+    ``except Exception`` cannot swallow it."""
+
+    def __init__(self, position: int, name: str) -> None:
+        super().__init__(f"the history ends before step {name!r} at position {position}")
+        self.position = position
+        self.name = name
+
+
+def _settled(record: StepRecord) -> bool:
+    """Whether a replay returns ``record``'s outcome without running anything."""
+    return record.status is not StepStatus.PENDING and not record.rerun
+
+
 class Rescheduled(Exception):
     """Internal: the attempt ended without an outcome (it failed, or was handed back) and the
     next one is scheduled.
@@ -149,6 +166,20 @@ class ExecutionContext:
     _failures: dict[int, int] = field(default_factory=dict)
     """Failed positions this attempt observed (recorded, or replayed and raised), each with the
     number of positions taken at that moment."""
+    recorded_version: str | None = None
+    """The code version recorded when the execution started (:attr:`WorkflowInfo.code_version
+    <durable.models.WorkflowInfo.code_version>`), or None when unknown; named in divergences."""
+    running_version: str | None = None
+    """The code version that runs this attempt, named in divergences beside the recorded one."""
+    unrecorded_markers: list[StepGuard] = field(default_factory=list)
+    """Markers an async workflow took (:func:`durable.patched`) that are not recorded yet:
+    :meth:`record_markers` records them before anything after them is (:meth:`ensure_lease`,
+    and the runtime before it records the outcome)."""
+    _marker_lock: asyncio.Lock | None = None
+    replay_only: bool = False
+    """A check of the code against the history (:mod:`durable.replayer`): nothing runs or is
+    written; the first position the history does not settle ends the replay
+    (:class:`ReplayFrontier`)."""
 
     def lease_fresh(self) -> bool:
         """True while the lease is certainly held (no I/O; safe from any thread)."""
@@ -169,6 +200,8 @@ class ExecutionContext:
 
         :raises ClaimLostError: the lease is gone.
         """
+        if self.unrecorded_markers:
+            await self.record_markers()
         if self.lease_fresh():
             return
         if self.lease_lost is not None:
@@ -187,6 +220,23 @@ class ExecutionContext:
             self.lease_lost = exc
             raise
         self.lease_deadline = before + runtime.claim_ttl.total_seconds()
+
+    async def record_markers(self) -> None:
+        """Record the markers in :attr:`unrecorded_markers`, in order, before the caller
+        records anything that comes after them (one writer at a time: a caller that finds a
+        write under way waits for it). A marker whose write fails stays unrecorded and the
+        error propagates, as a step's would.
+
+        An async workflow cannot wait in :func:`durable.patched` (a plain call), so its marker
+        is recorded here, by the next write of the execution: a later position can never be
+        recorded without the marker before it.
+        """
+        if self._marker_lock is None:
+            self._marker_lock = asyncio.Lock()
+        async with self._marker_lock:
+            while self.unrecorded_markers:
+                await self.unrecorded_markers[0].succeed(True)
+                self.unrecorded_markers.pop(0)
 
     @contextlib.contextmanager
     def checkpoint(self) -> Iterator[None]:
@@ -256,9 +306,46 @@ class ExecutionContext:
                 f"position {position}, but its history recorded {recorded.name!r} there: the "
                 "workflow's code changed while this execution was in flight, or it is not "
                 "deterministic (it branches on time, randomness or I/O outside steps)"
+                f"{self.versions_note()}"
             )
             raise self.divergence
+        if self.replay_only and (recorded is None or not _settled(recorded)):
+            raise ReplayFrontier(position, name)
         return StepGuard(self, position, name, recorded)
+
+    def marker(self, name: str, *, record_new: bool) -> tuple[bool, StepGuard | None]:
+        """A marker position (:func:`durable.patched`): taken only where the history agrees.
+
+        At the next position, the history has ``name`` (returns ``(True, guard)``, replayed),
+        something else (``(False, None)``: nothing taken, the code goes on as the history did),
+        or nothing: then with ``record_new`` the position is taken and ``(True, guard)``
+        returned, the guard new (its caller records it); without, ``(False, None)``.
+
+        :raises NonDeterminismError: the replay already diverged.
+        """
+        if self.divergence is not None:
+            raise self.divergence
+        if self.outage is not None:
+            raise self.outage
+        with self._lock:
+            position = self._next
+            recorded = self.history.get(position)
+            if recorded is not None and recorded.name != name:
+                return False, None
+            if recorded is None and not record_new:
+                return False, None
+            self._next += 1
+        return True, StepGuard(self, position, name, recorded)
+
+    def versions_note(self) -> str:
+        """The code versions (recorded, running) for a divergence's message, or ``""`` when
+        neither is known."""
+        if self.recorded_version is None and self.running_version is None:
+            return ""
+        return (
+            f" (the execution was started by code version {self.recorded_version or 'unknown'}; "
+            f"the code running it is version {self.running_version or 'unknown'})"
+        )
 
     def check_history_consumed(self) -> None:
         """At the end of a run: every recorded step must have been replayed."""
@@ -268,7 +355,7 @@ class ExecutionContext:
             self.divergence = NonDeterminismError(
                 f"workflow {self.workflow_id!r} ({self.workflow_name}) finished after "
                 f"{self._next} steps, but its history has step {first.name!r} at position "
-                f"{first.position}: the replay skipped recorded steps"
+                f"{first.position}: the replay skipped recorded steps{self.versions_note()}"
             )
         if self.divergence is not None:
             raise self.divergence

@@ -208,9 +208,11 @@ def execution_record(
     opts: EnqueueOptions,
     *,
     parent_id: str | None = None,
+    app_version: str | None = None,
 ) -> tuple[WorkflowSnapshot, TaskSpec]:
     """The record of a new execution of ``wf`` and the task that runs it (the id is checked;
-    the arguments are not serialized here)."""
+    the arguments are not serialized here); it records ``wf``'s code version
+    (:meth:`Workflow.code_version`, given ``app_version``), or ``app_version`` for a name."""
     name = wf if isinstance(wf, str) else wf.name
     check_id(instance_id, "workflow_id")  # derived ids are made to fit: this never fails
     queue = opts.queue or (wf.queue if isinstance(wf, Workflow) else "default")
@@ -224,6 +226,7 @@ def execution_record(
         idempotency_key=opts.idempotency_key,
         max_attempts=opts.max_attempts,
         deadline=opts.deadline,
+        code_version=wf.code_version(app_version) if isinstance(wf, Workflow) else app_version,
     )
     task = TaskSpec(
         instance_id=instance_id,
@@ -245,6 +248,7 @@ async def create_execution(
     *,
     parent_id: str | None = None,
     options: EnqueueOptions | None = None,
+    app_version: str | None = None,
 ) -> WorkflowInfo:
     """Record an execution of ``wf`` and its task on ``backend`` (the arguments and options are
     checked); an existing id or idempotency key records nothing and returns what exists.
@@ -253,7 +257,9 @@ async def create_execution(
     :raises InvalidArgumentError: the id or idempotency key belongs to another workflow.
     """
     opts = await resolve_deadline(backend, wf, options or EnqueueOptions())
-    snapshot, task = execution_record(wf, instance_id, args, kwargs, opts, parent_id=parent_id)
+    snapshot, task = execution_record(
+        wf, instance_id, args, kwargs, opts, parent_id=parent_id, app_version=app_version
+    )
     name = snapshot.name
     try:
         backend.serializer.dumps(snapshot.input)
@@ -475,6 +481,7 @@ async def create_executions(
     ],
     *,
     parent_id: str | None = None,
+    app_version: str | None = None,
 ) -> list[WorkflowInfo]:
     """Record executions and their tasks on ``backend`` in one call (the rows' arguments and
     options are checked): ``(workflow, id, args, kwargs, options)`` each; the headers in
@@ -492,7 +499,9 @@ async def create_executions(
             now = now or await backend.now()  # one read of the clock for the whole batch
             opts = await resolve_deadline(backend, wf, given, now)
         # serialized once, by the backend, which names the row it cannot serialize
-        snapshot, task = execution_record(wf, instance_id, args, kwargs, opts, parent_id=parent_id)
+        snapshot, task = execution_record(
+            wf, instance_id, args, kwargs, opts, parent_id=parent_id, app_version=app_version
+        )
         batch.append((snapshot, task))
     if not batch:
         return []

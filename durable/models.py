@@ -132,6 +132,10 @@ class WorkflowInfo:
     continuations: int = 0
     """How many earlier runs of this execution ended with :func:`durable.continue_as_new`: the
     current run's history starts empty, its input is the one the last run continued with."""
+    code_version: str | None = None
+    """The version of the code that started the execution (see :mod:`durable.versioning`):
+    the workflow's ``version``, the runtime's ``app_version`` or a hash of the workflow's
+    source; None when it was started by name by a client that does not have the code."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -34,7 +34,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -62,6 +62,7 @@ from durable.validation import (
     check_positive_float,
     check_positive_int,
 )
+from durable.versioning import check_version
 from durable.worker import Worker
 from durable.workflow import Workflow
 
@@ -104,6 +105,15 @@ class Runtime(Operations, Serving):
         as :class:`~durable.Retention` policies say (one, or a list: per workflow name or
         queue), in small batches in the background while this runtime has a worker (see
         :mod:`durable.retention`). Default None: keep everything.
+    :param app_version: the code version the executions started here record when their
+        workflow has no ``version`` of its own (default: a hash of the workflow's source; see
+        :mod:`durable.versioning`). At most 64 characters.
+    :param serve_versions: what this runtime's workers claim, by the code version that started
+        an execution: None (default: everything), an iterable of versions, or True (the
+        versions of the workflows this runtime has, :meth:`claim_versions`). Executions of
+        other versions are left to workers that have their code, so that a rolling deploy does
+        not replay old executions on new code; executions of unknown version (started by name
+        by a client without the code) are claimed by every worker.
 
     The operations that execute nothing (:meth:`enqueue` outside a workflow, :meth:`result`,
     :meth:`get_workflow`, :meth:`list_workflows`, :meth:`list_steps`, :meth:`cancel`,
@@ -116,7 +126,8 @@ class Runtime(Operations, Serving):
         overlong ``executor_id``, a ``claim_ttl``, ``heartbeat_interval`` or ``poll_interval``
         that is not a finite positive number, a heartbeat interval not below ``claim_ttl``, a
         ``max_threads`` that is not a positive int, a ``retention`` that is not a ``timedelta``,
-        a :class:`~durable.Retention` or a list of them.
+        a :class:`~durable.Retention` or a list of them, an ``app_version`` that is not a
+        non-empty string of at most 64 characters, a ``serve_versions`` that is a bare string.
     """
 
     _noun = "runtime"
@@ -136,6 +147,8 @@ class Runtime(Operations, Serving):
         max_threads: int = 64,
         sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep,
         retention: timedelta | Retention | list[Retention] | None = None,
+        app_version: str | None = None,
+        serve_versions: Iterable[str] | bool | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(backend, PersistentBackend):
@@ -182,6 +195,8 @@ class Runtime(Operations, Serving):
         self._node_heartbeats_task: asyncio.Task[Any] | None = None
         self._incarnation = ""
         self._superseded = False
+        self.client.app_version = check_version(app_version, "app_version")
+        self.serve_versions = _served_versions(serve_versions)
 
     def __repr__(self) -> str:
         return f"Runtime({self.backend!r}, executor_id={self.executor_id!r})"
@@ -307,3 +322,14 @@ class Runtime(Operations, Serving):
 
     def _outage_backoff(self) -> timedelta:
         return OUTAGE_BACKOFF  # read each time: it may be changed (tests shorten it)
+
+
+def _served_versions(value: Iterable[str] | bool | None) -> frozenset[str] | bool | None:
+    """``serve_versions`` checked: None, True/False, or a set of versions."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise InvalidArgumentError(
+            f"serve_versions must be None, True or a list of versions, got {value!r}"
+        )
+    return frozenset(check_version(v, "each of serve_versions") or "" for v in value)

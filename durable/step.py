@@ -405,6 +405,7 @@ async def map(
             )
             for g, _ in waiting
         ]
+        await ctx.record_markers()  # a durable.patched() marker before the items
         with ctx.checkpoint():
             await ctx.runtime.backend.suspend_workflow(
                 ctx.workflow_id, worker_id=ctx.executor_id, steps=records, tasks=specs

@@ -27,6 +27,7 @@ from durable.validation import (
     check_name,
     check_positive_int,
 )
+from durable.versioning import check_version, source_version
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -49,6 +50,7 @@ class Workflow(Generic[P, T]):
         description: str | None,
         max_recoveries: int = DEFAULT_MAX_RECOVERIES,
         timeout: timedelta | None = None,
+        version: str | None = None,
     ) -> None:
         if max_recoveries < 0:
             raise InvalidArgumentError(f"max_recoveries must be >= 0, got {max_recoveries}")
@@ -64,10 +66,25 @@ class Workflow(Generic[P, T]):
         self.queue = check_name(queue, "queue")
         self.description = description if description is not None else inspect.getdoc(fn)
         self.is_async = inspect.iscoroutinefunction(fn)
+        self.version = check_version(version, "version")
+        """The version given to ``@durable.workflow(version=...)``, or None (see
+        :meth:`code_version`)."""
         functools.update_wrapper(cast(Any, self), fn)
 
     def __repr__(self) -> str:
         return f"<durable workflow {self.name}>"
+
+    def code_version(self, app_version: str | None = None) -> str:
+        """The version an execution of this workflow records (:mod:`durable.versioning`): its
+        own ``version``, else ``app_version``, else the hash of its function's source."""
+        if self.version is not None:
+            return self.version
+        if app_version is not None:
+            return app_version
+        cached: str | None = self.__dict__.get("_source_version")
+        if cached is None:
+            cached = self.__dict__["_source_version"] = source_version(self.fn)
+        return cached
 
 
 class AsyncWorkflow(Workflow[P, T]):
@@ -132,6 +149,7 @@ def workflow(
     registry: Registry | None = None,
     max_recoveries: int = DEFAULT_MAX_RECOVERIES,
     timeout: timedelta | float | None = None,
+    version: str | None = None,
 ) -> _WorkflowDecorator: ...
 def workflow(
     fn: Callable[..., Any] | None = None,
@@ -145,6 +163,7 @@ def workflow(
     registry: Registry | None = None,
     max_recoveries: int = DEFAULT_MAX_RECOVERIES,
     timeout: timedelta | float | None = None,
+    version: str | None = None,
 ) -> Any:
     """Make a function a durable workflow and register it under its name.
 
@@ -174,6 +193,9 @@ def workflow(
         Applied where the execution is recorded from the decorated function (``run``,
         ``enqueue`` of the function, a child); an enqueue by name only knows the start's
         ``timeout`` / ``deadline``.
+    :param version: the code version its executions record (:attr:`WorkflowInfo.code_version
+        <durable.WorkflowInfo.code_version>`, at most 64 characters); default: the runtime's
+        ``app_version``, else a hash of the function's source (see :mod:`durable.versioning`).
 
     :raises ConfigurationError: another function is registered under the same name.
     :raises InvalidArgumentError: an option of the wrong type or out of range: an empty or
@@ -192,6 +214,7 @@ def workflow(
     check_instance(registry, Registry, "registry")
     check_instance(description, str, "description")
     limit = None if timeout is None else check_duration(timeout, "timeout")
+    check_version(version, "version")
     policy = retry or WORKFLOW_RETRY
     if max_attempts is not None:
         policy = RetryPolicy(
@@ -216,6 +239,7 @@ def workflow(
             description=description,
             max_recoveries=max_recoveries,
             timeout=limit,
+            version=version,
         )
         (registry or default_registry).register(wf)
         return wf

@@ -100,9 +100,12 @@ class Attempts(Leases):
         """A worker's claim of up to ``limit`` available tasks under this executor's lease;
         the workflows it started are run by :meth:`execute_claimed` (or handed back by
         :meth:`hand_back_claim`) without being started again."""
+        # Runtime(serve_versions=...): only then is the claim filtered by code version
+        versions = self.claim_versions()
+        by_version: dict[str, Any] = {} if versions is None else {"versions": versions}
         return await self._claimed.claim(
             self.backend.claim_and_begin_tasks(
-                self.executor_id, limit, self.claim_ttl, names=names, queues=queues
+                self.executor_id, limit, self.claim_ttl, names=names, queues=queues, **by_version
             )
         )
 
@@ -281,6 +284,8 @@ class Attempts(Leases):
             lease_deadline=leased_at + self.claim_ttl.total_seconds(),
             deadline=deadline,
             continuations=snapshot.continuations,
+            recorded_version=snapshot.code_version,
+            running_version=wf.code_version(self.app_version),
         )
         # the lease's heartbeat: a timer, not a task, until the first extension is due (most
         # executions end before it, and a timer costs less than a task to start and cancel)
@@ -426,7 +431,16 @@ class Attempts(Leases):
         scope.run(_context.enter, ctx)
         if wf.is_async:
             task = asyncio.get_running_loop().create_task(wf.fn(*args, **kwargs), context=scope)
-            return await task
+            try:
+                output = await task
+            except Exception:
+                if ctx.unrecorded_markers:  # best effort before the failure is recorded
+                    with contextlib.suppress(DurableError):
+                        await ctx.record_markers()
+                raise
+            # durable.patched() markers not recorded yet go before the outcome
+            await ctx.record_markers()
+            return output
         assert self._threads is not None
         return await asyncio.get_running_loop().run_in_executor(
             self._threads, lambda: scope.run(wf.fn, *args, **kwargs)

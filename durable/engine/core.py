@@ -61,6 +61,30 @@ class RuntimeCore(SyncStartable):
     taken the first of its tasks yet, a warning is logged (no worker serves the step or its
     queue, or all of them have been busy). Set it on the class or on one runtime."""
 
+    serve_versions: frozenset[str] | bool | None = None
+    """Which executions this runtime's workers claim, by the code version that started them
+    (:attr:`WorkflowInfo.code_version <durable.WorkflowInfo.code_version>`): None (all), a
+    set of versions, or True (the versions of the workflows in :attr:`registry`, see
+    :meth:`claim_versions`). Executions of unknown version (None) are claimed by all."""
+
+    @property
+    def app_version(self) -> str | None:
+        """The code version executions started here record when their workflow has no
+        ``version`` of its own (see :mod:`durable.versioning`)."""
+        return self.client.app_version
+
+    def claim_versions(self) -> list[str] | None:
+        """The code versions this runtime's workers claim (:attr:`serve_versions`), or None
+        for all."""
+        if self.serve_versions is None or self.serve_versions is False:
+            return None
+        if self.serve_versions is True:
+            found = (self.registry.get(name) for name in self.registry.names())
+            return sorted(
+                {wf.code_version(self.app_version) for wf in found if isinstance(wf, Workflow)}
+            )
+        return sorted(self.serve_versions)
+
     @property
     def backend(self) -> PersistentBackend:
         """The backend this runtime (and its :attr:`client`) works on."""

@@ -212,7 +212,8 @@ class Operations(RuntimeCore):
         if ctx is None:  # a client's enqueue
             infos = await create_executions(
                 self.backend,
-                [
+                app_version=self.app_version,
+                rows=[
                     (t, row.workflow_id or str(uuid.uuid4()), row.args, row.kwargs, row.options(t))
                     for t, row in zip(targets, planned, strict=True)
                 ],
@@ -228,7 +229,9 @@ class Operations(RuntimeCore):
             for i, (t, row) in enumerate(zip(targets, planned, strict=True))
         ]
         with ctx.checkpoint():
-            infos = await create_executions(self.backend, rows, parent_id=ctx.workflow_id)
+            infos = await create_executions(
+                self.backend, rows, parent_id=ctx.workflow_id, app_version=self.app_version
+            )
         return await guard.succeed([info.id for info in infos])  # type: ignore[no-any-return]
 
     async def _served_by_others(self, name: str) -> bool:

@@ -195,7 +195,8 @@ class Serving(Attempts):
     async def recover(self, *, limit: int = 1000) -> list[str]:
         """Resume, in the background, executions of the workflows registered here that were
         started and not finished: this executor's own at once, others' once their leases have
-        expired. Returns their ids. Work that never started is left to workers.
+        expired; with ``serve_versions``, only those of the versions it serves. Returns their
+        ids. Work that never started is left to workers.
         """
         self._require_started()
         check_positive_int(limit, "limit")
@@ -203,10 +204,15 @@ class Serving(Attempts):
         if not names:
             return []
         found = await self.backend.find_available_tasks(self.executor_id, limit, names=names)
+        versions = self.claim_versions()  # Runtime(serve_versions=...): only those, as claims
         resumed = []
         for task in found:
             if task.task_id != WORKFLOW_TASK or task.attempts == 0:
                 continue
+            if versions is not None:
+                recorded = (await self.backend.get_workflow(task.instance_id)).code_version
+                if recorded is not None and recorded not in versions:
+                    continue
             claim = await self.backend.claim_task(
                 task.instance_id, WORKFLOW_TASK, self.executor_id, self.claim_ttl, due_only=True
             )

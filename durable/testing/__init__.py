@@ -12,11 +12,20 @@ For testing your own workflows: the pytest plugin :mod:`durable.testing.plugin` 
 durable is installed), the time-skipping clock :class:`TimeSkippingClock`
 (:mod:`durable.testing.clock`), and crash injection, :func:`check_replay_safe`
 (:mod:`durable.testing.crash`).
+
+:func:`replay` (``durable.testing.replay(workflow, history)``, from
+:mod:`durable.testing.replay`) replays a recorded execution against the current code of its
+workflow, running nothing and writing nothing, and raises on a divergence: the check to run in
+CI before deploying a change to a workflow. It needs no pytest.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+# the function, not its module, under the package's name (the module stays importable as
+# durable.testing.replay for replay_async and the rest)
+from durable.testing.replay import replay as replay
 
 if TYPE_CHECKING:
     from durable.testing.clock import TimeSkippingClock
@@ -35,6 +44,7 @@ __all__ = [
     "TimeSkippingClock",
     "check_replay_safe",
     "check_replay_safe_sync",
+    "replay",
 ]
 
 #: What this package gives lazily (imported on first use), by the module that defines it.

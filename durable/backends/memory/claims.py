@@ -14,7 +14,7 @@ from durable.backends.memory.core import (
     is_live,
 )
 from durable.errors import ClaimLostError, TaskNotFoundError
-from durable.models import AvailableTask, TaskClaim, TaskSpec, ttl_seconds
+from durable.models import WORKFLOW_TASK, AvailableTask, TaskClaim, TaskSpec, ttl_seconds
 
 
 class Claims(MemoryCore):
@@ -116,6 +116,7 @@ class Claims(MemoryCore):
         include_own: bool = True,
         *,
         enabled_only: bool = False,
+        versions: Sequence[str] | None = None,
     ) -> list[StoredTask]:
         check_limit(limit)
         name_set = None if names is None else set(names)
@@ -134,9 +135,19 @@ class Claims(MemoryCore):
             and (name_set is None or t.spec.name in name_set)
             and t.spec.name not in disabled
             and (queue_set is None or t.spec.queue in queue_set)
+            and (versions is None or self._started_by(t, versions))
         ]
         found.sort(key=lambda t: (t.spec.priority, t.run_after, t.seq))
         return found[:limit]
+
+    def _started_by(self, task: StoredTask, versions: Sequence[str]) -> bool:
+        """The code-version filter of a claim (``Runtime(serve_versions=...)``): a workflow
+        task whose execution was started by one of ``versions`` or an unknown one; step tasks
+        pass."""
+        if task.spec.task_id != WORKFLOW_TASK:
+            return True
+        info = self._workflows.get(task.spec.instance_id)
+        return info is None or info.code_version is None or info.code_version in versions
 
     async def find_available_tasks(
         self,
@@ -173,6 +184,7 @@ class Claims(MemoryCore):
         names: Sequence[str] | None = None,
         queues: Sequence[str] | None = None,
         include_own: bool = True,
+        versions: Sequence[str] | None = None,
     ) -> list[TaskClaim]:
         seconds = ttl_seconds(ttl)
         with self._lock:
@@ -180,6 +192,13 @@ class Claims(MemoryCore):
             return [
                 self._claim(t, worker_id, now, seconds)
                 for t in self._available(
-                    worker_id, limit, names, queues, now, include_own, enabled_only=True
+                    worker_id,
+                    limit,
+                    names,
+                    queues,
+                    now,
+                    include_own,
+                    enabled_only=True,
+                    versions=versions,
                 )
             ]

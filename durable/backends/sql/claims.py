@@ -88,11 +88,13 @@ class Claims(SQLCore):
         self._available_order = [tasks.c.priority, tasks.c.run_after, tasks.c.id]
         self._claim_values = claim_values
         self._claim_columns = claim_columns
-        self._claim_statements: dict[tuple[bool, bool, bool, bool], Any] = {}
-        self._direct_claims: dict[tuple[bool, bool, bool], CompiledStatement] = {}
-        self._claim_begins: dict[tuple[bool, bool], CompiledStatement] = {}
+        # keys: the filters given; the code-version filter adds a last True only when given, so
+        # that unfiltered claims keep their keys and statements
+        self._claim_statements: dict[tuple[bool, ...], Any] = {}
+        self._direct_claims: dict[tuple[bool, ...], CompiledStatement] = {}
+        self._claim_begins: dict[tuple[bool, ...], CompiledStatement] = {}
 
-    def _direct_claim(self, key: tuple[bool, bool, bool], stmt: Any) -> CompiledStatement | None:
+    def _direct_claim(self, key: tuple[bool, ...], stmt: Any) -> CompiledStatement | None:
         """The claim statement for ``key`` compiled for the direct path (once), or None where
         there is no direct path."""
         if not self._direct:
@@ -103,15 +105,23 @@ class Claims(SQLCore):
         return compiled
 
     def _claim_statement(
-        self, names: bool, queues: bool, include_own: bool, *, find: bool = False
+        self,
+        names: bool,
+        queues: bool,
+        include_own: bool,
+        *,
+        find: bool = False,
+        versions: bool = False,
     ) -> Any:
         """The statement that claims (or with ``find``, lists) available tasks, built once per
         combination of filters: building one costs more than running it."""
-        key = (names, queues, include_own, find)
+        key = (names, queues, include_own, find) + ((True,) if versions else ())
         stmt = self._claim_statements.get(key)
         if stmt is not None:
             return stmt
         available = self._available(names, queues, include_own, enabled_only=not find)
+        if versions:
+            available = sa.and_(available, self._started_by_versions())
         if find:
             now = self.dialect.now()
             live = sa.and_(tasks.c.claimed_by.is_not(None), tasks.c.claim_expires_at > now)
@@ -170,6 +180,26 @@ class Claims(SQLCore):
             )
             clauses.append(tasks.c.name.not_in(disabled))
         return sa.and_(*clauses)
+
+    def _started_by_versions(self) -> sa.ColumnElement[bool]:
+        """The code-version filter of a claim (``Runtime(serve_versions=...)``), added to the
+        claim statements only when a worker asks for it (unfiltered claims are unchanged):
+        a workflow task passes if its execution was started by one of the versions bound to
+        ``p_versions``, or by an unknown one (NULL); step tasks (:func:`durable.map` items,
+        which run a step's body, not a replay) always pass. A correlated EXISTS on the
+        workflow's primary key: one index probe per candidate task, portable SQL."""
+        started_by = (
+            sa.select(workflows.c.id)
+            .where(
+                workflows.c.id == tasks.c.instance_id,
+                sa.or_(
+                    workflows.c.code_version.is_(None),
+                    self.dialect.in_list(workflows.c.code_version, "p_versions"),
+                ),
+            )
+            .correlate(tasks)
+        )
+        return sa.or_(tasks.c.task_id != WORKFLOW_TASK, sa.exists(started_by))
 
     def _claim(self, m: Mapping[Any, Any]) -> TaskClaim:
         return TaskClaim(
@@ -270,7 +300,12 @@ class Claims(SQLCore):
         await self._run(fn, what=f"complete task {task_id!r} of {instance_id!r}")
 
     def _filter_params(
-        self, worker_id: str, limit: int, names: Sequence[str] | None, queues: Sequence[str] | None
+        self,
+        worker_id: str,
+        limit: int,
+        names: Sequence[str] | None,
+        queues: Sequence[str] | None,
+        versions: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         if limit < 1:
             raise InvalidArgumentError(f"limit must be at least 1, got {limit}")
@@ -279,6 +314,8 @@ class Claims(SQLCore):
             params["p_names"] = list(names)
         if queues is not None:
             params["p_queues"] = list(queues)
+        if versions is not None:
+            params["p_versions"] = list(versions)
         return params
 
     async def find_available_tasks(
@@ -308,11 +345,13 @@ class Claims(SQLCore):
         names: Sequence[str] | None = None,
         queues: Sequence[str] | None = None,
         include_own: bool = True,
+        versions: Sequence[str] | None = None,
     ) -> list[TaskClaim]:
-        params = self._filter_params(worker_id, limit, names, queues)
+        params = self._filter_params(worker_id, limit, names, queues, versions)
         params.update(self.dialect.clock_params(ttl=ttl_seconds(ttl)))
-        key = (names is not None, queues is not None, include_own)
-        stmt = self._claim_statement(*key)
+        key: tuple[bool, ...] = (names is not None, queues is not None, include_own)
+        stmt = self._claim_statement(*key, versions=versions is not None)
+        key += (True,) if versions is not None else ()
         what = "claim available tasks"
 
         def in_order(rows: Iterable[Mapping[Any, Any]]) -> list[TaskClaim]:
@@ -329,7 +368,9 @@ class Claims(SQLCore):
 
         return await self._run(fn, what=what)
 
-    def _claim_begin_statement(self, names: bool, queues: bool) -> CompiledStatement:
+    def _claim_begin_statement(
+        self, names: bool, queues: bool, versions: bool = False
+    ) -> CompiledStatement:
         """The batch claim (``include_own=False``) that also starts the workflows whose task it
         claims, compiled for the direct path (once per combination of filters): the claim's
         UPDATE in a CTE; the start (:attr:`_begin_values`, as :meth:`begin_execution` writes
@@ -337,11 +378,11 @@ class Claims(SQLCore):
         their fence: it took their leases in this very statement); then one row per claim with
         its workflow's row beside it (NULL for a step task), and the steps of the workflows it
         started (``part`` 1)."""
-        key = (names, queues)
+        key = (names, queues) + ((True,) if versions else ())
         compiled = self._claim_begins.get(key)
         if compiled is not None:
             return compiled
-        claimed = self._claim_statement(names, queues, False).cte("c")
+        claimed = self._claim_statement(names, queues, False, versions=versions).cte("c")
         is_workflow_task = claimed.c.task_id == WORKFLOW_TASK
         began = (
             sa.update(workflows)
@@ -386,6 +427,7 @@ class Claims(SQLCore):
         *,
         names: Sequence[str] | None = None,
         queues: Sequence[str] | None = None,
+        versions: Sequence[str] | None = None,
     ) -> list[tuple[TaskClaim, WorkflowSnapshot | None]]:
         """On PostgreSQL's direct path, one statement claims and starts the claimed workflows
         (:meth:`_claim_begin_statement`); elsewhere it only claims, and so it does where a
@@ -393,16 +435,18 @@ class Claims(SQLCore):
         :meth:`begin_execution` (the claims and starts then go through them)."""
         if not self._direct or self._claims_replaced():
             return await super().claim_and_begin_tasks(
-                worker_id, limit, ttl, names=names, queues=queues
+                worker_id, limit, ttl, names=names, queues=queues, versions=versions
             )
-        params = self._filter_params(worker_id, limit, names, queues)
+        params = self._filter_params(worker_id, limit, names, queues, versions)
         params.update(self.dialect.clock_params(ttl=ttl_seconds(ttl)))
         params["p_ts"] = datetime.now(UTC)
-        statement = self._claim_begin_statement(names is not None, queues is not None)
+        statement = self._claim_begin_statement(
+            names is not None, queues is not None, versions is not None
+        )
         done = await self._run_direct(statement, params, what="claim and start available tasks")
         if done is None:  # not on the driver here
             return await super().claim_and_begin_tasks(
-                worker_id, limit, ttl, names=names, queues=queues
+                worker_id, limit, ttl, names=names, queues=queues, versions=versions
             )
         heads: list[Mapping[str, Any]] = []
         history: dict[str, list[Mapping[str, Any]]] = {}

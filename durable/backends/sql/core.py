@@ -246,6 +246,7 @@ class SQLCore(PersistentBackend):
             "completed_at": m["completed_at"],
             "deadline": m["deadline"],
             "continuations": m["continuations"],
+            "code_version": m["code_version"],
         }
 
     def _snapshot(self, row: sa.Row[Any], step_rows: Sequence[sa.Row[Any]]) -> WorkflowSnapshot:
@@ -299,6 +300,7 @@ class SQLCore(PersistentBackend):
             "completed_at": info.completed_at,
             "deadline": info.deadline,
             "continuations": info.continuations,
+            "code_version": info.code_version,
         }
 
     def _step_row(self, instance_id: str, step: StepRecord, now: datetime) -> dict[str, Any]:
