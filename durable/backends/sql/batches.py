@@ -21,6 +21,7 @@ themselves are :mod:`.workflows`, which this area sits in front of:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -30,11 +31,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from durable.backends.base import batch_owners, check_aware
-from durable.backends.sql.core import SQLCore
+from durable.backends.sql.core import SQLCore, write_labels
 from durable.backends.sql.direct import CompiledStatement
 from durable.backends.sql.schema import UTCDateTime, steps, tasks, workflows
 from durable.errors import InvalidArgumentError, SerializationError
 from durable.models import TaskSpec, WorkflowInfo, WorkflowSnapshot
+from durable.validation import check_labels
 
 _HEADER_FIELDS = tuple(WorkflowInfo.__dataclass_fields__)
 #: Rows per ``SELECT`` looking up the batch's existing workflows (two parameters a row).
@@ -107,7 +109,13 @@ class Enqueues(SQLCore):
     async def create_workflow(
         self, snapshot: WorkflowSnapshot, *, task: TaskSpec | None = None
     ) -> tuple[WorkflowInfo, bool]:
-        if self._create_direct is not None and task is not None and not snapshot.steps:
+        if (
+            self._create_direct is not None
+            and task is not None
+            and not snapshot.steps
+            and not snapshot.labels
+            and snapshot.parent_id is None  # a child's labels merge its parent's
+        ):
             now = datetime.now(UTC)
             row = self._workflow_row(snapshot, now, 1)
             params = {f"w_{k}": v for k, v in row.items()}
@@ -144,9 +152,16 @@ class Enqueues(SQLCore):
         rows: dict[int, dict[str, Any]] = {}
         step_rows: dict[int, list[dict[str, Any]]] = {}
         task_rows: dict[int, dict[str, Any]] = {}
+        labelled: dict[int, WorkflowSnapshot] = {}
         for index in firsts:  # every value serialized and checked before anything is written
             snapshot, task = batch[index]
             try:
+                if snapshot.labels:
+                    labelled[index] = dataclasses.replace(
+                        snapshot, labels=check_labels(snapshot.labels)
+                    )
+                elif snapshot.parent_id is not None:
+                    labelled[index] = snapshot
                 rows[index] = self._workflow_row(snapshot, now, 1)
                 step_rows[index] = [self._step_row(snapshot.id, s, now) for s in snapshot.steps]
                 if task is not None:
@@ -169,6 +184,8 @@ class Enqueues(SQLCore):
             for index in new:
                 if step_rows[index]:
                     conn.execute(sa.insert(steps), step_rows[index])
+            if labelled:
+                write_labels(conn, [labelled[i] for i in new if i in labelled])
             new_tasks = [task_rows[i] for i in new if i in task_rows]
             if new_tasks:
                 self._insert_batch_tasks(conn, new_tasks)
