@@ -35,13 +35,13 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from durable.backends.base import PersistentBackend
 from durable.connect import connect
-from durable.errors import DurableError, InvalidArgumentError
+from durable.errors import DurableError, InvalidArgumentError, WorkflowNotFoundError
 from durable.executions import DEFAULT_MAX_ATTEMPTS as DEFAULT_MAX_ATTEMPTS
 from durable.executions import Enqueue as Enqueue
 from durable.executions import EnqueueOptions as EnqueueOptions
@@ -66,6 +66,7 @@ from durable.scheduling import ScheduleOperations
 from durable.validation import (
     check_bool,
     check_id,
+    check_labels,
     check_name,
     check_optional_id,
     check_positive_float,
@@ -210,6 +211,7 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         queue: str | None = None,
         timeout: float | timedelta | None = None,
         deadline: datetime | None = None,
+        labels: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> str:
         """Record that a workflow must run, and return its id at once; any worker that serves
@@ -238,6 +240,10 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
             workflow's own ``timeout`` (see :func:`durable.workflow`).
         :param deadline: or cancel it if it has not finished by this timezone-aware time; with
             a timeout too (the start's or the workflow's), the earlier of the two.
+        :param labels: labels to find the execution by (``{"customer": "c-42"}``;
+            ``list_workflows(labels=...)``): keys of letters, digits, ``_ . - /`` (at most 64),
+            str values (at most 255); a child workflow (or an enqueue inside a workflow)
+            inherits its parent's labels, its own winning.
 
         ``args`` and ``kwargs`` are the workflow's arguments; they must be serializable by the
         backend's serializer (JSON by default). Ids, keys, names and queues are non-empty str of
@@ -260,6 +266,7 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
             queue=queue,
             timeout=timeout,
             deadline=deadline,
+            labels=labels,
         )
         if not isinstance(fn, str | Workflow):
             raise not_a_workflow(fn)
@@ -273,6 +280,7 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
             queue=queue,
             timeout=timeout,
             deadline=deadline,
+            labels=labels,
         )
         info = await self._create(
             fn, workflow_id or str(uuid.uuid4()), args, kwargs, options=options
@@ -292,6 +300,7 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         queue: str | None = None,
         timeout: float | timedelta | None = None,
         deadline: datetime | None = None,
+        labels: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> str:
         """:meth:`enqueue` for code that is not async (see :meth:`blocking`)."""
@@ -308,6 +317,7 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
                 queue=queue,
                 timeout=timeout,
                 deadline=deadline,
+                labels=labels,
                 **kwargs,
             )
         )
@@ -344,6 +354,7 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         queue: str | None = None,
         timeout: float | timedelta | None = None,
         deadline: datetime | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> list[str]:
         """Record many executions at once, in one transaction (a few statements, however many
         rows), and return their ids in the order of ``inputs``::
@@ -388,6 +399,7 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
             queue=queue,
             timeout=timeout,
             deadline=deadline,
+            labels=labels,
         )
         infos = await create_executions(
             self.backend,
@@ -416,6 +428,7 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         queue: str | None = None,
         timeout: float | timedelta | None = None,
         deadline: datetime | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> list[str]:
         """:meth:`enqueue_many` for code that is not async (see :meth:`blocking`)."""
         return self.blocking(
@@ -429,6 +442,7 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
                 queue=queue,
                 timeout=timeout,
                 deadline=deadline,
+                labels=labels,
             )
         )
 
@@ -486,9 +500,11 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         parent_id: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> Page[WorkflowInfo]:
-        """Executions, newest first, filtered by status (one or several), name or parent; a
-        page of at most ``limit``, whose ``next_cursor`` (given as ``cursor``) reads the next."""
+        """Executions, newest first, filtered by status (one or several), name, parent or
+        labels (those carrying every ``key: value`` given, by an index); a page of at most
+        ``limit``, whose ``next_cursor`` (given as ``cursor``) reads the next."""
         self._require_started()
         if name is not None:
             check_name(name, "name")
@@ -496,9 +512,69 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         check_positive_int(limit, "limit")
         if cursor is not None and not isinstance(cursor, str):
             raise InvalidArgumentError(f"cursor must be a str (a next_cursor), got {cursor!r}")
+        if labels:
+            return await self.backend.list_snapshots(
+                status=status,
+                name=name,
+                parent_id=parent_id,
+                limit=limit,
+                cursor=cursor,
+                labels=check_labels(labels, "labels filter"),
+            )
         return await self.backend.list_snapshots(
             status=status, name=name, parent_id=parent_id, limit=limit, cursor=cursor
         )
+
+    async def count_workflows(
+        self,
+        *,
+        status: WorkflowStatus | str | Sequence[WorkflowStatus | str] | None = None,
+        name: str | None = None,
+        parent_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> dict[WorkflowStatus, int]:
+        """How many executions :meth:`list_workflows` would list with the same filters, by
+        status (every status a key), exactly: one aggregate query, however many there are."""
+        self._require_started()
+        if name is not None:
+            check_name(name, "name")
+        check_optional_id(parent_id, "parent_id")
+        return await self.backend.count_workflows(
+            status=status,
+            name=name,
+            parent_id=parent_id,
+            labels=check_labels(labels, "labels filter"),
+        )
+
+    def count_workflows_sync(
+        self,
+        *,
+        status: WorkflowStatus | str | Sequence[WorkflowStatus | str] | None = None,
+        name: str | None = None,
+        parent_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> dict[WorkflowStatus, int]:
+        """:meth:`count_workflows` for code that is not async."""
+        return self.blocking(
+            self.count_workflows(status=status, name=name, parent_id=parent_id, labels=labels)
+        )
+
+    async def get_labels(self, workflow_id: str) -> dict[str, str]:
+        """The execution's labels: those it was started with, over those it inherited from its
+        parent (``{}`` when it has none).
+
+        :raises WorkflowNotFoundError: no such workflow.
+        """
+        self._require_started()
+        check_id(workflow_id, "workflow_id")
+        found = await self.backend.get_labels([workflow_id])
+        if workflow_id not in found:
+            raise WorkflowNotFoundError(workflow_id)
+        return found[workflow_id]
+
+    def get_labels_sync(self, workflow_id: str) -> dict[str, str]:
+        """:meth:`get_labels` for code that is not async."""
+        return self.blocking(self.get_labels(workflow_id))
 
     def list_workflows_sync(
         self,
@@ -508,11 +584,17 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         parent_id: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> Page[WorkflowInfo]:
         """:meth:`list_workflows` for code that is not async."""
         return self.blocking(
             self.list_workflows(
-                status=status, name=name, parent_id=parent_id, limit=limit, cursor=cursor
+                status=status,
+                name=name,
+                parent_id=parent_id,
+                limit=limit,
+                cursor=cursor,
+                labels=labels,
             )
         )
 

@@ -381,10 +381,10 @@ class PersistentBackend(ABC):
         :class:`~durable.models.WorkflowStatus` or its value; ``labels`` keeps the workflows that
         carry every one of its ``key: value`` pairs (see :meth:`get_labels`; an empty mapping
         filters nothing), found by an index on (key, value) rather than a scan. At most
-        ``limit`` headers per page; every page but the last is full. Pass the returned ``next_cursor`` to get the following
-        page; it is None on the last page. Pages are stable under concurrent inserts (keyset
-        pagination): a workflow created after the first page is listed on a later page only if
-        it sorts after the cursor.
+        ``limit`` headers per page; every page but the last is full. Pass the returned
+        ``next_cursor`` to get the following page; it is None on the last page. Pages are
+        stable under concurrent inserts (keyset pagination): a workflow created after the
+        first page is listed on a later page only if it sorts after the cursor.
 
         A row that cannot be read does not fail the listing: it is listed with its unreadable
         values None, an unknown status as failed, and ``error`` a record of type
