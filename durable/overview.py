@@ -2,8 +2,9 @@
 by status, and queue depths (waiting, running, the oldest waiting). Shared by the web view
 (:mod:`durable.web`) and the ``durable workflows watch`` / ``durable queues`` commands.
 
-The backend has no count operation: executions are read page by page, newest first, up to
-:data:`COUNT_CAP` + 1 per status, so a count above :data:`COUNT_CAP` means "more than that".
+Counts by status are exact, one aggregate query (:meth:`~durable.Client.count_workflows`). Queue
+depths are still read page by page, newest first, up to :data:`COUNT_CAP` + 1 per status, so a
+depth above :data:`COUNT_CAP` means "more than that".
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ async def capped(client: Client, status: WorkflowStatus) -> list[WorkflowInfo]:
 
 
 async def status_counts(client: Client) -> dict[str, int]:
-    """Executions by status, each counted up to :data:`COUNT_CAP` + 1."""
-    return {status.value: len(await capped(client, status)) for status in WorkflowStatus}
+    """Executions by status, exactly (one ``GROUP BY status`` query: see
+    :meth:`~durable.Client.count_workflows`)."""
+    counts = await client.count_workflows()
+    return {status.value: counts[status] for status in WorkflowStatus}
 
 
 @dataclass(frozen=True)
