@@ -30,7 +30,7 @@ from durable.cli_workflows import add_workflow_commands, executors_command, queu
 from durable.client import Client
 from durable.errors import DurableError, SchemaVersionError
 from durable.inspection import Waiting
-from durable.models import Message, StepRecord, WorkflowInfo
+from durable.models import Message, StepRecord
 from durable.runtime import Runtime
 from durable.worker import serve
 
