@@ -375,6 +375,8 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         :param priority: ``run_after``, ``delay``, ``max_attempts``, ``queue``, ``timeout``,
             ``deadline``: as for :meth:`enqueue`, for every row that does not give its own (a
             row that gives ``run_after`` or ``delay`` takes neither from the batch).
+        :param labels: every row's labels, as for :meth:`enqueue`; a row's own
+            (``Enqueue(labels=...)``) are merged over them.
 
         Each row behaves as one :meth:`enqueue`: a row whose id or idempotency key exists
         creates nothing and gets the existing execution's id; two rows of the batch with the

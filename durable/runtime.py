@@ -307,7 +307,13 @@ class Runtime(Operations, Serving):
         started (see :meth:`start_sync` and :meth:`blocking`)."""
         return self.blocking(
             self.run(
-                fn, *args, workflow_id=workflow_id, timeout=timeout, deadline=deadline, **kwargs
+                fn,
+                *args,
+                workflow_id=workflow_id,
+                timeout=timeout,
+                deadline=deadline,
+                labels=labels,
+                **kwargs,
             )
         )
 

@@ -96,6 +96,10 @@ async def test_client_enqueue_and_enqueue_many_take_labels(backend_url: str) -> 
 
 
 def test_the_sync_forms_take_labels(sqlite_url: str) -> None:
+    with durable.Runtime(durable.connect(sqlite_url), registry=REG, recover=False) as runtime:
+        assert runtime.run_sync(leaf, 1, workflow_id="ran", labels={"team": "r"}) == 2
+    with durable.Client(sqlite_url) as client:
+        assert labels_of(client, "ran") == {"team": "r"}
     with durable.Client(sqlite_url) as client:
         first = client.enqueue_sync("tests.labels.leaf.v1", 1, labels={"team": "a"})
         (second,) = client.enqueue_many_sync("tests.labels.leaf.v1", [(2,)], labels={"team": "b"})
