@@ -6,7 +6,11 @@ view's label filter and a workflow's labels."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -186,3 +190,56 @@ async def test_counts_are_exact_beyond_the_old_cap(backend_url: str) -> None:
         counts = await client.count_workflows()
         assert counts[WorkflowStatus.PENDING] == 1205
         assert (await status_counts(client))["pending"] == 1205
+
+
+@pytest.mark.slow
+def test_the_label_filter_in_a_real_chromium(labelled: tuple[str, list[str]]) -> None:
+    """Fill the Label field, apply: the list narrows; a workflow's labels link back to it."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"the browser test needs Chromium: {chromium} is missing")
+        pytest.skip(f"{chromium} is missing")
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    url, _ = labelled
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(url), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        time.sleep(0.02)
+    assert server.started, "uvicorn did not start"
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=str(chromium), args=["--no-sandbox", "--disable-dev-shm-usage"]
+            )
+            try:
+                page = browser.new_page()
+                page.goto(f"{base}/workflows")
+                assert page.locator("tr.workflow-row").count() == 4
+                page.fill("#label-filter", "tier=gold")
+                page.click("#apply")
+                page.wait_for_url(re.compile(r"label=tier%3Dgold"))
+                shown = page.locator("tr.workflow-row a.id").all_inner_texts()
+                assert sorted(shown) == ["wf-0", "wf-1"]
+                page.click("text=wf-0")
+                page.wait_for_url(re.compile(r"/workflows/wf-0$"))
+                assert "customer=c-42" in page.locator("#labels").inner_text()
+                page.click("#labels >> text=customer=c-42")
+                page.wait_for_url(re.compile(r"label=customer%3Dc-42"))
+                assert page.locator("tr.workflow-row").count() == 3
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
