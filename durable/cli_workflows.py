@@ -347,8 +347,8 @@ def queues_command(open_client: OpenClient) -> click.Command:
     @click.argument("url", metavar="URL")
     @json_option
     def queues(url: str, as_json: bool) -> None:
-        """List the queues that hold unfinished executions: how many wait and run (each
-        counted up to 1000: more shows as 1001), and when the oldest waiting one was created."""
+        """List the queues that hold unfinished executions: how many wait and run (exact
+        counts), and when the oldest waiting one was created."""
         emit(
             open_client(url, queue_depths),
             as_json=as_json,

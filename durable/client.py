@@ -55,6 +55,7 @@ from durable.executions import plan_enqueue_many as plan_enqueue_many
 from durable.models import (
     ExecutorInfo,
     Page,
+    QueueDepth,
     RegisteredWorkflow,
     StepRecord,
     WorkflowInfo,
@@ -560,6 +561,12 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         return self.blocking(
             self.count_workflows(status=status, name=name, parent_id=parent_id, labels=labels)
         )
+
+    async def queue_depths(self) -> list[QueueDepth]:
+        """The queues that hold pending or running executions, by name: how many of each
+        (exactly, one aggregate query) and when the oldest pending one was created."""
+        self._require_started()
+        return await self.backend.queue_depths()
 
     async def get_labels(self, workflow_id: str) -> dict[str, str]:
         """The execution's labels: those it was started with, over those it inherited from its

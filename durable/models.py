@@ -430,3 +430,16 @@ class ScheduleInfo:
     """The last tick a scheduler enqueued (triggers excluded)."""
     created_at: datetime | None = None
     updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class QueueDepth:
+    """A queue's unfinished executions, counted exactly
+    (:meth:`~durable.backends.PersistentBackend.queue_depths`)."""
+
+    queue: str
+    pending: int
+    """Executions waiting (pending: new, retried, sleeping, handed back)."""
+    running: int
+    oldest_pending: datetime | None
+    """When the oldest pending one was created (None: none is pending)."""

@@ -21,7 +21,7 @@ import durable
 from durable.cli import main
 from durable.context import current
 from durable.models import WorkflowStatus
-from durable.overview import status_counts
+from durable.overview import queue_rows, status_counts
 from durable.web import create_app
 
 REG = durable.Registry()
@@ -190,6 +190,8 @@ async def test_counts_are_exact_beyond_the_old_cap(backend_url: str) -> None:
         counts = await client.count_workflows()
         assert counts[WorkflowStatus.PENDING] == 1205
         assert (await status_counts(client))["pending"] == 1205
+        (depth,) = await queue_rows(client)
+        assert (depth.queue, depth.pending, depth.running) == ("default", 1205, 0)
 
 
 @pytest.mark.slow

@@ -48,6 +48,7 @@ from durable.models import (
     ExecutorInfo,
     Message,
     Page,
+    QueueDepth,
     Receipt,
     RegisteredWorkflow,
     ScheduleInfo,
@@ -451,6 +452,12 @@ class PersistentBackend(ABC):
 
         :raises InvalidArgumentError: an unknown status.
         """
+
+    @abstractmethod
+    async def queue_depths(self) -> list[QueueDepth]:
+        """The queues that hold pending or running workflows, by queue name: how many of each,
+        exactly, and when the oldest pending one was created. One aggregate read
+        (``GROUP BY queue, status``); nothing is written."""
 
     async def create_workflows(
         self, batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 from durable.backends.memory.core import MemoryCore
 from durable.errors import InvalidArgumentError
-from durable.models import WorkflowStatus, as_status_set
+from durable.models import QueueDepth, WorkflowStatus, as_status_set
 from durable.validation import check_labels
 
 #: The most ids one :meth:`get_labels` call reads (as in the SQL backend).
@@ -46,3 +47,22 @@ class Labels(MemoryCore):
                 ):
                     counts[w.status] += 1
         return counts
+
+    async def queue_depths(self) -> list[QueueDepth]:
+        found: dict[str, QueueDepth] = {}
+        with self._lock:
+            for w in self._workflows.values():
+                if w.status not in (WorkflowStatus.PENDING, WorkflowStatus.RUNNING):
+                    continue
+                row = found.get(w.queue) or QueueDepth(
+                    queue=w.queue, pending=0, running=0, oldest_pending=None
+                )
+                if w.status is WorkflowStatus.RUNNING:
+                    row = dataclasses.replace(row, running=row.running + 1)
+                else:
+                    oldest = row.oldest_pending
+                    if w.created_at is not None and (oldest is None or w.created_at < oldest):
+                        oldest = w.created_at
+                    row = dataclasses.replace(row, pending=row.pending + 1, oldest_pending=oldest)
+                found[w.queue] = row
+        return [found[q] for q in sorted(found)]

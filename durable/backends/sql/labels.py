@@ -1,4 +1,4 @@
-"""Labels and counts: a workflow's labels read back, and workflows counted by status.
+"""Labels and counts: a workflow's labels read back, workflows counted by status, queue depths.
 
 Labels are written with their workflow (:func:`~durable.backends.sql.core.write_labels`, in
 the transaction that creates it) and deleted with it (``ON DELETE CASCADE``). Part of
@@ -9,13 +9,14 @@ path: statements are built per call.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
-from durable.backends.sql.core import SQLCore, has_labels
+from durable.backends.sql.core import SQLCore, aware, has_labels
 from durable.backends.sql.schema import workflow_labels, workflows
 from durable.errors import InvalidArgumentError
-from durable.models import WorkflowStatus, as_status_set
+from durable.models import QueueDepth, WorkflowStatus, as_status_set
 
 #: The most ids one :meth:`get_labels` call reads.
 MAX_LABEL_IDS = 1000
@@ -80,3 +81,29 @@ class Labels(SQLCore):
             return counts
 
         return await self._run(fn, what="count workflows")
+
+    async def queue_depths(self) -> list[QueueDepth]:
+        wanted = [WorkflowStatus.PENDING.value, WorkflowStatus.RUNNING.value]
+        query = (
+            sa.select(
+                workflows.c.queue,
+                workflows.c.status,
+                sa.func.count(),
+                sa.func.min(workflows.c.created_at),
+            )
+            .where(workflows.c.status.in_(wanted))
+            .group_by(workflows.c.queue, workflows.c.status)
+        )
+
+        def fn(conn: sa.Connection) -> list[QueueDepth]:
+            found: dict[str, dict[str, Any]] = {}
+            for queue, status, count, oldest in conn.execute(query):
+                row = found.setdefault(
+                    queue, {"queue": queue, "pending": 0, "running": 0, "oldest_pending": None}
+                )
+                row[status] = int(count)
+                if status == WorkflowStatus.PENDING.value:
+                    row["oldest_pending"] = aware(oldest)
+            return [QueueDepth(**found[q]) for q in sorted(found)]
+
+        return await self._run(fn, what="count queues")

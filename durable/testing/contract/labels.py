@@ -1,6 +1,7 @@
 """Labels and counts: labels stored with a new workflow (merged over its parent's), read back,
 searched (combined with the other filters and keyset pages), refused when malformed, deleted
-with their workflow; workflows counted by status exactly, with the listing's filters."""
+with their workflow; workflows counted by status exactly, with the listing's filters; queue
+depths."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from durable.validation import MAX_LABELS
 
 class LabelContract(ContractBase):
     """:meth:`~durable.backends.PersistentBackend.get_labels`, ``list_snapshots(labels=...)``,
-    :meth:`~durable.backends.PersistentBackend.count_workflows`, and labels written by
+    :meth:`~durable.backends.PersistentBackend.count_workflows`,
+    :meth:`~durable.backends.PersistentBackend.queue_depths`, and labels written by
     ``create_workflow`` / ``create_workflows``."""
 
     async def test_labels_round_trip_and_a_workflow_without_has_none(
@@ -211,3 +213,33 @@ class LabelContract(ContractBase):
         assert sum(counted.values()) == len(listed.items)
         with pytest.raises(InvalidArgumentError, match="nonsense"):
             await backend.count_workflows(status="nonsense")
+
+    async def test_queue_depths_count_pending_and_running_per_queue(
+        self, backend: PersistentBackend
+    ) -> None:
+        assert await backend.queue_depths() == []
+        base = now() - timedelta(hours=1)
+        rows = [
+            ("a-1", "alpha", WorkflowStatus.PENDING, 5),
+            ("a-2", "alpha", WorkflowStatus.PENDING, 2),
+            ("a-3", "alpha", WorkflowStatus.RUNNING, 1),
+            ("b-1", "beta", WorkflowStatus.RUNNING, 0),
+            ("c-1", "gamma", WorkflowStatus.SUCCEEDED, 0),
+            ("c-2", "gamma", WorkflowStatus.FAILED, 0),
+        ]
+        for instance_id, queue, status, minutes in rows:
+            await create(
+                backend,
+                instance_id,
+                queue=queue,
+                status=status,
+                created_at=base + timedelta(minutes=minutes),
+                task=False,
+            )
+        depths = await backend.queue_depths()
+        assert [(d.queue, d.pending, d.running) for d in depths] == [
+            ("alpha", 2, 1),
+            ("beta", 0, 1),
+        ]
+        assert depths[0].oldest_pending == base + timedelta(minutes=2)
+        assert depths[1].oldest_pending is None
