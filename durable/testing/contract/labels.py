@@ -49,6 +49,12 @@ class LabelContract(ContractBase):
         await create(backend, "child", parent_id="parent", labels={"tier": "silver", "step": "1"})
         await create(backend, "grandchild", parent_id="child")
         await create(backend, "orphan", parent_id="not-stored", labels={"a": "b"})
+        # with its task (PostgreSQL: one statement), and again (found: nothing written)
+        for _ in range(2):
+            await backend.create_workflow(
+                WorkflowSnapshot(id="tasked", name="wf", parent_id="parent"),
+                task=TaskSpec(instance_id="tasked", name="wf"),
+            )
         batch = [
             (WorkflowSnapshot(id=f"batch-{i}", name="wf", parent_id="parent"), None)
             for i in range(2)
@@ -56,9 +62,10 @@ class LabelContract(ContractBase):
         batch.append((WorkflowSnapshot(id="batch-own", name="wf", labels={"own": "y"}), None))
         await backend.create_workflows(batch)
         found = await backend.get_labels(
-            ["child", "grandchild", "orphan", "batch-0", "batch-1", "batch-own"]
+            ["child", "grandchild", "orphan", "batch-0", "batch-1", "batch-own", "tasked"]
         )
         assert found == {
+            "tasked": {"customer": "c-42", "tier": "gold"},
             "child": {"customer": "c-42", "tier": "silver", "step": "1"},
             "grandchild": {"customer": "c-42", "tier": "silver", "step": "1"},
             "orphan": {"a": "b"},
