@@ -31,7 +31,7 @@ from durable.cli_workflows import add_workflow_commands, executors_command, queu
 from durable.client import Client
 from durable.errors import DurableError, SchemaVersionError
 from durable.inspection import Waiting
-from durable.models import Message, StepRecord, WorkflowInfo
+from durable.models import Message, StepRecord
 from durable.runtime import Runtime
 from durable.worker import serve
 
@@ -408,10 +408,11 @@ def get_workflow(url: str, workflow_id: str) -> None:
     """Print one execution's header as JSON (times ISO 8601); `durable workflows show` prints
     it for a person, with its steps."""
 
-    async def read(client: Client) -> WorkflowInfo:
-        return await client.get_workflow(workflow_id)
+    async def read(client: Client) -> dict[str, Any]:
+        header = jsonable(await client.get_workflow(workflow_id))
+        return {**header, "labels": await client.get_labels(workflow_id)}
 
-    click.echo(json.dumps(jsonable(open_client(url, read)), indent=2))
+    click.echo(json.dumps(open_client(url, read), indent=2))
 
 
 @workflows.command("steps")

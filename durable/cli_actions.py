@@ -92,10 +92,11 @@ def _action(
         queue: str | None,
         since: datetime | None,
         until: datetime | None,
+        labels: dict[str, str] | None,
         limit: int,
         yes: bool,
     ) -> None:
-        filtering = bool(statuses or name or queue or since or until)
+        filtering = bool(statuses or name or queue or since or until or labels)
         if workflow_ids and filtering:
             raise click.UsageError("give ids or filters, not both")
         if workflow_ids:
@@ -116,6 +117,7 @@ def _action(
                 since=since,
                 until=until,
                 limit=limit,
+                labels=labels,
             )
             if not found:
                 click.echo(f"no execution matches: nothing to {verb}", err=True)

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import click
 
 from durable.errors import InvalidArgumentError
-from durable.validation import check_id
+from durable.validation import check_id, check_labels
 
 T = TypeVar("T")
 
@@ -151,6 +151,25 @@ def moment(ctx: click.Context, param: click.Parameter, value: str | None) -> dat
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
+def label_pairs(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str] | None:
+    """A click callback for ``--label key=value`` (repeatable): the pairs as a dict (None when
+    none), checked as the API checks labels. A malformed one is a usage error naming it."""
+    if not values:
+        return None
+    pairs: dict[str, str] = {}
+    for value in values:
+        key, sep, item = value.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{value!r} is not key=value", ctx, param)
+        pairs[key] = item
+    try:
+        return check_labels(pairs, "--label")
+    except InvalidArgumentError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
 def bar(offset: float, length: float, total: float, width: int = 30) -> str:
     """A step's bar on a timeline ``width`` characters wide that spans ``total`` seconds:
     spaces up to its start ``offset``, then ``#`` for its ``length`` (at least one)."""
@@ -182,6 +201,7 @@ __all__ = [
     "emit",
     "json_option",
     "jsonable",
+    "label_pairs",
     "moment",
     "parse_duration",
     "seconds",

@@ -29,6 +29,7 @@ from durable.cli_output import (
     emit,
     json_option,
     jsonable,
+    label_pairs,
     moment,
     seconds,
     stamp,
@@ -37,7 +38,7 @@ from durable.cli_output import (
 )
 from durable.client import Client
 from durable.models import ExecutorInfo, StepRecord, WorkflowInfo
-from durable.overview import COUNT_CAP, queue_rows, status_counts
+from durable.overview import queue_rows, status_counts
 
 T = TypeVar("T")
 
@@ -65,9 +66,11 @@ async def select_workflows(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = 50,
+    labels: dict[str, str] | None = None,
 ) -> list[WorkflowInfo]:
     """Up to ``limit`` executions, newest first, with one of ``statuses`` (any when empty),
-    ``name``, ``queue``, created at or after ``since`` and at or before ``until``."""
+    ``name``, ``queue``, every one of ``labels`` (filtered by the database, by its index),
+    created at or after ``since`` and at or before ``until``."""
     in_python = queue is not None or since is not None or until is not None
     found: list[WorkflowInfo] = []
     cursor: str | None = None
@@ -77,6 +80,7 @@ async def select_workflows(
             name=name,
             limit=max(limit, SCAN_PAGE) if in_python else limit,
             cursor=cursor,
+            labels=labels,
         )
         for info in page.items:
             created = _aware(info.created_at)
@@ -145,14 +149,13 @@ async def queue_depths(client: Client) -> list[dict[str, object]]:
 
 
 def _counts_text(counts: dict[str, int]) -> str:
-    return "  ".join(
-        f"{status}={n if n <= COUNT_CAP else f'{COUNT_CAP}+'}" for status, n in counts.items()
-    )
+    return "  ".join(f"{status}={n}" for status, n in counts.items())
 
 
 def filter_options(command: Callable[..., None]) -> Callable[..., None]:
     """The options that choose executions as ``workflows list`` does: ``--status`` (repeatable),
-    ``--name``, ``--queue``, ``--since``, ``--until`` (see :func:`select_workflows`)."""
+    ``--name``, ``--queue``, ``--since``, ``--until``, ``--label`` (repeatable; see
+    :func:`select_workflows`)."""
     options = [
         click.option("--status", "statuses", multiple=True, help="Only this status (repeatable)."),
         click.option(
@@ -175,6 +178,14 @@ def filter_options(command: Callable[..., None]) -> Callable[..., None]:
         ),
         click.option(
             "--until", callback=moment, default=None, help="Only those created until (same forms)."
+        ),
+        click.option(
+            "--label",
+            "labels",
+            multiple=True,
+            callback=label_pairs,
+            metavar="KEY=VALUE",
+            help="Only those labelled so (repeatable: every one).",
         ),
     ]
     for option in reversed(options):
@@ -201,6 +212,7 @@ def add_workflow_commands(workflows: click.Group, open_client: OpenClient) -> No
         queue: str | None,
         since: datetime | None,
         until: datetime | None,
+        labels: dict[str, str] | None,
         limit: int,
         as_json: bool,
     ) -> None:
@@ -208,7 +220,7 @@ def add_workflow_commands(workflows: click.Group, open_client: OpenClient) -> No
         wrong with it (and its unknown status, if that is what is wrong, shown as failed).
 
         --queue, --since and --until are applied as the rows are read (the database filters
-        by status and name only)."""
+        by status, name and labels)."""
         found = open_client(
             url,
             lambda client: select_workflows(
@@ -219,6 +231,7 @@ def add_workflow_commands(workflows: click.Group, open_client: OpenClient) -> No
                 since=since,
                 until=until,
                 limit=limit,
+                labels=labels,
             ),
         )
         emit(
@@ -244,15 +257,18 @@ def add_workflow_commands(workflows: click.Group, open_client: OpenClient) -> No
         timeline (position, name, status, attempts, executor, start offset, duration, a bar as
         long as the step took) and its children."""
 
-        async def read(client: Client) -> tuple[WorkflowInfo, list[StepRecord], str, list[str]]:
+        async def read(
+            client: Client,
+        ) -> tuple[WorkflowInfo, list[StepRecord], str, list[str], dict[str, str]]:
             info = await client.get_workflow(workflow_id)
+            labels = await client.get_labels(workflow_id)
             steps = await client.list_steps(workflow_id)
             waiting = await client.waiting(workflow_id)
             children = (await client.list_workflows(parent_id=workflow_id, limit=200)).items
             described = [f"{c.id}  {c.name}  {c.status.value}" for c in children]
-            return info, steps, str(waiting) if waiting else "", described
+            return info, steps, str(waiting) if waiting else "", described, labels
 
-        info, steps, waiting, children = open_client(url, read)
+        info, steps, waiting, children, labels = open_client(url, read)
         echo = click.echo
         echo(f"{info.id}  {info.name}  {info.status.value}")
         echo(f"  queue {info.queue}, priority {info.priority}, attempts {info.attempts}")
@@ -267,6 +283,8 @@ def add_workflow_commands(workflows: click.Group, open_client: OpenClient) -> No
                 echo(f"  {label:<9} {stamp(value)}")
         if info.parent_id:
             echo(f"  parent    {info.parent_id}")
+        if labels:
+            echo("  labels    " + ", ".join(f"{k}={v}" for k, v in sorted(labels.items())))
         if info.error is not None:
             echo(f"  error     {info.error.type}: {info.error.message}")
         if waiting:
@@ -291,7 +309,7 @@ def add_workflow_commands(workflows: click.Group, open_client: OpenClient) -> No
     )
     @click.option("--once", is_flag=True, help="Print the counts once and stop (--count 1).")
     def watch(url: str, interval: float, count: int | None, once: bool) -> None:
-        """Show how many executions there are by status (each counted up to 1000), refreshed
+        """Show how many executions there are by status (exact counts), refreshed
         every --interval seconds until Ctrl-C. In a terminal the counts are redrawn in place;
         elsewhere one line is printed per refresh."""
         rounds = 1 if once else count
@@ -330,8 +348,8 @@ def queues_command(open_client: OpenClient) -> click.Command:
     @click.argument("url", metavar="URL")
     @json_option
     def queues(url: str, as_json: bool) -> None:
-        """List the queues that hold unfinished executions: how many wait and run (each
-        counted up to 1000: more shows as 1001), and when the oldest waiting one was created."""
+        """List the queues that hold unfinished executions: how many wait and run (exact
+        counts), and when the oldest waiting one was created."""
         emit(
             open_client(url, queue_depths),
             as_json=as_json,

@@ -35,13 +35,13 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from durable.backends.base import PersistentBackend
 from durable.connect import connect
-from durable.errors import DurableError, InvalidArgumentError
+from durable.errors import DurableError, InvalidArgumentError, WorkflowNotFoundError
 from durable.executions import DEFAULT_MAX_ATTEMPTS as DEFAULT_MAX_ATTEMPTS
 from durable.executions import Enqueue as Enqueue
 from durable.executions import EnqueueOptions as EnqueueOptions
@@ -55,6 +55,7 @@ from durable.executions import plan_enqueue_many as plan_enqueue_many
 from durable.models import (
     ExecutorInfo,
     Page,
+    QueueDepth,
     RegisteredWorkflow,
     StepRecord,
     WorkflowInfo,
@@ -66,6 +67,7 @@ from durable.scheduling import ScheduleOperations
 from durable.validation import (
     check_bool,
     check_id,
+    check_labels,
     check_name,
     check_optional_id,
     check_positive_float,
@@ -217,6 +219,7 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         queue: str | None = None,
         timeout: float | timedelta | None = None,
         deadline: datetime | None = None,
+        labels: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> str:
         """Record that a workflow must run, and return its id at once; any worker that serves
@@ -245,6 +248,10 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
             workflow's own ``timeout`` (see :func:`durable.workflow`).
         :param deadline: or cancel it if it has not finished by this timezone-aware time; with
             a timeout too (the start's or the workflow's), the earlier of the two.
+        :param labels: labels to find the execution by (``{"customer": "c-42"}``;
+            ``list_workflows(labels=...)``): keys of letters, digits, ``_ . - /`` (at most 64),
+            str values (at most 255); a child workflow (or an enqueue inside a workflow)
+            inherits its parent's labels, its own winning.
 
         ``args`` and ``kwargs`` are the workflow's arguments; they must be serializable by the
         backend's serializer (JSON by default). Ids, keys, names and queues are non-empty str of
@@ -267,6 +274,7 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
             queue=queue,
             timeout=timeout,
             deadline=deadline,
+            labels=labels,
         )
         if not isinstance(fn, str | Workflow):
             raise not_a_workflow(fn)
@@ -280,6 +288,7 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
             queue=queue,
             timeout=timeout,
             deadline=deadline,
+            labels=labels,
         )
         info = await self._create(
             fn, workflow_id or str(uuid.uuid4()), args, kwargs, options=options
@@ -299,6 +308,7 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         queue: str | None = None,
         timeout: float | timedelta | None = None,
         deadline: datetime | None = None,
+        labels: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> str:
         """:meth:`enqueue` for code that is not async (see :meth:`blocking`)."""
@@ -315,6 +325,7 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
                 queue=queue,
                 timeout=timeout,
                 deadline=deadline,
+                labels=labels,
                 **kwargs,
             )
         )
@@ -358,6 +369,7 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         queue: str | None = None,
         timeout: float | timedelta | None = None,
         deadline: datetime | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> list[str]:
         """Record many executions at once, in one transaction (a few statements, however many
         rows), and return their ids in the order of ``inputs``::
@@ -378,6 +390,8 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         :param priority: ``run_after``, ``delay``, ``max_attempts``, ``queue``, ``timeout``,
             ``deadline``: as for :meth:`enqueue`, for every row that does not give its own (a
             row that gives ``run_after`` or ``delay`` takes neither from the batch).
+        :param labels: every row's labels, as for :meth:`enqueue`; a row's own
+            (``Enqueue(labels=...)``) are merged over them.
 
         Each row behaves as one :meth:`enqueue`: a row whose id or idempotency key exists
         creates nothing and gets the existing execution's id; two rows of the batch with the
@@ -402,6 +416,7 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
             queue=queue,
             timeout=timeout,
             deadline=deadline,
+            labels=labels,
         )
         infos = await create_executions(
             self.backend,
@@ -431,6 +446,7 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         queue: str | None = None,
         timeout: float | timedelta | None = None,
         deadline: datetime | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> list[str]:
         """:meth:`enqueue_many` for code that is not async (see :meth:`blocking`)."""
         return self.blocking(
@@ -444,6 +460,7 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
                 queue=queue,
                 timeout=timeout,
                 deadline=deadline,
+                labels=labels,
             )
         )
 
@@ -501,9 +518,11 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         parent_id: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> Page[WorkflowInfo]:
-        """Executions, newest first, filtered by status (one or several), name or parent; a
-        page of at most ``limit``, whose ``next_cursor`` (given as ``cursor``) reads the next."""
+        """Executions, newest first, filtered by status (one or several), name, parent or
+        labels (those carrying every ``key: value`` given, by an index); a page of at most
+        ``limit``, whose ``next_cursor`` (given as ``cursor``) reads the next."""
         self._require_started()
         if name is not None:
             check_name(name, "name")
@@ -511,9 +530,75 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         check_positive_int(limit, "limit")
         if cursor is not None and not isinstance(cursor, str):
             raise InvalidArgumentError(f"cursor must be a str (a next_cursor), got {cursor!r}")
+        if labels:
+            return await self.backend.list_snapshots(
+                status=status,
+                name=name,
+                parent_id=parent_id,
+                limit=limit,
+                cursor=cursor,
+                labels=check_labels(labels, "labels filter"),
+            )
         return await self.backend.list_snapshots(
             status=status, name=name, parent_id=parent_id, limit=limit, cursor=cursor
         )
+
+    async def count_workflows(
+        self,
+        *,
+        status: WorkflowStatus | str | Sequence[WorkflowStatus | str] | None = None,
+        name: str | None = None,
+        parent_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> dict[WorkflowStatus, int]:
+        """How many executions :meth:`list_workflows` would list with the same filters, by
+        status (every status a key), exactly: one aggregate query, however many there are."""
+        self._require_started()
+        if name is not None:
+            check_name(name, "name")
+        check_optional_id(parent_id, "parent_id")
+        return await self.backend.count_workflows(
+            status=status,
+            name=name,
+            parent_id=parent_id,
+            labels=check_labels(labels, "labels filter"),
+        )
+
+    def count_workflows_sync(
+        self,
+        *,
+        status: WorkflowStatus | str | Sequence[WorkflowStatus | str] | None = None,
+        name: str | None = None,
+        parent_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> dict[WorkflowStatus, int]:
+        """:meth:`count_workflows` for code that is not async."""
+        return self.blocking(
+            self.count_workflows(status=status, name=name, parent_id=parent_id, labels=labels)
+        )
+
+    async def queue_depths(self) -> list[QueueDepth]:
+        """The queues that hold pending or running executions, by name: how many of each
+        (exactly, one aggregate query) and when the oldest pending one was created."""
+        self._require_started()
+        return await self.backend.queue_depths()
+
+    async def get_labels(self, workflow_id: str) -> dict[str, str]:
+        """The execution's labels: those it was started with, over those it inherited from its
+        parent (``{}`` when it has none).
+
+        :raises WorkflowNotFoundError: no such workflow.
+        """
+        self._require_started()
+        check_id(workflow_id, "workflow_id")
+        found = await self.backend.get_labels([workflow_id])
+        if workflow_id not in found:
+            raise WorkflowNotFoundError(workflow_id)
+        return found[workflow_id]
+
+    def get_labels_sync(self, workflow_id: str) -> dict[str, str]:
+        """:meth:`get_labels` for code that is not async."""
+        return self.blocking(self.get_labels(workflow_id))
 
     def list_workflows_sync(
         self,
@@ -523,11 +608,17 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         parent_id: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> Page[WorkflowInfo]:
         """:meth:`list_workflows` for code that is not async."""
         return self.blocking(
             self.list_workflows(
-                status=status, name=name, parent_id=parent_id, limit=limit, cursor=cursor
+                status=status,
+                name=name,
+                parent_id=parent_id,
+                limit=limit,
+                cursor=cursor,
+                labels=labels,
             )
         )
 

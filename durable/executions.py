@@ -32,6 +32,7 @@ from durable.validation import (
     check_duration,
     check_id,
     check_int,
+    check_labels,
     check_name,
     check_optional_id,
     check_positive_int,
@@ -61,6 +62,9 @@ class EnqueueOptions:
     """The start's own timeout (it replaces the workflow's ``timeout``), or None."""
     deadline: datetime | None = None
     """An absolute deadline given at the start (or inherited from a parent), or None."""
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """The execution's own labels (checked); a child's are merged over its parent's by the
+    backend."""
 
 
 def check_enqueue_arguments(
@@ -75,6 +79,7 @@ def check_enqueue_arguments(
     queue: Any,
     timeout: Any = None,
     deadline: Any = None,
+    labels: Any = None,
 ) -> timedelta | None:
     """Check the arguments of an enqueue (in this order; nothing is written before), and return
     the delay as a timedelta. ``timeout`` and ``deadline``, when given, are checked with
@@ -95,6 +100,7 @@ def check_enqueue_arguments(
     if queue is not None:
         check_name(queue, "queue")
     check_timeouts(timeout, deadline)
+    check_labels(labels)
     return wait
 
 
@@ -121,6 +127,7 @@ def enqueue_options(
     queue: str | None,
     timeout: float | timedelta | None = None,
     deadline: datetime | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> EnqueueOptions:
     """The options of an enqueue whose arguments are checked (:func:`check_enqueue_arguments`);
     ``max_attempts`` defaults to the workflow's policy (3 for a workflow known by name only).
@@ -142,6 +149,7 @@ def enqueue_options(
         queue=queue,
         timeout=check_timeouts(timeout, deadline),
         deadline=deadline,
+        labels=check_labels(labels),
     )
 
 
@@ -227,6 +235,7 @@ def execution_record(
         max_attempts=opts.max_attempts,
         deadline=opts.deadline,
         code_version=wf.code_version(app_version) if isinstance(wf, Workflow) else app_version,
+        labels=opts.labels,
     )
     task = TaskSpec(
         instance_id=instance_id,
@@ -307,6 +316,8 @@ class Enqueue:
     queue: str | None = None
     timeout: float | timedelta | None = None
     deadline: datetime | None = None
+    labels: Mapping[str, str] | None = None
+    """The row's own labels, merged over the batch's ``labels``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +337,7 @@ class PlannedEnqueue:
     queue: str | None
     timeout: timedelta | None = None
     deadline: datetime | None = None
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def options(self, target: Workflow[Any, Any] | str) -> EnqueueOptions:
         """The row's options for ``target`` (the resolved workflow, whose policy gives the
@@ -340,6 +352,7 @@ class PlannedEnqueue:
             queue=self.queue,
             timeout=self.timeout,
             deadline=self.deadline,
+            labels=self.labels,
         )
 
 
@@ -354,6 +367,7 @@ def plan_enqueue_many(
     queue: Any,
     timeout: Any = None,
     deadline: Any = None,
+    labels: Any = None,
 ) -> list[PlannedEnqueue]:
     """Check a batch given to ``enqueue_many`` (every row, before anything is written) and
     return its rows in order. Each row is an :class:`Enqueue` or a tuple or list of positional
@@ -384,12 +398,14 @@ def plan_enqueue_many(
     if shared_wait is not None and run_after is not None:
         raise InvalidArgumentError("give run_after or delay, not both")
     limits = (check_timeouts(timeout, deadline), deadline)
+    shared_labels = check_labels(labels)
     planned = []
     for index, row in enumerate(inputs):
         try:
-            planned.append(
-                _plan_row(row, fn, priority, run_after, shared_wait, max_attempts, queue, limits)
-            )
+            one = _plan_row(row, fn, priority, run_after, shared_wait, max_attempts, queue, limits)
+            if shared_labels:
+                one = dataclasses.replace(one, labels={**shared_labels, **one.labels})
+            planned.append(one)
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(f"inputs[{index}]: {exc}") from exc
     return planned
@@ -471,6 +487,7 @@ def _plan_row(
         queue=queue if row.queue is None else row.queue,
         timeout=limits[0] if own_timeout is None else own_timeout,
         deadline=limits[1] if row.deadline is None else row.deadline,
+        labels=check_labels(row.labels),
     )
 
 

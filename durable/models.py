@@ -6,7 +6,7 @@ Python values here; a backend turns them into text with its serializer and back.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -143,6 +143,12 @@ class WorkflowSnapshot(WorkflowInfo):
     """A workflow execution's whole persisted state: its header and its steps by position."""
 
     steps: tuple[StepRecord, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """Labels to store with a new workflow (``{"customer": "c-42"}``), written by
+    :meth:`~durable.backends.PersistentBackend.create_workflow` and ``create_workflows`` only
+    (merged over its parent's when ``parent_id`` is set), read back with
+    :meth:`~durable.backends.PersistentBackend.get_labels`: snapshots read from the store carry
+    none, so that loading a workflow to run it reads no label."""
 
     def header(self) -> WorkflowInfo:
         """The snapshot without its steps."""
@@ -428,3 +434,16 @@ class ScheduleInfo:
     """The last tick a scheduler enqueued (triggers excluded)."""
     created_at: datetime | None = None
     updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class QueueDepth:
+    """A queue's unfinished executions, counted exactly
+    (:meth:`~durable.backends.PersistentBackend.queue_depths`)."""
+
+    queue: str
+    pending: int
+    """Executions waiting (pending: new, retried, sleeping, handed back)."""
+    running: int
+    oldest_pending: datetime | None
+    """When the oldest pending one was created (None: none is pending)."""

@@ -2,13 +2,14 @@
 by status, and queue depths (waiting, running, the oldest waiting). Shared by the web view
 (:mod:`durable.web`) and the ``durable workflows watch`` / ``durable queues`` commands.
 
-The backend has no count operation: executions are read page by page, newest first, up to
-:data:`COUNT_CAP` + 1 per status, so a count above :data:`COUNT_CAP` means "more than that".
+Counts by status and queue depths are exact, one aggregate query each
+(:meth:`~durable.Client.count_workflows`, :meth:`~durable.Client.queue_depths`). :func:`capped`
+(executions of a status read page by page, up to :data:`COUNT_CAP` + 1) is kept for callers
+that want the rows themselves.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -33,14 +34,16 @@ async def capped(client: Client, status: WorkflowStatus) -> list[WorkflowInfo]:
 
 
 async def status_counts(client: Client) -> dict[str, int]:
-    """Executions by status, each counted up to :data:`COUNT_CAP` + 1."""
-    return {status.value: len(await capped(client, status)) for status in WorkflowStatus}
+    """Executions by status, exactly (one ``GROUP BY status`` query: see
+    :meth:`~durable.Client.count_workflows`)."""
+    counts = await client.count_workflows()
+    return {status.value: counts[status] for status in WorkflowStatus}
 
 
 @dataclass(frozen=True)
 class QueueRow:
-    """A queue's waiting (pending) and running executions, each counted up to
-    :data:`COUNT_CAP` + 1, and when the oldest waiting one was created."""
+    """A queue's waiting (pending) and running executions, counted exactly, and when the
+    oldest waiting one was created."""
 
     queue: str
     pending: int
@@ -49,18 +52,9 @@ class QueueRow:
 
 
 async def queue_rows(client: Client) -> list[QueueRow]:
-    """The queues with pending or running executions, by name."""
-    pending = await capped(client, WorkflowStatus.PENDING)
-    running = await capped(client, WorkflowStatus.RUNNING)
-    waiting = Counter(info.queue for info in pending)
-    busy = Counter(info.queue for info in running)
-    oldest: dict[str, datetime] = {}
-    for info in pending:
-        if info.created_at is not None and (
-            info.queue not in oldest or info.created_at < oldest[info.queue]
-        ):
-            oldest[info.queue] = info.created_at
+    """The queues with pending or running executions, by name (one aggregate query:
+    :meth:`~durable.Client.queue_depths`)."""
     return [
-        QueueRow(queue, waiting[queue], busy[queue], oldest.get(queue))
-        for queue in sorted(set(waiting) | set(busy))
+        QueueRow(d.queue, d.pending, d.running, d.oldest_pending)
+        for d in await client.queue_depths()
     ]

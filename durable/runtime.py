@@ -34,7 +34,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -58,6 +58,7 @@ from durable.validation import (
     check_bool,
     check_id,
     check_instance,
+    check_labels,
     check_optional_id,
     check_positive_float,
     check_positive_int,
@@ -265,6 +266,7 @@ class Runtime(Operations, Serving):
         workflow_id: str | None = None,
         timeout: float | timedelta | None = None,
         deadline: datetime | None = None,
+        labels: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> T:
         """Run a workflow to completion and return its result.
@@ -282,6 +284,8 @@ class Runtime(Operations, Serving):
             recorded (replaces the workflow's own ``timeout``); ``deadline``: or by this
             timezone-aware time (see :meth:`enqueue`). Used when the execution is created,
             not when an existing id is resumed.
+        :param labels: the execution's labels (``{"customer": "c-42"}``), as for
+            :meth:`enqueue`.
 
         :raises SerializationError: the arguments cannot be serialized (nothing is written).
         :raises InvalidArgumentError: ``fn`` is not a workflow, ``workflow_id`` is not a valid
@@ -297,9 +301,10 @@ class Runtime(Operations, Serving):
             str(uuid.uuid4()) if workflow_id is None else check_id(workflow_id, "workflow_id")
         )
         limit = check_timeouts(timeout, deadline)
+        own_labels = check_labels(labels)
         options = None
-        if limit is not None or deadline is not None:
-            options = EnqueueOptions(timeout=limit, deadline=deadline)
+        if limit is not None or deadline is not None or own_labels:
+            options = EnqueueOptions(timeout=limit, deadline=deadline, labels=own_labels)
         await self._create(wf, instance_id, args, kwargs, options=options)
         return await self._drive(wf, instance_id)  # type: ignore[no-any-return]
 
@@ -310,13 +315,20 @@ class Runtime(Operations, Serving):
         workflow_id: str | None = None,
         timeout: float | timedelta | None = None,
         deadline: datetime | None = None,
+        labels: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> T:
         """:meth:`run` for code that is not async, from any thread, while the runtime is
         started (see :meth:`start_sync` and :meth:`blocking`)."""
         return self.blocking(
             self.run(
-                fn, *args, workflow_id=workflow_id, timeout=timeout, deadline=deadline, **kwargs
+                fn,
+                *args,
+                workflow_id=workflow_id,
+                timeout=timeout,
+                deadline=deadline,
+                labels=labels,
+                **kwargs,
             )
         )
 

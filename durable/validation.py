@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -270,3 +270,53 @@ def check_decorated(fn: Any, decorator: str) -> None:
 def _type_name(kind: type) -> str:
     package = kind.__module__.split(".")[0]
     return kind.__qualname__ if package == "builtins" else f"{package}.{kind.__qualname__}"
+
+
+#: The longest label key, and value (bounded so that an index on (key, value) fits every
+#: database's index key limit, MySQL's 3072 bytes in utf8mb4 included).
+MAX_LABEL_KEY_LENGTH = 64
+MAX_LABEL_VALUE_LENGTH = 255
+#: The most labels one workflow may carry (its own and those it inherits).
+MAX_LABELS = 32
+_LABEL_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-/")
+
+
+def check_labels(value: Any, what: str = "labels") -> dict[str, str]:
+    """A workflow's labels as a new ``dict`` (None: no labels), else InvalidArgumentError naming
+    the label. Keys are 1 to :data:`MAX_LABEL_KEY_LENGTH` characters of ``A-Z a-z 0-9 _ . - /``;
+    values are ``str`` (possibly empty) of at most :data:`MAX_LABEL_VALUE_LENGTH` characters,
+    valid Unicode without NUL; at most :data:`MAX_LABELS` labels."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict | Mapping):
+        raise InvalidArgumentError(
+            f"{what} must be a mapping of str to str, got {type(value).__qualname__} {_show(value)}"
+        )
+    if len(value) > MAX_LABELS:
+        raise InvalidArgumentError(
+            f"{what}: at most {MAX_LABELS} labels per workflow, got {len(value)}"
+        )
+    labels: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise InvalidArgumentError(
+                f"{what}: a label key must be a str, got {type(key).__qualname__} {_show(key)}"
+            )
+        if not key or len(key) > MAX_LABEL_KEY_LENGTH or not set(key) <= _LABEL_KEY_CHARS:
+            raise InvalidArgumentError(
+                f"{what}: label key {_show(key)} must be 1 to {MAX_LABEL_KEY_LENGTH} characters "
+                "of letters, digits, '_', '.', '-' and '/'"
+            )
+        if not isinstance(item, str):
+            raise InvalidArgumentError(
+                f"{what}[{key!r}] must be a str, got {type(item).__qualname__} {_show(item)}"
+            )
+        if len(item) > MAX_LABEL_VALUE_LENGTH:
+            raise InvalidArgumentError(
+                f"{what}[{key!r}] must be at most {MAX_LABEL_VALUE_LENGTH} characters, got "
+                f"{len(item)} characters: {_show(item)}"
+            )
+        if item:
+            check_id(item, f"{what}[{key!r}]")  # NUL, lone surrogates
+        labels[key] = item
+    return labels

@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -48,6 +48,7 @@ from durable.models import (
     ExecutorInfo,
     Message,
     Page,
+    QueueDepth,
     Receipt,
     RegisteredWorkflow,
     ScheduleInfo,
@@ -262,10 +263,14 @@ class PersistentBackend(ABC):
         snapshot's steps, nor ``task``, nor its idempotency key). Every field of ``snapshot``
         is stored as given, its steps too (any positions, pending ones included); timestamps
         left None are set by the backend (``created_at`` and ``updated_at`` to now); the stored
-        version is 1.
+        version is 1. The snapshot's ``labels`` are stored with it, merged over the labels of
+        its parent (``parent_id``) if that is stored (see :meth:`get_labels`): children inherit
+        their parent's labels.
 
         :raises SerializationError: a value cannot be serialized (nothing is written).
-        :raises InvalidArgumentError: a naive timestamp, in the snapshot, a step or ``task``.
+        :raises InvalidArgumentError: a naive timestamp, in the snapshot, a step or ``task``;
+            labels that :func:`durable.validation.check_labels` refuses (naming the label), or
+            more than it allows once merged with the parent's.
         """
 
     @abstractmethod
@@ -368,16 +373,19 @@ class PersistentBackend(ABC):
         parent_id: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> Page[WorkflowInfo]:
         """List workflow headers, newest first (by creation time, as instants whatever their
         zones, then id descending).
 
         Filters combine with AND; ``status`` may be one status or several, as
-        :class:`~durable.models.WorkflowStatus` or its value. At most ``limit`` headers per page;
-        every page but the last is full. Pass the returned ``next_cursor`` to get the following
-        page; it is None on the last page. Pages are stable under concurrent inserts (keyset
-        pagination): a workflow created after the first page is listed on a later page only if
-        it sorts after the cursor.
+        :class:`~durable.models.WorkflowStatus` or its value; ``labels`` keeps the workflows that
+        carry every one of its ``key: value`` pairs (see :meth:`get_labels`; an empty mapping
+        filters nothing), found by an index on (key, value) rather than a scan. At most
+        ``limit`` headers per page; every page but the last is full. Pass the returned
+        ``next_cursor`` to get the following page; it is None on the last page. Pages are
+        stable under concurrent inserts (keyset pagination): a workflow created after the
+        first page is listed on a later page only if it sorts after the cursor.
 
         A row that cannot be read does not fail the listing: it is listed with its unreadable
         values None, an unknown status as failed, and ``error`` a record of type
@@ -415,6 +423,41 @@ class PersistentBackend(ABC):
         :raises CorruptRowError: a stored value of a step cannot be read; the error names the
             step's position and the column.
         """
+
+    @abstractmethod
+    async def get_labels(self, instance_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The labels of the given workflows, by id: the ``labels`` of the snapshot that
+        created each (:meth:`create_workflow`, :meth:`create_workflows`), merged over its
+        parent's labels as stored when it was created, when its ``parent_id`` named a stored
+        workflow (its own value wins for a key both have). Labels never change afterwards, and
+        go with their workflow when it is deleted (:meth:`delete_snapshot`, retention). A
+        workflow without labels maps to ``{}``; ids of no stored workflow are left out. Reads
+        only (no write).
+
+        :raises InvalidArgumentError: more than 1000 ids.
+        """
+
+    @abstractmethod
+    async def count_workflows(
+        self,
+        *,
+        status: WorkflowStatus | str | Sequence[WorkflowStatus | str] | None = None,
+        name: str | None = None,
+        parent_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> dict[WorkflowStatus, int]:
+        """How many workflows :meth:`list_snapshots` would list with the same filters, by
+        status, exactly (no cap): every :class:`~durable.models.WorkflowStatus` is a key (0
+        when none). One aggregate read (``GROUP BY status``); nothing is written.
+
+        :raises InvalidArgumentError: an unknown status.
+        """
+
+    @abstractmethod
+    async def queue_depths(self) -> list[QueueDepth]:
+        """The queues that hold pending or running workflows, by queue name: how many of each,
+        exactly, and when the oldest pending one was created. One aggregate read
+        (``GROUP BY queue, status``); nothing is written."""
 
     async def create_workflows(
         self, batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]]

@@ -4,7 +4,7 @@ result, inspection and control, through the client the runtime owns."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -50,6 +50,7 @@ class Operations(RuntimeCore):
         queue: str | None = None,
         timeout: float | timedelta | None = None,
         deadline: datetime | None = None,
+        labels: Mapping[str, str] | None = None,
         served_elsewhere: bool = False,
         **kwargs: Any,
     ) -> str:
@@ -81,6 +82,10 @@ class Operations(RuntimeCore):
             workflow's own ``timeout`` (see :func:`durable.workflow`).
         :param deadline: or cancel it if it has not finished by this timezone-aware time; with
             a timeout too (the start's or the workflow's), the earlier of the two.
+        :param labels: labels to find the execution by (``{"customer": "c-42"}``;
+            ``list_workflows(labels=...)``): keys of letters, digits, ``_ . - /`` (at most 64),
+            str values (at most 255); a child workflow (or an enqueue inside a workflow)
+            inherits its parent's labels, its own winning.
         :param served_elsewhere: allow a name that is not registered in this process.
 
         Called inside a workflow, enqueueing is a step: it is recorded with the workflow's
@@ -109,6 +114,7 @@ class Operations(RuntimeCore):
             queue=queue,
             timeout=timeout,
             deadline=deadline,
+            labels=labels,
         )
         check_bool(served_elsewhere, "served_elsewhere")
         target: Workflow[Any, Any] | str
@@ -129,6 +135,7 @@ class Operations(RuntimeCore):
             queue=queue,
             timeout=timeout,
             deadline=deadline,
+            labels=labels,
         )
         ctx = _context.current()
         if ctx is None:  # a client's enqueue
@@ -159,6 +166,7 @@ class Operations(RuntimeCore):
         queue: str | None = None,
         timeout: float | timedelta | None = None,
         deadline: datetime | None = None,
+        labels: Mapping[str, str] | None = None,
         served_elsewhere: bool = False,
     ) -> list[str]:
         """Record many executions at once, in one transaction, and return their ids in the
@@ -189,6 +197,7 @@ class Operations(RuntimeCore):
             queue=queue,
             timeout=timeout,
             deadline=deadline,
+            labels=labels,
         )
         check_bool(served_elsewhere, "served_elsewhere")
         resolved: dict[Any, Workflow[Any, Any] | str] = {}
@@ -338,10 +347,12 @@ class Operations(RuntimeCore):
         parent_id: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> Page[WorkflowInfo]:
-        """Executions, newest first, filtered by status (one or several), name or parent."""
+        """Executions, newest first, filtered by status (one or several), name, parent or
+        labels (see :meth:`Client.list_workflows`)."""
         return await self.client.list_workflows(
-            status=status, name=name, parent_id=parent_id, limit=limit, cursor=cursor
+            status=status, name=name, parent_id=parent_id, limit=limit, cursor=cursor, labels=labels
         )
 
     async def list_steps(self, workflow_id: str) -> list[StepRecord]:

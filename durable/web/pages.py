@@ -70,7 +70,11 @@ async def home(request: Request) -> Response:
 async def workflows(request: Request) -> Response:
     """The workflows list, filtered by the query string, newest first, one page."""
     client = await state_of(request).ready()
-    filters = parse_filters(request.query_params, request.query_params.getlist("status"))
+    filters = parse_filters(
+        request.query_params,
+        request.query_params.getlist("status"),
+        request.query_params.getlist("label"),
+    )
     listing = await list_page(client, filters)
     counts = await status_counts(client)
     next_href = (
@@ -122,9 +126,9 @@ async def queues(request: Request) -> Response:
 
 
 async def counts(request: Request) -> Response:
-    """Workflows by status as JSON (each up to ``cap`` + 1), for the list's poll."""
+    """Workflows by status as JSON (exact counts), for the list's poll."""
     client = await state_of(request).ready()
-    return JSONResponse({"counts": await status_counts(client), "cap": COUNT_CAP})
+    return JSONResponse({"counts": await status_counts(client)})
 
 
 async def action(request: Request) -> Response:

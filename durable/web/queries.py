@@ -5,8 +5,9 @@ The client lists workflows by status, name and parent, newest first, with keyset
 view adds two filters on top without a new storage query: a time range (``until`` starts the
 listing at that instant's keyset position; ``since`` ends it at the first older workflow) and a
 queue (read through pages and kept when it matches, at most :data:`SCAN_BUDGET` rows per page
-shown; the next-page cursor then goes on from the last row read). Counts are read the same way,
-up to :data:`COUNT_CAP` per status (shown as "1000+" beyond).
+shown; the next-page cursor then goes on from the last row read). Labels (``label=key=value``,
+repeatable) are filtered by the database. Counts by status are exact
+(:meth:`~durable.Client.count_workflows`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from durable.overview import COUNT_CAP as COUNT_CAP
 from durable.overview import QueueRow as QueueRow
 from durable.overview import queue_rows as queue_rows
 from durable.overview import status_counts as status_counts
-from durable.validation import check_name
+from durable.validation import check_labels, check_name
 
 #: Rows read at most for one page when a queue filter drops rows.
 SCAN_BUDGET = 2000
@@ -47,10 +48,12 @@ class Filters:
     until: datetime | None = None
     limit: int = DEFAULT_LIMIT
     cursor: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
 
     def query(self, **changes: Any) -> list[tuple[str, str]]:
         """These filters as query parameters (without the cursor unless given in changes)."""
         pairs = [("status", s.value) for s in self.statuses]
+        pairs += [("label", f"{k}={v}") for k, v in self.labels]
         for key in ("name", "queue"):
             value = getattr(self, key)
             if value:
@@ -79,10 +82,30 @@ def parse_time(value: str, what: str) -> datetime:
     return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
 
 
-def parse_filters(params: Mapping[str, str], statuses: list[str]) -> Filters:
-    """The filters of a query string (``statuses``: every ``status`` parameter given).
+def parse_labels(raw: list[str]) -> tuple[tuple[str, str], ...]:
+    """``key=value`` strings (empty ones skipped) as checked label pairs, sorted by key.
 
-    :raises InvalidArgumentError: an unknown status, a malformed name, time or limit.
+    :raises InvalidArgumentError: one is not ``key=value``, or not a valid label (named).
+    """
+    pairs: dict[str, str] = {}
+    for text in raw:
+        text = text.strip()
+        if not text:
+            continue
+        key, sep, value = text.partition("=")
+        if not sep:
+            raise InvalidArgumentError(f"label filter {text!r} must be key=value")
+        pairs[key.strip()] = value.strip()
+    return tuple(sorted(check_labels(pairs, "label filter").items()))
+
+
+def parse_filters(
+    params: Mapping[str, str], statuses: list[str], labels: list[str] | None = None
+) -> Filters:
+    """The filters of a query string (``statuses``: every ``status`` parameter given;
+    ``labels``: every ``label`` parameter, each ``key=value``).
+
+    :raises InvalidArgumentError: an unknown status, a malformed name, label, time or limit.
     """
     chosen: list[WorkflowStatus] = []
     for raw in statuses:
@@ -112,6 +135,7 @@ def parse_filters(params: Mapping[str, str], statuses: list[str]) -> Filters:
         until=until,
         limit=int(raw_limit),
         cursor=params.get("cursor") or None,
+        labels=parse_labels(labels or []),
     )
 
 
@@ -139,7 +163,11 @@ async def list_page(client: Client, filters: Filters) -> Listing:
     listing = Listing()
     while True:
         page = await client.list_workflows(
-            status=list(filters.statuses) or None, name=filters.name, limit=batch, cursor=cursor
+            status=list(filters.statuses) or None,
+            name=filters.name,
+            limit=batch,
+            cursor=cursor,
+            labels=dict(filters.labels) or None,
         )
         for index, info in enumerate(page.items):
             listing.scanned += 1
@@ -180,6 +208,7 @@ class WorkflowPage:
     children: list[WorkflowInfo]
     pending_messages: list[Message]
     now: datetime
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 async def workflow_page(client: Client, workflow_id: str) -> WorkflowPage:
@@ -191,4 +220,5 @@ async def workflow_page(client: Client, workflow_id: str) -> WorkflowPage:
     steps = await client.list_steps(workflow_id)
     children = (await client.list_workflows(parent_id=workflow_id, limit=200)).items
     messages = await client.list_messages(workflow_id, received=False)
-    return WorkflowPage(info, steps, children, messages, datetime.now(UTC))
+    labels = await client.get_labels(workflow_id)
+    return WorkflowPage(info, steps, children, messages, datetime.now(UTC), labels)

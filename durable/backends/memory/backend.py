@@ -16,6 +16,7 @@ from durable.backends.memory.continuation import Continuation
 from durable.backends.memory.core import MemoryCore, StoredTask, is_live, utcnow
 from durable.backends.memory.execution import Execution
 from durable.backends.memory.executors import Executors
+from durable.backends.memory.labels import Labels
 from durable.backends.memory.messages import Messages
 from durable.backends.memory.outputs import Outputs, StoredEvent, StoredStream
 from durable.backends.memory.retention import Retention
@@ -43,6 +44,7 @@ class InMemoryBackend(
     Messages,
     Schedules,
     Retention,
+    Labels,
     MemoryCore,
 ):
     """Thread- and task-safe storage in memory.
@@ -71,6 +73,7 @@ class InMemoryBackend(
         self._events: dict[str, dict[str, StoredEvent]] = {}
         self._streams: dict[str, dict[str, StoredStream]] = {}
         self._schedules: dict[str, ScheduleInfo] = {}
+        self._labels: dict[str, dict[str, str]] = {}
 
     async def now(self) -> datetime:
         """The time by :attr:`clock`, which judges every lease and due time here."""
@@ -100,6 +103,7 @@ class InMemoryBackend(
             self._events.clear()
             self._streams.clear()
             self._schedules.clear()
+            self._labels.clear()
 
     def workflow_ids(self) -> list[str]:
         """The ids of every stored workflow, in insertion order."""

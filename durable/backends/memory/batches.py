@@ -19,6 +19,7 @@ class Batches(MemoryCore):
     ) -> list[tuple[WorkflowInfo, bool]]:
         owners = batch_owners(batch)
         prepared: dict[int, tuple[WorkflowInfo, dict[int, StepRecord]]] = {}
+        labels: dict[int, dict[str, str]] = {}
         with self._lock:
             now = self.clock()
             existing: dict[int, str] = {}
@@ -51,6 +52,7 @@ class Batches(MemoryCore):
                     )
                     steps = {s.position: self._store_step(s, now) for s in snapshot.steps}
                     check_aware(task.run_after if task is not None else None)
+                    labels[index] = self._merged_labels(snapshot)
                 except InvalidArgumentError as exc:
                     raise InvalidArgumentError(f"inputs[{index}]: {exc}") from exc
                 except SerializationError as exc:
@@ -61,6 +63,8 @@ class Batches(MemoryCore):
                 snapshot, task = batch[index]
                 self._workflows[snapshot.id] = stored
                 self._steps[snapshot.id] = steps
+                if labels[index]:
+                    self._labels[snapshot.id] = labels[index]
                 if snapshot.idempotency_key is not None:
                     self._idempotency[snapshot.idempotency_key] = snapshot.id
                 if task is not None:

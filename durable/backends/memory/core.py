@@ -32,6 +32,7 @@ from durable.models import (
     WorkflowStatus,
 )
 from durable.serialization import Serializer
+from durable.validation import MAX_LABELS, check_labels
 
 
 def utcnow() -> datetime:
@@ -68,6 +69,20 @@ class MemoryCore(PersistentBackend):
     _executors: dict[str, ExecutorInfo]
     _messages: dict[str, list[Message]]
     """Per workflow, its messages in the order stored, their values serialized."""
+    _labels: dict[str, dict[str, str]]
+    """Per workflow, its labels (absent: none)."""
+
+    def _merged_labels(self, snapshot: WorkflowSnapshot) -> dict[str, str]:
+        """The labels a new workflow gets: its own (checked) over its parent's."""
+        own = check_labels(snapshot.labels)
+        inherited = self._labels.get(snapshot.parent_id or "", {})
+        merged = {**inherited, **own}
+        if len(merged) > MAX_LABELS:
+            raise InvalidArgumentError(
+                f"workflow {snapshot.id!r}: at most {MAX_LABELS} labels per workflow, got "
+                f"{len(merged)} with those inherited from {snapshot.parent_id!r}"
+            )
+        return merged
 
     # -- (de)serialization of stored values -------------------------------------------------
 

@@ -59,6 +59,7 @@ class Retention(MemoryCore):
                 self._messages.pop(info.id, None)
                 self._events.pop(info.id, None)
                 self._streams.pop(info.id, None)
+                self._labels.pop(info.id, None)
                 for key in [k for k in self._tasks if k[0] == info.id]:
                     del self._tasks[key]
                 if info.idempotency_key is not None:

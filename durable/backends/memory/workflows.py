@@ -4,7 +4,7 @@ requeue."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from durable.backends.base import check_aware, deadline_error
@@ -28,6 +28,7 @@ from durable.models import (
     WorkflowStatus,
     as_status_set,
 )
+from durable.validation import check_labels
 
 
 class Workflows(MemoryCore):
@@ -44,6 +45,7 @@ class Workflows(MemoryCore):
             if existing_id is not None:
                 return self._load_info(self._workflows[existing_id], lenient=True), False
             now = self.clock()
+            labels = self._merged_labels(snapshot)
             header = snapshot.header()
             stored = self._store_info(
                 dataclasses.replace(
@@ -57,6 +59,8 @@ class Workflows(MemoryCore):
             check_aware(task.run_after if task is not None else None)
             self._workflows[snapshot.id] = stored
             self._steps[snapshot.id] = steps
+            if labels:
+                self._labels[snapshot.id] = labels
             if snapshot.idempotency_key is not None:
                 self._idempotency[snapshot.idempotency_key] = snapshot.id
             if task is not None:
@@ -116,6 +120,7 @@ class Workflows(MemoryCore):
                 return False
             self._steps.pop(instance_id, None)
             self._messages.pop(instance_id, None)
+            self._labels.pop(instance_id, None)
             for key in [k for k in self._tasks if k[0] == instance_id]:
                 del self._tasks[key]
             if info.idempotency_key is not None:
@@ -130,9 +135,11 @@ class Workflows(MemoryCore):
         parent_id: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> Page[WorkflowInfo]:
         statuses = as_status_set(status)
         check_limit(limit)
+        wanted = check_labels(labels, "labels filter").items()
         after = decode_cursor(cursor) if cursor is not None else None
         with self._lock:
             rows = [
@@ -141,6 +148,7 @@ class Workflows(MemoryCore):
                 if (statuses is None or w.status in statuses)
                 and (name is None or w.name == name)
                 and (parent_id is None or w.parent_id == parent_id)
+                and wanted <= self._labels.get(w.id, {}).items()
             ]
             rows.sort(key=lambda w: (w.created_at, w.id), reverse=True)
             if after is not None:

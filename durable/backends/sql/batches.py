@@ -21,6 +21,7 @@ themselves are :mod:`.workflows`, which this area sits in front of:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -30,11 +31,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from durable.backends.base import batch_owners, check_aware
-from durable.backends.sql.core import SQLCore
+from durable.backends.sql.core import SQLCore, write_labels
 from durable.backends.sql.direct import CompiledStatement
-from durable.backends.sql.schema import UTCDateTime, steps, tasks, workflows
+from durable.backends.sql.schema import UTCDateTime, steps, tasks, workflow_labels, workflows
 from durable.errors import InvalidArgumentError, SerializationError
 from durable.models import TaskSpec, WorkflowInfo, WorkflowSnapshot
+from durable.validation import check_labels
 
 _HEADER_FIELDS = tuple(WorkflowInfo.__dataclass_fields__)
 #: Rows per ``SELECT`` looking up the batch's existing workflows (two parameters a row).
@@ -65,15 +67,20 @@ class Enqueues(SQLCore):
             )
         )
         self._create_direct: CompiledStatement | None = None
+        self._create_child_direct: CompiledStatement | None = None
         if self._direct:
             self._create_direct = CompiledStatement(
                 self._create_in_one_statement(), self.engine.dialect
             )
+            self._create_child_direct = CompiledStatement(
+                self._create_in_one_statement(inherit=True), self.engine.dialect
+            )
 
-    def _create_in_one_statement(self) -> sa.Select[Any]:
+    def _create_in_one_statement(self, *, inherit: bool = False) -> sa.Select[Any]:
         """PostgreSQL: insert the workflow (``w_<column>``), then, only if it was inserted, its
         task (``t_<column>``, as :attr:`_insert_task`) and a notification on the work channel;
-        the inserted row is returned (no row: it existed)."""
+        the inserted row is returned (no row: it existed). With ``inherit``, also copy the
+        labels of its parent (``w_parent_id``) to it: a child without labels of its own."""
         d = self.dialect
         inserted = (
             pg.insert(workflows)
@@ -102,18 +109,39 @@ class Enqueues(SQLCore):
             .cte("t")
         )
         notify = self._notify.selected_columns[0]  # pg_notify(<the work channel>, '')
-        return sa.select(*inserted.c, notify.label("notified")).add_cte(add_task)
+        ctes = [add_task]
+        if inherit:
+            parent = sa.bindparam("w_parent_id", type_=workflows.c.parent_id.type)
+            ctes.append(
+                sa.insert(workflow_labels)
+                .from_select(
+                    ["workflow_id", "key", "value"],
+                    sa.select(inserted.c.id, workflow_labels.c.key, workflow_labels.c.value)
+                    .select_from(inserted)
+                    .join(workflow_labels, workflow_labels.c.workflow_id == parent),
+                )
+                .cte("l")
+            )
+        return sa.select(*inserted.c, notify.label("notified")).add_cte(*ctes)
 
     async def create_workflow(
         self, snapshot: WorkflowSnapshot, *, task: TaskSpec | None = None
     ) -> tuple[WorkflowInfo, bool]:
-        if self._create_direct is not None and task is not None and not snapshot.steps:
+        # a child inherits its parent's labels in the same statement; its own labels (merged
+        # over them, counted) go the ordinary way
+        statement = self._create_direct if snapshot.parent_id is None else self._create_child_direct
+        if (
+            statement is not None
+            and task is not None
+            and not snapshot.steps
+            and not snapshot.labels
+        ):
             now = datetime.now(UTC)
             row = self._workflow_row(snapshot, now, 1)
             params = {f"w_{k}": v for k, v in row.items()}
             params.update(self._task_row(task, now))
             done = await self._run_direct(
-                self._create_direct, params, what=f"create workflow {snapshot.id!r}"
+                statement, params, what=f"create workflow {snapshot.id!r}"
             )
             if done is not None and done.rows:
                 self.notify_work()
@@ -144,9 +172,16 @@ class Enqueues(SQLCore):
         rows: dict[int, dict[str, Any]] = {}
         step_rows: dict[int, list[dict[str, Any]]] = {}
         task_rows: dict[int, dict[str, Any]] = {}
+        labelled: dict[int, WorkflowSnapshot] = {}
         for index in firsts:  # every value serialized and checked before anything is written
             snapshot, task = batch[index]
             try:
+                if snapshot.labels:
+                    labelled[index] = dataclasses.replace(
+                        snapshot, labels=check_labels(snapshot.labels)
+                    )
+                elif snapshot.parent_id is not None:
+                    labelled[index] = snapshot
                 rows[index] = self._workflow_row(snapshot, now, 1)
                 step_rows[index] = [self._step_row(snapshot.id, s, now) for s in snapshot.steps]
                 if task is not None:
@@ -169,6 +204,8 @@ class Enqueues(SQLCore):
             for index in new:
                 if step_rows[index]:
                     conn.execute(sa.insert(steps), step_rows[index])
+            if labelled:
+                write_labels(conn, [labelled[i] for i in new if i in labelled])
             new_tasks = [task_rows[i] for i in new if i in task_rows]
             if new_tasks:
                 self._insert_batch_tasks(conn, new_tasks)

@@ -32,7 +32,7 @@ from durable.backends.rows import RowRef, step_values, workflow_values
 from durable.backends.sql.dialects import SQLDialect
 from durable.backends.sql.direct import BlockingDirectStatements, CompiledStatement, DirectResult
 from durable.backends.sql.runners import Runner
-from durable.backends.sql.schema import UTCDateTime, steps, tasks, workflows
+from durable.backends.sql.schema import UTCDateTime, steps, tasks, workflow_labels, workflows
 from durable.errors import (
     ClaimLostError,
     DurableError,
@@ -48,6 +48,7 @@ from durable.models import (
     WorkflowStatus,
 )
 from durable.serialization import Serializer
+from durable.validation import MAX_LABELS, check_labels
 
 T = TypeVar("T")
 
@@ -383,3 +384,49 @@ async def stop_listener(listener: asyncio.Task[None] | None) -> None:
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await listener
+
+
+# -- labels: written with their workflow, searched by (key, value) ------------------------------
+
+
+def has_labels(labels: Mapping[str, str] | None) -> list[sa.ColumnElement[bool]]:
+    """The conditions on ``workflows`` of a listing filtered by ``labels`` (every pair): one
+    ``id IN (ids carrying key = value)`` each, which the index on (key, value) answers."""
+    wanted = check_labels(labels, "labels filter")
+    return [
+        workflows.c.id.in_(
+            sa.select(workflow_labels.c.workflow_id).where(
+                workflow_labels.c.key == key, workflow_labels.c.value == value
+            )
+        )
+        for key, value in sorted(wanted.items())
+    ]
+
+
+def write_labels(conn: sa.Connection, created: Sequence[WorkflowSnapshot]) -> None:
+    """Store the labels of workflows just created in this transaction: each snapshot's own,
+    merged over its parent's (as stored now) when it has a ``parent_id``. A workflow with no
+    labels and no parent costs nothing; children cost one read of their parents' labels.
+
+    :raises InvalidArgumentError: more than :data:`MAX_LABELS` once merged (the caller's
+        transaction is rolled back).
+    """
+    parents = sorted({s.parent_id for s in created if s.parent_id is not None})
+    inherited: dict[str, dict[str, str]] = {}
+    if parents:
+        rows = conn.execute(
+            sa.select(workflow_labels).where(workflow_labels.c.workflow_id.in_(parents))
+        )
+        for row in rows:
+            inherited.setdefault(row.workflow_id, {})[row.key] = row.value
+    values: list[dict[str, str]] = []
+    for snapshot in created:
+        merged = {**inherited.get(snapshot.parent_id or "", {}), **snapshot.labels}
+        if len(merged) > MAX_LABELS:
+            raise InvalidArgumentError(
+                f"workflow {snapshot.id!r}: at most {MAX_LABELS} labels per workflow, got "
+                f"{len(merged)} with those inherited from {snapshot.parent_id!r}"
+            )
+        values += [{"workflow_id": snapshot.id, "key": k, "value": v} for k, v in merged.items()]
+    if values:
+        conn.execute(sa.insert(workflow_labels), values)

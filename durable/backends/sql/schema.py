@@ -273,3 +273,21 @@ schedules = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Index(None, "next_run_at"),
 )
+
+# -- labels (WorkflowSnapshot.labels): written once, with their workflow ----------------------
+
+workflow_labels = sa.Table(
+    f"{PREFIX}workflow_labels",
+    metadata,
+    sa.Column(
+        "workflow_id",
+        _ID,
+        sa.ForeignKey(workflows.c.id, ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    # bounded (durable.validation.MAX_LABEL_*) so that (key, value) fits MySQL's index key limit
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(255), nullable=False),
+    # search by label: the workflows carrying key = value
+    sa.Index(None, "key", "value"),
+)

@@ -6,7 +6,8 @@ workflow (begin, steps, finish) is :mod:`.execution`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +15,7 @@ import sqlalchemy as sa
 
 from durable.backends.base import deadline_error
 from durable.backends.cursors import decode_cursor, encode_cursor
-from durable.backends.sql.core import P_IID, STEP_COLUMNS, SQLCore
+from durable.backends.sql.core import P_IID, STEP_COLUMNS, SQLCore, has_labels, write_labels
 from durable.backends.sql.schema import steps, tasks, workflows
 from durable.errors import (
     BackendError,
@@ -35,6 +36,7 @@ from durable.models import (
     WorkflowStatus,
     as_status_set,
 )
+from durable.validation import check_labels
 
 _TERMINAL = [s.value for s in WorkflowStatus if s.is_terminal]
 _UNFINISHED = [s.value for s in WorkflowStatus if not s.is_terminal]
@@ -71,6 +73,9 @@ class WorkflowRecords(SQLCore):
         self, snapshot: WorkflowSnapshot, *, task: TaskSpec | None = None
     ) -> tuple[WorkflowInfo, bool]:
         now = datetime.now(UTC)
+        labelled = snapshot.labels or snapshot.parent_id is not None
+        if snapshot.labels:
+            snapshot = dataclasses.replace(snapshot, labels=check_labels(snapshot.labels))
         row = self._workflow_row(snapshot, now, 1)
         step_rows = [self._step_row(snapshot.id, s, now) for s in snapshot.steps]
         task_row = self._task_row(task, now) if task is not None else None
@@ -84,6 +89,8 @@ class WorkflowRecords(SQLCore):
                 return self._info(existing, lenient=True), False
             if step_rows:
                 conn.execute(sa.insert(steps), step_rows)
+            if labelled:
+                write_labels(conn, [snapshot])
             if task_row is not None:
                 conn.execute(self._insert_task, task_row)
                 self._announce_work(conn)
@@ -190,11 +197,12 @@ class WorkflowRecords(SQLCore):
         parent_id: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> Page[WorkflowInfo]:
         statuses = as_status_set(status)
         if limit < 1:
             raise InvalidArgumentError(f"limit must be at least 1, got {limit}")
-        query = sa.select(workflows)
+        query = sa.select(workflows).where(*has_labels(labels))
         if statuses is not None:
             query = query.where(workflows.c.status.in_([s.value for s in statuses]))
         if name is not None:

@@ -45,6 +45,9 @@ same fixtures while you write that area (CONTRIBUTING.md walks through them in o
   (compare-and-set with the enqueue) under racing schedulers, missed-tick policies;
 * :class:`RetentionContract`: finished workflows past a time deleted in batches with what hangs
   off them, unfinished ones and children of unfinished parents kept, racing deleters;
+* :class:`LabelContract`: labels stored with new workflows (children inherit), searched with
+  the listing's filters and pages, refused when malformed, deleted with their workflow;
+  workflows counted by status;
 * :class:`WakeUpContract`: ``wait_for_work``;
 * :class:`EventContract`: events workflows publish (latest value wins, fenced, watched);
 * :class:`StreamContract`: streams workflows publish (in order, each once, closed, watched);
@@ -86,6 +89,7 @@ from durable.testing.contract.deadlines import DeadlineContract
 from durable.testing.contract.events import EventContract, StreamContract
 from durable.testing.contract.execution import ExecutionContract
 from durable.testing.contract.fanout import FanOutContract
+from durable.testing.contract.labels import LabelContract
 from durable.testing.contract.messages import MessageContract
 from durable.testing.contract.registry import RegistryContract
 from durable.testing.contract.retention import RetentionContract
@@ -107,6 +111,7 @@ __all__ = [
     "EventContract",
     "ExecutionContract",
     "FanOutContract",
+    "LabelContract",
     "MessageContract",
     "RegistryContract",
     "RetentionContract",
@@ -134,6 +139,7 @@ class BackendContractTests(
     DeadlineContract,
     ScheduleContract,
     RetentionContract,
+    LabelContract,
     WakeUpContract,
     EventContract,
     StreamContract,

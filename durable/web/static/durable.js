@@ -15,7 +15,7 @@
           var cell = document.getElementById("count-" + status);
           if (!cell) return;
           var n = data.counts[status];
-          cell.textContent = n > data.cap ? data.cap + "+" : String(n);
+          cell.textContent = String(n);
         });
         document.getElementById("counts").setAttribute("data-refreshed", String(Date.now()));
       })
