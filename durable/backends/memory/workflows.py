@@ -4,8 +4,9 @@ requeue."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 from durable.backends.base import check_aware, deadline_error
 from durable.backends.cursors import decode_cursor, encode_cursor
@@ -29,6 +30,8 @@ from durable.models import (
     as_status_set,
 )
 from durable.validation import check_labels
+
+T = TypeVar("T")
 
 
 class Workflows(MemoryCore):
@@ -150,13 +153,9 @@ class Workflows(MemoryCore):
                 and (parent_id is None or w.parent_id == parent_id)
                 and wanted <= self._labels.get(w.id, {}).items()
             ]
-            rows.sort(key=lambda w: (w.created_at, w.id), reverse=True)
-            if after is not None:
-                rows = [w for w in rows if (w.created_at, w.id) < after]
-            page = rows[: limit + 1]
-            items = [self._load_info(w, lenient=True) for w in page[:limit]]
-        next_cursor = encode_cursor(items[-1]) if len(page) > limit else None
-        return Page(items, next_cursor)
+            page, more = newest_first(rows, lambda w: w, after, limit)
+            items = [self._load_info(w, lenient=True) for w in page]
+        return Page(items, encode_cursor(items[-1]) if more else None)
 
     async def list_waiting(
         self,
@@ -177,16 +176,11 @@ class Workflows(MemoryCore):
                 last = steps[max(steps)]
                 if last.status is StepStatus.PENDING and last.name in names:
                     rows.append((w, last))
-            rows.sort(key=lambda r: (r[0].created_at, r[0].id), reverse=True)
-            if after is not None:
-                rows = [r for r in rows if (r[0].created_at, r[0].id) < after]
-            page = rows[: limit + 1]
+            page, more = newest_first(rows, lambda r: r[0], after, limit)
             items = [
-                (self._load_info(w, lenient=True), self._load_step(w.id, last))
-                for w, last in page[:limit]
+                (self._load_info(w, lenient=True), self._load_step(w.id, last)) for w, last in page
             ]
-        next_cursor = encode_cursor(items[-1][0]) if len(page) > limit else None
-        return Page(items, next_cursor)
+        return Page(items, encode_cursor(items[-1][0]) if more else None)
 
     async def list_steps(self, instance_id: str) -> list[StepRecord]:
         with self._lock:
@@ -296,3 +290,18 @@ class Workflows(MemoryCore):
 _REQUEUEABLE = frozenset(
     {WorkflowStatus.FAILED, WorkflowStatus.DEAD_LETTER, WorkflowStatus.CANCELLED}
 )
+
+
+def newest_first(
+    rows: list[T],
+    workflow: Callable[[T], WorkflowInfo],
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> tuple[list[T], bool]:
+    """One page of a newest-first listing of ``rows`` (``workflow`` gives each row's workflow):
+    those after the keyset position ``after`` (``created_at`` then ``id``, both descending), at
+    most ``limit``, and whether more follow."""
+    rows.sort(key=lambda r: (workflow(r).created_at, workflow(r).id), reverse=True)
+    if after is not None:
+        rows = [r for r in rows if (workflow(r).created_at, workflow(r).id) < after]
+    return rows[:limit], len(rows) > limit

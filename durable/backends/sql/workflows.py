@@ -200,8 +200,6 @@ class WorkflowRecords(SQLCore):
         labels: Mapping[str, str] | None = None,
     ) -> Page[WorkflowInfo]:
         statuses = as_status_set(status)
-        if limit < 1:
-            raise InvalidArgumentError(f"limit must be at least 1, got {limit}")
         query = sa.select(workflows).where(*has_labels(labels))
         if statuses is not None:
             query = query.where(workflows.c.status.in_([s.value for s in statuses]))
@@ -209,17 +207,7 @@ class WorkflowRecords(SQLCore):
             query = query.where(workflows.c.name == name)
         if parent_id is not None:
             query = query.where(workflows.c.parent_id == parent_id)
-        if cursor is not None:
-            created, after_id = decode_cursor(cursor)
-            query = query.where(
-                sa.or_(
-                    workflows.c.created_at < created,
-                    sa.and_(workflows.c.created_at == created, workflows.c.id < after_id),
-                )
-            )
-        query = query.order_by(workflows.c.created_at.desc(), workflows.c.id.desc()).limit(
-            limit + 1
-        )
+        query = newest_first(query, cursor, limit)
 
         def fn(conn: sa.Connection) -> Page[WorkflowInfo]:
             rows = conn.execute(query).all()
@@ -235,8 +223,6 @@ class WorkflowRecords(SQLCore):
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[tuple[WorkflowInfo, StepRecord]]:
-        if limit < 1:
-            raise InvalidArgumentError(f"limit must be at least 1, got {limit}")
         later = steps.alias("later")
         last = sa.and_(
             steps.c.workflow_id == workflows.c.id,
@@ -255,17 +241,7 @@ class WorkflowRecords(SQLCore):
                 steps.c.name.in_(list(step_names)),
             )
         )
-        if cursor is not None:
-            created, after_id = decode_cursor(cursor)
-            query = query.where(
-                sa.or_(
-                    workflows.c.created_at < created,
-                    sa.and_(workflows.c.created_at == created, workflows.c.id < after_id),
-                )
-            )
-        query = query.order_by(workflows.c.created_at.desc(), workflows.c.id.desc()).limit(
-            limit + 1
-        )
+        query = newest_first(query, cursor, limit)
 
         def fn(conn: sa.Connection) -> Page[tuple[WorkflowInfo, StepRecord]]:
             if not step_names:
@@ -446,3 +422,23 @@ class WorkflowRecords(SQLCore):
                         )
                     )
                 )
+
+
+def newest_first(query: sa.Select[Any], cursor: str | None, limit: int) -> sa.Select[Any]:
+    """``query`` over ``workflows`` as one page of a newest-first listing: the rows after
+    ``cursor`` (keyset: ``created_at`` then ``id``, both descending), ``limit + 1`` of them (the
+    extra row says whether a next page exists).
+
+    :raises InvalidArgumentError: ``limit`` below 1, or a malformed cursor.
+    """
+    if limit < 1:
+        raise InvalidArgumentError(f"limit must be at least 1, got {limit}")
+    if cursor is not None:
+        created, after_id = decode_cursor(cursor)
+        query = query.where(
+            sa.or_(
+                workflows.c.created_at < created,
+                sa.and_(workflows.c.created_at == created, workflows.c.id < after_id),
+            )
+        )
+    return query.order_by(workflows.c.created_at.desc(), workflows.c.id.desc()).limit(limit + 1)
