@@ -81,6 +81,7 @@ from durable.models import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
+from durable.outbox import enqueue_in, send_in
 from durable.registry import Registry, default_registry
 from durable.retention import Retention
 from durable.retry import RetryPolicy
@@ -89,6 +90,12 @@ from durable.serialization import JSONSerializer, PickleSerializer, Serializer
 from durable.step import AsyncStep, Step, SyncStep, map, run_step, step
 from durable.streams import close_stream, close_stream_sync, write_stream, write_stream_sync
 from durable.timers import sleep, sleep_sync, sleep_until, sleep_until_sync
+from durable.transactional import (
+    AsyncTransactionStep,
+    SyncTransactionStep,
+    TransactionStep,
+    transaction,
+)
 from durable.workflow import AsyncWorkflow, SyncWorkflow, Workflow, workflow
 
 if _typing.TYPE_CHECKING:
@@ -99,6 +106,8 @@ if _typing.TYPE_CHECKING:
 __all__ = [
     "WORKFLOW_TASK",
     "AsyncStep",
+    # exactly-once work in the application's database
+    "AsyncTransactionStep",
     "AsyncWorkflow",
     "AvailableTask",
     "BackendError",
@@ -148,10 +157,12 @@ __all__ = [
     "StepTimeoutError",
     "StreamClosedError",
     "SyncStep",
+    "SyncTransactionStep",
     "SyncWorkflow",
     "TaskClaim",
     "TaskNotFoundError",
     "TaskSpec",
+    "TransactionStep",
     "UnknownWorkflowError",
     "Waiting",
     "Worker",
@@ -174,12 +185,14 @@ __all__ = [
     "connect",
     "continue_as_new",
     "default_registry",
+    "enqueue_in",
     "map",
     "recv",
     "recv_sync",
     "run_step",
     "scheduled",
     "send",
+    "send_in",
     "send_sync",
     "set_event",
     "set_event_sync",
@@ -191,6 +204,7 @@ __all__ = [
     "start_timer_sync",
     "step",
     "step_guard",
+    "transaction",
     "workflow",
     "workflow_id",
     "write_stream",

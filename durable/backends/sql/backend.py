@@ -54,6 +54,7 @@ from durable.backends.sql.retention import Retention
 from durable.backends.sql.runners import AsyncRunner, InlineRunner, Runner
 from durable.backends.sql.schedules import Schedules
 from durable.backends.sql.schema import PREFIX
+from durable.backends.sql.transactions import Transactions
 from durable.backends.sql.wakeups import WORK_CHANNEL, WakeUps
 from durable.backends.sql.workflows import WorkflowRecords
 from durable.errors import (
@@ -88,6 +89,7 @@ class SQLAlchemyBackend(
     Schedules,
     Retention,
     WakeUps,
+    Transactions,
 ):
     """Durable's storage on SQLite or PostgreSQL.
 

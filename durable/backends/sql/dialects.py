@@ -90,6 +90,11 @@ class SQLDialect:
         """The table ``exc`` says does not exist, or None if it says something else."""
         raise NotImplementedError
 
+    def database_identity(self) -> sa.Select[Any]:
+        """One row that identifies the server and database a connection is connected to (two
+        connections to the same database return the same row)."""
+        raise NotImplementedError
+
 
 class SQLiteDialect(SQLDialect):
     name = "sqlite"
@@ -127,6 +132,14 @@ class SQLiteDialect(SQLDialect):
     def missing_table(self, exc: sa.exc.DBAPIError) -> str | None:
         found = re.search(r"no such table: (\S+)", str(exc.orig))
         return found.group(1) if found else None
+
+    def database_identity(self) -> sa.Select[Any]:
+        # the main database's file ('' for an in-memory database)
+        return (
+            sa.select(sa.column("file", sa.String()))
+            .select_from(sa.table("pragma_database_list"))
+            .where(sa.column("name", sa.String()) == "main")
+        )
 
 
 class PostgresDialect(SQLDialect):
@@ -178,6 +191,15 @@ class PostgresDialect(SQLDialect):
             return None
         found = re.search(r'relation "([^"]+)" does not exist', str(exc.orig))
         return found.group(1) if found else None
+
+    def database_identity(self) -> sa.Select[Any]:
+        # the database's name, the server's port and the time its postmaster started (to the
+        # microsecond): another server or another database of the same server differs
+        return sa.select(
+            sa.func.current_database(),
+            sa.func.inet_server_port(),
+            sa.cast(sa.func.pg_postmaster_start_time(), sa.Text()),
+        )
 
 
 def dialect_for(name: str) -> SQLDialect:

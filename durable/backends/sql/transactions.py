@@ -1,0 +1,204 @@
+"""Exactly-once work in the application's own database: a step's body and its record in one
+transaction (:meth:`Transactions.run_transactional_step`), and executions and messages recorded
+in the caller's transaction (:meth:`Transactions.enqueue_in_transaction`,
+:meth:`Transactions.send_in_transaction`).
+
+Part of :class:`~durable.backends.sql.backend.SQLAlchemyBackend` (see :mod:`.core`). Nothing
+here has statements of its own: a transactional step is recorded by the fenced upsert of
+:mod:`.execution` (the same claim fence as every step record), an enqueue in the caller's
+transaction runs what :mod:`.batches` runs for ``enqueue_many``, a send what :mod:`.messages`
+runs for a send. Only the transaction is someone else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from durable.backends.sql.core import SQLCore
+from durable.backends.sql.runners import AsyncRunner, InlineRunner
+from durable.errors import ConfigurationError, DurableError
+from durable.models import WORKFLOW_TASK, StepRecord, TaskSpec, WorkflowInfo, WorkflowSnapshot
+
+
+class _BodyFailed(Exception):
+    """Carries what the step's body (or its record) raised out of the transaction, which
+    rolls back; the caller raises the original."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
+
+
+class Transactions(SQLCore):
+    """A step's body with its record in one transaction; enqueues and sends in the caller's."""
+
+    supports_transactions = True
+
+    if TYPE_CHECKING:  # provided by Execution (.execution), Enqueues (.batches), Messages
+
+        def _record_step_call(
+            self, instance_id: str, step: StepRecord, worker_id: str, task_id: str
+        ) -> tuple[
+            dict[str, Any],
+            Callable[[sa.Connection], None],
+            Callable[[sa.Connection], DurableError],
+        ]: ...
+
+        def _creation(
+            self, batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]]
+        ) -> tuple[Callable[[sa.Connection], list[tuple[WorkflowInfo, bool]]], bool]: ...
+
+        def _sending(
+            self, instance_id: str, topic: str, text: str, idempotency_key: str | None
+        ) -> Callable[[sa.Connection], tuple[bool, bool]]: ...
+
+    # -- a step's body and its record in one transaction ---------------------------------------
+
+    def _step_transaction(
+        self,
+        instance_id: str,
+        body: Callable[[Any], Any],
+        record: Callable[[Any], StepRecord],
+        worker_id: str,
+        task_id: str,
+    ) -> Callable[[sa.Connection], StepRecord]:
+        """The transaction of a sync body: the body, then its record by the fenced upsert of
+        :mod:`.execution` (refused: the transaction rolls back)."""
+
+        def fn(conn: sa.Connection) -> StepRecord:
+            try:
+                made = record(body(conn))
+            except BaseException as exc:  # the user's: carried out, then raised as it was
+                raise _BodyFailed(exc) from None
+            _params, write, _explain = self._record_step_call(instance_id, made, worker_id, task_id)
+            write(conn)  # raises ClaimLostError or StepAlreadyRecordedError when refused
+            return made
+
+        return fn
+
+    async def run_transactional_step(
+        self,
+        instance_id: str,
+        body: Callable[[Any], Any],
+        record: Callable[[Any], StepRecord],
+        *,
+        worker_id: str,
+        task_id: str = WORKFLOW_TASK,
+        is_async: bool = False,
+    ) -> StepRecord:
+        what = f"run a transactional step of workflow {instance_id!r}"
+        runner = self._runner
+        try:
+            if is_async:
+                if not isinstance(runner, AsyncRunner):
+                    raise ConfigurationError(
+                        "an async @durable.transaction step needs an async engine (durable's "
+                        f"database is {self._shown_url_for_errors()}, on a sync driver): use "
+                        "sqlite+aiosqlite:// or PostgreSQL, or make the step a plain def"
+                    )
+
+                async def transaction(conn: AsyncConnection) -> StepRecord:
+                    try:
+                        made = record(await body(conn))
+                    except BaseException as exc:
+                        raise _BodyFailed(exc) from None
+                    _params, write, _explain = self._record_step_call(
+                        instance_id, made, worker_id, task_id
+                    )
+                    await conn.run_sync(write)
+                    return made
+
+                with self._errors(what):
+                    return await runner.async_transaction(transaction)
+            fn = self._step_transaction(instance_id, body, record, worker_id, task_id)
+            with self._errors(what):
+                if isinstance(runner, InlineRunner) and runner.thread_safe:
+                    # the body may take a while: not on the event loop's thread
+                    return await asyncio.to_thread(runner.run, fn)
+                return await runner.transaction(fn)
+        except _BodyFailed as failed:
+            raise failed.error from None
+
+    def run_transactional_step_blocking(
+        self,
+        instance_id: str,
+        body: Callable[[Any], Any],
+        record: Callable[[Any], StepRecord],
+        *,
+        worker_id: str,
+        task_id: str = WORKFLOW_TASK,
+    ) -> StepRecord | None:
+        runner = self._runner
+        if not (isinstance(runner, InlineRunner) and runner.thread_safe):
+            return None  # an async engine's transaction runs on its event loop
+        fn = self._step_transaction(instance_id, body, record, worker_id, task_id)
+        try:
+            with self._errors(f"run a transactional step of workflow {instance_id!r}"):
+                return runner.run(fn)
+        except _BodyFailed as failed:
+            raise failed.error from None
+
+    def _shown_url_for_errors(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    # -- in the caller's transaction -----------------------------------------------------------
+
+    def enqueue_in_transaction(
+        self, connection: Any, batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]]
+    ) -> list[tuple[WorkflowInfo, bool]]:
+        fn, _with_tasks = self._creation(batch)  # every value checked before anything runs
+        with self._errors("enqueue in the caller's transaction"):
+            return fn(self._caller(connection))
+
+    def send_in_transaction(
+        self,
+        connection: Any,
+        instance_id: str,
+        topic: str,
+        value: Any,
+        *,
+        idempotency_key: str | None = None,
+    ) -> bool:
+        text = self.serializer.dumps(value)  # before anything is written
+        fn = self._sending(instance_id, topic, text, idempotency_key)
+        with self._errors(
+            f"send a message to workflow {instance_id!r} in the caller's transaction"
+        ):
+            stored, _woken = fn(self._caller(connection))
+        return stored
+
+    def database_identity(self, connection: Any) -> tuple[Any, ...]:
+        with self._errors("identify the caller's database"):
+            return tuple(self._caller(connection).execute(self.dialect.database_identity()).one())
+
+    async def own_database_identity(self) -> tuple[Any, ...]:
+        found: tuple[Any, ...] | None = self.__dict__.get("_own_identity")
+        if found is None:
+            found = await self._run(
+                lambda conn: tuple(conn.execute(self.dialect.database_identity()).one()),
+                what="identify durable's database",
+            )
+            self.__dict__["_own_identity"] = found
+        return found
+
+    def _caller(self, connection: Any) -> sa.Connection:
+        """The caller's connection, checked: a sync SQLAlchemy ``Connection`` to a database of
+        this backend's kind."""
+        if not isinstance(connection, sa.Connection):
+            raise ConfigurationError(
+                "expected a SQLAlchemy Connection in a transaction, got "
+                f"{type(connection).__qualname__}"
+            )
+        name = connection.dialect.name
+        if name != self.dialect.name:
+            raise ConfigurationError(
+                f"the connection is to a {name} database, but durable's tables are in a "
+                f"{self.dialect.name} database: the caller's transaction must be on durable's "
+                "own database"
+            )
+        return connection
