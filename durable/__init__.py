@@ -106,7 +106,6 @@ if _typing.TYPE_CHECKING:
 __all__ = [
     "WORKFLOW_TASK",
     "AsyncStep",
-    # exactly-once work in the application's database
     "AsyncTransactionStep",
     "AsyncWorkflow",
     "AvailableTask",
