@@ -93,7 +93,8 @@ def _backend(conn: sa.Connection, using: Owner | None, what: str) -> PersistentB
         )
     if not backend.supports_transactions:
         raise backend._no_transactions(what)
-    own = backend.__dict__.get("_own_identity")
+    known = getattr(backend, "known_database_identity", None)  # no I/O where it can
+    own = known() if callable(known) else None
     if own is None:
         own = using.blocking(backend.own_database_identity())
     theirs = backend.database_identity(conn)

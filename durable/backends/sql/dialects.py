@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -95,6 +96,15 @@ class SQLDialect:
         connections to the same database return the same row)."""
         raise NotImplementedError
 
+    def identity_of(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The identity :meth:`database_identity`'s row stands for (normalized)."""
+        return row
+
+    def identity_from_url(self, url: URL) -> tuple[Any, ...] | None:
+        """The identity of the database at ``url`` when the URL alone tells it (no query: a
+        query could wait on a lock the caller's transaction holds), else None."""
+        return None
+
 
 class SQLiteDialect(SQLDialect):
     name = "sqlite"
@@ -140,6 +150,12 @@ class SQLiteDialect(SQLDialect):
             .select_from(sa.table("pragma_database_list"))
             .where(sa.column("name", sa.String()) == "main")
         )
+
+    def identity_of(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (os.path.realpath(row[0]) if row[0] else "",)
+
+    def identity_from_url(self, url: URL) -> tuple[Any, ...] | None:
+        return ("" if _is_memory(url) else os.path.realpath(url.database or ""),)
 
 
 class PostgresDialect(SQLDialect):

@@ -174,16 +174,24 @@ class Transactions(SQLCore):
 
     def database_identity(self, connection: Any) -> tuple[Any, ...]:
         with self._errors("identify the caller's database"):
-            return tuple(self._caller(connection).execute(self.dialect.database_identity()).one())
+            row = self._caller(connection).execute(self.dialect.database_identity()).one()
+        return self.dialect.identity_of(tuple(row))
+
+    def known_database_identity(self) -> tuple[Any, ...] | None:
+        """:meth:`own_database_identity` when it needs no query (read before, or told by the
+        URL: a SQLite file), else None."""
+        found: tuple[Any, ...] | None = self.__dict__.get("_own_identity")
+        return found if found is not None else self.dialect.identity_from_url(self.engine.url)
 
     async def own_database_identity(self) -> tuple[Any, ...]:
-        found: tuple[Any, ...] | None = self.__dict__.get("_own_identity")
+        found = self.known_database_identity()
         if found is None:
-            found = await self._run(
+            row = await self._run(
                 lambda conn: tuple(conn.execute(self.dialect.database_identity()).one()),
                 what="identify durable's database",
             )
-            self.__dict__["_own_identity"] = found
+            found = self.dialect.identity_of(row)
+        self.__dict__["_own_identity"] = found
         return found
 
     def _caller(self, connection: Any) -> sa.Connection:
