@@ -33,7 +33,7 @@ def app_url(url: str, *, asynchronous: bool = False) -> str:
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[1]
         return f"sqlite+aiosqlite:///{path}" if asynchronous else f"sqlite:///{path}"
-    return url if asynchronous else url  # psycopg 3 has both
+    return url  # psycopg 3 is both a sync and an async driver
 
 
 def counts(engine: sa.Engine) -> tuple[int, int, int]:
@@ -47,7 +47,8 @@ def counts(engine: sa.Engine) -> tuple[int, int, int]:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest) -> str:
-    url = str(request.getfixturevalue({"sqlite": "sqlite_url", "postgres": "pg_url"}[request.param]))
+    fixture = {"sqlite": "sqlite_url", "postgres": "pg_url"}[request.param]
+    url = str(request.getfixturevalue(fixture))
     with durable.Client(url):  # durable's tables
         pass
     engine = sa.create_engine(app_url(url))
@@ -145,12 +146,18 @@ def test_clear_errors(db_url: str, tmp_path: Path) -> None:
     engine = sa.create_engine(app_url(db_url))
     other = sa.create_engine(f"sqlite:///{tmp_path / 'other.db'}")
     try:
-        with durable.Runtime(durable.InMemoryBackend(), recover=False) as memory:
-            with pytest.raises(durable.ConfigurationError, match="SQL"), engine.begin() as conn:
-                durable.enqueue_in(conn, echo, "x", using=memory)
-        with durable.Client(db_url) as client:
-            with pytest.raises(durable.ConfigurationError), other.begin() as conn:
-                durable.enqueue_in(conn, echo, "x", using=client)  # another database
+        with (
+            durable.Runtime(durable.InMemoryBackend(), recover=False) as memory,
+            pytest.raises(durable.ConfigurationError, match="SQL"),
+            engine.begin() as conn,
+        ):
+            durable.enqueue_in(conn, echo, "x", using=memory)
+        with (
+            durable.Client(db_url) as client,
+            pytest.raises(durable.ConfigurationError),
+            other.begin() as conn,
+        ):
+            durable.enqueue_in(conn, echo, "x", using=client)  # another database
         with pytest.raises(durable.DurableError, match="durable_"), other.begin() as conn:
             durable.enqueue_in(conn, echo, "x")  # no durable tables there
         with pytest.raises(durable.InvalidArgumentError, match="belongs"), engine.begin() as conn:
@@ -177,9 +184,12 @@ def test_another_database_on_the_same_postgres_server_is_refused(pg_url: str) ->
     other_url = pg_url.rsplit("/", 1)[0] + "/" + other_name
     other = sa.create_engine(other_url)
     try:
-        with durable.Client(pg_url) as client, other.begin() as conn:
-            with pytest.raises(durable.ConfigurationError, match="another database"):
-                durable.enqueue_in(conn, echo, "x", using=client)
+        with (
+            durable.Client(pg_url) as client,
+            pytest.raises(durable.ConfigurationError, match="another database"),
+            other.begin() as conn,
+        ):
+            durable.enqueue_in(conn, echo, "x", using=client)
     finally:
         other.dispose()
         with admin.connect() as conn:

@@ -24,8 +24,10 @@ pytestmark = pytest.mark.slow
 def start(url: str, mode: str, events: Path, pause: str, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, str(PROGRAM), "--url", url, "--mode", mode, "--events", str(events)]
-            + ["--pause", pause],
+            [
+                *(sys.executable, str(PROGRAM), "--url", url, "--mode", mode),
+                *("--events", str(events), "--pause", pause),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
@@ -58,8 +60,7 @@ def state(url: str) -> dict[str, object]:
             return {
                 "orders": conn.execute(sa.text("SELECT id, status FROM app_orders")).all(),
                 "ledger": [
-                    r[0]
-                    for r in conn.execute(sa.text("SELECT entry FROM app_ledger ORDER BY id"))
+                    r[0] for r in conn.execute(sa.text("SELECT entry FROM app_ledger ORDER BY id"))
                 ],
                 "workflows": conn.execute(sa.select(workflows.c.id, workflows.c.status)).all(),
                 "steps": [
