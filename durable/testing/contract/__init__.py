@@ -48,7 +48,9 @@ same fixtures while you write that area (CONTRIBUTING.md walks through them in o
 * :class:`WakeUpContract`: ``wait_for_work``;
 * :class:`EventContract`: events workflows publish (latest value wins, fenced, watched);
 * :class:`StreamContract`: streams workflows publish (in order, each once, closed, watched);
-* :class:`ConcurrencyContract`: connections returned, atomic claims, 200 concurrent calls.
+* :class:`ConcurrencyContract`: connections returned, atomic claims, 200 concurrent calls;
+* :class:`TransactionContract`: a step's body and its record in one transaction, fenced by the
+  claim (or, without ``supports_transactions``, refused).
 
 For example ``class TestMyClaims(ClaimContract)`` with the same ``backend`` fixture runs the
 claims area only. A backend passes when :class:`BackendContractTests`, all of them, passes: the
@@ -91,6 +93,7 @@ from durable.testing.contract.retention import RetentionContract
 from durable.testing.contract.schedules import ScheduleContract
 from durable.testing.contract.snapshots import SnapshotContract
 from durable.testing.contract.steps import StepContract
+from durable.testing.contract.transactions import TransactionContract
 from durable.testing.contract.wakeups import WakeUpContract
 from durable.testing.contract.workflows import WorkflowContract
 
@@ -112,6 +115,7 @@ __all__ = [
     "SnapshotContract",
     "StepContract",
     "StreamContract",
+    "TransactionContract",
     "WakeUpContract",
     "WorkflowContract",
 ]
@@ -135,6 +139,7 @@ class BackendContractTests(
     EventContract,
     StreamContract,
     ConcurrencyContract,
+    TransactionContract,
 ):
     """The whole contract suite: every area. Subclass it and define a ``backend`` fixture (see
     the module's docstring); optionally a ``backend_factory`` fixture for the multi-process
