@@ -213,5 +213,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print its table, write the JSON file; return the results."""
+    return bl.main(argv, parse_args, run, report)
+
+
 if __name__ == "__main__":
-    bl.main(None, parse_args, run, report)
+    main()

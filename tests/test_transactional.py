@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import Session
 
 import durable
 from durable.models import WORKFLOW_TASK, StepRecord, StepStatus, TaskSpec, WorkflowSnapshot
@@ -79,6 +80,19 @@ async def async_flow(entry: str, use_async: bool) -> list[int]:
     return [first, second]
 
 
+@durable.transaction(name="test.tx.orm")
+def orm_write(conn: sa.Connection, entry: str) -> int:
+    with Session(bind=conn) as session:  # the ORM, in the step's transaction: flush, no commit
+        session.execute(LEDGER.insert().values(entry=entry))
+        session.flush()
+        return int(session.scalar(sa.select(sa.func.count()).select_from(LEDGER)) or 0)
+
+
+@durable.workflow(name="test.tx.orm_flow")
+def orm_flow(entry: str) -> int:
+    return orm_write(entry)
+
+
 @durable.workflow(name="test.tx.flaky_flow")
 def flaky_flow(entry: str) -> str:
     return flaky(entry)
@@ -132,6 +146,13 @@ def test_retries_roll_back_the_failed_attempts(sqlite_url: str) -> None:
     assert CALLS == ["f", "f", "f"]
     assert ledger(sqlite_url) == ["f#3"]  # the two failed attempts left nothing
     assert step.attempts == 3
+
+
+def test_an_orm_session_on_the_steps_connection(sqlite_url: str) -> None:
+    create_ledger(sqlite_url)
+    with durable.Runtime(durable.connect(sqlite_url), recover=False) as rt:
+        assert rt.run_sync(orm_flow, "orm", workflow_id="w5") == 1
+    assert ledger(sqlite_url) == ["orm"]
 
 
 def test_called_outside_a_workflow_says_how_to_test_the_body(sqlite_url: str) -> None:
