@@ -60,6 +60,9 @@ class TransactionStep(Step[P, T], Generic[P, T]):
     """A step whose body runs in one transaction with its record (see the module docstring).
     Call it with the arguments after the connection."""
 
+    #: Not handed out to other workers (``durable.map`` refuses it).
+    transactional = True
+
     def _outside(self) -> DurableError:
         return DurableError(
             f"transactional step {self.name!r} was called outside a workflow (or inside a "

@@ -155,6 +155,11 @@ def test_an_orm_session_on_the_steps_connection(sqlite_url: str) -> None:
     assert ledger(sqlite_url) == ["orm"]
 
 
+async def test_map_refuses_a_transactional_step() -> None:
+    with pytest.raises(durable.InvalidArgumentError, match="transactional"):
+        await durable.map(write, ["a"])
+
+
 def test_called_outside_a_workflow_says_how_to_test_the_body(sqlite_url: str) -> None:
     with pytest.raises(durable.DurableError, match=r"write\.fn\(connection"):
         write("x")
