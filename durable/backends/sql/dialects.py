@@ -210,9 +210,11 @@ class PostgresDialect(SQLDialect):
 
     def database_identity(self) -> sa.Select[Any]:
         # the database's name, the server's port and the time its postmaster started (to the
-        # microsecond): another server or another database of the same server differs
+        # microsecond): another server or another database of the same server differs; and the
+        # schema unqualified names resolve in (where durable's tables are found)
         return sa.select(
             sa.func.current_database(),
+            sa.func.current_schema(),
             sa.func.inet_server_port(),
             sa.cast(sa.func.pg_postmaster_start_time(), sa.Text()),
         )
