@@ -91,11 +91,11 @@ def test_the_committed_execution_runs(db_url: str) -> None:
     rt = durable.Runtime(durable.connect(db_url), recover=False)
     engine = sa.create_engine(app_url(db_url))
     with rt:
-        rt.blocking(rt.start_worker(poll_interval=0.05))
+        rt.blocking(rt.start_worker(poll_interval=30))  # woken by the commit, not by polling
         with engine.begin() as conn:
             conn.execute(ORDERS.insert().values(id="o-3"))
             wid = durable.enqueue_in(conn, echo, "o-3", using=rt)
-        assert rt.client.result_sync(wid, timeout=20) == "done o-3"
+        assert rt.client.result_sync(wid, timeout=10) == "done o-3"
     engine.dispose()
 
 
