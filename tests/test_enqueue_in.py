@@ -74,7 +74,9 @@ def test_exists_iff_the_callers_transaction_commits(db_url: str) -> None:
         assert counts(engine) == (1, 1, 1)
         with Session(engine) as session, session.begin():  # an ORM session
             session.execute(ORDERS.insert().values(id="o-2"))
-            durable.enqueue_in(session, "test.outbox.echo.v1", "o-2", workflow_id="wf-o-2")
+            durable.enqueue_in(
+                session, "test.outbox.echo.v1", "o-2", workflow_id="wf-o-2", timeout=600
+            )
         assert counts(engine) == (2, 2, 2)
     finally:
         engine.dispose()
@@ -85,6 +87,9 @@ def test_exists_iff_the_callers_transaction_commits(db_url: str) -> None:
             {"args": ["o-1"], "kwargs": {}},
             "o-1",
         )
+        timed = client.get_workflow_sync("wf-o-2")
+        assert timed.deadline is not None and timed.created_at is not None
+        assert 590 < (timed.deadline - timed.created_at).total_seconds() < 610
 
 
 def test_the_committed_execution_runs(db_url: str) -> None:
