@@ -3,8 +3,9 @@ every backend kind (memory refuses with a clear error)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -170,16 +171,18 @@ def test_called_outside_a_workflow_says_how_to_test_the_body(sqlite_url: str) ->
     engine.dispose()
 
 
-async def _claimed(backend: durable.PersistentBackend, worker: str) -> str:
+async def _claimed(
+    backend: durable.PersistentBackend, worker: str, ttl: float = 30
+) -> tuple[str, datetime]:
     wid = f"wf-{uuid.uuid4().hex[:8]}"
     snapshot = WorkflowSnapshot(id=wid, name="test.tx.raw", input={"args": [], "kwargs": {}})
     await backend.create_workflow(
         snapshot, task=TaskSpec(instance_id=wid, name="test.tx.raw", queue="default")
     )
-    claim = await backend.claim_task(wid, WORKFLOW_TASK, worker, timedelta(seconds=30))
+    claim = await backend.claim_task(wid, WORKFLOW_TASK, worker, timedelta(seconds=ttl))
     assert claim is not None
     await backend.begin_execution(wid, worker)
-    return wid
+    return wid, claim.expires_at
 
 
 def _record(value: Any) -> StepRecord:
@@ -196,7 +199,19 @@ async def test_a_lost_lease_rolls_the_body_back(backend_url: str) -> None:
     create_ledger(backend_url)
     async with durable.connect(backend_url) as backend:
         assert backend.supports_transactions
-        wid = await _claimed(backend, "worker-a")
+        expiring, expires_at = await _claimed(backend, "worker-a", ttl=0.5)
+        # the lease runs out, and nobody takes the workflow over
+        await asyncio.sleep((expires_at - await backend.now()).total_seconds() + 0.1)
+        assert await backend.now() > expires_at
+
+        def late(conn: sa.Connection) -> str:
+            conn.execute(LEDGER.insert().values(entry="expired"))
+            return "late"
+
+        with pytest.raises(durable.ClaimLostError):
+            await backend.run_transactional_step(expiring, late, _record, worker_id="worker-a")
+        assert ledger(backend_url) == []
+        wid, _ = await _claimed(backend, "worker-a")
 
         def body(conn: sa.Connection) -> str:
             conn.execute(LEDGER.insert().values(entry="lost"))
