@@ -185,6 +185,7 @@ class SQLAlchemyBackend(
         await self._runner.release()
         if self._blocking is not None:
             self._blocking.close()
+        self._close_transactions()
         if self._owns_engine:
             await self._runner.dispose()
         self._started = False

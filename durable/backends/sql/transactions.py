@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -23,6 +23,8 @@ from durable.backends.sql.core import SQLCore
 from durable.backends.sql.runners import AsyncRunner, InlineRunner
 from durable.errors import ConfigurationError, DurableError
 from durable.models import WORKFLOW_TASK, StepRecord, TaskSpec, WorkflowInfo, WorkflowSnapshot
+
+T = TypeVar("T")
 
 
 class _BodyFailed(Exception):
@@ -58,6 +60,32 @@ class Transactions(SQLCore):
         ) -> Callable[[sa.Connection], tuple[bool, bool]]: ...
 
     # -- a step's body and its record in one transaction ---------------------------------------
+
+    def _thread_engine(self) -> sa.Engine | None:
+        """A sync engine whose transactions may run in any thread, for sync bodies: the
+        standard-library SQLite driver's own engine (files); on PostgreSQL, for engines durable
+        created, a sync psycopg engine opened lazily with the same connect arguments as the
+        hot path's sync connections (closed with the backend). None elsewhere: the body then
+        runs in the async engine's transaction, on its event loop."""
+        runner = self._runner
+        if isinstance(runner, InlineRunner):
+            return runner.engine if runner.thread_safe else None
+        blocking = self._blocking
+        if blocking is None:
+            return None
+        engine: sa.Engine | None = self.__dict__.get("_tx_engine")
+        if engine is None:
+            made = sa.create_engine(self.engine.url, creator=blocking.connect)
+            engine = self.__dict__.setdefault("_tx_engine", made)
+            if engine is not made:  # another thread made one meanwhile
+                made.dispose()
+        return engine
+
+    def _close_transactions(self) -> None:
+        """Close the sync engine of :meth:`_thread_engine`, if one was opened."""
+        engine: sa.Engine | None = self.__dict__.pop("_tx_engine", None)
+        if engine is not None:
+            engine.dispose()
 
     def _step_transaction(
         self,
@@ -116,10 +144,10 @@ class Transactions(SQLCore):
                 with self._errors(what):
                     return await runner.async_transaction(transaction)
             fn = self._step_transaction(instance_id, body, record, worker_id, task_id)
+            engine = self._thread_engine()
             with self._errors(what):
-                if isinstance(runner, InlineRunner) and runner.thread_safe:
-                    # the body may take a while: not on the event loop's thread
-                    return await asyncio.to_thread(runner.run, fn)
+                if engine is not None:  # the body may take a while: not on the event loop
+                    return await asyncio.to_thread(_in_transaction, engine, fn)
                 return await runner.transaction(fn)
         except _BodyFailed as failed:
             raise failed.error from None
@@ -133,13 +161,13 @@ class Transactions(SQLCore):
         worker_id: str,
         task_id: str = WORKFLOW_TASK,
     ) -> StepRecord | None:
-        runner = self._runner
-        if not (isinstance(runner, InlineRunner) and runner.thread_safe):
-            return None  # an async engine's transaction runs on its event loop
+        engine = self._thread_engine()
+        if engine is None:
+            return None  # the async engine's transaction runs on its event loop
         fn = self._step_transaction(instance_id, body, record, worker_id, task_id)
         try:
             with self._errors(f"run a transactional step of workflow {instance_id!r}"):
-                return runner.run(fn)
+                return _in_transaction(engine, fn)
         except _BodyFailed as failed:
             raise failed.error from None
 
@@ -210,3 +238,8 @@ class Transactions(SQLCore):
                 "own database"
             )
         return connection
+
+
+def _in_transaction(engine: sa.Engine, fn: Callable[[sa.Connection], T]) -> T:
+    with engine.begin() as conn:
+        return fn(conn)
