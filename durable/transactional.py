@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Coroutine
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from durable.context import ExecutionContext, StepGuard, current, in_step
 from durable.errors import DurableError, SerializationError
@@ -216,6 +216,15 @@ class SyncTransactionStep(TransactionStep[P, T]):
         return self._execute(ctx.guard(self.name), args, kwargs)
 
 
+class _TransactionDecorator(Protocol):
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, T]], /
+    ) -> AsyncTransactionStep[P, T]: ...
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Any, P], T], /) -> SyncTransactionStep[P, T]: ...
+
+
 @overload
 def transaction(  # type: ignore[overload-overlap]
     fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, T]], /
@@ -233,7 +242,7 @@ def transaction(
     retry_on: tuple[type[BaseException], ...] = (Exception,),
     non_retryable: tuple[type[BaseException], ...] = (),
     retry: RetryPolicy | None = None,
-) -> Callable[[Callable[..., Any]], TransactionStep[Any, Any]]: ...
+) -> _TransactionDecorator: ...
 def transaction(
     fn: Callable[..., Any] | None = None,
     /,
