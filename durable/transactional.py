@@ -62,6 +62,8 @@ class TransactionStep(Step[P, T], Generic[P, T]):
 
     #: Not handed out to other workers (``durable.map`` refuses it).
     transactional = True
+    #: The engine the step's transactions run on (None: durable's own; see :func:`transaction`).
+    engine: Any = None
 
     def _outside(self) -> DurableError:
         return DurableError(
@@ -131,6 +133,7 @@ class TransactionStep(Step[P, T], Generic[P, T]):
                         self._recorder(guard, attempt),
                         worker_id=ctx.executor_id,
                         is_async=self.is_async,
+                        engine=self.engine,
                     )
             except _Raised as raised:
                 exc = raised.error
@@ -157,12 +160,16 @@ class TransactionStep(Step[P, T], Generic[P, T]):
             try:
                 with ctx.checkpoint():
                     made = backend.run_transactional_step_blocking(
-                        ctx.workflow_id, body, record, worker_id=ctx.executor_id
+                        ctx.workflow_id, body, record, worker_id=ctx.executor_id, engine=self.engine
                     )
                     if made is None:  # the backend's transactions run on its event loop
                         made = ctx.block_on(
                             backend.run_transactional_step(
-                                ctx.workflow_id, body, record, worker_id=ctx.executor_id
+                                ctx.workflow_id,
+                                body,
+                                record,
+                                worker_id=ctx.executor_id,
+                                engine=self.engine,
                             )
                         )
             except _Raised as raised:
@@ -242,6 +249,7 @@ def transaction(
     retry_on: tuple[type[BaseException], ...] = (Exception,),
     non_retryable: tuple[type[BaseException], ...] = (),
     retry: RetryPolicy | None = None,
+    engine: Any = None,
 ) -> _TransactionDecorator: ...
 def transaction(
     fn: Callable[..., Any] | None = None,
@@ -255,6 +263,7 @@ def transaction(
     retry_on: tuple[type[BaseException], ...] = (Exception,),
     non_retryable: tuple[type[BaseException], ...] = (),
     retry: RetryPolicy | None = None,
+    engine: Any = None,
 ) -> Any:
     """Make a function a transactional step: ``@durable.transaction`` or
     ``@durable.transaction(max_attempts=3)`` (see the module docstring).
@@ -264,6 +273,13 @@ def transaction(
     its return value (stored by the backend's serializer, as a step's) and the step's record
     commit in one transaction fenced by the workflow's lease. The options are those of
     :func:`durable.step` (no ``timeout``: a transaction is not abandoned half-way).
+
+    :param engine: run the step's transactions on this engine instead of durable's own (a
+        SQLAlchemy ``Engine`` for a ``def`` step, an ``AsyncEngine`` for an ``async def`` one;
+        e.g. the application's pool, role or settings). It MUST be connected to the same
+        server and database as durable's tables (that is what makes the writes and the
+        checkpoint one commit): the first transaction on it checks that, and raises
+        :class:`~durable.errors.ConfigurationError` before the body runs if not.
 
     :raises InvalidArgumentError: an option of the wrong type or out of range, or ``fn`` not a
         function.
@@ -288,6 +304,8 @@ def transaction(
         if isinstance(f, Step):
             raise DurableError(f"{f.name!r} is already a durable step")
         kind = AsyncTransactionStep if inspect.iscoroutinefunction(f) else SyncTransactionStep
-        return kind(f, name=name, retry=policy)
+        made: TransactionStep[Any, Any] = kind(f, name=name, retry=policy)
+        made.engine = engine
+        return made
 
     return decorate(fn) if fn is not None else decorate

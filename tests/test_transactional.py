@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.orm import Session
 
 import durable
@@ -147,6 +148,76 @@ def test_retries_roll_back_the_failed_attempts(sqlite_url: str) -> None:
     assert CALLS == ["f", "f", "f"]
     assert ledger(sqlite_url) == ["f#3"]  # the two failed attempts left nothing
     assert step.attempts == 3
+
+
+APP: dict[str, Any] = {}
+
+
+@durable.transaction(name="test.tx.named", engine=None)
+def named_write(conn: sa.Connection, entry: str) -> str:
+    CALLS.append(entry)
+    conn.execute(LEDGER.insert().values(entry=entry))
+    return entry
+
+
+@durable.transaction(name="test.tx.named_async")
+async def named_write_async(conn: AsyncConnection, entry: str) -> str:
+    CALLS.append(entry)
+    await conn.execute(LEDGER.insert().values(entry=entry))
+    return entry
+
+
+@durable.workflow(name="test.tx.named_flow")
+async def named_flow(entry: str) -> list[str]:
+    return [await named_write.aio(entry), await named_write_async(entry + "-async")]
+
+
+async def test_an_engine_the_user_names_must_be_durables_database(
+    backend_url: str, tmp_path: Path
+) -> None:
+    if not backend_url.startswith(("sqlite:", "postgresql")):
+        pytest.skip("a SQLite file through the stdlib driver, and PostgreSQL, are enough here")
+    create_ledger(backend_url)
+    same = backend_url.replace("sqlite:", "sqlite+aiosqlite:")
+    app_sync, app_async = sa.create_engine(sync_url(backend_url)), create_async_engine(same)
+    other = sa.create_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    META.create_all(other)
+    named_write.engine, named_write_async.engine = app_sync, app_async
+    try:
+        async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+            assert await rt.run(named_flow, "n", workflow_id="w6") == ["n", "n-async"]
+            named_write.engine = other
+            with pytest.raises(durable.ConfigurationError, match="database"):
+                await rt.run(named_flow, "x", workflow_id="w7")
+    finally:
+        named_write.engine = named_write_async.engine = None
+        app_sync.dispose()
+        await app_async.dispose()
+        other.dispose()
+    assert CALLS == ["n", "n-async"]  # the refused engine's body never ran
+    assert ledger(backend_url) == ["n", "n-async"]
+
+
+@durable.workflow(name="test.tx.named_sync_flow")
+def named_sync_flow(entry: str) -> str:
+    return named_write(entry)
+
+
+def test_a_named_engine_from_a_sync_workflow(sqlite_url: str, tmp_path: Path) -> None:
+    create_ledger(sqlite_url)
+    app, other = sa.create_engine(sqlite_url), sa.create_engine(f"sqlite:///{tmp_path / 'o.db'}")
+    named_write.engine = app
+    try:
+        with durable.Runtime(durable.connect(sqlite_url), recover=False) as rt:
+            assert rt.run_sync(named_sync_flow, "s", workflow_id="w8") == "s"
+            named_write.engine = other
+            with pytest.raises(durable.ConfigurationError, match="another database"):
+                rt.run_sync(named_sync_flow, "t", workflow_id="w9")
+    finally:
+        named_write.engine = None
+        app.dispose()
+        other.dispose()
+    assert (CALLS, ledger(sqlite_url)) == (["s"], ["s"])
 
 
 def test_an_orm_session_on_the_steps_connection(sqlite_url: str) -> None:

@@ -939,9 +939,15 @@ class PersistentBackend(ABC):
         worker_id: str,
         task_id: str = WORKFLOW_TASK,
         is_async: bool = False,
+        engine: Any = None,
     ) -> StepRecord:
         """Run ``body(connection)`` and record its step in ONE database transaction, fenced by
         ``worker_id``'s claim on the task, as :meth:`record_step` fences a record.
+
+        ``engine``: an engine the caller names (a SQLAlchemy ``Engine`` for a sync body, an
+        ``AsyncEngine`` for an async one) to run the transaction on instead of the backend's;
+        it must be connected to the same server and database as the backend's tables (checked
+        once per engine: :class:`ConfigurationError` otherwise, before the body runs).
 
         ``body`` gets a connection in a transaction on durable's own database (a SQLAlchemy
         ``Connection``; an ``AsyncConnection``, awaited, when ``is_async``). Its return value
@@ -969,6 +975,7 @@ class PersistentBackend(ABC):
         *,
         worker_id: str,
         task_id: str = WORKFLOW_TASK,
+        engine: Any = None,
     ) -> StepRecord | None:
         """:meth:`run_transactional_step` for a sync ``body``, run in the calling thread (a sync
         workflow's), where the backend can; None where it cannot (the caller then runs

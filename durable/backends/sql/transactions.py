@@ -13,11 +13,12 @@ runs for a send. Only the transaction is someone else's.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from durable.backends.sql.core import SQLCore
 from durable.backends.sql.runners import AsyncRunner, InlineRunner
@@ -118,9 +119,15 @@ class Transactions(SQLCore):
         worker_id: str,
         task_id: str = WORKFLOW_TASK,
         is_async: bool = False,
+        engine: Any = None,
     ) -> StepRecord:
         what = f"run a transactional step of workflow {instance_id!r}"
         runner = self._runner
+        if engine is not None:
+            await self.own_database_identity()  # read now: the check then needs no query
+            return await self._on_named_engine(
+                engine, instance_id, body, record, worker_id, task_id, is_async
+            )
         try:
             if is_async:
                 if not isinstance(runner, AsyncRunner):
@@ -131,15 +138,9 @@ class Transactions(SQLCore):
                     )
 
                 async def transaction(conn: AsyncConnection) -> StepRecord:
-                    try:
-                        made = record(await body(conn))
-                    except BaseException as exc:
-                        raise _BodyFailed(exc) from None
-                    _params, write, _explain = self._record_step_call(
-                        instance_id, made, worker_id, task_id
+                    return await _async_body(
+                        conn, body, record, self, instance_id, worker_id, task_id
                     )
-                    await conn.run_sync(write)
-                    return made
 
                 with self._errors(what):
                     return await runner.async_transaction(transaction)
@@ -160,7 +161,17 @@ class Transactions(SQLCore):
         *,
         worker_id: str,
         task_id: str = WORKFLOW_TASK,
+        engine: Any = None,
     ) -> StepRecord | None:
+        if engine is not None:
+            if not isinstance(engine, sa.Engine) or self.known_database_identity() is None:
+                return None  # checked and run by run_transactional_step
+            fn = self._step_transaction(instance_id, body, record, worker_id, task_id)
+            try:
+                with self._errors(f"run a transactional step of workflow {instance_id!r}"):
+                    return self._named_transaction(engine, fn)
+            except _BodyFailed as failed:
+                raise failed.error from None
         engine = self._thread_engine()
         if engine is None:
             return None  # the async engine's transaction runs on its event loop
@@ -170,6 +181,65 @@ class Transactions(SQLCore):
                 return _in_transaction(engine, fn)
         except _BodyFailed as failed:
             raise failed.error from None
+
+    async def _on_named_engine(
+        self,
+        engine: Any,
+        instance_id: str,
+        body: Callable[[Any], Any],
+        record: Callable[[Any], StepRecord],
+        worker_id: str,
+        task_id: str,
+        is_async: bool,
+    ) -> StepRecord:
+        """:meth:`run_transactional_step` on an engine the caller named (checked to be on
+        this backend's database once per engine, inside the transaction)."""
+        what = f"run a transactional step of workflow {instance_id!r}"
+        fn = self._step_transaction(instance_id, body, record, worker_id, task_id)
+        try:
+            if is_async:
+                if not isinstance(engine, AsyncEngine):
+                    raise ConfigurationError(
+                        "an async @durable.transaction step's engine must be an AsyncEngine, "
+                        f"got {type(engine).__qualname__}"
+                    )
+                with self._errors(what):
+                    async with engine.begin() as conn:
+                        await conn.run_sync(self._check_named, engine)
+                        return await _async_body(
+                            conn, body, record, self, instance_id, worker_id, task_id
+                        )
+            if not isinstance(engine, sa.Engine):
+                raise ConfigurationError(
+                    "a def @durable.transaction step's engine must be a (sync) Engine, got "
+                    f"{type(engine).__qualname__}"
+                )
+            with self._errors(what):
+                return await asyncio.to_thread(self._named_transaction, engine, fn)
+        except _BodyFailed as failed:
+            raise failed.error from None
+
+    def _named_transaction(
+        self, engine: sa.Engine, fn: Callable[[sa.Connection], StepRecord]
+    ) -> StepRecord:
+        with engine.begin() as conn:
+            self._check_named(conn, engine)
+            return fn(conn)
+
+    def _check_named(self, conn: sa.Connection, engine: Any) -> None:
+        """Refuse an engine on another database than this backend's (once per engine)."""
+        checked: weakref.WeakSet[Any] = self.__dict__.setdefault("_tx_checked", weakref.WeakSet())
+        if engine in checked:
+            return
+        own = self.known_database_identity()
+        theirs = self.database_identity(conn)
+        if own is None or theirs != own:
+            raise ConfigurationError(
+                f"the engine given to @durable.transaction is connected to another database "
+                f"({theirs!r}) than durable's tables ({own!r}): the step's writes and its "
+                "checkpoint are only one commit on the same server and database"
+            )
+        checked.add(engine)
 
     def _shown_url_for_errors(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
@@ -243,3 +313,22 @@ class Transactions(SQLCore):
 def _in_transaction(engine: sa.Engine, fn: Callable[[sa.Connection], T]) -> T:
     with engine.begin() as conn:
         return fn(conn)
+
+
+async def _async_body(
+    conn: AsyncConnection,
+    body: Callable[[Any], Any],
+    record: Callable[[Any], StepRecord],
+    backend: Transactions,
+    instance_id: str,
+    worker_id: str,
+    task_id: str,
+) -> StepRecord:
+    """The transaction of an async body: the body, then its record by the fenced upsert."""
+    try:
+        made = record(await body(conn))
+    except BaseException as exc:
+        raise _BodyFailed(exc) from None
+    _params, write, _explain = backend._record_step_call(instance_id, made, worker_id, task_id)
+    await conn.run_sync(write)
+    return made
