@@ -13,14 +13,17 @@ runs for a send. Only the transaction is someone else's.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from durable.backends.sql.core import SQLCore
+from durable.backends.sql.direct import CompiledStatement
 from durable.backends.sql.runners import AsyncRunner, InlineRunner
 from durable.errors import ConfigurationError, DurableError
 from durable.models import WORKFLOW_TASK, StepRecord, TaskSpec, WorkflowInfo, WorkflowSnapshot
@@ -41,6 +44,8 @@ class Transactions(SQLCore):
     """A step's body with its record in one transaction; enqueues and sends in the caller's."""
 
     supports_transactions = True
+
+    _record_step_direct: CompiledStatement | None  # built by Execution (.execution)
 
     if TYPE_CHECKING:  # provided by Execution (.execution), Enqueues (.batches), Messages
 
@@ -104,11 +109,36 @@ class Transactions(SQLCore):
                 made = record(body(conn))
             except BaseException as exc:  # the user's: carried out, then raised as it was
                 raise _BodyFailed(exc) from None
-            _params, write, _explain = self._record_step_call(instance_id, made, worker_id, task_id)
-            write(conn)  # raises ClaimLostError or StepAlreadyRecordedError when refused
+            self._write_record(conn, instance_id, made, worker_id, task_id)
             return made
 
         return fn
+
+    def _write_record(
+        self, conn: sa.Connection, instance_id: str, made: StepRecord, worker_id: str, task_id: str
+    ) -> None:
+        """The step's record in the body's transaction: the fenced upsert of :mod:`.execution`,
+        as its prepared statement straight on the driver's connection where that is sqlite3 or
+        sync psycopg (as a step record runs on the hot path), else through SQLAlchemy.
+
+        :raises ClaimLostError: the claim is not held.
+        :raises StepAlreadyRecordedError: the step is recorded already.
+        """
+        params, write, explain = self._record_step_call(instance_id, made, worker_id, task_id)
+        direct = self._record_step_direct
+        raw = conn.connection.driver_connection if direct is not None else None
+        if direct is None or raw is None:
+            write(conn)
+            return
+        if isinstance(raw, sqlite3.Connection):
+            rowcount = raw.execute(direct.sql, direct.params(params)).rowcount
+        elif isinstance(raw, psycopg.Connection):
+            rowcount = raw.execute(direct.sql, direct.params(params), prepare=True).rowcount
+        else:
+            write(conn)
+            return
+        if rowcount != 1:
+            raise explain(conn)
 
     async def run_transactional_step(
         self,
