@@ -359,6 +359,14 @@ async def _async_body(
         made = record(await body(conn))
     except BaseException as exc:
         raise _BodyFailed(exc) from None
-    _params, write, _explain = backend._record_step_call(instance_id, made, worker_id, task_id)
+    params, write, explain = backend._record_step_call(instance_id, made, worker_id, task_id)
+    direct = backend._record_step_direct
+    raw = (await conn.get_raw_connection()).driver_connection if direct is not None else None
+    if direct is not None and isinstance(raw, psycopg.AsyncConnection):
+        # the prepared hot-path statement, on the driver's connection, in this transaction
+        cursor = await raw.execute(direct.sql, direct.params(params), prepare=True)
+        if cursor.rowcount != 1:
+            raise await conn.run_sync(explain)
+        return made
     await conn.run_sync(write)
     return made
