@@ -81,6 +81,7 @@ from durable.models import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
+from durable.outbox import enqueue_in, send_in
 from durable.patching import deprecate_patch, patched
 from durable.registry import Registry, default_registry
 from durable.retention import Retention
@@ -90,6 +91,12 @@ from durable.serialization import JSONSerializer, PickleSerializer, Serializer
 from durable.step import AsyncStep, Step, SyncStep, map, run_step, step
 from durable.streams import close_stream, close_stream_sync, write_stream, write_stream_sync
 from durable.timers import sleep, sleep_sync, sleep_until, sleep_until_sync
+from durable.transactional import (
+    AsyncTransactionStep,
+    SyncTransactionStep,
+    TransactionStep,
+    transaction,
+)
 from durable.workflow import AsyncWorkflow, SyncWorkflow, Workflow, workflow
 
 if _typing.TYPE_CHECKING:
@@ -100,6 +107,7 @@ if _typing.TYPE_CHECKING:
 __all__ = [
     "WORKFLOW_TASK",
     "AsyncStep",
+    "AsyncTransactionStep",
     "AsyncWorkflow",
     "AvailableTask",
     "BackendError",
@@ -149,10 +157,12 @@ __all__ = [
     "StepTimeoutError",
     "StreamClosedError",
     "SyncStep",
+    "SyncTransactionStep",
     "SyncWorkflow",
     "TaskClaim",
     "TaskNotFoundError",
     "TaskSpec",
+    "TransactionStep",
     "UnknownWorkflowError",
     "Waiting",
     "Worker",
@@ -176,6 +186,7 @@ __all__ = [
     "continue_as_new",
     "default_registry",
     "deprecate_patch",
+    "enqueue_in",
     "map",
     "patched",
     "recv",
@@ -183,6 +194,7 @@ __all__ = [
     "run_step",
     "scheduled",
     "send",
+    "send_in",
     "send_sync",
     "set_event",
     "set_event_sync",
@@ -194,6 +206,7 @@ __all__ = [
     "start_timer_sync",
     "step",
     "step_guard",
+    "transaction",
     "workflow",
     "workflow_id",
     "write_stream",

@@ -374,6 +374,11 @@ async def map(
         raise InvalidArgumentError(
             f"durable.map() takes a @durable.step function, got {type(step).__qualname__}"
         )
+    if getattr(step, "transactional", False):
+        raise InvalidArgumentError(
+            f"durable.map() cannot hand out the transactional step {step.name!r}: its "
+            "transaction belongs to the workflow's own attempt; call it in the workflow"
+        )
     values = list(items)
     ctx = current()
     if ctx is None:

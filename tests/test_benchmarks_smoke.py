@@ -199,3 +199,12 @@ def test_sleepers(
     assert [row[:2] for row in rows] == [[backend, "5"], [backend, "10"]]
     for row in rows:
         assert float(row[2]) > 0 and float(row[3]) >= 0 and float(row[4]) > 0
+
+
+def test_transactional_step_benchmark_sqlite(tmp_path: Path) -> None:
+    bench = _benchmark("transactional_step")
+    document = bench.main(["--backend", "sqlite", "--quick", "--sqlite-dir", str(tmp_path)])
+    result = document["results"]["sqlite"]
+    _positive(result["step_us"])
+    _positive(result["floor_us"])
+    assert result["ratio"] > 0

@@ -65,3 +65,25 @@ def test_approval_example_waits_receives_and_times_out(tmp_path: Path) -> None:
         "approval-o-2 history: durable.set_event, durable.start_timer, durable.recv, "
         "durable.recv, orders.remind, durable.recv, durable.set_event"
     )
+
+
+@pytest.mark.slow
+def test_orders_example_creates_its_tables_and_reserves_stock_once(tmp_path: Path) -> None:
+    done = run_example("orders.py", tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [
+        "o-1 again: refused by the orders table, and no second workflow was enqueued",
+        "o-1: reserved",
+        "o-2: reserved",
+        "o-3: rejected (out of stock)",
+        "orders: {'o-1': 'reserved', 'o-2': 'reserved', 'o-3': 'rejected'}; mugs left: 1; "
+        "checkouts: 3",
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_orders_example_on_postgres(tmp_path: Path, pg_url: str) -> None:
+    done = run_example("orders.py", tmp_path, pg_url)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1].endswith("mugs left: 1; checkouts: 3")

@@ -34,12 +34,12 @@ import asyncio
 import contextlib
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
-from durable.errors import DeadlineExceededError, InvalidArgumentError
+from durable.errors import ConfigurationError, DeadlineExceededError, InvalidArgumentError
 from durable.models import (
     WORKFLOW_TASK,
     AvailableTask,
@@ -955,6 +955,124 @@ class PersistentBackend(ABC):
         if signal is None:
             signal = self.__dict__.setdefault("_durable_signal", WorkSignal())
         return signal
+
+    # -- exactly-once work in the application's own database --------------------------------
+
+    #: True when durable's tables live in a SQL database that application code can share, so
+    #: that a step's body runs in the transaction that records it
+    #: (:meth:`run_transactional_step`) and executions and messages are recorded in the
+    #: caller's own transaction (:meth:`enqueue_in_transaction`,
+    #: :meth:`send_in_transaction`). False for the memory backend and, unless they say
+    #: otherwise, for custom backends: those operations then raise ConfigurationError.
+    supports_transactions: bool = False
+
+    def _no_transactions(self, what: str) -> ConfigurationError:
+        return ConfigurationError(
+            f"{what} needs a backend that stores durable's tables in a SQL database (SQLite or "
+            f"PostgreSQL through durable.connect / SQLAlchemyBackend); {type(self).__name__} "
+            "does not (its supports_transactions is False)"
+        )
+
+    async def run_transactional_step(
+        self,
+        instance_id: str,
+        body: Callable[[Any], Any],
+        record: Callable[[Any], StepRecord],
+        *,
+        worker_id: str,
+        task_id: str = WORKFLOW_TASK,
+        is_async: bool = False,
+        engine: Any = None,
+    ) -> StepRecord:
+        """Run ``body(connection)`` and record its step in ONE database transaction, fenced by
+        ``worker_id``'s claim on the task, as :meth:`record_step` fences a record.
+
+        ``engine``: an engine the caller names (a SQLAlchemy ``Engine`` for a sync body, an
+        ``AsyncEngine`` for an async one) to run the transaction on instead of the backend's;
+        it must be connected to the same server and database as the backend's tables (checked
+        once per engine: :class:`ConfigurationError` otherwise, before the body runs).
+
+        ``body`` gets a connection in a transaction on durable's own database (a SQLAlchemy
+        ``Connection``; an ``AsyncConnection``, awaited, when ``is_async``). Its return value
+        goes to ``record``, which returns the succeeded :class:`StepRecord` to write (it
+        serializes the value; it may raise). Then the step's row is written with the same
+        statement and fence as :meth:`record_step`, and the transaction commits: the body's
+        writes and the step's record are visible together or not at all. Returns the record.
+
+        If ``body`` or ``record`` raises, the transaction rolls back and the exception
+        propagates as raised (the caller records a failure or retries in a new transaction).
+        If the claim is not held (expired, taken over), the transaction rolls back (nothing
+        of the body is visible) and :class:`ClaimLostError` is raised;
+        :class:`StepAlreadyRecordedError` if the step is recorded already.
+
+        :raises ConfigurationError: the backend cannot (:attr:`supports_transactions` False),
+            or an async body on an engine that has no async driver.
+        """
+        raise self._no_transactions("a @durable.transaction step")
+
+    def run_transactional_step_blocking(
+        self,
+        instance_id: str,
+        body: Callable[[Any], Any],
+        record: Callable[[Any], StepRecord],
+        *,
+        worker_id: str,
+        task_id: str = WORKFLOW_TASK,
+        engine: Any = None,
+    ) -> StepRecord | None:
+        """:meth:`run_transactional_step` for a sync ``body``, run in the calling thread (a sync
+        workflow's), where the backend can; None where it cannot (the caller then runs
+        :meth:`run_transactional_step` on the event loop). Same contract otherwise."""
+        return None
+
+    def enqueue_in_transaction(
+        self, connection: Any, batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]]
+    ) -> list[tuple[WorkflowInfo, bool]]:
+        """:meth:`create_workflows`, inside the caller's transaction on ``connection`` (a
+        SQLAlchemy ``Connection`` to the database holding durable's tables): the same rows
+        and the same idempotency (an existing id or key creates nothing and returns what
+        exists), the wake-up sent with the caller's commit (NOTIFY on PostgreSQL is
+        transactional). Runs on the caller's thread; does not commit. Nothing exists unless
+        the caller commits.
+
+        :raises ConfigurationError: the backend cannot (:attr:`supports_transactions` False),
+            or ``connection`` is to a database without durable's tables.
+        """
+        raise self._no_transactions("durable.enqueue_in")
+
+    def send_in_transaction(
+        self,
+        connection: Any,
+        instance_id: str,
+        topic: str,
+        value: Any,
+        *,
+        idempotency_key: str | None = None,
+    ) -> bool:
+        """:meth:`send_message`, inside the caller's transaction on ``connection`` (as
+        :meth:`enqueue_in_transaction`): the message, and the wake-up of a workflow waiting
+        for it, exist if and only if the caller commits. Same return value and errors as
+        :meth:`send_message`.
+
+        :raises ConfigurationError: the backend cannot (:attr:`supports_transactions` False).
+        """
+        raise self._no_transactions("durable.send_in")
+
+    def database_identity(self, connection: Any) -> tuple[Any, ...]:
+        """What identifies the database ``connection`` is connected to (the server and the
+        database), comparable with the identity of the backend's own database, which a
+        connection of the backend's engine returns.
+
+        :raises ConfigurationError: the backend cannot (:attr:`supports_transactions` False).
+        """
+        raise self._no_transactions("comparing databases")
+
+    async def own_database_identity(self) -> tuple[Any, ...]:
+        """:meth:`database_identity` of the backend's own database (read once, then kept).
+
+        :raises ConfigurationError: the backend cannot (:attr:`supports_transactions` False).
+        """
+        raise self._no_transactions("comparing databases")
 
     # -- tasks and claims ---------------------------------------------------------------------
 

@@ -55,6 +55,7 @@ from durable.backends.sql.retention import Retention
 from durable.backends.sql.runners import AsyncRunner, InlineRunner, Runner
 from durable.backends.sql.schedules import Schedules
 from durable.backends.sql.schema import PREFIX
+from durable.backends.sql.transactions import Transactions
 from durable.backends.sql.wakeups import WORK_CHANNEL, WakeUps
 from durable.backends.sql.workflows import WorkflowRecords
 from durable.errors import (
@@ -90,6 +91,7 @@ class SQLAlchemyBackend(
     Retention,
     Labels,
     WakeUps,
+    Transactions,
 ):
     """Durable's storage on SQLite or PostgreSQL.
 
@@ -183,6 +185,7 @@ class SQLAlchemyBackend(
         await self._runner.release()
         if self._blocking is not None:
             self._blocking.close()
+        self._close_transactions()
         if self._owns_engine:
             await self._runner.dispose()
         self._started = False

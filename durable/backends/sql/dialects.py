@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -90,6 +91,20 @@ class SQLDialect:
         """The table ``exc`` says does not exist, or None if it says something else."""
         raise NotImplementedError
 
+    def database_identity(self) -> sa.Select[Any]:
+        """One row that identifies the server and database a connection is connected to (two
+        connections to the same database return the same row)."""
+        raise NotImplementedError
+
+    def identity_of(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The identity :meth:`database_identity`'s row stands for (normalized)."""
+        return row
+
+    def identity_from_url(self, url: URL) -> tuple[Any, ...] | None:
+        """The identity of the database at ``url`` when the URL alone tells it (no query: a
+        query could wait on a lock the caller's transaction holds), else None."""
+        return None
+
 
 class SQLiteDialect(SQLDialect):
     name = "sqlite"
@@ -127,6 +142,20 @@ class SQLiteDialect(SQLDialect):
     def missing_table(self, exc: sa.exc.DBAPIError) -> str | None:
         found = re.search(r"no such table: (\S+)", str(exc.orig))
         return found.group(1) if found else None
+
+    def database_identity(self) -> sa.Select[Any]:
+        # the main database's file ('' for an in-memory database)
+        return (
+            sa.select(sa.column("file", sa.String()))
+            .select_from(sa.table("pragma_database_list"))
+            .where(sa.column("name", sa.String()) == "main")
+        )
+
+    def identity_of(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (os.path.realpath(row[0]) if row[0] else "",)
+
+    def identity_from_url(self, url: URL) -> tuple[Any, ...] | None:
+        return ("" if _is_memory(url) else os.path.realpath(url.database or ""),)
 
 
 class PostgresDialect(SQLDialect):
@@ -178,6 +207,17 @@ class PostgresDialect(SQLDialect):
             return None
         found = re.search(r'relation "([^"]+)" does not exist', str(exc.orig))
         return found.group(1) if found else None
+
+    def database_identity(self) -> sa.Select[Any]:
+        # the database's name, the server's port and the time its postmaster started (to the
+        # microsecond): another server or another database of the same server differs; and the
+        # schema unqualified names resolve in (where durable's tables are found)
+        return sa.select(
+            sa.func.current_database(),
+            sa.func.current_schema(),
+            sa.func.inet_server_port(),
+            sa.cast(sa.func.pg_postmaster_start_time(), sa.Text()),
+        )
 
 
 def dialect_for(name: str) -> SQLDialect:

@@ -325,6 +325,12 @@ class BlockingDirectStatements:
         self._available = threading.BoundedSemaphore(DIRECT_CONNECTIONS)
         self._generation = 0
 
+    def connect(self) -> Any:
+        """A new psycopg connection (not in autocommit mode) with the engine's arguments, for
+        a sync SQLAlchemy engine's ``creator``."""
+        args, kwargs = self._connect
+        return psycopg.Connection.connect(*args, **{**kwargs, "autocommit": False})
+
     def execute(self, statement: CompiledStatement, values: dict[str, Any]) -> DirectResult:
         """Run ``statement`` as one autocommitted statement and return its row count and rows.
 

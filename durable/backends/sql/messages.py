@@ -14,7 +14,7 @@ with a NOTIFY on PostgreSQL.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -189,6 +189,19 @@ class Messages(SQLCore):
         self, instance_id: str, topic: str, value: Any, *, idempotency_key: str | None = None
     ) -> bool:
         text = self.serializer.dumps(value)  # before anything is written
+        fn = self._sending(instance_id, topic, text, idempotency_key)
+        stored, woken = await self._run(fn, what=f"send a message to workflow {instance_id!r}")
+        if woken:
+            self.notify_work()
+        return stored
+
+    def _sending(
+        self, instance_id: str, topic: str, text: str, idempotency_key: str | None
+    ) -> Callable[[sa.Connection], tuple[bool, bool]]:
+        """What :meth:`send_message` runs in its transaction (the value serialized as
+        ``text``), for other operations to run in theirs: it returns whether the message was
+        stored and whether a waiting workflow was woken (the caller tells workers after the
+        commit)."""
 
         def fn(conn: sa.Connection) -> tuple[bool, bool]:
             now, _clock = self._msg_clock(conn)
@@ -237,10 +250,7 @@ class Messages(SQLCore):
             self._announce_work(conn)
             return True, True
 
-        stored, woken = await self._run(fn, what=f"send a message to workflow {instance_id!r}")
-        if woken:
-            self.notify_work()
-        return stored
+        return fn
 
     async def receive_message(
         self,

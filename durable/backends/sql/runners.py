@@ -17,11 +17,11 @@ import asyncio
 import contextlib
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.util import greenlet_spawn
 
@@ -221,6 +221,16 @@ class AsyncRunner(Runner):
     async def connection(self, fn: Callable[[sa.Connection], T]) -> T:
         async with self.engine.connect() as conn:
             return await conn.run_sync(fn)
+
+    async def async_transaction(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run the coroutine function ``fn`` in one transaction on an ``AsyncConnection``
+        (committed when it returns, rolled back when it raises)."""
+        async with contextlib.AsyncExitStack() as stack:
+            if self._lock is not None:
+                await stack.enter_async_context(self._lock)
+            conn = await stack.enter_async_context(self.engine.begin())
+            return await fn(conn)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def direct(
         self, statement: CompiledStatement, values: dict[str, Any]

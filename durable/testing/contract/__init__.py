@@ -53,6 +53,8 @@ same fixtures while you write that area (CONTRIBUTING.md walks through them in o
 * :class:`StreamContract`: streams workflows publish (in order, each once, closed, watched);
 * :class:`ConcurrencyContract`: connections returned, atomic claims, 200 concurrent calls;
 * :class:`VersionContract`: the code version stored, claims filtered by code versions.
+* :class:`TransactionContract`: a step's body and its record in one transaction, fenced by the
+  claim (or, without ``supports_transactions``, refused).
 
 For example ``class TestMyClaims(ClaimContract)`` with the same ``backend`` fixture runs the
 claims area only. A backend passes when :class:`BackendContractTests`, all of them, passes: the
@@ -96,6 +98,7 @@ from durable.testing.contract.retention import RetentionContract
 from durable.testing.contract.schedules import ScheduleContract
 from durable.testing.contract.snapshots import SnapshotContract
 from durable.testing.contract.steps import StepContract
+from durable.testing.contract.transactions import TransactionContract
 from durable.testing.contract.versions import VersionContract
 from durable.testing.contract.wakeups import WakeUpContract
 from durable.testing.contract.workflows import WorkflowContract
@@ -119,6 +122,7 @@ __all__ = [
     "SnapshotContract",
     "StepContract",
     "StreamContract",
+    "TransactionContract",
     "VersionContract",
     "WakeUpContract",
     "WorkflowContract",
@@ -145,6 +149,7 @@ class BackendContractTests(
     StreamContract,
     ConcurrencyContract,
     VersionContract,
+    TransactionContract,
 ):
     """The whole contract suite: every area. Subclass it and define a ``backend`` fixture (see
     the module's docstring); optionally a ``backend_factory`` fixture for the multi-process

@@ -1,0 +1,372 @@
+"""Exactly-once work in the application's own database: a step's body and its record in one
+transaction (:meth:`Transactions.run_transactional_step`), and executions and messages recorded
+in the caller's transaction (:meth:`Transactions.enqueue_in_transaction`,
+:meth:`Transactions.send_in_transaction`).
+
+Part of :class:`~durable.backends.sql.backend.SQLAlchemyBackend` (see :mod:`.core`). Nothing
+here has statements of its own: a transactional step is recorded by the fenced upsert of
+:mod:`.execution` (the same claim fence as every step record), an enqueue in the caller's
+transaction runs what :mod:`.batches` runs for ``enqueue_many``, a send what :mod:`.messages`
+runs for a send. Only the transaction is someone else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import weakref
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from durable.backends.sql.core import SQLCore
+from durable.backends.sql.direct import CompiledStatement
+from durable.backends.sql.runners import AsyncRunner, InlineRunner
+from durable.errors import ConfigurationError, DurableError
+from durable.models import WORKFLOW_TASK, StepRecord, TaskSpec, WorkflowInfo, WorkflowSnapshot
+
+T = TypeVar("T")
+
+
+class _BodyFailed(Exception):
+    """Carries what the step's body (or its record) raised out of the transaction, which
+    rolls back; the caller raises the original."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
+
+
+class Transactions(SQLCore):
+    """A step's body with its record in one transaction; enqueues and sends in the caller's."""
+
+    supports_transactions = True
+
+    _record_step_direct: CompiledStatement | None  # built by Execution (.execution)
+
+    if TYPE_CHECKING:  # provided by Execution (.execution), Enqueues (.batches), Messages
+
+        def _record_step_call(
+            self, instance_id: str, step: StepRecord, worker_id: str, task_id: str
+        ) -> tuple[
+            dict[str, Any],
+            Callable[[sa.Connection], None],
+            Callable[[sa.Connection], DurableError],
+        ]: ...
+
+        def _creation(
+            self, batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]]
+        ) -> tuple[Callable[[sa.Connection], list[tuple[WorkflowInfo, bool]]], bool]: ...
+
+        def _sending(
+            self, instance_id: str, topic: str, text: str, idempotency_key: str | None
+        ) -> Callable[[sa.Connection], tuple[bool, bool]]: ...
+
+    # -- a step's body and its record in one transaction ---------------------------------------
+
+    def _thread_engine(self) -> sa.Engine | None:
+        """A sync engine whose transactions may run in any thread, for sync bodies: the
+        standard-library SQLite driver's own engine (files); on PostgreSQL, for engines durable
+        created, a sync psycopg engine opened lazily with the same connect arguments as the
+        hot path's sync connections (closed with the backend). None elsewhere: the body then
+        runs in the async engine's transaction, on its event loop."""
+        runner = self._runner
+        if isinstance(runner, InlineRunner):
+            return runner.engine if runner.thread_safe else None
+        blocking = self._blocking
+        if blocking is None:
+            return None
+        engine: sa.Engine | None = self.__dict__.get("_tx_engine")
+        if engine is None:
+            made = sa.create_engine(self.engine.url, creator=blocking.connect)
+            engine = self.__dict__.setdefault("_tx_engine", made)
+            if engine is not made:  # another thread made one meanwhile
+                made.dispose()
+        return engine
+
+    def _close_transactions(self) -> None:
+        """Close the sync engine of :meth:`_thread_engine`, if one was opened."""
+        engine: sa.Engine | None = self.__dict__.pop("_tx_engine", None)
+        if engine is not None:
+            engine.dispose()
+
+    def _step_transaction(
+        self,
+        instance_id: str,
+        body: Callable[[Any], Any],
+        record: Callable[[Any], StepRecord],
+        worker_id: str,
+        task_id: str,
+    ) -> Callable[[sa.Connection], StepRecord]:
+        """The transaction of a sync body: the body, then its record by the fenced upsert of
+        :mod:`.execution` (refused: the transaction rolls back)."""
+
+        def fn(conn: sa.Connection) -> StepRecord:
+            try:
+                made = record(body(conn))
+            except BaseException as exc:  # the user's: carried out, then raised as it was
+                raise _BodyFailed(exc) from None
+            self._write_record(conn, instance_id, made, worker_id, task_id)
+            return made
+
+        return fn
+
+    def _write_record(
+        self, conn: sa.Connection, instance_id: str, made: StepRecord, worker_id: str, task_id: str
+    ) -> None:
+        """The step's record in the body's transaction: the fenced upsert of :mod:`.execution`,
+        as its prepared statement straight on the driver's connection where that is sqlite3 or
+        sync psycopg (as a step record runs on the hot path), else through SQLAlchemy.
+
+        :raises ClaimLostError: the claim is not held.
+        :raises StepAlreadyRecordedError: the step is recorded already.
+        """
+        params, write, explain = self._record_step_call(instance_id, made, worker_id, task_id)
+        direct = self._record_step_direct
+        raw = conn.connection.driver_connection if direct is not None else None
+        if direct is None or raw is None:
+            write(conn)
+            return
+        if isinstance(raw, sqlite3.Connection):
+            rowcount = raw.execute(direct.sql, direct.params(params)).rowcount
+        elif isinstance(raw, psycopg.Connection):
+            rowcount = raw.execute(direct.sql, direct.params(params), prepare=True).rowcount
+        else:
+            write(conn)
+            return
+        if rowcount != 1:
+            raise explain(conn)
+
+    async def run_transactional_step(
+        self,
+        instance_id: str,
+        body: Callable[[Any], Any],
+        record: Callable[[Any], StepRecord],
+        *,
+        worker_id: str,
+        task_id: str = WORKFLOW_TASK,
+        is_async: bool = False,
+        engine: Any = None,
+    ) -> StepRecord:
+        what = f"run a transactional step of workflow {instance_id!r}"
+        runner = self._runner
+        if engine is not None:
+            await self.own_database_identity()  # read now: the check then needs no query
+            return await self._on_named_engine(
+                engine, instance_id, body, record, worker_id, task_id, is_async
+            )
+        try:
+            if is_async:
+                if not isinstance(runner, AsyncRunner):
+                    raise ConfigurationError(
+                        "an async @durable.transaction step needs an async engine (durable's "
+                        f"database is {self._shown_url_for_errors()}, on a sync driver): use "
+                        "sqlite+aiosqlite:// or PostgreSQL, or make the step a plain def"
+                    )
+
+                async def transaction(conn: AsyncConnection) -> StepRecord:
+                    return await _async_body(
+                        conn, body, record, self, instance_id, worker_id, task_id
+                    )
+
+                with self._errors(what):
+                    return await runner.async_transaction(transaction)
+            fn = self._step_transaction(instance_id, body, record, worker_id, task_id)
+            engine = self._thread_engine()
+            with self._errors(what):
+                if engine is not None:  # the body may take a while: not on the event loop
+                    return await asyncio.to_thread(_in_transaction, engine, fn)
+                return await runner.transaction(fn)
+        except _BodyFailed as failed:
+            raise failed.error from None
+
+    def run_transactional_step_blocking(
+        self,
+        instance_id: str,
+        body: Callable[[Any], Any],
+        record: Callable[[Any], StepRecord],
+        *,
+        worker_id: str,
+        task_id: str = WORKFLOW_TASK,
+        engine: Any = None,
+    ) -> StepRecord | None:
+        if engine is not None:
+            if not isinstance(engine, sa.Engine) or self.known_database_identity() is None:
+                return None  # checked and run by run_transactional_step
+            fn = self._step_transaction(instance_id, body, record, worker_id, task_id)
+            try:
+                with self._errors(f"run a transactional step of workflow {instance_id!r}"):
+                    return self._named_transaction(engine, fn)
+            except _BodyFailed as failed:
+                raise failed.error from None
+        engine = self._thread_engine()
+        if engine is None:
+            return None  # the async engine's transaction runs on its event loop
+        fn = self._step_transaction(instance_id, body, record, worker_id, task_id)
+        try:
+            with self._errors(f"run a transactional step of workflow {instance_id!r}"):
+                return _in_transaction(engine, fn)
+        except _BodyFailed as failed:
+            raise failed.error from None
+
+    async def _on_named_engine(
+        self,
+        engine: Any,
+        instance_id: str,
+        body: Callable[[Any], Any],
+        record: Callable[[Any], StepRecord],
+        worker_id: str,
+        task_id: str,
+        is_async: bool,
+    ) -> StepRecord:
+        """:meth:`run_transactional_step` on an engine the caller named (checked to be on
+        this backend's database once per engine, inside the transaction)."""
+        what = f"run a transactional step of workflow {instance_id!r}"
+        fn = self._step_transaction(instance_id, body, record, worker_id, task_id)
+        try:
+            if is_async:
+                if not isinstance(engine, AsyncEngine):
+                    raise ConfigurationError(
+                        "an async @durable.transaction step's engine must be an AsyncEngine, "
+                        f"got {type(engine).__qualname__}"
+                    )
+                with self._errors(what):
+                    async with engine.begin() as conn:
+                        await conn.run_sync(self._check_named, engine)
+                        return await _async_body(
+                            conn, body, record, self, instance_id, worker_id, task_id
+                        )
+            if not isinstance(engine, sa.Engine):
+                raise ConfigurationError(
+                    "a def @durable.transaction step's engine must be a (sync) Engine, got "
+                    f"{type(engine).__qualname__}"
+                )
+            with self._errors(what):
+                return await asyncio.to_thread(self._named_transaction, engine, fn)
+        except _BodyFailed as failed:
+            raise failed.error from None
+
+    def _named_transaction(
+        self, engine: sa.Engine, fn: Callable[[sa.Connection], StepRecord]
+    ) -> StepRecord:
+        with engine.begin() as conn:
+            self._check_named(conn, engine)
+            return fn(conn)
+
+    def _check_named(self, conn: sa.Connection, engine: Any) -> None:
+        """Refuse an engine on another database than this backend's (once per engine)."""
+        checked: weakref.WeakSet[Any] = self.__dict__.setdefault("_tx_checked", weakref.WeakSet())
+        if engine in checked:
+            return
+        own = self.known_database_identity()
+        theirs = self.database_identity(conn)
+        if own is None or theirs != own:
+            raise ConfigurationError(
+                f"the engine given to @durable.transaction is connected to another database "
+                f"({theirs!r}) than durable's tables ({own!r}): the step's writes and its "
+                "checkpoint are only one commit on the same server and database"
+            )
+        checked.add(engine)
+
+    def _shown_url_for_errors(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    # -- in the caller's transaction -----------------------------------------------------------
+
+    def enqueue_in_transaction(
+        self, connection: Any, batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]]
+    ) -> list[tuple[WorkflowInfo, bool]]:
+        fn, _with_tasks = self._creation(batch)  # every value checked before anything runs
+        with self._errors("enqueue in the caller's transaction"):
+            return fn(self._caller(connection))
+
+    def send_in_transaction(
+        self,
+        connection: Any,
+        instance_id: str,
+        topic: str,
+        value: Any,
+        *,
+        idempotency_key: str | None = None,
+    ) -> bool:
+        text = self.serializer.dumps(value)  # before anything is written
+        fn = self._sending(instance_id, topic, text, idempotency_key)
+        with self._errors(
+            f"send a message to workflow {instance_id!r} in the caller's transaction"
+        ):
+            stored, _woken = fn(self._caller(connection))
+        return stored
+
+    def database_identity(self, connection: Any) -> tuple[Any, ...]:
+        with self._errors("identify the caller's database"):
+            row = self._caller(connection).execute(self.dialect.database_identity()).one()
+        return self.dialect.identity_of(tuple(row))
+
+    def known_database_identity(self) -> tuple[Any, ...] | None:
+        """:meth:`own_database_identity` when it needs no query (read before, or told by the
+        URL: a SQLite file), else None."""
+        found: tuple[Any, ...] | None = self.__dict__.get("_own_identity")
+        return found if found is not None else self.dialect.identity_from_url(self.engine.url)
+
+    async def own_database_identity(self) -> tuple[Any, ...]:
+        found = self.known_database_identity()
+        if found is None:
+            row = await self._run(
+                lambda conn: tuple(conn.execute(self.dialect.database_identity()).one()),
+                what="identify durable's database",
+            )
+            found = self.dialect.identity_of(row)
+        self.__dict__["_own_identity"] = found
+        return found
+
+    def _caller(self, connection: Any) -> sa.Connection:
+        """The caller's connection, checked: a sync SQLAlchemy ``Connection`` to a database of
+        this backend's kind."""
+        if not isinstance(connection, sa.Connection):
+            raise ConfigurationError(
+                "expected a SQLAlchemy Connection in a transaction, got "
+                f"{type(connection).__qualname__}"
+            )
+        name = connection.dialect.name
+        if name != self.dialect.name:
+            raise ConfigurationError(
+                f"the connection is to a {name} database, but durable's tables are in a "
+                f"{self.dialect.name} database: the caller's transaction must be on durable's "
+                "own database"
+            )
+        return connection
+
+
+def _in_transaction(engine: sa.Engine, fn: Callable[[sa.Connection], T]) -> T:
+    with engine.begin() as conn:
+        return fn(conn)
+
+
+async def _async_body(
+    conn: AsyncConnection,
+    body: Callable[[Any], Any],
+    record: Callable[[Any], StepRecord],
+    backend: Transactions,
+    instance_id: str,
+    worker_id: str,
+    task_id: str,
+) -> StepRecord:
+    """The transaction of an async body: the body, then its record by the fenced upsert."""
+    try:
+        made = record(await body(conn))
+    except BaseException as exc:
+        raise _BodyFailed(exc) from None
+    params, write, explain = backend._record_step_call(instance_id, made, worker_id, task_id)
+    direct = backend._record_step_direct
+    raw = (await conn.get_raw_connection()).driver_connection if direct is not None else None
+    if direct is not None and isinstance(raw, psycopg.AsyncConnection):
+        # the prepared hot-path statement, on the driver's connection, in this transaction
+        cursor = await raw.execute(direct.sql, direct.params(params), prepare=True)
+        if cursor.rowcount != 1:
+            raise await conn.run_sync(explain)
+        return made
+    await conn.run_sync(write)
+    return made
