@@ -31,6 +31,7 @@ from durable.errors import (
     NonRetryableError,
     NotFoundError,
     NothingToServeError,
+    QueueNotFoundError,
     ScheduleNotFoundError,
     SchemaVersionError,
     SerializationError,
@@ -69,6 +70,7 @@ from durable.models import (
     Message,
     MissedTicks,
     Page,
+    QueueInfo,
     Receipt,
     ReceiveStatus,
     RegisteredWorkflow,
@@ -81,6 +83,7 @@ from durable.models import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
+from durable.queues import Queue
 from durable.registry import Registry, default_registry
 from durable.retention import Retention
 from durable.retry import RetryPolicy
@@ -126,6 +129,9 @@ __all__ = [
     "Page",
     "PersistentBackend",
     "PickleSerializer",
+    "Queue",
+    "QueueInfo",
+    "QueueNotFoundError",
     "Receipt",
     "ReceiveStatus",
     "RegisteredWorkflow",

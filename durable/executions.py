@@ -61,6 +61,8 @@ class EnqueueOptions:
     """The start's own timeout (it replaces the workflow's ``timeout``), or None."""
     deadline: datetime | None = None
     """An absolute deadline given at the start (or inherited from a parent), or None."""
+    partition_key: str | None = None
+    """The partition of a queue with limits (see :mod:`durable.queues`), or None."""
 
 
 def check_enqueue_arguments(
@@ -232,6 +234,7 @@ def execution_record(
         priority=opts.priority,
         run_after=opts.run_after,
         delay=opts.delay,
+        partition_key=opts.partition_key,
     )
     return snapshot, task
 

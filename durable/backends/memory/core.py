@@ -22,6 +22,7 @@ from durable.models import (
     WORKFLOW_TASK,
     ExecutorInfo,
     Message,
+    QueueInfo,
     RegisteredWorkflow,
     StepRecord,
     StepStatus,
@@ -67,6 +68,8 @@ class MemoryCore(PersistentBackend):
     _executors: dict[str, ExecutorInfo]
     _messages: dict[str, list[Message]]
     """Per workflow, its messages in the order stored, their values serialized."""
+    _queues: dict[str, QueueInfo]
+    """Stored queues by name (:mod:`.queues`); the claims skip the limited ones."""
 
     # -- (de)serialization of stored values -------------------------------------------------
 
@@ -189,3 +192,10 @@ def claim_of(task: StoredTask) -> TaskClaim:
 def check_limit(limit: int) -> None:
     if limit < 1:
         raise InvalidArgumentError(f"limit must be at least 1, got {limit}")
+
+
+def limited_queues(stored: dict[str, QueueInfo]) -> set[str]:
+    """The names of the stored queues that have a limit: only
+    :meth:`~durable.backends.base.PersistentBackend.claim_queue_tasks` claims their workflow
+    tasks."""
+    return {name for name, queue in stored.items() if queue.limited}

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from durable.backends.sql.core import P_WID, STEP_COLUMNS, SQLCore, aware
 from durable.backends.sql.direct import CompiledStatement
+from durable.backends.sql.schema import queues as queue_table
 from durable.backends.sql.schema import steps, tasks, workflow_registry, workflows
 from durable.errors import (
     CorruptRowError,
@@ -169,6 +170,7 @@ class Claims(SQLCore):
                 workflow_registry.c.enabled.is_(sa.false())
             )
             clauses.append(tasks.c.name.not_in(disabled))
+            clauses.append(_not_limited())
         return sa.and_(*clauses)
 
     def _claim(self, m: Mapping[Any, Any]) -> TaskClaim:
@@ -456,6 +458,24 @@ class Claims(SQLCore):
             )
         except CorruptRowError:
             return None
+
+
+def _not_limited() -> sa.ColumnElement[bool]:
+    """Queues with limits (``durable_queues``): the ordinary claims leave their workflow tasks
+    to :meth:`~.queues.Queues.claim_queue_tasks`, which keeps to the limits. Read by the claim
+    itself (like the disabled names: a hashed subplan of a tiny table on PostgreSQL), so a
+    queue is left alone from the moment its limit is stored; a queue without limits keeps this
+    fast claim."""
+    q = queue_table.c
+    limited = sa.select(q.name).where(
+        sa.or_(
+            q.concurrency.is_not(None),
+            q.worker_concurrency.is_not(None),
+            q.rate_limit.is_not(None),
+            q.partition_concurrency.is_not(None),
+        )
+    )
+    return sa.or_(tasks.c.task_id != WORKFLOW_TASK, tasks.c.queue.not_in(limited))
 
 
 def _available_task(r: Any) -> AvailableTask:
