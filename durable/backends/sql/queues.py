@@ -168,13 +168,7 @@ class Queues(SQLCore):
             "lock": sa.select(queues).where(queues.c.name == P_QUEUE).with_for_update(),
             "counts": counts,
             "claim": claim,
-            "record": sa.insert(queue_starts).from_select(
-                ["queue", "started_at"],
-                sa.select(
-                    sa.cast(P_QUEUE, queue_starts.c.queue.type),
-                    sa.cast(d.current_time(), queue_starts.c.started_at.type),
-                ),
-            ),
+            "record": sa.insert(queue_starts).values(queue=P_QUEUE, started_at=d.current_time()),
             "prune": sa.delete(queue_starts).where(
                 queue_starts.c.queue == P_QUEUE, queue_starts.c.started_at <= d.later("window")
             ),

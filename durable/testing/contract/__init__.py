@@ -43,6 +43,8 @@ same fixtures while you write that area (CONTRIBUTING.md walks through them in o
   workflow's descendants, continue-as-new, listing the workflows that wait;
 * :class:`ScheduleContract`: cron schedules stored, paused, listed, fired once per tick
   (compare-and-set with the enqueue) under racing schedulers, missed-tick policies;
+* :class:`QueueContract`: queues with limits stored; claims within them, never beyond them
+  under racing claims of one process or several;
 * :class:`RetentionContract`: finished workflows past a time deleted in batches with what hangs
   off them, unfinished ones and children of unfinished parents kept, racing deleters;
 * :class:`WakeUpContract`: ``wait_for_work``;
@@ -86,6 +88,7 @@ from durable.testing.contract.events import EventContract, StreamContract
 from durable.testing.contract.execution import ExecutionContract
 from durable.testing.contract.fanout import FanOutContract
 from durable.testing.contract.messages import MessageContract
+from durable.testing.contract.queues import QueueContract
 from durable.testing.contract.registry import RegistryContract
 from durable.testing.contract.retention import RetentionContract
 from durable.testing.contract.schedules import ScheduleContract
@@ -106,6 +109,7 @@ __all__ = [
     "ExecutionContract",
     "FanOutContract",
     "MessageContract",
+    "QueueContract",
     "RegistryContract",
     "RetentionContract",
     "ScheduleContract",
@@ -130,6 +134,7 @@ class BackendContractTests(
     RegistryContract,
     DeadlineContract,
     ScheduleContract,
+    QueueContract,
     RetentionContract,
     WakeUpContract,
     EventContract,
