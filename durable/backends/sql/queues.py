@@ -32,6 +32,7 @@ import sqlalchemy as sa
 
 from durable.backends.base import check_queue_limits
 from durable.backends.sql.core import P_WID, SQLCore
+from durable.backends.sql.direct import CompiledStatement
 from durable.backends.sql.schema import queue_starts, queues, tasks, workflow_registry
 from durable.errors import InvalidArgumentError, QueueNotFoundError
 from durable.models import WORKFLOW_TASK, QueueInfo, TaskClaim, ttl_seconds
@@ -164,7 +165,17 @@ class Queues(SQLCore):
             .values(**self._claim_values)
             .returning(*self._claim_columns, tasks.c.priority, tasks.c.run_after, tasks.c.id)
         )
+        # the probe: the limits and what runs, read without the lock (see claim_queue_tasks)
+        probe = sa.select(
+            *(queues.c[k] for k in ("name", *_LIMITS) if k != "rate_period"),
+            sa.select(count).where(running).scalar_subquery().label("running"),
+            sa.select(count)
+            .where(running, tasks.c.claimed_by == P_WID)
+            .scalar_subquery()
+            .label("mine"),
+        ).where(queues.c.name == P_QUEUE)
         built = cache[(partitioned, names)] = {
+            "probe": probe,
             "lock": sa.select(queues).where(queues.c.name == P_QUEUE).with_for_update(),
             "counts": counts,
             "claim": claim,
@@ -188,9 +199,24 @@ class Queues(SQLCore):
             raise InvalidArgumentError(f"limit must be at least 1, got {limit}")
         seconds = ttl_seconds(ttl)
 
+        base: dict[str, Any] = {"p_queue": queue, "p_wid": worker_id}
+        # 0. PostgreSQL: a probe without the lock, one autocommitted statement: a queue at its
+        # concurrency (the common answer when workers poll a busy queue) is told so without
+        # queueing for the lock behind the claims that do have room. It may be stale: it only
+        # ever says "full" a moment too long, the locked count below decides.
+        if self._direct:
+            probe = self.__dict__.get("_queue_probe")
+            if probe is None:
+                stmt = self._queue_statements(False, False)["probe"]
+                probe = self.__dict__["_queue_probe"] = CompiledStatement(stmt, self.engine.dialect)
+            seen = await self._run_direct(
+                probe, {**base, **self.dialect.clock_params()}, what=f"probe queue {queue!r}"
+            )
+            if seen is not None and (not seen.rows or _full(seen.rows[0], limit) <= 0):
+                return []
+
         def fn(conn: sa.Connection) -> list[TaskClaim]:
             # 1. the queue's lock (held to the commit) and its limits as they are now
-            base: dict[str, Any] = {"p_queue": queue, "p_wid": worker_id}
             row = conn.execute(self._queue_statements(False, False)["lock"], base).first()
             if row is None:
                 return []
@@ -263,6 +289,19 @@ def _partition_heads(available: sa.ColumnElement[bool], now: Any) -> sa.Select[A
     return sa.select(ranked.c.id).where(
         sa.or_(ranked.c.partition_key.is_(None), ranked.c.rn + busy <= room)
     )
+
+
+def _full(row: Mapping[str, Any], limit: int) -> int:
+    """The room the probe's row leaves (0 or less: none; the rate limit is not probed)."""
+    info = QueueInfo(**{k: row[k] for k in ("name", *_LIMITS) if k != "rate_period"})
+    if not info.limited:
+        return 0
+    room = limit
+    if info.concurrency is not None:
+        room = min(room, info.concurrency - row["running"])
+    if info.worker_concurrency is not None:
+        room = min(room, info.worker_concurrency - row["mine"])
+    return room
 
 
 def _claim(m: Mapping[Any, Any]) -> TaskClaim:
