@@ -58,7 +58,7 @@ def main() -> None:
         queues=[durable.Queue("q", concurrency=args.concurrency)],
     )
     asyncio.run(
-        durable.worker.serve(runtime, concurrency=args.slots, poll_interval=0.02, grace=10)
+        durable.worker.serve(runtime, concurrency=args.slots, poll_interval=0.05, grace=10)
     )
 
 

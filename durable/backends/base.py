@@ -1336,7 +1336,9 @@ class PersistentBackend(ABC):
 
         Claims are made as :meth:`claim_available_tasks` makes them (``include_own`` False).
         Returns an empty list when the queue is not stored, has no limit (the ordinary claims
-        take its tasks), is at a limit, or has nothing available.
+        take its tasks), is at a limit, or has nothing available; it may also return one at
+        once while another claim of the same queue is in progress (rather than wait for it:
+        callers poll).
 
         :raises InvalidArgumentError: ``limit`` is below 1.
         """

@@ -4,10 +4,11 @@ Part of :class:`~durable.backends.sql.backend.SQLAlchemyBackend` (see :mod:`.cor
 ordinary claims (:mod:`.claims`) leave the workflow tasks of a queue with a limit alone;
 :meth:`Queues.claim_queue_tasks` claims them, in one short transaction per queue:
 
-1. lock the queue's row (``SELECT ... FOR UPDATE``; on SQLite ``BEGIN IMMEDIATE`` already holds
-   the database's write lock, and SQLAlchemy renders no ``FOR UPDATE``), which serializes the
-   claims of one queue across every worker and process, and read its limits (a change is seen
-   by the next claim);
+1. lock the queue's row (``SELECT ... FOR UPDATE SKIP LOCKED``: a claim that finds it locked
+   by another claim of the queue returns nothing at once; on SQLite ``BEGIN IMMEDIATE`` already
+   holds the database's write lock, and SQLAlchemy renders no ``FOR UPDATE``), which serializes
+   the claims of one queue across every worker and process, and read its limits (a change is
+   seen by the next claim);
 2. count, in a statement of its own, the queue's running executions (workflow tasks holding a
    live claim), the worker's own, and the starts in the rate limit's window. It must be a
    statement after the lock's: under PostgreSQL's READ COMMITTED a statement sees the commits
@@ -176,7 +177,12 @@ class Queues(SQLCore):
         ).where(queues.c.name == P_QUEUE)
         built = cache[(partitioned, names)] = {
             "probe": probe,
-            "lock": sa.select(queues).where(queues.c.name == P_QUEUE).with_for_update(),
+            # SKIP LOCKED: while another claim of the queue holds its lock, this one returns
+            # nothing at once rather than queueing behind it (a convoy of workers polling a
+            # busy queue would otherwise serialize on the lock)
+            "lock": sa.select(queues)
+            .where(queues.c.name == P_QUEUE)
+            .with_for_update(skip_locked=True),
             "counts": counts,
             "claim": claim,
             "record": sa.insert(queue_starts).values(queue=P_QUEUE, started_at=d.current_time()),

@@ -170,14 +170,11 @@ class QueueContract(ContractBase):
         async def worker(name: str) -> None:
             nonlocal held, most
             mine = got.setdefault(name, [])
-            idle = 0
-            while idle < 30:
+            while sum(len(g) for g in got.values()) + held < len(ids):
                 claims = await backend.claim_queue_tasks(name, "q", 2, LONG)
                 if not claims:
-                    idle += 1
                     await asyncio.sleep(0.002)
                     continue
-                idle = 0
                 held += len(claims)
                 most = max(most, held)
                 await asyncio.sleep(0.001)
