@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from durable.client import Client
-from durable.models import WorkflowInfo, WorkflowStatus
+from durable.models import QueueInfo, WorkflowInfo, WorkflowStatus
+from durable.queues import describe_limits
 
 #: Executions counted at most per status (and per queue); one more means "more than this".
 COUNT_CAP = 1000
@@ -46,10 +47,18 @@ class QueueRow:
     pending: int
     running: int
     oldest_pending: datetime | None
+    limits: QueueInfo | None = None
+    """The queue's stored limits (:class:`durable.Queue`), None when it has none stored."""
+
+    @property
+    def limits_text(self) -> str:
+        """The limits in a few words, ``-`` for none."""
+        return describe_limits(self.limits)
 
 
 async def queue_rows(client: Client) -> list[QueueRow]:
-    """The queues with pending or running executions, by name."""
+    """The queues with pending or running executions, and the stored ones (with their
+    limits), by name."""
     pending = await capped(client, WorkflowStatus.PENDING)
     running = await capped(client, WorkflowStatus.RUNNING)
     waiting = Counter(info.queue for info in pending)
@@ -60,7 +69,8 @@ async def queue_rows(client: Client) -> list[QueueRow]:
             info.queue not in oldest or info.created_at < oldest[info.queue]
         ):
             oldest[info.queue] = info.created_at
+    stored = {q.name: q for q in await client.list_queues()}
     return [
-        QueueRow(queue, waiting[queue], busy[queue], oldest.get(queue))
-        for queue in sorted(set(waiting) | set(busy))
+        QueueRow(queue, waiting[queue], busy[queue], oldest.get(queue), stored.get(queue))
+        for queue in sorted(set(waiting) | set(busy) | set(stored))
     ]

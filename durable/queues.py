@@ -148,6 +148,23 @@ class Queue:
         )
 
 
+def describe_limits(queue: QueueInfo | None) -> str:
+    """A queue's limits in a few words (``"concurrency 10, 4 per worker, 100 per 60s, 1 per
+    partition"``), or ``"-"`` for none (the CLI and the web view show it)."""
+    if queue is None or not queue.limited:
+        return "-"
+    parts = []
+    if queue.concurrency is not None:
+        parts.append(f"concurrency {queue.concurrency}")
+    if queue.worker_concurrency is not None:
+        parts.append(f"{queue.worker_concurrency} per worker")
+    if queue.rate_limit is not None:
+        parts.append(f"{queue.rate_limit} per {queue.rate_period:g}s")
+    if queue.partition_concurrency is not None:
+        parts.append(f"{queue.partition_concurrency} per partition")
+    return ", ".join(parts)
+
+
 def queue_name(value: Any, what: str = "queue") -> str | None:
     """The queue name given as a name or a :class:`Queue` (None stays None)."""
     if isinstance(value, Queue):
