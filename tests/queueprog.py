@@ -57,9 +57,7 @@ def main() -> None:
         claim_ttl=10,
         queues=[durable.Queue("q", concurrency=args.concurrency)],
     )
-    asyncio.run(
-        durable.worker.serve(runtime, concurrency=args.slots, poll_interval=0.05, grace=10)
-    )
+    asyncio.run(durable.worker.serve(runtime, concurrency=args.slots, poll_interval=0.05, grace=10))
 
 
 if __name__ == "__main__":

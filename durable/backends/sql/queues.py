@@ -210,7 +210,10 @@ class Queues(SQLCore):
         # concurrency (the common answer when workers poll a busy queue) is told so without
         # queueing for the lock behind the claims that do have room. It may be stale: it only
         # ever says "full" a moment too long, the locked count below decides.
-        if self._direct:
+        # Only while the queue was last found without room: when it has room, the probe is a
+        # round trip for nothing.
+        full: dict[str, bool] = self.__dict__.setdefault("_queue_full", {})
+        if self._direct and full.get(queue, False):
             probe = self.__dict__.get("_queue_probe")
             if probe is None:
                 stmt = self._queue_statements(False, False)["probe"]
@@ -224,7 +227,8 @@ class Queues(SQLCore):
         def fn(conn: sa.Connection) -> list[TaskClaim]:
             # 1. the queue's lock (held to the commit) and its limits as they are now
             row = conn.execute(self._queue_statements(False, False)["lock"], base).first()
-            if row is None:
+            if row is None:  # not stored, or another claim of the queue holds the lock
+                full[queue] = True
                 return []
             config = self._queue_info(row)
             if not config.limited:
@@ -242,6 +246,7 @@ class Queues(SQLCore):
                 room = min(room, config.worker_concurrency - counts.mine)
             if config.rate_limit is not None:
                 room = min(room, config.rate_limit - counts.started)
+            full[queue] = room <= 0
             if room <= 0:
                 return []
             # 3. the claim, within the room left
