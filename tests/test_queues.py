@@ -298,3 +298,25 @@ async def test_a_declared_queue_does_not_undo_a_stored_change(
     async with runtime:
         assert (await runtime.client.get_queue("q")).concurrency == 7
     assert "stored with other limits" in caplog.text
+
+
+def test_cli_sets_shows_and_deletes_limits(sqlite_url: str) -> None:
+    from click.testing import CliRunner
+
+    from durable.cli import main
+
+    asyncio.run(_prepare(sqlite_url, 2, durable.Queue("q", concurrency=2)))
+    runner = CliRunner()
+    done = runner.invoke(
+        main, ["queues", "set", sqlite_url, "q", "--rate-limit", "100/60", "--concurrency", "none"]
+    )
+    assert done.exit_code == 0, done.output
+    assert "limits=100 per 60s" in done.output
+    listed = runner.invoke(main, ["queues", sqlite_url])
+    assert listed.exit_code == 0, listed.output
+    assert "q\tpending=2\trunning=0\t" in listed.output
+    assert listed.output.rstrip().endswith("limits=100 per 60s")
+    refused = runner.invoke(main, ["queues", "set", sqlite_url, "q", "--concurrency", "0"])
+    assert refused.exit_code != 0 and "not a positive int" in refused.output
+    assert runner.invoke(main, ["queues", "delete", sqlite_url, "q"]).exit_code == 0
+    assert runner.invoke(main, ["queues", "delete", sqlite_url, "q"]).exit_code != 0
