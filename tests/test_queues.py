@@ -208,7 +208,7 @@ async def test_partitions_run_in_order(sqlite_url: str) -> None:
     async with runtime:
         for n in range(8):
             for customer in ("a", "b", "c"):
-                await runtime.client.enqueue(
+                await runtime.enqueue(  # the runtime's enqueue: a Queue object as queue=
                     job, customer, n, queue=queue, partition_key=f"customer-{customer}"
                 )
         worker = await runtime.start_worker(concurrency=8, poll_interval=0.02)
