@@ -31,6 +31,7 @@ from durable.errors import (
     NonRetryableError,
     NotFoundError,
     NothingToServeError,
+    QueueNotFoundError,
     ScheduleNotFoundError,
     SchemaVersionError,
     SerializationError,
@@ -69,6 +70,7 @@ from durable.models import (
     Message,
     MissedTicks,
     Page,
+    QueueInfo,
     Receipt,
     ReceiveStatus,
     RegisteredWorkflow,
@@ -83,6 +85,7 @@ from durable.models import (
 )
 from durable.outbox import enqueue_in, send_in
 from durable.patching import deprecate_patch, patched
+from durable.queues import Queue
 from durable.registry import Registry, default_registry
 from durable.retention import Retention
 from durable.retry import RetryPolicy
@@ -135,6 +138,9 @@ __all__ = [
     "Page",
     "PersistentBackend",
     "PickleSerializer",
+    "Queue",
+    "QueueInfo",
+    "QueueNotFoundError",
     "Receipt",
     "ReceiveStatus",
     "RegisteredWorkflow",

@@ -25,6 +25,7 @@ import click
 from durable.cli_actions import add_action_commands
 from durable.cli_gc import gc_command
 from durable.cli_output import checked_id, emit, json_option, jsonable, stamp, when
+from durable.cli_queues import queues_group
 from durable.cli_replay import add_replay_commands
 from durable.cli_schedules import schedules_group
 from durable.cli_workflows import add_workflow_commands, executors_command, queues_command
@@ -479,5 +480,5 @@ add_workflow_commands(workflows, open_client)
 add_replay_commands(workflows, open_client)
 add_action_commands(workflows, open_client)
 main.add_command(executors_command(open_client), "executors")
-main.add_command(queues_command(open_client), "queues")
+main.add_command(queues_group(open_client, queues_command(open_client)), "queues")
 main.add_command(gc_command(open_client), "gc")

@@ -143,7 +143,13 @@ async def queue_depths(client: Client) -> list[dict[str, object]]:
     """Each queue with unfinished executions: how many wait (pending) and run, and when the
     oldest waiting one was created (:func:`durable.overview.queue_rows`)."""
     return [
-        {"queue": r.queue, "pending": r.pending, "running": r.running, "oldest": r.oldest_pending}
+        {
+            "queue": r.queue,
+            "pending": r.pending,
+            "running": r.running,
+            "oldest": r.oldest_pending,
+            "limits": r.limits_text,
+        }
         for r in await queue_rows(client)
     ]
 
@@ -348,8 +354,9 @@ def queues_command(open_client: OpenClient) -> click.Command:
     @click.argument("url", metavar="URL")
     @json_option
     def queues(url: str, as_json: bool) -> None:
-        """List the queues that hold unfinished executions: how many wait and run (exact
-        counts), and when the oldest waiting one was created."""
+        """List the queues that hold unfinished executions, and those with stored limits: how
+        many wait and run (exact counts), when the oldest waiting one was created, and the
+        limits (``durable queues set`` changes them)."""
         emit(
             open_client(url, queue_depths),
             as_json=as_json,
@@ -358,10 +365,11 @@ def queues_command(open_client: OpenClient) -> click.Command:
                 ("pending", lambda q: str(q["pending"])),
                 ("running", lambda q: str(q["running"])),
                 ("oldest pending", lambda q: when(_moment(q["oldest"]))),
+                ("limits", lambda q: str(q["limits"])),
             ],
             line=lambda q: (
                 f"{q['queue']}\tpending={q['pending']}\trunning={q['running']}\t"
-                f"oldest={stamp(_moment(q['oldest']))}"
+                f"oldest={stamp(_moment(q['oldest']))}\tlimits={q['limits']}"
             ),
         )
 

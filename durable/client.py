@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import uuid
@@ -62,6 +63,7 @@ from durable.models import (
     WorkflowStatus,
 )
 from durable.portal import SyncStartable
+from durable.queues import Queue, QueueOperations, queue_name
 from durable.retention import RetentionOperations
 from durable.scheduling import ScheduleOperations
 from durable.validation import (
@@ -81,7 +83,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable):
+class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowIO, SyncStartable):
     """Enqueue, wait for, inspect and control workflow executions stored in a database, without
     running any (see the module docstring).
 
@@ -216,10 +218,11 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         run_after: datetime | None = None,
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
-        queue: str | None = None,
+        queue: str | Queue | None = None,
         timeout: float | timedelta | None = None,
         deadline: datetime | None = None,
         labels: Mapping[str, str] | None = None,
+        partition_key: str | None = None,
         **kwargs: Any,
     ) -> str:
         """Record that a workflow must run, and return its id at once; any worker that serves
@@ -252,6 +255,9 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
             ``list_workflows(labels=...)``): keys of letters, digits, ``_ . - /`` (at most 64),
             str values (at most 255); a child workflow (or an enqueue inside a workflow)
             inherits its parent's labels, its own winning.
+        :param partition_key: the execution's partition within a queue that has a
+            ``partition_concurrency`` (see :class:`durable.Queue`): at most that many of one
+            partition's executions run at once, the earliest enqueued first.
 
         ``args`` and ``kwargs`` are the workflow's arguments; they must be serializable by the
         backend's serializer (JSON by default). Ids, keys, names and queues are non-empty str of
@@ -263,6 +269,9 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
             (nothing is written).
         """
         self._require_started()
+        queue = queue_name(queue)
+        if partition_key is not None:
+            check_name(partition_key, "partition_key")
         wait = check_enqueue_arguments(
             fn,
             workflow_id=workflow_id,
@@ -290,6 +299,8 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
             deadline=deadline,
             labels=labels,
         )
+        if partition_key is not None:
+            options = dataclasses.replace(options, partition_key=partition_key)
         info = await self._create(
             fn, workflow_id or str(uuid.uuid4()), args, kwargs, options=options
         )
@@ -305,10 +316,11 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
         run_after: datetime | None = None,
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
-        queue: str | None = None,
+        queue: str | Queue | None = None,
         timeout: float | timedelta | None = None,
         deadline: datetime | None = None,
         labels: Mapping[str, str] | None = None,
+        partition_key: str | None = None,
         **kwargs: Any,
     ) -> str:
         """:meth:`enqueue` for code that is not async (see :meth:`blocking`)."""
@@ -326,6 +338,7 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
                 timeout=timeout,
                 deadline=deadline,
                 labels=labels,
+                partition_key=partition_key,
                 **kwargs,
             )
         )

@@ -15,6 +15,7 @@ The tree::
     │   ├── WorkflowNotFoundError     no workflow with that id
     │   ├── UnknownWorkflowError      no workflow registered under that name
     │   ├── ScheduleNotFoundError     no schedule with that name
+    │   ├── QueueNotFoundError        no stored queue with that name
     │   └── TaskNotFoundError         no task with that (instance id, task id)
     ├── ConflictError
     │   ├── ConcurrentUpdateError     optimistic lock: the stored version moved on
@@ -178,6 +179,14 @@ class ScheduleNotFoundError(NotFoundError, LookupError):
 
     def __init__(self, name: str) -> None:
         super().__init__(f"no schedule named {name!r}")
+        self.name = name
+
+
+class QueueNotFoundError(NotFoundError, LookupError):
+    """No queue of that name is stored (a queue without a stored configuration has no limits)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no queue named {name!r} is stored")
         self.name = name
 
 

@@ -65,6 +65,8 @@ class EnqueueOptions:
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     """The execution's own labels (checked); a child's are merged over its parent's by the
     backend."""
+    partition_key: str | None = None
+    """The partition of a queue with limits (see :mod:`durable.queues`), or None."""
 
 
 def check_enqueue_arguments(
@@ -244,6 +246,7 @@ def execution_record(
         priority=opts.priority,
         run_after=opts.run_after,
         delay=opts.delay,
+        partition_key=opts.partition_key,
     )
     return snapshot, task
 

@@ -172,6 +172,9 @@ class TaskSpec:
     delay: timedelta | None = None
     """When ``run_after`` is None: not available until this long after it is created, by the
     backend's clock (the database's on PostgreSQL)."""
+    partition_key: str | None = None
+    """The partition of its queue (:attr:`QueueInfo.partition_concurrency`): at most that many
+    of a partition's executions run at once, the oldest first. None: no partition."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -447,3 +450,37 @@ class QueueDepth:
     running: int
     oldest_pending: datetime | None
     """When the oldest pending one was created (None: none is pending)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueInfo:
+    """A queue's limits as stored (``durable_queues``): every worker's claim reads them, so a
+    change takes effect at the next claim. None means no such limit; a queue whose limits are
+    all None is claimed like a queue that is not stored at all (the fast claim)."""
+
+    name: str
+    concurrency: int | None = None
+    """At most this many of the queue's executions run at once, across every worker."""
+    worker_concurrency: int | None = None
+    """At most this many of the queue's executions run at once on one executor."""
+    rate_limit: int | None = None
+    """At most this many starts in any window of :attr:`rate_period` seconds."""
+    rate_period: float | None = None
+    """The rate limit's window, in seconds (set exactly when :attr:`rate_limit` is)."""
+    partition_concurrency: int | None = None
+    """At most this many executions of one ``partition_key`` run at once (oldest first)."""
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def limited(self) -> bool:
+        """Whether any limit is set (the claim then takes the limited path)."""
+        return any(
+            v is not None
+            for v in (
+                self.concurrency,
+                self.worker_concurrency,
+                self.rate_limit,
+                self.partition_concurrency,
+            )
+        )

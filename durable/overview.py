@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from durable.client import Client
-from durable.models import WorkflowInfo, WorkflowStatus
+from durable.models import QueueInfo, WorkflowInfo, WorkflowStatus
+from durable.queues import describe_limits
 
 #: Executions counted at most per status (and per queue); one more means "more than this".
 COUNT_CAP = 1000
@@ -49,12 +50,30 @@ class QueueRow:
     pending: int
     running: int
     oldest_pending: datetime | None
+    limits: QueueInfo | None = None
+    """The queue's stored limits (:class:`durable.Queue`), None when it has none stored."""
+
+    @property
+    def limits_text(self) -> str:
+        """The limits in a few words, ``-`` for none."""
+        return describe_limits(self.limits)
 
 
 async def queue_rows(client: Client) -> list[QueueRow]:
-    """The queues with pending or running executions, by name (one aggregate query:
-    :meth:`~durable.Client.queue_depths`)."""
-    return [
-        QueueRow(d.queue, d.pending, d.running, d.oldest_pending)
-        for d in await client.queue_depths()
-    ]
+    """The queues with pending or running executions (exact depths, one aggregate query:
+    :meth:`~durable.Client.queue_depths`), and the stored ones (with their limits), by name."""
+    depths = {d.queue: d for d in await client.queue_depths()}
+    stored = {q.name: q for q in await client.list_queues()}
+    rows = []
+    for queue in sorted(set(depths) | set(stored)):
+        d = depths.get(queue)
+        rows.append(
+            QueueRow(
+                queue,
+                d.pending if d else 0,
+                d.running if d else 0,
+                d.oldest_pending if d else None,
+                stored.get(queue),
+            )
+        )
+    return rows

@@ -34,7 +34,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -51,6 +51,7 @@ from durable.engine.serving import Serving
 from durable.errors import DurableError, InvalidArgumentError
 from durable.executions import EnqueueOptions, check_timeouts
 from durable.models import RegisteredWorkflow
+from durable.queues import Queue, store_declared_queues
 from durable.registry import Registry, default_registry
 from durable.retention import Retention, retention_policies
 from durable.scheduling import store_declared_schedules
@@ -115,6 +116,10 @@ class Runtime(Operations, Serving):
         other versions are left to workers that have their code, so that a rolling deploy does
         not replay old executions on new code; executions of unknown version (started by name
         by a client without the code) are claimed by every worker.
+    :param queues: the :class:`~durable.Queue` objects this runtime declares: each is stored
+        on start unless a queue of its name is stored already (the stored limits win: see
+        :class:`~durable.Queue`). Every worker of the database obeys the stored limits,
+        declared here or not.
 
     The operations that execute nothing (:meth:`enqueue` outside a workflow, :meth:`result`,
     :meth:`get_workflow`, :meth:`list_workflows`, :meth:`list_steps`, :meth:`cancel`,
@@ -150,6 +155,7 @@ class Runtime(Operations, Serving):
         retention: timedelta | Retention | list[Retention] | None = None,
         app_version: str | None = None,
         serve_versions: Iterable[str] | bool | None = None,
+        queues: Sequence[Queue] = (),
     ) -> None:
         super().__init__()
         if not isinstance(backend, PersistentBackend):
@@ -189,6 +195,10 @@ class Runtime(Operations, Serving):
         self._max_threads = max_threads
         self.retention = retention_policies(retention)
         """The retention policies this runtime applies while it has a worker."""
+        if isinstance(queues, Queue | str) or not all(isinstance(q, Queue) for q in queues):
+            raise InvalidArgumentError(f"queues must be a list of durable.Queue, got {queues!r}")
+        self.queues = list(queues)
+        """The queues this runtime declares (stored on start unless stored already)."""
         self._threads: ThreadPoolExecutor | None = None
         self._locks = KeyedLock()
         self._workers: list[Worker] = []
@@ -230,6 +240,7 @@ class Runtime(Operations, Serving):
             ]
         )
         await store_declared_schedules(self.backend, self.registry)  # @durable.scheduled
+        await store_declared_queues(self.backend, self.queues)  # Runtime(queues=[...])
         self._node_heartbeats_task = self.spawn(
             self._node_heartbeats(), name="durable-node-heartbeat"
         )

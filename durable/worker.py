@@ -298,14 +298,17 @@ class Worker:
         task.add_done_callback(self._releasing.discard)
 
     async def _wait_for_work(self) -> None:
-        """Until the backend signals work, ``poll_interval`` passes, or a stop is requested.
+        """Until the backend signals work, ``poll_interval`` passes, a stop is requested, or
+        one of this worker's executions ends (a queue with limits may have room again).
 
         :raises Exception: waiting failed (the loop backs off and claims again).
         """
         waiter = asyncio.ensure_future(self.runtime.backend.wait_for_work(self.poll_interval))
         stopper = asyncio.ensure_future(self._stopping.wait())
         try:
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {waiter, stopper, *self._running}, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for f in (waiter, stopper):
                 f.cancel()

@@ -49,6 +49,7 @@ from durable.models import (
     Message,
     Page,
     QueueDepth,
+    QueueInfo,
     Receipt,
     RegisteredWorkflow,
     ScheduleInfo,
@@ -1445,6 +1446,75 @@ class PersistentBackend(ABC):
             a workflow of another name (nothing is written).
         """
 
+    # -- queues with limits (durable.queues) ---------------------------------------------------
+    # A stored queue with a limit is claimed only by claim_queue_tasks, which enforces its
+    # limits atomically; claim_available_tasks and claim_and_begin_tasks skip its workflow tasks
+    # (its step tasks stay theirs: the limits count executions, not the steps they hand out).
+
+    @abstractmethod
+    async def put_queue(self, queue: QueueInfo, *, replace: bool = True) -> tuple[QueueInfo, bool]:
+        """Create the queue ``queue.name`` with the limits given, or (with ``replace``) set the
+        stored one's limits to them, in one transaction. Returns ``(stored queue, created)``.
+        Without ``replace`` an existing queue is returned unchanged (a declaration in code
+        does not undo an operator's change). ``created_at`` is kept, ``updated_at`` now.
+        Claims that start after it returns obey the new limits. Of concurrent puts of one new
+        name, one creates it.
+
+        :raises InvalidArgumentError: a limit below 1, or ``rate_limit`` without
+            ``rate_period`` (or the reverse).
+        """
+
+    @abstractmethod
+    async def get_queue(self, name: str) -> QueueInfo:
+        """The stored queue.
+
+        :raises QueueNotFoundError: no such queue.
+        """
+
+    @abstractmethod
+    async def list_queues(self) -> list[QueueInfo]:
+        """Every stored queue, sorted by name."""
+
+    @abstractmethod
+    async def delete_queue(self, name: str) -> bool:
+        """Forget the queue's limits (its tasks stay, claimed like any queue's from then on).
+        Returns False if there was none."""
+
+    @abstractmethod
+    async def claim_queue_tasks(
+        self,
+        worker_id: str,
+        queue: str,
+        limit: int,
+        ttl: timedelta,
+        *,
+        names: Sequence[str] | None = None,
+    ) -> list[TaskClaim]:
+        """Claim up to ``limit`` available *workflow* tasks of the stored queue ``queue``
+        (due, free, name in ``names`` when given, not disabled; in the order of
+        :meth:`find_available_tasks`), within its limits, atomically: the limits are read, the
+        running executions counted and the tasks claimed as one serialized operation per queue,
+        so that however many workers in however many processes race, at no moment
+
+        * more than ``concurrency`` of the queue's workflow tasks hold a live claim (a
+          suspended execution, sleeping, waiting for a message or for its fanned-out steps,
+          holds none, and does not count; a claim whose lease expired does not count either);
+        * more than ``worker_concurrency`` of them are held by one ``worker_id``;
+        * more than ``rate_limit`` claims were made in any window of ``rate_period`` seconds
+          (every claim counts as a start, resumptions included; the backend records them);
+        * more than ``partition_concurrency`` of one ``partition_key``'s are held; within a
+          partition the oldest task (creation order) is claimed first. Tasks without a
+          partition key are not limited by it.
+
+        Claims are made as :meth:`claim_available_tasks` makes them (``include_own`` False).
+        Returns an empty list when the queue is not stored, has no limit (the ordinary claims
+        take its tasks), is at a limit, or has nothing available; it may also return one at
+        once while another claim of the same queue is in progress (rather than wait for it:
+        callers poll).
+
+        :raises InvalidArgumentError: ``limit`` is below 1.
+        """
+
 
 def check_aware(*stamps: datetime | None) -> None:
     """Refuse naive timestamps (they cannot be compared with the stored ones), as every backend
@@ -1505,3 +1575,32 @@ def batch_owners(batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]]) -> l
                 )
         owners.append(owner)
     return owners
+
+
+def check_queue_limits(queue: QueueInfo) -> None:
+    """Refuse limits a queue cannot have, as every backend's :meth:`~PersistentBackend.put_queue`
+    must.
+
+    :raises InvalidArgumentError: a limit that is not an int of at least 1 (a period not a
+        positive number), or ``rate_limit`` without ``rate_period`` (or the reverse).
+    """
+    for what in ("concurrency", "worker_concurrency", "rate_limit", "partition_concurrency"):
+        value = getattr(queue, what)
+        if value is not None and (type(value) is not int or value < 1):
+            raise InvalidArgumentError(
+                f"queue {queue.name!r}: {what} must be an int of at least 1 (or None), "
+                f"got {value!r}"
+            )
+    period = queue.rate_period
+    if (queue.rate_limit is None) != (period is None):
+        raise InvalidArgumentError(
+            f"queue {queue.name!r}: rate_limit and rate_period go together, got "
+            f"rate_limit={queue.rate_limit!r}, rate_period={period!r}"
+        )
+    if period is not None and (
+        isinstance(period, bool) or not isinstance(period, int | float) or not 0 < period < 1e9
+    ):
+        raise InvalidArgumentError(
+            f"queue {queue.name!r}: rate_period must be a positive number of seconds, "
+            f"got {period!r}"
+        )

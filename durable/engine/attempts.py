@@ -32,6 +32,7 @@ from durable.errors import (
 )
 from durable.executions import EnqueueOptions
 from durable.models import WORKFLOW_TASK, ErrorInfo, TaskClaim, WorkflowSnapshot, WorkflowStatus
+from durable.queues import QueueLimits
 from durable.timers import WAKE_MARGIN, WorkflowSleeping
 from durable.validation import derived_id
 from durable.workflow import Workflow
@@ -99,15 +100,39 @@ class Attempts(Leases):
     ) -> list[TaskClaim]:
         """A worker's claim of up to ``limit`` available tasks under this executor's lease;
         the workflows it started are run by :meth:`execute_claimed` (or handed back by
-        :meth:`hand_back_claim`) without being started again."""
+        :meth:`hand_back_claim`) without being started again.
+
+        Queues with limits (:mod:`durable.queues`) are claimed first, each by its own limited
+        claim (which the ordinary one leaves them to); the rest of ``limit`` goes to the
+        ordinary claim. A runtime without limited queues pays no extra round trip."""
         # Runtime(serve_versions=...): only then is the claim filtered by code version
         versions = self.claim_versions()
         by_version: dict[str, Any] = {} if versions is None else {"versions": versions}
-        return await self._claimed.claim(
+        claims: list[TaskClaim] = []
+        for queue in await self._queue_limits.limited(queues):
+            claims += await self.backend.claim_queue_tasks(
+                self.executor_id, queue, limit - len(claims), self.claim_ttl, names=names
+            )
+            if len(claims) >= limit:
+                return claims
+        return claims + await self._claimed.claim(
             self.backend.claim_and_begin_tasks(
-                self.executor_id, limit, self.claim_ttl, names=names, queues=queues, **by_version
+                self.executor_id,
+                limit - len(claims),
+                self.claim_ttl,
+                names=names,
+                queues=queues,
+                **by_version,
             )
         )
+
+    @property
+    def _queue_limits(self) -> QueueLimits:
+        """Which queues are limited, re-read now and then (made on first use)."""
+        limits = self.__dict__.get("_queue_limits_cache")
+        if limits is None:
+            limits = self.__dict__["_queue_limits_cache"] = QueueLimits(self.backend)
+        return cast(QueueLimits, limits)
 
     async def hand_back_claim(self, claim: TaskClaim) -> None:
         """Give back a claim of :meth:`claim_work` that will not be run: released, or if the

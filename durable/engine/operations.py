@@ -3,6 +3,7 @@ result, inspection and control, through the client the runtime owns."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -27,7 +28,8 @@ from durable.models import (
     WorkflowInfo,
     WorkflowStatus,
 )
-from durable.validation import check_bool, derived_id
+from durable.queues import Queue, queue_name
+from durable.validation import check_bool, check_name, derived_id
 from durable.workflow import Workflow
 
 
@@ -47,11 +49,12 @@ class Operations(RuntimeCore):
         run_after: datetime | None = None,
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
-        queue: str | None = None,
+        queue: str | Queue | None = None,
         timeout: float | timedelta | None = None,
         deadline: datetime | None = None,
         labels: Mapping[str, str] | None = None,
         served_elsewhere: bool = False,
+        partition_key: str | None = None,
         **kwargs: Any,
     ) -> str:
         """Record that a workflow must run, and return its id at once; any worker runs it.
@@ -87,6 +90,8 @@ class Operations(RuntimeCore):
             str values (at most 255); a child workflow (or an enqueue inside a workflow)
             inherits its parent's labels, its own winning.
         :param served_elsewhere: allow a name that is not registered in this process.
+        :param partition_key: the execution's partition within a queue that has a
+            ``partition_concurrency`` (see :class:`durable.Queue`).
 
         Called inside a workflow, enqueueing is a step: it is recorded with the workflow's
         progress, so a replay after a crash neither loses nor duplicates it. The child's default
@@ -103,6 +108,9 @@ class Operations(RuntimeCore):
             not finite, an empty ``queue`` (nothing is written).
         """
         self._require_started()
+        queue = queue_name(queue)
+        if partition_key is not None:
+            check_name(partition_key, "partition_key")
         wait = check_enqueue_arguments(
             fn,
             workflow_id=workflow_id,
@@ -137,6 +145,8 @@ class Operations(RuntimeCore):
             deadline=deadline,
             labels=labels,
         )
+        if partition_key is not None:
+            options = dataclasses.replace(options, partition_key=partition_key)
         ctx = _context.current()
         if ctx is None:  # a client's enqueue
             info = await self.client._create(

@@ -15,6 +15,7 @@ import contextlib
 import multiprocessing
 import os
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -101,6 +102,87 @@ def _claim_job(
         raise RuntimeError(f"{worker_id} failed:\n{traceback.format_exc()}") from None
 
 
+def _queue_claim_job(
+    factory: Callable[[], PersistentBackend],
+    worker_id: str,
+    queue: str,
+    batch: int,
+    hold: float,
+    log_path: str,
+) -> tuple[int, list[TaskKey]]:
+    """One process's part of a queue round: claim ``batch`` at a time from a queue with limits
+    (:meth:`~PersistentBackend.claim_queue_tasks`) until it stays empty, holding each claim
+    ``hold`` seconds; each hold is appended to ``log_path`` (``start end`` on the system-wide
+    monotonic clock, nanoseconds) *inside* the claim's lifetime: after the claim returned,
+    before the completion is sent. Returns ``(its pid, the keys it claimed)``."""
+
+    async def hold_one(backend: PersistentBackend, key: TaskKey, fd: int) -> None:
+        start = time.monotonic_ns()
+        await asyncio.sleep(hold)
+        os.write(fd, f"{start} {time.monotonic_ns()}\n".encode())
+        with contextlib.suppress(ClaimLostError):
+            await backend.complete_task(key[0], key[1], worker_id)
+
+    async def run() -> list[TaskKey]:
+        backend = factory()
+        try:
+            await backend.start()
+        except BaseException:
+            _barrier.abort()
+            raise
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        got: list[TaskKey] = []
+        holding: set[asyncio.Task[None]] = set()
+        try:
+            _barrier.wait(60)
+            empty = 0
+            while empty < 20:
+                claims = await backend.claim_queue_tasks(
+                    worker_id, queue, batch, timedelta(seconds=120)
+                )
+                for claim in claims:
+                    key = (claim.instance_id, claim.task_id)
+                    got.append(key)
+                    task = asyncio.ensure_future(hold_one(backend, key, fd))
+                    holding.add(task)
+                    task.add_done_callback(holding.discard)
+                if claims:
+                    empty = 0
+                elif holding:
+                    await asyncio.wait(holding, return_when=asyncio.FIRST_COMPLETED)
+                else:
+                    empty += 1
+                    await asyncio.sleep(0.01)
+            return got
+        finally:
+            if holding:
+                await asyncio.gather(*holding, return_exceptions=True)
+            os.close(fd)
+            await backend.close()
+
+    try:
+        return os.getpid(), asyncio.run(run())
+    except BaseException:
+        raise RuntimeError(f"{worker_id} failed:\n{traceback.format_exc()}") from None
+
+
+def max_overlap(intervals: Sequence[tuple[int, int]]) -> int:
+    """The most intervals ``(start, end)`` open at one moment (an end before a start at the
+    same instant)."""
+    edges = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    most = current = 0
+    for _, change in edges:
+        current += change
+        most = max(most, current)
+    return most
+
+
+def read_intervals(log_path: str) -> list[tuple[int, int]]:
+    """The ``start end`` lines of a hold log."""
+    with open(log_path) as f:
+        return [(int(a), int(b)) for a, b in (line.split() for line in f if line.strip())]
+
+
 class ProcessClaimers:
     """``workers`` processes that claim from one storage at the same time; create one per test
     class (processes start on first use) and :meth:`close` it at the end."""
@@ -156,6 +238,45 @@ class ProcessClaimers:
             results = [f.result() for f in futures]
         pids = {pid for pid, _ in results}
         assert len(pids) == self.workers, f"jobs shared processes: {len(pids)} pids"
+        return {wid: got for wid, (_, got) in zip(worker_ids, results, strict=True)}
+
+    def run_queue(
+        self,
+        factory: Callable[[], PersistentBackend],
+        queue: str,
+        log_path: str,
+        *,
+        batch: int = 3,
+        hold: float = 0.002,
+        timeout: float = 120.0,
+    ) -> dict[str, list[TaskKey]]:
+        """One round of :func:`_queue_claim_job` in every process (see it); returns what each
+        worker claimed, by worker id. The holds are in ``log_path`` (:func:`read_intervals`).
+
+        :raises AssertionError: a process failed or timed out.
+        """
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    self.workers,
+                    mp_context=self._ctx,
+                    initializer=_init_process,
+                    initargs=(self._barrier,),
+                )
+            self._barrier.reset()
+            worker_ids = [f"process-{i}" for i in range(self.workers)]
+            futures = [
+                self._pool.submit(_queue_claim_job, factory, wid, queue, batch, hold, log_path)
+                for wid in worker_ids
+            ]
+            _, pending = wait(futures, timeout, return_when=FIRST_EXCEPTION)
+            if pending:
+                self._kill()
+                raise AssertionError(f"claiming processes still running after {timeout}s")
+            errors = [f.exception() for f in futures if f.exception() is not None]
+            if errors:
+                raise AssertionError(f"a claiming process failed: {errors[0]}") from errors[0]
+            results = [f.result() for f in futures]
         return {wid: got for wid, (_, got) in zip(worker_ids, results, strict=True)}
 
     def _kill(self) -> None:

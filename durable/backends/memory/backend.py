@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -19,12 +20,14 @@ from durable.backends.memory.executors import Executors
 from durable.backends.memory.labels import Labels
 from durable.backends.memory.messages import Messages
 from durable.backends.memory.outputs import Outputs, StoredEvent, StoredStream
+from durable.backends.memory.queues import Queues
 from durable.backends.memory.retention import Retention
 from durable.backends.memory.schedules import Schedules
 from durable.backends.memory.workflows import Workflows
 from durable.models import (
     ExecutorInfo,
     Message,
+    QueueInfo,
     RegisteredWorkflow,
     ScheduleInfo,
     StepRecord,
@@ -43,6 +46,7 @@ class InMemoryBackend(
     Executors,
     Messages,
     Schedules,
+    Queues,
     Retention,
     Labels,
     MemoryCore,
@@ -74,6 +78,8 @@ class InMemoryBackend(
         self._streams: dict[str, dict[str, StoredStream]] = {}
         self._schedules: dict[str, ScheduleInfo] = {}
         self._labels: dict[str, dict[str, str]] = {}
+        self._queues: dict[str, QueueInfo] = {}
+        self._queue_starts: dict[str, deque[datetime]] = {}
 
     async def now(self) -> datetime:
         """The time by :attr:`clock`, which judges every lease and due time here."""
@@ -104,6 +110,8 @@ class InMemoryBackend(
             self._streams.clear()
             self._schedules.clear()
             self._labels.clear()
+            self._queues.clear()
+            self._queue_starts.clear()
 
     def workflow_ids(self) -> list[str]:
         """The ids of every stored workflow, in insertion order."""

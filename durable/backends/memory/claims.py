@@ -12,6 +12,7 @@ from durable.backends.memory.core import (
     check_limit,
     claim_of,
     is_live,
+    limited_queues,
 )
 from durable.errors import ClaimLostError, TaskNotFoundError
 from durable.models import WORKFLOW_TASK, AvailableTask, TaskClaim, TaskSpec, ttl_seconds
@@ -123,6 +124,8 @@ class Claims(MemoryCore):
         # claims skip the names disabled in the registry
         disabled = {n for n, e in self._registry.items() if not e.enabled} if enabled_only else ()
         queue_set = None if queues is None else set(queues)
+        # claims leave the workflow tasks of queues with limits to claim_queue_tasks
+        limited = limited_queues(self._queues) if enabled_only else set()
         found = [
             t
             for t in self._tasks.values()
@@ -136,6 +139,7 @@ class Claims(MemoryCore):
             and t.spec.name not in disabled
             and (queue_set is None or t.spec.queue in queue_set)
             and (versions is None or self._started_by(t, versions))
+            and not (t.spec.queue in limited and t.spec.task_id == WORKFLOW_TASK)
         ]
         found.sort(key=lambda t: (t.spec.priority, t.run_after, t.seq))
         return found[:limit]

@@ -22,6 +22,7 @@ from durable.models import (
     WORKFLOW_TASK,
     ExecutorInfo,
     Message,
+    QueueInfo,
     RegisteredWorkflow,
     StepRecord,
     StepStatus,
@@ -83,6 +84,9 @@ class MemoryCore(PersistentBackend):
                 f"{len(merged)} with those inherited from {snapshot.parent_id!r}"
             )
         return merged
+
+    _queues: dict[str, QueueInfo]
+    """Stored queues by name (:mod:`.queues`); the claims skip the limited ones."""
 
     # -- (de)serialization of stored values -------------------------------------------------
 
@@ -226,3 +230,10 @@ def claim_of(task: StoredTask) -> TaskClaim:
 def check_limit(limit: int) -> None:
     if limit < 1:
         raise InvalidArgumentError(f"limit must be at least 1, got {limit}")
+
+
+def limited_queues(stored: dict[str, QueueInfo]) -> set[str]:
+    """The names of the stored queues that have a limit: only
+    :meth:`~durable.backends.base.PersistentBackend.claim_queue_tasks` claims their workflow
+    tasks."""
+    return {name for name, queue in stored.items() if queue.limited}

@@ -51,6 +51,7 @@ from durable.backends.sql.fanout import FanOut
 from durable.backends.sql.labels import Labels
 from durable.backends.sql.messages import Messages
 from durable.backends.sql.outputs import Outputs
+from durable.backends.sql.queues import Queues
 from durable.backends.sql.retention import Retention
 from durable.backends.sql.runners import AsyncRunner, InlineRunner, Runner
 from durable.backends.sql.schedules import Schedules
@@ -88,6 +89,7 @@ class SQLAlchemyBackend(
     Executors,
     Messages,
     Schedules,
+    Queues,
     Retention,
     Labels,
     WakeUps,

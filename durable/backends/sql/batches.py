@@ -93,7 +93,7 @@ class Enqueues(SQLCore):
             "instance_id": inserted.c.id,
             **{
                 c: sa.bindparam(f"t_{c}", type_=tasks.c[c].type)
-                for c in ("task_id", "name", "queue", "priority", "created_at")
+                for c in ("task_id", "name", "queue", "priority", "created_at", "partition_key")
             },
             "run_after": sa.func.coalesce(
                 sa.bindparam("t_run_after", type_=UTCDateTime()), d.later("delay")
@@ -293,7 +293,16 @@ class Enqueues(SQLCore):
 
 
 #: The task columns the bulk insert takes from its rows (then ``run_after``, ``attempts``).
-_TASK_COLUMNS = ["instance_id", "task_id", "name", "queue", "priority", "created_at", "run_after"]
+_TASK_COLUMNS = [
+    "instance_id",
+    "task_id",
+    "name",
+    "queue",
+    "priority",
+    "created_at",
+    "partition_key",
+    "run_after",
+]
 
 
 def _pg_type(column_type: sa.types.TypeEngine[Any]) -> str:
@@ -328,6 +337,7 @@ def _recordset_tasks() -> sa.TextClause:
         "queue": "TEXT",
         "priority": "INTEGER",
         "created_at": "TIMESTAMPTZ",
+        "partition_key": "TEXT",
         "run_after": "TIMESTAMPTZ",
     }
     record = ", ".join(f"t_{c} {types[c]}" for c in _TASK_COLUMNS) + ", c_delay INTERVAL"

@@ -13,9 +13,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.sql.util import ClauseAdapter
 
 from durable.backends.sql.core import P_WID, STEP_COLUMNS, SQLCore, aware
 from durable.backends.sql.direct import CompiledStatement
+from durable.backends.sql.schema import queues as queue_table
 from durable.backends.sql.schema import steps, tasks, workflow_registry, workflows
 from durable.errors import (
     CorruptRowError,
@@ -179,6 +181,7 @@ class Claims(SQLCore):
                 workflow_registry.c.enabled.is_(sa.false())
             )
             clauses.append(tasks.c.name.not_in(disabled))
+            clauses.append(_not_limited())
         return sa.and_(*clauses)
 
     def _started_by_versions(self) -> sa.ColumnElement[bool]:
@@ -384,18 +387,29 @@ class Claims(SQLCore):
             return compiled
         claimed = self._claim_statement(names, queues, False, versions=versions).cte("c")
         is_workflow_task = claimed.c.task_id == WORKFLOW_TASK
+        # the tables under one-letter aliases: the statement stays short enough for psycopg to
+        # cache its parsing (4,096 characters), which the full names in RETURNING would exceed
+        w: Any = workflows.alias("w")
+        s = steps.alias("s")
+        to_w = ClauseAdapter(w).traverse
+        begin_values = self._begin_values  # type: ignore[attr-defined]  # Execution's
         began = (
-            sa.update(workflows)
-            .where(workflows.c.id == claimed.c.instance_id, is_workflow_task)
-            .values(**self._begin_values)  # type: ignore[attr-defined]  # Execution's
-            .returning(*workflows.c)
+            sa.update(w)
+            .where(w.c.id == claimed.c.instance_id, is_workflow_task)
+            .values(
+                **{
+                    k: to_w(v) if isinstance(v, sa.ClauseElement) else v
+                    for k, v in begin_values.items()
+                }
+            )
+            .returning(*w.c)
             .cte("b")
         )
 
         def nulls(columns: Any, prefix: str) -> list[Any]:
             return [sa.type_coerce(sa.null(), c.type).label(f"{prefix}{c.name}") for c in columns]
 
-        step_columns = [steps.c[c] for c in STEP_COLUMNS]
+        step_columns = [s.c[c] for c in STEP_COLUMNS]
         head = sa.select(
             sa.literal(0).label("part"),
             *[c.label(f"t_{c.name}") for c in claimed.c],
@@ -408,7 +422,7 @@ class Claims(SQLCore):
         # (and keeps the statement short enough for psycopg to cache its parsing)
         blank: list[Any] = [sa.literal_column("NULL")] * (len(claimed.c) + len(began.c))
         history = sa.select(sa.literal(1), *blank, *step_columns).where(
-            steps.c.workflow_id.in_(sa.select(began.c.id))
+            s.c.workflow_id.in_(sa.select(began.c.id))
         )
         both = sa.union_all(head, history)
         both = both.order_by(
@@ -500,6 +514,24 @@ class Claims(SQLCore):
             )
         except CorruptRowError:
             return None
+
+
+def _not_limited() -> sa.ColumnElement[bool]:
+    """Queues with limits (``durable_queues``): the ordinary claims leave their workflow tasks
+    to :meth:`~.queues.Queues.claim_queue_tasks`, which keeps to the limits. Read by the claim
+    itself (like the disabled names: a hashed subplan of a tiny table on PostgreSQL), so a
+    queue is left alone from the moment its limit is stored; a queue without limits keeps this
+    fast claim."""
+    q = queue_table.c
+    limited = sa.select(q.name).where(
+        sa.or_(
+            q.concurrency.is_not(None),
+            q.worker_concurrency.is_not(None),
+            q.rate_limit.is_not(None),
+            q.partition_concurrency.is_not(None),
+        )
+    )
+    return sa.or_(tasks.c.task_id != WORKFLOW_TASK, tasks.c.queue.not_in(limited))
 
 
 def _available_task(r: Any) -> AvailableTask:

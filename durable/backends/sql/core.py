@@ -180,6 +180,9 @@ class SQLCore(PersistentBackend):
             c: sa.bindparam(f"t_{c}", type_=tasks.c[c].type)
             for c in ("instance_id", "task_id", "name", "queue", "priority", "created_at")
         }
+        task_values["partition_key"] = sa.bindparam(
+            "t_partition_key", type_=tasks.c.partition_key.type
+        )
         task_values["run_after"] = sa.func.coalesce(
             sa.bindparam("t_run_after", type_=UTCDateTime()), d.later("delay")
         )
@@ -339,6 +342,7 @@ class SQLCore(PersistentBackend):
             "t_priority": spec.priority,
             "t_run_after": spec.run_after,
             "t_created_at": now,
+            "t_partition_key": spec.partition_key,
             **self.dialect.clock_params(
                 delay=spec.delay.total_seconds() if spec.delay is not None else 0.0
             ),

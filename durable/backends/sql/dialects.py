@@ -105,6 +105,16 @@ class SQLDialect:
         query could wait on a lock the caller's transaction holds), else None."""
         return None
 
+    def current_time(self) -> sa.ColumnElement[datetime]:
+        """The lease clock's time at the moment the expression is evaluated (not the
+        transaction's start): when a rate-limited claim records its starts, after it waited
+        for its queue's lock. SQLite: the host's clock, bound as ``c_current``."""
+        return sa.bindparam("c_current", type_=UTCDateTime())
+
+    def current_params(self) -> dict[str, Any]:
+        """The parameters :meth:`current_time` needs, computed now."""
+        return {"c_current": datetime.now(UTC)}
+
 
 class SQLiteDialect(SQLDialect):
     name = "sqlite"
@@ -201,6 +211,13 @@ class PostgresDialect(SQLDialect):
             .cte("picked")
         )
         return sa.update(tasks).where(tasks.c.id == picked.c.id)
+
+    def current_time(self) -> sa.ColumnElement[datetime]:
+        # now() is the transaction's start, which a claim waiting for its queue's lock passed
+        return sa.func.clock_timestamp(type_=UTCDateTime())
+
+    def current_params(self) -> dict[str, Any]:
+        return {}
 
     def missing_table(self, exc: sa.exc.DBAPIError) -> str | None:
         if getattr(exc.orig, "sqlstate", None) != "42P01":  # undefined_table

@@ -144,6 +144,10 @@ tasks = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("instance_id", "task_id"),
     sa.Index(None, "priority", "run_after", "id"),
+    # queues with limits (durable_queues): the partition of the queue (TaskSpec.partition_key),
+    # and the running tasks of a queue counted by the limited claim
+    sa.Column("partition_key", _ID),
+    sa.Index(None, "queue", "claim_expires_at"),
 )
 
 workflow_registry = sa.Table(
@@ -290,4 +294,35 @@ workflow_labels = sa.Table(
     sa.Column("value", sa.String(255), nullable=False),
     # search by label: the workflows carrying key = value
     sa.Index(None, "key", "value"),
+)
+
+# -- queues with limits (durable.queues) ---------------------------------------------------------
+
+queues = sa.Table(
+    f"{PREFIX}queues",
+    metadata,
+    sa.Column("name", _ID, primary_key=True),
+    # None: no such limit (QueueInfo); the limited claim locks this row
+    sa.Column("concurrency", sa.Integer),
+    sa.Column("worker_concurrency", sa.Integer),
+    sa.Column("rate_limit", sa.Integer),
+    sa.Column("rate_period", sa.Float),
+    sa.Column("partition_concurrency", sa.Integer),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# the starts of rate-limited queues in their current window (older ones are pruned by the claim)
+queue_starts = sa.Table(
+    f"{PREFIX}queue_starts",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("queue", _ID, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Index(None, "queue", "started_at"),
 )

@@ -43,6 +43,8 @@ same fixtures while you write that area (CONTRIBUTING.md walks through them in o
   workflow's descendants, continue-as-new, listing the workflows that wait;
 * :class:`ScheduleContract`: cron schedules stored, paused, listed, fired once per tick
   (compare-and-set with the enqueue) under racing schedulers, missed-tick policies;
+* :class:`QueueContract`: queues with limits stored; claims within them, never beyond them
+  under racing claims of one process or several;
 * :class:`RetentionContract`: finished workflows past a time deleted in batches with what hangs
   off them, unfinished ones and children of unfinished parents kept, racing deleters;
 * :class:`LabelContract`: labels stored with new workflows (children inherit), searched with
@@ -93,6 +95,7 @@ from durable.testing.contract.execution import ExecutionContract
 from durable.testing.contract.fanout import FanOutContract
 from durable.testing.contract.labels import LabelContract
 from durable.testing.contract.messages import MessageContract
+from durable.testing.contract.queues import QueueContract
 from durable.testing.contract.registry import RegistryContract
 from durable.testing.contract.retention import RetentionContract
 from durable.testing.contract.schedules import ScheduleContract
@@ -116,6 +119,7 @@ __all__ = [
     "FanOutContract",
     "LabelContract",
     "MessageContract",
+    "QueueContract",
     "RegistryContract",
     "RetentionContract",
     "ScheduleContract",
@@ -142,6 +146,7 @@ class BackendContractTests(
     RegistryContract,
     DeadlineContract,
     ScheduleContract,
+    QueueContract,
     RetentionContract,
     LabelContract,
     WakeUpContract,
