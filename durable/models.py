@@ -132,6 +132,10 @@ class WorkflowInfo:
     continuations: int = 0
     """How many earlier runs of this execution ended with :func:`durable.continue_as_new`: the
     current run's history starts empty, its input is the one the last run continued with."""
+    trace_context: str | None = None
+    """The trace context of whoever enqueued the execution (W3C ``traceparent`` and
+    ``tracestate`` as a JSON object), when OpenTelemetry was active there, else None: a
+    worker's workflow span takes it as its parent (see :mod:`durable.telemetry`)."""
 
 
 @dataclass(frozen=True, kw_only=True)

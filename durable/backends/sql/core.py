@@ -179,6 +179,7 @@ class SQLCore(PersistentBackend):
             "completed_at": m["completed_at"],
             "deadline": m["deadline"],
             "continuations": m["continuations"],
+            "trace_context": m.get("trace_context"),
         }
 
     def _snapshot(self, row: sa.Row[Any], step_rows: Sequence[sa.Row[Any]]) -> WorkflowSnapshot:
@@ -232,6 +233,7 @@ class SQLCore(PersistentBackend):
             "completed_at": info.completed_at,
             "deadline": info.deadline,
             "continuations": info.continuations,
+            "trace_context": info.trace_context,
         }
 
     def _step_row(self, instance_id: str, step: StepRecord, now: datetime) -> dict[str, Any]:

@@ -83,6 +83,8 @@ workflows = sa.Table(
     sa.Column("deadline", UTCDateTime),
     # earlier runs that continued as new (WorkflowInfo.continuations)
     sa.Column("continuations", sa.Integer, nullable=False, server_default=sa.text("0")),
+    # the enqueuer's trace context (WorkflowInfo.trace_context), for the worker's span
+    sa.Column("trace_context", sa.Text),
     sa.Index(None, "created_at", "id"),
     sa.Index(None, "status", "created_at"),
     sa.Index(None, "name", "created_at"),

@@ -48,7 +48,8 @@ same fixtures while you write that area (CONTRIBUTING.md walks through them in o
 * :class:`WakeUpContract`: ``wait_for_work``;
 * :class:`EventContract`: events workflows publish (latest value wins, fenced, watched);
 * :class:`StreamContract`: streams workflows publish (in order, each once, closed, watched);
-* :class:`ConcurrencyContract`: connections returned, atomic claims, 200 concurrent calls.
+* :class:`ConcurrencyContract`: connections returned, atomic claims, 200 concurrent calls;
+* :class:`ForkContract`: a new execution from the first steps of another's history.
 
 For example ``class TestMyClaims(ClaimContract)`` with the same ``backend`` fixture runs the
 claims area only. A backend passes when :class:`BackendContractTests`, all of them, passes: the
@@ -85,6 +86,7 @@ from durable.testing.contract.deadlines import DeadlineContract
 from durable.testing.contract.events import EventContract, StreamContract
 from durable.testing.contract.execution import ExecutionContract
 from durable.testing.contract.fanout import FanOutContract
+from durable.testing.contract.forks import ForkContract
 from durable.testing.contract.messages import MessageContract
 from durable.testing.contract.registry import RegistryContract
 from durable.testing.contract.retention import RetentionContract
@@ -105,6 +107,7 @@ __all__ = [
     "EventContract",
     "ExecutionContract",
     "FanOutContract",
+    "ForkContract",
     "MessageContract",
     "RegistryContract",
     "RetentionContract",
@@ -135,6 +138,7 @@ class BackendContractTests(
     EventContract,
     StreamContract,
     ConcurrencyContract,
+    ForkContract,
 ):
     """The whole contract suite: every area. Subclass it and define a ``backend`` fixture (see
     the module's docstring); optionally a ``backend_factory`` fixture for the multi-process
