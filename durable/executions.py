@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from durable import telemetry
 from durable.backends.base import PersistentBackend
 from durable.errors import (
     InvalidArgumentError,
@@ -224,6 +225,7 @@ def execution_record(
         idempotency_key=opts.idempotency_key,
         max_attempts=opts.max_attempts,
         deadline=opts.deadline,
+        trace_context=telemetry.current_trace_context(),
     )
     task = TaskSpec(
         instance_id=instance_id,

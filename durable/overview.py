@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
+from durable import telemetry
 from durable.client import Client
 from durable.models import WorkflowInfo, WorkflowStatus
 
@@ -60,7 +61,22 @@ async def queue_rows(client: Client) -> list[QueueRow]:
             info.queue not in oldest or info.created_at < oldest[info.queue]
         ):
             oldest[info.queue] = info.created_at
-    return [
+    rows = [
         QueueRow(queue, waiting[queue], busy[queue], oldest.get(queue))
         for queue in sorted(set(waiting) | set(busy))
     ]
+    if telemetry.active is not None:  # the durable.queue.depth gauge reports what was read
+        telemetry.active.set_queue_depths(
+            {
+                **{(row.queue, "pending"): row.pending for row in rows},
+                **{(row.queue, "running"): row.running for row in rows},
+            }
+        )
+    return rows
+
+
+async def report_queue_depths(client: Client) -> list[QueueRow]:
+    """Read the queues (:func:`queue_rows`) so that OpenTelemetry's ``durable.queue.depth``
+    gauge reports them; call it periodically (e.g. every 15 s) from one process where the
+    gauge is wanted. Without OpenTelemetry it only reads them."""
+    return await queue_rows(client)

@@ -49,9 +49,7 @@ class Forks(SQLCore):
             if source is None:
                 raise WorkflowNotFoundError(source_id)
             history = conn.execute(
-                sa.select(steps.c.position, steps.c.status).where(
-                    steps.c.workflow_id == source_id
-                )
+                sa.select(steps.c.position, steps.c.status).where(steps.c.workflow_id == source_id)
             ).all()
             refusal = fork_refusal(
                 source_id,
@@ -60,9 +58,7 @@ class Forks(SQLCore):
             )
             if refusal is not None:
                 raise refusal
-            exists = conn.execute(
-                sa.select(workflows.c.id).where(workflows.c.id == new_id)
-            ).first()
+            exists = conn.execute(sa.select(workflows.c.id).where(workflows.c.id == new_id)).first()
             if exists is not None:
                 raise WorkflowAlreadyExistsError(new_id)
             name, stored_input, queue, priority, max_attempts = source

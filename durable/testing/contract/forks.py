@@ -18,8 +18,8 @@ from durable.errors import (
 from durable.models import ErrorInfo, StepStatus, WorkflowStatus
 from durable.testing.contract._support import (
     LONG,
-    W,
     ContractBase,
+    W,
     assert_aware,
     create,
     now,
@@ -135,7 +135,9 @@ class ForkContract(ContractBase):
             step(1, "child", status=StepStatus.PENDING, child_workflow_id="src/1"),
             worker_id="w1",
         )
-        with pytest.raises(InvalidArgumentError, match=r"step 1 of workflow 'src' is still pending"):
+        with pytest.raises(
+            InvalidArgumentError, match=r"step 1 of workflow 'src' is still pending"
+        ):
             await backend.fork_workflow("src", "f", from_position=2)
         with pytest.raises(WorkflowNotFoundError):
             await backend.get_workflow("f")

@@ -1,0 +1,222 @@
+"""OpenTelemetry for durable: spans for workflows and steps, the enqueuer's trace context carried
+to the worker, and a few metrics. Optional: install the ``otel`` extra
+(``pip install 'durable-sqla[otel]'``, which brings ``opentelemetry-api``) and configure an SDK
+in the application as for any library; durable only uses the API.
+
+What is recorded (names are stable):
+
+* **Spans.** ``durable.workflow <name>`` for each attempt of an execution a worker runs (kind
+  CONSUMER), whose parent is the span that was current where the execution was enqueued
+  (:attr:`~durable.models.WorkflowInfo.trace_context`, stored with the execution, so a resume
+  after a crash, on another worker, joins the same trace); inside it ``durable.step <name>``
+  for each decorated step (``@durable.step``, :func:`durable.run_step`) that runs (replayed
+  steps do not run and get none; the workflow span counts them in ``durable.replayed_steps``).
+  Attributes: ``durable.workflow.id``, ``durable.workflow.name``, ``durable.executor.id``,
+  ``durable.attempt``; a step span ``durable.step.name`` and ``durable.step.position``.
+  An exception that ends a span is recorded on it, with status ERROR; a workflow that sleeps,
+  waits for fanned-out calls or continues as new ends its span with ``durable.outcome`` set
+  (``sleeping``, ``suspended``, ``continued``), not as an error.
+* **Metrics** (meter ``durable``): ``durable.steps`` (counter; ``durable.step.name``,
+  ``durable.workflow.name``, ``durable.outcome`` = ``succeeded`` | ``failed``),
+  ``durable.workflow.failures`` (counter of failed attempts; ``durable.workflow.name``),
+  ``durable.claim.latency`` (histogram, seconds a worker's claim of work took; ``durable.claimed``:
+  whether it took any), ``durable.queue.depth`` (gauge; ``durable.queue``, ``durable.state`` =
+  ``pending`` | ``running``, set whenever :func:`durable.overview.queue_rows` reads the
+  queues: the web view, ``durable queues``, or :func:`durable.overview.report_queue_depths`).
+
+No cost without OpenTelemetry: :data:`active` is None when ``opentelemetry-api`` cannot be
+imported, and every hook is one ``if telemetry.active is not None`` on the hot path. With the
+API installed and no SDK configured, the API's own no-op tracer and meter are called (a few
+microseconds a step; see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+try:  # the optional extra
+    from opentelemetry import context as otel_context
+    from opentelemetry import metrics as otel_metrics
+    from opentelemetry import propagate as otel_propagate
+    from opentelemetry import trace as otel_trace
+    from opentelemetry.metrics import CallbackOptions, Observation
+except ImportError:  # pragma: no cover - exercised by the benchmark without the extra
+    otel_trace = None  # type: ignore[assignment]
+
+#: The instrumentation scope's name (tracer and meter).
+SCOPE = "durable"
+
+
+class Telemetry:
+    """durable's tracer, meter and instruments (one per process: :data:`active`)."""
+
+    def __init__(self) -> None:
+        self.tracer = otel_trace.get_tracer(SCOPE)
+        meter = otel_metrics.get_meter(SCOPE)
+        self.steps = meter.create_counter(
+            "durable.steps", unit="{step}", description="Steps run (not replayed), by outcome"
+        )
+        self.failures = meter.create_counter(
+            "durable.workflow.failures",
+            unit="{attempt}",
+            description="Workflow attempts that ended with an error",
+        )
+        self.claim_latency = meter.create_histogram(
+            "durable.claim.latency", unit="s", description="How long a worker's claim of work took"
+        )
+        self._depths: dict[tuple[str, str], int] = {}
+        meter.create_observable_gauge(
+            "durable.queue.depth",
+            callbacks=[self._observe_depths],
+            unit="{execution}",
+            description="Executions waiting (pending) and running per queue, as last read",
+        )
+
+    # -- trace context ------------------------------------------------------------------------
+
+    def inject(self) -> str | None:
+        """The current trace context as stored text (a JSON object of the propagator's
+        headers: W3C ``traceparent``, ``tracestate``), or None when no span is current."""
+        carrier: dict[str, str] = {}
+        otel_propagate.inject(carrier)
+        return json.dumps(carrier, sort_keys=True) if carrier else None
+
+    @staticmethod
+    def extract(stored: str | None) -> Any:
+        """The context whose span is the parent of a workflow span: the stored trace context,
+        else none (a new trace; not the worker's current span)."""
+        if stored:
+            try:
+                carrier = json.loads(stored)
+            except ValueError:
+                carrier = None
+            if isinstance(carrier, dict):
+                return otel_propagate.extract(carrier)
+        return otel_context.Context()
+
+    # -- spans --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def workflow_span(
+        self,
+        name: str,
+        workflow_id: str,
+        *,
+        executor_id: str,
+        attempt: int,
+        trace_context: str | None,
+        replayed_steps: int,
+        outcomes: dict[type[BaseException], str],
+    ) -> Iterator[Any]:
+        """The span of one attempt, current inside the block. An exception whose type is in
+        ``outcomes`` (a sleep, a suspension) ends it with that ``durable.outcome``; any other
+        records the exception, sets status ERROR and counts a failure."""
+        span = self.tracer.start_span(
+            f"durable.workflow {name}",
+            context=self.extract(trace_context),
+            kind=otel_trace.SpanKind.CONSUMER,
+            attributes={
+                "durable.workflow.id": workflow_id,
+                "durable.workflow.name": name,
+                "durable.executor.id": executor_id,
+                "durable.attempt": attempt,
+                "durable.replayed_steps": replayed_steps,
+            },
+        )
+        token = otel_context.attach(otel_trace.set_span_in_context(span))
+        try:
+            yield span
+        except BaseException as exc:
+            outcome = next((v for k, v in outcomes.items() if isinstance(exc, k)), None)
+            if outcome is not None:
+                span.set_attribute("durable.outcome", outcome)
+            else:
+                cause = exc.__cause__ if exc.__cause__ is not None else exc
+                span.record_exception(cause)
+                span.set_status(otel_trace.Status(otel_trace.StatusCode.ERROR, str(cause)))
+                span.set_attribute("durable.outcome", "failed")
+                self.failures.add(1, {"durable.workflow.name": name})
+            raise
+        else:
+            span.set_attribute("durable.outcome", "succeeded")
+        finally:
+            otel_context.detach(token)
+            span.end()
+
+    @contextlib.contextmanager
+    def _step_span(
+        self, workflow_name: str, workflow_id: str, step: str, position: int
+    ) -> Iterator[None]:
+        labels = {"durable.step.name": step, "durable.workflow.name": workflow_name}
+        with self.tracer.start_as_current_span(
+            f"durable.step {step}",
+            attributes={
+                "durable.workflow.id": workflow_id,
+                "durable.step.name": step,
+                "durable.step.position": position,
+            },
+        ):
+            try:
+                yield
+            except BaseException:
+                self.steps.add(1, {**labels, "durable.outcome": "failed"})
+                raise
+            self.steps.add(1, {**labels, "durable.outcome": "succeeded"})
+
+    async def step(
+        self, workflow_name: str, workflow_id: str, step: str, position: int, run: Awaitable[T]
+    ) -> T:
+        """Await ``run`` (a step that runs: its attempts and its record) in its span."""
+        with self._step_span(workflow_name, workflow_id, step, position):
+            return await run
+
+    def step_blocking(
+        self, workflow_name: str, workflow_id: str, step: str, position: int, run: Callable[[], T]
+    ) -> T:
+        """Call ``run`` (a sync workflow's step) in its span."""
+        with self._step_span(workflow_name, workflow_id, step, position):
+            return run()
+
+    # -- metrics ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def claiming(self) -> Iterator[list[int]]:
+        """Time a worker's claim; the caller appends how many tasks it took."""
+        taken: list[int] = []
+        start = time.perf_counter()
+        try:
+            yield taken
+        finally:
+            self.claim_latency.record(
+                time.perf_counter() - start, {"durable.claimed": bool(taken and taken[0])}
+            )
+
+    def set_queue_depths(self, depths: dict[tuple[str, str], int]) -> None:
+        """The executions per ``(queue, state)`` as just read: the gauge reports these (and
+        no longer reports queues missing from them)."""
+        self._depths = dict(depths)
+
+    def _observe_depths(self, _options: CallbackOptions) -> list[Observation]:
+        return [
+            Observation(n, {"durable.queue": queue, "durable.state": state})
+            for (queue, state), n in self._depths.items()
+        ]
+
+
+#: durable's telemetry, or None when OpenTelemetry is not installed (then every hook is skipped).
+active: Telemetry | None = Telemetry() if otel_trace is not None else None
+
+
+def current_trace_context() -> str | None:
+    """The trace context to store with an execution enqueued now (None without OpenTelemetry or
+    without a current span)."""
+    return active.inject() if active is not None else None
+
+
+__all__ = ["SCOPE", "Telemetry", "active", "current_trace_context"]
