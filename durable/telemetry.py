@@ -25,7 +25,9 @@ What is recorded (names are stable):
   queues: the web view, ``durable queues``, or :func:`durable.overview.report_queue_depths`).
 
 No cost without OpenTelemetry: :data:`active` is None when ``opentelemetry-api`` cannot be
-imported, and every hook is one ``if telemetry.active is not None`` on the hot path. With the
+imported, and every hook is one ``if telemetry.active is not None`` on the hot path. With it,
+``import durable`` still does not import it: the first hook that runs (an enqueue, a worker's
+claim) does, once. With the
 API installed and no SDK configured, the API's own no-op tracer and meter are called (a few
 microseconds a step; see BENCHMARKS.md).
 """
@@ -33,32 +35,49 @@ microseconds a step; see BENCHMARKS.md).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 T = TypeVar("T")
 
-try:  # the optional extra
-    from opentelemetry import context as otel_context
-    from opentelemetry import metrics as otel_metrics
-    from opentelemetry import propagate as otel_propagate
-    from opentelemetry import trace as otel_trace
+if TYPE_CHECKING:  # the optional extra: imported on first use (Telemetry._setup)
     from opentelemetry.metrics import CallbackOptions, Observation
-except ImportError:  # pragma: no cover - exercised by the benchmark without the extra
-    otel_trace = None  # type: ignore[assignment]
 
 #: The instrumentation scope's name (tracer and meter).
 SCOPE = "durable"
+# OpenTelemetry's modules, imported by Telemetry._setup on first use
+otel_context: Any = None
+otel_propagate: Any = None
+otel_trace: Any = None
+
+
+def _installed() -> bool:
+    """Whether ``opentelemetry-api`` can be imported, without importing it (importing it reads
+    package entry points: tens of milliseconds that ``import durable`` does not pay)."""
+    try:
+        return importlib.util.find_spec("opentelemetry.trace") is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules["opentelemetry"] is None
+        return False
 
 
 class Telemetry:
     """durable's tracer, meter and instruments (one per process: :data:`active`)."""
 
     def __init__(self) -> None:
-        self.tracer = otel_trace.get_tracer(SCOPE)
-        meter = otel_metrics.get_meter(SCOPE)
+        self._ready = False
+        self._depths: dict[tuple[str, str], int] = {}
+
+    def _setup(self) -> None:
+        """Import OpenTelemetry and make the tracer and instruments, on first use."""
+        global otel_context, otel_propagate, otel_trace
+        from opentelemetry import context, metrics, propagate, trace
+
+        otel_context, otel_propagate, otel_trace = context, propagate, trace
+        self.tracer = trace.get_tracer(SCOPE)
+        meter = metrics.get_meter(SCOPE)
         self.steps = meter.create_counter(
             "durable.steps", unit="{step}", description="Steps run (not replayed), by outcome"
         )
@@ -70,19 +89,21 @@ class Telemetry:
         self.claim_latency = meter.create_histogram(
             "durable.claim.latency", unit="s", description="How long a worker's claim of work took"
         )
-        self._depths: dict[tuple[str, str], int] = {}
         meter.create_observable_gauge(
             "durable.queue.depth",
             callbacks=[self._observe_depths],
             unit="{execution}",
             description="Executions waiting (pending) and running per queue, as last read",
         )
+        self._ready = True
 
     # -- trace context ------------------------------------------------------------------------
 
     def inject(self) -> str | None:
         """The current trace context as stored text (a JSON object of the propagator's
         headers: W3C ``traceparent``, ``tracestate``), or None when no span is current."""
+        if not self._ready:
+            self._setup()
         carrier: dict[str, str] = {}
         otel_propagate.inject(carrier)
         return json.dumps(carrier, sort_keys=True) if carrier else None
@@ -117,6 +138,8 @@ class Telemetry:
         """The span of one attempt, current inside the block. An exception whose type is in
         ``outcomes`` (a sleep, a suspension) ends it with that ``durable.outcome``; any other
         records the exception, sets status ERROR and counts a failure."""
+        if not self._ready:
+            self._setup()
         span = self.tracer.start_span(
             f"durable.workflow {name}",
             context=self.extract(trace_context),
@@ -153,6 +176,8 @@ class Telemetry:
     def _step_span(
         self, workflow_name: str, workflow_id: str, step: str, position: int
     ) -> Iterator[None]:
+        if not self._ready:
+            self._setup()
         labels = {"durable.step.name": step, "durable.workflow.name": workflow_name}
         with self.tracer.start_as_current_span(
             f"durable.step {step}",
@@ -188,6 +213,8 @@ class Telemetry:
     @contextlib.contextmanager
     def claiming(self) -> Iterator[list[int]]:
         """Time a worker's claim; the caller appends how many tasks it took."""
+        if not self._ready:
+            self._setup()
         taken: list[int] = []
         start = time.perf_counter()
         try:
@@ -203,6 +230,8 @@ class Telemetry:
         self._depths = dict(depths)
 
     def _observe_depths(self, _options: CallbackOptions) -> list[Observation]:
+        from opentelemetry.metrics import Observation
+
         return [
             Observation(n, {"durable.queue": queue, "durable.state": state})
             for (queue, state), n in self._depths.items()
@@ -210,7 +239,7 @@ class Telemetry:
 
 
 #: durable's telemetry, or None when OpenTelemetry is not installed (then every hook is skipped).
-active: Telemetry | None = Telemetry() if otel_trace is not None else None
+active: Telemetry | None = Telemetry() if _installed() else None
 
 
 def current_trace_context() -> str | None:
