@@ -28,8 +28,9 @@ No cost without OpenTelemetry: :data:`active` is None when ``opentelemetry-api``
 imported, and every hook is one ``if telemetry.active is not None`` on the hot path. With it,
 ``import durable`` still does not import it: the first hook that runs (an enqueue, a worker's
 claim) does, once. With the
-API installed and no SDK configured, the API's own no-op tracer and meter are called (a few
-microseconds a step; see BENCHMARKS.md).
+API installed and no SDK configured (no tracer or meter provider set), spans and measurements
+are skipped too (:meth:`Telemetry.recording`); the trace context of an enqueue is still stored
+(a context propagated from an incoming request may be valid without an SDK here).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ SCOPE = "durable"
 # OpenTelemetry's modules, imported by Telemetry._setup on first use
 otel_context: Any = None
 otel_propagate: Any = None
+otel_metrics: Any = None
 otel_trace: Any = None
 
 
@@ -68,14 +70,16 @@ class Telemetry:
 
     def __init__(self) -> None:
         self._ready = False
+        self._configured = False
+        self._unconfigured_until = 0.0  # monotonic: no provider was set when last looked
         self._depths: dict[tuple[str, str], int] = {}
 
     def _setup(self) -> None:
         """Import OpenTelemetry and make the tracer and instruments, on first use."""
-        global otel_context, otel_propagate, otel_trace
+        global otel_context, otel_metrics, otel_propagate, otel_trace
         from opentelemetry import context, metrics, propagate, trace
 
-        otel_context, otel_propagate, otel_trace = context, propagate, trace
+        otel_context, otel_metrics, otel_propagate, otel_trace = context, metrics, propagate, trace
         self.tracer = trace.get_tracer(SCOPE)
         meter = metrics.get_meter(SCOPE)
         self.steps = meter.create_counter(
@@ -96,6 +100,23 @@ class Telemetry:
             description="Executions waiting (pending) and running per queue, as last read",
         )
         self._ready = True
+
+    def recording(self) -> bool:
+        """Whether an SDK is configured (a tracer or meter provider was set): until one is, the
+        API's no-op tracer and meter would only cost time, so spans and measurements are
+        skipped (looked at once a second at most; once a provider is set, it stays)."""
+        if self._configured:
+            return True
+        now = time.monotonic()
+        if now < self._unconfigured_until:
+            return False
+        if not self._ready:
+            self._setup()
+        tracing = not isinstance(otel_trace.get_tracer_provider(), otel_trace.ProxyTracerProvider)
+        measuring = type(otel_metrics.get_meter_provider()).__name__ != "_ProxyMeterProvider"
+        self._configured = tracing or measuring
+        self._unconfigured_until = now + 1.0
+        return self._configured
 
     # -- trace context ------------------------------------------------------------------------
 
@@ -138,8 +159,9 @@ class Telemetry:
         """The span of one attempt, current inside the block. An exception whose type is in
         ``outcomes`` (a sleep, a suspension) ends it with that ``durable.outcome``; any other
         records the exception, sets status ERROR and counts a failure."""
-        if not self._ready:
-            self._setup()
+        if not self.recording():
+            yield None
+            return
         span = self.tracer.start_span(
             f"durable.workflow {name}",
             context=self.extract(trace_context),
@@ -198,6 +220,8 @@ class Telemetry:
         self, workflow_name: str, workflow_id: str, step: str, position: int, run: Awaitable[T]
     ) -> T:
         """Await ``run`` (a step that runs: its attempts and its record) in its span."""
+        if not self.recording():
+            return await run
         with self._step_span(workflow_name, workflow_id, step, position):
             return await run
 
@@ -205,6 +229,8 @@ class Telemetry:
         self, workflow_name: str, workflow_id: str, step: str, position: int, run: Callable[[], T]
     ) -> T:
         """Call ``run`` (a sync workflow's step) in its span."""
+        if not self.recording():
+            return run()
         with self._step_span(workflow_name, workflow_id, step, position):
             return run()
 
@@ -213,9 +239,10 @@ class Telemetry:
     @contextlib.contextmanager
     def claiming(self) -> Iterator[list[int]]:
         """Time a worker's claim; the caller appends how many tasks it took."""
-        if not self._ready:
-            self._setup()
         taken: list[int] = []
+        if not self.recording():
+            yield taken
+            return
         start = time.perf_counter()
         try:
             yield taken

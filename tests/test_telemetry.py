@@ -49,6 +49,9 @@ def _providers() -> Iterator[None]:
     provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
     trace.set_tracer_provider(provider)
     metrics.set_meter_provider(MeterProvider(metric_readers=[READER]))
+    assert telemetry.active is not None
+    telemetry.active._unconfigured_until = 0.0  # look again now (an earlier test may have)
+    assert telemetry.active.recording()
     yield
 
 
