@@ -9,8 +9,10 @@ interpreter:
 * ``sdk``: the SDK configured (a ``TracerProvider`` that samples every span and exports none,
   a ``MeterProvider`` without readers): the cost of making the spans and measurements.
 
-The figure per mode is the median over ``--rounds`` of step_overhead's median per-step time
-(async steps in an async workflow, sync steps in a sync workflow).
+The figures per mode are medians over ``--rounds`` of step_overhead's median per-step times
+(async steps in an async workflow, sync steps in a sync workflow) and of its paired ratio (an
+async step over a bare commit taken alternately in the same workflow: the figure least moved by
+a busy machine).
 
     python benchmarks/telemetry_overhead.py [--backend sqlite|postgres] [--steps 300]
         [--repeat 3] [--rounds 3] [--pg-url postgresql+psycopg://...]
@@ -66,6 +68,7 @@ def one(mode: str, args: argparse.Namespace, out: Path) -> dict[str, float]:
     return {
         "async_step_us": result["async_step_us"]["median"],
         "sync_step_us": result["sync_step_us"]["median"],
+        "paired_ratio": result["paired"]["ratio"],
     }
 
 
@@ -86,14 +89,16 @@ def main() -> None:
     figures = {
         mode: {
             key: round(statistics.median(r[key] for r in rs), 1)
-            for key in ("async_step_us", "sync_step_us")
+            for key in ("async_step_us", "sync_step_us", "paired_ratio")
         }
         for mode, rs in runs.items()
     }
     print(f"per-step time, {args.backend}, median of {args.rounds} rounds (us)")
-    print(f"{'mode':<6} {'async step':>12} {'sync step':>12}")
+    print(f"{'mode':<6} {'async step':>12} {'sync step':>12} {'step/floor':>12}")
     for mode, f in figures.items():
-        print(f"{mode:<6} {f['async_step_us']:>12} {f['sync_step_us']:>12}")
+        print(
+            f"{mode:<6} {f['async_step_us']:>12} {f['sync_step_us']:>12} {f['paired_ratio']:>11}x"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"backend": args.backend, "figures": figures}))
 

@@ -82,6 +82,16 @@ async def wf(x: int) -> int:
     return await flaky(await add(x))
 
 
+@durable.step(name="tests.otel.add_sync")
+def add_sync(x: int) -> int:
+    return x + 1
+
+
+@durable.workflow(name="tests.otel.sync_wf.v1", registry=REG)
+def sync_wf(x: int) -> int:
+    return add_sync(add_sync(x))
+
+
 def runtime(url: str) -> durable.Runtime:
     return durable.Runtime(
         durable.connect(url), executor_id="otel-1", registry=REG, recover=False, poll_interval=0.02
@@ -186,6 +196,18 @@ async def test_a_fork_is_parented_by_the_forkers_span() -> None:
     (span,) = spans_of(fork)[0]
     assert span.parent is not None
     assert span.parent.span_id == parent.get_span_context().span_id
+
+
+async def test_a_sync_workflows_steps_are_children_of_its_span() -> None:
+    async with runtime("memory://") as rt:
+        await rt.start_worker(concurrency=1, poll_interval=0.02)
+        workflow_id = await rt.client.enqueue(sync_wf, 1)
+        assert await rt.client.result(workflow_id, timeout=WAIT) == 3
+    (span,), steps = spans_of(workflow_id)
+    assert span.context is not None
+    assert [(s.name, s.parent.span_id if s.parent else None) for s in steps] == [
+        ("durable.step tests.otel.add_sync", span.context.span_id)
+    ] * 2
 
 
 def _sum(name: str, **attributes: Any) -> float:
