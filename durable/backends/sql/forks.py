@@ -58,31 +58,30 @@ class Forks(SQLCore):
             )
             if refusal is not None:
                 raise refusal
-            exists = conn.execute(sa.select(workflows.c.id).where(workflows.c.id == new_id)).first()
-            if exists is not None:
-                raise WorkflowAlreadyExistsError(new_id)
             name, stored_input, queue, priority, max_attempts = source
             row = conn.execute(
-                sa.insert(workflows)
-                .values(
-                    id=new_id,
-                    name=name,
-                    status=WorkflowStatus.PENDING.value,
-                    input=stored_input,
-                    queue=queue,
-                    priority=priority,
-                    attempts=0,
-                    max_attempts=max_attempts,
-                    interruptions=0,
-                    version=1,
-                    created_at=now,
-                    updated_at=now,
-                    deadline=deadline,
-                    continuations=0,
-                    trace_context=trace_context,
-                )
-                .returning(*workflows.c)
-            ).one()
+                # a concurrent fork to the same id loses here, not on a constraint error
+                self.dialect.insert(workflows).on_conflict_do_nothing().returning(*workflows.c),
+                {
+                    "id": new_id,
+                    "name": name,
+                    "status": WorkflowStatus.PENDING.value,
+                    "input": stored_input,
+                    "queue": queue,
+                    "priority": priority,
+                    "attempts": 0,
+                    "max_attempts": max_attempts,
+                    "interruptions": 0,
+                    "version": 1,
+                    "created_at": now,
+                    "updated_at": now,
+                    "deadline": deadline,
+                    "continuations": 0,
+                    "trace_context": trace_context,
+                },
+            ).first()
+            if row is None:
+                raise WorkflowAlreadyExistsError(new_id)
             step_columns = [c for c in steps.c if c.name != "workflow_id"]
             conn.execute(
                 sa.insert(steps).from_select(
