@@ -14,8 +14,12 @@ The figures per mode are medians over ``--rounds`` of step_overhead's median per
 async step over a bare commit taken alternately in the same workflow: the figure least moved by
 a busy machine).
 
+With ``--hooks``, the step hook alone instead (no database): ``telemetry.active.step(...)``
+around a no-op coroutine, minus the bare coroutine, per call, in each mode (``off``: the
+``is None`` check the step path makes).
+
     python benchmarks/telemetry_overhead.py [--backend sqlite|postgres] [--steps 300]
-        [--repeat 3] [--rounds 3] [--pg-url postgresql+psycopg://...]
+        [--repeat 3] [--rounds 3] [--pg-url postgresql+psycopg://...] [--hooks]
 """
 
 from __future__ import annotations
@@ -72,6 +76,41 @@ def one(mode: str, args: argparse.Namespace, out: Path) -> dict[str, float]:
     }
 
 
+HOOK = """
+import asyncio, statistics, time
+from durable import telemetry
+tel = telemetry.active
+async def noop():
+    return 1
+async def main():
+    n, runs = 20000, []
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(n):
+            await noop()
+        base = time.perf_counter() - t
+        t = time.perf_counter()
+        for i in range(n):
+            if tel is None:
+                await noop()
+            else:
+                await tel.step("wf", "id", "s", i, noop())
+        runs.append((time.perf_counter() - t - base) / n * 1e6)
+    print(round(statistics.median(runs), 2))
+asyncio.run(main())
+"""
+
+
+def hooks() -> None:
+    print("the step hook alone, per call (us; median of 5 x 20,000)")
+    for mode in PRELUDE:
+        done = subprocess.run(
+            [sys.executable, "-c", PRELUDE[mode] + CHECK[mode] + HOOK],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        print(f"{mode:<6} {done.stdout.strip():>8}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
@@ -80,7 +119,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pg-url", default=None)
     parser.add_argument("--json", default=None, help="write the figures here")
+    parser.add_argument("--hooks", action="store_true", help="time the step hook alone")
     args = parser.parse_args()
+    if args.hooks:
+        hooks()
+        return
     runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in PRELUDE}
     with tempfile.TemporaryDirectory(prefix="durable-otel-bench-") as tmp:
         for n in range(args.rounds):
