@@ -17,6 +17,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -171,6 +172,32 @@ async def test_the_enqueuers_span_parents_every_attempt_and_each_step_has_a_span
     ]
     assert steps[1].status.status_code is StatusCode.ERROR
     assert CALLS == {"add": 1, "flaky": 2}
+
+
+async def test_an_attempt_resumed_after_its_executor_died_joins_the_enqueuers_trace(
+    tmp_path: Any,
+) -> None:
+    """An executor claims and begins the execution, then dies (its lease runs out); the worker
+    that resumes it reads the trace context from the row, not from anything in memory."""
+    tracer = trace.get_tracer("tests")
+    async with runtime(f"sqlite:///{tmp_path / 'crash.db'}") as rt:
+        with tracer.start_as_current_span("enqueue") as parent:
+            workflow_id = await rt.client.enqueue(wf, 10)
+        backend = rt.backend
+        claim = await backend.claim_task(
+            workflow_id, durable.WORKFLOW_TASK, "dead-executor", timedelta(seconds=0.2)
+        )
+        assert claim is not None
+        await backend.begin_execution(workflow_id, "dead-executor")  # then it dies
+        await asyncio.sleep(0.3)  # its lease expires
+        await rt.start_worker(concurrency=1, poll_interval=0.02)
+        assert await rt.client.result(workflow_id, timeout=WAIT) == 22
+        assert (await rt.client.get_workflow(workflow_id)).interruptions == 1
+    spans = spans_of(workflow_id)[0]
+    assert spans and all(
+        s.parent is not None and s.parent.span_id == parent.get_span_context().span_id
+        for s in spans
+    )
 
 
 async def test_without_a_current_span_the_workflow_span_is_a_root(tmp_path: Any) -> None:

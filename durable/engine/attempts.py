@@ -531,15 +531,6 @@ class Attempts(Leases):
         await self.backend.finish_workflow(
             snapshot.id, worker_id=self.executor_id, status=status, error=info, rerun=rerun
         )
-        log.info(
-            "workflow %s %s after attempt %d: %s: %s",
-            snapshot.id,
-            "was dead-lettered" if status is WorkflowStatus.DEAD_LETTER else "failed",
-            snapshot.attempts,
-            info.type,
-            info.message,
-            extra={"action": f"workflow.{status.value}", "workflow_id": snapshot.id},
-        )
         return False
 
     async def run_child(
