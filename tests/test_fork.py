@@ -142,7 +142,7 @@ async def test_a_fork_from_an_earlier_step_runs_it_and_waits_for_new_messages(
         client = rt.client
         original = await failed_order(rt)
         BUGGY["notify"] = False
-        fork = await client.fork(original, from_step=1)
+        fork = await rt.fork(original, from_step=1)  # the runtime delegates to its client
         # the child runs again (a new child, of the fork); the receive at 4 waits for a message
         await until(
             lambda: _status_is(client, fork, WorkflowStatus.PENDING, at_least_steps=4),
@@ -190,7 +190,7 @@ async def test_resume_continues_a_dead_lettered_execution_from_its_history(
         client = rt.client
         original = await failed_order(rt)
         BUGGY["notify"] = False
-        info = await client.resume(original)
+        info = await rt.resume(original)  # the runtime delegates to its client
         assert info.status is WorkflowStatus.PENDING
         assert await client.result(original, timeout=WAIT) == "receipt-7/70/fragile"
         assert CALLS == {"charge": 1, "pack": 1, "notify": 2}
