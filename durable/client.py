@@ -167,6 +167,7 @@ class Client(ScheduleOperations, RetentionOperations, WorkflowIO, SyncStartable)
             return
         try:
             await self.backend.start()
+            await telemetry.prepare()  # not later, in the middle of an operation
         except BaseException:
             with contextlib.suppress(Exception):  # the start's error is the one to see
                 await self.backend.close()

@@ -25,9 +25,10 @@ What is recorded (names are stable):
   queues: the web view, ``durable queues``, or :func:`durable.overview.report_queue_depths`).
 
 No cost without OpenTelemetry: :data:`active` is None when ``opentelemetry-api`` cannot be
-imported, and every hook is one ``if telemetry.active is not None`` on the hot path. With it,
-``import durable`` still does not import it: the first hook that runs (an enqueue, a worker's
-claim) does, once. With the
+imported, and every hook is one ``if telemetry.active is not None`` on the hot path. With it
+installed, durable still never imports it before the application does (``import durable`` and a
+worker's start stay as fast): until ``opentelemetry.trace`` is imported, no span can be current
+and no provider configured, so the hooks return at once. With the
 API installed and no SDK configured (no tracer or meter provider set), spans and measurements
 are skipped too (:meth:`Telemetry.recording`); the trace context of an enqueue is still stored
 (a context propagated from an incoming request may be valid without an SDK here).
@@ -38,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -49,6 +51,9 @@ if TYPE_CHECKING:  # the optional extra: imported on first use (Telemetry._setup
 
 #: The instrumentation scope's name (tracer and meter).
 SCOPE = "durable"
+#: Imported by an application that uses OpenTelemetry (to configure it, or to start a span):
+#: until it is, nothing can be recorded and no span can be current, so durable does nothing.
+_API = "opentelemetry.trace"
 # OpenTelemetry's modules, imported by Telemetry._setup on first use
 otel_context: Any = None
 otel_propagate: Any = None
@@ -76,6 +81,8 @@ class Telemetry:
 
     def _setup(self) -> None:
         """Import OpenTelemetry and make the tracer and instruments, on first use."""
+        if self._ready:
+            return
         global otel_context, otel_metrics, otel_propagate, otel_trace
         from opentelemetry import context, metrics, propagate, trace
 
@@ -110,6 +117,9 @@ class Telemetry:
         now = time.monotonic()
         if now < self._unconfigured_until:
             return False
+        if _API not in sys.modules:  # the application has not imported it: nothing to record
+            self._unconfigured_until = now + 1.0
+            return False
         if not self._ready:
             self._setup()
         tracing = not isinstance(otel_trace.get_tracer_provider(), otel_trace.ProxyTracerProvider)
@@ -124,6 +134,8 @@ class Telemetry:
         """The current trace context as stored text (a JSON object of the propagator's
         headers: W3C ``traceparent``, ``tracestate``), or None when no span is current."""
         if not self._ready:
+            if _API not in sys.modules:  # then no span can be current
+                return None
             self._setup()
         carrier: dict[str, str] = {}
         otel_propagate.inject(carrier)
@@ -269,10 +281,19 @@ class Telemetry:
 active: Telemetry | None = Telemetry() if _installed() else None
 
 
+async def prepare() -> None:
+    """Make durable's tracer and instruments now if the application uses OpenTelemetry (it
+    imported it): runtimes and clients call it when they start, so that no claim or step does
+    it while it holds a lease. Durable never imports OpenTelemetry itself before the
+    application does (importing it reads package metadata: tens to hundreds of milliseconds)."""
+    if active is not None and not active._ready and _API in sys.modules:
+        active._setup()
+
+
 def current_trace_context() -> str | None:
     """The trace context to store with an execution enqueued now (None without OpenTelemetry or
     without a current span)."""
     return active.inject() if active is not None else None
 
 
-__all__ = ["SCOPE", "Telemetry", "active", "current_trace_context"]
+__all__ = ["SCOPE", "Telemetry", "active", "current_trace_context", "prepare"]
