@@ -326,3 +326,33 @@ def test_the_hooks_are_off_without_opentelemetry() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "ok", done.stderr
     assert telemetry.active is not None  # here, the API is installed
+
+
+def test_durable_does_not_import_opentelemetry_before_the_application_does() -> None:
+    """Installed but unused by the application: a worker runs a workflow and a client enqueues
+    without importing it (a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, asyncio, durable\n"
+        "from durable import telemetry\n"
+        "assert telemetry.active is not None\n"
+        "reg = durable.Registry()\n"
+        "@durable.step(name='t.s')\n"
+        "async def s(x): return x + 1\n"
+        "@durable.workflow(name='t.w.v1', registry=reg)\n"
+        "async def w(x): return await s(x)\n"
+        "async def main():\n"
+        "    rt = durable.Runtime(durable.connect('memory://'), registry=reg, recover=False)\n"
+        "    async with rt:\n"
+        "        await rt.start_worker(poll_interval=0.02)\n"
+        "        i = await rt.client.enqueue(w, 1)\n"
+        "        assert await rt.client.result(i, timeout=30) == 2\n"
+        "        assert (await rt.client.get_workflow(i)).trace_context is None\n"
+        "asyncio.run(main())\n"
+        "assert 'opentelemetry.trace' not in sys.modules, 'imported'\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "ok", done.stderr
