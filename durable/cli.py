@@ -457,7 +457,7 @@ def list_steps(url: str, workflow_id: str, as_json: bool) -> None:
 @url_argument
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--actions", is_flag=True, help="Allow cancel and retry from the browser.")
+@click.option("--actions", is_flag=True, help="Allow cancel, retry, resume, fork in the browser.")
 @click.option(
     "--token",
     envvar="DURABLE_UI_TOKEN",

@@ -1,5 +1,5 @@
-"""``durable workflows cancel | retry | resume``: change executions, one by id or many chosen
-by the filters of ``workflows list``.
+"""``durable workflows cancel | retry | resume | fork``: change executions, one by id or many
+chosen by the filters of ``workflows list`` (``fork``: one by id).
 
 :func:`add_action_commands` adds them to :mod:`durable.cli`'s ``workflows`` group. Given ids,
 a command acts on those (``ID: status`` per line, exit status 1 on the first error, as before
@@ -9,9 +9,10 @@ elsewhere it needs ``--yes``), then acts on each with a progress bar in a termin
 execution elsewhere; one that cannot be changed (it finished meanwhile, a retry of a running
 one) is reported and skipped, and the exit status is 1 if any was.
 
-``resume`` is ``retry`` under the name operators look for: :meth:`Client.retry
-<durable.Client.retry>` runs a cancelled, dead-lettered or failed execution again from its
-history.
+``resume`` is ``retry`` under the name operators look for: :meth:`Client.resume
+<durable.Client.resume>` runs a cancelled, dead-lettered or failed execution again from its
+history. ``fork ID --from-step N`` starts a new execution with the first N steps' outputs
+copied (:meth:`Client.fork <durable.Client.fork>`) and prints its id.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ ACTIONS: dict[
         "Resume cancelled, dead-lettered or failed executions from their history: the same as "
         "`durable workflows retry`.",
         (WorkflowStatus.CANCELLED, WorkflowStatus.DEAD_LETTER, WorkflowStatus.FAILED),
-        Client.retry,
+        Client.resume,
     ),
 }
 
@@ -59,9 +60,38 @@ def stdin_is_terminal() -> bool:
 
 
 def add_action_commands(workflows: click.Group, open_client: OpenClient) -> None:
-    """Add ``cancel``, ``retry`` and ``resume`` to the ``workflows`` group."""
+    """Add ``cancel``, ``retry``, ``resume`` and ``fork`` to the ``workflows`` group."""
     for verb, (doc, default_statuses, op) in ACTIONS.items():
         workflows.command(verb)(_action(verb, doc, default_statuses, op, open_client))
+    workflows.add_command(_fork_command(open_client))
+
+
+def _fork_command(open_client: OpenClient) -> click.Command:
+    @click.command("fork")
+    @click.argument("url", metavar="URL")
+    @click.argument("workflow_id", callback=lambda _c, _p, v: checked_id(v, "WORKFLOW_ID"))
+    @click.option(
+        "--from-step", "from_step", required=True, type=int, metavar="N",
+        help="The position of the first step that runs again (the numbers `workflows show` "
+        "prints, from 0); the steps before it replay their recorded outputs.",
+    )  # fmt: skip
+    @click.option(
+        "--id", "new_id", default=None, metavar="NEW_ID",
+        callback=lambda _c, _p, v: None if v is None else checked_id(v, "--id"),
+        help="The new execution's id (default: a new random one).",
+    )  # fmt: skip
+    def fork(url: str, workflow_id: str, from_step: int, new_id: str | None) -> None:
+        """Start a new execution of WORKFLOW_ID's workflow, with its input, whose steps before
+        --from-step N replay WORKFLOW_ID's recorded outputs and whose steps from N on run for
+        real (after fixing a bug in step N, say). Prints the new execution's id; WORKFLOW_ID
+        is not changed."""
+
+        async def run(client: Client) -> str:
+            return await client.fork(workflow_id, from_step=from_step, new_workflow_id=new_id)
+
+        click.echo(open_client(url, run))
+
+    return fork
 
 
 def _action(

@@ -40,6 +40,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from durable import telemetry
 from durable.backends.base import PersistentBackend
 from durable.connect import connect
 from durable.errors import DurableError, InvalidArgumentError, WorkflowNotFoundError
@@ -69,6 +70,7 @@ from durable.scheduling import ScheduleOperations
 from durable.validation import (
     check_bool,
     check_id,
+    check_int,
     check_labels,
     check_name,
     check_optional_id,
@@ -176,6 +178,7 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
             return
         try:
             await self.backend.start()
+            await telemetry.prepare()  # not later, in the middle of an operation
         except BaseException:
             with contextlib.suppress(Exception):  # the start's error is the one to see
                 await self.backend.close()
@@ -695,6 +698,90 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
     def retry_sync(self, workflow_id: str) -> WorkflowInfo:
         """:meth:`retry` for code that is not async."""
         return self.blocking(self.retry(workflow_id))
+
+    async def resume(self, workflow_id: str) -> WorkflowInfo:
+        """Resume a cancelled, dead-lettered or failed execution where it stopped: the same
+        operation as :meth:`retry` (a redrive), under the name operators look for. Its recorded
+        steps are replayed, not run again (a step that completed before the cancellation
+        returns its recorded output); the failed steps that ended its last attempt run again,
+        then everything after them. Its id, input and history are kept; its attempt and
+        interruption counts start again. To run it again from an earlier step instead (after
+        fixing a bug in a step that completed), see :meth:`fork`.
+
+        :raises WorkflowNotFoundError: no such workflow.
+        :raises InvalidArgumentError: it is not failed, dead-lettered or cancelled.
+        """
+        return await self.retry(workflow_id)
+
+    def resume_sync(self, workflow_id: str) -> WorkflowInfo:
+        """:meth:`resume` for code that is not async."""
+        return self.blocking(self.resume(workflow_id))
+
+    async def fork(
+        self, workflow_id: str, *, from_step: int, new_workflow_id: str | None = None
+    ) -> str:
+        """Start a new execution of ``workflow_id``'s workflow, with the same input, whose first
+        ``from_step`` steps are copied from ``workflow_id``'s history; return its id. A worker
+        runs it as any other: the copied steps replay their recorded outputs, and the steps
+        from position ``from_step`` on run for real. Use it to run a workflow again after
+        fixing a bug in a later step, with the earlier steps' work (a payment, an e-mail) not
+        done twice. The original execution is not changed, whatever its status.
+
+        **Step numbers** are the positions of :meth:`list_steps` (``durable workflows show``):
+        every step, child workflow, sleep, message receive, event, ``enqueue`` inside the
+        workflow takes the next position, from 0, in call order. ``from_step=0`` copies
+        nothing (the workflow runs again from its start); one more than the last recorded
+        position copies every step.
+
+        What is copied, below ``from_step``: each step's recorded outcome (output, or the
+        error it replays), so a child workflow started there is not started again (its
+        recorded result is replayed and the step still names the original's child), a sleep
+        that ended is not slept again, and a message received there is received again from
+        the record; the events the workflow set there (:func:`durable.set_event`; an event
+        whose latest value was set at ``from_step`` or later is absent until the fork sets it
+        again). Not copied: messages waiting for the original (a message or timer received
+        at ``from_step`` or later must be sent to the fork), streams, the original's children
+        themselves, its id, idempotency key, deadline, attempts and parent.
+
+        :param from_step: the position of the first step that runs again (an ``int`` >= 0).
+        :param new_workflow_id: the fork's id (default: a new random one).
+        :raises WorkflowNotFoundError: no execution ``workflow_id``.
+        :raises WorkflowAlreadyExistsError: ``new_workflow_id`` exists.
+        :raises InvalidArgumentError: ``from_step`` is not an int, is negative or past one
+            after the last recorded step, or a step before it has not finished (a child
+            workflow or a :func:`durable.map` call still running); nothing is written.
+        """
+        self._require_started()
+        check_id(workflow_id, "workflow_id")
+        check_int(from_step, "from_step", minimum=0)
+        new_id = (
+            str(uuid.uuid4())
+            if new_workflow_id is None
+            else check_id(new_workflow_id, "new_workflow_id")
+        )
+        info = await self.backend.fork_workflow(
+            workflow_id,
+            new_id,
+            from_position=from_step,
+            trace_context=telemetry.current_trace_context(),
+        )
+        log.info(
+            "workflow %s forked from step %d as %s",
+            workflow_id,
+            from_step,
+            info.id,
+            extra={"action": "workflow.forked", "workflow_id": info.id, "step": from_step,
+                   "source_id": workflow_id},
+        )  # fmt: skip
+        return info.id
+
+    def fork_sync(
+        self, workflow_id: str, *, from_step: int, new_workflow_id: str | None = None
+    ) -> str:
+        """:meth:`fork` for code that is not async."""
+        return self.blocking(
+            self.fork(workflow_id, from_step=from_step, new_workflow_id=new_workflow_id)
+        )
 
     async def set_workflow_enabled(self, name: str, enabled: bool) -> RegisteredWorkflow:
         """Enable or disable a workflow name for every worker sharing this database, at once:

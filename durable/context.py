@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
@@ -38,6 +39,8 @@ from durable.models import WORKFLOW_TASK, ErrorInfo, StepRecord, StepStatus
 from durable.validation import check_name
 
 T = TypeVar("T")
+#: Step failures are logged as the step module's (durable.step).
+log = logging.getLogger("durable.step")
 
 _current: ContextVar[ExecutionContext | None] = ContextVar("durable_execution", default=None)
 _in_step: ContextVar[bool] = ContextVar("durable_in_step", default=False)
@@ -476,13 +479,26 @@ class StepGuard:
         self, exc: BaseException, *, attempts: int = 1, child_workflow_id: str | None = None
     ) -> None:
         """Persist the step's failure (its exception's type, message, traceback and args)."""
+        error = ErrorInfo.from_exception(exc)
         await self._record(
-            StepStatus.FAILED,
-            error=ErrorInfo.from_exception(exc),
-            attempts=attempts,
-            child=child_workflow_id,
+            StepStatus.FAILED, error=error, attempts=attempts, child=child_workflow_id
         )
         self.ctx.failure_observed(self.position)
+        log.info(
+            "step %s (position %d) of workflow %s failed after %d attempt(s): %s: %s",
+            self.name,
+            self.position,
+            self.ctx.workflow_id,
+            attempts,
+            error.type,
+            error.message,
+            extra={
+                "action": "step.failed",
+                "workflow_id": self.ctx.workflow_id,
+                "step": self.name,
+                "position": self.position,
+            },
+        )
 
     async def mark_pending(self, child_workflow_id: str) -> None:
         """Persist that the step started a child workflow whose result it awaits."""

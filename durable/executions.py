@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from durable import telemetry
 from durable.backends.base import PersistentBackend
 from durable.errors import (
     InvalidArgumentError,
@@ -238,6 +239,7 @@ def execution_record(
         deadline=opts.deadline,
         code_version=wf.code_version(app_version) if isinstance(wf, Workflow) else app_version,
         labels=opts.labels,
+        trace_context=telemetry.current_trace_context(),
     )
     task = TaskSpec(
         instance_id=instance_id,

@@ -136,6 +136,10 @@ class WorkflowInfo:
     """The version of the code that started the execution (see :mod:`durable.versioning`):
     the workflow's ``version``, the runtime's ``app_version`` or a hash of the workflow's
     source; None when it was started by name by a client that does not have the code."""
+    trace_context: str | None = None
+    """The trace context of whoever enqueued the execution (W3C ``traceparent`` and
+    ``tracestate`` as a JSON object), when OpenTelemetry was active there, else None: a
+    worker's workflow span takes it as its parent (see :mod:`durable.telemetry`)."""
 
 
 @dataclass(frozen=True, kw_only=True)

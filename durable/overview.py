@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from durable import telemetry
 from durable.client import Client
 from durable.models import QueueInfo, WorkflowInfo, WorkflowStatus
 from durable.queues import describe_limits
@@ -75,5 +76,12 @@ async def queue_rows(client: Client) -> list[QueueRow]:
                 d.oldest_pending if d else None,
                 stored.get(queue),
             )
+        )
+    if telemetry.active is not None:  # the durable.queue.depth gauge reports what was read
+        telemetry.active.set_queue_depths(
+            {
+                **{(row.queue, "pending"): row.pending for row in rows},
+                **{(row.queue, "running"): row.running for row in rows},
+            }
         )
     return rows

@@ -39,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from durable import telemetry
 from durable.backends.base import PersistentBackend
 from durable.client import Client
 from durable.context import Rescheduled as Rescheduled
@@ -225,6 +226,7 @@ class Runtime(Operations, Serving):
             return
         await self.backend.start()
         try:
+            await telemetry.prepare()  # not later, under a lease
             await self._take_executor_id()
         except BaseException:
             await self.backend.close()

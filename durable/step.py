@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from datetime import timedelta
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
+from durable import telemetry
 from durable.context import (
     ExecutionContext,
     ExecutionHost,
@@ -156,6 +157,20 @@ class Step(Generic[P, T]):
         """Run the step for an async workflow, with retries; persist the outcome."""
         if guard.replayed:
             return guard.replay()
+        tel = telemetry.active
+        if tel is not None:
+            ctx = guard.ctx
+            return await tel.step(
+                ctx.workflow_name,
+                ctx.workflow_id,
+                self.name,
+                guard.position,
+                self._run(guard, args, kwargs),
+            )
+        return await self._run(guard, args, kwargs)
+
+    async def _run(self, guard: StepGuard, args: Any, kwargs: Any) -> Any:
+        """:meth:`_execute` of a step that is not replayed."""
         await guard.ctx.ensure_lease()
         ok, value, attempts = await self.attempt(args, kwargs, guard.ctx.runtime.sleep)
         if not ok:
@@ -170,6 +185,19 @@ class Step(Generic[P, T]):
         where the backend allows it, else on the loop."""
         if guard.replayed:
             return guard.replay()
+        tel = telemetry.active
+        if tel is not None:
+            return tel.step_blocking(
+                ctx.workflow_name,
+                ctx.workflow_id,
+                self.name,
+                guard.position,
+                lambda: self._run_blocking(ctx, guard, args, kwargs),
+            )
+        return self._run_blocking(ctx, guard, args, kwargs)
+
+    def _run_blocking(self, ctx: ExecutionContext, guard: StepGuard, args: Any, kwargs: Any) -> Any:
+        """:meth:`_execute_blocking` of a step that is not replayed."""
         if not ctx.lease_fresh():  # checked here first: a hop to the loop costs more
             ctx.block_on(ctx.ensure_lease())
         attempt = 0

@@ -45,6 +45,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Protocol
 
+from durable import telemetry
 from durable.backends.base import PersistentBackend
 from durable.context import Rescheduled, WorkflowSuspended
 from durable.errors import (
@@ -251,7 +252,13 @@ class Worker:
         claims: list[TaskClaim] = []
         names = self.names
         if want > 0 and names:
-            claims = await self.runtime.claim_work(want, names=names, queues=self.queues)
+            tel = telemetry.active
+            if tel is None:
+                claims = await self.runtime.claim_work(want, names=names, queues=self.queues)
+            else:
+                with tel.claiming() as taken:
+                    claims = await self.runtime.claim_work(want, names=names, queues=self.queues)
+                    taken.append(len(claims))
             self._backlog = len(claims) == want
             if self._failures:
                 log.info(

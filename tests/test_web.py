@@ -281,6 +281,37 @@ def test_retry_requeues_a_failed_workflow(db: str) -> None:
     assert stored(db, "broken-7").status is WorkflowStatus.PENDING
 
 
+def test_fork_from_a_step_starts_a_new_execution(db: str) -> None:
+    with TestClient(create_app(db, actions=True)) as web:
+        page = web.get("/workflows/broken-7").text
+        assert 'id="fork"' in page and 'max="2"' in page
+        key = form_key(page)
+        done = web.post(
+            "/actions/fork",
+            data={"workflow_id": "broken-7", "form_key": key, "from_step": "1"},
+            follow_redirects=False,
+        )
+        assert done.status_code == 303
+        location = done.headers["location"]
+        assert location.endswith("?done=fork") and "broken-7" not in location
+        fork_page = web.get(location).text
+        assert "fork: done." in fork_page and fork_page.count(BAR) == 1
+        for bad in ("3", "-1", "x"):
+            refused = web.post(
+                "/actions/fork",
+                data={"workflow_id": "broken-7", "form_key": key, "from_step": bad},
+            )
+            assert refused.status_code == 400 and "from_step" in refused.text
+        resumed = web.post("/actions/resume", data={"workflow_id": "broken-7", "form_key": key})
+        assert resumed.status_code == 200 and "resume: done." in resumed.text
+    assert stored(db, "broken-7").status is WorkflowStatus.PENDING
+    with durable.Client(db) as client:
+        forks = [i for i in client.list_workflows_sync(name="web.broken.v1").items]
+        assert len(forks) == 2  # broken-7 and one fork; the refusals wrote nothing
+        fork = next(i for i in forks if i.id != "broken-7")
+        assert [s.position for s in client.list_steps_sync(fork.id)] == [0]
+
+
 def test_actions_refuse_a_foreign_form_or_a_bad_target(db: str) -> None:
     with TestClient(create_app(db, actions=True)) as web:
         key = form_key(web.get("/workflows/nap-5").text)
@@ -522,6 +553,16 @@ def test_in_a_real_chromium(served: str, db: str, ids: dict[str, list[str]]) -> 
                 "document.getElementById('count-cancelled').textContent === '2'", timeout=30_000
             )
             assert page.locator("tr.workflow-row").count() == 8
+
+            # fork from a step: a new execution with the steps before it copied
+            page.goto(f"{served}/workflows/broken-7")
+            page.fill("#from-step", "1")
+            page.once("dialog", lambda dialog: dialog.accept())
+            page.click("#fork")
+            page.wait_for_url(re.compile(r"done=fork"))
+            assert "/workflows/broken-7?" not in page.url
+            assert page.locator("#timeline .step-bar").count() == 1
+            assert page.locator("#workflow-status").inner_text() == "pending"
         finally:
             browser.close()
     assert stored(db, "nap-5").status is WorkflowStatus.CANCELLED

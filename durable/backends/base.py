@@ -1515,6 +1515,48 @@ class PersistentBackend(ABC):
         :raises InvalidArgumentError: ``limit`` is below 1.
         """
 
+    @abstractmethod
+    async def fork_workflow(
+        self,
+        source_id: str,
+        new_id: str,
+        *,
+        from_position: int,
+        deadline: datetime | None = None,
+        trace_context: str | None = None,
+    ) -> WorkflowInfo:
+        """Start a new execution ``new_id`` of workflow ``source_id``'s workflow from its
+        recorded history (a *fork*), in one transaction:
+
+        * the new workflow has the source's name, input (as stored), queue, priority and
+          ``max_attempts``; it is ``pending`` with no output, error, parent, executor,
+          idempotency key, attempts, interruptions or continuations, version 1, ``created_at``
+          and ``updated_at`` now, ``deadline`` and ``trace_context`` as given;
+        * every step of the source at a position below ``from_position`` is copied to it as
+          stored (name, status, output or error, child workflow id, attempts, executor, times,
+          ``rerun``), so that running it replays them and runs ``from_position`` onward;
+        * every event of the source whose value was written at a position below
+          ``from_position`` is copied (key, value, position, ``updated_at``); a key whose
+          latest value was written at or after it is not (its earlier values are not kept);
+        * its workflow task is created, due at once (unclaimed, with the source's name, queue
+          and priority).
+
+        Nothing else is copied: not messages (sent or received), timers, streams, tasks, nor
+        child workflows (a copied step that started a child replays the child's recorded
+        outcome and names the source's child). The source is not changed, whatever its status
+        (it may be running).
+
+        ``from_position`` is valid from 0 (nothing copied: the workflow runs again from its
+        start) to one past the source's highest recorded position (everything copied).
+
+        :raises WorkflowNotFoundError: no workflow ``source_id``.
+        :raises WorkflowAlreadyExistsError: a workflow ``new_id`` exists (nothing is written).
+        :raises InvalidArgumentError: ``from_position`` is negative or past one after the
+            highest recorded position, or a step below it is pending (a child workflow or a
+            fanned-out call still running; its outcome is not recorded yet), or a naive
+            ``deadline``; the message names the position (nothing is written).
+        """
+
 
 def check_aware(*stamps: datetime | None) -> None:
     """Refuse naive timestamps (they cannot be compared with the stored ones), as every backend
@@ -1604,3 +1646,30 @@ def check_queue_limits(queue: QueueInfo) -> None:
             f"queue {queue.name!r}: rate_period must be a positive number of seconds, "
             f"got {period!r}"
         )
+
+
+def fork_refusal(
+    source_id: str, from_position: int, steps: Sequence[tuple[int, bool]]
+) -> InvalidArgumentError | None:
+    """Why :meth:`PersistentBackend.fork_workflow` refuses ``from_position`` for a source whose
+    recorded steps are ``steps`` (``(position, pending)`` pairs), or None: the same message on
+    every backend."""
+    highest = max((p for p, _ in steps), default=-1)
+    if from_position < 0 or from_position > highest + 1:
+        recorded = (
+            f"its recorded steps are at positions 0 to {highest}"
+            if highest >= 0
+            else "it has no recorded step"
+        )
+        return InvalidArgumentError(
+            f"from_step={from_position} is out of range for workflow {source_id!r}: {recorded}, "
+            f"so from_step must be between 0 and {highest + 1}"
+        )
+    pending = sorted(p for p, is_pending in steps if is_pending and p < from_position)
+    if pending:
+        return InvalidArgumentError(
+            f"from_step={from_position}: step {pending[0]} of workflow {source_id!r} is still "
+            f"pending (a child workflow or a fanned-out call has not finished), so it cannot be "
+            f"copied; fork from step {pending[0]} or earlier, or wait for it to finish"
+        )
+    return None

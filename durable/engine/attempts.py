@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any, NoReturn, cast
 
 from durable import context as _context
+from durable import telemetry
 from durable.backends.base import deadline_error
 from durable.context import ExecutionContext, Rescheduled, StepGuard, WorkflowSuspended
 from durable.continuation import ContinueAsNew, WorkflowContinued
@@ -39,6 +40,15 @@ from durable.workflow import Workflow
 
 #: The runtime's logger: what this module logs, it logs as the runtime.
 log = logging.getLogger("durable.runtime")
+
+#: How a workflow span ends on these signals: not as an error (see durable.telemetry).
+_SPAN_OUTCOMES: dict[type[BaseException], str] = {
+    WorkflowSleeping: "sleeping",
+    WorkflowSuspended: "suspended",
+    WorkflowContinued: "continued",
+    ClaimLostError: "interrupted",
+    asyncio.CancelledError: "handed_back",
+}
 
 
 class ClaimedStarts:
@@ -296,6 +306,33 @@ class Attempts(Leases):
             if now >= deadline:  # claimed past its deadline (it slept, waited or queued)
                 raise await self._expire(instance_id, deadline)
             remaining = (deadline - now).total_seconds()
+        tel = telemetry.active
+        if tel is None:
+            return await self._attempt(wf, snapshot, (args, kwargs), leased_at, remaining)
+        with tel.workflow_span(
+            wf.name,
+            instance_id,
+            executor_id=self.executor_id,
+            attempt=snapshot.attempts,
+            trace_context=snapshot.trace_context,
+            replayed_steps=len(snapshot.steps),
+            outcomes=_SPAN_OUTCOMES,
+        ):
+            return await self._attempt(wf, snapshot, (args, kwargs), leased_at, remaining)
+
+    async def _attempt(
+        self,
+        wf: Workflow[Any, Any],
+        snapshot: WorkflowSnapshot,
+        arguments: tuple[Sequence[Any], Any],
+        leased_at: float,
+        remaining: float | None,
+    ) -> Any:
+        """The body of :meth:`_execute` once the execution has begun: run it under its lease
+        and record how the attempt ended."""
+        instance_id = snapshot.id
+        deadline = snapshot.deadline
+        args, kwargs = arguments
         assert self._loop is not None
         ctx = ExecutionContext(
             runtime=self,

@@ -295,6 +295,30 @@ class Operations(RuntimeCore):
         """
         return await self.client.retry(workflow_id)
 
+    async def resume(self, workflow_id: str) -> WorkflowInfo:
+        """:meth:`retry` under the name operators look for (see :meth:`Client.resume
+        <durable.Client.resume>`).
+
+        :raises WorkflowNotFoundError: no such workflow.
+        :raises InvalidArgumentError: it is not failed, dead-lettered or cancelled.
+        """
+        return await self.client.resume(workflow_id)
+
+    async def fork(
+        self, workflow_id: str, *, from_step: int, new_workflow_id: str | None = None
+    ) -> str:
+        """Start a new execution that replays ``workflow_id``'s first ``from_step`` steps and
+        runs the rest; return its id (see :meth:`Client.fork <durable.Client.fork>`).
+
+        :raises WorkflowNotFoundError: no execution ``workflow_id``.
+        :raises WorkflowAlreadyExistsError: ``new_workflow_id`` exists.
+        :raises InvalidArgumentError: ``from_step`` out of range, or a step before it not
+            finished.
+        """
+        return await self.client.fork(
+            workflow_id, from_step=from_step, new_workflow_id=new_workflow_id
+        )
+
     async def send(
         self,
         workflow_id: str,

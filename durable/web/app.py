@@ -31,7 +31,8 @@ def create_app(
     :param target: a database URL or a backend (the app makes a client over it, starts it on
         the first request and closes it when the app's lifespan ends), or a started
         :class:`~durable.Client` (the caller's to close).
-    :param actions: allow cancel and retry from the pages (off by default: read-only).
+    :param actions: allow cancel, retry, resume and fork from a step from the pages (off by
+        default: read-only).
     :param token: when given, every request must carry it (see :mod:`durable.web.security`).
         The app does not know where it is bound; :func:`durable.web.serve` refuses a non-local
         address without a token.

@@ -1,5 +1,6 @@
 """The web view's routes: the pages (workflows, one workflow, queues, executors), the counts the
-list polls for, and the actions (cancel, retry) when the app was made with ``actions=True``.
+list polls for, and the actions (cancel, retry, resume, fork from a step) when the app was made
+with ``actions=True``.
 
 Every handler reads through the app's :class:`~durable.Client` (see :mod:`durable.web.queries`),
 never the database directly. Links are built under the request's ``root_path``, so the pages
@@ -109,6 +110,7 @@ async def workflow(request: Request) -> Response:
         shown=shown,
         can_cancel=not page.info.status.is_terminal,
         can_retry=page.info.status in RETRYABLE,
+        fork_max=max((s.position for s in page.steps), default=-1) + 1,
         notice=request.query_params.get("done"),
     )
 
@@ -132,7 +134,8 @@ async def counts(request: Request) -> Response:
 
 
 async def action(request: Request) -> Response:
-    """Cancel or retry the workflow named in the form, then show its page again."""
+    """Cancel, retry or resume the workflow named in the form, then show its page again; or
+    fork it from the form's ``from_step``, then show the new execution's page."""
     state = state_of(request)
     if not state.actions:
         return render(
@@ -158,8 +161,15 @@ async def action(request: Request) -> Response:
         await client.cancel(workflow_id)
     elif name == "retry":
         await client.retry(workflow_id)
+    elif name == "resume":
+        await client.resume(workflow_id)
+    elif name == "fork":
+        raw = form.get("from_step", "").strip()
+        if not raw.isdigit():
+            raise InvalidArgumentError(f"from_step must be a step number (0 or more), got {raw!r}")
+        workflow_id = await client.fork(workflow_id, from_step=int(raw))
     else:
-        raise NotFoundError(f"no action {name!r} (cancel or retry)")
+        raise NotFoundError(f"no action {name!r} (cancel, retry, resume or fork)")
     return RedirectResponse(workflow_href(request, workflow_id) + f"?done={name}", status_code=303)
 
 

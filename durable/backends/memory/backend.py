@@ -17,6 +17,7 @@ from durable.backends.memory.continuation import Continuation
 from durable.backends.memory.core import MemoryCore, StoredTask, is_live, utcnow
 from durable.backends.memory.execution import Execution
 from durable.backends.memory.executors import Executors
+from durable.backends.memory.forks import Forks
 from durable.backends.memory.labels import Labels
 from durable.backends.memory.messages import Messages
 from durable.backends.memory.outputs import Outputs, StoredEvent, StoredStream
@@ -49,6 +50,7 @@ class InMemoryBackend(
     Queues,
     Retention,
     Labels,
+    Forks,
     MemoryCore,
 ):
     """Thread- and task-safe storage in memory.

@@ -48,6 +48,7 @@ from durable.backends.sql.direct import (
 from durable.backends.sql.execution import Execution
 from durable.backends.sql.executors import Executors
 from durable.backends.sql.fanout import FanOut
+from durable.backends.sql.forks import Forks
 from durable.backends.sql.labels import Labels
 from durable.backends.sql.messages import Messages
 from durable.backends.sql.outputs import Outputs
@@ -94,6 +95,7 @@ class SQLAlchemyBackend(
     Labels,
     WakeUps,
     Transactions,
+    Forks,
 ):
     """Durable's storage on SQLite or PostgreSQL.
 

@@ -251,6 +251,7 @@ class SQLCore(PersistentBackend):
             "deadline": m["deadline"],
             "continuations": m["continuations"],
             "code_version": m["code_version"],
+            "trace_context": m.get("trace_context"),
         }
 
     def _snapshot(self, row: sa.Row[Any], step_rows: Sequence[sa.Row[Any]]) -> WorkflowSnapshot:
@@ -305,6 +306,7 @@ class SQLCore(PersistentBackend):
             "deadline": info.deadline,
             "continuations": info.continuations,
             "code_version": info.code_version,
+            "trace_context": info.trace_context,
         }
 
     def _step_row(self, instance_id: str, step: StepRecord, now: datetime) -> dict[str, Any]:

@@ -85,6 +85,8 @@ workflows = sa.Table(
     sa.Column("continuations", sa.Integer, nullable=False, server_default=sa.text("0")),
     # the version of the code that started it (WorkflowInfo.code_version; NULL: unknown)
     sa.Column("code_version", sa.String(64)),
+    # the enqueuer's trace context (WorkflowInfo.trace_context), for the worker's span
+    sa.Column("trace_context", sa.Text),
     sa.Index(None, "created_at", "id"),
     sa.Index(None, "status", "created_at"),
     sa.Index(None, "name", "created_at"),

@@ -57,6 +57,7 @@ same fixtures while you write that area (CONTRIBUTING.md walks through them in o
 * :class:`VersionContract`: the code version stored, claims filtered by code versions.
 * :class:`TransactionContract`: a step's body and its record in one transaction, fenced by the
   claim (or, without ``supports_transactions``, refused).
+* :class:`ForkContract`: a new execution from the first steps of another's history.
 
 For example ``class TestMyClaims(ClaimContract)`` with the same ``backend`` fixture runs the
 claims area only. A backend passes when :class:`BackendContractTests`, all of them, passes: the
@@ -93,6 +94,7 @@ from durable.testing.contract.deadlines import DeadlineContract
 from durable.testing.contract.events import EventContract, StreamContract
 from durable.testing.contract.execution import ExecutionContract
 from durable.testing.contract.fanout import FanOutContract
+from durable.testing.contract.forks import ForkContract
 from durable.testing.contract.labels import LabelContract
 from durable.testing.contract.messages import MessageContract
 from durable.testing.contract.queues import QueueContract
@@ -117,6 +119,7 @@ __all__ = [
     "EventContract",
     "ExecutionContract",
     "FanOutContract",
+    "ForkContract",
     "LabelContract",
     "MessageContract",
     "QueueContract",
@@ -155,6 +158,7 @@ class BackendContractTests(
     ConcurrencyContract,
     VersionContract,
     TransactionContract,
+    ForkContract,
 ):
     """The whole contract suite: every area. Subclass it and define a ``backend`` fixture (see
     the module's docstring); optionally a ``backend_factory`` fixture for the multi-process

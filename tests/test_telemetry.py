@@ -1,0 +1,358 @@
+"""OpenTelemetry (durable.telemetry) and durable's log fields, through a real worker.
+
+* the enqueuer's span is the parent of the workflow span on the worker, through the trace
+  context stored with the execution (every backend), for every attempt (a retry reads it back
+  from the store); one child span per step that runs, with attributes; errors recorded;
+* metrics: steps by outcome, failed attempts, claim latency, queue depth;
+* log records carry ``action``, ``workflow_id`` and ``step`` as ``extra`` fields.
+
+The SDK's in-memory exporter and reader are installed once for the process (OpenTelemetry's
+providers are global); each test reads only its own workflows' spans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+    InMemorySpanExporter,
+)
+from opentelemetry.trace import StatusCode
+
+import durable
+from durable import overview, telemetry
+
+WAIT = 60.0
+REG = durable.Registry()
+CALLS: Counter[str] = Counter()
+EXPORTER = InMemorySpanExporter()
+READER = InMemoryMetricReader()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _providers() -> Iterator[None]:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
+    trace.set_tracer_provider(provider)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[READER]))
+    assert telemetry.active is not None
+    telemetry.active._unconfigured_until = 0.0  # look again now (an earlier test may have)
+    assert telemetry.active.recording()
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    CALLS.clear()
+    EXPORTER.clear()
+
+
+@durable.step(name="tests.otel.add")
+async def add(x: int) -> int:
+    CALLS["add"] += 1
+    return x + 1
+
+
+@durable.step(name="tests.otel.flaky")
+async def flaky(x: int) -> int:
+    CALLS["flaky"] += 1
+    if CALLS["flaky"] == 1:
+        raise ValueError("flaky the first time")
+    return x * 2
+
+
+@durable.workflow(
+    name="tests.otel.wf.v1", registry=REG, retry=durable.RetryPolicy(3, initial_delay=0.0)
+)
+async def wf(x: int) -> int:
+    return await flaky(await add(x))
+
+
+@durable.step(name="tests.otel.add_sync")
+def add_sync(x: int) -> int:
+    return x + 1
+
+
+@durable.workflow(name="tests.otel.sync_wf.v1", registry=REG)
+def sync_wf(x: int) -> int:
+    return add_sync(add_sync(x))
+
+
+def runtime(url: str) -> durable.Runtime:
+    return durable.Runtime(
+        durable.connect(url), executor_id="otel-1", registry=REG, recover=False, poll_interval=0.02
+    )
+
+
+def spans_of(workflow_id: str) -> tuple[list[ReadableSpan], list[ReadableSpan]]:
+    """The workflow spans (by attempt) and step spans of one execution."""
+    spans = [
+        s
+        for s in EXPORTER.get_finished_spans()
+        if (s.attributes or {}).get("durable.workflow.id") == workflow_id
+    ]
+    workflows = sorted(
+        (s for s in spans if s.name.startswith("durable.workflow ")),
+        key=lambda s: s.start_time or 0,
+    )
+    steps = sorted(
+        (s for s in spans if s.name.startswith("durable.step ")), key=lambda s: s.start_time or 0
+    )
+    return workflows, steps
+
+
+def metric_points(name: str) -> list[Any]:
+    data = READER.get_metrics_data()
+    assert data is not None
+    return [
+        point
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]
+
+
+async def test_the_enqueuers_span_parents_every_attempt_and_each_step_has_a_span(
+    backend_url: str,
+) -> None:
+    tracer = trace.get_tracer("tests")
+    async with runtime(backend_url) as rt:
+        with tracer.start_as_current_span("enqueue") as parent:
+            workflow_id = await rt.client.enqueue(wf, 1)
+        stored = (await rt.client.get_workflow(workflow_id)).trace_context
+        assert stored is not None
+        assert f"{parent.get_span_context().trace_id:032x}" in json.loads(stored)["traceparent"]
+        await rt.start_worker(concurrency=1, poll_interval=0.02)
+        assert await rt.client.result(workflow_id, timeout=WAIT) == 4
+
+    first, second = spans_of(workflow_id)[0]
+    context = parent.get_span_context()
+    for attempt, span in enumerate((first, second), start=1):
+        assert span.parent is not None and span.parent.span_id == context.span_id
+        assert span.context is not None and span.context.trace_id == context.trace_id
+        assert span.kind is trace.SpanKind.CONSUMER
+        assert span.name == "durable.workflow tests.otel.wf.v1"
+        attributes = dict(span.attributes or {})
+        assert attributes["durable.workflow.name"] == "tests.otel.wf.v1"
+        assert attributes["durable.executor.id"] == "otel-1"
+        assert attributes["durable.attempt"] == attempt
+    assert first.status.status_code is StatusCode.ERROR
+    assert [e.name for e in first.events] == ["exception"]
+    assert (first.attributes or {})["durable.outcome"] == "failed"
+    assert (second.attributes or {})["durable.outcome"] == "succeeded"
+    assert (second.attributes or {})["durable.replayed_steps"] == 1  # add replayed, not run
+
+    steps = spans_of(workflow_id)[1]
+    assert [(s.name, (s.attributes or {})["durable.step.position"]) for s in steps] == [
+        ("durable.step tests.otel.add", 0),
+        ("durable.step tests.otel.flaky", 1),  # attempt 1: failed
+        ("durable.step tests.otel.flaky", 1),  # attempt 2: the failed step runs again
+    ]
+    assert [s.parent.span_id if s.parent else None for s in steps] == [
+        first.context.span_id if first.context else None,
+        first.context.span_id if first.context else None,
+        second.context.span_id if second.context else None,
+    ]
+    assert steps[1].status.status_code is StatusCode.ERROR
+    assert CALLS == {"add": 1, "flaky": 2}
+
+
+async def test_an_attempt_resumed_after_its_executor_died_joins_the_enqueuers_trace(
+    tmp_path: Any,
+) -> None:
+    """An executor claims and begins the execution, then dies (its lease runs out); the worker
+    that resumes it reads the trace context from the row, not from anything in memory."""
+    tracer = trace.get_tracer("tests")
+    async with runtime(f"sqlite:///{tmp_path / 'crash.db'}") as rt:
+        with tracer.start_as_current_span("enqueue") as parent:
+            workflow_id = await rt.client.enqueue(wf, 10)
+        backend = rt.backend
+        claim = await backend.claim_task(
+            workflow_id, durable.WORKFLOW_TASK, "dead-executor", timedelta(seconds=0.2)
+        )
+        assert claim is not None
+        await backend.begin_execution(workflow_id, "dead-executor")  # then it dies
+        await asyncio.sleep(0.3)  # its lease expires
+        await rt.start_worker(concurrency=1, poll_interval=0.02)
+        assert await rt.client.result(workflow_id, timeout=WAIT) == 22
+        assert (await rt.client.get_workflow(workflow_id)).interruptions == 1
+    spans = spans_of(workflow_id)[0]
+    assert spans and all(
+        s.parent is not None and s.parent.span_id == parent.get_span_context().span_id
+        for s in spans
+    )
+
+
+async def test_without_a_current_span_the_workflow_span_is_a_root(tmp_path: Any) -> None:
+    async with runtime(f"sqlite:///{tmp_path / 'otel.db'}") as rt:
+        workflow_id = await rt.client.enqueue(wf, 5)
+        assert (await rt.client.get_workflow(workflow_id)).trace_context is None
+        await rt.start_worker(concurrency=1, poll_interval=0.02)
+        assert await rt.client.result(workflow_id, timeout=WAIT) == 12
+    workflows, steps = spans_of(workflow_id)
+    assert [w.parent for w in workflows] == [None, None]
+    assert len(steps) == 3
+
+
+async def test_a_fork_is_parented_by_the_forkers_span() -> None:
+    tracer = trace.get_tracer("tests")
+    async with runtime("memory://") as rt:
+        await rt.start_worker(concurrency=1, poll_interval=0.02)
+        original = await rt.client.enqueue(wf, 2)
+        assert await rt.client.result(original, timeout=WAIT) == 6
+        with tracer.start_as_current_span("fork") as parent:
+            fork = await rt.client.fork(original, from_step=1)
+        assert await rt.client.result(fork, timeout=WAIT) == 6
+    (span,) = spans_of(fork)[0]
+    assert span.parent is not None
+    assert span.parent.span_id == parent.get_span_context().span_id
+
+
+async def test_a_sync_workflows_steps_are_children_of_its_span() -> None:
+    async with runtime("memory://") as rt:
+        await rt.start_worker(concurrency=1, poll_interval=0.02)
+        workflow_id = await rt.client.enqueue(sync_wf, 1)
+        assert await rt.client.result(workflow_id, timeout=WAIT) == 3
+    (span,), steps = spans_of(workflow_id)
+    assert span.context is not None
+    assert [(s.name, s.parent.span_id if s.parent else None) for s in steps] == [
+        ("durable.step tests.otel.add_sync", span.context.span_id)
+    ] * 2
+
+
+def _sum(name: str, **attributes: Any) -> float:
+    return sum(
+        p.value
+        for p in metric_points(name)
+        if all(p.attributes.get(k) == v for k, v in attributes.items())
+    )
+
+
+async def test_metrics() -> None:
+    before_ok = _sum("durable.steps", **{"durable.step.name": "tests.otel.flaky",
+                                         "durable.outcome": "succeeded"})  # fmt: skip
+    before_failed = _sum("durable.steps", **{"durable.step.name": "tests.otel.flaky",
+                                             "durable.outcome": "failed"})  # fmt: skip
+    before_failures = _sum("durable.workflow.failures", **{"durable.workflow.name": wf.name})
+    async with runtime("memory://") as rt:
+        await rt.start_worker(concurrency=1, poll_interval=0.02)
+        workflow_id = await rt.client.enqueue(wf, 3)
+        assert await rt.client.result(workflow_id, timeout=WAIT) == 8
+        parked = await rt.client.enqueue("tests.otel.nobody_serves.v1", queue="parked")
+        rows = await overview.report_queue_depths(rt.client)
+        assert [(r.queue, r.pending) for r in rows] == [("parked", 1)]
+        await rt.client.cancel(parked)
+    ok = {"durable.step.name": "tests.otel.flaky", "durable.outcome": "succeeded"}
+    failed = {"durable.step.name": "tests.otel.flaky", "durable.outcome": "failed"}
+    assert _sum("durable.steps", **ok) - before_ok == 1
+    assert _sum("durable.steps", **failed) - before_failed == 1
+    assert (
+        _sum("durable.workflow.failures", **{"durable.workflow.name": wf.name}) - (before_failures)
+        == 1
+    )
+    latencies = metric_points("durable.claim.latency")
+    assert sum(p.count for p in latencies) >= 2
+    assert any(p.attributes["durable.claimed"] for p in latencies)
+    depth = [
+        (p.attributes["durable.queue"], p.attributes["durable.state"], p.value)
+        for p in metric_points("durable.queue.depth")
+    ]
+    assert ("parked", "pending", 1) in depth
+
+
+async def test_log_records_carry_action_workflow_id_and_step(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="durable")
+    async with runtime("memory://") as rt:
+        await rt.start_worker(concurrency=1, poll_interval=0.02)
+        workflow_id = await rt.client.enqueue(wf, 4)
+        assert await rt.client.result(workflow_id, timeout=WAIT) == 10
+        fork = await rt.client.fork(workflow_id, from_step=1)
+        await rt.client.result(fork, timeout=WAIT)
+        await asyncio.sleep(0)
+    by_action = {
+        getattr(r, "action", None): r
+        for r in caplog.records
+        if getattr(r, "workflow_id", None) in (workflow_id, fork)
+    }
+    created = by_action["workflow.created"]
+    assert created.workflow_id == workflow_id  # type: ignore[attr-defined]
+    failed = by_action["step.failed"]
+    assert failed.step == "tests.otel.flaky" and failed.position == 1  # type: ignore[attr-defined]
+    assert by_action["workflow.retry"].levelno == logging.INFO
+    forked = by_action["workflow.forked"]
+    assert forked.workflow_id == fork and forked.step == 1  # type: ignore[attr-defined]
+    assert forked.source_id == workflow_id  # type: ignore[attr-defined]
+    assert all(isinstance(getattr(r, "action", None), str) for r in caplog.records
+               if r.name.startswith("durable"))  # fmt: skip
+
+
+def test_the_hooks_are_off_without_opentelemetry() -> None:
+    """``telemetry.active`` is None when the API cannot be imported (checked in a fresh
+    interpreter that hides it), and enqueueing then stores no trace context."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['opentelemetry'] = None\n"
+        "from durable import telemetry\n"
+        "assert telemetry.active is None\n"
+        "assert telemetry.current_trace_context() is None\n"
+        "import durable\n"
+        "async def main():\n"
+        "    async with durable.Client('memory://') as c:\n"
+        "        i = await c.enqueue('x.v1')\n"
+        "        assert (await c.get_workflow(i)).trace_context is None\n"
+        "import asyncio; asyncio.run(main()); print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "ok", done.stderr
+    assert telemetry.active is not None  # here, the API is installed
+
+
+def test_durable_does_not_import_opentelemetry_before_the_application_does() -> None:
+    """Installed but unused by the application: a worker runs a workflow and a client enqueues
+    without importing it (a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, asyncio, durable\n"
+        "from durable import telemetry\n"
+        "assert telemetry.active is not None\n"
+        "reg = durable.Registry()\n"
+        "@durable.step(name='t.s')\n"
+        "async def s(x): return x + 1\n"
+        "@durable.workflow(name='t.w.v1', registry=reg)\n"
+        "async def w(x): return await s(x)\n"
+        "async def main():\n"
+        "    rt = durable.Runtime(durable.connect('memory://'), registry=reg, recover=False)\n"
+        "    async with rt:\n"
+        "        await rt.start_worker(poll_interval=0.02)\n"
+        "        i = await rt.client.enqueue(w, 1)\n"
+        "        assert await rt.client.result(i, timeout=30) == 2\n"
+        "        assert (await rt.client.get_workflow(i)).trace_context is None\n"
+        "asyncio.run(main())\n"
+        "assert 'opentelemetry.trace' not in sys.modules, 'imported'\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "ok", done.stderr
