@@ -71,22 +71,69 @@ def aiosqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'durable-aio.db'}"
 
 
+MYSQL_HOST = os.environ.get("DURABLE_MYSQL_HOST", "127.0.0.1")
+MYSQL_PORT = int(os.environ.get("DURABLE_MYSQL_PORT", "3306"))
+MYSQL_USER = os.environ.get("DURABLE_MYSQL_USER", "root")
+
+
+@pytest.fixture
+def mysql_url() -> Iterator[str]:
+    """A URL to a fresh, empty MySQL/MariaDB database, dropped after the test (named after the
+    pytest process and a counter, so that concurrent sessions on one server do not collide).
+
+    Skipped when no server answers on DURABLE_MYSQL_HOST:DURABLE_MYSQL_PORT (default
+    127.0.0.1:3306, user root without a password), failed instead under CI."""
+    try:
+        import pymysql
+    except ImportError:  # pragma: no cover - the test extra installs it
+        if os.environ.get("CI"):
+            pytest.fail("PyMySQL is not installed (the test extra installs it)")
+        pytest.skip("PyMySQL is not installed")
+    if not _reachable(MYSQL_HOST, MYSQL_PORT):
+        if os.environ.get("CI"):
+            pytest.fail(f"MySQL is not reachable at {MYSQL_HOST}:{MYSQL_PORT} (CI must start it)")
+        pytest.skip(f"MySQL is not reachable at {MYSQL_HOST}:{MYSQL_PORT}")
+    global _MYSQL_COUNT
+    _MYSQL_COUNT += 1
+    name = f"durable_test_{os.getpid()}_{_MYSQL_COUNT}"
+    admin = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, autocommit=True)
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+        yield f"mysql+aiomysql://{MYSQL_USER}@{MYSQL_HOST}:{MYSQL_PORT}/{name}"
+    finally:
+        try:
+            with admin.cursor() as cursor:
+                cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        finally:
+            admin.close()
+
+
+_MYSQL_COUNT = 0
+
 BACKEND_KINDS = [
     "memory",
     "sqlite",
     "aiosqlite",
     pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("mysql", marks=pytest.mark.mysql),
 ]
 
 
 @pytest.fixture(params=BACKEND_KINDS)
 def backend_url(request: pytest.FixtureRequest) -> str:
-    """One URL per backend kind: memory://, a SQLite file (both drivers), PostgreSQL."""
+    """One URL per backend kind: memory://, a SQLite file (both drivers), PostgreSQL, MySQL."""
     kind = request.param
     if kind == "memory":
         return "memory://"
     return str(
         request.getfixturevalue(
-            {"sqlite": "sqlite_url", "aiosqlite": "aiosqlite_url", "postgres": "pg_url"}[kind]
+            {
+                "sqlite": "sqlite_url",
+                "aiosqlite": "aiosqlite_url",
+                "postgres": "pg_url",
+                "mysql": "mysql_url",
+            }[kind]
         )
     )
