@@ -11,6 +11,7 @@ Under CI (``CI`` set), an unreachable PostgreSQL is an error, not a skip.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from collections.abc import Iterator
@@ -112,6 +113,85 @@ def mysql_url() -> Iterator[str]:
 
 _MYSQL_COUNT = 0
 
+
+@pytest.fixture(scope="session")
+def _mysql_session_url() -> Iterator[str]:
+    """One database for the session's backend tests, migrated once (MariaDB's DDL makes a
+    migration take seconds); dropped at the end."""
+    import pymysql
+
+    name = f"durable_test_{os.getpid()}"
+    admin = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, autocommit=True)
+    with admin.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    try:
+        yield f"mysql+aiomysql://{MYSQL_USER}@{MYSQL_HOST}:{MYSQL_PORT}/{name}"
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+
+@pytest.fixture
+def mysql_backend_url(request: pytest.FixtureRequest) -> str:
+    """A URL to a MySQL/MariaDB database at durable's head revision with every durable table
+    empty: the session's database (:func:`_mysql_session_url`), emptied before the test. Tests
+    that need an empty database (no tables at all) take ``mysql_url``."""
+    if not _reachable(MYSQL_HOST, MYSQL_PORT):
+        if os.environ.get("CI"):
+            pytest.fail(f"MySQL is not reachable at {MYSQL_HOST}:{MYSQL_PORT} (CI must start it)")
+        pytest.skip(f"MySQL is not reachable at {MYSQL_HOST}:{MYSQL_PORT}")
+    url = str(request.getfixturevalue("_mysql_session_url"))
+    import asyncio
+
+    import pymysql
+
+    from durable.backends.sql import migrate
+    from durable.backends.sql.backend import SQLAlchemyBackend
+
+    admin = pymysql.connect(
+        host=MYSQL_HOST,
+        port=MYSQL_PORT,
+        user=MYSQL_USER,
+        autocommit=True,
+        database=url.rsplit("/", 1)[1],
+    )
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute("SHOW TABLES")
+            tables = [row[0] for row in cursor.fetchall()]
+            version = None
+            if migrate.VERSION_TABLE in tables:
+                cursor.execute(f"SELECT version_num FROM {migrate.VERSION_TABLE}")
+                version = cursor.fetchone()
+            if version is None or version[0] != _head_revision():
+                for table in tables:  # a test changed the schema: start it over
+                    cursor.execute("SET FOREIGN_KEY_CHECKS = 0")
+                    cursor.execute(f"DROP TABLE `{table}`")
+                asyncio.run(_start_and_close(SQLAlchemyBackend(url)))
+            else:
+                cursor.execute("SET FOREIGN_KEY_CHECKS = 0")
+                for table in tables:
+                    if table != migrate.VERSION_TABLE:
+                        cursor.execute(f"DELETE FROM `{table}`")
+    finally:
+        admin.close()
+    return url
+
+
+@functools.cache
+def _head_revision() -> str:
+    from durable.backends.sql import migrate
+
+    return migrate.head_revision()
+
+
+async def _start_and_close(backend: object) -> None:
+    async with backend:  # type: ignore[attr-defined]
+        pass
+
+
 BACKEND_KINDS = [
     "memory",
     "sqlite",
@@ -133,7 +213,7 @@ def backend_url(request: pytest.FixtureRequest) -> str:
                 "sqlite": "sqlite_url",
                 "aiosqlite": "aiosqlite_url",
                 "postgres": "pg_url",
-                "mysql": "mysql_url",
+                "mysql": "mysql_backend_url",
             }[kind]
         )
     )

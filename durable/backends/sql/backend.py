@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import logging
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -74,7 +75,7 @@ T = TypeVar("T")
 #: starting up (57P01 is also what a backend terminated by pg_terminate_backend reports).
 _UNAVAILABLE_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
 #: How many times a transaction the database rolled back to break a deadlock runs again.
-DEADLOCK_RETRIES = 5
+DEADLOCK_RETRIES = 8
 
 
 class SQLAlchemyBackend(
@@ -240,7 +241,7 @@ class SQLAlchemyBackend(
                     if attempt == DEADLOCK_RETRIES or not self.dialect.retryable(exc):
                         raise
                     log.debug("deadlock, running again: %s", what, extra={"action": "retry"})
-                    await asyncio.sleep(0.001 * 2**attempt)
+                    await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
     @contextlib.contextmanager

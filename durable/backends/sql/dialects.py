@@ -240,7 +240,11 @@ class MySQLDialect(SQLDialect):
         return stmt.with_for_update(read=True)
 
     def skip_locked(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
-        return stmt.with_for_update(skip_locked=True)
+        # Not SKIP LOCKED: a sweep's ORDER BY that no index gives sorts every matching row, and
+        # InnoDB keeps all of them locked, not only the LIMIT it returns; a concurrent sweep
+        # would skip them all and find nothing. Waiting for the lock, it re-reads the rows
+        # (READ COMMITTED) and takes the next ones. (A claim's order is its index's.)
+        return stmt.with_for_update()
 
     def claim_batch(
         self, tasks: sa.Table, available: sa.ColumnElement[bool], order: list[Any]

@@ -9,13 +9,16 @@ each of those statements as a few plain ones, in the same transaction:
   a batch claim selects its rows ``ORDER BY ... LIMIT n FOR UPDATE SKIP LOCKED`` instead, see
   :data:`PICK`), update them by primary key, then select the returned columns by primary key.
   The rows are locked from the first statement to the commit, so nothing changes in between.
-* ``INSERT ... ON CONFLICT DO NOTHING``: the INSERT inside a savepoint; a duplicate key (error
-  1062) rolls the savepoint back and counts no row. (``INSERT IGNORE`` would also swallow a
-  foreign key or a NOT NULL violation.)
-* ``INSERT ... ON CONFLICT (key) DO UPDATE SET ... WHERE ...``: the same, then on a duplicate an
-  ``UPDATE ... WHERE key = the inserted key AND where`` (and, for ``INSERT ... SELECT``, the
-  SELECT's own condition: a fence stays a fence), ``excluded.col`` standing for the value the
-  INSERT carried. (``ON DUPLICATE KEY UPDATE`` has no WHERE, and assigns left to right.)
+* ``INSERT ... ON CONFLICT DO NOTHING``: the INSERT; a duplicate key (error 1062) undoes that
+  statement alone (InnoDB), and counts no row. (``INSERT IGNORE`` would also swallow a foreign
+  key or a NOT NULL violation.)
+* ``INSERT ... ON CONFLICT (key) DO UPDATE SET ... WHERE ...``: lock the row of that key if it
+  is there (``SELECT ... FOR UPDATE``) and update it, else the INSERT, and on a duplicate key
+  (inserted meanwhile) the update: ``UPDATE ... WHERE key = the inserted key AND where`` (and,
+  for ``INSERT ... SELECT``, the SELECT's own condition: a fence stays a fence), ``excluded.col``
+  standing for the value the INSERT carried. (``ON DUPLICATE KEY UPDATE`` has no WHERE.)
+* Every UPDATE's SET clause is reordered (:func:`in_mysql_order`): MySQL assigns left to right,
+  and an expression sees the values assigned before it.
 
 ``INSERT ... RETURNING`` and ``DELETE ... RETURNING`` run as they are (MariaDB 10.5+). Every other
 statement goes straight to the connection.
@@ -23,12 +26,14 @@ statement goes straight to the connection.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.dml import Insert, Update
+from sqlalchemy.util import immutabledict
 
 #: The execution option an UPDATE carries to say which rows it updates: a SELECT of their
 #: primary key (ordered, limited, ``FOR UPDATE SKIP LOCKED``), run first.
@@ -100,10 +105,10 @@ class MySQLConnection:
                     count += self._upsert(statement, dict(row)).rowcount
                 return Count(count)
             return self._upsert(statement, dict(parameters or {}))
-        if isinstance(statement, Update) and (
-            statement._returning or PICK in statement._execution_options
-        ):
-            return self._update_returning(statement, dict(parameters or {}))
+        if isinstance(statement, Update):
+            statement = in_mysql_order(statement)
+            if statement._returning or PICK in statement._execution_options:
+                return self._update_returning(statement, dict(parameters or {}))
         return self._conn.execute(statement, parameters, **kwargs)
 
     # -- UPDATE ... RETURNING ------------------------------------------------------------------
@@ -125,7 +130,9 @@ class MySQLConnection:
         update = stmt._generate()
         update._returning = ()
         update._where_criteria = (by_key,)
-        update._execution_options = update._execution_options.difference([PICK])
+        update._execution_options = immutabledict(
+            {k: v for k, v in update._execution_options.items() if k != PICK}
+        )
         done = self._conn.execute(update, params)
         if not returning:
             return done
@@ -137,51 +144,114 @@ class MySQLConnection:
         clause = stmt._post_values_clause
         plain = stmt._generate()
         plain._post_values_clause = None
+        update = None
+        if getattr(clause, "update_values_to_set", None):  # DO UPDATE
+            update = _ConflictUpdate(stmt, clause, params)
+            # lock the row first if it is there: taking the shared lock of a failed INSERT and
+            # then the exclusive one of the UPDATE deadlocks two writers of one row
+            if self._conn.execute(update.lock, update.params).first() is not None:
+                return update.run(self._conn)
         try:
-            with self._conn.begin_nested():
-                return self._conn.execute(plain, params)
+            # a failed statement is undone alone: the transaction goes on (InnoDB)
+            return self._conn.execute(plain, params)
         except sa.exc.IntegrityError as exc:
             if errno(exc) != DUPLICATE_KEY:
                 raise
-        set_ = getattr(clause, "update_values_to_set", None)
-        if not set_:  # DO NOTHING
-            if stmt._returning:
-                return self._conn.execute(sa.select(*stmt._returning).where(sa.false()))
-            return NoRows()
-        return self._conflict_update(stmt, clause, params)
+        if update is not None:  # inserted meanwhile by another transaction
+            return update.run(self._conn)
+        if stmt._returning:
+            return self._conn.execute(sa.select(*stmt._returning).where(sa.false()))
+        return NoRows()
 
-    def _conflict_update(self, stmt: Insert, clause: Any, params: dict[str, Any]) -> Any:
+
+class _ConflictUpdate:
+    """The UPDATE of ``INSERT ... ON CONFLICT (key) DO UPDATE`` when the key is taken."""
+
+    def __init__(self, stmt: Insert, clause: Any, params: dict[str, Any]) -> None:
         table = stmt.table
         assert isinstance(table, sa.Table)
         values, condition = _inserted_values(stmt, params)
+        # a parameter named after a column would become a SET value: only the renamed ones
+        self.params = {k: v for k, v in params.items() if f"durable_v_{k}" not in params}
         target = [table.c[_name(col)] for col in clause.inferred_target_elements]
         by_key = sa.and_(*[col == values[col.key] for col in target])
-        excluded = stmt.excluded  # type: ignore[attr-defined]
+        self.lock = sa.select(sa.literal(1)).where(by_key).with_for_update()
 
-        def replace(element: Any) -> Any:
-            if isinstance(element, sa.Column) and element.table is excluded:
+        def replace(element: Any) -> Any:  # excluded.col: the value the INSERT carried
+            source = getattr(element, "table", None)
+            if isinstance(source, sa.Alias) and source.name == "excluded":
                 return values[element.key]
             return None
 
         update = sa.update(table).where(by_key)
-        if condition is not None:
+        if condition is not None:  # INSERT ... SELECT ... WHERE: the fence holds for both
             update = update.where(condition)
         if clause.update_whereclause is not None:
             update = update.where(clause.update_whereclause)
-        update = update.values(
-            {
-                _name(key): visitors.replacement_traverse(value, {}, replace)
-                for key, value in clause.update_values_to_set
-            }
+        self.update = in_mysql_order(
+            update.values(
+                {
+                    _name(key): visitors.replacement_traverse(value, {}, replace)
+                    for key, value in _pairs(clause.update_values_to_set)
+                }
+            )
         )
-        # a parameter named after a column would become a SET value: only the renamed ones
-        done = self._conn.execute(update, {k: v for k, v in params.items() if f"durable_v_{k}" not in params})
-        if not stmt._returning:
+        self.returning = list(stmt._returning)
+        self.found = sa.select(*self.returning).where(by_key) if self.returning else None
+
+    def run(self, conn: sa.Connection) -> Any:
+        done = conn.execute(self.update, self.params)
+        if self.found is None:
             return done
-        found = sa.select(*stmt._returning).where(by_key)
-        if done.rowcount == 0:
-            found = found.where(sa.false())
-        return self._conn.execute(found, params)
+        found = self.found if done.rowcount else self.found.where(sa.false())
+        return conn.execute(found, self.params)
+
+
+_ORDERED: weakref.WeakKeyDictionary[Update, Update] = weakref.WeakKeyDictionary()
+
+
+def in_mysql_order(stmt: Update) -> Update:
+    """``stmt`` with its SET clause ordered for MySQL, which assigns left to right: an
+    expression that reads a column sees the value an earlier assignment gave it, where the SQL
+    standard (SQLite, PostgreSQL) has every expression see the row as it was. So a column is
+    assigned after every expression that reads it (cached per statement: they are built once).
+
+    :raises NotImplementedError: two assignments read each other's column.
+    """
+    ordered = _ORDERED.get(stmt)
+    if ordered is not None:
+        return ordered
+    values = dict(stmt._values or {})
+    table = stmt.table
+    names = {_name(key): key for key in values}
+    readers: dict[str, set[str]] = {name: set() for name in names}  # column -> who reads it
+    for name, key in names.items():
+        for element in visitors.iterate(values[key]):
+            if isinstance(element, sa.Column) and element.table is table:
+                if element.key in readers and element.key != name:
+                    readers[element.key].add(name)
+    order: list[str] = []
+    left = dict(readers)
+    while left:
+        ready = [name for name, who in left.items() if not (who - set(order))]
+        if not ready:
+            raise NotImplementedError(f"MySQL cannot run an UPDATE whose SET reads {sorted(left)}")
+        order.extend(sorted(ready))
+        for name in ready:
+            del left[name]
+    if order == list(names):
+        ordered = stmt
+    else:
+        ordered = stmt._generate()
+        ordered._values = immutabledict({names[name]: values[names[name]] for name in order})
+        ordered._maintain_values_ordering = True
+    _ORDERED[stmt] = ordered
+    return ordered
+
+
+def _pairs(values: Any) -> Any:
+    """SET's (column, value) pairs: a dict in SQLAlchemy 2.1, a list before."""
+    return values.items() if isinstance(values, Mapping) else values
 
 
 def _name(key: Any) -> str:

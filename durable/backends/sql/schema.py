@@ -70,6 +70,8 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 _ID = sa.String(255)
 #: Serialized values: TEXT on MySQL holds 64 KiB only.
 _TEXT = sa.Text().with_variant(mysql.LONGTEXT(), *MYSQL_NAMES)
+#: Double precision: FLOAT on MySQL is single precision.
+_FLOAT = sa.Float().with_variant(mysql.DOUBLE(), *MYSQL_NAMES)
 
 workflows = sa.Table(
     f"{PREFIX}workflows",
@@ -181,7 +183,7 @@ executors = sa.Table(
     # which start of which process holds the id: heartbeats and stops are fenced by it
     sa.Column("incarnation", _ID, nullable=False),
     # seconds between the executor's heartbeats: its staleness is judged by it
-    sa.Column("heartbeat_interval", sa.Float, nullable=False),
+    sa.Column("heartbeat_interval", _FLOAT, nullable=False),
 )
 
 messages = sa.Table(
