@@ -71,7 +71,7 @@ _ID = sa.String(255)
 #: Serialized values: TEXT on MySQL holds 64 KiB only.
 _TEXT = sa.Text().with_variant(mysql.LONGTEXT(), *MYSQL_NAMES)
 #: Double precision: FLOAT on MySQL is single precision.
-_FLOAT = sa.Float().with_variant(mysql.DOUBLE(), *MYSQL_NAMES)
+_FLOAT = sa.Float().with_variant(mysql.DOUBLE(asdecimal=False), *MYSQL_NAMES)
 
 workflows = sa.Table(
     f"{PREFIX}workflows",
