@@ -302,7 +302,9 @@ def recreate_mysql_database(url: str, *, drop_only: bool = False) -> None:
         with conn.cursor() as cursor:
             cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
             if not drop_only:
-                cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+                cursor.execute(
+                    f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+                )
     finally:
         conn.close()
 

@@ -41,7 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib as bl
 import psycopg
-
 from sqlalchemy.engine import make_url
 
 import durable

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import logging
+import random
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
@@ -196,15 +196,11 @@ class SQLAlchemyBackend(
 
     async def downgrade(self, revision: str) -> None:
         """Downgrade the schema to ``revision`` (``"base"`` drops every durable table)."""
-        await self._run(
-            lambda conn: migrate.downgrade(conn, revision), what="downgrade", raw=True
-        )
+        await self._run(lambda conn: migrate.downgrade(conn, revision), what="downgrade", raw=True)
 
     async def schema_revision(self) -> str | None:
         """The schema revision the database is at (None: never migrated)."""
-        return await self._run(
-            migrate.current_revision, what="read the schema revision", raw=True
-        )
+        return await self._run(migrate.current_revision, what="read the schema revision", raw=True)
 
     async def now(self) -> datetime:
         """The lease clock's time: the database's ``now()`` on PostgreSQL (one query), this

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.sql import visitors
@@ -177,7 +177,7 @@ class _ConflictUpdate:
         by_key = sa.and_(*[col == values[col.key] for col in target])
         self.lock = sa.select(sa.literal(1)).where(by_key).with_for_update()
 
-        def replace(element: Any) -> Any:  # excluded.col: the value the INSERT carried
+        def replace(element: Any, **kw: Any) -> Any:  # excluded.col: the INSERT's value
             source = getattr(element, "table", None)
             if isinstance(source, sa.Alias) and source.name == "excluded":
                 return values[element.key]
@@ -191,7 +191,9 @@ class _ConflictUpdate:
         self.update = in_mysql_order(
             update.values(
                 {
-                    _name(key): visitors.replacement_traverse(value, {}, replace)
+                    _name(key): visitors.replacement_traverse(
+                        cast("sa.ColumnElement[Any]", value), _NO_OPTIONS, replace
+                    )
                     for key, value in _pairs(clause.update_values_to_set)
                 }
             )
@@ -227,9 +229,13 @@ def in_mysql_order(stmt: Update) -> Update:
     readers: dict[str, set[str]] = {name: set() for name in names}  # column -> who reads it
     for name, key in names.items():
         for element in visitors.iterate(values[key]):
-            if isinstance(element, sa.Column) and element.table is table:
-                if element.key in readers and element.key != name:
-                    readers[element.key].add(name)
+            if (
+                isinstance(element, sa.Column)
+                and element.table is table
+                and element.key in readers
+                and element.key != name
+            ):
+                readers[element.key].add(name)
     order: list[str] = []
     left = dict(readers)
     while left:
@@ -247,6 +253,9 @@ def in_mysql_order(stmt: Update) -> Update:
         ordered._maintain_values_ordering = True
     _ORDERED[stmt] = ordered
     return ordered
+
+
+_NO_OPTIONS: dict[str, Any] = {}
 
 
 def _pairs(values: Any) -> Any:
