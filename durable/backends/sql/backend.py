@@ -1,4 +1,4 @@
-"""The SQLAlchemy backend: SQLite and PostgreSQL through one implementation.
+"""The SQLAlchemy backend: SQLite, PostgreSQL and MySQL/MariaDB through one implementation.
 
 Every operation is written once, as a function that runs SQLAlchemy Core statements on a
 synchronous :class:`~sqlalchemy.Connection` inside one transaction; a *runner* (:mod:`.runners`)
@@ -92,10 +92,10 @@ class SQLAlchemyBackend(
     Retention,
     WakeUps,
 ):
-    """Durable's storage on SQLite or PostgreSQL.
+    """Durable's storage on SQLite, PostgreSQL or MySQL/MariaDB.
 
     :param url_or_engine: a database URL (``sqlite:///app.db``, ``sqlite+aiosqlite:///app.db``,
-        ``sqlite:///:memory:``, ``postgresql+psycopg://user@host/db``), or an ``Engine`` /
+        ``sqlite:///:memory:``, ``postgresql+psycopg://user@host/db``, ``mysql://user@host/db``), or an ``Engine`` /
         ``AsyncEngine`` you created (SQLite settings are applied to it).
     :param serializer: ``"json"`` (default), ``"pickle"`` or a :class:`Serializer`.
     :param auto_migrate: apply pending migrations in :meth:`start` (default). When False,
