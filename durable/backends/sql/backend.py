@@ -95,8 +95,9 @@ class SQLAlchemyBackend(
     """Durable's storage on SQLite, PostgreSQL or MySQL/MariaDB.
 
     :param url_or_engine: a database URL (``sqlite:///app.db``, ``sqlite+aiosqlite:///app.db``,
-        ``sqlite:///:memory:``, ``postgresql+psycopg://user@host/db``, ``mysql://user@host/db``), or an ``Engine`` /
-        ``AsyncEngine`` you created (SQLite settings are applied to it).
+        ``sqlite:///:memory:``, ``postgresql+psycopg://user@host/db``,
+        ``mysql://user@host/db``), or an ``Engine`` / ``AsyncEngine`` you created (SQLite
+        settings are applied to it).
     :param serializer: ``"json"`` (default), ``"pickle"`` or a :class:`Serializer`.
     :param auto_migrate: apply pending migrations in :meth:`start` (default). When False,
         :meth:`start` raises :class:`SchemaVersionError` unless the schema is current.
