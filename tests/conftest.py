@@ -165,7 +165,11 @@ def mysql_backend_url(request: pytest.FixtureRequest) -> str:
             if migrate.VERSION_TABLE in tables:
                 cursor.execute(f"SELECT version_num FROM {migrate.VERSION_TABLE}")
                 version = cursor.fetchone()
-            if version is None or version[0] != _head_revision():
+            if (
+                version is None
+                or version[0] != _head_revision()
+                or not _durable_tables() <= set(tables)
+            ):
                 for table in tables:  # a test changed the schema: start it over
                     cursor.execute("SET FOREIGN_KEY_CHECKS = 0")
                     cursor.execute(f"DROP TABLE `{table}`")
@@ -178,6 +182,13 @@ def mysql_backend_url(request: pytest.FixtureRequest) -> str:
     finally:
         admin.close()
     return url
+
+
+@functools.cache
+def _durable_tables() -> set[str]:
+    from durable.backends.sql.schema import metadata
+
+    return set(metadata.tables)
 
 
 @functools.cache

@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.sql import visitors
+from sqlalchemy.sql import operators, visitors
 from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.util import immutabledict
 
@@ -114,6 +114,12 @@ class MySQLConnection:
     # -- UPDATE ... RETURNING ------------------------------------------------------------------
 
     def _update_returning(self, stmt: Update, params: dict[str, Any]) -> Any:
+        pinned = _pinned(stmt)
+        if pinned is not None:  # one row, named by a key: update it, then read it back
+            update, found, empty = pinned
+            if self._conn.execute(update, params).rowcount == 0:
+                return self._conn.execute(empty)
+            return self._conn.execute(found, params)
         table = stmt.table
         assert isinstance(table, sa.Table)
         pk = list(table.primary_key.columns)
@@ -147,9 +153,13 @@ class MySQLConnection:
         update = None
         if getattr(clause, "update_values_to_set", None):  # DO UPDATE
             update = _ConflictUpdate(stmt, clause, params)
-            # lock the row first if it is there: taking the shared lock of a failed INSERT and
-            # then the exclusive one of the UPDATE deadlocks two writers of one row
-            if self._conn.execute(update.lock, update.params).first() is not None:
+            # Rows many transactions write at once (a stream's head, an event): lock the row
+            # first if it is there, since taking the shared lock of a failed INSERT and then the
+            # exclusive one of the UPDATE deadlocks two writers of one row. A fenced INSERT ...
+            # SELECT (a step record) has one writer, its lease's holder: INSERT first.
+            if stmt.select is None and (
+                self._conn.execute(update.lock, update.params).first() is not None
+            ):
                 return update.run(self._conn)
         try:
             # a failed statement is undone alone: the transaction goes on (InnoDB)
@@ -256,6 +266,44 @@ def in_mysql_order(stmt: Update) -> Update:
 
 
 _NO_OPTIONS: dict[str, Any] = {}
+_PINNED: weakref.WeakKeyDictionary[Update, Any] = weakref.WeakKeyDictionary()
+
+
+def _pinned(stmt: Update) -> tuple[Update, sa.Select[Any], sa.Select[Any]] | None:
+    """For an ``UPDATE ... RETURNING`` whose WHERE names one row by a unique key (``col = :p``
+    for every column of the primary key or of a unique constraint): the UPDATE without
+    RETURNING, the SELECT of the returned columns by that key, and an empty one. The UPDATE
+    locks the row it changes, so the SELECT after it reads what it wrote; two round trips, not
+    three. None for any other UPDATE (cached per statement)."""
+    if stmt in _PINNED:
+        return _PINNED[stmt]  # type: ignore[no-any-return]
+    table = stmt.table
+    result = None
+    if isinstance(table, sa.Table) and PICK not in stmt._execution_options:
+        equal: dict[str, Any] = {}
+        for criterion in stmt._where_criteria:
+            for term in getattr(criterion, "clauses", None) or (criterion,):
+                left, right = getattr(term, "left", None), getattr(term, "right", None)
+                if (
+                    getattr(term, "operator", None) is operators.eq
+                    and isinstance(left, sa.Column)
+                    and left.table is table
+                    and isinstance(right, sa.BindParameter)
+                ):
+                    equal[left.key] = term
+        keys = [list(table.primary_key.columns)] + [
+            list(c.columns) for c in table.constraints if isinstance(c, sa.UniqueConstraint)
+        ]
+        for key in keys:
+            if key and all(col.key in equal for col in key):
+                update = stmt._generate()
+                update._returning = ()
+                returning = list(stmt._returning)
+                found = sa.select(*returning).where(*[equal[col.key] for col in key])
+                result = (in_mysql_order(update), found, sa.select(*returning).where(sa.false()))
+                break
+    _PINNED[stmt] = result
+    return result
 
 
 def _pairs(values: Any) -> Any:
