@@ -147,20 +147,17 @@ class MySQLConnection:
     # -- INSERT ... ON CONFLICT ----------------------------------------------------------------
 
     def _upsert(self, stmt: Insert, params: dict[str, Any]) -> Any:
-        clause = stmt._post_values_clause
-        plain = stmt._generate()
-        plain._post_values_clause = None
-        update = None
-        if getattr(clause, "update_values_to_set", None):  # DO UPDATE
-            update = _ConflictUpdate(stmt, clause, params)
-            # Rows many transactions write at once (a stream's head, an event): lock the row
-            # first if it is there, since taking the shared lock of a failed INSERT and then the
-            # exclusive one of the UPDATE deadlocks two writers of one row. A fenced INSERT ...
-            # SELECT (a step record) has one writer, its lease's holder: INSERT first.
-            if stmt.select is None and (
-                self._conn.execute(update.lock, update.params).first() is not None
-            ):
-                return update.run(self._conn)
+        plain, update = _upsert_parts(stmt, params)
+        # Rows many transactions write at once (a stream's head, an event): lock the row first
+        # if it is there, since taking the shared lock of a failed INSERT and then the exclusive
+        # one of the UPDATE deadlocks two writers of one row. A fenced INSERT ... SELECT (a step
+        # record) has one writer, its lease's holder: INSERT first.
+        if (
+            update is not None
+            and stmt.select is None
+            and self._conn.execute(update.lock, update.params(params)).first() is not None
+        ):
+            return update.run(self._conn, params)
         try:
             # a failed statement is undone alone: the transaction goes on (InnoDB)
             return self._conn.execute(plain, params)
@@ -168,21 +165,41 @@ class MySQLConnection:
             if errno(exc) != DUPLICATE_KEY:
                 raise
         if update is not None:  # inserted meanwhile by another transaction
-            return update.run(self._conn)
+            return update.run(self._conn, params)
         if stmt._returning:
             return self._conn.execute(sa.select(*stmt._returning).where(sa.false()))
         return NoRows()
 
 
+_UPSERTS: weakref.WeakKeyDictionary[Insert, dict[frozenset[str], Any]] = weakref.WeakKeyDictionary()
+
+
+def _upsert_parts(stmt: Insert, params: dict[str, Any]) -> tuple[Insert, _ConflictUpdate | None]:
+    """The plain INSERT of an ``INSERT ... ON CONFLICT``, and its conflict's UPDATE (None for
+    DO NOTHING): built once per statement and set of parameter names."""
+    table = stmt.table
+    assert isinstance(table, sa.Table)
+    columns = frozenset(key for key in params if key in table.c)
+    built = _UPSERTS.setdefault(stmt, {})
+    parts = built.get(columns)
+    if parts is None:
+        clause = stmt._post_values_clause
+        plain = stmt._generate()
+        plain._post_values_clause = None
+        update = None
+        if getattr(clause, "update_values_to_set", None):
+            update = _ConflictUpdate(stmt, clause, columns)
+        parts = built[columns] = (plain, update)
+    return parts
+
+
 class _ConflictUpdate:
     """The UPDATE of ``INSERT ... ON CONFLICT (key) DO UPDATE`` when the key is taken."""
 
-    def __init__(self, stmt: Insert, clause: Any, params: dict[str, Any]) -> None:
+    def __init__(self, stmt: Insert, clause: Any, columns: frozenset[str]) -> None:
         table = stmt.table
         assert isinstance(table, sa.Table)
-        values, condition = _inserted_values(stmt, params)
-        # a parameter named after a column would become a SET value: only the renamed ones
-        self.params = {k: v for k, v in params.items() if f"durable_v_{k}" not in params}
+        values, condition, self.renamed = _inserted_values(stmt, columns)
         target = [table.c[_name(col)] for col in clause.inferred_target_elements]
         by_key = sa.and_(*[col == values[col.key] for col in target])
         self.lock = sa.select(sa.literal(1)).where(by_key).with_for_update()
@@ -208,15 +225,25 @@ class _ConflictUpdate:
                 }
             )
         )
-        self.returning = list(stmt._returning)
-        self.found = sa.select(*self.returning).where(by_key) if self.returning else None
+        returning = list(stmt._returning)
+        self.found = sa.select(*returning).where(by_key) if returning else None
+        self.nothing = sa.select(*returning).where(sa.false()) if returning else None
 
-    def run(self, conn: sa.Connection) -> Any:
-        done = conn.execute(self.update, self.params)
-        if self.found is None:
+    def params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` for the UPDATE: a parameter named after a column would be a SET value,
+        so those are passed renamed."""
+        if not self.renamed:
+            return params
+        out = {k: v for k, v in params.items() if k not in self.renamed}
+        out.update({f"durable_v_{k}": params[k] for k in self.renamed})
+        return out
+
+    def run(self, conn: sa.Connection, params: dict[str, Any]) -> Any:
+        params = self.params(params)
+        done = conn.execute(self.update, params)
+        if self.found is None or self.nothing is None:
             return done
-        found = self.found if done.rowcount else self.found.where(sa.false())
-        return conn.execute(found, self.params)
+        return conn.execute(self.found if done.rowcount else self.nothing, params)
 
 
 _ORDERED: weakref.WeakKeyDictionary[Update, Update] = weakref.WeakKeyDictionary()
@@ -321,21 +348,21 @@ def _key_condition(pk: list[sa.Column[Any]], keys: list[tuple[Any, ...]]) -> Any
     return sa.tuple_(*pk).in_(keys)
 
 
-def _inserted_values(stmt: Insert, params: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-    """Each column's value in ``stmt`` (an expression: a bound parameter the same ``params``
-    fill), and the condition an ``INSERT ... SELECT`` inserts under (None for ``VALUES``)."""
+def _inserted_values(
+    stmt: Insert, columns: frozenset[str]
+) -> tuple[dict[str, Any], Any, frozenset[str]]:
+    """Each column's value in ``stmt`` (an expression: a bound parameter the same parameters
+    fill), the condition an ``INSERT ... SELECT`` inserts under (None for ``VALUES``), and the
+    parameters named after ``columns`` that must be bound under another name."""
     select = stmt.select
     if select is not None:
         names = [_name(c) for c in stmt._select_names or ()]
         exprs = [getattr(c, "element", c) for c in select.selected_columns]
-        where = select.whereclause
-        return dict(zip(names, exprs, strict=True)), where
+        return dict(zip(names, exprs, strict=True)), select.whereclause, frozenset()
     table = stmt.table
     assert isinstance(table, sa.Table)
     values: dict[str, Any] = {_name(col): value for col, value in (stmt._values or {}).items()}
-    for key in list(params):
-        if key in table.c and key not in values:
-            # a parameter named after a column is reserved for SET: bind the value anew
-            params[f"durable_v_{key}"] = params[key]
-            values[key] = sa.bindparam(f"durable_v_{key}", type_=table.c[key].type)
-    return values, None
+    renamed = frozenset(key for key in columns if key not in values)
+    for key in renamed:  # a parameter named after a column is reserved for SET
+        values[key] = sa.bindparam(f"durable_v_{key}", type_=table.c[key].type)
+    return values, None, renamed
