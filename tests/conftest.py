@@ -113,6 +113,39 @@ def mysql_url() -> Iterator[str]:
 
 _MYSQL_COUNT = 0
 
+#: The test modules whose ``mysql`` parameters run by default: the contract suite, the
+#: migrations, the MySQL tests, the crash tests and a chosen set of runtime tests. The mysql
+#: parameter everywhere would add several minutes to the suite; DURABLE_MYSQL_ALL=1 runs it
+#: everywhere (``backend_url`` has it in every module).
+MYSQL_MODULES = frozenset(
+    {
+        "test_contract.py",
+        "test_migrations.py",
+        "test_mysql.py",
+        "test_crash_recovery.py",
+        "test_runtime.py",
+        "test_workers.py",
+        "test_claim_begin.py",
+        "test_poison_rows.py",
+        "test_messages.py",
+        "test_worker_prefetch.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the ``mysql`` parameters outside :data:`MYSQL_MODULES`, unless
+    DURABLE_MYSQL_ALL is set."""
+    if os.environ.get("DURABLE_MYSQL_ALL"):
+        return
+    keep, drop = [], []
+    for item in items:
+        outside = item.path.name not in MYSQL_MODULES
+        (drop if outside and item.get_closest_marker("mysql") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
 
 @pytest.fixture(scope="session")
 def _mysql_session_url() -> Iterator[str]:
