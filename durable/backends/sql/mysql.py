@@ -60,6 +60,15 @@ class NoRows:
     def scalar(self) -> None:
         return None
 
+    def scalar_one_or_none(self) -> None:
+        return None
+
+    def one(self) -> Any:
+        raise sa.exc.NoResultFound("No row was found when one was required")
+
+    def scalar_one(self) -> Any:
+        return self.one()
+
     def all(self) -> list[Any]:
         return []
 
