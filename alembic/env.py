@@ -21,7 +21,9 @@ from durable.backends.sql.schema import UTCDateTime, metadata
 def render_item(kind: str, obj: object, autogen_context: object) -> str | bool:
     """Revisions are frozen history: they spell out plain SQLAlchemy types, never durable's."""
     if kind == "type" and isinstance(obj, UTCDateTime):
-        return "sa.DateTime(timezone=True)"
+        # microseconds on MySQL / MariaDB (their DATETIME keeps whole seconds by default)
+        autogen_context.imports.add("from sqlalchemy.dialects import mysql")  # type: ignore[attr-defined]
+        return 'sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")'
     return False
 
 
@@ -44,6 +46,10 @@ def command_line_engine() -> sa.Engine:
     if not url:
         raise SystemExit("set DURABLE_DATABASE_URL to the database to migrate")
     parsed = normalize_url(url)  # postgresql:// means psycopg 3, as everywhere in durable
+    if parsed.get_backend_name() == "mysql":  # PyMySQL: the sync driver aiomysql is built on
+        return sa.create_engine(
+            parsed.set(drivername="mysql+pymysql"), connect_args={"charset": "utf8mb4"}
+        )
     if parsed.get_backend_name() != "sqlite":
         return sa.create_engine(parsed)
     engine = create_engine(parsed.set(drivername="sqlite"))  # aiosqlite needs an event loop

@@ -6,8 +6,12 @@ none, and calls per second under 200 concurrent callers (see the kit's docstring
 runs in a database of its own, ``<--pg-url's database>_kit``, created empty and dropped
 afterwards (unless ``--keep``).
 
-    python benchmarks/backend_kit.py [--backend memory|sqlite|postgres|all] [--finished 100000]
-        [--history 3000] [--concurrency 200] [--rounds 5] [--samples 50] [--pg-url URL]
+    python benchmarks/backend_kit.py [--backend memory|sqlite|postgres|mysql|all]
+        [--finished 100000] [--history 3000] [--concurrency 200] [--rounds 5] [--samples 50]
+        [--pg-url URL] [--mysql-url URL]
+
+``--backend mysql`` (not part of ``all``) runs it on MySQL/MariaDB, in ``<--mysql-url's
+database>_kit``, created empty and dropped afterwards.
 """
 
 from __future__ import annotations
@@ -35,9 +39,10 @@ BACKENDS = ("memory", "sqlite", "postgres")
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--backend", choices=[*BACKENDS, "all"], default="all")
+    p.add_argument("--backend", choices=[*BACKENDS, "mysql", "all"], default="all")
     add_size_arguments(p)
     p.add_argument("--pg-url", default=bl.DEFAULT_PG_URL, help="PostgreSQL server (its database)")
+    p.add_argument("--mysql-url", default=bl.DEFAULT_MYSQL_URL, help="MySQL/MariaDB server")
     p.add_argument("--sqlite-dir", type=Path, help="where the SQLite file goes (a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the SQLite file and the database")
     return p.parse_args(argv)
@@ -78,6 +83,14 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, Figure]]:
                 results[kind] = await run_kit(lambda url=url: durable.connect(url), sizes)
                 if not args.keep:
                     bl.remove_sqlite(path)
+            elif kind == "mysql":
+                url = _kit_pg_url(args.mysql_url)  # <database>_kit, as for PostgreSQL
+                bl.recreate_mysql_database(url)
+                try:
+                    results[kind] = await run_kit(lambda url=url: durable.connect(url), sizes)
+                finally:
+                    if not args.keep:
+                        bl.recreate_mysql_database(url, drop_only=True)
             else:
                 url = _kit_pg_url(args.pg_url)
                 recreate_pg_database(url)

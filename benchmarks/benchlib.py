@@ -35,6 +35,9 @@ import durable
 DEFAULT_PG_URL = os.environ.get(
     "DURABLE_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/durable_bench"
 )
+DEFAULT_MYSQL_URL = os.environ.get(
+    "DURABLE_BENCH_MYSQL_URL", "mysql://root@127.0.0.1:3306/durable_bench"
+)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -264,6 +267,46 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
     p.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
     return p
+
+
+def add_mysql_backend(p: argparse.ArgumentParser) -> None:
+    """For the benchmarks that run on MySQL/MariaDB too: ``--backend mysql`` (not part of
+    ``all``) and ``--mysql-url``."""
+    for action in p._actions:
+        if action.dest == "backend" and action.choices is not None:
+            action.choices = [*action.choices, "mysql"]
+    p.add_argument("--mysql-url", default=DEFAULT_MYSQL_URL, help="MySQL/MariaDB database URL")
+
+
+def mysql_params(url: str) -> dict[str, Any]:
+    """PyMySQL / aiomysql connect arguments for a ``mysql://`` URL (database included)."""
+    parsed = make_url(url)
+    return {
+        "host": parsed.host or "127.0.0.1",
+        "port": parsed.port or 3306,
+        "user": parsed.username or "root",
+        "password": parsed.password or "",
+        "db": parsed.database,
+        "charset": "utf8mb4",
+    }
+
+
+def recreate_mysql_database(url: str, *, drop_only: bool = False) -> None:
+    """Drop the URL's MySQL/MariaDB database, then (unless ``drop_only``) create it empty."""
+    import pymysql
+
+    params = mysql_params(url)
+    name = params.pop("db")
+    conn = pymysql.connect(**params, autocommit=True)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            if not drop_only:
+                cursor.execute(
+                    f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+                )
+    finally:
+        conn.close()
 
 
 def add_run_options(

@@ -16,13 +16,14 @@ Cases, per backend:
 * **another process**: one worker process running :func:`durable.worker.serve`. PostgreSQL
   wakes it with LISTEN/NOTIFY; SQLite cannot signal another process, so the worker finds work
   by polling, every ``--poll-intervals`` seconds (1.0, serve's default, and 0.1): expect about
-  half the interval, which is why the target does not apply to it;
+  half the interval, which is why the target does not apply to it; nor can MySQL/MariaDB
+  (``--backend mysql``, not part of ``all``), whose other-process case polls the same way;
 * **same process**: the worker runs in the producer's runtime (``runtime.start_worker``) and is
   woken in-process by the commit that created the work.
 
 Target: p50 below 25 ms on every wake-up path (LISTEN/NOTIFY, in-process).
 
-    python benchmarks/latency.py [--backend sqlite|postgres|all] [--samples 200]
+    python benchmarks/latency.py [--backend sqlite|postgres|mysql|all] [--samples 200]
         [--poll-samples 40] [--json out.json] [--quick]
 """
 
@@ -128,7 +129,9 @@ async def bench_backend(kind: str, args: argparse.Namespace, sqlite_dir: Path) -
         plans += [("another process", "polling", p) for p in args.poll_intervals]
     plans.append(("same process", "in-process wake-up", None))
     for where, path, poll in plans:
-        db = wl.Database.fresh(kind, "latency", pg_url=args.pg_url, sqlite_dir=sqlite_dir)
+        db = wl.Database.fresh(
+            kind, "latency", pg_url=args.pg_url, sqlite_dir=sqlite_dir, mysql_url=args.mysql_url
+        )
         polling = path == "polling"
         count = min(args.samples, args.poll_samples) if polling else args.samples
         label = f"{where}, {path}" + (f" every {poll:g}s" if polling else "")
@@ -232,6 +235,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--poll-intervals", help="SQLite worker poll intervals, seconds (1.0,0.1)")
     parser.add_argument("--concurrency", type=int, default=16, help="worker concurrency (16)")
     bl.add_run_options(parser)
+    bl.add_mysql_backend(parser)
     args = parser.parse_args(argv)
     quick = args.quick
     if args.samples is None:

@@ -23,8 +23,13 @@ PostgreSQL steps at most 1.5x the floor; SQLite steps at most 300 us each (the r
 floor is reported as well). Issue #11's targets are judged too: PostgreSQL steps at most 1.25x
 the one-round-trip floor, SQLite steps at most 4x its commit floor.
 
-    python benchmarks/step_overhead.py [--backend sqlite|postgres|all] [--steps 500]
-        [--repeat 5] [--pg-url postgresql+psycopg://...] [--json out.json]
+    python benchmarks/step_overhead.py [--backend sqlite|postgres|mysql|all] [--steps 500]
+        [--repeat 5] [--pg-url postgresql+psycopg://...] [--mysql-url mysql://...]
+        [--json out.json]
+
+``--backend mysql`` (not part of ``all``) runs it on MySQL/MariaDB through aiomysql, against
+the same floor through the same driver (``--mysql-url``, default
+``mysql://root@127.0.0.1:3306/durable_bench``; the database is created anew and dropped).
 """
 
 from __future__ import annotations
@@ -281,6 +286,74 @@ class PostgresFloor:
         await self.auto.close()
 
 
+_MYSQL_FLOOR_DDL = f"""
+CREATE TABLE {FLOOR_TABLE} (
+    workflow_id VARCHAR(255) NOT NULL,
+    position INTEGER NOT NULL,
+    name VARCHAR(255) NOT NULL,
+    status VARCHAR(16) NOT NULL,
+    output LONGTEXT,
+    error LONGTEXT,
+    child_workflow_id VARCHAR(255),
+    attempts INTEGER NOT NULL,
+    executor_id VARCHAR(255),
+    started_at DATETIME(6),
+    completed_at DATETIME(6),
+    PRIMARY KEY (workflow_id, position)
+)"""
+
+
+class MySQLFloor:
+    """aiomysql (durable's MySQL driver), one connection at READ COMMITTED, autocommit off,
+    ``INSERT; COMMIT`` per row; the one-round-trip floor on a second, autocommit connection."""
+
+    def __init__(self, conn: Any, auto: Any) -> None:
+        self.conn = conn
+        self.auto = auto
+
+    @classmethod
+    async def open(cls, url: str) -> MySQLFloor:
+        import aiomysql
+
+        params = bl.mysql_params(url)
+        conn = await aiomysql.connect(**params, autocommit=False)
+        async with conn.cursor() as cur:
+            await cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            await cur.execute(_MYSQL_FLOOR_DDL)
+        await conn.commit()
+        auto = await aiomysql.connect(**params, autocommit=True)
+        return cls(conn, auto)
+
+    @staticmethod
+    def _row(label: str, i: int) -> tuple[Any, ...]:
+        now = datetime.now(UTC).replace(tzinfo=None)
+        return (label, i, "bench.floor", "succeeded", str(i), None, None, 1, "bench", now, now)
+
+    async def run_autocommit(self, label: str, rows: int) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        async with self.auto.cursor() as cur:
+            for i in range(rows):
+                await cur.execute(_PG_FLOOR_INSERT, self._row(f"{label}-1", i))
+        return (time.perf_counter() - wall) / rows, (time.process_time() - cpu) / rows
+
+    async def run(self, label: str, rows: int) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        async with self.conn.cursor() as cur:
+            for i in range(rows):
+                await cur.execute(_PG_FLOOR_INSERT, self._row(label, i))
+                await self.conn.commit()
+        return (time.perf_counter() - wall) / rows, (time.process_time() - cpu) / rows
+
+    async def one(self, label: str, i: int) -> None:
+        async with self.conn.cursor() as cur:
+            await cur.execute(_PG_FLOOR_INSERT, self._row(label, i))
+            await self.conn.commit()
+
+    async def close(self) -> None:
+        self.conn.close()
+        self.auto.close()
+
+
 # -- one backend --------------------------------------------------------------------------------
 
 
@@ -422,6 +495,28 @@ async def bench_postgres(
     return result
 
 
+async def bench_mysql(
+    url: str, *, steps: int, repeat: int, warmup: int, keep: bool
+) -> dict[str, Any]:
+    import aiomysql
+
+    bl.recreate_mysql_database(url)
+    backend = durable.connect(url, engine_options={"pool_size": 5})
+    assert isinstance(backend, durable.SQLAlchemyBackend)
+    floor = await MySQLFloor.open(url)
+    try:
+        result = await measure(
+            backend, floor, label="mysql", steps=steps, repeat=repeat, warmup=warmup
+        )
+    finally:
+        await floor.close()
+        if not keep:
+            bl.recreate_mysql_database(url, drop_only=True)
+    result["driver"] = f"aiomysql {aiomysql.__version__} (SQLAlchemy AsyncEngine), READ COMMITTED"
+    result["database"] = backend.url.render_as_string(hide_password=True)
+    return result
+
+
 # -- the command --------------------------------------------------------------------------------
 
 
@@ -549,6 +644,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=5, help="measured runs (5)")
     parser.add_argument("--warmup", type=int, default=1, help="discarded first runs (1)")
     bl.add_run_options(parser, quick=False)
+    bl.add_mysql_backend(parser)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.repeat < 1 or args.warmup < 0:
         parser.error("--steps and --repeat must be positive, --warmup not negative")
@@ -572,6 +668,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if "postgres" in backends:
         results["postgres"] = await bench_postgres(
             args.pg_url, steps=args.steps, repeat=args.repeat, warmup=args.warmup, keep=args.keep
+        )
+    if "mysql" in backends:
+        results["mysql"] = await bench_mysql(
+            args.mysql_url, steps=args.steps, repeat=args.repeat, warmup=args.warmup, keep=args.keep
         )
     return {
         "benchmark": "step_overhead",

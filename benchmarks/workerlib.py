@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib as bl
 import psycopg
+from sqlalchemy.engine import make_url
 
 import durable
 import durable.worker
@@ -245,9 +246,18 @@ class Database:
     _conn: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def fresh(cls, kind: str, name: str, *, pg_url: str, sqlite_dir: Path) -> Database:
+    def fresh(
+        cls, kind: str, name: str, *, pg_url: str, sqlite_dir: Path, mysql_url: str | None = None
+    ) -> Database:
         """An empty database named after ``name``: ``<sqlite_dir>/<name>.db`` (deleted first),
-        or the schema ``durable_bench_<name>`` in ``pg_url``'s database (dropped first)."""
+        the schema ``durable_bench_<name>`` in ``pg_url``'s database (dropped first), or the
+        MySQL/MariaDB database ``<mysql_url's database>_<name>`` (dropped first)."""
+        if kind == "mysql":
+            assert mysql_url is not None
+            parsed = make_url(mysql_url)
+            url = parsed.set(database=f"{parsed.database}_{name}").render_as_string(False)
+            bl.recreate_mysql_database(url)
+            return cls(kind, url)
         if kind == "sqlite":
             path = sqlite_dir / f"{name}.db"
             bl.remove_sqlite(path)
@@ -268,6 +278,8 @@ class Database:
         if self.kind == "sqlite":
             assert self.path is not None
             bl.remove_sqlite(self.path)
+        elif self.kind == "mysql":
+            bl.recreate_mysql_database(self.url, drop_only=True)
         else:
             assert self.schema is not None
             bl.drop_pg_schema(self.url, self.schema)
@@ -277,6 +289,9 @@ class Database:
         connections plus 10 overflow, unless ``pool_size`` is given)."""
         if self.kind == "sqlite":
             backend = durable.connect(self.url)
+        elif self.kind == "mysql":
+            mysql_options = {} if pool_size is None else {"pool_size": pool_size}
+            backend = durable.connect(self.url, engine_options=mysql_options)
         else:
             assert self.schema is not None
             options: dict[str, Any] = {"connect_args": bl.pg_search_path(self.schema)}
@@ -297,6 +312,8 @@ class Database:
         if self.kind == "sqlite":
             assert self.path is not None
             return sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        if self.kind == "mysql":
+            return _MySQLConnection(self.url)
         assert self.schema is not None
         return psycopg.connect(
             bl.pg_conninfo(self.url), autocommit=True, **bl.pg_search_path(self.schema)
@@ -344,6 +361,13 @@ class Database:
             return sum(
                 p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists()
             )
+        if self.kind == "mysql":
+            return int(
+                self.scalar(
+                    "SELECT coalesce(sum(data_length + index_length), 0) FROM "
+                    "information_schema.tables WHERE table_schema = DATABASE()"
+                )
+            )
         return int(
             self.scalar(
                 "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
@@ -351,6 +375,23 @@ class Database:
                 f"WHERE n.nspname = '{self.schema}' AND c.relkind = 'r'"
             )
         )
+
+
+class _MySQLConnection:
+    """A PyMySQL connection (autocommit) with sqlite3's and psycopg's ``execute(query)``."""
+
+    def __init__(self, url: str) -> None:
+        import pymysql
+
+        self._conn = pymysql.connect(**bl.mysql_params(url), autocommit=True)
+
+    def execute(self, query: str) -> Any:
+        cursor = self._conn.cursor()
+        cursor.execute(query)
+        return cursor
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 def epoch(value: Any) -> float | None:
@@ -550,6 +591,8 @@ def expect_line(proc: subprocess.Popen[str], expected: str, *, timeout: float) -
 
 
 def child_database(url: str, schema: str | None) -> Database:
+    if url.startswith(("mysql", "mariadb")):
+        return Database("mysql", url)
     if schema is None:
         return Database("sqlite", url, path=Path(url.removeprefix("sqlite:///")))
     return Database("postgres", url, schema=schema)

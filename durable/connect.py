@@ -28,7 +28,10 @@ def connect(
       ``sqlite:///:memory:``; three slashes before a relative path, four before an absolute one
       (``sqlite://app.db`` is refused: it names a host);
     * ``postgresql://user@host/db``, ``postgres://...`` or ``postgresql+psycopg://...``
-      (psycopg 3).
+      (psycopg 3);
+    * ``mysql://user@host/db`` or ``mariadb://...`` (MariaDB 10.6+, through aiomysql: the
+      ``mysql`` extra), ``mysql+pymysql://...`` and ``mysql+aiomysql://...`` alike, or
+      ``mysql+asyncmy://...`` (asyncmy, installed separately).
 
     ``options`` go to :class:`~durable.backends.SQLAlchemyBackend` (``auto_migrate``,
     ``sqlite_synchronous``, ``engine_options``).

@@ -11,6 +11,7 @@ Under CI (``CI`` set), an unreachable PostgreSQL is an error, not a skip.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
@@ -74,23 +75,193 @@ def aiosqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'durable-aio.db'}"
 
 
+MYSQL_HOST = os.environ.get("DURABLE_MYSQL_HOST", "127.0.0.1")
+MYSQL_PORT = int(os.environ.get("DURABLE_MYSQL_PORT", "3306"))
+MYSQL_USER = os.environ.get("DURABLE_MYSQL_USER", "root")
+
+
+@pytest.fixture
+def mysql_url() -> Iterator[str]:
+    """A URL to a fresh, empty MySQL/MariaDB database, dropped after the test (named after the
+    pytest process and a counter, so that concurrent sessions on one server do not collide).
+
+    Skipped when no server answers on DURABLE_MYSQL_HOST:DURABLE_MYSQL_PORT (default
+    127.0.0.1:3306, user root without a password), failed instead under CI."""
+    try:
+        import pymysql
+    except ImportError:  # pragma: no cover - the test extra installs it
+        if os.environ.get("CI"):
+            pytest.fail("PyMySQL is not installed (the test extra installs it)")
+        pytest.skip("PyMySQL is not installed")
+    if not _reachable(MYSQL_HOST, MYSQL_PORT):
+        if os.environ.get("CI"):
+            pytest.fail(f"MySQL is not reachable at {MYSQL_HOST}:{MYSQL_PORT} (CI must start it)")
+        pytest.skip(f"MySQL is not reachable at {MYSQL_HOST}:{MYSQL_PORT}")
+    global _MYSQL_COUNT
+    _MYSQL_COUNT += 1
+    name = f"durable_test_{os.getpid()}_{_MYSQL_COUNT}"
+    admin = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, autocommit=True)
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+        yield f"mysql+aiomysql://{MYSQL_USER}@{MYSQL_HOST}:{MYSQL_PORT}/{name}"
+    finally:
+        try:
+            with admin.cursor() as cursor:
+                cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        finally:
+            admin.close()
+
+
+_MYSQL_COUNT = 0
+
+#: The test modules whose ``mysql`` parameters run by default: the contract suite, the
+#: migrations, the MySQL tests, the crash tests and a chosen set of runtime tests. The mysql
+#: parameter everywhere would add several minutes to the suite; DURABLE_MYSQL_ALL=1 runs it
+#: everywhere (``backend_url`` has it in every module).
+MYSQL_MODULES = frozenset(
+    {
+        "test_contract.py",
+        "test_migrations.py",
+        "test_mysql.py",
+        "test_crash_recovery.py",
+        "test_runtime.py",
+        "test_workers.py",
+        "test_claim_begin.py",
+        "test_poison_rows.py",
+        "test_messages.py",
+        "test_worker_prefetch.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the ``mysql`` parameters outside :data:`MYSQL_MODULES`, unless
+    DURABLE_MYSQL_ALL is set."""
+    if os.environ.get("DURABLE_MYSQL_ALL"):
+        return
+    keep, drop = [], []
+    for item in items:
+        outside = item.path.name not in MYSQL_MODULES
+        (drop if outside and item.get_closest_marker("mysql") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def _mysql_session_url() -> Iterator[str]:
+    """One database for the session's backend tests, migrated once (MariaDB's DDL makes a
+    migration take seconds); dropped at the end."""
+    import pymysql
+
+    name = f"durable_test_{os.getpid()}"
+    admin = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, autocommit=True)
+    with admin.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    try:
+        yield f"mysql+aiomysql://{MYSQL_USER}@{MYSQL_HOST}:{MYSQL_PORT}/{name}"
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+
+@pytest.fixture
+def mysql_backend_url(request: pytest.FixtureRequest) -> str:
+    """A URL to a MySQL/MariaDB database at durable's head revision with every durable table
+    empty: the session's database (:func:`_mysql_session_url`), emptied before the test. Tests
+    that need an empty database (no tables at all) take ``mysql_url``."""
+    if not _reachable(MYSQL_HOST, MYSQL_PORT):
+        if os.environ.get("CI"):
+            pytest.fail(f"MySQL is not reachable at {MYSQL_HOST}:{MYSQL_PORT} (CI must start it)")
+        pytest.skip(f"MySQL is not reachable at {MYSQL_HOST}:{MYSQL_PORT}")
+    url = str(request.getfixturevalue("_mysql_session_url"))
+    import asyncio
+
+    import pymysql
+
+    from durable.backends.sql import migrate
+    from durable.backends.sql.backend import SQLAlchemyBackend
+
+    admin = pymysql.connect(
+        host=MYSQL_HOST,
+        port=MYSQL_PORT,
+        user=MYSQL_USER,
+        autocommit=True,
+        database=url.rsplit("/", 1)[1],
+    )
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute("SHOW TABLES")
+            tables = [row[0] for row in cursor.fetchall()]
+            version = None
+            if migrate.VERSION_TABLE in tables:
+                cursor.execute(f"SELECT version_num FROM {migrate.VERSION_TABLE}")
+                version = cursor.fetchone()
+            if (
+                version is None
+                or version[0] != _head_revision()
+                or not _durable_tables() <= set(tables)
+            ):
+                for table in tables:  # a test changed the schema: start it over
+                    cursor.execute("SET FOREIGN_KEY_CHECKS = 0")
+                    cursor.execute(f"DROP TABLE `{table}`")
+                asyncio.run(_start_and_close(SQLAlchemyBackend(url)))
+            else:
+                cursor.execute("SET FOREIGN_KEY_CHECKS = 0")
+                for table in tables:
+                    if table != migrate.VERSION_TABLE:
+                        cursor.execute(f"DELETE FROM `{table}`")
+    finally:
+        admin.close()
+    return url
+
+
+@functools.cache
+def _durable_tables() -> set[str]:
+    from durable.backends.sql.schema import metadata
+
+    return set(metadata.tables)
+
+
+@functools.cache
+def _head_revision() -> str:
+    from durable.backends.sql import migrate
+
+    return migrate.head_revision()
+
+
+async def _start_and_close(backend: object) -> None:
+    async with backend:  # type: ignore[attr-defined]
+        pass
+
+
 BACKEND_KINDS = [
     "memory",
     "sqlite",
     "aiosqlite",
     pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("mysql", marks=pytest.mark.mysql),
 ]
 
 
 @pytest.fixture(params=BACKEND_KINDS)
 def backend_url(request: pytest.FixtureRequest) -> str:
-    """One URL per backend kind: memory://, a SQLite file (both drivers), PostgreSQL."""
+    """One URL per backend kind: memory://, a SQLite file (both drivers), PostgreSQL, MySQL."""
     kind = request.param
     if kind == "memory":
         return "memory://"
     return str(
         request.getfixturevalue(
-            {"sqlite": "sqlite_url", "aiosqlite": "aiosqlite_url", "postgres": "pg_url"}[kind]
+            {
+                "sqlite": "sqlite_url",
+                "aiosqlite": "aiosqlite_url",
+                "postgres": "pg_url",
+                "mysql": "mysql_backend_url",
+            }[kind]
         )
     )
 

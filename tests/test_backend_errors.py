@@ -29,7 +29,7 @@ from durable.models import StepRecord, TaskSpec, WorkflowSnapshot
 @pytest.mark.parametrize(
     ("url", "scheme"),
     [
-        ("mysql://user@localhost/db", "mysql"),
+        ("mysql+mysqlconnector://user@localhost/db", "mysql+mysqlconnector"),
         ("redis://localhost:6379/0", "redis"),
         ("oracle+cx_oracle://u@h/db", "oracle+cx_oracle"),
         ("sqlite+pysqlcipher:///x.db", "sqlite+pysqlcipher"),

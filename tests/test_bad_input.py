@@ -464,7 +464,7 @@ async def test_enqueueing_a_workflow_with_a_long_name_from_a_workflow(backend_ur
         ("sqlite:///app.db", {"engine_options": {"bogus": 1}}, "cannot create the engine"),
         ("sqlite:///app.db", {"sqlite_synchronous": 2}, "sqlite_synchronous= must be str"),
         ("postgres+nodriver://u@h/db", {}, "unsupported database URL"),
-        ("mysql://u@h/db", {}, "unsupported database URL"),
+        ("mysql+mysqlconnector://u@h/db", {}, "unsupported database URL"),
         (5, {}, "expected a database URL"),
     ],
     ids=lambda v: repr(v)[:30],

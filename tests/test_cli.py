@@ -140,9 +140,9 @@ def test_bad_urls(tmp_path: Path) -> None:
     assert memory.exit_code == 2
     assert "memory:// keeps nothing" in memory.stderr
 
-    mysql = durable("migrate", "mysql://localhost/db")
+    mysql = durable("migrate", "mysql+mysqlconnector://localhost/db")
     assert mysql.exit_code == 1
-    assert "unsupported database URL scheme 'mysql'" in mysql.stderr
+    assert "unsupported database URL scheme 'mysql+mysqlconnector'" in mysql.stderr
 
     nowhere = durable("migrate", "postgresql://postgres@127.0.0.1:1/nope")
     assert nowhere.exit_code == 1

@@ -335,6 +335,22 @@ def check_history(
     ], workflow_id
 
 
+#: The fixture each database's URL comes from.
+URL_FIXTURES = {"sqlite": "sqlite_url", "postgres": "pg_url", "mysql": "mysql_backend_url"}
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ]
+)
+def db_url(request: pytest.FixtureRequest) -> str:
+    """A SQLite file, a fresh PostgreSQL database or an empty MySQL/MariaDB one."""
+    return str(request.getfixturevalue(URL_FIXTURES[request.param]))
+
+
 # -- crash at every point, restart, check ----------------------------------------------------------
 
 
@@ -350,6 +366,7 @@ POSTGRES = pytest.mark.postgres
         ("sqlite", "takeover", "sync"),
         pytest.param("postgres", "same-executor", "sync", marks=POSTGRES),
         pytest.param("postgres", "takeover", "async", marks=POSTGRES),
+        pytest.param("mysql", "takeover", "sync", marks=pytest.mark.mysql),
     ],
 )
 def test_a_completed_step_never_runs_again(
@@ -362,7 +379,7 @@ def test_a_completed_step_never_runs_again(
 ) -> None:
     """One process runs an execution per crash point and workflow kind (async steps, sync steps)
     and is killed when all are frozen there; the next run finishes them all."""
-    db_url = str(request.getfixturevalue("sqlite_url" if db == "sqlite" else "pg_url"))
+    db_url = str(request.getfixturevalue(URL_FIXTURES[db]))
     takeover = restart == "takeover"
     ttl = 1.0 if takeover else 30.0
     heartbeat = 0.2  # well within the lease, even on a busy machine
@@ -600,11 +617,18 @@ def test_a_zombie_starts_no_step_after_losing_its_lease(
 # -- fencing: two runtimes race for one execution --------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ]
+)
 def race_url(request: pytest.FixtureRequest) -> str:
     if request.param == "memory":
         return "memory://"
-    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
+    return str(request.getfixturevalue(URL_FIXTURES[request.param]))
 
 
 def spy(backend: durable.PersistentBackend, calls: list[tuple[Any, ...]]) -> None:

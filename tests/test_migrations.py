@@ -33,11 +33,21 @@ DURABLE_TABLES = {t.name for t in metadata.sorted_tables}
 
 
 @pytest.fixture(
-    params=["sqlite", "aiosqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+    params=[
+        "sqlite",
+        "aiosqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ]
 )
 def db_url(request: pytest.FixtureRequest) -> str:
     """An empty database of each kind the SQL backend runs on."""
-    fixture = {"sqlite": "sqlite_url", "aiosqlite": "aiosqlite_url", "postgres": "pg_url"}
+    fixture = {
+        "sqlite": "sqlite_url",
+        "aiosqlite": "aiosqlite_url",
+        "postgres": "pg_url",
+        "mysql": "mysql_url",
+    }
     return str(request.getfixturevalue(fixture[request.param]))
 
 
@@ -47,6 +57,8 @@ def engine(db_url: str) -> Iterator[sa.Engine]:
     url = normalize_url(db_url)
     if url.get_backend_name() == "sqlite":
         url = url.set(drivername="sqlite")
+    if url.get_backend_name() == "mysql":
+        url = url.set(drivername="mysql+pymysql").update_query_dict({"charset": "utf8mb4"})
     eng = sa.create_engine(url)
     yield eng
     eng.dispose()

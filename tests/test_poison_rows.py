@@ -50,6 +50,8 @@ def raw_update(url: str, sql: str, **params: Any) -> None:
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
         parsed = parsed.set(drivername="sqlite")
+    if parsed.get_backend_name() == "mysql":  # PyMySQL: the sync driver aiomysql is built on
+        parsed = parsed.set(drivername="mysql+pymysql").update_query_dict({"charset": "utf8mb4"})
     engine = sa.create_engine(parsed)
     try:
         with engine.begin() as conn:

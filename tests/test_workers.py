@@ -218,7 +218,11 @@ async def reaches(
 
 
 def sync_url(url: str) -> str:
-    return url.replace("sqlite+aiosqlite://", "sqlite://")
+    """The same database through a sync driver (MySQL: PyMySQL, which aiomysql is built on)."""
+    url = url.replace("sqlite+aiosqlite://", "sqlite://")
+    if url.startswith("mysql+aiomysql://"):
+        url = url.replace("mysql+aiomysql://", "mysql+pymysql://", 1) + "?charset=utf8mb4"
+    return url
 
 
 def query(url: str, fn: Callable[[sa.Connection], T]) -> T:

@@ -10,6 +10,11 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
+
+# MySQL / MariaDB: timestamps with microseconds, serialized values beyond TEXT's 64 KiB
+TIMESTAMP = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+TEXT = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
 revision: str = '0001'
 down_revision: str | None = None
@@ -23,9 +28,9 @@ def upgrade() -> None:
     sa.Column('id', sa.String(length=255), nullable=False),
     sa.Column('name', sa.String(length=255), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
-    sa.Column('input', sa.Text(), nullable=True),
-    sa.Column('output', sa.Text(), nullable=True),
-    sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('input', TEXT, nullable=True),
+    sa.Column('output', TEXT, nullable=True),
+    sa.Column('error', TEXT, nullable=True),
     sa.Column('parent_id', sa.String(length=255), nullable=True),
     sa.Column('executor_id', sa.String(length=255), nullable=True),
     sa.Column('queue', sa.String(length=255), nullable=False),
@@ -34,10 +39,10 @@ def upgrade() -> None:
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('max_attempts', sa.Integer(), nullable=True),
     sa.Column('version', sa.Integer(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('completed_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('created_at', TIMESTAMP, nullable=False),
+    sa.Column('updated_at', TIMESTAMP, nullable=False),
+    sa.Column('started_at', TIMESTAMP, nullable=True),
+    sa.Column('completed_at', TIMESTAMP, nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_durable_workflows')),
     sa.UniqueConstraint('idempotency_key', name=op.f('uq_durable_workflows_idempotency_key'))
     )
@@ -52,13 +57,13 @@ def upgrade() -> None:
     sa.Column('position', sa.Integer(), autoincrement=False, nullable=False),
     sa.Column('name', sa.String(length=255), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
-    sa.Column('output', sa.Text(), nullable=True),
-    sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('output', TEXT, nullable=True),
+    sa.Column('error', TEXT, nullable=True),
     sa.Column('child_workflow_id', sa.String(length=255), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('executor_id', sa.String(length=255), nullable=True),
-    sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('completed_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('started_at', TIMESTAMP, nullable=True),
+    sa.Column('completed_at', TIMESTAMP, nullable=True),
     sa.ForeignKeyConstraint(['workflow_id'], ['durable_workflows.id'], name=op.f('fk_durable_steps_workflow_id_durable_workflows'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('workflow_id', 'position', name=op.f('pk_durable_steps'))
     )
@@ -69,11 +74,11 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=255), nullable=False),
     sa.Column('queue', sa.String(length=255), nullable=False),
     sa.Column('priority', sa.Integer(), nullable=False),
-    sa.Column('run_after', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('run_after', TIMESTAMP, nullable=False),
     sa.Column('claimed_by', sa.String(length=255), nullable=True),
-    sa.Column('claim_expires_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('claim_expires_at', TIMESTAMP, nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('created_at', TIMESTAMP, nullable=False),
     sa.ForeignKeyConstraint(['instance_id'], ['durable_workflows.id'], name=op.f('fk_durable_tasks_instance_id_durable_workflows'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_durable_tasks')),
     sa.UniqueConstraint('instance_id', 'task_id', name=op.f('uq_durable_tasks_instance_id_task_id'))

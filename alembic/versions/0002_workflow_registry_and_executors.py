@@ -10,6 +10,11 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
+
+# MySQL / MariaDB: timestamps with microseconds, serialized values beyond TEXT's 64 KiB
+TIMESTAMP = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+TEXT = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
 revision: str = '0002'
 down_revision: str | None = '0001'
@@ -23,16 +28,16 @@ def upgrade() -> None:
     sa.Column('id', sa.String(length=255), nullable=False),
     sa.Column('hostname', sa.String(length=255), nullable=False),
     sa.Column('pid', sa.Integer(), nullable=False),
-    sa.Column('started_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('heartbeat_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('stopped_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('started_at', TIMESTAMP, nullable=False),
+    sa.Column('heartbeat_at', TIMESTAMP, nullable=False),
+    sa.Column('stopped_at', TIMESTAMP, nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_durable_executors'))
     )
     op.create_table('durable_workflow_registry',
     sa.Column('name', sa.String(length=255), nullable=False),
     sa.Column('enabled', sa.Boolean(), nullable=False),
-    sa.Column('description', sa.Text(), nullable=True),
-    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('description', TEXT, nullable=True),
+    sa.Column('updated_at', TIMESTAMP, nullable=False),
     sa.PrimaryKeyConstraint('name', name=op.f('pk_durable_workflow_registry'))
     )
     # ### end Alembic commands ###

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
 
 revision: str = '0005'
 down_revision: str | None = '0004'
@@ -25,7 +26,13 @@ def upgrade() -> None:
             sa.Column('incarnation', sa.String(length=255), nullable=False, server_default='')
         )
         batch_op.add_column(
-            sa.Column('heartbeat_interval', sa.Float(), nullable=False, server_default='10')
+            sa.Column(
+                'heartbeat_interval',
+                # MySQL / MariaDB: FLOAT is single precision there
+                sa.Float().with_variant(mysql.DOUBLE(), "mysql", "mariadb"),
+                nullable=False,
+                server_default='10',
+            )
         )
     with op.batch_alter_table('durable_executors', schema=None) as batch_op:
         batch_op.alter_column('incarnation', server_default=None)

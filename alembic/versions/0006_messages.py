@@ -10,6 +10,11 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
+
+# MySQL / MariaDB: timestamps with microseconds, serialized values beyond TEXT's 64 KiB
+TIMESTAMP = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+TEXT = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
 revision: str = "0006"
 down_revision: str | None = "0005"
@@ -28,12 +33,12 @@ def upgrade() -> None:
         ),
         sa.Column("workflow_id", sa.String(length=255), nullable=False),
         sa.Column("topic", sa.String(length=255), nullable=False),
-        sa.Column("value", sa.Text(), nullable=False),
+        sa.Column("value", TEXT, nullable=False),
         sa.Column("idempotency_key", sa.String(length=255), nullable=True),
         sa.Column("timer", sa.Boolean(), server_default=sa.false(), nullable=False),
-        sa.Column("sent_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("deliver_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("received_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("sent_at", TIMESTAMP, nullable=False),
+        sa.Column("deliver_at", TIMESTAMP, nullable=False),
+        sa.Column("received_at", TIMESTAMP, nullable=True),
         sa.Column("received_position", sa.Integer(), nullable=True),
         sa.ForeignKeyConstraint(
             ["workflow_id"],

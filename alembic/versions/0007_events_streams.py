@@ -10,6 +10,11 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
+
+# MySQL / MariaDB: timestamps with microseconds, serialized values beyond TEXT's 64 KiB
+TIMESTAMP = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+TEXT = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
 revision: str = "0007"
 down_revision: str | None = "0006"
@@ -22,9 +27,9 @@ def upgrade() -> None:
     op.create_table('durable_events',
     sa.Column('workflow_id', sa.String(length=255), nullable=False),
     sa.Column('key', sa.String(length=255), nullable=False),
-    sa.Column('value', sa.Text(), nullable=True),
+    sa.Column('value', TEXT, nullable=True),
     sa.Column('position', sa.Integer(), nullable=False),
-    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', TIMESTAMP, nullable=False),
     sa.ForeignKeyConstraint(['workflow_id'], ['durable_workflows.id'], name=op.f('fk_durable_events_workflow_id_durable_workflows'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('workflow_id', 'key', name=op.f('pk_durable_events'))
     )
@@ -32,9 +37,9 @@ def upgrade() -> None:
     sa.Column('workflow_id', sa.String(length=255), nullable=False),
     sa.Column('key', sa.String(length=255), nullable=False),
     sa.Column('offset', sa.Integer(), autoincrement=False, nullable=False),
-    sa.Column('value', sa.Text(), nullable=True),
+    sa.Column('value', TEXT, nullable=True),
     sa.Column('position', sa.Integer(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('created_at', TIMESTAMP, nullable=False),
     sa.ForeignKeyConstraint(['workflow_id'], ['durable_workflows.id'], name=op.f('fk_durable_stream_values_workflow_id_durable_workflows'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('workflow_id', 'key', 'offset', name=op.f('pk_durable_stream_values'))
     )
@@ -43,7 +48,7 @@ def upgrade() -> None:
     sa.Column('key', sa.String(length=255), nullable=False),
     sa.Column('next_offset', sa.Integer(), nullable=False),
     sa.Column('closed', sa.Boolean(), nullable=False),
-    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', TIMESTAMP, nullable=False),
     sa.ForeignKeyConstraint(['workflow_id'], ['durable_workflows.id'], name=op.f('fk_durable_streams_workflow_id_durable_workflows'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('workflow_id', 'key', name=op.f('pk_durable_streams'))
     )

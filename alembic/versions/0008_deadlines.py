@@ -10,6 +10,11 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
+
+# MySQL / MariaDB: timestamps with microseconds, serialized values beyond TEXT's 64 KiB
+TIMESTAMP = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+TEXT = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
 revision: str = "0008"
 down_revision: str | None = "0007"
@@ -19,7 +24,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table('durable_workflows', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('deadline', sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('deadline', TIMESTAMP, nullable=True))
         batch_op.add_column(
             sa.Column('continuations', sa.Integer(), server_default=sa.text('0'), nullable=False)
         )

@@ -10,6 +10,11 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
+
+# MySQL / MariaDB: timestamps with microseconds, serialized values beyond TEXT's 64 KiB
+TIMESTAMP = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+TEXT = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
 revision: str = "0009"
 down_revision: str | None = "0008"
@@ -24,17 +29,17 @@ def upgrade() -> None:
         sa.Column("workflow", sa.String(length=255), nullable=False),
         sa.Column("cron", sa.String(length=255), nullable=False),
         sa.Column("timezone", sa.String(length=255), nullable=False),
-        sa.Column("args", sa.Text(), nullable=False),
-        sa.Column("kwargs", sa.Text(), nullable=False),
+        sa.Column("args", TEXT, nullable=False),
+        sa.Column("kwargs", TEXT, nullable=False),
         sa.Column("missed", sa.String(length=16), nullable=False),
         sa.Column("max_catchup", sa.Integer(), nullable=False),
         sa.Column("queue", sa.String(length=255), nullable=False),
         sa.Column("priority", sa.Integer(), nullable=False),
         sa.Column("paused", sa.Boolean(), nullable=False),
-        sa.Column("next_run_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("last_tick_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("next_run_at", TIMESTAMP, nullable=True),
+        sa.Column("last_tick_at", TIMESTAMP, nullable=True),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
+        sa.Column("updated_at", TIMESTAMP, nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_durable_schedules")),
     )
     with op.batch_alter_table("durable_schedules", schema=None) as batch_op:

@@ -10,6 +10,10 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
+
+TIMESTAMP = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+DOUBLE = sa.Float().with_variant(mysql.DOUBLE(asdecimal=False), "mysql", "mariadb")
 
 revision: str = '0014'
 down_revision: str | None = '0013'
@@ -22,7 +26,7 @@ def upgrade() -> None:
     op.create_table('durable_queue_starts',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('queue', sa.String(length=255), nullable=False),
-    sa.Column('started_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('started_at', TIMESTAMP, nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_durable_queue_starts'))
     )
     with op.batch_alter_table('durable_queue_starts', schema=None) as batch_op:
@@ -33,10 +37,10 @@ def upgrade() -> None:
     sa.Column('concurrency', sa.Integer(), nullable=True),
     sa.Column('worker_concurrency', sa.Integer(), nullable=True),
     sa.Column('rate_limit', sa.Integer(), nullable=True),
-    sa.Column('rate_period', sa.Float(), nullable=True),
+    sa.Column('rate_period', DOUBLE, nullable=True),
     sa.Column('partition_concurrency', sa.Integer(), nullable=True),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('created_at', TIMESTAMP, nullable=False),
+    sa.Column('updated_at', TIMESTAMP, nullable=False),
     sa.PrimaryKeyConstraint('name', name=op.f('pk_durable_queues'))
     )
     with op.batch_alter_table('durable_tasks', schema=None) as batch_op:

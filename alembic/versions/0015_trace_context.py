@@ -10,6 +10,9 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
+
+TEXT = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
 revision: str = "0015"
 down_revision: str | None = "0014"
@@ -19,7 +22,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("durable_workflows", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("trace_context", sa.Text(), nullable=True))
+        batch_op.add_column(sa.Column("trace_context", TEXT, nullable=True))
 
 
 def downgrade() -> None:

@@ -1,4 +1,4 @@
-"""The SQLAlchemy backend: SQLite and PostgreSQL through one implementation.
+"""The SQLAlchemy backend: SQLite, PostgreSQL and MySQL/MariaDB through one implementation.
 
 Every operation is written once, as a function that runs SQLAlchemy Core statements on a
 synchronous :class:`~sqlalchemy.Connection` inside one transaction; a *runner* (:mod:`.runners`)
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
@@ -77,6 +78,8 @@ T = TypeVar("T")
 #: connection exceptions): too many connections, and the server shutting down, crashed or
 #: starting up (57P01 is also what a backend terminated by pg_terminate_backend reports).
 _UNAVAILABLE_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
+#: How many times a transaction the database rolled back to break a deadlock runs again.
+DEADLOCK_RETRIES = 8
 
 
 class SQLAlchemyBackend(
@@ -97,11 +100,12 @@ class SQLAlchemyBackend(
     Transactions,
     Forks,
 ):
-    """Durable's storage on SQLite or PostgreSQL.
+    """Durable's storage on SQLite, PostgreSQL or MySQL/MariaDB.
 
     :param url_or_engine: a database URL (``sqlite:///app.db``, ``sqlite+aiosqlite:///app.db``,
-        ``sqlite:///:memory:``, ``postgresql+psycopg://user@host/db``), or an ``Engine`` /
-        ``AsyncEngine`` you created (SQLite settings are applied to it).
+        ``sqlite:///:memory:``, ``postgresql+psycopg://user@host/db``,
+        ``mysql://user@host/db``), or an ``Engine`` / ``AsyncEngine`` you created (SQLite
+        settings are applied to it).
     :param serializer: ``"json"`` (default), ``"pickle"`` or a :class:`Serializer`.
     :param auto_migrate: apply pending migrations in :meth:`start` (default). When False,
         :meth:`start` raises :class:`SchemaVersionError` unless the schema is current.
@@ -176,7 +180,7 @@ class SQLAlchemyBackend(
             if self._started:
                 return
             fn = migrate.upgrade if self.auto_migrate else migrate.check
-            await self._run(fn, what="migrate")
+            await self._run(fn, what="migrate", raw=True)
             self._loop = asyncio.get_running_loop()
             self._started = True
             log.debug("backend started: %r", self, extra={"action": "backend.start"})
@@ -196,15 +200,15 @@ class SQLAlchemyBackend(
 
     async def migrate(self, revision: str = "head") -> None:
         """Upgrade the schema to ``revision`` now."""
-        await self._run(lambda conn: migrate.upgrade(conn, revision), what="migrate")
+        await self._run(lambda conn: migrate.upgrade(conn, revision), what="migrate", raw=True)
 
     async def downgrade(self, revision: str) -> None:
         """Downgrade the schema to ``revision`` (``"base"`` drops every durable table)."""
-        await self._run(lambda conn: migrate.downgrade(conn, revision), what="downgrade")
+        await self._run(lambda conn: migrate.downgrade(conn, revision), what="downgrade", raw=True)
 
     async def schema_revision(self) -> str | None:
         """The schema revision the database is at (None: never migrated)."""
-        return await self._run(migrate.current_revision, what="read the schema revision")
+        return await self._run(migrate.current_revision, what="read the schema revision", raw=True)
 
     async def now(self) -> datetime:
         """The lease clock's time: the database's ``now()`` on PostgreSQL (one query), this
@@ -221,10 +225,28 @@ class SQLAlchemyBackend(
                 return done.rows[0]["now"]  # type: ignore[no-any-return]
         return await self._run(lambda conn: conn.execute(stmt).scalar_one(), what="read the clock")
 
-    async def _run(self, fn: Callable[[sa.Connection], T], *, what: str = "") -> T:
-        """Run ``fn`` in one transaction, turning driver errors into durable's."""
+    async def _run(
+        self, fn: Callable[[sa.Connection], T], *, what: str = "", raw: bool = False
+    ) -> T:
+        """Run ``fn`` in one transaction, turning driver errors into durable's. ``fn`` gets the
+        dialect's connection (on MySQL, one that emulates what the database lacks), or with
+        ``raw`` SQLAlchemy's own (Alembic's). A transaction the database rolled back to break a
+        deadlock runs again, up to :data:`DEADLOCK_RETRIES` times."""
+        wrap = self.dialect.connection
+
+        def run(conn: sa.Connection) -> T:
+            return fn(conn if raw else wrap(conn))
+
         with self._errors(what):
-            return await self._runner.transaction(fn)
+            for attempt in range(DEADLOCK_RETRIES + 1):
+                try:
+                    return await self._runner.transaction(run)
+                except sa.exc.DBAPIError as exc:
+                    if attempt == DEADLOCK_RETRIES or not self.dialect.retryable(exc):
+                        raise
+                    log.debug("deadlock, running again: %s", what, extra={"action": "retry"})
+                    await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -276,6 +298,9 @@ class SQLAlchemyBackend(
             return False
         if exc.connection_invalidated or not self._started:
             return True
+        known = self.dialect.unavailable(exc)
+        if known is not None:
+            return known
         sqlstate = getattr(exc.orig, "sqlstate", None)
         if sqlstate is None:  # psycopg: a failure of the connection itself (refused, lost)
             return self.dialect.name == "postgresql"

@@ -1,4 +1,4 @@
-"""What differs between SQLite and PostgreSQL, and nothing else.
+"""What differs between SQLite, PostgreSQL and MySQL/MariaDB, and nothing else.
 
 * **Engines.** SQLite files are opened in WAL mode with ``BEGIN IMMEDIATE`` transactions (one
   writer at a time, no lock upgrades mid-transaction). ``sqlite:///`` URLs use the standard
@@ -19,6 +19,13 @@
   ``UPDATE ... RETURNING``. SQLite: ``UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING``
   inside one write transaction. Never SELECT-then-UPDATE (SQLAlchemy renders ``FOR UPDATE`` as
   nothing on SQLite, and every worker would get the same task).
+* **MySQL / MariaDB** (10.6+, through aiomysql): the clock is the server's ``UTC_TIMESTAMP(6)``
+  (UTC whatever the session's time zone), timestamps are ``DATETIME(6)``, serialized values
+  ``LONGTEXT``; transactions run at READ COMMITTED (no gap locks between claimers), and one that
+  lost a deadlock is run again (:meth:`SQLDialect.retryable`). MariaDB has no ``ON CONFLICT``
+  and no ``UPDATE ... RETURNING``: :mod:`.mysql` runs those statements as a few plain ones in
+  the same transaction (a batch claim: ``SELECT ... ORDER BY ... LIMIT n FOR UPDATE SKIP
+  LOCKED``, then the UPDATE by primary key).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import os
 import re
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
@@ -36,6 +43,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from durable.backends.sql import mysql
 from durable.backends.sql.schema import UTCDateTime
 from durable.errors import ConfigurationError
 
@@ -114,6 +122,21 @@ class SQLDialect:
     def current_params(self) -> dict[str, Any]:
         """The parameters :meth:`current_time` needs, computed now."""
         return {"c_current": datetime.now(UTC)}
+
+    def connection(self, conn: sa.Connection) -> sa.Connection:
+        """The connection a transaction's function gets (MySQL: one that emulates what the
+        database lacks)."""
+        return conn
+
+    def retryable(self, exc: BaseException) -> bool:
+        """Whether the transaction that raised ``exc`` was rolled back by the database for a
+        reason that running it again may not meet (a deadlock's victim)."""
+        return False
+
+    def unavailable(self, exc: sa.exc.DBAPIError) -> bool | None:
+        """Whether ``exc`` (no SQLSTATE attached) says the database cannot be reached; None
+        when the dialect does not know (the backend decides)."""
+        return None
 
 
 class SQLiteDialect(SQLDialect):
@@ -237,12 +260,88 @@ class PostgresDialect(SQLDialect):
         )
 
 
+#: MySQL error numbers that mean the server cannot be reached now: too many connections,
+#: shutting down, connection killed, can't connect, gone away, lost, and the like.
+MYSQL_UNAVAILABLE = frozenset({1040, 1053, 1077, 1927, 2002, 2003, 2006, 2013, 2055, 4031})
+#: Deadlock (the transaction was rolled back), lock wait timeout.
+MYSQL_RETRYABLE = frozenset({1213, 1205})
+
+
+class MySQLDialect(SQLDialect):
+    """MariaDB 10.6+ (``FOR UPDATE SKIP LOCKED``, ``INSERT``/``DELETE ... RETURNING``)."""
+
+    name = "mysql"
+
+    def now(self) -> sa.ColumnElement[datetime]:
+        return sa.func.utc_timestamp(sa.literal_column("6"), type_=UTCDateTime())
+
+    def later(self, param: str) -> sa.ColumnElement[datetime]:
+        return sa.func.timestampadd(
+            sa.literal_column("MICROSECOND"),
+            sa.bindparam(f"c_{param}", type_=sa.BigInteger()),
+            sa.func.utc_timestamp(sa.literal_column("6")),
+            type_=UTCDateTime(),
+        )
+
+    def clock_params(self, **durations: float) -> dict[str, Any]:
+        return {f"c_{key}": round(seconds * 1_000_000) for key, seconds in durations.items()}
+
+    def host_now(self) -> datetime | None:
+        return None  # the server's clock
+
+    def insert(self, table: sa.Table) -> Any:
+        # PostgreSQL's construct, for its ON CONFLICT clauses: MySQLConnection runs them
+        return pg.insert(table)
+
+    def lock_for_fence(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
+        return stmt.with_for_update(read=True)
+
+    def skip_locked(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
+        # Not SKIP LOCKED: a sweep's ORDER BY that no index gives sorts every matching row, and
+        # InnoDB keeps all of them locked, not only the LIMIT it returns; a concurrent sweep
+        # would skip them all and find nothing. Waiting for the lock, it re-reads the rows
+        # (READ COMMITTED) and takes the next ones. (A claim's order is its index's.)
+        return stmt.with_for_update()
+
+    def claim_batch(
+        self, tasks: sa.Table, available: sa.ColumnElement[bool], order: list[Any]
+    ) -> sa.Update:
+        # MariaDB takes no LIMIT in an IN subquery: MySQLConnection selects the rows first
+        picked = (
+            sa.select(tasks.c.id)
+            .where(available)
+            .order_by(*order)
+            .limit(sa.bindparam("p_limit", type_=sa.Integer()))
+            .with_for_update(skip_locked=True)
+        )
+        return sa.update(tasks).where(available).execution_options(**{mysql.PICK: picked})
+
+    def missing_table(self, exc: sa.exc.DBAPIError) -> str | None:
+        if mysql.errno(exc) != 1146:  # ER_NO_SUCH_TABLE
+            return None
+        found = re.search(r"Table '(?:[^'.]*\.)?([^'.]+)' doesn't exist", str(exc.orig))
+        return found.group(1) if found else None
+
+    def connection(self, conn: sa.Connection) -> sa.Connection:
+        return cast(sa.Connection, mysql.MySQLConnection(conn))
+
+    def retryable(self, exc: BaseException) -> bool:
+        return isinstance(exc, sa.exc.DBAPIError) and mysql.errno(exc) in MYSQL_RETRYABLE
+
+    def unavailable(self, exc: sa.exc.DBAPIError) -> bool | None:
+        return mysql.errno(exc) in MYSQL_UNAVAILABLE
+
+
 def dialect_for(name: str) -> SQLDialect:
     if name == "sqlite":
         return SQLiteDialect()
     if name == "postgresql":
         return PostgresDialect()
-    raise ConfigurationError(f"durable supports SQLite and PostgreSQL databases, not {name!r}")
+    if name in ("mysql", "mariadb"):
+        return MySQLDialect()
+    raise ConfigurationError(
+        f"durable supports SQLite, PostgreSQL and MySQL/MariaDB databases, not {name!r}"
+    )
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -273,10 +372,24 @@ def normalize_url(url: str | URL) -> URL:
         return parsed
     if backend in ("postgresql", "postgres") and driver in ("psycopg", "psycopg_async", "psycopg2"):
         return parsed.set(drivername="postgresql+psycopg")
+    if backend in ("mysql", "mariadb") and driver in MYSQL_DRIVERS:
+        # aiomysql is PyMySQL under asyncio: the sync driver's URL means it
+        return parsed.set(drivername=f"mysql+{MYSQL_DRIVERS[driver]}")
     raise ConfigurationError(
         f"unsupported database URL scheme {parsed.drivername!r}: use sqlite:///path, "
-        "sqlite+aiosqlite:///path or postgresql+psycopg://user@host/db"
+        "sqlite+aiosqlite:///path, postgresql+psycopg://user@host/db or mysql://user@host/db "
+        "(also mariadb://, mysql+aiomysql://, mysql+asyncmy://)"
     )
+
+
+#: The MySQL drivers a URL may name, and the async driver durable runs it on (``mysql://``
+#: alone names mysqldb, SQLAlchemy's default).
+MYSQL_DRIVERS = {
+    "mysqldb": "aiomysql",
+    "pymysql": "aiomysql",
+    "aiomysql": "aiomysql",
+    "asyncmy": "asyncmy",
+}
 
 
 def _is_memory(url: URL) -> bool:
@@ -287,6 +400,9 @@ BUSY_TIMEOUT_MS = 30_000
 #: PostgreSQL connection pool bounds, unless ``engine_options`` say otherwise.
 PG_POOL_SIZE = 20
 PG_MAX_OVERFLOW = 10
+#: Seconds after which a pooled MySQL connection is replaced (the server drops idle ones after
+#: its wait_timeout, 8 hours by default).
+MYSQL_POOL_RECYCLE = 3600
 
 
 def _switch_to_wal(cursor: Any) -> None:
@@ -360,6 +476,14 @@ def _create_engine(
         engine = sa.create_engine(url, connect_args=connect_args, **options)
         _configure_sqlite(engine, synchronous, memory)
         return engine
+    if url.get_backend_name() == "mysql":
+        # no gap locks between claimers; the session's clock in UTC (UTC_TIMESTAMP is anyway)
+        options.setdefault("isolation_level", "READ COMMITTED")
+        options.setdefault("pool_recycle", MYSQL_POOL_RECYCLE)
+        connect_args = options.setdefault("connect_args", {})
+        connect_args.setdefault("init_command", "SET time_zone = '+00:00'")
+        if "charset" not in url.query:
+            connect_args.setdefault("charset", "utf8mb4")
     # A worker runs many workflows at once, each taking a connection per transaction: a pool
     # smaller than that churns (SQLAlchemy closes overflow connections as they come back, so
     # every burst reconnects). Connections are opened on demand, so a larger bound costs

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from durable.backends.sql.schema import PREFIX
+from durable.backends.sql.schema import MYSQL_NAMES, PREFIX
 from durable.errors import ConfigurationError, InvalidArgumentError, SchemaVersionError
 
 # Alembic is imported by the functions that use it: it takes a tenth of a second or more to
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 VERSION_TABLE = "durable_alembic_version"
 #: Any constant would do; it only has to be the same for every process.
 _PG_LOCK_KEY = 0x6475726162  # "durab"
+_MYSQL_LOCK = "durable_migrate"
+_MYSQL_LOCK_TIMEOUT = 600
 
 
 @cache
@@ -111,6 +113,21 @@ def lock(connection: sa.Connection) -> None:
     lock; SQLite needs none, its write lock is taken when the transaction begins)."""
     if connection.dialect.name == "postgresql":
         connection.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+    elif connection.dialect.name in MYSQL_NAMES:
+        # a named lock of the session, not of the transaction: unlock() releases it
+        got = connection.execute(
+            sa.text("SELECT GET_LOCK(:k, :t)"), {"k": _MYSQL_LOCK, "t": _MYSQL_LOCK_TIMEOUT}
+        ).scalar()
+        if got != 1:
+            raise SchemaVersionError(
+                f"another process held durable's migration lock for {_MYSQL_LOCK_TIMEOUT} s"
+            )
+
+
+def unlock(connection: sa.Connection) -> None:
+    """Release what :func:`lock` took beyond the transaction (MySQL's named lock)."""
+    if connection.dialect.name in MYSQL_NAMES:
+        connection.execute(sa.text("DO RELEASE_LOCK(:k)"), {"k": _MYSQL_LOCK})
 
 
 @contextmanager
@@ -133,9 +150,12 @@ def upgrade(connection: sa.Connection, revision: str = "head") -> None:
     from alembic import command
 
     lock(connection)
-    _check_known(connection)
-    with _revision_errors(revision):
-        command.upgrade(alembic_config(connection), revision)
+    try:
+        _check_known(connection)
+        with _revision_errors(revision):
+            command.upgrade(alembic_config(connection), revision)
+    finally:
+        unlock(connection)
 
 
 def downgrade(connection: sa.Connection, revision: str) -> None:
@@ -144,11 +164,14 @@ def downgrade(connection: sa.Connection, revision: str) -> None:
     from alembic import command
 
     lock(connection)
-    _check_known(connection)
-    with _revision_errors(revision):
-        command.downgrade(alembic_config(connection), revision)
-    if current_revision(connection) is None:
-        sa.Table(VERSION_TABLE, sa.MetaData()).drop(connection, checkfirst=True)
+    try:
+        _check_known(connection)
+        with _revision_errors(revision):
+            command.downgrade(alembic_config(connection), revision)
+        if current_revision(connection) is None:
+            sa.Table(VERSION_TABLE, sa.MetaData()).drop(connection, checkfirst=True)
+    finally:
+        unlock(connection)
 
 
 def missing_tables(url: str, detail: str = "") -> SchemaVersionError:

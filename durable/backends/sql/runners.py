@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -204,6 +204,10 @@ class AsyncRunner(Runner):
         self.engine = engine
         self._lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         self._direct = DirectStatements(engine)
+        #: MySQL: a transaction runs to its end even when its caller is cancelled (see
+        #: :meth:`_shielded`); those still running, which :meth:`release` waits for.
+        self._shield = engine.dialect.name in ("mysql", "mariadb")
+        self._unfinished: set[asyncio.Future[Any]] = set()
 
     async def transaction(self, fn: Callable[[sa.Connection], T]) -> T:
         # The whole transaction (checkout, begin, fn, commit, checkin) runs in one greenlet:
@@ -213,10 +217,22 @@ class AsyncRunner(Runner):
             with self.engine.sync_engine.begin() as conn:
                 return fn(conn)
 
+        if self._shield:
+            return await self._shielded(greenlet_spawn(run))
         if self._lock is None:
             return await greenlet_spawn(run)
         async with self._lock:
             return await greenlet_spawn(run)
+
+    async def _shielded(self, transaction: Coroutine[Any, Any, T]) -> T:
+        """Run ``transaction`` to its end (commit, or rollback) even if the caller is cancelled
+        meanwhile; the caller is not kept waiting. aiomysql interrupted between two statements of
+        a transaction (a heartbeat cancelled when its attempt ends) would leave the transaction
+        open on the server, holding its row locks, until the connection is closed."""
+        task = asyncio.ensure_future(transaction)
+        self._unfinished.add(task)
+        task.add_done_callback(_settled(self._unfinished))
+        return await asyncio.shield(task)
 
     async def connection(self, fn: Callable[[sa.Connection], T]) -> T:
         async with self.engine.connect() as conn:
@@ -241,10 +257,23 @@ class AsyncRunner(Runner):
         return checked_out_of(self.engine.sync_engine.pool)
 
     async def release(self) -> None:
+        if self._unfinished:
+            await asyncio.wait(set(self._unfinished))
         await self._direct.close()
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def _settled(unfinished: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
+    """A done-callback: forget the task, and retrieve its exception (its caller may be gone)."""
+
+    def done(task: asyncio.Future[Any]) -> None:
+        unfinished.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    return done
 
 
 def checked_out_of(pool: sa.Pool) -> int:

@@ -10,7 +10,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeEngine
 
 #: Every durable table has this prefix, so durable can share a database with an application.
 PREFIX = "durable_"
@@ -25,15 +27,27 @@ metadata = sa.MetaData(
 )
 
 
+#: SQLAlchemy's names for the MySQL family's dialects.
+MYSQL_NAMES = ("mysql", "mariadb")
+#: The databases that keep timestamps as naive UTC.
+NAIVE_UTC = ("sqlite", *MYSQL_NAMES)
+
+
 class UTCDateTime(sa.TypeDecorator[datetime]):
     """A timestamp that is always timezone-aware UTC in Python, whatever the database keeps.
 
     PostgreSQL stores ``timestamptz``; SQLite stores ISO-8601 text in UTC, which sorts and
-    compares correctly as text. A naive datetime is rejected rather than guessed at.
+    compares correctly as text; MySQL/MariaDB store ``DATETIME(6)`` in UTC (microseconds; no
+    time zone conversion). A naive datetime is rejected rather than guessed at.
     """
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in MYSQL_NAMES:
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(self.impl_instance)
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -41,7 +55,7 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r}: durable stores timezone-aware times")
         value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return value.replace(tzinfo=None) if dialect.name in NAIVE_UTC else value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -54,6 +68,10 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 
 
 _ID = sa.String(255)
+#: Serialized values: TEXT on MySQL holds 64 KiB only.
+_TEXT = sa.Text().with_variant(mysql.LONGTEXT(), *MYSQL_NAMES)
+#: Double precision: FLOAT on MySQL is single precision.
+_FLOAT = sa.Float().with_variant(mysql.DOUBLE(asdecimal=False), *MYSQL_NAMES)
 
 workflows = sa.Table(
     f"{PREFIX}workflows",
@@ -61,9 +79,9 @@ workflows = sa.Table(
     sa.Column("id", _ID, primary_key=True),
     sa.Column("name", _ID, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("input", sa.Text),
-    sa.Column("output", sa.Text),
-    sa.Column("error", sa.Text),
+    sa.Column("input", _TEXT),
+    sa.Column("output", _TEXT),
+    sa.Column("error", _TEXT),
     sa.Column("parent_id", _ID),
     sa.Column("executor_id", _ID),
     sa.Column("queue", _ID, nullable=False),
@@ -86,7 +104,7 @@ workflows = sa.Table(
     # the version of the code that started it (WorkflowInfo.code_version; NULL: unknown)
     sa.Column("code_version", sa.String(64)),
     # the enqueuer's trace context (WorkflowInfo.trace_context), for the worker's span
-    sa.Column("trace_context", sa.Text),
+    sa.Column("trace_context", _TEXT),
     sa.Index(None, "created_at", "id"),
     sa.Index(None, "status", "created_at"),
     sa.Index(None, "name", "created_at"),
@@ -108,9 +126,9 @@ steps = sa.Table(
     sa.Column("position", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("name", _ID, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("input", sa.Text),
-    sa.Column("output", sa.Text),
-    sa.Column("error", sa.Text),
+    sa.Column("input", _TEXT),
+    sa.Column("output", _TEXT),
+    sa.Column("error", _TEXT),
     sa.Column("child_workflow_id", _ID),
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("executor_id", _ID),
@@ -157,7 +175,7 @@ workflow_registry = sa.Table(
     metadata,
     sa.Column("name", _ID, primary_key=True),
     sa.Column("enabled", sa.Boolean, nullable=False),
-    sa.Column("description", sa.Text),
+    sa.Column("description", _TEXT),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
@@ -173,7 +191,7 @@ executors = sa.Table(
     # which start of which process holds the id: heartbeats and stops are fenced by it
     sa.Column("incarnation", _ID, nullable=False),
     # seconds between the executor's heartbeats: its staleness is judged by it
-    sa.Column("heartbeat_interval", sa.Float, nullable=False),
+    sa.Column("heartbeat_interval", _FLOAT, nullable=False),
 )
 
 messages = sa.Table(
@@ -193,7 +211,7 @@ messages = sa.Table(
         nullable=False,
     ),
     sa.Column("topic", _ID, nullable=False),
-    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("value", _TEXT, nullable=False),
     sa.Column("idempotency_key", _ID),
     # a timer's message (its topic is the timer's key): restarting or cancelling the key finds it
     sa.Column("timer", sa.Boolean, nullable=False, server_default=sa.false()),
@@ -218,7 +236,7 @@ events = sa.Table(
         primary_key=True,
     ),
     sa.Column("key", _ID, primary_key=True),
-    sa.Column("value", sa.Text),
+    sa.Column("value", _TEXT),
     # the history position of the set_event that wrote the value
     sa.Column("position", sa.Integer, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
@@ -251,7 +269,7 @@ stream_values = sa.Table(
     ),
     sa.Column("key", _ID, primary_key=True),
     sa.Column("offset", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("value", sa.Text),
+    sa.Column("value", _TEXT),
     # the history position of the write_stream that wrote the value
     sa.Column("position", sa.Integer, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
@@ -265,8 +283,8 @@ schedules = sa.Table(
     sa.Column("cron", _ID, nullable=False),
     sa.Column("timezone", _ID, nullable=False),
     # the arguments every tick's execution gets (serialized), besides its tick
-    sa.Column("args", sa.Text, nullable=False),
-    sa.Column("kwargs", sa.Text, nullable=False),
+    sa.Column("args", _TEXT, nullable=False),
+    sa.Column("kwargs", _TEXT, nullable=False),
     sa.Column("missed", sa.String(16), nullable=False),
     sa.Column("max_catchup", sa.Integer, nullable=False),
     sa.Column("queue", _ID, nullable=False),
@@ -308,7 +326,7 @@ queues = sa.Table(
     sa.Column("concurrency", sa.Integer),
     sa.Column("worker_concurrency", sa.Integer),
     sa.Column("rate_limit", sa.Integer),
-    sa.Column("rate_period", sa.Float),
+    sa.Column("rate_period", _FLOAT),
     sa.Column("partition_concurrency", sa.Integer),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),

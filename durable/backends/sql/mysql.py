@@ -1,0 +1,377 @@
+"""MariaDB's missing statements, emulated inside the transaction (used by ``dialects.py`` only).
+
+The backend's statements are written once, in the SQLAlchemy Core that SQLite and PostgreSQL
+share: ``INSERT ... ON CONFLICT`` and ``UPDATE ... RETURNING``. MariaDB has neither, so
+:class:`MySQLConnection` stands in for the connection a transaction's function gets and runs
+each of those statements as a few plain ones, in the same transaction:
+
+* ``UPDATE ... RETURNING``: lock the rows the UPDATE would change (``SELECT pk ... FOR UPDATE``;
+  a batch claim selects its rows ``ORDER BY ... LIMIT n FOR UPDATE SKIP LOCKED`` instead, see
+  :data:`PICK`), update them by primary key, then select the returned columns by primary key.
+  The rows are locked from the first statement to the commit, so nothing changes in between.
+* ``INSERT ... ON CONFLICT DO NOTHING``: the INSERT; a duplicate key (error 1062) undoes that
+  statement alone (InnoDB), and counts no row. (``INSERT IGNORE`` would also swallow a foreign
+  key or a NOT NULL violation.)
+* ``INSERT ... ON CONFLICT (key) DO UPDATE SET ... WHERE ...``: lock the row of that key if it
+  is there (``SELECT ... FOR UPDATE``) and update it, else the INSERT, and on a duplicate key
+  (inserted meanwhile) the update: ``UPDATE ... WHERE key = the inserted key AND where`` (and,
+  for ``INSERT ... SELECT``, the SELECT's own condition: a fence stays a fence), ``excluded.col``
+  standing for the value the INSERT carried. (``ON DUPLICATE KEY UPDATE`` has no WHERE.)
+* Every UPDATE's SET clause is reordered (:func:`in_mysql_order`): MySQL assigns left to right,
+  and an expression sees the values assigned before it.
+
+``INSERT ... RETURNING`` and ``DELETE ... RETURNING`` run as they are (MariaDB 10.5+). Every other
+statement goes straight to the connection.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.sql import operators, visitors
+from sqlalchemy.sql.dml import Insert, Update
+from sqlalchemy.util import immutabledict
+
+#: The execution option an UPDATE carries to say which rows it updates: a SELECT of their
+#: primary key (ordered, limited, ``FOR UPDATE SKIP LOCKED``), run first.
+PICK = "durable_mysql_pick"
+
+#: MySQL's error number for a duplicate key.
+DUPLICATE_KEY = 1062
+
+
+class NoRows:
+    """The result of a statement that changed and returned nothing (an ignored duplicate)."""
+
+    rowcount = 0
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+    def first(self) -> None:
+        return None
+
+    def one_or_none(self) -> None:
+        return None
+
+    def scalar(self) -> None:
+        return None
+
+    def scalar_one_or_none(self) -> None:
+        return None
+
+    def one(self) -> Any:
+        raise sa.exc.NoResultFound("No row was found when one was required")
+
+    def scalar_one(self) -> Any:
+        return self.one()
+
+    def all(self) -> list[Any]:
+        return []
+
+    def fetchall(self) -> list[Any]:
+        return []
+
+    def scalars(self) -> NoRows:
+        return self
+
+    def mappings(self) -> NoRows:
+        return self
+
+
+class Count(NoRows):
+    """The result of several emulated statements that returned no rows: their row count."""
+
+    def __init__(self, rowcount: int) -> None:
+        self.rowcount = rowcount
+
+
+def errno(exc: BaseException) -> int | None:
+    """The MySQL error number of a driver error (wrapped by SQLAlchemy or not)."""
+    orig = getattr(exc, "orig", exc)
+    args = getattr(orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+class MySQLConnection:
+    """A SQLAlchemy connection whose :meth:`execute` emulates what MariaDB lacks (see the
+    module's docstring); everything else is the connection's own."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self._conn = conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def execute(self, statement: Any, parameters: Any = None, **kwargs: Any) -> Any:
+        if isinstance(statement, Insert) and statement._post_values_clause is not None:
+            if isinstance(parameters, Sequence) and not isinstance(parameters, Mapping):
+                count = 0  # executemany: row by row, each may conflict on its own
+                for row in parameters:
+                    count += self._upsert(statement, dict(row)).rowcount
+                return Count(count)
+            return self._upsert(statement, dict(parameters or {}))
+        if isinstance(statement, Update):
+            statement = in_mysql_order(statement)
+            if statement._returning or PICK in statement._execution_options:
+                return self._update_returning(statement, dict(parameters or {}))
+        return self._conn.execute(statement, parameters, **kwargs)
+
+    # -- UPDATE ... RETURNING ------------------------------------------------------------------
+
+    def _update_returning(self, stmt: Update, params: dict[str, Any]) -> Any:
+        pinned = _pinned(stmt)
+        if pinned is not None:  # one row, named by a key: update it, then read it back
+            update, found, empty = pinned
+            if self._conn.execute(update, params).rowcount == 0:
+                return self._conn.execute(empty)
+            return self._conn.execute(found, params)
+        table = stmt.table
+        assert isinstance(table, sa.Table)
+        pk = list(table.primary_key.columns)
+        pick = stmt._execution_options.get(PICK)
+        if pick is None:
+            pick = sa.select(*pk).where(*stmt._where_criteria).with_for_update()
+        keys = [tuple(row) for row in self._conn.execute(pick, params)]
+        returning = list(stmt._returning)
+        if not keys:
+            if returning:
+                return self._conn.execute(sa.select(*returning).where(sa.false()))
+            return NoRows()
+        by_key = _key_condition(pk, keys)
+        update = stmt._generate()
+        update._returning = ()
+        update._where_criteria = (by_key,)
+        update._execution_options = immutabledict(
+            {k: v for k, v in update._execution_options.items() if k != PICK}
+        )
+        done = self._conn.execute(update, params)
+        if not returning:
+            return done
+        return self._conn.execute(sa.select(*returning).where(by_key), params)
+
+    # -- INSERT ... ON CONFLICT ----------------------------------------------------------------
+
+    def _upsert(self, stmt: Insert, params: dict[str, Any]) -> Any:
+        plain, update = _upsert_parts(stmt, params)
+        # Rows many transactions write at once (a stream's head, an event): lock the row first
+        # if it is there, since taking the shared lock of a failed INSERT and then the exclusive
+        # one of the UPDATE deadlocks two writers of one row. A fenced INSERT ... SELECT (a step
+        # record) has one writer, its lease's holder: INSERT first.
+        if (
+            update is not None
+            and stmt.select is None
+            and self._conn.execute(update.lock, update.params(params)).first() is not None
+        ):
+            return update.run(self._conn, params)
+        try:
+            # a failed statement is undone alone: the transaction goes on (InnoDB)
+            return self._conn.execute(plain, params)
+        except sa.exc.IntegrityError as exc:
+            if errno(exc) != DUPLICATE_KEY:
+                raise
+        if update is not None:  # inserted meanwhile by another transaction
+            return update.run(self._conn, params)
+        if stmt._returning:
+            return self._conn.execute(sa.select(*stmt._returning).where(sa.false()))
+        return NoRows()
+
+
+_UPSERTS: weakref.WeakKeyDictionary[Insert, dict[frozenset[str], Any]] = weakref.WeakKeyDictionary()
+
+
+def _upsert_parts(stmt: Insert, params: dict[str, Any]) -> tuple[Insert, _ConflictUpdate | None]:
+    """The plain INSERT of an ``INSERT ... ON CONFLICT``, and its conflict's UPDATE (None for
+    DO NOTHING): built once per statement and set of parameter names."""
+    table = stmt.table
+    assert isinstance(table, sa.Table)
+    columns = frozenset(key for key in params if key in table.c)
+    built = _UPSERTS.setdefault(stmt, {})
+    parts = built.get(columns)
+    if parts is None:
+        clause = stmt._post_values_clause
+        plain = stmt._generate()
+        plain._post_values_clause = None
+        update = None
+        if getattr(clause, "update_values_to_set", None):
+            update = _ConflictUpdate(stmt, clause, columns)
+        parts = built[columns] = (plain, update)
+    return parts
+
+
+class _ConflictUpdate:
+    """The UPDATE of ``INSERT ... ON CONFLICT (key) DO UPDATE`` when the key is taken."""
+
+    def __init__(self, stmt: Insert, clause: Any, columns: frozenset[str]) -> None:
+        table = stmt.table
+        assert isinstance(table, sa.Table)
+        values, condition, self.renamed = _inserted_values(stmt, columns)
+        target = [table.c[_name(col)] for col in clause.inferred_target_elements]
+        by_key = sa.and_(*[col == values[col.key] for col in target])
+        self.lock = sa.select(sa.literal(1)).where(by_key).with_for_update()
+
+        def replace(element: Any, **kw: Any) -> Any:  # excluded.col: the INSERT's value
+            source = getattr(element, "table", None)
+            if isinstance(source, sa.Alias) and source.name == "excluded":
+                return values[element.key]
+            return None
+
+        update = sa.update(table).where(by_key)
+        if condition is not None:  # INSERT ... SELECT ... WHERE: the fence holds for both
+            update = update.where(condition)
+        if clause.update_whereclause is not None:
+            update = update.where(clause.update_whereclause)
+        self.update = in_mysql_order(
+            update.values(
+                {
+                    _name(key): visitors.replacement_traverse(
+                        cast("sa.ColumnElement[Any]", value), _NO_OPTIONS, replace
+                    )
+                    for key, value in _pairs(clause.update_values_to_set)
+                }
+            )
+        )
+        returning = list(stmt._returning)
+        self.found = sa.select(*returning).where(by_key) if returning else None
+        self.nothing = sa.select(*returning).where(sa.false()) if returning else None
+
+    def params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` for the UPDATE: a parameter named after a column would be a SET value,
+        so those are passed renamed."""
+        if not self.renamed:
+            return params
+        out = {k: v for k, v in params.items() if k not in self.renamed}
+        out.update({f"durable_v_{k}": params[k] for k in self.renamed})
+        return out
+
+    def run(self, conn: sa.Connection, params: dict[str, Any]) -> Any:
+        params = self.params(params)
+        done = conn.execute(self.update, params)
+        if self.found is None or self.nothing is None:
+            return done
+        return conn.execute(self.found if done.rowcount else self.nothing, params)
+
+
+_ORDERED: weakref.WeakKeyDictionary[Update, Update] = weakref.WeakKeyDictionary()
+
+
+def in_mysql_order(stmt: Update) -> Update:
+    """``stmt`` with its SET clause ordered for MySQL, which assigns left to right: an
+    expression that reads a column sees the value an earlier assignment gave it, where the SQL
+    standard (SQLite, PostgreSQL) has every expression see the row as it was. So a column is
+    assigned after every expression that reads it (cached per statement: they are built once).
+
+    :raises NotImplementedError: two assignments read each other's column.
+    """
+    ordered = _ORDERED.get(stmt)
+    if ordered is not None:
+        return ordered
+    values = dict(stmt._values or {})
+    table = stmt.table
+    names = {_name(key): key for key in values}
+    readers: dict[str, set[str]] = {name: set() for name in names}  # column -> who reads it
+    for name, key in names.items():
+        for element in visitors.iterate(values[key]):
+            if (
+                isinstance(element, sa.Column)
+                and element.table is table
+                and element.key in readers
+                and element.key != name
+            ):
+                readers[element.key].add(name)
+    order: list[str] = []
+    left = dict(readers)
+    while left:
+        ready = [name for name, who in left.items() if not (who - set(order))]
+        if not ready:
+            raise NotImplementedError(f"MySQL cannot run an UPDATE whose SET reads {sorted(left)}")
+        order.extend(sorted(ready))
+        for name in ready:
+            del left[name]
+    if order == list(names):
+        ordered = stmt
+    else:
+        ordered = stmt._generate()
+        ordered._values = immutabledict({names[name]: values[names[name]] for name in order})
+        ordered._maintain_values_ordering = True
+    _ORDERED[stmt] = ordered
+    return ordered
+
+
+_NO_OPTIONS: dict[str, Any] = {}
+_PINNED: weakref.WeakKeyDictionary[Update, Any] = weakref.WeakKeyDictionary()
+
+
+def _pinned(stmt: Update) -> tuple[Update, sa.Select[Any], sa.Select[Any]] | None:
+    """For an ``UPDATE ... RETURNING`` whose WHERE names one row by a unique key (``col = :p``
+    for every column of the primary key or of a unique constraint): the UPDATE without
+    RETURNING, the SELECT of the returned columns by that key, and an empty one. The UPDATE
+    locks the row it changes, so the SELECT after it reads what it wrote; two round trips, not
+    three. None for any other UPDATE (cached per statement)."""
+    if stmt in _PINNED:
+        return _PINNED[stmt]  # type: ignore[no-any-return]
+    table = stmt.table
+    result = None
+    if isinstance(table, sa.Table) and PICK not in stmt._execution_options:
+        equal: dict[str, Any] = {}
+        for criterion in stmt._where_criteria:
+            for term in getattr(criterion, "clauses", None) or (criterion,):
+                left, right = getattr(term, "left", None), getattr(term, "right", None)
+                if (
+                    getattr(term, "operator", None) is operators.eq
+                    and isinstance(left, sa.Column)
+                    and left.table is table
+                    and isinstance(right, sa.BindParameter)
+                ):
+                    equal[left.key] = term
+        keys = [list(table.primary_key.columns)] + [
+            list(c.columns) for c in table.constraints if isinstance(c, sa.UniqueConstraint)
+        ]
+        for key in keys:
+            if key and all(col.key in equal for col in key):
+                update = stmt._generate()
+                update._returning = ()
+                returning = list(stmt._returning)
+                found = sa.select(*returning).where(*[equal[col.key] for col in key])
+                result = (in_mysql_order(update), found, sa.select(*returning).where(sa.false()))
+                break
+    _PINNED[stmt] = result
+    return result
+
+
+def _pairs(values: Any) -> Any:
+    """SET's (column, value) pairs: a dict in SQLAlchemy 2.1, a list before."""
+    return values.items() if isinstance(values, Mapping) else values
+
+
+def _name(key: Any) -> str:
+    return key if isinstance(key, str) else str(key.key)
+
+
+def _key_condition(pk: list[sa.Column[Any]], keys: list[tuple[Any, ...]]) -> Any:
+    if len(pk) == 1:
+        return pk[0].in_([key[0] for key in keys])
+    return sa.tuple_(*pk).in_(keys)
+
+
+def _inserted_values(
+    stmt: Insert, columns: frozenset[str]
+) -> tuple[dict[str, Any], Any, frozenset[str]]:
+    """Each column's value in ``stmt`` (an expression: a bound parameter the same parameters
+    fill), the condition an ``INSERT ... SELECT`` inserts under (None for ``VALUES``), and the
+    parameters named after ``columns`` that must be bound under another name."""
+    select = stmt.select
+    if select is not None:
+        names = [_name(c) for c in stmt._select_names or ()]
+        exprs = [getattr(c, "element", c) for c in select.selected_columns]
+        return dict(zip(names, exprs, strict=True)), select.whereclause, frozenset()
+    table = stmt.table
+    assert isinstance(table, sa.Table)
+    values: dict[str, Any] = {_name(col): value for col, value in (stmt._values or {}).items()}
+    renamed = frozenset(key for key in columns if key not in values)
+    for key in renamed:  # a parameter named after a column is reserved for SET
+        values[key] = sa.bindparam(f"durable_v_{key}", type_=table.c[key].type)
+    return values, None, renamed

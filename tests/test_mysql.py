@@ -1,0 +1,163 @@
+"""MySQL / MariaDB: the URLs durable.connect() takes, and what the dialect does differently.
+
+The contract suite, the runtime and the crash tests run on MariaDB through ``backend_url``; these
+check what is MySQL's own: the URL aliases, the server's clock with microseconds in UTC whatever
+the session's time zone, SET clauses in MySQL's order, emulated upserts that keep their fence,
+long values, deadlocks run again, and errors translated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql as mysql_dialect
+
+import durable
+from durable import BackendUnavailableError, SQLAlchemyBackend
+from durable.backends.sql.dialects import MySQLDialect, normalize_url
+from durable.backends.sql.mysql import in_mysql_order
+from durable.backends.sql.schema import workflows
+from durable.models import StepRecord, StepStatus
+from durable.testing.contract._support import create, running
+
+W = "worker-1"
+
+
+@pytest.mark.parametrize(
+    ("url", "driver"),
+    [
+        ("mysql://u@h/db", "mysql+aiomysql"),
+        ("mariadb://u@h/db", "mysql+aiomysql"),
+        ("mysql+pymysql://u:secret@h:3307/db", "mysql+aiomysql"),
+        ("mariadb+pymysql://u@h/db", "mysql+aiomysql"),
+        ("mysql+aiomysql://u@h/db", "mysql+aiomysql"),
+        ("mysql+asyncmy://u@h/db", "mysql+asyncmy"),
+    ],
+)
+def test_mysql_urls_pick_an_async_driver(url: str, driver: str) -> None:
+    parsed = normalize_url(url)
+    assert parsed.drivername == driver
+    assert (parsed.host, parsed.database) == ("h", "db")
+
+
+def test_set_clauses_are_ordered_for_mysql() -> None:
+    """MySQL assigns left to right: a column is assigned after every expression that reads it."""
+    c = workflows.c
+    stmt = sa.update(workflows).values(
+        status="running",
+        attempts=c.attempts + sa.case((c.status == "running", 0), else_=1),
+        version=c.version + 1,
+    )
+    sql = str(in_mysql_order(stmt).compile(dialect=mysql_dialect.dialect()))
+    assert sql.index("attempts=") < sql.index("status=")
+    assert in_mysql_order(stmt) is in_mysql_order(stmt)  # built once per statement
+    swap = sa.update(workflows).values(status=c.queue, queue=c.status)
+    with pytest.raises(NotImplementedError, match="queue"):
+        in_mysql_order(swap)
+
+
+def test_lease_durations_are_microseconds() -> None:
+    assert MySQLDialect().clock_params(ttl=1.5, delay=0.000001) == {
+        "c_ttl": 1_500_000,
+        "c_delay": 1,
+    }
+
+
+@pytest.mark.mysql
+async def test_the_clock_is_the_servers_in_utc_with_microseconds(mysql_backend_url: str) -> None:
+    # the session's time zone does not move the clock (UTC_TIMESTAMP), nor stored times
+    backend = durable.connect(
+        mysql_backend_url.replace("mysql+aiomysql://", "mariadb://"),
+        engine_options={"connect_args": {"init_command": "SET time_zone = '+05:00'"}},
+    )
+    async with backend:
+        assert isinstance(backend, SQLAlchemyBackend)
+        stamps = [await backend.now() for _ in range(3)]
+        host = datetime.now(UTC)
+        assert all(abs(stamp - host) < timedelta(seconds=5) for stamp in stamps)
+        assert any(stamp.microsecond for stamp in stamps)
+        info = await create(backend, "wf")
+        assert info.created_at.tzinfo is not None
+        again = await backend.get_workflow("wf")
+        assert again.created_at == info.created_at  # microseconds kept
+
+
+@pytest.mark.mysql
+async def test_values_beyond_64_kib_round_trip(mysql_backend_url: str) -> None:
+    big = "x" * 200_000  # TEXT would hold 64 KiB: these columns are LONGTEXT
+    async with durable.connect(mysql_backend_url) as backend:
+        await create(backend, "wf", input=big)
+        snapshot = await backend.load_snapshot("wf")
+        assert snapshot.input == big
+
+
+@pytest.mark.mysql
+async def test_the_emulated_upsert_keeps_its_fence(mysql_backend_url: str) -> None:
+    """record_step is INSERT ... SELECT ... WHERE <lease held> ON CONFLICT DO UPDATE: on MySQL
+    the conflict's UPDATE carries the fence too, so a pending row is not overwritten by a
+    worker that lost the lease."""
+    async with durable.connect(mysql_backend_url) as backend:
+        await running(backend, "wf", W)
+        now = await backend.now()
+        pending = StepRecord(position=0, name="s", status=StepStatus.PENDING, started_at=now)
+        await backend.record_step("wf", pending, worker_id=W)
+        await backend.release_task_claim("wf", "workflow", W)
+        done = StepRecord(position=0, name="s", output=1, completed_at=now)
+        with pytest.raises(durable.ClaimLostError):
+            await backend.record_step("wf", done, worker_id=W)
+        (step,) = await backend.list_steps("wf")
+        assert step.status is StepStatus.PENDING
+
+
+@pytest.mark.mysql
+async def test_a_deadlock_victim_runs_again(mysql_backend_url: str) -> None:
+    """Two transactions lock two rows in opposite orders: InnoDB rolls one back (error 1213),
+    and the backend runs it again, so both succeed."""
+    async with durable.connect(mysql_backend_url) as backend:
+        assert isinstance(backend, SQLAlchemyBackend)
+        for instance_id in ("a", "b"):
+            await create(backend, instance_id)
+        both_locked = asyncio.Barrier(2)
+        runs: list[str] = []
+
+        def locker(first: str, second: str) -> Any:
+            def fn(conn: sa.Connection) -> None:
+                runs.append(first)
+                lock = sa.select(workflows.c.id).with_for_update()
+                conn.execute(lock.where(workflows.c.id == first)).all()
+                if runs.count(first) == 1:  # the first run waits for the other to lock too
+                    from sqlalchemy.util import await_
+
+                    await_(both_locked.wait())
+                conn.execute(lock.where(workflows.c.id == second)).all()
+
+            return fn
+
+        await asyncio.gather(
+            backend._run(locker("a", "b"), what="lock a then b"),
+            backend._run(locker("b", "a"), what="lock b then a"),
+        )
+        assert sorted(runs) in (["a", "a", "b"], ["a", "b", "b"])  # one of them ran twice
+
+
+@pytest.mark.mysql
+async def test_an_unreachable_server_is_unavailable_on_start() -> None:
+    backend = durable.connect("mysql://root@127.0.0.1:1/durable")
+    with pytest.raises(BackendUnavailableError, match="cannot reach"):
+        await backend.start()
+    await backend.close()
+
+
+@pytest.mark.mysql
+async def test_dropped_tables_say_how_to_create_them(mysql_backend_url: str) -> None:
+    async with durable.connect(mysql_backend_url) as backend:
+        assert isinstance(backend, SQLAlchemyBackend)
+        async with backend.engine.connect() as conn:  # type: ignore[union-attr]
+            await conn.execute(sa.text("SET FOREIGN_KEY_CHECKS = 0"))
+            await conn.execute(sa.text("DROP TABLE durable_steps"))
+        with pytest.raises(durable.SchemaVersionError, match="durable migrate"):
+            await backend.list_steps("wf")
