@@ -67,7 +67,11 @@ def _helper(dialect_name: str) -> PersistentBackend:
     if found is None:
         from durable.backends.sql import SQLAlchemyBackend
 
-        urls = {"sqlite": "sqlite://", "postgresql": "postgresql+psycopg://enqueue-in/unused"}
+        urls = {
+            "sqlite": "sqlite://",
+            "postgresql": "postgresql+psycopg://enqueue-in/unused",
+            "mysql": "mysql+aiomysql://enqueue-in/unused",
+        }
         if dialect_name not in urls:
             raise ConfigurationError(
                 f"durable.enqueue_in / send_in: durable does not run on {dialect_name} databases"

@@ -289,6 +289,15 @@ class MySQLDialect(SQLDialect):
     def host_now(self) -> datetime | None:
         return None  # the server's clock
 
+    def database_identity(self) -> sa.Select[Any]:
+        # the database's name, and the server: its host name, port and server id
+        return sa.select(
+            sa.func.database(),
+            sa.literal_column("@@hostname"),
+            sa.literal_column("@@port"),
+            sa.literal_column("@@server_id"),
+        )
+
     def insert(self, table: sa.Table) -> Any:
         # PostgreSQL's construct, for its ON CONFLICT clauses: MySQLConnection runs them
         return pg.insert(table)

@@ -128,14 +128,14 @@ class Transactions(SQLCore):
         direct = self._record_step_direct
         raw = conn.connection.driver_connection if direct is not None else None
         if direct is None or raw is None:
-            write(conn)
+            write(self.dialect.connection(conn))
             return
         if isinstance(raw, sqlite3.Connection):
             rowcount = raw.execute(direct.sql, direct.params(params)).rowcount
         elif isinstance(raw, psycopg.Connection):
             rowcount = raw.execute(direct.sql, direct.params(params), prepare=True).rowcount
         else:
-            write(conn)
+            write(self.dialect.connection(conn))
             return
         if rowcount != 1:
             raise explain(conn)
@@ -337,7 +337,7 @@ class Transactions(SQLCore):
                 f"{self.dialect.name} database: the caller's transaction must be on durable's "
                 "own database"
             )
-        return connection
+        return self.dialect.connection(connection)  # MySQL: what it lacks, emulated
 
 
 def _in_transaction(engine: sa.Engine, fn: Callable[[sa.Connection], T]) -> T:
@@ -368,5 +368,5 @@ async def _async_body(
         if cursor.rowcount != 1:
             raise await conn.run_sync(explain)
         return made
-    await conn.run_sync(write)
+    await conn.run_sync(lambda sync: write(backend.dialect.connection(sync)))
     return made
