@@ -1489,9 +1489,12 @@ class PersistentBackend(ABC):
         ttl: timedelta,
         *,
         names: Sequence[str] | None = None,
+        versions: Sequence[str] | None = None,
     ) -> list[TaskClaim]:
         """Claim up to ``limit`` available *workflow* tasks of the stored queue ``queue``
-        (due, free, name in ``names`` when given, not disabled; in the order of
+        (due, free, name in ``names`` when given, started by one of ``versions`` or an unknown
+        version when given, as :meth:`claim_available_tasks` filters them, not disabled; in the
+        order of
         :meth:`find_available_tasks`), within its limits, atomically: the limits are read, the
         running executions counted and the tasks claimed as one serialized operation per queue,
         so that however many workers in however many processes race, at no moment

@@ -121,7 +121,12 @@ class Attempts(Leases):
         claims: list[TaskClaim] = []
         for queue in await self._queue_limits.limited(queues):
             claims += await self.backend.claim_queue_tasks(
-                self.executor_id, queue, limit - len(claims), self.claim_ttl, names=names
+                self.executor_id,
+                queue,
+                limit - len(claims),
+                self.claim_ttl,
+                names=names,
+                **by_version,
             )
             if len(claims) >= limit:
                 return claims

@@ -144,15 +144,6 @@ class Claims(MemoryCore):
         found.sort(key=lambda t: (t.spec.priority, t.run_after, t.seq))
         return found[:limit]
 
-    def _started_by(self, task: StoredTask, versions: Sequence[str]) -> bool:
-        """The code-version filter of a claim (``Runtime(serve_versions=...)``): a workflow
-        task whose execution was started by one of ``versions`` or an unknown one; step tasks
-        pass."""
-        if task.spec.task_id != WORKFLOW_TASK:
-            return True
-        info = self._workflows.get(task.spec.instance_id)
-        return info is None or info.code_version is None or info.code_version in versions
-
     async def find_available_tasks(
         self,
         worker_id: str,

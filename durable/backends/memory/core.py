@@ -194,6 +194,15 @@ class MemoryCore(PersistentBackend):
         task.run_after = run_after
         return stored
 
+    def _started_by(self, task: StoredTask, versions: Sequence[str]) -> bool:
+        """The code-version filter of a claim (``Runtime(serve_versions=...)``): a workflow
+        task whose execution was started by one of ``versions`` or an unknown one; step tasks
+        pass."""
+        if task.spec.task_id != WORKFLOW_TASK:
+            return True
+        info = self._workflows.get(task.spec.instance_id)
+        return info is None or info.code_version is None or info.code_version in versions
+
     def _drop_failures(self, instance_id: str, rerun: Sequence[int] = ()) -> None:
         """Delete the failed steps the next attempt runs again: those at ``rerun`` or marked
         rerun, and those after the last step that did not fail."""

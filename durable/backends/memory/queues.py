@@ -55,6 +55,7 @@ class Queues(MemoryCore):
         ttl: timedelta,
         *,
         names: Sequence[str] | None = None,
+        versions: Sequence[str] | None = None,
     ) -> list[TaskClaim]:
         check_limit(limit)
         seconds = ttl_seconds(ttl)
@@ -93,6 +94,7 @@ class Queues(MemoryCore):
                     and (t.claimed_by is None or not is_live(t, now))
                     and (name_set is None or t.spec.name in name_set)
                     and t.spec.name not in disabled
+                    and (versions is None or self._started_by(t, versions))
                 ),
                 key=lambda t: (t.spec.priority, t.run_after, t.seq),
             )

@@ -113,12 +113,14 @@ class Queues(SQLCore):
 
     # -- the limited claim -------------------------------------------------------------------
 
-    def _queue_statements(self, partitioned: bool, names: bool) -> dict[str, Any]:
+    def _queue_statements(
+        self, partitioned: bool, names: bool, versions: bool = False
+    ) -> dict[str, Any]:
         """The statements of :meth:`claim_queue_tasks`, built once per combination."""
-        cache: dict[tuple[bool, bool], dict[str, Any]] = self.__dict__.setdefault(
+        cache: dict[tuple[bool, bool, bool], dict[str, Any]] = self.__dict__.setdefault(
             "_queue_claims", {}
         )
-        built = cache.get((partitioned, names))
+        built = cache.get((partitioned, names, versions))
         if built is not None:
             return built
         d = self.dialect
@@ -158,6 +160,8 @@ class Queues(SQLCore):
         ]
         if names:
             clauses.append(d.in_list(tasks.c.name, "p_names"))
+        if versions:  # Runtime(serve_versions=...): the claims' code-version filter (.claims)
+            clauses.append(self._started_by_versions())  # type: ignore[attr-defined]
         available = sa.and_(*clauses)
         if partitioned:
             available = sa.and_(free, tasks.c.id.in_(_partition_heads(available, now)))
@@ -175,7 +179,7 @@ class Queues(SQLCore):
             .scalar_subquery()
             .label("mine"),
         ).where(queues.c.name == P_QUEUE)
-        built = cache[(partitioned, names)] = {
+        built = cache[(partitioned, names, versions)] = {
             "probe": probe,
             # SKIP LOCKED: while another claim of the queue holds its lock, this one returns
             # nothing at once rather than queueing behind it (a convoy of workers polling a
@@ -200,6 +204,7 @@ class Queues(SQLCore):
         ttl: timedelta,
         *,
         names: Sequence[str] | None = None,
+        versions: Sequence[str] | None = None,
     ) -> list[TaskClaim]:
         if limit < 1:
             raise InvalidArgumentError(f"limit must be at least 1, got {limit}")
@@ -233,7 +238,9 @@ class Queues(SQLCore):
             config = self._queue_info(row)
             if not config.limited:
                 return []
-            stmts = self._queue_statements(config.partition_concurrency is not None, bool(names))
+            stmts = self._queue_statements(
+                config.partition_concurrency is not None, bool(names), versions is not None
+            )
             # the clock is read after the lock was taken (SQLite: the host's; PostgreSQL's now())
             period = config.rate_period or 0.0
             params = {**base, **self.dialect.clock_params(ttl=seconds, window=-period)}
@@ -254,6 +261,8 @@ class Queues(SQLCore):
             params["p_part"] = config.partition_concurrency or 0
             if names:
                 params["p_names"] = list(names)
+            if versions is not None:
+                params["p_versions"] = list(versions)
             claimed = [r._mapping for r in conn.execute(stmts["claim"], params)]
             # 4. the starts, for the rate limit's window
             if config.rate_limit is not None:

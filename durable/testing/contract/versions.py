@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from durable.backends.base import PersistentBackend
-from durable.models import TaskSpec
+from durable.models import QueueInfo, TaskSpec
 from durable.testing.contract._support import ContractBase, create, ids_of
 
 TTL = timedelta(seconds=30)
@@ -47,3 +47,17 @@ class VersionContract(ContractBase):
         assert [c.instance_id for c, _ in begun] == ["v1"]
         began = await backend.claim_and_begin_tasks("w", 10, TTL)
         assert [c.instance_id for c, _ in began] == ["v2"]
+
+    async def test_a_queue_with_limits_filters_by_version_too(
+        self, backend: PersistentBackend
+    ) -> None:
+        """A worker serving some versions takes only theirs from a queue with limits as well
+        (``claim_queue_tasks``), and unknown versions as the ordinary claims do."""
+        await backend.put_queue(QueueInfo(name="limited", concurrency=10))
+        await create(backend, "v1", code_version="v1", queue="limited")
+        await create(backend, "v2", code_version="v2", queue="limited")
+        await create(backend, "unknown", queue="limited")
+        claimed = await backend.claim_queue_tasks("w", "limited", 10, TTL, versions=["v2"])
+        assert sorted(ids_of(claimed)) == ["unknown", "v2"]
+        rest = await backend.claim_queue_tasks("w2", "limited", 10, TTL)
+        assert ids_of(rest) == ["v1"]
