@@ -33,6 +33,7 @@ from durable.backends.sql.batches import Enqueues
 from durable.backends.sql.claims import Claims
 from durable.backends.sql.continuation import Continuation
 from durable.backends.sql.core import first_line, stop_listener
+from durable.backends.sql.debounces import Debounces
 from durable.backends.sql.dialects import (
     SQLDialect,
     configure_engine,
@@ -80,6 +81,7 @@ _UNAVAILABLE_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
 
 class SQLAlchemyBackend(
     Outputs,
+    Debounces,
     Enqueues,
     WorkflowRecords,
     Execution,
@@ -302,3 +304,4 @@ class SQLAlchemyBackend(
         self._build_enqueue_statements()
         self._build_message_statements()
         self._build_output_statements()
+        self._build_debounce_statements()
