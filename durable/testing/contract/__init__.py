@@ -57,6 +57,8 @@ same fixtures while you write that area (CONTRIBUTING.md walks through them in o
 * :class:`VersionContract`: the code version stored, claims filtered by code versions.
 * :class:`TransactionContract`: a step's body and its record in one transaction, fenced by the
   claim (or, without ``supports_transactions``, refused).
+* :class:`DebounceContract`: debouncing: a burst of calls with one key is one execution with
+  the last call's input, ended by a claim; racing callers and claims.
 
 For example ``class TestMyClaims(ClaimContract)`` with the same ``backend`` fixture runs the
 claims area only. A backend passes when :class:`BackendContractTests`, all of them, passes: the
@@ -89,6 +91,7 @@ from durable.testing.contract.batches import BatchContract
 from durable.testing.contract.claims import ClaimContract
 from durable.testing.contract.clock import ClockContract
 from durable.testing.contract.concurrency import ConcurrencyContract
+from durable.testing.contract.debounce import DebounceContract
 from durable.testing.contract.deadlines import DeadlineContract
 from durable.testing.contract.events import EventContract, StreamContract
 from durable.testing.contract.execution import ExecutionContract
@@ -114,6 +117,7 @@ __all__ = [
     "ConcurrencyContract",
     "ContractBase",
     "DeadlineContract",
+    "DebounceContract",
     "EventContract",
     "ExecutionContract",
     "FanOutContract",
@@ -155,6 +159,7 @@ class BackendContractTests(
     ConcurrencyContract,
     VersionContract,
     TransactionContract,
+    DebounceContract,
 ):
     """The whole contract suite: every area. Subclass it and define a ``backend`` fixture (see
     the module's docstring); optionally a ``backend_factory`` fixture for the multi-process
