@@ -91,8 +91,8 @@ from durable.testing.contract.batches import BatchContract
 from durable.testing.contract.claims import ClaimContract
 from durable.testing.contract.clock import ClockContract
 from durable.testing.contract.concurrency import ConcurrencyContract
-from durable.testing.contract.debounce import DebounceContract
 from durable.testing.contract.deadlines import DeadlineContract
+from durable.testing.contract.debounce import DebounceContract
 from durable.testing.contract.events import EventContract, StreamContract
 from durable.testing.contract.execution import ExecutionContract
 from durable.testing.contract.fanout import FanOutContract
