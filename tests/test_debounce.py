@@ -50,6 +50,31 @@ async def test_a_burst_runs_once_with_the_last_arguments(backend_url: str) -> No
         assert RUNS == ["c-42:4", "c-42:5"]
 
 
+HOLDER: list[durable.Runtime] = []
+
+
+@durable.workflow(name="test.debounce.parent.v1")
+async def parent() -> list[str]:
+    """Debounced enqueues inside a workflow: recorded steps, one burst."""
+    rt = HOLDER[0]
+    return [
+        await rt.enqueue(notify, "p", n, debounce=0.2, debounce_key="from-parent") for n in range(3)
+    ]
+
+
+async def test_debounced_enqueues_inside_a_workflow_are_one_burst(backend_url: str) -> None:
+    RUNS.clear()
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        HOLDER[:] = [rt]
+        await rt.start_worker(poll_interval=0.05)
+        wid = await rt.client.enqueue(parent)
+        ids = await rt.result(wid, timeout=20)
+        assert len(set(ids)) == 1
+        assert ids[0].startswith(f"{wid}/")  # the derived id of the first enqueue step
+        assert await rt.result(ids[0], timeout=20) == "p:2"
+        assert RUNS == ["p:2"]
+
+
 def test_enqueue_sync_debounces() -> None:
     with durable.Client("memory://") as client:
         first = client.enqueue_sync("wf", 1, debounce=30, debounce_key="k")
