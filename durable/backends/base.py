@@ -1526,21 +1526,21 @@ class PersistentBackend(ABC):
 
         The burst's execution is the one the key points at. While it is still pending, has
         never started (``attempts`` and ``interruptions`` 0) and its workflow task holds no
-        claim, the call joins it: the execution's ``input`` becomes ``snapshot.input`` (its
-        version grows by one), its task is due ``delay`` from now by :meth:`now`'s clock, and
-        its header is returned with ``created`` False; nothing else of ``snapshot`` or ``task``
-        is used. Otherwise (no burst yet, or its execution was claimed, started, finished,
-        cancelled or deleted) a new burst starts: ``snapshot`` is created with ``task`` due
-        ``delay`` from now (``task.run_after`` and ``task.delay`` are ignored) as
-        :meth:`create_workflow` creates it, and the key points at it; ``created`` is True. If
-        ``snapshot.id`` exists already, nothing is created, the key points at that execution
-        and it is returned (``created`` False).
+        claim, the call joins it: the execution's ``input`` and ``deadline`` become
+        ``snapshot``'s (its version grows by one), its task is due ``delay`` from now by
+        :meth:`now`'s clock, and its header is returned with ``created`` False; nothing else of
+        ``snapshot`` or ``task`` is used. Otherwise (no burst yet, or its execution was
+        claimed, started, finished, cancelled or deleted) a new burst starts: ``snapshot`` is
+        created with ``task`` due ``delay`` from now (``task.run_after`` and ``task.delay``
+        are ignored) as :meth:`create_workflow` creates it, and the key points at it;
+        ``created`` is True. If ``snapshot.id`` exists already, nothing is created, the key
+        points at that execution and it is returned (``created`` False).
 
         The join is fenced in the same statement by the task being unclaimed: a claim that
-        wins the race runs the arguments it claimed, and this call then starts a new burst,
-        so a caller told its arguments were taken always has them run. Of concurrent calls
-        with one key, in one process or several, exactly one creates each burst's execution.
-        ``snapshot.idempotency_key`` must be None (a burst has no idempotency key).
+        wins the race runs the input it claimed, which never changes afterwards, and this call
+        then starts a new burst; so an execution runs the input of the last call that returned
+        its id. Of concurrent calls with one key, in one process or several, exactly one
+        creates each burst's execution. ``snapshot.idempotency_key`` must be None.
 
         :raises InvalidArgumentError: ``delay`` not positive, an empty ``key``, an idempotency
             key, or what :meth:`create_workflow` refuses (nothing is written).

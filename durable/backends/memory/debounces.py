@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import timedelta
 
-from durable.backends.base import check_debounce
+from durable.backends.base import check_aware, check_debounce
 from durable.backends.memory.workflows import Workflows
 from durable.models import WORKFLOW_TASK, TaskSpec, WorkflowInfo, WorkflowSnapshot, WorkflowStatus
 
@@ -20,6 +20,7 @@ class Debounces(Workflows):
         self, snapshot: WorkflowSnapshot, task: TaskSpec, key: str, delay: timedelta
     ) -> tuple[WorkflowInfo, bool]:
         check_debounce(snapshot, key, delay)
+        check_aware(snapshot.deadline)
         stored_input = self._dump(snapshot.input)  # a value the serializer rejects fails first
         with self._lock:
             now = self.clock()
@@ -37,7 +38,11 @@ class Debounces(Workflows):
                 ):
                     stored_task.run_after = now + delay
                     joined = dataclasses.replace(
-                        info, input=stored_input, version=info.version + 1, updated_at=now
+                        info,
+                        input=stored_input,
+                        deadline=snapshot.deadline,
+                        version=info.version + 1,
+                        updated_at=now,
                     )
                     self._workflows[current] = joined
                     return self._load_info(joined, lenient=True), False

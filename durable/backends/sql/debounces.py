@@ -12,7 +12,8 @@ transaction (:meth:`Debounces.debounce_workflow`):
    holds no claim and its workflow is pending and never started, in the same statement; a claim
    racing it either took the task first (the update matches nothing: a new burst starts, and
    the claimed execution runs the arguments it had) or waits for this transaction (and then
-   finds the task due later). Only if the task was pushed back is the input replaced;
+   finds the task due later). Only if the task was pushed back are the input and the deadline
+   replaced;
 3. otherwise a new execution and its task, due at now + delay, and the key points at it.
 
 Portable Core: the upsert comes from the dialect's ``insert``, the clock from ``later``.
@@ -82,6 +83,7 @@ class Debounces(WorkflowRecords):
             .where(workflows.c.id == P_IID)
             .values(
                 input=sa.bindparam("p_input", type_=sa.Text()),
+                deadline=sa.bindparam("p_deadline", type_=UTCDateTime()),
                 version=workflows.c.version + 1,
                 updated_at=_NOW,
             )
@@ -111,7 +113,12 @@ class Debounces(WorkflowRecords):
                 if pushed.rowcount == 1:
                     conn.execute(
                         self._debounce_set_input,
-                        {"p_iid": current, "p_input": stored_input, "p_now": now},
+                        {
+                            "p_iid": current,
+                            "p_input": stored_input,
+                            "p_deadline": snapshot.deadline,
+                            "p_now": now,
+                        },
                     )
                     joined = conn.execute(self._select_workflow, {"p_iid": current}).one()
                     return self._info(joined, lenient=True), False

@@ -5,14 +5,14 @@ execution is claimed; racing callers and claims never lose or run stale argument
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
 from durable.backends.base import PersistentBackend
 from durable.errors import InvalidArgumentError
 from durable.models import TaskSpec, WorkflowInfo, WorkflowSnapshot
-from durable.testing.contract._support import LONG, ContractBase, W
+from durable.testing.contract._support import LONG, T0, ContractBase, W
 
 DELAY = timedelta(seconds=30)
 
@@ -25,8 +25,11 @@ async def _call(
     key: str = "k",
     name: str = "wf",
     delay: timedelta = DELAY,
+    deadline: datetime | None = None,
 ) -> tuple[WorkflowInfo, bool]:
-    snapshot = WorkflowSnapshot(id=instance_id, name=name, input={"args": [value], "kwargs": {}})
+    snapshot = WorkflowSnapshot(
+        id=instance_id, name=name, input={"args": [value], "kwargs": {}}, deadline=deadline
+    )
     task = TaskSpec(instance_id=instance_id, name=name)
     return await backend.debounce_workflow(snapshot, task, key, delay)
 
@@ -52,6 +55,11 @@ class DebounceContract(ContractBase):
         assert (await backend.load_snapshot("d-1")).input == {"args": [3], "kwargs": {}}
         assert (await backend.get_workflow("d-1")).version > first.version
         assert [w.id for w in (await backend.list_snapshots()).items] == ["d-1"]
+        # the deadline follows the last call too (a timeout counts from it)
+        later = T0 + timedelta(days=1000)
+        info, created = await _call(backend, "d-4", 4, deadline=later)
+        assert (info.id, created, info.deadline) == ("d-1", False, later)
+        assert (await backend.get_workflow("d-1")).deadline == later
         # not due yet: no worker takes it
         assert await backend.claim_available_tasks("w", 10, LONG) == []
 
