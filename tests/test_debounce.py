@@ -84,6 +84,17 @@ def test_enqueue_sync_debounces() -> None:
         assert client.get_workflow_sync(first).input == {"args": [2], "kwargs": {}}
 
 
+async def test_a_timeout_counts_from_the_last_call() -> None:
+    async with durable.Client("memory://") as client:
+        first = await client.enqueue("wf", 1, debounce=30, debounce_key="k", timeout=60)
+        before = (await client.get_workflow(first)).deadline
+        await asyncio.sleep(0.01)
+        again = await client.enqueue("wf", 2, debounce=30, debounce_key="k", timeout=60)
+        after = (await client.get_workflow(again)).deadline
+        assert again == first
+        assert before is not None and after is not None and after > before
+
+
 @pytest.mark.parametrize(
     ("options", "named"),
     [
