@@ -47,6 +47,7 @@ from durable.errors import DurableError, InvalidArgumentError, WorkflowNotFoundE
 from durable.executions import DEFAULT_MAX_ATTEMPTS as DEFAULT_MAX_ATTEMPTS
 from durable.executions import Enqueue as Enqueue
 from durable.executions import EnqueueOptions as EnqueueOptions
+from durable.executions import check_debounce_arguments as check_debounce_arguments
 from durable.executions import check_enqueue_arguments as check_enqueue_arguments
 from durable.executions import create_execution, create_executions
 from durable.executions import enqueue_options as enqueue_options
@@ -226,6 +227,8 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         deadline: datetime | None = None,
         labels: Mapping[str, str] | None = None,
         partition_key: str | None = None,
+        debounce: float | timedelta | None = None,
+        debounce_key: str | None = None,
         **kwargs: Any,
     ) -> str:
         """Record that a workflow must run, and return its id at once; any worker that serves
@@ -261,6 +264,15 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         :param partition_key: the execution's partition within a queue that has a
             ``partition_concurrency`` (see :class:`durable.Queue`): at most that many of one
             partition's executions run at once, the earliest enqueued first.
+        :param debounce: with ``debounce_key``, debounce the enqueue: the first call of a burst
+            records an execution due ``debounce`` (a ``timedelta`` or seconds) from now; each
+            later call with the same workflow and key, while that execution has not started,
+            replaces its arguments with its own and pushes its start back to ``debounce`` from
+            now, and returns the same id. Once it has started (claimed), the next call starts a
+            new burst. One execution per burst, however many callers race, in however many
+            processes. Not with ``workflow_id``, ``idempotency_key``, ``run_after`` or
+            ``delay``.
+        :param debounce_key: which calls form a burst (per workflow name), e.g. a customer id.
 
         ``args`` and ``kwargs`` are the workflow's arguments; they must be serializable by the
         backend's serializer (JSON by default). Ids, keys, names and queues are non-empty str of
@@ -288,6 +300,14 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
             deadline=deadline,
             labels=labels,
         )
+        quiet = check_debounce_arguments(
+            debounce,
+            debounce_key,
+            workflow_id=workflow_id,
+            idempotency_key=idempotency_key,
+            run_after=run_after,
+            delay=delay,
+        )
         if not isinstance(fn, str | Workflow):
             raise not_a_workflow(fn)
         options = enqueue_options(
@@ -304,6 +324,8 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         )
         if partition_key is not None:
             options = dataclasses.replace(options, partition_key=partition_key)
+        if quiet is not None:
+            options = dataclasses.replace(options, debounce=quiet, debounce_key=debounce_key)
         info = await self._create(
             fn, workflow_id or str(uuid.uuid4()), args, kwargs, options=options
         )
@@ -324,6 +346,8 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         deadline: datetime | None = None,
         labels: Mapping[str, str] | None = None,
         partition_key: str | None = None,
+        debounce: float | timedelta | None = None,
+        debounce_key: str | None = None,
         **kwargs: Any,
     ) -> str:
         """:meth:`enqueue` for code that is not async (see :meth:`blocking`)."""
@@ -342,6 +366,8 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
                 deadline=deadline,
                 labels=labels,
                 partition_key=partition_key,
+                debounce=debounce,
+                debounce_key=debounce_key,
                 **kwargs,
             )
         )

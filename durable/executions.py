@@ -68,6 +68,11 @@ class EnqueueOptions:
     backend."""
     partition_key: str | None = None
     """The partition of a queue with limits (see :mod:`durable.queues`), or None."""
+    debounce: timedelta | None = None
+    """Debouncing (see :func:`check_debounce_arguments`): the quiet time a burst of enqueues
+    with one ``debounce_key`` waits for after its last call, or None."""
+    debounce_key: str | None = None
+    """The burst's key (with ``debounce``), per workflow name, or None."""
 
 
 def check_enqueue_arguments(
@@ -104,6 +109,45 @@ def check_enqueue_arguments(
         check_name(queue, "queue")
     check_timeouts(timeout, deadline)
     check_labels(labels)
+    return wait
+
+
+def check_debounce_arguments(
+    debounce: Any,
+    debounce_key: Any,
+    *,
+    workflow_id: Any,
+    idempotency_key: Any,
+    run_after: Any,
+    delay: Any,
+) -> timedelta | None:
+    """Check an enqueue's debouncing: ``debounce`` (a positive ``timedelta`` or number of
+    seconds) and ``debounce_key`` (an id) come together, and without ``workflow_id``,
+    ``idempotency_key``, ``run_after`` or ``delay`` (a burst's execution has a new id, and is
+    due ``debounce`` after the last call). Returns the debounce as a timedelta (None: no
+    debouncing).
+
+    :raises InvalidArgumentError: one of them is wrong, named.
+    """
+    if debounce is None and debounce_key is None:
+        return None
+    if debounce is None:
+        raise InvalidArgumentError("debounce_key needs debounce (the quiet time of a burst)")
+    if debounce_key is None:
+        raise InvalidArgumentError("debounce needs a debounce_key (which calls form a burst)")
+    wait = check_duration(debounce, "debounce")
+    check_id(debounce_key, "debounce_key")
+    for given, what in (
+        (workflow_id, "workflow_id"),
+        (idempotency_key, "idempotency_key"),
+        (run_after, "run_after"),
+        (delay, "delay"),
+    ):
+        if given is not None:
+            raise InvalidArgumentError(
+                f"debounce cannot be combined with {what} (a burst's execution gets a new id "
+                "and is due debounce after the burst's last call)"
+            )
     return wait
 
 
@@ -281,7 +325,12 @@ async def create_execution(
         raise SerializationError(
             f"the arguments of workflow {name!r} (id {instance_id!r}) cannot be serialized: {exc}"
         ) from exc
-    info, created = await backend.create_workflow(snapshot, task=task)
+    if opts.debounce is not None and opts.debounce_key is not None:
+        info, created = await backend.debounce_workflow(
+            snapshot, task, opts.debounce_key, opts.debounce
+        )
+    else:
+        info, created = await backend.create_workflow(snapshot, task=task)
     if info.id != instance_id and info.name != name:  # found by its idempotency key
         raise InvalidArgumentError(
             f"idempotency key {opts.idempotency_key!r} is already used by an execution of "

@@ -1560,6 +1560,38 @@ class PersistentBackend(ABC):
             ``deadline``; the message names the position (nothing is written).
         """
 
+    # -- debouncing (enqueue(..., debounce=, debounce_key=)) ----------------------------------
+
+    @abstractmethod
+    async def debounce_workflow(
+        self, snapshot: WorkflowSnapshot, task: TaskSpec, key: str, delay: timedelta
+    ) -> tuple[WorkflowInfo, bool]:
+        """Join the burst of ``(snapshot.name, key)`` or start a new one, in one transaction;
+        returns ``(stored header, created)``.
+
+        The burst's execution is the one the key points at. While it is still pending, has
+        never started (``attempts`` and ``interruptions`` 0) and its workflow task holds no
+        claim, the call joins it: the execution's ``input`` and ``deadline`` become
+        ``snapshot``'s (its version grows by one), its task is due ``delay`` from now by
+        :meth:`now`'s clock, and its header is returned with ``created`` False; nothing else of
+        ``snapshot`` or ``task`` is used. Otherwise (no burst yet, or its execution was
+        claimed, started, finished, cancelled or deleted) a new burst starts: ``snapshot`` is
+        created with ``task`` due ``delay`` from now (``task.run_after`` and ``task.delay``
+        are ignored) as :meth:`create_workflow` creates it, and the key points at it;
+        ``created`` is True. If ``snapshot.id`` exists already, nothing is created, the key
+        points at that execution and it is returned (``created`` False).
+
+        The join is fenced in the same statement by the task being unclaimed: a claim that
+        wins the race runs the input it claimed, which never changes afterwards, and this call
+        then starts a new burst; so an execution runs the input of the last call that returned
+        its id. Of concurrent calls with one key, in one process or several, exactly one
+        creates each burst's execution. ``snapshot.idempotency_key`` must be None.
+
+        :raises InvalidArgumentError: ``delay`` not positive, an empty ``key``, an idempotency
+            key, or what :meth:`create_workflow` refuses (nothing is written).
+        :raises SerializationError: the input cannot be serialized (nothing is written).
+        """
+
 
 def check_aware(*stamps: datetime | None) -> None:
     """Refuse naive timestamps (they cannot be compared with the stored ones), as every backend
@@ -1676,3 +1708,14 @@ def fork_refusal(
             f"copied; fork from step {pending[0]} or earlier, or wait for it to finish"
         )
     return None
+
+
+def check_debounce(snapshot: WorkflowSnapshot, key: str, delay: timedelta) -> None:
+    """Refuse what :meth:`PersistentBackend.debounce_workflow` refuses before writing: an
+    empty or non-str key, a delay that is not a positive ``timedelta``, an idempotency key."""
+    if not isinstance(key, str) or not key:
+        raise InvalidArgumentError(f"debounce_key must be a non-empty str, got {key!r}")
+    if not isinstance(delay, timedelta) or delay <= timedelta(0):
+        raise InvalidArgumentError(f"debounce must be a positive timedelta, got {delay!r}")
+    if snapshot.idempotency_key is not None:
+        raise InvalidArgumentError("debounce_key and idempotency_key cannot be combined")

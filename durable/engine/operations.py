@@ -15,6 +15,7 @@ from durable.engine.core import RuntimeCore
 from durable.errors import InvalidArgumentError
 from durable.executions import (
     Enqueue,
+    check_debounce_arguments,
     check_enqueue_arguments,
     create_executions,
     enqueue_options,
@@ -55,6 +56,8 @@ class Operations(RuntimeCore):
         labels: Mapping[str, str] | None = None,
         served_elsewhere: bool = False,
         partition_key: str | None = None,
+        debounce: float | timedelta | None = None,
+        debounce_key: str | None = None,
         **kwargs: Any,
     ) -> str:
         """Record that a workflow must run, and return its id at once; any worker runs it.
@@ -92,6 +95,15 @@ class Operations(RuntimeCore):
         :param served_elsewhere: allow a name that is not registered in this process.
         :param partition_key: the execution's partition within a queue that has a
             ``partition_concurrency`` (see :class:`durable.Queue`).
+        :param debounce: with ``debounce_key``, debounce the enqueue: the first call of a burst
+            records an execution due ``debounce`` (a ``timedelta`` or seconds) from now; each
+            later call with the same workflow and key, while that execution has not started,
+            replaces its arguments with its own and pushes its start back to ``debounce`` from
+            now, and returns the same id. Once it has started (claimed), the next call starts a
+            new burst. One execution per burst, however many callers race, in however many
+            processes. Not with ``workflow_id``, ``idempotency_key``, ``run_after`` or
+            ``delay``.
+        :param debounce_key: which calls form a burst (per workflow name), e.g. a customer id.
 
         Called inside a workflow, enqueueing is a step: it is recorded with the workflow's
         progress, so a replay after a crash neither loses nor duplicates it. The child's default
@@ -124,6 +136,14 @@ class Operations(RuntimeCore):
             deadline=deadline,
             labels=labels,
         )
+        quiet = check_debounce_arguments(
+            debounce,
+            debounce_key,
+            workflow_id=workflow_id,
+            idempotency_key=idempotency_key,
+            run_after=run_after,
+            delay=delay,
+        )
         check_bool(served_elsewhere, "served_elsewhere")
         target: Workflow[Any, Any] | str
         if isinstance(fn, str) and fn in self.registry:
@@ -147,6 +167,8 @@ class Operations(RuntimeCore):
         )
         if partition_key is not None:
             options = dataclasses.replace(options, partition_key=partition_key)
+        if quiet is not None:
+            options = dataclasses.replace(options, debounce=quiet, debounce_key=debounce_key)
         ctx = _context.current()
         if ctx is None:  # a client's enqueue
             info = await self.client._create(

@@ -15,6 +15,7 @@ from durable.backends.memory.batches import Batches
 from durable.backends.memory.claims import Claims
 from durable.backends.memory.continuation import Continuation
 from durable.backends.memory.core import MemoryCore, StoredTask, is_live, utcnow
+from durable.backends.memory.debounces import Debounces
 from durable.backends.memory.execution import Execution
 from durable.backends.memory.executors import Executors
 from durable.backends.memory.forks import Forks
@@ -39,6 +40,7 @@ from durable.serialization import Serializer, get_serializer
 
 class InMemoryBackend(
     Outputs,
+    Debounces,
     Workflows,
     Batches,
     Execution,
@@ -82,6 +84,7 @@ class InMemoryBackend(
         self._labels: dict[str, dict[str, str]] = {}
         self._queues: dict[str, QueueInfo] = {}
         self._queue_starts: dict[str, deque[datetime]] = {}
+        self._debounces: dict[tuple[str, str], str] = {}
 
     async def now(self) -> datetime:
         """The time by :attr:`clock`, which judges every lease and due time here."""
@@ -114,6 +117,7 @@ class InMemoryBackend(
             self._labels.clear()
             self._queues.clear()
             self._queue_starts.clear()
+            self._debounces.clear()
 
     def workflow_ids(self) -> list[str]:
         """The ids of every stored workflow, in insertion order."""

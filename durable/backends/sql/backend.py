@@ -34,6 +34,7 @@ from durable.backends.sql.batches import Enqueues
 from durable.backends.sql.claims import Claims
 from durable.backends.sql.continuation import Continuation
 from durable.backends.sql.core import first_line, stop_listener
+from durable.backends.sql.debounces import Debounces
 from durable.backends.sql.dialects import (
     SQLDialect,
     configure_engine,
@@ -84,6 +85,7 @@ DEADLOCK_RETRIES = 8
 
 class SQLAlchemyBackend(
     Outputs,
+    Debounces,
     Enqueues,
     WorkflowRecords,
     Execution,
@@ -329,3 +331,4 @@ class SQLAlchemyBackend(
         self._build_enqueue_statements()
         self._build_message_statements()
         self._build_output_statements()
+        self._build_debounce_statements()

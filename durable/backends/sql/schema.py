@@ -346,3 +346,18 @@ queue_starts = sa.Table(
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Index(None, "queue", "started_at"),
 )
+
+# -- debouncing (enqueue(..., debounce=, debounce_key=)) ------------------------------------------
+
+# the execution of each (workflow name, debounce key)'s current burst; the debounce locks this
+# row (NULL: no burst yet, or its execution was deleted)
+debounces = sa.Table(
+    f"{PREFIX}debounces",
+    metadata,
+    sa.Column("workflow", _ID, primary_key=True),
+    sa.Column("key", _ID, primary_key=True),
+    sa.Column("workflow_id", _ID, sa.ForeignKey(workflows.c.id, ondelete="SET NULL")),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    # a workflow's deletion clears what points at it
+    sa.Index(None, "workflow_id"),
+)

@@ -58,6 +58,8 @@ same fixtures while you write that area (CONTRIBUTING.md walks through them in o
 * :class:`TransactionContract`: a step's body and its record in one transaction, fenced by the
   claim (or, without ``supports_transactions``, refused).
 * :class:`ForkContract`: a new execution from the first steps of another's history.
+* :class:`DebounceContract`: debouncing: a burst of calls with one key is one execution with
+  the last call's input, ended by a claim; racing callers and claims.
 
 For example ``class TestMyClaims(ClaimContract)`` with the same ``backend`` fixture runs the
 claims area only. A backend passes when :class:`BackendContractTests`, all of them, passes: the
@@ -91,6 +93,7 @@ from durable.testing.contract.claims import ClaimContract
 from durable.testing.contract.clock import ClockContract
 from durable.testing.contract.concurrency import ConcurrencyContract
 from durable.testing.contract.deadlines import DeadlineContract
+from durable.testing.contract.debounce import DebounceContract
 from durable.testing.contract.events import EventContract, StreamContract
 from durable.testing.contract.execution import ExecutionContract
 from durable.testing.contract.fanout import FanOutContract
@@ -116,6 +119,7 @@ __all__ = [
     "ConcurrencyContract",
     "ContractBase",
     "DeadlineContract",
+    "DebounceContract",
     "EventContract",
     "ExecutionContract",
     "FanOutContract",
@@ -159,6 +163,7 @@ class BackendContractTests(
     VersionContract,
     TransactionContract,
     ForkContract,
+    DebounceContract,
 ):
     """The whole contract suite: every area. Subclass it and define a ``backend`` fixture (see
     the module's docstring); optionally a ``backend_factory`` fixture for the multi-process
