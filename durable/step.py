@@ -262,6 +262,37 @@ class _StepDecorator(Protocol):
     def __call__(self, fn: Callable[P, T], /) -> SyncStep[P, T]: ...
 
 
+def decorator_policy(
+    what: str,
+    fn: Any,
+    name: str | None,
+    retry: RetryPolicy | None,
+    **options: Any,
+) -> RetryPolicy:
+    """The retry policy of a step decorator (``what``: ``durable.step``,
+    ``durable.transaction``), its arguments checked: ``fn`` decorable, ``name`` a valid name,
+    ``retry`` a policy or None, and the separate ``options`` valid for a
+    :class:`~durable.retry.RetryPolicy` even when ``retry`` is given or nothing retries.
+
+    :raises InvalidArgumentError: what was wrong, named.
+    """
+    if fn is not None:
+        check_decorated(fn, what)
+    if name is not None:
+        check_name(name, "name")
+    check_instance(retry, RetryPolicy, "retry")
+    separate = RetryPolicy(**options)
+    return retry or (separate if separate != NO_RETRY else NO_RETRY)
+
+
+def check_step_function(f: Any, what: str) -> None:
+    """Refuse what ``what`` cannot decorate: a non-function, or a function that is a step
+    already."""
+    check_decorated(f, what)
+    if isinstance(f, Step):
+        raise DurableError(f"{f.name!r} is already a durable step")
+
+
 @overload
 def step(fn: Callable[P, Coroutine[Any, Any, T]], /) -> AsyncStep[P, T]: ...  # type: ignore[overload-overlap]
 @overload
@@ -315,13 +346,12 @@ def step(
         ``fn`` not a function, or a ``timeout`` that is not a positive ``timedelta`` or
         number of seconds.
     """
-    if fn is not None:
-        check_decorated(fn, "durable.step")
-    if name is not None:
-        check_name(name, "name")
-    check_instance(retry, RetryPolicy, "retry")
     limit = None if timeout is None else check_duration(timeout, "timeout")
-    options = RetryPolicy(  # checked even when a whole policy is given or nothing retries
+    policy = decorator_policy(
+        "durable.step",
+        fn,
+        name,
+        retry,
         max_attempts=max_attempts,
         initial_delay=initial_delay,
         backoff_rate=backoff_rate,
@@ -329,12 +359,9 @@ def step(
         retry_on=retry_on,
         non_retryable=non_retryable,
     )
-    policy = retry or (options if options != NO_RETRY else NO_RETRY)
 
     def decorate(f: Callable[..., Any]) -> Step[Any, Any]:
-        check_decorated(f, "durable.step")
-        if isinstance(f, Step):
-            raise DurableError(f"{f.name!r} is already a durable step")
+        check_step_function(f, "durable.step")
         kind = AsyncStep if inspect.iscoroutinefunction(f) else SyncStep
         made: Step[Any, Any] = kind(f, name=name, retry=policy, timeout=limit)
         default_registry.register_step(made)

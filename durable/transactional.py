@@ -41,9 +41,8 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, over
 from durable.context import ExecutionContext, StepGuard, current, in_step
 from durable.errors import DurableError, SerializationError
 from durable.models import StepRecord, StepStatus
-from durable.retry import NO_RETRY, RetryPolicy
-from durable.step import Step
-from durable.validation import check_decorated, check_instance, check_name
+from durable.retry import RetryPolicy
+from durable.step import Step, check_step_function, decorator_policy
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -284,12 +283,11 @@ def transaction(
     :raises InvalidArgumentError: an option of the wrong type or out of range, or ``fn`` not a
         function.
     """
-    if fn is not None:
-        check_decorated(fn, "durable.transaction")
-    if name is not None:
-        check_name(name, "name")
-    check_instance(retry, RetryPolicy, "retry")
-    options = RetryPolicy(
+    policy = decorator_policy(
+        "durable.transaction",
+        fn,
+        name,
+        retry,
         max_attempts=max_attempts,
         initial_delay=initial_delay,
         backoff_rate=backoff_rate,
@@ -297,12 +295,9 @@ def transaction(
         retry_on=retry_on,
         non_retryable=non_retryable,
     )
-    policy = retry or (options if options != NO_RETRY else NO_RETRY)
 
     def decorate(f: Callable[..., Any]) -> TransactionStep[Any, Any]:
-        check_decorated(f, "durable.transaction")
-        if isinstance(f, Step):
-            raise DurableError(f"{f.name!r} is already a durable step")
+        check_step_function(f, "durable.transaction")
         kind = AsyncTransactionStep if inspect.iscoroutinefunction(f) else SyncTransactionStep
         made: TransactionStep[Any, Any] = kind(f, name=name, retry=policy)
         made.engine = engine
