@@ -284,6 +284,7 @@ def execution_record(
         code_version=wf.code_version(app_version) if isinstance(wf, Workflow) else app_version,
         labels=opts.labels,
         trace_context=telemetry.current_trace_context(),
+        partition_key=opts.partition_key,
     )
     task = TaskSpec(
         instance_id=instance_id,

@@ -140,6 +140,9 @@ class WorkflowInfo:
     """The trace context of whoever enqueued the execution (W3C ``traceparent`` and
     ``tracestate`` as a JSON object), when OpenTelemetry was active there, else None: a
     worker's workflow span takes it as its parent (see :mod:`durable.telemetry`)."""
+    partition_key: str | None = None
+    """The execution's partition in a queue with ``partition_concurrency`` (given at enqueue;
+    see :class:`durable.Queue`), kept so that a redrive or a fork runs in the same partition."""
 
 
 @dataclass(frozen=True, kw_only=True)

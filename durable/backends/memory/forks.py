@@ -54,6 +54,7 @@ class Forks(MemoryCore):
                 updated_at=now,
                 deadline=deadline,
                 trace_context=trace_context,
+                partition_key=source.partition_key,
             )
             self._workflows[new_id] = stored
             self._steps[new_id] = {p: s for p, s in history.items() if p < from_position}
@@ -67,7 +68,7 @@ class Forks(MemoryCore):
             self._add_task(
                 TaskSpec(
                     instance_id=new_id, name=source.name, queue=source.queue,
-                    priority=source.priority,
+                    priority=source.priority, partition_key=source.partition_key,
                 ),
                 now,
             )  # fmt: skip

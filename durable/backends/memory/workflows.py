@@ -215,6 +215,7 @@ class Workflows(MemoryCore):
                 name=current.name,
                 queue=current.queue,
                 priority=current.priority,
+                partition_key=current.partition_key,
             )
             self._tasks.pop((instance_id, WORKFLOW_TASK), None)
             self._add_task(spec, now)

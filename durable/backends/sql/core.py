@@ -252,6 +252,7 @@ class SQLCore(PersistentBackend):
             "continuations": m["continuations"],
             "code_version": m["code_version"],
             "trace_context": m.get("trace_context"),
+            "partition_key": m.get("partition_key"),
         }
 
     def _snapshot(self, row: sa.Row[Any], step_rows: Sequence[sa.Row[Any]]) -> WorkflowSnapshot:
@@ -307,6 +308,7 @@ class SQLCore(PersistentBackend):
             "continuations": info.continuations,
             "code_version": info.code_version,
             "trace_context": info.trace_context,
+            "partition_key": info.partition_key,
         }
 
     def _step_row(self, instance_id: str, step: StepRecord, now: datetime) -> dict[str, Any]:

@@ -44,6 +44,7 @@ class Forks(SQLCore):
                     workflows.c.queue,
                     workflows.c.priority,
                     workflows.c.max_attempts,
+                    workflows.c.partition_key,
                 ).where(workflows.c.id == source_id)
             ).first()
             if source is None:
@@ -58,7 +59,7 @@ class Forks(SQLCore):
             )
             if refusal is not None:
                 raise refusal
-            name, stored_input, queue, priority, max_attempts = source
+            name, stored_input, queue, priority, max_attempts, partition_key = source
             row = conn.execute(
                 # a concurrent fork to the same id loses here, not on a constraint error
                 self.dialect.insert(workflows).on_conflict_do_nothing().returning(*workflows.c),
@@ -78,6 +79,7 @@ class Forks(SQLCore):
                     "deadline": deadline,
                     "continuations": 0,
                     "trace_context": trace_context,
+                    "partition_key": partition_key,
                 },
             ).first()
             if row is None:
@@ -103,7 +105,14 @@ class Forks(SQLCore):
             conn.execute(
                 self._insert_task,
                 self._task_row(
-                    TaskSpec(instance_id=new_id, name=name, queue=queue, priority=priority), now
+                    TaskSpec(
+                        instance_id=new_id,
+                        name=name,
+                        queue=queue,
+                        priority=priority,
+                        partition_key=partition_key,
+                    ),
+                    now,
                 ),
             )
             self._announce_work(conn)

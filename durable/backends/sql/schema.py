@@ -105,6 +105,8 @@ workflows = sa.Table(
     sa.Column("code_version", sa.String(64)),
     # the enqueuer's trace context (WorkflowInfo.trace_context), for the worker's span
     sa.Column("trace_context", _TEXT),
+    # its partition in a queue with limits (WorkflowInfo.partition_key; its task has it too)
+    sa.Column("partition_key", _ID),
     sa.Index(None, "created_at", "id"),
     sa.Index(None, "status", "created_at"),
     sa.Index(None, "name", "created_at"),

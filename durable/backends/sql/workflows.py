@@ -305,7 +305,11 @@ class WorkflowRecords(SQLCore):
                 )
             )
             spec = TaskSpec(
-                instance_id=instance_id, name=row.name, queue=row.queue, priority=row.priority
+                instance_id=instance_id,
+                name=row.name,
+                queue=row.queue,
+                priority=row.priority,
+                partition_key=row.partition_key,
             )
             conn.execute(self._insert_task, self._task_row(spec, now))
             self._announce_work(conn)

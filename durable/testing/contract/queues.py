@@ -37,17 +37,13 @@ async def _fill(
     """``count`` new workflows with their tasks in ``queue`` (partition keys ``p0``, ``p1``,
     ... round robin when ``partitions``), created in id order; returns their ids."""
     ids = [f"{prefix}-{i:04d}" for i in range(count)]
+    keys = [f"p{n % partitions}" if partitions else None for n in range(count)]
     batch = [
         (
-            WorkflowSnapshot(id=i, name="wf", queue=queue),
-            TaskSpec(
-                instance_id=i,
-                name="wf",
-                queue=queue,
-                partition_key=f"p{n % partitions}" if partitions else None,
-            ),
+            WorkflowSnapshot(id=i, name="wf", queue=queue, partition_key=key),
+            TaskSpec(instance_id=i, name="wf", queue=queue, partition_key=key),
         )
-        for n, i in enumerate(ids)
+        for i, key in zip(ids, keys, strict=True)
     ]
     await backend.create_workflows(batch)
     return ids
@@ -146,6 +142,16 @@ class QueueContract(ContractBase):
             ids[3],
             ids[4],
         ]
+
+    async def test_a_redrive_stays_in_its_partition(self, backend: PersistentBackend) -> None:
+        """The partition key is the workflow's: a cancelled execution run again (its task made
+        anew) still counts in its partition."""
+        ids = await _fill(backend, "q", 2, partitions=1)  # both in p0
+        assert (await backend.get_workflow(ids[0])).partition_key == "p0"
+        await backend.cancel_workflow(ids[0])
+        await backend.requeue_workflow(ids[0])
+        await backend.put_queue(QueueInfo(name="q", partition_concurrency=1))
+        assert len(await backend.claim_queue_tasks("a", "q", 10, LONG)) == 1
 
     async def test_limit_change_applies_at_the_next_claim(self, backend: PersistentBackend) -> None:
         await _fill(backend, "q", 6)
