@@ -161,3 +161,32 @@ async def test_dropped_tables_say_how_to_create_them(mysql_backend_url: str) -> 
             await conn.execute(sa.text("DROP TABLE durable_steps"))
         with pytest.raises(durable.SchemaVersionError, match="durable migrate"):
             await backend.list_steps("wf")
+
+
+class _Versioned:
+    """Stands for a connection to a server that answers ``SELECT VERSION()`` with ``version``
+    (no MySQL 8 server runs here; the MariaDB case runs for real below)."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+
+    def execute(self, statement: Any) -> Any:
+        assert str(statement) == "SELECT VERSION()"
+        return self
+
+    def scalar_one(self) -> str:
+        return self.version
+
+
+@pytest.mark.parametrize("version", ["8.0.36", "8.4.2-log", "10.5.23-MariaDB", "garbage"])
+def test_a_server_durable_cannot_run_on_is_refused_naming_its_version(version: str) -> None:
+    with pytest.raises(durable.ConfigurationError, match=r"MariaDB 10\.6 or later") as caught:
+        MySQLDialect().check_server(_Versioned(version))  # type: ignore[arg-type]
+    assert repr(version) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "version", ["10.6.18-MariaDB", "10.11.6-MariaDB-0+deb12u1", "11.4.2-MariaDB"]
+)
+def test_mariadb_from_10_6_is_accepted(version: str) -> None:
+    MySQLDialect().check_server(_Versioned(version))  # type: ignore[arg-type]

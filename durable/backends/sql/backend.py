@@ -182,6 +182,7 @@ class SQLAlchemyBackend(
             if self._started:
                 return
             fn = migrate.upgrade if self.auto_migrate else migrate.check
+            await self._run(self.dialect.check_server, what="check the database server", raw=True)
             await self._run(fn, what="migrate", raw=True)
             self._loop = asyncio.get_running_loop()
             self._started = True

@@ -128,6 +128,12 @@ class SQLDialect:
         database lacks)."""
         return conn
 
+    def check_server(self, conn: sa.Connection) -> None:
+        """Refuse, at start, a server durable cannot run on (MySQL: not MariaDB 10.6+).
+
+        :raises ConfigurationError: naming the server's version and what durable needs.
+        """
+
     def retryable(self, exc: BaseException) -> bool:
         """Whether the transaction that raised ``exc`` was rolled back by the database for a
         reason that running it again may not meet (a deadlock's victim)."""
@@ -333,6 +339,17 @@ class MySQLDialect(SQLDialect):
 
     def connection(self, conn: sa.Connection) -> sa.Connection:
         return cast(sa.Connection, mysql.MySQLConnection(conn))
+
+    def check_server(self, conn: sa.Connection) -> None:
+        version = str(conn.execute(sa.text("SELECT VERSION()")).scalar_one())
+        found = re.match(r"(\d+)\.(\d+)", version)
+        numbers = (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+        if "mariadb" not in version.lower() or numbers < (10, 6):
+            raise ConfigurationError(
+                f"durable needs MariaDB 10.6 or later (FOR UPDATE SKIP LOCKED, INSERT ... "
+                f"RETURNING); this server is {version!r}. MySQL itself has no INSERT ... "
+                "RETURNING and is not supported yet."
+            )
 
     def retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, sa.exc.DBAPIError) and mysql.errno(exc) in MYSQL_RETRYABLE
