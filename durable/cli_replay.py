@@ -120,6 +120,7 @@ def add_replay_commands(workflows: click.Group, open_client: OpenClient) -> None
         queue: str | None,
         since: datetime | None,
         until: datetime | None,
+        labels: dict[str, str] | None,
         limit: int,
         app_version: str | None,
     ) -> None:
@@ -127,8 +128,8 @@ def add_replay_commands(workflows: click.Group, open_client: OpenClient) -> None
         nothing; exit 1 if any diverges.
 
         The executions: history files (--from-file), or those at URL: the WORKFLOW_IDs
-        given, or else up to --limit chosen by --status, --name, --queue, --since, --until
-        (newest first)."""
+        given, or else up to --limit chosen by --status, --name, --queue, --since, --until,
+        --label (newest first)."""
         known = load_workflows(modules)
         snapshots: list[WorkflowSnapshot] = []
         if files:
@@ -151,6 +152,7 @@ def add_replay_commands(workflows: click.Group, open_client: OpenClient) -> None
                         since=since,
                         until=until,
                         limit=limit,
+                        labels=labels,
                     )
                 ]
                 return [await read_snapshot(client, i) for i in chosen]

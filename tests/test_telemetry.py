@@ -118,7 +118,8 @@ def spans_of(workflow_id: str) -> tuple[list[ReadableSpan], list[ReadableSpan]]:
 
 def metric_points(name: str) -> list[Any]:
     data = READER.get_metrics_data()
-    assert data is not None
+    if data is None:  # nothing measured yet in this process (the test runs first, or alone)
+        return []
     return [
         point
         for resource in data.resource_metrics
