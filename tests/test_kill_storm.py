@@ -128,6 +128,21 @@ class Zygote:
         return self.stderr_path.read_text(encoding="utf-8", errors="replace")
 
 
+def lines_in(log: Path) -> int:
+    return log.read_bytes().count(b"\n")
+
+
+async def steps_begun_after(log: Path, seen: int, *, limit: float) -> int:
+    """The number of lines of the effects log, once it has more than ``seen`` (or after
+    ``limit`` seconds, whatever it has)."""
+    deadline = time.monotonic() + limit
+    while True:
+        count = lines_in(log)
+        if count > seen or time.monotonic() > deadline:
+            return count
+        await asyncio.sleep(0.01)
+
+
 def read_effects(log: Path) -> list[tuple[str, int, int, str, bool]]:
     """``(workflow id, position, pid, token, already recorded)`` for every step body run."""
     effects = []
@@ -177,8 +192,13 @@ async def test_kill_storm_loses_nothing_and_runs_no_completed_step_again(
             names = [f"w{k}" for k in range(WORKERS)]
             pids = [zygote.start(name) for name in names]
             same_id_restarts = 0
+            started = 0  # steps begun so far (lines of the effects log)
             for kill in range(KILLS):
                 await asyncio.sleep(rng.uniform(0.1, 0.3))
+                # a kill lands while steps run: wait (a little) for one to begin since the last
+                # kill, so that a slow machine, where restarted workers take long to claim
+                # again, does not turn the storm into kills of idle processes
+                started = await steps_begun_after(log, started, limit=1.0)
                 k = rng.randrange(WORKERS)
                 zygote.kill(pids[k])
                 if kill % 2 == 0:  # half under the same id, half under a new one

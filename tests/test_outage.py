@@ -49,6 +49,9 @@ from durable.cli import main
 from durable.errors import BackendError, BackendUnavailableError, WorkerCrashedError
 from durable.models import StepRecord, TaskSpec, WorkflowSnapshot
 
+# one PostgreSQL cluster of these tests' own, on one port: under pytest-xdist, one worker runs them
+pytestmark = pytest.mark.xdist_group("outage-cluster")
+
 T = TypeVar("T")
 
 PROG = Path(__file__).with_name("workerprog.py")
