@@ -34,8 +34,10 @@ async def test_a_burst_runs_once_with_the_last_arguments(backend_url: str) -> No
         ids = []
         for n in range(5):
             ids.append(
+                # the quiet time is far longer than the 50 ms between calls, so that a slow
+                # machine (an enqueue taking long) does not end the burst between two calls
                 await rt.enqueue(
-                    notify, "c-42", n, debounce=timedelta(seconds=0.3), debounce_key="c-42"
+                    notify, "c-42", n, debounce=timedelta(seconds=1.5), debounce_key="c-42"
                 )
             )
             await asyncio.sleep(0.05)

@@ -1095,3 +1095,13 @@ async def test_a_disabled_name_is_not_claimed_until_enabled(backend_url: str) ->
             await rt.enqueue(ping, 4)  # a wake-up: the worker claims again at once
             assert await rt.result(later, timeout=WAIT) == "later"
         assert [label for label, _ in STARTS] == ["waiting", "later"]
+
+
+async def test_a_wake_up_before_the_first_wait_is_not_lost() -> None:
+    """``notify_work`` before a loop's first ``wait_for_work`` (a worker started just before an
+    enqueue in its process) wakes that wait: it is not lost until the next poll."""
+    backend = durable.connect("memory://")
+    async with backend:
+        backend.notify_work()
+        woken = asyncio.get_running_loop().create_task(backend.wait_for_work(3600))
+        await asyncio.wait_for(woken, WAIT)  # an hour if the wake-up were lost

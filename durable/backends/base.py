@@ -70,6 +70,7 @@ class WorkSignal:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._events: dict[asyncio.AbstractEventLoop, asyncio.Event] = {}
+        self._fired = False  # set() was called at least once
 
     async def wait(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -77,6 +78,11 @@ class WorkSignal:
             event = self._events.get(loop)
             if event is None:
                 event = self._events[loop] = asyncio.Event()
+                # a loop's first wait: a set() that came before it had no event of this loop to
+                # set (a worker started just before an enqueue): return at once, the caller
+                # looks again (an early return is allowed; a lost wake-up is not)
+                if self._fired:
+                    event.set()
         try:
             await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
@@ -85,6 +91,7 @@ class WorkSignal:
 
     def set(self) -> None:
         with self._lock:
+            self._fired = True
             for loop in [loop for loop in self._events if loop.is_closed()]:
                 del self._events[loop]
             events = list(self._events.items())

@@ -134,6 +134,12 @@ class SQLDialect:
         :raises ConfigurationError: naming the server's version and what durable needs.
         """
 
+    def lock_for_writing(self, conn: sa.Connection) -> None:
+        """In a caller's transaction (``enqueue_in``, ``send_in``), before durable reads what
+        it then writes on: take the database's write lock where reads do not (SQLite: the
+        stdlib driver begins a transaction at the first write only, so a read before it would
+        see a state that another commit changes before the write)."""
+
     def retryable(self, exc: BaseException) -> bool:
         """Whether the transaction that raised ``exc`` was rolled back by the database for a
         reason that running it again may not meet (a deadlock's victim)."""
@@ -166,6 +172,11 @@ class SQLiteDialect(SQLDialect):
 
     def insert(self, table: sa.Table) -> Any:
         return sqlite.insert(table)
+
+    def lock_for_writing(self, conn: sa.Connection) -> None:
+        # a write statement takes SQLite's write lock (and begins the driver's transaction),
+        # even when it changes no row
+        conn.execute(sa.text("UPDATE durable_tasks SET priority = priority WHERE 0"))
 
     def claim_batch(
         self, tasks: sa.Table, available: sa.ColumnElement[bool], order: list[Any]

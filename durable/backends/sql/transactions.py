@@ -281,7 +281,9 @@ class Transactions(SQLCore):
     ) -> list[tuple[WorkflowInfo, bool]]:
         fn, _with_tasks = self._creation(batch)  # every value checked before anything runs
         with self._errors("enqueue in the caller's transaction"):
-            return fn(self._caller(connection))
+            conn = self._caller(connection)
+            self.dialect.lock_for_writing(conn)
+            return fn(conn)
 
     def send_in_transaction(
         self,
@@ -297,7 +299,9 @@ class Transactions(SQLCore):
         with self._errors(
             f"send a message to workflow {instance_id!r} in the caller's transaction"
         ):
-            stored, _woken = fn(self._caller(connection))
+            conn = self._caller(connection)
+            self.dialect.lock_for_writing(conn)
+            stored, _woken = fn(conn)
         return stored
 
     def database_identity(self, connection: Any) -> tuple[Any, ...]:
