@@ -107,7 +107,8 @@ class EventContract(ContractBase):
 
     async def test_set_event_is_fenced_and_all_or_nothing(self, backend: PersistentBackend) -> None:
         await create(backend, "wf")
-        assert await backend.claim_task("wf", W, "w1", SHORT) is not None
+        # a long lease while the claim must hold (a loaded machine is slow), shortened below
+        assert await backend.claim_task("wf", W, "w1", LONG) is not None
         await backend.set_event("wf", "k", "first", worker_id="w1", step=event_step(0))
         # another worker never held it
         with pytest.raises(ClaimLostError) as caught:
@@ -120,6 +121,7 @@ class EventContract(ContractBase):
         with pytest.raises(SerializationError):
             await backend.set_event("wf", "k", Unserializable(), worker_id="w1", step=event_step(1))
         # the lease expired and another worker took over: the first one cannot write
+        await backend.extend_task_claim("wf", W, "w1", SHORT)
         await asyncio.sleep(EXPIRED)
         with pytest.raises(ClaimLostError):
             await backend.set_event("wf", "k", "stale", worker_id="w1", step=event_step(1))
@@ -251,7 +253,8 @@ class StreamContract(ContractBase):
 
     async def test_a_refused_write_takes_no_offset(self, backend: PersistentBackend) -> None:
         await create(backend, "wf")
-        assert await backend.claim_task("wf", W, "w1", SHORT) is not None
+        # a long lease while the claim must hold (a loaded machine is slow), shortened below
+        assert await backend.claim_task("wf", W, "w1", LONG) is not None
         assert await backend.write_stream("wf", "s", "v0", worker_id="w1", step=write_step(0)) == 0
         with pytest.raises(StepAlreadyRecordedError):  # a replay of position 0
             await backend.write_stream("wf", "s", "v0", worker_id="w1", step=write_step(0))
@@ -261,6 +264,7 @@ class StreamContract(ContractBase):
             )
         with pytest.raises(ClaimLostError):
             await backend.write_stream("wf", "s", "x", worker_id="w2", step=write_step(1))
+        await backend.extend_task_claim("wf", W, "w1", SHORT)
         await asyncio.sleep(EXPIRED)
         with pytest.raises(ClaimLostError):  # the lease expired: a stale writer writes nothing
             await backend.write_stream("wf", "s", "stale", worker_id="w1", step=write_step(1))
