@@ -12,9 +12,12 @@ For each backend, interleaved run by run (so that a noisy machine slows both sid
   checkpoint row into a table shaped like durable's steps table, then COMMIT, through
   SQLAlchemy Core on the same engine durable uses (the same driver, pool and settings).
 
-Each figure is the median of ``--repeat`` runs. The issue's target: a transactional step costs
-at most the floor (the ratio is reported; above 1 is the price of the lease fence and the
-step's bookkeeping).
+Each figure is the median of ``--repeat`` runs. **Paired**: a workflow that alternates one
+transactional step and one floor transaction, step by step, each timed alone (the median of
+every pair of every run): both sides of a pair meet the same machine, so the commit latency's
+drift between runs (large on a shared machine) cancels out. The issue's target: a
+transactional step costs at most the floor (the ratio is reported; above 1 is the price of the
+lease fence and the step's bookkeeping).
 
     python benchmarks/transactional_step.py [--backend sqlite|postgres|all] [--steps 300]
         [--repeat 5] [--pg-url postgresql+psycopg://...] [--json out.json] [--quick]
@@ -55,6 +58,10 @@ FLOOR_STEPS = sa.Table(  # durable's steps table's columns, without its foreign 
     *[sa.Column(c.name, c.type, primary_key=c.primary_key) for c in steps.columns],
 )
 TIMINGS: list[float] = []
+#: Per-step pairs of the paired flows: (transactional step, floor transaction), in microseconds.
+PAIRS: list[tuple[float, float]] = []
+#: The engine the paired flows run their floor transactions on (set by :func:`measure`).
+ENGINE: list[Any] = []
 
 
 @durable.transaction(name="bench.tx.write")
@@ -85,6 +92,40 @@ async def async_flow(count: int) -> int:
         await write_async(n)
     TIMINGS.append((time.perf_counter() - started) / count * 1e6)
     return count
+
+
+@durable.workflow(name="bench.tx.paired_sync")
+def paired_sync(count: int, run: int) -> int:
+    engine = ENGINE[0]
+    for n in range(count):
+        t0 = time.perf_counter()
+        write(n)
+        t1 = time.perf_counter()
+        with engine.begin() as conn:
+            conn.execute(LEDGER.insert().values(entry=f"floor {n}"))
+            conn.execute(FLOOR_STEPS.insert().values(_checkpoint(PAIRED_BASE + run * count + n)))
+        PAIRS.append(((t1 - t0) * 1e6, (time.perf_counter() - t1) * 1e6))
+    return count
+
+
+@durable.workflow(name="bench.tx.paired_async")
+async def paired_async(count: int, run: int) -> int:
+    engine = ENGINE[0]
+    for n in range(count):
+        t0 = time.perf_counter()
+        await write_async(n)
+        t1 = time.perf_counter()
+        async with engine.begin() as conn:
+            await conn.execute(LEDGER.insert().values(entry=f"floor {n}"))
+            await conn.execute(
+                FLOOR_STEPS.insert().values(_checkpoint(PAIRED_BASE + run * count + n))
+            )
+        PAIRS.append(((t1 - t0) * 1e6, (time.perf_counter() - t1) * 1e6))
+    return count
+
+
+#: Floor rows of the paired flows are numbered from here (apart from the loop's).
+PAIRED_BASE = 10_000_000
 
 
 def _checkpoint(n: int) -> dict[str, Any]:
@@ -129,6 +170,8 @@ async def measure(backend: durable.SQLAlchemyBackend, count: int, repeat: int) -
     is_async = isinstance(engine, AsyncEngine)
     step_us: list[float] = []
     floor_us: list[float] = []
+    ENGINE[:] = [engine]
+    PAIRS.clear()
     async with durable.Runtime(backend, recover=False) as rt:
         if isinstance(engine, AsyncEngine):
             async with engine.begin() as conn:
@@ -145,15 +188,23 @@ async def measure(backend: durable.SQLAlchemyBackend, count: int, repeat: int) -
                 assert isinstance(engine, sa.Engine)
                 await rt.run(sync_flow, count, workflow_id=f"tx-{uuid.uuid4()}")
                 floor = floor_sync(engine, count, run)
-            if run:
-                step_us.append(TIMINGS[-1])
-                floor_us.append(floor)
+            if not run:
+                continue
+            step_us.append(TIMINGS[-1])
+            floor_us.append(floor)
+            flow = paired_async if is_async else paired_sync
+            await rt.run(flow, count, run, workflow_id=f"tx-paired-{uuid.uuid4()}")
     step, base = statistics.median(step_us), statistics.median(floor_us)
+    paired_step = statistics.median(p[0] for p in PAIRS)
+    paired_floor = statistics.median(p[1] for p in PAIRS)
     return {
         "shape": "async def steps, AsyncConnection" if is_async else "def steps, Connection",
         "step_us": bl.summary(step_us),
         "floor_us": bl.summary(floor_us),
         "ratio": bl.ratio(step, base),
+        "paired_step_us": paired_step,
+        "paired_floor_us": paired_floor,
+        "paired_ratio": bl.ratio(paired_step, paired_floor),
     }
 
 
@@ -194,13 +245,15 @@ def report(document: dict[str, Any]) -> None:
             f"{r['step_us']['median']:.0f}",
             f"{r['floor_us']['median']:.0f}",
             f"{r['ratio']:.2f}x",
+            f"{r['paired_step_us']:.0f} / {r['paired_floor_us']:.0f}",
+            f"{r['paired_ratio']:.2f}x",
         ]
         for name, r in document["results"].items()
     ]
     bl.print_table(
         f"a transactional step vs one transaction with the write and a checkpoint row "
         f"({document['steps']} steps, median of {document['repeat']})",
-        ["backend", "shape", "step (us)", "floor (us)", "ratio"],
+        ["backend", "shape", "step (us)", "floor (us)", "ratio", "paired (us)", "paired ratio"],
         rows,
     )
 
