@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import threading
 import uuid
@@ -45,12 +44,9 @@ from durable.backends.base import PersistentBackend
 from durable.connect import connect
 from durable.errors import DurableError, InvalidArgumentError, WorkflowNotFoundError
 from durable.executions import DEFAULT_MAX_ATTEMPTS as DEFAULT_MAX_ATTEMPTS
+from durable.executions import CheckedEnqueue, create_execution, create_executions
 from durable.executions import Enqueue as Enqueue
 from durable.executions import EnqueueOptions as EnqueueOptions
-from durable.executions import check_debounce_arguments as check_debounce_arguments
-from durable.executions import check_enqueue_arguments as check_enqueue_arguments
-from durable.executions import create_execution, create_executions
-from durable.executions import enqueue_options as enqueue_options
 from durable.executions import not_a_workflow as not_a_workflow
 from durable.executions import outcome as outcome
 from durable.executions import outcome_error as outcome_error
@@ -284,10 +280,7 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
             (nothing is written).
         """
         self._require_started()
-        queue = queue_name(queue)
-        if partition_key is not None:
-            check_name(partition_key, "partition_key")
-        wait = check_enqueue_arguments(
+        checked = CheckedEnqueue.check(
             fn,
             workflow_id=workflow_id,
             idempotency_key=idempotency_key,
@@ -295,37 +288,17 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
             run_after=run_after,
             delay=delay,
             max_attempts=max_attempts,
-            queue=queue,
+            queue=queue_name(queue),
             timeout=timeout,
             deadline=deadline,
             labels=labels,
-        )
-        quiet = check_debounce_arguments(
-            debounce,
-            debounce_key,
-            workflow_id=workflow_id,
-            idempotency_key=idempotency_key,
-            run_after=run_after,
-            delay=delay,
+            partition_key=partition_key,
+            debounce=debounce,
+            debounce_key=debounce_key,
         )
         if not isinstance(fn, str | Workflow):
             raise not_a_workflow(fn)
-        options = enqueue_options(
-            fn,
-            idempotency_key=idempotency_key,
-            priority=priority,
-            run_after=run_after,
-            wait=wait,
-            max_attempts=max_attempts,
-            queue=queue,
-            timeout=timeout,
-            deadline=deadline,
-            labels=labels,
-        )
-        if partition_key is not None:
-            options = dataclasses.replace(options, partition_key=partition_key)
-        if quiet is not None:
-            options = dataclasses.replace(options, debounce=quiet, debounce_key=debounce_key)
+        options = checked.options(fn)
         info = await self._create(
             fn, workflow_id or str(uuid.uuid4()), args, kwargs, options=options
         )

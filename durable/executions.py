@@ -200,6 +200,120 @@ def enqueue_options(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class CheckedEnqueue:
+    """The options of one enqueue, checked before anything is written (:meth:`check`), shared
+    by :meth:`durable.Client.enqueue`, :meth:`durable.Runtime.enqueue` and
+    :func:`durable.enqueue_in`; :meth:`options` builds the :class:`EnqueueOptions` for the
+    resolved workflow."""
+
+    workflow_id: str | None
+    idempotency_key: str | None
+    priority: int
+    run_after: datetime | None
+    wait: timedelta | None
+    max_attempts: int | None
+    queue: str | None
+    timeout: float | timedelta | None
+    deadline: datetime | None
+    labels: Mapping[str, str] | None
+    partition_key: str | None
+    debounce: timedelta | None
+    debounce_key: str | None
+
+    @classmethod
+    def check(
+        cls,
+        fn: Any,
+        *,
+        workflow_id: Any = None,
+        idempotency_key: Any = None,
+        priority: Any = 0,
+        run_after: Any = None,
+        delay: Any = None,
+        max_attempts: Any = None,
+        queue: str | None = None,
+        timeout: Any = None,
+        deadline: Any = None,
+        labels: Any = None,
+        partition_key: Any = None,
+        debounce: Any = None,
+        debounce_key: Any = None,
+    ) -> CheckedEnqueue:
+        """Check an enqueue's arguments, in the order of the signature (``queue`` is already a
+        name: see :func:`durable.queues.queue_name`).
+
+        :raises InvalidArgumentError: one of them is of the wrong type or out of range, or
+            debouncing is combined with what it excludes (see
+            :func:`check_debounce_arguments`); the message names it.
+        """
+        if partition_key is not None:
+            check_name(partition_key, "partition_key")
+        wait = check_enqueue_arguments(
+            fn,
+            workflow_id=workflow_id,
+            idempotency_key=idempotency_key,
+            priority=priority,
+            run_after=run_after,
+            delay=delay,
+            max_attempts=max_attempts,
+            queue=queue,
+            timeout=timeout,
+            deadline=deadline,
+            labels=labels,
+        )
+        quiet = check_debounce_arguments(
+            debounce,
+            debounce_key,
+            workflow_id=workflow_id,
+            idempotency_key=idempotency_key,
+            run_after=run_after,
+            delay=delay,
+        )
+        return cls(
+            workflow_id=workflow_id,
+            idempotency_key=idempotency_key,
+            priority=priority,
+            run_after=run_after,
+            wait=wait,
+            max_attempts=max_attempts,
+            queue=queue,
+            timeout=timeout,
+            deadline=deadline,
+            labels=labels,
+            partition_key=partition_key,
+            debounce=quiet,
+            debounce_key=debounce_key if quiet is not None else None,
+        )
+
+    def options(self, target: Workflow[Any, Any] | str) -> EnqueueOptions:
+        """The enqueue's options for ``target`` (the resolved workflow, whose policy gives the
+        default ``max_attempts``).
+
+        :raises InvalidArgumentError: both ``run_after`` and a delay are given.
+        """
+        options = enqueue_options(
+            target,
+            idempotency_key=self.idempotency_key,
+            priority=self.priority,
+            run_after=self.run_after,
+            wait=self.wait,
+            max_attempts=self.max_attempts,
+            queue=self.queue,
+            timeout=self.timeout,
+            deadline=self.deadline,
+            labels=self.labels,
+        )
+        if self.partition_key is None and self.debounce is None:
+            return options
+        return dataclasses.replace(
+            options,
+            partition_key=self.partition_key,
+            debounce=self.debounce,
+            debounce_key=self.debounce_key,
+        )
+
+
 async def resolve_deadline(
     backend: PersistentBackend,
     wf: Workflow[Any, Any] | str,

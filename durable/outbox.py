@@ -31,9 +31,8 @@ import sqlalchemy as sa
 from durable.backends.base import PersistentBackend
 from durable.errors import ConfigurationError, InvalidArgumentError, SerializationError
 from durable.executions import (
+    CheckedEnqueue,
     EnqueueOptions,
-    check_enqueue_arguments,
-    enqueue_options,
     execution_record,
     not_a_workflow,
 )
@@ -261,7 +260,7 @@ def enqueue_in(
     :raises ConfigurationError: ``using``'s backend cannot write in a caller's transaction (the
         memory backend), or ``conn`` is to another database.
     """
-    wait = check_enqueue_arguments(
+    checked = CheckedEnqueue.check(
         fn,
         workflow_id=workflow_id,
         idempotency_key=idempotency_key,
@@ -275,17 +274,7 @@ def enqueue_in(
     )
     if not isinstance(fn, str | Workflow):
         raise not_a_workflow(fn)
-    options = enqueue_options(
-        fn,
-        idempotency_key=idempotency_key,
-        priority=priority,
-        run_after=run_after,
-        wait=wait,
-        max_attempts=max_attempts,
-        queue=queue,
-        timeout=timeout,
-        deadline=deadline,
-    )
+    options = checked.options(fn)
     instance_id = workflow_id or str(uuid.uuid4())
     target = _wake_target(conn)
 

@@ -3,7 +3,6 @@ result, inspection and control, through the client the runtime owns."""
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -14,11 +13,9 @@ from durable import messages as _messages
 from durable.engine.core import RuntimeCore
 from durable.errors import InvalidArgumentError
 from durable.executions import (
+    CheckedEnqueue,
     Enqueue,
-    check_debounce_arguments,
-    check_enqueue_arguments,
     create_executions,
-    enqueue_options,
     plan_enqueue_many,
 )
 from durable.models import (
@@ -30,7 +27,7 @@ from durable.models import (
     WorkflowStatus,
 )
 from durable.queues import Queue, queue_name
-from durable.validation import check_bool, check_name, derived_id
+from durable.validation import check_bool, derived_id
 from durable.workflow import Workflow
 
 
@@ -120,10 +117,7 @@ class Operations(RuntimeCore):
             not finite, an empty ``queue`` (nothing is written).
         """
         self._require_started()
-        queue = queue_name(queue)
-        if partition_key is not None:
-            check_name(partition_key, "partition_key")
-        wait = check_enqueue_arguments(
+        checked = CheckedEnqueue.check(
             fn,
             workflow_id=workflow_id,
             idempotency_key=idempotency_key,
@@ -131,18 +125,13 @@ class Operations(RuntimeCore):
             run_after=run_after,
             delay=delay,
             max_attempts=max_attempts,
-            queue=queue,
+            queue=queue_name(queue),
             timeout=timeout,
             deadline=deadline,
             labels=labels,
-        )
-        quiet = check_debounce_arguments(
-            debounce,
-            debounce_key,
-            workflow_id=workflow_id,
-            idempotency_key=idempotency_key,
-            run_after=run_after,
-            delay=delay,
+            partition_key=partition_key,
+            debounce=debounce,
+            debounce_key=debounce_key,
         )
         check_bool(served_elsewhere, "served_elsewhere")
         target: Workflow[Any, Any] | str
@@ -153,22 +142,7 @@ class Operations(RuntimeCore):
         else:
             target = self.resolve(fn)
         name = target if isinstance(target, str) else target.name
-        options = enqueue_options(
-            target,
-            idempotency_key=idempotency_key,
-            priority=priority,
-            run_after=run_after,
-            wait=wait,
-            max_attempts=max_attempts,
-            queue=queue,
-            timeout=timeout,
-            deadline=deadline,
-            labels=labels,
-        )
-        if partition_key is not None:
-            options = dataclasses.replace(options, partition_key=partition_key)
-        if quiet is not None:
-            options = dataclasses.replace(options, debounce=quiet, debounce_key=debounce_key)
+        options = checked.options(target)
         ctx = _context.current()
         if ctx is None:  # a client's enqueue
             info = await self.client._create(
