@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from support import WAIT
 
 import durable
 from durable.backends.sql.schema import queue_starts
@@ -220,6 +221,54 @@ async def test_partitions_run_in_order(sqlite_url: str) -> None:
         assert [r[1] for r in mine] == list(range(8)), f"{customer} out of order"
         assert max_overlap([(r[2], r[3]) for r in mine]) == 1
     assert max_overlap([(r[2], r[3]) for r in runs]) > 1, "partitions never ran side by side"
+
+
+@pytest.mark.slow
+async def test_runtime_run_and_children_keep_to_the_limits(backend_url: str) -> None:
+    """``Runtime.run`` of a limited queue's workflow does not claim it by itself past the
+    limit: it waits for the workers' limited claims. A child in another limited queue waits for
+    that queue's place too; a child in its parent's own queue runs in its parent's place."""
+    registry = durable.Registry()
+    runs: list[tuple[str, int, int]] = []
+
+    @durable.step
+    async def work(what: str) -> None:
+        start = time.monotonic_ns()
+        await asyncio.sleep(0.05)
+        runs.append((what, start, time.monotonic_ns()))
+
+    @durable.workflow(name="limited.job.v1", registry=registry, queue="one")
+    async def job(n: int) -> int:
+        await work("job")
+        return n
+
+    @durable.workflow(name="limited.child.v1", registry=registry, queue="one")
+    async def child() -> None:
+        await work("child")
+
+    @durable.workflow(name="limited.same.v1", registry=registry, queue="other")
+    async def same() -> None:
+        await work("same")
+
+    @durable.workflow(name="limited.parent.v1", registry=registry, queue="other")
+    async def parent() -> None:
+        await child()
+        await same()  # its parent's queue: runs in the parent's place, not waiting for one
+
+    one, other = durable.Queue("one", concurrency=1), durable.Queue("other", concurrency=1)
+    runtime = durable.Runtime(
+        durable.connect(backend_url), registry=registry, queues=[one, other], recover=False
+    )
+    async with runtime:
+        await runtime.start_worker(concurrency=8, poll_interval=0.02)
+        results = await asyncio.wait_for(
+            asyncio.gather(*(runtime.run(job, n) for n in range(5))), WAIT
+        )
+        assert sorted(results) == list(range(5))
+        jobs = [(a, b) for what, a, b in runs if what == "job"]
+        assert len(jobs) == 5 and max_overlap(jobs) == 1
+        await asyncio.wait_for(runtime.run(parent), WAIT)
+    assert sorted(what for what, _a, _b in runs if what != "job") == ["child", "same"]
 
 
 @pytest.mark.slow

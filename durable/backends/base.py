@@ -1104,6 +1104,7 @@ class PersistentBackend(ABC):
         ttl: timedelta,
         *,
         due_only: bool = False,
+        keep_limits: bool = False,
     ) -> TaskClaim | None:
         """Claim one task for ``ttl``, atomically: of concurrent claims by different workers, at
         most one succeeds.
@@ -1114,7 +1115,11 @@ class PersistentBackend(ABC):
         (how many times the task was claimed, this claim included), the task's ``name``, and
         ``expires_at`` ``ttl`` after :meth:`now`. Returns None, changing nothing, when another
         worker holds a live claim, or, with ``due_only``, when the task's ``run_after`` has not
-        come yet (otherwise an explicit claim by id may run a task early).
+        come yet (otherwise an explicit claim by id may run a task early), or, with
+        ``keep_limits``, when it is the workflow task of a queue with limits (see
+        :meth:`claim_queue_tasks`, which hands those out within the limits) that ``worker_id``
+        does not hold already: the runtime's explicit claims (``Runtime.run``, recovery) keep
+        to the limits this way, judged by the stored queues at the claim.
 
         :raises TaskNotFoundError: no such task (or no such workflow).
         """

@@ -32,7 +32,14 @@ from durable.errors import (
     WorkflowCancelledError,
 )
 from durable.executions import EnqueueOptions
-from durable.models import WORKFLOW_TASK, ErrorInfo, TaskClaim, WorkflowSnapshot, WorkflowStatus
+from durable.models import (
+    WORKFLOW_TASK,
+    ErrorInfo,
+    TaskClaim,
+    WorkflowInfo,
+    WorkflowSnapshot,
+    WorkflowStatus,
+)
 from durable.queues import QueueLimits
 from durable.timers import WAKE_MARGIN, WorkflowSleeping
 from durable.validation import derived_id
@@ -166,11 +173,15 @@ class Attempts(Leases):
                 consume_attempt=False,
             )
 
-    async def _drive(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
+    async def _drive(
+        self, wf: Workflow[Any, Any], instance_id: str, *, keep_limits: bool = True
+    ) -> Any:
         """Run the execution here, or wait for whoever runs it; return its outcome.
 
         Within this runtime one coroutine at a time drives a given execution (the others wait
-        for it and then find it finished); across executors the lease decides.
+        for it and then find it finished); across executors the lease decides. With
+        ``keep_limits`` (the default), an execution of a queue with limits is not claimed here
+        but left to the workers' limited claims (:mod:`durable.queues`), and waited for.
         """
         noted: set[str] = set()
         while True:
@@ -190,6 +201,7 @@ class Attempts(Leases):
                         self.executor_id,
                         self.claim_ttl,
                         due_only=True,
+                        keep_limits=keep_limits,
                     )
                 except TaskNotFoundError:
                     if unreadable is not None:
@@ -619,7 +631,9 @@ class Attempts(Leases):
                 with contextlib.suppress(InvalidArgumentError):  # someone redrove it already
                     await self.backend.requeue_workflow(child_id)
         try:
-            value = await self._drive(wf, child_id)
+            value = await self._drive(
+                wf, child_id, keep_limits=await self._child_keeps_limits(ctx, info)
+            )
         except (ClaimLostError, asyncio.CancelledError):
             raise
         except Exception as exc:
@@ -636,6 +650,16 @@ class Attempts(Leases):
             await guard.fail(exc, child_workflow_id=child_id)
             raise
         return await guard.succeed(value, child_workflow_id=child_id)
+
+    async def _child_keeps_limits(self, ctx: ExecutionContext, child: WorkflowInfo) -> bool:
+        """Whether a child run by its parent waits for its queue's limits: yes when its queue
+        has limits, unless it is the parent's own queue (the child is then part of the work of
+        the parent, which holds a place in that queue: waiting for another place could wait
+        for ever)."""
+        if not await self._queue_limits.limited([child.queue]):
+            return False
+        parent = await self.backend.get_workflow(ctx.workflow_id)
+        return parent.queue != child.queue
 
     async def execute_claimed(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
         """Run an execution whose workflow task this executor has just claimed.

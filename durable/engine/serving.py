@@ -214,7 +214,12 @@ class Serving(Attempts):
                 if recorded is not None and recorded not in versions:
                     continue
             claim = await self.backend.claim_task(
-                task.instance_id, WORKFLOW_TASK, self.executor_id, self.claim_ttl, due_only=True
+                task.instance_id,
+                WORKFLOW_TASK,
+                self.executor_id,
+                self.claim_ttl,
+                due_only=True,
+                keep_limits=True,
             )
             if claim is None:
                 continue

@@ -38,6 +38,7 @@ class Claims(MemoryCore):
         ttl: timedelta,
         *,
         due_only: bool = False,
+        keep_limits: bool = False,
     ) -> TaskClaim | None:
         seconds = ttl_seconds(ttl)
         with self._lock:
@@ -48,6 +49,13 @@ class Claims(MemoryCore):
             if task.claimed_by not in (None, worker_id) and is_live(task, now):
                 return None
             if due_only and task.run_after > now:
+                return None
+            if (
+                keep_limits
+                and task_id == WORKFLOW_TASK
+                and task.claimed_by != worker_id
+                and task.spec.queue in limited_queues(self._queues)
+            ):
                 return None
             return self._claim(task, worker_id, now, seconds)
 

@@ -73,6 +73,11 @@ class Claims(SQLCore):
             .returning(*claim_columns)
         )
         self._claim_one_due = self._claim_one.where(tasks.c.run_after <= now)
+        # an explicit claim that keeps to the queues' limits: a limited queue's workflow task
+        # only for the worker that holds it already (claim_queue_tasks hands it out)
+        keeping = sa.or_(_not_limited(), tasks.c.claimed_by == P_WID)
+        self._claim_one_keeping = self._claim_one.where(keeping)
+        self._claim_one_due_keeping = self._claim_one_due.where(keeping)
         self._extend = (
             sa.update(tasks)
             .where(self._task_key, tasks.c.claimed_by == P_WID)
@@ -238,10 +243,14 @@ class Claims(SQLCore):
         ttl: timedelta,
         *,
         due_only: bool = False,
+        keep_limits: bool = False,
     ) -> TaskClaim | None:
         clock = self.dialect.clock_params(ttl=ttl_seconds(ttl))
         params = {"p_iid": instance_id, "p_tid": task_id, "p_wid": worker_id, **clock}
-        stmt = self._claim_one_due if due_only else self._claim_one
+        if keep_limits:
+            stmt = self._claim_one_due_keeping if due_only else self._claim_one_keeping
+        else:
+            stmt = self._claim_one_due if due_only else self._claim_one
 
         def fn(conn: sa.Connection) -> TaskClaim | None:
             row = conn.execute(stmt, params).first()

@@ -92,6 +92,30 @@ class QueueContract(ContractBase):
         await backend.delete_queue("limited")
         assert len(await backend.claim_available_tasks("w", 10, LONG, include_own=False)) == 3
 
+    async def test_an_explicit_claim_keeping_limits(self, backend: PersistentBackend) -> None:
+        ids = await _fill(backend, "q", 2)
+        free = await _fill(backend, "free", 1, prefix="free")
+        await backend.put_queue(QueueInfo(name="q", concurrency=1))
+        # a limited queue's workflow task is left to claim_queue_tasks
+        assert await backend.claim_task(ids[0], W, "a", LONG, keep_limits=True) is None
+        assert (
+            await backend.claim_task(ids[0], W, "a", LONG, due_only=True, keep_limits=True) is None
+        )
+        assert (await backend.get_task(ids[0], W)).claimed_by is None
+        # a queue without limits is claimed as usual
+        claim = await backend.claim_task(free[0], W, "a", LONG, keep_limits=True)
+        assert claim is not None and claim.worker_id == "a"
+        # the holder of a limited claim may renew it by id (re-entrant)
+        [held] = await backend.claim_queue_tasks("b", "q", 10, LONG)
+        again = await backend.claim_task(held.instance_id, W, "b", LONG, keep_limits=True)
+        assert again is not None and again.attempts == 1
+        # without keep_limits the explicit claim is what it always was
+        other = ids[1] if held.instance_id == ids[0] else ids[0]
+        assert await backend.claim_task(other, W, "c", LONG) is not None
+        await backend.delete_queue("q")  # no limits any more: claimed by id as usual
+        await backend.release_task_claim(other, W, "c")
+        assert await backend.claim_task(other, W, "d", LONG, keep_limits=True) is not None
+
     async def test_concurrency_counts_live_claims_only(self, backend: PersistentBackend) -> None:
         ids = await _fill(backend, "q", 6)
         await backend.put_queue(QueueInfo(name="q", concurrency=2))
