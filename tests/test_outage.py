@@ -48,6 +48,7 @@ from durable.backends import SQLAlchemyBackend
 from durable.cli import main
 from durable.errors import BackendError, BackendUnavailableError, WorkerCrashedError
 from durable.models import StepRecord, TaskSpec, WorkflowSnapshot
+from durable.testing._concurrency import max_overlap
 
 # one PostgreSQL cluster of these tests' own, on one port: under pytest-xdist, one worker runs them
 pytestmark = pytest.mark.xdist_group("outage-cluster")
@@ -813,3 +814,80 @@ def test_workers_ride_out_server_restarts_and_an_outage(
     for executor_id in executors:
         output = workers.output(executor_id)
         assert "Traceback" not in output and "CRITICAL" not in output, output
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_limited_queue_keeps_its_limit_across_a_server_restart(
+    outage_cluster: Cluster, outage_url: str, tmp_path: Path
+) -> None:
+    """Four worker processes drain a queue with concurrency 3 while the server restarts
+    (immediate: it crashes and recovers) mid-drain: every execution succeeds, and at no moment
+    do more than 3 run (each step logs its running interval, inside its execution's claim)."""
+    total, limit = 300, 3
+    log = tmp_path / "runs.log"
+    log.touch()
+
+    async def prepare() -> None:
+        async with durable.Client(outage_url) as client:
+            await client.create_queue(durable.Queue("q", concurrency=limit))
+            await client.enqueue_many("queueprog.job.v1", [(n,) for n in range(total)], queue="q")
+
+    asyncio.run(prepare())
+    prog = Path(__file__).with_name("queueprog.py")
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(prog),
+                *("--url", outage_url, "--executor-id", f"q{n}", "--log", str(log)),
+                *("--hold", "0.05", "--concurrency", str(limit), "--slots", "2"),
+            ],
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+
+    def succeeded() -> int:
+        sql = "SELECT count(*) FROM durable_workflows WHERE status = 'succeeded'"
+        rows = query(outage_url, sql)
+        return int(rows[0][0])
+
+    def wait_until(condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + WAIT
+        while True:
+            with contextlib.suppress(psycopg.Error):
+                if condition():
+                    return
+            assert all(p.poll() is None for p in procs), f"a worker exited while {what}"
+            assert time.monotonic() < deadline, f"timed out: {what}"
+            time.sleep(0.05)
+
+    try:
+        wait_until(lambda: succeeded() >= 60, "60 executions done before the restart")
+        outage_cluster.ctl("restart", "-m", "immediate")
+        done = 0
+
+        def answers() -> bool:
+            nonlocal done
+            done = succeeded()
+            return True
+
+        wait_until(answers, "the server to answer after the restart")
+        assert done < total, "the drain finished before the restart: make it slower"
+        wait_until(lambda: succeeded() >= total, f"all {total} executions to succeed")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        errors = [proc.communicate(timeout=WAIT)[1] for proc in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errors
+    lines = [line.split() for line in log.read_text().splitlines() if line.strip()]
+    intervals = [(int(start), int(end)) for start, end, _pid in lines]
+    assert len(intervals) >= total  # a step cut off by the restart before its record runs again
+    assert max_overlap(intervals) <= limit
+    assert all("Traceback" not in e for e in errors), errors
