@@ -3,7 +3,8 @@ file (both drivers) and on PostgreSQL. A 3-day ``durable.sleep``, a step's 4-min
 backoff, a workflow's retry backoff, a timer, a ``recv`` timeout and a deadline complete at once
 in real time and exactly on time by the store's clock (``backend.now()`` and the rows' times);
 two runs from the same start see the same times; ``advance`` by hand, from the test's loop and
-from a sync test's thread.
+from a sync test's thread. (On a database the fixtures' runtime runs on the clock in the tests
+that use ``durable_clock``: every test here does.)
 """
 
 from __future__ import annotations
@@ -132,11 +133,15 @@ async def test_a_three_day_sleep_is_crossed_at_once_exactly_on_time(
     assert info.completed_at == start + timedelta(days=3)
 
 
-def test_sync_workflow_sync_test(durable_runtime: durable.Runtime) -> None:
+def test_sync_workflow_sync_test(
+    durable_runtime: durable.Runtime, durable_clock: TimeSkippingClock
+) -> None:
     assert _span(durable_runtime.run_sync(three_days_sync)) == timedelta(days=3)
 
 
-async def test_a_step_retried_with_a_four_minute_backoff(durable_runtime: durable.Runtime) -> None:
+async def test_a_step_retried_with_a_four_minute_backoff(
+    durable_runtime: durable.Runtime, durable_clock: TimeSkippingClock
+) -> None:
     assert await durable_runtime.run(backoff) == "done"
     assert [b - a for a, b in itertools.pairwise(SEEN)] == [
         timedelta(minutes=4),
@@ -145,7 +150,7 @@ async def test_a_step_retried_with_a_four_minute_backoff(durable_runtime: durabl
 
 
 async def test_a_workflow_retried_with_backoff_through_a_worker(
-    durable_client: durable.Client, durable_worker: object
+    durable_client: durable.Client, durable_worker: object, durable_clock: TimeSkippingClock
 ) -> None:
     workflow_id = await durable_client.enqueue(workflow_retry)
     assert await durable_client.result(workflow_id) == "third time"
@@ -270,3 +275,13 @@ async def test_the_clock_refuses_a_started_backend(durable_runtime: durable.Runt
 def test_mysql_has_no_bound_clock() -> None:
     with pytest.raises(ConfigurationError, match="SQLite and PostgreSQL"):
         dialect_for("mysql", TimeSkippingClock())
+
+
+async def test_without_the_clock_the_database_keeps_time(durable_runtime: durable.Runtime) -> None:
+    """A test that does not use ``durable_clock`` runs on the database's clock, which other
+    processes (a worker started as a subprocess) share."""
+    backend = durable_runtime.backend
+    assert isinstance(backend, SQLAlchemyBackend)
+    assert not isinstance(backend.clock, TimeSkippingClock)
+    assert backend.dialect.binds_clock is (backend.dialect.name == "sqlite")
+    assert type(backend.dialect) is type(dialect_for(backend.dialect.name))

@@ -11,7 +11,8 @@ Fixtures (see :mod:`durable.testing.fixtures` for each one's contract):
   after the test;
 * ``durable_clock``: the :class:`~durable.testing.clock.TimeSkippingClock` of the runtime (the
   in-memory backend, SQLite and PostgreSQL): durable sleeps, timeouts and backoffs complete in
-  milliseconds.
+  milliseconds. In memory the runtime always runs on it; on a database, in the tests that use
+  it (the others keep the database's clock, which other processes can share).
 
 Sync tests use the blocking API (``durable_runtime.run_sync(...)``); async tests
 (pytest-asyncio) await (``await durable_runtime.run(...)``), on the test's event loop.
@@ -78,8 +79,8 @@ def durable_clock(durable_url: str) -> TimeSkippingClock:
 @pytest.fixture
 def durable_runtime(request: pytest.FixtureRequest, durable_url: str) -> Iterator[Any]:
     """A started :class:`~durable.Runtime` on ``durable_url`` (registering every workflow
-    imported so far), closed after the test; in memory, on SQLite and on PostgreSQL it runs on
-    ``durable_clock``."""
+    imported so far), closed after the test; it runs on ``durable_clock`` in memory, and on
+    SQLite and PostgreSQL in a test that uses ``durable_clock``."""
     from durable.testing.fixtures import runtime_for
 
     yield from runtime_for(request, durable_url)
