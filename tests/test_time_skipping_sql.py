@@ -285,3 +285,24 @@ async def test_without_the_clock_the_database_keeps_time(durable_runtime: durabl
     assert not isinstance(backend.clock, TimeSkippingClock)
     assert backend.dialect.binds_clock is (backend.dialect.name == "sqlite")
     assert type(backend.dialect) is type(dialect_for(backend.dialect.name))
+
+
+@durable.workflow(name="sqlskip.stamp.v1")
+async def stamp() -> str:
+    return await now_step()
+
+
+async def test_many_at_once_a_delayed_batch_and_sleepers(
+    durable_client: durable.Client, durable_worker: object, durable_clock: TimeSkippingClock
+) -> None:
+    """A batch enqueued with a delay (PostgreSQL: the bulk insert, its due time computed from
+    the clock) and workflows that run at once (PostgreSQL: their writes grouped): each delayed
+    one starts exactly an hour later, each sleeper wakes exactly 3 days later, in one skip."""
+    start = durable_clock.now()
+    delayed = await durable_client.enqueue_many(stamp, [() for _ in range(4)], delay=3600)
+    sleepers = await durable_client.enqueue_many(three_days, [() for _ in range(6)])
+    stamps = [await durable_client.result(i) for i in delayed]
+    assert stamps == [(start + timedelta(hours=1)).isoformat()] * 4
+    spans = [await durable_client.result(i) for i in sleepers]
+    assert spans == [[start.isoformat(), (start + timedelta(days=3)).isoformat()]] * 6
+    assert durable_clock.skipped == timedelta(days=3)
