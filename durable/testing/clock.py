@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -273,7 +273,7 @@ class TimeSkippingClock:
         backend.notify_work()
         return True
 
-    def _decider(self, now: datetime) -> Any:
+    def _decider(self, now: datetime) -> Callable[[IdleView], datetime | None]:
         """What decides, from the backend's view at ``now``, the moment to skip to (None:
         something runs, is runnable, or nothing is due)."""
         waiters = list(self._waiters.values())
