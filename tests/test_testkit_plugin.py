@@ -2,8 +2,9 @@
 ``durable_client``, ``durable_worker`` and ``durable_clock``, sync and async (pytest-asyncio's
 strict mode, the default), run in-process by ``pytester`` with no configuration: the plugin is
 on through its entry point. Also: ``--durable-url`` and the ini's ``durable_url`` choose the
-backend (a SQLite file here; ``durable_clock`` skips there, saying why), each test gets a fresh
-in-memory backend, and the plugin's fixture names do not clash with durable's own conftest.
+backend (a SQLite file, both drivers, and PostgreSQL here, where ``durable_clock`` skips time
+too; it skips the test on MySQL/MariaDB, saying why), each test gets a fresh in-memory backend,
+and the plugin's fixture names do not clash with durable's own conftest.
 """
 
 from __future__ import annotations
@@ -111,18 +112,119 @@ def test_the_url_option_and_the_ini(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1, failed=1)  # the option wins over the ini
 
 
-@pytest.mark.slow
-def test_a_sqlite_url(pytester: pytest.Pytester) -> None:
+DATABASE_TESTS = """
+import itertools
+from datetime import timedelta
+
+import pytest
+
+import durable
+
+SEEN = []
+RUNTIME = []
+
+
+@durable.step(name="user.db.flaky", max_attempts=3, initial_delay=240.0, backoff_rate=2.0)
+async def flaky() -> str:
+    SEEN.append(await RUNTIME[0].backend.now())  # the store's clock
+    if len(SEEN) < 3:
+        raise ConnectionError("later")
+    return "charged"
+
+
+@durable.workflow(name="user.db.remind.v1")
+async def remind() -> str:
+    await durable.sleep(timedelta(days=3))
+    return "reminded"
+
+
+@durable.workflow(name="user.db.remind_sync.v1")
+def remind_sync() -> str:
+    durable.sleep_sync(timedelta(days=3))
+    return "reminded"
+
+
+@pytest.mark.asyncio
+async def test_async_run(durable_runtime, durable_clock, durable_url):
+    assert durable_url == "{url}"
+    before = await durable_runtime.backend.now()
+    assert await durable_runtime.run(remind) == "reminded"
+    assert await durable_runtime.backend.now() - before == timedelta(days=3)
+    assert durable_clock.skipped == timedelta(days=3)
+
+
+def test_sync_run(durable_runtime, durable_clock):
+    before = durable_clock.now()
+    assert durable_runtime.run_sync(remind_sync) == "reminded"
+    assert durable_clock.now() - before == timedelta(days=3)
+
+
+@durable.workflow(name="user.db.charge.v1")
+async def charge() -> str:
+    return await flaky()
+
+
+@pytest.mark.asyncio
+async def test_a_four_minute_backoff(durable_runtime, durable_clock):
+    RUNTIME[:] = [durable_runtime]
+    assert await durable_runtime.run(charge) == "charged"
+    assert [b - a for a, b in itertools.pairwise(SEEN)] == [
+        timedelta(minutes=4),
+        timedelta(minutes=8),
+    ]
+
+
+@pytest.mark.asyncio
+async def test_through_a_worker(durable_client, durable_worker, durable_clock):
+    workflow_id = await durable_client.enqueue(remind)
+    assert await durable_client.result(workflow_id) == "reminded"
+    assert durable_clock.skipped == timedelta(days=3)
+"""
+
+
+def _on_a_database(pytester: pytest.Pytester, url: str) -> None:
     """In a subprocess: pytester's in-process runs forget the modules they import, which
     SQLAlchemy does not survive."""
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_db=DATABASE_TESTS.replace("{url}", url))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--durable-url={url}")
+    result.assert_outcomes(passed=4)
+
+
+@pytest.mark.slow
+def test_a_sqlite_url(pytester: pytest.Pytester) -> None:
     database = pytester.path / "app.db"
     url = f"sqlite:///{database}"
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     pytester.makepyfile(test_url=URL_TESTS.format(url=url, backend="SQLAlchemyBackend"))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs", f"--durable-url={url}")
-    result.assert_outcomes(passed=1, skipped=1)
-    result.stdout.fnmatch_lines(["*durable_clock needs the in-memory backend*"])
+    result.assert_outcomes(passed=2)
     assert database.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("driver", ["sqlite", "sqlite+aiosqlite"])
+def test_the_clock_on_sqlite(pytester: pytest.Pytester, driver: str) -> None:
+    _on_a_database(pytester, f"{driver}:///{pytester.path / 'app.db'}")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_the_clock_on_postgres(pytester: pytest.Pytester, pg_url: str) -> None:
+    _on_a_database(pytester, pg_url)
+
+
+def test_the_clock_skips_on_mysql(pytester: pytest.Pytester) -> None:
+    url = "mysql://root@127.0.0.1:1/nowhere"  # the clock's fixture skips before connecting
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_url=URL_TESTS.format(url=url, backend="SQLAlchemyBackend"))
+    result = pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider", "-rs", f"--durable-url={url}", "-k", "the_clock"
+    )
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(
+        ["*durable_clock needs the in-memory backend, SQLite or PostgreSQL*"]
+    )
 
 
 def test_no_clash_with_durables_own_fixtures(request: pytest.FixtureRequest) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -1731,3 +1732,23 @@ def check_debounce(snapshot: WorkflowSnapshot, key: str, delay: timedelta) -> No
         raise InvalidArgumentError(f"debounce must be a positive timedelta, got {delay!r}")
     if snapshot.idempotency_key is not None:
         raise InvalidArgumentError("debounce_key and idempotency_key cannot be combined")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IdleView:
+    """What a backend's store says, at one moment ``now``, about what could run: what a test's
+    time-skipping clock (:class:`~durable.testing.clock.TimeSkippingClock`) reads to decide
+    whether everything is idle and how far to skip. A backend that supports the clock returns
+    it from ``idle_view(now, horizon)``.
+
+    :param leases: the ``(instance_id, task_id)`` of every task whose claim is live at ``now``.
+    :param due: whether a task is due at ``now`` that nobody holds a live claim on (a worker
+        could claim it).
+    :param next_due: the earliest moment after ``now`` that anything becomes due: the due
+        time of an unclaimed task before ``horizon`` (a sleep's wake-up, a ``recv`` timeout, a
+        timer, a retry's backoff), or the deadline of an unfinished workflow; None: nothing.
+    """
+
+    leases: list[tuple[str, str]]
+    due: bool
+    next_due: datetime | None

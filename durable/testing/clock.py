@@ -1,11 +1,13 @@
 """A time-skipping clock for tests: durable sleeps, timers, timeouts, deadlines and retry
 backoffs of days complete in milliseconds, deterministically.
 
-:class:`TimeSkippingClock` is a virtual clock that an :class:`~durable.backends.InMemoryBackend`
-reads as its ``clock`` (so every lease, due time, timer and deadline is judged on it) and that a
-:class:`~durable.Runtime` waits on (:meth:`TimeSkippingClock.install`): a step's retry backoff
-waits in virtual time (:meth:`~TimeSkippingClock.sleep`), and a wait for an outcome
-(``runtime.run``, ``client.result``) looks again every few milliseconds
+:class:`TimeSkippingClock` is a virtual clock that a backend reads as its ``clock`` (so every
+lease, due time, timer and deadline is judged on it, and every row is stamped with it): the
+in-memory backend, or the SQL backend on SQLite (``sqlite://``, ``sqlite+aiosqlite://``) or
+PostgreSQL, whose statements then bind the clock's time where they read the host's or the
+database's clock. A :class:`~durable.Runtime` waits on it (:meth:`TimeSkippingClock.install`): a
+step's retry backoff waits in virtual time (:meth:`~TimeSkippingClock.sleep`), and a wait for an
+outcome (``runtime.run``, ``client.result``) looks again every few milliseconds
 (:meth:`~TimeSkippingClock.poll`).
 
 Time stands still until something moves it:
@@ -17,14 +19,18 @@ Time stands still until something moves it:
   timer, a retry of a workflow), the end of a step's backoff, or a workflow's deadline. Leases
   held across a jump are extended by it, as their heartbeats would have (their holders are
   alive: they wait). So a 3-day ``durable.sleep`` is one jump, and what a workflow sees (the
-  store's time at each step) is the same on every run;
+  store's time at each step) is the same on every run. The backend looks and moves the leases
+  at once (:meth:`skip_idle` of either backend: under the memory backend's lock; on a database,
+  one transaction that no write to the tasks runs beside);
 * :meth:`~TimeSkippingClock.advance`: by hand, at any moment (set :attr:`auto_skip` False to
   control time only by hand).
 
 A task that is due but that nobody claims (no worker serves its workflow) does not hold time
 still for ever: after :data:`UNCLAIMED_GRACE` seconds of real time it is ignored.
 
-The clock needs the in-memory backend: a database judges time by its own clock.
+On a database the clock is this process's alone: every process that uses the database during
+the test must run on it (the plugin's fixtures do: one runtime, its workers in the same
+process). MySQL/MariaDB is not supported (its statements read the server's clock).
 """
 
 from __future__ import annotations
@@ -32,11 +38,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from durable.backends.base import IdleView
 from durable.backends.memory import InMemoryBackend
+from durable.backends.sql import SQLAlchemyBackend
 from durable.context import current
 from durable.errors import InvalidArgumentError
 from durable.models import UNTIL_WOKEN, WORKFLOW_TASK
@@ -49,7 +57,7 @@ UNCLAIMED_GRACE = 0.25
 
 
 class TimeSkippingClock:
-    """A virtual UTC clock for an in-memory backend and a runtime (see the module's docstring).
+    """A virtual UTC clock for a backend and a runtime (see the module's docstring).
 
     :param start: the virtual time at the start (aware; default: this host's time now).
     :param auto_skip: skip to the next due time whenever everything is idle and something
@@ -62,9 +70,11 @@ class TimeSkippingClock:
         self._now = (start or datetime.now(UTC)).astimezone(UTC)
         self.auto_skip = auto_skip
         self._lock = threading.Lock()
-        self._backend: InMemoryBackend | None = None
+        self._backend: InMemoryBackend | SQLAlchemyBackend | None = None
         self._waiters: dict[object, tuple[datetime | None, str | None]] = {}
         self._unclaimed_since: float | None = None
+        self._moving = False  # a move on a database is under way (its leases being extended)
+        self._pending: set[asyncio.Task[None]] = set()  # advances scheduled on the loop
         self.skipped = timedelta(0)
         """The virtual time this clock has moved forward in all, by skips and by hand."""
 
@@ -72,7 +82,7 @@ class TimeSkippingClock:
         return f"TimeSkippingClock({self._now.isoformat()})"
 
     def __call__(self) -> datetime:
-        """The virtual time (the in-memory backend's ``clock``)."""
+        """The virtual time (the backend's ``clock``)."""
         return self._now
 
     def now(self) -> datetime:
@@ -81,17 +91,24 @@ class TimeSkippingClock:
 
     # -- wiring ----------------------------------------------------------------------------------
 
-    def attach(self, backend: InMemoryBackend) -> None:
-        """Make ``backend`` judge every lease, due time and deadline by this clock.
+    def attach(self, backend: InMemoryBackend | SQLAlchemyBackend) -> None:
+        """Make ``backend`` judge every lease, due time and deadline by this clock (a SQL
+        backend: before it starts).
 
-        :raises InvalidArgumentError: ``backend`` is not an in-memory backend.
+        :raises InvalidArgumentError: ``backend`` is neither the in-memory backend nor a SQL
+            backend, or a SQL backend that has started.
+        :raises ConfigurationError: a SQL backend on MySQL/MariaDB.
         """
-        if not isinstance(backend, InMemoryBackend):
+        if isinstance(backend, InMemoryBackend):
+            backend.clock = self
+        elif isinstance(backend, SQLAlchemyBackend):
+            backend.use_clock(self)
+        else:
             raise InvalidArgumentError(
-                "the time-skipping clock needs the in-memory backend (memory://); "
-                f"got {type(backend).__qualname__}, which judges time by its database's clock"
+                "the time-skipping clock needs the in-memory backend (memory://) or a SQL "
+                f"backend on SQLite or PostgreSQL; got {type(backend).__qualname__}, which "
+                "judges time by its own clock"
             )
-        backend.clock = self
         self._backend = backend
 
     def install(self, runtime: Any) -> None:
@@ -104,37 +121,83 @@ class TimeSkippingClock:
     # -- moving time -----------------------------------------------------------------------------
 
     def advance(self, delta: timedelta | float) -> None:
-        """Move the clock ``delta`` (a timedelta or seconds) forward, at once, from any thread:
-        what became due is due now (this process's workers are woken), and live leases are
-        extended by ``delta`` (their holders are alive).
+        """Move the clock ``delta`` (a timedelta or seconds) forward, from any thread: what
+        became due is due now (this process's workers are woken), and live leases are extended
+        by ``delta`` (their holders are alive).
+
+        On the in-memory backend the clock moves at once. On a database the leases are moved
+        there first: from another thread than the backend's event loop this waits for it;
+        on that loop (an async test) the move is scheduled and done when the loop next runs
+        (``await`` :meth:`advance_async` to wait for it).
 
         :raises InvalidArgumentError: ``delta`` is negative or not a duration.
         """
-        if isinstance(delta, bool) or not isinstance(delta, timedelta | int | float):
-            raise InvalidArgumentError(f"delta must be a timedelta or seconds, got {delta!r}")
-        step = delta if isinstance(delta, timedelta) else timedelta(seconds=delta)
-        if step < timedelta(0):
-            raise InvalidArgumentError(f"the clock only moves forward, got delta={delta!r}")
-        self._move(step)
+        step = _step(delta)
+        backend = self._backend
+        if not isinstance(backend, SQLAlchemyBackend):
+            self._move(step)
+            return
+        loop = backend._loop
+        if loop is None or loop.is_closed():  # not started: no lease of this process to move
+            self._move(step)
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            task = loop.create_task(self._advance_db(backend, step))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+            return
+        asyncio.run_coroutine_threadsafe(self._advance_db(backend, step), loop).result()
+
+    async def advance_async(self, delta: timedelta | float) -> None:
+        """:meth:`advance`, done when it returns, on any backend.
+
+        :raises InvalidArgumentError: ``delta`` is negative or not a duration.
+        """
+        step = _step(delta)
+        backend = self._backend
+        if not isinstance(backend, SQLAlchemyBackend):
+            self._move(step)
+            return
+        await self._advance_db(backend, step)
 
     def _move(self, step: timedelta) -> None:
+        """Move the clock (the in-memory backend: under its lock, with the leases)."""
         backend = self._backend
-        if backend is None:
+        if not isinstance(backend, InMemoryBackend):
             with self._lock:
                 self._now += step
                 self.skipped += step
             return
         with backend._lock, self._lock:
             before = self._now
+            backend.shift_now(before, step)
             self._now = before + step
             self.skipped += step
-            for task in backend._tasks.values():
-                if task.claim_expires_at is not None and task.claim_expires_at > before:
-                    task.claim_expires_at += step
-            for key, executor in list(backend._executors.items()):
-                if executor.stopped_at is None and not executor.stale:
-                    backend._executors[key] = _bumped(executor, step)
         backend.notify_work()
+
+    async def _advance_db(self, backend: SQLAlchemyBackend, step: timedelta) -> None:
+        while True:
+            with self._lock:
+                if not self._moving:
+                    self._moving = True
+                    before = self._now
+                    break
+            await asyncio.sleep(TICK)  # a skip is moving the leases: after it
+        try:
+            await backend.shift(before, step)
+            self._moved(before, before + step)
+        finally:
+            self._moving = False
+        backend.notify_work()
+
+    def _moved(self, before: datetime, target: datetime) -> None:
+        with self._lock:
+            self._now = target
+            self.skipped += target - before
 
     # -- waiting ---------------------------------------------------------------------------------
 
@@ -157,7 +220,7 @@ class TimeSkippingClock:
         try:
             while self._now < target:
                 await asyncio.sleep(TICK)
-                self.skip_if_idle()
+                await self.skip()
         finally:
             del self._waiters[token]
 
@@ -166,62 +229,90 @@ class TimeSkippingClock:
         self._waiters[token] = (None, holder)
         try:
             await asyncio.sleep(TICK)
-            self.skip_if_idle()
+            await self.skip()
         finally:
             del self._waiters[token]
 
     def skip_if_idle(self) -> bool:
         """Skip to the next due time if nothing runs and nothing is runnable (see the module's
-        docstring); returns whether the clock moved."""
+        docstring); returns whether the clock moved. The in-memory backend only (a database
+        is asked asynchronously: :meth:`skip`); False on another.
+        """
         backend = self._backend
-        if not self.auto_skip or backend is None:
+        if not self.auto_skip or not isinstance(backend, InMemoryBackend):
             return False
         with backend._lock:
             now = self._now
-            waiters = list(self._waiters.values())
+            target = backend.skip_idle_now(now, now + UNTIL_WOKEN / 2, self._decider(now))
+            if target is None or target <= now:
+                return False
+            self._moved(now, target)
+        backend.notify_work()
+        return True
+
+    async def skip(self) -> bool:
+        """Skip to the next due time if nothing runs and nothing is runnable (see the module's
+        docstring), on any backend; returns whether the clock moved."""
+        backend = self._backend
+        if not isinstance(backend, SQLAlchemyBackend):
+            return self.skip_if_idle()
+        if not self.auto_skip:
+            return False
+        with self._lock:
+            if self._moving:
+                return False
+            self._moving = True
+            now = self._now
+        try:
+            target = await backend.skip_idle(now, now + UNTIL_WOKEN / 2, self._decider(now))
+            if target is None or target <= now:
+                return False
+            self._moved(now, target)
+        finally:
+            self._moving = False
+        backend.notify_work()
+        return True
+
+    def _decider(self, now: datetime) -> Callable[[IdleView], datetime | None]:
+        """What decides, from the backend's view at ``now``, the moment to skip to (None:
+        something runs, is runnable, or nothing is due)."""
+        waiters = list(self._waiters.values())
+
+        def decide(view: IdleView) -> datetime | None:
             holders = {h for _, h in waiters if h is not None}
             anonymous = sum(1 for target, h in waiters if target is not None and h is None)
-            running = 0
-            due_unclaimed = False
-            events: list[datetime] = [t for t, _ in waiters if t is not None and t > now]
-            horizon = now + UNTIL_WOKEN / 2
-            for (instance_id, task_id), task in backend._tasks.items():
-                if task.claim_expires_at is not None and task.claim_expires_at > now:
-                    if task_id != WORKFLOW_TASK or instance_id not in holders:
-                        running += 1
-                elif task.run_after <= now:
-                    due_unclaimed = True
-                elif task.run_after < horizon:
-                    events.append(task.run_after)
+            running = sum(
+                1 for iid, tid in view.leases if tid != WORKFLOW_TASK or iid not in holders
+            )
             if running > anonymous:
-                return False  # something runs: time flows only when all is idle
-            if due_unclaimed:
+                return None  # something runs: time flows only when all is idle
+            if view.due:
                 since = self._unclaimed_since
                 if since is None:
                     self._unclaimed_since = time.monotonic()
-                    return False
+                    return None
                 if time.monotonic() - since < UNCLAIMED_GRACE:
-                    return False  # runnable: let a worker (or the waiter) claim it first
+                    return None  # runnable: let a worker (or the waiter) claim it first
             else:
                 self._unclaimed_since = None
-            for info in backend._workflows.values():
-                if (
-                    info.deadline is not None
-                    and info.deadline > now
-                    and not info.status.is_terminal
-                ):
-                    events.append(info.deadline)
+            events = [t for t, _ in waiters if t is not None and t > now]
+            if view.next_due is not None:
+                events.append(view.next_due)
             if not events:
-                return False
+                return None
             self._unclaimed_since = None
-            self._move(min(events) - now)
-            return True
+            return min(events)
+
+        return decide
 
 
-def _bumped(executor: Any, step: timedelta) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(executor, heartbeat_at=executor.heartbeat_at + step)
+def _step(delta: timedelta | float) -> timedelta:
+    if isinstance(delta, bool) or not isinstance(delta, timedelta | int | float):
+        raise InvalidArgumentError(f"delta must be a timedelta or seconds, got {delta!r}")
+    step = delta if isinstance(delta, timedelta) else timedelta(seconds=delta)
+    if step < timedelta(0):
+        raise InvalidArgumentError(f"the clock only moves forward, got delta={delta!r}")
+    return step
 
 
 __all__ = ["UNCLAIMED_GRACE", "TimeSkippingClock"]

@@ -5,8 +5,10 @@ when a test first uses one of them.
   own, started for the test and closed after it. A sync test gets it started on a background
   event loop (``runtime.start_sync()``: call ``run_sync``, ``enqueue_sync``...); an async test
   (a coroutine function, run by pytest-asyncio) gets it started on the test's own loop (``await
-  runtime.run(...)``). On the in-memory backend its backend and its waits run on the test's
-  ``durable_clock`` (:class:`~durable.testing.clock.TimeSkippingClock`).
+  runtime.run(...)``). Its backend and its waits run on the test's ``durable_clock``
+  (:class:`~durable.testing.clock.TimeSkippingClock`): always on the in-memory backend; on
+  SQLite and PostgreSQL when the test uses ``durable_clock`` (else on the database's clock, so
+  that other processes, a worker started as a subprocess, can share the database).
 * ``durable_worker``: ``runtime.start_worker()`` on the same loop, stopped after the test.
 """
 
@@ -35,6 +37,17 @@ def is_memory(url: str) -> bool:
     return url.split("://", 1)[0] == "memory"
 
 
+#: The URL schemes (before any ``+driver``) whose backends run on a time-skipping clock.
+CLOCK_SCHEMES = frozenset({"memory", "sqlite", "postgresql", "postgres"})
+
+
+def has_clock(url: str) -> bool:
+    """Whether the backend ``url`` names runs on the time-skipping clock (the in-memory
+    backend, SQLite, PostgreSQL; not MySQL/MariaDB, whose statements read the server's
+    clock)."""
+    return url.split("://", 1)[0].split("+", 1)[0].lower() in CLOCK_SCHEMES
+
+
 def is_async_test(request: pytest.FixtureRequest) -> bool:
     """Whether the requesting test is a coroutine function (run on an event loop)."""
     function = getattr(request, "function", None)
@@ -42,13 +55,15 @@ def is_async_test(request: pytest.FixtureRequest) -> bool:
 
 
 def make_runtime(request: pytest.FixtureRequest, url: str) -> Runtime:
-    """A runtime on ``url`` (not started); on the in-memory backend, on the test's clock."""
+    """A runtime on ``url`` (not started), on the test's clock: always in memory; on a
+    database that supports it (:func:`has_clock`) when the test uses ``durable_clock`` (without
+    it, on the database's clock, which other processes of the test share)."""
     runtime = Runtime(
         connect(url),
         executor_id=f"pytest-{uuid.uuid4().hex[:12]}",
         poll_interval=RUN_POLL,
     )
-    if is_memory(url):
+    if is_memory(url) or (has_clock(url) and "durable_clock" in request.fixturenames):
         request.getfixturevalue("durable_clock").install(runtime)
     return runtime
 
@@ -107,6 +122,7 @@ def _async_fixture(request: pytest.FixtureRequest, name: str) -> Any:
 __all__ = [
     "async_runtime",
     "async_worker",
+    "has_clock",
     "is_async_test",
     "is_memory",
     "make_runtime",

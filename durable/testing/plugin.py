@@ -10,7 +10,9 @@ Fixtures (see :mod:`durable.testing.fixtures` for each one's contract):
 * ``durable_worker``: a worker of the runtime, serving its registered workflows, stopped
   after the test;
 * ``durable_clock``: the :class:`~durable.testing.clock.TimeSkippingClock` of the runtime (the
-  in-memory backend only): durable sleeps, timeouts and backoffs complete in milliseconds.
+  in-memory backend, SQLite and PostgreSQL): durable sleeps, timeouts and backoffs complete in
+  milliseconds. In memory the runtime always runs on it; on a database, in the tests that use
+  it (the others keep the database's clock, which other processes can share).
 
 Sync tests use the blocking API (``durable_runtime.run_sync(...)``); async tests
 (pytest-asyncio) await (``await durable_runtime.run(...)``), on the test's event loop.
@@ -60,13 +62,14 @@ def durable_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def durable_clock(durable_url: str) -> TimeSkippingClock:
     """The time-skipping clock of ``durable_runtime`` (it judges every lease, due time and
-    deadline of the test's in-memory backend). Skips the test on another backend: a database
-    keeps time by its own clock."""
-    from durable.testing.fixtures import is_memory
+    deadline of the test's backend: in memory, SQLite or PostgreSQL). Skips the test on
+    MySQL/MariaDB, whose statements read the server's clock."""
+    from durable.testing.fixtures import has_clock
 
-    if not is_memory(durable_url):
+    if not has_clock(durable_url):
         pytest.skip(
-            f"durable_clock needs the in-memory backend (memory://); durable_url is {durable_url!r}"
+            "durable_clock needs the in-memory backend, SQLite or PostgreSQL; durable_url is "
+            f"{durable_url!r}"
         )
     from durable.testing.clock import TimeSkippingClock
 
@@ -76,8 +79,8 @@ def durable_clock(durable_url: str) -> TimeSkippingClock:
 @pytest.fixture
 def durable_runtime(request: pytest.FixtureRequest, durable_url: str) -> Iterator[Any]:
     """A started :class:`~durable.Runtime` on ``durable_url`` (registering every workflow
-    imported so far), closed after the test; on the in-memory backend it runs on
-    ``durable_clock``."""
+    imported so far), closed after the test; it runs on ``durable_clock`` in memory, and on
+    SQLite and PostgreSQL in a test that uses ``durable_clock``."""
     from durable.testing.fixtures import runtime_for
 
     yield from runtime_for(request, durable_url)

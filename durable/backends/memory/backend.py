@@ -5,12 +5,14 @@ per area (:mod:`.workflows`, :mod:`.execution`, :mod:`.claims`, :mod:`.executors
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+from durable.backends.base import IdleView
 from durable.backends.memory.batches import Batches
 from durable.backends.memory.claims import Claims
 from durable.backends.memory.continuation import Continuation
@@ -128,6 +130,69 @@ class InMemoryBackend(
         """The ``(instance_id, task_id)`` of every live task, in creation order."""
         with self._lock:
             return sorted(self._tasks, key=lambda k: self._tasks[k].seq)
+
+    # -- a test's time-skipping clock (durable.testing.clock) ------------------------------------
+
+    def idle_view_now(self, now: datetime, horizon: datetime) -> IdleView:
+        """:meth:`idle_view`, synchronously (the clock holds :attr:`_lock` across the view
+        and its skip, so nothing happens in between)."""
+        with self._lock:
+            leases: list[tuple[str, str]] = []
+            due = False
+            times: list[datetime] = []
+            for key, task in self._tasks.items():
+                if is_live(task, now):
+                    leases.append(key)
+                elif task.run_after <= now:
+                    due = True
+                elif task.run_after < horizon:
+                    times.append(task.run_after)
+            times.extend(
+                info.deadline
+                for info in self._workflows.values()
+                if info.deadline is not None and info.deadline > now and not info.status.is_terminal
+            )
+            return IdleView(leases, due, min(times) if times else None)
+
+    async def idle_view(self, now: datetime, horizon: datetime) -> IdleView:
+        """What could run at ``now`` (see :class:`~durable.backends.base.IdleView`)."""
+        return self.idle_view_now(now, horizon)
+
+    def skip_idle_now(
+        self, now: datetime, horizon: datetime, decide: Callable[[IdleView], datetime | None]
+    ) -> datetime | None:
+        """:meth:`skip_idle`, synchronously."""
+        with self._lock:
+            target = decide(self.idle_view_now(now, horizon))
+            if target is not None and target > now:
+                self.shift_now(now, target - now)
+            return target
+
+    async def skip_idle(
+        self, now: datetime, horizon: datetime, decide: Callable[[IdleView], datetime | None]
+    ) -> datetime | None:
+        """At once, nothing else happening in between: the view at ``now``; ``decide`` it (the
+        moment to skip to, or None); and if the moment is later, :meth:`shift` to it. Returns
+        what ``decide`` returned (the caller moves its clock there)."""
+        return self.skip_idle_now(now, horizon, decide)
+
+    def shift_now(self, before: datetime, step: timedelta) -> None:
+        """:meth:`shift`, synchronously."""
+        with self._lock:
+            for task in self._tasks.values():
+                if task.claim_expires_at is not None and task.claim_expires_at > before:
+                    task.claim_expires_at += step
+            for key, executor in list(self._executors.items()):
+                if executor.stopped_at is None and not executor.stale:
+                    self._executors[key] = dataclasses.replace(
+                        executor, heartbeat_at=executor.heartbeat_at + step
+                    )
+
+    async def shift(self, before: datetime, step: timedelta) -> None:
+        """Carry live holders across a skip of ``step`` from ``before``: the claims live at
+        ``before`` and running executors' heartbeats end ``step`` later, as their holders'
+        heartbeats (alive: they wait) would have made them."""
+        self.shift_now(before, step)
 
     def claims(self) -> dict[tuple[str, str], str]:
         """Who holds a live claim on which task."""

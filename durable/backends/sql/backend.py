@@ -59,6 +59,7 @@ from durable.backends.sql.retention import Retention
 from durable.backends.sql.runners import AsyncRunner, InlineRunner, Runner
 from durable.backends.sql.schedules import Schedules
 from durable.backends.sql.schema import PREFIX
+from durable.backends.sql.timeskip import TimeSkipping
 from durable.backends.sql.transactions import Transactions
 from durable.backends.sql.wakeups import WORK_CHANNEL, WakeUps
 from durable.backends.sql.workflows import WorkflowRecords
@@ -101,6 +102,7 @@ class SQLAlchemyBackend(
     WakeUps,
     Transactions,
     Forks,
+    TimeSkipping,
 ):
     """Durable's storage on SQLite, PostgreSQL or MySQL/MariaDB.
 
@@ -116,6 +118,11 @@ class SQLAlchemyBackend(
         ``FULL`` syncs every commit to disk.
     :param engine_options: passed to SQLAlchemy's ``create_engine`` (pool size and so on;
         on PostgreSQL the pool defaults to 20 connections plus 10 overflow, opened on demand).
+    :param clock: for tests only: returns the current UTC time, which then judges every lease,
+        due time and deadline and stamps every row this backend writes, in place of this
+        host's clock (SQLite) or the database's ``now()`` (PostgreSQL; not on MySQL/MariaDB).
+        A test's :class:`~durable.testing.clock.TimeSkippingClock` sets it. Every process on
+        the database must then use the same clock: leave it unset in production.
 
     :raises ConfigurationError: an unsupported URL or option.
     """
@@ -128,6 +135,7 @@ class SQLAlchemyBackend(
         auto_migrate: bool = True,
         sqlite_synchronous: str = "NORMAL",
         engine_options: dict[str, Any] | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.serializer = get_serializer(serializer)
         self.auto_migrate = auto_migrate
@@ -147,7 +155,8 @@ class SQLAlchemyBackend(
         self._runner: Runner = (
             AsyncRunner(engine) if isinstance(engine, AsyncEngine) else InlineRunner(engine)
         )
-        self.dialect: SQLDialect = dialect_for(engine.dialect.name)
+        self.dialect: SQLDialect = dialect_for(engine.dialect.name, clock)
+        self.clock: Callable[[], datetime] = self.dialect.clock
         self._started = False
         self._start_lock = asyncio.Lock()
         self._listener: asyncio.Task[None] | None = None
@@ -162,6 +171,20 @@ class SQLAlchemyBackend(
             if isinstance(engine, AsyncEngine) and self._direct and self._owns_engine
             else None
         )
+
+    def use_clock(self, clock: Callable[[], datetime]) -> None:
+        """Judge time by ``clock`` from now on, as if it had been given to the constructor (a
+        test's time-skipping clock); before :meth:`start` only.
+
+        :raises InvalidArgumentError: the backend has started.
+        :raises ConfigurationError: on MySQL/MariaDB.
+        """
+        if self._started:
+            raise InvalidArgumentError(f"{self!r} has started: give it its clock before it starts")
+        self.dialect = dialect_for(self.engine.dialect.name, clock)
+        self.clock = self.dialect.clock
+        self._now_direct = None
+        self._build_statements()
 
     def __repr__(self) -> str:
         url = self.engine.url.render_as_string(hide_password=True)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -136,7 +136,7 @@ class Enqueues(SQLCore):
             and not snapshot.steps
             and not snapshot.labels
         ):
-            now = datetime.now(UTC)
+            now = self.clock()
             row = self._workflow_row(snapshot, now, 1)
             params = {f"w_{k}": v for k, v in row.items()}
             params.update(self._task_row(task, now))
@@ -167,7 +167,7 @@ class Enqueues(SQLCore):
         before it runs), for other operations to run in theirs; and whether it adds tasks
         (the caller tells workers after the commit)."""
         owners = batch_owners(batch)
-        now = datetime.now(UTC)
+        now = self.clock()
         firsts = [index for index, owner in enumerate(owners) if owner == index]
         rows: dict[int, dict[str, Any]] = {}
         step_rows: dict[int, list[dict[str, Any]]] = {}
@@ -289,6 +289,12 @@ class Enqueues(SQLCore):
         if isinstance(self._bulk_tasks, _DriverInsert):
             self._bulk_tasks.run(conn, rows)
             return
+        if self.dialect.binds_clock:  # a test's clock: the due time computed here, not by now()
+            zero = timedelta(0)
+            rows = [
+                {**row, "t_run_after": row["t_run_after"] or row["c_delay"], "c_delay": zero}
+                for row in rows
+            ]
         conn.execute(self._bulk_tasks, _recordset(rows))
 
 

@@ -9,7 +9,7 @@ runs prepared straight on the driver (:mod:`.direct`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -220,7 +220,7 @@ class Claims(SQLCore):
         )
 
     async def add_task(self, spec: TaskSpec) -> bool:
-        row = self._task_row(spec, datetime.now(UTC))
+        row = self._task_row(spec, self.clock())
 
         def fn(conn: sa.Connection) -> bool:
             if conn.execute(self._select_workflow, {"p_iid": spec.instance_id}).first() is None:
@@ -462,7 +462,7 @@ class Claims(SQLCore):
             )
         params = self._filter_params(worker_id, limit, names, queues, versions)
         params.update(self.dialect.clock_params(ttl=ttl_seconds(ttl)))
-        params["p_ts"] = datetime.now(UTC)
+        params["p_ts"] = self.clock()
         statement = self._claim_begin_statement(
             names is not None, queues is not None, versions is not None
         )

@@ -6,7 +6,6 @@ Part of :class:`~durable.backends.sql.backend.SQLAlchemyBackend` (see :mod:`.cor
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -58,7 +57,7 @@ class Continuation(SQLCore):
             "p_tid": WORKFLOW_TASK,
             "p_wid": worker_id,
             "p_input": text,
-            "p_ts": datetime.now(UTC),
+            "p_ts": self.clock(),
             **clock,
         }
 

@@ -70,6 +70,8 @@ class SQLCore(PersistentBackend):
     serializer: Serializer
     engine: sa.Engine | AsyncEngine
     dialect: SQLDialect
+    #: the time rows are stamped with (the dialect's clock: this host's, or a test's)
+    clock: Callable[[], datetime]
     _runner: Runner
     #: whether the hot path's statements run straight on the driver (PostgreSQL, async engine)
     _direct: bool

@@ -22,7 +22,7 @@ Portable Core: the upsert comes from the dialect's ``insert``, the clock from ``
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -94,7 +94,7 @@ class Debounces(WorkflowRecords):
     ) -> tuple[WorkflowInfo, bool]:
         check_debounce(snapshot, key, delay)
         stored_input = self._dump(snapshot.input)  # a value the serializer rejects fails first
-        now = datetime.now(UTC)
+        now = self.clock()
         row = self._workflow_row(snapshot, now, 1)
         spec = dataclasses.replace(task, run_after=None, delay=delay)
         task_row = self._task_row(spec, now)

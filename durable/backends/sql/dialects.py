@@ -8,7 +8,10 @@
   about a millisecond per transaction. PostgreSQL uses psycopg 3's async driver.
 * **The clock.** Lease expiry on PostgreSQL is judged by the database's ``now()``, so workers'
   clocks need not agree. SQLite is one file on one host: the host's clock is passed in.
-  :meth:`SQLDialect.host_now` says which, for the backend's ``now()``.
+  :meth:`SQLDialect.host_now` says which, for the backend's ``now()``. A backend given a
+  ``clock`` (a test's time-skipping clock) has its time bound as a parameter on PostgreSQL too
+  (:class:`PostgresBoundClockDialect`, never the default: the database's clock stays the truth
+  in production).
 * **Fencing.** On PostgreSQL the claim row is locked ``FOR SHARE`` while a step is recorded, so a
   concurrent takeover waits and re-checks; SQLite's write lock already serializes them.
 * **Lists.** Name and queue filters bind one array on PostgreSQL (``= ANY(:names)``), so the claim
@@ -33,6 +36,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -50,10 +54,26 @@ from durable.errors import ConfigurationError
 SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
+def utcnow() -> datetime:
+    """This host's clock, in UTC (the default ``clock`` of a backend)."""
+    return datetime.now(UTC)
+
+
 class SQLDialect:
-    """The dialect-specific pieces of SQL the backend composes its statements from."""
+    """The dialect-specific pieces of SQL the backend composes its statements from.
+
+    :param clock: the time a dialect that binds the lease clock as a parameter (SQLite, or
+        :class:`PostgresBoundClockDialect`) passes in, and that :meth:`current_params` reads
+        (default: this host's clock).
+    """
 
     name: str
+    #: Whether the lease clock's time is a parameter of the statements (:meth:`now` is a
+    #: bindparam), rather than the database's own clock.
+    binds_clock = False
+
+    def __init__(self, clock: Callable[[], datetime] | None = None) -> None:
+        self.clock: Callable[[], datetime] = clock or utcnow
 
     def now(self) -> sa.ColumnElement[datetime]:
         """The current time, as the lease clock sees it."""
@@ -121,7 +141,7 @@ class SQLDialect:
 
     def current_params(self) -> dict[str, Any]:
         """The parameters :meth:`current_time` needs, computed now."""
-        return {"c_current": datetime.now(UTC)}
+        return {"c_current": self.clock()}
 
     def connection(self, conn: sa.Connection) -> sa.Connection:
         """The connection a transaction's function gets (MySQL: one that emulates what the
@@ -151,8 +171,11 @@ class SQLDialect:
         return None
 
 
-class SQLiteDialect(SQLDialect):
-    name = "sqlite"
+class BoundClock(SQLDialect):
+    """The lease clock as parameters: :meth:`now` is ``c_now``, bound to :attr:`clock`'s time
+    for each execution, and a time ``param`` from now is ``c_<param>``, computed here."""
+
+    binds_clock = True
 
     def now(self) -> sa.ColumnElement[datetime]:
         return sa.bindparam("c_now", type_=UTCDateTime())
@@ -161,14 +184,18 @@ class SQLiteDialect(SQLDialect):
         return sa.bindparam(f"c_{param}", type_=UTCDateTime())
 
     def host_now(self) -> datetime | None:
-        return datetime.now(UTC)  # the clock clock_params passes in
+        return self.clock()  # the clock clock_params passes in
 
     def clock_params(self, **durations: float) -> dict[str, Any]:
-        now = datetime.now(UTC)
+        now = self.clock()
         params: dict[str, Any] = {"c_now": now}
         for key, seconds in durations.items():
             params[f"c_{key}"] = now + timedelta(seconds=seconds)
         return params
+
+
+class SQLiteDialect(BoundClock):
+    name = "sqlite"
 
     def insert(self, table: sa.Table) -> Any:
         return sqlite.insert(table)
@@ -277,6 +304,18 @@ class PostgresDialect(SQLDialect):
         )
 
 
+class PostgresBoundClockDialect(BoundClock, PostgresDialect):
+    """PostgreSQL judging leases and due times by a clock bound as a parameter (a test's
+    time-skipping clock) instead of the server's ``now()`` and ``clock_timestamp()``. Only for a
+    backend given a ``clock``: its time is this process's alone, which no other process sees."""
+
+    def current_time(self) -> sa.ColumnElement[datetime]:
+        return sa.bindparam("c_current", type_=UTCDateTime())
+
+    def current_params(self) -> dict[str, Any]:
+        return {"c_current": self.clock()}
+
+
 #: MySQL error numbers that mean the server cannot be reached now: too many connections,
 #: shutting down, connection killed, can't connect, gone away, lost, and the like.
 MYSQL_UNAVAILABLE = frozenset({1040, 1053, 1077, 1927, 2002, 2003, 2006, 2013, 2055, 4031})
@@ -369,12 +408,22 @@ class MySQLDialect(SQLDialect):
         return mysql.errno(exc) in MYSQL_UNAVAILABLE
 
 
-def dialect_for(name: str) -> SQLDialect:
+def dialect_for(name: str, clock: Callable[[], datetime] | None = None) -> SQLDialect:
+    """The dialect for the database ``name``; with ``clock``, one that judges time by it.
+
+    :raises ConfigurationError: a database durable does not run on, or a ``clock`` on
+        MySQL/MariaDB (whose statements read the server's clock).
+    """
     if name == "sqlite":
-        return SQLiteDialect()
+        return SQLiteDialect(clock)
     if name == "postgresql":
-        return PostgresDialect()
+        return PostgresDialect() if clock is None else PostgresBoundClockDialect(clock)
     if name in ("mysql", "mariadb"):
+        if clock is not None:
+            raise ConfigurationError(
+                "a backend's clock (a time-skipping clock) works on SQLite and PostgreSQL, not "
+                f"on {name}: its statements read the server's UTC_TIMESTAMP"
+            )
         return MySQLDialect()
     raise ConfigurationError(
         f"durable supports SQLite, PostgreSQL and MySQL/MariaDB databases, not {name!r}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -222,7 +222,7 @@ class Execution(GroupedWrites):
             "p_iid": instance_id,
             "p_tid": task_id,
             "p_wid": worker_id,
-            "p_ts": datetime.now(UTC),
+            "p_ts": self.clock(),
             **clock,
         }
 
@@ -344,7 +344,7 @@ class Execution(GroupedWrites):
         """The parameters of the fenced step record, a function that runs it, and one that
         explains why it was refused."""
         clock = self.dialect.clock_params()
-        row = self._step_row(instance_id, step, datetime.now(UTC))
+        row = self._step_row(instance_id, step, self.clock())
         params = {f"s_{k}": v for k, v in row.items()}
         params.update(p_iid=instance_id, p_tid=task_id, p_wid=worker_id, **clock)
 
@@ -379,7 +379,7 @@ class Execution(GroupedWrites):
             "p_status": WorkflowStatus(status).value,
             "p_output": self._dump(output),
             "p_error": error.to_json() if error else None,
-            "p_ts": datetime.now(UTC),
+            "p_ts": self.clock(),
             **clock,
         }
 
@@ -440,7 +440,7 @@ class Execution(GroupedWrites):
         values: dict[str, Any] = {
             "status": WorkflowStatus.PENDING.value,
             "error": error.to_json() if error else None,
-            "updated_at": datetime.now(UTC),
+            "updated_at": self.clock(),
             "version": workflows.c.version + 1,
         }
         if not consume_attempt:

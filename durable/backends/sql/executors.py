@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import sqlalchemy as sa
 
@@ -24,7 +24,7 @@ class Executors(SQLCore):
     """The workflow registry, and executors with their heartbeats."""
 
     async def register_workflows(self, entries: Sequence[RegisteredWorkflow]) -> None:
-        now = datetime.now(UTC)
+        now = self.clock()
         rows = [
             {
                 "name": e.name,
@@ -50,7 +50,7 @@ class Executors(SQLCore):
         stmt = (
             sa.update(workflow_registry)
             .where(workflow_registry.c.name == name)
-            .values(enabled=enabled, updated_at=datetime.now(UTC))
+            .values(enabled=enabled, updated_at=self.clock())
             .returning(*workflow_registry.c)
         )
 

@@ -7,7 +7,6 @@ Part of :class:`~durable.backends.sql.backend.SQLAlchemyBackend` (see :mod:`.cor
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
@@ -77,7 +76,7 @@ class FanOut(SQLCore):
         steps: Sequence[StepRecord],
         tasks: Sequence[TaskSpec],
     ) -> None:
-        now = datetime.now(UTC)
+        now = self.clock()
         step_rows = [self._step_row(instance_id, s, now) for s in steps]
         task_rows = [self._task_row(t, now) for t in tasks]
         clock = self.dialect.clock_params(until=UNTIL_WOKEN.total_seconds())
@@ -110,7 +109,7 @@ class FanOut(SQLCore):
     async def complete_step_task(
         self, instance_id: str, task_id: str, *, worker_id: str, step: StepRecord
     ) -> None:
-        row = self._step_row(instance_id, step, datetime.now(UTC))
+        row = self._step_row(instance_id, step, self.clock())
         clock = self.dialect.clock_params()
         params = {"p_iid": instance_id, "p_tid": task_id, "p_wid": worker_id, **clock}
 

@@ -9,7 +9,7 @@ transaction, which portable SQLAlchemy Core renders on every dialect.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import sqlalchemy as sa
 
@@ -34,7 +34,7 @@ class Forks(SQLCore):
         trace_context: str | None = None,
     ) -> WorkflowInfo:
         check_aware(deadline)
-        now = datetime.now(UTC)
+        now = self.clock()
 
         def fn(conn: sa.Connection) -> WorkflowInfo:
             source = conn.execute(

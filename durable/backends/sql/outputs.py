@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
@@ -124,7 +123,7 @@ class Outputs(SQLCore):
         workflow's id, the time and the step's position), in one transaction (a refusal or an
         error of ``write`` rolls both back); announce it once committed."""
         clock = self.dialect.clock_params()
-        now = datetime.now(UTC)
+        now = self.clock()
         row = self._step_row(instance_id, step, now)
         record = {f"s_{k}": v for k, v in row.items()}
         record.update(p_iid=instance_id, p_tid=task_id, p_wid=worker_id, **clock)

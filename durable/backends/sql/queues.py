@@ -26,7 +26,7 @@ queues without limits never take this path.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -61,7 +61,7 @@ class Queues(SQLCore):
 
     async def put_queue(self, queue: QueueInfo, *, replace: bool = True) -> tuple[QueueInfo, bool]:
         check_queue_limits(queue)
-        now = datetime.now(UTC)
+        now = self.clock()
         limits = {k: getattr(queue, k) for k in _LIMITS}
         if limits["rate_period"] is not None:
             limits["rate_period"] = float(limits["rate_period"])

@@ -10,7 +10,7 @@ hot path: statements are built per call.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -75,7 +75,7 @@ class Schedules(SQLCore):
 
     async def put_schedule(self, schedule: ScheduleInfo) -> tuple[ScheduleInfo, bool]:
         row = self._schedule_row(schedule)
-        now = datetime.now(UTC)
+        now = self.clock()
         c = schedules.c
         insert = (
             self.dialect.insert(schedules)
@@ -131,7 +131,7 @@ class Schedules(SQLCore):
         self, name: str, paused: bool, *, next_run_at: datetime | None = None
     ) -> ScheduleInfo:
         check_aware(next_run_at)
-        values: dict[str, Any] = {"paused": paused, "updated_at": datetime.now(UTC)}
+        values: dict[str, Any] = {"paused": paused, "updated_at": self.clock()}
         if next_run_at is not None:
             values["next_run_at"] = next_run_at
         stmt = (

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -72,7 +72,7 @@ class WorkflowRecords(SQLCore):
     async def create_workflow(
         self, snapshot: WorkflowSnapshot, *, task: TaskSpec | None = None
     ) -> tuple[WorkflowInfo, bool]:
-        now = datetime.now(UTC)
+        now = self.clock()
         labelled = snapshot.labels or snapshot.parent_id is not None
         if snapshot.labels:
             snapshot = dataclasses.replace(snapshot, labels=check_labels(snapshot.labels))
@@ -102,7 +102,7 @@ class WorkflowRecords(SQLCore):
         return result
 
     async def save_snapshot(self, snapshot: WorkflowSnapshot) -> WorkflowSnapshot:
-        now = datetime.now(UTC)
+        now = self.clock()
         version = snapshot.version
         row = self._workflow_row(snapshot, now, version + 1)
         step_rows = [self._step_row(snapshot.id, s, now) for s in snapshot.steps]
@@ -272,7 +272,7 @@ class WorkflowRecords(SQLCore):
         return await self._run(fn, what=f"list steps of {instance_id!r}")
 
     async def requeue_workflow(self, instance_id: str) -> WorkflowInfo:
-        now = datetime.now(UTC)
+        now = self.clock()
 
         def fn(conn: sa.Connection) -> WorkflowInfo:
             row = conn.execute(
@@ -322,7 +322,7 @@ class WorkflowRecords(SQLCore):
     async def cancel_workflow(
         self, instance_id: str, *, error: ErrorInfo | None = None
     ) -> WorkflowInfo:
-        now = datetime.now(UTC)
+        now = self.clock()
         error_json = error.to_json() if error is not None else None
 
         def fn(conn: sa.Connection) -> WorkflowInfo:
@@ -339,7 +339,7 @@ class WorkflowRecords(SQLCore):
     async def cancel_expired_workflows(self, *, limit: int = 100) -> list[WorkflowInfo]:
         if limit < 1:
             raise InvalidArgumentError(f"limit must be at least 1, got {limit}")
-        now = datetime.now(UTC)
+        now = self.clock()
         expired = self.dialect.skip_locked(
             sa.select(workflows.c.id, workflows.c.deadline)
             .where(
