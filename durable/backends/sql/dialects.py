@@ -24,8 +24,9 @@
   ``LONGTEXT``; transactions run at READ COMMITTED (no gap locks between claimers), and one that
   lost a deadlock is run again (:meth:`SQLDialect.retryable`). MariaDB has no ``ON CONFLICT``
   and no ``UPDATE ... RETURNING``: :mod:`.mysql` runs those statements as a few plain ones in
-  the same transaction (a batch claim: ``SELECT ... ORDER BY ... LIMIT n FOR UPDATE SKIP
-  LOCKED``, then the UPDATE by primary key).
+  the same transaction (a batch claim: a plain ``SELECT ... ORDER BY ... LIMIT n``, then
+  ``SELECT ... WHERE id IN (...) AND available FOR UPDATE SKIP LOCKED``, then the UPDATE by
+  primary key: see :class:`.mysql.Pick`).
 """
 
 from __future__ import annotations
@@ -332,14 +333,8 @@ class MySQLDialect(SQLDialect):
     def claim_batch(
         self, tasks: sa.Table, available: sa.ColumnElement[bool], order: list[Any]
     ) -> sa.Update:
-        # MariaDB takes no LIMIT in an IN subquery: MySQLConnection selects the rows first
-        picked = (
-            sa.select(tasks.c.id)
-            .where(available)
-            .order_by(*order)
-            .limit(sa.bindparam("p_limit", type_=sa.Integer()))
-            .with_for_update(skip_locked=True)
-        )
+        # MariaDB takes no LIMIT in an IN subquery: MySQLConnection picks the rows first
+        picked = mysql.Pick(tasks, available, order)
         return sa.update(tasks).where(available).execution_options(**{mysql.PICK: picked})
 
     def missing_table(self, exc: sa.exc.DBAPIError) -> str | None:
