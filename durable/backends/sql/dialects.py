@@ -516,13 +516,20 @@ def _create_engine(
         connect_args.setdefault("init_command", "SET time_zone = '+00:00'")
         if "charset" not in url.query:
             connect_args.setdefault("charset", "utf8mb4")
+    # the pool's reset of a connection coming back: see mysql.rollback_unless_ended
+    reset_by_durable = url.get_backend_name() == "mysql" and "pool_reset_on_return" not in options
+    if reset_by_durable:
+        options["pool_reset_on_return"] = None
     # A worker runs many workflows at once, each taking a connection per transaction: a pool
     # smaller than that churns (SQLAlchemy closes overflow connections as they come back, so
     # every burst reconnects). Connections are opened on demand, so a larger bound costs
     # nothing until it is used.
     options.setdefault("pool_size", PG_POOL_SIZE)
     options.setdefault("max_overflow", PG_MAX_OVERFLOW)
-    return create_async_engine(url, **options)
+    async_engine = create_async_engine(url, **options)
+    if reset_by_durable:
+        sa.event.listen(async_engine.sync_engine, "reset", mysql.rollback_unless_ended)
+    return async_engine
 
 
 def configure_engine(engine: sa.Engine | AsyncEngine) -> None:
