@@ -275,3 +275,49 @@ def test_a_server_durable_cannot_run_on_is_refused_naming_its_version(version: s
 )
 def test_mariadb_from_10_6_is_accepted(version: str) -> None:
     MySQLDialect().check_server(_Versioned(version))  # type: ignore[arg-type]
+
+
+@pytest.mark.mysql
+async def test_a_committed_transaction_is_not_rolled_back_again_on_its_return(
+    mysql_backend_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool's reset sends no ROLLBACK after the runner's commit (a round trip saved per
+    transaction); a connection coming back with its transaction open is still rolled back, so
+    the locks it took are released."""
+    from sqlalchemy.dialects.mysql.aiomysql import AsyncAdapt_aiomysql_connection
+    from sqlalchemy.util import greenlet_spawn
+
+    async with durable.connect(mysql_backend_url) as backend:
+        assert isinstance(backend, SQLAlchemyBackend)
+        await create(backend, "wf")
+        rollbacks: list[object] = []
+        rollback = AsyncAdapt_aiomysql_connection.rollback
+
+        def counted(self: Any) -> None:
+            rollbacks.append(self)
+            rollback(self)
+
+        monkeypatch.setattr(AsyncAdapt_aiomysql_connection, "rollback", counted)
+        for _ in range(3):
+            assert (await backend.get_workflow("wf")).id == "wf"
+        assert rollbacks == []
+
+        # a connection used outside the runner, returned with a row locked: rolled back
+        def lock_and_return() -> None:
+            raw = backend.engine.sync_engine.raw_connection()
+            cursor = raw.cursor()
+            cursor.execute("SELECT id FROM durable_workflows WHERE id = 'wf' FOR UPDATE")
+            cursor.fetchall()
+            cursor.close()
+            raw.close()
+
+        await greenlet_spawn(lock_and_return)
+        assert len(rollbacks) == 1
+        other = _held_by_another_transaction(mysql_backend_url, [])
+        try:
+            locked = other.execute(
+                sa.text("SELECT id FROM durable_workflows WHERE id = 'wf' FOR UPDATE NOWAIT")
+            )
+            assert locked.scalar_one() == "wf"
+        finally:
+            other.close()
