@@ -19,12 +19,13 @@ from sqlalchemy.dialects import mysql as mysql_dialect
 import durable
 from durable import BackendUnavailableError, SQLAlchemyBackend
 from durable.backends.sql.dialects import MySQLDialect, normalize_url
-from durable.backends.sql.mysql import in_mysql_order
-from durable.backends.sql.schema import workflows
+from durable.backends.sql.mysql import PICK_ROUNDS, Pick, in_mysql_order
+from durable.backends.sql.schema import tasks, workflows
 from durable.models import StepRecord, StepStatus
 from durable.testing.contract._support import create, running
 
 W = "worker-1"
+TTL = timedelta(minutes=5)
 
 
 @pytest.mark.parametrize(
@@ -144,6 +145,90 @@ async def test_a_deadlock_victim_runs_again(mysql_backend_url: str) -> None:
         assert sorted(runs) in (["a", "a", "b"], ["a", "b", "b"])  # one of them ran twice
 
 
+def _held_by_another_transaction(url: str, instance_ids: list[str]) -> sa.Connection:
+    """A connection of its own holding the task rows of ``instance_ids`` locked (``FOR
+    UPDATE``) until it is closed: as a claim that has not committed yet."""
+    sync = url.replace("mysql+aiomysql://", "mysql+pymysql://", 1) + "?charset=utf8mb4"
+    conn = sa.create_engine(sync, poolclass=sa.pool.NullPool).connect()
+    if instance_ids:
+        held = sa.select(tasks.c.id).where(tasks.c.instance_id.in_(instance_ids))
+        assert len(conn.execute(held.with_for_update()).all()) == len(instance_ids)
+    return conn
+
+
+#: Tasks t0, t1, ... in the claims' order; enough that the rounds of plain reads see only some.
+TASKS = [f"t{i}" for i in range(2 * PICK_ROUNDS + 4)]
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize(
+    ("held", "limit", "claimed"),
+    [
+        ([], 2, TASKS[:2]),
+        (TASKS[:2], 1, TASKS[2:3]),  # found in the rounds of plain reads
+        (["t0", "t2"], 3, ["t1", "t3", "t4"]),
+        # more held than the rounds look at: the locking walk of the index finds the rest
+        (TASKS[: 2 * PICK_ROUNDS], 2, TASKS[2 * PICK_ROUNDS : 2 * PICK_ROUNDS + 2]),
+        (TASKS[: PICK_ROUNDS + 1], 1, [TASKS[PICK_ROUNDS + 1]]),
+    ],
+)
+async def test_a_batch_claim_passes_over_the_rows_another_claim_holds(
+    mysql_backend_url: str, held: list[str], limit: int, claimed: list[str]
+) -> None:
+    """The batch claim picks its rows by a plain read, then locks them (``SKIP LOCKED``): the
+    rows another transaction holds are passed over, and the next available ones in the claim's
+    order are taken instead, as many as the limit asks; the held ones are claimable once free."""
+    async with durable.connect(mysql_backend_url) as backend:
+        for i, instance_id in enumerate(TASKS):
+            await create(backend, instance_id, priority=i)
+        other = _held_by_another_transaction(mysql_backend_url, held)
+        try:
+            got = await backend.claim_available_tasks(W, limit, TTL)
+        finally:
+            other.close()
+        assert [c.instance_id for c in got] == claimed
+        assert {c.worker_id for c in got} == {W}
+        rest = await backend.claim_available_tasks("worker-2", len(TASKS), TTL)
+        assert {c.instance_id for c in rest} == set(TASKS) - set(claimed)
+
+
+@pytest.mark.mysql
+async def test_a_batch_claim_takes_no_row_another_claim_took_since_it_read(
+    mysql_backend_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A candidate that another worker claims (and commits) between the pick's plain read and
+    its lock no longer qualifies once locked: it stays with that worker, and the claim takes
+    the next one."""
+    async with durable.connect(mysql_backend_url) as backend:
+        for i in range(3):
+            await create(backend, f"t{i}", priority=i)
+        pick = Pick.run
+
+        def claimed_after_the_plain_read(self: Pick, conn: sa.Connection, params: Any) -> Any:
+            execute = conn.execute
+
+            def then_claim_t0(statement: Any, *args: Any, **kwargs: Any) -> Any:
+                result = execute(statement, *args, **kwargs)
+                if statement is self.first:
+                    other = _held_by_another_transaction(mysql_backend_url, [])
+                    with other.begin():
+                        other.execute(
+                            sa.update(tasks)
+                            .where(tasks.c.instance_id == "t0")
+                            .values(claimed_by="worker-2", claim_expires_at=datetime.now(UTC) + TTL)
+                        )
+                    other.close()
+                return result
+
+            monkeypatch.setattr(conn, "execute", then_claim_t0)
+            return pick(self, conn, params)
+
+        monkeypatch.setattr(Pick, "run", claimed_after_the_plain_read)
+        got = await backend.claim_available_tasks(W, 1, TTL)
+        assert [c.instance_id for c in got] == ["t1"]
+        assert (await backend.get_task("t0", "workflow")).claimed_by == "worker-2"
+
+
 @pytest.mark.mysql
 async def test_an_unreachable_server_is_unavailable_on_start() -> None:
     backend = durable.connect("mysql://root@127.0.0.1:1/durable")
@@ -190,3 +275,49 @@ def test_a_server_durable_cannot_run_on_is_refused_naming_its_version(version: s
 )
 def test_mariadb_from_10_6_is_accepted(version: str) -> None:
     MySQLDialect().check_server(_Versioned(version))  # type: ignore[arg-type]
+
+
+@pytest.mark.mysql
+async def test_a_committed_transaction_is_not_rolled_back_again_on_its_return(
+    mysql_backend_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool's reset sends no ROLLBACK after the runner's commit (a round trip saved per
+    transaction); a connection coming back with its transaction open is still rolled back, so
+    the locks it took are released."""
+    from sqlalchemy.dialects.mysql.aiomysql import AsyncAdapt_aiomysql_connection
+    from sqlalchemy.util import greenlet_spawn
+
+    async with durable.connect(mysql_backend_url) as backend:
+        assert isinstance(backend, SQLAlchemyBackend)
+        await create(backend, "wf")
+        rollbacks: list[object] = []
+        rollback = AsyncAdapt_aiomysql_connection.rollback
+
+        def counted(self: Any) -> None:
+            rollbacks.append(self)
+            rollback(self)
+
+        monkeypatch.setattr(AsyncAdapt_aiomysql_connection, "rollback", counted)
+        for _ in range(3):
+            assert (await backend.get_workflow("wf")).id == "wf"
+        assert rollbacks == []
+
+        # a connection used outside the runner, returned with a row locked: rolled back
+        def lock_and_return() -> None:
+            raw = backend.engine.sync_engine.raw_connection()
+            cursor = raw.cursor()
+            cursor.execute("SELECT id FROM durable_workflows WHERE id = 'wf' FOR UPDATE")
+            cursor.fetchall()
+            cursor.close()
+            raw.close()
+
+        await greenlet_spawn(lock_and_return)
+        assert len(rollbacks) == 1
+        other = _held_by_another_transaction(mysql_backend_url, [])
+        try:
+            locked = other.execute(
+                sa.text("SELECT id FROM durable_workflows WHERE id = 'wf' FOR UPDATE NOWAIT")
+            )
+            assert locked.scalar_one() == "wf"
+        finally:
+            other.close()

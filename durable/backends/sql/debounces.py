@@ -4,10 +4,14 @@ burst's execution has not started, else starts a new burst.
 Part of :class:`~durable.backends.sql.backend.SQLAlchemyBackend` (see :mod:`.core`). One
 transaction (:meth:`Debounces.debounce_workflow`):
 
-1. the key's row of ``durable_debounces`` is inserted if absent (``ON CONFLICT DO NOTHING``: of
-   racing first callers one inserts, the others wait for its commit and find the row), then
-   locked (``SELECT ... FOR UPDATE``; on SQLite the write transaction, ``BEGIN IMMEDIATE``,
-   serializes the callers already), so callers of one key go one at a time;
+1. the key's row of ``durable_debounces`` is locked (``SELECT ... FOR UPDATE``; on SQLite the
+   write transaction, ``BEGIN IMMEDIATE``, serializes the callers already), so callers of one
+   key go one at a time; absent (the key's first burst), it is inserted (``ON CONFLICT DO
+   NOTHING``: of racing first callers one inserts, the others wait for its commit and find the
+   row), then locked. Locking first matters on MariaDB: an INSERT that meets a duplicate key
+   takes a shared lock on the row, and two callers each holding one and asking for the
+   exclusive lock deadlock; a caller run again after losing such a deadlock finds the row and
+   only locks it;
 2. join: one ``UPDATE`` of the burst's workflow task pushes it back to now + delay *only if* it
    holds no claim and its workflow is pending and never started, in the same statement; a claim
    racing it either took the task first (the update matches nothing: a new burst starts, and
@@ -103,8 +107,11 @@ class Debounces(WorkflowRecords):
         keyed: dict[str, Any] = {"p_name": snapshot.name, "p_key": key, "p_now": now}
 
         def fn(conn: sa.Connection) -> tuple[WorkflowInfo, bool]:
-            conn.execute(self._debounce_add_key, keyed)
-            current = conn.execute(self._debounce_lock_key, keyed).scalar()
+            locked = conn.execute(self._debounce_lock_key, keyed).first()
+            if locked is None:  # the key's first burst
+                conn.execute(self._debounce_add_key, keyed)
+                locked = conn.execute(self._debounce_lock_key, keyed).one()
+            current = locked[0]
             if current is not None:
                 pushed = conn.execute(
                     self._debounce_push_task,

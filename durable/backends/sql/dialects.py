@@ -27,8 +27,9 @@
   ``LONGTEXT``; transactions run at READ COMMITTED (no gap locks between claimers), and one that
   lost a deadlock is run again (:meth:`SQLDialect.retryable`). MariaDB has no ``ON CONFLICT``
   and no ``UPDATE ... RETURNING``: :mod:`.mysql` runs those statements as a few plain ones in
-  the same transaction (a batch claim: ``SELECT ... ORDER BY ... LIMIT n FOR UPDATE SKIP
-  LOCKED``, then the UPDATE by primary key).
+  the same transaction (a batch claim: a plain ``SELECT ... ORDER BY ... LIMIT n``, then
+  ``SELECT ... WHERE id IN (...) AND available FOR UPDATE SKIP LOCKED``, then the UPDATE by
+  primary key: see :class:`.mysql.Pick`).
 """
 
 from __future__ import annotations
@@ -371,14 +372,8 @@ class MySQLDialect(SQLDialect):
     def claim_batch(
         self, tasks: sa.Table, available: sa.ColumnElement[bool], order: list[Any]
     ) -> sa.Update:
-        # MariaDB takes no LIMIT in an IN subquery: MySQLConnection selects the rows first
-        picked = (
-            sa.select(tasks.c.id)
-            .where(available)
-            .order_by(*order)
-            .limit(sa.bindparam("p_limit", type_=sa.Integer()))
-            .with_for_update(skip_locked=True)
-        )
+        # MariaDB takes no LIMIT in an IN subquery: MySQLConnection picks the rows first
+        picked = mysql.Pick(tasks, available, order)
         return sa.update(tasks).where(available).execution_options(**{mysql.PICK: picked})
 
     def missing_table(self, exc: sa.exc.DBAPIError) -> str | None:
@@ -570,13 +565,20 @@ def _create_engine(
         connect_args.setdefault("init_command", "SET time_zone = '+00:00'")
         if "charset" not in url.query:
             connect_args.setdefault("charset", "utf8mb4")
+    # the pool's reset of a connection coming back: see mysql.rollback_unless_ended
+    reset_by_durable = url.get_backend_name() == "mysql" and "pool_reset_on_return" not in options
+    if reset_by_durable:
+        options["pool_reset_on_return"] = None
     # A worker runs many workflows at once, each taking a connection per transaction: a pool
     # smaller than that churns (SQLAlchemy closes overflow connections as they come back, so
     # every burst reconnects). Connections are opened on demand, so a larger bound costs
     # nothing until it is used.
     options.setdefault("pool_size", PG_POOL_SIZE)
     options.setdefault("max_overflow", PG_MAX_OVERFLOW)
-    return create_async_engine(url, **options)
+    async_engine = create_async_engine(url, **options)
+    if reset_by_durable:
+        sa.event.listen(async_engine.sync_engine, "reset", mysql.rollback_unless_ended)
+    return async_engine
 
 
 def configure_engine(engine: sa.Engine | AsyncEngine) -> None:

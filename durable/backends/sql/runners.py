@@ -32,6 +32,7 @@ from durable.backends.sql.direct import (
     DirectStatements,
     as_sqlalchemy,
 )
+from durable.backends.sql.mysql import TRANSACTION_ENDED, resets_by_durable
 
 T = TypeVar("T")
 
@@ -208,14 +209,21 @@ class AsyncRunner(Runner):
         #: :meth:`_shielded`); those still running, which :meth:`release` waits for.
         self._shield = engine.dialect.name in ("mysql", "mariadb")
         self._unfinished: set[asyncio.Future[Any]] = set()
+        #: MySQL: the pool rolls a connection back on its return only if its transaction did not
+        #: end here (see mysql.rollback_unless_ended)
+        self._mark_ended = resets_by_durable(engine)
 
     async def transaction(self, fn: Callable[[sa.Connection], T]) -> T:
         # The whole transaction (checkout, begin, fn, commit, checkin) runs in one greenlet:
         # the same driver calls as AsyncEngine.begin() + run_sync(), without paying the
         # async-to-sync switches of each of those steps.
         def run() -> T:
-            with self.engine.sync_engine.begin() as conn:
-                return fn(conn)
+            with self.engine.sync_engine.connect() as conn:
+                with conn.begin():
+                    result = fn(conn)
+                if self._mark_ended:  # committed: the pool's reset has nothing to undo
+                    conn.connection.info[TRANSACTION_ENDED] = True
+                return result
 
         if self._shield:
             return await self._shielded(greenlet_spawn(run))
