@@ -312,7 +312,7 @@ class Attempts(Leases):
                 raise await self._expire(instance_id, deadline)
             remaining = (deadline - now).total_seconds()
         tel = telemetry.active
-        if tel is None:
+        if tel is None or not tel.recording():  # no span to open (nothing would record it)
             return await self._attempt(wf, snapshot, (args, kwargs), leased_at, remaining)
         with tel.workflow_span(
             wf.name,
