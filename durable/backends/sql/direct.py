@@ -288,6 +288,10 @@ class DirectStatements:
         fairy.detach()  # the pool forgets it: its slot is free, and closing it is ours
         try:
             await conn.set_autocommit(True)
+            # the session's time zone changes no value (timestamps are sent and compared as
+            # instants), but on UTC psycopg reads them as datetime.UTC: UTCDateTime has
+            # nothing left to convert
+            await conn.execute("SET TIME ZONE 'UTC'")
         except BaseException:
             await _close(conn)
             raise
