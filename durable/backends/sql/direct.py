@@ -253,7 +253,10 @@ class DirectStatements:
         params = statement.params(values)
         generation = self._generation
         async with self._available:
-            conn, cursor = self._idle.pop() if self._idle else (None, None)
+            conn: Any = None
+            cursor: Any = None
+            if self._idle:
+                conn, cursor = self._idle.pop()
             try:
                 if conn is None:
                     conn = await self._open()
