@@ -158,7 +158,7 @@ class Step(Generic[P, T]):
         if guard.replayed:
             return guard.replay()
         tel = telemetry.active
-        if tel is not None:
+        if tel is not None and tel.recording():  # else no span: one coroutine less per step
             ctx = guard.ctx
             return await tel.step(
                 ctx.workflow_name,

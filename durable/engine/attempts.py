@@ -263,10 +263,17 @@ class Attempts(Leases):
         )
 
     async def _execute(
-        self, wf: Workflow[Any, Any], instance_id: str, began: WorkflowSnapshot | None = None
+        self,
+        wf: Workflow[Any, Any],
+        instance_id: str,
+        began: WorkflowSnapshot | None = None,
+        *,
+        own_task: bool = False,
     ) -> Any:
         """Run the body under this executor's lease (already claimed) and record the outcome;
         ``began``: the start its claim made (:class:`ClaimedStarts`), else this starts it.
+        ``own_task``: the caller's task exists for this attempt alone (a worker's), so the body
+        runs in it rather than in a task of its own (see :meth:`_invoke`).
 
         How an attempt ends:
 
@@ -324,8 +331,8 @@ class Attempts(Leases):
                 raise await self._expire(instance_id, deadline)
             remaining = (deadline - now).total_seconds()
         tel = telemetry.active
-        if tel is None:
-            return await self._attempt(wf, snapshot, (args, kwargs), leased_at, remaining)
+        if tel is None or not tel.recording():  # no span to open (nothing would record it)
+            return await self._attempt(wf, snapshot, (args, kwargs), leased_at, remaining, own_task)
         with tel.workflow_span(
             wf.name,
             instance_id,
@@ -335,7 +342,7 @@ class Attempts(Leases):
             replayed_steps=len(snapshot.steps),
             outcomes=_SPAN_OUTCOMES,
         ):
-            return await self._attempt(wf, snapshot, (args, kwargs), leased_at, remaining)
+            return await self._attempt(wf, snapshot, (args, kwargs), leased_at, remaining, own_task)
 
     async def _attempt(
         self,
@@ -344,6 +351,7 @@ class Attempts(Leases):
         arguments: tuple[Sequence[Any], Any],
         leased_at: float,
         remaining: float | None,
+        own_task: bool = False,
     ) -> Any:
         """The body of :meth:`_execute` once the execution has begun: run it under its lease
         and record how the attempt ended."""
@@ -378,7 +386,7 @@ class Attempts(Leases):
         try:
             unstorable = False
             try:
-                output = await self._invoke_by(ctx, wf, args, kwargs, remaining)
+                output = await self._invoke_by(ctx, wf, args, kwargs, remaining, own_task)
                 ctx.check_history_consumed()
                 unstorable = True
                 output = self._roundtrip_output(wf, instance_id, output)
@@ -440,6 +448,7 @@ class Attempts(Leases):
         args: Sequence[Any],
         kwargs: Any,
         remaining: float | None,
+        own_task: bool = False,
     ) -> Any:
         """:meth:`_invoke`, stopped after ``remaining`` seconds (the execution's deadline), if
         given: an async body is cancelled where it awaits; a sync body's thread cannot be
@@ -448,10 +457,10 @@ class Attempts(Leases):
         :raises _DeadlinePassed: the deadline came first.
         """
         if remaining is None:
-            return await self._invoke(ctx, wf, args, kwargs)
+            return await self._invoke(ctx, wf, args, kwargs, own_task)
         try:
             async with asyncio.timeout(remaining) as scope:
-                return await self._invoke(ctx, wf, args, kwargs)
+                return await self._invoke(ctx, wf, args, kwargs, own_task)
         except TimeoutError:
             if scope.expired():
                 raise _DeadlinePassed() from None
@@ -504,14 +513,30 @@ class Attempts(Leases):
         )
 
     async def _invoke(
-        self, ctx: ExecutionContext, wf: Workflow[Any, Any], args: Sequence[Any], kwargs: Any
+        self,
+        ctx: ExecutionContext,
+        wf: Workflow[Any, Any],
+        args: Sequence[Any],
+        kwargs: Any,
+        own_task: bool = False,
     ) -> Any:
-        scope = contextvars.copy_context()
-        scope.run(_context.enter, ctx)
+        """Run the body with ``ctx`` current: an async body in a task with a context of its
+        own, or, when the calling task exists for this attempt alone (``own_task``: a worker's),
+        in that task with ``ctx`` current until it returns (a task less per execution); a sync
+        body in a thread of the runtime's pool."""
         if wf.is_async:
-            task = asyncio.get_running_loop().create_task(wf.fn(*args, **kwargs), context=scope)
             try:
-                output = await task
+                if own_task:
+                    token = _context.enter(ctx)
+                    try:
+                        output = await wf.fn(*args, **kwargs)
+                    finally:
+                        _context.leave(token)
+                else:
+                    scope = contextvars.copy_context()
+                    scope.run(_context.enter, ctx)
+                    loop = asyncio.get_running_loop()
+                    output = await loop.create_task(wf.fn(*args, **kwargs), context=scope)
             except Exception:
                 if ctx.unrecorded_markers:  # best effort before the failure is recorded
                     with contextlib.suppress(DurableError):
@@ -520,6 +545,8 @@ class Attempts(Leases):
             # durable.patched() markers not recorded yet go before the outcome
             await ctx.record_markers()
             return output
+        scope = contextvars.copy_context()
+        scope.run(_context.enter, ctx)
         assert self._threads is not None
         return await asyncio.get_running_loop().run_in_executor(
             self._threads, lambda: scope.run(wf.fn, *args, **kwargs)
@@ -670,8 +697,11 @@ class Attempts(Leases):
             self._claimed.take(instance_id)
             raise self._lost(instance_id, WORKFLOW_TASK)
         async with self._locks.hold(instance_id):
-            # None if this runtime ran it meanwhile (the start then fails the fence, as before)
-            return await self._execute(wf, instance_id, self._claimed.take(instance_id))
+            # None if this runtime ran it meanwhile (the start then fails the fence, as before);
+            # the worker's task for this execution runs its body too
+            return await self._execute(
+                wf, instance_id, self._claimed.take(instance_id), own_task=True
+            )
 
 
 class _DeadlinePassed(BaseException):

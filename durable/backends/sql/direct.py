@@ -225,7 +225,9 @@ class DirectStatements:
         size = getattr(self._engine.pool, "size", None)
         pool_size = int(size()) if callable(size) else 1
         self._capacity = max(1, min(DIRECT_CONNECTIONS, pool_size))
-        self._idle: list[Any] = []  # psycopg AsyncConnections in autocommit mode
+        # psycopg AsyncConnections in autocommit mode, each with its cursor: a cursor keeps the
+        # parameters' dumpers it looked up (a new one per statement looks them up again)
+        self._idle: list[tuple[Any, Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._available: asyncio.Semaphore | None = None
         self._generation = 0  # bumped by close(): connections of an older one are not reused
@@ -251,11 +253,14 @@ class DirectStatements:
         params = statement.params(values)
         generation = self._generation
         async with self._available:
-            conn = self._idle.pop() if self._idle else None
+            conn: Any = None
+            cursor: Any = None
+            if self._idle:
+                conn, cursor = self._idle.pop()
             try:
                 if conn is None:
                     conn = await self._open()
-                cursor = conn.cursor()
+                    cursor = conn.cursor()
                 await cursor.execute(statement.sql, params, prepare=True)
                 result = DirectResult(
                     int(cursor.rowcount),
@@ -274,7 +279,7 @@ class DirectStatements:
                     raise
                 raise wrapped from exc
             if generation == self._generation:
-                self._idle.append(conn)
+                self._idle.append((conn, cursor))
             else:  # closed meanwhile
                 await _close(conn)
             return result
@@ -286,6 +291,10 @@ class DirectStatements:
         fairy.detach()  # the pool forgets it: its slot is free, and closing it is ours
         try:
             await conn.set_autocommit(True)
+            # the session's time zone changes no value (timestamps are sent and compared as
+            # instants), but on UTC psycopg reads them as datetime.UTC: UTCDateTime has
+            # nothing left to convert
+            await conn.execute("SET TIME ZONE 'UTC'")
         except BaseException:
             await _close(conn)
             raise
@@ -295,7 +304,7 @@ class DirectStatements:
         """Close the idle connections (after one broke: a restarted server dropped them all,
         and each would otherwise fail one more statement before it is discarded)."""
         idle, self._idle = self._idle, []
-        for conn in idle:
+        for conn, _cursor in idle:
             await _close(conn)
 
     async def close(self) -> None:

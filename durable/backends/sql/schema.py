@@ -60,6 +60,8 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
+        if getattr(value, "tzinfo", None) is UTC:  # as psycopg reads it on a UTC session
+            return value  # type: ignore[no-any-return]
         if isinstance(value, str):  # a value SQLite computed itself
             value = datetime.fromisoformat(value)
         if value.tzinfo is None:
