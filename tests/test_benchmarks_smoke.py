@@ -208,3 +208,13 @@ def test_transactional_step_benchmark_sqlite(tmp_path: Path) -> None:
     _positive(result["step_us"])
     _positive(result["floor_us"])
     assert result["ratio"] > 0
+
+
+def test_serializers_benchmark(tmp_path: Path) -> None:
+    document = _benchmark("serializers").main(["--quick", "--sqlite-dir", str(tmp_path)])
+    steps = document["per_step"]
+    # a step's output is serialized once and read back once (the round trip check)
+    assert steps["dumps_per_step"] >= 1 and steps["loads_per_step"] >= 1
+    assert steps["step_us"] > 0
+    ours = document["per_call"]["durable json"]
+    assert ours["dumps_us"] > 0 and ours["loads_us"] > 0 and ours["saved_per_step_us"] == 0
