@@ -5,7 +5,8 @@ To run:
 
     python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/python examples/orders.py
 
-(or pass a database URL: ``examples/orders.py postgresql+psycopg://app@localhost/app``). By
+(or pass a database URL: ``examples/orders.py postgresql+psycopg://app@localhost/app``, or
+``mysql://app@localhost/app`` for MariaDB). By
 default a SQLite file ``orders.db`` in the current folder holds the application's tables AND
 durable's: that is what makes one transaction cover both.
 
@@ -52,14 +53,14 @@ def reserve(conn: sa.Connection, order_id: str) -> int:
     """Take the order's quantity from the stock and mark the order reserved: one transaction
     with the step's checkpoint. Returns the stock left."""
     order = conn.execute(sa.select(orders).where(orders.c.id == order_id)).one()
-    left = conn.execute(
+    taken = conn.execute(  # no UPDATE ... RETURNING: MariaDB has none
         stock.update()
         .where(stock.c.sku == order.sku, stock.c.qty >= order.qty)
         .values(qty=stock.c.qty - order.qty)
-        .returning(stock.c.qty)
-    ).scalar_one_or_none()
-    if left is None:
+    ).rowcount
+    if taken != 1:
         raise OutOfStock(f"not enough {order.sku} for order {order_id}")
+    left = conn.execute(sa.select(stock.c.qty).where(stock.c.sku == order.sku)).scalar_one()
     conn.execute(orders.update().where(orders.c.id == order_id).values(status="reserved"))
     return int(left)
 
@@ -86,10 +87,19 @@ def place_order(engine: sa.Engine, order_id: str, sku: str, qty: int) -> str:
         return durable.enqueue_in(conn, checkout, order_id, idempotency_key=f"order-{order_id}")
 
 
+def app_url(url: str) -> str:
+    """The application's own engine for durable's database: the same database through a sync
+    driver (``mysql://`` alone would mean mysqlclient, which durable's extra does not install)."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() in ("mysql", "mariadb"):
+        return parsed.set(drivername="mysql+pymysql").render_as_string(hide_password=False)
+    return url.replace("+aiosqlite", "")
+
+
 def main(url: str) -> None:
     runtime = durable.Runtime(durable.connect(url), recover=False)
     with runtime:  # creates durable's tables
-        engine = sa.create_engine(url.replace("+aiosqlite", ""))
+        engine = sa.create_engine(app_url(url))
         META.create_all(engine)  # the application's tables, in the same database
         with engine.begin() as conn:
             conn.execute(stock.delete())

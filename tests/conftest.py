@@ -132,6 +132,7 @@ MYSQL_MODULES = frozenset(
         "test_poison_rows.py",
         "test_messages.py",
         "test_worker_prefetch.py",
+        "test_examples.py",
     }
 )
 

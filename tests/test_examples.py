@@ -87,3 +87,11 @@ def test_orders_example_on_postgres(tmp_path: Path, pg_url: str) -> None:
     done = run_example("orders.py", tmp_path, pg_url)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines()[-1].endswith("mugs left: 1; checkouts: 3")
+
+
+@pytest.mark.slow
+@pytest.mark.mysql
+def test_orders_example_on_mariadb(tmp_path: Path, mysql_url: str) -> None:
+    done = run_example("orders.py", tmp_path, mysql_url)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1].endswith("mugs left: 1; checkouts: 3")
