@@ -1,4 +1,5 @@
-"""The time-skipping clock (``durable_clock``, durable.testing.clock) under the plugin's fixtures:
+"""The time-skipping clock (``durable_clock``, durable.testing.clock) under the plugin's fixtures,
+in memory, on SQLite files (both drivers) and on PostgreSQL:
 durable sleeps of days, a step's 4-minute retry backoff, a workflow's retry backoff, a ``recv``
 timeout, a timer and a deadline all complete at once in real time, and exactly on time in virtual
 time (what the workflow sees of the store's clock is the same on every run); through ``run`` and
@@ -22,6 +23,23 @@ from durable.timers import SLEEP_STEP
 
 SEEN: list[datetime] = []
 CLOCK: list[TimeSkippingClock] = []
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        "aiosqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
+def durable_url(request: pytest.FixtureRequest) -> str:
+    """The plugin's fixtures in memory and on a fresh database of each kind (on a database the
+    runtime runs on the clock in the tests that use ``durable_clock``: all of these do)."""
+    if request.param == "memory":
+        return "memory://"
+    name = {"sqlite": "sqlite_url", "aiosqlite": "aiosqlite_url", "postgres": "pg_url"}
+    return str(request.getfixturevalue(name[request.param]))
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,7 @@
-"""The time-skipping clock (``durable_clock``) on databases: the plugin's fixtures on a SQLite
-file (both drivers) and on PostgreSQL. A 3-day ``durable.sleep``, a step's 4-minute retry
-backoff, a workflow's retry backoff, a timer, a ``recv`` timeout and a deadline complete at once
-in real time and exactly on time by the store's clock (``backend.now()`` and the rows' times);
+"""The time-skipping clock (``durable_clock``) on databases, beyond what tests/test_time_skipping.py
+runs on every backend: on a SQLite file (both drivers) and on PostgreSQL, a 3-day
+``durable.sleep`` completes at once in real time and exactly on time by the store's clock
+(``backend.now()`` and the rows' times);
 two runs from the same start see the same times; ``advance`` by hand, from the test's loop and
 from a sync test's thread. (On a database the fixtures' runtime runs on the clock in the tests
 that use ``durable_clock``: every test here does.)
@@ -10,7 +10,6 @@ that use ``durable_clock``: every test here does.)
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -19,7 +18,7 @@ import pytest
 import durable
 from durable.backends.sql import SQLAlchemyBackend
 from durable.backends.sql.dialects import dialect_for
-from durable.errors import ConfigurationError, InvalidArgumentError, WorkflowCancelledError
+from durable.errors import ConfigurationError, InvalidArgumentError
 from durable.models import WorkflowStatus
 from durable.testing import TimeSkippingClock
 from durable.timers import SLEEP_STEP
@@ -63,18 +62,6 @@ async def three_days() -> list[str]:
     return [before, await now_step()]
 
 
-@durable.step(name="sqlskip.now_sync")
-def now_sync_step() -> str:
-    return RUNTIME[0].blocking(_store_now()).isoformat()
-
-
-@durable.workflow(name="sqlskip.three_days_sync.v1")
-def three_days_sync() -> list[str]:
-    before = now_sync_step()
-    durable.sleep_sync(timedelta(days=3))
-    return [before, now_sync_step()]
-
-
 @durable.step(name="sqlskip.flaky", max_attempts=3, initial_delay=240.0, backoff_rate=2.0)
 async def flaky() -> str:
     SEEN.append(await _store_now())
@@ -86,31 +73,6 @@ async def flaky() -> str:
 @durable.workflow(name="sqlskip.backoff.v1")
 async def backoff() -> str:
     return await flaky()
-
-
-@durable.workflow(
-    name="sqlskip.workflow_retry.v1",
-    retry=durable.RetryPolicy(max_attempts=3, initial_delay=60.0, backoff_rate=4.0),
-)
-async def workflow_retry() -> str:
-    SEEN.append(await _store_now())
-    if len(SEEN) < 3:
-        raise RuntimeError("not yet")
-    return "third time"
-
-
-@durable.workflow(name="sqlskip.recv.v1")
-async def wait_for_approval() -> list[object]:
-    await durable.start_timer("reminder", timedelta(hours=12), value="remind")
-    reminder = await durable.recv("reminder")
-    decision = await durable.recv("decision", timeout=timedelta(days=1))
-    return [reminder, decision]
-
-
-@durable.workflow(name="sqlskip.deadline.v1")
-async def too_slow() -> str:
-    await durable.sleep(timedelta(days=1))
-    return "never"
 
 
 def _span(pair: list[str]) -> timedelta:
@@ -131,60 +93,6 @@ async def test_a_three_day_sleep_is_crossed_at_once_exactly_on_time(
     info = await durable_runtime.client.get_workflow("w")  # the rows' times are the clock's
     assert info.created_at == start
     assert info.completed_at == start + timedelta(days=3)
-
-
-def test_sync_workflow_sync_test(
-    durable_runtime: durable.Runtime, durable_clock: TimeSkippingClock
-) -> None:
-    assert _span(durable_runtime.run_sync(three_days_sync)) == timedelta(days=3)
-
-
-async def test_a_step_retried_with_a_four_minute_backoff(
-    durable_runtime: durable.Runtime, durable_clock: TimeSkippingClock
-) -> None:
-    assert await durable_runtime.run(backoff) == "done"
-    assert [b - a for a, b in itertools.pairwise(SEEN)] == [
-        timedelta(minutes=4),
-        timedelta(minutes=8),
-    ]
-
-
-async def test_a_workflow_retried_with_backoff_through_a_worker(
-    durable_client: durable.Client, durable_worker: object, durable_clock: TimeSkippingClock
-) -> None:
-    workflow_id = await durable_client.enqueue(workflow_retry)
-    assert await durable_client.result(workflow_id) == "third time"
-    assert [b - a for a, b in itertools.pairwise(SEEN)] == [
-        timedelta(minutes=1),
-        timedelta(minutes=4),
-    ]
-
-
-async def test_a_timer_and_a_recv_timeout(
-    durable_runtime: durable.Runtime, durable_clock: TimeSkippingClock
-) -> None:
-    assert await durable_runtime.run(wait_for_approval) == ["remind", None]
-    assert durable_clock.skipped == timedelta(hours=12) + timedelta(days=1)
-
-
-async def test_a_message_sent_before_the_timeout_is_received(
-    durable_runtime: durable.Runtime, durable_clock: TimeSkippingClock
-) -> None:
-    await durable_runtime.enqueue(wait_for_approval, workflow_id="a")
-    await durable_runtime.send("a", "decision", {"ok": True})
-    assert await durable_runtime.run(wait_for_approval, workflow_id="a") == [
-        "remind",
-        {"ok": True},
-    ]
-    assert durable_clock.skipped == timedelta(hours=12)
-
-
-async def test_a_deadline_passes_in_virtual_time(
-    durable_runtime: durable.Runtime, durable_clock: TimeSkippingClock
-) -> None:
-    with pytest.raises(WorkflowCancelledError):
-        await durable_runtime.run(too_slow, timeout=timedelta(hours=1))
-    assert durable_clock.skipped == timedelta(hours=1)
 
 
 async def _until_asleep(client: durable.Client, workflow_id: str) -> None:
