@@ -688,7 +688,7 @@ async def test_fencing_a_step_outliving_its_lease_is_not_recorded(
     """A's step blocks longer than A's lease, with A's heartbeat effectively off; B takes the
     execution over after expiry and finishes it. When A's step returns, its record is refused
     with ClaimLostError: A records nothing more, and the stored outcomes are B's."""
-    ttl_a = 0.3
+    ttl_a = 1.0  # B must meet it live: its start on a loaded MariaDB can take a while
     registry = durable.Registry()
     executions: list[str] = []
     a_inside, release_a = asyncio.Event(), asyncio.Event()
