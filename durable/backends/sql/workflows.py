@@ -339,7 +339,6 @@ class WorkflowRecords(SQLCore):
     async def cancel_expired_workflows(self, *, limit: int = 100) -> list[WorkflowInfo]:
         if limit < 1:
             raise InvalidArgumentError(f"limit must be at least 1, got {limit}")
-        now = self.clock()
         expired = self.dialect.skip_locked(
             sa.select(workflows.c.id, workflows.c.deadline)
             .where(
@@ -355,6 +354,9 @@ class WorkflowRecords(SQLCore):
             cancelled = []
             for instance_id, deadline in found:
                 error_json = deadline_error(instance_id, deadline).to_json()
+                # read after the statement that found it due, and never before its deadline
+                # (the lease clock may be the database's, a little ahead of this host's)
+                now = max(self.clock(), deadline)
                 row = self._cancel_one(conn, instance_id, now, error_json)
                 if row is not None:
                     self._cancel_descendants(conn, instance_id, now, error_json)
