@@ -200,23 +200,49 @@ def enqueue_options(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class CheckedEnqueue:
-    """The options of one enqueue, checked before anything is written (:meth:`check`), shared
-    by :meth:`durable.Client.enqueue`, :meth:`durable.Runtime.enqueue` and
-    :func:`durable.enqueue_in`; :meth:`options` builds the :class:`EnqueueOptions` for the
-    resolved workflow."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckedOptions:
+    """An enqueue's options, checked (:func:`check_enqueue_arguments`), as one enqueue
+    (:class:`CheckedEnqueue`) and one row of a batch (:class:`PlannedEnqueue`) both hold them;
+    :meth:`options` builds the :class:`EnqueueOptions` for the resolved workflow."""
 
-    workflow_id: str | None
     idempotency_key: str | None
     priority: int
     run_after: datetime | None
     wait: timedelta | None
     max_attempts: int | None
     queue: str | None
-    timeout: float | timedelta | None
-    deadline: datetime | None
-    labels: Mapping[str, str] | None
+    timeout: float | timedelta | None = None
+    deadline: datetime | None = None
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    def options(self, target: Workflow[Any, Any] | str) -> EnqueueOptions:
+        """The options for ``target`` (the resolved workflow, whose policy gives the default
+        ``max_attempts``).
+
+        :raises InvalidArgumentError: both ``run_after`` and a delay are given.
+        """
+        return enqueue_options(
+            target,
+            idempotency_key=self.idempotency_key,
+            priority=self.priority,
+            run_after=self.run_after,
+            wait=self.wait,
+            max_attempts=self.max_attempts,
+            queue=self.queue,
+            timeout=self.timeout,
+            deadline=self.deadline,
+            labels=self.labels,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckedEnqueue(CheckedOptions):
+    """The options of one enqueue, checked before anything is written (:meth:`check`), shared
+    by :meth:`durable.Client.enqueue`, :meth:`durable.Runtime.enqueue` and
+    :func:`durable.enqueue_in`, with what a batch's row has not: partitions and debouncing."""
+
+    workflow_id: str | None
     partition_key: str | None
     debounce: timedelta | None
     debounce_key: str | None
@@ -280,30 +306,18 @@ class CheckedEnqueue:
             queue=queue,
             timeout=timeout,
             deadline=deadline,
-            labels=labels,
+            labels={} if labels is None else labels,
             partition_key=partition_key,
             debounce=quiet,
             debounce_key=debounce_key if quiet is not None else None,
         )
 
     def options(self, target: Workflow[Any, Any] | str) -> EnqueueOptions:
-        """The enqueue's options for ``target`` (the resolved workflow, whose policy gives the
-        default ``max_attempts``).
+        """The enqueue's options for ``target``, its partition and debouncing included.
 
         :raises InvalidArgumentError: both ``run_after`` and a delay are given.
         """
-        options = enqueue_options(
-            target,
-            idempotency_key=self.idempotency_key,
-            priority=self.priority,
-            run_after=self.run_after,
-            wait=self.wait,
-            max_attempts=self.max_attempts,
-            queue=self.queue,
-            timeout=self.timeout,
-            deadline=self.deadline,
-            labels=self.labels,
-        )
+        options = CheckedOptions.options(self, target)  # (no bare super() in a slots class)
         if self.partition_key is None and self.debounce is None:
             return options
         return dataclasses.replace(
@@ -489,8 +503,8 @@ class Enqueue:
     """The row's own labels, merged over the batch's ``labels``."""
 
 
-@dataclass(frozen=True, slots=True)
-class PlannedEnqueue:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlannedEnqueue(CheckedOptions):
     """One row of a checked batch (:func:`plan_enqueue_many`): the workflow as given (a name
     is resolved by the caller), its id if given, its arguments and its checked options."""
 
@@ -498,31 +512,6 @@ class PlannedEnqueue:
     workflow_id: str | None
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    idempotency_key: str | None
-    priority: int
-    run_after: datetime | None
-    wait: timedelta | None
-    max_attempts: int | None
-    queue: str | None
-    timeout: timedelta | None = None
-    deadline: datetime | None = None
-    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
-
-    def options(self, target: Workflow[Any, Any] | str) -> EnqueueOptions:
-        """The row's options for ``target`` (the resolved workflow, whose policy gives the
-        default ``max_attempts``)."""
-        return enqueue_options(
-            target,
-            idempotency_key=self.idempotency_key,
-            priority=self.priority,
-            run_after=self.run_after,
-            wait=self.wait,
-            max_attempts=self.max_attempts,
-            queue=self.queue,
-            timeout=self.timeout,
-            deadline=self.deadline,
-            labels=self.labels,
-        )
 
 
 def plan_enqueue_many(

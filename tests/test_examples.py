@@ -82,16 +82,16 @@ def test_orders_example_creates_its_tables_and_reserves_stock_once(tmp_path: Pat
 
 
 @pytest.mark.slow
-@pytest.mark.postgres
-def test_orders_example_on_postgres(tmp_path: Path, pg_url: str) -> None:
-    done = run_example("orders.py", tmp_path, pg_url)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.splitlines()[-1].endswith("mugs left: 1; checkouts: 3")
-
-
-@pytest.mark.slow
-@pytest.mark.mysql
-def test_orders_example_on_mariadb(tmp_path: Path, mysql_url: str) -> None:
-    done = run_example("orders.py", tmp_path, mysql_url)
+@pytest.mark.parametrize(
+    "url_fixture",
+    [
+        pytest.param("pg_url", marks=pytest.mark.postgres, id="postgres"),
+        pytest.param("mysql_url", marks=pytest.mark.mysql, id="mysql"),
+    ],
+)
+def test_orders_example_on_a_server(
+    tmp_path: Path, request: pytest.FixtureRequest, url_fixture: str
+) -> None:
+    done = run_example("orders.py", tmp_path, request.getfixturevalue(url_fixture))
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines()[-1].endswith("mugs left: 1; checkouts: 3")
