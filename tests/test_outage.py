@@ -682,7 +682,9 @@ class Run:
 
 def read_runs(path: Path) -> list[Run]:
     runs = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    text = path.read_text(encoding="utf-8")
+    # while workers run, the last line may be half written: only whole lines count
+    for line in text[: text.rfind("\n") + 1].splitlines():
         workflow_id, step, token, pid, at = line.split(" ")
         runs.append(Run(workflow_id, step, token, int(pid), float(at)))
     return runs
