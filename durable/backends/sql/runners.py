@@ -205,9 +205,10 @@ class AsyncRunner(Runner):
         self.engine = engine
         self._lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         self._direct = DirectStatements(engine)
-        #: MySQL: a transaction runs to its end even when its caller is cancelled (see
-        #: :meth:`_shielded`); those still running, which :meth:`release` waits for.
-        self._shield = engine.dialect.name in ("mysql", "mariadb")
+        #: MySQL and aiosqlite: a transaction runs to its end even when its caller is
+        #: cancelled (see :meth:`_shielded`); those still running, which :meth:`release` waits
+        #: for.
+        self._shield = engine.dialect.name in ("mysql", "mariadb", "sqlite")
         self._unfinished: set[asyncio.Future[Any]] = set()
         #: MySQL: the pool rolls a connection back on its return only if its transaction did not
         #: end here (see mysql.rollback_unless_ended)
@@ -225,10 +226,13 @@ class AsyncRunner(Runner):
                     conn.connection.info[TRANSACTION_ENDED] = True
                 return result
 
+        transaction = greenlet_spawn(run) if self._lock is None else self._serialized(run)
         if self._shield:
-            return await self._shielded(greenlet_spawn(run))
-        if self._lock is None:
-            return await greenlet_spawn(run)
+            return await self._shielded(transaction)
+        return await transaction
+
+    async def _serialized(self, run: Callable[[], T]) -> T:
+        assert self._lock is not None
         async with self._lock:
             return await greenlet_spawn(run)
 
@@ -236,7 +240,10 @@ class AsyncRunner(Runner):
         """Run ``transaction`` to its end (commit, or rollback) even if the caller is cancelled
         meanwhile; the caller is not kept waiting. aiomysql interrupted between two statements of
         a transaction (a heartbeat cancelled when its attempt ends) would leave the transaction
-        open on the server, holding its row locks, until the connection is closed."""
+        open on the server, holding its row locks, until the connection is closed; aiosqlite
+        interrupted in the middle of a transaction could leave its connection inside it,
+        holding the file's write lock (every other writer then waited out its busy timeout:
+        CI saw it when a ``result(timeout=...)`` ran out during a read)."""
         task = asyncio.ensure_future(transaction)
         self._unfinished.add(task)
         task.add_done_callback(_settled(self._unfinished))
