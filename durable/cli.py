@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from durable.cli_actions import add_action_commands
+from durable.cli_events import events_command
 from durable.cli_gc import gc_command
 from durable.cli_output import checked_id, emit, json_option, jsonable, stamp, when
 from durable.cli_queues import queues_group
@@ -482,3 +483,4 @@ add_action_commands(workflows, open_client)
 main.add_command(executors_command(open_client), "executors")
 main.add_command(queues_group(open_client, queues_command(open_client)), "queues")
 main.add_command(gc_command(open_client), "gc")
+main.add_command(events_command(open_client), "events")

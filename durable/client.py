@@ -35,14 +35,19 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from durable import telemetry
 from durable.backends.base import PersistentBackend
 from durable.connect import connect
-from durable.errors import DurableError, InvalidArgumentError, WorkflowNotFoundError
+from durable.errors import (
+    BackendUnavailableError,
+    DurableError,
+    InvalidArgumentError,
+    WorkflowNotFoundError,
+)
 from durable.executions import DEFAULT_MAX_ATTEMPTS as DEFAULT_MAX_ATTEMPTS
 from durable.executions import CheckedEnqueue, create_execution, create_executions
 from durable.executions import Enqueue as Enqueue
@@ -52,6 +57,7 @@ from durable.executions import outcome as outcome
 from durable.executions import outcome_error as outcome_error
 from durable.executions import plan_enqueue_many as plan_enqueue_many
 from durable.models import (
+    ChangeEvent,
     ExecutorInfo,
     Page,
     QueueDepth,
@@ -825,3 +831,59 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
     def list_executors_sync(self, *, stale_after: float | None = None) -> list[ExecutorInfo]:
         """:meth:`list_executors` for code that is not async."""
         return self.blocking(self.list_executors(stale_after=stale_after))
+
+    # -- the change feed -------------------------------------------------------------------
+
+    async def events(self, *, after: int = 0, limit: int = 100) -> list[ChangeEvent]:
+        """The state changes after position ``after``, in one global order: executions
+        created, started, finished; steps recorded (or pending, sleeping, waiting for a
+        message); messages sent. For projections and audit logs: keep the last event's
+        ``position`` and pass it as ``after`` to read on; an event that commits later is never
+        placed before it (see :class:`~durable.models.ChangeEvent` for what the feed keeps).
+
+        At most ``limit`` events, or a few more when the limit falls inside a group of events
+        at one position (a group is never split).
+
+        :raises InvalidArgumentError: ``after`` negative, ``limit`` below 1.
+        :raises NotSupportedError: the backend keeps no change feed (a custom backend without
+            ``list_changes``).
+        """
+        self._require_started()
+        return await self.backend.list_changes(after=after, limit=limit)
+
+    def events_sync(self, *, after: int = 0, limit: int = 100) -> list[ChangeEvent]:
+        """:meth:`events` for code that is not async."""
+        return self.blocking(self.events(after=after, limit=limit))
+
+    async def follow_events(
+        self, *, after: int = 0, poll_interval: float = 0.5, batch: int = 100
+    ) -> AsyncIterator[ChangeEvent]:
+        """Every change after ``after``, as it appears, forever: :meth:`events` read again
+        every ``poll_interval`` seconds once it has nothing new (the caller stops iterating).
+        While the database cannot be reached it waits and reads again (logged as a warning
+        once per outage): an outage delays events, it never skips one.
+
+        :raises InvalidArgumentError: as :meth:`events`, or ``poll_interval`` not positive.
+        """
+        interval = check_positive_float(poll_interval, "poll_interval")
+        unreachable = False
+        while True:
+            try:
+                found = await self.events(after=after, limit=batch)
+            except BackendUnavailableError as exc:
+                if not unreachable:
+                    log.warning(
+                        "the change feed cannot be read, reading again every %ss: %s",
+                        interval,
+                        exc,
+                        extra={"action": "retry"},
+                    )
+                unreachable = True
+                await asyncio.sleep(interval)
+                continue
+            unreachable = False
+            for event in found:
+                yield event
+                after = event.position
+            if not found:
+                await asyncio.sleep(interval)

@@ -4,7 +4,8 @@ The tree::
 
     DurableError
     ├── ConfigurationError            bad URL, unknown scheme, bad option value
-    │   └── NothingToServeError       a worker was started with no workflow to serve
+    │   ├── NothingToServeError       a worker was started with no workflow to serve
+    │   └── NotSupportedError         the backend lacks an optional capability (the change feed)
     ├── InvalidArgumentError          a bad argument (also a ValueError)
     ├── BackendError                  the storage failed (driver error kept in __cause__)
     │   ├── BackendUnavailableError   the database cannot be reached
@@ -88,6 +89,11 @@ class ConfigurationError(DurableError):
 class NothingToServeError(ConfigurationError):
     """A worker was started with no workflow to serve: register workflows in its registry
     (import the modules that define them) or name them."""
+
+
+class NotSupportedError(ConfigurationError):
+    """The backend cannot do what was asked (an optional capability it lacks); the message names
+    the backend and the operation."""
 
 
 class InvalidArgumentError(DurableError, ValueError):

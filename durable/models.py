@@ -491,3 +491,57 @@ class QueueInfo:
                 self.partition_concurrency,
             )
         )
+
+
+# -- the change feed (Client.events) -------------------------------------------------------------
+
+
+class ChangeKind(StrEnum):
+    """What a :class:`ChangeEvent` says happened."""
+
+    CREATED = "created"
+    """The execution was recorded (enqueued, scheduled, started as a child, forked)."""
+    STARTED = "started"
+    """An attempt began (a later attempt replaces an earlier one's event: see ChangeEvent)."""
+    STEP_RECORDED = "step_recorded"
+    """A step's outcome was recorded (``step_status`` succeeded or failed)."""
+    STEP_PENDING = "step_pending"
+    """A step was recorded as pending: a child workflow or a fanned-out call is awaited."""
+    SLEEPING = "sleeping"
+    """A ``durable.sleep`` was recorded: the execution sleeps until the step's output time."""
+    WAITING = "waiting"
+    """A ``durable.recv`` found no message: the execution waits for one."""
+    MESSAGE = "message"
+    """A message was sent to the execution (``send``, or one of its timers)."""
+    FINISHED = "finished"
+    """The execution ended; ``status`` says how (succeeded, failed, cancelled, dead letter)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ChangeEvent:
+    """One state change of the change feed (``Client.events``), at its :attr:`position`.
+
+    The feed is derived from the rows durable writes anyway: each row carries the position of
+    the last change that wrote it. So an event is a row's *current* state: a step recorded
+    pending and later succeeded shows once, as recorded, at the later position (a reader that
+    read in between saw both); a workflow started again (a retry, a crash's resumption) moves
+    its ``started`` event to the new position. Rows deleted (retention, ``delete``) take their
+    events with them.
+    """
+
+    position: int
+    """Its place in the feed's one global order: pass the last one read as ``after`` to read
+    on. Opaque: compare positions, do not compute with them (on PostgreSQL they exceed 64 bits:
+    the writing transaction's id times 2**64 plus a sequence value)."""
+    kind: ChangeKind
+    workflow_id: str
+    workflow_name: str
+    time: datetime | None
+    """When it happened, as the row records it (created_at, started_at, a step's completed or
+    started time, a message's sent_at, completed_at)."""
+    status: str | None = None
+    """The workflow's status (created, started, finished) or the step's (step events)."""
+    step_position: int | None = None
+    """The step's position in the workflow's history (step events)."""
+    step_name: str | None = None
+    """The step's name (step events), or the message's topic (message events)."""

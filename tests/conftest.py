@@ -123,6 +123,7 @@ _MYSQL_COUNT = 0
 MYSQL_MODULES = frozenset(
     {
         "test_contract.py",
+        "test_change_feed.py",
         "test_migrations.py",
         "test_mysql.py",
         "test_crash_recovery.py",
@@ -196,8 +197,11 @@ def mysql_backend_url(request: pytest.FixtureRequest) -> str:
     )
     try:
         with admin.cursor() as cursor:
-            cursor.execute("SHOW TABLES")
-            tables = [row[0] for row in cursor.fetchall()]
+            cursor.execute("SHOW FULL TABLES")
+            rows = cursor.fetchall()
+            tables = [row[0] for row in rows]
+            # the change feed's sequence is listed as a table, but takes no DELETE
+            sequences = {row[0] for row in rows if row[1] == "SEQUENCE"}
             version = None
             if migrate.VERSION_TABLE in tables:
                 cursor.execute(f"SELECT version_num FROM {migrate.VERSION_TABLE}")
@@ -214,7 +218,7 @@ def mysql_backend_url(request: pytest.FixtureRequest) -> str:
             else:
                 cursor.execute("SET FOREIGN_KEY_CHECKS = 0")
                 for table in tables:
-                    if table != migrate.VERSION_TABLE:
+                    if table != migrate.VERSION_TABLE and table not in sequences:
                         cursor.execute(f"DELETE FROM `{table}`")
     finally:
         admin.close()

@@ -47,7 +47,7 @@ import durable
 from durable.backends import SQLAlchemyBackend
 from durable.cli import main
 from durable.errors import BackendError, BackendUnavailableError, WorkerCrashedError
-from durable.models import StepRecord, TaskSpec, WorkflowSnapshot
+from durable.models import ChangeKind, StepRecord, TaskSpec, WorkflowSnapshot
 from durable.testing._concurrency import max_overlap
 
 # one PostgreSQL cluster of these tests' own, on one port: under pytest-xdist, one worker runs them
@@ -893,3 +893,25 @@ def test_a_limited_queue_keeps_its_limit_across_a_server_restart(
     assert len(intervals) >= total  # a step cut off by the restart before its record runs again
     assert max_overlap(intervals) <= limit
     assert all("Traceback" not in e for e in errors), errors
+
+
+async def test_a_change_feed_follower_rides_out_an_outage(pg_url: str, proxy: Proxy) -> None:
+    """``follow_events`` through a connection the outage cuts: it waits, and every change
+    written meanwhile (by a process that still reaches the database) comes once it is back."""
+    async with durable.Client(durable.connect(pg_url)) as writer:
+        await writer.backend.create_workflow(WorkflowSnapshot(id="before", name="wf"))
+        async with durable.Client(durable.connect(proxy.url(pg_url))) as reader:
+            events = reader.follow_events(poll_interval=0.05)
+            first = await asyncio.wait_for(anext(events), 30)
+            assert (first.kind, first.workflow_id) == (ChangeKind.CREATED, "before")
+            nxt = asyncio.ensure_future(anext(events))
+            await asyncio.sleep(0.2)
+            proxy.cut()
+            await asyncio.sleep(0.3)  # the follower reads and fails meanwhile
+            assert not nxt.done()
+            await writer.backend.create_workflow(WorkflowSnapshot(id="during", name="wf"))
+            proxy.restore()
+            second = await asyncio.wait_for(nxt, 30)
+            assert (second.kind, second.workflow_id) == (ChangeKind.CREATED, "during")
+            assert second.position > first.position
+            await events.aclose()

@@ -40,10 +40,18 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
-from durable.errors import ConfigurationError, DeadlineExceededError, InvalidArgumentError
+from durable.errors import (
+    ConfigurationError,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    NotSupportedError,
+)
 from durable.models import (
+    RECV_STEP,
     WORKFLOW_TASK,
     AvailableTask,
+    ChangeEvent,
+    ChangeKind,
     ErrorInfo,
     EventRecord,
     ExecutorInfo,
@@ -55,6 +63,7 @@ from durable.models import (
     RegisteredWorkflow,
     ScheduleInfo,
     StepRecord,
+    StepStatus,
     StreamChunk,
     TaskClaim,
     TaskSpec,
@@ -1604,6 +1613,51 @@ class PersistentBackend(ABC):
             key, or what :meth:`create_workflow` refuses (nothing is written).
         :raises SerializationError: the input cannot be serialized (nothing is written).
         """
+
+    # -- the change feed (Client.events) ------------------------------------------------------
+
+    async def list_changes(self, *, after: int = 0, limit: int = 100) -> list[ChangeEvent]:
+        """The state changes at positions greater than ``after``, in the feed's one global
+        order, at most ``limit`` of them, or more when the limit falls inside a group of
+        events at one position (a group is never split, so reading on from the last
+        position misses nothing).
+
+        The order is fixed once an event is returned: an event written by a transaction that
+        commits later is never placed before an event already returned (a reader passing the
+        last position it read as ``after`` misses nothing). An event may appear only once the
+        writes before it have ended (PostgreSQL: every older transaction of the cluster).
+        Events are derived from rows the changes write anyway (see :class:`ChangeEvent`).
+        Optional: the default raises :class:`NotSupportedError`.
+
+        :raises InvalidArgumentError: ``after`` negative or ``limit`` below 1.
+        :raises NotSupportedError: the backend keeps no change feed.
+        """
+        raise NotSupportedError(
+            f"{type(self).__name__} keeps no change feed (client.events needs list_changes)"
+        )
+
+
+def check_changes_args(after: int, limit: int) -> None:
+    """Refuse what :meth:`PersistentBackend.list_changes` refuses, as every backend must."""
+    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        raise InvalidArgumentError(f"after must be an int of at least 0, got {after!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidArgumentError(f"limit must be an int of at least 1, got {limit!r}")
+
+
+#: The name durable.sleep records its position under (durable.timers.SLEEP_STEP).
+_SLEEP_STEP = "durable.sleep"
+
+
+def step_change_kind(status: str, name: str) -> ChangeKind:
+    """The change a step's row stands for in the change feed, from its status and name."""
+    if status != StepStatus.PENDING.value:
+        return ChangeKind.STEP_RECORDED
+    if name == _SLEEP_STEP:
+        return ChangeKind.SLEEPING
+    if name == RECV_STEP:
+        return ChangeKind.WAITING
+    return ChangeKind.STEP_PENDING
 
 
 def check_aware(*stamps: datetime | None) -> None:

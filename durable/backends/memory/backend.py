@@ -14,6 +14,13 @@ from datetime import UTC, datetime, timedelta
 
 from durable.backends.base import IdleView
 from durable.backends.memory.batches import Batches
+from durable.backends.memory.changes import (
+    Changes,
+    StampedMessageStore,
+    StampedStepStore,
+    StampedWorkflows,
+    Stamps,
+)
 from durable.backends.memory.claims import Claims
 from durable.backends.memory.continuation import Continuation
 from durable.backends.memory.core import MemoryCore, StoredTask, is_live, utcnow
@@ -55,6 +62,7 @@ class InMemoryBackend(
     Retention,
     Labels,
     Forks,
+    Changes,
     MemoryCore,
 ):
     """Thread- and task-safe storage in memory.
@@ -73,13 +81,15 @@ class InMemoryBackend(
         self.clock = clock
         self._lock = threading.RLock()
         self._seq = itertools.count(1)
-        self._workflows: dict[str, WorkflowInfo] = {}
-        self._steps: dict[str, dict[int, StepRecord]] = {}
+        # stores that stamp each change with its change feed position (.changes)
+        self._stamps = Stamps()
+        self._workflows: dict[str, WorkflowInfo] = StampedWorkflows(self._stamps)
+        self._steps: dict[str, dict[int, StepRecord]] = StampedStepStore(self._stamps)
         self._tasks: dict[tuple[str, str], StoredTask] = {}
         self._idempotency: dict[str, str] = {}
         self._registry: dict[str, RegisteredWorkflow] = {}
         self._executors: dict[str, ExecutorInfo] = {}
-        self._messages: dict[str, list[Message]] = {}
+        self._messages: dict[str, list[Message]] = StampedMessageStore(self._stamps)
         self._events: dict[str, dict[str, StoredEvent]] = {}
         self._streams: dict[str, dict[str, StoredStream]] = {}
         self._schedules: dict[str, ScheduleInfo] = {}

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from durable.backends.sql import migrate
 from durable.backends.sql.batches import Enqueues
+from durable.backends.sql.changes import Changes
 from durable.backends.sql.claims import Claims
 from durable.backends.sql.continuation import Continuation
 from durable.backends.sql.core import first_line, stop_listener
@@ -103,6 +104,7 @@ class SQLAlchemyBackend(
     Transactions,
     Forks,
     TimeSkipping,
+    Changes,
 ):
     """Durable's storage on SQLite, PostgreSQL or MySQL/MariaDB.
 

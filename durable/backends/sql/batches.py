@@ -31,9 +31,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from durable.backends.base import batch_owners, check_aware
+from durable.backends.sql import feed
 from durable.backends.sql.core import SQLCore, write_labels
 from durable.backends.sql.direct import CompiledStatement
-from durable.backends.sql.schema import UTCDateTime, steps, tasks, workflow_labels, workflows
+from durable.backends.sql.schema import UTCDateTime, tasks, workflow_labels, workflows
 from durable.errors import InvalidArgumentError, SerializationError
 from durable.models import TaskSpec, WorkflowInfo, WorkflowSnapshot
 from durable.validation import check_labels
@@ -54,11 +55,23 @@ class Enqueues(SQLCore):
         d = self.dialect
         if d.name == "postgresql":
             self._bulk_workflows: Any = _recordset_insert(
-                workflows, [c.name for c in workflows.c], conflict="ON CONFLICT DO NOTHING"
+                workflows,
+                [c.name for c in workflows.c if c.name not in feed.NAMES],
+                conflict="ON CONFLICT DO NOTHING",
             )
             self._bulk_tasks: Any = _recordset_tasks()
         else:  # SQLite: one prepared INSERT run over every row (no round trips to save)
-            self._bulk_workflows = _DriverInsert(sa.insert(workflows), self.engine.dialect)
+            self._bulk_workflows = _DriverInsert(
+                sa.insert(workflows).values(
+                    {
+                        c.name: sa.bindparam(c.name, type_=c.type)
+                        for c in workflows.c
+                        if c.name not in feed.NAMES
+                    }
+                    | {"created_seq": d.next_position()}
+                ),
+                self.engine.dialect,
+            )
             self._bulk_tasks = _DriverInsert(self._insert_task, self.engine.dialect)
         self._select_batch_existing = sa.select(workflows).where(
             sa.or_(
@@ -84,7 +97,13 @@ class Enqueues(SQLCore):
         d = self.dialect
         inserted = (
             pg.insert(workflows)
-            .values({c.name: sa.bindparam(f"w_{c.name}", type_=c.type) for c in workflows.c})
+            .values(
+                {
+                    c.name: sa.bindparam(f"w_{c.name}", type_=c.type)
+                    for c in workflows.c
+                    if c.name not in feed.NAMES
+                }
+            )
             .on_conflict_do_nothing()
             .returning(*workflows.c)
             .cte("w")
@@ -203,7 +222,7 @@ class Enqueues(SQLCore):
             new = [i for i in fresh if batch[i][0].id in inserted]
             for index in new:
                 if step_rows[index]:
-                    conn.execute(sa.insert(steps), step_rows[index])
+                    conn.execute(self._insert_steps, step_rows[index])
             if labelled:
                 write_labels(conn, [labelled[i] for i in new if i in labelled])
             new_tasks = [task_rows[i] for i in new if i in task_rows]

@@ -31,6 +31,7 @@ from durable.backends.base import PersistentBackend
 from durable.backends.rows import RowRef, step_values, workflow_values
 from durable.backends.sql.dialects import SQLDialect
 from durable.backends.sql.direct import BlockingDirectStatements, CompiledStatement, DirectResult
+from durable.backends.sql.feed import NAMES
 from durable.backends.sql.runners import Runner
 from durable.backends.sql.schema import UTCDateTime, steps, tasks, workflow_labels, workflows
 from durable.errors import (
@@ -56,7 +57,11 @@ T = TypeVar("T")
 log = logging.getLogger("durable.backends.sql.backend")
 
 #: The steps table's columns, in order (a step record's parameters are ``s_<column>``).
-STEP_COLUMNS = [c.name for c in steps.columns]
+#: (not its change feed position: each statement computes that itself, see .feed)
+STEP_COLUMNS = [c.name for c in steps.columns if c.name != "change_seq"]
+#: A workflow's columns as the hot path's statements return them (not its change feed
+#: positions, which nothing reads back: fewer bytes, and the claim's statement stays short)
+WORKFLOW_RETURNED = [c for c in workflows.c if c.name not in NAMES]
 #: The parameters of the statements: a workflow's id, a task's id, a worker's id.
 P_IID = sa.bindparam("p_iid", type_=sa.String())
 P_TID = sa.bindparam("p_tid", type_=sa.String())
@@ -190,6 +195,9 @@ class SQLCore(PersistentBackend):
         )
         task_values["attempts"] = sa.literal(0)
         self._insert_task = sa.insert(tasks).values(task_values)
+        #: steps written with their workflow (executemany over step rows): one change of the
+        #: feed's each (see .feed)
+        self._insert_steps = sa.insert(steps).values(change_seq=d.next_position())
         self._add_task_if_absent = (
             d.insert(tasks)
             .values(task_values)
@@ -440,3 +448,26 @@ def write_labels(conn: sa.Connection, created: Sequence[WorkflowSnapshot]) -> No
         values += [{"workflow_id": snapshot.id, "key": k, "value": v} for k, v in merged.items()]
     if values:
         conn.execute(sa.insert(workflow_labels), values)
+
+
+def record_steps(
+    d: SQLDialect, values: list[sa.Label[Any]], held: sa.ColumnElement[bool] | None
+) -> Any:
+    """A step record's upsert: the row of ``values`` (labelled as :data:`STEP_COLUMNS`), when
+    ``held`` (a fence), inserted, or written over a pending row at its position (a row that is
+    not pending stays: the statement changes no row). Its change feed position goes where
+    :meth:`~.dialects.SQLDialect.recorded_steps` says; a pending row written over gets a
+    ``change_seq`` (see :mod:`.feed`)."""
+    target, position = d.recorded_steps()
+    select = sa.select(*values, d.next_position().label(position))
+    base = d.insert(target).from_select(
+        [*STEP_COLUMNS, position], select if held is None else select.where(held)
+    )
+    return base.on_conflict_do_update(
+        index_elements=["workflow_id", "position"],
+        set_={
+            **{c: base.excluded[c] for c in STEP_COLUMNS if c != "workflow_id"},
+            "change_seq": d.next_position(),
+        },
+        where=target.c.status == StepStatus.PENDING.value,
+    ).execution_options(preserve_rowcount=True)

@@ -48,8 +48,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from durable.backends.sql import mysql
-from durable.backends.sql.schema import UTCDateTime
+from durable.backends.sql import feed, mysql
+from durable.backends.sql.schema import UTCDateTime, steps
 from durable.errors import ConfigurationError
 
 SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -171,6 +171,17 @@ class SQLDialect:
         when the dialect does not know (the backend decides)."""
         return None
 
+    def next_position(self) -> sa.ColumnElement[Any]:
+        """The change feed's next position, computed by the statement that writes the change
+        (no statement of its own): see :mod:`durable.backends.sql.feed`."""
+        raise NotImplementedError
+
+    def recorded_steps(self) -> tuple[Any, str]:
+        """Where the hot path's insert of a step record goes, and the column its feed position
+        goes in: the steps table and ``change_seq``; SQLite: the table with its ``rowid``, and
+        the ``rowid`` (no second index to keep on the step path, see :mod:`.feed`)."""
+        return steps, "change_seq"
+
 
 class BoundClock(SQLDialect):
     """The lease clock as parameters: :meth:`now` is ``c_now``, bound to :attr:`clock`'s time
@@ -197,6 +208,12 @@ class BoundClock(SQLDialect):
 
 class SQLiteDialect(BoundClock):
     name = "sqlite"
+
+    def next_position(self) -> sa.ColumnElement[Any]:
+        return sa.literal_column(feed.SQLITE_NEXT_POSITION, type_=feed.POSITION)
+
+    def recorded_steps(self) -> tuple[Any, str]:
+        return feed.STEPS_WITH_ROWID, "rowid"
 
     def insert(self, table: sa.Table) -> Any:
         return sqlite.insert(table)
@@ -238,6 +255,9 @@ class SQLiteDialect(BoundClock):
 
 class PostgresDialect(SQLDialect):
     name = "postgresql"
+
+    def next_position(self) -> sa.ColumnElement[Any]:
+        return sa.literal_column(feed.PG_NEXT_POSITION, type_=feed.POSITION)
 
     def now(self) -> sa.ColumnElement[datetime]:
         return sa.func.now(type_=UTCDateTime())
@@ -328,6 +348,9 @@ class MySQLDialect(SQLDialect):
     """MariaDB 10.6+ (``FOR UPDATE SKIP LOCKED``, ``INSERT``/``DELETE ... RETURNING``)."""
 
     name = "mysql"
+
+    def next_position(self) -> sa.ColumnElement[Any]:
+        return sa.literal_column(feed.MYSQL_NEXT_POSITION, type_=feed.POSITION)
 
     def now(self) -> sa.ColumnElement[datetime]:
         return sa.func.utc_timestamp(sa.literal_column("6"), type_=UTCDateTime())

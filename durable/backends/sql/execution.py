@@ -15,7 +15,13 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.sql.visitors import replacement_traverse
 
-from durable.backends.sql.core import P_IID, P_WID, STEP_COLUMNS
+from durable.backends.sql.core import (
+    P_IID,
+    P_WID,
+    STEP_COLUMNS,
+    WORKFLOW_RETURNED,
+    record_steps,
+)
 from durable.backends.sql.direct import CompiledStatement
 from durable.backends.sql.grouped import GroupedWrites, array_param
 from durable.backends.sql.runners import InlineRunner
@@ -46,12 +52,7 @@ class Execution(GroupedWrites):
         now = d.now()
         # record_step: a fenced upsert that only overwrites pending rows
         values = [sa.bindparam(f"s_{c}", type_=steps.c[c].type).label(c) for c in STEP_COLUMNS]
-        base = d.insert(steps).from_select(STEP_COLUMNS, sa.select(*values).where(self._held))
-        self._record_step = base.on_conflict_do_update(
-            index_elements=[steps.c.workflow_id, steps.c.position],
-            set_={c: base.excluded[c] for c in STEP_COLUMNS if c not in ("workflow_id",)},
-            where=steps.c.status == StepStatus.PENDING.value,
-        ).execution_options(preserve_rowcount=True)
+        self._record_step = record_steps(d, values, self._held)
         interrupted = workflows.c.status == WorkflowStatus.RUNNING.value
         # what a start writes (also written by a claim that starts what it claims: claims.py)
         self._begin_values: dict[str, Any] = {
@@ -63,12 +64,13 @@ class Execution(GroupedWrites):
             "started_at": sa.func.coalesce(workflows.c.started_at, sa.bindparam("p_ts")),
             "updated_at": sa.bindparam("p_ts"),
             "version": workflows.c.version + 1,
+            "started_seq": d.next_position(),
         }
         self._begin = (
             sa.update(workflows)
             .where(workflows.c.id == P_IID, self._held)
             .values(**self._begin_values)
-            .returning(*workflows.c)
+            .returning(*WORKFLOW_RETURNED)
         )
         self._take_workflow_task = sa.delete(tasks).where(
             tasks.c.instance_id == P_IID,
@@ -86,8 +88,9 @@ class Execution(GroupedWrites):
                 updated_at=sa.bindparam("p_ts"),
                 completed_at=sa.bindparam("p_ts"),
                 version=workflows.c.version + 1,
+                finished_seq=d.next_position(),
             )
-            .returning(*workflows.c)
+            .returning(*WORKFLOW_RETURNED)
         )
         self._reschedule_task = (
             sa.update(tasks)
@@ -148,7 +151,7 @@ class Execution(GroupedWrites):
         )
         history = sa.select(
             sa.literal(1),
-            *nulls(workflows, [c.name for c in workflows.c]),
+            *nulls(workflows, [c.name for c in WORKFLOW_RETURNED]),
             *[steps.c[c] for c in step_columns],
         ).where(
             steps.c.workflow_id == sa.bindparam("p_iid", type_=sa.String()),
@@ -195,7 +198,7 @@ class Execution(GroupedWrites):
             sa.literal(1),
             *[
                 steps.c.workflow_id if c.name == "id" else nulls(workflows, [c.name])[0]
-                for c in workflows.c
+                for c in WORKFLOW_RETURNED
             ],
             *[steps.c[c] for c in step_columns],
         ).where(steps.c.workflow_id.in_(sa.select(began.c.id)))

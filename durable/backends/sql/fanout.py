@@ -61,10 +61,13 @@ class FanOut(SQLCore):
         self._take_task = sa.delete(tasks).where(
             self._task_key, tasks.c.claimed_by == P_WID, tasks.c.claim_expires_at > now
         )
-        pending_ins = d.insert(steps)
+        pending_ins = d.insert(steps).values(change_seq=d.next_position())
         self._upsert_pending_step = pending_ins.on_conflict_do_update(
             index_elements=[steps.c.workflow_id, steps.c.position],
-            set_={c: pending_ins.excluded[c] for c in STEP_COLUMNS if c != "workflow_id"},
+            set_={
+                **{c: pending_ins.excluded[c] for c in STEP_COLUMNS if c != "workflow_id"},
+                "change_seq": d.next_position(),  # the change feed's (see .feed)
+            },
             where=steps.c.status == StepStatus.PENDING.value,
         ).execution_options(preserve_rowcount=True)
 

@@ -84,13 +84,16 @@ class Forks(SQLCore):
             ).first()
             if row is None:
                 raise WorkflowAlreadyExistsError(new_id)
-            step_columns = [c for c in steps.c if c.name != "workflow_id"]
+            # the copied steps are one change of the feed's (one position, see .feed)
+            step_columns = [c for c in steps.c if c.name not in ("workflow_id", "change_seq")]
             conn.execute(
                 sa.insert(steps).from_select(
-                    ["workflow_id", *(c.name for c in step_columns)],
-                    sa.select(sa.literal(new_id, sa.String()), *step_columns).where(
-                        steps.c.workflow_id == source_id, steps.c.position < from_position
-                    ),
+                    ["workflow_id", *(c.name for c in step_columns), "change_seq"],
+                    sa.select(
+                        sa.literal(new_id, sa.String()),
+                        *step_columns,
+                        self.dialect.next_position(),
+                    ).where(steps.c.workflow_id == source_id, steps.c.position < from_position),
                 )
             )
             event_columns = [c for c in events.c if c.name != "workflow_id"]

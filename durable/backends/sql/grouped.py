@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from durable.backends.sql.batch import GroupCommit
-from durable.backends.sql.core import STEP_COLUMNS, SQLCore
+from durable.backends.sql.core import STEP_COLUMNS, WORKFLOW_RETURNED, SQLCore
 from durable.backends.sql.direct import CompiledStatement, DirectResult
 from durable.backends.sql.schema import steps, tasks, workflows
 from durable.errors import BackendUnavailableError
@@ -80,12 +80,15 @@ class GroupedWrites(SQLCore):
                 )
             )
         )
+        # each row's change feed position (see .feed): nextval per row
+        position = self.dialect.next_position().label("change_seq")
+        recorded = [*STEP_COLUMNS, "change_seq"]
         insert = pg.insert(steps).from_select(
-            STEP_COLUMNS, sa.select(*[rows.c[c] for c in STEP_COLUMNS]).where(held)
+            recorded, sa.select(*[rows.c[c] for c in STEP_COLUMNS], position).where(held)
         )
         return insert.on_conflict_do_update(
             index_elements=[steps.c.workflow_id, steps.c.position],
-            set_={c: insert.excluded[c] for c in STEP_COLUMNS if c != "workflow_id"},
+            set_={c: insert.excluded[c] for c in recorded if c != "workflow_id"},
             where=steps.c.status == StepStatus.PENDING.value,
         ).returning(steps.c.workflow_id, steps.c.position)
 
@@ -134,8 +137,9 @@ class GroupedWrites(SQLCore):
                 updated_at=done.c.ts,
                 completed_at=done.c.ts,
                 version=workflows.c.version + 1,
+                finished_seq=self.dialect.next_position(),
             )
-            .returning(*workflows.c)
+            .returning(*WORKFLOW_RETURNED)
         )
 
     async def _flush_step_records(self, batch: list[dict[str, Any]]) -> list[int | BaseException]:

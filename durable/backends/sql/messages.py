@@ -20,7 +20,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from durable.backends.sql.core import P_IID, P_TID, P_WID, STEP_COLUMNS, SQLCore, aware
+from durable.backends.sql.core import (
+    P_IID,
+    P_TID,
+    P_WID,
+    STEP_COLUMNS,
+    SQLCore,
+    aware,
+    record_steps,
+)
 from durable.backends.sql.schema import UTCDateTime, messages, steps, tasks, workflows
 from durable.errors import (
     StepAlreadyRecordedError,
@@ -70,6 +78,7 @@ class Messages(SQLCore):
         }
         values["sent_at"] = sa.bindparam("m_now", type_=UTCDateTime())
         values["deliver_at"] = sa.bindparam("m_deliver_at", type_=UTCDateTime())
+        values["sent_seq"] = d.next_position()
         self._msg_insert = (
             d.insert(messages)
             .values(values)
@@ -109,12 +118,7 @@ class Messages(SQLCore):
         self._msg_drop_timer = sa.delete(messages).where(pending, messages.c.timer)
         # a step at a position that is not final yet (as record_step writes it, the fence taken)
         row = [sa.bindparam(f"s_{c}", type_=steps.c[c].type).label(c) for c in STEP_COLUMNS]
-        base = d.insert(steps).from_select(STEP_COLUMNS, sa.select(*row))
-        self._msg_record = base.on_conflict_do_update(
-            index_elements=[steps.c.workflow_id, steps.c.position],
-            set_={c: base.excluded[c] for c in STEP_COLUMNS if c != "workflow_id"},
-            where=steps.c.status == StepStatus.PENDING.value,
-        ).execution_options(preserve_rowcount=True)
+        self._msg_record = record_steps(d, row, None)
         self._msg_hand_back = (
             sa.update(workflows)
             .where(workflows.c.id == P_IID)

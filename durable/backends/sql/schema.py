@@ -365,3 +365,52 @@ debounces = sa.Table(
     # a workflow's deletion clears what points at it
     sa.Index(None, "workflow_id"),
 )
+
+# -- the change feed (client.events): positions on the rows the changes already write ------------
+
+
+#: A change's position in the feed's one global order. PostgreSQL: the writing transaction's id
+#: times 2**64 plus a value of the ``durable_feed_seq`` sequence (NUMERIC: xid8 and bigint do
+#: not fit one bigint); MariaDB: a value of that sequence; SQLite: one more than the highest
+#: position (writers are serialized). See :mod:`durable.backends.sql.feed`.
+class Position(sa.TypeDecorator[int]):
+    """A change feed position: BIGINT, NUMERIC(39, 0) on PostgreSQL; an int in Python."""
+
+    impl = sa.BigInteger
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(sa.Numeric(39, 0))
+        return dialect.type_descriptor(sa.BigInteger())
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        # whatever the driver returns (PostgreSQL: a Decimal), without asking the column's
+        # type code (the direct path has none)
+        return lambda value: None if value is None else int(value)
+
+
+_POSITION = Position()
+
+for _table, _column in (
+    (workflows, "created_seq"),
+    (workflows, "started_seq"),
+    (workflows, "finished_seq"),
+    (steps, "change_seq"),
+    (messages, "sent_seq"),
+):
+    _table.append_column(sa.Column(_column, _POSITION))
+    # SQLite: most step rows have their position in their rowid (see .feed), not in an index
+    where: dict[str, Any] = (
+        {"sqlite_where": _table.c[_column].isnot(None)} if _table is steps else {}
+    )
+    _table.append_constraint(sa.Index(None, _column, **where))
+
+#: The highest position a deleted row had (SQLite only: its next position is one more than the
+#: highest there is, which a deletion must not lower). One row, id 1.
+feed_floor = sa.Table(
+    f"{PREFIX}feed_floor",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("position", sa.BigInteger, nullable=False),
+)

@@ -88,7 +88,7 @@ class WorkflowRecords(SQLCore):
                 existing = conn.execute(self._select_by_idempotency_key, match).one()
                 return self._info(existing, lenient=True), False
             if step_rows:
-                conn.execute(sa.insert(steps), step_rows)
+                conn.execute(self._insert_steps, step_rows)
             if labelled:
                 write_labels(conn, [snapshot])
             if task_row is not None:
@@ -140,11 +140,14 @@ class WorkflowRecords(SQLCore):
                         raise WorkflowNotFoundError(instance_id)
                     raise ConcurrentUpdateError(instance_id, version, actual)
             if step_rows:
-                ins = self.dialect.insert(steps)
+                ins = self.dialect.insert(steps).values(change_seq=self.dialect.next_position())
                 conn.execute(
                     ins.on_conflict_do_update(
                         index_elements=[steps.c.workflow_id, steps.c.position],
-                        set_={c: ins.excluded[c] for c in STEP_COLUMNS if c != "workflow_id"},
+                        set_={
+                            **{c: ins.excluded[c] for c in STEP_COLUMNS if c != "workflow_id"},
+                            "change_seq": self.dialect.next_position(),
+                        },
                     ),
                     step_rows,
                 )
@@ -375,6 +378,7 @@ class WorkflowRecords(SQLCore):
             "updated_at": now,
             "completed_at": now,
             "version": workflows.c.version + 1,
+            "finished_seq": self.dialect.next_position(),
         }
         if error_json is not None:
             values["error"] = error_json
@@ -410,6 +414,7 @@ class WorkflowRecords(SQLCore):
                     "updated_at": now,
                     "completed_at": now,
                     "version": workflows.c.version + 1,
+                    "finished_seq": self.dialect.next_position(),
                 }
                 if error_json is not None:
                     values["error"] = error_json

@@ -89,6 +89,7 @@ from __future__ import annotations
 
 from durable.testing.contract._support import ContractBase
 from durable.testing.contract.batches import BatchContract
+from durable.testing.contract.changes import ChangeFeedContract
 from durable.testing.contract.claims import ClaimContract
 from durable.testing.contract.clock import ClockContract
 from durable.testing.contract.concurrency import ConcurrencyContract
@@ -114,6 +115,7 @@ from durable.testing.contract.workflows import WorkflowContract
 __all__ = [
     "BackendContractTests",
     "BatchContract",
+    "ChangeFeedContract",
     "ClaimContract",
     "ClockContract",
     "ConcurrencyContract",
@@ -164,6 +166,7 @@ class BackendContractTests(
     TransactionContract,
     ForkContract,
     DebounceContract,
+    ChangeFeedContract,
 ):
     """The whole contract suite: every area. Subclass it and define a ``backend`` fixture (see
     the module's docstring); optionally a ``backend_factory`` fixture for the multi-process

@@ -1,0 +1,183 @@
+"""The change feed's order against transactions that commit out of order (PostgreSQL), its
+position expression on SQLite after deletions, and MariaDB's reader against an open
+transaction. The per-backend
+contract is in durable/testing/contract/changes.py."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+import durable
+from durable.backends.sql import changes
+from durable.models import ChangeKind
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def insert_workflow(conn: sa.Connection, workflow_id: str) -> None:
+    """A workflow row as a producer in SQL writes it: its position comes from the default."""
+    conn.execute(
+        sa.text(
+            "INSERT INTO durable_workflows (id, name, status, queue, priority, attempts, "
+            "version, created_at, updated_at) VALUES (:id, 'wf', 'pending', 'default', 0, 0, "
+            "1, :now, :now)"
+        ),
+        {"id": workflow_id, "now": NOW},
+    )
+
+
+@pytest.fixture
+def pg_engine(pg_url: str) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(pg_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_transaction_that_took_an_earlier_position_and_commits_last_is_read_next(
+    pg_url: str, pg_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(changes, "PG_WAIT", 0.05)  # do not wait long for A: it stays open
+    async with durable.connect(pg_url) as backend:
+        await backend.create_workflow(durable.WorkflowSnapshot(id="seed", name="wf"))
+        read = await backend.list_changes()
+        assert [e.workflow_id for e in read] == ["seed"]
+        cursor = read[-1].position
+        with pg_engine.connect() as a, pg_engine.connect() as b:
+            insert_workflow(a, "from-a")  # A takes its position first (and its xid)
+            insert_workflow(b, "from-b")  # B takes a later one and commits
+            b.commit()
+            positions = dict(
+                b.execute(sa.text("SELECT id, created_seq FROM durable_workflows")).all()
+            )
+            assert positions["from-b"] > cursor
+            # the reader reads while A is open: neither A's event nor B's yet
+            assert await backend.list_changes(after=cursor) == []
+            a.commit()
+        after = await backend.list_changes(after=cursor)
+        assert [(e.kind, e.workflow_id) for e in after] == [
+            (ChangeKind.CREATED, "from-a"),
+            (ChangeKind.CREATED, "from-b"),
+        ]
+        assert all(e.position > cursor for e in after)
+
+
+@pytest.mark.postgres
+async def test_an_older_transaction_that_writes_after_a_younger_one_commits_is_not_skipped(
+    pg_url: str, pg_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(changes, "PG_WAIT", 0.05)
+    async with durable.connect(pg_url) as backend:
+        with pg_engine.connect() as old, pg_engine.connect() as young:
+            old.execute(sa.text("SELECT pg_current_xact_id()"))  # the older transaction id
+            insert_workflow(young, "young")
+            young.commit()
+            # the younger one committed, but an older transaction may still write below it
+            assert await backend.list_changes() == []
+            insert_workflow(old, "old")
+            old.commit()
+        found = await backend.list_changes()
+        assert [e.workflow_id for e in found] == ["old", "young"]
+        # read again from the first: the second is still there (nothing moved behind it)
+        assert [e.workflow_id for e in await backend.list_changes(after=found[0].position)] == [
+            "young"
+        ]
+
+
+@pytest.mark.postgres
+async def test_another_databases_open_transaction_does_not_hold_the_feed(pg_url: str) -> None:
+    other = sa.create_engine(pg_url.rsplit("/", 1)[0] + "/postgres")
+    try:
+        async with durable.connect(pg_url) as backend:
+            with other.connect() as elsewhere:
+                elsewhere.execute(sa.text("SELECT pg_current_xact_id()"))  # open, older
+                await backend.create_workflow(durable.WorkflowSnapshot(id="mine", name="wf"))
+                found = await backend.list_changes()
+                assert [e.workflow_id for e in found] == ["mine"]
+                elsewhere.rollback()
+    finally:
+        other.dispose()
+
+
+async def test_sqlite_positions_grow_past_deleted_rows(sqlite_url: str) -> None:
+    async with durable.connect(sqlite_url) as backend:
+        for name in ("a", "b", "c"):
+            await backend.create_workflow(durable.WorkflowSnapshot(id=name, name="wf"))
+        highest = (await backend.list_changes())[-1].position
+        await backend.delete_snapshot("c")
+        await backend.delete_snapshot("b")
+        await backend.create_workflow(durable.WorkflowSnapshot(id="d", name="wf"))
+        (event,) = await backend.list_changes(after=highest)
+        assert event.workflow_id == "d"
+        assert event.position == highest + 1
+
+
+@durable.step(name="feed.add")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@durable.workflow(name="feed.sum.v1")
+def three_sums(n: int) -> int:
+    return add(add(n, 1), add(n, 2))
+
+
+@pytest.mark.parametrize("driver", ["sqlite", "sqlite+aiosqlite"])
+async def test_sqlite_steps_of_the_hot_path_are_at_their_rowid(tmp_path: Path, driver: str) -> None:
+    """A step recorded by the hot path has its position in its rowid (no index entry): the
+    feed lists it in order, and a deletion of the newest steps never lowers the next one."""
+    path = tmp_path / "feed.db"
+    async with durable.Runtime(durable.connect(f"{driver}:///{path}")) as runtime:
+        assert await runtime.run(three_sums, 10, workflow_id="first") == 23
+        events = await runtime.client.events()
+        assert [(e.kind, e.step_position) for e in events] == [
+            (ChangeKind.CREATED, None),
+            (ChangeKind.STARTED, None),
+            (ChangeKind.STEP_RECORDED, 0),
+            (ChangeKind.STEP_RECORDED, 1),
+            (ChangeKind.STEP_RECORDED, 2),
+            (ChangeKind.FINISHED, None),
+        ]
+        positions = [e.position for e in events]
+        assert positions == sorted(set(positions))
+        with sqlite3.connect(path) as raw:  # the steps' positions are their rowids
+            rows = raw.execute(
+                "SELECT rowid, change_seq FROM durable_steps ORDER BY position"
+            ).fetchall()
+        assert [(rowid, None) for rowid in positions[2:5]] == rows
+        highest = positions[-1]
+        assert await runtime.backend.delete_snapshot("first")  # its steps: the highest rowids
+        assert await runtime.run(three_sums, 20, workflow_id="second") == 43
+        later = await runtime.client.events(after=highest)
+        assert [e.workflow_id for e in later] == ["second"] * 6
+        assert min(e.position for e in later) > highest
+
+
+@pytest.mark.mysql
+async def test_mariadb_a_transaction_open_when_read_is_not_skipped(
+    mysql_backend_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(changes, "MYSQL_WAIT", 0.05)  # do not wait long for A: it stays open
+    url = sa.make_url(mysql_backend_url).set(drivername="mysql+pymysql")
+    engine = sa.create_engine(url.update_query_dict({"charset": "utf8mb4"}))
+    try:
+        async with durable.connect(mysql_backend_url) as backend:
+            with engine.connect() as a, engine.connect() as b:
+                insert_workflow(a, "from-a")  # A takes its position first
+                insert_workflow(b, "from-b")  # B takes a later one and commits
+                b.commit()
+                # A is open and may hold a smaller position: nothing is final yet
+                assert await backend.list_changes() == []
+                a.commit()
+            monkeypatch.setattr(changes, "MYSQL_WAIT", 2.0)
+            found = await backend.list_changes()
+            assert [e.workflow_id for e in found] == ["from-a", "from-b"]
+            assert found[0].position < found[1].position
+    finally:
+        engine.dispose()
