@@ -53,12 +53,14 @@ def upgrade() -> None:
     elif name in ("mysql", "mariadb"):
         op.execute(f"CREATE SEQUENCE {SEQUENCE} CACHE 1000")
     for table, column in COLUMNS:
-        # SQLite: most step rows have their position in their rowid, not in the index
-        partial = {"sqlite_where": sa.text(f"{column} IS NOT NULL")} if table in ROWIDS else {}
+        # SQLite: rows without a position (most steps: theirs is their rowid) have no entry
         with op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.add_column(sa.Column(column, POSITION, nullable=True))
             batch_op.create_index(
-                batch_op.f(f"ix_{table}_{column}"), [column], unique=False, **partial
+                batch_op.f(f"ix_{table}_{column}"),
+                [column],
+                unique=False,
+                sqlite_where=sa.text(f"{column} IS NOT NULL"),
             )
     for table, column in INSERTED.items():
         if name == "postgresql":
@@ -81,12 +83,10 @@ def _sqlite_triggers() -> list[str]:
     a deleted row's positions raise the floor, so that the highest never goes down."""
 
     def each(table: str, column: str) -> str:
+        highest = f"SELECT max({column}) AS p FROM {table} WHERE {column} IS NOT NULL"
         if table in ROWIDS:
-            return (
-                f"SELECT max({column}) AS p FROM {table} WHERE {column} IS NOT NULL"
-                f" UNION ALL SELECT max(rowid) AS p FROM {table}"
-            )
-        return f"SELECT max({column}) AS p FROM {table}"
+            highest += f" UNION ALL SELECT max(rowid) AS p FROM {table}"
+        return highest
 
     highest = (
         "(SELECT coalesce(max(p), 0) + 1 FROM ("

@@ -67,12 +67,11 @@ NAMES = frozenset(name for _table, name in POSITION_COLUMNS)
 
 
 def _sqlite_highest(table: sa.Table, name: str) -> str:
-    if table is steps:  # the partial index serves max() only with its condition
-        return (
-            f"SELECT max({name}) AS p FROM {table.name} WHERE {name} IS NOT NULL"
-            f" UNION ALL SELECT max(rowid) AS p FROM {table.name}"
-        )
-    return f"SELECT max({name}) AS p FROM {table.name}"
+    # the partial index serves max() only with its condition
+    highest = f"SELECT max({name}) AS p FROM {table.name} WHERE {name} IS NOT NULL"
+    if table is steps:
+        highest += f" UNION ALL SELECT max(rowid) AS p FROM {table.name}"
+    return highest
 
 
 SQLITE_NEXT_POSITION = (

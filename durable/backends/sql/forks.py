@@ -62,7 +62,10 @@ class Forks(SQLCore):
             name, stored_input, queue, priority, max_attempts, partition_key = source
             row = conn.execute(
                 # a concurrent fork to the same id loses here, not on a constraint error
-                self.dialect.insert(workflows).on_conflict_do_nothing().returning(*workflows.c),
+                self.dialect.insert(workflows)
+                .values(created_seq=self.dialect.next_position())
+                .on_conflict_do_nothing()
+                .returning(*workflows.c),
                 {
                     "id": new_id,
                     "name": name,

@@ -400,11 +400,9 @@ for _table, _column in (
     (messages, "sent_seq"),
 ):
     _table.append_column(sa.Column(_column, _POSITION))
-    # SQLite: most step rows have their position in their rowid (see .feed), not in an index
-    where: dict[str, Any] = (
-        {"sqlite_where": _table.c[_column].isnot(None)} if _table is steps else {}
-    )
-    _table.append_constraint(sa.Index(None, _column, **where))
+    # SQLite: rows without a position (most steps: theirs is their rowid, see .feed; workflows
+    # not started or not finished) have no index entry
+    _table.append_constraint(sa.Index(None, _column, sqlite_where=_table.c[_column].isnot(None)))
 
 #: The highest position a deleted row had (SQLite only: its next position is one more than the
 #: highest there is, which a deletion must not lower). One row, id 1.

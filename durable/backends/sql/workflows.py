@@ -55,9 +55,17 @@ class WorkflowRecords(SQLCore):
     def _build_workflow_statements(self) -> None:
         d = self.dialect
         self._insert_workflow = (
-            d.insert(workflows).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
+            d.insert(workflows)
+            .values(created_seq=d.next_position())  # the change feed's (see .feed)
+            .on_conflict_do_nothing()
+            .execution_options(preserve_rowcount=True)
         )
-        self._create_workflow = d.insert(workflows).on_conflict_do_nothing().returning(*workflows.c)
+        self._create_workflow = (
+            d.insert(workflows)
+            .values(created_seq=d.next_position())  # the change feed's (see .feed)
+            .on_conflict_do_nothing()
+            .returning(*workflows.c)
+        )
         self._select_by_idempotency_key = (
             sa.select(workflows)
             .where(
