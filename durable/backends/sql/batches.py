@@ -75,8 +75,7 @@ class Enqueues(SQLCore):
             self._bulk_tasks = _DriverInsert(self._insert_task, self.engine.dialect)
         self._select_batch_existing = sa.select(workflows).where(
             sa.or_(
-                workflows.c.id.in_(sa.bindparam("p_ids", expanding=True)),
-                workflows.c.idempotency_key.in_(sa.bindparam("p_keys", expanding=True)),
+                d.in_list(workflows.c.id, "p_ids"), d.in_list(workflows.c.idempotency_key, "p_keys")
             )
         )
         self._create_direct: CompiledStatement | None = None
@@ -385,8 +384,17 @@ def _json_value(value: Any) -> str:
 
 
 def _recordset(rows: list[dict[str, Any]]) -> dict[str, str]:
-    """The ``:rows`` parameter of the recordset statements."""
-    return {"rows": json.dumps(rows, default=_json_value, separators=(",", ":"))}
+    """The ``:rows`` parameter of the recordset statements (a batch's rows share their
+    timestamps: each is converted once)."""
+    seen: dict[Any, str] = {}
+
+    def convert(value: Any) -> str:
+        text = seen.get(value)
+        if text is None:
+            text = seen[value] = _json_value(value)
+        return text
+
+    return {"rows": json.dumps(rows, default=convert, separators=(",", ":"))}
 
 
 class _DriverInsert:
