@@ -320,6 +320,10 @@ def ttl_seconds(ttl: timedelta | float) -> float:
 #: waits (its input the topic, its output the deadline as ISO 8601, or None without one);
 #: succeeded with the message's value (None on a timeout) once it returned.
 RECV_STEP = "durable.recv"
+#: The name a sleep is recorded under in a workflow's history (:meth:`Runtime.list_steps
+#: <durable.Runtime.list_steps>`): pending while the workflow sleeps, its output the wake-up time
+#: (ISO 8601, on the store's clock); succeeded once it woke. (``durable.timers.SLEEP_STEP``.)
+SLEEP_STEP = "durable.sleep"
 #: The name a send from inside a workflow is recorded under (its output None).
 SEND_STEP = "durable.send"
 #: The name a started timer is recorded under (its input the key, its output the time it fires).

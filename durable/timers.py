@@ -42,15 +42,10 @@ from typing import Any
 from durable.backends.base import PersistentBackend
 from durable.context import ExecutionContext, StepGuard, WorkflowSuspended, current
 from durable.errors import CorruptRowError, DurableError
-from durable.models import StepStatus
+from durable.models import SLEEP_STEP, StepStatus
 from durable.validation import check_delay, check_run_after
 
 log = logging.getLogger(__name__)
-
-#: The name a sleep is recorded under in a workflow's history (:meth:`Runtime.list_steps
-#: <durable.Runtime.list_steps>`): pending while the workflow sleeps, its output the wake-up time
-#: (ISO 8601, on the store's clock); succeeded once it woke.
-SLEEP_STEP = "durable.sleep"
 
 #: Seconds added to the local wake-up timer, so that it fires after the task is due on the store's
 #: clock, not a hair before (a worker that claims too early waits a whole poll interval).

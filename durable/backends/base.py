@@ -48,6 +48,7 @@ from durable.errors import (
 )
 from durable.models import (
     RECV_STEP,
+    SLEEP_STEP,
     WORKFLOW_TASK,
     AvailableTask,
     ChangeEvent,
@@ -1645,15 +1646,11 @@ def check_changes_args(after: int, limit: int) -> None:
         raise InvalidArgumentError(f"limit must be an int of at least 1, got {limit!r}")
 
 
-#: The name durable.sleep records its position under (durable.timers.SLEEP_STEP).
-_SLEEP_STEP = "durable.sleep"
-
-
 def step_change_kind(status: str, name: str) -> ChangeKind:
     """The change a step's row stands for in the change feed, from its status and name."""
     if status != StepStatus.PENDING.value:
         return ChangeKind.STEP_RECORDED
-    if name == _SLEEP_STEP:
+    if name == SLEEP_STEP:
         return ChangeKind.SLEEPING
     if name == RECV_STEP:
         return ChangeKind.WAITING

@@ -189,13 +189,12 @@ class Changes(MemoryCore):
             )
         if kind == "started" and info.started_at is None:
             return None
-        if kind == "finished" and not WorkflowStatus(info.status).is_terminal:
+        if kind == "finished" and not _terminal(info):
             return None
         time = {"created": info.created_at, "started": info.started_at}.get(kind, info.completed_at)
-        return ChangeEvent(
-            kind=ChangeKind(kind), time=time, status=WorkflowStatus(info.status).value, **common
-        )
+        return ChangeEvent(kind=ChangeKind(kind), time=time, status=_status(info), **common)
 
 
-def _status(step: StepRecord) -> str:
-    return str(getattr(step.status, "value", step.status))
+def _status(record: StepRecord | WorkflowInfo) -> str:
+    """The record's status as stored (a corrupted one as it is: the feed shows it)."""
+    return str(getattr(record.status, "value", record.status))

@@ -31,8 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from durable.backends.base import batch_owners, check_aware
-from durable.backends.sql import feed
-from durable.backends.sql.core import SQLCore, write_labels
+from durable.backends.sql.core import WORKFLOW_COLUMNS, SQLCore, write_labels
 from durable.backends.sql.direct import CompiledStatement
 from durable.backends.sql.schema import UTCDateTime, tasks, workflow_labels, workflows
 from durable.errors import InvalidArgumentError, SerializationError
@@ -56,18 +55,14 @@ class Enqueues(SQLCore):
         if d.name == "postgresql":
             self._bulk_workflows: Any = _recordset_insert(
                 workflows,
-                [c.name for c in workflows.c if c.name not in feed.NAMES],
+                [c.name for c in WORKFLOW_COLUMNS],
                 conflict="ON CONFLICT DO NOTHING",
             )
             self._bulk_tasks: Any = _recordset_tasks()
         else:  # SQLite: one prepared INSERT run over every row (no round trips to save)
             self._bulk_workflows = _DriverInsert(
                 sa.insert(workflows).values(
-                    {
-                        c.name: sa.bindparam(c.name, type_=c.type)
-                        for c in workflows.c
-                        if c.name not in feed.NAMES
-                    }
+                    {c.name: sa.bindparam(c.name, type_=c.type) for c in WORKFLOW_COLUMNS}
                     | {"created_seq": d.next_position()}
                 ),
                 self.engine.dialect,
@@ -96,13 +91,7 @@ class Enqueues(SQLCore):
         d = self.dialect
         inserted = (
             pg.insert(workflows)
-            .values(
-                {
-                    c.name: sa.bindparam(f"w_{c.name}", type_=c.type)
-                    for c in workflows.c
-                    if c.name not in feed.NAMES
-                }
-            )
+            .values({c.name: sa.bindparam(f"w_{c.name}", type_=c.type) for c in WORKFLOW_COLUMNS})
             .on_conflict_do_nothing()
             .returning(*workflows.c)
             .cte("w")

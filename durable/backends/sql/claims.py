@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.sql.util import ClauseAdapter
 
-from durable.backends.sql.core import P_WID, STEP_COLUMNS, WORKFLOW_RETURNED, SQLCore, aware
+from durable.backends.sql.core import P_WID, STEP_COLUMNS, WORKFLOW_COLUMNS, SQLCore, aware
 from durable.backends.sql.direct import CompiledStatement
 from durable.backends.sql.schema import queues as queue_table
 from durable.backends.sql.schema import steps, tasks, workflow_registry, workflows
@@ -411,7 +411,7 @@ class Claims(SQLCore):
                     for k, v in begin_values.items()
                 }
             )
-            .returning(*[w.c[c.name] for c in WORKFLOW_RETURNED])
+            .returning(*[w.c[c.name] for c in WORKFLOW_COLUMNS])
             .cte("b")
         )
 

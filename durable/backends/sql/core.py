@@ -59,9 +59,11 @@ log = logging.getLogger("durable.backends.sql.backend")
 #: The steps table's columns, in order (a step record's parameters are ``s_<column>``).
 #: (not its change feed position: each statement computes that itself, see .feed)
 STEP_COLUMNS = [c.name for c in steps.columns if c.name != "change_seq"]
-#: A workflow's columns as the hot path's statements return them (not its change feed
-#: positions, which nothing reads back: fewer bytes, and the claim's statement stays short)
-WORKFLOW_RETURNED = [c for c in workflows.c if c.name not in NAMES]
+#: A workflow's columns but its change feed positions: what a statement that writes a whole row
+#: binds (the positions are computed by the statement itself, see .feed) and what the hot path's
+#: statements return (nothing reads the positions back: fewer bytes, and the claim's statement
+#: stays short)
+WORKFLOW_COLUMNS = [c for c in workflows.c if c.name not in NAMES]
 #: The parameters of the statements: a workflow's id, a task's id, a worker's id.
 P_IID = sa.bindparam("p_iid", type_=sa.String())
 P_TID = sa.bindparam("p_tid", type_=sa.String())
@@ -460,14 +462,23 @@ def record_steps(
     ``change_seq`` (see :mod:`.feed`)."""
     target, position = d.recorded_steps()
     select = sa.select(*values, d.next_position().label(position))
-    base = d.insert(target).from_select(
+    insert = d.insert(target).from_select(
         [*STEP_COLUMNS, position], select if held is None else select.where(held)
     )
-    return base.on_conflict_do_update(
+    return overwrite_steps(d, insert).execution_options(preserve_rowcount=True)
+
+
+def overwrite_steps(d: SQLDialect, insert: Any, *, pending_only: bool = True) -> Any:
+    """``insert`` (the dialect's INSERT of step rows) writing over the row stored at the same
+    position instead, where there is one (with ``pending_only``, only a pending one: a
+    recorded row stays, and the statement changes no row): every column of the new row, and a
+    new change feed position in ``change_seq`` (see :mod:`.feed`)."""
+    pending = insert.table.c.status == StepStatus.PENDING.value
+    return insert.on_conflict_do_update(
         index_elements=["workflow_id", "position"],
         set_={
-            **{c: base.excluded[c] for c in STEP_COLUMNS if c != "workflow_id"},
+            **{c: insert.excluded[c] for c in STEP_COLUMNS if c != "workflow_id"},
             "change_seq": d.next_position(),
         },
-        where=target.c.status == StepStatus.PENDING.value,
-    ).execution_options(preserve_rowcount=True)
+        where=pending if pending_only else None,
+    )

@@ -19,7 +19,7 @@ from durable.backends.sql.core import (
     P_IID,
     P_WID,
     STEP_COLUMNS,
-    WORKFLOW_RETURNED,
+    WORKFLOW_COLUMNS,
     record_steps,
 )
 from durable.backends.sql.direct import CompiledStatement
@@ -70,7 +70,7 @@ class Execution(GroupedWrites):
             sa.update(workflows)
             .where(workflows.c.id == P_IID, self._held)
             .values(**self._begin_values)
-            .returning(*WORKFLOW_RETURNED)
+            .returning(*WORKFLOW_COLUMNS)
         )
         self._take_workflow_task = sa.delete(tasks).where(
             tasks.c.instance_id == P_IID,
@@ -90,7 +90,7 @@ class Execution(GroupedWrites):
                 version=workflows.c.version + 1,
                 finished_seq=d.next_position(),
             )
-            .returning(*WORKFLOW_RETURNED)
+            .returning(*WORKFLOW_COLUMNS)
         )
         self._reschedule_task = (
             sa.update(tasks)
@@ -151,7 +151,7 @@ class Execution(GroupedWrites):
         )
         history = sa.select(
             sa.literal(1),
-            *nulls(workflows, [c.name for c in WORKFLOW_RETURNED]),
+            *nulls(workflows, [c.name for c in WORKFLOW_COLUMNS]),
             *[steps.c[c] for c in step_columns],
         ).where(
             steps.c.workflow_id == sa.bindparam("p_iid", type_=sa.String()),
@@ -198,7 +198,7 @@ class Execution(GroupedWrites):
             sa.literal(1),
             *[
                 steps.c.workflow_id if c.name == "id" else nulls(workflows, [c.name])[0]
-                for c in WORKFLOW_RETURNED
+                for c in WORKFLOW_COLUMNS
             ],
             *[steps.c[c] for c in step_columns],
         ).where(steps.c.workflow_id.in_(sa.select(began.c.id)))

@@ -10,14 +10,13 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from durable.backends.sql.core import P_IID, P_WID, STEP_COLUMNS, SQLCore
+from durable.backends.sql.core import P_IID, P_WID, SQLCore, overwrite_steps
 from durable.backends.sql.schema import steps, tasks, workflows
 from durable.errors import StepAlreadyRecordedError
 from durable.models import (
     UNTIL_WOKEN,
     WORKFLOW_TASK,
     StepRecord,
-    StepStatus,
     TaskSpec,
     WorkflowStatus,
 )
@@ -61,14 +60,8 @@ class FanOut(SQLCore):
         self._take_task = sa.delete(tasks).where(
             self._task_key, tasks.c.claimed_by == P_WID, tasks.c.claim_expires_at > now
         )
-        pending_ins = d.insert(steps).values(change_seq=d.next_position())
-        self._upsert_pending_step = pending_ins.on_conflict_do_update(
-            index_elements=[steps.c.workflow_id, steps.c.position],
-            set_={
-                **{c: pending_ins.excluded[c] for c in STEP_COLUMNS if c != "workflow_id"},
-                "change_seq": d.next_position(),  # the change feed's (see .feed)
-            },
-            where=steps.c.status == StepStatus.PENDING.value,
+        self._upsert_pending_step = overwrite_steps(
+            d, d.insert(steps).values(change_seq=d.next_position())
         ).execution_options(preserve_rowcount=True)
 
     async def suspend_workflow(

@@ -40,7 +40,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from durable.backends.sql.schema import Position, messages, steps, workflows
+from durable.backends.sql.schema import POSITION_COLUMNS, Position, messages, steps, workflows
 
 SEQUENCE = "durable_feed_seq"
 #: The type of a position (as schema.py declares the columns).
@@ -54,14 +54,6 @@ XID_SHIFT = 18446744073709551616
 PG_NEXT_POSITION = "durable_feed_position()"
 MYSQL_NEXT_POSITION = f"NEXTVAL({SEQUENCE})"
 
-#: Every position column, with its table.
-POSITION_COLUMNS: tuple[tuple[sa.Table, str], ...] = (
-    (workflows, "created_seq"),
-    (workflows, "started_seq"),
-    (workflows, "finished_seq"),
-    (steps, "change_seq"),
-    (messages, "sent_seq"),
-)
 #: The position columns' names, which statements copying whole rows leave out.
 NAMES = frozenset(name for _table, name in POSITION_COLUMNS)
 

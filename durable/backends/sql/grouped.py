@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from durable.backends.sql.batch import GroupCommit
-from durable.backends.sql.core import STEP_COLUMNS, WORKFLOW_RETURNED, SQLCore
+from durable.backends.sql.core import STEP_COLUMNS, WORKFLOW_COLUMNS, SQLCore
 from durable.backends.sql.direct import CompiledStatement, DirectResult
 from durable.backends.sql.schema import steps, tasks, workflows
 from durable.errors import BackendUnavailableError
@@ -139,7 +139,7 @@ class GroupedWrites(SQLCore):
                 version=workflows.c.version + 1,
                 finished_seq=self.dialect.next_position(),
             )
-            .returning(*WORKFLOW_RETURNED)
+            .returning(*WORKFLOW_COLUMNS)
         )
 
     async def _flush_step_records(self, batch: list[dict[str, Any]]) -> list[int | BaseException]:

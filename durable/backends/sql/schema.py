@@ -392,13 +392,15 @@ class Position(sa.TypeDecorator[int]):
 
 _POSITION = Position()
 
-for _table, _column in (
+#: Every position column, with its table.
+POSITION_COLUMNS: tuple[tuple[sa.Table, str], ...] = (
     (workflows, "created_seq"),
     (workflows, "started_seq"),
     (workflows, "finished_seq"),
     (steps, "change_seq"),
     (messages, "sent_seq"),
-):
+)
+for _table, _column in POSITION_COLUMNS:
     _table.append_column(sa.Column(_column, _POSITION))
     # SQLite: rows without a position (most steps: theirs is their rowid, see .feed; workflows
     # not started or not finished) have no index entry

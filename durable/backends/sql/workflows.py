@@ -15,7 +15,13 @@ import sqlalchemy as sa
 
 from durable.backends.base import deadline_error
 from durable.backends.cursors import decode_cursor, encode_cursor
-from durable.backends.sql.core import P_IID, STEP_COLUMNS, SQLCore, has_labels, write_labels
+from durable.backends.sql.core import (
+    P_IID,
+    SQLCore,
+    has_labels,
+    overwrite_steps,
+    write_labels,
+)
 from durable.backends.sql.schema import steps, tasks, workflows
 from durable.errors import (
     BackendError,
@@ -54,17 +60,13 @@ class WorkflowRecords(SQLCore):
 
     def _build_workflow_statements(self) -> None:
         d = self.dialect
-        self._insert_workflow = (
-            d.insert(workflows)
-            .values(created_seq=d.next_position())  # the change feed's (see .feed)
-            .on_conflict_do_nothing()
-            .execution_options(preserve_rowcount=True)
-        )
-        self._create_workflow = (
-            d.insert(workflows)
-            .values(created_seq=d.next_position())  # the change feed's (see .feed)
-            .on_conflict_do_nothing()
-            .returning(*workflows.c)
+        # a new workflow's row (its change feed position computed by the insert, see .feed)
+        insert = d.insert(workflows).values(created_seq=d.next_position()).on_conflict_do_nothing()
+        self._insert_workflow = insert.execution_options(preserve_rowcount=True)
+        self._create_workflow = insert.returning(*workflows.c)
+        # a snapshot's steps, written over those stored at their positions
+        self._save_steps = overwrite_steps(
+            d, d.insert(steps).values(change_seq=d.next_position()), pending_only=False
         )
         self._select_by_idempotency_key = (
             sa.select(workflows)
@@ -148,17 +150,7 @@ class WorkflowRecords(SQLCore):
                         raise WorkflowNotFoundError(instance_id)
                     raise ConcurrentUpdateError(instance_id, version, actual)
             if step_rows:
-                ins = self.dialect.insert(steps).values(change_seq=self.dialect.next_position())
-                conn.execute(
-                    ins.on_conflict_do_update(
-                        index_elements=[steps.c.workflow_id, steps.c.position],
-                        set_={
-                            **{c: ins.excluded[c] for c in STEP_COLUMNS if c != "workflow_id"},
-                            "change_seq": self.dialect.next_position(),
-                        },
-                    ),
-                    step_rows,
-                )
+                conn.execute(self._save_steps, step_rows)
             return self._load_snapshot(conn, instance_id)
 
         try:
