@@ -112,10 +112,14 @@ workflows = sa.Table(
     sa.Index(None, "created_at", "id"),
     sa.Index(None, "status", "created_at"),
     sa.Index(None, "name", "created_at"),
-    sa.Index(None, "parent_id"),
-    sa.Index(None, "status", "deadline"),
+    # PostgreSQL: the indexes of columns most rows leave NULL (or NULL until the workflow runs
+    # or ends) hold only the rows that have a value (every query through them compares the
+    # column, which implies it), so that enqueueing and starting a workflow write fewer index
+    # entries (migration 0019)
+    sa.Index(None, "parent_id", postgresql_where=sa.text("parent_id IS NOT NULL")),
+    sa.Index(None, "status", "deadline", postgresql_where=sa.text("deadline IS NOT NULL")),
     # retention: the oldest finished first (unfinished ones have no completed_at)
-    sa.Index(None, "completed_at"),
+    sa.Index(None, "completed_at", postgresql_where=sa.text("completed_at IS NOT NULL")),
 )
 
 steps = sa.Table(
@@ -400,11 +404,17 @@ POSITION_COLUMNS: tuple[tuple[sa.Table, str], ...] = (
     (steps, "change_seq"),
     (messages, "sent_seq"),
 )
+_LATER = {"started_seq", "finished_seq"}
 for _table, _column in POSITION_COLUMNS:
     _table.append_column(sa.Column(_column, _POSITION))
     # SQLite: rows without a position (most steps: theirs is their rowid, see .feed; workflows
     # not started or not finished) have no index entry
-    _table.append_constraint(sa.Index(None, _column, sqlite_where=_table.c[_column].isnot(None)))
+    # PostgreSQL: the same for the positions a row gets only later (a workflow's start and end;
+    # an insert gives the others theirs)
+    later = {"postgresql_where": sa.text(f"{_column} IS NOT NULL")} if _column in _LATER else {}
+    _table.append_constraint(
+        sa.Index(None, _column, sqlite_where=_table.c[_column].isnot(None), **later)
+    )
 
 #: The highest position a deleted row had (SQLite only: its next position is one more than the
 #: highest there is, which a deletion must not lower). One row, id 1.
