@@ -411,9 +411,13 @@ for _table, _column in POSITION_COLUMNS:
     # not started or not finished) have no index entry
     # PostgreSQL: the same for the positions a row gets only later (a workflow's start and end;
     # an insert gives the others theirs)
-    later = {"postgresql_where": sa.text(f"{_column} IS NOT NULL")} if _column in _LATER else {}
     _table.append_constraint(
-        sa.Index(None, _column, sqlite_where=_table.c[_column].isnot(None), **later)
+        sa.Index(
+            None,
+            _column,
+            sqlite_where=_table.c[_column].isnot(None),
+            postgresql_where=sa.text(f"{_column} IS NOT NULL") if _column in _LATER else None,
+        )
     )
 
 #: The highest position a deleted row had (SQLite only: its next position is one more than the
