@@ -356,3 +356,28 @@ async def test_claims_are_direct_and_one_statement_serves_every_list_length(
         assert all(c.worker_id == WORKER and c.expires_at.tzinfo is UTC for c in first + second)
     finally:
         await backend.close()
+
+
+async def test_a_lease_extension_is_one_autocommitted_statement(
+    claimed: SQLAlchemyBackend,
+) -> None:
+    """A heartbeat holds the task's row lock only while the server runs its statement: in a
+    transaction, a process frozen between its UPDATE and its COMMIT kept the task locked, and
+    no other worker could take it over after the lease ran out (they skip locked tasks)."""
+    before = (await claimed.get_task("wf", WORKFLOW_TASK)).claim_expires_at
+    seen, stop = _engine_statements(claimed)
+    try:
+        claim = await claimed.extend_task_claim("wf", WORKFLOW_TASK, WORKER, timedelta(hours=1))
+    finally:
+        stop()
+    assert not [s for s in seen if "durable_tasks" in s]  # none went through SQLAlchemy
+    assert (claim.worker_id, claim.instance_id, claim.task_id) == (WORKER, "wf", WORKFLOW_TASK)
+    assert before is not None and claim.expires_at > before + timedelta(minutes=30)
+    assert (await claimed.get_task("wf", WORKFLOW_TASK)).claim_expires_at == claim.expires_at
+    # refusals still say why (read in a transaction of their own)
+    with pytest.raises(ClaimLostError) as lost:
+        await claimed.extend_task_claim("wf", WORKFLOW_TASK, "intruder", timedelta(minutes=1))
+    assert lost.value.holder == WORKER
+    with pytest.raises(durable.TaskNotFoundError):
+        await claimed.extend_task_claim("nope", WORKFLOW_TASK, WORKER, timedelta(minutes=1))
+    assert (await claimed.get_task("wf", WORKFLOW_TASK)).claim_expires_at == claim.expires_at

@@ -84,6 +84,13 @@ class Claims(SQLCore):
             .values(claim_expires_at=d.later("ttl"))
             .returning(*claim_columns)
         )
+        # PostgreSQL: a lease extension is one autocommitted statement, which holds the task's
+        # row lock only while the server runs it. In a transaction, a process frozen (stopped,
+        # paused) between the UPDATE and the COMMIT kept the row locked, so that no other
+        # worker could take the task over when the lease ran out: it skips locked tasks.
+        self._extend_direct = (
+            CompiledStatement(self._extend, self.engine.dialect) if self._direct else None
+        )
         self._release = (
             sa.update(tasks)
             .where(self._task_key, tasks.c.claimed_by == P_WID)
@@ -280,14 +287,24 @@ class Claims(SQLCore):
     ) -> TaskClaim:
         clock = self.dialect.clock_params(ttl=ttl_seconds(ttl))
         params = {"p_iid": instance_id, "p_tid": task_id, "p_wid": worker_id, **clock}
+        what = f"extend the claim on {task_id!r} of {instance_id!r}"
+
+        def refusal(conn: sa.Connection) -> Exception:
+            return self._refusal(conn, clock, instance_id, task_id, worker_id, missing_task=True)
+
+        done = await self._run_direct(self._extend_direct, params, what=what)
+        if done is not None:
+            if done.rows:
+                return self._claim(done.rows[0])
+            raise await self._run(refusal, what=what)  # why, read in a transaction of its own
 
         def fn(conn: sa.Connection) -> TaskClaim:
             row = conn.execute(self._extend, params).first()
             if row is None:
-                raise self._refusal(conn, clock, instance_id, task_id, worker_id, missing_task=True)
+                raise refusal(conn)
             return self._claim(row._mapping)
 
-        return await self._run(fn, what=f"extend the claim on {task_id!r} of {instance_id!r}")
+        return await self._run(fn, what=what)
 
     async def release_task_claim(self, instance_id: str, task_id: str, worker_id: str) -> None:
         clock = self.dialect.clock_params()
