@@ -110,3 +110,49 @@ async def test_a_drain_after_a_bulk_enqueue_reaches_rows_by_key(pg_url: str) -> 
         for node in _nodes(plan["Plan"]):
             if node["Node Type"] == "Sort":
                 assert not any("durable_tasks." in key for key in node["Sort Key"]), text
+
+
+async def test_a_bulk_enqueue_into_a_table_without_statistics_looks_rows_up_by_key(
+    pg_url: str,
+) -> None:
+    """enqueue_many looks up the ids and keys of its rows that exist already. Against a table
+    with rows but no statistics yet (the minute after a bulk enqueue), ``id = ANY(:ids)`` was
+    planned as a scan of every stored workflow, page after page: each bulk enqueue was slower
+    than the one before."""
+    backend = durable.connect(pg_url, engine_options={"connect_args": {"options": AUTO_EXPLAIN}})
+    assert isinstance(backend, SQLAlchemyBackend)
+    notices: list[str] = []
+
+    @sa.event.listens_for(backend.engine.sync_engine, "connect")
+    def collect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.driver_connection.add_notice_handler(
+            lambda diag: notices.append(diag.message_primary or "")
+        )
+
+    async with durable.Client(backend) as client:
+        first = await client.enqueue_many(job, [(i,) for i in range(BACKLOG)])
+        async with backend.engine.connect() as conn:
+            analyzed = await conn.scalar(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_user_tables WHERE relname = "
+                    "'durable_workflows' AND (last_analyze IS NOT NULL OR "
+                    "last_autoanalyze IS NOT NULL)"
+                )
+            )
+        assert analyzed == 0
+        notices.clear()
+        rows = [durable.Enqueue(args=(i,), idempotency_key=f"k{i}") for i in range(1200)]
+        rows.append(durable.Enqueue(args=(0,), workflow_id=first[7]))  # exists: its id back
+        again = await client.enqueue_many(job, rows)
+        assert again[-1] == first[7] and len(set(again)) == len(rows)
+        assert await client.enqueue_many(job, rows[:3]) == again[:3]  # by their keys
+
+    lookups = [
+        (text, plan)
+        for text, plan in _plans(notices)
+        if text.lstrip().startswith("SELECT") and "idempotency_key = " in text
+    ]
+    assert len(lookups) >= 3, f"{len(lookups)} lookups seen"
+    for text, plan in lookups:
+        scanned = {n.get("Relation Name") for n in _nodes(plan["Plan"]) if "Seq" in n["Node Type"]}
+        assert "durable_workflows" not in scanned, f"a whole-table scan in:\n{text}"

@@ -68,11 +68,18 @@ class Enqueues(SQLCore):
                 self.engine.dialect,
             )
             self._bulk_tasks = _DriverInsert(self._insert_task, self.engine.dialect)
-        self._select_batch_existing = sa.select(workflows).where(
-            sa.or_(
-                d.in_list(workflows.c.id, "p_ids"), d.in_list(workflows.c.idempotency_key, "p_keys")
+        if d.name == "postgresql":
+            self._select_batch_existing: Any = sa.union_all(
+                _lookup_each(workflows.c.id, "p_ids"),
+                _lookup_each(workflows.c.idempotency_key, "p_keys"),
             )
-        )
+        else:
+            self._select_batch_existing = sa.select(workflows).where(
+                sa.or_(
+                    d.in_list(workflows.c.id, "p_ids"),
+                    d.in_list(workflows.c.idempotency_key, "p_keys"),
+                )
+            )
         self._create_direct: CompiledStatement | None = None
         self._create_child_direct: CompiledStatement | None = None
         if self._direct:
@@ -316,6 +323,23 @@ _TASK_COLUMNS = [
     "partition_key",
     "run_after",
 ]
+
+
+def _lookup_each(column: sa.Column[Any], param: str) -> sa.Select[Any]:
+    """PostgreSQL: the workflow row whose ``column`` equals each value of the array bound to
+    ``param``, one index probe per value (a LATERAL subquery with a LIMIT, which the planner
+    neither flattens nor turns into a scan). ``column = ANY(:param)`` let the planner pick a
+    sequential scan of the whole table for each page of a bulk enqueue when the table had no
+    statistics yet (right after a bulk enqueue, before autovacuum's analyze): 80 ms a page
+    with 10,000 workflows stored, 165 ms with 20,000, so enqueue_many slowed down with every
+    row already in the table."""
+    values = (
+        sa.func.unnest(sa.bindparam(param, type_=pg.ARRAY(sa.String())))
+        .table_valued("v")
+        .render_derived(name="k")
+    )
+    match = sa.select(workflows).where(column == values.c.v).limit(1).lateral("w")
+    return sa.select(match).select_from(values.join(match, sa.true()))
 
 
 def _pg_type(column_type: sa.types.TypeEngine[Any]) -> str:
