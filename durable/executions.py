@@ -28,6 +28,7 @@ from durable.errors import (
     rebuild_exception,
 )
 from durable.models import TaskSpec, WorkflowInfo, WorkflowSnapshot, WorkflowStatus
+from durable.queues import Queue, queue_name
 from durable.validation import (
     check_delay,
     check_duration,
@@ -496,7 +497,7 @@ class Enqueue:
     run_after: datetime | None = None
     delay: float | timedelta | None = None
     max_attempts: int | None = None
-    queue: str | None = None
+    queue: str | Queue | None = None
     timeout: float | timedelta | None = None
     deadline: datetime | None = None
     labels: Mapping[str, str] | None = None
@@ -543,6 +544,7 @@ def plan_enqueue_many(
         )
     if fn is not None and not isinstance(fn, str | Workflow):
         raise not_a_workflow(fn)
+    queue = queue_name(queue)
     shared_wait = check_enqueue_arguments(
         fn,
         workflow_id=None,
@@ -618,6 +620,7 @@ def _plan_row(
         row.kwargs and not all(isinstance(k, str) for k in row.kwargs)
     ):
         raise InvalidArgumentError("kwargs must be a mapping of str to arguments")
+    own_queue = queue_name(row.queue)
     own_wait = check_enqueue_arguments(
         target,
         workflow_id=row.workflow_id,
@@ -626,7 +629,7 @@ def _plan_row(
         run_after=row.run_after,
         delay=row.delay,
         max_attempts=row.max_attempts,
-        queue=row.queue,
+        queue=own_queue,
     )
     own_timeout = check_timeouts(row.timeout, row.deadline)
     if own_wait is not None and row.run_after is not None:
@@ -642,7 +645,7 @@ def _plan_row(
         run_after=row.run_after if own_time else run_after,
         wait=own_wait if own_time else wait,
         max_attempts=max_attempts if row.max_attempts is None else row.max_attempts,
-        queue=queue if row.queue is None else row.queue,
+        queue=queue if own_queue is None else own_queue,
         timeout=limits[0] if own_timeout is None else own_timeout,
         deadline=limits[1] if row.deadline is None else row.deadline,
         labels=check_labels(row.labels),

@@ -92,6 +92,18 @@ async def test_rows_of_several_workflows_with_their_own_options(backend_url: str
         assert {t.instance_id for t in due} == set(ids[:3])  # the fourth is not due for an hour
 
 
+async def test_queues_given_as_declared_queue_objects(backend_url: str) -> None:
+    """As for ``enqueue``: a :class:`durable.Queue` names its queue, for the batch and a row."""
+    emails, bulk = durable.Queue("emails", concurrency=2), durable.Queue("bulk")
+    async with opened(backend_url) as client:
+        ids = await client.enqueue_many(
+            double, [(1,), durable.Enqueue(args=(2,), queue=bulk)], queue=emails
+        )
+        assert [(await client.get_workflow(i)).queue for i in ids] == ["emails", "bulk"]
+        with pytest.raises(durable.InvalidArgumentError, match=r"inputs\[0\]: queue"):
+            await client.enqueue_many(double, [durable.Enqueue(args=(3,), queue=7)])  # type: ignore[arg-type]
+
+
 async def test_idempotency_within_one_batch(backend_url: str) -> None:
     async with opened(backend_url) as client:
         ids = await client.enqueue_many(

@@ -109,7 +109,7 @@ async def test_a_drain_after_a_bulk_enqueue_reaches_rows_by_key(pg_url: str) -> 
     for text, plan in claims:
         for node in _nodes(plan["Plan"]):
             if node["Node Type"] == "Sort":
-                assert not any("durable_tasks." in key for key in node["Sort Key"]), text
+                assert not any("durable_tasks" in key for key in node["Sort Key"]), text
 
 
 async def test_a_bulk_enqueue_into_a_table_without_statistics_looks_rows_up_by_key(
@@ -156,3 +156,41 @@ async def test_a_bulk_enqueue_into_a_table_without_statistics_looks_rows_up_by_k
     for text, plan in lookups:
         scanned = {n.get("Relation Name") for n in _nodes(plan["Plan"]) if "Seq" in n["Node Type"]}
         assert "durable_workflows" not in scanned, f"a whole-table scan in:\n{text}"
+
+
+async def test_a_limited_queue_drains_a_bulk_backlog_by_key(pg_url: str) -> None:
+    """A queue with limits is claimed in a transaction of its own (its lock, its counts, the
+    claim), not on the direct path with its planner settings. Right after a bulk enqueue the
+    claim there sorted every task of the table, claim after claim."""
+    backend = durable.connect(pg_url, engine_options={"connect_args": {"options": AUTO_EXPLAIN}})
+    assert isinstance(backend, SQLAlchemyBackend)
+    notices: list[str] = []
+
+    @sa.event.listens_for(backend.engine.sync_engine, "connect")
+    def collect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.driver_connection.add_notice_handler(
+            lambda diag: notices.append(diag.message_primary or "")
+        )
+
+    limited = durable.Queue("plans-limited", concurrency=8, rate_limit=(1_000_000, 1))
+    async with durable.Runtime(
+        backend, executor_id="plans", registry=REG, recover=False, queues=[limited]
+    ) as rt:
+        ids = await rt.enqueue_many(job, [(i,) for i in range(BACKLOG)], queue=limited)
+        worker = await rt.start_worker(concurrency=8, poll_interval=0.05)
+        for wid in (ids[0], ids[len(ids) // 2], ids[-1]):
+            assert await rt.result(wid, timeout=WAIT) in range(BACKLOG)
+        await worker.stop()
+
+    claims = [
+        (text, plan)
+        for text, plan in _plans(notices)
+        if text.lstrip().startswith("WITH picked") and "durable_tasks.queue = $" in text
+    ]
+    assert len(claims) >= 20, f"{len(claims)} limited claims seen"
+    for text, plan in claims:
+        for node in _nodes(plan["Plan"]):
+            assert node.get("Relation Name") != "durable_tasks" or "Seq" not in node["Node Type"]
+            if node["Node Type"] == "Sort":
+                assert not any("durable_tasks" in key for key in node["Sort Key"]), text
+        assert "JIT" not in plan, f"JIT-compiled:\n{text}"

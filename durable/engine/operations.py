@@ -169,7 +169,7 @@ class Operations(RuntimeCore):
         run_after: datetime | None = None,
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
-        queue: str | None = None,
+        queue: str | Queue | None = None,
         timeout: float | timedelta | None = None,
         deadline: datetime | None = None,
         labels: Mapping[str, str] | None = None,

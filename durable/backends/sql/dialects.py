@@ -155,6 +155,11 @@ class SQLDialect:
         :raises ConfigurationError: naming the server's version and what durable needs.
         """
 
+    def plan_by_keys(self, conn: sa.Connection) -> None:
+        """In durable's own transaction on ``conn``, whose statements reach their rows through
+        keys: have the planner use the indexes whatever statistics it has (PostgreSQL: the
+        direct path's settings, for this transaction only)."""
+
     def lock_for_writing(self, conn: sa.Connection) -> None:
         """In a caller's transaction (``enqueue_in``, ``send_in``), before durable reads what
         it then writes on: take the database's write lock where reads do not (SQLite: the
@@ -281,6 +286,12 @@ class PostgresDialect(SQLDialect):
 
     def skip_locked(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
         return stmt.with_for_update(skip_locked=True)
+
+    def plan_by_keys(self, conn: sa.Connection) -> None:
+        conn.exec_driver_sql(
+            "SELECT set_config('enable_sort', 'off', true), "
+            "set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)"
+        )
 
     def in_list(self, column: sa.ColumnElement[str], param: str) -> sa.ColumnElement[bool]:
         # one array parameter: the statement's text does not depend on the list's length, so

@@ -230,6 +230,7 @@ class Queues(SQLCore):
                 return []
 
         def fn(conn: sa.Connection) -> list[TaskClaim]:
+            self.dialect.plan_by_keys(conn)
             # 1. the queue's lock (held to the commit) and its limits as they are now
             row = conn.execute(self._queue_statements(False, False)["lock"], base).first()
             if row is None:  # not stored, or another claim of the queue holds the lock
