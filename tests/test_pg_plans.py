@@ -181,6 +181,10 @@ async def test_a_limited_queue_drains_a_bulk_backlog_by_key(pg_url: str) -> None
         for wid in (ids[0], ids[len(ids) // 2], ids[-1]):
             assert await rt.result(wid, timeout=WAIT) in range(BACKLOG)
         await worker.stop()
+        # the settings were the claims' transactions' own: the pooled connections kept theirs
+        async with backend.engine.connect() as conn:
+            shown = await conn.execute(sa.text("SELECT current_setting('enable_sort')"))
+            assert shown.scalar() == "on"
 
     claims = [
         (text, plan)
