@@ -438,6 +438,7 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
             timeout=timeout,
             deadline=deadline,
             labels=labels,
+            queue_name=queue_name,
         )
         infos = await create_executions(
             self.backend,

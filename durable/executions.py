@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from durable import telemetry
 from durable.backends.base import PersistentBackend
@@ -28,7 +28,6 @@ from durable.errors import (
     rebuild_exception,
 )
 from durable.models import TaskSpec, WorkflowInfo, WorkflowSnapshot, WorkflowStatus
-from durable.queues import Queue, queue_name
 from durable.validation import (
     check_delay,
     check_duration,
@@ -481,6 +480,18 @@ async def create_execution(
     return info
 
 
+class NamedQueue(Protocol):
+    """A queue given by its declaration (:class:`durable.Queue`): the caller of
+    :func:`plan_enqueue_many` names it (``queue_name``)."""
+
+    @property
+    def name(self) -> str: ...
+
+
+def _as_given(queue: Any) -> Any:
+    return queue
+
+
 @dataclass(frozen=True, slots=True)
 class Enqueue:
     """One execution of a batch given to :meth:`Client.enqueue_many`: its arguments, and
@@ -497,7 +508,7 @@ class Enqueue:
     run_after: datetime | None = None
     delay: float | timedelta | None = None
     max_attempts: int | None = None
-    queue: str | Queue | None = None
+    queue: str | NamedQueue | None = None
     timeout: float | timedelta | None = None
     deadline: datetime | None = None
     labels: Mapping[str, str] | None = None
@@ -527,10 +538,12 @@ def plan_enqueue_many(
     timeout: Any = None,
     deadline: Any = None,
     labels: Any = None,
+    queue_name: Callable[[Any], Any] = _as_given,
 ) -> list[PlannedEnqueue]:
     """Check a batch given to ``enqueue_many`` (every row, before anything is written) and
     return its rows in order. Each row is an :class:`Enqueue` or a tuple or list of positional
     arguments for ``fn``; an :class:`Enqueue`'s options left None take the batch's.
+    ``queue_name`` turns a queue as given (the batch's, a row's) into its name.
 
     :raises InvalidArgumentError: ``inputs`` is not an iterable of rows, a row is neither an
         :class:`Enqueue` nor a tuple or list, a row has no workflow, or an option of the batch
@@ -562,7 +575,9 @@ def plan_enqueue_many(
     planned = []
     for index, row in enumerate(inputs):
         try:
-            one = _plan_row(row, fn, priority, run_after, shared_wait, max_attempts, queue, limits)
+            one = _plan_row(
+                row, fn, priority, run_after, shared_wait, max_attempts, queue, limits, queue_name
+            )
             if shared_labels:
                 one = dataclasses.replace(one, labels={**shared_labels, **one.labels})
             planned.append(one)
@@ -580,6 +595,7 @@ def _plan_row(
     max_attempts: int | None,
     queue: str | None,
     limits: tuple[timedelta | None, datetime | None] = (None, None),
+    queue_name: Callable[[Any], Any] = _as_given,
 ) -> PlannedEnqueue:
     """One row of a batch: a tuple of arguments takes the batch's options; an
     :class:`Enqueue` its own where it gives them (``timeout`` and ``deadline`` each on its

@@ -204,6 +204,7 @@ class Operations(RuntimeCore):
             timeout=timeout,
             deadline=deadline,
             labels=labels,
+            queue_name=queue_name,
         )
         check_bool(served_elsewhere, "served_elsewhere")
         resolved: dict[Any, Workflow[Any, Any] | str] = {}
