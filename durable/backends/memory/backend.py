@@ -23,7 +23,7 @@ from durable.backends.memory.changes import (
 )
 from durable.backends.memory.claims import Claims
 from durable.backends.memory.continuation import Continuation
-from durable.backends.memory.core import MemoryCore, StoredTask, is_live, utcnow
+from durable.backends.memory.core import MemoryCore, StoredTask, TaskOrder, is_live, utcnow
 from durable.backends.memory.debounces import Debounces
 from durable.backends.memory.execution import Execution
 from durable.backends.memory.executors import Executors
@@ -86,6 +86,7 @@ class InMemoryBackend(
         self._workflows: dict[str, WorkflowInfo] = StampedWorkflows(self._stamps)
         self._steps: dict[str, dict[int, StepRecord]] = StampedStepStore(self._stamps)
         self._tasks: dict[tuple[str, str], StoredTask] = {}
+        self._task_order = TaskOrder()
         self._idempotency: dict[str, str] = {}
         self._registry: dict[str, RegisteredWorkflow] = {}
         self._executors: dict[str, ExecutorInfo] = {}
@@ -119,6 +120,7 @@ class InMemoryBackend(
             self._workflows.clear()
             self._steps.clear()
             self._tasks.clear()
+            self._task_order = TaskOrder()
             self._idempotency.clear()
             self._registry.clear()
             self._executors.clear()

@@ -134,23 +134,25 @@ class Claims(MemoryCore):
         queue_set = None if queues is None else set(queues)
         # claims leave the workflow tasks of queues with limits to claim_queue_tasks
         limited = limited_queues(self._queues) if enabled_only else set()
-        found = [
-            t
-            for t in self._tasks.values()
-            if t.run_after <= now
-            and (
-                t.claimed_by is None
-                or not is_live(t, now)
-                or (include_own and t.claimed_by == worker_id)
-            )
-            and (name_set is None or t.spec.name in name_set)
-            and t.spec.name not in disabled
-            and (queue_set is None or t.spec.queue in queue_set)
-            and (versions is None or self._started_by(t, versions))
-            and not (t.spec.queue in limited and t.spec.task_id == WORKFLOW_TASK)
-        ]
-        found.sort(key=lambda t: (t.spec.priority, t.run_after, t.seq))
-        return found[:limit]
+        found: list[StoredTask] = []
+        for t in self._task_order.tasks(self._tasks):  # in claim order: the first ones will do
+            if (
+                t.run_after <= now
+                and (
+                    t.claimed_by is None
+                    or not is_live(t, now)
+                    or (include_own and t.claimed_by == worker_id)
+                )
+                and (name_set is None or t.spec.name in name_set)
+                and t.spec.name not in disabled
+                and (queue_set is None or t.spec.queue in queue_set)
+                and (versions is None or self._started_by(t, versions))
+                and not (t.spec.queue in limited and t.spec.task_id == WORKFLOW_TASK)
+            ):
+                found.append(t)
+                if len(found) == limit:
+                    break
+        return found
 
     async def find_available_tasks(
         self,

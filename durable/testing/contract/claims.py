@@ -243,6 +243,27 @@ class ClaimContract(ContractBase):
         assert {c.attempts for c in claims if c.instance_id != "due-soon"} == {2}
         assert keys_of(await backend.find_available_tasks("w1", 10)) == [("kept", W)]
 
+    async def test_the_claim_order_follows_moved_and_added_tasks(
+        self, backend: PersistentBackend
+    ) -> None:
+        """Claims take tasks by priority, due time and creation as they are at the claim: a
+        task rescheduled after an earlier claim goes behind the tasks now due before it, and a
+        task added meanwhile takes its place in the order."""
+        t0 = now() - timedelta(hours=1)
+        for minutes, instance_id in enumerate(("first", "second", "third")):
+            await create(backend, instance_id, run_after=t0 + timedelta(minutes=minutes))
+        assert ids_of(await backend.claim_available_tasks("w1", 1, LONG)) == ["first"]
+        await backend.begin_execution("first", "w1")
+        await backend.reschedule_workflow("first", worker_id="w1", run_after=timedelta(0))
+        claims = await backend.claim_available_tasks("w2", 10, LONG)
+        assert ids_of(claims) == ["second", "third", "first"]
+        # w2's own claims are available to it: the order it finds them in
+        await create(backend, "zero", run_after=t0 - timedelta(minutes=1))
+        order = ["zero", "second", "third", "first"]
+        assert ids_of(await backend.find_available_tasks("w2", 10)) == order
+        await backend.delete_snapshot("third")
+        assert ids_of(await backend.find_available_tasks("w2", 10)) == ["zero", "second", "first"]
+
     async def test_find_available_tasks_order(self, backend: PersistentBackend) -> None:
         t0 = now() - timedelta(hours=2)
         specs = [
