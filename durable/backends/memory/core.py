@@ -77,18 +77,27 @@ class TaskOrder:
     added or its due time moved; tasks deleted meanwhile are skipped, and dropped at the next
     sort. Used under the backend's lock."""
 
-    __slots__ = ("_sorted", "stale")
+    __slots__ = ("_head", "_sorted", "stale")
 
     def __init__(self) -> None:
         self._sorted: list[StoredTask] = []
+        self._head = 0  # the tasks before it were deleted (a drained backlog's first ones)
         self.stale = True
 
     def tasks(self, store: dict[tuple[str, str], StoredTask]) -> Iterator[StoredTask]:
         """The tasks of ``store`` in claim order."""
-        if self.stale or len(self._sorted) > 2 * len(store) + 64:
-            self._sorted = sorted(store.values(), key=_claim_order)
+        order = self._sorted
+        if self.stale or len(order) - self._head > 2 * len(store) + 64:
+            order = self._sorted = sorted(store.values(), key=_claim_order)
+            self._head = 0
             self.stale = False
-        for task in self._sorted:
+        head = self._head
+        # a deleted task never comes back (a task added again is a new object): skipped once
+        while head < len(order) and store.get(order[head].key) is not order[head]:
+            head += 1
+        self._head = head
+        for index in range(head, len(order)):
+            task = order[index]
             if store.get(task.key) is task:
                 yield task
 
