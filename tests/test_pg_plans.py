@@ -13,7 +13,7 @@ logs its plan (as JSON) to the client, which collects it through a connect event
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -63,7 +63,18 @@ def _plans(notices: list[str]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-async def test_a_drain_after_a_bulk_enqueue_reaches_rows_by_key(pg_url: str) -> None:
+def plans_of(
+    notices: list[str], keep: Callable[[str], bool], least: int
+) -> list[tuple[str, dict[str, Any]]]:
+    """The (text, plan) of the statements ``keep`` picks by their text; at least ``least``."""
+    found = [(text, plan) for text, plan in _plans(notices) if keep(text.lstrip())]
+    assert len(found) >= least, f"{len(found)} such plans seen among {len(notices)} messages"
+    return found
+
+
+def explained(pg_url: str) -> tuple[SQLAlchemyBackend, list[str]]:
+    """A backend whose connections log every plan they run to the client, and the list that
+    collects those messages."""
     backend = durable.connect(pg_url, engine_options={"connect_args": {"options": AUTO_EXPLAIN}})
     assert isinstance(backend, SQLAlchemyBackend)
     notices: list[str] = []
@@ -73,6 +84,12 @@ async def test_a_drain_after_a_bulk_enqueue_reaches_rows_by_key(pg_url: str) -> 
         conn = dbapi_connection.driver_connection
         assert isinstance(conn, psycopg.AsyncConnection)
         conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+
+    return backend, notices
+
+
+async def test_a_drain_after_a_bulk_enqueue_reaches_rows_by_key(pg_url: str) -> None:
+    backend, notices = explained(pg_url)
 
     async with durable.Runtime(
         backend, executor_id="plans", registry=REG, recover=False, claim_ttl=30
@@ -119,15 +136,7 @@ async def test_a_bulk_enqueue_into_a_table_without_statistics_looks_rows_up_by_k
     with rows but no statistics yet (the minute after a bulk enqueue), ``id = ANY(:ids)`` was
     planned as a scan of every stored workflow, page after page: each bulk enqueue was slower
     than the one before."""
-    backend = durable.connect(pg_url, engine_options={"connect_args": {"options": AUTO_EXPLAIN}})
-    assert isinstance(backend, SQLAlchemyBackend)
-    notices: list[str] = []
-
-    @sa.event.listens_for(backend.engine.sync_engine, "connect")
-    def collect(dbapi_connection: Any, record: Any) -> None:
-        dbapi_connection.driver_connection.add_notice_handler(
-            lambda diag: notices.append(diag.message_primary or "")
-        )
+    backend, notices = explained(pg_url)
 
     async with durable.Client(backend) as client:
         first = await client.enqueue_many(job, [(i,) for i in range(BACKLOG)])
@@ -147,12 +156,7 @@ async def test_a_bulk_enqueue_into_a_table_without_statistics_looks_rows_up_by_k
         assert again[-1] == first[7] and len(set(again)) == len(rows)
         assert await client.enqueue_many(job, rows[:3]) == again[:3]  # by their keys
 
-    lookups = [
-        (text, plan)
-        for text, plan in _plans(notices)
-        if text.lstrip().startswith("SELECT") and "idempotency_key = " in text
-    ]
-    assert len(lookups) >= 3, f"{len(lookups)} lookups seen"
+    lookups = plans_of(notices, lambda t: t.startswith("SELECT") and "idempotency_key = " in t, 3)
     for text, plan in lookups:
         scanned = {n.get("Relation Name") for n in _nodes(plan["Plan"]) if "Seq" in n["Node Type"]}
         assert "durable_workflows" not in scanned, f"a whole-table scan in:\n{text}"
@@ -162,15 +166,7 @@ async def test_a_limited_queue_drains_a_bulk_backlog_by_key(pg_url: str) -> None
     """A queue with limits is claimed in a transaction of its own (its lock, its counts, the
     claim), not on the direct path with its planner settings. Right after a bulk enqueue the
     claim there sorted every task of the table, claim after claim."""
-    backend = durable.connect(pg_url, engine_options={"connect_args": {"options": AUTO_EXPLAIN}})
-    assert isinstance(backend, SQLAlchemyBackend)
-    notices: list[str] = []
-
-    @sa.event.listens_for(backend.engine.sync_engine, "connect")
-    def collect(dbapi_connection: Any, record: Any) -> None:
-        dbapi_connection.driver_connection.add_notice_handler(
-            lambda diag: notices.append(diag.message_primary or "")
-        )
+    backend, notices = explained(pg_url)
 
     limited = durable.Queue("plans-limited", concurrency=8, rate_limit=(1_000_000, 1))
     async with durable.Runtime(
@@ -186,12 +182,9 @@ async def test_a_limited_queue_drains_a_bulk_backlog_by_key(pg_url: str) -> None
             shown = await conn.execute(sa.text("SELECT current_setting('enable_sort')"))
             assert shown.scalar() == "on"
 
-    claims = [
-        (text, plan)
-        for text, plan in _plans(notices)
-        if text.lstrip().startswith("WITH picked") and "durable_tasks.queue = $" in text
-    ]
-    assert len(claims) >= 20, f"{len(claims)} limited claims seen"
+    claims = plans_of(
+        notices, lambda t: t.startswith("WITH picked") and "durable_tasks.queue = $" in t, 20
+    )
     for text, plan in claims:
         for node in _nodes(plan["Plan"]):
             assert node.get("Relation Name") != "durable_tasks" or "Seq" not in node["Node Type"]
