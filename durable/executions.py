@@ -488,10 +488,6 @@ class NamedQueue(Protocol):
     def name(self) -> str: ...
 
 
-def _as_given(queue: Any) -> Any:
-    return queue
-
-
 @dataclass(frozen=True, slots=True)
 class Enqueue:
     """One execution of a batch given to :meth:`Client.enqueue_many`: its arguments, and
@@ -538,7 +534,7 @@ def plan_enqueue_many(
     timeout: Any = None,
     deadline: Any = None,
     labels: Any = None,
-    queue_name: Callable[[Any], Any] = _as_given,
+    queue_name: Callable[[Any], Any],
 ) -> list[PlannedEnqueue]:
     """Check a batch given to ``enqueue_many`` (every row, before anything is written) and
     return its rows in order. Each row is an :class:`Enqueue` or a tuple or list of positional
@@ -594,8 +590,8 @@ def _plan_row(
     wait: timedelta | None,
     max_attempts: int | None,
     queue: str | None,
-    limits: tuple[timedelta | None, datetime | None] = (None, None),
-    queue_name: Callable[[Any], Any] = _as_given,
+    limits: tuple[timedelta | None, datetime | None],
+    queue_name: Callable[[Any], Any],
 ) -> PlannedEnqueue:
     """One row of a batch: a tuple of arguments takes the batch's options; an
     :class:`Enqueue` its own where it gives them (``timeout`` and ``deadline`` each on its

@@ -66,7 +66,8 @@ class StoredTask:
         return (self.spec.instance_id, self.spec.task_id)
 
 
-def _claim_order(task: StoredTask) -> tuple[int, datetime, int]:
+def claim_order(task: StoredTask) -> tuple[int, datetime, int]:
+    """The order claims take tasks in: priority, due time, creation."""
     return (task.spec.priority, task.run_after, task.seq)
 
 
@@ -88,7 +89,7 @@ class TaskOrder:
         """The tasks of ``store`` in claim order."""
         order = self._sorted
         if self.stale or len(order) - self._head > 2 * len(store) + 64:
-            order = self._sorted = sorted(store.values(), key=_claim_order)
+            order = self._sorted = sorted(store.values(), key=claim_order)
             self._head = 0
             self.stale = False
         head = self._head

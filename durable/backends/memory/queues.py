@@ -9,7 +9,13 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from durable.backends.base import check_queue_limits
-from durable.backends.memory.core import MemoryCore, StoredTask, check_limit, is_live
+from durable.backends.memory.core import (
+    MemoryCore,
+    StoredTask,
+    check_limit,
+    claim_order,
+    is_live,
+)
 from durable.errors import QueueNotFoundError
 from durable.models import WORKFLOW_TASK, QueueInfo, TaskClaim, ttl_seconds
 
@@ -96,7 +102,7 @@ class Queues(MemoryCore):
                     and t.spec.name not in disabled
                     and (versions is None or self._started_by(t, versions))
                 ),
-                key=lambda t: (t.spec.priority, t.run_after, t.seq),
+                key=claim_order,
             )
             if config.partition_concurrency is not None:
                 free = _partition_heads(free, running, config.partition_concurrency)

@@ -59,6 +59,10 @@ class Enqueues(SQLCore):
                 conflict="ON CONFLICT DO NOTHING",
             )
             self._bulk_tasks: Any = _recordset_tasks()
+            self._select_batch_existing: Any = sa.union_all(
+                _lookup_each(workflows.c.id, "p_ids"),
+                _lookup_each(workflows.c.idempotency_key, "p_keys"),
+            )
         else:  # SQLite: one prepared INSERT run over every row (no round trips to save)
             self._bulk_workflows = _DriverInsert(
                 sa.insert(workflows).values(
@@ -68,12 +72,6 @@ class Enqueues(SQLCore):
                 self.engine.dialect,
             )
             self._bulk_tasks = _DriverInsert(self._insert_task, self.engine.dialect)
-        if d.name == "postgresql":
-            self._select_batch_existing: Any = sa.union_all(
-                _lookup_each(workflows.c.id, "p_ids"),
-                _lookup_each(workflows.c.idempotency_key, "p_keys"),
-            )
-        else:
             self._select_batch_existing = sa.select(workflows).where(
                 sa.or_(
                     d.in_list(workflows.c.id, "p_ids"),

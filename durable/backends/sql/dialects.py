@@ -49,6 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from durable.backends.sql import feed, mysql
+from durable.backends.sql.direct import KEY_DRIVEN_PLANS
 from durable.backends.sql.schema import UTCDateTime, steps
 from durable.errors import ConfigurationError
 
@@ -58,6 +59,12 @@ SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 def utcnow() -> datetime:
     """This host's clock, in UTC (the default ``clock`` of a backend)."""
     return datetime.now(UTC)
+
+
+#: PostgreSQL: the direct path's planner settings, for the current transaction only.
+_PLAN_BY_KEYS = "SELECT " + ", ".join(
+    f"set_config('{name}', '{value}', true)" for name, value in KEY_DRIVEN_PLANS.items()
+)
 
 
 class SQLDialect:
@@ -288,10 +295,7 @@ class PostgresDialect(SQLDialect):
         return stmt.with_for_update(skip_locked=True)
 
     def plan_by_keys(self, conn: sa.Connection) -> None:
-        conn.exec_driver_sql(
-            "SELECT set_config('enable_sort', 'off', true), "
-            "set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)"
-        )
+        conn.exec_driver_sql(_PLAN_BY_KEYS)
 
     def in_list(self, column: sa.ColumnElement[str], param: str) -> sa.ColumnElement[bool]:
         # one array parameter: the statement's text does not depend on the list's length, so

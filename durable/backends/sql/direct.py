@@ -55,9 +55,12 @@ from sqlalchemy.util import greenlet_spawn
 #:   second per claim: seen once, with both on and jit left as it was).
 #:
 #: ``tests/test_pg_plans.py`` checks the plans a drain uses on a table without statistics.
-_SESSION_SETTINGS = (
-    "SET plan_cache_mode = force_generic_plan; SET enable_sort = off; "
-    "SET enable_seqscan = off; SET jit = off"
+#: :data:`KEY_DRIVEN_PLANS` are the three that also hold for a transaction of durable's own
+#: through the pool (``SQLDialect.plan_by_keys``).
+KEY_DRIVEN_PLANS = {"enable_sort": "off", "enable_seqscan": "off", "jit": "off"}
+_SESSION_SETTINGS = "; ".join(
+    ["SET plan_cache_mode = force_generic_plan"]
+    + [f"SET {name} = {value}" for name, value in KEY_DRIVEN_PLANS.items()]
 )
 
 
