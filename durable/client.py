@@ -49,7 +49,7 @@ from durable.errors import (
     WorkflowNotFoundError,
 )
 from durable.executions import DEFAULT_MAX_ATTEMPTS as DEFAULT_MAX_ATTEMPTS
-from durable.executions import CheckedEnqueue, create_execution, create_executions
+from durable.executions import CheckedEnqueue, create_execution, create_executions, ids_for
 from durable.executions import Enqueue as Enqueue
 from durable.executions import EnqueueOptions as EnqueueOptions
 from durable.executions import not_a_workflow as not_a_workflow
@@ -444,14 +444,8 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
             self.backend,
             app_version=self.app_version,
             rows=[
-                (
-                    row.fn,
-                    row.workflow_id or str(uuid.uuid4()),
-                    row.args,
-                    row.kwargs,
-                    row.options(row.fn),
-                )
-                for row in planned
+                (row.fn, instance_id, row.args, row.kwargs, row.options(row.fn))
+                for row, instance_id in zip(planned, ids_for(planned), strict=True)
             ],
         )
         return [info.id for info in infos]

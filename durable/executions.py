@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -520,6 +521,27 @@ class PlannedEnqueue(CheckedOptions):
     workflow_id: str | None
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+
+
+#: The third-to-last hex digit of a version 4 UUID's variant byte, by the random digit it
+#: replaces (the variant's two high bits are ``10``).
+_VARIANT_DIGIT = {f"{n:x}": f"{(n & 0x3) | 0x8:x}" for n in range(16)}
+
+
+def new_workflow_ids(count: int) -> Iterator[str]:
+    """``count`` fresh workflow ids: random (version 4) UUIDs written as ``str(uuid.uuid4())``
+    writes them, from one read of the system's random source for them all (a bulk enqueue
+    would otherwise read it once a row)."""
+    digits = os.urandom(16 * count).hex()
+    for start in range(0, 32 * count, 32):
+        h = digits[start : start + 32]
+        yield f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT_DIGIT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+def ids_for(planned: Sequence[PlannedEnqueue]) -> list[str]:
+    """The id of each row of a batch: its own if given, else a fresh one."""
+    fresh = new_workflow_ids(sum(1 for row in planned if not row.workflow_id))
+    return [row.workflow_id or next(fresh) for row in planned]
 
 
 def plan_enqueue_many(

@@ -8,6 +8,7 @@ batch naming the row and writes nothing, and the executions are visible to worke
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -61,6 +62,23 @@ async def test_ids_in_input_order_with_their_arguments(backend_url: str) -> None
             assert info.queue == "doubles"  # the workflow's queue
             assert info.status is durable.WorkflowStatus.PENDING
         assert await count(client) == 20
+
+
+async def test_fresh_ids_are_random_uuids_and_given_ids_are_kept(backend_url: str) -> None:
+    async with opened(backend_url) as client:
+        rows = [
+            durable.Enqueue(args=(n,), workflow_id=f"given-{n}") if n % 3 == 0 else (n,)
+            for n in range(300)
+        ]
+        ids = await client.enqueue_many(double, rows)
+    assert len(set(ids)) == 300
+    for n, workflow_id in enumerate(ids):
+        if n % 3 == 0:
+            assert workflow_id == f"given-{n}"
+        else:  # as str(uuid.uuid4()) writes them
+            parsed = uuid.UUID(workflow_id)
+            assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+            assert str(parsed) == workflow_id
 
 
 async def test_rows_of_several_workflows_with_their_own_options(backend_url: str) -> None:

@@ -16,6 +16,7 @@ from durable.executions import (
     CheckedEnqueue,
     Enqueue,
     create_executions,
+    ids_for,
     plan_enqueue_many,
 )
 from durable.models import (
@@ -230,8 +231,8 @@ class Operations(RuntimeCore):
                 self.backend,
                 app_version=self.app_version,
                 rows=[
-                    (t, row.workflow_id or str(uuid.uuid4()), row.args, row.kwargs, row.options(t))
-                    for t, row in zip(targets, planned, strict=True)
+                    (t, instance_id, row.args, row.kwargs, row.options(t))
+                    for t, row, instance_id in zip(targets, planned, ids_for(planned), strict=True)
                 ],
             )
             return [info.id for info in infos]
