@@ -116,6 +116,59 @@ async def test_a_failed_flush_fails_every_caller_of_its_batch() -> None:
     assert len({id(o) for o in outcomes}) == 1  # the same error for the whole batch
 
 
+async def test_inline_when_idle_a_lone_write_is_flushed_by_its_own_task() -> None:
+    calls: list[tuple[list[int], asyncio.Task[Any] | None]] = []
+    gate = asyncio.Event()
+
+    async def flush(items: list[int]) -> list[int | BaseException]:
+        calls.append((items, asyncio.current_task()))
+        if items == [1]:
+            await gate.wait()  # in flight: what is submitted meanwhile queues
+        return [ValueError(f"refused {i}") if i == 5 else i * 10 for i in items]
+
+    group: GroupCommit[int, int] = GroupCommit(flush, inline_when_idle=True)
+    first = asyncio.ensure_future(group.submit(1))
+    await asyncio.sleep(0)
+    rest = [asyncio.ensure_future(group.submit(i)) for i in (2, 3)]
+    await asyncio.sleep(0)
+    assert [items for items, _ in calls] == [[1]]  # the others wait for the lone flush
+    gate.set()
+    assert await first == 10 and await asyncio.gather(*rest) == [20, 30]
+    assert calls[0][1] is first  # the lone write: flushed by its caller's task
+    assert [items for items, _ in calls] == [[1], [2, 3]]  # then the others, together
+    assert calls[1][1] not in (first, *rest)  # by a flush task of the batcher's own
+    # after a batch of several, a write goes through a flush task again (writes that arrive in
+    # the same turn of the loop join it); after a batch of one, inline again
+    assert await group.submit(4) == 40
+    assert calls[2][1] is not asyncio.current_task()
+    with pytest.raises(ValueError, match="refused 5"):  # an item's own refusal, raised alone
+        await group.submit(5)
+    assert calls[3][1] is asyncio.current_task()
+    assert (group.flushes, group.items) == (4, 5)
+
+
+async def test_a_caller_cancelled_in_its_inline_flush_leaves_the_queued_writes_flushed() -> None:
+    calls: list[list[int]] = []
+    entered = asyncio.Event()
+
+    async def flush(items: list[int]) -> list[int | BaseException]:
+        calls.append(items)
+        if items == [1]:
+            entered.set()
+            await asyncio.sleep(3600)
+        return [i * 10 for i in items]
+
+    group: GroupCommit[int, int] = GroupCommit(flush, inline_when_idle=True)
+    first = asyncio.ensure_future(group.submit(1))
+    await entered.wait()
+    later = asyncio.ensure_future(group.submit(2))
+    await asyncio.sleep(0)
+    first.cancel()
+    assert await later == 20
+    assert first.cancelled() and calls == [[1], [2]]
+    await group.close()
+
+
 async def test_concurrent_finishes_share_a_flush_and_a_lost_lease_fails_alone(url: str) -> None:
     async with SQLAlchemyBackend(url) as backend:
         ids = [f"wf{i}" for i in range(8)]

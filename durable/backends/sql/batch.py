@@ -6,8 +6,10 @@ the same moment, one statement or one transaction can carry all of them, as a da
 its own log. :class:`GroupCommit` is that batcher, one per backend instance and event loop:
 
 * **No added latency when alone.** The first write is handed to a flush task at once (it runs
-  on the loop's next turn); writes that arrive while ``max_in_flight`` flushes are in flight
-  queue up and form the next batch, which starts as soon as a flush ends.
+  on the loop's next turn), or, with ``inline_when_idle``, flushed by its caller's own task
+  (no task to start, no future to wake: a lone write costs what the statement costs); writes
+  that arrive while ``max_in_flight`` flushes are in flight queue up and form the next batch,
+  which starts as soon as a flush ends.
 * **Each caller is released only after the commit that holds its write**: its future is set
   from the flush's result for its item, after the flush returned.
 * **Per-item outcomes.** The flush returns one result or exception per item, so a refused
@@ -15,7 +17,8 @@ its own log. :class:`GroupCommit` is that batcher, one per backend instance and 
   itself (the database went away mid-batch) fails every caller of the batch with that same
   exception: nothing is acknowledged that was not committed.
 * A caller that is cancelled stops waiting; its write may still commit (as a cancelled single
-  statement may), which the fencing and the idempotent step record make harmless.
+  statement may), which the fencing and the idempotent step record make harmless. A caller
+  cancelled during its own inline flush cancels that statement, as it would its own.
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ class GroupCommit(Generic[I, R]):
     ``flush`` returns a sequence as long as ``items``: for each item its result, or the
     exception that item's caller raises. Safe for any number of concurrent callers on the
     event loop it was first used on; :meth:`submit` on another loop raises RuntimeError.
+
+    ``inline_when_idle``: a write submitted when no flush is in flight and none is queued is
+    flushed by its caller's task, alone. For a flush that awaits the database (the writes
+    that arrive meanwhile still form the next batch); not for one that blocks the loop until
+    it returns: nothing could queue during it, so every write would go alone.
     """
 
     def __init__(
@@ -45,10 +53,14 @@ class GroupCommit(Generic[I, R]):
         *,
         max_batch: int = MAX_BATCH,
         max_in_flight: int = 1,
+        inline_when_idle: bool = False,
     ) -> None:
         self._flush = flush
         self._max = max_batch
         self._max_in_flight = max_in_flight
+        self._inline_when_idle = inline_when_idle
+        self._inline = 0  # flushes run by their callers' tasks, now
+        self._last_size = 0  # items of the last flush that started
         self._queue: list[tuple[I, asyncio.Future[R]]] = []
         self._flushing: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -63,11 +75,40 @@ class GroupCommit(Generic[I, R]):
             self._loop = loop
         elif self._loop is not loop:
             raise RuntimeError("a GroupCommit is bound to the event loop it was first used on")
+        if (
+            self._inline_when_idle
+            and self._last_size <= 1
+            and not (self._queue or self._flushing or self._inline)
+        ):
+            return await self._flush_inline(item, loop)
         future: asyncio.Future[R] = loop.create_future()
         self._queue.append((item, future))
-        if len(self._flushing) < self._max_in_flight:
-            self._flushing.add(loop.create_task(self._run()))
+        self._start_flush(loop)
         return await future
+
+    async def _flush_inline(self, item: I, loop: asyncio.AbstractEventLoop) -> R:
+        """Flush ``item`` alone in the caller's task; then start a flush for what queued
+        meanwhile."""
+        self._inline += 1
+        try:
+            self.flushes += 1
+            self.items += 1
+            self._last_size = 1
+            results = await self._flush([item])
+            if len(results) != 1:  # a bug in the flush: fail loudly
+                raise RuntimeError("a group commit flush returned the wrong count")
+        finally:
+            self._inline -= 1
+            self._start_flush(loop)
+        result = results[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _start_flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start a flush task for the queued items if fewer than ``max_in_flight`` run."""
+        if self._queue and len(self._flushing) + self._inline < self._max_in_flight:
+            self._flushing.add(loop.create_task(self._run()))
 
     def bound_elsewhere(self) -> bool:
         """True when called off the loop this batcher is bound to (the caller then writes on
@@ -85,6 +126,7 @@ class GroupCommit(Generic[I, R]):
                 batch, self._queue = self._queue[: self._max], self._queue[self._max :]
                 self.flushes += 1
                 self.items += len(batch)
+                self._last_size = len(batch)
                 try:
                     results: Sequence[R | BaseException] = await self._flush(
                         [item for item, _ in batch]

@@ -52,13 +52,13 @@ class GroupedWrites(SQLCore):
         # one batch in flight: the writes that arrive meanwhile wait for it and go together
         # (measured: more flushes in flight spend more CPU per step for no more throughput)
         self._record_group: GroupCommit[dict[str, Any], int] | None = GroupCommit(
-            self._flush_step_records
+            self._flush_step_records, inline_when_idle=True
         )
         self._finish_group: GroupCommit[dict[str, Any], DirectResult | None] | None = GroupCommit(
-            self._flush_finishes
+            self._flush_finishes, inline_when_idle=True
         )
         self._begin_group: GroupCommit[dict[str, Any], DirectResult | None] | None = GroupCommit(
-            self._flush_begins
+            self._flush_begins, inline_when_idle=True
         )
 
     def _record_steps_statement(self) -> sa.Insert:
