@@ -222,6 +222,11 @@ async def serve(args: argparse.Namespace) -> int:
         claim_ttl=args.claim_ttl,
         registry=REGISTRY,
     )
+    # a worker forked by the zygote blocks SIGTERM until serve() handles it: serve() installs
+    # its handlers before its first await, and a SIGTERM that came meanwhile is delivered then
+    asyncio.get_running_loop().call_soon(
+        signal.pthread_sigmask, signal.SIG_UNBLOCK, {signal.SIGTERM}
+    )
     return await durable.worker.serve(
         runtime, concurrency=args.concurrency, poll_interval=args.poll_interval, grace=args.grace
     )
@@ -286,7 +291,13 @@ def zygote(args: argparse.Namespace) -> int:
         command, _, arg = line.strip().partition(" ")
         reap_exited()
         if command == "start":
+            # a stop may come before the worker handles SIGTERM (it is still starting): the
+            # worker is forked with SIGTERM blocked, held until serve() handles it (see serve)
+            # rather than the default death
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
             pid = os.fork()
+            if pid != 0:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
             if pid == 0:  # the worker
                 code = 1
                 try:
