@@ -4,14 +4,13 @@ statement.
 Part of :class:`~durable.backends.sql.backend.SQLAlchemyBackend` (see :mod:`.core`); the records
 themselves are :mod:`.workflows`, which this area sits in front of:
 
-* :meth:`Enqueues.create_workflows` (bulk enqueue), one transaction however many rows: the
-  batch's rows that exist already are looked up first (one ``SELECT`` per
-  :data:`LOOKUP_PAGE` rows), then the others are inserted in one statement per table: on
-  PostgreSQL ``INSERT ... SELECT FROM json_to_recordset(:rows) ON CONFLICT DO NOTHING
-  RETURNING id`` (the rows as one JSON parameter; a row a concurrent transaction inserted
-  meanwhile is looked up again), on SQLite one prepared ``INSERT`` run by the driver over
-  every row (``executemany``; the write lock taken by ``BEGIN IMMEDIATE`` keeps others out),
-  and one ``NOTIFY``.
+* :meth:`Enqueues.create_workflows` (bulk enqueue), one transaction however many rows, one
+  statement per table: on PostgreSQL ``INSERT ... SELECT FROM json_to_recordset(:rows) ON
+  CONFLICT DO NOTHING RETURNING id`` (the rows as one JSON parameter), after which the rows it
+  did not insert (stored before, or by a concurrent transaction meanwhile) are looked up (one
+  ``SELECT`` per :data:`LOOKUP_PAGE` rows); on SQLite the rows that exist are looked up first,
+  then one prepared ``INSERT`` is run by the driver over the others (``executemany``; the
+  write lock taken by ``BEGIN IMMEDIATE`` keeps others out); and one ``NOTIFY``.
 * :meth:`Enqueues.create_workflow` on PostgreSQL's direct path (:mod:`.direct`): the workflow,
   its task and the ``NOTIFY`` in one statement and one round trip (data-modifying CTEs), instead
   of ``BEGIN``, three statements and ``COMMIT``. When the workflow exists already (nothing was
@@ -35,6 +34,7 @@ from durable.backends.sql.core import WORKFLOW_COLUMNS, SQLCore, write_labels
 from durable.backends.sql.direct import CompiledStatement
 from durable.backends.sql.schema import UTCDateTime, tasks, workflow_labels, workflows
 from durable.errors import InvalidArgumentError, SerializationError
+from durable.gcpause import collector_paused
 from durable.models import TaskSpec, WorkflowInfo, WorkflowSnapshot
 from durable.validation import check_labels
 
@@ -166,7 +166,8 @@ class Enqueues(SQLCore):
     ) -> list[tuple[WorkflowInfo, bool]]:
         if not batch:
             return []
-        fn, with_tasks = self._creation(batch)
+        with collector_paused():  # many objects, all kept: see durable.gcpause
+            fn, with_tasks = self._creation(batch)
         results = await self._run(fn, what=f"create {len(batch)} workflow(s)")
         if any(created for _, created in results) and with_tasks:
             self.notify_work()
@@ -205,12 +206,17 @@ class Enqueues(SQLCore):
                 raise SerializationError(f"inputs[{index}]: {exc}") from exc
 
         def fn(conn: sa.Connection) -> list[tuple[WorkflowInfo, bool]]:
-            # the rows that exist already (a clash with another workflow name refuses the batch)
-            found = self._batch_existing(conn, batch, firsts, required=False)
+            # the rows that exist already (a clash with another workflow name refuses the
+            # batch): on SQLite looked up first (its INSERT would fail on them); PostgreSQL's
+            # skips them (ON CONFLICT DO NOTHING), so only the rows it did not insert are
+            # looked up after it, and a batch of new rows costs no lookup at all
+            found: dict[int, WorkflowInfo] = {}
+            if isinstance(self._bulk_workflows, _DriverInsert):
+                found = self._batch_existing(conn, batch, firsts, required=False)
             fresh = [i for i in firsts if i not in found]
             inserted = self._insert_batch(conn, [rows[i] for i in fresh])
             late = [i for i in fresh if batch[i][0].id not in inserted]
-            if late:  # PostgreSQL: inserted by a concurrent transaction meanwhile
+            if late:  # PostgreSQL: stored before, or by a concurrent transaction meanwhile
                 found.update(self._batch_existing(conn, batch, late, required=True))
             new = [i for i in fresh if batch[i][0].id in inserted]
             for index in new:
@@ -223,17 +229,18 @@ class Enqueues(SQLCore):
                 self._insert_batch_tasks(conn, new_tasks)
                 self._announce_work(conn)
             # a new row's header is what was written (its values as given: not read back)
-            headers = {
-                i: WorkflowInfo(
-                    **{
-                        **{f: getattr(batch[i][0], f) for f in _HEADER_FIELDS},
-                        "version": 1,
-                        "created_at": rows[i]["created_at"],
-                        "updated_at": now,
-                    }
-                )
-                for i in new
-            }
+            with collector_paused():
+                headers = {
+                    i: WorkflowInfo(
+                        **{
+                            **{f: getattr(batch[i][0], f) for f in _HEADER_FIELDS},
+                            "version": 1,
+                            "created_at": rows[i]["created_at"],
+                            "updated_at": now,
+                        }
+                    )
+                    for i in new
+                }
             headers.update(found)
             created = set(new)
             return [
