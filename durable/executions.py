@@ -28,6 +28,7 @@ from durable.errors import (
     WorkflowFailedError,
     rebuild_exception,
 )
+from durable.gcpause import collector_paused
 from durable.models import TaskSpec, WorkflowInfo, WorkflowSnapshot, WorkflowStatus
 from durable.validation import (
     check_delay,
@@ -339,12 +340,26 @@ async def resolve_deadline(
     store's clock now plus the timeout (the start's ``timeout``, else the workflow's own, when
     the workflow is given decorated). Reads :meth:`~PersistentBackend.now` (unless ``now`` is
     given) only when there is a timeout."""
-    timeout = opts.timeout
-    if timeout is None and isinstance(wf, Workflow):
-        timeout = wf.timeout
+    if _timeout_of(wf, opts) is None:
+        return opts
+    return _with_deadline(wf, opts, now or await backend.now())
+
+
+def _timeout_of(wf: Workflow[Any, Any] | str, opts: EnqueueOptions) -> timedelta | None:
+    """The start's timeout, else the workflow's own (when the workflow is given decorated)."""
+    if opts.timeout is not None:
+        return opts.timeout
+    return wf.timeout if isinstance(wf, Workflow) else None
+
+
+def _with_deadline(
+    wf: Workflow[Any, Any] | str, opts: EnqueueOptions, now: datetime
+) -> EnqueueOptions:
+    """``opts`` with its deadline resolved at ``now`` (see :func:`resolve_deadline`)."""
+    timeout = _timeout_of(wf, opts)
     if timeout is None:
         return opts
-    limit = (now or await backend.now()) + timeout
+    limit = now + timeout
     deadline = limit if opts.deadline is None else min(limit, opts.deadline)
     return dataclasses.replace(opts, timeout=None, deadline=deadline)
 
@@ -703,20 +718,20 @@ async def create_executions(
     :raises InvalidArgumentError: an id or key belongs to another workflow (nothing is
         written).
     """
-    batch: list[tuple[WorkflowSnapshot, TaskSpec | None]] = []
-    now: datetime | None = None
-    for wf, instance_id, args, kwargs, given in rows:
-        opts = given
-        if given.timeout is not None or (isinstance(wf, Workflow) and wf.timeout is not None):
-            now = now or await backend.now()  # one read of the clock for the whole batch
-            opts = await resolve_deadline(backend, wf, given, now)
-        # serialized once, by the backend, which names the row it cannot serialize
-        snapshot, task = execution_record(
-            wf, instance_id, args, kwargs, opts, parent_id=parent_id, app_version=app_version
-        )
-        batch.append((snapshot, task))
-    if not batch:
+    if not rows:
         return []
+    # one read of the store's clock for the whole batch, if a row has a timeout
+    timed = any(_timeout_of(wf, given) is not None for wf, _, _, _, given in rows)
+    now = await backend.now() if timed else None
+    batch: list[tuple[WorkflowSnapshot, TaskSpec | None]] = []
+    with collector_paused():  # many objects, all kept: see durable.gcpause
+        for wf, instance_id, args, kwargs, given in rows:
+            opts = given if now is None else _with_deadline(wf, given, now)
+            # serialized once, by the backend, which names the row it cannot serialize
+            snapshot, task = execution_record(
+                wf, instance_id, args, kwargs, opts, parent_id=parent_id, app_version=app_version
+            )
+            batch.append((snapshot, task))
     results = await backend.create_workflows(batch)
     created = sum(1 for _, was_created in results if was_created)
     if created:

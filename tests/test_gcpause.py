@@ -1,0 +1,64 @@
+"""durable.gcpause: the cyclic collector paused while a batch is built, and always restored."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+import durable
+from durable.gcpause import collector_paused
+
+
+@pytest.fixture
+def collector() -> Iterator[None]:
+    was = gc.isenabled()
+    gc.enable()
+    yield
+    if was:
+        gc.enable()
+    else:
+        gc.disable()
+
+
+def test_paused_inside_restored_after_even_on_error(collector: None) -> None:
+    with collector_paused():
+        assert not gc.isenabled()
+        with collector_paused():  # nested: the inner one leaves it to the outer
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(KeyError), collector_paused():
+        raise KeyError("x")
+    assert gc.isenabled()
+
+
+def test_a_collector_the_application_disabled_stays_disabled(collector: None) -> None:
+    gc.disable()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert not gc.isenabled()
+
+
+@durable.workflow(name="tests.gcpause.echo.v1")
+async def echo(n: int) -> int:
+    return n
+
+
+async def test_enqueue_many_leaves_the_collector_as_it_found_it(
+    collector: None, sqlite_url: str
+) -> None:
+    seen: list[bool] = []
+
+    def rows() -> Iterator[tuple[int]]:  # read while the batch is planned
+        for n in range(3):
+            seen.append(gc.isenabled())
+            yield (n,)
+
+    async with durable.Client(durable.connect(sqlite_url)) as client:
+        assert len(await client.enqueue_many(echo, rows())) == 3
+        assert seen == [False] * 3 and gc.isenabled()
+        with pytest.raises(durable.InvalidArgumentError):  # a bad row: refused, restored
+            await client.enqueue_many(echo, [(1,), "not a row"])
+        assert gc.isenabled()
