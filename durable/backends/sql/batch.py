@@ -41,10 +41,12 @@ class GroupCommit(Generic[I, R]):
     exception that item's caller raises. Safe for any number of concurrent callers on the
     event loop it was first used on; :meth:`submit` on another loop raises RuntimeError.
 
-    ``inline_when_idle``: a write submitted when no flush is in flight and none is queued is
-    flushed by its caller's task, alone. For a flush that awaits the database (the writes
-    that arrive meanwhile still form the next batch); not for one that blocks the loop until
-    it returns: nothing could queue during it, so every write would go alone.
+    ``inline_when_idle``: a write submitted when no flush is in flight, none is queued and
+    the last flush carried one item (the process writes alone, not in bursts: in a burst,
+    the writes made in the same turn of the loop join a flush task's batch) is flushed by
+    its caller's task, alone. For a flush that awaits the database (the writes that arrive
+    meanwhile still form the next batch); not for one that blocks the loop until it returns:
+    nothing could queue during it, so every write would go alone.
     """
 
     def __init__(
