@@ -49,7 +49,13 @@ from durable.errors import (
     WorkflowNotFoundError,
 )
 from durable.executions import DEFAULT_MAX_ATTEMPTS as DEFAULT_MAX_ATTEMPTS
-from durable.executions import CheckedEnqueue, create_execution, create_executions, ids_for
+from durable.executions import (
+    CheckedEnqueue,
+    create_execution,
+    create_executions,
+    ids_for,
+    read_rows,
+)
 from durable.executions import Enqueue as Enqueue
 from durable.executions import EnqueueOptions as EnqueueOptions
 from durable.executions import not_a_workflow as not_a_workflow
@@ -428,6 +434,7 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
             database or in the batch (nothing is written).
         """
         self._require_started()
+        inputs = read_rows(inputs)  # the application's generator runs with the collector on
         with collector_paused():  # many objects, all kept: see durable.gcpause
             planned = plan_enqueue_many(
                 fn,

@@ -559,6 +559,19 @@ def ids_for(planned: Sequence[PlannedEnqueue]) -> list[str]:
     return [row.workflow_id or next(fresh) for row in planned]
 
 
+def read_rows(inputs: Any) -> Any:
+    """A batch's ``inputs`` read into a list when they are a generator or another iterable that
+    is not a list or tuple, before :func:`plan_enqueue_many` runs with the garbage collector
+    paused (:mod:`durable.gcpause`): the code that yields the rows is the application's, and
+    may leave reference cycles that the collector must be free to reclaim. Anything else is
+    returned as given (:func:`plan_enqueue_many` names what is wrong with it)."""
+    if isinstance(inputs, Iterable) and not isinstance(
+        inputs, str | bytes | Mapping | list | tuple
+    ):
+        return list(inputs)
+    return inputs
+
+
 def plan_enqueue_many(
     fn: Any,
     inputs: Any,

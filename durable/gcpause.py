@@ -7,9 +7,11 @@ the more such walks there are: measured on ``enqueue_many`` of 10,000 one-step w
 PostgreSQL, about a fifth of its time. Reference counting still frees everything as usual; only
 the search for reference cycles waits until the batch is built.
 
-The pause covers synchronous code only (never an ``await`` that suspends): other coroutines of
-the process never run while it holds, and it cannot be left behind by a coroutine that is
-never resumed.
+The pause covers synchronous code of durable's only: never an ``await`` that suspends (other
+coroutines of the process never run while it holds, and it cannot be left behind by a
+coroutine that is never resumed), and never the application's generator of rows, which is read
+into a list first (:func:`durable.executions.read_rows`): its objects may form cycles that the
+collector must be free to reclaim.
 """
 
 from __future__ import annotations

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 import durable
+import durable.client
+from durable.executions import plan_enqueue_many
 from durable.gcpause import collector_paused
 
 
@@ -46,19 +49,25 @@ async def echo(n: int) -> int:
     return n
 
 
-async def test_enqueue_many_leaves_the_collector_as_it_found_it(
-    collector: None, sqlite_url: str
+async def test_enqueue_many_pauses_it_while_planning_not_while_reading_the_rows(
+    collector: None, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen: list[bool] = []
+    read: list[bool] = []
+    planned: list[bool] = []
 
-    def rows() -> Iterator[tuple[int]]:  # read while the batch is planned
+    def rows() -> Iterator[tuple[int]]:  # the application's code: the collector stays on
         for n in range(3):
-            seen.append(gc.isenabled())
+            read.append(gc.isenabled())
             yield (n,)
 
+    def plan(*args: Any, **kwargs: Any) -> Any:
+        planned.append(gc.isenabled())
+        return plan_enqueue_many(*args, **kwargs)
+
+    monkeypatch.setattr(durable.client, "plan_enqueue_many", plan)
     async with durable.Client(durable.connect(sqlite_url)) as client:
         assert len(await client.enqueue_many(echo, rows())) == 3
-        assert seen == [False] * 3 and gc.isenabled()
+        assert read == [True] * 3 and planned == [False] and gc.isenabled()
         with pytest.raises(durable.InvalidArgumentError):  # a bad row: refused, restored
             await client.enqueue_many(echo, [(1,), "not a row"])
         assert gc.isenabled()

@@ -18,6 +18,7 @@ from durable.executions import (
     create_executions,
     ids_for,
     plan_enqueue_many,
+    read_rows,
 )
 from durable.gcpause import collector_paused
 from durable.models import (
@@ -195,6 +196,7 @@ class Operations(RuntimeCore):
             the row).
         """
         self._require_started()
+        inputs = read_rows(inputs)  # the application's generator runs with the collector on
         with collector_paused():  # many objects, all kept: see durable.gcpause
             planned = plan_enqueue_many(
                 fn,
