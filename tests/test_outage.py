@@ -50,7 +50,9 @@ from durable.errors import BackendError, BackendUnavailableError, WorkerCrashedE
 from durable.models import ChangeKind, StepRecord, TaskSpec, WorkflowSnapshot
 from durable.testing._concurrency import max_overlap
 
-# one PostgreSQL cluster of these tests' own, on one port: under pytest-xdist, one worker runs them
+# one PostgreSQL cluster of these tests' own, on one port: each test that restarts it holds it
+# under a file lock for that test (see outage_cluster); the xdist group keeps them on one
+# worker where pytest-xdist's loadgroup works (with pytest 9.2 and xdist 3.8 it does not group)
 pytestmark = pytest.mark.xdist_group("outage-cluster")
 
 T = TypeVar("T")
@@ -563,11 +565,13 @@ def _pg_version() -> str | None:
     return versions[-1] if versions else None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def outage_cluster() -> Iterator[Cluster]:
     """The cluster ``durable_outage`` on port 5499 (DURABLE_OUTAGE_PG_PORT), created if needed
-    (then reused) and started for the session, stopped after it; held under a file lock, so that
-    concurrent test sessions take turns with it. Skipped without pg_createcluster or root (a
+    (then reused), started for the test and stopped after it, under a file lock held for the
+    test: concurrent test sessions, and pytest-xdist's workers, take turns with it one test at
+    a time (held for a whole session, one worker's lock made the other's test wait until that
+    session ended, past the test timeout). Skipped without pg_createcluster or root (a
     failure under CI)."""
     version = _pg_version()
     missing = (
