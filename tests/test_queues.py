@@ -52,28 +52,54 @@ async def _prepare(url: str, count: int, queue: durable.Queue) -> None:
         await client.enqueue_many(JOB, [(n,) for n in range(count)], queue="q")
 
 
-async def _drained(
-    url: str, count: int, timeout: float, starts: dict[int, datetime] | None = None
-) -> list[durable.WorkflowInfo]:
-    """Wait until ``count`` executions have succeeded (or ``timeout`` passes); meanwhile, when
-    ``starts`` is given, collect the starts the rate-limited claims record (by id: the claims
-    prune those that left the window, so they are read every 0.2 s)."""
-    engine = sa.create_engine(url) if starts is not None else None
+#: PostgreSQL: a copy of every start a rate-limited claim records, kept by a trigger (the
+#: claims prune the starts that left the window: a reader polling them can miss some when the
+#: machine is slow)
+START_LOG = "test_queue_start_log"
+
+
+def _log_starts(url: str) -> None:
+    """PostgreSQL: copy each row inserted into the queue starts into :data:`START_LOG`."""
+    engine = sa.create_engine(url)
     try:
-        async with durable.Client(url) as client:
-            deadline = time.monotonic() + timeout
-            while True:
-                if engine is not None and starts is not None:
-                    with engine.connect() as conn:
-                        rows = conn.execute(sa.select(queue_starts.c.id, queue_starts.c.started_at))
-                        starts.update((r.id, r.started_at) for r in rows)
-                page = await client.list_workflows(limit=count + 10, status="succeeded")
-                if len(page.items) >= count or time.monotonic() > deadline:
-                    return page.items
-                await asyncio.sleep(0.2)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"CREATE TABLE {START_LOG} (id BIGINT, started_at TIMESTAMPTZ)"))
+            conn.execute(
+                sa.text(
+                    f"CREATE FUNCTION {START_LOG}_copy() RETURNS trigger LANGUAGE plpgsql AS "
+                    f"$$ BEGIN INSERT INTO {START_LOG} VALUES (NEW.id, NEW.started_at); "
+                    "RETURN NEW; END $$"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    f"CREATE TRIGGER {START_LOG}_copy AFTER INSERT ON {queue_starts.name} "
+                    f"FOR EACH ROW EXECUTE FUNCTION {START_LOG}_copy()"
+                )
+            )
     finally:
-        if engine is not None:
-            engine.dispose()
+        engine.dispose()
+
+
+def _logged_starts(url: str) -> dict[int, datetime]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(f"SELECT id, started_at FROM {START_LOG}"))
+            return {r.id: r.started_at for r in rows}
+    finally:
+        engine.dispose()
+
+
+async def _drained(url: str, count: int, timeout: float) -> list[durable.WorkflowInfo]:
+    """Wait until ``count`` executions have succeeded (or ``timeout`` passes)."""
+    async with durable.Client(url) as client:
+        deadline = time.monotonic() + timeout
+        while True:
+            page = await client.list_workflows(limit=count + 10, status="succeeded")
+            if len(page.items) >= count or time.monotonic() > deadline:
+                return page.items
+            await asyncio.sleep(0.2)
 
 
 def _drain(
@@ -89,8 +115,11 @@ def _drain(
     starts: dict[int, datetime] | None = None,
 ) -> list[tuple[int, int]]:
     """Enqueue ``count`` executions of a queue stored as ``queue``, drain them with ``workers``
-    processes of tests/queueprog.py, and return the logged running intervals."""
+    processes of tests/queueprog.py, and return the logged running intervals; with ``starts``
+    (PostgreSQL), also every start the rate-limited claims recorded, by id."""
     asyncio.run(_prepare(url, count, queue))
+    if starts is not None:
+        _log_starts(url)
     log = tmp_path / "runs.log"
     log.touch()
     procs = [
@@ -117,7 +146,9 @@ def _drain(
         for n in range(workers)
     ]
     try:
-        done = asyncio.run(_drained(url, count, timeout, starts))
+        done = asyncio.run(_drained(url, count, timeout))
+        if starts is not None:
+            starts.update(_logged_starts(url))
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
