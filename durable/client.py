@@ -53,8 +53,7 @@ from durable.executions import (
     CheckedEnqueue,
     create_execution,
     create_executions,
-    ids_for,
-    read_rows,
+    execution_rows,
 )
 from durable.executions import Enqueue as Enqueue
 from durable.executions import EnqueueOptions as EnqueueOptions
@@ -62,7 +61,6 @@ from durable.executions import not_a_workflow as not_a_workflow
 from durable.executions import outcome as outcome
 from durable.executions import outcome_error as outcome_error
 from durable.executions import plan_enqueue_many as plan_enqueue_many
-from durable.gcpause import collector_paused
 from durable.models import (
     ChangeEvent,
     ExecutorInfo,
@@ -434,25 +432,20 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
             database or in the batch (nothing is written).
         """
         self._require_started()
-        inputs = read_rows(inputs)  # the application's generator runs with the collector on
-        with collector_paused():  # many objects, all kept: see durable.gcpause
-            planned = plan_enqueue_many(
-                fn,
-                inputs,
-                priority=priority,
-                run_after=run_after,
-                delay=delay,
-                max_attempts=max_attempts,
-                queue=queue,
-                timeout=timeout,
-                deadline=deadline,
-                labels=labels,
-                queue_name=queue_name,
-            )
-            rows = [
-                (row.fn, instance_id, row.args, row.kwargs, row.options(row.fn))
-                for row, instance_id in zip(planned, ids_for(planned), strict=True)
-            ]
+        planned = plan_enqueue_many(
+            fn,
+            inputs,
+            priority=priority,
+            run_after=run_after,
+            delay=delay,
+            max_attempts=max_attempts,
+            queue=queue,
+            timeout=timeout,
+            deadline=deadline,
+            labels=labels,
+            queue_name=queue_name,
+        )
+        rows = execution_rows(planned, [row.fn for row in planned])
         infos = await create_executions(self.backend, app_version=self.app_version, rows=rows)
         return [info.id for info in infos]
 

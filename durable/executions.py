@@ -559,17 +559,18 @@ def ids_for(planned: Sequence[PlannedEnqueue]) -> list[str]:
     return [row.workflow_id or next(fresh) for row in planned]
 
 
-def read_rows(inputs: Any) -> Any:
-    """A batch's ``inputs`` read into a list when they are a generator or another iterable that
-    is not a list or tuple, before :func:`plan_enqueue_many` runs with the garbage collector
-    paused (:mod:`durable.gcpause`): the code that yields the rows is the application's, and
-    may leave reference cycles that the collector must be free to reclaim. Anything else is
-    returned as given (:func:`plan_enqueue_many` names what is wrong with it)."""
-    if isinstance(inputs, Iterable) and not isinstance(
-        inputs, str | bytes | Mapping | list | tuple
-    ):
-        return list(inputs)
-    return inputs
+def execution_rows(
+    planned: Sequence[PlannedEnqueue], targets: Sequence[Workflow[Any, Any] | str]
+) -> list[tuple[Workflow[Any, Any] | str, str, Sequence[Any], dict[str, Any], EnqueueOptions]]:
+    """The rows :func:`create_executions` records for a planned batch whose workflows are
+    resolved (``targets``, one a row): each row's workflow, id (its own, else a fresh one),
+    arguments and options. Built with the garbage collector paused (see :mod:`durable.gcpause`).
+    """
+    with collector_paused():
+        return [
+            (target, instance_id, row.args, row.kwargs, row.options(target))
+            for target, row, instance_id in zip(targets, planned, ids_for(planned), strict=True)
+        ]
 
 
 def plan_enqueue_many(
@@ -618,17 +619,29 @@ def plan_enqueue_many(
         raise InvalidArgumentError("give run_after or delay, not both")
     limits = (check_timeouts(timeout, deadline), deadline)
     shared_labels = check_labels(labels)
+    # the application's generator of rows runs with the collector on (its objects may form
+    # cycles); the planning of the rows, with it paused (see durable.gcpause)
+    rows = inputs if isinstance(inputs, list | tuple) else list(inputs)
     planned = []
-    for index, row in enumerate(inputs):
-        try:
-            one = _plan_row(
-                row, fn, priority, run_after, shared_wait, max_attempts, queue, limits, queue_name
-            )
-            if shared_labels:
-                one = dataclasses.replace(one, labels={**shared_labels, **one.labels})
-            planned.append(one)
-        except InvalidArgumentError as exc:
-            raise InvalidArgumentError(f"inputs[{index}]: {exc}") from exc
+    with collector_paused():
+        for index, row in enumerate(rows):
+            try:
+                one = _plan_row(
+                    row,
+                    fn,
+                    priority,
+                    run_after,
+                    shared_wait,
+                    max_attempts,
+                    queue,
+                    limits,
+                    queue_name,
+                )
+                if shared_labels:
+                    one = dataclasses.replace(one, labels={**shared_labels, **one.labels})
+                planned.append(one)
+            except InvalidArgumentError as exc:
+                raise InvalidArgumentError(f"inputs[{index}]: {exc}") from exc
     return planned
 
 

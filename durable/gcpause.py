@@ -9,9 +9,9 @@ the search for reference cycles waits until the batch is built.
 
 The pause covers synchronous code of durable's only: never an ``await`` that suspends (other
 coroutines of the process never run while it holds, and it cannot be left behind by a
-coroutine that is never resumed), and never the application's generator of rows, which is read
-into a list first (:func:`durable.executions.read_rows`): its objects may form cycles that the
-collector must be free to reclaim.
+coroutine that is never resumed), and never the application's generator of rows, which
+:func:`durable.executions.plan_enqueue_many` reads into a list first: its objects may form
+cycles that the collector must be free to reclaim.
 """
 
 from __future__ import annotations

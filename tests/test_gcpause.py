@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 import durable
-import durable.client
-from durable.executions import plan_enqueue_many
+import durable.executions
+from durable.executions import _plan_row
 from durable.gcpause import collector_paused
 
 
@@ -60,14 +60,14 @@ async def test_enqueue_many_pauses_it_while_planning_not_while_reading_the_rows(
             read.append(gc.isenabled())
             yield (n,)
 
-    def plan(*args: Any, **kwargs: Any) -> Any:
+    def plan_row(*args: Any, **kwargs: Any) -> Any:  # one row's planning
         planned.append(gc.isenabled())
-        return plan_enqueue_many(*args, **kwargs)
+        return _plan_row(*args, **kwargs)
 
-    monkeypatch.setattr(durable.client, "plan_enqueue_many", plan)
+    monkeypatch.setattr(durable.executions, "_plan_row", plan_row)
     async with durable.Client(durable.connect(sqlite_url)) as client:
         assert len(await client.enqueue_many(echo, rows())) == 3
-        assert read == [True] * 3 and planned == [False] and gc.isenabled()
+        assert read == [True] * 3 and planned == [False] * 3 and gc.isenabled()
         with pytest.raises(durable.InvalidArgumentError):  # a bad row: refused, restored
             await client.enqueue_many(echo, [(1,), "not a row"])
         assert gc.isenabled()

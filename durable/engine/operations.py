@@ -16,11 +16,9 @@ from durable.executions import (
     CheckedEnqueue,
     Enqueue,
     create_executions,
-    ids_for,
+    execution_rows,
     plan_enqueue_many,
-    read_rows,
 )
-from durable.gcpause import collector_paused
 from durable.models import (
     ExecutorInfo,
     Page,
@@ -196,21 +194,19 @@ class Operations(RuntimeCore):
             the row).
         """
         self._require_started()
-        inputs = read_rows(inputs)  # the application's generator runs with the collector on
-        with collector_paused():  # many objects, all kept: see durable.gcpause
-            planned = plan_enqueue_many(
-                fn,
-                inputs,
-                priority=priority,
-                run_after=run_after,
-                delay=delay,
-                max_attempts=max_attempts,
-                queue=queue,
-                timeout=timeout,
-                deadline=deadline,
-                labels=labels,
-                queue_name=queue_name,
-            )
+        planned = plan_enqueue_many(
+            fn,
+            inputs,
+            priority=priority,
+            run_after=run_after,
+            delay=delay,
+            max_attempts=max_attempts,
+            queue=queue,
+            timeout=timeout,
+            deadline=deadline,
+            labels=labels,
+            queue_name=queue_name,
+        )
         check_bool(served_elsewhere, "served_elsewhere")
         resolved: dict[Any, Workflow[Any, Any] | str] = {}
         targets: list[Workflow[Any, Any] | str] = []
@@ -231,11 +227,7 @@ class Operations(RuntimeCore):
             targets.append(resolved[key])
         ctx = _context.current()
         if ctx is None:  # a client's enqueue
-            with collector_paused():
-                rows = [
-                    (t, instance_id, row.args, row.kwargs, row.options(t))
-                    for t, row, instance_id in zip(targets, planned, ids_for(planned), strict=True)
-                ]
+            rows = execution_rows(planned, targets)
             infos = await create_executions(self.backend, app_version=self.app_version, rows=rows)
             return [info.id for info in infos]
         guard = ctx.guard(derived_id("enqueue_many", ""))
