@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
@@ -381,3 +381,44 @@ async def test_a_lease_extension_is_one_autocommitted_statement(
     with pytest.raises(durable.TaskNotFoundError):
         await claimed.extend_task_claim("nope", WORKFLOW_TASK, WORKER, timedelta(minutes=1))
     assert (await claimed.get_task("wf", WORKFLOW_TASK)).claim_expires_at == claim.expires_at
+
+
+async def test_typed_arrays_round_trip_in_binary(pg_url: str) -> None:
+    """The batched statements' arrays (durable's own binary dumper, one dimension, each element
+    through psycopg's dumper for its type) arrive as the values given: nulls, empty arrays,
+    non-ASCII text, the largest and smallest bigint, times in other zones."""
+    from durable.backends.sql.direct import _ARRAYS
+
+    arrays = {known.__name__: array for known, array in _ARRAYS}
+    east = timezone(timedelta(hours=5, minutes=30))
+    cases: list[tuple[str, list[Any]]] = [
+        ("String", ["a", None, "naïve ✓", "", '{"x": NULL}']),
+        ("Integer", [0, None, 2**63 - 1, -(2**63), 7]),
+        ("Boolean", [True, None, False]),
+        ("DateTime", [datetime(2026, 12, 4, 20, 0, tzinfo=east), None]),
+        ("String", []),
+        ("Integer", [None, None]),
+    ]
+    cast = {
+        "String": "text[]",
+        "Integer": "bigint[]",
+        "Boolean": "bool[]",
+        "DateTime": "timestamptz[]",
+    }
+    async with await psycopg.AsyncConnection.connect(_conninfo(pg_url), autocommit=True) as conn:
+        for kind, values in cases:
+            sent = arrays[kind](values)
+            cursor = await conn.execute(
+                f"SELECT %b::{cast[kind]}, cardinality(%b::{cast[kind]}),"
+                f" array_lower(%b::{cast[kind]}, 1), (%b::{cast[kind]})[1]",
+                [sent] * 4,
+            )
+            row = await cursor.fetchone()
+            assert row is not None
+            assert row[:2] == (values, len(values)), kind
+            assert row[2:] == ((1, values[0]) if values else (None, None)), kind
+        cursor = await conn.execute(
+            "SELECT * FROM unnest(%b::text[], %b::integer[]) ORDER BY 2",
+            [arrays["String"](["x", "y"]), arrays["Integer"]([1, 2])],
+        )
+        assert await cursor.fetchall() == [("x", 1), ("y", 2)]

@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import psycopg
 import sqlalchemy as sa
+from psycopg.adapt import Dumper
 from psycopg.postgres import types as pg_types
-from psycopg.types.array import ListBinaryDumper
+from psycopg.pq import Format
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
@@ -154,14 +156,52 @@ class CompiledStatement:
 
 
 class TypedArray(list[Any]):
-    """A list sent as a PostgreSQL array of a type known in advance (a subclass per type).
+    """A list sent as a one-dimensional PostgreSQL array of a type known in advance (a subclass
+    per type).
 
     psycopg looks through every list it sends to find the type of its elements (the first one
-    that is not None, the largest int), then picks an element dumper: more than the elements'
-    own dumping. A statement's arrays have known types, so their dumpers are fixed here (the
-    server casts, e.g. ``bigint[]`` to ``integer[]``, as the statement says)."""
+    that is not None, the largest int) and its dimensions, then picks an element dumper, all in
+    Python: more than the elements' own dumping. A statement's arrays have known types and one
+    dimension, so their element dumper is fixed here (the server casts, e.g. ``bigint[]`` to
+    ``integer[]``, as the statement says)."""
 
     __slots__ = ()
+
+
+_ARRAY_HEAD = struct.Struct("!iiIii").pack  # dimensions, has nulls, element oid, length, lower
+_EMPTY_HEAD = struct.Struct("!iiI").pack  # no dimensions
+_ITEM_LENGTH = struct.Struct("!i").pack
+_NULL_ITEM = _ITEM_LENGTH(-1)
+
+
+class _FlatArrayDumper(Dumper):
+    """Dumps a :class:`TypedArray` in PostgreSQL's binary array format: its header, then each
+    element's length and bytes from the element type's own binary dumper (psycopg's, C)."""
+
+    format = Format.BINARY
+    element_oid = 0
+
+    def __init__(self, cls: type, context: Any = None) -> None:
+        super().__init__(cls, context)
+        element = psycopg.adapters.get_dumper_by_oid(self.element_oid, Format.BINARY)
+        self._element: Callable[[Any], Any] = element(object, context).dump
+
+    def dump(self, obj: Any) -> bytes:
+        if not obj:
+            return _EMPTY_HEAD(0, 0, self.element_oid)
+        element, length = self._element, _ITEM_LENGTH
+        parts: list[Any] = [b""]
+        hasnull = 0
+        for item in obj:
+            if item is None:
+                hasnull = 1
+                parts.append(_NULL_ITEM)
+            else:
+                data = element(item)
+                parts.append(length(len(data)))
+                parts.append(data)
+        parts[0] = _ARRAY_HEAD(1, hasnull, self.element_oid, len(obj), 1)
+        return b"".join(parts)
 
 
 def _array_class(element: str) -> type[TypedArray]:
@@ -172,7 +212,7 @@ def _array_class(element: str) -> type[TypedArray]:
     array = type(f"{element.capitalize()}Array", (TypedArray,), {"__slots__": ()})
     dumper = type(
         f"{element.capitalize()}ArrayDumper",
-        (ListBinaryDumper,),
+        (_FlatArrayDumper,),
         {"element_oid": info.oid, "oid": info.array_oid},
     )
     psycopg.adapters.register_dumper(array, dumper)
