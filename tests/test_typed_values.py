@@ -155,3 +155,53 @@ def test_plain_values_are_unchanged() -> None:
     value = {"a": [1, 2.5, None, True, "é"], "b": {"c": "d"}}
     assert serializer.dumps(value) == '{"a":[1,2.5,null,true,"é"],"b":{"c":"d"}}'
     assert serializer.loads(serializer.dumps(value)) == value
+
+
+def test_sqlite_timestamps_are_written_and_read_as_sqlalchemy_would() -> None:
+    """UTCDateTime on SQLite has one bind and one result function of its own (C isoformat and
+    fromisoformat); they must give exactly what SQLAlchemy's SQLite DATETIME gives after this
+    type's own step: the same text (so stored values keep sorting and comparing as before),
+    the same aware UTC datetimes back, and the same refusal of naive times."""
+    import random
+    from datetime import timedelta, timezone
+    from zoneinfo import ZoneInfo
+
+    from sqlalchemy.dialects import sqlite
+    from sqlalchemy.dialects.sqlite import DATETIME
+
+    from durable.backends.sql.schema import UTCDateTime
+
+    dialect = sqlite.dialect()
+    ours = UTCDateTime()
+    bind = ours.dialect_impl(dialect).bind_processor(dialect)
+    read = ours.dialect_impl(dialect).result_processor(dialect, None)
+    text = DATETIME().bind_processor(dialect)
+    parse = DATETIME().result_processor(dialect, None)
+    assert bind is not None and read is not None and text is not None and parse is not None
+    zones = [
+        UTC,
+        ZoneInfo("Asia/Kolkata"),
+        ZoneInfo("America/New_York"),
+        timezone(-timedelta(hours=9, minutes=30)),
+    ]
+    rnd = random.Random(11)
+    for _ in range(5000):
+        value = datetime(
+            rnd.randint(2, 9998),
+            rnd.randint(1, 12),
+            rnd.randint(1, 28),
+            rnd.randint(0, 23),
+            rnd.randint(0, 59),
+            rnd.randint(0, 59),
+            rnd.choice([0, rnd.randint(0, 999_999)]),
+            tzinfo=rnd.choice(zones),
+        )
+        expected = text(ours.process_bind_param(value, dialect))
+        assert bind(value) == expected
+        assert read(expected) == ours.process_result_value(parse(expected), dialect) == value
+        assert read(expected).tzinfo is UTC
+    for computed in ["2026-12-04 20:00:00.123", "2026-12-04T20:00:00", "2026-12-04"]:
+        assert read(computed) == ours.process_result_value(computed, dialect)
+    assert bind(None) is None and read(None) is None
+    with pytest.raises(ValueError, match="naive datetime"):
+        bind(datetime(2026, 12, 4, 20, 0))

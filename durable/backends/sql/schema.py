@@ -68,6 +68,41 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
             return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
         return value.astimezone(UTC)  # type: ignore[no-any-return]
 
+    # SQLite: one function each way instead of this type's step then SQLAlchemy's (its text
+    # format, ``YYYY-MM-DD HH:MM:SS.ffffff``, written and read by the C ``isoformat`` and
+    # ``fromisoformat``): the same values, at a fraction of the cost on the hot path
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return _sqlite_text
+        return super().bind_processor(dialect)
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        if dialect.name == "sqlite":
+            return _sqlite_datetime
+        return super().result_processor(dialect, coltype)
+
+
+def _sqlite_text(value: datetime | None) -> str | None:
+    """A timestamp as SQLite keeps it: naive UTC text with microseconds (SQLAlchemy's format)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: durable stores timezone-aware times")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
+
+
+def _sqlite_datetime(value: Any) -> datetime | None:
+    """A timestamp SQLite returned (its text, or a value it computed) as aware UTC."""
+    if value is None:
+        return None
+    parsed = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
 
 _ID = sa.String(255)
 #: Serialized values: TEXT on MySQL holds 64 KiB only.
