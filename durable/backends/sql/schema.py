@@ -52,21 +52,11 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: durable stores timezone-aware times")
-        value = value.astimezone(UTC)
+        value = _in_utc(value)
         return value.replace(tzinfo=None) if dialect.name in NAIVE_UTC else value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if getattr(value, "tzinfo", None) is UTC:  # as psycopg reads it on a UTC session
-            return value  # type: ignore[no-any-return]
-        if isinstance(value, str):  # a value SQLite computed itself
-            value = datetime.fromisoformat(value)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
-        return value.astimezone(UTC)  # type: ignore[no-any-return]
+        return _read_utc(value)
 
     # SQLite: one function each way instead of this type's step then SQLAlchemy's (its text
     # format, ``YYYY-MM-DD HH:MM:SS.ffffff``, written and read by the C ``isoformat`` and
@@ -79,25 +69,31 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 
     def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
         if dialect.name == "sqlite":
-            return _sqlite_datetime
+            return _read_utc
         return super().result_processor(dialect, coltype)
+
+
+def _in_utc(value: datetime) -> datetime:
+    """``value`` in UTC; a naive datetime is refused (ValueError)."""
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: durable stores timezone-aware times")
+    return value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
 def _sqlite_text(value: datetime | None) -> str | None:
     """A timestamp as SQLite keeps it: naive UTC text with microseconds (SQLAlchemy's format)."""
     if value is None:
         return None
-    if value.tzinfo is None:
-        raise ValueError(f"naive datetime {value!r}: durable stores timezone-aware times")
-    if value.tzinfo is not UTC:
-        value = value.astimezone(UTC)
-    return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
+    return _in_utc(value).isoformat(" ", "microseconds")[:26]  # without the "+00:00"
 
 
-def _sqlite_datetime(value: Any) -> datetime | None:
-    """A timestamp SQLite returned (its text, or a value it computed) as aware UTC."""
+def _read_utc(value: Any) -> datetime | None:
+    """A timestamp the database returned as aware UTC: a datetime (aware, or naive UTC), or
+    the text SQLite keeps or computed itself."""
     if value is None:
         return None
+    if getattr(value, "tzinfo", None) is UTC:  # as psycopg reads it on a UTC session
+        return value  # type: ignore[no-any-return]
     parsed = value if isinstance(value, datetime) else datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
