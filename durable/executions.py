@@ -415,20 +415,24 @@ def execution_record(
     name = wf if isinstance(wf, str) else wf.name
     check_id(instance_id, "workflow_id")  # derived ids are made to fit: this never fails
     queue = opts.queue or (wf.queue if isinstance(wf, Workflow) else "default")
-    snapshot = WorkflowSnapshot(
-        id=instance_id,
-        name=name,
-        input={"args": list(args), "kwargs": kwargs},
-        parent_id=parent_id,
-        queue=queue,
-        priority=opts.priority,
-        idempotency_key=opts.idempotency_key,
-        max_attempts=opts.max_attempts,
-        deadline=opts.deadline,
-        code_version=wf.code_version(app_version) if isinstance(wf, Workflow) else app_version,
-        labels=opts.labels,
-        trace_context=telemetry.current_trace_context(),
-        partition_key=opts.partition_key,
+    snapshot = WorkflowSnapshot.from_fields(
+        {
+            "id": instance_id,
+            "name": name,
+            "input": {"args": list(args), "kwargs": kwargs},
+            "parent_id": parent_id,
+            "queue": queue,
+            "priority": opts.priority,
+            "idempotency_key": opts.idempotency_key,
+            "max_attempts": opts.max_attempts,
+            "deadline": opts.deadline,
+            "code_version": (
+                wf.code_version(app_version) if isinstance(wf, Workflow) else app_version
+            ),
+            "labels": opts.labels,
+            "trace_context": telemetry.current_trace_context(),
+            "partition_key": opts.partition_key,
+        }
     )
     task = TaskSpec(
         instance_id=instance_id,
@@ -566,9 +570,22 @@ def execution_rows(
     resolved (``targets``, one a row): each row's workflow, id (its own, else a fresh one),
     arguments and options. Built with the garbage collector paused (see :mod:`durable.gcpause`).
     """
+    shared: dict[tuple[Any, ...], EnqueueOptions] = {}
+
+    def options(target: Workflow[Any, Any] | str, row: PlannedEnqueue) -> EnqueueOptions:
+        # the rows given as tuples share the batch's options: built once (they are frozen)
+        if row.labels or row.idempotency_key is not None:
+            return row.options(target)
+        key: tuple[Any, ...] = (target, row.priority, row.run_after, row.wait)
+        key += (row.max_attempts, row.queue, row.timeout, row.deadline)
+        built = shared.get(key)
+        if built is None:
+            built = shared[key] = row.options(target)
+        return built
+
     with collector_paused():
         return [
-            (target, instance_id, row.args, row.kwargs, row.options(target))
+            (target, instance_id, row.args, row.kwargs, options(target, row))
             for target, row, instance_id in zip(targets, planned, ids_for(planned), strict=True)
         ]
 

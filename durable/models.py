@@ -6,11 +6,12 @@ Python values here; a backend turns them into text with its serializer and back.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 # ErrorInfo lives in durable.errors (the errors it is attached to need it, and that module is the
 # lowest layer); it is a record too, so it is importable from here as well.
@@ -92,9 +93,64 @@ class StepRecord:
     instead of serializing ``output`` again; it is never read back into a record."""
 
 
+class _Fields:
+    """A dataclass's fields as :meth:`WorkflowInfo.from_fields` checks and completes them."""
+
+    __slots__ = ("defaults", "factories", "names", "required")
+
+    def __init__(self, cls: type) -> None:
+        fields = dataclasses.fields(cls)
+        self.names = frozenset(f.name for f in fields)
+        self.required = frozenset(
+            f.name
+            for f in fields
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        )
+        self.defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+        self.factories: tuple[tuple[str, Callable[[], Any]], ...] = tuple(
+            (f.name, f.default_factory)
+            for f in fields
+            if f.default_factory is not dataclasses.MISSING
+        )
+
+
+_FIELDS: dict[type, _Fields] = {}
+
+
 @dataclass(frozen=True, kw_only=True)
 class WorkflowInfo:
     """A workflow execution's header: everything but its steps."""
+
+    @classmethod
+    def from_fields(cls, values: Mapping[str, Any]) -> Self:
+        """The record with ``values`` (by field name; a field not given takes its default),
+        equal to ``cls(**values)`` but several times cheaper to build: the hot path builds a
+        header or two for every execution it starts, finishes or enqueues, and a frozen
+        dataclass's ``__init__`` sets each of these 25 fields through
+        ``object.__setattr__``.
+
+        :raises TypeError: a name is not a field of ``cls``, or a field without a default is
+            missing (as ``cls(**values)`` would).
+        """
+        spec = _FIELDS.get(cls)
+        if spec is None:
+            spec = _FIELDS[cls] = _Fields(cls)
+        given = values.keys()
+        if not given <= spec.names or not spec.required <= given:
+            unknown = sorted(set(given) - spec.names)
+            missing = sorted(spec.required - set(given))
+            raise TypeError(
+                f"{cls.__qualname__}.from_fields: unknown fields {unknown}, missing {missing}"
+            )
+        record = object.__new__(cls)
+        fields = record.__dict__
+        if len(given) < len(spec.names):  # (all given: the rows a backend reads)
+            fields.update(spec.defaults)
+            for name, factory in spec.factories:
+                if name not in given:
+                    fields[name] = factory()
+        fields.update(values)
+        return record
 
     id: str
     name: str

@@ -157,7 +157,7 @@ class Enqueues(SQLCore):
             )
             if done is not None and done.rows:
                 self.notify_work()
-                return WorkflowInfo(**self._info_fields(done.rows[0], lenient=True)), True
+                return WorkflowInfo.from_fields(self._info_fields(done.rows[0], lenient=True)), True
             # nothing inserted (it exists: the ordinary path reads it), or no direct path here
         return await super().create_workflow(snapshot, task=task)  # type: ignore[safe-super]
 
@@ -231,8 +231,8 @@ class Enqueues(SQLCore):
             # a new row's header is what was written (its values as given: not read back)
             with collector_paused():
                 headers = {
-                    i: WorkflowInfo(
-                        **{
+                    i: WorkflowInfo.from_fields(
+                        {
                             **{f: getattr(batch[i][0], f) for f in _HEADER_FIELDS},
                             "version": 1,
                             "created_at": rows[i]["created_at"],

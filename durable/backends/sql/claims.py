@@ -531,12 +531,14 @@ class Claims(SQLCore):
         if instance_id is None:
             return None
         try:
-            return WorkflowSnapshot(
-                **self._info_fields(head),
-                steps=tuple(
-                    self._step(instance_id, {c: r[f"s_{c}"] for c in STEP_COLUMNS})
-                    for r in history.get(instance_id, ())
-                ),
+            return WorkflowSnapshot.from_fields(
+                {
+                    **self._info_fields(head),
+                    "steps": tuple(
+                        self._step(instance_id, {c: r[f"s_{c}"] for c in STEP_COLUMNS})
+                        for r in history.get(instance_id, ())
+                    ),
+                }
             )
         except CorruptRowError:
             return None

@@ -232,7 +232,7 @@ class SQLCore(PersistentBackend):
         """A workflow's header from its row. Strict: an unreadable column raises
         :class:`CorruptRowError`; ``lenient`` (listings, the header a write returns): the row is
         returned marked unreadable (see :func:`~durable.backends.rows.workflow_values`)."""
-        return WorkflowInfo(**self._info_fields(row._mapping, lenient=lenient))
+        return WorkflowInfo.from_fields(self._info_fields(row._mapping, lenient=lenient))
 
     def _info_fields(self, m: Mapping[Any, Any], *, lenient: bool = False) -> dict[str, Any]:
         return {
@@ -269,9 +269,11 @@ class SQLCore(PersistentBackend):
 
     def _snapshot(self, row: sa.Row[Any], step_rows: Sequence[sa.Row[Any]]) -> WorkflowSnapshot:
         instance_id = row._mapping["id"]
-        return WorkflowSnapshot(
-            **self._info_fields(row._mapping),
-            steps=tuple(self._step(instance_id, r._mapping) for r in step_rows),
+        return WorkflowSnapshot.from_fields(
+            {
+                **self._info_fields(row._mapping),
+                "steps": tuple(self._step(instance_id, r._mapping) for r in step_rows),
+            }
         )
 
     def _step(self, instance_id: str, m: Mapping[Any, Any]) -> StepRecord:

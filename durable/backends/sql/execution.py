@@ -215,7 +215,7 @@ class Execution(GroupedWrites):
             )
             for row in rows[1:]
         )
-        return WorkflowSnapshot(**self._info_fields(rows[0]), steps=history)
+        return WorkflowSnapshot.from_fields({**self._info_fields(rows[0]), "steps": history})
 
     async def begin_execution(
         self, instance_id: str, worker_id: str, *, task_id: str = WORKFLOW_TASK
@@ -254,9 +254,11 @@ class Execution(GroupedWrites):
                 began = await runner.direct_chain(self._begin_chain, params)
             if not began[0].rows:
                 raise await self._run(explain, what=what)
-            return WorkflowSnapshot(
-                **self._info_fields(began[0].rows[0]),
-                steps=tuple(self._step(instance_id, m) for m in began[1].rows),
+            return WorkflowSnapshot.from_fields(
+                {
+                    **self._info_fields(began[0].rows[0]),
+                    "steps": tuple(self._step(instance_id, m) for m in began[1].rows),
+                }
             )
 
         def fn(conn: sa.Connection) -> WorkflowSnapshot:
@@ -403,14 +405,14 @@ class Execution(GroupedWrites):
         if done is not None:
             if not done.rows:
                 raise await self._run(refusal, what=what)
-            return WorkflowInfo(**self._info_fields(done.rows[0], lenient=True))
+            return WorkflowInfo.from_fields(self._info_fields(done.rows[0], lenient=True))
         runner = self._runner
         if self._finish_chain is not None and not rerun and isinstance(runner, InlineRunner):
             with self._errors(what):
                 finished = await runner.direct_chain(self._finish_chain, params)
             if len(finished) < 2 or not finished[1].rows:
                 raise await self._run(refusal, what=what)
-            return WorkflowInfo(**self._info_fields(finished[1].rows[0], lenient=True))
+            return WorkflowInfo.from_fields(self._info_fields(finished[1].rows[0], lenient=True))
 
         def fn(conn: sa.Connection) -> WorkflowInfo:
             if conn.execute(self._take_workflow_task, params).rowcount == 0:
