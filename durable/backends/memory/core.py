@@ -170,7 +170,7 @@ class MemoryCore(PersistentBackend):
                 lenient=lenient,
             )
         )
-        return WorkflowInfo(**fields)
+        return WorkflowInfo.from_fields(fields)
 
     def _store_step(self, step: StepRecord, now: datetime) -> StepRecord:
         if step.position < 0:
@@ -199,9 +199,8 @@ class MemoryCore(PersistentBackend):
         info = self._load_info(self._get(instance_id))
         steps = self._steps.get(instance_id, {})
         fields = {f: getattr(info, f) for f in WorkflowInfo.__dataclass_fields__}
-        return WorkflowSnapshot(
-            **fields, steps=tuple(self._load_step(instance_id, steps[p]) for p in sorted(steps))
-        )
+        fields["steps"] = tuple(self._load_step(instance_id, steps[p]) for p in sorted(steps))
+        return WorkflowSnapshot.from_fields(fields)
 
     def _get(self, instance_id: str) -> WorkflowInfo:
         try:
