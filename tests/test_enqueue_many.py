@@ -122,6 +122,42 @@ async def test_queues_given_as_declared_queue_objects(backend_url: str) -> None:
             await client.enqueue_many(double, [durable.Enqueue(args=(3,), queue=7)])  # type: ignore[arg-type]
 
 
+async def test_a_batch_stores_what_single_enqueues_store(backend_url: str) -> None:
+    """Row by row, a batch's headers and tasks are those of the same enqueues made one at a
+    time: values given and values left out (NULL in the database) side by side."""
+    deadline = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    later = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    full = {"idempotency_key": "key-full", "deadline": deadline, "run_after": later}
+    full |= {"priority": -3, "max_attempts": 9, "queue": "q-full", "labels": {"k": "v"}}
+    async with opened(backend_url) as client:
+        ids = await client.enqueue_many(
+            double,
+            [(1,), durable.Enqueue(args=(2,), **full), durable.Enqueue(args=(3,), delay=30)],
+        )
+        singles = [
+            await client.enqueue(double, 1),
+            await client.enqueue(double, 2, **{**full, "idempotency_key": "key-single"}),
+            await client.enqueue(double, 3, delay=30),
+        ]
+        ignored = {"id", "idempotency_key", "input", "created_at", "updated_at", "version"}
+        for batched, single in zip(ids, singles, strict=True):
+            a = await client.get_workflow(batched)
+            b = await client.get_workflow(single)
+            assert a.input["args"] == b.input["args"]
+            fields = set(type(a).__dataclass_fields__) - ignored
+            assert {f: getattr(a, f) for f in fields} == {f: getattr(b, f) for f in fields}
+            task_a = await client.backend.get_task(batched, "workflow")
+            task_b = await client.backend.get_task(single, "workflow")
+            assert (task_a.queue, task_a.priority) == (task_b.queue, task_b.priority)
+            assert (task_a.run_after == later) == (task_b.run_after == later)
+            assert await client.get_labels(batched) == await client.get_labels(single)
+        batched_full = await client.get_workflow(ids[1])
+        assert (batched_full.idempotency_key, batched_full.deadline) == ("key-full", deadline)
+        plain = await client.get_workflow(ids[0])
+        assert (plain.idempotency_key, plain.deadline, plain.parent_id) == (None, None, None)
+        assert (plain.queue, plain.max_attempts, plain.priority) == ("doubles", 3, 0)
+
+
 async def test_idempotency_within_one_batch(backend_url: str) -> None:
     async with opened(backend_url) as client:
         ids = await client.enqueue_many(

@@ -403,7 +403,9 @@ def _json_value(value: Any) -> str:
 
 def _recordset(rows: list[dict[str, Any]]) -> dict[str, str]:
     """The ``:rows`` parameter of the recordset statements (a batch's rows share their
-    timestamps: each is converted once)."""
+    timestamps: each is converted once). A None is left out, not sent as ``null``:
+    ``json_to_recordset`` reads a missing key as NULL, and a new workflow's row has about ten
+    of them (a third less JSON to write and for the server to parse)."""
     seen: dict[Any, str] = {}
 
     def convert(value: Any) -> str:
@@ -412,7 +414,8 @@ def _recordset(rows: list[dict[str, Any]]) -> dict[str, str]:
             text = seen[value] = _json_value(value)
         return text
 
-    return {"rows": json.dumps(rows, default=convert, separators=(",", ":"))}
+    present = [{k: v for k, v in row.items() if v is not None} for row in rows]
+    return {"rows": json.dumps(present, default=convert, separators=(",", ":"))}
 
 
 class _DriverInsert:
