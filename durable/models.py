@@ -213,10 +213,16 @@ class WorkflowSnapshot(WorkflowInfo):
     :meth:`~durable.backends.PersistentBackend.get_labels`: snapshots read from the store carry
     none, so that loading a workflow to run it reads no label."""
 
-    def header(self) -> WorkflowInfo:
-        """The snapshot without its steps."""
-        values = {f: getattr(self, f) for f in WorkflowInfo.__dataclass_fields__}
-        return WorkflowInfo(**values)
+    def header(self, **changes: Any) -> WorkflowInfo:
+        """The snapshot without its steps (nor its labels), with ``changes`` (fields of
+        :class:`WorkflowInfo` by name) applied.
+
+        :raises TypeError: a change names no field of :class:`WorkflowInfo`.
+        """
+        values = self.__dict__.copy()
+        del values["steps"], values["labels"]
+        values.update(changes)
+        return WorkflowInfo.from_fields(values)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -113,3 +113,18 @@ def test_a_batch_of_argument_tuples_shares_its_options_and_other_rows_keep_their
     assert options[0].idempotency_key is None and options[0].labels == {}
     for row, opts in zip(planned, options, strict=True):
         assert opts == row.options(row.fn)
+
+
+def test_a_snapshots_header_is_its_fields_but_steps_and_labels_with_changes() -> None:
+    rng = random.Random(5)
+    names = [f.name for f in dataclasses.fields(WorkflowSnapshot)]
+    for _ in range(200):
+        snapshot = WorkflowSnapshot(**{n: _value(rng, n) for n in names})
+        plain = WorkflowInfo(
+            **{f.name: getattr(snapshot, f.name) for f in dataclasses.fields(WorkflowInfo)}
+        )
+        assert snapshot.header() == plain and type(snapshot.header()) is WorkflowInfo
+        changes = {"version": rng.randrange(5), "updated_at": _value(rng, "updated_at")}
+        assert snapshot.header(**changes) == dataclasses.replace(plain, **changes)
+    with pytest.raises(TypeError, match=r"unknown fields \['steps'\]"):
+        snapshot.header(steps=())

@@ -38,7 +38,6 @@ from durable.gcpause import collector_paused
 from durable.models import TaskSpec, WorkflowInfo, WorkflowSnapshot
 from durable.validation import check_labels
 
-_HEADER_FIELDS = tuple(WorkflowInfo.__dataclass_fields__)
 #: Rows per ``SELECT`` looking up the batch's existing workflows (two parameters a row).
 LOOKUP_PAGE = 500
 
@@ -231,13 +230,8 @@ class Enqueues(SQLCore):
             # a new row's header is what was written (its values as given: not read back)
             with collector_paused():
                 headers = {
-                    i: WorkflowInfo.from_fields(
-                        {
-                            **{f: getattr(batch[i][0], f) for f in _HEADER_FIELDS},
-                            "version": 1,
-                            "created_at": rows[i]["created_at"],
-                            "updated_at": now,
-                        }
+                    i: batch[i][0].header(
+                        version=1, created_at=rows[i]["created_at"], updated_at=now
                     )
                     for i in new
                 }
