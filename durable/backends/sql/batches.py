@@ -90,14 +90,15 @@ class Enqueues(SQLCore):
     def _create_in_one_statement(self, *, inherit: bool = False) -> sa.Select[Any]:
         """PostgreSQL: insert the workflow (``w_<column>``), then, only if it was inserted, its
         task (``t_<column>``, as :attr:`_insert_task`) and a notification on the work channel;
-        the inserted row is returned (no row: it existed). With ``inherit``, also copy the
-        labels of its parent (``w_parent_id``) to it: a child without labels of its own."""
+        the inserted row's id is returned (no row: it existed; the header of a new one is what
+        was written, as in a batch). With ``inherit``, also copy the labels of its parent
+        (``w_parent_id``) to it: a child without labels of its own."""
         d = self.dialect
         inserted = (
             pg.insert(workflows)
             .values({c.name: sa.bindparam(f"w_{c.name}", type_=c.type) for c in WORKFLOW_COLUMNS})
             .on_conflict_do_nothing()
-            .returning(*workflows.c)
+            .returning(workflows.c.id)
             .cte("w")
         )
         task_values: dict[str, Any] = {
@@ -133,7 +134,7 @@ class Enqueues(SQLCore):
                 )
                 .cte("l")
             )
-        return sa.select(*inserted.c, notify.label("notified")).add_cte(*ctes)
+        return sa.select(inserted.c.id, notify.label("notified")).add_cte(*ctes)
 
     async def create_workflow(
         self, snapshot: WorkflowSnapshot, *, task: TaskSpec | None = None
@@ -156,7 +157,11 @@ class Enqueues(SQLCore):
             )
             if done is not None and done.rows:
                 self.notify_work()
-                return WorkflowInfo.from_fields(self._info_fields(done.rows[0], lenient=True)), True
+                # what was written (its values as given: not read back)
+                header = snapshot.header(
+                    version=1, created_at=row["created_at"], updated_at=row["updated_at"]
+                )
+                return header, True
             # nothing inserted (it exists: the ordinary path reads it), or no direct path here
         return await super().create_workflow(snapshot, task=task)  # type: ignore[safe-super]
 

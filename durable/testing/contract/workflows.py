@@ -158,6 +158,50 @@ class WorkflowContract(ContractBase):
         assert loaded.header() == info
         assert await backend.list_steps("plain") == []
 
+    async def test_create_workflow_with_its_task_returns_what_is_stored(
+        self, backend: PersistentBackend
+    ) -> None:
+        """A new workflow created with its task (an enqueue) returns the header a read
+        returns, for every field it can be given; created again, the stored one unchanged."""
+        await backend.create_workflow(WorkflowSnapshot(id="parent-☃", name="parent"))
+        snapshot = WorkflowSnapshot(
+            id="wf-tasked-😀",
+            name="orders.tasked ☃",
+            input={"args": [17, "ü", [1, 2]], "kwargs": {"gift": False, "total": 12.5}},
+            parent_id="parent-☃",
+            queue="queue-é",
+            priority=-4,
+            idempotency_key="key-tasked-✓",
+            max_attempts=6,
+            deadline=datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC),
+            code_version="v-😀",
+            trace_context='{"traceparent": "00-1-2-01"}',
+            partition_key="tenant-ü",
+        )
+        task = TaskSpec(
+            instance_id=snapshot.id,
+            name=snapshot.name,
+            queue="queue-é",
+            priority=-4,
+            delay=timedelta(seconds=30),
+            partition_key="tenant-ü",
+        )
+        before = now()
+        info, created = await backend.create_workflow(snapshot, task=task)
+        after = now()
+        assert created is True and type(info) is WorkflowInfo
+        assert_between(info.created_at, before, after)
+        assert info.updated_at == info.created_at
+        assert info == await backend.get_workflow(snapshot.id)
+        assert info == (await backend.load_snapshot(snapshot.id)).header()
+        assert info == dataclasses.replace(
+            snapshot.header(), version=1, created_at=info.created_at, updated_at=info.updated_at
+        )
+        again, created = await backend.create_workflow(
+            dataclasses.replace(snapshot, input={"args": [0], "kwargs": {}}), task=task
+        )
+        assert created is False and again == info
+
     async def test_values_round_trip(self, backend: PersistentBackend) -> None:
         for i, value in enumerate(VALUES):
             instance_id = f"value-{i:02d}"
