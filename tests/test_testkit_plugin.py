@@ -13,6 +13,14 @@ from importlib.metadata import entry_points
 
 import pytest
 
+# The dialects the in-process runs below use, imported here first: pytester drops the modules a
+# run imported when it ends, and a dialect imported again later registers its SQL functions in
+# SQLAlchemy's registry (which stays) a second time, a warning that fails every later test of
+# this process (SAWarning: The GenericFunction '_regconfig_fn' is already registered)
+import sqlalchemy.dialects.mysql
+import sqlalchemy.dialects.postgresql
+import sqlalchemy.dialects.sqlite  # noqa: F401
+
 pytest_plugins = ["pytester"]
 
 USER_TESTS = """
