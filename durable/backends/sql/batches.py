@@ -51,6 +51,7 @@ class Enqueues(SQLCore):
         """Built after :meth:`WakeUps._build_wakeup_statements`: the PostgreSQL statement
         reuses its ``pg_notify`` call."""
         d = self.dialect
+        self._first_position: sa.Select[Any] | None = None
         if d.name == "postgresql":
             self._bulk_workflows: Any = _recordset_insert(
                 workflows,
@@ -63,10 +64,17 @@ class Enqueues(SQLCore):
                 _lookup_each(workflows.c.idempotency_key, "p_keys"),
             )
         else:  # SQLite: one prepared INSERT run over every row (no round trips to save)
+            # SQLite: the batch's feed positions are the next one and those after it, read once
+            # (its writers are serialized: the batch holds the write lock), not a search of
+            # every position column a row; MariaDB: its sequence, a row at a time
+            position: Any = d.next_position()
+            if d.name == "sqlite":
+                self._first_position = sa.select(position)
+                position = sa.bindparam("created_seq", type_=workflows.c.created_seq.type)
             self._bulk_workflows = _DriverInsert(
                 sa.insert(workflows).values(
                     {c.name: sa.bindparam(c.name, type_=c.type) for c in WORKFLOW_COLUMNS}
-                    | {"created_seq": d.next_position()}
+                    | {"created_seq": position}
                 ),
                 self.engine.dialect,
             )
@@ -298,6 +306,10 @@ class Enqueues(SQLCore):
         if not rows:
             return set()
         if isinstance(self._bulk_workflows, _DriverInsert):  # SQLite: under the write lock
+            if self._first_position is not None:
+                first = int(conn.execute(self._first_position).scalar_one())
+                for offset, row in enumerate(rows):
+                    row["created_seq"] = first + offset
             self._bulk_workflows.run(conn, rows)
             return {row["id"] for row in rows}
         return {r[0] for r in conn.execute(self._bulk_workflows, _recordset(rows))}
@@ -438,19 +450,26 @@ class _DriverInsert:
         }
 
     def run(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
-        order, processors, defaults = self._order, self._processors, self._defaults
-        seen: dict[tuple[str, Any], Any] = {}  # a batch's rows share their timestamps
-
-        def convert(name: str, value: Any) -> Any:
-            if value is None or name not in processors:
-                return value
-            key = (name, value)
-            if key not in seen:
-                seen[key] = processors[name](value)
-            return seen[key]
-
+        order, defaults = self._order, self._defaults
+        processed = [
+            (index, self._processors[name])
+            for index, name in enumerate(order)
+            if name in self._processors
+        ]
+        seen: dict[tuple[int, Any], Any] = {}  # a batch's rows share their timestamps
+        params = []
         try:
-            params = [tuple(convert(n, row.get(n, defaults[n])) for n in order) for row in rows]
+            for row in rows:
+                values = [row.get(name, defaults[name]) for name in order]
+                for index, process in processed:
+                    value = values[index]
+                    if value is not None:
+                        key = (index, value)
+                        text = seen.get(key)
+                        if text is None:
+                            text = seen[key] = process(value)
+                        values[index] = text
+                params.append(tuple(values))
         except ValueError as exc:  # a type refused a value (a naive datetime)
             raise InvalidArgumentError(str(exc)) from exc
         conn.exec_driver_sql(self.sql, params)

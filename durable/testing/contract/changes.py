@@ -12,7 +12,14 @@ import pytest
 
 from durable.backends.base import PersistentBackend
 from durable.errors import InvalidArgumentError, NotSupportedError
-from durable.models import ChangeEvent, ChangeKind, StepStatus, WorkflowStatus
+from durable.models import (
+    ChangeEvent,
+    ChangeKind,
+    StepStatus,
+    TaskSpec,
+    WorkflowSnapshot,
+    WorkflowStatus,
+)
 from durable.testing.contract._support import LONG, ContractBase, W, create, running, step
 
 
@@ -100,6 +107,39 @@ class ChangeFeedContract(ContractBase):
         assert [e.kind for e in await feed(backend) if e.step_position == 0] == [
             ChangeKind.STEP_RECORDED
         ]
+
+    async def test_a_batchs_workflows_are_created_in_its_order_between_other_changes(
+        self, backend: PersistentBackend
+    ) -> None:
+        def row(instance_id: str) -> tuple[WorkflowSnapshot, TaskSpec]:
+            return (
+                WorkflowSnapshot(id=instance_id, name="wf"),
+                TaskSpec(instance_id=instance_id, name="wf"),
+            )
+
+        await feed(backend)  # skips a backend without a feed
+        await running(backend, "before", "w1")
+        await backend.create_workflows([row("b1"), row("b2"), row("b3")])
+        await backend.record_step("before", step(0), worker_id="w1")
+        # a row that exists already is not created again: no change of its own
+        await backend.create_workflows([row("b2"), row("b4"), row("b5")])
+        await create(backend, "after")
+        events = await feed(backend)
+        assert kinds(events) == [
+            ("created", "before"),
+            ("started", "before"),
+            ("created", "b1"),
+            ("created", "b2"),
+            ("created", "b3"),
+            ("step_recorded", "before"),
+            ("created", "b4"),
+            ("created", "b5"),
+            ("created", "after"),
+        ]
+        positions = [e.position for e in events]
+        assert positions == sorted(set(positions))
+        for index, event in enumerate(events):
+            assert await feed(backend, after=event.position) == events[index + 1 :]
 
     async def test_a_deletion_never_lowers_the_next_position(
         self, backend: PersistentBackend
