@@ -165,11 +165,7 @@ class Enqueues(SQLCore):
             )
             if done is not None and done.rows:
                 self.notify_work()
-                # what was written (its values as given: not read back)
-                header = snapshot.header(
-                    version=1, created_at=row["created_at"], updated_at=row["updated_at"]
-                )
-                return header, True
+                return _written(snapshot, row), True
             # nothing inserted (it exists: the ordinary path reads it), or no direct path here
         return await super().create_workflow(snapshot, task=task)  # type: ignore[safe-super]
 
@@ -240,14 +236,8 @@ class Enqueues(SQLCore):
             if new_tasks:
                 self._insert_batch_tasks(conn, new_tasks)
                 self._announce_work(conn)
-            # a new row's header is what was written (its values as given: not read back)
             with collector_paused():
-                headers = {
-                    i: batch[i][0].header(
-                        version=1, created_at=rows[i]["created_at"], updated_at=now
-                    )
-                    for i in new
-                }
+                headers = {i: _written(batch[i][0], rows[i]) for i in new}
             headers.update(found)
             created = set(new)
             return [
@@ -339,6 +329,14 @@ _TASK_COLUMNS = [
     "partition_key",
     "run_after",
 ]
+
+
+def _written(snapshot: WorkflowSnapshot, row: dict[str, Any]) -> WorkflowInfo:
+    """The header of a workflow just inserted from ``row`` (:meth:`SQLCore._workflow_row` of
+    ``snapshot``): what was written, its values as given, not read back."""
+    return snapshot.header(
+        version=row["version"], created_at=row["created_at"], updated_at=row["updated_at"]
+    )
 
 
 def _lookup_each(column: sa.Column[Any], param: str) -> sa.Select[Any]:

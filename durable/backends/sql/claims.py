@@ -531,14 +531,9 @@ class Claims(SQLCore):
         if instance_id is None:
             return None
         try:
-            return WorkflowSnapshot.from_fields(
-                {
-                    **self._info_fields(head),
-                    "steps": tuple(
-                        self._step(instance_id, {c: r[f"s_{c}"] for c in STEP_COLUMNS})
-                        for r in history.get(instance_id, ())
-                    ),
-                }
+            return self._snapshot_of(
+                head,
+                ({c: r[f"s_{c}"] for c in STEP_COLUMNS} for r in history.get(instance_id, ())),
             )
         except CorruptRowError:
             return None

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -268,13 +268,17 @@ class SQLCore(PersistentBackend):
         }
 
     def _snapshot(self, row: sa.Row[Any], step_rows: Sequence[sa.Row[Any]]) -> WorkflowSnapshot:
-        instance_id = row._mapping["id"]
-        return WorkflowSnapshot.from_fields(
-            {
-                **self._info_fields(row._mapping),
-                "steps": tuple(self._step(instance_id, r._mapping) for r in step_rows),
-            }
-        )
+        return self._snapshot_of(row._mapping, (r._mapping for r in step_rows))
+
+    def _snapshot_of(
+        self, head: Mapping[Any, Any], step_rows: Iterable[Mapping[Any, Any]]
+    ) -> WorkflowSnapshot:
+        """A snapshot from its workflow's row and its steps' rows, each a mapping by column
+        name; an unreadable column raises :class:`CorruptRowError`."""
+        fields: dict[str, Any] = self._info_fields(head)
+        instance_id = head["id"]
+        fields["steps"] = tuple(self._step(instance_id, m) for m in step_rows)
+        return WorkflowSnapshot.from_fields(fields)
 
     def _step(self, instance_id: str, m: Mapping[Any, Any]) -> StepRecord:
         """A step from its row; an unreadable column raises :class:`CorruptRowError`."""

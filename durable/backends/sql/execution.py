@@ -208,14 +208,10 @@ class Execution(GroupedWrites):
     def _joined_snapshot(self, rows: Sequence[Mapping[str, Any]]) -> WorkflowSnapshot:
         """A snapshot from the rows of the direct begin statement: the workflow's row first,
         then one row per step in the ``step_`` columns."""
-        instance_id = rows[0]["id"]
-        history = tuple(
-            self._step(
-                instance_id, {c: row[f"step_{c}"] for c in STEP_COLUMNS if c != "workflow_id"}
-            )
-            for row in rows[1:]
+        return self._snapshot_of(
+            rows[0],
+            ({c: row[f"step_{c}"] for c in STEP_COLUMNS if c != "workflow_id"} for row in rows[1:]),
         )
-        return WorkflowSnapshot.from_fields({**self._info_fields(rows[0]), "steps": history})
 
     async def begin_execution(
         self, instance_id: str, worker_id: str, *, task_id: str = WORKFLOW_TASK
@@ -254,12 +250,7 @@ class Execution(GroupedWrites):
                 began = await runner.direct_chain(self._begin_chain, params)
             if not began[0].rows:
                 raise await self._run(explain, what=what)
-            return WorkflowSnapshot.from_fields(
-                {
-                    **self._info_fields(began[0].rows[0]),
-                    "steps": tuple(self._step(instance_id, m) for m in began[1].rows),
-                }
-            )
+            return self._snapshot_of(began[0].rows[0], began[1].rows)
 
         def fn(conn: sa.Connection) -> WorkflowSnapshot:
             row = conn.execute(self._begin, params).first()
