@@ -16,7 +16,7 @@ from durable.errors import (
     StepAlreadyRecordedError,
     WorkflowNotFoundError,
 )
-from durable.models import StepRecord, WorkflowStatus
+from durable.models import StepRecord, TaskSpec, WorkflowSnapshot, WorkflowStatus
 from durable.testing.contract._support import LONG, W, create, step
 
 SUCCEEDED = WorkflowStatus.SUCCEEDED
@@ -254,3 +254,70 @@ async def test_batched_values_land_exactly_as_given(url: str) -> None:
             outputs = [s.output for s in await backend.list_steps(wid)]
             assert outputs == ([value, None] if wid == ids[0] else [value])
             assert (await backend.get_workflow(wid)).output == value
+
+
+async def test_sqlite_enqueues_at_the_same_moment_share_a_transaction(sqlite_url: str) -> None:
+    """SQLite: single enqueues pending at the same moment go in one write transaction, each
+    created with its task as given; one that exists (even of another name: the caller
+    compares) returns the stored workflow."""
+    async with SQLAlchemyBackend(sqlite_url) as backend:
+        await create(backend, "taken", name="other")
+        group = group_of(backend)
+        before, items = group.flushes, group.items
+
+        def enqueue(instance_id: str, name: str = "wf", **task: Any) -> Any:
+            return backend.create_workflow(
+                WorkflowSnapshot(id=instance_id, name=name, input={"args": [instance_id]}),
+                task=TaskSpec(instance_id=instance_id, name=name, **task),
+            )
+
+        ids = [f"e{i}" for i in range(10)]
+        results = await asyncio.gather(
+            *(enqueue(i, priority=n) for n, i in enumerate(ids)),
+            enqueue("taken"),
+        )
+        assert group.items - items == len(ids) + 1  # each through the group commit
+        assert group.flushes - before < len(ids)  # some shared a transaction
+        for wid, (info, created) in zip(ids, results[:-1], strict=True):
+            assert created is True and info == await backend.get_workflow(wid)
+            assert info.input == {"args": [wid]}
+        assert results[-1] == (await backend.get_workflow("taken"), False)
+        assert results[-1][0].name == "other"
+        tasks = await backend.find_available_tasks("w9", limit=20)
+        assert sorted((t.instance_id, t.priority) for t in tasks) == sorted(
+            [(wid, n) for n, wid in enumerate(ids)] + [("taken", 0)]
+        )
+
+
+async def test_sqlite_a_chain_that_fails_midway_is_undone_alone(sqlite_url: str) -> None:
+    """SQLite: a chain of statements (an enqueue: the workflow, then its task) that fails
+    after its first statement ran is undone whole (no workflow without its task), and the
+    writes that shared its transaction are committed; the transaction is then run again with
+    a savepoint around each chain."""
+    async with SQLAlchemyBackend(sqlite_url) as backend:
+        await claimed(backend, ["running"])
+        group = group_of(backend)
+        flushes = group.flushes
+
+        def enqueue(instance_id: str, task_name: Any = "wf") -> Any:
+            return backend.create_workflow(
+                WorkflowSnapshot(id=instance_id, name="wf"),
+                task=TaskSpec(instance_id=instance_id, name=task_name),
+            )
+
+        results = await asyncio.gather(
+            enqueue("e0"),
+            backend.record_step("running", step(0, output="kept"), worker_id="w1"),
+            enqueue("bad", task_name=None),  # the task's name is NOT NULL
+            enqueue("e1"),
+            return_exceptions=True,
+        )
+        assert group.flushes - flushes < 4  # they shared a transaction
+        assert isinstance(results[2], BackendError) and "NOT NULL" in str(results[2])
+        with pytest.raises(WorkflowNotFoundError):
+            await backend.get_workflow("bad")
+        assert [r[1] for r in (results[0], results[3])] == [True, True]  # type: ignore[index]
+        assert results[1] is None
+        assert [s.output for s in await backend.list_steps("running")] == ["kept"]
+        tasks = await backend.find_available_tasks("w9", limit=10)
+        assert sorted(t.instance_id for t in tasks) == ["e0", "e1"]

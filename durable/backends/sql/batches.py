@@ -16,6 +16,10 @@ themselves are :mod:`.workflows`, which this area sits in front of:
   of ``BEGIN``, three statements and ``COMMIT``. When the workflow exists already (nothing was
   inserted) or the direct path does not apply, the transaction of :mod:`.workflows` runs, which
   finds the existing one.
+* :meth:`Enqueues.create_workflow` on SQLite: the workflow's insert and its task's (a child's,
+  also the copy of its parent's labels) as one unit of the group commit's write transaction,
+  straight on ``sqlite3`` (:meth:`InlineRunner.direct_chain`), with the other writes pending at
+  the same moment; a workflow that exists goes the way of :mod:`.workflows` as above.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from sqlalchemy.dialects import postgresql as pg
 from durable.backends.base import batch_owners, check_aware
 from durable.backends.sql.core import WORKFLOW_COLUMNS, SQLCore, write_labels
 from durable.backends.sql.direct import CompiledStatement
+from durable.backends.sql.runners import InlineRunner
 from durable.backends.sql.schema import UTCDateTime, tasks, workflow_labels, workflows
 from durable.errors import InvalidArgumentError, SerializationError
 from durable.gcpause import collector_paused
@@ -87,6 +92,10 @@ class Enqueues(SQLCore):
             )
         self._create_direct: CompiledStatement | None = None
         self._create_child_direct: CompiledStatement | None = None
+        self._create_inline: tuple[CompiledStatement, ...] | None = None
+        self._create_child_inline: tuple[CompiledStatement, ...] | None = None
+        if isinstance(self._runner, InlineRunner):
+            self._create_inline, self._create_child_inline = self._create_chains()
         if self._direct:
             self._create_direct = CompiledStatement(
                 self._create_in_one_statement(), self.engine.dialect
@@ -144,9 +153,53 @@ class Enqueues(SQLCore):
             )
         return sa.select(inserted.c.id, notify.label("notified")).add_cte(*ctes)
 
+    def _create_chains(self) -> tuple[tuple[CompiledStatement, ...], ...]:
+        """SQLite: the statements that create a workflow with its task, run in order as one
+        unit of the group commit's transaction (:meth:`InlineRunner.direct_chain`) with the
+        workflow's row and the task's parameters as their values: the workflow's insert (no
+        row when it exists: the chain stops there), its task's; and for a child, a copy of its
+        parent's labels."""
+        dialect, d = self.engine.dialect, self.dialect
+        row = {c.name: sa.bindparam(c.name, type_=c.type) for c in WORKFLOW_COLUMNS}
+        insert = CompiledStatement(
+            d.insert(workflows)
+            .values(row | {"created_seq": d.next_position()})
+            .on_conflict_do_nothing(),
+            dialect,
+        )
+        task = CompiledStatement(self._insert_task, dialect)
+        inherit = sa.insert(workflow_labels).from_select(
+            ["workflow_id", "key", "value"],
+            sa.select(
+                sa.bindparam("id", type_=workflows.c.id.type),
+                workflow_labels.c.key,
+                workflow_labels.c.value,
+            ).where(
+                workflow_labels.c.workflow_id
+                == sa.bindparam("parent_id", type_=workflows.c.parent_id.type)
+            ),
+        )
+        return (insert, task), (insert, task, CompiledStatement(inherit, dialect))
+
     async def create_workflow(
         self, snapshot: WorkflowSnapshot, *, task: TaskSpec | None = None
     ) -> tuple[WorkflowInfo, bool]:
+        inline = self._create_inline if snapshot.parent_id is None else self._create_child_inline
+        if inline is not None and task is not None and not snapshot.steps and not snapshot.labels:
+            # SQLite: with the other writes pending at the same moment (group commit), on the
+            # driver; nothing inserted (the chain stopped: it exists) goes the ordinary way,
+            # which reads the stored one
+            now = self.clock()
+            row = self._workflow_row(snapshot, now, 1)
+            values = {**row, **self._task_row(task, now)}
+            runner = self._runner
+            assert isinstance(runner, InlineRunner)
+            with self._errors(f"create workflow {snapshot.id!r}"):
+                ran = await runner.direct_chain(inline, values)
+            if len(ran) > 1:
+                self.notify_work()
+                return _written(snapshot, row), True
+            return await super().create_workflow(snapshot, task=task)  # type: ignore[safe-super]
         # a child inherits its parent's labels in the same statement; its own labels (merged
         # over them, counted) go the ordinary way
         statement = self._create_direct if snapshot.parent_id is None else self._create_child_direct

@@ -130,7 +130,10 @@ class InlineRunner(Runner):
         return each one's outcome.
 
         An item the database refuses (a constraint, a type) fails alone: SQLite undoes that
-        statement (a chain of several, its savepoint), and the transaction goes on. Anything
+        statement, and the transaction goes on; when a chain of several fails after its first
+        statement ran, the transaction is rolled back and run again with a savepoint around
+        each chain, which undoes the failed chain alone (chains rarely fail: the savepoints'
+        two statements a chain are paid only then). Anything
         else (the file is locked past the busy timeout, the disk is full, I/O) rolls the whole
         transaction back and is raised, as SQLAlchemy would raise it, so every item fails with
         it. ``own``: on the batches' own connection (the event loop's thread only), which is
@@ -144,11 +147,12 @@ class InlineRunner(Runner):
                 fairy = self.engine.raw_connection()
                 conn = fairy.driver_connection
             assert conn is not None
-            outcomes: list[Outcome] = []
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                for statements, values in items:
-                    outcomes.append(self._run_chain(conn, statements, values))
+                outcomes = self._run_items(conn, items, savepoints=False)
+                if outcomes is None:  # a chain failed after changing rows: again, each alone
+                    conn.execute("ROLLBACK")
+                    outcomes = self._run_items(conn, items, savepoints=True)
+                    assert outcomes is not None
                 conn.execute("COMMIT")
             except BaseException as exc:
                 if conn.in_transaction:
@@ -177,10 +181,34 @@ class InlineRunner(Runner):
     def checked_out(self) -> int:
         return checked_out_of(self.engine.pool)
 
+    def _run_items(
+        self, conn: Any, items: Sequence[Chain], *, savepoints: bool
+    ) -> list[Outcome] | None:
+        """Begin the write transaction and run ``items`` in it. Without ``savepoints``
+        (optimistic: they cost two statements a chain, and chains rarely fail), None as soon as
+        a chain fails after one of its statements changed rows, which only a rollback of the
+        whole transaction undoes: the caller then runs them all again with savepoints."""
+        conn.execute("BEGIN IMMEDIATE")
+        outcomes: list[Outcome] = []
+        for statements, values in items:
+            outcome = self._run_chain(conn, statements, values, savepoint=savepoints)
+            if outcome is None:
+                return None
+            outcomes.append(outcome)
+        return outcomes
+
     def _run_chain(
-        self, conn: Any, statements: tuple[CompiledStatement, ...], values: dict[str, Any]
-    ) -> Outcome:
-        unit = len(statements) > 1
+        self,
+        conn: Any,
+        statements: tuple[CompiledStatement, ...],
+        values: dict[str, Any],
+        *,
+        savepoint: bool,
+    ) -> Outcome | None:
+        """Run one chain; its outcome, or None when it failed after an earlier statement of it
+        ran, outside a savepoint (see :meth:`_run_items`); a chain's first statement that fails
+        is undone by SQLite itself."""
+        unit = savepoint and len(statements) > 1
         if unit:
             conn.execute("SAVEPOINT durable_chain")
         results: list[DirectResult] = []
@@ -201,6 +229,8 @@ class InlineRunner(Runner):
             if unit:
                 conn.execute("ROLLBACK TO durable_chain")
                 conn.execute("RELEASE durable_chain")
+            elif results:
+                return None  # an earlier statement of the chain ran
             return Outcome(as_sqlalchemy(exc, statement, params, self.engine.dialect, False))
         if unit:
             conn.execute("RELEASE durable_chain")

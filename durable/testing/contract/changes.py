@@ -8,6 +8,9 @@ tests: the capability is optional.
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 from durable.backends.base import PersistentBackend
@@ -140,6 +143,37 @@ class ChangeFeedContract(ContractBase):
         assert positions == sorted(set(positions))
         for index, event in enumerate(events):
             assert await feed(backend, after=event.position) == events[index + 1 :]
+
+    async def test_enqueues_at_the_same_moment_each_get_their_own_position(
+        self, backend: PersistentBackend
+    ) -> None:
+        """Workflows created with their tasks concurrently (which a backend may write in one
+        transaction) are each created once, each at a position of its own, between the changes
+        before and after them; one created again meanwhile is no change."""
+
+        def enqueue(instance_id: str) -> Any:
+            return backend.create_workflow(
+                WorkflowSnapshot(id=instance_id, name="wf"),
+                task=TaskSpec(instance_id=instance_id, name="wf"),
+            )
+
+        await feed(backend)
+        await create(backend, "before")
+        ids = [f"c{i}" for i in range(8)]
+        results = await asyncio.gather(*(enqueue(i) for i in [*ids, "c3", "before"]))
+        created = [created for _, created in results]
+        # the two creations of c3 race: either may be the one that creates it
+        assert created[:3] + created[4:8] == [True] * 7 and created[9] is False
+        assert sorted([created[3], created[8]]) == [False, True]
+        assert [info.id for info, _ in results] == [*ids, "c3", "before"]
+        assert results[3][0] == results[8][0]
+        await create(backend, "after")
+        events = await feed(backend)
+        assert kinds(events)[0] == ("created", "before")
+        assert sorted(kinds(events)[1:-1]) == [("created", i) for i in ids]
+        assert kinds(events)[-1] == ("created", "after")
+        positions = [e.position for e in events]
+        assert positions == sorted(set(positions))
 
     async def test_a_deletion_never_lowers_the_next_position(
         self, backend: PersistentBackend

@@ -49,7 +49,8 @@ class LabelContract(ContractBase):
         await create(backend, "child", parent_id="parent", labels={"tier": "silver", "step": "1"})
         await create(backend, "grandchild", parent_id="child")
         await create(backend, "orphan", parent_id="not-stored", labels={"a": "b"})
-        # with its task (PostgreSQL: one statement), and again (found: nothing written)
+        # with its task (PostgreSQL: one statement; SQLite: with the writes pending at the same
+        # moment), and again (found: nothing written)
         for _ in range(2):
             await backend.create_workflow(
                 WorkflowSnapshot(id="tasked", name="wf", parent_id="parent"),
