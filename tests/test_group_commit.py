@@ -147,6 +147,30 @@ async def test_inline_when_idle_a_lone_write_is_flushed_by_its_own_task() -> Non
     assert (group.flushes, group.items) == (4, 5)
 
 
+async def test_inline_when_alone_a_write_is_flushed_by_its_task_if_nothing_else_runs() -> None:
+    """A flush that blocks the loop (SQLite's): a write made while no other callback is ready
+    is flushed by its caller's task; writes made by tasks that are ready together go in one
+    flush task's batch, as without the option."""
+    calls: list[tuple[list[int], asyncio.Task[Any] | None]] = []
+
+    async def flush(items: list[int]) -> list[int | BaseException]:
+        calls.append((items, asyncio.current_task()))  # never awaits: blocks the loop
+        return [i * 10 for i in items]
+
+    group: GroupCommit[int, int] = GroupCommit(flush, inline_when_alone=True)
+    await asyncio.sleep(0)  # nothing else is ready now
+    assert await group.submit(1) == 10
+    assert calls[-1] == ([1], asyncio.current_task())
+    together = await asyncio.gather(*(group.submit(i) for i in (2, 3, 4)))
+    assert together == [20, 30, 40]
+    assert [items for items, _ in calls[1:]] == [[2, 3, 4]]  # one flush task's batch
+    assert calls[1][1] is not asyncio.current_task()
+    asyncio.get_running_loop().call_soon(lambda: None)  # something else is ready to run
+    assert await group.submit(5) == 50
+    assert calls[-1][1] is not asyncio.current_task()
+    assert (group.flushes, group.items) == (3, 5)
+
+
 async def test_a_caller_cancelled_in_its_inline_flush_leaves_the_queued_writes_flushed() -> None:
     calls: list[list[int]] = []
     entered = asyncio.Event()

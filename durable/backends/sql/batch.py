@@ -6,10 +6,10 @@ the same moment, one statement or one transaction can carry all of them, as a da
 its own log. :class:`GroupCommit` is that batcher, one per backend instance and event loop:
 
 * **No added latency when alone.** The first write is handed to a flush task at once (it runs
-  on the loop's next turn), or, with ``inline_when_idle``, flushed by its caller's own task
-  (no task to start, no future to wake: a lone write costs what the statement costs); writes
-  that arrive while ``max_in_flight`` flushes are in flight queue up and form the next batch,
-  which starts as soon as a flush ends.
+  on the loop's next turn), or, with ``inline_when_idle`` or ``inline_when_alone``, flushed by
+  its caller's own task (no task to start, no future to wake: a lone write costs what the
+  statement costs); writes that arrive while ``max_in_flight`` flushes are in flight queue up
+  and form the next batch, which starts as soon as a flush ends.
 * **Each caller is released only after the commit that holds its write**: its future is set
   from the flush's result for its item, after the flush returned.
 * **Per-item outcomes.** The flush returns one result or exception per item, so a refused
@@ -47,6 +47,12 @@ class GroupCommit(Generic[I, R]):
     its caller's task, alone. For a flush that awaits the database (the writes that arrive
     meanwhile still form the next batch); not for one that blocks the loop until it returns:
     nothing could queue during it, so every write would go alone.
+
+    ``inline_when_alone``: for such a flush, one that blocks the loop: a write submitted when
+    no flush is in flight or queued and the loop has nothing else ready to run (no other task
+    could add a write to a batch before the flush ends) is flushed by its caller's task, alone.
+    Read from the loop's queue of ready callbacks (``_ready``, asyncio's own loops); on a loop
+    without it, never.
     """
 
     def __init__(
@@ -56,11 +62,13 @@ class GroupCommit(Generic[I, R]):
         max_batch: int = MAX_BATCH,
         max_in_flight: int = 1,
         inline_when_idle: bool = False,
+        inline_when_alone: bool = False,
     ) -> None:
         self._flush = flush
         self._max = max_batch
         self._max_in_flight = max_in_flight
         self._inline_when_idle = inline_when_idle
+        self._inline_when_alone = inline_when_alone
         self._inline = 0  # flushes run by their callers' tasks, now
         self._last_size = 0  # items of the last flush that started
         self._queue: list[tuple[I, asyncio.Future[R]]] = []
@@ -77,10 +85,9 @@ class GroupCommit(Generic[I, R]):
             self._loop = loop
         elif self._loop is not loop:
             raise RuntimeError("a GroupCommit is bound to the event loop it was first used on")
-        if (
-            self._inline_when_idle
-            and self._last_size <= 1
-            and not (self._queue or self._flushing or self._inline)
+        if not (self._queue or self._flushing or self._inline) and (
+            (self._inline_when_idle and self._last_size <= 1)
+            or (self._inline_when_alone and not getattr(loop, "_ready", True))
         ):
             return await self._flush_inline(item, loop)
         future: asyncio.Future[R] = loop.create_future()

@@ -83,7 +83,12 @@ class InlineRunner(Runner):
         #: False for an in-memory database: its one shared connection must not be used by
         #: two threads' transactions at once.
         self.thread_safe = not isinstance(engine.pool, StaticPool)
-        self._group: GroupCommit[Chain, list[DirectResult]] = GroupCommit(self._flush)
+        # a write made while nothing else can run is flushed by its caller (a lone workflow's
+        # step: no flush task, no turn of the loop); otherwise a flush task gathers the writes
+        # made in the same turn of the loop
+        self._group: GroupCommit[Chain, list[DirectResult]] = GroupCommit(
+            self._flush, inline_when_alone=True
+        )
         self._writer: sqlite3.Connection | None = None
         _INLINE_RUNNERS.add(self)
 
