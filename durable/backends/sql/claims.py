@@ -17,6 +17,7 @@ from sqlalchemy.sql.util import ClauseAdapter
 
 from durable.backends.sql.core import P_WID, STEP_COLUMNS, WORKFLOW_COLUMNS, SQLCore, aware
 from durable.backends.sql.direct import CompiledStatement
+from durable.backends.sql.runners import InlineRunner
 from durable.backends.sql.schema import queues as queue_table
 from durable.backends.sql.schema import steps, tasks, workflow_registry, workflows
 from durable.errors import (
@@ -106,6 +107,7 @@ class Claims(SQLCore):
         # that unfiltered claims keep their keys and statements
         self._claim_statements: dict[tuple[bool, ...], Any] = {}
         self._direct_claims: dict[tuple[bool, ...], CompiledStatement] = {}
+        self._sqlite_claims: dict[tuple[bool, ...], CompiledStatement] = {}
         self._claim_begins: dict[tuple[bool, ...], CompiledStatement] = {}
 
     def _direct_claim(self, key: tuple[bool, ...], stmt: Any) -> CompiledStatement | None:
@@ -391,6 +393,15 @@ class Claims(SQLCore):
         done = await self._run_direct(self._direct_claim(key, stmt), params, what=what)
         if done is not None:
             return in_order(done.rows)
+        runner = self._runner
+        if isinstance(runner, InlineRunner):
+            # SQLite: straight on sqlite3, in a transaction of its own, at once (measured: a
+            # claim in the group commit's next batch drained 15% slower than this)
+            compiled = self._sqlite_claims.get(key)
+            if compiled is None:
+                compiled = self._sqlite_claims[key] = CompiledStatement(stmt, self.engine.dialect)
+            with self._errors(what):
+                return in_order(runner.run_alone(compiled, params).rows)
 
         def fn(conn: sa.Connection) -> list[TaskClaim]:
             return in_order([r._mapping for r in conn.execute(stmt, params)])

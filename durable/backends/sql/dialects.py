@@ -34,6 +34,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -218,8 +219,27 @@ class BoundClock(SQLDialect):
         return params
 
 
+class JSONList(sa.TypeDecorator[list[str]]):
+    """SQLite: a list of strings bound as one JSON array (read back with ``json_each``)."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> str | None:
+        return None if value is None else json.dumps(list(value))
+
+
 class SQLiteDialect(BoundClock):
     name = "sqlite"
+
+    def in_list(self, column: sa.ColumnElement[str], param: str) -> sa.ColumnElement[bool]:
+        # one JSON array parameter: the statement's text does not depend on the list's length,
+        # so it is compiled once and runs straight on sqlite3 (an expanding IN is rendered anew
+        # for each length)
+        values = sa.func.json_each(sa.bindparam(param, type_=JSONList())).table_valued(
+            sa.column("value", sa.String())
+        )
+        return column.in_(sa.select(values.c.value).scalar_subquery())
 
     def next_position(self) -> sa.ColumnElement[Any]:
         return sa.literal_column(feed.SQLITE_NEXT_POSITION, type_=feed.POSITION)

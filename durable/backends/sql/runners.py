@@ -112,6 +112,13 @@ class InlineRunner(Runner):
             return self.run_batch([(statements, values)])[0].result()
         return await self._group.submit((statements, values))
 
+    def run_alone(self, statement: CompiledStatement, values: dict[str, Any]) -> DirectResult:
+        """Run ``statement`` on ``sqlite3`` at once, in a write transaction of its own (not
+        the group commit's next one), blocking: on the batches' own connection on their event
+        loop, elsewhere on a pooled one."""
+        own = self.thread_safe and not self._group.bound_elsewhere()
+        return self.run_batch([((statement,), values)], own=own)[0].result()[0]
+
     async def _flush(self, items: list[Chain]) -> list[list[DirectResult] | BaseException]:
         return [outcome.outcome for outcome in self.run_batch(items, own=self.thread_safe)]
 
