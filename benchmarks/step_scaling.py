@@ -485,7 +485,7 @@ async def finished_work(
 @contextlib.contextmanager
 def capture(backend: durable.SQLAlchemyBackend) -> Iterator[list[tuple[str, Any]]]:
     """The statements (and driver parameters) the backend sends while the block runs, through
-    the engine or straight on the driver (the PostgreSQL hot path)."""
+    the engine or straight on the driver (the PostgreSQL hot path, SQLite's claims)."""
     engine = backend.engine
     sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
     seen: list[tuple[str, Any]] = []
@@ -504,13 +504,25 @@ def capture(backend: durable.SQLAlchemyBackend) -> Iterator[list[tuple[str, Any]
         if not statement.lstrip().upper().startswith(("BEGIN", "COMMIT", "ROLLBACK")):
             seen.append((statement, parameters))
 
+    alone = getattr(runner, "run_alone", None)
+
+    def alone_spy(statement: Any, values: dict[str, Any]) -> Any:
+        assert alone is not None
+        result = alone(statement, values)
+        seen.append((statement.sql, statement.params(values)))
+        return result
+
     sa.event.listen(sync_engine, "before_cursor_execute", listener)
     runner.direct = direct_spy  # type: ignore[method-assign]
+    if alone is not None:  # SQLite's claims, straight on sqlite3
+        setattr(runner, "run_alone", alone_spy)  # noqa: B010 (an instance's method, replaced)
     try:
         yield seen
     finally:
         sa.event.remove(sync_engine, "before_cursor_execute", listener)
         del runner.direct
+        if alone is not None:
+            delattr(runner, "run_alone")
 
 
 def _compiled(backend: durable.SQLAlchemyBackend, stmt: Any) -> str | None:
