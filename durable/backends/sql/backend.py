@@ -18,11 +18,11 @@ statement, and turning driver errors into durable's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
+from types import TracebackType
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -276,19 +276,13 @@ class SQLAlchemyBackend(
                     await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    @contextlib.contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
+    def _errors(self, what: str) -> _Translating:
         """Turn driver and SQLAlchemy errors raised inside into durable's, naming ``what`` was
         being done: :class:`BackendUnavailableError` when the database cannot be reached (it
         refuses or drops connections, is starting up or shutting down, has too many clients, or
         no pooled connection came free in time), :class:`BackendError` for any other failure.
         Nothing else escapes, so callers that retry on ``DurableError`` survive an outage."""
-        try:
-            yield
-        except DurableError:
-            raise
-        except (sa.exc.SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error) as exc:
-            raise self._translated(exc, what or "run a query") from exc
+        return _Translating(self, what)
 
     def _translated(self, exc: Exception, doing: str) -> Exception:
         """The durable error for ``exc`` (see :meth:`_errors`)."""
@@ -358,3 +352,26 @@ class SQLAlchemyBackend(
         self._build_message_statements()
         self._build_output_statements()
         self._build_debounce_statements()
+
+
+class _Translating:
+    """The context manager of :meth:`SQLAlchemyBackend._errors` (a class: every hot-path
+    statement enters one, and a generator-based one costs several times more)."""
+
+    __slots__ = ("_backend", "_what")
+
+    def __init__(self, backend: SQLAlchemyBackend, what: str) -> None:
+        self._backend = backend
+        self._what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None or isinstance(exc, DurableError):
+            return
+        backend = self._backend
+        if isinstance(exc, (sa.exc.SQLAlchemyError, backend.engine.dialect.loaded_dbapi.Error)):
+            raise backend._translated(exc, self._what or "run a query") from exc

@@ -43,6 +43,10 @@ from durable.models import (
     WorkflowStatus,
 )
 
+#: The fenced step record's parameters for a step row's values (:meth:`SQLCore._step_row`,
+#: whose keys are :data:`STEP_COLUMNS` in order).
+_STEP_PARAMS = tuple(f"s_{column}" for column in STEP_COLUMNS)
+
 
 class Execution(GroupedWrites):
     """A workflow's execution: begin, record its steps, finish or reschedule it."""
@@ -341,7 +345,7 @@ class Execution(GroupedWrites):
         explains why it was refused."""
         clock = self.dialect.clock_params()
         row = self._step_row(instance_id, step, self.clock())
-        params = {f"s_{k}": v for k, v in row.items()}
+        params = dict(zip(_STEP_PARAMS, row.values(), strict=True))
         params.update(p_iid=instance_id, p_tid=task_id, p_wid=worker_id, **clock)
 
         def explain(conn: sa.Connection) -> DurableError:

@@ -145,11 +145,10 @@ class InlineRunner(Runner):
         statement, and the transaction goes on; when a chain of several fails after its first
         statement ran, the transaction is rolled back and run again with a savepoint around
         each chain, which undoes the failed chain alone (chains rarely fail: the savepoints'
-        two statements a chain are paid only then). Anything
-        else (the file is locked past the busy timeout, the disk is full, I/O) rolls the whole
-        transaction back and is raised, as SQLAlchemy would raise it, so every item fails with
-        it. ``own``: on the batches' own connection (the event loop's thread only), which is
-        closed after such an error.
+        two statements a chain are paid only then). Anything else (the file is locked past the
+        busy timeout, the disk is full, I/O) rolls the whole transaction back and is raised, as
+        SQLAlchemy would raise it, so every item fails with it. ``own``: on the batches' own
+        connection (the event loop's thread only), which is closed after such an error.
         """
         fairy = None
         try:
@@ -161,7 +160,7 @@ class InlineRunner(Runner):
             assert conn is not None
             try:
                 outcomes = self._run_items(conn, items, savepoints=False)
-                if outcomes is None:  # a chain failed after changing rows: again, each alone
+                if outcomes is None:  # a chain failed midway: again, with a savepoint a chain
                     conn.execute("ROLLBACK")
                     outcomes = self._run_items(conn, items, savepoints=True)
                     assert outcomes is not None
@@ -198,8 +197,8 @@ class InlineRunner(Runner):
     ) -> list[Outcome] | None:
         """Begin the write transaction and run ``items`` in it. Without ``savepoints``
         (optimistic: they cost two statements a chain, and chains rarely fail), None as soon as
-        a chain fails after one of its statements changed rows, which only a rollback of the
-        whole transaction undoes: the caller then runs them all again with savepoints."""
+        a chain fails after one of its statements ran, which only a rollback of the whole
+        transaction undoes: the caller then runs them all again with savepoints."""
         conn.execute("BEGIN IMMEDIATE")
         outcomes: list[Outcome] = []
         for statements, values in items:
