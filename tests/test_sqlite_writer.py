@@ -1,7 +1,8 @@
 """SQLite's group commit runs its batches on a connection of its own (InlineRunner, in
 durable/backends/sql/runners.py), kept between batches instead of a pool checkout per batch:
 it holds no pool slot, is replaced after an error, is closed with the backend, and a forked
-child never uses or closes its parent's."""
+child never uses or closes its parent's. A statement with the chains made of its result (a
+claim, then the starts of what it claimed) runs in one transaction, each chain undone alone."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from durable.backends.sql import SQLAlchemyBackend
+from durable.backends.sql.direct import CompiledStatement
 from durable.backends.sql.runners import InlineRunner
 from durable.errors import BackendError
 from durable.testing.contract._support import LONG, W, create, step
@@ -84,3 +87,53 @@ async def test_a_forked_child_forgets_the_parents_connection(sqlite_url: str) ->
         # the parent's connection is still open and still its own
         await backend.record_step("wf", step(1), worker_id="w1")
         assert [s.position for s in await backend.list_steps("wf")] == [0, 1]
+
+
+async def test_a_statement_then_chains_in_one_transaction_each_chain_undone_alone(
+    sqlite_url: str,
+) -> None:
+    """InlineRunner.run_alone_then (SQLite's claim, then the starts of what it claimed): the
+    chains made of the statement's result run in its transaction; one that fails after its
+    first statement ran is undone alone (the transaction runs again with savepoints), the
+    statement and the other chains are committed, and nothing else is written twice."""
+    scratch = sa.Table(
+        "scratch",
+        sa.MetaData(),
+        sa.Column("k", sa.String, primary_key=True),
+        sa.Column("v", sa.String, nullable=False),
+    )
+    async with SQLAlchemyBackend(sqlite_url) as backend:
+        engine = backend.engine
+        assert isinstance(engine, sa.Engine)
+        scratch.create(engine)
+        runner, dialect = runner_of(backend), engine.dialect
+        head = CompiledStatement(
+            sa.insert(scratch).values(k=sa.bindparam("k0"), v="head").returning(scratch.c.k),
+            dialect,
+        )
+        pair = tuple(
+            CompiledStatement(
+                sa.insert(scratch).values(k=sa.bindparam(k), v=sa.bindparam(v)), dialect
+            )
+            for k, v in (("k1", "v1"), ("k2", "v2"))
+        )
+        calls: list[str] = []
+
+        def follow(result: object) -> list[tuple[tuple[CompiledStatement, ...], dict[str, object]]]:
+            calls.append("follow")
+            return [
+                (pair, {"k1": "a1", "v1": "x", "k2": "a2", "v2": "x"}),
+                (pair, {"k1": "b1", "v1": "x", "k2": "b2", "v2": None}),  # NOT NULL, midway
+                (pair, {"k1": "c1", "v1": "x", "k2": "c2", "v2": "x"}),
+            ]
+
+        result, outcomes = runner.run_alone_then(head, {"k0": "h"}, follow)
+        assert result.rows == [{"k": "h"}]
+        assert calls == ["follow", "follow"]  # run again, with savepoints
+        assert [len(o.result()) for o in (outcomes[0], outcomes[2])] == [2, 2]
+        with pytest.raises(sa.exc.IntegrityError, match="NOT NULL"):
+            outcomes[1].result()
+        with engine.connect() as conn:
+            keys = sorted(conn.execute(sa.select(scratch.c.k)).scalars())
+        assert keys == ["a1", "a2", "c1", "c2", "h"]
+        assert runner.checked_out() == 0

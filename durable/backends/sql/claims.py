@@ -8,6 +8,7 @@ runs prepared straight on the driver (:mod:`.direct`).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -16,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.sql.util import ClauseAdapter
 
 from durable.backends.sql.core import P_WID, STEP_COLUMNS, WORKFLOW_COLUMNS, SQLCore, aware
-from durable.backends.sql.direct import CompiledStatement
+from durable.backends.sql.direct import CompiledStatement, DirectResult
 from durable.backends.sql.runners import InlineRunner
 from durable.backends.sql.schema import queues as queue_table
 from durable.backends.sql.schema import steps, tasks, workflow_registry, workflows
@@ -481,9 +482,15 @@ class Claims(SQLCore):
         versions: Sequence[str] | None = None,
     ) -> list[tuple[TaskClaim, WorkflowSnapshot | None]]:
         """On PostgreSQL's direct path, one statement claims and starts the claimed workflows
-        (:meth:`_claim_begin_statement`); elsewhere it only claims, and so it does where a
+        (:meth:`_claim_begin_statement`); on SQLite, one transaction straight on ``sqlite3``
+        (:meth:`_claim_and_begin_inline`); elsewhere it only claims, and so it does where a
         subclass or a wrapper replaced :meth:`claim_available_tasks` or
         :meth:`begin_execution` (the claims and starts then go through them)."""
+        runner = self._runner
+        if isinstance(runner, InlineRunner) and not self._claims_replaced():
+            return self._claim_and_begin_inline(
+                runner, worker_id, limit, ttl, names=names, queues=queues, versions=versions
+            )
         if not self._direct or self._claims_replaced():
             return await super().claim_and_begin_tasks(
                 worker_id, limit, ttl, names=names, queues=queues, versions=versions
@@ -521,6 +528,54 @@ class Claims(SQLCore):
             )
             for r in heads
         ]
+
+    def _claim_and_begin_inline(
+        self,
+        runner: InlineRunner,
+        worker_id: str,
+        limit: int,
+        ttl: timedelta,
+        *,
+        names: Sequence[str] | None,
+        queues: Sequence[str] | None,
+        versions: Sequence[str] | None,
+    ) -> list[tuple[TaskClaim, WorkflowSnapshot | None]]:
+        """SQLite: the claim (``include_own=False``), then the start of each workflow it
+        claimed (:meth:`begin_execution`'s statements, fenced by the claim just made), in one
+        write transaction straight on ``sqlite3``, at once. A start that fails or whose rows
+        cannot be read pairs its claim with None (its caller begins it as usual, which says
+        why); a failed claim fails the whole."""
+        params = self._filter_params(worker_id, limit, names, queues, versions)
+        params.update(self.dialect.clock_params(ttl=ttl_seconds(ttl)))
+        key: tuple[bool, ...] = (names is not None, queues is not None, False)
+        stmt = self._claim_statement(*key, versions=versions is not None)
+        key += (True,) if versions is not None else ()
+        claim = self._sqlite_claims.get(key)
+        if claim is None:
+            claim = self._sqlite_claims[key] = CompiledStatement(stmt, self.engine.dialect)
+        begin_chain = self._begin_chain  # type: ignore[attr-defined]  # Execution's
+        start = {"p_tid": WORKFLOW_TASK, "p_wid": worker_id, "p_ts": self.clock()}
+        start.update(self.dialect.clock_params())
+
+        def starts(claimed: DirectResult) -> list[tuple[tuple[CompiledStatement, ...], Any]]:
+            return [
+                (begin_chain, {**start, "p_iid": row["instance_id"]})
+                for row in claimed.rows
+                if row["task_id"] == WORKFLOW_TASK
+            ]
+
+        with self._errors("claim and start available tasks"):
+            claimed, outcomes = runner.run_alone_then(claim, params, starts)
+        began: dict[str, WorkflowSnapshot] = {}
+        workflow_rows = [r for r in claimed.rows if r["task_id"] == WORKFLOW_TASK]
+        for row, outcome in zip(workflow_rows, outcomes, strict=True):
+            results = outcome.outcome
+            if isinstance(results, BaseException) or not results[0].rows:
+                continue
+            with contextlib.suppress(CorruptRowError):
+                began[row["instance_id"]] = self._snapshot_of(results[0].rows[0], results[1].rows)
+        ordered = sorted(claimed.rows, key=lambda r: (r["priority"], r["run_after"], r["id"]))
+        return [(self._claim(r), began.get(r["instance_id"])) for r in ordered]
 
     def _claims_replaced(self) -> bool:
         """Whether claims or starts are not this backend's own (overridden, or wrapped on the

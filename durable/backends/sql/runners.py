@@ -119,6 +119,37 @@ class InlineRunner(Runner):
         own = self.thread_safe and not self._group.bound_elsewhere()
         return self.run_batch([((statement,), values)], own=own)[0].result()[0]
 
+    def run_alone_then(
+        self,
+        statement: CompiledStatement,
+        values: dict[str, Any],
+        follow: Callable[[DirectResult], Sequence[Chain]],
+    ) -> tuple[DirectResult, list[Outcome]]:
+        """:meth:`run_alone`, then in the same transaction the chains ``follow`` makes of its
+        result; the statement's result and the chains' outcomes (a chain that fails is undone
+        alone, as in :meth:`run_batch`: the transaction, the statement included, then runs
+        again with a savepoint a chain)."""
+        own = self.thread_safe and not self._group.bound_elsewhere()
+
+        def run(conn: Any) -> tuple[DirectResult, list[Outcome]]:
+            for savepoints in (False, True):
+                conn.execute("BEGIN IMMEDIATE")
+                first = self._run_chain(conn, (statement,), values, savepoint=False)
+                assert first is not None  # one statement: undone by SQLite itself
+                result = first.result()[0]
+                outcomes: list[Outcome] = []
+                for statements, chain_values in follow(result):
+                    outcome = self._run_chain(conn, statements, chain_values, savepoint=savepoints)
+                    if outcome is None:  # failed midway (never in a savepoint)
+                        conn.execute("ROLLBACK")
+                        break
+                    outcomes.append(outcome)
+                else:
+                    return result, outcomes
+            raise AssertionError("unreachable: with savepoints, no chain fails midway")
+
+        return self._in_transaction(run, own=own, first=statement)
+
     async def _flush(self, items: list[Chain]) -> list[list[DirectResult] | BaseException]:
         return [outcome.outcome for outcome in self.run_batch(items, own=self.thread_safe)]
 
@@ -150,6 +181,22 @@ class InlineRunner(Runner):
         SQLAlchemy would raise it, so every item fails with it. ``own``: on the batches' own
         connection (the event loop's thread only), which is closed after such an error.
         """
+
+        def run(conn: Any) -> list[Outcome]:
+            outcomes = self._run_items(conn, items, savepoints=False)
+            if outcomes is None:  # a chain failed midway: again, with a savepoint a chain
+                conn.execute("ROLLBACK")
+                outcomes = self._run_items(conn, items, savepoints=True)
+                assert outcomes is not None
+            return outcomes
+
+        return self._in_transaction(run, own=own, first=items[0][0][0])
+
+    def _in_transaction(self, run: Callable[[Any], T], *, own: bool, first: CompiledStatement) -> T:
+        """``run(conn)`` (which begins the transaction) then ``COMMIT``, on the batches' own
+        connection (``own``) or a pooled one. Anything ``run`` or the commit raises rolls the
+        transaction back and is raised as SQLAlchemy would raise it (``first``: the statement
+        it names); the own connection is then closed."""
         fairy = None
         try:
             if own:
@@ -159,11 +206,7 @@ class InlineRunner(Runner):
                 conn = fairy.driver_connection
             assert conn is not None
             try:
-                outcomes = self._run_items(conn, items, savepoints=False)
-                if outcomes is None:  # a chain failed midway: again, with a savepoint a chain
-                    conn.execute("ROLLBACK")
-                    outcomes = self._run_items(conn, items, savepoints=True)
-                    assert outcomes is not None
+                done = run(conn)
                 conn.execute("COMMIT")
             except BaseException as exc:
                 if conn.in_transaction:
@@ -171,11 +214,11 @@ class InlineRunner(Runner):
                         conn.execute("ROLLBACK")
                 if own:
                     self._close_own()
-                wrapped = as_sqlalchemy(exc, items[0][0][0], None, self.engine.dialect, False)
+                wrapped = as_sqlalchemy(exc, first, None, self.engine.dialect, False)
                 if wrapped is exc:
                     raise
                 raise wrapped from exc
-            return outcomes
+            return done
         finally:
             if fairy is not None:
                 fairy.close()
