@@ -184,42 +184,30 @@ class Enqueues(SQLCore):
     async def create_workflow(
         self, snapshot: WorkflowSnapshot, *, task: TaskSpec | None = None
     ) -> tuple[WorkflowInfo, bool]:
-        inline = self._create_inline if snapshot.parent_id is None else self._create_child_inline
-        if inline is not None and task is not None and not snapshot.steps and not snapshot.labels:
-            # SQLite: with the other writes pending at the same moment (group commit), on the
-            # driver; nothing inserted (the chain stopped: it exists) goes the ordinary way,
-            # which reads the stored one
+        # one statement on PostgreSQL, one chain of the group commit on SQLite, for a workflow
+        # with its task and neither steps nor labels of its own (a child inherits its parent's
+        # labels in it; its own, merged over them and counted, go the ordinary way); nothing
+        # inserted (it exists: the ordinary way reads it), or neither path here: the ordinary way
+        child = snapshot.parent_id is not None
+        inline = self._create_child_inline if child else self._create_inline
+        direct = self._create_child_direct if child else self._create_direct
+        if (inline or direct) and task is not None and not snapshot.steps and not snapshot.labels:
             now = self.clock()
             row = self._workflow_row(snapshot, now, 1)
-            values = {**row, **self._task_row(task, now)}
-            runner = self._runner
-            assert isinstance(runner, InlineRunner)
-            with self._errors(f"create workflow {snapshot.id!r}"):
-                ran = await runner.direct_chain(inline, values)
-            if len(ran) > 1:
+            task_row = self._task_row(task, now)
+            what = f"create workflow {snapshot.id!r}"
+            if inline is not None:
+                runner = self._runner
+                assert isinstance(runner, InlineRunner)
+                with self._errors(what):
+                    created = len(await runner.direct_chain(inline, row | task_row)) > 1
+            else:
+                params = {f"w_{k}": v for k, v in row.items()} | task_row
+                done = await self._run_direct(direct, params, what=what)
+                created = done is not None and bool(done.rows)
+            if created:
                 self.notify_work()
                 return _written(snapshot, row), True
-            return await super().create_workflow(snapshot, task=task)  # type: ignore[safe-super]
-        # a child inherits its parent's labels in the same statement; its own labels (merged
-        # over them, counted) go the ordinary way
-        statement = self._create_direct if snapshot.parent_id is None else self._create_child_direct
-        if (
-            statement is not None
-            and task is not None
-            and not snapshot.steps
-            and not snapshot.labels
-        ):
-            now = self.clock()
-            row = self._workflow_row(snapshot, now, 1)
-            params = {f"w_{k}": v for k, v in row.items()}
-            params.update(self._task_row(task, now))
-            done = await self._run_direct(
-                statement, params, what=f"create workflow {snapshot.id!r}"
-            )
-            if done is not None and done.rows:
-                self.notify_work()
-                return _written(snapshot, row), True
-            # nothing inserted (it exists: the ordinary path reads it), or no direct path here
         return await super().create_workflow(snapshot, task=task)  # type: ignore[safe-super]
 
     async def create_workflows(

@@ -107,19 +107,34 @@ class Claims(SQLCore):
         # keys: the filters given; the code-version filter adds a last True only when given, so
         # that unfiltered claims keep their keys and statements
         self._claim_statements: dict[tuple[bool, ...], Any] = {}
-        self._direct_claims: dict[tuple[bool, ...], CompiledStatement] = {}
-        self._sqlite_claims: dict[tuple[bool, ...], CompiledStatement] = {}
+        self._compiled_claims: dict[tuple[bool, ...], CompiledStatement] = {}
         self._claim_begins: dict[tuple[bool, ...], CompiledStatement] = {}
 
-    def _direct_claim(self, key: tuple[bool, ...], stmt: Any) -> CompiledStatement | None:
-        """The claim statement for ``key`` compiled for the direct path (once), or None where
-        there is no direct path."""
-        if not self._direct:
-            return None
-        compiled = self._direct_claims.get(key)
+    def _claim_call(
+        self,
+        worker_id: str,
+        limit: int,
+        ttl: timedelta,
+        *,
+        names: Sequence[str] | None,
+        queues: Sequence[str] | None,
+        include_own: bool,
+        versions: Sequence[str] | None,
+    ) -> tuple[Any, CompiledStatement | None, dict[str, Any]]:
+        """A claim's statement, the same compiled to run straight on the driver (once per
+        combination of filters; None where there is no such path: neither PostgreSQL's direct
+        path nor SQLite's standard-library driver), and its parameters."""
+        params = self._filter_params(worker_id, limit, names, queues, versions)
+        params.update(self.dialect.clock_params(ttl=ttl_seconds(ttl)))
+        key: tuple[bool, ...] = (names is not None, queues is not None, include_own)
+        stmt = self._claim_statement(*key, versions=versions is not None)
+        key += (True,) if versions is not None else ()
+        if not (self._direct or isinstance(self._runner, InlineRunner)):
+            return stmt, None, params
+        compiled = self._compiled_claims.get(key)
         if compiled is None:
-            compiled = self._direct_claims[key] = CompiledStatement(stmt, self.engine.dialect)
-        return compiled
+            compiled = self._compiled_claims[key] = CompiledStatement(stmt, self.engine.dialect)
+        return stmt, compiled, params
 
     def _claim_statement(
         self,
@@ -379,30 +394,30 @@ class Claims(SQLCore):
         include_own: bool = True,
         versions: Sequence[str] | None = None,
     ) -> list[TaskClaim]:
-        params = self._filter_params(worker_id, limit, names, queues, versions)
-        params.update(self.dialect.clock_params(ttl=ttl_seconds(ttl)))
-        key: tuple[bool, ...] = (names is not None, queues is not None, include_own)
-        stmt = self._claim_statement(*key, versions=versions is not None)
-        key += (True,) if versions is not None else ()
+        stmt, compiled, params = self._claim_call(
+            worker_id,
+            limit,
+            ttl,
+            names=names,
+            queues=queues,
+            include_own=include_own,
+            versions=versions,
+        )
         what = "claim available tasks"
 
         def in_order(rows: Iterable[Mapping[Any, Any]]) -> list[TaskClaim]:
-            ordered = sorted(rows, key=lambda r: (r["priority"], r["run_after"], r["id"]))
-            return [self._claim(r) for r in ordered]
+            return [self._claim(r) for r in _in_claim_order(rows)]
 
-        # PostgreSQL: one statement, autocommitted
-        done = await self._run_direct(self._direct_claim(key, stmt), params, what=what)
-        if done is not None:
-            return in_order(done.rows)
         runner = self._runner
-        if isinstance(runner, InlineRunner):
+        if compiled is not None and isinstance(runner, InlineRunner):
             # SQLite: straight on sqlite3, in a transaction of its own, at once (measured: a
             # claim in the group commit's next batch drained 15% slower than this)
-            compiled = self._sqlite_claims.get(key)
-            if compiled is None:
-                compiled = self._sqlite_claims[key] = CompiledStatement(stmt, self.engine.dialect)
             with self._errors(what):
                 return in_order(runner.run_alone(compiled, params).rows)
+        # PostgreSQL: one statement, autocommitted
+        done = await self._run_direct(compiled, params, what=what)
+        if done is not None:
+            return in_order(done.rows)
 
         def fn(conn: sa.Connection) -> list[TaskClaim]:
             return in_order([r._mapping for r in conn.execute(stmt, params)])
@@ -545,37 +560,38 @@ class Claims(SQLCore):
         write transaction straight on ``sqlite3``, at once. A start that fails or whose rows
         cannot be read pairs its claim with None (its caller begins it as usual, which says
         why); a failed claim fails the whole."""
-        params = self._filter_params(worker_id, limit, names, queues, versions)
-        params.update(self.dialect.clock_params(ttl=ttl_seconds(ttl)))
-        key: tuple[bool, ...] = (names is not None, queues is not None, False)
-        stmt = self._claim_statement(*key, versions=versions is not None)
-        key += (True,) if versions is not None else ()
-        claim = self._sqlite_claims.get(key)
-        if claim is None:
-            claim = self._sqlite_claims[key] = CompiledStatement(stmt, self.engine.dialect)
+        _, claim, params = self._claim_call(
+            worker_id,
+            limit,
+            ttl,
+            names=names,
+            queues=queues,
+            include_own=False,
+            versions=versions,
+        )
+        assert claim is not None  # compiled for SQLite's standard-library driver
         begin_chain = self._begin_chain  # type: ignore[attr-defined]  # Execution's
         start = {"p_tid": WORKFLOW_TASK, "p_wid": worker_id, "p_ts": self.clock()}
         start.update(self.dialect.clock_params())
 
+        def started(claimed: DirectResult) -> list[str]:
+            return [r["instance_id"] for r in claimed.rows if r["task_id"] == WORKFLOW_TASK]
+
         def starts(claimed: DirectResult) -> list[tuple[tuple[CompiledStatement, ...], Any]]:
-            return [
-                (begin_chain, {**start, "p_iid": row["instance_id"]})
-                for row in claimed.rows
-                if row["task_id"] == WORKFLOW_TASK
-            ]
+            return [(begin_chain, {**start, "p_iid": iid}) for iid in started(claimed)]
 
         with self._errors("claim and start available tasks"):
             claimed, outcomes = runner.run_alone_then(claim, params, starts)
         began: dict[str, WorkflowSnapshot] = {}
-        workflow_rows = [r for r in claimed.rows if r["task_id"] == WORKFLOW_TASK]
-        for row, outcome in zip(workflow_rows, outcomes, strict=True):
+        for instance_id, outcome in zip(started(claimed), outcomes, strict=True):
             results = outcome.outcome
             if isinstance(results, BaseException) or not results[0].rows:
                 continue
             with contextlib.suppress(CorruptRowError):
-                began[row["instance_id"]] = self._snapshot_of(results[0].rows[0], results[1].rows)
-        ordered = sorted(claimed.rows, key=lambda r: (r["priority"], r["run_after"], r["id"]))
-        return [(self._claim(r), began.get(r["instance_id"])) for r in ordered]
+                began[instance_id] = self._snapshot_of(results[0].rows[0], results[1].rows)
+        return [
+            (self._claim(r), began.get(r["instance_id"])) for r in _in_claim_order(claimed.rows)
+        ]
 
     def _claims_replaced(self) -> bool:
         """Whether claims or starts are not this backend's own (overridden, or wrapped on the
@@ -603,6 +619,11 @@ class Claims(SQLCore):
             )
         except CorruptRowError:
             return None
+
+
+def _in_claim_order(rows: Iterable[Mapping[Any, Any]]) -> list[Mapping[Any, Any]]:
+    """Claimed task rows in the order the claim took them: by priority, due time, id."""
+    return sorted(rows, key=lambda r: (r["priority"], r["run_after"], r["id"]))
 
 
 def _not_limited() -> sa.ColumnElement[bool]:

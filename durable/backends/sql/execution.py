@@ -117,7 +117,7 @@ class Execution(GroupedWrites):
         record, and step records in a batch (arrays, one row per step: group commit); the
         start of an execution with its history (an UPDATE in a CTE, then the steps); its end,
         which removes the claimed task and writes the outcome (a DELETE in a CTE, which only
-        PostgreSQL allows). Claims are compiled on first use (:meth:`_direct_claim`). On the
+        PostgreSQL allows). Claims are compiled on first use (:meth:`_claim_call`). On the
         standard-library SQLite driver, the step record runs straight on ``sqlite3`` (its
         runner batches the records pending at the same moment in one transaction)."""
         self._record_step_direct = self._begin_direct = self._finish_direct = None

@@ -116,8 +116,7 @@ class InlineRunner(Runner):
         """Run ``statement`` on ``sqlite3`` at once, in a write transaction of its own (not
         the group commit's next one), blocking: on the batches' own connection on their event
         loop, elsewhere on a pooled one."""
-        own = self.thread_safe and not self._group.bound_elsewhere()
-        return self.run_batch([((statement,), values)], own=own)[0].result()[0]
+        return self.run_batch([((statement,), values)], own=self._own_here())[0].result()[0]
 
     def run_alone_then(
         self,
@@ -129,26 +128,20 @@ class InlineRunner(Runner):
         result; the statement's result and the chains' outcomes (a chain that fails is undone
         alone, as in :meth:`run_batch`: the transaction, the statement included, then runs
         again with a savepoint a chain)."""
-        own = self.thread_safe and not self._group.bound_elsewhere()
 
-        def run(conn: Any) -> tuple[DirectResult, list[Outcome]]:
-            for savepoints in (False, True):
-                conn.execute("BEGIN IMMEDIATE")
-                first = self._run_chain(conn, (statement,), values, savepoint=False)
-                assert first is not None  # one statement: undone by SQLite itself
-                result = first.result()[0]
-                outcomes: list[Outcome] = []
-                for statements, chain_values in follow(result):
-                    outcome = self._run_chain(conn, statements, chain_values, savepoint=savepoints)
-                    if outcome is None:  # failed midway (never in a savepoint)
-                        conn.execute("ROLLBACK")
-                        break
-                    outcomes.append(outcome)
-                else:
-                    return result, outcomes
-            raise AssertionError("unreachable: with savepoints, no chain fails midway")
+        def run(conn: Any, savepoints: bool) -> tuple[DirectResult, list[Outcome]] | None:
+            first = self._run_chain(conn, (statement,), values, savepoint=False)
+            assert first is not None  # one statement: undone by SQLite itself
+            result = first.result()[0]
+            outcomes = self._run_items(conn, follow(result), savepoints=savepoints)
+            return None if outcomes is None else (result, outcomes)
 
-        return self._in_transaction(run, own=own, first=statement)
+        return self._in_transaction(run, own=self._own_here(), first=statement)
+
+    def _own_here(self) -> bool:
+        """Whether a transaction run now may use the batches' own connection: on their event
+        loop (a file database; an in-memory one has a single shared connection)."""
+        return self.thread_safe and not self._group.bound_elsewhere()
 
     async def _flush(self, items: list[Chain]) -> list[list[DirectResult] | BaseException]:
         return [outcome.outcome for outcome in self.run_batch(items, own=self.thread_safe)]
@@ -182,21 +175,20 @@ class InlineRunner(Runner):
         connection (the event loop's thread only), which is closed after such an error.
         """
 
-        def run(conn: Any) -> list[Outcome]:
-            outcomes = self._run_items(conn, items, savepoints=False)
-            if outcomes is None:  # a chain failed midway: again, with a savepoint a chain
-                conn.execute("ROLLBACK")
-                outcomes = self._run_items(conn, items, savepoints=True)
-                assert outcomes is not None
-            return outcomes
+        def run(conn: Any, savepoints: bool) -> list[Outcome] | None:
+            return self._run_items(conn, items, savepoints=savepoints)
 
         return self._in_transaction(run, own=own, first=items[0][0][0])
 
-    def _in_transaction(self, run: Callable[[Any], T], *, own: bool, first: CompiledStatement) -> T:
-        """``run(conn)`` (which begins the transaction) then ``COMMIT``, on the batches' own
-        connection (``own``) or a pooled one. Anything ``run`` or the commit raises rolls the
-        transaction back and is raised as SQLAlchemy would raise it (``first``: the statement
-        it names); the own connection is then closed."""
+    def _in_transaction(
+        self, run: Callable[[Any, bool], T | None], *, own: bool, first: CompiledStatement
+    ) -> T:
+        """``BEGIN IMMEDIATE``, ``run(conn, savepoints)``, ``COMMIT``, on the batches' own
+        connection (``own``) or a pooled one. First without savepoints; when ``run`` returns
+        None (a chain failed midway, see :meth:`_run_items`), rolled back and run again with
+        them. Anything ``run`` or the commit raises rolls the transaction back and is raised
+        as SQLAlchemy would raise it (``first``: the statement it names); the own connection
+        is then closed."""
         fairy = None
         try:
             if own:
@@ -206,7 +198,14 @@ class InlineRunner(Runner):
                 conn = fairy.driver_connection
             assert conn is not None
             try:
-                done = run(conn)
+                for savepoints in (False, True):
+                    conn.execute("BEGIN IMMEDIATE")
+                    done = run(conn, savepoints)
+                    if done is not None:
+                        break
+                    conn.execute("ROLLBACK")  # a chain failed midway: again, with savepoints
+                else:
+                    raise AssertionError("with savepoints, no chain fails midway")
                 conn.execute("COMMIT")
             except BaseException as exc:
                 if conn.in_transaction:
@@ -238,11 +237,10 @@ class InlineRunner(Runner):
     def _run_items(
         self, conn: Any, items: Sequence[Chain], *, savepoints: bool
     ) -> list[Outcome] | None:
-        """Begin the write transaction and run ``items`` in it. Without ``savepoints``
-        (optimistic: they cost two statements a chain, and chains rarely fail), None as soon as
-        a chain fails after one of its statements ran, which only a rollback of the whole
-        transaction undoes: the caller then runs them all again with savepoints."""
-        conn.execute("BEGIN IMMEDIATE")
+        """Run ``items`` in the transaction begun. Without ``savepoints`` (optimistic: they
+        cost two statements a chain, and chains rarely fail), None as soon as a chain fails
+        after one of its statements ran, which only a rollback of the whole transaction
+        undoes: the caller then runs them all again with savepoints."""
         outcomes: list[Outcome] = []
         for statements, values in items:
             outcome = self._run_chain(conn, statements, values, savepoint=savepoints)
