@@ -200,6 +200,13 @@ async def test_kill_storm_loses_nothing_and_runs_no_completed_step_again(
                 # again, does not turn the storm into kills of idle processes
                 started = await steps_begun_after(log, started, limit=1.0)
                 k = rng.randrange(WORKERS)
+                # half the kills go to a worker that has just begun a step (its body pauses
+                # after its effect): so that some land inside a step whatever the machine's
+                # pace; the others go to any worker (idle, claiming, starting up)
+                latest = {pid for _, _, pid, _, _ in read_effects(log)[-WORKERS:]}
+                stepping = [i for i, pid in enumerate(pids) if pid in latest]
+                if stepping and rng.random() < 0.5:
+                    k = rng.choice(stepping)
                 zygote.kill(pids[k])
                 if kill % 2 == 0:  # half under the same id, half under a new one
                     same_id_restarts += 1
