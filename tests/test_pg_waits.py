@@ -1,0 +1,185 @@
+"""The direct path's socket waits (durable/backends/sql/waits.py): a connection's socket stays
+in the event loop's selector from one statement to the next, and leaves it whenever it could
+go stale.
+
+What must hold, on a real server: statements run and return their rows; the socket is watched
+once, not once per statement, and an answer wakes its statement once (a second report of it
+would find nothing waiting); a server that closes an idle connection takes the socket out of
+the selector without a statement, and the next statement fails with psycopg's error; a
+statement that fails, or is cancelled, takes it out; ``close`` takes it out, so a new
+connection given the same descriptor number waits on it normally; and through the backend, a
+dropped direct connection is replaced and none is left watched."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+import durable
+from durable.backends import SQLAlchemyBackend
+from durable.backends.sql.waits import SocketWaiter
+from durable.models import TaskSpec, WorkflowSnapshot
+
+pytestmark = pytest.mark.postgres
+
+
+def _conninfo(url: str) -> str:
+    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _watched(fileno: int) -> bool:
+    """Whether the running loop's selector holds ``fileno`` (asyncio's own selector loops)."""
+    selector = getattr(asyncio.get_running_loop(), "_selector", None)
+    if selector is None:
+        pytest.skip("this event loop has no selector to look into")
+    return fileno in selector.get_map()
+
+
+@pytest.fixture
+async def waited(pg_url: str) -> AsyncIterator[tuple[Any, SocketWaiter]]:
+    """An autocommit connection whose waits go through a SocketWaiter."""
+    conn = await psycopg.AsyncConnection.connect(_conninfo(pg_url), autocommit=True)
+    waiter = SocketWaiter.install(conn, asyncio.get_running_loop())
+    try:
+        yield conn, waiter
+    finally:
+        waiter.close()
+        await conn.close()
+
+
+async def _terminate_others(pg_url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(_conninfo(pg_url), autocommit=True) as admin:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (sa.make_url(pg_url).database,),
+        )
+
+
+async def test_statements_run_and_the_socket_stays_watched_between_them(
+    waited: tuple[Any, SocketWaiter],
+) -> None:
+    conn, _ = waited
+    fileno = conn.pgconn.socket
+    assert not _watched(fileno)  # nothing ran through the waiter yet
+    cursor = conn.cursor()
+    for i in range(5):
+        await cursor.execute("SELECT %s::int + 1, repeat('x', %s)", (i, 100_000), prepare=True)
+        rows = await cursor.fetchall()
+        assert rows == [(i + 1, "x" * 100_000)]
+        # the event that woke the statement is not reported again once the loop turns (the
+        # waiter read the socket dry): a stale one would find nothing waiting and unwatch it
+        await asyncio.sleep(0.01)
+        assert _watched(fileno)
+    # concurrent statements on one connection queue on psycopg's lock, each gets its answer
+    answers = await asyncio.gather(*(conn.execute("SELECT %s::int", (i,)) for i in range(10)))
+    assert [(await a.fetchone()) for a in answers] == [(i,) for i in range(10)]
+
+
+async def test_a_server_closing_an_idle_connection_unwatches_it(
+    waited: tuple[Any, SocketWaiter], pg_url: str
+) -> None:
+    conn, _ = waited
+    fileno = conn.pgconn.socket
+    await conn.execute("SELECT 1")
+    assert _watched(fileno)
+    await _terminate_others(pg_url)
+    for _ in range(100):  # the server's goodbye makes the socket readable: it leaves then
+        if not _watched(fileno):
+            break
+        await asyncio.sleep(0.02)
+    assert not _watched(fileno)
+    with pytest.raises(psycopg.OperationalError):
+        await conn.execute("SELECT 1")
+    assert not _watched(fileno)
+
+
+async def test_a_statement_that_fails_midway_unwatches_the_socket(
+    waited: tuple[Any, SocketWaiter], pg_url: str
+) -> None:
+    conn, _ = waited
+    fileno = conn.pgconn.socket
+    sleeping = asyncio.create_task(conn.execute("SELECT pg_sleep(30)"))
+    await asyncio.sleep(0.3)
+    assert _watched(fileno) and not sleeping.done()
+    await _terminate_others(pg_url)
+    with pytest.raises(psycopg.OperationalError):
+        await sleeping
+    assert not _watched(fileno)
+
+
+async def test_a_cancelled_statement_unwatches_the_socket(
+    waited: tuple[Any, SocketWaiter],
+) -> None:
+    conn, _ = waited
+    fileno = conn.pgconn.socket
+    sleeping = asyncio.create_task(conn.execute("SELECT pg_sleep(30)"))
+    await asyncio.sleep(0.3)
+    assert _watched(fileno)
+    sleeping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sleeping
+    assert not _watched(fileno)
+
+
+async def test_close_unwatches_so_a_reused_descriptor_waits_normally(pg_url: str) -> None:
+    loop = asyncio.get_running_loop()
+    first = await psycopg.AsyncConnection.connect(_conninfo(pg_url), autocommit=True)
+    waiter = SocketWaiter.install(first, loop)
+    await first.execute("SELECT 1")
+    fileno = first.pgconn.socket
+    assert _watched(fileno)
+    waiter.close()
+    await first.close()
+    assert not _watched(fileno)
+    # the lowest free descriptor: most likely the same number, now another socket; psycopg's
+    # own wait adds and removes it around each statement (a stale entry would break that)
+    async with await psycopg.AsyncConnection.connect(_conninfo(pg_url), autocommit=True) as other:
+        cur = await other.execute("SELECT 2")
+        assert await cur.fetchone() == (2,)
+        assert not _watched(other.pgconn.socket)
+
+
+async def test_the_backend_replaces_a_dropped_direct_connection_and_leaves_none_watched(
+    pg_url: str,
+) -> None:
+    backend = durable.connect(pg_url)
+    assert isinstance(backend, SQLAlchemyBackend)
+    await backend.start()
+    try:
+        await backend.create_workflow(
+            WorkflowSnapshot(id="a", name="wf"), task=TaskSpec(instance_id="a", name="wf")
+        )
+        sockets = _direct_sockets(backend)
+        assert sockets and all(_watched(s) for s in sockets)
+        await _terminate_others(pg_url)
+        for _ in range(100):
+            if not any(_watched(s) for s in sockets):
+                break
+            await asyncio.sleep(0.02)
+        assert not any(_watched(s) for s in sockets)
+        with pytest.raises(durable.BackendUnavailableError):
+            await backend.create_workflow(
+                WorkflowSnapshot(id="b", name="wf"), task=TaskSpec(instance_id="b", name="wf")
+            )
+        await backend.create_workflow(
+            WorkflowSnapshot(id="c", name="wf"), task=TaskSpec(instance_id="c", name="wf")
+        )
+        with pytest.raises(durable.WorkflowNotFoundError):  # nothing of it was written
+            await backend.get_workflow("b")
+        assert (await backend.get_workflow("c")).id == "c"
+        sockets = _direct_sockets(backend)
+        assert sockets and all(_watched(s) for s in sockets)
+    finally:
+        await backend.close()
+    assert not any(_watched(s) for s in sockets)
+
+
+def _direct_sockets(backend: SQLAlchemyBackend) -> list[int]:
+    """The sockets of the backend's idle direct connections."""
+    return [conn.pgconn.socket for conn, _cursor, _waiter in backend._runner._direct._idle]  # type: ignore[attr-defined]
