@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from durable.backends.sql import SQLAlchemyBackend
+from durable.backends.sql import SQLAlchemyBackend, feed
 from durable.backends.sql.batch import GroupCommit
 from durable.errors import (
     BackendError,
@@ -345,3 +345,51 @@ async def test_sqlite_a_chain_that_fails_midway_is_undone_alone(sqlite_url: str)
         assert [s.output for s in await backend.list_steps("running")] == ["kept"]
         tasks = await backend.find_available_tasks("w9", limit=10)
         assert sorted(t.instance_id for t in tasks) == ["e0", "e1"]
+
+
+async def test_sqlite_a_batch_computes_the_highest_position_twice_and_numbers_the_rest(
+    sqlite_url: str,
+) -> None:
+    """SQLite: the writes of one transaction take their change feed positions from a counter
+    (see runners._Positions): the highest position is computed twice a transaction (by its
+    first write, then once for the counter), not once a write. Every write still gets a
+    position of its own, above every position committed before (also by another connection),
+    and the feed lists them all, in the order they were written; a chain undone midway (the
+    transaction then runs again, with savepoints) leaves no position twice."""
+    async with SQLAlchemyBackend(sqlite_url) as backend:
+        ids = [f"wf{i}" for i in range(12)]
+        await claimed(backend, ids)
+        # another connection writes a position first: the batch must number above it
+        async with SQLAlchemyBackend(sqlite_url) as other:
+            await create(other, "elsewhere")
+        highest = max(c.position for c in await backend.list_changes(limit=1000))
+        runner: Any = backend._runner
+        computed: list[str] = []
+        runner._own_connection().set_trace_callback(
+            lambda sql: computed.append(sql) if feed.SQLITE_NEXT_POSITION in sql else None
+        )
+        try:
+            group = group_of(backend)
+            flushes = group.flushes
+            results = await asyncio.gather(
+                *(backend.record_step(wid, step(0, output=wid), worker_id="w1") for wid in ids),
+                backend.create_workflow(
+                    WorkflowSnapshot(id="bad", name="wf"),
+                    task=TaskSpec(instance_id="bad", name=None),  # type: ignore[arg-type]
+                ),
+                *(backend.record_step(wid, step(1, output=wid), worker_id="w1") for wid in ids),
+                return_exceptions=True,
+            )
+        finally:
+            runner._own_connection().set_trace_callback(None)
+        assert group.flushes - flushes <= 2  # at most two transactions
+        assert isinstance(results[len(ids)], BackendError)  # the undone chain
+        assert all(r is None for i, r in enumerate(results) if i != len(ids))
+        # first without savepoints, then again with them: at most twice each attempt
+        assert 2 <= len(computed) <= 4 * (group.flushes - flushes)
+        changes = [c for c in await backend.list_changes(after=highest, limit=1000)]
+        positions = [c.position for c in changes]
+        assert len(positions) == len(set(positions)) == 2 * len(ids)
+        assert positions == sorted(positions) and positions[0] > highest
+        steps_in_order = [(c.workflow_id, c.step_position) for c in changes]
+        assert steps_in_order == [(wid, 0) for wid in ids] + [(wid, 1) for wid in ids]

@@ -97,6 +97,8 @@ class CompiledStatement:
         self._processed = [(key, process) for key, process in self._columns if process]
         # a positional paramstyle (sqlite3's qmark): the values in the compiled order
         self._positions = list(compiled.positiontup or ()) if compiled.positional else None
+        #: how many parameters a positional statement takes (None: named parameters)
+        self.positional_count = None if self._positions is None else len(self._positions)
         # binding without SQLAlchemy's construct_params, which costs more than the statement
         # on SQLite: for each driver parameter, its bindparam's key and processor
         processors = dict(self._processors)

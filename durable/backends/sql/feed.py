@@ -16,15 +16,17 @@ commits after it read:
   positions are above all those returned. (A transaction that took a sequence value first and
   commits last is held back, not skipped.) The feed lags by the oldest write transaction still
   open in the cluster.
-* **SQLite**: writers are serialized (``BEGIN IMMEDIATE``), so one more than the highest
-  position there is, computed inside the write statement (each column's maximum is one index
-  lookup), is in commit order. A step recorded by the hot path (``record_step``, a ``recv``'s
-  record) puts its position in the row's ``rowid``, which SQLite keeps ordered anyway, and
-  leaves ``change_seq`` NULL (its index is partial): the step pays for the lookups only, not
-  for a second index (a step row's position is its ``change_seq``, else its ``rowid``; a
-  pending step recorded later gets a ``change_seq``). A deletion must not lower the maximum:
-  triggers (revision 0018) keep the highest deleted position in ``durable_feed_floor``
-  (deletions only, never the step path).
+* **SQLite**: writers are serialized (``BEGIN IMMEDIATE``), so one more than the highest position
+  there is, computed inside the write statement (each column's maximum is one index lookup), is in
+  commit order. In a transaction of the group commit's (``InlineRunner``) only its first write
+  computes it; the next position is then read once and the other writes take theirs from a counter
+  (nobody else writes meanwhile), instead of each computing it again. A step recorded by the hot
+  path (``record_step``, a ``recv``'s record) puts its position in the row's ``rowid``, which
+  SQLite keeps ordered anyway, and leaves ``change_seq`` NULL (its index is partial): the step
+  pays for the lookups only, not for a second index (a step row's position is its ``change_seq``,
+  else its ``rowid``; a pending step recorded later gets a ``change_seq``). A deletion must not
+  lower the maximum: triggers (revision 0018) keep the highest deleted position in
+  ``durable_feed_floor`` (deletions only, never the step path).
 * **MariaDB**: the sequence ``durable_feed_seq`` alone (see :mod:`.changes` for how the reader
   waits for the transactions that may still hold a smaller position).
 

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.util import greenlet_spawn
 
+from durable.backends.sql import feed
 from durable.backends.sql.batch import GroupCommit
 from durable.backends.sql.direct import (
     CompiledStatement,
@@ -67,6 +68,61 @@ class Runner(ABC):
     async def dispose(self) -> None: ...
 
 
+#: SQLite: one more than the highest change feed position there is (see :mod:`.feed`).
+_NEXT_POSITION = f"SELECT {feed.SQLITE_NEXT_POSITION}"
+
+
+class _Counted:
+    """A statement that writes a change feed position, with that position as a parameter: its
+    SQL, and where the position goes among its parameters (once per occurrence)."""
+
+    __slots__ = ("slots", "sql")
+
+    def __init__(self, sql: str, slots: list[int]) -> None:
+        self.sql = sql
+        self.slots = slots
+
+    @classmethod
+    def of(cls, statement: CompiledStatement) -> _Counted | None:
+        """For a statement compiled for sqlite3 (qmark parameters) that computes its position
+        (:data:`feed.SQLITE_NEXT_POSITION`); None for any other."""
+        pieces = statement.sql.split(feed.SQLITE_NEXT_POSITION)
+        # every "?" of the statement must be a parameter (none in a literal), or the slots
+        # counted here would be wrong: then the statement keeps computing its position
+        if len(pieces) == 1 or statement.sql.count("?") != statement.positional_count:
+            return None
+        slots: list[int] = []
+        before = 0
+        for piece in pieces[:-1]:
+            before += piece.count("?")
+            slots.append(before + len(slots))
+        return cls("?".join(pieces), slots)
+
+    def params(self, params: Sequence[Any], position: int) -> tuple[Any, ...]:
+        bound = list(params)
+        for slot in self.slots:
+            bound.insert(slot, position)
+        return tuple(bound)
+
+
+class _Positions:
+    """The change feed positions of one SQLite write transaction's statements.
+
+    The first statement that writes a position computes it itself, inside the statement (one
+    more than the highest there is: an index lookup per position column, see :mod:`.feed`).
+    When a second one comes, the next position is read once, and it and every later one take
+    theirs from a counter: writers are serialized (``BEGIN IMMEDIATE``), so within the
+    transaction nobody else writes a position, and the counter's are above every position
+    committed before and unique. A position whose statement wrote nothing, or was undone, is
+    skipped (positions need to increase, not to be dense). One per attempt at a transaction."""
+
+    __slots__ = ("next", "written")
+
+    def __init__(self) -> None:
+        self.written = False
+        self.next: int | None = None
+
+
 class InlineRunner(Runner):
     """For the standard-library SQLite driver: a local transaction is cheaper than a thread hop.
 
@@ -90,6 +146,8 @@ class InlineRunner(Runner):
             self._flush, inline_when_alone=True
         )
         self._writer: sqlite3.Connection | None = None
+        # each statement's form with its feed position as a parameter (None: it writes none)
+        self._counted: dict[CompiledStatement, _Counted | None] = {}
         _INLINE_RUNNERS.add(self)
 
     async def transaction(self, fn: Callable[[sa.Connection], T]) -> T:
@@ -130,10 +188,11 @@ class InlineRunner(Runner):
         again with a savepoint a chain)."""
 
         def run(conn: Any, savepoints: bool) -> tuple[DirectResult, list[Outcome]] | None:
-            first = self._run_chain(conn, (statement,), values, savepoint=False)
+            positions = _Positions()
+            first = self._run_chain(conn, (statement,), values, positions, savepoint=False)
             assert first is not None  # one statement: undone by SQLite itself
             result = first.result()[0]
-            outcomes = self._run_items(conn, follow(result), savepoints=savepoints)
+            outcomes = self._run_items(conn, follow(result), positions, savepoints=savepoints)
             return None if outcomes is None else (result, outcomes)
 
         return self._in_transaction(run, own=self._own_here(), first=statement)
@@ -176,7 +235,7 @@ class InlineRunner(Runner):
         """
 
         def run(conn: Any, savepoints: bool) -> list[Outcome] | None:
-            return self._run_items(conn, items, savepoints=savepoints)
+            return self._run_items(conn, items, _Positions(), savepoints=savepoints)
 
         return self._in_transaction(run, own=own, first=items[0][0][0])
 
@@ -235,7 +294,7 @@ class InlineRunner(Runner):
         return checked_out_of(self.engine.pool)
 
     def _run_items(
-        self, conn: Any, items: Sequence[Chain], *, savepoints: bool
+        self, conn: Any, items: Sequence[Chain], positions: _Positions, *, savepoints: bool
     ) -> list[Outcome] | None:
         """Run ``items`` in the transaction begun. Without ``savepoints`` (optimistic: they
         cost two statements a chain, and chains rarely fail), None as soon as a chain fails
@@ -243,7 +302,7 @@ class InlineRunner(Runner):
         undoes: the caller then runs them all again with savepoints."""
         outcomes: list[Outcome] = []
         for statements, values in items:
-            outcome = self._run_chain(conn, statements, values, savepoint=savepoints)
+            outcome = self._run_chain(conn, statements, values, positions, savepoint=savepoints)
             if outcome is None:
                 return None
             outcomes.append(outcome)
@@ -254,12 +313,13 @@ class InlineRunner(Runner):
         conn: Any,
         statements: tuple[CompiledStatement, ...],
         values: dict[str, Any],
+        positions: _Positions,
         *,
         savepoint: bool,
     ) -> Outcome | None:
         """Run one chain; its outcome, or None when it failed after an earlier statement of it
         ran, outside a savepoint (see :meth:`_run_items`); a chain's first statement that fails
-        is undone by SQLite itself."""
+        is undone by SQLite itself. ``positions``: the transaction's (see :class:`_Positions`)."""
         unit = savepoint and len(statements) > 1
         if unit:
             conn.execute("SAVEPOINT durable_chain")
@@ -268,7 +328,20 @@ class InlineRunner(Runner):
         try:
             for statement in statements:
                 params = statement.params(values)
-                cursor = conn.execute(statement.sql, params)
+                sql = statement.sql
+                try:
+                    counted = self._counted[statement]
+                except KeyError:
+                    counted = self._counted[statement] = _Counted.of(statement)
+                if counted is not None:
+                    if not positions.written:  # the first computes its own
+                        positions.written = True
+                    else:
+                        if positions.next is None:
+                            positions.next = int(conn.execute(_NEXT_POSITION).fetchone()[0])
+                        sql, params = counted.sql, counted.params(params, positions.next)
+                        positions.next += 1
+                cursor = conn.execute(sql, params)
                 rows = statement.rows(cursor.fetchall()) if statement.returns_rows else []
                 results.append(DirectResult(int(cursor.rowcount), rows))
                 if len(results) < len(statements) and (
