@@ -7,12 +7,16 @@ once, not once per statement, and an answer wakes its statement once (a second r
 would find nothing waiting); a server that closes an idle connection takes the socket out of
 the selector without a statement, and the next statement fails with psycopg's error; a
 statement that fails, or is cancelled, takes it out; ``close`` takes it out, so a new
-connection given the same descriptor number waits on it normally; and through the backend, a
-dropped direct connection is replaced and none is left watched."""
+connection given the same descriptor number waits on it normally; the watched socket keeps
+nothing of the task that registered it; and through the backend, a dropped direct connection
+is replaced and none is left watched."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import gc
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -183,3 +187,30 @@ async def test_the_backend_replaces_a_dropped_direct_connection_and_leaves_none_
 def _direct_sockets(backend: SQLAlchemyBackend) -> list[int]:
     """The sockets of the backend's idle direct connections."""
     return [conn.pgconn.socket for conn, _cursor, _waiter in backend._runner._direct._idle]  # type: ignore[attr-defined]
+
+
+_held: contextvars.ContextVar[Any] = contextvars.ContextVar("held")
+
+
+async def test_the_watched_socket_keeps_nothing_of_the_task_that_registered_it(
+    waited: tuple[Any, SocketWaiter],
+) -> None:
+    """The loop keeps the context a callback was registered in; the socket's outlives the task
+    of its first statement, whose context holds (in durable) the execution and its history."""
+    conn, _ = waited
+
+    class Execution:
+        pass
+
+    async def statement(execution: Execution) -> None:
+        _held.set(execution)
+        await conn.execute("SELECT 1")
+
+    execution = Execution()
+    gone = weakref.ref(execution)
+    await asyncio.create_task(statement(execution))
+    assert _watched(conn.pgconn.socket)
+    del execution
+    await asyncio.sleep(0)  # the handle that woke this test holds the finished task until then
+    gc.collect()
+    assert gone() is None

@@ -14,14 +14,18 @@ registered from one statement to the next:
 * bytes that arrive while no statement waits are read the same way (a notice goes to libpq's
   notice handling); if the read fails (the server closed the connection, and libpq closed the
   socket), the socket leaves the selector;
-* so does it on every path out of a failed or cancelled wait, and on :meth:`SocketWaiter.close`,
-  which must run before the connection is closed: a closed descriptor left in the selector would
-  be taken for the next socket given its number.
+* the socket's callbacks are registered in an empty ``contextvars`` context (the loop keeps the
+  context a callback was registered in, and the socket outlives the task of the statement
+  that registered it, whose context holds the running execution and its history);
+* the socket leaves the selector on every path out of a failed or cancelled wait, and on
+  :meth:`SocketWaiter.close`, which must run before the connection is closed: a closed
+  descriptor left in the selector would be taken for the next socket given its number.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Generator
 from typing import Any, TypeVar
 
@@ -60,12 +64,19 @@ class SocketWaiter:
             while True:
                 if state & WAIT_R:
                     if not self._watching:
-                        self._loop.add_reader(self._fileno, self._on_readable)
+                        # in an empty context: the loop keeps the context a callback is
+                        # registered in, and this one outlives the statement's task (whose
+                        # context holds the execution's, with its history)
+                        contextvars.Context().run(
+                            self._loop.add_reader, self._fileno, self._on_readable
+                        )
                         self._watching = True
                 else:  # only a write to wait for: a pending read must not spin the loop
                     self._unwatch()
                 if state & WAIT_W:
-                    self._loop.add_writer(self._fileno, self._on_writable)
+                    contextvars.Context().run(
+                        self._loop.add_writer, self._fileno, self._on_writable
+                    )
                 self._ready = 0
                 self._future = self._loop.create_future()
                 try:
