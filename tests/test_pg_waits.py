@@ -152,13 +152,14 @@ async def test_close_unwatches_so_a_reused_descriptor_waits_normally(pg_url: str
 async def test_the_backend_replaces_a_dropped_direct_connection_and_leaves_none_watched(
     pg_url: str,
 ) -> None:
-    backend = durable.connect(pg_url)
-    assert isinstance(backend, SQLAlchemyBackend)
-    await backend.start()
-    try:
-        await backend.create_workflow(
-            WorkflowSnapshot(id="a", name="wf"), task=TaskSpec(instance_id="a", name="wf")
+    def enqueue(backend: SQLAlchemyBackend, instance_id: str) -> Any:
+        return backend.create_workflow(
+            WorkflowSnapshot(id=instance_id, name="wf"),
+            task=TaskSpec(instance_id=instance_id, name="wf"),
         )
+
+    async with SQLAlchemyBackend(pg_url) as backend:
+        await enqueue(backend, "a")
         sockets = _direct_sockets(backend)
         assert sockets and all(_watched(s) for s in sockets)
         await _terminate_others(pg_url)
@@ -168,20 +169,14 @@ async def test_the_backend_replaces_a_dropped_direct_connection_and_leaves_none_
             await asyncio.sleep(0.02)
         assert not any(_watched(s) for s in sockets)
         with pytest.raises(durable.BackendUnavailableError):
-            await backend.create_workflow(
-                WorkflowSnapshot(id="b", name="wf"), task=TaskSpec(instance_id="b", name="wf")
-            )
-        await backend.create_workflow(
-            WorkflowSnapshot(id="c", name="wf"), task=TaskSpec(instance_id="c", name="wf")
-        )
+            await enqueue(backend, "b")
+        await enqueue(backend, "c")
         with pytest.raises(durable.WorkflowNotFoundError):  # nothing of it was written
             await backend.get_workflow("b")
         assert (await backend.get_workflow("c")).id == "c"
         sockets = _direct_sockets(backend)
         assert sockets and all(_watched(s) for s in sockets)
-    finally:
-        await backend.close()
-    assert not any(_watched(s) for s in sockets)
+    assert not any(_watched(s) for s in sockets)  # closing the backend took them out
 
 
 def _direct_sockets(backend: SQLAlchemyBackend) -> list[int]:
