@@ -1,4 +1,5 @@
-"""What many test modules share: the upper bound of a wait, and waiting for a state."""
+"""What many test modules share: the upper bound of a wait, waiting for a state, and reaching a
+test's PostgreSQL database with psycopg."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import asyncio
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
+
+import psycopg
+import sqlalchemy as sa
 
 #: ``processes(program, *args, name=...)``, the conftest fixture: starts a real process.
 Processes = Callable[..., "subprocess.Popen[bytes]"]
@@ -21,3 +25,19 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def pg_conninfo(url: str) -> str:
+    """A SQLAlchemy PostgreSQL URL as libpq takes it (psycopg's connection string)."""
+    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def terminate_other_sessions(url: str) -> None:
+    """Terminate every other session on ``url``'s database (what a server restart does to a
+    client's connections)."""
+    async with await psycopg.AsyncConnection.connect(pg_conninfo(url), autocommit=True) as admin:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (sa.make_url(url).database,),
+        )

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
+from support import pg_conninfo, terminate_other_sessions
 
 import durable
 from durable.backends import SQLAlchemyBackend
@@ -24,10 +25,6 @@ from durable.models import WORKFLOW_TASK, StepRecord, TaskSpec, WorkflowSnapshot
 pytestmark = pytest.mark.postgres
 
 WORKER = "w1"
-
-
-def _conninfo(url: str) -> str:
-    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _step(position: int) -> StepRecord:
@@ -99,13 +96,7 @@ async def test_a_dropped_connection_is_discarded_and_the_next_record_works(
     claimed: SQLAlchemyBackend, pg_url: str
 ) -> None:
     await claimed.record_step("wf", _step(0), worker_id=WORKER)  # borrows a connection
-    database = sa.make_url(pg_url).database
-    async with await psycopg.AsyncConnection.connect(_conninfo(pg_url), autocommit=True) as admin:
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = %s AND pid <> pg_backend_pid()",
-            (database,),
-        )
+    await terminate_other_sessions(pg_url)
     with pytest.raises(BackendUnavailableError, match="record step 1"):
         await claimed.record_step("wf", _step(1), worker_id=WORKER)
     assert claimed.checked_out_connections() == 0
@@ -117,7 +108,7 @@ async def test_a_dropped_connection_is_discarded_and_the_next_record_works(
 async def _positions(pg_url: str) -> list[int]:
     """The stored step positions of "wf", read on a new connection (the backend's pooled ones
     were terminated too, and SQLAlchemy's pool does not ping them)."""
-    async with await psycopg.AsyncConnection.connect(_conninfo(pg_url)) as conn:
+    async with await psycopg.AsyncConnection.connect(pg_conninfo(pg_url)) as conn:
         cur = await conn.execute(
             "SELECT position FROM durable_steps WHERE workflow_id = 'wf' ORDER BY position"
         )
@@ -127,7 +118,7 @@ async def _positions(pg_url: str) -> list[int]:
 async def test_a_record_cancelled_mid_statement_leaks_no_connection(
     claimed: SQLAlchemyBackend, pg_url: str
 ) -> None:
-    async with await psycopg.AsyncConnection.connect(_conninfo(pg_url)) as locker:
+    async with await psycopg.AsyncConnection.connect(pg_conninfo(pg_url)) as locker:
         # the record locks the claim row FOR SHARE; holding it FOR UPDATE makes it wait
         await locker.execute("SELECT 1 FROM durable_tasks WHERE instance_id = 'wf' FOR UPDATE")
         record = asyncio.create_task(claimed.record_step("wf", _step(0), worker_id=WORKER))
@@ -177,7 +168,7 @@ async def test_close_closes_the_direct_connections(pg_url: str) -> None:
 async def _sessions(pg_url: str, settle_at: int) -> int:
     """Other sessions on the test database, once those that were closed have gone (a server
     process leaves pg_stat_activity a moment after its client closed the connection)."""
-    async with await psycopg.AsyncConnection.connect(_conninfo(pg_url), autocommit=True) as admin:
+    async with await psycopg.AsyncConnection.connect(pg_conninfo(pg_url), autocommit=True) as admin:
         for _ in range(100):
             cur = await admin.execute(
                 "SELECT count(*) FROM pg_stat_activity"
@@ -243,7 +234,7 @@ async def test_a_sync_step_that_lost_its_claim_records_nothing(pg_url: str) -> N
         durable.connect(pg_url), executor_id="exec-A", recover=False, registry=registry
     ) as rt:
         with pytest.raises(ClaimLostError) as lost:
-            await rt.run(lose, _conninfo(pg_url), workflow_id="l")
+            await rt.run(lose, pg_conninfo(pg_url), workflow_id="l")
         assert (lost.value.worker_id, lost.value.holder) == ("exec-A", "exec-B")
         steps = await rt.list_steps("l")
         assert [(s.name, s.output) for s in steps] == [("tests.pg_direct.double", 2)]
@@ -254,13 +245,7 @@ async def test_a_dropped_sync_connection_is_discarded_too(
 ) -> None:
     record = claimed.record_step_blocking
     await asyncio.to_thread(record, "wf", _step(0), worker_id=WORKER)
-    database = sa.make_url(pg_url).database
-    async with await psycopg.AsyncConnection.connect(_conninfo(pg_url), autocommit=True) as admin:
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = %s AND pid <> pg_backend_pid()",
-            (database,),
-        )
+    await terminate_other_sessions(pg_url)
     with pytest.raises(BackendUnavailableError, match="record step 1"):
         await asyncio.to_thread(record, "wf", _step(1), worker_id=WORKER)
     assert await _positions(pg_url) == [0]
@@ -405,7 +390,7 @@ async def test_typed_arrays_round_trip_in_binary(pg_url: str) -> None:
         "Boolean": "bool[]",
         "DateTime": "timestamptz[]",
     }
-    async with await psycopg.AsyncConnection.connect(_conninfo(pg_url), autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(pg_conninfo(pg_url), autocommit=True) as conn:
         for kind, values in cases:
             sent = arrays[kind](values)
             cursor = await conn.execute(

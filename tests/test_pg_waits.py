@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 import pytest
-import sqlalchemy as sa
+from support import eventually, pg_conninfo, terminate_other_sessions
 
 import durable
 from durable.backends import SQLAlchemyBackend
@@ -30,10 +30,6 @@ from durable.backends.sql.waits import SocketWaiter
 from durable.models import TaskSpec, WorkflowSnapshot
 
 pytestmark = pytest.mark.postgres
-
-
-def _conninfo(url: str) -> str:
-    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _watched(fileno: int) -> bool:
@@ -47,22 +43,13 @@ def _watched(fileno: int) -> bool:
 @pytest.fixture
 async def waited(pg_url: str) -> AsyncIterator[tuple[Any, SocketWaiter]]:
     """An autocommit connection whose waits go through a SocketWaiter."""
-    conn = await psycopg.AsyncConnection.connect(_conninfo(pg_url), autocommit=True)
+    conn = await psycopg.AsyncConnection.connect(pg_conninfo(pg_url), autocommit=True)
     waiter = SocketWaiter.install(conn, asyncio.get_running_loop())
     try:
         yield conn, waiter
     finally:
         waiter.close()
         await conn.close()
-
-
-async def _terminate_others(pg_url: str) -> None:
-    async with await psycopg.AsyncConnection.connect(_conninfo(pg_url), autocommit=True) as admin:
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = %s AND pid <> pg_backend_pid()",
-            (sa.make_url(pg_url).database,),
-        )
 
 
 async def test_statements_run_and_the_socket_stays_watched_between_them(
@@ -92,11 +79,12 @@ async def test_a_server_closing_an_idle_connection_unwatches_it(
     fileno = conn.pgconn.socket
     await conn.execute("SELECT 1")
     assert _watched(fileno)
-    await _terminate_others(pg_url)
-    for _ in range(100):  # the server's goodbye makes the socket readable: it leaves then
-        if not _watched(fileno):
-            break
-        await asyncio.sleep(0.02)
+    await terminate_other_sessions(pg_url)
+
+    async def unwatched() -> bool:  # the server's goodbye makes the socket readable: it leaves
+        return not _watched(fileno)
+
+    await eventually(unwatched, "the socket the server closed to leave the selector")
     assert not _watched(fileno)
     with pytest.raises(psycopg.OperationalError):
         await conn.execute("SELECT 1")
@@ -111,7 +99,7 @@ async def test_a_statement_that_fails_midway_unwatches_the_socket(
     sleeping = asyncio.create_task(conn.execute("SELECT pg_sleep(30)"))
     await asyncio.sleep(0.3)
     assert _watched(fileno) and not sleeping.done()
-    await _terminate_others(pg_url)
+    await terminate_other_sessions(pg_url)
     with pytest.raises(psycopg.OperationalError):
         await sleeping
     assert not _watched(fileno)
@@ -133,7 +121,7 @@ async def test_a_cancelled_statement_unwatches_the_socket(
 
 async def test_close_unwatches_so_a_reused_descriptor_waits_normally(pg_url: str) -> None:
     loop = asyncio.get_running_loop()
-    first = await psycopg.AsyncConnection.connect(_conninfo(pg_url), autocommit=True)
+    first = await psycopg.AsyncConnection.connect(pg_conninfo(pg_url), autocommit=True)
     waiter = SocketWaiter.install(first, loop)
     await first.execute("SELECT 1")
     fileno = first.pgconn.socket
@@ -143,7 +131,7 @@ async def test_close_unwatches_so_a_reused_descriptor_waits_normally(pg_url: str
     assert not _watched(fileno)
     # the lowest free descriptor: most likely the same number, now another socket; psycopg's
     # own wait adds and removes it around each statement (a stale entry would break that)
-    async with await psycopg.AsyncConnection.connect(_conninfo(pg_url), autocommit=True) as other:
+    async with await psycopg.AsyncConnection.connect(pg_conninfo(pg_url), autocommit=True) as other:
         cur = await other.execute("SELECT 2")
         assert await cur.fetchone() == (2,)
         assert not _watched(other.pgconn.socket)
@@ -162,11 +150,12 @@ async def test_the_backend_replaces_a_dropped_direct_connection_and_leaves_none_
         await enqueue(backend, "a")
         sockets = _direct_sockets(backend)
         assert sockets and all(_watched(s) for s in sockets)
-        await _terminate_others(pg_url)
-        for _ in range(100):
-            if not any(_watched(s) for s in sockets):
-                break
-            await asyncio.sleep(0.02)
+        await terminate_other_sessions(pg_url)
+
+        async def unwatched() -> bool:
+            return not any(_watched(s) for s in sockets)
+
+        await eventually(unwatched, "the sockets the server closed to leave the selector")
         assert not any(_watched(s) for s in sockets)
         with pytest.raises(durable.BackendUnavailableError):
             await enqueue(backend, "b")

@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 import sqlalchemy as sa
+from support import pg_conninfo
 
 import durable
 from durable.backends.sql.schema import tasks, workflows
@@ -24,13 +25,9 @@ async def add(a: int, b: int, *, times: int = 1) -> int:
     return (a + b) * times
 
 
-def libpq(url: str) -> str:
-    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 def psql(url: str, sql: str) -> str:
     done = subprocess.run(
-        ["psql", libpq(url), "-v", "ON_ERROR_STOP=1", "-qAtX", "-c", sql],
+        ["psql", pg_conninfo(url), "-v", "ON_ERROR_STOP=1", "-qAtX", "-c", sql],
         capture_output=True,
         text=True,
         timeout=30,
