@@ -198,3 +198,17 @@ async def test_the_watched_socket_keeps_nothing_of_the_task_that_registered_it(
     await asyncio.sleep(0)  # the handle that woke this test holds the finished task until then
     gc.collect()
     assert gone() is None
+
+
+async def test_a_state_with_nothing_to_wait_for_is_refused_not_waited_on(
+    waited: tuple[Any, SocketWaiter],
+) -> None:
+    """As psycopg's own wait: a generator that asks to wait for neither reading nor writing
+    would never be woken."""
+    _, waiter = waited
+
+    def asks_nothing() -> Any:
+        yield 0
+
+    with pytest.raises(psycopg.errors.InternalError, match="bad poll status"):
+        await asyncio.wait_for(waiter.wait(asks_nothing()), timeout=5)

@@ -333,14 +333,13 @@ class InlineRunner(Runner):
                     counted = self._counted[statement]
                 except KeyError:
                     counted = self._counted[statement] = _Counted.of(statement)
-                if counted is not None:
-                    if not positions.written:  # the first computes its own
-                        positions.written = True
-                    else:
-                        if positions.next is None:
-                            positions.next = int(conn.execute(_NEXT_POSITION).fetchone()[0])
-                        sql, params = counted.sql, counted.params(params, positions.next)
-                        positions.next += 1
+                if counted is not None and not positions.written:  # the first computes its own
+                    positions.written = True
+                elif counted is not None:
+                    if positions.next is None:
+                        positions.next = int(conn.execute(_NEXT_POSITION).fetchone()[0])
+                    sql, params = counted.sql, counted.params(params, positions.next)
+                    positions.next += 1
                 cursor = conn.execute(sql, params)
                 rows = statement.rows(cursor.fetchall()) if statement.returns_rows else []
                 results.append(DirectResult(int(cursor.rowcount), rows))

@@ -62,6 +62,8 @@ class SocketWaiter:
         try:
             state = next(gen)
             while True:
+                if not state & (WAIT_R | WAIT_W):  # nothing would ever wake it: as psycopg
+                    raise errors.InternalError(f"bad poll status: {state}")
                 if state & WAIT_R:
                     if not self._watching:
                         # in an empty context: the loop keeps the context a callback is
