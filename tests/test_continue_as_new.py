@@ -2,7 +2,8 @@
 workflow again, under the same id, with new input and an empty history.
 
 * an entity that continues five times returns the last run's result through ``run`` and
-  through a worker, on every backend; each run's step runs once; the history holds the last run
+  through a worker, and through ``run`` while the same runtime's worker claims its continued
+  runs, on every backend; each run's step runs once; the history holds the last run
   only; ``continuations`` counts the runs; attempts start again at 1 each run;
 * sync workflows continue too; ``except Exception`` in the workflow cannot swallow it;
 * a child started in a later run gets an id of its own (``<id>/<run>.<position>``), never an
@@ -118,6 +119,22 @@ async def test_an_entity_continues_through_a_worker(backend_url: str) -> None:
         assert await rt.result(workflow_id, timeout=WAIT) == {"n": 5, "total": 140}
         assert (await rt.get_workflow(workflow_id)).continuations == 3
     assert Counter({f"add {n}": 1 for n in range(2, 6)}) == CALLS
+
+
+async def test_a_run_and_a_worker_of_one_runtime_run_each_continuation_once(
+    backend_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # run() drives each entity here while the worker claims every continued run as soon as
+    # it is due: leases are held by executor id, so the two must not both run it (the
+    # worker's claim is the drive's to run, and it is not handed back from under the drive)
+    async with runtime(durable.connect(backend_url)) as rt:
+        await rt.start_worker(concurrency=4, poll_interval=0.01)
+        for i in range(5):
+            assert await rt.run(entity, 1, workflow_id=f"both-{i}") == {"n": 5, "total": 150}
+            assert (await rt.get_workflow(f"both-{i}")).continuations == 4
+    assert Counter({f"add {n}": 5 for n in range(1, 6)}) == CALLS
+    lost = [r.getMessage() for r in caplog.records if "lease" in r.getMessage()]
+    assert not lost
 
 
 async def test_a_sync_workflow_continues_as_new(backend_url: str) -> None:

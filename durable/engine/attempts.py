@@ -8,7 +8,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, cast
 
@@ -68,6 +68,29 @@ class ClaimedStarts:
     def __init__(self) -> None:
         self._starts: dict[str, WorkflowSnapshot] = {}
         self._in_flight: set[asyncio.Future[None]] = set()  # claims sent, not answered yet
+        self._driven: dict[str, int] = {}  # executions driven here now: how many drives each
+
+    @contextlib.contextmanager
+    def driving(self, instance_id: str) -> Iterator[None]:
+        """Mark ``instance_id`` as driven by a coroutine of this runtime for the ``with``
+        block (:meth:`Attempts._drive`): the worker's claims of it are then the drive's to run
+        (see :meth:`driven`)."""
+        self._driven[instance_id] = self._driven.get(instance_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._driven[instance_id] - 1
+            if left:
+                self._driven[instance_id] = left
+            else:
+                del self._driven[instance_id]
+
+    def driven(self, instance_id: str) -> bool:
+        """Whether a coroutine of this runtime drives ``instance_id`` now. Leases are held by
+        executor id, so a worker's claim of it and the drive's are one lease: the drive runs
+        each of its runs (taking the start a worker's claim made), and the worker neither runs
+        it nor hands the lease back, which would take it from under the drive's run."""
+        return instance_id in self._driven
 
     async def claim(
         self, claiming: Coroutine[Any, Any, list[tuple[TaskClaim, WorkflowSnapshot | None]]]
@@ -161,6 +184,8 @@ class Attempts(Leases):
         claim started the workflow, put back to pending without counting the attempt.
 
         :raises DurableError: the backend refused or could not be reached."""
+        if self._claimed.driven(claim.instance_id):
+            return  # the lease is the drive's too: handing it back would take it from its run
         if self._claimed.take(claim.instance_id) is None:
             await self.backend.release_task_claim(
                 claim.instance_id, claim.task_id, self.executor_id
@@ -183,6 +208,13 @@ class Attempts(Leases):
         ``keep_limits`` (the default), an execution of a queue with limits is not claimed here
         but left to the workers' limited claims (:mod:`durable.queues`), and waited for.
         """
+        with self._claimed.driving(instance_id):
+            return await self._drive_here(wf, instance_id, keep_limits=keep_limits)
+
+    async def _drive_here(
+        self, wf: Workflow[Any, Any], instance_id: str, *, keep_limits: bool
+    ) -> Any:
+        """The loop of :meth:`_drive`."""
         noted: set[str] = set()
         while True:
             wait = self.poll_interval
@@ -696,7 +728,10 @@ class Attempts(Leases):
         if self._superseded:
             self._claimed.take(instance_id)
             raise self._lost(instance_id, WORKFLOW_TASK)
+        driven = self._claimed.driven(instance_id)
         async with self._locks.hold(instance_id):
+            if driven or self._claimed.driven(instance_id):
+                return None  # a drive of this runtime runs it (see ClaimedStarts.driven)
             # None if this runtime ran it meanwhile (the start then fails the fence, as before);
             # the worker's task for this execution runs its body too
             return await self._execute(
