@@ -4,8 +4,9 @@ A worker loops: it claims up to its free slots in one atomic statement (``SKIP L
 PostgreSQL, one write transaction on SQLite), runs each claimed execution under its lease (kept
 alive by heartbeats), and when nothing is available it sleeps until the backend signals new work
 (LISTEN/NOTIFY on PostgreSQL) or the poll interval passes. When it drains fast (a claim filled
-every slot it asked for: there is a backlog), it claims a few executions ahead
-(:data:`PREFETCH_SHARE` of its concurrency) and starts them as slots free up, without a round
+every slot it asked for: there is a backlog), it claims ahead as many executions as its slots
+free up in :data:`PREFETCH_WINDOW` seconds at the pace of its recent executions (at most its
+concurrency; none while they run long), and starts them as slots free up, without a round
 trip; it claims again only when that reserve runs low, so one claim refills many slots.
 Where the backend can, the claim also starts the workflows it claims
 (:meth:`~durable.backends.base.PersistentBackend.claim_and_begin_tasks`): a batch of starts
@@ -73,8 +74,14 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF = 1.0
 
 
-#: How far ahead a worker that drains fast claims: this share of its concurrency (0 below 4).
-PREFETCH_SHARE = 0.25
+#: How far ahead, in seconds, a worker with a backlog claims: as many executions as its slots
+#: free up in this long, at the average time its recent executions took (at most its
+#: concurrency). At concurrency 16, executions of a second each leave nothing claimed ahead;
+#: no-op ones of a few milliseconds, 16. What it holds ahead is what it would start within about
+#: this long, so other workers would have started it at most about this much sooner.
+PREFETCH_WINDOW = 0.05
+#: The weight of the latest execution in the running average of their durations.
+_DURATION_WEIGHT = 0.125
 
 
 class WorkflowReader(Protocol):
@@ -161,8 +168,10 @@ class Worker:
         self._failures = 0  # claim rounds that failed in a row
         # claimed ahead, not started yet: (claim, when claimed, monotonic)
         self._reserve: deque[tuple[TaskClaim, float]] = deque()
-        self._prefetch = int(concurrency * PREFETCH_SHARE)
         self._backlog = False  # the last claim got all it asked for
+        # the running average of how long its executions took, in seconds (None: none ended
+        # yet): the pace at which its slots free up, which sets how far ahead it claims
+        self._duration: float | None = None
         self._releasing: set[asyncio.Task[None]] = set()  # reserved claims being handed back
         self.completed = 0
         """How many executions this worker ran to an end (any outcome)."""
@@ -244,7 +253,7 @@ class Worker:
         is a backlog), start it, and wait for a slot or for work."""
         self._start_reserved()
         free = self.concurrency - len(self._running)
-        ahead = self._prefetch if self._backlog else 0
+        ahead = self._ahead() if self._backlog else 0
         # with a reserve, claim again only once it is down to half: one claim refills many slots
         want = free + ahead - len(self._reserve)
         if self._reserve and len(self._reserve) > ahead // 2:
@@ -272,11 +281,22 @@ class Worker:
         self._reserve.extend((claim, now) for claim in claims)
         self._start_reserved()
         if len(self._running) >= self.concurrency:
-            if claims and self._backlog and self._prefetch and not self._reserve:
+            if claims and self._backlog and not self._reserve and self._ahead():
                 return  # every slot filled from a backlog: the next round claims ahead
             await self._wait_for_slot()
         elif not claims and not self._reserve:
             await self._wait_for_work()
+
+    def _ahead(self) -> int:
+        """How many executions to hold claimed ahead: as many as its slots free up in
+        :data:`PREFETCH_WINDOW` seconds when each execution takes the average of the recent
+        ones, at most the concurrency (none before one ended)."""
+        duration = self._duration
+        if duration is None:
+            return 0
+        if duration <= PREFETCH_WINDOW:
+            return self.concurrency
+        return int(self.concurrency * PREFETCH_WINDOW / duration)
 
     def _start_reserved(self) -> None:
         """Start reserved claims in the free slots (one that waited more than half its lease
@@ -353,6 +373,7 @@ class Worker:
 
     async def _process(self, claim: TaskClaim) -> None:
         runtime = self.runtime
+        began = time.monotonic()
         try:
             if claim.task_id == WORKFLOW_TASK:
                 wf = runtime.registry.get(claim.name)
@@ -368,6 +389,11 @@ class Worker:
             await self._report(claim, exc)
         finally:
             self.completed += 1
+            took = time.monotonic() - began
+            average = self._duration
+            self._duration = (
+                took if average is None else average + (took - average) * _DURATION_WEIGHT
+            )
 
     async def _report(self, claim: TaskClaim, exc: BaseException) -> None:
         """Log how an execution ended without a result, at the level it deserves."""
