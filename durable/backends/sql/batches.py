@@ -279,12 +279,12 @@ class Enqueues(SQLCore):
                 self._announce_work(conn)
             with collector_paused():
                 headers = {i: _written(batch[i][0], rows[i]) for i in new}
-            headers.update(found)
-            created = set(new)
-            return [
-                (headers[owner], owner == index and owner in created)
-                for index, owner in enumerate(owners)
-            ]
+                headers.update(found)
+                created = set(new)
+                return [
+                    (headers[owner], owner == index and owner in created)
+                    for index, owner in enumerate(owners)
+                ]
 
         return fn, bool(task_rows)
 
@@ -464,8 +464,9 @@ def _recordset(rows: list[dict[str, Any]]) -> dict[str, str]:
             text = seen[value] = _json_value(value)
         return text
 
-    present = [{k: v for k, v in row.items() if v is not None} for row in rows]
-    return {"rows": json.dumps(present, default=convert, separators=(",", ":"))}
+    with collector_paused():  # a dict a row, all kept until the JSON is written
+        present = [{k: v for k, v in row.items() if v is not None} for row in rows]
+        return {"rows": json.dumps(present, default=convert, separators=(",", ":"))}
 
 
 class _DriverInsert:
