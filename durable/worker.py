@@ -12,8 +12,9 @@ Where the backend can, the claim also starts the workflows it claims
 (:meth:`~durable.backends.base.PersistentBackend.claim_and_begin_tasks`): a batch of starts
 costs no round trip of its own. A reserved claim that waited longer than half its lease is
 handed back instead of started (one the claim started goes back to pending, its attempt not
-counted), and the reserve is handed back on stop. A dead worker's executions are taken
-over by any worker once their leases expire, and resume from their history.
+counted), and the reserve is handed back on stop. A dead worker's executions, and the claims
+it held in reserve, are taken over by any worker once their leases expire, and resume from
+their history.
 
 Stopping is graceful: the worker stops claiming, lets running executions finish within a grace
 period, and hands back the rest at once (their leases released, the interrupted attempt not
