@@ -66,31 +66,32 @@ def count_ahead(rt: durable.Runtime) -> list[int]:
     return ahead
 
 
-async def test_a_backlog_of_quick_executions_drains_with_claims_ahead(backend_url: str) -> None:
+async def drain(backend_url: str, workflow: Any, executions: int, concurrency: int) -> list[int]:
+    """Enqueue ``executions`` of ``workflow`` (0, 1, ...), drain them with one worker, and
+    return by how many each of its claims asked ahead (see :func:`count_ahead`)."""
     async with runtime(backend_url, "exec-A") as rt:
-        ids = [await rt.enqueue(quick, i) for i in range(60)]
+        ids = [await rt.enqueue(workflow, i) for i in range(executions)]
         ahead = count_ahead(rt)
-        worker = await rt.start_worker(concurrency=8, poll_interval=0.02)
+        worker = await rt.start_worker(concurrency=concurrency, poll_interval=0.02)
         results = [await rt.result(wid, timeout=WAIT) for wid in ids]
-        assert results == list(range(60))
+        assert results == list(range(executions))
         await worker.stop()
-        assert worker.completed == 60
-        # the executions end within milliseconds: it claims ahead, up to its concurrency (8)
-        # where the old fixed share claimed 2 ahead
-        assert 2 < max(ahead) <= 8, ahead
+        assert worker.completed == executions
+    return ahead
+
+
+async def test_a_backlog_of_quick_executions_drains_with_claims_ahead(backend_url: str) -> None:
+    ahead = await drain(backend_url, quick, 60, concurrency=8)
+    # the executions end within milliseconds: it claims ahead, up to its concurrency (8)
+    # where the old fixed share claimed 2 ahead
+    assert 2 < max(ahead) <= 8, ahead
 
 
 async def test_executions_that_run_long_are_not_claimed_ahead(backend_url: str) -> None:
-    async with runtime(backend_url, "exec-A") as rt:
-        ids = [await rt.enqueue(slow, i) for i in range(12)]
-        ahead = count_ahead(rt)
-        worker = await rt.start_worker(concurrency=4, poll_interval=0.02)
-        results = [await rt.result(wid, timeout=WAIT) for wid in ids]
-        assert results == list(range(12))
-        await worker.stop()
-        # each takes 0.3 s: 4 slots free up less than once in PREFETCH_WINDOW (0.05 s), so no
-        # claim asks for more than the free slots, and the others stay for other workers
-        assert ahead and max(ahead) <= 0, ahead
+    ahead = await drain(backend_url, slow, 12, concurrency=4)
+    # each takes 0.3 s: 4 slots free up less than once in PREFETCH_WINDOW (0.05 s), so no
+    # claim asks for more than the free slots, and the others stay for other workers
+    assert ahead and max(ahead) <= 0, ahead
 
 
 async def test_claims_reserved_ahead_are_handed_back_on_stop(backend_url: str) -> None:
