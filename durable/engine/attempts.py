@@ -730,13 +730,16 @@ class Attempts(Leases):
             raise self._lost(instance_id, WORKFLOW_TASK)
         driven = self._claimed.driven(instance_id)
         async with self._locks.hold(instance_id):
-            if driven or self._claimed.driven(instance_id):
+            if self._claimed.driven(instance_id):
                 return None  # a drive of this runtime runs it (see ClaimedStarts.driven)
+            began = self._claimed.take(instance_id)
+            if driven and began is None:
+                # a drive that ended while this waited ran it: it took the start this claim
+                # made, or began the run itself (a start left here is this claim's to run)
+                return None
             # None if this runtime ran it meanwhile (the start then fails the fence, as before);
             # the worker's task for this execution runs its body too
-            return await self._execute(
-                wf, instance_id, self._claimed.take(instance_id), own_task=True
-            )
+            return await self._execute(wf, instance_id, began, own_task=True)
 
 
 class _DeadlinePassed(BaseException):
