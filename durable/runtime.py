@@ -74,7 +74,8 @@ T = TypeVar("T")
 
 
 #: How long an attempt handed back because the database could not be reached waits before it is
-#: due again (a short pause, so that workers do not spin while the database is away).
+#: due again, from the moment the hand-back reached the database (a short pause, so that workers
+#: do not spin on a database that only just came back).
 OUTAGE_BACKOFF = timedelta(seconds=2)
 
 

@@ -332,6 +332,46 @@ async def test_a_step_in_flight_when_the_database_goes_away_does_not_leave_the_w
     assert RUNS == {"held": 2, "after": 1}
 
 
+@pytest.mark.postgres
+async def test_an_attempt_an_outage_cut_off_is_handed_back_as_soon_as_the_database_answers(
+    pg_url: str, proxy: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step's record fails while the proxy is cut: the execution keeps its slot, trying to
+    hand the attempt back, until the database answers again; then the attempt is handed back
+    uncounted and runs again 50 ms later, long before its 60 s lease would have expired.
+    (Before, the hand-back was tried once: the slot was freed at once, for the worker to start
+    more executions into the outage, and the attempt waited for its lease.)"""
+    monkeypatch.setattr(durable.runtime, "OUTAGE_BACKOFF", timedelta(milliseconds=50))
+    GATE.update(entered=asyncio.Event(), release=asyncio.Event())
+    RUNS.clear()
+    async with durable.Runtime(
+        durable.connect(proxy.url(pg_url)), registry=REG, recover=False, claim_ttl=60.0
+    ) as rt:
+        worker = await rt.start_worker(concurrency=2, poll_interval=0.05)
+        async with durable.Runtime(
+            durable.connect(pg_url), registry=durable.Registry(), recover=False
+        ) as producer:
+            wid = await producer.enqueue("to.held.v1", 4, served_elsewhere=True)
+            await asyncio.wait_for(GATE["entered"].wait(), WAIT)
+            proxy.cut()
+            GATE["release"].set()
+            await asyncio.sleep(1.0)
+            assert worker.running == 1, "the execution gave its slot up during the outage"
+            assert RUNS == {"held": 1}
+            proxy.restore()
+            back = time.monotonic()
+            assert await producer.result(wid, timeout=WAIT) == 41
+            waited = time.monotonic() - back
+            info = await producer.get_workflow(wid)
+        assert worker.failure is None
+        await worker.stop()
+    assert waited < 20.0, f"resumed {waited:.1f}s after the database came back"
+    # handed back, not taken over after its lease expired; the step whose record was lost ran
+    # again, the rest once
+    assert (info.attempts, info.interruptions) == (1, 0)
+    assert RUNS == {"held": 2, "after": 1}
+
+
 async def _now(value: T) -> T:
     return value
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import textwrap
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -29,6 +31,19 @@ async def doomed(x: int) -> int:
 @durable.workflow(name="tl.refused.v1", registry=REG)
 async def refused(x: int) -> int:
     raise durable.NonRetryableError(f"refused {x}")
+
+
+@durable.step(name="tl.noted")
+async def noted(x: int) -> int:
+    return x + 1
+
+
+CUT_REG = durable.Registry()
+
+
+@durable.workflow(name="tl.cut_off.v1", registry=CUT_REG)
+async def cut_off(x: int) -> int:
+    return await noted(x)
 
 
 def worker_records(caplog: pytest.LogCaptureFixture, action: str) -> list[logging.LogRecord]:
@@ -79,6 +94,39 @@ async def test_levels_of_a_workers_start_failures_and_dead_letters(
         if r.name == "durable.worker" and r.levelno <= logging.INFO and r is not started
     ]
     assert not [r for r in quiet if r.getMessage().count("doomed") or "refused" in r.getMessage()]
+
+
+async def test_an_attempt_an_outage_cut_off_is_not_logged_as_a_failure(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runtime warns once that it hands the attempt back; the worker says at DEBUG that the
+    attempt ended so, not that it failed."""
+    monkeypatch.setattr(durable.runtime, "OUTAGE_BACKOFF", timedelta(milliseconds=20))
+    caplog.set_level(logging.DEBUG, logger="durable")
+    backend = durable.connect("memory://")
+    record_step = backend.record_step
+    cuts: list[str] = []
+
+    async def flaky_record(instance_id: str, step: durable.StepRecord, **kw: Any) -> None:
+        if not cuts:
+            cuts.append(instance_id)
+            raise durable.BackendUnavailableError("the database went away")
+        await record_step(instance_id, step, **kw)
+
+    monkeypatch.setattr(backend, "record_step", flaky_record)
+    async with durable.Runtime(backend, registry=CUT_REG, recover=False, executor_id="tl-2") as rt:
+        worker = await rt.start_worker(concurrency=1, poll_interval=0.02)
+        wid = await rt.enqueue(cut_off, 1)
+        assert await rt.result(wid, timeout=30) == 2
+        await worker.stop()
+    assert cuts == [wid]
+    (ended,) = worker_records(caplog, "worker.outage")
+    assert ended.levelno == logging.DEBUG and ended.workflow_id == wid  # type: ignore[attr-defined]
+    assert "handed back uncounted" in ended.getMessage()
+    assert "the database went away" in ended.getMessage()
+    assert not worker_records(caplog, "worker.retry")
+    (warned,) = [r for r in caplog.records if getattr(r, "action", None) == "workflow.outage"]
+    assert warned.levelno == logging.WARNING and warned.name == "durable.runtime"
 
 
 async def test_a_worker_with_no_workflow_to_serve_is_refused() -> None:

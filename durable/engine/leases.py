@@ -30,6 +30,10 @@ log = logging.getLogger("durable.runtime")
 
 #: The longest a release of a lease is waited for (it is best effort: the lease expires anyway).
 RELEASE_TIMEOUT = 5.0
+#: An attempt handed back during an outage tries its release again after this many seconds,
+#: twice as long each time, at most :data:`OUTAGE_RETRY_MAX`, until the database answers.
+OUTAGE_RETRY_FIRST = 0.05
+OUTAGE_RETRY_MAX = 1.0
 
 
 class Leases(RuntimeCore):
@@ -191,15 +195,51 @@ class Leases(RuntimeCore):
 
     async def _hand_back(self, instance_id: str, outage: BackendUnavailableError) -> NoReturn:
         """A checkpoint could not reach the database: end the attempt without counting it, to
-        be resumed after :data:`durable.runtime.OUTAGE_BACKOFF` (or once the lease expires)."""
+        be resumed :data:`durable.runtime.OUTAGE_BACKOFF` after the database answers again (or
+        once the lease expires); see :meth:`_release_through_outage`."""
         log.warning(
             "workflow %s: the database could not be reached, handing the attempt back: %s",
             instance_id,
             outage,
             extra={"action": "workflow.outage", "workflow_id": instance_id},
         )
-        await self._release_quietly(instance_id, self._outage_backoff())
+        await self._release_through_outage(instance_id)
         raise Rescheduled(instance_id) from outage
+
+    async def _release_through_outage(self, instance_id: str) -> None:
+        """Hand back an attempt that an outage ended, due :meth:`_outage_backoff` after the
+        release, without counting it; tried again (each try bounded by
+        :data:`RELEASE_TIMEOUT`) until the database answers, for at most the lease's duration:
+        by then the lease has expired and the next executor resumes the execution anyway.
+
+        The caller waits meanwhile, so a worker's slot stays taken while its database is away:
+        it starts none of the executions it claimed ahead (each would run step bodies whose
+        results cannot be recorded, to run them again later), and the attempt is due again
+        shortly after the database is back, not only once its lease expires."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.claim_ttl.total_seconds()
+        pause = OUTAGE_RETRY_FIRST
+        while not self._superseded:
+            left = give_up - loop.time()
+            if left <= 0:
+                return
+            try:
+                await asyncio.wait_for(
+                    self.backend.reschedule_workflow(
+                        instance_id,
+                        worker_id=self.executor_id,
+                        run_after=self._outage_backoff(),
+                        consume_attempt=False,
+                    ),
+                    min(left, RELEASE_TIMEOUT),
+                )
+                return
+            except (BackendUnavailableError, TimeoutError):
+                pass  # still away (or not answering): try again
+            except DurableError:
+                return  # the lease is gone (or the workflow ended): nothing to hand back
+            await asyncio.sleep(min(pause, max(give_up - loop.time(), 0.0)))
+            pause = min(pause * 2, OUTAGE_RETRY_MAX)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
