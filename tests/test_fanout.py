@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -150,6 +151,35 @@ async def test_a_failed_item_raises_in_the_parent_after_all_ran(backend_url: str
             StepStatus.FAILED,
         ]
         assert runs == Counter(range(4))
+
+
+@pytest.mark.parametrize("acknowledged", [True, False])
+async def test_an_items_outcome_is_kept_through_an_outage(
+    backend_url: str, monkeypatch: pytest.MonkeyPatch, acknowledged: bool
+) -> None:
+    """Recording an item's outcome cannot reach the database for a while (three tries; or one
+    try whose commit went through and whose answer was lost): it is tried again until it is
+    recorded, and the item does not run again once its lease (60 s here) expires."""
+    backend = durable.connect(backend_url)
+    complete = backend.complete_step_task
+    tries: Counter[str] = Counter()
+
+    async def flaky(instance_id: str, task_id: str, **kw: Any) -> None:
+        tries[task_id] += 1
+        if task_id.endswith(":2") and tries[task_id] <= (3 if acknowledged else 1):
+            if not acknowledged:
+                await complete(instance_id, task_id, **kw)
+            raise durable.BackendUnavailableError("the database went away")
+        await complete(instance_id, task_id, **kw)
+
+    monkeypatch.setattr(backend, "complete_step_task", flaky)
+    async with durable.Runtime(backend, recover=False, claim_ttl=60.0) as rt:
+        await rt.start_worker(concurrency=2, poll_interval=0.05)
+        wid = await rt.enqueue(sum_of_squares, 4)
+        assert await rt.result(wid, timeout=20) == 0 + 1 + 4 + 9
+    assert runs == Counter(range(4))  # each item ran once
+    failing = [t for t in tries if t.endswith(":2")]
+    assert len(failing) == 1 and tries[failing[0]] == (4 if acknowledged else 2)
 
 
 async def test_map_outside_a_workflow_is_a_plain_loop() -> None:

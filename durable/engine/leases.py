@@ -8,9 +8,9 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from durable import identity
 from durable.context import ExecutionContext, Rescheduled
@@ -26,6 +26,7 @@ from durable.models import STALE_AFTER_HEARTBEATS, WORKFLOW_TASK
 
 #: The runtime's logger: what this module logs, it logs as the runtime.
 log = logging.getLogger("durable.runtime")
+T = TypeVar("T")
 
 
 #: The longest a release of a lease is waited for (it is best effort: the lease expires anyway).
@@ -208,37 +209,52 @@ class Leases(RuntimeCore):
 
     async def _release_through_outage(self, instance_id: str) -> None:
         """Hand back an attempt that an outage ended, due :meth:`_outage_backoff` after the
-        release, without counting it; tried again (each try bounded by
-        :data:`RELEASE_TIMEOUT`) until the database answers, for at most the lease's duration:
-        by then the lease has expired and the next executor resumes the execution anyway.
+        release, without counting it; tried until the database answers (see
+        :meth:`_through_outage`), else the lease expires and the next executor resumes the
+        execution.
 
         The caller waits meanwhile, so a worker's slot stays taken while its database is away:
         it starts none of the executions it claimed ahead (each would run step bodies whose
         results cannot be recorded, to run them again later), and the attempt is due again
         shortly after the database is back, not only once its lease expires."""
+        if self._superseded:
+            return
+        with contextlib.suppress(DurableError):  # still away, or nothing left to hand back
+            await self._through_outage(
+                lambda: self.backend.reschedule_workflow(
+                    instance_id,
+                    worker_id=self.executor_id,
+                    run_after=self._outage_backoff(),
+                    consume_attempt=False,
+                ),
+            )
+
+    async def _through_outage(self, write: Callable[[], Awaitable[T]]) -> T:
+        """``write()``, a write fenced by one of this executor's leases, tried again while the
+        database cannot be reached (``BackendUnavailableError``, or a try that took longer than
+        :data:`RELEASE_TIMEOUT`): after :data:`OUTAGE_RETRY_FIRST` seconds, twice as long each
+        time up to :data:`OUTAGE_RETRY_MAX`, for at most the lease's duration (by then the
+        lease has expired, and the fence would refuse the write anyway).
+
+        :raises BackendUnavailableError: the database did not answer in time (the last error).
+        :raises DurableError: any other error of ``write()``, at once (a lost lease...).
+        """
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.claim_ttl.total_seconds()
         pause = OUTAGE_RETRY_FIRST
-        while not self._superseded:
-            left = give_up - loop.time()
-            if left <= 0:
-                return
+        while True:
             try:
-                await asyncio.wait_for(
-                    self.backend.reschedule_workflow(
-                        instance_id,
-                        worker_id=self.executor_id,
-                        run_after=self._outage_backoff(),
-                        consume_attempt=False,
-                    ),
-                    min(left, RELEASE_TIMEOUT),
+                return await asyncio.wait_for(
+                    write(), max(min(give_up - loop.time(), RELEASE_TIMEOUT), 0.01)
                 )
-                return
-            except (BackendUnavailableError, TimeoutError):
-                pass  # still away (or not answering): try again
-            except DurableError:
-                return  # the lease is gone (or the workflow ended): nothing to hand back
-            await asyncio.sleep(min(pause, max(give_up - loop.time(), 0.0)))
+            except (BackendUnavailableError, TimeoutError) as exc:
+                if self._superseded or loop.time() + pause >= give_up:
+                    if isinstance(exc, BackendUnavailableError):
+                        raise
+                    raise BackendUnavailableError(
+                        f"the database did not answer within {RELEASE_TIMEOUT:g} s"
+                    ) from exc
+            await asyncio.sleep(pause)
             pause = min(pause * 2, OUTAGE_RETRY_MAX)
 
 

@@ -175,19 +175,23 @@ class Serving(Attempts):
                 ok, value = False, exc
         if not ok:
             outcome = {"status": StepStatus.FAILED, "error": ErrorInfo.from_exception(value)}
-        await self.backend.complete_step_task(
-            claim.instance_id,
-            claim.task_id,
-            worker_id=self.executor_id,
-            step=StepRecord(
-                position=position,
-                name=step.name,
-                input=record.input,
-                attempts=attempts,
-                executor_id=self.executor_id,
-                started_at=started,
-                **outcome,
-            ),
+        done = StepRecord(
+            position=position,
+            name=step.name,
+            input=record.input,
+            attempts=attempts,
+            executor_id=self.executor_id,
+            started_at=started,
+            **outcome,
+        )
+        # the step ran: its outcome is kept through an outage (tried until the database
+        # answers, holding the worker's slot) rather than run again once the lease expires. A
+        # try whose commit went through unacknowledged makes the next one refused (the task is
+        # gone): ClaimLostError, as for a lease lost
+        await self._through_outage(
+            lambda: self.backend.complete_step_task(
+                claim.instance_id, claim.task_id, worker_id=self.executor_id, step=done
+            )
         )
 
     # -- recovery -----------------------------------------------------------------------------
