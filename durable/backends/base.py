@@ -443,6 +443,18 @@ class PersistentBackend(ABC):
             step's position and the column.
         """
 
+    async def get_step(self, instance_id: str, position: int) -> StepRecord | None:
+        """Return the workflow's step at ``position``, or None if nothing is recorded there
+        (a ``durable.map`` item reads its own step this way). This default reads every step
+        (:meth:`list_steps`): a backend should read that one step instead, or an item of a map
+        over n items costs O(n).
+
+        :raises WorkflowNotFoundError: no such workflow.
+        :raises CorruptRowError: a stored value of the step cannot be read (with this default,
+            of any step).
+        """
+        return next((s for s in await self.list_steps(instance_id) if s.position == position), None)
+
     @abstractmethod
     async def get_labels(self, instance_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         """The labels of the given workflows, by id: the ``labels`` of the snapshot that

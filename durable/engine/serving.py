@@ -130,14 +130,7 @@ class Serving(Attempts):
         step = cast("Step[Any, Any]", self.registry.get_step(claim.name))
         position = int(claim.task_id.removeprefix(STEP_TASK_PREFIX))
         try:
-            record = next(
-                (
-                    r
-                    for r in await self.backend.list_steps(claim.instance_id)
-                    if r.position == position
-                ),
-                None,
-            )
+            record = await self.backend.get_step(claim.instance_id, position)
             if record is not None and record.status is StepStatus.PENDING:
                 args, kwargs = stored_arguments(record.input, claim.instance_id, position)
         except CorruptRowError as exc:  # record the step failed, once, instead of looping

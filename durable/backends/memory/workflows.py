@@ -188,6 +188,12 @@ class Workflows(MemoryCore):
             steps = self._steps.get(instance_id, {})
             return [self._load_step(instance_id, steps[p]) for p in sorted(steps)]
 
+    async def get_step(self, instance_id: str, position: int) -> StepRecord | None:
+        with self._lock:
+            self._get(instance_id)
+            stored = self._steps.get(instance_id, {}).get(position)
+            return None if stored is None else self._load_step(instance_id, stored)
+
     async def requeue_workflow(self, instance_id: str) -> WorkflowInfo:
         with self._lock:
             current = self._get(instance_id)

@@ -66,6 +66,7 @@ STEP_COLUMNS = [c.name for c in steps.columns if c.name != "change_seq"]
 WORKFLOW_COLUMNS = [c for c in workflows.c if c.name not in NAMES]
 #: The parameters of the statements: a workflow's id, a task's id, a worker's id.
 P_IID = sa.bindparam("p_iid", type_=sa.String())
+P_POSITION = sa.bindparam("p_position", type_=sa.Integer())
 P_TID = sa.bindparam("p_tid", type_=sa.String())
 P_WID = sa.bindparam("p_wid", type_=sa.String())
 
@@ -184,7 +185,11 @@ class SQLCore(PersistentBackend):
         self._select_steps = (
             sa.select(steps).where(steps.c.workflow_id == P_IID).order_by(steps.c.position)
         )
+        self._select_step = sa.select(steps).where(
+            steps.c.workflow_id == P_IID, steps.c.position == P_POSITION
+        )
         self._select_workflow = sa.select(workflows).where(workflows.c.id == P_IID)
+        self._select_workflow_id = sa.select(workflows.c.id).where(workflows.c.id == P_IID)
         task_values: dict[str, Any] = {
             c: sa.bindparam(f"t_{c}", type_=tasks.c[c].type)
             for c in ("instance_id", "task_id", "name", "queue", "priority", "created_at")

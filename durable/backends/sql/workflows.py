@@ -274,6 +274,19 @@ class WorkflowRecords(SQLCore):
 
         return await self._run(fn, what=f"list steps of {instance_id!r}")
 
+    async def get_step(self, instance_id: str, position: int) -> StepRecord | None:
+        def fn(conn: sa.Connection) -> StepRecord | None:
+            row = conn.execute(
+                self._select_step, {"p_iid": instance_id, "p_position": position}
+            ).first()
+            if row is not None:
+                return self._step(instance_id, row._mapping)
+            if conn.execute(self._select_workflow_id, {"p_iid": instance_id}).first() is None:
+                raise WorkflowNotFoundError(instance_id)
+            return None
+
+        return await self._run(fn, what=f"read step {position} of {instance_id!r}")
+
     async def requeue_workflow(self, instance_id: str) -> WorkflowInfo:
         now = self.clock()
 

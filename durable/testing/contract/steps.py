@@ -19,6 +19,7 @@ from durable.errors import (
     ClaimLostError,
     SerializationError,
     StepAlreadyRecordedError,
+    WorkflowNotFoundError,
 )
 from durable.models import (
     ErrorInfo,
@@ -102,6 +103,25 @@ class StepContract(ContractBase):
             assert recorded.value.workflow_id == "wf"
         assert await backend.list_steps("wf") == steps
         assert (await backend.load_snapshot("wf")).steps == tuple(steps)
+
+    async def test_get_step_reads_the_step_at_a_position(self, backend: PersistentBackend) -> None:
+        await running(backend, "wf", "w1")
+        assert await backend.get_step("wf", 0) is None  # no step yet
+        await backend.record_step("wf", step(0, output={"x": 1}), worker_id="w1")
+        await backend.record_step(
+            "wf",
+            step(3, status=StepStatus.PENDING, input={"args": [3], "kwargs": {}}),
+            worker_id="w1",
+        )
+        steps = await backend.list_steps("wf")
+        assert await backend.get_step("wf", 0) == steps[0] == step(0, output={"x": 1})
+        assert await backend.get_step("wf", 3) == steps[1]
+        assert steps[1].status is StepStatus.PENDING
+        assert steps[1].input == {"args": [3], "kwargs": {}}
+        assert await backend.get_step("wf", 1) is None
+        assert await backend.get_step("wf", 4) is None
+        with pytest.raises(WorkflowNotFoundError):
+            await backend.get_step("ghost", 0)
 
     async def test_record_step_blocking_keeps_the_contract(
         self, backend: PersistentBackend
