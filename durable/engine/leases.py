@@ -229,12 +229,16 @@ class Leases(RuntimeCore):
                 ),
             )
 
-    async def _through_outage(self, write: Callable[[], Awaitable[T]]) -> T:
+    async def _through_outage(
+        self, write: Callable[[], Awaitable[T]], *, bounded: bool = True
+    ) -> T:
         """``write()``, a write fenced by one of this executor's leases, tried again while the
-        database cannot be reached (``BackendUnavailableError``, or a try that took longer than
-        :data:`RELEASE_TIMEOUT`): after :data:`OUTAGE_RETRY_FIRST` seconds, twice as long each
-        time up to :data:`OUTAGE_RETRY_MAX`, for at most the lease's duration (by then the
-        lease has expired, and the fence would refuse the write anyway).
+        database cannot be reached (``BackendUnavailableError``; with ``bounded``, also a try
+        that took longer than :data:`RELEASE_TIMEOUT`, which is given up): after
+        :data:`OUTAGE_RETRY_FIRST` seconds, twice as long each time up to
+        :data:`OUTAGE_RETRY_MAX`, for at most the lease's duration (by then the lease has
+        expired, and the fence would refuse the write anyway). Without ``bounded`` a try takes
+        as long as it takes (a write that may wait for locks).
 
         :raises BackendUnavailableError: the database did not answer in time (the last error).
         :raises DurableError: any other error of ``write()``, at once (a lost lease...).
@@ -244,6 +248,8 @@ class Leases(RuntimeCore):
         pause = OUTAGE_RETRY_FIRST
         while True:
             try:
+                if not bounded:
+                    return await write()
                 return await asyncio.wait_for(
                     write(), max(min(give_up - loop.time(), RELEASE_TIMEOUT), 0.01)
                 )

@@ -180,11 +180,13 @@ class Serving(Attempts):
         # the step ran: its outcome is kept through an outage (tried until the database
         # answers, holding the worker's slot) rather than run again once the lease expires. A
         # try whose commit went through unacknowledged makes the next one refused (the task is
-        # gone): ClaimLostError, as for a lease lost
+        # gone): ClaimLostError, as for a lease lost. A try is not bounded in time: it may wait
+        # for locks, as it always could
         await self._through_outage(
             lambda: self.backend.complete_step_task(
                 claim.instance_id, claim.task_id, worker_id=self.executor_id, step=done
-            )
+            ),
+            bounded=False,
         )
 
     # -- recovery -----------------------------------------------------------------------------
