@@ -721,7 +721,10 @@ class Attempts(Leases):
         return parent.queue != child.queue
 
     async def execute_claimed(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
-        """Run an execution whose workflow task this executor has just claimed.
+        """Run an execution whose workflow task this executor has just claimed, and return
+        its output. Returns None without running it when a drive of this runtime (``run``, a
+        parent running its child, the recovery started on start) runs it now, or ran it while
+        this call waited for it: the drive's outcome is the execution's.
 
         :raises ClaimLostError: another process took this executor id over.
         """
