@@ -387,7 +387,15 @@ async def test_a_running_workflow_is_stopped_at_its_deadline_with_its_child(
         assert_expired(info)
         kid = await rt.get_workflow("p/1")
         assert kid.deadline == info.deadline  # inherited
-        assert kid.status is WorkflowStatus.CANCELLED and kid.error == info.error
+        # cancelled with its parent, or by its own drive's timer for the same deadline when
+        # that one fired first (the two are due at the same moment): either way for it
+        assert kid.status is WorkflowStatus.CANCELLED
+        assert info.error is not None and kid.error is not None
+        assert kid.error.type == DEADLINE_TYPE
+        assert kid.error.message in (
+            info.error.message,
+            info.error.message.replace(repr(info.id), repr(kid.id)),
+        )
         steps = await rt.list_steps("p")
         assert [(s.name, s.status) for s in steps] == [
             ("to.work", StepStatus.SUCCEEDED),
