@@ -264,10 +264,7 @@ class WorkflowRecords(SQLCore):
             rows = conn.execute(self._select_steps, {"p_iid": instance_id}).all()
             if (
                 not rows
-                and conn.execute(
-                    sa.select(workflows.c.id).where(workflows.c.id == instance_id)
-                ).first()
-                is None
+                and conn.execute(self._select_workflow_id, {"p_iid": instance_id}).first() is None
             ):
                 raise WorkflowNotFoundError(instance_id)
             return [self._step(instance_id, r._mapping) for r in rows]
