@@ -1,5 +1,5 @@
-"""What many test modules share: the upper bound of a wait, waiting for a state, and reaching a
-test's PostgreSQL database with psycopg."""
+"""What many test modules share: the upper bound of a wait, waiting for a state, a quick runtime,
+and reaching a test's PostgreSQL database with psycopg."""
 
 from __future__ import annotations
 
@@ -11,11 +11,34 @@ from collections.abc import Awaitable, Callable
 import psycopg
 import sqlalchemy as sa
 
+import durable
+
 #: ``processes(program, *args, name=...)``, the conftest fixture: starts a real process.
 Processes = Callable[..., "subprocess.Popen[bytes]"]
 
 #: Seconds: an upper bound for anything a test waits for, never reached when green.
 WAIT = 60.0
+
+
+def quick_runtime(
+    backend: durable.PersistentBackend,
+    *,
+    registry: durable.Registry,
+    executor_id: str,
+    recover: bool = True,
+) -> durable.Runtime:
+    """A runtime that polls every 10 ms and holds leases for 5 s. ``recover=False`` for a test
+    that runs executions itself (``execute_claimed``): the recovery the runtime starts with may
+    otherwise, late on a busy machine, drive the same execution, and the test's run is then left
+    to that drive."""
+    return durable.Runtime(
+        backend,
+        executor_id=executor_id,
+        registry=registry,
+        poll_interval=0.01,
+        claim_ttl=5.0,
+        recover=recover,
+    )
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:

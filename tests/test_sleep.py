@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Processes, eventually
+from support import Processes, eventually, quick_runtime
 
 import durable
 from durable.context import ExecutionContext
@@ -167,17 +167,8 @@ async def bad_argument() -> None:
 def runtime(
     backend: durable.PersistentBackend, executor_id: str = "sleeper", *, recover: bool = True
 ) -> durable.Runtime:
-    """A runtime for these tests; ``recover=False`` for a test that runs executions itself
-    (``execute_claimed``): the recovery the runtime starts with may otherwise, late on a busy
-    machine, drive the same execution, and the test's run is then left to that drive."""
-    return durable.Runtime(
-        backend,
-        executor_id=executor_id,
-        registry=REG,
-        poll_interval=0.01,
-        claim_ttl=5.0,
-        recover=recover,
-    )
+    """A runtime for these tests (see :func:`support.quick_runtime` for ``recover``)."""
+    return quick_runtime(backend, registry=REG, executor_id=executor_id, recover=recover)
 
 
 async def sleeping(rt: durable.Runtime, workflow_id: str) -> bool:
