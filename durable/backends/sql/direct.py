@@ -12,7 +12,10 @@ each of them. :class:`DirectStatements` removes that layer for such statements a
   so the engine's connect arguments and events apply, and the pool keeps all its slots for
   transactions (holding pooled connections idle could starve them). They are closed on
   :meth:`close`;
-* it is a server-side prepared statement, so PostgreSQL parses and plans it once per connection.
+* it is a server-side prepared statement, so PostgreSQL parses and plans it once per connection;
+* each connection's socket stays in the event loop's selector between statements
+  (:class:`~durable.backends.sql.waits.SocketWaiter` is its ``wait``), where psycopg's own
+  wait would add and remove it around every statement.
 
 It is only used for psycopg on the event loop it first ran on; elsewhere :meth:`execute`
 returns None and the caller runs the statement the ordinary way. A connection that fails, or
@@ -38,6 +41,8 @@ from psycopg.postgres import types as pg_types
 from psycopg.pq import Format
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
+
+from durable.backends.sql.waits import SocketWaiter
 
 #: Run on each direct connection when it opens; its statements are durable's own, each written
 #: to reach its rows through their keys, and these settings keep PostgreSQL's planner to that:
@@ -293,9 +298,10 @@ class DirectStatements:
         size = getattr(self._engine.pool, "size", None)
         pool_size = int(size()) if callable(size) else 1
         self._capacity = max(1, min(DIRECT_CONNECTIONS, pool_size))
-        # psycopg AsyncConnections in autocommit mode, each with its cursor: a cursor keeps the
-        # parameters' dumpers it looked up (a new one per statement looks them up again)
-        self._idle: list[tuple[Any, Any]] = []
+        # psycopg AsyncConnections in autocommit mode, each with its cursor (a cursor keeps the
+        # parameters' dumpers it looked up: a new one per statement looks them up again) and
+        # the waiter that keeps its socket in the loop's selector
+        self._idle: list[tuple[Any, Any, SocketWaiter]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._available: asyncio.Semaphore | None = None
         self._generation = 0  # bumped by close(): connections of an older one are not reused
@@ -323,12 +329,14 @@ class DirectStatements:
         async with self._available:
             conn: Any = None
             cursor: Any = None
+            waiter: SocketWaiter | None = None
             if self._idle:
-                conn, cursor = self._idle.pop()
+                conn, cursor, waiter = self._idle.pop()
             try:
                 if conn is None:
                     conn = await self._open()
                     cursor = conn.cursor()
+                    waiter = SocketWaiter.install(conn, loop)
                 await cursor.execute(statement.sql, params, prepare=True)
                 result = DirectResult(
                     int(cursor.rowcount),
@@ -339,17 +347,18 @@ class DirectStatements:
                 # timeout); the error says whether the server is unreachable
                 broken = conn is not None and bool(conn.broken or conn.closed)
                 if conn is not None:
-                    await _close(conn)
+                    await _close(conn, waiter)
                 if broken:  # the server went away: its other connections are gone too
                     await self._discard_idle()
                 wrapped = as_sqlalchemy(exc, statement, params, self._engine.dialect, broken)
                 if wrapped is exc:
                     raise
                 raise wrapped from exc
+            assert waiter is not None
             if generation == self._generation:
-                self._idle.append((conn, cursor))
+                self._idle.append((conn, cursor, waiter))
             else:  # closed meanwhile
-                await _close(conn)
+                await _close(conn, waiter)
             return result
 
     async def _open(self) -> Any:
@@ -373,8 +382,8 @@ class DirectStatements:
         """Close the idle connections (after one broke: a restarted server dropped them all,
         and each would otherwise fail one more statement before it is discarded)."""
         idle, self._idle = self._idle, []
-        for conn, _cursor in idle:
-            await _close(conn)
+        for conn, _cursor, waiter in idle:
+            await _close(conn, waiter)
 
     async def close(self) -> None:
         """Close every idle connection of the direct path (one in use closes when it is done)."""
@@ -383,7 +392,9 @@ class DirectStatements:
         self._loop = self._available = None
 
 
-async def _close(conn: Any) -> None:
+async def _close(conn: Any, waiter: SocketWaiter | None = None) -> None:
+    if waiter is not None:  # first: a closed socket must not stay in the loop's selector
+        waiter.close()
     with contextlib.suppress(Exception):
         await conn.close()
 
