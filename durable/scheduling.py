@@ -206,8 +206,9 @@ def scheduled(
 
     :param missed: ticks missed during downtime: ``"skip"`` (default), ``"latest"`` or ``"all"``
         (at most ``max_catchup``); see :class:`~durable.models.MissedTicks`.
-    :param registry: the registry the runtime serving the workflow uses (default
-        :data:`durable.registry.default_registry`).
+    :param registry: the registry the runtime serving the workflow uses (default: the one
+        ``@durable.workflow(registry=...)`` registered it in, so a schedule goes where its
+        workflow is served).
 
     :raises InvalidArgumentError: a bad argument, named (see :func:`build_schedule`), or the
         decorated object is not a durable workflow (put ``@durable.scheduled`` above
@@ -226,7 +227,6 @@ def scheduled(
         priority=priority,
         now=datetime.now(UTC),
     )
-    target = registry or default_registry
 
     def decorate(wf: W) -> W:
         if not isinstance(wf, Workflow):
@@ -234,6 +234,7 @@ def scheduled(
                 f"@durable.scheduled applies to a durable workflow, got {wf!r}: put it above "
                 "@durable.workflow"
             )
+        target = registry or wf.registry or default_registry
         declaration = ScheduleDeclaration(
             name=check_schedule_name(name if name is not None else wf.name),
             cron=probe.cron,

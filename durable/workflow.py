@@ -69,6 +69,9 @@ class Workflow(Generic[P, T]):
         self.version = check_version(version, "version")
         """The version given to ``@durable.workflow(version=...)``, or None (see
         :meth:`code_version`)."""
+        self.registry: Registry | None = None
+        """The registry ``@durable.workflow`` registered it in (``@durable.scheduled`` declares
+        its schedules there), or None for a workflow made otherwise."""
         functools.update_wrapper(cast(Any, self), fn)
 
     def __repr__(self) -> str:
@@ -241,7 +244,8 @@ def workflow(
             timeout=limit,
             version=version,
         )
-        (registry or default_registry).register(wf)
+        wf.registry = registry or default_registry
+        wf.registry.register(wf)
         return wf
 
     return decorate(fn) if fn is not None else decorate

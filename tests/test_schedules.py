@@ -350,6 +350,29 @@ async def test_declared_schedules_are_stored_when_a_runtime_starts() -> None:
     assert stored["midnight"].missed is MissedTicks.ALL
 
 
+async def test_a_schedule_goes_to_the_registry_its_workflow_was_registered_in() -> None:
+    """Without ``registry=`` of its own, ``@durable.scheduled`` declares the schedule where
+    ``@durable.workflow(registry=...)`` put the workflow (it used to go to the default
+    registry, which the runtime serving the workflow never read: nothing ever ticked, and
+    nothing said why)."""
+    registry = durable.Registry()
+
+    @durable.scheduled("*/5 * * * *")
+    @durable.workflow(name="test.schedules.own-registry.v1", registry=registry)
+    async def own(*, scheduled_at: str) -> None: ...
+
+    assert own.registry is registry
+    async with durable.Runtime(durable.InMemoryBackend(), registry=registry) as runtime:
+        stored = await runtime.client.list_schedules()
+    assert [(s.name, s.workflow) for s in stored] == [
+        ("test.schedules.own-registry.v1", "test.schedules.own-registry.v1")
+    ]
+    async with durable.Runtime(durable.InMemoryBackend()) as default_runtime:
+        assert "test.schedules.own-registry.v1" not in {
+            s.name for s in await default_runtime.client.list_schedules()
+        }
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 
