@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import select
 import weakref
 from collections.abc import AsyncIterator, Generator
 from typing import Any
@@ -45,6 +46,7 @@ async def waited(pg_url: str) -> AsyncIterator[tuple[Any, SocketWaiter]]:
     """An autocommit connection whose waits go through a SocketWaiter."""
     conn = await psycopg.AsyncConnection.connect(pg_conninfo(pg_url), autocommit=True)
     waiter = SocketWaiter.install(conn, asyncio.get_running_loop())
+    assert waiter is not None  # select.poll: this suite runs on Linux
     try:
         yield conn, waiter
     finally:
@@ -154,6 +156,7 @@ async def test_close_unwatches_so_a_reused_descriptor_waits_normally(pg_url: str
     loop = asyncio.get_running_loop()
     first = await psycopg.AsyncConnection.connect(pg_conninfo(pg_url), autocommit=True)
     waiter = SocketWaiter.install(first, loop)
+    assert waiter is not None
     await first.execute("SELECT 1")
     fileno = first.pgconn.socket
     assert _watched(fileno)
@@ -243,3 +246,21 @@ async def test_a_state_with_nothing_to_wait_for_is_refused_not_waited_on(
 
     with pytest.raises(psycopg.errors.InternalError, match="bad poll status"):
         await asyncio.wait_for(waiter.wait(asks_nothing()), timeout=5)
+
+
+async def test_without_poll_the_direct_path_keeps_psycopgs_own_wait(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where ``select.poll`` does not exist (Windows), no waiter is installed: statements run
+    with psycopg's wait, which adds and removes the socket around each one."""
+    monkeypatch.delattr(select, "poll")
+    async with SQLAlchemyBackend(pg_url) as backend:
+        for instance_id in ("a", "b"):
+            await backend.create_workflow(
+                WorkflowSnapshot(id=instance_id, name="wf"),
+                task=TaskSpec(instance_id=instance_id, name="wf"),
+            )
+        idle = backend._runner._direct._idle  # type: ignore[attr-defined]
+        assert idle and all(waiter is None for _conn, _cursor, waiter in idle)
+        assert not any(_watched(conn.pgconn.socket) for conn, _cursor, _waiter in idle)
+        assert [w.id for w in (await backend.list_snapshots()).items] == ["b", "a"]

@@ -301,7 +301,7 @@ class DirectStatements:
         # psycopg AsyncConnections in autocommit mode, each with its cursor (a cursor keeps the
         # parameters' dumpers it looked up: a new one per statement looks them up again) and
         # the waiter that keeps its socket in the loop's selector
-        self._idle: list[tuple[Any, Any, SocketWaiter]] = []
+        self._idle: list[tuple[Any, Any, SocketWaiter | None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._available: asyncio.Semaphore | None = None
         self._generation = 0  # bumped by close(): connections of an older one are not reused
@@ -354,7 +354,6 @@ class DirectStatements:
                 if wrapped is exc:
                     raise
                 raise wrapped from exc
-            assert waiter is not None
             if generation == self._generation:
                 self._idle.append((conn, cursor, waiter))
             else:  # closed meanwhile

@@ -59,9 +59,12 @@ class SocketWaiter:
         self._watching = False
 
     @classmethod
-    def install(cls, conn: Any, loop: asyncio.AbstractEventLoop) -> SocketWaiter:
+    def install(cls, conn: Any, loop: asyncio.AbstractEventLoop) -> SocketWaiter | None:
         """Make a new waiter ``conn``'s wait (its socket must not change: not for a
-        connection being opened or reset)."""
+        connection being opened or reset). None, with psycopg's own wait left in place, where
+        sockets cannot be polled (``select.poll``: not on Windows)."""
+        if not hasattr(select, "poll"):
+            return None
         waiter = cls(conn.pgconn, loop)
         conn.wait = waiter.wait
         return waiter
