@@ -50,7 +50,11 @@ STEPS = 4  # workerprog.STORM_STEPS
 WORKERS = 4
 KILLS = 120  # per database
 TTL = 1.5  # the workers' lease duration
-PAUSE = 0.02  # each step sleeps this long after its side effect
+# each step sleeps this long after its side effect: long enough that a kill finds steps in
+# their pause (at 0.02 s, on a quick machine, the two workflows enqueued after each kill were
+# done before the next one, and a storm of 120 kills interrupted 0 to 8 steps: the check that
+# it hit something failed about one run in three; at 0.1 s, 166 to 210)
+PAUSE = 0.1
 WAIT = 120.0  # an upper bound for the end of the drain, never reached when green
 
 
