@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -490,6 +491,10 @@ async def serve(
     """Run a worker until SIGTERM or SIGINT, then shut down gracefully. Returns how many
     executions it ran. This is what ``durable worker module:runtime`` does.
 
+    It takes the process as its own: it handles the two signals, and once the worker started
+    it moves every object the process holds to the collector's permanent generation
+    (:func:`gc.freeze`), so that full collections during the drain do not walk them again.
+
     :raises InvalidArgumentError: as :meth:`Runtime.start_worker`, or ``grace`` is negative or
         not finite (before the runtime starts).
     :raises NothingToServeError: the runtime has no workflow registered.
@@ -516,6 +521,10 @@ async def serve(
             worker = await runtime.start_worker(
                 concurrency=concurrency, queues=queues, poll_interval=poll_interval
             )
+            # the process is this worker's: what exists once it started (modules, the
+            # backend's compiled statements) lives as long as the process, so the collector
+            # need not walk it again in each full collection (a few per cent of a drain)
+            gc.freeze()
             waits = {loop.create_task(stop.wait()), loop.create_task(worker.wait_stopped())}
             try:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

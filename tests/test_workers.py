@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -1105,3 +1106,21 @@ async def test_a_wake_up_before_the_first_wait_is_not_lost() -> None:
         backend.notify_work()
         woken = asyncio.get_running_loop().create_task(backend.wait_for_work(3600))
         await asyncio.wait_for(woken, WAIT)  # an hour if the wake-up were lost
+
+
+async def test_serve_freezes_what_the_process_holds_once_its_worker_started() -> None:
+    """``serve`` takes the process as its own: once its worker started, the objects the
+    process holds are moved out of the collector's way (``gc.freeze``)."""
+    gc.unfreeze()
+    try:
+        rt = durable.Runtime(durable.connect("memory://"), registry=REG, recover=False)
+        serving = asyncio.create_task(durable.worker.serve(rt, poll_interval=0.02))
+        deadline = time.monotonic() + 10
+        while not rt._workers:  # serve hands out no worker to wait on
+            assert time.monotonic() < deadline and not serving.done(), "serve did not start"
+            await asyncio.sleep(0.01)
+        assert gc.get_freeze_count() > 0
+        signal.raise_signal(signal.SIGTERM)  # serve's own handler: a graceful stop
+        assert await asyncio.wait_for(serving, 10) == 0
+    finally:
+        gc.unfreeze()
