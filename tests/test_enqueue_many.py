@@ -8,6 +8,7 @@ batch naming the row and writes nothing, and the executions are visible to worke
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -200,6 +201,29 @@ async def test_idempotency_across_batches_and_single_enqueues(backend_url: str) 
         assert (await client.get_workflow(first[1])).input == {"args": [2], "kwargs": {}}
         assert await client.enqueue(double, 99, idempotency_key="k-4") == second[2]
         assert await count(client) == 5
+
+
+async def test_concurrent_batches_with_the_same_keys_in_other_orders(backend_url: str) -> None:
+    """Producers enqueueing the same keys at once, each in its own order: every key is one
+    execution, and each producer gets its id. On PostgreSQL two such inserts wait for each
+    other's keys, and the database breaks the deadlock by rolling one back: that batch runs
+    again (it used to fail with "deadlock detected")."""
+    keys = list(range(4000))
+    orders = [keys, keys[::-1], keys[1::2] + keys[::2]]
+    async with opened(backend_url) as client:  # its pool: a connection per producer
+
+        async def produce(order: list[int]) -> dict[int, str]:
+            ids: dict[int, str] = {}
+            for start in range(0, len(order), 1000):
+                part = order[start : start + 1000]
+                rows = [durable.Enqueue(args=(n,), idempotency_key=f"c-{n}") for n in part]
+                ids.update(zip(part, await client.enqueue_many(double, rows), strict=True))
+            return ids
+
+        first, *others = await asyncio.gather(*(produce(order) for order in orders))
+        assert all(ids == first for ids in others)
+        assert len(set(first.values())) == len(keys)
+        assert await count(client) == len(keys)
 
 
 @pytest.mark.parametrize(

@@ -3,12 +3,11 @@
 The contract suite, the runtime and the crash tests run on MariaDB through ``backend_url``; these
 check what is MySQL's own: the URL aliases, the server's clock with microseconds in UTC whatever
 the session's time zone, SET clauses in MySQL's order, emulated upserts that keep their fence,
-long values, deadlocks run again, and errors translated.
+long values, and errors translated (deadlocks run again: ``test_deadlocks``).
 """
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -112,37 +111,6 @@ async def test_the_emulated_upsert_keeps_its_fence(mysql_backend_url: str) -> No
             await backend.record_step("wf", done, worker_id=W)
         (step,) = await backend.list_steps("wf")
         assert step.status is StepStatus.PENDING
-
-
-@pytest.mark.mysql
-async def test_a_deadlock_victim_runs_again(mysql_backend_url: str) -> None:
-    """Two transactions lock two rows in opposite orders: InnoDB rolls one back (error 1213),
-    and the backend runs it again, so both succeed."""
-    async with durable.connect(mysql_backend_url) as backend:
-        assert isinstance(backend, SQLAlchemyBackend)
-        for instance_id in ("a", "b"):
-            await create(backend, instance_id)
-        both_locked = asyncio.Barrier(2)
-        runs: list[str] = []
-
-        def locker(first: str, second: str) -> Any:
-            def fn(conn: sa.Connection) -> None:
-                runs.append(first)
-                lock = sa.select(workflows.c.id).with_for_update()
-                conn.execute(lock.where(workflows.c.id == first)).all()
-                if runs.count(first) == 1:  # the first run waits for the other to lock too
-                    from sqlalchemy.util import await_
-
-                    await_(both_locked.wait())
-                conn.execute(lock.where(workflows.c.id == second)).all()
-
-            return fn
-
-        await asyncio.gather(
-            backend._run(locker("a", "b"), what="lock a then b"),
-            backend._run(locker("b", "a"), what="lock b then a"),
-        )
-        assert sorted(runs) in (["a", "a", "b"], ["a", "b", "b"])  # one of them ran twice
 
 
 def _held_by_another_transaction(url: str, instance_ids: list[str]) -> sa.Connection:

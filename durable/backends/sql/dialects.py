@@ -285,8 +285,19 @@ class SQLiteDialect(BoundClock):
         return ("" if _is_memory(url) else os.path.realpath(url.database or ""),)
 
 
+#: PostgreSQL's SQLSTATEs of a transaction rolled back to break a deadlock, or at a
+#: serialization failure: running it again may succeed.
+PG_RETRYABLE = frozenset({"40P01", "40001"})
+
+
 class PostgresDialect(SQLDialect):
     name = "postgresql"
+
+    def retryable(self, exc: BaseException) -> bool:
+        return (
+            isinstance(exc, sa.exc.DBAPIError)
+            and getattr(exc.orig, "sqlstate", None) in PG_RETRYABLE
+        )
 
     def next_position(self) -> sa.ColumnElement[Any]:
         return sa.literal_column(feed.PG_NEXT_POSITION, type_=feed.POSITION)
