@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql as mysql_dialect
+from test_enqueue_many import (  # the scenario, run here on MariaDB (a name pytest skips)
+    test_concurrent_batches_with_the_same_keys_in_other_orders as same_keys_at_once,
+)
 
 import durable
 from durable import BackendUnavailableError, SQLAlchemyBackend
@@ -111,6 +114,15 @@ async def test_the_emulated_upsert_keeps_its_fence(mysql_backend_url: str) -> No
             await backend.record_step("wf", done, worker_id=W)
         (step,) = await backend.list_steps("wf")
         assert step.status is StepStatus.PENDING
+
+
+@pytest.mark.mysql
+async def test_concurrent_batches_with_the_same_keys(mysql_backend_url: str) -> None:
+    """A bulk enqueue on MariaDB looks its rows up, then inserts them: a concurrent batch may
+    insert one of its keys in between (InnoDB makes the insert wait for that batch, then
+    refuses the key as a duplicate). The batch runs again and finds the key (it used to fail
+    with "Duplicate entry")."""
+    await same_keys_at_once(mysql_backend_url)
 
 
 def _held_by_another_transaction(url: str, instance_ids: list[str]) -> sa.Connection:
