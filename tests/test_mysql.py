@@ -8,6 +8,7 @@ long values, and errors translated (deadlocks run again: ``test_deadlocks``).
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -96,6 +97,56 @@ async def test_values_beyond_64_kib_round_trip(mysql_backend_url: str) -> None:
         await create(backend, "wf", input=big)
         snapshot = await backend.load_snapshot("wf")
         assert snapshot.input == big
+
+
+BIG_REG = durable.Registry()
+big_runs: list[int] = []
+
+
+@durable.step(name="tests.mysql.big_step")
+async def big_step(size: int) -> str:
+    big_runs.append(size)
+    return "y" * size
+
+
+@durable.workflow(name="tests.mysql.big.v1", registry=BIG_REG, max_attempts=3)
+async def big_workflow(size: int) -> int:
+    return len(await big_step(size))
+
+
+@pytest.mark.mysql
+async def test_values_beyond_max_allowed_packet_are_refused_not_an_outage(
+    mysql_backend_url: str,
+) -> None:
+    """The server drops a connection whose packet passes its max_allowed_packet, and the driver
+    reports a lost connection: durable took that for an outage, so an enqueue raised
+    BackendUnavailableError (which producers retry), and a step's too large result was handed
+    back and run again for ever, uncounted. Such values are refused before they are sent."""
+    async with durable.Runtime(
+        durable.connect(mysql_backend_url), registry=BIG_REG, recover=False
+    ) as rt:
+        backend = rt.backend
+        assert isinstance(backend, SQLAlchemyBackend)
+        limit = backend.dialect.max_packet  # type: ignore[attr-defined]
+        assert isinstance(limit, int) and limit > 0
+        with pytest.raises(durable.SerializationError, match="max_allowed_packet"):
+            await rt.client.enqueue(big_workflow, "x" * (limit + 1))
+        with pytest.raises(durable.SerializationError, match="max_allowed_packet"):
+            await rt.client.enqueue_many(big_workflow, [("z" * (limit + 1),)])
+        assert (await rt.client.list_workflows()).items == []  # nothing written
+        big_runs.clear()
+        wid = await rt.enqueue(big_workflow, limit + 1)
+        await rt.start_worker(poll_interval=0.05)
+        deadline = asyncio.get_running_loop().time() + 30
+        while (info := await rt.get_workflow(wid)).attempts < 1 or info.error is None:
+            assert asyncio.get_running_loop().time() < deadline, info
+            await asyncio.sleep(0.05)
+        # a failed attempt, counted, with the reason: not an outage handed back uncounted
+        assert (info.attempts, info.interruptions) == (1, 0)
+        assert "max_allowed_packet" in info.error.message
+        assert big_runs == [limit + 1]
+        # the backend is fine after it
+        assert await rt.run(big_workflow, 10) == 10
 
 
 @pytest.mark.mysql
@@ -230,17 +281,23 @@ async def test_dropped_tables_say_how_to_create_them(mysql_backend_url: str) -> 
 
 class _Versioned:
     """Stands for a connection to a server that answers ``SELECT VERSION()`` with ``version``
-    (no MySQL 8 server runs here; the MariaDB case runs for real below)."""
+    (no MySQL 8 server runs here; the MariaDB case runs for real below), and its
+    ``max_allowed_packet`` with MariaDB's default."""
 
     def __init__(self, version: str) -> None:
         self.version = version
+        self.answers: list[Any] = []
 
     def execute(self, statement: Any) -> Any:
-        assert str(statement) == "SELECT VERSION()"
+        answer = {
+            "SELECT VERSION()": self.version,
+            "SELECT @@max_allowed_packet": 16 * 1024 * 1024,
+        }[str(statement)]
+        self.answers.append(answer)
         return self
 
-    def scalar_one(self) -> str:
-        return self.version
+    def scalar_one(self) -> Any:
+        return self.answers[-1]
 
 
 @pytest.mark.parametrize("version", ["8.0.36", "8.4.2-log", "10.5.23-MariaDB", "garbage"])
@@ -254,7 +311,9 @@ def test_a_server_durable_cannot_run_on_is_refused_naming_its_version(version: s
     "version", ["10.6.18-MariaDB", "10.11.6-MariaDB-0+deb12u1", "11.4.2-MariaDB"]
 )
 def test_mariadb_from_10_6_is_accepted(version: str) -> None:
-    MySQLDialect().check_server(_Versioned(version))  # type: ignore[arg-type]
+    dialect = MySQLDialect()
+    dialect.check_server(_Versioned(version))  # type: ignore[arg-type]
+    assert dialect.max_packet == 16 * 1024 * 1024  # what its statements' values are held to
 
 
 @pytest.mark.mysql

@@ -457,10 +457,15 @@ class MySQLDialect(SQLDialect):
         found = re.search(r"Table '(?:[^'.]*\.)?([^'.]+)' doesn't exist", str(exc.orig))
         return found.group(1) if found else None
 
+    #: The server's ``max_allowed_packet`` in bytes, read by :meth:`check_server` when the
+    #: backend starts (None before): a statement whose values pass it is refused here.
+    max_packet: int | None = None
+
     def connection(self, conn: sa.Connection) -> sa.Connection:
-        return cast(sa.Connection, mysql.MySQLConnection(conn))
+        return cast(sa.Connection, mysql.MySQLConnection(conn, self.max_packet))
 
     def check_server(self, conn: sa.Connection) -> None:
+        self.max_packet = int(conn.execute(sa.text("SELECT @@max_allowed_packet")).scalar_one())
         version = str(conn.execute(sa.text("SELECT VERSION()")).scalar_one())
         found = re.match(r"(\d+)\.(\d+)", version)
         numbers = (int(found.group(1)), int(found.group(2))) if found else (0, 0)

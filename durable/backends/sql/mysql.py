@@ -36,6 +36,8 @@ from sqlalchemy.sql import operators, visitors
 from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.util import immutabledict
 
+from durable.errors import SerializationError
+
 #: The execution option an UPDATE carries to say which rows it updates: a :class:`Pick`, run
 #: first.
 PICK = "durable_mysql_pick"
@@ -45,6 +47,9 @@ PICK_ROUNDS = 3
 
 #: MySQL's error number for a duplicate key.
 DUPLICATE_KEY = 1062
+#: Bytes of a statement's packet kept for its SQL and the protocol, out of the server's
+#: ``max_allowed_packet``; the rest is what its values may take.
+PACKET_MARGIN = 64 * 1024
 
 
 class NoRows:
@@ -166,15 +171,51 @@ class Pick:
 
 class MySQLConnection:
     """A SQLAlchemy connection whose :meth:`execute` emulates what MariaDB lacks (see the
-    module's docstring); everything else is the connection's own."""
+    module's docstring); everything else is the connection's own.
 
-    def __init__(self, conn: sa.Connection) -> None:
+    With ``max_packet`` (the server's ``max_allowed_packet``), a statement whose values pass
+    it is refused with :class:`~durable.errors.SerializationError` before it is sent: the
+    server would drop the connection, and the driver report that as a lost connection, which
+    durable takes for an outage (a worker would hand the attempt back and run it again, for
+    ever)."""
+
+    def __init__(self, conn: sa.Connection, max_packet: int | None = None) -> None:
         self._conn = conn
+        self._max_values = None if max_packet is None else max_packet - PACKET_MARGIN
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
 
+    def exec_driver_sql(self, statement: str, parameters: Any = None, **kwargs: Any) -> Any:
+        if self._max_values is not None and parameters:
+            self._check_size(parameters)
+        return self._conn.exec_driver_sql(statement, parameters, **kwargs)
+
+    def _check_size(self, parameters: Any) -> None:
+        """Refuse values that, in one statement (or one row of an ``executemany``), pass what
+        the server accepts."""
+        limit = self._max_values
+        assert limit is not None
+        rows = [parameters] if isinstance(parameters, (Mapping, tuple)) else parameters
+        for row in rows:
+            values = row.values() if isinstance(row, Mapping) else row
+            size = 0
+            for value in values:
+                if isinstance(value, str):
+                    size += len(value) if value.isascii() else len(value.encode())
+                elif isinstance(value, (bytes, bytearray)):
+                    size += len(value)
+            if size > limit:
+                raise SerializationError(
+                    f"a statement would carry {size} bytes of values, more than this MariaDB "
+                    f"server accepts (max_allowed_packet is {limit + PACKET_MARGIN} bytes): "
+                    "keep large values elsewhere and store a reference to them, or raise the "
+                    "server's max_allowed_packet"
+                )
+
     def execute(self, statement: Any, parameters: Any = None, **kwargs: Any) -> Any:
+        if self._max_values is not None and parameters:
+            self._check_size(parameters)
         if isinstance(statement, Insert) and statement._post_values_clause is not None:
             if isinstance(parameters, Sequence) and not isinstance(parameters, Mapping):
                 count = 0  # executemany: row by row, each may conflict on its own
