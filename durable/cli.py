@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import json
 import logging
 import sys
@@ -272,6 +273,15 @@ def load_runtime(target: str) -> Runtime:
         except AttributeError:
             raise click.BadParameter(f"{module_name!r} has no attribute {attribute!r}") from None
     if callable(obj) and not isinstance(obj, Runtime):
+        try:
+            inspect.signature(obj).bind()
+        except TypeError:
+            raise click.BadParameter(
+                f"{target} takes arguments: name a durable.Runtime, or a function of no "
+                "arguments that returns one"
+            ) from None
+        except ValueError:  # no signature to read (some builtins): call it and see
+            pass
         obj = obj()
     if not isinstance(obj, Runtime):
         raise click.BadParameter(f"{target} is a {type(obj).__name__}, not a durable.Runtime")

@@ -94,4 +94,7 @@ def test_worker_command_rejects_a_bad_target(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "cannot import" in result.output
     result = runner.invoke(main, ["worker", "os:sep"])
     assert result.exit_code == 2 and "not a durable.Runtime" in result.output
+    # a function that needs arguments: named, not a TypeError's traceback
+    result = runner.invoke(main, ["worker", "json:dumps"])
+    assert result.exit_code == 2 and "json:dumps takes arguments" in result.output
     assert os.sep  # the module imported fine; its attribute is not a runtime
