@@ -202,7 +202,10 @@ class MySQLConnection:
             size = 0
             for value in values:
                 if isinstance(value, str):
-                    size += len(value) if value.isascii() else len(value.encode())
+                    # (a lone surrogate is the driver's to refuse, as before: counted here)
+                    size += (
+                        len(value) if value.isascii() else len(value.encode(errors="surrogatepass"))
+                    )
                 elif isinstance(value, (bytes, bytearray)):
                     size += len(value)
             if size > limit:
