@@ -254,12 +254,18 @@ class SQLAlchemyBackend(
         return await self._run(lambda conn: conn.execute(stmt).scalar_one(), what="read the clock")
 
     async def _run(
-        self, fn: Callable[[sa.Connection], T], *, what: str = "", raw: bool = False
+        self,
+        fn: Callable[[sa.Connection], T],
+        *,
+        what: str = "",
+        raw: bool = False,
+        retry_also: Callable[[sa.exc.DBAPIError], bool] | None = None,
     ) -> T:
         """Run ``fn`` in one transaction, turning driver errors into durable's. ``fn`` gets the
         dialect's connection (on MySQL, one that emulates what the database lacks), or with
         ``raw`` SQLAlchemy's own (Alembic's). A transaction the database rolled back to break a
-        deadlock runs again, up to :data:`DEADLOCK_RETRIES` times."""
+        deadlock runs again, up to :data:`DEADLOCK_RETRIES` times, as does one whose error
+        ``retry_also`` accepts (a race the caller knows a second run wins)."""
         wrap = self.dialect.connection
 
         def run(conn: sa.Connection) -> T:
@@ -270,7 +276,10 @@ class SQLAlchemyBackend(
                 try:
                     return await self._runner.transaction(run)
                 except sa.exc.DBAPIError as exc:
-                    if attempt == DEADLOCK_RETRIES or not self.dialect.retryable(exc):
+                    again = self.dialect.retryable(exc) or (
+                        retry_also is not None and retry_also(exc)
+                    )
+                    if attempt == DEADLOCK_RETRIES or not again:
                         raise
                     log.debug("deadlock, running again: %s", what, extra={"action": "retry"})
                     await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))

@@ -12,7 +12,7 @@ themselves are :mod:`.workflows`, which this area sits in front of:
   then one prepared ``INSERT`` is run by the driver over the others (``executemany``; the
   write lock taken by ``BEGIN IMMEDIATE`` keeps others out); and one ``NOTIFY``. MySQL goes the
   way of SQLite, without a lock that keeps others out between the look-up and the insert: a
-  batch that a concurrent one beat to a key runs again (:data:`RACE_RETRIES`) and finds it.
+  batch that a concurrent one beat to a key runs again (as a deadlock's victim does) and finds it.
 * :meth:`Enqueues.create_workflow` on PostgreSQL's direct path (:mod:`.direct`): the workflow,
   its task and the ``NOTIFY`` in one statement and one round trip (data-modifying CTEs), instead
   of ``BEGIN``, three statements and ``COMMIT``. When the workflow exists already (nothing was
@@ -40,16 +40,13 @@ from durable.backends.sql.core import WORKFLOW_COLUMNS, SQLCore, write_labels
 from durable.backends.sql.direct import CompiledStatement
 from durable.backends.sql.runners import InlineRunner
 from durable.backends.sql.schema import UTCDateTime, tasks, workflow_labels, workflows
-from durable.errors import BackendError, InvalidArgumentError, SerializationError
+from durable.errors import InvalidArgumentError, SerializationError
 from durable.gcpause import collector_paused
 from durable.models import TaskSpec, WorkflowInfo, WorkflowSnapshot
 from durable.validation import check_labels
 
 #: Rows per ``SELECT`` looking up the batch's existing workflows (two parameters a row).
 LOOKUP_PAGE = 500
-#: How many times a batch runs again after a concurrent one inserted some of its keys first
-#: (MySQL, see :meth:`Enqueues.create_workflows`).
-RACE_RETRIES = 8
 
 
 class Enqueues(SQLCore):
@@ -222,18 +219,13 @@ class Enqueues(SQLCore):
             return []
         with collector_paused():  # many objects, all kept: see durable.gcpause
             fn, with_tasks = self._creation(batch)
-        what = f"create {len(batch)} workflow(s)"
-        for attempt in range(RACE_RETRIES + 1):
-            try:
-                results = await self._run(fn, what=what)
-                break
-            except BackendError as exc:
-                # MySQL: a concurrent batch inserted one of these ids or keys between this
-                # one's look-up and its insert (and committed: InnoDB made the insert wait for
-                # it); the next run looks it up. SQLite's write lock keeps others out of that
-                # gap, and PostgreSQL's insert skips conflicts
-                if attempt == RACE_RETRIES or not self.dialect.duplicate_key(exc.__cause__):
-                    raise
+        # MySQL: a duplicate key means a concurrent batch inserted one of these ids or keys
+        # between this one's look-up and its insert (and committed: InnoDB made the insert
+        # wait for it), and the next run looks it up. SQLite's write lock keeps others out of
+        # that gap, and PostgreSQL's insert skips conflicts
+        results = await self._run(
+            fn, what=f"create {len(batch)} workflow(s)", retry_also=self.dialect.duplicate_key
+        )
         if any(created for _, created in results) and with_tasks:
             self.notify_work()
         return results

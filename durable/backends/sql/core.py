@@ -89,7 +89,13 @@ class SQLCore(PersistentBackend):
 
     if TYPE_CHECKING:  # provided by SQLAlchemyBackend (.backend) and WakeUps (.wakeups)
 
-        async def _run(self, fn: Callable[[sa.Connection], T], *, what: str = "") -> T: ...
+        async def _run(
+            self,
+            fn: Callable[[sa.Connection], T],
+            *,
+            what: str = "",
+            retry_also: Callable[[sa.exc.DBAPIError], bool] | None = None,
+        ) -> T: ...
 
         async def _run_direct(
             self, statement: CompiledStatement | None, params: dict[str, Any], *, what: str

@@ -179,7 +179,7 @@ class SQLDialect:
         reason that running it again may not meet (a deadlock's victim)."""
         return False
 
-    def duplicate_key(self, exc: BaseException | None) -> bool:
+    def duplicate_key(self, exc: sa.exc.DBAPIError) -> bool:
         """Whether ``exc`` is a plain INSERT's duplicate key, on a database where a bulk
         enqueue inserts without ``ON CONFLICT`` after looking its rows up (MySQL: nothing holds
         the keys between the two, so a concurrent batch may insert one in between)."""
@@ -479,8 +479,8 @@ class MySQLDialect(SQLDialect):
     def retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, sa.exc.DBAPIError) and mysql.errno(exc) in MYSQL_RETRYABLE
 
-    def duplicate_key(self, exc: BaseException | None) -> bool:
-        return isinstance(exc, sa.exc.DBAPIError) and mysql.errno(exc) == mysql.DUPLICATE_KEY
+    def duplicate_key(self, exc: sa.exc.DBAPIError) -> bool:
+        return mysql.errno(exc) == mysql.DUPLICATE_KEY
 
     def unavailable(self, exc: sa.exc.DBAPIError) -> bool | None:
         return mysql.errno(exc) in MYSQL_UNAVAILABLE
