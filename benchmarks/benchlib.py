@@ -138,6 +138,14 @@ def pg_connect_backend(url: str, schema: str) -> durable.SQLAlchemyBackend:
     return backend
 
 
+def connect_backend(kind: str, url: str, schema: str) -> durable.PersistentBackend:
+    """durable's backend for a benchmark's database of ``kind``: on PostgreSQL with its tables
+    in ``schema`` (:func:`pg_connect_backend`), elsewhere :func:`durable.connect` of ``url``."""
+    if kind == "postgres":
+        return pg_connect_backend(url, schema)
+    return durable.connect(url)
+
+
 def pg_server_info(url: str) -> dict[str, Any]:
     """Server version and the settings that decide what a commit costs."""
     names = ["fsync", "synchronous_commit", "wal_sync_method", "full_page_writes"]

@@ -51,15 +51,11 @@ async def fan(n: int) -> int:
     return len(await durable.map(item, range(n)))
 
 
-def backend_for(kind: str, url: str) -> durable.PersistentBackend:
-    if kind == "postgres":
-        return benchlib.pg_connect_backend(url, SCHEMA)
-    return durable.connect(url)
-
-
 async def measure(kind: str, url: str, items: int, concurrency: int) -> float:
     """Items per second of one map over ``items`` items."""
-    async with durable.Runtime(backend_for(kind, url), registry=REG, recover=False) as rt:
+    async with durable.Runtime(
+        benchlib.connect_backend(kind, url, SCHEMA), registry=REG, recover=False
+    ) as rt:
         await rt.start_worker(concurrency=concurrency, poll_interval=0.05)
         started = time.perf_counter()
         workflow_id = await rt.enqueue(fan, items)

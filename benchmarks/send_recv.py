@@ -68,12 +68,6 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def backend_for(kind: str, url: str) -> durable.PersistentBackend:
-    if kind == "postgres":
-        return benchlib.pg_connect_backend(url, SCHEMA)
-    return durable.connect(url)
-
-
 async def waits(client: durable.Client, workflow_id: str, received: int) -> bool:
     """The workflow waits in its receive number ``received`` (0-based)."""
     steps = await client.list_steps(workflow_id)
@@ -99,7 +93,7 @@ def start_worker(kind: str, url: str, poll: float) -> subprocess.Popen[bytes]:
 
 
 async def measure(kind: str, url: str, messages: int, poll: float) -> dict[str, float]:
-    async with durable.Client(backend_for(kind, url)) as client:
+    async with durable.Client(benchlib.connect_backend(kind, url, SCHEMA)) as client:
         child = start_worker(kind, url, poll)
         try:
             workflow_id = await client.enqueue(NAME, messages)
@@ -124,7 +118,9 @@ async def measure(kind: str, url: str, messages: int, poll: float) -> dict[str, 
 
 
 async def serve(kind: str, url: str, poll: float) -> None:
-    runtime = durable.Runtime(backend_for(kind, url), registry=REG, recover=False)
+    runtime = durable.Runtime(
+        benchlib.connect_backend(kind, url, SCHEMA), registry=REG, recover=False
+    )
     await durable.worker.serve(runtime, concurrency=4, poll_interval=poll)
 
 

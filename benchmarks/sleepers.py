@@ -53,17 +53,13 @@ async def sleeper(n: int) -> int:
     return n
 
 
-def _open(kind: str, where: str) -> durable.PersistentBackend:
-    if kind == "sqlite":
-        return durable.connect(where)
-    return benchlib.pg_connect_backend(where, SCHEMA)
-
-
 def serve(kind: str, where: str) -> None:
     """The worker process: serve until killed."""
 
     async def run() -> None:
-        async with durable.Runtime(_open(kind, where), registry=REG, recover=False) as rt:
+        async with durable.Runtime(
+            benchlib.connect_backend(kind, where, SCHEMA), registry=REG, recover=False
+        ) as rt:
             await rt.start_worker(concurrency=16)
             await asyncio.Event().wait()
 
@@ -73,7 +69,7 @@ def serve(kind: str, where: str) -> None:
 async def _enqueue_and_wait(kind: str, where: str, count: int) -> float:
     """Enqueue ``count`` sleepers, wait until every one sleeps; seconds it took."""
     begun = time.monotonic()
-    async with durable.Client(_open(kind, where)) as client:
+    async with durable.Client(benchlib.connect_backend(kind, where, SCHEMA)) as client:
         for start in range(0, count, 1000):
             await client.enqueue_many(
                 sleeper,

@@ -169,15 +169,21 @@ def test_import_time(tmp_path: Path) -> None:
     assert all(isinstance(t["pass"], bool) for t in document["targets"])
 
 
+def _backend_args(backend: str, request: pytest.FixtureRequest) -> list[str]:
+    """``--backend``, and on PostgreSQL the test's database as ``--pg-url``."""
+    args = ["--backend", backend]
+    if backend == "postgres":
+        args += ["--pg-url", request.getfixturevalue("pg_url")]
+    return args
+
+
 @pytest.mark.parametrize(
     "backend", ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )
 def test_sleep_wakeup(
     backend: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["--backend", backend, "--workflows", "3", "--sleep-ms", "20"]
-    if backend == "postgres":
-        args += ["--pg-url", request.getfixturevalue("pg_url")]
+    args = [*_backend_args(backend, request), "--workflows", "3", "--sleep-ms", "20"]
     assert _benchmark("sleep_wakeup").main(args) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
     assert [row[:2] for row in rows] == [[backend, "3"]]
@@ -191,9 +197,7 @@ def test_sleep_wakeup(
 def test_sleepers(
     backend: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["--backend", backend, "--counts", "5,10", "--window", "0.2"]
-    if backend == "postgres":
-        args += ["--pg-url", request.getfixturevalue("pg_url")]
+    args = [*_backend_args(backend, request), "--counts", "5,10", "--window", "0.2"]
     assert _benchmark("sleepers").main(args) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
     assert [row[:2] for row in rows] == [[backend, "5"], [backend, "10"]]
@@ -207,9 +211,7 @@ def test_sleepers(
 def test_fanout(
     backend: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["--backend", backend, "--items", "20,5", "--concurrency", "4"]
-    if backend == "postgres":
-        args += ["--pg-url", request.getfixturevalue("pg_url")]
+    args = [*_backend_args(backend, request), "--items", "20,5", "--concurrency", "4"]
     # the verdict on the rates is not judged here (tiny maps): only that both ran, in order
     assert _benchmark("fanout").main(args) in (0, 1)
     lines = capsys.readouterr().out.splitlines()
