@@ -6,12 +6,16 @@ contract is in durable/testing/contract/changes.py."""
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
 
 import durable
 from durable.backends.sql import changes
@@ -181,3 +185,105 @@ async def test_mariadb_a_transaction_open_when_read_is_not_skipped(
             assert found[0].position < found[1].position
     finally:
         engine.dispose()
+
+
+@pytest.mark.mysql
+async def test_mariadb_the_feed_moves_while_others_read_innodbs_transaction_list(
+    mysql_backend_url: str,
+) -> None:
+    """``information_schema.innodb_trx`` is refreshed only once nobody has read it for 0.1 s:
+    a monitoring tool (or other feed readers) reading it more often kept it stale, and a reader
+    that trusted it found nothing new, for good."""
+    url = sa.make_url(mysql_backend_url).set(drivername="mysql+pymysql")
+    engine = sa.create_engine(url.update_query_dict({"charset": "utf8mb4"}))
+    stop = threading.Event()
+
+    def monitor() -> None:
+        with engine.connect() as conn:
+            while not stop.is_set():
+                conn.execute(sa.text("SELECT * FROM information_schema.innodb_trx")).all()
+                conn.commit()
+                time.sleep(0.01)
+
+    watcher = threading.Thread(target=monitor)
+    watcher.start()
+    try:
+        async with durable.connect(mysql_backend_url) as backend:
+            start = (await backend.list_changes(limit=1000))[-1:]
+            after = start[0].position if start else 0
+            for n in range(3):
+                with engine.begin() as conn:
+                    insert_workflow(conn, f"while-watched-{n}")
+                found = await backend.list_changes(after=after)
+                assert [e.workflow_id for e in found] == [f"while-watched-{n}"]
+                after = found[-1].position
+    finally:
+        stop.set()
+        watcher.join()
+        engine.dispose()
+
+
+@pytest.mark.mysql
+async def test_mariadb_a_prepared_transaction_no_session_holds_is_waited_for(
+    mysql_backend_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An XA transaction prepared, then left by its session, is listed without a session; it
+    may hold an earlier position, so the feed waits for it."""
+    monkeypatch.setattr(changes, "MYSQL_WAIT", 0.05)
+    url = sa.make_url(mysql_backend_url).set(drivername="mysql+pymysql")
+    engine = sa.create_engine(
+        url.update_query_dict({"charset": "utf8mb4"}),
+        poolclass=NullPool,
+        isolation_level="AUTOCOMMIT",
+    )
+    xid = f"durable-test-{uuid.uuid4().hex[:12]}"
+    try:
+        async with durable.connect(mysql_backend_url) as backend:
+            with engine.connect() as a:
+                a.exec_driver_sql(f"XA START '{xid}'")
+                insert_workflow(a, "prepared")
+                a.exec_driver_sql(f"XA END '{xid}'")
+                a.exec_driver_sql(f"XA PREPARE '{xid}'")
+                a.invalidate()  # its session ends; the transaction stays prepared
+            with engine.begin() as b:
+                insert_workflow(b, "after-it")
+            assert await backend.list_changes() == []
+            with engine.connect() as c:
+                c.exec_driver_sql(f"XA COMMIT '{xid}'")
+            monkeypatch.setattr(changes, "MYSQL_WAIT", 2.0)
+            found = await backend.list_changes()
+            assert [e.workflow_id for e in found] == ["prepared", "after-it"]
+    finally:
+        with engine.connect() as c:
+            listed = c.exec_driver_sql("XA RECOVER").all()
+            if any(row[3] in (xid, xid.encode()) for row in listed):
+                c.exec_driver_sql(f"XA ROLLBACK '{xid}'")
+        engine.dispose()
+
+
+STATUS = """------------
+TRANSACTIONS
+------------
+Trx id counter 3173
+LIST OF TRANSACTIONS FOR EACH SESSION:
+---TRANSACTION 7943, ACTIVE (PREPARED) 3 sec recovered trx
+1 lock struct(s), heap size 1128, 0 row lock(s), undo log entries 1
+---TRANSACTION (0x7ff6e5588b80), not started
+0 lock struct(s), heap size 1128, 0 row lock(s)
+MariaDB thread id 12, OS thread handle 140698167981760, query id 5 127.0.0.1 root
+---TRANSACTION 3172, ACTIVE 0 sec
+1 lock struct(s), heap size 1128, 0 row lock(s), undo log entries 1
+MariaDB thread id 176, OS thread handle 140698167981760, query id 5293 127.0.0.1 root
+---TRANSACTION 3180, ACTIVE 1 sec
+MySQL thread id 9, OS thread handle 1, query id 7 localhost root
+--------
+FILE I/O
+--------
+"""
+
+
+def test_innodbs_report_gives_each_started_transaction_and_its_session() -> None:
+    assert changes.innodb_transactions(STATUS) == {("7943", None), ("3172", 176), ("3180", 9)}
+    cut = STATUS.replace("---TRANSACTION 3172", "...truncated...\n---TRANSACTION 3172")
+    assert changes.innodb_transactions(cut) is None
+    assert changes.innodb_transactions("") == set()

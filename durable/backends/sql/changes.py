@@ -6,16 +6,15 @@ Part of :class:`~durable.backends.sql.backend.SQLAlchemyBackend` (see :mod:`.cor
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from durable.backends.base import check_changes_args, step_change_kind
 from durable.backends.sql import feed
 from durable.backends.sql.core import SQLCore
-from durable.backends.sql.runners import AsyncRunner
 from durable.models import ChangeEvent, ChangeKind
 
 #: Seconds the PostgreSQL reader waits for transactions open when it reads to end.
@@ -40,24 +39,47 @@ _STILL_OPEN = sa.text(
 
 #: Seconds the MariaDB reader waits for transactions open when it reads to end.
 MYSQL_WAIT = 2.0
+#: Seconds between two looks at the transactions still open.
+MYSQL_POLL = 0.02
 _MYSQL_NEXT = sa.text(f"SELECT NEXTVAL({feed.SEQUENCE})")
-#: The transactions InnoDB runs that may write durable's rows: not the reader's own, nor those
-#: of sessions using another database or none (InnoDB's list is the server's; durable's
-#: sessions use the URL's database). A transaction is known by its connection and start (a
-#: new one on the same connection in the same second looks the same: it is waited for too,
-#: which only delays); one whose session is not listed (a prepared XA transaction) is kept.
-_MYSQL_OPEN = sa.text(
-    "SELECT t.trx_mysql_thread_id, t.trx_started, t.trx_id, "
-    "t.trx_mysql_thread_id = CONNECTION_ID() AS own "
-    "FROM information_schema.innodb_trx t "
-    "LEFT JOIN information_schema.processlist p ON p.ID = t.trx_mysql_thread_id "
-    "WHERE p.ID IS NULL OR p.DB = DATABASE()"
+#: InnoDB's own report, read fresh each time (``information_schema.innodb_trx`` is a cache,
+#: refreshed only once nobody on the server has read it for 0.1 s: readers that follow the feed
+#: at once, or a monitoring tool, kept it stale for good).
+_MYSQL_STATUS = sa.text("SHOW ENGINE INNODB STATUS")
+#: The sessions that use another database, or none (InnoDB's list is the server's; durable's
+#: sessions use the URL's database), and the reader's own.
+_MYSQL_ELSEWHERE = sa.text(
+    "SELECT ID FROM information_schema.processlist "
+    "WHERE DB IS NULL OR DB <> DATABASE() OR ID = CONNECTION_ID()"
 )
-#: Begins the reader's own transaction at once (InnoDB lists it from then on).
-_MYSQL_WITNESS = sa.text("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-#: Seconds between two reads of InnoDB's transaction list (it is refreshed only when it has not
-#: been read for 0.1 s).
-MYSQL_REFRESH = 0.12
+_TRANSACTION = re.compile(r"^---TRANSACTION ([^,]+), (.*)$")
+_THREAD = re.compile(r"^(?:MySQL|MariaDB) thread id (\d+),")
+_TRUNCATED = "...truncated..."
+
+
+def innodb_transactions(status: str) -> set[tuple[str, int | None]] | None:
+    """The transactions that InnoDB's status report lists as started, each as (its id as
+    printed, its session's id, or None for one no session holds: a prepared XA transaction
+    recovered); None when the report was cut short (InnoDB truncates it past 1 MB, in its list
+    of transactions)."""
+    if _TRUNCATED in status:
+        return None
+    found: set[tuple[str, int | None]] = set()
+    current: str | None = None
+    for line in status.splitlines():
+        if match := _TRANSACTION.match(line):
+            if current is not None:
+                found.add((current, None))
+            current = None if match[2].startswith("not started") else match[1]
+        elif current is not None and (match := _THREAD.match(line)):
+            found.add((current, int(match[1])))
+            current = None
+        elif current is not None and line.startswith("-----"):
+            found.add((current, None))  # the list ended
+            current = None
+    if current is not None:
+        found.add((current, None))
+    return found
 
 
 class Changes(SQLCore):
@@ -72,7 +94,7 @@ class Changes(SQLCore):
             if self.dialect.name == "postgresql":
                 params["p_horizon"] = await self._pg_horizon()
             else:
-                params["p_horizon"] = await self._mysql_horizon()
+                params["p_horizon"] = await self._mysql_final_below()
         position = sa.bindparam("p_after", type_=feed.POSITION)
         rowids = self.dialect.name == "sqlite"
         after_query = feed.feed_query(lambda c: c > position, horizon, limit, step_rowids=rowids)
@@ -119,53 +141,36 @@ class Changes(SQLCore):
         top = min(open_ids) if open_ids else int(xmax)
         return max(top, int(xmin)) * feed.XID_SHIFT
 
-    async def _mysql_horizon(self) -> int:
-        """MariaDB: the position below which every change is final (see :mod:`.feed`); run to
-        its end even when the caller is cancelled (it holds a transaction open meanwhile)."""
-        return await asyncio.shield(asyncio.ensure_future(self._mysql_final_below()))
-
     async def _mysql_final_below(self) -> int:
         """The reader takes the sequence's next value itself: every position below it was taken
         before, by a transaction that InnoDB had started by then (it opens the table it writes
-        before the statement computes its values), so it is in ``information_schema.innodb_trx``
-        now, or has ended. InnoDB refreshes that list at most every 0.1 s, and not while it is
-        read more often than that: a list is trusted only once it shows a transaction the
-        reader began after taking the value (a list at least that fresh). Then it waits (up to
-        :data:`MYSQL_WAIT` seconds) for the listed transactions to end (a transaction gone from
-        the list has ended); if one is still open, nothing new is final yet (the feed lags
-        behind the oldest open transaction; needs the PROCESS privilege)."""
+        before the statement computes its values), so InnoDB's status report lists it now, or
+        it has ended. The reader waits (up to :data:`MYSQL_WAIT` seconds) for the listed
+        transactions of sessions on this database to end (a transaction is known by its id and
+        session; one gone from the list has ended); if one is still open, or the report was cut
+        short, nothing new is final yet (the feed lags behind the oldest open transaction;
+        needs the PROCESS privilege)."""
         value = await self._run(
             lambda conn: int(conn.execute(_MYSQL_NEXT).scalar_one()), what="read the change feed"
         )
-        runner = self._runner
-        assert isinstance(runner, AsyncRunner)  # MySQL runs on its async drivers
 
-        async def witnessed(conn: AsyncConnection) -> set[tuple[Any, ...]] | None:
-            await conn.execute(_MYSQL_WITNESS)  # begins now: after the value was taken
-            deadline = time.monotonic() + MYSQL_WAIT
-            while True:
-                listed = (await conn.execute(_MYSQL_OPEN)).all()
-                if any(row[3] for row in listed):  # the reader's own: the list is fresh
-                    return {tuple(row[:3]) for row in listed if not row[3]}
-                if time.monotonic() > deadline:
-                    return None
-                await asyncio.sleep(MYSQL_REFRESH)
+        def still_open(conn: sa.Connection) -> set[tuple[str, int | None]] | None:
+            listed = innodb_transactions(str(conn.execute(_MYSQL_STATUS).one()[2]))
+            if listed is None:
+                return None
+            elsewhere = set(conn.execute(_MYSQL_ELSEWHERE).scalars())
+            return {t for t in listed if t[1] is None or t[1] not in elsewhere}
 
-        with self._errors("read the change feed"):
-            open_ones = await runner.async_transaction(witnessed)
-        if open_ones is None:
-            return 0  # the list never refreshed: nothing new is known final
+        open_ones = await self._run(still_open, what="read the change feed")
         deadline = time.monotonic() + MYSQL_WAIT
         while open_ones:
             if time.monotonic() > deadline:
                 return 0  # nothing new is final yet
-            await asyncio.sleep(MYSQL_REFRESH)
-            now_open = await self._run(
-                lambda conn: {tuple(r[:3]) for r in conn.execute(_MYSQL_OPEN) if not r[3]},
-                what="read the change feed",
-            )
-            open_ones &= now_open
-        return value
+            await asyncio.sleep(MYSQL_POLL)
+            now_open = await self._run(still_open, what="read the change feed")
+            if now_open is not None:
+                open_ones &= now_open
+        return 0 if open_ones is None else value
 
     @staticmethod
     def _change(m: Any) -> ChangeEvent:
