@@ -208,6 +208,8 @@ class SQLAlchemyBackend(
                 return
             fn = migrate.upgrade if self.auto_migrate else migrate.check
             await self._run(self.dialect.check_server, what="check the database server", raw=True)
+            with self._errors("check the database server"):
+                await self._runner.check_sessions()
             await self._run(fn, what="migrate", raw=True)
             self._loop = asyncio.get_running_loop()
             self._started = True

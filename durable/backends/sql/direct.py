@@ -43,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
 from durable.backends.sql.waits import SocketWaiter
+from durable.errors import ConfigurationError
 
 #: Run on each direct connection when it opens; its statements are durable's own, each written
 #: to reach its rows through their keys, and these settings keep PostgreSQL's planner to that:
@@ -360,18 +361,55 @@ class DirectStatements:
                 await _close(conn, waiter)
             return result
 
-    async def _open(self) -> Any:
-        """A new connection, opened by the pool (connect arguments, events) and detached."""
+    async def check_sessions(self) -> None:
+        """Refuse a connection pooler that gives durable's connections another PostgreSQL
+        session for each transaction (PgBouncer's ``pool_mode = transaction``, or the like):
+        the direct path's prepared statements and planner settings, and the workers' LISTEN,
+        live in the session. Two connections of its own, opened without the settings (none
+        must reach a pooled session someone else gets next) and closed after: A runs a
+        statement, B begins a transaction and runs one, A runs one more. On connections of
+        their own A's two statements run in one session; behind such a pooler, B's transaction
+        takes the session A just left (the pooler hands back the last one freed), and A gets
+        another.
+
+        :raises ConfigurationError: naming what was seen and what durable needs.
+        """
+        if not self.enabled:
+            return
+        opened: list[Any] = []
+        try:
+            opened.append(await self._open(settings=False))
+            opened.append(await self._open(settings=False))
+            a, b = opened
+            first = await _backend_pid(a)
+            await b.execute("BEGIN")
+            await _backend_pid(b)
+            second = await _backend_pid(a)
+            await b.execute("ROLLBACK")
+        finally:
+            for conn in opened:
+                await _close(conn)
+        if first != second:
+            raise ConfigurationError(
+                f"{self._engine.url.render_as_string(hide_password=True)} gives each "
+                f"transaction a session of its own (PostgreSQL backend {first}, then "
+                f"{second} for the same connection): a connection pooler in transaction "
+                "mode sits in between (PgBouncer's pool_mode = transaction, or the like). "
+                "durable keeps prepared statements, planner settings and its workers' "
+                "LISTEN in its sessions: connect it to PostgreSQL itself, or through a "
+                "pool in session mode (pool_mode = session)"
+            )
+
+    async def _open(self, *, settings: bool = True) -> Any:
+        """A new connection, opened by the pool (connect arguments, events) and detached;
+        with ``settings``, the session's (:func:`_settle`)."""
         fairy: Any = await greenlet_spawn(self._engine.raw_connection)
         conn = fairy.driver_connection
         fairy.detach()  # the pool forgets it: its slot is free, and closing it is ours
         try:
             await conn.set_autocommit(True)
-            # the session's time zone changes no value (timestamps are sent and compared as
-            # instants), but on UTC psycopg reads them as datetime.UTC: UTCDateTime has
-            # nothing left to convert
-            await conn.execute("SET TIME ZONE 'UTC'")
-            await conn.execute(_SESSION_SETTINGS)
+            if settings:
+                await _settle(conn)
         except BaseException:
             await _close(conn)
             raise
@@ -389,6 +427,20 @@ class DirectStatements:
         self._generation += 1
         await self._discard_idle()
         self._loop = self._available = None
+
+
+async def _settle(conn: Any) -> None:
+    """A direct connection's session settings: :data:`_SESSION_SETTINGS`, and UTC (the
+    session's time zone changes no value, since timestamps are sent and compared as instants,
+    but on UTC psycopg reads them as datetime.UTC: UTCDateTime has nothing left to convert)."""
+    await conn.execute("SET TIME ZONE 'UTC'")
+    await conn.execute(_SESSION_SETTINGS)
+
+
+async def _backend_pid(conn: Any) -> int:
+    cursor = await conn.execute("SELECT pg_backend_pid()")
+    row = await cursor.fetchone()
+    return int(row[0])
 
 
 async def _close(conn: Any, waiter: SocketWaiter | None = None) -> None:

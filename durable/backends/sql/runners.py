@@ -64,6 +64,10 @@ class Runner(ABC):
     async def release(self) -> None:  # noqa: B027 - optional hook
         """Close connections the runner holds outside the engine's pool."""
 
+    async def check_sessions(self) -> None:  # noqa: B027 - optional hook
+        """Refuse, at start, connections whose session changes between transactions, where
+        the runner keeps state in sessions (see :meth:`DirectStatements.check_sessions`)."""
+
     @abstractmethod
     async def dispose(self) -> None: ...
 
@@ -469,6 +473,9 @@ class AsyncRunner(Runner):
         self, statement: CompiledStatement, values: dict[str, Any]
     ) -> DirectResult | None:
         return await self._direct.execute(statement, values)
+
+    async def check_sessions(self) -> None:
+        await self._direct.check_sessions()
 
     def checked_out(self) -> int:
         return checked_out_of(self.engine.sync_engine.pool)
