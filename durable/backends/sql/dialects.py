@@ -290,6 +290,19 @@ class SQLiteDialect(BoundClock):
     def identity_from_url(self, url: URL) -> tuple[Any, ...] | None:
         return ("" if _is_memory(url) else os.path.realpath(url.database or ""),)
 
+    def unavailable(self, exc: sa.exc.DBAPIError) -> bool | None:
+        # the file stayed locked by another connection past the busy timeout (a backup, a
+        # long transaction of another program): unavailable now, as a server that does not
+        # answer, not a statement refused (a worker hands its attempt back uncounted)
+        code = getattr(exc.orig, "sqlite_errorcode", None)
+        if isinstance(code, int):
+            return code & 0xFF in SQLITE_BUSY_CODES or None
+        return "database is locked" in str(exc.orig) or None
+
+
+#: SQLite's primary result codes of a file locked by another connection (SQLITE_BUSY) or of a
+#: table locked within one (SQLITE_LOCKED).
+SQLITE_BUSY_CODES = frozenset({5, 6})
 
 #: PostgreSQL's SQLSTATEs of a transaction rolled back to break a deadlock, or at a
 #: serialization failure: running it again may succeed.

@@ -1,0 +1,92 @@
+"""A SQLite file that another program keeps locked past the busy timeout (a backup, a long
+transaction of its own) is a database unavailable for now, as a server that does not answer:
+callers get ``BackendUnavailableError`` (which producers retry), and a worker hands its
+attempt back uncounted and runs it again once the file is free, instead of counting a failed
+attempt or leaving the execution to wait for its lease to expire."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import durable
+from durable.backends.sql import dialects
+
+
+@pytest.fixture(params=["sqlite", "sqlite+aiosqlite"])
+def url_and_path(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, Path]:
+    monkeypatch.setattr(dialects, "BUSY_TIMEOUT_MS", 200)
+    path = tmp_path / "locked.db"
+    return f"{request.param}:///{path}", path
+
+
+def hold_the_write_lock(path: Path) -> sqlite3.Connection:
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
+@durable.workflow
+async def noop() -> None:
+    return None
+
+
+async def test_an_enqueue_into_a_locked_file_is_unavailable_and_writes_nothing(
+    url_and_path: tuple[str, Path],
+) -> None:
+    url, path = url_and_path
+    async with durable.Runtime(durable.connect(url)) as runtime:
+        other = await asyncio.to_thread(hold_the_write_lock, path)
+        try:
+            with pytest.raises(durable.BackendUnavailableError, match="database is locked"):
+                await runtime.enqueue(noop, workflow_id="while-locked")
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert sum((await runtime.backend.count_workflows()).values()) == 0
+        await runtime.enqueue(noop, workflow_id="while-locked")
+        assert (await runtime.get_workflow("while-locked")).id == "while-locked"
+
+
+class Body:
+    started: asyncio.Event
+    go: asyncio.Event
+
+
+@durable.step
+async def slow(n: int) -> int:
+    Body.started.set()
+    await Body.go.wait()  # the test locks the file while the body runs: its record waits
+    return n
+
+
+@durable.workflow(max_attempts=1)
+async def one_attempt(n: int) -> int:
+    return await slow(n) + 1
+
+
+async def test_a_step_whose_record_meets_a_locked_file_runs_again_once_it_is_free(
+    url_and_path: tuple[str, Path],
+) -> None:
+    url, path = url_and_path
+    Body.started, Body.go = asyncio.Event(), asyncio.Event()
+    async with durable.Runtime(durable.connect(url), claim_ttl=60) as runtime:
+        await runtime.start_worker()
+        wid = await runtime.enqueue(one_attempt, 1)
+        await asyncio.wait_for(Body.started.wait(), 10)
+        # from a thread: a transaction of the backend's may be between two statements, which
+        # needs this loop to go on
+        other = await asyncio.to_thread(hold_the_write_lock, path)
+        Body.go.set()
+        await asyncio.sleep(1.0)  # the record waits, fails, and the worker keeps trying
+        other.execute("ROLLBACK")
+        other.close()
+        # one failed attempt would end it (max_attempts=1); a lease left to expire, 60 s
+        assert await runtime.result(wid, timeout=15) == 2
+        info = await runtime.get_workflow(wid)
+        assert (info.status.value, info.attempts) == ("succeeded", 1)
