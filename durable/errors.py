@@ -106,8 +106,8 @@ class BackendError(DurableError):
 
 class BackendUnavailableError(BackendError):
     """The database cannot be reached now (a server down, restarting or out of connection
-    slots; a SQLite file locked by another program past the busy timeout): the same call may
-    succeed later, and nothing of it was written."""
+    slots; its disk full; a SQLite file locked by another program past the busy timeout): the
+    same call may succeed later, and nothing of it was written."""
 
 
 class SchemaVersionError(BackendError):

@@ -260,6 +260,19 @@ async def test_a_batch_claim_takes_no_row_another_claim_took_since_it_read(
         assert (await backend.get_task("t0", "workflow")).claimed_by == "worker-2"
 
 
+@pytest.mark.parametrize(
+    ("number", "unavailable"),
+    [(1021, True), (1114, True), (2013, True), (1062, False), (1213, False)],
+)
+def test_a_full_disk_is_unavailable_not_a_refused_statement(number: int, unavailable: bool) -> None:
+    """Disk full (1021) and a table that cannot grow (1114) pass once there is room: a worker
+    hands its attempt back uncounted; a duplicate key or a deadlock is the statement's own."""
+    import pymysql
+
+    error = sa.exc.OperationalError("INSERT", {}, pymysql.err.OperationalError(number, "..."))
+    assert MySQLDialect().unavailable(error) is unavailable
+
+
 @pytest.mark.mysql
 async def test_an_unreachable_server_is_unavailable_on_start() -> None:
     backend = durable.connect("mysql://root@127.0.0.1:1/durable")

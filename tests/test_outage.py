@@ -274,6 +274,8 @@ async def test_no_pooled_connection_free_in_time_is_unavailable(pg_url: str) -> 
     ("error", "unavailable"),
     [
         (psycopg.errors.TooManyConnections("sorry, too many clients already"), True),
+        (psycopg.errors.DiskFull("could not extend file: No space left on device"), True),
+        (psycopg.errors.OutOfMemory("out of memory"), True),
         (psycopg.errors.CannotConnectNow("the database system is starting up"), True),
         (psycopg.errors.AdminShutdown("terminating connection"), True),
         (psycopg.errors.CrashShutdown("terminating connection"), True),

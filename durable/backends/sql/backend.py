@@ -78,9 +78,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: PostgreSQL errors that mean "not now" rather than "not this statement" (besides class 08,
-#: connection exceptions): too many connections, and the server shutting down, crashed or
-#: starting up (57P01 is also what a backend terminated by pg_terminate_backend reports).
-_UNAVAILABLE_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
+#: connection exceptions): the disk full, out of memory, too many connections, and the server
+#: shutting down, crashed or starting up (57P01 is also what a backend terminated by
+#: pg_terminate_backend reports).
+_UNAVAILABLE_SQLSTATES = frozenset({"53100", "53200", "53300", "57P01", "57P02", "57P03"})
 #: How many times a transaction the database rolled back to break a deadlock runs again.
 DEADLOCK_RETRIES = 8
 

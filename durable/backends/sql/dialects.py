@@ -292,17 +292,19 @@ class SQLiteDialect(BoundClock):
 
     def unavailable(self, exc: sa.exc.DBAPIError) -> bool | None:
         # the file stayed locked by another connection past the busy timeout (a backup, a
-        # long transaction of another program): unavailable now, as a server that does not
-        # answer, not a statement refused (a worker hands its attempt back uncounted)
+        # long transaction of another program), or its disk is full: unavailable now, as a
+        # server that does not answer, not a statement refused (a worker hands its attempt
+        # back uncounted, instead of failing healthy workflows for good)
         code = getattr(exc.orig, "sqlite_errorcode", None)
         if isinstance(code, int):
-            return code & 0xFF in SQLITE_BUSY_CODES or None
-        return "database is locked" in str(exc.orig) or None
+            return code & 0xFF in SQLITE_UNAVAILABLE or None
+        message = str(exc.orig)
+        return "database is locked" in message or "disk is full" in message or None
 
 
-#: SQLite's primary result codes of a file locked by another connection (SQLITE_BUSY) or of a
-#: table locked within one (SQLITE_LOCKED).
-SQLITE_BUSY_CODES = frozenset({5, 6})
+#: SQLite's primary result codes that mean "not now": a file locked by another connection
+#: (SQLITE_BUSY), a table locked within one (SQLITE_LOCKED), the disk full (SQLITE_FULL).
+SQLITE_UNAVAILABLE = frozenset({5, 6, 13})
 
 #: PostgreSQL's SQLSTATEs of a transaction rolled back to break a deadlock, or at a
 #: serialization failure: running it again may succeed.
@@ -403,8 +405,11 @@ class PostgresBoundClockDialect(BoundClock, PostgresDialect):
 
 
 #: MySQL error numbers that mean the server cannot be reached now: too many connections,
-#: shutting down, connection killed, can't connect, gone away, lost, and the like.
-MYSQL_UNAVAILABLE = frozenset({1040, 1053, 1077, 1927, 2002, 2003, 2006, 2013, 2055, 4031})
+#: shutting down, connection killed, can't connect, gone away, lost, and the like; and its
+#: disk full (a table that cannot grow).
+MYSQL_UNAVAILABLE = frozenset(
+    {1021, 1040, 1053, 1077, 1114, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
+)
 #: Deadlock (the transaction was rolled back), lock wait timeout.
 MYSQL_RETRYABLE = frozenset({1213, 1205})
 
