@@ -57,10 +57,10 @@ def pg_conninfo(url: str) -> str:
 
 async def terminate_other_sessions(url: str) -> None:
     """Terminate every other session on ``url``'s database (what a server restart does to a
-    client's connections)."""
+    client's connections), and wait until each is gone (its goodbye sent, its socket closed)."""
     async with await psycopg.AsyncConnection.connect(pg_conninfo(url), autocommit=True) as admin:
         await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
             " WHERE datname = %s AND pid <> pg_backend_pid()",
             (sa.make_url(url).database,),
         )

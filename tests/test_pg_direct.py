@@ -92,13 +92,38 @@ async def test_concurrent_records_share_the_borrowed_connections(
     assert claimed.checked_out_connections() == 0
 
 
-async def test_a_dropped_connection_is_discarded_and_the_next_record_works(
+async def test_a_connection_the_server_closed_while_idle_is_replaced_before_use(
     claimed: SQLAlchemyBackend, pg_url: str
 ) -> None:
+    """The server ended the idle connection (idle_session_timeout, a restart that is over,
+    pg_terminate_backend): its goodbye is found before anything is sent on it, and a new
+    connection records the step; the caller sees no error."""
     await claimed.record_step("wf", _step(0), worker_id=WORKER)  # borrows a connection
     await terminate_other_sessions(pg_url)
-    with pytest.raises(BackendUnavailableError, match="record step 1"):
-        await claimed.record_step("wf", _step(1), worker_id=WORKER)
+    await claimed.record_step("wf", _step(1), worker_id=WORKER)
+    assert claimed.checked_out_connections() == 0
+    assert await _positions(pg_url) == [0, 1]
+
+
+async def test_a_connection_dropped_mid_statement_is_unavailable_and_discarded(
+    claimed: SQLAlchemyBackend, pg_url: str
+) -> None:
+    await claimed.record_step("wf", _step(0), worker_id=WORKER)
+
+    async def terminate_soon() -> None:
+        await asyncio.sleep(0.3)
+        await terminate_other_sessions(pg_url)
+
+    locker = await psycopg.AsyncConnection.connect(pg_conninfo(pg_url))
+    try:
+        # the task row locked: the record waits on it, then its session is terminated
+        await locker.execute("SELECT 1 FROM durable_tasks WHERE instance_id = 'wf' FOR UPDATE")
+        killer = asyncio.create_task(terminate_soon())
+        with pytest.raises(BackendUnavailableError, match="record step 1"):
+            await claimed.record_step("wf", _step(1), worker_id=WORKER)
+        await killer
+    finally:
+        await locker.close()  # terminated too
     assert claimed.checked_out_connections() == 0
     assert await _positions(pg_url) == [0]
     await claimed.record_step("wf", _step(1), worker_id=WORKER)
@@ -240,15 +265,12 @@ async def test_a_sync_step_that_lost_its_claim_records_nothing(pg_url: str) -> N
         assert [(s.name, s.output) for s in steps] == [("tests.pg_direct.double", 2)]
 
 
-async def test_a_dropped_sync_connection_is_discarded_too(
+async def test_a_sync_connection_the_server_closed_while_idle_is_replaced_too(
     claimed: SQLAlchemyBackend, pg_url: str
 ) -> None:
     record = claimed.record_step_blocking
     await asyncio.to_thread(record, "wf", _step(0), worker_id=WORKER)
     await terminate_other_sessions(pg_url)
-    with pytest.raises(BackendUnavailableError, match="record step 1"):
-        await asyncio.to_thread(record, "wf", _step(1), worker_id=WORKER)
-    assert await _positions(pg_url) == [0]
     await asyncio.to_thread(record, "wf", _step(1), worker_id=WORKER)
     assert await _positions(pg_url) == [0, 1]
 

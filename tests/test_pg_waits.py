@@ -25,7 +25,6 @@ import psycopg
 import pytest
 from support import eventually, pg_conninfo, terminate_other_sessions
 
-import durable
 from durable.backends import SQLAlchemyBackend
 from durable.backends.sql.waits import SocketWaiter
 from durable.models import TaskSpec, WorkflowSnapshot
@@ -191,11 +190,7 @@ async def test_the_backend_replaces_a_dropped_direct_connection_and_leaves_none_
 
         await eventually(unwatched, "the sockets the server closed to leave the selector")
         assert not any(_watched(s) for s in sockets)
-        with pytest.raises(durable.BackendUnavailableError):
-            await enqueue(backend, "b")
-        await enqueue(backend, "c")
-        with pytest.raises(durable.WorkflowNotFoundError):  # nothing of it was written
-            await backend.get_workflow("b")
+        await enqueue(backend, "c")  # on a new connection: the closed ones were found first
         assert (await backend.get_workflow("c")).id == "c"
         sockets = _direct_sockets(backend)
         assert sockets and all(_watched(s) for s in sockets)

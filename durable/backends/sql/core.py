@@ -143,6 +143,9 @@ class SQLCore(PersistentBackend):
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+                    if conn.info.server_version >= 140000:
+                        # a listener is idle by design: not to be ended by idle_session_timeout
+                        await conn.execute("SET idle_session_timeout = 0")
                     await conn.execute(f"LISTEN {channel}")
                     if failures:
                         log.info(

@@ -52,6 +52,7 @@ from sqlalchemy.pool import StaticPool
 from durable.backends.sql import feed, mysql
 from durable.backends.sql.direct import KEY_DRIVEN_PLANS
 from durable.backends.sql.schema import UTCDateTime, steps
+from durable.backends.sql.stale import discard_stale_at_checkout
 from durable.errors import ConfigurationError
 
 SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -679,6 +680,7 @@ def _create_engine(
     async_engine = create_async_engine(url, **options)
     if reset_by_durable:
         sa.event.listen(async_engine.sync_engine, "reset", mysql.rollback_unless_ended)
+    sa.event.listen(async_engine.sync_engine, "checkout", discard_stale_at_checkout)
     return async_engine
 
 

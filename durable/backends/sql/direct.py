@@ -42,6 +42,7 @@ from psycopg.pq import Format
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
+from durable.backends.sql.stale import psycopg_closed_while_idle
 from durable.backends.sql.waits import SocketWaiter
 from durable.errors import ConfigurationError
 
@@ -331,8 +332,12 @@ class DirectStatements:
             conn: Any = None
             cursor: Any = None
             waiter: SocketWaiter | None = None
-            if self._idle:
+            while self._idle:
                 conn, cursor, waiter = self._idle.pop()
+                if not psycopg_closed_while_idle(conn):
+                    break
+                await _close(conn, waiter)  # the server ended it meanwhile: nothing was sent
+                conn = cursor = waiter = None
             try:
                 if conn is None:
                     conn = await self._open()
@@ -479,8 +484,15 @@ class BlockingDirectStatements:
         params = statement.params(values)
         generation = self._generation
         with self._available:
-            with self._lock:
-                conn = self._idle.pop() if self._idle else None
+            conn = None
+            while conn is None:
+                with self._lock:
+                    conn = self._idle.pop() if self._idle else None
+                if conn is None or not psycopg_closed_while_idle(conn):
+                    break
+                with contextlib.suppress(Exception):  # the server ended it meanwhile
+                    conn.close()
+                conn = None
             try:
                 if conn is None:
                     args, kwargs = self._connect
