@@ -110,11 +110,19 @@ async def test_a_connection_dropped_mid_statement_is_unavailable_and_discarded(
 ) -> None:
     await claimed.record_step("wf", _step(0), worker_id=WORKER)
 
-    async def terminate_soon() -> None:
-        await asyncio.sleep(0.3)
-        await terminate_other_sessions(pg_url)
-
     locker = await psycopg.AsyncConnection.connect(pg_conninfo(pg_url))
+
+    async def terminate_soon() -> None:  # the backend's sessions, not the locker's
+        await asyncio.sleep(0.3)
+        async with await psycopg.AsyncConnection.connect(
+            pg_conninfo(pg_url), autocommit=True
+        ) as admin:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid NOT IN (pg_backend_pid(), %s)",
+                (locker.info.backend_pid,),
+            )
+
     try:
         # the task row locked: the record waits on it, then its session is terminated
         await locker.execute("SELECT 1 FROM durable_tasks WHERE instance_id = 'wf' FOR UPDATE")
@@ -123,7 +131,7 @@ async def test_a_connection_dropped_mid_statement_is_unavailable_and_discarded(
             await claimed.record_step("wf", _step(1), worker_id=WORKER)
         await killer
     finally:
-        await locker.close()  # terminated too
+        await locker.close()
     assert claimed.checked_out_connections() == 0
     assert await _positions(pg_url) == [0]
     await claimed.record_step("wf", _step(1), worker_id=WORKER)

@@ -334,7 +334,7 @@ class DirectStatements:
             waiter: SocketWaiter | None = None
             while self._idle:
                 conn, cursor, waiter = self._idle.pop()
-                if not psycopg_closed_while_idle(conn):
+                if not (waiter.said_something() if waiter else psycopg_closed_while_idle(conn)):
                     break
                 await _close(conn, waiter)  # the server ended it meanwhile: nothing was sent
                 conn = cursor = waiter = None

@@ -115,6 +115,11 @@ class SocketWaiter:
         """Take the socket out of the loop's selector; call it before closing the connection."""
         self._unwatch()
 
+    def said_something(self) -> bool:
+        """Whether the socket can be read now, or was hung up: on an idle connection, the
+        server spoke unasked (see :mod:`.stale`). Without waiting, and without reading."""
+        return bool(self._poll.poll(0))
+
     def _on_readable(self) -> None:
         if not self._poll.poll(0):  # a second report of an answer its statement read since
             return
