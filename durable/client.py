@@ -149,6 +149,9 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         """How a wait for an outcome pauses between two looks (:meth:`result`, and a runtime's
         ``run`` waiting for an execution); None: :attr:`sleep`. It may return early (the caller
         looks again): the time-skipping clock of :mod:`durable.testing.clock` skips time there."""
+        # set (and replaced) when an execution this process ran finishes: wakes the waits of
+        # result() at once instead of at their next look (see note_finished)
+        self._finished: asyncio.Event | None = None
         # set for a runtime's client: the runtime starts and closes the backend and runs the
         # _sync methods on its own loop
         self._owner_blocking: Callable[[Coroutine[Any, Any, Any]], Any] | None = None
@@ -502,9 +505,31 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
                 info = await self.backend.get_workflow(workflow_id)
                 if info.status.is_terminal:
                     return outcome(info)
-                await (self.poll_sleep or self.sleep)(self.poll_interval)
+                await self.pause(self.poll_interval)
 
         return await asyncio.wait_for(wait(), timeout)
+
+    async def pause(self, seconds: float) -> None:
+        """A pause of a wait for an outcome between two looks: :attr:`poll_sleep` where set,
+        else up to ``seconds``, cut short when an execution that a runtime of this client ran
+        finishes (:meth:`note_finished`): a workflow run by a worker in this process is seen
+        done at once, not at the next look."""
+        if self.poll_sleep is not None:
+            await self.poll_sleep(seconds)
+        elif self.sleep is not asyncio.sleep:  # a test's own pace
+            await self.sleep(seconds)
+        else:
+            if self._finished is None:
+                self._finished = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._finished.wait(), seconds)
+
+    def note_finished(self) -> None:
+        """An execution run in this process has finished (its outcome committed): the waits of
+        :meth:`result` look again now. Called by the runtime that ran it; on its loop."""
+        finished, self._finished = self._finished, None
+        if finished is not None:
+            finished.set()
 
     def result_sync(self, workflow_id: str, *, timeout: float | None = None) -> Any:
         """:meth:`result` for code that is not async (see :meth:`blocking`)."""
@@ -659,7 +684,9 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         :raises WorkflowNotFoundError: no such workflow.
         """
         self._require_started()
-        return await self.backend.cancel_workflow(check_id(workflow_id, "workflow_id"))
+        info = await self.backend.cancel_workflow(check_id(workflow_id, "workflow_id"))
+        self.note_finished()
+        return info
 
     def cancel_sync(self, workflow_id: str) -> WorkflowInfo:
         """:meth:`cancel` for code that is not async."""

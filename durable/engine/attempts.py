@@ -253,7 +253,7 @@ class Attempts(Leases):
                         pass  # it goes on when due (a retry) or when woken (its steps done)
                 else:
                     await self._note_wait(instance_id, noted)
-            await (self.client.poll_sleep or self.sleep)(wait)
+            await self.client.pause(wait)
 
     async def _note_wait(self, instance_id: str, noted: set[str]) -> None:
         """Say, once per holder, whose lease a run waits for and until when: at WARNING when the
@@ -343,7 +343,7 @@ class Attempts(Leases):
                 f"executors stopped or lost their leases); max_recoveries is {wf.max_recoveries}"
             )
             last = snapshot.error
-            info = await self.backend.finish_workflow(
+            info = await self._record_outcome(
                 instance_id,
                 worker_id=self.executor_id,
                 status=WorkflowStatus.DEAD_LETTER,
@@ -446,7 +446,7 @@ class Attempts(Leases):
             if ctx.outage is not None:  # the workflow went on past it: nothing is certain
                 await self._hand_back(instance_id, ctx.outage)
             try:
-                await self.backend.finish_workflow(
+                await self._record_outcome(
                     instance_id,
                     worker_id=self.executor_id,
                     status=WorkflowStatus.SUCCEEDED,
@@ -528,6 +528,24 @@ class Attempts(Leases):
         )
         raise WorkflowContinued(instance_id) from None
 
+    async def _record_outcome(
+        self,
+        instance_id: str,
+        *,
+        worker_id: str,
+        status: WorkflowStatus,
+        output: Any = None,
+        error: ErrorInfo | None = None,
+        rerun: Sequence[int] = (),
+    ) -> WorkflowInfo:
+        """``finish_workflow``, then wake this process's waits for outcomes (a ``result`` of
+        this runtime's client sees it at once)."""
+        info = await self.backend.finish_workflow(
+            instance_id, worker_id=worker_id, status=status, output=output, error=error, rerun=rerun
+        )
+        self.client.note_finished()
+        return info
+
     async def _fail_unreadable(self, instance_id: str, exc: CorruptRowError) -> None:
         """Record that the execution failed because its stored rows cannot be read (fenced by
         the claim, like any outcome)."""
@@ -537,7 +555,7 @@ class Attempts(Leases):
             exc,
             extra={"action": "workflow.unreadable", "workflow_id": instance_id},
         )
-        await self.backend.finish_workflow(
+        await self._record_outcome(
             instance_id,
             worker_id=self.executor_id,
             status=WorkflowStatus.FAILED,
@@ -643,7 +661,7 @@ class Attempts(Leases):
             )
             return True
         status = WorkflowStatus.DEAD_LETTER if worth_retrying else WorkflowStatus.FAILED
-        await self.backend.finish_workflow(
+        await self._record_outcome(
             snapshot.id, worker_id=self.executor_id, status=status, error=info, rerun=rerun
         )
         return False

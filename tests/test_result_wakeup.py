@@ -1,0 +1,60 @@
+"""``result()`` of an execution that a worker of the same runtime runs returns as soon as it
+finishes (the runtime wakes its client's waits), not at the client's next look: before, a web
+app that enqueued and awaited its own worker's result waited up to ``poll_interval`` (0.5 s)
+for a job of a few milliseconds. Here the looks are 30 s apart, so only the wake-up can make
+the deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+import durable
+
+LOOKS_APART = 30.0
+
+
+@durable.step
+async def double(n: int) -> int:
+    return 2 * n
+
+
+@durable.workflow
+async def doubled(n: int) -> int:
+    return await double(n)
+
+
+@durable.workflow
+async def broken(n: int) -> int:
+    raise ValueError(f"bad {n}")
+
+
+@durable.workflow
+async def waits_for_a_message() -> object:
+    return await durable.recv("go")
+
+
+async def test_result_wakes_when_this_runtimes_worker_finishes(backend_url: str) -> None:
+    async with durable.Runtime(durable.connect(backend_url), poll_interval=LOOKS_APART) as rt:
+        await rt.start_worker()
+        started = time.monotonic()
+        for n in range(5):
+            wid = await rt.enqueue(doubled, n)
+            assert await rt.result(wid, timeout=5) == 2 * n
+        failing = await rt.enqueue(broken, 7, max_attempts=1)
+        with pytest.raises(durable.WorkflowDeadLetteredError, match="bad 7"):
+            await rt.result(failing, timeout=5)
+        assert time.monotonic() - started < LOOKS_APART
+
+
+async def test_result_wakes_when_this_client_cancels(backend_url: str) -> None:
+    async with durable.Runtime(durable.connect(backend_url), poll_interval=LOOKS_APART) as rt:
+        await rt.start_worker()
+        wid = await rt.enqueue(waits_for_a_message)
+        waiting = asyncio.create_task(rt.result(wid, timeout=5))
+        await asyncio.sleep(0.3)
+        await rt.cancel(wid)
+        with pytest.raises(durable.WorkflowCancelledError):
+            await waiting
