@@ -151,7 +151,7 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         looks again): the time-skipping clock of :mod:`durable.testing.clock` skips time there."""
         # set (and replaced) when an execution this process ran finishes: wakes the waits of
         # result() at once instead of at their next look (see note_finished)
-        self._finished: asyncio.Event | None = None
+        self._finished: tuple[asyncio.Event, asyncio.AbstractEventLoop] | None = None
         # set for a runtime's client: the runtime starts and closes the backend and runs the
         # _sync methods on its own loop
         self._owner_blocking: Callable[[Coroutine[Any, Any, Any]], Any] | None = None
@@ -519,17 +519,28 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         elif self.sleep is not asyncio.sleep:  # a test's own pace
             await self.sleep(seconds)
         else:
-            if self._finished is None:
-                self._finished = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            if self._finished is None or self._finished[1] is not loop:
+                self._finished = (asyncio.Event(), loop)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._finished.wait(), seconds)
+                await asyncio.wait_for(self._finished[0].wait(), seconds)
 
     def note_finished(self) -> None:
         """An execution run in this process has finished (its outcome committed): the waits of
-        :meth:`result` look again now. Called by the runtime that ran it; on its loop."""
+        :meth:`result` look again now. Called by the runtime that ran it (from any thread)."""
         finished, self._finished = self._finished, None
-        if finished is not None:
-            finished.set()
+        if finished is None:
+            return
+        event, loop = finished
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            event.set()
+        else:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(event.set)
 
     def result_sync(self, workflow_id: str, *, timeout: float | None = None) -> Any:
         """:meth:`result` for code that is not async (see :meth:`blocking`)."""

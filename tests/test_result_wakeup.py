@@ -58,3 +58,18 @@ async def test_result_wakes_when_this_client_cancels(backend_url: str) -> None:
         await rt.cancel(wid)
         with pytest.raises(durable.WorkflowCancelledError):
             await waiting
+
+
+def test_a_client_waits_again_on_another_event_loop(tmp_path: object) -> None:
+    """The wake-up belongs to the loop that waited: a client used in one ``asyncio.run``,
+    then in another, waits there too (an event of the first loop would refuse the second)."""
+    client = durable.Client(durable.connect(f"sqlite:///{tmp_path}/loops.db"), poll_interval=0.05)
+
+    async def wait_for_nothing() -> None:
+        async with client:
+            wid = await client.enqueue(doubled, 1)  # no worker: it never finishes
+            with pytest.raises(TimeoutError):
+                await client.result(wid, timeout=0.2)
+
+    asyncio.run(wait_for_nothing())
+    asyncio.run(wait_for_nothing())
