@@ -502,28 +502,34 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
 
         async def wait() -> Any:
             while True:
+                woken = self._wake_up()  # before the look: a finish after it wakes the pause
                 info = await self.backend.get_workflow(workflow_id)
                 if info.status.is_terminal:
                     return outcome(info)
-                await self.pause(self.poll_interval)
+                await self.pause(self.poll_interval, woken)
 
         return await asyncio.wait_for(wait(), timeout)
 
-    async def pause(self, seconds: float) -> None:
+    async def pause(self, seconds: float, woken: asyncio.Event | None = None) -> None:
         """A pause of a wait for an outcome between two looks: :attr:`poll_sleep` where set,
         else up to ``seconds``, cut short when an execution that a runtime of this client ran
         finishes (:meth:`note_finished`): a workflow run by a worker in this process is seen
-        done at once, not at the next look."""
+        done at once, not at the next look. ``woken``: the event :meth:`_wake_up` gave before
+        the look that found nothing (so a finish in between is not missed)."""
         if self.poll_sleep is not None:
             await self.poll_sleep(seconds)
         elif self.sleep is not asyncio.sleep:  # a test's own pace
             await self.sleep(seconds)
         else:
-            loop = asyncio.get_running_loop()
-            if self._finished is None or self._finished[1] is not loop:
-                self._finished = (asyncio.Event(), loop)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._finished[0].wait(), seconds)
+                await asyncio.wait_for((woken or self._wake_up()).wait(), seconds)
+
+    def _wake_up(self) -> asyncio.Event:
+        """The event the next :meth:`note_finished` sets, on the running loop."""
+        loop = asyncio.get_running_loop()
+        if self._finished is None or self._finished[1] is not loop:
+            self._finished = (asyncio.Event(), loop)
+        return self._finished[0]
 
     def note_finished(self) -> None:
         """An execution run in this process has finished (its outcome committed): the waits of
