@@ -528,21 +528,10 @@ class Attempts(Leases):
         )
         raise WorkflowContinued(instance_id) from None
 
-    async def _record_outcome(
-        self,
-        instance_id: str,
-        *,
-        worker_id: str,
-        status: WorkflowStatus,
-        output: Any = None,
-        error: ErrorInfo | None = None,
-        rerun: Sequence[int] = (),
-    ) -> WorkflowInfo:
-        """``finish_workflow``, then wake this process's waits for outcomes (a ``result`` of
-        this runtime's client sees it at once)."""
-        info = await self.backend.finish_workflow(
-            instance_id, worker_id=worker_id, status=status, output=output, error=error, rerun=rerun
-        )
+    async def _record_outcome(self, instance_id: str, **outcome: Any) -> WorkflowInfo:
+        """``finish_workflow(instance_id, **outcome)``, then wake this process's waits for
+        outcomes (a ``result`` of this runtime's client sees it at once)."""
+        info = await self.backend.finish_workflow(instance_id, **outcome)
         self.client.note_finished()
         return info
 
