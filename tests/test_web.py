@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import webdata
 from click.testing import CliRunner
 from starlette.applications import Starlette
@@ -268,6 +270,31 @@ def test_cancel_changes_the_stored_state(db: str) -> None:
         assert done.status_code == 303
         assert done.headers["location"] == "/workflows/nap-5?done=cancel"
     assert stored(db, "nap-5").status is WorkflowStatus.CANCELLED
+
+
+def test_a_database_that_cannot_be_reached_is_a_503_that_says_so(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a 500: the page is not broken, the database is away (a load balancer or a monitor
+    tells the two apart), and the client is told when to ask again."""
+    from durable.backends.sql import dialects
+
+    monkeypatch.setattr(dialects, "BUSY_TIMEOUT_MS", 100)
+    with TestClient(create_app(db, actions=True)) as web:
+        page = web.get("/workflows/nap-5").text
+        other = sqlite3.connect(sa.make_url(db).database or "", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another program holds the file past the timeout
+        try:
+            refused = web.post(
+                "/actions/cancel", data={"workflow_id": "nap-5", "form_key": form_key(page)}
+            )
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "5"
+        assert "database is locked" in refused.text
+    assert stored(db, "nap-5").status is WorkflowStatus.PENDING
 
 
 def test_retry_requeues_a_failed_workflow(db: str) -> None:

@@ -15,7 +15,12 @@ from urllib.parse import parse_qsl, quote, urlencode
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from durable.errors import DurableError, InvalidArgumentError, NotFoundError
+from durable.errors import (
+    BackendUnavailableError,
+    DurableError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from durable.models import WorkflowStatus
 from durable.validation import check_id
 from durable.web.queries import (
@@ -197,8 +202,22 @@ async def failed(request: Request, exc: Exception) -> Response:
     return render(request, "error.html", 500, title="durable error", message=str(exc))
 
 
+#: Seconds a client (or a load balancer's health check) is told to wait before it asks again
+#: while the database cannot be reached.
+RETRY_AFTER = 5
+
+
+async def unavailable(request: Request, exc: Exception) -> Response:
+    """503 while the database cannot be reached: the page is not broken, the database is away
+    (a load balancer or a monitor tells the two apart by the status)."""
+    response = render(request, "error.html", 503, title="Database unavailable", message=str(exc))
+    response.headers["Retry-After"] = str(RETRY_AFTER)
+    return response
+
+
 EXCEPTION_HANDLERS = {
     NotFoundError: not_found,
     InvalidArgumentError: bad_request,
+    BackendUnavailableError: unavailable,
     DurableError: failed,
 }
