@@ -379,6 +379,39 @@ async def test_an_outage_when_an_attempt_begins_gives_the_claim_back(
     assert released == ["exec-1"]
 
 
+async def test_a_claim_an_outage_kept_from_beginning_is_given_back_once_the_database_answers(
+    backend_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database is still away when the claim is given back: the release is tried again
+    until it answers (found restarting MariaDB under two workers: such claims waited out their
+    30 s leases), and the execution runs at once after."""
+    backend = durable.connect(backend_url)
+    begin, release = backend.begin_execution, backend.release_task_claim
+    tries: list[str] = []
+
+    async def flaky_begin(instance_id: str, worker_id: str, **kw: Any) -> Any:
+        if CALLS["outage"] == 0:
+            CALLS["outage"] += 1
+            raise durable.BackendUnavailableError("the database went away")
+        return await begin(instance_id, worker_id, **kw)
+
+    async def away_twice(instance_id: str, task_id: str, worker_id: str) -> None:
+        tries.append(worker_id)
+        if len(tries) <= 2:
+            raise durable.BackendUnavailableError("still away")
+        await release(instance_id, task_id, worker_id)
+
+    monkeypatch.setattr(backend, "begin_execution", flaky_begin)
+    monkeypatch.setattr(backend, "release_task_claim", away_twice)
+    async with runtime(backend, claim_ttl=30.0) as rt:
+        await rt.start_worker(concurrency=1, poll_interval=0.02)
+        workflow_id = await rt.enqueue(two_steps, 1, max_attempts=1)
+        assert await rt.result(workflow_id, timeout=10) == 20  # the lease: 30 s
+        info = await rt.get_workflow(workflow_id)
+        assert (info.attempts, info.interruptions) == (1, 0)
+    assert tries == ["exec-1"] * 3
+
+
 # -- 3. interrupted attempts ---------------------------------------------------------------------
 
 
