@@ -349,42 +349,13 @@ async def test_a_hand_back_that_cannot_reach_the_database_does_not_hang_the_work
     assert CALLS["hung"] == 1 and (CALLS["first"], CALLS["second"]) == (1, 2)
 
 
-async def test_an_outage_when_an_attempt_begins_gives_the_claim_back(
-    backend_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Starting the attempt cannot reach the database: nothing ran, and the claim is given back
-    at once instead of being held until the lease expires (30 s here)."""
-    backend = durable.connect(backend_url)
-    begin, release = backend.begin_execution, backend.release_task_claim
-    released: list[str] = []
-
-    async def flaky_begin(instance_id: str, worker_id: str, **kw: Any) -> Any:
-        if CALLS["outage"] == 0:
-            CALLS["outage"] += 1
-            raise durable.BackendUnavailableError("the database went away")
-        return await begin(instance_id, worker_id, **kw)
-
-    async def spy(instance_id: str, task_id: str, worker_id: str) -> None:
-        released.append(worker_id)
-        await release(instance_id, task_id, worker_id)
-
-    monkeypatch.setattr(backend, "begin_execution", flaky_begin)
-    monkeypatch.setattr(backend, "release_task_claim", spy)
-    async with runtime(backend, claim_ttl=30.0) as rt:
-        await rt.start_worker(concurrency=1, poll_interval=0.02)
-        workflow_id = await rt.enqueue(two_steps, 1, max_attempts=1)
-        assert await rt.result(workflow_id, timeout=WAIT) == 20
-        info = await rt.get_workflow(workflow_id)
-        assert (info.attempts, info.interruptions) == (1, 0)
-    assert released == ["exec-1"]
-
-
-async def test_a_claim_an_outage_kept_from_beginning_is_given_back_once_the_database_answers(
-    backend_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The database is still away when the claim is given back: the release is tried again
-    until it answers (found restarting MariaDB under two workers: such claims waited out their
-    30 s leases), and the execution runs at once after."""
+async def begin_with_releases_away(
+    backend_url: str, monkeypatch: pytest.MonkeyPatch, away: int
+) -> list[str]:
+    """Run ``two_steps`` once on a worker (leases of 30 s) whose first start of an attempt
+    cannot reach the database, and whose first ``away`` releases of a claim cannot either;
+    returns the executors whose releases were tried, after checking the workflow ran once,
+    within 10 s (before its lease could have expired)."""
     backend = durable.connect(backend_url)
     begin, release = backend.begin_execution, backend.release_task_claim
     tries: list[str] = []
@@ -395,20 +366,38 @@ async def test_a_claim_an_outage_kept_from_beginning_is_given_back_once_the_data
             raise durable.BackendUnavailableError("the database went away")
         return await begin(instance_id, worker_id, **kw)
 
-    async def away_twice(instance_id: str, task_id: str, worker_id: str) -> None:
+    async def flaky_release(instance_id: str, task_id: str, worker_id: str) -> None:
         tries.append(worker_id)
-        if len(tries) <= 2:
+        if len(tries) <= away:
             raise durable.BackendUnavailableError("still away")
         await release(instance_id, task_id, worker_id)
 
     monkeypatch.setattr(backend, "begin_execution", flaky_begin)
-    monkeypatch.setattr(backend, "release_task_claim", away_twice)
+    monkeypatch.setattr(backend, "release_task_claim", flaky_release)
     async with runtime(backend, claim_ttl=30.0) as rt:
         await rt.start_worker(concurrency=1, poll_interval=0.02)
         workflow_id = await rt.enqueue(two_steps, 1, max_attempts=1)
-        assert await rt.result(workflow_id, timeout=10) == 20  # the lease: 30 s
+        assert await rt.result(workflow_id, timeout=10) == 20
         info = await rt.get_workflow(workflow_id)
         assert (info.attempts, info.interruptions) == (1, 0)
+    return tries
+
+
+async def test_an_outage_when_an_attempt_begins_gives_the_claim_back(
+    backend_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starting the attempt cannot reach the database: nothing ran, and the claim is given back
+    at once instead of being held until the lease expires (30 s here)."""
+    assert await begin_with_releases_away(backend_url, monkeypatch, away=0) == ["exec-1"]
+
+
+async def test_a_claim_an_outage_kept_from_beginning_is_given_back_once_the_database_answers(
+    backend_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database is still away when the claim is given back: the release is tried again
+    until it answers (found restarting MariaDB under two workers: such claims waited out their
+    30 s leases), and the execution runs at once after."""
+    tries = await begin_with_releases_away(backend_url, monkeypatch, away=2)
     assert tries == ["exec-1"] * 3
 
 
