@@ -1,6 +1,7 @@
 """Sessions the server ends while they are idle (``idle_session_timeout``; a pooler's idle
 timeout or a restart do the same to a client's connections): a producer and a worker idle past
-it go on without an error, and the worker's LISTEN connection, idle by design, is not ended."""
+it go on without an error, and the worker's LISTEN connection, idle by design, is not ended
+(and is opened with the engine's connect arguments, as the others are)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,27 @@ async def test_a_runtime_idle_past_the_servers_idle_session_timeout_goes_on(
             await asyncio.sleep(IDLE_LIMIT * 3)
     listening = [r.getMessage() for r in caplog.records if "listening on" in r.getMessage()]
     assert listening == []
+
+
+async def test_the_workers_listener_connects_with_the_engines_connect_arguments(
+    pg_url: str,
+) -> None:
+    """The LISTEN connection is opened like the others (through the engine: its connect
+    arguments and events), not from the URL alone: a password, an SSL setting or a token
+    given in ``connect_args`` reaches it too."""
+    options = {"connect_args": {"application_name": "durable-listener-args"}}
+    async with durable.Runtime(durable.connect(pg_url, engine_options=options)) as runtime:
+        await runtime.start_worker()
+        wid = await runtime.enqueue(one_step, 1)  # a worker listens for work
+        assert await runtime.result(wid, timeout=10) == 2
+        async with await psycopg.AsyncConnection.connect(pg_conninfo(pg_url)) as admin:
+            for _ in range(100):
+                cursor = await admin.execute(
+                    "SELECT query FROM pg_stat_activity WHERE application_name = %s",
+                    ("durable-listener-args",),
+                )
+                queries = [str(row[0]) for row in await cursor.fetchall()]
+                if any(q.startswith("LISTEN") for q in queries):
+                    break
+                await asyncio.sleep(0.05)
+        assert any(q.startswith("LISTEN") for q in queries), queries

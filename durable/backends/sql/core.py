@@ -30,7 +30,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from durable.backends.base import PersistentBackend
 from durable.backends.rows import RowRef, step_values, workflow_values
 from durable.backends.sql.dialects import SQLDialect
-from durable.backends.sql.direct import BlockingDirectStatements, CompiledStatement, DirectResult
+from durable.backends.sql.direct import (
+    BlockingDirectStatements,
+    CompiledStatement,
+    DirectResult,
+    detached_connection,
+)
 from durable.backends.sql.feed import NAMES
 from durable.backends.sql.runners import Runner
 from durable.backends.sql.schema import UTCDateTime, steps, tasks, workflow_labels, workflows
@@ -136,13 +141,17 @@ class SQLCore(PersistentBackend):
         once a second; whoever waits on these wake-ups polls meanwhile)."""
         import psycopg
 
-        conninfo = self.engine.url.set(drivername="postgresql").render_as_string(
-            hide_password=False
-        )
+        async def connect() -> Any:
+            engine = self.engine
+            if isinstance(engine, AsyncEngine):  # its connect arguments and events too
+                return await detached_connection(engine.sync_engine)
+            conninfo = engine.url.set(drivername="postgresql").render_as_string(False)
+            return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+
         failures = 0
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+                async with await connect() as conn:
                     if conn.info.server_version >= 140000:
                         # a listener is idle by design: not to be ended by idle_session_timeout
                         await conn.execute("SET idle_session_timeout = 0")
