@@ -497,15 +497,13 @@ class BlockingDirectStatements:
         params = statement.params(values)
         generation = self._generation
         with self._available:
-            conn = None
-            while conn is None:
+            while True:
                 with self._lock:
                     conn = self._idle.pop() if self._idle else None
                 if conn is None or not psycopg_closed_while_idle(conn):
                     break
                 with contextlib.suppress(Exception):  # the server ended it meanwhile
                     conn.close()
-                conn = None
             try:
                 if conn is None:
                     args, kwargs = self._connect
