@@ -331,23 +331,9 @@ class Attempts(Leases):
             await self._fail_unreadable(instance_id, exc)
             raise
         except BackendUnavailableError as outage:
-            # nothing ran; whether the start was recorded is unknown: give the claim back, due
-            # at once, tried until the database answers (the slot kept meanwhile, as for a
-            # checkpoint's outage) rather than left to wait out its lease
-            log.warning(
-                "workflow %s: the database could not be reached to start the attempt, giving "
-                "the claim back: %s",
-                instance_id,
-                outage,
-                extra={"action": "workflow.outage", "workflow_id": instance_id},
-            )
-            with contextlib.suppress(DurableError):  # still away: the lease expires
-                await self._through_outage(
-                    lambda: self.backend.release_task_claim(
-                        instance_id, WORKFLOW_TASK, self.executor_id
-                    )
-                )
-            raise Rescheduled(instance_id) from outage
+            # nothing ran: the claim is given back through the outage, not left to wait out
+            # its lease
+            await self._hand_back(instance_id, outage, begun=False)
         if snapshot.interruptions > wf.max_recoveries:
             # its executors kept dying (or losing their leases) in the middle of it
             interrupted = (

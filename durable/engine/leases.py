@@ -194,24 +194,27 @@ class Leases(RuntimeCore):
         with contextlib.suppress(DurableError, asyncio.CancelledError):
             await asyncio.shield(task)
 
-    async def _hand_back(self, instance_id: str, outage: BackendUnavailableError) -> NoReturn:
-        """A checkpoint could not reach the database: end the attempt without counting it, to
-        be resumed :data:`durable.runtime.OUTAGE_BACKOFF` after the database answers again (or
-        once the lease expires); see :meth:`_release_through_outage`."""
+    async def _hand_back(
+        self, instance_id: str, outage: BackendUnavailableError, *, begun: bool = True
+    ) -> NoReturn:
+        """A checkpoint (or, not ``begun``, the attempt's start) could not reach the database:
+        end the attempt without counting it, to be resumed after the database answers again
+        (or once the lease expires); see :meth:`_release_through_outage`."""
         log.warning(
             "workflow %s: the database could not be reached, handing the attempt back: %s",
             instance_id,
             outage,
             extra={"action": "workflow.outage", "workflow_id": instance_id},
         )
-        await self._release_through_outage(instance_id)
+        await self._release_through_outage(instance_id, begun=begun)
         raise Rescheduled(instance_id) from outage
 
-    async def _release_through_outage(self, instance_id: str) -> None:
-        """Hand back an attempt that an outage ended, due :meth:`_outage_backoff` after the
-        release, without counting it; tried until the database answers (see
-        :meth:`_through_outage`), else the lease expires and the next executor resumes the
-        execution.
+    async def _release_through_outage(self, instance_id: str, *, begun: bool = True) -> None:
+        """Hand back an attempt that an outage ended, without counting it: due
+        :meth:`_outage_backoff` after the release, or, not ``begun`` (its start met the outage:
+        nothing ran, and whether the start was recorded is unknown), its claim given back, due
+        at once. Tried until the database answers (see :meth:`_through_outage`), else the lease
+        expires and the next executor resumes the execution.
 
         The caller waits meanwhile, so a worker's slot stays taken while its database is away:
         it starts none of the executions it claimed ahead (each would run step bodies whose
@@ -219,15 +222,20 @@ class Leases(RuntimeCore):
         shortly after the database is back, not only once its lease expires."""
         if self._superseded:
             return
-        with contextlib.suppress(DurableError):  # still away, or nothing left to hand back
-            await self._through_outage(
-                lambda: self.backend.reschedule_workflow(
+
+        async def release() -> None:
+            if begun:
+                await self.backend.reschedule_workflow(
                     instance_id,
                     worker_id=self.executor_id,
                     run_after=self._outage_backoff(),
                     consume_attempt=False,
-                ),
-            )
+                )
+            else:
+                await self.backend.release_task_claim(instance_id, WORKFLOW_TASK, self.executor_id)
+
+        with contextlib.suppress(DurableError):  # still away, or nothing left to hand back
+            await self._through_outage(release)
 
     async def _through_outage(
         self, write: Callable[[], Awaitable[T]], *, bounded: bool = True
