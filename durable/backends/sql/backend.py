@@ -169,8 +169,9 @@ class SQLAlchemyBackend(
         self._build_statements()
         # sync workflows' threads record steps on connections of their own; only on engines
         # durable created, whose connect arguments it knows
+        self._connect_args = dict((engine_options or {}).get("connect_args", {}))
         self._blocking = (
-            BlockingDirectStatements(engine, dict((engine_options or {}).get("connect_args", {})))
+            BlockingDirectStatements(engine, self._connect_args)
             if isinstance(engine, AsyncEngine) and self._direct and self._owns_engine
             else None
         )

@@ -34,7 +34,7 @@ from durable.backends.sql.direct import (
     BlockingDirectStatements,
     CompiledStatement,
     DirectResult,
-    detached_connection,
+    driver_connect_params,
 )
 from durable.backends.sql.feed import NAMES
 from durable.backends.sql.runners import Runner
@@ -89,6 +89,8 @@ class SQLCore(PersistentBackend):
     #: whether the hot path's statements run straight on the driver (PostgreSQL, async engine)
     _direct: bool
     _blocking: BlockingDirectStatements | None
+    #: the connect arguments the engine was created with, where durable created it (else {})
+    _connect_args: dict[str, Any]
     _started: bool
     _loop: asyncio.AbstractEventLoop | None
 
@@ -141,17 +143,13 @@ class SQLCore(PersistentBackend):
         once a second; whoever waits on these wake-ups polls meanwhile)."""
         import psycopg
 
-        async def connect() -> Any:
-            engine = self.engine
-            if isinstance(engine, AsyncEngine):  # its connect arguments and events too
-                return await detached_connection(engine.sync_engine)
-            conninfo = engine.url.set(drivername="postgresql").render_as_string(False)
-            return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
-
+        # with the connect arguments the engine was created with (a password, SSL, a token),
+        # outside its pool: a listener opening its connection is no pooled checkout
+        args, kwargs = driver_connect_params(self.engine, self._connect_args)
         failures = 0
         while True:
             try:
-                async with await connect() as conn:
+                async with await psycopg.AsyncConnection.connect(*args, **kwargs) as conn:
                     if conn.info.server_version >= 140000:
                         # a listener is idle by design: not to be ended by idle_session_timeout
                         await conn.execute("SET idle_session_timeout = 0")

@@ -431,6 +431,16 @@ class DirectStatements:
         self._loop = self._available = None
 
 
+def driver_connect_params(
+    engine: sa.Engine | AsyncEngine, connect_args: dict[str, Any]
+) -> tuple[list[Any], dict[str, Any]]:
+    """What ``psycopg.Connection.connect`` / ``AsyncConnection.connect`` take to open, in
+    autocommit mode, a connection as ``engine`` would with ``connect_args`` (the ones it was
+    created with), outside its pool (not its ``connect`` event listeners)."""
+    cargs, cparams = engine.dialect.create_connect_args(engine.url)
+    return list(cargs), {**cparams, **connect_args, "autocommit": True}
+
+
 async def detached_connection(engine: sa.Engine) -> Any:
     """A new psycopg ``AsyncConnection`` in autocommit mode, opened by the pool of the async
     engine whose ``sync_engine`` is ``engine`` (so with its connect arguments, its ``connect``
@@ -476,8 +486,7 @@ class BlockingDirectStatements:
 
     def __init__(self, engine: AsyncEngine, connect_args: dict[str, Any]) -> None:
         self._dialect = engine.dialect
-        cargs, cparams = engine.dialect.create_connect_args(engine.url)
-        self._connect = (list(cargs), {**cparams, **connect_args, "autocommit": True})
+        self._connect = driver_connect_params(engine, connect_args)
         self._idle: list[Any] = []  # psycopg Connections in autocommit mode
         self._lock = threading.Lock()
         self._available = threading.BoundedSemaphore(DIRECT_CONNECTIONS)
