@@ -92,6 +92,10 @@ from durable.workflow_io import WorkflowIO
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: Seconds between :meth:`Client.result`'s first look and its second; each pause after that is
+#: twice the one before, up to the client's ``poll_interval``.
+FIRST_PAUSE = 0.01
+
 
 class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowIO, SyncStartable):
     """Enqueue, wait for, inspect and control workflow executions stored in a database, without
@@ -102,7 +106,8 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         (which creates or upgrades durable's tables, unless the backend was made with
         ``auto_migrate=False``) and closes it on exit; a backend belongs to one client or
         runtime.
-    :param poll_interval: seconds between looks at an execution :meth:`result` waits for.
+    :param poll_interval: the longest pause between two looks at an execution :meth:`result`
+        waits for (the first looks come sooner: see :meth:`result`).
     :param options: for a URL, what :func:`durable.connect` takes (``serializer``,
         ``auto_migrate``, ...).
 
@@ -485,8 +490,13 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
     # -- outcomes -----------------------------------------------------------------------------
 
     async def result(self, workflow_id: str, *, timeout: float | None = None) -> Any:
-        """Wait until the execution finishes (wherever it runs) and return its result; it is
-        looked at every ``poll_interval`` seconds.
+        """Wait until the execution finishes (wherever it runs) and return its result.
+
+        It is looked at 10 ms after the first look, then at pauses that double, up to
+        ``poll_interval`` seconds apart: a short job that a worker in another process runs is
+        seen done within about as long again as it took, a long one costs a look every
+        ``poll_interval``. An execution that this client's runtime runs wakes the wait as soon
+        as it finishes.
 
         :raises WorkflowNotFoundError: no such workflow.
         :raises TimeoutError: it did not finish within ``timeout`` seconds (default: no limit).
@@ -501,12 +511,14 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         timeout = check_timeout(timeout)
 
         async def wait() -> Any:
+            pause = FIRST_PAUSE
             while True:
                 woken = self._wake_up()  # before the look: a finish after it wakes the pause
                 info = await self.backend.get_workflow(workflow_id)
                 if info.status.is_terminal:
                     return outcome(info)
-                await self.pause(self.poll_interval, woken)
+                await self.pause(min(pause, self.poll_interval), woken)
+                pause *= 2
 
         return await asyncio.wait_for(wait(), timeout)
 

@@ -60,6 +60,42 @@ async def test_result_wakes_when_this_client_cancels(backend_url: str) -> None:
             await waiting
 
 
+async def test_another_clients_result_looks_again_soon_then_less_often(
+    backend_url: str,
+) -> None:
+    """A client that runs nothing (a producer, as in another process) is not woken by the
+    finish: it looks 10 ms after its first look, then at pauses that double up to its
+    ``poll_interval``. A job of a few milliseconds is seen done long before the 30 s between
+    looks that ``poll_interval`` alone would give."""
+    backend = durable.connect(backend_url)
+    async with durable.Runtime(backend, poll_interval=0.05) as rt:
+        await rt.start_worker(poll_interval=0.05)
+        producer = durable.Client(
+            backend if backend_url == "memory://" else backend_url, poll_interval=LOOKS_APART
+        )
+        async with producer:
+            looks = 0
+            get_workflow = producer.backend.get_workflow
+
+            async def counted(workflow_id: str) -> durable.WorkflowInfo:
+                nonlocal looks
+                looks += 1
+                return await get_workflow(workflow_id)
+
+            producer.backend.get_workflow = counted  # type: ignore[method-assign]
+            started = time.monotonic()
+            for n in range(3):
+                wid = await producer.enqueue(doubled, n)
+                assert await producer.result(wid, timeout=LOOKS_APART / 2) == 2 * n
+            assert time.monotonic() - started < LOOKS_APART / 2
+            # a job that never finishes: its looks thin out (10 ms, 20, 40, ... apart)
+            waiting = await producer.enqueue(waits_for_a_message)
+            looks = 0
+            with pytest.raises(TimeoutError):
+                await producer.result(waiting, timeout=1.0)
+            assert 3 <= looks <= 8, looks  # 1 + 10/20/40/80/160/320 ms pauses: 7 in 1 s
+
+
 def test_a_client_waits_again_on_another_event_loop(tmp_path: object) -> None:
     """The wake-up belongs to the loop that waited: a client used in one ``asyncio.run``,
     then in another, waits there too (an event of the first loop would refuse the second)."""

@@ -10,11 +10,12 @@ themselves are :mod:`.workflows`, which this area sits in front of:
   server's time than an insert that checks each row for a conflict first); if one exists, the
   savepoint is rolled back and ``... ON CONFLICT DO NOTHING RETURNING id`` runs instead, after
   which the rows it did not insert (stored before, or by a concurrent transaction meanwhile)
-  are looked up (one ``SELECT`` per :data:`LOOKUP_PAGE` rows); on SQLite the rows that exist are looked up first,
-  then one prepared ``INSERT`` is run by the driver over the others (``executemany``; the
-  write lock taken by ``BEGIN IMMEDIATE`` keeps others out); and one ``NOTIFY``. MySQL goes the
-  way of SQLite, without a lock that keeps others out between the look-up and the insert: a
-  batch that a concurrent one beat to a key runs again (as a deadlock's victim does) and finds it.
+  are looked up (one ``SELECT`` per :data:`LOOKUP_PAGE` rows); on SQLite the rows that exist
+  are looked up first, then one prepared ``INSERT`` is run by the driver over the others
+  (``executemany``; the write lock taken by ``BEGIN IMMEDIATE`` keeps others out); and one
+  ``NOTIFY``. MySQL goes the way of SQLite, without a lock that keeps others out between the
+  look-up and the insert: a batch that a concurrent one beat to a key runs again (as a
+  deadlock's victim does) and finds it.
 * :meth:`Enqueues.create_workflow` on PostgreSQL's direct path (:mod:`.direct`): the workflow,
   its task and the ``NOTIFY`` in one statement and one round trip (data-modifying CTEs), instead
   of ``BEGIN``, three statements and ``COMMIT``. When the workflow exists already (nothing was
