@@ -39,6 +39,7 @@ from durable.backends.sql.debounces import Debounces
 from durable.backends.sql.dialects import (
     SQLDialect,
     configure_engine,
+    connect_args_for,
     create_engine,
     dialect_for,
     normalize_url,
@@ -169,7 +170,9 @@ class SQLAlchemyBackend(
         self._build_statements()
         # sync workflows' threads record steps on connections of their own; only on engines
         # durable created, whose connect arguments it knows
-        self._connect_args = dict((engine_options or {}).get("connect_args", {}))
+        self._connect_args = connect_args_for(
+            engine.url, (engine_options or {}).get("connect_args") if self._owns_engine else None
+        )
         self._blocking = (
             BlockingDirectStatements(engine, self._connect_args)
             if isinstance(engine, AsyncEngine) and self._direct and self._owns_engine

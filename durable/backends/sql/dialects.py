@@ -38,7 +38,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -583,6 +583,20 @@ BUSY_TIMEOUT_MS = 30_000
 #: PostgreSQL connection pool bounds, unless ``engine_options`` say otherwise.
 PG_POOL_SIZE = 20
 PG_MAX_OVERFLOW = 10
+#: libpq settings every PostgreSQL connection gets unless the URL's query or ``connect_args``
+#: set them: a connection attempt gives up after 10 s (without it, a server that accepts and
+#: never answers, or a host that drops packets, held durable's start and every reconnect for
+#: good); a peer that went away without a word (a host gone, a NAT entry dropped) is found by
+#: TCP keepalives after about a minute of silence, and data it does not acknowledge fails the
+#: connection after 60 s, instead of the operating system's hours.
+PG_CONNECT_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
 #: Seconds after which a pooled MySQL connection is replaced (the server drops idle ones after
 #: its wait_timeout, 8 hours by default).
 MYSQL_POOL_RECYCLE = 3600
@@ -620,6 +634,19 @@ def _configure_sqlite(sync_engine: sa.Engine, synchronous: str, memory: bool) ->
     @sa.event.listens_for(sync_engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def connect_args_for(url: URL, given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The driver's connect arguments for ``url``: ``given`` (``engine_options``'
+    ``connect_args``), and on PostgreSQL the :data:`PG_CONNECT_DEFAULTS` that neither they nor
+    the URL's query set. Used by the engine, and by the connections durable opens beside its
+    pool (the workers' listener, the sync direct path)."""
+    args = dict(given or {})
+    if url.get_backend_name() == "postgresql":
+        for key, value in PG_CONNECT_DEFAULTS.items():
+            if key not in url.query:
+                args.setdefault(key, value)
+    return args
 
 
 def create_engine(
@@ -663,7 +690,7 @@ def _create_engine(
         # no gap locks between claimers; the session's clock in UTC (UTC_TIMESTAMP is anyway)
         options.setdefault("isolation_level", "READ COMMITTED")
         options.setdefault("pool_recycle", MYSQL_POOL_RECYCLE)
-        connect_args = options.setdefault("connect_args", {})
+        connect_args = options["connect_args"] = dict(options.get("connect_args", {}))
         connect_args.setdefault("init_command", "SET time_zone = '+00:00'")
         if "charset" not in url.query:
             connect_args.setdefault("charset", "utf8mb4")
@@ -677,6 +704,7 @@ def _create_engine(
     # nothing until it is used.
     options.setdefault("pool_size", PG_POOL_SIZE)
     options.setdefault("max_overflow", PG_MAX_OVERFLOW)
+    options["connect_args"] = connect_args_for(url, options.get("connect_args"))
     async_engine = create_async_engine(url, **options)
     if reset_by_durable:
         sa.event.listen(async_engine.sync_engine, "reset", mysql.rollback_unless_ended)
