@@ -49,6 +49,7 @@ from durable.engine.core import stored_arguments as stored_arguments
 from durable.engine.leases import RELEASE_TIMEOUT as RELEASE_TIMEOUT
 from durable.engine.operations import Operations
 from durable.engine.serving import Serving
+from durable.engine.watchdog import LoopWatchdog
 from durable.errors import DurableError, InvalidArgumentError
 from durable.executions import EnqueueOptions, check_timeouts
 from durable.models import RegisteredWorkflow
@@ -206,6 +207,7 @@ class Runtime(Operations, Serving):
         self._workers: list[Worker] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._node_heartbeats_task: asyncio.Task[Any] | None = None
+        self._watchdog: LoopWatchdog | None = None
         self._incarnation = ""
         self._superseded = False
         self.client.app_version = check_version(app_version, "app_version")
@@ -247,6 +249,13 @@ class Runtime(Operations, Serving):
         self._node_heartbeats_task = self.spawn(
             self._node_heartbeats(), name="durable-node-heartbeat"
         )
+        self._watchdog = LoopWatchdog(
+            self._loop,
+            self._loop_thread,
+            executor_id=self.executor_id,
+            claim_ttl=self.claim_ttl.total_seconds(),
+        )
+        self._watchdog.start()
         if self.recover_on_start:
             self.spawn(self.recover(), name="durable-recover")
 
@@ -258,6 +267,9 @@ class Runtime(Operations, Serving):
         workers, self._workers = self._workers, []
         for worker in workers:
             await worker.stop()
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
         tasks = list(self._background)
         for task in tasks:
             task.cancel()
