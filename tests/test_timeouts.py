@@ -381,7 +381,7 @@ async def test_a_running_workflow_is_stopped_at_its_deadline_with_its_child(
     async with runtime(durable.connect(backend_url)) as rt:
         started = time.monotonic()
         with pytest.raises(WorkflowCancelledError, match="deadline"):
-            await rt.run(parent, 1, workflow_id="p", timeout=0.4)
+            await rt.run(parent, 1, workflow_id="p", timeout=1.5)  # room for the child to start
         assert time.monotonic() - started < WAIT / 2
         info = await rt.get_workflow("p")
         assert_expired(info)
