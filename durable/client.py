@@ -71,6 +71,7 @@ from durable.models import (
     WorkflowInfo,
     WorkflowStatus,
 )
+from durable.polling import pauses
 from durable.portal import SyncStartable
 from durable.queues import Queue, QueueOperations, queue_name
 from durable.retention import RetentionOperations
@@ -91,10 +92,6 @@ from durable.workflow_io import WorkflowIO
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-#: Seconds between :meth:`Client.result`'s first look and its second; each pause after that is
-#: twice the one before, up to the client's ``poll_interval``.
-FIRST_PAUSE = 0.01
 
 
 class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowIO, SyncStartable):
@@ -492,11 +489,11 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
     async def result(self, workflow_id: str, *, timeout: float | None = None) -> Any:
         """Wait until the execution finishes (wherever it runs) and return its result.
 
-        It is looked at 10 ms after the first look, then at pauses that double, up to
-        ``poll_interval`` seconds apart: a short job that a worker in another process runs is
-        seen done within about as long again as it took, a long one costs a look every
-        ``poll_interval``. An execution that this client's runtime runs wakes the wait as soon
-        as it finishes.
+        It is looked at again 10 ms after the first look, then after pauses that double, up
+        to ``poll_interval`` seconds apart (:mod:`durable.polling`): a short job that a worker
+        in another process runs is seen done within about as long again as it took, a long one
+        costs a look every ``poll_interval``. An execution that this client's runtime runs
+        wakes the wait as soon as it finishes.
 
         :raises WorkflowNotFoundError: no such workflow.
         :raises TimeoutError: it did not finish within ``timeout`` seconds (default: no limit).
@@ -511,14 +508,13 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         timeout = check_timeout(timeout)
 
         async def wait() -> Any:
-            pause = FIRST_PAUSE
+            looks = pauses(self.poll_interval)
             while True:
                 woken = self._wake_up()  # before the look: a finish after it wakes the pause
                 info = await self.backend.get_workflow(workflow_id)
                 if info.status.is_terminal:
                     return outcome(info)
-                await self.pause(min(pause, self.poll_interval), woken)
-                pause *= 2
+                await self.pause(next(looks), woken)
 
         return await asyncio.wait_for(wait(), timeout)
 

@@ -11,8 +11,8 @@ lost its lease cannot set anything.
 
 A reader (:func:`wait_for_event`, behind :meth:`Client.get_event <durable.Client.get_event>`)
 waits until the key is set, woken by the write (in this process; on PostgreSQL in every process,
-through LISTEN/NOTIFY), and looks again every ``poll_interval`` seconds in case a write of
-another process was not announced to it.
+through LISTEN/NOTIFY), and looks again in case a write of another process was not announced
+to it: soon at first, then less often, up to ``poll_interval`` seconds apart.
 
 This module also holds what :mod:`durable.streams` shares with it: checking the workflow a call
 is made in, and recording a publishing position (:func:`publish`).
@@ -29,6 +29,7 @@ from durable.backends.base import PersistentBackend
 from durable.context import ExecutionContext, StepGuard, current
 from durable.errors import DurableError, InvalidArgumentError, SerializationError
 from durable.models import StepRecord, StepStatus
+from durable.polling import pauses
 from durable.validation import check_name
 
 #: The name a ``set_event`` is recorded under in a workflow's history; its input is
@@ -159,12 +160,14 @@ async def wait_for_event(
 ) -> Any:
     """The value of the workflow's event ``key``, waiting up to ``timeout`` seconds (None: no
     limit) until it is set; ``default`` if it is not set by then, or if the workflow finished
-    without setting it. Woken by the write; looks again every ``poll_interval`` seconds.
+    without setting it. Woken by the write; looks again soon, then less often, up to
+    ``poll_interval`` seconds apart (:mod:`durable.polling`).
 
     :raises WorkflowNotFoundError: no such workflow.
     """
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
+    looks = pauses(poll_interval)
     while True:
         with backend.watch_outputs(workflow_id) as watch:
             event = await backend.get_event(workflow_id, key)
@@ -174,7 +177,7 @@ async def wait_for_event(
             if (await backend.get_workflow(workflow_id)).status.is_terminal:
                 event = await backend.get_event(workflow_id, key)
                 return default if event is None else event.value
-            wait = poll_interval
+            wait = next(looks)
             if deadline is not None:
                 remaining = deadline - loop.time()
                 if remaining <= 0:

@@ -14,7 +14,8 @@ A reader (:class:`StreamReader`, behind :meth:`Client.read_stream <durable.Clien
 gets every value from the start (or from an offset), in order, then waits for more: it is woken
 by each commit (in this process; on PostgreSQL in every process, through LISTEN/NOTIFY) and reads
 what came in batches, so a burst of values costs one read rather than one per value; it looks
-again every ``poll_interval`` seconds in case a write of another process was not announced.
+again in case a write of another process was not announced: soon at first, then less often,
+up to ``poll_interval`` seconds apart (:mod:`durable.polling`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from durable.backends.base import PersistentBackend
 from durable.context import ExecutionContext
 from durable.events import Write, check_value, publish, publish_blocking, workflow_context
 from durable.models import StepRecord
+from durable.polling import pauses
 from durable.validation import check_name
 
 #: The name a stream write is recorded under in a workflow's history; its input is
@@ -140,6 +142,7 @@ class StreamReader:
         :raises WorkflowNotFoundError: no such workflow.
         """
         backend = self.backend
+        looks = pauses(self.poll_interval)
         while True:
             with backend.watch_outputs(self.workflow_id) as watch:
                 chunk = await backend.read_stream(
@@ -150,7 +153,7 @@ class StreamReader:
                     return list(chunk.values)
                 if chunk.ended:
                     return None
-                await watch.wait(self.poll_interval)
+                await watch.wait(next(looks))
 
     async def values(self) -> AsyncIterator[Any]:
         """Every value, in order, until the stream ends."""

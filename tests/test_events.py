@@ -148,6 +148,19 @@ async def test_events_are_readable_while_the_workflow_sleeps_and_after(backend_u
     ]
 
 
+async def test_a_waiter_that_nothing_wakes_looks_again_soon(tmp_path: Path) -> None:
+    """A waiter on another backend object than the writer's (as in another process on SQLite,
+    where no write is announced to it) looks again 10 ms after an empty look, then at pauses
+    that double: it sees an event set 0.3 s later long before its ``poll_interval`` (an
+    hour)."""
+    url = f"sqlite:///{tmp_path / 'unannounced.db'}"
+    async with runtime(durable.connect(url)) as rt, durable.Client(url, poll_interval=3600) as c:
+        await rt.start_worker(poll_interval=0.01)
+        workflow_id = await c.enqueue(late, 0.3)
+        seen = await asyncio.wait_for(c.get_event(workflow_id, "status"), WAIT / 4)
+        assert seen == "late"
+
+
 async def test_a_replay_does_not_set_again() -> None:
     backend = CountingBackend()
     async with runtime(backend) as rt:

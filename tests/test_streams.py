@@ -265,6 +265,20 @@ def workers(processes: Processes) -> Callable[[str, str], subprocess.Popen[bytes
     return start
 
 
+async def test_a_reader_that_nothing_wakes_looks_again_soon(tmp_path: Path) -> None:
+    """A reader on another backend object than the writer's (as in another process on SQLite,
+    where no write is announced to it) looks again 10 ms after an empty look, then at pauses
+    that double: it gets values written 50 ms apart long before its ``poll_interval`` (an
+    hour)."""
+    url = f"sqlite:///{tmp_path / 'unannounced.db'}"
+    async with runtime(durable.connect(url)) as rt, durable.Client(url, poll_interval=HOUR) as c:
+        await rt.start_worker(poll_interval=0.01)
+        workflow_id = await c.enqueue(tokens, 8, 0.05)
+        values = await asyncio.wait_for(collect(c.read_stream(workflow_id, "tokens")), WAIT / 2)
+        assert values == list(range(8))
+        assert await c.result(workflow_id, timeout=WAIT / 2) == 8
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 async def test_a_reader_is_woken_by_another_process_on_postgres(
