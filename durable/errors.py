@@ -370,7 +370,7 @@ class ErrorInfo:
             args = None
         return cls(
             type=f"{kind.__module__}.{kind.__qualname__}",
-            message=str(exc),
+            message=message_of(exc),
             traceback="".join(tb.format_exception(exc)),
             args=args,
         )
@@ -392,6 +392,18 @@ class ErrorInfo:
             message=data["message"],
             traceback=data.get("traceback"),
             args=tuple(args) if args is not None else None,
+        )
+
+
+def message_of(exc: BaseException) -> str:
+    """``str(exc)``; if that raises (a ``__str__`` that reads an attribute the exception never
+    got), a message that says so, so that the failure is still recorded."""
+    try:
+        return str(exc)
+    except Exception as broken:
+        return (
+            f"<str() of this {type(exc).__qualname__} raised "
+            f"{type(broken).__qualname__}: {message_of(broken)}>"
         )
 
 

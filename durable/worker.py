@@ -59,6 +59,7 @@ from durable.errors import (
     WorkerCrashedError,
     WorkflowCancelledError,
     WorkflowDeadLetteredError,
+    message_of,
 )
 from durable.models import WORKFLOW_TASK, TaskClaim, WorkflowInfo, WorkflowStatus
 from durable.registry import Registry
@@ -440,7 +441,7 @@ class Worker:
             what,
             how,
             type(cause).__name__,
-            cause,
+            message_of(cause),
             extra={"action": action, "workflow_id": wid},
         )
 

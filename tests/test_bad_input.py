@@ -508,6 +508,55 @@ async def test_lone_surrogates_and_huge_ints(backend_url: str) -> None:
         assert (await rt.get_workflow("huge")).input == {"args": [2**70], "kwargs": {}}
 
 
+class BadMessage(Exception):
+    """An exception whose ``__str__`` reads an attribute it never got."""
+
+    def __str__(self) -> str:
+        return f"code {self.code}"  # type: ignore[attr-defined]
+
+
+@durable.step(name="tests.bad_input.raises", max_attempts=1)
+async def raises(which: str) -> None:
+    if which == "bad message":
+        raise BadMessage()
+    raise ValueError(f"NUL \x00 and \U0001f600 in {which}")
+
+
+@durable.workflow(name="tests.bad_input.fails.v1", registry=REG, max_attempts=1)
+async def fails(which: str, in_step: bool) -> None:
+    if in_step:
+        await raises(which)
+    if which == "bad message":
+        raise BadMessage()
+    raise ValueError(f"NUL \x00 and \U0001f600 in {which}")
+
+
+@pytest.mark.parametrize("in_step", [False, True], ids=["workflow", "step"])
+async def test_an_error_that_cannot_say_what_it_is_is_still_recorded(
+    backend_url: str, in_step: bool
+) -> None:
+    """A workflow or step that raises an exception whose ``str()`` raises, or whose message holds
+    a NUL, ends recorded as failed. The str() that raised left the execution running, run again
+    whenever its lease lapsed."""
+    async with runtime(backend_url, poll_interval=0.05) as rt:
+        await rt.start_worker(poll_interval=0.05)
+        broken = await rt.enqueue(fails, "bad message", in_step)
+        odd = await rt.enqueue(fails, "odd text", in_step)
+        with pytest.raises(durable.WorkflowDeadLetteredError, match="str\\(\\) of this Bad"):
+            await rt.result(broken, timeout=30)
+        info = await rt.get_workflow(broken)
+        assert info.error is not None and info.error.type.endswith("BadMessage")
+        assert info.error.message == (
+            "<str() of this BadMessage raised AttributeError: "
+            "'BadMessage' object has no attribute 'code'>"
+        )
+        with pytest.raises(durable.WorkflowDeadLetteredError):
+            await rt.result(odd, timeout=30)
+        info = await rt.get_workflow(odd)
+        assert info.error is not None
+        assert info.error.message == "NUL \x00 and \U0001f600 in odd text"
+
+
 async def test_wrong_types_to_public_apis_are_invalid_arguments(backend_url: str) -> None:
     cases: list[tuple[str, Call, str]] = [
         ("run(42)", lambda rt: rt.run(42), "is not a durable workflow"),
