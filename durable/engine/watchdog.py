@@ -106,10 +106,10 @@ class LoopWatchdog:
             )
             log.warning(
                 "the event loop of executor %s has been blocked for %.1f s, so its heartbeats "
-                "cannot run (leases last %g s): blocking code runs on it, such as time.sleep, a "
-                "synchronous client or heavy computation in an async def step or workflow. Run "
-                "it in a def step (durable runs those in threads) or through "
-                "asyncio.to_thread. The loop is at:\n%s",
+                "cannot run (leases last %g s): code that does not yield runs on it, most often "
+                "time.sleep, a synchronous client or heavy computation in an async def step or "
+                "workflow (run such code in a def step, which durable runs in a thread, or "
+                "through asyncio.to_thread). The loop is at:\n%s",
                 self._executor_id,
                 silent,
                 self._claim_ttl,
