@@ -15,6 +15,7 @@ import importlib
 import inspect
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ from durable.errors import DurableError, SchemaVersionError
 from durable.inspection import Waiting
 from durable.models import Message, StepRecord
 from durable.runtime import Runtime
-from durable.worker import serve
+from durable.worker import serve, step_threads_left
 
 # The SQL backend (SQLAlchemy's asyncio extension, the drivers, Alembic) is imported by the
 # commands that open a database, so that `durable --help` and `durable worker` start fast.
@@ -323,6 +324,21 @@ def worker(
             )
         )
     click.echo(f"worker {runtime.executor_id} stopped after {done} execution(s)", err=True)
+    stuck = step_threads_left()
+    if stuck:
+        # a sync step that never returns: its execution was handed back, and the interpreter
+        # would wait for its thread at exit, for good
+        logging.getLogger("durable.worker").warning(
+            "exiting without waiting for %d sync step(s) still running in threads after the "
+            "grace period (their executions were handed back): %s",
+            len(stuck),
+            "; ".join(stuck),
+            extra={"action": "worker.threads_left"},
+        )
+        logging.shutdown()
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(0)
 
 
 @main.group()

@@ -67,7 +67,7 @@ from durable.validation import (
     check_positive_int,
 )
 from durable.versioning import check_version
-from durable.worker import Worker
+from durable.worker import STEP_THREAD_PREFIX, Worker
 from durable.workflow import Workflow
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,9 @@ class Runtime(Operations, Serving):
             raise
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._threads = ThreadPoolExecutor(self._max_threads, thread_name_prefix="durable")
+        self._threads = ThreadPoolExecutor(
+            self._max_threads, thread_name_prefix=STEP_THREAD_PREFIX.rstrip("_")
+        )
         self._started = True
         await self.backend.register_workflows(
             [

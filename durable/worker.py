@@ -40,8 +40,12 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
+import sys
+import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Sequence
 from datetime import timedelta
@@ -479,6 +483,55 @@ class Worker:
     async def wait_stopped(self) -> None:
         """Wait until :meth:`request_stop` is called."""
         await self._stopping.wait()
+
+
+#: The name prefix of the threads in which a runtime runs sync steps and workflows (its
+#: ``ThreadPoolExecutor`` numbers them: ``durable_0``, ``durable_1``, ...).
+STEP_THREAD_PREFIX = "durable_"
+
+
+def step_threads_left(wait: float = 1.0) -> list[str]:
+    """What the threads that run sync steps and workflows still do once their runtimes have
+    closed (idle ones are given ``wait`` seconds to end): for each still running, its name and
+    the line it is at. A sync step that never returns keeps its thread, and with it the
+    process, alive after :func:`serve` returned (the interpreter waits for such threads when it
+    exits); its execution was handed back, so nothing is lost by ending the process."""
+    deadline = time.monotonic() + wait
+    while True:
+        left = [
+            t
+            for t in threading.enumerate()
+            if t.name.startswith(STEP_THREAD_PREFIX) and t.is_alive()
+        ]
+        if not left or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    frames = sys._current_frames()
+    described = []
+    for thread in left:
+        frame = frames.get(thread.ident) if thread.ident is not None else None
+        where = ""
+        if frame is not None:
+            stack = traceback.extract_stack(frame)
+            # the innermost line of the application's code, past the standard library's
+            # (a wait, a socket) and durable's own
+            last = next((f for f in reversed(stack) if not _library_file(f.filename)), stack[-1])
+            where = f" at {last.filename}:{last.lineno} in {last.name}"
+        described.append(f"{thread.name}{where}")
+    return described
+
+
+_LIBRARY_DIRS = tuple(
+    {
+        os.path.join(os.path.dirname(os.__file__), ""),
+        os.path.join(os.path.dirname(os.path.dirname(__file__)), "durable", ""),
+    }
+)
+
+
+def _library_file(filename: str) -> bool:
+    """Whether a frame's file is the standard library's or durable's."""
+    return filename.startswith(_LIBRARY_DIRS)
 
 
 async def serve(

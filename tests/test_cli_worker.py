@@ -88,6 +88,65 @@ def test_worker_command_runs_enqueued_work_and_stops_on_sigterm(tmp_path: Path) 
     assert retried.exit_code == 1 and "only failed" in retried.output
 
 
+STUCK_APP = """
+import pathlib, threading
+import durable
+
+@durable.step
+def never_returns(marker: str) -> None:
+    pathlib.Path(marker).write_text("started")
+    threading.Event().wait()  # a sync call that never returns (a socket without a timeout)
+
+@durable.workflow(name="cli.stuck.v1")
+def stuck(marker: str) -> None:
+    never_returns(marker)
+
+runtime = durable.Runtime(durable.connect({url!r}), executor_id="cli-stuck", claim_ttl=5)
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_whose_sync_step_never_returns_still_exits_after_its_grace(
+    tmp_path: Path,
+) -> None:
+    """The interpreter waits at exit for the threads that run sync steps: one that never
+    returns kept ``durable worker`` alive after SIGTERM for good, though it had said it
+    stopped and handed the execution back. It now exits once the grace period is over, and
+    says which step it left running, and where."""
+    url = f"sqlite:///{tmp_path / 'stuck.db'}"
+    marker = tmp_path / "started"
+    (tmp_path / "stuckapp.py").write_text(textwrap.dedent(STUCK_APP.format(url=url)))
+    with durable.Client(url) as client:
+        wid = client.enqueue_sync("cli.stuck.v1", str(marker))
+    durable_bin = Path(sys.executable).with_name("durable")
+    proc = subprocess.Popen(
+        [str(durable_bin), "worker", "stuckapp:runtime", "--grace", "1", "--poll-interval", "0.1"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the step did not start"
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "handed back 1 unfinished execution(s)" in err
+    assert "exiting without waiting for 1 sync step(s) still running" in err
+    assert "stuckapp.py:8 in never_returns" in err
+    with durable.Client(url) as client:  # handed back: pending, its lease released
+        info = client.get_workflow_sync(wid)
+        assert info.status is durable.WorkflowStatus.PENDING
+        assert client.backend  # the client's own check that it is started
+
+
 def test_worker_command_rejects_a_bad_target(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(main, ["worker", "no_such_module_xyz:runtime"])
