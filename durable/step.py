@@ -81,6 +81,15 @@ class Step(Generic[P, T]):
     def __repr__(self) -> str:
         return f"<durable step {self.name}>"
 
+    def __get__(self, instance: object | None, owner: type[Any] | None = None) -> Any:
+        """A step defined in a class body is bound to the instance it is looked up on, as a
+        method is: ``await service.charge(order)`` runs ``charge(service, order)`` as the step
+        (the instance is passed to each attempt, not recorded). Looked up on the class, it is
+        the step itself."""
+        if instance is None:
+            return self
+        return BoundStep(self, instance)
+
     async def attempt(
         self,
         args: Sequence[Any],
@@ -213,6 +222,30 @@ class Step(Generic[P, T]):
                 ctx.block_on(guard.fail(exc, attempts=attempt))
                 raise
             return guard.succeed_blocking(value, attempts=attempt)
+
+
+class BoundStep:
+    """A step looked up on an instance of the class that defines it (see
+    :meth:`Step.__get__`): calling it, or its ``aio``, calls the step with the instance first.
+    Its other attributes are the step's."""
+
+    __slots__ = ("_instance", "_step")
+
+    def __init__(self, step: Step[Any, Any], instance: object) -> None:
+        self._step = step
+        self._instance = instance
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._step(self._instance, *args, **kwargs)  # type: ignore[operator]
+
+    def aio(self, *args: Any, **kwargs: Any) -> Any:
+        return self._step.aio(self._instance, *args, **kwargs)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._step, name)
+
+    def __repr__(self) -> str:
+        return f"<durable step {self._step.name} bound to {self._instance!r}>"
 
 
 class AsyncStep(Step[P, T]):

@@ -24,6 +24,7 @@ by :func:`derived_id`, deterministically, so a replay derives the same id.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -264,6 +265,13 @@ def check_decorated(fn: Any, decorator: str) -> None:
         hint = f": write @{decorator}(name={fn!r})" if isinstance(fn, str) else ""
         raise InvalidArgumentError(
             f"{decorator} takes a function, got {type(fn).__qualname__} {_show(fn)}{hint}"
+        )
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        kind = "an async generator" if inspect.isasyncgenfunction(fn) else "a generator"
+        raise InvalidArgumentError(
+            f"{decorator} takes a function that returns its result, got {kind} function "
+            f"{getattr(fn, '__qualname__', fn)!r} (it yields): its values cannot be recorded "
+            "one by one; return a list, or publish them with durable.write_stream"
         )
 
 
