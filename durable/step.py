@@ -458,6 +458,12 @@ async def map(
     """
     check_name(queue, "queue")
     check_int(priority, "priority")
+    if isinstance(step, BoundStep):
+        raise InvalidArgumentError(
+            f"durable.map() cannot hand out {step!r}: other workers run its calls, and they "
+            "have no such instance; map a step defined at module level (it may look the "
+            "object up), or call the method in the workflow"
+        )
     if not isinstance(step, Step):
         raise InvalidArgumentError(
             f"durable.map() takes a @durable.step function, got {type(step).__qualname__}"

@@ -126,6 +126,17 @@ def test_a_transaction_step_method_gets_its_instance_before_the_connection(
     engine.dispose()
 
 
+@durable.workflow(name="tests.methods.mapped.v1", registry=REG)
+async def mapped(n: int) -> list[int]:
+    return await durable.map(PAYMENTS.charge, range(n))
+
+
+async def test_map_refuses_a_bound_step_and_says_why() -> None:
+    async with durable.Runtime(durable.connect("memory://"), registry=REG) as rt:
+        with pytest.raises(durable.InvalidArgumentError, match="other workers run its calls"):
+            await rt.run(mapped, 2)
+
+
 def test_generator_functions_are_refused_where_they_are_decorated() -> None:
     def numbers() -> object:
         yield 1
