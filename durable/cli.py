@@ -313,32 +313,45 @@ def worker(
         logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
         logging.getLogger("durable").setLevel(logging.INFO)
     runtime = load_runtime(target)
-    with reported_errors():
-        done = asyncio.run(
-            serve(
-                runtime,
-                concurrency=concurrency,
-                queues=list(queues) or None,
-                grace=grace,
-                poll_interval=poll_interval,
+    try:
+        with reported_errors():
+            done = asyncio.run(
+                serve(
+                    runtime,
+                    concurrency=concurrency,
+                    queues=list(queues) or None,
+                    grace=grace,
+                    poll_interval=poll_interval,
+                )
             )
-        )
+    except click.ClickException as exc:  # the worker stopped on an error
+        _exit_without_stuck_steps(exc.exit_code, first=exc.show)
+        raise
     click.echo(f"worker {runtime.executor_id} stopped after {done} execution(s)", err=True)
+    _exit_without_stuck_steps(0)
+
+
+def _exit_without_stuck_steps(status: int, *, first: Callable[[], None] | None = None) -> None:
+    """End the process with ``status`` (after calling ``first``: the error's message) if sync
+    steps are still running in their threads once the worker has stopped (a call that never
+    returns): their executions were handed back, and the interpreter would wait for those
+    threads at exit, for good. Else return."""
     stuck = step_threads_left()
-    if stuck:
-        # a sync step that never returns: its execution was handed back, and the interpreter
-        # would wait for its thread at exit, for good
-        logging.getLogger("durable.worker").warning(
-            "exiting without waiting for %d sync step(s) still running in threads after the "
-            "grace period (their executions were handed back): %s",
-            len(stuck),
-            "; ".join(stuck),
-            extra={"action": "worker.threads_left"},
-        )
-        logging.shutdown()
-        sys.stderr.flush()
-        sys.stdout.flush()
-        os._exit(0)
+    if not stuck:
+        return
+    if first is not None:
+        first()
+    logging.getLogger("durable.worker").warning(
+        "exiting without waiting for %d sync step(s) still running in threads after the "
+        "grace period (their executions were handed back): %s",
+        len(stuck),
+        "; ".join(stuck),
+        extra={"action": "worker.threads_left"},
+    )
+    logging.shutdown()
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(status)
 
 
 @main.group()
