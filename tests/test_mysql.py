@@ -262,11 +262,20 @@ async def test_a_batch_claim_takes_no_row_another_claim_took_since_it_read(
 
 @pytest.mark.parametrize(
     ("number", "unavailable"),
-    [(1021, True), (1114, True), (2013, True), (1062, False), (1213, False)],
+    [
+        (1021, True),
+        (1114, True),
+        (1290, True),
+        (1792, True),
+        (2013, True),
+        (1062, False),
+        (1213, False),
+    ],
 )
 def test_a_full_disk_is_unavailable_not_a_refused_statement(number: int, unavailable: bool) -> None:
-    """Disk full (1021) and a table that cannot grow (1114) pass once there is room: a worker
-    hands its attempt back uncounted; a duplicate key or a deadlock is the statement's own."""
+    """Disk full (1021) and a table that cannot grow (1114) pass once there is room, and a
+    server made read-only (1290, 1792) once it takes writes again: a worker hands its attempt
+    back uncounted; a duplicate key or a deadlock is the statement's own."""
     import pymysql
 
     error = sa.exc.OperationalError("INSERT", {}, pymysql.err.OperationalError(number, "..."))

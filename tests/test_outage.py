@@ -42,6 +42,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from support import pg_conninfo, terminate_other_sessions
 
 import durable
 from durable.backends import SQLAlchemyBackend
@@ -276,6 +277,7 @@ async def test_no_pooled_connection_free_in_time_is_unavailable(pg_url: str) -> 
         (psycopg.errors.TooManyConnections("sorry, too many clients already"), True),
         (psycopg.errors.DiskFull("could not extend file: No space left on device"), True),
         (psycopg.errors.OutOfMemory("out of memory"), True),
+        (psycopg.errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only"), True),
         (psycopg.errors.CannotConnectNow("the database system is starting up"), True),
         (psycopg.errors.AdminShutdown("terminating connection"), True),
         (psycopg.errors.CrashShutdown("terminating connection"), True),
@@ -372,6 +374,68 @@ async def test_an_attempt_an_outage_cut_off_is_handed_back_as_soon_as_the_databa
     # again, the rest once
     assert (info.attempts, info.interruptions) == (1, 0)
     assert RUNS == {"held": 2, "after": 1}
+
+
+@pytest.mark.postgres
+async def test_a_database_made_read_only_is_waited_out_like_an_outage(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database is made read-only (``ALTER DATABASE ... SET default_transaction_read_only``,
+    as for maintenance; a failover that leaves a connection on a standby refuses writes the
+    same way, 25006) while a step runs: its record is refused, and the attempt is handed back
+    uncounted through the outage, not failed, nor left to wait for its 60 s lease. The
+    sessions opened while it was read-only stay read-only for their life: they are dropped,
+    so once the database takes writes again, without any session ended from outside, the
+    execution finishes."""
+    monkeypatch.setattr(durable.runtime, "OUTAGE_BACKOFF", timedelta(milliseconds=50))
+    GATE.update(entered=asyncio.Event(), release=asyncio.Event())
+    RUNS.clear()
+    database = sa.make_url(pg_url).database
+
+    async def alter(setting: str) -> None:  # on a session of its own, which may write
+        async with await psycopg.AsyncConnection.connect(
+            pg_conninfo(pg_url), autocommit=True
+        ) as admin:
+            await admin.execute("SET default_transaction_read_only = off")
+            await admin.execute(f'ALTER DATABASE "{database}" {setting}')
+
+    try:
+        async with durable.Runtime(
+            durable.connect(pg_url), registry=REG, recover=False, claim_ttl=60.0
+        ) as rt:
+            worker = await rt.start_worker(concurrency=2, poll_interval=0.05)
+            wid = await rt.enqueue("to.held.v1", 4)
+            await asyncio.wait_for(GATE["entered"].wait(), WAIT)
+            await alter("SET default_transaction_read_only = on")
+            await terminate_other_sessions(pg_url)  # its sessions start again, read-only
+            with pytest.raises(BackendUnavailableError, match="read-only"):
+                await rt.enqueue("to.held.v1", 5)
+            # reads go on, on pooled sessions that start read-only meanwhile
+            await asyncio.gather(*(rt.list_workflows() for _ in range(4)))
+            GATE["release"].set()
+            await asyncio.sleep(1.0)
+            assert worker.running == 1, "the attempt was not handed back through the outage"
+            await alter("RESET default_transaction_read_only")
+            back = time.monotonic()
+            # a write through the pool: a read-only session it meets is refused once, and
+            # dropped with the rest of the pool, so the next try gets a session that writes
+            for _ in range(3):
+                with contextlib.suppress(BackendUnavailableError):
+                    [extra] = await rt.enqueue_many("to.held.v1", [(6,)])
+                    break
+            else:
+                pytest.fail("writes through the pool kept meeting read-only sessions")
+            assert await rt.result(wid, timeout=WAIT) == 41
+            waited = time.monotonic() - back
+            info = await rt.get_workflow(wid)
+            assert await rt.result(extra, timeout=WAIT) == 61
+            assert worker.failure is None
+            await worker.stop()
+    finally:
+        await alter("RESET default_transaction_read_only")
+    assert waited < 20.0, f"resumed {waited:.1f}s after the database took writes again"
+    assert (info.attempts, info.interruptions) == (1, 0)
+    assert RUNS == {"held": 3, "after": 2}  # the extra job: once each
 
 
 async def _now(value: T) -> T:

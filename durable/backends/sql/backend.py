@@ -79,10 +79,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: PostgreSQL errors that mean "not now" rather than "not this statement" (besides class 08,
-#: connection exceptions): the disk full, out of memory, too many connections, and the server
+#: connection exceptions): the disk full, out of memory, too many connections, the server
 #: shutting down, crashed or starting up (57P01 is also what a backend terminated by
-#: pg_terminate_backend reports).
-_UNAVAILABLE_SQLSTATES = frozenset({"53100", "53200", "53300", "57P01", "57P02", "57P03"})
+#: pg_terminate_backend reports), and a database that takes no writes (25006: made read-only
+#: for maintenance, or a standby that a failover left a connection on).
+_UNAVAILABLE_SQLSTATES = frozenset({"25006", "53100", "53200", "53300", "57P01", "57P02", "57P03"})
 #: How many times a transaction the database rolled back to break a deadlock runs again.
 DEADLOCK_RETRIES = 8
 
@@ -333,7 +334,8 @@ class SQLAlchemyBackend(
         """Whether ``exc`` says the database cannot be reached now (worth retrying as is), as
         opposed to a statement it refused."""
         if not isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
-            return False
+            # psycopg raises a database's refusal to write (25006) as an InternalError
+            return getattr(exc.orig, "sqlstate", None) == "25006"
         if exc.connection_invalidated or not self._started:
             return True
         known = self.dialect.unavailable(exc)

@@ -406,10 +406,11 @@ class PostgresBoundClockDialect(BoundClock, PostgresDialect):
 
 
 #: MySQL error numbers that mean the server cannot be reached now: too many connections,
-#: shutting down, connection killed, can't connect, gone away, lost, and the like; and its
-#: disk full (a table that cannot grow).
+#: shutting down, connection killed, can't connect, gone away, lost, and the like; its disk
+#: full (a table that cannot grow); and a server that takes no writes (``read_only``: 1290,
+#: and 1792 in a read-only transaction).
 MYSQL_UNAVAILABLE = frozenset(
-    {1021, 1040, 1053, 1077, 1114, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
+    {1021, 1040, 1053, 1077, 1114, 1290, 1792, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
 )
 #: Deadlock (the transaction was rolled back), lock wait timeout.
 MYSQL_RETRYABLE = frozenset({1213, 1205})
@@ -709,7 +710,20 @@ def _create_engine(
     if reset_by_durable:
         sa.event.listen(async_engine.sync_engine, "reset", mysql.rollback_unless_ended)
     sa.event.listen(async_engine.sync_engine, "checkout", discard_stale_at_checkout)
+    if url.get_backend_name() == "postgresql":
+        sa.event.listen(async_engine.sync_engine, "handle_error", _read_only_session_is_lost)
     return async_engine
+
+
+def _read_only_session_is_lost(context: sa.engine.ExceptionContext) -> None:
+    """PostgreSQL: a session that finds the database taking no writes (25006: made read-only,
+    or a standby a failover left it on) is dropped, with the pool's other connections, as after
+    a disconnect. Such a session stays read-only for its life (the setting is read when it
+    starts), so kept in the pool it would refuse every write after the database takes writes
+    again; new connections get the database as it is now (a failover's new primary, through
+    ``target_session_attrs=read-write``)."""
+    if getattr(context.original_exception, "sqlstate", None) == "25006":
+        context.is_disconnect = True
 
 
 def configure_engine(engine: sa.Engine | AsyncEngine) -> None:
