@@ -147,6 +147,85 @@ def test_a_worker_whose_sync_step_never_returns_still_exits_after_its_grace(
         assert client.backend  # the client's own check that it is started
 
 
+DYING_APP = """
+import pathlib, threading
+import durable
+from durable.backends import SQLAlchemyBackend
+
+STARTED = threading.Event()
+
+
+class Fatal(BaseException):
+    pass
+
+
+class DyingBackend(SQLAlchemyBackend):
+    async def claim_available_tasks(self, *args, **kwargs):
+        if STARTED.is_set():
+            raise Fatal("the loop dies")
+        return await super().claim_available_tasks(*args, **kwargs)
+
+    async def claim_and_begin_tasks(self, *args, **kwargs):
+        if STARTED.is_set():
+            raise Fatal("the loop dies")
+        return await super().claim_and_begin_tasks(*args, **kwargs)
+
+
+@durable.step
+def never_returns(marker: str) -> None:
+    pathlib.Path(marker).write_text("started")
+    STARTED.set()
+    threading.Event().wait()
+
+
+@durable.workflow(name="cli.stuck.v1")
+def stuck(marker: str) -> None:
+    never_returns(marker)
+
+
+runtime = durable.Runtime(DyingBackend({url!r}), executor_id="cli-dying", claim_ttl=5)
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_that_stops_on_an_error_does_not_wait_for_a_stuck_step(
+    tmp_path: Path,
+) -> None:
+    """The worker's loop dies (exit status 1) while a sync step that never returns runs: the
+    error is printed, then the process ends instead of waiting for the step's thread."""
+    url = f"sqlite:///{tmp_path / 'dying.db'}"
+    (tmp_path / "dyingstuck.py").write_text(textwrap.dedent(DYING_APP.format(url=url)))
+    with durable.Client(url) as client:
+        client.enqueue_sync("cli.stuck.v1", str(tmp_path / "started"))
+    durable_bin = Path(sys.executable).with_name("durable")
+    proc = subprocess.Popen(
+        [
+            str(durable_bin),
+            "worker",
+            "dyingstuck:runtime",
+            "--grace",
+            "1",
+            "--poll-interval",
+            "0.05",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, err
+    assert "worker cli-dying stopped claiming work" in err
+    assert "Fatal: the loop dies" in err
+    assert "exiting without waiting for 1 sync step(s) still running" in err
+    assert "dyingstuck.py" in err and "in never_returns" in err
+
+
 def test_worker_command_rejects_a_bad_target(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(main, ["worker", "no_such_module_xyz:runtime"])
