@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import copy
 import functools
 import inspect
 import logging
@@ -79,16 +80,39 @@ class Step(Generic[P, T]):
         functools.update_wrapper(cast(Any, self), fn)
 
     def __repr__(self) -> str:
+        if self.bound_to is not None:
+            return f"<durable step {self.name} bound to {self.bound_to!r}>"
         return f"<durable step {self.name}>"
+
+    #: The instance a step defined in a class body was looked up on (see :meth:`__get__`).
+    bound_to: object | None = None
 
     def __get__(self, instance: object | None, owner: type[Any] | None = None) -> Any:
         """A step defined in a class body is bound to the instance it is looked up on, as a
         method is: ``await service.charge(order)`` runs ``charge(service, order)`` as the step
-        (the instance is passed to each attempt, not recorded). Looked up on the class, it is
-        the step itself."""
+        (the instance is passed to each attempt, not recorded; a transaction step's body gets
+        it before the connection). Looked up on the class, it is the step itself."""
         if instance is None:
             return self
-        return BoundStep(self, instance)
+        fn = self.fn
+        if self.is_async:
+
+            @functools.wraps(fn)
+            async def method_async(*args: Any, **kwargs: Any) -> Any:
+                return await fn(instance, *args, **kwargs)
+
+            method: Callable[..., Any] = method_async
+        else:
+
+            @functools.wraps(fn)
+            def method_sync(*args: Any, **kwargs: Any) -> Any:
+                return fn(instance, *args, **kwargs)
+
+            method = method_sync
+        bound = copy.copy(self)
+        bound.fn = method
+        bound.bound_to = instance
+        return bound
 
     async def attempt(
         self,
@@ -222,30 +246,6 @@ class Step(Generic[P, T]):
                 ctx.block_on(guard.fail(exc, attempts=attempt))
                 raise
             return guard.succeed_blocking(value, attempts=attempt)
-
-
-class BoundStep:
-    """A step looked up on an instance of the class that defines it (see
-    :meth:`Step.__get__`): calling it, or its ``aio``, calls the step with the instance first.
-    Its other attributes are the step's."""
-
-    __slots__ = ("_instance", "_step")
-
-    def __init__(self, step: Step[Any, Any], instance: object) -> None:
-        self._step = step
-        self._instance = instance
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._step(self._instance, *args, **kwargs)  # type: ignore[operator]
-
-    def aio(self, *args: Any, **kwargs: Any) -> Any:
-        return self._step.aio(self._instance, *args, **kwargs)  # type: ignore[attr-defined]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._step, name)
-
-    def __repr__(self) -> str:
-        return f"<durable step {self._step.name} bound to {self._instance!r}>"
 
 
 class AsyncStep(Step[P, T]):
@@ -458,7 +458,7 @@ async def map(
     """
     check_name(queue, "queue")
     check_int(priority, "priority")
-    if isinstance(step, BoundStep):
+    if isinstance(step, Step) and step.bound_to is not None:
         raise InvalidArgumentError(
             f"durable.map() cannot hand out {step!r}: other workers run its calls, and they "
             "have no such instance; map a step defined at module level (it may look the "

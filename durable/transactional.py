@@ -34,8 +34,6 @@ with :class:`~durable.errors.ConfigurationError`.
 
 from __future__ import annotations
 
-import copy
-import functools
 import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
@@ -65,30 +63,6 @@ class TransactionStep(Step[P, T], Generic[P, T]):
     transactional = True
     #: The engine the step's transactions run on (None: durable's own; see :func:`transaction`).
     engine: Any = None
-
-    def __get__(self, instance: object | None, owner: type[Any] | None = None) -> Any:
-        """Defined in a class body: bound to the instance it is looked up on, which the body
-        gets before the connection (``def reserve(self, conn, order_id)``)."""
-        if instance is None:
-            return self
-        fn = self.fn
-        if self.is_async:
-
-            @functools.wraps(fn)
-            async def method_async(*args: Any, **kwargs: Any) -> Any:
-                return await fn(instance, *args, **kwargs)
-
-            bound_fn: Callable[..., Any] = method_async
-        else:
-
-            @functools.wraps(fn)
-            def method(*args: Any, **kwargs: Any) -> Any:
-                return fn(instance, *args, **kwargs)
-
-            bound_fn = method
-        bound = copy.copy(self)
-        bound.fn = bound_fn
-        return bound
 
     def _outside(self) -> DurableError:
         return DurableError(
