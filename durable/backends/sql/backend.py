@@ -37,6 +37,7 @@ from durable.backends.sql.continuation import Continuation
 from durable.backends.sql.core import first_line, stop_listener
 from durable.backends.sql.debounces import Debounces
 from durable.backends.sql.dialects import (
+    PG_READ_ONLY,
     SQLDialect,
     configure_engine,
     connect_args_for,
@@ -83,7 +84,9 @@ T = TypeVar("T")
 #: shutting down, crashed or starting up (57P01 is also what a backend terminated by
 #: pg_terminate_backend reports), and a database that takes no writes (25006: made read-only
 #: for maintenance, or a standby that a failover left a connection on).
-_UNAVAILABLE_SQLSTATES = frozenset({"25006", "53100", "53200", "53300", "57P01", "57P02", "57P03"})
+_UNAVAILABLE_SQLSTATES = frozenset(
+    {PG_READ_ONLY, "53100", "53200", "53300", "57P01", "57P02", "57P03"}
+)
 #: How many times a transaction the database rolled back to break a deadlock runs again.
 DEADLOCK_RETRIES = 8
 
@@ -334,8 +337,8 @@ class SQLAlchemyBackend(
         """Whether ``exc`` says the database cannot be reached now (worth retrying as is), as
         opposed to a statement it refused."""
         if not isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
-            # psycopg raises a database's refusal to write (25006) as an InternalError
-            return getattr(exc.orig, "sqlstate", None) == "25006"
+            # psycopg raises a database's refusal to write as an InternalError
+            return getattr(exc.orig, "sqlstate", None) == PG_READ_ONLY
         if exc.connection_invalidated or not self._started:
             return True
         known = self.dialect.unavailable(exc)

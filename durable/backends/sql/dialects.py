@@ -307,6 +307,10 @@ class SQLiteDialect(BoundClock):
 #: (SQLITE_BUSY), a table locked within one (SQLITE_LOCKED), the disk full (SQLITE_FULL).
 SQLITE_UNAVAILABLE = frozenset({5, 6, 13})
 
+#: PostgreSQL's SQLSTATE of a write the database refuses because it takes none: made read-only
+#: (``default_transaction_read_only``), or a standby (psycopg raises it as an InternalError).
+PG_READ_ONLY = "25006"
+
 #: PostgreSQL's SQLSTATEs of a transaction rolled back to break a deadlock, or at a
 #: serialization failure: running it again may succeed.
 PG_RETRYABLE = frozenset({"40P01", "40001"})
@@ -716,13 +720,13 @@ def _create_engine(
 
 
 def _read_only_session_is_lost(context: sa.engine.ExceptionContext) -> None:
-    """PostgreSQL: a session that finds the database taking no writes (25006: made read-only,
-    or a standby a failover left it on) is dropped, with the pool's other connections, as after
-    a disconnect. Such a session stays read-only for its life (the setting is read when it
-    starts), so kept in the pool it would refuse every write after the database takes writes
-    again; new connections get the database as it is now (a failover's new primary, through
-    ``target_session_attrs=read-write``)."""
-    if getattr(context.original_exception, "sqlstate", None) == "25006":
+    """PostgreSQL: a session that finds the database taking no writes (:data:`PG_READ_ONLY`:
+    made read-only, or a standby a failover left it on) is dropped, with the pool's other
+    connections, as after a disconnect. Such a session stays read-only for its life (the
+    setting is read when it starts), so kept in the pool it would refuse every write after
+    the database takes writes again; new connections get the database as it is now (a
+    failover's new primary, through ``target_session_attrs=read-write``)."""
+    if getattr(context.original_exception, "sqlstate", None) == PG_READ_ONLY:
         context.is_disconnect = True
 
 
