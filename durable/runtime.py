@@ -236,9 +236,7 @@ class Runtime(Operations, Serving):
             raise
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._threads = ThreadPoolExecutor(
-            self._max_threads, thread_name_prefix=STEP_THREAD_PREFIX.rstrip("_")
-        )
+        self._threads = ThreadPoolExecutor(self._max_threads, thread_name_prefix=STEP_THREAD_PREFIX)
         self._started = True
         await self.backend.register_workflows(
             [

@@ -485,9 +485,9 @@ class Worker:
         await self._stopping.wait()
 
 
-#: The name prefix of the threads in which a runtime runs sync steps and workflows (its
-#: ``ThreadPoolExecutor`` numbers them: ``durable_0``, ``durable_1``, ...).
-STEP_THREAD_PREFIX = "durable_"
+#: The ``thread_name_prefix`` of the threads in which a runtime runs sync steps and workflows
+#: (its ``ThreadPoolExecutor`` names them ``durable_0``, ``durable_1``, ...).
+STEP_THREAD_PREFIX = "durable"
 
 
 def step_threads_left(wait: float = 1.0) -> list[str]:
@@ -501,7 +501,7 @@ def step_threads_left(wait: float = 1.0) -> list[str]:
         left = [
             t
             for t in threading.enumerate()
-            if t.name.startswith(STEP_THREAD_PREFIX) and t.is_alive()
+            if t.name.startswith(f"{STEP_THREAD_PREFIX}_") and t.is_alive()
         ]
         if not left or time.monotonic() >= deadline:
             break
@@ -521,11 +521,10 @@ def step_threads_left(wait: float = 1.0) -> list[str]:
     return described
 
 
-_LIBRARY_DIRS = tuple(
-    {
-        os.path.join(os.path.dirname(os.__file__), ""),
-        os.path.join(os.path.dirname(os.path.dirname(__file__)), "durable", ""),
-    }
+#: The standard library's directory and durable's own.
+_LIBRARY_DIRS = (
+    os.path.join(os.path.dirname(os.__file__), ""),
+    os.path.join(os.path.dirname(__file__), ""),
 )
 
 

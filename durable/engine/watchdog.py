@@ -50,15 +50,13 @@ class LoopWatchdog:
         self._reported = False  # this stall has been logged (by the thread)
         self._timer: asyncio.TimerHandle | None = None
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self._last_tick = time.monotonic()
         self._timer = self._loop.call_later(TICK, self._tick)
-        self._thread = threading.Thread(
+        threading.Thread(  # it ends at the first look after stop()
             target=self._watch, name=f"durable-loop-watchdog-{self._executor_id}", daemon=True
-        )
-        self._thread.start()
+        ).start()
 
     def stop(self) -> None:
         self._stopping.set()

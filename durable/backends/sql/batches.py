@@ -63,13 +63,12 @@ class Enqueues(SQLCore):
         d = self.dialect
         self._first_position: sa.Select[Any] | None = None
         if d.name == "postgresql":
+            names = [c.name for c in WORKFLOW_COLUMNS]
             self._bulk_workflows: Any = _recordset_insert(
-                workflows,
-                [c.name for c in WORKFLOW_COLUMNS],
-                conflict="ON CONFLICT DO NOTHING RETURNING id",
+                workflows, names, conflict="ON CONFLICT DO NOTHING RETURNING id"
             )
             self._bulk_new_workflows: sa.TextClause | None = _recordset_insert(
-                workflows, [c.name for c in WORKFLOW_COLUMNS], conflict=""
+                workflows, names, conflict=""
             )
             self._bulk_tasks: Any = _recordset_tasks()
             self._select_batch_existing: Any = sa.union_all(
