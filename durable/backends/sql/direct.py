@@ -406,15 +406,18 @@ class DirectStatements:
             )
 
     async def _open(self, *, settings: bool = True) -> Any:
-        """A new connection (:func:`detached_connection`); with ``settings``, the session's
-        (:func:`_settle`)."""
-        conn = await detached_connection(self._engine)
-        if settings:
-            try:
+        """A new connection, opened by the pool (connect arguments, events) and detached;
+        with ``settings``, the session's (:func:`_settle`)."""
+        fairy: Any = await greenlet_spawn(self._engine.raw_connection)
+        conn = fairy.driver_connection
+        fairy.detach()  # the pool forgets it: its slot is free, and closing it is ours
+        try:
+            await conn.set_autocommit(True)
+            if settings:
                 await _settle(conn)
-            except BaseException:
-                await _close(conn)
-                raise
+        except BaseException:
+            await _close(conn)
+            raise
         return conn
 
     async def _discard_idle(self) -> None:
@@ -439,22 +442,6 @@ def driver_connect_params(
     created with), outside its pool (not its ``connect`` event listeners)."""
     cargs, cparams = engine.dialect.create_connect_args(engine.url)
     return list(cargs), {**cparams, **connect_args, "autocommit": True}
-
-
-async def detached_connection(engine: sa.Engine) -> Any:
-    """A new psycopg ``AsyncConnection`` in autocommit mode, opened by the pool of the async
-    engine whose ``sync_engine`` is ``engine`` (so with its connect arguments, its ``connect``
-    events and its checks) and detached from it: it holds no pool slot, and closing it is the
-    caller's."""
-    fairy: Any = await greenlet_spawn(engine.raw_connection)
-    conn = fairy.driver_connection
-    fairy.detach()  # the pool forgets it: its slot is free, and closing it is ours
-    try:
-        await conn.set_autocommit(True)
-    except BaseException:
-        await _close(conn)
-        raise
-    return conn
 
 
 async def _settle(conn: Any) -> None:
