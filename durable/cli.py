@@ -17,8 +17,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -27,13 +26,21 @@ import click
 from durable.cli_actions import add_action_commands
 from durable.cli_events import events_command
 from durable.cli_gc import gc_command
-from durable.cli_output import checked_id, emit, json_option, jsonable, stamp, when
+from durable.cli_output import (
+    checked_id,
+    emit,
+    json_option,
+    jsonable,
+    reported_errors,
+    stamp,
+    when,
+)
 from durable.cli_queues import queues_group
 from durable.cli_replay import add_replay_commands
 from durable.cli_schedules import schedules_group
 from durable.cli_workflows import add_workflow_commands, executors_command, queues_command
 from durable.client import Client
-from durable.errors import DurableError, SchemaVersionError
+from durable.errors import SchemaVersionError
 from durable.inspection import Waiting
 from durable.models import Message, StepRecord
 from durable.runtime import Runtime
@@ -61,15 +68,6 @@ def main(verbose: int) -> None:
     """
     if verbose:
         logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO, format=LOG_FORMAT)
-
-
-@contextmanager
-def reported_errors() -> Iterator[None]:
-    """Turn durable's errors into a message on stderr and exit status 1."""
-    try:
-        yield
-    except DurableError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 def open_backend(
@@ -136,9 +134,10 @@ def _require_sqlite_file(url: str) -> None:
 def shown(url: str) -> str:
     """The URL as it may be printed: without its password."""
     from durable.backends.sql.dialects import normalize_url
+    from durable.backends.sql.urls import shown_url
 
     with reported_errors():
-        return normalize_url(url).render_as_string(hide_password=True)
+        return shown_url(normalize_url(url))
 
 
 def revision_name(revision: str | None) -> str:
@@ -512,6 +511,7 @@ def ui(url: str, host: str, port: int, actions: bool, token: str | None) -> None
             f"the web view needs the web extra: pip install 'durable-sqla[web]' ({exc})"
         ) from None
     with reported_errors():
+        _require_sqlite_file(url)
         serve_web(url, host=host, port=port, actions=actions, token=token)
 
 

@@ -15,7 +15,7 @@ from typing import Protocol, TypeVar
 
 import click
 
-from durable.cli_output import emit, json_option, jsonable, stamp, when
+from durable.cli_output import emit, json_option, jsonable, say, stamp, when
 from durable.client import Client
 from durable.models import ChangeEvent
 
@@ -116,7 +116,10 @@ async def _follow(
 ) -> None:
     printed = 0
     async for event in client.follow_events(after=after, poll_interval=interval):
-        click.echo(json.dumps(jsonable(event)) if as_json else _line(event))
+        if as_json:
+            click.echo(json.dumps(jsonable(event)))
+        else:
+            say(_line(event))
         printed += 1
         if count is not None and printed >= count:
             return

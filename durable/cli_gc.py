@@ -41,7 +41,10 @@ def parse_age(text: str) -> timedelta:
             f"{text!r} is not a duration: give a number and a unit, s, m, h, d or w "
             f"(e.g. 30d, 12h, 1d12h)"
         )
-    age = timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in parts))
+    try:
+        age = timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in parts))
+    except OverflowError:
+        raise ValueError(f"{text!r} is too long a duration") from None
     if age <= timedelta(0):
         raise ValueError(f"{text!r}: the duration must be above zero")
     return age

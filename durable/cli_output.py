@@ -21,13 +21,14 @@ import enum
 import json
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import click
 
-from durable.errors import InvalidArgumentError
+from durable.errors import DurableError, InvalidArgumentError
 from durable.validation import check_id, check_labels
 
 T = TypeVar("T")
@@ -38,6 +39,15 @@ Column = tuple[str, Callable[[T], str]]
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print a JSON array of objects (for scripts)."
 )
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn durable's errors into a message on stderr and exit status 1."""
+    try:
+        yield
+    except DurableError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def checked_id(value: str, what: str) -> str:
@@ -51,6 +61,23 @@ def checked_id(value: str, what: str) -> str:
 def stdout_is_terminal() -> bool:
     """Whether a person reads stdout (it is a terminal): then listings are tables."""
     return sys.stdout.isatty()
+
+
+#: Control characters but tab and newline: C0, DEL and C1.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters (but tab and newline) written as escapes, ``\\x1b``
+    for ESC: a stored value (an error's message, a label) shown in a terminal must not drive
+    it (set its title, clear it, colour what follows)."""
+    return _CONTROL.sub(lambda found: repr(found.group())[1:-1], text)
+
+
+def say(text: str) -> None:
+    """Print a line of stored values: as :func:`printable` shows it when stdout is a terminal,
+    as it is otherwise (a script reading a pipe gets the values themselves)."""
+    click.echo(printable(text) if stdout_is_terminal() else text)
 
 
 def jsonable(value: Any) -> Any:
@@ -96,8 +123,10 @@ def emit(
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    cells = [[show(item) for _, show in columns] for item in items]
+    # Text, not str: a stored '[bold]' or '[/]' is shown as it is, not read as rich's markup
+    cells = [[Text(printable(show(item))) for _, show in columns] for item in items]
     shown = [i for i in range(len(columns)) if not cells or any(row[i] for row in cells)]
     table = Table(title=title, header_style="bold")
     for i in shown:  # a column empty in every row is left out
@@ -132,7 +161,10 @@ def parse_duration(text: str) -> timedelta:
     seconds = float(match.group(1)) * _UNIT[match.group(2)]
     if seconds <= 0:
         raise ValueError(f"{text!r} is not a positive duration")
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"{text!r} is too long a duration") from None
 
 
 def moment(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
@@ -142,13 +174,24 @@ def moment(ctx: click.Context, param: click.Parameter, value: str | None) -> dat
     if value is None:
         return None
     try:
-        return datetime.now(UTC) - parse_duration(value)
+        duration = parse_duration(value)
     except ValueError as exc:
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
             raise click.BadParameter(f"{exc} (or an ISO 8601 time)", ctx, param) from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+        try:
+            return (parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)).astimezone(
+                UTC
+            )
+        except OverflowError:
+            raise click.BadParameter(
+                f"{value!r} is not a time in UTC's range", ctx, param
+            ) from None
+    try:
+        return datetime.now(UTC) - duration
+    except OverflowError:
+        raise click.BadParameter(f"{value!r} ago is before the year 1", ctx, param) from None
 
 
 def label_pairs(

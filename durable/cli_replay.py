@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from durable.cli_output import checked_id
+from durable.cli_output import checked_id, reported_errors, say
 from durable.cli_workflows import OpenClient, filter_options, select_workflows
 from durable.client import Client
 from durable.errors import DurableError
@@ -94,7 +94,12 @@ def add_replay_commands(workflows: click.Group, open_client: OpenClient) -> None
         if output is None:
             click.echo(text, nl=False)
         else:
-            output.write_text(text, encoding="utf-8")
+            try:
+                output.write_text(text, encoding="utf-8")
+            except OSError as exc:
+                raise click.ClickException(
+                    f"cannot write {output}: {exc.strerror or exc}"
+                ) from None
             click.echo(f"wrote the history of {workflow_id} to {output}", err=True)
 
     @workflows.command("replay")
@@ -135,7 +140,8 @@ def add_replay_commands(workflows: click.Group, open_client: OpenClient) -> None
         if files:
             if target:
                 raise click.UsageError("give history files or a URL, not both")
-            snapshots = [read_history_file(path) for path in files]
+            with reported_errors():
+                snapshots = [read_history_file(path) for path in files]
         else:
             if not target:
                 raise click.UsageError("give a URL (and workflow ids), or --from-file")
@@ -158,7 +164,7 @@ def add_replay_commands(workflows: click.Group, open_client: OpenClient) -> None
                 return [await read_snapshot(client, i) for i in chosen]
 
             snapshots = open_client(url, read)
-        failures = _replay_all(snapshots, known, app_version, click.echo)
+        failures = _replay_all(snapshots, known, app_version, say)
         click.echo(f"{len(snapshots)} execution(s) replayed, {failures} failed", err=True)
         if failures:
             raise SystemExit(1)

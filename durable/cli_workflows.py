@@ -31,6 +31,7 @@ from durable.cli_output import (
     jsonable,
     label_pairs,
     moment,
+    say,
     seconds,
     stamp,
     stdout_is_terminal,
@@ -275,7 +276,7 @@ def add_workflow_commands(workflows: click.Group, open_client: OpenClient) -> No
             return info, steps, str(waiting) if waiting else "", described, labels
 
         info, steps, waiting, children, labels = open_client(url, read)
-        echo = click.echo
+        echo = say  # stored values: an error's message may hold a terminal's escapes
         echo(f"{info.id}  {info.name}  {info.status.value}")
         echo(f"  queue {info.queue}, priority {info.priority}, attempts {info.attempts}")
         echo(f"  code version {info.code_version or 'unknown'}")

@@ -291,3 +291,74 @@ def test_durations_bars_and_seconds() -> None:
         "4m05s",
         "2h10m",
     ]
+
+
+EVIL = durable.Registry()
+#: An error message that would set a terminal's title, clear it and turn it red.
+ESCAPES = "declined \x1b]0;PWNED\x07\x1b[2J\x1b[31m"
+
+
+@durable.workflow(name="cli.evil.v1", registry=EVIL, max_attempts=1)
+async def evil(text: str) -> None:
+    raise ValueError(text)
+
+
+def test_stored_values_cannot_drive_the_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ids that look like rich's markup are shown as they are (they crashed the table, or
+    changed what it showed), and a stored error's escapes are shown as escapes in a terminal;
+    a pipe still gets the values themselves."""
+    url = f"sqlite:///{tmp_path / 'evil.db'}"
+
+    async def fill_evil() -> None:
+        runtime = durable.Runtime(durable.connect(url), registry=EVIL, executor_id="evil")
+        async with runtime:
+            for workflow_id in ("markup-[/]-close", "markup-[bold red]red"):
+                with pytest.raises(ValueError):
+                    await runtime.run(evil, ESCAPES, workflow_id=workflow_id)
+
+    asyncio.run(fill_evil())
+    piped = run("workflows", "show", url, "markup-[/]-close")
+    assert "PWNED" in piped.stdout  # as stored (click drops only the CSI sequences in a pipe)
+    for module in (cli_output, cli_workflows):
+        monkeypatch.setattr(module, "stdout_is_terminal", lambda: True)
+    monkeypatch.setenv("COLUMNS", "300")
+    table = run("workflows", "list", url)
+    assert table.exit_code == 0, table.output
+    assert "markup-[/]-close" in table.stdout and "markup-[bold red]red" in table.stdout
+    assert "\x1b" not in table.stdout.replace("\x1b[1m", "").replace("\x1b[0m", "")
+    shown = run("workflows", "show", url, "markup-[/]-close")
+    assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+    assert "declined \\x1b]0;PWNED\\x07\\x1b[2J\\x1b[31m" in shown.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--since", "9999999d"], "before the year 1"),
+        (["--since", "99999999999d"], "too long a duration"),
+        (["--until", "9999-12-31T23:59:59-14:00"], "not a time in UTC's range"),
+    ],
+)
+def test_times_out_of_range_are_usage_errors(filled: str, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["workflows", "list", filled, *args])
+    assert result.exit_code == 2 and message in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_file_errors_are_one_line(filled: str, tmp_path: Path) -> None:
+    exported = CliRunner().invoke(
+        main, ["workflows", "export", filled, "order-0", "-o", str(tmp_path / "no" / "x.json")]
+    )
+    assert exported.exit_code == 1 and "cannot write" in exported.output
+    assert isinstance(exported.exception, SystemExit)
+    not_json = tmp_path / "history.json"
+    not_json.write_text("hello\n")
+    replayed = CliRunner().invoke(main, ["workflows", "replay", "-m", "json", "-f", str(not_json)])
+    assert replayed.exit_code == 1 and "must be JSON" in replayed.output, replayed.output
+    assert isinstance(replayed.exception, SystemExit)
+    aged = CliRunner().invoke(main, ["gc", filled, "--older-than", "99999999999d", "--dry-run"])
+    assert aged.exit_code == 2 and "too long a duration" in aged.output
+    beyond = CliRunner().invoke(main, ["events", filled, "--after", str(2**64), "--json"])
+    assert beyond.exit_code == 0 and json.loads(beyond.stdout or "[]") == []

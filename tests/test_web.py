@@ -154,12 +154,29 @@ def test_pages_follow_the_cursor_without_gaps_or_repeats(
         ("limit=0", "limit must be"),
         ("since=yesterday", "since must be a time"),
         ("cursor=!!!", "cursor"),
+        # str.isdigit() admits a superscript two, which int() refuses
+        ("limit=%C2%B2", "limit must be"),
+        # a time at either end of datetime's range, or one that is not in UTC's
+        ("until=9999-12-31T23:59:59.999999", "until '9999-12-31T23:59:59.999999' is out of range"),
+        ("until=9999-12-31T23:59:59-14:00", "is out of range"),
+        ("since=0001-01-01T00:00:00%2B14:00", "is out of range"),
+        # a cursor made by hand: a time not in UTC's range, an id with a NUL
+        ("cursor=OTk5OS0xMi0zMVQyMzo1OTo1OS0xNDowMHx4", "malformed listing cursor"),
+        ("cursor=MjAyNi0wMS0wMVQwMDowMDowMCswMDowMHxhAGI=", "malformed listing cursor"),
     ],
 )
 def test_bad_filters_are_a_clear_400(web: TestClient, query: str, message: str) -> None:
     page = web.get(f"/workflows?{query}")
     assert page.status_code == 400
     assert message in page.text.replace("&#39;", "'")
+
+
+def test_a_time_with_an_offset_is_shown_again_in_utc(web: TestClient) -> None:
+    """The form's fields say UTC: a filter given with an offset comes back converted, so that
+    filtering again selects the same rows."""
+    page = web.get("/workflows?since=2026-12-06T09:02:00-05:00")
+    assert page.status_code == 200
+    assert 'name="since" value="2026-12-06T14:02:00"' in page.text
 
 
 def test_counts_by_status_on_the_page_and_for_the_poll(web: TestClient) -> None:
@@ -351,6 +368,9 @@ def test_actions_refuse_a_foreign_form_or_a_bad_target(db: str) -> None:
         assert unknown.status_code == 404
         other = web.post("/actions/delete", data={"workflow_id": "nap-5", "form_key": key})
         assert other.status_code == 404
+        for step in ("\u00b2", "9" * 40, "-1"):  # not a step number: 400, not a 500
+            fork = {"workflow_id": "order-0", "form_key": key, "from_step": step}
+            assert web.post("/actions/fork", data=fork).status_code == 400
     assert stored(db, "order-0").status is WorkflowStatus.SUCCEEDED
 
 
@@ -372,6 +392,23 @@ def test_with_a_token_every_request_needs_it(db: str) -> None:
         assert "HttpOnly" in login.headers["set-cookie"]
         after = web.get("/workflows?status=failed")  # the cookie now carries it
         assert after.status_code == 200 and rows(after.text) == ["broken-7"]
+
+
+@pytest.mark.parametrize(
+    ("path", "location"),
+    [
+        ("/workflows/%C3%A9", "/workflows/%C3%A9"),  # encoded again, not a raw latin-1 byte
+        ("/workflows/a%3Fb", "/workflows/a%3Fb"),  # an id's '?' is not the query's
+        ("/workflows/a%23b", "/workflows/a%23b"),
+        ("/workflows/%E4%B8%AD", "/workflows/%E4%B8%AD"),  # beyond latin-1: was a 500
+        ("//evil.example/x", "/evil.example/x"),  # '//' would leave for another host
+    ],
+)
+def test_the_token_login_redirects_to_the_same_page(db: str, path: str, location: str) -> None:
+    with TestClient(create_app(db, token="s3cret")) as web:
+        login = web.get(f"http://testserver{path}?token=s3cret", follow_redirects=False)
+        assert login.status_code == 303
+        assert login.headers["location"] == location
 
 
 def test_a_mounted_view_with_a_token_logs_in_under_its_prefix(db: str) -> None:
@@ -415,6 +452,7 @@ def test_durable_ui_refuses_to_bind_beyond_localhost_without_a_token(db: str) ->
         ("postgresql://app@db/app?password=hunter2&sslmode=require", "sslmode=require"),
         ("sqlite:///app.db", "sqlite:///app.db"),
         ("not a url hunter2", "***"),
+        ("postgresql://app@db/app?sslpassword=hunter2", "sslpassword=***"),
     ],
 )
 def test_database_urls_are_masked(url: str, shown: str) -> None:
@@ -432,6 +470,38 @@ def test_pages_show_no_password(pg_url: str) -> None:
             page = web.get(path)
             assert "hunter2" not in page.text
             assert ":***@" in page.text
+
+
+def test_error_pages_and_messages_show_no_secret() -> None:
+    """The header masked the URL's secret query values, and the error page (as the CLI's
+    error line) printed them in the backend's message."""
+    url = "postgresql+psycopg://app:hunter2@127.0.0.1:1/x?sslpassword=hunter3&connect_timeout=2"
+    with TestClient(create_app(url)) as web:
+        page = web.get("/workflows")
+        assert page.status_code == 503
+        assert "cannot reach the database" in page.text
+        assert "hunter2" not in page.text and "hunter3" not in page.text
+    result = CliRunner().invoke(main, ["workflows", "list", url])
+    assert result.exit_code == 1 and "cannot reach the database" in result.output
+    assert "hunter2" not in result.output and "hunter3" not in result.output
+
+
+def test_the_view_never_creates_or_migrates_a_database(tmp_path: Path) -> None:
+    """The view reads: a database without durable's tables is refused (an error page, nothing
+    written), as by the other commands; so is a file that does not exist."""
+    missing = tmp_path / "typo.db"
+    result = CliRunner().invoke(main, ["ui", f"sqlite:///{missing}"])
+    assert result.exit_code == 1 and "no SQLite database at" in result.output
+    assert not missing.exists()
+    foreign = tmp_path / "foreign.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE mine (x INTEGER)")
+    conn.close()
+    with TestClient(create_app(f"sqlite:///{foreign}")) as web:
+        page = web.get("/workflows")
+        assert page.status_code >= 500 and "durable" in page.text
+    tables = sqlite3.connect(foreign).execute("SELECT name FROM sqlite_master").fetchall()
+    assert tables == [("mine",)]
 
 
 def test_create_app_checks_its_arguments() -> None:

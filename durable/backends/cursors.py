@@ -25,8 +25,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         stamp, _, instance_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
         created = datetime.fromisoformat(stamp)
-    except ValueError:
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=UTC)
+        created = created.astimezone(UTC)  # a time near either end may not be one in UTC
+    except (ValueError, OverflowError):
         raise InvalidArgumentError(f"malformed listing cursor {cursor!r}") from None
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=UTC)
+    if "\x00" in instance_id:  # no id holds one (databases refuse it in text)
+        raise InvalidArgumentError(f"malformed listing cursor {cursor!r}") from None
     return created, instance_id

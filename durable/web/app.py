@@ -30,7 +30,8 @@ def create_app(
 
     :param target: a database URL or a backend (the app makes a client over it, starts it on
         the first request and closes it when the app's lifespan ends), or a started
-        :class:`~durable.Client` (the caller's to close).
+        :class:`~durable.Client` (the caller's to close). A URL's database is never created or
+        migrated: one without durable's tables, or at another revision, gets an error page.
     :param actions: allow cancel, retry, resume and fork from a step from the pages (off by
         default: read-only).
     :param token: when given, every request must carry it (see :mod:`durable.web.security`).

@@ -30,6 +30,7 @@ from durable.web.queries import (
     queue_rows,
     shown,
     status_counts,
+    whole_number,
     workflow_page,
 )
 from durable.web.state import WebState
@@ -170,9 +171,10 @@ async def action(request: Request) -> Response:
         await client.resume(workflow_id)
     elif name == "fork":
         raw = form.get("from_step", "").strip()
-        if not raw.isdigit():
+        from_step = whole_number(raw)
+        if from_step is None:
             raise InvalidArgumentError(f"from_step must be a step number (0 or more), got {raw!r}")
-        workflow_id = await client.fork(workflow_id, from_step=int(raw))
+        workflow_id = await client.fork(workflow_id, from_step=from_step)
     else:
         raise NotFoundError(f"no action {name!r} (cancel, retry, resume or fork)")
     return RedirectResponse(workflow_href(request, workflow_id) + f"?done={name}", status_code=303)

@@ -33,6 +33,8 @@ SCAN_BUDGET = 2000
 #: Workflows per page unless ``limit`` says otherwise, and the most a page may ask for.
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+#: A day, kept inside either end of datetime's range by the times a form may give.
+_DAY = timedelta(days=1)
 #: Characters of a value (input, output, step output) shown before it is cut.
 SHOWN_CHARS = 4000
 
@@ -75,11 +77,32 @@ def parse_time(value: str, what: str) -> datetime:
     """
     try:
         stamp = datetime.fromisoformat(value.strip())
+        # in UTC, as the form shows it again; a day inside datetime's range, for the cursor
+        # made from it (one microsecond later)
+        stamp = (stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)).astimezone(UTC)
+        if (
+            not datetime.min.replace(tzinfo=UTC) + _DAY
+            <= stamp
+            <= datetime.max.replace(tzinfo=UTC) - _DAY
+        ):
+            raise OverflowError
     except ValueError:
         raise InvalidArgumentError(
             f"{what} must be a time like 2026-12-02T08:00 (UTC), got {value!r}"
         ) from None
-    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+    except OverflowError:
+        raise InvalidArgumentError(
+            f"{what} {value!r} is out of range (years 0001 to 9999, in UTC)"
+        ) from None
+    return stamp
+
+
+def whole_number(raw: str) -> int | None:
+    """``raw`` as a whole number of ASCII digits (at most 18), else None (``str.isdigit``
+    admits '²', which ``int`` refuses)."""
+    if raw.isascii() and raw.isdigit() and len(raw) <= 18:
+        return int(raw)
+    return None
 
 
 def parse_labels(raw: list[str]) -> tuple[tuple[str, str], ...]:
@@ -125,7 +148,8 @@ def parse_filters(
     since = parse_time(params["since"], "since") if params.get("since") else None
     until = parse_time(params["until"], "until") if params.get("until") else None
     raw_limit = params.get("limit", "") or str(DEFAULT_LIMIT)
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+    limit = whole_number(raw_limit)
+    if limit is None or not 1 <= limit <= MAX_LIMIT:
         raise InvalidArgumentError(f"limit must be a whole number from 1 to {MAX_LIMIT}")
     return Filters(
         statuses=tuple(dict.fromkeys(chosen)),
@@ -133,7 +157,7 @@ def parse_filters(
         queue=queue,
         since=since,
         until=until,
-        limit=int(raw_limit),
+        limit=limit,
         cursor=params.get("cursor") or None,
         labels=parse_labels(labels or []),
     )

@@ -17,6 +17,7 @@ from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
+from durable.backends.sql.urls import shown_url
 from durable.errors import InvalidArgumentError
 
 Scope = MutableMapping[str, Any]
@@ -29,28 +30,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 TOKEN_COOKIE = "durable_token"
 #: The header that may carry the token (besides ``Authorization: Bearer``).
 TOKEN_HEADER = "x-durable-token"
-#: Query parameters whose values :func:`mask_url` hides, besides the password.
-SECRET_QUERY_KEYS = ("password", "passwd", "secret", "token", "sslpassword", "key")
-
-
-def mask_url(url: str) -> str:
-    """The database URL as the view may show it: its password, and the values of query
-    parameters that look secret (``password=``, ``sslpassword=``, ``token=``, ...), replaced by
-    ``***``. A URL that cannot be parsed is shown as its scheme only."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        scheme, sep, _ = url.partition("://")
-        return f"{scheme}://***" if sep else "***"
-    query = {
-        key: ("***" if any(s in key.lower() for s in SECRET_QUERY_KEYS) else value)
-        for key, value in parsed.query.items()
-    }
-    shown = parsed.set(query=query).render_as_string(hide_password=True)
-    return shown.replace("%2A%2A%2A", "***")
+#: The database URL as the view may show it (see :func:`~durable.backends.sql.urls.shown_url`).
+mask_url = shown_url
 
 
 def is_loopback(host: str) -> bool:
@@ -103,6 +84,9 @@ class TokenGate:
         if given and self._matches(given[-1]):
             rest = urlencode([(k, v) for k, v in query if k != "token"])
             path = scope["path"] if scope["path"].startswith(root) else root + scope["path"]
+            # the same page: its path encoded again (scope's is decoded: a '?', '#' or 'é' in an
+            # id), and one leading slash (two would make the browser go to another host)
+            path = "/" + quote(path, safe="/:@!$&'()*+,;=~").lstrip("/")
             location = path + (f"?{rest}" if rest else "")
             value = quote(self.token, safe="")
             cookie = f"{TOKEN_COOKIE}={value}; Path={root or '/'}; HttpOnly; SameSite=Strict"

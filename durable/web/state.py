@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from durable.backends.base import PersistentBackend
+from durable.backends.sql.urls import shown_url
 from durable.client import Client
 from durable.errors import InvalidArgumentError
-from durable.web.security import mask_url
 
 
 def _templates() -> Environment:
@@ -51,12 +51,12 @@ class WebState:
         :raises InvalidArgumentError: ``target`` is none of these.
         """
         if isinstance(target, Client):
-            return cls(target, False, mask_url(_url_of(target.backend)), actions, token)
-        if isinstance(target, str):
-            client = Client(target)
-            return cls(client, True, mask_url(target), actions, token)
+            return cls(target, False, _url_of(target.backend), actions, token)
+        if isinstance(target, str):  # a view reads a database it finds: it never migrates one
+            client = Client(target, auto_migrate=False)
+            return cls(client, True, shown_url(target), actions, token)
         if isinstance(target, PersistentBackend):
-            return cls(Client(target), True, mask_url(_url_of(target)), actions, token)
+            return cls(Client(target), True, _url_of(target), actions, token)
         raise InvalidArgumentError(
             "create_app needs a database URL, a PersistentBackend or a Client, got "
             f"{type(target).__qualname__}"
@@ -81,9 +81,9 @@ class WebState:
 
 
 def _url_of(backend: PersistentBackend) -> str:
-    """The backend's database URL if it says (masked later), else its kind."""
+    """The backend's database URL if it says (as :func:`shown_url` shows it), else its kind."""
     engine = getattr(backend, "engine", None)
     url = getattr(engine, "url", None)
     if url is not None:
-        return str(url.render_as_string(hide_password=True))
+        return shown_url(url)
     return type(backend).__name__

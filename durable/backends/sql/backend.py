@@ -64,6 +64,7 @@ from durable.backends.sql.schedules import Schedules
 from durable.backends.sql.schema import PREFIX
 from durable.backends.sql.timeskip import TimeSkipping
 from durable.backends.sql.transactions import Transactions
+from durable.backends.sql.urls import shown_url
 from durable.backends.sql.wakeups import WORK_CHANNEL, WakeUps
 from durable.backends.sql.workflows import WorkflowRecords
 from durable.errors import (
@@ -159,7 +160,7 @@ class SQLAlchemyBackend(
             )
             self._owns_engine = True
         self.engine = engine
-        self._shown_url = engine.url.render_as_string(hide_password=True)
+        self._shown_url = shown_url(engine.url)
         self._runner: Runner = (
             AsyncRunner(engine) if isinstance(engine, AsyncEngine) else InlineRunner(engine)
         )
@@ -198,7 +199,7 @@ class SQLAlchemyBackend(
         self._build_statements()
 
     def __repr__(self) -> str:
-        url = self.engine.url.render_as_string(hide_password=True)
+        url = shown_url(self.engine.url)
         return f"SQLAlchemyBackend({url!r})"
 
     @property

@@ -82,11 +82,17 @@ def innodb_transactions(status: str) -> set[tuple[str, int | None]] | None:
     return found
 
 
+#: The largest position SQLite and MySQL hold (PostgreSQL's go beyond: see :mod:`.feed`).
+_INT64_MAX = 2**63 - 1
+
+
 class Changes(SQLCore):
     """The change feed."""
 
     async def list_changes(self, *, after: int = 0, limit: int = 100) -> list[ChangeEvent]:
         check_changes_args(after, limit)
+        if after >= _INT64_MAX and self.dialect.name != "postgresql":
+            return []  # SQLite's and MySQL's positions are 64-bit integers: none comes after
         horizon: sa.ColumnElement[Any] | None = None
         params: dict[str, Any] = {"p_after": after}
         if self.dialect.name in ("postgresql", "mysql"):

@@ -53,6 +53,7 @@ from durable.backends.sql import feed, mysql
 from durable.backends.sql.direct import KEY_DRIVEN_PLANS
 from durable.backends.sql.schema import UTCDateTime, steps
 from durable.backends.sql.stale import discard_stale_at_checkout
+from durable.backends.sql.urls import shown_url
 from durable.errors import ConfigurationError
 
 SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -552,7 +553,7 @@ def normalize_url(url: str | URL) -> URL:
     if backend == "sqlite" and driver in ("pysqlite", "aiosqlite"):
         if parsed.host or parsed.port or parsed.username:
             raise ConfigurationError(
-                f"malformed SQLite URL {parsed.render_as_string(hide_password=True)!r}: it "
+                f"malformed SQLite URL {shown_url(parsed)!r}: it "
                 "names a host, not a file; write "
                 f"{parsed.drivername}:///{parsed.host or ''}{'/' if parsed.database else ''}"
                 f"{parsed.database or ''} (three slashes: a relative path; four: an absolute one)"

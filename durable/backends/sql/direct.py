@@ -43,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
 from durable.backends.sql.stale import psycopg_closed_while_idle
+from durable.backends.sql.urls import shown_url
 from durable.backends.sql.waits import SocketWaiter
 from durable.errors import ConfigurationError
 
@@ -396,7 +397,7 @@ class DirectStatements:
                 await _close(conn)
         if first != second:
             raise ConfigurationError(
-                f"{self._engine.url.render_as_string(hide_password=True)} gives each "
+                f"{shown_url(self._engine.url)} gives each "
                 f"transaction a session of its own (PostgreSQL backend {first}, then "
                 f"{second} for the same connection): a connection pooler in transaction "
                 "mode sits in between (PgBouncer's pool_mode = transaction, or the like). "

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from durable.backends.sql.schema import MYSQL_NAMES, PREFIX
+from durable.backends.sql.urls import shown_url
 from durable.errors import ConfigurationError, InvalidArgumentError, SchemaVersionError
 
 # Alembic is imported by the functions that use it: it takes a tenth of a second or more to
@@ -189,7 +190,7 @@ def check(connection: sa.Connection) -> None:
     current = _check_known(connection)
     head = head_revision()
     if current != head:
-        url = connection.engine.url.render_as_string(hide_password=True)
+        url = shown_url(connection.engine.url)
         if current is None:
             raise missing_tables(url, f" (this version of durable needs revision {head!r})")
         raise SchemaVersionError(

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from durable.backends.sql.core import SQLCore
 from durable.backends.sql.direct import CompiledStatement
 from durable.backends.sql.runners import AsyncRunner, InlineRunner
+from durable.backends.sql.urls import shown_url
 from durable.errors import ConfigurationError, DurableError
 from durable.models import WORKFLOW_TASK, StepRecord, TaskSpec, WorkflowInfo, WorkflowSnapshot
 
@@ -272,7 +273,7 @@ class Transactions(SQLCore):
         checked.add(engine)
 
     def _shown_url_for_errors(self) -> str:
-        return self.engine.url.render_as_string(hide_password=True)
+        return shown_url(self.engine.url)
 
     # -- in the caller's transaction -----------------------------------------------------------
 
