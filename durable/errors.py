@@ -36,7 +36,7 @@ The tree::
     │   ├── WorkflowFailedError       it failed; the recorded error is attached
     │   ├── WorkflowCancelledError    it was cancelled
     │   └── WorkflowDeadLetteredError it failed on its last attempt and was dead-lettered
-    └── StepError                     a recorded step failure whose class cannot be rebuilt
+    └── StepError                     a recorded step failure whose class cannot be imported
 
 Each class's docstring is its default message.
 
@@ -343,7 +343,8 @@ class WorkflowDeadLetteredError(WorkflowError):
 
 
 class StepError(DurableError):
-    """A step failed; its exception class could not be rebuilt, so this stands in for it."""
+    """A step failed; its exception class could not be imported (or made), so this stands in
+    for it."""
 
     def __init__(self, error: ErrorInfo) -> None:
         super().__init__(f"{error.type}: {error.message}")
@@ -359,6 +360,10 @@ class ErrorInfo:
     traceback: str | None = None
     args: tuple[Any, ...] | None = None
     """The exception's ``args`` when they are JSON-serializable, so the exception can be rebuilt."""
+    attrs: dict[str, Any] | None = None
+    """The exception's own attributes (its ``__dict__``) that are JSON-serializable, each
+    alone: set again on the rebuilt exception, so that a handler reading one (``e.code``) reads
+    in a replay what it read when the step failed."""
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
@@ -368,11 +373,21 @@ class ErrorInfo:
             json.dumps(args)
         except (TypeError, ValueError):
             args = None
+        attrs: dict[str, Any] = {}
+        for name, value in getattr(exc, "__dict__", {}).items():
+            if name.startswith("__"):  # durable's own marks (__durable_error__), dunders
+                continue
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                continue
+            attrs[name] = value
         return cls(
             type=f"{kind.__module__}.{kind.__qualname__}",
             message=message_of(exc),
             traceback="".join(tb.format_exception(exc)),
             args=args,
+            attrs=attrs or None,
         )
 
     def to_json(self) -> str:
@@ -381,6 +396,8 @@ class ErrorInfo:
             data["traceback"] = self.traceback
         if self.args is not None:
             data["args"] = list(self.args)
+        if self.attrs:
+            data["attrs"] = self.attrs
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -392,6 +409,7 @@ class ErrorInfo:
             message=data["message"],
             traceback=data.get("traceback"),
             args=tuple(args) if args is not None else None,
+            attrs=data.get("attrs") or None,
         )
 
 
@@ -408,8 +426,12 @@ def message_of(exc: BaseException) -> str:
 
 
 def rebuild_exception(error: ErrorInfo) -> BaseException:
-    """The recorded exception, rebuilt from its class and arguments when that is possible;
-    otherwise a :class:`~durable.errors.StepError` carrying the record."""
+    """The recorded exception, as an instance of its own class whenever that class can be
+    imported, so that a replay takes the ``except`` it took when the step failed: built from
+    its arguments, or, when its constructor takes others (``Declined(order_id, code)``, or
+    SQLAlchemy's ``IntegrityError``), made without calling it, with the recorded ``args``;
+    then given its recorded attributes (:attr:`ErrorInfo.attrs`). Otherwise a
+    :class:`~durable.errors.StepError` carrying the record."""
     # the class path may be nested (module.Outer.Inner): find the longest importable module
     parts = error.type.split(".")
     for split in range(len(parts) - 1, 0, -1):
@@ -423,12 +445,29 @@ def rebuild_exception(error: ErrorInfo) -> BaseException:
                 obj = getattr(obj, attr)
         except AttributeError:
             break
-        if isinstance(obj, type) and issubclass(obj, Exception) and error.args is not None:
-            try:
-                rebuilt = obj(*error.args)
-            except Exception:
-                break
-            rebuilt.__durable_error__ = error  # type: ignore[attr-defined]
-            return rebuilt
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            rebuilt = _rebuilt(obj, error)
+            if rebuilt is not None:
+                return rebuilt
         break
     return StepError(error)
+
+
+def _rebuilt(kind: type[Exception], error: ErrorInfo) -> Exception | None:
+    args = error.args if error.args is not None else (error.message,)
+    rebuilt: Exception
+    try:
+        rebuilt = kind(*args)
+    except Exception:
+        try:  # its constructor takes other arguments: made without it, as unpickling does
+            rebuilt = kind.__new__(kind, *args)
+            rebuilt.args = args
+        except Exception:
+            return None
+    for name, value in (error.attrs or {}).items():
+        try:
+            setattr(rebuilt, name, value)
+        except Exception:  # a read-only property, slots: left as the class makes it
+            continue
+    rebuilt.__durable_error__ = error  # type: ignore[attr-defined]
+    return rebuilt

@@ -109,6 +109,31 @@ async def handled(order: str) -> str:
     return outcome + ":" + await wait_gate()
 
 
+class CardDeclined(Exception):
+    """Its constructor takes other arguments than its ``args`` (as SQLAlchemy's errors do):
+    ``CardDeclined(*args)`` cannot rebuild it."""
+
+    def __init__(self, order: str, code: int) -> None:
+        super().__init__(f"order {order} declined with code {code}")
+        self.order = order
+        self.code = code
+
+
+@durable.step
+async def decline_card(order: str) -> str:
+    calls["decline_card"] += 1
+    raise CardDeclined(order, 51)
+
+
+@durable.workflow(name="tests.handled_card.v1")
+async def handled_card(order: str) -> str:
+    try:
+        await decline_card(order)
+    except CardDeclined as exc:
+        outcome = f"declined:{exc.order}:{exc.code}"
+    return outcome + ":" + await wait_gate()
+
+
 @durable.workflow(name="tests.unhandled.v1")
 async def unhandled(order: str) -> str:
     return await decline(order)
@@ -199,6 +224,39 @@ async def test_a_step_failure_is_recorded_and_rebuilt_on_replay(backend_url: str
         gate.set()
         assert await rt.run(handled, "o-9", workflow_id="h") == "declined:insufficient funds:opened"
         assert calls["decline"] == 1  # replayed: the recorded exception was raised again
+
+
+async def test_a_caught_failure_takes_the_same_path_on_replay_whatever_its_constructor(
+    backend_url: str,
+) -> None:
+    """An exception that its ``args`` cannot rebuild came back as a StepError in a replay, so
+    the workflow's ``except CardDeclined`` no longer matched and the replay failed."""
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        run = asyncio.create_task(rt.run(handled_card, "o-7", workflow_id="hc"))
+        await entered.wait()
+        run.cancel()  # the process "stops" mid-workflow; its lease is released
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        (step,) = await rt.list_steps("hc")
+        assert step.error is not None and step.error.attrs == {"order": "o-7", "code": 51}
+        gate.set()
+        assert await rt.run(handled_card, "o-7", workflow_id="hc") == "declined:o-7:51:opened"
+        assert calls["decline_card"] == 1  # replayed, not run again
+
+
+def test_a_recorded_exception_is_rebuilt_as_its_own_class() -> None:
+    from durable.errors import ErrorInfo, StepError, rebuild_exception
+
+    declined = rebuild_exception(ErrorInfo.from_exception(CardDeclined("o-1", 5)))
+    assert type(declined) is CardDeclined
+    assert (declined.order, declined.code) == ("o-1", 5)
+    assert str(declined) == "order o-1 declined with code 5"
+    stored = ErrorInfo.from_json(ErrorInfo.from_exception(CardDeclined("o-2", 6)).to_json())
+    assert rebuild_exception(stored).code == 6  # type: ignore[attr-defined]
+    old = ErrorInfo(type=f"{__name__}.CardDeclined", message="order o-3 declined with code 7")
+    assert type(rebuild_exception(old)) is CardDeclined  # a record from before attrs
+    gone = ErrorInfo(type="no_such_module.Gone", message="m", args=("m",))
+    assert isinstance(rebuild_exception(gone), StepError)
 
 
 async def test_an_unhandled_step_failure_fails_the_workflow(backend_url: str) -> None:
