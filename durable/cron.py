@@ -37,7 +37,7 @@ def check_timezone(value: Any, what: str = "timezone") -> ZoneInfo:
         raise InvalidArgumentError(f"{what} must be an IANA time zone name, got {value!r}")
     try:
         return ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # 'Europe' is a directory
         raise InvalidArgumentError(f"{what}: unknown time zone {value!r}") from exc
 
 
@@ -88,7 +88,10 @@ def next_tick(cron: str, timezone: str, after: datetime) -> datetime | None:
 
 def _backwards(cron: str, timezone: str, until: datetime) -> Iterator[datetime]:
     """Ticks at or before ``until``, most recent first, in UTC."""
-    start = until.astimezone(ZoneInfo(timezone)).replace(microsecond=0) + _EPSILON
+    # the microsecond added in UTC, then the zone: an addition to a local time resets its
+    # fold, which put a start inside a repeated hour (clocks going back) an hour earlier, so
+    # every tick of that hour was found before the schedule's next one and none ran
+    start = (until.astimezone(UTC).replace(microsecond=0) + _EPSILON).astimezone(ZoneInfo(timezone))
     it = CronSim(cron, start, reverse=True)
     while True:
         try:

@@ -411,7 +411,8 @@ class ScheduleOperations:
 
     async def resume_schedule(self, name: str) -> ScheduleInfo:
         """Resume a paused schedule from its next tick after now: the ticks that passed while
-        it was paused do not run.
+        it was paused do not run. A schedule that is not paused is left as it is (its due and
+        missed ticks still run).
 
         :raises ScheduleNotFoundError: no such schedule."""
         self._require_started()

@@ -230,6 +230,42 @@ def test_daylight_saving_in_paris() -> None:
     assert autumn == [utc(2026, 10, 24, 0), utc(2026, 10, 25, 0), utc(2026, 10, 26, 1)]
 
 
+@pytest.mark.parametrize("cron", ["*/5 * * * *", "0 * * * *", "* * * * * *", "30 1 * * *"])
+def test_every_tick_of_the_repeated_hour_runs_once(cron: str) -> None:
+    """New York, 2025-11-02: 01:00 to 02:00 happens twice (EDT, then EST). A scheduler looking
+    just after each tick, as a worker does, finds that tick due, in both passes of the hour;
+    those of the second pass were all dropped (the backwards walk started an hour early)."""
+    zone = "America/New_York"
+    at = utc(2025, 11, 2, 4, 30)
+    ran: list[datetime] = []
+    while at < utc(2025, 11, 2, 7, 30):
+        tick = next_tick(cron, zone, at)
+        assert tick is not None
+        if tick >= utc(2025, 11, 2, 7, 30):
+            break
+        ran += due_ticks(
+            cron,
+            zone,
+            since=tick,
+            now=tick + timedelta(milliseconds=300),
+            missed=MissedTicks.SKIP,
+            max_catchup=10,
+        )
+        at = tick
+        if cron.count(" ") == 5 and tick >= utc(2025, 11, 2, 6, 2):  # seconds: a sample
+            at = max(at, utc(2025, 11, 2, 6, 59, 50))
+    expected = next_tick(cron, zone, utc(2025, 11, 2, 4, 30))
+    assert ran and ran[0] == expected
+    assert len(ran) == len(set(ran))  # none twice
+    second_pass = [t for t in ran if utc(2025, 11, 2, 6) <= t < utc(2025, 11, 2, 7)]
+    if cron == "30 1 * * *":  # a fixed local time that happens twice runs once, the first
+        assert ran == [utc(2025, 11, 2, 5, 30)]
+    elif cron == "* * * * * *":
+        assert len(second_pass) >= 120
+    else:
+        assert len(second_pass) == 60 // (5 if cron.startswith("*/5") else 60)
+
+
 async def test_downtime_by_policy_on_a_fake_clock() -> None:
     clock = Clock(utc(2030, 1, 1, 0, 0, 10))
     backend = durable.InMemoryBackend(clock=clock)
@@ -386,6 +422,8 @@ async def test_a_schedule_goes_to_the_registry_its_workflow_was_registered_in() 
         ({"cron": "0 0 30 2 *"}, "cron"),
         ({"timezone": "Mars/Olympus"}, "timezone"),
         ({"timezone": ""}, "timezone"),
+        ({"timezone": "Europe"}, "timezone"),  # a directory of the zone database: OSError
+        ({"timezone": "Europe/" + "x" * 300}, "timezone"),  # a name too long for a file
         ({"missed": "sometimes"}, "missed"),
         ({"workflow": "no.such.workflow.v1"}, "workflow"),
         ({"workflow": 42}, "workflow"),

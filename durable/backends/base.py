@@ -1441,8 +1441,10 @@ class PersistentBackend(ABC):
     ) -> ScheduleInfo:
         """Pause or resume the schedule (``updated_at`` now); a paused schedule is neither
         due (:meth:`due_schedules`) nor fired (:meth:`fire_schedule`). When ``next_run_at`` is
-        given it is stored too (a resume restarts from the next tick after now, so ticks passed
-        while paused are not run). Returns the stored schedule.
+        given it is stored too if the schedule was paused, in the same write (a resume restarts
+        from the next tick after now, so ticks passed while paused are not run; a schedule that
+        was not paused keeps its next tick, so that its due and missed ticks still run).
+        Returns the stored schedule.
 
         :raises ScheduleNotFoundError: no such schedule (nothing is created).
         :raises InvalidArgumentError: a naive ``next_run_at``.

@@ -81,7 +81,9 @@ class Schedules(MemoryCore):
                 known,
                 paused=paused,
                 updated_at=self.clock(),
-                next_run_at=next_run_at if next_run_at is not None else known.next_run_at,
+                next_run_at=(
+                    next_run_at if next_run_at is not None and known.paused else known.next_run_at
+                ),
             )
             self._schedules[name] = new
             return self._load_schedule(new)

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from durable.backends.base import check_aware
 from durable.backends.sql.core import SQLCore
-from durable.backends.sql.schema import schedules
+from durable.backends.sql.schema import UTCDateTime, schedules
 from durable.errors import InvalidArgumentError, ScheduleNotFoundError
 from durable.models import MissedTicks, ScheduleInfo, TaskSpec, WorkflowInfo, WorkflowSnapshot
 
@@ -132,8 +132,11 @@ class Schedules(SQLCore):
     ) -> ScheduleInfo:
         check_aware(next_run_at)
         values: dict[str, Any] = {"paused": paused, "updated_at": self.clock()}
-        if next_run_at is not None:
-            values["next_run_at"] = next_run_at
+        if next_run_at is not None:  # only where it was paused (see the interface)
+            values["next_run_at"] = sa.case(
+                (schedules.c.paused.is_(True), sa.literal(next_run_at, UTCDateTime())),
+                else_=schedules.c.next_run_at,
+            )
         stmt = (
             sa.update(schedules)
             .where(schedules.c.name == name)

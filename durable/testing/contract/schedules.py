@@ -151,6 +151,9 @@ class ScheduleContract(ContractBase):
         assert (await backend.list_snapshots()).items == []
         resumed = await backend.set_schedule_paused("late", False, next_run_at=now)
         assert resumed.paused is False and resumed.next_run_at == now
+        # resuming one that is not paused keeps its next tick: a due tick still runs
+        again = await backend.set_schedule_paused("later", False, next_run_at=now)
+        assert again.paused is False and again.next_run_at == past + timedelta(seconds=1)
 
         with pytest.raises(ScheduleNotFoundError):
             await backend.set_schedule_paused("nope", True)
