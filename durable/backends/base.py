@@ -1141,8 +1141,10 @@ class PersistentBackend(ABC):
         come yet (otherwise an explicit claim by id may run a task early), or, with
         ``keep_limits``, when it is the workflow task of a queue with limits (see
         :meth:`claim_queue_tasks`, which hands those out within the limits) that ``worker_id``
-        does not hold already: the runtime's explicit claims (``Runtime.run``, recovery) keep
-        to the limits this way, judged by the stored queues at the claim.
+        does not hold already with a live claim (a lapsed one no longer counts toward the
+        limits, so others may have filled its slot: a worker restarted under its old id must
+        wait for one too): the runtime's explicit claims (``Runtime.run``, recovery) keep to
+        the limits this way, judged by the stored queues at the claim.
 
         :raises TaskNotFoundError: no such task (or no such workflow).
         """

@@ -53,7 +53,7 @@ class Claims(MemoryCore):
             if (
                 keep_limits
                 and task_id == WORKFLOW_TASK
-                and task.claimed_by != worker_id
+                and not (task.claimed_by == worker_id and is_live(task, now))
                 and task.spec.queue in limited_queues(self._queues)
             ):
                 return None

@@ -76,8 +76,11 @@ class Claims(SQLCore):
         )
         self._claim_one_due = self._claim_one.where(tasks.c.run_after <= now)
         # an explicit claim that keeps to the queues' limits: a limited queue's workflow task
-        # only for the worker that holds it already (claim_queue_tasks hands it out)
-        keeping = sa.or_(_not_limited(), tasks.c.claimed_by == P_WID)
+        # only for the worker that holds it already, and still holds (a lapsed claim no longer
+        # counts toward the limit, so others filled its slot; claim_queue_tasks hands it out)
+        keeping = sa.or_(
+            _not_limited(), sa.and_(tasks.c.claimed_by == P_WID, tasks.c.claim_expires_at > now)
+        )
         self._claim_one_keeping = self._claim_one.where(keeping)
         self._claim_one_due_keeping = self._claim_one_due.where(keeping)
         self._extend = (

@@ -131,6 +131,23 @@ class QueueContract(ContractBase):
         await asyncio.sleep(SHORT.total_seconds() + 0.2)  # an expired lease holds none either
         assert len(await backend.claim_queue_tasks("d", "q", 10, LONG)) == 1
 
+    async def test_a_lapsed_claim_is_not_kept_by_its_old_holder(
+        self, backend: PersistentBackend
+    ) -> None:
+        """A worker restarted under its old id: once its claim lapsed, others took its slot,
+        and its recovery's explicit claim must wait for a slot too (it went past the limit)."""
+        ids = await _fill(backend, "q", 2)
+        await backend.put_queue(QueueInfo(name="q", concurrency=1))
+        [held] = await backend.claim_queue_tasks("a", "q", 10, SHORT)
+        assert held.instance_id == ids[0]
+        await asyncio.sleep(SHORT.total_seconds() + 0.2)  # "a" dies; its lease lapses
+        # the slot, to another worker (an explicit claim holds one as any live claim does)
+        assert await backend.claim_task(ids[1], W, "b", LONG) is not None
+        assert await backend.claim_task(ids[0], W, "a", LONG, keep_limits=True) is None
+        assert (await backend.get_task(ids[0], W)).claimed_by == "a"  # left as it was
+        await backend.complete_task(ids[1], W, "b")  # the slot is free: handed out again
+        assert ids_of(await backend.claim_queue_tasks("a", "q", 10, LONG)) == [ids[0]]
+
     async def test_worker_concurrency(self, backend: PersistentBackend) -> None:
         await _fill(backend, "q", 6)
         await backend.put_queue(QueueInfo(name="q", concurrency=5, worker_concurrency=2))
