@@ -516,7 +516,12 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
                     return outcome(info)
                 await self.pause(next(looks), woken)
 
-        return await asyncio.wait_for(wait(), timeout)
+        try:
+            return await asyncio.wait_for(wait(), timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"workflow {workflow_id!r} did not finish within {timeout:g} s"
+            ) from None
 
     async def pause(self, seconds: float, woken: asyncio.Event | None = None) -> None:
         """A pause of a wait for an outcome between two looks: :attr:`poll_sleep` where set,

@@ -7,7 +7,7 @@ Python values here; a backend turns them into text with its serializer and back.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -358,7 +358,15 @@ def as_status_set(
     """Normalize a status filter; raises InvalidArgumentError naming an unknown status."""
     if status is None:
         return None
-    items = [status] if isinstance(status, str) else list(status)
+    if isinstance(status, str):
+        items: list[Any] = [status]
+    elif isinstance(status, Iterable) and not isinstance(status, bytes | Mapping):
+        items = list(status)
+    else:
+        raise InvalidArgumentError(
+            f"status must be a WorkflowStatus, its name or a sequence of them, got "
+            f"{type(status).__qualname__} {status!r}"
+        )
     try:
         return frozenset(WorkflowStatus(s) for s in items)
     except ValueError:

@@ -35,7 +35,7 @@ from collections.abc import Coroutine, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from durable.backends.base import PersistentBackend, check_queue_limits
+from durable.backends.base import MAX_RATE_PERIOD, PersistentBackend, check_queue_limits
 from durable.errors import InvalidArgumentError
 from durable.models import QueueInfo
 from durable.validation import check_name, check_positive_int
@@ -74,11 +74,11 @@ def _rate(value: Any, what: str) -> tuple[int | None, float | None]:
         isinstance(period, bool)
         or not isinstance(period, int | float)
         or not math.isfinite(period)
-        or period <= 0
+        or not 0 < period < MAX_RATE_PERIOD
     ):
         raise InvalidArgumentError(
-            f"{what}[1] (the period) must be a positive number of seconds or a timedelta, "
-            f"got {value[1]!r}"
+            f"{what}[1] (the period) must be a positive number of seconds below "
+            f"{MAX_RATE_PERIOD:.0f} (about 31 years) or a timedelta, got {value[1]!r}"
         )
     return count, float(period)
 
@@ -291,9 +291,10 @@ class QueueOperations:
         """The stored queue.
 
         :raises QueueNotFoundError: no queue of that name is stored (it has no limits).
+        :raises InvalidArgumentError: ``name`` is not a valid queue name.
         """
         self._require_started()
-        return await self.backend.get_queue(name)
+        return await self.backend.get_queue(check_name(name, "name"))
 
     def get_queue_sync(self, name: str) -> QueueInfo:
         """:meth:`get_queue` for code that is not async."""
@@ -312,7 +313,7 @@ class QueueOperations:
         """Forget a queue's limits (its executions stay, and run without limits). Returns
         False if it was not stored."""
         self._require_started()
-        return await self.backend.delete_queue(name)
+        return await self.backend.delete_queue(check_name(name, "name"))
 
     def delete_queue_sync(self, name: str) -> bool:
         """:meth:`delete_queue` for code that is not async."""

@@ -141,7 +141,7 @@ def _real(value: Any, what: str) -> float:
     try:
         number = float(value)
     except OverflowError:  # an int too large for a float
-        raise InvalidArgumentError(f"{what} must be finite, got {_show(value)}") from None
+        raise InvalidArgumentError(f"{what} is too large, got {_show(value)}") from None
     if not math.isfinite(number):
         raise InvalidArgumentError(f"{what} must be finite, got {_show(value)}")
     return number
@@ -151,7 +151,8 @@ def _seconds(value: Any, what: str) -> float:
     number = _real(value, what)
     if abs(number) > MAX_DELAY_SECONDS:
         raise InvalidArgumentError(
-            f"{what} must be at most {MAX_DELAY_SECONDS} seconds (100 years), got {_show(value)}"
+            f"{what} must be within {MAX_DELAY_SECONDS} seconds (100 years) of zero, either "
+            f"way, got {_show(value)}"
         )
     return number
 

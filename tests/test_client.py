@@ -117,7 +117,7 @@ async def test_a_client_starts_no_executor_and_needs_no_registered_name(
         )
         assert await client.list_executors() == []
         assert await client.registered_workflows() == []
-        with pytest.raises(TimeoutError):
+        with pytest.raises(TimeoutError, match=f"workflow '{queued}' did not finish within 0.2 s"):
             await client.result(queued, timeout=0.2)
 
 

@@ -1734,12 +1734,18 @@ def batch_owners(batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]]) -> l
     return owners
 
 
+#: The longest rate-limit window, in seconds (about 31 years; bounded for the databases'
+#: interval arithmetic).
+MAX_RATE_PERIOD = 1e9
+
+
 def check_queue_limits(queue: QueueInfo) -> None:
     """Refuse limits a queue cannot have, as every backend's :meth:`~PersistentBackend.put_queue`
     must.
 
     :raises InvalidArgumentError: a limit that is not an int of at least 1 (a period not a
-        positive number), or ``rate_limit`` without ``rate_period`` (or the reverse).
+        positive number below :data:`MAX_RATE_PERIOD`), or ``rate_limit`` without
+        ``rate_period`` (or the reverse).
     """
     for what in ("concurrency", "worker_concurrency", "rate_limit", "partition_concurrency"):
         value = getattr(queue, what)
@@ -1755,11 +1761,13 @@ def check_queue_limits(queue: QueueInfo) -> None:
             f"rate_limit={queue.rate_limit!r}, rate_period={period!r}"
         )
     if period is not None and (
-        isinstance(period, bool) or not isinstance(period, int | float) or not 0 < period < 1e9
+        isinstance(period, bool)
+        or not isinstance(period, int | float)
+        or not 0 < period < MAX_RATE_PERIOD
     ):
         raise InvalidArgumentError(
-            f"queue {queue.name!r}: rate_period must be a positive number of seconds, "
-            f"got {period!r}"
+            f"queue {queue.name!r}: rate_period must be a positive number of seconds below "
+            f"{MAX_RATE_PERIOD:.0f} (about 31 years), got {period!r}"
         )
 
 
