@@ -100,6 +100,30 @@ def flaky_flow(entry: str) -> str:
     return flaky(entry)
 
 
+@durable.transaction(name="test.tx.commits_itself", max_attempts=1)
+def commits_itself(conn: sa.Connection, entry: str) -> str:
+    conn.execute(LEDGER.insert().values(entry=entry))
+    conn.commit()  # misuse: durable commits the body's writes with the step's record
+    return entry
+
+
+@durable.transaction(name="test.tx.commits_itself_async", max_attempts=1)
+async def commits_itself_async(conn: AsyncConnection, entry: str) -> str:
+    await conn.execute(LEDGER.insert().values(entry=entry))
+    await conn.rollback()
+    return entry
+
+
+@durable.workflow(name="test.tx.commits_flow")
+async def commits_flow(entry: str, use_async: bool) -> str:
+    try:
+        if use_async:
+            return await commits_itself_async(entry)
+        return await commits_itself.aio(entry)
+    except durable.ConfigurationError as exc:
+        return str(exc)
+
+
 @pytest.fixture(autouse=True)
 def _reset() -> None:
     CALLS.clear()
@@ -130,6 +154,19 @@ async def test_async_workflow_with_sync_and_async_bodies(backend_url: str) -> No
     async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
         assert await rt.run(async_flow, "b", use_async, workflow_id="w2") == [1, 2]
     assert ledger(backend_url) == ["b", "b-2"]
+
+
+async def test_a_body_that_ends_its_transaction_is_refused(backend_url: str) -> None:
+    """A body that committed made PostgreSQL report the step done with no record (the record
+    went into a transaction nothing committed, so a replay ran the body again), MariaDB fail
+    on a closed transaction after the write committed; now every backend says so."""
+    if backend_url == "memory://":
+        pytest.skip("refused: see the sync test")
+    create_ledger(backend_url)
+    use_async = not backend_url.startswith("sqlite:")
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        said = await rt.run(commits_flow, "c", use_async, workflow_id="w-commits")
+    assert "ended its transaction" in said
 
 
 async def test_an_async_body_on_a_sync_driver_is_refused_clearly(sqlite_url: str) -> None:

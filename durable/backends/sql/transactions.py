@@ -110,6 +110,7 @@ class Transactions(SQLCore):
                 made = record(body(conn))
             except BaseException as exc:  # the user's: carried out, then raised as it was
                 raise _BodyFailed(exc) from None
+            _check_still_open(conn.in_transaction())
             self._write_record(conn, instance_id, made, worker_id, task_id)
             return made
 
@@ -345,6 +346,24 @@ class Transactions(SQLCore):
         return self.dialect.connection(connection)  # MySQL: what it lacks, emulated
 
 
+def _check_still_open(open_: bool) -> None:
+    """Refuse a body that ended the step's transaction itself (``conn.commit()``,
+    ``conn.rollback()``): its writes and the step's record would no longer be one commit (the
+    record went into a new transaction that nothing committed, so the step ran again after a
+    crash, its writes twice).
+
+    :raises _BodyFailed: carrying the ConfigurationError that says so.
+    """
+    if not open_:
+        raise _BodyFailed(
+            ConfigurationError(
+                "a @durable.transaction step's body ended its transaction (it called commit() "
+                "or rollback() on the connection): durable commits it, with the step's record, "
+                "when the body returns; use conn.begin_nested() for a part that may fail"
+            )
+        )
+
+
 def _in_transaction(engine: sa.Engine, fn: Callable[[sa.Connection], T]) -> T:
     with engine.begin() as conn:
         return fn(conn)
@@ -364,6 +383,7 @@ async def _async_body(
         made = record(await body(conn))
     except BaseException as exc:
         raise _BodyFailed(exc) from None
+    _check_still_open(conn.in_transaction())
     params, write, explain = backend._record_step_call(instance_id, made, worker_id, task_id)
     direct = backend._record_step_direct
     raw = (await conn.get_raw_connection()).driver_connection if direct is not None else None
