@@ -98,6 +98,11 @@ class Enqueues(SQLCore):
                     d.in_list(workflows.c.idempotency_key, "p_keys"),
                 )
             )
+        # MySQL, in a caller's transaction: a locking read sees what a concurrent transaction
+        # committed after this one's snapshot (see Transactions.enqueue_in_transaction)
+        self._select_batch_locked = self._select_batch_existing
+        if d.name == "mysql":
+            self._select_batch_locked = self._select_batch_existing.with_for_update(read=True)
         self._create_direct: CompiledStatement | None = None
         self._create_child_direct: CompiledStatement | None = None
         self._create_inline: tuple[CompiledStatement, ...] | None = None
@@ -237,11 +242,12 @@ class Enqueues(SQLCore):
         return results
 
     def _creation(
-        self, batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]]
+        self, batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]], *, locked: bool = False
     ) -> tuple[Callable[[sa.Connection], list[tuple[WorkflowInfo, bool]]], bool]:
         """What :meth:`create_workflows` runs in its transaction (every value checked here,
         before it runs), for other operations to run in theirs; and whether it adds tasks
-        (the caller tells workers after the commit)."""
+        (the caller tells workers after the commit). ``locked``: the existing rows are looked
+        up by a locking read (MySQL: the latest committed rows, not the snapshot's)."""
         owners = batch_owners(batch)
         now = self.clock()
         firsts = [index for index, owner in enumerate(owners) if owner == index]
@@ -275,7 +281,7 @@ class Enqueues(SQLCore):
             # looked up after it, and a batch of new rows costs no lookup at all
             found: dict[int, WorkflowInfo] = {}
             if isinstance(self._bulk_workflows, _DriverInsert):
-                found = self._batch_existing(conn, batch, firsts, required=False)
+                found = self._batch_existing(conn, batch, firsts, required=False, locked=locked)
             fresh = [i for i in firsts if i not in found]
             inserted = self._insert_batch(conn, [rows[i] for i in fresh])
             late = [i for i in fresh if batch[i][0].id not in inserted]
@@ -309,6 +315,7 @@ class Enqueues(SQLCore):
         indexes: list[int],
         *,
         required: bool,
+        locked: bool = False,
     ) -> dict[int, WorkflowInfo]:
         """The stored workflows that the batch's rows at ``indexes`` clash with (same id, else
         same key), by row; refuses the batch (rolled back) when one is of another workflow
@@ -318,7 +325,8 @@ class Enqueues(SQLCore):
             page = indexes[start : start + LOOKUP_PAGE]
             ids = [batch_rows[i][0].id for i in page]
             keys = [k for i in page if (k := batch_rows[i][0].idempotency_key) is not None]
-            stored = conn.execute(self._select_batch_existing, {"p_ids": ids, "p_keys": keys})
+            lookup = self._select_batch_locked if locked else self._select_batch_existing
+            stored = conn.execute(lookup, {"p_ids": ids, "p_keys": keys})
             by_id: dict[str, sa.Row[Any]] = {}
             by_key: dict[str, sa.Row[Any]] = {}
             for row in stored:

@@ -59,7 +59,10 @@ class Transactions(SQLCore):
         ]: ...
 
         def _creation(
-            self, batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]]
+            self,
+            batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]],
+            *,
+            locked: bool = False,
         ) -> tuple[Callable[[sa.Connection], list[tuple[WorkflowInfo, bool]]], bool]: ...
 
         def _sending(
@@ -285,7 +288,21 @@ class Transactions(SQLCore):
         with self._errors("enqueue in the caller's transaction"):
             conn = self._caller(connection)
             self.dialect.lock_for_writing(conn)
-            return fn(conn)
+            if self.dialect.name != "mysql":  # SQLite holds its write lock; PostgreSQL skips
+                return fn(conn)
+            # MySQL: a concurrent transaction may insert one of these ids or keys between the
+            # look-up and the insert (the insert waits for its commit, then fails on the
+            # duplicate): undone to a savepoint and run again with a locking read, which sees
+            # that commit, so the caller gets the existing execution and keeps its transaction
+            try:
+                with conn.begin_nested():
+                    return fn(conn)
+            except sa.exc.IntegrityError as exc:
+                if not self.dialect.duplicate_key(exc):
+                    raise
+            again, _with_tasks = self._creation(batch, locked=True)
+            with conn.begin_nested():
+                return again(conn)
 
     def send_in_transaction(
         self,
