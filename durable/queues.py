@@ -280,7 +280,9 @@ class QueueOperations:
             )
         updated = dataclasses.replace(base, **changes)
         check_queue_limits(updated)
-        result, _created = await self.backend.put_queue(updated)
+        # only the limits changed here are written, in the backend's transaction: another
+        # caller's change of the others since the read above is kept
+        result, _created = await self.backend.put_queue(updated, only=tuple(changes))
         return result
 
     def update_queue_sync(self, name: str, **limits: Any) -> QueueInfo:

@@ -367,6 +367,42 @@ async def test_client_queue_operations_and_checks(sqlite_url: str) -> None:
         durable.Runtime(durable.connect("sqlite:///:memory:"), queues=["q"])  # type: ignore[list-item]
 
 
+UPDATER = """
+import asyncio, sys
+import durable
+
+async def main(url: str, which: str) -> None:
+    async with durable.Client(url) as client:
+        for i in range(1, 61):
+            if which == "concurrency":
+                await client.update_queue("race", concurrency=i)
+            else:
+                await client.update_queue("race", rate_limit=(i, 60))
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_two_processes_changing_different_limits_keep_both(
+    db: str, request: pytest.FixtureRequest
+) -> None:
+    """update_queue read the queue, then wrote every limit back: of two processes changing
+    one limit each, one's change was undone by the other's (concurrency=148 rate_limit=200).
+    Only the limits given are written now, in the backend's transaction."""
+    url = str(request.getfixturevalue({"sqlite": "sqlite_url", "postgres": "pg_url"}[db]))
+    with durable.Client(url) as client:
+        client.update_queue_sync("race", concurrency=1)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", UPDATER, url, which])
+        for which in ("concurrency", "rate")
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    with durable.Client(url) as client:
+        queue = client.get_queue_sync("race")
+    assert (queue.concurrency, queue.rate_limit, queue.rate_period) == (60, 60, 60.0)
+
+
 async def test_a_declared_queue_does_not_undo_a_stored_change(
     sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

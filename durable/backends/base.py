@@ -35,7 +35,7 @@ import contextlib
 import dataclasses
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -1491,13 +1491,17 @@ class PersistentBackend(ABC):
     # (its step tasks stay theirs: the limits count executions, not the steps they hand out).
 
     @abstractmethod
-    async def put_queue(self, queue: QueueInfo, *, replace: bool = True) -> tuple[QueueInfo, bool]:
+    async def put_queue(
+        self, queue: QueueInfo, *, replace: bool = True, only: Collection[str] | None = None
+    ) -> tuple[QueueInfo, bool]:
         """Create the queue ``queue.name`` with the limits given, or (with ``replace``) set the
         stored one's limits to them, in one transaction. Returns ``(stored queue, created)``.
         Without ``replace`` an existing queue is returned unchanged (a declaration in code
-        does not undo an operator's change). ``created_at`` is kept, ``updated_at`` now.
-        Claims that start after it returns obey the new limits. Of concurrent puts of one new
-        name, one creates it.
+        does not undo an operator's change). With ``only`` (names of limit fields), a stored
+        queue gets those limits set and keeps the others as stored, in the same transaction
+        (two callers changing different limits at once both take effect); a new one gets all
+        of ``queue``'s. ``created_at`` is kept, ``updated_at`` now. Claims that start after it
+        returns obey the new limits. Of concurrent puts of one new name, one creates it.
 
         :raises InvalidArgumentError: a limit below 1, or ``rate_limit`` without
             ``rate_period`` (or the reverse).
@@ -1732,6 +1736,36 @@ def batch_owners(batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]]) -> l
                 )
         owners.append(owner)
     return owners
+
+
+#: The limit fields of a :class:`~durable.models.QueueInfo` (``put_queue``'s ``only`` names
+#: some of them).
+QUEUE_LIMITS = (
+    "concurrency",
+    "worker_concurrency",
+    "rate_limit",
+    "rate_period",
+    "partition_concurrency",
+)
+
+
+def queue_limits_to_set(only: Collection[str] | None) -> tuple[str, ...]:
+    """The limit fields :meth:`PersistentBackend.put_queue` sets on a stored queue: all of
+    them, or those ``only`` names (the rate's two go together), as every backend must.
+
+    :raises InvalidArgumentError: a name that is not a limit field.
+    """
+    if only is None:
+        return QUEUE_LIMITS
+    chosen = set(only)
+    unknown = chosen - set(QUEUE_LIMITS)
+    if unknown or isinstance(only, str):
+        raise InvalidArgumentError(
+            f"only must name limit fields of a queue ({', '.join(QUEUE_LIMITS)}), got {only!r}"
+        )
+    if chosen & {"rate_limit", "rate_period"}:
+        chosen |= {"rate_limit", "rate_period"}
+    return tuple(name for name in QUEUE_LIMITS if name in chosen)
 
 
 #: The longest rate-limit window, in seconds (about 31 years; bounded for the databases'

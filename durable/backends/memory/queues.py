@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
-from durable.backends.base import check_queue_limits
+from durable.backends.base import check_queue_limits, queue_limits_to_set
 from durable.backends.memory.core import (
     MemoryCore,
     StoredTask,
@@ -25,15 +25,21 @@ class Queues(MemoryCore):
 
     _queue_starts: dict[str, deque[datetime]]
 
-    async def put_queue(self, queue: QueueInfo, *, replace: bool = True) -> tuple[QueueInfo, bool]:
+    async def put_queue(
+        self, queue: QueueInfo, *, replace: bool = True, only: Collection[str] | None = None
+    ) -> tuple[QueueInfo, bool]:
         check_queue_limits(queue)
+        chosen = queue_limits_to_set(only)
         with self._lock:
             now = self.clock()
             stored = self._queues.get(queue.name)
             if stored is not None and not replace:
                 return stored, False
-            created_at = stored.created_at if stored is not None else now
-            new = dataclasses.replace(queue, created_at=created_at, updated_at=now)
+            if stored is None:
+                new = dataclasses.replace(queue, created_at=now, updated_at=now)
+            else:
+                changes = {k: getattr(queue, k) for k in chosen}
+                new = dataclasses.replace(stored, updated_at=now, **changes)
             self._queues[queue.name] = new
             return new, stored is None
 

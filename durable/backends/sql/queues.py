@@ -25,26 +25,19 @@ queues without limits never take this path.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
-from durable.backends.base import check_queue_limits
+from durable.backends.base import QUEUE_LIMITS, check_queue_limits, queue_limits_to_set
 from durable.backends.sql.core import P_WID, SQLCore
 from durable.backends.sql.direct import CompiledStatement
 from durable.backends.sql.schema import queue_starts, queues, tasks, workflow_registry
 from durable.errors import InvalidArgumentError, QueueNotFoundError
 from durable.models import WORKFLOW_TASK, QueueInfo, TaskClaim, ttl_seconds
 
-_LIMITS = (
-    "concurrency",
-    "worker_concurrency",
-    "rate_limit",
-    "rate_period",
-    "partition_concurrency",
-)
 P_QUEUE = sa.bindparam("p_queue", type_=sa.String())
 
 
@@ -59,10 +52,13 @@ class Queues(SQLCore):
     def _queue_info(self, row: Any) -> QueueInfo:
         return QueueInfo(**dict(row._mapping))
 
-    async def put_queue(self, queue: QueueInfo, *, replace: bool = True) -> tuple[QueueInfo, bool]:
+    async def put_queue(
+        self, queue: QueueInfo, *, replace: bool = True, only: Collection[str] | None = None
+    ) -> tuple[QueueInfo, bool]:
         check_queue_limits(queue)
+        chosen = queue_limits_to_set(only)
         now = self.clock()
-        limits = {k: getattr(queue, k) for k in _LIMITS}
+        limits = {k: getattr(queue, k) for k in QUEUE_LIMITS}
         if limits["rate_period"] is not None:
             limits["rate_period"] = float(limits["rate_period"])
         insert = (
@@ -72,7 +68,9 @@ class Queues(SQLCore):
             .execution_options(preserve_rowcount=True)
         )
         update = (
-            sa.update(queues).where(queues.c.name == queue.name).values(updated_at=now, **limits)
+            sa.update(queues)
+            .where(queues.c.name == queue.name)
+            .values(updated_at=now, **{k: limits[k] for k in chosen})
         )
         select = sa.select(queues).where(queues.c.name == queue.name)
 
@@ -172,7 +170,7 @@ class Queues(SQLCore):
         )
         # the probe: the limits and what runs, read without the lock (see claim_queue_tasks)
         probe = sa.select(
-            *(queues.c[k] for k in ("name", *_LIMITS) if k != "rate_period"),
+            *(queues.c[k] for k in ("name", *QUEUE_LIMITS) if k != "rate_period"),
             sa.select(count).where(running).scalar_subquery().label("running"),
             sa.select(count)
             .where(running, tasks.c.claimed_by == P_WID)
@@ -314,7 +312,7 @@ def _partition_heads(available: sa.ColumnElement[bool], now: Any) -> sa.Select[A
 
 def _full(row: Mapping[str, Any], limit: int) -> int:
     """The room the probe's row leaves (0 or less: none; the rate limit is not probed)."""
-    info = QueueInfo(**{k: row[k] for k in ("name", *_LIMITS) if k != "rate_period"})
+    info = QueueInfo(**{k: row[k] for k in ("name", *QUEUE_LIMITS) if k != "rate_period"})
     if not info.limited:
         return 0
     room = limit

@@ -63,6 +63,21 @@ class QueueContract(ContractBase):
         changed, _ = await backend.put_queue(QueueInfo(name="b", worker_concurrency=1))
         assert changed.concurrency is None and changed.worker_concurrency == 1
         assert changed.created_at == stored.created_at
+        # only: those limits set, the others as stored (a concurrent change of them is kept)
+        some, _ = await backend.put_queue(QueueInfo(name="b", concurrency=4), only=["concurrency"])
+        assert (some.concurrency, some.worker_concurrency) == (4, 1)
+        rated, _ = await backend.put_queue(
+            QueueInfo(name="b", rate_limit=3, rate_period=2.0), only=("rate_limit",)
+        )
+        assert (rated.concurrency, rated.rate_limit, rated.rate_period) == (4, 3, 2.0)
+        new, created = await backend.put_queue(
+            QueueInfo(name="c", concurrency=1, worker_concurrency=2), only=["concurrency"]
+        )
+        assert created and (new.concurrency, new.worker_concurrency) == (1, 2)
+        with pytest.raises(InvalidArgumentError, match="only must name limit fields"):
+            await backend.put_queue(QueueInfo(name="b", concurrency=1), only=["name"])
+        assert (await backend.get_queue("b")).concurrency == 4
+        await backend.delete_queue("c")
         assert await backend.delete_queue("b") is True
         assert await backend.delete_queue("b") is False
         with pytest.raises(QueueNotFoundError):
