@@ -19,6 +19,7 @@ compare-and-set and enqueues the ticks in the same transaction. A racing schedul
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import threading
 import weakref
@@ -235,6 +236,7 @@ def scheduled(
                 "@durable.workflow"
             )
         target = registry or wf.registry or default_registry
+        _check_fits(wf, probe.args, probe.kwargs)
         declaration = ScheduleDeclaration(
             name=check_schedule_name(name if name is not None else wf.name),
             cron=probe.cron,
@@ -258,6 +260,24 @@ def scheduled(
         return wf
 
     return decorate
+
+
+def _check_fits(wf: Workflow[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    """Refuse, where it is declared, a schedule whose every run would fail at once: the
+    workflow's function cannot take its ``args``, ``kwargs`` and ``scheduled_at``.
+
+    :raises InvalidArgumentError: it cannot (the message says how to fix it).
+    """
+    try:
+        inspect.signature(wf.fn).bind(*args, **kwargs, scheduled_at="")
+    except TypeError as exc:
+        raise InvalidArgumentError(
+            f"@durable.scheduled on {wf.name!r}: each tick calls it with args={tuple(args)!r}, "
+            f"kwargs={dict(kwargs)!r} and scheduled_at (the tick, a str), which it cannot "
+            f"take ({exc}): add a scheduled_at parameter (or **kwargs)"
+        ) from None
+    except ValueError:  # no signature to read (a builtin): judged when it runs
+        return
 
 
 async def store_declared_schedules(backend: PersistentBackend, registry: Registry) -> int:

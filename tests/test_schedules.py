@@ -456,6 +456,24 @@ def test_bad_decorations() -> None:
         @durable.scheduled("0 2 * * *")
         async def plain() -> None: ...
 
+    # every tick would fail at once: it takes no scheduled_at, or not the schedule's args
+    registry = durable.Registry()
+    with pytest.raises(durable.InvalidArgumentError, match="add a scheduled_at parameter"):
+
+        @durable.scheduled("0 2 * * *", registry=registry)
+        @durable.workflow(name="tests.sched.no_tick.v1", registry=registry)
+        async def no_tick() -> None: ...
+
+    with pytest.raises(durable.InvalidArgumentError, match=r"args=\('a', 'b'\)"):
+
+        @durable.scheduled("0 2 * * *", args=["a", "b"], registry=registry)
+        @durable.workflow(name="tests.sched.one_arg.v1", registry=registry)
+        async def one_arg(x: str, *, scheduled_at: str) -> None: ...
+
+    @durable.scheduled("0 2 * * *", args=["a"], registry=registry)  # these fit
+    @durable.workflow(name="tests.sched.fits.v1", registry=registry)
+    async def fits(x: str, **tick: str) -> None: ...
+
 
 async def test_an_unreadable_schedule_does_not_stop_the_others(
     caplog: pytest.LogCaptureFixture,
