@@ -264,11 +264,13 @@ async def test_unserializable_arguments_refuse_the_batch(backend_url: str) -> No
 async def test_an_id_or_key_of_another_workflow_refuses_the_batch(backend_url: str) -> None:
     async with opened(backend_url) as client:
         taken = await client.enqueue(greet, "x", idempotency_key="greeting")
-        with pytest.raises(durable.InvalidArgumentError, match=r"inputs\[1\].*greet"):
+        # the key the user gave is named (not the row's generated id)
+        key_named = r"inputs\[1\]: idempotency key 'greeting' belongs to workflow .*greet"
+        with pytest.raises(durable.InvalidArgumentError, match=key_named):
             await client.enqueue_many(
                 double, [(1,), durable.Enqueue(args=(2,), idempotency_key="greeting"), (3,)]
             )
-        with pytest.raises(durable.InvalidArgumentError, match=r"inputs\[2\].*greet"):
+        with pytest.raises(durable.InvalidArgumentError, match=r"inputs\[2\]: workflow id .*greet"):
             await client.enqueue_many(
                 double, [(1,), (2,), durable.Enqueue(args=(2,), workflow_id=taken)]
             )

@@ -519,10 +519,7 @@ class PersistentBackend(ABC):
         for index, (snapshot, task) in enumerate(batch):
             info, created = await self.create_workflow(snapshot, task=task)
             if info.name != snapshot.name:
-                raise InvalidArgumentError(
-                    f"inputs[{index}]: workflow id or idempotency key of {snapshot.id!r} "
-                    f"belongs to workflow {info.name!r} (id {info.id!r}), not {snapshot.name!r}"
-                )
+                raise clash_error(index, snapshot, info.id, info.name)
             results.append((info, created))
         return results
 
@@ -1771,6 +1768,22 @@ def queue_limits_to_set(only: Collection[str] | None) -> tuple[str, ...]:
 #: The longest rate-limit window, in seconds (about 31 years; bounded for the databases'
 #: interval arithmetic).
 MAX_RATE_PERIOD = 1e9
+
+
+def clash_error(
+    index: int, snapshot: WorkflowSnapshot, stored_id: str, stored_name: str
+) -> InvalidArgumentError:
+    """The error of a batch's row ``index`` whose id or idempotency key belongs to a stored
+    workflow of another name, naming the one of the two that clashed (as every backend's
+    :meth:`PersistentBackend.create_workflows` says it)."""
+    if stored_id == snapshot.id:
+        what = f"workflow id {snapshot.id!r}"
+    else:
+        what = f"idempotency key {snapshot.idempotency_key!r}"
+    return InvalidArgumentError(
+        f"inputs[{index}]: {what} belongs to workflow {stored_name!r} (id {stored_id!r}), not "
+        f"{snapshot.name!r}"
+    )
 
 
 def check_queue_limits(queue: QueueInfo) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from durable.backends.base import batch_owners, check_aware
+from durable.backends.base import batch_owners, check_aware, clash_error
 from durable.backends.memory.core import MemoryCore
 from durable.errors import InvalidArgumentError, SerializationError
 from durable.models import StepRecord, TaskSpec, WorkflowInfo, WorkflowSnapshot
@@ -33,11 +33,7 @@ class Batches(MemoryCore):
                 if found is not None:
                     stored_name = self._workflows[found].name
                     if stored_name != snapshot.name:
-                        raise InvalidArgumentError(
-                            f"inputs[{index}]: workflow id or idempotency key of "
-                            f"{snapshot.id!r} belongs to workflow {stored_name!r} (id "
-                            f"{found!r}), not {snapshot.name!r}"
-                        )
+                        raise clash_error(index, snapshot, found, stored_name)
                     existing[index] = found
                     continue
                 header = snapshot.header()

@@ -38,7 +38,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-from durable.backends.base import batch_owners, check_aware
+from durable.backends.base import batch_owners, check_aware, clash_error
 from durable.backends.sql.core import WORKFLOW_COLUMNS, SQLCore, write_labels
 from durable.backends.sql.direct import CompiledStatement
 from durable.backends.sql.runners import InlineRunner
@@ -346,11 +346,7 @@ class Enqueues(SQLCore):
                         "that was deleted meanwhile: enqueue the batch again"
                     )
                 if match.name != snapshot.name:
-                    raise InvalidArgumentError(
-                        f"inputs[{index}]: workflow id or idempotency key of {snapshot.id!r} "
-                        f"belongs to workflow {match.name!r} (id {match.id!r}), not "
-                        f"{snapshot.name!r}"
-                    )
+                    raise clash_error(index, snapshot, match.id, match.name)
                 found[index] = self._info(match, lenient=True)
         return found
 
