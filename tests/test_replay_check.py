@@ -146,3 +146,20 @@ async def test_a_workflow_that_never_finishes_is_reported(monkeypatch: pytest.Mo
     monkeypatch.setattr("durable.testing.crash.RUN_TIMEOUT", 0.3)
     with pytest.raises(durable.DurableError, match=r"did not finish within 0\.3 s"):
         await check_replay_safe(waits_for_ever)
+
+
+@durable.transaction(name="tests.replay_check.tx")
+def in_a_transaction(conn: object) -> int:
+    return 1
+
+
+@durable.workflow(name="tests.replay_check.transactional")
+async def transactional() -> int:
+    return await in_a_transaction.aio()
+
+
+async def test_a_workflow_the_check_cannot_run_is_not_passed() -> None:
+    """A transactional step cannot run on the check's in-memory backend: the reference run
+    failed, nothing was recorded, and the check passed with nothing checked."""
+    with pytest.raises(durable.DurableError, match="could not run .*checked nothing"):
+        await check_replay_safe(transactional)

@@ -44,7 +44,13 @@ from typing import Any
 
 from durable.backends.memory import InMemoryBackend
 from durable.context import ExecutionContext, StepGuard
-from durable.errors import DurableError, InvalidArgumentError, NonDeterminismError
+from durable.errors import (
+    ConfigurationError,
+    DurableError,
+    InvalidArgumentError,
+    NonDeterminismError,
+    NotSupportedError,
+)
 from durable.models import WORKFLOW_TASK, StepRecord, StepStatus
 from durable.runtime import Runtime
 from durable.testing.clock import TimeSkippingClock
@@ -164,6 +170,8 @@ async def check_replay_safe(
     :raises ReplayUnsafeError: a crash at some boundary changed the outcome, the history or a
         recorded output, or made a completed step run again; every such boundary is listed.
     :raises InvalidArgumentError: ``workflow`` is not a durable workflow.
+    :raises DurableError: it cannot run on the in-memory backend the check uses (a
+        ``@durable.transaction`` step), so nothing could be checked.
     """
     if not isinstance(workflow, Workflow):
         raise InvalidArgumentError(f"check_replay_safe needs a @durable.workflow, got {workflow!r}")
@@ -175,6 +183,13 @@ async def check_replay_safe(
     async with runtime:
         with _crash_before(backend):
             reference = await _outcome(runtime, workflow, "reference", args, kwargs)
+            if not reference[0] and isinstance(
+                reference[1], ConfigurationError | NotSupportedError
+            ):  # the check could not run it (a transactional step: no transactions in memory)
+                raise DurableError(
+                    f"check_replay_safe could not run {workflow.name!r} on its in-memory "
+                    f"backend, so checked nothing: {reference[1]}"
+                ) from reference[1]
             history = await backend.list_steps("reference")
             through_record = set(backend.recorded.get("reference", []))
             check = ReplayCheck(result=reference[1] if reference[0] else None)
