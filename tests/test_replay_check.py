@@ -161,5 +161,5 @@ async def transactional() -> int:
 async def test_a_workflow_the_check_cannot_run_is_not_passed() -> None:
     """A transactional step cannot run on the check's in-memory backend: the reference run
     failed, nothing was recorded, and the check passed with nothing checked."""
-    with pytest.raises(durable.DurableError, match="could not run .*checked nothing"):
+    with pytest.raises(durable.DurableError, match=r"could not run .*checked nothing"):
         await check_replay_safe(transactional)
