@@ -149,10 +149,14 @@ def _real(value: Any, what: str) -> float:
 
 def _seconds(value: Any, what: str) -> float:
     number = _real(value, what)
-    if abs(number) > MAX_DELAY_SECONDS:
+    if number > MAX_DELAY_SECONDS:
         raise InvalidArgumentError(
-            f"{what} must be within {MAX_DELAY_SECONDS} seconds (100 years) of zero, either "
-            f"way, got {_show(value)}"
+            f"{what} must be at most {MAX_DELAY_SECONDS} seconds (100 years), got {_show(value)}"
+        )
+    if number < -MAX_DELAY_SECONDS:
+        raise InvalidArgumentError(
+            f"{what} must be at least -{MAX_DELAY_SECONDS} seconds (100 years back), got "
+            f"{_show(value)}"
         )
     return number
 
