@@ -36,7 +36,9 @@ The tree::
     │   ├── WorkflowFailedError       it failed; the recorded error is attached
     │   ├── WorkflowCancelledError    it was cancelled
     │   └── WorkflowDeadLetteredError it failed on its last attempt and was dead-lettered
-    └── StepError                     a recorded step failure whose class cannot be imported
+    ├── StepError                     a recorded step failure whose class cannot be imported
+    └── RaisedToStopError             workflow code raised KeyboardInterrupt, SystemExit,
+                                      GeneratorExit or CancelledError of its own: a failure
 
 Each class's docstring is its default message.
 
@@ -47,11 +49,15 @@ into an exception. They live here, in the lowest layer, because the errors above
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import traceback as tb
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn, TypeVar
+
+T = TypeVar("T")
 
 
 class DurableError(Exception):
@@ -349,6 +355,45 @@ class StepError(DurableError):
     def __init__(self, error: ErrorInfo) -> None:
         super().__init__(f"{error.type}: {error.message}")
         self.error = error
+
+
+class RaisedToStopError(DurableError):
+    """Workflow code (a step, a workflow's body) raised an exception that means "stop" to
+    Python or asyncio, while nothing was stopping: ``KeyboardInterrupt`` or ``SystemExit`` in
+    the thread of a sync step or workflow (``sys.exit()`` in a library; signals go to the main
+    thread only), ``GeneratorExit``, or an ``asyncio.CancelledError`` while nothing cancelled
+    the execution. It is that code's failure, retried and recorded as any other: let through,
+    it stopped the runtime's event loop, or was taken for a shutdown and the execution claimed
+    again at once, in a loop without end."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+    @classmethod
+    def of(cls, exc: BaseException) -> RaisedToStopError:
+        """The failure that stands for ``exc``."""
+        kind = type(exc)
+        return cls(f"{kind.__module__}.{kind.__qualname__} raised by workflow code: {exc!r}")
+
+
+def stopping_as_failure(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` in a thread running workflow code: its ``KeyboardInterrupt`` or
+    ``SystemExit`` becomes :class:`RaisedToStopError` (from a thread neither stops the
+    process; let through, it stopped the event loop awaiting the thread)."""
+    try:
+        return fn(*args, **kwargs)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        raise RaisedToStopError.of(exc) from exc
+
+
+def raise_unless_stopping(exc: BaseException) -> NoReturn:
+    """Re-raise ``exc`` (a ``CancelledError`` or ``GeneratorExit`` out of workflow code) if
+    the running task is being cancelled; else raise :class:`RaisedToStopError` for it (the
+    code raised it of its own)."""
+    task = asyncio.current_task()
+    if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+        raise exc
+    raise RaisedToStopError.of(exc) from exc
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

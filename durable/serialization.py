@@ -24,7 +24,9 @@ import dataclasses
 import json
 import pickle
 import sys
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 from durable.errors import ConfigurationError, SerializationError
@@ -82,16 +84,46 @@ class JSONSerializer(Serializer):
             raise SerializationError(
                 f"cannot serialize a value of type {_type_name(value, exc)} as JSON: {exc}"
             ) from exc
+        except RecursionError as exc:
+            raise SerializationError(
+                f"cannot serialize a value of type {type(value).__qualname__} as JSON: it is "
+                "nested deeper than Python's recursion limit"
+            ) from exc
 
     def loads(self, text: str) -> Any:
+        decoder = self._typed_decoder if _MARKER in text else self._decoder  # a C-speed scan
         try:
-            if _MARKER in text:  # a C-speed scan: plain values never pay for the hook
-                return self._typed_decoder.decode(text)
-            return self._decoder.decode(text)
+            try:
+                return decoder.decode(text)
+            except RecursionError:
+                # written on a shallower stack than this one: read where the whole recursion
+                # limit is free, as it was at most when the value was written
+                return _on_a_fresh_stack(decoder.decode, text)
+        except RecursionError as exc:
+            raise SerializationError("stored value is nested too deeply to read") from exc
         except _RebuildError as exc:
             raise SerializationError(str(exc)) from exc.__cause__
         except ValueError as exc:
             raise SerializationError(f"stored value is not valid JSON: {exc}") from exc
+
+
+def _on_a_fresh_stack(fn: Callable[[str], Any], text: str) -> Any:
+    """``fn(text)`` in a thread of its own (its stack empty), for its result or exception."""
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, fn(text)))
+        except BaseException as exc:  # handed to the caller
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, name="durable-deep-json")
+    thread.start()
+    thread.join()
+    done, value = outcome[0]
+    if done:
+        return value
+    raise value
 
 
 class _RebuildError(ValueError):

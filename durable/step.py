@@ -36,7 +36,13 @@ from durable.context import (
     current,
     in_step,
 )
-from durable.errors import DurableError, InvalidArgumentError, StepTimeoutError
+from durable.errors import (
+    DurableError,
+    InvalidArgumentError,
+    StepTimeoutError,
+    raise_unless_stopping,
+    stopping_as_failure,
+)
 from durable.models import StepRecord, StepStatus, TaskSpec
 from durable.registry import default_registry
 from durable.retry import NO_RETRY, RetryPolicy
@@ -126,11 +132,16 @@ class Step(Generic[P, T]):
         while True:
             attempt += 1
             try:
-                with in_step():
-                    if self.is_async:
-                        value = await self._bounded(self.fn(*args, **kwargs))
-                    else:
-                        value = await self._bounded(asyncio.to_thread(self.fn, *args, **kwargs))
+                try:
+                    with in_step():
+                        if self.is_async:
+                            value = await self._bounded(self.fn(*args, **kwargs))
+                        else:
+                            value = await self._bounded(
+                                asyncio.to_thread(stopping_as_failure, self.fn, *args, **kwargs)
+                            )
+                except (asyncio.CancelledError, GeneratorExit) as exc:
+                    raise_unless_stopping(exc)
             except Exception as exc:
                 if self.retry.should_retry(exc, attempt):
                     await sleep(self.retry.delay(attempt))

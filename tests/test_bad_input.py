@@ -10,6 +10,7 @@ reused workflow id returns the first run's result (the documented idempotency co
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
@@ -556,6 +557,88 @@ async def test_an_error_that_cannot_say_what_it_is_is_still_recorded(
         info = await rt.get_workflow(odd)
         assert info.error is not None
         assert info.error.message == "NUL \x00 and \U0001f600 in odd text"
+
+
+STOPPERS: dict[str, BaseException] = {
+    "cancelled": asyncio.CancelledError("raised, not a cancellation"),
+    "generator exit": GeneratorExit("boom"),
+}
+STOPPER_CALLS: list[str] = []
+
+
+@durable.step
+async def raises_stopper(which: str) -> None:
+    STOPPER_CALLS.append(which)
+    raise STOPPERS[which]
+
+
+@durable.step
+def exits_in_thread(which: str) -> None:
+    STOPPER_CALLS.append(which)
+    raise KeyboardInterrupt(which) if which == "keyboard" else SystemExit(3)
+
+
+@durable.workflow(name="tests.bad_input.stopper.v1", registry=REG, max_attempts=1)
+async def stopper(which: str, in_step: bool) -> None:
+    if which in ("keyboard", "exit"):
+        await exits_in_thread.aio(which)
+    elif in_step:
+        await raises_stopper(which)
+    else:
+        STOPPER_CALLS.append(which)
+        raise STOPPERS[which]
+
+
+@pytest.mark.parametrize(
+    ("which", "in_step"),
+    [
+        ("cancelled", True),
+        ("cancelled", False),
+        ("generator exit", True),
+        ("keyboard", True),
+        ("exit", True),
+    ],
+)
+async def test_code_that_raises_a_stop_of_its_own_fails_once(
+    sqlite_url: str, which: str, in_step: bool
+) -> None:
+    """A CancelledError that nothing cancelled was taken for a shutdown: the execution was
+    handed back and claimed again at once, its step run thousands of times a second; a
+    GeneratorExit left it running for good; a KeyboardInterrupt or SystemExit from a step's
+    thread stopped the runtime's event loop. Each is now the code's failure."""
+    STOPPER_CALLS.clear()
+    async with runtime(sqlite_url, poll_interval=0.05) as rt:
+        await rt.start_worker(poll_interval=0.05)
+        wid = await rt.enqueue(stopper, which, in_step)
+        with pytest.raises(durable.WorkflowDeadLetteredError, match="raised by workflow code"):
+            await rt.result(wid, timeout=30)
+        info = await rt.get_workflow(wid)
+        assert info.error is not None and info.error.type == "durable.errors.RaisedToStopError"
+        await asyncio.sleep(0.3)  # a loop would have run it again by now
+        assert [which] == STOPPER_CALLS
+        assert await rt.run(echo_back, 7) == 7  # the runtime still runs workflows
+
+
+@durable.workflow(name="tests.bad_input.echo_back.v1", registry=REG)
+async def echo_back(x: int) -> int:
+    return x
+
+
+def test_a_value_nested_too_deeply_is_a_serialization_error() -> None:
+    from durable.serialization import JSONSerializer
+
+    serializer = JSONSerializer()
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(durable.SerializationError, match="nested deeper"):
+        serializer.dumps(deep)
+    text = "[" * 900 + "]" * 900  # written near the stack's top, read far below it
+
+    def read_deep_down(n: int) -> Any:
+        return serializer.loads(text) if n == 0 else read_deep_down(n - 1)
+
+    assert serializer.loads(text) == read_deep_down(400)
 
 
 async def test_wrong_types_to_public_apis_are_invalid_arguments(backend_url: str) -> None:

@@ -30,6 +30,8 @@ from durable.errors import (
     SerializationError,
     TaskNotFoundError,
     WorkflowCancelledError,
+    raise_unless_stopping,
+    stopping_as_failure,
 )
 from durable.executions import EnqueueOptions
 from durable.models import (
@@ -416,7 +418,10 @@ class Attempts(Leases):
         try:
             unstorable = False
             try:
-                output = await self._invoke_by(ctx, wf, args, kwargs, remaining, own_task)
+                try:
+                    output = await self._invoke_by(ctx, wf, args, kwargs, remaining, own_task)
+                except (asyncio.CancelledError, GeneratorExit) as exc:
+                    raise_unless_stopping(exc)  # raised by the code itself: its failure
                 ctx.check_history_consumed()
                 unstorable = True
                 output = self._roundtrip_output(wf, instance_id, output)
@@ -586,7 +591,7 @@ class Attempts(Leases):
         scope.run(_context.enter, ctx)
         assert self._threads is not None
         return await asyncio.get_running_loop().run_in_executor(
-            self._threads, lambda: scope.run(wf.fn, *args, **kwargs)
+            self._threads, lambda: scope.run(stopping_as_failure, wf.fn, *args, **kwargs)
         )
 
     def _roundtrip_output(self, wf: Workflow[Any, Any], instance_id: str, output: Any) -> Any:
