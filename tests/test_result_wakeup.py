@@ -49,6 +49,38 @@ async def test_result_wakes_when_this_runtimes_worker_finishes(backend_url: str)
         assert time.monotonic() - started < LOOKS_APART
 
 
+@durable.workflow
+async def parent_of_waiters(count: int) -> list[object]:
+    return list(await asyncio.gather(*(waits_for_a_message() for _ in range(count))))
+
+
+async def test_a_driven_child_resumes_when_its_message_comes(backend_url: str) -> None:
+    """A child run by its parent (a drive of the runtime, as runtime.run is) waiting on recv
+    resumed at the drive's next look, poll_interval later, although the send made it due and
+    the worker claimed it at once: the claim now wakes the drive."""
+    async with durable.Runtime(durable.connect(backend_url), poll_interval=LOOKS_APART) as rt:
+        await rt.start_worker()
+        started = time.monotonic()
+        wid = await rt.enqueue(parent_of_waiters, 2)
+        for child in (f"{wid}/0", f"{wid}/1"):
+            for _ in range(200):  # until the child waits for its message
+                steps = await rt.list_steps(child) if await _exists(rt, child) else []
+                if steps:
+                    break
+                await asyncio.sleep(0.05)
+            await rt.send(child, "go", child)
+        assert await rt.result(wid, timeout=20) == [f"{wid}/0", f"{wid}/1"]
+        assert time.monotonic() - started < LOOKS_APART
+
+
+async def _exists(rt: durable.Runtime, workflow_id: str) -> bool:
+    try:
+        await rt.get_workflow(workflow_id)
+    except durable.WorkflowNotFoundError:
+        return False
+    return True
+
+
 async def test_result_wakes_when_this_client_cancels(backend_url: str) -> None:
     async with durable.Runtime(durable.connect(backend_url), poll_interval=LOOKS_APART) as rt:
         await rt.start_worker()

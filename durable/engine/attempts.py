@@ -220,6 +220,8 @@ class Attempts(Leases):
         noted: set[str] = set()
         while True:
             wait = self.poll_interval
+            # before the look: a worker's claim of it after the look wakes the pause below
+            woken = self.client._wake_up()
             async with self._locks.hold(instance_id):
                 unreadable: CorruptRowError | None = None
                 try:
@@ -255,7 +257,7 @@ class Attempts(Leases):
                         pass  # it goes on when due (a retry) or when woken (its steps done)
                 else:
                     await self._note_wait(instance_id, noted)
-            await self.client.pause(wait)
+            await self.client.pause(wait, woken)
 
     async def _note_wait(self, instance_id: str, noted: set[str]) -> None:
         """Say, once per holder, whose lease a run waits for and until when: at WARNING when the
@@ -744,7 +746,11 @@ class Attempts(Leases):
         driven = self._claimed.driven(instance_id)
         async with self._locks.hold(instance_id):
             if self._claimed.driven(instance_id):
-                return None  # a drive of this runtime runs it (see ClaimedStarts.driven)
+                # a drive of this runtime runs it (see ClaimedStarts.driven): claimed, it is
+                # due (a message came, its fanned-out calls ended), so the drive looks now,
+                # not at its next poll
+                self.client.note_finished()
+                return None
             began = self._claimed.take(instance_id)
             if driven and began is None:
                 # a drive that ended while this waited ran it: it took the start this claim
