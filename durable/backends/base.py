@@ -1839,7 +1839,8 @@ def fork_refusal(
     if pending:
         return InvalidArgumentError(
             f"from_step={from_position}: step {pending[0]} of workflow {source_id!r} is still "
-            f"pending (a child workflow or a fanned-out call has not finished), so it cannot be "
+            f"pending (a child workflow or a fanned-out call that has not finished, a sleep not "
+            f"yet over, or a receive still waiting), so it cannot be "
             f"copied; fork from step {pending[0]} or earlier, or wait for it to finish"
         )
     return None
