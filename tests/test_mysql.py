@@ -382,3 +382,46 @@ async def test_a_committed_transaction_is_not_rolled_back_again_on_its_return(
             assert locked.scalar_one() == "wf"
         finally:
             other.close()
+
+
+TX_REG = durable.Registry()
+TX_META = sa.MetaData()
+TX_ROWS = sa.Table("app_tx_rows", TX_META, sa.Column("n", sa.Integer, primary_key=True))
+tx_threads: list[str] = []
+
+
+@durable.transaction(name="tests.mysql.tx_in_a_thread")
+def tx_in_a_thread(conn: sa.Connection, n: int) -> str:
+    import threading
+
+    tx_threads.append(threading.current_thread().name)
+    conn.execute(TX_ROWS.insert().values(n=n))
+    level = conn.execute(sa.text("SELECT @@session.tx_isolation")).scalar_one()
+    zone = conn.execute(sa.text("SELECT @@session.time_zone")).scalar_one()
+    return f"{level} {zone}"
+
+
+@durable.workflow(name="tests.mysql.tx.v1", registry=TX_REG)
+async def tx_workflow(n: int) -> str:
+    return await tx_in_a_thread.aio(n)
+
+
+@pytest.mark.mysql
+async def test_a_sync_transactional_step_runs_in_a_thread(mysql_backend_url: str) -> None:
+    """On MariaDB a def transactional step ran on the event loop (its body blocked the
+    heartbeats while it worked); it runs in a thread now, on a session set as the async
+    engine's (READ COMMITTED, the clock in UTC), and its write commits with its record."""
+    sync_url = sa.make_url(mysql_backend_url).set(drivername="mysql+pymysql")
+    engine = sa.create_engine(sync_url)
+    TX_META.create_all(engine)
+    tx_threads.clear()
+    try:
+        backend = durable.connect(mysql_backend_url)
+        async with durable.Runtime(backend, registry=TX_REG, recover=False) as rt:
+            assert await rt.run(tx_workflow, 3, workflow_id="tx") == "READ-COMMITTED +00:00"
+            assert await rt.run(tx_workflow, 3, workflow_id="tx") == "READ-COMMITTED +00:00"
+        assert len(tx_threads) == 1 and tx_threads[0] != "MainThread"  # replayed, not run again
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(TX_ROWS.c.n)).scalars().all() == [3]
+    finally:
+        engine.dispose()

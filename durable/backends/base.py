@@ -996,8 +996,8 @@ class PersistentBackend(ABC):
 
     def _no_transactions(self, what: str) -> ConfigurationError:
         return ConfigurationError(
-            f"{what} needs a backend that stores durable's tables in a SQL database (SQLite or "
-            f"PostgreSQL through durable.connect / SQLAlchemyBackend); {type(self).__name__} "
+            f"{what} needs a backend that stores durable's tables in a SQL database (SQLite, "
+            f"PostgreSQL or MySQL/MariaDB through durable.connect / SQLAlchemyBackend); {type(self).__name__} "
             "does not (its supports_transactions is False)"
         )
 

@@ -175,6 +175,7 @@ class SQLAlchemyBackend(
         self._build_statements()
         # sync workflows' threads record steps on connections of their own; only on engines
         # durable created, whose connect arguments it knows
+        self._engine_options = dict(engine_options or {}) if self._owns_engine else None
         self._connect_args = connect_args_for(
             engine.url, (engine_options or {}).get("connect_args") if self._owns_engine else None
         )

@@ -89,6 +89,7 @@ class SQLCore(PersistentBackend):
     #: whether the hot path's statements run straight on the driver (PostgreSQL, async engine)
     _direct: bool
     _blocking: BlockingDirectStatements | None
+    _engine_options: dict[str, Any] | None  # as given, on engines durable created
     #: the connect arguments the engine was created with, where durable created it (else {})
     _connect_args: dict[str, Any]
     _started: bool

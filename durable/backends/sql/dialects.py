@@ -34,6 +34,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -693,13 +694,7 @@ def _create_engine(
         _configure_sqlite(engine, synchronous, memory)
         return engine
     if url.get_backend_name() == "mysql":
-        # no gap locks between claimers; the session's clock in UTC (UTC_TIMESTAMP is anyway)
-        options.setdefault("isolation_level", "READ COMMITTED")
-        options.setdefault("pool_recycle", MYSQL_POOL_RECYCLE)
-        connect_args = options["connect_args"] = dict(options.get("connect_args", {}))
-        connect_args.setdefault("init_command", "SET time_zone = '+00:00'")
-        if "charset" not in url.query:
-            connect_args.setdefault("charset", "utf8mb4")
+        _mysql_sessions(url, options)
     # the pool's reset of a connection coming back: see mysql.rollback_unless_ended
     reset_by_durable = url.get_backend_name() == "mysql" and "pool_reset_on_return" not in options
     if reset_by_durable:
@@ -718,6 +713,29 @@ def _create_engine(
     if url.get_backend_name() == "postgresql":
         sa.event.listen(async_engine.sync_engine, "handle_error", _read_only_session_is_lost)
     return async_engine
+
+
+def _mysql_sessions(url: URL, options: dict[str, Any]) -> None:
+    """MySQL/MariaDB: the sessions durable's engines open, set in ``options`` unless given."""
+    # no gap locks between claimers; the session's clock in UTC (UTC_TIMESTAMP is anyway)
+    options.setdefault("isolation_level", "READ COMMITTED")
+    options.setdefault("pool_recycle", MYSQL_POOL_RECYCLE)
+    connect_args = options["connect_args"] = dict(options.get("connect_args", {}))
+    connect_args.setdefault("init_command", "SET time_zone = '+00:00'")
+    if "charset" not in url.query:
+        connect_args.setdefault("charset", "utf8mb4")
+
+
+def mysql_thread_engine(url: URL, engine_options: dict[str, Any] | None) -> sa.Engine | None:
+    """MySQL/MariaDB: a sync engine (PyMySQL) on ``url``'s database, its sessions as those of
+    :func:`create_engine`'s async one, for the bodies of sync transactional steps, which run
+    in threads (on the async engine they ran on the event loop, which stopped the heartbeats
+    while they worked). None without PyMySQL (asyncmy's users)."""
+    if importlib.util.find_spec("pymysql") is None:
+        return None
+    options = dict(engine_options or {})
+    _mysql_sessions(url, options)
+    return sa.create_engine(url.set(drivername="mysql+pymysql"), **options)
 
 
 def _read_only_session_is_lost(context: sa.engine.ExceptionContext) -> None:

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from durable.backends.sql.core import SQLCore
+from durable.backends.sql.dialects import mysql_thread_engine
 from durable.backends.sql.direct import CompiledStatement
 from durable.backends.sql.runners import AsyncRunner, InlineRunner
 from durable.backends.sql.urls import shown_url
@@ -75,20 +76,28 @@ class Transactions(SQLCore):
         """A sync engine whose transactions may run in any thread, for sync bodies: the
         standard-library SQLite driver's own engine (files); on PostgreSQL, for engines durable
         created, a sync psycopg engine opened lazily with the same connect arguments as the
-        hot path's sync connections (closed with the backend). None elsewhere: the body then
-        runs in the async engine's transaction, on its event loop."""
+        hot path's sync connections; on MySQL/MariaDB, for engines durable created, a PyMySQL
+        engine with the async one's session settings (both closed with the backend). None
+        elsewhere: the body then runs in the async engine's transaction, on its event loop."""
         runner = self._runner
         if isinstance(runner, InlineRunner):
             return runner.engine if runner.thread_safe else None
-        blocking = self._blocking
-        if blocking is None:
-            return None
         engine: sa.Engine | None = self.__dict__.get("_tx_engine")
-        if engine is None:
+        if engine is not None:
+            return engine
+        blocking = self._blocking
+        made: sa.Engine | None
+        if blocking is not None:
             made = sa.create_engine(self.engine.url, creator=blocking.connect)
-            engine = self.__dict__.setdefault("_tx_engine", made)
-            if engine is not made:  # another thread made one meanwhile
-                made.dispose()
+        elif self.dialect.name == "mysql" and self._engine_options is not None:
+            made = mysql_thread_engine(self.engine.url, self._engine_options)
+        else:
+            made = None
+        if made is None:
+            return None
+        engine = self.__dict__.setdefault("_tx_engine", made)
+        if engine is not made:  # another thread made one meanwhile
+            made.dispose()
         return engine
 
     def _close_transactions(self) -> None:
