@@ -997,8 +997,8 @@ class PersistentBackend(ABC):
     def _no_transactions(self, what: str) -> ConfigurationError:
         return ConfigurationError(
             f"{what} needs a backend that stores durable's tables in a SQL database (SQLite, "
-            f"PostgreSQL or MySQL/MariaDB through durable.connect / SQLAlchemyBackend); {type(self).__name__} "
-            "does not (its supports_transactions is False)"
+            "PostgreSQL or MySQL/MariaDB through durable.connect / SQLAlchemyBackend); "
+            f"{type(self).__name__} does not (its supports_transactions is False)"
         )
 
     async def run_transactional_step(
