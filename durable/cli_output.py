@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import click
 
 from durable.errors import DurableError, InvalidArgumentError
-from durable.validation import check_id, check_labels
+from durable.validation import check_id, check_labels, in_utc
 
 T = TypeVar("T")
 
@@ -181,9 +181,7 @@ def moment(ctx: click.Context, param: click.Parameter, value: str | None) -> dat
         except ValueError:
             raise click.BadParameter(f"{exc} (or an ISO 8601 time)", ctx, param) from None
         try:
-            return (parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)).astimezone(
-                UTC
-            )
+            return in_utc(parsed)
         except OverflowError:
             raise click.BadParameter(
                 f"{value!r} is not a time in UTC's range", ctx, param

@@ -545,8 +545,10 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         return self._finished[0]
 
     def note_finished(self) -> None:
-        """An execution run in this process has finished (its outcome committed): the waits of
-        :meth:`result` look again now. Called by the runtime that ran it (from any thread)."""
+        """An execution run in this process has finished (its outcome committed), or one that
+        a runtime of this client drives (a child run by its parent, ``runtime.run``) is due
+        again: the waits of :meth:`result`, and the drives, look again now. Called by the
+        runtime that ran or claimed it (from any thread)."""
         finished, self._finished = self._finished, None
         if finished is None:
             return

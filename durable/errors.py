@@ -366,9 +366,6 @@ class RaisedToStopError(DurableError):
     it stopped the runtime's event loop, or was taken for a shutdown and the execution claimed
     again at once, in a loop without end."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-
     @classmethod
     def of(cls, exc: BaseException) -> RaisedToStopError:
         """The failure that stands for ``exc``."""

@@ -218,6 +218,15 @@ def check_duration(value: Any, what: str) -> timedelta:
     return timedelta(seconds=check_positive_float(value, what))
 
 
+def in_utc(stamp: datetime) -> datetime:
+    """``stamp`` in UTC, a naive one read as a UTC time.
+
+    :raises OverflowError: it is no time in UTC's range (near either end of datetime's, with
+        an offset that takes it past).
+    """
+    return (stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)).astimezone(UTC)
+
+
 def check_run_after(value: Any, what: str = "run_after") -> datetime:
     """A timezone-aware ``datetime`` before :data:`LATEST_TIME`."""
     if not isinstance(value, datetime):

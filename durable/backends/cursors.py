@@ -7,10 +7,11 @@ A cursor from one backend means the same in another, so the encoding lives here 
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
+from datetime import datetime
 
 from durable.errors import InvalidArgumentError
 from durable.models import WorkflowInfo
+from durable.validation import in_utc
 
 
 def encode_cursor(info: WorkflowInfo) -> str:
@@ -24,10 +25,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     """Undo :func:`encode_cursor`; raises InvalidArgumentError on a malformed cursor."""
     try:
         stamp, _, instance_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        created = datetime.fromisoformat(stamp)
-        if created.tzinfo is None:
-            created = created.replace(tzinfo=UTC)
-        created = created.astimezone(UTC)  # a time near either end may not be one in UTC
+        created = in_utc(datetime.fromisoformat(stamp))
     except (ValueError, OverflowError):
         raise InvalidArgumentError(f"malformed listing cursor {cursor!r}") from None
     if "\x00" in instance_id:  # no id holds one (databases refuse it in text)

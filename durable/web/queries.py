@@ -26,7 +26,7 @@ from durable.overview import COUNT_CAP as COUNT_CAP
 from durable.overview import QueueRow as QueueRow
 from durable.overview import queue_rows as queue_rows
 from durable.overview import status_counts as status_counts
-from durable.validation import check_labels, check_name
+from durable.validation import check_labels, check_name, in_utc
 
 #: Rows read at most for one page when a queue filter drops rows.
 SCAN_BUDGET = 2000
@@ -76,10 +76,9 @@ def parse_time(value: str, what: str) -> datetime:
     :raises InvalidArgumentError: not such a time.
     """
     try:
-        stamp = datetime.fromisoformat(value.strip())
         # in UTC, as the form shows it again; a day inside datetime's range, for the cursor
         # made from it (one microsecond later)
-        stamp = (stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)).astimezone(UTC)
+        stamp = in_utc(datetime.fromisoformat(value.strip()))
         if (
             not datetime.min.replace(tzinfo=UTC) + _DAY
             <= stamp

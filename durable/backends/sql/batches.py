@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,7 +39,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from durable.backends.base import batch_owners, check_aware, clash_error
-from durable.backends.sql.core import WORKFLOW_COLUMNS, SQLCore, write_labels
+from durable.backends.sql.core import WORKFLOW_COLUMNS, Creation, SQLCore, write_labels
 from durable.backends.sql.direct import CompiledStatement
 from durable.backends.sql.runners import InlineRunner
 from durable.backends.sql.schema import UTCDateTime, tasks, workflow_labels, workflows
@@ -242,12 +242,11 @@ class Enqueues(SQLCore):
         return results
 
     def _creation(
-        self, batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]], *, locked: bool = False
-    ) -> tuple[Callable[[sa.Connection], list[tuple[WorkflowInfo, bool]]], bool]:
+        self, batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]]
+    ) -> tuple[Creation, bool]:
         """What :meth:`create_workflows` runs in its transaction (every value checked here,
         before it runs), for other operations to run in theirs; and whether it adds tasks
-        (the caller tells workers after the commit). ``locked``: the existing rows are looked
-        up by a locking read (MySQL: the latest committed rows, not the snapshot's)."""
+        (the caller tells workers after the commit)."""
         owners = batch_owners(batch)
         now = self.clock()
         firsts = [index for index, owner in enumerate(owners) if owner == index]
@@ -274,7 +273,7 @@ class Enqueues(SQLCore):
             except SerializationError as exc:
                 raise SerializationError(f"inputs[{index}]: {exc}") from exc
 
-        def fn(conn: sa.Connection) -> list[tuple[WorkflowInfo, bool]]:
+        def fn(conn: sa.Connection, *, locked: bool = False) -> list[tuple[WorkflowInfo, bool]]:
             # the rows that exist already (a clash with another workflow name refuses the
             # batch): on SQLite looked up first (its INSERT would fail on them); PostgreSQL's
             # skips them (ON CONFLICT DO NOTHING), so only the rows it did not insert are

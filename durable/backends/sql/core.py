@@ -22,7 +22,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -74,6 +74,16 @@ P_IID = sa.bindparam("p_iid", type_=sa.String())
 P_POSITION = sa.bindparam("p_position", type_=sa.Integer())
 P_TID = sa.bindparam("p_tid", type_=sa.String())
 P_WID = sa.bindparam("p_wid", type_=sa.String())
+
+
+class Creation(Protocol):
+    """What ``Enqueues._creation`` (:mod:`.batches`) makes: a batch's writes, on ``conn``, in
+    its transaction. ``locked``: the existing rows are looked up by a locking read (MySQL: the
+    latest committed rows, not the transaction's snapshot)."""
+
+    def __call__(
+        self, conn: sa.Connection, *, locked: bool = False
+    ) -> list[tuple[WorkflowInfo, bool]]: ...
 
 
 class SQLCore(PersistentBackend):

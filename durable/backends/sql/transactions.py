@@ -22,7 +22,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from durable.backends.sql.core import SQLCore
+from durable.backends.sql.core import Creation, SQLCore
 from durable.backends.sql.dialects import mysql_thread_engine
 from durable.backends.sql.direct import CompiledStatement
 from durable.backends.sql.runners import AsyncRunner, InlineRunner
@@ -60,11 +60,8 @@ class Transactions(SQLCore):
         ]: ...
 
         def _creation(
-            self,
-            batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]],
-            *,
-            locked: bool = False,
-        ) -> tuple[Callable[[sa.Connection], list[tuple[WorkflowInfo, bool]]], bool]: ...
+            self, batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]]
+        ) -> tuple[Creation, bool]: ...
 
         def _sending(
             self, instance_id: str, topic: str, text: str, idempotency_key: str | None
@@ -309,9 +306,8 @@ class Transactions(SQLCore):
             except sa.exc.IntegrityError as exc:
                 if not self.dialect.duplicate_key(exc):
                     raise
-            again, _with_tasks = self._creation(batch, locked=True)
             with conn.begin_nested():
-                return again(conn)
+                return fn(conn, locked=True)
 
     def send_in_transaction(
         self,
