@@ -31,6 +31,7 @@ from durable.cli_output import (
     emit,
     json_option,
     jsonable,
+    log_to_stderr,
     reported_errors,
     stamp,
     when,
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 url_argument = click.argument("url", metavar="URL")
-LOG_FORMAT = "%(asctime)s %(levelname)-5s [%(name)s] %(message)s"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -67,7 +67,7 @@ def main(verbose: int) -> None:
     success, 1 when the command fails (or a check does not pass), 2 on a usage error.
     """
     if verbose:
-        logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO, format=LOG_FORMAT)
+        log_to_stderr(logging.DEBUG if verbose > 1 else logging.INFO)
 
 
 def open_backend(
@@ -309,7 +309,7 @@ def worker(
     keeps going through database outages.
     """
     if not logging.getLogger().handlers:  # no -v: durable's INFO and up, others' warnings
-        logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+        log_to_stderr(logging.WARNING)
         logging.getLogger("durable").setLevel(logging.INFO)
     runtime = load_runtime(target)
     try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import logging
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -72,6 +73,27 @@ def printable(text: str) -> str:
     for ESC: a stored value (an error's message, a label) shown in a terminal must not drive
     it (set its title, clear it, colour what follows)."""
     return _CONTROL.sub(lambda found: repr(found.group())[1:-1], text)
+
+
+class _EscapingFormatter(logging.Formatter):
+    """A formatter whose lines show control characters as :func:`printable` does."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
+#: How the commands' log lines look on stderr.
+LOG_FORMAT = "%(asctime)s %(levelname)-5s [%(name)s] %(message)s"
+
+
+def log_to_stderr(level: int) -> None:
+    """Log records of ``level`` and up to stderr, one line each (a traceback on the lines
+    after), unless logging is configured already. A record's control characters are written as
+    escapes, wherever stderr goes: its message may hold stored values (a workflow's error) that
+    must not drive the terminal that shows the log, then or when a log file is read later."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_EscapingFormatter(LOG_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def say(text: str) -> None:

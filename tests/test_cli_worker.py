@@ -213,3 +213,38 @@ def test_worker_command_rejects_a_bad_target(tmp_path: Path) -> None:
     result = runner.invoke(main, ["worker", "json:dumps"])
     assert result.exit_code == 2 and "json:dumps takes arguments" in result.output
     assert os.sep  # the module imported fine; its attribute is not a runtime
+
+
+HOSTILE_APP = """
+import durable
+
+@durable.workflow(name="cli.hostile.v1")
+async def hostile() -> None:
+    raise ValueError("declined\\x1b]0;owned\\x07\\x1b[2J done")
+
+runtime = durable.Runtime(durable.connect({url!r}), executor_id="cli-hostile", claim_ttl=5)
+"""
+
+
+@pytest.mark.slow
+def test_the_worker_log_escapes_control_characters_of_a_stored_error(tmp_path: Path) -> None:
+    """A dead letter's log line holds the workflow's error message: its escape sequences (a
+    terminal title, a screen clear) are written as escapes, not sent to whatever shows stderr."""
+    url = f"sqlite:///{tmp_path / 'hostile.db'}"
+    (tmp_path / "hostileapp.py").write_text(textwrap.dedent(HOSTILE_APP.format(url=url)))
+    with durable.Client(url) as client:
+        wid = client.enqueue_sync("cli.hostile.v1", max_attempts=1)
+    proc = start_worker(tmp_path, "hostileapp:runtime", "--poll-interval", "0.05")
+    try:
+        with (
+            durable.Client(url) as client,
+            pytest.raises(durable.errors.WorkflowDeadLetteredError),
+        ):
+            client.result_sync(wid, timeout=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        err = stderr_at_exit(proc)
+    assert proc.returncode == 0, err
+    assert f"workflow {wid} (cli.hostile.v1) was dead-lettered" in err
+    assert "ValueError: declined\\x1b]0;owned\\x07\\x1b[2J done" in err
+    assert "\x1b" not in err and "\x07" not in err
