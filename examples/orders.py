@@ -102,8 +102,12 @@ def main(url: str) -> None:
         engine = sa.create_engine(app_url(url))
         META.create_all(engine)  # the application's tables, in the same database
         with engine.begin() as conn:
-            conn.execute(stock.delete())
-            conn.execute(orders.delete())
+            if conn.execute(sa.select(sa.func.count()).select_from(orders)).scalar_one():
+                # durable keeps the earlier checkouts, and their idempotency keys: placing the
+                # same orders again would return those, and run nothing
+                print("this database holds the orders of an earlier run: start from an empty")
+                print("one (delete orders.db) to run the example again")
+                return
             conn.execute(stock.insert().values(sku="mug", qty=5))
 
         ids = [place_order(engine, f"o-{n}", "mug", qty) for n, qty in ((1, 2), (2, 2), (3, 10))]

@@ -79,6 +79,9 @@ def test_orders_example_creates_its_tables_and_reserves_stock_once(tmp_path: Pat
         "orders: {'o-1': 'reserved', 'o-2': 'reserved', 'o-3': 'rejected'}; mugs left: 1; "
         "checkouts: 3",
     ]
+    again = run_example("orders.py", tmp_path)  # the same orders.db: said, not half-run
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.splitlines()[0].startswith("this database holds the orders of an earlier")
 
 
 @pytest.mark.slow
