@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -196,8 +195,7 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
             with contextlib.suppress(Exception):  # the start's error is the one to see
                 await self.backend.close()
             raise
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
+        self._on_this_loop()
         self._started = True
 
     async def close(self) -> None:

@@ -5,7 +5,8 @@ A :class:`Portal` owns one event loop in a daemon thread. Any number of threads 
 still running (their callers get :class:`~durable.errors.DurableError`), then ends the loop the way
 :func:`asyncio.run` does (remaining tasks cancelled, async generators and the default executor
 shut down); a call made after that is refused at once. No caller is ever left waiting on a loop
-that no longer runs.
+that no longer runs, not even in a process forked from the one that started it: there the
+loop's thread does not exist, and a call is refused at once (:func:`forked_message`).
 
 :class:`SyncStartable` is the start/close lifecycle built on it that a client and a runtime
 share: ``async with``, or reference-counted ``with`` / ``start_sync()`` and blocking calls.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Coroutine
 from types import TracebackType
@@ -24,6 +26,26 @@ from typing import Any, ClassVar, Self, TypeVar
 from durable.errors import DurableError
 
 T = TypeVar("T")
+
+#: What was started in a process that later forked, and is no longer used in the fork: kept
+#: here so that it is never finalized in the fork, where closing its connections (which the
+#: parent still uses) would close them for the parent too.
+_LEFT_BEHIND: list[object] = []
+
+
+def forked_message(owner: str, pid: int) -> str:
+    """Why a call in a fork of the process that started ``owner`` is refused."""
+    return (
+        f"the {owner} was started in process {pid}, and this process ({os.getpid()}) is a fork "
+        "of it: the event loop and the connections it runs on stayed there. Start it in this "
+        f"process: after the fork (gunicorn's post_fork hook, or on first use), or a new {owner}"
+    )
+
+
+def leave_behind(obj: object) -> None:
+    """Keep ``obj``, started by the process this one was forked from, from being finalized
+    here (see :data:`_LEFT_BEHIND`): for what replaces it in a fork."""
+    _LEFT_BEHIND.append(obj)
 
 
 class Portal:
@@ -38,6 +60,8 @@ class Portal:
         self._lock = threading.Lock()
         self._stopping = False
         self._calls: set[asyncio.Task[Any]] = set()
+        self.pid = os.getpid()
+        """The process the loop runs in."""
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(ready,), name=name, daemon=True)
         self._thread.start()
@@ -59,8 +83,11 @@ class Portal:
 
         :raises DurableError: the portal is stopped, or it was stopped while ``coro`` ran (the
             coroutine was then cancelled), or this is the portal's own thread (waiting here
-            would block the loop that must run ``coro``).
+            would block the loop that must run ``coro``), or a fork of the portal's process.
         """
+        if os.getpid() != self.pid:
+            coro.close()
+            raise DurableError(forked_message(self._owner, self.pid))
         if self.on_own_thread():
             coro.close()
             raise DurableError(
@@ -93,7 +120,8 @@ class Portal:
     def stop(self, last: Callable[[], Coroutine[Any, Any, Any]] | None = None) -> None:
         """Refuse new calls, cancel the calls still running and wait for them to unwind, then
         run ``last()`` on the loop (its exception is raised here), stop the loop and wait for its
-        thread. Idempotent.
+        thread. Idempotent. In a fork of the portal's process (where its loop does not run) it
+        only refuses new calls.
 
         :raises DurableError: this is the portal's own thread.
         """
@@ -105,6 +133,8 @@ class Portal:
             if self._stopping:
                 return
             self._stopping = True
+        if os.getpid() != self.pid:
+            return
         try:
             asyncio.run_coroutine_threadsafe(self._shutdown(last), self.loop).result()
         finally:
@@ -142,12 +172,28 @@ class SyncStartable:
         self._started = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
+        self._loop_pid = 0
         self._portal: Portal | None = None
         self._sync_lock = threading.Lock()  # guards _portal and _sync_users
         self._sync_users = 0
 
     async def start(self) -> None:
         raise NotImplementedError
+
+    def _on_this_loop(self) -> None:
+        """Record the running loop as the one the object was started on (by :meth:`start`)."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._loop_pid = os.getpid()
+
+    def started_elsewhere(self) -> bool:
+        """Whether it was started in another process, of which this one is a fork: it cannot
+        be used here (the loop and the connections it runs on stayed in that process), and
+        closing it here only marks it closed. Start a new one in this process."""
+        portal = self._portal
+        if portal is not None:
+            return portal.pid != os.getpid()
+        return self._started and self._loop_pid != os.getpid()
 
     async def close(self) -> None:
         raise NotImplementedError
@@ -262,13 +308,17 @@ class SyncStartable:
         async code that started it in another thread.
 
         :raises DurableError: it is not started (or was closed while the call ran), or this is
-            the thread of its own event loop (await the coroutine instead).
+            the thread of its own event loop (await the coroutine instead), or a fork of the
+            process that started it (:meth:`started_elsewhere`).
         """
         portal = self._portal
         if portal is not None:
             return portal.call(coro)
         loop = self._loop
         noun = self._noun
+        if self._started and self._loop_pid != os.getpid():
+            coro.close()
+            raise DurableError(forked_message(noun, self._loop_pid))
         if not self._started or loop is None or loop.is_closed():
             coro.close()
             raise DurableError(

@@ -32,7 +32,6 @@ import contextlib
 import logging
 import os
 import socket
-import threading
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -234,8 +233,7 @@ class Runtime(Operations, Serving):
         except BaseException:
             await self.backend.close()
             raise
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
+        self._on_this_loop()
         self._threads = ThreadPoolExecutor(self._max_threads, thread_name_prefix=STEP_THREAD_PREFIX)
         self._started = True
         await self.backend.register_workflows(
@@ -250,7 +248,7 @@ class Runtime(Operations, Serving):
             self._node_heartbeats(), name="durable-node-heartbeat"
         )
         self._watchdog = LoopWatchdog(
-            self._loop,
+            asyncio.get_running_loop(),
             self._loop_thread,
             executor_id=self.executor_id,
             claim_ttl=self.claim_ttl.total_seconds(),

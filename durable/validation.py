@@ -99,6 +99,20 @@ def check_names(values: Any, what: str) -> list[str] | None:
     return [check_name(v, f"each of {what}") for v in values]
 
 
+def check_queues(values: Any, what: str) -> list[str] | None:
+    """None (every queue), or a non-empty list of queue names, as :func:`check_names`: an empty
+    list would serve no queue, and a worker given one would claim nothing, silently.
+
+    :raises InvalidArgumentError: not a list of names, or an empty one."""
+    names = check_names(values, what)
+    if names is not None and not names:
+        raise InvalidArgumentError(
+            f"{what} is empty: a worker would claim nothing (name the queues, or give None "
+            "for every queue)"
+        )
+    return names
+
+
 def derived_id(base: str, suffix: str) -> str:
     """``base + suffix``, or when that is longer than :data:`MAX_ID_LENGTH`, ``base`` shortened
     to a readable prefix and a hash of the whole of it, then ``suffix``. The same inputs always

@@ -73,6 +73,7 @@ from durable.validation import (
     check_non_negative_float,
     check_positive_float,
     check_positive_int,
+    check_queues,
 )
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class Worker:
         check_positive_float(poll_interval, "poll_interval")
         self.runtime = runtime
         self.concurrency = concurrency
-        self.queues = check_names(queues, "queues")
+        self.queues = check_queues(queues, "queues")
         self._names = check_names(names, "names")
         self.poll_interval = poll_interval
         self._running: set[asyncio.Task[Any]] = set()
@@ -555,7 +556,7 @@ async def serve(
     """
     check_positive_int(concurrency, "concurrency")
     check_positive_float(poll_interval, "poll_interval")
-    check_names(queues, "queues")
+    check_queues(queues, "queues")
     check_non_negative_float(grace, "grace")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

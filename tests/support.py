@@ -4,8 +4,12 @@ and reaching a test's PostgreSQL database with psycopg."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
+import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 
 import psycopg
@@ -64,3 +68,24 @@ async def terminate_other_sessions(url: str) -> None:
             " WHERE datname = %s AND pid <> pg_backend_pid()",
             (sa.make_url(url).database,),
         )
+
+
+def in_a_fork(body: Callable[[], object], *, within: float = 20.0) -> int:
+    """Run ``body`` in a child process forked from this one, as a preforking server (gunicorn
+    ``--preload``) runs its workers; returns the child's exit status: 0 if ``body`` returned, 1
+    if it raised (its traceback on stderr), or -SIGALRM if it still ran after ``within``
+    seconds."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's outcome is its exit status
+        status = 1
+        try:
+            signal.alarm(max(1, round(within)))
+            body()
+            status = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)

@@ -139,6 +139,12 @@ async def test_a_worker_with_no_workflow_to_serve_is_refused() -> None:
     async with durable.Runtime(durable.connect("memory://"), registry=REG, recover=False) as rt:
         with pytest.raises(durable.NothingToServeError, match="names is empty"):
             await rt.start_worker(names=[])
+        # no queue to claim from: refused, not a worker that claims nothing and says nothing
+        with pytest.raises(durable.InvalidArgumentError, match="queues is empty"):
+            await rt.start_worker(queues=[])
+        with pytest.raises(durable.InvalidArgumentError, match="queues is empty"):
+            await durable.worker.serve(rt, queues=())
+        assert rt._workers == []
         assert isinstance(durable.NothingToServeError(), durable.ConfigurationError)
 
 

@@ -20,7 +20,8 @@
 
 Flask views are sync, so they use the blocking API (the ``_sync`` methods): the client (or
 runtime) runs on a background event loop of its own, opened on first use in each process (so
-after a server such as gunicorn forks its workers), shared by every request thread, and closed
+after a server such as gunicorn forks its workers; one opened before the fork, by a preloaded
+app, is opened again in each child), shared by every request thread, and closed
 when the process exits. Configuration, from ``app.config``:
 
 ========================= ======================================================================
@@ -48,12 +49,13 @@ from flask import Flask, current_app
 from durable.client import Client
 from durable.connect import connect
 from durable.errors import ConfigurationError, DurableError
+from durable.portal import leave_behind
 from durable.runtime import Runtime
 from durable.validation import (
-    check_names,
     check_optional_id,
     check_positive_float,
     check_positive_int,
+    check_queues,
 )
 
 EXTENSION = "durable"
@@ -78,7 +80,7 @@ class _Opened:
         self.concurrency = check_positive_int(
             config.get("DURABLE_CONCURRENCY", 10), "DURABLE_CONCURRENCY"
         )
-        self.queues = check_names(config.get("DURABLE_QUEUES"), "DURABLE_QUEUES")
+        self.queues = check_queues(config.get("DURABLE_QUEUES"), "DURABLE_QUEUES")
         self.executor_id = check_optional_id(
             config.get("DURABLE_EXECUTOR_ID"), "DURABLE_EXECUTOR_ID"
         )
@@ -92,6 +94,11 @@ class _Opened:
 
     def client(self) -> Client:
         with self._lock:
+            if self._client is not None and self._client.started_elsewhere():
+                # opened before the server forked this process (gunicorn --preload): the loop
+                # it runs on stayed in the parent, so this process opens its own
+                leave_behind(self._runtime or self._client)
+                self._runtime = self._client = None
             if self._client is None:
                 self._open()
             assert self._client is not None
@@ -137,7 +144,9 @@ class _Opened:
         with self._lock:
             runtime, client = self._runtime, self._client
             self._runtime = self._client = None
-        if runtime is not None:
+        if client is not None and client.started_elsewhere():
+            leave_behind(runtime or client)  # the parent's: it closes them
+        elif runtime is not None:
             runtime.close_sync()  # its worker first: running executions are handed back
         elif client is not None:
             client.close_sync()

@@ -35,10 +35,10 @@ from durable.errors import DurableError, InvalidArgumentError
 from durable.runtime import Runtime
 from durable.validation import (
     check_bool,
-    check_names,
     check_non_negative_float,
     check_positive_float,
     check_positive_int,
+    check_queues,
 )
 
 RUNTIME_STATE = "durable_runtime"
@@ -147,7 +147,7 @@ def durable_lifespan(
     """
     check_bool(worker, "worker")
     check_positive_int(concurrency, "concurrency")
-    check_names(queues, "queues")
+    check_queues(queues, "queues")
     check_positive_float(poll_interval, "poll_interval")
     check_non_negative_float(grace, "grace")
     if lifespan is not None and not callable(lifespan):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import in_a_fork
 
 import durable
 
@@ -138,6 +139,9 @@ def test_durable_migrate_when_auto_migrate_is_off(
         ({"URL": "sqlite:///x.db", "CONCURENCY": 4}, durable.ConfigurationError, "CONCURENCY"),
         ({"URL": "sqlite:///x.db", "CONCURRENCY": 0}, durable.InvalidArgumentError, "CONCURRENCY"),
         ({"URL": "sqlite:///x.db", "WORKFLOWS": "orders"}, durable.ConfigurationError, "WORKFLOWS"),
+        ({"URL": "sqlite:///x.db", "WORKFLOWS": None}, durable.ConfigurationError, "WORKFLOWS"),
+        ({"URL": "sqlite:///x.db", "WORKFLOWS": 5}, durable.ConfigurationError, "WORKFLOWS"),
+        ({"URL": "sqlite:///x.db", "QUEUES": []}, durable.InvalidArgumentError, "QUEUES.* empty"),
         ({"URL": "sqlite://x.db"}, durable.ConfigurationError, "sqlite"),
     ],
 )
@@ -146,3 +150,40 @@ def test_a_bad_setting_is_a_clear_error(setting: Any, error: type[Exception], ma
 
     with override_settings(DURABLE=setting), pytest.raises(error, match=match):
         get_client()
+
+
+def test_the_worker_command_refuses_a_bad_option(sqlite_url: str) -> None:
+    """``--concurrency 0`` is refused as a negative one is, not replaced by the setting."""
+    from django.core.management.base import CommandError
+
+    with override_settings(DURABLE={"URL": sqlite_url, "WORKFLOWS": ["orders.workflows"]}):
+        for bad in (0, -3):
+            with pytest.raises(CommandError, match="concurrency"):
+                call_command("durable_worker", "--concurrency", str(bad))
+        with pytest.raises(CommandError, match="executor_id"):
+            call_command("durable_worker", "--executor-id", "")
+
+
+@pytest.mark.slow
+def test_a_client_used_before_a_fork_is_opened_again_in_the_child(durable_url: str) -> None:
+    """gunicorn --preload: the project is imported, and may use get_client(), in the parent;
+    each forked worker gets a client of its own on its first use, and the parent keeps its."""
+    from durable.integrations.django import close, get_client
+    from orders.workflows import checkout
+
+    with override_settings(DURABLE={"URL": durable_url}):
+        try:
+            parents = get_client()
+            parents.enqueue_sync(checkout, "o-1", 1, workflow_id="order-o-1")
+
+            def child() -> None:
+                own = get_client()
+                assert own is not parents
+                own.enqueue_sync(checkout, "o-2", 1, workflow_id="order-o-2")
+                close()
+
+            assert in_a_fork(child) == 0
+            assert get_client() is parents
+            assert parents.get_workflow_sync("order-o-2").status is durable.WorkflowStatus.PENDING
+        finally:
+            close()

@@ -138,6 +138,8 @@ def test_a_client_only_app_and_bad_arguments(sqlite_url: str) -> None:
         durable_lifespan(durable.Client(sqlite_url), worker=False, executor_id="x")
     with pytest.raises(durable.InvalidArgumentError, match="concurrency"):
         durable_lifespan(sqlite_url, concurrency=0)
+    with pytest.raises(durable.InvalidArgumentError, match="queues is empty"):
+        durable_lifespan(sqlite_url, queues=[])  # a worker that would claim nothing
     with pytest.raises(durable.InvalidArgumentError, match="got int"):
         durable_lifespan(42)  # type: ignore[arg-type]
 

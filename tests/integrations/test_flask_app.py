@@ -16,6 +16,7 @@ from typing import Any
 import flask_app
 import pytest
 from flask import Flask
+from support import in_a_fork
 
 import durable
 from durable.integrations.flask import Durable
@@ -124,6 +125,9 @@ def test_configuration_and_lifecycle(sqlite_url: str) -> None:
     bad.config.update(DURABLE_URL=sqlite_url, DURABLE_CONCURRENCY=0)
     with pytest.raises(durable.InvalidArgumentError, match="DURABLE_CONCURRENCY"):
         ext.init_app(bad)
+    bad.config.update(DURABLE_CONCURRENCY=2, DURABLE_QUEUES=[])  # a worker that claims nothing
+    with pytest.raises(durable.InvalidArgumentError, match="DURABLE_QUEUES is empty"):
+        ext.init_app(bad)
     with pytest.raises(durable.DurableError, match="not set up"):
         ext.client_for(Flask("other"))
 
@@ -143,3 +147,30 @@ def test_configuration_and_lifecycle(sqlite_url: str) -> None:
         assert again is not first
         assert again.get_workflow_sync(wid).status is durable.WorkflowStatus.PENDING
         ext.close()
+
+
+@pytest.mark.slow
+def test_a_client_used_before_a_fork_is_opened_again_in_the_child(durable_url: str) -> None:
+    """gunicorn --preload: the app is imported, and may use its client, in the parent; each
+    forked worker then gets a client of its own on the first use (not the parent's, whose loop
+    stayed there), and the parent's keeps working."""
+    app = Flask("preloaded")
+    app.config.update(DURABLE_URL=durable_url)
+    ext = Durable(app)
+    with app.app_context():
+        parents = ext.client
+        parents.enqueue_sync(flask_app.checkout, "o-1", 1, workflow_id="order-o-1")
+
+        def child() -> None:
+            with app.app_context():
+                own = ext.client
+                assert own is not parents
+                own.enqueue_sync(flask_app.checkout, "o-2", 1, workflow_id="order-o-2")
+                ext.close()
+
+        try:
+            assert in_a_fork(child) == 0
+            assert ext.client is parents
+            assert parents.get_workflow_sync("order-o-2").status is durable.WorkflowStatus.PENDING
+        finally:
+            ext.close()

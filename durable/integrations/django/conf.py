@@ -24,11 +24,11 @@ from django.conf import settings
 
 from durable.errors import ConfigurationError
 from durable.validation import (
-    check_names,
     check_non_negative_float,
     check_optional_id,
     check_positive_float,
     check_positive_int,
+    check_queues,
 )
 
 KEYS = {
@@ -79,7 +79,11 @@ def durable_settings() -> DurableSettings:
     if not isinstance(url, str) or not url:
         raise ConfigurationError(f"settings.DURABLE['URL'] must be a database URL, got {url!r}")
     workflows = raw.get("WORKFLOWS", ())
-    if isinstance(workflows, str) or not all(isinstance(m, str) and m for m in workflows):
+    if (
+        isinstance(workflows, str)
+        or not isinstance(workflows, list | tuple)
+        or not all(isinstance(m, str) and m for m in workflows)
+    ):
         raise ConfigurationError(
             f"settings.DURABLE['WORKFLOWS'] must be a list of module names, got {workflows!r}"
         )
@@ -88,7 +92,7 @@ def durable_settings() -> DurableSettings:
         raise ConfigurationError(
             f"settings.DURABLE['AUTO_MIGRATE'] must be True or False, got {auto_migrate!r}"
         )
-    queues = check_names(raw.get("QUEUES"), "settings.DURABLE['QUEUES']")
+    queues = check_queues(raw.get("QUEUES"), "settings.DURABLE['QUEUES']")
     return DurableSettings(
         url=url,
         workflows=tuple(workflows),

@@ -1,9 +1,11 @@
 """The process-wide client and runtime of a Django project, made from ``settings.DURABLE``.
 
 Each is opened on first use in a process (so after a server such as gunicorn forks its workers,
-and never by ``manage.py migrate`` and other commands that do not use it), shared by every
-request thread, and closed when the process exits. A change of the ``DURABLE`` setting
-(``override_settings`` in tests) closes them, and the next use opens them on the new settings.
+and never by ``manage.py migrate`` and other commands that do not use it; one opened before a
+fork, by ``gunicorn --preload`` importing code that uses it, is opened again in each child),
+shared by every request thread, and closed when the process exits. A change of the
+``DURABLE`` setting (``override_settings`` in tests) closes them, and the next use opens them on
+the new settings.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from django.core.signals import setting_changed
 from durable.client import Client
 from durable.connect import connect
 from durable.integrations.django.conf import DurableSettings, durable_settings
+from durable.portal import leave_behind
 from durable.runtime import Runtime
 
 _lock = threading.Lock()
@@ -44,6 +47,9 @@ def get_client() -> Client:
     """
     global _client
     with _lock:
+        if _client is not None and _client.started_elsewhere():
+            leave_behind(_client)  # opened before the server forked this process: the parent's
+            _client = None
         if _client is None:
             conf = durable_settings()
             client = Client(
@@ -65,6 +71,9 @@ def get_runtime() -> Runtime:
     """
     global _runtime
     with _lock:
+        if _runtime is not None and _runtime.started_elsewhere():
+            leave_behind(_runtime)
+            _runtime = None
         if _runtime is None:
             runtime = make_runtime()
             runtime.start_sync()
@@ -80,10 +89,11 @@ def close() -> None:
     with _lock:
         client, runtime = _client, _runtime
         _client = _runtime = None
-    if runtime is not None:
-        runtime.close_sync()
-    if client is not None:
-        client.close_sync()
+    for handle in (runtime, client):
+        if handle is not None and handle.started_elsewhere():
+            leave_behind(handle)  # the parent's: it closes it
+        elif handle is not None:
+            handle.close_sync()
 
 
 def _close_at_exit() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from durable.cli_output import log_to_stderr
 from durable.errors import DurableError
 from durable.integrations.django.conf import durable_settings
 from durable.integrations.django.handles import make_runtime
@@ -34,18 +35,21 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not logging.getLogger().handlers:  # durable's INFO and up: what it serves, failures
-            logging.basicConfig(
-                level=logging.WARNING, format="%(asctime)s %(levelname)-5s [%(name)s] %(message)s"
-            )
+            log_to_stderr(logging.WARNING)
             logging.getLogger("durable").setLevel(logging.INFO)
         try:
             conf = durable_settings()
-            extra = {"executor_id": options["executor_id"]} if options["executor_id"] else {}
+            given = options["executor_id"]
+            extra = {} if given is None else {"executor_id": given}
             runtime = make_runtime(conf, **extra)
             done = asyncio.run(
                 serve(
                     runtime,
-                    concurrency=options["concurrency"] or conf.concurrency,
+                    concurrency=(
+                        conf.concurrency
+                        if options["concurrency"] is None
+                        else options["concurrency"]
+                    ),
                     queues=options["queues"] or (list(conf.queues) if conf.queues else None),
                     grace=conf.grace if options["grace"] is None else options["grace"],
                     poll_interval=options["poll_interval"],
