@@ -179,6 +179,13 @@ class ExecutionContext:
     :meth:`record_markers` records them before anything after them is (:meth:`ensure_lease`,
     and the runtime before it records the outcome)."""
     _marker_lock: asyncio.Lock | None = None
+    patch_choices: dict[str, bool] = field(default_factory=dict)
+    """The branch :func:`durable.patched` chose for each patch id this run asked about: a later
+    check of the same id answers the same (see :mod:`durable.patching`)."""
+    history_complete: bool = False
+    """The history is all there will ever be (a replay check of an execution that succeeded): a
+    position it does not have is never reached for the first time, so no new patch marker is
+    taken there."""
     replay_only: bool = False
     """A check of the code against the history (:mod:`durable.replayer`): nothing runs or is
     written; the first position the history does not settle ends the replay

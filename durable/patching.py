@@ -11,7 +11,9 @@ named ``durable.patch:<patch id>``). Where the code asks ``if durable.patched("f
 * the history has nothing there: the execution reaches this point for the first time, under
   the new code: the marker is recorded and the new branch taken (True).
 
-So the choice is made once per execution and recorded; every later replay makes the same one,
+So the choice is made once per execution and recorded (a patch id checked again later in the
+execution gives the same answer, without a marker of its own); every later replay makes the
+same one,
 and a replay whose code does not match its history (the marker where a step was recorded, or
 a step where the marker was) still fails with :class:`~durable.errors.NonDeterminismError`.
 
@@ -60,6 +62,11 @@ def patched(patch_id: str) -> bool:
     workflow (and inside a step) it is True: the new code is the code.
 
     Patch ids are names (like step names): keep each one for one change, and never reuse one.
+    One change may check its id at several places (``if durable.patched("fee-v2")`` where the
+    fee is computed and again where it is refunded): the first check an execution reaches
+    decides, records its marker if it takes the new branch, and every later check of that id
+    in the execution answers the same, without a marker of its own, so an execution in flight
+    at the deploy takes the old branch or the new one everywhere, never a mix.
 
     :raises InvalidArgumentError: ``patch_id`` is empty, too long or not valid Unicode.
     :raises NonDeterminismError: the replay already diverged.
@@ -68,9 +75,17 @@ def patched(patch_id: str) -> bool:
     ctx = current()
     if ctx is None:
         return True
-    taken, guard = ctx.marker(patch_step_name(patch_id), record_new=True)
+    name = patch_step_name(patch_id)
+    chosen = ctx.patch_choices.get(patch_id)
+    if chosen is not None:
+        # asked before in this execution: the same branch. A marker that an earlier version of
+        # durable recorded at this check too is replayed (its position taken), none is recorded
+        ctx.marker(name, record_new=False)
+        return chosen
+    taken, guard = ctx.marker(name, record_new=not ctx.history_complete)
     if guard is not None and not guard.replayed and not ctx.replay_only:
         _record(ctx, guard)
+    ctx.patch_choices[patch_id] = taken
     return taken
 
 

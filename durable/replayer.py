@@ -174,6 +174,7 @@ async def replay_history(
         continuations=history.continuations,
         recorded_version=history.code_version,
         running_version=running,
+        history_complete=WorkflowStatus(history.status) is WorkflowStatus.SUCCEEDED,
         replay_only=True,
     )
     stored = history.input if isinstance(history.input, dict) else {}

@@ -376,3 +376,63 @@ async def test_recovery_resumes_only_the_versions_served(backend_url: str) -> No
     async with deploys.runtime(A_OLD, app_version="v1", executor_id="v1-app", **options) as rt:
         assert await rt.recover() == ["started"]
         assert await rt.result("started", timeout=WAIT) == [11, "went"]
+
+
+# -- one patch id checked at two places of one change -------------------------------------------
+
+T_OLD, T_NEW = durable.Registry(), durable.Registry()
+
+
+@durable.step(name="tp.twice.reserve_v1")
+async def reserve_v1(n: int) -> str:
+    return f"r1-{n}"
+
+
+@durable.step(name="tp.twice.reserve_v2")
+async def reserve_v2(n: int) -> str:
+    return f"r2-{n}"
+
+
+@durable.step(name="tp.twice.release_v1")
+async def release_v1(reservation: str) -> str:
+    return f"release1({reservation})"
+
+
+@durable.step(name="tp.twice.release_v2")
+async def release_v2(reservation: str) -> str:
+    return f"release2({reservation})"
+
+
+@durable.workflow(name="tp.twice.order", registry=T_OLD)
+async def twice_old(n: int) -> list[Any]:
+    reservation = await reserve_v1(n)
+    await durable.recv("go")
+    return [reservation, await release_v1(reservation)]
+
+
+@durable.workflow(name="tp.twice.order", registry=T_NEW)
+async def twice_new(n: int) -> list[Any]:
+    # one change, checked where it reserves and again where it releases
+    reservation = await (reserve_v2(n) if durable.patched("res-v2") else reserve_v1(n))
+    await durable.recv("go")
+    if durable.patched("res-v2"):
+        return [reservation, await release_v2(reservation)]
+    return [reservation, await release_v1(reservation)]
+
+
+@NO_AIOSQLITE
+async def test_a_patch_checked_twice_takes_one_branch_per_execution(backend_url: str) -> None:
+    """An execution that passed the first check under the old code and reaches the second one
+    under the new code takes the old branch there too (the first check decided), and a new
+    execution takes the new branch at both with one marker."""
+    deploys = Deploys(backend_url)
+    await start_waiting(deploys, T_OLD, "tp.twice.order", ["old"])
+    await start_waiting(deploys, T_NEW, "tp.twice.order", ["new"])
+    async with deploys.runtime(T_NEW) as rt:
+        await rt.start_worker(concurrency=4, poll_interval=0.01)
+        results = await finish(rt, ["old", "new"])
+        steps = {i: [s.name for s in await rt.list_steps(i)] for i in ("old", "new")}
+    assert results == {"old": ["r1-10", "release1(r1-10)"], "new": ["r2-10", "release2(r2-10)"]}
+    assert steps["old"] == ["tp.twice.reserve_v1", RECV_STEP, "tp.twice.release_v1"]
+    marker = "durable.patch:res-v2"
+    assert steps["new"] == [marker, "tp.twice.reserve_v2", RECV_STEP, "tp.twice.release_v2"]

@@ -205,3 +205,32 @@ def test_the_cli_exports_and_replays(tmp_path: Path, code_modules: None) -> None
     assert both.exit_code == 2 and "two workflows are named" in both.output
     usage = CliRunner().invoke(main, ["workflows", "replay", "-m", "code_patched"])
     assert usage.exit_code == 2 and "give a URL" in usage.output
+
+
+SYNC_TAILED = durable.Registry()
+
+
+@durable.workflow(name="tr.sync", registry=SYNC_TAILED)
+def sync_flow_tailed(n: int) -> int:
+    doubled = double(n) + 1
+    if durable.patched("tr-triple-after"):  # an addition after the last recorded step
+        triple(n)
+    return doubled
+
+
+async def test_a_patched_addition_after_a_succeeded_history_replays(tmp_path: Path) -> None:
+    """A succeeded execution never reaches a patch point again: its replay on code that adds a
+    patched step after its last one takes the old branch (returns as recorded), where an
+    execution in flight there would take the new one."""
+    history = await record(f"sqlite:///{tmp_path / 'tail.db'}", SYNC, sync_flow, "s")
+    result = await replay_async(sync_flow_tailed, history)
+    assert result.ok and result.complete and result.output == 21
+    unpatched = durable.Registry()
+
+    @durable.workflow(name="tr.sync", registry=unpatched)
+    def sync_flow_added(n: int) -> int:
+        doubled = double(n) + 1
+        triple(n)  # the same addition without a patch: still a divergence
+        return doubled
+
+    assert not (await replay_async(sync_flow_added, history, check=False)).ok
