@@ -234,3 +234,38 @@ async def test_a_patched_addition_after_a_succeeded_history_replays(tmp_path: Pa
         return doubled
 
     assert not (await replay_async(sync_flow_added, history, check=False)).ok
+
+
+ENQUEUES = durable.Registry()
+ENQUEUER: list[durable.Runtime] = []  # the runtime the workflow enqueues through, as an app's
+
+
+@durable.workflow(name="tr.enqueued", registry=ENQUEUES)
+async def enqueued(n: int) -> int:
+    return n
+
+
+@durable.workflow(name="tr.enqueuer", registry=ENQUEUES)
+async def enqueuer(n: int) -> list[Any]:
+    runtime = ENQUEUER[0]
+    one = await runtime.enqueue(enqueued, n)
+    many = await runtime.enqueue_many("tr.enqueued", [(n + 1,), (n + 2,)])
+    return [one, many]
+
+
+async def test_a_workflow_that_enqueues_replays_without_its_runtime(tmp_path: Path) -> None:
+    """Enqueues inside a workflow are recorded steps: a replay check answers them from the
+    history, with the app's runtime not started (as in CI), instead of refusing."""
+    runtime = durable.Runtime(
+        durable.connect(f"sqlite:///{tmp_path / 'enq.db'}"), registry=ENQUEUES
+    )
+    ENQUEUER[:] = [runtime]
+    try:
+        async with runtime:
+            output = await runtime.run(enqueuer, 1, workflow_id="e")
+            history = as_snapshot((await runtime.get_workflow("e"), await runtime.list_steps("e")))
+        result = await replay_async(enqueuer, history)
+        assert result.ok and result.complete and result.output == output
+        assert output == ["e/0", ["e/1/0", "e/1/1"]]
+    finally:
+        ENQUEUER.clear()
