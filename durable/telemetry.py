@@ -44,6 +44,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from durable.errors import ClaimLostError, WorkflowCancelledError
+
 T = TypeVar("T")
 
 if TYPE_CHECKING:  # the optional extra: imported on first use (Telemetry._setup)
@@ -223,6 +225,10 @@ class Telemetry:
         ):
             try:
                 yield
+            except (ClaimLostError, WorkflowCancelledError):  # its record was refused: the
+                # execution was cancelled, or another executor may run it; the step did not fail
+                self.steps.add(1, {**labels, "durable.outcome": "interrupted"})
+                raise
             except BaseException:
                 self.steps.add(1, {**labels, "durable.outcome": "failed"})
                 raise

@@ -357,3 +357,52 @@ def test_durable_does_not_import_opentelemetry_before_the_application_does() -> 
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+GATE: list[asyncio.Event] = []
+
+
+@durable.step(name="tests.otel.held")
+async def held() -> None:
+    GATE[0].set()
+    await asyncio.sleep(1.0)  # the cancel lands meanwhile: its record is refused
+
+
+@durable.workflow(name="tests.otel.cancelled.v1", registry=REG)
+async def cancelled_wf() -> None:
+    await held()
+
+
+async def test_a_cancelled_attempt_is_no_failure(tmp_path: Any) -> None:
+    """A cancel (or a passed deadline) ends the attempt's span with outcome "cancelled", not as
+    an error, and counts no failed attempt; the step it cut off (its record refused) counts as
+    interrupted, not failed."""
+    GATE[:] = [asyncio.Event()]
+    before_failures = _sum(
+        "durable.workflow.failures", **{"durable.workflow.name": "tests.otel.cancelled.v1"}
+    )
+    step = {"durable.step.name": "tests.otel.held"}
+    before_failed = _sum("durable.steps", **step, **{"durable.outcome": "failed"})
+    before_cut = _sum("durable.steps", **step, **{"durable.outcome": "interrupted"})
+    async with runtime(f"sqlite:///{tmp_path / 'cancel.db'}") as rt:
+        await rt.start_worker(concurrency=1, poll_interval=0.02)
+        workflow_id = await rt.client.enqueue(cancelled_wf)
+        await asyncio.wait_for(GATE[0].wait(), WAIT)
+        await rt.client.cancel(workflow_id)
+        with pytest.raises(durable.WorkflowCancelledError):
+            await rt.client.result(workflow_id, timeout=WAIT)
+
+        async def ended() -> bool:
+            return bool(spans_of(workflow_id)[0])
+
+        deadline = asyncio.get_running_loop().time() + WAIT
+        while not await ended():
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
+    (span,), _ = spans_of(workflow_id)
+    assert (span.attributes or {})["durable.outcome"] == "cancelled"
+    assert span.status.status_code is not StatusCode.ERROR
+    name = {"durable.workflow.name": "tests.otel.cancelled.v1"}
+    assert _sum("durable.workflow.failures", **name) == before_failures
+    assert _sum("durable.steps", **step, **{"durable.outcome": "failed"}) == before_failed
+    assert _sum("durable.steps", **step, **{"durable.outcome": "interrupted"}) == before_cut + 1

@@ -4,6 +4,7 @@ logging (WARNING) shows its failures; and a worker with nothing to serve is refu
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import textwrap
 from datetime import timedelta
@@ -164,3 +165,43 @@ def test_durable_worker_with_nothing_to_serve_exits_non_zero(
     result = CliRunner().invoke(main, ["worker", "emptyapp:runtime"])
     assert result.exit_code == 1, result.output
     assert "cannot start a worker: no workflow is registered" in result.output
+
+
+HELD: list[Any] = []
+
+
+@durable.step(name="tl.held")
+async def held_step() -> None:
+    HELD[0].set()
+    await asyncio.sleep(2.0)  # heartbeats (every 0.1 s) find the task gone meanwhile
+
+
+@durable.workflow(name="tl.cancelled.v1", registry=REG)
+async def cancelled_while_running() -> None:
+    await held_step()
+
+
+async def test_a_cancel_of_a_running_execution_is_no_lost_lease(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """The heartbeat that finds the task deleted by a cancel says so at INFO, not as a lost
+    lease at WARNING (what an operator would investigate)."""
+    caplog.set_level(logging.DEBUG, logger="durable")
+    HELD[:] = [asyncio.Event()]
+    async with durable.Runtime(
+        durable.connect(f"sqlite:///{tmp_path / 'cancel.db'}"),
+        registry=REG,
+        claim_ttl=0.3,
+        heartbeat_interval=0.1,
+        recover=False,
+    ) as rt:
+        await rt.start_worker(concurrency=1, poll_interval=0.02)
+        wid = await rt.enqueue(cancelled_while_running)
+        await asyncio.wait_for(HELD[0].wait(), 30)
+        await rt.cancel(wid)
+        with pytest.raises(durable.WorkflowCancelledError):
+            await rt.result(wid, timeout=30)
+    gone = [r for r in caplog.records if getattr(r, "action", None) == "heartbeat.lost"]
+    assert gone and all(r.levelno == logging.INFO for r in gone)
+    assert "was cancelled, or ended elsewhere" in gone[0].getMessage()
+    assert not [r for r in caplog.records if "lost the lease" in r.getMessage()]

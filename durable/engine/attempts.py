@@ -57,6 +57,7 @@ _SPAN_OUTCOMES: dict[type[BaseException], str] = {
     WorkflowContinued: "continued",
     ClaimLostError: "interrupted",
     asyncio.CancelledError: "handed_back",
+    WorkflowCancelledError: "cancelled",  # by a cancel or a deadline: not a failed attempt
 }
 
 

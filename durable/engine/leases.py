@@ -152,6 +152,15 @@ class Leases(RuntimeCore):
                     context.lease_lost = ClaimLostError(
                         instance_id, task_id, self.executor_id, getattr(exc, "holder", None)
                     )
+                if isinstance(exc, TaskNotFoundError):  # a cancel deleted it: nothing to see
+                    log.info(
+                        "workflow %s has no %s task any more (it was cancelled, or ended "
+                        "elsewhere): it stops at its next step",
+                        instance_id,
+                        task_id,
+                        extra={"action": "heartbeat.lost", "workflow_id": instance_id},
+                    )
+                    return
                 log.warning(
                     "lost the lease on workflow %s: %s",
                     instance_id,

@@ -168,8 +168,9 @@ def test_the_worker_command_refuses_a_bad_option(sqlite_url: str) -> None:
 def test_a_client_used_before_a_fork_is_opened_again_in_the_child(durable_url: str) -> None:
     """gunicorn --preload: the project is imported, and may use get_client(), in the parent;
     each forked worker gets a client of its own on its first use, and the parent keeps its."""
-    from durable.integrations.django import close, get_client
     from orders.workflows import checkout
+
+    from durable.integrations.django import close, get_client
 
     with override_settings(DURABLE={"URL": durable_url}):
         try:
