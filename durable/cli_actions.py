@@ -26,7 +26,7 @@ import click
 from durable.cli_output import checked_id, stdout_is_terminal
 from durable.cli_workflows import OpenClient, filter_options, select_workflows
 from durable.client import Client
-from durable.errors import DurableError
+from durable.errors import BackendUnavailableError, DurableError
 from durable.models import WorkflowInfo, WorkflowStatus
 
 #: What each action does, the statuses it acts on when filtering without --status, and its
@@ -130,9 +130,25 @@ def _action(
         if workflow_ids and filtering:
             raise click.UsageError("give ids or filters, not both")
         if workflow_ids:
-            for workflow_id in workflow_ids:
-                info = open_client(url, _bound(op, workflow_id))
-                click.echo(f"{info.id}: {info.status.value}")
+
+            async def each_id(client: Client) -> int:
+                """Each id in turn, one refused (unknown, or not in a state for it) not
+                stopping the rest; returns how many were refused."""
+                refused = 0
+                for workflow_id in workflow_ids:
+                    try:
+                        info = await op(client, workflow_id)
+                    except BackendUnavailableError:
+                        raise  # the rest would fail alike: one error, as any command's
+                    except DurableError as exc:
+                        refused += 1
+                        click.echo(f"{workflow_id}: could not {verb}: {exc}", err=True)
+                    else:
+                        click.echo(f"{info.id}: {info.status.value}")
+                return refused
+
+            if open_client(url, each_id):
+                click.get_current_context().exit(1)
             return
         if not filtering:
             raise click.UsageError("give the ids to act on, or filters (e.g. --status, --name)")
@@ -170,12 +186,6 @@ def _action(
         "first (--yes: it does not) and shows its progress."
     )
     return command
-
-
-def _bound(
-    op: Callable[[Client, str], Awaitable[WorkflowInfo]], workflow_id: str
-) -> Callable[[Client], Awaitable[WorkflowInfo]]:
-    return lambda client: op(client, workflow_id)
 
 
 async def _each(

@@ -237,6 +237,11 @@ def test_actions_by_id(copy: str) -> None:
     assert neither.exit_code == 2 and "filters" in neither.output
     missing = run("workflows", "retry", copy, "nobody")
     assert missing.exit_code == 1 and "nobody" in missing.stderr
+    # an id that is refused does not stop the ones after it (each says how it went)
+    some = run("workflows", "cancel", copy, "order-1", "nobody", "order-2")
+    assert some.exit_code == 1
+    assert some.stdout.splitlines() == ["order-1: succeeded", "order-2: succeeded"]
+    assert "nobody: could not cancel: no workflow with id 'nobody'" in some.stderr
 
 
 def test_watch_in_a_terminal(filled: str, monkeypatch: pytest.MonkeyPatch) -> None:
