@@ -1035,3 +1035,65 @@ async def test_a_change_feed_follower_rides_out_an_outage(pg_url: str, proxy: Pr
             assert (second.kind, second.workflow_id) == (ChangeKind.CREATED, "during")
             assert second.position > first.position
             await events.aclose()
+
+
+# -- a transactional step whose connection the server drops -----------------------------------
+
+TX_RUNS: Counter[str] = Counter()
+
+
+@durable.transaction(name="to.tx.sleepy", max_attempts=1)
+def sleepy_tx(conn: sa.Connection, x: int) -> int:
+    TX_RUNS["sync"] += 1
+    if TX_RUNS["sync"] == 1:  # the first run waits here until its session is terminated
+        conn.execute(sa.text("SELECT pg_sleep(60)"))
+    return x + 1
+
+
+@durable.transaction(name="to.tx.sleepy_async", max_attempts=1)
+async def sleepy_tx_async(conn: Any, x: int) -> int:
+    TX_RUNS["async"] += 1
+    if TX_RUNS["async"] == 1:
+        await conn.execute(sa.text("SELECT pg_sleep(60)"))
+    return x + 2
+
+
+@durable.workflow(name="to.tx.v1", registry=REG)
+async def tx_flow(x: int, kind: str) -> int:
+    return await (sleepy_tx.aio(x) if kind == "sync" else sleepy_tx_async(x))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_transactional_step_whose_connection_is_dropped_is_handed_back_uncounted(
+    pg_url: str, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server terminates the session of a transactional step's body (what a restart does):
+    the attempt is handed back uncounted, as any checkpoint that cannot reach the database, and
+    runs again; not recorded as the step's failure, which with one attempt allowed
+    dead-lettered the execution."""
+    monkeypatch.setattr(durable.runtime, "OUTAGE_BACKOFF", timedelta(milliseconds=50))
+    TX_RUNS.clear()
+    async with durable.Runtime(durable.connect(pg_url), registry=REG, recover=False) as rt:
+        await rt.start_worker(concurrency=1, poll_interval=0.05)
+        wid = await rt.enqueue(tx_flow, 1, kind, max_attempts=1)
+        async with await psycopg.AsyncConnection.connect(
+            pg_conninfo(pg_url), autocommit=True
+        ) as admin:
+            terminated = False
+            deadline = time.monotonic() + WAIT
+            while not terminated:
+                assert time.monotonic() < deadline, "the body's pg_sleep never started"
+                cursor = await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE query = 'SELECT pg_sleep(60)' AND datname = %s",
+                    (sa.make_url(pg_url).database,),
+                )
+                terminated = bool(await cursor.fetchall())
+                await asyncio.sleep(0.05)
+        assert await rt.result(wid, timeout=WAIT) == (2 if kind == "sync" else 3)
+        info = await rt.get_workflow(wid)
+        (step,) = await rt.list_steps(wid)
+    assert info.status is durable.WorkflowStatus.SUCCEEDED and info.attempts == 1
+    assert step.attempts == 1 and step.error is None
+    assert TX_RUNS[kind] == 2

@@ -118,7 +118,7 @@ class Transactions(SQLCore):
             try:
                 made = record(body(conn))
             except BaseException as exc:  # the user's: carried out, then raised as it was
-                raise _BodyFailed(exc) from None
+                raise _body_failed(exc, lost=conn.invalidated) from None
             _check_still_open(conn.in_transaction())
             self._write_record(conn, instance_id, made, worker_id, task_id)
             return made
@@ -391,6 +391,23 @@ def _in_transaction(engine: sa.Engine, fn: Callable[[sa.Connection], T]) -> T:
         return fn(conn)
 
 
+def _body_failed(exc: BaseException, *, lost: bool) -> BaseException:
+    """What a transactional step's body raising ``exc`` raises from its transaction: the body's
+    failure (:class:`_BodyFailed`), unless the transaction's connection was lost meanwhile (the
+    database restarted or went away: ``lost``, SQLAlchemy invalidated it). Then it is the
+    driver's error that said so, which :meth:`_errors` turns into
+    :class:`~durable.errors.BackendUnavailableError`: the attempt is handed back uncounted, as
+    for any checkpoint that cannot reach the database, instead of counted as the step's failure
+    (and dead-lettered on its last attempt)."""
+    if lost:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, sa.exc.DBAPIError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            return cause
+    return _BodyFailed(exc)
+
+
 async def _async_body(
     conn: AsyncConnection,
     body: Callable[[Any], Any],
@@ -404,7 +421,7 @@ async def _async_body(
     try:
         made = record(await body(conn))
     except BaseException as exc:
-        raise _BodyFailed(exc) from None
+        raise _body_failed(exc, lost=conn.invalidated) from None
     _check_still_open(conn.in_transaction())
     params, write, explain = backend._record_step_call(instance_id, made, worker_id, task_id)
     direct = backend._record_step_direct
