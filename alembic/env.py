@@ -64,9 +64,12 @@ else:
     if context.config.config_file_name is not None:
         fileConfig(context.config.config_file_name, disable_existing_loggers=False)
     engine = command_line_engine()
+    def locked_run(conn: sa.Connection) -> None:
+        migrate.lock(conn)  # a backend starting meanwhile waits for this migration
+        run(conn)
+
     try:
-        with engine.begin() as conn:
-            migrate.lock(conn)  # a backend starting meanwhile waits for this migration
-            run(conn)
+        with engine.connect() as conn:  # on SQLite, foreign keys off: see in_transaction
+            migrate.in_transaction(conn, locked_run)
     finally:
         engine.dispose()

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+import durable
 from durable import SchemaVersionError, SQLAlchemyBackend, WorkflowSnapshot
 from durable.backends.sql import migrate
 from durable.backends.sql.dialects import normalize_url
@@ -506,3 +507,77 @@ def test_executors_recorded_before_0005_get_an_incarnation_and_an_interval(
         ).one()
     assert tuple(row) == ("old-node", 7, "", 10.0)
     assert differences(engine) == []
+
+
+# -- rows survive the revisions that rebuild a table --------------------------------------------
+
+KEPT = durable.Registry()
+
+
+@durable.step(name="tm.double")
+async def tm_double(n: int) -> int:
+    return n * 2
+
+
+@durable.workflow(name="tm.twice.v1", registry=KEPT)
+async def tm_twice(n: int) -> int:
+    return await tm_double(await tm_double(n))
+
+
+def counts(engine: sa.Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {
+            table: conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+            for table in ("durable_workflows", "durable_steps", "durable_tasks", "app_orders")
+        }
+
+
+@pytest.mark.slow
+def test_rows_survive_migrations_down_and_up_again(db_url: str, engine: sa.Engine) -> None:
+    """Down to 0003 and up again (revisions that rebuild durable_workflows on SQLite, whose
+    foreign keys cascade): every workflow, step and task is kept, and an application's table
+    that references durable's; the queued execution then runs, the finished one keeps its
+    steps. (On SQLite the rebuilds deleted every step, task and application row.)"""
+
+    async def fill() -> None:
+        async with durable.Runtime(durable.connect(db_url), registry=KEPT, recover=False) as rt:
+            assert await rt.run(tm_twice, 1, workflow_id="done") == 4
+            await rt.enqueue(tm_twice, 2, workflow_id="queued")
+
+    run(fill())
+    with engine.begin() as conn:  # an application's rows, deleted with their workflow
+        conn.execute(
+            sa.text(
+                "CREATE TABLE app_orders (id INTEGER PRIMARY KEY, workflow_id VARCHAR(255) "
+                "REFERENCES durable_workflows (id) ON DELETE CASCADE)"
+            )
+        )
+        conn.execute(sa.text("INSERT INTO app_orders VALUES (1, 'done'), (2, 'queued')"))
+    before = counts(engine)
+    assert before == {
+        "durable_workflows": 2,
+        "durable_steps": 2,
+        "durable_tasks": 1,
+        "app_orders": 2,
+    }
+
+    async def down() -> None:
+        backend = SQLAlchemyBackend(db_url)
+        try:
+            await backend.start()
+            await backend.downgrade("0003")
+        finally:
+            await backend.close()
+
+    run(down())
+    assert revision(engine) == "0003" and counts(engine) == before
+    run(start(db_url))  # auto-migrates to head
+    assert revision(engine) == HEAD and counts(engine) == before
+
+    async def finish() -> None:
+        async with durable.Runtime(durable.connect(db_url), registry=KEPT, recover=False) as rt:
+            await rt.start_worker(poll_interval=0.05)
+            assert await rt.result("queued", timeout=60) == 8
+            assert [s.output for s in await rt.list_steps("done")] == [2, 4]
+
+    run(finish())

@@ -221,7 +221,7 @@ class SQLAlchemyBackend(
             await self._run(self.dialect.check_server, what="check the database server", raw=True)
             with self._errors("check the database server"):
                 await self._runner.check_sessions()
-            await self._run(fn, what="migrate", raw=True)
+            await self._migrating(fn, what="migrate")
             self._loop = asyncio.get_running_loop()
             self._started = True
             log.debug("backend started: %r", self, extra={"action": "backend.start"})
@@ -241,11 +241,20 @@ class SQLAlchemyBackend(
 
     async def migrate(self, revision: str = "head") -> None:
         """Upgrade the schema to ``revision`` now."""
-        await self._run(lambda conn: migrate.upgrade(conn, revision), what="migrate", raw=True)
+        await self._migrating(lambda conn: migrate.upgrade(conn, revision), what="migrate")
 
     async def downgrade(self, revision: str) -> None:
         """Downgrade the schema to ``revision`` (``"base"`` drops every durable table)."""
-        await self._run(lambda conn: migrate.downgrade(conn, revision), what="downgrade", raw=True)
+        await self._migrating(lambda conn: migrate.downgrade(conn, revision), what="downgrade")
+
+    async def _migrating(self, fn: Callable[[sa.Connection], None], *, what: str) -> None:
+        """Run a schema change (or its check) in a transaction of its own, as
+        :func:`.migrate.in_transaction` says (on SQLite, with its foreign keys off meanwhile)."""
+        if self.dialect.name != "sqlite":
+            await self._run(fn, what=what, raw=True)
+            return
+        with self._errors(what):
+            await self._runner.connection(lambda conn: migrate.in_transaction(conn, fn))
 
     async def schema_revision(self) -> str | None:
         """The schema revision the database is at (None: never migrated)."""

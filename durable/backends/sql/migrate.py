@@ -9,11 +9,11 @@ Concurrent upgrades are serialized: by an advisory lock on PostgreSQL, by the wr
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -25,6 +25,8 @@ from durable.errors import ConfigurationError, InvalidArgumentError, SchemaVersi
 # import, and a backend that finds its database at head (or a `durable --help`) never needs it.
 if TYPE_CHECKING:
     from alembic.config import Config
+
+T = TypeVar("T")
 
 VERSION_TABLE = "durable_alembic_version"
 #: Any constant would do; it only has to be the same for every process.
@@ -173,6 +175,58 @@ def downgrade(connection: sa.Connection, revision: str) -> None:
             sa.Table(VERSION_TABLE, sa.MetaData()).drop(connection, checkfirst=True)
     finally:
         unlock(connection)
+
+
+def in_transaction(connection: sa.Connection, fn: Callable[[sa.Connection], T]) -> T:
+    """Run ``fn`` (:func:`upgrade`, :func:`downgrade`, :func:`check`) in a transaction of its own
+    on ``connection``, on which none is begun.
+
+    On SQLite, with its foreign keys off meanwhile: Alembic's batch mode changes a table by
+    copying it to a new one and dropping the old one, and with foreign keys on, that drop
+    deletes every row that references the table through ``ON DELETE CASCADE`` (a revision
+    that rebuilt ``durable_workflows`` emptied the steps, tasks, messages and events, and an
+    application's table that references it). The switch only takes effect outside a
+    transaction, so it is made on the driver's connection before SQLAlchemy begins one, and
+    undone after; a migration that leaves a reference dangling is rolled back
+    (``PRAGMA foreign_key_check``).
+
+    :raises SchemaVersionError: the changed schema leaves rows that reference nothing.
+    """
+    if connection.dialect.name != "sqlite":
+        with connection.begin():
+            return fn(connection)
+    driver = connection.connection.dbapi_connection
+    assert driver is not None
+    was_on = _sqlite_pragma(driver, "PRAGMA foreign_keys") == 1
+    _sqlite_pragma(driver, "PRAGMA foreign_keys=OFF")
+    try:
+        with connection.begin():
+            before = current_revision(connection)
+            result = fn(connection)
+            if current_revision(connection) != before:
+                dangling = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if dangling:
+                    raise SchemaVersionError(
+                        f"migrating left {len(dangling)} row(s) that reference rows which do not "
+                        f"exist (the first: table {dangling[0][0]}, row {dangling[0][1]}, "
+                        f"referencing {dangling[0][2]}): nothing was changed"
+                    )
+            return result
+    finally:
+        if was_on:
+            _sqlite_pragma(driver, "PRAGMA foreign_keys=ON")
+
+
+def _sqlite_pragma(driver: Any, pragma: str) -> Any:
+    """Run ``pragma`` on a SQLite driver connection (sqlite3, or SQLAlchemy's aiosqlite
+    adapter), outside SQLAlchemy's transactions; its first value, if it returns one."""
+    cursor = driver.cursor()
+    try:
+        cursor.execute(pragma)
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    return row[0] if row else None
 
 
 def missing_tables(url: str, detail: str = "") -> SchemaVersionError:
