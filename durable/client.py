@@ -86,6 +86,7 @@ from durable.validation import (
     check_positive_int,
     check_timeout,
 )
+from durable.versioning import check_version
 from durable.workflow import Workflow
 from durable.workflow_io import WorkflowIO
 
@@ -104,6 +105,10 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         runtime.
     :param poll_interval: the longest pause between two looks at an execution :meth:`result`
         waits for (the first looks come sooner: see :meth:`result`).
+    :param app_version: the code version the executions it starts record when their workflow
+        has no ``version`` of its own, as :class:`~durable.Runtime`'s ``app_version`` (default:
+        a hash of the workflow's source, for a workflow given as a function; nothing for one
+        given by name). Give the workers' own when they serve only their versions.
     :param options: for a URL, what :func:`durable.connect` takes (``serializer``,
         ``auto_migrate``, ...).
 
@@ -113,7 +118,8 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
     Sync use is reference-counted and thread-safe, as for a runtime (:meth:`start_sync`).
 
     :raises InvalidArgumentError: ``target`` is neither a str nor a backend, options are given
-        with a backend, or ``poll_interval`` is not a finite positive number.
+        with a backend, ``poll_interval`` is not a finite positive number, or ``app_version``
+        not a non-empty string of at most 64 characters.
     :raises ConfigurationError: a malformed URL, or options :func:`durable.connect` refuses.
     """
 
@@ -126,10 +132,12 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         target: str | PersistentBackend,
         *,
         poll_interval: float = 0.5,
+        app_version: str | None = None,
         **options: Any,
     ) -> None:
         super().__init__()
         check_positive_float(poll_interval, "poll_interval")
+        version = check_version(app_version, "app_version")
         if isinstance(target, PersistentBackend):
             if options:
                 raise InvalidArgumentError(
@@ -156,7 +164,7 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         # set for a runtime's client: the runtime starts and closes the backend and runs the
         # _sync methods on its own loop
         self._owner_blocking: Callable[[Coroutine[Any, Any, Any]], Any] | None = None
-        self.app_version: str | None = None
+        self.app_version: str | None = version
         """The code version executions started here record when their workflow has no
         ``version`` of its own (see :mod:`durable.versioning`); a runtime sets its own."""
 

@@ -114,10 +114,11 @@ class Runtime(Operations, Serving):
         :mod:`durable.versioning`). At most 64 characters.
     :param serve_versions: what this runtime's workers claim, by the code version that started
         an execution: None (default: everything), an iterable of versions, or True (the
-        versions of the workflows this runtime has, :meth:`claim_versions`). Executions of
-        other versions are left to workers that have their code, so that a rolling deploy does
-        not replay old executions on new code; executions of unknown version (started by name
-        by a client without the code) are claimed by every worker.
+        versions of the workflows this runtime has, and the hashes of their sources, which a
+        producer with the same code and no ``app_version`` records: :meth:`claim_versions`).
+        Executions of other versions are left to workers that have their code, so that a rolling
+        deploy does not replay old executions on new code; executions of unknown version
+        (started by name by a client without the code) are claimed by every worker.
     :param queues: the :class:`~durable.Queue` objects this runtime declares: each is stored
         on start unless a queue of its name is stored already (the stored limits win: see
         :class:`~durable.Queue`). Every worker of the database obeys the stored limits,

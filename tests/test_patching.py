@@ -308,10 +308,22 @@ async def test_a_runtime_serves_only_its_own_versions(backend_url: str) -> None:
         await rt.enqueue(hashed, 1, workflow_id="from-v1")
     new = deploys.runtime(VERSIONED, app_version="v2", serve_versions=True, executor_id="new-app")
     async with new as rt:
-        assert rt.claim_versions() == ["2024-06", "v2"]
+        assert rt.claim_versions() == sorted(["2024-06", "v2", source_version(hashed.fn)])
         await rt.start_worker(concurrency=2, poll_interval=0.01)
         await rt.enqueue(hashed, 2, workflow_id="from-v2")
         assert await rt.result("from-v2", timeout=WAIT) == 2
+        # a producer with the same code and no app_version records its source's hash: the
+        # worker has that code, so it runs it (before, it stayed pending for good)
+        async with durable.Client(deploys.backend()) as producer:
+            await producer.enqueue(hashed, 5, workflow_id="from-a-client")
+            assert (await producer.get_workflow("from-a-client")).code_version == (
+                source_version(hashed.fn)
+            )
+        assert await rt.result("from-a-client", timeout=WAIT) == 5
+        async with durable.Client(deploys.backend(), app_version="v2") as producer:
+            await producer.enqueue(hashed, 6, workflow_id="from-a-v2-client")
+        assert await rt.result("from-a-v2-client", timeout=WAIT) == 6
+        assert (await rt.get_workflow("from-a-v2-client")).code_version == "v2"
         await rt.enqueue(pinned, 3, workflow_id="pinned")
         assert await rt.result("pinned", timeout=WAIT) == 3
         left = await rt.get_workflow("from-v1")
@@ -319,6 +331,8 @@ async def test_a_runtime_serves_only_its_own_versions(backend_url: str) -> None:
     async with deploys.runtime(VERSIONED, app_version="v1", executor_id="old-app") as rt:
         await rt.start_worker(concurrency=2, poll_interval=0.01)
         assert await rt.result("from-v1", timeout=WAIT) == 1
+    with pytest.raises(InvalidArgumentError, match="app_version"):
+        durable.Client("memory://", app_version="")
 
 
 # -- a real crash across a deploy --------------------------------------------------------------

@@ -78,9 +78,13 @@ class RuntimeCore(SyncStartable):
         if self.serve_versions is None or self.serve_versions is False:
             return None
         if self.serve_versions is True:
-            found = (self.registry.get(name) for name in self.registry.names())
+            # its own version, and its code's source hashes: what a producer that has the same
+            # code records without an app_version of its own (a Client's default)
+            found = [self.registry.get(name) for name in self.registry.names()]
+            workflows = [wf for wf in found if isinstance(wf, Workflow)]
             return sorted(
-                {wf.code_version(self.app_version) for wf in found if isinstance(wf, Workflow)}
+                {wf.code_version(self.app_version) for wf in workflows}
+                | {wf.code_version() for wf in workflows}
             )
         return sorted(self.serve_versions)
 
