@@ -90,3 +90,27 @@ async def test_a_step_whose_record_meets_a_locked_file_runs_again_once_it_is_fre
         assert await runtime.result(wid, timeout=15) == 2
         info = await runtime.get_workflow(wid)
         assert (info.status.value, info.attempts) == ("succeeded", 1)
+
+
+async def test_reads_do_not_wait_for_the_write_lock(url_and_path: tuple[str, Path]) -> None:
+    """A WAL file's readers do not wait for its writer: with the write lock held past the busy
+    timeout, a client starts on the migrated file and reads (a status, a listing, steps,
+    events, counts) instead of failing with "database is locked"."""
+    url, path = url_and_path
+    async with durable.Runtime(durable.connect(url)) as runtime:
+        await runtime.enqueue(noop, workflow_id="before")
+    other = await asyncio.to_thread(hold_the_write_lock, path)
+    try:
+        async with durable.Client(url) as client:
+            assert (await client.get_workflow("before")).id == "before"
+            listed = await client.list_workflows()
+            assert [w.id for w in listed.items] == ["before"]
+            assert await client.list_steps("before") == []
+            assert sum((await client.backend.count_workflows()).values()) == 1
+            assert await client.get_event("before", "k", timeout=0, default="none") == "none"
+            assert await client.backend.schema_revision() is not None
+            with pytest.raises(durable.BackendUnavailableError, match="database is locked"):
+                await client.enqueue(noop, workflow_id="a-write")  # writes still wait for it
+    finally:
+        other.execute("ROLLBACK")
+        other.close()

@@ -38,6 +38,7 @@ from durable.backends.sql.core import first_line, stop_listener
 from durable.backends.sql.debounces import Debounces
 from durable.backends.sql.dialects import (
     PG_READ_ONLY,
+    SQLITE_READING,
     SQLDialect,
     configure_engine,
     connect_args_for,
@@ -217,11 +218,20 @@ class SQLAlchemyBackend(
         async with self._start_lock:
             if self._started:
                 return
-            fn = migrate.upgrade if self.auto_migrate else migrate.check
-            await self._run(self.dialect.check_server, what="check the database server", raw=True)
+            await self._run(
+                self.dialect.check_server,
+                what="check the database server",
+                raw=True,
+                read_only=True,
+            )
             with self._errors("check the database server"):
                 await self._runner.check_sessions()
-            await self._migrating(fn, what="migrate")
+            # at head (every start but the first after an upgrade) a read settles it, without
+            # the write lock, which another process may hold for a while on SQLite
+            current = await self._run(migrate.check_known, what="migrate", raw=True, read_only=True)
+            if current != migrate.head_revision():
+                fn = migrate.upgrade if self.auto_migrate else migrate.check
+                await self._migrating(fn, what="migrate")
             self._loop = asyncio.get_running_loop()
             self._started = True
             log.debug("backend started: %r", self, extra={"action": "backend.start"})
@@ -258,7 +268,9 @@ class SQLAlchemyBackend(
 
     async def schema_revision(self) -> str | None:
         """The schema revision the database is at (None: never migrated)."""
-        return await self._run(migrate.current_revision, what="read the schema revision", raw=True)
+        return await self._run(
+            migrate.current_revision, what="read the schema revision", raw=True, read_only=True
+        )
 
     async def now(self) -> datetime:
         """The lease clock's time: the database's ``now()`` on PostgreSQL (one query), this
@@ -282,17 +294,26 @@ class SQLAlchemyBackend(
         what: str = "",
         raw: bool = False,
         retry_also: Callable[[sa.exc.DBAPIError], bool] | None = None,
+        read_only: bool = False,
     ) -> T:
         """Run ``fn`` in one transaction, turning driver errors into durable's. ``fn`` gets the
         dialect's connection (on MySQL, one that emulates what the database lacks), or with
         ``raw`` SQLAlchemy's own (Alembic's). A transaction the database rolled back to break a
         deadlock runs again, up to :data:`DEADLOCK_RETRIES` times, as does one whose error
-        ``retry_also`` accepts (a race the caller knows a second run wins)."""
+        ``retry_also`` accepts (a race the caller knows a second run wins). ``read_only``: ``fn``
+        writes nothing (on SQLite its transaction then begins deferred, and neither takes nor
+        waits for the write lock another process may hold)."""
         wrap = self.dialect.connection
 
         def run(conn: sa.Connection) -> T:
             return fn(conn if raw else wrap(conn))
 
+        if read_only:
+            token = SQLITE_READING.set(True)
+            try:
+                return await self._run(fn, what=what, raw=raw, retry_also=retry_also)
+            finally:
+                SQLITE_READING.reset(token)
         with self._errors(what):
             for attempt in range(DEADLOCK_RETRIES + 1):
                 try:

@@ -115,7 +115,7 @@ class Changes(SQLCore):
                 rows += conn.execute(at_query, {**params, "p_after": last}).all()
             return [self._change(r._mapping) for r in rows]
 
-        return await self._run(fn, what="read the change feed")
+        return await self._run(fn, what="read the change feed", read_only=True)
 
     async def _pg_horizon(self) -> int:
         """PostgreSQL: the position below which every change is final (see :mod:`.feed`).
@@ -127,7 +127,9 @@ class Changes(SQLCore):
         after that holds the horizon at its id (the feed lags behind the oldest write
         transaction open in this database)."""
         snapshot = await self._run(
-            lambda conn: str(conn.execute(_SNAPSHOT).scalar_one()), what="read the change feed"
+            lambda conn: str(conn.execute(_SNAPSHOT).scalar_one()),
+            what="read the change feed",
+            read_only=True,
         )
         xmin, xmax, listed = snapshot.split(":")
         open_ids = [int(x) for x in listed.split(",") if x]
@@ -139,7 +141,7 @@ class Changes(SQLCore):
             def fn(conn: sa.Connection, still: list[int] = still) -> list[int]:
                 return [int(x) for x in conn.execute(_STILL_OPEN, {"p_xids": still}).scalars()]
 
-            open_ids = await self._run(fn, what="read the change feed")
+            open_ids = await self._run(fn, what="read the change feed", read_only=True)
             if not open_ids or time.monotonic() > deadline:
                 break
             await asyncio.sleep(delay)
@@ -157,7 +159,9 @@ class Changes(SQLCore):
         short, nothing new is final yet (the feed lags behind the oldest open transaction;
         needs the PROCESS privilege)."""
         value = await self._run(
-            lambda conn: int(conn.execute(_MYSQL_NEXT).scalar_one()), what="read the change feed"
+            lambda conn: int(conn.execute(_MYSQL_NEXT).scalar_one()),
+            what="read the change feed",
+            read_only=True,
         )
 
         def still_open(conn: sa.Connection) -> set[tuple[str, int | None]] | None:
@@ -167,13 +171,13 @@ class Changes(SQLCore):
             elsewhere = set(conn.execute(_MYSQL_ELSEWHERE).scalars())
             return {t for t in listed if t[1] is None or t[1] not in elsewhere}
 
-        open_ones = await self._run(still_open, what="read the change feed")
+        open_ones = await self._run(still_open, what="read the change feed", read_only=True)
         deadline = time.monotonic() + MYSQL_WAIT
         while open_ones:
             if time.monotonic() > deadline:
                 return 0  # nothing new is final yet
             await asyncio.sleep(MYSQL_POLL)
-            now_open = await self._run(still_open, what="read the change feed")
+            now_open = await self._run(still_open, what="read the change feed", read_only=True)
             if now_open is not None:
                 open_ones &= now_open
         return 0 if open_ones is None else value

@@ -301,7 +301,7 @@ class Claims(SQLCore):
                 raise TaskNotFoundError(instance_id, task_id)
             return _available_task(r)
 
-        return await self._run(fn, what=f"read task {task_id!r} of {instance_id!r}")
+        return await self._run(fn, what=f"read task {task_id!r} of {instance_id!r}", read_only=True)
 
     async def extend_task_claim(
         self, instance_id: str, task_id: str, worker_id: str, ttl: timedelta
@@ -384,7 +384,7 @@ class Claims(SQLCore):
         def fn(conn: sa.Connection) -> list[AvailableTask]:
             return [_available_task(r) for r in conn.execute(query, params)]
 
-        return await self._run(fn, what="find available tasks")
+        return await self._run(fn, what="find available tasks", read_only=True)
 
     async def claim_available_tasks(
         self,

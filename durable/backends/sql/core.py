@@ -113,6 +113,7 @@ class SQLCore(PersistentBackend):
             *,
             what: str = "",
             retry_also: Callable[[sa.exc.DBAPIError], bool] | None = None,
+            read_only: bool = False,
         ) -> T: ...
 
         async def _run_direct(

@@ -40,6 +40,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -609,6 +610,12 @@ PG_CONNECT_DEFAULTS: dict[str, Any] = {
 MYSQL_POOL_RECYCLE = 3600
 
 
+#: True while the SQLite transaction about to begin only reads: it begins deferred, so that a
+#: reader of a WAL file neither takes the write lock nor waits for another process's (set by
+#: the backend's read-only transactions; every other one begins ``IMMEDIATE``).
+SQLITE_READING: ContextVar[bool] = ContextVar("durable_sqlite_reading", default=False)
+
+
 def _switch_to_wal(cursor: Any) -> None:
     """Put the file in WAL mode. Switching needs a moment alone with the file, and SQLite does
     not always wait for it (busy_timeout is not consulted while another process is creating the
@@ -640,7 +647,7 @@ def _configure_sqlite(sync_engine: sa.Engine, synchronous: str, memory: bool) ->
 
     @sa.event.listens_for(sync_engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if SQLITE_READING.get() else "BEGIN IMMEDIATE")
 
 
 def connect_args_for(url: URL, given: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -67,6 +67,7 @@ class Executors(SQLCore):
         return await self._run(
             lambda conn: [RegisteredWorkflow(**r._mapping) for r in conn.execute(stmt)],
             what="list registered workflows",
+            read_only=True,
         )
 
     def _executor_rows(
@@ -94,7 +95,7 @@ class Executors(SQLCore):
 
     async def get_executor(self, executor_id: str) -> ExecutorInfo | None:
         fn = self._executor_rows(executors.c.id == executor_id, None)
-        found = await self._run(fn, what=f"read executor {executor_id!r}")
+        found = await self._run(fn, what=f"read executor {executor_id!r}", read_only=True)
         return found[0] if found else None
 
     async def start_executor(
@@ -165,4 +166,6 @@ class Executors(SQLCore):
 
     async def list_executors(self, *, stale_after: timedelta | None = None) -> list[ExecutorInfo]:
         limit = None if stale_after is None else timedelta(seconds=ttl_seconds(stale_after))
-        return await self._run(self._executor_rows(None, limit), what="list executors")
+        return await self._run(
+            self._executor_rows(None, limit), what="list executors", read_only=True
+        )

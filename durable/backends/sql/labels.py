@@ -51,7 +51,7 @@ class Labels(SQLCore):
                     found[row.workflow_id][row.key] = row.value
             return found
 
-        return await self._run(fn, what="read labels")
+        return await self._run(fn, what="read labels", read_only=True)
 
     async def count_workflows(
         self,
@@ -80,7 +80,7 @@ class Labels(SQLCore):
                     counts[WorkflowStatus.FAILED] += int(count)
             return counts
 
-        return await self._run(fn, what="count workflows")
+        return await self._run(fn, what="count workflows", read_only=True)
 
     async def queue_depths(self) -> list[QueueDepth]:
         wanted = [WorkflowStatus.PENDING.value, WorkflowStatus.RUNNING.value]
@@ -106,4 +106,4 @@ class Labels(SQLCore):
                     row["oldest_pending"] = aware(oldest)
             return [QueueDepth(**found[q]) for q in sorted(found)]
 
-        return await self._run(fn, what="count queues")
+        return await self._run(fn, what="count queues", read_only=True)

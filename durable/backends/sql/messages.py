@@ -375,4 +375,6 @@ class Messages(SQLCore):
                 raise WorkflowNotFoundError(instance_id)
             return [self._message(r._mapping) for r in conn.execute(query)]
 
-        return await self._run(fn, what=f"list the messages of workflow {instance_id!r}")
+        return await self._run(
+            fn, what=f"list the messages of workflow {instance_id!r}", read_only=True
+        )

@@ -81,7 +81,11 @@ def is_known(revision: str) -> bool:
     return any(known.revision == revision for known in script.walk_revisions())
 
 
-def _check_known(connection: sa.Connection) -> str | None:
+def check_known(connection: sa.Connection) -> str | None:
+    """The revision the database is at (None: never migrated).
+
+    :raises SchemaVersionError: a revision this code does not know (from a newer durable).
+    """
     current = current_revision(connection)
     if current is None:
         return None
@@ -154,7 +158,7 @@ def upgrade(connection: sa.Connection, revision: str = "head") -> None:
 
     lock(connection)
     try:
-        _check_known(connection)
+        check_known(connection)
         with _revision_errors(revision):
             command.upgrade(alembic_config(connection), revision)
     finally:
@@ -168,7 +172,7 @@ def downgrade(connection: sa.Connection, revision: str) -> None:
 
     lock(connection)
     try:
-        _check_known(connection)
+        check_known(connection)
         with _revision_errors(revision):
             command.downgrade(alembic_config(connection), revision)
         if current_revision(connection) is None:
@@ -241,7 +245,7 @@ def missing_tables(url: str, detail: str = "") -> SchemaVersionError:
 def check(connection: sa.Connection) -> None:
     """Raise :class:`SchemaVersionError` unless the database is at this code's head revision:
     its tables are missing, out of date, or from a newer durable."""
-    current = _check_known(connection)
+    current = check_known(connection)
     head = head_revision()
     if current != head:
         url = shown_url(connection.engine.url)

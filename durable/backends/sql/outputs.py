@@ -213,7 +213,9 @@ class Outputs(SQLCore):
                 raise WorkflowNotFoundError(instance_id)
             return row
 
-        row = await self._run(fn, what=f"read event {key!r} of workflow {instance_id!r}")
+        row = await self._run(
+            fn, what=f"read event {key!r} of workflow {instance_id!r}", read_only=True
+        )
         if row is None:
             return None
         return EventRecord(
@@ -244,7 +246,7 @@ class Outputs(SQLCore):
             return status in _FINISHED, total, closed, texts
 
         finished, total, closed, texts = await self._run(
-            fn, what=f"read stream {key!r} of workflow {instance_id!r}"
+            fn, what=f"read stream {key!r} of workflow {instance_id!r}", read_only=True
         )
         values = tuple(self._load_output(instance_id, t, stream_values.name) for t in texts)
         return StreamChunk(

@@ -91,7 +91,7 @@ class Queues(SQLCore):
                 raise QueueNotFoundError(name)
             return self._queue_info(row)
 
-        return await self._run(fn, what=f"read queue {name!r}")
+        return await self._run(fn, what=f"read queue {name!r}", read_only=True)
 
     async def list_queues(self) -> list[QueueInfo]:
         select = sa.select(queues).order_by(queues.c.name)
@@ -99,7 +99,7 @@ class Queues(SQLCore):
         def fn(conn: sa.Connection) -> list[QueueInfo]:
             return [self._queue_info(r) for r in conn.execute(select)]
 
-        return await self._run(fn, what="list queues")
+        return await self._run(fn, what="list queues", read_only=True)
 
     async def delete_queue(self, name: str) -> bool:
         def fn(conn: sa.Connection) -> bool:

@@ -101,4 +101,4 @@ class Retention(SQLCore):
         def fn(conn: sa.Connection) -> int:
             return int(conn.execute(query).scalar_one())
 
-        return await self._run(fn, what="count finished workflows")
+        return await self._run(fn, what="count finished workflows", read_only=True)

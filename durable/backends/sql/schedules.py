@@ -107,7 +107,9 @@ class Schedules(SQLCore):
 
     async def get_schedule(self, name: str) -> ScheduleInfo:
         return await self._run(
-            lambda conn: self._read_schedule(conn, name), what=f"read schedule {name!r}"
+            lambda conn: self._read_schedule(conn, name),
+            what=f"read schedule {name!r}",
+            read_only=True,
         )
 
     async def list_schedules(self) -> list[ScheduleInfo]:
@@ -115,6 +117,7 @@ class Schedules(SQLCore):
         return await self._run(
             lambda conn: [self._schedule_info(r) for r in conn.execute(stmt)],
             what="list schedules",
+            read_only=True,
         )
 
     async def delete_schedule(self, name: str) -> bool:
@@ -165,6 +168,7 @@ class Schedules(SQLCore):
         return await self._run(
             lambda conn: [self._schedule_info(r) for r in conn.execute(stmt)],
             what="find due schedules",
+            read_only=True,
         )
 
     async def fire_schedule(

@@ -180,7 +180,7 @@ class WorkflowRecords(SQLCore):
                 raise WorkflowNotFoundError(instance_id)
             return self._info(row)
 
-        return await self._run(fn, what=f"read workflow {instance_id!r}")
+        return await self._run(fn, what=f"read workflow {instance_id!r}", read_only=True)
 
     async def delete_snapshot(self, instance_id: str) -> bool:
         def fn(conn: sa.Connection) -> bool:
@@ -217,7 +217,7 @@ class WorkflowRecords(SQLCore):
             items = [self._info(r, lenient=True) for r in rows[:limit]]
             return Page(items, encode_cursor(items[-1]) if len(rows) > limit else None)
 
-        return await self._run(fn, what="list workflows")
+        return await self._run(fn, what="list workflows", read_only=True)
 
     async def list_waiting(
         self,
@@ -257,7 +257,7 @@ class WorkflowRecords(SQLCore):
                 items.append((self._info(row, lenient=True), self._step(m["id"], step)))
             return Page(items, encode_cursor(items[-1][0]) if len(rows) > limit else None)
 
-        return await self._run(fn, what="list waiting workflows")
+        return await self._run(fn, what="list waiting workflows", read_only=True)
 
     async def list_steps(self, instance_id: str) -> list[StepRecord]:
         def fn(conn: sa.Connection) -> list[StepRecord]:
@@ -269,7 +269,7 @@ class WorkflowRecords(SQLCore):
                 raise WorkflowNotFoundError(instance_id)
             return [self._step(instance_id, r._mapping) for r in rows]
 
-        return await self._run(fn, what=f"list steps of {instance_id!r}")
+        return await self._run(fn, what=f"list steps of {instance_id!r}", read_only=True)
 
     async def get_step(self, instance_id: str, position: int) -> StepRecord | None:
         def fn(conn: sa.Connection) -> StepRecord | None:
@@ -282,7 +282,7 @@ class WorkflowRecords(SQLCore):
                 raise WorkflowNotFoundError(instance_id)
             return None
 
-        return await self._run(fn, what=f"read step {position} of {instance_id!r}")
+        return await self._run(fn, what=f"read step {position} of {instance_id!r}", read_only=True)
 
     async def requeue_workflow(self, instance_id: str) -> WorkflowInfo:
         now = self.clock()
