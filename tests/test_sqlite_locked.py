@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 import durable
-from durable.backends.sql import dialects
+from durable.backends.sql import locking
 
 
 @pytest.fixture(params=["sqlite", "sqlite+aiosqlite"])
 def url_and_path(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[str, Path]:
-    monkeypatch.setattr(dialects, "BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(locking, "BUSY_TIMEOUT_MS", 200)
     path = tmp_path / "locked.db"
     return f"{request.param}:///{path}", path
 
@@ -114,3 +115,44 @@ async def test_reads_do_not_wait_for_the_write_lock(url_and_path: tuple[str, Pat
     finally:
         other.execute("ROLLBACK")
         other.close()
+
+
+@pytest.mark.parametrize("url_and_path", ["sqlite"], indirect=True)
+async def test_a_write_waiting_for_the_lock_does_not_stop_the_event_loop(
+    url_and_path: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind another process's write lock, the standard-library driver's writes (which run on
+    the event loop's thread) wait for it by awaiting: the loop's other coroutines (a worker's
+    heartbeats) keep running, and each write goes through once the lock is free. (SQLite's own
+    wait blocked the loop for as long as the lock was held, up to the busy timeout.)"""
+    monkeypatch.setattr(locking, "BUSY_TIMEOUT_MS", 30_000)
+    url, path = url_and_path
+    async with durable.Runtime(durable.connect(url)) as runtime:
+        await runtime.enqueue(noop, workflow_id="to-cancel")
+        await runtime.enqueue(noop, workflow_id="to-claim", priority=-1)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        other = await asyncio.to_thread(hold_the_write_lock, path)
+        beating = asyncio.create_task(ticker())
+        try:
+            writes = asyncio.gather(
+                runtime.enqueue(noop, workflow_id="behind-the-lock"),  # the group commit
+                runtime.cancel("to-cancel"),  # a transaction through SQLAlchemy
+                runtime.client.backend.claim_available_tasks("w", 1, timedelta(seconds=30)),
+            )
+            await asyncio.sleep(1.0)
+            assert not writes.done()  # they wait for the lock...
+            assert ticks > 30, f"the loop ran {ticks} times in 1 s"  # ...and the loop runs
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        _, cancelled, claimed = await writes
+        beating.cancel()
+        assert cancelled.status is durable.WorkflowStatus.CANCELLED
+        assert [c.instance_id for c in claimed] == ["to-claim"]

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from durable.backends.sql import SQLAlchemyBackend
+from durable.backends.sql import SQLAlchemyBackend, locking
 from durable.backends.sql.direct import CompiledStatement
 from durable.backends.sql.runners import InlineRunner
-from durable.errors import BackendError
+from durable.errors import BackendError, BackendUnavailableError
 from durable.testing.contract._support import LONG, W, create, step
 
 
@@ -58,17 +58,34 @@ async def test_a_failed_batch_replaces_the_connection(sqlite_url: str, tmp_path:
         await backend.record_step("wf", step(0), worker_id="w1")
         writer = runner._writer
         assert writer is not None
-        writer.execute("PRAGMA busy_timeout = 50")
-        # another process's write transaction holds the file past the busy timeout
-        other = sqlite3.connect(tmp_path / "durable.db", isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
+        writer.close()  # the connection broke: the batch fails, and the next opens another
         with pytest.raises(BackendError):
             await backend.record_step("wf", step(1), worker_id="w1")
         assert runner._writer is None
+        await backend.record_step("wf", step(1), worker_id="w1")
+        assert runner._writer is not None and runner._writer is not writer
+        assert [s.position for s in await backend.list_steps("wf")] == [0, 1]
+
+
+async def test_a_batch_behind_the_write_lock_keeps_its_connection(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's write transaction holds the file past the busy timeout: the batch
+    fails as unavailable, but its connection is sound (nothing began) and is kept."""
+    monkeypatch.setattr(locking, "BUSY_TIMEOUT_MS", 300)
+    async with SQLAlchemyBackend(sqlite_url) as backend:
+        await started(backend, "wf")
+        runner = runner_of(backend)
+        await backend.record_step("wf", step(0), worker_id="w1")
+        writer = runner._writer
+        other = sqlite3.connect(tmp_path / "durable.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(BackendUnavailableError, match="database is locked"):
+            await backend.record_step("wf", step(1), worker_id="w1")
         other.execute("ROLLBACK")
         other.close()
         await backend.record_step("wf", step(1), worker_id="w1")
-        assert runner._writer is not None and runner._writer is not writer
+        assert runner._writer is writer
         assert [s.position for s in await backend.list_steps("wf")] == [0, 1]
 
 

@@ -294,9 +294,9 @@ def test_a_database_that_cannot_be_reached_is_a_503_that_says_so(
 ) -> None:
     """Not a 500: the page is not broken, the database is away (a load balancer or a monitor
     tells the two apart), and the client is told when to ask again."""
-    from durable.backends.sql import dialects
+    from durable.backends.sql import locking
 
-    monkeypatch.setattr(dialects, "BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(locking, "BUSY_TIMEOUT_MS", 100)
     with TestClient(create_app(db, actions=True)) as web:
         page = web.get("/workflows/nap-5").text
         other = sqlite3.connect(sa.make_url(db).database or "", isolation_level=None)

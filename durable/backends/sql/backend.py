@@ -38,7 +38,6 @@ from durable.backends.sql.core import first_line, stop_listener
 from durable.backends.sql.debounces import Debounces
 from durable.backends.sql.dialects import (
     PG_READ_ONLY,
-    SQLITE_READING,
     SQLDialect,
     configure_engine,
     connect_args_for,
@@ -56,6 +55,7 @@ from durable.backends.sql.executors import Executors
 from durable.backends.sql.fanout import FanOut
 from durable.backends.sql.forks import Forks
 from durable.backends.sql.labels import Labels
+from durable.backends.sql.locking import SQLITE_READING
 from durable.backends.sql.messages import Messages
 from durable.backends.sql.outputs import Outputs
 from durable.backends.sql.queues import Queues

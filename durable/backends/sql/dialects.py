@@ -40,7 +40,6 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -51,8 +50,14 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from durable.backends.sql import feed, mysql
+from durable.backends.sql import feed, locking, mysql
 from durable.backends.sql.direct import KEY_DRIVEN_PLANS
+from durable.backends.sql.locking import (
+    SQLITE_LOOP_WAIT,
+    SQLITE_READING,
+    SQLiteLockHeld,
+    is_sqlite_busy,
+)
 from durable.backends.sql.schema import UTCDateTime, steps
 from durable.backends.sql.stale import discard_stale_at_checkout
 from durable.backends.sql.urls import shown_url
@@ -587,7 +592,6 @@ def _is_memory(url: URL) -> bool:
     return url.database in (None, "", ":memory:") or "mode=memory" in str(url)
 
 
-BUSY_TIMEOUT_MS = 30_000
 #: PostgreSQL connection pool bounds, unless ``engine_options`` say otherwise.
 PG_POOL_SIZE = 20
 PG_MAX_OVERFLOW = 10
@@ -610,17 +614,11 @@ PG_CONNECT_DEFAULTS: dict[str, Any] = {
 MYSQL_POOL_RECYCLE = 3600
 
 
-#: True while the SQLite transaction about to begin only reads: it begins deferred, so that a
-#: reader of a WAL file neither takes the write lock nor waits for another process's (set by
-#: the backend's read-only transactions; every other one begins ``IMMEDIATE``).
-SQLITE_READING: ContextVar[bool] = ContextVar("durable_sqlite_reading", default=False)
-
-
 def _switch_to_wal(cursor: Any) -> None:
     """Put the file in WAL mode. Switching needs a moment alone with the file, and SQLite does
     not always wait for it (busy_timeout is not consulted while another process is creating the
     file), so retry for as long as busy_timeout would have waited."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    deadline = time.monotonic() + locking.BUSY_TIMEOUT_MS / 1000
     delay = 0.005
     while True:
         try:
@@ -638,7 +636,7 @@ def _configure_sqlite(sync_engine: sa.Engine, synchronous: str, memory: bool) ->
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={locking.BUSY_TIMEOUT_MS}")
         if not memory:
             _switch_to_wal(cursor)
         cursor.execute(f"PRAGMA synchronous={synchronous}")
@@ -647,7 +645,24 @@ def _configure_sqlite(sync_engine: sa.Engine, synchronous: str, memory: bool) ->
 
     @sa.event.listens_for(sync_engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN" if SQLITE_READING.get() else "BEGIN IMMEDIATE")
+        if SQLITE_READING.get():
+            conn.exec_driver_sql("BEGIN")
+            return
+        short = SQLITE_LOOP_WAIT.get()
+        if short is None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        # on an event loop's thread: a short wait, then the pooled connection's own again (it
+        # serves threads too, which wait inside SQLite)
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={short}")
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except sa.exc.OperationalError as exc:
+            if is_sqlite_busy(exc):
+                raise SQLiteLockHeld(exc) from exc
+            raise
+        finally:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={locking.BUSY_TIMEOUT_MS}")
 
 
 def connect_args_for(url: URL, given: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import time
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -27,13 +28,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.util import greenlet_spawn
 
-from durable.backends.sql import feed
+from durable.backends.sql import feed, locking
 from durable.backends.sql.batch import GroupCommit
 from durable.backends.sql.direct import (
     CompiledStatement,
     DirectResult,
     DirectStatements,
     as_sqlalchemy,
+)
+from durable.backends.sql.locking import (
+    LOOP_WAIT_MS,
+    SQLITE_LOOP_WAIT,
+    SQLiteLockHeld,
+    is_sqlite_busy,
 )
 from durable.backends.sql.mysql import TRANSACTION_ENDED, resets_by_durable
 
@@ -155,7 +162,32 @@ class InlineRunner(Runner):
         _INLINE_RUNNERS.add(self)
 
     async def transaction(self, fn: Callable[[sa.Connection], T]) -> T:
-        return self.run(fn)
+        return await self.waiting_for_lock(lambda: self.run(fn))
+
+    async def waiting_for_lock(self, attempt: Callable[[], T]) -> T:
+        """``attempt()``, a write transaction begun on the event loop's thread, with SQLite's
+        wait for another connection's write lock cut to :data:`~.locking.LOOP_WAIT_MS`: when
+        it meets the lock (:class:`~.locking.SQLiteLockHeld`, nothing ran), this awaits and
+        begins again, the loop running meanwhile, until the busy timeout has passed, and then
+        raises SQLite's "database is locked" as a transaction waiting inside SQLite would have
+        (see :mod:`.locking`)."""
+        token = SQLITE_LOOP_WAIT.set(LOOP_WAIT_MS)
+        try:
+            deadline: float | None = None
+            pause = 0.002
+            while True:
+                try:
+                    return attempt()
+                except SQLiteLockHeld as held:
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + (locking.BUSY_TIMEOUT_MS - LOOP_WAIT_MS) / 1000
+                    if now >= deadline:
+                        raise held.error from None
+                    await asyncio.sleep(min(pause, deadline - now))
+                    pause = min(pause * 2, 0.1)
+        finally:
+            SQLITE_LOOP_WAIT.reset(token)
 
     async def direct(
         self, statement: CompiledStatement, values: dict[str, Any]
@@ -207,14 +239,20 @@ class InlineRunner(Runner):
         return self.thread_safe and not self._group.bound_elsewhere()
 
     async def _flush(self, items: list[Chain]) -> list[list[DirectResult] | BaseException]:
-        return [outcome.outcome for outcome in self.run_batch(items, own=self.thread_safe)]
+        outcomes = await self.waiting_for_lock(lambda: self.run_batch(items, own=self.thread_safe))
+        return [outcome.outcome for outcome in outcomes]
 
     def _own_connection(self) -> Any:
-        """The batches' own connection (see the class), opened on first use."""
+        """The batches' own connection (see the class), opened on first use. It is used on
+        the event loop's thread only: SQLite waits for another connection's write lock there
+        for :data:`~.locking.LOOP_WAIT_MS` at most (see :meth:`waiting_for_lock`)."""
         if self._writer is None:
             fairy = self.engine.raw_connection()
-            self._writer = fairy.driver_connection
+            writer = fairy.driver_connection
             fairy.detach()  # the pool forgets it: its slot stays free, closing it is ours
+            assert writer is not None
+            writer.execute(f"PRAGMA busy_timeout={LOOP_WAIT_MS}")
+            self._writer = writer
         return self._writer
 
     def _close_own(self) -> None:
@@ -262,7 +300,15 @@ class InlineRunner(Runner):
             assert conn is not None
             try:
                 for savepoints in (False, True):
-                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        conn.execute("BEGIN IMMEDIATE")
+                    except sqlite3.OperationalError as exc:
+                        if own and SQLITE_LOOP_WAIT.get() is not None and is_sqlite_busy(exc):
+                            # another connection writes: nothing ran (a first pass that did
+                            # was rolled back); the caller waits off the loop and begins again
+                            wrapped = as_sqlalchemy(exc, first, None, self.engine.dialect, False)
+                            raise SQLiteLockHeld(wrapped) from exc
+                        raise
                     done = run(conn, savepoints)
                     if done is not None:
                         break
@@ -270,9 +316,11 @@ class InlineRunner(Runner):
                 else:
                     raise AssertionError("with savepoints, no chain fails midway")
                 conn.execute("COMMIT")
+            except SQLiteLockHeld:
+                raise  # the connection is as it was: no transaction
             except BaseException as exc:
-                if conn.in_transaction:
-                    with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception):  # (a closed connection raises here too)
+                    if conn.in_transaction:
                         conn.execute("ROLLBACK")
                 if own:
                     self._close_own()
