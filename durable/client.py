@@ -501,8 +501,13 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         costs a look every ``poll_interval``. An execution that this client's runtime runs
         wakes the wait as soon as it finishes.
 
+        A database that cannot be reached meanwhile (a restart) is waited out: the wait looks
+        again as above until it answers, or until ``timeout``.
+
         :raises WorkflowNotFoundError: no such workflow.
         :raises TimeoutError: it did not finish within ``timeout`` seconds (default: no limit).
+        :raises BackendUnavailableError: ``timeout`` passed while the database could not be
+            reached (whether the execution finished is not known).
         :raises InvalidArgumentError: ``timeout`` is negative or not finite, or the id is not one.
         :raises WorkflowCancelledError: the execution was cancelled.
         :raises WorkflowDeadLetteredError: it ran out of attempts.
@@ -512,12 +517,19 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         self._require_started()
         check_id(workflow_id, "workflow_id")
         timeout = check_timeout(timeout)
+        unanswered: list[BackendUnavailableError] = []  # the last look's, while it fails
 
         async def wait() -> Any:
             looks = pauses(self.poll_interval)
             while True:
                 woken = self._wake_up()  # before the look: a finish after it wakes the pause
-                info = await self.backend.get_workflow(workflow_id)
+                try:
+                    info = await self.backend.get_workflow(workflow_id)
+                except BackendUnavailableError as exc:
+                    unanswered[:] = [exc]
+                    await self.pause(next(looks), woken)
+                    continue
+                unanswered.clear()
                 if info.status.is_terminal:
                     return outcome(info)
                 await self.pause(next(looks), woken)
@@ -525,6 +537,8 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         try:
             return await asyncio.wait_for(wait(), timeout)
         except TimeoutError:
+            if unanswered:
+                raise unanswered[0] from None
             raise TimeoutError(
                 f"workflow {workflow_id!r} did not finish within {timeout:g} s"
             ) from None

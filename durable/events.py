@@ -27,7 +27,12 @@ from typing import Any
 
 from durable.backends.base import PersistentBackend
 from durable.context import ExecutionContext, StepGuard, current
-from durable.errors import DurableError, InvalidArgumentError, SerializationError
+from durable.errors import (
+    BackendUnavailableError,
+    DurableError,
+    InvalidArgumentError,
+    SerializationError,
+)
 from durable.models import StepRecord, StepStatus
 from durable.polling import pauses
 from durable.validation import check_name
@@ -163,24 +168,35 @@ async def wait_for_event(
     without setting it. Woken by the write; looks again soon, then less often, up to
     ``poll_interval`` seconds apart (:mod:`durable.polling`).
 
+    A database that cannot be reached meanwhile is waited out the same way, until ``timeout``.
+
     :raises WorkflowNotFoundError: no such workflow.
+    :raises BackendUnavailableError: ``timeout`` passed while the database could not be reached
+        (whether the event was set is not known).
     """
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     looks = pauses(poll_interval)
     while True:
         with backend.watch_outputs(workflow_id) as watch:
-            event = await backend.get_event(workflow_id, key)
-            if event is not None:
-                return event.value
-            # finished? then it sets nothing more: one last look, for a value set before the end
-            if (await backend.get_workflow(workflow_id)).status.is_terminal:
+            unanswered: BackendUnavailableError | None = None
+            try:
                 event = await backend.get_event(workflow_id, key)
-                return default if event is None else event.value
+                if event is not None:
+                    return event.value
+                # finished? then it sets nothing more: one last look, for a value set before
+                # the end
+                if (await backend.get_workflow(workflow_id)).status.is_terminal:
+                    event = await backend.get_event(workflow_id, key)
+                    return default if event is None else event.value
+            except BackendUnavailableError as exc:  # a restart: look again, until the timeout
+                unanswered = exc
             wait = next(looks)
             if deadline is not None:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
+                    if unanswered is not None:
+                        raise unanswered
                     return default
                 wait = min(wait, remaining)
             await watch.wait(wait)

@@ -1097,3 +1097,40 @@ async def test_a_transactional_step_whose_connection_is_dropped_is_handed_back_u
     assert info.status is durable.WorkflowStatus.SUCCEEDED and info.attempts == 1
     assert step.attempts == 1 and step.error is None
     assert TX_RUNS[kind] == 2
+
+
+# -- waits of a client through a restart ---------------------------------------------------------
+
+
+@durable.workflow(name="to.publishes.v1", registry=REG)
+async def publishes(x: int) -> int:
+    await durable.set_event("ready", x)
+    return await after(await held(x))
+
+
+@pytest.mark.postgres
+async def test_a_clients_waits_ride_out_an_outage(pg_url: str, proxy: Proxy) -> None:
+    """result() and get_event() of a client whose database goes away while they wait look
+    again until it answers, and return what was done meanwhile; a timeout that passes during
+    the outage says the database could not be reached (not that nothing happened)."""
+    GATE.update(entered=asyncio.Event(), release=asyncio.Event())
+    RUNS.clear()
+    async with (
+        durable.Runtime(durable.connect(pg_url), registry=REG, recover=False) as worker_rt,
+        durable.Client(proxy.url(pg_url), poll_interval=0.05) as client,
+    ):
+        await worker_rt.start_worker(concurrency=1, poll_interval=0.05)
+        wid = await client.enqueue("to.publishes.v1", 4)
+        await asyncio.wait_for(GATE["entered"].wait(), WAIT)
+        proxy.cut()
+        result = asyncio.create_task(client.result(wid, timeout=WAIT))
+        event = asyncio.create_task(client.get_event(wid, "ready", timeout=WAIT))
+        with pytest.raises(durable.BackendUnavailableError):
+            await client.result(wid, timeout=0.3)
+        GATE["release"].set()  # the worker (not behind the proxy) finishes meanwhile
+        await until(lambda: worker_rt.get_workflow(wid), lambda i: i.status.is_terminal)
+        await asyncio.sleep(0.3)
+        assert not result.done() and not event.done()
+        proxy.restore()
+        assert await result == 41
+        assert await event == 4
