@@ -581,3 +581,16 @@ def test_rows_survive_migrations_down_and_up_again(db_url: str, engine: sa.Engin
             assert [s.output for s in await rt.list_steps("done")] == [2, 4]
 
     run(finish())
+
+
+def test_tables_made_without_migrations_are_a_database_error_not_an_outage(
+    db_url: str, engine: sa.Engine
+) -> None:
+    """durable's tables created by hand (no version table): the migration's CREATE TABLE is
+    refused, which is said as the database's error, not as a database that cannot be reached
+    (which callers wait out, for ever here)."""
+    metadata.create_all(engine)
+    with pytest.raises(durable.BackendError) as refused:
+        run(start(db_url))
+    assert not isinstance(refused.value, durable.BackendUnavailableError)
+    assert "durable_" in str(refused.value) and "exists" in str(refused.value)

@@ -371,8 +371,8 @@ class SQLAlchemyBackend(
         if not isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
             # psycopg raises a database's refusal to write as an InternalError
             return getattr(exc.orig, "sqlstate", None) == PG_READ_ONLY
-        if exc.connection_invalidated or not self._started:
-            return True
+        if exc.connection_invalidated or (not self._started and exc.statement is None):
+            return True  # lost, or never made (refused, unknown host, bad credentials)
         known = self.dialect.unavailable(exc)
         if known is not None:
             return known
