@@ -10,7 +10,9 @@ import pytest
 
 import durable
 from durable.backends.base import PersistentBackend
+from durable.backends.memory import InMemoryBackend
 from durable.testing import BackendContractTests
+from durable.testing.contract import BatchContract, LabelContract
 
 
 class TestContract(BackendContractTests):
@@ -24,3 +26,20 @@ class TestContract(BackendContractTests):
         if backend_url.startswith("memory://"):
             return None  # one process's memory cannot be shared
         return functools.partial(durable.connect, backend_url)
+
+
+class RowByRow(InMemoryBackend):
+    """A backend that keeps the interface's default create_workflows (one create_workflow a
+    row), as CONTRIBUTING allows a third party's to."""
+
+    create_workflows = PersistentBackend.create_workflows
+
+
+class TestTheDefaultBatch(LabelContract, BatchContract):
+    """The areas that create batches, on the interface's default create_workflows: what it
+    promises (a refused row named as ``inputs[i]``) holds there too."""
+
+    @pytest.fixture
+    async def backend(self) -> AsyncIterator[PersistentBackend]:
+        async with RowByRow() as backend:
+            yield backend

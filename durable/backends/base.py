@@ -45,6 +45,7 @@ from durable.errors import (
     DeadlineExceededError,
     InvalidArgumentError,
     NotSupportedError,
+    SerializationError,
 )
 from durable.models import (
     RECV_STEP,
@@ -517,7 +518,12 @@ class PersistentBackend(ABC):
         batch_owners(batch)  # refuses rows that clash within the batch, before any write
         results = []
         for index, (snapshot, task) in enumerate(batch):
-            info, created = await self.create_workflow(snapshot, task=task)
+            try:
+                info, created = await self.create_workflow(snapshot, task=task)
+            except SerializationError as exc:  # named by its row, as durable's backends do
+                raise SerializationError(f"inputs[{index}]: {exc}") from exc
+            except InvalidArgumentError as exc:
+                raise InvalidArgumentError(f"inputs[{index}]: {exc}") from exc
             if info.name != snapshot.name:
                 raise clash_error(index, snapshot, info.id, info.name)
             results.append((info, created))
