@@ -163,3 +163,23 @@ async def test_a_workflow_the_check_cannot_run_is_not_passed() -> None:
     failed, nothing was recorded, and the check passed with nothing checked."""
     with pytest.raises(durable.DurableError, match=r"could not run .*checked nothing"):
         await check_replay_safe(transactional)
+
+
+@durable.workflow(name="crash.fails_at_once.v1")
+async def fails_at_once(order: str) -> object:
+    raise ValueError(f"no such order {order}")
+
+
+async def test_arguments_the_workflow_cannot_take_or_store_are_refused() -> None:
+    """Missing or extra arguments, or ones that cannot be stored, are refused as a run would
+    refuse them; and an uncrashed run that fails before any step (nothing to crash at) is not
+    passed with nothing checked."""
+    with pytest.raises(durable.InvalidArgumentError, match=r"cannot be called.*missing"):
+        await check_replay_safe(checkout)
+    with pytest.raises(durable.InvalidArgumentError, match="cannot be called"):
+        await check_replay_safe(checkout, "o-1", "extra")
+    with pytest.raises(durable.SerializationError):
+        await check_replay_safe(checkout, {1, 2})
+    with pytest.raises(durable.DurableError, match="failed before its first step") as failed:
+        await check_replay_safe(fails_at_once, "o-9")
+    assert isinstance(failed.value.__cause__, ValueError)

@@ -199,6 +199,9 @@ def test_the_clock_refuses_bad_arguments(durable_clock: TimeSkippingClock) -> No
         durable_clock.advance(-1)
     with pytest.raises(InvalidArgumentError, match="delta"):
         durable_clock.advance("1 day")  # type: ignore[arg-type]
+    for endless in (float("nan"), float("inf"), 1e300, timedelta(days=999_999_999)):
+        with pytest.raises(InvalidArgumentError, match="finite duration of at most 100 years"):
+            durable_clock.advance(endless)
     with pytest.raises(InvalidArgumentError, match="aware"):
         TimeSkippingClock(datetime(2030, 1, 1))
     with pytest.raises(InvalidArgumentError, match="in-memory"):

@@ -309,10 +309,22 @@ class TimeSkippingClock:
 def _step(delta: timedelta | float) -> timedelta:
     if isinstance(delta, bool) or not isinstance(delta, timedelta | int | float):
         raise InvalidArgumentError(f"delta must be a timedelta or seconds, got {delta!r}")
-    step = delta if isinstance(delta, timedelta) else timedelta(seconds=delta)
+    try:
+        step = delta if isinstance(delta, timedelta) else timedelta(seconds=delta)
+    except (ValueError, OverflowError):  # NaN, an infinity, beyond timedelta's range
+        step = None
+    if step is None or step > MAX_ADVANCE:
+        raise InvalidArgumentError(
+            f"delta must be a finite duration of at most 100 years, got {delta!r}"
+        )
     if step < timedelta(0):
         raise InvalidArgumentError(f"the clock only moves forward, got delta={delta!r}")
     return step
+
+
+#: The most :meth:`TimeSkippingClock.advance` moves at once (further would leave the dates a
+#: backend stores).
+MAX_ADVANCE = timedelta(days=36525)
 
 
 __all__ = ["UNCLAIMED_GRACE", "TimeSkippingClock"]

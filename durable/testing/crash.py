@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from durable.errors import (
     InvalidArgumentError,
     NonDeterminismError,
     NotSupportedError,
+    SerializationError,
 )
 from durable.models import WORKFLOW_TASK, StepRecord, StepStatus
 from durable.runtime import Runtime
@@ -169,12 +171,23 @@ async def check_replay_safe(
 
     :raises ReplayUnsafeError: a crash at some boundary changed the outcome, the history or a
         recorded output, or made a completed step run again; every such boundary is listed.
-    :raises InvalidArgumentError: ``workflow`` is not a durable workflow.
+    :raises InvalidArgumentError: ``workflow`` is not a durable workflow, or cannot take
+        ``args`` and ``kwargs``.
+    :raises SerializationError: they cannot be stored.
     :raises DurableError: it cannot run on the in-memory backend the check uses (a
-        ``@durable.transaction`` step), so nothing could be checked.
+        ``@durable.transaction`` step), or its uncrashed run failed before any step, so
+        nothing could be checked.
     """
     if not isinstance(workflow, Workflow):
         raise InvalidArgumentError(f"check_replay_safe needs a @durable.workflow, got {workflow!r}")
+    try:
+        inspect.signature(workflow.fn).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise InvalidArgumentError(
+            f"check_replay_safe: {workflow.name!r} cannot be called with these arguments: {exc}"
+        ) from None
+    except ValueError:  # no signature to read: the run says
+        pass
     backend = _CrashingBackend()
     clock = TimeSkippingClock()
     runtime = Runtime(backend, executor_id="replay-check", poll_interval=0.01)
@@ -190,7 +203,17 @@ async def check_replay_safe(
                     f"check_replay_safe could not run {workflow.name!r} on its in-memory "
                     f"backend, so checked nothing: {reference[1]}"
                 ) from reference[1]
+            if not reference[0] and isinstance(
+                reference[1], InvalidArgumentError | SerializationError
+            ):
+                raise reference[1]  # refused before it started (its arguments cannot be stored)
             history = await backend.list_steps("reference")
+            if not reference[0] and not history:
+                raise DurableError(
+                    f"check_replay_safe: the uncrashed run of {workflow.name!r} failed before "
+                    f"its first step, so there is nothing to check: "
+                    f"{type(reference[1]).__name__}: {reference[1]}"
+                ) from reference[1]
             through_record = set(backend.recorded.get("reference", []))
             check = ReplayCheck(result=reference[1] if reference[0] else None)
             for step in history:
