@@ -22,6 +22,7 @@ of threads at once. Needs Starlette (``pip install 'durable-sqla[integrations]'`
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -83,7 +84,18 @@ class DurableLifespan:
 
     @asynccontextmanager
     async def _run(self, app: Any) -> AsyncIterator[Mapping[str, Any] | None]:
-        await self._target.start()
+        target = self._target
+        owned = not target._started  # started by the caller: used, and left to the caller
+        if not owned and target._loop is not asyncio.get_running_loop():
+            noun = target._noun
+            raise DurableError(
+                f"durable_lifespan was given a {noun} already started on another event loop "
+                f"(start_sync(), `with {noun}:`, or a test fixture), whose connections belong "
+                f"to that loop, not the app's: give it a {noun} that is not started (or a "
+                "database URL), which it starts with the app and closes at shutdown"
+            )
+        if owned:
+            await target.start()
         worker = None
         try:
             if self._worker and self.runtime is not None:
@@ -102,7 +114,8 @@ class DurableLifespan:
         finally:
             if worker is not None:
                 await worker.stop(self._grace)  # running executions: finish or handed back
-            await self._target.close()
+            if owned:
+                await target.close()
 
 
 def durable_lifespan(
@@ -140,6 +153,10 @@ def durable_lifespan(
 
     Each process of the server (e.g. each ``uvicorn --workers`` process) runs its own lifespan,
     hence its own runtime and worker, all sharing the database.
+
+    A runtime or client given already started (on the app's event loop) is used and left
+    open: whoever started it closes it. One started on another loop is refused when the app
+    starts, with :class:`~durable.errors.DurableError`: its connections belong to that loop.
 
     :raises InvalidArgumentError: ``target`` is none of these, options are given with a runtime
         or a client, a client is given with ``worker=True``, or an option is out of range.

@@ -225,3 +225,32 @@ def test_shutdown_hands_a_running_execution_back_and_the_next_start_resumes_it(
     with TestClient(Starlette(lifespan=after)):
         assert after.client.result_sync("hb-1", timeout=30) == 42
     assert CALLS == ["first", "slow", "slow"]  # the recorded step did not run again
+
+
+def test_a_runtime_started_elsewhere_is_refused_and_one_started_here_left_open(
+    sqlite_url: str,
+) -> None:
+    """A runtime already started on another loop (start_sync, a fixture) is refused when the
+    app starts, with the reason, and is left as it was; one started on the app's own loop is
+    used and not closed at the app's shutdown (its starter closes it)."""
+    elsewhere = durable.Runtime(durable.connect(sqlite_url), executor_id="elsewhere")
+    elsewhere.start_sync()
+    try:
+        app = Starlette(lifespan=durable_lifespan(elsewhere, worker=False))
+        with (
+            pytest.raises(durable.DurableError, match="already started on another event loop"),
+            TestClient(app),
+        ):
+            pass
+        assert sum(elsewhere.client.count_workflows_sync().values()) == 0  # still open
+    finally:
+        elsewhere.close_sync()
+
+    async def here() -> None:
+        async with durable.Runtime(durable.connect(sqlite_url), executor_id="here") as runtime:
+            app = Starlette()
+            async with durable_lifespan(runtime, worker=False)(app):
+                assert app.state.durable_runtime is runtime
+            assert sum((await runtime.client.count_workflows()).values()) == 0  # still open
+
+    asyncio.run(here())
