@@ -381,6 +381,18 @@ class ExecutionContext:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
 
+def stamp_of(backend: object) -> datetime:
+    """Now, by the clock ``backend`` stamps its rows with (its ``clock``: this host's in
+    production, a test's time-skipping clock under :mod:`durable.testing`), else this host's:
+    a step's ``started_at`` and its ``completed_at`` are read on one clock."""
+    clock = getattr(backend, "clock", None)
+    if callable(clock):
+        now = clock()
+        if isinstance(now, datetime):
+            return now
+    return datetime.now(UTC)
+
+
 class StepGuard:
     """One step at one position: replays its recorded outcome, or persists a new one.
 
@@ -403,7 +415,14 @@ class StepGuard:
         self.position = position
         self.name = name
         self.recorded = recorded
-        self.started_at = datetime.now(UTC)
+        # a step recorded pending (a sleep, a receive, a child) started when it was recorded
+        self.started_at = (
+            recorded.started_at
+            if recorded is not None
+            and recorded.status is StepStatus.PENDING
+            and recorded.started_at is not None
+            else stamp_of(ctx.runtime.backend)
+        )
         self.result: Any = None
         self._serialized: str | None = None  # the last value _roundtrip serialized
         if recorded is not None and recorded.status is StepStatus.SUCCEEDED:

@@ -153,7 +153,7 @@ async def _one_run(url: str, run: str) -> tuple[object, ...]:
         outcome,
         retried,
         list(SEEN),
-        [(s.name, s.started_at is not None, s.completed_at) for s in steps],
+        [(s.name, s.started_at, s.completed_at) for s in steps],
         info.created_at,
         info.completed_at,
         clock.now(),
@@ -173,6 +173,13 @@ async def test_two_runs_see_the_same_times(durable_url: str) -> None:
     ]
     assert (created, completed) == (START, START + timedelta(days=3))
     assert now == START + timedelta(days=3, minutes=12)
+    later = START + timedelta(days=3)
+    # each step's start and end on the virtual clock (the sleep started when it was recorded)
+    assert one[3] == [
+        ("sqlskip.now", START, START),
+        ("durable.sleep", START, later),
+        ("sqlskip.now", later, later),
+    ]
 
 
 async def test_the_clock_refuses_a_started_backend(durable_runtime: durable.Runtime) -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any, cast
 
+from durable.context import stamp_of
 from durable.engine.attempts import Attempts
 from durable.engine.core import stored_arguments
 from durable.errors import (
@@ -150,7 +150,7 @@ class Serving(Attempts):
         if record is None or record.status is not StepStatus.PENDING:
             await self.backend.complete_task(claim.instance_id, claim.task_id, self.executor_id)
             return
-        started = datetime.now(UTC)
+        started = stamp_of(self.backend)
         heartbeat = asyncio.get_running_loop().create_task(
             self._heartbeat(claim.instance_id, claim.task_id)
         )
