@@ -35,6 +35,7 @@ from durable.errors import (
     CorruptRowError,
     DurableError,
     InvalidArgumentError,
+    NonDeterminismError,
     SerializationError,
     WorkflowFinishedError,
     WorkflowNotFoundError,
@@ -103,6 +104,7 @@ def recv_sync(topic: str, timeout: timedelta | float | None = None) -> Any:
 async def _recv(
     ctx: ExecutionContext, guard: StepGuard, topic: str, timeout: timedelta | None
 ) -> Any:
+    _check_topic(ctx, guard, topic)
     if guard.replayed:
         return guard.replay()
     backend = ctx.runtime.backend
@@ -144,6 +146,24 @@ async def _recv(
     )
     guard.result = value
     return value
+
+
+def _check_topic(ctx: ExecutionContext, guard: StepGuard, topic: str) -> None:
+    """A receive replayed (or still waiting) at ``guard``'s position must be on the topic its
+    history recorded there: one on another topic is code changed in flight (it would wait for
+    ever on a topic nobody sends, while the message sent on the recorded one stays queued).
+
+    :raises NonDeterminismError: the topics differ."""
+    recorded = guard.recorded
+    if recorded is None or not isinstance(recorded.input, str) or recorded.input == topic:
+        return
+    ctx.divergence = NonDeterminismError(
+        f"workflow {ctx.workflow_id!r} ({ctx.workflow_name}) receives on topic {topic!r} at "
+        f"position {guard.position}, but its history recorded a receive on topic "
+        f"{recorded.input!r} there: the workflow's code changed while this execution was in "
+        f"flight{ctx.versions_note()}"
+    )
+    raise ctx.divergence
 
 
 def _recorded_deadline(ctx: ExecutionContext, output: Any, position: int) -> datetime | None:

@@ -28,7 +28,7 @@ import math
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from durable import context as _context
@@ -88,6 +88,11 @@ class _NoBackend:
     def __init__(self, serializer: Serializer) -> None:
         self.serializer = serializer
         self.records_steps_blocking = False
+
+    @staticmethod
+    def clock() -> datetime:
+        """What a step's guard stamps its start with (a replay writes it nowhere)."""
+        return datetime.now(UTC)
 
     def __getattr__(self, name: str) -> Any:
         raise ReplayWriteError(

@@ -450,3 +450,34 @@ async def test_a_patch_checked_twice_takes_one_branch_per_execution(backend_url:
     assert steps["old"] == ["tp.twice.reserve_v1", RECV_STEP, "tp.twice.release_v1"]
     marker = "durable.patch:res-v2"
     assert steps["new"] == [marker, "tp.twice.reserve_v2", RECV_STEP, "tp.twice.release_v2"]
+
+
+# -- a receive whose topic changed in flight --------------------------------------------------
+
+TOPIC_OLD, TOPIC_NEW = durable.Registry(), durable.Registry()
+
+
+@durable.workflow(name="tp.topic.order", registry=TOPIC_OLD)
+async def topic_old(amount: int) -> list[Any]:
+    fee = await patchprog.fee_v1(amount)
+    return [fee, await durable.recv("go")]
+
+
+@durable.workflow(name="tp.topic.order", registry=TOPIC_NEW)
+async def topic_new(amount: int) -> list[Any]:
+    fee = await patchprog.fee_v1(amount)
+    return [fee, await durable.recv("start")]  # renamed without a patch
+
+
+@NO_AIOSQLITE
+async def test_a_receive_on_another_topic_than_recorded_is_detected(backend_url: str) -> None:
+    """An execution waiting on topic "go" resumed by code that receives on "start" (a change
+    without a patch) fails with NonDeterminismError naming both topics, instead of waiting
+    for ever on a topic nobody sends while "go"'s message stays queued."""
+    deploys = Deploys(backend_url)
+    await start_waiting(deploys, TOPIC_OLD, "tp.topic.order", ["t"])
+    async with deploys.runtime(TOPIC_NEW) as rt:
+        await rt.start_worker(concurrency=2, poll_interval=0.01)
+        await rt.send("t", "go", "went")
+        with pytest.raises(NonDeterminismError, match=r"'start'.*'go'"):
+            await rt.result("t", timeout=WAIT)
