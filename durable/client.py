@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -70,7 +71,7 @@ from durable.models import (
     WorkflowInfo,
     WorkflowStatus,
 )
-from durable.polling import pauses
+from durable.polling import UNANSWERED_LOOK, pauses, within
 from durable.portal import SyncStartable
 from durable.queues import Queue, QueueOperations, queue_name
 from durable.retention import RetentionOperations
@@ -518,30 +519,37 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         check_id(workflow_id, "workflow_id")
         timeout = check_timeout(timeout)
         unanswered: list[BackendUnavailableError] = []  # the last look's, while it fails
+        looking: list[float] = []  # when the look in flight began
 
         async def wait() -> Any:
             looks = pauses(self.poll_interval)
             while True:
                 woken = self._wake_up()  # before the look: a finish after it wakes the pause
+                looking[:] = [time.monotonic()]
                 try:
                     info = await self.backend.get_workflow(workflow_id)
                 except BackendUnavailableError as exc:
                     unanswered[:] = [exc]
                     await self.pause(next(looks), woken)
                     continue
+                finally:
+                    looking.clear()
                 unanswered.clear()
                 if info.status.is_terminal:
                     return outcome(info)
                 await self.pause(next(looks), woken)
 
-        try:
-            return await asyncio.wait_for(wait(), timeout)
-        except TimeoutError:
+        def late() -> BaseException:
             if unanswered:
-                raise unanswered[0] from None
-            raise TimeoutError(
-                f"workflow {workflow_id!r} did not finish within {timeout:g} s"
-            ) from None
+                return unanswered[0]
+            if looking and time.monotonic() - looking[0] >= UNANSWERED_LOOK:
+                return BackendUnavailableError(
+                    f"the database did not answer while waiting for workflow {workflow_id!r} "
+                    f"({timeout:g} s): whether it finished is not known"
+                )
+            return TimeoutError(f"workflow {workflow_id!r} did not finish within {timeout:g} s")
+
+        return await within(wait(), timeout, late)
 
     async def pause(self, seconds: float, woken: asyncio.Event | None = None) -> None:
         """A pause of a wait for an outcome between two looks: :attr:`poll_sleep` where set,

@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from durable.backends.base import PersistentBackend
-from durable.errors import InvalidArgumentError, SerializationError
+from durable.errors import BackendUnavailableError, InvalidArgumentError, SerializationError
 from durable.events import wait_for_event
 from durable.inspection import KINDS as WAIT_KINDS
 from durable.inspection import Waiting, waiting_of
 from durable.models import Message, Page, WorkflowStatus
+from durable.polling import UNANSWERED_LOOK, within
 from durable.streams import StreamReader
 from durable.validation import (
     check_bool,
@@ -178,6 +179,8 @@ class WorkflowIO:
         other processes' being seen within ``poll_interval``).
 
         :raises WorkflowNotFoundError: no such workflow.
+        :raises BackendUnavailableError: ``timeout`` passed while the database could not be
+            reached, or did not answer (whether the event was set is not known).
         :raises InvalidArgumentError: ``workflow_id`` or ``key`` is not a non-empty str of at
             most 255 characters, or ``timeout`` is negative or not finite.
         """
@@ -185,13 +188,24 @@ class WorkflowIO:
         check_id(workflow_id, "workflow_id")
         check_name(key, "key")
         wait = check_timeout(timeout)
-        return await wait_for_event(
-            self.backend,
-            workflow_id,
-            key,
-            timeout=wait,
-            default=default,
-            poll_interval=self.poll_interval,
+
+        def late() -> BaseException:  # its last look still unanswered well past the timeout
+            return BackendUnavailableError(
+                f"the database did not answer while waiting for event {key!r} of workflow "
+                f"{workflow_id!r} ({wait:g} s): whether it was set is not known"
+            )
+
+        return await within(
+            wait_for_event(
+                self.backend,
+                workflow_id,
+                key,
+                timeout=wait,
+                default=default,
+                poll_interval=self.poll_interval,
+            ),
+            None if wait is None else wait + UNANSWERED_LOOK,
+            late,
         )
 
     def get_event_sync(

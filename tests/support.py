@@ -79,6 +79,7 @@ def in_a_fork(body: Callable[[], object], *, within: float = 20.0) -> int:
     if pid == 0:  # pragma: no cover - the child's outcome is its exit status
         status = 1
         try:
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)  # not pytest-timeout's: it ends
             signal.alarm(max(1, round(within)))
             body()
             status = 0

@@ -98,10 +98,13 @@ async def holding(x: int) -> int:
 class Proxy:
     """A TCP proxy to a PostgreSQL server, on a port of its own, run by a thread: :meth:`cut`
     drops every connection through it and refuses new ones, :meth:`restore` accepts them
-    again on the same port."""
+    again on the same port; :meth:`stall` holds every byte (a server that hangs, neither
+    answering nor refusing) until :meth:`unstall`."""
 
     def __init__(self, host: str, port: int) -> None:
         self._target = (host, port)
+        self._flowing = asyncio.Event()  # cleared while stalled (set on the proxy's loop)
+        self._flowing.set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -121,6 +124,16 @@ class Proxy:
 
     def cut(self) -> None:
         self._call(self._cut())
+
+    def stall(self) -> None:
+        self._call(self._switch(self._flowing.clear))  # done on the proxy's loop when it returns
+
+    def unstall(self) -> None:
+        self._call(self._switch(self._flowing.set))
+
+    @staticmethod
+    async def _switch(flip: Any) -> None:
+        flip()
 
     def close(self) -> None:
         self._call(self._cut())
@@ -151,6 +164,7 @@ class Proxy:
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError, ConnectionError):
                 while data := await source.read(65536):
+                    await self._flowing.wait()
                     sink.write(data)
                     await sink.drain()
             sink.transport.abort()
@@ -1134,3 +1148,31 @@ async def test_a_clients_waits_ride_out_an_outage(pg_url: str, proxy: Proxy) -> 
         proxy.restore()
         assert await result == 41
         assert await event == 4
+
+
+@pytest.mark.postgres
+async def test_a_clients_waits_keep_their_timeout_when_the_server_hangs(
+    pg_url: str, proxy: Proxy
+) -> None:
+    """A server that hangs (neither answers nor refuses): result() and get_event() end at their
+    timeout, saying the database did not answer (not that nothing finished), instead of
+    waiting for their last look's cancellation (the driver's connect timeout, 10 s)."""
+    async with (
+        durable.Runtime(durable.connect(pg_url), registry=REG, recover=False) as worker_rt,
+        durable.Client(proxy.url(pg_url), poll_interval=0.05) as client,
+    ):
+        await worker_rt.start_worker(concurrency=1, poll_interval=0.05)
+        wid = await client.enqueue("to.echo.v1", 7)
+        assert await client.result(wid, timeout=WAIT) == 7
+        proxy.stall()
+        try:
+            began = time.monotonic()
+            with pytest.raises(durable.BackendUnavailableError, match="did not answer"):
+                await client.result(wid, timeout=2)
+            with pytest.raises(durable.BackendUnavailableError, match="did not answer"):
+                await client.get_event(wid, "never", timeout=1)
+            took = time.monotonic() - began
+        finally:
+            proxy.unstall()
+        assert took < 8, f"the two waits took {took:.1f} s for 2 s and 1 s (+1 s) of timeout"
+        assert await client.result(wid, timeout=WAIT) == 7  # and it works once it answers

@@ -94,7 +94,8 @@ class _Opened:
 
     def client(self) -> Client:
         with self._lock:
-            if self._client is not None and self._client.started_elsewhere():
+            opened = self._runtime or self._client  # a worker's client is its runtime's
+            if opened is not None and opened.started_elsewhere():
                 # opened before the server forked this process (gunicorn --preload): the loop
                 # it runs on stayed in the parent, so this process opens its own
                 leave_behind(self._runtime or self._client)
@@ -144,8 +145,9 @@ class _Opened:
         with self._lock:
             runtime, client = self._runtime, self._client
             self._runtime = self._client = None
-        if client is not None and client.started_elsewhere():
-            leave_behind(runtime or client)  # the parent's: it closes them
+        opened = runtime or client
+        if opened is not None and opened.started_elsewhere():
+            leave_behind(opened)  # the parent's: it closes it
         elif runtime is not None:
             runtime.close_sync()  # its worker first: running executions are handed back
         elif client is not None:
