@@ -64,6 +64,7 @@ else:
     if context.config.config_file_name is not None:
         fileConfig(context.config.config_file_name, disable_existing_loggers=False)
     engine = command_line_engine()
+
     def locked_run(conn: sa.Connection) -> None:
         migrate.lock(conn)  # a backend starting meanwhile waits for this migration
         run(conn)
