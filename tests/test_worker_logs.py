@@ -168,6 +168,7 @@ def test_durable_worker_with_nothing_to_serve_exits_non_zero(
 
 
 HELD: list[Any] = []
+CANCELLED_REG = durable.Registry()  # its own: the test above lists REG's names
 
 
 @durable.step(name="tl.held")
@@ -176,7 +177,7 @@ async def held_step() -> None:
     await asyncio.sleep(2.0)  # heartbeats (every 0.1 s) find the task gone meanwhile
 
 
-@durable.workflow(name="tl.cancelled.v1", registry=REG)
+@durable.workflow(name="tl.cancelled.v1", registry=CANCELLED_REG)
 async def cancelled_while_running() -> None:
     await held_step()
 
@@ -190,7 +191,7 @@ async def test_a_cancel_of_a_running_execution_is_no_lost_lease(
     HELD[:] = [asyncio.Event()]
     async with durable.Runtime(
         durable.connect(f"sqlite:///{tmp_path / 'cancel.db'}"),
-        registry=REG,
+        registry=CANCELLED_REG,
         claim_ttl=0.3,
         heartbeat_interval=0.1,
         recover=False,
