@@ -164,7 +164,7 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         self._finished: tuple[asyncio.Event, asyncio.AbstractEventLoop] | None = None
         # set for a runtime's client: the runtime starts and closes the backend and runs the
         # _sync methods on its own loop
-        self._owner_blocking: Callable[[Coroutine[Any, Any, Any]], Any] | None = None
+        self._owner: SyncStartable | None = None
         self.app_version: str | None = version
         """The code version executions started here record when their workflow has no
         ``version`` of its own (see :mod:`durable.versioning`); a runtime sets its own."""
@@ -174,12 +174,13 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         cls,
         backend: PersistentBackend,
         poll_interval: float,
-        blocking: Callable[[Coroutine[Any, Any, Any]], Any],
+        owner: SyncStartable,
     ) -> Client:
-        """The client a runtime owns: the runtime starts and closes the backend, checks that it
-        is started where it needs to, and runs the ``_sync`` methods (its ``blocking``)."""
+        """The client a runtime (``owner``) owns: the runtime starts and closes the backend,
+        checks that it is started where it needs to, and runs the ``_sync`` methods (its
+        :meth:`~SyncStartable.blocking`)."""
         client = cls(backend, poll_interval=poll_interval)
-        client._owner_blocking = blocking
+        client._owner = owner
         return client
 
     def __repr__(self) -> str:
@@ -218,12 +219,19 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         """Run one of this client's coroutines from sync code (see
         :meth:`SyncStartable.blocking <durable.portal.SyncStartable.blocking>`); a runtime's
         client runs them on the runtime's loop."""
-        if self._owner_blocking is not None:
-            return self._owner_blocking(coro)  # type: ignore[no-any-return]
+        if self._owner is not None:
+            return self._owner.blocking(coro)
         return super().blocking(coro)
 
+    def started_elsewhere(self) -> bool:
+        """See :meth:`SyncStartable.started_elsewhere`; a runtime's client answers for its
+        runtime."""
+        if self._owner is not None:
+            return self._owner.started_elsewhere()
+        return super().started_elsewhere()
+
     def _require_started(self) -> None:
-        if self._owner_blocking is None and not self._started:
+        if self._owner is None and not self._started:
             raise DurableError(
                 "the client is not started: use `async with client:` (or `with client:` from "
                 "sync code)"

@@ -27,9 +27,9 @@ from durable.errors import DurableError
 
 T = TypeVar("T")
 
-#: What was started in a process that later forked, and is no longer used in the fork: kept
-#: here so that it is never finalized in the fork, where closing its connections (which the
-#: parent still uses) would close them for the parent too.
+#: What a process that later forked had started, and its fork closed (see
+#: ``SyncStartable.close_sync``): kept here so that it is never finalized in the fork, where
+#: closing its connections (which the parent still uses) would close them for the parent too.
 _LEFT_BEHIND: list[object] = []
 
 
@@ -40,12 +40,6 @@ def forked_message(owner: str, pid: int) -> str:
         "of it: the event loop and the connections it runs on stayed there. Start it in this "
         f"process: after the fork (gunicorn's post_fork hook, or on first use), or a new {owner}"
     )
-
-
-def leave_behind(obj: object) -> None:
-    """Keep ``obj``, started by the process this one was forked from, from being finalized
-    here (see :data:`_LEFT_BEHIND`): for what replaces it in a fork."""
-    _LEFT_BEHIND.append(obj)
 
 
 class Portal:
@@ -189,7 +183,7 @@ class SyncStartable:
     def started_elsewhere(self) -> bool:
         """Whether it was started in another process, of which this one is a fork: it cannot
         be used here (the loop and the connections it runs on stayed in that process), and
-        closing it here only marks it closed. Start a new one in this process."""
+        :meth:`close_sync` here only forgets it. Start a new one in this process."""
         portal = self._portal
         if portal is not None:
             return portal.pid != os.getpid()
@@ -276,9 +270,20 @@ class SyncStartable:
         worker) and raise :class:`DurableError`, as do calls made afterwards. More closes than
         starts are ignored.
 
+        In a fork of the process that started it (:meth:`started_elsewhere`) it only forgets
+        it: the loop and the connections are the parent's, which closes them, and the object is
+        kept from being finalized here (closing its connections would close them for the parent
+        too).
+
         :raises DurableError: called from async code running on the object's own loop.
         """
         self._refuse_on_portal("close_sync()")
+        if self.started_elsewhere():
+            with self._sync_lock:
+                _LEFT_BEHIND.append(self)
+                self._sync_users = 0
+                self._portal = None
+            return
         with self._sync_lock:
             if self._sync_users == 0:
                 return
@@ -316,7 +321,7 @@ class SyncStartable:
             return portal.call(coro)
         loop = self._loop
         noun = self._noun
-        if self._started and self._loop_pid != os.getpid():
+        if self.started_elsewhere():
             coro.close()
             raise DurableError(forked_message(noun, self._loop_pid))
         if not self._started or loop is None or loop.is_closed():

@@ -185,7 +185,7 @@ class Runtime(Operations, Serving):
         check_instance(registry, Registry, "registry")
         if not callable(sleep):
             raise InvalidArgumentError(f"sleep must be a coroutine function, got {sleep!r}")
-        self.client = Client._for_runtime(backend, poll_interval, self.blocking)
+        self.client = Client._for_runtime(backend, poll_interval, self)
         """The client operations (enqueue, result, inspection and control) on this runtime's
         backend; the runtime's methods of the same names go through it. Its ``_sync`` methods
         (``runtime.client.result_sync(...)``) run on the runtime's loop, as :meth:`blocking`."""

@@ -49,7 +49,6 @@ from flask import Flask, current_app
 from durable.client import Client
 from durable.connect import connect
 from durable.errors import ConfigurationError, DurableError
-from durable.portal import leave_behind
 from durable.runtime import Runtime
 from durable.validation import (
     check_optional_id,
@@ -94,11 +93,10 @@ class _Opened:
 
     def client(self) -> Client:
         with self._lock:
-            opened = self._runtime or self._client  # a worker's client is its runtime's
-            if opened is not None and opened.started_elsewhere():
+            if self._client is not None and self._client.started_elsewhere():
                 # opened before the server forked this process (gunicorn --preload): the loop
                 # it runs on stayed in the parent, so this process opens its own
-                leave_behind(self._runtime or self._client)
+                (self._runtime or self._client).close_sync()  # forgets it, in a fork
                 self._runtime = self._client = None
             if self._client is None:
                 self._open()
@@ -145,10 +143,7 @@ class _Opened:
         with self._lock:
             runtime, client = self._runtime, self._client
             self._runtime = self._client = None
-        opened = runtime or client
-        if opened is not None and opened.started_elsewhere():
-            leave_behind(opened)  # the parent's: it closes it
-        elif runtime is not None:
+        if runtime is not None:
             runtime.close_sync()  # its worker first: running executions are handed back
         elif client is not None:
             client.close_sync()

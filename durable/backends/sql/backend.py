@@ -226,12 +226,16 @@ class SQLAlchemyBackend(
             )
             with self._errors("check the database server"):
                 await self._runner.check_sessions()
-            # at head (every start but the first after an upgrade) a read settles it, without
-            # the write lock, which another process may hold for a while on SQLite
-            current = await self._run(migrate.check_known, what="migrate", raw=True, read_only=True)
-            if current != migrate.head_revision():
-                fn = migrate.upgrade if self.auto_migrate else migrate.check
-                await self._migrating(fn, what="migrate")
+            # reads settle it at head (every start but the first after an upgrade), and the
+            # check without auto_migrate, without the write lock, which another process may
+            # hold for a while on SQLite
+            if not self.auto_migrate:
+                await self._run(migrate.check, what="migrate", raw=True, read_only=True)
+            elif (
+                await self._run(migrate.check_known, what="migrate", raw=True, read_only=True)
+                != migrate.head_revision()
+            ):
+                await self._migrating(migrate.upgrade, what="migrate")
             self._loop = asyncio.get_running_loop()
             self._started = True
             log.debug("backend started: %r", self, extra={"action": "backend.start"})

@@ -19,7 +19,6 @@ from django.core.signals import setting_changed
 from durable.client import Client
 from durable.connect import connect
 from durable.integrations.django.conf import DurableSettings, durable_settings
-from durable.portal import leave_behind
 from durable.runtime import Runtime
 
 _lock = threading.Lock()
@@ -48,7 +47,7 @@ def get_client() -> Client:
     global _client
     with _lock:
         if _client is not None and _client.started_elsewhere():
-            leave_behind(_client)  # opened before the server forked this process: the parent's
+            _client.close_sync()  # opened before the server forked this process: forgotten
             _client = None
         if _client is None:
             conf = durable_settings()
@@ -72,7 +71,7 @@ def get_runtime() -> Runtime:
     global _runtime
     with _lock:
         if _runtime is not None and _runtime.started_elsewhere():
-            leave_behind(_runtime)
+            _runtime.close_sync()
             _runtime = None
         if _runtime is None:
             runtime = make_runtime()
@@ -89,11 +88,10 @@ def close() -> None:
     with _lock:
         client, runtime = _client, _runtime
         _client = _runtime = None
-    for handle in (runtime, client):
-        if handle is not None and handle.started_elsewhere():
-            leave_behind(handle)  # the parent's: it closes it
-        elif handle is not None:
-            handle.close_sync()
+    if runtime is not None:
+        runtime.close_sync()  # in a fork of the process that opened it, only forgets it
+    if client is not None:
+        client.close_sync()
 
 
 def _close_at_exit() -> None:
