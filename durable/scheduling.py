@@ -19,7 +19,6 @@ compare-and-set and enqueues the ticks in the same transaction. A racing schedul
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import threading
 import weakref
@@ -268,16 +267,13 @@ def _check_fits(wf: Workflow[Any, Any], args: Sequence[Any], kwargs: Mapping[str
 
     :raises InvalidArgumentError: it cannot (the message says how to fix it).
     """
-    try:
-        inspect.signature(wf.fn).bind(*args, **kwargs, scheduled_at="")
-    except TypeError as exc:
+    problem = wf.cannot_take(args, {**kwargs, SCHEDULED_AT: ""})
+    if problem is not None:  # (no signature to read, a builtin: judged when it runs)
         raise InvalidArgumentError(
             f"@durable.scheduled on {wf.name!r}: each tick calls it with args={tuple(args)!r}, "
             f"kwargs={dict(kwargs)!r} and scheduled_at (the tick, a str), which it cannot "
-            f"take ({exc}): add a scheduled_at parameter (or **kwargs)"
-        ) from None
-    except ValueError:  # no signature to read (a builtin): judged when it runs
-        return
+            f"take ({problem}): add a scheduled_at parameter (or **kwargs)"
+        )
 
 
 async def store_declared_schedules(backend: PersistentBackend, registry: Registry) -> int:

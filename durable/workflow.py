@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
@@ -76,6 +76,17 @@ class Workflow(Generic[P, T]):
 
     def __repr__(self) -> str:
         return f"<durable workflow {self.name}>"
+
+    def cannot_take(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> TypeError | None:
+        """Why the function cannot be called with ``args`` and ``kwargs`` (Python's
+        ``TypeError``), or None: it can, or it has no signature to read (a builtin)."""
+        try:
+            inspect.signature(self.fn).bind(*args, **kwargs)
+        except TypeError as exc:
+            return exc
+        except ValueError:
+            return None
+        return None
 
     def code_version(self, app_version: str | None = None) -> str:
         """The version an execution of this workflow records (:mod:`durable.versioning`): its

@@ -48,6 +48,7 @@ from durable.backends.sql import SQLAlchemyBackend
 from durable.context import current
 from durable.errors import InvalidArgumentError
 from durable.models import UNTIL_WOKEN, WORKFLOW_TASK
+from durable.validation import MAX_DELAY_SECONDS
 
 #: Seconds of real time between two looks of a waiter at the clock.
 TICK = 0.001
@@ -322,9 +323,9 @@ def _step(delta: timedelta | float) -> timedelta:
     return step
 
 
-#: The most :meth:`TimeSkippingClock.advance` moves at once (further would leave the dates a
-#: backend stores).
-MAX_ADVANCE = timedelta(days=36525)
+#: The most :meth:`TimeSkippingClock.advance` moves at once: the longest duration durable takes
+#: anywhere (further would leave the dates a backend stores).
+MAX_ADVANCE = timedelta(seconds=MAX_DELAY_SECONDS)
 
 
 __all__ = ["UNCLAIMED_GRACE", "TimeSkippingClock"]

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -180,14 +179,11 @@ async def check_replay_safe(
     """
     if not isinstance(workflow, Workflow):
         raise InvalidArgumentError(f"check_replay_safe needs a @durable.workflow, got {workflow!r}")
-    try:
-        inspect.signature(workflow.fn).bind(*args, **kwargs)
-    except TypeError as exc:
+    problem = workflow.cannot_take(args, kwargs)
+    if problem is not None:
         raise InvalidArgumentError(
-            f"check_replay_safe: {workflow.name!r} cannot be called with these arguments: {exc}"
-        ) from None
-    except ValueError:  # no signature to read: the run says
-        pass
+            f"check_replay_safe: {workflow.name!r} cannot be called with these arguments: {problem}"
+        )
     backend = _CrashingBackend()
     clock = TimeSkippingClock()
     runtime = Runtime(backend, executor_id="replay-check", poll_interval=0.01)
