@@ -34,10 +34,15 @@ def _state(s: ScheduleInfo) -> str:
     return "paused" if s.paused else "active"
 
 
+def _origin(s: ScheduleInfo) -> str:
+    return "code" if s.declared else "client"
+
+
 def _line(s: ScheduleInfo) -> str:
     return (
         f"{s.name}\t{s.workflow}\t{s.cron}\t{s.timezone}\t{_state(s)}\t"
         f"next={_stamp(s.next_run_at)}\tlast={_stamp(s.last_tick_at)}\tmissed={s.missed.value}"
+        f"\tfrom={_origin(s)}"
     )
 
 
@@ -54,7 +59,8 @@ def schedules_group(open_client: OpenClient) -> click.Group:
     @url_argument
     @json_option
     def list_schedules(url: str, as_json: bool) -> None:
-        """List schedules by name: workflow, cron, zone, state, next and last tick (UTC)."""
+        """List schedules by name: workflow, cron, zone, state, next and last tick (UTC), and
+        whether code (@durable.scheduled) or a client created it."""
         emit(
             open_client(url, lambda client: client.list_schedules()),
             as_json=as_json,
@@ -67,6 +73,7 @@ def schedules_group(open_client: OpenClient) -> click.Group:
                 ("next", lambda s: when(s.next_run_at)),
                 ("last", lambda s: when(s.last_tick_at)),
                 ("missed", lambda s: s.missed.value),
+                ("from", _origin),
             ],
             line=_line,
         )

@@ -512,6 +512,10 @@ class ScheduleInfo:
     queue: str = "default"
     priority: int = 0
     paused: bool = False
+    declared: bool = False
+    """Declared in code (:func:`durable.scheduled`), stored when a runtime started. A runtime
+    whose registry serves the workflow deletes such a schedule once its code no longer declares
+    it; a schedule created from a client (False) is kept until deleted."""
     next_run_at: datetime | None = None
     """The next tick (None: the expression has no future tick)."""
     last_tick_at: datetime | None = None

@@ -151,7 +151,7 @@ class ScheduleDeclaration:
     priority: int
 
     def record(self, now: datetime) -> ScheduleInfo:
-        return build_schedule(
+        record = build_schedule(
             self.name,
             self.cron,
             self.workflow,
@@ -163,6 +163,7 @@ class ScheduleDeclaration:
             priority=self.priority,
             now=now,
         )
+        return dataclasses.replace(record, declared=True)
 
 
 #: Per registry, the schedules declared for its workflows, by name.
@@ -277,12 +278,30 @@ def _check_fits(wf: Workflow[Any, Any], args: Sequence[Any], kwargs: Mapping[str
 
 
 async def store_declared_schedules(backend: PersistentBackend, registry: Registry) -> int:
-    """Store (create or update) the schedules declared for ``registry``; returns how many."""
+    """Store (create or update) the schedules declared for ``registry``; returns how many.
+
+    Then delete the stored schedules that code declared (:attr:`ScheduleInfo.declared`) for a
+    workflow ``registry`` serves but that no code of this process declares any more (the
+    ``@durable.scheduled`` was removed, or renamed with ``name=``): this process imported the
+    workflow's definition, so it would hold the declaration. Schedules created from a client,
+    and those of workflows served elsewhere only, are left alone.
+    """
     declarations = declared_schedules(registry)
-    if declarations:
-        now = await backend.now()
-        for declaration in declarations:
-            await backend.put_schedule(declaration.record(now))
+    now = await backend.now()
+    for declaration in declarations:
+        await backend.put_schedule(declaration.record(now))
+    with _declared_lock:
+        everywhere = {name for found in _declared.values() for name in found}
+    for stored in await backend.list_schedules():
+        dropped = stored.declared and stored.name not in everywhere
+        if dropped and stored.workflow in registry and await backend.delete_schedule(stored.name):
+            log.info(
+                "schedule %s deleted: its workflow %s is served here and no code declares "
+                "the schedule any more",
+                stored.name,
+                stored.workflow,
+                extra={"action": "schedule.deleted", "schedule": stored.name},
+            )
     return len(declarations)
 
 

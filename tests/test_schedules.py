@@ -386,6 +386,82 @@ async def test_declared_schedules_are_stored_when_a_runtime_starts() -> None:
     assert stored["midnight"].missed is MissedTicks.ALL
 
 
+_DEPLOY = """
+import asyncio, logging, sys
+import durable
+
+logging.basicConfig(level=logging.INFO)
+url, deploy = sys.argv[1], sys.argv[2]
+reg = durable.Registry()
+
+@durable.workflow(name="deploy.nightly.v1", registry=reg)
+async def nightly(*, scheduled_at: str) -> None: ...
+
+if deploy == "1":  # two schedules declared on the workflow
+    durable.scheduled("0 2 * * *", name="nightly", registry=reg)(nightly)
+    durable.scheduled("0 3 * * *", name="audit", registry=reg)(nightly)
+elif deploy == "2":  # "nightly" renamed "nightly-utc", "audit" removed
+    durable.scheduled("0 2 * * *", name="nightly-utc", registry=reg)(nightly)
+
+async def main() -> None:
+    async with durable.Runtime(durable.connect(url), registry=reg) as runtime:
+        if deploy == "1":  # and one from a client, for the same workflow
+            await runtime.client.create_schedule("by-hand", "0 4 * * *", nightly)
+
+asyncio.run(main())
+"""
+
+
+def test_a_deploy_deletes_the_declared_schedules_its_code_dropped(tmp_path: Path) -> None:
+    """A schedule declared in code, then removed or renamed in the next deploy, stops firing
+    when the new code starts (it used to be stored forever and fire every tick); a schedule
+    created from a client for the same workflow, and one of a workflow the new code does not
+    serve, are kept."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+
+    def deploy(n: str) -> subprocess.CompletedProcess[str]:
+        run = subprocess.run(
+            [sys.executable, "-c", _DEPLOY, url, n], capture_output=True, text=True, timeout=120
+        )
+        assert run.returncode == 0, run.stderr
+        return run
+
+    def stored() -> dict[str, bool]:
+        async def read() -> dict[str, bool]:
+            async with durable.Client(url) as client:
+                return {s.name: s.declared for s in await client.list_schedules()}
+
+        return asyncio.run(read())
+
+    deploy("1")
+    assert stored() == {"nightly": True, "audit": True, "by-hand": False}
+    second = deploy("2")
+    assert stored() == {"nightly-utc": True, "by-hand": False}
+    assert "schedule audit deleted: its workflow deploy.nightly.v1 is served here" in second.stderr
+    deploy("1")  # rolled back: both come back, the renamed one goes, the client's one stays
+    assert stored() == {"nightly": True, "audit": True, "by-hand": False}
+    deploy("other")  # serves the workflow, declares nothing: every declared one goes
+    assert stored() == {"by-hand": False}
+
+
+async def test_a_runtime_keeps_the_declared_schedules_of_workflows_it_does_not_serve() -> None:
+    here, there = durable.Registry(), durable.Registry()
+
+    @durable.scheduled("*/5 * * * *", registry=here)
+    @durable.workflow(name="test.schedules.here.v1", registry=here)
+    async def served_here(*, scheduled_at: str) -> None: ...
+
+    @durable.workflow(name="test.schedules.there.v1", registry=there)
+    async def served_there(*, scheduled_at: str) -> None: ...
+
+    backend = durable.InMemoryBackend()
+    async with durable.Runtime(backend, registry=here):
+        pass
+    async with durable.Runtime(backend, registry=there, executor_id="there") as runtime:
+        kept = await runtime.client.list_schedules()
+    assert [(s.name, s.declared) for s in kept] == [("test.schedules.here.v1", True)]
+
+
 async def test_a_schedule_goes_to_the_registry_its_workflow_was_registered_in() -> None:
     """Without ``registry=`` of its own, ``@durable.scheduled`` declares the schedule where
     ``@durable.workflow(registry=...)`` put the workflow (it used to go to the default

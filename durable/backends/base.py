@@ -1412,11 +1412,11 @@ class PersistentBackend(ABC):
 
         A new schedule is stored as given (``created_at`` and ``updated_at`` now,
         ``last_tick_at`` None). An existing one takes the given definition (workflow, cron,
-        timezone, args, kwargs, missed, max_catchup, queue, priority; ``updated_at`` now) but
-        keeps its ``paused`` flag (an operator's choice survives restarts), ``created_at`` and
-        ``last_tick_at``; its ``next_run_at`` becomes the given one only if the cron expression
-        or the timezone changed (a restart that declares the same schedule again loses no
-        pending tick). Of concurrent puts of one new name, one creates it.
+        timezone, args, kwargs, missed, max_catchup, queue, priority, declared; ``updated_at``
+        now) but keeps its ``paused`` flag (an operator's choice survives restarts),
+        ``created_at`` and ``last_tick_at``; its ``next_run_at`` becomes the given one only if
+        the cron expression or the timezone changed (a restart that declares the same schedule
+        again loses no pending tick). Of concurrent puts of one new name, one creates it.
 
         :raises SerializationError: ``args`` or ``kwargs`` cannot be serialized (nothing is
             written).

@@ -31,6 +31,7 @@ _DEFINITION = (
     "max_catchup",
     "queue",
     "priority",
+    "declared",
 )
 
 
@@ -57,6 +58,7 @@ class Schedules(SQLCore):
             "queue": schedule.queue,
             "priority": schedule.priority,
             "paused": schedule.paused,
+            "declared": schedule.declared,
             "next_run_at": schedule.next_run_at,
         }
 

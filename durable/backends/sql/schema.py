@@ -329,6 +329,9 @@ schedules = sa.Table(
     sa.Column("queue", _ID, nullable=False),
     sa.Column("priority", sa.Integer, nullable=False),
     sa.Column("paused", sa.Boolean, nullable=False),
+    # declared in code (@durable.scheduled): a runtime serving its workflow that no longer
+    # declares it deletes it; a schedule created from a client is kept until deleted
+    sa.Column("declared", sa.Boolean, nullable=False, server_default=sa.false()),
     # the next tick: schedulers compare-and-set it when they fire the schedule
     sa.Column("next_run_at", UTCDateTime),
     sa.Column("last_tick_at", UTCDateTime),

@@ -107,6 +107,12 @@ class ScheduleContract(ContractBase):
         assert (again.workflow, again.args, again.kwargs) == ("wf2", [2], {})
         assert again.paused is True and again.next_run_at == T0
         assert again.created_at == stored.created_at
+        assert stored.declared is False and again.declared is False
+        # whether code declared it is part of the definition: the last put says
+        declared, _ = await backend.put_schedule(schedule("b", workflow="wf2", declared=True))
+        assert declared.declared is True and (await backend.get_schedule("b")).declared is True
+        undeclared, _ = await backend.put_schedule(schedule("b", workflow="wf2"))
+        assert undeclared.declared is False
         # a new cron expression (or zone) moves the next run
         moved, _ = await backend.put_schedule(
             schedule("b", cron="0 * * * *", next_run_at=T0 + timedelta(hours=1))
