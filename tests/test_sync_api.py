@@ -195,6 +195,29 @@ def test_start_once_per_process_and_call_from_request_threads(backend_url: str) 
     not_started(rt)
 
 
+def test_a_sync_app_runs_its_enqueued_work_with_a_worker_started_from_sync_code(
+    sqlite_url: str,
+) -> None:
+    """A Flask- or Django-style process: start the runtime, start a worker, enqueue from request
+    threads, and wait for results, all from sync code (there was no start_worker_sync: a sync
+    app had to reach for the portal's blocking() to start one)."""
+    rt = durable.Runtime(durable.connect(sqlite_url), recover=False)
+    rt.start_sync()
+    try:
+        worker = rt.start_worker_sync(concurrency=4, names=["tests.sync_api.twice.v1"])
+        ids = in_threads(*(lambda n=n: rt.client.enqueue_sync(twice, n) for n in range(6)))
+        assert [rt.client.result_sync(wid, timeout=WAIT) for wid in ids] == [
+            2 * n + 1 for n in range(6)
+        ]
+        assert worker.names[0] == "tests.sync_api.twice.v1"
+        with pytest.raises(durable.InvalidArgumentError, match="concurrency"):
+            rt.start_worker_sync(concurrency=0)
+    finally:
+        rt.close_sync()
+    with pytest.raises(durable.DurableError):
+        rt.start_worker_sync()
+
+
 def test_closing_interrupts_calls_still_running_in_other_threads(sqlite_url: str) -> None:
     rt = durable.Runtime(durable.connect(sqlite_url), recover=False)
     rt.start_sync()

@@ -90,6 +90,23 @@ class Serving(Attempts):
             )
         return worker
 
+    def start_worker_sync(
+        self,
+        *,
+        concurrency: int = 10,
+        queues: Sequence[str] | None = None,
+        names: Sequence[str] | None = None,
+        poll_interval: float = 1.0,
+    ) -> Worker:
+        """:meth:`start_worker` for code that is not async, from any thread, while the runtime
+        is started (:meth:`start_sync`): the worker runs on the runtime's own event loop until
+        the runtime closes. Same arguments and errors."""
+        return self.blocking(
+            self.start_worker(
+                concurrency=concurrency, queues=queues, names=names, poll_interval=poll_interval
+            )
+        )
+
     async def _sweep_deadlines(self) -> None:
         """Cancel executions past their deadlines, every :attr:`deadline_sweep_interval`
         seconds, for as long as the runtime runs (every worker process sweeps; each expired

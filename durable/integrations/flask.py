@@ -120,12 +120,10 @@ class _Opened:
             )
             runtime.start_sync()
             try:
-                runtime.blocking(
-                    runtime.start_worker(
-                        concurrency=self.concurrency,
-                        queues=self.queues,
-                        poll_interval=self.poll_interval,
-                    )
+                runtime.start_worker_sync(
+                    concurrency=self.concurrency,
+                    queues=self.queues,
+                    poll_interval=self.poll_interval,
                 )
             except BaseException:
                 runtime.close_sync()
