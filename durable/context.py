@@ -33,6 +33,7 @@ from durable.errors import (
     DurableError,
     NonDeterminismError,
     SerializationError,
+    StepAlreadyRecordedError,
 )
 from durable.errors import rebuild_exception as rebuild_exception  # also importable from here
 from durable.models import WORKFLOW_TASK, ErrorInfo, StepRecord, StepStatus
@@ -251,13 +252,32 @@ class ExecutionContext:
     @contextlib.contextmanager
     def checkpoint(self) -> Iterator[None]:
         """Around a write of this execution's progress: a database that cannot be reached
-        sets :attr:`outage` (then the error propagates)."""
+        sets :attr:`outage` (then the error propagates). No write once the lease is known
+        lost; a position found recorded already means that this attempt's history is out of
+        date, as an attempt that lost its lease (:class:`ClaimLostError`), not its failure.
+
+        :raises ClaimLostError: the lease was lost, or the write found its position recorded.
+        """
+        if self.lease_lost is not None:
+            raise self.lease_lost
         try:
             yield
         except BackendUnavailableError as exc:
             if self.outage is None:
                 self.outage = exc
             raise
+        except StepAlreadyRecordedError as exc:
+            # this executor's lease lapsed, came back to it, and another attempt of it recorded
+            # this position (the executor id fences writes: both attempts passed)
+            self.lease_lost = ClaimLostError(
+                self.workflow_id,
+                WORKFLOW_TASK,
+                self.executor_id,
+                None,
+                reason=f"step {exc.position} was recorded by another attempt since this one read "
+                "the history (its lease lapsed under it)",
+            )
+            raise self.lease_lost from exc
 
     def child_suffix(self, position: int) -> str:
         """The suffix of the id of a child started at ``position``: ``/<position>`` in an

@@ -288,8 +288,16 @@ class ClaimLostError(DurableError):
     """The caller does not hold the claim it acts under (it expired and was taken, or was never
     held)."""
 
-    def __init__(self, instance_id: str, task_id: str, worker_id: str, holder: str | None) -> None:
-        held = f"it is held by {holder!r}" if holder else "it is not held by anyone"
+    def __init__(
+        self,
+        instance_id: str,
+        task_id: str,
+        worker_id: str,
+        holder: str | None,
+        *,
+        reason: str | None = None,
+    ) -> None:
+        held = reason or (f"it is held by {holder!r}" if holder else "it is not held by anyone")
         super().__init__(
             f"worker {worker_id!r} does not hold the claim on task {task_id!r} of "
             f"workflow {instance_id!r}: {held}"

@@ -745,6 +745,10 @@ class Attempts(Leases):
             self._claimed.take(instance_id)
             raise self._lost(instance_id, WORKFLOW_TASK)
         driven = self._claimed.driven(instance_id)
+        # another attempt of this execution runs here: this executor's lease lapsed under it,
+        # another executor took the execution and lost it in turn, and this claim took it back
+        # while that attempt went on (and may record more steps)
+        overlapped = self._locks.held(instance_id)
         async with self._locks.hold(instance_id):
             if self._claimed.driven(instance_id):
                 # a drive of this runtime runs it (see ClaimedStarts.driven): claimed, it is
@@ -757,6 +761,10 @@ class Attempts(Leases):
                 # a drive that ended while this waited ran it: it took the start this claim
                 # made, or began the run itself (a start left here is this claim's to run)
                 return None
+            if overlapped:
+                # the history this claim read predates what that attempt recorded: begin
+                # again, from what it left (nothing, if it finished the execution)
+                began = None
             # None if this runtime ran it meanwhile (the start then fails the fence, as before);
             # the worker's task for this execution runs its body too
             return await self._execute(wf, instance_id, began, own_task=True)

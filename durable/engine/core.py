@@ -221,6 +221,11 @@ class KeyedLock:
         """``async with lock.hold(key):`` runs its block while holding ``key``'s lock."""
         return _Held(self._locks, key)
 
+    def held(self, key: str) -> bool:
+        """Whether somebody holds ``key``'s lock now."""
+        known = self._locks.get(key)
+        return known is not None and known[0].locked()
+
 
 class _Held:
     """The hold of one key of a :class:`KeyedLock` (an async context manager)."""
