@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from concurrent.futures import Executor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,7 @@ from durable.backends.base import PersistentBackend
 from durable.errors import (
     BackendUnavailableError,
     ClaimLostError,
+    ControlFlow,
     DurableError,
     NonDeterminismError,
     SerializationError,
@@ -47,7 +49,7 @@ _current: ContextVar[ExecutionContext | None] = ContextVar("durable_execution", 
 _in_step: ContextVar[bool] = ContextVar("durable_in_step", default=False)
 
 
-class WorkflowSuspended(BaseException):
+class WorkflowSuspended(ControlFlow):
     """Internal: the workflow handed work to others and waits without holding its lease.
 
     A BaseException, so that ``except Exception`` in workflow code cannot swallow it.
@@ -58,7 +60,7 @@ class WorkflowSuspended(BaseException):
         self.workflow_id = workflow_id
 
 
-class ReplayFrontier(BaseException):
+class ReplayFrontier(ControlFlow):
     """Internal: a replay-only check (:attr:`ExecutionContext.replay_only`) reached a position
     its history does not settle (none recorded, or one still pending): the recorded execution
     went no further, so the check ends there. A BaseException, so that workflow code's
@@ -103,6 +105,8 @@ class ExecutionHost(Protocol):
     def sleep(self) -> Callable[[float], Coroutine[Any, Any, None]]: ...
     @property
     def fanout_warning_after(self) -> float: ...
+    @property
+    def step_threads(self) -> Executor | None: ...
 
     async def check_identity(self, instance_id: str, task_id: str = ...) -> None: ...
 

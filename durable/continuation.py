@@ -36,10 +36,10 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 from durable.context import WorkflowSuspended, current
-from durable.errors import DurableError, SerializationError
+from durable.errors import ControlFlow, DurableError, SerializationError
 
 
-class ContinueAsNew(BaseException):
+class ContinueAsNew(ControlFlow):
     """Internal: raised by :func:`continue_as_new` to end the run; the runtime records the
     continuation. A BaseException, so that ``except Exception`` in workflow code cannot swallow
     it."""

@@ -368,11 +368,13 @@ class StepError(DurableError):
 class RaisedToStopError(DurableError):
     """Workflow code (a step, a workflow's body) raised an exception that means "stop" to
     Python or asyncio, while nothing was stopping: ``KeyboardInterrupt`` or ``SystemExit`` in
-    the thread of a sync step or workflow (``sys.exit()`` in a library; signals go to the main
-    thread only), ``GeneratorExit``, or an ``asyncio.CancelledError`` while nothing cancelled
-    the execution. It is that code's failure, retried and recorded as any other: let through,
-    it stopped the runtime's event loop, or was taken for a shutdown and the execution claimed
-    again at once, in a loop without end."""
+    a step or workflow (``sys.exit()`` in a library; under the runtime, signals reach the
+    event loop as a shutdown, not workflow code), ``GeneratorExit``, an
+    ``asyncio.CancelledError`` while nothing cancelled the execution, or any other
+    BaseException that is no ``Exception`` (a ``BaseExceptionGroup``, a library's own). It is
+    that code's failure, retried and recorded as any other: let through, it stopped the
+    runtime's event loop (and the worker process), or left the execution running with nothing
+    recorded, taken over and run again after each lease, in a loop without end."""
 
     @classmethod
     def of(cls, exc: BaseException) -> RaisedToStopError:
@@ -381,14 +383,36 @@ class RaisedToStopError(DurableError):
         return cls(f"{kind.__module__}.{kind.__qualname__} raised by workflow code: {exc!r}")
 
 
+class ControlFlow(BaseException):
+    """Internal: the base of durable's own ways out of workflow code (a suspension, a
+    continue-as-new, a replay's frontier, a passed deadline, a simulated crash). A
+    BaseException, so that ``except Exception`` in workflow code cannot swallow it; never
+    taken for that code's failure (see :func:`raise_as_failure`)."""
+
+
+def raise_as_failure(exc: BaseException) -> NoReturn:
+    """Raise ``exc``, a BaseException that is no ``Exception`` out of workflow code, as that
+    code's failure (:class:`RaisedToStopError`), unless it is durable's own control flow
+    (:class:`ControlFlow`) or a cancellation of the running task (see
+    :func:`raise_unless_stopping`), which go on as they are."""
+    if isinstance(exc, ControlFlow):
+        raise exc
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        raise_unless_stopping(exc)
+    raise RaisedToStopError.of(exc) from exc
+
+
 def stopping_as_failure(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """``fn(*args, **kwargs)`` in a thread running workflow code: its ``KeyboardInterrupt`` or
-    ``SystemExit`` becomes :class:`RaisedToStopError` (from a thread neither stops the
+    """``fn(*args, **kwargs)`` in a thread running workflow code: a BaseException that is no
+    ``Exception`` (``KeyboardInterrupt``, ``SystemExit``, ...) becomes
+    :class:`RaisedToStopError` (see :func:`raise_as_failure`; from a thread neither stops the
     process; let through, it stopped the event loop awaiting the thread)."""
     try:
         return fn(*args, **kwargs)
-    except (KeyboardInterrupt, SystemExit) as exc:
-        raise RaisedToStopError.of(exc) from exc
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise_as_failure(exc)
 
 
 def raise_unless_stopping(exc: BaseException) -> NoReturn:

@@ -108,6 +108,7 @@ class _ReplayHost:
     claim_ttl = timedelta(days=1)
     superseded = False
     fanout_warning_after = math.inf
+    step_threads = None
 
     def __init__(self, serializer: Serializer) -> None:
         self.backend: Any = _NoBackend(serializer)

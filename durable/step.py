@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import copy
 import functools
@@ -40,7 +41,7 @@ from durable.errors import (
     DurableError,
     InvalidArgumentError,
     StepTimeoutError,
-    raise_unless_stopping,
+    raise_as_failure,
     stopping_as_failure,
 )
 from durable.models import StepRecord, StepStatus, TaskSpec
@@ -125,9 +126,12 @@ class Step(Generic[P, T]):
         args: Sequence[Any],
         kwargs: dict[str, Any],
         sleep: Callable[[float], Awaitable[None]],
+        threads: concurrent.futures.Executor | None = None,
     ) -> tuple[bool, Any, int]:
-        """Run the function with its retry policy, off the event loop if it is sync. Returns
-        ``(True, value, attempts)`` or ``(False, exception, attempts)``."""
+        """Run the function with its retry policy, off the event loop if it is sync (see
+        :meth:`_in_thread`; ``threads``: the runtime's). Returns ``(True, value, attempts)`` or
+        ``(False, exception, attempts)``; a BaseException that is no ``Exception`` raised by the
+        function is its failure (:func:`~durable.errors.raise_as_failure`)."""
         attempt = 0
         while True:
             attempt += 1
@@ -137,17 +141,54 @@ class Step(Generic[P, T]):
                         if self.is_async:
                             value = await self._bounded(self.fn(*args, **kwargs))
                         else:
-                            value = await self._bounded(
-                                asyncio.to_thread(stopping_as_failure, self.fn, *args, **kwargs)
-                            )
-                except (asyncio.CancelledError, GeneratorExit) as exc:
-                    raise_unless_stopping(exc)
+                            value = await self._bounded(self._in_thread(args, kwargs, threads))
+                except Exception:
+                    raise
+                except BaseException as exc:
+                    raise_as_failure(exc)
             except Exception as exc:
                 if self.retry.should_retry(exc, attempt):
                     await sleep(self.retry.delay(attempt))
                     continue
                 return False, exc, attempt
             return True, value, attempt
+
+    def _in_thread(
+        self,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        threads: concurrent.futures.Executor | None,
+    ) -> Awaitable[Any]:
+        """One call of the sync function off the event loop: in a thread of ``threads`` (the
+        runtime's ``max_threads``); with a :attr:`timeout`, in a thread of its own, so that an
+        attempt abandoned past it holds no thread of a pool (abandoned attempts used to take
+        every thread of asyncio's default pool, and then no sync step of the process ran)."""
+        loop = asyncio.get_running_loop()
+        call = functools.partial(
+            contextvars.copy_context().run, stopping_as_failure, self.fn, *args, **kwargs
+        )
+        if self.timeout is None:
+            return loop.run_in_executor(threads, call)
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def settle(value: Any, error: BaseException | None) -> None:
+            if future.done():  # abandoned: its timeout passed
+                return
+            if error is None:
+                future.set_result(value)
+            else:
+                future.set_exception(error)
+
+        def run() -> None:
+            try:
+                outcome: tuple[Any, BaseException | None] = (call(), None)
+            except BaseException as exc:  # handed to the awaiting task
+                outcome = (None, exc)
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits for it
+                loop.call_soon_threadsafe(settle, *outcome)
+
+        threading.Thread(target=run, name=f"durable-step:{self.name}", daemon=True).start()
+        return future
 
     async def _bounded(self, running: Awaitable[Any]) -> Any:
         """Await one attempt, at most :attr:`timeout`: past it, an async step is cancelled; a
@@ -216,7 +257,8 @@ class Step(Generic[P, T]):
     async def _run(self, guard: StepGuard, args: Any, kwargs: Any) -> Any:
         """:meth:`_execute` of a step that is not replayed."""
         await guard.ctx.ensure_lease()
-        ok, value, attempts = await self.attempt(args, kwargs, guard.ctx.runtime.sleep)
+        runtime = guard.ctx.runtime
+        ok, value, attempts = await self.attempt(args, kwargs, runtime.sleep, runtime.step_threads)
         if not ok:
             await guard.fail(value, attempts=attempts)
             raise value

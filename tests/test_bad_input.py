@@ -559,9 +559,17 @@ async def test_an_error_that_cannot_say_what_it_is_is_still_recorded(
         assert info.error.message == "NUL \x00 and \U0001f600 in odd text"
 
 
+class Abort(BaseException):
+    """A library's own BaseException (as pytest's Failed or gevent's Timeout are)."""
+
+
 STOPPERS: dict[str, BaseException] = {
     "cancelled": asyncio.CancelledError("raised, not a cancellation"),
     "generator exit": GeneratorExit("boom"),
+    "async keyboard": KeyboardInterrupt("in an async step"),
+    "async exit": SystemExit(3),
+    "abort": Abort("a BaseException of its own"),
+    "group": BaseExceptionGroup("several", [Abort("one"), KeyboardInterrupt("two")]),
 }
 STOPPER_CALLS: list[str] = []
 
@@ -575,12 +583,14 @@ async def raises_stopper(which: str) -> None:
 @durable.step
 def exits_in_thread(which: str) -> None:
     STOPPER_CALLS.append(which)
+    if which == "thread abort":
+        raise Abort(which)
     raise KeyboardInterrupt(which) if which == "keyboard" else SystemExit(3)
 
 
 @durable.workflow(name="tests.bad_input.stopper.v1", registry=REG, max_attempts=1)
 async def stopper(which: str, in_step: bool) -> None:
-    if which in ("keyboard", "exit"):
+    if which in ("keyboard", "exit", "thread abort"):
         await exits_in_thread.aio(which)
     elif in_step:
         await raises_stopper(which)
@@ -597,6 +607,13 @@ async def stopper(which: str, in_step: bool) -> None:
         ("generator exit", True),
         ("keyboard", True),
         ("exit", True),
+        ("thread abort", True),
+        ("async keyboard", True),
+        ("async exit", True),
+        ("abort", True),
+        ("abort", False),
+        ("group", True),
+        ("group", False),
     ],
 )
 async def test_code_that_raises_a_stop_of_its_own_fails_once(
@@ -605,7 +622,11 @@ async def test_code_that_raises_a_stop_of_its_own_fails_once(
     """A CancelledError that nothing cancelled was taken for a shutdown: the execution was
     handed back and claimed again at once, its step run thousands of times a second; a
     GeneratorExit left it running for good; a KeyboardInterrupt or SystemExit from a step's
-    thread stopped the runtime's event loop. Each is now the code's failure."""
+    thread stopped the runtime's event loop. Each is now the code's failure. So are, since,
+    the same from an async step (they stopped the event loop: ``sys.exit()`` in an async step
+    ended every worker process that took the execution over) and any other BaseException
+    that is no Exception (the execution was left running, nothing recorded, its step run
+    again after each lease until it was dead-lettered for its recoveries)."""
     STOPPER_CALLS.clear()
     async with runtime(sqlite_url, poll_interval=0.05) as rt:
         await rt.start_worker(poll_interval=0.05)

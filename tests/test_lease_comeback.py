@@ -66,6 +66,14 @@ async def _until(condition: Callable[[], bool], what: str) -> None:
         await asyncio.sleep(0.01)
 
 
+async def _claims_no_more(worker: durable.Worker) -> None:
+    """Stop the worker's claims, its executions left running (a claim in flight would take
+    the execution back once its lease lapses: wait for its loop to end)."""
+    worker.request_stop()
+    assert worker._loop_task is not None
+    await asyncio.wait({worker._loop_task})
+
+
 def _lapse(engine: sa.Engine) -> None:
     """Every lease runs out now."""
     with engine.begin() as conn:
@@ -107,7 +115,7 @@ async def _comeback(url: str, *, b_records_first: bool) -> tuple[durable.Workflo
             worker_a = await a.start_worker(concurrency=2, poll_interval=0.05)
             wid = await a.enqueue(flow, workflow_id="comeback")
             await _until(lambda: bodies["first", "A"] == 1, "A to run the first step")
-            worker_a.request_stop()  # (it claims nothing more; its attempt goes on)
+            await _claims_no_more(worker_a)  # (its attempt goes on)
             # A is frozen in the first step past its lease: B takes the execution over
             _lapse(engine)
             running_as.append("B")
@@ -116,7 +124,7 @@ async def _comeback(url: str, *, b_records_first: bool) -> tuple[durable.Workflo
             if b_records_first:
                 gates["first-B"].set()
                 await _until(lambda: bodies["second", "B"] == 1, "B to record the first step")
-            worker_b.request_stop()
+            await _claims_no_more(worker_b)
             # and B is frozen in its turn: a worker of A claims the execution back
             _lapse(engine)
             running_as.append("A")

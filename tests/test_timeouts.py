@@ -555,6 +555,53 @@ async def test_a_step_that_always_times_out_records_a_clear_error(backend_url: s
     assert issubclass(StepTimeoutError, TimeoutError)
 
 
+@durable.step(name="to.stuck.sync", timeout=0.05, max_attempts=12, initial_delay=0)
+def stuck_sync() -> int:
+    CALLS["stuck"] += 1
+    RELEASE.wait(WAIT)  # never returns in time: every attempt is abandoned
+    return 0
+
+
+@durable.step(name="to.quick.sync")
+def quick_sync(x: int) -> int:
+    CALLS["quick"] += 1
+    return x + 1
+
+
+@durable.workflow(name="to.stuck.wf", registry=REG, max_attempts=1)
+async def stuck_wf() -> int:
+    try:
+        return await stuck_sync.aio()
+    except TimeoutError:
+        return -1
+
+
+@durable.workflow(name="to.quick.wf", registry=REG)
+async def quick_wf(x: int) -> int:
+    return await quick_sync.aio(x)
+
+
+async def test_abandoned_sync_attempts_leave_the_other_sync_steps_their_threads(
+    sqlite_url: str,
+) -> None:
+    """Each abandoned attempt of a sync step awaited from async code kept a thread of
+    asyncio's default pool (6 on a 2-core machine): once 12 had timed out, no other sync
+    step of the process started (one waited for ever). An attempt with a timeout now runs in
+    a thread of its own, and the others in the runtime's ``max_threads``."""
+    async with runtime(durable.connect(sqlite_url)) as rt:
+        assert await rt.run(stuck_wf, workflow_id="stuck") == -1
+        assert CALLS["stuck"] == 12
+        quick = asyncio.ensure_future(
+            asyncio.gather(*(rt.run(quick_wf, n, workflow_id=f"q{n}") for n in range(8)))
+        )
+        try:
+            assert await asyncio.wait_for(asyncio.shield(quick), 20) == [n + 1 for n in range(8)]
+        finally:
+            RELEASE.set()  # the abandoned attempts end (their results are ignored)
+            await quick
+    assert CALLS["quick"] == 8
+
+
 # -- bad input --------------------------------------------------------------------------------
 
 

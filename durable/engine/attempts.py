@@ -22,6 +22,7 @@ from durable.engine.leases import Leases
 from durable.errors import (
     BackendUnavailableError,
     ClaimLostError,
+    ControlFlow,
     CorruptRowError,
     DurableError,
     InvalidArgumentError,
@@ -30,7 +31,7 @@ from durable.errors import (
     SerializationError,
     TaskNotFoundError,
     WorkflowCancelledError,
-    raise_unless_stopping,
+    raise_as_failure,
     stopping_as_failure,
 )
 from durable.executions import EnqueueOptions
@@ -423,8 +424,10 @@ class Attempts(Leases):
             try:
                 try:
                     output = await self._invoke_by(ctx, wf, args, kwargs, remaining, own_task)
-                except (asyncio.CancelledError, GeneratorExit) as exc:
-                    raise_unless_stopping(exc)  # raised by the code itself: its failure
+                except Exception:
+                    raise
+                except BaseException as exc:  # durable's control flow, a cancellation go on;
+                    raise_as_failure(exc)  # what the code raised of its own is its failure
                 ctx.check_history_consumed()
                 unstorable = True
                 output = self._roundtrip_output(wf, instance_id, output)
@@ -770,6 +773,6 @@ class Attempts(Leases):
             return await self._execute(wf, instance_id, began, own_task=True)
 
 
-class _DeadlinePassed(BaseException):
+class _DeadlinePassed(ControlFlow):
     """Internal: the execution's deadline passed while its body ran here (a BaseException, so
     that the body's ``except Exception`` cannot swallow it)."""

@@ -116,6 +116,12 @@ class RuntimeCore(SyncStartable):
         self.client.sleep = sleep
 
     @property
+    def step_threads(self) -> ThreadPoolExecutor | None:
+        """The threads sync steps awaited from async code run in (``max_threads`` of them;
+        None before the runtime starts: asyncio's default)."""
+        return self._threads
+
+    @property
     def superseded(self) -> bool:
         """True once another process took this runtime's executor id over (this one had been
         presumed dead): it then claims nothing and runs no further step."""

@@ -172,7 +172,7 @@ class Serving(Attempts):
             self._heartbeat(claim.instance_id, claim.task_id)
         )
         try:
-            ok, value, attempts = await step.attempt(args, kwargs, self.sleep)
+            ok, value, attempts = await step.attempt(args, kwargs, self.sleep, self._threads)
         finally:
             heartbeat.cancel()
         outcome: dict[str, Any] = {"status": StepStatus.SUCCEEDED, "output": value}

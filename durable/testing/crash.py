@@ -46,6 +46,7 @@ from durable.backends.memory import InMemoryBackend
 from durable.context import ExecutionContext, StepGuard
 from durable.errors import (
     ConfigurationError,
+    ControlFlow,
     DurableError,
     InvalidArgumentError,
     NonDeterminismError,
@@ -86,7 +87,7 @@ class ReplayCheck:
     boundaries: list[str] = field(default_factory=list)
 
 
-class _Crash(BaseException):
+class _Crash(ControlFlow):
     """The simulated crash: a BaseException, so the workflow's ``except Exception`` cannot
     swallow it, and the runtime records nothing for it."""
 
