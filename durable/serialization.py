@@ -14,7 +14,16 @@ types, tuples come back as lists); a model is stored as ``model_dump(mode="json"
 has already imported (the worker that runs a workflow has imported its types), so a row in the
 database cannot make a process import code. An envelope whose class is not found (not imported
 here, renamed, or no longer a dataclass or model) loads as the plain dict it is stored as. Plain
-JSON values cost nothing extra: the envelope is only looked for when the marker is in the text.
+JSON values cost nothing extra to load: the envelope is only looked for when the marker is in the
+text.
+
+A plain dict that has a ``__durable_type__`` key of its own (a payload received from outside) is
+stored escaped, as ``{"__durable_type__": "builtins:dict", "value": [[key, item], ...]}``, and
+loads back as that dict, never as a typed value. Dict keys must be str: JSON keys are text, so
+``{1: "a"}`` would come back as ``{"1": "a"}`` (and ``{1: "a", "1": "b"}`` would lose an entry);
+``dumps`` refuses any other key with :class:`~durable.errors.SerializationError` naming it. Both
+are found by one walk of the value's dicts, lists and tuples as it is stored (about a
+microsecond for a small dict).
 """
 
 from __future__ import annotations
@@ -57,9 +66,11 @@ _MARKER = f'"{TYPE_KEY}"'
 
 
 class JSONSerializer(Serializer):
-    """Compact JSON. Accepts dicts with string keys, lists, tuples (loaded as lists), str, int,
-    float, bool and None; and instances of dataclasses and pydantic models, loaded back as the
-    same class (the typed envelope of the module's docstring)."""
+    """Compact JSON. Accepts dicts with str keys (a key of another type is refused: JSON would
+    give it back as text), lists, tuples (loaded as lists), str, int, float, bool and None; and
+    instances of dataclasses and pydantic models, loaded back as the same class (the typed
+    envelope of the module's docstring). A dict with a ``__durable_type__`` key of its own is
+    stored escaped and loads back as itself."""
 
     name = "json"
 
@@ -73,6 +84,10 @@ class JSONSerializer(Serializer):
     def dumps(self, value: Any) -> str:
         try:
             text = self._encoder.encode(value)
+            # a walk of dicts, lists and tuples (a microsecond for a small dict): refuses keys
+            # that are not str, and finds dicts whose own key is the envelope's, to escape them
+            if _holds_marker_key(value):
+                text = self._encoder.encode(_escaped(value))
             text.encode("utf-8")  # a lone surrogate is valid Python text but no database's
             return text
         except UnicodeEncodeError as exc:
@@ -130,17 +145,82 @@ class _RebuildError(ValueError):
     """A typed envelope whose stored fields no longer fit its class."""
 
 
+class _KeyTypeError(TypeError):
+    """A dict key that is not a str: JSON would store it as text (``1`` as ``"1"``, ``None`` as
+    ``"null"``), so it would come back as another key, or overwrite one."""
+
+    def __init__(self, key: Any) -> None:
+        super().__init__(
+            f"a dict key is {key!r} ({type(key).__qualname__}): only str keys can be stored (JSON "
+            "keys are text: it would come back as another key, or overwrite one)"
+        )
+
+
+#: Types whose values hold nothing to look into (the walk's fast path).
+_LEAVES: frozenset[type] = frozenset({str, int, float, bool, type(None)})
+_STR_ONLY: frozenset[type] = frozenset({str})
+#: Containers longer than this are first checked by the set of their items' types.
+_SHORT = 8
+
+#: The ``__durable_type__`` of a plain dict that has a ``__durable_type__`` key of its own.
+ESCAPED_DICT = "builtins:dict"
+
+
+def _holds_marker_key(value: Any) -> bool:
+    """Whether a dict in ``value`` (through dicts, lists and tuples) has the key
+    :data:`TYPE_KEY`; raise :class:`_KeyTypeError` for a key that is not a str. Dataclasses and
+    models are walked by :func:`_encode_typed` when they are encoded. Long containers of plain
+    keys or values are passed over at C speed (a set of their types)."""
+    found = False
+    items: Any
+    if isinstance(value, dict):
+        if len(value) <= _SHORT or not _STR_ONLY.issuperset(map(type, value)):
+            for key in value:
+                if type(key) is not str and not isinstance(key, str):
+                    raise _KeyTypeError(key)
+        found = TYPE_KEY in value
+        items = value.values()
+    elif isinstance(value, (list, tuple)):
+        items = value
+    else:
+        return False
+    if len(items) > _SHORT and _LEAVES.issuperset(map(type, items)):
+        return found
+    for item in items:
+        if type(item) not in _LEAVES and _holds_marker_key(item):
+            found = True
+    return found
+
+
+def _escaped(value: Any) -> Any:
+    """``value`` with every dict that has the key :data:`TYPE_KEY` stored as the envelope
+    ``{TYPE_KEY: ESCAPED_DICT, "value": [[key, item], ...]}``, which loads back as that dict."""
+    if isinstance(value, dict):
+        items = {key: _escaped(item) for key, item in value.items()}
+        if TYPE_KEY in items:
+            return {TYPE_KEY: ESCAPED_DICT, "value": [[key, item] for key, item in items.items()]}
+        return items
+    if isinstance(value, (list, tuple)):
+        return [_escaped(item) for item in value]
+    return value
+
+
 def _encode_typed(value: Any) -> Any:
     """The JSON encoder's fallback: a dataclass or pydantic model instance as a typed envelope;
     anything else is refused (the encoder raises TypeError, reported as SerializationError)."""
     cls = type(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-        return {TYPE_KEY: _type_ref(cls), "value": fields}
+        return {TYPE_KEY: _type_ref(cls), "value": _escaped_if_needed(fields)}
     dump = getattr(value, "model_dump", None)
     if callable(dump) and callable(getattr(cls, "model_validate", None)):
-        return {TYPE_KEY: _type_ref(cls), "value": dump(mode="json")}
+        return {TYPE_KEY: _type_ref(cls), "value": _escaped_if_needed(dump(mode="json"))}
     raise TypeError(f"Object of type {cls.__qualname__} is not JSON serializable")
+
+
+def _escaped_if_needed(fields: dict[str, Any]) -> Any:
+    """An envelope's ``value``, escaped when a dict in it has the key :data:`TYPE_KEY`."""
+    return _escaped(fields) if _holds_marker_key(fields) else fields
 
 
 def _type_ref(cls: type) -> str:
@@ -159,6 +239,11 @@ def _decode_typed(obj: dict[str, Any]) -> Any:
     if ref is None or len(obj) != 2 or not isinstance(ref, str):
         return obj
     value = obj.get("value")
+    if ref == ESCAPED_DICT and isinstance(value, list):
+        try:
+            return dict(value)  # a plain dict that has a TYPE_KEY key (see _escaped)
+        except (TypeError, ValueError):
+            return obj
     if not isinstance(value, dict):
         return obj
     cls = _find_class(ref)

@@ -157,6 +157,75 @@ def test_plain_values_are_unchanged() -> None:
     assert serializer.loads(serializer.dumps(value)) == value
 
 
+@durable.step(name="typed.echo_payload")
+def echo_payload(payload: dict[str, object]) -> dict[str, object]:
+    return payload
+
+
+@durable.workflow(name="typed.payload.v1")
+async def payload_flow(payload: dict[str, object]) -> dict[str, object]:
+    got = await echo_payload.aio(payload)
+    assert got == payload, got
+    return got
+
+
+#: Dicts from outside that happen to have the envelope's key: stored as they are.
+MARKED: list[dict[str, object]] = [
+    {"__durable_type__": f"{__name__}:Line", "value": {"sku": "a", "qty": 1}},
+    {"__durable_type__": f"{__name__}:Line", "value": {"bogus": 1}},
+    {"__durable_type__": "builtins:dict", "value": [["a", 1]]},
+    {"event": {"__durable_type__": None, "id": 3}, "more": [{"__durable_type__": "x"}]},
+]
+
+
+async def test_a_plain_dict_with_the_envelope_key_comes_back_as_that_dict(
+    backend_url: str,
+) -> None:
+    """A dict that had a ``__durable_type__`` key of its own (a payload from outside) was
+    taken for a typed envelope: loaded as another type, or stored and then unreadable
+    (CorruptRowError). Such dicts are escaped when stored, and load back equal."""
+    serializer = JSONSerializer()
+    for payload in MARKED:
+        assert serializer.loads(serializer.dumps(payload)) == payload
+    inside = Order(id="o-9", lines=[], note=None)
+    assert serializer.loads(serializer.dumps([inside, MARKED[0]])) == [inside, MARKED[0]]
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        for i, payload in enumerate(MARKED):
+            assert await rt.run(payload_flow, payload, workflow_id=f"marked-{i}") == payload
+            assert await rt.result(f"marked-{i}") == payload
+            (step,) = await rt.list_steps(f"marked-{i}")
+            assert step.output == payload and type(step.output) is dict
+
+
+def test_a_dict_key_that_is_not_a_str_is_refused() -> None:
+    """JSON keys are text: ``{1: "a", "1": "b", None: "n"}`` was stored and came back as
+    ``{"1": "b", "null": "n"}``. A key that is not a str is refused, naming it."""
+    serializer = JSONSerializer()
+    for value in (
+        {1: "a", "1": "b"},
+        {None: "n"},
+        [{"ok": {2.5: "x"}}],
+        {"k": (1, {True: 1})},
+        {str(i): i for i in range(20)} | {20: 20},  # a long dict, checked at C speed first
+        Order(id="o", lines=[], note={1: "x"}),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(SerializationError, match="only str keys can be stored"):
+            serializer.dumps(value)
+    with pytest.raises(SerializationError, match=r"a dict key is 1 \(int\)"):
+        serializer.dumps({1: "a"})
+
+    class Key(str):
+        pass
+
+    assert serializer.loads(serializer.dumps({Key("k"): 1})) == {"k": 1}  # a str, still
+
+
+async def test_a_workflow_input_with_a_key_that_is_not_a_str_is_refused(sqlite_url: str) -> None:
+    async with durable.Runtime(durable.connect(sqlite_url), recover=False) as rt:
+        with pytest.raises(SerializationError, match="a dict key is 1"):
+            await rt.run(payload_flow, {1: "one", "1": "one"}, workflow_id="int-keys")
+
+
 def test_sqlite_timestamps_are_written_and_read_as_sqlalchemy_would() -> None:
     """UTCDateTime on SQLite has one bind and one result function of its own (C isoformat and
     fromisoformat); they must give exactly what SQLAlchemy's SQLite DATETIME gives after this
