@@ -36,7 +36,7 @@ The tree::
     │   ├── WorkflowFailedError       it failed; the recorded error is attached
     │   ├── WorkflowCancelledError    it was cancelled
     │   └── WorkflowDeadLetteredError it failed on its last attempt and was dead-lettered
-    ├── StepError                     a recorded step failure whose class cannot be imported
+    ├── StepError                     a recorded step failure whose class is not imported here
     └── RaisedToStopError             workflow code raised KeyboardInterrupt, SystemExit,
                                       GeneratorExit or CancelledError of its own: a failure
 
@@ -50,8 +50,8 @@ into an exception. They live here, in the lowest layer, because the errors above
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
+import sys
 import traceback as tb
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -357,8 +357,8 @@ class WorkflowDeadLetteredError(WorkflowError):
 
 
 class StepError(DurableError):
-    """A step failed; its exception class could not be imported (or made), so this stands in
-    for it."""
+    """A step failed; its exception class is not among the modules this process has imported
+    (or could not be made), so this stands in for it."""
 
     def __init__(self, error: ErrorInfo) -> None:
         super().__init__(f"{error.type}: {error.message}")
@@ -427,44 +427,39 @@ def raise_unless_stopping(exc: BaseException) -> NoReturn:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ErrorInfo:
-    """An exception as recorded: its class's import path, message, traceback and arguments."""
+    """An exception as recorded: its class's import path, message, traceback and arguments;
+    for an exception group its nested exceptions, and the exception it was raised ``from``."""
 
     type: str
     message: str
     traceback: str | None = None
     args: tuple[Any, ...] | None = None
-    """The exception's ``args`` when they are JSON-serializable, so the exception can be rebuilt."""
+    """The exception's ``args`` when they are JSON-serializable (``bytes`` among them stored as
+    Latin-1 text, their positions in :attr:`bytes_args`), so the exception can be rebuilt. For an
+    exception group, its message alone (its exceptions are :attr:`exceptions`)."""
     attrs: dict[str, Any] | None = None
     """The exception's own attributes (its ``__dict__``) that are JSON-serializable, each
     alone: set again on the rebuilt exception, so that a handler reading one (``e.code``) reads
-    in a replay what it read when the step failed."""
+    in a replay what it read when the step failed. An ``OSError``'s ``filename`` and
+    ``filename2`` (which are not in its ``args``) are recorded here too."""
+    bytes_args: tuple[int, ...] | None = None
+    """The positions in :attr:`args` of arguments that were ``bytes`` (a ``UnicodeDecodeError``'s
+    object), stored as Latin-1 text and given back as ``bytes``."""
+    exceptions: tuple[ErrorInfo, ...] | None = None
+    """An exception group's exceptions (``ExceptionGroup``, ``BaseExceptionGroup``), each
+    recorded as this (without its own traceback: the group's shows them all)."""
+    cause: ErrorInfo | None = None
+    """The exception's ``__cause__`` (``raise ... from cause``), recorded as this (without its
+    own traceback: the exception's shows it)."""
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
-        kind = type(exc)
-        args: tuple[Any, ...] | None = tuple(exc.args)
-        try:
-            json.dumps(args)
-        except (TypeError, ValueError):
-            args = None
-        attrs: dict[str, Any] = {}
-        for name, value in getattr(exc, "__dict__", {}).items():
-            if name.startswith("__"):  # durable's own marks (__durable_error__), dunders
-                continue
-            try:
-                json.dumps(value)
-            except (TypeError, ValueError):
-                continue
-            attrs[name] = value
-        return cls(
-            type=f"{kind.__module__}.{kind.__qualname__}",
-            message=message_of(exc),
-            traceback="".join(tb.format_exception(exc)),
-            args=args,
-            attrs=attrs or None,
-        )
+        return _record(exc, traceback=True, within=set())
 
     def to_json(self) -> str:
+        return json.dumps(self._data(), separators=(",", ":"))
+
+    def _data(self) -> dict[str, Any]:
         data: dict[str, Any] = {"type": self.type, "message": self.message}
         if self.traceback is not None:
             data["traceback"] = self.traceback
@@ -472,19 +467,100 @@ class ErrorInfo:
             data["args"] = list(self.args)
         if self.attrs:
             data["attrs"] = self.attrs
-        return json.dumps(data, separators=(",", ":"))
+        if self.bytes_args:
+            data["bytes_args"] = list(self.bytes_args)
+        if self.exceptions is not None:
+            data["exceptions"] = [member._data() for member in self.exceptions]
+        if self.cause is not None:
+            data["cause"] = self.cause._data()
+        return data
 
     @classmethod
     def from_json(cls, text: str) -> ErrorInfo:
-        data = json.loads(text)
+        return cls._from_data(json.loads(text))
+
+    @classmethod
+    def _from_data(cls, data: dict[str, Any]) -> ErrorInfo:
         args = data.get("args")
+        bytes_args = data.get("bytes_args")
+        exceptions = data.get("exceptions")
+        cause = data.get("cause")
         return cls(
             type=data["type"],
             message=data["message"],
             traceback=data.get("traceback"),
             args=tuple(args) if args is not None else None,
             attrs=data.get("attrs") or None,
+            bytes_args=tuple(int(i) for i in bytes_args) if bytes_args else None,
+            exceptions=(
+                tuple(cls._from_data(member) for member in exceptions)
+                if exceptions is not None
+                else None
+            ),
+            cause=cls._from_data(cause) if cause is not None else None,
         )
+
+
+#: An ``OSError``'s attributes that its ``args`` leave out (and its message shows).
+_OSERROR_ATTRS = ("filename", "filename2")
+
+
+def _json_safe(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+def _record(exc: BaseException, *, traceback: bool, within: set[int]) -> ErrorInfo:
+    """``exc`` as an :class:`ErrorInfo`; ``within`` holds the ids of the exceptions it is
+    recorded inside of (its group, the exception it caused), so that a cycle of causes ends."""
+    kind = type(exc)
+    within = within | {id(exc)}
+    exceptions: tuple[ErrorInfo, ...] | None = None
+    bytes_args: list[int] = []
+    args: tuple[Any, ...] | None
+    if isinstance(exc, BaseExceptionGroup):
+        args = (exc.message,) if isinstance(exc.message, str) else None
+        exceptions = tuple(
+            _record(member, traceback=False, within=within)
+            for member in exc.exceptions
+            if id(member) not in within
+        )
+    else:
+        args = tuple(exc.args)
+        if any(isinstance(arg, bytes) for arg in args):
+            bytes_args = [i for i, arg in enumerate(args) if isinstance(arg, bytes)]
+            args = tuple(arg.decode("latin-1") if isinstance(arg, bytes) else arg for arg in args)
+        if not _json_safe(args):
+            args, bytes_args = None, []
+    attrs: dict[str, Any] = {}
+    for name, value in getattr(exc, "__dict__", {}).items():
+        if name.startswith("__"):  # durable's own marks (__durable_error__), dunders
+            continue
+        if _json_safe(value):
+            attrs[name] = value
+    if isinstance(exc, OSError):
+        for name in _OSERROR_ATTRS:
+            value = getattr(exc, name, None)
+            if value is not None and _json_safe(value):
+                attrs[name] = value
+    cause = exc.__cause__
+    return ErrorInfo(
+        type=f"{kind.__module__}.{kind.__qualname__}",
+        message=message_of(exc),
+        traceback="".join(tb.format_exception(exc)) if traceback else None,
+        args=args,
+        attrs=attrs or None,
+        bytes_args=tuple(bytes_args) or None,
+        exceptions=exceptions,
+        cause=(
+            _record(cause, traceback=False, within=within)
+            if cause is not None and id(cause) not in within
+            else None
+        ),
+    )
 
 
 def message_of(exc: BaseException) -> str:
@@ -500,36 +576,65 @@ def message_of(exc: BaseException) -> str:
 
 
 def rebuild_exception(error: ErrorInfo) -> BaseException:
-    """The recorded exception, as an instance of its own class whenever that class can be
-    imported, so that a replay takes the ``except`` it took when the step failed: built from
+    """The recorded exception, as an instance of its own class whenever that class is found, so
+    that a replay takes the ``except`` (or ``except*``) it took when the step failed: built from
     its arguments, or, when its constructor takes others (``Declined(order_id, code)``, or
     SQLAlchemy's ``IntegrityError``), made without calling it, with the recorded ``args``;
-    then given its recorded attributes (:attr:`ErrorInfo.attrs`). Otherwise a
-    :class:`~durable.errors.StepError` carrying the record."""
-    # the class path may be nested (module.Outer.Inner): find the longest importable module
-    parts = error.type.split(".")
-    for split in range(len(parts) - 1, 0, -1):
-        module_name, qualname = ".".join(parts[:split]), ".".join(parts[split:])
-        try:
-            obj: Any = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        try:
-            for attr in qualname.split("."):
-                obj = getattr(obj, attr)
-        except AttributeError:
-            break
-        if isinstance(obj, type) and issubclass(obj, Exception):
-            rebuilt = _rebuilt(obj, error)
-            if rebuilt is not None:
-                return rebuilt
-        break
+    then given its recorded attributes (:attr:`ErrorInfo.attrs`) and its ``__cause__``. An
+    exception group is rebuilt with its exceptions, each rebuilt as this does. Otherwise a
+    :class:`~durable.errors.StepError` carrying the record.
+
+    The class is looked up among the modules this process has already imported (the worker
+    that replays a workflow has imported the classes its ``except`` clauses name): reading a
+    record imports nothing, so a row in the database cannot make a process import code. A
+    class of a module not imported here is not found."""
+    return _rebuild_record(error, member=False)
+
+
+def _rebuild_record(error: ErrorInfo, *, member: bool) -> BaseException:
+    """:func:`rebuild_exception`; a ``member`` (of a group, or a cause) may be any
+    ``BaseException`` (a ``KeyboardInterrupt`` inside a ``BaseExceptionGroup``), the recorded
+    exception itself an ``Exception`` or an exception group."""
+    kind = _find_exception_class(error.type)
+    if kind is not None and (
+        member or issubclass(kind, Exception) or issubclass(kind, BaseExceptionGroup)
+    ):
+        rebuilt = _rebuilt(kind, error)
+        if rebuilt is not None:
+            return rebuilt
     return StepError(error)
 
 
-def _rebuilt(kind: type[Exception], error: ErrorInfo) -> Exception | None:
-    args = error.args if error.args is not None else (error.message,)
-    rebuilt: Exception
+def _find_exception_class(path: str) -> type[BaseException] | None:
+    """The exception class ``module.QualName`` (the qualified name may be nested:
+    ``module.Outer.Inner``) names, among the modules already imported; None if it is not
+    there."""
+    parts = path.split(".")
+    for split in range(len(parts) - 1, 0, -1):  # the longest module name imported
+        obj: Any = sys.modules.get(".".join(parts[:split]))
+        if obj is None:
+            continue
+        for attr in parts[split:]:
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                return None
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            return obj
+        return None
+    return None
+
+
+def _rebuilt(kind: type[BaseException], error: ErrorInfo) -> BaseException | None:
+    args: tuple[Any, ...] = error.args if error.args is not None else (error.message,)
+    if error.bytes_args:
+        args = tuple(
+            arg.encode("latin-1") if i in error.bytes_args and isinstance(arg, str) else arg
+            for i, arg in enumerate(args)
+        )
+    if error.exceptions is not None and issubclass(kind, BaseExceptionGroup):
+        members = [_rebuild_record(member, member=True) for member in error.exceptions]
+        args = (args[0] if args else error.message, members)
+    rebuilt: BaseException
     try:
         rebuilt = kind(*args)
     except Exception:
@@ -543,5 +648,7 @@ def _rebuilt(kind: type[Exception], error: ErrorInfo) -> Exception | None:
             setattr(rebuilt, name, value)
         except Exception:  # a read-only property, slots: left as the class makes it
             continue
+    if error.cause is not None:
+        rebuilt.__cause__ = _rebuild_record(error.cause, member=True)
     rebuilt.__durable_error__ = error  # type: ignore[attr-defined]
     return rebuilt

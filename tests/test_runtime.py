@@ -134,6 +134,22 @@ async def handled_card(order: str) -> str:
     return outcome + ":" + await wait_gate()
 
 
+@durable.step
+async def fail_as_a_group(order: str) -> str:
+    calls["fail_as_a_group"] += 1
+    raise ExceptionGroup(f"{order} failed", [ValueError("a"), TypeError("b")])
+
+
+@durable.workflow(name="tests.handled_group.v1")
+async def handled_group(order: str) -> str:
+    outcome = "not caught"
+    try:
+        await fail_as_a_group(order)
+    except* (ValueError, TypeError) as group:
+        outcome = f"handled:{group.message}:{len(group.exceptions)}"
+    return outcome + ":" + await wait_gate()
+
+
 @durable.workflow(name="tests.unhandled.v1")
 async def unhandled(order: str) -> str:
     return await decline(order)
@@ -257,6 +273,118 @@ def test_a_recorded_exception_is_rebuilt_as_its_own_class() -> None:
     assert type(rebuild_exception(old)) is CardDeclined  # a record from before attrs
     gone = ErrorInfo(type="no_such_module.Gone", message="m", args=("m",))
     assert isinstance(rebuild_exception(gone), StepError)
+
+
+async def test_a_caught_exception_group_takes_the_same_path_on_replay(backend_url: str) -> None:
+    """A step's ExceptionGroup that the workflow handled with ``except*`` came back as a
+    StepError in a replay (its args are not JSON), so ``except*`` no longer matched and the
+    replay failed. The group is recorded with its exceptions and rebuilt as the group."""
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        run = asyncio.create_task(rt.run(handled_group, "o-5", workflow_id="hg"))
+        await entered.wait()
+        run.cancel()  # the process "stops" mid-workflow; its lease is released
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        gate.set()
+        assert await rt.run(handled_group, "o-5", workflow_id="hg") == "handled:o-5 failed:2:opened"
+        assert calls["fail_as_a_group"] == 1  # replayed, not run again
+        step = (await rt.list_steps("hg"))[0]
+        assert step.error is not None and step.error.exceptions is not None
+        assert [e.type for e in step.error.exceptions] == [
+            "builtins.ValueError",
+            "builtins.TypeError",
+        ]
+
+
+def _as_replayed(exc: BaseException) -> BaseException:
+    """``exc`` raised, recorded, stored as text and rebuilt, as a replay sees it."""
+    from durable.errors import ErrorInfo, rebuild_exception
+
+    try:
+        raise exc
+    except BaseException as raised:
+        info = ErrorInfo.from_exception(raised)
+    assert ErrorInfo.from_json(info.to_json()) == info
+    return rebuild_exception(ErrorInfo.from_json(info.to_json()))
+
+
+def _chained() -> ValueError:
+    try:
+        try:
+            raise KeyError("inner")
+        except KeyError as inner:
+            raise ValueError("outer") from inner
+    except ValueError as outer:
+        return outer
+
+
+def test_a_rebuilt_exception_keeps_its_group_cause_and_message() -> None:
+    """What a handler reads of a caught exception, it reads again on replay: a group's
+    exceptions (nested groups too, a BaseExceptionGroup's), the ``__cause__`` of ``raise ...
+    from``, an OSError's filename (outside its args: its message lost it) and a
+    UnicodeDecodeError's fields (bytes in its args: it rebuilt with an empty message)."""
+    group = _as_replayed(
+        ExceptionGroup("grp", [ValueError("a"), ExceptionGroup("inner", [KeyError("k")])])
+    )
+    assert type(group) is ExceptionGroup and group.message == "grp"
+    assert repr(group.exceptions) == repr(
+        (ValueError("a"), ExceptionGroup("inner", [KeyError("k")]))
+    )
+    base = _as_replayed(BaseExceptionGroup("bgrp", [KeyboardInterrupt("kb"), ValueError("v")]))
+    assert type(base) is BaseExceptionGroup
+    assert [type(e) for e in base.exceptions] == [KeyboardInterrupt, ValueError]
+
+    chained = _as_replayed(_chained())
+    assert type(chained) is ValueError and repr(chained.__cause__) == "KeyError('inner')"
+    assert chained.__suppress_context__
+
+    missing = _as_replayed(FileNotFoundError(2, "No such file", "/x/y"))
+    assert type(missing) is FileNotFoundError and missing.filename == "/x/y"
+    assert str(missing) == "[Errno 2] No such file: '/x/y'"
+
+    undecodable = _as_replayed(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"))
+    assert type(undecodable) is UnicodeDecodeError
+    assert (undecodable.object, undecodable.reason) == (b"\xff", "invalid start byte")
+    assert str(undecodable) == str(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"))
+
+
+async def test_reading_a_recorded_error_imports_no_module(
+    sqlite_url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rebuild_exception imported the module a stored error's type named, so a client reading
+    a result ran the import-time code of whatever module a row named. Only classes of modules
+    already imported are rebuilt; any other stands as a StepError (WorkflowFailedError from
+    result())."""
+    import sqlite3
+    import sys
+
+    from durable.errors import ErrorInfo, StepError, rebuild_exception
+
+    ran = tmp_path / "imported"  # the module's import-time code writes it
+    (tmp_path / "durable_sidefx_mod.py").write_text(
+        f"open({str(ran)!r}, 'w').close()\nclass Anything(Exception):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "durable_sidefx_mod", raising=False)
+    async with durable.Runtime(durable.connect(sqlite_url), recover=False) as rt:
+        with pytest.raises(PaymentDeclined):
+            await rt.run(unhandled, "o-1", workflow_id="sidefx")
+    path = sqlite_url.removeprefix("sqlite:///")
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        (text,) = db.execute("select error from durable_workflows where id='sidefx'").fetchone()
+        info = ErrorInfo.from_json(text)
+        forged = ErrorInfo(type="durable_sidefx_mod.Anything", message=info.message)
+        db.execute("update durable_workflows set error=? where id='sidefx'", (forged.to_json(),))
+        db.commit()
+    async with durable.Client(sqlite_url) as client:
+        with pytest.raises(durable.WorkflowFailedError, match=r"durable_sidefx_mod\.Anything"):
+            await client.result("sidefx")
+    assert isinstance(rebuild_exception(forged), StepError)
+    assert "durable_sidefx_mod" not in sys.modules and not ran.exists()
+    import durable_sidefx_mod  # type: ignore[import-not-found]  # once imported, it is found
+
+    assert type(rebuild_exception(forged)) is durable_sidefx_mod.Anything
+    del sys.modules["durable_sidefx_mod"]
 
 
 async def test_an_unhandled_step_failure_fails_the_workflow(backend_url: str) -> None:
