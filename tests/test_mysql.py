@@ -149,6 +149,54 @@ async def test_values_beyond_max_allowed_packet_are_refused_not_an_outage(
         assert await rt.run(big_workflow, 10) == 10
 
 
+quoted_runs: list[int] = []
+
+
+@durable.step(name="tests.mysql.quoted_step")
+async def quoted_step(size: int) -> str:
+    quoted_runs.append(size)
+    return '"' * size
+
+
+@durable.workflow(name="tests.mysql.quoted.v1", registry=BIG_REG, max_attempts=3)
+async def quoted_workflow(size: int) -> int:
+    return len(await quoted_step(size))
+
+
+@pytest.mark.mysql
+async def test_values_under_max_allowed_packet_that_escaping_passes_it_are_refused(
+    mysql_backend_url: str,
+) -> None:
+    """The driver sends values escaped in the statement's text: a quote or a backslash takes
+    two bytes. A value of quotes under the limit as stored JSON (each ``"`` is ``\\"``, two
+    bytes) but over it on the wire (``\\\\\\"``, four) was sent, the server dropped the
+    connection, and durable took it for an outage: the step ran again for ever, uncounted, and
+    an enqueue raised BackendUnavailableError. It is refused before it is sent, as a value
+    over the limit is."""
+    async with durable.Runtime(
+        durable.connect(mysql_backend_url), registry=BIG_REG, recover=False
+    ) as rt:
+        backend = rt.backend
+        assert isinstance(backend, SQLAlchemyBackend)
+        limit = backend.dialect.max_packet  # type: ignore[attr-defined]
+        assert isinstance(limit, int) and limit > 0
+        size = limit * 2 // 5  # as JSON: 0.8 of the limit; escaped: 1.6 of it
+        with pytest.raises(durable.SerializationError, match="max_allowed_packet"):
+            await rt.client.enqueue(quoted_workflow, '"' * size)
+        assert (await rt.client.list_workflows()).items == []  # nothing written
+        quoted_runs.clear()
+        wid = await rt.enqueue(quoted_workflow, size)
+        await rt.start_worker(poll_interval=0.05)
+        deadline = asyncio.get_running_loop().time() + 30
+        while (info := await rt.get_workflow(wid)).attempts < 1 or info.error is None:
+            assert asyncio.get_running_loop().time() < deadline, (info, len(quoted_runs))
+            await asyncio.sleep(0.05)
+        assert (info.attempts, info.interruptions) == (1, 0)
+        assert "max_allowed_packet" in info.error.message
+        assert quoted_runs == [size]
+        assert await rt.run(quoted_workflow, 10) == 10  # the backend is fine after it
+
+
 @pytest.mark.mysql
 async def test_the_emulated_upsert_keeps_its_fence(mysql_backend_url: str) -> None:
     """record_step is INSERT ... SELECT ... WHERE <lease held> ON CONFLICT DO UPDATE: on MySQL

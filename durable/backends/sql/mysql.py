@@ -169,15 +169,31 @@ class Pick:
         return held + [row[0] for row in rest]
 
 
+#: The characters the driver escapes with a backslash in a statement's text (PyMySQL's and
+#: aiomysql's ``escape_string``, asyncmy's alike): each takes two bytes on the wire.
+ESCAPED = ("\\", "'", '"', "\0", "\n", "\r", "\x1a")
+_ESCAPED_BYTES = tuple(char.encode() for char in ESCAPED)
+
+
+def escapes(value: Any) -> int:
+    """How many bytes the driver's escaping adds to ``value`` in a statement's text (one per
+    escaped character; 0 for a value that is no string)."""
+    if isinstance(value, str):
+        return sum(value.count(char) for char in ESCAPED)
+    if isinstance(value, (bytes, bytearray)):
+        return sum(value.count(char) for char in _ESCAPED_BYTES)
+    return 0
+
+
 class MySQLConnection:
     """A SQLAlchemy connection whose :meth:`execute` emulates what MariaDB lacks (see the
     module's docstring); everything else is the connection's own.
 
     With ``max_packet`` (the server's ``max_allowed_packet``), a statement whose values pass
-    it is refused with :class:`~durable.errors.SerializationError` before it is sent: the
-    server would drop the connection, and the driver report that as a lost connection, which
-    durable takes for an outage (a worker would hand the attempt back and run it again, for
-    ever)."""
+    it as the driver sends them (escaped: a quote or a backslash takes two bytes) is refused
+    with :class:`~durable.errors.SerializationError` before it is sent: the server would drop
+    the connection, and the driver report that as a lost connection, which durable takes for
+    an outage (a worker would hand the attempt back and run it again, for ever)."""
 
     def __init__(self, conn: sa.Connection, max_packet: int | None = None) -> None:
         self._conn = conn
@@ -193,12 +209,13 @@ class MySQLConnection:
 
     def _check_size(self, parameters: Any) -> None:
         """Refuse values that, in one statement (or one row of an ``executemany``), pass what
-        the server accepts."""
+        the server accepts once the driver has escaped them (:func:`escapes`: counted only when
+        the raw size is over half the limit, so small values cost no scan)."""
         limit = self._max_values
         assert limit is not None
         rows = [parameters] if isinstance(parameters, (Mapping, tuple)) else parameters
         for row in rows:
-            values = row.values() if isinstance(row, Mapping) else row
+            values = list(row.values() if isinstance(row, Mapping) else row)
             size = 0
             for value in values:
                 if isinstance(value, str):
@@ -208,12 +225,14 @@ class MySQLConnection:
                     )
                 elif isinstance(value, (bytes, bytearray)):
                     size += len(value)
+            if size * 2 > limit:  # escaping may double it: count what goes on the wire
+                size += sum(escapes(value) for value in values)
             if size > limit:
                 raise SerializationError(
-                    f"a statement would carry {size} bytes of values, more than this MariaDB "
-                    f"server accepts (max_allowed_packet is {limit + PACKET_MARGIN} bytes): "
-                    "keep large values elsewhere and store a reference to them, or raise the "
-                    "server's max_allowed_packet"
+                    f"a statement would carry {size} bytes of values (escaped), more than this "
+                    f"MariaDB server accepts (max_allowed_packet is {limit + PACKET_MARGIN} "
+                    "bytes): keep large values elsewhere and store a reference to them, or raise "
+                    "the server's max_allowed_packet"
                 )
 
     def execute(self, statement: Any, parameters: Any = None, **kwargs: Any) -> Any:
