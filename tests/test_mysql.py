@@ -9,6 +9,8 @@ long values, and errors translated (deadlocks run again: ``test_deadlocks``).
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -308,6 +310,79 @@ async def test_a_batch_claim_takes_no_row_another_claim_took_since_it_read(
         assert (await backend.get_task("t0", "workflow")).claimed_by == "worker-2"
 
 
+def _kill_query_waiting_on(url: str, table: str) -> threading.Thread:
+    """A thread that waits (up to 10 s) for a statement of another session on ``table`` to
+    wait for a lock, and stops it with ``KILL QUERY``, as a DBA would."""
+    import pymysql
+
+    parsed = sa.engine.make_url(url)
+    database = parsed.database
+
+    def kill() -> None:
+        admin = pymysql.connect(
+            host=parsed.host, port=parsed.port or 3306, user=parsed.username, autocommit=True
+        )
+        try:
+            with admin.cursor() as cursor:
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    cursor.execute(
+                        "SELECT id FROM information_schema.processlist WHERE db = %s AND "
+                        "info LIKE %s AND info NOT LIKE %s AND id <> CONNECTION_ID()",
+                        (database, f"%{table}%", "%processlist%"),
+                    )
+                    found = [row[0] for row in cursor.fetchall()]
+                    if found:
+                        time.sleep(0.1)  # waiting on the lock by now
+                        for session in found:
+                            cursor.execute(f"KILL QUERY {int(session)}")
+                        return
+                    time.sleep(0.01)
+        finally:
+            admin.close()
+
+    thread = threading.Thread(target=kill)
+    thread.start()
+    return thread
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("stop", ["kill query", "max_statement_time"])
+async def test_a_statement_the_server_stopped_is_unavailable_not_refused(
+    mysql_backend_url: str, stop: str
+) -> None:
+    """A statement of durable's that the server stopped while it waited for a lock, by ``KILL
+    QUERY`` (1317) or at ``max_statement_time`` (1969), was a BackendError, which a worker
+    counted as the workflow's failed attempt (dead-lettered with max_attempts=1), where a
+    ``KILL CONNECTION`` at the same point was handed back uncounted. It is an outage too:
+    BackendUnavailableError, and the backend goes on once the lock is free."""
+    options: dict[str, Any] = {}
+    if stop == "max_statement_time":
+        options["connect_args"] = {
+            "init_command": "SET time_zone = '+00:00', max_statement_time = 0.5"
+        }
+    async with durable.connect(mysql_backend_url, engine_options=options) as backend:
+        await running(backend, "wf", W)
+        now = await backend.now()
+        pending = StepRecord(position=0, name="s", status=StepStatus.PENDING, started_at=now)
+        other = _held_by_another_transaction(mysql_backend_url, ["wf"])
+        killer = (
+            _kill_query_waiting_on(mysql_backend_url, "durable_steps")
+            if stop == "kill query"
+            else None
+        )
+        try:
+            with pytest.raises(BackendUnavailableError):
+                await backend.record_step("wf", pending, worker_id=W)
+        finally:
+            other.close()
+            if killer is not None:
+                killer.join()
+        await backend.record_step("wf", pending, worker_id=W)  # the lock is free: it goes on
+        (step,) = await backend.list_steps("wf")
+        assert step.status is StepStatus.PENDING
+
+
 @pytest.mark.parametrize(
     ("number", "unavailable"),
     [
@@ -316,6 +391,9 @@ async def test_a_batch_claim_takes_no_row_another_claim_took_since_it_read(
         (1290, True),
         (1792, True),
         (2013, True),
+        (1317, True),
+        (1969, True),
+        (3024, True),
         (1062, False),
         (1213, False),
     ],

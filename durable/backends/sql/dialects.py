@@ -419,10 +419,32 @@ class PostgresBoundClockDialect(BoundClock, PostgresDialect):
 
 #: MySQL error numbers that mean the server cannot be reached now: too many connections,
 #: shutting down, connection killed, can't connect, gone away, lost, and the like; its disk
-#: full (a table that cannot grow); and a server that takes no writes (``read_only``: 1290,
-#: and 1792 in a read-only transaction).
+#: full (a table that cannot grow); a server that takes no writes (``read_only``: 1290, and
+#: 1792 in a read-only transaction); and a statement of durable's stopped by the server, not
+#: refused: ``KILL QUERY`` (1317, as ``KILL CONNECTION`` is 1927 or a lost connection),
+#: MariaDB's ``max_statement_time`` (1969) and MySQL's ``max_execution_time`` (3024), which a
+#: statement waiting for a lock meets. (A transactional step's own statements are the step's:
+#: their errors are raised to its code as they are.)
 MYSQL_UNAVAILABLE = frozenset(
-    {1021, 1040, 1053, 1077, 1114, 1290, 1792, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
+    {
+        1021,
+        1040,
+        1053,
+        1077,
+        1114,
+        1290,
+        1317,
+        1792,
+        1927,
+        1969,
+        2002,
+        2003,
+        2006,
+        2013,
+        2055,
+        3024,
+        4031,
+    }
 )
 #: Deadlock (the transaction was rolled back), lock wait timeout.
 MYSQL_RETRYABLE = frozenset({1213, 1205})
