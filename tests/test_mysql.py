@@ -23,7 +23,7 @@ from test_enqueue_many import (  # the scenario, run here on MariaDB (a name pyt
 
 import durable
 from durable import BackendUnavailableError, SQLAlchemyBackend
-from durable.backends.sql.dialects import MySQLDialect, normalize_url
+from durable.backends.sql.dialects import MySQLDialect, mysql_thread_engine, normalize_url
 from durable.backends.sql.mysql import PICK_ROUNDS, Pick, in_mysql_order
 from durable.backends.sql.schema import tasks, workflows
 from durable.models import StepRecord, StepStatus
@@ -381,6 +381,41 @@ async def test_a_statement_the_server_stopped_is_unavailable_not_refused(
         await backend.record_step("wf", pending, worker_id=W)  # the lock is free: it goes on
         (step,) = await backend.list_steps("wf")
         assert step.status is StepStatus.PENDING
+
+
+IDLE_REG = durable.Registry()
+
+
+@durable.workflow(name="tests.mysql.idle.v1", registry=IDLE_REG)
+async def idle_workflow(n: int) -> int:
+    return n + 1
+
+
+@pytest.mark.mysql
+async def test_connections_the_server_closed_while_idle_are_replaced(
+    mysql_backend_url: str,
+) -> None:
+    """MariaDB ends a session idle past its ``wait_timeout`` (or one a DBA kills): the pool's
+    connection was taken as it was, and the next call failed with BackendUnavailableError
+    (2013) though the server answers. It is found at checkout, before anything is sent on it,
+    and replaced: on aiomysql's pool, and on PyMySQL's (sync transactional steps)."""
+    init = "SET time_zone = '+00:00', wait_timeout = 1"
+    options: dict[str, Any] = {"connect_args": {"init_command": init}}
+    async with durable.Client(durable.connect(mysql_backend_url, engine_options=options)) as c:
+        await c.enqueue(idle_workflow, 0)
+        for n in range(2):
+            await asyncio.sleep(2)  # idle past wait_timeout: the server ends the sessions
+            await c.enqueue(idle_workflow, n)  # no error
+            assert (await c.list_workflows(limit=1)).items
+    sync = mysql_thread_engine(normalize_url(mysql_backend_url), options)
+    assert sync is not None
+    try:
+        for _ in range(2):
+            with sync.connect() as conn:
+                assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
+            await asyncio.sleep(2)
+    finally:
+        sync.dispose()
 
 
 @pytest.mark.parametrize(

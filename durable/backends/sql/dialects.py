@@ -779,7 +779,9 @@ def mysql_thread_engine(url: URL, engine_options: dict[str, Any] | None) -> sa.E
         return None
     options = dict(engine_options or {})
     _mysql_sessions(url, options)
-    return sa.create_engine(url.set(drivername="mysql+pymysql"), **options)
+    engine = sa.create_engine(url.set(drivername="mysql+pymysql"), **options)
+    sa.event.listen(engine, "checkout", discard_stale_at_checkout)
+    return engine
 
 
 def _read_only_session_is_lost(context: sa.engine.ExceptionContext) -> None:

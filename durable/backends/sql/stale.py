@@ -11,8 +11,10 @@ connection (or another idle one) serves the statement. Nothing was sent on it, s
 have run twice. A connection a firewall dropped without a word is not found this way (its
 socket stays quiet): its statement fails as before.
 
-Used by the direct path (:mod:`.direct`) when it takes an idle connection, and by the engine's
-pool at checkout (:func:`discard_stale_at_checkout`).
+Used by the direct path (:mod:`.direct`) when it takes an idle connection, and by the engines'
+pools at checkout (:func:`discard_stale_at_checkout`): psycopg's connections, aiomysql's and
+asyncmy's (whose sockets an event loop's transport reads), and PyMySQL's (sync transactional
+steps on MariaDB).
 """
 
 from __future__ import annotations
@@ -44,11 +46,48 @@ def psycopg_closed_while_idle(conn: Any) -> bool:
     return said_something(fileno)
 
 
+def streams_closed_while_idle(conn: Any) -> bool:
+    """Whether the idle connection ``conn`` of a driver on asyncio streams (aiomysql, asyncmy:
+    a ``_reader`` and a ``_writer``) was closed by the server. The event loop's transport reads
+    its socket as data comes: what the server said (its goodbye, the end of the stream) is in
+    the reader already, and the transport closed at the end of the stream; what came since the
+    loop last ran is still on the socket."""
+    reader, writer = getattr(conn, "_reader", None), getattr(conn, "_writer", None)
+    if reader is None or writer is None:  # closed
+        return True
+    transport = writer.transport
+    if transport is None or transport.is_closing():
+        return True
+    if getattr(reader, "_buffer", None) or getattr(reader, "_eof", False):
+        return True  # said something, or ended, and the loop has read it
+    if reader.exception() is not None:
+        return True
+    sock = transport.get_extra_info("socket")
+    try:
+        return sock is None or said_something(sock.fileno())
+    except (OSError, ValueError):  # no socket any more
+        return True
+
+
+def socket_closed_while_idle(conn: Any) -> bool:
+    """Whether the idle PyMySQL connection ``conn`` (a blocking socket, ``_sock``) was closed
+    by the server."""
+    sock = getattr(conn, "_sock", None)
+    try:
+        return sock is None or said_something(sock.fileno())
+    except (OSError, ValueError):
+        return True
+
+
 def _driver_closed_while_idle(dbapi_connection: Any) -> bool:
     conn = getattr(dbapi_connection, "driver_connection", dbapi_connection)
     if hasattr(conn, "pgconn"):  # psycopg
         return psycopg_closed_while_idle(conn)
-    return False  # drivers whose socket is read by an event loop's transport, or unknown
+    if hasattr(conn, "_reader") and hasattr(conn, "_writer"):  # aiomysql, asyncmy
+        return streams_closed_while_idle(conn)
+    if hasattr(conn, "_sock") and hasattr(conn, "_rfile"):  # PyMySQL
+        return socket_closed_while_idle(conn)
+    return False  # unknown drivers
 
 
 def discard_stale_at_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
