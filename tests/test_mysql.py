@@ -451,6 +451,57 @@ async def test_an_unreachable_server_is_unavailable_on_start() -> None:
     await backend.close()
 
 
+def _admin(url: str) -> Any:
+    """A PyMySQL connection (autocommit) to the database at ``url``."""
+    import pymysql
+
+    parsed = sa.engine.make_url(url)
+    return pymysql.connect(
+        host=parsed.host,
+        port=parsed.port or 3306,
+        user=parsed.username,
+        database=parsed.database,
+        autocommit=True,
+    )
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("charset", ["latin1", "utf8mb3"])
+async def test_a_database_that_holds_no_4_byte_character_is_refused_at_start(
+    mysql_url: str, charset: str
+) -> None:
+    """A database whose default character set is latin1 (MariaDB's own default) or utf8mb3
+    was taken: durable's tables were created in it, and the first 4-byte character (an emoji)
+    a value carried failed at run time with a raw "Incorrect string value". Start refuses it,
+    naming the character set and the fix, before creating anything; so do durable's tables
+    created in such a database, once its default is utf8mb4."""
+    database = sa.engine.make_url(mysql_url).database
+    admin = _admin(mysql_url)
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f"ALTER DATABASE `{database}` CHARACTER SET {charset}")
+        backend = durable.connect(mysql_url)
+        with pytest.raises(durable.ConfigurationError, match=f"{charset}.*utf8mb4"):
+            await backend.start()
+        await backend.close()
+        with admin.cursor() as cursor:
+            cursor.execute("SHOW TABLES")
+            assert cursor.fetchall() == ()  # nothing created
+            cursor.execute("CREATE TABLE durable_workflows (id VARCHAR(255) PRIMARY KEY)")
+            cursor.execute(f"ALTER DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+        backend = durable.connect(mysql_url)
+        with pytest.raises(durable.ConfigurationError, match=f"durable_workflows.id, {charset}"):
+            await backend.start()
+        await backend.close()
+        with admin.cursor() as cursor:
+            cursor.execute("DROP TABLE durable_workflows")
+    finally:
+        admin.close()
+    async with durable.connect(mysql_url) as backend:  # utf8mb4: started, and holds an emoji
+        await create(backend, "wf-\U0001f389", input="shipped \U0001f389")
+        assert (await backend.load_snapshot("wf-\U0001f389")).input == "shipped \U0001f389"
+
+
 @pytest.mark.mysql
 async def test_dropped_tables_say_how_to_create_them(mysql_backend_url: str) -> None:
     async with durable.connect(mysql_backend_url) as backend:
@@ -464,22 +515,31 @@ async def test_dropped_tables_say_how_to_create_them(mysql_backend_url: str) -> 
 
 class _Versioned:
     """Stands for a connection to a server that answers ``SELECT VERSION()`` with ``version``
-    (no MySQL 8 server runs here; the MariaDB case runs for real below), and its
-    ``max_allowed_packet`` with MariaDB's default."""
+    (no MySQL 8 server runs here; the MariaDB case runs for real below), its
+    ``max_allowed_packet`` with MariaDB's default, and its database's character set with
+    utf8mb4 (durable's tables: none yet)."""
 
     def __init__(self, version: str) -> None:
         self.version = version
         self.answers: list[Any] = []
 
-    def execute(self, statement: Any) -> Any:
+    def execute(self, statement: Any, parameters: Any = None) -> Any:
+        text = str(statement)
         answer = {
             "SELECT VERSION()": self.version,
             "SELECT @@max_allowed_packet": 16 * 1024 * 1024,
-        }[str(statement)]
+            "SELECT DATABASE(), @@character_set_database": ("app", "utf8mb4"),
+        }.get(text, [])
         self.answers.append(answer)
         return self
 
     def scalar_one(self) -> Any:
+        return self.answers[-1]
+
+    def one(self) -> Any:
+        return self.answers[-1]
+
+    def all(self) -> Any:
         return self.answers[-1]
 
 

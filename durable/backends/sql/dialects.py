@@ -529,6 +529,44 @@ class MySQLDialect(SQLDialect):
                 f"RETURNING); this server is {version!r}. MySQL itself has no INSERT ... "
                 "RETURNING and is not supported yet."
             )
+        self._check_charset(conn)
+
+    def _check_charset(self, conn: sa.Connection) -> None:
+        """Refuse a database whose default character set is not utf8mb4 (MariaDB's own default
+        for ``CREATE DATABASE`` is latin1), or whose durable tables have columns in another:
+        it holds no 4-byte character (an emoji), and the first one a value, an id or a key
+        carried failed at run time with "Incorrect string value"."""
+        database, charset = conn.execute(
+            sa.text("SELECT DATABASE(), @@character_set_database")
+        ).one()
+        if charset != "utf8mb4":
+            raise ConfigurationError(
+                f"the MariaDB database {database!r} stores text as {charset}, which holds no "
+                "4-byte character (an emoji): durable needs utf8mb4. Create the database with "
+                f"CREATE DATABASE {database} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin, or, "
+                f"before durable's tables are in it, ALTER DATABASE {database} CHARACTER SET "
+                "utf8mb4 COLLATE utf8mb4_bin"
+            )
+        columns = conn.execute(
+            sa.text(
+                "SELECT table_name, column_name, character_set_name "
+                "FROM information_schema.columns WHERE table_schema = DATABASE() "
+                "AND table_name LIKE :durable AND table_name <> :version "
+                "AND character_set_name <> 'utf8mb4' ORDER BY table_name, column_name"
+            ),
+            {"durable": "durable\\_%", "version": "durable_alembic_version"},
+        ).all()
+        if columns:
+            table, column, other = columns[0]
+            raise ConfigurationError(
+                f"{len(columns)} column(s) of durable's tables in the MariaDB database "
+                f"{database!r} store text in another character set than utf8mb4 (the first: "
+                f"{table}.{column}, {other}), which holds no 4-byte character (an emoji): "
+                "the tables were created while the database's default was another. Dump "
+                "durable's tables and load them into a database created with CHARACTER SET "
+                "utf8mb4 COLLATE utf8mb4_bin (or convert each table, its foreign keys dropped "
+                "and added again around it)"
+            )
 
     def retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, sa.exc.DBAPIError) and mysql.errno(exc) in MYSQL_RETRYABLE
