@@ -502,6 +502,55 @@ async def test_a_database_that_holds_no_4_byte_character_is_refused_at_start(
         assert (await backend.load_snapshot("wf-\U0001f389")).input == "shipped \U0001f389"
 
 
+PAD_REG = durable.Registry()
+
+
+@durable.workflow(name="tests.mysql.pad.v1", registry=PAD_REG)
+async def padded(n: int) -> int:
+    await durable.set_event("s", n)
+    await durable.set_event("s ", -n)
+    return n
+
+
+@pytest.mark.mysql
+async def test_a_no_pad_database_keeps_keys_that_differ_by_trailing_spaces_apart(
+    mysql_url: str,
+) -> None:
+    """``utf8mb4_bin`` is PAD SPACE: it compares ``"order-1"`` and ``"order-1 "`` equal, so
+    they were one id (and one idempotency key, one event key) on MariaDB, two on SQLite and
+    PostgreSQL. A database created as the README says (``utf8mb4_nopad_bin``) keeps them
+    apart, as the other databases do."""
+    database = sa.engine.make_url(mysql_url).database
+    admin = _admin(mysql_url)
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(
+                f"ALTER DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin"
+            )
+    finally:
+        admin.close()
+    async with durable.Runtime(durable.connect(mysql_url), registry=PAD_REG) as rt:
+        a = await rt.enqueue(padded, 1, workflow_id="order-1")
+        b = await rt.enqueue(padded, 2, workflow_id="order-1 ")
+        assert (a, b) == ("order-1", "order-1 ")
+        k1 = await rt.enqueue(padded, 3, idempotency_key="key")
+        k2 = await rt.enqueue(padded, 4, idempotency_key="key ")
+        assert k1 != k2
+        ids = await rt.client.enqueue_many(
+            padded,
+            [
+                durable.Enqueue(args=(5,), workflow_id="m"),
+                durable.Enqueue(args=(6,), workflow_id="m "),
+            ],
+        )
+        assert ids == ["m", "m "]
+        await rt.start_worker(poll_interval=0.05)
+        assert await rt.result("order-1", timeout=20) == 1
+        assert await rt.result("order-1 ", timeout=20) == 2
+        assert await rt.client.get_event("order-1", "s", timeout=1) == 1
+        assert await rt.client.get_event("order-1", "s ", timeout=1) == -1
+
+
 @pytest.mark.mysql
 async def test_dropped_tables_say_how_to_create_them(mysql_backend_url: str) -> None:
     async with durable.connect(mysql_backend_url) as backend:

@@ -543,9 +543,9 @@ class MySQLDialect(SQLDialect):
             raise ConfigurationError(
                 f"the MariaDB database {database!r} stores text as {charset}, which holds no "
                 "4-byte character (an emoji): durable needs utf8mb4. Create the database with "
-                f"CREATE DATABASE {database} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin, or, "
-                f"before durable's tables are in it, ALTER DATABASE {database} CHARACTER SET "
-                "utf8mb4 COLLATE utf8mb4_bin"
+                f"CREATE DATABASE {database} CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin, "
+                f"or, before durable's tables are in it, ALTER DATABASE {database} CHARACTER "
+                "SET utf8mb4 COLLATE utf8mb4_nopad_bin"
             )
         columns = conn.execute(
             sa.text(
@@ -564,8 +564,8 @@ class MySQLDialect(SQLDialect):
                 f"{table}.{column}, {other}), which holds no 4-byte character (an emoji): "
                 "the tables were created while the database's default was another. Dump "
                 "durable's tables and load them into a database created with CHARACTER SET "
-                "utf8mb4 COLLATE utf8mb4_bin (or convert each table, its foreign keys dropped "
-                "and added again around it)"
+                "utf8mb4 COLLATE utf8mb4_nopad_bin (or convert each table, its foreign keys "
+                "dropped and added again around it)"
             )
 
     def retryable(self, exc: BaseException) -> bool:
