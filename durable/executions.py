@@ -275,6 +275,30 @@ class CheckedEnqueue(CheckedOptions):
             debouncing is combined with what it excludes (see
             :func:`check_debounce_arguments`); the message names it.
         """
+        if isinstance(fn, Workflow):
+            given = {
+                "workflow_id": workflow_id is not None,
+                "idempotency_key": idempotency_key is not None,
+                "priority": priority != 0,
+                "run_after": run_after is not None,
+                "delay": delay is not None,
+                "max_attempts": max_attempts is not None,
+                "queue": queue is not None,
+                "timeout": timeout is not None,
+                "deadline": deadline is not None,
+                "labels": labels is not None,
+                "partition_key": partition_key is not None,
+                "debounce": debounce is not None,
+                "debounce_key": debounce_key is not None,
+            }
+            clash = sorted(n for n, was in given.items() if was and n in fn.keyword_parameters())
+            if clash:
+                raise InvalidArgumentError(
+                    f"{', '.join(clash)}: workflow {fn.name!r} has a parameter of that name, "
+                    "and enqueue takes it as its own option, not as the workflow's argument: "
+                    "pass the argument positionally, or as durable.Enqueue(kwargs={...}) to "
+                    "enqueue_many"
+                )
         if partition_key is not None:
             check_name(partition_key, "partition_key")
         wait = check_enqueue_arguments(
@@ -461,8 +485,11 @@ async def create_execution(
     checked); an existing id or idempotency key records nothing and returns what exists.
 
     :raises SerializationError: the arguments cannot be serialized (nothing is written).
-    :raises InvalidArgumentError: the id or idempotency key belongs to another workflow.
+    :raises InvalidArgumentError: the id or idempotency key belongs to another workflow, or
+        ``wf`` (given decorated) cannot take the arguments (nothing is written).
     """
+    if isinstance(wf, Workflow):
+        wf.check_arguments(args, kwargs)
     opts = await resolve_deadline(backend, wf, options or EnqueueOptions())
     snapshot, task = execution_record(
         wf, instance_id, args, kwargs, opts, parent_id=parent_id, app_version=app_version
@@ -654,6 +681,8 @@ def plan_enqueue_many(
                     limits,
                     queue_name,
                 )
+                if isinstance(one.fn, Workflow):
+                    one.fn.check_arguments(one.args, one.kwargs)
                 if shared_labels:
                     one = dataclasses.replace(one, labels={**shared_labels, **one.labels})
                 planned.append(one)

@@ -54,7 +54,7 @@ class Scheduler:
                     max_catchup=schedule.max_catchup,
                 )
                 following = next_tick(schedule.cron, schedule.timezone, now)
-                runs = runs_for(schedule, ticks, self.registry, trigger=False)
+                runs = runs_for(schedule, ticks, self.registry, trigger=False, now=now)
             except Exception as exc:  # a row edited by hand: the other schedules go on
                 log.error(
                     "schedule %s cannot be read: %s: %s",

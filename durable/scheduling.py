@@ -214,7 +214,8 @@ def scheduled(
     :raises InvalidArgumentError: a bad argument, named (see :func:`build_schedule`), or the
         decorated object is not a durable workflow (put ``@durable.scheduled`` above
         ``@durable.workflow``).
-    :raises ConfigurationError: another schedule of the registry has the same name.
+    :raises ConfigurationError: another schedule of the registry has the same name (another
+        workflow's, or another ``@durable.scheduled`` of this one: stacked ones need names).
     """
     probe = build_schedule(
         name if name is not None else "probe",
@@ -255,6 +256,14 @@ def scheduled(
                 raise ConfigurationError(
                     f"schedule name {declaration.name!r} is already used for workflow "
                     f"{known.workflow.name!r}: give this one another name="
+                )
+            if known is not None and known.workflow is wf and known != declaration:
+                # stacked on one workflow under one name: the later would replace the earlier
+                # (a module imported again declares on a new workflow object, and replaces)
+                raise ConfigurationError(
+                    f"workflow {wf.name!r} is scheduled twice under the name "
+                    f"{declaration.name!r} ({known.cron!r} and {declaration.cron!r}): give "
+                    "each @durable.scheduled of one workflow its own name="
                 )
             found[declaration.name] = declaration
         return wf
@@ -306,14 +315,24 @@ async def store_declared_schedules(backend: PersistentBackend, registry: Registr
 
 
 def runs_for(
-    schedule: ScheduleInfo, ticks: Sequence[datetime], registry: Registry | None, *, trigger: bool
+    schedule: ScheduleInfo,
+    ticks: Sequence[datetime],
+    registry: Registry | None,
+    *,
+    trigger: bool,
+    now: datetime | None = None,
 ) -> list[tuple[WorkflowSnapshot, TaskSpec]]:
+    """The executions (and their tasks) of ``schedule``'s ``ticks``. Where ``registry`` has the
+    workflow, its retry policy gives ``max_attempts`` and its ``timeout`` a deadline from
+    ``now`` (the store's clock, as for an enqueue of the function); a name gives neither."""
     wf: Workflow[Any, Any] | str = schedule.workflow
     if registry is not None and schedule.workflow in registry:
         known = registry.get(schedule.workflow)
         if isinstance(known, Workflow):
             wf = known
     max_attempts = wf.retry.max_attempts if isinstance(wf, Workflow) else DEFAULT_MAX_ATTEMPTS
+    timeout = wf.timeout if isinstance(wf, Workflow) else None
+    deadline = now + timeout if timeout is not None and now is not None else None
     runs = []
     for tick in ticks:
         key = tick_key(schedule.name, tick, trigger=trigger)
@@ -322,6 +341,7 @@ def runs_for(
             priority=schedule.priority,
             max_attempts=max_attempts,
             queue=schedule.queue,
+            deadline=deadline,
         )
         kwargs = {**schedule.kwargs, SCHEDULED_AT: tick.astimezone(UTC).isoformat()}
         runs.append(execution_record(wf, key, schedule.args, kwargs, options))

@@ -18,6 +18,7 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from durable.context import current
 from durable.errors import DurableError, InvalidArgumentError
+from durable.queues import Queue, queue_name
 from durable.registry import Registry, default_registry
 from durable.retry import WORKFLOW_RETRY, RetryPolicy
 from durable.validation import (
@@ -87,6 +88,40 @@ class Workflow(Generic[P, T]):
         except ValueError:
             return None
         return None
+
+    def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Refuse, before anything is written, arguments the function cannot take (each of its
+        executions would fail at once, and be retried for nothing). Whether a call binds
+        depends only on how many positional arguments it has and on its keywords' names, so
+        the answer is kept per such shape (a batch of like rows binds once).
+
+        :raises InvalidArgumentError: it cannot take them (Python's reason, named).
+        """
+        shape = (len(args), *kwargs)
+        fits: set[tuple[Any, ...]] = self.__dict__.setdefault("_fitting_shapes", set())
+        if shape in fits:
+            return
+        problem = self.cannot_take(args, kwargs)
+        if problem is not None:
+            raise InvalidArgumentError(
+                f"workflow {self.name!r} cannot take these arguments: {problem}"
+            )
+        if len(fits) < 64:
+            fits.add(shape)
+
+    def keyword_parameters(self) -> frozenset[str]:
+        """The names its function takes by keyword (none if it has no signature to read)."""
+        known: frozenset[str] | None = self.__dict__.get("_keyword_parameters")
+        if known is None:
+            try:
+                parameters = list(inspect.signature(self.fn).parameters.values())
+            except ValueError:
+                parameters = []
+            known = frozenset(
+                p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            )
+            self.__dict__["_keyword_parameters"] = known
+        return known
 
     def code_version(self, app_version: str | None = None) -> str:
         """The version an execution of this workflow records (:mod:`durable.versioning`): its
@@ -158,7 +193,7 @@ def workflow(
     name: str | None = None,
     max_attempts: int | None = None,
     retry: RetryPolicy | None = None,
-    queue: str = "default",
+    queue: str | Queue = "default",
     description: str | None = None,
     registry: Registry | None = None,
     max_recoveries: int = DEFAULT_MAX_RECOVERIES,
@@ -172,7 +207,7 @@ def workflow(
     name: str | None = None,
     max_attempts: int | None = None,
     retry: RetryPolicy | None = None,
-    queue: str = "default",
+    queue: str | Queue = "default",
     description: str | None = None,
     registry: Registry | None = None,
     max_recoveries: int = DEFAULT_MAX_RECOVERIES,
@@ -193,7 +228,9 @@ def workflow(
         :attr:`~durable.WorkflowInfo.interruptions`), so worker crashes do not use up the
         failure budget; a graceful shutdown or a database outage hands the attempt back
         without counting it at all.
-    :param queue: the queue enqueued executions go to unless the caller says otherwise.
+    :param queue: the queue enqueued executions go to unless the caller says otherwise (a
+        name, or a :class:`~durable.Queue`, whose name is taken: its limits are stored where a
+        runtime declares it, ``Runtime(queues=[...])``).
     :param registry: where to register (default :data:`durable.registry.default_registry`).
     :param timeout: how long an execution may take (a ``timedelta``, or seconds), counted from
         when it is recorded, on the store's clock: its *deadline* is stored with it. Once the
@@ -223,7 +260,7 @@ def workflow(
         check_decorated(fn, "durable.workflow")
     if name is not None:
         check_name(name, "name")
-    check_name(queue, "queue")
+    queue = check_name(queue_name(queue), "queue")
     check_instance(retry, RetryPolicy, "retry")
     check_instance(registry, Registry, "registry")
     check_instance(description, str, "description")

@@ -347,6 +347,72 @@ async def test_ids_keys_names_and_queues_follow_one_rule(backend_url: str) -> No
         await refused_without_writing(rt, cases)
 
 
+@durable.workflow(name="tests.bad_input.send.v1", registry=REG)
+async def send(to: str, timeout: int = 30, *, queue: str = "smtp-main") -> str:
+    return f"{to} {timeout} {queue}"
+
+
+async def test_arguments_a_workflow_cannot_take_are_refused_at_enqueue(backend_url: str) -> None:
+    """``enqueue(add, 1)`` of a decorated ``add(a, b)`` was recorded, and each attempt then
+    failed with TypeError, retried for minutes before it was dead-lettered; and a keyword
+    argument named like an enqueue option (``timeout=5`` for a workflow's own ``timeout``)
+    was taken as the option, the workflow run with its default. Both are refused now, before
+    anything is written; the options still work for workflows without such parameters."""
+    async with runtime(backend_url) as rt:
+        await refused_without_writing(
+            rt,
+            [
+                ("too few", lambda rt: rt.enqueue(send), "missing a required argument: 'to'"),
+                ("too many", lambda rt: rt.enqueue(send, "a", 1, 2), "too many positional"),
+                ("unknown", lambda rt: rt.enqueue(send, "a", cc="b"), "unexpected keyword"),
+                ("run", lambda rt: rt.run(send), "cannot take these arguments"),
+                (
+                    "client",
+                    lambda rt: rt.client.enqueue(send, "a", nope=1),
+                    "workflow 'tests.bad_input.send.v1' cannot take these arguments",
+                ),
+                (
+                    "many",
+                    lambda rt: rt.enqueue_many(send, [("a",), ("a", 1, 2, 3)]),
+                    "inputs[1]: workflow 'tests.bad_input.send.v1' cannot take",
+                ),
+                (
+                    "many, Enqueue",
+                    lambda rt: rt.enqueue_many(
+                        None, [durable.Enqueue(fn=send, args=("a",), kwargs={"x": 1})]
+                    ),
+                    "inputs[0]: workflow 'tests.bad_input.send.v1' cannot take these arguments: "
+                    "got an unexpected keyword argument 'x'",
+                ),
+                (
+                    "timeout clash",
+                    lambda rt: rt.enqueue(send, "a", timeout=5),
+                    "timeout: workflow 'tests.bad_input.send.v1' has a parameter of that name",
+                ),
+                (
+                    "queue clash",
+                    lambda rt: rt.client.enqueue(send, "a", queue="smtp-backup"),
+                    "queue: workflow 'tests.bad_input.send.v1' has a parameter of that name",
+                ),
+            ],
+        )
+        ids = [
+            await rt.enqueue(send, "ada", 5),  # positionally: the workflow's argument
+            (
+                await rt.enqueue_many(
+                    None, [durable.Enqueue(fn=send, args=("b",), kwargs={"queue": "q"})]
+                )
+            )[0],
+            await rt.enqueue(flow, 1, timeout=60, queue="other"),  # flow has no such parameter
+        ]
+        inputs = [(await rt.get_workflow(i)).input for i in ids]
+        assert inputs[:2] == [
+            {"args": ["ada", 5], "kwargs": {}},
+            {"args": ["b"], "kwargs": {"queue": "q"}},
+        ]
+        assert (await rt.get_workflow(ids[2])).queue == "other"
+
+
 def _run(**options: Any) -> Call:
     return lambda rt: rt.run(flow, 1, **options)
 
@@ -363,6 +429,17 @@ async def test_an_empty_workflow_id_is_an_error_not_a_random_id(backend_url: str
         assert (await rt.list_workflows()).items == []
 
 
+def test_a_workflow_takes_its_queue_as_a_queue_object_as_enqueue_does() -> None:
+    """``enqueue(queue=durable.Queue(...))`` was accepted, ``@durable.workflow(queue=...)``
+    refused the same object ("queue must be a str")."""
+    emails = durable.Queue("emails", concurrency=2)
+
+    @durable.workflow(queue=emails, registry=durable.Registry())
+    async def send() -> None: ...
+
+    assert send.queue == "emails"
+
+
 @pytest.mark.parametrize(("bad", "words"), BAD_IDS, ids=lambda v: repr(v)[:20])
 async def test_decorators_refuse_bad_names_and_queues(bad: Any, words: str) -> None:
     registry = durable.Registry()
@@ -373,6 +450,7 @@ async def test_decorators_refuse_bad_names_and_queues(bad: Any, words: str) -> N
         durable.workflow(name=bad, registry=registry)(fn)
     with pytest.raises(durable.InvalidArgumentError, match=f"^queue {words}"):
         durable.workflow(queue=bad, registry=registry)(fn)
+
     with pytest.raises(durable.InvalidArgumentError, match=f"^name {words}"):
         durable.step(name=bad)(fn)
     assert registry.names() == []

@@ -23,6 +23,7 @@ from durable.cli import main
 from durable.cron import due_ticks, next_tick
 from durable.models import MissedTicks
 from durable.scheduler import Scheduler
+from durable.scheduling import declared_schedules
 
 HERE = Path(__file__).parent
 PARIS = "Europe/Paris"
@@ -294,6 +295,27 @@ async def test_downtime_by_policy_on_a_fake_clock() -> None:
         assert len((await client.list_workflows(limit=100)).items) == 4 + 3
 
 
+async def test_a_tick_gets_the_workflow_s_timeout_as_an_enqueue_of_the_function_does() -> None:
+    """A scheduled workflow's ``timeout`` was ignored by its ticks (they ran with no deadline,
+    while an enqueue of the function got one): the firing scheduler, which has the workflow,
+    now gives each tick its deadline from the store's clock."""
+    registry = durable.Registry()
+
+    @durable.scheduled("0 * * * *", registry=registry)
+    @durable.workflow(name="test.schedules.timed.v1", registry=registry, timeout=90)
+    async def timed(*, scheduled_at: str) -> None: ...
+
+    clock = Clock(utc(2030, 1, 1, 0, 59, 50))
+    backend = durable.InMemoryBackend(clock=clock)
+    async with durable.Runtime(backend, registry=registry) as runtime:
+        clock.now = utc(2030, 1, 1, 1, 0, 5)
+        await Scheduler(backend, registry).run_once()
+        [tick] = (await runtime.client.list_workflows()).items
+        assert tick.deadline == utc(2030, 1, 1, 1, 1, 35)  # fired at 01:00:05, 90 s
+        enqueued = await runtime.get_workflow(await runtime.enqueue(timed, scheduled_at="x"))
+        assert enqueued.deadline == tick.deadline
+
+
 async def test_a_paris_schedule_across_the_spring_change() -> None:
     clock = Clock(utc(2026, 3, 27, 12))
     backend = durable.InMemoryBackend(clock=clock)
@@ -549,6 +571,22 @@ def test_bad_decorations() -> None:
     @durable.scheduled("0 2 * * *", args=["a"], registry=registry)  # these fit
     @durable.workflow(name="tests.sched.fits.v1", registry=registry)
     async def fits(x: str, **tick: str) -> None: ...
+
+    # stacked without names: both would be named after the workflow, the later one replacing
+    # the earlier (the 17:00 schedule was dropped without a word)
+    with pytest.raises(durable.ConfigurationError, match=r"give each @durable\.scheduled"):
+
+        @durable.scheduled("0 9 * * *", registry=registry)
+        @durable.scheduled("0 17 * * *", registry=registry)
+        @durable.workflow(name="tests.sched.twice.v1", registry=registry)
+        async def twice(*, scheduled_at: str) -> None: ...
+
+    @durable.scheduled("0 9 * * *", name="morning", registry=registry)  # named: both kept
+    @durable.scheduled("0 17 * * *", name="evening", registry=registry)
+    @durable.workflow(name="tests.sched.named_twice.v1", registry=registry)
+    async def named_twice(*, scheduled_at: str) -> None: ...
+
+    assert {"morning", "evening"} <= {d.name for d in declared_schedules(registry)}
 
 
 async def test_an_unreadable_schedule_does_not_stop_the_others(
