@@ -231,10 +231,23 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         return super().started_elsewhere()
 
     def _require_started(self) -> None:
-        if self._owner is None and not self._started:
+        if self._owner is not None:
+            return
+        if not self._started:
             raise DurableError(
                 "the client is not started: use `async with client:` (or `with client:` from "
                 "sync code)"
+            )
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if running is not self._loop:  # its connections belong to that loop
+            raise DurableError(
+                "the client was started on another event loop"
+                + (" (closed since)" if self._loop is not None and self._loop.is_closed() else "")
+                + ": use a client on the loop that started it, or close it and start one here "
+                "(`async with client:` on this loop)"
             )
 
     # -- enqueueing ---------------------------------------------------------------------------

@@ -170,6 +170,7 @@ class SyncStartable:
         self._portal: Portal | None = None
         self._sync_lock = threading.Lock()  # guards _portal and _sync_users
         self._sync_users = 0
+        self._async_users = 0  # open `async with` blocks (on the object's own loop)
 
     async def start(self) -> None:
         raise NotImplementedError
@@ -193,7 +194,10 @@ class SyncStartable:
         raise NotImplementedError
 
     async def __aenter__(self) -> Self:
+        """:meth:`start` as a context manager. Reference-counted, as ``with``: nested blocks
+        are fine, and it closes when the last one exits."""
         await self.start()
+        self._async_users += 1
         return self
 
     async def __aexit__(
@@ -202,7 +206,9 @@ class SyncStartable:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.close()
+        self._async_users = max(self._async_users - 1, 0)
+        if self._async_users == 0:
+            await self.close()
 
     def __enter__(self) -> Self:
         """:meth:`start_sync` as a context manager. Reference-counted and thread-safe: request

@@ -276,3 +276,36 @@ def test_request_threads_share_one_sync_client(sqlite_url: str) -> None:
     with client:  # started again
         listed = client.list_workflows_sync()
     assert sorted(i.id for i in listed.items) == sorted(f"r-{n}" for n in range(8))
+
+
+async def test_nested_async_with_closes_at_the_last_exit(sqlite_url: str) -> None:
+    """``with client:`` was reference-counted and ``async with client:`` was not: the inner
+    block's exit closed the client under the outer one ("the client is not started")."""
+    client = durable.Client(sqlite_url)
+    async with client:
+        async with client:
+            await client.list_workflows()
+        assert (await client.list_workflows()).items == []  # still open
+    with pytest.raises(durable.DurableError, match="not started"):
+        await client.list_workflows()
+    async with durable.Runtime(durable.connect(sqlite_url), recover=False) as rt:
+        async with rt:
+            pass
+        await rt.list_workflows()  # the runtime too
+
+
+def test_a_client_used_from_another_event_loop_says_so(sql_url: str) -> None:
+    """A client started by ``asyncio.run(client.start())`` and then called from the next
+    ``asyncio.run`` ran on connections of the closed loop: it worked by chance on some backends
+    and raised a bare RuntimeError ("attached to a different loop") on MariaDB."""
+    client = durable.Client(sql_url)
+    asyncio.run(client.start())
+    with pytest.raises(durable.DurableError, match="started on another event loop"):
+        asyncio.run(client.list_workflows())
+    with pytest.raises(durable.DurableError, match="not started"):
+        client.list_workflows_sync()  # the sync API never worked on it: unchanged
+
+
+async def test_a_client_on_its_own_loop_is_not_refused(sql_url: str) -> None:
+    async with durable.Client(sql_url) as client:
+        assert (await client.list_workflows()).items == []
