@@ -18,7 +18,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
+import selectors
 import threading
+import weakref
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
@@ -42,6 +44,40 @@ def forked_message(owner: str, pid: int) -> str:
     )
 
 
+#: The event loops clients and runtimes of this process were started on (see below).
+_LOOPS: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def _detach_inherited_loops() -> None:
+    """In a forked child: give each inherited loop that durable started on an empty selector of
+    its own (not the forking thread's own loop, which the child goes on running).
+
+    The child's copy of a loop shares the parent's epoll instance (one kernel object behind
+    both processes' descriptors): when the child finalizes a connection it inherited (at its
+    exit, say), the transport unregisters its socket, and that removes the socket from the
+    *parent's* interest list, so the parent's loop never hears the answer to its next
+    statement (a hang seen with aiomysql). With a selector of its own, the child's copy knows
+    no socket, and its unregistering is a no-op; its copy of the epoll descriptor is closed,
+    which leaves the parent's instance as it was. The loop's thread does not exist in the
+    child, so nothing runs that copy.
+    """
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    for loop in list(_LOOPS):
+        inherited = getattr(loop, "_selector", None)
+        if loop is running or inherited is None:
+            continue
+        loop._selector = selectors.DefaultSelector()  # type: ignore[attr-defined]
+        with contextlib.suppress(Exception):
+            inherited.close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_detach_inherited_loops)
+
+
 class Portal:
     """An event loop running in a daemon thread; :meth:`call` runs a coroutine there and waits.
 
@@ -60,6 +96,7 @@ class Portal:
         self._thread = threading.Thread(target=self._run, args=(ready,), name=name, daemon=True)
         self._thread.start()
         ready.wait()
+        _LOOPS.add(self.loop)
 
     def _run(self, ready: threading.Event) -> None:
         with asyncio.Runner() as runner:  # closing it cancels what is left, as asyncio.run does
@@ -180,6 +217,7 @@ class SyncStartable:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._loop_pid = os.getpid()
+        _LOOPS.add(self._loop)
 
     def started_elsewhere(self) -> bool:
         """Whether it was started in another process, of which this one is a fork: it cannot

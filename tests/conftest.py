@@ -128,6 +128,7 @@ MYSQL_MODULES = frozenset(
         "test_change_feed.py",
         "test_migrations.py",
         "test_mysql.py",
+        "test_process_fork.py",
         "test_deadlocks.py",
         "test_crash_recovery.py",
         "test_runtime.py",

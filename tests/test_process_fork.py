@@ -6,6 +6,8 @@ that loop for ever; and the child's use leaves the parent's connections working.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -82,3 +84,51 @@ def test_a_runtime_started_before_a_fork_is_refused_in_it(sqlite_url: str) -> No
 
         assert in_a_fork(child) == 0
         assert runtime.run_sync(noop, 6) == 6
+
+
+_EXITING_CHILD = """
+import os, sys, threading
+import durable
+
+client = durable.Client(sys.argv[1])
+client.start_sync()
+client.enqueue_sync("forks.noop.v1", 1)
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # the child never uses the client, and exits normally: it finalizes it
+os.waitpid(pid, 0)
+done = []
+call = threading.Thread(target=lambda: done.append(client.enqueue_sync("forks.noop.v1", 2)))
+call.daemon = True
+call.start()
+call.join(30)
+print("answered" if done else "hung", flush=True)
+os._exit(0 if done else 3)
+"""
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ],
+)
+def test_a_child_that_exits_leaves_the_parents_client_working(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """A child forked after a client started, that exits normally without touching it,
+    finalized the connections it inherited: on MariaDB their transports removed the sockets
+    from the epoll instance the child's copy of the loop shares with the parent, and the
+    parent's next call never returned. A fork now gives the inherited loops selectors of
+    their own."""
+    url = str(
+        request.getfixturevalue(
+            {"sqlite": "sqlite_url", "postgres": "pg_url", "mysql": "mysql_url"}[kind]
+        )
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", _EXITING_CHILD, url], capture_output=True, text=True, timeout=120
+    )
+    assert (run.returncode, run.stdout.strip()) == (0, "answered"), run.stderr[-2000:]
