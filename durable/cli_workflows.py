@@ -38,6 +38,7 @@ from durable.cli_output import (
     when,
 )
 from durable.client import Client
+from durable.errors import BackendUnavailableError
 from durable.models import ExecutorInfo, StepRecord, WorkflowInfo
 from durable.overview import queue_rows, status_counts
 
@@ -318,12 +319,17 @@ def add_workflow_commands(workflows: click.Group, open_client: OpenClient) -> No
     def watch(url: str, interval: float, count: int | None, once: bool) -> None:
         """Show how many executions there are by status (exact counts), refreshed
         every --interval seconds until Ctrl-C. In a terminal the counts are redrawn in place;
-        elsewhere one line is printed per refresh."""
+        elsewhere one line is printed per refresh.
+
+        While the database cannot be reached (a restart, an outage) it says so on stderr, once
+        per outage, and keeps refreshing: the counts come back with the database. A refresh
+        that fails does not count towards --count; --once (one refresh) fails at once."""
         rounds = 1 if once else count
 
         async def run(client: Client) -> None:
             done = 0
             live = None
+            unreachable = False
             if stdout_is_terminal():
                 from rich.live import Live
 
@@ -331,9 +337,21 @@ def add_workflow_commands(workflows: click.Group, open_client: OpenClient) -> No
                 live.start()
             try:
                 while rounds is None or done < rounds:
-                    if done:
+                    if done or unreachable:
                         await asyncio.sleep(interval)
-                    text = _counts_text(await status_counts(client))
+                    try:
+                        counts = await status_counts(client)
+                    except BackendUnavailableError as exc:
+                        if rounds == 1:
+                            raise  # one look asked for: the error is the answer
+                        if not unreachable:
+                            click.echo(f"{exc} (refreshing again every {interval:g}s)", err=True)
+                        unreachable = True
+                        continue
+                    if unreachable:
+                        click.echo("the database can be reached again", err=True)
+                        unreachable = False
+                    text = _counts_text(counts)
                     if live is not None:
                         stamp_now = datetime.now(UTC).isoformat(timespec="seconds")
                         live.update(f"{stamp_now}  {text}", refresh=True)

@@ -6,13 +6,21 @@ filled by real workflow runs (tests/webdata.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import webdata
 from click.testing import CliRunner, Result
 
@@ -367,3 +375,104 @@ def test_file_errors_are_one_line(filled: str, tmp_path: Path) -> None:
     assert aged.exit_code == 2 and "too long a duration" in aged.output
     beyond = CliRunner().invoke(main, ["events", filled, "--after", str(2**64), "--json"])
     assert beyond.exit_code == 0 and json.loads(beyond.stdout or "[]") == []
+
+
+class CuttableProxy:
+    """A TCP proxy on 127.0.0.1 to ``target`` that the test can cut (every connection dropped,
+    new ones refused, as while a database server restarts) and restore, on the same port."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self.links: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        assert self.listener is not None
+        with contextlib.suppress(OSError):  # wakes the accepting thread (close alone does not)
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self.listener = None
+        with self.lock:
+            links, self.links = self.links, []
+        for link in links:
+            with contextlib.suppress(OSError):
+                link.shutdown(socket.SHUT_RDWR)
+            link.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                server = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.links += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.mark.postgres
+def test_watch_rides_out_a_database_outage(pg_url: str, tmp_path: Path) -> None:
+    """``watch`` refreshes until Ctrl-C: a refresh that cannot reach the database is reported
+    (once per outage) and the refreshes go on; it does not exit at the first one that fails."""
+    fill(pg_url, orders=1)
+    real = sa.make_url(pg_url)
+    proxy = CuttableProxy((real.host or "127.0.0.1", real.port or 5432))
+    url = real.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    out, err = tmp_path / "watch.out", tmp_path / "watch.err"
+    durable_script = str(Path(sys.executable).with_name("durable"))
+    with out.open("w") as stdout, err.open("w") as stderr:
+        watch = subprocess.Popen(
+            [durable_script, "workflows", "watch", url, "--interval", "0.2"],
+            stdout=stdout,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def wait_for(check: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not check():
+            assert watch.poll() is None, f"watch exited ({watch.returncode}): {err.read_text()}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+
+    try:
+        wait_for(lambda: out.read_text().count("succeeded=") >= 2, "the first refreshes")
+        proxy.cut()
+        wait_for(lambda: "cannot reach the database" in err.read_text(), "the outage noted")
+        time.sleep(3)  # refreshes fail meanwhile: it keeps going
+        assert watch.poll() is None, err.read_text()
+        before = out.read_text().count("succeeded=")
+        proxy.restore()
+        wait_for(lambda: out.read_text().count("succeeded=") > before + 1, "refreshes again")
+        assert "can be reached again" in err.read_text()
+        assert err.read_text().count("cannot reach the database") == 1  # once per outage
+    finally:
+        watch.terminate()
+        watch.wait(timeout=30)
