@@ -6,6 +6,7 @@ Playwright)."""
 from __future__ import annotations
 
 import asyncio
+import html
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urljoin
 
 import pytest
 import sqlalchemy as sa
@@ -402,6 +404,9 @@ def test_with_a_token_every_request_needs_it(db: str) -> None:
         ("/workflows/a%23b", "/workflows/a%23b"),
         ("/workflows/%E4%B8%AD", "/workflows/%E4%B8%AD"),  # beyond latin-1: was a 500
         ("//evil.example/x", "/evil.example/x"),  # '//' would leave for another host
+        # an id's escaped '/' stays escaped: 'a/../b' is another page once a browser resolves it
+        ("/workflows/tenant-a%2F..%2Ftenant-b", "/workflows/tenant-a%2F..%2Ftenant-b"),
+        ("/workflows/a%2Fb%25c", "/workflows/a%2Fb%25c"),
     ],
 )
 def test_the_token_login_redirects_to_the_same_page(db: str, path: str, location: str) -> None:
@@ -409,6 +414,53 @@ def test_the_token_login_redirects_to_the_same_page(db: str, path: str, location
         login = web.get(f"http://testserver{path}?token=s3cret", follow_redirects=False)
         assert login.status_code == 303
         assert login.headers["location"] == location
+
+
+def test_a_token_login_lands_on_the_workflow_its_link_named(db: str) -> None:
+    """What a browser does with the login's redirect: it resolves dot segments (RFC 3986), so
+    the redirect must keep an id's escaped slashes for it to land on the same workflow."""
+    with durable.Client(db) as client:
+        for workflow_id in ("tenant-a/../tenant-b", "tenant-b"):
+            client.enqueue_sync("demo.v1", workflow_id, workflow_id=workflow_id, delay=3600)
+    with TestClient(create_app(db, token="s3cret")) as web:
+        link = "/workflows/" + quote("tenant-a/../tenant-b", safe="") + "?token=s3cret"
+        login = web.get(link, follow_redirects=False)
+        assert login.status_code == 303
+        landed = web.get(urljoin("http://testserver/", login.headers["location"]))
+        assert shown_id(landed.text) == "tenant-a/../tenant-b"
+
+
+def shown_id(page: str) -> str:
+    found = re.search(r'<dd class="id">(.*?)</dd>', page)
+    assert found is not None, page[:500]
+    return html.unescape(found.group(1))
+
+
+def test_the_ids_dot_and_dot_dot_have_links_a_browser_keeps(db: str) -> None:
+    """A browser resolves a path segment '.' or '..' (or '%2E') before it sends the request:
+    the links to workflows with these ids must reach them, and an action's redirect too."""
+    with durable.Client(db) as client:
+        for workflow_id in (".", ".."):
+            client.enqueue_sync("demo.v1", workflow_id, workflow_id=workflow_id, delay=3600)
+    with TestClient(create_app(db, actions=True)) as web:
+        listing = web.get("/workflows").text
+        links = {
+            html.unescape(text): html.unescape(href)
+            for href, text in re.findall(r'<a href="([^"]+)" class="id">([^<]+)</a>', listing)
+        }
+        for workflow_id in (".", ".."):
+            target = urljoin("http://testserver/workflows", links[workflow_id])
+            page = web.get(target)
+            assert page.status_code == 200 and shown_id(page.text) == workflow_id
+            done = web.post(
+                "/actions/cancel",
+                data={"workflow_id": workflow_id, "form_key": form_key(page.text)},
+                follow_redirects=False,
+            )
+            assert done.status_code == 303
+            after = web.get(urljoin("http://testserver/", done.headers["location"]))
+            assert shown_id(after.text) == workflow_id and "cancel" in after.text
+        assert web.get("/workflow").status_code == 400  # no id given
 
 
 def test_a_mounted_view_with_a_token_logs_in_under_its_prefix(db: str) -> None:

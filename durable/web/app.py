@@ -60,6 +60,7 @@ def create_app(
         Route("/", pages.home),
         Route("/workflows", pages.workflows),
         Route("/workflows/{workflow_id:path}", pages.workflow),
+        Route("/workflow", pages.workflow),  # ?id=ID, for the ids '.' and '..'
         Route("/actions/{action}", pages.action, methods=["POST"]),
         Route("/executors", pages.executors),
         Route("/queues", pages.queues),

@@ -51,8 +51,20 @@ def href(request: Request, path: str, query: list[tuple[str, str]] | None = None
     return root + path + (f"?{urlencode(query)}" if query else "")
 
 
-def workflow_href(request: Request, workflow_id: str) -> str:
-    return href(request, "/workflows/" + quote(workflow_id, safe=""))
+#: Ids a link cannot carry as a path segment: a browser resolves a segment ``.`` or ``..``
+#: (and their ``%2E`` spellings) before it sends the request, landing on another page.
+DOT_SEGMENTS = frozenset({".", ".."})
+
+
+def workflow_href(
+    request: Request, workflow_id: str, query: list[tuple[str, str]] | None = None
+) -> str:
+    """The link to a workflow's page: ``/workflows/ID`` (the id quoted whole, ``/`` included,
+    so that it stays one segment); ``/workflow?id=ID`` for the ids ``.`` and ``..``, which a
+    browser would resolve as a path segment."""
+    if workflow_id in DOT_SEGMENTS:
+        return href(request, "/workflow", [("id", workflow_id), *(query or [])])
+    return href(request, "/workflows/" + quote(workflow_id, safe=""), query)
 
 
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
@@ -103,7 +115,8 @@ async def workflows(request: Request) -> Response:
 async def workflow(request: Request) -> Response:
     """One workflow: its values, its steps as a timeline, its children and pending messages."""
     client = await state_of(request).ready()
-    workflow_id = check_id(request.path_params["workflow_id"], "workflow id")
+    raw = request.path_params.get("workflow_id")  # /workflow?id=ID: see workflow_href
+    workflow_id = check_id(raw if raw is not None else request.query_params.get("id"), "id")
     page = await workflow_page(client, workflow_id)
     line = timeline(page.info, page.steps, page.now)
     return render(
@@ -177,7 +190,7 @@ async def action(request: Request) -> Response:
         workflow_id = await client.fork(workflow_id, from_step=from_step)
     else:
         raise NotFoundError(f"no action {name!r} (cancel, retry, resume or fork)")
-    return RedirectResponse(workflow_href(request, workflow_id) + f"?done={name}", status_code=303)
+    return RedirectResponse(workflow_href(request, workflow_id, [("done", name)]), status_code=303)
 
 
 async def small_form(request: Request) -> dict[str, str]:

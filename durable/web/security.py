@@ -83,10 +83,7 @@ class TokenGate:
         root = scope.get("root_path", "") or ""
         if given and self._matches(given[-1]):
             rest = urlencode([(k, v) for k, v in query if k != "token"])
-            path = scope["path"] if scope["path"].startswith(root) else root + scope["path"]
-            # the same page: its path encoded again (scope's is decoded: a '?', '#' or 'é' in an
-            # id), and one leading slash (two would make the browser go to another host)
-            path = "/" + quote(path, safe="/:@!$&'()*+,;=~").lstrip("/")
+            path = "/" + _page_path(scope, root).lstrip("/")  # two: the browser leaves the host
             location = path + (f"?{rest}" if rest else "")
             value = quote(self.token, safe="")
             cookie = f"{TOKEN_COOKIE}={value}; Path={root or '/'}; HttpOnly; SameSite=Strict"
@@ -111,6 +108,24 @@ class TokenGate:
             "send it in an 'Authorization: Bearer' or 'X-Durable-Token' header.\n",
             [("www-authenticate", 'Bearer realm="durable"')],
         )
+
+
+#: What a redirect's path keeps as it is: its separators, sub-delimiters, and escapes ('%').
+_PATH_SAFE = "/:@!$&'()*+,;=~"
+
+
+def _page_path(scope: Scope, root: str) -> str:
+    """The path of the requested page, encoded, to redirect to it: the path as the client sent
+    it (``raw_path``), its escapes kept, so that an id's ``%2F`` is not turned into a ``/``
+    (``a%2F..%2Fb`` redirected as ``a/../b`` is another page once the browser resolves the
+    ``..``); else the decoded path encoded again (a '?', '#' or 'é' in an id)."""
+    raw = scope.get("raw_path")
+    if isinstance(raw, bytes) and raw:
+        path = quote(raw, safe=_PATH_SAFE + "%")
+        return path if unquote(path).startswith(root) else quote(root, safe=_PATH_SAFE) + path
+    path = str(scope["path"])
+    path = path if path.startswith(root) else root + path
+    return quote(path, safe=_PATH_SAFE)
 
 
 async def _plain(send: Send, status: int, body: str, headers: list[tuple[str, str]]) -> None:
