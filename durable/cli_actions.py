@@ -23,7 +23,7 @@ from datetime import datetime
 
 import click
 
-from durable.cli_output import checked_id, stdout_is_terminal
+from durable.cli_output import checked_id, say, stdout_is_terminal
 from durable.cli_workflows import OpenClient, filter_options, select_workflows
 from durable.client import Client
 from durable.errors import BackendUnavailableError, DurableError
@@ -89,7 +89,7 @@ def _fork_command(open_client: OpenClient) -> click.Command:
         async def run(client: Client) -> str:
             return await client.fork(workflow_id, from_step=from_step, new_workflow_id=new_id)
 
-        click.echo(open_client(url, run))
+        say(open_client(url, run))
 
     return fork
 
@@ -142,9 +142,9 @@ def _action(
                         raise  # the rest would fail alike: one error, as any command's
                     except DurableError as exc:
                         refused += 1
-                        click.echo(f"{workflow_id}: could not {verb}: {exc}", err=True)
+                        say(f"{workflow_id}: could not {verb}: {exc}", err=True)
                     else:
-                        click.echo(f"{info.id}: {info.status.value}")
+                        say(f"{info.id}: {info.status.value}")
                 return refused
 
             if open_client(url, each_id):
@@ -210,10 +210,10 @@ async def _each(
                 done = await op(client, info.id)
             except DurableError as exc:
                 failures += 1
-                click.echo(f"{info.id}: could not {verb}: {exc}", err=True)
+                say(f"{info.id}: could not {verb}: {exc}", err=True)
             else:
                 if progress is None:
-                    click.echo(f"{done.id}: {done.status.value}")
+                    say(f"{done.id}: {done.status.value}")
             if progress is not None and task is not None:
                 progress.advance(task)
     finally:

@@ -8,7 +8,9 @@ JSON for a script.
 * stdout is a terminal: a :mod:`rich` table with a header row (times in UTC to the second,
   columns empty in every row left out);
 * otherwise (a pipe, a file, a test): one line per record, fields separated by tabs, as the
-  commands printed before tables existed, so that scripts which cut them keep working.
+  commands printed before tables existed, so that scripts which cut them keep working. The
+  values are printed as stored, byte for byte (a terminal's escapes included: a table shows
+  them escaped, see :func:`printable`).
 
 It also holds the command line's small parsers: :func:`moment` (``--since 1h``) and
 :func:`parse_duration`, and the pieces of a text timeline (:func:`bar`, :func:`seconds`).
@@ -64,6 +66,11 @@ def stdout_is_terminal() -> bool:
     return sys.stdout.isatty()
 
 
+def stderr_is_terminal() -> bool:
+    """Whether a person reads stderr (it is a terminal)."""
+    return sys.stderr.isatty()
+
+
 #: Control characters but tab and newline: C0, DEL and C1.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -96,10 +103,14 @@ def log_to_stderr(level: int) -> None:
     logging.basicConfig(level=level, handlers=[handler])
 
 
-def say(text: str) -> None:
-    """Print a line of stored values: as :func:`printable` shows it when stdout is a terminal,
-    as it is otherwise (a script reading a pipe gets the values themselves)."""
-    click.echo(printable(text) if stdout_is_terminal() else text)
+def say(text: str, *, err: bool = False) -> None:
+    """Print a line of stored values (on stderr if ``err``): as :func:`printable` shows it when
+    the stream is a terminal, as it is otherwise, byte for byte (a script reading a pipe gets
+    the values themselves: click would otherwise strip what looks like a colour code)."""
+    if stderr_is_terminal() if err else stdout_is_terminal():
+        click.echo(printable(text), err=err)
+    else:
+        click.echo(text, err=err, color=True)  # color=True: nothing stripped
 
 
 def jsonable(value: Any) -> Any:
@@ -141,7 +152,7 @@ def emit(
         return
     if not stdout_is_terminal():
         for item in items:
-            click.echo(line(item))
+            click.echo(line(item), color=True)  # as stored: click strips colour codes otherwise
         return
     from rich.console import Console
     from rich.table import Table
@@ -267,8 +278,10 @@ __all__ = [
     "label_pairs",
     "moment",
     "parse_duration",
+    "say",
     "seconds",
     "stamp",
+    "stderr_is_terminal",
     "stdout_is_terminal",
     "when",
 ]

@@ -92,7 +92,7 @@ def add_replay_commands(workflows: click.Group, open_client: OpenClient) -> None
 
         text = json.dumps(open_client(url, read), indent=2, ensure_ascii=False) + "\n"
         if output is None:
-            click.echo(text, nl=False)
+            click.echo(text, nl=False, color=True)  # as written to a file: nothing stripped
         else:
             try:
                 output.write_text(text, encoding="utf-8")

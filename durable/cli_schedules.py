@@ -13,7 +13,7 @@ from typing import Any, Protocol, TypeVar
 
 import click
 
-from durable.cli_output import emit, json_option, when
+from durable.cli_output import emit, json_option, say, when
 from durable.client import Client
 from durable.models import ScheduleInfo, WorkflowInfo
 
@@ -82,13 +82,13 @@ def schedules_group(open_client: OpenClient) -> click.Group:
         def command(url: str, name: str) -> None:
             result = open_client(url, lambda client: op(client, name))
             if isinstance(result, ScheduleInfo):
-                click.echo(_line(result))
+                say(_line(result))
             elif isinstance(result, WorkflowInfo):
-                click.echo(f"{result.id}: {result.status.value}")
+                say(f"{result.id}: {result.status.value}")
             elif result is False:
                 raise click.ClickException(f"no schedule named {name!r}")
             else:
-                click.echo(f"{name}: deleted")
+                say(f"{name}: deleted")
 
         command.__doc__ = doc
         schedules.command(verb)(url_argument(name_argument(command)))

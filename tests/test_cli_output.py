@@ -333,7 +333,7 @@ def test_stored_values_cannot_drive_the_terminal(
 
     asyncio.run(fill_evil())
     piped = run("workflows", "show", url, "markup-[/]-close")
-    assert "PWNED" in piped.stdout  # as stored (click drops only the CSI sequences in a pipe)
+    assert ESCAPES in piped.stdout  # as stored, byte for byte
     for module in (cli_output, cli_workflows):
         monkeypatch.setattr(module, "stdout_is_terminal", lambda: True)
     monkeypatch.setenv("COLUMNS", "300")
@@ -344,6 +344,32 @@ def test_stored_values_cannot_drive_the_terminal(
     shown = run("workflows", "show", url, "markup-[/]-close")
     assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
     assert "declined \\x1b]0;PWNED\\x07\\x1b[2J\\x1b[31m" in shown.stdout
+
+
+def test_a_pipe_gets_the_stored_values_byte_for_byte(tmp_path: Path) -> None:
+    """Tab-separated lines in a pipe are for scripts: an id holding a terminal's colour codes
+    is printed as stored (click strips them unless told not to), so that it can be fed back."""
+    url = f"sqlite:///{tmp_path / 'ansi.db'}"
+    wid = "job-\x1b[1mbold\x1b[0m"
+    with durable.Client(url) as client:
+        client.enqueue_sync("demo.v1", 1, workflow_id=wid, delay=3600)
+    script = str(Path(sys.executable).with_name("durable"))
+
+    def piped(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [script, *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+        )
+        assert done.returncode == 0, done.stderr
+        return done
+
+    listed = piped("workflows", "list", url).stdout
+    assert listed.split("\t")[0] == wid
+    assert piped("workflows", "show", url, wid).stdout.startswith(f"{wid}  demo.v1  pending")
+    assert json.loads(piped("workflows", "get", url, wid).stdout)["id"] == wid
+    assert f"\t{wid}\t" in piped("events", url).stdout
+    assert piped("workflows", "cancel", url, wid).stdout == f"{wid}: cancelled\n"
+    # the same through click's test runner (which strips colour codes unless told not to)
+    assert run("workflows", "list", url).stdout.split("\t")[0] == wid
 
 
 @pytest.mark.parametrize(
