@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
-import json
 import logging
 import os
 import sys
@@ -30,6 +29,7 @@ from durable.cli_output import (
     checked_id,
     emit,
     json_option,
+    json_text,
     jsonable,
     log_to_stderr,
     reported_errors,
@@ -421,7 +421,7 @@ def list_messages(
         return stamp(m.received_at) if m.received_at else "pending"
 
     def value(m: Message) -> str:
-        return json.dumps(m.value, default=repr)
+        return json_text(m.value, default=repr)
 
     emit(
         open_client(url, read),
@@ -445,14 +445,15 @@ def list_messages(
 @url_argument
 @click.argument("workflow_id", callback=lambda _c, _p, v: checked_id(v, "WORKFLOW_ID"))
 def get_workflow(url: str, workflow_id: str) -> None:
-    """Print one execution's header as JSON (times ISO 8601); `durable workflows show` prints
-    it for a person, with its steps."""
+    """Print one execution's header as JSON (times ISO 8601, non-finite floats as the strings
+    "NaN", "Infinity", "-Infinity"); `durable workflows show` prints it for a person, with
+    its steps."""
 
     async def read(client: Client) -> dict[str, Any]:
         header = jsonable(await client.get_workflow(workflow_id))
         return {**header, "labels": await client.get_labels(workflow_id)}
 
-    click.echo(json.dumps(open_client(url, read), indent=2))
+    click.echo(json_text(open_client(url, read), indent=2))
 
 
 @workflows.command("steps")

@@ -9,13 +9,12 @@ or until ``--count`` events were printed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 import click
 
-from durable.cli_output import emit, json_option, jsonable, say, stamp, when
+from durable.cli_output import emit, json_option, json_text, jsonable, say, stamp, when
 from durable.client import Client
 from durable.models import ChangeEvent
 
@@ -117,7 +116,7 @@ async def _follow(
     printed = 0
     async for event in client.follow_events(after=after, poll_interval=interval):
         if as_json:
-            click.echo(json.dumps(jsonable(event)))
+            click.echo(json_text(jsonable(event)))
         else:
             say(_line(event))
         printed += 1

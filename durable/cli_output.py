@@ -4,7 +4,8 @@ JSON for a script.
 :func:`emit` prints a list of records one of three ways:
 
 * ``--json``: one JSON array of objects (dataclasses become objects by field, datetimes ISO 8601
-  strings, enums their values), whatever stdout is;
+  strings, enums their values, non-finite floats the strings ``"NaN"``, ``"Infinity"`` and
+  ``"-Infinity"``: strict JSON, see :func:`json_text`), whatever stdout is;
 * stdout is a terminal: a :mod:`rich` table with a header row (times in UTC to the second,
   columns empty in every row left out);
 * otherwise (a pipe, a file, a test): one line per record, fields separated by tabs, as the
@@ -22,6 +23,7 @@ import dataclasses
 import enum
 import json
 import logging
+import math
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -136,6 +138,29 @@ def jsonable(value: Any) -> Any:
     return repr(value)
 
 
+#: How ``--json`` writes the floats JSON has no number for.
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def strict(value: Any) -> Any:
+    """``value`` (plain JSON values) with its non-finite floats as the strings ``"NaN"``,
+    ``"Infinity"`` and ``"-Infinity"``: JSON has no such numbers, and strict parsers
+    (JavaScript's ``JSON.parse``, Go, Rust, ``jq``) refuse Python's ``NaN`` / ``Infinity``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return NON_FINITE[repr(value)]
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict(v) for v in value]
+    return value
+
+
+def json_text(value: Any, **options: Any) -> str:
+    """``value`` as strict JSON text (see :func:`strict`; ``options`` go to :func:`json.dumps`):
+    what ``--json`` prints."""
+    return json.dumps(strict(value), allow_nan=False, **options)
+
+
 def emit(
     items: Sequence[T],
     *,
@@ -148,7 +173,7 @@ def emit(
     """Print ``items``: a JSON array (``as_json``; each item through ``as_object``), a table of
     ``columns`` when stdout is a terminal, else one ``line`` per item."""
     if as_json:
-        click.echo(json.dumps([as_object(item) for item in items], indent=2))
+        click.echo(json_text([as_object(item) for item in items], indent=2))
         return
     if not stdout_is_terminal():
         for item in items:
@@ -274,6 +299,7 @@ __all__ = [
     "checked_id",
     "emit",
     "json_option",
+    "json_text",
     "jsonable",
     "label_pairs",
     "moment",
@@ -283,5 +309,6 @@ __all__ = [
     "stamp",
     "stderr_is_terminal",
     "stdout_is_terminal",
+    "strict",
     "when",
 ]

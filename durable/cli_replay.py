@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from durable.cli_output import checked_id, reported_errors, say
+from durable.cli_output import checked_id, json_text, reported_errors, say
 from durable.cli_workflows import OpenClient, filter_options, select_workflows
 from durable.client import Client
 from durable.errors import DurableError
@@ -84,13 +84,12 @@ def add_replay_commands(workflows: click.Group, open_client: OpenClient) -> None
     def export(url: str, workflow_id: str, output: Path | None) -> None:
         """Write one execution's history (header and steps) as a JSON history file, the input
         of `durable workflows replay --from-file` and `durable.testing.replay`."""
-        import json
 
         async def read(client: Client) -> dict[str, Any]:
             snapshot = await read_snapshot(client, workflow_id)
             return dump_history(snapshot, client.backend.serializer)
 
-        text = json.dumps(open_client(url, read), indent=2, ensure_ascii=False) + "\n"
+        text = json_text(open_client(url, read), indent=2, ensure_ascii=False) + "\n"
         if output is None:
             click.echo(text, nl=False, color=True)  # as written to a file: nothing stripped
         else:

@@ -372,6 +372,51 @@ def test_a_pipe_gets_the_stored_values_byte_for_byte(tmp_path: Path) -> None:
     assert run("workflows", "list", url).stdout.split("\t")[0] == wid
 
 
+ODD = durable.Registry()
+
+
+@durable.step(name="cli.odd.ratios")
+async def odd_ratios() -> list[float]:
+    return [float("nan"), -float("inf")]
+
+
+@durable.workflow(name="cli.odd.v1", registry=ODD)
+async def odd_floats() -> dict[str, Any]:
+    step = await odd_ratios()
+    return {"ratio": float("inf"), "step": step, "fine": 0.5}
+
+
+def strict_json(text: str) -> Any:
+    """``text`` read by a strict parser: NaN, Infinity and -Infinity are not JSON."""
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"not JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_is_strict_json(tmp_path: Path) -> None:
+    """``--json`` (and ``get``, ``events --follow --json``, ``export``) print strict JSON: a
+    non-finite float is written as the string "NaN", "Infinity" or "-Infinity"."""
+    url = f"sqlite:///{tmp_path / 'odd.db'}"
+
+    async def fill_odd() -> None:
+        async with durable.Runtime(durable.connect(url), registry=ODD, executor_id="odd") as rt:
+            await rt.run(odd_floats, workflow_id="odd-1")
+
+    asyncio.run(fill_odd())
+    expected = {"ratio": "Infinity", "step": ["NaN", "-Infinity"], "fine": 0.5}
+    [listed] = strict_json(run("workflows", "list", url, "--json").stdout)
+    assert listed["output"] == expected
+    assert strict_json(run("workflows", "get", url, "odd-1").stdout)["output"] == expected
+    [step] = strict_json(run("workflows", "steps", url, "odd-1", "--json").stdout)
+    assert step["output"] == ["NaN", "-Infinity"]
+    followed = run("events", url, "--follow", "--json", "--count", "4").stdout.splitlines()
+    assert [strict_json(line)["kind"] for line in followed][-1] == "finished"
+    exported = run("workflows", "export", url, "odd-1").stdout
+    assert strict_json(exported)["workflow"]["id"] == "odd-1"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
