@@ -139,8 +139,7 @@ def add_replay_commands(workflows: click.Group, open_client: OpenClient) -> None
         if files:
             if target:
                 raise click.UsageError("give history files or a URL, not both")
-            with reported_errors():
-                snapshots = [read_history_file(path) for path in files]
+            snapshots = [_read_history(path) for path in files]
         else:
             if not target:
                 raise click.UsageError("give a URL (and workflow ids), or --from-file")
@@ -167,6 +166,21 @@ def add_replay_commands(workflows: click.Group, open_client: OpenClient) -> None
         click.echo(f"{len(snapshots)} execution(s) replayed, {failures} failed", err=True)
         if failures:
             raise SystemExit(1)
+
+
+def _read_history(path: Path) -> WorkflowSnapshot:
+    """The history file at ``path``; a file that cannot be read, is not UTF-8 JSON or not a
+    history is a one-line error (exit status 1), not a traceback."""
+    with reported_errors():
+        try:
+            return read_history_file(path)
+        except UnicodeDecodeError as exc:
+            raise click.ClickException(
+                f"a history file must be JSON (UTF-8): {path} is not UTF-8 text ({exc.reason} "
+                f"at byte {exc.start})"
+            ) from None
+        except OSError as exc:
+            raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _replay_all(

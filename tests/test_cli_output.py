@@ -442,6 +442,12 @@ def test_file_errors_are_one_line(filled: str, tmp_path: Path) -> None:
     replayed = CliRunner().invoke(main, ["workflows", "replay", "-m", "json", "-f", str(not_json)])
     assert replayed.exit_code == 1 and "must be JSON" in replayed.output, replayed.output
     assert isinstance(replayed.exception, SystemExit)
+    not_utf8 = tmp_path / "latin1.json"
+    not_utf8.write_bytes(b'{"format": "durable.history", "x": "\xff\xfe"}')
+    binary = CliRunner().invoke(main, ["workflows", "replay", "-m", "json", "-f", str(not_utf8)])
+    assert binary.exit_code == 1 and "must be JSON (UTF-8)" in binary.output, binary.output
+    assert str(not_utf8) in binary.output and "Traceback" not in binary.output
+    assert isinstance(binary.exception, SystemExit)
     aged = CliRunner().invoke(main, ["gc", filled, "--older-than", "99999999999d", "--dry-run"])
     assert aged.exit_code == 2 and "too long a duration" in aged.output
     beyond = CliRunner().invoke(main, ["events", filled, "--after", str(2**64), "--json"])
