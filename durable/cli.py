@@ -27,12 +27,14 @@ from durable.cli_events import events_command
 from durable.cli_gc import gc_command
 from durable.cli_output import (
     checked_id,
+    chosen_serializer,
     emit,
     json_option,
     json_text,
     jsonable,
     log_to_stderr,
     reported_errors,
+    serializer_option,
     stamp,
     when,
 )
@@ -104,12 +106,16 @@ def open_client(url: str, fn: Callable[[Client], Awaitable[T]]) -> T:
     """Run ``fn`` on a :class:`~durable.Client` for ``url`` (an existing database, not
     migrated), then close it. Starting the client checks the schema revision: a database
     without durable's tables, at an older revision, or migrated by a newer durable is refused
-    before anything is read or written (:class:`SchemaVersionError`, exit status 1)."""
+    before anything is read or written (:class:`SchemaVersionError`, exit status 1). Values are
+    read with the command's ``--serializer`` (:func:`~durable.cli_output.serializer_option`)."""
     if url.split("://", 1)[0] == "memory":
         raise click.BadParameter("memory:// keeps nothing: it has no schema", param_hint="URL")
 
+    serializer = chosen_serializer()
+
     async def run() -> T:
-        async with Client(url, auto_migrate=False) as client:  # start() only checks
+        # start() only checks
+        async with Client(url, auto_migrate=False, serializer=serializer) as client:
             return await fn(client)
 
     with reported_errors():
@@ -513,7 +519,14 @@ def ui(url: str, host: str, port: int, actions: bool, token: str | None) -> None
         ) from None
     with reported_errors():
         _require_sqlite_file(url)
-        serve_web(url, host=host, port=port, actions=actions, token=token)
+        serve_web(
+            url,
+            host=host,
+            port=port,
+            actions=actions,
+            token=token,
+            serializer=chosen_serializer(),
+        )
 
 
 main.add_command(schedules_group(open_client), "schedules")
@@ -524,3 +537,23 @@ main.add_command(executors_command(open_client), "executors")
 main.add_command(queues_group(open_client, queues_command(open_client)), "queues")
 main.add_command(gc_command(open_client), "gc")
 main.add_command(events_command(open_client), "events")
+
+
+#: Commands that take no --serializer: the schema commands read no stored value, and a
+#: worker's runtime has its own serializer.
+NO_SERIALIZER = frozenset({"migrate", "downgrade", "schema-revision", "worker"})
+
+
+def _add_serializer_options(group: click.Group) -> None:
+    """Give every command that reads a database's values (it takes a URL, or history files)
+    the ``--serializer`` option."""
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            _add_serializer_options(command)
+        elif name not in NO_SERIALIZER and any(
+            isinstance(p, click.Argument) and p.name in ("url", "target") for p in command.params
+        ):
+            command.params.append(serializer_option())
+
+
+_add_serializer_options(main)

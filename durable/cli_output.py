@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import click
 
-from durable.errors import DurableError, InvalidArgumentError
+from durable.errors import DurableError, InvalidArgumentError, SerializationError
 from durable.validation import check_id, check_labels, in_utc
 
 T = TypeVar("T")
@@ -48,11 +48,65 @@ json_option = click.option(
 
 @contextmanager
 def reported_errors() -> Iterator[None]:
-    """Turn durable's errors into a message on stderr and exit status 1."""
+    """Turn durable's errors into a message on stderr and exit status 1 (a value that cannot
+    be read with a hint about serializers: :func:`serializer_hint`)."""
     try:
         yield
+    except SerializationError as exc:
+        raise click.ClickException(serializer_hint(str(exc))) from exc
     except DurableError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+#: The serializers a database's values may have been written with (``durable.connect(url,
+#: serializer=...)``), which the commands that read them take as ``--serializer``.
+SERIALIZERS = ("json", "pickle")
+#: Where :func:`serializer_option` keeps the chosen serializer (in the click context's meta).
+SERIALIZER_KEY = "durable.serializer"
+
+
+def serializer_hint(message: str) -> str:
+    """``message`` (a stored value that cannot be read) with a hint when the value may have
+    been written by the other serializer: a pickled value is not valid JSON, and the other
+    way round."""
+    if "stored value is not valid JSON" in message:
+        other = "pickle"
+    elif "stored value cannot be unpickled" in message:
+        other = "json"
+    else:
+        return message
+    return (
+        f"{message} (if the database was written with serializer={other!r}, read it with "
+        f"--serializer {other})"
+    )
+
+
+def _keep_serializer(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.meta[SERIALIZER_KEY] = value
+
+
+def serializer_option() -> click.Option:
+    """``--serializer json|pickle`` (or ``DURABLE_SERIALIZER``): how the database's values were
+    written. Not passed to the command: kept in the context, where :func:`chosen_serializer`
+    finds it for the client the command opens."""
+    return click.Option(
+        ["--serializer"],
+        type=click.Choice(SERIALIZERS),
+        default=None,
+        envvar="DURABLE_SERIALIZER",
+        expose_value=False,
+        callback=_keep_serializer,
+        help="How the database's values were written: durable.connect(url, serializer=...) "
+        "(default: json).",
+    )
+
+
+def chosen_serializer() -> str | None:
+    """The ``--serializer`` of the running command, None when not given (JSON)."""
+    ctx = click.get_current_context(silent=True)
+    value = ctx.meta.get(SERIALIZER_KEY) if ctx is not None else None
+    return value if isinstance(value, str) else None
 
 
 def checked_id(value: str, what: str) -> str:
@@ -297,6 +351,7 @@ __all__ = [
     "Column",
     "bar",
     "checked_id",
+    "chosen_serializer",
     "emit",
     "json_option",
     "json_text",
@@ -306,6 +361,8 @@ __all__ = [
     "parse_duration",
     "say",
     "seconds",
+    "serializer_hint",
+    "serializer_option",
     "stamp",
     "stderr_is_terminal",
     "stdout_is_terminal",

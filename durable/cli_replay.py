@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from durable.cli_output import checked_id, json_text, reported_errors, say
+from durable.cli_output import checked_id, chosen_serializer, json_text, reported_errors, say
 from durable.cli_workflows import OpenClient, filter_options, select_workflows
 from durable.client import Client
 from durable.errors import DurableError
@@ -28,6 +28,7 @@ from durable.history import dump_history, read_history_file
 from durable.models import WorkflowInfo, WorkflowSnapshot
 from durable.registry import default_registry
 from durable.replayer import ReplayResult, replay_history
+from durable.serialization import get_serializer
 from durable.workflow import Workflow
 
 
@@ -173,7 +174,7 @@ def _read_history(path: Path) -> WorkflowSnapshot:
     history is a one-line error (exit status 1), not a traceback."""
     with reported_errors():
         try:
-            return read_history_file(path)
+            return read_history_file(path, get_serializer(chosen_serializer()))
         except UnicodeDecodeError as exc:
             raise click.ClickException(
                 f"a history file must be JSON (UTF-8): {path} is not UTF-8 text ({exc.reason} "

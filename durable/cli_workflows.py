@@ -33,6 +33,7 @@ from durable.cli_output import (
     moment,
     say,
     seconds,
+    serializer_hint,
     stamp,
     stdout_is_terminal,
     when,
@@ -102,7 +103,9 @@ async def select_workflows(
 
 def _note(info: WorkflowInfo) -> str:
     error = info.error
-    return f"unreadable: {error.message}" if error and error.type == CORRUPT_ROW else ""
+    if error is None or error.type != CORRUPT_ROW:
+        return ""
+    return f"unreadable: {serializer_hint(error.message)}"
 
 
 def _line(info: WorkflowInfo) -> str:

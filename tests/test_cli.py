@@ -4,6 +4,7 @@ schema-revision, and the workflow commands' refusal of a schema they cannot use.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import sqlite3
@@ -17,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
-from durable import cli
+from durable import Registry, Runtime, cli, connect, workflow
 from durable.backends.sql import SQLAlchemyBackend
 from durable.backends.sql import migrate as migrations
 from durable.backends.sql.dialects import normalize_url
@@ -319,6 +320,62 @@ def test_the_listing_shows_an_unreadable_row(db: str) -> None:
     )
     got = durable("workflows", "get", db, "failed-1")
     assert got.exit_code == 1 and "column 'input'" in got.stderr
+
+
+PICKLED = Registry()
+
+
+@workflow(name="cli.pickled.v1", registry=PICKLED)
+async def pickled(x: int) -> dict[str, int]:
+    return {"ok": x}
+
+
+def pickled_database(url: str) -> None:
+    """A real run through ``durable.connect(url, serializer="pickle")``."""
+
+    async def run() -> None:
+        backend = connect(url, serializer="pickle")
+        async with Runtime(backend, registry=PICKLED, executor_id="p-1") as runtime:
+            assert await runtime.run(pickled, 1, workflow_id="pk-1") == {"ok": 1}
+
+    asyncio.run(run())
+
+
+def test_a_database_written_with_pickle(db: str, tmp_path: Path) -> None:
+    """Read with JSON, a pickled row is unreadable: the message says which serializer may read
+    it; ``--serializer pickle`` (or DURABLE_SERIALIZER) reads it."""
+    pickled_database(db)
+    hint = "if the database was written with serializer='pickle', read it with --serializer pickle"
+    listed = durable("workflows", "list", db)
+    assert listed.exit_code == 0 and hint in listed.stdout
+    got = durable("workflows", "get", db, "pk-1")
+    assert got.exit_code == 1 and hint in got.stderr
+
+    listed = durable("workflows", "list", db, "--serializer", "pickle")
+    assert listed.exit_code == 0 and "unreadable" not in listed.stdout
+    assert listed.stdout.startswith("pk-1\tcli.pickled.v1\tsucceeded")
+    got = durable("workflows", "get", db, "pk-1", "--serializer", "pickle")
+    assert got.exit_code == 0 and json.loads(got.stdout)["output"] == {"ok": 1}
+    from_env = CliRunner(env={"DURABLE_SERIALIZER": "pickle"}).invoke(
+        main, ["workflows", "steps", db, "pk-1", "--json"], catch_exceptions=False
+    )
+    assert from_env.exit_code == 0 and json.loads(from_env.stdout) == []
+    history = tmp_path / "pk-1.json"
+    exported = durable(
+        "workflows", "export", db, "pk-1", "-o", str(history), "--serializer", "pickle"
+    )
+    assert exported.exit_code == 0, exported.output
+    assert json.loads(history.read_text())["serializer"] == "pickle"
+    # the history file's values are pickled too: read with the same --serializer
+    refused = durable("workflows", "replay", "-m", "json", "-f", str(history))
+    assert refused.exit_code == 1 and "'pickle' serializer" in refused.stderr
+    read = durable(
+        "workflows", "replay", "-m", "json", "-f", str(history), "--serializer", "pickle"
+    )
+    assert "pk-1 (cli.pickled.v1): NOT REPLAYED: no such workflow" in read.stdout
+    bad = durable("workflows", "list", db, "--serializer", "yaml")
+    assert bad.exit_code == 2 and "--serializer" in bad.stderr
+    assert "--serializer" not in durable("migrate", "--help").stdout
 
 
 def test_the_waiting_listing(db: str) -> None:

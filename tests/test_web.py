@@ -463,6 +463,27 @@ def test_the_ids_dot_and_dot_dot_have_links_a_browser_keeps(db: str) -> None:
         assert web.get("/workflow").status_code == 400  # no id given
 
 
+def test_a_database_written_with_pickle(tmp_path: Path) -> None:
+    """The view reads a pickled database given its serializer; without it, the error page says
+    which serializer may read the rows (not just "not valid JSON")."""
+    url = f"sqlite:///{tmp_path / 'pickled.db'}"
+
+    async def fill() -> None:
+        async with durable.Client(durable.connect(url, serializer="pickle")) as client:
+            await client.enqueue("demo.v1", {"pickled": 1}, workflow_id="pk-1", delay=3600)
+
+    asyncio.run(fill())
+    with TestClient(create_app(url)) as web:
+        page = web.get("/workflows/pk-1")
+        assert page.status_code == 500
+        assert "written with serializer=&#39;pickle&#39;" in page.text
+    with TestClient(create_app(url, serializer="pickle")) as web:
+        page = web.get("/workflows/pk-1")
+        assert page.status_code == 200 and "&#34;pickled&#34;: 1" in page.text
+    with pytest.raises(InvalidArgumentError, match="serializer"):
+        create_app(durable.connect(url), serializer="pickle")
+
+
 def test_a_mounted_view_with_a_token_logs_in_under_its_prefix(db: str) -> None:
     token = "a b;c=d/é"  # the cookie carries any token
     service = Starlette(routes=[Mount("/durable", app=create_app(db, token=token))])

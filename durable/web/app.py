@@ -14,6 +14,7 @@ from starlette.staticfiles import StaticFiles
 from durable.backends.base import PersistentBackend
 from durable.client import Client
 from durable.errors import InvalidArgumentError
+from durable.serialization import Serializer
 from durable.validation import check_bool
 from durable.web import pages
 from durable.web.security import TokenGate
@@ -25,6 +26,7 @@ def create_app(
     *,
     actions: bool = False,
     token: str | None = None,
+    serializer: str | Serializer | None = None,
 ) -> Starlette:
     """The web view over ``target`` as a Starlette (ASGI) app.
 
@@ -37,17 +39,22 @@ def create_app(
     :param token: when given, every request must carry it (see :mod:`durable.web.security`).
         The app does not know where it is bound; :func:`durable.web.serve` refuses a non-local
         address without a token.
+    :param serializer: for a URL, how its values were written (``"json"``, the default, or
+        ``"pickle"``: what ``durable.connect(url, serializer=...)`` took). A backend or client
+        comes with its own.
 
     Mount it in a Starlette or FastAPI service with ``Mount("/durable", app=create_app(url))``
     (links follow the mount's root path). The database URL shown on the pages is masked.
 
     :raises InvalidArgumentError: ``target`` is not a URL, backend or client; ``actions`` is
-        not a bool; ``token`` is empty or not a str.
+        not a bool; ``token`` is empty or not a str; ``serializer`` given with a backend or
+        client.
+    :raises ConfigurationError: an unknown ``serializer``.
     """
     check_bool(actions, "actions")
     if token is not None and (not isinstance(token, str) or not token.strip()):
         raise InvalidArgumentError("token must be a non-empty str (or None for no token)")
-    state = WebState.of(target, actions=actions, token=token)
+    state = WebState.of(target, actions=actions, token=token, serializer=serializer)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

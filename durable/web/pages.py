@@ -15,11 +15,13 @@ from urllib.parse import parse_qsl, quote, urlencode
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from durable.cli_output import serializer_hint
 from durable.errors import (
     BackendUnavailableError,
     DurableError,
     InvalidArgumentError,
     NotFoundError,
+    SerializationError,
 )
 from durable.models import WorkflowStatus
 from durable.validation import check_id
@@ -214,7 +216,8 @@ async def bad_request(request: Request, exc: Exception) -> Response:
 
 
 async def failed(request: Request, exc: Exception) -> Response:
-    return render(request, "error.html", 500, title="durable error", message=str(exc))
+    message = serializer_hint(str(exc)) if isinstance(exc, SerializationError) else str(exc)
+    return render(request, "error.html", 500, title="durable error", message=message)
 
 
 #: Seconds a client (or a load balancer's health check) is told to wait before it asks again

@@ -14,7 +14,12 @@ LOCAL_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 def served_app(
-    url: str, *, host: str = "127.0.0.1", actions: bool = False, token: str | None = None
+    url: str,
+    *,
+    host: str = "127.0.0.1",
+    actions: bool = False,
+    token: str | None = None,
+    serializer: str | None = None,
 ) -> Starlette:
     """The app :func:`serve` runs: :func:`~durable.web.create_app` after the bind check, and,
     without a token on a loopback address, answering only requests addressed to this machine's
@@ -23,7 +28,7 @@ def served_app(
     :raises InvalidArgumentError: as :func:`serve`.
     """
     check_bind(host, token)
-    app = create_app(url, actions=actions, token=token)
+    app = create_app(url, actions=actions, token=token, serializer=serializer)
     if token is None and is_loopback(host):
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=[*LOCAL_NAMES, host])
     return app
@@ -36,14 +41,16 @@ def serve(
     port: int = 8080,
     actions: bool = False,
     token: str | None = None,
+    serializer: str | None = None,
 ) -> None:
-    """Serve the view of the database at ``url`` on ``host``:``port`` until interrupted.
+    """Serve the view of the database at ``url`` on ``host``:``port`` until interrupted
+    (``serializer``: how its values were written, as :func:`~durable.web.create_app` takes it).
 
     :raises InvalidArgumentError: ``host`` is not a loopback address and no ``token`` is given
         (see :func:`~durable.web.security.check_bind`), or a bad argument to
         :func:`~durable.web.create_app`.
     """
-    app = served_app(url, host=host, actions=actions, token=token)
+    app = served_app(url, host=host, actions=actions, token=token, serializer=serializer)
     shown_host = f"[{host}]" if ":" in host else host
     print(
         f"durable web view of {mask_url(url)} on http://{shown_host}:{port}/"

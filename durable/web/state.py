@@ -13,6 +13,7 @@ from durable.backends.base import PersistentBackend
 from durable.backends.sql.urls import shown_url
 from durable.client import Client
 from durable.errors import InvalidArgumentError
+from durable.serialization import Serializer
 
 
 def _templates() -> Environment:
@@ -43,17 +44,27 @@ class WebState:
 
     @classmethod
     def of(
-        cls, target: str | PersistentBackend | Client, *, actions: bool, token: str | None
+        cls,
+        target: str | PersistentBackend | Client,
+        *,
+        actions: bool,
+        token: str | None,
+        serializer: str | Serializer | None = None,
     ) -> WebState:
-        """The state over a database URL, a backend (the view makes and owns a client over it)
-        or a client (the caller starts and closes it).
+        """The state over a database URL (its values read with ``serializer``), a backend (the
+        view makes and owns a client over it) or a client (the caller starts and closes it).
 
-        :raises InvalidArgumentError: ``target`` is none of these.
+        :raises InvalidArgumentError: ``target`` is none of these, or ``serializer`` is given
+            with a backend or a client (they have their own).
         """
+        if serializer is not None and not isinstance(target, str):
+            raise InvalidArgumentError(
+                "serializer is for a database URL: a backend or a client has its own"
+            )
         if isinstance(target, Client):
             return cls(target, False, _url_of(target.backend), actions, token)
         if isinstance(target, str):  # a view reads a database it finds: it never migrates one
-            client = Client(target, auto_migrate=False)
+            client = Client(target, auto_migrate=False, serializer=serializer)
             return cls(client, True, shown_url(target), actions, token)
         if isinstance(target, PersistentBackend):
             return cls(Client(target), True, _url_of(target), actions, token)
