@@ -26,8 +26,10 @@ from durable.cli_actions import add_action_commands
 from durable.cli_events import events_command
 from durable.cli_gc import gc_command
 from durable.cli_output import (
+    Seconds,
     checked_id,
     chosen_serializer,
+    count_range,
     emit,
     json_option,
     json_text,
@@ -296,10 +298,16 @@ def load_runtime(target: str) -> Runtime:
 
 @main.command(short_help="Run a worker until SIGTERM or SIGINT.")
 @click.argument("target", metavar="MODULE:RUNTIME")
-@click.option("-c", "--concurrency", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("-c", "--concurrency", default=10, show_default=True, type=count_range())
 @click.option("-q", "--queue", "queues", multiple=True, help="Only this queue (repeatable).")
-@click.option("--grace", default=30.0, show_default=True, help="Seconds to finish on shutdown.")
-@click.option("--poll-interval", default=1.0, show_default=True, help="Seconds between polls.")
+@click.option(
+    "--grace", default=30.0, show_default=True, type=Seconds(min=0),
+    help="Seconds to finish on shutdown.",
+)  # fmt: skip
+@click.option(
+    "--poll-interval", default=1.0, show_default=True, type=Seconds(min=0, min_open=True),
+    help="Seconds between polls.",
+)  # fmt: skip
 def worker(
     target: str, concurrency: int, queues: tuple[str, ...], grace: float, poll_interval: float
 ) -> None:
@@ -372,7 +380,7 @@ def workflows() -> None:
     default=None,
     help="Only sleeping workflows, or only those waiting for a message (default: both).",
 )
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--limit", default=50, show_default=True, type=count_range())
 @json_option
 def list_waiting(url: str, kind: str | None, limit: int, as_json: bool) -> None:
     """List executions that wait, newest first, with what each waits for ("sleeping until
@@ -519,14 +527,21 @@ def ui(url: str, host: str, port: int, actions: bool, token: str | None) -> None
         ) from None
     with reported_errors():
         _require_sqlite_file(url)
-        serve_web(
-            url,
-            host=host,
-            port=port,
-            actions=actions,
-            token=token,
-            serializer=chosen_serializer(),
-        )
+        try:
+            serve_web(
+                url,
+                host=host,
+                port=port,
+                actions=actions,
+                token=token,
+                serializer=chosen_serializer(),
+            )
+        except SystemExit as exc:  # uvicorn's exit status 3: it could not start (logged why)
+            if exc.code in (None, 0):
+                raise
+            raise click.ClickException(
+                f"the web view could not start on {host}:{port} (see above)"
+            ) from None
 
 
 main.add_command(schedules_group(open_client), "schedules")

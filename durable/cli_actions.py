@@ -23,7 +23,7 @@ from datetime import datetime
 
 import click
 
-from durable.cli_output import checked_id, say, stdout_is_terminal
+from durable.cli_output import checked_id, count_range, say, stdout_is_terminal
 from durable.cli_workflows import OpenClient, filter_options, select_workflows
 from durable.client import Client
 from durable.errors import BackendUnavailableError, DurableError
@@ -71,7 +71,7 @@ def _fork_command(open_client: OpenClient) -> click.Command:
     @click.argument("url", metavar="URL")
     @click.argument("workflow_id", callback=lambda _c, _p, v: checked_id(v, "WORKFLOW_ID"))
     @click.option(
-        "--from-step", "from_step", required=True, type=int, metavar="N",
+        "--from-step", "from_step", required=True, type=count_range(min=0), metavar="N",
         help="The position of the first step that runs again (the numbers `workflows show` "
         "prints, from 0); the steps before it replay their recorded outputs.",
     )  # fmt: skip
@@ -110,7 +110,7 @@ def _action(
     )
     @filter_options
     @click.option(
-        "--limit", default=1000, show_default=True, type=click.IntRange(min=1),
+        "--limit", default=1000, show_default=True, type=count_range(),
         help="At most this many executions chosen by filters.",
     )  # fmt: skip
     @click.option("--yes", is_flag=True, help="Do not ask for confirmation (filters only).")

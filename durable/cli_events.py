@@ -14,7 +14,17 @@ from typing import Protocol, TypeVar
 
 import click
 
-from durable.cli_output import emit, json_option, json_text, jsonable, say, stamp, when
+from durable.cli_output import (
+    Seconds,
+    count_range,
+    emit,
+    json_option,
+    json_text,
+    jsonable,
+    say,
+    stamp,
+    when,
+)
 from durable.client import Client
 from durable.models import ChangeEvent
 
@@ -54,7 +64,7 @@ def events_command(open_client: OpenClient) -> click.Command:
     )
     @click.option(
         "--limit",
-        type=click.IntRange(min=1),
+        type=count_range(),
         default=100,
         show_default=True,
         help="Events per page.",
@@ -62,7 +72,7 @@ def events_command(open_client: OpenClient) -> click.Command:
     @click.option("--follow", is_flag=True, help="Print events as they appear, until interrupted.")
     @click.option(
         "--interval",
-        type=click.FloatRange(min=0, min_open=True),
+        type=Seconds(min=0, min_open=True),
         default=0.5,
         show_default=True,
         help="Seconds between reads while following, once nothing is new.",

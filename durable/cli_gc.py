@@ -15,6 +15,7 @@ from typing import Protocol, TypeVar
 
 import click
 
+from durable.cli_output import Seconds, count_range
 from durable.client import Client
 
 T = TypeVar("T")
@@ -92,14 +93,14 @@ def gc_command(open_client: OpenClient) -> click.Command:
         "--batch",
         default=1000,
         show_default=True,
-        type=click.IntRange(min=1),
+        type=count_range(),
         help="Executions deleted per transaction.",
     )
     @click.option(
         "--pause",
         default=0.0,
         show_default=True,
-        type=click.FloatRange(min=0.0, max=3600.0),
+        type=Seconds(min=0.0, max=3600.0),
         help="Seconds to pause between batches (leaves the database to workers).",
     )
     @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")

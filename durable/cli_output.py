@@ -34,7 +34,8 @@ from typing import Any, TypeVar
 import click
 
 from durable.errors import DurableError, InvalidArgumentError, SerializationError
-from durable.validation import check_id, check_labels, in_utc
+from durable.models import WorkflowStatus
+from durable.validation import INT32_MAX, MAX_DELAY_SECONDS, check_id, check_labels, in_utc
 
 T = TypeVar("T")
 
@@ -115,6 +116,36 @@ def checked_id(value: str, what: str) -> str:
         return check_id(value, what)
     except InvalidArgumentError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+class Seconds(click.FloatRange):
+    """A click type: a number of seconds in a range, finite (``nan`` passes a range check, as
+    every comparison with it is false; ``inf`` is no duration). At most
+    :data:`~durable.validation.MAX_DELAY_SECONDS` (100 years) unless ``max`` says less. A bad
+    value is a usage error naming the option (exit status 2)."""
+
+    name = "seconds"
+
+    def __init__(
+        self, min: float | None = None, max: float = MAX_DELAY_SECONDS, *, min_open: bool = False
+    ) -> None:
+        super().__init__(min=min, max=max, min_open=min_open)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds.", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+def count_range(min: int = 1) -> click.IntRange:
+    """A click type: a whole number from ``min`` to the largest 32-bit signed integer (what
+    the API takes for a limit or a batch); beyond, a usage error naming the option."""
+    return click.IntRange(min=min, max=INT32_MAX)
+
+
+#: A click type for ``--status``: one of the workflow statuses (a usage error otherwise).
+STATUS_CHOICE = click.Choice([s.value for s in WorkflowStatus])
 
 
 def stdout_is_terminal() -> bool:
@@ -348,10 +379,13 @@ def seconds(value: float | None) -> str:
 
 
 __all__ = [
+    "STATUS_CHOICE",
     "Column",
+    "Seconds",
     "bar",
     "checked_id",
     "chosen_serializer",
+    "count_range",
     "emit",
     "json_option",
     "json_text",

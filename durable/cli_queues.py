@@ -9,10 +9,12 @@ from typing import Any, Protocol, TypeVar
 
 import click
 
+from durable.backends.base import MAX_RATE_PERIOD
 from durable.cli_output import emit, json_option
 from durable.client import Client
 from durable.models import QueueInfo
 from durable.queues import describe_limits
+from durable.validation import INT32_MAX
 
 T = TypeVar("T")
 #: what ``none`` converts to: remove the limit (None is "not given")
@@ -36,7 +38,8 @@ class _ListByDefault(click.Group):
 
 
 class _Limit(click.ParamType):  # type: ignore[type-arg]
-    """A limit: a positive int, or ``none`` to remove it."""
+    """A limit: a positive int (at most the largest 32-bit signed integer), or ``none`` to
+    remove it."""
 
     name = "N|none"
 
@@ -51,11 +54,14 @@ class _Limit(click.ParamType):  # type: ignore[type-arg]
             self.fail(f"{value!r} is neither a positive int nor 'none'", param, ctx)
         if number < 1:
             self.fail(f"{value!r} is not a positive int", param, ctx)
+        if number > INT32_MAX:
+            self.fail(f"{value!r} is above {INT32_MAX}", param, ctx)
         return number
 
 
 class _Rate(click.ParamType):  # type: ignore[type-arg]
-    """A rate limit ``STARTS/SECONDS`` (``100/60``), or ``none``."""
+    """A rate limit ``STARTS/SECONDS`` (``100/60``: STARTS a positive int, SECONDS a finite
+    number above 0 and below :data:`~durable.backends.base.MAX_RATE_PERIOD`), or ``none``."""
 
     name = "STARTS/SECONDS|none"
 
@@ -66,9 +72,18 @@ class _Rate(click.ParamType):  # type: ignore[type-arg]
             return _NONE
         starts, _, seconds = str(value).partition("/")
         try:
-            return (int(starts), float(seconds))
+            rate = (int(starts), float(seconds))
         except ValueError:
             self.fail(f"{value!r} is not STARTS/SECONDS (e.g. 100/60) nor 'none'", param, ctx)
+        if not 1 <= rate[0] <= INT32_MAX:
+            self.fail(f"{value!r}: STARTS must be a whole number from 1 to {INT32_MAX}", param, ctx)
+        if not 0 < rate[1] < MAX_RATE_PERIOD:  # False for nan
+            self.fail(
+                f"{value!r}: SECONDS must be a number above 0 and below {MAX_RATE_PERIOD:.0f}",
+                param,
+                ctx,
+            )
+        return rate
 
 
 def _info(q: QueueInfo) -> dict[str, object]:

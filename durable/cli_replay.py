@@ -20,7 +20,14 @@ from typing import Any
 
 import click
 
-from durable.cli_output import checked_id, chosen_serializer, json_text, reported_errors, say
+from durable.cli_output import (
+    checked_id,
+    chosen_serializer,
+    count_range,
+    json_text,
+    reported_errors,
+    say,
+)
 from durable.cli_workflows import OpenClient, filter_options, select_workflows
 from durable.client import Client
 from durable.errors import DurableError
@@ -114,7 +121,7 @@ def add_replay_commands(workflows: click.Group, open_client: OpenClient) -> None
         help="Replay this history file (repeatable; then no URL).",
     )  # fmt: skip
     @filter_options
-    @click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
+    @click.option("--limit", default=100, show_default=True, type=count_range())
     @click.option("--app-version", default=None, help="The version the current code is known as.")
     def replay(
         target: tuple[str, ...],

@@ -24,8 +24,11 @@ import click
 
 from durable.backends.rows import CORRUPT_ROW
 from durable.cli_output import (
+    STATUS_CHOICE,
+    Seconds,
     bar,
     checked_id,
+    count_range,
     emit,
     json_option,
     jsonable,
@@ -168,7 +171,13 @@ def filter_options(command: Callable[..., None]) -> Callable[..., None]:
     ``--name``, ``--queue``, ``--since``, ``--until``, ``--label`` (repeatable; see
     :func:`select_workflows`)."""
     options = [
-        click.option("--status", "statuses", multiple=True, help="Only this status (repeatable)."),
+        click.option(
+            "--status",
+            "statuses",
+            multiple=True,
+            type=STATUS_CHOICE,
+            help="Only this status (repeatable).",
+        ),
         click.option(
             "--name",
             default=None,
@@ -214,7 +223,7 @@ def add_workflow_commands(workflows: click.Group, open_client: OpenClient) -> No
     @workflows.command("list")
     @url_argument
     @filter_options
-    @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+    @click.option("--limit", default=50, show_default=True, type=count_range())
     @json_option
     def list_workflows(
         url: str,
@@ -312,7 +321,7 @@ def add_workflow_commands(workflows: click.Group, open_client: OpenClient) -> No
     @workflows.command("watch")
     @url_argument
     @click.option(
-        "--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.1),
+        "--interval", default=2.0, show_default=True, type=Seconds(min=0.1),
         help="Seconds between refreshes.",
     )  # fmt: skip
     @click.option(
@@ -409,7 +418,7 @@ def executors_command(open_client: OpenClient) -> click.Command:
     @click.argument("url", metavar="URL")
     @click.option(
         "--stale-after",
-        type=click.FloatRange(min=0, min_open=True),
+        type=Seconds(min=0, min_open=True),
         default=None,
         help="Seconds of silence after which a running executor is stale "
         "(default: each by its own heartbeat interval).",

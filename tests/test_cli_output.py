@@ -372,6 +372,40 @@ def test_a_pipe_gets_the_stored_values_byte_for_byte(tmp_path: Path) -> None:
     assert run("workflows", "list", url).stdout.split("\t")[0] == wid
 
 
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["workflows", "list", "URL", "--status", "bogus"], "--status"),
+        (["workflows", "cancel", "URL", "--status", "bogus", "--yes"], "--status"),
+        (["workflows", "list", "URL", "--limit", "99999999999999999999"], "--limit"),
+        (["workflows", "waiting", "URL", "--limit", "2147483648"], "--limit"),
+        (["workflows", "fork", "URL", "order-0", "--from-step", "-1"], "--from-step"),
+        (["worker", "nowhere:runtime", "--grace", "-5"], "--grace"),
+        (["worker", "nowhere:runtime", "--poll-interval", "nan"], "--poll-interval"),
+        (["gc", "URL", "--older-than", "1s", "--pause", "nan", "--dry-run"], "--pause"),
+        (["gc", "URL", "--older-than", "1s", "--batch", "2147483648"], "--batch"),
+        (["workflows", "watch", "URL", "--interval", "nan", "--count", "2"], "--interval"),
+        (["workflows", "watch", "URL", "--interval", "inf", "--count", "2"], "--interval"),
+        (["events", "URL", "--follow", "--interval", "nan", "--count", "1"], "--interval"),
+        (["executors", "URL", "--stale-after", "inf"], "--stale-after"),
+        (["queues", "set", "URL", "q", "--concurrency", "99999999999"], "--concurrency"),
+        (["queues", "set", "URL", "q", "--rate-limit", "5/nan"], "--rate-limit"),
+        (["queues", "set", "URL", "q", "--rate-limit", "0/60"], "--rate-limit"),
+    ],
+)
+def test_a_bad_option_value_is_a_usage_error_naming_it(
+    copy: str, args: list[str], option: str
+) -> None:
+    """``durable --help``: exit status 2 on a usage error, 1 when the command fails. A value
+    out of an option's range (nan included: it passes every comparison) is a usage error, and
+    nothing is done."""
+    before = as_json("workflows", "list", copy)
+    result = CliRunner().invoke(main, [copy if a == "URL" else a for a in args])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
+    assert as_json("workflows", "list", copy) == before
+
+
 ODD = durable.Registry()
 
 

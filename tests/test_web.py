@@ -755,6 +755,27 @@ def test_served_without_a_token_answers_only_local_names(db: str) -> None:
         assert web.get("/workflows", headers={"X-Durable-Token": "t"}).status_code == 200
 
 
+def test_durable_ui_on_a_port_in_use_fails_with_status_1(db: str) -> None:
+    """uvicorn exits with status 3 when it cannot bind; `durable --help` promises 1 for a
+    command that fails (2 is a usage error)."""
+    import subprocess
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ui = subprocess.run(
+            [str(Path(sys.executable).with_name("durable")), "ui", db, "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+    assert ui.returncode == 1, ui.stderr
+    assert f"the web view could not start on 127.0.0.1:{port}" in ui.stderr
+    assert "address already in use" in ui.stderr
+
+
 @pytest.mark.postgres
 def test_the_pages_on_postgresql(pg_url: str) -> None:
     ids = asyncio.run(webdata.fill(pg_url))
