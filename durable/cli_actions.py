@@ -6,8 +6,10 @@ a command acts on those (``ID: status`` per line, exit status 1 on the first err
 filters existed). Given filters instead (``--status``, ``--name``, ``--queue``, ``--since``,
 ``--until``; at most ``--limit``), it lists what matches, asks for confirmation (in a terminal;
 elsewhere it needs ``--yes``), then acts on each with a progress bar in a terminal, one line per
-execution elsewhere; one that cannot be changed (it finished meanwhile, a retry of a running
-one) is reported and skipped, and the exit status is 1 if any was.
+execution elsewhere; one that cannot be changed (a retry of a running one) is reported and
+skipped, and the exit status is 1 if any was. A cancel of an execution that had finished
+already changes nothing: its ``ID: status`` line shows the status it kept, stderr says it was
+already finished, and the summary counts it apart (not an error).
 
 ``resume`` is ``retry`` under the name operators look for: :meth:`Client.resume
 <durable.Client.resume>` runs a cancelled, dead-lettered or failed execution again from its
@@ -145,6 +147,7 @@ def _action(
                         say(f"{workflow_id}: could not {verb}: {exc}", err=True)
                     else:
                         say(f"{info.id}: {info.status.value}")
+                        _note_unchanged(verb, info)
                 return refused
 
             if open_client(url, each_id):
@@ -197,6 +200,7 @@ async def _each(
     """Apply ``op`` to each execution; report each (a progress bar in a terminal); return how
     many failed."""
     failures = 0
+    unchanged = 0
     progress = None
     if stdout_is_terminal():
         from rich.progress import Progress
@@ -214,13 +218,32 @@ async def _each(
             else:
                 if progress is None:
                     say(f"{done.id}: {done.status.value}")
+                if _unchanged(verb, done):
+                    unchanged += 1
+                    _note_unchanged(verb, done)
             if progress is not None and task is not None:
                 progress.advance(task)
     finally:
         if progress is not None:
             progress.stop()
-    click.echo(f"{len(found) - failures} of {len(found)} execution(s): {verb} done", err=True)
+    acted = len(found) - failures - unchanged
+    note = f" ({unchanged} had already finished: unchanged)" if unchanged else ""
+    click.echo(f"{acted} of {len(found)} execution(s): {verb} done{note}", err=True)
     return failures
+
+
+def _unchanged(verb: str, info: WorkflowInfo) -> bool:
+    """Whether ``verb`` left the execution as it was: a cancel of one that had finished
+    (:meth:`Client.cancel <durable.Client.cancel>` changes nothing then)."""
+    return verb == "cancel" and info.status is not WorkflowStatus.CANCELLED
+
+
+def _note_unchanged(verb: str, info: WorkflowInfo) -> None:
+    if _unchanged(verb, info):
+        say(
+            f"{info.id}: already finished ({info.status.value}): nothing to {verb}",
+            err=True,
+        )
 
 
 __all__ = ["ACTIONS", "add_action_commands"]

@@ -96,6 +96,8 @@ def events_command(open_client: OpenClient) -> click.Command:
         """Print the change feed: executions created, started and finished, steps recorded
         (pending, sleeping, waiting for a message), messages sent, in one global order. Pass
         the last position printed as --after to read on (nothing is missed)."""
+        if count is not None and not follow:
+            raise click.UsageError("--count goes with --follow (a page holds --limit events)")
         if follow:
             open_client(url, lambda client: _follow(client, after, interval, count, as_json))
             return

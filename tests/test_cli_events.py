@@ -84,3 +84,11 @@ def test_a_negative_after_is_refused(url: str) -> None:
     result = durable("events", url, "--after", "-1")
     assert result.exit_code == 2
     assert "--after" in result.stderr
+
+
+def test_count_without_follow_is_refused(url: str) -> None:
+    """--count stops a --follow; without it, it was silently ignored."""
+    fill(url)
+    result = durable("events", url, "--count", "1")
+    assert result.exit_code == 2
+    assert "--count goes with --follow" in result.stderr

@@ -245,6 +245,13 @@ def test_actions_by_id(copy: str) -> None:
     assert neither.exit_code == 2 and "filters" in neither.output
     missing = run("workflows", "retry", copy, "nobody")
     assert missing.exit_code == 1 and "nobody" in missing.stderr
+    # a finished execution is left as it was: said so (not "cancel done"), not an error
+    assert "order-0: already finished (succeeded): nothing to cancel" in two.stderr
+    assert two.exit_code == 0
+    bulk = run("workflows", "cancel", copy, "--status", "succeeded", "--limit", "2", "--yes")
+    assert bulk.exit_code == 0, bulk.output
+    assert bulk.stderr.count("already finished (succeeded): nothing to cancel") == 2
+    assert "0 of 2 execution(s): cancel done (2 had already finished: unchanged)" in bulk.stderr
     # an id that is refused does not stop the ones after it (each says how it went)
     some = run("workflows", "cancel", copy, "order-1", "nobody", "order-2")
     assert some.exit_code == 1

@@ -291,6 +291,58 @@ def test_cancel_changes_the_stored_state(db: str) -> None:
     assert stored(db, "nap-5").status is WorkflowStatus.CANCELLED
 
 
+def test_cancelling_a_finished_workflow_says_nothing_changed(db: str) -> None:
+    """A cancel posted for a workflow that finished meanwhile (the page was open) changes
+    nothing: the page says so, not "cancel: done"."""
+    with TestClient(create_app(db, actions=True)) as web:
+        key = form_key(web.get("/workflows/nap-5").text)
+        done = web.post(
+            "/actions/cancel",
+            data={"workflow_id": "order-0", "form_key": key},
+            follow_redirects=False,
+        )
+        assert done.headers["location"] == "/workflows/order-0?done=cancel&unchanged=succeeded"
+        page = web.get(done.headers["location"]).text
+        assert "cancel: nothing changed, the workflow had already finished (succeeded)." in page
+        assert "cancel: done." not in page
+        assert "cancel: done." in web.get("/workflows/nap-5?done=cancel").text
+        assert 'class="notice"' not in web.get("/workflows/nap-5?done=whatever").text
+    assert stored(db, "order-0").status is WorkflowStatus.SUCCEEDED
+
+
+HUGE = durable.Registry()
+
+
+@durable.step(name="web.huge.fail", max_attempts=1)
+async def fail_hugely() -> None:
+    raise ValueError("x" * 2_000_000)
+
+
+@durable.workflow(name="web.huge.v1", registry=HUGE, max_attempts=1)
+async def huge_error() -> None:
+    await fail_hugely()
+
+
+def test_long_errors_and_tracebacks_are_cut_on_the_page(tmp_path: Path) -> None:
+    """A step's (and the workflow's) error message and traceback are cut at SHOWN_CHARS, like
+    every other stored value: a 2 MB error does not make an 8 MB page."""
+    from durable.web.queries import SHOWN_CHARS
+
+    url = f"sqlite:///{tmp_path / 'huge.db'}"
+
+    async def fail() -> None:
+        async with durable.Runtime(durable.connect(url), registry=HUGE, executor_id="h") as rt:
+            with pytest.raises(ValueError, match=r"^x{100}"):
+                await rt.run(huge_error, workflow_id="huge-1")
+
+    asyncio.run(fail())
+    with TestClient(create_app(url)) as web:
+        page = web.get("/workflows/huge-1")
+    assert page.status_code == 200
+    assert len(page.text) < 20 * SHOWN_CHARS
+    assert page.text.count("x" * SHOWN_CHARS + "\n… (cut)") >= 2  # the step's, the workflow's
+
+
 def test_a_database_that_cannot_be_reached_is_a_503_that_says_so(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,6 +27,7 @@ from durable.models import WorkflowStatus
 from durable.validation import check_id
 from durable.web.queries import (
     COUNT_CAP,
+    cut,
     list_page,
     parse_filters,
     queue_rows,
@@ -129,11 +130,26 @@ async def workflow(request: Request) -> Response:
         timeline=line,
         bars=line.bars,
         shown=shown,
+        cut=cut,
         can_cancel=not page.info.status.is_terminal,
         can_retry=page.info.status in RETRYABLE,
         fork_max=max((s.position for s in page.steps), default=-1) + 1,
-        notice=request.query_params.get("done"),
+        notice=_notice(request.query_params.get("done"), request.query_params.get("unchanged")),
     )
+
+
+#: The actions a page's notice reports (``?done=NAME``); any other value shows nothing.
+ACTION_NAMES = ("cancel", "retry", "resume", "fork")
+
+
+def _notice(done: str | None, unchanged: str | None) -> str | None:
+    """What an action's redirect says happened: ``cancel: done.``, or for a cancel of a
+    workflow that had finished already (``unchanged``), that nothing changed."""
+    if done not in ACTION_NAMES:
+        return None
+    if unchanged in {s.value for s in WorkflowStatus}:
+        return f"{done}: nothing changed, the workflow had already finished ({unchanged})."
+    return f"{done}: done."
 
 
 async def executors(request: Request) -> Response:
@@ -178,8 +194,11 @@ async def action(request: Request) -> Response:
     workflow_id = check_id(form.get("workflow_id"), "workflow_id")
     client = await state.ready()
     name = request.path_params["action"]
+    after: list[tuple[str, str]] = [("done", name)]
     if name == "cancel":
-        await client.cancel(workflow_id)
+        info = await client.cancel(workflow_id)
+        if info.status is not WorkflowStatus.CANCELLED:  # it had finished: nothing changed
+            after.append(("unchanged", info.status.value))
     elif name == "retry":
         await client.retry(workflow_id)
     elif name == "resume":
@@ -192,7 +211,7 @@ async def action(request: Request) -> Response:
         workflow_id = await client.fork(workflow_id, from_step=from_step)
     else:
         raise NotFoundError(f"no action {name!r} (cancel, retry, resume or fork)")
-    return RedirectResponse(workflow_href(request, workflow_id, [("done", name)]), status_code=303)
+    return RedirectResponse(workflow_href(request, workflow_id, after), status_code=303)
 
 
 async def small_form(request: Request) -> dict[str, str]:

@@ -219,6 +219,14 @@ def shown(value: Any) -> str:
         text = json.dumps(value, indent=2, sort_keys=True, default=repr, ensure_ascii=False)
     except (TypeError, ValueError):
         text = repr(value)
+    return cut(text)
+
+
+def cut(text: str | None) -> str:
+    """Stored text (an error's message, a traceback) for a page: its first
+    :data:`SHOWN_CHARS` characters, with a mark when there was more ("" for None)."""
+    if text is None:
+        return ""
     return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "\n… (cut)"
 
 
