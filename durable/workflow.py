@@ -18,7 +18,6 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from durable.context import current
 from durable.errors import DurableError, InvalidArgumentError
-from durable.queues import Queue, queue_name
 from durable.registry import Registry, default_registry
 from durable.retry import WORKFLOW_RETRY, RetryPolicy
 from durable.validation import (
@@ -29,6 +28,14 @@ from durable.validation import (
     check_positive_int,
 )
 from durable.versioning import check_version, source_version
+
+
+class _Named(Protocol):
+    """What a queue option may be besides a name: a :class:`durable.Queue` (its ``name``)."""
+
+    @property
+    def name(self) -> str: ...
+
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -193,7 +200,7 @@ def workflow(
     name: str | None = None,
     max_attempts: int | None = None,
     retry: RetryPolicy | None = None,
-    queue: str | Queue = "default",
+    queue: str | _Named = "default",
     description: str | None = None,
     registry: Registry | None = None,
     max_recoveries: int = DEFAULT_MAX_RECOVERIES,
@@ -207,7 +214,7 @@ def workflow(
     name: str | None = None,
     max_attempts: int | None = None,
     retry: RetryPolicy | None = None,
-    queue: str | Queue = "default",
+    queue: str | _Named = "default",
     description: str | None = None,
     registry: Registry | None = None,
     max_recoveries: int = DEFAULT_MAX_RECOVERIES,
@@ -260,7 +267,8 @@ def workflow(
         check_decorated(fn, "durable.workflow")
     if name is not None:
         check_name(name, "name")
-    queue = check_name(queue_name(queue), "queue")
+    # a durable.Queue gives its name (read, not imported: queues are a layer above workflows)
+    queue = check_name(queue if isinstance(queue, str) else getattr(queue, "name", queue), "queue")
     check_instance(retry, RetryPolicy, "retry")
     check_instance(registry, Registry, "registry")
     check_instance(description, str, "description")
