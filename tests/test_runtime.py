@@ -224,13 +224,21 @@ def test_blocking_api_from_plain_sync_code(sqlite_url: str) -> None:
         assert out == [4]
 
 
+async def _stopped_mid_run(
+    rt: durable.Runtime, wf: durable.Workflow[Any, Any], arg: str, workflow_id: str
+) -> None:
+    """Run ``wf(arg)`` until it sets ``entered`` (its failure is recorded by then), then stop it
+    as a process stops mid-workflow (its lease is released)."""
+    run = asyncio.create_task(rt.run(wf, arg, workflow_id=workflow_id))
+    await entered.wait()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+
+
 async def test_a_step_failure_is_recorded_and_rebuilt_on_replay(backend_url: str) -> None:
     async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
-        run = asyncio.create_task(rt.run(handled, "o-9", workflow_id="h"))
-        await entered.wait()
-        run.cancel()  # the process "stops" mid-workflow; its lease is released
-        with pytest.raises(asyncio.CancelledError):
-            await run
+        await _stopped_mid_run(rt, handled, "o-9", "h")
         steps = await rt.list_steps("h")
         assert len(steps) == 1 and steps[0].status is StepStatus.FAILED
         assert steps[0].error is not None
@@ -248,11 +256,7 @@ async def test_a_caught_failure_takes_the_same_path_on_replay_whatever_its_const
     """An exception that its ``args`` cannot rebuild came back as a StepError in a replay, so
     the workflow's ``except CardDeclined`` no longer matched and the replay failed."""
     async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
-        run = asyncio.create_task(rt.run(handled_card, "o-7", workflow_id="hc"))
-        await entered.wait()
-        run.cancel()  # the process "stops" mid-workflow; its lease is released
-        with pytest.raises(asyncio.CancelledError):
-            await run
+        await _stopped_mid_run(rt, handled_card, "o-7", "hc")
         (step,) = await rt.list_steps("hc")
         assert step.error is not None and step.error.attrs == {"order": "o-7", "code": 51}
         gate.set()
@@ -280,11 +284,7 @@ async def test_a_caught_exception_group_takes_the_same_path_on_replay(backend_ur
     StepError in a replay (its args are not JSON), so ``except*`` no longer matched and the
     replay failed. The group is recorded with its exceptions and rebuilt as the group."""
     async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
-        run = asyncio.create_task(rt.run(handled_group, "o-5", workflow_id="hg"))
-        await entered.wait()
-        run.cancel()  # the process "stops" mid-workflow; its lease is released
-        with pytest.raises(asyncio.CancelledError):
-            await run
+        await _stopped_mid_run(rt, handled_group, "o-5", "hg")
         gate.set()
         assert await rt.run(handled_group, "o-5", workflow_id="hg") == "handled:o-5 failed:2:opened"
         assert calls["fail_as_a_group"] == 1  # replayed, not run again
