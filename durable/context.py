@@ -257,11 +257,21 @@ class ExecutionContext:
     def checkpoint(self) -> Iterator[None]:
         """Around a write of this execution's progress: a database that cannot be reached
         sets :attr:`outage` (then the error propagates). No write once the lease is known
-        lost; a position found recorded already means that this attempt's history is out of
-        date, as an attempt that lost its lease (:class:`ClaimLostError`), not its failure.
+        lost, or another process took this executor id over; a position found recorded
+        already means that this attempt's history is out of date, as an attempt that lost its
+        lease (:class:`ClaimLostError`), not its failure.
 
         :raises ClaimLostError: the lease was lost, or the write found its position recorded.
         """
+        if self.lease_lost is None and self.runtime.superseded:
+            # another process runs under this executor id now: the leases are its own
+            self.lease_lost = ClaimLostError(
+                self.workflow_id,
+                WORKFLOW_TASK,
+                self.executor_id,
+                None,
+                reason=f"another process runs under {self.executor_id!r} now",
+            )
         if self.lease_lost is not None:
             raise self.lease_lost
         try:

@@ -26,6 +26,7 @@ from durable.errors import (
     WorkflowCancelledError,
     WorkflowDeadLetteredError,
     WorkflowFailedError,
+    WorkflowNotFoundError,
     rebuild_exception,
 )
 from durable.gcpause import collector_paused
@@ -369,6 +370,14 @@ async def resolve_deadline(
     return _with_deadline(wf, opts, now or await backend.now())
 
 
+async def _existing(backend: PersistentBackend, instance_id: str) -> WorkflowInfo | None:
+    """The execution ``instance_id``, or None if there is none."""
+    try:
+        return await backend.get_workflow(instance_id)
+    except WorkflowNotFoundError:
+        return None
+
+
 def _timeout_of(wf: Workflow[Any, Any] | str, opts: EnqueueOptions) -> timedelta | None:
     """The start's timeout, else the workflow's own (when the workflow is given decorated)."""
     if opts.timeout is not None:
@@ -489,7 +498,15 @@ async def create_execution(
         ``wf`` (given decorated) cannot take the arguments (nothing is written).
     """
     if isinstance(wf, Workflow):
-        wf.check_arguments(args, kwargs)
+        try:
+            wf.check_arguments(args, kwargs)
+        except InvalidArgumentError:
+            # ``run(wf, workflow_id=...)`` of an execution that exists drives it, whatever the
+            # arguments given: only a new one must be able to take them
+            existing = await _existing(backend, instance_id)
+            if existing is None or existing.name != wf.name:
+                raise
+            return existing
     opts = await resolve_deadline(backend, wf, options or EnqueueOptions())
     snapshot, task = execution_record(
         wf, instance_id, args, kwargs, opts, parent_id=parent_id, app_version=app_version
