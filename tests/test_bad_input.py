@@ -411,6 +411,8 @@ async def test_arguments_a_workflow_cannot_take_are_refused_at_enqueue(backend_u
             {"args": ["b"], "kwargs": {"queue": "q"}},
         ]
         assert (await rt.get_workflow(ids[2])).queue == "other"
+        # a run of an execution that exists drives it, whatever the arguments given
+        assert await rt.run(send, workflow_id=ids[0]) == "ada 5 smtp-main"
 
 
 def _run(**options: Any) -> Call:
