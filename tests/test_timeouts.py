@@ -477,11 +477,13 @@ async def test_a_sync_workflow_stops_at_its_next_step_after_its_deadline(
     backend_url: str,
 ) -> None:
     async with runtime(durable.connect(backend_url)) as rt:
+        run = asyncio.ensure_future(rt.run(sync_busy, 1, workflow_id="s", timeout=2))
+        # the deadline passes while the step's body runs (it waits for RELEASE)
+        await eventually(lambda: _true(CALLS["sync.slow"] == 1), "the step to start")
         with pytest.raises(WorkflowCancelledError, match="deadline"):
-            await rt.run(sync_busy, 1, workflow_id="s", timeout=0.3)
+            await run
         assert_expired(await rt.get_workflow("s"))
         RELEASE.set()  # its thread goes on to its next write, which is refused
-        await eventually(lambda: _true(CALLS["sync.slow"] == 1), "the step to start")
         await asyncio.sleep(0.2)
         assert await rt.list_steps("s") == []
         assert (await rt.get_workflow("s")).status is WorkflowStatus.CANCELLED
