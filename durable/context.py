@@ -265,13 +265,7 @@ class ExecutionContext:
         """
         if self.lease_lost is None and self.runtime.superseded:
             # another process runs under this executor id now: the leases are its own
-            self.lease_lost = ClaimLostError(
-                self.workflow_id,
-                WORKFLOW_TASK,
-                self.executor_id,
-                None,
-                reason=f"another process runs under {self.executor_id!r} now",
-            )
+            self._lose(f"another process runs under {self.executor_id!r} now")
         if self.lease_lost is not None:
             raise self.lease_lost
         try:
@@ -283,15 +277,18 @@ class ExecutionContext:
         except StepAlreadyRecordedError as exc:
             # this executor's lease lapsed, came back to it, and another attempt of it recorded
             # this position (the executor id fences writes: both attempts passed)
-            self.lease_lost = ClaimLostError(
-                self.workflow_id,
-                WORKFLOW_TASK,
-                self.executor_id,
-                None,
-                reason=f"step {exc.position} was recorded by another attempt since this one read "
-                "the history (its lease lapsed under it)",
-            )
-            raise self.lease_lost from exc
+            raise self._lose(
+                f"step {exc.position} was recorded by another attempt since this one read the "
+                "history (its lease lapsed under it)"
+            ) from exc
+
+    def _lose(self, reason: str) -> ClaimLostError:
+        """Take this attempt's lease for lost, for ``reason``: its writes are refused from now
+        on (:meth:`checkpoint`, :meth:`ensure_lease`). Returns the error to raise."""
+        self.lease_lost = ClaimLostError(
+            self.workflow_id, WORKFLOW_TASK, self.executor_id, None, reason=reason
+        )
+        return self.lease_lost
 
     def child_suffix(self, position: int) -> str:
         """The suffix of the id of a child started at ``position``: ``/<position>`` in an

@@ -367,7 +367,7 @@ async def resolve_deadline(
     given) only when there is a timeout."""
     if _timeout_of(wf, opts) is None:
         return opts
-    return _with_deadline(wf, opts, now or await backend.now())
+    return with_deadline(wf, opts, now or await backend.now())
 
 
 async def _existing(backend: PersistentBackend, instance_id: str) -> WorkflowInfo | None:
@@ -385,7 +385,7 @@ def _timeout_of(wf: Workflow[Any, Any] | str, opts: EnqueueOptions) -> timedelta
     return wf.timeout if isinstance(wf, Workflow) else None
 
 
-def _with_deadline(
+def with_deadline(
     wf: Workflow[Any, Any] | str, opts: EnqueueOptions, now: datetime
 ) -> EnqueueOptions:
     """``opts`` with its deadline resolved at ``now`` (see :func:`resolve_deadline`)."""
@@ -815,7 +815,7 @@ async def create_executions(
     batch: list[tuple[WorkflowSnapshot, TaskSpec | None]] = []
     with collector_paused():  # many objects, all kept: see durable.gcpause
         for wf, instance_id, args, kwargs, given in rows:
-            opts = given if now is None else _with_deadline(wf, given, now)
+            opts = given if now is None else with_deadline(wf, given, now)
             # serialized once, by the backend, which names the row it cannot serialize
             snapshot, task = execution_record(
                 wf, instance_id, args, kwargs, opts, parent_id=parent_id, app_version=app_version

@@ -96,7 +96,6 @@ class Portal:
         self._thread = threading.Thread(target=self._run, args=(ready,), name=name, daemon=True)
         self._thread.start()
         ready.wait()
-        _LOOPS.add(self.loop)
 
     def _run(self, ready: threading.Event) -> None:
         with asyncio.Runner() as runner:  # closing it cancels what is left, as asyncio.run does

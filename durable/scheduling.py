@@ -43,6 +43,7 @@ from durable.executions import (
     EnqueueOptions,
     create_execution,
     execution_record,
+    with_deadline,
 )
 from durable.models import MissedTicks, ScheduleInfo, TaskSpec, WorkflowInfo, WorkflowSnapshot
 from durable.registry import Registry, default_registry
@@ -296,9 +297,10 @@ async def store_declared_schedules(backend: PersistentBackend, registry: Registr
     and those of workflows served elsewhere only, are left alone.
     """
     declarations = declared_schedules(registry)
-    now = await backend.now()
-    for declaration in declarations:
-        await backend.put_schedule(declaration.record(now))
+    if declarations:
+        now = await backend.now()
+        for declaration in declarations:
+            await backend.put_schedule(declaration.record(now))
     with _declared_lock:
         everywhere = {name for found in _declared.values() for name in found}
     for stored in await backend.list_schedules():
@@ -331,8 +333,6 @@ def runs_for(
         if isinstance(known, Workflow):
             wf = known
     max_attempts = wf.retry.max_attempts if isinstance(wf, Workflow) else DEFAULT_MAX_ATTEMPTS
-    timeout = wf.timeout if isinstance(wf, Workflow) else None
-    deadline = now + timeout if timeout is not None and now is not None else None
     runs = []
     for tick in ticks:
         key = tick_key(schedule.name, tick, trigger=trigger)
@@ -341,8 +341,9 @@ def runs_for(
             priority=schedule.priority,
             max_attempts=max_attempts,
             queue=schedule.queue,
-            deadline=deadline,
         )
+        if now is not None:
+            options = with_deadline(wf, options, now)
         kwargs = {**schedule.kwargs, SCHEDULED_AT: tick.astimezone(UTC).isoformat()}
         runs.append(execution_record(wf, key, schedule.args, kwargs, options))
     return runs

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import contextvars
 import copy
 import functools
@@ -169,26 +168,23 @@ class Step(Generic[P, T]):
         )
         if self.timeout is None:
             return loop.run_in_executor(threads, call)
-        future: asyncio.Future[Any] = loop.create_future()
+        return asyncio.wrap_future(self._in_own_thread(call))
 
-        def settle(value: Any, error: BaseException | None) -> None:
-            if future.done():  # abandoned: its timeout passed
-                return
-            if error is None:
-                future.set_result(value)
-            else:
-                future.set_exception(error)
+    def _in_own_thread(self, call: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        """Run ``call`` in a daemon thread of its own; its outcome comes in the future returned.
+        The future is running from the start, so a caller that stops waiting for it (past a
+        timeout) cancels nothing: the thread finishes alone, its outcome ignored."""
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        done.set_running_or_notify_cancel()
 
         def run() -> None:
             try:
-                outcome: tuple[Any, BaseException | None] = (call(), None)
-            except BaseException as exc:  # handed to the awaiting task
-                outcome = (None, exc)
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits for it
-                loop.call_soon_threadsafe(settle, *outcome)
+                done.set_result(call())
+            except BaseException as exc:  # handed to whoever waits
+                done.set_exception(exc)
 
         threading.Thread(target=run, name=f"durable-step:{self.name}", daemon=True).start()
-        return future
+        return done
 
     async def _bounded(self, running: Awaitable[Any]) -> Any:
         """Await one attempt, at most :attr:`timeout`: past it, an async step is cancelled; a
@@ -215,16 +211,9 @@ class Step(Generic[P, T]):
         """
         if self.timeout is None:
             return self.fn(*args, **kwargs)
-        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        scope = contextvars.copy_context()
-
-        def run() -> None:
-            try:
-                done.set_result(scope.run(self.fn, *args, **kwargs))
-            except BaseException as exc:  # handed to the waiting thread
-                done.set_exception(exc)
-
-        threading.Thread(target=run, name=f"durable-step:{self.name}", daemon=True).start()
+        done = self._in_own_thread(
+            functools.partial(contextvars.copy_context().run, self.fn, *args, **kwargs)
+        )
         try:
             return done.result(self.timeout.total_seconds())
         except TimeoutError:
