@@ -35,6 +35,7 @@ import click
 
 from durable.errors import DurableError, InvalidArgumentError, SerializationError
 from durable.models import WorkflowStatus
+from durable.serialization import UNREADABLE
 from durable.validation import INT32_MAX, MAX_DELAY_SECONDS, check_id, check_labels, in_utc
 
 T = TypeVar("T")
@@ -61,7 +62,7 @@ def reported_errors() -> Iterator[None]:
 
 #: The serializers a database's values may have been written with (``durable.connect(url,
 #: serializer=...)``), which the commands that read them take as ``--serializer``.
-SERIALIZERS = ("json", "pickle")
+SERIALIZERS = tuple(UNREADABLE)
 #: Where :func:`serializer_option` keeps the chosen serializer (in the click context's meta).
 SERIALIZER_KEY = "durable.serializer"
 
@@ -70,16 +71,14 @@ def serializer_hint(message: str) -> str:
     """``message`` (a stored value that cannot be read) with a hint when the value may have
     been written by the other serializer: a pickled value is not valid JSON, and the other
     way round."""
-    if "stored value is not valid JSON" in message:
-        other = "pickle"
-    elif "stored value cannot be unpickled" in message:
-        other = "json"
-    else:
-        return message
-    return (
-        f"{message} (if the database was written with serializer={other!r}, read it with "
-        f"--serializer {other})"
-    )
+    for name, report in UNREADABLE.items():
+        if report in message:
+            other = next(n for n in SERIALIZERS if n != name)
+            return (
+                f"{message} (if the database was written with serializer={other!r}, read it "
+                f"with --serializer {other})"
+            )
+    return message
 
 
 def _keep_serializer(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:

@@ -60,6 +60,13 @@ class Serializer(ABC):
         """Deserialize text produced by :meth:`dumps`; raise SerializationError if it is corrupt."""
 
 
+#: How a stored value that a serializer cannot read is reported (the start of the
+#: SerializationError's message), by serializer name: the CLI hints at the other serializer.
+UNREADABLE = {
+    "json": "stored value is not valid JSON",
+    "pickle": "stored value cannot be unpickled",
+}
+
 #: The key of a typed envelope (see the module's docstring).
 TYPE_KEY = "__durable_type__"
 _MARKER = f'"{TYPE_KEY}"'
@@ -119,7 +126,7 @@ class JSONSerializer(Serializer):
         except _RebuildError as exc:
             raise SerializationError(str(exc)) from exc.__cause__
         except ValueError as exc:
-            raise SerializationError(f"stored value is not valid JSON: {exc}") from exc
+            raise SerializationError(f"{UNREADABLE['json']}: {exc}") from exc
 
 
 def _on_a_fresh_stack(fn: Callable[[str], Any], text: str) -> Any:
@@ -296,7 +303,7 @@ class PickleSerializer(Serializer):
         try:
             return pickle.loads(base64.b64decode(text.encode()))
         except Exception as exc:
-            raise SerializationError(f"stored value cannot be unpickled: {exc}") from exc
+            raise SerializationError(f"{UNREADABLE['pickle']}: {exc}") from exc
 
 
 def get_serializer(serializer: str | Serializer | None) -> Serializer:
