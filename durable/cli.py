@@ -174,9 +174,7 @@ def migrate(url: str, revision: str | None, check: bool) -> None:
         return
 
     async def upgrade(backend: SQLAlchemyBackend) -> tuple[str | None, str | None]:
-        before = await backend.schema_revision()
-        await backend.migrate(revision or "head")
-        return before, await backend.schema_revision()
+        return await backend.migrate(revision or "head")
 
     before, after = open_backend(url, upgrade)
     if before == after:

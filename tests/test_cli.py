@@ -191,6 +191,31 @@ def test_the_installed_script(db: str) -> None:
     assert "durable's tables are missing" in failed.stderr
 
 
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_processes_migrating_at_once_say_which_one_upgraded(
+    backend: str, db: str, request: pytest.FixtureRequest
+) -> None:
+    """Several ``durable migrate`` started together on a new database: one upgrades it, and
+    only that one says so; the others wait for it and find it done (each reads the revision
+    while holding the migration lock, not before it)."""
+    url = db if backend == "sqlite" else request.getfixturevalue("pg_url")
+    command = [sys.executable, "-c", "from durable.cli import main; main()", "migrate", url]
+    runs = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], outputs
+    said = sorted(out.split(": ", 1)[1] for out, _ in outputs)
+    assert said == [
+        f"already at revision {HEAD}\n",
+        f"already at revision {HEAD}\n",
+        f"upgraded from base (no durable tables) to {HEAD}\n",
+    ], outputs
+
+
 # -- downgrading asks first ----------------------------------------------------------------------
 
 

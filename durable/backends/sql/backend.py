@@ -253,22 +253,23 @@ class SQLAlchemyBackend(
             await self._runner.dispose()
         self._started = False
 
-    async def migrate(self, revision: str = "head") -> None:
-        """Upgrade the schema to ``revision`` now."""
-        await self._migrating(lambda conn: migrate.upgrade(conn, revision), what="migrate")
+    async def migrate(self, revision: str = "head") -> tuple[str | None, str | None]:
+        """Upgrade the schema to ``revision`` now; the revisions it was at before and is at
+        after (None: no durable tables), both read while holding the migration lock, so that
+        of several processes migrating at once only the one that upgraded sees them differ."""
+        return await self._migrating(lambda conn: migrate.upgrade(conn, revision), what="migrate")
 
     async def downgrade(self, revision: str) -> None:
         """Downgrade the schema to ``revision`` (``"base"`` drops every durable table)."""
         await self._migrating(lambda conn: migrate.downgrade(conn, revision), what="downgrade")
 
-    async def _migrating(self, fn: Callable[[sa.Connection], None], *, what: str) -> None:
+    async def _migrating(self, fn: Callable[[sa.Connection], T], *, what: str) -> T:
         """Run a schema change (or its check) in a transaction of its own, as
         :func:`.migrate.in_transaction` says (on SQLite, with its foreign keys off meanwhile)."""
         if self.dialect.name != "sqlite":
-            await self._run(fn, what=what, raw=True)
-            return
+            return await self._run(fn, what=what, raw=True)
         with self._errors(what):
-            await self._runner.connection(lambda conn: migrate.in_transaction(conn, fn))
+            return await self._runner.connection(lambda conn: migrate.in_transaction(conn, fn))
 
     async def schema_revision(self) -> str | None:
         """The schema revision the database is at (None: never migrated)."""

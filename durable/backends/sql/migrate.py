@@ -148,8 +148,10 @@ def _revision_errors(revision: str) -> Iterator[None]:
         raise InvalidArgumentError(f"cannot migrate to revision {revision!r}: {exc}") from None
 
 
-def upgrade(connection: sa.Connection, revision: str = "head") -> None:
-    """Migrate to ``revision`` inside the connection's transaction, holding the migration lock.
+def upgrade(connection: sa.Connection, revision: str = "head") -> tuple[str | None, str | None]:
+    """Migrate to ``revision`` inside the connection's transaction, holding the migration lock;
+    the revisions before and after, both read under the lock (of several processes migrating
+    at once, one finds the old revision and the others the new one, and each can say which).
 
     :raises SchemaVersionError: the database is at a revision this code does not know.
     :raises InvalidArgumentError: ``revision`` is unknown, or below the current one.
@@ -158,9 +160,10 @@ def upgrade(connection: sa.Connection, revision: str = "head") -> None:
 
     lock(connection)
     try:
-        check_known(connection)
+        before = check_known(connection)
         with _revision_errors(revision):
             command.upgrade(alembic_config(connection), revision)
+        return before, current_revision(connection)
     finally:
         unlock(connection)
 
