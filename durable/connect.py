@@ -39,7 +39,7 @@ def connect(
     :raises ConfigurationError: a malformed URL, an unknown scheme, an unknown option or one of
         the wrong type, or options for the in-memory backend.
     """
-    if not isinstance(url, str) or "://" not in url:
+    if not _is_url(url):
         raise ConfigurationError(
             f"expected a database URL such as sqlite:///app.db, memory:// or "
             f"postgresql://user@host/db, got {url!r}"
@@ -66,6 +66,29 @@ def connect(
     from durable.backends.sql.backend import SQLAlchemyBackend
 
     return SQLAlchemyBackend(url, serializer=serializer, **options)
+
+
+def check_url(url: object) -> str:
+    """``url`` if :func:`connect` takes it (a scheme and driver durable runs on, well formed),
+    checked without connecting or importing a driver: for settings read at a framework's start.
+
+    :raises ConfigurationError: what :func:`connect` would refuse in the URL, said as it would.
+    """
+    if not _is_url(url):
+        raise ConfigurationError(
+            f"expected a database URL such as sqlite:///app.db, memory:// or "
+            f"postgresql://user@host/db, got {url!r}"
+        )
+    assert isinstance(url, str)
+    if url.split("://", 1)[0] != "memory":
+        from durable.backends.sql.dialects import normalize_url
+
+        normalize_url(url)
+    return url
+
+
+def _is_url(url: object) -> bool:
+    return isinstance(url, str) and "://" in url
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:

@@ -105,6 +105,20 @@ def test_a_users_sync_and_async_tests(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=4)
 
 
+def test_an_async_test_with_pytest_asyncio_turned_off_is_told_what_it_needs(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_user="""
+async def test_async_run(durable_runtime):
+    pass
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:asyncio")
+    result.stdout.fnmatch_lines(["*need pytest-asyncio*not -p no:asyncio*"])
+    result.stdout.no_fnmatch_line("*AssertionError*")
+
+
 def test_the_url_option_and_the_ini(pytester: pytest.Pytester) -> None:
     url = "memory://?serializer=pickle"  # any URL durable.connect knows
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")

@@ -110,13 +110,16 @@ async def async_worker(runtime: Runtime) -> AsyncIterator[Worker]:
 
 
 def _async_fixture(request: pytest.FixtureRequest, name: str) -> Any:
+    needs = (
+        "durable's fixtures in an async test need pytest-asyncio (pip install pytest-asyncio, "
+        "and not -p no:asyncio): the runtime must start on the test's event loop"
+    )
+    if not request.config.pluginmanager.has_plugin("asyncio"):  # missing, or turned off
+        raise pytest.UsageError(needs)
     try:
         return request.getfixturevalue(name)
     except pytest.FixtureLookupError:
-        raise pytest.UsageError(
-            "durable's fixtures in an async test need pytest-asyncio (pip install "
-            "pytest-asyncio): the runtime must start on the test's event loop"
-        ) from None
+        raise pytest.UsageError(needs) from None
 
 
 __all__ = [

@@ -143,13 +143,47 @@ def test_durable_migrate_when_auto_migrate_is_off(
         ({"URL": "sqlite:///x.db", "WORKFLOWS": 5}, durable.ConfigurationError, "WORKFLOWS"),
         ({"URL": "sqlite:///x.db", "QUEUES": []}, durable.InvalidArgumentError, "QUEUES.* empty"),
         ({"URL": "sqlite://x.db"}, durable.ConfigurationError, "sqlite"),
+        ({"URL": "notaurl"}, durable.ConfigurationError, r"DURABLE\['URL'\]: expected a database"),
+        (
+            {"URL": "postgresql+asyncpg://u@h/db"},
+            durable.ConfigurationError,
+            r"DURABLE\['URL'\]: unsupported database URL scheme 'postgresql\+asyncpg'",
+        ),
     ],
 )
 def test_a_bad_setting_is_a_clear_error(setting: Any, error: type[Exception], match: str) -> None:
+    from django.apps import apps
+
     from durable.integrations.django import get_client
 
-    with override_settings(DURABLE=setting), pytest.raises(error, match=match):
-        get_client()
+    with override_settings(DURABLE=setting):
+        with pytest.raises(error, match=match):
+            get_client()
+        with pytest.raises(error, match=match):  # as Django starts (manage.py check too)
+            apps.get_app_config("durable").ready()
+
+
+def test_a_workflows_module_that_does_not_exist_is_named(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.apps import apps
+
+    (tmp_path / "broken_workflows.py").write_text("import nosuch_dep\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    app = apps.get_app_config("durable")
+    setting = {"URL": sqlite_url, "WORKFLOWS": ["orders.workflows", "nosuch.mod"]}
+    with (
+        override_settings(DURABLE=setting),
+        pytest.raises(
+            durable.ConfigurationError,
+            match=r"DURABLE\['WORKFLOWS'\] names 'nosuch.mod', which cannot be imported",
+        ),
+    ):
+        app.ready()
+    missing = {"URL": sqlite_url, "WORKFLOWS": ["broken_workflows"]}
+    with override_settings(DURABLE=missing), pytest.raises(ModuleNotFoundError, match="nosuch_dep"):
+        app.ready()  # a module that exists but imports one that does not: its own error
 
 
 def test_the_worker_command_refuses_a_bad_option(sqlite_url: str) -> None:

@@ -7,6 +7,7 @@ import importlib
 from django.apps import AppConfig
 from django.utils.module_loading import autodiscover_modules
 
+from durable.errors import ConfigurationError
 from durable.integrations.django.conf import durable_settings
 
 
@@ -23,4 +24,12 @@ class DurableConfig(AppConfig):
     def ready(self) -> None:
         autodiscover_modules("workflows")
         for module in durable_settings().workflows:
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as exc:
+                if exc.name is None or not f"{module}.".startswith(f"{exc.name}."):
+                    raise  # a module the listed one imports: its own error
+                raise ConfigurationError(
+                    f"settings.DURABLE['WORKFLOWS'] names {module!r}, which cannot be "
+                    f"imported: {exc}"
+                ) from exc

@@ -22,6 +22,7 @@ from typing import Any
 
 from django.conf import settings
 
+from durable.connect import check_url
 from durable.errors import ConfigurationError
 from durable.validation import (
     check_non_negative_float,
@@ -60,7 +61,8 @@ class DurableSettings:
 def durable_settings() -> DurableSettings:
     """The project's ``DURABLE`` setting.
 
-    :raises ConfigurationError: it is missing, not a dict, has an unknown key, or no ``URL``;
+    :raises ConfigurationError: it is missing, not a dict, has an unknown key, or no ``URL``
+        (or one :func:`durable.connect` would refuse);
         ``AUTO_MIGRATE`` is not a bool; ``WORKFLOWS`` is not a list of module names.
     :raises InvalidArgumentError: a number or a name out of range, naming the key.
     """
@@ -78,6 +80,10 @@ def durable_settings() -> DurableSettings:
     url = raw.get("URL")
     if not isinstance(url, str) or not url:
         raise ConfigurationError(f"settings.DURABLE['URL'] must be a database URL, got {url!r}")
+    try:
+        check_url(url)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"settings.DURABLE['URL']: {exc}") from None
     workflows = raw.get("WORKFLOWS", ())
     if (
         isinstance(workflows, str)

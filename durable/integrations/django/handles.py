@@ -62,8 +62,8 @@ def get_client() -> Client:
 
 def get_runtime() -> Runtime:
     """The started :class:`~durable.Runtime` of this process (no worker), for views that run a
-    workflow in the request (``get_runtime().run_sync(...)``) or send to one. Recovery is on:
-    it resumes this project's unfinished executions whose executor is gone.
+    workflow in the request (``get_runtime().run_sync(...)``) or send to one. Recovery is on
+    from its first use: it resumes this project's unfinished executions whose executor is gone.
 
     :raises ConfigurationError: ``settings.DURABLE`` is not usable.
     :raises BackendUnavailableError: the database cannot be reached (the next call tries again).
