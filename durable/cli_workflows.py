@@ -43,6 +43,7 @@ from durable.cli_output import (
 )
 from durable.client import Client
 from durable.errors import BackendUnavailableError
+from durable.inspection import left_unfinished, unfinished_text
 from durable.models import ExecutorInfo, StepRecord, WorkflowInfo
 from durable.overview import queue_rows, status_counts
 
@@ -119,14 +120,17 @@ def _line(info: WorkflowInfo) -> str:
     )
 
 
-def _steps_timeline(steps: list[StepRecord], origin: datetime | None, now: datetime) -> list[str]:
+def _steps_timeline(info: WorkflowInfo, steps: list[StepRecord], now: datetime) -> list[str]:
     """One line per step: position, name, status, attempts, executor, start offset, duration,
-    and a bar as long as the step took, on a scale from ``origin`` to the last step's end."""
+    and a bar as long as the step took, on a scale from the workflow's start to the last
+    step's end. A step left pending by the workflow's end (a cancelled sleep) ends with it."""
     starts = [start for s in steps if (start := _aware(s.started_at)) is not None]
-    t0 = _aware(origin) or (min(starts) if starts else None)
+    t0 = _aware(info.started_at) or (min(starts) if starts else None)
     spans: list[tuple[float | None, float | None]] = []
     for s in steps:
         start, end = _aware(s.started_at), _aware(s.completed_at)
+        if end is None and left_unfinished(info, s):
+            end = _aware(info.completed_at) or start
         if t0 is None or start is None:
             spans.append((None, None))
             continue
@@ -135,7 +139,8 @@ def _steps_timeline(steps: list[StepRecord], origin: datetime | None, now: datet
     lines = []
     for s, (offset, length) in zip(steps, spans, strict=True):
         drawn = bar(offset, length, total) if offset is not None and length is not None else ""
-        status = s.status.value + (" (reruns)" if s.rerun else "")
+        status = unfinished_text(info) if left_unfinished(info, s) else s.status.value
+        status += " (reruns)" if s.rerun else ""
         child = f" child {s.child_workflow_id}" if s.child_workflow_id else ""
         lines.append(
             f"{s.position:>4}  {s.name:<24.24} {status:<15} x{s.attempts:<3} "
@@ -311,7 +316,7 @@ def add_workflow_commands(workflows: click.Group, open_client: OpenClient) -> No
             echo(f"  {waiting}")
         echo(f"steps ({len(steps)}):")
         now = datetime.now(UTC)
-        for line in _steps_timeline(steps, info.started_at, now):
+        for line in _steps_timeline(info, steps, now):
             echo(line)
         if children:
             echo(f"children ({len(children)}):")

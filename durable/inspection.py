@@ -106,3 +106,15 @@ def _topic(value: Any) -> str | None:
 
 
 __all__ = ["KINDS", "RECV_STEP", "Waiting", "waiting_of"]
+
+
+def left_unfinished(info: WorkflowInfo, step: StepRecord) -> bool:
+    """Whether ``step`` was left pending by its workflow's end: a sleep or a receive of a
+    workflow cancelled meanwhile, a child's step of a parent that ended. It will not complete;
+    a view shows it as ended with the workflow (at its ``completed_at``), not as still going."""
+    return step.status is StepStatus.PENDING and info.status.is_terminal
+
+
+def unfinished_text(info: WorkflowInfo) -> str:
+    """How a view names a step that :func:`left_unfinished` is true of."""
+    return f"unfinished ({info.status.value})"

@@ -13,7 +13,8 @@ types, tuples come back as lists); a model is stored as ``model_dump(mode="json"
 ``model_validate``. Loading imports nothing: the class is looked up among the modules this process
 has already imported (the worker that runs a workflow has imported its types), so a row in the
 database cannot make a process import code. An envelope whose class is not found (not imported
-here, renamed, or no longer a dataclass or model) loads as the plain dict it is stored as. Plain
+here, renamed, or no longer a dataclass or model) loads as the plain dict it is stored as (a
+:class:`StoredEnvelope`, which is written back as the envelope it was, not escaped). Plain
 JSON values cost nothing extra to load: the envelope is only looked for when the marker is in the
 text.
 
@@ -204,9 +205,9 @@ def _escaped(value: Any) -> Any:
     ``{TYPE_KEY: ESCAPED_DICT, "value": [[key, item], ...]}``, which loads back as that dict."""
     if isinstance(value, dict):
         items = {key: _escaped(item) for key, item in value.items()}
-        if TYPE_KEY in items:
+        if TYPE_KEY in items and not isinstance(value, StoredEnvelope):
             return {TYPE_KEY: ESCAPED_DICT, "value": [[key, item] for key, item in items.items()]}
-        return items
+        return items  # a stored envelope: written as it was read
     if isinstance(value, (list, tuple)):
         return [_escaped(item) for item in value]
     return value
@@ -239,9 +240,20 @@ def _type_ref(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+class StoredEnvelope(dict[str, Any]):
+    """A typed envelope loaded where its class is not found (not imported in this process,
+    renamed, no longer a dataclass or model): to its reader the plain dict it is stored as,
+    ``{"__durable_type__": "module:QualName", "value": {...}}``; written again as that same
+    envelope, not escaped as a dict that has the key of its own. So a value read and written
+    back by a process without the class (``durable workflows export``, a fork) still loads as
+    the class where it is found."""
+
+    __slots__ = ()
+
+
 def _decode_typed(obj: dict[str, Any]) -> Any:
     """The JSON decoder's object hook: rebuild a typed envelope (innermost first, so nested
-    values are already rebuilt), else keep the dict."""
+    values are already rebuilt), else keep the dict (an envelope as a :class:`StoredEnvelope`)."""
     ref = obj.get(TYPE_KEY)
     if ref is None or len(obj) != 2 or not isinstance(ref, str):
         return obj
@@ -250,12 +262,12 @@ def _decode_typed(obj: dict[str, Any]) -> Any:
         try:
             return dict(value)  # a plain dict that has a TYPE_KEY key (see _escaped)
         except (TypeError, ValueError):
-            return obj
+            return StoredEnvelope(obj)
     if not isinstance(value, dict):
-        return obj
+        return StoredEnvelope(obj)
     cls = _find_class(ref)
     if cls is None:
-        return obj
+        return StoredEnvelope(obj)
     try:
         if dataclasses.is_dataclass(cls):
             init = {f.name for f in dataclasses.fields(cls) if f.init}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import sys
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -56,6 +57,24 @@ def test_malformed_url_is_a_configuration_error(url: str) -> None:
 def test_url_that_is_no_string_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="None"):
         durable.connect(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("url", "missing", "hint"),
+    [
+        ("mysql://root@127.0.0.1/x", "aiomysql", "pip install 'durable-sqla[mysql]'"),
+        ("mariadb+pymysql://root@127.0.0.1/x", "pymysql", "pip install 'durable-sqla[mysql]'"),
+        ("mysql+asyncmy://root@127.0.0.1/x", "asyncmy", "pip install asyncmy"),
+    ],
+)
+def test_a_driver_that_is_not_installed_is_named_with_its_install(
+    url: str, missing: str, hint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A MySQL URL where the mysql extra is not installed (the driver stands for it here)."""
+    monkeypatch.setitem(sys.modules, missing, None)  # import of it fails, as when not installed
+    with pytest.raises(ConfigurationError) as info:
+        durable.connect(url)
+    assert f"need the {missing} driver, which is not installed: {hint}" in str(info.value)
 
 
 @pytest.mark.parametrize(

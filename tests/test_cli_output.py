@@ -157,6 +157,23 @@ def test_steps_waiting_messages_get_and_executors_as_json(filled: str) -> None:
     assert [(e["id"], e["state"]) for e in executors] == [("web-test-1", "stopped")]
 
 
+def test_show_ends_a_cancelled_sleep_with_the_workflow(copy: str) -> None:
+    """A workflow cancelled while it slept: its sleep stays pending in the history, and
+    ``show`` says it was left unfinished, with a duration that stops at the cancel instead of
+    growing with every look."""
+    url = copy
+    assert run("workflows", "cancel", url, "nap-5").exit_code == 0
+    looks = []
+    for _ in range(2):
+        shown = run("workflows", "show", url, "nap-5").stdout
+        assert "sleeping until" not in shown
+        (line,) = [row for row in shown.splitlines() if "durable.sleep" in row]
+        assert "unfinished (cancelled)" in line
+        looks.append(line)
+        time.sleep(0.05)
+    assert looks[0] == looks[1]  # the duration is fixed
+
+
 def test_show_draws_the_step_timeline(filled: str) -> None:
     shown = run("workflows", "show", filled, "order-0")
     assert shown.exit_code == 0, shown.output

@@ -132,6 +132,40 @@ def test_an_envelope_of_a_class_not_imported_here_loads_as_its_dict() -> None:
     assert serializer.loads(text) == {"__durable_type__": "collections:Counter", "value": {"a": 1}}
 
 
+def test_an_envelope_read_without_its_class_is_written_back_as_it_was() -> None:
+    """A process without the class (``durable workflows export`` in a shell, a fork from the
+    CLI) reads an envelope as its dict and writes it back: the same envelope, not a dict
+    escaped as one with the key of its own, so it still loads as the class where it is
+    found. A history exported there replays as the class."""
+    from durable.history import dump_history, load_history
+    from durable.models import WorkflowSnapshot, WorkflowStatus
+
+    serializer = JSONSerializer()
+    stored = serializer.dumps({"order": ORDER, "lines": [Line("x", 2)], "own": dict(MARKED[0])})
+    hidden = stored.replace(f'"{__name__}:', '"elsewhere_only:')  # a class not found here
+    read = serializer.loads(hidden)
+    assert read["lines"] == [
+        {"__durable_type__": "elsewhere_only:Line", "value": {"sku": "x", "qty": 2}}
+    ]
+    assert serializer.dumps(read) == hidden
+    assert (
+        serializer.dumps([read, (read["order"],)])
+        == f"[{hidden},[{serializer.dumps(read['order'])}]]"
+    )
+
+    unseen = serializer.loads(stored.replace(f'"{__name__}:Line"', '"elsewhere_only:Line"'))
+    snapshot = WorkflowSnapshot(
+        id="w", name="typed.checkout.v1", status=WorkflowStatus.SUCCEEDED, output=unseen
+    )
+    exported = dump_history(snapshot, serializer)
+    back = serializer.loads(
+        exported["workflow"]["output"].replace("elsewhere_only:", f"{__name__}:")
+    )
+    assert back == {"order": ORDER, "lines": [Line("x", 2)], "own": MARKED[0]}
+    assert type(back["order"]) is Order and type(back["lines"][0]) is Line
+    assert load_history(exported, serializer).output == unseen
+
+
 def test_a_class_defined_in_a_function_is_refused() -> None:
     @dataclasses.dataclass
     class Local:

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urljoin
@@ -238,6 +239,31 @@ def test_a_sleeping_workflow_shows_until_when(web: TestClient, db: str) -> None:
     assert f"sleeping until {wake}" in page
     assert "state-sleeping" in page
     assert page.count('<tr class="message">') == 1 and "poke" in page
+
+
+def test_a_cancelled_sleep_is_shown_as_ended_with_the_workflow(web: TestClient, db: str) -> None:
+    """The pending sleep of a workflow cancelled while it slept stays pending in the history;
+    the page no longer says it sleeps, and its bar ends where the workflow did."""
+    with durable.Client(db) as client:
+        wake = client.list_steps_sync("nap-5")[-1].output
+        client.cancel_sync("nap-5")
+    page = web.get("/workflows/nap-5").text
+    assert f"sleeping until {wake}" not in page and "state-sleeping" not in page
+    assert "unfinished (cancelled)" in page and "state-unfinished" in page
+    info = stored(db, "nap-5")
+    assert info.completed_at is not None
+    later = asyncio.run(_timeline_of(db, "nap-5", info.completed_at + timedelta(days=1)))
+    sleep_bar = later.bars[-1]
+    assert sleep_bar.state == "unfinished"
+    assert later.end == info.completed_at  # not stretched to "now"
+
+
+async def _timeline_of(db: str, workflow_id: str, now: datetime) -> Any:
+    from durable.web.timeline import timeline
+
+    async with durable.Client(db) as client:
+        info = await client.get_workflow(workflow_id)
+        return timeline(info, await client.list_steps(workflow_id), now)
 
 
 def test_an_unknown_workflow_is_a_404(web: TestClient) -> None:

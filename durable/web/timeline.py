@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from durable.inspection import left_unfinished, unfinished_text
 from durable.models import StepRecord, StepStatus, WorkflowInfo
 from durable.timers import SLEEP_STEP
 
@@ -17,7 +18,8 @@ MIN_WIDTH = 0.6
 @dataclass(frozen=True)
 class Bar:
     """One step's bar: where it starts and how wide it is (percent of the span), its label and
-    the CSS class of its state (``succeeded``, ``failed``, ``pending``, ``sleeping``)."""
+    the CSS class of its state (``succeeded``, ``failed``, ``pending``, ``sleeping``,
+    ``unfinished``: left pending by the workflow's end)."""
 
     step: StepRecord
     left: float
@@ -25,16 +27,31 @@ class Bar:
     label: str
     state: str
     seconds: float | None
+    status_text: str
+    """What the status column says: the step's status, ``sleeping until ...``, or that it was
+    left unfinished by the workflow's end."""
 
 
-def _state(step: StepRecord) -> str:
+def _state(info: WorkflowInfo, step: StepRecord) -> str:
+    if left_unfinished(info, step):
+        return "unfinished"
     if step.name == SLEEP_STEP and step.status is StepStatus.PENDING:
         return "sleeping"
     return step.status.value
 
 
-def _label(step: StepRecord) -> str:
+def _status_text(info: WorkflowInfo, step: StepRecord, state: str) -> str:
+    if state == "unfinished":
+        return unfinished_text(info)
+    if state == "sleeping":
+        return f"sleeping until {step.output}"
+    return step.status.value
+
+
+def _label(info: WorkflowInfo, step: StepRecord) -> str:
     if step.name == SLEEP_STEP and step.status is StepStatus.PENDING:
+        if left_unfinished(info, step):
+            return f"#{step.position} {step.name}: {unfinished_text(info)}"
         return f"sleeping until {step.output}"
     retries = f", {step.attempts} attempts" if step.attempts > 1 else ""
     return f"#{step.position} {step.name}{retries}"
@@ -67,6 +84,8 @@ def timeline(info: WorkflowInfo, steps: list[StepRecord], now: datetime) -> Time
     for step in steps:
         start = step.started_at or cursor
         end = step.completed_at or (now if step.status is StepStatus.PENDING else start)
+        if left_unfinished(info, step):  # it ended with the workflow
+            end = info.completed_at or start
         end = max(end, start)
         left = max(0.0, min(100.0, (start - begin).total_seconds() / span * 100))
         width = max(MIN_WIDTH, (end - start).total_seconds() / span * 100)
@@ -76,6 +95,9 @@ def timeline(info: WorkflowInfo, steps: list[StepRecord], now: datetime) -> Time
             if step.completed_at and step.started_at
             else None
         )
-        out.append(Bar(step, round(left, 3), round(width, 3), _label(step), _state(step), seconds))
+        state = _state(info, step)
+        text = _status_text(info, step, state)
+        label = _label(info, step)
+        out.append(Bar(step, round(left, 3), round(width, 3), label, state, seconds, text))
         cursor = end
     return Timeline(out, begin, finish)

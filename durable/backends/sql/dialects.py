@@ -788,7 +788,17 @@ def _create_engine(
     options.setdefault("pool_size", PG_POOL_SIZE)
     options.setdefault("max_overflow", PG_MAX_OVERFLOW)
     options["connect_args"] = connect_args_for(url, options.get("connect_args"))
-    async_engine = create_async_engine(url, **options)
+    try:
+        async_engine = create_async_engine(url, **options)
+    except ModuleNotFoundError as exc:  # the driver is an extra: say which
+        package = (exc.name or "").partition(".")[0]
+        if url.get_backend_name() == "mysql" and package in ("aiomysql", "pymysql"):
+            hint = "pip install 'durable-sqla[mysql]'"
+        else:
+            hint = f"pip install {package}"
+        raise ConfigurationError(
+            f"{url.drivername} URLs need the {package} driver, which is not installed: {hint}"
+        ) from exc
     if reset_by_durable:
         sa.event.listen(async_engine.sync_engine, "reset", mysql.rollback_unless_ended)
     sa.event.listen(async_engine.sync_engine, "checkout", discard_stale_at_checkout)
