@@ -106,7 +106,7 @@ def main(url: str) -> None:
                 # durable keeps the earlier checkouts, and their idempotency keys: placing the
                 # same orders again would return those, and run nothing
                 print("this database holds the orders of an earlier run: start from an empty")
-                print("one (delete orders.db) to run the example again")
+                print("one (on the default SQLite file, delete orders.db) to run it again")
                 return
             conn.execute(stock.insert().values(sku="mug", qty=5))
 
