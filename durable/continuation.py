@@ -82,6 +82,9 @@ def continue_as_new(*args: Any, **kwargs: Any) -> NoReturn:
     into a history that is about to be deleted, or refused.
 
     :raises DurableError: called outside a workflow (or inside a step).
+    :raises InvalidArgumentError: the workflow's function cannot take the arguments (raised
+        here, in the workflow, before anything is recorded: the run fails with it, as with any
+        error its code raises, and its history is kept).
     :raises SerializationError: the arguments cannot be serialized by the backend's serializer
         (raised here, in the workflow, before anything is recorded).
     """
@@ -90,6 +93,10 @@ def continue_as_new(*args: Any, **kwargs: Any) -> NoReturn:
         raise DurableError(
             "durable.continue_as_new() was called outside a workflow (or inside a step)"
         )
+    if ctx.workflow_name in ctx.runtime.registry:  # the run's own code: may it take them?
+        check = getattr(ctx.runtime.registry.get(ctx.workflow_name), "check_arguments", None)
+        if check is not None:
+            check(args, kwargs)  # as enqueue does: refused before anything is recorded
     signal = ContinueAsNew(ctx.workflow_id, args, kwargs)
     try:
         ctx.runtime.backend.serializer.dumps(signal.input)

@@ -89,8 +89,16 @@ async def with_children(n: int) -> list[Any]:
 
 
 @durable.workflow(name="can.unserializable", registry=REG)
-async def unserializable() -> None:
+async def unserializable(value: object = None) -> None:
     durable.continue_as_new(object())
+
+
+@durable.workflow(name="can.bad.arguments", registry=REG)
+async def bad_arguments(n: int) -> None:
+    await add(n)
+    if n == 1:
+        durable.continue_as_new(n + 1, "one too many")
+    durable.continue_as_new(n + 1, nope=True)
 
 
 def runtime(backend: durable.PersistentBackend, executor_id: str = "cont") -> durable.Runtime:
@@ -174,6 +182,22 @@ async def test_bad_use_is_a_clear_error() -> None:
             await rt.run(unserializable, workflow_id="u")
         info = await rt.get_workflow("u")
     assert info.status is WorkflowStatus.FAILED and info.continuations == 0
+
+
+async def test_arguments_the_workflow_cannot_take_are_refused_at_the_call(
+    backend_url: str,
+) -> None:
+    """As enqueue refuses them: before anything is recorded, so the run's input and history
+    are kept (recorded, its next run would fail at once, its history already gone)."""
+    async with runtime(durable.connect(backend_url)) as rt:
+        for n, problem in ((1, "too many positional arguments"), (2, "unexpected keyword")):
+            wid = f"bad-{n}"
+            with pytest.raises(durable.InvalidArgumentError, match=problem):
+                await rt.run(bad_arguments, n, workflow_id=wid)
+            info = await rt.get_workflow(wid)
+            assert info.status.is_terminal and info.continuations == 0
+            assert info.input == {"args": [n], "kwargs": {}}
+            assert [s.name for s in await rt.list_steps(wid)] == ["can.add"]
 
 
 def test_it_is_public() -> None:
