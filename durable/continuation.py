@@ -37,6 +37,7 @@ from typing import Any, NoReturn
 
 from durable.context import WorkflowSuspended, current
 from durable.errors import ControlFlow, DurableError, SerializationError
+from durable.registry import Registry
 
 
 class ContinueAsNew(ControlFlow):
@@ -93,10 +94,12 @@ def continue_as_new(*args: Any, **kwargs: Any) -> NoReturn:
         raise DurableError(
             "durable.continue_as_new() was called outside a workflow (or inside a step)"
         )
-    if ctx.workflow_name in ctx.runtime.registry:  # the run's own code: may it take them?
-        check = getattr(ctx.runtime.registry.get(ctx.workflow_name), "check_arguments", None)
+    registry = getattr(ctx.runtime, "registry", None)  # a runtime's (a test's host: none)
+    if isinstance(registry, Registry) and ctx.workflow_name in registry:
+        # the run's own code: may it take them? As enqueue asks, before anything is recorded
+        check = getattr(registry.get(ctx.workflow_name), "check_arguments", None)
         if check is not None:
-            check(args, kwargs)  # as enqueue does: refused before anything is recorded
+            check(args, kwargs)
     signal = ContinueAsNew(ctx.workflow_id, args, kwargs)
     try:
         ctx.runtime.backend.serializer.dumps(signal.input)
