@@ -114,6 +114,34 @@ async def commits_itself_async(conn: AsyncConnection, entry: str) -> str:
     return entry
 
 
+@durable.transaction(name="test.tx.commits_then_goes_on", max_attempts=3, initial_delay=0.01)
+def commits_then_goes_on(conn: sa.Connection, entry: str) -> str:
+    CALLS.append(entry)
+    conn.execute(LEDGER.insert().values(entry=entry))
+    conn.commit()
+    conn.execute(sa.select(1))  # SQLAlchemy refuses the closed transaction's next statement
+    return entry
+
+
+@durable.transaction(name="test.tx.commits_then_goes_on_async", max_attempts=3, initial_delay=0.01)
+async def commits_then_goes_on_async(conn: AsyncConnection, entry: str) -> str:
+    CALLS.append(entry)
+    await conn.execute(LEDGER.insert().values(entry=entry))
+    await conn.commit()
+    await conn.execute(sa.select(1))
+    return entry
+
+
+@durable.workflow(name="test.tx.goes_on_flow")
+async def goes_on_flow(entry: str, use_async: bool) -> str:
+    try:
+        if use_async:
+            return await commits_then_goes_on_async(entry)
+        return await commits_then_goes_on.aio(entry)
+    except durable.ConfigurationError as exc:
+        return str(exc)
+
+
 @durable.workflow(name="test.tx.commits_flow")
 async def commits_flow(entry: str, use_async: bool) -> str:
     try:
@@ -167,6 +195,22 @@ async def test_a_body_that_ends_its_transaction_is_refused(backend_url: str) -> 
     async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
         said = await rt.run(commits_flow, "c", use_async, workflow_id="w-commits")
     assert "ended its transaction" in said
+
+
+async def test_a_body_that_ends_its_transaction_and_goes_on_is_not_retried(
+    backend_url: str,
+) -> None:
+    """The common shape of the misuse: commit, then another statement, which SQLAlchemy
+    refuses. Retried as the body's failure, each attempt committed its row again; it is the
+    same refusal as above, once."""
+    if backend_url == "memory://":
+        pytest.skip("refused: see the sync test")
+    create_ledger(backend_url)
+    use_async = not backend_url.startswith("sqlite:")
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        said = await rt.run(goes_on_flow, "g", use_async, workflow_id="w-goes-on")
+    assert "ended its transaction" in said
+    assert CALLS == ["g"] and ledger(backend_url) == ["g"]
 
 
 async def test_an_async_body_on_a_sync_driver_is_refused_clearly(sqlite_url: str) -> None:

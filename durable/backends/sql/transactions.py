@@ -118,6 +118,8 @@ class Transactions(SQLCore):
             try:
                 made = record(body(conn))
             except BaseException as exc:  # the user's: carried out, then raised as it was
+                if not conn.invalidated:  # it ended the transaction, then failed on it?
+                    _check_still_open(conn.in_transaction(), exc)
                 raise _body_failed(exc, lost=conn.invalidated) from None
             _check_still_open(conn.in_transaction())
             self._write_record(conn, instance_id, made, worker_id, task_id)
@@ -368,22 +370,24 @@ class Transactions(SQLCore):
         return self.dialect.connection(connection)  # MySQL: what it lacks, emulated
 
 
-def _check_still_open(open_: bool) -> None:
+def _check_still_open(open_: bool, raised: BaseException | None = None) -> None:
     """Refuse a body that ended the step's transaction itself (``conn.commit()``,
     ``conn.rollback()``): its writes and the step's record would no longer be one commit (the
     record went into a new transaction that nothing committed, so the step ran again after a
-    crash, its writes twice).
+    crash, its writes twice). Also when the body then failed (``raised``: typically
+    SQLAlchemy's refusal of the closed transaction's next statement): retried, each attempt
+    would commit its writes again.
 
-    :raises _BodyFailed: carrying the ConfigurationError that says so.
+    :raises _BodyFailed: carrying the ConfigurationError that says so (not retried).
     """
     if not open_:
-        raise _BodyFailed(
-            ConfigurationError(
-                "a @durable.transaction step's body ended its transaction (it called commit() "
-                "or rollback() on the connection): durable commits it, with the step's record, "
-                "when the body returns; use conn.begin_nested() for a part that may fail"
-            )
+        error = ConfigurationError(
+            "a @durable.transaction step's body ended its transaction (it called commit() "
+            "or rollback() on the connection): durable commits it, with the step's record, "
+            "when the body returns; use conn.begin_nested() for a part that may fail"
         )
+        error.__cause__ = raised
+        raise _BodyFailed(error)
 
 
 def _in_transaction(engine: sa.Engine, fn: Callable[[sa.Connection], T]) -> T:
@@ -421,6 +425,8 @@ async def _async_body(
     try:
         made = record(await body(conn))
     except BaseException as exc:
+        if not conn.invalidated:  # it ended the transaction, then failed on it?
+            _check_still_open(conn.in_transaction(), exc)
         raise _body_failed(exc, lost=conn.invalidated) from None
     _check_still_open(conn.in_transaction())
     params, write, explain = backend._record_step_call(instance_id, made, worker_id, task_id)
