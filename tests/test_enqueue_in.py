@@ -106,6 +106,21 @@ def test_the_committed_execution_runs(db_url: str) -> None:
     engine.dispose()
 
 
+async def test_a_sync_connection_with_using_from_async_code(db_url: str) -> None:
+    """An async service that writes through a sync engine: the check of the connection against
+    the client's database needs no blocking call on the client's loop (it was refused on
+    PostgreSQL, where the database's identity takes a query, until something had read it)."""
+    engine = sa.create_engine(app_url(db_url))
+    try:
+        async with durable.Client(db_url) as client:
+            with engine.begin() as conn:
+                conn.execute(ORDERS.insert().values(id="s-1"))
+                wid = durable.enqueue_in(conn, echo, "s-1", using=client)
+            assert (await client.get_workflow(wid)).input == {"args": ["s-1"], "kwargs": {}}
+    finally:
+        engine.dispose()
+
+
 async def test_async_connections_and_sessions(db_url: str) -> None:
     engine = create_async_engine(app_url(db_url, asynchronous=True))
     try:

@@ -226,6 +226,9 @@ class SQLAlchemyBackend(
             )
             with self._errors("check the database server"):
                 await self._runner.check_sessions()
+            # read now, so that a check of a caller's connection against it (enqueue_in on a
+            # sync connection, also from async code, where nothing may block) needs no query
+            await self.own_database_identity()
             # reads settle it at head (every start but the first after an upgrade), and the
             # check without auto_migrate, without the write lock, which another process may
             # hold for a while on SQLite
