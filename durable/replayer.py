@@ -53,7 +53,8 @@ class ReplayResult:
     running_version: str
     """The version of the code replayed against it."""
     replayed: int
-    """How many positions the code took before the replay ended."""
+    """How many positions the code took before the replay ended (the last one, when it did not
+    complete, is where the history stops: a step in flight, a wait)."""
     complete: bool
     """True when the workflow function returned (or raised) within the history; False when
     the replay stopped where the recorded execution is still in flight."""
@@ -73,7 +74,14 @@ class ReplayResult:
         if self.divergence is not None:
             head = f"{self.workflow_id} ({self.workflow_name})"
             return f"{head}: DIVERGES ({versions}): {self.divergence}"
-        where = "to its end" if self.complete else f"up to position {self.replayed} (in flight)"
+        if self.complete:
+            where = "to its end"
+        else:  # the last position it took is where the history stops
+            stop = f"up to position {max(self.replayed - 1, 0)}"
+            if self.status.is_terminal:
+                where = f"{stop}, where the execution ended ({self.status.value})"
+            else:
+                where = f"{stop}, where it is in flight"
         return f"{self.workflow_id} ({self.workflow_name}): ok, replayed {where} ({versions})"
 
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ import durable
 from durable.cli import main
 from durable.errors import NonDeterminismError
 from durable.history import HistoryFormatError, dump_history, load_history, write_history_file
-from durable.models import WorkflowSnapshot
+from durable.models import WorkflowSnapshot, WorkflowStatus
 from durable.testing.replay import as_snapshot, replay, replay_async
 
 WAIT = 30.0
@@ -131,6 +132,11 @@ async def test_an_execution_in_flight_replays_up_to_where_it_is(tmp_path: Path) 
         history = as_snapshot((await rt.get_workflow("f"), await rt.list_steps("f")))
     result = await replay_async(flight, history)
     assert result.ok and not result.complete and result.replayed == 2
+    assert result.describe().startswith(
+        "f (tr.flight): ok, replayed up to position 1, where it is in flight ("
+    )
+    ended = dataclasses.replace(result, status=WorkflowStatus.CANCELLED)
+    assert "up to position 1, where the execution ended (cancelled)" in ended.describe()
 
 
 def test_sync_workflows_replay_and_outputs_are_compared(tmp_path: Path) -> None:
