@@ -570,3 +570,7 @@ def _add_serializer_options(group: click.Group) -> None:
 
 
 _add_serializer_options(main)
+
+
+if __name__ == "__main__":  # python -m durable.cli, as python -m durable
+    main(prog_name="durable")

@@ -216,6 +216,19 @@ def test_processes_migrating_at_once_say_which_one_upgraded(
     ], outputs
 
 
+@pytest.mark.parametrize("module", ["durable", "durable.cli"])
+def test_python_dash_m_runs_the_command(module: str, db: str) -> None:
+    """``python -m durable.cli worker ...`` did nothing and exited 0."""
+    run = subprocess.run(
+        [sys.executable, "-m", module, "migrate", db],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == f"{db}: upgraded from base (no durable tables) to {HEAD}\n"
+    usage = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True)
+    assert "Usage: durable" in usage.stdout + usage.stderr
+
+
 # -- downgrading asks first ----------------------------------------------------------------------
 
 
