@@ -132,19 +132,15 @@ async def commits_then_goes_on_async(conn: AsyncConnection, entry: str) -> str:
     return entry
 
 
-@durable.workflow(name="test.tx.goes_on_flow")
-async def goes_on_flow(entry: str, use_async: bool) -> str:
-    try:
-        if use_async:
-            return await commits_then_goes_on_async(entry)
-        return await commits_then_goes_on.aio(entry)
-    except durable.ConfigurationError as exc:
-        return str(exc)
-
-
 @durable.workflow(name="test.tx.commits_flow")
-async def commits_flow(entry: str, use_async: bool) -> str:
+async def commits_flow(entry: str, use_async: bool, go_on: bool = False) -> str:
+    """The misusing step (then using the connection again, with ``go_on``), or what durable
+    said of it."""
     try:
+        if go_on:
+            if use_async:
+                return await commits_then_goes_on_async(entry)
+            return await commits_then_goes_on.aio(entry)
         if use_async:
             return await commits_itself_async(entry)
         return await commits_itself.aio(entry)
@@ -208,7 +204,7 @@ async def test_a_body_that_ends_its_transaction_and_goes_on_is_not_retried(
     create_ledger(backend_url)
     use_async = not backend_url.startswith("sqlite:")
     async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
-        said = await rt.run(goes_on_flow, "g", use_async, workflow_id="w-goes-on")
+        said = await rt.run(commits_flow, "g", use_async, True, workflow_id="w-goes-on")
     assert "ended its transaction" in said
     assert CALLS == ["g"] and ledger(backend_url) == ["g"]
 
