@@ -26,7 +26,7 @@ from durable import SchemaVersionError, SQLAlchemyBackend, WorkflowSnapshot
 from durable.backends.sql import migrate
 from durable.backends.sql.dialects import normalize_url
 from durable.backends.sql.schema import PREFIX, UTCDateTime, metadata
-from durable.errors import InvalidArgumentError
+from durable.errors import BackendUnavailableError, InvalidArgumentError
 
 REPO = Path(__file__).resolve().parents[1]
 HEAD = migrate.head_revision()
@@ -310,6 +310,41 @@ def test_unknown_revision_to_migrate_to_is_an_invalid_argument(db_url: str) -> N
     run(go())
 
 
+@pytest.mark.parametrize("auto_migrate", [True, False])
+def test_tables_without_a_recorded_revision_are_named_not_called_missing(
+    db_url: str, engine: sa.Engine, auto_migrate: bool
+) -> None:
+    """What a first migration cut off part-way leaves on MySQL/MariaDB (each table commits as
+    it is made): some of durable's tables and no revision. Migrating again failed on "table
+    already exists", and the check said the tables were missing; both now say what it is."""
+    metadata.tables["durable_workflows"].create(engine)
+    before = describe(engine)
+    with pytest.raises(SchemaVersionError) as info:
+        run(start(db_url, auto_migrate=auto_migrate))
+    message = str(info.value)
+    assert "has 1 of durable's tables (durable_workflows) but records no schema revision" in message
+    assert "drop the durable_* tables and run `durable migrate` again" in message
+    assert describe(engine) == before and revision(engine) is None
+
+
+def test_a_migration_whose_connection_dies_says_so_on_mysql(
+    mysql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection dies in the middle of a revision: the error is that (the database is
+    unavailable), not the failed release of the migration lock on the dead connection that
+    used to replace it (SQLAlchemy's "Can't reconnect until invalid transaction is rolled
+    back", a BackendError)."""
+    from alembic import command
+
+    def dies(config: Any, revision: str) -> None:
+        config.attributes["connection"].execute(sa.text("KILL CONNECTION_ID()"))
+
+    monkeypatch.setattr(command, "upgrade", dies)
+    with pytest.raises(BackendUnavailableError) as info:
+        run(start(mysql_url))
+    assert "PendingRollbackError" not in str(info.value)
+
+
 # -- refusing to touch a schema durable does not know -------------------------------------------
 
 
@@ -586,11 +621,11 @@ def test_rows_survive_migrations_down_and_up_again(db_url: str, engine: sa.Engin
 def test_tables_made_without_migrations_are_a_database_error_not_an_outage(
     db_url: str, engine: sa.Engine
 ) -> None:
-    """durable's tables created by hand (no version table): the migration's CREATE TABLE is
-    refused, which is said as the database's error, not as a database that cannot be reached
+    """durable's tables created by hand (no version table): refused before the migration's
+    CREATE TABLE, as a schema durable cannot use, not as a database that cannot be reached
     (which callers wait out, for ever here)."""
     metadata.create_all(engine)
-    with pytest.raises(durable.BackendError) as refused:
+    with pytest.raises(SchemaVersionError) as refused:
         run(start(db_url))
     assert not isinstance(refused.value, durable.BackendUnavailableError)
-    assert "durable_" in str(refused.value) and "exists" in str(refused.value)
+    assert f"has {len(DURABLE_TABLES)} of durable's tables" in str(refused.value)

@@ -10,7 +10,7 @@ Concurrent upgrades are serialized: by an advisory lock on PostgreSQL, by the wr
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -158,14 +158,13 @@ def upgrade(connection: sa.Connection, revision: str = "head") -> tuple[str | No
     """
     from alembic import command
 
-    lock(connection)
-    try:
+    with _locked(connection):
         before = check_known(connection)
+        if before is None:  # a new database, or one a cut-off migration left tables in
+            raise_if_unrecorded(connection)
         with _revision_errors(revision):
             command.upgrade(alembic_config(connection), revision)
         return before, current_revision(connection)
-    finally:
-        unlock(connection)
 
 
 def downgrade(connection: sa.Connection, revision: str) -> None:
@@ -173,15 +172,52 @@ def downgrade(connection: sa.Connection, revision: str) -> None:
     table included)."""
     from alembic import command
 
-    lock(connection)
-    try:
+    with _locked(connection):
         check_known(connection)
         with _revision_errors(revision):
             command.downgrade(alembic_config(connection), revision)
         if current_revision(connection) is None:
             sa.Table(VERSION_TABLE, sa.MetaData()).drop(connection, checkfirst=True)
-    finally:
-        unlock(connection)
+
+
+@contextmanager
+def _locked(connection: sa.Connection) -> Iterator[None]:
+    """Hold the migration lock (:func:`lock`, :func:`unlock`) around a schema change. When the
+    change fails, a failure to release the lock (its connection died with it) is not raised
+    in place of the change's own error, which says what happened."""
+    lock(connection)
+    try:
+        yield
+    except BaseException:
+        with suppress(Exception):  # the session, and its lock, are gone with the connection
+            unlock(connection)
+        raise
+    unlock(connection)
+
+
+def raise_if_unrecorded(connection: sa.Connection) -> None:
+    """Refuse a database that has durable's tables but records no revision: on MySQL/MariaDB,
+    whose DDL commits as it goes, a first migration cut off part-way (migrating again would
+    fail on a table that exists, and a check would call the tables missing); elsewhere, a
+    version table dropped by hand.
+
+    :raises SchemaVersionError: saying so, and what to do.
+    """
+    found = sorted(
+        name
+        for name in sa.inspect(connection).get_table_names()
+        if name.startswith(PREFIX) and name != VERSION_TABLE
+    )
+    if found:
+        url = shown_url(connection.engine.url)
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise SchemaVersionError(
+            f"the database at {url} has {len(found)} of durable's tables ({shown}) but records "
+            "no schema revision: a first migration was cut off part-way (MySQL/MariaDB commit "
+            "each table as it is made), or the version table was dropped. If durable never ran "
+            "on it, drop the durable_* tables and run `durable migrate` again; otherwise "
+            "restore a backup (README, Migrations)"
+        )
 
 
 def in_transaction(connection: sa.Connection, fn: Callable[[sa.Connection], T]) -> T:
@@ -253,6 +289,7 @@ def check(connection: sa.Connection) -> None:
     if current != head:
         url = shown_url(connection.engine.url)
         if current is None:
+            raise_if_unrecorded(connection)
             raise missing_tables(url, f" (this version of durable needs revision {head!r})")
         raise SchemaVersionError(
             f"the database is at schema revision {current!r} but this version of durable needs "
