@@ -115,7 +115,8 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
 
     Use it as ``async with durable.Client(url) as client:`` from async code, or
     ``with durable.Client(url) as client:`` from sync code, where every operation has a
-    blocking twin whose name ends in ``_sync`` (:meth:`enqueue_sync`, :meth:`result_sync`, ...).
+    blocking twin whose name ends in ``_sync`` (:meth:`enqueue_sync`, :meth:`result_sync`, ...),
+    but :meth:`follow_events` (an async iterator: :meth:`events_sync` pages the same feed).
     Sync use is reference-counted and thread-safe, as for a runtime (:meth:`start_sync`).
 
     :raises InvalidArgumentError: ``target`` is neither a str nor a backend, options are given
@@ -703,6 +704,10 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         (exactly, one aggregate query) and when the oldest pending one was created."""
         self._require_started()
         return await self.backend.queue_depths()
+
+    def queue_depths_sync(self) -> list[QueueDepth]:
+        """:meth:`queue_depths` for code that is not async."""
+        return self.blocking(self.queue_depths())
 
     async def get_labels(self, workflow_id: str) -> dict[str, str]:
         """The execution's labels: those it was started with, over those it inherited from its

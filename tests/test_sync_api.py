@@ -317,3 +317,22 @@ def test_async_code_on_the_runtimes_own_loop_cannot_start_or_close_it(sqlite_url
                 rt.run_sync(reenters, how)
         assert rt.run_sync(twice, 1) == 3  # still started
     not_started(rt)
+
+
+def test_every_client_operation_has_a_sync_twin() -> None:
+    """What the Client's docstring promises: each public coroutine method has a ``_sync``
+    twin (queue_depths had none); an async iterator has none, and says what pages instead."""
+    import inspect
+
+    missing = [
+        name
+        for name, member in inspect.getmembers(durable.Client, inspect.iscoroutinefunction)
+        if not name.startswith("_")
+        and not name.endswith("_sync")
+        # start_sync / close_sync; pause is the waits' own plumbing, not an operation
+        and name not in ("start", "close", "pause")
+        and not hasattr(durable.Client, f"{name}_sync")
+    ]
+    assert missing == []
+    assert not hasattr(durable.Client, "follow_events_sync")
+    assert hasattr(durable.Client, "events_sync")

@@ -52,7 +52,7 @@ async def _fill(
 class QueueContract(ContractBase):
     """Queues with limits (:meth:`PersistentBackend.claim_queue_tasks` and the queue store)."""
 
-    async def test_put_get_list_delete(self, backend: PersistentBackend) -> None:
+    async def test_queue_limits_put_get_list_delete(self, backend: PersistentBackend) -> None:
         stored, created = await backend.put_queue(QueueInfo(name="b", concurrency=2))
         assert created and stored.concurrency == 2 and stored.created_at is not None
         await backend.put_queue(QueueInfo(name="a", rate_limit=5, rate_period=1.5))

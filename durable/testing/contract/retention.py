@@ -158,7 +158,7 @@ class RetentionContract(ContractBase):
         assert sum(counts) == 60
         assert await backend.count_finished_workflows(cutoff) == 0
 
-    async def test_bad_arguments_are_refused(self, backend: PersistentBackend) -> None:
+    async def test_bad_retention_arguments_are_refused(self, backend: PersistentBackend) -> None:
         with pytest.raises(InvalidArgumentError):
             await backend.delete_finished_workflows(now(), limit=0)
         with pytest.raises(InvalidArgumentError):

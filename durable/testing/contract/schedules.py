@@ -82,7 +82,7 @@ def _race(factory: Callable[[], PersistentBackend], seconds: float) -> int:
 class ScheduleContract(ContractBase):
     """Cron schedules (see the module's docstring)."""
 
-    async def test_put_get_list_delete(self, backend: PersistentBackend) -> None:
+    async def test_schedules_put_get_list_delete(self, backend: PersistentBackend) -> None:
         stored, created = await backend.put_schedule(
             schedule("b", args=[1, "x", None], kwargs={"k": {"n": [1]}}, max_catchup=5)
         )
