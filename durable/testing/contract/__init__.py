@@ -53,7 +53,8 @@ same fixtures while you write that area (CONTRIBUTING.md walks through them in o
 * :class:`WakeUpContract`: ``wait_for_work``;
 * :class:`EventContract`: events workflows publish (latest value wins, fenced, watched);
 * :class:`StreamContract`: streams workflows publish (in order, each once, closed, watched);
-* :class:`ConcurrencyContract`: connections returned, atomic claims, 200 concurrent calls;
+* :class:`ConcurrencyContract`: connections returned, atomic claims, one workflow created by
+  racing creates with one idempotency key (or id), 200 concurrent calls;
 * :class:`VersionContract`: the code version stored, claims filtered by code versions.
 * :class:`TransactionContract`: a step's body and its record in one transaction, fenced by the
   claim (or, without ``supports_transactions``, refused).

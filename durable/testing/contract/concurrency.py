@@ -1,5 +1,6 @@
 """Robustness under concurrency: connections returned, claims atomic under many tasks of one
-process and under several processes, and 200 concurrent calls of every kind all succeeding."""
+process and under several processes, creates racing for one idempotency key or id creating one
+workflow, and 200 concurrent calls of every kind all succeeding."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from durable.errors import (
 )
 from durable.models import (
     TaskSpec,
+    WorkflowInfo,
     WorkflowSnapshot,
     WorkflowStatus,
 )
@@ -29,6 +31,7 @@ from durable.testing.contract._support import (
     assert_each_once,
     create,
     gather_all,
+    ids_of,
     running,
     step,
 )
@@ -36,7 +39,8 @@ from durable.testing.contract._support import (
 
 class ConcurrencyContract(ContractBase):
     """Robustness under concurrency: connections returned, claims atomic under many tasks of
-    one process and under several processes, 200 concurrent calls all succeeding."""
+    one process and under several processes, one workflow per idempotency key (or id) under
+    racing creates, 200 concurrent calls all succeeding."""
 
     async def test_no_connections_leaked(self, backend: PersistentBackend) -> None:
         checked_out = getattr(backend, "checked_out_connections", None)
@@ -129,6 +133,66 @@ class ConcurrencyContract(ContractBase):
         )
         assert_each_once(got, keys)
         assert await backend.find_available_tasks("anyone", 10) == []
+
+    @pytest.mark.parametrize("by", ["key", "id"])
+    async def test_concurrent_creates_of_one_workflow_create_it_once(
+        self, backend: PersistentBackend, by: str
+    ) -> None:
+        """Creates racing for one idempotency key (each with its own id), or for one id, have
+        the results they would have had one at a time: exactly one creates the workflow and its
+        task, every other finds it (``created`` False) and returns its header. So in three
+        races: single calls (``create_workflow``), batches (``create_workflows``, each with a
+        row of its own besides), and the two interleaved. A backend that looks the key up and
+        inserts in separate round trips fails this: the check and the insert must be one
+        atomic step (a unique index on the key, say)."""
+
+        def row(race: str, i: int) -> tuple[WorkflowSnapshot, TaskSpec]:
+            instance_id = f"{race}-{i:02d}" if by == "key" else race
+            key = race if by == "key" else None
+            snapshot = WorkflowSnapshot(id=instance_id, name="wf", input=i, idempotency_key=key)
+            return snapshot, TaskSpec(instance_id=instance_id, name="wf")
+
+        async def single(race: str, i: int) -> tuple[WorkflowInfo, bool]:
+            snapshot, task = row(race, i)
+            return await backend.create_workflow(snapshot, task=task)
+
+        async def batch(race: str, i: int) -> tuple[WorkflowInfo, bool]:
+            own_id = f"own-{race}-{i:02d}"
+            own = (WorkflowSnapshot(id=own_id, name="wf"), TaskSpec(instance_id=own_id, name="wf"))
+            (own_info, own_created), raced = await backend.create_workflows([own, row(race, i)])
+            assert (own_info.id, own_created) == (own_id, True)
+            return raced
+
+        races = {  # the order each race's calls start in
+            "singles": [single] * 10,
+            "batches": [batch] * 6,
+            "mixed": [single, batch] * 5,
+        }
+        for race, kinds in races.items():
+            racing = await gather_all(call(race, i) for i, call in enumerate(kinds))
+            winners = sorted(info.id for info, created in racing if created)
+            assert len(winners) == 1, (
+                f"{race}: {len(winners)} of {len(racing)} concurrent creates of one workflow "
+                f"created it: {winners}"
+            )
+            stored = await backend.get_workflow(winners[0])
+            assert stored.version == 1 and stored.input in range(len(kinds))
+            for info, _ in racing:
+                assert (info.id, info.name, info.input, info.idempotency_key, info.version) == (
+                    stored.id,
+                    stored.name,
+                    stored.input,
+                    stored.idempotency_key,
+                    1,
+                ), f"{race}: a caller got another workflow than the one created"
+        page = await backend.list_snapshots(name="wf")
+        workflows = {info.id: info for info in page.items}
+        for race in races:
+            raced = [info for info in workflows.values() if info.id.startswith(race)]
+            assert len(raced) == 1, f"{race}: {len(raced)} workflows stored: {sorted(workflows)}"
+        assert len(workflows) == 3 + races["batches"].count(batch) + races["mixed"].count(batch)
+        tasks = await backend.find_available_tasks("w", 100)
+        assert sorted(ids_of(tasks)) == sorted(workflows)
 
     async def test_two_hundred_concurrent_calls(self, backend: PersistentBackend) -> None:
         """200 calls at once on one backend object (creates, steps, claims, reads, mixed) all
