@@ -35,9 +35,11 @@ same fixtures while you write that area (CONTRIBUTING.md walks through them in o
 * :class:`ClaimContract`: tasks, claims, leases, expiry, takeover, fencing, finding work;
 * :class:`ExecutionContract`: begin, finish, reschedule, cancel, redrive; attempts counted;
 * :class:`StepContract`: recording steps, what a retry runs again, the cost of a step;
-* :class:`FanOutContract`: suspending a workflow for step tasks, waking it;
-* :class:`MessageContract`: messages in (kept, ordered, exactly once, idempotent, fenced,
-  waits always woken) and timers by key (replaced, cancelled, due without polling);
+* :class:`FanOutContract`: suspending a workflow for step tasks, waking it; both fenced
+  (an expired claim too);
+* :class:`MessageContract`: messages in (kept, ordered, exactly once, idempotent, fenced
+  by a live claim, waits always woken) and timers by key (replaced, cancelled, fenced, due
+  without polling);
 * :class:`RegistryContract`: the workflow registry and executors;
 * :class:`DeadlineContract`: deadlines, cancelling expired workflows, cancellation of a
   workflow's descendants, continue-as-new, listing the workflows that wait;

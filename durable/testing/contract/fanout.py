@@ -3,6 +3,8 @@ wakes it."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from durable.backends.base import PersistentBackend
@@ -17,7 +19,9 @@ from durable.models import (
     WorkflowStatus,
 )
 from durable.testing.contract._support import (
+    EXPIRED,
     LONG,
+    SHORT,
     ContractBase,
     W,
     keys_of,
@@ -92,3 +96,43 @@ class FanOutContract(ContractBase):
         await running(backend, "solo", "w1")
         await backend.suspend_workflow("solo", worker_id="w1", steps=[], tasks=[])
         assert ("solo", W) in keys_of(await backend.find_available_tasks("w5", 10))
+
+    async def test_an_expired_claim_fences_suspend_and_complete_step_task(
+        self, backend: PersistentBackend
+    ) -> None:
+        """A claim that expired is not held, though nobody claimed the task since: its holder's
+        ``suspend_workflow`` (claim on the workflow task) and ``complete_step_task`` (claim on
+        the step task) raise ``ClaimLostError`` with ``holder`` None and write nothing. Renewed
+        (``extend_task_claim``), the same calls go through."""
+        await running(backend, "wf", "w1")
+        await running(backend, "fan", "w0")
+        pending = step(0, name="fan", status=StepStatus.PENDING, input=0)
+        spec = TaskSpec(instance_id="fan", task_id="step-0", name="fan")
+        await backend.suspend_workflow("fan", worker_id="w0", steps=[pending], tasks=[spec])
+        assert await backend.claim_task("fan", "step-0", "w1", LONG) is not None
+        # (long leases while the setup runs, shortened at its end)
+        await backend.extend_task_claim("wf", W, "w1", SHORT)
+        await backend.extend_task_claim("fan", "step-0", "w1", SHORT)
+        await asyncio.sleep(EXPIRED)
+
+        wf_spec = TaskSpec(instance_id="wf", task_id="step-0", name="fan")
+        done = step(0, name="fan", input=0, output="done")
+        with pytest.raises(ClaimLostError) as lost:
+            await backend.suspend_workflow("wf", worker_id="w1", steps=[pending], tasks=[wf_spec])
+        assert (lost.value.worker_id, lost.value.holder) == ("w1", None)
+        assert (await backend.get_workflow("wf")).status is WorkflowStatus.RUNNING
+        assert await backend.list_steps("wf") == []
+        with pytest.raises(TaskNotFoundError):
+            await backend.get_task("wf", "step-0")
+        with pytest.raises(ClaimLostError) as lost:
+            await backend.complete_step_task("fan", "step-0", worker_id="w1", step=done)
+        assert (lost.value.worker_id, lost.value.holder) == ("w1", None)
+        assert await backend.list_steps("fan") == [pending]
+        assert (await backend.get_task("fan", "step-0")).claimed_by == "w1"  # still there
+
+        await backend.extend_task_claim("wf", W, "w1", LONG)
+        await backend.suspend_workflow("wf", worker_id="w1", steps=[pending], tasks=[wf_spec])
+        assert (await backend.get_workflow("wf")).status is WorkflowStatus.PENDING
+        await backend.extend_task_claim("fan", "step-0", "w1", LONG)
+        await backend.complete_step_task("fan", "step-0", worker_id="w1", step=done)
+        assert await backend.list_steps("fan") == [done]

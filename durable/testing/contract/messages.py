@@ -33,8 +33,11 @@ from durable.models import (
 )
 from durable.testing._messaging import receive_until, run_processes, send_all
 from durable.testing.contract._support import (
+    EXPIRED,
     LONG,
+    SHORT,
     SLACK,
+    Call,
     ContractBase,
     Unserializable,
     W,
@@ -341,6 +344,58 @@ class MessageContract(ContractBase):
             assert cancelled != received, f"timer {key}: cancelled={cancelled}, received={received}"
             outcomes["cancelled" if cancelled else "received"] += 1
         assert sum(outcomes.values()) == 20
+
+    async def test_an_expired_claim_fences_receives_and_timers(
+        self, backend: PersistentBackend
+    ) -> None:
+        """A claim that expired is not held, though nobody claimed the task since: its holder's
+        ``receive_message``, ``start_timer`` and ``cancel_timer`` raise ``ClaimLostError`` with
+        ``holder`` None and write nothing (no message taken, no timer started or cancelled, no
+        step). Renewed (``extend_task_claim``), the same calls go through."""
+        await running(backend, "receive", "w1")
+        await backend.send_message("receive", "t", "message")
+        await running(backend, "start", "w1")
+        await running(backend, "cancel", "w1")
+        started = timer_step(0, "k")
+        await backend.start_timer(
+            "cancel", "k", "timer", delay=timedelta(hours=1), worker_id="w1", step=started
+        )
+        ids = ("receive", "start", "cancel")
+        before = {i: (await backend.list_messages(i), await backend.list_steps(i)) for i in ids}
+        # (long leases while the setup runs, shortened at its end)
+        for instance_id in ids:
+            await backend.extend_task_claim(instance_id, W, "w1", SHORT)
+        await asyncio.sleep(EXPIRED)
+
+        calls: dict[str, Call] = {
+            "receive": lambda: backend.receive_message(
+                "receive", "t", worker_id="w1", step=recv(0), deadline=None
+            ),
+            "start": lambda: backend.start_timer(
+                "start", "k", "timer", delay=timedelta(0), worker_id="w1", step=timer_step(0, "k")
+            ),
+            "cancel": lambda: backend.cancel_timer(
+                "cancel", "k", worker_id="w1", step=timer_step(1, "k", CANCEL_TIMER_STEP)
+            ),
+        }
+        for instance_id, call in calls.items():
+            with pytest.raises(ClaimLostError) as lost:
+                await call()
+            assert (lost.value.worker_id, lost.value.holder) == ("w1", None), instance_id
+            after = (
+                await backend.list_messages(instance_id),
+                await backend.list_steps(instance_id),
+            )
+            assert after == before[instance_id], f"{instance_id}: a fenced call wrote"
+            info = await backend.get_workflow(instance_id)
+            assert info.status is WorkflowStatus.RUNNING, instance_id
+
+        for instance_id, call in calls.items():
+            await backend.extend_task_claim(instance_id, W, "w1", LONG)
+            await call()
+        assert [m.received_position for m in await backend.list_messages("receive")] == [0]
+        assert len(await backend.list_messages("start", received=False)) == 1
+        assert await backend.list_messages("cancel") == []
 
     async def test_deleting_a_workflow_deletes_its_messages(
         self, backend: PersistentBackend
