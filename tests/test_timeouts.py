@@ -348,6 +348,11 @@ async def test_a_worker_killed_mid_run_leaves_it_to_another_workers_sweep(
     effects = tmp_path / "effects.log"
     async with durable.Client(durable.connect(db_url), poll_interval=0.05) as client:
         first = workers(db_url, "dl-1")
+
+        async def serving() -> bool:  # before the enqueue: the 2 s deadline is not its start's
+            return any(e.id == "dl-1" for e in await client.list_executors())
+
+        await eventually(serving, "the first worker to start")
         workflow_id = await client.enqueue("deadlineprog.slow.v1", workflow_id="slow", timeout=2)
 
         async def started() -> bool:
