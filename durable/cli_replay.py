@@ -69,8 +69,8 @@ def load_workflows(modules: tuple[str, ...]) -> dict[str, Workflow[Any, Any]]:
             seen = found.setdefault(value.name, value)
             if seen is not value:
                 raise click.BadParameter(
-                    f"two workflows are named {value.name!r} in the modules ({seen.fn.__qualname__}"
-                    f" and {value.fn.__qualname__}): give --module the current code only"
+                    f"two workflows are named {value.name!r} in the modules ({seen.label} and "
+                    f"{value.label}): give --module the current code only"
                 )
     for name in default_registry.names():
         wf = default_registry.get(name)

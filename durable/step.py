@@ -20,7 +20,6 @@ import concurrent.futures
 import contextvars
 import copy
 import functools
-import inspect
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -52,6 +51,8 @@ from durable.validation import (
     check_instance,
     check_int,
     check_name,
+    default_name,
+    is_async_callable,
 )
 
 log = logging.getLogger(__name__)
@@ -74,16 +75,24 @@ class Step(Generic[P, T]):
         retry: RetryPolicy,
         timeout: timedelta | None = None,
     ) -> None:
+        # first: a callable object's attributes (its __dict__) must not replace the step's
+        functools.update_wrapper(cast(Any, self), fn)
         self.fn = fn
         self.timeout = timeout
         """How long one attempt may run before it fails with :class:`StepTimeoutError`, or
         None (see :func:`step`)."""
         self.name = check_name(
-            f"{fn.__module__}:{fn.__qualname__}" if name is None else name, "the step name"
+            default_name(fn, "durable.step") if name is None else name, "the step name"
         )
         self.retry = retry
-        self.is_async = inspect.iscoroutinefunction(fn)
-        functools.update_wrapper(cast(Any, self), fn)
+        self.is_async = is_async_callable(fn)
+
+    @property
+    def label(self) -> str:
+        """How messages refer to the step in code: its function's ``__name__``, else ``step``
+        (a ``functools.partial``, a callable object)."""
+        label = getattr(self.fn, "__name__", None)
+        return label if isinstance(label, str) else "step"
 
     def __repr__(self) -> str:
         if self.bound_to is not None:
@@ -316,7 +325,7 @@ class SyncStep(Step[P, T]):
         if ctx.is_async:
             raise DurableError(
                 f"sync step {self.name!r} was called directly from the async workflow "
-                f"{ctx.workflow_name!r}: write `await {self.fn.__name__}.aio(...)`"
+                f"{ctx.workflow_name!r}: write `await {self.label}.aio(...)`"
             )
         return self._execute_blocking(ctx, ctx.guard(self.name), args, kwargs)  # type: ignore[no-any-return]
 
@@ -401,8 +410,17 @@ def step(
 ) -> Any:
     """Make a function a durable step: ``@durable.step`` or ``@durable.step(max_attempts=5)``.
 
-    :param name: the name recorded in the history (default ``module:qualname``). A replay checks
-        it: renaming a step breaks executions in flight.
+    ``fn`` is a function (``def``: a sync step; ``async def``: an async one), or any callable
+    given a ``name``: a ``functools.partial`` (of an ``async def`` function: an async step), an
+    object whose ``__call__`` is ``async def`` (an async step) or ``def``. In a class body, put
+    ``@staticmethod`` above ``@durable.step``, not below.
+
+    :param name: the name recorded in the history (default ``module:qualname``; required for a
+        callable that has no qualname). A replay checks it: renaming a step breaks executions
+        in flight. The step is registered under it for the workers that run handed-out calls
+        (:func:`durable.map`); one name runs one function (the rule is in
+        :mod:`durable.registry`): steps defined inside a function that runs more than once,
+        and lambdas, need a ``name`` of their own.
     :param max_attempts: how many times the step runs before its failure is recorded; later
         attempts wait ``initial_delay * backoff_rate ** (n - 1)`` seconds (at most
         ``max_delay``). Exceptions in ``non_retryable``, :class:`~durable.NonRetryableError`,
@@ -418,8 +436,10 @@ def step(
 
     :raises InvalidArgumentError: an option of the wrong type or out of range (as
         :class:`~durable.retry.RetryPolicy` checks them), an empty or overlong ``name``, or
-        ``fn`` not a function, or a ``timeout`` that is not a positive ``timedelta`` or
-        number of seconds.
+        ``fn`` not a function (a ``staticmethod`` object, a generator function), or without
+        ``name`` a callable with no qualname, or a ``timeout`` that is not a positive
+        ``timedelta`` or number of seconds.
+    :raises ConfigurationError: another function is registered under the same step name.
     """
     limit = None if timeout is None else check_duration(timeout, "timeout")
     policy = decorator_policy(
@@ -437,8 +457,10 @@ def step(
 
     def decorate(f: Callable[..., Any]) -> Step[Any, Any]:
         check_step_function(f, "durable.step")
-        kind = AsyncStep if inspect.iscoroutinefunction(f) else SyncStep
-        made: Step[Any, Any] = kind(f, name=name, retry=policy, timeout=limit)
+        kind = AsyncStep if is_async_callable(f) else SyncStep
+        made: Step[Any, Any] = kind(
+            f, name=name or default_name(f, "durable.step"), retry=policy, timeout=limit
+        )
         default_registry.register_step(made)
         return made
 

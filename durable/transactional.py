@@ -34,7 +34,6 @@ with :class:`~durable.errors.ConfigurationError`.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
@@ -43,6 +42,7 @@ from durable.errors import DurableError, SerializationError
 from durable.models import StepRecord, StepStatus
 from durable.retry import RetryPolicy
 from durable.step import Step, check_step_function, decorator_policy
+from durable.validation import default_name, is_async_callable
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -68,7 +68,7 @@ class TransactionStep(Step[P, T], Generic[P, T]):
         return DurableError(
             f"transactional step {self.name!r} was called outside a workflow (or inside a "
             f"step): it needs the workflow's transaction; to test the body, call "
-            f"{self.fn.__name__}.fn(connection, ...)"
+            f"{self.label}.fn(connection, ...)"
         )
 
     def _body(self, args: Any, kwargs: Any) -> Callable[[Any], Any]:
@@ -208,7 +208,7 @@ class SyncTransactionStep(TransactionStep[P, T]):
         if ctx.is_async:
             raise DurableError(
                 f"sync transactional step {self.name!r} was called directly from the async "
-                f"workflow {ctx.workflow_name!r}: write `await {self.fn.__name__}.aio(...)`"
+                f"workflow {ctx.workflow_name!r}: write `await {self.label}.aio(...)`"
             )
         return self._execute_blocking(ctx, ctx.guard(self.name), args, kwargs)  # type: ignore[no-any-return]
 
@@ -281,7 +281,7 @@ def transaction(
         :class:`~durable.errors.ConfigurationError` before the body runs if not.
 
     :raises InvalidArgumentError: an option of the wrong type or out of range, or ``fn`` not a
-        function.
+        function, or without ``name`` a callable with no qualname (a ``functools.partial``).
     """
     policy = decorator_policy(
         "durable.transaction",
@@ -298,8 +298,10 @@ def transaction(
 
     def decorate(f: Callable[..., Any]) -> TransactionStep[Any, Any]:
         check_step_function(f, "durable.transaction")
-        kind = AsyncTransactionStep if inspect.iscoroutinefunction(f) else SyncTransactionStep
-        made: TransactionStep[Any, Any] = kind(f, name=name, retry=policy)
+        kind = AsyncTransactionStep if is_async_callable(f) else SyncTransactionStep
+        made: TransactionStep[Any, Any] = kind(
+            f, name=name or default_name(f, "durable.transaction"), retry=policy
+        )
         made.engine = engine
         return made
 

@@ -23,6 +23,7 @@ by :func:`derived_id`, deterministically, so a replay derives the same id.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import math
@@ -290,19 +291,62 @@ def check_instance(value: Any, kind: type, what: str) -> None:
 
 def check_decorated(fn: Any, decorator: str) -> None:
     """Refuse what is not a function where one is decorated or run (``@durable.workflow("name")``
-    passes the name where the function goes)."""
+    passes the name where the function goes), a ``staticmethod`` object (``@durable.step``
+    under ``@staticmethod`` in a class body: it would be taken for a sync function), and a
+    function that yields (a generator function, or a callable object whose ``__call__`` is
+    one)."""
+    if isinstance(fn, staticmethod):
+        raise InvalidArgumentError(
+            f"{decorator} takes a function, got a staticmethod object {_show(fn)}: put "
+            f"@staticmethod above @{decorator}, which then decorates the function itself"
+        )
     if not callable(fn):
         hint = f": write @{decorator}(name={fn!r})" if isinstance(fn, str) else ""
         raise InvalidArgumentError(
             f"{decorator} takes a function, got {type(fn).__qualname__} {_show(fn)}{hint}"
         )
-    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
-        kind = "an async generator" if inspect.isasyncgenfunction(fn) else "a generator"
+    body = callee(fn)
+    if inspect.isgeneratorfunction(body) or inspect.isasyncgenfunction(body):
+        kind = "an async generator" if inspect.isasyncgenfunction(body) else "a generator"
         raise InvalidArgumentError(
             f"{decorator} takes a function that returns its result, got {kind} function "
-            f"{getattr(fn, '__qualname__', fn)!r} (it yields): its values cannot be recorded "
+            f"{getattr(body, '__qualname__', body)!r} (it yields): its values cannot be recorded "
             "one by one; return a list, or publish them with durable.write_stream"
         )
+
+
+def callee(fn: Any) -> Any:
+    """The function whose code a call of ``fn`` runs: ``fn`` itself for a function, a method
+    or a class; the function a ``functools.partial`` wraps; the ``__call__`` of a callable
+    object."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if not callable(fn) or inspect.isroutine(fn) or isinstance(fn, type):
+        return fn
+    return type(fn).__call__
+
+
+def is_async_callable(fn: Any) -> bool:
+    """Whether calling ``fn`` returns a coroutine to await: an ``async def`` function or method,
+    a ``functools.partial`` of one, or an object whose ``__call__`` is ``async def``."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(callee(fn))
+
+
+def default_name(fn: Any, decorator: str) -> str:
+    """The default name ``decorator`` gives ``fn``: ``module:qualname``.
+
+    :raises InvalidArgumentError: ``fn`` has no qualname (a ``functools.partial``, a callable
+        object): it needs a ``name=``.
+    """
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        raise InvalidArgumentError(
+            f"{decorator} names a function by its module:qualname unless given a name, and "
+            f"{type(fn).__qualname__} {_show(fn)} has no qualname: pass name=, as in "
+            f"{decorator}(name=...)(fn)"
+        )
+    return f"{module}:{qualname}"
 
 
 def _type_name(kind: type) -> str:

@@ -18,6 +18,7 @@ rolling deploy leaves old executions to old workers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import textwrap
@@ -32,7 +33,12 @@ MAX_VERSION_LENGTH = 64
 
 def source_version(fn: Callable[..., Any]) -> str:
     """``src-`` and 16 hex digits of the SHA-256 of ``fn``'s source (dedented), or of its
-    compiled code where its source cannot be read (a function made at runtime)."""
+    compiled code where its source cannot be read (a function made at runtime). The source of
+    a ``functools.partial`` is its function's; that of a callable object, its class's."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if callable(fn) and not inspect.isroutine(fn) and not isinstance(fn, type):
+        fn = type(fn)
     try:
         text = textwrap.dedent(inspect.getsource(fn)).encode()
     except (OSError, TypeError):

@@ -26,6 +26,8 @@ from durable.validation import (
     check_instance,
     check_name,
     check_positive_int,
+    default_name,
+    is_async_callable,
 )
 from durable.versioning import check_version, source_version
 
@@ -45,6 +47,14 @@ T = TypeVar("T")
 DEFAULT_MAX_RECOVERIES = 10
 
 
+def _documented(fn: Any) -> Any:
+    """What a workflow's default description is the docstring of: ``fn``, or the function a
+    ``functools.partial`` wraps (whose own docstring is the ``partial`` class's)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return fn
+
+
 class Workflow(Generic[P, T]):
     """A registered workflow function."""
 
@@ -62,9 +72,11 @@ class Workflow(Generic[P, T]):
     ) -> None:
         if max_recoveries < 0:
             raise InvalidArgumentError(f"max_recoveries must be >= 0, got {max_recoveries}")
+        # first: a callable object's attributes (its __dict__) must not replace the workflow's
+        functools.update_wrapper(cast(Any, self), fn)
         self.fn = fn
         self.name = check_name(
-            f"{fn.__module__}:{fn.__qualname__}" if name is None else name, "the workflow name"
+            default_name(fn, "durable.workflow") if name is None else name, "the workflow name"
         )
         self.retry = retry
         self.max_recoveries = max_recoveries
@@ -72,15 +84,23 @@ class Workflow(Generic[P, T]):
         """How long an execution may take from its start before it is cancelled (see
         :func:`workflow`), or None."""
         self.queue = check_name(queue, "queue")
-        self.description = description if description is not None else inspect.getdoc(fn)
-        self.is_async = inspect.iscoroutinefunction(fn)
+        self.description = (
+            description if description is not None else inspect.getdoc(_documented(fn))
+        )
+        self.is_async = is_async_callable(fn)
         self.version = check_version(version, "version")
         """The version given to ``@durable.workflow(version=...)``, or None (see
         :meth:`code_version`)."""
         self.registry: Registry | None = None
         """The registry ``@durable.workflow`` registered it in (``@durable.scheduled`` declares
         its schedules there), or None for a workflow made otherwise."""
-        functools.update_wrapper(cast(Any, self), fn)
+
+    @property
+    def label(self) -> str:
+        """How messages refer to the workflow in code: its function's ``__name__``, else
+        ``workflow`` (a ``functools.partial``, a callable object)."""
+        label = getattr(self.fn, "__name__", None)
+        return label if isinstance(label, str) else "workflow"
 
     def __repr__(self) -> str:
         return f"<durable workflow {self.name}>"
@@ -168,7 +188,7 @@ class SyncWorkflow(Workflow[P, T]):
         if ctx.is_async:
             raise DurableError(
                 f"sync workflow {self.name!r} was called directly from the async workflow "
-                f"{ctx.workflow_name!r}: write `await {self.fn.__name__}.aio(...)`"
+                f"{ctx.workflow_name!r}: write `await {self.label}.aio(...)`"
             )
         guard = ctx.guard(self.name)
         if guard.replayed:
@@ -223,9 +243,13 @@ def workflow(
 ) -> Any:
     """Make a function a durable workflow and register it under its name.
 
-    :param name: the stored name (default ``module:qualname``). Prefer an explicit, versioned
-        name such as ``"orders.checkout.v1"``: executions in flight and work enqueued by name
-        refer to it, so keep old versions registered until their executions finish.
+    :param name: the stored name (default ``module:qualname``; required for a callable that has
+        no qualname: a ``functools.partial``, an object with a ``__call__``, which is async
+        if ``__call__`` is ``async def``). Prefer an explicit, versioned name such as
+        ``"orders.checkout.v1"``: executions in flight and work enqueued by name refer to it,
+        so keep old versions registered until their executions finish. One name runs one
+        function (the rule is in :mod:`durable.registry`): workflows defined inside a function
+        that runs more than once (a factory), and lambdas, need a ``name`` of their own.
     :param max_attempts: for queued executions: how many *failed* attempts (the body raised)
         before the workflow is dead-lettered (default schedule: at once, +1 min, +4 min; see
         ``retry``). Interrupted attempts do not count.
@@ -255,11 +279,14 @@ def workflow(
         <durable.WorkflowInfo.code_version>`, at most 64 characters); default: the runtime's
         ``app_version``, else a hash of the function's source (see :mod:`durable.versioning`).
 
-    :raises ConfigurationError: another function is registered under the same name.
+    :raises ConfigurationError: another function is registered under the same name (one
+        defined elsewhere; or, under its default name, another function of the same nested
+        definition, or another lambda).
     :raises InvalidArgumentError: an option of the wrong type or out of range: an empty or
         overlong ``name`` or ``queue``, a ``max_attempts`` that is not a positive int, a
         ``retry`` that is not a :class:`~durable.retry.RetryPolicy`, or ``fn`` not a function
-        (``@durable.workflow("name")`` instead of ``@durable.workflow(name="name")``), or a
+        (``@durable.workflow("name")`` instead of ``@durable.workflow(name="name")``; a
+        ``staticmethod`` object), or without ``name`` a callable with no qualname, or a
         negative ``max_recoveries``, or a ``timeout`` that is not a positive ``timedelta``
         or number of seconds.
     """
@@ -289,10 +316,10 @@ def workflow(
         check_decorated(f, "durable.workflow")
         if isinstance(f, Workflow):
             raise DurableError(f"{f.name!r} is already a durable workflow")
-        kind = AsyncWorkflow if inspect.iscoroutinefunction(f) else SyncWorkflow
+        kind = AsyncWorkflow if is_async_callable(f) else SyncWorkflow
         wf: Workflow[Any, Any] = kind(
             f,
-            name=name,
+            name=name or default_name(f, "durable.workflow"),
             retry=policy,
             queue=queue,
             description=description,

@@ -262,7 +262,8 @@ async def test_runtime_run_and_children_keep_to_the_limits(backend_url: str) -> 
     registry = durable.Registry()
     runs: list[tuple[str, int, int]] = []
 
-    @durable.step
+    # named: a default name would not tell this run's function from the last backend's
+    @durable.step(name="limited.work")
     async def work(what: str) -> None:
         start = time.monotonic_ns()
         await asyncio.sleep(0.05)
