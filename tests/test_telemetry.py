@@ -4,6 +4,9 @@
   context stored with the execution (every backend), for every attempt (a retry reads it back
   from the store); one child span per step that runs, with attributes; errors recorded;
 * metrics: steps by outcome, failed attempts, claim latency, queue depth;
+* the steps a workflow hands out (durable.map) get step spans in the workflow's trace;
+* OpenTelemetry that raises (a span processor, a propagator, an instrument) changes no
+  workflow's outcome or attempts: the error is logged (action telemetry.error) and ignored;
 * log records carry ``action``, ``workflow_id`` and ``step`` as ``extra`` fields.
 
 The SDK's in-memory exporter and reader are installed once for the process (OpenTelemetry's
@@ -24,15 +27,17 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
-from opentelemetry import metrics, trace
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, propagate, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
 from opentelemetry.trace import StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 import durable
 from durable import overview, telemetry
@@ -44,10 +49,29 @@ EXPORTER = InMemorySpanExporter()
 READER = InMemoryMetricReader()
 
 
+class FaultyProcessor(SpanProcessor):
+    """A span processor that raises in the hook named by :attr:`where` (None: in none), for
+    durable's spans."""
+
+    where: str | None = None
+
+    def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+        if self.where == "on_start" and span.name.startswith("durable."):
+            raise RuntimeError("the span processor's on_start is down")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.where == "on_end" and span.name.startswith("durable."):
+            raise RuntimeError("the span processor's on_end is down")
+
+
+FAULTY = FaultyProcessor()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _providers() -> Iterator[None]:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
+    provider.add_span_processor(FAULTY)  # after the exporter: it sees every span that ends
     trace.set_tracer_provider(provider)
     metrics.set_meter_provider(MeterProvider(metric_readers=[READER]))
     assert telemetry.active is not None
@@ -60,6 +84,9 @@ def _providers() -> Iterator[None]:
 def _reset() -> None:
     CALLS.clear()
     EXPORTER.clear()
+    FAULTY.where = None
+    assert telemetry.active is not None
+    telemetry.active._reports.clear()  # each test sees its first report of a failing call
 
 
 @durable.step(name="tests.otel.add")
@@ -406,3 +433,155 @@ async def test_a_cancelled_attempt_is_no_failure(tmp_path: Any) -> None:
     assert _sum("durable.workflow.failures", **name) == before_failures
     assert _sum("durable.steps", **step, **{"durable.outcome": "failed"}) == before_failed
     assert _sum("durable.steps", **step, **{"durable.outcome": "interrupted"}) == before_cut + 1
+
+
+@durable.step(name="tests.otel.double")
+async def double(x: int) -> int:
+    CALLS["double"] += 1
+    return x * 2
+
+
+@durable.workflow(name="tests.otel.mixed.v1", registry=REG)
+async def mixed_wf(x: int) -> int:
+    """An async workflow with a sync step (in a thread) and an async one."""
+    return await double(await add_sync.aio(x))
+
+
+@durable.workflow(name="tests.otel.map.v1", registry=REG)
+async def map_wf(items: list[int]) -> list[int]:
+    return await durable.map(double, items)
+
+
+async def test_the_steps_a_workflow_hands_out_have_spans_in_its_trace(backend_url: str) -> None:
+    """durable.map's items, run by a worker from their tasks, each get a ``durable.step`` span
+    (with the workflow's id and the item's position) in the enqueuer's trace, parented like the
+    workflow's spans (the trace context stored with the execution); a span the item opens is a
+    child of it; they count in ``durable.steps``."""
+    tracer = trace.get_tracer("tests")
+    ok = {"durable.step.name": "tests.otel.double", "durable.outcome": "succeeded"}
+    before = _sum("durable.steps", **ok, **{"durable.workflow.name": map_wf.name})
+    async with runtime(backend_url) as rt:
+        with tracer.start_as_current_span("enqueue") as parent:
+            workflow_id = await rt.client.enqueue(map_wf, [1, 2, 3])
+        await rt.start_worker(concurrency=2, poll_interval=0.02)
+        assert await rt.client.result(workflow_id, timeout=WAIT) == [2, 4, 6]
+    workflows, steps = spans_of(workflow_id)
+    assert sorted((s.name, (s.attributes or {})["durable.step.position"]) for s in steps) == [
+        ("durable.step tests.otel.double", position) for position in (0, 1, 2)
+    ]
+    context = parent.get_span_context()
+    for span in [*workflows, *steps]:
+        assert span.context is not None and span.context.trace_id == context.trace_id
+        assert span.parent is not None and span.parent.span_id == context.span_id
+    assert all(s.status.status_code is not StatusCode.ERROR for s in steps)
+    assert _sum("durable.steps", **ok, **{"durable.workflow.name": map_wf.name}) - before == 3
+    assert CALLS == {"double": 3}
+
+
+@durable.step(name="tests.otel.item_fails")
+async def item_fails(x: int) -> int:
+    raise ValueError(f"item {x} fails")
+
+
+@durable.workflow(name="tests.otel.map_fails.v1", registry=REG, retry=durable.RetryPolicy(1))
+async def map_fails_wf() -> list[int]:
+    return await durable.map(item_fails, [7])
+
+
+async def test_a_handed_out_step_that_fails_has_its_error_on_its_span() -> None:
+    failed = {"durable.step.name": "tests.otel.item_fails", "durable.outcome": "failed"}
+    before = _sum("durable.steps", **failed)
+    async with runtime("memory://") as rt:
+        await rt.start_worker(concurrency=2, poll_interval=0.02)
+        workflow_id = await rt.client.enqueue(map_fails_wf)
+        with pytest.raises(durable.WorkflowDeadLetteredError, match="item 7 fails"):
+            await rt.client.result(workflow_id, timeout=WAIT)
+    (item,) = [s for s in spans_of(workflow_id)[1] if s.name.endswith("item_fails")]
+    assert item.status.status_code is StatusCode.ERROR
+    assert [e.name for e in item.events] == ["exception"]
+    assert _sum("durable.steps", **failed) - before == 1
+
+
+class FaultyPropagator(TraceContextTextMapPropagator):
+    """W3C trace context, except that it raises in ``inject`` or ``extract`` (``where``)."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def inject(self, carrier: Any, context: Any = None, setter: Any = None) -> None:
+        if self.where == "inject":
+            raise RuntimeError("the propagator's inject is down")
+        super().inject(carrier, context)
+
+    def extract(self, carrier: Any, context: Any = None, getter: Any = None) -> Any:
+        if self.where == "extract":
+            raise RuntimeError("the propagator's extract is down")
+        return super().extract(carrier, context)
+
+
+class FaultyInstrument:
+    """A counter or histogram that raises on every measurement."""
+
+    def add(self, *_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("the meter is down")
+
+    record = add
+
+
+#: What raises, and the call durable names in its report.
+FAULTS = {
+    "on_start": "start_span",
+    "on_end": "span.end",
+    "inject": "propagate.inject",
+    "extract": "propagate.extract",
+    "metrics": "metrics",
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+async def test_opentelemetry_that_raises_changes_no_outcome(
+    fault: str,
+    backend_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever raises in OpenTelemetry (a span processor's on_start or on_end, the
+    propagator at enqueue or at the worker, an instrument), every workflow (async and sync
+    steps in async and sync workflows, handed-out steps) succeeds on its first attempt, each
+    step run once, and the error is logged once (action ``telemetry.error``), not raised."""
+    caplog.set_level(logging.WARNING, logger="durable")
+    tel = telemetry.active
+    assert tel is not None
+    if fault in ("on_start", "on_end"):
+        FAULTY.where = fault
+    elif fault == "metrics":
+        for instrument in ("steps", "failures", "claim_latency"):
+            monkeypatch.setattr(tel, instrument, FaultyInstrument())
+    previous = propagate.get_global_textmap()
+    if fault in ("inject", "extract"):
+        propagate.set_global_textmap(FaultyPropagator(fault))
+    tracer = trace.get_tracer("tests")
+    try:
+        async with runtime(backend_url) as rt:
+            with tracer.start_as_current_span("enqueue"):
+                ids = [
+                    await rt.client.enqueue(mixed_wf, 1),
+                    await rt.client.enqueue(sync_wf, 1),
+                    await rt.client.enqueue(map_wf, [1, 2]),
+                ]
+            await rt.start_worker(concurrency=3, poll_interval=0.02)
+            results = [await rt.client.result(i, timeout=30) for i in ids]
+            infos = [await rt.client.get_workflow(i) for i in ids]
+    finally:
+        propagate.set_global_textmap(previous)
+        FAULTY.where = None
+    assert results == [4, 3, [2, 4]]
+    assert [(i.status, i.attempts, i.interruptions) for i in infos] == [
+        (durable.WorkflowStatus.SUCCEEDED, 1, 0)
+    ] * 3
+    assert CALLS == {"double": 3}
+    reports = [r for r in caplog.records if getattr(r, "action", None) == "telemetry.error"]
+    assert [getattr(r, "call", None) for r in reports] == [FAULTS[fault]]
+    assert reports[0].name == "durable.telemetry" and reports[0].levelno == logging.WARNING
+    if fault == "inject":
+        assert all(i.trace_context is None for i in infos)

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, cast
 
+from durable import telemetry
 from durable.context import stamp_of
 from durable.engine.attempts import Attempts
 from durable.engine.core import stored_arguments
@@ -25,6 +26,9 @@ from durable.worker import Worker
 
 #: The runtime's logger: what this module logs, it logs as the runtime.
 log = logging.getLogger("durable.runtime")
+#: How many workflows' names and trace contexts a runtime remembers for the spans of the steps
+#: they hand out (see :meth:`Serving._trace_header`).
+_TRACE_HEADERS = 256
 
 
 class Serving(Attempts):
@@ -39,6 +43,7 @@ class Serving(Attempts):
     the class or on one runtime."""
 
     _deadline_sweeper: asyncio.Task[None] | None = None
+    _trace_headers: dict[str, tuple[str, str | None]] | None = None  # see _trace_header
     _retention_task: asyncio.Task[None] | None = None
     retention: tuple[Retention, ...] = ()
 
@@ -167,6 +172,31 @@ class Serving(Attempts):
         if record is None or record.status is not StepStatus.PENDING:
             await self.backend.complete_task(claim.instance_id, claim.task_id, self.executor_id)
             return
+        tel = telemetry.active
+        if tel is None or not tel.recording():  # no span to open: nothing would record it
+            await self._run_step_task(claim, step, position, record, args, kwargs)
+            return
+        workflow_name, trace_context = await self._trace_header(tel, claim.instance_id)
+        await tel.step_task(
+            workflow_name,
+            claim.instance_id,
+            step.name,
+            position,
+            trace_context,
+            self._run_step_task(claim, step, position, record, args, kwargs),
+        )
+
+    async def _run_step_task(
+        self,
+        claim: TaskClaim,
+        step: Step[Any, Any],
+        position: int,
+        record: StepRecord,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+    ) -> BaseException | None:
+        """:meth:`execute_step_task` of a pending step: run it and record its outcome. Returns
+        what the step failed with (recorded as its failure), or None when it succeeded."""
         started = stamp_of(self.backend)
         heartbeat = asyncio.get_running_loop().create_task(
             self._heartbeat(claim.instance_id, claim.task_id)
@@ -205,6 +235,30 @@ class Serving(Attempts):
             ),
             bounded=False,
         )
+        return None if ok else cast(BaseException, value)
+
+    async def _trace_header(
+        self, tel: telemetry.Telemetry, instance_id: str
+    ) -> tuple[str, str | None]:
+        """The name and stored trace context of the workflow whose handed-out step runs here
+        (for its span), remembered for the last :data:`_TRACE_HEADERS` workflows (neither
+        changes for an execution). A failure to read them is reported
+        (:meth:`~durable.telemetry.Telemetry.report`): the step runs with a span in a new
+        trace, its workflow's name unknown (empty)."""
+        headers = self._trace_headers
+        if headers is None:
+            headers = self._trace_headers = {}
+        header = headers.get(instance_id)
+        if header is None:
+            try:
+                info = await self.backend.get_workflow(instance_id)
+            except Exception as exc:  # the step's own reads and writes meet it if it lasts
+                tel.report("reading the workflow's trace context", exc)
+                return "", None
+            header = headers[instance_id] = (info.name, info.trace_context)
+            if len(headers) > _TRACE_HEADERS:
+                del headers[next(iter(headers))]
+        return header
 
     # -- recovery -----------------------------------------------------------------------------
 
