@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -195,6 +196,25 @@ class ExecutionContext:
     """A check of the code against the history (:mod:`durable.replayer`): nothing runs or is
     written; the first position the history does not settle ends the replay
     (:class:`ReplayFrontier`)."""
+    _writes: dict[int, float] = field(default_factory=dict)
+    """This execution's own writes awaited now (:meth:`checkpoint`, :meth:`attempt_ended`),
+    each by the monotonic time it began, the oldest first."""
+    _write_keys: Iterator[int] = field(default_factory=itertools.count)
+
+    def attempt_ended(self) -> None:
+        """The attempt's body ended: what it awaits from now on is the write of how it ended
+        (its outcome, a retry, a continuation, a hand-back), counted as a write of its own
+        (:meth:`write_waited`) until the attempt is over."""
+        self._writes[next(self._write_keys)] = time.monotonic()
+
+    def write_waited(self) -> float:
+        """Seconds the oldest write of this execution's own still awaited has waited (its
+        checkpoints, the write of how the attempt ended), by the monotonic clock; 0.0 when
+        none is. The lease's heartbeat stops renewing a lease whose write has waited longer
+        than ``claim_ttl``: a connection that went silent may hold it for ever. Safe from any
+        thread."""
+        began = list(self._writes.values())  # one C-level copy: a thread may add or remove
+        return time.monotonic() - began[0] if began else 0.0
 
     def lease_fresh(self) -> bool:
         """True while the lease is certainly held (no I/O; safe from any thread)."""
@@ -254,12 +274,17 @@ class ExecutionContext:
                 self.unrecorded_markers.pop(0)
 
     @contextlib.contextmanager
-    def checkpoint(self) -> Iterator[None]:
+    def checkpoint(self, *, awaited: bool = True) -> Iterator[None]:
         """Around a write of this execution's progress: a database that cannot be reached
         sets :attr:`outage` (then the error propagates). No write once the lease is known
         lost, or another process took this executor id over; a position found recorded
         already means that this attempt's history is out of date, as an attempt that lost its
         lease (:class:`ClaimLostError`), not its failure.
+
+        With ``awaited`` (the default), the time the write takes counts as the execution's
+        own write in flight (:meth:`write_waited`): one that outlasts ``claim_ttl`` lets the
+        lease lapse. Not for a write around code of the application's own that may take
+        long (a transactional step's body).
 
         :raises ClaimLostError: the lease was lost, or the write found its position recorded.
         """
@@ -268,6 +293,10 @@ class ExecutionContext:
             self._lose(f"another process runs under {self.executor_id!r} now")
         if self.lease_lost is not None:
             raise self.lease_lost
+        writes, key = self._writes, -1
+        if awaited:  # inline: this is every step's path
+            key = next(self._write_keys)
+            writes[key] = time.monotonic()
         try:
             yield
         except BackendUnavailableError as exc:
@@ -281,6 +310,8 @@ class ExecutionContext:
                 f"step {exc.position} was recorded by another attempt since this one read the "
                 "history (its lease lapsed under it)"
             ) from exc
+        finally:
+            writes.pop(key, None)
 
     def _lose(self, reason: str) -> ClaimLostError:
         """Take this attempt's lease for lost, for ``reason``: its writes are refused from now

@@ -125,7 +125,8 @@ class TransactionStep(Step[P, T], Generic[P, T]):
             attempt += 1
             await ctx.ensure_lease()
             try:
-                with ctx.checkpoint():
+                # not awaited as a write of durable's own: the body may rightly take long
+                with ctx.checkpoint(awaited=False):
                     made = await backend.run_transactional_step(
                         ctx.workflow_id,
                         self._body(args, kwargs),
@@ -157,7 +158,7 @@ class TransactionStep(Step[P, T], Generic[P, T]):
                 ctx.block_on(ctx.ensure_lease())
             body, record = self._body(args, kwargs), self._recorder(guard, attempt)
             try:
-                with ctx.checkpoint():
+                with ctx.checkpoint(awaited=False):  # the body may rightly take long
                     made = backend.run_transactional_step_blocking(
                         ctx.workflow_id, body, record, worker_id=ctx.executor_id, engine=self.engine
                     )

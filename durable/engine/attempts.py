@@ -428,6 +428,10 @@ class Attempts(Leases):
                     raise
                 except BaseException as exc:  # durable's control flow, a cancellation go on;
                     raise_as_failure(exc)  # what the code raised of its own is its failure
+                finally:
+                    # what it awaits from now on is its own write, as a checkpoint is: the
+                    # heartbeat stops if that waits too long (_heartbeat)
+                    ctx.attempt_ended()
                 ctx.check_history_consumed()
                 unstorable = True
                 output = self._roundtrip_output(wf, instance_id, output)

@@ -131,7 +131,14 @@ class Leases(RuntimeCore):
         due: bool = False,
     ) -> None:
         """Extend the claim every ``heartbeat_interval``; the first extension at once when
-        ``due`` (the caller already waited an interval)."""
+        ``due`` (the caller already waited an interval).
+
+        With ``context``, an execution's: no longer once a write of its own has waited for
+        longer than ``claim_ttl`` (:meth:`ExecutionContext.write_waited`: a checkpoint, its
+        outcome; a connection that went silent may hold it for ever). The lease is then taken
+        for lost (its next write is refused here) and lapses, and another executor takes the
+        execution over; the write, if it lands after that, is refused by the lease's fence.
+        Without this the heartbeats, on other connections, kept the execution here for good."""
         while True:
             if not due:
                 await asyncio.sleep(self.heartbeat_interval)
@@ -139,6 +146,8 @@ class Leases(RuntimeCore):
             if self._superseded:  # the lease is the other process's now: stop at the next step
                 if context is not None:
                     context.lease_lost = self._lost(instance_id, task_id)
+                return
+            if context is not None and self._write_stalled(instance_id, task_id, context):
                 return
             before = time.monotonic()
             try:
@@ -175,6 +184,33 @@ class Leases(RuntimeCore):
                     exc,
                     extra={"action": "heartbeat.error", "workflow_id": instance_id},
                 )
+
+    def _write_stalled(self, instance_id: str, task_id: str, context: ExecutionContext) -> bool:
+        """Whether the execution's oldest write in flight has waited for longer than
+        ``claim_ttl``; if so, take its lease for lost and say so (a warning, action
+        ``heartbeat.stalled``)."""
+        waited = context.write_waited()
+        ttl = self.claim_ttl.total_seconds()
+        if waited <= ttl:
+            return False
+        reason = (
+            f"a write of its own has waited {waited:.1f} s for the database, more than "
+            f"claim_ttl ({ttl:g} s): its lease is left to lapse"
+        )
+        context.lease_lost = ClaimLostError(
+            instance_id, task_id, self.executor_id, None, reason=reason
+        )
+        log.warning(
+            "workflow %s: a write of its own (a step's record, its outcome) has waited %.1f s "
+            "for the database, more than claim_ttl (%g s): its lease is no longer renewed, so "
+            "that another executor takes the execution over once it lapses (the write, if it "
+            "ever lands, is refused then). A connection to the database may have gone silent",
+            instance_id,
+            waited,
+            ttl,
+            extra={"action": "heartbeat.stalled", "workflow_id": instance_id, "waited": waited},
+        )
+        return True
 
     async def _release_quietly(self, instance_id: str, run_after: timedelta = timedelta(0)) -> None:
         """Hand an interrupted execution back, due ``run_after`` from now, without counting
