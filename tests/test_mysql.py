@@ -9,6 +9,7 @@ long values, and errors translated (deadlocks run again: ``test_deadlocks``).
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -379,6 +380,64 @@ async def test_connections_the_server_closed_while_idle_are_replaced(
             await asyncio.sleep(2)
     finally:
         sync.dispose()
+
+
+def _tcp(sock: Any) -> tuple[int, ...]:
+    """A socket's keepalive switch, idle, interval and count, and its user timeout (ms)."""
+    tcp = socket.IPPROTO_TCP
+    return (
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+        sock.getsockopt(tcp, socket.TCP_KEEPIDLE),
+        sock.getsockopt(tcp, socket.TCP_KEEPINTVL),
+        sock.getsockopt(tcp, socket.TCP_KEEPCNT),
+        sock.getsockopt(tcp, socket.TCP_USER_TIMEOUT),
+    )
+
+
+async def _connection_settings(url: str, options: dict[str, Any] | None) -> list[tuple[Any, ...]]:
+    """The TCP settings and connect timeout of a connection of aiomysql's pool and of PyMySQL's
+    (sync transactional steps), for a backend on ``url`` with ``engine_options``."""
+    seen = []
+    async with durable.connect(url, engine_options=options) as backend:
+        assert isinstance(backend, SQLAlchemyBackend)
+        engine = backend.engine
+        assert isinstance(engine, sa.ext.asyncio.AsyncEngine)
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            aiomysql = raw.driver_connection
+            sock = aiomysql._writer.get_extra_info("socket")
+            seen.append((*_tcp(sock), aiomysql.connect_timeout))
+    sync = mysql_thread_engine(normalize_url(url), options)
+    assert sync is not None
+    try:
+        with sync.connect() as conn:
+            pymysql = conn.connection.dbapi_connection
+            seen.append((*_tcp(pymysql._sock), pymysql.connect_timeout))
+    finally:
+        sync.dispose()
+    return seen
+
+
+@pytest.mark.mysql
+async def test_connections_give_up_on_a_peer_that_vanished(mysql_backend_url: str) -> None:
+    """A MariaDB host gone without a word held the connections to it, and whoever awaited
+    them, for the operating system's hours (the drivers turn keepalives on with two hours of
+    idle, and aiomysql's connection attempt had no timeout). Now, as on PostgreSQL, every
+    connection's socket probes a silent peer after 30 s and fails once its data goes
+    unacknowledged for 60 s, and an attempt gives up after 10 s, unless ``connect_args`` (or,
+    for the timeout, the URL) say otherwise."""
+    url = mysql_backend_url
+    assert await _connection_settings(url, None) == [(1, 30, 10, 3, 60_000, 10)] * 2
+    given = {"keepalives_idle": 5, "keepalives_count": 2, "tcp_user_timeout": 7000}
+    options = {"connect_args": {**given, "connect_timeout": 3}}
+    assert await _connection_settings(url, options) == [(1, 5, 10, 2, 7000, 3)] * 2
+    seen = await _connection_settings(f"{url}?connect_timeout=4", None)
+    assert [timeout for *_, timeout in seen] == [4, 4]
+    off = {"connect_args": {"keepalives": 0}}
+    assert [keepalive for keepalive, *_ in await _connection_settings(url, off)] == [0, 0]
+    for bad in (-1, "x", 1.5):
+        with pytest.raises(durable.ConfigurationError, match="keepalives_idle"):
+            durable.connect(url, engine_options={"connect_args": {"keepalives_idle": bad}})
 
 
 @pytest.mark.parametrize(

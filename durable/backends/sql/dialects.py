@@ -669,6 +669,11 @@ PG_CONNECT_DEFAULTS: dict[str, Any] = {
     "keepalives_count": 3,
     "tcp_user_timeout": 60_000,
 }
+#: Seconds a MySQL/MariaDB connection attempt is given (the driver's ``connect_timeout``),
+#: unless the URL's query or ``connect_args`` say otherwise: a host that vanished, or drops
+#: packets, fails the attempt instead of holding durable's start and every reconnect (aiomysql
+#: waited for ever by default). Its TCP settings: :data:`.mysql.TCP_DEFAULTS`.
+MYSQL_CONNECT_TIMEOUT = 10
 #: Seconds after which a pooled MySQL connection is replaced (the server drops idle ones after
 #: its wait_timeout, 8 hours by default).
 MYSQL_POOL_RECYCLE = 3600
@@ -775,8 +780,7 @@ def _create_engine(
         engine = sa.create_engine(url, connect_args=connect_args, **options)
         _configure_sqlite(engine, synchronous, memory)
         return engine
-    if url.get_backend_name() == "mysql":
-        _mysql_sessions(url, options)
+    tcp_settings = _mysql_sessions(url, options) if url.get_backend_name() == "mysql" else None
     # the pool's reset of a connection coming back: see mysql.rollback_unless_ended
     reset_by_durable = url.get_backend_name() == "mysql" and "pool_reset_on_return" not in options
     if reset_by_durable:
@@ -799,6 +803,10 @@ def _create_engine(
         raise ConfigurationError(
             f"{url.drivername} URLs need the {package} driver, which is not installed: {hint}"
         ) from exc
+    if tcp_settings is not None:
+        sa.event.listen(
+            async_engine.sync_engine, "connect", mysql.tcp_settings_on_connect(tcp_settings)
+        )
     if reset_by_durable:
         sa.event.listen(async_engine.sync_engine, "reset", mysql.rollback_unless_ended)
     sa.event.listen(async_engine.sync_engine, "checkout", discard_stale_at_checkout)
@@ -807,8 +815,14 @@ def _create_engine(
     return async_engine
 
 
-def _mysql_sessions(url: URL, options: dict[str, Any]) -> None:
-    """MySQL/MariaDB: the sessions durable's engines open, set in ``options`` unless given."""
+def _mysql_sessions(url: URL, options: dict[str, Any]) -> dict[str, int]:
+    """MySQL/MariaDB: the sessions durable's engines open, set in ``options`` unless given
+    (:data:`MYSQL_CONNECT_TIMEOUT` among them). Returns the TCP settings for the sockets of the
+    engine's connections (:func:`.mysql.take_tcp_settings`: taken out of ``connect_args``), to
+    be set by a ``connect`` listener (:func:`.mysql.tcp_settings_on_connect`).
+
+    :raises ValueError: a TCP setting in ``connect_args`` that is no whole number >= 0.
+    """
     # no gap locks between claimers; the session's clock in UTC (UTC_TIMESTAMP is anyway)
     options.setdefault("isolation_level", "READ COMMITTED")
     options.setdefault("pool_recycle", MYSQL_POOL_RECYCLE)
@@ -816,6 +830,9 @@ def _mysql_sessions(url: URL, options: dict[str, Any]) -> None:
     connect_args.setdefault("init_command", "SET time_zone = '+00:00'")
     if "charset" not in url.query:
         connect_args.setdefault("charset", "utf8mb4")
+    if "connect_timeout" not in url.query:
+        connect_args.setdefault("connect_timeout", MYSQL_CONNECT_TIMEOUT)
+    return mysql.take_tcp_settings(connect_args)
 
 
 def mysql_thread_engine(url: URL, engine_options: dict[str, Any] | None) -> sa.Engine | None:
@@ -826,8 +843,9 @@ def mysql_thread_engine(url: URL, engine_options: dict[str, Any] | None) -> sa.E
     if importlib.util.find_spec("pymysql") is None:
         return None
     options = dict(engine_options or {})
-    _mysql_sessions(url, options)
+    tcp_settings = _mysql_sessions(url, options)
     engine = sa.create_engine(url.set(drivername="mysql+pymysql"), **options)
+    sa.event.listen(engine, "connect", mysql.tcp_settings_on_connect(tcp_settings))
     sa.event.listen(engine, "checkout", discard_stale_at_checkout)
     return engine
 

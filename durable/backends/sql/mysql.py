@@ -26,8 +26,9 @@ statement goes straight to the connection.
 
 from __future__ import annotations
 
+import socket
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -533,3 +534,92 @@ def resets_by_durable(engine: sa.Engine | AsyncEngine) -> bool:
     :func:`rollback_unless_ended` (the runner then marks the transactions it ends)."""
     sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
     return sa.event.contains(sync_engine, "reset", rollback_unless_ended)
+
+
+#: TCP settings every MySQL/MariaDB connection's socket gets once it is open, unless the
+#: engine's ``connect_args`` set them (libpq's names and meanings, as on PostgreSQL; 0 leaves
+#: one to the operating system, ``keepalives=0`` turns the probes off). The drivers take none
+#: of them (aiomysql and PyMySQL turn keepalives on with the system's two hours of idle), so
+#: durable sets them on the socket: a peer that went away without a word (a host gone, a NAT
+#: entry dropped) is found by keepalives after about a minute of silence, and data it does not
+#: acknowledge fails the connection after 60 s, instead of a connection, and whoever awaits
+#: it, waiting for the operating system's hours (15 minutes of retransmissions on Linux).
+TCP_DEFAULTS: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
+#: Each TCP setting's socket option (level, name), where the platform has it.
+_TCP_OPTIONS: dict[str, tuple[int, int]] = {
+    key: (level, getattr(socket, name))
+    for key, level, name in (
+        ("keepalives", socket.SOL_SOCKET, "SO_KEEPALIVE"),
+        ("keepalives_idle", socket.IPPROTO_TCP, "TCP_KEEPIDLE"),
+        ("keepalives_interval", socket.IPPROTO_TCP, "TCP_KEEPINTVL"),
+        ("keepalives_count", socket.IPPROTO_TCP, "TCP_KEEPCNT"),
+        ("tcp_user_timeout", socket.IPPROTO_TCP, "TCP_USER_TIMEOUT"),
+    )
+    if hasattr(socket, name)
+}
+
+
+def take_tcp_settings(connect_args: dict[str, Any]) -> dict[str, int]:
+    """Take the TCP settings (:data:`TCP_DEFAULTS`' keys) out of ``connect_args``, which go to
+    the driver (it would refuse them), and return them, the defaults for those not given.
+
+    :raises ValueError: a setting given that is not a whole number of at least 0.
+    """
+    settings = dict(TCP_DEFAULTS)
+    for key in TCP_DEFAULTS:
+        if key not in connect_args:
+            continue
+        given = connect_args.pop(key)
+        try:
+            value = int(given)
+        except (TypeError, ValueError):
+            value = -1
+        if value < 0 or isinstance(given, (bool, float)):
+            raise ValueError(f"connect_args {key!r} must be a whole number >= 0, got {given!r}")
+        settings[key] = value
+    return settings
+
+
+def driver_socket(dbapi_connection: Any) -> socket.socket | None:
+    """The socket of a MySQL driver's connection: aiomysql's and asyncmy's (their stream's,
+    behind SQLAlchemy's adapter), PyMySQL's; None if it has none that can be seen."""
+    driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+    sock = getattr(driver, "_sock", None)  # PyMySQL
+    if sock is None:
+        writer = getattr(driver, "_writer", None)  # asyncio streams: aiomysql, asyncmy
+        if writer is not None:
+            sock = writer.get_extra_info("socket")
+    return cast("socket.socket | None", sock)
+
+
+def apply_tcp_settings(sock: socket.socket, settings: Mapping[str, int]) -> None:
+    """Set ``settings`` (:func:`take_tcp_settings`) on a TCP socket; a Unix socket is left
+    as it is."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    keepalive = int(settings.get("keepalives", 1) != 0)
+    for key, value in settings.items():
+        option = _TCP_OPTIONS.get(key)
+        if option is None:
+            continue
+        if key == "keepalives":
+            sock.setsockopt(*option, keepalive)
+        elif value > 0 and (keepalive or not key.startswith("keepalives_")):  # 0: the system's
+            sock.setsockopt(*option, value)
+
+
+def tcp_settings_on_connect(settings: Mapping[str, int]) -> Callable[[Any, Any], None]:
+    """A ``connect`` event listener that sets ``settings`` on each new connection's socket."""
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        sock = driver_socket(dbapi_connection)
+        if sock is not None:
+            apply_tcp_settings(sock, settings)
+
+    return on_connect
