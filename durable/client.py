@@ -210,9 +210,12 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         self._started = True
 
     async def close(self) -> None:
-        """Close the backend."""
+        """Interrupt the waits still running (:meth:`result`, :meth:`get_event`,
+        :meth:`read_stream`, in any task, and the ``_sync`` calls of other threads: they raise
+        :class:`DurableError`), then close the backend."""
         if not self._started:
             return
+        await self._interrupt()
         self._started = False
         await self.backend.close()
 
@@ -223,6 +226,30 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         if self._owner is not None:
             return self._owner.blocking(coro)
         return super().blocking(coro)
+
+    async def _until_closed(
+        self,
+        wait: Coroutine[Any, Any, T],
+        timeout: float | None = None,
+        late: Callable[[], BaseException] | None = None,
+    ) -> T:
+        """``await wait`` as a wait that closing the client, or the runtime that owns it,
+        interrupts (:meth:`~SyncStartable._interruptible`); with a ``timeout`` (and its
+        ``late``), for at most that long, as :func:`~durable.polling.within`.
+
+        :raises DurableError: the client (its runtime) was closed while it waited, or is closed.
+        """
+        holder = self._owner if self._owner is not None else self
+        task = holder._interruptible(wait)
+        try:
+            if timeout is None or late is None:
+                return await task
+            return await within(task, timeout, late)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or not current.cancelling()):
+                raise holder._closed_error() from None
+            raise
 
     def started_elsewhere(self) -> bool:
         """See :meth:`SyncStartable.started_elsewhere`; a runtime's client answers for its
@@ -525,9 +552,11 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         wakes the wait as soon as it finishes.
 
         A database that cannot be reached meanwhile (a restart) is waited out: the wait looks
-        again as above until it answers, or until ``timeout``.
+        again as above until it answers, or until ``timeout``. Closing the client (or its
+        runtime) ends the wait: it raises :class:`DurableError` and looks no more.
 
         :raises WorkflowNotFoundError: no such workflow.
+        :raises DurableError: the client (or its runtime) was closed while it waited.
         :raises TimeoutError: it did not finish within ``timeout`` seconds (default: no limit).
         :raises BackendUnavailableError: ``timeout`` passed while the database could not be
             reached (whether the execution finished is not known).
@@ -571,7 +600,7 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
                 )
             return TimeoutError(f"workflow {workflow_id!r} did not finish within {timeout:g} s")
 
-        return await within(wait(), timeout, late)
+        return await self._until_closed(wait(), timeout, late)
 
     async def pause(self, seconds: float, woken: asyncio.Event | None = None) -> None:
         """A pause of a wait for an outcome between two looks: :attr:`poll_sleep` where set,

@@ -33,10 +33,13 @@ def pauses(longest: float) -> Iterator[float]:
 
 
 async def within(
-    wait: Coroutine[Any, Any, T], timeout: float | None, late: Callable[[], BaseException]
+    wait: Coroutine[Any, Any, T] | asyncio.Future[T],
+    timeout: float | None,
+    late: Callable[[], BaseException],
 ) -> T:
-    """``await wait``, for at most ``timeout`` seconds (None: no limit); then cancel it without
-    waiting for it to unwind and raise ``late()``. A look the database does not answer (a
+    """``await wait`` (a coroutine, or a task already running), for at most ``timeout``
+    seconds (None: no limit); then cancel it without waiting for it to unwind and raise
+    ``late()``. A look the database does not answer (a
     server that hangs rather than refuses) can take the driver's connect timeout to give up
     once cancelled: the caller's timeout is kept all the same."""
     task = asyncio.ensure_future(wait)

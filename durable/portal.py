@@ -207,6 +207,10 @@ class SyncStartable:
         self._sync_lock = threading.Lock()  # guards _portal and _sync_users
         self._sync_users = 0
         self._async_users = 0  # open `async with` blocks (on the object's own loop)
+        # what closing interrupts, on the object's loop: its waits (_interruptible()) and the
+        # blocking calls other threads make without a portal (a portal tracks its own)
+        self._calls: set[asyncio.Task[Any]] = set()
+        self._closing = False  # from _interrupt() until the next start
 
     async def start(self) -> None:
         raise NotImplementedError
@@ -214,6 +218,7 @@ class SyncStartable:
     def _on_this_loop(self) -> None:
         """Record the running loop as the one the object was started on (by :meth:`start`)."""
         self._loop = asyncio.get_running_loop()
+        self._closing = False
         self._loop_thread = threading.get_ident()
         self._loop_pid = os.getpid()
         _LOOPS.add(self._loop)
@@ -229,6 +234,38 @@ class SyncStartable:
 
     async def close(self) -> None:
         raise NotImplementedError
+
+    def _closed_error(self) -> DurableError:
+        """What a call interrupted by the close (or refused while it closes) raises."""
+        return DurableError(f"the {self._noun} was closed while this call was running")
+
+    def _interruptible(self, wait: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """``wait`` (a wait on the object's backend: an outcome, an event, a stream) as a task
+        of the running loop that closing the object interrupts (:meth:`_interrupt`): the closing
+        cancels it and lets it unwind before the backend closes, so that it looks at nothing
+        after the close. The caller awaits the task and raises :meth:`_closed_error` when it
+        was cancelled while the caller was not.
+
+        :raises DurableError: the object is closing or closed (``wait`` is not run).
+        """
+        if self._closing or not self._started:
+            wait.close()
+            raise self._closed_error()
+        task = asyncio.ensure_future(wait)
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+        return task
+
+    async def _interrupt(self) -> None:
+        """The first thing :meth:`close` does: refuse new waits and blocking calls, then cancel
+        those running (:meth:`_interruptible`, and blocking calls from other threads without a
+        portal, which then raise :class:`DurableError`) and wait until they have unwound."""
+        self._closing = True
+        current = asyncio.current_task()
+        calls = [task for task in self._calls if task is not current and not task.done()]
+        for task in calls:
+            task.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
 
     async def __aenter__(self) -> Self:
         """:meth:`start` as a context manager. Reference-counted, as ``with``: nested blocks
@@ -353,7 +390,8 @@ class SyncStartable:
     def blocking(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run one of this object's coroutines from sync code, from any thread, and wait for
         its result: on the background loop of :meth:`start_sync` / ``with``, or on the loop of
-        async code that started it in another thread.
+        async code that started it in another thread. Closing the object (the end of that
+        code's ``async with``, or of the loop) interrupts the calls still running.
 
         :raises DurableError: it is not started (or was closed while the call ran), or this is
             the thread of its own event loop (await the coroutine instead), or a fork of the
@@ -379,4 +417,25 @@ class SyncStartable:
                 f"a blocking call was made on the thread of the {noun}'s event loop: await the "
                 "async method instead"
             )
-        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._tracked(coro), loop)
+        except RuntimeError:  # the loop closed since the look above
+            coro.close()
+            raise self._closed_error() from None
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:  # by the close, or by the end of the loop
+            raise self._closed_error() from None
+
+    async def _tracked(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a blocking call's ``coro`` as one that closing the object interrupts."""
+        if self._closing or not self._started:  # closed since the caller looked
+            coro.close()
+            raise self._closed_error()
+        task = asyncio.current_task()
+        assert task is not None
+        self._calls.add(task)
+        try:
+            return await coro
+        finally:
+            self._calls.discard(task)

@@ -259,10 +259,13 @@ class Runtime(Operations, Serving):
             self.spawn(self.recover(), name="durable-recover")
 
     async def close(self) -> None:
-        """Stop background work (its leases are released so others resume it at once), then
-        close the backend."""
+        """Interrupt the waits still running (``result``, ``get_event``, ``read_stream``, in any
+        task, and the blocking calls of other threads: they raise :class:`DurableError`), stop
+        background work (its leases are released so others resume it at once), then close the
+        backend."""
         if not self._started:
             return
+        await self._interrupt()
         workers, self._workers = self._workers, []
         for worker in workers:
             await worker.stop()

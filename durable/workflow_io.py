@@ -10,7 +10,7 @@ producer or an operator makes, over the backend's operations.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from durable.backends.base import PersistentBackend
@@ -19,7 +19,7 @@ from durable.events import wait_for_event
 from durable.inspection import KINDS as WAIT_KINDS
 from durable.inspection import Waiting, waiting_of
 from durable.models import Message, Page, WorkflowStatus
-from durable.polling import UNANSWERED_LOOK, within
+from durable.polling import UNANSWERED_LOOK
 from durable.streams import StreamReader
 from durable.validation import (
     check_bool,
@@ -45,6 +45,12 @@ class WorkflowIO:
 
         def blocking(self, coro: Coroutine[Any, Any, T]) -> T: ...
         def _require_started(self) -> None: ...
+        async def _until_closed(
+            self,
+            wait: Coroutine[Any, Any, T],
+            timeout: float | None = None,
+            late: Callable[[], BaseException] | None = None,
+        ) -> T: ...
 
     # -- messages ------------------------------------------------------------------------------
 
@@ -179,6 +185,7 @@ class WorkflowIO:
         other processes' being seen within ``poll_interval``).
 
         :raises WorkflowNotFoundError: no such workflow.
+        :raises DurableError: the client (or its runtime) was closed while it waited.
         :raises BackendUnavailableError: ``timeout`` passed while the database could not be
             reached, or did not answer (whether the event was set is not known).
         :raises InvalidArgumentError: ``workflow_id`` or ``key`` is not a non-empty str of at
@@ -195,7 +202,7 @@ class WorkflowIO:
                 f"{workflow_id!r} ({wait:g} s): whether it was set is not known"
             )
 
-        return await within(
+        return await self._until_closed(
             wait_for_event(
                 self.backend,
                 workflow_id,
@@ -223,10 +230,18 @@ class WorkflowIO:
         while the execution runs and after it finished.
 
         :raises WorkflowNotFoundError: no such workflow (on the first iteration).
+        :raises DurableError: the client (or its runtime) was closed while it waited.
         :raises InvalidArgumentError: ``workflow_id`` or ``key`` is not a non-empty str of at
             most 255 characters, or ``offset`` is not an int of at least 0 (at the call).
         """
-        return self._stream_reader(workflow_id, key, offset).values()
+        reader = self._stream_reader(workflow_id, key, offset)
+
+        async def values() -> AsyncIterator[Any]:
+            while (batch := await self._until_closed(reader.next_batch())) is not None:
+                for value in batch:
+                    yield value
+
+        return values()
 
     def read_stream_sync(self, workflow_id: str, key: str, *, offset: int = 0) -> Iterator[Any]:
         """:meth:`read_stream` for code that is not async: an iterator, ``for value in
@@ -234,7 +249,7 @@ class WorkflowIO:
         reader = self._stream_reader(workflow_id, key, offset)
 
         def values() -> Iterator[Any]:
-            while (batch := self.blocking(reader.next_batch())) is not None:
+            while (batch := self.blocking(self._until_closed(reader.next_batch()))) is not None:
                 yield from batch
 
         return values()
