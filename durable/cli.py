@@ -313,7 +313,9 @@ def worker(
 
     RUNTIME is a durable.Runtime in MODULE (or a function returning one). On SIGTERM or SIGINT
     the worker stops claiming, lets running executions finish for --grace seconds, and hands the
-    rest back so that other workers resume them at once.
+    rest back so that other workers resume them at once. A second signal ends it at once, by
+    that signal (exit status 130 for SIGINT, 143 for SIGTERM), without waiting for running
+    steps: other workers resume their executions once their leases expire.
 
     It logs to stderr what it serves when it starts, failed attempts and executions, and dead
     letters (-v: everything it does). Exit status 1 when it cannot start (no workflow

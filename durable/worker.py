@@ -534,6 +534,25 @@ def _library_file(filename: str) -> bool:
     return filename.startswith(_LIBRARY_DIRS)
 
 
+def _die_by(sig: signal.Signals) -> None:
+    """End the process at once by ``sig``'s default action (for SIGINT too, which Python's
+    own handler would turn into a KeyboardInterrupt, whose exit waits for the threads of sync
+    steps still running, for good when one never returns)."""
+    log.warning(
+        "second %s: exiting at once; executions still running are resumed once their leases expire",
+        sig.name,
+        extra={"action": "worker.killed"},
+    )
+    for handler in logging.getLogger().handlers + log.handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    signal.signal(sig, signal.SIG_DFL)
+    signal.raise_signal(sig)
+
+
 async def serve(
     runtime: ServedRuntime,
     *,
@@ -544,6 +563,11 @@ async def serve(
 ) -> int:
     """Run a worker until SIGTERM or SIGINT, then shut down gracefully. Returns how many
     executions it ran. This is what ``durable worker module:runtime`` does.
+
+    A second SIGTERM or SIGINT, during the shutdown, ends the process at once, as that signal
+    does by default (exit status 128 + its number in a shell: 143, 130), without waiting for
+    the executions still running, sync steps in their threads included: nothing is handed
+    back, other workers resume them once their leases expire.
 
     It takes the process as its own: it handles the two signals, and once the worker started
     it moves every object the process holds to the collector's permanent generation
@@ -563,8 +587,7 @@ async def serve(
 
     def on_signal(sig: signal.Signals) -> None:
         if stop.is_set():  # a second signal: stop at once, the default way
-            loop.remove_signal_handler(sig)
-            signal.raise_signal(sig)
+            _die_by(sig)
         stop.set()
 
     # installed before the runtime starts: a signal while it starts stops it once started

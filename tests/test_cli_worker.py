@@ -144,6 +144,43 @@ def test_a_worker_whose_sync_step_never_returns_still_exits_after_its_grace(
         assert info.status is durable.WorkflowStatus.PENDING
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_ends_the_worker_at_once_during_a_long_sync_step(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """A second SIGINT (Ctrl-C twice) while a sync step runs stopped nothing at once: it
+    became a KeyboardInterrupt ("Aborted!", exit status 1), and the interpreter then waited at
+    exit for the step's thread, for good with a step that never returns. Now either signal,
+    sent again during the grace period, ends the process at once, by that signal."""
+    url = f"sqlite:///{tmp_path / 'twice.db'}"
+    marker = tmp_path / "started"
+    (tmp_path / "twiceapp.py").write_text(textwrap.dedent(STUCK_APP.format(url=url)))
+    with durable.Client(url) as client:
+        wid = client.enqueue_sync("cli.stuck.v1", str(marker))
+    proc = start_worker(tmp_path, "twiceapp:runtime", "--grace", "120", "--poll-interval", "0.1")
+    deadline = time.monotonic() + 30
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not marker.exists():
+        proc.kill()
+    assert marker.exists(), f"the step did not start: {stderr_at_exit(proc)}"
+    proc.send_signal(sig)  # the graceful stop: it waits up to --grace for the step
+    time.sleep(0.5)
+    assert proc.poll() is None, "the first signal did not wait for the running step"
+    proc.send_signal(sig)
+    sent = time.monotonic()
+    try:
+        err = stderr_at_exit(proc, timeout=10)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the worker did not exit at once on the second signal")
+    assert time.monotonic() - sent < 5
+    assert proc.returncode == -sig, err
+    assert f"second {sig.name}: exiting at once" in err
+    with durable.Client(url) as client:  # not handed back: its lease lapses, then it resumes
+        assert client.get_workflow_sync(wid).status is durable.WorkflowStatus.RUNNING
+
+
 DYING_APP = """
 import pathlib, threading
 import durable
