@@ -139,13 +139,7 @@ class Portal:
             raise
 
     async def _tracked(self, coro: Coroutine[Any, Any, T]) -> T:
-        task = asyncio.current_task()
-        assert task is not None
-        self._calls.add(task)
-        try:
-            return await coro
-        finally:
-            self._calls.discard(task)
+        return await _as_call(self._calls, coro)
 
     def stop(self, last: Callable[[], Coroutine[Any, Any, Any]] | None = None) -> None:
         """Refuse new calls, cancel the calls still running and wait for them to unwind, then
@@ -432,10 +426,17 @@ class SyncStartable:
         if self._closing or not self._started:  # closed since the caller looked
             coro.close()
             raise self._closed_error()
-        task = asyncio.current_task()
-        assert task is not None
-        self._calls.add(task)
-        try:
-            return await coro
-        finally:
-            self._calls.discard(task)
+        return await _as_call(self._calls, coro)
+
+
+async def _as_call(calls: set[asyncio.Task[Any]], coro: Coroutine[Any, Any, T]) -> T:
+    """Await ``coro`` in the current task, kept in ``calls`` meanwhile: the calls in flight
+    that a close cancels (a portal's, a sync-startable object's)."""
+    task = asyncio.current_task()
+    assert task is not None
+    calls.add(task)
+    try:
+        return await coro
+    finally:
+        calls.discard(task)
+
