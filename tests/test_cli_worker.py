@@ -113,6 +113,26 @@ runtime = durable.Runtime(durable.connect({url!r}), executor_id="cli-stuck", cla
 """
 
 
+def worker_in_a_stuck_step(
+    tmp_path: Path, name: str, grace: str
+) -> tuple[str, str, subprocess.Popen[str]]:
+    """A ``durable worker`` (``--grace``) of an app named ``<name>app`` on a SQLite file, once
+    it runs a sync step that never returns: the URL, the execution's id, the process."""
+    url = f"sqlite:///{tmp_path / f'{name}.db'}"
+    marker = tmp_path / "started"
+    (tmp_path / f"{name}app.py").write_text(textwrap.dedent(STUCK_APP.format(url=url)))
+    with durable.Client(url) as client:
+        wid = client.enqueue_sync("cli.stuck.v1", str(marker))
+    proc = start_worker(tmp_path, f"{name}app:runtime", "--grace", grace, "--poll-interval", "0.1")
+    deadline = time.monotonic() + 30
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not marker.exists():
+        proc.kill()
+    assert marker.exists(), f"the step did not start: {stderr_at_exit(proc)}"
+    return url, wid, proc
+
+
 @pytest.mark.slow
 def test_a_worker_whose_sync_step_never_returns_still_exits_after_its_grace(
     tmp_path: Path,
@@ -121,18 +141,7 @@ def test_a_worker_whose_sync_step_never_returns_still_exits_after_its_grace(
     returns kept ``durable worker`` alive after SIGTERM for good, though it had said it
     stopped and handed the execution back. It now exits once the grace period is over, and
     says which step it left running, and where."""
-    url = f"sqlite:///{tmp_path / 'stuck.db'}"
-    marker = tmp_path / "started"
-    (tmp_path / "stuckapp.py").write_text(textwrap.dedent(STUCK_APP.format(url=url)))
-    with durable.Client(url) as client:
-        wid = client.enqueue_sync("cli.stuck.v1", str(marker))
-    proc = start_worker(tmp_path, "stuckapp:runtime", "--grace", "1", "--poll-interval", "0.1")
-    deadline = time.monotonic() + 30
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not marker.exists():
-        proc.kill()
-    assert marker.exists(), f"the step did not start: {stderr_at_exit(proc)}"
+    url, wid, proc = worker_in_a_stuck_step(tmp_path, "stuck", "1")
     proc.send_signal(signal.SIGTERM)
     err = stderr_at_exit(proc)
     assert proc.returncode == 0, err
@@ -153,18 +162,7 @@ def test_a_second_signal_ends_the_worker_at_once_during_a_long_sync_step(
     became a KeyboardInterrupt ("Aborted!", exit status 1), and the interpreter then waited at
     exit for the step's thread, for good with a step that never returns. Now either signal,
     sent again during the grace period, ends the process at once, by that signal."""
-    url = f"sqlite:///{tmp_path / 'twice.db'}"
-    marker = tmp_path / "started"
-    (tmp_path / "twiceapp.py").write_text(textwrap.dedent(STUCK_APP.format(url=url)))
-    with durable.Client(url) as client:
-        wid = client.enqueue_sync("cli.stuck.v1", str(marker))
-    proc = start_worker(tmp_path, "twiceapp:runtime", "--grace", "120", "--poll-interval", "0.1")
-    deadline = time.monotonic() + 30
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not marker.exists():
-        proc.kill()
-    assert marker.exists(), f"the step did not start: {stderr_at_exit(proc)}"
+    url, wid, proc = worker_in_a_stuck_step(tmp_path, "twice", "120")
     proc.send_signal(sig)  # the graceful stop: it waits up to --grace for the step
     time.sleep(0.5)
     assert proc.poll() is None, "the first signal did not wait for the running step"
