@@ -439,4 +439,3 @@ async def _as_call(calls: set[asyncio.Task[Any]], coro: Coroutine[Any, Any, T]) 
         return await coro
     finally:
         calls.discard(task)
-

@@ -38,8 +38,6 @@ MAX_ID_LENGTH = 255
 #: The bounds of a 32-bit signed ``INTEGER`` column (priorities, attempt counts).
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
-#: The largest value of a 64-bit integer column (a change feed's positions).
-INT64_MAX = 2**63 - 1
 #: The latest time a task may be scheduled at (SQLite's date functions stop at year 9999).
 LATEST_TIME = datetime(9999, 1, 1, tzinfo=UTC)
 #: The longest duration (a lease, a retry's ``max_delay``, an enqueue's ``delay``): 100 years,

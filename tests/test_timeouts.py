@@ -283,7 +283,9 @@ async def test_a_batch_gives_timeouts_and_deadlines_per_row() -> None:
 async def test_a_sleeping_workflow_whose_runtime_is_gone_is_cancelled(db_url: str) -> None:
     async with runtime(durable.connect(db_url), "first") as rt:
         await rt.start_worker(concurrency=2, poll_interval=0.01)
-        workflow_id = await rt.enqueue(napper, 1, timeout=timedelta(milliseconds=600))
+        # long enough to be seen asleep on a loaded machine (at 600 ms, its own runtime's
+        # sweep could cancel it first, and it was never seen asleep)
+        workflow_id = await rt.enqueue(napper, 1, timeout=timedelta(seconds=3))
         await eventually(lambda: sleeping(rt, workflow_id), "the workflow to sleep")
     # no runtime, no worker: the client cancels it once its deadline has passed
     async with durable.Client(db_url) as client:

@@ -74,7 +74,7 @@ from durable.models import (
     WorkflowStatus,
 )
 from durable.serialization import Serializer
-from durable.validation import INT32_MAX, INT64_MAX
+from durable.validation import INT32_MAX
 
 
 class WorkSignal:
@@ -1664,10 +1664,8 @@ class PersistentBackend(ABC):
 
 def check_changes_args(after: int, limit: int) -> None:
     """Refuse what :meth:`PersistentBackend.list_changes` refuses, as every backend must."""
-    if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= INT64_MAX:
-        raise InvalidArgumentError(
-            f"after must be an int from 0 to {INT64_MAX} (a feed position), got {after!r}"
-        )
+    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        raise InvalidArgumentError(f"after must be an int of at least 0, got {after!r}")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= INT32_MAX:
         raise InvalidArgumentError(f"limit must be an int from 1 to {INT32_MAX}, got {limit!r}")
 

@@ -204,7 +204,8 @@ class ChangeFeedContract(ContractBase):
 
     async def test_bad_feed_arguments_are_refused(self, backend: PersistentBackend) -> None:
         await feed(backend)  # skips a backend without a feed
-        # and beyond what a position or a limit can be (SQLite's driver overflowed on them)
-        for after, limit in ((-1, 10), (0, 0), (0, -3), (0, 2**70), (2**70, 10)):
+        # and a limit beyond a 32-bit int (SQLite's driver overflowed on it); positions have
+        # no such bound (PostgreSQL's go past 64 bits)
+        for after, limit in ((-1, 10), (0, 0), (0, -3), (0, 2**70)):
             with pytest.raises(InvalidArgumentError):
                 await backend.list_changes(after=after, limit=limit)
