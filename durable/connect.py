@@ -39,11 +39,7 @@ def connect(
     :raises ConfigurationError: a malformed URL, an unknown scheme, an unknown option or one of
         the wrong type, or options for the in-memory backend.
     """
-    if not _is_url(url):
-        raise ConfigurationError(
-            f"expected a database URL such as sqlite:///app.db, memory:// or "
-            f"postgresql://user@host/db, got {url!r}"
-        )
+    _require_url(url)
     if url.split("://", 1)[0] == "memory":
         if options:
             raise ConfigurationError(
@@ -74,12 +70,7 @@ def check_url(url: object) -> str:
 
     :raises ConfigurationError: what :func:`connect` would refuse in the URL, said as it would.
     """
-    if not _is_url(url):
-        raise ConfigurationError(
-            f"expected a database URL such as sqlite:///app.db, memory:// or "
-            f"postgresql://user@host/db, got {url!r}"
-        )
-    assert isinstance(url, str)
+    url = _require_url(url)
     if url.split("://", 1)[0] != "memory":
         from durable.backends.sql.dialects import normalize_url
 
@@ -87,8 +78,17 @@ def check_url(url: object) -> str:
     return url
 
 
-def _is_url(url: object) -> bool:
-    return isinstance(url, str) and "://" in url
+def _require_url(url: object) -> str:
+    """``url`` if it is a str with a scheme.
+
+    :raises ConfigurationError: it is not.
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError(
+            f"expected a database URL such as sqlite:///app.db, memory:// or "
+            f"postgresql://user@host/db, got {url!r}"
+        )
+    return url
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:

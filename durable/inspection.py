@@ -105,9 +105,6 @@ def _topic(value: Any) -> str | None:
     return None
 
 
-__all__ = ["KINDS", "RECV_STEP", "Waiting", "waiting_of"]
-
-
 def left_unfinished(info: WorkflowInfo, step: StepRecord) -> bool:
     """Whether ``step`` was left pending by its workflow's end: a sleep or a receive of a
     workflow cancelled meanwhile, a child's step of a parent that ended. It will not complete;
@@ -118,3 +115,6 @@ def left_unfinished(info: WorkflowInfo, step: StepRecord) -> bool:
 def unfinished_text(info: WorkflowInfo) -> str:
     """How a view names a step that :func:`left_unfinished` is true of."""
     return f"unfinished ({info.status.value})"
+
+
+__all__ = ["KINDS", "RECV_STEP", "Waiting", "left_unfinished", "unfinished_text", "waiting_of"]

@@ -133,9 +133,7 @@ class Portal:
             return future.result()
         except concurrent.futures.CancelledError:
             if self._stopping:
-                raise DurableError(
-                    f"the {self._owner} was closed while this call was running"
-                ) from None
+                raise closed_while_running(self._owner) from None
             raise
 
     async def _tracked(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -166,10 +164,7 @@ class Portal:
             self._thread.join()
 
     async def _shutdown(self, last: Callable[[], Coroutine[Any, Any, Any]] | None) -> None:
-        calls = list(self._calls)
-        for task in calls:
-            task.cancel()
-        await asyncio.gather(*calls, return_exceptions=True)
+        await _cancel_and_wait(self._calls)
         if last is not None:
             await last()
 
@@ -231,7 +226,7 @@ class SyncStartable:
 
     def _closed_error(self) -> DurableError:
         """What a call interrupted by the close (or refused while it closes) raises."""
-        return DurableError(f"the {self._noun} was closed while this call was running")
+        return closed_while_running(self._noun)
 
     def _interruptible(self, wait: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """``wait`` (a wait on the object's backend: an outcome, an event, a stream) as a task
@@ -255,11 +250,7 @@ class SyncStartable:
         those running (:meth:`_interruptible`, and blocking calls from other threads without a
         portal, which then raise :class:`DurableError`) and wait until they have unwound."""
         self._closing = True
-        current = asyncio.current_task()
-        calls = [task for task in self._calls if task is not current and not task.done()]
-        for task in calls:
-            task.cancel()
-        await asyncio.gather(*calls, return_exceptions=True)
+        await _cancel_and_wait(self._calls)
 
     async def __aenter__(self) -> Self:
         """:meth:`start` as a context manager. Reference-counted, as ``with``: nested blocks
@@ -439,3 +430,18 @@ async def _as_call(calls: set[asyncio.Task[Any]], coro: Coroutine[Any, Any, T]) 
         return await coro
     finally:
         calls.discard(task)
+
+
+async def _cancel_and_wait(calls: set[asyncio.Task[Any]]) -> None:
+    """Cancel the tasks in ``calls`` (but the current one: a close made from inside a call)
+    and wait until they have unwound, their outcomes dropped."""
+    current = asyncio.current_task()
+    running = [task for task in calls if task is not current and not task.done()]
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
+
+
+def closed_while_running(owner: str) -> DurableError:
+    """What a call raises that closing its ``owner`` (a client, a runtime) interrupted."""
+    return DurableError(f"the {owner} was closed while this call was running")

@@ -71,7 +71,7 @@ class Step(Generic[P, T]):
         self,
         fn: Callable[..., Any],
         *,
-        name: str | None,
+        name: str,
         retry: RetryPolicy,
         timeout: timedelta | None = None,
     ) -> None:
@@ -81,9 +81,7 @@ class Step(Generic[P, T]):
         self.timeout = timeout
         """How long one attempt may run before it fails with :class:`StepTimeoutError`, or
         None (see :func:`step`)."""
-        self.name = check_name(
-            default_name(fn, "durable.step") if name is None else name, "the step name"
-        )
+        self.name = check_name(name, "the step name")  # the decorator's, or the default
         self.retry = retry
         self.is_async = is_async_callable(fn)
 

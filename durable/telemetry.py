@@ -51,7 +51,7 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from durable.errors import ClaimLostError, WorkflowCancelledError
 
@@ -387,14 +387,7 @@ class Telemetry:
         outcome passes through unchanged."""
         if not self.recording():
             return await run
-        span, token = self._start_step(workflow_id, step, position)
-        try:
-            value = await run
-        except BaseException as exc:
-            self._end_step(span, token, workflow_name, step, exc)
-            raise
-        self._end_step(span, token, workflow_name, step, None)
-        return value
+        return await self._spanned(workflow_name, workflow_id, step, position, None, run)
 
     def step_blocking(
         self, workflow_name: str, workflow_id: str, step: str, position: int, run: Callable[[], T]
@@ -427,13 +420,34 @@ class Telemetry:
         if not self.recording():
             await run
             return
-        span, token = self._start_step(workflow_id, step, position, self.extract(trace_context))
+        context = self.extract(trace_context)
+        await self._spanned(
+            workflow_name, workflow_id, step, position, context, run, returns_failure=True
+        )
+
+    async def _spanned(
+        self,
+        workflow_name: str,
+        workflow_id: str,
+        step: str,
+        position: int,
+        context: Any,
+        run: Awaitable[T],
+        *,
+        returns_failure: bool = False,
+    ) -> T:
+        """Await ``run`` in a step's span (its parent: the current span, or the one in
+        ``context``): what it raises ends the span as the step's failure, and with
+        ``returns_failure`` what it returns too (an exception, or None when it succeeded)."""
+        span, token = self._start_step(workflow_id, step, position, context)
         try:
-            error = await run
+            value = await run
         except BaseException as exc:
             self._end_step(span, token, workflow_name, step, exc)
             raise
+        error = cast("BaseException | None", value) if returns_failure else None
         self._end_step(span, token, workflow_name, step, error)
+        return value
 
     # -- metrics ------------------------------------------------------------------------------
 

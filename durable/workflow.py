@@ -62,7 +62,7 @@ class Workflow(Generic[P, T]):
         self,
         fn: Callable[..., Any],
         *,
-        name: str | None,
+        name: str,
         retry: RetryPolicy,
         queue: str,
         description: str | None,
@@ -75,9 +75,7 @@ class Workflow(Generic[P, T]):
         # first: a callable object's attributes (its __dict__) must not replace the workflow's
         functools.update_wrapper(cast(Any, self), fn)
         self.fn = fn
-        self.name = check_name(
-            default_name(fn, "durable.workflow") if name is None else name, "the workflow name"
-        )
+        self.name = check_name(name, "the workflow name")  # the decorator's, or the default
         self.retry = retry
         self.max_recoveries = max_recoveries
         self.timeout = timeout

@@ -48,11 +48,11 @@ def _status_text(info: WorkflowInfo, step: StepRecord, state: str) -> str:
     return step.status.value
 
 
-def _label(info: WorkflowInfo, step: StepRecord) -> str:
-    if step.name == SLEEP_STEP and step.status is StepStatus.PENDING:
-        if left_unfinished(info, step):
-            return f"#{step.position} {step.name}: {unfinished_text(info)}"
+def _label(info: WorkflowInfo, step: StepRecord, state: str) -> str:
+    if state == "sleeping":
         return f"sleeping until {step.output}"
+    if state == "unfinished" and step.name == SLEEP_STEP:
+        return f"#{step.position} {step.name}: {unfinished_text(info)}"
     retries = f", {step.attempts} attempts" if step.attempts > 1 else ""
     return f"#{step.position} {step.name}{retries}"
 
@@ -82,9 +82,10 @@ def timeline(info: WorkflowInfo, steps: list[StepRecord], now: datetime) -> Time
     out: list[Bar] = []
     cursor = begin
     for step in steps:
+        state = _state(info, step)
         start = step.started_at or cursor
         end = step.completed_at or (now if step.status is StepStatus.PENDING else start)
-        if left_unfinished(info, step):  # it ended with the workflow
+        if state == "unfinished":  # it ended with the workflow
             end = info.completed_at or start
         end = max(end, start)
         left = max(0.0, min(100.0, (start - begin).total_seconds() / span * 100))
@@ -95,9 +96,8 @@ def timeline(info: WorkflowInfo, steps: list[StepRecord], now: datetime) -> Time
             if step.completed_at and step.started_at
             else None
         )
-        state = _state(info, step)
         text = _status_text(info, step, state)
-        label = _label(info, step)
+        label = _label(info, step, state)
         out.append(Bar(step, round(left, 3), round(width, 3), label, state, seconds, text))
         cursor = end
     return Timeline(out, begin, finish)

@@ -661,19 +661,13 @@ PG_MAX_OVERFLOW = 10
 #: good); a peer that went away without a word (a host gone, a NAT entry dropped) is found by
 #: TCP keepalives after about a minute of silence, and data it does not acknowledge fails the
 #: connection after 60 s, instead of the operating system's hours.
-PG_CONNECT_DEFAULTS: dict[str, Any] = {
-    "connect_timeout": 10,
-    "keepalives": 1,
-    "keepalives_idle": 30,
-    "keepalives_interval": 10,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 60_000,
-}
+#: The TCP settings are :data:`.mysql.TCP_DEFAULTS`, which MySQL/MariaDB connections get too.
+PG_CONNECT_DEFAULTS: dict[str, Any] = {"connect_timeout": 10, **mysql.TCP_DEFAULTS}
 #: Seconds a MySQL/MariaDB connection attempt is given (the driver's ``connect_timeout``),
 #: unless the URL's query or ``connect_args`` say otherwise: a host that vanished, or drops
 #: packets, fails the attempt instead of holding durable's start and every reconnect (aiomysql
 #: waited for ever by default). Its TCP settings: :data:`.mysql.TCP_DEFAULTS`.
-MYSQL_CONNECT_TIMEOUT = 10
+MYSQL_CONNECT_TIMEOUT = PG_CONNECT_DEFAULTS["connect_timeout"]
 #: Seconds after which a pooled MySQL connection is replaced (the server drops idle ones after
 #: its wait_timeout, 8 hours by default).
 MYSQL_POOL_RECYCLE = 3600

@@ -206,7 +206,7 @@ def raise_if_unrecorded(connection: sa.Connection) -> None:
     found = sorted(
         name
         for name in sa.inspect(connection).get_table_names()
-        if name.startswith(PREFIX) and name != VERSION_TABLE
+        if include_name(name, "table", {})  # durable's own, as Alembic compares them
     )
     if found:
         url = shown_url(connection.engine.url)

@@ -537,7 +537,8 @@ def resets_by_durable(engine: sa.Engine | AsyncEngine) -> bool:
 
 
 #: TCP settings every MySQL/MariaDB connection's socket gets once it is open, unless the
-#: engine's ``connect_args`` set them (libpq's names and meanings, as on PostgreSQL; 0 leaves
+#: engine's ``connect_args`` set them (libpq's names and meanings: PostgreSQL's connections get
+#: the same, as libpq settings, :data:`.dialects.PG_CONNECT_DEFAULTS`; 0 leaves
 #: one to the operating system, ``keepalives=0`` turns the probes off). The drivers take none
 #: of them (aiomysql and PyMySQL turn keepalives on with the system's two hours of idle), so
 #: durable sets them on the socket: a peer that went away without a word (a host gone, a NAT

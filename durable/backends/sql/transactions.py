@@ -118,10 +118,9 @@ class Transactions(SQLCore):
             try:
                 made = record(body(conn))
             except BaseException as exc:  # the user's: carried out, then raised as it was
-                if not conn.invalidated:  # it ended the transaction, then failed on it?
-                    _check_still_open(conn.in_transaction(), exc)
-                raise _body_failed(exc, lost=conn.invalidated) from None
-            _check_still_open(conn.in_transaction())
+                raise _body_failed(exc, conn) from None
+            if not conn.in_transaction():
+                raise _ended_by_body()
             self._write_record(conn, instance_id, made, worker_id, task_id)
             return made
 
@@ -370,24 +369,21 @@ class Transactions(SQLCore):
         return self.dialect.connection(connection)  # MySQL: what it lacks, emulated
 
 
-def _check_still_open(open_: bool, raised: BaseException | None = None) -> None:
-    """Refuse a body that ended the step's transaction itself (``conn.commit()``,
+def _ended_by_body(raised: BaseException | None = None) -> _BodyFailed:
+    """What refuses a body that ended the step's transaction itself (``conn.commit()``,
     ``conn.rollback()``): its writes and the step's record would no longer be one commit (the
     record went into a new transaction that nothing committed, so the step ran again after a
     crash, its writes twice). Also when the body then failed (``raised``: typically
     SQLAlchemy's refusal of the closed transaction's next statement): retried, each attempt
-    would commit its writes again.
-
-    :raises _BodyFailed: carrying the ConfigurationError that says so (not retried).
-    """
-    if not open_:
-        error = ConfigurationError(
-            "a @durable.transaction step's body ended its transaction (it called commit() "
-            "or rollback() on the connection): durable commits it, with the step's record, "
-            "when the body returns; use conn.begin_nested() for a part that may fail"
-        )
-        error.__cause__ = raised
-        raise _BodyFailed(error)
+    would commit its writes again. It carries the ConfigurationError that says so (not
+    retried)."""
+    error = ConfigurationError(
+        "a @durable.transaction step's body ended its transaction (it called commit() "
+        "or rollback() on the connection): durable commits it, with the step's record, "
+        "when the body returns; use conn.begin_nested() for a part that may fail"
+    )
+    error.__cause__ = raised
+    return _BodyFailed(error)
 
 
 def _in_transaction(engine: sa.Engine, fn: Callable[[sa.Connection], T]) -> T:
@@ -395,20 +391,24 @@ def _in_transaction(engine: sa.Engine, fn: Callable[[sa.Connection], T]) -> T:
         return fn(conn)
 
 
-def _body_failed(exc: BaseException, *, lost: bool) -> BaseException:
-    """What a transactional step's body raising ``exc`` raises from its transaction: the body's
-    failure (:class:`_BodyFailed`), unless the transaction's connection was lost meanwhile (the
-    database restarted or went away: ``lost``, SQLAlchemy invalidated it). Then it is the
-    driver's error that said so, which :meth:`_errors` turns into
+def _body_failed(exc: BaseException, conn: sa.Connection | AsyncConnection) -> BaseException:
+    """What a transactional step's body raising ``exc`` on ``conn`` raises from its
+    transaction: the body's failure (:class:`_BodyFailed`), unless the transaction's connection
+    was lost meanwhile (the database restarted or went away: SQLAlchemy invalidated it). Then
+    it is the driver's error that said so, which :meth:`_errors` turns into
     :class:`~durable.errors.BackendUnavailableError`: the attempt is handed back uncounted, as
     for any checkpoint that cannot reach the database, instead of counted as the step's failure
-    (and dead-lettered on its last attempt)."""
-    if lost:
+    (and dead-lettered on its last attempt). A body that had ended the transaction itself is
+    refused (:func:`_ended_by_body`)."""
+    if conn.invalidated:
         cause: BaseException | None = exc
         while cause is not None and not isinstance(cause, sa.exc.DBAPIError):
             cause = cause.__cause__ or cause.__context__
         if cause is not None:
             return cause
+        return _BodyFailed(exc)
+    if not conn.in_transaction():  # it ended the transaction, then failed on it
+        return _ended_by_body(exc)
     return _BodyFailed(exc)
 
 
@@ -425,10 +425,9 @@ async def _async_body(
     try:
         made = record(await body(conn))
     except BaseException as exc:
-        if not conn.invalidated:  # it ended the transaction, then failed on it?
-            _check_still_open(conn.in_transaction(), exc)
-        raise _body_failed(exc, lost=conn.invalidated) from None
-    _check_still_open(conn.in_transaction())
+        raise _body_failed(exc, conn) from None
+    if not conn.in_transaction():
+        raise _ended_by_body()
     params, write, explain = backend._record_step_call(instance_id, made, worker_id, task_id)
     direct = backend._record_step_direct
     raw = (await conn.get_raw_connection()).driver_connection if direct is not None else None

@@ -77,11 +77,8 @@ def durable_settings() -> DurableSettings:
         raise ConfigurationError(
             f"settings.DURABLE has unknown key(s) {sorted(unknown)}: known are {sorted(KEYS)}"
         )
-    url = raw.get("URL")
-    if not isinstance(url, str) or not url:
-        raise ConfigurationError(f"settings.DURABLE['URL'] must be a database URL, got {url!r}")
     try:
-        check_url(url)
+        url = check_url(raw.get("URL"))
     except ConfigurationError as exc:
         raise ConfigurationError(f"settings.DURABLE['URL']: {exc}") from None
     workflows = raw.get("WORKFLOWS", ())
