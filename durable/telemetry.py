@@ -53,7 +53,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from durable.errors import ClaimLostError, WorkflowCancelledError
+from durable.errors import ClaimLostError, WorkflowCancelledError, message_of
 
 T = TypeVar("T")
 
@@ -317,7 +317,7 @@ class Telemetry:
                 self._set_attribute(span, "durable.outcome", outcome)
             else:
                 cause = exc.__cause__ if exc.__cause__ is not None else exc
-                self._record_error(span, cause, str(cause))
+                self._record_error(span, cause, message_of(cause))
                 self._set_attribute(span, "durable.outcome", "failed")
                 self._add(self.failures, {"durable.workflow.name": name})
             raise
@@ -377,7 +377,7 @@ class Telemetry:
         if span is None:
             return
         if isinstance(error, Exception):
-            self._record_error(span, error, f"{type(error).__name__}: {error}")
+            self._record_error(span, error, f"{type(error).__name__}: {message_of(error)}")
         self._end(span, token)
 
     async def step(

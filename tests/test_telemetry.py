@@ -502,6 +502,44 @@ async def test_a_handed_out_step_that_fails_has_its_error_on_its_span() -> None:
     assert _sum("durable.steps", **failed) - before == 1
 
 
+class Unsayable(Exception):
+    """An exception whose ``str()`` raises (its ``__str__`` reads what it never got)."""
+
+    def __str__(self) -> str:
+        return f"code {self.code}"  # type: ignore[attr-defined]
+
+
+@durable.step(name="tests.otel.unsayable", max_attempts=1)
+async def unsayable_step() -> None:
+    raise Unsayable()
+
+
+@durable.workflow(name="tests.otel.unsayable.v1", registry=REG, retry=durable.RetryPolicy(1))
+async def unsayable_wf(in_step: bool) -> None:
+    if in_step:
+        await unsayable_step()
+    raise Unsayable()
+
+
+@pytest.mark.parametrize("in_step", [False, True], ids=["workflow", "step"])
+async def test_an_error_whose_str_raises_is_recorded_on_its_span(in_step: bool) -> None:
+    """The span's status description is the error's message: an error whose ``str()`` raised
+    made recording it raise in place of the step's failure (the attempt then ended on that
+    AttributeError, not on the step's recorded failure). Now the outcome is the same as
+    without telemetry, and the span says what the recorded error says."""
+    async with runtime("memory://") as rt:
+        await rt.start_worker(concurrency=2, poll_interval=0.02)
+        workflow_id = await rt.client.enqueue(unsayable_wf, in_step)
+        with pytest.raises(durable.WorkflowDeadLetteredError, match="str\\(\\) of this"):
+            await rt.client.result(workflow_id, timeout=WAIT)
+        info = await rt.client.get_workflow(workflow_id)
+    assert info.error is not None and info.error.type.endswith("Unsayable")
+    workflow_spans, step_spans = spans_of(workflow_id)
+    failed = step_spans if in_step else workflow_spans
+    assert failed and failed[-1].status.status_code is StatusCode.ERROR
+    assert "str() of this Unsayable raised" in (failed[-1].status.description or "")
+
+
 class FaultyPropagator(TraceContextTextMapPropagator):
     """W3C trace context, except that it raises in ``inject`` or ``extract`` (``where``)."""
 
