@@ -37,6 +37,7 @@ from durable.errors import (
     NonDeterminismError,
     SerializationError,
     StepAlreadyRecordedError,
+    TaskNotFoundError,
 )
 from durable.errors import rebuild_exception as rebuild_exception  # also importable from here
 from durable.models import WORKFLOW_TASK, ErrorInfo, StepRecord, StepStatus
@@ -254,7 +255,25 @@ class ExecutionContext:
         except ClaimLostError as exc:
             self.lease_lost = exc
             raise
+        except TaskNotFoundError as exc:  # finished elsewhere, or cancelled: nothing to hold
+            raise self._lose(
+                "its task is gone (the workflow ended elsewhere, or was cancelled)"
+            ) from exc
         self.lease_deadline = before + runtime.claim_ttl.total_seconds()
+
+    async def renew_lapsed(self, refused: ClaimLostError) -> None:
+        """After a write of this execution refused with ``refused``: if its lease had only run
+        out, with nobody else holding the workflow (``holder`` None, the lease not known lost),
+        renew it (:meth:`ensure_lease`) so that the caller writes again. Safe: nobody else can
+        have run or recorded anything under a lease that nobody took over, and the renewal
+        fails if another executor holds the workflow now or it was released.
+
+        :raises ClaimLostError: ``refused``, or the renewal's own, when the lease is gone.
+        """
+        if refused.holder is not None or self.lease_lost is not None:
+            raise refused
+        self.lease_deadline = 0.0  # the database says the lease ran out: renew it now
+        await self.ensure_lease()
 
     async def record_markers(self) -> None:
         """Record the markers in :attr:`unrecorded_markers`, in order, before the caller
@@ -557,8 +576,13 @@ class StepGuard:
             ctx.block_on(self.fail(exc, attempts=attempts))
             raise
         record = self._entry(StepStatus.SUCCEEDED, output=stored, attempts=attempts, child=None)
-        with ctx.checkpoint():
-            backend.record_step_blocking(ctx.workflow_id, record, worker_id=ctx.executor_id)
+        try:
+            with ctx.checkpoint():
+                backend.record_step_blocking(ctx.workflow_id, record, worker_id=ctx.executor_id)
+        except ClaimLostError as exc:
+            ctx.block_on(ctx.renew_lapsed(exc))
+            with ctx.checkpoint():
+                backend.record_step_blocking(ctx.workflow_id, record, worker_id=ctx.executor_id)
         self.recorded = record
         self.result = stored
         return stored
@@ -596,10 +620,16 @@ class StepGuard:
         """Persist the step with ``status`` and the :meth:`_entry` ``fields``."""
         ctx = self.ctx
         record = self._entry(status, **fields)
-        with ctx.checkpoint():
-            await ctx.runtime.backend.record_step(
-                ctx.workflow_id, record, worker_id=ctx.executor_id
-            )
+        write = ctx.runtime.backend.record_step
+        try:
+            with ctx.checkpoint():
+                await write(ctx.workflow_id, record, worker_id=ctx.executor_id)
+        except (
+            ClaimLostError
+        ) as exc:  # the lease ran out under the write: renewed if nobody took it
+            await ctx.renew_lapsed(exc)
+            with ctx.checkpoint():
+                await write(ctx.workflow_id, record, worker_id=ctx.executor_id)
         self.recorded = record
 
     def _entry(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -119,7 +120,12 @@ async def test_a_step_does_not_run_once_the_lease_was_taken_over(
     runtime.heartbeat_interval = 3600  # no heartbeat: A's lease runs out while the workflow waits
     async with runtime, asyncio.timeout(WAIT):
         run = asyncio.create_task(runtime.run(workflow, workflow_id="wf"))
-        assert await asyncio.to_thread(between.wait, WAIT)
+        waiting = asyncio.create_task(asyncio.to_thread(between.wait, WAIT))
+        await asyncio.wait([run, waiting], return_when=asyncio.FIRST_COMPLETED)
+        if run.done():  # it ended before it reached the pause: show why
+            go_on.set()
+            pytest.fail(f"the workflow ended before its pause: {run.result()!r}")
+        assert await waiting
         [ctx] = contexts
         while ctx.lease_fresh():  # noqa: ASYNC110 - A's own deadline, on the monotonic clock
             await asyncio.sleep(0.02)
@@ -137,3 +143,47 @@ async def test_a_step_does_not_run_once_the_lease_was_taken_over(
         assert (record.name, record.status) == ("tests.lease_check.first", StepStatus.SUCCEEDED)
         claim = await backend.claim_task("wf", WORKFLOW_TASK, "exec-C", timedelta(minutes=5))
         assert claim is None  # B still holds the workflow: A did not release or finish it
+
+
+@durable.step(name="tests.lease_check.slow")
+def slow() -> str:
+    bodies["slow"] += 1
+    time.sleep(SLOW)  # outlasts the lease: nobody renews it (no heartbeat)
+    return "slow"
+
+
+@durable.workflow(name="tests.lease_check.slow.async.v1", registry=registry)
+async def slow_async_flow() -> list[str]:
+    return [await slow.aio(), await first.aio()]
+
+
+@durable.workflow(name="tests.lease_check.slow.sync.v1", registry=registry)
+def slow_sync_flow() -> list[str]:
+    return [slow(), first()]
+
+
+SLOW = 0.3  # seconds: longer than the lease below
+
+
+@pytest.mark.parametrize("workflow", [slow_async_flow, slow_sync_flow], ids=["async", "sync"])
+async def test_a_lease_that_ran_out_with_nobody_taking_over_is_renewed_for_the_write(
+    backend_url: str, workflow: Any
+) -> None:
+    """A step that outlasts its lease (no heartbeat; a long pause does the same) while no other
+    executor takes the workflow over: its result is recorded once the lease is renewed, instead
+    of the attempt being given up and the step's body run again by the next one."""
+    backend = (
+        durable.InMemoryBackend() if backend_url == "memory://" else durable.connect(backend_url)
+    )
+    runtime = durable.Runtime(
+        backend, executor_id="exec-A", claim_ttl=0.05, recover=False, registry=registry
+    )
+    runtime.heartbeat_interval = 3600
+    async with runtime:
+        assert await runtime.run(workflow, workflow_id="wf") == ["slow", "first"]
+        assert bodies == {"slow": 1, "first": 1}
+        steps = await runtime.list_steps("wf")
+        assert [(s.name, s.status) for s in steps] == [
+            ("tests.lease_check.slow", StepStatus.SUCCEEDED),
+            ("tests.lease_check.first", StepStatus.SUCCEEDED),
+        ]
