@@ -15,7 +15,6 @@ the workflow goes on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import threading
@@ -40,7 +39,7 @@ from durable.errors import (
     TaskNotFoundError,
 )
 from durable.errors import rebuild_exception as rebuild_exception  # also importable from here
-from durable.models import WORKFLOW_TASK, ErrorInfo, StepRecord, StepStatus
+from durable.models import WORKFLOW_TASK, ErrorInfo, StepRecord, StepStatus, new_step_record
 from durable.validation import check_name
 
 T = TypeVar("T")
@@ -292,8 +291,7 @@ class ExecutionContext:
                 await self.unrecorded_markers[0].succeed(True)
                 self.unrecorded_markers.pop(0)
 
-    @contextlib.contextmanager
-    def checkpoint(self, *, awaited: bool = True) -> Iterator[None]:
+    def checkpoint(self, *, awaited: bool = True) -> _Checkpoint:
         """Around a write of this execution's progress: a database that cannot be reached
         sets :attr:`outage` (then the error propagates). No write once the lease is known
         lost, or another process took this executor id over; a position found recorded
@@ -307,30 +305,7 @@ class ExecutionContext:
 
         :raises ClaimLostError: the lease was lost, or the write found its position recorded.
         """
-        if self.lease_lost is None and self.runtime.superseded:
-            # another process runs under this executor id now: the leases are its own
-            self._lose(f"another process runs under {self.executor_id!r} now")
-        if self.lease_lost is not None:
-            raise self.lease_lost
-        writes, key = self._writes, -1
-        if awaited:  # inline: this is every step's path
-            key = next(self._write_keys)
-            writes[key] = time.monotonic()
-        try:
-            yield
-        except BackendUnavailableError as exc:
-            if self.outage is None:
-                self.outage = exc
-            raise
-        except StepAlreadyRecordedError as exc:
-            # this executor's lease lapsed, came back to it, and another attempt of it recorded
-            # this position (the executor id fences writes: both attempts passed)
-            raise self._lose(
-                f"step {exc.position} was recorded by another attempt since this one read the "
-                "history (its lease lapsed under it)"
-            ) from exc
-        finally:
-            writes.pop(key, None)
+        return _Checkpoint(self, awaited)
 
     def _lose(self, reason: str) -> ClaimLostError:
         """Take this attempt's lease for lost, for ``reason``: its writes are refused from now
@@ -462,6 +437,47 @@ class ExecutionContext:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
 
+class _Checkpoint:
+    """The context manager of :meth:`ExecutionContext.checkpoint` (a class: every step enters
+    one, and a generator-based one costs several times more)."""
+
+    __slots__ = ("_awaited", "_ctx", "_key")
+
+    def __init__(self, ctx: ExecutionContext, awaited: bool) -> None:
+        self._ctx = ctx
+        self._awaited = awaited
+        self._key = -1  # the write's entry in ctx._writes, when awaited
+
+    def __enter__(self) -> None:
+        ctx = self._ctx
+        if ctx.lease_lost is None and ctx.runtime.superseded:
+            # another process runs under this executor id now: the leases are its own
+            ctx._lose(f"another process runs under {ctx.executor_id!r} now")
+        if ctx.lease_lost is not None:
+            raise ctx.lease_lost
+        if self._awaited:  # inline: this is every step's path
+            key = self._key = next(ctx._write_keys)
+            ctx._writes[key] = time.monotonic()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        ctx = self._ctx
+        ctx._writes.pop(self._key, None)
+        if exc is None:
+            return
+        if isinstance(exc, BackendUnavailableError):
+            if ctx.outage is None:
+                ctx.outage = exc
+        elif isinstance(exc, StepAlreadyRecordedError):
+            # this executor's lease lapsed, came back to it, and another attempt of it recorded
+            # this position (the executor id fences writes: both attempts passed)
+            raise ctx._lose(
+                f"step {exc.position} was recorded by another attempt since this one read the "
+                "history (its lease lapsed under it)"
+            ) from exc
+
+
 def stamp_of(backend: object) -> datetime:
     """Now, by the clock ``backend`` stamps its rows with (its ``clock``: this host's in
     production, a test's time-skipping clock under :mod:`durable.testing`), else this host's:
@@ -536,8 +552,8 @@ class StepGuard:
         backend does not serialize it again."""
         serializer = self.ctx.runtime.backend.serializer
         try:
-            self._serialized = serializer.dumps(value)
-            return serializer.loads(self._serialized)
+            self._serialized, stored = serializer.roundtrip(value)
+            return stored
         except SerializationError as exc:
             raise SerializationError(
                 f"step {self.name!r} (position {self.position}) of workflow "
@@ -641,17 +657,17 @@ class StepGuard:
         attempts: int,
         child: str | None,
     ) -> StepRecord:
-        return StepRecord(
-            position=self.position,
-            name=self.name,
-            status=status,
-            output=output,
-            serialized_output=self._serialized if output is not None else None,
-            error=error,
-            child_workflow_id=child,
-            attempts=attempts,
-            executor_id=self.ctx.executor_id,
-            started_at=self.started_at,
+        return new_step_record(
+            self.position,
+            self.name,
+            status,
+            output,
+            self._serialized if output is not None else None,
+            error,
+            child,
+            attempts,
+            self.ctx.executor_id,
+            self.started_at,
         )
 
     async def __aenter__(self) -> StepGuard:

@@ -60,6 +60,12 @@ class Serializer(ABC):
     def loads(self, text: str) -> Any:
         """Deserialize text produced by :meth:`dumps`; raise SerializationError if it is corrupt."""
 
+    def roundtrip(self, value: Any) -> tuple[str, Any]:
+        """``value`` as stored and as read back (what a replay sees): ``(dumps(value),
+        loads(dumps(value)))``; raises as :meth:`dumps` does."""
+        text = self.dumps(value)
+        return text, self.loads(text)
+
 
 #: How a stored value that a serializer cannot read is reported (the start of the
 #: SerializationError's message), by serializer name: the CLI hints at the other serializer.
@@ -88,14 +94,31 @@ class JSONSerializer(Serializer):
         )
         self._decoder = json.JSONDecoder()
         self._typed_decoder = json.JSONDecoder(object_hook=_decode_typed)
+        # a subclass that reads or writes otherwise reads its own text back in roundtrip()
+        cls = type(self)
+        self._leaves_as_is = cls.loads is JSONSerializer.loads and cls.dumps is JSONSerializer.dumps
+
+    def roundtrip(self, value: Any) -> tuple[str, Any]:
+        """:meth:`Serializer.roundtrip`; a str, int, float, bool or None (exactly those types)
+        reads back as an equal value of its type, immutable, so it is returned as it is, not
+        parsed again (every no-op step's result)."""
+        text = self.dumps(value)
+        if type(value) in _LEAVES and self._leaves_as_is:
+            return text, value
+        return text, self.loads(text)
 
     def dumps(self, value: Any) -> str:
         try:
-            text = self._encoder.encode(value)
-            # a walk of dicts, lists and tuples (a microsecond for a small dict): refuses keys
-            # that are not str, and finds dicts whose own key is the envelope's, to escape them
-            if _holds_marker_key(value):
-                text = self._encoder.encode(_escaped(value))
+            leaf = _LEAF_TEXT.get(type(value))
+            if leaf is not None:  # what the encoder writes for it, without building one
+                text = leaf(value)
+            else:
+                text = self._encoder.encode(value)
+                # a walk of dicts, lists and tuples (a microsecond for a small dict): refuses
+                # keys that are not str, and finds dicts whose own key is the envelope's, to
+                # escape them
+                if _holds_marker_key(value):
+                    text = self._encoder.encode(_escaped(value))
             text.encode("utf-8")  # a lone surrogate is valid Python text but no database's
             return text
         except UnicodeEncodeError as exc:
@@ -164,6 +187,29 @@ class _KeyTypeError(TypeError):
         )
 
 
+def _float_text(value: float) -> str:
+    """A float as :class:`json.JSONEncoder` writes it (``allow_nan``, its default)."""
+    if value != value:
+        return "NaN"
+    if value == _INFINITY:
+        return "Infinity"
+    if value == -_INFINITY:
+        return "-Infinity"
+    return float.__repr__(value)
+
+
+_INFINITY = float("inf")
+#: For a value of exactly one of these types, its JSON text as the encoder (``ensure_ascii``
+#: off) writes it at the top level, at a tenth of the encoder's cost (building its C encoder
+#: is most of that): an int's ``repr`` (which raises ValueError past Python's digit limit, as
+#: the encoder does), a str through the encoder's own ``encode_basestring``.
+_LEAF_TEXT: dict[type, Callable[[Any], str]] = {
+    int: int.__repr__,
+    str: json.encoder.encode_basestring,
+    float: _float_text,
+    bool: lambda value: "true" if value else "false",
+    type(None): lambda value: "null",
+}
 #: Types whose values hold nothing to look into (the walk's fast path).
 _LEAVES: frozenset[type] = frozenset({str, int, float, bool, type(None)})
 _STR_ONLY: frozenset[type] = frozenset({str})

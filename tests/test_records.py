@@ -128,3 +128,37 @@ def test_a_snapshots_header_is_its_fields_but_steps_and_labels_with_changes() ->
         assert snapshot.header(**changes) == dataclasses.replace(plain, **changes)
     with pytest.raises(TypeError, match=r"unknown fields \['steps'\]"):
         snapshot.header(steps=())
+
+
+def test_new_step_record_builds_what_init_builds() -> None:
+    """The step record every step builds without the dataclass's ``__init__``: equal to the
+    constructor's for the same fields (the others at their defaults), frozen, and the same
+    through ``repr``, ``asdict``, pickling, copying and ``replace``."""
+    from durable.models import new_step_record
+
+    rng = random.Random(7)
+    for _ in range(500):
+        values: dict[str, Any] = {
+            "position": rng.randrange(10_000),
+            "name": rng.choice(["a", "charge", "é/step"]),
+            "status": rng.choice(list(StepStatus)),
+            "output": rng.choice([None, 3, "done", {"k": [1]}]),
+            "serialized_output": rng.choice([None, "3", '"done"']),
+            "error": rng.choice(_SAMPLES["error"]),
+            "child_workflow_id": rng.choice([None, "wf/1"]),
+            "attempts": rng.randrange(1, 5),
+            "executor_id": rng.choice([None, "worker-1"]),
+            "started_at": _value(rng, "started_at"),
+        }
+        built = new_step_record(**values)
+        expected = StepRecord(**values)
+        assert type(built) is StepRecord
+        assert built == expected
+        assert repr(built) == repr(expected)
+        assert built.serialized_output == expected.serialized_output  # not compared by ==
+        assert dataclasses.asdict(built) == dataclasses.asdict(expected)
+        assert pickle.loads(pickle.dumps(built)) == expected
+        assert copy.copy(built) == expected
+        assert dataclasses.replace(built, attempts=9) == dataclasses.replace(expected, attempts=9)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            built.position = 1  # type: ignore[misc]

@@ -11,6 +11,7 @@ longer fit their class fail to load with an error naming the class.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -191,6 +192,64 @@ def test_plain_values_are_unchanged() -> None:
     assert serializer.loads(serializer.dumps(value)) == value
 
 
+#: Values of exactly str, int, float, bool or None, which dumps writes and roundtrip returns
+#: without the encoder and the decoder.
+LEAVES: list[object] = [
+    0,
+    -7,
+    2**80,
+    True,
+    False,
+    None,
+    0.0,
+    -0.0,
+    2.5,
+    1e300,
+    5e-324,
+    float("inf"),
+    float("-inf"),
+    float("nan"),
+    "",
+    "plain",
+    'é "quoted" \\ \n \u2028 \x00 日本',
+]
+
+
+def test_a_plain_value_is_written_as_the_encoder_writes_it_and_reads_back_as_itself() -> None:
+    import json
+    import math
+
+    serializer = JSONSerializer()
+    encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+    for value in LEAVES:
+        text, stored = serializer.roundtrip(value)
+        assert text == serializer.dumps(value) == encoder.encode(value)
+        loaded = serializer.loads(text)
+        assert type(stored) is type(loaded)
+        if isinstance(value, float) and math.isnan(value):
+            assert math.isnan(stored)
+        else:
+            assert stored == loaded == value
+    # the same refusals as through the encoder
+    with pytest.raises(SerializationError, match="int"):
+        serializer.dumps(10**5000)  # past Python's digit limit
+    with pytest.raises(SerializationError, match="not valid Unicode"):
+        serializer.dumps("a\ud800b")
+    # an int or str subclass is not a plain value: read back as the plain type, as before
+    flag = enum.IntEnum("Flag", {"ON": 1})
+    assert serializer.roundtrip(flag.ON) == ("1", 1)
+    assert type(serializer.roundtrip(flag.ON)[1]) is int
+
+
+def test_a_serializer_that_reads_otherwise_reads_its_plain_values_back_itself() -> None:
+    class Tagged(JSONSerializer):
+        def loads(self, text: str) -> object:
+            return ("read", super().loads(text))
+
+    assert Tagged().roundtrip(5) == ("5", ("read", 5))
+    assert Tagged().roundtrip("x") == ('"x"', ("read", "x"))
+
+
 @durable.step(name="typed.echo_payload")
 def echo_payload(payload: dict[str, object]) -> dict[str, object]:
     return payload
@@ -305,6 +364,15 @@ def test_sqlite_timestamps_are_written_and_read_as_sqlalchemy_would() -> None:
         assert read(expected).tzinfo is UTC
     for computed in ["2026-12-04 20:00:00.123", "2026-12-04T20:00:00", "2026-12-04"]:
         assert read(computed) == ours.process_result_value(computed, dialect)
+        assert read(computed).tzinfo is UTC
+    # text with an offset of its own (not what SQLite keeps, but readable): that instant, in UTC
+    for offset in ["2026-12-04 20:00:00.5+02:00", "2026-12-04T20:00:00-09:30", "2026-12-04 20:00Z"]:
+        assert read(offset) == datetime.fromisoformat(offset)
+        assert read(offset).tzinfo is UTC
+    # the same time bound twice in a row (a step's completed_at and its lease check's now)
+    # gives the same text, and a naive time after it is still refused
+    moment = datetime(2026, 12, 4, 20, 0, 0, 5, tzinfo=ZoneInfo("Asia/Kolkata"))
+    assert bind(moment) == bind(moment) == text(ours.process_bind_param(moment, dialect))
     assert bind(None) is None and read(None) is None
     with pytest.raises(ValueError, match="naive datetime"):
         bind(datetime(2026, 12, 4, 20, 0))

@@ -607,7 +607,7 @@ class Attempts(Leases):
     def _roundtrip_output(self, wf: Workflow[Any, Any], instance_id: str, output: Any) -> Any:
         serializer = self.backend.serializer
         try:
-            return serializer.loads(serializer.dumps(output))
+            return serializer.roundtrip(output)[1]
         except SerializationError as exc:
             raise SerializationError(
                 f"workflow {wf.name!r} (id {instance_id!r}) returned a value of type "

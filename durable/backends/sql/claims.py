@@ -584,8 +584,9 @@ class Claims(SQLCore):
         )
         assert claim is not None  # compiled for SQLite's standard-library driver
         begin_chain = self._begin_chain  # type: ignore[attr-defined]  # Execution's
-        start = {"p_tid": WORKFLOW_TASK, "p_wid": worker_id, "p_ts": self.clock()}
-        start.update(self.dialect.clock_params())
+        now = self.clock()
+        start = {"p_tid": WORKFLOW_TASK, "p_wid": worker_id, "p_ts": now}
+        start.update(self.dialect.clock_params_at(now))
 
         def started(claimed: DirectResult) -> list[str]:
             return [r["instance_id"] for r in claimed.rows if r["task_id"] == WORKFLOW_TASK]

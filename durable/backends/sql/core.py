@@ -64,6 +64,9 @@ log = logging.getLogger("durable.backends.sql.backend")
 #: The steps table's columns, in order (a step record's parameters are ``s_<column>``).
 #: (not its change feed position: each statement computes that itself, see .feed)
 STEP_COLUMNS = [c.name for c in steps.columns if c.name != "change_seq"]
+#: A step status's stored text, by status (a member or its text: a StrEnum hashes as its
+#: text), without ``StepStatus(...)`` and the enum's ``value`` property on every step
+_STEP_STATUS_TEXT = {status: status.value for status in StepStatus}
 #: A workflow's columns but its change feed positions: what a statement that writes a whole row
 #: binds (the positions are computed by the statement itself, see .feed) and what the hot path's
 #: statements return (nothing reads the positions back: fewer bytes, and the claim's statement
@@ -372,7 +375,7 @@ class SQLCore(PersistentBackend):
             "workflow_id": instance_id,
             "position": step.position,
             "name": step.name,
-            "status": StepStatus(step.status).value,
+            "status": _STEP_STATUS_TEXT.get(step.status) or StepStatus(step.status).value,
             "input": self._dump(step.input),
             "output": step.serialized_output
             if step.serialized_output is not None

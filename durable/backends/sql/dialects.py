@@ -110,6 +110,12 @@ class SQLDialect:
         """The parameters :meth:`now` and :meth:`later` need, for one execution."""
         raise NotImplementedError
 
+    def clock_params_at(self, now: datetime, **durations: float) -> dict[str, Any]:
+        """:meth:`clock_params`, where ``now`` was just read from :attr:`clock` to stamp the
+        same statement's rows: a clock bound as a parameter passes that reading in (one
+        reading, not two); a database's own clock ignores it."""
+        return self.clock_params(**durations)
+
     def insert(self, table: sa.Table) -> Any:
         """An INSERT construct that supports ``on_conflict_do_*``."""
         raise NotImplementedError
@@ -227,7 +233,9 @@ class BoundClock(SQLDialect):
         return self.clock()  # the clock clock_params passes in
 
     def clock_params(self, **durations: float) -> dict[str, Any]:
-        now = self.clock()
+        return self.clock_params_at(self.clock(), **durations)
+
+    def clock_params_at(self, now: datetime, **durations: float) -> dict[str, Any]:
         params: dict[str, Any] = {"c_now": now}
         for key, seconds in durations.items():
             params[f"c_{key}"] = now + timedelta(seconds=seconds)

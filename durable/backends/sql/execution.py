@@ -220,12 +220,13 @@ class Execution(GroupedWrites):
     async def begin_execution(
         self, instance_id: str, worker_id: str, *, task_id: str = WORKFLOW_TASK
     ) -> WorkflowSnapshot:
-        clock = self.dialect.clock_params()
+        now = self.clock()
+        clock = self.dialect.clock_params_at(now)
         params = {
             "p_iid": instance_id,
             "p_tid": task_id,
             "p_wid": worker_id,
-            "p_ts": self.clock(),
+            "p_ts": now,
             **clock,
         }
 
@@ -343,8 +344,9 @@ class Execution(GroupedWrites):
     ]:
         """The parameters of the fenced step record, a function that runs it, and one that
         explains why it was refused."""
-        clock = self.dialect.clock_params()
-        row = self._step_row(instance_id, step, self.clock())
+        now = self.clock()
+        clock = self.dialect.clock_params_at(now)
+        row = self._step_row(instance_id, step, now)
         params = dict(zip(_STEP_PARAMS, row.values(), strict=True))
         params.update(p_iid=instance_id, p_tid=task_id, p_wid=worker_id, **clock)
 
@@ -372,14 +374,15 @@ class Execution(GroupedWrites):
     ) -> WorkflowInfo:
         if not WorkflowStatus(status).is_terminal:
             raise InvalidArgumentError(f"finish_workflow needs a final status, got {status!r}")
-        clock = self.dialect.clock_params()
+        now = self.clock()
+        clock = self.dialect.clock_params_at(now)
         params = {
             "p_iid": instance_id,
             "p_wid": worker_id,
             "p_status": WorkflowStatus(status).value,
             "p_output": self._dump(output),
             "p_error": error.to_json() if error else None,
-            "p_ts": self.clock(),
+            "p_ts": now,
             **clock,
         }
 

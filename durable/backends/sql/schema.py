@@ -80,11 +80,24 @@ def _in_utc(value: datetime) -> datetime:
     return value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
+#: The last timestamp :func:`_sqlite_text` wrote and its text: a step's record binds the same
+#: time twice (its ``completed_at`` and the lease check's ``c_now``), and formatting an aware
+#: datetime costs a microsecond. Held by reference, so the identity check cannot be fooled by
+#: a freed object's address; a datetime is immutable, so its text cannot change.
+_last_text: tuple[datetime | None, str | None] = (None, None)
+
+
 def _sqlite_text(value: datetime | None) -> str | None:
     """A timestamp as SQLite keeps it: naive UTC text with microseconds (SQLAlchemy's format)."""
+    global _last_text
     if value is None:
         return None
-    return _in_utc(value).isoformat(" ", "microseconds")[:26]  # without the "+00:00"
+    last = _last_text  # one read: another thread may replace the pair meanwhile
+    if value is last[0]:
+        return last[1]
+    text = _in_utc(value).isoformat(" ", "microseconds")[:26]  # without the "+00:00"
+    _last_text = (value, text)
+    return text
 
 
 def _read_utc(value: Any) -> datetime | None:
@@ -92,6 +105,18 @@ def _read_utc(value: Any) -> datetime | None:
     the text SQLite keeps or computed itself."""
     if value is None:
         return None
+    if type(value) is str:
+        # naive UTC text, as SQLite keeps it: parsed with its offset in one call (a parse and
+        # a replace(tzinfo=...) cost six times more). Text with an offset of its own fails
+        # here, and a date alone parses with the offset dropped (Python 3.11): both are read
+        # below
+        try:
+            parsed = datetime.fromisoformat(value + "+00:00")
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is UTC:
+                return parsed
     if getattr(value, "tzinfo", None) is UTC:  # as psycopg reads it on a UTC session
         return value  # type: ignore[no-any-return]
     parsed = value if isinstance(value, datetime) else datetime.fromisoformat(value)
