@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 
 import durable
+from durable.backends import SQLAlchemyBackend
 from durable.context import ExecutionContext, current
 from durable.models import WORKFLOW_TASK, StepStatus
 
@@ -38,6 +38,7 @@ go_on = threading.Event()  # ... until the test sets this
 
 @pytest.fixture(autouse=True)
 def _reset() -> None:
+    clock.offset = timedelta()
     bodies.clear()
     contexts.clear()
     between.clear()
@@ -88,6 +89,21 @@ class FakeClock:
 
     def __call__(self) -> datetime:
         return datetime.now(UTC) + self.offset
+
+
+#: The store's clock in the tests of a lease that ran out with nobody taking over: the lease
+#: runs out when the test moves it, not when a loaded machine is slow (a 0.05 s lease ran out
+#: under load between its renewal and the write it was renewed for).
+clock = FakeClock()
+LAPSE = timedelta(hours=1)  # a move of the store's clock past any lease here
+LONG_TTL = 60.0  # the leases of those tests: real time never outlasts them
+
+
+def on_clock(backend_url: str) -> durable.PersistentBackend:
+    """The backend for ``backend_url``, judging time by :data:`clock`."""
+    if backend_url == "memory://":
+        return durable.InMemoryBackend(clock=clock)
+    return SQLAlchemyBackend(backend_url, clock=clock)
 
 
 async def _take_over(backend: durable.PersistentBackend, workflow_id: str) -> None:
@@ -148,7 +164,7 @@ async def test_a_step_does_not_run_once_the_lease_was_taken_over(
 @durable.step(name="tests.lease_check.slow")
 def slow() -> str:
     bodies["slow"] += 1
-    time.sleep(SLOW)  # outlasts the lease: nobody renews it (no heartbeat)
+    clock.offset += LAPSE  # outlasts the lease, on the store's clock: nobody renews it
     return "slow"
 
 
@@ -162,9 +178,6 @@ def slow_sync_flow() -> list[str]:
     return [slow(), first()]
 
 
-SLOW = 0.3  # seconds: longer than the lease below
-
-
 @pytest.mark.parametrize("workflow", [slow_async_flow, slow_sync_flow], ids=["async", "sync"])
 async def test_a_lease_that_ran_out_with_nobody_taking_over_is_renewed_for_the_write(
     backend_url: str, workflow: Any
@@ -172,13 +185,14 @@ async def test_a_lease_that_ran_out_with_nobody_taking_over_is_renewed_for_the_w
     """A step that outlasts its lease (no heartbeat; a long pause does the same) while no other
     executor takes the workflow over: its result is recorded once the lease is renewed, instead
     of the attempt being given up and the step's body run again by the next one."""
-    backend = (
-        durable.InMemoryBackend() if backend_url == "memory://" else durable.connect(backend_url)
-    )
     runtime = durable.Runtime(
-        backend, executor_id="exec-A", claim_ttl=0.05, recover=False, registry=registry
+        on_clock(backend_url),
+        executor_id="exec-A",
+        claim_ttl=LONG_TTL,
+        recover=False,
+        registry=registry,
     )
-    runtime.heartbeat_interval = 3600
+    runtime.heartbeat_interval = 3600  # no heartbeat
     async with runtime:
         assert await runtime.run(workflow, workflow_id="wf") == ["slow", "first"]
         assert bodies == {"slow": 1, "first": 1}
@@ -187,3 +201,53 @@ async def test_a_lease_that_ran_out_with_nobody_taking_over_is_renewed_for_the_w
             ("tests.lease_check.slow", StepStatus.SUCCEEDED),
             ("tests.lease_check.first", StepStatus.SUCCEEDED),
         ]
+
+
+@durable.workflow(name="tests.lease_check.one.async.v1", registry=registry)
+async def one_step_async_flow() -> list[str]:
+    return [await first.aio()]
+
+
+@durable.workflow(name="tests.lease_check.one.sync.v1", registry=registry)
+def one_step_sync_flow() -> list[str]:
+    return [first()]
+
+
+@pytest.mark.parametrize(
+    "workflow", [one_step_async_flow, one_step_sync_flow], ids=["async", "sync"]
+)
+@pytest.mark.parametrize("late", ["begin_execution", "finish_workflow"])
+async def test_a_lease_that_ran_out_before_the_start_or_the_outcome_is_renewed_for_it(
+    backend_url: str, workflow: Any, late: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same between the claim and the execution's start, and between the last step and
+    the outcome: a pause there longer than the lease (found by CI load with a 0.05 s lease:
+    the start, then the outcome, was refused as "not held by anyone", and ``run`` raised
+    ClaimLostError) renews the lease, and the workflow is started, or finished, once."""
+    backend = on_clock(backend_url)
+    runtime = durable.Runtime(
+        backend, executor_id="exec-A", claim_ttl=LONG_TTL, recover=False, registry=registry
+    )
+    runtime.heartbeat_interval = 3600  # no heartbeat
+    write = getattr(backend, late)
+    paused: list[str] = []
+
+    async def after_a_pause(*args: Any, **kwargs: Any) -> Any:
+        if not paused:  # the first time only: the lease runs out first
+            paused.append(late)
+            clock.offset += LAPSE
+        return await write(*args, **kwargs)
+
+    monkeypatch.setattr(backend, late, after_a_pause)
+    async with runtime:
+        assert await runtime.run(workflow, workflow_id="wf") == ["first"]
+        assert paused == [late]
+        assert bodies == {"first": 1}
+        info = await runtime.get_workflow("wf")
+        assert (info.status, info.attempts, info.interruptions) == (
+            durable.WorkflowStatus.SUCCEEDED,
+            1,
+            0,
+        )
+        [record] = await runtime.list_steps("wf")
+        assert (record.name, record.status) == ("tests.lease_check.first", StepStatus.SUCCEEDED)

@@ -330,8 +330,11 @@ class Attempts(Leases):
         leased_at = time.monotonic()  # the claim was taken before this: a safe lower bound
         try:
             snapshot = began
-            if snapshot is None:
-                snapshot = await self.backend.begin_execution(instance_id, self.executor_id)
+            if snapshot is None:  # the lease may have run out since the claim: renewed then
+                snapshot = await self._renewing(
+                    instance_id,
+                    lambda: self.backend.begin_execution(instance_id, self.executor_id),
+                )
             args, kwargs = stored_arguments(snapshot.input, instance_id)
         except CorruptRowError as exc:  # fail it once; never leave it to be claimed forever
             await self._fail_unreadable(instance_id, exc)
@@ -459,11 +462,15 @@ class Attempts(Leases):
             if ctx.outage is not None:  # the workflow went on past it: nothing is certain
                 await self._hand_back(instance_id, ctx.outage)
             try:
-                await self._record_outcome(
+                await self._renewing(
                     instance_id,
-                    worker_id=self.executor_id,
-                    status=WorkflowStatus.SUCCEEDED,
-                    output=output,
+                    lambda: self._record_outcome(
+                        instance_id,
+                        worker_id=self.executor_id,
+                        status=WorkflowStatus.SUCCEEDED,
+                        output=output,
+                    ),
+                    ctx,
                 )
             except BackendUnavailableError as exc:
                 await self._hand_back(instance_id, exc)
@@ -645,12 +652,16 @@ class Attempts(Leases):
             if ctx.deadline is not None:  # never due after its deadline: expire then
                 left = (ctx.deadline - await self.backend.now()).total_seconds()
                 delay = max(min(delay, left), 0.0)
-            await self.backend.reschedule_workflow(
+            await self._renewing(
                 snapshot.id,
-                worker_id=self.executor_id,
-                run_after=timedelta(seconds=delay),
-                error=info,
-                rerun=rerun,
+                lambda: self.backend.reschedule_workflow(
+                    snapshot.id,
+                    worker_id=self.executor_id,
+                    run_after=timedelta(seconds=delay),
+                    error=info,
+                    rerun=rerun,
+                ),
+                ctx,
             )
             log.info(
                 "workflow %s failed attempt %d of %d, retrying in %.1fs: %s",
@@ -663,8 +674,12 @@ class Attempts(Leases):
             )
             return True
         status = WorkflowStatus.DEAD_LETTER if worth_retrying else WorkflowStatus.FAILED
-        await self._record_outcome(
-            snapshot.id, worker_id=self.executor_id, status=status, error=info, rerun=rerun
+        await self._renewing(
+            snapshot.id,
+            lambda: self._record_outcome(
+                snapshot.id, worker_id=self.executor_id, status=status, error=info, rerun=rerun
+            ),
+            ctx,
         )
         return False
 

@@ -185,6 +185,46 @@ class Leases(RuntimeCore):
                     extra={"action": "heartbeat.error", "workflow_id": instance_id},
                 )
 
+    async def _renewing(
+        self,
+        instance_id: str,
+        write: Callable[[], Awaitable[T]],
+        context: ExecutionContext | None = None,
+    ) -> T:
+        """``write()``, a write fenced by this executor's lease on the workflow (its start, its
+        outcome); refused because the lease only ran out, with nobody else holding the workflow
+        (this process paused, or its loop was late, for longer than ``claim_ttl``), the lease is
+        renewed and the write tried once more, as a step's record is
+        (:meth:`ExecutionContext.renew_lapsed`, with ``context``). Safe for the same reason:
+        nobody can have run or recorded anything under a lease that nobody took over, and the
+        renewal fails if another executor holds the workflow now, or it was released or removed.
+
+        :raises ClaimLostError: the lease is gone (the refusal, or the renewal's own).
+        """
+        try:
+            return await write()
+        except ClaimLostError as refused:
+            if context is not None:
+                await context.renew_lapsed(refused)
+            else:
+                await self._renew_lapsed(instance_id, refused)
+        return await write()
+
+    async def _renew_lapsed(self, instance_id: str, refused: ClaimLostError) -> None:
+        """:meth:`_renewing` without an execution context (before the execution began): renew
+        the lease if it only ran out, else raise ``refused``."""
+        if refused.holder is not None or self._superseded:
+            raise refused
+        try:
+            # paused long enough to be presumed dead? then another process may run under this
+            # executor id, and the lease below would be renewed for it: check the id first
+            await self.check_identity(instance_id)
+            await self.backend.extend_task_claim(
+                instance_id, WORKFLOW_TASK, self.executor_id, self.claim_ttl
+            )
+        except TaskNotFoundError:  # finished elsewhere, or cancelled: nothing to hold
+            raise refused from None
+
     def _write_stalled(self, instance_id: str, task_id: str, context: ExecutionContext) -> bool:
         """Whether the execution's oldest write in flight has waited for longer than
         ``claim_ttl``; if so, take its lease for lost and say so (a warning, action
