@@ -141,7 +141,13 @@ async def test_a_run_and_a_worker_of_one_runtime_run_each_continuation_once(
             assert await rt.run(entity, 1, workflow_id=f"both-{i}") == {"n": 5, "total": 150}
             assert (await rt.get_workflow(f"both-{i}")).continuations == 4
     assert Counter({f"add {n}": 5 for n in range(1, 6)}) == CALLS
-    lost = [r.getMessage() for r in caplog.records if "lease" in r.getMessage()]
+    # no lease lost or lapsed; the watchdog's warning of a loop late by a second (a loaded
+    # machine's, which names the leases' length) says nothing of that
+    lost = [
+        r.getMessage()
+        for r in caplog.records
+        if "lease" in r.getMessage() and getattr(r, "action", None) != "loop.blocked"
+    ]
     assert not lost
 
 

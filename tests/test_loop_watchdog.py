@@ -43,25 +43,36 @@ async def test_a_blocked_loop_is_named_with_its_blocking_line(
     runs.clear()
     caplog.set_level(logging.WARNING, logger="durable.runtime")
     backend = durable.connect(f"sqlite:///{tmp_path / 'blocked.db'}")
+    began = time.monotonic()  # the watchdog starts with the runtime: no stall before this
     async with durable.Runtime(backend, claim_ttl=claim_ttl, executor_id="blocker") as rt:
         await rt.start_worker(poll_interval=0.1)
         wid = await rt.enqueue(calls_a_blocking_step, 1)
         assert await rt.result(wid, timeout=30) == 2
+    took = time.monotonic() - began  # the watchdog has stopped: no tick after this
     # once: past the lease, nobody else had taken the workflow, so the lease was renewed and the
     # first run's result recorded (it used to be refused, and the step ran again)
     assert len(runs) == 1
 
-    blocked = _records(caplog, "loop.blocked")
-    assert len(blocked) == 1, [r.getMessage() for r in blocked]
-    message = blocked[0].getMessage()
+    # the step's stall, reported once while it lasts, and once when it ends (on a loaded
+    # machine a pause of the whole process is a stall of the loop too, reported apart: those
+    # reports are left alone here; test_a_loop_that_keeps_running_is_not_reported has none)
+    said = [r for r in caplog.records if getattr(r, "action", "").startswith("loop.")]
+    ours = [
+        n
+        for n, r in enumerate(said)
+        if getattr(r, "action", "") == "loop.blocked" and "time.sleep(BLOCKS)" in r.getMessage()
+    ]
+    assert len(ours) == 1, [r.getMessage() for r in said]
+    message = said[ours[0]].getMessage()
     assert "executor blocker has been blocked for" in message
     # the loop thread's stack, down to the line that blocks it
     assert f'{Path(__file__).name}", line' in message
-    assert "time.sleep(BLOCKS)" in message
 
-    unblocked = _records(caplog, "loop.unblocked")
-    assert len(unblocked) == 1
-    assert BLOCKS - 0.5 <= unblocked[0].duration_s <= BLOCKS + 1.0  # type: ignore[attr-defined]
+    unblocked = [r for r in said[ours[0] :] if getattr(r, "action", "") == "loop.unblocked"]
+    assert unblocked, [r.getMessage() for r in said]
+    # at least the step's block; at most what passed meanwhile (a fixed bound above BLOCKS
+    # failed on a loaded machine, whose pauses of the process count as blocked too)
+    assert BLOCKS - 0.5 <= unblocked[0].duration_s <= took  # type: ignore[attr-defined]
     assert ("leases may have lapsed" in unblocked[0].getMessage()) is lapsed
 
 

@@ -26,7 +26,12 @@ from durable.models import WORKFLOW_TASK, StepRecord, StepStatus, WorkflowStatus
 
 REG = durable.Registry()
 WAIT = 60.0  # a safety net: the tests wait on outcomes, never on time
-TTL = 1.0  # short leases, so that a re-claiming loop would show within WAIT
+#: Leases short enough that a re-claiming loop shows within WAIT (at 1 s, a loaded machine's
+#: pause of the process outlasted one mid-write, and the outcome was refused)
+TTL = 5.0
+#: The lease of the set-up's own claims, handed back at once: long, so that a machine that
+#: stalls between the claim and the writes under it does not see them refused.
+SETUP_TTL = timedelta(minutes=5)
 
 
 @durable.step(name="poison.add")
@@ -109,8 +114,7 @@ async def half_done(rt: durable.Runtime, workflow_id: str) -> None:
     hand it back: a worker that claims it replays step 0 from the stored row."""
     backend = rt.backend
     await rt.enqueue(two_steps, 1, workflow_id=workflow_id, max_attempts=3)
-    ttl = timedelta(seconds=TTL)
-    assert await backend.claim_task(workflow_id, WORKFLOW_TASK, "setup", ttl) is not None
+    assert await backend.claim_task(workflow_id, WORKFLOW_TASK, "setup", SETUP_TTL) is not None
     await backend.begin_execution(workflow_id, "setup")
     await backend.record_step(
         workflow_id, StepRecord(position=0, name="poison.add", output=2), worker_id="setup"
@@ -280,8 +284,7 @@ async def test_a_step_task_whose_input_cannot_be_read_fails_the_step_once(
 ) -> None:
     backend = runtime.backend
     await runtime.enqueue(two_steps, 1, workflow_id="bad", max_attempts=1)
-    ttl = timedelta(seconds=TTL)
-    assert await backend.claim_task("bad", WORKFLOW_TASK, "setup", ttl) is not None
+    assert await backend.claim_task("bad", WORKFLOW_TASK, "setup", SETUP_TTL) is not None
     handed_out = StepRecord(
         position=0,
         name="poison.add",

@@ -48,6 +48,9 @@ WAIT = 60.0  # an upper bound for anything the tests wait for, never reached whe
 RELEASE = threading.Event()  # lets the abandoned sync attempts end
 GATE: list[asyncio.Event] = []  # lets the hanging async step end (one per test)
 DEADLINE_TYPE = "durable.errors.DeadlineExceededError"
+#: Seconds: the deadline of a workflow that must reach a step before it (and be stopped there):
+#: room for a pause of the machine of up to 3 s on the way (CI's is busy).
+ROOM = 5.0
 PROG = Path(__file__).with_name("deadlineprog.py")
 
 
@@ -283,9 +286,9 @@ async def test_a_batch_gives_timeouts_and_deadlines_per_row() -> None:
 async def test_a_sleeping_workflow_whose_runtime_is_gone_is_cancelled(db_url: str) -> None:
     async with runtime(durable.connect(db_url), "first") as rt:
         await rt.start_worker(concurrency=2, poll_interval=0.01)
-        # long enough to be seen asleep on a loaded machine (at 600 ms, its own runtime's
-        # sweep could cancel it first, and it was never seen asleep)
-        workflow_id = await rt.enqueue(napper, 1, timeout=timedelta(seconds=3))
+        # long enough to be seen asleep on a loaded machine (at 600 ms, then at 3 s, its own
+        # runtime's sweep could cancel it first, and it was never seen asleep)
+        workflow_id = await rt.enqueue(napper, 1, timeout=ROOM)
         await eventually(lambda: sleeping(rt, workflow_id), "the workflow to sleep")
     # no runtime, no worker: the client cancels it once its deadline has passed
     async with durable.Client(db_url) as client:
@@ -388,7 +391,9 @@ async def test_a_running_workflow_is_stopped_at_its_deadline_with_its_child(
     async with runtime(durable.connect(backend_url)) as rt:
         started = time.monotonic()
         with pytest.raises(WorkflowCancelledError, match="deadline"):
-            await rt.run(parent, 1, workflow_id="p", timeout=1.5)  # room for the child to start
+            # room for the child to start (at 1.5 s a loaded machine's pause of a second or
+            # two came first, and the child did not exist: WorkflowNotFoundError 'p/1')
+            await rt.run(parent, 1, workflow_id="p", timeout=ROOM)
         assert time.monotonic() - started < WAIT / 2
         info = await rt.get_workflow("p")
         assert_expired(info)
@@ -484,7 +489,7 @@ async def test_a_sync_workflow_stops_at_its_next_step_after_its_deadline(
     backend_url: str,
 ) -> None:
     async with runtime(durable.connect(backend_url)) as rt:
-        run = asyncio.ensure_future(rt.run(sync_busy, 1, workflow_id="s", timeout=2))
+        run = asyncio.ensure_future(rt.run(sync_busy, 1, workflow_id="s", timeout=ROOM))
         # the deadline passes while the step's body runs (it waits for RELEASE)
         await eventually(lambda: _true(CALLS["sync.slow"] == 1), "the step to start")
         with pytest.raises(WorkflowCancelledError, match="deadline"):
