@@ -36,7 +36,6 @@ from durable.errors import (
     NonDeterminismError,
     SerializationError,
     StepAlreadyRecordedError,
-    TaskNotFoundError,
 )
 from durable.errors import rebuild_exception as rebuild_exception  # also importable from here
 from durable.models import WORKFLOW_TASK, ErrorInfo, StepRecord, StepStatus, new_step_record
@@ -109,7 +108,7 @@ class ExecutionHost(Protocol):
     @property
     def step_threads(self) -> Executor | None: ...
 
-    async def check_identity(self, instance_id: str, task_id: str = ...) -> None: ...
+    async def renew_lease(self, instance_id: str) -> None: ...
 
     def spawn(
         self, coro: Coroutine[Any, Any, Any], *, name: str | None = None
@@ -245,19 +244,10 @@ class ExecutionContext:
         before = time.monotonic()
         try:
             with self.checkpoint():
-                # paused long enough to be presumed dead? then another process may run under
-                # this executor id, and the lease below would be renewed for it: check the id
-                await runtime.check_identity(self.workflow_id)
-                await runtime.backend.extend_task_claim(
-                    self.workflow_id, WORKFLOW_TASK, self.executor_id, runtime.claim_ttl
-                )
+                await runtime.renew_lease(self.workflow_id)
         except ClaimLostError as exc:
             self.lease_lost = exc
             raise
-        except TaskNotFoundError as exc:  # finished elsewhere, or cancelled: nothing to hold
-            raise self._lose(
-                "its task is gone (the workflow ended elsewhere, or was cancelled)"
-            ) from exc
         self.lease_deadline = before + runtime.claim_ttl.total_seconds()
 
     async def renew_lapsed(self, refused: ClaimLostError) -> None:

@@ -123,7 +123,7 @@ class _ReplayHost:
         self.sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def check_identity(self, instance_id: str, task_id: str = "") -> None:
+    async def renew_lease(self, instance_id: str) -> None:
         return None
 
     def spawn(

@@ -412,7 +412,12 @@ def test_a_completed_step_never_runs_again(
     wait_paused(events_path, set(ids), first)
     if takeover:
         # B starts while A is alive (frozen at its crash points, but its heartbeat keeps its
-        # leases): B is refused, for longer than a lease lasts, and begins nothing
+        # leases): B is refused, for longer than a lease lasts, and begins nothing. Except where
+        # A is frozen inside a step's write: a write that waits longer than claim_ttl is taken
+        # for stalled and its lease left to lapse (tests/test_stalled_write.py), so B may take
+        # those over once it has, and a loaded machine may start B only after that
+        in_write = {w for w, (_, (point, _)) in ids.items() if point.endswith("_checkpoint")}
+        held = set(ids) - in_write
         second = start(second_executor, "run2", second_plan)
 
         def b_refused_past_the_first_leases() -> bool:
@@ -423,10 +428,13 @@ def test_a_completed_step_never_runs_again(
                 for e in events
                 if e.kind == "CLAIM" and e.tag == "run2" and e.detail == "refused"
             }
-            return refused >= set(ids) and time.time() > claimed + ttl + 0.2
+            return refused >= held and time.time() > claimed + ttl + 0.2
 
         wait_until(b_refused_past_the_first_leases, "exec-B to be refused", first, second)
-        assert not [e for e in read_events(events_path) if e.kind == "BEGIN" and e.tag == "run2"]
+        begun = {
+            e.workflow_id for e in read_events(events_path) if e.kind == "BEGIN" and e.tag == "run2"
+        }
+        assert not begun & held
         killed_at = first.kill()
     else:
         killed_at = first.kill()
@@ -688,7 +696,7 @@ async def test_fencing_a_step_outliving_its_lease_is_not_recorded(
     """A's step blocks longer than A's lease, with A's heartbeat effectively off; B takes the
     execution over after expiry and finishes it. When A's step returns, its record is refused
     with ClaimLostError: A records nothing more, and the stored outcomes are B's."""
-    ttl_a = 1.0  # B must meet it live: its start on a loaded MariaDB can take a while
+    ttl_a = 3.0  # B must meet it live: its start on a loaded machine can take a while
     registry = durable.Registry()
     executions: list[str] = []
     a_inside, release_a = asyncio.Event(), asyncio.Event()

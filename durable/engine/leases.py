@@ -215,15 +215,30 @@ class Leases(RuntimeCore):
         the lease if it only ran out, else raise ``refused``."""
         if refused.holder is not None or self._superseded:
             raise refused
+        await self.renew_lease(instance_id)
+
+    async def renew_lease(self, instance_id: str) -> None:
+        """Renew this executor's lease on the workflow for ``claim_ttl``, after a pause that
+        may have outlasted it (the local deadline passed, or a write was refused).
+
+        :raises ClaimLostError: another process took the executor id over, another executor
+            holds the workflow, or its task is gone (it ended elsewhere, or was cancelled).
+        """
+        # paused long enough to be presumed dead? then another process may run under this
+        # executor id, and the lease below would be renewed for it: check the id first
+        await self.check_identity(instance_id)
         try:
-            # paused long enough to be presumed dead? then another process may run under this
-            # executor id, and the lease below would be renewed for it: check the id first
-            await self.check_identity(instance_id)
             await self.backend.extend_task_claim(
                 instance_id, WORKFLOW_TASK, self.executor_id, self.claim_ttl
             )
-        except TaskNotFoundError:  # finished elsewhere, or cancelled: nothing to hold
-            raise refused from None
+        except TaskNotFoundError as exc:  # finished elsewhere, or cancelled: nothing to hold
+            raise ClaimLostError(
+                instance_id,
+                WORKFLOW_TASK,
+                self.executor_id,
+                None,
+                reason="its task is gone (the workflow ended elsewhere, or was cancelled)",
+            ) from exc
 
     def _write_stalled(self, instance_id: str, task_id: str, context: ExecutionContext) -> bool:
         """Whether the execution's oldest write in flight has waited for longer than
