@@ -93,22 +93,23 @@ class StepRecord:
     instead of serializing ``output`` again; it is never read back into a record."""
 
 
-_set_step = {f.name: getattr(StepRecord, f.name).__set__ for f in dataclasses.fields(StepRecord)}
-_set_position = _set_step["position"]
-_set_name = _set_step["name"]
-_set_status = _set_step["status"]
-_set_input = _set_step["input"]
-_set_output = _set_step["output"]
-_set_error = _set_step["error"]
-_set_child = _set_step["child_workflow_id"]
-_set_attempts = _set_step["attempts"]
-_set_executor = _set_step["executor_id"]
-_set_started = _set_step["started_at"]
-_set_completed = _set_step["completed_at"]
-_set_rerun = _set_step["rerun"]
-_set_serialized = _set_step["serialized_output"]
-if len(_set_step) != 13:  # a field added to StepRecord must be set below too
-    raise AssertionError("new_step_record does not set every field of StepRecord")
+#: Each field's slot setter, in the order of StepRecord's fields (a field added, removed or moved
+#: breaks the unpacking, or tests/test_records.py's comparison with the constructor)
+(
+    _set_position,
+    _set_name,
+    _set_status,
+    _set_input,
+    _set_output,
+    _set_error,
+    _set_child,
+    _set_attempts,
+    _set_executor,
+    _set_started,
+    _set_completed,
+    _set_rerun,
+    _set_serialized,
+) = (getattr(StepRecord, f.name).__set__ for f in dataclasses.fields(StepRecord))
 
 
 def new_step_record(
