@@ -630,10 +630,8 @@ class StepGuard:
         try:
             with ctx.checkpoint():
                 await write(ctx.workflow_id, record, worker_id=ctx.executor_id)
-        except (
-            ClaimLostError
-        ) as exc:  # the lease ran out under the write: renewed if nobody took it
-            await ctx.renew_lapsed(exc)
+        except ClaimLostError as exc:
+            await ctx.renew_lapsed(exc)  # the lease ran out under the write: renewed if free
             with ctx.checkpoint():
                 await write(ctx.workflow_id, record, worker_id=ctx.executor_id)
         self.recorded = record
