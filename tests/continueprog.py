@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from progkit import append, runtime_for, serve_command
+
 import durable
 import durable.worker
 
@@ -33,14 +35,6 @@ ENTITY = "continueprog.entity.v1"
 REGISTRY = durable.Registry()
 LOG: list[Path] = []  # the side-effect log, set by main()
 KILL: list[tuple[str, int]] = []  # (when, run), set by main()
-
-
-def append(path: Path, line: str) -> None:
-    """Append one line and make it durable before going on (append + flush + fsync)."""
-    with path.open("a", encoding="utf-8") as f:
-        f.write(line + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def kill_once(when: str, n: int) -> None:
@@ -82,22 +76,14 @@ async def serve(args: argparse.Namespace) -> int:
         return info
 
     backend.continue_as_new = continue_then_maybe_die  # type: ignore[method-assign]
-    runtime = durable.Runtime(
-        backend, executor_id=args.executor_id, claim_ttl=args.claim_ttl, registry=REGISTRY
-    )
+    runtime = runtime_for(args, REGISTRY, backend)
     return await durable.worker.serve(runtime, concurrency=4, poll_interval=args.poll_interval)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve")
-    serve_cmd.add_argument("--url", required=True)
-    serve_cmd.add_argument("--executor-id", required=True)
+    parser, _, serve_cmd = serve_command(__doc__, claim_ttl=2.0, poll_interval=0.1)
     serve_cmd.add_argument("--log", type=Path, required=True)
     serve_cmd.add_argument("--kill", default=None)
-    serve_cmd.add_argument("--claim-ttl", type=float, default=2.0)
-    serve_cmd.add_argument("--poll-interval", type=float, default=0.1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(process)d %(levelname)s %(message)s")
     LOG.append(args.log)

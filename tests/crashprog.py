@@ -55,6 +55,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from progkit import append
+
 import durable
 from durable.models import WORKFLOW_TASK
 
@@ -72,14 +74,6 @@ class Config:
 
 
 CONFIG = Config()
-
-
-def append(path: Path, line: str) -> None:
-    """Append one line and make it durable before going on (append + flush + fsync)."""
-    with path.open("a", encoding="utf-8") as f:
-        f.write(line + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def effect(step: str, phase: str) -> None:

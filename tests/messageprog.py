@@ -30,6 +30,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from progkit import append, runtime_for, serve_command
+
 import durable
 import durable.worker
 from durable.backends.sql.backend import SQLAlchemyBackend
@@ -39,14 +41,6 @@ from durable.models import RECV_STEP, ReceiveStatus, StepStatus
 MAILBOX = "messageprog.mailbox.v1"
 REGISTRY = durable.Registry()
 LOG: list[Path] = []  # the side-effect log, set by main()
-
-
-def append(path: Path, line: str) -> None:
-    """Append one line and make it durable before going on (append + flush + fsync)."""
-    with path.open("a", encoding="utf-8") as f:
-        f.write(line + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 @durable.step(name="mailbox.before")
@@ -100,26 +94,15 @@ def arm(kill_at: str, marker: Path) -> None:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    runtime = durable.Runtime(
-        durable.connect(args.url),
-        executor_id=args.executor_id,
-        claim_ttl=args.claim_ttl,
-        registry=REGISTRY,
-    )
+    runtime = runtime_for(args, REGISTRY)
     return await durable.worker.serve(runtime, concurrency=4, poll_interval=args.poll_interval)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve")
-    serve_cmd.add_argument("--url", required=True)
-    serve_cmd.add_argument("--executor-id", required=True)
+    parser, _, serve_cmd = serve_command(__doc__, claim_ttl=2.0, poll_interval=0.1)
     serve_cmd.add_argument("--log", type=Path, required=True)
     serve_cmd.add_argument("--kill-at", choices=["none", "commit", "received"], default="none")
     serve_cmd.add_argument("--marker", type=Path, default=Path("kill.marker"))
-    serve_cmd.add_argument("--claim-ttl", type=float, default=2.0)
-    serve_cmd.add_argument("--poll-interval", type=float, default=0.1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(process)d %(levelname)s %(message)s")
     LOG.append(args.log)

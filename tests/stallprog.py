@@ -23,6 +23,8 @@ import os
 import sys
 from pathlib import Path
 
+from progkit import runtime_for, serve_command
+
 import durable
 import durable.worker
 
@@ -64,24 +66,13 @@ class _WithAction(logging.Formatter):
 
 
 async def serve(args: argparse.Namespace) -> int:
-    runtime = durable.Runtime(
-        durable.connect(args.url),
-        executor_id=args.executor_id,
-        claim_ttl=args.claim_ttl,
-        registry=REGISTRY,
-        recover=False,
-    )
+    runtime = runtime_for(args, REGISTRY, recover=False)
     return await durable.worker.serve(runtime, concurrency=1, poll_interval=0.1)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve")
-    serve_cmd.add_argument("--url", required=True)
-    serve_cmd.add_argument("--executor-id", required=True)
+    parser, _, serve_cmd = serve_command(__doc__, claim_ttl=3.0)
     serve_cmd.add_argument("--runs", type=Path, required=True)
-    serve_cmd.add_argument("--claim-ttl", type=float, default=3.0)
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setFormatter(_WithAction("%(asctime)s %(levelname)s [%(action)s] %(message)s"))

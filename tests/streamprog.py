@@ -24,6 +24,8 @@ import logging
 import sys
 from typing import Any
 
+from progkit import runtime_for, serve_command
+
 import durable
 import durable.worker
 
@@ -56,12 +58,7 @@ async def approval(seconds: float) -> str:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    runtime = durable.Runtime(
-        durable.connect(args.url),
-        executor_id=args.executor_id,
-        claim_ttl=args.claim_ttl,
-        registry=REGISTRY,
-    )
+    runtime = runtime_for(args, REGISTRY)
     return await durable.worker.serve(runtime, concurrency=4, poll_interval=0.05)
 
 
@@ -79,12 +76,7 @@ def read_stream(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve")
-    serve_cmd.add_argument("--url", required=True)
-    serve_cmd.add_argument("--executor-id", required=True)
-    serve_cmd.add_argument("--claim-ttl", type=float, default=2.0)
+    parser, commands, _ = serve_command(__doc__, claim_ttl=2.0)
     event_cmd = commands.add_parser("get-event")
     stream_cmd = commands.add_parser("read-stream")
     for cmd in (event_cmd, stream_cmd):

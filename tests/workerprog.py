@@ -42,6 +42,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from progkit import append, serve_command
+
 import durable
 import durable.worker
 
@@ -51,14 +53,6 @@ OUTAGE_SYNC = "workerprog.outage.sync.v1"
 REGISTRY = durable.Registry()
 LOG: list[Path] = []  # the side-effect log, set by main()
 NO_PAUSE: list[bool] = []  # set by --no-pause: step b does not sleep in this process
-
-
-def append(path: Path, line: str) -> None:
-    """Append one line and make it durable before going on (append + flush + fsync)."""
-    with path.open("a", encoding="utf-8") as f:
-        f.write(line + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def effect(step: str) -> None:
@@ -340,15 +334,9 @@ def zygote(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve")
-    serve_cmd.add_argument("--url", required=True)
-    serve_cmd.add_argument("--executor-id", required=True)
+    parser, commands, serve_cmd = serve_command(__doc__, claim_ttl=2.0, poll_interval=0.1)
     serve_cmd.add_argument("--log", type=Path, required=True)
-    serve_cmd.add_argument("--claim-ttl", type=float, default=2.0)
     serve_cmd.add_argument("--concurrency", type=int, default=4)
-    serve_cmd.add_argument("--poll-interval", type=float, default=0.1)
     serve_cmd.add_argument("--grace", type=float, default=5.0)
     serve_cmd.add_argument("--no-pause", action="store_true", help="step b does not sleep")
     recorded_cmd = commands.add_parser("recorded", help="print 1 if the step is recorded")
