@@ -437,3 +437,64 @@ async def test_typed_arrays_round_trip_in_binary(pg_url: str) -> None:
             [arrays["String"](["x", "y"]), arrays["Integer"]([1, 2])],
         )
         assert await cursor.fetchall() == [("x", 1), ("y", 2)]
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "past-the-cap"])
+async def test_direct_statements_give_what_the_engine_gives(
+    pg_url: str, prepared: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The direct path runs statements below psycopg's cursor (its own numbered query, a
+    prepared statement per parameter types): a name used twice is one parameter, an escaped
+    ``%`` stays a ``%``, an integer too large for the type first sent and a NULL where a value
+    was sent get statements of their own, arrays go in binary, and rows come back as the engine
+    returns them. Past the cap on prepared statements, the same statements run unprepared."""
+    from durable.backends.sql import direct
+
+    if not prepared:
+        monkeypatch.setattr(direct, "MAX_PREPARED", 0)
+    n = sa.bindparam("n", type_=sa.BigInteger())
+    label = sa.bindparam("label", type_=sa.String())
+    items = sa.bindparam("items", type_=sa.ARRAY(sa.Integer()))
+    at = sa.bindparam("at", type_=sa.DateTime(timezone=True))
+    stmt = sa.select(
+        (n + n).label("twice"),
+        sa.func.concat(label, sa.literal_column("'%'")).label("text"),
+        sa.func.cardinality(items).label("count"),
+        at.label("at"),
+        sa.literal_column("'a%b' LIKE 'a%%'").label("like"),
+    )
+    east = timezone(timedelta(hours=5, minutes=30))
+    cases = [
+        {"n": 1, "label": "x", "items": [1, 2, 3], "at": datetime(2026, 12, 7, tzinfo=east)},
+        {"n": 2**40, "label": None, "items": [], "at": None},
+        {"n": 3, "label": "naïve", "items": [None, 5], "at": datetime(2026, 1, 1, tzinfo=UTC)},
+        {"n": -(2**62), "label": "", "items": [2**31 - 1], "at": None},
+    ]
+    async with SQLAlchemyBackend(pg_url) as backend:
+        engine = backend.engine
+        runner = direct.DirectStatements(engine)
+        compiled = direct.CompiledStatement(stmt, engine.dialect)
+        try:
+            for values in cases * 2:  # the second time, on the statements prepared the first
+                done = await runner.execute(compiled, values)
+                assert done is not None
+                async with engine.connect() as conn:
+                    expected = (await conn.execute(stmt, values)).mappings().one()
+                assert done.rowcount == 1
+                assert done.rows == [dict(expected)]
+                assert done.rows[0]["twice"] == 2 * values["n"]
+                assert done.rows[0]["like"] is True
+            # a statement the server refuses: the driver's error as SQLAlchemy raises it, the
+            # connection discarded, and the next statement runs
+            with pytest.raises(sa.exc.DBAPIError) as refused:
+                await runner.execute(
+                    direct.CompiledStatement(
+                        sa.select(sa.cast(label, sa.Integer).label("x")), engine.dialect
+                    ),
+                    {"label": "not a number"},
+                )
+            assert isinstance(refused.value.orig, psycopg.errors.InvalidTextRepresentation)
+            done = await runner.execute(compiled, cases[0])
+            assert done is not None and done.rows[0]["twice"] == 2
+        finally:
+            await runner.close()

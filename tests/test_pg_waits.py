@@ -199,7 +199,7 @@ async def test_the_backend_replaces_a_dropped_direct_connection_and_leaves_none_
 
 def _direct_sockets(backend: SQLAlchemyBackend) -> list[int]:
     """The sockets of the backend's idle direct connections."""
-    return [conn.pgconn.socket for conn, _cursor, _waiter in backend._runner._direct._idle]  # type: ignore[attr-defined]
+    return [session.conn.pgconn.socket for session in backend._runner._direct._idle]  # type: ignore[attr-defined]
 
 
 _held: contextvars.ContextVar[Any] = contextvars.ContextVar("held")
@@ -256,6 +256,6 @@ async def test_without_poll_the_direct_path_keeps_psycopgs_own_wait(
                 task=TaskSpec(instance_id=instance_id, name="wf"),
             )
         idle = backend._runner._direct._idle  # type: ignore[attr-defined]
-        assert idle and all(waiter is None for _conn, _cursor, waiter in idle)
-        assert not any(_watched(conn.pgconn.socket) for conn, _cursor, _waiter in idle)
+        assert idle and all(session.waiter is None for session in idle)
+        assert not any(_watched(session.conn.pgconn.socket) for session in idle)
         assert [w.id for w in (await backend.list_snapshots()).items] == ["b", "a"]

@@ -29,16 +29,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any, NamedTuple
 
 import psycopg
 import sqlalchemy as sa
-from psycopg.adapt import Dumper
+from psycopg import errors as pg_errors
+from psycopg.adapt import Dumper, PyFormat, Transformer
+from psycopg.generators import execute as pg_execute
 from psycopg.postgres import types as pg_types
-from psycopg.pq import Format
+from psycopg.pq import ExecStatus, Format
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
@@ -120,6 +123,17 @@ class CompiledStatement:
         ]
         if any(bind.expanding or bind.callable is not None for bind in binds.values()):
             self._fast = None
+        #: psycopg: the statement as PostgreSQL takes it (``$1``...), for :class:`_Session`;
+        #: its parameters' names and formats in that order
+        self.pg_query: bytes | None = None
+        self.pg_formats: list[PyFormat] = []
+        self._pg_names: list[str] = []
+        self._pg_fast: list[tuple[str, Any, Any]] | None = None
+        if psycopg_arrays and not compiled.positional:
+            self.pg_query, self._pg_names, self.pg_formats = _numbered(self.sql)
+            if self._fast is not None:
+                by_name = dict(zip(order, self._fast, strict=True))
+                self._pg_fast = [by_name[name] for name in self._pg_names]
 
     @property
     def returns_rows(self) -> bool:
@@ -142,15 +156,7 @@ class CompiledStatement:
         """The driver's parameters for ``values`` (keyed like the statement's bindparams): a
         mapping, or for a positional paramstyle a tuple in the statement's order."""
         if self._fast is not None:
-            try:
-                bound = [
-                    (values[key] if key in values or bind.required else bind.value)
-                    if process is None
-                    else process(values[key] if key in values or bind.required else bind.value)
-                    for key, bind, process in self._fast
-                ]
-            except ValueError as exc:  # as SQLAlchemy reports a type that refused a value
-                raise sa.exc.StatementError(str(exc), self.sql, values, exc) from exc
+            bound = self._bind(self._fast, values)
             if self._positions is not None:
                 return tuple(bound)
             return dict(zip(self._names, bound, strict=True))
@@ -163,6 +169,51 @@ class CompiledStatement:
         if self._positions is not None:
             return tuple(params[name] for name in self._positions)
         return params
+
+    def numbered_params(self, values: dict[str, Any]) -> list[Any]:
+        """The parameters of :attr:`pg_query` for ``values``, in its order (``$1`` first)."""
+        if self._pg_fast is not None:
+            return self._bind(self._pg_fast, values)
+        named = self.params(values)
+        return [named[name] for name in self._pg_names]
+
+    def _bind(self, entries: list[tuple[str, Any, Any]], values: dict[str, Any]) -> list[Any]:
+        """``values`` bound for the driver: each entry's value (its bindparam's own where
+        ``values`` has none and it is optional) through its processor, if any."""
+        try:
+            return [
+                (values[key] if key in values or bind.required else bind.value)
+                if process is None
+                else process(values[key] if key in values or bind.required else bind.value)
+                for key, bind, process in entries
+            ]
+        except ValueError as exc:  # as SQLAlchemy reports a type that refused a value
+            raise sa.exc.StatementError(str(exc), self.sql, values, exc) from exc
+
+
+#: psycopg's placeholders (``%(name)s``, ``%(name)b``, ``%(name)t``) and its escaped ``%``
+_PLACEHOLDER = re.compile(r"%\((\w+)\)([sbt])|%%")
+
+
+def _numbered(sql: str) -> tuple[bytes, list[str], list[PyFormat]]:
+    """``sql`` (psycopg's named placeholders) with PostgreSQL's numbered ones instead, as
+    psycopg converts a query before it sends it: a name used twice is one parameter. Returns
+    the query, and the parameters' names and formats in their numbers' order."""
+    names: list[str] = []
+    formats: list[PyFormat] = []
+    numbers: dict[str, int] = {}
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return "%"
+        if name not in numbers:
+            names.append(name)
+            formats.append(PyFormat(match.group(2)))
+            numbers[name] = len(names)
+        return f"${numbers[name]}"
+
+    return _PLACEHOLDER.sub(number, sql).encode(), names, formats
 
 
 class TypedArray(list[Any]):
@@ -290,6 +341,81 @@ class DirectResult(NamedTuple):
 #: one for a single round trip, so a few serve many concurrent workflows.
 DIRECT_CONNECTIONS = 4
 
+#: The most statements a direct connection keeps prepared (one per statement and parameter
+#: types, as psycopg does: a Python int goes as the smallest integer type that holds it, None
+#: as an unknown type); past it, statements go unprepared. durable's statements are a few dozen.
+MAX_PREPARED = 256
+
+
+class _Session:
+    """A direct connection, with what runs a statement on it below psycopg's cursor.
+
+    A cursor's ``execute`` parses the query for each call (its cache lookup), keeps its own
+    prepared statement bookkeeping, locks the connection and builds result state, in Python:
+    about a third of a lone step's client CPU. The direct path needs none of that (one
+    statement per connection at a time, its queries known in advance), so it runs them on
+    libpq's connection with psycopg's own pieces: the :class:`~psycopg.adapt.Transformer`
+    (psycopg's dumpers and loaders, found once per type and kept), the ``execute`` generator
+    (driven by the connection's ``wait``, the :class:`SocketWaiter` on the event loop) and
+    psycopg's errors built from the server's result. The bytes sent are what the cursor sent:
+    the same numbered query, prepared under a name of its own per parameter types."""
+
+    __slots__ = ("_pgconn", "_prepared", "_tx", "conn", "waiter")
+
+    def __init__(self, conn: Any, waiter: SocketWaiter | None = None) -> None:
+        self.conn = conn
+        self.waiter = waiter
+        self._pgconn = conn.pgconn
+        self._tx = Transformer(conn)
+        self._prepared: dict[tuple[CompiledStatement, tuple[int, ...]], bytes] = {}
+
+    def run(
+        self, statement: CompiledStatement, params: Sequence[Any]
+    ) -> Generator[Any, Any, DirectResult]:
+        """The statement's I/O as a psycopg generator, for the connection's ``wait``; its
+        value is the statement's row count and rows.
+
+        :raises psycopg.Error: the server refused it, or the connection failed.
+        """
+        pgconn, tx = self._pgconn, self._tx
+        assert statement.pg_query is not None
+        values = tx.dump_sequence(params, statement.pg_formats)
+        types, formats = tx.types or (), tx.formats
+        key = (statement, types)
+        name = self._prepared.get(key)
+        if name is None and len(self._prepared) < MAX_PREPARED:
+            name = b"durable_%d" % len(self._prepared)
+            pgconn.send_prepare(name, statement.pg_query, param_types=types)
+            self._result((yield from pg_execute(pgconn)))
+            self._prepared[key] = name
+        if name is None:
+            pgconn.send_query_params(
+                statement.pg_query, values, param_types=types, param_formats=formats
+            )
+        else:
+            pgconn.send_query_prepared(name, values, param_formats=formats)
+        result = self._result((yield from pg_execute(pgconn)))
+        rowcount = result.command_tuples
+        if not statement.returns_rows:
+            return DirectResult(-1 if rowcount is None else rowcount, [])
+        tx.set_pgresult(result)
+        rows = statement.rows(tx.load_rows(0, result.ntuples, tuple))
+        return DirectResult(len(rows) if rowcount is None else rowcount, rows)
+
+    def _result(self, results: list[Any]) -> Any:
+        """A statement's one result; raises the server's error as psycopg would."""
+        for result in results:
+            if result.status == ExecStatus.FATAL_ERROR:
+                raise pg_errors.error_from_result(result, encoding=self.conn.info.encoding)
+        if len(results) != 1 or results[0].status not in _ANSWERED:
+            raise pg_errors.InterfaceError(
+                f"unexpected result of a direct statement: {[r.status for r in results]}"
+            )
+        return results[0]
+
+
+_ANSWERED = (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK)
+
 
 class DirectStatements:
     """Runs :class:`CompiledStatement` objects on autocommit psycopg connections opened through
@@ -301,10 +427,9 @@ class DirectStatements:
         size = getattr(self._engine.pool, "size", None)
         pool_size = int(size()) if callable(size) else 1
         self._capacity = max(1, min(DIRECT_CONNECTIONS, pool_size))
-        # psycopg AsyncConnections in autocommit mode, each with its cursor (a cursor keeps the
-        # parameters' dumpers it looked up: a new one per statement looks them up again) and
-        # the waiter that keeps its socket in the loop's selector
-        self._idle: list[tuple[Any, Any, SocketWaiter | None]] = []
+        # psycopg AsyncConnections in autocommit mode, each in its session (what runs its
+        # statements, with the waiter that keeps its socket in the loop's selector)
+        self._idle: list[_Session] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._available: asyncio.Semaphore | None = None
         self._generation = 0  # bumped by close(): connections of an older one are not reused
@@ -327,34 +452,34 @@ class DirectStatements:
         elif self._loop is not loop:
             return None
         assert self._available is not None
-        params = statement.params(values)
+        params = statement.numbered_params(values)
         generation = self._generation
         async with self._available:
-            conn: Any = None
-            cursor: Any = None
-            waiter: SocketWaiter | None = None
+            session: _Session | None = None
             while self._idle:
-                conn, cursor, waiter = self._idle.pop()
-                if not (waiter.said_something() if waiter else psycopg_closed_while_idle(conn)):
+                session = self._idle.pop()
+                waiter = session.waiter
+                if not (
+                    waiter.said_something() if waiter else psycopg_closed_while_idle(session.conn)
+                ):
                     break
-                await _close(conn, waiter)  # the server ended it meanwhile: nothing was sent
-                conn = cursor = waiter = None
+                await _close(session.conn, session.waiter)  # the server ended it meanwhile
+                session = None
+            conn: Any = None
             try:
-                if conn is None:
+                if session is None:
                     conn = await self._open()
-                    cursor = conn.cursor()
-                    waiter = SocketWaiter.install(conn, loop)
-                await cursor.execute(statement.sql, params, prepare=True)
-                result = DirectResult(
-                    int(cursor.rowcount),
-                    statement.rows(await cursor.fetchall()) if statement.returns_rows else [],
-                )
+                    session = _Session(conn, SocketWaiter.install(conn, loop))
+                conn = session.conn
+                result: DirectResult = await conn.wait(session.run(statement, params))
             except BaseException as exc:
                 # no connection: opening one failed (refused, too many clients, the pool's
                 # timeout); the error says whether the server is unreachable
                 broken = conn is not None and bool(conn.broken or conn.closed)
-                if conn is not None:
-                    await _close(conn, waiter)
+                if session is not None:
+                    await _close(session.conn, session.waiter)
+                elif conn is not None:
+                    await _close(conn)
                 if broken:  # the server went away: its other connections are gone too
                     await self._discard_idle()
                 wrapped = as_sqlalchemy(exc, statement, params, self._engine.dialect, broken)
@@ -362,9 +487,9 @@ class DirectStatements:
                     raise
                 raise wrapped from exc
             if generation == self._generation:
-                self._idle.append((conn, cursor, waiter))
+                self._idle.append(session)
             else:  # closed meanwhile
-                await _close(conn, waiter)
+                await _close(session.conn, session.waiter)
             return result
 
     async def check_sessions(self) -> None:
@@ -425,8 +550,8 @@ class DirectStatements:
         """Close the idle connections (after one broke: a restarted server dropped them all,
         and each would otherwise fail one more statement before it is discarded)."""
         idle, self._idle = self._idle, []
-        for conn, _cursor, waiter in idle:
-            await _close(conn, waiter)
+        for session in idle:
+            await _close(session.conn, session.waiter)
 
     async def close(self) -> None:
         """Close every idle connection of the direct path (one in use closes when it is done)."""
@@ -475,7 +600,7 @@ class BlockingDirectStatements:
     def __init__(self, engine: AsyncEngine, connect_args: dict[str, Any]) -> None:
         self._dialect = engine.dialect
         self._connect = driver_connect_params(engine, connect_args)
-        self._idle: list[Any] = []  # psycopg Connections in autocommit mode
+        self._idle: list[_Session] = []  # on psycopg Connections in autocommit mode
         self._lock = threading.Lock()
         self._available = threading.BoundedSemaphore(DIRECT_CONNECTIONS)
         self._generation = 0
@@ -491,26 +616,25 @@ class BlockingDirectStatements:
 
         :raises sa.exc.DBAPIError: as SQLAlchemy would have raised it.
         """
-        params = statement.params(values)
+        params = statement.numbered_params(values)
         generation = self._generation
         with self._available:
             while True:
                 with self._lock:
-                    conn = self._idle.pop() if self._idle else None
-                if conn is None or not psycopg_closed_while_idle(conn):
+                    session = self._idle.pop() if self._idle else None
+                if session is None or not psycopg_closed_while_idle(session.conn):
                     break
                 with contextlib.suppress(Exception):  # the server ended it meanwhile
-                    conn.close()
+                    session.conn.close()
+            conn: Any = None
             try:
-                if conn is None:
+                if session is None:
                     args, kwargs = self._connect
                     conn = psycopg.Connection.connect(*args, **kwargs)
                     conn.execute(_SESSION_SETTINGS)
-                cursor = conn.execute(statement.sql, params, prepare=True)
-                result = DirectResult(
-                    int(cursor.rowcount),
-                    statement.rows(cursor.fetchall()) if statement.returns_rows else [],
-                )
+                    session = _Session(conn)
+                conn = session.conn
+                result: DirectResult = conn.wait(session.run(statement, params))
             except BaseException as exc:
                 broken = conn is not None and bool(conn.broken or conn.closed)
                 if conn is not None:
@@ -521,14 +645,14 @@ class BlockingDirectStatements:
                         idle, self._idle = self._idle, []
                     for other in idle:
                         with contextlib.suppress(Exception):
-                            other.close()
+                            other.conn.close()
                 wrapped = as_sqlalchemy(exc, statement, params, self._dialect, broken)
                 if wrapped is exc:
                     raise
                 raise wrapped from exc
             with self._lock:
                 if generation == self._generation:
-                    self._idle.append(conn)
+                    self._idle.append(session)
                     return result
             conn.close()  # closed meanwhile
             return result
@@ -538,9 +662,9 @@ class BlockingDirectStatements:
         with self._lock:
             self._generation += 1
             idle, self._idle = self._idle, []
-        for conn in idle:
+        for session in idle:
             with contextlib.suppress(Exception):
-                conn.close()
+                session.conn.close()
 
 
 def as_sqlalchemy(
