@@ -223,6 +223,11 @@ class ExecutionContext:
             and not self.runtime.superseded
         )
 
+    def lease_ready(self) -> bool:
+        """True when :meth:`ensure_lease` has nothing to do now (no marker to record, the
+        lease certainly held): a caller may skip awaiting it."""
+        return not self.unrecorded_markers and self.lease_fresh()
+
     async def ensure_lease(self) -> None:
         """Before a step's body runs: make sure this executor still holds the workflow's lease,
         so that an executor that was frozen past its lease (a long pause, a blocked loop) does
@@ -701,6 +706,8 @@ def in_step() -> _StepScope:
 
 
 class _StepScope:
+    __slots__ = ("_token",)  # entered around every step's body: no instance dict
+
     def __enter__(self) -> None:
         self._token = _in_step.set(True)
 

@@ -145,9 +145,11 @@ class Step(Generic[P, T]):
                 try:
                     with in_step():
                         if self.is_async:
-                            value = await self._bounded(self.fn(*args, **kwargs))
+                            running = self.fn(*args, **kwargs)
                         else:
-                            value = await self._bounded(self._in_thread(args, kwargs, threads))
+                            running = self._in_thread(args, kwargs, threads)
+                        # without a timeout, awaited as it is: one coroutine less per step
+                        value = await (running if self.timeout is None else self._bounded(running))
                 except Exception:
                     raise
                 except BaseException as exc:
@@ -234,26 +236,30 @@ class Step(Generic[P, T]):
             f"{self.timeout.total_seconds() if self.timeout else 0:g} s: the attempt failed"
         )
 
-    async def _execute(self, guard: StepGuard, args: Any, kwargs: Any) -> Any:
-        """Run the step for an async workflow, with retries; persist the outcome."""
+    def _execute(self, guard: StepGuard, args: Any, kwargs: Any) -> Coroutine[Any, Any, Any]:
+        """Run the step for an async workflow, with retries; persist the outcome (what the
+        caller awaits: the coroutine that does it, returned as it is, not awaited in one more
+        of its own)."""
         if guard.replayed:
-            return guard.replay()
+            return _replay(guard)
         tel = telemetry.active
         if tel is not None and tel.recording():  # else no span: one coroutine less per step
             ctx = guard.ctx
-            return await tel.step(
+            return tel.step(
                 ctx.workflow_name,
                 ctx.workflow_id,
                 self.name,
                 guard.position,
                 self._run(guard, args, kwargs),
             )
-        return await self._run(guard, args, kwargs)
+        return self._run(guard, args, kwargs)
 
     async def _run(self, guard: StepGuard, args: Any, kwargs: Any) -> Any:
         """:meth:`_execute` of a step that is not replayed."""
-        await guard.ctx.ensure_lease()
-        runtime = guard.ctx.runtime
+        ctx = guard.ctx
+        if not ctx.lease_ready():  # checked here first: most steps have nothing to await
+            await ctx.ensure_lease()
+        runtime = ctx.runtime
         ok, value, attempts = await self.attempt(args, kwargs, runtime.sleep, runtime.step_threads)
         if not ok:
             await guard.fail(value, attempts=attempts)
@@ -295,6 +301,11 @@ class Step(Generic[P, T]):
                 ctx.block_on(guard.fail(exc, attempts=attempt))
                 raise
             return guard.succeed_blocking(value, attempts=attempt)
+
+
+async def _replay(guard: StepGuard) -> Any:
+    """A replayed step's recorded result, or its recorded error raised, when awaited."""
+    return guard.replay()
 
 
 class AsyncStep(Step[P, T]):

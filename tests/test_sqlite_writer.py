@@ -154,3 +154,72 @@ async def test_a_statement_then_chains_in_one_transaction_each_chain_undone_alon
             keys = sorted(conn.execute(sa.select(scratch.c.k)).scalars())
         assert keys == ["a1", "a2", "c1", "c2", "h"]
         assert runner.checked_out() == 0
+
+
+async def test_a_lone_record_is_one_statement_that_waits_for_the_write_lock(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record written while nothing else is pending (a lone workflow's step) is one
+    statement of its own on the batches' connection, with no BEGIN and COMMIT around it (its
+    implicit transaction commits it). Behind another connection's write lock it waits, the
+    loop running, and lands once the lock is free; the connection is kept."""
+    monkeypatch.setattr(locking, "BUSY_TIMEOUT_MS", 30_000)
+    async with SQLAlchemyBackend(sqlite_url) as backend:
+        await started(backend, "wf")
+        runner = runner_of(backend)
+        await backend.record_step("wf", step(0), worker_id="w1")
+        writer = runner._writer
+        assert writer is not None
+        seen: list[str] = []
+        writer.set_trace_callback(seen.append)
+        await backend.record_step("wf", step(1), worker_id="w1")
+        assert len(seen) == 1 and seen[0].startswith("INSERT INTO durable_steps"), seen
+        assert not writer.in_transaction
+
+        other = sqlite3.connect(tmp_path / "durable.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticking = asyncio.create_task(ticker())
+        recording = asyncio.create_task(backend.record_step("wf", step(2), worker_id="w1"))
+        await asyncio.sleep(0.3)
+        assert not recording.done()
+        assert ticks >= 5  # the loop ran while the record waited
+        other.execute("ROLLBACK")
+        other.close()
+        await asyncio.wait_for(recording, 10)
+        ticking.cancel()
+        assert runner._writer is writer
+        assert [s.position for s in await backend.list_steps("wf")] == [0, 1, 2]
+
+
+async def test_a_threads_records_go_on_a_connection_of_its_own(sqlite_url: str) -> None:
+    """A sync workflow's thread records its steps on a connection of its own, opened once
+    (not a pool checkout per step), holding no pool slot, closed with the backend."""
+    async with SQLAlchemyBackend(sqlite_url) as backend:
+        await started(backend, "wf")
+        runner = runner_of(backend)
+        engine = backend.engine
+        assert isinstance(engine, sa.Engine)
+        checkouts: list[object] = []
+        sa.event.listen(engine, "checkout", lambda *args: checkouts.append(args))
+
+        def record_three() -> sqlite3.Connection:
+            for position in (0, 1, 2):
+                backend.record_step_blocking("wf", step(position), worker_id="w1")
+                assert runner.checked_out() == 0
+            conn = runner._thread_connection()
+            assert isinstance(conn, sqlite3.Connection)
+            return conn
+
+        conn = await asyncio.to_thread(record_three)
+        assert len(checkouts) == 1  # opened once, then kept
+        assert [s.position for s in await backend.list_steps("wf")] == [0, 1, 2]
+    with pytest.raises(sqlite3.ProgrammingError):  # closed with the backend
+        conn.execute("SELECT 1")

@@ -114,6 +114,28 @@ class GroupCommit(Generic[I, R]):
             raise result
         return result
 
+    def alone(self) -> bool:
+        """Whether a write submitted now would be flushed by its caller's task, alone, at once
+        (``inline_when_alone``: no flush in flight or queued, and the loop this batcher is
+        bound to runs and has nothing else ready). A caller whose flush blocks can then run it
+        itself, without the coroutines of :meth:`submit`, and count it (:meth:`flushed_alone`);
+        nothing can join its batch meanwhile, as nothing else runs. False off the bound loop,
+        and before the first :meth:`submit` binds one."""
+        if not self._inline_when_alone or self._queue or self._flushing or self._inline:
+            return False
+        loop = self._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return loop is running and not getattr(loop, "_ready", True)
+
+    def flushed_alone(self) -> None:
+        """Count a write its caller flushed alone after :meth:`alone` said it could."""
+        self.flushes += 1
+        self.items += 1
+        self._last_size = 1
+
     def _start_flush(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start a flush task for the queued items if fewer than ``max_in_flight`` run."""
         if self._queue and len(self._flushing) + self._inline < self._max_in_flight:

@@ -64,6 +64,9 @@ log = logging.getLogger("durable.backends.sql.backend")
 #: The steps table's columns, in order (a step record's parameters are ``s_<column>``).
 #: (not its change feed position: each statement computes that itself, see .feed)
 STEP_COLUMNS = [c.name for c in steps.columns if c.name != "change_seq"]
+#: Each step column with the name of the parameter a step record binds it to (``s_<column>``,
+#: :meth:`SQLCore._step_params`)
+_STEP_PARAM_KEYS = [(column, f"s_{column}") for column in STEP_COLUMNS]
 #: A step status's stored text, by status (a member or its text: a StrEnum hashes as its
 #: text), without ``StepStatus(...)`` and the enum's ``value`` property on every step
 _STEP_STATUS_TEXT = {status: status.value for status in StepStatus}
@@ -366,27 +369,36 @@ class SQLCore(PersistentBackend):
         }
 
     def _step_row(self, instance_id: str, step: StepRecord, now: datetime) -> dict[str, Any]:
+        """``step``'s row in the steps table, by column (:meth:`_step_params`' values)."""
+        params = self._step_params(instance_id, step, now)
+        return {column: params[key] for column, key in _STEP_PARAM_KEYS}
+
+    def _step_params(self, instance_id: str, step: StepRecord, now: datetime) -> dict[str, Any]:
+        """``step``'s row as the step record statements bind it: each column's value under
+        ``s_<column>`` (built as such: the hot path's record binds it, and renaming the keys
+        of a row cost a microsecond a step). ``now``: the completion time of a final outcome
+        that has none."""
         if step.position < 0:
             raise InvalidArgumentError(f"a step position must be >= 0, got {step.position}")
         completed = step.completed_at
         if completed is None and step.status is not StepStatus.PENDING:
             completed = now
         return {
-            "workflow_id": instance_id,
-            "position": step.position,
-            "name": step.name,
-            "status": _STEP_STATUS_TEXT.get(step.status) or StepStatus(step.status).value,
-            "input": self._dump(step.input),
-            "output": step.serialized_output
+            "s_workflow_id": instance_id,
+            "s_position": step.position,
+            "s_name": step.name,
+            "s_status": _STEP_STATUS_TEXT.get(step.status) or StepStatus(step.status).value,
+            "s_input": self._dump(step.input),
+            "s_output": step.serialized_output
             if step.serialized_output is not None
             else self._dump(step.output),
-            "error": step.error.to_json() if step.error else None,
-            "child_workflow_id": step.child_workflow_id,
-            "attempts": step.attempts,
-            "executor_id": step.executor_id,
-            "started_at": step.started_at,
-            "completed_at": completed,
-            "rerun": step.rerun,
+            "s_error": step.error.to_json() if step.error else None,
+            "s_child_workflow_id": step.child_workflow_id,
+            "s_attempts": step.attempts,
+            "s_executor_id": step.executor_id,
+            "s_started_at": step.started_at,
+            "s_completed_at": completed,
+            "s_rerun": step.rerun,
         }
 
     def _task_row(self, spec: TaskSpec, now: datetime) -> dict[str, Any]:

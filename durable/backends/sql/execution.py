@@ -43,10 +43,6 @@ from durable.models import (
     WorkflowStatus,
 )
 
-#: The fenced step record's parameters for a step row's values (:meth:`SQLCore._step_row`,
-#: whose keys are :data:`STEP_COLUMNS` in order).
-_STEP_PARAMS = tuple(f"s_{column}" for column in STEP_COLUMNS)
-
 
 class Execution(GroupedWrites):
     """A workflow's execution: begin, record its steps, finish or reschedule it."""
@@ -274,23 +270,33 @@ class Execution(GroupedWrites):
         task_id: str = WORKFLOW_TASK,
     ) -> None:
         what = f"record step {step.position} of {instance_id!r}"
-        params, record, explain = self._record_step_call(instance_id, step, worker_id, task_id)
+        params, clock = self._record_step_params(instance_id, step, worker_id, task_id)
         # The hot path: one statement that checks the lease and writes the step, atomic by
         # itself, so on PostgreSQL it runs without BEGIN/COMMIT, prepared, on the driver, in
         # one statement with the records of other executions pending at the same moment
         # (group commit); on SQLite straight on sqlite3, in one transaction with them.
         group = self._record_group
+        rowcount: int | None = None  # None: no direct path here
         if group is not None and not group.bound_elsewhere():
             with self._errors(what):
                 rowcount = await group.submit(params)
-            if rowcount != 1:
-                raise await self._run(explain, what=what)
+        else:
+            runner = self._runner
+            done = None
+            if isinstance(runner, InlineRunner) and self._record_step_direct is not None:
+                with self._errors(what):  # a lone write: committed here, no coroutine on the way
+                    done = runner.direct_now(self._record_step_direct, params)
+            if done is None:
+                done = await self._run_direct(self._record_step_direct, params, what=what)
+            if done is not None:
+                rowcount = done.rowcount
+        if rowcount == 1:
             return
-        done = await self._run_direct(self._record_step_direct, params, what=what)
-        if done is None:
-            await self._run(record, what=what)
-        elif done.rowcount != 1:
-            raise await self._run(explain, what=what)
+        explain = self._step_refusal(clock, instance_id, step.position, worker_id, task_id)
+        if rowcount is None:  # in a transaction, which explains a refusal itself
+            await self._run(self._step_writer(params, explain), what=what)
+            return
+        raise await self._run(explain, what=what)
 
     @property
     def records_steps_blocking(self) -> bool:  # type: ignore[override]
@@ -315,7 +321,8 @@ class Execution(GroupedWrites):
                 instance_id, step, worker_id=worker_id, task_id=task_id
             )
         what = f"record step {step.position} of {instance_id!r}"
-        params, _record, explain = self._record_step_call(instance_id, step, worker_id, task_id)
+        params, clock = self._record_step_params(instance_id, step, worker_id, task_id)
+        explain = self._step_refusal(clock, instance_id, step.position, worker_id, task_id)
         if self._blocking is not None:
             assert self._record_step_direct is not None  # a blocking path implies a direct one
             with self._errors(what):
@@ -329,8 +336,7 @@ class Execution(GroupedWrites):
         assert isinstance(runner, InlineRunner)
         assert self._record_step_direct is not None
         with self._errors(what):
-            outcome = runner.run_batch([((self._record_step_direct,), params)])[0]
-            rowcount = outcome.result()[0].rowcount
+            rowcount = runner.direct_blocking(self._record_step_direct, params).rowcount
         if rowcount != 1:
             with self._errors(what):
                 raise runner.run(explain)
@@ -344,23 +350,49 @@ class Execution(GroupedWrites):
     ]:
         """The parameters of the fenced step record, a function that runs it, and one that
         explains why it was refused."""
-        now = self.clock()
-        clock = self.dialect.clock_params_at(now)
-        row = self._step_row(instance_id, step, now)
-        params = dict(zip(_STEP_PARAMS, row.values(), strict=True))
-        params.update(p_iid=instance_id, p_tid=task_id, p_wid=worker_id, **clock)
+        params, clock = self._record_step_params(instance_id, step, worker_id, task_id)
+        explain = self._step_refusal(clock, instance_id, step.position, worker_id, task_id)
+        return params, self._step_writer(params, explain), explain
 
-        def explain(conn: sa.Connection) -> DurableError:
-            refusal = self._refusal(conn, clock, instance_id, task_id, worker_id)
-            if isinstance(refusal, ClaimLostError) and refusal.holder == worker_id:
-                return StepAlreadyRecordedError(instance_id, step.position)
-            return refusal
+    def _step_writer(
+        self, params: dict[str, Any], explain: Callable[[sa.Connection], DurableError]
+    ) -> Callable[[sa.Connection], None]:
+        """A function that runs the fenced step record with ``params`` in a transaction, and
+        raises what ``explain`` says when it is refused."""
 
         def record(conn: sa.Connection) -> None:
             if conn.execute(self._record_step, params).rowcount != 1:
                 raise explain(conn)
 
-        return params, record, explain
+        return record
+
+    def _record_step_params(
+        self, instance_id: str, step: StepRecord, worker_id: str, task_id: str
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The parameters of the fenced step record, and the clock's among them (for
+        :meth:`_step_refusal`): the hot path builds no function it does not call."""
+        now = self.clock()
+        clock = self.dialect.clock_params_at(now)
+        params = self._step_params(instance_id, step, now)
+        params["p_iid"] = instance_id
+        params["p_tid"] = task_id
+        params["p_wid"] = worker_id
+        params.update(clock)
+        return params, clock
+
+    def _step_refusal(
+        self, clock: dict[str, Any], instance_id: str, position: int, worker_id: str, task_id: str
+    ) -> Callable[[sa.Connection], DurableError]:
+        """A function that explains why the fenced record of the step at ``position`` was
+        refused: the lease is not held, or (held by this worker) the step is recorded."""
+
+        def explain(conn: sa.Connection) -> DurableError:
+            refusal = self._refusal(conn, clock, instance_id, task_id, worker_id)
+            if isinstance(refusal, ClaimLostError) and refusal.holder == worker_id:
+                return StepAlreadyRecordedError(instance_id, position)
+            return refusal
+
+        return explain
 
     async def finish_workflow(
         self,

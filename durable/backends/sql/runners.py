@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
@@ -24,6 +25,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.util import greenlet_spawn
@@ -157,6 +159,10 @@ class InlineRunner(Runner):
             self._flush, inline_when_alone=True
         )
         self._writer: sqlite3.Connection | None = None
+        # each thread's own connection (sync workflows' threads), and every one of them
+        self._local = threading.local()
+        self._thread_writers: weakref.WeakSet[_ThreadWriter] = weakref.WeakSet()
+        self._thread_writers_lock = threading.Lock()
         # each statement's form with its feed position as a parameter (None: it writes none)
         self._counted: dict[CompiledStatement, _Counted | None] = {}
         _INLINE_RUNNERS.add(self)
@@ -195,6 +201,74 @@ class InlineRunner(Runner):
         """Run ``statement`` on ``sqlite3``, in one write transaction with the other direct
         statements pending at the same moment (group commit)."""
         return (await self.direct_chain((statement,), values))[0]
+
+    def direct_now(
+        self, statement: CompiledStatement, values: dict[str, Any]
+    ) -> DirectResult | None:
+        """:meth:`direct`, run at once and blocking, without a coroutine, when the group commit
+        would flush it alone in its caller's task anyway (:meth:`GroupCommit.alone`: a lone
+        workflow's step), on the batches' own connection, as a statement of its own
+        (:meth:`_autocommitted`). None when the write is not alone, or another connection held
+        the write lock past :data:`~.locking.LOOP_WAIT_MS` (nothing was written): the caller
+        then awaits :meth:`direct`, which joins a batch, or waits for the lock with the loop
+        running."""
+        if not self.thread_safe or not self._group.alone():
+            return None
+        done = self._autocommitted(
+            self._own_connection(), statement, values, self._close_own, busy_is_none=True
+        )
+        if done is not None:
+            self._group.flushed_alone()
+        return done
+
+    def direct_blocking(self, statement: CompiledStatement, values: dict[str, Any]) -> DirectResult:
+        """:meth:`direct` from a thread that is not the event loop's (a sync workflow's), on
+        that thread's own connection (:meth:`_thread_connection`), as a statement of its own
+        (:meth:`_autocommitted`), waiting for the write lock as long as the busy timeout."""
+        done = self._autocommitted(
+            self._thread_connection(), statement, values, self._close_thread_own
+        )
+        assert done is not None  # a lock held past the busy timeout raised
+        return done
+
+    def _autocommitted(
+        self,
+        conn: Any,
+        statement: CompiledStatement,
+        values: dict[str, Any],
+        close: Callable[[], None],
+        *,
+        busy_is_none: bool = False,
+    ) -> DirectResult | None:
+        """``statement`` with ``values`` on ``conn`` (a runner's own, no transaction open), as
+        a statement of its own: SQLite's implicit transaction takes the write lock as the
+        statement begins (waiting for it as ``BEGIN IMMEDIATE`` does) and commits as it ends,
+        so one call to ``sqlite3`` does what three do in :meth:`run_batch`. The statement is
+        the first of its transaction: it writes its own feed position (see
+        :class:`_Positions`).
+
+        Errors are raised as :meth:`run_batch` raises them, ``close`` called after any but the
+        statement's own (a constraint, a value of the wrong type); with ``busy_is_none``, None
+        when the write lock stayed held past the connection's busy timeout (nothing was
+        written)."""
+        params = None
+        try:
+            params = statement.params(values)
+            cursor = conn.execute(statement.sql, params)
+            rows = statement.rows(cursor.fetchall()) if statement.returns_rows else []
+        except BaseException as exc:
+            with contextlib.suppress(Exception):  # (a commit the lock stopped: undone)
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            if busy_is_none and isinstance(exc, sqlite3.OperationalError) and is_sqlite_busy(exc):
+                return None
+            if not isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError | StatementError):
+                close()  # not the statement's own refusal (a constraint, a value): a new one
+            wrapped = as_sqlalchemy(exc, statement, params, self.engine.dialect, False)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
+        return DirectResult(int(cursor.rowcount), rows)
 
     async def direct_chain(
         self, statements: tuple[CompiledStatement, ...], values: dict[str, Any]
@@ -260,6 +334,36 @@ class InlineRunner(Runner):
         if writer is not None:
             with contextlib.suppress(Exception):
                 writer.close()
+
+    def _thread_connection(self) -> Any:
+        """The calling thread's own write connection (a sync workflow's thread records its
+        steps on it: a pool checkout and return per step cost a tenth of one), opened as the
+        batches' is, with the engine's busy timeout (the thread may wait), and kept until the
+        thread ends (its holder goes with the thread's locals), an error of any kind, or
+        :meth:`release`."""
+        holder: _ThreadWriter | None = getattr(self._local, "writer", None)
+        if holder is None:
+            holder = self._local.writer = _ThreadWriter()
+            with self._thread_writers_lock:
+                self._thread_writers.add(holder)
+        if holder.conn is None:
+            fairy = self.engine.raw_connection()
+            holder.conn = fairy.driver_connection
+            fairy.detach()  # the pool forgets it, as the batches' own
+        return holder.conn
+
+    def _close_thread_own(self) -> None:
+        holder: _ThreadWriter | None = getattr(self._local, "writer", None)
+        if holder is not None:
+            holder.close()
+
+    def _close_threads_own(self) -> None:
+        """Close every thread's own connection (:meth:`release`: no step is recorded any
+        more); a thread that records again opens another."""
+        with self._thread_writers_lock:
+            holders = list(self._thread_writers)
+        for holder in holders:
+            holder.close()
 
     def run_batch(self, items: Sequence[Chain], *, own: bool = False) -> list[Outcome]:
         """Run ``items`` (see :meth:`direct_chain`) in one write transaction (``BEGIN
@@ -415,9 +519,11 @@ class InlineRunner(Runner):
     async def release(self) -> None:
         await self._group.close()
         self._close_own()
+        self._close_threads_own()
 
     async def dispose(self) -> None:
         self._close_own()
+        self._close_threads_own()
         self.engine.dispose()
 
 
@@ -428,6 +534,25 @@ _INLINE_RUNNERS: weakref.WeakSet[InlineRunner] = weakref.WeakSet()
 def _forget_connections_after_fork() -> None:
     for runner in list(_INLINE_RUNNERS):
         runner._writer = None  # the parent's: neither used nor closed here
+        runner._local = threading.local()
+        runner._thread_writers = weakref.WeakSet()
+        runner._thread_writers_lock = threading.Lock()
+
+
+class _ThreadWriter:
+    """One thread's own connection (see :meth:`InlineRunner._thread_connection`), held in the
+    thread's locals: it goes with the thread."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self) -> None:
+        self.conn: Any = None
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
 
 os.register_at_fork(after_in_child=_forget_connections_after_fork)
