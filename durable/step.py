@@ -274,7 +274,7 @@ class Step(Generic[P, T]):
         if guard.replayed:
             return guard.replay()
         tel = telemetry.active
-        if tel is not None:
+        if tel is not None and tel.recording():  # else no span: no closure to call per step
             return tel.step_blocking(
                 ctx.workflow_name,
                 ctx.workflow_id,
