@@ -7,6 +7,7 @@ claim, then the starts of what it claimed) runs in one transaction, each chain u
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import sqlite3
 from pathlib import Path
@@ -214,7 +215,7 @@ async def test_a_threads_records_go_on_a_connection_of_its_own(sqlite_url: str) 
             for position in (0, 1, 2):
                 backend.record_step_blocking("wf", step(position), worker_id="w1")
                 assert runner.checked_out() == 0
-            conn = runner._thread_connection()
+            conn = runner._thread_writer().conn
             assert isinstance(conn, sqlite3.Connection)
             return conn
 
@@ -223,3 +224,38 @@ async def test_a_threads_records_go_on_a_connection_of_its_own(sqlite_url: str) 
         assert [s.position for s in await backend.list_steps("wf")] == [0, 1, 2]
     with pytest.raises(sqlite3.ProgrammingError):  # closed with the backend
         conn.execute("SELECT 1")
+
+
+async def test_closing_never_closes_a_threads_connection_under_its_statement(
+    sqlite_url: str,
+) -> None:
+    """The backend closed while a thread's record runs (a sync workflow's thread outliving its
+    runtime): its connection is closed by that thread once the statement ended, not under it
+    (a ``sqlite3`` connection closed from another thread is freed under its statement)."""
+    async with SQLAlchemyBackend(sqlite_url) as backend:
+        await started(backend, "wf")
+        runner = runner_of(backend)
+        executor = concurrent.futures.ThreadPoolExecutor(1)  # one thread: one connection
+        loop = asyncio.get_running_loop()
+
+        def record(position: int) -> None:
+            backend.record_step_blocking("wf", step(position), worker_id="w1")
+
+        await loop.run_in_executor(executor, record, 0)
+        writer = await loop.run_in_executor(executor, runner._thread_writer)
+        conn = writer.conn
+        assert conn is not None
+        with writer.lock:  # as its thread holds it while a statement runs
+            runner._close_threads_own()
+            assert writer.conn is conn and writer.retired
+            conn.execute("SELECT 1")  # still open
+        await loop.run_in_executor(executor, record, 1)  # runs, then its thread closes it
+        assert writer.conn is None and not writer.retired
+        with pytest.raises(sqlite3.ProgrammingError):
+            conn.execute("SELECT 1")
+        await loop.run_in_executor(executor, record, 2)  # another connection
+        assert writer.conn is not None and writer.conn is not conn
+        runner._close_threads_own()  # idle: closed at once
+        assert writer.conn is None
+        executor.shutdown()
+        assert [s.position for s in await backend.list_steps("wf")] == [0, 1, 2]

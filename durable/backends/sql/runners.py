@@ -223,11 +223,15 @@ class InlineRunner(Runner):
 
     def direct_blocking(self, statement: CompiledStatement, values: dict[str, Any]) -> DirectResult:
         """:meth:`direct` from a thread that is not the event loop's (a sync workflow's), on
-        that thread's own connection (:meth:`_thread_connection`), as a statement of its own
+        that thread's own connection (:meth:`_thread_writer`), as a statement of its own
         (:meth:`_autocommitted`), waiting for the write lock as long as the busy timeout."""
-        done = self._autocommitted(
-            self._thread_connection(), statement, values, self._close_thread_own
-        )
+        writer = self._thread_writer()
+        with writer.lock:  # (release() closes it meanwhile only once this statement ended)
+            try:
+                done = self._autocommitted(writer.open(), statement, values, writer.close)
+            finally:
+                if writer.retired:
+                    writer.close()
         assert done is not None  # a lock held past the busy timeout raised
         return done
 
@@ -335,35 +339,26 @@ class InlineRunner(Runner):
             with contextlib.suppress(Exception):
                 writer.close()
 
-    def _thread_connection(self) -> Any:
-        """The calling thread's own write connection (a sync workflow's thread records its
-        steps on it: a pool checkout and return per step cost a tenth of one), opened as the
-        batches' is, with the engine's busy timeout (the thread may wait), and kept until the
-        thread ends (its holder goes with the thread's locals), an error of any kind, or
-        :meth:`release`."""
-        holder: _ThreadWriter | None = getattr(self._local, "writer", None)
-        if holder is None:
-            holder = self._local.writer = _ThreadWriter()
+    def _thread_writer(self) -> _ThreadWriter:
+        """The calling thread's own write connection's holder (a sync workflow's thread
+        records its steps on it: a pool checkout and return per step cost a tenth of one),
+        kept in the thread's locals: the connection goes with the thread, or is closed after
+        an error of any kind, or by :meth:`release`."""
+        writer: _ThreadWriter | None = getattr(self._local, "writer", None)
+        if writer is None:
+            writer = self._local.writer = _ThreadWriter(self.engine)
             with self._thread_writers_lock:
-                self._thread_writers.add(holder)
-        if holder.conn is None:
-            fairy = self.engine.raw_connection()
-            holder.conn = fairy.driver_connection
-            fairy.detach()  # the pool forgets it, as the batches' own
-        return holder.conn
-
-    def _close_thread_own(self) -> None:
-        holder: _ThreadWriter | None = getattr(self._local, "writer", None)
-        if holder is not None:
-            holder.close()
+                self._thread_writers.add(writer)
+        return writer
 
     def _close_threads_own(self) -> None:
-        """Close every thread's own connection (:meth:`release`: no step is recorded any
-        more); a thread that records again opens another."""
+        """Close every thread's own connection (:meth:`release`); one a statement runs on is
+        closed by its thread once the statement ended. A thread that records again opens
+        another."""
         with self._thread_writers_lock:
-            holders = list(self._thread_writers)
-        for holder in holders:
-            holder.close()
+            writers = list(self._thread_writers)
+        for writer in writers:
+            writer.retire()
 
     def run_batch(self, items: Sequence[Chain], *, own: bool = False) -> list[Outcome]:
         """Run ``items`` (see :meth:`direct_chain`) in one write transaction (``BEGIN
@@ -540,19 +535,47 @@ def _forget_connections_after_fork() -> None:
 
 
 class _ThreadWriter:
-    """One thread's own connection (see :meth:`InlineRunner._thread_connection`), held in the
-    thread's locals: it goes with the thread."""
+    """One thread's own write connection (see :meth:`InlineRunner._thread_writer`), held in the
+    thread's locals: it goes with the thread. Its thread uses it holding :attr:`lock`; another
+    thread closes it only holding that lock too (:meth:`retire`): a ``sqlite3`` connection
+    closed under a statement of another thread's is freed under it."""
 
-    __slots__ = ("__weakref__", "conn")
+    __slots__ = ("__weakref__", "conn", "engine", "lock", "retired")
 
-    def __init__(self) -> None:
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
         self.conn: Any = None
+        self.lock = threading.Lock()
+        #: set by retire() while a statement ran: its thread closes the connection after it
+        self.retired = False
+
+    def open(self) -> Any:
+        """The connection, opened as the batches' is (the engine's connect events apply, then
+        the pool forgets it), with the engine's busy timeout (the thread may wait). Its
+        thread calls this holding :attr:`lock`."""
+        if self.conn is None:
+            fairy = self.engine.raw_connection()
+            self.conn = fairy.driver_connection
+            fairy.detach()
+        return self.conn
 
     def close(self) -> None:
-        conn, self.conn = self.conn, None
+        """Close the connection (holding :attr:`lock`); the next :meth:`open` opens another."""
+        conn, self.conn, self.retired = self.conn, None, False
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
+
+    def retire(self) -> None:
+        """From another thread: close the connection now if no statement runs on it, else
+        have its thread close it once the statement ended."""
+        if self.lock.acquire(blocking=False):
+            try:
+                self.close()
+            finally:
+                self.lock.release()
+        else:
+            self.retired = True
 
 
 os.register_at_fork(after_in_child=_forget_connections_after_fork)
