@@ -352,9 +352,9 @@ class _Session:
 
     A cursor's ``execute`` parses the query for each call (its cache lookup), keeps its own
     prepared statement bookkeeping, locks the connection and builds result state, in Python:
-    15 to 30 us of a lone step's 120 to 160 us of client CPU. The direct path needs none of that (one
-    statement per connection at a time, its queries known in advance), so it runs them on
-    libpq's connection with psycopg's own pieces: the :class:`~psycopg.adapt.Transformer`
+    15 to 30 us of a lone step's 120 to 160 us of client CPU. The direct path needs none of
+    that (one statement per connection at a time, its queries known in advance), so it runs
+    them on libpq's connection with psycopg's own pieces: the :class:`~psycopg.adapt.Transformer`
     (psycopg's dumpers and loaders, found once per type and kept), the ``execute`` generator
     (driven by the connection's ``wait``, the :class:`SocketWaiter` on the event loop) and
     psycopg's errors built from the server's result. The bytes sent are what the cursor sent:
