@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -504,25 +504,33 @@ def capture(backend: durable.SQLAlchemyBackend) -> Iterator[list[tuple[str, Any]
         if not statement.lstrip().upper().startswith(("BEGIN", "COMMIT", "ROLLBACK")):
             seen.append((statement, parameters))
 
-    alone = getattr(runner, "run_alone", None)
+    # SQLite's statements straight on sqlite3: claims (run_alone), a lone record (direct_now)
+    inline = {
+        name: method
+        for name in ("run_alone", "direct_now")
+        if (method := getattr(runner, name, None)) is not None
+    }
 
-    def alone_spy(statement: Any, values: dict[str, Any]) -> Any:
-        assert alone is not None
-        result = alone(statement, values)
-        seen.append((statement.sql, statement.params(values)))
-        return result
+    def inline_spy(method: Callable[..., Any]) -> Callable[..., Any]:
+        def spy(statement: Any, values: dict[str, Any]) -> Any:
+            result = method(statement, values)
+            if result is not None:  # None: not run here (the caller goes on to direct)
+                seen.append((statement.sql, statement.params(values)))
+            return result
+
+        return spy
 
     sa.event.listen(sync_engine, "before_cursor_execute", listener)
     runner.direct = direct_spy  # type: ignore[method-assign]
-    if alone is not None:  # SQLite's claims, straight on sqlite3
-        setattr(runner, "run_alone", alone_spy)  # noqa: B010 (an instance's method, replaced)
+    for name, method in inline.items():
+        setattr(runner, name, inline_spy(method))
     try:
         yield seen
     finally:
         sa.event.remove(sync_engine, "before_cursor_execute", listener)
         del runner.direct
-        if alone is not None:
-            delattr(runner, "run_alone")
+        for name in inline:
+            delattr(runner, name)
 
 
 def _compiled(backend: durable.SQLAlchemyBackend, stmt: Any) -> str | None:

@@ -54,6 +54,28 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
         await asyncio.sleep(0.01)
 
 
+class LoopTicks:
+    """While entered, counts the event loop's turns of a coroutine that sleeps 10 ms at a time
+    (:attr:`count`): a test that a wait left the loop running reads it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LoopTicks:
+        self._task = asyncio.create_task(self._tick())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            self.count += 1
+
+
 def pg_conninfo(url: str) -> str:
     """A SQLAlchemy PostgreSQL URL as libpq takes it (psycopg's connection string)."""
     return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)

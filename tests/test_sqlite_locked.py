@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from support import LoopTicks
 
 import durable
 from durable.backends.sql import locking
@@ -130,29 +131,21 @@ async def test_a_write_waiting_for_the_lock_does_not_stop_the_event_loop(
     async with durable.Runtime(durable.connect(url)) as runtime:
         await runtime.enqueue(noop, workflow_id="to-cancel")
         await runtime.enqueue(noop, workflow_id="to-claim", priority=-1)
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
         other = await asyncio.to_thread(hold_the_write_lock, path)
-        beating = asyncio.create_task(ticker())
-        try:
-            writes = asyncio.gather(
-                runtime.enqueue(noop, workflow_id="behind-the-lock"),  # the group commit
-                runtime.cancel("to-cancel"),  # a transaction through SQLAlchemy
-                runtime.client.backend.claim_available_tasks("w", 1, timedelta(seconds=30)),
-            )
-            await asyncio.sleep(1.0)
-            assert not writes.done()  # they wait for the lock...
-            assert ticks > 30, f"the loop ran {ticks} times in 1 s"  # ...and the loop runs
-        finally:
-            other.execute("ROLLBACK")
-            other.close()
-        _, cancelled, claimed = await writes
-        beating.cancel()
+        async with LoopTicks() as ticks:
+            try:
+                writes = asyncio.gather(
+                    runtime.enqueue(noop, workflow_id="behind-the-lock"),  # the group commit
+                    runtime.cancel("to-cancel"),  # a transaction through SQLAlchemy
+                    runtime.client.backend.claim_available_tasks("w", 1, timedelta(seconds=30)),
+                )
+                await asyncio.sleep(1.0)
+                assert not writes.done()  # they wait for the lock...
+                # ...and the loop runs
+                assert ticks.count > 30, f"the loop ran {ticks.count} times in 1 s"
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+            _, cancelled, claimed = await writes
         assert cancelled.status is durable.WorkflowStatus.CANCELLED
         assert [c.instance_id for c in claimed] == ["to-claim"]

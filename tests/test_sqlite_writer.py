@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from support import LoopTicks
 
 from durable.backends.sql import SQLAlchemyBackend, locking
 from durable.backends.sql.direct import CompiledStatement
@@ -179,23 +180,14 @@ async def test_a_lone_record_is_one_statement_that_waits_for_the_write_lock(
 
         other = sqlite3.connect(tmp_path / "durable.db", isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        ticking = asyncio.create_task(ticker())
-        recording = asyncio.create_task(backend.record_step("wf", step(2), worker_id="w1"))
-        await asyncio.sleep(0.3)
-        assert not recording.done()
-        assert ticks >= 5  # the loop ran while the record waited
-        other.execute("ROLLBACK")
-        other.close()
-        await asyncio.wait_for(recording, 10)
-        ticking.cancel()
+        async with LoopTicks() as ticks:
+            recording = asyncio.create_task(backend.record_step("wf", step(2), worker_id="w1"))
+            await asyncio.sleep(0.3)
+            assert not recording.done()
+            assert ticks.count >= 5  # the loop ran while the record waited
+            other.execute("ROLLBACK")
+            other.close()
+            await asyncio.wait_for(recording, 10)
         assert runner._writer is writer
         assert [s.position for s in await backend.list_steps("wf")] == [0, 1, 2]
 
