@@ -199,6 +199,11 @@ class ExecutionContext:
     """This execution's own writes awaited now (:meth:`checkpoint`, :meth:`attempt_ended`),
     each by the monotonic time it began, the oldest first."""
     _write_keys: Iterator[int] = field(default_factory=itertools.count)
+    backend: PersistentBackend = field(init=False, repr=False)
+    """The runtime's backend, looked up once for the attempt (every step uses it)."""
+
+    def __post_init__(self) -> None:
+        self.backend = self.runtime.backend
 
     def attempt_ended(self) -> None:
         """The attempt's body ended: what it awaits from now on is the write of how it ended
@@ -507,17 +512,18 @@ class StepGuard:
         self.position = position
         self.name = name
         self.recorded = recorded
+        self.result: Any = None
+        self._serialized: str | None = None  # the last value _roundtrip serialized
+        if recorded is None:  # a new step (the hot path: tested first)
+            self.started_at = stamp_of(ctx.backend)
+            return
         # a step recorded pending (a sleep, a receive, a child) started when it was recorded
         self.started_at = (
             recorded.started_at
-            if recorded is not None
-            and recorded.status is StepStatus.PENDING
-            and recorded.started_at is not None
-            else stamp_of(ctx.runtime.backend)
+            if recorded.status is StepStatus.PENDING and recorded.started_at is not None
+            else stamp_of(ctx.backend)
         )
-        self.result: Any = None
-        self._serialized: str | None = None  # the last value _roundtrip serialized
-        if recorded is not None and recorded.status is StepStatus.SUCCEEDED:
+        if recorded.status is StepStatus.SUCCEEDED:
             self.result = recorded.output
 
     @property
@@ -545,7 +551,7 @@ class StepGuard:
         """The value as a replay will see it; raises SerializationError naming the step. Its
         serialized form is kept for the record (:attr:`StepRecord.serialized_output`), so the
         backend does not serialize it again."""
-        serializer = self.ctx.runtime.backend.serializer
+        serializer = self.ctx.backend.serializer
         try:
             self._serialized, stored = serializer.roundtrip(value)
             return stored
@@ -578,7 +584,7 @@ class StepGuard:
         thread (:attr:`~durable.backends.PersistentBackend.records_steps_blocking`), the step
         is recorded here; otherwise on the runtime's event loop, waited for."""
         ctx = self.ctx
-        backend = ctx.runtime.backend
+        backend = ctx.backend
         if not backend.records_steps_blocking:
             return ctx.block_on(self.succeed(value, attempts=attempts))
         try:
@@ -631,7 +637,7 @@ class StepGuard:
         """Persist the step with ``status`` and the :meth:`_entry` ``fields``."""
         ctx = self.ctx
         record = self._entry(status, **fields)
-        write = ctx.runtime.backend.record_step
+        write = ctx.backend.record_step
         try:
             with ctx.checkpoint():
                 await write(ctx.workflow_id, record, worker_id=ctx.executor_id)

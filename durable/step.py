@@ -292,8 +292,11 @@ class Step(Generic[P, T]):
         while True:
             attempt += 1
             try:
-                with in_step():
-                    value = self._call_bounded(args, kwargs)
+                with in_step():  # without a timeout, called here: one call less per step
+                    if self.timeout is None:
+                        value = self.fn(*args, **kwargs)
+                    else:
+                        value = self._call_bounded(args, kwargs)
             except Exception as exc:
                 if self.retry.should_retry(exc, attempt):
                     ctx.block_on(ctx.runtime.sleep(self.retry.delay(attempt)))

@@ -269,7 +269,7 @@ class Execution(GroupedWrites):
         worker_id: str,
         task_id: str = WORKFLOW_TASK,
     ) -> None:
-        what = f"record step {step.position} of {instance_id!r}"
+        what = _recording(instance_id, step)
         params, clock = self._record_step_params(instance_id, step, worker_id, task_id)
         # The hot path: one statement that checks the lease and writes the step, atomic by
         # itself, so on PostgreSQL it runs without BEGIN/COMMIT, prepared, on the driver, in
@@ -320,26 +320,35 @@ class Execution(GroupedWrites):
             return super().record_step_blocking(
                 instance_id, step, worker_id=worker_id, task_id=task_id
             )
-        what = f"record step {step.position} of {instance_id!r}"
         params, clock = self._record_step_params(instance_id, step, worker_id, task_id)
+        statement = self._record_step_direct
+        assert statement is not None  # a blocking path implies a direct one
+        # what was being done, and why a record was refused, are only built when needed: the
+        # hot path formats no message and makes no closure
+        blocking = self._blocking
+        try:
+            if blocking is not None:
+                rowcount = blocking.execute(statement, params).rowcount
+            else:
+                runner = self._runner
+                assert isinstance(runner, InlineRunner)
+                rowcount = runner.direct_blocking(statement, params).rowcount
+        except Exception:
+            with self._errors(_recording(instance_id, step)):
+                raise
+        if rowcount == 1:
+            return
+        what = _recording(instance_id, step)
         explain = self._step_refusal(clock, instance_id, step.position, worker_id, task_id)
-        if self._blocking is not None:
-            assert self._record_step_direct is not None  # a blocking path implies a direct one
-            with self._errors(what):
-                if self._blocking.execute(self._record_step_direct, params).rowcount == 1:
-                    return
+        if blocking is not None:
             # refused: why is worth a hop to the event loop (this is not the hot path)
             assert self._loop is not None
             coro = self._run(explain, what=what)
             raise asyncio.run_coroutine_threadsafe(coro, self._loop).result()
         runner = self._runner
         assert isinstance(runner, InlineRunner)
-        assert self._record_step_direct is not None
         with self._errors(what):
-            rowcount = runner.direct_blocking(self._record_step_direct, params).rowcount
-        if rowcount != 1:
-            with self._errors(what):
-                raise runner.run(explain)
+            raise runner.run(explain)
 
     def _record_step_call(
         self, instance_id: str, step: StepRecord, worker_id: str, task_id: str
@@ -502,3 +511,8 @@ class Execution(GroupedWrites):
         if delay == 0:
             self.notify_work()
         return info
+
+
+def _recording(instance_id: str, step: StepRecord) -> str:
+    """What a step's record is doing, as its errors name it."""
+    return f"record step {step.position} of {instance_id!r}"
