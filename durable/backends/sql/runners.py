@@ -159,6 +159,7 @@ class InlineRunner(Runner):
             self._flush, inline_when_alone=True
         )
         self._writer: sqlite3.Connection | None = None
+        self._writer_cursor: sqlite3.Cursor | None = None
         # each thread's own connection (sync workflows' threads), and every one of them
         self._local = threading.local()
         self._thread_writers: weakref.WeakSet[_ThreadWriter] = weakref.WeakSet()
@@ -215,7 +216,7 @@ class InlineRunner(Runner):
         if not self.thread_safe or not self._group.alone():
             return None
         done = self._autocommitted(
-            self._own_connection(), statement, values, self._close_own, busy_is_none=True
+            self._own_cursor(), statement, values, self._close_own, busy_is_none=True
         )
         if done is not None:
             self._group.flushed_alone()
@@ -237,19 +238,20 @@ class InlineRunner(Runner):
 
     def _autocommitted(
         self,
-        conn: Any,
+        cursor: Any,
         statement: CompiledStatement,
         values: dict[str, Any],
         close: Callable[[], None],
         *,
         busy_is_none: bool = False,
     ) -> DirectResult | None:
-        """``statement`` with ``values`` on ``conn`` (a runner's own, no transaction open), as
-        a statement of its own: SQLite's implicit transaction takes the write lock as the
-        statement begins (waiting for it as ``BEGIN IMMEDIATE`` does) and commits as it ends,
-        so one call to ``sqlite3`` does what three do in :meth:`run_batch`. The statement is
-        the first of its transaction: it writes its own feed position (see
-        :class:`_Positions`).
+        """``statement`` with ``values`` on ``cursor``, the kept cursor of a runner's own
+        connection (no transaction open; a cursor made and dropped per statement costs about
+        a microsecond), as a statement of its own: SQLite's implicit transaction takes the
+        write lock as the statement begins (waiting for it as ``BEGIN IMMEDIATE`` does) and
+        commits as it ends, so one call to ``sqlite3`` does what three do in
+        :meth:`run_batch`. The statement is the first of its transaction: it writes its own
+        feed position (see :class:`_Positions`).
 
         Errors are raised as :meth:`run_batch` raises them, ``close`` called after any but the
         statement's own (a constraint, a value of the wrong type); with ``busy_is_none``, None
@@ -258,9 +260,10 @@ class InlineRunner(Runner):
         params = None
         try:
             params = statement.params(values)
-            cursor = conn.execute(statement.sql, params)
+            cursor.execute(statement.sql, params)  # (sqlite3 resets a statement that failed)
             rows = statement.rows(cursor.fetchall()) if statement.returns_rows else []
         except BaseException as exc:
+            conn = cursor.connection
             with contextlib.suppress(Exception):  # (a commit the lock stopped: undone)
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -333,8 +336,16 @@ class InlineRunner(Runner):
             self._writer = writer
         return self._writer
 
+    def _own_cursor(self) -> Any:
+        """A cursor of :meth:`_own_connection`, kept with it (see :meth:`_autocommitted`)."""
+        conn = self._own_connection()
+        cursor = self._writer_cursor
+        if cursor is None or cursor.connection is not conn:  # the first, or a new connection
+            cursor = self._writer_cursor = conn.cursor()
+        return cursor
+
     def _close_own(self) -> None:
-        writer, self._writer = self._writer, None
+        writer, self._writer, self._writer_cursor = self._writer, None, None
         if writer is not None:
             with contextlib.suppress(Exception):
                 writer.close()
@@ -529,6 +540,7 @@ _INLINE_RUNNERS: weakref.WeakSet[InlineRunner] = weakref.WeakSet()
 def _forget_connections_after_fork() -> None:
     for runner in list(_INLINE_RUNNERS):
         runner._writer = None  # the parent's: neither used nor closed here
+        runner._writer_cursor = None
         runner._local = threading.local()
         runner._thread_writers = weakref.WeakSet()
         runner._thread_writers_lock = threading.Lock()
@@ -540,28 +552,30 @@ class _ThreadWriter:
     thread closes it only holding that lock too (:meth:`retire`): a ``sqlite3`` connection
     closed under a statement of another thread's is freed under it."""
 
-    __slots__ = ("__weakref__", "conn", "engine", "lock", "retired")
+    __slots__ = ("__weakref__", "conn", "cursor", "engine", "lock", "retired")
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         self.conn: Any = None
+        self.cursor: Any = None  # the connection's, kept (see InlineRunner._autocommitted)
         self.lock = threading.Lock()
         #: set by retire() while a statement ran: its thread closes the connection after it
         self.retired = False
 
     def open(self) -> Any:
-        """The connection, opened as the batches' is (the engine's connect events apply, then
-        the pool forgets it), with the engine's busy timeout (the thread may wait). Its
-        thread calls this holding :attr:`lock`."""
+        """The connection's kept cursor; the connection opened as the batches' is (the
+        engine's connect events apply, then the pool forgets it), with the engine's busy
+        timeout (the thread may wait). Its thread calls this holding :attr:`lock`."""
         if self.conn is None:
             fairy = self.engine.raw_connection()
             self.conn = fairy.driver_connection
             fairy.detach()
-        return self.conn
+            self.cursor = self.conn.cursor()
+        return self.cursor
 
     def close(self) -> None:
         """Close the connection (holding :attr:`lock`); the next :meth:`open` opens another."""
-        conn, self.conn, self.retired = self.conn, None, False
+        conn, self.conn, self.cursor, self.retired = self.conn, None, None, False
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
