@@ -113,7 +113,7 @@ class CompiledStatement:
         order = self._positions if self._positions is not None else list(binds)
         self._names = order
         psycopg_arrays = dialect.driver == "psycopg"
-        self._fast: list[tuple[str, Any, Any]] | None = [
+        entries = [
             (
                 binds[name].key,
                 binds[name],
@@ -122,52 +122,23 @@ class CompiledStatement:
             )
             for name in order
         ]
-        if any(bind.expanding or bind.callable is not None for bind in binds.values()):
-            self._fast = None
-        self._plan_positional()
+        planned = not any(bind.expanding or bind.callable is not None for bind in binds.values())
+        #: the driver's parameters in the statement's order (positional) or its names' (named)
+        self._bind = _Binder(entries) if planned else None
         #: psycopg: the statement as PostgreSQL takes it (``$1``...), for :class:`_Session`;
-        #: its parameters' names and formats in that order
+        #: its parameters' names and formats in that order, and their binder
         self.pg_query: bytes | None = None
         self.pg_formats: list[PyFormat] = []
         self._pg_names: list[str] = []
-        self._pg_fast: list[tuple[str, Any, Any]] | None = None
+        self._pg_bind: _Binder | None = None
         if psycopg_arrays and not compiled.positional:
             self.pg_query, self._pg_names, self.pg_formats = _numbered(self.sql)
-            if self._fast is not None:
-                by_name = dict(zip(order, self._fast, strict=True))
-                self._pg_fast = [by_name[name] for name in self._pg_names]
+            if planned:
+                by_name = dict(zip(order, entries, strict=True))
+                self._pg_bind = _Binder([by_name[name] for name in self._pg_names])
         #: True for a SELECT, or DML with RETURNING (known from the statement: asking the
         #: cursor for its description costs more than the rows)
         self.returns_rows = bool(self._columns)
-
-    def _plan_positional(self) -> None:
-        """For a positional paramstyle (sqlite3's qmark), plan :meth:`params` once: the
-        required values taken from the caller's mapping in one ``itemgetter`` call, each
-        optional one (its bindparam's own value by default: a literal of the statement) after
-        them, the processors run on those that have one, and the whole put in the statement's
-        order by a second ``itemgetter``. Binding each parameter by key in a loop cost about
-        twice as much (a step record binds 19). None (:attr:`_take`) where there is no plan:
-        named parameters, or fewer than two required."""
-        self._take: Callable[[dict[str, Any]], tuple[Any, ...]] | None = None
-        self._optional: list[tuple[str, Any]] = []
-        self._gathered_processors: list[tuple[int, Callable[[Any], Any]]] = []
-        self._reorder: Callable[[list[Any]], tuple[Any, ...]] = tuple
-        entries = self._fast
-        if entries is None or self._positions is None:
-            return
-        required = [i for i, (_, bind, _) in enumerate(entries) if bind.required]
-        optional = [i for i, (_, bind, _) in enumerate(entries) if not bind.required]
-        if len(required) < 2:  # an itemgetter of one key returns its value, not a tuple
-            return
-        gathered = required + optional  # gathered index -> the statement's
-        self._take = operator.itemgetter(*[entries[i][0] for i in required])
-        self._optional = [(entries[i][0], entries[i][1].value) for i in optional]
-        self._gathered_processors = [
-            (at, _quick_boolean(process) if isinstance(entries[i][1].type, sa.Boolean) else process)
-            for at, i in enumerate(gathered)
-            if (process := entries[i][2]) is not None
-        ]
-        self._reorder = operator.itemgetter(*[gathered.index(i) for i in range(len(entries))])
 
     def rows(self, raw: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
         """The driver's rows as mappings by column key, through the columns' result types."""
@@ -183,21 +154,10 @@ class CompiledStatement:
     def params(self, values: dict[str, Any]) -> Any:
         """The driver's parameters for ``values`` (keyed like the statement's bindparams): a
         mapping, or for a positional paramstyle a tuple in the statement's order."""
-        take = self._take
-        if take is not None:  # planned once (see _plan_positional)
-            bound = list(take(values))
-            for key, default in self._optional:
-                bound.append(values.get(key, default))
-            try:
-                for at, process in self._gathered_processors:
-                    bound[at] = process(bound[at])
-            except ValueError as exc:  # as SQLAlchemy reports a type that refused a value
-                raise sa.exc.StatementError(str(exc), self.sql, values, exc) from exc
-            return self._reorder(bound)
-        if self._fast is not None:
-            bound = self._bind(self._fast, values)
+        if self._bind is not None:
+            bound = self._planned(self._bind, values)
             if self._positions is not None:
-                return tuple(bound)
+                return bound
             return dict(zip(self._names, bound, strict=True))
         params = dict(self._compiled.construct_params(values))
         try:
@@ -209,25 +169,70 @@ class CompiledStatement:
             return tuple(params[name] for name in self._positions)
         return params
 
-    def numbered_params(self, values: dict[str, Any]) -> list[Any]:
+    def numbered_params(self, values: dict[str, Any]) -> Sequence[Any]:
         """The parameters of :attr:`pg_query` for ``values``, in its order (``$1`` first)."""
-        if self._pg_fast is not None:
-            return self._bind(self._pg_fast, values)
+        if self._pg_bind is not None:
+            return self._planned(self._pg_bind, values)
         named = self.params(values)
         return [named[name] for name in self._pg_names]
 
-    def _bind(self, entries: list[tuple[str, Any, Any]], values: dict[str, Any]) -> list[Any]:
-        """``values`` bound for the driver: each entry's value (its bindparam's own where
-        ``values`` has none and it is optional) through its processor, if any."""
+    def _planned(self, bind: _Binder, values: dict[str, Any]) -> tuple[Any, ...]:
+        """``bind(values)``, a value its type refused raised as SQLAlchemy raises it."""
         try:
-            return [
-                (values[key] if key in values or bind.required else bind.value)
-                if process is None
-                else process(values[key] if key in values or bind.required else bind.value)
-                for key, bind, process in entries
-            ]
+            return bind(values)
         except ValueError as exc:  # as SQLAlchemy reports a type that refused a value
             raise sa.exc.StatementError(str(exc), self.sql, values, exc) from exc
+
+
+class _Binder:
+    """Binds a statement's values (a mapping by bindparam key) for the driver, in the order of
+    ``entries`` (each parameter's bindparam key, bindparam and bind processor), planned once:
+    the required values taken from the mapping in one ``itemgetter`` call, each optional one
+    (its bindparam's own value by default: a literal of the statement) after them, the
+    processors run on those that have one, and the whole put in the entries' order by a
+    second ``itemgetter``. Binding each parameter by key in a loop cost about twice as much
+    (a step record binds 19)."""
+
+    __slots__ = ("_optional", "_order", "_processors", "_take")
+
+    def __init__(self, entries: Sequence[tuple[str, Any, Any]]) -> None:
+        required = [i for i, (_, bind, _) in enumerate(entries) if bind.required]
+        optional = [i for i, (_, bind, _) in enumerate(entries) if not bind.required]
+        gathered = required + optional  # gathered index -> the entries'
+        self._take = _getter([entries[i][0] for i in required])
+        self._optional = [(entries[i][0], entries[i][1].value) for i in optional]
+        self._processors = [
+            (at, _quick_boolean(process) if isinstance(entries[i][1].type, sa.Boolean) else process)
+            for at, i in enumerate(gathered)
+            if (process := entries[i][2]) is not None
+        ]
+        positions = range(len(entries))
+        in_order = gathered == list(positions)
+        self._order = tuple if in_order else _getter([gathered.index(i) for i in positions])
+
+    def __call__(self, values: dict[str, Any]) -> tuple[Any, ...]:
+        """The bound values, in the entries' order.
+
+        :raises KeyError: a required value is missing.
+        :raises ValueError: a bind processor refused a value.
+        """
+        bound = list(self._take(values))
+        for key, default in self._optional:
+            bound.append(values.get(key, default))
+        for at, process in self._processors:
+            bound[at] = process(bound[at])
+        return self._order(bound)
+
+
+def _getter(keys: Sequence[Any]) -> Callable[[Any], tuple[Any, ...]]:
+    """``operator.itemgetter(*keys)``, always returning a tuple (itemgetter of one key returns
+    its item, of none is refused)."""
+    if len(keys) >= 2:
+        return operator.itemgetter(*keys)
+    if keys:
+        key = keys[0]
+        return lambda container: (container[key],)
+    return lambda container: ()
 
 
 def _quick_boolean(process: Callable[[Any], Any]) -> Callable[[Any], Any]:

@@ -95,7 +95,7 @@ def _sqlite_text(value: datetime | None) -> str | None:
     last = _last_text  # one read: another thread may replace the pair meanwhile
     if value is last[0]:
         return last[1]
-    utc = value if value.tzinfo is UTC else _in_utc(value)
+    utc = _in_utc(value)
     # isoformat(" ", "microseconds") without its "+00:00", formatted here: an aware
     # datetime's isoformat costs nearly twice as much (it asks the zone for its offset)
     text = "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (  # noqa: UP031 - the fastest way here
