@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from durable.backends.sql import migrate
 from durable.backends.sql.batches import Enqueues
 from durable.backends.sql.changes import Changes
+from durable.backends.sql.checkpoints import WalCheckpointer
 from durable.backends.sql.claims import Claims
 from durable.backends.sql.continuation import Continuation
 from durable.backends.sql.core import first_line, stop_listener
@@ -173,6 +174,7 @@ class SQLAlchemyBackend(
         self._loop: asyncio.AbstractEventLoop | None = None
         self._direct = isinstance(self._runner, AsyncRunner) and self.dialect.name == "postgresql"
         self._now_direct: CompiledStatement | None = None  # compiled on first use
+        self._checkpointer: WalCheckpointer | None = None  # SQLite files: from start()
         self._build_statements()
         # sync workflows' threads record steps on connections of their own; only on engines
         # durable created, whose connect arguments it knows
@@ -239,9 +241,25 @@ class SQLAlchemyBackend(
                 != migrate.head_revision()
             ):
                 await self._migrating(migrate.upgrade, what="migrate")
+            if self.dialect.name == "sqlite":
+                await self._start_checkpointer()
             self._loop = asyncio.get_running_loop()
             self._started = True
             log.debug("backend started: %r", self, extra={"action": "backend.start"})
+
+    async def _start_checkpointer(self) -> None:
+        """A SQLite file: checkpoint its write-ahead log on a thread of its own, not in the
+        writers' commits (see :mod:`.checkpoints`); nothing for an in-memory database."""
+        if self._checkpointer is not None:
+            return
+        (path,) = await self._run(
+            lambda conn: tuple(conn.execute(self.dialect.database_identity()).one()),
+            what="find the database file",
+            read_only=True,
+        )
+        if path:
+            self._checkpointer = WalCheckpointer(path)
+            self._checkpointer.start()
 
     async def close(self) -> None:
         listeners = (self._listener, self._outputs_listener)
@@ -252,6 +270,9 @@ class SQLAlchemyBackend(
         if self._blocking is not None:
             self._blocking.close()
         self._close_transactions()
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         if self._owns_engine:
             await self._runner.dispose()
         self._started = False

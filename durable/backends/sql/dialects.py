@@ -51,6 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from durable.backends.sql import feed, locking, mysql
+from durable.backends.sql.checkpoints import WRITER_AUTOCHECKPOINT
 from durable.backends.sql.direct import KEY_DRIVEN_PLANS
 from durable.backends.sql.locking import (
     SQLITE_LOOP_WAIT,
@@ -706,6 +707,9 @@ def _configure_sqlite(sync_engine: sa.Engine, synchronous: str, memory: bool) ->
         cursor.execute(f"PRAGMA busy_timeout={locking.BUSY_TIMEOUT_MS}")
         if not memory:
             _switch_to_wal(cursor)
+            # the log is checkpointed by a thread of the backend's (see .checkpoints): a
+            # commit checkpoints by itself only when that falls far behind
+            cursor.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT}")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
