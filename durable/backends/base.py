@@ -635,6 +635,27 @@ class PersistentBackend(ABC):
             claim is still held).
         """
 
+    async def finish_execution(
+        self,
+        instance_id: str,
+        *,
+        worker_id: str,
+        status: WorkflowStatus,
+        output: Any = None,
+        error: ErrorInfo | None = None,
+        rerun: Sequence[int] = (),
+    ) -> None:
+        """:meth:`finish_workflow` for a caller that does not use the stored header (a worker
+        recording how an attempt ended): the same write, fence and errors, without the header
+        read back. By default it calls :meth:`finish_workflow`; a backend whose header costs
+        something to build (its input and output decoded) may override it, and must then still
+        call a ``finish_workflow`` that a subclass overrides or that is replaced on the
+        instance, so that whatever wraps the finish sees every one.
+        """
+        await self.finish_workflow(
+            instance_id, worker_id=worker_id, status=status, output=output, error=error, rerun=rerun
+        )
+
     @abstractmethod
     async def reschedule_workflow(
         self,

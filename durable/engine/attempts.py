@@ -464,7 +464,7 @@ class Attempts(Leases):
             try:
                 await self._renewing(
                     instance_id,
-                    lambda: self._record_outcome(
+                    lambda: self._record_end(
                         instance_id,
                         worker_id=self.executor_id,
                         status=WorkflowStatus.SUCCEEDED,
@@ -555,6 +555,12 @@ class Attempts(Leases):
         self.client.note_finished()
         return info
 
+    async def _record_end(self, instance_id: str, **outcome: Any) -> None:
+        """:meth:`_record_outcome` for a caller that does not use the stored header
+        (``finish_execution``: the backend need not build it)."""
+        await self.backend.finish_execution(instance_id, **outcome)
+        self.client.note_finished()
+
     async def _fail_unreadable(self, instance_id: str, exc: CorruptRowError) -> None:
         """Record that the execution failed because its stored rows cannot be read (fenced by
         the claim, like any outcome)."""
@@ -564,7 +570,7 @@ class Attempts(Leases):
             exc,
             extra={"action": "workflow.unreadable", "workflow_id": instance_id},
         )
-        await self._record_outcome(
+        await self._record_end(
             instance_id,
             worker_id=self.executor_id,
             status=WorkflowStatus.FAILED,
@@ -676,7 +682,7 @@ class Attempts(Leases):
         status = WorkflowStatus.DEAD_LETTER if worth_retrying else WorkflowStatus.FAILED
         await self._renewing(
             snapshot.id,
-            lambda: self._record_outcome(
+            lambda: self._record_end(
                 snapshot.id, worker_id=self.executor_id, status=status, error=info, rerun=rerun
             ),
             ctx,

@@ -610,12 +610,8 @@ class Claims(SQLCore):
     def _claims_replaced(self) -> bool:
         """Whether claims or starts are not this backend's own (overridden, or wrapped on the
         instance)."""
-        cls = type(self)
-        return (
-            "claim_available_tasks" in vars(self)
-            or "begin_execution" in vars(self)
-            or cls.claim_available_tasks.__qualname__ != "Claims.claim_available_tasks"
-            or cls.begin_execution.__qualname__ != "Execution.begin_execution"
+        return self._replaced("claim_available_tasks", "Claims.claim_available_tasks") or (
+            self._replaced("begin_execution", "Execution.begin_execution")
         )
 
     def _began(

@@ -262,6 +262,12 @@ class SQLCore(PersistentBackend):
             ),
         )
 
+    def _replaced(self, name: str, own: str) -> bool:
+        """Whether the method ``name`` is not this backend's own (``own``, its qualified name):
+        a subclass overrides it, or it is replaced on the instance (a test's or a wrapper's). A
+        shortcut past it must then go through it."""
+        return name in vars(self) or getattr(type(self), name).__qualname__ != own
+
     # -- row conversion -----------------------------------------------------------------------
 
     def _dump(self, value: Any) -> str | None:
