@@ -15,7 +15,8 @@ Execution of one workflow, in order, each line persisted before the next:
 3. ``begin_execution``: status running, history loaded;
 4. the body runs; each step replays from the history or runs and is recorded by
    ``record_step``, fenced by the lease, which a heartbeat keeps alive;
-5. ``finish_workflow``: output or error recorded, task removed, in one transaction.
+5. ``finish_execution`` (``finish_workflow`` without the stored header read back): output or
+   error recorded, task removed, in one transaction.
 
 :class:`Runtime` is composed of one class per concern, in :mod:`durable.engine`: leases and the
 executor's identity (:mod:`~durable.engine.leases`), running an attempt and child workflows
