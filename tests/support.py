@@ -1,5 +1,5 @@
 """What many test modules share: the upper bound of a wait, waiting for a state, a quick runtime,
-and reaching a test's PostgreSQL database with psycopg."""
+a backend holding a claim, and reaching a test's PostgreSQL database with psycopg."""
 
 from __future__ import annotations
 
@@ -10,18 +10,49 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
 
 import psycopg
 import sqlalchemy as sa
 
 import durable
+from durable.backends import SQLAlchemyBackend
+from durable.models import WORKFLOW_TASK, TaskSpec, WorkflowSnapshot
 
 #: ``processes(program, *args, name=...)``, the conftest fixture: starts a real process.
 Processes = Callable[..., "subprocess.Popen[bytes]"]
 
 #: Seconds: an upper bound for anything a test waits for, never reached when green.
 WAIT = 60.0
+
+
+@asynccontextmanager
+async def claimed_backend(
+    url: str, worker: str, *, input: Any = None
+) -> AsyncIterator[SQLAlchemyBackend]:
+    """A started backend on ``url`` with workflow "wf" (its ``input``) created and its task
+    claimed by ``worker``, closed on the way out. Created through ``create_workflows`` (a
+    transaction, the bulk path), not the direct statement ``create_workflow`` uses on
+    PostgreSQL: the direct path's connections are as the claim left them."""
+    backend = durable.connect(url)
+    assert isinstance(backend, SQLAlchemyBackend)
+    await backend.start()
+    try:
+        await backend.create_workflows(
+            [
+                (
+                    WorkflowSnapshot(id="wf", name="wf", input=input),
+                    TaskSpec(instance_id="wf", name="wf"),
+                )
+            ]
+        )
+        assert await backend.claim_task("wf", WORKFLOW_TASK, worker, timedelta(minutes=5))
+        yield backend
+    finally:
+        await backend.close()
 
 
 def quick_runtime(

@@ -8,34 +8,25 @@ records how its attempts ended through it."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
+from support import claimed_backend
 
 import durable
 from durable.backends import SQLAlchemyBackend
 from durable.errors import ClaimLostError
-from durable.models import WORKFLOW_TASK, TaskSpec, WorkflowInfo, WorkflowSnapshot, WorkflowStatus
+from durable.models import WorkflowInfo, WorkflowStatus
 
 WORKER = "w1"
 
 
 @pytest.fixture
 async def claimed(db_url: str) -> AsyncIterator[SQLAlchemyBackend]:
-    """A started backend (SQLite, PostgreSQL) holding the claim on workflow "wf"."""
-    backend = durable.connect(db_url)
-    assert isinstance(backend, SQLAlchemyBackend)
-    await backend.start()
-    await backend.create_workflows(
-        [(WorkflowSnapshot(id="wf", name="wf", input=[1]), TaskSpec(instance_id="wf", name="wf"))]
-    )
-    assert await backend.claim_task("wf", WORKFLOW_TASK, WORKER, timedelta(minutes=5))
-    await backend.begin_execution("wf", WORKER)
-    try:
+    """A started backend (SQLite, PostgreSQL) holding the claim on workflow "wf", started."""
+    async with claimed_backend(db_url, WORKER, input=[1]) as backend:
+        await backend.begin_execution("wf", WORKER)
         yield backend
-    finally:
-        await backend.close()
 
 
 async def test_writes_the_outcome_without_reading_the_header(

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
-from support import pg_conninfo, terminate_other_sessions
+from support import claimed_backend, pg_conninfo, terminate_other_sessions
 
 import durable
 from durable.backends import SQLAlchemyBackend
@@ -40,19 +40,8 @@ def _step(position: int) -> StepRecord:
 @pytest.fixture
 async def claimed(pg_url: str) -> AsyncIterator[SQLAlchemyBackend]:
     """A started backend holding the claim on workflow "wf"."""
-    backend = durable.connect(pg_url)
-    assert isinstance(backend, SQLAlchemyBackend)
-    await backend.start()
-    # through a transaction (the bulk path), not the direct statement create_workflow uses on
-    # PostgreSQL: the tests below count on the direct path's connections as the claim left them
-    await backend.create_workflows(
-        [(WorkflowSnapshot(id="wf", name="wf"), TaskSpec(instance_id="wf", name="wf"))]
-    )
-    assert await backend.claim_task("wf", WORKFLOW_TASK, WORKER, timedelta(minutes=5))
-    try:
+    async with claimed_backend(pg_url, WORKER) as backend:
         yield backend
-    finally:
-        await backend.close()
 
 
 def _engine_statements(backend: SQLAlchemyBackend) -> tuple[list[str], Any]:
