@@ -13,7 +13,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from support import eventually
 
 import durable
@@ -128,13 +127,10 @@ def test_a_checkpointer_on_a_plain_file_copies_its_log(tmp_path: Path) -> None:
         conn.close()
 
 
-@pytest.mark.parametrize("interval", [0.01])
-def test_stop_waits_for_the_thread_and_closes_its_connection(
-    tmp_path: Path, interval: float
-) -> None:
+def test_stop_waits_for_the_thread_and_closes_its_connection(tmp_path: Path) -> None:
     path = tmp_path / "stop.db"
     sqlite3.connect(path).execute("PRAGMA journal_mode=WAL").close()
-    checkpointer = WalCheckpointer(str(path), busy_interval=interval, idle_interval=interval)
+    checkpointer = WalCheckpointer(str(path), busy_interval=0.01, idle_interval=0.01)
     checkpointer.start()
     time.sleep(0.1)
     checkpointer.stop()
