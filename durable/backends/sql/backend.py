@@ -252,11 +252,7 @@ class SQLAlchemyBackend(
         writers' commits (see :mod:`.checkpoints`); nothing for an in-memory database."""
         if self._checkpointer is not None:
             return
-        (path,) = await self._run(
-            lambda conn: tuple(conn.execute(self.dialect.database_identity()).one()),
-            what="find the database file",
-            read_only=True,
-        )
+        (path,) = await self._read_database_identity()
         if path:
             self._checkpointer = WalCheckpointer(path)
             self._checkpointer.start()

@@ -343,13 +343,19 @@ class Transactions(SQLCore):
     async def own_database_identity(self) -> tuple[Any, ...]:
         found = self.known_database_identity()
         if found is None:
-            row = await self._run(
-                lambda conn: tuple(conn.execute(self.dialect.database_identity()).one()),
-                what="identify durable's database",
-            )
-            found = self.dialect.identity_of(row)
+            found = await self._read_database_identity()
         self.__dict__["_own_identity"] = found
         return found
+
+    async def _read_database_identity(self) -> tuple[Any, ...]:
+        """The database's identity as the database itself gives it (SQLite: the real path of
+        its main file, "" in memory), not as the URL tells it."""
+        row = await self._run(
+            lambda conn: tuple(conn.execute(self.dialect.database_identity()).one()),
+            what="identify durable's database",
+            read_only=True,
+        )
+        return self.dialect.identity_of(row)
 
     def _caller(self, connection: Any) -> sa.Connection:
         """The caller's connection, checked: a sync SQLAlchemy ``Connection`` to a database of
