@@ -186,6 +186,7 @@ def mysql_backend_url(request: pytest.FixtureRequest) -> str:
         pytest.skip(f"MySQL is not reachable at {MYSQL_HOST}:{MYSQL_PORT}")
     url = str(request.getfixturevalue("_mysql_session_url"))
     import asyncio
+    import concurrent.futures
 
     import pymysql
 
@@ -218,7 +219,10 @@ def mysql_backend_url(request: pytest.FixtureRequest) -> str:
                 for table in tables:  # a test changed the schema: start it over
                     cursor.execute("SET FOREIGN_KEY_CHECKS = 0")
                     cursor.execute(f"DROP TABLE `{table}`")
-                asyncio.run(_start_and_close(SQLAlchemyBackend(url)))
+                # on a thread of its own: an async test that asks for this fixture by name
+                # (getfixturevalue) calls it inside its running event loop
+                with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                    pool.submit(asyncio.run, _start_and_close(SQLAlchemyBackend(url))).result()
             else:
                 cursor.execute("SET FOREIGN_KEY_CHECKS = 0")
                 for table in tables:
