@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
+from support import pg_conninfo
 
 import durable
 from durable.context import current
@@ -151,6 +153,9 @@ async def test_a_batch_stores_what_single_enqueues_store(backend_url: str) -> No
             task_b = await client.backend.get_task(single, "workflow")
             assert (task_a.queue, task_a.priority) == (task_b.queue, task_b.priority)
             assert (task_a.run_after == later) == (task_b.run_after == later)
+            # due at the same moment give or take the seconds between the two enqueues (by the
+            # database's clock on PostgreSQL: now plus the delay)
+            assert abs(task_a.run_after - task_b.run_after) < timedelta(seconds=5)
             assert await client.get_labels(batched) == await client.get_labels(single)
         batched_full = await client.get_workflow(ids[1])
         assert (batched_full.idempotency_key, batched_full.deadline) == ("key-full", deadline)
@@ -395,3 +400,58 @@ async def test_backend_create_workflows_contract(backend_url: str) -> None:
         tasks = await backend.find_available_tasks("w", 10)
         assert sorted(t.instance_id for t in tasks) == ["a"]  # b was created without one
         assert await backend.create_workflows([]) == []
+
+
+async def test_text_that_copy_rows_escape_is_stored_as_given(backend_url: str) -> None:
+    """Tabs, line breaks, carriage returns and backslashes (what PostgreSQL's COPY text rows
+    escape, ``\\N`` being their NULL) in an id, a key and the arguments are stored as given,
+    and the key still finds its execution."""
+    odd = "a\tb\nc\rd\\e\\N"
+    async with opened(backend_url) as client:
+        ids = await client.enqueue_many(
+            greet,
+            [
+                durable.Enqueue(
+                    args=(odd,),
+                    kwargs={"punctuation": odd},
+                    workflow_id=f"w{odd}",
+                    idempotency_key=f"k{odd}",
+                )
+            ],
+        )
+        assert ids == [f"w{odd}"]
+        info = await client.get_workflow(ids[0])
+        assert info.idempotency_key == f"k{odd}"
+        assert info.input["args"] == [odd] and info.input["kwargs"] == {"punctuation": odd}
+        again = await client.enqueue_many(
+            greet, [durable.Enqueue(args=("other",), idempotency_key=f"k{odd}")]
+        )
+        assert again == ids
+
+
+@pytest.mark.postgres
+async def test_a_session_ended_while_a_batch_is_written_writes_nothing(pg_url: str) -> None:
+    """The server ends the session in the middle of a batch's rows (a trigger on the tasks
+    table terminates its own backend): the call fails as an outage, not as a driver's error,
+    nothing of the batch is stored, and the same call made again stores it all."""
+    rows = [(n,) for n in range(300)]
+    async with opened(pg_url) as client:
+        async with await psycopg.AsyncConnection.connect(
+            pg_conninfo(pg_url), autocommit=True
+        ) as admin:
+            await admin.execute(
+                "CREATE FUNCTION hang_up() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NEW; END $$"
+            )
+            await admin.execute(
+                "CREATE TRIGGER hang_up BEFORE INSERT ON durable_tasks "
+                "FOR EACH ROW EXECUTE FUNCTION hang_up()"
+            )
+            with pytest.raises(durable.BackendUnavailableError, match="create 300 workflow"):
+                await client.enqueue_many(double, rows)
+            assert await count(client) == 0
+            await admin.execute("DROP TRIGGER hang_up ON durable_tasks")
+        ids = await client.enqueue_many(double, rows)
+        assert await count(client) == 300
+        assert (await client.get_workflow(ids[-1])).input["args"] == [299]
+        assert await client.backend.get_task(ids[-1], "workflow") is not None

@@ -5,12 +5,15 @@ Part of :class:`~durable.backends.sql.backend.SQLAlchemyBackend` (see :mod:`.cor
 themselves are :mod:`.workflows`, which this area sits in front of:
 
 * :meth:`Enqueues.create_workflows` (bulk enqueue), one transaction however many rows, one
-  statement per table: on PostgreSQL ``INSERT ... SELECT FROM json_to_recordset(:rows)`` (the
-  rows as one JSON parameter) in a savepoint, as if every row were new (a fifth less of the
-  server's time than an insert that checks each row for a conflict first); if one exists, the
-  savepoint is rolled back and ``... ON CONFLICT DO NOTHING RETURNING id`` runs instead, after
-  which the rows it did not insert (stored before, or by a concurrent transaction meanwhile)
-  are looked up (one ``SELECT`` per :data:`LOOKUP_PAGE` rows); on SQLite the rows that exist
+  statement per table: on PostgreSQL a ``COPY`` of the rows (:class:`_CopyRows`) in a
+  savepoint, as if every row were new (a plain insert costs the server a fifth less than one
+  that checks each row for a conflict first); if one exists, the savepoint is rolled back and
+  ``INSERT ... SELECT FROM json_to_recordset(:rows) ON CONFLICT DO NOTHING RETURNING id`` (the
+  rows as one JSON parameter) runs instead, after which the rows it did not insert (stored
+  before, or by a concurrent transaction meanwhile) are looked up (one ``SELECT`` per
+  :data:`LOOKUP_PAGE` rows); the new workflows' tasks are one more ``COPY``, each due at its
+  ``run_after``, else at the transaction's start plus its delay (read once: ``now()``, as an
+  insert would compute it). On SQLite the rows that exist
   are looked up first, then one prepared ``INSERT`` is run by the driver over the others
   (``executemany``; the write lock taken by ``BEGIN IMMEDIATE`` keeps others out); and one
   ``NOTIFY``. MySQL goes the way of SQLite, without a lock that keeps others out between the
@@ -31,12 +34,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.util import await_only
 
 from durable.backends.base import batch_owners, check_aware, clash_error
 from durable.backends.sql.core import WORKFLOW_COLUMNS, Creation, SQLCore, write_labels
@@ -71,6 +77,12 @@ class Enqueues(SQLCore):
                 workflows, names, conflict=""
             )
             self._bulk_tasks: Any = _recordset_tasks()
+            self._copy_workflows: _CopyRows | None = _CopyRows(
+                workflows, names, self.engine.dialect
+            )
+            self._copy_tasks: _CopyRows | None = _CopyRows(
+                tasks, [*_TASK_COLUMNS, "attempts"], self.engine.dialect
+            )
             self._select_batch_existing: Any = sa.union_all(
                 _lookup_each(workflows.c.id, "p_ids"),
                 _lookup_each(workflows.c.idempotency_key, "p_keys"),
@@ -92,6 +104,7 @@ class Enqueues(SQLCore):
             )
             self._bulk_tasks = _DriverInsert(self._insert_task, self.engine.dialect)
             self._bulk_new_workflows = None
+            self._copy_workflows = self._copy_tasks = None
             self._select_batch_existing = sa.select(workflows).where(
                 sa.or_(
                     d.in_list(workflows.c.id, "p_ids"),
@@ -360,27 +373,39 @@ class Enqueues(SQLCore):
                     row["created_seq"] = first + offset
             self._bulk_workflows.run(conn, rows)
             return {row["id"] for row in rows}
-        payload = _recordset(rows)
-        assert self._bulk_new_workflows is not None
-        try:  # the rows as new ones first: a plain insert costs the server a fifth less
+        assert self._bulk_new_workflows is not None and self._copy_workflows is not None
+        try:  # the rows as new ones first (COPY: see _CopyRows), else one plain insert
             with conn.begin_nested():
-                conn.execute(self._bulk_new_workflows, payload)
+                if not self._copy_workflows.run(conn, map(_WORKFLOW_VALUES, rows)):
+                    conn.execute(self._bulk_new_workflows, _recordset(rows))
             return {row["id"] for row in rows}
         except sa.exc.IntegrityError:  # one exists: the insert that skips the rows that do
-            return {r[0] for r in conn.execute(self._bulk_workflows, payload)}
+            return {r[0] for r in conn.execute(self._bulk_workflows, _recordset(rows))}
 
     def _insert_batch_tasks(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         """Insert the tasks of new workflows (parameters as for :attr:`_insert_task`)."""
         if isinstance(self._bulk_tasks, _DriverInsert):
             self._bulk_tasks.run(conn, rows)
             return
-        if self.dialect.binds_clock:  # a test's clock: the due time computed here, not by now()
-            zero = timedelta(0)
-            rows = [
-                {**row, "t_run_after": row["t_run_after"] or row["c_delay"], "c_delay": zero}
-                for row in rows
+        # each task's due time: its own, else now plus its delay (c_delay), now being a test's
+        # clock (c_delay holds the sum already) or the database's, which is the transaction's
+        # start (now() is that of every statement of a transaction: the same as the insert's)
+        due = [row["t_run_after"] for row in rows]
+        if None in due:
+            now = (
+                None if self.dialect.binds_clock else conn.execute(_TRANSACTION_START).scalar_one()
+            )
+            due = [
+                given or (row["c_delay"] if now is None else now + row["c_delay"])
+                for given, row in zip(due, rows, strict=True)
             ]
-        conn.execute(self._bulk_tasks, _recordset(rows))
+        assert self._copy_tasks is not None
+        copied = (
+            (*_TASK_VALUES(row), run_after, 0) for row, run_after in zip(rows, due, strict=True)
+        )
+        if not self._copy_tasks.run(conn, copied):
+            rows = [{**row, "t_run_after": d} for row, d in zip(rows, due, strict=True)]
+            conn.execute(self._bulk_tasks, _recordset(rows))
 
 
 #: The task columns the bulk insert takes from its rows (then ``run_after``, ``attempts``).
@@ -394,6 +419,13 @@ _TASK_COLUMNS = [
     "partition_key",
     "run_after",
 ]
+
+
+#: A workflow row's values, in the order of WORKFLOW_COLUMNS (the COPY's columns).
+_WORKFLOW_VALUES = operator.itemgetter(*(c.name for c in WORKFLOW_COLUMNS))
+#: A task row's values (:meth:`SQLCore._task_row`), in the order of _TASK_COLUMNS but the last
+#: (its due time, computed at the insert).
+_TASK_VALUES = operator.itemgetter(*(f"t_{c}" for c in _TASK_COLUMNS[:-1]))
 
 
 def _written(snapshot: WorkflowSnapshot, row: dict[str, Any]) -> WorkflowInfo:
@@ -444,8 +476,8 @@ def _recordset_insert(table: sa.Table, names: list[str], *, conflict: str) -> sa
 
 
 def _recordset_tasks() -> sa.TextClause:
-    """PostgreSQL: the tasks of a batch (due at ``t_run_after``, else now plus ``c_delay`` by
-    the database's clock), from one JSON array of :attr:`_insert_task`'s parameters."""
+    """PostgreSQL: the tasks of a batch, from one JSON array of :attr:`_insert_task`'s
+    parameters, each with its due time (``t_run_after``) computed."""
     types = {
         "instance_id": "TEXT",
         "task_id": "TEXT",
@@ -456,12 +488,11 @@ def _recordset_tasks() -> sa.TextClause:
         "partition_key": "TEXT",
         "run_after": "TIMESTAMPTZ",
     }
-    record = ", ".join(f"t_{c} {types[c]}" for c in _TASK_COLUMNS) + ", c_delay INTERVAL"
-    selected = ", ".join(f"r.t_{c}" for c in _TASK_COLUMNS[:-1])
+    record = ", ".join(f"t_{c} {types[c]}" for c in _TASK_COLUMNS)
+    selected = ", ".join(f"r.t_{c}" for c in _TASK_COLUMNS)
     return sa.text(
         f"INSERT INTO {tasks.name} ({', '.join(_TASK_COLUMNS)}, attempts) "
-        f"SELECT {selected}, COALESCE(r.t_run_after, now() + r.c_delay), 0 "
-        f"FROM json_to_recordset(CAST(:rows AS JSON)) AS r({record})"
+        f"SELECT {selected}, 0 FROM json_to_recordset(CAST(:rows AS JSON)) AS r({record})"
     )
 
 
@@ -507,25 +538,89 @@ class _DriverInsert:
         for bind, name in compiled.bind_names.items():
             if self._defaults.get(name) is None:
                 self._defaults[name] = bind.value
-        self._processors = {
+        processors = {
             compiled.bind_names[bind]: process
             for bind in compiled.bind_names
             if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
         }
+        self._processors = [
+            (index, processors[name])
+            for index, name in enumerate(self._order)
+            if name in processors
+        ]
 
     def run(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         order, defaults = self._order, self._defaults
-        processed = [
-            (index, self._processors[name])
-            for index, name in enumerate(order)
-            if name in self._processors
+        values = ([row.get(name, defaults[name]) for name in order] for row in rows)
+        conn.exec_driver_sql(self.sql, _converted(values, self._processors))
+
+
+class _CopyRows:
+    """PostgreSQL through psycopg: rows written into a table with one ``COPY ... FROM STDIN``
+    in the caller's transaction, each value converted by its column's bind processor first (as
+    a statement's parameters are). The server parses COPY's text rows at a fraction of what
+    ``json_to_recordset`` costs it, and inserts the first ones while the client still sends
+    the last. COPY has no ``ON CONFLICT``: for rows that are all new (the caller's savepoint
+    catches a duplicate) and for tasks of workflows just inserted."""
+
+    def __init__(self, table: sa.Table, columns: list[str], dialect: sa.Dialect) -> None:
+        self.sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+        self._processors = [
+            (index, process)
+            for index, column in enumerate(columns)
+            if (process := table.c[column].type.dialect_impl(dialect).bind_processor(dialect))
+            is not None
         ]
-        seen: dict[tuple[int, Any], Any] = {}  # a batch's rows share their timestamps
-        params = []
+
+    def run(self, conn: sa.Connection, rows: Iterable[Sequence[Any]]) -> bool:
+        """Write ``rows`` (each a value a column, in the order given); False, nothing written,
+        when the driver is not psycopg.
+
+        :raises sa.exc.DBAPIError: as SQLAlchemy raises the driver's errors (a duplicate key as
+            :class:`sa.exc.IntegrityError`), so that callers handle them as a statement's.
+        :raises InvalidArgumentError: a column's type refused a value (a naive datetime).
+        """
+        raw = conn.connection.driver_connection
+        if not isinstance(raw, psycopg.AsyncConnection | psycopg.Connection):
+            return False
+        values = _converted(rows, self._processors)
         try:
+            if isinstance(raw, psycopg.AsyncConnection):
+                await_only(_copy_async(raw, self.sql, values))
+            else:
+                with raw.cursor() as cursor, cursor.copy(self.sql) as copy:
+                    for row in values:
+                        copy.write_row(row)
+        except psycopg.Error as exc:
+            raise sa.exc.DBAPIError.instance(
+                self.sql, None, exc, psycopg.Error, dialect=conn.dialect
+            ) from exc
+        return True
+
+
+async def _copy_async(
+    raw: psycopg.AsyncConnection[Any], sql: str, rows: list[tuple[Any, ...]]
+) -> None:
+    async with raw.cursor() as cursor, cursor.copy(sql) as copy:
+        for row in rows:
+            await copy.write_row(row)
+
+
+def _converted(
+    rows: Iterable[Sequence[Any]], processors: Sequence[tuple[int, Callable[[Any], Any]]]
+) -> list[tuple[Any, ...]]:
+    """``rows`` with the value at each index of ``processors`` converted by its processor (a
+    column's bind processor); a value that many rows share (a batch's timestamps) once.
+
+    :raises InvalidArgumentError: a processor refused a value (a naive datetime).
+    """
+    seen: dict[tuple[int, Any], Any] = {}
+    converted: list[tuple[Any, ...]] = []
+    try:
+        with collector_paused():  # a row each, all kept until they are sent
             for row in rows:
-                values = [row.get(name, defaults[name]) for name in order]
-                for index, process in processed:
+                values = list(row)
+                for index, process in processors:
                     value = values[index]
                     if value is not None:
                         key = (index, value)
@@ -533,7 +628,11 @@ class _DriverInsert:
                         if text is None:
                             text = seen[key] = process(value)
                         values[index] = text
-                params.append(tuple(values))
-        except ValueError as exc:  # a type refused a value (a naive datetime)
-            raise InvalidArgumentError(str(exc)) from exc
-        conn.exec_driver_sql(self.sql, params)
+                converted.append(tuple(values))
+    except ValueError as exc:  # a type refused a value (a naive datetime)
+        raise InvalidArgumentError(str(exc)) from exc
+    return converted
+
+
+#: PostgreSQL: the start of the transaction, which ``now()`` is in each of its statements.
+_TRANSACTION_START = sa.select(sa.func.now())
