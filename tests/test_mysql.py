@@ -163,6 +163,64 @@ async def test_values_beyond_max_allowed_packet_are_refused_not_an_outage(
         assert await rt.run(big_workflow, 10) == 10  # the backend is fine after it
 
 
+outcome_runs: list[str] = []
+
+
+@durable.workflow(
+    name="tests.mysql.big_outcome.v1",
+    registry=BIG_REG,
+    max_attempts=3,
+    retry=durable.RetryPolicy(initial_delay=0.1),
+)
+async def big_outcome(how: str, size: int) -> str:
+    outcome_runs.append(how)
+    if how == "output":
+        return "o" * size
+    if how == "error":
+        raise ValueError("e" * size)
+    durable.continue_as_new("c" * size, 0)
+    return "unreachable"
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize(
+    ("how", "status", "message"),
+    [
+        ("output", durable.WorkflowStatus.FAILED, "max_allowed_packet"),
+        ("continue", durable.WorkflowStatus.FAILED, "max_allowed_packet"),
+        # its retries go on with the error cut down, which says why
+        ("error", durable.WorkflowStatus.DEAD_LETTER, "eeee... (cut: the database refused"),
+    ],
+)
+async def test_an_outcome_beyond_max_allowed_packet_ends_the_attempt(
+    mysql_backend_url: str, how: str, status: durable.WorkflowStatus, message: str
+) -> None:
+    """A workflow's own outcome (its output, the input it continues with, its error) larger
+    than the server's max_allowed_packet was refused at its write and never recorded: the
+    lease lapsed and the body ran again each claim_ttl, counted as an interruption, until
+    recovery gave up. The attempt now ends recorded: failed at once for an output or a
+    continuation (the same outcome would be refused again), and an error too large is stored
+    cut down, so the retries run as they would for a small one."""
+    async with durable.Runtime(
+        durable.connect(mysql_backend_url), registry=BIG_REG, recover=False, claim_ttl=2
+    ) as rt:
+        backend = rt.backend
+        assert isinstance(backend, SQLAlchemyBackend)
+        size = backend.dialect.max_packet + 1  # type: ignore[attr-defined]
+        outcome_runs.clear()
+        wid = await rt.enqueue(big_outcome, how, size)
+        await rt.start_worker(poll_interval=0.05)
+        deadline = asyncio.get_running_loop().time() + 30
+        while not (info := await rt.get_workflow(wid)).status.is_terminal:
+            assert asyncio.get_running_loop().time() < deadline, (info, outcome_runs)
+            await asyncio.sleep(0.05)
+        assert info.status is status
+        assert info.interruptions == 0
+        assert info.error is not None and message in info.error.message
+        assert len(info.error.message) < 3000
+        assert outcome_runs == [how] * (3 if how == "error" else 1)
+
+
 @pytest.mark.mysql
 async def test_the_emulated_upsert_keeps_its_fence(mysql_backend_url: str) -> None:
     """record_step is INSERT ... SELECT ... WHERE <lease held> ON CONFLICT DO UPDATE: on MySQL

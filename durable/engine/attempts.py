@@ -8,7 +8,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, cast
 
@@ -50,6 +50,10 @@ from durable.workflow import Workflow
 
 #: The runtime's logger: what this module logs, it logs as the runtime.
 log = logging.getLogger("durable.runtime")
+
+#: The characters of an error's message kept when the database refuses to store the whole
+#: error (see ``_renewing_error``).
+ERROR_KEPT = 2000
 
 #: How a workflow span ends on these signals: not as an error (see durable.telemetry).
 _SPAN_OUTCOMES: dict[type[BaseException], str] = {
@@ -474,6 +478,8 @@ class Attempts(Leases):
                 )
             except BackendUnavailableError as exc:
                 await self._hand_back(instance_id, exc)
+            except SerializationError as exc:
+                await self._fail_unstorable(wf, snapshot, ctx, exc)
             return output
         except ClaimLostError:
             info = await self.backend.get_workflow(instance_id)
@@ -484,7 +490,10 @@ class Attempts(Leases):
             assert deadline is not None
             raise await self._expire(instance_id, deadline) from None
         except ContinueAsNew as continued:
-            await self._continue(instance_id, continued)
+            try:
+                await self._continue(instance_id, continued)
+            except SerializationError as exc:
+                await self._fail_unstorable(wf, snapshot, ctx, exc)
         except asyncio.CancelledError:
             await self._release_quietly(instance_id)
             raise
@@ -547,6 +556,24 @@ class Attempts(Leases):
             extra={"action": "workflow.continued", "workflow_id": instance_id},
         )
         raise WorkflowContinued(instance_id) from None
+
+    async def _fail_unstorable(
+        self,
+        wf: Workflow[Any, Any],
+        snapshot: WorkflowSnapshot,
+        ctx: ExecutionContext,
+        refused: SerializationError,
+    ) -> NoReturn:
+        """The database refused to store how the attempt ended (its output, or the input it
+        continues with: on MariaDB, a value larger than its ``max_allowed_packet``): record
+        the attempt failed with that refusal, not retried (the same outcome would be refused
+        again; left unrecorded, its lease would lapse and the body run again and again), and
+        raise it."""
+        try:
+            await self._record_failure(wf, snapshot, ctx, refused, retryable=False)
+        except BackendUnavailableError as outage:
+            await self._hand_back(snapshot.id, outage)
+        raise refused
 
     async def _record_outcome(self, instance_id: str, **outcome: Any) -> WorkflowInfo:
         """``finish_workflow(instance_id, **outcome)``, then wake this process's waits for
@@ -658,13 +685,14 @@ class Attempts(Leases):
             if ctx.deadline is not None:  # never due after its deadline: expire then
                 left = (ctx.deadline - await self.backend.now()).total_seconds()
                 delay = max(min(delay, left), 0.0)
-            await self._renewing(
+            await self._renewing_error(
                 snapshot.id,
-                lambda: self.backend.reschedule_workflow(
+                info,
+                lambda error: self.backend.reschedule_workflow(
                     snapshot.id,
                     worker_id=self.executor_id,
                     run_after=timedelta(seconds=delay),
-                    error=info,
+                    error=error,
                     rerun=rerun,
                 ),
                 ctx,
@@ -680,14 +708,35 @@ class Attempts(Leases):
             )
             return True
         status = WorkflowStatus.DEAD_LETTER if worth_retrying else WorkflowStatus.FAILED
-        await self._renewing(
+        await self._renewing_error(
             snapshot.id,
-            lambda: self._record_end(
-                snapshot.id, worker_id=self.executor_id, status=status, error=info, rerun=rerun
+            info,
+            lambda error: self._record_end(
+                snapshot.id, worker_id=self.executor_id, status=status, error=error, rerun=rerun
             ),
             ctx,
         )
         return False
+
+    async def _renewing_error(
+        self,
+        instance_id: str,
+        info: ErrorInfo,
+        write: Callable[[ErrorInfo], Awaitable[object]],
+        ctx: ExecutionContext,
+    ) -> None:
+        """``write(info)`` under :meth:`_renewing`; if the database refuses to store ``info``
+        (MariaDB: larger than its ``max_allowed_packet``), ``write`` again with the error cut
+        down to its type and the start of its message, which says why."""
+        try:
+            await self._renewing(instance_id, lambda: write(info), ctx)
+        except SerializationError as refused:
+            kept = ErrorInfo(
+                type=info.type,
+                message=f"{info.message[:ERROR_KEPT]}... (cut: the database refused to store "
+                f"the whole error: {refused})",
+            )
+            await self._renewing(instance_id, lambda: write(kept), ctx)
 
     async def run_child(
         self,

@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import operators, visitors
 from sqlalchemy.sql.dml import Insert, Update
+from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.util import immutabledict
 
 from durable.errors import SerializationError
@@ -237,8 +238,19 @@ class MySQLConnection:
                 )
 
     def execute(self, statement: Any, parameters: Any = None, **kwargs: Any) -> Any:
-        if self._max_values is not None and parameters:
-            self._check_size(parameters)
+        if self._max_values is not None:
+            if parameters:
+                self._check_size(parameters)
+            if isinstance(statement, Insert | Update) and statement._values:
+                # values written into the statement itself (.values({...})): a rescheduled
+                # attempt's error, a saved workflow's output; sent as parameters all the same
+                embedded = [
+                    value.value
+                    for value in statement._values.values()
+                    if isinstance(value, BindParameter)
+                ]
+                if embedded:
+                    self._check_size(tuple(embedded))
         if isinstance(statement, Insert) and statement._post_values_clause is not None:
             if isinstance(parameters, Sequence) and not isinstance(parameters, Mapping):
                 count = 0  # executemany: row by row, each may conflict on its own
