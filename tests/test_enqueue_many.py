@@ -455,3 +455,28 @@ async def test_a_session_ended_while_a_batch_is_written_writes_nothing(pg_url: s
         assert await count(client) == 300
         assert (await client.get_workflow(ids[-1])).input["args"] == [299]
         assert await client.backend.get_task(ids[-1], "workflow") is not None
+
+
+@pytest.mark.parametrize(
+    "url_fixture", ["sqlite_url", pytest.param("pg_url", marks=pytest.mark.postgres)]
+)
+async def test_a_value_refused_late_in_a_batch_writes_nothing(
+    url_fixture: str, request: pytest.FixtureRequest
+) -> None:
+    """A row near the end of a batch has a timestamp its column refuses (naive): the batch
+    fails naming it, after the rows before it were sent (PostgreSQL's COPY converts each row
+    as it sends it), and nothing of it is stored."""
+    async with opened(request.getfixturevalue(url_fixture)) as client:
+        now = datetime.now(UTC)
+
+        def row(n: int) -> tuple[WorkflowSnapshot, TaskSpec]:
+            created = now if n < 900 else now.replace(tzinfo=None)
+            snapshot = WorkflowSnapshot(
+                id=f"w-{n}", name=double.name, status="pending", input=None, created_at=created
+            )
+            return snapshot, TaskSpec(instance_id=f"w-{n}", name=double.name)
+
+        with pytest.raises(durable.InvalidArgumentError, match="naive datetime"):
+            await client.backend.create_workflows([row(n) for n in range(1000)])
+        assert await count(client) == 0
+        assert len(await client.enqueue_many(double, [(n,) for n in range(10)])) == 10

@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import operator
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -552,7 +552,9 @@ class _DriverInsert:
     def run(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         order, defaults = self._order, self._defaults
         values = ([row.get(name, defaults[name]) for name in order] for row in rows)
-        conn.exec_driver_sql(self.sql, _converted(values, self._processors))
+        with collector_paused():  # a tuple a row, all kept until the insert
+            params = list(_converted(values, self._processors))
+        conn.exec_driver_sql(self.sql, params)
 
 
 class _CopyRows:
@@ -599,7 +601,7 @@ class _CopyRows:
 
 
 async def _copy_async(
-    raw: psycopg.AsyncConnection[Any], sql: str, rows: list[tuple[Any, ...]]
+    raw: psycopg.AsyncConnection[Any], sql: str, rows: Iterable[tuple[Any, ...]]
 ) -> None:
     async with raw.cursor() as cursor, cursor.copy(sql) as copy:
         for row in rows:
@@ -608,30 +610,28 @@ async def _copy_async(
 
 def _converted(
     rows: Iterable[Sequence[Any]], processors: Sequence[tuple[int, Callable[[Any], Any]]]
-) -> list[tuple[Any, ...]]:
+) -> Iterator[tuple[Any, ...]]:
     """``rows`` with the value at each index of ``processors`` converted by its processor (a
-    column's bind processor); a value that many rows share (a batch's timestamps) once.
+    column's bind processor); a value that many rows share (a batch's timestamps) once. Lazy:
+    a COPY converts each row as it sends it, while the server inserts those before it.
 
     :raises InvalidArgumentError: a processor refused a value (a naive datetime).
     """
     seen: dict[tuple[int, Any], Any] = {}
-    converted: list[tuple[Any, ...]] = []
     try:
-        with collector_paused():  # a row each, all kept until they are sent
-            for row in rows:
-                values = list(row)
-                for index, process in processors:
-                    value = values[index]
-                    if value is not None:
-                        key = (index, value)
-                        text = seen.get(key)
-                        if text is None:
-                            text = seen[key] = process(value)
-                        values[index] = text
-                converted.append(tuple(values))
+        for row in rows:
+            values = list(row)
+            for index, process in processors:
+                value = values[index]
+                if value is not None:
+                    key = (index, value)
+                    text = seen.get(key)
+                    if text is None:
+                        text = seen[key] = process(value)
+                    values[index] = text
+            yield tuple(values)
     except ValueError as exc:  # a type refused a value (a naive datetime)
         raise InvalidArgumentError(str(exc)) from exc
-    return converted
 
 
 #: PostgreSQL: the start of the transaction, which ``now()`` is in each of its statements.
