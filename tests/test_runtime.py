@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections import Counter
 from datetime import timedelta
@@ -704,3 +705,37 @@ async def test_recovery_resumes_started_work_and_leaves_fresh_work_to_workers(
         assert await rt.result(started, timeout=10) == 102
         assert (await rt.get_workflow(fresh)).status is WorkflowStatus.PENDING
         assert (await rt.get_workflow(started)).executor_id == "producer"
+
+
+@durable.workflow(name="tests.fails_at_gate.v1")
+async def fails_at_gate() -> None:
+    calls["fails_at_gate"] += 1
+    await wait_gate()
+    raise ValueError("boom")
+
+
+async def test_recovery_leaves_an_execution_run_drives_to_run(
+    backend_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the recovery a runtime starts on start, run while run() drives an execution it just
+    # began: the execution is this executor's, started and unfinished, so recovery claims it
+    # (the lease is run()'s too); it must not drive it a second time in the background, which
+    # found it failed by run() and logged its error as a failed background task
+    caplog.set_level(logging.ERROR, logger="durable.runtime")
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        running = asyncio.ensure_future(
+            rt.run(fails_at_gate, workflow_id="run-1", labels={"k": "v"})
+        )
+        await asyncio.wait_for(entered.wait(), 10)
+        resumed = await rt.recover()
+        gate.set()
+        with pytest.raises(ValueError, match="boom"):
+            await running
+        drives = [t for t in asyncio.all_tasks() if t.get_name() == "durable:run-1"]
+        if drives:  # the old behaviour: wait for the background drive to end
+            await asyncio.wait(drives, timeout=10)
+        info = await rt.get_workflow("run-1")
+    assert info.status is WorkflowStatus.FAILED and info.attempts == 1
+    assert calls["fails_at_gate"] == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert resumed == []

@@ -23,6 +23,7 @@ from durable.retention import Retention, run_retention
 from durable.step import STEP_TASK_PREFIX, Step
 from durable.validation import check_positive_int
 from durable.worker import Worker
+from durable.workflow import Workflow
 
 #: The runtime's logger: what this module logs, it logs as the runtime.
 log = logging.getLogger("durable.runtime")
@@ -266,7 +267,8 @@ class Serving(Attempts):
         """Resume, in the background, executions of the workflows registered here that were
         started and not finished: this executor's own at once, others' once their leases have
         expired; with ``serve_versions``, only those of the versions it serves. Returns their
-        ids. Work that never started is left to workers.
+        ids. Work that never started is left to workers, and an execution a coroutine of this
+        runtime drives now (:meth:`~durable.Runtime.run`, a parent running its child) to it.
         """
         self._require_started()
         check_positive_int(limit, "limit")
@@ -293,9 +295,14 @@ class Serving(Attempts):
             )
             if claim is None:
                 continue
+            if self._claimed.driven(claim.instance_id):
+                # a drive of this runtime runs it (run(), a parent running its child): the
+                # claim is its lease too (see ClaimedStarts.driven), due, so it looks now
+                self.client.note_finished()
+                continue
             wf = self._workflow(claim.name)
             resumed.append(claim.instance_id)
-            self.spawn(self._drive(wf, claim.instance_id), name=f"durable:{claim.instance_id}")
+            self.spawn(self._resume(wf, claim.instance_id), name=f"durable:{claim.instance_id}")
         if resumed:
             log.info(
                 "resuming %d workflow(s)",
@@ -303,3 +310,11 @@ class Serving(Attempts):
                 extra={"action": "recover", "workflow_ids": resumed},
             )
         return resumed
+
+    async def _resume(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
+        """Recovery's drive of an execution it claimed, unless a drive of this runtime began
+        since the claim: that drive runs it (as in :meth:`recover`), and a second one would
+        only find its outcome, and report a failure it did not meet."""
+        if self._claimed.driven(instance_id):
+            return None
+        return await self._drive(wf, instance_id)
