@@ -541,7 +541,7 @@ class _DriverInsert:
         processors = {
             compiled.bind_names[bind]: process
             for bind in compiled.bind_names
-            if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+            if (process := _bind_processor(bind.type, dialect)) is not None
         }
         self._processors = [
             (index, processors[name])
@@ -570,8 +570,7 @@ class _CopyRows:
         self._processors = [
             (index, process)
             for index, column in enumerate(columns)
-            if (process := table.c[column].type.dialect_impl(dialect).bind_processor(dialect))
-            is not None
+            if (process := _bind_processor(table.c[column].type, dialect)) is not None
         ]
 
     def run(self, conn: sa.Connection, rows: Iterable[Sequence[Any]]) -> bool:
@@ -606,6 +605,14 @@ async def _copy_async(
     async with raw.cursor() as cursor, cursor.copy(sql) as copy:
         for row in rows:
             await copy.write_row(row)
+
+
+def _bind_processor(
+    type_: sa.types.TypeEngine[Any], dialect: sa.Dialect
+) -> Callable[[Any], Any] | None:
+    """What converts a value of ``type_`` into what the dialect's driver is sent (None: the
+    value as it is), as SQLAlchemy converts a statement's parameters."""
+    return type_.dialect_impl(dialect).bind_processor(dialect)
 
 
 def _converted(
