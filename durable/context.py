@@ -36,6 +36,7 @@ from durable.errors import (
     NonDeterminismError,
     SerializationError,
     StepAlreadyRecordedError,
+    logged,
 )
 from durable.errors import rebuild_exception as rebuild_exception  # also importable from here
 from durable.models import WORKFLOW_TASK, ErrorInfo, StepRecord, StepStatus, new_step_record
@@ -620,7 +621,7 @@ class StepGuard:
             self.ctx.workflow_id,
             attempts,
             error.type,
-            error.message,
+            logged(error.message),
             extra={
                 "action": "step.failed",
                 "workflow_id": self.ctx.workflow_id,

@@ -563,6 +563,19 @@ def _record(exc: BaseException, *, traceback: bool, within: set[int]) -> ErrorIn
     )
 
 
+#: The characters of an error's message a log line carries (see :func:`logged`).
+LOGGED_MESSAGE = 2000
+
+
+def logged(message: str) -> str:
+    """An error's message as a log line carries it: whole up to :data:`LOGGED_MESSAGE`
+    characters, else cut there and saying how long it was (the record in the database keeps
+    it whole; a message of megabytes made a log line of megabytes)."""
+    if len(message) <= LOGGED_MESSAGE:
+        return message
+    return f"{message[:LOGGED_MESSAGE]}... ({len(message)} characters)"
+
+
 def message_of(exc: BaseException) -> str:
     """``str(exc)``; if that raises (a ``__str__`` that reads an attribute the exception never
     got), a message that says so, so that the failure is still recorded."""

@@ -63,6 +63,7 @@ from durable.errors import (
     WorkerCrashedError,
     WorkflowCancelledError,
     WorkflowDeadLetteredError,
+    logged,
     message_of,
 )
 from durable.models import WORKFLOW_TASK, TaskClaim, WorkflowInfo, WorkflowStatus
@@ -446,7 +447,7 @@ class Worker:
             what,
             how,
             type(cause).__name__,
-            message_of(cause),
+            logged(message_of(cause)),
             extra={"action": action, "workflow_id": wid},
         )
 

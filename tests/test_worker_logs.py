@@ -5,6 +5,7 @@ logging (WARNING) shows its failures; and a worker with nothing to serve is refu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import textwrap
 from datetime import timedelta
@@ -206,3 +207,47 @@ async def test_a_cancel_of_a_running_execution_is_no_lost_lease(
     assert gone and all(r.levelno == logging.INFO for r in gone)
     assert "was cancelled, or ended elsewhere" in gone[0].getMessage()
     assert not [r for r in caplog.records if "lost the lease" in r.getMessage()]
+
+
+LONG_REG = durable.Registry()
+
+
+@durable.step(name="tl.long_step", retry=durable.RetryPolicy(max_attempts=1))
+async def long_step(size: int) -> int:
+    raise ValueError("s" * size)
+
+
+@durable.workflow(
+    name="tl.long.v1",
+    registry=LONG_REG,
+    retry=durable.RetryPolicy(max_attempts=2, initial_delay=0.0),
+)
+async def long_message(size: int) -> int:
+    with contextlib.suppress(ValueError):
+        await long_step(size)
+    raise RuntimeError("w" * size)
+
+
+async def test_a_long_error_message_is_cut_in_the_log_lines_kept_whole_in_the_record(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """An error's message of megabytes made log lines of megabytes (the step's failure, the
+    attempt's retry, the worker's report): each line now carries its first 2,000 characters
+    and says how long it was; the stored error keeps it all."""
+    caplog.set_level(logging.DEBUG, logger="durable")
+    size = 100_000
+    async with durable.Runtime(
+        durable.connect(f"sqlite:///{tmp_path / 'long.db'}"), registry=LONG_REG, recover=False
+    ) as rt:
+        worker = await rt.start_worker(poll_interval=0.02)
+        wid = await rt.enqueue(long_message, size)
+        with pytest.raises(durable.WorkflowDeadLetteredError):
+            await rt.result(wid, timeout=30)
+        await worker.stop()
+        info = await rt.get_workflow(wid)
+        assert info.error is not None and info.error.message == "w" * size
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("durable")]
+    cut = [line for line in lines if f"({size} characters)" in line]
+    # the step's failure (twice: once an attempt), the attempt's retry, the worker's two reports
+    assert len(cut) >= 5, lines
+    assert max(len(line) for line in lines) < 2_500

@@ -31,6 +31,7 @@ from durable.errors import (
     SerializationError,
     TaskNotFoundError,
     WorkflowCancelledError,
+    logged,
     raise_as_failure,
     stopping_as_failure,
 )
@@ -703,7 +704,7 @@ class Attempts(Leases):
                 snapshot.attempts,
                 limit,
                 delay,
-                info.message,
+                logged(info.message),
                 extra={"action": "workflow.retry", "workflow_id": snapshot.id},
             )
             return True
