@@ -157,14 +157,17 @@ def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-#: Control characters but tab and newline: C0, DEL and C1.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+#: Control characters but tab and newline: C0, DEL and C1; and the bidirectional controls
+#: (marks, embeddings, overrides, isolates), with which a stored value could show text in
+#: another order than it holds (an id that reads as another one).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def printable(text: str) -> str:
-    """``text`` with its control characters (but tab and newline) written as escapes, ``\\x1b``
-    for ESC: a stored value (an error's message, a label) shown in a terminal must not drive
-    it (set its title, clear it, colour what follows)."""
+    """``text`` with its control characters (but tab and newline) and its bidirectional
+    controls written as escapes, ``\\x1b`` for ESC, ``\\u202e`` for a right-to-left override: a
+    stored value (an error's message, a label) shown in a terminal must not drive it (set its
+    title, clear it, colour what follows), nor show its text in another order."""
     return _CONTROL.sub(lambda found: repr(found.group())[1:-1], text)
 
 

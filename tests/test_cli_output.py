@@ -370,6 +370,26 @@ def test_stored_values_cannot_drive_the_terminal(
     assert "declined \\x1b]0;PWNED\\x07\\x1b[2J\\x1b[31m" in shown.stdout
 
 
+def test_bidirectional_controls_are_shown_as_escapes_in_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stored id with a right-to-left override (or an isolate) read in a terminal as another
+    id ("invoice-\u202etxt.exe" shows as "invoice-exe.txt"): a terminal now shows the controls
+    as escapes; a pipe still gets the id as stored."""
+    url = f"sqlite:///{tmp_path / 'bidi.db'}"
+    wid = "invoice-\u202etxt.exe \u2066x\u2069"
+    with durable.Client(url) as client:
+        client.enqueue_sync("demo.v1", 1, workflow_id=wid, delay=3600)
+    assert run("workflows", "list", url).stdout.split("\t")[0] == wid
+    for module in (cli_output, cli_workflows):
+        monkeypatch.setattr(module, "stdout_is_terminal", lambda: True)
+    monkeypatch.setenv("COLUMNS", "300")
+    for shown in (run("workflows", "list", url), run("workflows", "show", url, wid)):
+        assert shown.exit_code == 0, shown.output
+        assert "invoice-\\u202etxt.exe \\u2066x\\u2069" in shown.stdout
+        assert not {"\u202e", "\u2066", "\u2069"} & set(shown.stdout)
+
+
 def test_a_pipe_gets_the_stored_values_byte_for_byte(tmp_path: Path) -> None:
     """Tab-separated lines in a pipe are for scripts: an id holding a terminal's colour codes
     is printed as stored (click strips them unless told not to), so that it can be fed back."""
