@@ -374,13 +374,16 @@ class Enqueues(SQLCore):
             self._bulk_workflows.run(conn, rows)
             return {row["id"] for row in rows}
         assert self._bulk_new_workflows is not None and self._copy_workflows is not None
+        payload: dict[str, str] | None = None  # the JSON, built once if an insert needs it
         try:  # the rows as new ones first (COPY: see _CopyRows), else one plain insert
             with conn.begin_nested():
                 if not self._copy_workflows.run(conn, map(_WORKFLOW_VALUES, rows)):
-                    conn.execute(self._bulk_new_workflows, _recordset(rows))
+                    payload = _recordset(rows)
+                    conn.execute(self._bulk_new_workflows, payload)
             return {row["id"] for row in rows}
         except sa.exc.IntegrityError:  # one exists: the insert that skips the rows that do
-            return {r[0] for r in conn.execute(self._bulk_workflows, _recordset(rows))}
+            payload = payload or _recordset(rows)
+            return {r[0] for r in conn.execute(self._bulk_workflows, payload)}
 
     def _insert_batch_tasks(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         """Insert the tasks of new workflows (parameters as for :attr:`_insert_task`)."""
