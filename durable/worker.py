@@ -129,6 +129,9 @@ class WorkerHost(Protocol):
 class ServedRuntime(WorkerHost, Protocol):
     """What :func:`serve` needs: a runtime to start and close, which starts the worker."""
 
+    @property
+    def resumed(self) -> int: ...
+
     async def __aenter__(self) -> Any: ...
     async def __aexit__(
         self,
@@ -563,7 +566,8 @@ async def serve(
     poll_interval: float = 1.0,
 ) -> int:
     """Run a worker until SIGTERM or SIGINT, then shut down gracefully. Returns how many
-    executions it ran. This is what ``durable worker module:runtime`` does.
+    executions it ran: those its worker claimed, and those the runtime's recovery resumed
+    (:attr:`Runtime.resumed`). This is what ``durable worker module:runtime`` does.
 
     A second SIGTERM or SIGINT, during the shutdown, ends the process at once, as that signal
     does by default (exit status 128 + its number in a shell: 143, 130), without waiting for
@@ -619,4 +623,4 @@ async def serve(
             f"{worker.completed} execution(s): its loop died on "
             f"{type(worker.failure).__name__}: {worker.failure}"
         ) from worker.failure
-    return worker.completed
+    return worker.completed + runtime.resumed

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from click.testing import CliRunner
 
 import durable
 from durable.cli import main
+from durable.models import WORKFLOW_TASK
 
 APP = """
 import durable
@@ -94,6 +96,39 @@ def test_worker_command_runs_enqueued_work_and_stops_on_sigterm(tmp_path: Path) 
     assert got.exit_code == 0 and '"output": "HELLO!"' in got.output
     retried = runner.invoke(main, ["workflows", "retry", url, wid])
     assert retried.exit_code == 1 and "only failed" in retried.output
+
+
+@pytest.mark.slow
+def test_worker_command_counts_what_recovery_resumed(tmp_path: Path) -> None:
+    """An execution that a dead executor started is resumed by the worker's runtime when it
+    starts (recovery), not claimed by its worker: the closing line counts it too."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    (tmp_path / "cliapp.py").write_text(textwrap.dedent(APP.format(url=url)))
+
+    async def started_by_a_dead_executor() -> None:
+        async with durable.Client(url) as client:
+            await client.enqueue("cli.shout.v1", "hi", workflow_id="half")
+            backend = client.backend
+            await backend.claim_task("half", WORKFLOW_TASK, "dead", timedelta(seconds=0.1))
+            await backend.begin_execution("half", "dead")
+        await asyncio.sleep(0.2)  # its lease runs out
+
+    asyncio.run(started_by_a_dead_executor())
+    proc = start_worker(tmp_path, "cliapp:runtime", "--poll-interval", "0.1")
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            got = CliRunner().invoke(main, ["workflows", "get", url, "half"])
+            if '"status": "succeeded"' in got.output:
+                break
+            time.sleep(0.1)
+        assert '"output": "HI!"' in got.output, got.output
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        err = stderr_at_exit(proc)
+    assert proc.returncode == 0, err
+    assert "resuming 1 workflow(s)" in err
+    assert "stopped after 1 execution(s)" in err
 
 
 STUCK_APP = """

@@ -43,6 +43,9 @@ class Serving(Attempts):
     executor): :meth:`~durable.backends.PersistentBackend.cancel_expired_workflows`. Set it on
     the class or on one runtime."""
 
+    resumed: int = 0
+    """How many executions this runtime's recovery took up (:meth:`recover`)."""
+
     _deadline_sweeper: asyncio.Task[None] | None = None
     _trace_headers: dict[str, tuple[str, str | None]] | None = None  # see _trace_header
     _retention_task: asyncio.Task[None] | None = None
@@ -302,6 +305,7 @@ class Serving(Attempts):
                 continue
             wf = self._workflow(claim.name)
             resumed.append(claim.instance_id)
+            self.resumed += 1
             self.spawn(self._resume(wf, claim.instance_id), name=f"durable:{claim.instance_id}")
         if resumed:
             log.info(
