@@ -1,8 +1,12 @@
 """The scheduler: fires the due cron schedules of a backend. Every worker runs one
 (:attr:`durable.Worker.scheduler`), and any number may run at once: each fire advances the
 schedule's ``next_run_at`` by compare-and-set in the transaction that enqueues its ticks
-(:meth:`~durable.backends.PersistentBackend.fire_schedule`), so each tick runs once. What a
-schedule is, and how ticks become executions, is :mod:`durable.scheduling`.
+(:meth:`~durable.backends.PersistentBackend.fire_schedule`), so each tick runs once. A
+scheduler given a registry fires only the schedules of the workflows registered there: the
+ticks get the workflow's retry policy and timeout, and a schedule whose workflow no running code
+serves any more (removed in a deploy) fires nowhere, where it used to enqueue executions that no
+worker would ever run. What a schedule is, and how ticks become executions, is
+:mod:`durable.scheduling`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from datetime import datetime, timedelta
 from durable.backends.base import PersistentBackend
 from durable.cron import due_ticks, next_tick
 from durable.errors import DurableError, InvalidArgumentError, SerializationError
+from durable.models import ScheduleInfo
 from durable.registry import Registry
 from durable.scheduling import runs_for
 
@@ -22,13 +27,16 @@ log = logging.getLogger(__name__)
 
 #: Seconds between a scheduler's looks for due schedules (at most; it wakes for the next tick).
 SCHEDULER_INTERVAL = 1.0
+#: How many due schedules a look reads (besides those it left the last time).
+_LOOK = 100
 
 
 class Scheduler:
     """Fires the due schedules of a backend: every worker runs one (:meth:`run`), and any
     number may run at once (see the module docstring).
 
-    :param registry: where to find the workflows' retry policies (by name otherwise).
+    :param registry: the workflows whose schedules it fires, and where it finds their retry
+        policies and timeouts. None: every schedule, by the workflow's name (no policy).
     """
 
     def __init__(self, backend: PersistentBackend, registry: Registry | None = None) -> None:
@@ -36,14 +44,32 @@ class Scheduler:
         self.registry = registry
         self.fired = 0
         """How many executions this scheduler enqueued."""
+        # due schedules it left last time (another registry's workflow, or unreadable): they
+        # stay due, first in the store's order, so each look reads that many more
+        self._left: set[str] = set()
+
+    def _serves(self, schedule: ScheduleInfo) -> bool:
+        return self.registry is None or schedule.workflow in self.registry
 
     async def run_once(self) -> datetime | None:
-        """Fire every due schedule once. Returns the earliest next tick among those fired
-        (None if none was)."""
+        """Fire every due schedule of the workflows it serves once. Returns the earliest next
+        tick among those fired (None if none was)."""
         now = await self.backend.now()
         earliest: datetime | None = None
-        for schedule in await self.backend.due_schedules(now):
+        left: set[str] = set()
+        due = await self.backend.due_schedules(now, limit=_LOOK + len(self._left))
+        for schedule in due:
             assert schedule.next_run_at is not None
+            if not self._serves(schedule):
+                if schedule.name not in self._left:
+                    log.debug(
+                        "schedule %s left to the runtimes that serve %s",
+                        schedule.name,
+                        schedule.workflow,
+                        extra={"action": "schedule.not_served", "schedule": schedule.name},
+                    )
+                left.add(schedule.name)
+                continue
             try:
                 ticks = due_ticks(
                     schedule.cron,
@@ -56,6 +82,7 @@ class Scheduler:
                 following = next_tick(schedule.cron, schedule.timezone, now)
                 runs = runs_for(schedule, ticks, self.registry, trigger=False, now=now)
             except Exception as exc:  # a row edited by hand: the other schedules go on
+                left.add(schedule.name)
                 log.error(
                     "schedule %s cannot be read: %s: %s",
                     schedule.name,
@@ -73,6 +100,7 @@ class Scheduler:
                     last_tick_at=ticks[-1] if ticks else None,
                 )
             except (InvalidArgumentError, SerializationError) as exc:
+                left.add(schedule.name)
                 log.error(  # a broken schedule: the others go on, and it is retried
                     "schedule %s cannot fire: %s",
                     schedule.name,
@@ -95,13 +123,17 @@ class Scheduler:
             )
             if following is not None and (earliest is None or following < earliest):
                 earliest = following
+        self._left = left
         return earliest
 
     async def _until_next(self, interval: float) -> float:
         """Seconds until the next tick of any schedule, at most ``interval`` (every scheduler
         wakes for it, so that whichever fires first, the tick is on time)."""
         now = await self.backend.now()
-        upcoming = await self.backend.due_schedules(now + timedelta(seconds=interval), limit=1)
+        soon = await self.backend.due_schedules(
+            now + timedelta(seconds=interval), limit=1 + len(self._left)
+        )
+        upcoming = [s for s in soon if s.name not in self._left and self._serves(s)][:1]
         if not upcoming or upcoming[0].next_run_at is None or upcoming[0].next_run_at <= now:
             return interval  # none soon, or one this scheduler could not fire: look later
         return (upcoming[0].next_run_at - now).total_seconds() + 0.005

@@ -1,6 +1,6 @@
 """Cron schedules: declared in code (:func:`scheduled`), managed from a
-:class:`~durable.Client` (:class:`ScheduleOperations`), and fired by every worker
-(:class:`durable.scheduler.Scheduler`).
+:class:`~durable.Client` (:class:`ScheduleOperations`), and fired by every worker whose
+runtime registers the schedule's workflow (:class:`durable.scheduler.Scheduler`).
 
 A schedule enqueues one execution of its workflow per *tick* of its cron expression (read in its
 time zone, see :mod:`durable.cron`). The execution's id and idempotency key are the tick's

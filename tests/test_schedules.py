@@ -484,6 +484,76 @@ async def test_a_runtime_keeps_the_declared_schedules_of_workflows_it_does_not_s
     assert [(s.name, s.declared) for s in kept] == [("test.schedules.here.v1", True)]
 
 
+async def test_a_schedule_fires_only_where_its_workflow_is_served() -> None:
+    """A scheduler fires the schedules of the workflows its runtime serves, declared in code or
+    created from a client: their ticks get the workflow's timeout and retry policy. A schedule
+    whose workflow no running code serves any more (removed in a deploy) fires nowhere: it used
+    to enqueue an execution every tick that no worker would ever run."""
+    here, there = durable.Registry(), durable.Registry()
+
+    @durable.scheduled("0 * * * *", registry=here)
+    @durable.workflow(name="test.schedules.served.v1", registry=here, timeout=90)
+    async def served(*, scheduled_at: str) -> None: ...
+
+    @durable.workflow(name="test.schedules.elsewhere.v1", registry=there)
+    async def elsewhere(*, scheduled_at: str) -> None: ...
+
+    clock = Clock(utc(2030, 1, 1, 0, 59, 50))
+    backend = durable.InMemoryBackend(clock=clock)
+    async with durable.Runtime(backend, registry=here) as runtime:  # stores the declared one
+        await runtime.client.create_schedule("by-hand", "0 * * * *", "test.schedules.served.v1")
+        await backend.put_schedule(  # declared by code since removed, with its workflow
+            durable.ScheduleInfo(
+                name="gone",
+                workflow="test.schedules.removed.v1",
+                cron="0 * * * *",
+                timezone="UTC",
+                declared=True,
+                next_run_at=utc(2030, 1, 1, 1),
+            )
+        )
+        clock.now = utc(2030, 1, 1, 1, 0, 5)
+        assert await Scheduler(backend, there).run_once() is None  # serves neither
+        assert (await runtime.client.list_workflows()).items == []
+        await Scheduler(backend, here).run_once()
+        ticks = (await runtime.client.list_workflows()).items
+        assert sorted(t.id.split(":")[1] for t in ticks) == ["by-hand", "test.schedules.served.v1"]
+        assert {t.deadline for t in ticks} == {utc(2030, 1, 1, 1, 1, 35)}  # its 90 s timeout
+        by_name = {s.name: s for s in await runtime.client.list_schedules()}
+        assert by_name["gone"].next_run_at == utc(2030, 1, 1, 1)  # still due: nobody fired it
+        assert by_name["by-hand"].next_run_at == utc(2030, 1, 1, 2)
+
+
+async def test_schedules_left_to_others_do_not_keep_a_scheduler_from_its_own() -> None:
+    """Schedules that a scheduler leaves (no workflow of its) stay due, so they come first in
+    every look: more of them than a look reads must not keep its own schedule from firing."""
+    registry = durable.Registry()
+
+    @durable.workflow(name="test.schedules.mine.v1", registry=registry)
+    async def mine(*, scheduled_at: str) -> None: ...
+
+    clock = Clock(utc(2030, 1, 1, 0, 0, 30))
+    backend = durable.InMemoryBackend(clock=clock)
+    async with durable.Client(backend) as client:
+        for n in range(130):
+            await backend.put_schedule(
+                durable.ScheduleInfo(
+                    name=f"a-other-{n:03}",
+                    workflow="test.schedules.others.v1",
+                    cron="* * * * *",
+                    timezone="UTC",
+                    next_run_at=utc(2030, 1, 1),
+                )
+            )
+        await client.create_schedule("z-mine", "* * * * *", mine)
+        clock.now = utc(2030, 1, 1, 0, 1, 1)  # z-mine's first tick, after the others'
+        scheduler = Scheduler(backend, registry)
+        await scheduler.run_once()  # reads the first 100, all others'
+        await scheduler.run_once()  # reads past the ones it left
+        [tick] = (await client.list_workflows()).items
+        assert tick.id == "schedule:z-mine:2030-01-01T00:01:00+00:00"
+
+
 async def test_a_schedule_goes_to_the_registry_its_workflow_was_registered_in() -> None:
     """Without ``registry=`` of its own, ``@durable.scheduled`` declares the schedule where
     ``@durable.workflow(registry=...)`` put the workflow (it used to go to the default
