@@ -17,6 +17,7 @@ import click
 
 from durable.cli_output import Seconds, count_range
 from durable.client import Client
+from durable.validation import MAX_DELAY_SECONDS
 
 T = TypeVar("T")
 
@@ -48,6 +49,8 @@ def parse_age(text: str) -> timedelta:
         raise ValueError(f"{text!r} is too long a duration") from None
     if age <= timedelta(0):
         raise ValueError(f"{text!r}: the duration must be above zero")
+    if age.total_seconds() > MAX_DELAY_SECONDS:
+        raise ValueError(f"{text!r} is too long a duration: at most 100 years (36500d)")
     return age
 
 

@@ -238,7 +238,7 @@ def scheduled(
                 "@durable.workflow"
             )
         target = registry or wf.registry or default_registry
-        _check_fits(wf, probe.args, probe.kwargs)
+        _check_fits(wf, probe.args, probe.kwargs, where=f"@durable.scheduled on {wf.name!r}")
         declaration = ScheduleDeclaration(
             name=check_schedule_name(name if name is not None else wf.name),
             cron=probe.cron,
@@ -272,18 +272,21 @@ def scheduled(
     return decorate
 
 
-def _check_fits(wf: Workflow[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
-    """Refuse, where it is declared, a schedule whose every run would fail at once: the
-    workflow's function cannot take its ``args``, ``kwargs`` and ``scheduled_at``.
+def _check_fits(
+    wf: Workflow[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any], *, where: str
+) -> None:
+    """Refuse, where it is declared or created (``where`` says which), a schedule whose every
+    run would fail at once: the workflow's function cannot take its ``args``, ``kwargs`` and
+    ``scheduled_at``.
 
     :raises InvalidArgumentError: it cannot (the message says how to fix it).
     """
     problem = wf.cannot_take(args, {**kwargs, SCHEDULED_AT: ""})
     if problem is not None:  # (no signature to read, a builtin: judged when it runs)
         raise InvalidArgumentError(
-            f"@durable.scheduled on {wf.name!r}: each tick calls it with args={tuple(args)!r}, "
-            f"kwargs={dict(kwargs)!r} and scheduled_at (the tick, a str), which it cannot "
-            f"take ({problem}): add a scheduled_at parameter (or **kwargs)"
+            f"{where}: each tick calls it with args={tuple(args)!r}, kwargs={dict(kwargs)!r} "
+            f"and scheduled_at (the tick, a str), which it cannot take ({problem}): fix the "
+            "arguments, or add a scheduled_at parameter (or **kwargs) to the workflow"
         )
 
 
@@ -379,8 +382,9 @@ class ScheduleOperations:
         ``cron`` (read in ``timezone``) enqueues one execution of ``workflow`` with ``args``,
         ``kwargs`` and ``scheduled_at`` (the tick, ISO 8601 in UTC); see :func:`scheduled`.
 
-        :raises InvalidArgumentError: a bad argument, named (see :func:`build_schedule`), or
-            ``workflow`` is a name no runtime ever registered.
+        :raises InvalidArgumentError: a bad argument, named (see :func:`build_schedule`);
+            ``workflow`` is a name no runtime ever registered, or a workflow that cannot take
+            ``args``, ``kwargs`` and ``scheduled_at``.
         """
         self._require_started()
         record = build_schedule(
@@ -397,7 +401,9 @@ class ScheduleOperations:
             paused=paused,
             now=await self.backend.now(),
         )
-        if isinstance(workflow, str):
+        if isinstance(workflow, Workflow):  # as an enqueue of the function, checked first
+            _check_fits(workflow, record.args, record.kwargs, where=f"create_schedule({name!r})")
+        else:
             known = {w.name for w in await self.backend.list_registered_workflows()}
             if workflow not in known:
                 raise InvalidArgumentError(

@@ -528,6 +528,10 @@ def test_file_errors_are_one_line(filled: str, tmp_path: Path) -> None:
     assert isinstance(binary.exception, SystemExit)
     aged = CliRunner().invoke(main, ["gc", filled, "--older-than", "99999999999d", "--dry-run"])
     assert aged.exit_code == 2 and "too long a duration" in aged.output
+    # a duration that Python holds but the API refuses: a usage error naming the option
+    aged = CliRunner().invoke(main, ["gc", filled, "--older-than", "99999999d", "--dry-run"])
+    assert aged.exit_code == 2 and "'--older-than'" in aged.output, aged.output
+    assert "too long a duration: at most 100 years" in aged.output
     beyond = CliRunner().invoke(main, ["events", filled, "--after", str(2**64), "--json"])
     assert beyond.exit_code == 0 and json.loads(beyond.stdout or "[]") == []
 

@@ -659,6 +659,33 @@ def test_bad_decorations() -> None:
     assert {"morning", "evening"} <= {d.name for d in declared_schedules(registry)}
 
 
+@durable.workflow(name="tests.sched.no_tick_param.v1", registry=durable.Registry())
+async def no_tick_param(x: int) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("workflow", "args", "kwargs", "named"),
+    [
+        (no_tick_param, [1], {}, "scheduled_at"),  # no scheduled_at parameter
+        (report, ["eu", "us"], {}, r"args=\('eu', 'us'\)"),  # one positional too many
+        (report, ["eu"], {"region": "us"}, "region"),  # the same argument twice
+    ],
+)
+async def test_create_schedule_refuses_a_workflow_that_cannot_take_its_ticks(
+    sqlite_url: str, workflow: Any, args: list[Any], kwargs: dict[str, Any], named: str
+) -> None:
+    """``create_schedule`` given the decorated workflow checks that it can take the schedule's
+    arguments and ``scheduled_at``, as ``@durable.scheduled`` and an enqueue of the function do:
+    it used to store the schedule, and every tick failed with a ``TypeError``."""
+    async with durable.Client(sqlite_url) as client:
+        with pytest.raises(durable.InvalidArgumentError, match=named) as refused:
+            await client.create_schedule("s", "0 2 * * *", workflow, args, kwargs)
+        assert "create_schedule('s')" in str(refused.value)
+        assert await client.list_schedules() == []  # nothing stored
+        await client.create_schedule("s", "0 2 * * *", report, ["eu"])  # one that fits
+        assert [s.name for s in await client.list_schedules()] == ["s"]
+
+
 async def test_an_unreadable_schedule_does_not_stop_the_others(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -91,7 +91,7 @@ def parse_time(value: str, what: str) -> datetime:
         ) from None
     except OverflowError:
         raise InvalidArgumentError(
-            f"{what} {value!r} is out of range (years 0001 to 9999, in UTC)"
+            f"{what} {value!r} is out of range (0001-01-02 to 9999-12-30, in UTC)"
         ) from None
     return stamp
 
