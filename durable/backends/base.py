@@ -695,7 +695,12 @@ class PersistentBackend(ABC):
         name, queue and priority: a former holder's fenced writes raise ``ClaimLostError``), in
         one transaction. The failed steps marked :attr:`~durable.models.StepRecord.rerun` (see
         :meth:`finish_workflow`) and the trailing failed steps are deleted, so they run again;
-        every other step is kept, and completed steps will not run again.
+        every other step is kept, and completed steps will not run again. A deadline that has
+        passed (by the lease clock) is dropped: it would cancel the execution again at once.
+        A cancelled workflow's descendants that its cancel cancelled with it
+        (:meth:`cancel_workflow` stamps them with its ``completed_at``) are run again the same
+        way, in the same transaction, so that the workflow can await its children again; a
+        descendant cancelled by itself stays cancelled.
 
         :raises WorkflowNotFoundError: no such workflow.
         :raises InvalidArgumentError: the workflow is not failed, dead-lettered or cancelled

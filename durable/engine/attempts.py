@@ -760,7 +760,9 @@ class Attempts(Leases):
         is redriven, or it was interrupted before recording the child's failure) and finds the
         child failed or dead-lettered, the child is redriven as a new attempt of its own
         (:meth:`retry`): its completed steps are not run again, its failed ones are. A
-        cancelled child stays cancelled.
+        cancelled child stays cancelled, unless its parent's cancel cancelled it and the parent
+        is run again: :meth:`~durable.backends.PersistentBackend.requeue_workflow` runs it again
+        with its parent, and the parent awaits it again.
         """
         if guard.replayed:
             return guard.replay()
@@ -781,9 +783,18 @@ class Attempts(Leases):
                 with contextlib.suppress(InvalidArgumentError):  # someone redrove it already
                     await self.backend.requeue_workflow(child_id)
         try:
-            value = await self._drive(
-                wf, child_id, keep_limits=await self._child_keeps_limits(ctx, info)
-            )
+            keep_limits = await self._child_keeps_limits(ctx, info)
+            while True:
+                try:
+                    value = await self._drive(wf, child_id, keep_limits=keep_limits)
+                    break
+                except WorkflowCancelledError:
+                    # cancelled with this workflow while this attempt awaited it, then run
+                    # again with it (requeue_workflow): this attempt, which the new claim of
+                    # its executor lets go on, awaits the child again
+                    again = await self.backend.get_workflow(child_id)
+                    if again.status is not WorkflowStatus.PENDING:
+                        raise
         except (ClaimLostError, asyncio.CancelledError):
             raise
         except Exception as exc:

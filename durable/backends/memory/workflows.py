@@ -203,30 +203,47 @@ class Workflows(MemoryCore):
                     "dead-lettered or cancelled workflows can be run again"
                 )
             now = self.clock()
-            stored = dataclasses.replace(
-                current,
-                status=WorkflowStatus.PENDING,
-                error=None,
-                output=None,
-                attempts=0,
-                interruptions=0,
-                completed_at=None,
-                updated_at=now,
-                version=current.version + 1,
-            )
-            self._workflows[instance_id] = stored
-            self._drop_failures(instance_id)
-            spec = TaskSpec(
-                instance_id=instance_id,
-                name=current.name,
-                queue=current.queue,
-                priority=current.priority,
-                partition_key=current.partition_key,
-            )
-            self._tasks.pop((instance_id, WORKFLOW_TASK), None)
-            self._add_task(spec, now)
+            stored = self._requeue_one(current, now)
+            if current.status is WorkflowStatus.CANCELLED:
+                # the descendants its cancel cancelled (stamped with the same time) go on too
+                for child in self._descendants(instance_id):
+                    found = self._workflows[child]
+                    if (
+                        found.status is WorkflowStatus.CANCELLED
+                        and found.completed_at == current.completed_at
+                    ):
+                        self._requeue_one(found, now)
         self.notify_work()
         return self._load_info(stored, lenient=True)
+
+    def _requeue_one(self, current: WorkflowInfo, now: datetime) -> WorkflowInfo:
+        """Make one failed, dead-lettered or cancelled workflow pending again, with a new task
+        (see :meth:`requeue_workflow`)."""
+        passed = current.deadline is not None and current.deadline <= now
+        stored = dataclasses.replace(
+            current,
+            status=WorkflowStatus.PENDING,
+            error=None,
+            output=None,
+            attempts=0,
+            interruptions=0,
+            completed_at=None,
+            updated_at=now,
+            version=current.version + 1,
+            deadline=None if passed else current.deadline,  # passed: it would cancel it again
+        )
+        self._workflows[current.id] = stored
+        self._drop_failures(current.id)
+        spec = TaskSpec(
+            instance_id=current.id,
+            name=current.name,
+            queue=current.queue,
+            priority=current.priority,
+            partition_key=current.partition_key,
+        )
+        self._tasks.pop((current.id, WORKFLOW_TASK), None)
+        self._add_task(spec, now)
+        return stored
 
     async def cancel_workflow(
         self, instance_id: str, *, error: ErrorInfo | None = None
@@ -235,7 +252,7 @@ class Workflows(MemoryCore):
             current = self._get(instance_id)
             now = self.clock()
             stored = self._cancel_one(instance_id, now, error)
-            self._cancel_descendants([instance_id], now, error)
+            self._cancel_descendants(instance_id, now, error)
             return self._load_info(stored or current, lenient=True)
 
     async def cancel_expired_workflows(self, *, limit: int = 100) -> list[WorkflowInfo]:
@@ -255,7 +272,7 @@ class Workflows(MemoryCore):
                 error = deadline_error(workflow.id, workflow.deadline)
                 stored = self._cancel_one(workflow.id, now, error)
                 assert stored is not None
-                self._cancel_descendants([workflow.id], now, error)
+                self._cancel_descendants(workflow.id, now, error)
                 cancelled.append(self._load_info(stored, lenient=True))
             return cancelled
 
@@ -279,9 +296,16 @@ class Workflows(MemoryCore):
             del self._tasks[key]
         return stored
 
-    def _cancel_descendants(self, roots: list[str], now: datetime, error: ErrorInfo | None) -> None:
-        seen = set(roots)
-        frontier = roots
+    def _cancel_descendants(self, root: str, now: datetime, error: ErrorInfo | None) -> None:
+        for child in self._descendants(root):
+            self._cancel_one(child, now, error)
+
+    def _descendants(self, root: str) -> list[str]:
+        """The ids of the workflows descending from ``root`` (by ``parent_id``), a generation
+        after another."""
+        seen = {root}
+        frontier = [root]
+        found: list[str] = []
         while frontier:
             parents = set(frontier)
             frontier = [
@@ -290,8 +314,8 @@ class Workflows(MemoryCore):
                 if w.parent_id in parents and w.id not in seen
             ]
             seen.update(frontier)
-            for child in frontier:
-                self._cancel_one(child, now, error)
+            found += frontier
+        return found
 
 
 _REQUEUEABLE = frozenset(

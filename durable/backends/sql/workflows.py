@@ -7,7 +7,7 @@ workflow (begin, steps, finish) is :mod:`.execution`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -288,49 +288,76 @@ class WorkflowRecords(SQLCore):
         now = self.clock()
 
         def fn(conn: sa.Connection) -> WorkflowInfo:
-            row = conn.execute(
-                sa.update(workflows)
-                .where(workflows.c.id == instance_id, workflows.c.status.in_(_REQUEUEABLE))
-                .values(
-                    status=WorkflowStatus.PENDING.value,
-                    error=None,
-                    output=None,
-                    attempts=0,
-                    interruptions=0,
-                    completed_at=None,
-                    updated_at=now,
-                    version=workflows.c.version + 1,
-                )
-                .returning(*workflows.c)
-            ).first()
+            before = conn.execute(self._select_workflow, {"p_iid": instance_id}).first()
+            if before is None:
+                raise WorkflowNotFoundError(instance_id)
+            row = self._requeue_one(conn, instance_id, now)
             if row is None:
-                current = conn.execute(self._select_workflow, {"p_iid": instance_id}).first()
-                if current is None:
-                    raise WorkflowNotFoundError(instance_id)
                 raise InvalidArgumentError(
-                    f"workflow {instance_id!r} is {current.status}: only failed, "
+                    f"workflow {instance_id!r} is {before.status}: only failed, "
                     "dead-lettered or cancelled workflows can be run again"
                 )
-            conn.execute(self._drop_failures, {"p_iid": instance_id, "p_rerun": []})
-            conn.execute(
-                sa.delete(tasks).where(
-                    tasks.c.instance_id == instance_id, tasks.c.task_id == WORKFLOW_TASK
-                )
-            )
-            spec = TaskSpec(
-                instance_id=instance_id,
-                name=row.name,
-                queue=row.queue,
-                priority=row.priority,
-                partition_key=row.partition_key,
-            )
-            conn.execute(self._insert_task, self._task_row(spec, now))
+            if before.status == WorkflowStatus.CANCELLED.value:
+                # the descendants its cancel cancelled (stamped with the same time) go on too
+                for page in self._descendant_pages(conn, instance_id):
+                    for child in conn.execute(
+                        sa.select(workflows.c.id).where(
+                            workflows.c.id.in_(page),
+                            workflows.c.status == WorkflowStatus.CANCELLED.value,
+                            workflows.c.completed_at == before.completed_at,
+                        )
+                    ).scalars():
+                        self._requeue_one(conn, child, now)
             self._announce_work(conn)
             return self._info(row, lenient=True)
 
         info = await self._run(fn, what=f"requeue workflow {instance_id!r}")
         self.notify_work()
         return info
+
+    def _requeue_one(
+        self, conn: sa.Connection, instance_id: str, now: datetime
+    ) -> sa.Row[Any] | None:
+        """Make one failed, dead-lettered or cancelled workflow pending again, with a new task
+        (see :meth:`requeue_workflow`); None if it is none of those."""
+        row = conn.execute(
+            sa.update(workflows)
+            .where(workflows.c.id == instance_id, workflows.c.status.in_(_REQUEUEABLE))
+            .values(
+                status=WorkflowStatus.PENDING.value,
+                error=None,
+                output=None,
+                attempts=0,
+                interruptions=0,
+                completed_at=None,
+                updated_at=now,
+                version=workflows.c.version + 1,
+                # a deadline that has passed would cancel it again at once
+                deadline=sa.case(
+                    (workflows.c.deadline <= self.dialect.now(), sa.null()),
+                    else_=workflows.c.deadline,
+                ),
+            )
+            .returning(*workflows.c),
+            self.dialect.clock_params_at(now),
+        ).first()
+        if row is None:
+            return None
+        conn.execute(self._drop_failures, {"p_iid": instance_id, "p_rerun": []})
+        conn.execute(
+            sa.delete(tasks).where(
+                tasks.c.instance_id == instance_id, tasks.c.task_id == WORKFLOW_TASK
+            )
+        )
+        spec = TaskSpec(
+            instance_id=instance_id,
+            name=row.name,
+            queue=row.queue,
+            priority=row.priority,
+            partition_key=row.partition_key,
+        )
+        conn.execute(self._insert_task, self._task_row(spec, now))
+        return row
 
     async def cancel_workflow(
         self, instance_id: str, *, error: ErrorInfo | None = None
@@ -406,6 +433,35 @@ class WorkflowRecords(SQLCore):
         self, conn: sa.Connection, root: str, now: datetime, error_json: str | None
     ) -> None:
         """Cancel the unfinished workflows descending from ``root`` (by ``parent_id``)."""
+        for page in self._descendant_pages(conn, root):
+            values: dict[str, Any] = {
+                "status": WorkflowStatus.CANCELLED.value,
+                "updated_at": now,
+                "completed_at": now,
+                "version": workflows.c.version + 1,
+                "finished_seq": self.dialect.next_position(),
+            }
+            if error_json is not None:
+                values["error"] = error_json
+            conn.execute(
+                sa.update(workflows)
+                .where(workflows.c.id.in_(page), workflows.c.status.not_in(_TERMINAL))
+                .values(values)
+            )
+            conn.execute(
+                sa.delete(tasks).where(
+                    tasks.c.instance_id.in_(
+                        sa.select(workflows.c.id).where(
+                            workflows.c.id.in_(page),
+                            workflows.c.status == WorkflowStatus.CANCELLED.value,
+                        )
+                    )
+                )
+            )
+
+    def _descendant_pages(self, conn: sa.Connection, root: str) -> Iterator[list[str]]:
+        """The ids of the workflows descending from ``root`` (by ``parent_id``), a generation
+        at a time, in pages of at most ``_PAGE`` (a statement's parameters are bounded)."""
         seen = {root}
         frontier = [root]
         while frontier:
@@ -418,31 +474,7 @@ class WorkflowRecords(SQLCore):
             frontier = [c for c in children if c not in seen]
             seen.update(frontier)
             for start in range(0, len(frontier), _PAGE):
-                page = frontier[start : start + _PAGE]
-                values: dict[str, Any] = {
-                    "status": WorkflowStatus.CANCELLED.value,
-                    "updated_at": now,
-                    "completed_at": now,
-                    "version": workflows.c.version + 1,
-                    "finished_seq": self.dialect.next_position(),
-                }
-                if error_json is not None:
-                    values["error"] = error_json
-                conn.execute(
-                    sa.update(workflows)
-                    .where(workflows.c.id.in_(page), workflows.c.status.not_in(_TERMINAL))
-                    .values(values)
-                )
-                conn.execute(
-                    sa.delete(tasks).where(
-                        tasks.c.instance_id.in_(
-                            sa.select(workflows.c.id).where(
-                                workflows.c.id.in_(page),
-                                workflows.c.status == WorkflowStatus.CANCELLED.value,
-                            )
-                        )
-                    )
-                )
+                yield frontier[start : start + _PAGE]
 
 
 def newest_first(query: sa.Select[Any], cursor: str | None, limit: int) -> sa.Select[Any]:

@@ -175,6 +175,56 @@ class DeadlineContract(ContractBase):
         assert await backend.cancel_workflow("p") == done
         assert (await backend.get_workflow("p/0")).status is WorkflowStatus.CANCELLED
 
+    async def test_requeue_runs_again_the_descendants_its_cancel_cancelled(
+        self, backend: PersistentBackend
+    ) -> None:
+        """A cancelled workflow run again can await its children again: the descendants its
+        cancel cancelled are run again with it; one cancelled by itself before stays so."""
+        await running(backend, "p", "w1")
+        await running(backend, "p/0", "w2", parent_id="p")
+        await create(backend, "p/0/0", parent_id="p/0")
+        await create(backend, "p/1", parent_id="p")
+        await create(backend, "p/2", parent_id="p")
+        await create(backend, "other", parent_id="elsewhere")
+        await backend.cancel_workflow("p/2")  # by itself, before
+        await backend.cancel_workflow("other")
+        await asyncio.sleep(0.01)
+        await backend.cancel_workflow("p", error=ErrorInfo(type="m.Reason", message="stop"))
+        info = await backend.requeue_workflow("p")
+        assert info.status is WorkflowStatus.PENDING and info.error is None
+        for child in ("p/0", "p/0/0", "p/1"):
+            got = await backend.get_workflow(child)
+            assert got.status is WorkflowStatus.PENDING, child
+            assert (got.error, got.completed_at, got.attempts) == (None, None, 0), child
+            assert (await backend.get_task(child, W)).claimed_by is None, child
+        for kept in ("p/2", "other"):
+            assert (await backend.get_workflow(kept)).status is WorkflowStatus.CANCELLED
+            with pytest.raises(TaskNotFoundError):
+                await backend.get_task(kept, W)
+        with pytest.raises(ClaimLostError):  # the child's former holder is fenced off
+            await backend.record_step("p/0", step(0), worker_id="w2")
+        # a failed workflow run again leaves its cancelled descendants as they are
+        await running(backend, "f", "w1")
+        await create(backend, "f/0", parent_id="f")
+        await backend.cancel_workflow("f/0")
+        await backend.finish_workflow("f", worker_id="w1", status=WorkflowStatus.FAILED)
+        await backend.requeue_workflow("f")
+        assert (await backend.get_workflow("f/0")).status is WorkflowStatus.CANCELLED
+
+    async def test_requeue_drops_a_deadline_that_passed(self, backend: PersistentBackend) -> None:
+        """Run again, an execution that its deadline cancelled must not be cancelled again at
+        once by that same deadline; a deadline still ahead is kept."""
+        now = await backend.now()
+        ahead = now + timedelta(days=1)
+        await create(backend, "late", deadline=now - timedelta(hours=1))
+        await create(backend, "early", deadline=ahead)
+        assert [w.id for w in await backend.cancel_expired_workflows()] == ["late"]
+        await backend.cancel_workflow("early")
+        assert (await backend.requeue_workflow("late")).deadline is None
+        assert (await backend.requeue_workflow("early")).deadline == ahead
+        assert await backend.cancel_expired_workflows() == []
+        assert (await backend.get_workflow("late")).status is WorkflowStatus.PENDING
+
     # -- continue_as_new ----------------------------------------------------------------------
 
     async def test_continue_as_new(self, backend: PersistentBackend) -> None:
