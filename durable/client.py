@@ -542,7 +542,7 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
 
     # -- outcomes -----------------------------------------------------------------------------
 
-    async def result(self, workflow_id: str, *, timeout: float | None = None) -> Any:
+    async def result(self, workflow_id: str, *, timeout: float | timedelta | None = None) -> Any:
         """Wait until the execution finishes (wherever it runs) and return its result.
 
         It is looked at again 10 ms after the first look, then after pauses that double, up
@@ -557,7 +557,8 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
 
         :raises WorkflowNotFoundError: no such workflow.
         :raises DurableError: the client (or its runtime) was closed while it waited.
-        :raises TimeoutError: it did not finish within ``timeout`` seconds (default: no limit).
+        :raises TimeoutError: it did not finish within ``timeout`` (seconds, or a ``timedelta``;
+            default: no limit).
         :raises BackendUnavailableError: ``timeout`` passed while the database could not be
             reached (whether the execution finished is not known).
         :raises InvalidArgumentError: ``timeout`` is negative or not finite, or the id is not one.
@@ -642,7 +643,7 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
                 loop.call_soon_threadsafe(event.set)
 
-    def result_sync(self, workflow_id: str, *, timeout: float | None = None) -> Any:
+    def result_sync(self, workflow_id: str, *, timeout: float | timedelta | None = None) -> Any:
         """:meth:`result` for code that is not async (see :meth:`blocking`)."""
         return self.blocking(self.result(workflow_id, timeout=timeout))
 

@@ -203,7 +203,10 @@ def check_at_least(value: Any, what: str, minimum: float) -> float:
 
 
 def check_timeout(value: Any, what: str = "timeout") -> float | None:
-    """None (wait for ever), or a finite number of seconds, 0 or more."""
+    """None (wait for ever), or a wait of 0 or more: a ``timedelta``, or a finite number of
+    seconds; returned in seconds."""
+    if isinstance(value, timedelta):
+        return check_non_negative_float(value.total_seconds(), what)
     return None if value is None else check_non_negative_float(value, what)
 
 

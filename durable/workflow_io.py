@@ -11,6 +11,7 @@ producer or an operator makes, over the backend's operations.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from durable.backends.base import PersistentBackend
@@ -85,7 +86,7 @@ class WorkflowIO:
             )
         except SerializationError as exc:
             raise InvalidArgumentError(
-                f"value cannot be stored: {type(value).__qualname__} {exc}"
+                f"value cannot be stored (a {type(value).__qualname__}): {exc}"
             ) from exc
 
     def send_sync(
@@ -175,14 +176,19 @@ class WorkflowIO:
     # -- what workflows publish: events and streams ---------------------------------------------
 
     async def get_event(
-        self, workflow_id: str, key: str, *, timeout: float | None = 60.0, default: Any = None
+        self,
+        workflow_id: str,
+        key: str,
+        *,
+        timeout: float | timedelta | None = 60.0,
+        default: Any = None,
     ) -> Any:
         """The value the execution last set for its event ``key`` (``durable.set_event``),
-        waiting up to ``timeout`` seconds (None: no limit; 0: do not wait) until it is set.
-        Returns ``default`` (None) if it was not set in time, or if the execution finished
-        without setting it. Readable while the execution runs and after it finished. The wait
-        is woken by the write (by every process's on PostgreSQL; by this process's elsewhere,
-        other processes' being seen within ``poll_interval``).
+        waiting up to ``timeout`` (seconds, or a ``timedelta``; None: no limit; 0: do not wait)
+        until it is set. Returns ``default`` (None) if it was not set in time, or if the
+        execution finished without setting it. Readable while the execution runs and after it
+        finished. The wait is woken by the write (by every process's on PostgreSQL; by this
+        process's elsewhere, other processes' being seen within ``poll_interval``).
 
         :raises WorkflowNotFoundError: no such workflow.
         :raises DurableError: the client (or its runtime) was closed while it waited.
@@ -216,7 +222,12 @@ class WorkflowIO:
         )
 
     def get_event_sync(
-        self, workflow_id: str, key: str, *, timeout: float | None = 60.0, default: Any = None
+        self,
+        workflow_id: str,
+        key: str,
+        *,
+        timeout: float | timedelta | None = 60.0,
+        default: Any = None,
     ) -> Any:
         """:meth:`get_event` for code that is not async."""
         return self.blocking(self.get_event(workflow_id, key, timeout=timeout, default=default))

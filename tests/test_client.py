@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,12 @@ async def test_a_client_starts_no_executor_and_needs_no_registered_name(
         assert await client.registered_workflows() == []
         with pytest.raises(TimeoutError, match=f"workflow '{queued}' did not finish within 0.2 s"):
             await client.result(queued, timeout=0.2)
+        # a timeout is a number of seconds or a timedelta, here as everywhere
+        with pytest.raises(TimeoutError, match=r"did not finish within 0\.1 s"):
+            await client.result(queued, timeout=timedelta(milliseconds=100))
+        assert await client.get_event(queued, "k", timeout=timedelta(0), default="no") == "no"
+        with pytest.raises(durable.InvalidArgumentError, match="timeout must not be negative"):
+            await client.result(queued, timeout=timedelta(seconds=-1))
 
 
 def test_a_sync_client_in_a_sync_program(sql_url: str) -> None:

@@ -349,7 +349,7 @@ class Operations(RuntimeCore):
         :func:`durable.send_sync`)."""
         return self.client.send_sync(workflow_id, topic, value, idempotency_key=idempotency_key)
 
-    async def result(self, workflow_id: str, *, timeout: float | None = None) -> Any:
+    async def result(self, workflow_id: str, *, timeout: float | timedelta | None = None) -> Any:
         """Wait until the execution finishes (wherever it runs) and return its result.
 
         :raises WorkflowNotFoundError: no such workflow.
@@ -405,7 +405,12 @@ class Operations(RuntimeCore):
     # -- what workflows publish ------------------------------------------------------------------
 
     async def get_event(
-        self, workflow_id: str, key: str, *, timeout: float | None = 60.0, default: Any = None
+        self,
+        workflow_id: str,
+        key: str,
+        *,
+        timeout: float | timedelta | None = 60.0,
+        default: Any = None,
     ) -> Any:
         """The execution's event ``key``, waiting until it is set (see
         :meth:`Client.get_event <durable.Client.get_event>`)."""
