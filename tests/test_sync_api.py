@@ -9,6 +9,7 @@ the suite.
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import threading
@@ -216,6 +217,35 @@ def test_a_sync_app_runs_its_enqueued_work_with_a_worker_started_from_sync_code(
         rt.close_sync()
     with pytest.raises(durable.DurableError):
         rt.start_worker_sync()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_run_sync_beside_a_worker_of_the_same_runtime_logs_no_lost_lease(
+    kind: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Request threads call ``run_sync`` while the same runtime's worker claims work: a worker
+    claim that took a run's task and started it, whose start the run's drive took and ran to its
+    end, was then run by the worker too, refused, and logged as "lost its lease (another executor
+    may run it)" though no other executor existed (about one run in twenty)."""
+    url = str(request.getfixturevalue("sqlite_url" if kind == "sqlite" else "pg_url"))
+    rt = durable.Runtime(durable.connect(url), recover=False)
+    rt.start_sync()
+    try:
+        rt.start_worker_sync(concurrency=8)
+        with caplog.at_level(logging.WARNING, logger="durable"):
+            outcomes = in_threads(
+                *(
+                    lambda t=t: [rt.run_sync(twice, 100 * t + n) for n in range(40)]
+                    for t in range(16)
+                )
+            )
+    finally:
+        rt.close_sync()
+    assert outcomes == [[2 * (100 * t + n) + 1 for n in range(40)] for t in range(16)]
+    lost = [
+        r.getMessage() for r in caplog.records if getattr(r, "action", "") == "worker.lease_lost"
+    ]
+    assert lost == []
 
 
 def test_closing_interrupts_calls_still_running_in_other_threads(sqlite_url: str) -> None:

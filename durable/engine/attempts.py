@@ -78,6 +78,9 @@ class ClaimedStarts:
         self._starts: dict[str, WorkflowSnapshot] = {}
         self._in_flight: set[asyncio.Future[None]] = set()  # claims sent, not answered yet
         self._driven: dict[str, int] = {}  # executions driven here now: how many drives each
+        # executions whose start a drive took from a worker's claim (take_landed), until that
+        # claim comes to be run or handed back: it was the drive's to run
+        self._taken: set[str] = set()
 
     @contextlib.contextmanager
     def driving(self, instance_id: str) -> Iterator[None]:
@@ -128,7 +131,19 @@ class ClaimedStarts:
         for."""
         if self._in_flight:
             await asyncio.wait(set(self._in_flight))
-        return self.take(instance_id)
+        began = self.take(instance_id)
+        if began is not None:
+            self._taken.add(instance_id)
+        return began
+
+    def taken_by_drive(self, instance_id: str) -> bool:
+        """Whether a drive took the start a worker's claim of ``instance_id`` made (see
+        :meth:`take_landed`), once: the claim's run was the drive's, which may have ended (and
+        the execution with it) before the worker came to the claim."""
+        if instance_id in self._taken:
+            self._taken.discard(instance_id)
+            return True
+        return False
 
 
 class Attempts(Leases):
@@ -193,7 +208,9 @@ class Attempts(Leases):
         claim started the workflow, put back to pending without counting the attempt.
 
         :raises DurableError: the backend refused or could not be reached."""
-        if self._claimed.driven(claim.instance_id):
+        if self._claimed.driven(claim.instance_id) or self._claimed.taken_by_drive(
+            claim.instance_id
+        ):
             return  # the lease is the drive's too: handing it back would take it from its run
         if self._claimed.take(claim.instance_id) is None:
             await self.backend.release_task_claim(
@@ -845,6 +862,11 @@ class Attempts(Leases):
                 # not at its next poll
                 self.client.note_finished()
                 return None
+            if (
+                self._claimed.taken_by_drive(instance_id)
+                and (await self.backend.get_workflow(instance_id)).status.is_terminal
+            ):
+                return None  # a drive ran it to its end, with the start this claim made
             began = self._claimed.take(instance_id)
             if driven and began is None:
                 # a drive that ended while this waited ran it: it took the start this claim
