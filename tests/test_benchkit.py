@@ -63,6 +63,22 @@ def test_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert "record_step, 30 steps of history" in out and "50 finished workflows" in out
 
 
+def test_the_command_line_on_a_store_not_empty(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run twice on one store: the second run says the store is not empty, as a usage message
+    (it was a RuntimeError's traceback)."""
+    sizes = ["--history", "5", "--finished", "5", "--concurrency", "2", "--rounds", "1",
+             "--samples", "2", "--warmup", "1"]  # fmt: skip
+    main([sqlite_url, *sizes])
+    with pytest.raises(SystemExit) as stopped:
+        main([sqlite_url, *sizes])
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert "InvalidArgumentError" in err and "give the kit an empty store" in err
+    assert "Traceback" not in err
+
+
 def test_it_imports_without_pytest() -> None:
     code = "import sys, durable.testing.benchkit; print('pytest' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

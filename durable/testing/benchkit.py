@@ -45,6 +45,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from durable.backends.base import PersistentBackend
+from durable.errors import DurableError, InvalidArgumentError
 from durable.models import WORKFLOW_TASK, StepRecord, TaskSpec, WorkflowSnapshot, WorkflowStatus
 
 TTL = timedelta(minutes=5)
@@ -123,7 +124,7 @@ async def _create(backend: PersistentBackend, instance_id: str, **fields: Any) -
         snapshot, task=TaskSpec(instance_id=instance_id, name="kit")
     )
     if not created:
-        raise RuntimeError(f"{instance_id!r} exists already: give the kit an empty store")
+        raise InvalidArgumentError(f"{instance_id!r} exists already: give the kit an empty store")
 
 
 async def step_costs(backend: PersistentBackend, sizes: KitSizes, report: _Report) -> None:
@@ -198,7 +199,9 @@ async def _load_through_the_interface(
     async def one(i: int) -> None:
         _, created = await backend.create_workflow(_finished(i))
         if not created:
-            raise RuntimeError(f"kit-done-{i:07d} exists already: give the kit an empty store")
+            raise InvalidArgumentError(
+                f"kit-done-{i:07d} exists already: give the kit an empty store"
+            )
 
     await _in_parallel(count, sizes.setup_concurrency, one)
 
@@ -364,7 +367,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Figure]:
     sizes = sizes_from_arguments(args)
     from durable.connect import connect
 
-    return asyncio.run(run_kit(lambda: connect(args.url), sizes))
+    try:
+        return asyncio.run(run_kit(lambda: connect(args.url), sizes))
+    except DurableError as exc:  # a store not empty, a URL not known: said, not a traceback
+        parser.exit(1, f"{parser.prog}: {type(exc).__name__}: {exc}\n")
 
 
 if __name__ == "__main__":
