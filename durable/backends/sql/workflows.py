@@ -410,6 +410,19 @@ class WorkflowRecords(SQLCore):
     ) -> sa.Row[Any] | None:
         """Cancel one unfinished workflow and drop its tasks; None if it had finished (or does
         not exist)."""
+        row = conn.execute(
+            sa.update(workflows)
+            .where(workflows.c.id == instance_id, workflows.c.status.not_in(_TERMINAL))
+            .values(self._cancelled(now, error_json))
+            .returning(*workflows.c)
+        ).first()
+        if row is not None:
+            conn.execute(sa.delete(tasks).where(tasks.c.instance_id == instance_id))
+        return row
+
+    def _cancelled(self, now: datetime, error_json: str | None) -> dict[str, Any]:
+        """The values a cancel writes on a workflow's row (its error kept if ``error_json`` is
+        None)."""
         values: dict[str, Any] = {
             "status": WorkflowStatus.CANCELLED.value,
             "updated_at": now,
@@ -419,34 +432,17 @@ class WorkflowRecords(SQLCore):
         }
         if error_json is not None:
             values["error"] = error_json
-        row = conn.execute(
-            sa.update(workflows)
-            .where(workflows.c.id == instance_id, workflows.c.status.not_in(_TERMINAL))
-            .values(values)
-            .returning(*workflows.c)
-        ).first()
-        if row is not None:
-            conn.execute(sa.delete(tasks).where(tasks.c.instance_id == instance_id))
-        return row
+        return values
 
     def _cancel_descendants(
         self, conn: sa.Connection, root: str, now: datetime, error_json: str | None
     ) -> None:
         """Cancel the unfinished workflows descending from ``root`` (by ``parent_id``)."""
         for page in self._descendant_pages(conn, root):
-            values: dict[str, Any] = {
-                "status": WorkflowStatus.CANCELLED.value,
-                "updated_at": now,
-                "completed_at": now,
-                "version": workflows.c.version + 1,
-                "finished_seq": self.dialect.next_position(),
-            }
-            if error_json is not None:
-                values["error"] = error_json
             conn.execute(
                 sa.update(workflows)
                 .where(workflows.c.id.in_(page), workflows.c.status.not_in(_TERMINAL))
-                .values(values)
+                .values(self._cancelled(now, error_json))
             )
             conn.execute(
                 sa.delete(tasks).where(
