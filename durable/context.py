@@ -308,7 +308,7 @@ class ExecutionContext:
         """
         return _Checkpoint(self, awaited)
 
-    def _lose(self, reason: str) -> ClaimLostError:
+    def lose(self, reason: str) -> ClaimLostError:
         """Take this attempt's lease for lost, for ``reason``: its writes are refused from now
         on (:meth:`checkpoint`, :meth:`ensure_lease`). Returns the error to raise."""
         self.lease_lost = ClaimLostError(
@@ -453,7 +453,7 @@ class _Checkpoint:
         ctx = self._ctx
         if ctx.lease_lost is None and ctx.runtime.superseded:
             # another process runs under this executor id now: the leases are its own
-            ctx._lose(f"another process runs under {ctx.executor_id!r} now")
+            ctx.lose(f"another process runs under {ctx.executor_id!r} now")
         if ctx.lease_lost is not None:
             raise ctx.lease_lost
         if self._awaited:  # inline: this is every step's path
@@ -473,7 +473,7 @@ class _Checkpoint:
         elif isinstance(exc, StepAlreadyRecordedError):
             # this executor's lease lapsed, came back to it, and another attempt of it recorded
             # this position (the executor id fences writes: both attempts passed)
-            raise ctx._lose(
+            raise ctx.lose(
                 f"step {exc.position} was recorded by another attempt since this one read the "
                 "history (its lease lapsed under it)"
             ) from exc

@@ -639,6 +639,56 @@ async def test_cancel_stops_at_the_next_step_boundary(backend_url: str) -> None:
             await rt.run(cancellable, workflow_id="c")
 
 
+sync_gate = threading.Event()  # held_sync() returns once it is set
+sync_entered = threading.Event()  # set each time held_sync() starts
+
+
+@durable.step(name="tests.held_sync")
+def held_sync() -> str:
+    calls["held_sync"] += 1
+    sync_entered.set()
+    sync_gate.wait(30)
+    return "held"
+
+
+@durable.step(name="tests.after_held")
+def after_held(value: str) -> str:
+    calls["after_held"] += 1
+    return f"{value}, then after"
+
+
+@durable.workflow(name="tests.cancelled_sync.v1")
+def cancelled_sync() -> str:
+    return after_held(held_sync())
+
+
+async def test_a_sync_body_whose_run_was_cancelled_records_nothing_more(backend_url: str) -> None:
+    """``run()`` cancelled (``asyncio.wait_for``, a request given up) while a sync workflow's
+    step runs in its thread: the thread cannot be stopped, but it records nothing more and runs
+    no further step; the same id run again finishes (it ran the later steps itself, and the
+    run again failed with ``ClaimLostError``)."""
+    sync_gate.clear()
+    sync_entered.clear()
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        first = asyncio.create_task(rt.run(cancelled_sync, workflow_id="cs"))
+        assert await asyncio.to_thread(sync_entered.wait, 30)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        sync_entered.clear()
+        again = asyncio.create_task(rt.run(cancelled_sync, workflow_id="cs"))
+        assert await asyncio.to_thread(sync_entered.wait, 30)  # the step runs again
+        sync_gate.set()  # both threads' step returns now
+        assert await again == "held, then after"
+        await asyncio.sleep(0.3)  # room for the abandoned thread to do what it would
+        assert calls["held_sync"] == 2 and calls["after_held"] == 1
+        steps = await rt.list_steps("cs")
+        assert [(s.name, s.status) for s in steps] == [
+            ("tests.held_sync", StepStatus.SUCCEEDED),
+            ("tests.after_held", StepStatus.SUCCEEDED),
+        ]
+
+
 async def test_restart_with_same_executor_id_resumes_own_work_at_once(sqlite_url: str) -> None:
     backend = durable.connect(sqlite_url)
 

@@ -513,6 +513,10 @@ class Attempts(Leases):
             except SerializationError as exc:
                 await self._fail_unstorable(wf, snapshot, ctx, exc)
         except asyncio.CancelledError:
+            # its caller stopped waiting (a cancelled run(), a worker's stop): a sync body's
+            # thread cannot be stopped, so its writes are refused from now on (it stops at its
+            # next step) and the next attempt, here or elsewhere, does not race it
+            ctx.lose("its attempt was cancelled")
             await self._release_quietly(instance_id)
             raise
         finally:
