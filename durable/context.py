@@ -414,13 +414,14 @@ class ExecutionContext:
             f"the code running it is version {self.running_version or 'unknown'})"
         )
 
-    def check_history_consumed(self) -> None:
-        """At the end of a run: every recorded step must have been replayed."""
+    def check_history_consumed(self, ended: str = "finished") -> None:
+        """At the end of a run (``ended``: how, for the message): every recorded step must
+        have been replayed."""
         unreplayed = [p for p in self.history if p >= self._next]
         if unreplayed and self.divergence is None:
             first = self.history[min(unreplayed)]
             self.divergence = NonDeterminismError(
-                f"workflow {self.workflow_id!r} ({self.workflow_name}) finished after "
+                f"workflow {self.workflow_id!r} ({self.workflow_name}) {ended} after "
                 f"{self._next} steps, but its history has step {first.name!r} at position "
                 f"{first.position}: the replay skipped recorded steps{self.versions_note()}"
             )

@@ -227,6 +227,10 @@ async def replay_history(
     except NonDeterminismError as exc:
         return result(complete=False, divergence=str(exc))
     except ContinueAsNew:
+        try:
+            ctx.check_history_consumed("continued as new")
+        except NonDeterminismError as exc:  # before the point the recorded run reached
+            return result(complete=False, divergence=str(exc))
         if status is WorkflowStatus.SUCCEEDED:
             return result(
                 complete=True,

@@ -139,6 +139,46 @@ async def test_an_execution_in_flight_replays_up_to_where_it_is(tmp_path: Path) 
     assert "up to position 1, where the execution ended (cancelled)" in ended.describe()
 
 
+async def test_new_code_that_continues_as_new_before_the_recorded_point_diverges(
+    tmp_path: Path,
+) -> None:
+    """A deploy whose code continues as new before the point an execution in flight reached
+    (its recorded steps after that point dropped) is a divergence, for the replayer and for
+    the worker, as when the new code returns there: the worker continued as new, silently, and
+    the replayer said ok."""
+    url = f"sqlite:///{tmp_path / 'continued.db'}"
+    old, new = durable.Registry(), durable.Registry()
+
+    @durable.workflow(name="tr.continued", registry=old)
+    async def before(n: int) -> list[Any]:
+        return [await patchprog.fee_v1(n), await patchprog.fee_v2(n), await durable.recv("go")]
+
+    @durable.workflow(name="tr.continued", registry=new)
+    async def after(n: int) -> list[Any]:
+        if n >= 100:
+            return ["next run", n]
+        await patchprog.fee_v1(n)
+        durable.continue_as_new(n + 100)
+
+    async with durable.Runtime(durable.connect(url), registry=old) as rt:
+        await rt.start_worker(poll_interval=0.01)
+        await rt.enqueue(before, 1, workflow_id="c")
+        with pytest.raises(TimeoutError):  # it waits for its message
+            await rt.result("c", timeout=0.5)
+        history = as_snapshot((await rt.get_workflow("c"), await rt.list_steps("c")))
+    result = await replay_async(after, history, check=False)
+    assert not result.ok
+    assert "continued as new after 1 steps" in str(result.divergence)
+    assert "patchprog.fee_v2" in str(result.divergence)
+    async with durable.Runtime(durable.connect(url), registry=new) as rt:
+        await rt.start_worker(poll_interval=0.01)
+        await rt.send("c", "go", True)
+        with pytest.raises(NonDeterminismError, match="continued as new after 1 steps"):
+            await rt.result("c", timeout=WAIT)
+        info = await rt.get_workflow("c")
+        assert info.status is WorkflowStatus.FAILED and info.continuations == 0
+
+
 def test_sync_workflows_replay_and_outputs_are_compared(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'sync.db'}"
     history = asyncio.run(record(url, SYNC, sync_flow, "s"))

@@ -451,6 +451,9 @@ class Attempts(Leases):
                     output = await self._invoke_by(ctx, wf, args, kwargs, remaining, own_task)
                 except Exception:
                     raise
+                except ContinueAsNew:
+                    ctx.check_history_consumed("continued as new")  # before the point it reached
+                    raise
                 except BaseException as exc:  # durable's control flow, a cancellation go on;
                     raise_as_failure(exc)  # what the code raised of its own is its failure
                 finally:
