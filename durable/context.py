@@ -19,6 +19,7 @@ import itertools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from contextvars import ContextVar
@@ -196,6 +197,11 @@ class ExecutionContext:
     """A check of the code against the history (:mod:`durable.replayer`): nothing runs or is
     written; the first position the history does not settle ends the replay
     (:class:`ReplayFrontier`)."""
+    _last_caller: tuple[asyncio.Task[Any], str, int] | None = None
+    """The task that took the last position (an async workflow's), with that step's name and
+    position: see :meth:`_check_interleaving`."""
+    _callers: weakref.WeakSet[asyncio.Task[Any]] = field(default_factory=weakref.WeakSet)
+    """The tasks that took a position in this run (an async workflow's)."""
     _writes: dict[int, float] = field(default_factory=dict)
     """This execution's own writes awaited now (:meth:`checkpoint`, :meth:`attempt_ended`),
     each by the monotonic time it began, the oldest first."""
@@ -376,9 +382,47 @@ class ExecutionContext:
                 f"{self.versions_note()}"
             )
             raise self.divergence
+        if self.is_async:
+            self._check_interleaving(name, position)
         if self.replay_only and (recorded is None or not _settled(recorded)):
             raise ReplayFrontier(position, name)
         return StepGuard(self, position, name, recorded)
+
+    def _check_interleaving(self, name: str, position: int) -> None:
+        """Refuse a step that a task calls after another task, still running, called one since
+        this task's last: concurrent branches of several steps each (``asyncio.gather`` of
+        coroutines that each call steps) take positions in the order their writes happened to
+        end, and a replay, which waits for no write, runs each branch through: it would call
+        the steps at other positions (a divergence, or another call's recorded result where the
+        names agree). Steps gathered themselves (``asyncio.gather(step(a), step(b))``) take
+        their positions in the caller, in order.
+
+        :raises NonDeterminismError: the interleaving (the execution fails at once).
+        """
+        task = asyncio.current_task()
+        if task is None:
+            return
+        last = self._last_caller
+        if last is None or last[0] is not task:
+            if last is not None and task in self._callers and not last[0].done():
+                raise self._interleaved(name, position, last)
+            self._callers.add(task)
+        self._last_caller = (task, name, position)
+
+    def _interleaved(
+        self, name: str, position: int, last: tuple[asyncio.Task[Any], str, int]
+    ) -> NonDeterminismError:
+        """The divergence :meth:`_check_interleaving` found (set: the execution fails)."""
+        self.divergence = NonDeterminismError(
+            f"workflow {self.workflow_id!r} ({self.workflow_name}) called step {name!r} "
+            f"(position {position}) from a task that called steps before, after another "
+            f"task still running called {last[1]!r} (position {last[2]}): the steps of "
+            "concurrent branches interleave, in an order that depends on when their writes "
+            "end, and a replay would not follow it. Gather the steps themselves "
+            "(asyncio.gather(step(a), step(b))), run each branch as a child workflow, or "
+            "use durable.map"
+        )
+        return self.divergence
 
     def marker(self, name: str, *, record_new: bool) -> tuple[bool, StepGuard | None]:
         """A marker position (:func:`durable.patched`): taken only where the history agrees.

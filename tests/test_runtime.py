@@ -193,6 +193,45 @@ async def test_gather_gets_deterministic_positions(backend_url: str) -> None:
         assert [s.output for s in steps] == [0, 2, 4, 6, 8, 10]  # position i holds call i
 
 
+async def _branch(first: int, second: int) -> list[int]:
+    """A branch of two steps; the pause lets the other branch run between them, as a write
+    that yields does (every backend then interleaves the same way)."""
+    one = await add(first, 0)
+    await asyncio.sleep(0)
+    return [one, await add(second, 0)]
+
+
+@durable.workflow(name="tests.branches.v1")
+async def branches() -> list[list[int]]:
+    return list(await asyncio.gather(_branch(1, 2), _branch(3, 4)))
+
+
+@durable.workflow(name="tests.gathered_then_waits.v1")
+async def gathered_then_waits() -> list[Any]:
+    return [await asyncio.gather(add(1, 0), add(2, 0)), await durable.recv("go")]
+
+
+async def test_interleaved_branches_of_steps_fail_at_once_and_gathered_steps_replay(
+    backend_url: str,
+) -> None:
+    """Branches of several steps each, gathered, take positions in the order their writes end,
+    which a replay does not follow (it diverged at the first replay, or gave a step another
+    call's result): refused where it happens, the first time. Steps gathered themselves take
+    their positions in order, and replay."""
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        with pytest.raises(durable.NonDeterminismError, match="branches interleave") as seen:
+            await rt.run(branches, workflow_id="br")
+        assert "step 'test_runtime:add' (position 2)" in str(seen.value)
+        info = await rt.get_workflow("br")
+        assert info.status is WorkflowStatus.FAILED and info.attempts == 1  # not retried
+        await rt.start_worker(poll_interval=0.01)
+        wid = await rt.enqueue(gathered_then_waits, workflow_id="gw")
+        with pytest.raises(TimeoutError):  # suspended, waiting for its message
+            await rt.result(wid, timeout=0.5)
+        await rt.send(wid, "go", "m")
+        assert await rt.result(wid, timeout=30) == [[1, 2], "m"]  # replayed the gather
+
+
 async def test_child_workflows_have_deterministic_ids_and_parent(backend_url: str) -> None:
     async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
         assert await rt.run(parent, 1, workflow_id="p") == 101 + 102 + 103

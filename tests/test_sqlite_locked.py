@@ -141,8 +141,9 @@ async def test_a_write_waiting_for_the_lock_does_not_stop_the_event_loop(
                 )
                 await asyncio.sleep(1.0)
                 assert not writes.done()  # they wait for the lock...
-                # ...and the loop runs
-                assert ticks.count > 30, f"the loop ran {ticks.count} times in 1 s"
+                # ...and the loop runs (a loop blocked by the wait turns once or twice; a
+                # loaded machine's, turning every 10 ms, about 30 to 100 times)
+                assert ticks.count > 10, f"the loop ran {ticks.count} times in 1 s"
             finally:
                 other.execute("ROLLBACK")
                 other.close()
