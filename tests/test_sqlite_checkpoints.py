@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from support import eventually
 
 import durable
@@ -89,6 +90,46 @@ async def test_a_runtime_on_a_file_runs_its_steps_with_the_checkpointer(tmp_path
         (info,) = (await backend.list_snapshots()).items
         steps = await backend.list_steps(info.id)
         assert [s.position for s in steps] == list(range(300))
+
+
+@durable.workflow(name="tests.checkpoints.echo.v1")
+async def echo(x: int) -> int:
+    return x
+
+
+@pytest.mark.parametrize("driver", ["sqlite", "sqlite+aiosqlite"])
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_a_file_deleted_or_replaced_under_the_backend_is_refused_not_written(
+    tmp_path: Path, driver: str, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite goes on writing to a file deleted (or replaced) under its open connections, and
+    loses it all with that file: every enqueue and run was acknowledged, then gone, without a
+    word. The backend now notices (within a second), logs it at ERROR, and refuses every
+    operation, saying why."""
+    path = tmp_path / "app.db"
+    async with durable.Runtime(durable.connect(f"{driver}:///{path}"), recover=False) as rt:
+        await rt.start_worker(poll_interval=0.05)
+        assert await rt.run(echo, 1) == 1
+        if how == "deleted":
+            for name in ("app.db", "app.db-wal", "app.db-shm"):
+                (tmp_path / name).unlink(missing_ok=True)
+        else:
+            other = tmp_path / "other.db"
+            sqlite3.connect(other).close()
+            os.replace(other, path)
+
+        async def refused() -> bool:
+            try:
+                await rt.enqueue(echo, 2)
+            except durable.BackendError as exc:
+                assert f"{path} was {how}" in str(exc)
+                return True
+            return False
+
+        await eventually(refused, "an enqueue refused")
+        with pytest.raises(durable.BackendError, match="writes nothing more"):
+            await rt.run(echo, 3)
+    assert any(getattr(r, "action", "") == "backend.file_lost" for r in caplog.records)
 
 
 def test_the_checkpointer_never_creates_a_missing_file(tmp_path: Path) -> None:

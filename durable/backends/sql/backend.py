@@ -175,6 +175,8 @@ class SQLAlchemyBackend(
         self._direct = isinstance(self._runner, AsyncRunner) and self.dialect.name == "postgresql"
         self._now_direct: CompiledStatement | None = None  # compiled on first use
         self._checkpointer: WalCheckpointer | None = None  # SQLite files: from start()
+        # a SQLite file deleted or replaced under the backend (see _lose_file): why it refuses
+        self._file_lost: str | None = None
         self._build_statements()
         # sync workflows' threads record steps on connections of their own; only on engines
         # durable created, whose connect arguments it knows
@@ -254,8 +256,25 @@ class SQLAlchemyBackend(
             return
         (path,) = await self._read_database_identity()
         if path:
-            self._checkpointer = WalCheckpointer(path)
+            self._checkpointer = WalCheckpointer(path, on_lost=self._lose_file)
             self._checkpointer.start()
+
+    def _lose_file(self, how: str) -> None:
+        """The checkpointer found the SQLite file's path naming no file, or another one: SQLite
+        would go on writing to the file it has open, and lose it all with that file. From now on
+        every operation is refused (:class:`BackendError`), saying why. (From its thread.)"""
+        assert self._checkpointer is not None
+        self._file_lost = (
+            f"the SQLite database file {self._checkpointer.path} was {how} while this backend had "
+            "it open: what it wrote since would be lost with that file, so it writes nothing "
+            "more (restore the file, then start the process again)"
+        )
+        log.error("%s", self._file_lost, extra={"action": "backend.file_lost"})
+
+    def _refuse_if_file_lost(self, what: str) -> None:
+        """:meth:`_lose_file`'s refusal of ``what``, when the file was lost."""
+        if self._file_lost is not None:
+            raise BackendError(f"cannot {what}: {self._file_lost}")
 
     async def close(self) -> None:
         listeners = (self._listener, self._outputs_listener)
@@ -443,7 +462,9 @@ class _Translating:
         self._what = what
 
     def __enter__(self) -> None:
-        return None
+        backend = self._backend
+        if backend._file_lost is not None:
+            backend._refuse_if_file_lost(self._what or "run a query")
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

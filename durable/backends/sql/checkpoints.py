@@ -20,15 +20,22 @@ time, and a passive checkpoint that meets another simply skips its turn.
 The checkpointer's connection opens the file in ``mode=rw``: a file deleted under a running
 backend is never created again, empty, by the checkpointer. Errors are logged (debug) and the
 connection reopened on the next turn: checkpointing is never a reason for a writer to fail.
+
+Each turn it also checks that the path still names the file it started on (device and inode):
+SQLite goes on writing to a file deleted (or replaced by another) under its open connections,
+and everything written then is lost with it. Once the path names no file or another one, it
+calls ``on_lost`` (the backend then refuses every operation, saying why) and stops.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import urllib.parse
+from collections.abc import Callable
 
 log = logging.getLogger("durable.backends.sql")
 
@@ -53,8 +60,11 @@ class WalCheckpointer:
         *,
         busy_interval: float = BUSY_INTERVAL,
         idle_interval: float = IDLE_INTERVAL,
+        on_lost: Callable[[str], None] | None = None,
     ) -> None:
         self.path = path
+        self.on_lost = on_lost
+        """Called (from the thread) with how the file was lost: ``deleted`` or ``replaced``."""
         self.busy_interval = busy_interval
         self.idle_interval = idle_interval
         #: checkpoints that copied pages into the database file (tests and benchmarks read it)
@@ -85,12 +95,25 @@ class WalCheckpointer:
         """Whether the thread runs."""
         return self._thread is not None and self._thread.is_alive()
 
+    def _identity(self) -> tuple[int, int] | None:
+        """The device and inode the path names now (None: no file there)."""
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return found.st_dev, found.st_ino
+
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
         pause = self.busy_interval
         last: tuple[int, int] | None = None
+        started_on = self._identity()
         try:
             while not self._stopping.wait(pause):
+                if started_on is not None and (now_on := self._identity()) != started_on:
+                    if self.on_lost is not None:
+                        self.on_lost("deleted" if now_on is None else "replaced by another file")
+                    return
                 try:
                     if conn is None:
                         conn = self._connect()

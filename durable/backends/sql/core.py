@@ -110,6 +110,8 @@ class SQLCore(PersistentBackend):
     _connect_args: dict[str, Any]
     _started: bool
     _loop: asyncio.AbstractEventLoop | None
+    #: why every operation is refused: the SQLite file was deleted or replaced (else None)
+    _file_lost: str | None
 
     if TYPE_CHECKING:  # provided by SQLAlchemyBackend (.backend) and WakeUps (.wakeups)
 
@@ -127,6 +129,8 @@ class SQLCore(PersistentBackend):
         ) -> DirectResult | None: ...
 
         def _errors(self, what: str) -> contextlib.AbstractContextManager[None]: ...
+
+        def _refuse_if_file_lost(self, what: str) -> None: ...
 
         def _translated(self, exc: Exception, doing: str) -> Exception: ...
 
