@@ -53,7 +53,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from durable.errors import ClaimLostError, WorkflowCancelledError, message_of
+from durable.errors import (
+    BackendUnavailableError,
+    ClaimLostError,
+    WorkflowCancelledError,
+    message_of,
+)
 
 T = TypeVar("T")
 
@@ -313,6 +318,8 @@ class Telemetry:
             yield span
         except BaseException as exc:
             outcome = next((v for k, v in outcomes.items() if isinstance(exc, k)), None)
+            if outcome is None and isinstance(exc.__cause__, BackendUnavailableError):
+                outcome = "handed_back"  # an outage ended it: handed back, not a failed attempt
             if outcome is not None:
                 self._set_attribute(span, "durable.outcome", outcome)
             else:
@@ -360,9 +367,9 @@ class Telemetry:
         SDK's ``start_as_current_span`` does."""
         if error is None:
             outcome = "succeeded"
-        elif isinstance(error, ClaimLostError | WorkflowCancelledError):
-            outcome = "interrupted"  # its record was refused: the execution was cancelled, or
-            # another executor may run it; the step did not fail
+        elif isinstance(error, ClaimLostError | WorkflowCancelledError | BackendUnavailableError):
+            outcome = "interrupted"  # its record was refused (the execution was cancelled, or
+            # another executor may run it) or met an outage; the step did not fail
         else:
             outcome = "failed"
         if self._ready:

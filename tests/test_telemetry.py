@@ -40,6 +40,7 @@ from opentelemetry.trace import StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 import durable
+import durable.runtime
 from durable import overview, telemetry
 
 WAIT = 60.0
@@ -430,6 +431,53 @@ async def test_a_cancelled_attempt_is_no_failure(tmp_path: Any) -> None:
     assert (span.attributes or {})["durable.outcome"] == "cancelled"
     assert span.status.status_code is not StatusCode.ERROR
     name = {"durable.workflow.name": "tests.otel.cancelled.v1"}
+    assert _sum("durable.workflow.failures", **name) == before_failures
+    assert _sum("durable.steps", **step, **{"durable.outcome": "failed"}) == before_failed
+    assert _sum("durable.steps", **step, **{"durable.outcome": "interrupted"}) == before_cut + 1
+
+
+@durable.step(name="tests.otel.outage_step")
+async def outage_step(x: int) -> int:
+    return x + 1
+
+
+@durable.workflow(name="tests.otel.outage.v1", registry=REG)
+async def outage_wf(x: int) -> int:
+    return await outage_step(x)
+
+
+async def test_an_attempt_an_outage_ended_is_handed_back_not_failed(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database cannot be reached to record a step: the attempt is handed back uncounted
+    and resumes. Its span says ``handed_back`` (it said ``failed``, with status ERROR), the
+    step counts as interrupted, and no failed attempt is counted (an alert on failures fired
+    at every database restart)."""
+    monkeypatch.setattr(durable.runtime, "OUTAGE_BACKOFF", timedelta(milliseconds=50))
+    name = {"durable.workflow.name": "tests.otel.outage.v1"}
+    step = {"durable.step.name": "tests.otel.outage_step"}
+    before_failures = _sum("durable.workflow.failures", **name)
+    before_failed = _sum("durable.steps", **step, **{"durable.outcome": "failed"})
+    before_cut = _sum("durable.steps", **step, **{"durable.outcome": "interrupted"})
+    async with runtime(f"sqlite:///{tmp_path / 'outage.db'}") as rt:
+        record_step = rt.backend.record_step
+
+        async def away_once(instance_id: str, record: durable.StepRecord, **kw: Any) -> None:
+            if record.name == "tests.otel.outage_step" and not CALLS["away"]:
+                CALLS["away"] += 1
+                raise durable.BackendUnavailableError("the database went away")
+            await record_step(instance_id, record, **kw)
+
+        monkeypatch.setattr(rt.backend, "record_step", away_once)
+        await rt.start_worker(concurrency=1, poll_interval=0.02)
+        workflow_id = await rt.client.enqueue(outage_wf, 1)
+        assert await rt.client.result(workflow_id, timeout=WAIT) == 2
+    attempts, _ = spans_of(workflow_id)
+    assert [(s.attributes or {})["durable.outcome"] for s in attempts] == [
+        "handed_back",
+        "succeeded",
+    ]
+    assert attempts[0].status.status_code is not StatusCode.ERROR
     assert _sum("durable.workflow.failures", **name) == before_failures
     assert _sum("durable.steps", **step, **{"durable.outcome": "failed"}) == before_failed
     assert _sum("durable.steps", **step, **{"durable.outcome": "interrupted"}) == before_cut + 1
