@@ -131,6 +131,48 @@ async def test_an_attempt_an_outage_cut_off_is_not_logged_as_a_failure(
     assert warned.levelno == logging.WARNING and warned.name == "durable.runtime"
 
 
+AWAY_REG = durable.Registry()
+AWAY: list[asyncio.Event] = []
+
+
+@durable.step(name="tl.away")
+async def away_step() -> str:
+    AWAY[0].set()
+    await asyncio.sleep(60)
+    return "never"
+
+
+@durable.workflow(name="tl.away.v1", registry=AWAY_REG)
+async def away_wf() -> str:
+    return await away_step()
+
+
+async def test_a_hand_back_the_database_refused_is_said(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker stopped while the database is away cannot hand its executions back: each is
+    said to wait for its lease (it only said "handed back N unfinished execution(s)", and the
+    executions then stayed running until their leases expired)."""
+    AWAY[:] = [asyncio.Event()]
+    caplog.set_level(logging.INFO, logger="durable")
+    backend = durable.connect("memory://")
+
+    async def away(*args: Any, **kwargs: Any) -> Any:
+        raise durable.BackendUnavailableError("the database went away")
+
+    async with durable.Runtime(backend, registry=AWAY_REG, recover=False, executor_id="tl-3") as rt:
+        worker = await rt.start_worker(concurrency=1, poll_interval=0.02)
+        wid = await rt.enqueue(away_wf)
+        await asyncio.wait_for(AWAY[0].wait(), 30)
+        monkeypatch.setattr(backend, "reschedule_workflow", away)
+        await worker.stop(grace=0)
+    (said,) = [
+        r for r in caplog.records if getattr(r, "action", None) == "workflow.not_handed_back"
+    ]
+    assert said.levelno == logging.WARNING and said.workflow_id == wid  # type: ignore[attr-defined]
+    assert "the database went away" in said.getMessage() and "lease expires" in said.getMessage()
+
+
 async def test_a_worker_with_no_workflow_to_serve_is_refused() -> None:
     async with durable.Runtime(
         durable.connect("memory://"), registry=durable.Registry(), recover=False

@@ -274,7 +274,7 @@ class Leases(RuntimeCore):
         another process took this executor id over: the lease is that process's then."""
         if self._superseded:
             return
-        await self._bounded(
+        failed = await self._bounded(
             self.backend.reschedule_workflow(
                 instance_id,
                 worker_id=self.executor_id,
@@ -282,17 +282,32 @@ class Leases(RuntimeCore):
                 consume_attempt=False,
             )
         )
+        if failed is not None:
+            log.warning(
+                "workflow %s could not be handed back (%s): it is resumed once its lease "
+                "expires, within %s s",
+                instance_id,
+                failed,
+                self.claim_ttl.total_seconds(),
+                extra={"action": "workflow.not_handed_back", "workflow_id": instance_id},
+            )
 
-    async def _bounded(self, release: Coroutine[Any, Any, Any]) -> None:
+    async def _bounded(self, release: Coroutine[Any, Any, Any]) -> str | None:
         """Run a best-effort release of a lease: errors are ignored, a cancellation of the
         caller does not interrupt it, and it is given up after :data:`RELEASE_TIMEOUT` seconds
-        (at most the lease's duration: after that the lease has expired anyway)."""
+        (at most the lease's duration: after that the lease has expired anyway). Returns why
+        it was not done (None: done)."""
         task = asyncio.ensure_future(release)
         task.add_done_callback(_retrieve)
         timeout = min(self.claim_ttl.total_seconds(), RELEASE_TIMEOUT)
         asyncio.get_running_loop().call_later(timeout, task.cancel)
-        with contextlib.suppress(DurableError, asyncio.CancelledError):
+        try:
             await asyncio.shield(task)
+        except DurableError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        except asyncio.CancelledError:
+            return "given up" if task.cancelled() else None  # (else: the caller's cancellation)
+        return None
 
     async def _hand_back(
         self, instance_id: str, outage: BackendUnavailableError, *, begun: bool = True
