@@ -393,8 +393,13 @@ class SQLAlchemyBackend(
             if table is not None and table.startswith(PREFIX):  # dropped, or never created
                 return migrate.missing_tables(url, f" (no table {table})")
             if self._unavailable(exc):
+                reason = first_line(exc.orig)
+                if _refuses_writes(exc, reason):  # reachable: it takes no writes now
+                    return BackendUnavailableError(
+                        f"the database at {url} takes no writes now, so cannot {doing}: {reason}"
+                    )
                 return BackendUnavailableError(
-                    f"cannot reach the database at {url} to {doing}: {first_line(exc.orig)}"
+                    f"cannot reach the database at {url} to {doing}: {reason}"
                 )
             return BackendError(
                 f"database error at {url} while trying to {doing}: {first_line(exc.orig)}"
@@ -449,6 +454,15 @@ class SQLAlchemyBackend(
         self._build_message_statements()
         self._build_output_statements()
         self._build_debounce_statements()
+
+
+def _refuses_writes(exc: sa.exc.DBAPIError, reason: str) -> bool:
+    """Whether ``exc``, which says the database is unavailable, is a database that answers but
+    takes no writes (read-only, its disk full), not one that cannot be reached."""
+    if getattr(exc.orig, "sqlstate", None) == PG_READ_ONLY:
+        return True
+    lowered = reason.lower()
+    return "disk is full" in lowered or "no space left" in lowered or "read-only" in lowered
 
 
 class _Translating:
