@@ -643,6 +643,8 @@ class StepGuard:
             with ctx.checkpoint():
                 backend.record_step_blocking(ctx.workflow_id, record, worker_id=ctx.executor_id)
         except ClaimLostError as exc:
+            if ctx.lease_lost is not None:  # known lost: nothing to renew (the loop may be gone)
+                raise
             ctx.block_on(ctx.renew_lapsed(exc))
             with ctx.checkpoint():
                 backend.record_step_blocking(ctx.workflow_id, record, worker_id=ctx.executor_id)

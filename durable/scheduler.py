@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from durable.backends.base import PersistentBackend
@@ -37,11 +38,21 @@ class Scheduler:
 
     :param registry: the workflows whose schedules it fires, and where it finds their retry
         policies and timeouts. None: every schedule, by the workflow's name (no policy).
+    :param serves: of those, which it fires now: a worker's scheduler fires only the
+        schedules whose workflow and queue the worker claims (:attr:`Worker.names`, its
+        ``queues``). None: all of them.
     """
 
-    def __init__(self, backend: PersistentBackend, registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        backend: PersistentBackend,
+        registry: Registry | None = None,
+        *,
+        serves: Callable[[str, str], bool] | None = None,
+    ) -> None:
         self.backend = backend
         self.registry = registry
+        self.serves = serves
         self.fired = 0
         """How many executions this scheduler enqueued."""
         # due schedules it left last time (another registry's workflow, or unreadable): they
@@ -49,7 +60,9 @@ class Scheduler:
         self._left: set[str] = set()
 
     def _serves(self, schedule: ScheduleInfo) -> bool:
-        return self.registry is None or schedule.workflow in self.registry
+        if self.registry is not None and schedule.workflow not in self.registry:
+            return False
+        return self.serves is None or self.serves(schedule.workflow, schedule.queue)
 
     async def run_once(self) -> datetime | None:
         """Fire every due schedule of the workflows it serves once. Returns the earliest next

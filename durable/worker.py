@@ -188,7 +188,7 @@ class Worker:
         self._releasing: set[asyncio.Task[None]] = set()  # reserved claims being handed back
         self.completed = 0
         """How many executions this worker ran to an end (any outcome)."""
-        self.scheduler = Scheduler(runtime.backend, runtime.registry)
+        self.scheduler = Scheduler(runtime.backend, runtime.registry, serves=self._serves)
         """Fires the due cron schedules while the worker runs (every worker runs one; the
         store makes each tick run once however many do)."""
         self._scheduler_task: asyncio.Task[None] | None = None
@@ -201,6 +201,11 @@ class Worker:
             f"Worker(executor_id={self.runtime.executor_id!r}, concurrency={self.concurrency}, "
             f"running={len(self._running)})"
         )
+
+    def _serves(self, workflow: str, queue: str) -> bool:
+        """Whether this worker claims executions of ``workflow`` in ``queue`` (its
+        scheduler fires only such schedules)."""
+        return (self.queues is None or queue in self.queues) and workflow in self.names
 
     @property
     def names(self) -> list[str]:

@@ -524,6 +524,42 @@ async def test_a_schedule_fires_only_where_its_workflow_is_served() -> None:
         assert by_name["by-hand"].next_run_at == utc(2030, 1, 1, 2)
 
 
+async def test_a_workers_scheduler_fires_only_what_the_worker_claims() -> None:
+    """A worker that claims some of its registry's workflows (``names=``, a workflow disabled
+    here) or some queues fires only those schedules: the others' ticks were enqueued for no
+    worker, piling up until one came."""
+    registry = durable.Registry()
+
+    @durable.scheduled("0 * * * *", registry=registry)
+    @durable.workflow(name="test.schedules.claimed.v1", registry=registry)
+    async def claimed(*, scheduled_at: str) -> None: ...
+
+    @durable.scheduled("0 * * * *", registry=registry)
+    @durable.workflow(name="test.schedules.other.v1", registry=registry)
+    async def other(*, scheduled_at: str) -> None: ...
+
+    clock = Clock(utc(2030, 1, 1, 0, 59, 50))
+    backend = durable.InMemoryBackend(clock=clock)
+
+    def ticks() -> list[str]:
+        return sorted(w.name for w in backend._workflows.values())
+
+    async with durable.Runtime(backend, registry=registry, recover=False) as rt:
+        only = await rt.start_worker(names=["test.schedules.claimed.v1"], poll_interval=60)
+        elsewhere = await rt.start_worker(queues=["elsewhere"], poll_interval=60)
+        clock.now = utc(2030, 1, 1, 1, 0, 5)
+        await elsewhere.scheduler.run_once()  # its queue is none of theirs
+        assert ticks() == []
+        await only.scheduler.run_once()
+        assert ticks() == ["test.schedules.claimed.v1"]
+        registry.disable("test.schedules.claimed.v1")
+        clock.now = utc(2030, 1, 1, 2, 0, 5)
+        await only.scheduler.run_once()
+        assert ticks() == ["test.schedules.claimed.v1"]  # disabled here: not fired
+        await only.stop()
+        await elsewhere.stop()
+
+
 async def test_schedules_left_to_others_do_not_keep_a_scheduler_from_its_own() -> None:
     """Schedules that a scheduler leaves (no workflow of its) stay due, so they come first in
     every look: more of them than a look reads must not keep its own schedule from firing."""

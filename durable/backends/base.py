@@ -698,9 +698,11 @@ class PersistentBackend(ABC):
         every other step is kept, and completed steps will not run again. A deadline that has
         passed (by the lease clock) is dropped: it would cancel the execution again at once.
         A cancelled workflow's descendants that its cancel cancelled with it
-        (:meth:`cancel_workflow` stamps them with its ``completed_at``) are run again the same
-        way, in the same transaction, so that the workflow can await its children again; a
-        descendant cancelled by itself stays cancelled.
+        (:meth:`cancel_workflow` stamps them with its ``completed_at``) and that had started,
+        or that their parent awaits (a pending step with their id as ``child_workflow_id``),
+        are run again the same way, in the same transaction, so that the workflow can await its
+        children again; a descendant cancelled by itself stays cancelled, and so does one that
+        never started nor is awaited (its due time is not kept: it would run at once).
 
         :raises WorkflowNotFoundError: no such workflow.
         :raises InvalidArgumentError: the workflow is not failed, dead-lettered or cancelled

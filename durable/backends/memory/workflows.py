@@ -205,16 +205,26 @@ class Workflows(MemoryCore):
             now = self.clock()
             stored = self._requeue_one(current, now)
             if current.status is WorkflowStatus.CANCELLED:
-                # the descendants its cancel cancelled (stamped with the same time) go on too
+                # the descendants its cancel cancelled (stamped with the same time) go on too,
+                # those that had started or that their parent awaits (a delayed one that never
+                # started would run now, not when it was due: it stays cancelled)
                 for child in self._descendants(instance_id):
                     found = self._workflows[child]
                     if (
                         found.status is WorkflowStatus.CANCELLED
                         and found.completed_at == current.completed_at
+                        and (found.started_at is not None or self._awaited(found))
                     ):
                         self._requeue_one(found, now)
         self.notify_work()
         return self._load_info(stored, lenient=True)
+
+    def _awaited(self, child: WorkflowInfo) -> bool:
+        """Whether ``child``'s parent has a pending step awaiting it (a child workflow)."""
+        steps = self._steps.get(child.parent_id or "", {}).values()
+        return any(
+            s.child_workflow_id == child.id and s.status is StepStatus.PENDING for s in steps
+        )
 
     def _requeue_one(self, current: WorkflowInfo, now: datetime) -> WorkflowInfo:
         """Make one failed, dead-lettered or cancelled workflow pending again, with a new task

@@ -298,13 +298,21 @@ class WorkflowRecords(SQLCore):
                     "dead-lettered or cancelled workflows can be run again"
                 )
             if before.status == WorkflowStatus.CANCELLED.value:
-                # the descendants its cancel cancelled (stamped with the same time) go on too
+                # the descendants its cancel cancelled (stamped with the same time) go on too,
+                # those that had started or that their parent awaits (a delayed one that never
+                # started would run now, not when it was due: it stays cancelled)
+                awaited = sa.exists().where(
+                    steps.c.workflow_id == workflows.c.parent_id,
+                    steps.c.child_workflow_id == workflows.c.id,
+                    steps.c.status == StepStatus.PENDING.value,
+                )
                 for page in self._descendant_pages(conn, instance_id):
                     for child in conn.execute(
                         sa.select(workflows.c.id).where(
                             workflows.c.id.in_(page),
                             workflows.c.status == WorkflowStatus.CANCELLED.value,
                             workflows.c.completed_at == before.completed_at,
+                            sa.or_(workflows.c.started_at.isnot(None), awaited),
                         )
                     ).scalars():
                         self._requeue_one(conn, child, now)

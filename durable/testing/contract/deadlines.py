@@ -179,12 +179,19 @@ class DeadlineContract(ContractBase):
         self, backend: PersistentBackend
     ) -> None:
         """A cancelled workflow run again can await its children again: the descendants its
-        cancel cancelled are run again with it; one cancelled by itself before stays so."""
+        cancel cancelled are run again with it, those that had started or that their parent
+        awaits. One cancelled by itself before stays cancelled, and so does one that never
+        started nor is awaited (an execution enqueued with a delay: run again now, it would run
+        before it was due)."""
         await running(backend, "p", "w1")
+        await backend.record_step(
+            "p", step(0, status=StepStatus.PENDING, child_workflow_id="p/3"), worker_id="w1"
+        )
         await running(backend, "p/0", "w2", parent_id="p")
-        await create(backend, "p/0/0", parent_id="p/0")
-        await create(backend, "p/1", parent_id="p")
+        await create(backend, "p/0/0", parent_id="p/0")  # enqueued by p/0, not started
+        await create(backend, "p/1", parent_id="p")  # enqueued by p, not started
         await create(backend, "p/2", parent_id="p")
+        await create(backend, "p/3", parent_id="p")  # p's child, awaited, not started yet
         await create(backend, "other", parent_id="elsewhere")
         await backend.cancel_workflow("p/2")  # by itself, before
         await backend.cancel_workflow("other")
@@ -192,12 +199,12 @@ class DeadlineContract(ContractBase):
         await backend.cancel_workflow("p", error=ErrorInfo(type="m.Reason", message="stop"))
         info = await backend.requeue_workflow("p")
         assert info.status is WorkflowStatus.PENDING and info.error is None
-        for child in ("p/0", "p/0/0", "p/1"):
+        for child in ("p/0", "p/3"):
             got = await backend.get_workflow(child)
             assert got.status is WorkflowStatus.PENDING, child
             assert (got.error, got.completed_at, got.attempts) == (None, None, 0), child
             assert (await backend.get_task(child, W)).claimed_by is None, child
-        for kept in ("p/2", "other"):
+        for kept in ("p/2", "other", "p/0/0", "p/1"):
             assert (await backend.get_workflow(kept)).status is WorkflowStatus.CANCELLED
             with pytest.raises(TaskNotFoundError):
                 await backend.get_task(kept, W)
