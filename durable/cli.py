@@ -318,9 +318,9 @@ def worker(
     steps: other workers resume their executions once their leases expire.
 
     It logs to stderr what it serves when it starts, failed attempts and executions, and dead
-    letters (-v: everything it does). Exit status 1 when it cannot start (no workflow
-    registered, database unreachable) or when it stopped claiming on an unexpected error; it
-    keeps going through database outages.
+    letters (durable -v worker: everything it does). Exit status 1 when it cannot start (no
+    workflow registered, database unreachable) or when it stopped claiming on an unexpected
+    error; it keeps going through database outages.
     """
     if not logging.getLogger().handlers:  # no -v: durable's INFO and up, others' warnings
         log_to_stderr(logging.WARNING)

@@ -36,7 +36,7 @@ import click
 from durable.errors import DurableError, InvalidArgumentError, SerializationError
 from durable.models import WorkflowStatus
 from durable.serialization import UNREADABLE
-from durable.validation import INT32_MAX, MAX_DELAY_SECONDS, check_id, check_labels, in_utc
+from durable.validation import INT32_MAX, MAX_DELAY_SECONDS, check_id, check_label_filter, in_utc
 
 T = TypeVar("T")
 
@@ -344,14 +344,14 @@ def label_pairs(
     none), checked as the API checks labels. A malformed one is a usage error naming it."""
     if not values:
         return None
-    pairs: dict[str, str] = {}
+    pairs: list[tuple[str, str]] = []
     for value in values:
         key, sep, item = value.partition("=")
         if not sep:
             raise click.BadParameter(f"{value!r} is not key=value", ctx, param)
-        pairs[key] = item
+        pairs.append((key, item))
     try:
-        return check_labels(pairs, "--label")
+        return check_label_filter(pairs, "--label")
     except InvalidArgumentError as exc:
         raise click.BadParameter(str(exc), ctx, param) from None
 

@@ -364,6 +364,22 @@ MAX_LABELS = 32
 _LABEL_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-/")
 
 
+def check_label_filter(pairs: Iterable[tuple[str, str]], what: str) -> dict[str, str]:
+    """Label ``(key, value)`` pairs a listing must match all of (a CLI's repeated ``--label``,
+    the web view's ``label`` parameters), checked as :func:`check_labels`; a key given twice
+    with two values is refused (no execution carries both: the filter would match none, where
+    keeping the last value matched executions it should not)."""
+    found: dict[str, str] = {}
+    for key, item in pairs:
+        if found.get(key, item) != item:
+            raise InvalidArgumentError(
+                f"{what}: {key!r} is given twice, as {found[key]!r} and {item!r}: an execution "
+                "carries one value for a key"
+            )
+        found[key] = item
+    return check_labels(found, what)
+
+
 def check_labels(value: Any, what: str = "labels") -> dict[str, str]:
     """A workflow's labels as a new ``dict`` (None: no labels), else InvalidArgumentError naming
     the label. Keys are 1 to :data:`MAX_LABEL_KEY_LENGTH` characters of ``A-Z a-z 0-9 _ . - /``;

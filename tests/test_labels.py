@@ -155,6 +155,13 @@ def test_the_cli_filters_by_labels_and_shows_them(labelled: tuple[str, list[str]
     assert bad.exit_code == 2 and "is not key=value" in bad.output
     bad = CliRunner().invoke(main, ["workflows", "list", url, "--label", "a b=c"])
     assert bad.exit_code == 2 and "label key 'a b'" in bad.output
+    # one key with two values matches nothing: refused, rather than the last value kept (a
+    # cancel by such a filter cancelled executions that carry only the second one)
+    twice = ["--label", "customer=c-42", "--label", "customer=c-7", "--yes"]
+    bad = CliRunner().invoke(main, ["workflows", "cancel", url, *twice])
+    assert bad.exit_code == 2 and "'customer' is given twice" in bad.output, bad.output
+    again = ["workflows", "list", url, "--label", "tier=gold", "--label", "tier=gold", "--json"]
+    assert sorted(w["id"] for w in json.loads(durable_cli(*again))) == ["wf-0", "wf-1"]
     # bulk actions choose by labels too
     cancelled = durable_cli("workflows", "cancel", url, "--label", "tier=gold", "--yes")
     assert "wf-0" in cancelled and "wf-1" in cancelled and "wf-2" not in cancelled
@@ -178,6 +185,9 @@ def test_the_web_view_filters_by_label_and_shows_labels(labelled: tuple[str, lis
         assert row.findall(web.get(older.group(1).replace("&amp;", "&")).text) == ["wf-1"]
         bad = web.get("/workflows", params={"label": "nokey"})
         assert bad.status_code == 400 and "must be key=value" in bad.text
+        twice = [("label", "customer=c-42"), ("label", "customer=c-7")]
+        bad = web.get("/workflows", params=twice)
+        assert bad.status_code == 400 and "is given twice" in bad.text
         one = web.get("/workflows/wf-0").text
         assert 'id="labels"' in one and "customer=c-42" in one and "tier=gold" in one
         counts = web.get("/api/counts").json()["counts"]

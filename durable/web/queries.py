@@ -26,7 +26,7 @@ from durable.overview import COUNT_CAP as COUNT_CAP
 from durable.overview import QueueRow as QueueRow
 from durable.overview import queue_rows as queue_rows
 from durable.overview import status_counts as status_counts
-from durable.validation import check_labels, check_name, in_utc
+from durable.validation import check_label_filter, check_name, in_utc
 
 #: Rows read at most for one page when a queue filter drops rows.
 SCAN_BUDGET = 2000
@@ -109,7 +109,7 @@ def parse_labels(raw: list[str]) -> tuple[tuple[str, str], ...]:
 
     :raises InvalidArgumentError: one is not ``key=value``, or not a valid label (named).
     """
-    pairs: dict[str, str] = {}
+    pairs: list[tuple[str, str]] = []
     for text in raw:
         text = text.strip()
         if not text:
@@ -117,8 +117,8 @@ def parse_labels(raw: list[str]) -> tuple[tuple[str, str], ...]:
         key, sep, value = text.partition("=")
         if not sep:
             raise InvalidArgumentError(f"label filter {text!r} must be key=value")
-        pairs[key.strip()] = value.strip()
-    return tuple(sorted(check_labels(pairs, "label filter").items()))
+        pairs.append((key.strip(), value.strip()))
+    return tuple(sorted(check_label_filter(pairs, "label filter").items()))
 
 
 def parse_filters(
