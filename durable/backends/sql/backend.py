@@ -271,10 +271,9 @@ class SQLAlchemyBackend(
         )
         log.error("%s", self._file_lost, extra={"action": "backend.file_lost"})
 
-    def _refuse_if_file_lost(self, what: str) -> None:
-        """:meth:`_lose_file`'s refusal of ``what``, when the file was lost."""
-        if self._file_lost is not None:
-            raise BackendError(f"cannot {what}: {self._file_lost}")
+    def _file_lost_error(self, what: str) -> BackendError:
+        """The refusal of ``what`` once the file was lost (see :meth:`_lose_file`)."""
+        return BackendError(f"cannot {what}: {self._file_lost}")
 
     async def close(self) -> None:
         listeners = (self._listener, self._outputs_listener)
@@ -478,7 +477,7 @@ class _Translating:
     def __enter__(self) -> None:
         backend = self._backend
         if backend._file_lost is not None:
-            backend._refuse_if_file_lost(self._what or "run a query")
+            raise backend._file_lost_error(self._what or "run a query")
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

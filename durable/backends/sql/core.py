@@ -40,6 +40,7 @@ from durable.backends.sql.feed import NAMES
 from durable.backends.sql.runners import Runner
 from durable.backends.sql.schema import UTCDateTime, steps, tasks, workflow_labels, workflows
 from durable.errors import (
+    BackendError,
     ClaimLostError,
     DurableError,
     InvalidArgumentError,
@@ -130,7 +131,7 @@ class SQLCore(PersistentBackend):
 
         def _errors(self, what: str) -> contextlib.AbstractContextManager[None]: ...
 
-        def _refuse_if_file_lost(self, what: str) -> None: ...
+        def _file_lost_error(self, what: str) -> BackendError: ...
 
         def _translated(self, exc: Exception, doing: str) -> Exception: ...
 

@@ -321,7 +321,7 @@ class Execution(GroupedWrites):
                 instance_id, step, worker_id=worker_id, task_id=task_id
             )
         if self._file_lost is not None:
-            self._refuse_if_file_lost(_recording(instance_id, step))
+            raise self._file_lost_error(_recording(instance_id, step))
         params, clock = self._record_step_params(instance_id, step, worker_id, task_id)
         statement = self._record_step_direct
         assert statement is not None  # a blocking path implies a direct one
