@@ -88,6 +88,11 @@ class Rescheduled(Exception):
     """
 
 
+class HandedBack(Rescheduled):
+    """Internal: the attempt was handed back uncounted because the database could not be
+    reached (its ``__cause__``, a :class:`BackendUnavailableError`); not a failed attempt."""
+
+
 class ExecutionHost(Protocol):
     """What an execution needs from the runtime that runs it; :class:`durable.Runtime` is one.
 

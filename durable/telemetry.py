@@ -318,8 +318,6 @@ class Telemetry:
             yield span
         except BaseException as exc:
             outcome = next((v for k, v in outcomes.items() if isinstance(exc, k)), None)
-            if outcome is None and isinstance(exc.__cause__, BackendUnavailableError):
-                outcome = "handed_back"  # an outage ended it: handed back, not a failed attempt
             if outcome is not None:
                 self._set_attribute(span, "durable.outcome", outcome)
             else:

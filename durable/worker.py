@@ -54,10 +54,9 @@ from typing import Any, Protocol
 
 from durable import telemetry
 from durable.backends.base import PersistentBackend
-from durable.context import Rescheduled, WorkflowSuspended
+from durable.context import HandedBack, Rescheduled, WorkflowSuspended
 from durable.errors import (
     BackendError,
-    BackendUnavailableError,
     ClaimLostError,
     DurableError,
     WorkerCrashedError,
@@ -425,11 +424,11 @@ class Worker:
             level, action, how = logging.DEBUG, "worker.suspended", "waits for its steps"
         elif isinstance(exc, WorkflowCancelledError):
             level, action, how = logging.INFO, "worker.cancelled", "was cancelled"
-        elif isinstance(exc, Rescheduled) and isinstance(exc.__cause__, BackendUnavailableError):
+        elif isinstance(exc, HandedBack):
             # the runtime said so already, at WARNING, as it handed the attempt back
             level, action = logging.DEBUG, "worker.outage"
             how = "was handed back uncounted (the database could not be reached)"
-            cause = exc.__cause__
+            cause = exc.__cause__ or exc
         elif isinstance(exc, Rescheduled):
             action, how = "worker.retry", "failed an attempt; the next one is scheduled"
             cause = exc.__cause__ or exc

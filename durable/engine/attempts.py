@@ -15,7 +15,13 @@ from typing import Any, NoReturn, cast
 from durable import context as _context
 from durable import telemetry
 from durable.backends.base import deadline_error
-from durable.context import ExecutionContext, Rescheduled, StepGuard, WorkflowSuspended
+from durable.context import (
+    ExecutionContext,
+    HandedBack,
+    Rescheduled,
+    StepGuard,
+    WorkflowSuspended,
+)
 from durable.continuation import ContinueAsNew, WorkflowContinued
 from durable.engine.core import stored_arguments
 from durable.engine.leases import Leases
@@ -63,6 +69,7 @@ _SPAN_OUTCOMES: dict[type[BaseException], str] = {
     WorkflowContinued: "continued",
     ClaimLostError: "interrupted",
     asyncio.CancelledError: "handed_back",
+    HandedBack: "handed_back",  # an outage ended it, uncounted
     WorkflowCancelledError: "cancelled",  # by a cancel or a deadline: not a failed attempt
 }
 

@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
 from durable import identity
-from durable.context import ExecutionContext, Rescheduled
+from durable.context import ExecutionContext, HandedBack
 from durable.engine.core import RuntimeCore
 from durable.errors import (
     BackendUnavailableError,
@@ -322,7 +322,7 @@ class Leases(RuntimeCore):
             extra={"action": "workflow.outage", "workflow_id": instance_id},
         )
         await self._release_through_outage(instance_id, begun=begun)
-        raise Rescheduled(instance_id) from outage
+        raise HandedBack(instance_id) from outage
 
     async def _release_through_outage(self, instance_id: str, *, begun: bool = True) -> None:
         """Hand back an attempt that an outage ended, without counting it: due
