@@ -321,6 +321,13 @@ class NonRetryableError(DurableError):
     """The operation failed in a way that retrying cannot fix."""
 
 
+class TransactionEndedError(ConfigurationError, NonRetryableError):
+    """A ``@durable.transaction`` step's body ended the step's transaction itself (it called
+    ``commit()`` or ``rollback()`` on the connection): its writes and the step's record are no
+    longer one commit. Neither the step nor its workflow retries it: each attempt would commit
+    the body's writes again."""
+
+
 class DeadlineExceededError(DurableError):
     """The workflow passed its deadline (its ``timeout`` or ``deadline``) before it finished:
     it was cancelled, and this is recorded as its error."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
@@ -105,7 +105,8 @@ def _backend(conn: sa.Connection, using: Owner | None, what: str) -> PersistentB
         raise ConfigurationError(
             f"{what}: the connection is to another database ({theirs!r}) than durable's tables "
             f"({own!r}): an enqueue or send in your transaction is only atomic with it on the "
-            "same server and database"
+            "same server and database (on PostgreSQL, through a search_path that finds the "
+            "same durable_* tables)"
         )
     return backend
 
@@ -202,6 +203,10 @@ def enqueue_in(
     queue: str | None = None,
     timeout: float | timedelta | None = None,
     deadline: datetime | None = None,
+    labels: Mapping[str, str] | None = None,
+    partition_key: str | None = None,
+    debounce: float | timedelta | None = None,
+    debounce_key: str | None = None,
     **kwargs: Any,
 ) -> Coroutine[Any, Any, str]: ...
 @overload
@@ -219,6 +224,10 @@ def enqueue_in(
     queue: str | None = None,
     timeout: float | timedelta | None = None,
     deadline: datetime | None = None,
+    labels: Mapping[str, str] | None = None,
+    partition_key: str | None = None,
+    debounce: float | timedelta | None = None,
+    debounce_key: str | None = None,
     **kwargs: Any,
 ) -> str: ...
 def enqueue_in(
@@ -235,16 +244,20 @@ def enqueue_in(
     queue: str | None = None,
     timeout: float | timedelta | None = None,
     deadline: datetime | None = None,
+    labels: Mapping[str, str] | None = None,
+    partition_key: str | None = None,
+    debounce: float | timedelta | None = None,
+    debounce_key: str | None = None,
     **kwargs: Any,
 ) -> str | Coroutine[Any, Any, str]:
     """Record that a workflow must run, inside the caller's transaction on ``conn``, and
     return its id (a coroutine of it for async connections and sessions). The execution
     exists if and only if the caller's transaction commits.
 
-    The arguments are those of :meth:`durable.Client.enqueue`, with the same meaning and
-    idempotency (a second ``enqueue_in`` with the same ``idempotency_key`` or ``workflow_id``
-    creates nothing and returns the existing execution's id; so does one whose first
-    transaction committed meanwhile: it waits for it on PostgreSQL).
+    The arguments are those of :meth:`durable.Client.enqueue` (debouncing excepted), with the
+    same meaning and idempotency (a second ``enqueue_in`` with the same ``idempotency_key`` or
+    ``workflow_id`` creates nothing and returns the existing execution's id; so does one whose
+    first transaction committed meanwhile: it waits for it on PostgreSQL).
 
     :param conn: a ``Connection`` or ``Session`` (sync), an ``AsyncConnection`` or
         ``AsyncSession`` (async), in a transaction on the database holding durable's tables.
@@ -254,8 +267,9 @@ def enqueue_in(
         as JSON (durable's default serializer).
 
     :raises InvalidArgumentError: an argument of the wrong type or out of range, ``fn`` neither
-        a name nor a workflow, ``conn`` not a connection or session, or the id or key belongs to
-        another workflow (nothing is written).
+        a name nor a workflow, a decorated ``fn`` that cannot take the arguments, ``debounce``
+        given, ``conn`` not a connection or session, or the id or key belongs to another
+        workflow (nothing is written).
     :raises SerializationError: the arguments cannot be serialized (nothing is written).
     :raises ConfigurationError: ``using``'s backend cannot write in a caller's transaction (the
         memory backend), or ``conn`` is to another database.
@@ -271,9 +285,20 @@ def enqueue_in(
         queue=queue,
         timeout=timeout,
         deadline=deadline,
+        labels=labels,
+        partition_key=partition_key,
+        debounce=debounce,
+        debounce_key=debounce_key,
     )
     if not isinstance(fn, str | Workflow):
         raise not_a_workflow(fn)
+    if checked.debounce is not None:
+        raise InvalidArgumentError(
+            "durable.enqueue_in does not debounce (a debounced call changes an execution that "
+            "other transactions may be changing too): use Client.enqueue(..., debounce=...)"
+        )
+    if isinstance(fn, Workflow):
+        fn.check_arguments(args, kwargs)  # nothing is written if it cannot take them
     options = checked.options(fn)
     instance_id = workflow_id or str(uuid.uuid4())
     target = _wake_target(conn)

@@ -180,7 +180,10 @@ def test_clear_errors(db_url: str, tmp_path: Path) -> None:
             other.begin() as conn,
         ):
             durable.enqueue_in(conn, echo, "x", using=client)  # another database
-        with pytest.raises(durable.DurableError, match="durable_"), other.begin() as conn:
+        with (
+            pytest.raises(durable.SchemaVersionError, match="durable's tables are missing"),
+            other.begin() as conn,
+        ):
             durable.enqueue_in(conn, echo, "x")  # no durable tables there
         with pytest.raises(durable.InvalidArgumentError, match="belongs"), engine.begin() as conn:
             durable.enqueue_in(conn, echo, "y", idempotency_key="k1")
@@ -255,3 +258,84 @@ def test_concurrent_enqueues_of_one_key_make_one_execution(
         assert counts(engine) == (4, 1, 1)  # every producer's row, one execution, one task
     finally:
         engine.dispose()
+
+
+def test_the_options_of_client_enqueue_and_the_workflows_signature(db_url: str) -> None:
+    """``labels=`` and ``partition_key=`` were taken as the workflow's keyword arguments
+    (stored in its input, the execution without them), and a decorated workflow's signature
+    was not checked: the execution failed only when a worker ran it."""
+    engine = sa.create_engine(app_url(db_url))
+    try:
+        with durable.Client(db_url) as client:
+            with engine.begin() as conn:
+                wid = durable.enqueue_in(
+                    conn, echo, "o-1", labels={"customer": "c-42"}, partition_key="p1", using=client
+                )
+            [found] = client.list_workflows_sync(labels={"customer": "c-42"})
+            assert (found.id, found.partition_key) == (wid, "p1")
+            assert client.get_workflow_sync(wid).input == {"args": ["o-1"], "kwargs": {}}
+            with (
+                pytest.raises(durable.InvalidArgumentError, match="cannot take these arguments"),
+                engine.begin() as conn,
+            ):
+                durable.enqueue_in(conn, echo, "o-2", 3, foo=2)
+            with (
+                pytest.raises(durable.InvalidArgumentError, match="does not debounce"),
+                engine.begin() as conn,
+            ):
+                durable.enqueue_in(conn, echo, "o-3", debounce=5, debounce_key="k")
+        assert counts(engine)[1] == 1
+    finally:
+        engine.dispose()
+
+
+def test_a_database_of_another_schema_revision_is_refused_without_using(db_url: str) -> None:
+    """Without ``using=`` nothing had checked the revision: a database a newer durable had
+    migrated was written to, an older one failed on a missing column."""
+    engine = sa.create_engine(app_url(db_url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE durable_alembic_version SET version_num = '9999_newer'"))
+        with pytest.raises(durable.SchemaVersionError, match="newer durable"), engine.begin() as c:
+            durable.enqueue_in(c, echo, "o-1")
+        with pytest.raises(durable.SchemaVersionError, match="newer durable"), engine.begin() as c:
+            durable.send_in(c, "w-1", "go", 1)
+        assert counts(engine)[1] == 0
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_search_path_that_finds_durables_tables_is_the_same_database(pg_url: str) -> None:
+    """The application's tables in a schema of their own, first in its search_path: refused
+    as "another database" (its current_schema() differed), and an error without ``using=``
+    named the URL of durable's internal helper (``postgresql+psycopg://enqueue-in/unused``)."""
+    admin = sa.create_engine(pg_url)
+    with admin.begin() as conn:
+        conn.execute(sa.text("CREATE SCHEMA app"))
+        conn.execute(sa.text("CREATE TABLE app.orders (id text PRIMARY KEY)"))
+    admin.dispose()
+
+    def engine(search_path: str) -> sa.Engine:
+        return sa.create_engine(pg_url, connect_args={"options": f"-csearch_path={search_path}"})
+
+    both, app_only = engine("app,public"), engine("app")
+    try:
+        with durable.Client(pg_url) as client:
+            with both.begin() as conn:
+                conn.execute(sa.text("INSERT INTO orders VALUES ('o-1')"))  # app.orders
+                wid = durable.enqueue_in(conn, echo, "o-1", using=client)
+            assert client.get_workflow_sync(wid).status == durable.WorkflowStatus.PENDING
+            with (
+                pytest.raises(durable.ConfigurationError, match="search_path"),
+                app_only.begin() as conn,
+            ):
+                durable.enqueue_in(conn, echo, "o-2", using=client)
+            shown = sa.make_url(pg_url).render_as_string(hide_password=True)
+            with pytest.raises(durable.SchemaVersionError) as refused, app_only.begin() as conn:
+                durable.enqueue_in(conn, echo, "o-3")
+            assert "enqueue-in/unused" not in str(refused.value)
+            assert shown.split("://", 1)[1] in str(refused.value)
+    finally:
+        both.dispose()
+        app_only.dispose()

@@ -1113,6 +1113,43 @@ async def test_a_transactional_step_whose_connection_is_dropped_is_handed_back_u
     assert TX_RUNS[kind] == 2
 
 
+@durable.transaction(name="to.tx.plain", max_attempts=1)
+def plain_tx(conn: sa.Connection, x: int) -> int:
+    return int(conn.execute(sa.select(sa.literal(x) + 1)).scalar_one())
+
+
+@durable.workflow(name="to.tx.plain.v1", registry=REG)
+async def plain_tx_flow(x: int) -> int:
+    return await plain_tx.aio(x)
+
+
+def test_the_callers_database_is_durables_across_a_server_restart(
+    outage_cluster: Cluster, outage_url: str
+) -> None:
+    """PostgreSQL's identity of a database held the server's start time: after a restart,
+    every ``enqueue_in(..., using=)`` was refused as "another database" until the process
+    restarted, and a ``@durable.transaction(engine=)`` engine first used after it failed its
+    step (dead-lettered)."""
+    app = sa.create_engine(outage_url)
+    try:
+        with durable.Runtime(durable.connect(outage_url), registry=REG, recover=False) as rt:
+            with app.begin() as conn:
+                before = durable.enqueue_in(conn, "to.none.v1", 1, using=rt)
+            outage_cluster.ctl("restart")
+            outage_cluster.wait_running()
+            app.dispose()  # its pooled connections died with the server
+            with app.begin() as conn:
+                after = durable.enqueue_in(conn, "to.none.v1", 2, using=rt)
+            assert {i.id for i in rt.client.list_workflows_sync()} == {before, after}
+            plain_tx.engine = app  # first used now, after the restart
+            rt.start_worker_sync(concurrency=1, poll_interval=0.05)
+            wid = rt.client.enqueue_sync(plain_tx_flow, 1, max_attempts=1)
+            assert rt.client.result_sync(wid, timeout=WAIT) == 2
+    finally:
+        plain_tx.engine = None
+        app.dispose()
+
+
 # -- waits of a client through a restart ---------------------------------------------------------
 
 

@@ -209,6 +209,65 @@ async def test_a_body_that_ends_its_transaction_and_goes_on_is_not_retried(
     assert CALLS == ["g"] and ledger(backend_url) == ["g"]
 
 
+@durable.workflow(
+    name="test.tx.commits_uncaught", retry=durable.RetryPolicy(max_attempts=3, initial_delay=0.01)
+)
+async def commits_uncaught(entry: str, use_async: bool) -> str:
+    if use_async:
+        return await commits_itself_async(entry)
+    return await commits_itself.aio(entry)
+
+
+async def test_a_body_that_ends_its_transaction_fails_its_workflow_at_once(
+    backend_url: str,
+) -> None:
+    """The refusal is not retried by the workflow either: with the workflow's default three
+    attempts, the body ran (and committed its row) three times before it was dead-lettered."""
+    if backend_url == "memory://":
+        pytest.skip("refused: see the sync test")
+    create_ledger(backend_url)
+    use_async = not backend_url.startswith("sqlite:")
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        with pytest.raises(durable.TransactionEndedError, match="ended its transaction"):
+            await rt.run(commits_uncaught, "u", use_async, workflow_id="w-uncaught")
+        info = await rt.client.get_workflow("w-uncaught")
+    assert (info.status, info.attempts) == (durable.WorkflowStatus.FAILED, 1)
+    assert len(ledger(backend_url)) <= 1  # the rollback's variant wrote none
+
+
+@durable.transaction(name="test.tx.swallows", max_attempts=2, initial_delay=0.01)
+def swallows(conn: sa.Connection, entry: str) -> str:
+    CALLS.append(entry)
+    conn.execute(LEDGER.insert().values(entry=entry))
+    try:
+        conn.execute(LEDGER.insert().values(id=-1, entry=entry))  # the second one clashes
+        conn.execute(LEDGER.insert().values(id=-1, entry=entry))
+    except sa.exc.IntegrityError:
+        return "swallowed"  # without a savepoint: PostgreSQL aborted the transaction
+    return "not reached"
+
+
+@durable.workflow(name="test.tx.swallows_flow")
+async def swallows_flow(entry: str) -> str:
+    try:
+        return await swallows.aio(entry)
+    except durable.ConfigurationError as exc:
+        return str(exc)
+
+
+async def test_a_body_that_swallows_an_error_postgres_aborted_is_told_to_use_a_savepoint(
+    pg_url: str,
+) -> None:
+    """The record then failed on the aborted transaction, which the worker logged as the
+    database interrupting the attempt, and nothing told the user why."""
+    create_ledger(pg_url)
+    async with durable.Runtime(durable.connect(pg_url), recover=False) as rt:
+        said = await rt.run(swallows_flow, "s", workflow_id="w-swallows")
+    assert "conn.begin_nested()" in said and "aborted" in said
+    assert CALLS[:1] == ["s"]
+    assert ledger(pg_url) == []
+
+
 async def test_an_async_body_on_a_sync_driver_is_refused_clearly(sqlite_url: str) -> None:
     create_ledger(sqlite_url)
     async with durable.Runtime(durable.connect(sqlite_url), recover=False) as rt:

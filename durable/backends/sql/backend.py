@@ -230,9 +230,6 @@ class SQLAlchemyBackend(
             )
             with self._errors("check the database server"):
                 await self._runner.check_sessions()
-            # read now, so that a check of a caller's connection against it (enqueue_in on a
-            # sync connection, also from async code, where nothing may block) needs no query
-            await self.own_database_identity()
             # reads settle it at head (every start but the first after an upgrade), and the
             # check without auto_migrate, without the write lock, which another process may
             # hold for a while on SQLite
@@ -243,6 +240,10 @@ class SQLAlchemyBackend(
                 != migrate.head_revision()
             ):
                 await self._migrating(migrate.upgrade, what="migrate")
+            # read now, so that a check of a caller's connection against it (enqueue_in on a
+            # sync connection, also from async code, where nothing may block) needs no query;
+            # after the migration: on PostgreSQL it names the schema durable's tables are in
+            await self.own_database_identity()
             if self.dialect.name == "sqlite":
                 await self._start_checkpointer()
             self._loop = asyncio.get_running_loop()
@@ -371,17 +372,19 @@ class SQLAlchemyBackend(
                     await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _errors(self, what: str) -> _Translating:
+    def _errors(self, what: str, *, url: str | None = None) -> _Translating:
         """Turn driver and SQLAlchemy errors raised inside into durable's, naming ``what`` was
         being done: :class:`BackendUnavailableError` when the database cannot be reached (it
         refuses or drops connections, is starting up or shutting down, has too many clients, or
         no pooled connection came free in time), :class:`BackendError` for any other failure.
-        Nothing else escapes, so callers that retry on ``DurableError`` survive an outage."""
-        return _Translating(self, what)
+        Nothing else escapes, so callers that retry on ``DurableError`` survive an outage.
+        ``url``: the database the errors name (default: this backend's; a caller's connection
+        is another engine's)."""
+        return _Translating(self, what, url)
 
-    def _translated(self, exc: Exception, doing: str) -> Exception:
+    def _translated(self, exc: Exception, doing: str, url: str | None = None) -> Exception:
         """The durable error for ``exc`` (see :meth:`_errors`)."""
-        url = self._shown_url
+        url = url or self._shown_url
         dbapi_error = self.engine.dialect.loaded_dbapi.Error
         if isinstance(exc, dbapi_error):  # a driver error nobody wrapped: as SQLAlchemy would
             exc = sa.exc.DBAPIError.instance(
@@ -468,11 +471,12 @@ class _Translating:
     """The context manager of :meth:`SQLAlchemyBackend._errors` (a class: every hot-path
     statement enters one, and a generator-based one costs several times more)."""
 
-    __slots__ = ("_backend", "_what")
+    __slots__ = ("_backend", "_url", "_what")
 
-    def __init__(self, backend: SQLAlchemyBackend, what: str) -> None:
+    def __init__(self, backend: SQLAlchemyBackend, what: str, url: str | None = None) -> None:
         self._backend = backend
         self._what = what
+        self._url = url
 
     def __enter__(self) -> None:
         backend = self._backend
@@ -486,4 +490,4 @@ class _Translating:
             return
         backend = self._backend
         if isinstance(exc, (sa.exc.SQLAlchemyError, backend.engine.dialect.loaded_dbapi.Error)):
-            raise backend._translated(exc, self._what or "run a query") from exc
+            raise backend._translated(exc, self._what or "run a query", self._url) from exc

@@ -59,7 +59,7 @@ from durable.backends.sql.locking import (
     SQLiteLockHeld,
     is_sqlite_busy,
 )
-from durable.backends.sql.schema import UTCDateTime, steps
+from durable.backends.sql.schema import PREFIX, UTCDateTime, steps
 from durable.backends.sql.stale import discard_stale_at_checkout
 from durable.backends.sql.urls import shown_url
 from durable.errors import ConfigurationError
@@ -403,14 +403,17 @@ class PostgresDialect(SQLDialect):
         return found.group(1) if found else None
 
     def database_identity(self) -> sa.Select[Any]:
-        # the database's name, the server's port and the time its postmaster started (to the
-        # microsecond): another server or another database of the same server differs; and the
-        # schema unqualified names resolve in (where durable's tables are found)
+        # the database's name; the schema in which the connection's search_path finds
+        # durable's tables (NULL: none), which need not be its first; and the server's cluster
+        # (its system identifier, set once by initdb: the same across restarts, another for
+        # another server)
+        schema = (
+            "(SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
+            f" ON n.oid = c.relnamespace WHERE c.oid = to_regclass('{PREFIX}workflows'))"
+        )
+        cluster = "(SELECT system_identifier FROM pg_catalog.pg_control_system())"
         return sa.select(
-            sa.func.current_database(),
-            sa.func.current_schema(),
-            sa.func.inet_server_port(),
-            sa.cast(sa.func.pg_postmaster_start_time(), sa.Text()),
+            sa.func.current_database(), sa.literal_column(schema), sa.literal_column(cluster)
         )
 
 

@@ -22,12 +22,13 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from durable.backends.sql import migrate
 from durable.backends.sql.core import Creation, SQLCore
 from durable.backends.sql.dialects import mysql_thread_engine
 from durable.backends.sql.direct import CompiledStatement
 from durable.backends.sql.runners import AsyncRunner, InlineRunner
 from durable.backends.sql.urls import shown_url
-from durable.errors import ConfigurationError, DurableError
+from durable.errors import ConfigurationError, DurableError, TransactionEndedError
 from durable.models import WORKFLOW_TASK, StepRecord, TaskSpec, WorkflowInfo, WorkflowSnapshot
 
 T = TypeVar("T")
@@ -121,6 +122,8 @@ class Transactions(SQLCore):
                 raise _body_failed(exc, conn) from None
             if not conn.in_transaction():
                 raise _ended_by_body()
+            if _aborted(conn.connection.driver_connection):
+                raise _aborted_in_body()
             self._write_record(conn, instance_id, made, worker_id, task_id)
             return made
 
@@ -279,7 +282,8 @@ class Transactions(SQLCore):
             raise ConfigurationError(
                 f"the engine given to @durable.transaction is connected to another database "
                 f"({theirs!r}) than durable's tables ({own!r}): the step's writes and its "
-                "checkpoint are only one commit on the same server and database"
+                "checkpoint are only one commit on the same server and database (on "
+                "PostgreSQL, through a search_path that finds the same durable_* tables)"
             )
         checked.add(engine)
 
@@ -292,8 +296,8 @@ class Transactions(SQLCore):
         self, connection: Any, batch: Sequence[tuple[WorkflowSnapshot, TaskSpec | None]]
     ) -> list[tuple[WorkflowInfo, bool]]:
         fn, _with_tasks = self._creation(batch)  # every value checked before anything runs
-        with self._errors("enqueue in the caller's transaction"):
-            conn = self._caller(connection)
+        with self._errors("enqueue in the caller's transaction", url=_caller_url(connection)):
+            conn = self._caller(connection, schema=True)
             self.dialect.lock_for_writing(conn)
             if self.dialect.name != "mysql":  # SQLite holds its write lock; PostgreSQL skips
                 return fn(conn)
@@ -322,15 +326,16 @@ class Transactions(SQLCore):
         text = self.serializer.dumps(value)  # before anything is written
         fn = self._sending(instance_id, topic, text, idempotency_key)
         with self._errors(
-            f"send a message to workflow {instance_id!r} in the caller's transaction"
+            f"send a message to workflow {instance_id!r} in the caller's transaction",
+            url=_caller_url(connection),
         ):
-            conn = self._caller(connection)
+            conn = self._caller(connection, schema=True)
             self.dialect.lock_for_writing(conn)
             stored, _woken = fn(conn)
         return stored
 
     def database_identity(self, connection: Any) -> tuple[Any, ...]:
-        with self._errors("identify the caller's database"):
+        with self._errors("identify the caller's database", url=_caller_url(connection)):
             row = self._caller(connection).execute(self.dialect.database_identity()).one()
         return self.dialect.identity_of(tuple(row))
 
@@ -357,9 +362,14 @@ class Transactions(SQLCore):
         )
         return self.dialect.identity_of(row)
 
-    def _caller(self, connection: Any) -> sa.Connection:
+    def _caller(self, connection: Any, *, schema: bool = False) -> sa.Connection:
         """The caller's connection, checked: a sync SQLAlchemy ``Connection`` to a database of
-        this backend's kind."""
+        this backend's kind; with ``schema``, whose durable tables are at this code's revision
+        (checked once per engine: a producer that only writes in its own transactions never
+        starts a backend, which is where the revision is otherwise checked).
+
+        :raises SchemaVersionError: they are missing, out of date, or from a newer durable.
+        """
         if not isinstance(connection, sa.Connection):
             raise ConfigurationError(
                 "expected a SQLAlchemy Connection in a transaction, got "
@@ -372,7 +382,20 @@ class Transactions(SQLCore):
                 f"{self.dialect.name} database: the caller's transaction must be on durable's "
                 "own database"
             )
+        if schema:
+            checked: weakref.WeakSet[Any] = self.__dict__.setdefault(
+                "_schema_checked", weakref.WeakSet()
+            )
+            if connection.engine not in checked:
+                migrate.check(connection)
+                checked.add(connection.engine)
         return self.dialect.connection(connection)  # MySQL: what it lacks, emulated
+
+
+def _caller_url(connection: Any) -> str | None:
+    """The URL of the caller's connection, as errors show it (None: not a connection)."""
+    engine = getattr(connection, "engine", None)
+    return shown_url(engine.url) if isinstance(engine, sa.Engine) else None
 
 
 def _ended_by_body(raised: BaseException | None = None) -> _BodyFailed:
@@ -381,15 +404,38 @@ def _ended_by_body(raised: BaseException | None = None) -> _BodyFailed:
     record went into a new transaction that nothing committed, so the step ran again after a
     crash, its writes twice). Also when the body then failed (``raised``: typically
     SQLAlchemy's refusal of the closed transaction's next statement): retried, each attempt
-    would commit its writes again. It carries the ConfigurationError that says so (not
-    retried)."""
-    error = ConfigurationError(
+    would commit its writes again. It carries the TransactionEndedError that says so
+    (retried neither by the step nor by its workflow)."""
+    error = TransactionEndedError(
         "a @durable.transaction step's body ended its transaction (it called commit() "
         "or rollback() on the connection): durable commits it, with the step's record, "
         "when the body returns; use conn.begin_nested() for a part that may fail"
     )
     error.__cause__ = raised
     return _BodyFailed(error)
+
+
+def _aborted(raw: Any) -> bool:
+    """Whether the driver's connection ``raw`` is in a transaction that a failed statement
+    aborted (PostgreSQL refuses every statement after it until a rollback)."""
+    if isinstance(raw, psycopg.Connection | psycopg.AsyncConnection):
+        return raw.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+    return False
+
+
+def _aborted_in_body() -> _BodyFailed:
+    """What refuses a body that returned in a transaction one of its statements aborted: the
+    body caught the statement's error and went on, but PostgreSQL refuses the step's record
+    (and anything else) in that transaction. A failure of the body: nothing of its transaction
+    is committed."""
+    return _BodyFailed(
+        ConfigurationError(
+            "a @durable.transaction step's body caught a database error and returned, but the "
+            "error aborted the step's transaction (PostgreSQL refuses every statement after it), "
+            "so neither its writes nor the step's record can be committed: run the statement "
+            "that may fail in conn.begin_nested() (a savepoint), which undoes it alone"
+        )
+    )
 
 
 def _in_transaction(engine: sa.Engine, fn: Callable[[sa.Connection], T]) -> T:
@@ -434,9 +480,11 @@ async def _async_body(
         raise _body_failed(exc, conn) from None
     if not conn.in_transaction():
         raise _ended_by_body()
+    raw = (await conn.get_raw_connection()).driver_connection
+    if _aborted(raw):
+        raise _aborted_in_body()
     params, write, explain = backend._record_step_call(instance_id, made, worker_id, task_id)
     direct = backend._record_step_direct
-    raw = (await conn.get_raw_connection()).driver_connection if direct is not None else None
     if direct is not None and isinstance(raw, psycopg.AsyncConnection):
         # the prepared hot-path statement, on the driver's connection, in this transaction
         cursor = await raw.execute(direct.sql, direct.params(params), prepare=True)
