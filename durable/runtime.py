@@ -207,6 +207,7 @@ class Runtime(Operations, Serving):
         self._locks = KeyedLock()
         self._workers: list[Worker] = []
         self._background: set[asyncio.Task[Any]] = set()
+        self.recovering = set()
         self._node_heartbeats_task: asyncio.Task[Any] | None = None
         self._watchdog: LoopWatchdog | None = None
         self._incarnation = ""

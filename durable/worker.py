@@ -115,6 +115,8 @@ class WorkerHost(Protocol):
     def claim_ttl(self) -> timedelta: ...
     @property
     def client(self) -> WorkflowReader: ...
+    @property
+    def recovering(self) -> set[asyncio.Task[Any]]: ...
 
     def _worker_died(self, worker: Worker) -> None: ...
     async def claim_work(
@@ -464,7 +466,8 @@ class Worker:
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop claiming, give running executions ``grace`` seconds to finish, then interrupt
-        the rest and hand them back at once.
+        the rest and hand them back at once. The executions its runtime's recovery resumed
+        are running ones too.
 
         :raises InvalidArgumentError: ``grace`` is negative or not finite."""
         check_non_negative_float(grace, "grace")
@@ -477,8 +480,9 @@ class Worker:
             self._hand_back(self._reserve.popleft()[0])
         if self._releasing:
             await asyncio.wait(set(self._releasing), timeout=max(grace, 1.0))
-        if self._running:
-            _done, pending = await asyncio.wait(set(self._running), timeout=grace)
+        running = self._running | self.runtime.recovering
+        if running:
+            _done, pending = await asyncio.wait(running, timeout=grace)
             for task in pending:
                 task.cancel()
             if pending:

@@ -796,6 +796,39 @@ async def test_recovery_resumes_started_work_and_leaves_fresh_work_to_workers(
         assert (await rt.get_workflow(started)).executor_id == "producer"
 
 
+@durable.workflow(name="tests.passes_gate.v1")
+async def passes_gate() -> str:
+    return await wait_gate()
+
+
+@pytest.mark.parametrize("finishes", [True, False], ids=["finishes", "handed-back"])
+async def test_a_workers_graceful_stop_covers_what_recovery_resumed(
+    backend_url: str, finishes: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The executions recovery resumed ran beside the worker's, but its stop neither waited for
+    them (the runtime's close cancelled them at once, their grace ignored) nor counted them in
+    what it handed back."""
+    caplog.set_level(logging.INFO, logger="durable.worker")
+    backend = durable.connect(backend_url)
+    async with durable.Runtime(backend, recover=False, executor_id="heir") as rt:
+        wid = await rt.enqueue(passes_gate)
+        await backend.claim_task(wid, WORKFLOW_TASK, "dead", timedelta(seconds=0.2))
+        await backend.begin_execution(wid, "dead")
+        await asyncio.sleep(0.3)
+        worker = await rt.start_worker(concurrency=1, poll_interval=0.05)
+        assert await rt.recover() == [wid]
+        await asyncio.wait_for(entered.wait(), 10)
+        if finishes:
+            asyncio.get_running_loop().call_later(0.2, gate.set)
+        await worker.stop(grace=10.0 if finishes else 0.1)
+        info = await rt.get_workflow(wid)
+    if finishes:
+        assert info.status is WorkflowStatus.SUCCEEDED and info.output == "opened"
+    else:
+        assert info.status is WorkflowStatus.PENDING
+        assert "handed back 1 unfinished execution(s)" in caplog.text
+
+
 @durable.workflow(name="tests.fails_at_gate.v1")
 async def fails_at_gate() -> None:
     calls["fails_at_gate"] += 1

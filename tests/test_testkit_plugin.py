@@ -256,3 +256,59 @@ def test_no_clash_with_durables_own_fixtures(request: pytest.FixtureRequest) -> 
         assert defs is not None and [d.func.__module__ for d in defs] == [
             "durable.testing.plugin"
         ], name  # the plugin's only: tests/conftest.py defines none of these
+
+
+APP_TESTS = """
+from datetime import timedelta
+
+import pytest
+from fastapi import Depends, FastAPI
+from starlette.testclient import TestClient
+
+import durable
+from durable.integrations.starlette import durable_lifespan, get_runtime
+
+
+@durable.workflow(name="user.app.sleeper.v1")
+async def sleeper(order_id: str) -> str:
+    await durable.sleep(timedelta(hours=1))
+    return f"woke {order_id}"
+
+
+def make_app(runtime):
+    app = FastAPI(lifespan=durable_lifespan(runtime, poll_interval=0.05))
+
+    @app.post("/orders/{order_id}")
+    async def start(order_id: str, rt: durable.Runtime = Depends(get_runtime)):
+        return {"id": await rt.enqueue(sleeper, order_id, workflow_id=f"o-{order_id}")}
+
+    @app.post("/run/{order_id}")
+    async def run(order_id: str, rt: durable.Runtime = Depends(get_runtime)):
+        return {"r": await rt.run(sleeper, order_id, workflow_id=f"r-{order_id}")}
+
+    return app
+
+
+def test_the_app_and_the_test_share_a_store_and_a_clock(durable_app_runtime, durable_clock):
+    with TestClient(make_app(durable_app_runtime)) as web:
+        assert web.post("/orders/1").json() == {"id": "o-1"}
+        assert web.post("/run/2").json() == {"r": "woke 2"}
+        client = durable_app_runtime.client
+        assert client.result_sync("o-1", timeout=30) == "woke 1"
+        assert client.get_workflow_sync("r-2").status is durable.WorkflowStatus.SUCCEEDED
+
+
+def test_not_beside_the_fixtures_runtime(durable_app_runtime, durable_client):
+    pass
+"""
+
+
+def test_an_apps_runtime_shares_the_tests_store_and_clock(pytester: pytest.Pytester) -> None:
+    """``durable_lifespan(durable_url)`` under ``TestClient``, as the docs said, gave the app a
+    store of its own in memory (the test's client found none of the app's executions) and no
+    time skipping (its hour-long sleep hung the test)."""
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_app=APP_TESTS)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*durable_app_runtime and durable_runtime*two*runtimes*"])

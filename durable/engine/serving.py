@@ -46,6 +46,10 @@ class Serving(Attempts):
     resumed: int = 0
     """How many executions this runtime's recovery took up (:meth:`recover`)."""
 
+    recovering: set[asyncio.Task[Any]]
+    """The drives of the executions recovery took up that still run (its workers' graceful
+    stop waits for them as for their own, then hands back those still running)."""
+
     _deadline_sweeper: asyncio.Task[None] | None = None
     _trace_headers: dict[str, tuple[str, str | None]] | None = None  # see _trace_header
     _retention_task: asyncio.Task[None] | None = None
@@ -306,7 +310,11 @@ class Serving(Attempts):
             wf = self._workflow(claim.name)
             resumed.append(claim.instance_id)
             self.resumed += 1
-            self.spawn(self._resume(wf, claim.instance_id), name=f"durable:{claim.instance_id}")
+            drive = self.spawn(
+                self._resume(wf, claim.instance_id), name=f"durable:{claim.instance_id}"
+            )
+            self.recovering.add(drive)
+            drive.add_done_callback(self.recovering.discard)
         if resumed:
             log.info(
                 "resuming %d workflow(s)",

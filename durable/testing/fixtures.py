@@ -81,6 +81,21 @@ def runtime_for(request: pytest.FixtureRequest, url: str) -> Iterator[Runtime]:
         runtime.close_sync()
 
 
+def app_runtime_for(request: pytest.FixtureRequest, url: str) -> Runtime:
+    """The ``durable_app_runtime`` fixture's body: :func:`make_runtime`, not started.
+
+    :raises pytest.UsageError: the test also uses ``durable_runtime`` (or a fixture built on
+        it): two runtimes, two stores in memory, and one clock that follows only one of them.
+    """
+    if "durable_runtime" in request.fixturenames:
+        raise pytest.UsageError(
+            "durable_app_runtime and durable_runtime (or durable_client, durable_worker) are two "
+            "runtimes: in memory, two separate stores, and durable_clock follows only one. In a "
+            "test of an app, read what it did through durable_app_runtime.client"
+        )
+    return make_runtime(request, url)
+
+
 def worker_for(request: pytest.FixtureRequest, runtime: Runtime) -> Iterator[Worker]:
     """The ``durable_worker`` fixture's body."""
     if is_async_test(request):
@@ -123,6 +138,7 @@ def _async_fixture(request: pytest.FixtureRequest, name: str) -> Any:
 
 
 __all__ = [
+    "app_runtime_for",
     "async_runtime",
     "async_worker",
     "has_clock",

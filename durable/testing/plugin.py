@@ -9,6 +9,8 @@ Fixtures (see :mod:`durable.testing.fixtures` for each one's contract):
 * ``durable_client``: a :class:`~durable.Client` on the same backend;
 * ``durable_worker``: a worker of the runtime, serving its registered workflows, stopped
   after the test;
+* ``durable_app_runtime``: a runtime on it, not started, for an app that starts it on its own
+  event loop (``durable_lifespan(durable_app_runtime)`` under Starlette's ``TestClient``);
 * ``durable_clock``: the :class:`~durable.testing.clock.TimeSkippingClock` of the runtime (the
   in-memory backend, SQLite and PostgreSQL): durable sleeps, timeouts and backoffs complete in
   milliseconds. In memory the runtime always runs on it; on a database, in the tests that use
@@ -84,6 +86,20 @@ def durable_runtime(request: pytest.FixtureRequest, durable_url: str) -> Iterato
     from durable.testing.fixtures import runtime_for
 
     yield from runtime_for(request, durable_url)
+
+
+@pytest.fixture
+def durable_app_runtime(request: pytest.FixtureRequest, durable_url: str) -> Any:
+    """A :class:`~durable.Runtime` on ``durable_url``, not started, for an app under test that
+    starts it on an event loop of its own: give it to the app's
+    ``durable_lifespan(durable_app_runtime)`` (Starlette's ``TestClient`` runs the app on its
+    own loop), which starts it, runs its worker and closes it. It runs on ``durable_clock`` as
+    ``durable_runtime`` does (always in memory; on SQLite and PostgreSQL in a test that uses
+    ``durable_clock``), and while the app runs, ``durable_app_runtime.client`` reads what the
+    app did, in memory too. Not with ``durable_runtime`` in the same test (a usage error)."""
+    from durable.testing.fixtures import app_runtime_for
+
+    return app_runtime_for(request, durable_url)
 
 
 @pytest.fixture

@@ -222,3 +222,25 @@ def test_a_client_used_before_a_fork_is_opened_again_in_the_child(durable_url: s
             assert parents.get_workflow_sync("order-o-2").status is durable.WorkflowStatus.PENDING
         finally:
             close()
+
+
+def test_the_executor_id_setting_names_the_worker_not_the_views_runtime(durable_url: str) -> None:
+    """``EXECUTOR_ID`` went to every runtime the integration made, the views' too: while the
+    ``durable_worker`` process held it, every ``get_runtime()`` raised ExecutorIdInUseError,
+    and only one server process could ever use one."""
+    from orders.workflows import checkout
+
+    from durable.integrations.django import close, get_runtime, make_runtime
+    from durable.integrations.django.conf import durable_settings
+
+    settings = {"URL": durable_url, "POLL_INTERVAL": 0.05, "EXECUTOR_ID": "shop-1"}
+    with override_settings(DURABLE=settings):
+        conf = durable_settings()
+        worker = make_runtime(conf, executor_id=conf.executor_id)  # as durable_worker does
+        with worker:
+            assert worker.executor_id == "shop-1"
+            try:
+                assert get_runtime().executor_id != "shop-1"
+                assert get_runtime().run_sync(checkout, "e1", 1) == receipt("e1", 1)
+            finally:
+                close()

@@ -6,7 +6,7 @@
         "URL": "sqlite:///durable.db",      # required: the database (SQLite file, PostgreSQL)
         "WORKFLOWS": ["orders.workflows"],  # modules that define workflows (default: the
                                             # ``workflows`` module of every installed app)
-        "EXECUTOR_ID": None,                # the worker's executor id (default: one per process)
+        "EXECUTOR_ID": None,                # durable_worker's id (default: one per process)
         "POLL_INTERVAL": 0.5,               # seconds between looks while waiting for a result
         "CONCURRENCY": 10,                  # the worker's executions at once
         "QUEUES": None,                     # the queues the worker claims from (None: all)

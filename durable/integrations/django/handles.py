@@ -29,9 +29,13 @@ _at_exit = False
 
 def make_runtime(conf: DurableSettings | None = None, **options: Any) -> Runtime:
     """A new, unstarted runtime over ``settings.DURABLE`` (or ``conf``); ``options`` go to
-    :class:`~durable.Runtime` and win over the settings (``executor_id=...``)."""
+    :class:`~durable.Runtime` and win over the settings. Its executor id is one of its own
+    (per process) unless ``executor_id=`` is given: ``EXECUTOR_ID`` names the
+    ``durable_worker`` process, which passes it; a view's runtime (:func:`get_runtime`), in
+    each of the server's processes, must not take a worker's id, which only one live process
+    may hold."""
     conf = conf or durable_settings()
-    options = {"executor_id": conf.executor_id, "poll_interval": conf.poll_interval, **options}
+    options = {"poll_interval": conf.poll_interval, **options}
     return Runtime(connect(conf.url, auto_migrate=conf.auto_migrate), **options)
 
 

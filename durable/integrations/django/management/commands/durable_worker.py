@@ -40,6 +40,7 @@ class Command(BaseCommand):
         try:
             conf = durable_settings()
             given = options["executor_id"]
+            given = conf.executor_id if given is None else given
             extra = {} if given is None else {"executor_id": given}
             runtime = make_runtime(conf, **extra)
             done = asyncio.run(
