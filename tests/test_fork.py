@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
@@ -19,6 +20,7 @@ from typing import TypeVar
 import pytest
 
 import durable
+import durable.backends
 from durable.models import StepStatus, WorkflowStatus
 
 T = TypeVar("T")
@@ -217,3 +219,43 @@ async def test_resume_continues_a_cancelled_execution_from_its_history(
         assert CALLS == {"charge": 1, "pack": 1}  # charge was not run again
         with pytest.raises(durable.InvalidArgumentError):
             await client.resume(workflow_id)  # it succeeded: nothing to resume
+
+
+@durable.workflow(name="tests.fork.two.v1", registry=REG)
+async def two(n: int) -> int:
+    return await pack(n) + await pack(n + 1)
+
+
+@pytest.mark.postgres
+async def test_retention_does_not_delete_a_forks_source_under_it(pg_url: str) -> None:
+    """A fork read its source's history, then copied the steps: retention deleting the source
+    in between (it skips locked rows, and nothing was locked) left a fork without steps, which
+    ran again the steps it was to replay. The fork now holds the source's row until it commits.
+    A trigger holds the fork between its read and its copy."""
+    async with runtime(pg_url) as rt:
+        assert await rt.run(two, 1, workflow_id="src") == 30
+        backend = rt.client.backend
+        assert isinstance(backend, durable.backends.SQLAlchemyBackend)
+        async with backend.engine.begin() as conn:
+            await conn.exec_driver_sql(
+                "CREATE FUNCTION durable_test_hold() RETURNS trigger AS $$ BEGIN"
+                " IF NEW.id = 'fork-held' THEN PERFORM pg_sleep(1); END IF; RETURN NEW; END"
+                " $$ LANGUAGE plpgsql"
+            )
+            await conn.exec_driver_sql(
+                "CREATE TRIGGER durable_test_hold BEFORE INSERT ON durable_workflows"
+                " FOR EACH ROW EXECUTE FUNCTION durable_test_hold()"
+            )
+        forking = asyncio.ensure_future(
+            rt.client.fork("src", from_step=2, new_workflow_id="fork-held")
+        )
+        await asyncio.sleep(0.4)  # the fork has read its source and waits in the trigger
+        later = await backend.now() + timedelta(days=1)
+        gc = durable.connect(pg_url)
+        try:
+            deleted = await gc.delete_finished_workflows(later, names=[two.name])
+        finally:
+            await gc.close()
+        assert await forking == "fork-held"
+        assert deleted == 0  # skipped: the fork held the row
+        assert [s.position for s in await rt.client.list_steps("fork-held")] == [0, 1]

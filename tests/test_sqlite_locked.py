@@ -150,3 +150,35 @@ async def test_a_write_waiting_for_the_lock_does_not_stop_the_event_loop(
             _, cancelled, claimed = await writes
         assert cancelled.status is durable.WorkflowStatus.CANCELLED
         assert [c.instance_id for c in claimed] == ["to-claim"]
+
+
+@durable.step
+async def quick(i: int) -> int:
+    return i
+
+
+@durable.workflow
+async def many_quick_steps(n: int) -> int:
+    for i in range(n):
+        await quick(i)
+    return n
+
+
+async def test_awaited_calls_in_a_loop_let_the_event_loop_turn(tmp_path: Path) -> None:
+    """The standard-library driver's operations run on the loop's thread without waiting on
+    I/O: a status poll awaiting ``get_workflow`` in a loop, or a workflow of many quick steps,
+    held the loop for as long as it went on, so a worker's heartbeats stopped, its leases
+    lapsed, and another worker ran a step the first still ran."""
+    async with durable.Runtime(durable.connect(f"sqlite:///{tmp_path / 'db'}")) as runtime:
+        wid = await runtime.enqueue(noop)
+        async with LoopTicks() as ticks:
+            until = asyncio.get_running_loop().time() + 1.0
+            while asyncio.get_running_loop().time() < until:
+                await runtime.client.get_workflow(wid)
+            # turning every 10 ms: about 30 ticks (a tick needs a few turns); held, one or two
+            assert ticks.count > 10, f"the loop ran {ticks.count} times in 1 s of polling"
+        async with LoopTicks() as ticks:
+            started = asyncio.get_running_loop().time()
+            await runtime.run(many_quick_steps, 5000)
+            took = asyncio.get_running_loop().time() - started
+            assert ticks.count > took / 0.1, f"{ticks.count} turns in {took:.2f} s of steps"

@@ -286,6 +286,8 @@ class Execution(GroupedWrites):
             if isinstance(runner, InlineRunner) and self._record_step_direct is not None:
                 with self._errors(what):  # a lone write: committed here, no coroutine on the way
                     done = runner.direct_now(self._record_step_direct, params)
+                if done is not None:
+                    await runner.let_loop_turn()
             if done is None:
                 done = await self._run_direct(self._record_step_direct, params, what=what)
             if done is not None:

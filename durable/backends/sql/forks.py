@@ -36,17 +36,22 @@ class Forks(SQLCore):
         check_aware(deadline)
         now = self.clock()
 
+        # the source's row locked (shared) until the fork commits: retention, which skips
+        # locked rows, cannot delete the history between its read and its copy (the fork would
+        # have no steps, and run again the ones it was to replay)
+        read_source = self.dialect.lock_for_fence(
+            sa.select(
+                workflows.c.name,
+                workflows.c.input,
+                workflows.c.queue,
+                workflows.c.priority,
+                workflows.c.max_attempts,
+                workflows.c.partition_key,
+            ).where(workflows.c.id == source_id)
+        )
+
         def fn(conn: sa.Connection) -> WorkflowInfo:
-            source = conn.execute(
-                sa.select(
-                    workflows.c.name,
-                    workflows.c.input,
-                    workflows.c.queue,
-                    workflows.c.priority,
-                    workflows.c.max_attempts,
-                    workflows.c.partition_key,
-                ).where(workflows.c.id == source_id)
-            ).first()
+            source = conn.execute(read_source).first()
             if source is None:
                 raise WorkflowNotFoundError(source_id)
             history = conn.execute(

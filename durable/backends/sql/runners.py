@@ -84,6 +84,12 @@ class Runner(ABC):
 #: SQLite: one more than the highest change feed position there is (see :mod:`.feed`).
 _NEXT_POSITION = f"SELECT {feed.SQLITE_NEXT_POSITION}"
 
+#: Seconds of the inline runner's work on the event loop's thread after which its next
+#: operation lets the loop turn (``asyncio.sleep(0)``): its transactions never wait on I/O, so
+#: a caller awaiting them in a loop (a status poll, a workflow of many quick steps) would
+#: otherwise hold the loop, heartbeats included, for as long as it goes on.
+LOOP_TURN_EVERY = 0.01
+
 
 class _Counted:
     """A statement that writes a change feed position, with that position as a parameter: its
@@ -166,10 +172,21 @@ class InlineRunner(Runner):
         self._thread_writers_lock = threading.Lock()
         # each statement's form with its feed position as a parameter (None: it writes none)
         self._counted: dict[CompiledStatement, _Counted | None] = {}
+        self._turned_at = time.monotonic()  # when it last let the event loop turn
         _INLINE_RUNNERS.add(self)
 
     async def transaction(self, fn: Callable[[sa.Connection], T]) -> T:
-        return await self.waiting_for_lock(lambda: self.run(fn))
+        done = await self.waiting_for_lock(lambda: self.run(fn))
+        await self.let_loop_turn()
+        return done
+
+    async def let_loop_turn(self) -> None:
+        """Let the event loop turn if it has not for :data:`LOOP_TURN_EVERY` seconds of this
+        runner's work (see there): awaited after each of its operations on the loop."""
+        now = time.monotonic()
+        if now - self._turned_at >= LOOP_TURN_EVERY:
+            self._turned_at = now
+            await asyncio.sleep(0)
 
     async def waiting_for_lock(self, attempt: Callable[[], T]) -> T:
         """``attempt()``, a write transaction begun on the event loop's thread, with SQLite's
@@ -285,7 +302,9 @@ class InlineRunner(Runner):
         returned no row; returns the results of those that ran."""
         if self._group.bound_elsewhere():
             return self.run_batch([(statements, values)])[0].result()
-        return await self._group.submit((statements, values))
+        done = await self._group.submit((statements, values))
+        await self.let_loop_turn()
+        return done
 
     def run_alone(self, statement: CompiledStatement, values: dict[str, Any]) -> DirectResult:
         """Run ``statement`` on ``sqlite3`` at once, in a write transaction of its own (not
