@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timedelta
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import timedelta
 from typing import TypeVar
 
 import pytest
