@@ -267,8 +267,8 @@ async def _send(
         guard.replay()
         return
     await ctx.ensure_lease()
-    if key is None:
-        key = derived_id(f"durable.send:{ctx.workflow_id}", f"/{guard.position}")
+    if key is None:  # per run (continue_as_new starts again at position 0), as a child's id
+        key = derived_id(f"durable.send:{ctx.workflow_id}", ctx.child_suffix(guard.position))
     try:
         with ctx.checkpoint():
             await ctx.runtime.backend.send_message(workflow_id, topic, value, idempotency_key=key)

@@ -172,6 +172,29 @@ async def test_each_run_starts_children_of_its_own(backend_url: str) -> None:
     }
 
 
+@durable.workflow(name="can.collect.v1", registry=REG)
+async def collect(n: int) -> list[Any]:
+    return [await durable.recv("m", timeout=30) for _ in range(n)]
+
+
+@durable.workflow(name="can.sender.v1", registry=REG)
+async def sender(target: str, run: int) -> int:
+    await durable.send(target, "m", f"run-{run}")  # at position 0 in every run
+    if run < 2:
+        durable.continue_as_new(target, run + 1)
+    return run
+
+
+async def test_each_runs_sends_are_sent(backend_url: str) -> None:
+    """A send's default idempotency key named its position only: each later run's send, at the
+    same position, was taken for the first run's and silently stored nothing."""
+    async with runtime(durable.connect(backend_url)) as rt:
+        await rt.start_worker(concurrency=2, poll_interval=0.02)
+        target = await rt.enqueue(collect, 3, workflow_id="target")
+        assert await rt.run(sender, target, 0, workflow_id="sender") == 2
+        assert await rt.result(target, timeout=WAIT) == ["run-0", "run-1", "run-2"]
+
+
 async def test_the_deadline_bounds_every_run() -> None:
     async with runtime(durable.InMemoryBackend()) as rt:
         at = datetime.now(UTC) + timedelta(hours=1)

@@ -132,6 +132,36 @@ async def test_a_result_that_depends_on_the_time_of_the_run_is_caught() -> None:
     assert isinstance(caught.value, AssertionError)  # pytest shows it as a failed check
 
 
+@durable.workflow(name="crash.entity.v1")
+async def entity(run: int) -> str:
+    reserved = await reserve(f"o-{run}")
+    if run < 2:
+        durable.continue_as_new(run + 1)
+    return reserved
+
+
+@durable.workflow(name="crash.entity_branches.v1")
+async def entity_branches(run: int) -> object:
+    if run == 1:
+        RUNS.append(1)
+        if len(RUNS) % 2 == 0:  # differs between runs, in the second run only
+            await reserve("extra")
+    await charge.aio(f"o-{run}", run)
+    if run < 2:
+        durable.continue_as_new(run + 1)
+    return run
+
+
+async def test_a_workflow_that_continues_as_new_is_checked_run_by_run() -> None:
+    """Each run starts again at position 0: the check compared the first run's steps, before
+    its crash, with the last run's after it, and took the later runs' records of position 0
+    for completed steps recorded again, so a deterministic entity was reported unsafe."""
+    check = await check_replay_safe(entity, 0)
+    assert check.result == "r-o-2" and check.boundaries
+    with pytest.raises(ReplayUnsafeError):
+        await check_replay_safe(entity_branches, 0)
+
+
 async def test_only_workflows_are_checked() -> None:
     with pytest.raises(durable.InvalidArgumentError, match="workflow"):
         await check_replay_safe(charge)  # type: ignore[arg-type]

@@ -2,7 +2,8 @@
 
 ``await durable.testing.check_replay_safe(checkout, "o-1")`` runs ``checkout("o-1")`` once to the
 end (the *reference* run), then, for every position of its history (each step, sleep, receive,
-child workflow...) and each of three boundaries,
+child workflow...; of each of its runs, for a workflow that continues as new) and each of three
+boundaries,
 
 * **before**: the position is taken, nothing of it has run;
 * **inside**: it ran (a step's function returned or raised), its outcome is not recorded yet;
@@ -94,9 +95,11 @@ class _Crash(ControlFlow):
 
 @dataclass
 class _Plan:
-    """Where the armed crash fires: one execution, one position, one phase; fired once."""
+    """Where the armed crash fires: one execution, one position of one of its runs (see
+    :func:`durable.continue_as_new`), one phase; fired once."""
 
     instance_id: str
+    run: int
     position: int
     phase: str
     fired: bool = False
@@ -104,15 +107,18 @@ class _Plan:
 
 class _CrashingBackend(InMemoryBackend):
     """An in-memory backend that crashes at a planned ``record_step`` and notes which positions
-    each execution recorded through it."""
+    each execution recorded through it, each with its run (the execution's ``continuations``
+    then: a run that continued as new starts again at position 0)."""
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.plan: _Plan | None = None
-        self.recorded: dict[str, list[int]] = {}
+        self.recorded: dict[str, list[tuple[int, int]]] = {}
+        # each execution's positions as its runs first took them: (run, position) -> name
+        self.taken: dict[str, dict[tuple[int, int], str]] = {}
         self._plan_lock = threading.Lock()
 
-    def take(self, instance_id: str, position: int, phase: str) -> bool:
+    def take(self, instance_id: str, run: int, position: int, phase: str) -> bool:
         """Whether the crash planned at this point fires now (once)."""
         with self._plan_lock:
             plan = self.plan
@@ -120,6 +126,7 @@ class _CrashingBackend(InMemoryBackend):
                 plan is None
                 or plan.fired
                 or plan.instance_id != instance_id
+                or plan.run != run
                 or plan.position != position
                 or plan.phase != phase
             ):
@@ -130,26 +137,31 @@ class _CrashingBackend(InMemoryBackend):
     def record_step_blocking(
         self, instance_id: str, step: StepRecord, *, worker_id: str, task_id: str = WORKFLOW_TASK
     ) -> None:
-        if self.take(instance_id, step.position, "inside"):
+        with self._lock:
+            run = self._get(instance_id).continuations
+        if self.take(instance_id, run, step.position, "inside"):
             raise _Crash()
         super().record_step_blocking(instance_id, step, worker_id=worker_id, task_id=task_id)
-        self.recorded.setdefault(instance_id, []).append(step.position)
-        if self.take(instance_id, step.position, "after"):
+        self.recorded.setdefault(instance_id, []).append((run, step.position))
+        if self.take(instance_id, run, step.position, "after"):
             raise _Crash()
 
 
 @contextlib.contextmanager
 def _crash_before(backend: _CrashingBackend) -> Iterator[None]:
     """While it lasts, taking a position planned as ``before`` in ``backend``'s executions
-    crashes there (the only place every position goes through: ``ExecutionContext.guard``)."""
+    crashes there (the only place every position goes through: ``ExecutionContext.guard``),
+    and every position taken is noted (:attr:`_CrashingBackend.taken`)."""
     original = ExecutionContext.guard
 
     def guard(self: ExecutionContext, name: str) -> StepGuard:
         taken = original(self, name)
-        if self.runtime.backend is backend and backend.take(
-            self.workflow_id, taken.position, "before"
-        ):
-            raise _Crash()
+        if self.runtime.backend is backend:
+            run = self.continuations
+            where = (run, taken.position)
+            backend.taken.setdefault(self.workflow_id, {}).setdefault(where, name)
+            if backend.take(self.workflow_id, run, taken.position, "before"):
+                raise _Crash()
         return taken
 
     ExecutionContext.guard = guard  # type: ignore[method-assign]
@@ -213,25 +225,27 @@ async def check_replay_safe(
                 ) from reference[1]
             through_record = set(backend.recorded.get("reference", []))
             check = ReplayCheck(result=reference[1] if reference[0] else None)
-            for step in history:
+            # every position of every run (a workflow that continued as new had several; its
+            # history holds the last one's)
+            for (run, position), name in backend.taken.get("reference", {}).items():
                 for phase in PHASES:
-                    if phase != "before" and step.position not in through_record:
+                    if phase != "before" and (run, position) not in through_record:
                         continue
-                    where = f"position {step.position} ({step.name!r}), {phase} it"
+                    of_run = f" of run {run}" if run else ""
+                    where = f"position {position}{of_run} ({name!r}), {phase} it"
                     found = await _scenario(
                         runtime,
                         backend,
                         workflow,
                         args,
                         kwargs,
-                        step,
-                        phase,
+                        _Plan(f"crash-{run}-{position}-{phase}", run, position, phase),
                         reference,
                         history,
                         compare_outputs,
                     )
                     problems.extend(f"crash at {where}: {p}" for p in found)
-                    check.boundaries.append(f"{step.position} {step.name} {phase}")
+                    check.boundaries.append(f"{position}{of_run} {name} {phase}")
     if problems:
         raise ReplayUnsafeError(workflow.name, problems)
     return check
@@ -277,15 +291,14 @@ async def _scenario(
     workflow: Workflow[Any, Any],
     args: Any,
     kwargs: Any,
-    target: StepRecord,
-    phase: str,
+    plan: _Plan,
     reference: Outcome,
     history: list[StepRecord],
     compare_outputs: bool,
 ) -> list[str]:
-    """Run one execution, crash it at ``target``'s ``phase``, resume it; return its problems."""
-    instance_id = f"crash-{target.position}-{phase}"
-    backend.plan = _Plan(instance_id, target.position, phase)
+    """Run one execution, crash it where ``plan`` says, resume it; return its problems."""
+    instance_id = plan.instance_id
+    backend.plan = plan
     try:
         first = await _outcome(runtime, workflow, instance_id, args, kwargs)
     except _Crash:
@@ -302,6 +315,7 @@ async def _scenario(
             "outside steps)"
         ]
     before = {s.position: s for s in await backend.list_steps(instance_id)}
+    crashed_run = (await backend.get_workflow(instance_id)).continuations
     recorded_before = len(backend.recorded.get(instance_id, []))
     # the process died: its lease goes (as if it expired), the execution stays running
     await backend.release_task_claim(instance_id, WORKFLOW_TASK, runtime.executor_id)
@@ -321,7 +335,11 @@ async def _scenario(
         problems.append(
             f"the resumed run returned {resumed[1]!r}, the reference run {reference[1]!r}"
         )
-    for position, row in before.items():
+    if (await backend.get_workflow(instance_id)).continuations != crashed_run:
+        before_kept = {}  # the crashed run continued as new: its history went with it
+    else:
+        before_kept = before
+    for position, row in before_kept.items():
         if row.status is StepStatus.PENDING:
             continue
         now = after.get(position)
@@ -341,8 +359,8 @@ async def _scenario(
             )
     again = [
         p
-        for p in backend.recorded.get(instance_id, [])[recorded_before:]
-        if p in before and before[p].status is not StepStatus.PENDING
+        for run, p in backend.recorded.get(instance_id, [])[recorded_before:]
+        if run == crashed_run and p in before and before[p].status is not StepStatus.PENDING
     ]
     if again:
         problems.append(f"steps completed before the crash were recorded again: {again}")
