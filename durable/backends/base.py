@@ -362,6 +362,9 @@ class PersistentBackend(ABC):
         * its name is in ``names`` and its queue in ``queues``, when they are given;
         * its parent, if it has one that is still stored, has finished: a parent that still
           runs may need its children's outcomes, so children of unfinished parents are kept;
+        * no step of its parent, if still stored, awaits it (a pending step with its id as
+          ``child_workflow_id``): a parent cancelled or failed while it awaited the child
+          awaits it again when it is run again (resumed, retried);
         * none of its children (workflows whose ``parent_id`` it is) is unfinished.
 
         Unfinished workflows are never deleted. Safe to run from many processes at once, and

@@ -10,7 +10,7 @@ from typing import Any
 
 from durable.backends.base import check_aware
 from durable.backends.memory.core import MemoryCore, check_limit
-from durable.models import WorkflowInfo
+from durable.models import StepStatus, WorkflowInfo
 
 
 class Retention(MemoryCore):
@@ -29,6 +29,12 @@ class Retention(MemoryCore):
         unfinished = [w for w in self._workflows.values() if not w.status.is_terminal]
         unfinished_ids = {w.id for w in unfinished}
         with_unfinished_children = {w.parent_id for w in unfinished if w.parent_id is not None}
+        awaited = {
+            s.child_workflow_id
+            for steps in self._steps.values()
+            for s in steps.values()
+            if s.status is StepStatus.PENDING and s.child_workflow_id is not None
+        }
         found = [
             w
             for w in self._workflows.values()
@@ -39,6 +45,7 @@ class Retention(MemoryCore):
             and (wanted_queues is None or w.queue in wanted_queues)
             and w.parent_id not in unfinished_ids
             and w.id not in with_unfinished_children
+            and w.id not in awaited
         ]
         return sorted(found, key=lambda w: (w.completed_at, w.id))
 

@@ -21,9 +21,9 @@ import sqlalchemy as sa
 
 from durable.backends.base import check_aware
 from durable.backends.sql.core import SQLCore
-from durable.backends.sql.schema import workflows
+from durable.backends.sql.schema import steps, workflows
 from durable.errors import InvalidArgumentError
-from durable.models import WorkflowStatus
+from durable.models import StepStatus, WorkflowStatus
 
 _FINISHED = [s.value for s in WorkflowStatus if s.is_terminal]
 #: Spelled out (not ``NOT IN finished``) so that the status indexes find the few unfinished
@@ -43,6 +43,13 @@ def _deletable(
         w.completed_at < before,
         w.status.in_(_FINISHED),
         ~sa.exists().where(parent.c.id == w.parent_id, parent.c.status.in_(_UNFINISHED)),
+        # a child its stored parent still awaits (the parent was cancelled or failed while it
+        # did, and awaits it again when run again), by the steps' primary key
+        ~sa.exists().where(
+            steps.c.workflow_id == w.parent_id,
+            steps.c.child_workflow_id == w.id,
+            steps.c.status == StepStatus.PENDING.value,
+        ),
         # not correlated: the parents of unfinished workflows, found once per batch by the
         # status index (a per-row probe of parent_id is planned as a scan by SQLite once
         # ANALYZE has seen a column of mostly NULLs)

@@ -1,7 +1,7 @@
 """Retention: finished workflows older than a time deleted in batches, oldest first, with what
-hangs off them (steps, tasks, messages, events, streams); unfinished workflows, and finished
-children of unfinished parents, kept; filters by name and queue; racing deleters each delete a
-workflow once and count it once."""
+hangs off them (steps, tasks, messages, events, streams); unfinished workflows, finished
+children of unfinished parents, and children a stored parent's pending step awaits, kept;
+filters by name and queue; racing deleters each delete a workflow once and count it once."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from durable.backends.base import PersistentBackend
 from durable.errors import InvalidArgumentError, WorkflowNotFoundError
-from durable.models import StepRecord, WorkflowStatus
+from durable.models import StepRecord, StepStatus, WorkflowStatus
 from durable.testing.contract._support import ContractBase, create, now, running, step
 
 OLD = timedelta(days=40)
@@ -117,6 +117,34 @@ class RetentionContract(ContractBase):
         assert await stored(
             backend, "parent", "child", "done-parent", "done-child", "orphan", "waiting-parent"
         ) == {"parent", "child", "waiting-parent"}
+
+    async def test_a_child_its_stored_parent_still_awaits_is_kept(
+        self, backend: PersistentBackend
+    ) -> None:
+        """A parent cancelled (or failed) while it awaited its child keeps the step pending:
+        run again, it awaits the same child, so the child stays while the parent is stored."""
+        at = now() - OLD
+        await create(
+            backend,
+            "cancelled-parent",
+            task=False,
+            status=WorkflowStatus.CANCELLED,
+            started_at=at - timedelta(seconds=2),
+            completed_at=at,
+            steps=(
+                step(0),
+                step(1, "child", status=StepStatus.PENDING, child_workflow_id="awaited"),
+            ),
+        )
+        await finished(
+            backend, "awaited", status=WorkflowStatus.CANCELLED, parent_id="cancelled-parent"
+        )
+        await finished(backend, "recorded", parent_id="cancelled-parent")  # its step: step(0)
+        cutoff = now()
+        assert await backend.count_finished_workflows(cutoff) == 2
+        assert await backend.delete_finished_workflows(cutoff) == 2
+        assert await stored(backend, "cancelled-parent", "awaited", "recorded") == {"awaited"}
+        assert await backend.delete_finished_workflows(cutoff) == 1  # its parent is gone
 
     async def test_what_hangs_off_a_workflow_goes_with_it(self, backend: PersistentBackend) -> None:
         await running(backend, "wf", "w1", idempotency_key="key-1")
