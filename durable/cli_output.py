@@ -172,10 +172,23 @@ def printable(text: str) -> str:
 
 
 class _EscapingFormatter(logging.Formatter):
-    """A formatter whose lines show control characters as :func:`printable` does."""
+    """A formatter whose lines show control characters as :func:`printable` does, a record's
+    message on one line (its line breaks escaped), and the traceback after it indented: a
+    stored value in a message (a workflow's error) can neither drive the terminal nor write a
+    line that reads as another record."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        return printable(super().format(record))
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record)).replace("\n", "\\n")
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(printable(super().formatException(ei)))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(printable(super().formatStack(stack_info)))
+
+
+def _indented(text: str) -> str:
+    return "\n".join("  " + line for line in text.split("\n"))
 
 
 #: How the commands' log lines look on stderr.

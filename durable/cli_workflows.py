@@ -45,7 +45,7 @@ from durable.client import Client
 from durable.errors import BackendUnavailableError
 from durable.inspection import left_unfinished, unfinished_text
 from durable.models import ExecutorInfo, StepRecord, WorkflowInfo
-from durable.overview import queue_rows, status_counts
+from durable.overview import queue_rows, shown_children, status_counts
 
 T = TypeVar("T")
 
@@ -284,16 +284,16 @@ def add_workflow_commands(workflows: click.Group, open_client: OpenClient) -> No
 
         async def read(
             client: Client,
-        ) -> tuple[WorkflowInfo, list[StepRecord], str, list[str], dict[str, str]]:
+        ) -> tuple[WorkflowInfo, list[StepRecord], str, list[str], int, dict[str, str]]:
             info = await client.get_workflow(workflow_id)
             labels = await client.get_labels(workflow_id)
             steps = await client.list_steps(workflow_id)
             waiting = await client.waiting(workflow_id)
-            children = (await client.list_workflows(parent_id=workflow_id, limit=200)).items
+            children, all_children = await shown_children(client, workflow_id)
             described = [f"{c.id}  {c.name}  {c.status.value}" for c in children]
-            return info, steps, str(waiting) if waiting else "", described, labels
+            return info, steps, str(waiting) if waiting else "", described, all_children, labels
 
-        info, steps, waiting, children, labels = open_client(url, read)
+        info, steps, waiting, children, all_children, labels = open_client(url, read)
         echo = say  # stored values: an error's message may hold a terminal's escapes
         echo(f"{info.id}  {info.name}  {info.status.value}")
         echo(f"  queue {info.queue}, priority {info.priority}, attempts {info.attempts}")
@@ -319,7 +319,10 @@ def add_workflow_commands(workflows: click.Group, open_client: OpenClient) -> No
         for line in _steps_timeline(info, steps, now):
             echo(line)
         if children:
-            echo(f"children ({len(children)}):")
+            if all_children > len(children):
+                echo(f"children ({all_children}, the newest {len(children)} shown):")
+            else:
+                echo(f"children ({len(children)}):")
             for child in children:
                 echo(f"  {child}")
 

@@ -92,3 +92,17 @@ async def report_queue_depths(client: Client) -> list[QueueRow]:
     gauge reports them; call it periodically (e.g. every 15 s) from one process where the
     gauge is wanted. Without OpenTelemetry it only reads them."""
     return await queue_rows(client)
+
+
+#: How many of an execution's children its page (web) and ``durable workflows show`` list.
+SHOWN_CHILDREN = 200
+
+
+async def shown_children(client: Client, workflow_id: str) -> tuple[list[WorkflowInfo], int]:
+    """The newest :data:`SHOWN_CHILDREN` children of ``workflow_id``, and how many it has in
+    all (counted only when there are more than those)."""
+    page = await client.list_workflows(parent_id=workflow_id, limit=SHOWN_CHILDREN)
+    if page.next_cursor is None:
+        return page.items, len(page.items)
+    counts = await client.count_workflows(parent_id=workflow_id)
+    return page.items, sum(counts.values())

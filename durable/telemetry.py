@@ -476,9 +476,10 @@ class Telemetry:
                     self.report("metrics", exc)
 
     def set_queue_depths(self, depths: dict[tuple[str, str], int]) -> None:
-        """The executions per ``(queue, state)`` as just read: the gauge reports these (and
-        no longer reports queues missing from them)."""
-        self._depths = dict(depths)
+        """The executions per ``(queue, state)`` as just read: the gauge reports these, and 0
+        for those it reported before that are missing now (a queue drained: a series that
+        just stopped would leave a dashboard showing its last value)."""
+        self._depths = {key: 0 for key in self._depths} | dict(depths)
 
     def _observe_depths(self, _options: CallbackOptions) -> list[Observation]:
         from opentelemetry.metrics import Observation

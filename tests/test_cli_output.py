@@ -174,6 +174,38 @@ def test_show_ends_a_cancelled_sleep_with_the_workflow(copy: str) -> None:
     assert looks[0] == looks[1]  # the duration is fixed
 
 
+def test_show_says_how_many_children_there_are_beyond_those_it_lists(
+    copy: str, tmp_path: Path
+) -> None:
+    """``show`` (and the web page) list the newest 200 children: with 201, the CLI said
+    "children (200):" and the page gave no sign of more."""
+    from starlette.testclient import TestClient
+
+    from durable.models import WorkflowSnapshot
+    from durable.web import create_app
+
+    async def spawn() -> None:
+        backend = durable.connect(copy)
+        await backend.start()
+        try:
+            await backend.create_workflows(
+                [
+                    (WorkflowSnapshot(id=f"many/{i}", name="kid.v1", parent_id="order-0"), None)
+                    for i in range(201)
+                ]
+            )
+        finally:
+            await backend.close()
+
+    asyncio.run(spawn())
+    shown = run("workflows", "show", copy, "order-0").stdout
+    assert "children (201, the newest 200 shown):" in shown
+    assert sum(1 for line in shown.splitlines() if "kid.v1" in line) == 200
+    with TestClient(create_app(copy)) as web:
+        page = web.get("/workflows/order-0").text
+    assert "(201, the newest 200 shown)" in page
+
+
 def test_show_draws_the_step_timeline(filled: str) -> None:
     shown = run("workflows", "show", filled, "order-0")
     assert shown.exit_code == 0, shown.output

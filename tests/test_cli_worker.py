@@ -290,7 +290,8 @@ import durable
 
 @durable.workflow(name="cli.hostile.v1")
 async def hostile() -> None:
-    raise ValueError("declined\\x1b]0;owned\\x07\\x1b[2J done")
+    raise ValueError("declined\\x1b]0;owned\\x07\\x1b[2J done\\n"
+                     "2026-01-01 00:00:00,000 INFO  [durable.worker] forged")
 
 runtime = durable.Runtime(durable.connect({url!r}), executor_id="cli-hostile", claim_ttl=5)
 """
@@ -318,3 +319,6 @@ def test_the_worker_log_escapes_control_characters_of_a_stored_error(tmp_path: P
     assert f"workflow {wid} (cli.hostile.v1) was dead-lettered" in err
     assert "ValueError: declined\\x1b]0;owned\\x07\\x1b[2J done" in err
     assert "\x1b" not in err and "\x07" not in err
+    # a line break in the message cannot start a line that reads as another record
+    assert "done\\n2026-01-01 00:00:00,000 INFO  [durable.worker] forged" in err
+    assert not any(line.startswith("2026-01-01") for line in err.splitlines())

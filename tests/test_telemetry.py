@@ -287,7 +287,20 @@ async def test_metrics() -> None:
         parked = await rt.client.enqueue("tests.otel.nobody_serves.v1", queue="parked")
         rows = await overview.report_queue_depths(rt.client)
         assert [(r.queue, r.pending) for r in rows] == [("parked", 1)]
+        parked_depths = [
+            p.value
+            for p in metric_points("durable.queue.depth")
+            if p.attributes["durable.queue"] == "parked"
+            and p.attributes["durable.state"] == "pending"
+        ]
+        assert parked_depths == [1]
         await rt.client.cancel(parked)
+        assert await overview.report_queue_depths(rt.client) == []
+        # drained: reported as 0, not dropped (a dashboard kept showing the last value)
+        assert ("parked", "pending", 0) in [
+            (p.attributes["durable.queue"], p.attributes["durable.state"], p.value)
+            for p in metric_points("durable.queue.depth")
+        ]
     ok = {"durable.step.name": "tests.otel.flaky", "durable.outcome": "succeeded"}
     failed = {"durable.step.name": "tests.otel.flaky", "durable.outcome": "failed"}
     assert _sum("durable.steps", **ok) - before_ok == 1
@@ -299,11 +312,6 @@ async def test_metrics() -> None:
     latencies = metric_points("durable.claim.latency")
     assert sum(p.count for p in latencies) >= 2
     assert any(p.attributes["durable.claimed"] for p in latencies)
-    depth = [
-        (p.attributes["durable.queue"], p.attributes["durable.state"], p.value)
-        for p in metric_points("durable.queue.depth")
-    ]
-    assert ("parked", "pending", 1) in depth
 
 
 async def test_log_records_carry_action_workflow_id_and_step(

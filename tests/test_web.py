@@ -116,6 +116,22 @@ def test_filters_narrow_the_list(
         assert "No workflows match." in page.text
 
 
+def test_filter_values_are_taken_as_given_spaces_included(tmp_path: Path) -> None:
+    """The web view stripped spaces from label values, queues and names: a label ``tier=" gold"``
+    listed the executions labelled ``tier=gold`` (the CLI and the API: those labelled
+    ``" gold"``), and a queue named ``" "`` listed every execution."""
+    url = f"sqlite:///{tmp_path / 'spaces.db'}"
+    with durable.Client(url) as client:
+        client.enqueue_sync("demo.v1", 1, workflow_id="plain", labels={"tier": "gold"})
+        client.enqueue_sync("demo.v1", 2, workflow_id="spaced", labels={"tier": " gold"})
+        client.enqueue_sync("demo.v1", 3, workflow_id="blank-queue", queue=" ")
+        api = [w.id for w in client.list_workflows_sync(labels={"tier": " gold"})]
+    with TestClient(create_app(url)) as web:
+        assert rows(web.get("/workflows", params={"label": "tier= gold"}).text) == api
+        assert api == ["spaced"]
+        assert rows(web.get("/workflows", params={"queue": " "}).text) == ["blank-queue"]
+
+
 def test_a_time_range_narrows_the_list(web: TestClient, db: str) -> None:
     order_0, order_1 = stored(db, "order-0"), stored(db, "order-1")
     until = web.get("/workflows", params={"until": order_1.created_at.isoformat()})
@@ -515,6 +531,33 @@ def shown_id(page: str) -> str:
     found = re.search(r'<dd class="id">(.*?)</dd>', page)
     assert found is not None, page[:500]
     return html.unescape(found.group(1))
+
+
+def test_an_id_with_a_line_break_has_links_that_reach_it(db: str) -> None:
+    """Ids may hold line breaks, which the path route's pattern does not match: the list's
+    link, and an action's redirect, answered 404."""
+    workflow_id = "line1\nline2"
+    with durable.Client(db) as client:
+        client.enqueue_sync("demo.v1", 1, workflow_id=workflow_id, delay=3600)
+    with TestClient(create_app(db, actions=True)) as web:
+        listing = web.get("/workflows").text
+        [link] = {
+            html.unescape(href)
+            for href in re.findall(r'<a href="([^"]+)" class="id">', listing)
+            if "line1" in href
+        }
+        page = web.get(urljoin("http://testserver/workflows", link))
+        assert page.status_code == 200 and "line1" in page.text
+        done = web.post(
+            "/actions/cancel",
+            data={"workflow_id": workflow_id, "form_key": form_key(page.text)},
+            follow_redirects=False,
+        )
+        assert done.status_code == 303
+        after = web.get(urljoin("http://testserver/", done.headers["location"]))
+        assert after.status_code == 200 and "line1" in after.text
+    with durable.Client(db) as client:
+        assert client.get_workflow_sync(workflow_id).status is durable.WorkflowStatus.CANCELLED
 
 
 def test_the_ids_dot_and_dot_dot_have_links_a_browser_keeps(db: str) -> None:

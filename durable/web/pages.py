@@ -64,8 +64,9 @@ def workflow_href(
 ) -> str:
     """The link to a workflow's page: ``/workflows/ID`` (the id quoted whole, ``/`` included,
     so that it stays one segment); ``/workflow?id=ID`` for the ids ``.`` and ``..``, which a
-    browser would resolve as a path segment."""
-    if workflow_id in DOT_SEGMENTS:
+    browser would resolve as a path segment, and for ids with a line break, which the path
+    route does not match."""
+    if workflow_id in DOT_SEGMENTS or "\n" in workflow_id:
         return href(request, "/workflow", [("id", workflow_id), *(query or [])])
     return href(request, "/workflows/" + quote(workflow_id, safe=""), query)
 

@@ -25,6 +25,7 @@ from durable.models import Message, StepRecord, WorkflowInfo, WorkflowStatus
 from durable.overview import COUNT_CAP as COUNT_CAP
 from durable.overview import QueueRow as QueueRow
 from durable.overview import queue_rows as queue_rows
+from durable.overview import shown_children
 from durable.overview import status_counts as status_counts
 from durable.validation import check_label_filter, check_name, in_utc
 
@@ -111,13 +112,12 @@ def parse_labels(raw: list[str]) -> tuple[tuple[str, str], ...]:
     """
     pairs: list[tuple[str, str]] = []
     for text in raw:
-        text = text.strip()
-        if not text:
+        if not text.strip():
             continue
         key, sep, value = text.partition("=")
         if not sep:
             raise InvalidArgumentError(f"label filter {text!r} must be key=value")
-        pairs.append((key.strip(), value.strip()))
+        pairs.append((key.strip(), value))  # a value is taken as given, spaces included
     return tuple(sorted(check_label_filter(pairs, "label filter").items()))
 
 
@@ -138,8 +138,9 @@ def parse_filters(
         except ValueError:
             known = ", ".join(s.value for s in WorkflowStatus)
             raise InvalidArgumentError(f"unknown status {raw!r} (one of {known})") from None
-    name = params.get("name", "").strip() or None
-    queue = params.get("queue", "").strip() or None
+    # as given, spaces included (as the CLI and the API take them): empty is no filter
+    name = params.get("name") or None
+    queue = params.get("queue") or None
     if name is not None:
         check_name(name, "name")
     if queue is not None:
@@ -240,6 +241,7 @@ class WorkflowPage:
     pending_messages: list[Message]
     now: datetime
     labels: dict[str, str] = field(default_factory=dict)
+    all_children: int = 0  # how many it has (``children`` holds the newest of them)
 
 
 async def workflow_page(client: Client, workflow_id: str) -> WorkflowPage:
@@ -249,7 +251,9 @@ async def workflow_page(client: Client, workflow_id: str) -> WorkflowPage:
     """
     info = await client.get_workflow(workflow_id)
     steps = await client.list_steps(workflow_id)
-    children = (await client.list_workflows(parent_id=workflow_id, limit=200)).items
+    children, all_children = await shown_children(client, workflow_id)
     messages = await client.list_messages(workflow_id, received=False)
     labels = await client.get_labels(workflow_id)
-    return WorkflowPage(info, steps, children, messages, datetime.now(UTC), labels)
+    return WorkflowPage(
+        info, steps, children, messages, datetime.now(UTC), labels, all_children=all_children
+    )

@@ -372,6 +372,14 @@ class SQLAlchemyBackend(
                     await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _check_revision(self, connection: sa.Connection) -> None:
+        """Refuse a database (on a caller's ``connection``) whose durable tables are not at this
+        code's revision (:func:`.migrate.check`).
+
+        :raises SchemaVersionError: they are missing, out of date, or from a newer durable.
+        """
+        migrate.check(connection)
+
     def _errors(self, what: str, *, url: str | None = None) -> _Translating:
         """Turn driver and SQLAlchemy errors raised inside into durable's, naming ``what`` was
         being done: :class:`BackendUnavailableError` when the database cannot be reached (it

@@ -139,6 +139,8 @@ class SQLCore(PersistentBackend):
 
         def _announce_work(self, conn: sa.Connection) -> None: ...
 
+        def _check_revision(self, connection: sa.Connection) -> None: ...
+
     def _keep_listening(
         self,
         listener: asyncio.Task[None] | None,

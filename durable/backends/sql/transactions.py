@@ -22,7 +22,6 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from durable.backends.sql import migrate
 from durable.backends.sql.core import Creation, SQLCore
 from durable.backends.sql.dialects import mysql_thread_engine
 from durable.backends.sql.direct import CompiledStatement
@@ -387,7 +386,7 @@ class Transactions(SQLCore):
                 "_schema_checked", weakref.WeakSet()
             )
             if connection.engine not in checked:
-                migrate.check(connection)
+                self._check_revision(connection)
                 checked.add(connection.engine)
         return self.dialect.connection(connection)  # MySQL: what it lacks, emulated
 
