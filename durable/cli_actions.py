@@ -108,7 +108,9 @@ def _action(
         "workflow_ids",
         nargs=-1,
         metavar="[ID]...",
-        callback=lambda _c, _p, v: tuple(checked_id(i, "WORKFLOW_ID") for i in v),
+        # each id once, in the order given: a second act on one id would be refused (it is
+        # no longer in a state for it) after the first did the job
+        callback=lambda _c, _p, v: tuple(dict.fromkeys(checked_id(i, "WORKFLOW_ID") for i in v)),
     )
     @filter_options
     @click.option(

@@ -70,7 +70,9 @@ def test_fork_and_resume(tmp_path: Path) -> None:
     assert durable("workflows", "fork", url, "failed-1").exit_code == 2  # --from-step required
     assert steps_of(url, "f-1") == [(0, "s0", 0), (1, "s1", 10)]
 
-    resumed = durable("workflows", "resume", url, "failed-1")
+    # an id given twice is acted on once (the second was refused, exit status 1, after the
+    # first had done the job)
+    resumed = durable("workflows", "resume", url, "failed-1", "failed-1")
     assert resumed.exit_code == 0, resumed.output
     assert resumed.stdout == "failed-1: pending\n"
     assert steps_of(url, "failed-1") == [(0, "s0", 0), (1, "s1", 10), (2, "s2", 20)]
