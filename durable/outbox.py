@@ -36,6 +36,7 @@ from durable.executions import (
     execution_record,
     not_a_workflow,
 )
+from durable.queues import Queue, queue_name
 from durable.validation import check_id, check_name, check_optional_id
 from durable.workflow import Workflow
 
@@ -101,6 +102,9 @@ def _backend(conn: sa.Connection, using: Owner | None, what: str) -> PersistentB
     if own is None:
         own = using.blocking(backend.own_database_identity())
     theirs = backend.database_identity(conn)
+    if tuple(theirs) != tuple(own):  # the server may have restarted since it was read
+        again = getattr(backend, "reread_database_identity_blocking", None)
+        own = (again() if callable(again) else None) or own
     if tuple(theirs) != tuple(own):
         raise ConfigurationError(
             f"{what}: the connection is to another database ({theirs!r}) than durable's tables "
@@ -200,7 +204,7 @@ def enqueue_in(
     run_after: datetime | None = None,
     delay: float | timedelta | None = None,
     max_attempts: int | None = None,
-    queue: str | None = None,
+    queue: str | Queue | None = None,
     timeout: float | timedelta | None = None,
     deadline: datetime | None = None,
     labels: Mapping[str, str] | None = None,
@@ -221,7 +225,7 @@ def enqueue_in(
     run_after: datetime | None = None,
     delay: float | timedelta | None = None,
     max_attempts: int | None = None,
-    queue: str | None = None,
+    queue: str | Queue | None = None,
     timeout: float | timedelta | None = None,
     deadline: datetime | None = None,
     labels: Mapping[str, str] | None = None,
@@ -241,7 +245,7 @@ def enqueue_in(
     run_after: datetime | None = None,
     delay: float | timedelta | None = None,
     max_attempts: int | None = None,
-    queue: str | None = None,
+    queue: str | Queue | None = None,
     timeout: float | timedelta | None = None,
     deadline: datetime | None = None,
     labels: Mapping[str, str] | None = None,
@@ -282,7 +286,7 @@ def enqueue_in(
         run_after=run_after,
         delay=delay,
         max_attempts=max_attempts,
-        queue=queue,
+        queue=queue_name(queue),
         timeout=timeout,
         deadline=deadline,
         labels=labels,

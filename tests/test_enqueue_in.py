@@ -273,6 +273,9 @@ def test_the_options_of_client_enqueue_and_the_workflows_signature(db_url: str) 
                 )
             [found] = client.list_workflows_sync(labels={"customer": "c-42"})
             assert (found.id, found.partition_key) == (wid, "p1")
+            with engine.begin() as conn:  # a queue given as a durable.Queue, as enqueue takes
+                queued = durable.enqueue_in(conn, echo, "o-q", queue=durable.Queue("slow"))
+            assert client.get_workflow_sync(queued).queue == "slow"
             assert client.get_workflow_sync(wid).input == {"args": ["o-1"], "kwargs": {}}
             with (
                 pytest.raises(durable.InvalidArgumentError, match="cannot take these arguments"),
@@ -284,7 +287,7 @@ def test_the_options_of_client_enqueue_and_the_workflows_signature(db_url: str) 
                 engine.begin() as conn,
             ):
                 durable.enqueue_in(conn, echo, "o-3", debounce=5, debounce_key="k")
-        assert counts(engine)[1] == 1
+        assert counts(engine)[1] == 2
     finally:
         engine.dispose()
 
@@ -335,6 +338,7 @@ def test_a_search_path_that_finds_durables_tables_is_the_same_database(pg_url: s
             with pytest.raises(durable.SchemaVersionError) as refused, app_only.begin() as conn:
                 durable.enqueue_in(conn, echo, "o-3")
             assert "enqueue-in/unused" not in str(refused.value)
+            assert "search_path" in str(refused.value)
             assert shown.split("://", 1)[1] in str(refused.value)
     finally:
         both.dispose()

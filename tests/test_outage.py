@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -1148,6 +1149,53 @@ def test_the_callers_database_is_durables_across_a_server_restart(
     finally:
         plain_tx.engine = None
         app.dispose()
+
+
+def test_a_copy_of_durables_server_is_another_database(
+    outage_cluster: Cluster, outage_url: str
+) -> None:
+    """A copy of the cluster (a base backup, a restored one, here its data directory copied
+    while it was stopped) has the same system identifier: with the identity of the server
+    reduced to it, an ``enqueue_in`` on the copy was accepted, and the execution, written
+    there, was lost to durable's workers."""
+    with durable.Client(outage_url):
+        pass  # durable's tables
+    outage_cluster.ctl("stop")
+    data = Path("/var/lib/postgresql") / outage_cluster.version / outage_cluster.name
+    tmp_path = Path(tempfile.mkdtemp(prefix="durable-clone-"))  # postgres must reach it
+    shutil.chown(tmp_path, "postgres")
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(data), str(copy)], check=True, timeout=WAIT)
+    outage_cluster.ensure()
+    port = outage_cluster.port - 2
+    config = Path("/etc/postgresql") / outage_cluster.version / outage_cluster.name
+    bin_dir = Path("/usr/lib/postgresql") / outage_cluster.version / "bin"
+    options = (
+        f"-c config_file={config / 'postgresql.conf'} -c data_directory={copy} -c port={port}"
+        f" -c unix_socket_directories={tmp_path} -c external_pid_file={tmp_path / 'pid'}"
+    )
+    start = ["runuser", "-u", "postgres", "--", str(bin_dir / "pg_ctl"), "-D", str(copy)]
+    clone = sa.create_engine(outage_url.replace(f":{outage_cluster.port}/", f":{port}/"))
+    try:
+        subprocess.run(
+            [*start, "-o", options, "-l", str(tmp_path / "log"), "-w", "start"],
+            check=True,
+            capture_output=True,
+            timeout=WAIT,
+        )
+        with durable.Client(outage_url) as client:
+            with (
+                pytest.raises(durable.ConfigurationError, match="another database"),
+                clone.begin() as conn,
+            ):
+                durable.enqueue_in(conn, "to.none.v1", 1, using=client)
+            assert client.list_workflows_sync().items == []
+    finally:
+        clone.dispose()
+        subprocess.run(
+            [*start, "-m", "immediate", "stop"], check=False, capture_output=True, timeout=WAIT
+        )
+        shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 # -- waits of a client through a restart ---------------------------------------------------------

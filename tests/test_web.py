@@ -560,6 +560,32 @@ def test_an_id_with_a_line_break_has_links_that_reach_it(db: str) -> None:
         assert client.get_workflow_sync(workflow_id).status is durable.WorkflowStatus.CANCELLED
 
 
+def test_bidirectional_controls_are_shown_as_escapes_and_sent_back_as_stored(db: str) -> None:
+    """Ids, names and labels were shown raw: a right-to-left override made an id read as
+    another one (the CLI shows it as an escape). The forms still send the id as stored."""
+    workflow_id = "invoice-\u202egpj.exe"
+    with durable.Client(db) as client:
+        client.enqueue_sync(
+            "demo.v1", 1, workflow_id=workflow_id, delay=3600, labels={"k": "a\u202eb"}
+        )
+    with TestClient(create_app(db, actions=True)) as web:
+        listing = web.get("/workflows").text
+        assert "\u202e" not in listing and "invoice-\\u202egpj.exe" in listing
+        page = web.get("/workflow", params={"id": workflow_id})
+        assert page.status_code == 200 and "\u202e" not in page.text.replace(
+            html.escape(workflow_id), ""
+        )
+        assert "k=a\\u202eb" in page.text
+        done = web.post(
+            "/actions/cancel",
+            data={"workflow_id": workflow_id, "form_key": form_key(page.text)},
+            follow_redirects=False,
+        )
+        assert done.status_code == 303
+    with durable.Client(db) as client:
+        assert client.get_workflow_sync(workflow_id).status is durable.WorkflowStatus.CANCELLED
+
+
 def test_the_ids_dot_and_dot_dot_have_links_a_browser_keeps(db: str) -> None:
     """A browser resolves a path segment '.' or '..' (or '%2E') before it sends the request:
     the links to workflows with these ids must reach them, and an action's redirect too."""

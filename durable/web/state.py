@@ -6,14 +6,33 @@ from __future__ import annotations
 import asyncio
 import secrets
 from dataclasses import dataclass, field
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup, escape
 
 from durable.backends.base import PersistentBackend
 from durable.backends.sql.urls import shown_url
+from durable.cli_output import printable
 from durable.client import Client
 from durable.errors import InvalidArgumentError
 from durable.serialization import Serializer
+
+
+def _shown(value: Any) -> Any:
+    """What a page shows of a value: a str with its control characters (but tab and newline)
+    and bidirectional controls as escapes (:func:`~durable.cli_output.printable`, as the CLI
+    shows them): an id must not read as another one. Markup (what ``as_given`` made) is left
+    alone."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return printable(value)
+    return value
+
+
+def _as_given(value: Any) -> Markup:
+    """A value exactly as stored, escaped for HTML: for the form fields that send it back (an
+    action's workflow id, a filter), where the escapes of :func:`_shown` would change it."""
+    return escape(value)
 
 
 def _templates() -> Environment:
@@ -22,8 +41,10 @@ def _templates() -> Environment:
         autoescape=select_autoescape(["html"]),
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=_shown,
     )
     env.filters["stamp"] = lambda v: v.strftime("%Y-%m-%d %H:%M:%S") if v else "—"
+    env.filters["as_given"] = _as_given
     return env
 
 

@@ -404,16 +404,22 @@ class PostgresDialect(SQLDialect):
 
     def database_identity(self) -> sa.Select[Any]:
         # the database's name; the schema in which the connection's search_path finds
-        # durable's tables (NULL: none), which need not be its first; and the server's cluster
-        # (its system identifier, set once by initdb: the same across restarts, another for
-        # another server)
+        # durable's tables (NULL: none), which need not be its first; the server's cluster
+        # (its system identifier, set once by initdb) and the time its postmaster started (to
+        # the microsecond): a copy of the cluster (a base backup, a restored one) has the
+        # same identifier but started at another time. A restart changes that time: a caller
+        # whose identity differs by it alone is compared again with the identity read anew
+        # (SQLAlchemyBackend.reread_database_identity_blocking)
         schema = (
             "(SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
             f" ON n.oid = c.relnamespace WHERE c.oid = to_regclass('{PREFIX}workflows'))"
         )
         cluster = "(SELECT system_identifier FROM pg_catalog.pg_control_system())"
         return sa.select(
-            sa.func.current_database(), sa.literal_column(schema), sa.literal_column(cluster)
+            sa.func.current_database(),
+            sa.literal_column(schema),
+            sa.literal_column(cluster),
+            sa.cast(sa.func.pg_postmaster_start_time(), sa.Text()),
         )
 
 

@@ -27,7 +27,12 @@ from durable.backends.sql.dialects import mysql_thread_engine
 from durable.backends.sql.direct import CompiledStatement
 from durable.backends.sql.runners import AsyncRunner, InlineRunner
 from durable.backends.sql.urls import shown_url
-from durable.errors import ConfigurationError, DurableError, TransactionEndedError
+from durable.errors import (
+    ConfigurationError,
+    DurableError,
+    SchemaVersionError,
+    TransactionEndedError,
+)
 from durable.models import WORKFLOW_TASK, StepRecord, TaskSpec, WorkflowInfo, WorkflowSnapshot
 
 T = TypeVar("T")
@@ -277,6 +282,8 @@ class Transactions(SQLCore):
             return
         own = self.known_database_identity()
         theirs = self.database_identity(conn)
+        if own is not None and theirs != own:  # the server may have restarted since
+            own = self.reread_database_identity_blocking() or own
         if own is None or theirs != own:
             raise ConfigurationError(
                 f"the engine given to @durable.transaction is connected to another database "
@@ -344,6 +351,21 @@ class Transactions(SQLCore):
         found: tuple[Any, ...] | None = self.__dict__.get("_own_identity")
         return found if found is not None else self.dialect.identity_from_url(self.engine.url)
 
+    def reread_database_identity_blocking(self) -> tuple[Any, ...] | None:
+        """:meth:`own_database_identity` read again now, blocking, on a sync connection of its
+        own (from any thread, the event loop's included: no loop is involved), and kept; None
+        where the backend has none (an async engine given by the caller). For a caller's
+        identity that differs from the one kept: a restarted PostgreSQL server has another
+        start time."""
+        engine = self._thread_engine()
+        if engine is None:
+            return None
+        with self._errors("identify durable's database"), engine.connect() as conn:
+            row = tuple(conn.execute(self.dialect.database_identity()).one())
+        found = self.dialect.identity_of(row)
+        self.__dict__["_own_identity"] = found
+        return found
+
     async def own_database_identity(self) -> tuple[Any, ...]:
         found = self.known_database_identity()
         if found is None:
@@ -386,7 +408,13 @@ class Transactions(SQLCore):
                 "_schema_checked", weakref.WeakSet()
             )
             if connection.engine not in checked:
-                self._check_revision(connection)
+                try:
+                    self._check_revision(connection)
+                except SchemaVersionError as exc:
+                    seen = " (through its search_path)" if self.dialect.name == "postgresql" else ""
+                    raise SchemaVersionError(
+                        f"{exc}; this is the database as the caller's connection sees it{seen}"
+                    ) from None
                 checked.add(connection.engine)
         return self.dialect.connection(connection)  # MySQL: what it lacks, emulated
 
