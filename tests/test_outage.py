@@ -265,6 +265,27 @@ async def test_connections_the_server_terminated_while_idle_are_replaced_before_
 
 
 @pytest.mark.postgres
+async def test_a_pooled_connection_lost_after_its_check_is_replaced_for_a_transaction(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkout's look at a pooled connection races the server closing it (an idle
+    timeout firing just then; under load, a runtime's start failed on it): a transaction whose
+    connection turns out lost before its commit has written nothing, and runs again on another
+    one. Here the look is turned off, so every terminated connection reaches a statement."""
+    from durable.backends.sql import stale
+
+    backend = durable.connect(pg_url)
+    await backend.start()
+    try:
+        assert await backend.list_registered_workflows() == []  # a pooled connection
+        monkeypatch.setattr(stale, "_driver_closed_while_idle", lambda _c: False)
+        await terminate_other_sessions(pg_url)
+        assert await backend.list_registered_workflows() == []
+    finally:
+        await backend.close()
+
+
+@pytest.mark.postgres
 async def test_no_pooled_connection_free_in_time_is_unavailable(pg_url: str) -> None:
     backend = durable.connect(
         pg_url, engine_options={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.2}

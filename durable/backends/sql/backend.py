@@ -348,9 +348,12 @@ class SQLAlchemyBackend(
         writes nothing (on SQLite its transaction then begins deferred, and neither takes nor
         waits for the write lock another process may hold)."""
         wrap = self.dialect.connection
+        ran: list[bool] = []  # fn returned: an error from then on is the commit's
 
         def run(conn: sa.Connection) -> T:
-            return fn(conn if raw else wrap(conn))
+            done = fn(conn if raw else wrap(conn))
+            ran.append(True)
+            return done
 
         if read_only:
             token = SQLITE_READING.set(True)
@@ -363,12 +366,24 @@ class SQLAlchemyBackend(
                 try:
                     return await self._runner.transaction(run)
                 except sa.exc.DBAPIError as exc:
-                    again = self.dialect.retryable(exc) or (
-                        retry_also is not None and retry_also(exc)
+                    # a connection the server had closed (an idle timeout, a restart) just
+                    # after it passed the pool's check: lost before the commit, nothing of the
+                    # transaction was written, so it runs once more on another connection
+                    lost = exc.connection_invalidated and not ran and attempt == 0
+                    again = (
+                        lost
+                        or self.dialect.retryable(exc)
+                        or (retry_also is not None and retry_also(exc))
                     )
                     if attempt == DEADLOCK_RETRIES or not again:
                         raise
-                    log.debug("deadlock, running again: %s", what, extra={"action": "retry"})
+                    ran.clear()
+                    log.debug(
+                        "%s, running again: %s",
+                        "connection lost" if lost else "deadlock",
+                        what,
+                        extra={"action": "retry"},
+                    )
                     await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
