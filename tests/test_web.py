@@ -533,6 +533,18 @@ def shown_id(page: str) -> str:
     return html.unescape(found.group(1))
 
 
+def cancel_on_its_page(web: TestClient, workflow_id: str, page: str) -> Any:
+    """Cancel ``workflow_id`` by the form of its page (``page``: the page's HTML), then follow
+    the action's redirect; the page it leads to."""
+    done = web.post(
+        "/actions/cancel",
+        data={"workflow_id": workflow_id, "form_key": form_key(page)},
+        follow_redirects=False,
+    )
+    assert done.status_code == 303
+    return web.get(urljoin("http://testserver/", done.headers["location"]))
+
+
 def test_an_id_with_a_line_break_has_links_that_reach_it(db: str) -> None:
     """Ids may hold line breaks, which the path route's pattern does not match: the list's
     link, and an action's redirect, answered 404."""
@@ -548,13 +560,7 @@ def test_an_id_with_a_line_break_has_links_that_reach_it(db: str) -> None:
         }
         page = web.get(urljoin("http://testserver/workflows", link))
         assert page.status_code == 200 and "line1" in page.text
-        done = web.post(
-            "/actions/cancel",
-            data={"workflow_id": workflow_id, "form_key": form_key(page.text)},
-            follow_redirects=False,
-        )
-        assert done.status_code == 303
-        after = web.get(urljoin("http://testserver/", done.headers["location"]))
+        after = cancel_on_its_page(web, workflow_id, page.text)
         assert after.status_code == 200 and "line1" in after.text
     with durable.Client(db) as client:
         assert client.get_workflow_sync(workflow_id).status is durable.WorkflowStatus.CANCELLED
@@ -576,12 +582,7 @@ def test_bidirectional_controls_are_shown_as_escapes_and_sent_back_as_stored(db:
             html.escape(workflow_id), ""
         )
         assert "k=a\\u202eb" in page.text
-        done = web.post(
-            "/actions/cancel",
-            data={"workflow_id": workflow_id, "form_key": form_key(page.text)},
-            follow_redirects=False,
-        )
-        assert done.status_code == 303
+        assert cancel_on_its_page(web, workflow_id, page.text).status_code == 200
     with durable.Client(db) as client:
         assert client.get_workflow_sync(workflow_id).status is durable.WorkflowStatus.CANCELLED
 
@@ -602,13 +603,7 @@ def test_the_ids_dot_and_dot_dot_have_links_a_browser_keeps(db: str) -> None:
             target = urljoin("http://testserver/workflows", links[workflow_id])
             page = web.get(target)
             assert page.status_code == 200 and shown_id(page.text) == workflow_id
-            done = web.post(
-                "/actions/cancel",
-                data={"workflow_id": workflow_id, "form_key": form_key(page.text)},
-                follow_redirects=False,
-            )
-            assert done.status_code == 303
-            after = web.get(urljoin("http://testserver/", done.headers["location"]))
+            after = cancel_on_its_page(web, workflow_id, page.text)
             assert shown_id(after.text) == workflow_id and "cancel" in after.text
         assert web.get("/workflow").status_code == 400  # no id given
 
