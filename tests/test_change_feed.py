@@ -276,10 +276,36 @@ MariaDB thread id 12, OS thread handle 140698167981760, query id 5 127.0.0.1 roo
 MariaDB thread id 176, OS thread handle 140698167981760, query id 5293 127.0.0.1 root
 ---TRANSACTION 3180, ACTIVE 1 sec
 MySQL thread id 9, OS thread handle 1, query id 7 localhost root
+---TRANSACTION (0x7ff6e5589000), ACTIVE 14 sec
+mysql tables in use 1, locked 0
+0 lock struct(s), heap size 1128, 0 row lock(s)
+MariaDB thread id 31, OS thread handle 140698167981761, query id 80 127.0.0.1 root
+SELECT SLEEP(15), count(*) FROM durable_workflows
 --------
 FILE I/O
 --------
 """
+
+
+@pytest.mark.mysql
+async def test_a_long_read_on_durables_tables_does_not_hold_the_feed_back(
+    mysql_backend_url: str,
+) -> None:
+    """A transaction that only reads (a report, ``mysqldump --single-transaction``) was taken
+    for an open write: the feed showed nothing new for as long as it ran."""
+    engine = sa.create_engine(sa.make_url(mysql_backend_url).set(drivername="mysql+pymysql"))
+    try:
+        async with durable.connect(mysql_backend_url) as backend:
+            with engine.connect() as reader:
+                reader.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+                reader.exec_driver_sql("SELECT count(*) FROM durable_workflows").all()
+                with engine.begin() as writer:
+                    insert_workflow(writer, "while-it-reads")
+                found = await backend.list_changes()
+                reader.exec_driver_sql("COMMIT")
+            assert [e.workflow_id for e in found] == ["while-it-reads"]
+    finally:
+        engine.dispose()
 
 
 def test_innodbs_report_gives_each_started_transaction_and_its_session() -> None:

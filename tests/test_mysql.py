@@ -369,7 +369,7 @@ def _kill_query_waiting_on(url: str, table: str) -> threading.Thread:
 
 
 @pytest.mark.mysql
-@pytest.mark.parametrize("stop", ["kill query", "max_statement_time"])
+@pytest.mark.parametrize("stop", ["kill query", "max_statement_time", "lock_wait_timeout"])
 async def test_a_statement_the_server_stopped_is_unavailable_not_refused(
     mysql_backend_url: str, stop: str
 ) -> None:
@@ -377,11 +377,17 @@ async def test_a_statement_the_server_stopped_is_unavailable_not_refused(
     QUERY`` (1317) or at ``max_statement_time`` (1969), was a BackendError, which a worker
     counted as the workflow's failed attempt (dead-lettered with max_attempts=1), where a
     ``KILL CONNECTION`` at the same point was handed back uncounted. It is an outage too:
-    BackendUnavailableError, and the backend goes on once the lock is free."""
+    BackendUnavailableError, and the backend goes on once the lock is free. So is a lock held
+    past ``innodb_lock_wait_timeout`` (1205), which was run again eight times, each waiting
+    the timeout out again (50 s by default), then counted as the attempt's failure."""
     options: dict[str, Any] = {}
     if stop == "max_statement_time":
         options["connect_args"] = {
             "init_command": "SET time_zone = '+00:00', max_statement_time = 0.5"
+        }
+    if stop == "lock_wait_timeout":
+        options["connect_args"] = {
+            "init_command": "SET time_zone = '+00:00', innodb_lock_wait_timeout = 1"
         }
     async with durable.connect(mysql_backend_url, engine_options=options) as backend:
         await running(backend, "wf", W)
@@ -394,8 +400,10 @@ async def test_a_statement_the_server_stopped_is_unavailable_not_refused(
             else None
         )
         try:
+            started = time.monotonic()
             with pytest.raises(BackendUnavailableError):
                 await backend.record_step("wf", pending, worker_id=W)
+            assert time.monotonic() - started < 5  # waited out once, not run again
         finally:
             other.close()
             if killer is not None:

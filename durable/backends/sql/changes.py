@@ -58,10 +58,11 @@ _TRUNCATED = "...truncated..."
 
 
 def innodb_transactions(status: str) -> set[tuple[str, int | None]] | None:
-    """The transactions that InnoDB's status report lists as started, each as (its id as
-    printed, its session's id, or None for one no session holds: a prepared XA transaction
-    recovered); None when the report was cut short (InnoDB truncates it past 1 MB, in its list
-    of transactions)."""
+    """The transactions that InnoDB's status report lists as started and writing (given an
+    id), each as (its id as printed, its session's id, or None for one no session holds: a
+    prepared XA transaction recovered); None when the report was cut short (InnoDB truncates it
+    past 1 MB, in its list of transactions). A transaction that has only read is left out: it
+    holds no position, and a long one (a report, a backup) would hold the feed back."""
     if _TRUNCATED in status:
         return None
     found: set[tuple[str, int | None]] = set()
@@ -70,7 +71,10 @@ def innodb_transactions(status: str) -> set[tuple[str, int | None]] | None:
         if match := _TRANSACTION.match(line):
             if current is not None:
                 found.add((current, None))
-            current = None if match[2].startswith("not started") else match[1]
+            # "(0x...)" instead of an id: InnoDB gave it none, as to every transaction until
+            # it first writes (a read, a backup's consistent snapshot): it holds no position
+            unwritten = match[1].startswith("(") or match[2].startswith("not started")
+            current = None if unwritten else match[1]
         elif current is not None and (match := _THREAD.match(line)):
             found.add((current, int(match[1])))
             current = None

@@ -441,8 +441,11 @@ class PostgresBoundClockDialect(BoundClock, PostgresDialect):
 #: 1792 in a read-only transaction); and a statement of durable's stopped by the server, not
 #: refused: ``KILL QUERY`` (1317, as ``KILL CONNECTION`` is 1927 or a lost connection),
 #: MariaDB's ``max_statement_time`` (1969) and MySQL's ``max_execution_time`` (3024), which a
-#: statement waiting for a lock meets. (A transactional step's own statements are the step's:
-#: their errors are raised to its code as they are.)
+#: statement waiting for a lock meets; and a lock another transaction held past
+#: ``innodb_lock_wait_timeout`` (1205: a long transaction of another client, a backup's
+#: lock), which running the transaction again at once would wait out again (up to 50 s each
+#: time by default): busy now, as SQLite's file locked past its busy timeout. (A transactional
+#: step's own statements are the step's: their errors are raised to its code as they are.)
 MYSQL_UNAVAILABLE = frozenset(
     {
         1021,
@@ -450,6 +453,7 @@ MYSQL_UNAVAILABLE = frozenset(
         1053,
         1077,
         1114,
+        1205,
         1290,
         1317,
         1792,
@@ -464,8 +468,8 @@ MYSQL_UNAVAILABLE = frozenset(
         4031,
     }
 )
-#: Deadlock (the transaction was rolled back), lock wait timeout.
-MYSQL_RETRYABLE = frozenset({1213, 1205})
+#: Deadlock (the transaction was rolled back: run again at once, it takes its locks anew).
+MYSQL_RETRYABLE = frozenset({1213})
 
 
 class MySQLDialect(SQLDialect):
