@@ -28,7 +28,12 @@ import click
 from durable.cli_output import checked_id, count_range, say, stdout_is_terminal
 from durable.cli_workflows import OpenClient, filter_options, select_workflows
 from durable.client import Client
-from durable.errors import BackendUnavailableError, DurableError
+from durable.errors import (
+    BackendUnavailableError,
+    DurableError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from durable.models import WorkflowInfo, WorkflowStatus
 
 #: What each action does, the statuses it acts on when filtering without --status, and its
@@ -145,8 +150,17 @@ def _action(
                     except BackendUnavailableError:
                         raise  # the rest would fail alike: one error, as any command's
                     except DurableError as exc:
-                        refused += 1
-                        say(f"{workflow_id}: could not {verb}: {exc}", err=True)
+                        running = await _running_already(client, verb, workflow_id, exc)
+                        if running is None:
+                            refused += 1
+                            say(f"{workflow_id}: could not {verb}: {exc}", err=True)
+                        else:
+                            say(f"{running.id}: {running.status.value}")
+                            say(
+                                f"{running.id}: not finished ({running.status.value}): "
+                                f"nothing to {verb}",
+                                err=True,
+                            )
                     else:
                         say(f"{info.id}: {info.status.value}")
                         _note_unchanged(verb, info)
@@ -232,6 +246,20 @@ async def _each(
     note = f" ({unchanged} had already finished: unchanged)" if unchanged else ""
     click.echo(f"{acted} of {len(found)} execution(s): {verb} done{note}", err=True)
     return failures
+
+
+async def _running_already(
+    client: Client, verb: str, workflow_id: str, refusal: DurableError
+) -> WorkflowInfo | None:
+    """The execution a retry or resume refused because it is not finished (pending or
+    running: run again already, by an act on its parent given before it, say), else None."""
+    if verb == "cancel" or not isinstance(refusal, InvalidArgumentError):
+        return None
+    try:
+        info = await client.get_workflow(workflow_id)
+    except NotFoundError:
+        return None
+    return None if info.status.is_terminal else info
 
 
 def _unchanged(verb: str, info: WorkflowInfo) -> bool:

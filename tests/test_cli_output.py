@@ -245,6 +245,11 @@ def test_resume_is_retry(copy: str) -> None:
     queued = as_json("workflows", "list", copy, "--queue", "slow")[0]["id"]
     assert run("workflows", "cancel", copy, queued).stdout.strip() == f"{queued}: cancelled"
     assert run("workflows", "resume", copy, queued).stdout.strip() == f"{queued}: pending"
+    # not finished (resumed already; a child its parent's resume resumed): nothing to do, as
+    # a cancel of a finished one; it exited 1 after the first act had done the job
+    again = run("workflows", "resume", copy, queued)
+    assert again.exit_code == 0 and again.stdout.strip() == f"{queued}: pending"
+    assert "not finished (pending): nothing to resume" in again.stderr
     assert run("workflows", "resume", copy, "broken-7").stdout.strip() == "broken-7: pending"
     refused = run("workflows", "resume", copy, "order-0")
     assert refused.exit_code == 1 and "order-0" in refused.stderr

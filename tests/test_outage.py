@@ -1145,16 +1145,22 @@ async def plain_tx_flow(x: int) -> int:
     return await plain_tx.aio(x)
 
 
+@pytest.mark.parametrize("engine", ["durable's", "the caller's"])
 def test_the_callers_database_is_durables_across_a_server_restart(
-    outage_cluster: Cluster, outage_url: str
+    outage_cluster: Cluster, outage_url: str, engine: str
 ) -> None:
     """PostgreSQL's identity of a database held the server's start time: after a restart,
     every ``enqueue_in(..., using=)`` was refused as "another database" until the process
     restarted, and a ``@durable.transaction(engine=)`` engine first used after it failed its
-    step (dead-lettered)."""
+    step (dead-lettered). Also for a backend over an async engine the caller made, which has
+    no sync connection of its own to read the identity anew on."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    given = None if engine == "durable's" else create_async_engine(outage_url)
+    backend = durable.connect(outage_url) if given is None else SQLAlchemyBackend(given)
     app = sa.create_engine(outage_url)
     try:
-        with durable.Runtime(durable.connect(outage_url), registry=REG, recover=False) as rt:
+        with durable.Runtime(backend, registry=REG, recover=False) as rt:
             with app.begin() as conn:
                 before = durable.enqueue_in(conn, "to.none.v1", 1, using=rt)
             outage_cluster.ctl("restart")
@@ -1170,6 +1176,8 @@ def test_the_callers_database_is_durables_across_a_server_restart(
     finally:
         plain_tx.engine = None
         app.dispose()
+        if given is not None:  # the caller's, which the backend leaves open
+            asyncio.run(given.dispose())
 
 
 def test_a_copy_of_durables_server_is_another_database(

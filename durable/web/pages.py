@@ -172,8 +172,8 @@ async def counts(request: Request) -> Response:
 
 
 async def action(request: Request) -> Response:
-    """Cancel, retry or resume the workflow named in the form, then show its page again; or
-    fork it from the form's ``from_step``, then show the new execution's page."""
+    """Cancel, retry or resume the workflow named in the action's URL (``?id=``), then show its
+    page again; or fork it from the form's ``from_step``, then show the new execution's page."""
     state = state_of(request)
     if not state.actions:
         return render(
@@ -192,7 +192,9 @@ async def action(request: Request) -> Response:
             title="Refused",
             message="The form did not come from this view (reload the page and try again).",
         )
-    workflow_id = check_id(form.get("workflow_id"), "workflow_id")
+    # the id in the action's URL, where it travels as stored: a browser turns a line break in
+    # a form's field into CR LF (a form posted by hand may give it as a field)
+    workflow_id = check_id(request.query_params.get("id", form.get("workflow_id")), "workflow_id")
     client = await state.ready()
     name = request.path_params["action"]
     after: list[tuple[str, str]] = [("done", name)]

@@ -37,6 +37,9 @@ from durable.models import WORKFLOW_TASK, StepRecord, TaskSpec, WorkflowInfo, Wo
 
 T = TypeVar("T")
 
+#: Seconds a thread waits for the backend's event loop to read its database's identity anew.
+IDENTITY_WAIT = 30.0
+
 
 class _BodyFailed(Exception):
     """Carries what the step's body (or its record) raised out of the transaction, which
@@ -352,17 +355,26 @@ class Transactions(SQLCore):
         return found if found is not None else self.dialect.identity_from_url(self.engine.url)
 
     def reread_database_identity_blocking(self) -> tuple[Any, ...] | None:
-        """:meth:`own_database_identity` read again now, blocking, on a sync connection of its
-        own (from any thread, the event loop's included: no loop is involved), and kept; None
-        where the backend has none (an async engine given by the caller). For a caller's
-        identity that differs from the one kept: a restarted PostgreSQL server has another
-        start time."""
+        """:meth:`own_database_identity` read again now, blocking, and kept: on a sync
+        connection of its own (from any thread, the event loop's included), else (an async
+        engine the caller gave) on the backend's event loop from another thread; None on that
+        loop's thread then, where nothing may block. For a caller's identity that differs
+        from the one kept: a restarted PostgreSQL server has another start time."""
         engine = self._thread_engine()
-        if engine is None:
-            return None
-        with self._errors("identify durable's database"), engine.connect() as conn:
-            row = tuple(conn.execute(self.dialect.database_identity()).one())
-        found = self.dialect.identity_of(row)
+        if engine is not None:
+            with self._errors("identify durable's database"), engine.connect() as conn:
+                row = tuple(conn.execute(self.dialect.database_identity()).one())
+            found = self.dialect.identity_of(row)
+        else:
+            loop = self._loop
+            if loop is None or loop.is_closed() or _running_loop() is loop:
+                return None
+            reading = asyncio.run_coroutine_threadsafe(self._read_database_identity(), loop)
+            try:
+                found = reading.result(timeout=IDENTITY_WAIT)
+            except TimeoutError:  # the loop does not answer: keep what was known
+                reading.cancel()
+                return None
         self.__dict__["_own_identity"] = found
         return found
 
@@ -417,6 +429,13 @@ class Transactions(SQLCore):
                     ) from None
                 checked.add(connection.engine)
         return self.dialect.connection(connection)  # MySQL: what it lacks, emulated
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _caller_url(connection: Any) -> str | None:
