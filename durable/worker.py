@@ -489,7 +489,9 @@ class Worker:
                 await asyncio.gather(*pending, return_exceptions=True)
                 log.info(
                     "handed back %d unfinished execution(s)",
-                    len(pending),
+                    # by execution (each task is named after its own): a claim of this worker
+                    # may wait for the recovery's drive of the same one
+                    len({task.get_name() for task in pending}),
                     extra={"action": "worker.handed_back"},
                 )
 

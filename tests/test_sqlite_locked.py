@@ -164,6 +164,11 @@ async def many_quick_steps(n: int) -> int:
     return n
 
 
+@durable.workflow
+async def inbox() -> object:
+    return await durable.recv("never")
+
+
 async def test_awaited_calls_in_a_loop_let_the_event_loop_turn(tmp_path: Path) -> None:
     """The standard-library driver's operations run on the loop's thread without waiting on
     I/O: a status poll awaiting ``get_workflow`` in a loop, or a workflow of many quick steps,
@@ -182,3 +187,10 @@ async def test_awaited_calls_in_a_loop_let_the_event_loop_turn(tmp_path: Path) -
             await runtime.run(many_quick_steps, 5000)
             took = asyncio.get_running_loop().time() - started
             assert ticks.count > took / 0.1, f"{ticks.count} turns in {took:.2f} s of steps"
+        waiting = await runtime.enqueue(inbox)
+        async with LoopTicks() as ticks:
+            started = asyncio.get_running_loop().time()
+            for i in range(2000):
+                await runtime.client.send(waiting, "go", i)
+            took = asyncio.get_running_loop().time() - started
+            assert ticks.count > took / 0.1, f"{ticks.count} turns in {took:.2f} s of sends"

@@ -24,7 +24,7 @@ from durable.backends.sql.core import (
 )
 from durable.backends.sql.direct import CompiledStatement
 from durable.backends.sql.grouped import GroupedWrites, array_param
-from durable.backends.sql.runners import InlineRunner
+from durable.backends.sql.runners import HOLD_LOOP, InlineRunner
 from durable.backends.sql.schema import steps, tasks, workflows
 from durable.errors import (
     ClaimLostError,
@@ -286,7 +286,7 @@ class Execution(GroupedWrites):
             if isinstance(runner, InlineRunner) and self._record_step_direct is not None:
                 with self._errors(what):  # a lone write: committed here, no coroutine on the way
                     done = runner.direct_now(self._record_step_direct, params)
-                if done is not None:
+                if done is not None and done.rowcount == 1:  # recorded: the workflow goes on
                     await runner.let_loop_turn()
             if done is None:
                 done = await self._run_direct(self._record_step_direct, params, what=what)
@@ -295,10 +295,14 @@ class Execution(GroupedWrites):
         if rowcount == 1:
             return
         explain = self._step_refusal(clock, instance_id, step.position, worker_id, task_id)
-        if rowcount is None:  # in a transaction, which explains a refusal itself
-            await self._run(self._step_writer(params, explain), what=what)
-            return
-        raise await self._run(explain, what=what)
+        held = HOLD_LOOP.set(True)  # a refusal's caller renews the lease before anything else
+        try:
+            if rowcount is None:  # in a transaction, which explains a refusal itself
+                await self._run(self._step_writer(params, explain), what=what)
+                return
+            raise await self._run(explain, what=what)
+        finally:
+            HOLD_LOOP.reset(held)
 
     @property
     def records_steps_blocking(self) -> bool:  # type: ignore[override]

@@ -22,6 +22,7 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -89,6 +90,11 @@ _NEXT_POSITION = f"SELECT {feed.SQLITE_NEXT_POSITION}"
 #: a caller awaiting them in a loop (a status poll, a workflow of many quick steps) would
 #: otherwise hold the loop, heartbeats included, for as long as it goes on.
 LOOP_TURN_EVERY = 0.01
+
+#: Set while what follows an operation must run before anything else of the loop does (a
+#: refused step record explained, then its lease renewed, before this executor's own worker
+#: could claim the execution again): the inline runner does not let the loop turn then.
+HOLD_LOOP: ContextVar[bool] = ContextVar("durable_hold_loop", default=False)
 
 
 class _Counted:
@@ -177,7 +183,8 @@ class InlineRunner(Runner):
 
     async def transaction(self, fn: Callable[[sa.Connection], T]) -> T:
         done = await self.waiting_for_lock(lambda: self.run(fn))
-        await self.let_loop_turn()
+        if not HOLD_LOOP.get():
+            await self.let_loop_turn()
         return done
 
     async def let_loop_turn(self) -> None:
@@ -303,7 +310,9 @@ class InlineRunner(Runner):
         if self._group.bound_elsewhere():
             return self.run_batch([(statements, values)])[0].result()
         done = await self._group.submit((statements, values))
-        await self.let_loop_turn()
+        if len(done) == len(statements) and done[-1].rowcount:
+            # all done (what a refusal stops, a lease renewed say, goes on uninterrupted)
+            await self.let_loop_turn()
         return done
 
     def run_alone(self, statement: CompiledStatement, values: dict[str, Any]) -> DirectResult:
