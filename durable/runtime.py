@@ -79,6 +79,11 @@ T = TypeVar("T")
 #: do not spin on a database that only just came back).
 OUTAGE_BACKOFF = timedelta(seconds=2)
 
+#: The most threads sync workflows' bodies run in at once: in practice no bound (threads are
+#: made as bodies need them and reused); a bound as small as the steps' pool deadlocked sync
+#: parents waiting for their sync children.
+BODY_THREADS_MAX = 4096
+
 
 def default_executor_id() -> str:
     """``host-pid-random``: unique per process. Pass a stable id to recover your own work at once
@@ -105,7 +110,10 @@ class Runtime(Operations, Serving):
         Executions that never started are left to workers (:meth:`start_worker`).
     :param poll_interval: seconds between looks at a workflow another executor is running.
     :param registry: where workflow names are looked up (default: the decorators' registry).
-    :param max_threads: worker threads for sync workflows and sync steps.
+    :param max_threads: worker threads for the sync steps of async workflows. A sync
+        workflow's body runs in a thread of its own (reused once it ends): a parent waiting for
+        its child holds its thread, so bodies drawn from a bounded pool deadlocked once that
+        many parents waited at once.
     :param retention: delete finished executions once they are this old (a ``timedelta``), or
         as :class:`~durable.Retention` policies say (one, or a list: per workflow name or
         queue), in small batches in the background while this runtime has a worker (see
@@ -204,6 +212,7 @@ class Runtime(Operations, Serving):
         self.queues = list(queues)
         """The queues this runtime declares (stored on start unless stored already)."""
         self._threads: ThreadPoolExecutor | None = None
+        self._body_threads: ThreadPoolExecutor | None = None
         self._locks = KeyedLock()
         self._workers: list[Worker] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -238,6 +247,9 @@ class Runtime(Operations, Serving):
             raise
         self._on_this_loop()
         self._threads = ThreadPoolExecutor(self._max_threads, thread_name_prefix=STEP_THREAD_PREFIX)
+        self._body_threads = ThreadPoolExecutor(
+            BODY_THREADS_MAX, thread_name_prefix=STEP_THREAD_PREFIX
+        )
         self._started = True
         await self.backend.register_workflows(
             [
@@ -283,8 +295,9 @@ class Runtime(Operations, Serving):
                 self.executor_id, incarnation=self._incarnation
             )
         self._started = False
-        if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._threads, self._body_threads):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
         await self.backend.close()
 
     # -- running workflows --------------------------------------------------------------------

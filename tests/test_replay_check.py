@@ -162,6 +162,12 @@ async def test_a_workflow_that_continues_as_new_is_checked_run_by_run() -> None:
         await check_replay_safe(entity_branches, 0)
 
 
+async def test_the_sync_check_in_an_async_test_says_to_await_the_async_one() -> None:
+    """It raised asyncio's own RuntimeError and left a never-awaited coroutine warning."""
+    with pytest.raises(durable.DurableError, match=r"await durable\.testing\.check_replay_safe"):
+        check_replay_safe_sync(entity, 0)
+
+
 async def test_only_workflows_are_checked() -> None:
     with pytest.raises(durable.InvalidArgumentError, match="workflow"):
         await check_replay_safe(charge)  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ import logging
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -99,6 +100,53 @@ def in_threads(*targets: Callable[[], Any], timeout: float = WAIT) -> list[Any]:
 def not_started(rt: durable.Runtime) -> None:
     with pytest.raises(durable.DurableError, match=r"not started|closed"):
         rt.run_sync(twice, 1)
+
+
+@durable.workflow(name="tests.sync_api.child.v1")
+def child_of_twice(x: int) -> int:
+    return double(x)
+
+
+@durable.workflow(name="tests.sync_api.parent.v1")
+def parent_of_two(x: int) -> int:
+    return child_of_twice(x) + child_of_twice(x + 10)
+
+
+def test_as_many_sync_parents_as_threads_run_their_sync_children(sqlite_url: str) -> None:
+    """Each sync parent held a thread of the runtime's pool while it waited for its child,
+    whose body needed one of the same pool: as many parents as ``max_threads`` at once
+    (64 request threads by default, or a worker's concurrency) and none ever finished."""
+    rt = durable.Runtime(durable.connect(sqlite_url), max_threads=2, recover=False)
+    with rt:
+        done = in_threads(
+            *(lambda i=i: rt.run_sync(parent_of_two, i, workflow_id=f"p-{i}") for i in range(6)),
+            timeout=30,
+        )
+    assert done == [(2 * i) + (2 * (i + 10)) for i in range(6)]
+
+
+def test_a_sync_body_refused_a_thread_at_shutdown_is_handed_back_not_failed(
+    sqlite_url: str,
+) -> None:
+    """At interpreter exit (the README's ``atexit.register(runtime.close_sync)``: Python shuts
+    thread pools down before it runs ``atexit``), a worker still claiming got "cannot schedule
+    new futures after shutdown" for the next sync body, recorded as the workflow's failed
+    attempt: dead-lettered with ``max_attempts=1``, though its code never ran."""
+    rt = durable.Runtime(durable.connect(sqlite_url), recover=False)
+    with rt:
+        assert rt._body_threads is not None
+        rt._body_threads.shutdown()  # as the interpreter's exit does
+        wid = rt.client.enqueue_sync(twice, 1, max_attempts=1)
+        rt.start_worker_sync(concurrency=1, poll_interval=0.05)
+        deadline = time.monotonic() + WAIT
+        while rt.client.get_workflow_sync(wid).started_at is None:  # an attempt began
+            assert time.monotonic() < deadline, "the worker never began it"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        info = rt.client.get_workflow_sync(wid)
+        steps = rt.client.list_steps_sync(wid)
+    assert info.status is durable.WorkflowStatus.PENDING and info.error is None
+    assert steps == []  # its body never ran
 
 
 def test_request_threads_each_entering_the_runtime(backend_url: str) -> None:

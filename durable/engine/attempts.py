@@ -671,10 +671,17 @@ class Attempts(Leases):
             return output
         scope = contextvars.copy_context()
         scope.run(_context.enter, ctx)
-        assert self._threads is not None
-        return await asyncio.get_running_loop().run_in_executor(
-            self._threads, lambda: scope.run(stopping_as_failure, wf.fn, *args, **kwargs)
-        )
+        assert self._body_threads is not None
+        try:
+            running = asyncio.get_running_loop().run_in_executor(
+                self._body_threads, lambda: scope.run(stopping_as_failure, wf.fn, *args, **kwargs)
+            )
+        except RuntimeError as refused:  # no more threads: the runtime or the interpreter ends
+            # the body never ran: handed back uncounted, as at a graceful stop (it was the
+            # workflow's failed attempt, dead-lettered with max_attempts=1)
+            await self._release_through_outage(ctx.workflow_id)
+            raise HandedBack(ctx.workflow_id) from refused
+        return await running
 
     def _roundtrip_output(self, wf: Workflow[Any, Any], instance_id: str, output: Any) -> Any:
         serializer = self.backend.serializer

@@ -48,6 +48,7 @@ class RuntimeCore(SyncStartable):
     registry: Registry
     _max_threads: int
     _threads: ThreadPoolExecutor | None
+    _body_threads: ThreadPoolExecutor | None  # sync workflows' bodies (see Runtime)
     _locks: KeyedLock
     _workers: list[Worker]
     _background: set[asyncio.Task[Any]]

@@ -255,7 +255,20 @@ def check_replay_safe_sync(
     workflow: Workflow[Any, Any], *args: Any, compare_outputs: bool = True, **kwargs: Any
 ) -> ReplayCheck:
     """:func:`check_replay_safe` for sync code (a sync test): runs it on an event loop of its
-    own, so call it where no loop is running."""
+    own, so call it where no loop is running.
+
+    :raises DurableError: called where an event loop runs (an async test): ``await``
+        :func:`check_replay_safe` there.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise DurableError(
+            "check_replay_safe_sync runs its own event loop, so it cannot be called where one "
+            "runs (an async test): await durable.testing.check_replay_safe(...) instead"
+        )
     return asyncio.run(
         check_replay_safe(workflow, *args, compare_outputs=compare_outputs, **kwargs)
     )
