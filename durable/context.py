@@ -89,8 +89,10 @@ class Rescheduled(Exception):
 
 
 class HandedBack(Rescheduled):
-    """Internal: the attempt was handed back uncounted because the database could not be
-    reached (its ``__cause__``, a :class:`BackendUnavailableError`); not a failed attempt."""
+    """Internal: the attempt was handed back uncounted, not a failed attempt; its
+    ``__cause__`` says why: the database could not be reached (a
+    :class:`BackendUnavailableError`), or a sync body got no thread (the runtime's threads
+    shut down as the interpreter exits)."""
 
 
 class ExecutionHost(Protocol):

@@ -427,9 +427,9 @@ class Worker:
         elif isinstance(exc, WorkflowCancelledError):
             level, action, how = logging.INFO, "worker.cancelled", "was cancelled"
         elif isinstance(exc, HandedBack):
-            # the runtime said so already, at WARNING, as it handed the attempt back
-            level, action = logging.DEBUG, "worker.outage"
-            how = "was handed back uncounted (the database could not be reached)"
+            # why is the cause's: an outage (the runtime said so already, at WARNING), or no
+            # thread for a sync body as the interpreter exits
+            level, action, how = logging.DEBUG, "worker.outage", "was handed back uncounted"
             cause = exc.__cause__ or exc
         elif isinstance(exc, Rescheduled):
             action, how = "worker.retry", "failed an attempt; the next one is scheduled"

@@ -348,11 +348,9 @@ async def _scenario(
         problems.append(
             f"the resumed run returned {resumed[1]!r}, the reference run {reference[1]!r}"
         )
-    if (await backend.get_workflow(instance_id)).continuations != crashed_run:
-        before_kept = {}  # the crashed run continued as new: its history went with it
-    else:
-        before_kept = before
-    for position, row in before_kept.items():
+    # the crashed run's history, unless it continued as new since (the history went with it)
+    same_run = (await backend.get_workflow(instance_id)).continuations == crashed_run
+    for position, row in (before if same_run else {}).items():
         if row.status is StepStatus.PENDING:
             continue
         now = after.get(position)
