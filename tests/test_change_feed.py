@@ -5,6 +5,7 @@ contract is in durable/testing/contract/changes.py."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -281,6 +282,14 @@ mysql tables in use 1, locked 0
 0 lock struct(s), heap size 1128, 0 row lock(s)
 MariaDB thread id 31, OS thread handle 140698167981761, query id 80 127.0.0.1 root
 SELECT SLEEP(15), count(*) FROM durable_workflows
+---TRANSACTION (0x7ff6e5589400), not started
+mysql tables in use 3, locked 3
+0 lock struct(s), heap size 1128, 0 row lock(s)
+---TRANSACTION (0x7ff6e5589800), ACTIVE 1 sec
+mysql tables in use 4, locked 4
+1 lock struct(s), heap size 1128, 0 row lock(s)
+MariaDB thread id 40, OS thread handle 140698167981762, query id 90 127.0.0.1 root
+INSERT INTO durable_messages (workflow_id, topic, value) VALUES ('w', 't', NEXTVAL(...))
 --------
 FILE I/O
 --------
@@ -308,8 +317,62 @@ async def test_a_long_read_on_durables_tables_does_not_hold_the_feed_back(
         engine.dispose()
 
 
+@pytest.mark.mysql
+async def test_mariadb_a_write_before_its_first_row_is_waited_for(mysql_backend_url: str) -> None:
+    """A statement takes its position before it writes its first row, and InnoDB gives its
+    transaction an id only then: a reader left it out as one that had only read, returned a
+    later position, and the earlier one, committed after, was never read by paging on."""
+    url = sa.make_url(mysql_backend_url).set(drivername="mysql+pymysql")
+    engine = sa.create_engine(url.update_query_dict({"charset": "utf8mb4"}), poolclass=NullPool)
+
+    def slow_writer() -> None:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO durable_workflows (id, name, status, queue, priority, "
+                    "attempts, version, created_at, updated_at, created_seq) VALUES ('slow', "
+                    "'wf', 'pending', 'default', 0, 0, 1, :now, :now, "
+                    "NEXTVAL(durable_feed_seq) + 0 * SLEEP(1))"
+                ),
+                {"now": NOW},
+            )
+
+    try:
+        async with durable.connect(mysql_backend_url) as backend:
+            before = await backend.list_changes(limit=1000)
+            after = before[-1].position if before else 0
+            writer = threading.Thread(target=slow_writer)
+            writer.start()
+            try:
+                await asyncio.sleep(0.4)  # the slow statement holds its position
+                with engine.begin() as conn:
+                    insert_workflow(conn, "quick")
+                found = await backend.list_changes(after=after)
+            finally:
+                writer.join()
+            assert [e.workflow_id for e in found] == ["slow", "quick"]
+    finally:
+        engine.dispose()
+
+
 def test_innodbs_report_gives_each_started_transaction_and_its_session() -> None:
-    assert changes.innodb_transactions(STATUS) == {("7943", None), ("3172", 176), ("3180", 9)}
+    assert changes.innodb_transactions(STATUS) == {
+        ("7943", None),
+        ("3172", 176),
+        ("3180", 9),
+        ("(0x7ff6e5589400)", None),
+        ("(0x7ff6e5589800)", 40),
+    }
     cut = STATUS.replace("---TRANSACTION 3172", "...truncated...\n---TRANSACTION 3172")
     assert changes.innodb_transactions(cut) is None
     assert changes.innodb_transactions("") == set()
+
+
+def test_a_transaction_without_an_id_that_leaves_the_list_may_have_been_given_one() -> None:
+    held = {("3172", 176), ("(0x7ff6e5589400)", None)}
+    listed = {("3190", 40), ("(0x7ff6e5589800)", None)}
+    # the one without an id is gone: it may be 3190 now, so 3190 is held in its place
+    assert changes.still_held(held, listed) == {("3190", 40)}
+    assert changes.still_held(held, {("(0x7ff6e5589400)", None)}) == {("(0x7ff6e5589400)", None)}
+    assert changes.still_held({("3172", 176)}, {("3172", 176), ("3190", 40)}) == {("3172", 176)}
+    assert changes.still_held(held, set()) == set()

@@ -54,36 +54,59 @@ _MYSQL_ELSEWHERE = sa.text(
 )
 _TRANSACTION = re.compile(r"^---TRANSACTION ([^,]+), (.*)$")
 _THREAD = re.compile(r"^(?:MySQL|MariaDB) thread id (\d+),")
+_LOCKING = re.compile(r"^mysql tables in use \d+, locked (\d+)")
 _TRUNCATED = "...truncated..."
 
 
 def innodb_transactions(status: str) -> set[tuple[str, int | None]] | None:
-    """The transactions that InnoDB's status report lists as started and writing (given an
-    id), each as (its id as printed, its session's id, or None for one no session holds: a
+    """The transactions that InnoDB's status report lists as holding, or maybe holding, a
+    position: each as (its id as printed, its session's id, or None for one no session holds: a
     prepared XA transaction recovered); None when the report was cut short (InnoDB truncates it
-    past 1 MB, in its list of transactions). A transaction that has only read is left out: it
-    holds no position, and a long one (a report, a backup) would hold the feed back."""
+    past 1 MB, in its list of transactions).
+
+    A transaction is given an id when it first writes. One without an id ("(0x...)", or "not
+    started") is left out when it runs no statement that locks a table: it has only read, holds
+    no position, and a long one (a report, a backup) would hold the feed back. One without an
+    id whose statement locks tables is kept: a writing statement takes its position before its
+    first row is written, and only then is its transaction given an id (and listed under it)."""
     if _TRUNCATED in status:
         return None
     found: set[tuple[str, int | None]] = set()
-    current: str | None = None
+    current: str | None = None  # the listed transaction, while its lines are read
+    unwritten: str | None = None  # one without an id, kept if its statement locks tables
     for line in status.splitlines():
         if match := _TRANSACTION.match(line):
             if current is not None:
                 found.add((current, None))
-            # "(0x...)" instead of an id: InnoDB gave it none, as to every transaction until
-            # it first writes (a read, a backup's consistent snapshot): it holds no position
-            unwritten = match[1].startswith("(") or match[2].startswith("not started")
-            current = None if unwritten else match[1]
+            written = not match[1].startswith("(") and not match[2].startswith("not started")
+            current, unwritten = (match[1], None) if written else (None, match[1])
+        elif unwritten is not None and (match := _LOCKING.match(line)):
+            if int(match[1]) > 0:
+                current = unwritten
+            unwritten = None
         elif current is not None and (match := _THREAD.match(line)):
             found.add((current, int(match[1])))
             current = None
-        elif current is not None and line.startswith("-----"):
-            found.add((current, None))  # the list ended
-            current = None
+        elif line.startswith("-----"):
+            if current is not None:
+                found.add((current, None))  # the list ended
+            current = unwritten = None
     if current is not None:
         found.add((current, None))
     return found
+
+
+def still_held(
+    held: set[tuple[str, int | None]], listed: set[tuple[str, int | None]]
+) -> set[tuple[str, int | None]]:
+    """Which of the transactions ``held`` are still open, by InnoDB's new list ``listed``: those
+    listed again. When one without an id is gone from the list, it may have been given its id
+    since (it is not known which), so every transaction listed with an id is held too: those
+    that began after the reader took its position hold later ones, and end soon enough."""
+    kept = held & listed
+    if any(key.startswith("(") and (key, session) not in listed for key, session in held):
+        kept |= {t for t in listed if not t[0].startswith("(")}
+    return kept
 
 
 #: The largest position SQLite and MySQL hold (PostgreSQL's go beyond: see :mod:`.feed`).
@@ -156,8 +179,9 @@ class Changes(SQLCore):
     async def _mysql_final_below(self) -> int:
         """The reader takes the sequence's next value itself: every position below it was taken
         before, by a transaction that InnoDB had started by then (it opens the table it writes
-        before the statement computes its values), so InnoDB's status report lists it now, or
-        it has ended. The reader waits (up to :data:`MYSQL_WAIT` seconds) for the listed
+        before the statement computes its values), so InnoDB's status report lists it now
+        (with an id, or before its first row as a statement that locks tables), or it has
+        ended. The reader waits (up to :data:`MYSQL_WAIT` seconds) for the listed
         transactions of sessions on this database to end (a transaction is known by its id and
         session; one gone from the list has ended); if one is still open, or the report was cut
         short, nothing new is final yet (the feed lags behind the oldest open transaction;
@@ -183,7 +207,7 @@ class Changes(SQLCore):
             await asyncio.sleep(MYSQL_POLL)
             now_open = await self._run(still_open, what="read the change feed", read_only=True)
             if now_open is not None:
-                open_ones &= now_open
+                open_ones = still_held(open_ones, now_open)
         return 0 if open_ones is None else value
 
     @staticmethod
