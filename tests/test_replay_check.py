@@ -162,6 +162,21 @@ async def test_a_workflow_that_continues_as_new_is_checked_run_by_run() -> None:
         await check_replay_safe(entity_branches, 0)
 
 
+@durable.workflow(name="crash.reminded")
+async def reminded(order: str) -> str:
+    await durable.start_timer("reminder", timedelta(days=1))
+    decision = await durable.recv("decision", timeout=timedelta(days=3))
+    await durable.cancel_timer("reminder")
+    return f"{order}: {decision}"
+
+
+async def test_a_timers_due_time_is_not_compared_across_runs() -> None:
+    """A timer records when it fires, on the virtual clock, which each run moves on (here by
+    the receive's timeout): the check took a deterministic workflow for one whose steps
+    depend on the time of the run."""
+    await check_replay_safe(reminded, "o-1")
+
+
 async def test_the_sync_check_in_an_async_test_says_to_await_the_async_one() -> None:
     """It raised asyncio's own RuntimeError and left a never-awaited coroutine warning."""
     with pytest.raises(durable.DurableError, match=r"await durable\.testing\.check_replay_safe"):
