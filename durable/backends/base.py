@@ -1619,6 +1619,7 @@ class PersistentBackend(ABC):
         * every event of the source whose value was written at a position below
           ``from_position`` is copied (key, value, position, ``updated_at``); a key whose
           latest value was written at or after it is not (its earlier values are not kept);
+        * the source's labels are copied (:meth:`get_labels` of both is the same);
         * its workflow task is created, due at once (unclaimed, with the source's name, queue
           and priority).
 

@@ -14,7 +14,8 @@ from durable.models import StepStatus, TaskSpec, WorkflowInfo, WorkflowStatus
 
 
 class Forks(MemoryCore):
-    """Forks: the new workflow, its copied steps and events, and its task, under one lock."""
+    """Forks: the new workflow, its copied steps, events and labels, and its task, under one
+    lock."""
 
     _events: dict[str, dict[str, Any]]  # outputs.StoredEvent, a sibling area
 
@@ -65,6 +66,8 @@ class Forks(MemoryCore):
             }
             if events:
                 self._events[new_id] = events
+            if labels := self._labels.get(source_id):
+                self._labels[new_id] = dict(labels)
             self._add_task(
                 TaskSpec(
                     instance_id=new_id, name=source.name, queue=source.queue,

@@ -3,7 +3,7 @@
 
 Part of :class:`~durable.backends.sql.backend.SQLAlchemyBackend` (see :mod:`.core`). The new
 workflow's row is built from the source's as read (its input copied as stored text, never
-deserialized); its steps and events are copied with ``INSERT ... SELECT`` in the same
+deserialized); its steps, events and labels are copied with ``INSERT ... SELECT`` in the same
 transaction, which portable SQLAlchemy Core renders on every dialect.
 """
 
@@ -15,13 +15,13 @@ import sqlalchemy as sa
 
 from durable.backends.base import check_aware, fork_refusal
 from durable.backends.sql.core import SQLCore
-from durable.backends.sql.schema import events, steps, workflows
+from durable.backends.sql.schema import events, steps, workflow_labels, workflows
 from durable.errors import WorkflowAlreadyExistsError, WorkflowNotFoundError
 from durable.models import StepStatus, TaskSpec, WorkflowInfo, WorkflowStatus
 
 
 class Forks(SQLCore):
-    """Forks: the new workflow, its copied steps and events, and its task, in one
+    """Forks: the new workflow, its copied steps, events and labels, and its task, in one
     transaction."""
 
     async def fork_workflow(
@@ -111,6 +111,16 @@ class Forks(SQLCore):
                     sa.select(sa.literal(new_id, sa.String()), *event_columns).where(
                         events.c.workflow_id == source_id, events.c.position < from_position
                     ),
+                )
+            )
+            conn.execute(
+                sa.insert(workflow_labels).from_select(
+                    ["workflow_id", "key", "value"],
+                    sa.select(
+                        sa.literal(new_id, sa.String()),
+                        workflow_labels.c.key,
+                        workflow_labels.c.value,
+                    ).where(workflow_labels.c.workflow_id == source_id),
                 )
             )
             conn.execute(

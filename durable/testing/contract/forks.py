@@ -1,7 +1,7 @@
 """Forks: a new execution from the first steps of another's recorded history, in one
 transaction: its header from the source's, the steps and events below the fork position copied
-as stored, its task due at once; bad positions, pending steps, unknown sources and taken ids
-refused without writing anything; the source unchanged."""
+as stored, its labels copied, its task due at once; bad positions, pending steps, unknown
+sources and taken ids refused without writing anything; the source unchanged."""
 
 from __future__ import annotations
 
@@ -84,6 +84,17 @@ class ForkContract(ContractBase):
         began = await backend.begin_execution("fork", "w2")
         assert [s.position for s in began.steps] == [0, 1]
         assert began.input == INPUT
+
+    async def test_the_labels_are_copied(self, backend: PersistentBackend) -> None:
+        labels = {"customer": "c-42", "uni": "caf\u00e9"}
+        await running(backend, "labelled", "w1", labels=labels)
+        await create(backend, "plain")
+        await backend.fork_workflow("labelled", "fork", from_position=0)
+        await backend.fork_workflow("plain", "plain-fork", from_position=0)
+        found = await backend.get_labels(["labelled", "fork", "plain-fork"])
+        assert found == {"labelled": labels, "fork": labels, "plain-fork": {}}
+        listed = await backend.list_snapshots(labels={"customer": "c-42"})
+        assert sorted(s.id for s in listed) == ["fork", "labelled"]
 
     async def test_every_position_from_zero_to_one_past_the_last(
         self, backend: PersistentBackend
