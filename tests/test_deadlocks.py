@@ -55,3 +55,44 @@ async def test_a_deadlock_victim_runs_again(
             backend._run(locker("b", "a"), what="lock b then a"),
         )
         assert sorted(runs) in (["a", "a", "b"], ["a", "b", "b"])  # one of them ran twice
+
+
+@pytest.mark.parametrize(
+    "url_fixture",
+    [
+        pytest.param("pg_url", marks=pytest.mark.postgres),
+        pytest.param("mysql_backend_url", marks=pytest.mark.mysql),
+    ],
+)
+async def test_a_cancel_takes_the_tasks_before_the_workflow_as_a_claim_does(
+    url_fixture: str, request: pytest.FixtureRequest
+) -> None:
+    """A claim locks a task, then updates its workflow's row (to start it); a cancel updated the
+    workflow's row, then deleted its tasks: the two deadlocked, and the claim (on PostgreSQL's
+    direct path, which is not run again) failed with "deadlock detected"."""
+    url = request.getfixturevalue(url_fixture)
+    driver = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql"}
+    parsed = sa.make_url(url)
+    engine = sa.create_engine(parsed.set(drivername=driver[parsed.get_backend_name()]))
+    try:
+        async with durable.connect(url) as backend:
+            await create(backend, "wf")
+            with engine.connect() as claim:
+                claim.exec_driver_sql(
+                    "SELECT instance_id FROM durable_tasks WHERE instance_id = 'wf' FOR UPDATE"
+                ).all()
+                cancel = asyncio.ensure_future(backend.cancel_workflow("wf"))
+                await asyncio.sleep(0.5)  # the cancel waits for the task's lock
+                assert not cancel.done()
+                # the claim starts the workflow: the cancel holds no lock on its row yet
+                await asyncio.to_thread(
+                    claim.exec_driver_sql,
+                    "UPDATE durable_workflows SET status = 'running' WHERE id = 'wf'",
+                )
+                claim.commit()
+            info = await cancel
+            assert info.status.value == "cancelled"
+            with pytest.raises(durable.TaskNotFoundError):
+                await backend.get_task("wf", "workflow")
+    finally:
+        engine.dispose()

@@ -417,7 +417,11 @@ class WorkflowRecords(SQLCore):
         self, conn: sa.Connection, instance_id: str, now: datetime, error_json: str | None
     ) -> sa.Row[Any] | None:
         """Cancel one unfinished workflow and drop its tasks; None if it had finished (or does
-        not exist)."""
+        not exist). Its tasks are locked before its row, in the order a claim takes them (a
+        claim locks a task, then starts its workflow): the other order deadlocked with it."""
+        conn.execute(
+            sa.select(tasks.c.task_id).where(tasks.c.instance_id == instance_id).with_for_update()
+        ).all()
         row = conn.execute(
             sa.update(workflows)
             .where(workflows.c.id == instance_id, workflows.c.status.not_in(_TERMINAL))
@@ -447,6 +451,9 @@ class WorkflowRecords(SQLCore):
     ) -> None:
         """Cancel the unfinished workflows descending from ``root`` (by ``parent_id``)."""
         for page in self._descendant_pages(conn, root):
+            conn.execute(  # the tasks first, as in _cancel_one
+                sa.select(tasks.c.task_id).where(tasks.c.instance_id.in_(page)).with_for_update()
+            ).all()
             conn.execute(
                 sa.update(workflows)
                 .where(workflows.c.id.in_(page), workflows.c.status.not_in(_TERMINAL))
