@@ -882,9 +882,10 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
         the record; the events the workflow set there (:func:`durable.set_event`; an event
         whose latest value was set at ``from_step`` or later is absent until the fork sets it
         again); and, whatever ``from_step``, its labels, so that a search by label finds the
-        fork beside the original (the children the fork starts inherit them). Not copied: messages waiting for the original (a message or timer received
-        at ``from_step`` or later must be sent to the fork), streams, the original's children
-        themselves, its id, idempotency key, deadline, attempts and parent.
+        fork beside the original (the children the fork starts inherit them). Not copied:
+        messages waiting for the original (a message or timer received at ``from_step`` or
+        later must be sent to the fork), streams, the original's children themselves, its id,
+        idempotency key, deadline, attempts and parent.
 
         :param from_step: the position of the first step that runs again (an ``int`` >= 0).
         :param new_workflow_id: the fork's id (default: a new random one).

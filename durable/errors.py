@@ -412,14 +412,31 @@ def raise_as_failure(exc: BaseException) -> NoReturn:
 def stopping_as_failure(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)`` in a thread running workflow code: a BaseException that is no
     ``Exception`` (``KeyboardInterrupt``, ``SystemExit``, ...) becomes
-    :class:`RaisedToStopError` (see :func:`raise_as_failure`; from a thread neither stops the
-    process; let through, it stopped the event loop awaiting the thread)."""
+    :class:`RaisedToStopError` (from a thread neither stops the process; let through, it
+    stopped the event loop awaiting the thread). So do ``CancelledError`` and ``GeneratorExit``:
+    no task is cancelled in a thread, the code raised them of its own. durable's own control
+    flow (:class:`ControlFlow`) goes on as it is, and ``StopIteration`` is raised as a
+    ``RuntimeError`` (see :func:`no_stop_iteration`)."""
     try:
-        return fn(*args, **kwargs)
+        return no_stop_iteration(fn, *args, **kwargs)
     except Exception:
         raise
+    except ControlFlow:
+        raise
     except BaseException as exc:
-        raise_as_failure(exc)
+        raise RaisedToStopError.of(exc) from exc
+
+
+def no_stop_iteration(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, for a thread whose outcome a coroutine awaits: a
+    ``StopIteration`` it raises is raised as a ``RuntimeError`` from it, as Python does for a
+    coroutine. asyncio cannot pass ``StopIteration`` through a future: the awaiting task was
+    never woken, and the step or workflow never ended."""
+    try:
+        return fn(*args, **kwargs)
+    except StopIteration as exc:
+        name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+        raise RuntimeError(f"{name} raised StopIteration") from exc
 
 
 def raise_unless_stopping(exc: BaseException) -> NoReturn:

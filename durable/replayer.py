@@ -34,7 +34,12 @@ from typing import Any
 from durable import context as _context
 from durable.context import ExecutionContext, ReplayFrontier, StepGuard
 from durable.continuation import ContinueAsNew
-from durable.errors import DurableError, InvalidArgumentError, NonDeterminismError
+from durable.errors import (
+    DurableError,
+    InvalidArgumentError,
+    NonDeterminismError,
+    no_stop_iteration,
+)
 from durable.models import WorkflowSnapshot, WorkflowStatus
 from durable.serialization import JSONSerializer, Serializer
 from durable.workflow import Workflow
@@ -272,4 +277,4 @@ async def _invoke(
     scope.run(_context.enter, ctx)
     if wf.is_async:
         return await asyncio.get_running_loop().create_task(wf.fn(*args, **kwargs), context=scope)
-    return await asyncio.to_thread(scope.run, wf.fn, *args, **kwargs)
+    return await asyncio.to_thread(scope.run, no_stop_iteration, wf.fn, *args, **kwargs)

@@ -39,6 +39,7 @@ from durable.errors import (
     DurableError,
     InvalidArgumentError,
     StepTimeoutError,
+    no_stop_iteration,
     raise_as_failure,
     stopping_as_failure,
 )
@@ -345,7 +346,7 @@ class SyncStep(Step[P, T]):
         """Await this sync step from an async workflow (it runs in a worker thread)."""
         ctx = current()
         if ctx is None:
-            return asyncio.to_thread(self.fn, *args, **kwargs)
+            return asyncio.to_thread(no_stop_iteration, self.fn, *args, **kwargs)
         if not ctx.is_async:
             raise DurableError(f"step {self.name!r}: .aio() is for async workflows")
         return self._execute(ctx.guard(self.name), args, kwargs)
@@ -503,7 +504,7 @@ async def run_step(
     if ctx is None:
         if adhoc.is_async:
             return await fn(*args, **kwargs)  # type: ignore[no-any-return,misc]
-        return await asyncio.to_thread(fn, *args, **kwargs)  # type: ignore[arg-type]
+        return await asyncio.to_thread(no_stop_iteration, fn, *args, **kwargs)  # type: ignore[arg-type]
     if not ctx.is_async:
         raise DurableError(f"durable.run_step({name!r}) is for async workflows")
     return await adhoc._execute(ctx.guard(name), args, kwargs)  # type: ignore[no-any-return]

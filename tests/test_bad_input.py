@@ -665,12 +665,16 @@ def exits_in_thread(which: str) -> None:
     STOPPER_CALLS.append(which)
     if which == "thread abort":
         raise Abort(which)
+    if which == "thread generator exit":
+        raise GeneratorExit(which)
+    if which == "thread cancelled":
+        raise asyncio.CancelledError(which)
     raise KeyboardInterrupt(which) if which == "keyboard" else SystemExit(3)
 
 
 @durable.workflow(name="tests.bad_input.stopper.v1", registry=REG, max_attempts=1)
 async def stopper(which: str, in_step: bool) -> None:
-    if which in ("keyboard", "exit", "thread abort"):
+    if which.startswith("thread ") or which in ("keyboard", "exit"):
         await exits_in_thread.aio(which)
     elif in_step:
         await raises_stopper(which)
@@ -688,6 +692,8 @@ async def stopper(which: str, in_step: bool) -> None:
         ("keyboard", True),
         ("exit", True),
         ("thread abort", True),
+        ("thread generator exit", True),
+        ("thread cancelled", True),
         ("async keyboard", True),
         ("async exit", True),
         ("abort", True),
@@ -718,6 +724,57 @@ async def test_code_that_raises_a_stop_of_its_own_fails_once(
         await asyncio.sleep(0.3)  # a loop would have run it again by now
         assert [which] == STOPPER_CALLS
         assert await rt.run(echo_back, 7) == 7  # the runtime still runs workflows
+
+
+@durable.step(max_attempts=2)
+def first_item(items: list[int]) -> int:
+    STOPPER_CALLS.append("first_item")
+    return next(iter(items))
+
+
+@durable.workflow(name="tests.bad_input.first_of.v1", registry=REG, max_attempts=1)
+async def first_of(items: list[int]) -> int:
+    return await first_item.aio(items)
+
+
+@durable.workflow(name="tests.bad_input.first_of_sync.v1", registry=REG, max_attempts=1)
+def first_of_sync(items: list[int]) -> int:
+    return next(iter(items))
+
+
+@durable.workflow(name="tests.bad_input.stops_sync.v1", registry=REG, max_attempts=1)
+def stops_sync(which: str) -> None:
+    raise GeneratorExit(which) if which == "generator exit" else asyncio.CancelledError(which)
+
+
+async def test_stop_iteration_from_sync_code_is_a_failure(sqlite_url: str) -> None:
+    """asyncio cannot pass a StopIteration through a future: a sync step or sync workflow
+    that raised one (``next()`` of an empty iterator) never ended, holding its worker's slot
+    and its lease for good. It is raised as a RuntimeError, as Python does for a coroutine."""
+    STOPPER_CALLS.clear()
+    async with runtime(sqlite_url) as rt:
+        for wf in (first_of, first_of_sync):
+            wid = f"{wf.name}-empty"
+            with pytest.raises(RuntimeError, match="raised StopIteration"):
+                await asyncio.wait_for(rt.run(wf, [], workflow_id=wid), 30)
+            info = await rt.get_workflow(wid)
+            assert info.error is not None and "raised StopIteration" in info.error.message
+        assert STOPPER_CALLS == ["first_item", "first_item"]  # the step's retry ran
+        assert await rt.run(first_of, [5]) == 5
+
+
+@pytest.mark.parametrize("which", ["generator exit", "cancelled"])
+async def test_a_sync_workflow_that_raises_a_stop_of_its_own_fails(
+    sqlite_url: str, which: str
+) -> None:
+    """It was recorded as "RuntimeError: no running event loop" (the check for a cancelled
+    task ran in the workflow's thread)."""
+    async with runtime(sqlite_url) as rt:
+        wid = f"stops-{which}"
+        with pytest.raises(durable.DurableError, match="raised by workflow code"):
+            await asyncio.wait_for(rt.run(stops_sync, which, workflow_id=wid), 30)
+        info = await rt.get_workflow(wid)
+        assert info.error is not None and info.error.type == "durable.errors.RaisedToStopError"
 
 
 @durable.workflow(name="tests.bad_input.echo_back.v1", registry=REG)
