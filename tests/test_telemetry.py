@@ -679,3 +679,19 @@ async def test_opentelemetry_that_raises_changes_no_outcome(
     assert reports[0].name == "durable.telemetry" and reports[0].levelno == logging.WARNING
     if fault == "inject":
         assert all(i.trace_context is None for i in infos)
+
+
+@durable.workflow(name="tests.otel.counter.v1", registry=REG)
+async def counter(n: int) -> int:
+    if n < 2:
+        durable.continue_as_new(n + 1)
+    return n
+
+
+async def test_a_run_that_continues_as_new_ends_continued(tmp_path: Any) -> None:
+    """Its span said "suspended": a continue-as-new is a suspension too, and that outcome was
+    looked up first."""
+    async with runtime(f"sqlite:///{tmp_path / 'continued.db'}") as rt:
+        assert await rt.run(counter, 0, workflow_id="counted") == 2
+    outcomes = [(s.attributes or {})["durable.outcome"] for s in spans_of("counted")[0]]
+    assert outcomes == ["continued", "continued", "succeeded"]

@@ -63,10 +63,12 @@ log = logging.getLogger("durable.runtime")
 ERROR_KEPT = 2000
 
 #: How a workflow span ends on these signals: not as an error (see durable.telemetry).
+#: The first class an exception is an instance of names the outcome: subclasses before their
+#: bases (a continue-as-new and a sleep are suspensions too).
 _SPAN_OUTCOMES: dict[type[BaseException], str] = {
     WorkflowSleeping: "sleeping",
-    WorkflowSuspended: "suspended",
     WorkflowContinued: "continued",
+    WorkflowSuspended: "suspended",
     ClaimLostError: "interrupted",
     asyncio.CancelledError: "handed_back",
     HandedBack: "handed_back",  # an outage ended it, uncounted
