@@ -74,6 +74,7 @@ from durable.models import (
 from durable.polling import UNANSWERED_LOOK, pauses, within
 from durable.portal import SyncStartable
 from durable.queues import Queue, QueueOperations, queue_name
+from durable.registry import Registry
 from durable.retention import RetentionOperations
 from durable.scheduling import ScheduleOperations
 from durable.validation import (
@@ -186,6 +187,12 @@ class Client(ScheduleOperations, RetentionOperations, QueueOperations, WorkflowI
 
     def __repr__(self) -> str:
         return f"Client({self.backend!r})"
+
+    def _policies(self) -> Registry | None:
+        """Where the workflows' timeouts and retry policies are: the registry of the runtime
+        that owns this client; None for a client of its own (it has no code)."""
+        registry = getattr(self._owner, "registry", None)
+        return registry if isinstance(registry, Registry) else None
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ first time. Ticks are returned as aware datetimes in UTC.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,11 +22,14 @@ from cronsim import CronSim, CronSimError
 
 from durable.errors import InvalidArgumentError
 from durable.models import MISSED_AFTER, MissedTicks
-from durable.validation import check_positive_int
+from durable.validation import check_int
 
 #: At most this many ticks are enqueued by one firing of a schedule (late ones included).
 MAX_TICKS_PER_FIRING = 1000
 _EPSILON = timedelta(microseconds=1)
+#: How many ticks :func:`next_tick` passes over inside a repeated hour (an hour of a cron
+#: with seconds, and more).
+_FOLD_TICKS = 10_000
 
 
 def check_timezone(value: Any, what: str = "timezone") -> ZoneInfo:
@@ -80,10 +84,12 @@ def check_missed(value: Any, what: str = "missed") -> MissedTicks:
 def next_tick(cron: str, timezone: str, after: datetime) -> datetime | None:
     """The first tick strictly after ``after`` (aware), in UTC; None if there is none."""
     it = CronSim(cron, after.astimezone(ZoneInfo(timezone)))
-    try:
-        return next(it).astimezone(UTC)
-    except StopIteration:
-        return None
+    # cronsim loses the fold of a start inside a repeated hour (clocks going back): it starts
+    # from the first of the two, and gives ticks before ``after`` first; they are passed over
+    for tick in itertools.islice(it, _FOLD_TICKS):
+        if (found := tick.astimezone(UTC)) > after:
+            return found
+    return None
 
 
 def _backwards(cron: str, timezone: str, until: datetime) -> Iterator[datetime]:
@@ -118,7 +124,7 @@ def due_ticks(
     (:attr:`MissedTicks.LATEST`), or the ``max_catchup`` most recent (:attr:`MissedTicks.ALL`).
     Never more than :data:`MAX_TICKS_PER_FIRING`.
     """
-    check_positive_int(max_catchup, "max_catchup")
+    check_int(max_catchup, "max_catchup", minimum=1, maximum=MAX_TICKS_PER_FIRING)
     fresh: list[datetime] = []
     old: list[datetime] = []
     wanted_old = {MissedTicks.SKIP: 0, MissedTicks.LATEST: 1, MissedTicks.ALL: max_catchup}[missed]

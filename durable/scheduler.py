@@ -58,6 +58,9 @@ class Scheduler:
         # due schedules it left last time (another registry's workflow, or unreadable): they
         # stay due, first in the store's order, so each look reads that many more
         self._left: set[str] = set()
+        # the time of the first look that found more due schedules than it reads (None: the
+        # last look read them all)
+        self._backlog_since: datetime | None = None
 
     def _serves(self, schedule: ScheduleInfo) -> bool:
         if self.registry is not None and schedule.workflow not in self.registry:
@@ -68,9 +71,16 @@ class Scheduler:
         """Fire every due schedule of the workflows it serves once. Returns the earliest next
         tick among those fired (None if none was)."""
         now = await self.backend.now()
+        # while it works through a backlog, look after look, the schedules are judged (due,
+        # late or missed) at the first look's time: it was running then, and saw them due
+        # (each look taking its own time, ticks only late were skipped as missed); those due
+        # since are found once the backlog is through
+        judged = self._backlog_since or now
         earliest: datetime | None = None
         left: set[str] = set()
-        due = await self.backend.due_schedules(now, limit=_LOOK + len(self._left))
+        limit = _LOOK + len(self._left)
+        due = await self.backend.due_schedules(judged, limit=limit)
+        self._backlog_since = judged if len(due) >= limit else None
         for schedule in due:
             assert schedule.next_run_at is not None
             if not self._serves(schedule):
@@ -88,11 +98,11 @@ class Scheduler:
                     schedule.cron,
                     schedule.timezone,
                     since=schedule.next_run_at,
-                    now=now,
+                    now=judged,
                     missed=schedule.missed,
                     max_catchup=schedule.max_catchup,
                 )
-                following = next_tick(schedule.cron, schedule.timezone, now)
+                following = next_tick(schedule.cron, schedule.timezone, judged)
                 runs = runs_for(schedule, ticks, self.registry, trigger=False, now=now)
             except Exception as exc:  # a row edited by hand: the other schedules go on
                 left.add(schedule.name)
@@ -161,11 +171,13 @@ class Scheduler:
             try:
                 await self.run_once()
                 failures = 0
-                wait = await self._until_next(interval)
+                # more are due than a look reads: the next look at once
+                wait = 0 if self._backlog_since else await self._until_next(interval)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database may come back: nothing ends this loop
                 failures += 1
+                self._backlog_since = None  # what it missed meanwhile is downtime
                 log.log(
                     logging.WARNING if failures == 1 else logging.DEBUG,
                     "firing schedules failed (%d time(s) in a row): %s: %s",

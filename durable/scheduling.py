@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from durable.backends.base import PersistentBackend
 from durable.cron import (
+    MAX_TICKS_PER_FIRING,
     check_cron,
     check_missed,
     check_timezone,
@@ -47,7 +48,7 @@ from durable.executions import (
 )
 from durable.models import MissedTicks, ScheduleInfo, TaskSpec, WorkflowInfo, WorkflowSnapshot
 from durable.registry import Registry, default_registry
-from durable.validation import check_bool, check_int, check_name, check_positive_int
+from durable.validation import check_bool, check_int, check_name
 from durable.workflow import Workflow
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def build_schedule(
         raise InvalidArgumentError(
             f"kwargs must not hold {SCHEDULED_AT!r}: each run gets its tick under that name"
         )
-    check_positive_int(max_catchup, "max_catchup")
+    check_int(max_catchup, "max_catchup", minimum=1, maximum=MAX_TICKS_PER_FIRING)
     if queue is not None:
         check_name(queue, "queue")
     check_int(priority, "priority")
@@ -361,6 +362,7 @@ class ScheduleOperations:
 
         def blocking(self, coro: Coroutine[Any, Any, T]) -> T: ...
         def _require_started(self) -> None: ...
+        def _policies(self) -> Registry | None: ...
 
     async def create_schedule(
         self,
@@ -487,18 +489,21 @@ class ScheduleOperations:
 
     async def trigger_schedule(self, name: str) -> WorkflowInfo:
         """Enqueue one execution of the schedule now (paused or not), its tick the store's
-        current time; the schedule's own ticks are not changed. Returns the execution.
+        current time; the schedule's own ticks are not changed. Returns the execution. From a
+        runtime's client, it gets the workflow's ``timeout`` and retry policy, as a tick
+        does; from a client of its own, which has no code, neither (as an enqueue by name).
 
         :raises ScheduleNotFoundError: no such schedule."""
         self._require_started()
         schedule = await self.backend.get_schedule(check_schedule_name(name))
         tick = await self.backend.now()
-        ((snapshot, task),) = runs_for(schedule, [tick], None, trigger=True)
+        ((snapshot, task),) = runs_for(schedule, [tick], self._policies(), trigger=True, now=tick)
         options = EnqueueOptions(
             idempotency_key=snapshot.idempotency_key,
             priority=task.priority,
             max_attempts=snapshot.max_attempts,
             queue=task.queue,
+            deadline=snapshot.deadline,
         )
         return await create_execution(
             self.backend,

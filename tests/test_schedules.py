@@ -316,6 +316,29 @@ async def test_a_tick_gets_the_workflow_s_timeout_as_an_enqueue_of_the_function_
         assert enqueued.deadline == tick.deadline
 
 
+async def test_a_trigger_from_a_runtime_gets_the_workflow_s_timeout_and_retries() -> None:
+    """``trigger_schedule`` ran the workflow with no deadline and 3 attempts, even from a
+    runtime that has its code; a client of its own (no code) still gives neither."""
+    registry = durable.Registry()
+
+    @durable.scheduled("0 0 1 1 *", name="yearly", registry=registry)
+    @durable.workflow(
+        name="test.schedules.triggered.v1", registry=registry, timeout=90, max_attempts=7
+    )
+    async def triggered(*, scheduled_at: str) -> None: ...
+
+    clock = Clock(utc(2030, 6, 1, 12))
+    backend = durable.InMemoryBackend(clock=clock)
+    async with durable.Runtime(backend, registry=registry) as runtime:
+        info = await runtime.client.trigger_schedule("yearly")
+        assert info.deadline == utc(2030, 6, 1, 12, 1, 30)
+        assert info.max_attempts == 7
+        async with durable.Client(backend) as client:
+            clock.now += timedelta(seconds=1)
+            bare = await client.trigger_schedule("yearly")
+            assert bare.deadline is None and bare.max_attempts == 3
+
+
 async def test_a_paris_schedule_across_the_spring_change() -> None:
     clock = Clock(utc(2026, 3, 27, 12))
     backend = durable.InMemoryBackend(clock=clock)
@@ -743,3 +766,64 @@ async def test_an_unreadable_schedule_does_not_stop_the_others(
         ]
         assert (await backend.get_schedule("a-bad")).next_run_at == due
     assert "schedule a-bad cannot be read" in caplog.text
+
+
+class SlowClock(Clock):
+    """A clock that moves on by ``step`` at each reading: a scheduler whose every look takes
+    that long."""
+
+    def __init__(self, now: datetime, step: timedelta) -> None:
+        super().__init__(now)
+        self.step = step
+
+    def __call__(self) -> datetime:
+        self.now += self.step
+        return self.now
+
+
+async def test_a_backlog_of_due_schedules_is_fired_look_after_look_none_missed() -> None:
+    """Many schedules on one tick (one per tenant at 02:00): a look reads 100, and the scheduler
+    waited its interval before the next one, so the later ones were more than 60 s late when
+    it reached them and their tick was skipped as missed, though it had been running all
+    along. It now looks again at once, and judges every look of a backlog at the first one's
+    time."""
+    clock = SlowClock(utc(2030, 1, 1, 1, 59, 59), timedelta(0))
+    backend = durable.InMemoryBackend(clock=clock)
+    async with durable.Client(backend) as client:
+        for n in range(250):
+            await client.create_schedule(f"tenant-{n:03}", "0 2 * * *", report, ["eu"])
+        clock.now = utc(2030, 1, 1, 2, 0, 1)
+        clock.step = timedelta(seconds=1)  # each reading of the clock: a second later
+        stopping = asyncio.Event()
+        scheduler = Scheduler(backend)
+        running = asyncio.create_task(scheduler.run(stopping, interval=30))
+        try:
+            for _ in range(200):
+                if scheduler.fired == 250:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            stopping.set()
+            await running
+        assert scheduler.fired == 250
+        for schedule in await client.list_schedules():
+            assert schedule.next_run_at == utc(2030, 1, 2, 2)
+
+
+def test_the_next_tick_inside_a_repeated_hour_is_after_it() -> None:
+    """Clocks go back at 03:00 CEST on 2027-10-31 (to 02:00 CET): from the second 02:15, the
+    next tick of 02:30 was the first 02:30, an hour before."""
+    second_quarter_past_two = utc(2027, 10, 31, 1, 15)  # 02:15 CET
+    after = next_tick("30 2 * * *", "Europe/Paris", second_quarter_past_two)
+    assert after == utc(2027, 11, 1, 1, 30)  # the next day's 02:30 CET (it ran once, at 00:30Z)
+    assert next_tick("*/20 2 * * *", "Europe/Paris", second_quarter_past_two) == utc(
+        2027, 10, 31, 1, 20
+    )
+
+
+async def test_max_catchup_is_at_most_what_one_firing_runs() -> None:
+    async with durable.Client("memory://") as client:
+        with pytest.raises(durable.InvalidArgumentError, match="max_catchup"):
+            await client.create_schedule(
+                "every", "* * * * * *", report, ["eu"], missed="all", max_catchup=5000
+            )
