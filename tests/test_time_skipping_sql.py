@@ -95,6 +95,22 @@ async def test_a_three_day_sleep_is_crossed_at_once_exactly_on_time(
     assert info.completed_at == start + timedelta(days=3)
 
 
+async def test_a_due_execution_nobody_serves_holds_time_only_for_the_grace(
+    durable_runtime: durable.Runtime,
+    durable_client: durable.Client,
+    durable_clock: TimeSkippingClock,
+) -> None:
+    """A database is asked twice for each skip (a look, then under its lock): the first
+    asking ended the grace given to an unclaimed task and the second began another, so on
+    PostgreSQL the clock never moved while an execution nobody serves was due (one left by
+    an earlier test, or enqueued by name)."""
+    await durable_client.enqueue("sqlskip.nobody_serves.v1", 1)
+    start = durable_clock.now()
+    before, after = await asyncio.wait_for(durable_runtime.run(three_days), 30)
+    assert datetime.fromisoformat(after) - datetime.fromisoformat(before) == timedelta(days=3)
+    assert durable_clock.now() >= start + timedelta(days=3)
+
+
 async def _until_asleep(client: durable.Client, workflow_id: str) -> None:
     for _ in range(2000):  # a worker picks it up at once
         if any(s.name == SLEEP_STEP for s in await client.list_steps(workflow_id)):

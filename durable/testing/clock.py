@@ -199,6 +199,7 @@ class TimeSkippingClock:
         with self._lock:
             self._now = target
             self.skipped += target - before
+            self._unclaimed_since = None  # a task still unclaimed after the skip: a new grace
 
     # -- waiting ---------------------------------------------------------------------------------
 
@@ -301,7 +302,8 @@ class TimeSkippingClock:
                 events.append(view.next_due)
             if not events:
                 return None
-            self._unclaimed_since = None
+            # the grace ends when the clock moves (:meth:`_moved`), not here: a database asks
+            # twice (a look, then under its lock), and the second asking began a new grace
             return min(events)
 
         return decide
