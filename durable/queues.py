@@ -73,8 +73,8 @@ def _rate(value: Any, what: str) -> tuple[int | None, float | None]:
     if (
         isinstance(period, bool)
         or not isinstance(period, int | float)
+        or not 0 < period < MAX_RATE_PERIOD  # before isfinite: an int past a float's range
         or not math.isfinite(period)
-        or not 0 < period < MAX_RATE_PERIOD
     ):
         raise InvalidArgumentError(
             f"{what}[1] (the period) must be a positive number of seconds below "

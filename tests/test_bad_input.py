@@ -817,6 +817,11 @@ async def test_wrong_types_to_public_apis_are_invalid_arguments(backend_url: str
             lambda rt: rt.client.update_queue("q", rate_limit=(1, 2e9)),
             "below 1000000000 (about 31 years)",
         ),
+        (
+            "update_queue(rate_limit=(1, 10**400))",  # an OverflowError turning it to a float
+            lambda rt: rt.client.update_queue("q", rate_limit=(1, 10**400)),
+            "below 1000000000 (about 31 years)",
+        ),
         ("list_executors(nan)", lambda rt: rt.list_executors(stale_after=math.nan), "finite"),
         ("recover(limit=0)", lambda rt: rt.recover(limit=0), "limit must be at least 1"),
         (

@@ -303,6 +303,38 @@ async def test_runtime_run_and_children_keep_to_the_limits(backend_url: str) -> 
     assert sorted(what for what, _a, _b in runs if what != "job") == ["child", "same"]
 
 
+async def test_a_grandchild_in_its_grandparents_limited_queue_runs_in_its_place(
+    sqlite_url: str,
+) -> None:
+    """A parent in queue "pa" (one place) awaits a child in "pb", which awaits a grandchild in
+    "pa": the grandchild waited for a place in "pa", which its grandparent held while it
+    waited for it, and the tree hung for good. Only the parent's own queue was looked at."""
+    registry = durable.Registry()
+
+    @durable.step(name="tree.leaf")
+    async def leaf(x: int) -> int:
+        return x
+
+    @durable.workflow(name="tree.grandchild.v1", registry=registry, queue="pa")
+    async def grandchild(x: int) -> int:
+        return await leaf(x)
+
+    @durable.workflow(name="tree.child.v1", registry=registry, queue="pb")
+    async def child(x: int) -> int:
+        return await grandchild(x) + 1
+
+    @durable.workflow(name="tree.parent.v1", registry=registry, queue="pa")
+    async def parent(x: int) -> int:
+        return await child(x) + 1
+
+    queues = [durable.Queue("pa", concurrency=1), durable.Queue("pb", concurrency=1)]
+    runtime = durable.Runtime(durable.connect(sqlite_url), registry=registry, queues=queues)
+    async with runtime:
+        await runtime.start_worker(concurrency=4, poll_interval=0.02)
+        workflow_id = await runtime.enqueue(parent, 1)
+        assert await runtime.client.result(workflow_id, timeout=20) == 3
+
+
 @pytest.mark.slow
 async def test_a_limit_change_applies_while_workers_run(sqlite_url: str) -> None:
     registry = durable.Registry()

@@ -37,6 +37,7 @@ from durable.errors import (
     SerializationError,
     TaskNotFoundError,
     WorkflowCancelledError,
+    WorkflowNotFoundError,
     logged,
     raise_as_failure,
     stopping_as_failure,
@@ -854,13 +855,23 @@ class Attempts(Leases):
 
     async def _child_keeps_limits(self, ctx: ExecutionContext, child: WorkflowInfo) -> bool:
         """Whether a child run by its parent waits for its queue's limits: yes when its queue
-        has limits, unless it is the parent's own queue (the child is then part of the work of
-        the parent, which holds a place in that queue: waiting for another place could wait
-        for ever)."""
+        has limits, unless it is the queue of its parent or of another ancestor (the child is
+        then part of the work of that ancestor, which holds a place in the queue while it
+        waits for its descendants: waiting for another place could wait for ever)."""
         if not await self._queue_limits.limited([child.queue]):
             return False
-        parent = await self.backend.get_workflow(ctx.workflow_id)
-        return parent.queue != child.queue
+        ancestor: str | None = ctx.workflow_id
+        seen: set[str] = set()
+        while ancestor is not None and ancestor not in seen:
+            seen.add(ancestor)
+            try:
+                info = await self.backend.get_workflow(ancestor)
+            except WorkflowNotFoundError:
+                break  # deleted (retention): it holds no place
+            if info.queue == child.queue:
+                return False
+            ancestor = info.parent_id
+        return True
 
     async def execute_claimed(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
         """Run an execution whose workflow task this executor has just claimed, and return
