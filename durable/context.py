@@ -109,6 +109,8 @@ class ExecutionHost(Protocol):
     @property
     def claim_ttl(self) -> timedelta: ...
     @property
+    def lease_window(self) -> float: ...
+    @property
     def superseded(self) -> bool: ...
     @property
     def sleep(self) -> Callable[[float], Coroutine[Any, Any, None]]: ...
@@ -272,7 +274,7 @@ class ExecutionContext:
         except ClaimLostError as exc:
             self.lease_lost = exc
             raise
-        self.lease_deadline = before + runtime.claim_ttl.total_seconds()
+        self.lease_deadline = before + runtime.lease_window
 
     async def renew_lapsed(self, refused: ClaimLostError) -> None:
         """After a write of this execution refused with ``refused``: if its lease had only run
@@ -646,6 +648,8 @@ class StepGuard:
             ctx.block_on(self.fail(exc, attempts=attempts))
             raise
         record = self._entry(StepStatus.SUCCEEDED, output=stored, attempts=attempts, child=None)
+        if not ctx.lease_fresh():  # as in _record
+            ctx.block_on(ctx.ensure_lease())
         try:
             with ctx.checkpoint():
                 backend.record_step_blocking(ctx.workflow_id, record, worker_id=ctx.executor_id)
@@ -661,9 +665,14 @@ class StepGuard:
 
     async def fail(
         self, exc: BaseException, *, attempts: int = 1, child_workflow_id: str | None = None
-    ) -> None:
-        """Persist the step's failure (its exception's type, message, traceback and args)."""
-        error = ErrorInfo.from_exception(exc)
+    ) -> BaseException:
+        """Persist the step's failure (its exception's type, message, traceback and args), and
+        return the exception as a replay will raise it (:func:`rebuild_exception`, with this
+        one's traceback): the workflow sees the same in its first run as after a crash, so it
+        takes the same path (an ``except`` that matched only the live exception, a message
+        its constructor built anew, would have changed in the replay)."""
+        # as stored (a tuple among its args is a list then), on every backend
+        error = ErrorInfo.from_json(ErrorInfo.from_exception(exc).to_json())
         await self._record(
             StepStatus.FAILED, error=error, attempts=attempts, child=child_workflow_id
         )
@@ -683,6 +692,9 @@ class StepGuard:
                 "position": self.position,
             },
         )
+        seen = rebuild_exception(error).with_traceback(exc.__traceback__)
+        seen.__suppress_context__ = True  # raised where the live one is handled: not "during"
+        return seen
 
     async def mark_pending(self, child_workflow_id: str) -> None:
         """Persist that the step started a child workflow whose result it awaits."""
@@ -693,6 +705,11 @@ class StepGuard:
         ctx = self.ctx
         record = self._entry(status, **fields)
         write = ctx.backend.record_step
+        if not ctx.lease_fresh():
+            # the step outlasted the window in which the lease is surely held (this process
+            # may have been paused, and taken for dead): is the executor id still its own?
+            # The database fences the write by executor id only
+            await ctx.ensure_lease()
         try:
             with ctx.checkpoint():
                 await write(ctx.workflow_id, record, worker_id=ctx.executor_id)

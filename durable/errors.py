@@ -661,6 +661,28 @@ def _find_exception_class(path: str) -> type[BaseException] | None:
     return None
 
 
+def _constructed(
+    kind: type[BaseException], args: tuple[Any, ...], error: ErrorInfo, *, bare: bool = False
+) -> BaseException | None:
+    """``kind(*args)`` (``bare``: made without calling its ``__init__``) with the recorded
+    attributes set; None if it cannot be made."""
+    made: BaseException
+    try:
+        if bare:
+            made = kind.__new__(kind, *args)
+            made.args = args
+        else:
+            made = kind(*args)
+    except Exception:
+        return None
+    for name, value in (error.attrs or {}).items():
+        try:
+            setattr(made, name, value)
+        except Exception:  # a read-only property, slots: left as the class makes it
+            continue
+    return made
+
+
 def _rebuilt(kind: type[BaseException], error: ErrorInfo) -> BaseException | None:
     args: tuple[Any, ...] = error.args if error.args is not None else (error.message,)
     if error.bytes_args:
@@ -671,20 +693,16 @@ def _rebuilt(kind: type[BaseException], error: ErrorInfo) -> BaseException | Non
     if error.exceptions is not None and issubclass(kind, BaseExceptionGroup):
         members = [_rebuild_record(member, member=True) for member in error.exceptions]
         args = (args[0] if args else error.message, members)
-    rebuilt: BaseException
-    try:
-        rebuilt = kind(*args)
-    except Exception:
-        try:  # its constructor takes other arguments: made without it, as unpickling does
-            rebuilt = kind.__new__(kind, *args)
-            rebuilt.args = args
-        except Exception:
-            return None
-    for name, value in (error.attrs or {}).items():
-        try:
-            setattr(rebuilt, name, value)
-        except Exception:  # a read-only property, slots: left as the class makes it
-            continue
+    rebuilt = _constructed(kind, args, error)
+    if rebuilt is None or message_of(rebuilt) != error.message:
+        # its constructor takes other arguments, or builds its message from them (it would
+        # build it again from the message: "42: declined: declined"): made without it, as
+        # unpickling does, unless that reads less like the exception recorded
+        bare = _constructed(kind, args, error, bare=True)
+        if bare is not None and (rebuilt is None or message_of(bare) == error.message):
+            rebuilt = bare
+    if rebuilt is None:
+        return None
     if error.cause is not None:
         rebuilt.__cause__ = _rebuild_record(error.cause, member=True)
     rebuilt.__durable_error__ = error  # type: ignore[attr-defined]

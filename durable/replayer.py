@@ -119,6 +119,7 @@ class _ReplayHost:
 
     executor_id = "durable-replay"
     claim_ttl = timedelta(days=1)
+    lease_window = math.inf
     superseded = False
     fanout_warning_after = math.inf
     step_threads = None

@@ -268,7 +268,9 @@ def _encode_typed(value: Any) -> Any:
         return {TYPE_KEY: _type_ref(cls), "value": _escaped_if_needed(fields)}
     dump = getattr(value, "model_dump", None)
     if callable(dump) and callable(getattr(cls, "model_validate", None)):
-        return {TYPE_KEY: _type_ref(cls), "value": _escaped_if_needed(dump(mode="json"))}
+        # by alias and without computed fields: what model_validate takes back
+        fields = dump(mode="json", by_alias=True, round_trip=True)
+        return {TYPE_KEY: _type_ref(cls), "value": _escaped_if_needed(fields)}
     raise TypeError(f"Object of type {cls.__qualname__} is not JSON serializable")
 
 
@@ -309,28 +311,43 @@ def _decode_typed(obj: dict[str, Any]) -> Any:
             return dict(value)  # a plain dict that has a TYPE_KEY key (see _escaped)
         except (TypeError, ValueError):
             return StoredEnvelope(obj)
-    if not isinstance(value, dict):
-        return StoredEnvelope(obj)
     cls = _find_class(ref)
-    if cls is None:
+    if cls is None or (dataclasses.is_dataclass(cls) and not isinstance(value, dict)):
         return StoredEnvelope(obj)
     try:
-        if dataclasses.is_dataclass(cls):
-            init = {f.name for f in dataclasses.fields(cls) if f.init}
-            built = cls(**{k: v for k, v in value.items() if k in init})
-            for key, item in value.items():
-                if key not in init:
-                    object.__setattr__(built, key, item)
-            return built
+        if dataclasses.is_dataclass(cls) and isinstance(value, dict):
+            return _dataclass_as_stored(cls, value)
         return cls.model_validate(value)  # type: ignore[attr-defined]
     except Exception as exc:  # the stored fields no longer fit the class
         raise _RebuildError(f"cannot load a stored {ref}: {exc}") from exc
+
+
+def _dataclass_as_stored(cls: type, value: dict[str, Any]) -> Any:
+    """An instance of dataclass ``cls`` with the stored fields, made without calling its
+    ``__init__``, as unpickling does: its ``__post_init__`` ran when it was first made, and run
+    again at each load it changed the value each time ("gift-wrap" appended once more). A field
+    stored by an older version of the class, and no longer in it, is set as it was; one added
+    since takes its default (one without a default cannot be loaded)."""
+    built: Any = object.__new__(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in value:
+            continue
+        if f.default is not dataclasses.MISSING:
+            object.__setattr__(built, f.name, f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            object.__setattr__(built, f.name, f.default_factory())
+        else:
+            raise TypeError(f"the stored value has no field {f.name!r}")
+    for key, item in value.items():
+        object.__setattr__(built, key, item)
+    return built
 
 
 def _find_class(ref: str) -> type | None:
     """The class ``module:QualName`` names, among the modules already imported; None when it is
     not there or is neither a dataclass nor a pydantic model."""
     module_name, _, qualname = ref.partition(":")
+    qualname = qualname.partition("[")[0]  # a generic model's parameters: Page[int] is a Page
     found: Any = sys.modules.get(module_name)
     for part in qualname.split("."):
         found = getattr(found, part, None)

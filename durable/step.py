@@ -263,8 +263,7 @@ class Step(Generic[P, T]):
         runtime = ctx.runtime
         ok, value, attempts = await self.attempt(args, kwargs, runtime.sleep, runtime.step_threads)
         if not ok:
-            await guard.fail(value, attempts=attempts)
-            raise value
+            raise await guard.fail(value, attempts=attempts)
         return await guard.succeed(value, attempts=attempts)
 
     def _execute_blocking(
@@ -302,8 +301,7 @@ class Step(Generic[P, T]):
                 if self.retry.should_retry(exc, attempt):
                     ctx.block_on(ctx.runtime.sleep(self.retry.delay(attempt)))
                     continue
-                ctx.block_on(guard.fail(exc, attempts=attempt))
-                raise
+                raise ctx.block_on(guard.fail(exc, attempts=attempt))  # noqa: B904 (as replayed)
             return guard.succeed_blocking(value, attempts=attempt)
 
 

@@ -140,8 +140,7 @@ class TransactionStep(Step[P, T], Generic[P, T]):
                 if raised.retryable and self.retry.should_retry(exc, attempt):
                     await ctx.runtime.sleep(self.retry.delay(attempt))
                     continue
-                await guard.fail(exc, attempts=attempt)
-                raise exc from None
+                raise await guard.fail(exc, attempts=attempt)  # noqa: B904 (as replayed)
             return self._done(guard, made)
 
     def _execute_blocking(
@@ -177,8 +176,7 @@ class TransactionStep(Step[P, T], Generic[P, T]):
                 if raised.retryable and self.retry.should_retry(exc, attempt):
                     ctx.block_on(ctx.runtime.sleep(self.retry.delay(attempt)))
                     continue
-                ctx.block_on(guard.fail(exc, attempts=attempt))
-                raise exc from None
+                raise ctx.block_on(guard.fail(exc, attempts=attempt))  # noqa: B904 (as replayed)
             return self._done(guard, made)
 
 

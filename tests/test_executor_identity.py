@@ -20,8 +20,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -308,6 +309,66 @@ async def test_a_runtime_presumed_dead_stops_under_its_lost_id(
         # the step in flight when it found out is not recorded either: the leases, and the
         # execution's next run, are the successor's (it runs the step again)
         assert await again.list_steps("wf-1") == []
+
+
+PAUSED: list[Callable[[], None]] = []  # what starts as the step pauses
+
+
+@durable.step(name="tests.identity.paused")
+async def paused() -> int:
+    for start in PAUSED:
+        start()
+    time.sleep(1.5)  # noqa: ASYNC251 (the loop blocked, as a process stopped: no heartbeat)
+    return 1
+
+
+@durable.workflow(name="tests.identity.paused_then_after.v1", registry=REG)
+async def paused_then_after() -> int:
+    return await paused() + await after()
+
+
+async def test_a_process_paused_past_its_ids_takeover_records_nothing_more(sql_url: str) -> None:
+    """Another process takes the executor id over once this one has been silent for three
+    heartbeat intervals, which comes long before its leases (held by the id) run out when the
+    interval is below a third of ``claim_ttl``: the paused process came back, took its leases
+    for held until ``claim_ttl``, recorded the step it was in and ran the next one, under the
+    leases of its successor. Its local window is now the shorter of the two."""
+    global GATE
+    GATE = Gate()
+    done = threading.Event()
+
+    def successor() -> None:
+        async def take_over() -> None:
+            await asyncio.sleep(0.9)  # past three intervals of silence
+            async with durable.Runtime(
+                durable.connect(sql_url), executor_id="node-1", recover=False, registry=REG
+            ):
+                await asyncio.to_thread(done.wait, WAIT)
+
+        asyncio.run(take_over())
+
+    rt = durable.Runtime(
+        durable.connect(sql_url),
+        executor_id="node-1",
+        recover=False,
+        registry=REG,
+        claim_ttl=30,
+        heartbeat_interval=0.2,
+    )
+    other = threading.Thread(target=successor)
+    PAUSED[:] = [other.start]
+    try:
+        async with rt:
+            run = asyncio.create_task(rt.run(paused_then_after, workflow_id="paused"))
+            with pytest.raises(durable.ClaimLostError):
+                await asyncio.wait_for(run, WAIT)
+            assert GATE.after == 0  # the next step did not run
+            assert await rt.backend.list_steps("paused") == []  # nor was the paused one kept
+    finally:
+        PAUSED.clear()
+        done.set()
+        if other.is_alive():
+            other.join(WAIT)
 
 
 # -- a run waiting for another executor's lease ------------------------------------------------

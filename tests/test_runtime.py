@@ -861,3 +861,80 @@ async def test_recovery_leaves_an_execution_run_drives_to_run(
     assert calls["fails_at_gate"] == 1
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert resumed == []
+
+
+class Declined(Exception):
+    """Its constructor builds its message from its arguments: built again from the message
+    (its ``args``), the message was "42: card declined: card declined"."""
+
+    def __init__(self, code: int, reason: str = "card declined") -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+
+
+class Unrebuildable(Exception):
+    """Its class is found, but nothing can make one from a record."""
+
+    def __new__(cls, *args: Any, token: object) -> Unrebuildable:
+        return super().__new__(cls, *args)
+
+    def __init__(self, *args: Any, token: object) -> None:
+        super().__init__(*args)
+
+
+@durable.step(name="tests.runtime.charge_declined")
+async def charge_declined(kind: str) -> None:
+    calls[f"charge_declined:{kind}"] += 1
+    if kind == "declined":
+        raise Declined(42)
+    if kind == "tuple":
+        raise ValueError((1, 2))
+    raise Unrebuildable("live", token=object())
+
+
+@durable.workflow(name="tests.runtime.sees_as_replayed.v1")
+async def sees_as_replayed(kind: str) -> list[str]:
+    try:
+        await charge_declined(kind)
+    except Declined as exc:
+        seen = ["Declined", str(exc), str(exc.code)]
+    except durable.StepError as exc:
+        seen = ["StepError", type(exc).__name__]
+    except ValueError as exc:
+        seen = ["ValueError", str(exc)]
+    await wait_gate()
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["declined", "tuple", "unrebuildable"])
+async def test_a_handled_failure_is_seen_in_the_first_run_as_a_replay_sees_it(
+    backend_url: str, kind: str
+) -> None:
+    """The first run saw the live exception and a replay the one rebuilt from its record: an
+    exception whose constructor builds its message had another message in the replay (the
+    workflow took another path, and failed with NonDeterminismError), a tuple argument came
+    back a list, and a class that cannot be rebuilt came back a StepError (``except`` no
+    longer matched). The first run now sees what a replay will."""
+    gate.clear()
+    entered.clear()
+    calls[f"charge_declined:{kind}"] = 0
+    async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
+        first = asyncio.create_task(rt.run(sees_as_replayed, kind, workflow_id=f"seen-{kind}"))
+        await entered.wait()
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        gate.set()
+        replayed = await rt.run(sees_as_replayed, kind, workflow_id=f"seen-{kind}")
+        gate.clear()
+        entered.clear()
+        gate.set()
+        uncrashed = await rt.run(sees_as_replayed, kind, workflow_id=f"seen-{kind}-whole")
+    assert replayed == uncrashed
+    assert calls[f"charge_declined:{kind}"] == 2  # once per execution: replayed, not run again
+    expected = {
+        "declined": ["Declined", "42: card declined", "42"],
+        "tuple": ["ValueError", "[1, 2]"],
+        "unrebuildable": ["StepError", "StepError"],
+    }
+    assert replayed == expected[kind]

@@ -15,6 +15,7 @@ import enum
 from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Generic, TypeVar
 
 import pydantic
 import pytest
@@ -376,3 +377,66 @@ def test_sqlite_timestamps_are_written_and_read_as_sqlalchemy_would() -> None:
     assert bind(None) is None and read(None) is None
     with pytest.raises(ValueError, match="naive datetime"):
         bind(datetime(2026, 12, 4, 20, 0))
+
+
+@dataclasses.dataclass
+class Cart:
+    """Its ``__post_init__`` changes what it was given."""
+
+    items: list[str]
+    wrapped: bool = dataclasses.field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self.items = [*self.items, "gift-wrap"]
+        self.wrapped = True
+
+
+T = TypeVar("T")
+
+
+class Page(pydantic.BaseModel, Generic[T]):
+    items: list[T]
+
+
+class Ids(pydantic.RootModel[list[int]]):
+    pass
+
+
+class Customer(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    name: str = pydantic.Field(alias="Name")
+
+    @pydantic.computed_field  # type: ignore[prop-decorator]
+    @property
+    def shout(self) -> str:
+        return self.name.upper()
+
+
+def test_a_value_loads_as_it_was_stored() -> None:
+    """A dataclass was made again through its ``__init__``, so its ``__post_init__`` ran at
+    each load (one more "gift-wrap" each time); a generic model and a root model came back as
+    their stored dicts; a model with an alias, or with a computed field and no extras allowed,
+    could not be loaded at all."""
+    serializer = JSONSerializer()
+    cart = Cart(["book"])
+    assert cart.items == ["book", "gift-wrap"]
+    loaded = serializer.loads(serializer.dumps(cart))
+    assert loaded == cart and loaded.items == ["book", "gift-wrap"] and loaded.wrapped
+    assert serializer.loads(serializer.dumps(serializer.loads(serializer.dumps(cart)))) == cart
+    page = serializer.loads(serializer.dumps(Page[int](items=[1, 2])))
+    assert isinstance(page, Page) and page.items == [1, 2]
+    ids = serializer.loads(serializer.dumps(Ids([1, 2])))
+    assert isinstance(ids, Ids) and ids.root == [1, 2]
+    customer = serializer.loads(serializer.dumps(Customer(Name="ada")))
+    assert isinstance(customer, Customer) and customer.shout == "ADA"
+
+
+@dataclasses.dataclass
+class Grown:
+    a: int
+    added: list[int] = dataclasses.field(default_factory=list)
+
+
+def test_a_field_added_since_takes_its_default() -> None:
+    stored = f'{{"__durable_type__": "{__name__}:Grown", "value": {{"a": 1}}}}'
+    assert JSONSerializer().loads(stored) == Grown(1, [])

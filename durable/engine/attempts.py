@@ -439,7 +439,7 @@ class Attempts(Leases):
             loop=self._loop,
             loop_thread=self._loop_thread,
             is_async=wf.is_async,
-            lease_deadline=leased_at + self.claim_ttl.total_seconds(),
+            lease_deadline=leased_at + self.lease_window,
             deadline=deadline,
             continuations=snapshot.continuations,
             recorded_version=snapshot.code_version,

@@ -24,7 +24,7 @@ from durable.errors import CorruptRowError, DurableError
 from durable.executions import EnqueueOptions, not_a_workflow
 from durable.executions import outcome as _outcome
 from durable.executions import outcome_error as _outcome_error
-from durable.models import WorkflowInfo
+from durable.models import STALE_AFTER_HEARTBEATS, WorkflowInfo
 from durable.portal import SyncStartable
 from durable.registry import Registry
 from durable.validation import check_name
@@ -121,6 +121,21 @@ class RuntimeCore(SyncStartable):
         """The threads sync steps awaited from async code run in (``max_threads`` of them;
         None before the runtime starts: asyncio's default)."""
         return self._threads
+
+    @property
+    def lease_window(self) -> float:
+        """Seconds after a renewal of a lease during which this executor takes it for held
+        without asking the database (:attr:`ExecutionContext.lease_deadline
+        <durable.context.ExecutionContext.lease_deadline>`): the lease's duration, but no
+        longer than it takes another process to find this one silent and take its executor id
+        over (:data:`~durable.models.STALE_AFTER_HEARTBEATS` heartbeat intervals, one fewer:
+        the renewal may come after the last heartbeat). Leases are held by executor id, so a
+        process paused past that (``SIGSTOP``, a frozen VM) may have a successor under its
+        id: its next write first checks the id is still its own."""
+        return min(
+            self.claim_ttl.total_seconds(),
+            (STALE_AFTER_HEARTBEATS - 1) * self.heartbeat_interval,
+        )
 
     @property
     def superseded(self) -> bool:

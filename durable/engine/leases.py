@@ -64,10 +64,13 @@ class Leases(RuntimeCore):
                 self._superseded = False
                 if known is not None and known.stopped_at is None:
                     log.info(
-                        "executor %s took its id over from process %d on %s (gone)",
+                        "executor %s took its id over from process %d on %s (%s)",
                         self.executor_id,
                         known.pid,
                         known.hostname,
+                        f"silent for {STALE_AFTER_HEARTBEATS} of its heartbeat intervals"
+                        if known.stale
+                        else "gone",
                         extra={"action": "executor.taken_over", "executor_id": self.executor_id},
                     )
                 return
@@ -155,7 +158,7 @@ class Leases(RuntimeCore):
                     instance_id, task_id, self.executor_id, self.claim_ttl
                 )
                 if context is not None:
-                    context.lease_deadline = before + self.claim_ttl.total_seconds()
+                    context.lease_deadline = before + self.lease_window
             except (ClaimLostError, TaskNotFoundError) as exc:
                 if context is not None:
                     context.lease_lost = ClaimLostError(
