@@ -144,6 +144,51 @@ class ClaimContract(ContractBase):
             await backend.extend_task_claim("wf", W, "w1", LONG)
         assert lost.value.holder == "w2"
 
+    async def test_a_claim_taken_over_and_let_expire_is_not_renewed_by_its_old_holder(
+        self, backend: PersistentBackend
+    ) -> None:
+        """A lapsed claim may be renewed by its holder only while nobody took it over: once
+        another worker has claimed the task, the old holder's renewal is refused even after
+        that claim lapsed in turn (its holder may have recorded steps meanwhile)."""
+        await create(backend, "wf")
+        assert await backend.claim_task("wf", W, "w1", SHORT) is not None
+        await asyncio.sleep(EXPIRED)
+        assert await backend.claim_task("wf", W, "w2", SHORT) is not None
+        await asyncio.sleep(EXPIRED)
+        with pytest.raises(ClaimLostError):
+            await backend.extend_task_claim("wf", W, "w1", LONG)
+        with pytest.raises(ClaimLostError):
+            await backend.record_step("wf", step(0), worker_id="w1")
+
+    async def test_claim_and_begin_claims_as_a_claim_and_begins_as_a_begin(
+        self, backend: PersistentBackend
+    ) -> None:
+        """:meth:`claim_and_begin_tasks` takes what :meth:`claim_available_tasks` would (not a
+        task another worker holds, not one not due yet, not its own), and each claim it pairs
+        with a snapshot is begun as :meth:`begin_execution` would: running under the worker,
+        its attempt counted, the snapshot the stored one."""
+        await create(backend, "free", input=[1])
+        await create(backend, "held")
+        await create(backend, "mine")
+        await create(backend, "later", run_after=now() + timedelta(hours=1))
+        assert await backend.claim_task("held", W, "w2", LONG) is not None
+        assert await backend.claim_task("mine", W, "w1", LONG) is not None
+        pairs = await backend.claim_and_begin_tasks("w1", 10, LONG)
+        assert [claim.instance_id for claim, _ in pairs] == ["free"]
+        [(claim, snapshot)] = pairs
+        assert claim.worker_id == "w1" and claim.task_id == W and claim.attempts == 1
+        task = await backend.get_task("free", W)
+        assert task.claimed_by == "w1"
+        if snapshot is None:  # only claimed: its caller begins it
+            snapshot = await backend.begin_execution("free", "w1")
+        assert snapshot.status is WorkflowStatus.RUNNING
+        assert snapshot.executor_id == "w1" and snapshot.attempts == 1
+        assert snapshot.input == [1] and not snapshot.steps
+        assert snapshot == await backend.load_snapshot("free")
+        assert await backend.claim_and_begin_tasks("w2", 10, LONG) == []
+        with pytest.raises(InvalidArgumentError):
+            await backend.claim_and_begin_tasks("w1", 0, LONG)
+
     async def test_complete_task(self, backend: PersistentBackend) -> None:
         await create(backend, "wf")
         assert await backend.add_task(TaskSpec(instance_id="wf", task_id="s1", name="send"))

@@ -120,6 +120,45 @@ class ExecutionContract(ContractBase):
         assert await backend.load_snapshot("wf") == stored
         assert await backend.claim_task("wf", W, "w2", LONG) is None  # still held by w1
 
+    async def test_finish_execution_is_finish_workflow_without_the_header(
+        self, backend: PersistentBackend
+    ) -> None:
+        """A worker records how an attempt ended with :meth:`finish_execution`: the same write,
+        fence and errors as :meth:`finish_workflow` (a backend may override it)."""
+        failure = ErrorInfo(type="m.Failure", message="it failed", traceback="tb")
+        for status, output, error in (
+            (WorkflowStatus.SUCCEEDED, {"result": [1, 2]}, None),
+            (WorkflowStatus.FAILED, None, failure),
+        ):
+            instance_id = f"wf-{status.value}"
+            started = await running(backend, instance_id, "w1", input="in")
+            await backend.record_step(instance_id, step(0), worker_id="w1")
+            stored = await backend.load_snapshot(instance_id)
+            with pytest.raises(ClaimLostError):  # another worker's finish is refused
+                await backend.finish_execution(
+                    instance_id, worker_id="w2", status=status, output=output, error=error
+                )
+            assert await backend.load_snapshot(instance_id) == stored
+            before = now()
+            await backend.finish_execution(
+                instance_id, worker_id="w1", status=status, output=output, error=error
+            )
+            info = await backend.get_workflow(instance_id)
+            assert info.status is status and info.output == output and info.error == error
+            assert info.version == started.version + 1 and info.attempts == started.attempts
+            assert_between(info.completed_at, before, now())
+            with pytest.raises(TaskNotFoundError):  # the workflow task is gone
+                await backend.claim_task(instance_id, W, "w2", LONG)
+            with pytest.raises(ClaimLostError):  # once finished, never again
+                await backend.finish_execution(
+                    instance_id, worker_id="w1", status=WorkflowStatus.SUCCEEDED
+                )
+            assert await backend.get_workflow(instance_id) == info
+        assert await backend.find_available_tasks("w2", 10) == []
+        await running(backend, "wf", "w1")
+        with pytest.raises(InvalidArgumentError):
+            await backend.finish_execution("wf", worker_id="w1", status=WorkflowStatus.RUNNING)
+
     async def test_reschedule_workflow(self, backend: PersistentBackend) -> None:
         started = await running(backend, "wf", "w1", input=[1])
         await backend.record_step("wf", step(0), worker_id="w1")
