@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -301,6 +302,47 @@ async def test_runtime_run_and_children_keep_to_the_limits(backend_url: str) -> 
         assert len(jobs) == 5 and max_overlap(jobs) == 1
         await asyncio.wait_for(runtime.run(parent), WAIT)
     assert sorted(what for what, _a, _b in runs if what != "job") == ["child", "same"]
+
+
+async def test_a_partitions_order_holds_across_an_outage_hand_back(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt an outage ended is handed back, due again after a short pause: meanwhile its
+    partition's later executions, due, ran before it, and the partition's order broke."""
+    registry = durable.Registry()
+    started: list[int] = []
+    cut: list[int] = []
+
+    @durable.step(name="ordered.work")
+    async def work(n: int) -> int:
+        started.append(n)
+        return n
+
+    @durable.workflow(name="ordered.job.v1", registry=registry)
+    async def job(n: int) -> int:
+        return await work(n)
+
+    backend = durable.connect(sqlite_url)
+    record_step = backend.record_step
+
+    async def flaky(instance_id: str, step: durable.StepRecord, **kw: Any) -> None:
+        if not cut:  # the first record of the first job: the database went away
+            cut.append(1)
+            raise durable.BackendUnavailableError("the database went away")
+        await record_step(instance_id, step, **kw)
+
+    monkeypatch.setattr(backend, "record_step", flaky)
+    queue = durable.Queue("ordered", partition_concurrency=1)
+    runtime = durable.Runtime(backend, registry=registry, queues=[queue])
+    async with runtime:
+        ids = [
+            await runtime.enqueue(job, n, queue=queue, partition_key="customer-42")
+            for n in range(4)
+        ]
+        await runtime.start_worker(concurrency=4, poll_interval=0.02)
+        for workflow_id in ids:
+            await runtime.client.result(workflow_id, timeout=20)
+    assert started == [0, 0, 1, 2, 3]  # job 0 ran again first, then the others in order
 
 
 async def test_a_grandchild_in_its_grandparents_limited_queue_runs_in_its_place(

@@ -329,7 +329,8 @@ class Leases(RuntimeCore):
 
     async def _release_through_outage(self, instance_id: str, *, begun: bool = True) -> None:
         """Hand back an attempt that an outage ended, without counting it: due
-        :meth:`_outage_backoff` after the release, or, not ``begun`` (its start met the outage:
+        :meth:`_outage_backoff` after the release (at once in a partition, whose order it
+        keeps), or, not ``begun`` (its start met the outage:
         nothing ran, and whether the start was recorded is unknown), its claim given back, due
         at once. Tried until the database answers (see :meth:`_through_outage`), else the lease
         expires and the next executor resumes the execution.
@@ -343,10 +344,13 @@ class Leases(RuntimeCore):
 
         async def release() -> None:
             if begun:
+                # one in a partition keeps its place there: due at once (its partition's later
+                # executions, due, would run before it meanwhile)
+                partitioned = (await self.backend.get_workflow(instance_id)).partition_key
                 await self.backend.reschedule_workflow(
                     instance_id,
                     worker_id=self.executor_id,
-                    run_after=self._outage_backoff(),
+                    run_after=timedelta(0) if partitioned else self._outage_backoff(),
                     consume_attempt=False,
                 )
             else:
