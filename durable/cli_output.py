@@ -242,12 +242,21 @@ def jsonable(value: Any) -> Any:
 NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
+#: The largest integer every JSON reader keeps exact (a double's 53 bits; RFC 8259, 6).
+EXACT_INT = 2**53 - 1
+
+
 def strict(value: Any) -> Any:
     """``value`` (plain JSON values) with its non-finite floats as the strings ``"NaN"``,
     ``"Infinity"`` and ``"-Infinity"``: JSON has no such numbers, and strict parsers
-    (JavaScript's ``JSON.parse``, Go, Rust, ``jq``) refuse Python's ``NaN`` / ``Infinity``."""
+    (JavaScript's ``JSON.parse``, Go, Rust, ``jq``) refuse Python's ``NaN`` / ``Infinity``.
+    Integers beyond :data:`EXACT_INT` either way are written as strings: those readers round
+    them (a PostgreSQL change-feed position, read by ``jq`` and passed back as ``--after``,
+    read the same events again, or skipped some)."""
     if isinstance(value, float) and not math.isfinite(value):
         return NON_FINITE[repr(value)]
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > EXACT_INT:
+        return str(value)
     if isinstance(value, dict):
         return {k: strict(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

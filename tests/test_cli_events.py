@@ -92,3 +92,18 @@ def test_count_without_follow_is_refused(url: str) -> None:
     result = durable("events", url, "--count", "1")
     assert result.exit_code == 2
     assert "--count goes with --follow" in result.stderr
+
+
+def test_json_positions_page_on_exactly(url: str) -> None:
+    """PostgreSQL's positions pass 2^53, which JSON readers (jq, JavaScript) round: paging on
+    with the position they read back re-read events, or could skip some. A position that
+    large is written as a string of its digits."""
+    fill(url)
+    first = json.loads(durable("events", url, "--limit", "2", "--json").stdout)
+    position = first[-1]["position"]
+    exact = int(position)
+    if exact > 2**53 - 1:
+        assert isinstance(position, str)
+    rest = json.loads(durable("events", url, "--after", str(position), "--json").stdout)
+    assert rest and all(int(e["position"]) > exact for e in rest)
+    assert len(first) + len(rest) == len(json.loads(durable("events", url, "--json").stdout))
