@@ -34,7 +34,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def pooled(pg_url: str, tmp_path: Path) -> Iterator[Callable[[str], str]]:
+def pooled(pg_url: str, tmp_path: Path) -> Iterator[Callable[..., str]]:
     """Start PgBouncer in a pool mode in front of ``pg_url``'s server; returns its URL."""
     if PGBOUNCER is None:
         if os.environ.get("CI"):
@@ -43,9 +43,9 @@ def pooled(pg_url: str, tmp_path: Path) -> Iterator[Callable[[str], str]]:
     server = sa.make_url(pg_url)
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(mode: str) -> str:
+    def start(mode: str, pool_size: int = 20) -> str:
         port = _free_port()
-        home = tmp_path / f"pgbouncer-{mode}"
+        home = tmp_path / f"pgbouncer-{mode}-{pool_size}"
         home.mkdir()
         (home / "users.txt").write_text(f'"{server.username}" ""\n')
         (home / "pgbouncer.ini").write_text(
@@ -54,7 +54,7 @@ def pooled(pg_url: str, tmp_path: Path) -> Iterator[Callable[[str], str]]:
             "[pgbouncer]\n"
             f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
             f"auth_type = trust\nauth_file = {home / 'users.txt'}\n"
-            f"pool_mode = {mode}\ndefault_pool_size = 20\nmax_client_conn = 200\n"
+            f"pool_mode = {mode}\ndefault_pool_size = {pool_size}\nmax_client_conn = 200\n"
         )
         user = []
         if os.geteuid() == 0:  # PgBouncer refuses to run as root
@@ -111,6 +111,25 @@ async def test_transaction_pooling_is_refused_at_start_before_anything_is_writte
         for _ in range(3):
             assert c.execute("SHOW enable_seqscan").fetchone() == ("on",)
             assert c.execute("SHOW plan_cache_mode").fetchone() == ("auto",)
+
+
+async def test_transaction_pooling_with_one_session_is_refused_at_once(
+    pg_url: str, pooled: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one session in the pool, the check's second connection waited in the pooler's
+    queue for the session its first held, until the pooler gave up (120 s), and the start
+    failed saying the database could not be reached."""
+    from durable.backends.sql import direct
+
+    monkeypatch.setattr(direct, "SESSION_CHECK_WAIT", 1.0)
+    url = pooled("transaction", pool_size=1)
+    backend = durable.connect(url)
+    started = time.monotonic()
+    with pytest.raises(durable.ConfigurationError, match="pool_mode = transaction"):
+        await backend.start()
+    await backend.close()
+    assert time.monotonic() - started < 30
+    assert _tables(pg_url) == []
 
 
 @durable.step

@@ -399,6 +399,10 @@ class DirectResult(NamedTuple):
 #: The most connections the direct path opens; statements queue for them. Each statement holds
 #: one for a single round trip, so a few serve many concurrent workflows.
 DIRECT_CONNECTIONS = 4
+#: Seconds the pooler check (:meth:`DirectStatements.check_sessions`) waits for its connection's
+#: statement while its other connection holds a transaction: only a pooler in transaction mode
+#: with no other session makes it wait.
+SESSION_CHECK_WAIT = 10.0
 
 #: The most statements a direct connection keeps prepared (one per statement and parameter
 #: types, as psycopg does: a Python int goes as the smallest integer type that holds it, None
@@ -574,16 +578,28 @@ class DirectStatements:
             first = await _backend_pid(a)
             await b.execute("BEGIN")
             await _backend_pid(b)
-            second = await _backend_pid(a)
-            await b.execute("ROLLBACK")
+            try:
+                second = await asyncio.wait_for(_backend_pid(a), SESSION_CHECK_WAIT)
+            except TimeoutError:
+                # A waits for a session while B's transaction holds one: only a pooler in
+                # transaction mode, with no other session to give, makes it wait (on its own
+                # session, A answers at once); it would wait until the pooler gives up
+                second = None
+            else:
+                await b.execute("ROLLBACK")
         finally:
             for conn in opened:
                 await _close(conn)
         if first != second:
+            seen = (
+                f"PostgreSQL backend {first}, then {second} for the same connection"
+                if second is not None
+                else f"a connection waited more than {SESSION_CHECK_WAIT:.0f} s for a session "
+                "while another's transaction held the one there was"
+            )
             raise ConfigurationError(
                 f"{shown_url(self._engine.url)} gives each "
-                f"transaction a session of its own (PostgreSQL backend {first}, then "
-                f"{second} for the same connection): a connection pooler in transaction "
+                f"transaction a session of its own ({seen}): a connection pooler in transaction "
                 "mode sits in between (PgBouncer's pool_mode = transaction, or the like). "
                 "durable keeps prepared statements, planner settings and its workers' "
                 "LISTEN in its sessions: connect it to PostgreSQL itself, or through a "
