@@ -695,7 +695,8 @@ async def test_fencing_a_step_outliving_its_lease_is_not_recorded(
 ) -> None:
     """A's step blocks longer than A's lease, with A's heartbeat effectively off; B takes the
     execution over after expiry and finishes it. When A's step returns, its record is refused
-    with ClaimLostError: A records nothing more, and the stored outcomes are B's."""
+    with ClaimLostError (its lease is renewed first, and the renewal is refused): A records
+    nothing more, and the stored outcomes are B's."""
     ttl_a = 3.0  # B must meet it live: its start on a loaded machine can take a while
     registry = durable.Registry()
     executions: list[str] = []
@@ -789,13 +790,12 @@ async def test_fencing_a_step_outliving_its_lease_is_not_recorded(
         assert any(c[1] == "exec-B" and not c[3] for c in claims)
         assert b_claimed >= a_claimed + ttl_a - 0.01
 
-        # A recorded its first step, had its late one refused, and wrote nothing else
+        # A recorded its first step and wrote nothing else: its late step's record was not
+        # even sent (the lease's local window had passed, and its renewal found B holding the
+        # execution, or nobody); the fence that refuses it when sent is the contract suite's
         writes = [c for c in calls if c[0] != "claim_task"]
         a_writes = [(c[0], c[2], type(c[3]).__name__) for c in writes if c[1] == "exec-A"]
-        assert a_writes == [
-            ("record_step", 0, "NoneType"),
-            ("record_step", 1, "ClaimLostError"),
-        ]
+        assert a_writes == [("record_step", 0, "NoneType")]
         # B replayed A's first step and recorded the rest
         b_writes = [(c[0], c[2], c[3]) for c in writes if c[1] == "exec-B"]
         assert b_writes == [

@@ -18,14 +18,17 @@ from durable import SQLAlchemyBackend
 from durable.backends.sql.schema import workflows
 from durable.testing.contract._support import create
 
-
-@pytest.mark.parametrize(
+#: The databases whose transactions wait for each other's row locks.
+LOCKING_DATABASES = pytest.mark.parametrize(
     "url_fixture",
     [
         pytest.param("pg_url", marks=pytest.mark.postgres),
         pytest.param("mysql_backend_url", marks=pytest.mark.mysql),
     ],
 )
+
+
+@LOCKING_DATABASES
 async def test_a_deadlock_victim_runs_again(
     url_fixture: str, request: pytest.FixtureRequest
 ) -> None:
@@ -57,13 +60,7 @@ async def test_a_deadlock_victim_runs_again(
         assert sorted(runs) in (["a", "a", "b"], ["a", "b", "b"])  # one of them ran twice
 
 
-@pytest.mark.parametrize(
-    "url_fixture",
-    [
-        pytest.param("pg_url", marks=pytest.mark.postgres),
-        pytest.param("mysql_backend_url", marks=pytest.mark.mysql),
-    ],
-)
+@LOCKING_DATABASES
 async def test_a_cancel_takes_the_tasks_before_the_workflow_as_a_claim_does(
     url_fixture: str, request: pytest.FixtureRequest
 ) -> None:

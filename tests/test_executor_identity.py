@@ -312,13 +312,15 @@ async def test_a_runtime_presumed_dead_stops_under_its_lost_id(
 
 
 PAUSED: list[Callable[[], None]] = []  # what starts as the step pauses
+TAKEN = threading.Event()  # the successor took the executor id over
 
 
 @durable.step(name="tests.identity.paused")
 async def paused() -> int:
     for start in PAUSED:
         start()
-    time.sleep(1.5)  # noqa: ASYNC251 (the loop blocked, as a process stopped: no heartbeat)
+    # the loop blocked, as a process stopped: no heartbeat, until the successor has the id
+    TAKEN.wait(WAIT)
     return 1
 
 
@@ -339,11 +341,20 @@ async def test_a_process_paused_past_its_ids_takeover_records_nothing_more(sql_u
 
     def successor() -> None:
         async def take_over() -> None:
-            await asyncio.sleep(0.9)  # past three intervals of silence
-            async with durable.Runtime(
-                durable.connect(sql_url), executor_id="node-1", recover=False, registry=REG
-            ):
-                await asyncio.to_thread(done.wait, WAIT)
+            while True:  # once the paused one is silent for three intervals
+                await asyncio.sleep(0.2)
+                successor = durable.Runtime(
+                    durable.connect(sql_url), executor_id="node-1", recover=False, registry=REG
+                )
+                try:
+                    await successor.start()
+                except durable.ExecutorIdInUseError:
+                    await successor.close()
+                    continue
+                break
+            TAKEN.set()
+            await asyncio.to_thread(done.wait, WAIT)
+            await successor.close()
 
         asyncio.run(take_over())
 
@@ -356,6 +367,7 @@ async def test_a_process_paused_past_its_ids_takeover_records_nothing_more(sql_u
         heartbeat_interval=0.2,
     )
     other = threading.Thread(target=successor)
+    TAKEN.clear()
     PAUSED[:] = [other.start]
     try:
         async with rt:
@@ -366,6 +378,7 @@ async def test_a_process_paused_past_its_ids_takeover_records_nothing_more(sql_u
             assert await rt.backend.list_steps("paused") == []  # nor was the paused one kept
     finally:
         PAUSED.clear()
+        TAKEN.set()
         done.set()
         if other.is_alive():
             other.join(WAIT)
