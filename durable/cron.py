@@ -32,6 +32,11 @@ _EPSILON = timedelta(microseconds=1)
 _FOLD_TICKS = 10_000
 
 
+#: Names the zone database holds that are not zones: the host's setting (``localtime``, a
+#: link to ``/etc/localtime``) and its unset placeholder (``Factory``).
+_HOST_ZONES = frozenset({"localtime", "Factory"})
+
+
 def check_timezone(value: Any, what: str = "timezone") -> ZoneInfo:
     """The zone named ``value``.
 
@@ -39,6 +44,12 @@ def check_timezone(value: Any, what: str = "timezone") -> ZoneInfo:
     """
     if not isinstance(value, str) or not value:
         raise InvalidArgumentError(f"{what} must be an IANA time zone name, got {value!r}")
+    if value in _HOST_ZONES:
+        raise InvalidArgumentError(
+            f"{what}: {value!r} is no zone of its own but this host's setting, which may differ "
+            "from host to host (each worker would compute other ticks): give an IANA name, "
+            "such as 'Europe/Paris' or 'UTC'"
+        )
     try:
         return ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # 'Europe' is a directory

@@ -827,3 +827,12 @@ async def test_max_catchup_is_at_most_what_one_firing_runs() -> None:
             await client.create_schedule(
                 "every", "* * * * * *", report, ["eu"], missed="all", max_catchup=5000
             )
+
+
+@pytest.mark.parametrize("zone", ["localtime", "Factory"])
+async def test_the_hosts_zone_setting_is_no_time_zone(zone: str) -> None:
+    """``localtime`` (a link to the host's ``/etc/localtime``) was accepted: workers on hosts
+    set to other zones computed other ticks for one schedule."""
+    async with durable.Client("memory://") as client:
+        with pytest.raises(durable.InvalidArgumentError, match="IANA name"):
+            await client.create_schedule("local", "0 2 * * *", report, ["eu"], timezone=zone)
