@@ -123,7 +123,7 @@ class WorkerHost(Protocol):
         self, limit: int, *, names: Sequence[str], queues: Sequence[str] | None
     ) -> list[TaskClaim]: ...
     async def hand_back_claim(self, claim: TaskClaim) -> None: ...
-    async def execute_claimed(self, wf: Any, instance_id: str) -> Any: ...
+    async def run_claimed(self, wf: Any, instance_id: str) -> tuple[bool, Any]: ...
     async def execute_step_task(self, claim: TaskClaim) -> None: ...
 
 
@@ -393,10 +393,11 @@ class Worker:
     async def _process(self, claim: TaskClaim) -> None:
         runtime = self.runtime
         began = time.monotonic()
+        ran = True  # False: a drive of the runtime ran it (the recovery's counts it)
         try:
             if claim.task_id == WORKFLOW_TASK:
                 wf = runtime.registry.get(claim.name)
-                await runtime.execute_claimed(wf, claim.instance_id)
+                ran, _ = await runtime.run_claimed(wf, claim.instance_id)
             else:
                 await runtime.execute_step_task(claim)
         except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
@@ -407,7 +408,7 @@ class Worker:
             # (it resumes when its lease expires): this worker is done with it
             await self._report(claim, exc)
         finally:
-            self.completed += 1
+            self.completed += 1 if ran else 0
             took = time.monotonic() - began
             average = self._duration
             self._duration = (

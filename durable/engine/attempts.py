@@ -130,6 +130,10 @@ class ClaimedStarts:
             self._in_flight.discard(landed)
             landed.set_result(None)
 
+    def started(self, instance_id: str) -> bool:
+        """Whether a claim of the worker's began the execution, which it has not run yet."""
+        return instance_id in self._starts
+
     def take(self, instance_id: str) -> WorkflowSnapshot | None:
         """The start a claim made for ``instance_id``, once (None: none, or already taken)."""
         return self._starts.pop(instance_id, None)
@@ -881,6 +885,11 @@ class Attempts(Leases):
 
         :raises ClaimLostError: another process took this executor id over.
         """
+        return (await self.run_claimed(wf, instance_id))[1]
+
+    async def run_claimed(self, wf: Workflow[Any, Any], instance_id: str) -> tuple[bool, Any]:
+        """:meth:`execute_claimed`, and whether this call ran the execution (False: a drive
+        of this runtime ran it, or runs it now; a worker does not count it as its own)."""
         if self._superseded:
             self._claimed.take(instance_id)
             raise self._lost(instance_id, WORKFLOW_TASK)
@@ -895,24 +904,24 @@ class Attempts(Leases):
                 # due (a message came, its fanned-out calls ended), so the drive looks now,
                 # not at its next poll
                 self.client.note_finished()
-                return None
+                return False, None
             if (
                 self._claimed.taken_by_drive(instance_id)
                 and (await self.backend.get_workflow(instance_id)).status.is_terminal
             ):
-                return None  # a drive ran it to its end, with the start this claim made
+                return False, None  # a drive ran it to its end, with the start this claim made
             began = self._claimed.take(instance_id)
             if driven and began is None:
                 # a drive that ended while this waited ran it: it took the start this claim
                 # made, or began the run itself (a start left here is this claim's to run)
-                return None
+                return False, None
             if overlapped:
                 # the history this claim read predates what that attempt recorded: begin
                 # again, from what it left (nothing, if it finished the execution)
                 began = None
             # None if this runtime ran it meanwhile (the start then fails the fence, as before);
             # the worker's task for this execution runs its body too
-            return await self._execute(wf, instance_id, began, own_task=True)
+            return True, await self._execute(wf, instance_id, began, own_task=True)
 
 
 class _DeadlinePassed(ControlFlow):

@@ -44,7 +44,8 @@ class Serving(Attempts):
     the class or on one runtime."""
 
     resumed: int = 0
-    """How many executions this runtime's recovery took up (:meth:`recover`)."""
+    """How many executions this runtime's recovery took up (:meth:`recover`) and drove (not
+    those its worker, or another drive of this runtime, ran instead)."""
 
     recovering: set[asyncio.Task[Any]]
     """The drives of the executions recovery took up that still run (its workers' graceful
@@ -309,7 +310,6 @@ class Serving(Attempts):
                 continue
             wf = self._workflow(claim.name)
             resumed.append(claim.instance_id)
-            self.resumed += 1
             drive = self.spawn(
                 self._resume(wf, claim.instance_id), name=f"durable:{claim.instance_id}"
             )
@@ -325,8 +325,13 @@ class Serving(Attempts):
 
     async def _resume(self, wf: Workflow[Any, Any], instance_id: str) -> Any:
         """Recovery's drive of an execution it claimed, unless a drive of this runtime began
-        since the claim: that drive runs it (as in :meth:`recover`), and a second one would
-        only find its outcome, and report a failure it did not meet."""
-        if self._claimed.driven(instance_id):
+        since the claim, or this runtime's worker claimed it too and runs it (or has begun it,
+        to run next): that one runs it (as in :meth:`recover`), and a second one would only
+        find its outcome, and report a failure it did not meet. Counted in :attr:`resumed`
+        when it drives."""
+        if self._claimed.driven(instance_id) or self._claimed.started(instance_id):
             return None
+        if self._locks.held(instance_id):
+            return None  # this runtime's worker claimed it too, and runs it: its to count
+        self.resumed += 1
         return await self._drive(wf, instance_id)
