@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
 from collections import Counter
 from datetime import timedelta
@@ -221,7 +222,9 @@ async def test_interleaved_branches_of_steps_fail_at_once_and_gathered_steps_rep
     async with durable.Runtime(durable.connect(backend_url), recover=False) as rt:
         with pytest.raises(durable.NonDeterminismError, match="branches interleave") as seen:
             await rt.run(branches, workflow_id="br")
-        assert "step 'test_runtime:add' (position 2)" in str(seen.value)
+        # the first branch's second step, or the other branch's (when a loaded SQLite runner
+        # let the loop turn elsewhere): refused at the first step that interleaves, either way
+        assert re.search(r"step 'test_runtime:add' \(position [23]\)", str(seen.value))
         info = await rt.get_workflow("br")
         assert info.status is WorkflowStatus.FAILED and info.attempts == 1  # not retried
         await rt.start_worker(poll_interval=0.01)
