@@ -329,9 +329,12 @@ class Serving(Attempts):
         to run next): that one runs it (as in :meth:`recover`), and a second one would only
         find its outcome, and report a failure it did not meet. Counted in :attr:`resumed`
         when it drives."""
-        if self._claimed.driven(instance_id) or self._claimed.started(instance_id):
-            return None
-        if self._locks.held(instance_id):
-            return None  # this runtime's worker claimed it too, and runs it: its to count
+        elsewhere = (  # run by a drive, or by this runtime's worker (begun, or running)
+            self._claimed.driven(instance_id)
+            or self._claimed.started(instance_id)
+            or self._locks.held(instance_id)
+        )
+        if elsewhere:
+            return None  # counted by whoever runs it
         self.resumed += 1
         return await self._drive(wf, instance_id)
